@@ -1,0 +1,84 @@
+// common.wgsl — shared declarations and the math of SPEC §3–§5.
+//
+// Every kernel is composed as `common.wgsl` + its helpers + the kernel file
+// (see `src/gpu/shaders.rs`); this file is the single source of the safe
+// distance, the excess, the row coefficient, the row gradient and the SGD
+// update, so the fused step and the staged kernels cannot drift apart.
+// `src/reference.rs` mirrors these functions in f64, `src/cpu.rs` in f32.
+
+// Pipeline-overridable constants, set by the host when it builds a pipeline.
+override WG: u32 = 64u;        // workgroup size (power of two, ≤ MAX_WG)
+override D: u32 = 1u;          // columns of the table
+override MODE: u32 = 0u;       // endpoint mode, see MODE_* below
+
+const MAX_WG: u32 = 256u;
+const MODE_FROZEN: u32 = 0u;   // rows a and b never change
+const MODE_DETACHED: u32 = 1u; // anchors get the row term when in the batch
+
+// Step-wide values; one uniform buffer for the whole run.
+struct Params {
+    rows: u32,      // R, rows of the whole table
+    anchor_a: u32,
+    anchor_b: u32,
+    batch: u32,     // B, rows in the step's batch
+    eps: f32,
+    lr: f32,
+    w_red: f32,     // 1 for `sum`, 1/B for `mean`
+    seed_lo: u32,
+    seed_hi: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+// One storage binding's share of the table (rows [row_base, row_base+rows)).
+struct Chunk {
+    row_base: u32,
+    rows: u32,
+    partial_base: u32,  // where this chunk's workgroups put their partial sums
+    _pad: u32,
+}
+
+// Device-side step state, written by `anchors` and `reduce`.
+struct State {
+    record: u32,    // next slot of the metrics buffer
+    s0: f32,        // ‖p − q‖² of the current snapshot
+    d0: f32,        // sqrt(s0 + ε)
+    _pad: u32,
+}
+
+// A 2-D dispatch grid (more than 65 535 workgroups) flattened to one index.
+fn linear_workgroup(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wg.x + wg.y * nwg.x;
+}
+
+// SPEC §3: ε goes inside the square root, so d ≥ sqrt(ε) > 0 and 1/d is finite.
+fn safe_dist(s: f32, eps: f32) -> f32 {
+    return sqrt(s + eps);
+}
+
+// SPEC §3: r = d1 + d2 − d0, zero on the segment p–q.
+fn excess(d1: f32, d2: f32, d0: f32) -> f32 {
+    return d1 + d2 - d0;
+}
+
+// SPEC §4: c = w_red · sign(r), sign(0) = 0 as in PyTorch's abs backward.
+fn row_coef(r: f32, w_red: f32) -> f32 {
+    return w_red * sign(r);
+}
+
+// SPEC §4, one column of the row term: c·((x − p)/d1 + (x − q)/d2),
+// with the reciprocals computed once per row.
+fn row_grad(x: f32, p: f32, q: f32, c: f32, inv_d1: f32, inv_d2: f32) -> f32 {
+    return c * ((x - p) * inv_d1 + (x - q) * inv_d2);
+}
+
+// SPEC §5 with μ = 0 and wd = 0.
+fn sgd_update(x: f32, g: f32, lr: f32) -> f32 {
+    return x - lr * g;
+}
+
+// SPEC §4 endpoint modes: may this step write row `row`?
+fn writes_row(row: u32, a: u32, b: u32) -> bool {
+    return MODE != MODE_FROZEN || (row != a && row != b);
+}

@@ -1,0 +1,119 @@
+//! What a run trains: the table's shape and the step's options (SPEC §2–§5),
+//! validated once, before any allocation or file is touched.
+
+use crate::error::{Error, Result};
+
+/// How the per-row terms are weighted (SPEC §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Reduction {
+    /// `w_red = 1`: a row's step does not shrink as the table grows.
+    Sum,
+    /// `w_red = 1/B`, PyTorch's `.mean()`.
+    Mean,
+}
+
+/// Which rows and gradient terms the anchors get (SPEC §4).
+/// `attached` arrives with the training-semantics work; the shaders take the
+/// mode as the `MODE` override constant, so adding it adds a value there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Endpoints {
+    /// Rows a and b never change.
+    Frozen,
+    /// The original code: anchors get the row term only, when in the batch.
+    Detached,
+}
+
+impl Endpoints {
+    /// The value of the shaders' `MODE` override constant.
+    pub fn shader_mode(self) -> u32 {
+        match self {
+            Endpoints::Frozen => 0,
+            Endpoints::Detached => 1,
+        }
+    }
+    /// May a step write row `row`?
+    pub fn writes_row(self, row: usize, a: usize, b: usize) -> bool {
+        self != Endpoints::Frozen || (row != a && row != b)
+    }
+}
+
+/// The shape of the table: `rows` × `dim` f32, row-major.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Shape {
+    pub rows: usize,
+    pub dim: usize,
+}
+
+impl Shape {
+    pub fn new(rows: usize, dim: usize) -> Result<Self> {
+        if rows < 2 {
+            return Err(Error::invalid("--rows", format!("{rows} rows; the table needs at least 2 (two anchors)")));
+        }
+        if dim == 0 {
+            return Err(Error::invalid("--dim", "0 columns; the table needs at least 1"));
+        }
+        Ok(Shape { rows, dim })
+    }
+    pub fn elements(&self) -> u64 {
+        self.rows as u64 * self.dim as u64
+    }
+    pub fn bytes(&self) -> u64 {
+        self.elements() * 4
+    }
+}
+
+/// The options of one optimisation step (SPEC §3–§5).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct StepConfig {
+    pub anchor_a: usize,
+    pub anchor_b: usize,
+    pub eps: f32,
+    pub lr: f32,
+    pub reduction: Reduction,
+    pub endpoints: Endpoints,
+}
+
+impl StepConfig {
+    /// Defaults of SPEC §2–§5 for a table of `rows` rows: anchors 0 and R−1.
+    pub fn for_rows(rows: usize) -> Self {
+        StepConfig {
+            anchor_a: 0,
+            anchor_b: rows.saturating_sub(1),
+            eps: 1e-8,
+            lr: 0.2,
+            reduction: Reduction::Sum,
+            endpoints: Endpoints::Frozen,
+        }
+    }
+
+    /// Checks every option against the table's shape.
+    pub fn validate(&self, shape: Shape) -> Result<()> {
+        let (a, b) = (self.anchor_a, self.anchor_b);
+        if a >= shape.rows || b >= shape.rows {
+            return Err(Error::invalid(
+                "--anchors",
+                format!("{a},{b} is out of range for a table of {} rows (valid: 0..={})", shape.rows, shape.rows - 1),
+            ));
+        }
+        if a == b {
+            return Err(Error::invalid("--anchors", format!("both anchors are row {a}; they must differ")));
+        }
+        if !self.lr.is_finite() || self.lr < 0.0 {
+            return Err(Error::invalid("--lr", format!("{} must be finite and ≥ 0", self.lr)));
+        }
+        if !self.eps.is_finite() || self.eps < 0.0 {
+            return Err(Error::invalid("--eps", format!("{} must be finite and ≥ 0", self.eps)));
+        }
+        Ok(())
+    }
+
+    /// `w_red` of SPEC §3 for a batch of `batch` rows.
+    pub fn w_red(&self, batch: usize) -> f32 {
+        match self.reduction {
+            Reduction::Sum => 1.0,
+            Reduction::Mean => 1.0 / batch as f32,
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The GPU context, built once per process: instance, adapter, device and
+//! queue, the adapter's own limits, the optional features it has, and the
+//! error plumbing that turns wgpu's callbacks into [`Error`]s.
+
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+
+/// Optional features used when present (timestamp queries, for per-pass GPU
+/// time); intersected with what the adapter offers, never required.
+const WANTED: wgpu::Features = wgpu::Features::TIMESTAMP_QUERY;
+
+pub struct GpuContext {
+    pub adapter: wgpu::Adapter,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    /// The device's limits: exactly the adapter's (we ask for all it has).
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    /// Errors wgpu reported outside an error scope, oldest first.
+    errors: Arc<Mutex<Vec<String>>>,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+/// A short description of one adapter.
+pub fn describe(info: &wgpu::AdapterInfo) -> String {
+    format!("{} ({:?}, {:?}, driver {} {})", info.name, info.backend, info.device_type, info.driver, info.driver_info)
+}
+
+/// Adapters that the instance (honouring `WGPU_BACKEND`) can see.
+pub fn adapters() -> Vec<wgpu::Adapter> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+}
+
+/// Hardware first: discrete, integrated, virtual, then software.
+fn rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+impl GpuContext {
+    /// Picks an adapter: the first whose name contains `name` (from
+    /// `--adapter`, else `WGPU_ADAPTER_NAME`), case-insensitively; otherwise the
+    /// best-ranked one. Fails when there is none: a GPU test must not skip.
+    pub fn new(name: Option<&str>) -> Result<Self> {
+        let env_name = std::env::var("WGPU_ADAPTER_NAME").ok();
+        let name = name.map(str::to_owned).or(env_name);
+        let mut all = adapters();
+        if all.is_empty() {
+            return Err(Error::NoAdapter(
+                "wgpu found none (is a Vulkan, Metal or DX12 driver installed? on Linux: mesa-vulkan-drivers)".into(),
+            ));
+        }
+        let adapter = match &name {
+            Some(n) => {
+                let want = n.to_lowercase();
+                let pos = all.iter().position(|a| a.get_info().name.to_lowercase().contains(&want));
+                match pos {
+                    Some(i) => all.swap_remove(i),
+                    None => {
+                        let names: Vec<String> = all.iter().map(|a| a.get_info().name).collect();
+                        return Err(Error::NoAdapter(format!("none matches \"{n}\"; available: {}", names.join(", "))));
+                    }
+                }
+            }
+            None => {
+                all.sort_by_key(|a| rank(a.get_info().device_type));
+                all.swap_remove(0)
+            }
+        };
+        Self::from_adapter(adapter)
+    }
+
+    pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features() & WANTED;
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("latent-line"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        };
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&desc)).map_err(|e| Error::RequestDevice(format!("{}: {e}", info.name)))?;
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(e.to_string());
+            }
+        }));
+        let lost = Arc::new(Mutex::new(None));
+        let lost_sink = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if let Ok(mut l) = lost_sink.lock() {
+                *l = Some(format!("{reason:?}: {msg}"));
+            }
+        });
+        Ok(GpuContext { adapter, device, queue, info, limits, features, errors, lost })
+    }
+
+    /// A software rasteriser such as lavapipe or WARP.
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// Turns any error reported since the last call into an [`Error`].
+    pub fn check(&self) -> Result<()> {
+        if let Some(l) = self.lost.lock().ok().and_then(|l| l.clone()) {
+            return Err(Error::DeviceLost(l));
+        }
+        let mut errs = self.errors.lock().map_err(|_| Error::Gpu("error sink poisoned".into()))?;
+        if let Some(first) = errs.first().cloned() {
+            errs.clear();
+            return Err(Error::Gpu(first));
+        }
+        Ok(())
+    }
+
+    /// Blocks until all submitted work is done, then [`Self::check`]s.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        self.check()
+    }
+
+    /// Most workgroups one dispatch dimension may have.
+    pub fn max_groups(&self) -> u32 {
+        self.limits.max_compute_workgroups_per_dimension
+    }
+
+    /// Largest power-of-two workgroup size ≤ `want` that the device allows.
+    pub fn workgroup_size(&self, want: u32) -> u32 {
+        let cap = want
+            .min(self.limits.max_compute_invocations_per_workgroup)
+            .min(self.limits.max_compute_workgroup_size_x)
+            .max(1);
+        1 << (31 - cap.leading_zeros())
+    }
+
+    /// The largest storage binding a table chunk may use, in bytes.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
+    }
+}

@@ -1,0 +1,108 @@
+//! How a table is split across storage bindings. Pure arithmetic, so it is
+//! tested without a GPU: chunks hold whole rows, each within the device's
+//! binding limit, and every dispatch over a chunk fits the workgroup grid.
+
+use crate::config::Shape;
+use crate::cpu::too_large;
+use crate::error::Result;
+
+/// One storage binding's rows: `[row_base, row_base + rows)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkSpan {
+    pub row_base: usize,
+    pub rows: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkLayout {
+    pub rows_per_chunk: usize,
+    pub spans: Vec<ChunkSpan>,
+}
+
+impl ChunkLayout {
+    /// Splits `shape` into chunks of at most `max_binding_bytes` (and at most
+    /// `max_chunk_rows` rows when given: tests force several bindings with it).
+    /// Refuses, before any allocation, what a 2-D grid of `max_groups`² workgroups
+    /// of `wg` invocations or u32 indices cannot address.
+    pub fn new(shape: Shape, max_binding_bytes: u64, max_chunk_rows: Option<usize>, wg: u32, max_groups: u32) -> Result<Self> {
+        let row_bytes = shape.dim as u64 * 4;
+        if row_bytes > max_binding_bytes {
+            return Err(too_large(shape, &format!("one row is {row_bytes} bytes, over the device's {max_binding_bytes}-byte storage binding limit")));
+        }
+        if shape.rows as u64 > u32::MAX as u64 {
+            return Err(too_large(shape, "more than 2^32 − 1 rows (row indices are u32)"));
+        }
+        // Element indices inside a chunk are u32, and the per-element kernels
+        // must fit in a max_groups × max_groups grid.
+        let grid_elems = wg as u64 * max_groups as u64 * max_groups as u64;
+        let max_elems = (u32::MAX as u64).min(grid_elems).min(max_binding_bytes / 4);
+        let mut rows_per_chunk = (max_elems / shape.dim as u64) as usize;
+        if let Some(m) = max_chunk_rows {
+            rows_per_chunk = rows_per_chunk.min(m.max(1));
+        }
+        let spans = (0..shape.rows)
+            .step_by(rows_per_chunk)
+            .map(|row_base| ChunkSpan { row_base, rows: rows_per_chunk.min(shape.rows - row_base) })
+            .collect();
+        Ok(ChunkLayout { rows_per_chunk, spans })
+    }
+
+    /// The chunk holding `row` and the row's index inside it.
+    pub fn locate(&self, row: usize) -> (usize, usize) {
+        (row / self.rows_per_chunk, row % self.rows_per_chunk)
+    }
+}
+
+/// A dispatch of `groups` workgroups as an (x, y) grid within `max_groups`
+/// per dimension; kernels flatten it back with `linear_workgroup`.
+pub fn grid(groups: u32, max_groups: u32) -> (u32, u32) {
+    if groups <= max_groups {
+        (groups.max(1), 1)
+    } else {
+        (max_groups, groups.div_ceil(max_groups))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_table_within_the_binding_limit() {
+        for (rows, dim, max_bytes, force) in
+            [(10usize, 3usize, 1024u64, None), (1000, 64, 128 << 20, None), (1_000_000, 64, 128 << 20, None), (7, 5, 1 << 20, Some(3))]
+        {
+            let shape = Shape::new(rows, dim).unwrap();
+            let l = ChunkLayout::new(shape, max_bytes, force, 64, 65_535).unwrap();
+            assert_eq!(l.spans.iter().map(|s| s.rows).sum::<usize>(), rows);
+            let mut next = 0;
+            for s in &l.spans {
+                assert_eq!(s.row_base, next);
+                assert!(s.rows as u64 * dim as u64 * 4 <= max_bytes);
+                next += s.rows;
+            }
+            for row in [0, rows / 2, rows - 1] {
+                let (c, i) = l.locate(row);
+                assert_eq!(l.spans[c].row_base + i, row);
+            }
+        }
+        let l = ChunkLayout::new(Shape::new(1_000_000, 64).unwrap(), 128 << 20, None, 64, 65_535).unwrap();
+        assert_eq!(l.spans.len(), 2, "256 MB over 128 MiB bindings");
+    }
+
+    #[test]
+    fn refuses_a_row_wider_than_a_binding() {
+        let err = ChunkLayout::new(Shape::new(4, 1000).unwrap(), 1024, None, 64, 65_535).unwrap_err();
+        assert!(err.to_string().contains("4000 bytes"), "{err}");
+    }
+
+    #[test]
+    fn grid_covers_every_group_and_respects_the_limit() {
+        for groups in [1u32, 65_535, 65_536, 1_000_000] {
+            let (x, y) = grid(groups, 65_535);
+            assert!(x <= 65_535 && y <= 65_535);
+            assert!(x as u64 * y as u64 >= groups as u64);
+            assert!((x as u64 * (y as u64 - 1)) < groups as u64);
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The shader composition step, in one place.
+//!
+//! Each kernel in `shaders/` is one `.wgsl` file with one job. Shared
+//! functions live in helper files; a kernel's module is the concatenation,
+//! in order, of `common.wgsl`, the helpers listed for it in [`KERNELS`], and
+//! the kernel file itself. That is the whole composition step: no
+//! templating, no string substitution. Sizes and modes are WGSL `override`
+//! constants set when a pipeline is built, so every composed module is valid
+//! WGSL that naga checks as it is (see the tests below).
+
+use crate::error::{Error, Result};
+
+/// Shared declarations and the math of SPEC §3–§5.
+const COMMON: &str = include_str!("../../shaders/common.wgsl");
+
+/// One compute kernel: its file, the helper files it is joined with, its
+/// entry points and the override constants the host sets for it.
+#[derive(Clone, Copy, Debug)]
+pub struct Kernel {
+    pub name: &'static str,
+    helpers: &'static [&'static str],
+    source: &'static str,
+    pub entry_points: &'static [&'static str],
+    pub overrides: &'static [&'static str],
+}
+
+const REDUCE_WG: &str = include_str!("../../shaders/reduce_wg.wgsl");
+const RNG: &str = include_str!("../../shaders/rng.wgsl");
+
+macro_rules! kernel {
+    ($name:literal, [$($helper:expr),*], [$($entry:literal),+], [$($ov:literal),*]) => {
+        Kernel {
+            name: $name,
+            helpers: &[$($helper),*],
+            source: include_str!(concat!("../../shaders/", $name, ".wgsl")),
+            entry_points: &[$($entry),+],
+            overrides: &[$($ov),*],
+        }
+    };
+}
+
+pub const INIT: Kernel = kernel!("init", [RNG], ["main"], ["WG", "D"]);
+pub const ANCHORS: Kernel = kernel!("anchors", [], ["main"], ["D"]);
+pub const FUSED_STEP: Kernel = kernel!("fused_step", [REDUCE_WG], ["main"], ["WG", "D", "MODE", "UPDATE"]);
+pub const REDUCE: Kernel = kernel!("reduce", [REDUCE_WG], ["main"], ["WG"]);
+pub const GATHER: Kernel = kernel!("gather", [], ["main"], ["WG", "D"]);
+pub const DISTANCES: Kernel = kernel!("distances", [], ["main"], ["WG", "D"]);
+pub const LOSS: Kernel = kernel!("loss", [REDUCE_WG], ["forward", "backward"], ["WG", "D"]);
+pub const SGD: Kernel = kernel!("sgd", [], ["main"], ["WG", "D", "MODE"]);
+
+/// Every kernel, for validation and for anyone looking for one.
+pub const KERNELS: &[Kernel] = &[INIT, ANCHORS, FUSED_STEP, REDUCE, GATHER, DISTANCES, LOSS, SGD];
+
+/// naga capabilities the shaders need; the device is asked for exactly the
+/// matching features (none today: plain WGSL, no subgroups, no f16).
+pub const CAPABILITIES: naga::valid::Capabilities = naga::valid::Capabilities::empty();
+
+impl Kernel {
+    /// The composed WGSL source of this kernel.
+    pub fn source(&self) -> String {
+        let mut s = String::with_capacity(
+            COMMON.len() + self.helpers.iter().map(|h| h.len()).sum::<usize>() + self.source.len() + 8,
+        );
+        s.push_str(COMMON);
+        for h in self.helpers {
+            s.push('\n');
+            s.push_str(h);
+        }
+        s.push('\n');
+        s.push_str(self.source);
+        s
+    }
+
+    /// Parses and validates the composed module with [`CAPABILITIES`].
+    pub fn validate(&self) -> Result<naga::Module> {
+        let src = self.source();
+        let module = naga::front::wgsl::parse_str(&src)
+            .map_err(|e| Error::Shader { name: self.name, message: e.emit_to_string(&src) })?;
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), CAPABILITIES)
+            .validate(&module)
+            .map_err(|e| Error::Shader { name: self.name, message: e.emit_to_string(&src) })?;
+        Ok(module)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_composed_kernel_validates_with_the_requested_capabilities() {
+        for k in KERNELS {
+            let module = k.validate().unwrap_or_else(|e| panic!("{e}"));
+            // The table above must match the module: entry points and overrides.
+            let entries: Vec<&str> = module.entry_points.iter().map(|e| e.name.as_str()).collect();
+            assert_eq!(entries, k.entry_points, "entry points of {}", k.name);
+            let declared: Vec<&str> = module.overrides.iter().filter_map(|(_, o)| o.name.as_deref()).collect();
+            for ov in k.overrides {
+                assert!(declared.contains(ov), "{} does not declare override {ov}", k.name);
+            }
+        }
+    }
+
+    #[test]
+    fn validation_rejects_a_broken_module() {
+        // Guards the test above against passing vacuously.
+        let broken = Kernel { source: "fn main() { let x: u32 = 1.5; }", ..ANCHORS };
+        assert!(broken.validate().is_err());
+    }
+}

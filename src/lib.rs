@@ -1,0 +1,27 @@
+//! latent-line: NaN-safe training of embedding tables under the
+//! collinearity penalty `|‖p−e‖ + ‖q−e‖ − ‖p−q‖|`, on the GPU with WGSL
+//! compute shaders (wgpu) or on the CPU, against a float64 reference.
+//! The contract is `SPEC.md` (shared with the project); section numbers in
+//! comments (§3, §4, …) refer to it.
+//!
+//! Where things are:
+//! - `shaders/*.wgsl` — one kernel per file; [`gpu::shaders`] composes them.
+//! - [`gpu::GpuTrainer`] — host side of the kernels: buffers, pipelines, steps.
+//! - [`cpu::CpuTrainer`] — the same math in Rust (rayon).
+//! - [`reference`] — float64 mirror of the shaders, for the tests.
+
+pub mod config;
+pub mod cpu;
+pub mod error;
+pub mod gpu;
+pub mod npy;
+pub mod record;
+pub mod reference;
+pub mod report;
+pub mod rng;
+pub mod trainer;
+
+pub use config::{Endpoints, Reduction, Shape, StepConfig};
+pub use error::{Error, Result};
+pub use record::Record;
+pub use trainer::{DeviceInfo, TableSource, Trainer};

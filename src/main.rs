@@ -1,0 +1,274 @@
+//! The `latent-line` command line (SPEC §13). Library errors arrive as
+//! `latent_line::Error`; here they become one line on stderr and exit code 1.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use latent_line::gpu::{GpuContext, GpuOptions, GpuTrainer};
+use latent_line::report::{median, Report, StepEntry, Summary};
+use latent_line::{cpu::CpuTrainer, npy, Endpoints, Reduction, Shape, StepConfig, TableSource, Trainer};
+
+#[derive(Parser)]
+#[command(name = "latent-line", version, about = "NaN-safe training of embedding tables under the collinearity penalty")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a table (the default command).
+    Train(TrainArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum BackendChoice {
+    /// A hardware GPU if there is one, otherwise the CPU backend.
+    Auto,
+    /// wgpu, on whatever adapter is chosen (software ones included).
+    Gpu,
+    /// The multi-threaded CPU backend.
+    Cpu,
+}
+
+#[derive(Args, Clone, Debug, serde::Serialize)]
+struct TrainArgs {
+    /// Rows of a generated table [default: 1000000]; with --load, must match the file.
+    #[arg(long)]
+    rows: Option<usize>,
+    /// Columns of a generated table [default: 64]; with --load, must match the file.
+    #[arg(long)]
+    dim: Option<usize>,
+    /// Optimisation steps.
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// SGD learning rate.
+    #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
+    lr: f32,
+    /// ε added inside each square root.
+    #[arg(long, default_value_t = 1e-8, allow_negative_numbers = true)]
+    eps: f32,
+    /// sum: w = 1; mean: w = 1/B.
+    #[arg(long, value_enum, default_value_t = Reduction::Sum)]
+    reduction: Reduction,
+    /// Seed of the generated table.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Anchor rows A,B [default: 0,R-1].
+    #[arg(long, value_name = "A,B", allow_hyphen_values = true)]
+    anchors: Option<String>,
+    /// frozen: anchors never change; detached: anchors get the row term only.
+    #[arg(long, value_enum, default_value_t = Endpoints::Frozen)]
+    endpoints: Endpoints,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    /// GPU adapter whose name contains this (else WGPU_ADAPTER_NAME).
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Start from this table (.npy, 2-D float32 or float64).
+    #[arg(long, value_name = "FILE.npy")]
+    load: Option<PathBuf>,
+    /// Save the trained table here (.npy), atomically.
+    #[arg(long, value_name = "FILE.npy")]
+    save: Option<PathBuf>,
+    /// Write a JSON report here, atomically.
+    #[arg(long, value_name = "FILE.json")]
+    report: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Train(a)) => a,
+        None => cli.train,
+    };
+    match train(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("latent-line: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn parse_anchors(s: &str) -> anyhow::Result<(usize, usize)> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let [a, b] = parts.as_slice() else {
+        bail!("invalid --anchors: \"{s}\" is not two row numbers A,B");
+    };
+    let num = |x: &str| x.parse::<usize>().with_context(|| format!("invalid --anchors: \"{x}\" is not a row number"));
+    Ok((num(a)?, num(b)?))
+}
+
+/// Output paths must be writable places, checked before any work.
+fn check_output(opt: &str, path: &Path) -> anyhow::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        bail!("invalid {opt}: folder {} does not exist", dir.display());
+    }
+    if path.is_dir() {
+        bail!("invalid {opt}: {} is a folder", path.display());
+    }
+    Ok(())
+}
+
+fn train(args: &TrainArgs) -> anyhow::Result<()> {
+    // Everything is validated before any allocation or output.
+    for (opt, p) in [("--save", &args.save), ("--report", &args.report)] {
+        if let Some(p) = p {
+            check_output(opt, p)?;
+        }
+    }
+    let (shape, source, note) = match &args.load {
+        Some(path) => {
+            let l = npy::load(path)?;
+            for (opt, given, have) in [("--rows", args.rows, l.shape.rows), ("--dim", args.dim, l.shape.dim)] {
+                if let Some(g) = given {
+                    if g != have {
+                        bail!("invalid {opt}: {g} disagrees with {} ({} × {})", path.display(), l.shape.rows, l.shape.dim);
+                    }
+                }
+            }
+            (l.shape, TableSource::Data(l.data), l.note)
+        }
+        None => (Shape::new(args.rows.unwrap_or(1_000_000), args.dim.unwrap_or(64))?, TableSource::Random { seed: args.seed }, None),
+    };
+    let mut cfg = StepConfig::for_rows(shape.rows);
+    if let Some(s) = &args.anchors {
+        (cfg.anchor_a, cfg.anchor_b) = parse_anchors(s)?;
+    }
+    cfg.eps = args.eps;
+    cfg.lr = args.lr;
+    cfg.reduction = args.reduction;
+    cfg.endpoints = args.endpoints;
+    cfg.validate(shape)?;
+
+    let (mut trainer, why) = open_trainer(args, shape, cfg, source)?;
+    let dev = trainer.device_info();
+    println!("device   {} · {}{}", dev.backend, dev.adapter, if dev.driver.is_empty() { String::new() } else { format!(" · {}", dev.driver) });
+    if let Some(w) = why {
+        println!("         {w}");
+    }
+    if let Some(n) = note {
+        println!("         {n}");
+    }
+    println!(
+        "table    {} × {} f32 ({:.1} MB) · anchors {},{} · endpoints {:?} · reduction {:?} · ε {:e} · lr {}",
+        shape.rows,
+        shape.dim,
+        shape.bytes() as f64 / 1e6,
+        cfg.anchor_a,
+        cfg.anchor_b,
+        cfg.endpoints,
+        cfg.reduction,
+        cfg.eps,
+        cfg.lr
+    );
+
+    // Steps run in blocks; each block is one timing sample (wall clock,
+    // GPU work included: a block ends when its records are read back).
+    const BLOCK: usize = 20;
+    let mut records = Vec::with_capacity(args.steps + 1);
+    let mut per_step = Vec::new();
+    let mut done = 0;
+    while done < args.steps {
+        let n = BLOCK.min(args.steps - done);
+        let t = Instant::now();
+        records.extend(trainer.steps(n)?);
+        per_step.push(t.elapsed().as_secs_f64() / n as f64);
+        done += n;
+    }
+    records.push(trainer.evaluate()?);
+    let table = trainer.read_table()?;
+    let finite = table.iter().all(|v| v.is_finite());
+
+    let w_red = cfg.w_red(shape.rows) as f64;
+    let (first, last) = (records[0], records[records.len() - 1]);
+    let step_s = median(per_step);
+    let bytes = 2 * shape.bytes();
+    let gbps = if step_s > 0.0 { bytes as f64 / step_s / 1e9 } else { 0.0 };
+    println!("start    loss {:.6e} · mean excess {:.6e} · d0 {:.6}", first.loss(w_red), first.mean_excess(), first.d0);
+    println!(
+        "end      loss {:.6e} · mean excess {:.6e} · d0 {:.6} · after {} steps, excess {}",
+        last.loss(w_red),
+        last.mean_excess(),
+        last.d0,
+        args.steps,
+        if last.mean_excess() > 0.0 { format!("÷{:.3e}", first.mean_excess() / last.mean_excess()) } else { "0".into() }
+    );
+    println!("finite   {}", if finite { "every value of the table is finite" } else { "NON-FINITE values in the table" });
+    if args.steps > 0 {
+        println!(
+            "speed    {:.3} ms/step (median, wall clock) · {:.1} GB/s effective ({} bytes read+written per step)",
+            step_s * 1e3,
+            gbps,
+            bytes
+        );
+    }
+
+    if let Some(path) = &args.save {
+        npy::save(path, shape, &table)?;
+        println!("saved    {}", path.display());
+    }
+    if let Some(path) = &args.report {
+        let report = Report {
+            options: args,
+            device: dev,
+            steps: records.iter().enumerate().map(|(i, r)| StepEntry::new(i, r, w_red)).collect(),
+            summary: Summary {
+                first_loss: first.loss(w_red),
+                last_loss: last.loss(w_red),
+                mean_excess_first: first.mean_excess(),
+                mean_excess_last: last.mean_excess(),
+                max_excess_last: last.excess_max,
+                d0_first: first.d0,
+                d0_last: last.d0,
+                all_finite: finite,
+                median_step_seconds: step_s,
+                bytes_per_step: bytes,
+                effective_gb_per_s: gbps,
+            },
+        };
+        npy::save_atomic(path, |w| serde_json::to_writer_pretty(&mut *w, &report).map_err(std::io::Error::other))?;
+        println!("report   {}", path.display());
+    }
+    Ok(())
+}
+
+/// Picks the backend. `auto` takes a hardware GPU and otherwise the CPU,
+/// saying why.
+fn open_trainer(
+    args: &TrainArgs,
+    shape: Shape,
+    cfg: StepConfig,
+    source: TableSource,
+) -> anyhow::Result<(Box<dyn Trainer>, Option<String>)> {
+    let cpu = |source| -> anyhow::Result<Box<dyn Trainer>> { Ok(Box::new(CpuTrainer::new(shape, cfg, source)?)) };
+    match args.backend {
+        BackendChoice::Cpu => Ok((cpu(source)?, None)),
+        BackendChoice::Gpu => {
+            let ctx = Arc::new(GpuContext::new(args.adapter.as_deref())?);
+            Ok((Box::new(GpuTrainer::new(ctx, shape, cfg, source, GpuOptions::default())?), None))
+        }
+        BackendChoice::Auto => match GpuContext::new(args.adapter.as_deref()) {
+            Ok(ctx) if ctx.is_software() && args.adapter.is_none() => Ok((
+                cpu(source)?,
+                Some(format!("auto: the only GPU adapter is a software one ({}), so the CPU backend runs instead", ctx.info.name)),
+            )),
+            Ok(ctx) => Ok((Box::new(GpuTrainer::new(Arc::new(ctx), shape, cfg, source, GpuOptions::default())?), None)),
+            Err(latent_line::Error::NoAdapter(why)) if args.adapter.is_none() => {
+                Ok((cpu(source)?, Some(format!("auto: no GPU adapter ({why}); the CPU backend runs instead"))))
+            }
+            Err(e) => Err(e.into()),
+        },
+    }
+}

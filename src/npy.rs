@@ -1,0 +1,199 @@
+//! `.npy` tables (SPEC §12): 2-D, C order, little-endian f32 (f64 accepted
+//! and converted). Every check runs against the header and the file's real
+//! size before any allocation, and names the file. Hand-written because the
+//! format is a few lines and we need exactly these checks in exactly this
+//! order; saving is atomic (see [`save_atomic`]).
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::Path;
+
+use crate::config::Shape;
+use crate::error::{Error, Result};
+
+const MAGIC: &[u8; 6] = b"\x93NUMPY";
+
+/// A table read from a file.
+#[derive(Debug)]
+pub struct Loaded {
+    pub shape: Shape,
+    pub data: Vec<f32>,
+    /// Set when the values were converted (e.g. from f64).
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Dtype {
+    F32,
+    F64,
+}
+
+/// Reads a 2-D f32/f64 `.npy` table.
+pub fn load(path: &Path) -> Result<Loaded> {
+    let bad = |reason: String| Error::bad_file(path, reason);
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut pre = [0u8; 8];
+    read_exact_or(&mut file, &mut pre, || bad(format!("not a .npy file: only {file_len} bytes")))?;
+    if &pre[..6] != MAGIC {
+        return Err(bad("not a .npy file (missing the \\x93NUMPY magic)".into()));
+    }
+    let (major, minor) = (pre[6], pre[7]);
+    let header_len = match major {
+        1 => {
+            let mut b = [0u8; 2];
+            read_exact_or(&mut file, &mut b, || bad("truncated .npy header".into()))?;
+            u16::from_le_bytes(b) as u64
+        }
+        2 | 3 => {
+            let mut b = [0u8; 4];
+            read_exact_or(&mut file, &mut b, || bad("truncated .npy header".into()))?;
+            u32::from_le_bytes(b) as u64
+        }
+        _ => return Err(bad(format!("unsupported .npy version {major}.{minor}"))),
+    };
+    let prefix = 8 + if major == 1 { 2 } else { 4 };
+    if prefix + header_len > file_len {
+        return Err(bad(format!("truncated: the header claims {header_len} bytes but the file has {file_len} in all")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    read_exact_or(&mut file, &mut header, || bad("truncated .npy header".into()))?;
+    let header = String::from_utf8(header).map_err(|_| bad("the .npy header is not text".into()))?;
+    let (dtype, dims) = parse_header(&header).map_err(bad)?;
+    if dims.len() != 2 {
+        return Err(bad(format!("expected a 2-D table (rows, dim), found {} dimension(s) {:?}", dims.len(), dims)));
+    }
+    let item = match dtype {
+        Dtype::F32 => 4u64,
+        Dtype::F64 => 8,
+    };
+    let want = dims[0].checked_mul(dims[1]).and_then(|n| n.checked_mul(item)).ok_or_else(|| bad(format!("shape {dims:?} overflows")))?;
+    let have = file_len - prefix - header_len;
+    if have != want {
+        let what = if have < want { "truncated" } else { "has trailing bytes" };
+        return Err(bad(format!("{what}: shape ({}, {}) of {} needs {want} data bytes, the file has {have}", dims[0], dims[1], dtype_name(dtype))));
+    }
+    let shape = Shape::new(dims[0] as usize, dims[1] as usize).map_err(|e| bad(e.to_string()))?;
+    let mut raw = vec![0u8; want as usize];
+    read_exact_or(&mut file, &mut raw, || bad("truncated while reading the data".into()))?;
+    let (data, note) = match dtype {
+        Dtype::F32 => (raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(), None),
+        Dtype::F64 => (
+            raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect(),
+            Some(format!("{}: converted float64 to float32", path.display())),
+        ),
+    };
+    Ok(Loaded { shape, data, note })
+}
+
+fn dtype_name(d: Dtype) -> &'static str {
+    match d {
+        Dtype::F32 => "float32",
+        Dtype::F64 => "float64",
+    }
+}
+
+fn read_exact_or(f: &mut File, buf: &mut [u8], err: impl FnOnce() -> Error) -> Result<()> {
+    f.read_exact(buf).map_err(|_| err())
+}
+
+/// Parses `{'descr': '<f4', 'fortran_order': False, 'shape': (R, D), }`.
+fn parse_header(h: &str) -> std::result::Result<(Dtype, Vec<u64>), String> {
+    let value = |key: &str| -> std::result::Result<&str, String> {
+        let k = format!("'{key}':");
+        let at = h.find(&k).ok_or_else(|| format!("the .npy header has no '{key}'"))?;
+        Ok(h[at + k.len()..].trim_start())
+    };
+    let descr = value("descr")?;
+    let descr = descr.strip_prefix('\'').and_then(|s| s.split('\'').next()).ok_or("malformed 'descr' in the .npy header")?;
+    let dtype = match descr {
+        "<f4" => Dtype::F32,
+        "<f8" => Dtype::F64,
+        other => return Err(format!("unsupported dtype '{other}': expected little-endian float32 ('<f4') or float64 ('<f8')")),
+    };
+    let fortran = value("fortran_order")?;
+    if fortran.starts_with("True") {
+        return Err("Fortran-ordered arrays are not supported: save with numpy.ascontiguousarray".into());
+    } else if !fortran.starts_with("False") {
+        return Err("malformed 'fortran_order' in the .npy header".into());
+    }
+    let shape = value("shape")?;
+    let inner = shape.strip_prefix('(').and_then(|s| s.split(')').next()).ok_or("malformed 'shape' in the .npy header")?;
+    let dims = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim_end_matches('L').parse::<u64>().map_err(|_| format!("malformed dimension '{s}' in the .npy shape")))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok((dtype, dims))
+}
+
+/// The `.npy` encoding of a 2-D f32 table.
+pub fn encode(shape: Shape, data: &[f32], out: &mut impl Write) -> std::io::Result<()> {
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}", shape.rows, shape.dim);
+    // Pad so that the data starts on a 64-byte boundary, as numpy does.
+    let total = 10 + header.len() + 1;
+    header.push_str(&" ".repeat(total.next_multiple_of(64) - total));
+    header.push('\n');
+    out.write_all(MAGIC)?;
+    out.write_all(&[1, 0])?;
+    out.write_all(&(header.len() as u16).to_le_bytes())?;
+    out.write_all(header.as_bytes())?;
+    for chunk in data.chunks(1 << 16) {
+        out.write_all(bytemuck::cast_slice(chunk))?;
+    }
+    Ok(())
+}
+
+/// Saves a table as `.npy`, atomically.
+pub fn save(path: &Path, shape: Shape, data: &[f32]) -> Result<()> {
+    save_atomic(path, |w| encode(shape, data, w))
+}
+
+/// Writes `path` atomically: a temporary file in the same folder, written,
+/// flushed and synced, then renamed over `path`. An interrupted or failed
+/// write leaves either the old file or none, never a partial one.
+pub fn save_atomic(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::Builder::new().prefix(".latent-line-").suffix(".tmp").tempfile_in(dir).map_err(|e| Error::io(path, e))?;
+    {
+        let mut w = BufWriter::new(tmp.as_file());
+        write(&mut w).and_then(|_| w.flush()).map_err(|e| Error::io(path, e))?;
+    }
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_header_alignment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.npy");
+        let shape = Shape::new(3, 5).unwrap();
+        let data: Vec<f32> = (0..15).map(|i| i as f32 * 0.5 - 3.0).collect();
+        save(&path, shape, &data).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        assert_eq!((10 + header_len) % 64, 0);
+        let back = load(&path).unwrap();
+        assert_eq!(back.shape, shape);
+        assert_eq!(back.data, data);
+        assert!(back.note.is_none());
+    }
+
+    #[test]
+    fn header_parser_rejects_what_it_must() {
+        assert!(parse_header("{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }").unwrap_err().contains("'>f4'"));
+        assert!(parse_header("{'descr': '<i8', 'fortran_order': False, 'shape': (2, 3), }").is_err());
+        assert!(parse_header("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }").unwrap_err().contains("Fortran"));
+        assert_eq!(parse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (7,), }").unwrap().1, vec![7]);
+        assert_eq!(parse_header("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }").unwrap(), (Dtype::F64, vec![2, 3]));
+    }
+}

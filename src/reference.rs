@@ -1,0 +1,72 @@
+//! The float64 reference of SPEC §3–§5, written to mirror the shaders
+//! (`shaders/common.wgsl`, `fused_step.wgsl`) operation by operation, so a
+//! disagreement points at one line. Used by the tests of both backends.
+
+use crate::config::{Shape, StepConfig};
+use crate::record::Record;
+
+/// One full-table step of `table` (R × D, row-major) in f64.
+/// Returns the forward record at the table before the update.
+pub fn step(table: &mut [f64], shape: Shape, cfg: &StepConfig) -> Record {
+    let rows: Vec<usize> = (0..shape.rows).collect();
+    step_batch(table, shape, cfg, &rows)
+}
+
+/// One step over the batch `rows` (no duplicates), in f64.
+pub fn step_batch(table: &mut [f64], shape: Shape, cfg: &StepConfig, rows: &[usize]) -> Record {
+    let d = shape.dim;
+    let eps = cfg.eps as f64;
+    // SPEC §2: the whole step reads the snapshot, whatever it writes to a, b.
+    let p: Vec<f64> = table[cfg.anchor_a * d..][..d].to_vec();
+    let q: Vec<f64> = table[cfg.anchor_b * d..][..d].to_vec();
+    let s0: f64 = (0..d).map(|k| (p[k] - q[k]) * (p[k] - q[k])).sum();
+    let d0 = safe_dist(s0, eps);
+    let w_red = match cfg.reduction {
+        crate::config::Reduction::Sum => 1.0,
+        crate::config::Reduction::Mean => 1.0 / rows.len() as f64,
+    };
+    let mut rec = Record { excess_sum: 0.0, excess_max: 0.0, d0, batch: rows.len() };
+    let mut updates: Vec<(usize, Vec<f64>)> = Vec::with_capacity(rows.len());
+    for &i in rows {
+        let x = &table[i * d..][..d];
+        let s1: f64 = (0..d).map(|k| (x[k] - p[k]) * (x[k] - p[k])).sum();
+        let s2: f64 = (0..d).map(|k| (x[k] - q[k]) * (x[k] - q[k])).sum();
+        let (d1, d2) = (safe_dist(s1, eps), safe_dist(s2, eps));
+        let r = d1 + d2 - d0;
+        rec.excess_sum += r.abs();
+        rec.excess_max = rec.excess_max.max(r.abs());
+        if cfg.endpoints.writes_row(i, cfg.anchor_a, cfg.anchor_b) {
+            let c = w_red * sign(r);
+            let (inv_d1, inv_d2) = (1.0 / d1, 1.0 / d2);
+            let new: Vec<f64> =
+                (0..d).map(|k| x[k] - cfg.lr as f64 * (c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2))).collect();
+            updates.push((i, new));
+        }
+    }
+    for (i, new) in updates {
+        table[i * d..][..d].copy_from_slice(&new);
+    }
+    rec
+}
+
+/// Forward evaluation of the full table, no update.
+pub fn evaluate(table: &[f64], shape: Shape, cfg: &StepConfig) -> Record {
+    let mut copy = table.to_vec();
+    let frozen = StepConfig { lr: 0.0, ..*cfg };
+    step(&mut copy, shape, &frozen)
+}
+
+fn safe_dist(s: f64, eps: f64) -> f64 {
+    (s + eps).sqrt()
+}
+
+/// WGSL's `sign`: 0 at 0 (Rust's `signum` gives 1 there).
+fn sign(r: f64) -> f64 {
+    if r > 0.0 {
+        1.0
+    } else if r < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
+}

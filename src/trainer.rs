@@ -1,0 +1,41 @@
+//! The backend-neutral face of a training run: a [`Trainer`] owns a table
+//! on its device and steps it. [`crate::gpu::GpuTrainer`] and
+//! [`crate::cpu::CpuTrainer`] implement it with the same math.
+
+use crate::config::{Shape, StepConfig};
+use crate::error::Result;
+use crate::record::Record;
+
+/// Where the initial table comes from.
+#[derive(Clone, Debug)]
+pub enum TableSource {
+    /// N(0,1) from the counter RNG keyed by the seed, generated on the device.
+    Random { seed: u64 },
+    /// A table read from a file, row-major, `rows × dim` values.
+    Data(Vec<f32>),
+}
+
+/// What ran the work, for the summary and the report.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeviceInfo {
+    /// `gpu` or `cpu`.
+    pub backend: String,
+    /// Adapter name (GPU) or thread count (CPU).
+    pub adapter: String,
+    /// Graphics API and driver (GPU), or empty.
+    pub driver: String,
+}
+
+/// A table on a device, trained by full-table steps.
+pub trait Trainer {
+    fn shape(&self) -> Shape;
+    fn config(&self) -> &StepConfig;
+    fn device_info(&self) -> DeviceInfo;
+    /// Runs `n` full-table steps. Returns one record per step, each taken by
+    /// that step's forward pass (so at the table before its update).
+    fn steps(&mut self, n: usize) -> Result<Vec<Record>>;
+    /// The forward record of the current table, without an update.
+    fn evaluate(&mut self) -> Result<Record>;
+    /// Copies the table back to the host.
+    fn read_table(&mut self) -> Result<Vec<f32>>;
+}
