@@ -57,6 +57,13 @@ fn safe_dist(s: f32, eps: f32) -> f32 {
     return sqrt(s + eps);
 }
 
+// 1/d, and 0 where d = 0 (possible only with ε = 0, at a row equal to an
+// anchor): 0 is a valid subgradient of ‖·‖ at 0, so the safe mode stays
+// finite even then. Both branches are evaluated; the 1/0 one is discarded.
+fn safe_inv(d: f32) -> f32 {
+    return select(1.0 / d, 0.0, d == 0.0);
+}
+
 // SPEC §3: r = d1 + d2 − d0, zero on the segment p–q.
 fn excess(d1: f32, d2: f32, d0: f32) -> f32 {
     return d1 + d2 - d0;

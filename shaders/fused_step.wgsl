@@ -39,8 +39,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
         let row = chunk.row_base + i;
         if (UPDATE && writes_row(row, params.anchor_a, params.anchor_b)) {
             let c = row_coef(r, params.w_red);
-            let inv_d1 = 1.0 / d1;
-            let inv_d2 = 1.0 / d2;
+            let inv_d1 = safe_inv(d1);
+            let inv_d2 = safe_inv(d2);
             for (var k = 0u; k < D; k = k + 1u) {
                 let x = table[base + k];
                 let g = row_grad(x, anchors[k], anchors[D + k], c, inv_d1, inv_d2);

@@ -41,5 +41,5 @@ fn backward(@builtin(workgroup_id) wg: vec3<u32>,
     let j = e / D;
     let k = e % D;
     let d = dist[j];
-    grads[e] = row_grad(xs[e], anchors[k], anchors[D + k], coef[j], 1.0 / d.z, 1.0 / d.w);
+    grads[e] = row_grad(xs[e], anchors[k], anchors[D + k], coef[j], safe_inv(d.z), safe_inv(d.w));
 }

@@ -22,11 +22,15 @@ pub struct CpuTrainer {
 impl CpuTrainer {
     pub fn new(shape: Shape, cfg: StepConfig, source: TableSource) -> Result<Self> {
         cfg.validate(shape)?;
-        let n = usize::try_from(shape.elements()).map_err(|_| too_large(shape, "more elements than this host can index"))?;
+        let n = usize::try_from(shape.elements())
+            .map_err(|_| too_large(shape, "more elements than this host can index"))?;
         let table = match source {
             TableSource::Data(v) => {
                 if v.len() != n {
-                    return Err(Error::invalid("table", format!("{} values for {} × {}", v.len(), shape.rows, shape.dim)));
+                    return Err(Error::invalid(
+                        "table",
+                        format!("{} values for {} × {}", v.len(), shape.rows, shape.dim),
+                    ));
                 }
                 v
             }
@@ -82,7 +86,7 @@ impl CpuTrainer {
                     max = max.max(r.abs());
                     if update && cfg.endpoints.writes_row(row, a, b) {
                         let c = w_red * sign(r);
-                        let (inv_d1, inv_d2) = (1.0 / d1, 1.0 / d2);
+                        let (inv_d1, inv_d2) = (safe_inv(d1), safe_inv(d2));
                         for k in 0..d {
                             let g = c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2);
                             x[k] -= cfg.lr * g;
@@ -105,7 +109,11 @@ impl Trainer for CpuTrainer {
         &self.cfg
     }
     fn device_info(&self) -> DeviceInfo {
-        DeviceInfo { backend: "cpu".into(), adapter: format!("{} threads", rayon::current_num_threads()), driver: String::new() }
+        DeviceInfo {
+            backend: "cpu".into(),
+            adapter: format!("{} threads", rayon::current_num_threads()),
+            driver: String::new(),
+        }
     }
     fn steps(&mut self, n: usize) -> Result<Vec<Record>> {
         Ok((0..n).map(|_| self.pass(true)).collect())
@@ -120,6 +128,15 @@ impl Trainer for CpuTrainer {
 
 fn safe_dist(s: f32, eps: f32) -> f32 {
     (s + eps).sqrt()
+}
+
+/// `safe_inv` of shaders/common.wgsl: 1/d, 0 at d = 0.
+fn safe_inv(d: f32) -> f32 {
+    if d == 0.0 {
+        0.0
+    } else {
+        1.0 / d
+    }
 }
 
 /// WGSL's `sign`: 0 at 0.

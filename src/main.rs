@@ -13,7 +13,11 @@ use latent_line::report::{median, Report, StepEntry, Summary};
 use latent_line::{cpu::CpuTrainer, npy, Endpoints, Reduction, Shape, StepConfig, TableSource, Trainer};
 
 #[derive(Parser)]
-#[command(name = "latent-line", version, about = "NaN-safe training of embedding tables under the collinearity penalty")]
+#[command(
+    name = "latent-line",
+    version,
+    about = "NaN-safe training of embedding tables under the collinearity penalty"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
@@ -134,13 +138,22 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
             for (opt, given, have) in [("--rows", args.rows, l.shape.rows), ("--dim", args.dim, l.shape.dim)] {
                 if let Some(g) = given {
                     if g != have {
-                        bail!("invalid {opt}: {g} disagrees with {} ({} × {})", path.display(), l.shape.rows, l.shape.dim);
+                        bail!(
+                            "invalid {opt}: {g} disagrees with {} ({} × {})",
+                            path.display(),
+                            l.shape.rows,
+                            l.shape.dim
+                        );
                     }
                 }
             }
             (l.shape, TableSource::Data(l.data), l.note)
         }
-        None => (Shape::new(args.rows.unwrap_or(1_000_000), args.dim.unwrap_or(64))?, TableSource::Random { seed: args.seed }, None),
+        None => (
+            Shape::new(args.rows.unwrap_or(1_000_000), args.dim.unwrap_or(64))?,
+            TableSource::Random { seed: args.seed },
+            None,
+        ),
     };
     let mut cfg = StepConfig::for_rows(shape.rows);
     if let Some(s) = &args.anchors {
@@ -154,7 +167,12 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
 
     let (mut trainer, why) = open_trainer(args, shape, cfg, source)?;
     let dev = trainer.device_info();
-    println!("device   {} · {}{}", dev.backend, dev.adapter, if dev.driver.is_empty() { String::new() } else { format!(" · {}", dev.driver) });
+    println!(
+        "device   {} · {}{}",
+        dev.backend,
+        dev.adapter,
+        if dev.driver.is_empty() { String::new() } else { format!(" · {}", dev.driver) }
+    );
     if let Some(w) = why {
         println!("         {w}");
     }
@@ -203,9 +221,16 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         last.mean_excess(),
         last.d0,
         args.steps,
-        if last.mean_excess() > 0.0 { format!("÷{:.3e}", first.mean_excess() / last.mean_excess()) } else { "0".into() }
+        if last.mean_excess() > 0.0 {
+            format!("÷{:.3e}", first.mean_excess() / last.mean_excess())
+        } else {
+            "0".into()
+        }
     );
-    println!("finite   {}", if finite { "every value of the table is finite" } else { "NON-FINITE values in the table" });
+    println!(
+        "finite   {}",
+        if finite { "every value of the table is finite" } else { "NON-FINITE values in the table" }
+    );
     if args.steps > 0 {
         println!(
             "speed    {:.3} ms/step (median, wall clock) · {:.1} GB/s effective ({} bytes read+written per step)",
@@ -262,7 +287,10 @@ fn open_trainer(
         BackendChoice::Auto => match GpuContext::new(args.adapter.as_deref()) {
             Ok(ctx) if ctx.is_software() && args.adapter.is_none() => Ok((
                 cpu(source)?,
-                Some(format!("auto: the only GPU adapter is a software one ({}), so the CPU backend runs instead", ctx.info.name)),
+                Some(format!(
+                    "auto: the only GPU adapter is a software one ({}), so the CPU backend runs instead",
+                    ctx.info.name
+                )),
             )),
             Ok(ctx) => Ok((Box::new(GpuTrainer::new(Arc::new(ctx), shape, cfg, source, GpuOptions::default())?), None)),
             Err(latent_line::Error::NoAdapter(why)) if args.adapter.is_none() => {

@@ -67,11 +67,19 @@ pub fn load(path: &Path) -> Result<Loaded> {
         Dtype::F32 => 4u64,
         Dtype::F64 => 8,
     };
-    let want = dims[0].checked_mul(dims[1]).and_then(|n| n.checked_mul(item)).ok_or_else(|| bad(format!("shape {dims:?} overflows")))?;
+    let want = dims[0]
+        .checked_mul(dims[1])
+        .and_then(|n| n.checked_mul(item))
+        .ok_or_else(|| bad(format!("shape {dims:?} overflows")))?;
     let have = file_len - prefix - header_len;
     if have != want {
         let what = if have < want { "truncated" } else { "has trailing bytes" };
-        return Err(bad(format!("{what}: shape ({}, {}) of {} needs {want} data bytes, the file has {have}", dims[0], dims[1], dtype_name(dtype))));
+        return Err(bad(format!(
+            "{what}: shape ({}, {}) of {} needs {want} data bytes, the file has {have}",
+            dims[0],
+            dims[1],
+            dtype_name(dtype)
+        )));
     }
     let shape = Shape::new(dims[0] as usize, dims[1] as usize).map_err(|e| bad(e.to_string()))?;
     let mut raw = vec![0u8; want as usize];
@@ -105,11 +113,16 @@ fn parse_header(h: &str) -> std::result::Result<(Dtype, Vec<u64>), String> {
         Ok(h[at + k.len()..].trim_start())
     };
     let descr = value("descr")?;
-    let descr = descr.strip_prefix('\'').and_then(|s| s.split('\'').next()).ok_or("malformed 'descr' in the .npy header")?;
+    let descr =
+        descr.strip_prefix('\'').and_then(|s| s.split('\'').next()).ok_or("malformed 'descr' in the .npy header")?;
     let dtype = match descr {
         "<f4" => Dtype::F32,
         "<f8" => Dtype::F64,
-        other => return Err(format!("unsupported dtype '{other}': expected little-endian float32 ('<f4') or float64 ('<f8')")),
+        other => {
+            return Err(format!(
+                "unsupported dtype '{other}': expected little-endian float32 ('<f4') or float64 ('<f8')"
+            ))
+        }
     };
     let fortran = value("fortran_order")?;
     if fortran.starts_with("True") {
@@ -118,12 +131,15 @@ fn parse_header(h: &str) -> std::result::Result<(Dtype, Vec<u64>), String> {
         return Err("malformed 'fortran_order' in the .npy header".into());
     }
     let shape = value("shape")?;
-    let inner = shape.strip_prefix('(').and_then(|s| s.split(')').next()).ok_or("malformed 'shape' in the .npy header")?;
+    let inner =
+        shape.strip_prefix('(').and_then(|s| s.split(')').next()).ok_or("malformed 'shape' in the .npy header")?;
     let dims = inner
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.trim_end_matches('L').parse::<u64>().map_err(|_| format!("malformed dimension '{s}' in the .npy shape")))
+        .map(|s| {
+            s.trim_end_matches('L').parse::<u64>().map_err(|_| format!("malformed dimension '{s}' in the .npy shape"))
+        })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok((dtype, dims))
 }
@@ -158,7 +174,11 @@ pub fn save_atomic(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> std
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let tmp = tempfile::Builder::new().prefix(".latent-line-").suffix(".tmp").tempfile_in(dir).map_err(|e| Error::io(path, e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".latent-line-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(path, e))?;
     {
         let mut w = BufWriter::new(tmp.as_file());
         write(&mut w).and_then(|_| w.flush()).map_err(|e| Error::io(path, e))?;
@@ -190,10 +210,17 @@ mod tests {
 
     #[test]
     fn header_parser_rejects_what_it_must() {
-        assert!(parse_header("{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }").unwrap_err().contains("'>f4'"));
+        assert!(parse_header("{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }")
+            .unwrap_err()
+            .contains("'>f4'"));
         assert!(parse_header("{'descr': '<i8', 'fortran_order': False, 'shape': (2, 3), }").is_err());
-        assert!(parse_header("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }").unwrap_err().contains("Fortran"));
+        assert!(parse_header("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }")
+            .unwrap_err()
+            .contains("Fortran"));
         assert_eq!(parse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (7,), }").unwrap().1, vec![7]);
-        assert_eq!(parse_header("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }").unwrap(), (Dtype::F64, vec![2, 3]));
+        assert_eq!(
+            parse_header("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }").unwrap(),
+            (Dtype::F64, vec![2, 3])
+        );
     }
 }

@@ -37,9 +37,10 @@ pub fn step_batch(table: &mut [f64], shape: Shape, cfg: &StepConfig, rows: &[usi
         rec.excess_max = rec.excess_max.max(r.abs());
         if cfg.endpoints.writes_row(i, cfg.anchor_a, cfg.anchor_b) {
             let c = w_red * sign(r);
-            let (inv_d1, inv_d2) = (1.0 / d1, 1.0 / d2);
-            let new: Vec<f64> =
-                (0..d).map(|k| x[k] - cfg.lr as f64 * (c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2))).collect();
+            let (inv_d1, inv_d2) = (safe_inv(d1), safe_inv(d2));
+            let new: Vec<f64> = (0..d)
+                .map(|k| x[k] - cfg.lr as f64 * (c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2)))
+                .collect();
             updates.push((i, new));
         }
     }
@@ -58,6 +59,14 @@ pub fn evaluate(table: &[f64], shape: Shape, cfg: &StepConfig) -> Record {
 
 fn safe_dist(s: f64, eps: f64) -> f64 {
     (s + eps).sqrt()
+}
+
+fn safe_inv(d: f64) -> f64 {
+    if d == 0.0 {
+        0.0
+    } else {
+        1.0 / d
+    }
 }
 
 /// WGSL's `sign`: 0 at 0 (Rust's `signum` gives 1 there).

@@ -24,10 +24,21 @@ impl ChunkLayout {
     /// `max_chunk_rows` rows when given: tests force several bindings with it).
     /// Refuses, before any allocation, what a 2-D grid of `max_groups`² workgroups
     /// of `wg` invocations or u32 indices cannot address.
-    pub fn new(shape: Shape, max_binding_bytes: u64, max_chunk_rows: Option<usize>, wg: u32, max_groups: u32) -> Result<Self> {
+    pub fn new(
+        shape: Shape,
+        max_binding_bytes: u64,
+        max_chunk_rows: Option<usize>,
+        wg: u32,
+        max_groups: u32,
+    ) -> Result<Self> {
         let row_bytes = shape.dim as u64 * 4;
         if row_bytes > max_binding_bytes {
-            return Err(too_large(shape, &format!("one row is {row_bytes} bytes, over the device's {max_binding_bytes}-byte storage binding limit")));
+            return Err(too_large(
+                shape,
+                &format!(
+                    "one row is {row_bytes} bytes, over the device's {max_binding_bytes}-byte storage binding limit"
+                ),
+            ));
         }
         if shape.rows as u64 > u32::MAX as u64 {
             return Err(too_large(shape, "more than 2^32 − 1 rows (row indices are u32)"));
@@ -69,9 +80,12 @@ mod tests {
 
     #[test]
     fn chunks_cover_the_table_within_the_binding_limit() {
-        for (rows, dim, max_bytes, force) in
-            [(10usize, 3usize, 1024u64, None), (1000, 64, 128 << 20, None), (1_000_000, 64, 128 << 20, None), (7, 5, 1 << 20, Some(3))]
-        {
+        for (rows, dim, max_bytes, force) in [
+            (10usize, 3usize, 1024u64, None),
+            (1000, 64, 128 << 20, None),
+            (1_000_000, 64, 128 << 20, None),
+            (7, 5, 1 << 20, Some(3)),
+        ] {
             let shape = Shape::new(rows, dim).unwrap();
             let l = ChunkLayout::new(shape, max_bytes, force, 64, 65_535).unwrap();
             assert_eq!(l.spans.iter().map(|s| s.rows).sum::<usize>(), rows);

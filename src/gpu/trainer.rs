@@ -84,6 +84,21 @@ struct ReduceU {
     pad: [u32; 3],
 }
 
+fn params_u(shape: Shape, cfg: &StepConfig) -> ParamsU {
+    ParamsU {
+        rows: shape.rows as u32,
+        anchor_a: cfg.anchor_a as u32,
+        anchor_b: cfg.anchor_b as u32,
+        batch: shape.rows as u32,
+        eps: cfg.eps,
+        lr: cfg.lr,
+        w_red: cfg.w_red(shape.rows),
+        seed_lo: 0,
+        seed_hi: 0,
+        pad: [0; 3],
+    }
+}
+
 struct GpuChunk {
     span: ChunkSpan,
     buffer: wgpu::Buffer,
@@ -164,7 +179,13 @@ fn bind(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Bu
 }
 
 impl GpuTrainer {
-    pub fn new(ctx: Arc<GpuContext>, shape: Shape, cfg: StepConfig, source: TableSource, opts: GpuOptions) -> Result<Self> {
+    pub fn new(
+        ctx: Arc<GpuContext>,
+        shape: Shape,
+        cfg: StepConfig,
+        source: TableSource,
+        opts: GpuOptions,
+    ) -> Result<Self> {
         cfg.validate(shape)?;
         if let TableSource::Data(v) = &source {
             if v.len() as u64 != shape.elements() {
@@ -192,20 +213,16 @@ impl GpuTrainer {
         Ok(t)
     }
 
-    fn build(ctx: Arc<GpuContext>, shape: Shape, cfg: StepConfig, opts: GpuOptions, wg: u32, layout: ChunkLayout) -> Self {
+    fn build(
+        ctx: Arc<GpuContext>,
+        shape: Shape,
+        cfg: StepConfig,
+        opts: GpuOptions,
+        wg: u32,
+        layout: ChunkLayout,
+    ) -> Self {
         let d = shape.dim as u64;
-        let params = uniform(&ctx, "params", &ParamsU {
-            rows: shape.rows as u32,
-            anchor_a: cfg.anchor_a as u32,
-            anchor_b: cfg.anchor_b as u32,
-            batch: shape.rows as u32,
-            eps: cfg.eps,
-            lr: cfg.lr,
-            w_red: cfg.w_red(shape.rows),
-            seed_lo: 0,
-            seed_hi: 0,
-            pad: [0; 3],
-        });
+        let params = uniform(&ctx, "params", &params_u(shape, &cfg));
         let mut partial_base = 0u32;
         let chunks: Vec<GpuChunk> = layout
             .spans
@@ -214,13 +231,17 @@ impl GpuTrainer {
                 let row_groups = (span.rows as u32).div_ceil(wg);
                 let c = GpuChunk {
                     span,
-                    buffer: storage(&ctx, "table chunk", span.rows as u64 * d * 4, wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST),
-                    uniform: uniform(&ctx, "chunk", &ChunkU {
-                        row_base: span.row_base as u32,
-                        rows: span.rows as u32,
-                        partial_base,
-                        pad: 0,
-                    }),
+                    buffer: storage(
+                        &ctx,
+                        "table chunk",
+                        span.rows as u64 * d * 4,
+                        wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                    ),
+                    uniform: uniform(
+                        &ctx,
+                        "chunk",
+                        &ChunkU { row_base: span.row_base as u32, rows: span.rows as u32, partial_base, pad: 0 },
+                    ),
                     row_groups,
                 };
                 partial_base += row_groups;
@@ -245,7 +266,10 @@ impl GpuTrainer {
         let anchors_pass = Pass { groups: vec![bind(&ctx, &p, &[&anchors, &state, &params])], pipeline: p };
         let fused = |update: bool| {
             let p = consts.pipeline(&ctx, &shaders::FUSED_STEP, "main", Some(update));
-            let groups = chunks.iter().map(|c| bind(&ctx, &p, &[&c.buffer, &anchors, &state, &partials, &params, &c.uniform])).collect();
+            let groups = chunks
+                .iter()
+                .map(|c| bind(&ctx, &p, &[&c.buffer, &anchors, &state, &partials, &params, &c.uniform]))
+                .collect();
             Pass { pipeline: p, groups }
         };
         let fused_update = fused(true);
@@ -284,45 +308,39 @@ impl GpuTrainer {
                     self.ctx.queue.write_buffer(&c.buffer, 0, bytemuck::cast_slice(part));
                 }
             }
-            TableSource::Random { seed } => {
-                let ctx = &self.ctx;
-                let mut p: ParamsU = self.params_value();
-                p.seed_lo = seed as u32;
-                p.seed_hi = (seed >> 32) as u32;
-                let seeded = uniform(ctx, "init params", &p);
-                let consts = self.constants();
-                let pipeline = consts.pipeline(ctx, &shaders::INIT, "main", None);
-                let mut enc = ctx.device.create_command_encoder(&Default::default());
-                {
-                    let mut pass = enc.begin_compute_pass(&Default::default());
-                    pass.set_pipeline(&pipeline);
-                    for c in &self.chunks {
-                        let bg = bind(ctx, &pipeline, &[&c.buffer, &seeded, &c.uniform]);
-                        pass.set_bind_group(0, &bg, &[]);
-                        let groups = (c.span.rows as u64 * self.shape.dim as u64).div_ceil(self.wg as u64) as u32;
-                        let (x, y) = grid(groups, ctx.max_groups());
-                        pass.dispatch_workgroups(x, y, 1);
-                    }
-                }
-                ctx.queue.submit([enc.finish()]);
-            }
+            TableSource::Random { seed } => self.encode_generate(seed),
         }
         self.ctx.wait()
     }
 
-    fn params_value(&self) -> ParamsU {
-        ParamsU {
-            rows: self.shape.rows as u32,
-            anchor_a: self.cfg.anchor_a as u32,
-            anchor_b: self.cfg.anchor_b as u32,
-            batch: self.shape.rows as u32,
-            eps: self.cfg.eps,
-            lr: self.cfg.lr,
-            w_red: self.cfg.w_red(self.shape.rows),
-            seed_lo: 0,
-            seed_hi: 0,
-            pad: [0; 3],
+    /// Overwrites the table with N(0,1) from the counter RNG keyed by `seed`,
+    /// generated on the device (init.wgsl).
+    pub fn generate(&mut self, seed: u64) -> Result<()> {
+        self.encode_generate(seed);
+        self.ctx.wait()
+    }
+
+    fn encode_generate(&self, seed: u64) {
+        let ctx = &self.ctx;
+        let mut p = params_u(self.shape, &self.cfg);
+        p.seed_lo = seed as u32;
+        p.seed_hi = (seed >> 32) as u32;
+        let seeded = uniform(ctx, "init params", &p);
+        let consts = self.constants();
+        let pipeline = consts.pipeline(ctx, &shaders::INIT, "main", None);
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            for c in &self.chunks {
+                let bg = bind(ctx, &pipeline, &[&c.buffer, &seeded, &c.uniform]);
+                pass.set_bind_group(0, &bg, &[]);
+                let groups = (c.span.rows as u64 * self.shape.dim as u64).div_ceil(self.wg as u64) as u32;
+                let (x, y) = grid(groups, ctx.max_groups());
+                pass.dispatch_workgroups(x, y, 1);
+            }
         }
+        ctx.queue.submit([enc.finish()]);
     }
 
     fn constants(&self) -> Constants {
@@ -339,7 +357,13 @@ impl GpuTrainer {
         let row_bytes = self.shape.dim as u64 * 4;
         for (slot, row) in [self.cfg.anchor_a, self.cfg.anchor_b].into_iter().enumerate() {
             let (c, i) = self.layout.locate(row);
-            enc.copy_buffer_to_buffer(&self.chunks[c].buffer, i as u64 * row_bytes, &self.anchors, slot as u64 * row_bytes, row_bytes);
+            enc.copy_buffer_to_buffer(
+                &self.chunks[c].buffer,
+                i as u64 * row_bytes,
+                &self.anchors,
+                slot as u64 * row_bytes,
+                row_bytes,
+            );
         }
     }
 
@@ -352,7 +376,8 @@ impl GpuTrainer {
     /// One full-table step (or, with `update == false`, one evaluation).
     fn encode_fused(&self, enc: &mut wgpu::CommandEncoder, update: bool) {
         self.encode_snapshot(enc);
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("fused step"), timestamp_writes: None });
+        let mut pass =
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("fused step"), timestamp_writes: None });
         Self::dispatch_one(&mut pass, &self.anchors_pass);
         let fused = if update { &self.fused_update } else { &self.fused_eval };
         pass.set_pipeline(&fused.pipeline);
@@ -373,7 +398,8 @@ impl GpuTrainer {
         let elem_groups = (b * d).div_ceil(self.wg as u64) as u32;
         let row_groups = (b as u32).div_ceil(self.wg);
         self.encode_snapshot(enc);
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("staged step"), timestamp_writes: None });
+        let mut pass =
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("staged step"), timestamp_writes: None });
         Self::dispatch_one(&mut pass, &self.anchors_pass);
         let per_chunk = |pass: &mut wgpu::ComputePass, p: &Pass| {
             pass.set_pipeline(&p.pipeline);
@@ -404,7 +430,10 @@ impl GpuTrainer {
         let ctx = self.ctx.clone();
         let (b, d) = (self.shape.rows as u64, self.shape.dim as u64);
         if b * d * 4 > ctx.max_binding_bytes() {
-            return Err(crate::cpu::too_large(self.shape, "the staged path gathers the batch into one storage binding"));
+            return Err(crate::cpu::too_large(
+                self.shape,
+                "the staged path gathers the batch into one storage binding",
+            ));
         }
         let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let indices: Vec<u32> = (0..b as u32).collect();
@@ -422,17 +451,27 @@ impl GpuTrainer {
         let gather_p = c.pipeline(&ctx, &shaders::GATHER, "main", None);
         let sgd_p = c.pipeline(&ctx, &shaders::SGD, "main", None);
         let gather = Pass {
-            groups: self.chunks.iter().map(|ch| bind(&ctx, &gather_p, &[&ch.buffer, &idx, &xs, params, &ch.uniform])).collect(),
+            groups: self
+                .chunks
+                .iter()
+                .map(|ch| bind(&ctx, &gather_p, &[&ch.buffer, &idx, &xs, params, &ch.uniform]))
+                .collect(),
             pipeline: gather_p,
         };
         let sgd = Pass {
-            groups: self.chunks.iter().map(|ch| bind(&ctx, &sgd_p, &[&ch.buffer, &idx, &grads, params, &ch.uniform])).collect(),
+            groups: self
+                .chunks
+                .iter()
+                .map(|ch| bind(&ctx, &sgd_p, &[&ch.buffer, &idx, &grads, params, &ch.uniform]))
+                .collect(),
             pipeline: sgd_p,
         };
         let single = |k: &Kernel, entry: &str, bufs: &[(u32, &wgpu::Buffer)]| {
             let p = c.pipeline(&ctx, k, entry, None);
-            let entries: Vec<wgpu::BindGroupEntry> =
-                bufs.iter().map(|(i, b)| wgpu::BindGroupEntry { binding: *i, resource: b.as_entire_binding() }).collect();
+            let entries: Vec<wgpu::BindGroupEntry> = bufs
+                .iter()
+                .map(|(i, b)| wgpu::BindGroupEntry { binding: *i, resource: b.as_entire_binding() })
+                .collect();
             let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: None,
                 layout: &p.get_bind_group_layout(0),
@@ -441,9 +480,15 @@ impl GpuTrainer {
             Pass { pipeline: p, groups: vec![bg] }
         };
         let distances = single(&shaders::DISTANCES, "main", &[(0, &xs), (1, anchors), (2, &dist), (3, params)]);
-        let forward = single(&shaders::LOSS, "forward", &[(2, &dist), (3, state), (4, &coef), (5, &partials), (7, params)]);
-        let backward = single(&shaders::LOSS, "backward", &[(0, &xs), (1, anchors), (2, &dist), (4, &coef), (6, &grads), (7, params)]);
-        let reduce = single(&shaders::REDUCE, "main", &[(0, &partials), (1, state), (2, &self.records), (3, &reduce_u)]);
+        let forward =
+            single(&shaders::LOSS, "forward", &[(2, &dist), (3, state), (4, &coef), (5, &partials), (7, params)]);
+        let backward = single(
+            &shaders::LOSS,
+            "backward",
+            &[(0, &xs), (1, anchors), (2, &dist), (4, &coef), (6, &grads), (7, params)],
+        );
+        let reduce =
+            single(&shaders::REDUCE, "main", &[(0, &partials), (1, state), (2, &self.records), (3, &reduce_u)]);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(e.to_string()));
         }
@@ -476,7 +521,12 @@ impl GpuTrainer {
         let values: &[[f32; 4]] = bytemuck::cast_slice(&raw);
         Ok(values
             .iter()
-            .map(|v| Record { excess_sum: v[0] as f64, excess_max: v[1] as f64, d0: v[2] as f64, batch: self.shape.rows })
+            .map(|v| Record {
+                excess_sum: v[0] as f64,
+                excess_max: v[1] as f64,
+                d0: v[2] as f64,
+                batch: self.shape.rows,
+            })
             .collect())
     }
 }
@@ -526,7 +576,10 @@ impl Constants {
             layout: None,
             module: &module,
             entry_point: Some(entry),
-            compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, zero_initialize_workgroup_memory: false },
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                zero_initialize_workgroup_memory: false,
+            },
             cache: None,
         })
     }

@@ -1,0 +1,183 @@
+//! Both backends against the float64 reference (SPEC §11): after one and
+//! after ten steps, across shapes, anchors, reductions, endpoint modes, the
+//! fused and staged GPU paths, and tables forced across several bindings.
+
+mod common;
+
+use common::*;
+use latent_line::cpu::CpuTrainer;
+use latent_line::gpu::{GpuOptions, GpuTrainer, StepPath};
+use latent_line::{reference, Endpoints, Reduction, Shape, StepConfig, TableSource, Trainer};
+
+const TOL: f64 = 1e-5;
+
+/// Step size for the sweeps. Near an anchor a step amplifies an error by
+/// about 1 + lr/d1 (the Jacobian of the update), so ten steps at a large lr
+/// amplify f32 rounding beyond 1e-5 by conditioning alone; 0.02 keeps the
+/// comparison about the implementation. `mean` gets lr·B, the same step.
+const LR: f32 = 0.02;
+
+/// The excess is a difference of distances: in f32 each row's r carries an
+/// absolute rounding error of a few ulps of the distances, whatever |r| is.
+fn excess_tol(want: f64, rows: usize, d0: f64) -> f64 {
+    1e-4 * want + 1e-6 * rows as f64 * (d0 + want / rows as f64)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Cpu,
+    Gpu { path: StepPath, chunk_rows: Option<usize> },
+}
+
+fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>) -> Box<dyn Trainer> {
+    match backend {
+        Backend::Cpu => Box::new(CpuTrainer::new(shape, cfg, TableSource::Data(table)).unwrap()),
+        Backend::Gpu { path, chunk_rows } => {
+            let opts = GpuOptions { max_chunk_rows: chunk_rows, path, ..GpuOptions::default() };
+            let t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table), opts).unwrap();
+            if let Some(c) = chunk_rows {
+                assert_eq!(t.layout().spans.len(), shape.rows.div_ceil(c), "expected several storage bindings");
+            }
+            Box::new(t)
+        }
+    }
+}
+
+/// Runs 1 then 9 more steps on `backend` and on the reference, comparing
+/// the table and the records each time.
+fn check(backend: Backend, shape: Shape, cfg: StepConfig, seed: u64) {
+    let ctx = format!("{backend:?} {shape:?} {cfg:?} seed {seed}");
+    let mut table = random_table(&mut rng(seed), shape.rows, shape.dim);
+    if shape.dim == 1 {
+        // On a line every point between p and q has r = 0 exactly, where
+        // sign(r) is decided by rounding; put the anchors beyond the data.
+        table[cfg.anchor_a] = 2.5;
+        table[cfg.anchor_b] = 4.0;
+    }
+    // Detached anchors approach each other by up to 2·lr per step; start
+    // them ≥ 1 apart so that ten steps never reach the collapse, where the
+    // direction (p − q)/d0 is ill-conditioned whatever the implementation.
+    let d = shape.dim;
+    let mut r = rng(seed ^ 0x5eed);
+    while (0..d).map(|k| (table[cfg.anchor_a * d + k] - table[cfg.anchor_b * d + k]).powi(2)).sum::<f32>() < 1.0 {
+        for k in 0..d {
+            table[cfg.anchor_b * d + k] = rand::Rng::random_range(&mut r, -2.0f32..2.0);
+        }
+    }
+    let mut want = to_f64(&table);
+    let mut t = open(backend, shape, cfg, table);
+    let mut done = 0;
+    for n in [1usize, 9] {
+        let got_records = t.steps(n).unwrap();
+        assert_eq!(got_records.len(), n, "{ctx}");
+        for (i, got) in got_records.iter().enumerate() {
+            let r = reference::step(&mut want, shape, &cfg);
+            let step = done + i;
+            assert!(rel(got.d0, r.d0) <= TOL, "{ctx}: d0 at step {step}: {} vs {}", got.d0, r.d0);
+            let (sum_tol, max_tol) = (excess_tol(r.excess_sum, shape.rows, r.d0), excess_tol(r.excess_max, 1, r.d0));
+            assert!(
+                (got.excess_sum - r.excess_sum).abs() <= sum_tol,
+                "{ctx}: Σ|r| at step {step}: {} vs {}",
+                got.excess_sum,
+                r.excess_sum
+            );
+            assert!(
+                (got.excess_max - r.excess_max).abs() <= max_tol,
+                "{ctx}: max|r| at step {step}: {} vs {}",
+                got.excess_max,
+                r.excess_max
+            );
+        }
+        done += n;
+        let got = t.read_table().unwrap();
+        let (err, at) = max_rel_err(&got, &want);
+        assert!(
+            err <= TOL,
+            "{ctx}: after {done} steps, relative error {err:e} at row {} col {} (got {}, want {})",
+            at / shape.dim,
+            at % shape.dim,
+            got[at],
+            want[at]
+        );
+    }
+    let e = t.evaluate().unwrap();
+    let r = reference::evaluate(&want, shape, &cfg);
+    let tol = excess_tol(r.excess_sum, shape.rows, r.d0);
+    assert!((e.excess_sum - r.excess_sum).abs() <= tol, "{ctx}: final evaluation {} vs {}", e.excess_sum, r.excess_sum);
+}
+
+/// Every shape × anchors × reduction × endpoints on `backend_for(rows)`.
+fn sweep(name: &str, backend_for: impl Fn(usize) -> Backend) {
+    let seed = seed(name);
+    let mut case = 0u64;
+    for dim in [1usize, 3, 4, 7, 64, 131] {
+        for rows in [2usize, 3, 2500] {
+            let shape = Shape::new(rows, dim).unwrap();
+            let anchor_sets = [(0, rows - 1), (rows / 3, (2 * rows) / 3)];
+            for (a, b) in anchor_sets {
+                for reduction in [Reduction::Sum, Reduction::Mean] {
+                    for endpoints in [Endpoints::Frozen, Endpoints::Detached] {
+                        let lr = if reduction == Reduction::Mean { LR * rows as f32 } else { LR };
+                        let cfg = StepConfig { anchor_a: a, anchor_b: b, eps: 1e-8, lr, reduction, endpoints };
+                        case += 1;
+                        check(backend_for(rows), shape, cfg, seed.wrapping_add(case));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn cpu_matches_reference() {
+    sweep("cpu_matches_reference", |_| Backend::Cpu);
+}
+
+#[test]
+fn gpu_fused_matches_reference_across_several_bindings() {
+    // A few-thousand-row table is split into 7 bindings, 3 rows into 3.
+    sweep("gpu_fused_matches_reference", |rows| Backend::Gpu {
+        path: StepPath::Fused,
+        chunk_rows: Some(if rows > 100 { rows.div_ceil(7) } else { 1 }),
+    });
+}
+
+#[test]
+fn gpu_fused_matches_reference_in_one_binding() {
+    let seed = seed("gpu_fused_one_binding");
+    for (i, dim) in [3usize, 64, 131].into_iter().enumerate() {
+        let shape = Shape::new(3000, dim).unwrap();
+        let cfg = StepConfig { anchor_a: 1234, anchor_b: 17, lr: LR, ..StepConfig::for_rows(3000) };
+        check(Backend::Gpu { path: StepPath::Fused, chunk_rows: None }, shape, cfg, seed + i as u64);
+    }
+}
+
+#[test]
+fn gpu_staged_kernels_match_reference() {
+    sweep("gpu_staged_matches_reference", |rows| Backend::Gpu {
+        path: StepPath::Staged,
+        chunk_rows: Some(if rows > 100 { rows.div_ceil(3) } else { 1 }),
+    });
+}
+
+#[test]
+fn eps_zero_stays_finite_in_safe_mode() {
+    // A row equal to an anchor with ε = 0: d = 0 exactly; the safe
+    // reciprocal keeps the step finite on both backends and the reference.
+    let seed = seed("eps_zero");
+    let shape = Shape::new(64, 8).unwrap();
+    let mut table = random_table(&mut rng(seed), 64, 8);
+    let a_row: Vec<f32> = table[..8].to_vec();
+    table[5 * 8..6 * 8].copy_from_slice(&a_row);
+    let cfg = StepConfig { eps: 0.0, endpoints: Endpoints::Detached, ..StepConfig::for_rows(64) };
+    let mut want = to_f64(&table);
+    reference::step(&mut want, shape, &cfg);
+    for backend in [Backend::Cpu, Backend::Gpu { path: StepPath::Fused, chunk_rows: None }] {
+        let mut t = open(backend, shape, cfg, table.clone());
+        t.steps(1).unwrap();
+        let got = t.read_table().unwrap();
+        assert!(got.iter().all(|v| v.is_finite()), "{backend:?} seed {seed}: non-finite");
+        let (err, at) = max_rel_err(&got, &want);
+        assert!(err <= TOL, "{backend:?} seed {seed}: error {err:e} at {at}");
+    }
+}
