@@ -55,10 +55,10 @@ struct TrainArgs {
     #[arg(long, default_value_t = 100)]
     steps: usize,
     /// SGD learning rate.
-    #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.2, allow_hyphen_values = true)]
     lr: f32,
     /// ε added inside each square root.
-    #[arg(long, default_value_t = 1e-8, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1e-8, allow_hyphen_values = true)]
     eps: f32,
     /// sum: w = 1; mean: w = 1/B.
     #[arg(long, value_enum, default_value_t = Reduction::Sum)]

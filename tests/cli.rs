@@ -1,0 +1,225 @@
+//! The command line: bad input gets one clear line, exit code 1 and no
+//! output file; good runs save a loadable table and a report.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_latent-line");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().expect("run latent-line")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A raw .npy file with the given header dict and data bytes.
+fn npy(path: &Path, dict: &str, data: &[u8]) {
+    let mut header = dict.to_string();
+    let total = 10 + header.len() + 1;
+    header.push_str(&" ".repeat(total.next_multiple_of(64) - total));
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+struct Dir(tempfile::TempDir);
+impl Dir {
+    fn new() -> Self {
+        Dir(tempfile::tempdir().unwrap())
+    }
+    fn p(&self, name: &str) -> PathBuf {
+        self.0.path().join(name)
+    }
+    fn s(&self, name: &str) -> String {
+        self.p(name).to_string_lossy().into_owned()
+    }
+    fn files(&self) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(self.0.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+}
+
+/// Runs a bad command with --save and --report into a fresh folder; checks
+/// exit code 1, a one-line error containing `expect`, and no new file.
+fn refused(dir: &Dir, args: &[&str], expect: &str) {
+    let before = dir.files();
+    let (save, report) = (dir.s("out.npy"), dir.s("report.json"));
+    let mut all: Vec<&str> = vec!["--backend", "cpu", "--steps", "2", "--report", &report];
+    if !args.contains(&"--save") {
+        all.extend(["--save", &save]);
+    }
+    all.extend_from_slice(args);
+    let o = run(&all);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: exit code; stderr: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.contains("XDG_RUNTIME_DIR")).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: expected one line, got: {err}");
+    assert!(lines[0].contains(expect), "{args:?}: {:?} does not mention {expect:?}", lines[0]);
+    assert_eq!(dir.files(), before, "{args:?}: files appeared");
+}
+
+#[test]
+fn bad_options_are_refused() {
+    let dir = Dir::new();
+    refused(&dir, &["--rows", "1"], "--rows");
+    refused(&dir, &["--rows", "0"], "--rows");
+    refused(&dir, &["--rows", "10", "--dim", "0"], "--dim");
+    refused(&dir, &["--rows", "10", "--anchors", "3,3"], "--anchors");
+    refused(&dir, &["--rows", "10", "--anchors", "0,10"], "--anchors");
+    refused(&dir, &["--rows", "10", "--anchors", "2"], "--anchors");
+    refused(&dir, &["--rows", "10", "--anchors", "a,b"], "--anchors");
+    refused(&dir, &["--rows", "10", "--lr", "nan"], "--lr");
+    refused(&dir, &["--rows", "10", "--lr", "-0.1"], "--lr");
+    refused(&dir, &["--rows", "10", "--lr", "inf"], "--lr");
+    refused(&dir, &["--rows", "10", "--eps", "-1e-8"], "--eps");
+    refused(&dir, &["--rows", "10", "--eps", "NaN"], "--eps");
+    let missing_dir = dir.s("nope/out.npy");
+    refused(&dir, &["--rows", "10", "--save", &missing_dir], "does not exist");
+}
+
+#[test]
+fn bad_npy_files_are_refused_and_left_alone() {
+    let dir = Dir::new();
+    let f32s = |n: usize| vec![0x3fu8; n * 4];
+    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+        ("missing.npy", Box::new(|_: &Path| {}), "No such file"),
+        ("empty.npy", Box::new(|p: &Path| std::fs::write(p, b"").unwrap()), "not a .npy file"),
+        ("text.npy", Box::new(|p: &Path| std::fs::write(p, b"hello, world, not numpy").unwrap()), "magic"),
+        (
+            "truncated.npy",
+            Box::new(move |p: &Path| npy(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (10, 4), }", &f32s(39))),
+            "truncated",
+        ),
+        (
+            "short_header.npy",
+            Box::new(|p: &Path| std::fs::write(p, b"\x93NUMPY\x01\x00\xff\x00{'descr'").unwrap()),
+            "truncated",
+        ),
+        (
+            "int64.npy",
+            Box::new(move |p: &Path| npy(p, "{'descr': '<i8', 'fortran_order': False, 'shape': (10, 4), }", &f32s(80))),
+            "dtype",
+        ),
+        (
+            "bigendian.npy",
+            Box::new(move |p: &Path| npy(p, "{'descr': '>f4', 'fortran_order': False, 'shape': (10, 4), }", &f32s(40))),
+            "dtype",
+        ),
+        (
+            "rank1.npy",
+            Box::new(move |p: &Path| npy(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (40,), }", &f32s(40))),
+            "2-D",
+        ),
+        (
+            "rank3.npy",
+            Box::new(move |p: &Path| npy(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 5, 4), }", &f32s(40))),
+            "2-D",
+        ),
+        (
+            "huge.npy",
+            Box::new(move |p: &Path| {
+                npy(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (100000000000, 64), }", &f32s(40))
+            }),
+            "truncated",
+        ),
+        (
+            "one_row.npy",
+            Box::new(move |p: &Path| npy(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 4), }", &f32s(4))),
+            "at least 2",
+        ),
+    ];
+    for (name, make, expect) in cases {
+        let path = dir.p(name);
+        make(&path);
+        let before = std::fs::read(&path).ok();
+        // Even with the input as the output, a refused run leaves it as it was.
+        let p = path.to_string_lossy().into_owned();
+        let o = run(&["--backend", "cpu", "--load", &p, "--save", &p]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{name}: {err}");
+        assert!(lines[0].contains(name) && lines[0].contains(expect), "{name}: {:?} lacks {expect:?}", lines[0]);
+        assert_eq!(std::fs::read(&path).ok(), before, "{name}: input changed");
+    }
+    let names = dir.files();
+    assert!(names.iter().all(|n| !n.starts_with(".latent-line-")), "temporary files left: {names:?}");
+}
+
+#[test]
+fn rows_disagreeing_with_the_file_are_refused() {
+    let dir = Dir::new();
+    let path = dir.p("t.npy");
+    latent_line::npy::save(&path, latent_line::Shape::new(6, 3).unwrap(), &[0.5; 18]).unwrap();
+    refused(&dir, &["--load", &path.to_string_lossy(), "--rows", "7"], "--rows");
+}
+
+fn report(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn a_run_saves_a_loadable_table_and_a_report_and_repeats_exactly() {
+    let dir = Dir::new();
+    for backend in ["cpu", "gpu"] {
+        let mut saved = Vec::new();
+        for i in 0..2 {
+            let (out, rep) = (dir.s(&format!("{backend}{i}.npy")), dir.s(&format!("{backend}{i}.json")));
+            let o = run(&[
+                "--backend", backend, "--rows", "3000", "--dim", "8", "--steps", "30", "--seed", "11", "--save", &out,
+                "--report", &rep,
+            ]);
+            assert_eq!(o.status.code(), Some(0), "{backend}: {}", stderr(&o));
+            let t = latent_line::npy::load(&dir.p(&format!("{backend}{i}.npy"))).unwrap();
+            assert_eq!((t.shape.rows, t.shape.dim), (3000, 8));
+            let r = report(&dir.p(&format!("{backend}{i}.json")));
+            assert_eq!(r["steps"].as_array().unwrap().len(), 31, "{backend}");
+            let s = &r["summary"];
+            assert!(s["all_finite"].as_bool().unwrap());
+            assert!(s["mean_excess_last"].as_f64().unwrap() * 100.0 < s["mean_excess_first"].as_f64().unwrap());
+            assert_eq!(r["device"]["backend"], backend);
+            saved.push(std::fs::read(&out).unwrap());
+        }
+        assert_eq!(saved[0], saved[1], "{backend}: two runs differ");
+    }
+}
+
+#[test]
+fn loading_trains_the_file_and_may_overwrite_it() {
+    let dir = Dir::new();
+    let path = dir.p("t.npy");
+    let shape = latent_line::Shape::new(50, 4).unwrap();
+    let data: Vec<f32> = (0..200).map(|i| ((i * 37 % 101) as f32 / 25.0) - 2.0).collect();
+    latent_line::npy::save(&path, shape, &data).unwrap();
+    let p = path.to_string_lossy().into_owned();
+    let o = run(&["--backend", "cpu", "--load", &p, "--save", &p, "--steps", "3", "--anchors", "4,9"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let back = latent_line::npy::load(&path).unwrap();
+    assert_eq!(back.shape, shape);
+    assert_ne!(back.data, data, "the table was not trained");
+    assert_eq!(&back.data[16..20], &data[16..20], "frozen anchor row 4 changed");
+    assert_eq!(dir.files(), vec!["t.npy"]);
+}
+
+#[test]
+fn the_main_job_meets_its_bar() {
+    // `latent-line --rows 1000000`: mean excess down ≥ 100×, all finite.
+    let dir = Dir::new();
+    let rep = dir.s("r.json");
+    let o = run(&["--rows", "1000000", "--report", &rep]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r = report(&dir.p("r.json"));
+    let s = &r["summary"];
+    let (first, last) = (s["mean_excess_first"].as_f64().unwrap(), s["mean_excess_last"].as_f64().unwrap());
+    assert!(last * 100.0 <= first, "mean excess {first} → {last}");
+    assert!(s["all_finite"].as_bool().unwrap());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("1000000 × 64"), "{out}");
+}
