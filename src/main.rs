@@ -180,14 +180,14 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         println!("         {n}");
     }
     println!(
-        "table    {} × {} f32 ({:.1} MB) · anchors {},{} · endpoints {:?} · reduction {:?} · ε {:e} · lr {}",
+        "table    {} × {} f32 ({:.1} MB) · anchors {},{} · endpoints {} · reduction {} · ε {:e} · lr {}",
         shape.rows,
         shape.dim,
         shape.bytes() as f64 / 1e6,
         cfg.anchor_a,
         cfg.anchor_b,
-        cfg.endpoints,
-        cfg.reduction,
+        name(cfg.endpoints),
+        name(cfg.reduction),
         cfg.eps,
         cfg.lr
     );
@@ -267,6 +267,11 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         println!("report   {}", path.display());
     }
     Ok(())
+}
+
+/// The command-line spelling of an option value.
+fn name(v: impl ValueEnum) -> String {
+    v.to_possible_value().map(|p| p.get_name().to_owned()).unwrap_or_default()
 }
 
 /// Picks the backend. `auto` takes a hardware GPU and otherwise the CPU,

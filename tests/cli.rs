@@ -39,8 +39,10 @@ impl Dir {
         self.p(name).to_string_lossy().into_owned()
     }
     fn files(&self) -> Vec<String> {
-        let mut v: Vec<String> =
-            std::fs::read_dir(self.0.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut v: Vec<String> = std::fs::read_dir(self.0.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         v.sort();
         v
     }
@@ -88,7 +90,8 @@ fn bad_options_are_refused() {
 fn bad_npy_files_are_refused_and_left_alone() {
     let dir = Dir::new();
     let f32s = |n: usize| vec![0x3fu8; n * 4];
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+    type Make = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Make, &str)> = vec![
         ("missing.npy", Box::new(|_: &Path| {}), "No such file"),
         ("empty.npy", Box::new(|p: &Path| std::fs::write(p, b"").unwrap()), "not a .npy file"),
         ("text.npy", Box::new(|p: &Path| std::fs::write(p, b"hello, world, not numpy").unwrap()), "magic"),
@@ -119,7 +122,9 @@ fn bad_npy_files_are_refused_and_left_alone() {
         ),
         (
             "rank3.npy",
-            Box::new(move |p: &Path| npy(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 5, 4), }", &f32s(40))),
+            Box::new(move |p: &Path| {
+                npy(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 5, 4), }", &f32s(40))
+            }),
             "2-D",
         ),
         (
@@ -173,8 +178,20 @@ fn a_run_saves_a_loadable_table_and_a_report_and_repeats_exactly() {
         for i in 0..2 {
             let (out, rep) = (dir.s(&format!("{backend}{i}.npy")), dir.s(&format!("{backend}{i}.json")));
             let o = run(&[
-                "--backend", backend, "--rows", "3000", "--dim", "8", "--steps", "30", "--seed", "11", "--save", &out,
-                "--report", &rep,
+                "--backend",
+                backend,
+                "--rows",
+                "3000",
+                "--dim",
+                "8",
+                "--steps",
+                "30",
+                "--seed",
+                "11",
+                "--save",
+                &out,
+                "--report",
+                &rep,
             ]);
             assert_eq!(o.status.code(), Some(0), "{backend}: {}", stderr(&o));
             let t = latent_line::npy::load(&dir.p(&format!("{backend}{i}.npy"))).unwrap();

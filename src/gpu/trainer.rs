@@ -347,6 +347,24 @@ impl GpuTrainer {
         Constants { wg: self.wg, dim: self.shape.dim as u32, mode: self.cfg.endpoints.shader_mode() }
     }
 
+    /// Wall time of `iters` plain device copies of the whole table (each
+    /// chunk into a scratch buffer of its size), in one submission: the
+    /// floor a full-table step is measured against (SPEC §15).
+    pub fn time_table_copies(&self, iters: u64) -> Result<std::time::Duration> {
+        let largest = self.chunks.iter().map(|c| c.buffer.size()).max().unwrap_or(16);
+        let scratch = storage(&self.ctx, "copy scratch", largest, wgpu::BufferUsages::COPY_DST);
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        for _ in 0..iters {
+            for c in &self.chunks {
+                enc.copy_buffer_to_buffer(&c.buffer, 0, &scratch, 0, c.buffer.size());
+            }
+        }
+        let t = std::time::Instant::now();
+        self.ctx.queue.submit([enc.finish()]);
+        self.ctx.wait()?;
+        Ok(t.elapsed())
+    }
+
     /// The chunk layout in use (tests check that several bindings are used).
     pub fn layout(&self) -> &ChunkLayout {
         &self.layout
