@@ -29,7 +29,14 @@ fn excess_tol(want: f64, rows: usize, d0: f64) -> f64 {
 #[derive(Clone, Copy, Debug)]
 enum Backend {
     Cpu,
-    Gpu { path: StepPath, chunk_rows: Option<usize> },
+    Gpu {
+        path: StepPath,
+        chunk_rows: Option<usize>,
+    },
+    /// GPU with at most `max_groups` workgroups per dimension: 2-D grids.
+    GpuGrid {
+        max_groups: u32,
+    },
 }
 
 fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>) -> Box<dyn Trainer> {
@@ -42,6 +49,10 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>) -> Box
                 assert_eq!(t.layout().spans.len(), shape.rows.div_ceil(c), "expected several storage bindings");
             }
             Box::new(t)
+        }
+        Backend::GpuGrid { max_groups } => {
+            let opts = GpuOptions { max_groups: Some(max_groups), ..GpuOptions::default() };
+            Box::new(GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table), opts).unwrap())
         }
     }
 }
@@ -191,5 +202,17 @@ fn eps_zero_stays_finite_in_safe_mode() {
         assert!(got.iter().all(|v| v.is_finite()), "{backend:?} seed {seed}: non-finite");
         let (err, at) = max_rel_err(&got, &want);
         assert!(err <= TOL, "{backend:?} seed {seed}: error {err:e} at {at}");
+    }
+}
+
+#[test]
+fn gpu_two_dimensional_grids_match_reference() {
+    // With at most 5 workgroups per dimension, a 2500-row chunk of D = 1
+    // needs a 5 × 5 grid for the fused step and a larger one to initialise.
+    let seed = seed("gpu_2d_grid");
+    for (i, dim) in [1usize, 3].into_iter().enumerate() {
+        let shape = Shape::new(2500, dim).unwrap();
+        let cfg = StepConfig { lr: LR, anchor_a: 7, anchor_b: 2400, ..StepConfig::for_rows(2500) };
+        check(Backend::GpuGrid { max_groups: 5 }, shape, cfg, seed + i as u64);
     }
 }

@@ -18,7 +18,8 @@ fn gpu_generates_the_reference_normals_in_every_binding() {
         let shape = Shape::new(1000, dim).unwrap();
         // Start from NaN everywhere: an element the kernel misses stays NaN.
         let poison = vec![f32::NAN; shape.rows * dim];
-        let opts = GpuOptions { max_chunk_rows: Some(301), ..GpuOptions::default() };
+        // Several bindings, and at most 4 workgroups a dimension: 2-D grids.
+        let opts = GpuOptions { max_chunk_rows: Some(301), max_groups: Some(4), ..GpuOptions::default() };
         let mut t = GpuTrainer::new(gpu(), shape, StepConfig::for_rows(1000), TableSource::Data(poison), opts).unwrap();
         t.generate(seed).unwrap();
         let got = t.read_table().unwrap();

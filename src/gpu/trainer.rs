@@ -43,12 +43,15 @@ pub struct GpuOptions {
     pub max_chunk_rows: Option<usize>,
     /// Workgroup size wanted (clamped to the device, power of two ≤ 256).
     pub workgroup: u32,
+    /// Cap on workgroups per dispatch dimension (the device's limit when
+    /// `None`); tests lower it to exercise the 2-D grids on small tables.
+    pub max_groups: Option<u32>,
     pub path: StepPath,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { max_chunk_rows: None, workgroup: 64, path: StepPath::Fused }
+        GpuOptions { max_chunk_rows: None, workgroup: 64, max_groups: None, path: StepPath::Fused }
     }
 }
 
@@ -130,6 +133,7 @@ pub struct GpuTrainer {
     cfg: StepConfig,
     opts: GpuOptions,
     wg: u32,
+    max_groups: u32,
     layout: ChunkLayout,
     chunks: Vec<GpuChunk>,
     params: wgpu::Buffer,
@@ -193,13 +197,14 @@ impl GpuTrainer {
             }
         }
         let wg = ctx.workgroup_size(opts.workgroup.min(256));
-        let layout = ChunkLayout::new(shape, ctx.max_binding_bytes(), opts.max_chunk_rows, wg, ctx.max_groups())?;
+        let max_groups = opts.max_groups.unwrap_or(u32::MAX).clamp(1, ctx.max_groups());
+        let layout = ChunkLayout::new(shape, ctx.max_binding_bytes(), opts.max_chunk_rows, wg, max_groups)?;
 
         // Allocation and pipeline creation inside error scopes: an
         // out-of-memory becomes a typed error naming the sizes, not a panic.
         let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let invalid = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let built = Self::build(ctx.clone(), shape, cfg, opts, wg, layout);
+        let built = Self::build(ctx.clone(), shape, cfg, opts, wg, max_groups, layout);
         let validation = pollster::block_on(invalid.pop());
         let out_of_memory = pollster::block_on(oom.pop());
         if let Some(e) = out_of_memory {
@@ -219,6 +224,7 @@ impl GpuTrainer {
         cfg: StepConfig,
         opts: GpuOptions,
         wg: u32,
+        max_groups: u32,
         layout: ChunkLayout,
     ) -> Self {
         let d = shape.dim as u64;
@@ -283,6 +289,7 @@ impl GpuTrainer {
             cfg,
             opts,
             wg,
+            max_groups,
             layout,
             chunks,
             params,
@@ -336,7 +343,7 @@ impl GpuTrainer {
                 let bg = bind(ctx, &pipeline, &[&c.buffer, &seeded, &c.uniform]);
                 pass.set_bind_group(0, &bg, &[]);
                 let groups = (c.span.rows as u64 * self.shape.dim as u64).div_ceil(self.wg as u64) as u32;
-                let (x, y) = grid(groups, ctx.max_groups());
+                let (x, y) = grid(groups, self.max_groups);
                 pass.dispatch_workgroups(x, y, 1);
             }
         }
@@ -401,7 +408,7 @@ impl GpuTrainer {
         pass.set_pipeline(&fused.pipeline);
         for (c, bg) in self.chunks.iter().zip(&fused.groups) {
             pass.set_bind_group(0, bg, &[]);
-            let (x, y) = grid(c.row_groups, self.ctx.max_groups());
+            let (x, y) = grid(c.row_groups, self.max_groups);
             pass.dispatch_workgroups(x, y, 1);
         }
         Self::dispatch_one(&mut pass, &self.reduce);
@@ -412,7 +419,7 @@ impl GpuTrainer {
         let s = self.staged.as_ref().expect("staged buffers are built before encoding");
         let b = self.shape.rows as u64;
         let d = self.shape.dim as u64;
-        let max = self.ctx.max_groups();
+        let max = self.max_groups;
         let elem_groups = (b * d).div_ceil(self.wg as u64) as u32;
         let row_groups = (b as u32).div_ceil(self.wg);
         self.encode_snapshot(enc);
