@@ -52,6 +52,21 @@ fn linear_workgroup(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wg.x + wg.y * nwg.x;
 }
 
+// SPEC §3, one column of s1 and s2: acc + ((x − p)², (x − q)²).
+// Columns are accumulated in order k = 0 … D−1 (the reference does the same).
+fn accumulate_sq(acc: vec2<f32>, x: f32, p: f32, q: f32) -> vec2<f32> {
+    let t1 = x - p;
+    let t2 = x - q;
+    return acc + vec2<f32>(t1 * t1, t2 * t2);
+}
+
+// Row a holds p and row b holds q at the step's start, so row a's s2 and
+// row b's s1 ARE s0. Using s0 itself keeps an anchor's excess free of
+// rounding: two kernels may contract `acc + t·t` into FMAs differently.
+fn pin_anchors(s: vec2<f32>, row: u32, a: u32, b: u32, s0: f32) -> vec2<f32> {
+    return vec2<f32>(select(s.x, s0, row == b), select(s.y, s0, row == a));
+}
+
 // SPEC §3: ε goes inside the square root, so d ≥ sqrt(ε) > 0 and 1/d is finite.
 fn safe_dist(s: f32, eps: f32) -> f32 {
     return sqrt(s + eps);

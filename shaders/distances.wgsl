@@ -5,6 +5,8 @@
 @group(0) @binding(1) var<storage, read> anchors: array<f32>;   // p (D), then q (D)
 @group(0) @binding(2) var<storage, read_write> dist: array<vec4<f32>>;
 @group(0) @binding(3) var<uniform> params: Params;
+@group(0) @binding(4) var<storage, read> indices: array<u32>;
+@group(0) @binding(5) var<storage, read> state: State;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>,
@@ -14,14 +16,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     if (j >= params.batch) {
         return;
     }
-    var s1 = 0.0;
-    var s2 = 0.0;
+    var s = vec2<f32>(0.0, 0.0);
     for (var k = 0u; k < D; k = k + 1u) {
-        let x = xs[j * D + k];
-        let t1 = x - anchors[k];
-        let t2 = x - anchors[D + k];
-        s1 = s1 + t1 * t1;
-        s2 = s2 + t2 * t2;
+        s = accumulate_sq(s, xs[j * D + k], anchors[k], anchors[D + k]);
     }
-    dist[j] = vec4<f32>(s1, s2, safe_dist(s1, params.eps), safe_dist(s2, params.eps));
+    s = pin_anchors(s, indices[j], params.anchor_a, params.anchor_b, state.s0);
+    dist[j] = vec4<f32>(s, safe_dist(s.x, params.eps), safe_dist(s.y, params.eps));
 }

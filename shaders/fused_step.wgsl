@@ -23,20 +23,16 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     var abs_r = 0.0;
     if (i < chunk.rows) {
         let base = i * D;
-        var s1 = 0.0;
-        var s2 = 0.0;
+        var s = vec2<f32>(0.0, 0.0);
         for (var k = 0u; k < D; k = k + 1u) {
-            let x = table[base + k];
-            let t1 = x - anchors[k];
-            let t2 = x - anchors[D + k];
-            s1 = s1 + t1 * t1;
-            s2 = s2 + t2 * t2;
+            s = accumulate_sq(s, table[base + k], anchors[k], anchors[D + k]);
         }
-        let d1 = safe_dist(s1, params.eps);
-        let d2 = safe_dist(s2, params.eps);
+        let row = chunk.row_base + i;
+        s = pin_anchors(s, row, params.anchor_a, params.anchor_b, state.s0);
+        let d1 = safe_dist(s.x, params.eps);
+        let d2 = safe_dist(s.y, params.eps);
         let r = excess(d1, d2, state.d0);
         abs_r = abs(r);
-        let row = chunk.row_base + i;
         if (UPDATE && writes_row(row, params.anchor_a, params.anchor_b)) {
             let c = row_coef(r, params.w_red);
             let inv_d1 = safe_inv(d1);

@@ -80,6 +80,9 @@ impl CpuTrainer {
                         s1 += t1 * t1;
                         s2 += t2 * t2;
                     }
+                    // pin_anchors of shaders/common.wgsl
+                    let s1 = if row == b { s0 } else { s1 };
+                    let s2 = if row == a { s0 } else { s2 };
                     let (d1, d2) = (safe_dist(s1, cfg.eps), safe_dist(s2, cfg.eps));
                     let r = d1 + d2 - d0;
                     sum += r.abs() as f64;

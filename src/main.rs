@@ -12,6 +12,15 @@ use latent_line::gpu::{GpuContext, GpuOptions, GpuTrainer};
 use latent_line::report::{median, Report, StepEntry, Summary};
 use latent_line::{cpu::CpuTrainer, npy, Endpoints, Reduction, Shape, StepConfig, TableSource, Trainer};
 
+/// `println!` that never panics: a closed stdout (`| head`) must not turn a
+/// finished run into a crash; the files and the exit code still tell.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "latent-line",
@@ -132,6 +141,11 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
             check_output(opt, p)?;
         }
     }
+    if let (Some(s), Some(r)) = (&args.save, &args.report) {
+        if s == r {
+            bail!("invalid --report: {} is also the --save file", r.display());
+        }
+    }
     let (shape, source, note) = match &args.load {
         Some(path) => {
             let l = npy::load(path)?;
@@ -167,19 +181,19 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
 
     let (mut trainer, why) = open_trainer(args, shape, cfg, source)?;
     let dev = trainer.device_info();
-    println!(
+    out!(
         "device   {} · {}{}",
         dev.backend,
         dev.adapter,
         if dev.driver.is_empty() { String::new() } else { format!(" · {}", dev.driver) }
     );
     if let Some(w) = why {
-        println!("         {w}");
+        out!("         {w}");
     }
     if let Some(n) = note {
-        println!("         {n}");
+        out!("         {n}");
     }
-    println!(
+    out!(
         "table    {} × {} f32 ({:.1} MB) · anchors {},{} · endpoints {} · reduction {} · ε {:e} · lr {}",
         shape.rows,
         shape.dim,
@@ -195,7 +209,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     // Steps run in blocks; each block is one timing sample (wall clock,
     // GPU work included: a block ends when its records are read back).
     const BLOCK: usize = 20;
-    let mut records = Vec::with_capacity(args.steps + 1);
+    let mut records = Vec::new();
     let mut per_step = Vec::new();
     let mut done = 0;
     while done < args.steps {
@@ -214,8 +228,8 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let step_s = median(per_step);
     let bytes = 2 * shape.bytes();
     let gbps = if step_s > 0.0 { bytes as f64 / step_s / 1e9 } else { 0.0 };
-    println!("start    loss {:.6e} · mean excess {:.6e} · d0 {:.6}", first.loss(w_red), first.mean_excess(), first.d0);
-    println!(
+    out!("start    loss {:.6e} · mean excess {:.6e} · d0 {:.6}", first.loss(w_red), first.mean_excess(), first.d0);
+    out!(
         "end      loss {:.6e} · mean excess {:.6e} · d0 {:.6} · after {} steps, excess {}",
         last.loss(w_red),
         last.mean_excess(),
@@ -227,12 +241,9 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
             "0".into()
         }
     );
-    println!(
-        "finite   {}",
-        if finite { "every value of the table is finite" } else { "NON-FINITE values in the table" }
-    );
+    out!("finite   {}", if finite { "every value of the table is finite" } else { "NON-FINITE values in the table" });
     if args.steps > 0 {
-        println!(
+        out!(
             "speed    {:.3} ms/step (median, wall clock) · {:.1} GB/s effective ({} bytes read+written per step)",
             step_s * 1e3,
             gbps,
@@ -242,7 +253,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
 
     if let Some(path) = &args.save {
         npy::save(path, shape, &table)?;
-        println!("saved    {}", path.display());
+        out!("saved    {}", path.display());
     }
     if let Some(path) = &args.report {
         let report = Report {
@@ -264,7 +275,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
             },
         };
         npy::save_atomic(path, |w| serde_json::to_writer_pretty(&mut *w, &report).map_err(std::io::Error::other))?;
-        println!("report   {}", path.display());
+        out!("report   {}", path.display());
     }
     Ok(())
 }

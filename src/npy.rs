@@ -82,14 +82,31 @@ pub fn load(path: &Path) -> Result<Loaded> {
         )));
     }
     let shape = Shape::new(dims[0] as usize, dims[1] as usize).map_err(|e| bad(e.to_string()))?;
-    let mut raw = vec![0u8; want as usize];
-    read_exact_or(&mut file, &mut raw, || bad("truncated while reading the data".into()))?;
-    let (data, note) = match dtype {
-        Dtype::F32 => (raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(), None),
-        Dtype::F64 => (
-            raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect(),
-            Some(format!("{}: converted float64 to float32", path.display())),
-        ),
+    let n = (dims[0] * dims[1]) as usize;
+    let mut data = vec![0f32; n];
+    let note = match dtype {
+        Dtype::F32 => {
+            // Straight into the table: no second copy of the data.
+            read_exact_or(&mut file, bytemuck::cast_slice_mut(&mut data), || {
+                bad("truncated while reading the data".into())
+            })?;
+            if cfg!(target_endian = "big") {
+                data.iter_mut().for_each(|v| *v = f32::from_bits(u32::from_le(v.to_bits())));
+            }
+            None
+        }
+        Dtype::F64 => {
+            // Converted in bounded blocks.
+            let mut block = vec![0u8; 8 * 65_536];
+            for out in data.chunks_mut(65_536) {
+                let bytes = &mut block[..out.len() * 8];
+                read_exact_or(&mut file, bytes, || bad("truncated while reading the data".into()))?;
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                    *o = f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32;
+                }
+            }
+            Some(format!("{}: converted float64 to float32", path.display()))
+        }
     };
     Ok(Loaded { shape, data, note })
 }
@@ -183,9 +200,24 @@ pub fn save_atomic(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> std
         let mut w = BufWriter::new(tmp.as_file());
         write(&mut w).and_then(|_| w.flush()).map_err(|e| Error::io(path, e))?;
     }
+    // tempfile creates 0600; give the result the old file's permissions, or
+    // the usual 0644 for a new one.
+    if let Some(perms) = std::fs::metadata(path).map(|m| m.permissions()).ok().or_else(default_permissions) {
+        tmp.as_file().set_permissions(perms).map_err(|e| Error::io(path, e))?;
+    }
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
+}
+
+#[cfg(unix)]
+fn default_permissions() -> Option<std::fs::Permissions> {
+    Some(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+}
+
+#[cfg(not(unix))]
+fn default_permissions() -> Option<std::fs::Permissions> {
+    None
 }
 
 #[cfg(test)]

@@ -31,6 +31,9 @@ pub fn step_batch(table: &mut [f64], shape: Shape, cfg: &StepConfig, rows: &[usi
         let x = &table[i * d..][..d];
         let s1: f64 = (0..d).map(|k| (x[k] - p[k]) * (x[k] - p[k])).sum();
         let s2: f64 = (0..d).map(|k| (x[k] - q[k]) * (x[k] - q[k])).sum();
+        // pin_anchors: row a is p and row b is q, so these are s0 exactly.
+        let s1 = if i == cfg.anchor_b { s0 } else { s1 };
+        let s2 = if i == cfg.anchor_a { s0 } else { s2 };
         let (d1, d2) = (safe_dist(s1, eps), safe_dist(s2, eps));
         let r = d1 + d2 - d0;
         rec.excess_sum += r.abs();

@@ -82,6 +82,8 @@ fn bad_options_are_refused() {
     refused(&dir, &["--rows", "10", "--lr", "inf"], "--lr");
     refused(&dir, &["--rows", "10", "--eps", "-1e-8"], "--eps");
     refused(&dir, &["--rows", "10", "--eps", "NaN"], "--eps");
+    // 4e9 × 64 f32 is 1 TB: refused with the sizes, before any work.
+    refused(&dir, &["--rows", "4000000000"], "1024000000000 bytes");
     let missing_dir = dir.s("nope/out.npy");
     refused(&dir, &["--rows", "10", "--save", &missing_dir], "does not exist");
 }

@@ -30,7 +30,12 @@ pub fn describe(info: &wgpu::AdapterInfo) -> String {
 
 /// Adapters that the instance (honouring `WGPU_BACKEND`) can see.
 pub fn adapters() -> Vec<wgpu::Adapter> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    // Refuse allocations past 95% of the driver's memory budget with an
+    // out-of-memory error (which `GpuTrainer::new` reports with the table's
+    // sizes) instead of oversubscribing the device.
+    desc.memory_budget_thresholds.for_resource_creation = Some(95);
+    let instance = wgpu::Instance::new(desc);
     pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
 }
 

@@ -40,9 +40,6 @@ impl ChunkLayout {
                 ),
             ));
         }
-        if shape.rows as u64 > u32::MAX as u64 {
-            return Err(too_large(shape, "more than 2^32 − 1 rows (row indices are u32)"));
-        }
         // Element indices inside a chunk are u32, and the per-element kernels
         // must fit in a max_groups × max_groups grid.
         let grid_elems = wg as u64 * max_groups as u64 * max_groups as u64;
@@ -50,6 +47,9 @@ impl ChunkLayout {
         let mut rows_per_chunk = (max_elems / shape.dim as u64) as usize;
         if let Some(m) = max_chunk_rows {
             rows_per_chunk = rows_per_chunk.min(m.max(1));
+        }
+        if rows_per_chunk == 0 {
+            return Err(too_large(shape, &format!("one row does not fit a dispatch grid of {max_groups}² workgroups")));
         }
         let spans = (0..shape.rows)
             .step_by(rows_per_chunk)

@@ -504,7 +504,11 @@ impl GpuTrainer {
             });
             Pass { pipeline: p, groups: vec![bg] }
         };
-        let distances = single(&shaders::DISTANCES, "main", &[(0, &xs), (1, anchors), (2, &dist), (3, params)]);
+        let distances = single(
+            &shaders::DISTANCES,
+            "main",
+            &[(0, &xs), (1, anchors), (2, &dist), (3, params), (4, &idx), (5, state)],
+        );
         let forward =
             single(&shaders::LOSS, "forward", &[(2, &dist), (3, state), (4, &coef), (5, &partials), (7, params)]);
         let backward = single(
