@@ -10,6 +10,7 @@
 override WG: u32 = 64u;        // workgroup size (power of two, ≤ MAX_WG)
 override D: u32 = 1u;          // columns of the table
 override MODE: u32 = 0u;       // endpoint mode, see MODE_* below
+override NAIVE: bool = false;  // SPEC §6: reproduce autograd's NaN (ε = 0)
 
 const MAX_WG: u32 = 256u;
 const MODE_FROZEN: u32 = 0u;   // rows a and b never change
@@ -93,6 +94,24 @@ fn row_coef(r: f32, w_red: f32) -> f32 {
 // with the reciprocals computed once per row.
 fn row_grad(x: f32, p: f32, q: f32, c: f32, inv_d1: f32, inv_d2: f32) -> f32 {
     return c * ((x - p) * inv_d1 + (x - q) * inv_d2);
+}
+
+// SPEC §7: test the bits, not the value (`x != x` may be compiled away).
+fn is_nonfinite(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7f800000u) == 0x7f800000u;
+}
+
+// The quiet NaN 0x7fc00000, made from bits: WGSL lets an implementation
+// assume no NaN exists, so NaN is never produced by arithmetic here.
+fn nan() -> f32 {
+    return bitcast<f32>(0x7fc00000u);
+}
+
+// SPEC §6: autograd computes (x − p)·(1/sqrt(s1)); at s1 = 0 that is
+// 0·inf = NaN in every column. True for the rows where the naive formula
+// blows up (s = (s1, s2), ε = 0).
+fn naive_blows_up(s: vec2<f32>) -> bool {
+    return NAIVE && (s.x == 0.0 || s.y == 0.0);
 }
 
 // SPEC §5 with μ = 0 and wd = 0.

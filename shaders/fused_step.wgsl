@@ -37,10 +37,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             let c = row_coef(r, params.w_red);
             let inv_d1 = safe_inv(d1);
             let inv_d2 = safe_inv(d2);
+            let blown = naive_blows_up(s);
             for (var k = 0u; k < D; k = k + 1u) {
                 let x = table[base + k];
                 let g = row_grad(x, anchors[k], anchors[D + k], c, inv_d1, inv_d2);
-                table[base + k] = sgd_update(x, g, params.lr);
+                table[base + k] = select(sgd_update(x, g, params.lr), nan(), blown);
             }
         }
     }

@@ -1,6 +1,7 @@
 // loss.wgsl — the loss forward and backward of SPEC §3–§4 on gathered rows.
 //   forward:  r_j, c_j = w_red·sign(r_j); per-workgroup (Σ|r|, max|r|)
-//   backward: G[j, k] = c_j·((x − p)/d1 + (x − q)/d2)
+//   backward: G[j, k] = c_j·((x − p)/d1 + (x − q)/d2), NaN where the naive
+//             formula blows up
 
 @group(0) @binding(0) var<storage, read> xs: array<f32>;
 @group(0) @binding(1) var<storage, read> anchors: array<f32>;   // p (D), then q (D)
@@ -41,5 +42,6 @@ fn backward(@builtin(workgroup_id) wg: vec3<u32>,
     let j = e / D;
     let k = e % D;
     let d = dist[j];
-    grads[e] = row_grad(xs[e], anchors[k], anchors[D + k], coef[j], safe_inv(d.z), safe_inv(d.w));
+    let g = row_grad(xs[e], anchors[k], anchors[D + k], coef[j], safe_inv(d.z), safe_inv(d.w));
+    grads[e] = select(g, nan(), naive_blows_up(d.xy));
 }

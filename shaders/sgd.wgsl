@@ -22,5 +22,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
         return;
     }
     let at = (row - chunk.row_base) * D + e % D;
-    table[at] = sgd_update(table[at], grads[e], params.lr);
+    // A non-finite gradient (the naive formula's NaN) is written as NaN
+    // explicitly rather than left to arithmetic that may assume no NaN.
+    let g = grads[e];
+    table[at] = select(sgd_update(table[at], g, params.lr), nan(), is_nonfinite(g));
 }

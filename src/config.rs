@@ -85,6 +85,8 @@ pub struct StepConfig {
     pub lr: f32,
     pub reduction: Reduction,
     pub endpoints: Endpoints,
+    /// SPEC §6: autograd's formula with ε = 0, NaN where a distance is 0.
+    pub naive: bool,
 }
 
 impl StepConfig {
@@ -97,6 +99,7 @@ impl StepConfig {
             lr: 0.2,
             reduction: Reduction::Sum,
             endpoints: Endpoints::Frozen,
+            naive: false,
         }
     }
 
@@ -117,6 +120,9 @@ impl StepConfig {
         }
         if !self.eps.is_finite() || self.eps < 0.0 {
             return Err(Error::invalid("--eps", format!("{} must be finite and ≥ 0", self.eps)));
+        }
+        if self.naive && self.eps != 0.0 {
+            return Err(Error::invalid("--eps", "the naive formula has no ε (it is 0 by definition)"));
         }
         Ok(())
     }

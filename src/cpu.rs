@@ -90,9 +90,11 @@ impl CpuTrainer {
                     if update && cfg.endpoints.writes_row(row, a, b) {
                         let c = w_red * sign(r);
                         let (inv_d1, inv_d2) = (safe_inv(d1), safe_inv(d2));
+                        // naive_blows_up of shaders/common.wgsl (SPEC §6)
+                        let blown = cfg.naive && (s1 == 0.0 || s2 == 0.0);
                         for k in 0..d {
                             let g = c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2);
-                            x[k] -= cfg.lr * g;
+                            x[k] = if blown { f32::NAN } else { x[k] - cfg.lr * g };
                         }
                     }
                 }

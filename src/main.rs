@@ -66,9 +66,12 @@ struct TrainArgs {
     /// SGD learning rate.
     #[arg(long, default_value_t = 0.2, allow_hyphen_values = true)]
     lr: f32,
-    /// ε added inside each square root.
-    #[arg(long, default_value_t = 1e-8, allow_hyphen_values = true)]
-    eps: f32,
+    /// ε added inside each square root [default: 1e-8; 0 with --naive].
+    #[arg(long, allow_hyphen_values = true)]
+    eps: Option<f32>,
+    /// Reproduce the original bug: autograd's formula, ε = 0 (SPEC §6).
+    #[arg(long)]
+    naive: bool,
     /// sum: w = 1; mean: w = 1/B.
     #[arg(long, value_enum, default_value_t = Reduction::Sum)]
     reduction: Reduction,
@@ -173,7 +176,8 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     if let Some(s) = &args.anchors {
         (cfg.anchor_a, cfg.anchor_b) = parse_anchors(s)?;
     }
-    cfg.eps = args.eps;
+    cfg.naive = args.naive;
+    cfg.eps = args.eps.unwrap_or(if args.naive { 0.0 } else { 1e-8 });
     cfg.lr = args.lr;
     cfg.reduction = args.reduction;
     cfg.endpoints = args.endpoints;
@@ -192,6 +196,9 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     }
     if let Some(n) = note {
         out!("         {n}");
+    }
+    if cfg.naive {
+        out!("         naive: autograd's formula with ε = 0; rows at distance 0 from an anchor turn NaN");
     }
     out!(
         "table    {} × {} f32 ({:.1} MB) · anchors {},{} · endpoints {} · reduction {} · ε {:e} · lr {}",

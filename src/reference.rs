@@ -41,8 +41,17 @@ pub fn step_batch(table: &mut [f64], shape: Shape, cfg: &StepConfig, rows: &[usi
         if cfg.endpoints.writes_row(i, cfg.anchor_a, cfg.anchor_b) {
             let c = w_red * sign(r);
             let (inv_d1, inv_d2) = (safe_inv(d1), safe_inv(d2));
+            // SPEC §6: autograd's 0·(1/sqrt(0)) = NaN in every column.
+            let blown = cfg.naive && (s1 == 0.0 || s2 == 0.0);
             let new: Vec<f64> = (0..d)
-                .map(|k| x[k] - cfg.lr as f64 * (c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2)))
+                .map(|k| {
+                    let g = c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2);
+                    if blown {
+                        f64::NAN
+                    } else {
+                        x[k] - cfg.lr as f64 * g
+                    }
+                })
                 .collect();
             updates.push((i, new));
         }

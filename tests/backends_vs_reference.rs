@@ -141,7 +141,8 @@ fn sweep(name: &str, backend_for: impl Fn(usize) -> Backend) {
                 for reduction in [Reduction::Sum, Reduction::Mean] {
                     for endpoints in [Endpoints::Frozen, Endpoints::Detached] {
                         let lr = if reduction == Reduction::Mean { LR * rows as f32 } else { LR };
-                        let cfg = StepConfig { anchor_a: a, anchor_b: b, eps: 1e-8, lr, reduction, endpoints };
+                        let cfg =
+                            StepConfig { anchor_a: a, anchor_b: b, eps: 1e-8, lr, reduction, endpoints, naive: false };
                         case += 1;
                         check(backend_for(rows), shape, cfg, seed.wrapping_add(case));
                     }

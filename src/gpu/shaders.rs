@@ -41,11 +41,11 @@ macro_rules! kernel {
 
 pub const INIT: Kernel = kernel!("init", [RNG], ["main"], ["WG", "D"]);
 pub const ANCHORS: Kernel = kernel!("anchors", [], ["main"], ["D"]);
-pub const FUSED_STEP: Kernel = kernel!("fused_step", [REDUCE_WG], ["main"], ["WG", "D", "MODE", "UPDATE"]);
+pub const FUSED_STEP: Kernel = kernel!("fused_step", [REDUCE_WG], ["main"], ["WG", "D", "MODE", "NAIVE", "UPDATE"]);
 pub const REDUCE: Kernel = kernel!("reduce", [REDUCE_WG], ["main"], ["WG"]);
 pub const GATHER: Kernel = kernel!("gather", [], ["main"], ["WG", "D"]);
 pub const DISTANCES: Kernel = kernel!("distances", [], ["main"], ["WG", "D"]);
-pub const LOSS: Kernel = kernel!("loss", [REDUCE_WG], ["forward", "backward"], ["WG", "D"]);
+pub const LOSS: Kernel = kernel!("loss", [REDUCE_WG], ["forward", "backward"], ["WG", "D", "NAIVE"]);
 pub const SGD: Kernel = kernel!("sgd", [], ["main"], ["WG", "D", "MODE"]);
 
 /// Every kernel, for validation and for anyone looking for one.

@@ -267,7 +267,7 @@ impl GpuTrainer {
         });
         let reduce_u = uniform(&ctx, "reduce", &ReduceU { count: partial_base, pad: [0; 3] });
 
-        let consts = Constants { wg, dim: shape.dim as u32, mode: cfg.endpoints.shader_mode() };
+        let consts = Constants { wg, dim: shape.dim as u32, mode: cfg.endpoints.shader_mode(), naive: cfg.naive };
         let p = consts.pipeline(&ctx, &shaders::ANCHORS, "main", None);
         let anchors_pass = Pass { groups: vec![bind(&ctx, &p, &[&anchors, &state, &params])], pipeline: p };
         let fused = |update: bool| {
@@ -351,7 +351,12 @@ impl GpuTrainer {
     }
 
     fn constants(&self) -> Constants {
-        Constants { wg: self.wg, dim: self.shape.dim as u32, mode: self.cfg.endpoints.shader_mode() }
+        Constants {
+            wg: self.wg,
+            dim: self.shape.dim as u32,
+            mode: self.cfg.endpoints.shader_mode(),
+            naive: self.cfg.naive,
+        }
     }
 
     /// Wall time of `iters` plain device copies of the whole table (each
@@ -585,6 +590,7 @@ struct Constants {
     wg: u32,
     dim: u32,
     mode: u32,
+    naive: bool,
 }
 
 impl Constants {
@@ -593,6 +599,7 @@ impl Constants {
             ("WG", self.wg as f64),
             ("D", self.dim as f64),
             ("MODE", self.mode as f64),
+            ("NAIVE", if self.naive { 1.0 } else { 0.0 }),
             ("UPDATE", if update.unwrap_or(true) { 1.0 } else { 0.0 }),
         ];
         let constants: Vec<(&str, f64)> = all.into_iter().filter(|(name, _)| k.overrides.contains(name)).collect();

@@ -1,0 +1,77 @@
+//! SPEC §6: `--naive` reproduces the original bug exactly — after one
+//! full-table step in `detached` mode rows a and b, and only they, are
+//! non-finite in every column — while the safe default stays finite.
+
+mod common;
+
+use common::*;
+use latent_line::cpu::CpuTrainer;
+use latent_line::gpu::{GpuOptions, GpuTrainer, StepPath};
+use latent_line::{reference, Endpoints, Shape, StepConfig, TableSource, Trainer};
+
+fn backends(shape: Shape, cfg: StepConfig, table: &[f32]) -> Vec<(String, Box<dyn Trainer>)> {
+    let mut v: Vec<(String, Box<dyn Trainer>)> =
+        vec![("cpu".into(), Box::new(CpuTrainer::new(shape, cfg, TableSource::Data(table.to_vec())).unwrap()))];
+    for path in [StepPath::Fused, StepPath::Staged] {
+        let opts = GpuOptions { path, max_chunk_rows: Some(97), ..GpuOptions::default() };
+        let t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table.to_vec()), opts).unwrap();
+        v.push((format!("gpu {path:?}"), Box::new(t)));
+    }
+    v
+}
+
+fn bad_rows(table: &[f32], dim: usize) -> Vec<usize> {
+    (0..table.len() / dim).filter(|&r| table[r * dim..][..dim].iter().any(|v| !v.is_finite())).collect()
+}
+
+#[test]
+fn naive_detached_step_turns_exactly_the_anchor_rows_nan() {
+    let seed = seed("naive");
+    let (rows, dim) = (300usize, 7usize);
+    let shape = Shape::new(rows, dim).unwrap();
+    let mut r = rng(seed);
+    let table = random_table(&mut r, rows, dim);
+    let (a, b) = (rand::Rng::random_range(&mut r, 0..rows / 2), rand::Rng::random_range(&mut r, rows / 2..rows));
+    let cfg = StepConfig {
+        anchor_a: a,
+        anchor_b: b,
+        eps: 0.0,
+        naive: true,
+        endpoints: Endpoints::Detached,
+        ..StepConfig::for_rows(rows)
+    };
+    let mut want = to_f64(&table);
+    reference::step(&mut want, shape, &cfg);
+    let want_bad: Vec<usize> = (0..rows).filter(|&i| want[i * dim..][..dim].iter().any(|v| !v.is_finite())).collect();
+    assert_eq!(want_bad, vec![a, b], "reference, seed {seed}");
+    for (name, mut t) in backends(shape, cfg, &table) {
+        t.steps(1).unwrap();
+        let got = t.read_table().unwrap();
+        assert_eq!(bad_rows(&got, dim), vec![a, b], "{name}, seed {seed}");
+        for row in [a, b] {
+            assert!(
+                got[row * dim..][..dim].iter().all(|v| v.is_nan()),
+                "{name}, seed {seed}: row {row} not NaN in all columns"
+            );
+        }
+    }
+    // Frozen anchors are never written: the naive formula does no harm there.
+    let frozen = StepConfig { endpoints: Endpoints::Frozen, ..cfg };
+    for (name, mut t) in backends(shape, frozen, &table) {
+        t.steps(1).unwrap();
+        assert!(bad_rows(&t.read_table().unwrap(), dim).is_empty(), "{name}, seed {seed}");
+    }
+}
+
+#[test]
+fn safe_default_stays_finite_for_1000_steps_of_the_six_code_case() {
+    let seed = seed("safe_six_codes");
+    let shape = Shape::new(6, 4).unwrap();
+    let table = random_table(&mut rng(seed), 6, 4);
+    let cfg = StepConfig { endpoints: Endpoints::Detached, anchor_a: 0, anchor_b: 5, ..StepConfig::for_rows(6) };
+    for (name, mut t) in backends(shape, cfg, &table) {
+        let records = t.steps(1000).unwrap();
+        assert!(records.iter().all(|r| r.excess_sum.is_finite() && r.d0.is_finite()), "{name}, seed {seed}");
+        assert!(bad_rows(&t.read_table().unwrap(), 4).is_empty(), "{name}, seed {seed}");
+    }
+}
