@@ -242,7 +242,9 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         last.mean_excess(),
         last.d0,
         args.steps,
-        if last.mean_excess() > 0.0 {
+        if !last.mean_excess().is_finite() {
+            "non-finite".into()
+        } else if last.mean_excess() > 0.0 {
             format!("÷{:.3e}", first.mean_excess() / last.mean_excess())
         } else {
             "0".into()
