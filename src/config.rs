@@ -54,17 +54,11 @@ impl Shape {
         if dim == 0 {
             return Err(Error::invalid("--dim", "0 columns; the table needs at least 1"));
         }
-        let too_large = |reason: &str| Error::TooLarge {
-            rows: rows as u64,
-            dim: dim as u64,
-            bytes: (rows as u128 * dim as u128 * 4).min(u64::MAX as u128) as u64,
-            reason: reason.into(),
-        };
         if rows as u64 > u32::MAX as u64 {
-            return Err(too_large("more than 2^32 − 1 rows (row indices are u32)"));
+            return Err(Error::too_large(rows, dim, "more than 2^32 − 1 rows (row indices are u32)"));
         }
         if (rows as u64).checked_mul(dim as u64).and_then(|n| n.checked_mul(4)).is_none() {
-            return Err(too_large("its size overflows 64 bits"));
+            return Err(Error::too_large(rows, dim, "its size overflows 64 bits"));
         }
         Ok(Shape { rows, dim })
     }
@@ -73,6 +67,10 @@ impl Shape {
     }
     pub fn bytes(&self) -> u64 {
         self.elements() * 4
+    }
+    /// This table does not fit, for `reason`.
+    pub fn too_large(&self, reason: impl Into<String>) -> Error {
+        Error::too_large(self.rows, self.dim, reason)
     }
 }
 

@@ -22,8 +22,8 @@ pub struct CpuTrainer {
 impl CpuTrainer {
     pub fn new(shape: Shape, cfg: StepConfig, source: TableSource) -> Result<Self> {
         cfg.validate(shape)?;
-        let n = usize::try_from(shape.elements())
-            .map_err(|_| too_large(shape, "more elements than this host can index"))?;
+        let n =
+            usize::try_from(shape.elements()).map_err(|_| shape.too_large("more elements than this host can index"))?;
         let table = match source {
             TableSource::Data(v) => {
                 if v.len() != n {
@@ -36,7 +36,7 @@ impl CpuTrainer {
             }
             TableSource::Random { seed } => {
                 let mut v = Vec::new();
-                v.try_reserve_exact(n).map_err(|_| too_large(shape, "host memory allocation failed"))?;
+                v.try_reserve_exact(n).map_err(|_| shape.too_large("host memory allocation failed"))?;
                 v.resize(n, 0.0f32);
                 let d = shape.dim;
                 v.par_chunks_mut(d).enumerate().for_each(|(row, out)| {
@@ -153,8 +153,4 @@ fn sign(r: f32) -> f32 {
     } else {
         0.0
     }
-}
-
-pub(crate) fn too_large(shape: Shape, reason: &str) -> Error {
-    Error::TooLarge { rows: shape.rows as u64, dim: shape.dim as u64, bytes: shape.bytes(), reason: reason.into() }
 }

@@ -32,7 +32,7 @@ pub enum Error {
 
     /// The table does not fit the device or the host.
     #[error("table of {rows} rows × {dim} columns ({bytes} bytes) does not fit: {reason}")]
-    TooLarge { rows: u64, dim: u64, bytes: u64, reason: String },
+    TooLarge { rows: u64, dim: u64, bytes: u128, reason: String },
 
     /// wgpu reported an error (validation, out of memory, internal).
     #[error("GPU error: {0}")]
@@ -52,6 +52,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     pub(crate) fn invalid(option: &'static str, reason: impl Into<String>) -> Self {
         Error::InvalidOption { option, reason: reason.into() }
+    }
+    /// A `rows` × `dim` f32 table that cannot be held, and why. The size is
+    /// computed in u128 so that even an overflowing request is reported truly.
+    pub(crate) fn too_large(rows: usize, dim: usize, reason: impl Into<String>) -> Self {
+        Error::TooLarge {
+            rows: rows as u64,
+            dim: dim as u64,
+            bytes: rows as u128 * dim as u128 * 4,
+            reason: reason.into(),
+        }
     }
     pub(crate) fn bad_file(path: &std::path::Path, reason: impl Into<String>) -> Self {
         Error::BadFile { path: path.to_path_buf(), reason: reason.into() }

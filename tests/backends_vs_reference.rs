@@ -4,6 +4,8 @@
 
 mod common;
 
+use rand::Rng;
+
 use common::*;
 use latent_line::cpu::CpuTrainer;
 use latent_line::gpu::{GpuOptions, GpuTrainer, StepPath};
@@ -75,16 +77,15 @@ fn check(backend: Backend, shape: Shape, cfg: StepConfig, seed: u64) {
     let mut r = rng(seed ^ 0x5eed);
     let dist =
         |t: &[f32], i: usize, j: usize| (0..d).map(|k| (t[i * d + k] - t[j * d + k]).powi(2)).sum::<f32>().sqrt();
+    // The same draw as `random_table`, for one row.
+    let mut redraw =
+        |t: &mut [f32], i: usize| t[i * d..][..d].iter_mut().for_each(|v| *v = r.random_range(-2.0f32..2.0));
     while dist(&table, cfg.anchor_a, cfg.anchor_b) < 1.0 {
-        for k in 0..d {
-            table[cfg.anchor_b * d + k] = rand::Rng::random_range(&mut r, -2.0f32..2.0);
-        }
+        redraw(&mut table, cfg.anchor_b);
     }
     for i in (0..shape.rows).filter(|&i| i != cfg.anchor_a && i != cfg.anchor_b) {
         while dist(&table, i, cfg.anchor_a) < MIN_GAP || dist(&table, i, cfg.anchor_b) < MIN_GAP {
-            for k in 0..d {
-                table[i * d + k] = rand::Rng::random_range(&mut r, -2.0f32..2.0);
-            }
+            redraw(&mut table, i);
         }
     }
     let mut want = to_f64(&table);
@@ -216,4 +217,15 @@ fn gpu_two_dimensional_grids_match_reference() {
         let cfg = StepConfig { lr: LR, anchor_a: 7, anchor_b: 2400, ..StepConfig::for_rows(2500) };
         check(Backend::GpuGrid { max_groups: 5 }, shape, cfg, seed + i as u64);
     }
+}
+
+#[test]
+fn staged_path_refuses_a_batch_past_the_dispatch_grid() {
+    // 2500 × 3 elements need 118 workgroups of 64; a 2 × 2 grid holds 4.
+    let shape = Shape::new(2500, 3).unwrap();
+    let table = random_table(&mut rng(seed("staged_grid")), 2500, 3);
+    let opts = GpuOptions { path: StepPath::Staged, max_groups: Some(2), ..GpuOptions::default() };
+    let mut t = GpuTrainer::new(gpu(), shape, StepConfig::for_rows(2500), TableSource::Data(table), opts).unwrap();
+    let err = t.steps(1).unwrap_err().to_string();
+    assert!(err.contains("2500 rows × 3 columns (30000 bytes)") && err.contains("dispatch limit"), "{err}");
 }

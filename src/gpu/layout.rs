@@ -3,7 +3,6 @@
 //! binding limit, and every dispatch over a chunk fits the workgroup grid.
 
 use crate::config::Shape;
-use crate::cpu::too_large;
 use crate::error::Result;
 
 /// One storage binding's rows: `[row_base, row_base + rows)`.
@@ -33,12 +32,9 @@ impl ChunkLayout {
     ) -> Result<Self> {
         let row_bytes = shape.dim as u64 * 4;
         if row_bytes > max_binding_bytes {
-            return Err(too_large(
-                shape,
-                &format!(
-                    "one row is {row_bytes} bytes, over the device's {max_binding_bytes}-byte storage binding limit"
-                ),
-            ));
+            return Err(shape.too_large(format!(
+                "one row is {row_bytes} bytes, over the device's {max_binding_bytes}-byte storage binding limit"
+            )));
         }
         // Element indices inside a chunk are u32, and the per-element kernels
         // must fit in a max_groups × max_groups grid.
@@ -49,7 +45,7 @@ impl ChunkLayout {
             rows_per_chunk = rows_per_chunk.min(m.max(1));
         }
         if rows_per_chunk == 0 {
-            return Err(too_large(shape, &format!("one row does not fit a dispatch grid of {max_groups}² workgroups")));
+            return Err(shape.too_large(format!("one row does not fit a dispatch grid of {max_groups}² workgroups")));
         }
         let spans = (0..shape.rows)
             .step_by(rows_per_chunk)

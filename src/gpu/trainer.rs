@@ -208,7 +208,7 @@ impl GpuTrainer {
         let validation = pollster::block_on(invalid.pop());
         let out_of_memory = pollster::block_on(oom.pop());
         if let Some(e) = out_of_memory {
-            return Err(crate::cpu::too_large(shape, &format!("the GPU could not allocate it ({e})")));
+            return Err(shape.too_large(format!("the GPU could not allocate it ({e})")));
         }
         if let Some(e) = validation {
             return Err(Error::Gpu(e.to_string()));
@@ -267,7 +267,7 @@ impl GpuTrainer {
         });
         let reduce_u = uniform(&ctx, "reduce", &ReduceU { count: partial_base, pad: [0; 3] });
 
-        let consts = Constants { wg, dim: shape.dim as u32, mode: cfg.endpoints.shader_mode(), naive: cfg.naive };
+        let consts = Constants::new(shape, &cfg, wg);
         let p = consts.pipeline(&ctx, &shaders::ANCHORS, "main", None);
         let anchors_pass = Pass { groups: vec![bind(&ctx, &p, &[&anchors, &state, &params])], pipeline: p };
         let fused = |update: bool| {
@@ -351,12 +351,7 @@ impl GpuTrainer {
     }
 
     fn constants(&self) -> Constants {
-        Constants {
-            wg: self.wg,
-            dim: self.shape.dim as u32,
-            mode: self.cfg.endpoints.shader_mode(),
-            naive: self.cfg.naive,
-        }
+        Constants::new(self.shape, &self.cfg, self.wg)
     }
 
     /// Wall time of `iters` plain device copies of the whole table (each
@@ -460,10 +455,10 @@ impl GpuTrainer {
         let ctx = self.ctx.clone();
         let (b, d) = (self.shape.rows as u64, self.shape.dim as u64);
         if b * d * 4 > ctx.max_binding_bytes() {
-            return Err(crate::cpu::too_large(
-                self.shape,
-                "the staged path gathers the batch into one storage binding",
-            ));
+            return Err(self.shape.too_large("the staged path gathers the batch into one storage binding"));
+        }
+        if (b * d).div_ceil(self.wg as u64) > self.max_groups as u64 * self.max_groups as u64 {
+            return Err(self.shape.too_large("the staged path's per-element grid exceeds the dispatch limit"));
         }
         let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let indices: Vec<u32> = (0..b as u32).collect();
@@ -594,6 +589,10 @@ struct Constants {
 }
 
 impl Constants {
+    fn new(shape: Shape, cfg: &StepConfig, wg: u32) -> Self {
+        Constants { wg, dim: shape.dim as u32, mode: cfg.endpoints.shader_mode(), naive: cfg.naive }
+    }
+
     fn pipeline(&self, ctx: &GpuContext, k: &Kernel, entry: &str, update: Option<bool>) -> wgpu::ComputePipeline {
         let all = [
             ("WG", self.wg as f64),
