@@ -1,18 +1,42 @@
-// anchors.wgsl — SPEC §2–§3: from the step's snapshot (p, q) compute
-// s0 = ‖p − q‖² and d0. One invocation, columns in order (deterministic).
-// The snapshot itself is a buffer copy encoded by the host before this.
+// anchors.wgsl — the start of a step (SPEC §2–§3): copy rows a and b of the
+// current table into `anchors` (the step's snapshot p, q), compute
+// s0 = ‖p − q‖² and d0, and advance the pass stamp. One invocation, columns
+// in order (deterministic). Reads the current buffer on the device, so a
+// double-buffered guard's choice never goes through the host.
 
-@group(0) @binding(0) var<storage, read> anchors: array<f32>;   // p (D), then q (D)
+struct AnchorRows {
+    a_at: u32,      // element offset of row a in its chunk
+    b_at: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> anchors: array<f32>;   // p (D), then q (D)
 @group(0) @binding(1) var<storage, read_write> state: State;
 @group(0) @binding(2) var<uniform> params: Params;
+@group(0) @binding(3) var<storage, read> a_in_a: array<f32>;   // row a's chunk, table A
+@group(0) @binding(4) var<storage, read> a_in_b: array<f32>;   // row a's chunk, table B
+@group(0) @binding(5) var<storage, read> b_in_a: array<f32>;
+@group(0) @binding(6) var<storage, read> b_in_b: array<f32>;
+@group(0) @binding(7) var<uniform> at: AnchorRows;
 
 @compute @workgroup_size(1)
 fn main() {
+    if (state.halted != 0u) {
+        return;
+    }
+    state.stamp = state.stamp + 1u;
+    state.restore = 0u;
+    let cur = state.cur;
     // s2 of row a is exactly s0: the same function over the same values, so
     // an anchor row's excess is sqrt(ε) + d0 − d0 with no rounding noise.
     var s = vec2<f32>(0.0, 0.0);
     for (var k = 0u; k < D; k = k + 1u) {
-        s = accumulate_sq(s, anchors[k], anchors[k], anchors[D + k]);
+        let p = select(a_in_a[at.a_at + k], a_in_b[at.a_at + k], cur == 1u);
+        let q = select(b_in_a[at.b_at + k], b_in_b[at.b_at + k], cur == 1u);
+        anchors[k] = p;
+        anchors[D + k] = q;
+        s = accumulate_sq(s, p, p, q);
     }
     let s0 = s.y;
     state.s0 = s0;

@@ -11,10 +11,37 @@ override WG: u32 = 64u;        // workgroup size (power of two, ≤ MAX_WG)
 override D: u32 = 1u;          // columns of the table
 override MODE: u32 = 0u;       // endpoint mode, see MODE_* below
 override NAIVE: bool = false;  // SPEC §6: reproduce autograd's NaN (ε = 0)
+override GUARD: u32 = 0u;      // SPEC §9 policy, see GUARD_* below
 
 const MAX_WG: u32 = 256u;
 const MODE_FROZEN: u32 = 0u;   // rows a and b never change
 const MODE_DETACHED: u32 = 1u; // anchors get the row term when in the batch
+
+// SPEC §9 guard policies (values of GUARD; `src/guard.rs` mirrors them).
+const GUARD_IGNORE: u32 = 0u;
+const GUARD_SKIP_STEP: u32 = 1u;
+const GUARD_SKIP_ROW: u32 = 2u;
+const GUARD_ROLLBACK: u32 = 3u;
+const GUARD_ABORT: u32 = 4u;
+
+// What the guard did with a step (the record's `action` word).
+const ACT_APPLIED: u32 = 0u;
+const ACT_IGNORED: u32 = 1u;      // non-finite values found and written
+const ACT_SKIPPED_STEP: u32 = 2u;
+const ACT_SKIPPED_ROWS: u32 = 3u;
+const ACT_ROLLED_BACK: u32 = 4u;
+const ACT_ABORTED: u32 = 5u;
+const ACT_NOT_RUN: u32 = 6u;      // the run had already aborted
+const ACT_EVALUATED: u32 = 7u;    // a forward evaluation, no update
+
+// One step's record (array<u32>, f32 as bits): a header, then one scan
+// block per scanned buffer (loss, gradient, rows written; see scan.wgsl),
+// then the strike counts of the listed rows (skip-row). `src/record.rs`
+// decodes this layout.
+const REC_HEADER: u32 = 8u;       // Σ|r|, max|r|, d0, s0, near, action, lr, cur
+const SCAN_CAP: u32 = 64u;        // SPEC §7: rows listed per scan
+const SCAN_WORDS: u32 = 76u;      // 12 words + SCAN_CAP rows
+const REC_WORDS: u32 = 300u;      // REC_HEADER + 3·SCAN_WORDS + SCAN_CAP
 
 // Step-wide values; one uniform buffer for the whole run.
 struct Params {
@@ -27,6 +54,10 @@ struct Params {
     w_red: f32,     // 1 for `sum`, 1/B for `mean`
     seed_lo: u32,
     seed_hi: u32,
+    tau: f32,       // SPEC §8: near-singular below (τ·d0)²
+    max_skips: u32, // SPEC §9: consecutive skipped steps before abort
+    max_rollbacks: u32,
+    backoff: f32,   // lr factor on rollback
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -40,12 +71,35 @@ struct Chunk {
     _pad: u32,
 }
 
-// Device-side step state, written by `anchors` and `reduce`.
+// Device-side run state, written by `anchors` and `reduce`: the guard
+// decides here, so no step waits for the host (SPEC §9).
 struct State {
-    record: u32,    // next slot of the metrics buffer
+    record: u32,    // next slot of the records buffer (reset per submission)
+    stamp: u32,     // passes begun; stamps this pass's scan findings
+    cur: u32,       // double-buffered guards: 0 = table A is current, 1 = B
+    halted: u32,    // 1 once the guard aborted: later steps do nothing
     s0: f32,        // ‖p − q‖² of the current snapshot
     d0: f32,        // sqrt(s0 + ε)
+    lr: f32,        // learning rate now (rollback backs it off)
+    skips: u32,     // consecutive skipped steps
+    rollbacks: u32,
+    restore: u32,   // 1: this step's restore pass copies the snapshot back
+    _pad0: u32,
+    _pad1: u32,
+}
+
+// One workgroup's share of a forward pass, folded by reduce.wgsl.
+struct Partial {
+    sum: f32,       // Σ|r| over the workgroup's finite rows
+    max: f32,
+    near: u32,      // SPEC §8 near-singular rows
     _pad: u32,
+}
+
+// Guards that write each step into the other table buffer, so a failing
+// step is dropped by not switching buffers: no extra pass (SPEC §9).
+fn double_buffered() -> bool {
+    return GUARD == GUARD_SKIP_STEP || GUARD == GUARD_ROLLBACK || GUARD == GUARD_ABORT;
 }
 
 // A 2-D dispatch grid (more than 65 535 workgroups) flattened to one index.

@@ -1,52 +1,154 @@
 // fused_step.wgsl — the full-table step for one chunk, in ONE pass: each
 // invocation owns one row, reads it, computes d1, d2, r and the gradient,
-// and writes the updated row back (the second read of the row hits cache).
-// With UPDATE = false the same kernel is the forward-only evaluation.
+// scans the loss, the gradient and the new values (SPEC §7), counts the
+// near-singular rows (§8), and writes the row (the second read of the row
+// hits cache). With UPDATE = false it is the forward-only evaluation.
+//
+// Where the row is written depends on the guard (SPEC §9):
+//  - ignore, skip-row: in place (skip-row first decides, then writes);
+//  - skip-step, rollback, abort: into the other table buffer (table_a ⇄
+//    table_b); reduce.wgsl switches `state.cur` only if the step was clean,
+//    so a failing step is dropped without another pass over the table.
 // Host owner: `GpuTrainer::encode_fused` (src/gpu/trainer.rs);
-// reference: `reference::step` (src/reference.rs).
+// CPU mirror: `CpuTrainer::pass` (src/cpu.rs); reference: src/reference.rs.
 
 override UPDATE: bool = true;
 
-@group(0) @binding(0) var<storage, read_write> table: array<f32>;
-@group(0) @binding(1) var<storage, read> anchors: array<f32>;   // p (D), then q (D)
-@group(0) @binding(2) var<storage, read> state: State;
-@group(0) @binding(3) var<storage, read_write> partials: array<vec2<f32>>;
-@group(0) @binding(4) var<uniform> params: Params;
-@group(0) @binding(5) var<uniform> chunk: Chunk;
+@group(0) @binding(0) var<storage, read_write> table_a: array<f32>;
+@group(0) @binding(1) var<storage, read_write> table_b: array<f32>;   // a 16-byte stand-in when single-buffered
+@group(0) @binding(2) var<storage, read> anchors: array<f32>;         // p (D), then q (D)
+@group(0) @binding(3) var<storage, read> state: State;
+@group(0) @binding(4) var<storage, read_write> partials: array<Partial>;
+@group(0) @binding(5) var<uniform> params: Params;
+@group(0) @binding(6) var<uniform> chunk: Chunk;
+@group(0) @binding(7) var<storage, read_write> strikes: array<u32>;   // skip-row only, per global row
+
+var<workgroup> wg_flags: vec2<u32>;   // (state.cur, state.halted), made uniform
+var<workgroup> wg_near: atomic<u32>;
+
+fn load_x(cur: u32, e: u32) -> f32 {
+    if (cur == 0u) {
+        return table_a[e];
+    }
+    return table_b[e];
+}
+
+// Double-buffered guards write the buffer that is not current.
+fn store_x(cur: u32, e: u32, v: f32) {
+    let dst = select(cur, 1u - cur, double_buffered());
+    if (dst == 0u) {
+        table_a[e] = v;
+    } else {
+        table_b[e] = v;
+    }
+}
+
+// Gradient and new value of column k. A row that read a non-finite value,
+// or where the naive formula divides by zero, gets NaN from bits: WGSL may
+// assume no NaN exists, so arithmetic is never trusted to make one.
+fn grad_at(x: f32, k: u32, c: f32, inv_d1: f32, inv_d2: f32, poisoned: bool) -> f32 {
+    return select(row_grad(x, anchors[k], anchors[D + k], c, inv_d1, inv_d2), nan(), poisoned);
+}
+
+fn new_value(x: f32, g: f32, lr: f32, poisoned: bool) -> f32 {
+    return select(sgd_update(x, g, lr), nan(), poisoned);
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let w = linear_workgroup(wg, nwg);
+    scan_reset(lid);
+    if (lid == 0u) {
+        wg_flags = vec2<u32>(state.cur, state.halted);
+        atomicStore(&wg_near, 0u);
+    }
+    let flags = workgroupUniformLoad(&wg_flags);   // also the barrier after the resets
+    if (flags.y != 0u) {
+        return;
+    }
+    let cur = flags.x;
     let i = w * WG + lid;
     var abs_r = 0.0;
     if (i < chunk.rows) {
         let base = i * D;
         var s = vec2<f32>(0.0, 0.0);
+        var in_bad = false;
         for (var k = 0u; k < D; k = k + 1u) {
-            s = accumulate_sq(s, table[base + k], anchors[k], anchors[D + k]);
+            let x = load_x(cur, base + k);
+            in_bad = in_bad || is_nonfinite(x);
+            s = accumulate_sq(s, x, anchors[k], anchors[D + k]);
         }
         let row = chunk.row_base + i;
         s = pin_anchors(s, row, params.anchor_a, params.anchor_b, state.s0);
         let d1 = safe_dist(s.x, params.eps);
         let d2 = safe_dist(s.y, params.eps);
         let r = excess(d1, d2, state.d0);
-        abs_r = abs(r);
-        if (UPDATE && writes_row(row, params.anchor_a, params.anchor_b)) {
+        // The loss term of a row that read a non-finite value is NaN.
+        let loss_scan = row_scan_add(row_scan_new(), 0u, select(r, nan(), in_bad));
+        scan_commit(0u, lid, loss_scan);
+        abs_r = select(abs(r), 0.0, row_scan_bad(loss_scan));   // sums cover finite terms
+        let near = params.tau * state.d0;
+        if (s.x < near * near || s.y < near * near) {
+            atomicAdd(&wg_near, 1u);
+        }
+        if (UPDATE) {
+            let lr = state.lr;
             let c = row_coef(r, params.w_red);
             let inv_d1 = safe_inv(d1);
             let inv_d2 = safe_inv(d2);
-            let blown = naive_blows_up(s);
-            for (var k = 0u; k < D; k = k + 1u) {
-                let x = table[base + k];
-                let g = row_grad(x, anchors[k], anchors[D + k], c, inv_d1, inv_d2);
-                table[base + k] = select(sgd_update(x, g, params.lr), nan(), blown);
+            let poisoned = in_bad || naive_blows_up(s);
+            var gs = row_scan_new();
+            var ts = row_scan_new();
+            if (!writes_row(row, params.anchor_a, params.anchor_b)) {
+                if (double_buffered()) {
+                    // Frozen anchors are carried into the next buffer unchanged.
+                    for (var k = 0u; k < D; k = k + 1u) {
+                        store_x(cur, base + k, load_x(cur, base + k));
+                    }
+                }
+            } else if (GUARD == GUARD_SKIP_ROW) {
+                // Decide first, then write: a row that would turn non-finite
+                // keeps its old value and earns a strike.
+                for (var k = 0u; k < D; k = k + 1u) {
+                    let x = load_x(cur, base + k);
+                    let g = grad_at(x, k, c, inv_d1, inv_d2, poisoned);
+                    gs = row_scan_add(gs, k, g);
+                    ts = row_scan_add(ts, k, new_value(x, g, lr, poisoned));
+                }
+                if (row_scan_bad(loss_scan) || row_scan_bad(gs) || row_scan_bad(ts)) {
+                    strikes[row] = strikes[row] + 1u;
+                } else {
+                    for (var k = 0u; k < D; k = k + 1u) {
+                        let x = load_x(cur, base + k);
+                        store_x(cur, base + k, new_value(x, grad_at(x, k, c, inv_d1, inv_d2, false), lr, false));
+                    }
+                }
+            } else {
+                for (var k = 0u; k < D; k = k + 1u) {
+                    let x = load_x(cur, base + k);
+                    let g = grad_at(x, k, c, inv_d1, inv_d2, poisoned);
+                    let v = new_value(x, g, lr, poisoned);
+                    gs = row_scan_add(gs, k, g);
+                    ts = row_scan_add(ts, k, v);
+                    store_x(cur, base + k, v);
+                }
             }
+            scan_commit(1u, lid, gs);
+            scan_commit(2u, lid, ts);
         }
     }
-    let total = workgroup_sum_max(lid, vec2<f32>(abs_r, abs_r));
+    let total = workgroup_sum_max(lid, vec2<f32>(abs_r, abs_r));   // its barriers publish the scan atomics
     if (lid == 0u && w * WG < chunk.rows) {
-        partials[chunk.partial_base + w] = total;
+        let gw = chunk.partial_base + w;
+        partials[gw] = Partial(total.x, total.y, atomicLoad(&wg_near), 0u);
+        let row0 = chunk.row_base + w * WG;
+        for (var buf = 0u; buf < SCAN_BUFS; buf = buf + 1u) {
+            let f = scan_first_local(buf);
+            if (f != NONE) {
+                scan_flush(buf, gw, state.stamp, row0, sc_bits[buf * MAX_WG + f / D]);
+            }
+        }
     }
 }

@@ -20,3 +20,67 @@ fn workgroup_sum_max(lid: u32, v: vec2<f32>) -> vec2<f32> {
     }
     return vec2<f32>(wg_sum[0], wg_max[0]);
 }
+
+// Integer reductions and a prefix sum for the single-workgroup kernels
+// (reduce.wgsl, scan_finish.wgsl). Same rules: uniform control flow.
+var<workgroup> wg_u0: array<u32, MAX_WG>;
+var<workgroup> wg_u1: array<u32, MAX_WG>;
+
+// 64-bit addition on (lo, hi) pairs: counts may pass 2^32 on big tables.
+fn add64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {
+    let lo = a.x + b.x;
+    return vec2<u32>(lo, a.y + b.y + select(0u, 1u, lo < a.x));
+}
+
+fn workgroup_sum64(lid: u32, v: vec2<u32>) -> vec2<u32> {
+    wg_u0[lid] = v.x;
+    wg_u1[lid] = v.y;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            let t = add64(vec2<u32>(wg_u0[lid], wg_u1[lid]), vec2<u32>(wg_u0[lid + s], wg_u1[lid + s]));
+            wg_u0[lid] = t.x;
+            wg_u1[lid] = t.y;
+        }
+        workgroupBarrier();
+    }
+    let total = vec2<u32>(wg_u0[0], wg_u1[0]);
+    workgroupBarrier();
+    return total;
+}
+
+// (Σ v.x, min v.y) over the workgroup.
+fn workgroup_sum_min_u32(lid: u32, v: vec2<u32>) -> vec2<u32> {
+    wg_u0[lid] = v.x;
+    wg_u1[lid] = v.y;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            wg_u0[lid] = wg_u0[lid] + wg_u0[lid + s];
+            wg_u1[lid] = min(wg_u1[lid], wg_u1[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    let total = vec2<u32>(wg_u0[0], wg_u1[0]);
+    workgroupBarrier();
+    return total;
+}
+
+// (exclusive prefix sum of v at lane lid, total), Hillis–Steele.
+fn workgroup_prefix_u32(lid: u32, v: u32) -> vec2<u32> {
+    wg_u0[lid] = v;
+    workgroupBarrier();
+    for (var s = 1u; s < WG; s = s * 2u) {
+        var t = wg_u0[lid];
+        if (lid >= s) {
+            t = t + wg_u0[lid - s];
+        }
+        workgroupBarrier();
+        wg_u0[lid] = t;
+        workgroupBarrier();
+    }
+    let inclusive = wg_u0[lid];
+    let total = wg_u0[WG - 1u];
+    workgroupBarrier();
+    return vec2<u32>(inclusive - v, total);
+}

@@ -7,6 +7,7 @@
 @group(0) @binding(2) var<storage, read> grads: array<f32>;
 @group(0) @binding(3) var<uniform> params: Params;
 @group(0) @binding(4) var<uniform> chunk: Chunk;
+@group(0) @binding(5) var<storage, read> state: State;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>,
@@ -25,5 +26,5 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     // A non-finite gradient (the naive formula's NaN) is written as NaN
     // explicitly rather than left to arithmetic that may assume no NaN.
     let g = grads[e];
-    table[at] = select(sgd_update(table[at], g, params.lr), nan(), is_nonfinite(g));
+    table[at] = select(sgd_update(table[at], g, state.lr), nan(), is_nonfinite(g));
 }

@@ -2,6 +2,7 @@
 //! validated once, before any allocation or file is touched.
 
 use crate::error::{Error, Result};
+use crate::guard::Guard;
 
 /// How the per-row terms are weighted (SPEC §3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
@@ -39,6 +40,10 @@ impl Endpoints {
     }
 }
 
+/// Widest row: 2^22 columns (16 MiB a row). Scan findings index a
+/// workgroup's elements (≤ 256 rows) in 32 bits.
+pub const MAX_DIM: usize = 1 << 22;
+
 /// The shape of the table: `rows` × `dim` f32, row-major.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Shape {
@@ -56,6 +61,9 @@ impl Shape {
         }
         if rows as u64 > u32::MAX as u64 {
             return Err(Error::too_large(rows, dim, "more than 2^32 − 1 rows (row indices are u32)"));
+        }
+        if dim > MAX_DIM {
+            return Err(Error::invalid("--dim", format!("{dim} columns; at most {MAX_DIM} (a row's findings are indexed in 32 bits)")));
         }
         if (rows as u64).checked_mul(dim as u64).and_then(|n| n.checked_mul(4)).is_none() {
             return Err(Error::too_large(rows, dim, "its size overflows 64 bits"));
@@ -85,6 +93,8 @@ pub struct StepConfig {
     pub endpoints: Endpoints,
     /// SPEC §6: autograd's formula with ε = 0, NaN where a distance is 0.
     pub naive: bool,
+    /// SPEC §9: what a step that meets a non-finite value does.
+    pub guard: Guard,
 }
 
 impl StepConfig {
@@ -98,6 +108,7 @@ impl StepConfig {
             reduction: Reduction::Sum,
             endpoints: Endpoints::Frozen,
             naive: false,
+            guard: Guard::default(),
         }
     }
 
@@ -118,6 +129,16 @@ impl StepConfig {
         }
         if !self.eps.is_finite() || self.eps < 0.0 {
             return Err(Error::invalid("--eps", format!("{} must be finite and ≥ 0", self.eps)));
+        }
+        let g = &self.guard;
+        if g.max_skips == 0 {
+            return Err(Error::invalid("--max-skips", "must be at least 1"));
+        }
+        if g.snapshot_every == 0 {
+            return Err(Error::invalid("--snapshot-every", "must be at least 1"));
+        }
+        if !(g.backoff.is_finite() && g.backoff > 0.0 && g.backoff <= 1.0) {
+            return Err(Error::invalid("--backoff", format!("{} must be in (0, 1]", g.backoff)));
         }
         if self.naive && self.eps != 0.0 {
             return Err(Error::invalid("--eps", "the naive formula has no ε (it is 0 by definition)"));

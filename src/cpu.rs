@@ -1,13 +1,17 @@
 //! The CPU backend: the shaders' math in f32 Rust, multi-threaded with rayon.
-//! Each row is one task's work exactly as in `shaders/fused_step.wgsl`;
-//! partial sums are formed over fixed blocks of rows and folded in order, so
-//! results do not depend on the number of threads.
+//! Each row is one task's work exactly as in `shaders/fused_step.wgsl`
+//! (scans, audit and guard included); partial sums are formed over fixed
+//! blocks of rows and folded in order, so results do not depend on the
+//! number of threads. The guard decides with [`GuardState::decide`], the
+//! mirror of `shaders/reduce.wgsl`.
 
 use rayon::prelude::*;
 
 use crate::config::{Shape, StepConfig};
 use crate::error::{Error, Result};
-use crate::record::Record;
+use crate::guard::{Action, GuardState, Policy, TAU};
+use crate::record::{Record, StepScans};
+use crate::scan::{scan_rows, Scan};
 use crate::trainer::{DeviceInfo, TableSource, Trainer};
 
 /// Rows per parallel task; fixes the reduction order.
@@ -16,7 +20,33 @@ const BLOCK_ROWS: usize = 1024;
 pub struct CpuTrainer {
     shape: Shape,
     cfg: StepConfig,
+    /// The current table.
     table: Vec<f32>,
+    /// Double-buffered guards: where a step writes; becomes current if clean.
+    next: Vec<f32>,
+    /// rollback: the last snapshot.
+    snapshot: Vec<f32>,
+    /// skip-row: strikes per row.
+    strikes: Vec<u32>,
+    state: GuardState,
+    steps_done: u64,
+}
+
+/// One block's share of a pass.
+#[derive(Default)]
+struct BlockOut {
+    sum: f64,
+    max: f32,
+    near: u64,
+    scans: StepScans,
+    struck: Vec<usize>,
+}
+
+fn alloc(shape: Shape, n: usize) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| shape.too_large("host memory allocation failed"))?;
+    v.resize(n, 0.0f32);
+    Ok(v)
 }
 
 impl CpuTrainer {
@@ -35,9 +65,7 @@ impl CpuTrainer {
                 v
             }
             TableSource::Random { seed } => {
-                let mut v = Vec::new();
-                v.try_reserve_exact(n).map_err(|_| shape.too_large("host memory allocation failed"))?;
-                v.resize(n, 0.0f32);
+                let mut v = alloc(shape, n)?;
                 let d = shape.dim;
                 v.par_chunks_mut(d).enumerate().for_each(|(row, out)| {
                     for (col, o) in out.iter_mut().enumerate() {
@@ -47,12 +75,23 @@ impl CpuTrainer {
                 v
             }
         };
-        Ok(CpuTrainer { shape, cfg, table })
+        let policy = cfg.guard.policy;
+        let next = if policy.double_buffered() { alloc(shape, n)? } else { Vec::new() };
+        let snapshot = if policy == Policy::Rollback { alloc(shape, n)? } else { Vec::new() };
+        let strikes = if policy == Policy::SkipRow { vec![0u32; shape.rows] } else { Vec::new() };
+        Ok(CpuTrainer { shape, cfg, table, next, snapshot, strikes, state: GuardState::new(cfg.lr), steps_done: 0 })
     }
 
     /// One pass over the table: forward always, update when `update`.
     fn pass(&mut self, update: bool) -> Record {
         let d = self.shape.dim;
+        if self.state.halted {
+            return self.record(BlockOut::default(), 0.0, Action::NotRun);
+        }
+        let policy = self.cfg.guard.policy;
+        if update && policy == Policy::Rollback && self.steps_done % self.cfg.guard.snapshot_every as u64 == 0 {
+            self.snapshot.copy_from_slice(&self.table);
+        }
         let cfg = self.cfg;
         let (a, b) = (cfg.anchor_a, cfg.anchor_b);
         let mut pq = Vec::with_capacity(2 * d);
@@ -65,44 +104,167 @@ impl CpuTrainer {
             s0 += t * t;
         }
         let d0 = safe_dist(s0, cfg.eps);
+        let near = TAU * d0;
+        let near2 = near * near;
         let w_red = cfg.w_red(self.shape.rows);
-        let partials: Vec<(f64, f32)> = self
-            .table
-            .par_chunks_mut(BLOCK_ROWS * d)
-            .enumerate()
-            .map(|(blk, rows)| {
-                let (mut sum, mut max) = (0.0f64, 0.0f32);
-                for (i, x) in rows.chunks_exact_mut(d).enumerate() {
-                    let row = blk * BLOCK_ROWS + i;
-                    let (mut s1, mut s2) = (0.0f32, 0.0f32);
-                    for k in 0..d {
-                        let (t1, t2) = (x[k] - p[k], x[k] - q[k]);
-                        s1 += t1 * t1;
-                        s2 += t2 * t2;
-                    }
-                    // pin_anchors of shaders/common.wgsl
-                    let s1 = if row == b { s0 } else { s1 };
-                    let s2 = if row == a { s0 } else { s2 };
-                    let (d1, d2) = (safe_dist(s1, cfg.eps), safe_dist(s2, cfg.eps));
-                    let r = d1 + d2 - d0;
-                    sum += r.abs() as f64;
-                    max = max.max(r.abs());
-                    if update && cfg.endpoints.writes_row(row, a, b) {
-                        let c = w_red * sign(r);
-                        let (inv_d1, inv_d2) = (safe_inv(d1), safe_inv(d2));
-                        // naive_blows_up of shaders/common.wgsl (SPEC §6)
-                        let blown = cfg.naive && (s1 == 0.0 || s2 == 0.0);
-                        for k in 0..d {
-                            let g = c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2);
-                            x[k] = if blown { f32::NAN } else { x[k] - cfg.lr * g };
-                        }
-                    }
+        let lr = self.state.lr;
+
+        // One row, as one lane of fused_step.wgsl. `dst` is where the row is
+        // written: the row itself (in place) or the next buffer's row.
+        let row_step = |row: usize, x: &[f32], dst: Option<&mut [f32]>, tmp: &mut Vec<f32>, out: &mut BlockOut| {
+            let (mut s1, mut s2) = (0.0f32, 0.0f32);
+            let mut in_bad = false;
+            for k in 0..d {
+                in_bad |= crate::scan::classify(x[k]).is_some();
+                let (t1, t2) = (x[k] - p[k], x[k] - q[k]);
+                s1 += t1 * t1;
+                s2 += t2 * t2;
+            }
+            // pin_anchors of shaders/common.wgsl
+            let s1 = if row == b { s0 } else { s1 };
+            let s2 = if row == a { s0 } else { s2 };
+            let (d1, d2) = (safe_dist(s1, cfg.eps), safe_dist(s2, cfg.eps));
+            let r = d1 + d2 - d0;
+            let r_scan = if in_bad { f32::NAN } else { r };
+            let loss_bad = crate::scan::classify(r_scan).is_some();
+            out.scans.loss.note_row(row as u64, [r_scan]);
+            if !loss_bad {
+                out.sum += r.abs() as f64;
+                out.max = out.max.max(r.abs());
+            }
+            if s1 < near2 || s2 < near2 {
+                out.near += 1;
+            }
+            let Some(dst) = dst else { return };
+            if !cfg.endpoints.writes_row(row, a, b) {
+                if policy.double_buffered() {
+                    dst.copy_from_slice(x);
                 }
-                (sum, max)
-            })
-            .collect();
-        let (sum, max) = partials.iter().fold((0.0f64, 0.0f32), |(s, m), &(ps, pm)| (s + ps, m.max(pm)));
-        Record { excess_sum: sum, excess_max: max as f64, d0: d0 as f64, batch: self.shape.rows }
+                return;
+            }
+            let c = w_red * sign(r);
+            let (inv_d1, inv_d2) = (safe_inv(d1), safe_inv(d2));
+            // naive_blows_up of shaders/common.wgsl (SPEC §6), or a bad input.
+            let poisoned = in_bad || (cfg.naive && (s1 == 0.0 || s2 == 0.0));
+            tmp.clear();
+            let mut grad_bad = false;
+            let before_t = out.scans.table.bad_rows;
+            for k in 0..d {
+                let g = if poisoned { f32::NAN } else { c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2) };
+                let v = if poisoned { f32::NAN } else { x[k] - lr * g };
+                grad_bad |= crate::scan::classify(g).is_some();
+                tmp.push(v);
+            }
+            if grad_bad {
+                out.scans.grad.note_row(
+                    row as u64,
+                    (0..d).map(|k| {
+                        if poisoned {
+                            f32::NAN
+                        } else {
+                            c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2)
+                        }
+                    }),
+                );
+            }
+            out.scans.table.note_row(row as u64, tmp.iter().copied());
+            let row_bad = loss_bad || grad_bad || out.scans.table.bad_rows > before_t;
+            if policy == Policy::SkipRow && row_bad {
+                out.struck.push(row);
+            } else {
+                dst.copy_from_slice(tmp);
+            }
+        };
+
+        let chunk = BLOCK_ROWS * d;
+        let blocks: Vec<BlockOut> = if update && policy.double_buffered() {
+            let (table, next) = (&self.table, &mut self.next);
+            table
+                .par_chunks(chunk)
+                .zip(next.par_chunks_mut(chunk))
+                .enumerate()
+                .map(|(blk, (src, dst))| {
+                    let (mut out, mut tmp) = (BlockOut::default(), Vec::with_capacity(d));
+                    for (i, (x, y)) in src.chunks_exact(d).zip(dst.chunks_exact_mut(d)).enumerate() {
+                        row_step(blk * BLOCK_ROWS + i, x, Some(y), &mut tmp, &mut out);
+                    }
+                    out
+                })
+                .collect()
+        } else if update {
+            self.table
+                .par_chunks_mut(chunk)
+                .enumerate()
+                .map(|(blk, rows)| {
+                    let (mut out, mut tmp) = (BlockOut::default(), Vec::with_capacity(d));
+                    let mut old = vec![0.0f32; d];
+                    for (i, x) in rows.chunks_exact_mut(d).enumerate() {
+                        old.copy_from_slice(x);
+                        row_step(blk * BLOCK_ROWS + i, &old, Some(x), &mut tmp, &mut out);
+                    }
+                    out
+                })
+                .collect()
+        } else {
+            self.table
+                .par_chunks(chunk)
+                .enumerate()
+                .map(|(blk, rows)| {
+                    let (mut out, mut tmp) = (BlockOut::default(), Vec::new());
+                    for (i, x) in rows.chunks_exact(d).enumerate() {
+                        row_step(blk * BLOCK_ROWS + i, x, None, &mut tmp, &mut out);
+                    }
+                    out
+                })
+                .collect()
+        };
+        let total = blocks.into_iter().fold(BlockOut::default(), |mut acc, o| {
+            acc.sum += o.sum;
+            acc.max = acc.max.max(o.max);
+            acc.near += o.near;
+            acc.scans.loss = std::mem::take(&mut acc.scans.loss).merge(o.scans.loss);
+            acc.scans.grad = std::mem::take(&mut acc.scans.grad).merge(o.scans.grad);
+            acc.scans.table = std::mem::take(&mut acc.scans.table).merge(o.scans.table);
+            acc.struck.extend(o.struck);
+            acc
+        });
+        if !update {
+            return self.record(total, d0, Action::Evaluated);
+        }
+        for &row in &total.struck {
+            self.strikes[row] += 1;
+        }
+        let bad = !total.scans.is_clean();
+        let before = self.state;
+        let action = self.state.decide(&cfg.guard, bad);
+        if self.state.cur != before.cur {
+            std::mem::swap(&mut self.table, &mut self.next);
+            self.state.cur = 0; // the host keeps the current table in `table`
+        }
+        if self.state.restore {
+            self.table.copy_from_slice(&self.snapshot);
+            self.state.restore = false;
+        }
+        self.steps_done += 1;
+        let mut rec = self.record(total, d0, action);
+        rec.lr = before.lr as f64;
+        rec
+    }
+
+    fn record(&self, mut o: BlockOut, d0: f32, action: Action) -> Record {
+        if !self.strikes.is_empty() {
+            o.scans.strikes = o.scans.table.rows.iter().map(|&r| self.strikes[r as usize]).collect();
+        }
+        Record {
+            excess_sum: if action == Action::NotRun { 0.0 } else { o.sum },
+            excess_max: o.max as f64,
+            d0: d0 as f64,
+            batch: self.shape.rows,
+            near_singular: o.near,
+            lr: self.state.lr as f64,
+            action,
+            scans: o.scans,
+        }
     }
 }
 
@@ -129,6 +291,26 @@ impl Trainer for CpuTrainer {
     fn read_table(&mut self) -> Result<Vec<f32>> {
         Ok(self.table.clone())
     }
+    fn write_row(&mut self, row: usize, values: &[f32]) -> Result<()> {
+        check_row(self.shape, row, values)?;
+        let d = self.shape.dim;
+        self.table[row * d..][..d].copy_from_slice(values);
+        Ok(())
+    }
+    fn scan_table(&mut self) -> Result<Scan> {
+        Ok(scan_rows(&self.table, self.shape.dim, 0))
+    }
+}
+
+/// `write_row`'s checks, shared by the backends.
+pub(crate) fn check_row(shape: Shape, row: usize, values: &[f32]) -> Result<()> {
+    if row >= shape.rows {
+        return Err(Error::invalid("row", format!("{row} is out of range for {} rows", shape.rows)));
+    }
+    if values.len() != shape.dim {
+        return Err(Error::invalid("row", format!("{} values for a row of {} columns", values.len(), shape.dim)));
+    }
+    Ok(())
 }
 
 fn safe_dist(s: f32, eps: f32) -> f32 {

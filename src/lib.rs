@@ -14,14 +14,18 @@ pub mod config;
 pub mod cpu;
 pub mod error;
 pub mod gpu;
+pub mod guard;
 pub mod npy;
 pub mod record;
 pub mod reference;
 pub mod report;
 pub mod rng;
+pub mod scan;
 pub mod trainer;
 
 pub use config::{Endpoints, Reduction, Shape, StepConfig};
 pub use error::{Error, Result};
+pub use guard::{Action, Guard, Policy};
 pub use record::Record;
+pub use scan::Scan;
 pub use trainer::{DeviceInfo, TableSource, Trainer};

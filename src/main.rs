@@ -231,7 +231,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let finite = table.iter().all(|v| v.is_finite());
 
     let w_red = cfg.w_red(shape.rows) as f64;
-    let (first, last) = (records[0], records[records.len() - 1]);
+    let (first, last) = (records[0].clone(), records[records.len() - 1].clone());
     let step_s = median(per_step);
     let bytes = 2 * shape.bytes();
     let gbps = if step_s > 0.0 { bytes as f64 / step_s / 1e9 } else { 0.0 };

@@ -1,25 +1,91 @@
-//! What one forward evaluation of the loss reports (SPEC §3, §8).
+//! What one pass over the table reports (SPEC §3, §7–§9): the loss, the
+//! audit, the scans and the guard's action. The GPU writes it as u32 words
+//! (layout in `shaders/common.wgsl`), decoded by [`Record::from_words`].
 
-/// Metrics of one forward pass over a batch, at the table before the update.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+use crate::guard::Action;
+use crate::scan::{Scan, ROW_CAP, SCAN_WORDS};
+
+/// u32 words of one record on the GPU: header, three scans, strikes.
+pub const RECORD_WORDS: usize = HEADER_WORDS + 3 * SCAN_WORDS + ROW_CAP;
+const HEADER_WORDS: usize = 8;
+
+/// The scans of one pass (SPEC §7).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct StepScans {
+    /// The per-row loss terms r_j.
+    pub loss: Scan,
+    /// The gradient.
+    pub grad: Scan,
+    /// The new values of the rows written (before the guard drops them).
+    pub table: Scan,
+    /// skip-row: strike counts of `table.rows`, in the same order.
+    pub strikes: Vec<u32>,
+}
+
+impl StepScans {
+    pub fn is_clean(&self) -> bool {
+        self.loss.is_clean() && self.grad.is_clean() && self.table.is_clean()
+    }
+}
+
+/// Metrics of one pass, at the table before its update.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Record {
-    /// Σ_j |r_j| over the batch.
+    /// Σ_j |r_j| over the batch rows whose r_j is finite.
     pub excess_sum: f64,
-    /// max_j |r_j|.
+    /// max_j |r_j| over the same rows.
     pub excess_max: f64,
     /// Anchor separation d0 = sqrt(‖p − q‖² + ε).
     pub d0: f64,
     /// Rows in the batch.
     pub batch: usize,
+    /// SPEC §8: rows with s1 or s2 below (τ·d0)².
+    pub near_singular: u64,
+    /// Learning rate this step used.
+    pub lr: f64,
+    pub action: Action,
+    pub scans: StepScans,
 }
 
 impl Record {
-    /// Mean |r_j| over the batch: the "mean excess".
-    pub fn mean_excess(&self) -> f64 {
-        self.excess_sum / self.batch as f64
+    /// Decodes one record written by `shaders/reduce.wgsl`.
+    pub fn from_words(w: &[u32], batch: usize) -> Record {
+        let f = |i: usize| f32::from_bits(w[i]) as f64;
+        let block = |b: usize| Scan::from_words(&w[HEADER_WORDS + b * SCAN_WORDS..][..SCAN_WORDS]);
+        let table = block(2);
+        let strikes_at = HEADER_WORDS + 3 * SCAN_WORDS;
+        let strikes = w[strikes_at..strikes_at + table.rows.len()].to_vec();
+        Record {
+            excess_sum: f(0),
+            excess_max: f(1),
+            d0: f(2),
+            batch,
+            near_singular: w[4] as u64,
+            lr: f(6),
+            action: Action::from_code(w[5]),
+            scans: StepScans { loss: block(0), grad: block(1), table, strikes: if strikes.iter().any(|&s| s > 0) { strikes } else { Vec::new() } },
+        }
     }
-    /// L = w_red · Σ|r_j| (the separation term arrives with `--margin`).
+
+    /// Is the loss finite (no row's term is non-finite)?
+    pub fn loss_finite(&self) -> bool {
+        self.scans.loss.is_clean()
+    }
+    /// Mean |r_j| over the batch: the "mean excess"; NaN when a term is not finite.
+    pub fn mean_excess(&self) -> f64 {
+        if self.loss_finite() {
+            self.excess_sum / self.batch as f64
+        } else {
+            f64::NAN
+        }
+    }
+    /// L = w_red · Σ|r_j| (the separation term arrives with `--margin`);
+    /// NaN when a term is not finite, as PyTorch's sum would be.
     pub fn loss(&self, w_red: f64) -> f64 {
-        w_red * self.excess_sum
+        if self.loss_finite() {
+            w_red * self.excess_sum
+        } else {
+            f64::NAN
+        }
     }
 }

@@ -25,7 +25,17 @@ pub fn step_batch(table: &mut [f64], shape: Shape, cfg: &StepConfig, rows: &[usi
         crate::config::Reduction::Sum => 1.0,
         crate::config::Reduction::Mean => 1.0 / rows.len() as f64,
     };
-    let mut rec = Record { excess_sum: 0.0, excess_max: 0.0, d0, batch: rows.len() };
+    let near = (crate::guard::TAU as f64 * d0).powi(2);
+    let mut rec = Record {
+        excess_sum: 0.0,
+        excess_max: 0.0,
+        d0,
+        batch: rows.len(),
+        near_singular: 0,
+        lr: cfg.lr as f64,
+        action: crate::guard::Action::Applied,
+        scans: Default::default(),
+    };
     let mut updates: Vec<(usize, Vec<f64>)> = Vec::with_capacity(rows.len());
     for &i in rows {
         let x = &table[i * d..][..d];
@@ -38,11 +48,15 @@ pub fn step_batch(table: &mut [f64], shape: Shape, cfg: &StepConfig, rows: &[usi
         let r = d1 + d2 - d0;
         rec.excess_sum += r.abs();
         rec.excess_max = rec.excess_max.max(r.abs());
+        if s1 < near || s2 < near {
+            rec.near_singular += 1;
+        }
         if cfg.endpoints.writes_row(i, cfg.anchor_a, cfg.anchor_b) {
             let c = w_red * sign(r);
             let (inv_d1, inv_d2) = (safe_inv(d1), safe_inv(d2));
-            // SPEC §6: autograd's 0·(1/sqrt(0)) = NaN in every column.
-            let blown = cfg.naive && (s1 == 0.0 || s2 == 0.0);
+            // SPEC §6: autograd's 0·(1/sqrt(0)) = NaN in every column; a row
+            // that read a non-finite value is NaN too (fused_step.wgsl).
+            let blown = (cfg.naive && (s1 == 0.0 || s2 == 0.0)) || x.iter().any(|v| !v.is_finite());
             let new: Vec<f64> = (0..d)
                 .map(|k| {
                     let g = c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2);

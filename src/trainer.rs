@@ -5,6 +5,7 @@
 use crate::config::{Shape, StepConfig};
 use crate::error::Result;
 use crate::record::Record;
+use crate::scan::Scan;
 
 /// Where the initial table comes from.
 #[derive(Clone, Debug)]
@@ -26,16 +27,22 @@ pub struct DeviceInfo {
     pub driver: String,
 }
 
-/// A table on a device, trained by full-table steps.
+/// A table on a device, trained by full-table steps under a guard (SPEC §9).
 pub trait Trainer {
     fn shape(&self) -> Shape;
     fn config(&self) -> &StepConfig;
     fn device_info(&self) -> DeviceInfo;
     /// Runs `n` full-table steps. Returns one record per step, each taken by
-    /// that step's forward pass (so at the table before its update).
+    /// that step's forward pass (so at the table before its update). After
+    /// the guard aborts, the remaining steps do nothing (`Action::NotRun`).
     fn steps(&mut self, n: usize) -> Result<Vec<Record>>;
     /// The forward record of the current table, without an update.
     fn evaluate(&mut self) -> Result<Record>;
-    /// Copies the table back to the host.
+    /// Copies the current table back to the host (after an abort: the table
+    /// before the failing step).
     fn read_table(&mut self) -> Result<Vec<f32>>;
+    /// Overwrites one row of the current table (fault injection, fixes).
+    fn write_row(&mut self, row: usize, values: &[f32]) -> Result<()>;
+    /// SPEC §7 scan of the current table, on the trainer's device.
+    fn scan_table(&mut self) -> Result<Scan>;
 }

@@ -9,7 +9,7 @@ use rand::Rng;
 use common::*;
 use latent_line::cpu::CpuTrainer;
 use latent_line::gpu::{GpuOptions, GpuTrainer, StepPath};
-use latent_line::{reference, Endpoints, Reduction, Shape, StepConfig, TableSource, Trainer};
+use latent_line::{reference, Endpoints, Guard, Policy, Reduction, Shape, StepConfig, TableSource, Trainer};
 
 const TOL: f64 = 1e-5;
 
@@ -41,10 +41,18 @@ enum Backend {
     },
 }
 
+const POLICIES: [Policy; 5] = [Policy::SkipStep, Policy::Ignore, Policy::SkipRow, Policy::Rollback, Policy::Abort];
+
+fn policy_for(case: u64) -> Policy {
+    POLICIES[case as usize % POLICIES.len()]
+}
+
 fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>) -> Box<dyn Trainer> {
     match backend {
         Backend::Cpu => Box::new(CpuTrainer::new(shape, cfg, TableSource::Data(table)).unwrap()),
         Backend::Gpu { path, chunk_rows } => {
+            // The staged path is a cross-check of the math without guards.
+            let cfg = if path == StepPath::Staged { StepConfig { guard: Guard { policy: Policy::Ignore, ..cfg.guard }, ..cfg } } else { cfg };
             let opts = GpuOptions { max_chunk_rows: chunk_rows, path, ..GpuOptions::default() };
             let t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table), opts).unwrap();
             if let Some(c) = chunk_rows {
@@ -142,9 +150,22 @@ fn sweep(name: &str, backend_for: impl Fn(usize) -> Backend) {
                 for reduction in [Reduction::Sum, Reduction::Mean] {
                     for endpoints in [Endpoints::Frozen, Endpoints::Detached] {
                         let lr = if reduction == Reduction::Mean { LR * rows as f32 } else { LR };
-                        let cfg =
-                            StepConfig { anchor_a: a, anchor_b: b, eps: 1e-8, lr, reduction, endpoints, naive: false };
                         case += 1;
+                        // Clean tables: every guard must train the same way,
+                        // through its own buffers (in place, two buffers,
+                        // decide-then-write, snapshots every 3 steps).
+                        let policy = policy_for(case);
+                        let guard = Guard { policy, snapshot_every: 3, ..Guard::default() };
+                        let cfg = StepConfig {
+                            anchor_a: a,
+                            anchor_b: b,
+                            eps: 1e-8,
+                            lr,
+                            reduction,
+                            endpoints,
+                            naive: false,
+                            guard,
+                        };
                         check(backend_for(rows), shape, cfg, seed.wrapping_add(case));
                     }
                 }
@@ -225,7 +246,11 @@ fn staged_path_refuses_a_batch_past_the_dispatch_grid() {
     let shape = Shape::new(2500, 3).unwrap();
     let table = random_table(&mut rng(seed("staged_grid")), 2500, 3);
     let opts = GpuOptions { path: StepPath::Staged, max_groups: Some(2), ..GpuOptions::default() };
-    let mut t = GpuTrainer::new(gpu(), shape, StepConfig::for_rows(2500), TableSource::Data(table), opts).unwrap();
+    let cfg = StepConfig { guard: Guard { policy: Policy::Ignore, ..Guard::default() }, ..StepConfig::for_rows(2500) };
+    let mut t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table.clone()), opts.clone()).unwrap();
     let err = t.steps(1).unwrap_err().to_string();
     assert!(err.contains("2500 rows × 3 columns (30000 bytes)") && err.contains("dispatch limit"), "{err}");
+    // And it has no guard: any other policy is refused up front.
+    let err = GpuTrainer::new(gpu(), shape, StepConfig::for_rows(2500), TableSource::Data(table), opts).err().unwrap();
+    assert!(err.to_string().contains("staged GPU path has no guard"), "{err}");
 }

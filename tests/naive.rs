@@ -7,17 +7,23 @@ mod common;
 use common::*;
 use latent_line::cpu::CpuTrainer;
 use latent_line::gpu::{GpuOptions, GpuTrainer, StepPath};
-use latent_line::{reference, Endpoints, Shape, StepConfig, TableSource, Trainer};
+use latent_line::{reference, Action, Endpoints, Guard, Policy, Shape, StepConfig, TableSource, Trainer};
 
 fn backends(shape: Shape, cfg: StepConfig, table: &[f32]) -> Vec<(String, Box<dyn Trainer>)> {
     let mut v: Vec<(String, Box<dyn Trainer>)> =
         vec![("cpu".into(), Box::new(CpuTrainer::new(shape, cfg, TableSource::Data(table.to_vec())).unwrap()))];
     for path in [StepPath::Fused, StepPath::Staged] {
         let opts = GpuOptions { path, max_chunk_rows: Some(97), ..GpuOptions::default() };
+        // The staged path is a cross-check of the math and has no guard.
+        let cfg = if path == StepPath::Staged { ignoring(cfg) } else { cfg };
         let t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table.to_vec()), opts).unwrap();
         v.push((format!("gpu {path:?}"), Box::new(t)));
     }
     v
+}
+
+fn ignoring(cfg: StepConfig) -> StepConfig {
+    StepConfig { guard: Guard { policy: Policy::Ignore, ..cfg.guard }, ..cfg }
 }
 
 fn bad_rows(table: &[f32], dim: usize) -> Vec<usize> {
@@ -40,14 +46,28 @@ fn naive_detached_step_turns_exactly_the_anchor_rows_nan() {
         endpoints: Endpoints::Detached,
         ..StepConfig::for_rows(rows)
     };
+    let cfg = ignoring(cfg);
     let mut want = to_f64(&table);
     reference::step(&mut want, shape, &cfg);
     let want_bad: Vec<usize> = (0..rows).filter(|&i| want[i * dim..][..dim].iter().any(|v| !v.is_finite())).collect();
     assert_eq!(want_bad, vec![a, b], "reference, seed {seed}");
     for (name, mut t) in backends(shape, cfg, &table) {
-        t.steps(1).unwrap();
+        let rec = t.steps(1).unwrap().remove(0);
         let got = t.read_table().unwrap();
         assert_eq!(bad_rows(&got, dim), vec![a, b], "{name}, seed {seed}");
+        if !name.contains("Staged") {
+            // The fused scans saw it happen: gradient and rows written,
+            // NaN in every column of rows a and b; the loss stayed finite.
+            assert_eq!(rec.action, Action::Ignored, "{name}");
+            assert!(rec.scans.loss.is_clean(), "{name}: {:?}", rec.scans.loss);
+            for s in [&rec.scans.grad, &rec.scans.table] {
+                assert_eq!((s.nan, s.pos_inf, s.neg_inf, s.bad_rows), (2 * dim as u64, 0, 0, 2), "{name}");
+                assert_eq!(s.rows, vec![a.min(b) as u64, a.max(b) as u64], "{name}");
+                let f = s.first.unwrap();
+                assert_eq!((f.row, f.col, f.bits), (a.min(b) as u64, 0, 0x7fc0_0000), "{name}");
+            }
+            assert_eq!(rec.near_singular, 2, "{name}: rows a and b are at distance 0 from an anchor");
+        }
         for row in [a, b] {
             assert!(
                 got[row * dim..][..dim].iter().all(|v| v.is_nan()),
@@ -73,5 +93,34 @@ fn safe_default_stays_finite_for_1000_steps_of_the_six_code_case() {
         let records = t.steps(1000).unwrap();
         assert!(records.iter().all(|r| r.excess_sum.is_finite() && r.d0.is_finite()), "{name}, seed {seed}");
         assert!(bad_rows(&t.read_table().unwrap(), 4).is_empty(), "{name}, seed {seed}");
+    }
+}
+
+#[test]
+fn default_guard_skips_the_naive_step_and_aborts_after_ten() {
+    let seed = seed("naive_guarded");
+    let (rows, dim) = (200usize, 5usize);
+    let shape = Shape::new(rows, dim).unwrap();
+    let table = random_table(&mut rng(seed), rows, dim);
+    let cfg = StepConfig {
+        eps: 0.0,
+        naive: true,
+        endpoints: Endpoints::Detached,
+        anchor_a: 3,
+        anchor_b: 150,
+        ..StepConfig::for_rows(rows)
+    };
+    for (name, mut t) in backends(shape, cfg, &table) {
+        if name.contains("Staged") {
+            continue;
+        }
+        let recs = t.steps(12).unwrap();
+        let actions: Vec<Action> = recs.iter().map(|r| r.action).collect();
+        let mut want = vec![Action::SkippedStep; 9];
+        want.extend([Action::Aborted, Action::NotRun, Action::NotRun]);
+        assert_eq!(actions, want, "{name}");
+        assert_eq!(recs[0].scans.table.rows, vec![3, 150], "{name}");
+        let got = t.read_table().unwrap();
+        assert!(got.iter().zip(&table).all(|(x, y)| x.to_bits() == y.to_bits()), "{name}: the table changed");
     }
 }

@@ -2,8 +2,11 @@
 
 pub mod context;
 pub mod layout;
+mod pipes;
+pub mod scan;
 pub mod shaders;
 pub mod trainer;
 
 pub use context::GpuContext;
+pub use scan::{scan_values, TableScanner};
 pub use trainer::{GpuOptions, GpuTrainer, StepPath};

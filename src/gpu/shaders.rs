@@ -26,6 +26,7 @@ pub struct Kernel {
 
 const REDUCE_WG: &str = include_str!("../../shaders/reduce_wg.wgsl");
 const RNG: &str = include_str!("../../shaders/rng.wgsl");
+const SCAN: &str = include_str!("../../shaders/scan.wgsl");
 
 macro_rules! kernel {
     ($name:literal, [$($helper:expr),*], [$($entry:literal),+], [$($ov:literal),*]) => {
@@ -41,15 +42,20 @@ macro_rules! kernel {
 
 pub const INIT: Kernel = kernel!("init", [RNG], ["main"], ["WG", "D"]);
 pub const ANCHORS: Kernel = kernel!("anchors", [], ["main"], ["D"]);
-pub const FUSED_STEP: Kernel = kernel!("fused_step", [REDUCE_WG], ["main"], ["WG", "D", "MODE", "NAIVE", "UPDATE"]);
-pub const REDUCE: Kernel = kernel!("reduce", [REDUCE_WG], ["main"], ["WG"]);
+pub const FUSED_STEP: Kernel =
+    kernel!("fused_step", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "MODE", "NAIVE", "GUARD", "UPDATE", "SCAN_BUFS"]);
+pub const REDUCE: Kernel = kernel!("reduce", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "GUARD", "SCAN_BUFS"]);
+pub const COPY_TABLE: Kernel = kernel!("copy_table", [], ["snapshot", "restore"], ["WG", "D"]);
+pub const SCAN_TABLE: Kernel = kernel!("scan_table", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "SCAN_BUFS"]);
+pub const SCAN_FINISH: Kernel = kernel!("scan_finish", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "SCAN_BUFS"]);
 pub const GATHER: Kernel = kernel!("gather", [], ["main"], ["WG", "D"]);
 pub const DISTANCES: Kernel = kernel!("distances", [], ["main"], ["WG", "D"]);
 pub const LOSS: Kernel = kernel!("loss", [REDUCE_WG], ["forward", "backward"], ["WG", "D", "NAIVE"]);
 pub const SGD: Kernel = kernel!("sgd", [], ["main"], ["WG", "D", "MODE"]);
 
 /// Every kernel, for validation and for anyone looking for one.
-pub const KERNELS: &[Kernel] = &[INIT, ANCHORS, FUSED_STEP, REDUCE, GATHER, DISTANCES, LOSS, SGD];
+pub const KERNELS: &[Kernel] =
+    &[INIT, ANCHORS, FUSED_STEP, REDUCE, COPY_TABLE, SCAN_TABLE, SCAN_FINISH, GATHER, DISTANCES, LOSS, SGD];
 
 /// naga capabilities the shaders need; the device is asked for exactly the
 /// matching features (none today: plain WGSL, no subgroups, no f16).

@@ -1,38 +1,52 @@
 //! The GPU trainer: owns the table's buffers, the pipelines and their bind
 //! groups, and encodes steps. Kernels live in `shaders/`, their composition
-//! in [`super::shaders`], the f64 reference in `crate::reference`.
+//! in [`super::shaders`], the CPU mirror in `crate::cpu`, the f64 reference
+//! in `crate::reference`.
 //!
-//! A full-table step is, in one compute pass after two small copies:
-//!   copy rows a, b → `anchors`   (the step's snapshot p, q; SPEC §2)
-//!   anchors.wgsl                 (s0, d0 into `state`)
-//!   fused_step.wgsl per chunk    (read row, loss, gradient, write row)
-//!   reduce.wgsl                  (partials → one record, fixed order)
-//! Many steps go into one command buffer; records come back once per
-//! submission, so nothing waits on the host between steps.
+//! A full-table step is one compute pass:
+//!   [copy_table.wgsl snapshot]   (rollback, every N steps)
+//!   anchors.wgsl                 (p, q from the current table; s0, d0)
+//!   fused_step.wgsl per chunk    (read row, loss, gradient, scans, write row)
+//!   reduce.wgsl                  (fixed-order fold, scans, guard, record)
+//!   [copy_table.wgsl restore]    (rollback, only if the guard asked)
+//! The guard decides on the device (SPEC §9). A few steps go into each
+//! submission, whose records are copied into one buffer of a small ring
+//! and mapped asynchronously: the host never waits on a step, only on the
+//! oldest submission when the ring is full, so it hears of a non-finite
+//! event at most `RING × STEPS_PER_SUBMIT` steps late, with its step.
 
+use std::collections::VecDeque;
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
 use bytemuck::{Pod, Zeroable};
 
 use super::context::GpuContext;
 use super::layout::{grid, ChunkLayout, ChunkSpan};
+use super::pipes::{bind, bind_at, finish_map, read_mapped, readback, storage, uniform, Constants};
+use super::scan::TableScanner;
 use super::shaders::{self, Kernel};
 use crate::config::{Shape, StepConfig};
 use crate::error::{Error, Result};
-use crate::record::Record;
+use crate::guard::{Policy, TAU};
+use crate::record::{Record, RECORD_WORDS};
+use crate::scan::Scan;
 use crate::trainer::{DeviceInfo, TableSource, Trainer};
 
-/// Steps encoded into one submission (and records read back per submission).
-const STEPS_PER_SUBMIT: usize = 256;
-const RECORD_BYTES: u64 = 16;
+/// Steps encoded into one submission.
+const STEPS_PER_SUBMIT: usize = 8;
+/// Submissions in flight, each with its own mapped readback buffer.
+const RING: usize = 4;
+const RECORD_BYTES: u64 = RECORD_WORDS as u64 * 4;
 
 /// Which kernels a full-table step runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StepPath {
-    /// One fused pass per chunk: the fast path.
+    /// One fused pass per chunk: the fast path, with scans and guards.
     Fused,
     /// gather → distances → loss forward → loss backward → SGD, each its own
-    /// kernel over a gathered copy of the batch (the path batches will take).
+    /// kernel over a gathered copy of the batch: a cross-check of the math
+    /// (and the shape batches will take). No scans or audit; `ignore` only.
     Staged,
 }
 
@@ -55,7 +69,7 @@ impl Default for GpuOptions {
     }
 }
 
-// Host mirrors of the WGSL uniform structs in shaders/common.wgsl.
+// Host mirrors of the WGSL structs in shaders/common.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct ParamsU {
@@ -68,7 +82,27 @@ struct ParamsU {
     w_red: f32,
     seed_lo: u32,
     seed_hi: u32,
+    tau: f32,
+    max_skips: u32,
+    max_rollbacks: u32,
+    backoff: f32,
     pad: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct StateU {
+    record: u32,
+    stamp: u32,
+    cur: u32,
+    halted: u32,
+    s0: f32,
+    d0: f32,
+    lr: f32,
+    skips: u32,
+    rollbacks: u32,
+    restore: u32,
+    pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -84,7 +118,8 @@ struct ChunkU {
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct ReduceU {
     count: u32,
-    pad: [u32; 3],
+    update: u32,
+    pad: [u32; 2],
 }
 
 fn params_u(shape: Shape, cfg: &StepConfig) -> ParamsU {
@@ -98,16 +133,33 @@ fn params_u(shape: Shape, cfg: &StepConfig) -> ParamsU {
         w_red: cfg.w_red(shape.rows),
         seed_lo: 0,
         seed_hi: 0,
+        tau: TAU,
+        max_skips: cfg.guard.max_skips,
+        max_rollbacks: cfg.guard.max_rollbacks,
+        backoff: cfg.guard.backoff,
         pad: [0; 3],
     }
 }
 
 struct GpuChunk {
     span: ChunkSpan,
-    buffer: wgpu::Buffer,
+    /// Table A, and table B for double-buffered guards.
+    a: wgpu::Buffer,
+    b: Option<wgpu::Buffer>,
+    /// rollback: this chunk's snapshot.
+    snap: Option<wgpu::Buffer>,
     uniform: wgpu::Buffer,
     /// Workgroups of one-row-per-invocation kernels over this chunk.
     row_groups: u32,
+}
+
+impl GpuChunk {
+    fn buffer(&self, cur: u32) -> &wgpu::Buffer {
+        match (cur, &self.b) {
+            (1, Some(b)) => b,
+            _ => &self.a,
+        }
+    }
 }
 
 /// A pipeline with the bind groups it is dispatched with (one per chunk for
@@ -115,6 +167,14 @@ struct GpuChunk {
 struct Pass {
     pipeline: wgpu::ComputePipeline,
     groups: Vec<wgpu::BindGroup>,
+}
+
+impl Pass {
+    fn dispatch_one(&self, pass: &mut wgpu::ComputePass) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.groups[0], &[]);
+        pass.dispatch_workgroups(1, 1, 1);
+    }
 }
 
 /// Buffers and passes of the staged path, built on first use.
@@ -125,6 +185,12 @@ struct Staged {
     backward: Pass,
     sgd: Pass,
     reduce: Pass,
+}
+
+/// One readback buffer of the ring and the submission it waits for.
+struct Slot {
+    buffer: wgpu::Buffer,
+    pending: Option<(usize, Receiver<std::result::Result<(), wgpu::BufferAsyncError>>, wgpu::SubmissionIndex)>,
 }
 
 pub struct GpuTrainer {
@@ -140,46 +206,21 @@ pub struct GpuTrainer {
     anchors: wgpu::Buffer,
     state: wgpu::Buffer,
     records: wgpu::Buffer,
-    readback: wgpu::Buffer,
+    detail: wgpu::Buffer,
+    hits: wgpu::Buffer,
+    /// skip-row's strike counts (a stand-in buffer for other policies).
+    strikes: wgpu::Buffer,
     anchors_pass: Pass,
     fused_update: Pass,
     fused_eval: Pass,
-    reduce: Pass,
+    reduce_update: Pass,
+    reduce_eval: Pass,
+    /// rollback: (snapshot, restore) passes over the chunks.
+    rollback: Option<(Pass, Pass)>,
+    ring: Vec<Slot>,
+    steps_done: u64,
     staged: Option<Staged>,
-}
-
-fn storage(ctx: &GpuContext, label: &str, size: u64, extra: wgpu::BufferUsages) -> wgpu::Buffer {
-    ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: size.max(16),
-        usage: wgpu::BufferUsages::STORAGE | extra,
-        mapped_at_creation: false,
-    })
-}
-
-fn uniform<T: Pod>(ctx: &GpuContext, label: &str, value: &T) -> wgpu::Buffer {
-    let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: std::mem::size_of::<T>() as u64,
-        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    ctx.queue.write_buffer(&buf, 0, bytemuck::bytes_of(value));
-    buf
-}
-
-/// Whole-buffer bindings 0, 1, 2, … in order.
-fn bind(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
-    let entries: Vec<wgpu::BindGroupEntry> = buffers
-        .iter()
-        .enumerate()
-        .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
-        .collect();
-    ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: None,
-        layout: &pipeline.get_bind_group_layout(0),
-        entries: &entries,
-    })
+    scanner: Option<TableScanner>,
 }
 
 impl GpuTrainer {
@@ -196,6 +237,9 @@ impl GpuTrainer {
                 return Err(Error::invalid("table", format!("{} values for {} × {}", v.len(), shape.rows, shape.dim)));
             }
         }
+        if opts.path == StepPath::Staged && cfg.guard.policy != Policy::Ignore {
+            return Err(Error::invalid("--on-nonfinite", "the staged GPU path has no guard; use `ignore` with it"));
+        }
         let wg = ctx.workgroup_size(opts.workgroup.min(256));
         let max_groups = opts.max_groups.unwrap_or(u32::MAX).clamp(1, ctx.max_groups());
         let layout = ChunkLayout::new(shape, ctx.max_binding_bytes(), opts.max_chunk_rows, wg, max_groups)?;
@@ -208,7 +252,12 @@ impl GpuTrainer {
         let validation = pollster::block_on(invalid.pop());
         let out_of_memory = pollster::block_on(oom.pop());
         if let Some(e) = out_of_memory {
-            return Err(shape.too_large(format!("the GPU could not allocate it ({e})")));
+            return Err(shape.too_large(format!(
+                "the GPU could not allocate it ({e}); the `{:?}` guard keeps {} cop{} of the table",
+                cfg.guard.policy,
+                copies(cfg.guard.policy),
+                if copies(cfg.guard.policy) == 1 { "y" } else { "ies" }
+            )));
         }
         if let Some(e) = validation {
             return Err(Error::Gpu(e.to_string()));
@@ -228,21 +277,21 @@ impl GpuTrainer {
         layout: ChunkLayout,
     ) -> Self {
         let d = shape.dim as u64;
+        let policy = cfg.guard.policy;
         let params = uniform(&ctx, "params", &params_u(shape, &cfg));
+        let table_usage = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
         let mut partial_base = 0u32;
         let chunks: Vec<GpuChunk> = layout
             .spans
             .iter()
             .map(|&span| {
                 let row_groups = (span.rows as u32).div_ceil(wg);
+                let bytes = span.rows as u64 * d * 4;
                 let c = GpuChunk {
                     span,
-                    buffer: storage(
-                        &ctx,
-                        "table chunk",
-                        span.rows as u64 * d * 4,
-                        wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-                    ),
+                    a: storage(&ctx, "table A", bytes, table_usage),
+                    b: policy.double_buffered().then(|| storage(&ctx, "table B", bytes, table_usage)),
+                    snap: (policy == Policy::Rollback).then(|| storage(&ctx, "snapshot", bytes, table_usage)),
                     uniform: uniform(
                         &ctx,
                         "chunk",
@@ -255,33 +304,112 @@ impl GpuTrainer {
             })
             .collect();
         let anchors = storage(&ctx, "anchors", 2 * d * 4, wgpu::BufferUsages::COPY_DST);
-        let state = storage(&ctx, "state", 16, wgpu::BufferUsages::COPY_DST);
-        let partials = storage(&ctx, "partials", partial_base as u64 * 8, wgpu::BufferUsages::empty());
-        let records_size = (STEPS_PER_SUBMIT as u64 + 1) * RECORD_BYTES;
-        let records = storage(&ctx, "records", records_size, wgpu::BufferUsages::COPY_SRC);
-        let readback = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("records readback"),
-            size: records_size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let reduce_u = uniform(&ctx, "reduce", &ReduceU { count: partial_base, pad: [0; 3] });
+        let state = storage(&ctx, "state", 48, wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC);
+        ctx.queue.write_buffer(
+            &state,
+            0,
+            bytemuck::bytes_of(&StateU {
+                record: 0,
+                stamp: 0,
+                cur: 0,
+                halted: 0,
+                s0: 0.0,
+                d0: 0.0,
+                lr: cfg.lr,
+                skips: 0,
+                rollbacks: 0,
+                restore: 0,
+                pad: [0; 2],
+            }),
+        );
+        let partials = storage(&ctx, "partials", partial_base as u64 * 16, wgpu::BufferUsages::empty());
+        let detail = storage(&ctx, "scan details", partial_base as u64 * 3 * 64, wgpu::BufferUsages::empty());
+        let hits = storage(&ctx, "scan hits", 16, wgpu::BufferUsages::empty());
+        let dummy = storage(&ctx, "unused binding", 16, wgpu::BufferUsages::empty());
+        let strikes = if policy == Policy::SkipRow {
+            storage(&ctx, "strikes", shape.rows as u64 * 4, wgpu::BufferUsages::COPY_SRC)
+        } else {
+            storage(&ctx, "unused strikes", 16, wgpu::BufferUsages::empty())
+        };
+        let records = storage(
+            &ctx,
+            "records",
+            STEPS_PER_SUBMIT as u64 * RECORD_BYTES,
+            wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        );
+        let ring = (0..RING)
+            .map(|_| Slot { buffer: readback(&ctx, "records ring", STEPS_PER_SUBMIT as u64 * RECORD_BYTES), pending: None })
+            .collect();
 
         let consts = Constants::new(shape, &cfg, wg);
-        let p = consts.pipeline(&ctx, &shaders::ANCHORS, "main", None);
-        let anchors_pass = Pass { groups: vec![bind(&ctx, &p, &[&anchors, &state, &params])], pipeline: p };
+        // anchors: rows a and b in both table buffers of their chunks.
+        let p = consts.pipeline(&ctx, &shaders::ANCHORS, "main", &[]);
+        let (ca, ia) = layout.locate(cfg.anchor_a);
+        let (cb, ib) = layout.locate(cfg.anchor_b);
+        let at = uniform(&ctx, "anchor rows", &[(ia as u64 * d) as u32, (ib as u64 * d) as u32, 0, 0]);
+        fn b_or_a(c: &GpuChunk) -> &wgpu::Buffer {
+            c.b.as_ref().unwrap_or(&c.a)
+        }
+        let group = bind(
+            &ctx,
+            &p,
+            &[&anchors, &state, &params, &chunks[ca].a, b_or_a(&chunks[ca]), &chunks[cb].a, b_or_a(&chunks[cb]), &at],
+        );
+        let anchors_pass = Pass { pipeline: p, groups: vec![group] };
+
         let fused = |update: bool| {
-            let p = consts.pipeline(&ctx, &shaders::FUSED_STEP, "main", Some(update));
+            let p = consts.pipeline(&ctx, &shaders::FUSED_STEP, "main", &[("UPDATE", if update { 1.0 } else { 0.0 })]);
             let groups = chunks
                 .iter()
-                .map(|c| bind(&ctx, &p, &[&c.buffer, &anchors, &state, &partials, &params, &c.uniform]))
+                .map(|c| {
+                    bind_at(
+                        &ctx,
+                        &p,
+                        &[
+                            (0, &c.a),
+                            (1, c.b.as_ref().unwrap_or(&dummy)),
+                            (2, &anchors),
+                            (3, &state),
+                            (4, &partials),
+                            (5, &params),
+                            (6, &c.uniform),
+                            (7, &strikes),
+                            (8, &detail),
+                            (9, &hits),
+                        ],
+                    )
+                })
                 .collect();
             Pass { pipeline: p, groups }
         };
         let fused_update = fused(true);
         let fused_eval = fused(false);
-        let p = consts.pipeline(&ctx, &shaders::REDUCE, "main", None);
-        let reduce = Pass { groups: vec![bind(&ctx, &p, &[&partials, &state, &records, &reduce_u])], pipeline: p };
+        let reduce = |update: bool| {
+            let p = consts.pipeline(&ctx, &shaders::REDUCE, "main", &[]);
+            let rp = uniform(&ctx, "reduce", &ReduceU { count: partial_base, update: update as u32, pad: [0; 2] });
+            let g = bind_at(
+                &ctx,
+                &p,
+                &[(0, &partials), (1, &state), (2, &params), (3, &rp), (4, &strikes), (8, &detail), (9, &hits), (10, &records)],
+            );
+            Pass { pipeline: p, groups: vec![g] }
+        };
+        let reduce_update = reduce(true);
+        let reduce_eval = reduce(false);
+        let rollback = (policy == Policy::Rollback).then(|| {
+            let make = |entry: &str| {
+                let p = consts.pipeline(&ctx, &shaders::COPY_TABLE, entry, &[]);
+                let groups = chunks
+                    .iter()
+                    .map(|c| {
+                        let (b, s) = (c.b.as_ref().unwrap_or(&dummy), c.snap.as_ref().unwrap_or(&dummy));
+                        bind(&ctx, &p, &[&c.a, b, s, &state, &c.uniform])
+                    })
+                    .collect();
+                Pass { pipeline: p, groups }
+            };
+            (make("snapshot"), make("restore"))
+        });
 
         GpuTrainer {
             ctx,
@@ -296,12 +424,19 @@ impl GpuTrainer {
             anchors,
             state,
             records,
-            readback,
+            detail,
+            hits,
+            strikes,
             anchors_pass,
             fused_update,
             fused_eval,
-            reduce,
+            reduce_update,
+            reduce_eval,
+            rollback,
+            ring,
+            steps_done: 0,
             staged: None,
+            scanner: None,
         }
     }
 
@@ -312,7 +447,7 @@ impl GpuTrainer {
                 let d = self.shape.dim;
                 for c in &self.chunks {
                     let part = &v[c.span.row_base * d..][..c.span.rows * d];
-                    self.ctx.queue.write_buffer(&c.buffer, 0, bytemuck::cast_slice(part));
+                    self.ctx.queue.write_buffer(&c.a, 0, bytemuck::cast_slice(part));
                 }
             }
             TableSource::Random { seed } => self.encode_generate(seed),
@@ -320,9 +455,12 @@ impl GpuTrainer {
         self.ctx.wait()
     }
 
-    /// Overwrites the table with N(0,1) from the counter RNG keyed by `seed`,
-    /// generated on the device (init.wgsl).
+    /// Overwrites the current table with N(0,1) from the counter RNG keyed
+    /// by `seed`, generated on the device (init.wgsl).
     pub fn generate(&mut self, seed: u64) -> Result<()> {
+        if self.current()? != 0 {
+            return Err(Error::invalid("generate", "only before the first step"));
+        }
         self.encode_generate(seed);
         self.ctx.wait()
     }
@@ -333,14 +471,13 @@ impl GpuTrainer {
         p.seed_lo = seed as u32;
         p.seed_hi = (seed >> 32) as u32;
         let seeded = uniform(ctx, "init params", &p);
-        let consts = self.constants();
-        let pipeline = consts.pipeline(ctx, &shaders::INIT, "main", None);
+        let pipeline = self.constants().pipeline(ctx, &shaders::INIT, "main", &[]);
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             pass.set_pipeline(&pipeline);
             for c in &self.chunks {
-                let bg = bind(ctx, &pipeline, &[&c.buffer, &seeded, &c.uniform]);
+                let bg = bind(ctx, &pipeline, &[&c.a, &seeded, &c.uniform]);
                 pass.set_bind_group(0, &bg, &[]);
                 let groups = (c.span.rows as u64 * self.shape.dim as u64).div_ceil(self.wg as u64) as u32;
                 let (x, y) = grid(groups, self.max_groups);
@@ -358,12 +495,12 @@ impl GpuTrainer {
     /// chunk into a scratch buffer of its size), in one submission: the
     /// floor a full-table step is measured against (SPEC §15).
     pub fn time_table_copies(&self, iters: u64) -> Result<std::time::Duration> {
-        let largest = self.chunks.iter().map(|c| c.buffer.size()).max().unwrap_or(16);
+        let largest = self.chunks.iter().map(|c| c.a.size()).max().unwrap_or(16);
         let scratch = storage(&self.ctx, "copy scratch", largest, wgpu::BufferUsages::COPY_DST);
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         for _ in 0..iters {
             for c in &self.chunks {
-                enc.copy_buffer_to_buffer(&c.buffer, 0, &scratch, 0, c.buffer.size());
+                enc.copy_buffer_to_buffer(&c.a, 0, &scratch, 0, c.a.size());
             }
         }
         let t = std::time::Instant::now();
@@ -372,46 +509,63 @@ impl GpuTrainer {
         Ok(t.elapsed())
     }
 
+    /// Wall time of `iters` table scans in one submission (benchmarks).
+    pub fn time_table_scans(&mut self, iters: u32) -> Result<std::time::Duration> {
+        let cur = self.current()?;
+        self.ensure_scanner();
+        let bufs: Vec<&wgpu::Buffer> = self.chunks.iter().map(|c| c.buffer(cur)).collect();
+        let scanner = self.scanner.as_mut().expect("built above");
+        let prepared = scanner.prepare(&bufs);
+        scanner.time(&prepared, iters)
+    }
+
     /// The chunk layout in use (tests check that several bindings are used).
     pub fn layout(&self) -> &ChunkLayout {
         &self.layout
     }
 
-    /// Copies rows a and b into `anchors`: the step's snapshot p, q.
-    fn encode_snapshot(&self, enc: &mut wgpu::CommandEncoder) {
-        let row_bytes = self.shape.dim as u64 * 4;
-        for (slot, row) in [self.cfg.anchor_a, self.cfg.anchor_b].into_iter().enumerate() {
-            let (c, i) = self.layout.locate(row);
-            enc.copy_buffer_to_buffer(
-                &self.chunks[c].buffer,
-                i as u64 * row_bytes,
-                &self.anchors,
-                slot as u64 * row_bytes,
-                row_bytes,
-            );
+    fn ensure_scanner(&mut self) {
+        if self.scanner.is_none() {
+            self.scanner = Some(TableScanner::new(self.ctx.clone(), self.shape, &self.layout, self.wg, self.max_groups));
         }
     }
 
-    fn dispatch_one(pass: &mut wgpu::ComputePass, p: &Pass) {
-        pass.set_pipeline(&p.pipeline);
-        pass.set_bind_group(0, &p.groups[0], &[]);
-        pass.dispatch_workgroups(1, 1, 1);
+    /// Which table buffer is current (read from the device; no work in flight).
+    fn current(&self) -> Result<u32> {
+        let staging = readback(&self.ctx, "state readback", 48);
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(&self.state, 0, &staging, 0, 48);
+        self.ctx.queue.submit([enc.finish()]);
+        let raw = read_mapped(&self.ctx, &staging, 48)?;
+        Ok(bytemuck::pod_read_unaligned::<StateU>(&raw).cur)
     }
 
-    /// One full-table step (or, with `update == false`, one evaluation).
-    fn encode_fused(&self, enc: &mut wgpu::CommandEncoder, update: bool) {
-        self.encode_snapshot(enc);
+    /// One step (or, with `update == false`, one evaluation), as one pass.
+    fn encode_fused(&self, enc: &mut wgpu::CommandEncoder, update: bool, snapshot: bool) {
         let mut pass =
             enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("fused step"), timestamp_writes: None });
-        Self::dispatch_one(&mut pass, &self.anchors_pass);
-        let fused = if update { &self.fused_update } else { &self.fused_eval };
-        pass.set_pipeline(&fused.pipeline);
-        for (c, bg) in self.chunks.iter().zip(&fused.groups) {
-            pass.set_bind_group(0, bg, &[]);
-            let (x, y) = grid(c.row_groups, self.max_groups);
-            pass.dispatch_workgroups(x, y, 1);
+        let per_chunk = |pass: &mut wgpu::ComputePass, p: &Pass, elements: bool| {
+            pass.set_pipeline(&p.pipeline);
+            for (c, bg) in self.chunks.iter().zip(&p.groups) {
+                pass.set_bind_group(0, bg, &[]);
+                let groups = if elements {
+                    (c.span.rows as u64 * self.shape.dim as u64).div_ceil(self.wg as u64) as u32
+                } else {
+                    c.row_groups
+                };
+                let (x, y) = grid(groups, self.max_groups);
+                pass.dispatch_workgroups(x, y, 1);
+            }
+        };
+        if let (true, Some((snap, _))) = (snapshot, &self.rollback) {
+            per_chunk(&mut pass, snap, true);
         }
-        Self::dispatch_one(&mut pass, &self.reduce);
+        self.anchors_pass.dispatch_one(&mut pass);
+        per_chunk(&mut pass, if update { &self.fused_update } else { &self.fused_eval }, false);
+        if update { &self.reduce_update } else { &self.reduce_eval }.dispatch_one(&mut pass);
+        if let (true, Some((_, restore))) = (update, &self.rollback) {
+            per_chunk(&mut pass, restore, true);
+        }
     }
 
     /// One full-table step through the staged kernels.
@@ -422,10 +576,9 @@ impl GpuTrainer {
         let max = self.max_groups;
         let elem_groups = (b * d).div_ceil(self.wg as u64) as u32;
         let row_groups = (b as u32).div_ceil(self.wg);
-        self.encode_snapshot(enc);
         let mut pass =
             enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("staged step"), timestamp_writes: None });
-        Self::dispatch_one(&mut pass, &self.anchors_pass);
+        self.anchors_pass.dispatch_one(&mut pass);
         let per_chunk = |pass: &mut wgpu::ComputePass, p: &Pass| {
             pass.set_pipeline(&p.pipeline);
             for bg in &p.groups {
@@ -443,7 +596,7 @@ impl GpuTrainer {
         per_chunk(&mut pass, &s.gather);
         once(&mut pass, &s.distances, row_groups);
         once(&mut pass, &s.forward, row_groups);
-        Self::dispatch_one(&mut pass, &s.reduce);
+        s.reduce.dispatch_one(&mut pass);
         once(&mut pass, &s.backward, elem_groups);
         per_chunk(&mut pass, &s.sgd);
     }
@@ -469,17 +622,17 @@ impl GpuTrainer {
         let coef = storage(&ctx, "coefficients", b * 4, wgpu::BufferUsages::empty());
         let grads = storage(&ctx, "gradients", b * d * 4, wgpu::BufferUsages::empty());
         let row_groups = (b as u32).div_ceil(self.wg);
-        let partials = storage(&ctx, "staged partials", row_groups as u64 * 8, wgpu::BufferUsages::empty());
-        let reduce_u = uniform(&ctx, "staged reduce", &ReduceU { count: row_groups, pad: [0; 3] });
+        let partials = storage(&ctx, "staged partials", row_groups as u64 * 16, wgpu::BufferUsages::empty());
+        let reduce_u = uniform(&ctx, "staged reduce", &ReduceU { count: row_groups, update: 1, pad: [0; 2] });
         let c = self.constants();
         let (params, anchors, state) = (&self.params, &self.anchors, &self.state);
-        let gather_p = c.pipeline(&ctx, &shaders::GATHER, "main", None);
-        let sgd_p = c.pipeline(&ctx, &shaders::SGD, "main", None);
+        let gather_p = c.pipeline(&ctx, &shaders::GATHER, "main", &[]);
+        let sgd_p = c.pipeline(&ctx, &shaders::SGD, "main", &[]);
         let gather = Pass {
             groups: self
                 .chunks
                 .iter()
-                .map(|ch| bind(&ctx, &gather_p, &[&ch.buffer, &idx, &xs, params, &ch.uniform]))
+                .map(|ch| bind(&ctx, &gather_p, &[&ch.a, &idx, &xs, params, &ch.uniform]))
                 .collect(),
             pipeline: gather_p,
         };
@@ -487,22 +640,14 @@ impl GpuTrainer {
             groups: self
                 .chunks
                 .iter()
-                .map(|ch| bind(&ctx, &sgd_p, &[&ch.buffer, &idx, &grads, params, &ch.uniform]))
+                .map(|ch| bind(&ctx, &sgd_p, &[&ch.a, &idx, &grads, params, &ch.uniform, state]))
                 .collect(),
             pipeline: sgd_p,
         };
         let single = |k: &Kernel, entry: &str, bufs: &[(u32, &wgpu::Buffer)]| {
-            let p = c.pipeline(&ctx, k, entry, None);
-            let entries: Vec<wgpu::BindGroupEntry> = bufs
-                .iter()
-                .map(|(i, b)| wgpu::BindGroupEntry { binding: *i, resource: b.as_entire_binding() })
-                .collect();
-            let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: None,
-                layout: &p.get_bind_group_layout(0),
-                entries: &entries,
-            });
-            Pass { pipeline: p, groups: vec![bg] }
+            let p = c.pipeline(&ctx, k, entry, &[]);
+            let g = bind_at(&ctx, &p, bufs);
+            Pass { pipeline: p, groups: vec![g] }
         };
         let distances = single(
             &shaders::DISTANCES,
@@ -516,8 +661,20 @@ impl GpuTrainer {
             "backward",
             &[(0, &xs), (1, anchors), (2, &dist), (4, &coef), (6, &grads), (7, params)],
         );
-        let reduce =
-            single(&shaders::REDUCE, "main", &[(0, &partials), (1, state), (2, &self.records), (3, &reduce_u)]);
+        let reduce = single(
+            &shaders::REDUCE,
+            "main",
+            &[
+                (0, &partials),
+                (1, state),
+                (2, params),
+                (3, &reduce_u),
+                (4, &self.strikes),
+                (8, &self.detail),
+                (9, &self.hits),
+                (10, &self.records),
+            ],
+        );
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(e.to_string()));
         }
@@ -525,98 +682,99 @@ impl GpuTrainer {
         Ok(())
     }
 
-    /// Encodes `n` steps (or one evaluation when `n == 0`) in one submission,
-    /// then reads back the `max(n, 1)` records they wrote.
-    fn run(&mut self, n: usize) -> Result<Vec<Record>> {
-        if n > 0 && self.opts.path == StepPath::Staged {
-            self.build_staged()?;
-        }
+    /// Encodes `n` steps (or one evaluation when `n == 0`) into one
+    /// submission whose records land in ring slot `slot`, mapped
+    /// asynchronously.
+    fn submit(&mut self, n: usize, slot: usize) {
         let ctx = self.ctx.clone();
         ctx.queue.write_buffer(&self.state, 0, bytemuck::bytes_of(&0u32));
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         if n == 0 {
-            self.encode_fused(&mut enc, false);
+            self.encode_fused(&mut enc, false, false);
         }
         for _ in 0..n {
             match self.opts.path {
-                StepPath::Fused => self.encode_fused(&mut enc, true),
+                StepPath::Fused => {
+                    let every = self.cfg.guard.snapshot_every as u64;
+                    self.encode_fused(&mut enc, true, self.steps_done % every == 0);
+                }
                 StepPath::Staged => self.encode_staged(&mut enc),
             }
+            self.steps_done += 1;
         }
-        let count = n.max(1) as u64;
-        enc.copy_buffer_to_buffer(&self.records, 0, &self.readback, 0, count * RECORD_BYTES);
-        ctx.queue.submit([enc.finish()]);
-        let raw = read_mapped(&ctx, &self.readback, count * RECORD_BYTES)?;
-        let values: &[[f32; 4]] = bytemuck::cast_slice(&raw);
-        Ok(values
-            .iter()
-            .map(|v| Record {
-                excess_sum: v[0] as f64,
-                excess_max: v[1] as f64,
-                d0: v[2] as f64,
-                batch: self.shape.rows,
-            })
-            .collect())
+        let count = n.max(1);
+        let bytes = count as u64 * RECORD_BYTES;
+        let s = &mut self.ring[slot];
+        enc.copy_buffer_to_buffer(&self.records, 0, &s.buffer, 0, bytes);
+        let index = ctx.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.buffer.slice(..bytes).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        s.pending = Some((count, rx, index));
+    }
+
+    /// Waits for ring slot `slot`'s submission and decodes its records.
+    fn collect(&mut self, slot: usize) -> Result<Vec<Record>> {
+        let s = &mut self.ring[slot];
+        let (count, rx, index) = s.pending.take().expect("collect is called on a pending slot");
+        self.ctx
+            .device
+            .poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: None })
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        self.ctx.check()?;
+        let raw = finish_map(&s.buffer, count as u64 * RECORD_BYTES, rx)?;
+        let words: &[u32] = bytemuck::cast_slice(&raw);
+        Ok(words.chunks_exact(RECORD_WORDS).map(|w| Record::from_words(w, self.shape.rows)).collect())
+    }
+
+    /// Runs `n` steps through the ring, or one evaluation when `n == 0`.
+    fn run(&mut self, n: usize) -> Result<Vec<Record>> {
+        if n > 0 && self.opts.path == StepPath::Staged {
+            self.build_staged()?;
+        }
+        // Submission sizes: one evaluation, or the steps in groups.
+        let sizes: Vec<usize> = if n == 0 {
+            vec![0]
+        } else {
+            (0..n).step_by(STEPS_PER_SUBMIT).map(|s| STEPS_PER_SUBMIT.min(n - s)).collect()
+        };
+        let mut sizes = sizes.into_iter().peekable();
+        let mut out = Vec::with_capacity(n.max(1));
+        let mut in_flight: VecDeque<usize> = VecDeque::new();
+        let mut next = 0usize;
+        loop {
+            if self.ring[next].pending.is_none() {
+                if let Some(m) = sizes.next() {
+                    self.submit(m, next);
+                    in_flight.push_back(next);
+                    next = (next + 1) % RING;
+                    continue;
+                }
+            }
+            match in_flight.pop_front() {
+                Some(s) => out.extend(self.collect(s)?),
+                None => break,
+            }
+        }
+        Ok(out)
     }
 }
 
-/// Maps `buffer[..size]`, waits for the GPU, and copies the bytes out:
-/// 1. `map_async` asks for the mapping once the queued work is done;
-/// 2. `wait` polls the device until it is (and surfaces any GPU error);
-/// 3. the mapped view is copied to host memory and the buffer unmapped.
-fn read_mapped(ctx: &GpuContext, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
-    let slice = buffer.slice(..size);
-    let (tx, rx) = std::sync::mpsc::channel();
-    slice.map_async(wgpu::MapMode::Read, move |r| {
-        let _ = tx.send(r);
-    });
-    ctx.wait()?;
-    rx.recv()
-        .map_err(|_| Error::Gpu("buffer mapping was dropped".into()))?
-        .map_err(|e| Error::Gpu(format!("mapping a buffer for reading: {e}")))?;
-    let bytes = slice.get_mapped_range().map_err(|e| Error::Gpu(format!("reading a mapped buffer: {e}")))?.to_vec();
-    buffer.unmap();
-    Ok(bytes)
-}
-
-/// The override constants a pipeline is built with; each kernel gets only
-/// the ones it declares (see `Kernel::overrides`).
-struct Constants {
-    wg: u32,
-    dim: u32,
-    mode: u32,
-    naive: bool,
+/// Table copies kept on the device by a policy (for out-of-memory messages).
+fn copies(p: Policy) -> u32 {
+    1 + p.double_buffered() as u32 + (p == Policy::Rollback) as u32
 }
 
 impl Constants {
     fn new(shape: Shape, cfg: &StepConfig, wg: u32) -> Self {
-        Constants { wg, dim: shape.dim as u32, mode: cfg.endpoints.shader_mode(), naive: cfg.naive }
-    }
-
-    fn pipeline(&self, ctx: &GpuContext, k: &Kernel, entry: &str, update: Option<bool>) -> wgpu::ComputePipeline {
-        let all = [
-            ("WG", self.wg as f64),
-            ("D", self.dim as f64),
-            ("MODE", self.mode as f64),
-            ("NAIVE", if self.naive { 1.0 } else { 0.0 }),
-            ("UPDATE", if update.unwrap_or(true) { 1.0 } else { 0.0 }),
-        ];
-        let constants: Vec<(&str, f64)> = all.into_iter().filter(|(name, _)| k.overrides.contains(name)).collect();
-        let module = ctx.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(k.name),
-            source: wgpu::ShaderSource::Wgsl(k.source().into()),
-        });
-        ctx.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(k.name),
-            layout: None,
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &constants,
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        })
+        Constants {
+            wg,
+            dim: shape.dim as u32,
+            mode: cfg.endpoints.shader_mode(),
+            naive: cfg.naive,
+            guard: cfg.guard.policy.shader_value(),
+        }
     }
 }
 
@@ -636,35 +794,43 @@ impl Trainer for GpuTrainer {
         }
     }
     fn steps(&mut self, n: usize) -> Result<Vec<Record>> {
-        let mut out = Vec::with_capacity(n);
-        let mut left = n;
-        while left > 0 {
-            let m = left.min(STEPS_PER_SUBMIT);
-            out.extend(self.run(m)?);
-            left -= m;
+        if n == 0 {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        self.run(n)
     }
     fn evaluate(&mut self) -> Result<Record> {
-        Ok(self.run(0)?[0])
+        self.run(0)?.pop().ok_or_else(|| Error::Gpu("the evaluation wrote no record".into()))
     }
     fn read_table(&mut self) -> Result<Vec<f32>> {
+        let cur = self.current()?;
         let d = self.shape.dim as u64;
         let largest = self.layout.rows_per_chunk.min(self.shape.rows) as u64 * d * 4;
-        let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("table readback"),
-            size: largest,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let staging = readback(&self.ctx, "table readback", largest);
         let mut out = Vec::with_capacity(self.shape.elements() as usize);
         for c in &self.chunks {
             let bytes = c.span.rows as u64 * d * 4;
             let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-            enc.copy_buffer_to_buffer(&c.buffer, 0, &staging, 0, bytes);
+            enc.copy_buffer_to_buffer(c.buffer(cur), 0, &staging, 0, bytes);
             self.ctx.queue.submit([enc.finish()]);
             out.extend_from_slice(bytemuck::cast_slice(&read_mapped(&self.ctx, &staging, bytes)?));
         }
         Ok(out)
+    }
+    fn write_row(&mut self, row: usize, values: &[f32]) -> Result<()> {
+        crate::cpu::check_row(self.shape, row, values)?;
+        let cur = self.current()?;
+        let (c, i) = self.layout.locate(row);
+        let at = i as u64 * self.shape.dim as u64 * 4;
+        self.ctx.queue.write_buffer(self.chunks[c].buffer(cur), at, bytemuck::cast_slice(values));
+        self.ctx.wait()
+    }
+    fn scan_table(&mut self) -> Result<Scan> {
+        let cur = self.current()?;
+        self.ensure_scanner();
+        let bufs: Vec<&wgpu::Buffer> = self.chunks.iter().map(|c| c.buffer(cur)).collect();
+        let scanner = self.scanner.as_mut().expect("built above");
+        let prepared = scanner.prepare(&bufs);
+        scanner.run(&prepared)
     }
 }

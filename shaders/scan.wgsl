@@ -1,0 +1,226 @@
+// scan.wgsl — SPEC §7: non-finite scans by bit tests, folded into the
+// passes that already touch the values (no extra pass over the table).
+//
+// Three stages, all integer (deterministic, no float atomics):
+//  1. lanes note findings in workgroup atomics (only when a value is bad,
+//     so a clean pass pays for the bit tests alone): counts, a bit per row,
+//     the lowest (row, column);
+//  2. `scan_flush`: lane 0 writes the workgroup's finding, stamped with the
+//     pass, to `scan_detail` and counts the workgroup in `scan_hits`; a
+//     clean workgroup writes nothing;
+//  3. `scan_collect` (one workgroup, after the pass): when `scan_hits` says
+//     there is anything, folds the stamped findings in row order into one
+//     block: 64-bit counts, the first element, the lowest SCAN_CAP rows.
+// Host decoder: `Scan::from_words` (src/scan.rs); CPU mirror: `scan_rows`.
+//
+// Block layout (SCAN_WORDS u32): nan lo/hi, +inf lo/hi, −inf lo/hi,
+// bad rows, first row, first column, first bits, rows listed, has-first,
+// then SCAN_CAP rows. Detail layout (DETAIL_WORDS u32 per workgroup and
+// buffer): stamp, nan, +inf, −inf, rows, first row, first column, first
+// bits, 8 mask words (bit j: local row j has a finding).
+
+override SCAN_BUFS: u32 = 3u;    // buffers scanned per pass: loss, gradient, rows written
+const DETAIL_WORDS: u32 = 16u;
+const NONE: u32 = 0xffffffffu;
+
+@group(0) @binding(8) var<storage, read_write> scan_detail: array<u32>;
+@group(0) @binding(9) var<storage, read_write> scan_hits: array<atomic<u32>>;
+@group(0) @binding(10) var<storage, read_write> scan_out: array<u32>;
+
+var<workgroup> sc_count: array<atomic<u32>, 9>;   // buf·3 + (nan, +inf, −inf)
+var<workgroup> sc_mask: array<atomic<u32>, 24>;   // buf·8 + word
+var<workgroup> sc_first: array<atomic<u32>, 3>;   // lowest local_row·D + column
+var<workgroup> sc_bits: array<u32, 768>;          // buf·MAX_WG + local row: its first bad bits
+var<workgroup> sc_flag: u32;
+
+// (NaN, +Inf, −Inf) as a one-hot of a value's bits; zeros when finite.
+fn classify(v: f32) -> vec3<u32> {
+    let b = bitcast<u32>(v);
+    let nonfinite = (b & 0x7f800000u) == 0x7f800000u;
+    let is_nan = nonfinite && (b & 0x007fffffu) != 0u;
+    let inf = nonfinite && !is_nan;
+    let neg = (b & 0x80000000u) != 0u;
+    return vec3<u32>(select(0u, 1u, is_nan), select(0u, 1u, inf && !neg), select(0u, 1u, inf && neg));
+}
+
+// One row's findings in one buffer, kept in registers by its lane.
+struct RowScan {
+    counts: vec3<u32>,
+    first_col: u32,   // NONE while clean
+    bits: u32,
+}
+
+fn row_scan_new() -> RowScan {
+    return RowScan(vec3<u32>(0u, 0u, 0u), NONE, 0u);
+}
+
+fn row_scan_add(acc: RowScan, col: u32, v: f32) -> RowScan {
+    var a = acc;
+    if (is_nonfinite(v)) {
+        a.counts = a.counts + classify(v);
+        if (a.first_col == NONE) {
+            a.first_col = col;
+            a.bits = bitcast<u32>(v);
+        }
+    }
+    return a;
+}
+
+fn row_scan_bad(a: RowScan) -> bool {
+    return a.first_col != NONE;
+}
+
+// Must run before any lane notes a finding, followed by a barrier.
+fn scan_reset(lid: u32) {
+    for (var j = lid; j < 24u; j = j + WG) {
+        atomicStore(&sc_mask[j], 0u);
+        if (j < 9u) {
+            atomicStore(&sc_count[j], 0u);
+        }
+        if (j < 3u) {
+            atomicStore(&sc_first[j], NONE);
+        }
+    }
+}
+
+// Publishes a row's findings to the workgroup (a no-op for a clean row).
+// Lanes that own rows also keep the bits: `scan_bits_of`.
+fn scan_commit(buf: u32, local_row: u32, a: RowScan) {
+    if (!row_scan_bad(a)) {
+        return;
+    }
+    atomicAdd(&sc_count[buf * 3u], a.counts.x);
+    atomicAdd(&sc_count[buf * 3u + 1u], a.counts.y);
+    atomicAdd(&sc_count[buf * 3u + 2u], a.counts.z);
+    atomicOr(&sc_mask[buf * 8u + local_row / 32u], 1u << (local_row % 32u));
+    atomicMin(&sc_first[buf], local_row * D + a.first_col);
+    sc_bits[buf * MAX_WG + local_row] = a.bits;
+}
+
+// The workgroup's lowest finding in `buf` as local_row·D + column, or NONE.
+fn scan_first_local(buf: u32) -> u32 {
+    return atomicLoad(&sc_first[buf]);
+}
+
+// Lane 0, after a barrier: writes the workgroup's finding for `buf`, if
+// any. `w` is the workgroup's index over the whole pass, `row0` the global
+// row of local row 0, `bits` the raw bits of the lowest finding.
+fn scan_flush(buf: u32, w: u32, stamp: u32, row0: u32, bits: u32) {
+    let first = atomicLoad(&sc_first[buf]);
+    if (first == NONE) {
+        return;
+    }
+    let at = (w * SCAN_BUFS + buf) * DETAIL_WORDS;
+    var rows = 0u;
+    for (var j = 0u; j < 8u; j = j + 1u) {
+        let m = atomicLoad(&sc_mask[buf * 8u + j]);
+        scan_detail[at + 8u + j] = m;
+        rows = rows + countOneBits(m);
+    }
+    scan_detail[at + 1u] = atomicLoad(&sc_count[buf * 3u]);
+    scan_detail[at + 2u] = atomicLoad(&sc_count[buf * 3u + 1u]);
+    scan_detail[at + 3u] = atomicLoad(&sc_count[buf * 3u + 2u]);
+    scan_detail[at + 4u] = rows;
+    scan_detail[at + 5u] = row0 + first / D;
+    scan_detail[at + 6u] = first % D;
+    scan_detail[at + 7u] = bits;
+    scan_detail[at] = stamp;
+    atomicAdd(&scan_hits[buf], 1u);
+}
+
+// One workgroup of WG lanes, all calling: folds the findings of `buf` over
+// `nwg` workgroups stamped `stamp` into the block at scan_out[out..], in
+// row order, and clears `scan_hits[buf]` for the next pass. Returns whether
+// anything was found (uniform).
+fn scan_collect(lid: u32, buf: u32, nwg: u32, stamp: u32, out: u32) -> bool {
+    if (lid == 0u) {
+        sc_flag = atomicLoad(&scan_hits[buf]);
+        atomicStore(&scan_hits[buf], 0u);
+    }
+    let hits = workgroupUniformLoad(&sc_flag);
+    for (var j = lid; j < SCAN_WORDS; j = j + WG) {
+        scan_out[out + j] = 0u;
+    }
+    if (hits == 0u) {
+        return false;
+    }
+    // Totals and the first workgroup with a finding.
+    var nan = vec2<u32>(0u, 0u);
+    var pinf = vec2<u32>(0u, 0u);
+    var ninf = vec2<u32>(0u, 0u);
+    var rows_first = vec2<u32>(0u, NONE);
+    for (var j = lid; j < nwg; j = j + WG) {
+        let at = (j * SCAN_BUFS + buf) * DETAIL_WORDS;
+        if (scan_detail[at] == stamp) {
+            nan = add64(nan, vec2<u32>(scan_detail[at + 1u], 0u));
+            pinf = add64(pinf, vec2<u32>(scan_detail[at + 2u], 0u));
+            ninf = add64(ninf, vec2<u32>(scan_detail[at + 3u], 0u));
+            rows_first = vec2<u32>(rows_first.x + scan_detail[at + 4u], min(rows_first.y, j));
+        }
+    }
+    nan = workgroup_sum64(lid, nan);
+    pinf = workgroup_sum64(lid, pinf);
+    ninf = workgroup_sum64(lid, ninf);
+    rows_first = workgroup_sum_min_u32(lid, rows_first);
+    if (lid == 0u) {
+        let at = (rows_first.y * SCAN_BUFS + buf) * DETAIL_WORDS;
+        scan_out[out] = nan.x;
+        scan_out[out + 1u] = nan.y;
+        scan_out[out + 2u] = pinf.x;
+        scan_out[out + 3u] = pinf.y;
+        scan_out[out + 4u] = ninf.x;
+        scan_out[out + 5u] = ninf.y;
+        scan_out[out + 6u] = rows_first.x;
+        scan_out[out + 7u] = scan_detail[at + 5u];
+        scan_out[out + 8u] = scan_detail[at + 6u];
+        scan_out[out + 9u] = scan_detail[at + 7u];
+        scan_out[out + 10u] = min(rows_first.x, SCAN_CAP);
+        scan_out[out + 11u] = 1u;
+    }
+    // The lowest SCAN_CAP rows: blocks of WG workgroups in order, each lane
+    // placing its workgroup's rows after the rows of the lanes before it.
+    var listed = 0u;
+    let blocks = (nwg + WG - 1u) / WG;
+    for (var blk = 0u; blk < blocks; blk = blk + 1u) {
+        let j = blk * WG + lid;
+        var at = 0u;
+        var count = 0u;
+        if (j < nwg) {
+            at = (j * SCAN_BUFS + buf) * DETAIL_WORDS;
+            if (scan_detail[at] == stamp) {
+                count = scan_detail[at + 4u];
+            }
+        }
+        let pre = workgroup_prefix_u32(lid, count);
+        var pos = listed + pre.x;
+        if (count > 0u && pos < SCAN_CAP) {
+            // Local row 0 of this workgroup: its first row minus the first
+            // set bit's position.
+            var lowest = 0u;
+            for (var k = 0u; k < 8u; k = k + 1u) {
+                let m = scan_detail[at + 8u + k];
+                if (m != 0u) {
+                    lowest = k * 32u + countTrailingZeros(m);
+                    break;
+                }
+            }
+            let row0 = scan_detail[at + 5u] - lowest;
+            for (var k = 0u; k < 8u; k = k + 1u) {
+                var m = scan_detail[at + 8u + k];
+                while (m != 0u && pos < SCAN_CAP) {
+                    scan_out[out + 12u + pos] = row0 + k * 32u + countTrailingZeros(m);
+                    pos = pos + 1u;
+                    m = m & (m - 1u);
+                }
+            }
+        }
+        listed = listed + pre.y;
+        if (lid == 0u) {
+            sc_flag = listed;
+        }
+        if (workgroupUniformLoad(&sc_flag) >= SCAN_CAP) {
+            break;
+        }
+    }
+    return true;
+}

@@ -1,0 +1,44 @@
+// scan_table.wgsl — SPEC §7 over one chunk of a table at memory speed:
+// workgroup w scans rows [w·WG, (w+1)·WG), its lanes striding over the
+// tile's elements so that loads are coalesced. Findings go through
+// scan.wgsl (SCAN_BUFS = 1); scan_finish.wgsl folds them.
+// Host owner: `TableScanner` (src/gpu/scan.rs); CPU mirror: `scan_rows`.
+
+struct ScanParams {
+    stamp: u32,
+    count: u32,     // workgroups over all chunks (scan_finish)
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read> table: array<f32>;
+@group(0) @binding(1) var<uniform> chunk: Chunk;
+@group(0) @binding(2) var<uniform> sp: ScanParams;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wg: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let w = linear_workgroup(wg, nwg);
+    scan_reset(lid);
+    workgroupBarrier();
+    let tile = w * WG;   // first local row of the tile
+    if (tile >= chunk.rows) {
+        return;          // uniform: the whole workgroup leaves
+    }
+    let base = tile * D;
+    let n = min(WG, chunk.rows - tile) * D;
+    for (var e = lid; e < n; e = e + WG) {
+        let v = table[base + e];
+        if (is_nonfinite(v)) {
+            scan_commit(0u, e / D, row_scan_add(row_scan_new(), e % D, v));
+        }
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        let f = scan_first_local(0u);
+        if (f != NONE) {
+            scan_flush(0u, chunk.partial_base + w, sp.stamp, chunk.row_base + tile, bitcast<u32>(table[base + f]));
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Small wgpu helpers shared by the GPU owners: buffers, bind groups,
+//! pipelines with override constants, and mapped readback.
+
+use bytemuck::Pod;
+
+use super::context::GpuContext;
+use super::shaders::Kernel;
+use crate::error::{Error, Result};
+
+pub fn storage(ctx: &GpuContext, label: &str, size: u64, extra: wgpu::BufferUsages) -> wgpu::Buffer {
+    ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: size.max(16).next_multiple_of(4),
+        usage: wgpu::BufferUsages::STORAGE | extra,
+        mapped_at_creation: false,
+    })
+}
+
+pub fn uniform<T: Pod>(ctx: &GpuContext, label: &str, value: &T) -> wgpu::Buffer {
+    let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: std::mem::size_of::<T>() as u64,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    ctx.queue.write_buffer(&buf, 0, bytemuck::bytes_of(value));
+    buf
+}
+
+pub fn readback(ctx: &GpuContext, label: &str, size: u64) -> wgpu::Buffer {
+    ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
+/// A bind group of whole buffers at the given binding numbers.
+pub fn bind_at(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, buffers: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> = buffers
+        .iter()
+        .map(|(i, b)| wgpu::BindGroupEntry { binding: *i, resource: b.as_entire_binding() })
+        .collect();
+    ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    })
+}
+
+/// Whole-buffer bindings 0, 1, 2, … in order.
+pub fn bind(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+    let numbered: Vec<(u32, &wgpu::Buffer)> = buffers.iter().enumerate().map(|(i, b)| (i as u32, *b)).collect();
+    bind_at(ctx, pipeline, &numbered)
+}
+
+/// Maps `buffer[..size]`, waits for the GPU, and copies the bytes out:
+/// 1. `map_async` asks for the mapping once the queued work is done;
+/// 2. `wait` polls the device until it is (and surfaces any GPU error);
+/// 3. the mapped view is copied to host memory and the buffer unmapped.
+pub fn read_mapped(ctx: &GpuContext, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+    let slice = buffer.slice(..size);
+    let (tx, rx) = std::sync::mpsc::channel();
+    slice.map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    ctx.wait()?;
+    finish_map(buffer, size, rx)
+}
+
+/// Step 3 of [`read_mapped`] for a mapping already requested and polled.
+pub fn finish_map(
+    buffer: &wgpu::Buffer,
+    size: u64,
+    rx: std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+) -> Result<Vec<u8>> {
+    rx.recv()
+        .map_err(|_| Error::Gpu("buffer mapping was dropped".into()))?
+        .map_err(|e| Error::Gpu(format!("mapping a buffer for reading: {e}")))?;
+    let bytes = buffer
+        .slice(..size)
+        .get_mapped_range()
+        .map_err(|e| Error::Gpu(format!("reading a mapped buffer: {e}")))?
+        .to_vec();
+    buffer.unmap();
+    Ok(bytes)
+}
+
+/// The override constants a pipeline is built with; each kernel gets only
+/// the ones it declares (see `Kernel::overrides`).
+pub struct Constants {
+    pub wg: u32,
+    pub dim: u32,
+    pub mode: u32,
+    pub naive: bool,
+    pub guard: u32,
+}
+
+impl Constants {
+    /// `extra` sets kernel-specific overrides (UPDATE, SCAN_BUFS).
+    pub fn pipeline(
+        &self,
+        ctx: &GpuContext,
+        k: &Kernel,
+        entry: &str,
+        extra: &[(&str, f64)],
+    ) -> wgpu::ComputePipeline {
+        let base = [
+            ("WG", self.wg as f64),
+            ("D", self.dim as f64),
+            ("MODE", self.mode as f64),
+            ("NAIVE", if self.naive { 1.0 } else { 0.0 }),
+            ("GUARD", self.guard as f64),
+        ];
+        let constants: Vec<(&str, f64)> =
+            base.iter().chain(extra).copied().filter(|(name, _)| k.overrides.contains(name)).collect();
+        let module = ctx.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(k.name),
+            source: wgpu::ShaderSource::Wgsl(k.source().into()),
+        });
+        ctx.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(k.name),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        })
+    }
+}

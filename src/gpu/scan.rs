@@ -1,0 +1,171 @@
+//! Host side of the table scan (SPEC §7): `shaders/scan_table.wgsl` over
+//! each chunk, then `scan_finish.wgsl` folds the findings into one block.
+//! Used by `latent-line scan` ([`scan_values`]) and by
+//! [`super::GpuTrainer::scan_table`]. CPU mirror: `crate::scan::scan_rows`.
+
+use std::sync::Arc;
+
+use super::context::GpuContext;
+use super::layout::{grid, ChunkLayout};
+use super::pipes::{bind_at, read_mapped, readback, storage, uniform, Constants};
+use super::shaders;
+use crate::config::Shape;
+use crate::error::{Error, Result};
+use crate::scan::{Scan, SCAN_WORDS};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ScanParamsU {
+    stamp: u32,
+    count: u32,
+    pad: [u32; 2],
+}
+
+/// Pipelines and scratch buffers for scanning tables of one layout.
+pub struct TableScanner {
+    ctx: Arc<GpuContext>,
+    max_groups: u32,
+    /// (chunk uniform, workgroups) per chunk.
+    chunks: Vec<(wgpu::Buffer, u32)>,
+    groups_total: u32,
+    scan: wgpu::ComputePipeline,
+    finish: wgpu::ComputePipeline,
+    finish_group: wgpu::BindGroup,
+    detail: wgpu::Buffer,
+    hits: wgpu::Buffer,
+    params: wgpu::Buffer,
+    out: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    stamp: u32,
+}
+
+/// Bind groups over one table's chunk buffers, ready to scan repeatedly.
+pub struct PreparedScan {
+    groups: Vec<wgpu::BindGroup>,
+}
+
+impl TableScanner {
+    pub fn new(ctx: Arc<GpuContext>, shape: Shape, layout: &ChunkLayout, wg: u32, max_groups: u32) -> Self {
+        let mut base = 0u32;
+        let chunks: Vec<(wgpu::Buffer, u32)> = layout
+            .spans
+            .iter()
+            .map(|s| {
+                let groups = (s.rows as u32).div_ceil(wg);
+                let u = uniform(&ctx, "scan chunk", &[s.row_base as u32, s.rows as u32, base, 0]);
+                base += groups;
+                (u, groups)
+            })
+            .collect();
+        let consts = Constants { wg, dim: shape.dim as u32, mode: 0, naive: false, guard: 0 };
+        let scan = consts.pipeline(&ctx, &shaders::SCAN_TABLE, "main", &[("SCAN_BUFS", 1.0)]);
+        let finish = consts.pipeline(&ctx, &shaders::SCAN_FINISH, "main", &[("SCAN_BUFS", 1.0)]);
+        let detail = storage(&ctx, "scan details", base as u64 * 64, wgpu::BufferUsages::empty());
+        let hits = storage(&ctx, "scan hits", 16, wgpu::BufferUsages::empty());
+        let params = uniform(&ctx, "scan params", &ScanParamsU { stamp: 0, count: base, pad: [0; 2] });
+        let bytes = SCAN_WORDS as u64 * 4;
+        let out = storage(&ctx, "scan result", bytes, wgpu::BufferUsages::COPY_SRC);
+        let readback = readback(&ctx, "scan readback", bytes);
+        let finish_group = bind_at(&ctx, &finish, &[(2, &params), (8, &detail), (9, &hits), (10, &out)]);
+        TableScanner {
+            ctx,
+            max_groups,
+            chunks,
+            groups_total: base,
+            scan,
+            finish,
+            finish_group,
+            detail,
+            hits,
+            params,
+            out,
+            readback,
+            stamp: 0,
+        }
+    }
+
+    /// Bind groups for `buffers`, one per chunk of the layout, in order.
+    pub fn prepare(&self, buffers: &[&wgpu::Buffer]) -> PreparedScan {
+        let groups = buffers
+            .iter()
+            .zip(&self.chunks)
+            .map(|(b, (u, _))| {
+                bind_at(&self.ctx, &self.scan, &[(0, b), (1, u), (2, &self.params), (8, &self.detail), (9, &self.hits)])
+            })
+            .collect();
+        PreparedScan { groups }
+    }
+
+    /// Encodes one scan of the table: each chunk, then the fold.
+    pub fn encode(&mut self, enc: &mut wgpu::CommandEncoder, table: &PreparedScan) {
+        self.stamp += 1;
+        let p = ScanParamsU { stamp: self.stamp, count: self.groups_total, pad: [0; 2] };
+        self.ctx.queue.write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
+        let mut pass =
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("scan"), timestamp_writes: None });
+        pass.set_pipeline(&self.scan);
+        for (g, (_, groups)) in table.groups.iter().zip(&self.chunks) {
+            pass.set_bind_group(0, g, &[]);
+            let (x, y) = grid(*groups, self.max_groups);
+            pass.dispatch_workgroups(x, y, 1);
+        }
+        pass.set_pipeline(&self.finish);
+        pass.set_bind_group(0, &self.finish_group, &[]);
+        pass.dispatch_workgroups(1, 1, 1);
+    }
+
+    /// Scans the table and reads the result back.
+    pub fn run(&mut self, table: &PreparedScan) -> Result<Scan> {
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        self.encode(&mut enc, table);
+        let bytes = SCAN_WORDS as u64 * 4;
+        enc.copy_buffer_to_buffer(&self.out, 0, &self.readback, 0, bytes);
+        self.ctx.queue.submit([enc.finish()]);
+        let raw = read_mapped(&self.ctx, &self.readback, bytes)?;
+        Ok(Scan::from_words(bytemuck::cast_slice(&raw)))
+    }
+
+    /// Wall time of `iters` scans in one submission (for benchmarks without
+    /// timestamp queries).
+    pub fn time(&mut self, table: &PreparedScan, iters: u32) -> Result<std::time::Duration> {
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        for _ in 0..iters {
+            // The stamp must differ per scan; params are written per submit,
+            // so one submission repeats one stamp: findings stay correct
+            // because every scan of the same table finds the same things.
+            self.encode(&mut enc, table);
+        }
+        let t = std::time::Instant::now();
+        self.ctx.queue.submit([enc.finish()]);
+        self.ctx.wait()?;
+        Ok(t.elapsed())
+    }
+}
+
+/// Uploads a host table chunk by chunk and scans it on the GPU.
+pub fn scan_values(ctx: Arc<GpuContext>, values: &[f32], shape: Shape, max_chunk_rows: Option<usize>) -> Result<Scan> {
+    if values.len() as u64 != shape.elements() {
+        return Err(Error::invalid("table", format!("{} values for {} × {}", values.len(), shape.rows, shape.dim)));
+    }
+    let wg = ctx.workgroup_size(256);
+    let max_groups = ctx.max_groups();
+    let layout = ChunkLayout::new(shape, ctx.max_binding_bytes(), max_chunk_rows, wg, max_groups)?;
+    let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let d = shape.dim;
+    let buffers: Vec<wgpu::Buffer> = layout
+        .spans
+        .iter()
+        .map(|s| {
+            let b = storage(&ctx, "scanned chunk", (s.rows * d * 4) as u64, wgpu::BufferUsages::COPY_DST);
+            ctx.queue.write_buffer(&b, 0, bytemuck::cast_slice(&values[s.row_base * d..][..s.rows * d]));
+            b
+        })
+        .collect();
+    if let Some(e) = pollster::block_on(oom.pop()) {
+        return Err(shape.too_large(format!("the GPU could not allocate it ({e})")));
+    }
+    let mut scanner = TableScanner::new(ctx, shape, &layout, wg, max_groups);
+    let refs: Vec<&wgpu::Buffer> = buffers.iter().collect();
+    let prepared = scanner.prepare(&refs);
+    scanner.run(&prepared)
+}

@@ -1,0 +1,167 @@
+//! SPEC §9: what happens when a step meets a non-finite value. The GPU
+//! decides in `shaders/reduce.wgsl` (no host round trip); [`GuardState::decide`]
+//! is the same state machine for the CPU backend, line for line.
+
+/// `--on-nonfinite`: the policy (values match the shaders' `GUARD_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// Record and go on: non-finite values are written.
+    Ignore,
+    /// A step that would write any non-finite value writes nothing.
+    SkipStep,
+    /// Rows whose new value would be non-finite keep their old value.
+    SkipRow,
+    /// Restore the last snapshot, back off the learning rate, go on.
+    Rollback,
+    /// Leave the table as it was before the step and stop (exit code 3).
+    Abort,
+}
+
+impl Policy {
+    /// The shaders' `GUARD` override constant.
+    pub fn shader_value(self) -> u32 {
+        match self {
+            Policy::Ignore => 0,
+            Policy::SkipStep => 1,
+            Policy::SkipRow => 2,
+            Policy::Rollback => 3,
+            Policy::Abort => 4,
+        }
+    }
+    /// Whether each step writes into a second table buffer and only a clean
+    /// step switches to it (the failing step is dropped for free).
+    pub fn double_buffered(self) -> bool {
+        matches!(self, Policy::SkipStep | Policy::Rollback | Policy::Abort)
+    }
+}
+
+/// The guard's options, with SPEC §9's defaults.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Guard {
+    pub policy: Policy,
+    /// skip-step: abort at this many consecutive skipped steps.
+    pub max_skips: u32,
+    /// rollback: snapshot the table every this many steps.
+    pub snapshot_every: u32,
+    /// rollback: learning-rate factor per rollback.
+    pub backoff: f32,
+    /// rollback: abort when a failure would need one rollback more than this.
+    pub max_rollbacks: u32,
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Guard { policy: Policy::SkipStep, max_skips: 10, snapshot_every: 100, backoff: 0.5, max_rollbacks: 3 }
+    }
+}
+
+/// SPEC §8: a row is near-singular when s1 or s2 < (τ·d0)².
+pub const TAU: f32 = 1e-3;
+/// SPEC §8: warn when d0 falls below this fraction of its step-0 value.
+pub const COLLAPSE_FRACTION: f64 = 0.1;
+
+/// What the guard did with a pass (the shaders' `ACT_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Applied,
+    /// Non-finite values were found and written (`ignore`).
+    Ignored,
+    SkippedStep,
+    SkippedRows,
+    RolledBack,
+    Aborted,
+    /// The run had already aborted; nothing ran.
+    NotRun,
+    /// A forward evaluation; nothing to guard.
+    Evaluated,
+}
+
+impl Action {
+    pub fn from_code(c: u32) -> Action {
+        match c {
+            0 => Action::Applied,
+            1 => Action::Ignored,
+            2 => Action::SkippedStep,
+            3 => Action::SkippedRows,
+            4 => Action::RolledBack,
+            5 => Action::Aborted,
+            7 => Action::Evaluated,
+            _ => Action::NotRun,
+        }
+    }
+    /// Did this pass change the table?
+    pub fn wrote(self) -> bool {
+        matches!(self, Action::Applied | Action::Ignored | Action::SkippedRows | Action::RolledBack)
+    }
+}
+
+/// The run state the guard keeps between steps (the shaders' `State`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GuardState {
+    /// Which table buffer is current (double-buffered policies).
+    pub cur: u32,
+    pub halted: bool,
+    pub lr: f32,
+    pub skips: u32,
+    pub rollbacks: u32,
+    /// The snapshot must be copied back before the next step.
+    pub restore: bool,
+}
+
+impl GuardState {
+    pub fn new(lr: f32) -> Self {
+        GuardState { cur: 0, halted: false, lr, skips: 0, rollbacks: 0, restore: false }
+    }
+
+    /// The decision of `reduce.wgsl` after a step that found non-finite
+    /// values (`bad`) or not.
+    pub fn decide(&mut self, g: &Guard, bad: bool) -> Action {
+        match g.policy {
+            Policy::Ignore => {
+                if bad {
+                    Action::Ignored
+                } else {
+                    Action::Applied
+                }
+            }
+            Policy::SkipRow => {
+                if bad {
+                    Action::SkippedRows
+                } else {
+                    Action::Applied
+                }
+            }
+            _ if !bad => {
+                self.cur = 1 - self.cur;
+                self.skips = 0;
+                Action::Applied
+            }
+            Policy::SkipStep => {
+                self.skips += 1;
+                if self.skips >= g.max_skips {
+                    self.halted = true;
+                    Action::Aborted
+                } else {
+                    Action::SkippedStep
+                }
+            }
+            Policy::Rollback => {
+                self.rollbacks += 1;
+                if self.rollbacks > g.max_rollbacks {
+                    self.halted = true;
+                    Action::Aborted
+                } else {
+                    self.restore = true;
+                    self.lr *= g.backoff;
+                    Action::RolledBack
+                }
+            }
+            Policy::Abort => {
+                self.halted = true;
+                Action::Aborted
+            }
+        }
+    }
+}
