@@ -9,7 +9,9 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use latent_line::gpu::{GpuContext, GpuOptions, GpuTrainer};
-use latent_line::report::{median, Report, StepEntry, Summary};
+use latent_line::guard::{Action, Guard, Policy};
+use latent_line::report::{action_words, collapse_step, median, Event, Report, StepEntry, Summary};
+use latent_line::scan::scan_rows;
 use latent_line::{cpu::CpuTrainer, npy, Endpoints, Reduction, Shape, StepConfig, TableSource, Trainer};
 
 /// `println!` that never panics: a closed stdout (`| head`) must not turn a
@@ -39,6 +41,30 @@ struct Cli {
 enum Command {
     /// Train a table (the default command).
     Train(TrainArgs),
+    /// Scan a saved table for NaN and ±Inf (exit code 3 when it has any).
+    Scan(ScanArgs),
+    /// The original six-code case, naive and safe side by side, explained.
+    Diagnose,
+}
+
+#[derive(Args, Clone, Debug)]
+struct ScanArgs {
+    /// The table (.npy, 2-D float32 or float64).
+    #[arg(value_name = "FILE.npy")]
+    file: PathBuf,
+    /// Where to scan.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    /// GPU adapter whose name contains this (else WGPU_ADAPTER_NAME).
+    #[arg(long)]
+    adapter: Option<String>,
+}
+
+/// How a command ended, for the exit code (SPEC §13).
+enum Outcome {
+    Done,
+    /// The guard aborted, or `scan` found non-finite values: exit code 3.
+    NonFinite,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -84,6 +110,21 @@ struct TrainArgs {
     /// frozen: anchors never change; detached: anchors get the row term only.
     #[arg(long, value_enum, default_value_t = Endpoints::Frozen)]
     endpoints: Endpoints,
+    /// What a step that meets NaN or ±Inf does (SPEC §9).
+    #[arg(long, value_enum, default_value_t = Policy::SkipStep)]
+    on_nonfinite: Policy,
+    /// skip-step: abort after this many consecutive skipped steps.
+    #[arg(long, default_value_t = 10)]
+    max_skips: u32,
+    /// rollback: snapshot the table every this many steps.
+    #[arg(long, default_value_t = 100)]
+    snapshot_every: u32,
+    /// rollback: multiply lr by this at each rollback.
+    #[arg(long, default_value_t = 0.5)]
+    backoff: f32,
+    /// rollback: abort when a failure would need more rollbacks than this.
+    #[arg(long, default_value_t = 3)]
+    max_rollbacks: u32,
     /// Where to run.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
@@ -103,12 +144,15 @@ struct TrainArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Train(a)) => a,
-        None => cli.train,
+    let result = match cli.command {
+        Some(Command::Train(a)) => train(&a),
+        None => train(&cli.train),
+        Some(Command::Scan(a)) => scan(&a),
+        Some(Command::Diagnose) => Err(anyhow::anyhow!("TODO-DIAG")),
     };
-    match train(&args) {
-        Ok(()) => ExitCode::SUCCESS,
+    match result {
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::NonFinite) => ExitCode::from(3),
         Err(e) => {
             eprintln!("latent-line: error: {e:#}");
             ExitCode::from(1)
@@ -137,7 +181,7 @@ fn check_output(opt: &str, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn train(args: &TrainArgs) -> anyhow::Result<()> {
+fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     // Everything is validated before any allocation or output.
     for (opt, p) in [("--save", &args.save), ("--report", &args.report)] {
         if let Some(p) = p {
@@ -181,7 +225,23 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     cfg.lr = args.lr;
     cfg.reduction = args.reduction;
     cfg.endpoints = args.endpoints;
+    cfg.guard = Guard {
+        policy: args.on_nonfinite,
+        max_skips: args.max_skips,
+        snapshot_every: args.snapshot_every,
+        backoff: args.backoff,
+        max_rollbacks: args.max_rollbacks,
+    };
     cfg.validate(shape)?;
+    // SPEC §7 on the loaded table: it is in host memory already, so the
+    // scan is one parallel pass of bit tests before it goes anywhere.
+    let mut events = Vec::new();
+    if let TableSource::Data(v) = &source {
+        let s = scan_rows(v, shape.dim, 0);
+        if !s.is_clean() {
+            events.push(Event { step: None, buffer: "input", scan: s, strikes: Vec::new(), action: None });
+        }
+    }
 
     let (mut trainer, why) = open_trainer(args, shape, cfg, source)?;
     let dev = trainer.device_info();
@@ -213,35 +273,78 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         cfg.lr
     );
 
+    for e in &events {
+        out!("input    {}", e.describe());
+    }
+    out!("guard    --on-nonfinite {}", name(cfg.guard.policy));
+
     // Steps run in blocks; each block is one timing sample (wall clock,
     // GPU work included: a block ends when its records are read back).
     const BLOCK: usize = 20;
+    const SHOWN_EVENTS: usize = 12;
     let mut records = Vec::new();
     let mut per_step = Vec::new();
     let mut done = 0;
+    let mut shown = 0;
+    let mut collapse_warned = false;
     while done < args.steps {
         let n = BLOCK.min(args.steps - done);
         let t = Instant::now();
-        records.extend(trainer.steps(n)?);
+        let block = trainer.steps(n)?;
         per_step.push(t.elapsed().as_secs_f64() / n as f64);
+        for (i, r) in block.iter().enumerate() {
+            for e in Event::of_record(done + i, r) {
+                if shown < SHOWN_EVENTS {
+                    out!("event    {}", e.describe());
+                }
+                shown += 1;
+                events.push(e);
+            }
+        }
+        records.extend(block);
         done += n;
+        if let (Some(at), false) = (collapse_step(&records), collapse_warned) {
+            collapse_warned = true;
+            out!(
+                "warning  step {at}: the anchors are collapsing: d0 = {:.4e}, below {} of its start {:.4e} (SPEC §8)",
+                records[at].d0,
+                latent_line::guard::COLLAPSE_FRACTION,
+                records[0].d0
+            );
+        }
+        if records.last().is_some_and(|r| r.action == Action::NotRun) {
+            break; // the guard aborted on the device; nothing more will run
+        }
     }
+    if shown > SHOWN_EVENTS {
+        out!("event    … {} more non-finite events (all in the report)", shown - SHOWN_EVENTS);
+    }
+    let aborted_at = records.iter().position(|r| r.action == Action::Aborted);
+    records.truncate(aborted_at.map_or(records.len(), |a| a + 1));
     records.push(trainer.evaluate()?);
-    let table = trainer.read_table()?;
-    let finite = table.iter().all(|v| v.is_finite());
+    let final_scan = trainer.scan_table()?;
+    let finite = final_scan.is_clean();
 
     let w_red = cfg.w_red(shape.rows) as f64;
-    let (first, last) = (records[0].clone(), records[records.len() - 1].clone());
+    let (first, last) = (&records[0], &records[records.len() - 1]);
     let step_s = median(per_step);
     let bytes = 2 * shape.bytes();
     let gbps = if step_s > 0.0 { bytes as f64 / step_s / 1e9 } else { 0.0 };
-    out!("start    loss {:.6e} · mean excess {:.6e} · d0 {:.6}", first.loss(w_red), first.mean_excess(), first.d0);
+    let count = |a: Action| records.iter().filter(|r| r.action == a).count();
     out!(
-        "end      loss {:.6e} · mean excess {:.6e} · d0 {:.6} · after {} steps, excess {}",
+        "start    loss {:.6e} · mean excess {:.6e} · d0 {:.6} · near-singular rows {}",
+        first.loss(w_red),
+        first.mean_excess(),
+        first.d0,
+        first.near_singular
+    );
+    out!(
+        "end      loss {:.6e} · mean excess {:.6e} · d0 {:.6} · near-singular rows {} · after {} steps, excess {}",
         last.loss(w_red),
         last.mean_excess(),
         last.d0,
-        args.steps,
+        last.near_singular,
+        records.len() - 1,
         if !last.mean_excess().is_finite() {
             "non-finite".into()
         } else if last.mean_excess() > 0.0 {
@@ -250,7 +353,20 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
             "0".into()
         }
     );
-    out!("finite   {}", if finite { "every value of the table is finite" } else { "NON-FINITE values in the table" });
+    let guard_counts = [
+        (count(Action::SkippedStep), "skipped steps"),
+        (count(Action::SkippedRows), "steps with skipped rows"),
+        (count(Action::RolledBack), "rollbacks"),
+        (count(Action::Ignored), "steps that wrote non-finite values"),
+    ];
+    let said: Vec<String> = guard_counts.iter().filter(|(n, _)| *n > 0).map(|(n, w)| format!("{n} {w}")).collect();
+    if !said.is_empty() {
+        out!("guard    {} · lr now {}", said.join(" · "), last.lr);
+    }
+    if let Some(at) = aborted_at {
+        out!("ABORTED  at step {at}: {}", action_words(Action::Aborted));
+    }
+    out!("finite   {}", if finite { "every value of the table is finite".into() } else { final_scan.describe() });
     if args.steps > 0 {
         out!(
             "speed    {:.3} ms/step (median, wall clock) · {:.1} GB/s effective ({} bytes read+written per step)",
@@ -261,8 +377,8 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     }
 
     if let Some(path) = &args.save {
-        npy::save(path, shape, &table)?;
-        out!("saved    {}", path.display());
+        npy::save(path, shape, &trainer.read_table()?)?;
+        out!("saved    {}{}", path.display(), if aborted_at.is_some() { " (the table before the failing step)" } else { "" });
     }
     if let Some(path) = &args.report {
         let report = Report {
@@ -277,16 +393,81 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
                 max_excess_last: last.excess_max,
                 d0_first: first.d0,
                 d0_last: last.d0,
+                collapse_step: collapse_step(&records),
+                near_singular_last: last.near_singular,
+                nonfinite_events: events.len(),
+                skipped_steps: count(Action::SkippedStep),
+                steps_with_skipped_rows: count(Action::SkippedRows),
+                rollbacks: count(Action::RolledBack),
+                aborted_at,
+                lr_last: last.lr,
+                final_scan,
                 all_finite: finite,
                 median_step_seconds: step_s,
                 bytes_per_step: bytes,
                 effective_gb_per_s: gbps,
             },
+            events,
         };
         npy::save_atomic(path, |w| serde_json::to_writer_pretty(&mut *w, &report).map_err(std::io::Error::other))?;
         out!("report   {}", path.display());
     }
-    Ok(())
+    Ok(if aborted_at.is_some() { Outcome::NonFinite } else { Outcome::Done })
+}
+
+/// `latent-line scan FILE`: SPEC §7 over a saved table.
+fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
+    let t = Instant::now();
+    let l = npy::load(&args.file)?;
+    let read_s = t.elapsed().as_secs_f64();
+    let shape = l.shape;
+    out!("file     {} · {} × {} f32 ({:.1} MB)", args.file.display(), shape.rows, shape.dim, shape.bytes() as f64 / 1e6);
+    if let Some(n) = &l.note {
+        out!("         {n}");
+    }
+    let gpu = match args.backend {
+        BackendChoice::Cpu => None,
+        BackendChoice::Gpu => Some(GpuContext::new(args.adapter.as_deref())?),
+        BackendChoice::Auto => match GpuContext::new(args.adapter.as_deref()) {
+            Ok(ctx) if !ctx.is_software() || args.adapter.is_some() => Some(ctx),
+            _ => None,
+        },
+    };
+    let t = Instant::now();
+    let (found, on) = match gpu {
+        Some(ctx) => {
+            let on = format!("gpu · {}", ctx.info.name);
+            (latent_line::gpu::scan_values(Arc::new(ctx), &l.data, shape, None)?, on)
+        }
+        None => (scan_rows(&l.data, shape.dim, 0), format!("cpu · {} threads", rayon::current_num_threads())),
+    };
+    let scan_s = t.elapsed().as_secs_f64();
+    out!(
+        "scanned  on {on} · read {:.3} s · scan {:.3} s ({:.1} GB/s{})",
+        read_s,
+        scan_s,
+        shape.bytes() as f64 / scan_s.max(1e-9) / 1e9,
+        if on.starts_with("gpu") { ", upload included" } else { "" }
+    );
+    if found.is_clean() {
+        out!("finite   every value is finite");
+        return Ok(Outcome::Done);
+    }
+    out!("found    {} NaN · {} +Inf · {} -Inf · in {} rows", found.nan, found.pos_inf, found.neg_inf, found.bad_rows);
+    if let Some(f) = found.first {
+        out!("first    row {} column {} · {} · bits 0x{:08x}", f.row, f.col, f.kind(), f.bits);
+    }
+    let rows: Vec<String> = found.rows.iter().map(|r| r.to_string()).collect();
+    out!(
+        "rows     {}{}",
+        rows.join(" "),
+        if found.bad_rows > found.rows.len() as u64 {
+            format!(" … ({} rows in all)", found.bad_rows)
+        } else {
+            String::new()
+        }
+    );
+    Ok(Outcome::NonFinite)
 }
 
 /// The command-line spelling of an option value.

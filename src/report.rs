@@ -1,18 +1,96 @@
-//! The JSON report of a run (SPEC §12). Fields that need later work (the
-//! non-finite scan, guard actions) are absent until it lands.
+//! The JSON report of a run (SPEC §12): options, device, one entry per
+//! pass, every non-finite event, and a summary.
 
 use serde::Serialize;
 
-use crate::record::Record;
+use crate::guard::{Action, COLLAPSE_FRACTION};
+use crate::record::{Record, StepScans};
+use crate::scan::Scan;
 use crate::trainer::DeviceInfo;
 
 #[derive(Serialize)]
 pub struct StepEntry {
     pub step: usize,
+    /// `null` when a loss term is not finite.
     pub loss: f64,
     pub mean_excess: f64,
     pub max_excess: f64,
     pub d0: f64,
+    pub near_singular: u64,
+    pub lr: f64,
+    pub action: Action,
+    /// The step's scans, present only when one found something.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nonfinite: Option<StepScans>,
+}
+
+/// One buffer of one pass with non-finite values (SPEC §7, §9).
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    /// The step (pass index); `None` for the table as loaded.
+    pub step: Option<usize>,
+    /// `input`, `loss`, `gradient` or `table` (the rows written).
+    pub buffer: &'static str,
+    #[serde(flatten)]
+    pub scan: Scan,
+    /// skip-row: strike counts of `rows`, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub strikes: Vec<u32>,
+    pub action: Option<Action>,
+}
+
+impl Event {
+    /// The events of one pass: one per scanned buffer with findings.
+    pub fn of_record(step: usize, r: &Record) -> Vec<Event> {
+        let s = &r.scans;
+        [("loss", &s.loss), ("gradient", &s.grad), ("table", &s.table)]
+            .into_iter()
+            .filter(|(_, scan)| !scan.is_clean())
+            .map(|(buffer, scan)| Event {
+                step: Some(step),
+                buffer,
+                scan: scan.clone(),
+                strikes: if buffer == "table" { s.strikes.clone() } else { Vec::new() },
+                action: Some(r.action),
+            })
+            .collect()
+    }
+
+    /// One line for people.
+    pub fn describe(&self) -> String {
+        let when = match self.step {
+            Some(s) => format!("step {s}"),
+            None => "input".into(),
+        };
+        let what = match self.buffer {
+            "table" => "rows written",
+            "input" => "loaded table",
+            b => b,
+        };
+        let mut line = format!("{when}: {what}: {}", self.scan.describe());
+        if !self.strikes.is_empty() {
+            let s: Vec<String> = self.strikes.iter().map(|n| n.to_string()).collect();
+            line += &format!("; strikes {}", s.join(", "));
+        }
+        if let Some(a) = self.action {
+            line += &format!(" → {}", action_words(a));
+        }
+        line
+    }
+}
+
+/// What an action means, in words.
+pub fn action_words(a: Action) -> &'static str {
+    match a {
+        Action::Applied => "applied",
+        Action::Ignored => "written anyway (--on-nonfinite ignore)",
+        Action::SkippedStep => "step skipped, table unchanged",
+        Action::SkippedRows => "those rows kept their old values",
+        Action::RolledBack => "rolled back to the last snapshot, lr backed off",
+        Action::Aborted => "aborted, table left as before this step",
+        Action::NotRun => "not run (aborted earlier)",
+        Action::Evaluated => "evaluation only",
+    }
 }
 
 #[derive(Serialize)]
@@ -24,6 +102,18 @@ pub struct Summary {
     pub max_excess_last: f64,
     pub d0_first: f64,
     pub d0_last: f64,
+    /// First step whose d0 fell below COLLAPSE_FRACTION of d0 at step 0.
+    pub collapse_step: Option<usize>,
+    pub near_singular_last: u64,
+    pub nonfinite_events: usize,
+    pub skipped_steps: usize,
+    pub steps_with_skipped_rows: usize,
+    pub rollbacks: usize,
+    /// The step the guard aborted at, if it did.
+    pub aborted_at: Option<usize>,
+    pub lr_last: f64,
+    /// The device scan of the final table.
+    pub final_scan: Scan,
     pub all_finite: bool,
     pub median_step_seconds: f64,
     pub bytes_per_step: u64,
@@ -34,16 +124,33 @@ pub struct Summary {
 pub struct Report<O: Serialize> {
     pub options: O,
     pub device: DeviceInfo,
-    /// One entry per forward evaluation: step k is the table before update k;
-    /// the last entry (step = steps) is the final table.
+    /// One entry per pass: step k is the table before update k; the last
+    /// entry (step = steps) is the evaluation of the final table.
     pub steps: Vec<StepEntry>,
+    pub events: Vec<Event>,
     pub summary: Summary,
 }
 
 impl StepEntry {
     pub fn new(step: usize, r: &Record, w_red: f64) -> Self {
-        StepEntry { step, loss: r.loss(w_red), mean_excess: r.mean_excess(), max_excess: r.excess_max, d0: r.d0 }
+        StepEntry {
+            step,
+            loss: r.loss(w_red),
+            mean_excess: r.mean_excess(),
+            max_excess: r.excess_max,
+            d0: r.d0,
+            near_singular: r.near_singular,
+            lr: r.lr,
+            action: r.action,
+            nonfinite: (!r.scans.is_clean()).then(|| r.scans.clone()),
+        }
     }
+}
+
+/// SPEC §8: the first pass whose d0 is below the fraction of step 0's.
+pub fn collapse_step(records: &[Record]) -> Option<usize> {
+    let d0 = records.first()?.d0;
+    records.iter().position(|r| r.action != Action::NotRun && r.d0 < COLLAPSE_FRACTION * d0)
 }
 
 /// Median of per-submission step times (seconds per step).

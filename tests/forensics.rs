@@ -1,0 +1,356 @@
+//! SPEC §7–§9 by fault injection, fresh random positions every run (seed
+//! printed): planted NaN / ±Inf / subnormals are found exactly by every
+//! scan; a loss or gradient made non-finite on purpose triggers each guard
+//! policy, after which the table is exactly what the policy promises; the
+//! audit sees the anchors collapse in `detached` mode.
+
+mod common;
+
+use rand::Rng;
+
+use common::*;
+use latent_line::cpu::CpuTrainer;
+use latent_line::gpu::{scan_values, GpuOptions, GpuTrainer};
+use latent_line::scan::{scan_rows, BadElement, Scan, ROW_CAP};
+use latent_line::{reference, Action, Endpoints, Guard, Policy, Shape, StepConfig, TableSource, Trainer};
+
+/// What a scan must report, computed the plain way (value tests, not bits).
+fn expected(table: &[f32], dim: usize) -> Scan {
+    let mut s = Scan::default();
+    let mut bad_rows = Vec::new();
+    for (i, &v) in table.iter().enumerate() {
+        if v.is_finite() {
+            continue;
+        }
+        if v.is_nan() {
+            s.nan += 1;
+        } else if v > 0.0 {
+            s.pos_inf += 1;
+        } else {
+            s.neg_inf += 1;
+        }
+        let row = (i / dim) as u64;
+        if s.first.is_none() {
+            s.first = Some(BadElement { row, col: (i % dim) as u64, bits: v.to_bits() });
+        }
+        if bad_rows.last() != Some(&row) {
+            bad_rows.push(row);
+        }
+    }
+    s.bad_rows = bad_rows.len() as u64;
+    s.rows = bad_rows.into_iter().take(ROW_CAP).collect();
+    s
+}
+
+/// Plants `n` bad values (NaN with random payload and sign, ±Inf) at random
+/// places, plus the first and last element, plus subnormals that must NOT be
+/// reported. Returns the planted flat positions of bad values.
+fn plant(rng: &mut impl Rng, table: &mut [f32], n: usize) {
+    let len = table.len();
+    let mut at: Vec<usize> = (0..n).map(|_| rng.random_range(0..len)).collect();
+    at.push(0);
+    at.push(len - 1);
+    for i in at {
+        table[i] = match rng.random_range(0..4) {
+            0 => f32::INFINITY,
+            1 => f32::NEG_INFINITY,
+            2 => f32::from_bits(0x7f80_0000 | rng.random_range(1..0x0080_0000u32)), // NaN, any payload
+            _ => f32::from_bits(0xff80_0000 | rng.random_range(1..0x0080_0000u32)), // negative NaN
+        };
+    }
+    for _ in 0..n {
+        let i = rng.random_range(0..len);
+        if table[i].is_finite() {
+            table[i] = f32::from_bits(rng.random_range(1..0x0080_0000u32)); // subnormal: finite
+        }
+    }
+}
+
+#[test]
+fn every_scan_finds_planted_values_exactly() {
+    let seed = seed("scan_planted");
+    let mut r = rng(seed);
+    // (rows, dim, planted): few findings, and more bad rows than the cap.
+    for (case, (rows, dim, n)) in [(3000usize, 5usize, 6usize), (2100, 64, 150), (700, 131, 3), (5000, 1, 90)]
+        .into_iter()
+        .enumerate()
+    {
+        let shape = Shape::new(rows, dim).unwrap();
+        let mut table = random_table(&mut r, rows, dim);
+        plant(&mut r, &mut table, n);
+        let want = expected(&table, dim);
+        assert!(want.nonfinite() > 0 && want.first.unwrap().row == 0, "case {case}, seed {seed}");
+        let ctx = format!("case {case} ({rows} × {dim}), seed {seed}");
+
+        assert_eq!(scan_rows(&table, dim, 0), want, "cpu scan_rows, {ctx}");
+        // GPU: one binding, and forced across 7 bindings (findings in several).
+        for chunk_rows in [None, Some(rows.div_ceil(7))] {
+            assert_eq!(scan_values(gpu(), &table, shape, chunk_rows).unwrap(), want, "gpu scan {chunk_rows:?}, {ctx}");
+        }
+        // The trainers' scans of a loaded table.
+        let cfg = StepConfig::for_rows(rows);
+        let mut cpu = CpuTrainer::new(shape, cfg, TableSource::Data(table.clone())).unwrap();
+        assert_eq!(cpu.scan_table().unwrap(), want, "cpu trainer, {ctx}");
+        let opts = GpuOptions { max_chunk_rows: Some(rows.div_ceil(3)), ..GpuOptions::default() };
+        let mut g = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table.clone()), opts).unwrap();
+        assert_eq!(g.scan_table().unwrap(), want, "gpu trainer, {ctx}");
+    }
+}
+
+#[test]
+fn a_clean_table_scans_clean() {
+    let seed = seed("scan_clean");
+    let table = random_table(&mut rng(seed), 1000, 9);
+    let shape = Shape::new(1000, 9).unwrap();
+    assert!(scan_values(gpu(), &table, shape, Some(100)).unwrap().is_clean(), "seed {seed}");
+    assert!(scan_rows(&table, 9, 0).is_clean(), "seed {seed}");
+}
+
+/// The backends under test: CPU, and GPU split across several bindings.
+fn trainers(shape: Shape, cfg: StepConfig, table: &[f32]) -> Vec<(&'static str, Box<dyn Trainer>)> {
+    let opts = GpuOptions { max_chunk_rows: Some(shape.rows.div_ceil(4)), ..GpuOptions::default() };
+    vec![
+        ("cpu", Box::new(CpuTrainer::new(shape, cfg, TableSource::Data(table.to_vec())).unwrap())),
+        ("gpu", Box::new(GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table.to_vec()), opts).unwrap())),
+    ]
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+fn row(t: &[f32], r: usize, dim: usize) -> &[f32] {
+    &t[r * dim..][..dim]
+}
+
+/// A fault at a random non-anchor row: a loss fault (a NaN or ±Inf in the
+/// row), or a gradient fault (the row set to anchor p exactly under the
+/// naive formula: d1 = 0, the loss stays finite, the gradient is NaN).
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Loss { row: usize, col: usize, value: f32 },
+    Grad { row: usize },
+}
+
+struct Case {
+    shape: Shape,
+    cfg: StepConfig,
+    table: Vec<f32>,
+    fault: Fault,
+}
+
+fn case(r: &mut impl Rng, policy: Policy, grad: bool) -> Case {
+    let (rows, dim) = (r.random_range(40..400), r.random_range(1..40));
+    let shape = Shape::new(rows, dim).unwrap();
+    let table = random_table(r, rows, dim);
+    let (a, b) = (r.random_range(0..rows / 2), r.random_range(rows / 2..rows));
+    let mut bad = r.random_range(0..rows);
+    while bad == a || bad == b {
+        bad = r.random_range(0..rows);
+    }
+    let guard = Guard { policy, snapshot_every: 4, ..Guard::default() };
+    let base = StepConfig { anchor_a: a, anchor_b: b, lr: 0.05, guard, ..StepConfig::for_rows(rows) };
+    if grad {
+        // Frozen anchors: the naive formula's only blow-up is the planted row.
+        let cfg = StepConfig { naive: true, eps: 0.0, endpoints: Endpoints::Frozen, ..base };
+        Case { shape, cfg, table, fault: Fault::Grad { row: bad } }
+    } else {
+        let value = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][r.random_range(0..3)];
+        Case { shape, cfg: base, table, fault: Fault::Loss { row: bad, col: r.random_range(0..dim), value } }
+    }
+}
+
+fn inject(t: &mut dyn Trainer, c: &Case) -> usize {
+    let dim = c.shape.dim;
+    let now = t.read_table().unwrap();
+    match c.fault {
+        Fault::Loss { row, col, value } => {
+            let mut v = row_of(&now, row, dim);
+            v[col] = value;
+            t.write_row(row, &v).unwrap();
+            row
+        }
+        Fault::Grad { row } => {
+            t.write_row(row, &row_of(&now, c.cfg.anchor_a, dim)).unwrap();
+            row
+        }
+    }
+}
+
+fn row_of(t: &[f32], r: usize, dim: usize) -> Vec<f32> {
+    row(t, r, dim).to_vec()
+}
+
+/// The scans of the failing step point at the planted row, in the buffer
+/// the fault belongs to.
+fn check_scans(name: &str, rec: &latent_line::Record, c: &Case, bad: usize, ctx: &str) {
+    match c.fault {
+        Fault::Loss { .. } => {
+            assert_eq!(rec.scans.loss.rows, vec![bad as u64], "{name} loss scan, {ctx}");
+            assert_eq!(rec.scans.loss.nan, 1, "{name}: the loss term of a non-finite row is NaN, {ctx}");
+        }
+        Fault::Grad { .. } => {
+            assert!(rec.scans.loss.is_clean(), "{name}: a gradient fault keeps the loss finite, {ctx}");
+            assert_eq!(rec.scans.grad.rows, vec![bad as u64], "{name} gradient scan, {ctx}");
+            assert_eq!(rec.scans.grad.nan, c.shape.dim as u64, "{name}, {ctx}");
+            assert_eq!(rec.near_singular, 3, "{name}: anchors + the planted row, {ctx}");
+        }
+    }
+}
+
+const WARMUP: usize = 6;
+
+#[test]
+fn skip_step_and_abort_leave_the_table_as_before_the_step() {
+    let seed = seed("guard_skip_abort");
+    let mut r = rng(seed);
+    for (policy, grad) in [(Policy::SkipStep, false), (Policy::SkipStep, true), (Policy::Abort, false), (Policy::Abort, true)]
+    {
+        let c = case(&mut r, policy, grad);
+        let ctx = format!("{policy:?} {:?}, seed {seed}", c.fault);
+        for (name, mut t) in trainers(c.shape, c.cfg, &c.table) {
+            let good = t.steps(WARMUP).unwrap();
+            assert!(good.iter().all(|g| g.action == Action::Applied), "{name}, {ctx}");
+            let bad = inject(t.as_mut(), &c);
+            let before = t.read_table().unwrap();
+            let recs = t.steps(3).unwrap();
+            check_scans(name, &recs[0], &c, bad, &ctx);
+            let actions: Vec<Action> = recs.iter().map(|r| r.action).collect();
+            let want = match policy {
+                Policy::SkipStep => vec![Action::SkippedStep; 3],
+                _ => vec![Action::Aborted, Action::NotRun, Action::NotRun],
+            };
+            assert_eq!(actions, want, "{name}, {ctx}");
+            assert!(same_bits(&t.read_table().unwrap(), &before), "{name}: table changed, {ctx}");
+        }
+    }
+}
+
+#[test]
+fn skip_step_aborts_after_max_skips() {
+    let seed = seed("guard_max_skips");
+    let mut c = case(&mut rng(seed), Policy::SkipStep, false);
+    c.cfg.guard.max_skips = 3;
+    for (name, mut t) in trainers(c.shape, c.cfg, &c.table) {
+        inject(t.as_mut(), &c);
+        let actions: Vec<Action> = t.steps(5).unwrap().iter().map(|r| r.action).collect();
+        let want = [Action::SkippedStep, Action::SkippedStep, Action::Aborted, Action::NotRun, Action::NotRun];
+        assert_eq!(actions, want, "{name}, seed {seed}");
+    }
+}
+
+#[test]
+fn rollback_restores_the_last_snapshot_and_backs_off_lr() {
+    let seed = seed("guard_rollback");
+    let mut r = rng(seed);
+    for grad in [false, true] {
+        let c = case(&mut r, Policy::Rollback, grad);
+        let ctx = format!("{:?}, seed {seed}", c.fault);
+        let every = c.cfg.guard.snapshot_every as usize;
+        for (name, mut t) in trainers(c.shape, c.cfg, &c.table) {
+            // Snapshots at steps 0 and 4; the table at step 4 is the one to return to.
+            t.steps(every).unwrap();
+            let snapshot = t.read_table().unwrap();
+            t.steps(WARMUP - every).unwrap();
+            let bad = inject(t.as_mut(), &c);
+            let rec = t.steps(1).unwrap().remove(0);
+            check_scans(name, &rec, &c, bad, &ctx);
+            assert_eq!(rec.action, Action::RolledBack, "{name}, {ctx}");
+            assert!(same_bits(&t.read_table().unwrap(), &snapshot), "{name}: not the snapshot, {ctx}");
+            let next = t.steps(1).unwrap().remove(0);
+            assert_eq!(next.action, Action::Applied, "{name}, {ctx}");
+            assert_eq!(next.lr, (c.cfg.lr * c.cfg.guard.backoff) as f64, "{name}: lr backed off, {ctx}");
+        }
+    }
+}
+
+#[test]
+fn rollback_aborts_after_max_rollbacks() {
+    let seed = seed("guard_max_rollbacks");
+    let mut c = case(&mut rng(seed), Policy::Rollback, false);
+    c.cfg.guard.max_rollbacks = 2;
+    for (name, mut t) in trainers(c.shape, c.cfg, &c.table) {
+        let mut actions = Vec::new();
+        // The fault is planted before step 0, so the step-0 snapshot holds it
+        // too: every rollback restores it and fails again (planting it anew
+        // each time keeps the test independent of that).
+        for _ in 0..3 {
+            inject(t.as_mut(), &c);
+            actions.push(t.steps(1).unwrap()[0].action);
+        }
+        assert_eq!(actions, [Action::RolledBack, Action::RolledBack, Action::Aborted], "{name}, seed {seed}");
+    }
+}
+
+#[test]
+fn skip_row_keeps_only_the_offending_rows_and_counts_strikes() {
+    let seed = seed("guard_skip_row");
+    let mut r = rng(seed);
+    for grad in [false, true] {
+        let c = case(&mut r, Policy::SkipRow, grad);
+        let ctx = format!("{:?}, seed {seed}", c.fault);
+        let dim = c.shape.dim;
+        for (name, mut t) in trainers(c.shape, c.cfg, &c.table) {
+            t.steps(WARMUP).unwrap();
+            let bad = inject(t.as_mut(), &c);
+            let before = t.read_table().unwrap();
+            for strike in 1..=2u32 {
+                let start = t.read_table().unwrap();
+                let rec = t.steps(1).unwrap().remove(0);
+                check_scans(name, &rec, &c, bad, &ctx);
+                assert_eq!(rec.action, Action::SkippedRows, "{name}, {ctx}");
+                assert_eq!(rec.scans.strikes, vec![strike], "{name}: strikes of row {bad}, {ctx}");
+                let got = t.read_table().unwrap();
+                assert!(same_bits(row(&got, bad, dim), row(&before, bad, dim)), "{name}: row {bad} changed, {ctx}");
+                // Every other row took the normal step (the planted row is
+                // not an anchor, so nobody else depends on it).
+                let mut want = to_f64(&start);
+                reference::step(&mut want, c.shape, &c.cfg);
+                // (A row left unwritten would be off by lr·|g| ≫ 1e-5.)
+                for i in (0..c.shape.rows).filter(|&i| i != bad) {
+                    let (err, _) = max_rel_err(row(&got, i, dim), &want[i * dim..][..dim]);
+                    assert!(err <= 1e-5, "{name}: row {i} off by {err:e}, {ctx}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn ignore_writes_the_non_finite_row_and_says_so() {
+    let seed = seed("guard_ignore");
+    let c = case(&mut rng(seed), Policy::Ignore, true);
+    for (name, mut t) in trainers(c.shape, c.cfg, &c.table) {
+        let bad = inject(t.as_mut(), &c);
+        let rec = t.steps(1).unwrap().remove(0);
+        assert_eq!(rec.action, Action::Ignored, "{name}, seed {seed}");
+        assert_eq!(rec.scans.table.rows, vec![bad as u64], "{name}, seed {seed}");
+        let s = t.scan_table().unwrap();
+        assert_eq!((s.rows.clone(), s.nan), (vec![bad as u64], c.shape.dim as u64), "{name}, seed {seed}");
+    }
+}
+
+#[test]
+fn audit_shows_detached_anchors_collapsing() {
+    let seed = seed("audit_collapse");
+    let (rows, dim) = (500usize, 8usize);
+    let shape = Shape::new(rows, dim).unwrap();
+    let table = random_table(&mut rng(seed), rows, dim);
+    let cfg = StepConfig { endpoints: Endpoints::Detached, lr: 0.1, ..StepConfig::for_rows(rows) };
+    for (name, mut t) in trainers(shape, cfg, &table) {
+        let recs = t.steps(60).unwrap();
+        // Each anchor's own row term pulls it toward the other by lr: d0
+        // falls by about 2·lr a step until the anchors meet.
+        for w in recs.windows(2).take(10) {
+            assert!(w[1].d0 < w[0].d0, "{name}: d0 {} → {}, seed {seed}", w[0].d0, w[1].d0);
+        }
+        let at = latent_line::report::collapse_step(&recs);
+        assert!(at.is_some(), "{name}: no collapse seen; d0 {} → {}, seed {seed}", recs[0].d0, recs[59].d0);
+        // Both anchors sit at distance 0 from themselves: near-singular ≥ 2.
+        assert!(recs.iter().all(|r| r.near_singular >= 2), "{name}, seed {seed}");
+        // Frozen anchors keep d0.
+        let mut f = CpuTrainer::new(shape, StepConfig { endpoints: Endpoints::Frozen, ..cfg }, TableSource::Data(table.clone())).unwrap();
+        let fr = f.steps(60).unwrap();
+        assert!(fr.iter().all(|r| r.d0 == fr[0].d0), "frozen d0 moved, seed {seed}");
+    }
+}
