@@ -1,21 +1,41 @@
 //! `cargo bench`: the full-table step on each backend beside its floor, a
-//! plain copy of the same bytes on the same device (SPEC §15). Sizes are
-//! 1M × 64 and 1M × 128 on a hardware GPU, smaller on a software adapter
-//! or the CPU. Times are wall clock around whole submissions (GPU work
-//! included: each measurement waits for the device). Throughput is reported
-//! in bytes read + written, so criterion's GB/s compares directly.
+//! plain copy of the same bytes on the same device (SPEC §15), and the cost
+//! of the NaN forensics (SPEC §7–§9):
+//!   step/noscan     `ignore`, fused scans compiled out: the bare step
+//!   step/ignore     + the fused scans of loss, gradient and rows written
+//!   step/skip-step  + the default guard (writes the other table buffer)
+//!   scan            the table scan of `latent-line scan`, beside a copy
+//! Sizes are 1M × 64 and 1M × 128 (scan: a 1 GiB table) on a hardware GPU,
+//! smaller on a software adapter or the CPU. Times are wall clock around
+//! whole submissions (GPU work included: each measurement waits for the
+//! device). Throughput is in bytes read + written (the scan: read), so
+//! criterion's GB/s compares directly with the copy's.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use latent_line::cpu::CpuTrainer;
 use latent_line::gpu::{GpuContext, GpuOptions, GpuTrainer};
-use latent_line::{Shape, StepConfig, TableSource, Trainer};
+use latent_line::{Guard, Policy, Shape, StepConfig, TableSource, Trainer};
 
 fn shapes(hardware: bool) -> Vec<Shape> {
     let rows = if hardware { 1_000_000 } else { 100_000 };
     [64, 128].iter().map(|&d| Shape::new(rows, d).expect("valid shape")).collect()
+}
+
+fn config(shape: Shape, policy: Policy) -> StepConfig {
+    StepConfig { guard: Guard { policy, ..Guard::default() }, ..StepConfig::for_rows(shape.rows) }
+}
+
+fn bench_steps(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, name: String, t: &mut dyn Trainer) {
+    g.bench_function(name, |b| {
+        b.iter_custom(|n| {
+            let start = Instant::now();
+            t.steps(n as usize).expect("steps");
+            start.elapsed()
+        })
+    });
 }
 
 fn gpu(c: &mut Criterion) {
@@ -26,24 +46,35 @@ fn gpu(c: &mut Criterion) {
             return;
         }
     };
+    let hardware = !ctx.is_software();
     let label = format!("gpu[{}]", ctx.info.name);
     let mut g = c.benchmark_group(&label);
     g.sample_size(20).measurement_time(Duration::from_secs(3));
-    for shape in shapes(!ctx.is_software()) {
-        let cfg = StepConfig::for_rows(shape.rows);
-        let mut t = GpuTrainer::new(ctx.clone(), shape, cfg, TableSource::Random { seed: 1 }, GpuOptions::default())
-            .expect("GPU trainer");
-        g.throughput(Throughput::Bytes(2 * shape.bytes()));
+    for shape in shapes(hardware) {
         let id = format!("{}x{}", shape.rows, shape.dim);
+        g.throughput(Throughput::Bytes(2 * shape.bytes()));
+        let open = |policy: Policy, fused_scans: bool| {
+            let opts = GpuOptions { fused_scans, ..GpuOptions::default() };
+            GpuTrainer::new(ctx.clone(), shape, config(shape, policy), TableSource::Random { seed: 1 }, opts)
+                .expect("GPU trainer")
+        };
+        let mut t = open(Policy::Ignore, false);
         g.bench_function(format!("copy/{id}"), |b| b.iter_custom(|n| t.time_table_copies(n).expect("copy")));
-        g.bench_function(format!("fused_step/{id}"), |b| {
-            b.iter_custom(|n| {
-                let start = Instant::now();
-                t.steps(n as usize).expect("steps");
-                start.elapsed()
-            })
-        });
+        bench_steps(&mut g, format!("step-noscan/{id}"), &mut t);
+        drop(t);
+        bench_steps(&mut g, format!("step-ignore/{id}"), &mut open(Policy::Ignore, true));
+        bench_steps(&mut g, format!("step-skip-step/{id}"), &mut open(Policy::SkipStep, true));
     }
+    // The table scan over 1 GiB (64 MiB on a software adapter).
+    let shape = Shape::new(if hardware { 1 << 22 } else { 1 << 18 }, 64).expect("valid shape");
+    let id = format!("{}x{}", shape.rows, shape.dim);
+    let opts = GpuOptions { fused_scans: false, ..GpuOptions::default() };
+    let mut t =
+        GpuTrainer::new(ctx.clone(), shape, config(shape, Policy::Ignore), TableSource::Random { seed: 2 }, opts)
+            .expect("GPU trainer");
+    g.throughput(Throughput::Bytes(shape.bytes()));
+    g.bench_function(format!("scan-copy/{id}"), |b| b.iter_custom(|n| t.time_table_copies(n).expect("copy") / 2));
+    g.bench_function(format!("scan/{id}"), |b| b.iter_custom(|n| t.time_table_scans(n as u32).expect("scan")));
     g.finish();
 }
 
@@ -51,14 +82,19 @@ fn cpu(c: &mut Criterion) {
     let mut g = c.benchmark_group("cpu");
     g.sample_size(10).measurement_time(Duration::from_secs(3));
     for shape in shapes(false) {
-        let cfg = StepConfig::for_rows(shape.rows);
-        let mut t = CpuTrainer::new(shape, cfg, TableSource::Random { seed: 1 }).expect("CPU trainer");
+        let mut t = CpuTrainer::new(shape, config(shape, Policy::Ignore), TableSource::Random { seed: 1 })
+            .expect("CPU trainer");
         let src = t.read_table().expect("table");
         let mut dst = vec![0.0f32; src.len()];
         g.throughput(Throughput::Bytes(2 * shape.bytes()));
         let id = format!("{}x{}", shape.rows, shape.dim);
         g.bench_function(format!("memcpy/{id}"), |b| b.iter(|| dst.copy_from_slice(std::hint::black_box(&src))));
-        g.bench_function(format!("step/{id}"), |b| b.iter(|| t.steps(1).expect("step")));
+        g.bench_function(format!("step-ignore/{id}"), |b| b.iter(|| t.steps(1).expect("step")));
+        let mut s = CpuTrainer::new(shape, config(shape, Policy::SkipStep), TableSource::Random { seed: 1 })
+            .expect("CPU trainer");
+        g.bench_function(format!("step-skip-step/{id}"), |b| b.iter(|| s.steps(1).expect("step")));
+        g.throughput(Throughput::Bytes(shape.bytes()));
+        g.bench_function(format!("scan/{id}"), |b| b.iter(|| latent_line::scan::scan_rows(&src, shape.dim, 0)));
     }
     g.finish();
 }

@@ -22,9 +22,8 @@ struct AnchorRows {
 
 @compute @workgroup_size(1)
 fn main() {
-    if (state.halted != 0u) {
-        return;
-    }
+    // Runs even after an abort: the final evaluation still needs p, q, d0
+    // (the kernels that write the table check `halted` themselves).
     state.stamp = state.stamp + 1u;
     state.restore = 0u;
     let cur = state.cur;

@@ -27,7 +27,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     }
     let head = workgroupUniformLoad(&wg_head);
     let slot = head.y * REC_WORDS;
-    if (head.x != 0u) {
+    if (head.x != 0u && rp.update != 0u) {
         for (var j = lid; j < REC_WORDS; j = j + WG) {
             scan_out[slot + j] = select(0u, ACT_NOT_RUN, j == 5u);
         }

@@ -63,7 +63,10 @@ impl Shape {
             return Err(Error::too_large(rows, dim, "more than 2^32 − 1 rows (row indices are u32)"));
         }
         if dim > MAX_DIM {
-            return Err(Error::invalid("--dim", format!("{dim} columns; at most {MAX_DIM} (a row's findings are indexed in 32 bits)")));
+            return Err(Error::invalid(
+                "--dim",
+                format!("{dim} columns; at most {MAX_DIM} (a row's findings are indexed in 32 bits)"),
+            ));
         }
         if (rows as u64).checked_mul(dim as u64).and_then(|n| n.checked_mul(4)).is_none() {
             return Err(Error::too_large(rows, dim, "its size overflows 64 bits"));

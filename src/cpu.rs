@@ -85,11 +85,11 @@ impl CpuTrainer {
     /// One pass over the table: forward always, update when `update`.
     fn pass(&mut self, update: bool) -> Record {
         let d = self.shape.dim;
-        if self.state.halted {
+        if update && self.state.halted {
             return self.record(BlockOut::default(), 0.0, Action::NotRun);
         }
         let policy = self.cfg.guard.policy;
-        if update && policy == Policy::Rollback && self.steps_done % self.cfg.guard.snapshot_every as u64 == 0 {
+        if update && policy == Policy::Rollback && self.steps_done.is_multiple_of(self.cfg.guard.snapshot_every as u64) {
             self.snapshot.copy_from_slice(&self.table);
         }
         let cfg = self.cfg;
@@ -111,70 +111,71 @@ impl CpuTrainer {
 
         // One row, as one lane of fused_step.wgsl. `dst` is where the row is
         // written: the row itself (in place) or the next buffer's row.
-        let row_step = |row: usize, x: &[f32], dst: Option<&mut [f32]>, tmp: &mut Vec<f32>, out: &mut BlockOut| {
-            let (mut s1, mut s2) = (0.0f32, 0.0f32);
-            let mut in_bad = false;
-            for k in 0..d {
-                in_bad |= crate::scan::classify(x[k]).is_some();
-                let (t1, t2) = (x[k] - p[k], x[k] - q[k]);
-                s1 += t1 * t1;
-                s2 += t2 * t2;
-            }
-            // pin_anchors of shaders/common.wgsl
-            let s1 = if row == b { s0 } else { s1 };
-            let s2 = if row == a { s0 } else { s2 };
-            let (d1, d2) = (safe_dist(s1, cfg.eps), safe_dist(s2, cfg.eps));
-            let r = d1 + d2 - d0;
-            let r_scan = if in_bad { f32::NAN } else { r };
-            let loss_bad = crate::scan::classify(r_scan).is_some();
-            out.scans.loss.note_row(row as u64, [r_scan]);
-            if !loss_bad {
-                out.sum += r.abs() as f64;
-                out.max = out.max.max(r.abs());
-            }
-            if s1 < near2 || s2 < near2 {
-                out.near += 1;
-            }
-            let Some(dst) = dst else { return };
-            if !cfg.endpoints.writes_row(row, a, b) {
-                if policy.double_buffered() {
-                    dst.copy_from_slice(x);
+        let row_step =
+            |row: usize, x: &[f32], dst: Option<&mut [f32]>, tmp: &mut Vec<f32>, out: &mut BlockOut| {
+                let (mut s1, mut s2) = (0.0f32, 0.0f32);
+                let mut in_bad = false;
+                for k in 0..d {
+                    in_bad |= crate::scan::classify(x[k]).is_some();
+                    let (t1, t2) = (x[k] - p[k], x[k] - q[k]);
+                    s1 += t1 * t1;
+                    s2 += t2 * t2;
                 }
-                return;
-            }
-            let c = w_red * sign(r);
-            let (inv_d1, inv_d2) = (safe_inv(d1), safe_inv(d2));
-            // naive_blows_up of shaders/common.wgsl (SPEC §6), or a bad input.
-            let poisoned = in_bad || (cfg.naive && (s1 == 0.0 || s2 == 0.0));
-            tmp.clear();
-            let mut grad_bad = false;
-            let before_t = out.scans.table.bad_rows;
-            for k in 0..d {
-                let g = if poisoned { f32::NAN } else { c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2) };
-                let v = if poisoned { f32::NAN } else { x[k] - lr * g };
-                grad_bad |= crate::scan::classify(g).is_some();
-                tmp.push(v);
-            }
-            if grad_bad {
-                out.scans.grad.note_row(
-                    row as u64,
-                    (0..d).map(|k| {
-                        if poisoned {
-                            f32::NAN
-                        } else {
-                            c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2)
-                        }
-                    }),
-                );
-            }
-            out.scans.table.note_row(row as u64, tmp.iter().copied());
-            let row_bad = loss_bad || grad_bad || out.scans.table.bad_rows > before_t;
-            if policy == Policy::SkipRow && row_bad {
-                out.struck.push(row);
-            } else {
-                dst.copy_from_slice(tmp);
-            }
-        };
+                // pin_anchors of shaders/common.wgsl
+                let s1 = if row == b { s0 } else { s1 };
+                let s2 = if row == a { s0 } else { s2 };
+                let (d1, d2) = (safe_dist(s1, cfg.eps), safe_dist(s2, cfg.eps));
+                let r = d1 + d2 - d0;
+                let r_scan = if in_bad { f32::NAN } else { r };
+                let loss_bad = crate::scan::classify(r_scan).is_some();
+                out.scans.loss.note_row(row as u64, [r_scan]);
+                if !loss_bad {
+                    out.sum += r.abs() as f64;
+                    out.max = out.max.max(r.abs());
+                }
+                if s1 < near2 || s2 < near2 {
+                    out.near += 1;
+                }
+                let Some(dst) = dst else { return };
+                if !cfg.endpoints.writes_row(row, a, b) {
+                    if policy.double_buffered() {
+                        dst.copy_from_slice(x);
+                    }
+                    return;
+                }
+                let c = w_red * sign(r);
+                let (inv_d1, inv_d2) = (safe_inv(d1), safe_inv(d2));
+                // naive_blows_up of shaders/common.wgsl (SPEC §6), or a bad input.
+                let poisoned = in_bad || (cfg.naive && (s1 == 0.0 || s2 == 0.0));
+                tmp.clear();
+                let mut grad_bad = false;
+                let before_t = out.scans.table.bad_rows;
+                for k in 0..d {
+                    let g = if poisoned { f32::NAN } else { c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2) };
+                    let v = if poisoned { f32::NAN } else { x[k] - lr * g };
+                    grad_bad |= crate::scan::classify(g).is_some();
+                    tmp.push(v);
+                }
+                if grad_bad {
+                    out.scans.grad.note_row(
+                        row as u64,
+                        (0..d).map(|k| {
+                            if poisoned {
+                                f32::NAN
+                            } else {
+                                c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2)
+                            }
+                        }),
+                    );
+                }
+                out.scans.table.note_row(row as u64, tmp.iter().copied());
+                let row_bad = loss_bad || grad_bad || out.scans.table.bad_rows > before_t;
+                if policy == Policy::SkipRow && row_bad {
+                    out.struck.push(row);
+                } else {
+                    dst.copy_from_slice(tmp);
+                }
+            };
 
         let chunk = BLOCK_ROWS * d;
         let blocks: Vec<BlockOut> = if update && policy.double_buffered() {

@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod cpu;
+pub mod diagnose;
 pub mod error;
 pub mod gpu;
 pub mod guard;

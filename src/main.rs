@@ -148,7 +148,11 @@ fn main() -> ExitCode {
         Some(Command::Train(a)) => train(&a),
         None => train(&cli.train),
         Some(Command::Scan(a)) => scan(&a),
-        Some(Command::Diagnose) => Err(anyhow::anyhow!("TODO-DIAG")),
+        Some(Command::Diagnose) => latent_line::diagnose::report().map_err(Into::into).map(|text| {
+            use std::io::Write as _;
+            let _ = write!(std::io::stdout(), "{text}");
+            Outcome::Done
+        }),
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
@@ -286,6 +290,8 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     let mut per_step = Vec::new();
     let mut done = 0;
     let mut shown = 0;
+    let mut hidden = 0;
+    let mut last_said: Vec<(&str, String)> = Vec::new();
     let mut collapse_warned = false;
     while done < args.steps {
         let n = BLOCK.min(args.steps - done);
@@ -294,10 +300,18 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         per_step.push(t.elapsed().as_secs_f64() / n as f64);
         for (i, r) in block.iter().enumerate() {
             for e in Event::of_record(done + i, r) {
-                if shown < SHOWN_EVENTS {
+                // A finding that repeats the previous step's is not printed again.
+                let what = e.describe();
+                let what = what.split_once(": ").map_or(what.clone(), |(_, w)| w.to_owned());
+                let repeat = last_said.iter().any(|(b, w)| *b == e.buffer && *w == what);
+                if shown < SHOWN_EVENTS && !repeat {
                     out!("event    {}", e.describe());
+                    shown += 1;
+                } else {
+                    hidden += 1;
                 }
-                shown += 1;
+                last_said.retain(|(b, _)| *b != e.buffer);
+                last_said.push((e.buffer, what));
                 events.push(e);
             }
         }
@@ -316,8 +330,8 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             break; // the guard aborted on the device; nothing more will run
         }
     }
-    if shown > SHOWN_EVENTS {
-        out!("event    … {} more non-finite events (all in the report)", shown - SHOWN_EVENTS);
+    if hidden > 0 {
+        out!("event    … {hidden} more non-finite events, repeats included (all in --report)");
     }
     let aborted_at = records.iter().position(|r| r.action == Action::Aborted);
     records.truncate(aborted_at.map_or(records.len(), |a| a + 1));
@@ -361,7 +375,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     ];
     let said: Vec<String> = guard_counts.iter().filter(|(n, _)| *n > 0).map(|(n, w)| format!("{n} {w}")).collect();
     if !said.is_empty() {
-        out!("guard    {} · lr now {}", said.join(" · "), last.lr);
+        out!("guard    {} · lr now {}", said.join(" · "), last.lr as f32);
     }
     if let Some(at) = aborted_at {
         out!("ABORTED  at step {at}: {}", action_words(Action::Aborted));
@@ -378,7 +392,11 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
 
     if let Some(path) = &args.save {
         npy::save(path, shape, &trainer.read_table()?)?;
-        out!("saved    {}{}", path.display(), if aborted_at.is_some() { " (the table before the failing step)" } else { "" });
+        out!(
+            "saved    {}{}",
+            path.display(),
+            if aborted_at.is_some() { " (the table before the failing step)" } else { "" }
+        );
     }
     if let Some(path) = &args.report {
         let report = Report {
@@ -421,7 +439,13 @@ fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     let l = npy::load(&args.file)?;
     let read_s = t.elapsed().as_secs_f64();
     let shape = l.shape;
-    out!("file     {} · {} × {} f32 ({:.1} MB)", args.file.display(), shape.rows, shape.dim, shape.bytes() as f64 / 1e6);
+    out!(
+        "file     {} · {} × {} f32 ({:.1} MB)",
+        args.file.display(),
+        shape.rows,
+        shape.dim,
+        shape.bytes() as f64 / 1e6
+    );
     if let Some(n) = &l.note {
         out!("         {n}");
     }

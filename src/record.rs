@@ -63,7 +63,12 @@ impl Record {
             near_singular: w[4] as u64,
             lr: f(6),
             action: Action::from_code(w[5]),
-            scans: StepScans { loss: block(0), grad: block(1), table, strikes: if strikes.iter().any(|&s| s > 0) { strikes } else { Vec::new() } },
+            scans: StepScans {
+                loss: block(0),
+                grad: block(1),
+                table,
+                strikes: if strikes.iter().any(|&s| s > 0) { strikes } else { Vec::new() },
+            },
         }
     }
 

@@ -52,7 +52,11 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>) -> Box
         Backend::Cpu => Box::new(CpuTrainer::new(shape, cfg, TableSource::Data(table)).unwrap()),
         Backend::Gpu { path, chunk_rows } => {
             // The staged path is a cross-check of the math without guards.
-            let cfg = if path == StepPath::Staged { StepConfig { guard: Guard { policy: Policy::Ignore, ..cfg.guard }, ..cfg } } else { cfg };
+            let cfg = if path == StepPath::Staged {
+                StepConfig { guard: Guard { policy: Policy::Ignore, ..cfg.guard }, ..cfg }
+            } else {
+                cfg
+            };
             let opts = GpuOptions { max_chunk_rows: chunk_rows, path, ..GpuOptions::default() };
             let t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table), opts).unwrap();
             if let Some(c) = chunk_rows {

@@ -242,3 +242,112 @@ fn the_main_job_meets_its_bar() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("1000000 × 64"), "{out}");
 }
+
+/// A table with NaN planted at (row, col) pairs, saved as .npy.
+fn table_with(path: &Path, rows: usize, dim: usize, bad: &[(usize, usize, f32)]) -> Vec<f32> {
+    let mut t: Vec<f32> = (0..rows * dim).map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0).collect();
+    for &(r, c, v) in bad {
+        t[r * dim + c] = v;
+    }
+    let bytes: Vec<u8> = t.iter().flat_map(|v| v.to_le_bytes()).collect();
+    npy(path, &format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}"), &bytes);
+    t
+}
+
+#[test]
+fn scan_reports_findings_with_exit_code_3_and_clean_files_with_0() {
+    let dir = Dir::new();
+    let (bad, clean) = (dir.s("bad.npy"), dir.s("clean.npy"));
+    table_with(&dir.p("bad.npy"), 300, 6, &[(17, 4, f32::NAN), (250, 0, f32::NEG_INFINITY), (251, 5, f32::INFINITY)]);
+    table_with(&dir.p("clean.npy"), 300, 6, &[(3, 3, f32::from_bits(1))]); // a subnormal is finite
+    for backend in ["cpu", "gpu"] {
+        let o = run(&["scan", &bad, "--backend", backend]);
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(3), "{backend}: {text}{}", stderr(&o));
+        assert!(text.contains("1 NaN · 1 +Inf · 1 -Inf · in 3 rows"), "{backend}: {text}");
+        assert!(text.contains("first    row 17 column 4 · NaN · bits 0x7fc00000"), "{backend}: {text}");
+        assert!(text.contains("rows     17 250 251"), "{backend}: {text}");
+        let o = run(&["scan", &clean, "--backend", backend]);
+        assert_eq!(o.status.code(), Some(0), "{backend}: {}", String::from_utf8_lossy(&o.stdout));
+    }
+    let o = run(&["scan", &dir.s("missing.npy")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("missing.npy"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_guarded_run_reports_every_event_and_abort_exits_3_with_the_table_before_the_step() {
+    let dir = Dir::new();
+    let input = dir.s("in.npy");
+    let table = table_with(&dir.p("in.npy"), 200, 4, &[(42, 1, f32::INFINITY)]);
+    for backend in ["cpu", "gpu"] {
+        // abort: exit 3, the input table saved as it was, the event in the report.
+        let (save, rep) = (dir.s(&format!("abort-{backend}.npy")), dir.s(&format!("abort-{backend}.json")));
+        let o = run(&[
+            "--backend",
+            backend,
+            "--load",
+            &input,
+            "--steps",
+            "5",
+            "--on-nonfinite",
+            "abort",
+            "--save",
+            &save,
+            "--report",
+            &rep,
+        ]);
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(3), "{backend}: {text}{}", stderr(&o));
+        assert!(text.contains("input    input: loaded table: 1 non-finite (0 NaN, 1 +Inf, 0 -Inf) in 1 row"), "{text}");
+        assert!(text.contains("ABORTED  at step 0"), "{text}");
+        let saved = std::fs::read(&save).unwrap();
+        let data: Vec<f32> = saved[saved.len() - table.len() * 4..]
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert!(data.iter().zip(&table).all(|(a, b)| a.to_bits() == b.to_bits()), "{backend}: saved table changed");
+        let r = report(&dir.p(&format!("abort-{backend}.json")));
+        assert_eq!(r["summary"]["aborted_at"], 0);
+        let ev = &r["events"];
+        assert_eq!(ev[0]["buffer"], "input");
+        assert_eq!(ev[1]["step"], 0);
+        assert_eq!(ev[1]["buffer"], "loss");
+        assert_eq!(ev[1]["rows"][0], 42);
+        assert_eq!(ev[1]["action"], "aborted");
+        assert_eq!(r["steps"][0]["action"], "aborted");
+
+        // skip-row: the run goes on, row 42 keeps its value, strikes counted.
+        let rep = dir.s(&format!("skiprow-{backend}.json"));
+        let o = run(&[
+            "--backend",
+            backend,
+            "--load",
+            &input,
+            "--steps",
+            "3",
+            "--on-nonfinite",
+            "skip-row",
+            "--report",
+            &rep,
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{backend}: {}", stderr(&o));
+        let r = report(&dir.p(&format!("skiprow-{backend}.json")));
+        assert_eq!(r["summary"]["steps_with_skipped_rows"], 3);
+        let table_events: Vec<&serde_json::Value> =
+            r["events"].as_array().unwrap().iter().filter(|e| e["buffer"] == "table").collect();
+        assert_eq!(table_events.len(), 3, "{backend}");
+        assert_eq!(table_events[2]["strikes"][0], 3, "{backend}");
+        assert_eq!(r["summary"]["final_scan"]["rows"][0], 42);
+    }
+}
+
+#[test]
+fn diagnose_explains_the_six_code_case() {
+    let o = run(&["diagnose"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for needle in ["0 · inf = NaN", "Why rows 0 and 5 turn NaN", "collapse", "SkippedStep"] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}

@@ -71,9 +71,8 @@ fn every_scan_finds_planted_values_exactly() {
     let seed = seed("scan_planted");
     let mut r = rng(seed);
     // (rows, dim, planted): few findings, and more bad rows than the cap.
-    for (case, (rows, dim, n)) in [(3000usize, 5usize, 6usize), (2100, 64, 150), (700, 131, 3), (5000, 1, 90)]
-        .into_iter()
-        .enumerate()
+    for (case, (rows, dim, n)) in
+        [(3000usize, 5usize, 6usize), (2100, 64, 150), (700, 131, 3), (5000, 1, 90)].into_iter().enumerate()
     {
         let shape = Shape::new(rows, dim).unwrap();
         let mut table = random_table(&mut r, rows, dim);
@@ -204,7 +203,8 @@ const WARMUP: usize = 6;
 fn skip_step_and_abort_leave_the_table_as_before_the_step() {
     let seed = seed("guard_skip_abort");
     let mut r = rng(seed);
-    for (policy, grad) in [(Policy::SkipStep, false), (Policy::SkipStep, true), (Policy::Abort, false), (Policy::Abort, true)]
+    for (policy, grad) in
+        [(Policy::SkipStep, false), (Policy::SkipStep, true), (Policy::Abort, false), (Policy::Abort, true)]
     {
         let c = case(&mut r, policy, grad);
         let ctx = format!("{policy:?} {:?}, seed {seed}", c.fault);
@@ -349,7 +349,12 @@ fn audit_shows_detached_anchors_collapsing() {
         // Both anchors sit at distance 0 from themselves: near-singular ≥ 2.
         assert!(recs.iter().all(|r| r.near_singular >= 2), "{name}, seed {seed}");
         // Frozen anchors keep d0.
-        let mut f = CpuTrainer::new(shape, StepConfig { endpoints: Endpoints::Frozen, ..cfg }, TableSource::Data(table.clone())).unwrap();
+        let mut f = CpuTrainer::new(
+            shape,
+            StepConfig { endpoints: Endpoints::Frozen, ..cfg },
+            TableSource::Data(table.clone()),
+        )
+        .unwrap();
         let fr = f.steps(60).unwrap();
         assert!(fr.iter().all(|r| r.d0 == fr[0].d0), "frozen d0 moved, seed {seed}");
     }

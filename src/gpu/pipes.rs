@@ -37,11 +37,13 @@ pub fn readback(ctx: &GpuContext, label: &str, size: u64) -> wgpu::Buffer {
 }
 
 /// A bind group of whole buffers at the given binding numbers.
-pub fn bind_at(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, buffers: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
-    let entries: Vec<wgpu::BindGroupEntry> = buffers
-        .iter()
-        .map(|(i, b)| wgpu::BindGroupEntry { binding: *i, resource: b.as_entire_binding() })
-        .collect();
+pub fn bind_at(
+    ctx: &GpuContext,
+    pipeline: &wgpu::ComputePipeline,
+    buffers: &[(u32, &wgpu::Buffer)],
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> =
+        buffers.iter().map(|(i, b)| wgpu::BindGroupEntry { binding: *i, resource: b.as_entire_binding() }).collect();
     ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: None,
         layout: &pipeline.get_bind_group_layout(0),
@@ -99,13 +101,7 @@ pub struct Constants {
 
 impl Constants {
     /// `extra` sets kernel-specific overrides (UPDATE, SCAN_BUFS).
-    pub fn pipeline(
-        &self,
-        ctx: &GpuContext,
-        k: &Kernel,
-        entry: &str,
-        extra: &[(&str, f64)],
-    ) -> wgpu::ComputePipeline {
+    pub fn pipeline(&self, ctx: &GpuContext, k: &Kernel, entry: &str, extra: &[(&str, f64)]) -> wgpu::ComputePipeline {
         let base = [
             ("WG", self.wg as f64),
             ("D", self.dim as f64),

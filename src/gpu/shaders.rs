@@ -42,8 +42,12 @@ macro_rules! kernel {
 
 pub const INIT: Kernel = kernel!("init", [RNG], ["main"], ["WG", "D"]);
 pub const ANCHORS: Kernel = kernel!("anchors", [], ["main"], ["D"]);
-pub const FUSED_STEP: Kernel =
-    kernel!("fused_step", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "MODE", "NAIVE", "GUARD", "UPDATE", "SCAN_BUFS"]);
+pub const FUSED_STEP: Kernel = kernel!(
+    "fused_step",
+    [REDUCE_WG, SCAN],
+    ["main"],
+    ["WG", "D", "MODE", "NAIVE", "GUARD", "UPDATE", "SCAN", "SCAN_BUFS"]
+);
 pub const REDUCE: Kernel = kernel!("reduce", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "GUARD", "SCAN_BUFS"]);
 pub const COPY_TABLE: Kernel = kernel!("copy_table", [], ["snapshot", "restore"], ["WG", "D"]);
 pub const SCAN_TABLE: Kernel = kernel!("scan_table", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "SCAN_BUFS"]);

@@ -61,11 +61,14 @@ pub struct GpuOptions {
     /// `None`); tests lower it to exercise the 2-D grids on small tables.
     pub max_groups: Option<u32>,
     pub path: StepPath,
+    /// The fused non-finite scans (SPEC §7). Off only to measure their cost:
+    /// without them no guard can act, so only `ignore` is allowed then.
+    pub fused_scans: bool,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { max_chunk_rows: None, workgroup: 64, max_groups: None, path: StepPath::Fused }
+        GpuOptions { max_chunk_rows: None, workgroup: 64, max_groups: None, path: StepPath::Fused, fused_scans: true }
     }
 }
 
@@ -187,10 +190,13 @@ struct Staged {
     reduce: Pass,
 }
 
-/// One readback buffer of the ring and the submission it waits for.
+type MapDone = Receiver<std::result::Result<(), wgpu::BufferAsyncError>>;
+
+/// One readback buffer of the ring and the submission it waits for:
+/// (records in it, the mapping's completion, the submission).
 struct Slot {
     buffer: wgpu::Buffer,
-    pending: Option<(usize, Receiver<std::result::Result<(), wgpu::BufferAsyncError>>, wgpu::SubmissionIndex)>,
+    pending: Option<(usize, MapDone, wgpu::SubmissionIndex)>,
 }
 
 pub struct GpuTrainer {
@@ -239,6 +245,9 @@ impl GpuTrainer {
         }
         if opts.path == StepPath::Staged && cfg.guard.policy != Policy::Ignore {
             return Err(Error::invalid("--on-nonfinite", "the staged GPU path has no guard; use `ignore` with it"));
+        }
+        if !opts.fused_scans && cfg.guard.policy != Policy::Ignore {
+            return Err(Error::invalid("--on-nonfinite", "a guard needs the fused scans; use `ignore` without them"));
         }
         let wg = ctx.workgroup_size(opts.workgroup.min(256));
         let max_groups = opts.max_groups.unwrap_or(u32::MAX).clamp(1, ctx.max_groups());
@@ -338,7 +347,10 @@ impl GpuTrainer {
             wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
         );
         let ring = (0..RING)
-            .map(|_| Slot { buffer: readback(&ctx, "records ring", STEPS_PER_SUBMIT as u64 * RECORD_BYTES), pending: None })
+            .map(|_| Slot {
+                buffer: readback(&ctx, "records ring", STEPS_PER_SUBMIT as u64 * RECORD_BYTES),
+                pending: None,
+            })
             .collect();
 
         let consts = Constants::new(shape, &cfg, wg);
@@ -358,7 +370,9 @@ impl GpuTrainer {
         let anchors_pass = Pass { pipeline: p, groups: vec![group] };
 
         let fused = |update: bool| {
-            let p = consts.pipeline(&ctx, &shaders::FUSED_STEP, "main", &[("UPDATE", if update { 1.0 } else { 0.0 })]);
+            let flags =
+                [("UPDATE", if update { 1.0 } else { 0.0 }), ("SCAN", if opts.fused_scans { 1.0 } else { 0.0 })];
+            let p = consts.pipeline(&ctx, &shaders::FUSED_STEP, "main", &flags);
             let groups = chunks
                 .iter()
                 .map(|c| {
@@ -390,7 +404,16 @@ impl GpuTrainer {
             let g = bind_at(
                 &ctx,
                 &p,
-                &[(0, &partials), (1, &state), (2, &params), (3, &rp), (4, &strikes), (8, &detail), (9, &hits), (10, &records)],
+                &[
+                    (0, &partials),
+                    (1, &state),
+                    (2, &params),
+                    (3, &rp),
+                    (4, &strikes),
+                    (8, &detail),
+                    (9, &hits),
+                    (10, &records),
+                ],
             );
             Pass { pipeline: p, groups: vec![g] }
         };
@@ -526,7 +549,8 @@ impl GpuTrainer {
 
     fn ensure_scanner(&mut self) {
         if self.scanner.is_none() {
-            self.scanner = Some(TableScanner::new(self.ctx.clone(), self.shape, &self.layout, self.wg, self.max_groups));
+            self.scanner =
+                Some(TableScanner::new(self.ctx.clone(), self.shape, &self.layout, self.wg, self.max_groups));
         }
     }
 
@@ -696,7 +720,7 @@ impl GpuTrainer {
             match self.opts.path {
                 StepPath::Fused => {
                     let every = self.cfg.guard.snapshot_every as u64;
-                    self.encode_fused(&mut enc, true, self.steps_done % every == 0);
+                    self.encode_fused(&mut enc, true, self.steps_done.is_multiple_of(every));
                 }
                 StepPath::Staged => self.encode_staged(&mut enc),
             }
