@@ -1,0 +1,32 @@
+"""Prints criterion's medians as one table with the ratios that matter:
+each step beside the copy of the same bytes, the scan's and the guard's
+cost over the bare step, the table scan beside a copy. Usage:
+python3 benches/summary.py CRITERION_DIR"""
+import glob, json, os, sys
+
+root = sys.argv[1] if len(sys.argv) > 1 else "target/criterion"
+med = {}
+for bench in glob.glob(os.path.join(root, "**", "new", "benchmark.json"), recursive=True):
+    b = json.load(open(bench))
+    est = json.load(open(os.path.join(os.path.dirname(bench), "estimates.json")))
+    tp = b.get("throughput") or {}
+    med[(b["group_id"], b["function_id"])] = (est["median"]["point_estimate"], tp.get("Bytes"))
+
+groups = sorted({g for g, _ in med})
+for g in groups:
+    print(f"\n{g}")
+    print(f"  {'bench':34} {'median':>12} {'GB/s':>8}  ratio")
+    rows = sorted((f, v) for (gg, f), v in med.items() if gg == g)
+    for f, (ns, nbytes) in rows:
+        kind, _, size = f.partition("/")
+        gbs = f"{nbytes / ns:.1f}" if nbytes else "-"
+        base = {"step-noscan": "copy", "step-ignore": "step-noscan", "step-skip-step": "step-noscan",
+                "scan": "scan-copy"}.get(kind)
+        if g == "cpu":
+            base = {"step-ignore": "memcpy", "step-skip-step": "step-ignore", "scan": "memcpy"}.get(kind)
+        ratio = ""
+        if base and (g, f"{base}/{size}") in med:
+            ratio = f"{ns / med[(g, f'{base}/{size}')][0]:.3f}× {base}"
+            if kind.startswith("step") and (g, f"copy/{size}") in med and base != "copy":
+                ratio += f" · {ns / med[(g, f'copy/{size}')][0]:.2f}× copy"
+        print(f"  {f:34} {ns / 1e6:9.4f} ms {gbs:>8}  {ratio}")
