@@ -32,6 +32,20 @@ pub struct CpuTrainer {
     steps_done: u64,
 }
 
+/// What a row's lane does with its new values.
+enum Write {
+    /// Write the new values (`tmp`).
+    Tmp,
+    /// Carry the row unchanged into the next buffer (frozen anchors).
+    Copy,
+    Nothing,
+}
+
+/// The bit test of SPEC §7.
+fn nonfinite(v: f32) -> bool {
+    v.to_bits() & 0x7f80_0000 == 0x7f80_0000
+}
+
 /// One block's share of a pass.
 #[derive(Default)]
 struct BlockOut {
@@ -109,73 +123,78 @@ impl CpuTrainer {
         let w_red = cfg.w_red(self.shape.rows);
         let lr = self.state.lr;
 
-        // One row, as one lane of fused_step.wgsl. `dst` is where the row is
-        // written: the row itself (in place) or the next buffer's row.
-        let row_step =
-            |row: usize, x: &[f32], dst: Option<&mut [f32]>, tmp: &mut Vec<f32>, out: &mut BlockOut| {
-                let (mut s1, mut s2) = (0.0f32, 0.0f32);
-                let mut in_bad = false;
-                for k in 0..d {
-                    in_bad |= crate::scan::classify(x[k]).is_some();
-                    let (t1, t2) = (x[k] - p[k], x[k] - q[k]);
-                    s1 += t1 * t1;
-                    s2 += t2 * t2;
-                }
-                // pin_anchors of shaders/common.wgsl
-                let s1 = if row == b { s0 } else { s1 };
-                let s2 = if row == a { s0 } else { s2 };
-                let (d1, d2) = (safe_dist(s1, cfg.eps), safe_dist(s2, cfg.eps));
-                let r = d1 + d2 - d0;
-                let r_scan = if in_bad { f32::NAN } else { r };
-                let loss_bad = crate::scan::classify(r_scan).is_some();
-                out.scans.loss.note_row(row as u64, [r_scan]);
-                if !loss_bad {
-                    out.sum += r.abs() as f64;
-                    out.max = out.max.max(r.abs());
-                }
-                if s1 < near2 || s2 < near2 {
-                    out.near += 1;
-                }
-                let Some(dst) = dst else { return };
-                if !cfg.endpoints.writes_row(row, a, b) {
-                    if policy.double_buffered() {
-                        dst.copy_from_slice(x);
-                    }
-                    return;
-                }
-                let c = w_red * sign(r);
-                let (inv_d1, inv_d2) = (safe_inv(d1), safe_inv(d2));
-                // naive_blows_up of shaders/common.wgsl (SPEC §6), or a bad input.
-                let poisoned = in_bad || (cfg.naive && (s1 == 0.0 || s2 == 0.0));
-                tmp.clear();
-                let mut grad_bad = false;
-                let before_t = out.scans.table.bad_rows;
-                for k in 0..d {
-                    let g = if poisoned { f32::NAN } else { c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2) };
-                    let v = if poisoned { f32::NAN } else { x[k] - lr * g };
-                    grad_bad |= crate::scan::classify(g).is_some();
-                    tmp.push(v);
-                }
-                if grad_bad {
-                    out.scans.grad.note_row(
-                        row as u64,
-                        (0..d).map(|k| {
-                            if poisoned {
-                                f32::NAN
-                            } else {
-                                c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2)
-                            }
-                        }),
-                    );
-                }
-                out.scans.table.note_row(row as u64, tmp.iter().copied());
-                let row_bad = loss_bad || grad_bad || out.scans.table.bad_rows > before_t;
-                if policy == Policy::SkipRow && row_bad {
-                    out.struck.push(row);
+        // One row, as one lane of fused_step.wgsl: computes the row's new
+        // values into `tmp` and says whether to write them.
+        let row_step = |row: usize, x: &[f32], update: bool, tmp: &mut Vec<f32>, out: &mut BlockOut| -> Write {
+            let (mut s1, mut s2) = (0.0f32, 0.0f32);
+            for ((&xk, &pk), &qk) in x.iter().zip(p).zip(q) {
+                let (t1, t2) = (xk - pk, xk - qk);
+                s1 += t1 * t1;
+                s2 += t2 * t2;
+            }
+            // A non-finite input makes s1 or s2 non-finite (Rust floats are
+            // IEEE), so the row is searched only then.
+            let in_bad = (nonfinite(s1) || nonfinite(s2)) && x.iter().any(|&v| nonfinite(v));
+            // pin_anchors of shaders/common.wgsl
+            let s1 = if row == b { s0 } else { s1 };
+            let s2 = if row == a { s0 } else { s2 };
+            let (d1, d2) = (safe_dist(s1, cfg.eps), safe_dist(s2, cfg.eps));
+            let r = d1 + d2 - d0;
+            // The loss term of a row that read a non-finite value is NaN.
+            let loss_bad = in_bad || nonfinite(r);
+            if loss_bad {
+                out.scans.loss.note_row(row as u64, [if in_bad { f32::NAN } else { r }]);
+            } else {
+                out.sum += r.abs() as f64;
+                out.max = out.max.max(r.abs());
+            }
+            if s1 < near2 || s2 < near2 {
+                out.near += 1;
+            }
+            if !update {
+                return Write::Nothing;
+            }
+            if !cfg.endpoints.writes_row(row, a, b) {
+                return if policy.double_buffered() { Write::Copy } else { Write::Nothing };
+            }
+            let c = w_red * sign(r);
+            let (inv_d1, inv_d2) = (safe_inv(d1), safe_inv(d2));
+            // naive_blows_up of shaders/common.wgsl (SPEC §6), or a bad input.
+            let poisoned = in_bad || (cfg.naive && (s1 == 0.0 || s2 == 0.0));
+            let grad = |k: usize| {
+                if poisoned {
+                    f32::NAN
                 } else {
-                    dst.copy_from_slice(tmp);
+                    c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2)
                 }
             };
+            tmp.resize(d, 0.0);
+            let (mut grad_bad, mut new_bad) = (poisoned, poisoned);
+            if poisoned {
+                tmp.fill(f32::NAN);
+            } else {
+                // Branch-free over the columns, so that it vectorises.
+                for (((t, &xk), &pk), &qk) in tmp.iter_mut().zip(x).zip(p).zip(q) {
+                    let g = c * ((xk - pk) * inv_d1 + (xk - qk) * inv_d2);
+                    *t = xk - lr * g;
+                    grad_bad |= nonfinite(g);
+                    new_bad |= nonfinite(*t);
+                }
+            }
+            // The scans' bookkeeping runs only for rows with findings.
+            if grad_bad {
+                out.scans.grad.note_row(row as u64, (0..d).map(grad));
+            }
+            if new_bad {
+                out.scans.table.note_row(row as u64, tmp.iter().copied());
+            }
+            if policy == Policy::SkipRow && (loss_bad || grad_bad || new_bad) {
+                out.struck.push(row);
+                Write::Nothing
+            } else {
+                Write::Tmp
+            }
+        };
 
         let chunk = BLOCK_ROWS * d;
         let blocks: Vec<BlockOut> = if update && policy.double_buffered() {
@@ -187,33 +206,25 @@ impl CpuTrainer {
                 .map(|(blk, (src, dst))| {
                     let (mut out, mut tmp) = (BlockOut::default(), Vec::with_capacity(d));
                     for (i, (x, y)) in src.chunks_exact(d).zip(dst.chunks_exact_mut(d)).enumerate() {
-                        row_step(blk * BLOCK_ROWS + i, x, Some(y), &mut tmp, &mut out);
-                    }
-                    out
-                })
-                .collect()
-        } else if update {
-            self.table
-                .par_chunks_mut(chunk)
-                .enumerate()
-                .map(|(blk, rows)| {
-                    let (mut out, mut tmp) = (BlockOut::default(), Vec::with_capacity(d));
-                    let mut old = vec![0.0f32; d];
-                    for (i, x) in rows.chunks_exact_mut(d).enumerate() {
-                        old.copy_from_slice(x);
-                        row_step(blk * BLOCK_ROWS + i, &old, Some(x), &mut tmp, &mut out);
+                        match row_step(blk * BLOCK_ROWS + i, x, true, &mut tmp, &mut out) {
+                            Write::Tmp => y.copy_from_slice(&tmp),
+                            Write::Copy => y.copy_from_slice(x),
+                            Write::Nothing => {}
+                        }
                     }
                     out
                 })
                 .collect()
         } else {
             self.table
-                .par_chunks(chunk)
+                .par_chunks_mut(chunk)
                 .enumerate()
                 .map(|(blk, rows)| {
-                    let (mut out, mut tmp) = (BlockOut::default(), Vec::new());
-                    for (i, x) in rows.chunks_exact(d).enumerate() {
-                        row_step(blk * BLOCK_ROWS + i, x, None, &mut tmp, &mut out);
+                    let (mut out, mut tmp) = (BlockOut::default(), Vec::with_capacity(d));
+                    for (i, x) in rows.chunks_exact_mut(d).enumerate() {
+                        if let Write::Tmp = row_step(blk * BLOCK_ROWS + i, x, update, &mut tmp, &mut out) {
+                            x.copy_from_slice(&tmp);
+                        }
                     }
                     out
                 })

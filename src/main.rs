@@ -52,7 +52,7 @@ struct ScanArgs {
     /// The table (.npy, 2-D float32 or float64).
     #[arg(value_name = "FILE.npy")]
     file: PathBuf,
-    /// Where to scan.
+    /// Where to scan: auto and cpu scan in host memory (the file is read there).
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
     /// GPU adapter whose name contains this (else WGPU_ADAPTER_NAME).
@@ -449,13 +449,12 @@ fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     if let Some(n) = &l.note {
         out!("         {n}");
     }
+    // The table is in host memory already: `auto` scans it there, at memory
+    // speed; uploading it to a GPU would cost more than the scan (measured,
+    // BENCHMARKS.md). `--backend gpu` runs scan_table.wgsl instead.
     let gpu = match args.backend {
-        BackendChoice::Cpu => None,
         BackendChoice::Gpu => Some(GpuContext::new(args.adapter.as_deref())?),
-        BackendChoice::Auto => match GpuContext::new(args.adapter.as_deref()) {
-            Ok(ctx) if !ctx.is_software() || args.adapter.is_some() => Some(ctx),
-            _ => None,
-        },
+        BackendChoice::Cpu | BackendChoice::Auto => None,
     };
     let t = Instant::now();
     let (found, on) = match gpu {
