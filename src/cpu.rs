@@ -124,8 +124,9 @@ impl CpuTrainer {
         let lr = self.state.lr;
 
         // One row, as one lane of fused_step.wgsl: computes the row's new
-        // values into `tmp` and says whether to write them.
-        let row_step = |row: usize, x: &[f32], update: bool, tmp: &mut Vec<f32>, out: &mut BlockOut| -> Write {
+        // values into `tmp` (the next buffer's row, or scratch for in-place
+        // policies) and says what to do with them.
+        let row_step = |row: usize, x: &[f32], update: bool, tmp: &mut [f32], out: &mut BlockOut| -> Write {
             let (mut s1, mut s2) = (0.0f32, 0.0f32);
             for ((&xk, &pk), &qk) in x.iter().zip(p).zip(q) {
                 let (t1, t2) = (xk - pk, xk - qk);
@@ -168,7 +169,6 @@ impl CpuTrainer {
                     c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2)
                 }
             };
-            tmp.resize(d, 0.0);
             let (mut grad_bad, mut new_bad) = (poisoned, poisoned);
             if poisoned {
                 tmp.fill(f32::NAN);
@@ -204,12 +204,11 @@ impl CpuTrainer {
                 .zip(next.par_chunks_mut(chunk))
                 .enumerate()
                 .map(|(blk, (src, dst))| {
-                    let (mut out, mut tmp) = (BlockOut::default(), Vec::with_capacity(d));
+                    let mut out = BlockOut::default();
                     for (i, (x, y)) in src.chunks_exact(d).zip(dst.chunks_exact_mut(d)).enumerate() {
-                        match row_step(blk * BLOCK_ROWS + i, x, true, &mut tmp, &mut out) {
-                            Write::Tmp => y.copy_from_slice(&tmp),
-                            Write::Copy => y.copy_from_slice(x),
-                            Write::Nothing => {}
+                        // The new values land in the next buffer directly.
+                        if let Write::Copy = row_step(blk * BLOCK_ROWS + i, x, true, y, &mut out) {
+                            y.copy_from_slice(x);
                         }
                     }
                     out
@@ -220,7 +219,7 @@ impl CpuTrainer {
                 .par_chunks_mut(chunk)
                 .enumerate()
                 .map(|(blk, rows)| {
-                    let (mut out, mut tmp) = (BlockOut::default(), Vec::with_capacity(d));
+                    let (mut out, mut tmp) = (BlockOut::default(), vec![0.0f32; d]);
                     for (i, x) in rows.chunks_exact_mut(d).enumerate() {
                         if let Write::Tmp = row_step(blk * BLOCK_ROWS + i, x, update, &mut tmp, &mut out) {
                             x.copy_from_slice(&tmp);
