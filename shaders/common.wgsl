@@ -58,9 +58,9 @@ struct Params {
     max_skips: u32, // SPEC §9: consecutive skipped steps before abort
     max_rollbacks: u32,
     backoff: f32,   // lr factor on rollback
+    margin: f32,    // SPEC §3 separation margin m (0 = off)
+    margin_weight: f32, // λ
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 // One storage binding's share of the table (rows [row_base, row_base+rows)).
@@ -166,6 +166,14 @@ fn nan() -> f32 {
 // blows up (s = (s1, s2), ε = 0).
 fn naive_blows_up(s: vec2<f32>) -> bool {
     return NAIVE && (s.x == 0.0 || s.y == 0.0);
+}
+
+// SPEC §4 separation term: row a gets −λ(p − q)/d0, row b −λ(q − p)/d0
+// when d0 < m, in modes detached and attached; as sep·(p − q), this is sep.
+fn separation_coef(row: u32, a: u32, b: u32, d0: f32, m: f32, lambda: f32) -> f32 {
+    let on = MODE != MODE_FROZEN && m > 0.0 && d0 < m;
+    let s = select(0.0, -lambda / d0, row == a) + select(0.0, lambda / d0, row == b);
+    return select(0.0, s, on);
 }
 
 // SPEC §5 with μ = 0 and wd = 0.

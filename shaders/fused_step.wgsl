@@ -49,8 +49,10 @@ fn store_x(cur: u32, e: u32, v: f32) {
 // Gradient and new value of column k. A row that read a non-finite value,
 // or where the naive formula divides by zero, gets NaN from bits: WGSL may
 // assume no NaN exists, so arithmetic is never trusted to make one.
-fn grad_at(x: f32, k: u32, c: f32, inv_d1: f32, inv_d2: f32, poisoned: bool) -> f32 {
-    return select(row_grad(x, anchors[k], anchors[D + k], c, inv_d1, inv_d2), nan(), poisoned);
+fn grad_at(x: f32, k: u32, c: f32, inv_d1: f32, inv_d2: f32, sep: f32, poisoned: bool) -> f32 {
+    let p = anchors[k];
+    let q = anchors[D + k];
+    return select(row_grad(x, p, q, c, inv_d1, inv_d2) + sep * (p - q), nan(), poisoned);
 }
 
 fn new_value(x: f32, g: f32, lr: f32, poisoned: bool) -> f32 {
@@ -102,6 +104,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
         if (UPDATE) {
             let lr = state.lr;
             let c = row_coef(r, params.w_red);
+            let sep = separation_coef(row, params.anchor_a, params.anchor_b, state.d0, params.margin,
+                                      params.margin_weight);
             let inv_d1 = safe_inv(d1);
             let inv_d2 = safe_inv(d2);
             let poisoned = in_bad || naive_blows_up(s);
@@ -119,7 +123,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
                 // keeps its old value and earns a strike.
                 for (var k = 0u; k < D; k = k + 1u) {
                     let x = load_x(cur, base + k);
-                    let g = grad_at(x, k, c, inv_d1, inv_d2, poisoned);
+                    let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned);
                     gs = row_scan_add(gs, k, g);
                     ts = row_scan_add(ts, k, new_value(x, g, lr, poisoned));
                 }
@@ -128,13 +132,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
                 } else {
                     for (var k = 0u; k < D; k = k + 1u) {
                         let x = load_x(cur, base + k);
-                        store_x(cur, base + k, new_value(x, grad_at(x, k, c, inv_d1, inv_d2, false), lr, false));
+                        store_x(cur, base + k, new_value(x, grad_at(x, k, c, inv_d1, inv_d2, sep, false), lr, false));
                     }
                 }
             } else {
                 for (var k = 0u; k < D; k = k + 1u) {
                     let x = load_x(cur, base + k);
-                    let g = grad_at(x, k, c, inv_d1, inv_d2, poisoned);
+                    let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned);
                     let v = new_value(x, g, lr, poisoned);
                     if (SCAN) {
                         gs = row_scan_add(gs, k, g);

@@ -98,6 +98,11 @@ pub struct StepConfig {
     pub naive: bool,
     /// SPEC §9: what a step that meets a non-finite value does.
     pub guard: Guard,
+    /// SPEC §3: the separation term λ·max(0, m − d0) keeps the anchors at
+    /// least `margin` apart (0 = off) in modes detached and attached.
+    pub margin: f32,
+    /// λ of the separation term.
+    pub margin_weight: f32,
 }
 
 impl StepConfig {
@@ -112,6 +117,8 @@ impl StepConfig {
             endpoints: Endpoints::Frozen,
             naive: false,
             guard: Guard::default(),
+            margin: 0.0,
+            margin_weight: 1.0,
         }
     }
 
@@ -133,6 +140,11 @@ impl StepConfig {
         if !self.eps.is_finite() || self.eps < 0.0 {
             return Err(Error::invalid("--eps", format!("{} must be finite and ≥ 0", self.eps)));
         }
+        for (opt, v) in [("--margin", self.margin), ("--margin-weight", self.margin_weight)] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(Error::invalid(opt, format!("{v} must be finite and ≥ 0")));
+            }
+        }
         let g = &self.guard;
         if g.max_skips == 0 {
             return Err(Error::invalid("--max-skips", "must be at least 1"));
@@ -147,6 +159,31 @@ impl StepConfig {
             return Err(Error::invalid("--eps", "the naive formula has no ε (it is 0 by definition)"));
         }
         Ok(())
+    }
+
+    /// SPEC §3's separation term λ·max(0, m − d0) of the loss.
+    pub fn separation(&self, d0: f64) -> f64 {
+        if self.margin > 0.0 {
+            self.margin_weight as f64 * (self.margin as f64 - d0).max(0.0)
+        } else {
+            0.0
+        }
+    }
+
+    /// SPEC §4: the separation gradient of row `row` is `sep·(p − q)`:
+    /// −λ/d0 for row a, +λ/d0 for row b, 0 otherwise or when d0 ≥ m.
+    /// (`fused_step.wgsl` computes the same in `separation_coef`.)
+    pub fn separation_coef(&self, row: usize, d0: f32) -> f32 {
+        let active = self.endpoints != Endpoints::Frozen && self.margin > 0.0 && d0 < self.margin;
+        if !active {
+            0.0
+        } else if row == self.anchor_a {
+            -self.margin_weight / d0
+        } else if row == self.anchor_b {
+            self.margin_weight / d0
+        } else {
+            0.0
+        }
     }
 
     /// `w_red` of SPEC §3 for a batch of `batch` rows.

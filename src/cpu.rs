@@ -103,7 +103,8 @@ impl CpuTrainer {
             return self.record(BlockOut::default(), 0.0, Action::NotRun);
         }
         let policy = self.cfg.guard.policy;
-        if update && policy == Policy::Rollback && self.steps_done.is_multiple_of(self.cfg.guard.snapshot_every as u64) {
+        if update && policy == Policy::Rollback && self.steps_done.is_multiple_of(self.cfg.guard.snapshot_every as u64)
+        {
             self.snapshot.copy_from_slice(&self.table);
         }
         let cfg = self.cfg;
@@ -159,6 +160,7 @@ impl CpuTrainer {
                 return if policy.double_buffered() { Write::Copy } else { Write::Nothing };
             }
             let c = w_red * sign(r);
+            let sep = cfg.separation_coef(row, d0);
             let (inv_d1, inv_d2) = (safe_inv(d1), safe_inv(d2));
             // naive_blows_up of shaders/common.wgsl (SPEC §6), or a bad input.
             let poisoned = in_bad || (cfg.naive && (s1 == 0.0 || s2 == 0.0));
@@ -166,7 +168,7 @@ impl CpuTrainer {
                 if poisoned {
                     f32::NAN
                 } else {
-                    c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2)
+                    c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2) + sep * (p[k] - q[k])
                 }
             };
             let (mut grad_bad, mut new_bad) = (poisoned, poisoned);
@@ -175,7 +177,7 @@ impl CpuTrainer {
             } else {
                 // Branch-free over the columns, so that it vectorises.
                 for (((t, &xk), &pk), &qk) in tmp.iter_mut().zip(x).zip(p).zip(q) {
-                    let g = c * ((xk - pk) * inv_d1 + (xk - qk) * inv_d2);
+                    let g = c * ((xk - pk) * inv_d1 + (xk - qk) * inv_d2) + sep * (pk - qk);
                     *t = xk - lr * g;
                     grad_bad |= nonfinite(g);
                     new_bad |= nonfinite(*t);
@@ -273,6 +275,7 @@ impl CpuTrainer {
             batch: self.shape.rows,
             near_singular: o.near,
             lr: self.state.lr as f64,
+            separation: if action == Action::NotRun { 0.0 } else { self.cfg.separation(d0 as f64) },
             action,
             scans: o.scans,
         }

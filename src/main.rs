@@ -110,6 +110,12 @@ struct TrainArgs {
     /// frozen: anchors never change; detached: anchors get the row term only.
     #[arg(long, value_enum, default_value_t = Endpoints::Frozen)]
     endpoints: Endpoints,
+    /// Keep the anchors at least this far apart (detached, attached; 0 = off).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    margin: f32,
+    /// Weight λ of the separation term λ·max(0, m − d0).
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
+    margin_weight: f32,
     /// What a step that meets NaN or ±Inf does (SPEC §9).
     #[arg(long, value_enum, default_value_t = Policy::SkipStep)]
     on_nonfinite: Policy,
@@ -229,6 +235,8 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     cfg.lr = args.lr;
     cfg.reduction = args.reduction;
     cfg.endpoints = args.endpoints;
+    cfg.margin = args.margin;
+    cfg.margin_weight = args.margin_weight;
     cfg.guard = Guard {
         policy: args.on_nonfinite,
         max_skips: args.max_skips,

@@ -43,6 +43,8 @@ pub struct Record {
     pub near_singular: u64,
     /// Learning rate this step used.
     pub lr: f64,
+    /// SPEC §3's separation term λ·max(0, m − d0) (0 without a margin).
+    pub separation: f64,
     pub action: Action,
     pub scans: StepScans,
 }
@@ -62,6 +64,7 @@ impl Record {
             batch,
             near_singular: w[4] as u64,
             lr: f(6),
+            separation: 0.0,
             action: Action::from_code(w[5]),
             scans: StepScans {
                 loss: block(0),
@@ -84,11 +87,11 @@ impl Record {
             f64::NAN
         }
     }
-    /// L = w_red · Σ|r_j| (the separation term arrives with `--margin`);
-    /// NaN when a term is not finite, as PyTorch's sum would be.
+    /// L = w_red · Σ|r_j| + λ·max(0, m − d0); NaN when a term is not
+    /// finite, as PyTorch's sum would be.
     pub fn loss(&self, w_red: f64) -> f64 {
         if self.loss_finite() {
-            w_red * self.excess_sum
+            w_red * self.excess_sum + self.separation
         } else {
             f64::NAN
         }

@@ -33,6 +33,7 @@ pub fn step_batch(table: &mut [f64], shape: Shape, cfg: &StepConfig, rows: &[usi
         batch: rows.len(),
         near_singular: 0,
         lr: cfg.lr as f64,
+        separation: cfg.separation(d0),
         action: crate::guard::Action::Applied,
         scans: Default::default(),
     };
@@ -53,13 +54,22 @@ pub fn step_batch(table: &mut [f64], shape: Shape, cfg: &StepConfig, rows: &[usi
         }
         if cfg.endpoints.writes_row(i, cfg.anchor_a, cfg.anchor_b) {
             let c = w_red * sign(r);
+            // SPEC §4's separation term: g[a] −= λ(p − q)/d0, g[b] −= λ(q − p)/d0.
+            let active =
+                cfg.endpoints != crate::config::Endpoints::Frozen && cfg.margin > 0.0 && d0 < cfg.margin as f64;
+            let lambda = cfg.margin_weight as f64;
+            let sep = match (active, i) {
+                (true, i) if i == cfg.anchor_a => -lambda / d0,
+                (true, i) if i == cfg.anchor_b => lambda / d0,
+                _ => 0.0,
+            };
             let (inv_d1, inv_d2) = (safe_inv(d1), safe_inv(d2));
             // SPEC §6: autograd's 0·(1/sqrt(0)) = NaN in every column; a row
             // that read a non-finite value is NaN too (fused_step.wgsl).
             let blown = (cfg.naive && (s1 == 0.0 || s2 == 0.0)) || x.iter().any(|v| !v.is_finite());
             let new: Vec<f64> = (0..d)
                 .map(|k| {
-                    let g = c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2);
+                    let g = c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2) + sep * (p[k] - q[k]);
                     if blown {
                         f64::NAN
                     } else {

@@ -110,6 +110,14 @@ fn check(backend: Backend, shape: Shape, cfg: StepConfig, seed: u64) {
             let r = reference::step(&mut want, shape, &cfg);
             let step = done + i;
             assert!(rel(got.d0, r.d0) <= TOL, "{ctx}: d0 at step {step}: {} vs {}", got.d0, r.d0);
+            assert!(
+                (got.separation - r.separation).abs() <= 1e-5 * r.separation.max(1.0),
+                "{ctx}: separation at step {step}"
+            );
+            if !matches!(backend, Backend::Gpu { path: StepPath::Staged, .. }) {
+                // (The staged path is a cross-check of the math: no audit.)
+                assert_eq!(got.near_singular, r.near_singular, "{ctx}: near-singular rows at step {step}");
+            }
             let (sum_tol, max_tol) = (excess_tol(r.excess_sum, shape.rows, r.d0), excess_tol(r.excess_max, 1, r.d0));
             assert!(
                 (got.excess_sum - r.excess_sum).abs() <= sum_tol,
@@ -155,6 +163,9 @@ fn sweep(name: &str, backend_for: impl Fn(usize) -> Backend) {
                     for endpoints in [Endpoints::Frozen, Endpoints::Detached] {
                         let lr = if reduction == Reduction::Mean { LR * rows as f32 } else { LR };
                         case += 1;
+                        let backend = backend_for(rows);
+                        // The staged path has no separation term.
+                        let staged = matches!(backend, Backend::Gpu { path: StepPath::Staged, .. });
                         // Clean tables: every guard must train the same way,
                         // through its own buffers (in place, two buffers,
                         // decide-then-write, snapshots every 3 steps).
@@ -169,8 +180,12 @@ fn sweep(name: &str, backend_for: impl Fn(usize) -> Backend) {
                             endpoints,
                             naive: false,
                             guard,
+                            // Every third case: the separation term active
+                            // (d0 < m always), λ ≠ 1.
+                            margin: if case % 3 == 0 && !staged { 100.0 } else { 0.0 },
+                            margin_weight: 0.7,
                         };
-                        check(backend_for(rows), shape, cfg, seed.wrapping_add(case));
+                        check(backend, shape, cfg, seed.wrapping_add(case));
                     }
                 }
             }

@@ -359,3 +359,30 @@ fn audit_shows_detached_anchors_collapsing() {
         assert!(fr.iter().all(|r| r.d0 == fr[0].d0), "frozen d0 moved, seed {seed}");
     }
 }
+
+#[test]
+fn a_margin_stops_the_detached_collapse() {
+    let seed = seed("audit_margin");
+    let (rows, dim) = (500usize, 8usize);
+    let shape = Shape::new(rows, dim).unwrap();
+    let table = random_table(&mut rng(seed), rows, dim);
+    let lr = 0.1f32;
+    let base = StepConfig { endpoints: Endpoints::Detached, lr, ..StepConfig::for_rows(rows) };
+    let d0_start = CpuTrainer::new(shape, base, TableSource::Data(table.clone())).unwrap().evaluate().unwrap().d0;
+    let margin = (0.6 * d0_start) as f32;
+    let cfg = StepConfig { margin, ..base };
+    for (name, mut t) in trainers(shape, cfg, &table) {
+        let recs = t.steps(300).unwrap();
+        // d0 shrinks by 2·lr a step until it is below m; from then on the
+        // separation term (λ = 1) cancels the anchors' pull exactly.
+        let lowest = recs.iter().map(|r| r.d0).fold(f64::INFINITY, f64::min);
+        assert!(
+            lowest >= margin as f64 - 2.0 * lr as f64 - 1e-4,
+            "{name}: d0 fell to {lowest} (m = {margin}), seed {seed}"
+        );
+        assert!(latent_line::report::collapse_step(&recs).is_none(), "{name}, seed {seed}");
+        let last = recs.last().unwrap();
+        assert!(last.separation > 0.0 && last.d0 < margin as f64, "{name}: the term is active at the end, seed {seed}");
+        assert!(last.mean_excess() < 0.5 * recs[0].mean_excess(), "{name}: the excess falls, seed {seed}");
+    }
+}

@@ -89,7 +89,9 @@ struct ParamsU {
     max_skips: u32,
     max_rollbacks: u32,
     backoff: f32,
-    pad: [u32; 3],
+    margin: f32,
+    margin_weight: f32,
+    pad: u32,
 }
 
 #[repr(C)]
@@ -140,7 +142,9 @@ fn params_u(shape: Shape, cfg: &StepConfig) -> ParamsU {
         max_skips: cfg.guard.max_skips,
         max_rollbacks: cfg.guard.max_rollbacks,
         backoff: cfg.guard.backoff,
-        pad: [0; 3],
+        margin: cfg.margin,
+        margin_weight: cfg.margin_weight,
+        pad: 0,
     }
 }
 
@@ -245,6 +249,9 @@ impl GpuTrainer {
         }
         if opts.path == StepPath::Staged && cfg.guard.policy != Policy::Ignore {
             return Err(Error::invalid("--on-nonfinite", "the staged GPU path has no guard; use `ignore` with it"));
+        }
+        if opts.path == StepPath::Staged && cfg.margin > 0.0 {
+            return Err(Error::invalid("--margin", "the staged GPU path has no separation term"));
         }
         if !opts.fused_scans && cfg.guard.policy != Policy::Ignore {
             return Err(Error::invalid("--on-nonfinite", "a guard needs the fused scans; use `ignore` without them"));
@@ -749,7 +756,16 @@ impl GpuTrainer {
         self.ctx.check()?;
         let raw = finish_map(&s.buffer, count as u64 * RECORD_BYTES, rx)?;
         let words: &[u32] = bytemuck::cast_slice(&raw);
-        Ok(words.chunks_exact(RECORD_WORDS).map(|w| Record::from_words(w, self.shape.rows)).collect())
+        Ok(words
+            .chunks_exact(RECORD_WORDS)
+            .map(|w| {
+                let mut r = Record::from_words(w, self.shape.rows);
+                if r.action != crate::guard::Action::NotRun {
+                    r.separation = self.cfg.separation(r.d0);
+                }
+                r
+            })
+            .collect())
     }
 
     /// Runs `n` steps through the ring, or one evaluation when `n == 0`.
