@@ -182,7 +182,7 @@ fn sweep(name: &str, backend_for: impl Fn(usize) -> Backend) {
                             guard,
                             // Every third case: the separation term active
                             // (d0 < m always), λ ≠ 1.
-                            margin: if case % 3 == 0 && !staged { 100.0 } else { 0.0 },
+                            margin: if case.is_multiple_of(3) && !staged { 100.0 } else { 0.0 },
                             margin_weight: 0.7,
                         };
                         check(backend, shape, cfg, seed.wrapping_add(case));
