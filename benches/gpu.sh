@@ -58,6 +58,9 @@ echo "== latent-line scan on a 1 GiB table"
 "$B/latent-line" --rows 4194304 --dim 64 --steps 0 --save /tmp/big.npy >/dev/null
 "$B/latent-line" scan /tmp/big.npy; echo "exit $?"
 
+echo "== peers: PyTorch (CUDA events)"
+PYTHONUNBUFFERED=1 timeout 180 python3 benches/peers/torch_step.py 1000000 64 2>&1 | grep -v Warning
+
 echo "== cargo bench (criterion)"
 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 2>&1 | grep -E "^(gpu|cpu)|time:" | grep -v "%"
 python3 benches/summary.py /tmp/ct/criterion | tee "$OUT/bench-summary.txt"

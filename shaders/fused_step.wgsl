@@ -1,8 +1,16 @@
 // fused_step.wgsl — the full-table step for one chunk, in ONE pass: each
 // invocation owns one row, reads it, computes d1, d2, r and the gradient,
 // scans the loss, the gradient and the new values (SPEC §7), counts the
-// near-singular rows (§8), and writes the row (the second read of the row
-// hits cache). With UPDATE = false it is the forward-only evaluation.
+// near-singular rows (§8), and writes the row. With UPDATE = false it is
+// the forward-only evaluation.
+//
+// TILED (the default where workgroup memory allows): the workgroup's WG
+// rows are copied into workgroup memory with coalesced loads (consecutive
+// lanes, consecutive addresses), computed there — one lane per row, the
+// tile's rows padded to D + 1 floats so that lanes hit different banks —
+// and copied out with coalesced stores. Each element is read from and
+// written to memory exactly once. Without TILED each lane reads and writes
+// its own row in memory directly (rows wider than the tile allows).
 //
 // Where the row is written depends on the guard (SPEC §9):
 //  - ignore, skip-row: in place (skip-row first decides, then writes);
@@ -16,6 +24,8 @@ override UPDATE: bool = true;
 // false only to measure what the fused scans cost (benches): with it the
 // guard sees nothing, so the host allows it with `ignore` alone.
 override SCAN: bool = true;
+override TILED: bool = true;
+override TR: u32 = 64u;   // rows a tile holds: WG when TILED, 1 otherwise (sizes `tile`)
 
 @group(0) @binding(0) var<storage, read_write> table_a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> table_b: array<f32>;   // a 16-byte stand-in when single-buffered
@@ -28,6 +38,29 @@ override SCAN: bool = true;
 
 var<workgroup> wg_flags: vec2<u32>;   // (state.cur, state.halted), made uniform
 var<workgroup> wg_near: atomic<u32>;
+var<workgroup> tile: array<f32, TR * (D + 1u)>;
+
+fn tile_at(i: u32, k: u32) -> u32 {
+    return i * (D + 1u) + k;
+}
+
+// Column k of the lane's row: from the tile, or from memory at `base`.
+fn read_x(cur: u32, lid: u32, base: u32, k: u32) -> f32 {
+    if (TILED) {
+        return tile[tile_at(lid, k)];
+    }
+    return load_x(cur, base + k);
+}
+
+// The lane's new value of column k: into the tile (copied out later), or
+// straight to memory.
+fn write_x(cur: u32, lid: u32, base: u32, k: u32, v: f32) {
+    if (TILED) {
+        tile[tile_at(lid, k)] = v;
+    } else {
+        store_x(cur, base + k, v);
+    }
+}
 
 fn load_x(cur: u32, e: u32) -> f32 {
     if (cur == 0u) {
@@ -75,13 +108,22 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     }
     let cur = flags.x;
     let i = w * WG + lid;
+    // The tile: rows [w·WG, w·WG + n) of the chunk, n the same for all lanes.
+    let tile_base = w * WG * D;
+    let tile_len = select(0u, min(WG, chunk.rows - min(w * WG, chunk.rows)) * D, TILED);
+    if (TILED) {
+        for (var e = lid; e < tile_len; e = e + WG) {
+            tile[tile_at(e / D, e % D)] = load_x(cur, tile_base + e);
+        }
+        workgroupBarrier();
+    }
     var abs_r = 0.0;
     if (i < chunk.rows) {
         let base = i * D;
         var s = vec2<f32>(0.0, 0.0);
         var in_bad = false;
         for (var k = 0u; k < D; k = k + 1u) {
-            let x = load_x(cur, base + k);
+            let x = read_x(cur, lid, base, k);
             in_bad = in_bad || is_nonfinite(x);
             s = accumulate_sq(s, x, anchors[k], anchors[D + k]);
         }
@@ -112,7 +154,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             var gs = row_scan_new();
             var ts = row_scan_new();
             if (!writes_row(row, params.anchor_a, params.anchor_b)) {
-                if (double_buffered()) {
+                // (Tiled, the tile still holds the row: it is copied out as it is.)
+                if (double_buffered() && !TILED) {
                     // Frozen anchors are carried into the next buffer unchanged.
                     for (var k = 0u; k < D; k = k + 1u) {
                         store_x(cur, base + k, load_x(cur, base + k));
@@ -122,7 +165,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
                 // Decide first, then write: a row that would turn non-finite
                 // keeps its old value and earns a strike.
                 for (var k = 0u; k < D; k = k + 1u) {
-                    let x = load_x(cur, base + k);
+                    let x = read_x(cur, lid, base, k);
                     let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned);
                     gs = row_scan_add(gs, k, g);
                     ts = row_scan_add(ts, k, new_value(x, g, lr, poisoned));
@@ -131,26 +174,32 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
                     strikes[row] = strikes[row] + 1u;
                 } else {
                     for (var k = 0u; k < D; k = k + 1u) {
-                        let x = load_x(cur, base + k);
-                        store_x(cur, base + k, new_value(x, grad_at(x, k, c, inv_d1, inv_d2, sep, false), lr, false));
+                        let x = read_x(cur, lid, base, k);
+                        write_x(cur, lid, base, k, new_value(x, grad_at(x, k, c, inv_d1, inv_d2, sep, false), lr, false));
                     }
                 }
             } else {
                 for (var k = 0u; k < D; k = k + 1u) {
-                    let x = load_x(cur, base + k);
+                    let x = read_x(cur, lid, base, k);
                     let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned);
                     let v = new_value(x, g, lr, poisoned);
                     if (SCAN) {
                         gs = row_scan_add(gs, k, g);
                         ts = row_scan_add(ts, k, v);
                     }
-                    store_x(cur, base + k, v);
+                    write_x(cur, lid, base, k, v);
                 }
             }
             if (SCAN) {
                 scan_commit(1u, lid, gs);
                 scan_commit(2u, lid, ts);
             }
+        }
+    }
+    if (TILED && UPDATE) {
+        workgroupBarrier();
+        for (var e = lid; e < tile_len; e = e + WG) {
+            store_x(cur, tile_base + e, tile[tile_at(e / D, e % D)]);
         }
     }
     let total = workgroup_sum_max(lid, vec2<f32>(abs_r, abs_r));   // its barriers publish the scan atomics

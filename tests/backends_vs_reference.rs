@@ -39,6 +39,9 @@ enum Backend {
     GpuGrid {
         max_groups: u32,
     },
+    /// GPU fused step with every lane reading its row from memory (the
+    /// path for rows too wide for a workgroup-memory tile).
+    GpuUntiled,
 }
 
 const POLICIES: [Policy; 5] = [Policy::SkipStep, Policy::Ignore, Policy::SkipRow, Policy::Rollback, Policy::Abort];
@@ -59,6 +62,12 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>) -> Box
             };
             let opts = GpuOptions { max_chunk_rows: chunk_rows, path, ..GpuOptions::default() };
             let t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table), opts).unwrap();
+            // Every width of the sweep fits a tile on lavapipe and real GPUs.
+            assert!(
+                path == StepPath::Staged || t.kernel_shape().1,
+                "the fused step should be tiled: {:?}",
+                t.kernel_shape()
+            );
             if let Some(c) = chunk_rows {
                 assert_eq!(t.layout().spans.len(), shape.rows.div_ceil(c), "expected several storage bindings");
             }
@@ -67,6 +76,13 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>) -> Box
         Backend::GpuGrid { max_groups } => {
             let opts = GpuOptions { max_groups: Some(max_groups), ..GpuOptions::default() };
             Box::new(GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table), opts).unwrap())
+        }
+        Backend::GpuUntiled => {
+            let opts =
+                GpuOptions { tiled: false, max_chunk_rows: Some(shape.rows.div_ceil(3)), ..GpuOptions::default() };
+            let t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table), opts).unwrap();
+            assert!(!t.kernel_shape().1, "untiled");
+            Box::new(t)
         }
     }
 }
@@ -181,9 +197,11 @@ fn sweep(name: &str, backend_for: impl Fn(usize) -> Backend) {
                             naive: false,
                             guard,
                             // Every third case: the separation term active
-                            // (d0 < m always), λ ≠ 1.
+                            // (d0 < m always), λ ≠ 1. The term is not
+                            // weighted by w_red, so λ is scaled as lr is: the
+                            // anchors move 0.7·LR a step either way.
                             margin: if case.is_multiple_of(3) && !staged { 100.0 } else { 0.0 },
-                            margin_weight: 0.7,
+                            margin_weight: 0.7 * LR / lr,
                         };
                         check(backend, shape, cfg, seed.wrapping_add(case));
                     }
@@ -205,6 +223,11 @@ fn gpu_fused_matches_reference_across_several_bindings() {
         path: StepPath::Fused,
         chunk_rows: Some(if rows > 100 { rows.div_ceil(7) } else { 1 }),
     });
+}
+
+#[test]
+fn gpu_untiled_fused_step_matches_reference() {
+    sweep("gpu_untiled_matches_reference", |_| Backend::GpuUntiled);
 }
 
 #[test]

@@ -64,11 +64,22 @@ pub struct GpuOptions {
     /// The fused non-finite scans (SPEC §7). Off only to measure their cost:
     /// without them no guard can act, so only `ignore` is allowed then.
     pub fused_scans: bool,
+    /// Stage each workgroup's rows in workgroup memory (coalesced reads and
+    /// writes) when it fits; the workgroup shrinks (not below 32) to make
+    /// it fit. Off: every lane reads its row from memory (tests cover both).
+    pub tiled: bool,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { max_chunk_rows: None, workgroup: 64, max_groups: None, path: StepPath::Fused, fused_scans: true }
+        GpuOptions {
+            max_chunk_rows: None,
+            workgroup: 64,
+            max_groups: None,
+            path: StepPath::Fused,
+            fused_scans: true,
+            tiled: true,
+        }
     }
 }
 
@@ -209,6 +220,8 @@ pub struct GpuTrainer {
     cfg: StepConfig,
     opts: GpuOptions,
     wg: u32,
+    /// fused_step.wgsl stages rows in workgroup memory.
+    tiled: bool,
     max_groups: u32,
     layout: ChunkLayout,
     chunks: Vec<GpuChunk>,
@@ -256,7 +269,7 @@ impl GpuTrainer {
         if !opts.fused_scans && cfg.guard.policy != Policy::Ignore {
             return Err(Error::invalid("--on-nonfinite", "a guard needs the fused scans; use `ignore` without them"));
         }
-        let wg = ctx.workgroup_size(opts.workgroup.min(256));
+        let (wg, tiled) = workgroup_and_tiling(&ctx, shape, &opts);
         let max_groups = opts.max_groups.unwrap_or(u32::MAX).clamp(1, ctx.max_groups());
         let layout = ChunkLayout::new(shape, ctx.max_binding_bytes(), opts.max_chunk_rows, wg, max_groups)?;
 
@@ -264,7 +277,7 @@ impl GpuTrainer {
         // out-of-memory becomes a typed error naming the sizes, not a panic.
         let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let invalid = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let built = Self::build(ctx.clone(), shape, cfg, opts, wg, max_groups, layout);
+        let built = Self::build(ctx.clone(), shape, cfg, opts, wg, tiled, max_groups, layout);
         let validation = pollster::block_on(invalid.pop());
         let out_of_memory = pollster::block_on(oom.pop());
         if let Some(e) = out_of_memory {
@@ -283,12 +296,14 @@ impl GpuTrainer {
         Ok(t)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn build(
         ctx: Arc<GpuContext>,
         shape: Shape,
         cfg: StepConfig,
         opts: GpuOptions,
         wg: u32,
+        tiled: bool,
         max_groups: u32,
         layout: ChunkLayout,
     ) -> Self {
@@ -360,7 +375,7 @@ impl GpuTrainer {
             })
             .collect();
 
-        let consts = Constants::new(shape, &cfg, wg);
+        let consts = Constants { tiled, ..Constants::new(shape, &cfg, wg) };
         // anchors: rows a and b in both table buffers of their chunks.
         let p = consts.pipeline(&ctx, &shaders::ANCHORS, "main", &[]);
         let (ca, ia) = layout.locate(cfg.anchor_a);
@@ -447,6 +462,7 @@ impl GpuTrainer {
             cfg,
             opts,
             wg,
+            tiled,
             max_groups,
             layout,
             chunks,
@@ -547,6 +563,11 @@ impl GpuTrainer {
         let scanner = self.scanner.as_mut().expect("built above");
         let prepared = scanner.prepare(&bufs);
         scanner.time(&prepared, iters)
+    }
+
+    /// (workgroup size, whether the fused step is tiled) as chosen for the device.
+    pub fn kernel_shape(&self) -> (u32, bool) {
+        (self.wg, self.tiled)
     }
 
     /// The chunk layout in use (tests check that several bindings are used).
@@ -801,6 +822,30 @@ impl GpuTrainer {
     }
 }
 
+/// Workgroup memory fused_step.wgsl uses besides the tile (scan and
+/// reduction scratch), rounded up.
+const FUSED_OTHER_SHARED: u64 = 6 * 1024;
+
+/// The workgroup size, and whether the fused step stages rows in workgroup
+/// memory: WG·(D + 1) floats must fit the device's limit with the rest.
+fn workgroup_and_tiling(ctx: &GpuContext, shape: Shape, opts: &GpuOptions) -> (u32, bool) {
+    let want = ctx.workgroup_size(opts.workgroup.min(256));
+    let limit = ctx.limits.max_compute_workgroup_storage_size as u64;
+    let fits = |wg: u32| wg as u64 * (shape.dim as u64 + 1) * 4 + FUSED_OTHER_SHARED <= limit;
+    if !opts.tiled {
+        return (want, false);
+    }
+    let mut wg = want;
+    while wg > 32 && !fits(wg) {
+        wg /= 2;
+    }
+    if fits(wg) {
+        (wg, true)
+    } else {
+        (want, false)
+    }
+}
+
 /// Table copies kept on the device by a policy (for out-of-memory messages).
 fn copies(p: Policy) -> u32 {
     1 + p.double_buffered() as u32 + (p == Policy::Rollback) as u32
@@ -814,6 +859,7 @@ impl Constants {
             mode: cfg.endpoints.shader_mode(),
             naive: cfg.naive,
             guard: cfg.guard.policy.shader_value(),
+            tiled: false,
         }
     }
 }

@@ -1,0 +1,66 @@
+"""The full-table step of latent-line in PyTorch, timed with CUDA events:
+the peers that `cargo bench` is compared with (SPEC §15). Same sizes, lr and
+ε; endpoints `detached` (the anchors' snapshot is detached, as in the
+original code), reduction `sum`. Prints median milliseconds per step.
+Usage: python3 benches/peers/torch_step.py [ROWS] [DIM]"""
+import sys
+import torch
+
+R = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+D = int(sys.argv[2]) if len(sys.argv) > 2 else 64
+LR, EPS, A, B = 0.2, 1e-8, 0, R - 1
+dev = "cuda"
+
+
+def loss_fn(w):
+    p, q = w[A].detach(), w[B].detach()
+    d1 = torch.sqrt(((w - p) ** 2).sum(1) + EPS)
+    d2 = torch.sqrt(((w - q) ** 2).sum(1) + EPS)
+    d0 = torch.sqrt(((p - q) ** 2).sum() + EPS)
+    return (d1 + d2 - d0).abs().sum()
+
+
+def make_step():
+    w = torch.nn.Parameter(torch.randn(R, D, device=dev))
+    opt = torch.optim.SGD([w], lr=LR)
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        loss_fn(w).backward()
+        opt.step()
+
+    return w, step
+
+
+def timed(fn, iters=50, warm=5):
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e))
+    times.sort()
+    return times[len(times) // 2]
+
+
+src = torch.randn(R, D, device=dev)
+dst = torch.empty_like(src)
+print(f"torch {torch.__version__} · {torch.cuda.get_device_name()} · {R} × {D} f32")
+print(f"copy (dst.copy_(src))         {timed(lambda: dst.copy_(src)):8.4f} ms")
+w, step = make_step()
+print(f"eager step (autograd + SGD)   {timed(step):8.4f} ms")
+try:
+    w, step = make_step()
+    cstep = torch.compile(step)
+    print(f"torch.compile step            {timed(cstep, warm=3):8.4f} ms")
+except Exception as e:  # noqa: BLE001 - report and go on
+    print(f"torch.compile step            failed: {type(e).__name__}: {e}"[:200])
+big = torch.randn(1 << 28, device=dev)  # 1 GiB
+print(f"isfinite(w).all(), 1 GiB      {timed(lambda: bool(torch.isfinite(big).all())):8.4f} ms")
+bdst = torch.empty_like(big)
+print(f"copy, 1 GiB                   {timed(lambda: bdst.copy_(big)):8.4f} ms")
