@@ -4,7 +4,8 @@
 // near-singular rows (§8), and writes the row. With UPDATE = false it is
 // the forward-only evaluation.
 //
-// TILED (the default where workgroup memory allows): the workgroup's WG
+// TILED (an option, off by default: slower on an H200, see BENCHMARKS.md;
+// where workgroup memory allows): the workgroup's WG
 // rows are copied into workgroup memory with coalesced loads (consecutive
 // lanes, consecutive addresses), computed there — one lane per row, the
 // tile's rows padded to D + 1 floats so that lanes hit different banks —

@@ -39,9 +39,8 @@ enum Backend {
     GpuGrid {
         max_groups: u32,
     },
-    /// GPU fused step with every lane reading its row from memory (the
-    /// path for rows too wide for a workgroup-memory tile).
-    GpuUntiled,
+    /// GPU fused step with the rows staged in workgroup memory (an option).
+    GpuTiled,
 }
 
 const POLICIES: [Policy; 5] = [Policy::SkipStep, Policy::Ignore, Policy::SkipRow, Policy::Rollback, Policy::Abort];
@@ -62,12 +61,7 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>) -> Box
             };
             let opts = GpuOptions { max_chunk_rows: chunk_rows, path, ..GpuOptions::default() };
             let t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table), opts).unwrap();
-            // Every width of the sweep fits a tile on lavapipe and real GPUs.
-            assert!(
-                path == StepPath::Staged || t.kernel_shape().1,
-                "the fused step should be tiled: {:?}",
-                t.kernel_shape()
-            );
+            assert!(!t.kernel_shape().1, "the default fused step reads rows from memory");
             if let Some(c) = chunk_rows {
                 assert_eq!(t.layout().spans.len(), shape.rows.div_ceil(c), "expected several storage bindings");
             }
@@ -77,11 +71,12 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>) -> Box
             let opts = GpuOptions { max_groups: Some(max_groups), ..GpuOptions::default() };
             Box::new(GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table), opts).unwrap())
         }
-        Backend::GpuUntiled => {
+        Backend::GpuTiled => {
             let opts =
-                GpuOptions { tiled: false, max_chunk_rows: Some(shape.rows.div_ceil(3)), ..GpuOptions::default() };
+                GpuOptions { tiled: true, max_chunk_rows: Some(shape.rows.div_ceil(3)), ..GpuOptions::default() };
             let t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table), opts).unwrap();
-            assert!(!t.kernel_shape().1, "untiled");
+            // Every width of the sweep fits a tile on lavapipe and real GPUs.
+            assert!(t.kernel_shape().1, "the fused step should be tiled: {:?}", t.kernel_shape());
             Box::new(t)
         }
     }
@@ -226,8 +221,8 @@ fn gpu_fused_matches_reference_across_several_bindings() {
 }
 
 #[test]
-fn gpu_untiled_fused_step_matches_reference() {
-    sweep("gpu_untiled_matches_reference", |_| Backend::GpuUntiled);
+fn gpu_tiled_fused_step_matches_reference() {
+    sweep("gpu_tiled_matches_reference", |_| Backend::GpuTiled);
 }
 
 #[test]

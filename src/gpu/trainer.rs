@@ -66,7 +66,9 @@ pub struct GpuOptions {
     pub fused_scans: bool,
     /// Stage each workgroup's rows in workgroup memory (coalesced reads and
     /// writes) when it fits; the workgroup shrinks (not below 32) to make
-    /// it fit. Off: every lane reads its row from memory (tests cover both).
+    /// it fit. Off by default: measured on an H200 it made the step 2–4×
+    /// slower (low occupancy, BENCHMARKS.md); kept, tested, for the tuning
+    /// work. Off: every lane reads its row from memory.
     pub tiled: bool,
 }
 
@@ -78,7 +80,7 @@ impl Default for GpuOptions {
             max_groups: None,
             path: StepPath::Fused,
             fused_scans: true,
-            tiled: true,
+            tiled: false,
         }
     }
 }
