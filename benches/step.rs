@@ -4,7 +4,7 @@
 //!   step/noscan     `ignore`, fused scans compiled out: the bare step
 //!   step/ignore     + the fused scans of loss, gradient and rows written
 //!   step/skip-step  + the default guard (writes the other table buffer)
-//!   step/skip-step-tiled     the same with rows staged in workgroup memory
+//!   step/skip-step-1lane     the same with one lane per row (the first kernel)
 //!   scan            the table scan of `latent-line scan`, beside a copy
 //! Sizes are 1M × 64 and 1M × 128 (scan: a 1 GiB table) on a hardware GPU,
 //! smaller on a software adapter or the CPU. Times are wall clock around
@@ -59,8 +59,8 @@ fn gpu(c: &mut Criterion) {
             GpuTrainer::new(ctx.clone(), shape, config(shape, policy), TableSource::Random { seed: 1 }, opts)
                 .expect("GPU trainer")
         };
-        let tiled = |policy: Policy| {
-            let opts = GpuOptions { tiled: true, ..GpuOptions::default() };
+        let one_lane = |policy: Policy| {
+            let opts = GpuOptions { lanes_per_row: Some(1), workgroup: Some(64), ..GpuOptions::default() };
             GpuTrainer::new(ctx.clone(), shape, config(shape, policy), TableSource::Random { seed: 1 }, opts)
                 .expect("GPU trainer")
         };
@@ -70,7 +70,7 @@ fn gpu(c: &mut Criterion) {
         drop(t);
         bench_steps(&mut g, format!("step-ignore/{id}"), &mut open(Policy::Ignore, true));
         bench_steps(&mut g, format!("step-skip-step/{id}"), &mut open(Policy::SkipStep, true));
-        bench_steps(&mut g, format!("step-skip-step-tiled/{id}"), &mut tiled(Policy::SkipStep));
+        bench_steps(&mut g, format!("step-skip-step-1lane/{id}"), &mut one_lane(Policy::SkipStep));
     }
     // The table scan over 1 GiB (64 MiB on a software adapter).
     let shape = Shape::new(if hardware { 1 << 22 } else { 1 << 18 }, 64).expect("valid shape");

@@ -20,7 +20,7 @@ for g in groups:
     for f, (ns, nbytes) in rows:
         kind, _, size = f.partition("/")
         gbs = f"{nbytes / ns:.1f}" if nbytes else "-"
-        base = {"step-noscan": "copy", "step-ignore": "step-noscan", "step-skip-step": "step-noscan", "step-skip-step-tiled": "step-skip-step",
+        base = {"step-noscan": "copy", "step-ignore": "step-noscan", "step-skip-step": "step-noscan", "step-skip-step-1lane": "step-skip-step",
                 "scan": "scan-copy"}.get(kind)
         if g == "cpu":
             base = {"step-ignore": "memcpy", "step-skip-step": "step-ignore", "scan": "memcpy"}.get(kind)

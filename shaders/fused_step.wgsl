@@ -1,17 +1,15 @@
-// fused_step.wgsl — the full-table step for one chunk, in ONE pass: each
-// invocation owns one row, reads it, computes d1, d2, r and the gradient,
-// scans the loss, the gradient and the new values (SPEC §7), counts the
-// near-singular rows (§8), and writes the row. With UPDATE = false it is
-// the forward-only evaluation.
+// fused_step.wgsl — the full-table step for one chunk, in ONE pass: read
+// each row, compute d1, d2, r and the gradient, scan the loss, the gradient
+// and the new values (SPEC §7), count the near-singular rows (§8), and
+// write the row. With UPDATE = false it is the forward-only evaluation.
 //
-// TILED (an option, off by default: slower on an H200, see BENCHMARKS.md;
-// where workgroup memory allows): the workgroup's WG
-// rows are copied into workgroup memory with coalesced loads (consecutive
-// lanes, consecutive addresses), computed there — one lane per row, the
-// tile's rows padded to D + 1 floats so that lanes hit different banks —
-// and copied out with coalesced stores. Each element is read from and
-// written to memory exactly once. Without TILED each lane reads and writes
-// its own row in memory directly (rows wider than the tile allows).
+// L lanes share a row (L a power of two ≤ WG, chosen by the host: up to 32,
+// no more than D needs): lane l takes columns l, l + L, …, so neighbouring
+// lanes touch neighbouring addresses and every load and store is
+// coalesced. Each lane sums (x − p)², (x − q)² over its columns; the row's
+// lanes fold their sums in workgroup memory in a fixed tree order, so the
+// result is deterministic (it differs from the CPU's column order only by
+// rounding). Every element is read once and written once.
 //
 // Where the row is written depends on the guard (SPEC §9):
 //  - ignore, skip-row: in place (skip-row first decides, then writes);
@@ -25,8 +23,7 @@ override UPDATE: bool = true;
 // false only to measure what the fused scans cost (benches): with it the
 // guard sees nothing, so the host allows it with `ignore` alone.
 override SCAN: bool = true;
-override TILED: bool = true;
-override TR: u32 = 64u;   // rows a tile holds: WG when TILED, 1 otherwise (sizes `tile`)
+override L: u32 = 1u;   // lanes per row
 
 @group(0) @binding(0) var<storage, read_write> table_a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> table_b: array<f32>;   // a 16-byte stand-in when single-buffered
@@ -39,28 +36,26 @@ override TR: u32 = 64u;   // rows a tile holds: WG when TILED, 1 otherwise (size
 
 var<workgroup> wg_flags: vec2<u32>;   // (state.cur, state.halted), made uniform
 var<workgroup> wg_near: atomic<u32>;
-var<workgroup> tile: array<f32, TR * (D + 1u)>;
+var<workgroup> wg_row: array<vec4<f32>, MAX_WG>;
 
-fn tile_at(i: u32, k: u32) -> u32 {
-    return i * (D + 1u) + k;
-}
-
-// Column k of the lane's row: from the tile, or from memory at `base`.
-fn read_x(cur: u32, lid: u32, base: u32, k: u32) -> f32 {
-    if (TILED) {
-        return tile[tile_at(lid, k)];
+// Folds v over the L lanes of each row, in a fixed tree order; every lane
+// gets its row's total. All lanes must call it (it has barriers).
+fn row_fold(lid: u32, v: vec4<f32>) -> vec4<f32> {
+    if (L == 1u) {
+        return v;   // one lane per row: nothing to fold (uniform: L is an override)
     }
-    return load_x(cur, base + k);
-}
-
-// The lane's new value of column k: into the tile (copied out later), or
-// straight to memory.
-fn write_x(cur: u32, lid: u32, base: u32, k: u32, v: f32) {
-    if (TILED) {
-        tile[tile_at(lid, k)] = v;
-    } else {
-        store_x(cur, base + k, v);
+    wg_row[lid] = v;
+    workgroupBarrier();
+    let lane = lid % L;
+    for (var o = L / 2u; o > 0u; o = o / 2u) {
+        if (lane < o) {
+            wg_row[lid] = wg_row[lid] + wg_row[lid + o];
+        }
+        workgroupBarrier();
     }
+    let total = wg_row[lid - lane];
+    workgroupBarrier();
+    return total;
 }
 
 fn load_x(cur: u32, e: u32) -> f32 {
@@ -108,110 +103,109 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
         return;   // aborted: steps do nothing; evaluations still run
     }
     let cur = flags.x;
-    let i = w * WG + lid;
-    // The tile: rows [w·WG, w·WG + n) of the chunk, n the same for all lanes.
-    let tile_base = w * WG * D;
-    let tile_len = select(0u, min(WG, chunk.rows - min(w * WG, chunk.rows)) * D, TILED);
-    if (TILED) {
-        for (var e = lid; e < tile_len; e = e + WG) {
-            tile[tile_at(e / D, e % D)] = load_x(cur, tile_base + e);
+    let rows_per_wg = WG / L;
+    let slot = lid / L;            // the workgroup's row this lane works on
+    let lane = lid % L;
+    let i = w * rows_per_wg + slot;
+    let live = i < chunk.rows;
+    let base = i * D;
+    let row = chunk.row_base + i;
+
+    // s1, s2 over this lane's columns, and whether it read a non-finite value.
+    var part = vec4<f32>(0.0, 0.0, 0.0, 0.0);
+    if (live) {
+        for (var k = lane; k < D; k = k + L) {
+            let x = load_x(cur, base + k);
+            part = vec4<f32>(accumulate_sq(part.xy, x, anchors[k], anchors[D + k]),
+                             part.z + select(0.0, 1.0, is_nonfinite(x)), 0.0);
         }
-        workgroupBarrier();
     }
+    let folded = row_fold(lid, part);
+    let s = pin_anchors(folded.xy, row, params.anchor_a, params.anchor_b, state.s0);
+    let in_bad = folded.z > 0.0;
+    let d1 = safe_dist(s.x, params.eps);
+    let d2 = safe_dist(s.y, params.eps);
+    let r = excess(d1, d2, state.d0);
+    // The loss term of a row that read a non-finite value is NaN.
+    let r_seen = select(r, nan(), in_bad);
+    let loss_bad = is_nonfinite(r_seen);
     var abs_r = 0.0;
-    if (i < chunk.rows) {
-        let base = i * D;
-        var s = vec2<f32>(0.0, 0.0);
-        var in_bad = false;
-        for (var k = 0u; k < D; k = k + 1u) {
-            let x = read_x(cur, lid, base, k);
-            in_bad = in_bad || is_nonfinite(x);
-            s = accumulate_sq(s, x, anchors[k], anchors[D + k]);
-        }
-        let row = chunk.row_base + i;
-        s = pin_anchors(s, row, params.anchor_a, params.anchor_b, state.s0);
-        let d1 = safe_dist(s.x, params.eps);
-        let d2 = safe_dist(s.y, params.eps);
-        let r = excess(d1, d2, state.d0);
-        // The loss term of a row that read a non-finite value is NaN.
-        var loss_scan = row_scan_new();
+    if (live && lane == 0u) {
         if (SCAN) {
-            loss_scan = row_scan_add(loss_scan, 0u, select(r, nan(), in_bad));
-            scan_commit(0u, lid, loss_scan);
+            scan_commit(0u, slot, lid, row_scan_add(row_scan_new(), 0u, r_seen));
         }
-        abs_r = select(abs(r), 0.0, row_scan_bad(loss_scan));   // sums cover finite terms
+        abs_r = select(abs(r), 0.0, loss_bad);   // sums cover finite terms
         let near = params.tau * state.d0;
         if (s.x < near * near || s.y < near * near) {
             atomicAdd(&wg_near, 1u);
         }
-        if (UPDATE) {
-            let lr = state.lr;
-            let c = row_coef(r, params.w_red);
-            let sep = separation_coef(row, params.anchor_a, params.anchor_b, state.d0, params.margin,
-                                      params.margin_weight);
-            let inv_d1 = safe_inv(d1);
-            let inv_d2 = safe_inv(d2);
-            let poisoned = in_bad || naive_blows_up(s);
-            var gs = row_scan_new();
-            var ts = row_scan_new();
-            if (!writes_row(row, params.anchor_a, params.anchor_b)) {
-                // (Tiled, the tile still holds the row: it is copied out as it is.)
-                if (double_buffered() && !TILED) {
-                    // Frozen anchors are carried into the next buffer unchanged.
-                    for (var k = 0u; k < D; k = k + 1u) {
-                        store_x(cur, base + k, load_x(cur, base + k));
-                    }
-                }
-            } else if (GUARD == GUARD_SKIP_ROW) {
-                // Decide first, then write: a row that would turn non-finite
-                // keeps its old value and earns a strike.
-                for (var k = 0u; k < D; k = k + 1u) {
-                    let x = read_x(cur, lid, base, k);
+    }
+    if (UPDATE) {
+        let lr = state.lr;
+        let c = row_coef(r, params.w_red);
+        let sep = separation_coef(row, params.anchor_a, params.anchor_b, state.d0, params.margin,
+                                  params.margin_weight);
+        let inv_d1 = safe_inv(d1);
+        let inv_d2 = safe_inv(d2);
+        let poisoned = in_bad || naive_blows_up(s);
+        let writes = live && writes_row(row, params.anchor_a, params.anchor_b);
+        var gs = row_scan_new();
+        var ts = row_scan_new();
+        if (GUARD == GUARD_SKIP_ROW) {
+            // Decide over the row's lanes first, then write: a row that
+            // would turn non-finite keeps its old value and earns a strike.
+            if (writes) {
+                for (var k = lane; k < D; k = k + L) {
+                    let x = load_x(cur, base + k);
                     let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned);
                     gs = row_scan_add(gs, k, g);
                     ts = row_scan_add(ts, k, new_value(x, g, lr, poisoned));
                 }
-                if (row_scan_bad(loss_scan) || row_scan_bad(gs) || row_scan_bad(ts)) {
-                    strikes[row] = strikes[row] + 1u;
-                } else {
-                    for (var k = 0u; k < D; k = k + 1u) {
-                        let x = read_x(cur, lid, base, k);
-                        write_x(cur, lid, base, k, new_value(x, grad_at(x, k, c, inv_d1, inv_d2, sep, false), lr, false));
-                    }
-                }
-            } else {
-                for (var k = 0u; k < D; k = k + 1u) {
-                    let x = read_x(cur, lid, base, k);
-                    let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned);
-                    let v = new_value(x, g, lr, poisoned);
-                    if (SCAN) {
-                        gs = row_scan_add(gs, k, g);
-                        ts = row_scan_add(ts, k, v);
-                    }
-                    write_x(cur, lid, base, k, v);
+            }
+            let lane_bad = row_scan_bad(gs) || row_scan_bad(ts);
+            let row_bad = loss_bad || row_fold(lid, vec4<f32>(select(0.0, 1.0, lane_bad), 0.0, 0.0, 0.0)).x > 0.0;
+            if (writes && !row_bad) {
+                for (var k = lane; k < D; k = k + L) {
+                    let x = load_x(cur, base + k);
+                    store_x(cur, base + k, new_value(x, grad_at(x, k, c, inv_d1, inv_d2, sep, false), lr, false));
                 }
             }
-            if (SCAN) {
-                scan_commit(1u, lid, gs);
-                scan_commit(2u, lid, ts);
+            if (writes && row_bad && lane == 0u) {
+                strikes[row] = strikes[row] + 1u;
+            }
+        } else if (writes) {
+            for (var k = lane; k < D; k = k + L) {
+                let x = load_x(cur, base + k);
+                let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned);
+                let v = new_value(x, g, lr, poisoned);
+                if (SCAN) {
+                    gs = row_scan_add(gs, k, g);
+                    ts = row_scan_add(ts, k, v);
+                }
+                store_x(cur, base + k, v);
+            }
+        } else if (live && double_buffered()) {
+            // Frozen anchors are carried into the next buffer unchanged.
+            for (var k = lane; k < D; k = k + L) {
+                store_x(cur, base + k, load_x(cur, base + k));
             }
         }
-    }
-    if (TILED && UPDATE) {
-        workgroupBarrier();
-        for (var e = lid; e < tile_len; e = e + WG) {
-            store_x(cur, tile_base + e, tile[tile_at(e / D, e % D)]);
+        if (SCAN && live) {
+            scan_commit(1u, slot, lid, gs);
+            scan_commit(2u, slot, lid, ts);
         }
     }
     let total = workgroup_sum_max(lid, vec2<f32>(abs_r, abs_r));   // its barriers publish the scan atomics
-    if (lid == 0u && w * WG < chunk.rows) {
+    if (lid == 0u && w * rows_per_wg < chunk.rows) {
         let gw = chunk.partial_base + w;
         partials[gw] = Partial(total.x, total.y, atomicLoad(&wg_near), 0u);
-        let row0 = chunk.row_base + w * WG;
+        let row0 = chunk.row_base + w * rows_per_wg;
         for (var buf = 0u; buf < SCAN_BUFS; buf = buf + 1u) {
             let f = scan_first_local(buf);
             if (f != NONE) {
-                scan_flush(buf, gw, state.stamp, row0, sc_bits[buf * MAX_WG + f / D]);
+                // The lane that owns the lowest finding kept its bits.
+                let owner = (f / D) * L + (f % D) % L;
+                scan_flush(buf, gw, state.stamp, row0, sc_bits[buf * MAX_WG + owner]);
             }
         }
     }

@@ -30,7 +30,7 @@ const NONE: u32 = 0xffffffffu;
 var<workgroup> sc_count: array<atomic<u32>, 9>;   // buf·3 + (nan, +inf, −inf)
 var<workgroup> sc_mask: array<atomic<u32>, 24>;   // buf·8 + word
 var<workgroup> sc_first: array<atomic<u32>, 3>;   // lowest local_row·D + column
-var<workgroup> sc_bits: array<u32, 768>;          // buf·MAX_WG + local row: its first bad bits
+var<workgroup> sc_bits: array<u32, 768>;          // buf·MAX_WG + lane: that lane's first bad bits
 var<workgroup> sc_flag: u32;
 
 // (NaN, +Inf, −Inf) as a one-hot of a value's bits; zeros when finite.
@@ -83,9 +83,10 @@ fn scan_reset(lid: u32) {
     }
 }
 
-// Publishes a row's findings to the workgroup (a no-op for a clean row).
-// Lanes that own rows also keep the bits: `scan_bits_of`.
-fn scan_commit(buf: u32, local_row: u32, a: RowScan) {
+// Publishes a lane's findings in one row to the workgroup (a no-op when
+// clean). The lane's first bits go to slot `lane_slot` of `sc_bits`, where
+// the flush finds them for the workgroup's lowest finding.
+fn scan_commit(buf: u32, local_row: u32, lane_slot: u32, a: RowScan) {
     if (!row_scan_bad(a)) {
         return;
     }
@@ -94,7 +95,7 @@ fn scan_commit(buf: u32, local_row: u32, a: RowScan) {
     atomicAdd(&sc_count[buf * 3u + 2u], a.counts.z);
     atomicOr(&sc_mask[buf * 8u + local_row / 32u], 1u << (local_row % 32u));
     atomicMin(&sc_first[buf], local_row * D + a.first_col);
-    sc_bits[buf * MAX_WG + local_row] = a.bits;
+    sc_bits[buf * MAX_WG + lane_slot] = a.bits;
 }
 
 // The workgroup's lowest finding in `buf` as local_row·D + column, or NONE.

@@ -39,8 +39,12 @@ enum Backend {
     GpuGrid {
         max_groups: u32,
     },
-    /// GPU fused step with the rows staged in workgroup memory (an option).
-    GpuTiled,
+    /// GPU fused step with `lanes` lanes per row (default: up to 32), a
+    /// workgroup of `wg`.
+    GpuLanes {
+        lanes: u32,
+        wg: u32,
+    },
 }
 
 const POLICIES: [Policy; 5] = [Policy::SkipStep, Policy::Ignore, Policy::SkipRow, Policy::Rollback, Policy::Abort];
@@ -61,7 +65,6 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>) -> Box
             };
             let opts = GpuOptions { max_chunk_rows: chunk_rows, path, ..GpuOptions::default() };
             let t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table), opts).unwrap();
-            assert!(!t.kernel_shape().1, "the default fused step reads rows from memory");
             if let Some(c) = chunk_rows {
                 assert_eq!(t.layout().spans.len(), shape.rows.div_ceil(c), "expected several storage bindings");
             }
@@ -71,12 +74,15 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>) -> Box
             let opts = GpuOptions { max_groups: Some(max_groups), ..GpuOptions::default() };
             Box::new(GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table), opts).unwrap())
         }
-        Backend::GpuTiled => {
-            let opts =
-                GpuOptions { tiled: true, max_chunk_rows: Some(shape.rows.div_ceil(3)), ..GpuOptions::default() };
+        Backend::GpuLanes { lanes, wg } => {
+            let opts = GpuOptions {
+                lanes_per_row: Some(lanes),
+                workgroup: Some(wg),
+                max_chunk_rows: Some(shape.rows.div_ceil(3)),
+                ..GpuOptions::default()
+            };
             let t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table), opts).unwrap();
-            // Every width of the sweep fits a tile on lavapipe and real GPUs.
-            assert!(t.kernel_shape().1, "the fused step should be tiled: {:?}", t.kernel_shape());
+            assert_eq!(t.kernel_shape(), (wg, lanes));
             Box::new(t)
         }
     }
@@ -221,8 +227,11 @@ fn gpu_fused_matches_reference_across_several_bindings() {
 }
 
 #[test]
-fn gpu_tiled_fused_step_matches_reference() {
-    sweep("gpu_tiled_matches_reference", |_| Backend::GpuTiled);
+fn gpu_fused_step_matches_reference_with_other_lane_counts() {
+    // One lane per row (each lane walks its row), and 8 lanes in a
+    // workgroup of 64 (several passes over wide rows, partial last pass).
+    sweep("gpu_one_lane_per_row", |_| Backend::GpuLanes { lanes: 1, wg: 64 });
+    sweep("gpu_eight_lanes_per_row", |_| Backend::GpuLanes { lanes: 8, wg: 64 });
 }
 
 #[test]

@@ -97,8 +97,8 @@ pub struct Constants {
     pub mode: u32,
     pub naive: bool,
     pub guard: u32,
-    /// fused_step.wgsl's TILED: rows staged in workgroup memory.
-    pub tiled: bool,
+    /// fused_step.wgsl's L: lanes per row.
+    pub lanes: u32,
 }
 
 impl Constants {
@@ -110,8 +110,7 @@ impl Constants {
             ("MODE", self.mode as f64),
             ("NAIVE", if self.naive { 1.0 } else { 0.0 }),
             ("GUARD", self.guard as f64),
-            ("TILED", if self.tiled { 1.0 } else { 0.0 }),
-            ("TR", if self.tiled { self.wg as f64 } else { 1.0 }),
+            ("L", self.lanes as f64),
         ];
         let constants: Vec<(&str, f64)> =
             base.iter().chain(extra).copied().filter(|(name, _)| k.overrides.contains(name)).collect();

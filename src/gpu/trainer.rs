@@ -56,7 +56,9 @@ pub struct GpuOptions {
     /// Cap on rows per storage binding; tests set it to force several chunks.
     pub max_chunk_rows: Option<usize>,
     /// Workgroup size wanted (clamped to the device, power of two ≤ 256).
-    pub workgroup: u32,
+    /// `None`: 256 on a hardware GPU, 64 on a software adapter (lavapipe
+    /// runs each workgroup barrier as a thread switch).
+    pub workgroup: Option<u32>,
     /// Cap on workgroups per dispatch dimension (the device's limit when
     /// `None`); tests lower it to exercise the 2-D grids on small tables.
     pub max_groups: Option<u32>,
@@ -64,23 +66,20 @@ pub struct GpuOptions {
     /// The fused non-finite scans (SPEC §7). Off only to measure their cost:
     /// without them no guard can act, so only `ignore` is allowed then.
     pub fused_scans: bool,
-    /// Stage each workgroup's rows in workgroup memory (coalesced reads and
-    /// writes) when it fits; the workgroup shrinks (not below 32) to make
-    /// it fit. Off by default: measured on an H200 it made the step 2–4×
-    /// slower (low occupancy, BENCHMARKS.md); kept, tested, for the tuning
-    /// work. Off: every lane reads its row from memory.
-    pub tiled: bool,
+    /// Lanes that share a row in the fused step (a power of two ≤ the
+    /// workgroup). `None`: the smallest power of two ≥ D, at most 32.
+    pub lanes_per_row: Option<u32>,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
         GpuOptions {
             max_chunk_rows: None,
-            workgroup: 64,
+            workgroup: None,
             max_groups: None,
             path: StepPath::Fused,
             fused_scans: true,
-            tiled: false,
+            lanes_per_row: None,
         }
     }
 }
@@ -222,8 +221,8 @@ pub struct GpuTrainer {
     cfg: StepConfig,
     opts: GpuOptions,
     wg: u32,
-    /// fused_step.wgsl stages rows in workgroup memory.
-    tiled: bool,
+    /// fused_step.wgsl's lanes per row.
+    lanes: u32,
     max_groups: u32,
     layout: ChunkLayout,
     chunks: Vec<GpuChunk>,
@@ -271,7 +270,14 @@ impl GpuTrainer {
         if !opts.fused_scans && cfg.guard.policy != Policy::Ignore {
             return Err(Error::invalid("--on-nonfinite", "a guard needs the fused scans; use `ignore` without them"));
         }
-        let (wg, tiled) = workgroup_and_tiling(&ctx, shape, &opts);
+        let wg = ctx.workgroup_size(opts.workgroup.unwrap_or(if ctx.is_software() { 64 } else { 256 }).min(256));
+        // A software adapter (lavapipe) runs each workgroup barrier as a
+        // thread switch: there one lane per row is far faster.
+        let auto_lanes = if ctx.is_software() { 1 } else { (shape.dim as u32).next_power_of_two().min(32) };
+        let lanes = opts.lanes_per_row.unwrap_or(auto_lanes).clamp(1, wg);
+        if !lanes.is_power_of_two() {
+            return Err(Error::invalid("lanes_per_row", format!("{lanes} is not a power of two")));
+        }
         let max_groups = opts.max_groups.unwrap_or(u32::MAX).clamp(1, ctx.max_groups());
         let layout = ChunkLayout::new(shape, ctx.max_binding_bytes(), opts.max_chunk_rows, wg, max_groups)?;
 
@@ -279,7 +285,7 @@ impl GpuTrainer {
         // out-of-memory becomes a typed error naming the sizes, not a panic.
         let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let invalid = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let built = Self::build(ctx.clone(), shape, cfg, opts, wg, tiled, max_groups, layout);
+        let built = Self::build(ctx.clone(), shape, cfg, opts, wg, lanes, max_groups, layout);
         let validation = pollster::block_on(invalid.pop());
         let out_of_memory = pollster::block_on(oom.pop());
         if let Some(e) = out_of_memory {
@@ -305,7 +311,7 @@ impl GpuTrainer {
         cfg: StepConfig,
         opts: GpuOptions,
         wg: u32,
-        tiled: bool,
+        lanes: u32,
         max_groups: u32,
         layout: ChunkLayout,
     ) -> Self {
@@ -318,7 +324,7 @@ impl GpuTrainer {
             .spans
             .iter()
             .map(|&span| {
-                let row_groups = (span.rows as u32).div_ceil(wg);
+                let row_groups = (span.rows as u32).div_ceil(wg / lanes);
                 let bytes = span.rows as u64 * d * 4;
                 let c = GpuChunk {
                     span,
@@ -377,7 +383,7 @@ impl GpuTrainer {
             })
             .collect();
 
-        let consts = Constants { tiled, ..Constants::new(shape, &cfg, wg) };
+        let consts = Constants { lanes, ..Constants::new(shape, &cfg, wg) };
         // anchors: rows a and b in both table buffers of their chunks.
         let p = consts.pipeline(&ctx, &shaders::ANCHORS, "main", &[]);
         let (ca, ia) = layout.locate(cfg.anchor_a);
@@ -464,7 +470,7 @@ impl GpuTrainer {
             cfg,
             opts,
             wg,
-            tiled,
+            lanes,
             max_groups,
             layout,
             chunks,
@@ -567,9 +573,9 @@ impl GpuTrainer {
         scanner.time(&prepared, iters)
     }
 
-    /// (workgroup size, whether the fused step is tiled) as chosen for the device.
-    pub fn kernel_shape(&self) -> (u32, bool) {
-        (self.wg, self.tiled)
+    /// (workgroup size, lanes per row of the fused step) as chosen.
+    pub fn kernel_shape(&self) -> (u32, u32) {
+        (self.wg, self.lanes)
     }
 
     /// The chunk layout in use (tests check that several bindings are used).
@@ -824,30 +830,6 @@ impl GpuTrainer {
     }
 }
 
-/// Workgroup memory fused_step.wgsl uses besides the tile (scan and
-/// reduction scratch), rounded up.
-const FUSED_OTHER_SHARED: u64 = 6 * 1024;
-
-/// The workgroup size, and whether the fused step stages rows in workgroup
-/// memory: WG·(D + 1) floats must fit the device's limit with the rest.
-fn workgroup_and_tiling(ctx: &GpuContext, shape: Shape, opts: &GpuOptions) -> (u32, bool) {
-    let want = ctx.workgroup_size(opts.workgroup.min(256));
-    let limit = ctx.limits.max_compute_workgroup_storage_size as u64;
-    let fits = |wg: u32| wg as u64 * (shape.dim as u64 + 1) * 4 + FUSED_OTHER_SHARED <= limit;
-    if !opts.tiled {
-        return (want, false);
-    }
-    let mut wg = want;
-    while wg > 32 && !fits(wg) {
-        wg /= 2;
-    }
-    if fits(wg) {
-        (wg, true)
-    } else {
-        (want, false)
-    }
-}
-
 /// Table copies kept on the device by a policy (for out-of-memory messages).
 fn copies(p: Policy) -> u32 {
     1 + p.double_buffered() as u32 + (p == Policy::Rollback) as u32
@@ -861,7 +843,7 @@ impl Constants {
             mode: cfg.endpoints.shader_mode(),
             naive: cfg.naive,
             guard: cfg.guard.policy.shader_value(),
-            tiled: false,
+            lanes: 1,
         }
     }
 }
