@@ -5,7 +5,10 @@
 # There:        bash benches/gpu.sh              (carry .dev and .gl)
 # It runs the GPU-facing tests on the real GPU, the main job, a 1 GiB
 # `latent-line scan`, and `cargo bench`'s binary, then prints one table.
+# `bash benches/gpu.sh quick`: the naive and forensics tests, the main job
+# and the GPU benches only (when device time is short).
 set -u
+MODE=${1:-full}
 if [ "${1:-}" = "--prepare" ]; then
     set -e
     mkdir -p .dev/bin .gl
@@ -40,7 +43,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 date -u
 
 echo "== tests on this GPU"
-for t in naive forensics backends_vs_reference; do
+TESTS="naive forensics backends_vs_reference"
+[ "$MODE" = quick ] && TESTS="naive forensics"
+for t in $TESTS; do
     "$B/$t" --test-threads 4 2>&1 | grep -E "^test |test result|panicked|seed" | grep -v "^test .* ok$" | tail -20
 done
 
@@ -49,6 +54,12 @@ s=$(date +%s.%N)
 "$B/latent-line" --rows 1000000 --report "$OUT/main-job.json"
 e=$(date +%s.%N)
 echo "wall $(python3 -c "print(f'{$e - $s:.3f}')") s"
+
+if [ "$MODE" = quick ]; then
+    "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 gpu 2>&1 | grep -E "^gpu|time:" | grep -v "%"
+    python3 benches/summary.py /tmp/ct/criterion | tee "$OUT/bench-summary.txt"
+    exit 0
+fi
 
 echo "== naive on this GPU: default guard, then ignore"
 "$B/latent-line" --rows 1000000 --naive --endpoints detached --steps 3 | grep -E "event|ABORT|guard|finite"

@@ -24,6 +24,12 @@ override UPDATE: bool = true;
 // guard sees nothing, so the host allows it with `ignore` alone.
 override SCAN: bool = true;
 override L: u32 = 1u;   // lanes per row
+// A lane keeps its row's values in registers when it has at most MAX_KEPT
+// columns (D ≤ 8·L): the update then reads no memory, and the scans test
+// one bit pattern per value, working out the details only for a lane that
+// saw a non-finite value.
+const MAX_KEPT: u32 = 8u;
+override KEEP: bool = true;   // set by the host: D ≤ MAX_KEPT·L
 
 @group(0) @binding(0) var<storage, read_write> table_a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> table_b: array<f32>;   // a 16-byte stand-in when single-buffered
@@ -113,9 +119,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
 
     // s1, s2 over this lane's columns, and whether it read a non-finite value.
     var part = vec4<f32>(0.0, 0.0, 0.0, 0.0);
+    var kept: array<f32, MAX_KEPT>;
     if (live) {
         for (var k = lane; k < D; k = k + L) {
             let x = load_x(cur, base + k);
+            if (KEEP) {
+                kept[min(k / L, MAX_KEPT - 1u)] = x;
+            }
             part = vec4<f32>(accumulate_sq(part.xy, x, anchors[k], anchors[D + k]),
                              part.z + select(0.0, 1.0, is_nonfinite(x)), 0.0);
         }
@@ -163,7 +173,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
                 }
             }
             let lane_bad = row_scan_bad(gs) || row_scan_bad(ts);
-            let row_bad = loss_bad || row_fold(lid, vec4<f32>(select(0.0, 1.0, lane_bad), 0.0, 0.0, 0.0)).x > 0.0;
+            // (row_fold first: all lanes must reach its barriers; `||`
+            // would skip it for rows whose loss is already bad.)
+            let lanes_bad = row_fold(lid, vec4<f32>(select(0.0, 1.0, lane_bad), 0.0, 0.0, 0.0)).x > 0.0;
+            let row_bad = loss_bad || lanes_bad;
             if (writes && !row_bad) {
                 for (var k = lane; k < D; k = k + L) {
                     let x = load_x(cur, base + k);
@@ -172,6 +185,26 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             }
             if (writes && row_bad && lane == 0u) {
                 strikes[row] = strikes[row] + 1u;
+            }
+        } else if (writes && KEEP) {
+            // The row is in registers: write it, noting only whether any
+            // value was non-finite; the details are worked out again from
+            // the kept values for such a lane alone.
+            var any_bad = false;
+            for (var k = lane; k < D; k = k + L) {
+                let x = kept[min(k / L, MAX_KEPT - 1u)];
+                let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned);
+                let v = new_value(x, g, lr, poisoned);
+                any_bad = any_bad || is_nonfinite(g) || is_nonfinite(v);
+                store_x(cur, base + k, v);
+            }
+            if (SCAN && any_bad) {
+                for (var k = lane; k < D; k = k + L) {
+                    let x = kept[min(k / L, MAX_KEPT - 1u)];
+                    let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned);
+                    gs = row_scan_add(gs, k, g);
+                    ts = row_scan_add(ts, k, new_value(x, g, lr, poisoned));
+                }
             }
         } else if (writes) {
             for (var k = lane; k < D; k = k + L) {

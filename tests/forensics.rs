@@ -105,9 +105,12 @@ fn a_clean_table_scans_clean() {
     assert!(scan_rows(&table, 9, 0).is_clean(), "seed {seed}");
 }
 
-/// The backends under test: CPU, and GPU split across several bindings.
+/// The backends under test: CPU, and GPU split across several bindings,
+/// 8 lanes to a row (so rows up to 64 wide stay in registers: the scans'
+/// rare detail path runs for every fault planted here).
 fn trainers(shape: Shape, cfg: StepConfig, table: &[f32]) -> Vec<(&'static str, Box<dyn Trainer>)> {
-    let opts = GpuOptions { max_chunk_rows: Some(shape.rows.div_ceil(4)), ..GpuOptions::default() };
+    let opts =
+        GpuOptions { max_chunk_rows: Some(shape.rows.div_ceil(4)), lanes_per_row: Some(8), ..GpuOptions::default() };
     vec![
         ("cpu", Box::new(CpuTrainer::new(shape, cfg, TableSource::Data(table.to_vec())).unwrap())),
         ("gpu", Box::new(GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table.to_vec()), opts).unwrap())),

@@ -111,6 +111,8 @@ impl Constants {
             ("NAIVE", if self.naive { 1.0 } else { 0.0 }),
             ("GUARD", self.guard as f64),
             ("L", self.lanes as f64),
+            // fused_step.wgsl keeps a lane's columns in registers up to 8.
+            ("KEEP", if self.dim <= 8 * self.lanes { 1.0 } else { 0.0 }),
         ];
         let constants: Vec<(&str, f64)> =
             base.iter().chain(extra).copied().filter(|(name, _)| k.overrides.contains(name)).collect();

@@ -46,7 +46,7 @@ pub const FUSED_STEP: Kernel = kernel!(
     "fused_step",
     [REDUCE_WG, SCAN],
     ["main"],
-    ["WG", "D", "MODE", "NAIVE", "GUARD", "UPDATE", "SCAN", "L", "SCAN_BUFS"]
+    ["WG", "D", "MODE", "NAIVE", "GUARD", "UPDATE", "SCAN", "L", "KEEP", "SCAN_BUFS"]
 );
 pub const REDUCE: Kernel = kernel!("reduce", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "GUARD", "SCAN_BUFS"]);
 pub const COPY_TABLE: Kernel = kernel!("copy_table", [], ["snapshot", "restore"], ["WG", "D"]);
