@@ -270,7 +270,10 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         out!("         {n}");
     }
     if cfg.naive {
-        out!("         naive: autograd's formula with ε = 0; rows at distance 0 from an anchor turn NaN");
+        out!(
+            "         naive: autograd's formula with ε = 0; rows at distance 0 from an anchor turn NaN{}",
+            if cfg.guard.policy == Policy::Ignore { "" } else { " (the guard refuses to write them)" }
+        );
     }
     out!(
         "table    {} × {} f32 ({:.1} MB) · anchors {},{} · endpoints {} · reduction {} · ε {:e} · lr {}",
