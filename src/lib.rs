@@ -21,6 +21,7 @@ pub mod record;
 pub mod reference;
 pub mod report;
 pub mod rng;
+pub mod sampler;
 pub mod scan;
 pub mod trainer;
 

@@ -3,10 +3,12 @@
 pub mod context;
 pub mod layout;
 mod pipes;
+pub mod sampler;
 pub mod scan;
 pub mod shaders;
 pub mod trainer;
 
 pub use context::GpuContext;
+pub use sampler::GpuSampler;
 pub use scan::{scan_values, TableScanner};
 pub use trainer::{GpuOptions, GpuTrainer, StepPath};

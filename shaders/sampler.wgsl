@@ -1,0 +1,40 @@
+// sampler.wgsl — SPEC §10's random batches: a keyed bijection on [0, R).
+// A balanced Feistel network on 2·HALF bits (the smallest even width with
+// 2^(2·HALF) ≥ R), four rounds of mix32, walks its own cycle until the value
+// lands in [0, R) (fewer than 4 rounds of walking on average: 2^(2·HALF) <
+// 4R). Keyed by (seed, epoch): each epoch is a fresh permutation, with no
+// table of indices anywhere. Needs rng.wgsl (mix32, counter_hash).
+// CPU mirror: `Sampler::permute` (src/sampler.rs).
+
+struct PermKey {
+    k: vec4<u32>,   // round keys
+    half: u32,      // bits per Feistel half
+    rows: u32,      // R
+}
+
+fn perm_key(seed_lo: u32, seed_hi: u32, epoch: u32, half: u32, rows: u32) -> PermKey {
+    let k = vec4<u32>(counter_hash(seed_lo, seed_hi, epoch, 0u, 7u), counter_hash(seed_lo, seed_hi, epoch, 1u, 7u),
+                      counter_hash(seed_lo, seed_hi, epoch, 2u, 7u), counter_hash(seed_lo, seed_hi, epoch, 3u, 7u));
+    return PermKey(k, half, rows);
+}
+
+fn feistel(key: PermKey, x: u32) -> u32 {
+    let mask = (1u << key.half) - 1u;
+    var l = x >> key.half;
+    var r = x & mask;
+    for (var round = 0u; round < 4u; round = round + 1u) {
+        let t = l ^ (mix32(r ^ key.k[round]) & mask);
+        l = r;
+        r = t;
+    }
+    return (l << key.half) | r;
+}
+
+// The position `x` of the epoch's permutation (x < R).
+fn permute(key: PermKey, x: u32) -> u32 {
+    var y = feistel(key, x);
+    while (y >= key.rows) {
+        y = feistel(key, y);
+    }
+    return y;
+}

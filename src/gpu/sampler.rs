@@ -1,0 +1,89 @@
+//! Host side of `shaders/sample.wgsl`: a step's random batch generated on
+//! the device (SPEC §10). CPU mirror: `crate::sampler::Sampler`.
+
+use std::sync::Arc;
+
+use super::context::GpuContext;
+use super::layout::grid;
+use super::pipes::{bind, read_mapped, readback, storage, uniform, Constants};
+use super::shaders;
+use crate::error::Result;
+use crate::sampler::{Sampler, Slot};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct SampleU {
+    seed_lo: u32,
+    seed_hi: u32,
+    epoch: u32,
+    start: u32,
+    count: u32,
+    rows: u32,
+    half: u32,
+    pad: u32,
+}
+
+/// Writes batches of a [`Sampler`] into a device buffer.
+pub struct GpuSampler {
+    ctx: Arc<GpuContext>,
+    sampler: Sampler,
+    wg: u32,
+    pipeline: wgpu::ComputePipeline,
+    params: wgpu::Buffer,
+    /// The batch's rows, `batch` u32 (or more for [`Self::positions`]).
+    pub rows: wgpu::Buffer,
+    group: wgpu::BindGroup,
+    capacity: u32,
+}
+
+impl GpuSampler {
+    /// A sampler whose buffer holds up to `capacity` rows.
+    pub fn new(ctx: Arc<GpuContext>, sampler: Sampler, capacity: u32) -> Self {
+        let wg = ctx.workgroup_size(256);
+        let consts = Constants { wg, dim: 1, mode: 0, naive: false, guard: 0, lanes: 1 };
+        let pipeline = consts.pipeline(&ctx, &shaders::SAMPLE, "main", &[]);
+        let params = uniform(&ctx, "sample params", &SampleU::zeroed_for(&sampler));
+        let rows = storage(&ctx, "batch rows", capacity as u64 * 4, wgpu::BufferUsages::COPY_SRC);
+        let group = bind(&ctx, &pipeline, &[&rows, &params]);
+        GpuSampler { ctx, sampler, wg, pipeline, params, rows, group, capacity }
+    }
+
+    /// Encodes the writing of `slot`'s rows into `self.rows[..slot.count]`.
+    pub fn encode(&self, enc: &mut wgpu::CommandEncoder, slot: Slot) {
+        let p =
+            SampleU { epoch: slot.epoch, start: slot.start, count: slot.count, ..SampleU::zeroed_for(&self.sampler) };
+        self.ctx.queue.write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.group, &[]);
+        let (x, y) = grid(slot.count.div_ceil(self.wg), self.ctx.max_groups());
+        pass.dispatch_workgroups(x, y, 1);
+    }
+
+    /// Positions `start .. start + count` of `epoch`'s permutation, read back
+    /// (tests and tools; count ≤ capacity).
+    pub fn positions(&self, epoch: u32, start: u32, count: u32) -> Result<Vec<u32>> {
+        let count = count.min(self.capacity);
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        self.encode(&mut enc, Slot { epoch, start, count });
+        let staging = readback(&self.ctx, "batch readback", count.max(1) as u64 * 4);
+        enc.copy_buffer_to_buffer(&self.rows, 0, &staging, 0, count as u64 * 4);
+        self.ctx.queue.submit([enc.finish()]);
+        Ok(bytemuck::cast_slice(&read_mapped(&self.ctx, &staging, count as u64 * 4)?).to_vec())
+    }
+}
+
+impl SampleU {
+    fn zeroed_for(s: &Sampler) -> Self {
+        SampleU {
+            seed_lo: s.seed as u32,
+            seed_hi: (s.seed >> 32) as u32,
+            epoch: 0,
+            start: 0,
+            count: 0,
+            rows: s.rows,
+            half: s.half_bits(),
+            pad: 0,
+        }
+    }
+}

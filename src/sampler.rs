@@ -1,0 +1,111 @@
+//! SPEC §10's random batches: each epoch is a pseudorandom permutation of
+//! the rows keyed by (seed, epoch); step s of an epoch takes positions
+//! [s·B, min((s + 1)·B, R)) of it, so a step never repeats a row and the
+//! last batch of an epoch is the remainder when B does not divide R (as a
+//! PyTorch `DataLoader` without `drop_last`). The permutation is a Feistel
+//! network with cycle-walking — `shaders/sampler.wgsl` computes the same
+//! integers on the device; this is its mirror, line for line.
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sampler {
+    pub rows: u32,
+    pub batch: u32,
+    pub seed: u64,
+}
+
+/// Where a step's batch lies: `count` positions from `start` of `epoch`'s permutation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub epoch: u32,
+    pub start: u32,
+    pub count: u32,
+}
+
+fn mix32(x: u32) -> u32 {
+    let mut h = x;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x7feb_352d);
+    h ^= h >> 15;
+    h = h.wrapping_mul(0x846c_a68b);
+    h ^= h >> 16;
+    h
+}
+
+/// `counter_hash` of rng.wgsl with stream 7 (the sampler's).
+fn round_key(seed: u64, epoch: u32, round: u32) -> u32 {
+    let mut h = mix32(seed as u32 ^ 0x9e37_79b9);
+    h = mix32(h ^ (seed >> 32) as u32);
+    h = mix32(h ^ epoch);
+    h = mix32(h ^ round);
+    mix32(h ^ 7)
+}
+
+impl Sampler {
+    pub fn new(rows: usize, batch: usize, seed: u64) -> Result<Self> {
+        if batch == 0 || batch > rows {
+            return Err(Error::invalid("--batch", format!("{batch} must be between 1 and the {rows} rows")));
+        }
+        let rows = u32::try_from(rows).map_err(|_| Error::invalid("--batch", "tables of 2^32 rows or more"))?;
+        Ok(Sampler { rows, batch: batch as u32, seed })
+    }
+
+    /// Bits per Feistel half: the smallest h with 2^(2h) ≥ R.
+    pub fn half_bits(&self) -> u32 {
+        let bits = 32 - (self.rows - 1).leading_zeros(); // ⌈log2 R⌉ (R ≥ 2)
+        bits.div_ceil(2).max(1)
+    }
+
+    pub fn steps_per_epoch(&self) -> u64 {
+        (self.rows as u64).div_ceil(self.batch as u64)
+    }
+
+    /// The batch of global step `step` (steps count from 0 across epochs).
+    pub fn slot(&self, step: u64) -> Slot {
+        let per = self.steps_per_epoch();
+        let start = (step % per) * self.batch as u64;
+        Slot {
+            epoch: (step / per) as u32,
+            start: start as u32,
+            count: (self.batch as u64).min(self.rows as u64 - start) as u32,
+        }
+    }
+
+    fn feistel(&self, k: &[u32; 4], x: u32) -> u32 {
+        let half = self.half_bits();
+        let mask = (1u32 << half) - 1;
+        let (mut l, mut r) = (x >> half, x & mask);
+        for key in k {
+            let t = l ^ (mix32(r ^ key) & mask);
+            l = r;
+            r = t;
+        }
+        (l << half) | r
+    }
+
+    fn keys(&self, epoch: u32) -> [u32; 4] {
+        [0, 1, 2, 3].map(|r| round_key(self.seed, epoch, r))
+    }
+
+    /// Cycle-walking: apply the network until the value is a row.
+    fn walk(&self, k: &[u32; 4], x: u32) -> u32 {
+        let mut y = self.feistel(k, x);
+        while y >= self.rows {
+            y = self.feistel(k, y);
+        }
+        y
+    }
+
+    /// Position `x` (< R) of `epoch`'s permutation.
+    pub fn permute(&self, epoch: u32, x: u32) -> u32 {
+        self.walk(&self.keys(epoch), x)
+    }
+
+    /// The rows of global step `step`.
+    pub fn batch_rows(&self, step: u64) -> Vec<u32> {
+        let s = self.slot(step);
+        let k = self.keys(s.epoch);
+        (s.start..s.start + s.count).map(|x| self.walk(&k, x)).collect()
+    }
+}
