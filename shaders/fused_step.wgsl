@@ -173,10 +173,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
                 }
             }
             let lane_bad = row_scan_bad(gs) || row_scan_bad(ts);
-            // (row_fold first: all lanes must reach its barriers; `||`
-            // would skip it for rows whose loss is already bad.)
             let lanes_bad = row_fold(lid, vec4<f32>(select(0.0, 1.0, lane_bad), 0.0, 0.0, 0.0)).x > 0.0;
-            let row_bad = loss_bad || lanes_bad;
+            let row_bad = lanes_bad;   // what would be written (the loss alone is reported)
             if (writes && !row_bad) {
                 for (var k = lane; k < D; k = k + L) {
                     let x = load_x(cur, base + k);

@@ -45,9 +45,13 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     }
     let total = workgroup_sum_max(lid, acc);
     let near_total = workgroup_sum_min_u32(lid, vec2<u32>(near, 0u)).x;
+    // SPEC §9 acts on what a step would write: the gradient and the rows
+    // written. A non-finite loss term alone is reported, not acted on (a
+    // row read with a non-finite value is poisoned, so it is in both).
     var bad = false;
     for (var buf = 0u; buf < SCAN_BUFS; buf = buf + 1u) {
-        bad = scan_collect(lid, buf, rp.count, state.stamp, slot + REC_HEADER + buf * SCAN_WORDS) || bad;
+        let found = scan_collect(lid, buf, rp.count, state.stamp, slot + REC_HEADER + buf * SCAN_WORDS);
+        bad = bad || (found && buf > 0u);
     }
     // Strike counts of the rows listed for the rows written (skip-row).
     storageBarrier();

@@ -142,6 +142,7 @@ fn scan_collect(lid: u32, buf: u32, nwg: u32, stamp: u32, out: u32) -> bool {
     for (var j = lid; j < SCAN_WORDS; j = j + WG) {
         scan_out[out + j] = 0u;
     }
+    storageBarrier();   // the zeros land before lane 0 and the listing lanes write
     if (hits == 0u) {
         return false;
     }

@@ -190,7 +190,8 @@ impl CpuTrainer {
             if new_bad {
                 out.scans.table.note_row(row as u64, tmp.iter().copied());
             }
-            if policy == Policy::SkipRow && (loss_bad || grad_bad || new_bad) {
+            // SPEC §9 acts on what would be written (reduce.wgsl likewise).
+            if policy == Policy::SkipRow && (grad_bad || new_bad) {
                 out.struck.push(row);
                 Write::Nothing
             } else {
@@ -247,7 +248,7 @@ impl CpuTrainer {
         for &row in &total.struck {
             self.strikes[row] += 1;
         }
-        let bad = !total.scans.is_clean();
+        let bad = !total.scans.grad.is_clean() || !total.scans.table.is_clean();
         let before = self.state;
         let action = self.state.decide(&cfg.guard, bad);
         if self.state.cur != before.cur {

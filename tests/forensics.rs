@@ -404,3 +404,46 @@ fn a_margin_stops_the_detached_collapse() {
         assert!(last.mean_excess() < 0.5 * recs[0].mean_excess(), "{name}: the excess falls, seed {seed}");
     }
 }
+
+#[test]
+fn scan_records_too_big_for_one_binding_are_refused_with_sizes() {
+    // 64-lane workgroups of one row per lane keep 192 bytes of scan records
+    // per 64 rows: 3 bytes a row, in one binding. Past the binding limit the
+    // table is refused before anything is allocated.
+    let ctx = gpu();
+    let rows = (ctx.max_binding_bytes() / 3 + 1000).min(u32::MAX as u64) as usize;
+    let shape = Shape::new(rows, 1).unwrap();
+    let opts = GpuOptions { workgroup: Some(64), lanes_per_row: Some(1), ..GpuOptions::default() };
+    let err = GpuTrainer::new(ctx, shape, StepConfig::for_rows(rows), TableSource::Random { seed: 1 }, opts)
+        .err()
+        .expect("refused");
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("{rows} rows")) && msg.contains("scan records"), "{msg}");
+}
+
+#[test]
+fn a_non_finite_loss_alone_is_reported_not_acted_on() {
+    // A row of 1e20s: s1 overflows to +Inf, so its loss term is +Inf, but
+    // 1/d1 = 0 makes its gradient 0 and its new value finite. SPEC §9 acts
+    // on what a step would write: the step is applied, the loss reported.
+    let seed = seed("loss_only");
+    let (rows, dim) = (100usize, 6usize);
+    let shape = Shape::new(rows, dim).unwrap();
+    let mut table = random_table(&mut rng(seed), rows, dim);
+    let big = 1 + (seed as usize % (rows - 2));
+    table[big * dim..][..dim].fill(1e20);
+    for policy in [Policy::SkipStep, Policy::SkipRow, Policy::Abort] {
+        let cfg = StepConfig { guard: Guard { policy, ..Guard::default() }, ..StepConfig::for_rows(rows) };
+        for (name, mut t) in trainers(shape, cfg, &table) {
+            let rec = t.steps(1).unwrap().remove(0);
+            assert_eq!(rec.action, Action::Applied, "{name} {policy:?}, seed {seed}");
+            assert_eq!(
+                (rec.scans.loss.rows.clone(), rec.scans.loss.pos_inf),
+                (vec![big as u64], 1),
+                "{name}, seed {seed}"
+            );
+            assert!(rec.scans.grad.is_clean() && rec.scans.table.is_clean(), "{name}, seed {seed}");
+            assert!(t.scan_table().unwrap().is_clean(), "{name}, seed {seed}");
+        }
+    }
+}

@@ -280,6 +280,18 @@ impl GpuTrainer {
         }
         let max_groups = opts.max_groups.unwrap_or(u32::MAX).clamp(1, ctx.max_groups());
         let layout = ChunkLayout::new(shape, ctx.max_binding_bytes(), opts.max_chunk_rows, wg, max_groups)?;
+        // The per-workgroup partials and scan findings, and skip-row's
+        // strikes, are single bindings over the whole table: refuse, with
+        // sizes, what they cannot hold, before anything is allocated.
+        let groups: u64 = layout.spans.iter().map(|s| (s.rows as u64).div_ceil((wg / lanes) as u64)).sum();
+        let strikes = if cfg.guard.policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
+        let biggest = (groups * 3 * 64).max(strikes);
+        if biggest > ctx.max_binding_bytes() {
+            return Err(shape.too_large(format!(
+                "its per-workgroup scan records need a {biggest}-byte binding, over the device's {}-byte limit",
+                ctx.max_binding_bytes()
+            )));
+        }
 
         // Allocation and pipeline creation inside error scopes: an
         // out-of-memory becomes a typed error naming the sizes, not a panic.
@@ -512,7 +524,7 @@ impl GpuTrainer {
     /// Overwrites the current table with N(0,1) from the counter RNG keyed
     /// by `seed`, generated on the device (init.wgsl).
     pub fn generate(&mut self, seed: u64) -> Result<()> {
-        if self.current()? != 0 {
+        if self.steps_done != 0 {
             return Err(Error::invalid("generate", "only before the first step"));
         }
         self.encode_generate(seed);
@@ -797,6 +809,17 @@ impl GpuTrainer {
             .collect())
     }
 
+    /// After a failed wait: let the device finish, and free every slot, so
+    /// that a later call starts from an empty ring.
+    fn reset_ring(&mut self) {
+        let _ = self.ctx.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None });
+        for s in &mut self.ring {
+            if s.pending.take().is_some() {
+                s.buffer.unmap();
+            }
+        }
+    }
+
     /// Runs `n` steps through the ring, or one evaluation when `n == 0`.
     fn run(&mut self, n: usize) -> Result<Vec<Record>> {
         if n > 0 && self.opts.path == StepPath::Staged {
@@ -822,7 +845,13 @@ impl GpuTrainer {
                 }
             }
             match in_flight.pop_front() {
-                Some(s) => out.extend(self.collect(s)?),
+                Some(s) => match self.collect(s) {
+                    Ok(records) => out.extend(records),
+                    Err(e) => {
+                        self.reset_ring();
+                        return Err(e);
+                    }
+                },
                 None => break,
             }
         }
