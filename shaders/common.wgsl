@@ -60,7 +60,11 @@ struct Params {
     backoff: f32,   // lr factor on rollback
     margin: f32,    // SPEC §3 separation margin m (0 = off)
     margin_weight: f32, // λ
+    momentum: f32,  // SPEC §5 μ
+    weight_decay: f32,
     _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 // One storage binding's share of the table (rows [row_base, row_base+rows)).
@@ -179,6 +183,12 @@ fn separation_coef(row: u32, a: u32, b: u32, d0: f32, m: f32, lambda: f32) -> f3
 // SPEC §5 with μ = 0 and wd = 0.
 fn sgd_update(x: f32, g: f32, lr: f32) -> f32 {
     return x - lr * g;
+}
+
+// SPEC §5: the step's direction v = μ·v_old + (g + wd·x) (PyTorch's SGD;
+// v_old = 0 without momentum). The row moves by −lr·v.
+fn sgd_direction(x: f32, g: f32, v_old: f32, mu: f32, wd: f32) -> f32 {
+    return mu * v_old + (g + wd * x);
 }
 
 // SPEC §4 endpoint modes: may this step write row `row`?

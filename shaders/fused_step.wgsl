@@ -30,6 +30,7 @@ override L: u32 = 1u;   // lanes per row
 // saw a non-finite value.
 const MAX_KEPT: u32 = 8u;
 override KEEP: bool = true;   // set by the host: D ≤ MAX_KEPT·L
+override MOMENTUM: bool = false;   // SPEC §5 μ > 0: a velocity buffer (double-buffered like the table)
 
 @group(0) @binding(0) var<storage, read_write> table_a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> table_b: array<f32>;   // a 16-byte stand-in when single-buffered
@@ -39,6 +40,8 @@ override KEEP: bool = true;   // set by the host: D ≤ MAX_KEPT·L
 @group(0) @binding(5) var<uniform> params: Params;
 @group(0) @binding(6) var<uniform> chunk: Chunk;
 @group(0) @binding(7) var<storage, read_write> strikes: array<u32>;   // skip-row only, per global row
+@group(0) @binding(11) var<storage, read_write> vel_a: array<f32>;    // momentum only: velocity, laid out as the table
+@group(0) @binding(12) var<storage, read_write> vel_b: array<f32>;
 
 var<workgroup> wg_flags: vec2<u32>;   // (state.cur, state.halted), made uniform
 var<workgroup> wg_near: atomic<u32>;
@@ -81,6 +84,28 @@ fn store_x(cur: u32, e: u32, v: f32) {
     }
 }
 
+fn load_v(cur: u32, e: u32) -> f32 {
+    if (!MOMENTUM) {
+        return 0.0;
+    }
+    if (cur == 0u) {
+        return vel_a[e];
+    }
+    return vel_b[e];
+}
+
+fn store_v(cur: u32, e: u32, v: f32) {
+    if (!MOMENTUM) {
+        return;
+    }
+    let dst = select(cur, 1u - cur, double_buffered());
+    if (dst == 0u) {
+        vel_a[e] = v;
+    } else {
+        vel_b[e] = v;
+    }
+}
+
 // Gradient and new value of column k. A row that read a non-finite value,
 // or where the naive formula divides by zero, gets NaN from bits: WGSL may
 // assume no NaN exists, so arithmetic is never trusted to make one.
@@ -90,8 +115,11 @@ fn grad_at(x: f32, k: u32, c: f32, inv_d1: f32, inv_d2: f32, sep: f32, poisoned:
     return select(row_grad(x, p, q, c, inv_d1, inv_d2) + sep * (p - q), nan(), poisoned);
 }
 
-fn new_value(x: f32, g: f32, lr: f32, poisoned: bool) -> f32 {
-    return select(sgd_update(x, g, lr), nan(), poisoned);
+// (new value, new velocity) of column k: SPEC §5's v = μ·v_old + g + wd·x,
+// x − lr·v; NaN from bits for a poisoned row.
+fn step_value(x: f32, g: f32, v_old: f32, lr: f32, poisoned: bool) -> vec2<f32> {
+    let v = select(sgd_direction(x, g, v_old, params.momentum, params.weight_decay), nan(), poisoned);
+    return vec2<f32>(select(sgd_update(x, v, lr), nan(), poisoned), v);
 }
 
 @compute @workgroup_size(WG)
@@ -120,6 +148,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     // s1, s2 over this lane's columns, and whether it read a non-finite value.
     var part = vec4<f32>(0.0, 0.0, 0.0, 0.0);
     var kept: array<f32, MAX_KEPT>;
+    var kept_v: array<f32, MAX_KEPT>;
     if (live) {
         for (var k = lane; k < D; k = k + L) {
             let x = load_x(cur, base + k);
@@ -169,7 +198,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
                     let x = load_x(cur, base + k);
                     let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned);
                     gs = row_scan_add(gs, k, g);
-                    ts = row_scan_add(ts, k, new_value(x, g, lr, poisoned));
+                    ts = row_scan_add(ts, k, step_value(x, g, load_v(cur, base + k), lr, poisoned).x);
                 }
             }
             let lane_bad = row_scan_bad(gs) || row_scan_bad(ts);
@@ -178,7 +207,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             if (writes && !row_bad) {
                 for (var k = lane; k < D; k = k + L) {
                     let x = load_x(cur, base + k);
-                    store_x(cur, base + k, new_value(x, grad_at(x, k, c, inv_d1, inv_d2, sep, false), lr, false));
+                    let g = grad_at(x, k, c, inv_d1, inv_d2, sep, false);
+                    let nv = step_value(x, g, load_v(cur, base + k), lr, false);
+                    store_x(cur, base + k, nv.x);
+                    store_v(cur, base + k, nv.y);
                 }
             }
             if (writes && row_bad && lane == 0u) {
@@ -190,35 +222,41 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             // the kept values for such a lane alone.
             var any_bad = false;
             for (var k = lane; k < D; k = k + L) {
-                let x = kept[min(k / L, MAX_KEPT - 1u)];
+                let j = min(k / L, MAX_KEPT - 1u);
+                let x = kept[j];
+                let v_old = load_v(cur, base + k);
+                kept_v[j] = v_old;
                 let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned);
-                let v = new_value(x, g, lr, poisoned);
-                any_bad = any_bad || is_nonfinite(g) || is_nonfinite(v);
-                store_x(cur, base + k, v);
+                let nv = step_value(x, g, v_old, lr, poisoned);
+                any_bad = any_bad || is_nonfinite(g) || is_nonfinite(nv.x);
+                store_x(cur, base + k, nv.x);
+                store_v(cur, base + k, nv.y);
             }
             if (SCAN && any_bad) {
                 for (var k = lane; k < D; k = k + L) {
-                    let x = kept[min(k / L, MAX_KEPT - 1u)];
-                    let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned);
+                    let j = min(k / L, MAX_KEPT - 1u);
+                    let g = grad_at(kept[j], k, c, inv_d1, inv_d2, sep, poisoned);
                     gs = row_scan_add(gs, k, g);
-                    ts = row_scan_add(ts, k, new_value(x, g, lr, poisoned));
+                    ts = row_scan_add(ts, k, step_value(kept[j], g, kept_v[j], lr, poisoned).x);
                 }
             }
         } else if (writes) {
             for (var k = lane; k < D; k = k + L) {
                 let x = load_x(cur, base + k);
                 let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned);
-                let v = new_value(x, g, lr, poisoned);
+                let nv = step_value(x, g, load_v(cur, base + k), lr, poisoned);
                 if (SCAN) {
                     gs = row_scan_add(gs, k, g);
-                    ts = row_scan_add(ts, k, v);
+                    ts = row_scan_add(ts, k, nv.x);
                 }
-                store_x(cur, base + k, v);
+                store_x(cur, base + k, nv.x);
+                store_v(cur, base + k, nv.y);
             }
         } else if (live && double_buffered()) {
             // Frozen anchors are carried into the next buffer unchanged.
             for (var k = lane; k < D; k = k + L) {
                 store_x(cur, base + k, load_x(cur, base + k));
+                store_v(cur, base + k, load_v(cur, base + k));
             }
         }
         if (SCAN && live) {

@@ -103,6 +103,10 @@ pub struct StepConfig {
     pub margin: f32,
     /// λ of the separation term.
     pub margin_weight: f32,
+    /// SPEC §5: SGD momentum μ (0: no velocity buffer).
+    pub momentum: f32,
+    /// SPEC §5: weight decay, added to the gradient as wd·W.
+    pub weight_decay: f32,
 }
 
 impl StepConfig {
@@ -119,6 +123,8 @@ impl StepConfig {
             guard: Guard::default(),
             margin: 0.0,
             margin_weight: 1.0,
+            momentum: 0.0,
+            weight_decay: 0.0,
         }
     }
 
@@ -140,7 +146,12 @@ impl StepConfig {
         if !self.eps.is_finite() || self.eps < 0.0 {
             return Err(Error::invalid("--eps", format!("{} must be finite and ≥ 0", self.eps)));
         }
-        for (opt, v) in [("--margin", self.margin), ("--margin-weight", self.margin_weight)] {
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            return Err(Error::invalid("--momentum", format!("{} must be in [0, 1)", self.momentum)));
+        }
+        for (opt, v) in
+            [("--margin", self.margin), ("--margin-weight", self.margin_weight), ("--weight-decay", self.weight_decay)]
+        {
             if !v.is_finite() || v < 0.0 {
                 return Err(Error::invalid(opt, format!("{v} must be finite and ≥ 0")));
             }

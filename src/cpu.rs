@@ -28,6 +28,9 @@ pub struct CpuTrainer {
     snapshot: Vec<f32>,
     /// skip-row: strikes per row.
     strikes: Vec<u32>,
+    /// momentum: the velocity (current, and next for double-buffered guards).
+    vel: Vec<f32>,
+    vel_next: Vec<f32>,
     state: GuardState,
     steps_done: u64,
 }
@@ -93,7 +96,21 @@ impl CpuTrainer {
         let next = if policy.double_buffered() { alloc(shape, n)? } else { Vec::new() };
         let snapshot = if policy == Policy::Rollback { alloc(shape, n)? } else { Vec::new() };
         let strikes = if policy == Policy::SkipRow { vec![0u32; shape.rows] } else { Vec::new() };
-        Ok(CpuTrainer { shape, cfg, table, next, snapshot, strikes, state: GuardState::new(cfg.lr), steps_done: 0 })
+        let momentum = cfg.momentum > 0.0;
+        let vel = if momentum { alloc(shape, n)? } else { Vec::new() };
+        let vel_next = if momentum && policy.double_buffered() { alloc(shape, n)? } else { Vec::new() };
+        Ok(CpuTrainer {
+            shape,
+            cfg,
+            table,
+            next,
+            snapshot,
+            strikes,
+            vel,
+            vel_next,
+            state: GuardState::new(cfg.lr),
+            steps_done: 0,
+        })
     }
 
     /// One pass over the table: forward always, update when `update`.
@@ -127,7 +144,15 @@ impl CpuTrainer {
         // One row, as one lane of fused_step.wgsl: computes the row's new
         // values into `tmp` (the next buffer's row, or scratch for in-place
         // policies) and says what to do with them.
-        let row_step = |row: usize, x: &[f32], update: bool, tmp: &mut [f32], out: &mut BlockOut| -> Write {
+        let (mu, wd) = (cfg.momentum, cfg.weight_decay);
+        let row_step = |row: usize,
+                        x: &[f32],
+                        v_old: &[f32],
+                        update: bool,
+                        tmp: &mut [f32],
+                        vtmp: &mut [f32],
+                        out: &mut BlockOut|
+         -> Write {
             let (mut s1, mut s2) = (0.0f32, 0.0f32);
             for ((&xk, &pk), &qk) in x.iter().zip(p).zip(q) {
                 let (t1, t2) = (xk - pk, xk - qk);
@@ -174,13 +199,21 @@ impl CpuTrainer {
             let (mut grad_bad, mut new_bad) = (poisoned, poisoned);
             if poisoned {
                 tmp.fill(f32::NAN);
+                vtmp.fill(f32::NAN);
             } else {
-                // Branch-free over the columns, so that it vectorises.
-                for (((t, &xk), &pk), &qk) in tmp.iter_mut().zip(x).zip(p).zip(q) {
+                // SPEC §5: v = μ·v_old + (g + wd·x), x ← x − lr·v (sgd_direction
+                // of common.wgsl; v_old = 0 without momentum).
+                for k in 0..d {
+                    let (xk, pk, qk) = (x[k], p[k], q[k]);
                     let g = c * ((xk - pk) * inv_d1 + (xk - qk) * inv_d2) + sep * (pk - qk);
-                    *t = xk - lr * g;
+                    let vo = if v_old.is_empty() { 0.0 } else { v_old[k] };
+                    let v = mu * vo + (g + wd * xk);
+                    tmp[k] = xk - lr * v;
+                    if !vtmp.is_empty() {
+                        vtmp[k] = v;
+                    }
                     grad_bad |= nonfinite(g);
-                    new_bad |= nonfinite(*t);
+                    new_bad |= nonfinite(tmp[k]);
                 }
             }
             // The scans' bookkeeping runs only for rows with findings.
@@ -200,32 +233,62 @@ impl CpuTrainer {
         };
 
         let chunk = BLOCK_ROWS * d;
+        let nblocks = self.table.len().div_ceil(chunk);
+        // Velocity blocks beside the table's (empty slices without momentum).
+        fn blocks_of(v: &mut [f32], chunk: usize, n: usize) -> Vec<&mut [f32]> {
+            if v.is_empty() {
+                (0..n).map(|_| &mut [][..]).collect()
+            } else {
+                v.chunks_mut(chunk).collect()
+            }
+        }
+        fn row_of(v: &[f32], i: usize, d: usize) -> &[f32] {
+            if v.is_empty() {
+                &[]
+            } else {
+                &v[i * d..][..d]
+            }
+        }
         let blocks: Vec<BlockOut> = if update && policy.double_buffered() {
             let (table, next) = (&self.table, &mut self.next);
+            let vel = blocks_of(&mut self.vel, chunk, nblocks);
+            let vel_next = blocks_of(&mut self.vel_next, chunk, nblocks);
             table
                 .par_chunks(chunk)
                 .zip(next.par_chunks_mut(chunk))
+                .zip(vel.into_par_iter().zip(vel_next.into_par_iter()))
                 .enumerate()
-                .map(|(blk, (src, dst))| {
+                .map(|(blk, ((src, dst), (v, vn)))| {
                     let mut out = BlockOut::default();
                     for (i, (x, y)) in src.chunks_exact(d).zip(dst.chunks_exact_mut(d)).enumerate() {
-                        // The new values land in the next buffer directly.
-                        if let Write::Copy = row_step(blk * BLOCK_ROWS + i, x, true, y, &mut out) {
+                        let vo = row_of(v, i, d);
+                        let vy: &mut [f32] = if vn.is_empty() { &mut [] } else { &mut vn[i * d..][..d] };
+                        // The new values land in the next buffers directly.
+                        if let Write::Copy = row_step(blk * BLOCK_ROWS + i, x, vo, true, y, vy, &mut out) {
                             y.copy_from_slice(x);
+                            vy.copy_from_slice(vo);
                         }
                     }
                     out
                 })
                 .collect()
         } else {
+            let vel = blocks_of(&mut self.vel, chunk, nblocks);
             self.table
                 .par_chunks_mut(chunk)
+                .zip(vel.into_par_iter())
                 .enumerate()
-                .map(|(blk, rows)| {
-                    let (mut out, mut tmp) = (BlockOut::default(), vec![0.0f32; d]);
+                .map(|(blk, (rows, v))| {
+                    let mut out = BlockOut::default();
+                    let (mut tmp, mut vtmp) = (vec![0.0f32; d], vec![0.0f32; if v.is_empty() { 0 } else { d }]);
                     for (i, x) in rows.chunks_exact_mut(d).enumerate() {
-                        if let Write::Tmp = row_step(blk * BLOCK_ROWS + i, x, update, &mut tmp, &mut out) {
+                        let vo = row_of(v, i, d);
+                        if let Write::Tmp = row_step(blk * BLOCK_ROWS + i, x, vo, update, &mut tmp, &mut vtmp, &mut out)
+                        {
                             x.copy_from_slice(&tmp);
+                            if !v.is_empty() {
+                                v[i * d..][..d].copy_from_slice(&vtmp);
+                            }
                         }
                     }
                     out
@@ -253,10 +316,12 @@ impl CpuTrainer {
         let action = self.state.decide(&cfg.guard, bad);
         if self.state.cur != before.cur {
             std::mem::swap(&mut self.table, &mut self.next);
+            std::mem::swap(&mut self.vel, &mut self.vel_next);
             self.state.cur = 0; // the host keeps the current table in `table`
         }
         if self.state.restore {
             self.table.copy_from_slice(&self.snapshot);
+            self.vel.fill(0.0); // copy_table.wgsl: the velocity restarts
             self.state.restore = false;
         }
         self.steps_done += 1;

@@ -110,6 +110,12 @@ struct TrainArgs {
     /// frozen: anchors never change; detached: anchors get the row term only.
     #[arg(long, value_enum, default_value_t = Endpoints::Frozen)]
     endpoints: Endpoints,
+    /// SGD momentum μ in [0, 1) (PyTorch semantics; 0: no velocity buffer).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    momentum: f32,
+    /// Weight decay: wd·W added to the gradient.
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    weight_decay: f32,
     /// Keep the anchors at least this far apart (detached, attached; 0 = off).
     #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
     margin: f32,
@@ -235,6 +241,8 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     cfg.lr = args.lr;
     cfg.reduction = args.reduction;
     cfg.endpoints = args.endpoints;
+    cfg.momentum = args.momentum;
+    cfg.weight_decay = args.weight_decay;
     cfg.margin = args.margin;
     cfg.margin_weight = args.margin_weight;
     cfg.guard = Guard {

@@ -5,15 +5,22 @@
 use crate::config::{Shape, StepConfig};
 use crate::record::Record;
 
-/// One full-table step of `table` (R × D, row-major) in f64.
-/// Returns the forward record at the table before the update.
+/// One full-table step of `table` (R × D, row-major) in f64, without
+/// momentum. Returns the forward record at the table before the update.
 pub fn step(table: &mut [f64], shape: Shape, cfg: &StepConfig) -> Record {
+    assert!(cfg.momentum == 0.0, "with momentum, use step_with_velocity");
+    step_with_velocity(table, &mut [], shape, cfg)
+}
+
+/// One full-table step with SPEC §5's velocity `vel` (R × D, zeros at the
+/// start; empty when μ = 0).
+pub fn step_with_velocity(table: &mut [f64], vel: &mut [f64], shape: Shape, cfg: &StepConfig) -> Record {
     let rows: Vec<usize> = (0..shape.rows).collect();
-    step_batch(table, shape, cfg, &rows)
+    step_batch(table, vel, shape, cfg, &rows)
 }
 
 /// One step over the batch `rows` (no duplicates), in f64.
-pub fn step_batch(table: &mut [f64], shape: Shape, cfg: &StepConfig, rows: &[usize]) -> Record {
+pub fn step_batch(table: &mut [f64], vel: &mut [f64], shape: Shape, cfg: &StepConfig, rows: &[usize]) -> Record {
     let d = shape.dim;
     let eps = cfg.eps as f64;
     // SPEC §2: the whole step reads the snapshot, whatever it writes to a, b.
@@ -37,7 +44,7 @@ pub fn step_batch(table: &mut [f64], shape: Shape, cfg: &StepConfig, rows: &[usi
         action: crate::guard::Action::Applied,
         scans: Default::default(),
     };
-    let mut updates: Vec<(usize, Vec<f64>)> = Vec::with_capacity(rows.len());
+    let mut updates: Vec<(usize, Vec<f64>, Vec<f64>)> = Vec::with_capacity(rows.len());
     for &i in rows {
         let x = &table[i * d..][..d];
         let s1: f64 = (0..d).map(|k| (x[k] - p[k]) * (x[k] - p[k])).sum();
@@ -67,21 +74,28 @@ pub fn step_batch(table: &mut [f64], shape: Shape, cfg: &StepConfig, rows: &[usi
             // SPEC §6: autograd's 0·(1/sqrt(0)) = NaN in every column; a row
             // that read a non-finite value is NaN too (fused_step.wgsl).
             let blown = (cfg.naive && (s1 == 0.0 || s2 == 0.0)) || x.iter().any(|v| !v.is_finite());
-            let new: Vec<f64> = (0..d)
+            // SPEC §5: v = μ·v_old + (g + wd·x), x ← x − lr·v.
+            let (mu, wd) = (cfg.momentum as f64, cfg.weight_decay as f64);
+            let (new, v): (Vec<f64>, Vec<f64>) = (0..d)
                 .map(|k| {
                     let g = c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2) + sep * (p[k] - q[k]);
+                    let v_old = if vel.is_empty() { 0.0 } else { vel[i * d + k] };
+                    let v = mu * v_old + (g + wd * x[k]);
                     if blown {
-                        f64::NAN
+                        (f64::NAN, f64::NAN)
                     } else {
-                        x[k] - cfg.lr as f64 * g
+                        (x[k] - cfg.lr as f64 * v, v)
                     }
                 })
-                .collect();
-            updates.push((i, new));
+                .unzip();
+            updates.push((i, new, v));
         }
     }
-    for (i, new) in updates {
+    for (i, new, v) in updates {
         table[i * d..][..d].copy_from_slice(&new);
+        if !vel.is_empty() {
+            vel[i * d..][..d].copy_from_slice(&v);
+        }
     }
     rec
 }
@@ -89,7 +103,7 @@ pub fn step_batch(table: &mut [f64], shape: Shape, cfg: &StepConfig, rows: &[usi
 /// Forward evaluation of the full table, no update.
 pub fn evaluate(table: &[f64], shape: Shape, cfg: &StepConfig) -> Record {
     let mut copy = table.to_vec();
-    let frozen = StepConfig { lr: 0.0, ..*cfg };
+    let frozen = StepConfig { lr: 0.0, momentum: 0.0, ..*cfg };
     step(&mut copy, shape, &frozen)
 }
 

@@ -117,6 +117,7 @@ fn check(backend: Backend, shape: Shape, cfg: StepConfig, seed: u64) {
             redraw(&mut table, i);
         }
     }
+    let mut vel = if cfg.momentum > 0.0 { vec![0.0f64; table.len()] } else { Vec::new() };
     let mut want = to_f64(&table);
     let mut t = open(backend, shape, cfg, table);
     let mut done = 0;
@@ -124,7 +125,7 @@ fn check(backend: Backend, shape: Shape, cfg: StepConfig, seed: u64) {
         let got_records = t.steps(n).unwrap();
         assert_eq!(got_records.len(), n, "{ctx}");
         for (i, got) in got_records.iter().enumerate() {
-            let r = reference::step(&mut want, shape, &cfg);
+            let r = reference::step_with_velocity(&mut want, &mut vel, shape, &cfg);
             let step = done + i;
             assert!(rel(got.d0, r.d0) <= TOL, "{ctx}: d0 at step {step}: {} vs {}", got.d0, r.d0);
             assert!(
@@ -203,6 +204,9 @@ fn sweep(name: &str, backend_for: impl Fn(usize) -> Backend) {
                             // anchors move 0.7·LR a step either way.
                             margin: if case.is_multiple_of(3) && !staged { 100.0 } else { 0.0 },
                             margin_weight: 0.7 * LR / lr,
+                            // Every fourth case: SGD with momentum and decay.
+                            momentum: if case % 4 == 1 && !staged { 0.5 } else { 0.0 },
+                            weight_decay: if case % 4 == 1 && !staged { 0.1 } else { 0.0 },
                         };
                         check(backend, shape, cfg, seed.wrapping_add(case));
                     }

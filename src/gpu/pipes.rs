@@ -99,6 +99,8 @@ pub struct Constants {
     pub guard: u32,
     /// fused_step.wgsl's L: lanes per row.
     pub lanes: u32,
+    /// SPEC §5 μ > 0: the kernels keep a velocity buffer.
+    pub momentum: bool,
 }
 
 impl Constants {
@@ -111,6 +113,7 @@ impl Constants {
             ("NAIVE", if self.naive { 1.0 } else { 0.0 }),
             ("GUARD", self.guard as f64),
             ("L", self.lanes as f64),
+            ("MOMENTUM", if self.momentum { 1.0 } else { 0.0 }),
             // fused_step.wgsl keeps a lane's columns in registers up to 8.
             ("KEEP", if self.dim <= 8 * self.lanes { 1.0 } else { 0.0 }),
         ];

@@ -40,7 +40,7 @@ impl GpuSampler {
     /// A sampler whose buffer holds up to `capacity` rows.
     pub fn new(ctx: Arc<GpuContext>, sampler: Sampler, capacity: u32) -> Self {
         let wg = ctx.workgroup_size(256);
-        let consts = Constants { wg, dim: 1, mode: 0, naive: false, guard: 0, lanes: 1 };
+        let consts = Constants { wg, dim: 1, mode: 0, naive: false, guard: 0, lanes: 1, momentum: false };
         let pipeline = consts.pipeline(&ctx, &shaders::SAMPLE, "main", &[]);
         let params = uniform(&ctx, "sample params", &SampleU::zeroed_for(&sampler));
         let rows = storage(&ctx, "batch rows", capacity as u64 * 4, wgpu::BufferUsages::COPY_SRC);

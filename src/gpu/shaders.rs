@@ -47,10 +47,10 @@ pub const FUSED_STEP: Kernel = kernel!(
     "fused_step",
     [REDUCE_WG, SCAN],
     ["main"],
-    ["WG", "D", "MODE", "NAIVE", "GUARD", "UPDATE", "SCAN", "L", "KEEP", "SCAN_BUFS"]
+    ["WG", "D", "MODE", "NAIVE", "GUARD", "UPDATE", "SCAN", "L", "KEEP", "MOMENTUM", "SCAN_BUFS"]
 );
 pub const REDUCE: Kernel = kernel!("reduce", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "GUARD", "SCAN_BUFS"]);
-pub const COPY_TABLE: Kernel = kernel!("copy_table", [], ["snapshot", "restore"], ["WG", "D"]);
+pub const COPY_TABLE: Kernel = kernel!("copy_table", [], ["snapshot", "restore"], ["WG", "D", "MOMENTUM"]);
 pub const SCAN_TABLE: Kernel = kernel!("scan_table", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "SCAN_BUFS"]);
 pub const SCAN_FINISH: Kernel = kernel!("scan_finish", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "SCAN_BUFS"]);
 pub const SAMPLE: Kernel = kernel!("sample", [RNG, SAMPLER], ["main"], ["WG"]);

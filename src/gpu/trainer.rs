@@ -103,7 +103,9 @@ struct ParamsU {
     backoff: f32,
     margin: f32,
     margin_weight: f32,
-    pad: u32,
+    momentum: f32,
+    weight_decay: f32,
+    pad: [u32; 3],
 }
 
 #[repr(C)]
@@ -156,7 +158,9 @@ fn params_u(shape: Shape, cfg: &StepConfig) -> ParamsU {
         backoff: cfg.guard.backoff,
         margin: cfg.margin,
         margin_weight: cfg.margin_weight,
-        pad: 0,
+        momentum: cfg.momentum,
+        weight_decay: cfg.weight_decay,
+        pad: [0; 3],
     }
 }
 
@@ -167,6 +171,8 @@ struct GpuChunk {
     b: Option<wgpu::Buffer>,
     /// rollback: this chunk's snapshot.
     snap: Option<wgpu::Buffer>,
+    /// momentum: the velocity, A and B like the table.
+    vel: Option<(wgpu::Buffer, Option<wgpu::Buffer>)>,
     uniform: wgpu::Buffer,
     /// Workgroups of one-row-per-invocation kernels over this chunk.
     row_groups: u32,
@@ -264,8 +270,11 @@ impl GpuTrainer {
         if opts.path == StepPath::Staged && cfg.guard.policy != Policy::Ignore {
             return Err(Error::invalid("--on-nonfinite", "the staged GPU path has no guard; use `ignore` with it"));
         }
-        if opts.path == StepPath::Staged && cfg.margin > 0.0 {
-            return Err(Error::invalid("--margin", "the staged GPU path has no separation term"));
+        if opts.path == StepPath::Staged && (cfg.margin > 0.0 || cfg.momentum > 0.0 || cfg.weight_decay > 0.0) {
+            return Err(Error::invalid(
+                "--margin",
+                "the staged GPU path has plain SGD only (no margin, momentum or decay)",
+            ));
         }
         if !opts.fused_scans && cfg.guard.policy != Policy::Ignore {
             return Err(Error::invalid("--on-nonfinite", "a guard needs the fused scans; use `ignore` without them"));
@@ -343,6 +352,10 @@ impl GpuTrainer {
                     a: storage(&ctx, "table A", bytes, table_usage),
                     b: policy.double_buffered().then(|| storage(&ctx, "table B", bytes, table_usage)),
                     snap: (policy == Policy::Rollback).then(|| storage(&ctx, "snapshot", bytes, table_usage)),
+                    vel: (cfg.momentum > 0.0).then(|| {
+                        let b = policy.double_buffered().then(|| storage(&ctx, "velocity B", bytes, table_usage));
+                        (storage(&ctx, "velocity A", bytes, table_usage), b)
+                    }),
                     uniform: uniform(
                         &ctx,
                         "chunk",
@@ -404,6 +417,14 @@ impl GpuTrainer {
         fn b_or_a(c: &GpuChunk) -> &wgpu::Buffer {
             c.b.as_ref().unwrap_or(&c.a)
         }
+        // Velocity bindings, or 16-byte stand-ins without momentum (B: A
+        // again when single-buffered would alias a writable binding).
+        fn vel_a<'a>(c: &'a GpuChunk, dummy: &'a wgpu::Buffer) -> &'a wgpu::Buffer {
+            c.vel.as_ref().map_or(dummy, |v| &v.0)
+        }
+        fn vel_b<'a>(c: &'a GpuChunk, dummy: &'a wgpu::Buffer) -> &'a wgpu::Buffer {
+            c.vel.as_ref().and_then(|v| v.1.as_ref()).unwrap_or(dummy)
+        }
         let group = bind(
             &ctx,
             &p,
@@ -432,6 +453,8 @@ impl GpuTrainer {
                             (7, &strikes),
                             (8, &detail),
                             (9, &hits),
+                            (11, vel_a(c, &dummy)),
+                            (12, vel_b(c, &dummy)),
                         ],
                     )
                 })
@@ -468,7 +491,11 @@ impl GpuTrainer {
                     .iter()
                     .map(|c| {
                         let (b, s) = (c.b.as_ref().unwrap_or(&dummy), c.snap.as_ref().unwrap_or(&dummy));
-                        bind(&ctx, &p, &[&c.a, b, s, &state, &c.uniform])
+                        let mut bufs = vec![&c.a, b, s, &state, &c.uniform];
+                        if entry == "restore" {
+                            bufs.extend([vel_a(c, &dummy), vel_b(c, &dummy)]);
+                        }
+                        bind(&ctx, &p, &bufs)
                     })
                     .collect();
                 Pass { pipeline: p, groups }
@@ -873,6 +900,7 @@ impl Constants {
             naive: cfg.naive,
             guard: cfg.guard.policy.shader_value(),
             lanes: 1,
+            momentum: cfg.momentum > 0.0,
         }
     }
 }
