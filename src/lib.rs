@@ -8,8 +8,13 @@
 //! - `shaders/*.wgsl` — one kernel per file; [`gpu::shaders`] composes them.
 //! - [`gpu::GpuTrainer`] — host side of the kernels: buffers, pipelines, steps.
 //! - [`cpu::CpuTrainer`] — the same math in Rust (rayon).
-//! - [`reference`] — float64 mirror of the shaders, for the tests.
+//! - [`mod@reference`] — float64 mirror of the shaders, for the tests.
+//! - [`scan`], [`guard`], [`record`] — SPEC §7–§9: non-finite scans, the
+//!   guard policies, what each step reports.
+//! - [`backend::open`] — a trainer on a hardware GPU or the CPU; see
+//!   `examples/train_table.rs` for a whole program.
 
+pub mod backend;
 pub mod config;
 pub mod cpu;
 pub mod diagnose;

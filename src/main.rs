@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use latent_line::gpu::{GpuContext, GpuOptions, GpuTrainer};
+use latent_line::gpu::GpuContext;
 use latent_line::guard::{Action, Guard, Policy};
 use latent_line::report::{action_words, collapse_step, median, Event, Report, StepEntry, Summary};
 use latent_line::scan::scan_rows;
-use latent_line::{cpu::CpuTrainer, npy, Endpoints, Reduction, Shape, StepConfig, TableSource, Trainer};
+use latent_line::{npy, Endpoints, Reduction, Shape, StepConfig, TableSource, Trainer};
 
 /// `println!` that never panics: a closed stdout (`| head`) must not turn a
 /// finished run into a crash; the files and the exit code still tell.
@@ -67,16 +67,7 @@ enum Outcome {
     NonFinite,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-enum BackendChoice {
-    /// A hardware GPU if there is one, otherwise the CPU backend.
-    Auto,
-    /// wgpu, on whatever adapter is chosen (software ones included).
-    Gpu,
-    /// The multi-threaded CPU backend.
-    Cpu,
-}
+use latent_line::backend::Backend as BackendChoice;
 
 #[derive(Args, Clone, Debug, serde::Serialize)]
 struct TrainArgs {
@@ -517,34 +508,13 @@ fn name(v: impl ValueEnum) -> String {
     v.to_possible_value().map(|p| p.get_name().to_owned()).unwrap_or_default()
 }
 
-/// Picks the backend. `auto` takes a hardware GPU and otherwise the CPU,
-/// saying why.
+/// Picks the backend (see `latent_line::backend::open`).
 fn open_trainer(
     args: &TrainArgs,
     shape: Shape,
     cfg: StepConfig,
     source: TableSource,
 ) -> anyhow::Result<(Box<dyn Trainer>, Option<String>)> {
-    let cpu = |source| -> anyhow::Result<Box<dyn Trainer>> { Ok(Box::new(CpuTrainer::new(shape, cfg, source)?)) };
-    match args.backend {
-        BackendChoice::Cpu => Ok((cpu(source)?, None)),
-        BackendChoice::Gpu => {
-            let ctx = Arc::new(GpuContext::new(args.adapter.as_deref())?);
-            Ok((Box::new(GpuTrainer::new(ctx, shape, cfg, source, GpuOptions::default())?), None))
-        }
-        BackendChoice::Auto => match GpuContext::new(args.adapter.as_deref()) {
-            Ok(ctx) if ctx.is_software() && args.adapter.is_none() => Ok((
-                cpu(source)?,
-                Some(format!(
-                    "auto: the only GPU adapter is a software one ({}), so the CPU backend runs instead",
-                    ctx.info.name
-                )),
-            )),
-            Ok(ctx) => Ok((Box::new(GpuTrainer::new(Arc::new(ctx), shape, cfg, source, GpuOptions::default())?), None)),
-            Err(latent_line::Error::NoAdapter(why)) if args.adapter.is_none() => {
-                Ok((cpu(source)?, Some(format!("auto: no GPU adapter ({why}); the CPU backend runs instead"))))
-            }
-            Err(e) => Err(e.into()),
-        },
-    }
+    let o = latent_line::backend::open(args.backend, args.adapter.as_deref(), shape, cfg, source)?;
+    Ok((o.trainer, o.note))
 }

@@ -1,7 +1,7 @@
 //! Host side of the table scan (SPEC §7): `shaders/scan_table.wgsl` over
 //! each chunk, then `scan_finish.wgsl` folds the findings into one block.
 //! Used by `latent-line scan` ([`scan_values`]) and by
-//! [`super::GpuTrainer::scan_table`]. CPU mirror: `crate::scan::scan_rows`.
+//! `GpuTrainer::scan_table` (the `Trainer` trait). CPU mirror: `crate::scan::scan_rows`.
 
 use std::sync::Arc;
 

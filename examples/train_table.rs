@@ -1,0 +1,88 @@
+//! latent-line as a library: train an embedding table from a Rust program,
+//! without the command line.
+//!
+//! ```sh
+//! cargo run --release --example train_table          # auto: a hardware GPU, else the CPU
+//! cargo run --release --example train_table -- gpu   # any GPU adapter (lavapipe too)
+//! ```
+//!
+//! It builds a table of codes, opens it on a hardware GPU when there is one
+//! (else the CPU backend), trains it under the NaN guard, plants a NaN to
+//! show the guard refusing a step, reads the metrics and the scans, and
+//! saves the table as `.npy`. It exits non-zero if training did not do what
+//! it should, so CI runs it as a test.
+
+use anyhow::{ensure, Context};
+use latent_line::backend::{self, Backend};
+use latent_line::{npy, Action, Endpoints, Guard, Policy, Shape, StepConfig, TableSource};
+
+fn main() -> anyhow::Result<()> {
+    // 1. A table: 20 000 codes of 16 numbers (here made up; yours would come
+    //    from a checkpoint, e.g. `npy::load`).
+    let (rows, dim) = (20_000usize, 16usize);
+    let shape = Shape::new(rows, dim)?;
+    let table: Vec<f32> = (0..rows * dim).map(|i| ((i * 2_654_435_761) % 10_000) as f32 / 2_500.0 - 2.0).collect();
+
+    // 2. The step: anchors are rows 0 and R−1, kept apart by a margin while
+    //    they train with the rest (`detached`), SGD with momentum, and the
+    //    default guard (a step that would write NaN or ±Inf is skipped).
+    let cfg = StepConfig {
+        endpoints: Endpoints::Detached,
+        margin: 2.0,
+        lr: 0.05,
+        momentum: 0.5,
+        guard: Guard { policy: Policy::SkipStep, ..Guard::default() },
+        ..StepConfig::for_rows(rows)
+    };
+
+    // 3. A device: a hardware GPU if there is one, else the CPU backend
+    //    (or what the first argument says: auto, gpu, cpu).
+    let choice = match std::env::args().nth(1) {
+        Some(a) => <Backend as clap::ValueEnum>::from_str(&a, true).map_err(anyhow::Error::msg)?,
+        None => Backend::Auto,
+    };
+    let opened = backend::open(choice, None, shape, cfg, TableSource::Data(table))?;
+    let mut t = opened.trainer;
+    let dev = t.device_info();
+    println!("device: {} · {}", dev.backend, dev.adapter);
+    if let Some(why) = opened.note {
+        println!("        {why}");
+    }
+
+    // 4. Train, and read the metrics of every step.
+    let records = t.steps(200)?;
+    let (first, last) = (&records[0], &records[records.len() - 1]);
+    println!(
+        "mean excess {:.4} → {:.6} · d0 {:.3} → {:.3} · near-singular rows {}",
+        first.mean_excess(),
+        last.mean_excess(),
+        first.d0,
+        last.d0,
+        last.near_singular
+    );
+    ensure!(last.mean_excess() < 0.1 * first.mean_excess(), "the excess did not fall");
+    ensure!(last.d0 > 1.5, "the margin did not keep the anchors apart: d0 = {}", last.d0);
+
+    // 5. A NaN appears in row 123: the guard refuses the steps that would
+    //    spread it, and the scans say where it is.
+    let mut bad = vec![0.5f32; dim];
+    bad[7] = f32::NAN;
+    t.write_row(123, &bad)?;
+    let rec = t.steps(1)?.remove(0);
+    println!("after planting a NaN: action {:?} · rows written: {}", rec.action, rec.scans.table.describe());
+    ensure!(rec.action == Action::SkippedStep, "the guard did not skip the step");
+    ensure!(rec.scans.table.rows == vec![123], "the scan did not find row 123");
+    let found = t.scan_table()?;
+    ensure!(found.first.map(|f| (f.row, f.col)) == Some((123, 7)), "table scan: {}", found.describe());
+    t.write_row(123, &[0.5; 16])?; // fixed: training goes on
+    ensure!(t.steps(1)?[0].action == Action::Applied, "the step after the fix was not applied");
+
+    // 6. Save the table (atomically: a temporary file, then a rename).
+    let out = std::env::temp_dir().join("latent-line-example.npy");
+    npy::save(&out, shape, &t.read_table()?).with_context(|| format!("saving {}", out.display()))?;
+    let back = npy::load(&out)?;
+    ensure!(back.shape == shape && back.data.iter().all(|v| v.is_finite()), "the saved table is not the trained one");
+    println!("saved {}", out.display());
+    std::fs::remove_file(&out)?;
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! Choosing where a table trains (SPEC §14): `auto` takes a hardware GPU and
+//! otherwise the CPU backend, saying why. Shared by the command line and by
+//! programs that use the library directly (see `examples/train_table.rs`).
+
+use std::sync::Arc;
+
+use crate::config::{Shape, StepConfig};
+use crate::cpu::CpuTrainer;
+use crate::error::{Error, Result};
+use crate::gpu::{GpuContext, GpuOptions, GpuTrainer};
+use crate::trainer::{TableSource, Trainer};
+
+/// `--backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// A hardware GPU if there is one, otherwise the CPU backend.
+    Auto,
+    /// wgpu, on whatever adapter is chosen (software ones included).
+    Gpu,
+    /// The multi-threaded CPU backend.
+    Cpu,
+}
+
+/// A trainer, and why `auto` chose what it chose (when it had to choose).
+pub struct Opened {
+    pub trainer: Box<dyn Trainer>,
+    pub note: Option<String>,
+}
+
+/// Opens a trainer for `shape` and `cfg` on `backend`; `adapter` picks a GPU
+/// adapter by name (else `WGPU_ADAPTER_NAME`).
+pub fn open(
+    backend: Backend,
+    adapter: Option<&str>,
+    shape: Shape,
+    cfg: StepConfig,
+    source: TableSource,
+) -> Result<Opened> {
+    let cpu = |source, note| -> Result<Opened> {
+        Ok(Opened { trainer: Box::new(CpuTrainer::new(shape, cfg, source)?), note })
+    };
+    let gpu = |ctx: GpuContext, source| -> Result<Opened> {
+        let t = GpuTrainer::new(Arc::new(ctx), shape, cfg, source, GpuOptions::default())?;
+        Ok(Opened { trainer: Box::new(t), note: None })
+    };
+    match backend {
+        Backend::Cpu => cpu(source, None),
+        Backend::Gpu => gpu(GpuContext::new(adapter)?, source),
+        Backend::Auto => match GpuContext::new(adapter) {
+            Ok(ctx) if ctx.is_software() && adapter.is_none() => {
+                let why = format!(
+                    "auto: the only GPU adapter is a software one ({}), so the CPU backend runs instead",
+                    ctx.info.name
+                );
+                cpu(source, Some(why))
+            }
+            Ok(ctx) => gpu(ctx, source),
+            Err(Error::NoAdapter(why)) if adapter.is_none() => {
+                cpu(source, Some(format!("auto: no GPU adapter ({why}); the CPU backend runs instead")))
+            }
+            Err(e) => Err(e),
+        },
+    }
+}
