@@ -45,6 +45,8 @@ enum Command {
     Scan(ScanArgs),
     /// The original six-code case, naive and safe side by side, explained.
     Diagnose,
+    /// Every GPU adapter, its limits that matter here, and what `auto` picks.
+    Devices,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -151,6 +153,7 @@ fn main() -> ExitCode {
         Some(Command::Train(a)) => train(&a),
         None => train(&cli.train),
         Some(Command::Scan(a)) => scan(&a),
+        Some(Command::Devices) => devices(),
         Some(Command::Diagnose) => latent_line::diagnose::report().map_err(Into::into).map(|text| {
             use std::io::Write as _;
             let _ = write!(std::io::stdout(), "{text}");
@@ -441,6 +444,54 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         out!("report   {}", path.display());
     }
     Ok(if aborted_at.is_some() { Outcome::NonFinite } else { Outcome::Done })
+}
+
+/// `latent-line devices`: the adapters wgpu sees (honouring `WGPU_BACKEND`),
+/// and what `--backend auto` would run on.
+fn devices() -> anyhow::Result<Outcome> {
+    use latent_line::gpu::context::{adapters, rank};
+    let mut all = adapters();
+    all.sort_by_key(|a| rank(a.get_info().device_type));
+    if all.is_empty() {
+        out!("no GPU adapter (is a Vulkan, Metal or DX12 driver installed? on Linux: mesa-vulkan-drivers)");
+    }
+    for (i, a) in all.iter().enumerate() {
+        let (info, l, f) = (a.get_info(), a.limits(), a.features());
+        out!("adapter {i}: {}", info.name);
+        out!(
+            "  backend {:?} · type {:?} · driver {} {}",
+            info.backend,
+            info.device_type,
+            info.driver,
+            info.driver_info
+        );
+        out!(
+            "  storage binding ≤ {} MiB · buffer ≤ {} MiB · workgroup memory {} KiB · {} invocations · {} groups/dim",
+            l.max_storage_buffer_binding_size >> 20,
+            l.max_buffer_size >> 20,
+            l.max_compute_workgroup_storage_size >> 10,
+            l.max_compute_invocations_per_workgroup,
+            l.max_compute_workgroups_per_dimension
+        );
+        out!(
+            "  timestamp queries {} · subgroups {}",
+            if f.contains(wgpu::Features::TIMESTAMP_QUERY) { "yes" } else { "no" },
+            if f.contains(wgpu::Features::SUBGROUP) { "yes" } else { "no" }
+        );
+    }
+    let pick = match all.first() {
+        Some(a) if a.get_info().device_type != wgpu::DeviceType::Cpu => {
+            format!("the GPU backend on adapter 0 ({}), the best-ranked hardware adapter", a.get_info().name)
+        }
+        Some(a) => format!(
+            "the CPU backend ({} threads): the only adapters are software ones ({}); `--backend gpu` would use it",
+            rayon::current_num_threads(),
+            a.get_info().name
+        ),
+        None => format!("the CPU backend ({} threads): there is no GPU adapter", rayon::current_num_threads()),
+    };
+    out!("auto     {pick}");
+    Ok(Outcome::Done)
 }
 
 /// `latent-line scan FILE`: SPEC §7 over a saved table.

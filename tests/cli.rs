@@ -351,3 +351,13 @@ fn diagnose_explains_the_six_code_case() {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
 }
+
+#[test]
+fn devices_lists_the_adapters_and_what_auto_picks() {
+    let o = run(&["devices"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // CI has lavapipe: at least one adapter, and auto's choice explained.
+    assert!(text.contains("adapter 0: ") && text.contains("storage binding ≤ "), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("auto     the ")), "{text}");
+}

@@ -40,7 +40,7 @@ pub fn adapters() -> Vec<wgpu::Adapter> {
 }
 
 /// Hardware first: discrete, integrated, virtual, then software.
-fn rank(t: wgpu::DeviceType) -> u8 {
+pub fn rank(t: wgpu::DeviceType) -> u8 {
     match t {
         wgpu::DeviceType::DiscreteGpu => 0,
         wgpu::DeviceType::IntegratedGpu => 1,
