@@ -447,3 +447,41 @@ fn a_non_finite_loss_alone_is_reported_not_acted_on() {
         }
     }
 }
+
+#[test]
+fn rollback_with_momentum_restarts_the_velocity() {
+    // After a rollback the velocity of the failed trajectory is dropped:
+    // the next step from the snapshot equals a first step with v = 0 at the
+    // backed-off lr (checked against the f64 reference).
+    let seed = seed("rollback_momentum");
+    let mut c = case(&mut rng(seed), Policy::Rollback, false);
+    c.cfg.momentum = 0.9;
+    let dim = c.shape.dim;
+    for (name, mut t) in trainers(c.shape, c.cfg, &c.table) {
+        t.steps(4).unwrap(); // snapshot at step 0 and 4
+        let snapshot = t.read_table().unwrap();
+        t.steps(2).unwrap();
+        inject(t.as_mut(), &c);
+        assert_eq!(t.steps(1).unwrap()[0].action, Action::RolledBack, "{name}, seed {seed}");
+        assert!(same_bits(&t.read_table().unwrap(), &snapshot), "{name}: not the snapshot, seed {seed}");
+        t.steps(1).unwrap();
+        let got = t.read_table().unwrap();
+        let mut want = to_f64(&snapshot);
+        let mut vel = vec![0.0f64; want.len()];
+        let lr = c.cfg.lr * c.cfg.guard.backoff;
+        reference::step_with_velocity(&mut want, &mut vel, c.shape, &StepConfig { lr, ..c.cfg });
+        // Rows whose sign(r) rounding decides are skipped, as above.
+        let (pa, qb) = (row(&snapshot, c.cfg.anchor_a, dim), row(&snapshot, c.cfg.anchor_b, dim));
+        let dist =
+            |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>().sqrt();
+        let d0 = dist(pa, qb);
+        for i in 0..c.shape.rows {
+            let x = row(&snapshot, i, dim);
+            if (dist(x, pa) + dist(x, qb) - d0).abs() < 1e-4 * (1.0 + d0) {
+                continue;
+            }
+            let (err, _) = max_rel_err(row(&got, i, dim), &want[i * dim..][..dim]);
+            assert!(err <= 1e-5, "{name}: row {i} off by {err:e} (velocity not restarted?), seed {seed}");
+        }
+    }
+}
