@@ -1,8 +1,13 @@
 // anchors.wgsl — the start of a step (SPEC §2–§3): copy rows a and b of the
 // current table into `anchors` (the step's snapshot p, q), compute
-// s0 = ‖p − q‖² and d0, and advance the pass stamp. One invocation, columns
-// in order (deterministic). Reads the current buffer on the device, so a
+// s0 = ‖p − q‖² and d0, and advance the pass stamp. One invocation, in the
+// summation order of fused_step.wgsl's rows (L lane sums, folded as its
+// row_fold does), so that a row equal to p has s2 = s0 bit for bit and an
+// excess of exactly 0. Reads the current buffer on the device, so a
 // double-buffered guard's choice never goes through the host.
+
+override L: u32 = 1u;   // fused_step.wgsl's lanes per row
+const MAX_L: u32 = 32u;
 
 struct AnchorRows {
     a_at: u32,      // element offset of row a in its chunk
@@ -27,17 +32,23 @@ fn main() {
     state.stamp = state.stamp + 1u;
     state.restore = 0u;
     let cur = state.cur;
-    // s2 of row a is exactly s0: the same function over the same values, so
-    // an anchor row's excess is sqrt(ε) + d0 − d0 with no rounding noise.
-    var s = vec2<f32>(0.0, 0.0);
+    var lanes: array<vec2<f32>, MAX_L>;
+    for (var l = 0u; l < L; l = l + 1u) {
+        lanes[l] = vec2<f32>(0.0, 0.0);
+    }
     for (var k = 0u; k < D; k = k + 1u) {
         let p = select(a_in_a[at.a_at + k], a_in_b[at.a_at + k], cur == 1u);
         let q = select(b_in_a[at.b_at + k], b_in_b[at.b_at + k], cur == 1u);
         anchors[k] = p;
         anchors[D + k] = q;
-        s = accumulate_sq(s, p, p, q);
+        lanes[k % L] = accumulate_sq(lanes[k % L], p, p, q);
     }
-    let s0 = s.y;
+    for (var o = L / 2u; o > 0u; o = o / 2u) {
+        for (var l = 0u; l < o; l = l + 1u) {
+            lanes[l] = lanes[l] + lanes[l + o];
+        }
+    }
+    let s0 = lanes[0].y;
     state.s0 = s0;
     state.d0 = safe_dist(s0, params.eps);
 }

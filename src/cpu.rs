@@ -44,6 +44,32 @@ enum Write {
     Nothing,
 }
 
+/// Lanes of the CPU's partial sums: like the GPU's L lanes a row, column k
+/// goes to lane k mod 8, and the lanes are folded in a fixed tree. The
+/// order is fixed (deterministic) and lets the compiler use SIMD.
+const LANES: usize = 8;
+
+/// (Σ (x − p)², Σ (x − q)²) over a row.
+fn squared_distances(x: &[f32], p: &[f32], q: &[f32]) -> (f32, f32) {
+    let (mut a1, mut a2) = ([0.0f32; LANES], [0.0f32; LANES]);
+    let (xc, pc, qc) = (x.chunks_exact(LANES), p.chunks_exact(LANES), q.chunks_exact(LANES));
+    let (xr, pr, qr) = (xc.remainder(), pc.remainder(), qc.remainder());
+    for ((xs, ps), qs) in xc.zip(pc).zip(qc) {
+        for l in 0..LANES {
+            let (t1, t2) = (xs[l] - ps[l], xs[l] - qs[l]);
+            a1[l] += t1 * t1;
+            a2[l] += t2 * t2;
+        }
+    }
+    for l in 0..xr.len() {
+        let (t1, t2) = (xr[l] - pr[l], xr[l] - qr[l]);
+        a1[l] += t1 * t1;
+        a2[l] += t2 * t2;
+    }
+    let fold = |a: [f32; LANES]| ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+    (fold(a1), fold(a2))
+}
+
 /// The bit test of SPEC §7.
 fn nonfinite(v: f32) -> bool {
     v.to_bits() & 0x7f80_0000 == 0x7f80_0000
@@ -130,11 +156,9 @@ impl CpuTrainer {
         pq.extend_from_slice(&self.table[a * d..][..d]);
         pq.extend_from_slice(&self.table[b * d..][..d]);
         let (p, q) = pq.split_at(d);
-        let mut s0 = 0.0f32;
-        for k in 0..d {
-            let t = p[k] - q[k];
-            s0 += t * t;
-        }
+        // s0 in the rows' own summation order: a row equal to p has s2 = s0
+        // bit for bit, so its excess is exactly 0, as in exact arithmetic.
+        let s0 = squared_distances(p, p, q).1;
         let d0 = safe_dist(s0, cfg.eps);
         let near = TAU * d0;
         let near2 = near * near;
@@ -153,12 +177,7 @@ impl CpuTrainer {
                         vtmp: &mut [f32],
                         out: &mut BlockOut|
          -> Write {
-            let (mut s1, mut s2) = (0.0f32, 0.0f32);
-            for ((&xk, &pk), &qk) in x.iter().zip(p).zip(q) {
-                let (t1, t2) = (xk - pk, xk - qk);
-                s1 += t1 * t1;
-                s2 += t2 * t2;
-            }
+            let (s1, s2) = squared_distances(x, p, q);
             // A non-finite input makes s1 or s2 non-finite (Rust floats are
             // IEEE), so the row is searched only then.
             let in_bad = (nonfinite(s1) || nonfinite(s2)) && x.iter().any(|&v| nonfinite(v));
@@ -203,17 +222,23 @@ impl CpuTrainer {
             } else {
                 // SPEC §5: v = μ·v_old + (g + wd·x), x ← x − lr·v (sgd_direction
                 // of common.wgsl; v_old = 0 without momentum).
-                for k in 0..d {
-                    let (xk, pk, qk) = (x[k], p[k], q[k]);
-                    let g = c * ((xk - pk) * inv_d1 + (xk - qk) * inv_d2) + sep * (pk - qk);
-                    let vo = if v_old.is_empty() { 0.0 } else { v_old[k] };
-                    let v = mu * vo + (g + wd * xk);
-                    tmp[k] = xk - lr * v;
-                    if !vtmp.is_empty() {
-                        vtmp[k] = v;
+                // Branch-free over the columns, so that they vectorise.
+                if v_old.is_empty() {
+                    for (((t, &xk), &pk), &qk) in tmp.iter_mut().zip(x).zip(p).zip(q) {
+                        let g = c * ((xk - pk) * inv_d1 + (xk - qk) * inv_d2) + sep * (pk - qk);
+                        *t = xk - lr * (g + wd * xk);
+                        grad_bad |= nonfinite(g);
+                        new_bad |= nonfinite(*t);
                     }
-                    grad_bad |= nonfinite(g);
-                    new_bad |= nonfinite(tmp[k]);
+                } else {
+                    let cols = tmp.iter_mut().zip(vtmp.iter_mut()).zip(x.iter().zip(v_old)).zip(p.iter().zip(q));
+                    for (((t, vt), (&xk, &vo)), (&pk, &qk)) in cols {
+                        let g = c * ((xk - pk) * inv_d1 + (xk - qk) * inv_d2) + sep * (pk - qk);
+                        *vt = mu * vo + (g + wd * xk);
+                        *t = xk - lr * *vt;
+                        grad_bad |= nonfinite(g);
+                        new_bad |= nonfinite(*t);
+                    }
                 }
             }
             // The scans' bookkeeping runs only for rows with findings.

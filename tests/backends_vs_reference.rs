@@ -268,7 +268,14 @@ fn eps_zero_stays_finite_in_safe_mode() {
     let cfg = StepConfig { eps: 0.0, endpoints: Endpoints::Detached, ..StepConfig::for_rows(64) };
     let mut want = to_f64(&table);
     reference::step(&mut want, shape, &cfg);
-    for backend in [Backend::Cpu, Backend::Gpu { path: StepPath::Fused, chunk_rows: None }] {
+    // (Lanes: the anchors' s0 must be summed in the rows' order for any L.)
+    let backends = [
+        Backend::Cpu,
+        Backend::Gpu { path: StepPath::Fused, chunk_rows: None },
+        Backend::GpuLanes { lanes: 8, wg: 64 },
+        Backend::GpuLanes { lanes: 2, wg: 64 },
+    ];
+    for backend in backends {
         let mut t = open(backend, shape, cfg, table.clone());
         t.steps(1).unwrap();
         let got = t.read_table().unwrap();

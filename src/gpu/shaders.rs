@@ -42,7 +42,7 @@ macro_rules! kernel {
 }
 
 pub const INIT: Kernel = kernel!("init", [RNG], ["main"], ["WG", "D"]);
-pub const ANCHORS: Kernel = kernel!("anchors", [], ["main"], ["D"]);
+pub const ANCHORS: Kernel = kernel!("anchors", [], ["main"], ["D", "L"]);
 pub const FUSED_STEP: Kernel = kernel!(
     "fused_step",
     [REDUCE_WG, SCAN],

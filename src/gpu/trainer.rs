@@ -67,7 +67,7 @@ pub struct GpuOptions {
     /// without them no guard can act, so only `ignore` is allowed then.
     pub fused_scans: bool,
     /// Lanes that share a row in the fused step (a power of two ≤ the
-    /// workgroup). `None`: the smallest power of two ≥ D, at most 32.
+    /// workgroup and ≤ 32). `None`: the smallest power of two ≥ D, at most 32.
     pub lanes_per_row: Option<u32>,
 }
 
@@ -283,7 +283,7 @@ impl GpuTrainer {
         // A software adapter (lavapipe) runs each workgroup barrier as a
         // thread switch: there one lane per row is far faster.
         let auto_lanes = if ctx.is_software() { 1 } else { (shape.dim as u32).next_power_of_two().min(32) };
-        let lanes = opts.lanes_per_row.unwrap_or(auto_lanes).clamp(1, wg);
+        let lanes = opts.lanes_per_row.unwrap_or(auto_lanes).clamp(1, wg.min(32));
         if !lanes.is_power_of_two() {
             return Err(Error::invalid("lanes_per_row", format!("{lanes} is not a power of two")));
         }
