@@ -7,9 +7,11 @@
 //!   step/skip-step-1lane     the same with one lane per row (the first kernel)
 //!   scan            the table scan of `latent-line scan`, beside a copy
 //! Sizes are 1M × 64 and 1M × 128 (scan: a 1 GiB table) on a hardware GPU,
-//! smaller on a software adapter or the CPU. Times are wall clock around
-//! whole submissions (GPU work included: each measurement waits for the
-//! device). Throughput is in bytes read + written (the scan: read), so
+//! smaller on a software adapter or the CPU. Group `gpu[…]`: wall clock
+//! around whole submissions (GPU work included: each measurement waits for
+//! the device). Group `gpu-time[…]`, where the adapter has timestamp
+//! queries: the GPU's own time of each pass, beside `copy-shader`, a copy
+//! of the table by a compute shader. Throughput is in bytes read + written (the scan: read), so
 //! criterion's GB/s compares directly with the copy's.
 
 use std::sync::Arc;
@@ -82,6 +84,38 @@ fn gpu(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(shape.bytes()));
     g.bench_function(format!("scan-copy/{id}"), |b| b.iter_custom(|n| t.time_table_copies(n).expect("copy") / 2));
     g.bench_function(format!("scan/{id}"), |b| b.iter_custom(|n| t.time_table_scans(n as u32).expect("scan")));
+    g.finish();
+
+    // GPU time from timestamp queries, beside a copy by a compute shader
+    // (copy.wgsl): the device's own time, no host in it.
+    if !ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+        eprintln!("{}: no timestamp queries; GPU-time benches not run", ctx.info.name);
+        return;
+    }
+    let mut g = c.benchmark_group(format!("gpu-time[{}]", ctx.info.name));
+    g.sample_size(20).measurement_time(Duration::from_secs(3));
+    for shape in shapes(hardware) {
+        let id = format!("{}x{}", shape.rows, shape.dim);
+        g.throughput(Throughput::Bytes(2 * shape.bytes()));
+        for (name, policy, scans) in [
+            ("step-noscan", Policy::Ignore, false),
+            ("step-ignore", Policy::Ignore, true),
+            ("step-skip-step", Policy::SkipStep, true),
+        ] {
+            let opts = GpuOptions { fused_scans: scans, ..GpuOptions::default() };
+            let mut t =
+                GpuTrainer::new(ctx.clone(), shape, config(shape, policy), TableSource::Random { seed: 1 }, opts)
+                    .expect("GPU trainer");
+            if name == "step-noscan" {
+                g.bench_function(format!("copy-shader/{id}"), |b| {
+                    b.iter_custom(|n| t.gpu_time_table_copies(n as u32).expect("copy").expect("timestamps"))
+                });
+            }
+            g.bench_function(format!("{name}/{id}"), |b| {
+                b.iter_custom(|n| t.gpu_time_steps(n as u32).expect("steps").expect("timestamps"))
+            });
+        }
+    }
     g.finish();
 }
 

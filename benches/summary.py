@@ -20,13 +20,14 @@ for g in groups:
     for f, (ns, nbytes) in rows:
         kind, _, size = f.partition("/")
         gbs = f"{nbytes / ns:.1f}" if nbytes else "-"
-        base = {"step-noscan": "copy", "step-ignore": "step-noscan", "step-skip-step": "step-noscan", "step-skip-step-1lane": "step-skip-step",
+        copy = "copy-shader" if g.startswith("gpu-time") else "copy"
+        base = {"step-noscan": copy, "step-ignore": "step-noscan", "step-skip-step": "step-noscan", "step-skip-step-1lane": "step-skip-step",
                 "scan": "scan-copy"}.get(kind)
         if g == "cpu":
             base = {"step-ignore": "memcpy", "step-skip-step": "step-ignore", "scan": "memcpy"}.get(kind)
         ratio = ""
         if base and (g, f"{base}/{size}") in med:
             ratio = f"{ns / med[(g, f'{base}/{size}')][0]:.3f}× {base}"
-            if kind.startswith("step") and (g, f"copy/{size}") in med and base != "copy":
-                ratio += f" · {ns / med[(g, f'copy/{size}')][0]:.2f}× copy"
+            if kind.startswith("step") and (g, f"{copy}/{size}") in med and base != copy:
+                ratio += f" · {ns / med[(g, f'{copy}/{size}')][0]:.2f}× {copy}"
         print(f"  {f:34} {ns / 1e6:9.4f} ms {gbs:>8}  {ratio}")

@@ -76,3 +76,25 @@ fn same_options_give_bit_identical_tables() {
     other.steps(7).unwrap();
     assert_ne!(bits(&a[..shape.rows * shape.dim]), bits(&other.read_table().unwrap()), "seed {seed}");
 }
+
+#[test]
+fn gpu_timed_steps_are_the_same_steps() {
+    // Timing steps with timestamp queries must not change what they do:
+    // the table after `gpu_time_steps(5)` is the table after `steps(5)`.
+    let seed = seed("timed_steps");
+    let shape = Shape::new(3000, 12).unwrap();
+    let table = random_table(&mut rng(seed), 3000, 12);
+    let cfg = StepConfig { endpoints: Endpoints::Detached, ..StepConfig::for_rows(3000) };
+    let open = || GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table.clone()), GpuOptions::default()).unwrap();
+    let (mut a, mut b) = (open(), open());
+    a.steps(5).unwrap();
+    let timed = b.gpu_time_steps(5).unwrap();
+    let has_timestamps = gpu().features.contains(wgpu::Features::TIMESTAMP_QUERY);
+    assert_eq!(timed.is_some(), has_timestamps);
+    if has_timestamps {
+        assert!(timed.unwrap() > std::time::Duration::ZERO);
+        assert!(b.gpu_time_table_copies(3).unwrap().unwrap() > std::time::Duration::ZERO);
+        let (ta, tb) = (a.read_table().unwrap(), b.read_table().unwrap());
+        assert!(ta.iter().zip(&tb).all(|(x, y)| x.to_bits() == y.to_bits()), "seed {seed}");
+    }
+}

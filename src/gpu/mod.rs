@@ -6,6 +6,7 @@ mod pipes;
 pub mod sampler;
 pub mod scan;
 pub mod shaders;
+pub mod timer;
 pub mod trainer;
 
 pub use context::GpuContext;

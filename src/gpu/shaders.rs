@@ -53,6 +53,7 @@ pub const REDUCE: Kernel = kernel!("reduce", [REDUCE_WG, SCAN], ["main"], ["WG",
 pub const COPY_TABLE: Kernel = kernel!("copy_table", [], ["snapshot", "restore"], ["WG", "D", "MOMENTUM"]);
 pub const SCAN_TABLE: Kernel = kernel!("scan_table", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "SCAN_BUFS"]);
 pub const SCAN_FINISH: Kernel = kernel!("scan_finish", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "SCAN_BUFS"]);
+pub const COPY: Kernel = kernel!("copy", [], ["main"], ["WG", "D"]);
 pub const SAMPLE: Kernel = kernel!("sample", [RNG, SAMPLER], ["main"], ["WG"]);
 pub const GATHER: Kernel = kernel!("gather", [], ["main"], ["WG", "D"]);
 pub const DISTANCES: Kernel = kernel!("distances", [], ["main"], ["WG", "D"]);
@@ -60,8 +61,21 @@ pub const LOSS: Kernel = kernel!("loss", [REDUCE_WG], ["forward", "backward"], [
 pub const SGD: Kernel = kernel!("sgd", [], ["main"], ["WG", "D", "MODE"]);
 
 /// Every kernel, for validation and for anyone looking for one.
-pub const KERNELS: &[Kernel] =
-    &[INIT, ANCHORS, FUSED_STEP, REDUCE, COPY_TABLE, SCAN_TABLE, SCAN_FINISH, SAMPLE, GATHER, DISTANCES, LOSS, SGD];
+pub const KERNELS: &[Kernel] = &[
+    INIT,
+    ANCHORS,
+    FUSED_STEP,
+    REDUCE,
+    COPY_TABLE,
+    SCAN_TABLE,
+    SCAN_FINISH,
+    COPY,
+    SAMPLE,
+    GATHER,
+    DISTANCES,
+    LOSS,
+    SGD,
+];
 
 /// naga capabilities the shaders need; the device is asked for exactly the
 /// matching features (none today: plain WGSL, no subgroups, no f16).

@@ -26,6 +26,7 @@ use super::layout::{grid, ChunkLayout, ChunkSpan};
 use super::pipes::{bind, bind_at, finish_map, read_mapped, readback, storage, uniform, Constants};
 use super::scan::TableScanner;
 use super::shaders::{self, Kernel};
+use super::timer::PassTimer;
 use crate::config::{Shape, StepConfig};
 use crate::error::{Error, Result};
 use crate::guard::{Policy, TAU};
@@ -38,6 +39,8 @@ const STEPS_PER_SUBMIT: usize = 8;
 /// Submissions in flight, each with its own mapped readback buffer.
 const RING: usize = 4;
 const RECORD_BYTES: u64 = RECORD_WORDS as u64 * 4;
+/// Passes timed per query set (wgpu allows 4096 queries, two a pass).
+const TIMED_PASSES: u32 = 1024;
 
 /// Which kernels a full-table step runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -602,6 +605,92 @@ impl GpuTrainer {
         Ok(t.elapsed())
     }
 
+    /// GPU time of `n` full-table steps from timestamp queries (one pass a
+    /// step), or `None` without them. The guard acts as in `steps`; the
+    /// records are not read. For benchmarks (SPEC §15).
+    pub fn gpu_time_steps(&mut self, n: u32) -> Result<Option<std::time::Duration>> {
+        let mut total = std::time::Duration::ZERO;
+        let mut left = n;
+        while left > 0 {
+            let m = left.min(TIMED_PASSES);
+            match self.gpu_time_steps_once(m)? {
+                Some(t) => total += t,
+                None => return Ok(None),
+            }
+            left -= m;
+        }
+        Ok(Some(total))
+    }
+
+    fn gpu_time_steps_once(&mut self, n: u32) -> Result<Option<std::time::Duration>> {
+        let Some(timer) = PassTimer::new(&self.ctx, n.max(1)) else { return Ok(None) };
+        let ctx = self.ctx.clone();
+        let every = self.cfg.guard.snapshot_every as u64;
+        let mut done = 0u32;
+        while done < n {
+            let m = (n - done).min(STEPS_PER_SUBMIT as u32);
+            ctx.queue.write_buffer(&self.state, 0, bytemuck::bytes_of(&0u32));
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            for i in 0..m {
+                let snapshot = self.steps_done.is_multiple_of(every);
+                self.encode_fused(&mut enc, true, snapshot, Some(timer.writes(done + i)));
+                self.steps_done += 1;
+            }
+            done += m;
+            if done == n {
+                timer.resolve(&mut enc, n);
+            }
+            ctx.queue.submit([enc.finish()]);
+        }
+        let secs: f64 = timer.read(&ctx, n)?.iter().sum();
+        Ok(Some(std::time::Duration::from_secs_f64(secs)))
+    }
+
+    /// GPU time of `iters` copies of the table by `copy.wgsl` (the floor of
+    /// SPEC §15 through the same API as the step), or `None` without
+    /// timestamp queries.
+    pub fn gpu_time_table_copies(&self, iters: u32) -> Result<Option<std::time::Duration>> {
+        let mut total = std::time::Duration::ZERO;
+        let mut left = iters;
+        while left > 0 {
+            let m = left.min(TIMED_PASSES);
+            match self.gpu_time_copies_once(m)? {
+                Some(t) => total += t,
+                None => return Ok(None),
+            }
+            left -= m;
+        }
+        Ok(Some(total))
+    }
+
+    fn gpu_time_copies_once(&self, iters: u32) -> Result<Option<std::time::Duration>> {
+        let Some(timer) = PassTimer::new(&self.ctx, iters.max(1)) else { return Ok(None) };
+        let ctx = &self.ctx;
+        let pipeline = self.constants().pipeline(ctx, &shaders::COPY, "main", &[]);
+        let largest = self.chunks.iter().map(|c| c.a.size()).max().unwrap_or(16);
+        let scratch = storage(ctx, "copy scratch", largest, wgpu::BufferUsages::empty());
+        let groups: Vec<wgpu::BindGroup> =
+            self.chunks.iter().map(|c| bind(ctx, &pipeline, &[&c.a, &scratch, &c.uniform])).collect();
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        for i in 0..iters {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("copy"),
+                timestamp_writes: Some(timer.writes(i)),
+            });
+            pass.set_pipeline(&pipeline);
+            for (c, g) in self.chunks.iter().zip(&groups) {
+                pass.set_bind_group(0, g, &[]);
+                let n = (c.span.rows as u64 * self.shape.dim as u64).div_ceil(self.wg as u64) as u32;
+                let (x, y) = grid(n, self.max_groups);
+                pass.dispatch_workgroups(x, y, 1);
+            }
+        }
+        timer.resolve(&mut enc, iters);
+        ctx.queue.submit([enc.finish()]);
+        let secs: f64 = timer.read(ctx, iters)?.iter().sum();
+        Ok(Some(std::time::Duration::from_secs_f64(secs)))
+    }
+
     /// Wall time of `iters` table scans in one submission (benchmarks).
     pub fn time_table_scans(&mut self, iters: u32) -> Result<std::time::Duration> {
         let cur = self.current()?;
@@ -640,9 +729,15 @@ impl GpuTrainer {
     }
 
     /// One step (or, with `update == false`, one evaluation), as one pass.
-    fn encode_fused(&self, enc: &mut wgpu::CommandEncoder, update: bool, snapshot: bool) {
+    fn encode_fused(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        update: bool,
+        snapshot: bool,
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites>,
+    ) {
         let mut pass =
-            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("fused step"), timestamp_writes: None });
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("fused step"), timestamp_writes });
         let per_chunk = |pass: &mut wgpu::ComputePass, p: &Pass, elements: bool| {
             pass.set_pipeline(&p.pipeline);
             for (c, bg) in self.chunks.iter().zip(&p.groups) {
@@ -789,13 +884,13 @@ impl GpuTrainer {
         ctx.queue.write_buffer(&self.state, 0, bytemuck::bytes_of(&0u32));
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         if n == 0 {
-            self.encode_fused(&mut enc, false, false);
+            self.encode_fused(&mut enc, false, false, None);
         }
         for _ in 0..n {
             match self.opts.path {
                 StepPath::Fused => {
                     let every = self.cfg.guard.snapshot_every as u64;
-                    self.encode_fused(&mut enc, true, self.steps_done.is_multiple_of(every));
+                    self.encode_fused(&mut enc, true, self.steps_done.is_multiple_of(every), None);
                 }
                 StepPath::Staged => self.encode_staged(&mut enc),
             }
