@@ -28,6 +28,7 @@ pub mod report;
 pub mod rng;
 pub mod sampler;
 pub mod scan;
+pub mod tables;
 pub mod trainer;
 
 pub use config::{Endpoints, Reduction, Shape, StepConfig};

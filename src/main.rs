@@ -12,6 +12,7 @@ use latent_line::gpu::GpuContext;
 use latent_line::guard::{Action, Guard, Policy};
 use latent_line::report::{action_words, collapse_step, median, Event, Report, StepEntry, Summary};
 use latent_line::scan::scan_rows;
+use latent_line::tables;
 use latent_line::{npy, Endpoints, Reduction, Shape, StepConfig, TableSource, Trainer};
 
 /// `println!` that never panics: a closed stdout (`| head`) must not turn a
@@ -51,9 +52,12 @@ enum Command {
 
 #[derive(Args, Clone, Debug)]
 struct ScanArgs {
-    /// The table (.npy, 2-D float32 or float64).
-    #[arg(value_name = "FILE.npy")]
+    /// The table (.npy, or tensor --tensor of a .safetensors file).
+    #[arg(value_name = "FILE")]
     file: PathBuf,
+    /// The tensor of a .safetensors file to scan.
+    #[arg(long, default_value = latent_line::tables::DEFAULT_TENSOR)]
+    tensor: String,
     /// Where to scan: auto and cpu scan in host memory (the file is read there).
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
@@ -136,12 +140,16 @@ struct TrainArgs {
     /// GPU adapter whose name contains this (else WGPU_ADAPTER_NAME).
     #[arg(long)]
     adapter: Option<String>,
-    /// Start from this table (.npy, 2-D float32 or float64).
-    #[arg(long, value_name = "FILE.npy")]
+    /// Start from this table (.npy: 2-D float32/float64; .safetensors: tensor --tensor).
+    #[arg(long, value_name = "FILE")]
     load: Option<PathBuf>,
-    /// Save the trained table here (.npy), atomically.
-    #[arg(long, value_name = "FILE.npy")]
+    /// Save the trained table here (.npy or .safetensors), atomically; a
+    /// .safetensors input's other tensors are carried over to a .safetensors output.
+    #[arg(long, value_name = "FILE")]
     save: Option<PathBuf>,
+    /// The tensor of a .safetensors file that is the table.
+    #[arg(long, default_value = latent_line::tables::DEFAULT_TENSOR)]
+    tensor: String,
     /// Write a JSON report here, atomically.
     #[arg(long, value_name = "FILE.json")]
     report: Option<PathBuf>,
@@ -198,14 +206,19 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             check_output(opt, p)?;
         }
     }
+    if let Some(s) = &args.save {
+        tables::format_of(s)?;
+    }
     if let (Some(s), Some(r)) = (&args.save, &args.report) {
         if s == r {
             bail!("invalid --report: {} is also the --save file", r.display());
         }
     }
+    let mut carried = None;
     let (shape, source, note) = match &args.load {
         Some(path) => {
-            let l = npy::load(path)?;
+            let l = tables::load(path, &args.tensor)?;
+            carried = l.carried;
             for (opt, given, have) in [("--rows", args.rows, l.shape.rows), ("--dim", args.dim, l.shape.dim)] {
                 if let Some(g) = given {
                     if g != have {
@@ -404,7 +417,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     }
 
     if let Some(path) = &args.save {
-        npy::save(path, shape, &trainer.read_table()?)?;
+        tables::save(path, &args.tensor, shape, &trainer.read_table()?, carried.as_ref())?;
         out!(
             "saved    {}{}",
             path.display(),
@@ -497,7 +510,7 @@ fn devices() -> anyhow::Result<Outcome> {
 /// `latent-line scan FILE`: SPEC §7 over a saved table.
 fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     let t = Instant::now();
-    let l = npy::load(&args.file)?;
+    let l = tables::load(&args.file, &args.tensor)?;
     let read_s = t.elapsed().as_secs_f64();
     let shape = l.shape;
     out!(

@@ -1,0 +1,127 @@
+//! Table files (SPEC §12), by extension: `.npy` ([`crate::npy`]) or
+//! `.safetensors` (the `safetensors` crate). A safetensors table is one
+//! named 2-D tensor [`weight`]: F32 as it is, F64, F16 and BF16 converted
+//! with a note. The file's other tensors and its metadata are carried over
+//! unchanged when the output is `.safetensors` too, so a checkpoint goes
+//! out as it came in, with the table trained. Saves are atomic.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::config::Shape;
+use crate::error::{Error, Result};
+use crate::npy;
+
+/// The tensor a safetensors table is, unless `--tensor` says otherwise.
+pub const DEFAULT_TENSOR: &str = "weight";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Npy,
+    Safetensors,
+}
+
+/// The format of `path`, from its extension.
+pub fn format_of(path: &Path) -> Result<Format> {
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("npy") => Ok(Format::Npy),
+        Some("safetensors") => Ok(Format::Safetensors),
+        _ => Err(Error::bad_file(path, "unknown table format: the name must end in .npy or .safetensors")),
+    }
+}
+
+/// The rest of a loaded `.safetensors` file: the whole file (its other
+/// tensors are views into it) and the name the table had.
+pub struct Carried {
+    bytes: Vec<u8>,
+    table: String,
+}
+
+/// A table read from a file.
+pub struct LoadedTable {
+    pub shape: Shape,
+    pub data: Vec<f32>,
+    /// Set when the values were converted.
+    pub note: Option<String>,
+    /// `.safetensors` inputs: what to carry over on a `.safetensors` save.
+    pub carried: Option<Carried>,
+}
+
+/// Reads the table of `path`: the tensor `tensor` of a `.safetensors` file.
+pub fn load(path: &Path, tensor: &str) -> Result<LoadedTable> {
+    match format_of(path)? {
+        Format::Npy => {
+            let l = npy::load(path)?;
+            Ok(LoadedTable { shape: l.shape, data: l.data, note: l.note, carried: None })
+        }
+        Format::Safetensors => load_safetensors(path, tensor),
+    }
+}
+
+fn load_safetensors(path: &Path, name: &str) -> Result<LoadedTable> {
+    let bad = |reason: String| Error::bad_file(path, reason);
+    // The whole file, and nothing larger: the crate checks every offset
+    // against it before a tensor is touched.
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a valid .safetensors file: {e}")))?;
+    let view = st.tensor(name).map_err(|_| {
+        let mut names: Vec<&str> = st.names();
+        names.sort_unstable();
+        bad(format!("no tensor \"{name}\" (it has: {}); choose one with --tensor", names.join(", ")))
+    })?;
+    let dims = view.shape();
+    let [rows, dim] = dims else {
+        return Err(bad(format!("tensor \"{name}\" has shape {dims:?}; a table is 2-D (rows × columns)")));
+    };
+    let shape = Shape::new(*rows, *dim).map_err(|e| bad(format!("tensor \"{name}\": {e}")))?;
+    let raw = view.data();
+    let (data, note): (Vec<f32>, Option<String>) = match view.dtype() {
+        Dtype::F32 => (raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(), None),
+        Dtype::F64 => (
+            raw.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32).collect(),
+            Some(format!("tensor \"{name}\" converted from F64 to f32")),
+        ),
+        Dtype::F16 => (
+            raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Some(format!("tensor \"{name}\" converted from F16 to f32 (saved as F32)")),
+        ),
+        Dtype::BF16 => (
+            raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Some(format!("tensor \"{name}\" converted from BF16 to f32 (saved as F32)")),
+        ),
+        other => return Err(bad(format!("tensor \"{name}\" is {other:?}; a table is F32, F64, F16 or BF16"))),
+    };
+    let carried = Some(Carried { bytes, table: name.to_owned() });
+    Ok(LoadedTable { shape, data, note, carried })
+}
+
+/// Saves a table to `path` (format from the extension), atomically. A
+/// `.safetensors` output holds the table as F32 tensor `tensor`, and, when
+/// `carried` comes from a `.safetensors` input, that file's other tensors
+/// and metadata unchanged.
+pub fn save(path: &Path, tensor: &str, shape: Shape, data: &[f32], carried: Option<&Carried>) -> Result<()> {
+    match format_of(path)? {
+        Format::Npy => npy::save(path, shape, data),
+        Format::Safetensors => {
+            let bytes: &[u8] = bytemuck::cast_slice(data);
+            let table = TensorView::new(Dtype::F32, vec![shape.rows, shape.dim], bytes)
+                .map_err(|e| Error::bad_file(path, format!("cannot encode the table: {e}")))?;
+            let mut tensors: Vec<(String, TensorView<'_>)> = vec![(tensor.to_owned(), table)];
+            let mut metadata: Option<HashMap<String, String>> = None;
+            let parsed;
+            if let Some(c) = carried {
+                parsed = SafeTensors::deserialize(&c.bytes)
+                    .map_err(|e| Error::bad_file(path, format!("the loaded file no longer parses: {e}")))?;
+                let (_, meta) = SafeTensors::read_metadata(&c.bytes)
+                    .map_err(|e| Error::bad_file(path, format!("the loaded file no longer parses: {e}")))?;
+                metadata = meta.metadata().clone();
+                tensors.extend(parsed.tensors().into_iter().filter(|(n, _)| *n != c.table && *n != tensor));
+            }
+            let out = safetensors::tensor::serialize(tensors, metadata)
+                .map_err(|e| Error::bad_file(path, format!("cannot encode the file: {e}")))?;
+            npy::save_atomic(path, |w| std::io::Write::write_all(w, &out))
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! `.safetensors` tables (SPEC §12): F32/F64/F16/BF16 tables in, F32 out,
+//! the file's other tensors and metadata carried over unchanged; bad files
+//! refused with one line, exit code 1, no output.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+const BIN: &str = env!("CARGO_BIN_EXE_latent-line");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().expect("run latent-line")
+}
+
+fn table(rows: usize, dim: usize) -> Vec<f32> {
+    (0..rows * dim).map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0).collect()
+}
+
+/// A checkpoint: the table as `dtype` under `name`, plus a F16 bias, an
+/// I64 step counter, and metadata.
+fn checkpoint(path: &Path, name: &str, dtype: Dtype, rows: usize, dim: usize) -> Vec<f32> {
+    let t = table(rows, dim);
+    let weight: Vec<u8> = match dtype {
+        Dtype::F32 => t.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Dtype::F64 => t.iter().flat_map(|v| (*v as f64).to_le_bytes()).collect(),
+        Dtype::F16 => t.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+        Dtype::BF16 => t.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+        _ => unreachable!(),
+    };
+    let bias: Vec<u8> = [0.5f32, -1.0, 2.0].iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+    let step: Vec<u8> = 1234i64.to_le_bytes().to_vec();
+    let tensors = vec![
+        (name.to_string(), TensorView::new(dtype, vec![rows, dim], &weight).unwrap()),
+        ("bias".to_string(), TensorView::new(Dtype::F16, vec![3], &bias).unwrap()),
+        ("step".to_string(), TensorView::new(Dtype::I64, vec![1], &step).unwrap()),
+    ];
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    std::fs::write(path, safetensors::tensor::serialize(tensors, Some(meta)).unwrap()).unwrap();
+    // What latent-line reads: the values as f32.
+    SafeTensors::deserialize(&std::fs::read(path).unwrap())
+        .unwrap()
+        .tensor(name)
+        .map(|v| match dtype {
+            Dtype::F32 => v.data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+            Dtype::F64 => v.data().chunks(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
+            Dtype::F16 => v.data().chunks(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            _ => v.data().chunks(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        })
+        .unwrap()
+}
+
+#[test]
+fn a_checkpoint_goes_out_as_it_came_in_with_the_table_trained() {
+    let dir = tempfile::tempdir().unwrap();
+    for (dtype, name) in
+        [(Dtype::F32, "weight"), (Dtype::F64, "weight"), (Dtype::F16, "emb.weight"), (Dtype::BF16, "weight")]
+    {
+        let (input, output) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
+        let start = checkpoint(&input, name, dtype, 300, 8);
+        let before = std::fs::read(&input).unwrap();
+        let (i, o) = (input.to_str().unwrap(), output.to_str().unwrap());
+        let r = run(&["--backend", "cpu", "--load", i, "--save", o, "--tensor", name, "--steps", "3"]);
+        assert_eq!(r.status.code(), Some(0), "{dtype:?}: {}", String::from_utf8_lossy(&r.stderr));
+        assert_eq!(std::fs::read(&input).unwrap(), before, "{dtype:?}: the input changed");
+        let bytes = std::fs::read(&output).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let w = st.tensor(name).unwrap();
+        assert_eq!((w.dtype(), w.shape().to_vec()), (Dtype::F32, vec![300, 8]), "{dtype:?}");
+        let trained: Vec<f32> = w.data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        // The CPU backend on the same f32 table, via .npy, gives the same values.
+        let npy_in = dir.path().join("in.npy");
+        let npy_out = dir.path().join("out.npy");
+        let hdr = "{'descr': '<f4', 'fortran_order': False, 'shape': (300, 8), }";
+        let mut h = hdr.to_string();
+        h.push_str(&" ".repeat((10 + h.len() + 1).next_multiple_of(64) - (10 + h.len() + 1)));
+        h.push('\n');
+        let mut f = b"\x93NUMPY\x01\x00".to_vec();
+        f.extend_from_slice(&(h.len() as u16).to_le_bytes());
+        f.extend_from_slice(h.as_bytes());
+        f.extend(start.iter().flat_map(|v| v.to_le_bytes()));
+        std::fs::write(&npy_in, f).unwrap();
+        let r = run(&[
+            "--backend",
+            "cpu",
+            "--load",
+            npy_in.to_str().unwrap(),
+            "--save",
+            npy_out.to_str().unwrap(),
+            "--steps",
+            "3",
+        ]);
+        assert_eq!(r.status.code(), Some(0));
+        let n = std::fs::read(&npy_out).unwrap();
+        let via_npy: Vec<f32> =
+            n[n.len() - 300 * 8 * 4..].chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        assert!(
+            trained.iter().zip(&via_npy).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{dtype:?}: not the trained table"
+        );
+        assert!(trained != start, "{dtype:?}: not trained");
+        // The other tensors and the metadata, unchanged.
+        let orig = SafeTensors::deserialize(&before).unwrap();
+        for other in ["bias", "step"] {
+            let (a, b) = (orig.tensor(other).unwrap(), st.tensor(other).unwrap());
+            assert_eq!((a.dtype(), a.shape(), a.data()), (b.dtype(), b.shape(), b.data()), "{dtype:?}: {other}");
+        }
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        assert_eq!(meta.metadata().as_ref().and_then(|m| m.get("format")).map(String::as_str), Some("pt"));
+    }
+}
+
+#[test]
+fn bad_safetensors_inputs_are_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.safetensors");
+    checkpoint(&good, "weight", Dtype::F32, 50, 4);
+    let bytes = std::fs::read(&good).unwrap();
+    let cases: Vec<(&str, Vec<u8>, Vec<&str>, &str)> = vec![
+        ("truncated", bytes[..bytes.len() - 7].to_vec(), vec![], "not a valid .safetensors file"),
+        (
+            "lying header",
+            [&(u64::MAX / 2).to_le_bytes()[..], &bytes[8..]].concat(),
+            vec![],
+            "not a valid .safetensors file",
+        ),
+        ("empty", vec![], vec![], "not a valid .safetensors file"),
+        ("missing tensor", bytes.clone(), vec!["--tensor", "emb"], "no tensor \"emb\" (it has: bias, step, weight)"),
+        ("1-D tensor", bytes.clone(), vec!["--tensor", "bias"], "a table is 2-D"),
+    ];
+    for (what, content, extra, expect) in cases {
+        let input = dir.path().join(format!("{}.safetensors", what.replace(' ', "_")));
+        std::fs::write(&input, &content).unwrap();
+        let out = dir.path().join("out.safetensors");
+        let mut args = vec![
+            "--backend",
+            "cpu",
+            "--steps",
+            "1",
+            "--load",
+            input.to_str().unwrap(),
+            "--save",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let r = run(&args);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{what}: {err}");
+        assert!(err.contains(expect) && err.lines().count() == 1, "{what}: {err}");
+        assert!(!out.exists(), "{what}: an output was written");
+        assert_eq!(std::fs::read(&input).unwrap(), content, "{what}: the input changed");
+    }
+    // An unknown extension for the output is refused before any work.
+    let r = run(&[
+        "--backend",
+        "cpu",
+        "--steps",
+        "1",
+        "--load",
+        good.to_str().unwrap(),
+        "--save",
+        dir.path().join("out.pt").to_str().unwrap(),
+    ]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("must end in .npy or .safetensors"));
+}
