@@ -1,0 +1,85 @@
+//! Malformed table files, made by mutating valid ones at random (seed
+//! printed): the readers never panic; each file is either read as a table
+//! whose size matches the file, or refused with an error naming the file.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use latent_line::tables;
+use rand::Rng;
+use safetensors::tensor::{Dtype, TensorView};
+
+fn valid_npy(rows: usize, dim: usize) -> Vec<u8> {
+    let mut h = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
+    h.push_str(&" ".repeat((10 + h.len() + 1).next_multiple_of(64) - (10 + h.len() + 1)));
+    h.push('\n');
+    let mut f = b"\x93NUMPY\x01\x00".to_vec();
+    f.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    f.extend_from_slice(h.as_bytes());
+    f.extend((0..rows * dim).flat_map(|i| (i as f32 * 0.25).to_le_bytes()));
+    f
+}
+
+fn valid_safetensors(rows: usize, dim: usize) -> Vec<u8> {
+    let w: Vec<u8> = (0..rows * dim).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let b: Vec<u8> = vec![1, 2, 3, 4];
+    let t = vec![
+        ("weight".to_string(), TensorView::new(Dtype::F32, vec![rows, dim], &w).unwrap()),
+        ("b".to_string(), TensorView::new(Dtype::U8, vec![4], &b).unwrap()),
+    ];
+    safetensors::tensor::serialize(t, Some(HashMap::new())).unwrap()
+}
+
+fn mutate(r: &mut impl Rng, mut f: Vec<u8>) -> Vec<u8> {
+    match r.random_range(0..5) {
+        0 => {
+            // Flip a few bytes, mostly in the header.
+            for _ in 0..r.random_range(1..6) {
+                let span = f.len().min(140);
+                let i = r.random_range(0..span.max(1));
+                if i < f.len() {
+                    f[i] = r.random();
+                }
+            }
+        }
+        1 => f.truncate(r.random_range(0..f.len())),
+        2 => f.extend((0..r.random_range(1..64)).map(|_| r.random::<u8>())),
+        3 => {
+            // A digit of the header changed: lying shapes and lengths.
+            let digits: Vec<usize> = (0..f.len().min(140)).filter(|&i| f[i].is_ascii_digit()).collect();
+            if let Some(&i) = digits.get(r.random_range(0..digits.len().max(1))) {
+                f[i] = b'0' + r.random_range(0..10);
+            }
+        }
+        _ => {
+            // The 8-byte length prefix of a safetensors header / npy version.
+            let i = r.random_range(0..f.len().min(10));
+            f[i] = f[i].wrapping_add(r.random_range(1..=255));
+        }
+    }
+    f
+}
+
+#[test]
+fn mutated_table_files_never_panic_and_are_refused_cleanly() {
+    let seed = seed("fuzz_readers");
+    let mut r = rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..3000 {
+        let (ext, base) = if i % 2 == 0 { ("npy", valid_npy(5, 3)) } else { ("safetensors", valid_safetensors(5, 3)) };
+        let bytes = mutate(&mut r, base);
+        let path = dir.path().join(format!("t{i}.{ext}"));
+        std::fs::write(&path, &bytes).unwrap();
+        let got = std::panic::catch_unwind(|| tables::load(&path, "weight"));
+        let got = got.unwrap_or_else(|_| panic!("panic reading mutation {i} ({ext}), seed {seed}"));
+        match got {
+            Ok(t) => {
+                assert_eq!(t.data.len(), t.shape.rows * t.shape.dim, "mutation {i}, seed {seed}");
+                assert!(t.data.len() * 2 <= bytes.len(), "mutation {i}: more values than the file holds, seed {seed}");
+            }
+            Err(e) => assert!(e.to_string().contains(&format!("t{i}.{ext}")), "mutation {i}: {e}, seed {seed}"),
+        }
+    }
+}
