@@ -17,10 +17,15 @@ use latent_line::{npy, Endpoints, Reduction, Shape, StepConfig, TableSource, Tra
 
 /// `println!` that never panics: a closed stdout (`| head`) must not turn a
 /// finished run into a crash; the files and the exit code still tell.
+/// Set by `--quiet` and `--json`: the human summary is not printed.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 macro_rules! out {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($t)*);
+        if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = writeln!(std::io::stdout(), $($t)*);
+        }
     }};
 }
 
@@ -150,6 +155,12 @@ struct TrainArgs {
     /// The tensor of a .safetensors file that is the table.
     #[arg(long, default_value = latent_line::tables::DEFAULT_TENSOR)]
     tensor: String,
+    /// Print nothing but errors.
+    #[arg(long)]
+    quiet: bool,
+    /// Print the JSON report on standard output instead of the summary.
+    #[arg(long)]
+    json: bool,
     /// Write a JSON report here, atomically.
     #[arg(long, value_name = "FILE.json")]
     report: Option<PathBuf>,
@@ -200,6 +211,7 @@ fn check_output(opt: &str, path: &Path) -> anyhow::Result<()> {
 }
 
 fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
+    QUIET.store(args.quiet || args.json, std::sync::atomic::Ordering::Relaxed);
     // Everything is validated before any allocation or output.
     for (opt, p) in [("--save", &args.save), ("--report", &args.report)] {
         if let Some(p) = p {
@@ -424,7 +436,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             if aborted_at.is_some() { " (the table before the failing step)" } else { "" }
         );
     }
-    if let Some(path) = &args.report {
+    if args.report.is_some() || args.json {
         let report = Report {
             options: args,
             device: dev,
@@ -453,8 +465,15 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             },
             events,
         };
-        npy::save_atomic(path, |w| serde_json::to_writer_pretty(&mut *w, &report).map_err(std::io::Error::other))?;
-        out!("report   {}", path.display());
+        if let Some(path) = &args.report {
+            npy::save_atomic(path, |w| serde_json::to_writer_pretty(&mut *w, &report).map_err(std::io::Error::other))?;
+            out!("report   {}", path.display());
+        }
+        if args.json {
+            use std::io::Write as _;
+            let mut stdout = std::io::stdout().lock();
+            let _ = serde_json::to_writer_pretty(&mut stdout, &report).map(|_| writeln!(stdout));
+        }
     }
     Ok(if aborted_at.is_some() { Outcome::NonFinite } else { Outcome::Done })
 }

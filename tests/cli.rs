@@ -361,3 +361,14 @@ fn devices_lists_the_adapters_and_what_auto_picks() {
     assert!(text.contains("adapter 0: ") && text.contains("storage binding ≤ "), "{text}");
     assert!(text.lines().any(|l| l.starts_with("auto     the ")), "{text}");
 }
+
+#[test]
+fn json_prints_the_report_alone_and_quiet_prints_nothing() {
+    let o = run(&["--backend", "cpu", "--rows", "300", "--dim", "5", "--steps", "4", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("stdout is one JSON document");
+    assert_eq!(r["steps"].as_array().map(|s| s.len()), Some(5));
+    assert_eq!(r["summary"]["all_finite"], true);
+    let o = run(&["--backend", "cpu", "--rows", "300", "--dim", "5", "--steps", "4", "--quiet"]);
+    assert_eq!((o.status.code(), o.stdout.len()), (Some(0), 0), "{}", String::from_utf8_lossy(&o.stdout));
+}
