@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::guard::{Action, GuardState, Policy, TAU};
 use crate::record::{Record, StepScans};
 use crate::scan::{scan_rows, Scan};
-use crate::trainer::{DeviceInfo, TableSource, Trainer};
+use crate::trainer::{DeviceInfo, RunState, TableSource, Trainer};
 
 /// Rows per parallel task; fixes the reduction order.
 const BLOCK_ROWS: usize = 1024;
@@ -33,6 +33,8 @@ pub struct CpuTrainer {
     vel_next: Vec<f32>,
     state: GuardState,
     steps_done: u64,
+    /// A resumed run snapshots at its first step (it has no earlier one).
+    snapshot_due: bool,
 }
 
 /// What a row's lane does with its new values.
@@ -136,6 +138,7 @@ impl CpuTrainer {
             vel_next,
             state: GuardState::new(cfg.lr),
             steps_done: 0,
+            snapshot_due: false,
         })
     }
 
@@ -146,9 +149,10 @@ impl CpuTrainer {
             return self.record(BlockOut::default(), 0.0, Action::NotRun);
         }
         let policy = self.cfg.guard.policy;
-        if update && policy == Policy::Rollback && self.steps_done.is_multiple_of(self.cfg.guard.snapshot_every as u64)
-        {
+        let due = self.steps_done.is_multiple_of(self.cfg.guard.snapshot_every as u64) || self.snapshot_due;
+        if update && policy == Policy::Rollback && due {
             self.snapshot.copy_from_slice(&self.table);
+            self.snapshot_due = false;
         }
         let cfg = self.cfg;
         let (a, b) = (cfg.anchor_a, cfg.anchor_b);
@@ -400,6 +404,16 @@ impl Trainer for CpuTrainer {
         check_row(self.shape, row, values)?;
         let d = self.shape.dim;
         self.table[row * d..][..d].copy_from_slice(values);
+        Ok(())
+    }
+    fn run_state(&mut self) -> Result<RunState> {
+        let s = &self.state;
+        Ok(RunState { steps: self.steps_done, lr: s.lr, skips: s.skips, rollbacks: s.rollbacks })
+    }
+    fn set_run_state(&mut self, r: RunState) -> Result<()> {
+        (self.state.lr, self.state.skips, self.state.rollbacks) = (r.lr, r.skips, r.rollbacks);
+        self.steps_done = r.steps;
+        self.snapshot_due = true;
         Ok(())
     }
     fn scan_table(&mut self) -> Result<Scan> {

@@ -46,7 +46,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a table (the default command).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Scan a saved table for NaN and ±Inf (exit code 3 when it has any).
     Scan(ScanArgs),
     /// The original six-code case, naive and safe side by side, explained.
@@ -155,6 +155,13 @@ struct TrainArgs {
     /// The tensor of a .safetensors file that is the table.
     #[arg(long, default_value = latent_line::tables::DEFAULT_TENSOR)]
     tensor: String,
+    /// Continue a run from this checkpoint (a table saved by latent-line,
+    /// with its step count); --steps is the total, as for an unbroken run.
+    #[arg(long, value_name = "FILE", conflicts_with = "load")]
+    resume: Option<PathBuf>,
+    /// Save the table (and the run state) to --save every N steps.
+    #[arg(long, value_name = "N", requires = "save")]
+    checkpoint_every: Option<usize>,
     /// Print nothing but errors.
     #[arg(long)]
     quiet: bool,
@@ -227,7 +234,10 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         }
     }
     let mut carried = None;
-    let (shape, source, note) = match &args.load {
+    if args.checkpoint_every == Some(0) {
+        bail!("invalid --checkpoint-every: 0; it must be at least 1");
+    }
+    let (shape, source, note) = match args.resume.as_ref().or(args.load.as_ref()) {
         Some(path) => {
             let l = tables::load(path, &args.tensor)?;
             carried = l.carried;
@@ -282,7 +292,30 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         }
     }
 
+    // --resume: the run state saved beside the checkpoint, checked before
+    // any work.
+    let resumed = match &args.resume {
+        Some(path) => {
+            let state = tables::load_state(path, carried.as_ref())?.ok_or_else(|| {
+                anyhow::anyhow!("invalid --resume: {} has no run state (was it saved by latent-line?)", path.display())
+            })?;
+            if cfg.momentum > 0.0 {
+                bail!(
+                    "invalid --resume: a checkpoint does not hold the momentum velocity yet; resume without --momentum"
+                );
+            }
+            Some(state)
+        }
+        None => None,
+    };
     let (mut trainer, why) = open_trainer(args, shape, cfg, source)?;
+    let start = match resumed {
+        Some(state) => {
+            trainer.set_run_state(state)?;
+            state.steps as usize
+        }
+        None => 0,
+    };
     let dev = trainer.device_info();
     out!(
         "device   {} · {}{}",
@@ -326,13 +359,19 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     const SHOWN_EVENTS: usize = 12;
     let mut records = Vec::new();
     let mut per_step = Vec::new();
-    let mut done = 0;
+    let mut done = start;
+    if start > 0 {
+        out!("resume   from step {start} of {}", args.steps);
+    }
     let mut shown = 0;
     let mut hidden = 0;
     let mut last_said: Vec<(&str, String)> = Vec::new();
     let mut collapse_warned = false;
     while done < args.steps {
-        let n = BLOCK.min(args.steps - done);
+        let mut n = BLOCK.min(args.steps - done);
+        if let Some(k) = args.checkpoint_every {
+            n = n.min(k - done % k);
+        }
         let t = Instant::now();
         let block = trainer.steps(n)?;
         per_step.push(t.elapsed().as_secs_f64() / n as f64);
@@ -355,6 +394,13 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         }
         records.extend(block);
         done += n;
+        if let (Some(k), Some(path)) = (args.checkpoint_every, &args.save) {
+            if done % k == 0 && done < args.steps {
+                let state = trainer.run_state()?;
+                tables::save(path, &args.tensor, shape, &trainer.read_table()?, carried.as_ref(), Some(&state))?;
+                out!("checkpoint step {done} → {}", path.display());
+            }
+        }
         if let (Some(at), false) = (collapse_step(&records), collapse_warned) {
             collapse_warned = true;
             out!(
@@ -429,7 +475,8 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     }
 
     if let Some(path) = &args.save {
-        tables::save(path, &args.tensor, shape, &trainer.read_table()?, carried.as_ref())?;
+        let state = trainer.run_state()?;
+        tables::save(path, &args.tensor, shape, &trainer.read_table()?, carried.as_ref(), Some(&state))?;
         out!(
             "saved    {}{}",
             path.display(),
@@ -440,7 +487,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         let report = Report {
             options: args,
             device: dev,
-            steps: records.iter().enumerate().map(|(i, r)| StepEntry::new(i, r, w_red)).collect(),
+            steps: records.iter().enumerate().map(|(i, r)| StepEntry::new(start + i, r, w_red)).collect(),
             summary: Summary {
                 first_loss: first.loss(w_red),
                 last_loss: last.loss(w_red),

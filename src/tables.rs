@@ -13,6 +13,44 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use crate::config::Shape;
 use crate::error::{Error, Result};
 use crate::npy;
+use crate::trainer::RunState;
+
+/// Where a `.safetensors` checkpoint keeps its [`RunState`] (metadata key).
+const STATE_KEY: &str = "latent_line.run_state";
+
+/// The [`RunState`] file beside an `.npy` checkpoint.
+pub fn state_sidecar(path: &Path) -> std::path::PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".state.json");
+    s.into()
+}
+
+/// The run state saved with the table at `path` (`None`: none saved).
+pub fn load_state(path: &Path, carried: Option<&Carried>) -> Result<Option<RunState>> {
+    let parse = |text: &str, from: &Path| {
+        serde_json::from_str::<RunState>(text)
+            .map(Some)
+            .map_err(|e| Error::bad_file(from, format!("unreadable run state: {e}")))
+    };
+    match (format_of(path)?, carried) {
+        (Format::Safetensors, Some(c)) => {
+            let (_, meta) = SafeTensors::read_metadata(&c.bytes)
+                .map_err(|e| Error::bad_file(path, format!("not a valid .safetensors file: {e}")))?;
+            match meta.metadata().as_ref().and_then(|m| m.get(STATE_KEY)) {
+                Some(text) => parse(text, path),
+                None => Ok(None),
+            }
+        }
+        _ => {
+            let side = state_sidecar(path);
+            match std::fs::read_to_string(&side) {
+                Ok(text) => parse(&text, &side),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::io(&side, e)),
+            }
+        }
+    }
+}
 
 /// The tensor a safetensors table is, unless `--tensor` says otherwise.
 pub const DEFAULT_TENSOR: &str = "weight";
@@ -101,9 +139,27 @@ fn load_safetensors(path: &Path, name: &str) -> Result<LoadedTable> {
 /// `.safetensors` output holds the table as F32 tensor `tensor`, and, when
 /// `carried` comes from a `.safetensors` input, that file's other tensors
 /// and metadata unchanged.
-pub fn save(path: &Path, tensor: &str, shape: Shape, data: &[f32], carried: Option<&Carried>) -> Result<()> {
+///
+/// With `state`, the run state goes beside the table: into the metadata of a
+/// `.safetensors` file, or into `FILE.npy.state.json` (written first, so a
+/// crash between the two leaves a state that is at most one checkpoint new:
+/// `--resume` checks the step count against nothing else).
+pub fn save(
+    path: &Path,
+    tensor: &str,
+    shape: Shape,
+    data: &[f32],
+    carried: Option<&Carried>,
+    state: Option<&RunState>,
+) -> Result<()> {
+    let state_json = state.map(|s| serde_json::to_string(s).unwrap_or_default());
     match format_of(path)? {
-        Format::Npy => npy::save(path, shape, data),
+        Format::Npy => {
+            if let Some(text) = &state_json {
+                npy::save_atomic(&state_sidecar(path), |w| std::io::Write::write_all(w, text.as_bytes()))?;
+            }
+            npy::save(path, shape, data)
+        }
         Format::Safetensors => {
             let bytes: &[u8] = bytemuck::cast_slice(data);
             let table = TensorView::new(Dtype::F32, vec![shape.rows, shape.dim], bytes)
@@ -118,6 +174,9 @@ pub fn save(path: &Path, tensor: &str, shape: Shape, data: &[f32], carried: Opti
                     .map_err(|e| Error::bad_file(path, format!("the loaded file no longer parses: {e}")))?;
                 metadata = meta.metadata().clone();
                 tensors.extend(parsed.tensors().into_iter().filter(|(n, _)| *n != c.table && *n != tensor));
+            }
+            if let Some(text) = state_json {
+                metadata.get_or_insert_with(HashMap::new).insert(STATE_KEY.to_owned(), text);
             }
             let out = safetensors::tensor::serialize(tensors, metadata)
                 .map_err(|e| Error::bad_file(path, format!("cannot encode the file: {e}")))?;

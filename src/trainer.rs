@@ -7,6 +7,20 @@ use crate::error::Result;
 use crate::record::Record;
 use crate::scan::Scan;
 
+/// What a run needs besides the table to go on exactly where it stopped
+/// (SPEC §13 `--resume`): saved beside a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunState {
+    /// Steps done (the rollback snapshots' schedule follows it).
+    pub steps: u64,
+    /// The learning rate now (rollbacks back it off).
+    pub lr: f32,
+    /// Consecutive skipped steps (skip-step).
+    pub skips: u32,
+    /// Rollbacks so far.
+    pub rollbacks: u32,
+}
+
 /// Where the initial table comes from.
 #[derive(Clone, Debug)]
 pub enum TableSource {
@@ -45,4 +59,8 @@ pub trait Trainer {
     fn write_row(&mut self, row: usize, values: &[f32]) -> Result<()>;
     /// SPEC §7 scan of the current table, on the trainer's device.
     fn scan_table(&mut self) -> Result<Scan>;
+    /// The run's state besides the table (for checkpoints).
+    fn run_state(&mut self) -> Result<RunState>;
+    /// Continues a run from `state` (before any step of this trainer).
+    fn set_run_state(&mut self, state: RunState) -> Result<()>;
 }

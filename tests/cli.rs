@@ -224,7 +224,10 @@ fn loading_trains_the_file_and_may_overwrite_it() {
     assert_eq!(back.shape, shape);
     assert_ne!(back.data, data, "the table was not trained");
     assert_eq!(&back.data[16..20], &data[16..20], "frozen anchor row 4 changed");
-    assert_eq!(dir.files(), vec!["t.npy"]);
+    // The table, and its run state beside it (for --resume); no temporary file left.
+    assert_eq!(dir.files(), vec!["t.npy", "t.npy.state.json"]);
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.p("t.npy.state.json")).unwrap()).unwrap();
+    assert_eq!(state["steps"], 3);
 }
 
 #[test]
@@ -371,4 +374,50 @@ fn json_prints_the_report_alone_and_quiet_prints_nothing() {
     assert_eq!(r["summary"]["all_finite"], true);
     let o = run(&["--backend", "cpu", "--rows", "300", "--dim", "5", "--steps", "4", "--quiet"]);
     assert_eq!((o.status.code(), o.stdout.len()), (Some(0), 0), "{}", String::from_utf8_lossy(&o.stdout));
+}
+
+#[test]
+fn a_run_split_by_a_resume_gives_the_table_of_an_unbroken_run() {
+    let dir = Dir::new();
+    for backend in ["cpu", "gpu"] {
+        for (ext, policy) in [("npy", "skip-step"), ("safetensors", "rollback"), ("npy", "ignore")] {
+            let (whole, half, done) =
+                (dir.s(&format!("whole.{ext}")), dir.s(&format!("half.{ext}")), dir.s(&format!("done.{ext}")));
+            let common = [
+                "--backend",
+                backend,
+                "--rows",
+                "700",
+                "--dim",
+                "6",
+                "--endpoints",
+                "detached",
+                "--margin",
+                "3",
+                "--on-nonfinite",
+                policy,
+                "--snapshot-every",
+                "7",
+                "--seed",
+                "5",
+            ];
+            let with = |extra: &[&str]| {
+                let mut a: Vec<&str> = common.to_vec();
+                a.extend_from_slice(extra);
+                let o = run(&a);
+                assert_eq!(o.status.code(), Some(0), "{backend} {policy} {extra:?}: {}", stderr(&o));
+                String::from_utf8_lossy(&o.stdout).into_owned()
+            };
+            with(&["--steps", "30", "--save", &whole]);
+            // 10 steps with checkpoints every 4 (the last at 8, then the end at 10) …
+            let first = with(&["--steps", "10", "--save", &half, "--checkpoint-every", "4"]);
+            assert!(first.contains("checkpoint step 8"), "{first}");
+            // … then on to 30.
+            let second = with(&["--resume", &half, "--steps", "30", "--save", &done]);
+            assert!(second.contains("resume   from step 10 of 30"), "{second}");
+            let (a, b) = (std::fs::read(&whole).unwrap(), std::fs::read(&done).unwrap());
+            let tail = |v: &[u8]| v[v.len() - 700 * 6 * 4..].to_vec();
+            assert!(tail(&a) == tail(&b), "{backend} {ext} {policy}: the resumed table differs");
+        }
+    }
 }

@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::guard::{Policy, TAU};
 use crate::record::{Record, RECORD_WORDS};
 use crate::scan::Scan;
-use crate::trainer::{DeviceInfo, TableSource, Trainer};
+use crate::trainer::{DeviceInfo, RunState, TableSource, Trainer};
 
 /// Steps encoded into one submission.
 const STEPS_PER_SUBMIT: usize = 8;
@@ -252,6 +252,8 @@ pub struct GpuTrainer {
     rollback: Option<(Pass, Pass)>,
     ring: Vec<Slot>,
     steps_done: u64,
+    /// A resumed run snapshots at its first step (it has no earlier one).
+    snapshot_due: bool,
     staged: Option<Staged>,
     scanner: Option<TableScanner>,
 }
@@ -531,6 +533,7 @@ impl GpuTrainer {
             rollback,
             ring,
             steps_done: 0,
+            snapshot_due: false,
             staged: None,
             scanner: None,
         }
@@ -720,12 +723,16 @@ impl GpuTrainer {
 
     /// Which table buffer is current (read from the device; no work in flight).
     fn current(&self) -> Result<u32> {
+        Ok(self.read_state()?.cur)
+    }
+
+    fn read_state(&self) -> Result<StateU> {
         let staging = readback(&self.ctx, "state readback", 48);
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(&self.state, 0, &staging, 0, 48);
         self.ctx.queue.submit([enc.finish()]);
         let raw = read_mapped(&self.ctx, &staging, 48)?;
-        Ok(bytemuck::pod_read_unaligned::<StateU>(&raw).cur)
+        Ok(bytemuck::pod_read_unaligned::<StateU>(&raw))
     }
 
     /// One step (or, with `update == false`, one evaluation), as one pass.
@@ -890,7 +897,9 @@ impl GpuTrainer {
             match self.opts.path {
                 StepPath::Fused => {
                     let every = self.cfg.guard.snapshot_every as u64;
-                    self.encode_fused(&mut enc, true, self.steps_done.is_multiple_of(every), None);
+                    let snapshot = self.steps_done.is_multiple_of(every) || self.snapshot_due;
+                    self.snapshot_due = false;
+                    self.encode_fused(&mut enc, true, snapshot, None);
                 }
                 StepPath::Staged => self.encode_staged(&mut enc),
             }
@@ -1045,6 +1054,18 @@ impl Trainer for GpuTrainer {
         let (c, i) = self.layout.locate(row);
         let at = i as u64 * self.shape.dim as u64 * 4;
         self.ctx.queue.write_buffer(self.chunks[c].buffer(cur), at, bytemuck::cast_slice(values));
+        self.ctx.wait()
+    }
+    fn run_state(&mut self) -> Result<RunState> {
+        let s = self.read_state()?;
+        Ok(RunState { steps: self.steps_done, lr: s.lr, skips: s.skips, rollbacks: s.rollbacks })
+    }
+    fn set_run_state(&mut self, r: RunState) -> Result<()> {
+        // lr, skips, rollbacks are consecutive words of `State` (24..36).
+        let words = [r.lr.to_bits(), r.skips, r.rollbacks];
+        self.ctx.queue.write_buffer(&self.state, 24, bytemuck::cast_slice(&words));
+        self.steps_done = r.steps;
+        self.snapshot_due = true;
         self.ctx.wait()
     }
     fn scan_table(&mut self) -> Result<Scan> {
