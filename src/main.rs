@@ -76,7 +76,12 @@ enum Outcome {
     Done,
     /// The guard aborted, or `scan` found non-finite values: exit code 3.
     NonFinite,
+    /// Ctrl-C: the steps in flight finished, the table and report saved: 130.
+    Interrupted,
 }
+
+/// Set by the Ctrl-C handler; the training loop stops at the next block.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 use latent_line::backend::Backend as BackendChoice;
 
@@ -189,6 +194,7 @@ fn main() -> ExitCode {
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::NonFinite) => ExitCode::from(3),
+        Ok(Outcome::Interrupted) => ExitCode::from(130),
         Err(e) => {
             eprintln!("latent-line: error: {e:#}");
             ExitCode::from(1)
@@ -309,6 +315,9 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         None => None,
     };
     let (mut trainer, why) = open_trainer(args, shape, cfg, source)?;
+    // Ctrl-C: finish the block of steps in flight, save, report, exit 130.
+    // (A second Ctrl-C cannot corrupt anything either: saves are atomic.)
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst));
     let start = match resumed {
         Some(state) => {
             trainer.set_run_state(state)?;
@@ -412,6 +421,10 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         }
         if records.last().is_some_and(|r| r.action == Action::NotRun) {
             break; // the guard aborted on the device; nothing more will run
+        }
+        if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+            out!("interrupted after step {done}: saving and reporting");
+            break;
         }
     }
     if hidden > 0 {
@@ -522,7 +535,13 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             let _ = serde_json::to_writer_pretty(&mut stdout, &report).map(|_| writeln!(stdout));
         }
     }
-    Ok(if aborted_at.is_some() { Outcome::NonFinite } else { Outcome::Done })
+    Ok(if aborted_at.is_some() {
+        Outcome::NonFinite
+    } else if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        Outcome::Interrupted
+    } else {
+        Outcome::Done
+    })
 }
 
 /// `latent-line devices`: the adapters wgpu sees (honouring `WGPU_BACKEND`),
