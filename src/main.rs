@@ -369,6 +369,20 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     let mut records = Vec::new();
     let mut per_step = Vec::new();
     let mut done = start;
+    // A progress bar on a terminal for runs long enough to want one (on
+    // stderr; not with --quiet or --json, nor when stdout is not a terminal).
+    let bar = (std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && !QUIET.load(std::sync::atomic::Ordering::Relaxed)
+        && args.steps - start.min(args.steps) > 100)
+        .then(|| {
+            let b = indicatif::ProgressBar::new(args.steps as u64);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps · {per_sec} · {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b.set_position(start as u64);
+            b
+        });
     if start > 0 {
         out!("resume   from step {start} of {}", args.steps);
     }
@@ -391,7 +405,10 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 let what = what.split_once(": ").map_or(what.clone(), |(_, w)| w.to_owned());
                 let repeat = last_said.iter().any(|(b, w)| *b == e.buffer && *w == what);
                 if shown < SHOWN_EVENTS && !repeat {
-                    out!("event    {}", e.describe());
+                    match &bar {
+                        Some(b) => b.suspend(|| out!("event    {}", e.describe())),
+                        None => out!("event    {}", e.describe()),
+                    }
                     shown += 1;
                 } else {
                     hidden += 1;
@@ -400,6 +417,15 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 last_said.push((e.buffer, what));
                 events.push(e);
             }
+        }
+        if let (Some(b), Some(last)) = (&bar, block.last()) {
+            b.set_position((done + n) as u64);
+            b.set_message(format!(
+                "loss {:.4e} · d0 {:.4} · non-finite events {}",
+                last.loss(cfg.w_red(shape.rows) as f64),
+                last.d0,
+                events.len()
+            ));
         }
         records.extend(block);
         done += n;
@@ -426,6 +452,9 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             out!("interrupted after step {done}: saving and reporting");
             break;
         }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     if hidden > 0 {
         out!("event    … {hidden} more non-finite events, repeats included (all in --report)");
