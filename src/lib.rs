@@ -22,6 +22,7 @@ pub mod error;
 pub mod gpu;
 pub mod guard;
 pub mod npy;
+pub mod plot;
 pub mod record;
 pub mod reference;
 pub mod report;

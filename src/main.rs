@@ -167,6 +167,9 @@ struct TrainArgs {
     /// Save the table (and the run state) to --save every N steps.
     #[arg(long, value_name = "N", requires = "save")]
     checkpoint_every: Option<usize>,
+    /// Draw the mean excess per step and the codes before/after (SVG).
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
     /// Print nothing but errors.
     #[arg(long)]
     quiet: bool,
@@ -226,7 +229,12 @@ fn check_output(opt: &str, path: &Path) -> anyhow::Result<()> {
 fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     QUIET.store(args.quiet || args.json, std::sync::atomic::Ordering::Relaxed);
     // Everything is validated before any allocation or output.
-    for (opt, p) in [("--save", &args.save), ("--report", &args.report)] {
+    if let Some(p) = &args.plot {
+        if p.extension().and_then(|e| e.to_str()) != Some("svg") {
+            bail!("invalid --plot: {} must end in .svg", p.display());
+        }
+    }
+    for (opt, p) in [("--save", &args.save), ("--report", &args.report), ("--plot", &args.plot)] {
         if let Some(p) = p {
             check_output(opt, p)?;
         }
@@ -368,6 +376,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     const SHOWN_EVENTS: usize = 12;
     let mut records = Vec::new();
     let mut per_step = Vec::new();
+    let before = if args.plot.is_some() { Some(trainer.read_table()?) } else { None };
     let mut done = start;
     // A progress bar on a terminal for runs long enough to want one (on
     // stderr; not with --quiet or --json, nor when stdout is not a terminal).
@@ -524,6 +533,19 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             path.display(),
             if aborted_at.is_some() { " (the table before the failing step)" } else { "" }
         );
+    }
+    if let (Some(path), Some(before)) = (&args.plot, &before) {
+        let after = trainer.read_table()?;
+        let excess = records.iter().enumerate().map(|(i, r)| (start + i, r.mean_excess())).collect();
+        let pic = latent_line::plot::Picture {
+            excess,
+            before,
+            after: &after,
+            dim: shape.dim,
+            anchors: (cfg.anchor_a, cfg.anchor_b),
+        };
+        latent_line::plot::draw(path, &pic)?;
+        out!("plot     {}", path.display());
     }
     if args.report.is_some() || args.json {
         let report = Report {

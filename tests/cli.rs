@@ -421,3 +421,23 @@ fn a_run_split_by_a_resume_gives_the_table_of_an_unbroken_run() {
         }
     }
 }
+
+#[test]
+fn plot_writes_a_valid_svg_of_the_run() {
+    let dir = Dir::new();
+    let svg = dir.s("run.svg");
+    let o = run(&["--backend", "cpu", "--rows", "3000", "--dim", "6", "--steps", "15", "--plot", &svg]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = std::fs::read_to_string(dir.p("run.svg")).unwrap();
+    let doc = roxmltree::Document::parse(&text).expect("the SVG parses as XML");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    let texts: Vec<&str> = doc.descendants().filter_map(|n| n.text()).collect();
+    assert!(texts.iter().any(|t| t.contains("mean excess per step")), "{texts:?}");
+    // Before and after: one marker per sampled code each, plus the anchors.
+    let circles = doc.descendants().filter(|n| n.has_tag_name("circle")).count();
+    assert!(circles >= 2 * 2000 + 2, "{circles} circles");
+    // A bad name is refused before any work.
+    let o = run(&["--backend", "cpu", "--rows", "30", "--steps", "1", "--plot", &dir.s("run.png")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("must end in .svg"));
+}

@@ -1,0 +1,156 @@
+//! `--plot FILE.svg` (issue 6): the mean excess per step, and the codes
+//! before and after training projected onto the plane of the anchor line and
+//! the main direction perpendicular to it, anchors marked. Drawn with
+//! plotters' SVG backend into memory, then saved atomically.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::npy;
+
+/// Rows drawn in the scatter (evenly spaced through the table).
+const SAMPLE: usize = 2000;
+
+/// The frame of the picture: origin p, axis u along p→q, axis w the main
+/// direction of the sampled codes perpendicular to u.
+pub struct Frame {
+    p: Vec<f64>,
+    u: Vec<f64>,
+    w: Vec<f64>,
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn sample_rows(rows: usize) -> Vec<usize> {
+    let n = rows.min(SAMPLE);
+    (0..n).map(|i| i * rows / n).collect()
+}
+
+impl Frame {
+    /// The frame of `table` (row-major, `dim` columns) for anchors a, b.
+    pub fn new(table: &[f32], dim: usize, a: usize, b: usize) -> Frame {
+        let row = |i: usize| table[i * dim..][..dim].iter().map(|&v| v as f64).collect::<Vec<f64>>();
+        let (p, q) = (row(a), row(b));
+        let mut u: Vec<f64> = q.iter().zip(&p).map(|(q, p)| q - p).collect();
+        let n = dot(&u, &u).sqrt();
+        if n > 0.0 {
+            u.iter_mut().for_each(|x| *x /= n);
+        }
+        // Power iteration on the sampled residuals' scatter matrix.
+        let rows = table.len() / dim.max(1);
+        let resid: Vec<Vec<f64>> = sample_rows(rows)
+            .into_iter()
+            .map(|i| {
+                let d: Vec<f64> = row(i).iter().zip(&p).map(|(x, p)| x - p).collect();
+                let t = dot(&d, &u);
+                d.iter().zip(&u).map(|(d, u)| d - t * u).collect()
+            })
+            .collect();
+        let mut w: Vec<f64> = (0..dim).map(|k| 1.0 + k as f64 * 0.01).collect();
+        for _ in 0..50 {
+            let mut next = vec![0.0; dim];
+            for r in &resid {
+                let s = dot(r, &w);
+                next.iter_mut().zip(r).for_each(|(n, r)| *n += s * r);
+            }
+            let t = dot(&next, &u); // keep it perpendicular to u
+            next.iter_mut().zip(&u).for_each(|(n, u)| *n -= t * u);
+            let norm = dot(&next, &next).sqrt();
+            if norm == 0.0 {
+                break;
+            }
+            w = next.into_iter().map(|x| x / norm).collect();
+        }
+        Frame { p, u, w }
+    }
+
+    /// (along the anchor line, across it) of row `i`.
+    fn project(&self, table: &[f32], dim: usize, i: usize) -> (f64, f64) {
+        let d: Vec<f64> = table[i * dim..][..dim].iter().zip(&self.p).map(|(&x, p)| x as f64 - p).collect();
+        (dot(&d, &self.u), dot(&d, &self.w))
+    }
+}
+
+/// What the picture shows.
+pub struct Picture<'a> {
+    /// (step, mean excess) for every evaluated step.
+    pub excess: Vec<(usize, f64)>,
+    pub before: &'a [f32],
+    pub after: &'a [f32],
+    pub dim: usize,
+    pub anchors: (usize, usize),
+}
+
+/// Draws the picture into `path` (SVG), atomically.
+pub fn draw(path: &Path, pic: &Picture) -> Result<()> {
+    let mut svg = String::new();
+    render(&mut svg, pic).map_err(|e| Error::bad_file(path, format!("cannot draw the plot: {e}")))?;
+    npy::save_atomic(path, |w| std::io::Write::write_all(w, svg.as_bytes()))
+}
+
+fn render(svg: &mut String, pic: &Picture) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let root = SVGBackend::with_string(svg, (1200, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(560);
+
+    // Mean excess per step, log scale (steps whose loss was not finite skipped).
+    let pts: Vec<(f64, f64)> =
+        pic.excess.iter().filter(|(_, e)| e.is_finite() && *e > 0.0).map(|&(s, e)| (s as f64, e.log10())).collect();
+    let (x1, (y0, y1)) = (
+        pts.iter().map(|p| p.0).fold(1.0f64, f64::max),
+        pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.1), hi.max(p.1))),
+    );
+    let (y0, y1) = if y0.is_finite() { (y0.floor(), y1.ceil().max(y0.floor() + 1.0)) } else { (-1.0, 1.0) };
+    let mut c = ChartBuilder::on(&left)
+        .caption("mean excess per step (log10)", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0.0..x1, y0..y1)?;
+    c.configure_mesh().x_desc("step").y_desc("log10 mean excess").draw()?;
+    c.draw_series(LineSeries::new(pts, &BLUE))?;
+
+    // The codes in the plane of the anchor line, before and after.
+    let frame = Frame::new(pic.before, pic.dim, pic.anchors.0, pic.anchors.1);
+    let rows = pic.before.len() / pic.dim.max(1);
+    let sample = sample_rows(rows);
+    let before: Vec<(f64, f64)> = sample.iter().map(|&i| frame.project(pic.before, pic.dim, i)).collect();
+    let after: Vec<(f64, f64)> = sample.iter().map(|&i| frame.project(pic.after, pic.dim, i)).collect();
+    let anchors = |t: &[f32]| [frame.project(t, pic.dim, pic.anchors.0), frame.project(t, pic.dim, pic.anchors.1)];
+    let (ab, aa) = (anchors(pic.before), anchors(pic.after));
+    let all = before.iter().chain(&after).chain(&ab).chain(&aa).filter(|p| p.0.is_finite() && p.1.is_finite());
+    let (mut lo, mut hi) = ((f64::INFINITY, f64::INFINITY), (f64::NEG_INFINITY, f64::NEG_INFINITY));
+    for p in all {
+        lo = (lo.0.min(p.0), lo.1.min(p.1));
+        hi = (hi.0.max(p.0), hi.1.max(p.1));
+    }
+    let pad = |a: f64, b: f64| if a.is_finite() && b > a { ((b - a) * 0.05).max(1e-6) } else { 1.0 };
+    let (px, py) = (pad(lo.0, hi.0), pad(lo.1, hi.1));
+    let (lo, hi) = if lo.0.is_finite() { (lo, hi) } else { ((-1.0, -1.0), (1.0, 1.0)) };
+    let mut c = ChartBuilder::on(&right)
+        .caption("codes: along p→q (x) and across it (y)", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d((lo.0 - px)..(hi.0 + px), (lo.1 - py)..(hi.1 + py))?;
+    c.configure_mesh().x_desc("along the anchor line").y_desc("main perpendicular direction").draw()?;
+    c.draw_series(before.iter().map(|&p| Circle::new(p, 2, RGBColor(170, 170, 170).filled())))?
+        .label("before")
+        .legend(|p| Circle::new(p, 3, RGBColor(170, 170, 170).filled()));
+    c.draw_series(after.iter().map(|&p| Circle::new(p, 2, BLUE.filled())))?
+        .label("after")
+        .legend(|p| Circle::new(p, 3, BLUE.filled()));
+    c.draw_series(ab.iter().map(|&p| Circle::new(p, 7, RED.stroke_width(2))))?
+        .label("anchors before")
+        .legend(|p| Circle::new(p, 5, RED.stroke_width(2)));
+    c.draw_series(aa.iter().map(|&p| TriangleMarker::new(p, 8, RED.filled())))?
+        .label("anchors after")
+        .legend(|p| TriangleMarker::new(p, 6, RED.filled()));
+    c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
+}
