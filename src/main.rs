@@ -63,6 +63,9 @@ struct ScanArgs {
     /// The tensor of a .safetensors file to scan.
     #[arg(long, default_value = latent_line::tables::DEFAULT_TENSOR)]
     tensor: String,
+    /// Draw where in the table the non-finite rows sit (SVG).
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
     /// Where to scan: auto and cpu scan in host memory (the file is read there).
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
@@ -645,6 +648,12 @@ fn devices() -> anyhow::Result<Outcome> {
 
 /// `latent-line scan FILE`: SPEC §7 over a saved table.
 fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
+    if let Some(p) = &args.plot {
+        if p.extension().and_then(|e| e.to_str()) != Some("svg") {
+            bail!("invalid --plot: {} must end in .svg", p.display());
+        }
+        check_output("--plot", p)?;
+    }
     let t = Instant::now();
     let l = tables::load(&args.file, &args.tensor)?;
     let read_s = t.elapsed().as_secs_f64();
@@ -682,6 +691,20 @@ fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
         shape.bytes() as f64 / scan_s.max(1e-9) / 1e9,
         if on.starts_with("gpu") { ", upload included" } else { "" }
     );
+    if let Some(p) = &args.plot {
+        let counts = latent_line::plot::bad_rows_per_span(&l.data, shape.dim, 200);
+        let title = format!(
+            "{}: {} rows with NaN or ±Inf of {} ({} NaN, {} +Inf, {} −Inf)",
+            args.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            found.bad_rows,
+            shape.rows,
+            found.nan,
+            found.pos_inf,
+            found.neg_inf
+        );
+        latent_line::plot::draw_bad_rows(p, shape.rows, &counts, &title)?;
+        out!("plot     {}", p.display());
+    }
     if found.is_clean() {
         out!("finite   every value is finite");
         return Ok(Outcome::Done);

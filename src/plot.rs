@@ -154,3 +154,56 @@ fn render(svg: &mut String, pic: &Picture) -> std::result::Result<(), Box<dyn st
     root.present()?;
     Ok(())
 }
+
+/// `scan --plot`: where in the table the non-finite rows sit — the table cut
+/// into `counts.len()` equal spans of rows, a bar per span with its count of
+/// rows holding a NaN or ±Inf.
+pub fn draw_bad_rows(path: &Path, rows: usize, counts: &[u64], title: &str) -> Result<()> {
+    let mut svg = String::new();
+    render_bad_rows(&mut svg, rows, counts, title)
+        .map_err(|e| Error::bad_file(path, format!("cannot draw the plot: {e}")))?;
+    npy::save_atomic(path, |w| std::io::Write::write_all(w, svg.as_bytes()))
+}
+
+fn render_bad_rows(
+    svg: &mut String,
+    rows: usize,
+    counts: &[u64],
+    title: &str,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let root = SVGBackend::with_string(svg, (1000, 360)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let top = counts.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let span = rows as f64 / counts.len().max(1) as f64;
+    let mut c = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..rows as f64, 0.0..top * 1.05)?;
+    c.configure_mesh().x_desc("row").y_desc("rows with NaN or ±Inf").draw()?;
+    c.draw_series(counts.iter().enumerate().filter(|(_, &n)| n > 0).map(|(i, &n)| {
+        let x0 = i as f64 * span;
+        Rectangle::new([(x0, 0.0), (x0 + span, n as f64)], RED.filled())
+    }))?;
+    root.present()?;
+    Ok(())
+}
+
+/// Rows holding a non-finite value in each of `buckets` equal spans of rows.
+pub fn bad_rows_per_span(values: &[f32], dim: usize, buckets: usize) -> Vec<u64> {
+    use rayon::prelude::*;
+    let rows = values.len() / dim.max(1);
+    let buckets = buckets.clamp(1, rows.max(1));
+    let mut counts = vec![0u64; buckets];
+    let bad: Vec<usize> = values
+        .par_chunks(dim.max(1))
+        .enumerate()
+        .filter(|(_, r)| r.iter().any(|v| v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
+        .map(|(i, _)| i)
+        .collect();
+    for i in bad {
+        counts[i * buckets / rows] += 1;
+    }
+    counts
+}

@@ -273,6 +273,17 @@ fn scan_reports_findings_with_exit_code_3_and_clean_files_with_0() {
         let o = run(&["scan", &clean, "--backend", backend]);
         assert_eq!(o.status.code(), Some(0), "{backend}: {}", String::from_utf8_lossy(&o.stdout));
     }
+    // --plot: where the bad rows sit, one bar per span of rows that has any.
+    let svg = dir.s("where.svg");
+    let o = run(&["scan", &bad, "--plot", &svg]);
+    assert_eq!(o.status.code(), Some(3));
+    let text = std::fs::read_to_string(dir.p("where.svg")).unwrap();
+    let doc = roxmltree::Document::parse(&text).expect("the SVG parses");
+    assert!(doc.descendants().filter_map(|n| n.text()).any(|t| t.contains("3 rows with NaN or ±Inf of 300")), "{text}");
+    // Rows 17, 250 and 251 fall in spans 11, 166 and 167 of the 200 spans
+    // of 1.5 rows: three red bars.
+    let red = doc.descendants().filter(|n| n.has_tag_name("rect") && n.attribute("fill") == Some("#FF0000")).count();
+    assert_eq!(red, 3, "{text}");
     let o = run(&["scan", &dir.s("missing.npy")]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("missing.npy"), "{}", stderr(&o));
