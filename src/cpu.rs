@@ -35,6 +35,7 @@ pub struct CpuTrainer {
     steps_done: u64,
     /// A resumed run snapshots at its first step (it has no earlier one).
     snapshot_due: bool,
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// What a row's lane does with its new values.
@@ -139,6 +140,7 @@ impl CpuTrainer {
             state: GuardState::new(cfg.lr),
             steps_done: 0,
             snapshot_due: false,
+            stop: None,
         })
     }
 
@@ -392,7 +394,20 @@ impl Trainer for CpuTrainer {
         }
     }
     fn steps(&mut self, n: usize) -> Result<Vec<Record>> {
-        Ok((0..n).map(|_| self.pass(true)).collect())
+        let stopped = |s: &Option<std::sync::Arc<std::sync::atomic::AtomicBool>>| {
+            s.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst))
+        };
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            if stopped(&self.stop) {
+                break;
+            }
+            out.push(self.pass(true));
+        }
+        Ok(out)
+    }
+    fn set_stop(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        self.stop = Some(flag);
     }
     fn evaluate(&mut self) -> Result<Record> {
         Ok(self.pass(false))

@@ -83,8 +83,12 @@ enum Outcome {
     Interrupted,
 }
 
-/// Set by the Ctrl-C handler; the training loop stops at the next block.
-static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Set by the Ctrl-C handler; the trainer stops after the step in flight.
+static INTERRUPTED: std::sync::OnceLock<Arc<std::sync::atomic::AtomicBool>> = std::sync::OnceLock::new();
+
+fn interrupted() -> bool {
+    INTERRUPTED.get().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst))
+}
 
 use latent_line::backend::Backend as BackendChoice;
 
@@ -231,6 +235,13 @@ fn check_output(opt: &str, path: &Path) -> anyhow::Result<()> {
 
 fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     QUIET.store(args.quiet || args.json, std::sync::atomic::Ordering::Relaxed);
+    // Ctrl-C, from the start: the trainer finishes the step in flight (the
+    // GPU: the submissions in flight), then the table and the report are
+    // saved and the exit code is 130. Saves are atomic, so a second Ctrl-C
+    // cannot corrupt anything either.
+    let stop_flag = INTERRUPTED.get_or_init(|| Arc::new(std::sync::atomic::AtomicBool::new(false))).clone();
+    let handler_flag = stop_flag.clone();
+    let _ = ctrlc::set_handler(move || handler_flag.store(true, std::sync::atomic::Ordering::SeqCst));
     // Everything is validated before any allocation or output.
     if let Some(p) = &args.plot {
         if p.extension().and_then(|e| e.to_str()) != Some("svg") {
@@ -326,9 +337,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         None => None,
     };
     let (mut trainer, why) = open_trainer(args, shape, cfg, source)?;
-    // Ctrl-C: finish the block of steps in flight, save, report, exit 130.
-    // (A second Ctrl-C cannot corrupt anything either: saves are atomic.)
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst));
+    trainer.set_stop(stop_flag);
     let start = match resumed {
         Some(state) => {
             trainer.set_run_state(state)?;
@@ -409,6 +418,12 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         }
         let t = Instant::now();
         let block = trainer.steps(n)?;
+        // Fewer than asked only when Ctrl-C stopped the trainer.
+        let n = block.len();
+        if n == 0 {
+            out!("interrupted after step {done}: saving and reporting");
+            break;
+        }
         per_step.push(t.elapsed().as_secs_f64() / n as f64);
         for (i, r) in block.iter().enumerate() {
             for e in Event::of_record(done + i, r) {
@@ -460,7 +475,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         if records.last().is_some_and(|r| r.action == Action::NotRun) {
             break; // the guard aborted on the device; nothing more will run
         }
-        if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        if interrupted() {
             out!("interrupted after step {done}: saving and reporting");
             break;
         }
@@ -591,7 +606,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     }
     Ok(if aborted_at.is_some() {
         Outcome::NonFinite
-    } else if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+    } else if interrupted() {
         Outcome::Interrupted
     } else {
         Outcome::Done

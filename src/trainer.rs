@@ -63,4 +63,8 @@ pub trait Trainer {
     fn run_state(&mut self) -> Result<RunState>;
     /// Continues a run from `state` (before any step of this trainer).
     fn set_run_state(&mut self, state: RunState) -> Result<()>;
+    /// A flag that, once set (by a Ctrl-C handler, say), makes `steps`
+    /// return early: after the current step on the CPU, after the
+    /// submissions in flight on the GPU. The records say how many ran.
+    fn set_stop(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>);
 }

@@ -254,6 +254,8 @@ pub struct GpuTrainer {
     steps_done: u64,
     /// A resumed run snapshots at its first step (it has no earlier one).
     snapshot_due: bool,
+    /// Once set, no further submission starts (`Trainer::set_stop`).
+    stop: Option<Arc<std::sync::atomic::AtomicBool>>,
     staged: Option<Staged>,
     scanner: Option<TableScanner>,
 }
@@ -534,6 +536,7 @@ impl GpuTrainer {
             ring,
             steps_done: 0,
             snapshot_due: false,
+            stop: None,
             staged: None,
             scanner: None,
         }
@@ -967,7 +970,8 @@ impl GpuTrainer {
         let mut in_flight: VecDeque<usize> = VecDeque::new();
         let mut next = 0usize;
         loop {
-            if self.ring[next].pending.is_none() {
+            let stopped = n > 0 && self.stop.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
+            if self.ring[next].pending.is_none() && !stopped {
                 if let Some(m) = sizes.next() {
                     self.submit(m, next);
                     in_flight.push_back(next);
@@ -1067,6 +1071,9 @@ impl Trainer for GpuTrainer {
         self.steps_done = r.steps;
         self.snapshot_due = true;
         self.ctx.wait()
+    }
+    fn set_stop(&mut self, flag: Arc<std::sync::atomic::AtomicBool>) {
+        self.stop = Some(flag);
     }
     fn scan_table(&mut self) -> Result<Scan> {
         let cur = self.current()?;
