@@ -1,7 +1,7 @@
 //! The counter-based N(0,1) generator of `shaders/rng.wgsl`, ported line by
 //! line. A table entry is a pure function of (seed, row, column).
 
-fn mix32(x: u32) -> u32 {
+pub(crate) fn mix32(x: u32) -> u32 {
     let mut h = x;
     h ^= h >> 16;
     h = h.wrapping_mul(0x7feb_352d);
@@ -11,7 +11,7 @@ fn mix32(x: u32) -> u32 {
     h
 }
 
-fn counter_hash(seed: u64, row: u32, col: u32, stream: u32) -> u32 {
+pub(crate) fn counter_hash(seed: u64, row: u32, col: u32, stream: u32) -> u32 {
     let mut h = mix32(seed as u32 ^ 0x9e37_79b9);
     h = mix32(h ^ (seed >> 32) as u32);
     h = mix32(h ^ row);

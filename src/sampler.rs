@@ -7,6 +7,7 @@
 //! integers on the device; this is its mirror, line for line.
 
 use crate::error::{Error, Result};
+use crate::rng::{counter_hash, mix32};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sampler {
@@ -23,23 +24,10 @@ pub struct Slot {
     pub count: u32,
 }
 
-fn mix32(x: u32) -> u32 {
-    let mut h = x;
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x7feb_352d);
-    h ^= h >> 15;
-    h = h.wrapping_mul(0x846c_a68b);
-    h ^= h >> 16;
-    h
-}
-
-/// `counter_hash` of rng.wgsl with stream 7 (the sampler's).
+/// Round key `round` of `epoch`: rng.wgsl's `counter_hash` on stream 7
+/// (the sampler's), as `perm_key` in sampler.wgsl.
 fn round_key(seed: u64, epoch: u32, round: u32) -> u32 {
-    let mut h = mix32(seed as u32 ^ 0x9e37_79b9);
-    h = mix32(h ^ (seed >> 32) as u32);
-    h = mix32(h ^ epoch);
-    h = mix32(h ^ round);
-    mix32(h ^ 7)
+    counter_hash(seed, epoch, round, 7)
 }
 
 impl Sampler {

@@ -179,6 +179,17 @@ fn inject(t: &mut dyn Trainer, c: &Case) -> usize {
     }
 }
 
+/// Is row `i` of `t` on the segment between the case's anchors, to rounding
+/// (|r| ≲ 1e-4)? There sign(r) is decided by rounding, and f32 and f64 may
+/// take steps 2·lr·|g| apart (|g| small): such rows are not compared.
+fn on_segment(t: &[f32], i: usize, c: &Case) -> bool {
+    let dim = c.shape.dim;
+    let dist = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>().sqrt();
+    let (p, q, x) = (row(t, c.cfg.anchor_a, dim), row(t, c.cfg.anchor_b, dim), row(t, i, dim));
+    let d0 = dist(p, q);
+    (dist(x, p) + dist(x, q) - d0).abs() < 1e-4 * (1.0 + d0)
+}
+
 fn row_of(t: &[f32], r: usize, dim: usize) -> Vec<f32> {
     row(t, r, dim).to_vec()
 }
@@ -312,20 +323,8 @@ fn skip_row_keeps_only_the_offending_rows_and_counts_strikes() {
                 // not an anchor, so nobody else depends on it).
                 let mut want = to_f64(&start);
                 reference::step(&mut want, c.shape, &c.cfg);
-                // A row left unwritten would be off by lr·|g| ≈ 0.05. Rows
-                // that training brought onto the segment (|r| at rounding
-                // level) take sign(r) from rounding, where f32 and f64 may
-                // differ by 2·lr·|g| with |g| small: those are not compared.
-                let (pa, qb) = (row(&start, c.cfg.anchor_a, dim), row(&start, c.cfg.anchor_b, dim));
-                let dist = |x: &[f32], y: &[f32]| {
-                    x.iter().zip(y).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>().sqrt()
-                };
-                let d0 = dist(pa, qb);
-                for i in (0..c.shape.rows).filter(|&i| i != bad) {
-                    let x = row(&start, i, dim);
-                    if (dist(x, pa) + dist(x, qb) - d0).abs() < 1e-4 * (1.0 + d0) {
-                        continue;
-                    }
+                // A row left unwritten would be off by lr·|g| ≈ 0.05.
+                for i in (0..c.shape.rows).filter(|&i| i != bad && !on_segment(&start, i, &c)) {
                     let (err, _) = max_rel_err(row(&got, i, dim), &want[i * dim..][..dim]);
                     assert!(err <= 1e-5, "{name}: row {i} off by {err:e}, {ctx}");
                 }
@@ -470,16 +469,7 @@ fn rollback_with_momentum_restarts_the_velocity() {
         let mut vel = vec![0.0f64; want.len()];
         let lr = c.cfg.lr * c.cfg.guard.backoff;
         reference::step_with_velocity(&mut want, &mut vel, c.shape, &StepConfig { lr, ..c.cfg });
-        // Rows whose sign(r) rounding decides are skipped, as above.
-        let (pa, qb) = (row(&snapshot, c.cfg.anchor_a, dim), row(&snapshot, c.cfg.anchor_b, dim));
-        let dist =
-            |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>().sqrt();
-        let d0 = dist(pa, qb);
-        for i in 0..c.shape.rows {
-            let x = row(&snapshot, i, dim);
-            if (dist(x, pa) + dist(x, qb) - d0).abs() < 1e-4 * (1.0 + d0) {
-                continue;
-            }
+        for i in (0..c.shape.rows).filter(|&i| !on_segment(&snapshot, i, &c)) {
             let (err, _) = max_rel_err(row(&got, i, dim), &want[i * dim..][..dim]);
             assert!(err <= 1e-5, "{name}: row {i} off by {err:e} (velocity not restarted?), seed {seed}");
         }

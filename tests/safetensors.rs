@@ -72,15 +72,7 @@ fn a_checkpoint_goes_out_as_it_came_in_with_the_table_trained() {
         // The CPU backend on the same f32 table, via .npy, gives the same values.
         let npy_in = dir.path().join("in.npy");
         let npy_out = dir.path().join("out.npy");
-        let hdr = "{'descr': '<f4', 'fortran_order': False, 'shape': (300, 8), }";
-        let mut h = hdr.to_string();
-        h.push_str(&" ".repeat((10 + h.len() + 1).next_multiple_of(64) - (10 + h.len() + 1)));
-        h.push('\n');
-        let mut f = b"\x93NUMPY\x01\x00".to_vec();
-        f.extend_from_slice(&(h.len() as u16).to_le_bytes());
-        f.extend_from_slice(h.as_bytes());
-        f.extend(start.iter().flat_map(|v| v.to_le_bytes()));
-        std::fs::write(&npy_in, f).unwrap();
+        latent_line::npy::save(&npy_in, latent_line::Shape::new(300, 8).unwrap(), &start).unwrap();
         let r = run(&[
             "--backend",
             "cpu",
@@ -92,9 +84,7 @@ fn a_checkpoint_goes_out_as_it_came_in_with_the_table_trained() {
             "3",
         ]);
         assert_eq!(r.status.code(), Some(0));
-        let n = std::fs::read(&npy_out).unwrap();
-        let via_npy: Vec<f32> =
-            n[n.len() - 300 * 8 * 4..].chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        let via_npy = latent_line::npy::load(&npy_out).unwrap().data;
         assert!(
             trained.iter().zip(&via_npy).all(|(a, b)| a.to_bits() == b.to_bits()),
             "{dtype:?}: not the trained table"

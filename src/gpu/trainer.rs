@@ -615,17 +615,7 @@ impl GpuTrainer {
     /// step), or `None` without them. The guard acts as in `steps`; the
     /// records are not read. For benchmarks (SPEC §15).
     pub fn gpu_time_steps(&mut self, n: u32) -> Result<Option<std::time::Duration>> {
-        let mut total = std::time::Duration::ZERO;
-        let mut left = n;
-        while left > 0 {
-            let m = left.min(TIMED_PASSES);
-            match self.gpu_time_steps_once(m)? {
-                Some(t) => total += t,
-                None => return Ok(None),
-            }
-            left -= m;
-        }
-        Ok(Some(total))
+        in_timed_rounds(n, |m| self.gpu_time_steps_once(m))
     }
 
     fn gpu_time_steps_once(&mut self, n: u32) -> Result<Option<std::time::Duration>> {
@@ -656,17 +646,7 @@ impl GpuTrainer {
     /// SPEC §15 through the same API as the step), or `None` without
     /// timestamp queries.
     pub fn gpu_time_table_copies(&self, iters: u32) -> Result<Option<std::time::Duration>> {
-        let mut total = std::time::Duration::ZERO;
-        let mut left = iters;
-        while left > 0 {
-            let m = left.min(TIMED_PASSES);
-            match self.gpu_time_copies_once(m)? {
-                Some(t) => total += t,
-                None => return Ok(None),
-            }
-            left -= m;
-        }
-        Ok(Some(total))
+        in_timed_rounds(iters, |m| self.gpu_time_copies_once(m))
     }
 
     fn gpu_time_copies_once(&self, iters: u32) -> Result<Option<std::time::Duration>> {
@@ -992,6 +972,25 @@ impl GpuTrainer {
         }
         Ok(out)
     }
+}
+
+/// Times `n` passes in rounds of at most `TIMED_PASSES` (one query set
+/// each) and sums them; `None` as soon as a round has no timestamps.
+fn in_timed_rounds(
+    n: u32,
+    mut round: impl FnMut(u32) -> Result<Option<std::time::Duration>>,
+) -> Result<Option<std::time::Duration>> {
+    let mut total = std::time::Duration::ZERO;
+    let mut left = n;
+    while left > 0 {
+        let m = left.min(TIMED_PASSES);
+        match round(m)? {
+            Some(t) => total += t,
+            None => return Ok(None),
+        }
+        left -= m;
+    }
+    Ok(Some(total))
 }
 
 /// Table copies kept on the device by a policy (for out-of-memory messages).
