@@ -38,10 +38,10 @@ const ACT_EVALUATED: u32 = 7u;    // a forward evaluation, no update
 // block per scanned buffer (loss, gradient, rows written; see scan.wgsl),
 // then the strike counts of the listed rows (skip-row). `src/record.rs`
 // decodes this layout.
-const REC_HEADER: u32 = 8u;       // Σ|r|, max|r|, d0, s0, near, action, lr, cur
+const REC_HEADER: u32 = 10u;      // Σ|r|, max|r|, d0, s0, near, action, lr, cur, ‖g‖, clipping
 const SCAN_CAP: u32 = 64u;        // SPEC §7: rows listed per scan
 const SCAN_WORDS: u32 = 76u;      // 12 words + SCAN_CAP rows
-const REC_WORDS: u32 = 300u;      // REC_HEADER + 3·SCAN_WORDS + SCAN_CAP
+const REC_WORDS: u32 = 302u;      // REC_HEADER + 3·SCAN_WORDS + SCAN_CAP
 
 // Step-wide values; one uniform buffer for the whole run.
 struct Params {

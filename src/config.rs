@@ -14,9 +14,8 @@ pub enum Reduction {
     Mean,
 }
 
-/// Which rows and gradient terms the anchors get (SPEC §4).
-/// `attached` arrives with the training-semantics work; the shaders take the
-/// mode as the `MODE` override constant, so adding it adds a value there.
+/// Which rows and gradient terms the anchors get (SPEC §4); the shaders
+/// take it as the `MODE` override constant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Endpoints {
@@ -24,6 +23,8 @@ pub enum Endpoints {
     Frozen,
     /// The original code: anchors get the row term only, when in the batch.
     Detached,
+    /// The full gradient: every batch row pulls on the anchors too.
+    Attached,
 }
 
 impl Endpoints {
@@ -32,6 +33,7 @@ impl Endpoints {
         match self {
             Endpoints::Frozen => 0,
             Endpoints::Detached => 1,
+            Endpoints::Attached => 2,
         }
     }
     /// May a step write row `row`?
@@ -107,6 +109,8 @@ pub struct StepConfig {
     pub momentum: f32,
     /// SPEC §5: weight decay, added to the gradient as wd·W.
     pub weight_decay: f32,
+    /// SPEC §5: global-norm clipping of the step's gradient (0 = off).
+    pub clip_norm: f32,
 }
 
 impl StepConfig {
@@ -125,6 +129,7 @@ impl StepConfig {
             margin_weight: 1.0,
             momentum: 0.0,
             weight_decay: 0.0,
+            clip_norm: 0.0,
         }
     }
 
@@ -149,9 +154,12 @@ impl StepConfig {
         if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
             return Err(Error::invalid("--momentum", format!("{} must be in [0, 1)", self.momentum)));
         }
-        for (opt, v) in
-            [("--margin", self.margin), ("--margin-weight", self.margin_weight), ("--weight-decay", self.weight_decay)]
-        {
+        for (opt, v) in [
+            ("--margin", self.margin),
+            ("--margin-weight", self.margin_weight),
+            ("--weight-decay", self.weight_decay),
+            ("--clip-norm", self.clip_norm),
+        ] {
             if !v.is_finite() || v < 0.0 {
                 return Err(Error::invalid(opt, format!("{v} must be finite and ≥ 0")));
             }
@@ -194,6 +202,23 @@ impl StepConfig {
             self.margin_weight / d0
         } else {
             0.0
+        }
+    }
+
+    /// Do the anchors' gradients need the whole step reduced first
+    /// (attached mode's anchor term), or does the update need the step's
+    /// norm (clipping)? Then a step reads its rows twice (SPEC §4–§5).
+    pub fn needs_prepass(&self) -> bool {
+        self.endpoints == Endpoints::Attached || self.clip_norm > 0.0
+    }
+
+    /// Is an anchor row updated this step? In the batch, the anchor term of
+    /// `attached`, or an active separation term.
+    pub fn anchor_touched(&self, in_batch: bool, d0: f32) -> bool {
+        match self.endpoints {
+            Endpoints::Frozen => false,
+            Endpoints::Attached => true,
+            Endpoints::Detached => in_batch || (self.margin > 0.0 && d0 < self.margin),
         }
     }
 

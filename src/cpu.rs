@@ -7,6 +7,9 @@
 
 use rayon::prelude::*;
 
+mod general;
+
+use crate::batches::{Batches, StepSlots};
 use crate::config::{Shape, StepConfig};
 use crate::error::{Error, Result};
 use crate::guard::{Action, GuardState, Policy, TAU};
@@ -36,6 +39,11 @@ pub struct CpuTrainer {
     /// A resumed run snapshots at its first step (it has no earlier one).
     snapshot_due: bool,
     stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// SPEC §10: where each step's rows come from.
+    batches: Batches,
+    /// Full-table steps that need the general path (attached, clipping):
+    /// every row once, as slots.
+    identity: Vec<(u32, u32)>,
 }
 
 /// What a row's lane does with its new values.
@@ -88,6 +96,18 @@ struct BlockOut {
     struck: Vec<usize>,
 }
 
+/// `acc` then `o`, in that order (scans merge in row or slot order).
+fn fold(mut acc: BlockOut, o: BlockOut) -> BlockOut {
+    acc.sum += o.sum;
+    acc.max = acc.max.max(o.max);
+    acc.near += o.near;
+    acc.scans.loss = std::mem::take(&mut acc.scans.loss).merge(o.scans.loss);
+    acc.scans.grad = std::mem::take(&mut acc.scans.grad).merge(o.scans.grad);
+    acc.scans.table = std::mem::take(&mut acc.scans.table).merge(o.scans.table);
+    acc.struck.extend(o.struck);
+    acc
+}
+
 fn alloc(shape: Shape, n: usize) -> Result<Vec<f32>> {
     let mut v = Vec::new();
     v.try_reserve_exact(n).map_err(|_| shape.too_large("host memory allocation failed"))?;
@@ -97,7 +117,13 @@ fn alloc(shape: Shape, n: usize) -> Result<Vec<f32>> {
 
 impl CpuTrainer {
     pub fn new(shape: Shape, cfg: StepConfig, source: TableSource) -> Result<Self> {
+        Self::with_batches(shape, cfg, source, Batches::Full)
+    }
+
+    /// A trainer whose steps take their rows from `batches` (SPEC §10).
+    pub fn with_batches(shape: Shape, cfg: StepConfig, source: TableSource, batches: Batches) -> Result<Self> {
         cfg.validate(shape)?;
+        batches.validate(shape.rows)?;
         let n =
             usize::try_from(shape.elements()).map_err(|_| shape.too_large("more elements than this host can index"))?;
         let table = match source {
@@ -122,12 +148,18 @@ impl CpuTrainer {
             }
         };
         let policy = cfg.guard.policy;
-        let next = if policy.double_buffered() { alloc(shape, n)? } else { Vec::new() };
+        // Only the plain full-table step double-buffers; the general one
+        // writes a scratch copy of its slots back when the guard allows.
+        let general = !batches.is_full() || cfg.needs_prepass();
+        let double = policy.double_buffered() && !general;
+        let next = if double { alloc(shape, n)? } else { Vec::new() };
         let snapshot = if policy == Policy::Rollback { alloc(shape, n)? } else { Vec::new() };
         let strikes = if policy == Policy::SkipRow { vec![0u32; shape.rows] } else { Vec::new() };
         let momentum = cfg.momentum > 0.0;
         let vel = if momentum { alloc(shape, n)? } else { Vec::new() };
-        let vel_next = if momentum && policy.double_buffered() { alloc(shape, n)? } else { Vec::new() };
+        let vel_next = if momentum && double { alloc(shape, n)? } else { Vec::new() };
+        let identity =
+            if batches.is_full() && general { (0..shape.rows as u32).map(|r| (r, 1)).collect() } else { Vec::new() };
         Ok(CpuTrainer {
             shape,
             cfg,
@@ -141,7 +173,34 @@ impl CpuTrainer {
             steps_done: 0,
             snapshot_due: false,
             stop: None,
+            batches,
+            identity,
         })
+    }
+
+    /// One training step, by the plain full-table pass or the general one.
+    fn step(&mut self) -> Record {
+        let (a, b) = (self.cfg.anchor_a as u32, self.cfg.anchor_b as u32);
+        match self.batches.slots(self.shape.rows, a, b, self.steps_done) {
+            Some(s) => self.step_slots(&s),
+            None if self.cfg.needs_prepass() => {
+                let identity = std::mem::take(&mut self.identity);
+                let plan = general::Plan {
+                    slots: &identity,
+                    slot_a: a as usize,
+                    slot_b: b as usize,
+                    entries: self.shape.rows,
+                };
+                let rec = self.general_step(&plan);
+                self.identity = identity;
+                rec
+            }
+            None => self.pass(true),
+        }
+    }
+
+    fn step_slots(&mut self, s: &StepSlots) -> Record {
+        self.general_step(&general::Plan { slots: &s.slots, slot_a: 0, slot_b: 1, entries: s.entries })
     }
 
     /// One pass over the table: forward always, update when `update`.
@@ -326,16 +385,7 @@ impl CpuTrainer {
                 })
                 .collect()
         };
-        let total = blocks.into_iter().fold(BlockOut::default(), |mut acc, o| {
-            acc.sum += o.sum;
-            acc.max = acc.max.max(o.max);
-            acc.near += o.near;
-            acc.scans.loss = std::mem::take(&mut acc.scans.loss).merge(o.scans.loss);
-            acc.scans.grad = std::mem::take(&mut acc.scans.grad).merge(o.scans.grad);
-            acc.scans.table = std::mem::take(&mut acc.scans.table).merge(o.scans.table);
-            acc.struck.extend(o.struck);
-            acc
-        });
+        let total = blocks.into_iter().fold(BlockOut::default(), fold);
         if !update {
             return self.record(total, d0, Action::Evaluated);
         }
@@ -374,6 +424,7 @@ impl CpuTrainer {
             lr: self.state.lr as f64,
             separation: if action == Action::NotRun { 0.0 } else { self.cfg.separation(d0 as f64) },
             action,
+            grad_norm: None,
             scans: o.scans,
         }
     }
@@ -402,12 +453,17 @@ impl Trainer for CpuTrainer {
             if stopped(&self.stop) {
                 break;
             }
-            out.push(self.pass(true));
+            out.push(self.step());
         }
         Ok(out)
     }
     fn set_stop(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
         self.stop = Some(flag);
+    }
+    fn step_rows(&mut self, rows: &[u32]) -> Result<Record> {
+        let ib = crate::batches::IndexBatches::new(vec![rows.iter().map(|&r| r as i64).collect()], self.shape.rows)?;
+        let (a, b) = (self.cfg.anchor_a as u32, self.cfg.anchor_b as u32);
+        Ok(self.step_slots(&StepSlots::new(ib.batch(0), a, b, true)))
     }
     fn evaluate(&mut self) -> Result<Record> {
         Ok(self.pass(false))

@@ -15,6 +15,7 @@
 //!   `examples/train_table.rs` for a whole program.
 
 pub mod backend;
+pub mod batches;
 pub mod config;
 pub mod cpu;
 pub mod diagnose;
@@ -32,6 +33,7 @@ pub mod scan;
 pub mod tables;
 pub mod trainer;
 
+pub use batches::{Batches, IndexBatches, StepSlots};
 pub use config::{Endpoints, Reduction, Shape, StepConfig};
 pub use error::{Error, Result};
 pub use guard::{Action, Guard, Policy};

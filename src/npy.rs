@@ -26,10 +26,31 @@ pub struct Loaded {
 enum Dtype {
     F32,
     F64,
+    I32,
+    I64,
 }
 
-/// Reads a 2-D f32/f64 `.npy` table.
-pub fn load(path: &Path) -> Result<Loaded> {
+impl Dtype {
+    fn size(self) -> u64 {
+        match self {
+            Dtype::F32 | Dtype::I32 => 4,
+            Dtype::F64 | Dtype::I64 => 8,
+        }
+    }
+}
+
+/// An open `.npy` file positioned at its data, with its parsed header.
+struct Opened {
+    file: File,
+    dtype: Dtype,
+    dims: Vec<u64>,
+    /// Data bytes the file really holds (after the header).
+    data_bytes: u64,
+}
+
+/// Reads and checks the magic, the version and the header, against the
+/// file's real size, before anything is allocated for the data.
+fn open(path: &Path) -> Result<Opened> {
     let bad = |reason: String| Error::bad_file(path, reason);
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
@@ -60,26 +81,75 @@ pub fn load(path: &Path) -> Result<Loaded> {
     read_exact_or(&mut file, &mut header, || bad("truncated .npy header".into()))?;
     let header = String::from_utf8(header).map_err(|_| bad("the .npy header is not text".into()))?;
     let (dtype, dims) = parse_header(&header).map_err(bad)?;
-    if dims.len() != 2 {
-        return Err(bad(format!("expected a 2-D table (rows, dim), found {} dimension(s) {:?}", dims.len(), dims)));
-    }
-    let item = match dtype {
-        Dtype::F32 => 4u64,
-        Dtype::F64 => 8,
-    };
-    let want = dims[0]
-        .checked_mul(dims[1])
-        .and_then(|n| n.checked_mul(item))
+    let data_bytes = file_len - prefix - header_len;
+    let want = dims
+        .iter()
+        .try_fold(dtype.size(), |n, &d| n.checked_mul(d))
         .ok_or_else(|| bad(format!("shape {dims:?} overflows")))?;
-    let have = file_len - prefix - header_len;
-    if have != want {
-        let what = if have < want { "truncated" } else { "has trailing bytes" };
+    if data_bytes != want {
+        let what = if data_bytes < want { "truncated" } else { "has trailing bytes" };
         return Err(bad(format!(
-            "{what}: shape ({}, {}) of {} needs {want} data bytes, the file has {have}",
-            dims[0],
-            dims[1],
+            "{what}: shape {dims:?} of {} needs {want} data bytes, the file has {data_bytes}",
             dtype_name(dtype)
         )));
+    }
+    Ok(Opened { file, dtype, dims, data_bytes })
+}
+
+/// Integer indices read from a `.npy` file (SPEC §10's `--indices`).
+#[derive(Debug)]
+pub struct Indices {
+    /// 1-D: `[n]`; 2-D: `[batches, n]`.
+    pub dims: Vec<u64>,
+    /// Row-major values, widened to i64.
+    pub values: Vec<i64>,
+}
+
+/// Reads a 1-D or 2-D int32/int64 `.npy` file of row indices.
+pub fn load_indices(path: &Path) -> Result<Indices> {
+    let bad = |reason: String| Error::bad_file(path, reason);
+    let Opened { mut file, dtype, dims, data_bytes } = open(path)?;
+    if !matches!(dtype, Dtype::I32 | Dtype::I64) {
+        return Err(bad(format!("indices must be int32 or int64, found {}", dtype_name(dtype))));
+    }
+    if dims.is_empty() || dims.len() > 2 {
+        return Err(bad(format!("expected 1-D (one batch) or 2-D (a batch per row) indices, found shape {dims:?}")));
+    }
+    if dims.iter().any(|&d| d == 0) {
+        return Err(bad(format!("an index file of shape {dims:?} holds no batch")));
+    }
+    let item = dtype.size() as usize;
+    // The size check above ties the count to the file's real size.
+    let n = (data_bytes / item as u64) as usize;
+    let mut values = Vec::with_capacity(n);
+    let mut block = vec![0u8; item * 65_536];
+    let mut left = n;
+    while left > 0 {
+        let m = left.min(65_536);
+        let bytes = &mut block[..m * item];
+        read_exact_or(&mut file, bytes, || bad("truncated while reading the data".into()))?;
+        if item == 4 {
+            values.extend(bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64));
+        } else {
+            values.extend(bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))));
+        }
+        left -= m;
+    }
+    Ok(Indices { dims, values })
+}
+
+/// Reads a 2-D f32/f64 `.npy` table.
+pub fn load(path: &Path) -> Result<Loaded> {
+    let bad = |reason: String| Error::bad_file(path, reason);
+    let Opened { mut file, dtype, dims, .. } = open(path)?;
+    if !matches!(dtype, Dtype::F32 | Dtype::F64) {
+        return Err(bad(format!(
+            "unsupported dtype {}: a table is little-endian float32 ('<f4') or float64 ('<f8')",
+            dtype_name(dtype)
+        )));
+    }
+    if dims.len() != 2 {
+        return Err(bad(format!("expected a 2-D table (rows, dim), found {} dimension(s) {:?}", dims.len(), dims)));
     }
     let shape = Shape::new(dims[0] as usize, dims[1] as usize).map_err(|e| bad(e.to_string()))?;
     let n = (dims[0] * dims[1]) as usize;
@@ -95,8 +165,8 @@ pub fn load(path: &Path) -> Result<Loaded> {
             }
             None
         }
-        Dtype::F64 => {
-            // Converted in bounded blocks.
+        _ => {
+            // float64, converted in bounded blocks.
             let mut block = vec![0u8; 8 * 65_536];
             for out in data.chunks_mut(65_536) {
                 let bytes = &mut block[..out.len() * 8];
@@ -115,6 +185,8 @@ fn dtype_name(d: Dtype) -> &'static str {
     match d {
         Dtype::F32 => "float32",
         Dtype::F64 => "float64",
+        Dtype::I32 => "int32",
+        Dtype::I64 => "int64",
     }
 }
 
@@ -135,9 +207,12 @@ fn parse_header(h: &str) -> std::result::Result<(Dtype, Vec<u64>), String> {
     let dtype = match descr {
         "<f4" => Dtype::F32,
         "<f8" => Dtype::F64,
+        "<i4" => Dtype::I32,
+        "<i8" => Dtype::I64,
         other => {
             return Err(format!(
-                "unsupported dtype '{other}': expected little-endian float32 ('<f4') or float64 ('<f8')"
+                "unsupported dtype '{other}': expected little-endian float32 ('<f4'), float64 ('<f8'), \
+                 or for indices int32 ('<i4') or int64 ('<i8')"
             ))
         }
     };
@@ -245,7 +320,7 @@ mod tests {
         assert!(parse_header("{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }")
             .unwrap_err()
             .contains("'>f4'"));
-        assert!(parse_header("{'descr': '<i8', 'fortran_order': False, 'shape': (2, 3), }").is_err());
+        assert!(parse_header("{'descr': '<i2', 'fortran_order': False, 'shape': (2, 3), }").is_err());
         assert!(parse_header("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }")
             .unwrap_err()
             .contains("Fortran"));

@@ -7,7 +7,7 @@ use crate::scan::{Scan, ROW_CAP, SCAN_WORDS};
 
 /// u32 words of one record on the GPU: header, three scans, strikes.
 pub const RECORD_WORDS: usize = HEADER_WORDS + 3 * SCAN_WORDS + ROW_CAP;
-const HEADER_WORDS: usize = 8;
+const HEADER_WORDS: usize = 10;
 
 /// The scans of one pass (SPEC §7).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
@@ -46,6 +46,8 @@ pub struct Record {
     /// SPEC §3's separation term λ·max(0, m − d0) (0 without a margin).
     pub separation: f64,
     pub action: Action,
+    /// SPEC §5: the step's gradient norm before clipping (with `--clip-norm`).
+    pub grad_norm: Option<f64>,
     pub scans: StepScans,
 }
 
@@ -66,6 +68,7 @@ impl Record {
             lr: f(6),
             separation: 0.0,
             action: Action::from_code(w[5]),
+            grad_norm: (w[9] != 0).then(|| f(8)),
             scans: StepScans {
                 loss: block(0),
                 grad: block(1),

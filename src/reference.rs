@@ -19,18 +19,25 @@ pub fn step_with_velocity(table: &mut [f64], vel: &mut [f64], shape: Shape, cfg:
     step_batch(table, vel, shape, cfg, &rows)
 }
 
-/// One step over the batch `rows` (no duplicates), in f64.
+/// One step over the batch `rows` (repeats allowed: a row's gradient is
+/// summed over its copies, as `nn.Embedding`'s backward does), in f64:
+/// SPEC §3–§5 with every endpoint mode, the separation term, momentum,
+/// weight decay and global-norm clipping. Rows outside the batch are not
+/// touched, except the anchors when `attached` or an active separation term
+/// gives them a gradient.
 pub fn step_batch(table: &mut [f64], vel: &mut [f64], shape: Shape, cfg: &StepConfig, rows: &[usize]) -> Record {
+    use crate::config::{Endpoints, Reduction};
     let d = shape.dim;
     let eps = cfg.eps as f64;
+    let (a, b) = (cfg.anchor_a, cfg.anchor_b);
     // SPEC §2: the whole step reads the snapshot, whatever it writes to a, b.
-    let p: Vec<f64> = table[cfg.anchor_a * d..][..d].to_vec();
-    let q: Vec<f64> = table[cfg.anchor_b * d..][..d].to_vec();
+    let p: Vec<f64> = table[a * d..][..d].to_vec();
+    let q: Vec<f64> = table[b * d..][..d].to_vec();
     let s0: f64 = (0..d).map(|k| (p[k] - q[k]) * (p[k] - q[k])).sum();
     let d0 = safe_dist(s0, eps);
     let w_red = match cfg.reduction {
-        crate::config::Reduction::Sum => 1.0,
-        crate::config::Reduction::Mean => 1.0 / rows.len() as f64,
+        Reduction::Sum => 1.0,
+        Reduction::Mean => 1.0 / rows.len() as f64,
     };
     let near = (crate::guard::TAU as f64 * d0).powi(2);
     let mut rec = Record {
@@ -42,59 +49,92 @@ pub fn step_batch(table: &mut [f64], vel: &mut [f64], shape: Shape, cfg: &StepCo
         lr: cfg.lr as f64,
         separation: cfg.separation(d0),
         action: crate::guard::Action::Applied,
+        grad_norm: None,
         scans: Default::default(),
     };
-    let mut updates: Vec<(usize, Vec<f64>, Vec<f64>)> = Vec::with_capacity(rows.len());
+    let mut mult = std::collections::BTreeMap::<usize, usize>::new();
     for &i in rows {
+        *mult.entry(i).or_default() += 1;
+    }
+    // Gradients of the rows the step touches, summed over repeats.
+    let mut grads = std::collections::BTreeMap::<usize, Vec<f64>>::new();
+    let attached = cfg.endpoints == Endpoints::Attached;
+    let (mut extra_a, mut extra_b) = (vec![0.0; d], vec![0.0; d]);
+    for (&i, &m) in &mult {
         let x = &table[i * d..][..d];
         let s1: f64 = (0..d).map(|k| (x[k] - p[k]) * (x[k] - p[k])).sum();
         let s2: f64 = (0..d).map(|k| (x[k] - q[k]) * (x[k] - q[k])).sum();
         // pin_anchors: row a is p and row b is q, so these are s0 exactly.
-        let s1 = if i == cfg.anchor_b { s0 } else { s1 };
-        let s2 = if i == cfg.anchor_a { s0 } else { s2 };
+        let s1 = if i == b { s0 } else { s1 };
+        let s2 = if i == a { s0 } else { s2 };
         let (d1, d2) = (safe_dist(s1, eps), safe_dist(s2, eps));
         let r = d1 + d2 - d0;
-        rec.excess_sum += r.abs();
+        rec.excess_sum += m as f64 * r.abs();
         rec.excess_max = rec.excess_max.max(r.abs());
         if s1 < near || s2 < near {
-            rec.near_singular += 1;
+            rec.near_singular += m as u64;
         }
-        if cfg.endpoints.writes_row(i, cfg.anchor_a, cfg.anchor_b) {
-            let c = w_red * sign(r);
-            // SPEC §4's separation term: g[a] −= λ(p − q)/d0, g[b] −= λ(q − p)/d0.
-            let active =
-                cfg.endpoints != crate::config::Endpoints::Frozen && cfg.margin > 0.0 && d0 < cfg.margin as f64;
-            let lambda = cfg.margin_weight as f64;
-            let sep = match (active, i) {
-                (true, i) if i == cfg.anchor_a => -lambda / d0,
-                (true, i) if i == cfg.anchor_b => lambda / d0,
-                _ => 0.0,
-            };
-            let (inv_d1, inv_d2) = (safe_inv(d1), safe_inv(d2));
-            // SPEC §6: autograd's 0·(1/sqrt(0)) = NaN in every column; a row
-            // that read a non-finite value is NaN too (fused_step.wgsl).
-            let blown = (cfg.naive && (s1 == 0.0 || s2 == 0.0)) || x.iter().any(|v| !v.is_finite());
-            // SPEC §5: v = μ·v_old + (g + wd·x), x ← x − lr·v.
-            let (mu, wd) = (cfg.momentum as f64, cfg.weight_decay as f64);
-            let (new, v): (Vec<f64>, Vec<f64>) = (0..d)
-                .map(|k| {
-                    let g = c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2) + sep * (p[k] - q[k]);
-                    let v_old = if vel.is_empty() { 0.0 } else { vel[i * d + k] };
-                    let v = mu * v_old + (g + wd * x[k]);
-                    if blown {
-                        (f64::NAN, f64::NAN)
-                    } else {
-                        (x[k] - cfg.lr as f64 * v, v)
-                    }
-                })
-                .unzip();
-            updates.push((i, new, v));
+        let c = m as f64 * w_red * sign(r);
+        let (inv_d1, inv_d2) = (safe_inv(d1), safe_inv(d2));
+        // SPEC §6: autograd's 0·(1/sqrt(0)) = NaN in every column; a row
+        // that read a non-finite value is NaN too (fused_step.wgsl).
+        let blown = (cfg.naive && (s1 == 0.0 || s2 == 0.0)) || x.iter().any(|v| !v.is_finite());
+        let nan_if = |v: f64| if blown { f64::NAN } else { v };
+        if attached {
+            // SPEC §4's anchor term, summed over the batch's entries.
+            for k in 0..d {
+                extra_a[k] += nan_if(c * ((p[k] - x[k]) * inv_d1 - (p[k] - q[k]) / d0));
+                extra_b[k] += nan_if(c * ((q[k] - x[k]) * inv_d2 - (q[k] - p[k]) / d0));
+            }
+        }
+        if cfg.endpoints.writes_row(i, a, b) {
+            let g: Vec<f64> = (0..d).map(|k| nan_if(c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2))).collect();
+            grads.insert(i, g);
         }
     }
-    for (i, new, v) in updates {
-        table[i * d..][..d].copy_from_slice(&new);
-        if !vel.is_empty() {
-            vel[i * d..][..d].copy_from_slice(&v);
+    // The anchors: their own row term (when in the batch), the anchor term
+    // (attached), and SPEC §4's separation term g[a] −= λ(p − q)/d0,
+    // g[b] −= λ(q − p)/d0 when d0 < m.
+    for (row, extra) in [(a, &extra_a), (b, &extra_b)] {
+        let in_batch = mult.contains_key(&row);
+        if !cfg.anchor_touched(in_batch, d0 as f32) || !cfg.endpoints.writes_row(row, a, b) {
+            continue;
+        }
+        let active = cfg.margin > 0.0 && d0 < cfg.margin as f64;
+        let lambda = if active { cfg.margin_weight as f64 / d0 } else { 0.0 };
+        let sep = if row == a { -lambda } else { lambda };
+        let g = grads.entry(row).or_insert_with(|| vec![0.0; d]);
+        for k in 0..d {
+            g[k] += extra[k] + sep * (p[k] - q[k]);
+        }
+    }
+    // SPEC §5 clipping: the norm over the whole step (rows whose gradient
+    // is not finite are left to the guard); a norm that is itself not
+    // finite makes every update non-finite, so the guard acts on it.
+    let mut scale = 1.0;
+    if cfg.clip_norm > 0.0 {
+        let finite = grads.values().filter(|g| g.iter().all(|v| v.is_finite()));
+        let n2: f64 = finite.map(|g| g.iter().map(|v| v * v).sum::<f64>()).sum();
+        let norm = n2.sqrt();
+        rec.grad_norm = Some(norm);
+        if !norm.is_finite() {
+            scale = f64::NAN;
+        } else if norm > cfg.clip_norm as f64 {
+            scale = cfg.clip_norm as f64 / norm;
+        }
+    }
+    let (mu, wd) = (cfg.momentum as f64, cfg.weight_decay as f64);
+    for (i, g) in grads {
+        for k in 0..d {
+            // SPEC §5: v = μ·v_old + (g + wd·x), x ← x − lr·v.
+            let x = table[i * d + k];
+            let v_old = if vel.is_empty() { 0.0 } else { vel[i * d + k] };
+            let v = mu * v_old + (g[k] * scale + wd * x);
+            let v = if g[k].is_nan() { f64::NAN } else { v };
+            table[i * d + k] = x - cfg.lr as f64 * v;
+            if !vel.is_empty() {
+                vel[i * d + k] = v;
+            }
         }
     }
     rec

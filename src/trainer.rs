@@ -50,6 +50,10 @@ pub trait Trainer {
     /// that step's forward pass (so at the table before its update). After
     /// the guard aborts, the remaining steps do nothing (`Action::NotRun`).
     fn steps(&mut self, n: usize) -> Result<Vec<Record>>;
+    /// One step on the given rows (SPEC §10: repeats allowed, summed), for
+    /// programs that choose their own batches. The trainer must have been
+    /// built with batches (any [`crate::Batches`] but `Full`).
+    fn step_rows(&mut self, rows: &[u32]) -> Result<Record>;
     /// The forward record of the current table, without an update.
     fn evaluate(&mut self) -> Result<Record>;
     /// Copies the current table back to the host (after an abort: the table

@@ -27,6 +27,7 @@ use super::pipes::{bind, bind_at, finish_map, read_mapped, readback, storage, un
 use super::scan::TableScanner;
 use super::shaders::{self, Kernel};
 use super::timer::PassTimer;
+use crate::batches::Batches;
 use crate::config::{Shape, StepConfig};
 use crate::error::{Error, Result};
 use crate::guard::{Policy, TAU};
@@ -268,7 +269,23 @@ impl GpuTrainer {
         source: TableSource,
         opts: GpuOptions,
     ) -> Result<Self> {
+        Self::with_batches(ctx, shape, cfg, source, opts, Batches::Full)
+    }
+
+    /// A trainer whose steps take their rows from `batches` (SPEC §10).
+    pub fn with_batches(
+        ctx: Arc<GpuContext>,
+        shape: Shape,
+        cfg: StepConfig,
+        source: TableSource,
+        opts: GpuOptions,
+        batches: Batches,
+    ) -> Result<Self> {
         cfg.validate(shape)?;
+        batches.validate(shape.rows)?;
+        if !batches.is_full() || cfg.needs_prepass() {
+            return Err(Error::invalid("--batch", "not yet on the GPU"));
+        }
         if let TableSource::Data(v) = &source {
             if v.len() as u64 != shape.elements() {
                 return Err(Error::invalid("table", format!("{} values for {} × {}", v.len(), shape.rows, shape.dim)));
@@ -1032,6 +1049,9 @@ impl Trainer for GpuTrainer {
             return Ok(Vec::new());
         }
         self.run(n)
+    }
+    fn step_rows(&mut self, _rows: &[u32]) -> Result<Record> {
+        Err(Error::invalid("step_rows", "not yet on the GPU"))
     }
     fn evaluate(&mut self) -> Result<Record> {
         self.run(0)?.pop().ok_or_else(|| Error::Gpu("the evaluation wrote no record".into()))

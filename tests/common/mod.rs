@@ -58,3 +58,34 @@ pub fn to_f64(v: &[f32]) -> Vec<f64> {
 pub fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-30)
 }
+
+/// A random table (seeded) whose anchors a, b are at least 1 apart and
+/// whose other rows are at least `min_gap` from both: detached anchors
+/// approach each other by up to 2·lr per step, and near an anchor a step
+/// amplifies an error by about 1 + lr/d1, so ten steps on such a table
+/// compare implementations, not conditioning.
+pub fn spaced_table(seed: u64, shape: latent_line::Shape, a: usize, b: usize, min_gap: f32) -> Vec<f32> {
+    let d = shape.dim;
+    let mut table = random_table(&mut rng(seed), shape.rows, d);
+    if d == 1 {
+        // On a line every point between p and q has r = 0 exactly, where
+        // sign(r) is decided by rounding; put the anchors beyond the data.
+        table[a] = 2.5;
+        table[b] = 4.0;
+    }
+    let mut r = rng(seed ^ 0x5eed);
+    let dist =
+        |t: &[f32], i: usize, j: usize| (0..d).map(|k| (t[i * d + k] - t[j * d + k]).powi(2)).sum::<f32>().sqrt();
+    // The same draw as `random_table`, for one row.
+    let mut redraw =
+        |t: &mut [f32], i: usize| t[i * d..][..d].iter_mut().for_each(|v| *v = r.random_range(-2.0f32..2.0));
+    while dist(&table, a, b) < 1.0 {
+        redraw(&mut table, b);
+    }
+    for i in (0..shape.rows).filter(|&i| i != a && i != b) {
+        while dist(&table, i, a) < min_gap || dist(&table, i, b) < min_gap {
+            redraw(&mut table, i);
+        }
+    }
+    table
+}

@@ -1,0 +1,195 @@
+//! SPEC §10: which rows each step takes. [`Batches`] is the plan of a run;
+//! [`StepSlots`] is one step's rows as the kernels see them.
+//!
+//! A step's rows become *slots*: slot 0 is anchor a and slot 1 anchor b
+//! (with their multiplicity in the batch, possibly 0: the anchors may be
+//! updated without being in the batch, in modes `attached` and with the
+//! separation term), then every other distinct row once, with how many
+//! times the batch holds it. A duplicated row's gradient is its multiplicity
+//! times one copy's (every copy reads the same snapshot), which is what
+//! `nn.Embedding`'s backward sums — deterministically, with no atomics.
+//! User batches are sorted (a row's slot follows the row order); random
+//! batches keep the permutation's order.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::sampler::Sampler;
+
+/// Where the rows of each step come from.
+#[derive(Clone, Debug, Default)]
+pub enum Batches {
+    /// Every row, every step [default].
+    #[default]
+    Full,
+    /// `--batch B`: the next B rows of a per-epoch permutation keyed by the seed.
+    Random { size: usize, seed: u64 },
+    /// `--indices FILE`: the user's batches, cycled through.
+    Indices(IndexBatches),
+}
+
+impl Batches {
+    pub fn is_full(&self) -> bool {
+        matches!(self, Batches::Full)
+    }
+
+    /// Checks the plan against a table of `rows` rows.
+    pub fn validate(&self, rows: usize) -> Result<()> {
+        match self {
+            Batches::Full => Ok(()),
+            Batches::Random { size, seed } => Sampler::new(rows, *size, *seed).map(|_| ()),
+            Batches::Indices(ib) => {
+                let bad = ib.batches.iter().flatten().find(|&&r| r as usize >= rows);
+                match bad {
+                    Some(r) => Err(Error::invalid("--indices", format!("row {r} is out of range for {rows} rows"))),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Most slots any step needs (anchors included): the size of the
+    /// device's batch buffers.
+    pub fn max_slots(&self, a: u32, b: u32) -> usize {
+        match self {
+            Batches::Full => 0,
+            Batches::Random { size, .. } => size + 2,
+            Batches::Indices(ib) => {
+                ib.batches.iter().map(|rows| StepSlots::new(rows, a, b, true).slots.len()).max().unwrap_or(2)
+            }
+        }
+    }
+
+    /// The rows of global step `step` (with repeats for user batches), or
+    /// `None` for the full table.
+    pub fn rows(&self, rows: usize, step: u64) -> Option<Vec<u32>> {
+        match self {
+            Batches::Full => None,
+            Batches::Random { size, seed } => {
+                Some(Sampler::new(rows, *size, *seed).expect("validated").batch_rows(step))
+            }
+            Batches::Indices(ib) => Some(ib.batch(step).to_vec()),
+        }
+    }
+
+    /// Step `step`'s slots (`None` for the full table).
+    pub fn slots(&self, rows: usize, a: u32, b: u32, step: u64) -> Option<StepSlots> {
+        let sorted = matches!(self, Batches::Indices(_));
+        self.rows(rows, step).map(|r| StepSlots::new(&r, a, b, sorted))
+    }
+}
+
+/// User batches (`--indices`), validated: every index is a row.
+#[derive(Clone, Debug)]
+pub struct IndexBatches {
+    batches: Vec<Vec<u32>>,
+}
+
+impl IndexBatches {
+    /// Checks `batches` against a table of `rows` rows. An index out of
+    /// range or negative is refused naming its position: `[j]` in a single
+    /// batch, `[i, j]` when there are several (the layout of a 2-D file).
+    pub fn new(batches: Vec<Vec<i64>>, rows: usize) -> Result<Self> {
+        if batches.is_empty() || batches.iter().any(|b| b.is_empty()) {
+            return Err(Error::invalid("--indices", "every batch needs at least one index"));
+        }
+        let several = batches.len() > 1;
+        let mut out = Vec::with_capacity(batches.len());
+        for (i, batch) in batches.iter().enumerate() {
+            let mut rows_of = Vec::with_capacity(batch.len());
+            for (j, &v) in batch.iter().enumerate() {
+                if v < 0 || v as u64 >= rows as u64 {
+                    let at = if several { format!("[{i}, {j}]") } else { format!("[{j}]") };
+                    return Err(Error::invalid(
+                        "--indices",
+                        format!("index {at} is {v}, out of range for a table of {rows} rows (valid: 0..={})", rows - 1),
+                    ));
+                }
+                rows_of.push(v as u32);
+            }
+            out.push(rows_of);
+        }
+        Ok(IndexBatches { batches: out })
+    }
+
+    /// Reads a 1-D (one batch) or 2-D (one batch a row) int32/int64 `.npy`
+    /// file and checks it against `rows`; errors name the file.
+    pub fn load(path: &Path, rows: usize) -> Result<Self> {
+        let idx = crate::npy::load_indices(path)?;
+        let width = *idx.dims.last().expect("1-D or 2-D") as usize;
+        let batches = idx.values.chunks(width).map(<[i64]>::to_vec).collect();
+        IndexBatches::new(batches, rows)
+            .map_err(|e| Error::bad_file(path, e.to_string().replace("invalid --indices: ", "")))
+    }
+
+    pub fn len(&self) -> usize {
+        self.batches.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+    /// The batch of global step `step` (steps cycle through the batches).
+    pub fn batch(&self, step: u64) -> &[u32] {
+        &self.batches[(step % self.batches.len() as u64) as usize]
+    }
+}
+
+/// One step's slots: `(row, multiplicity)`, anchors first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepSlots {
+    pub slots: Vec<(u32, u32)>,
+    /// B: the batch's entries, repeats counted (`w_red = 1/B` for `mean`).
+    pub entries: usize,
+}
+
+impl StepSlots {
+    /// The slots of batch `rows` with anchors `a`, `b`; the other rows
+    /// sorted (`sorted`) or in the batch's order (a batch without repeats).
+    pub fn new(rows: &[u32], a: u32, b: u32, sorted: bool) -> Self {
+        let mut slots = vec![(a, 0u32), (b, 0u32)];
+        if sorted {
+            let mut r = rows.to_vec();
+            r.sort_unstable();
+            for run in r.chunk_by(|x, y| x == y) {
+                let (row, n) = (run[0], run.len() as u32);
+                match row {
+                    _ if row == a => slots[0].1 = n,
+                    _ if row == b => slots[1].1 = n,
+                    _ => slots.push((row, n)),
+                }
+            }
+        } else {
+            for &row in rows {
+                match row {
+                    _ if row == a => slots[0].1 += 1,
+                    _ if row == b => slots[1].1 += 1,
+                    _ => slots.push((row, 1)),
+                }
+            }
+        }
+        StepSlots { slots, entries: rows.len() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_put_anchors_first_and_count_repeats() {
+        let s = StepSlots::new(&[5, 0, 5, 9, 3, 5, 0], 0, 9, true);
+        assert_eq!(s.slots, vec![(0, 2), (9, 1), (3, 1), (5, 3)]);
+        assert_eq!(s.entries, 7);
+        let r = StepSlots::new(&[4, 2, 7], 0, 9, false);
+        assert_eq!(r.slots, vec![(0, 0), (9, 0), (4, 1), (2, 1), (7, 1)]);
+    }
+
+    #[test]
+    fn bad_indices_are_named_by_position() {
+        let e = IndexBatches::new(vec![vec![0, 1], vec![2, -1]], 10).unwrap_err().to_string();
+        assert!(e.contains("[1, 1]") && e.contains("-1"), "{e}");
+        let e = IndexBatches::new(vec![vec![0, 10]], 10).unwrap_err().to_string();
+        assert!(e.contains("[1]") && e.contains("10"), "{e}");
+        assert!(IndexBatches::new(vec![vec![0, 9, 9]], 10).is_ok());
+    }
+}

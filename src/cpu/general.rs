@@ -1,0 +1,309 @@
+//! The CPU's general step: a batch of slots (SPEC §10), `attached`
+//! anchors (§4) and global-norm clipping (§5). Mirrors the GPU's batch path
+//! (`shaders/batch_io.wgsl`, `fused_step.wgsl` with `PREP`, `anchor_sum.wgsl`,
+//! `prepare.wgsl`) in two reads of the step's rows:
+//!  A. per slot: distances, excess, coefficient; the loss scan, the audit;
+//!     the anchor term's sums (attached) and the gradient norm (clipping),
+//!     over fixed blocks of slots folded in order;
+//!  B. per slot: the gradient (scaled by the clip), SGD, the scans, into
+//!     a scratch copy of the slots' rows that the guard then writes back
+//!     (or not: a skipped step costs nothing to undo).
+
+use rayon::prelude::*;
+
+use super::{fold, nonfinite, safe_dist, safe_inv, sign, squared_distances, BlockOut, CpuTrainer, BLOCK_ROWS};
+use crate::config::Endpoints;
+use crate::guard::{Action, Policy, TAU};
+use crate::record::Record;
+
+/// Slot j's share of the step, from read A.
+#[derive(Clone, Copy, Default)]
+struct Coef {
+    c: f32,
+    inv_d1: f32,
+    inv_d2: f32,
+    poisoned: bool,
+    writes: bool,
+}
+
+/// One block's share of read A.
+#[derive(Default)]
+struct BlockA {
+    out: BlockOut,
+    norm2: f64,
+    /// attached: Σ of the anchor terms of a and of b.
+    ta: Vec<f64>,
+    tb: Vec<f64>,
+}
+
+/// The rows of a step: `(row, multiplicity)` per slot, where the anchors
+/// sit, and the batch's entry count B.
+pub(super) struct Plan<'a> {
+    pub slots: &'a [(u32, u32)],
+    pub slot_a: usize,
+    pub slot_b: usize,
+    pub entries: usize,
+}
+
+impl CpuTrainer {
+    /// One step over `plan` (update always; evaluations use `pass`).
+    pub(super) fn general_step(&mut self, plan: &Plan) -> Record {
+        let d = self.shape.dim;
+        if self.state.halted {
+            return self.record(BlockOut::default(), 0.0, Action::NotRun);
+        }
+        let cfg = self.cfg;
+        let policy = cfg.guard.policy;
+        let due = self.steps_done.is_multiple_of(cfg.guard.snapshot_every as u64) || self.snapshot_due;
+        if policy == Policy::Rollback && due {
+            self.snapshot.copy_from_slice(&self.table);
+            self.snapshot_due = false;
+        }
+        let (a, b) = (cfg.anchor_a, cfg.anchor_b);
+        let mut pq = Vec::with_capacity(2 * d);
+        pq.extend_from_slice(&self.table[a * d..][..d]);
+        pq.extend_from_slice(&self.table[b * d..][..d]);
+        let (p, q) = pq.split_at(d);
+        let s0 = squared_distances(p, p, q).1;
+        let d0 = safe_dist(s0, cfg.eps);
+        let near2 = (TAU * d0) * (TAU * d0);
+        let w_red = cfg.w_red(plan.entries);
+        let lr = self.state.lr;
+        let attached = cfg.endpoints == Endpoints::Attached;
+        let clip = cfg.clip_norm > 0.0;
+        let is_anchor = |row: usize| row == a || row == b;
+        let table = &self.table;
+        let row_of = |row: usize| &table[row * d..][..d];
+
+        // Read A.
+        let n = plan.slots.len();
+        let mut coefs = vec![Coef::default(); n];
+        let blocks: Vec<BlockA> = plan
+            .slots
+            .par_chunks(BLOCK_ROWS)
+            .zip(coefs.par_chunks_mut(BLOCK_ROWS))
+            .map(|(slots, coefs)| {
+                let mut o = BlockA {
+                    ta: vec![0.0; if attached { d } else { 0 }],
+                    tb: vec![0.0; if attached { d } else { 0 }],
+                    ..Default::default()
+                };
+                for (&(row, m), coef) in slots.iter().zip(coefs) {
+                    let row = row as usize;
+                    let x = row_of(row);
+                    let (s1, s2) = squared_distances(x, p, q);
+                    let in_bad = (nonfinite(s1) || nonfinite(s2)) && x.iter().any(|&v| nonfinite(v));
+                    let s1 = if row == b { s0 } else { s1 };
+                    let s2 = if row == a { s0 } else { s2 };
+                    let (d1, d2) = (safe_dist(s1, cfg.eps), safe_dist(s2, cfg.eps));
+                    let r = d1 + d2 - d0;
+                    if m > 0 {
+                        if in_bad || nonfinite(r) {
+                            o.out.scans.loss.note_row(row as u64, [if in_bad { f32::NAN } else { r }]);
+                        } else {
+                            o.out.sum += m as f64 * r.abs() as f64;
+                            o.out.max = o.out.max.max(r.abs());
+                        }
+                        if s1 < near2 || s2 < near2 {
+                            o.out.near += m as u64;
+                        }
+                    }
+                    let poisoned = in_bad || (cfg.naive && (s1 == 0.0 || s2 == 0.0));
+                    let c = (m as f32 * w_red) * sign(r);
+                    let (inv_d1, inv_d2) = (safe_inv(d1), safe_inv(d2));
+                    let touched = if is_anchor(row) { cfg.anchor_touched(m > 0, d0) } else { m > 0 };
+                    let writes = touched && cfg.endpoints.writes_row(row, a, b);
+                    *coef = Coef { c, inv_d1, inv_d2, poisoned, writes };
+                    if clip && writes && !(attached && is_anchor(row)) && !poisoned {
+                        let sep = cfg.separation_coef(row, d0);
+                        let g2: f32 = (0..d)
+                            .map(|k| {
+                                let g = c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2) + sep * (p[k] - q[k]);
+                                g * g
+                            })
+                            .sum();
+                        if !nonfinite(g2) {
+                            o.norm2 += g2 as f64;
+                        }
+                    }
+                    if attached {
+                        for k in 0..d {
+                            let (ta, tb) = if poisoned {
+                                (f32::NAN, f32::NAN)
+                            } else {
+                                (
+                                    c * ((p[k] - x[k]) * inv_d1 - (p[k] - q[k]) / d0),
+                                    c * ((q[k] - x[k]) * inv_d2 - (q[k] - p[k]) / d0),
+                                )
+                            };
+                            o.ta[k] += ta as f64;
+                            o.tb[k] += tb as f64;
+                        }
+                    }
+                }
+                o
+            })
+            .collect();
+        let mut total = BlockA { ta: vec![0.0; d], tb: vec![0.0; d], ..Default::default() };
+        for o in blocks {
+            total.out = fold(total.out, o.out);
+            total.norm2 += o.norm2;
+            for k in 0..o.ta.len() {
+                total.ta[k] += o.ta[k];
+                total.tb[k] += o.tb[k];
+            }
+        }
+
+        // The anchors' whole gradients (attached): own row term, anchor
+        // term, separation term.
+        let anchor_grad = |slot: usize, x: &[f32], sums: &[f64]| -> Vec<f32> {
+            let k0 = &coefs[slot];
+            let row = plan.slots[slot].0 as usize;
+            let sep = cfg.separation_coef(row, d0);
+            (0..d)
+                .map(|k| {
+                    let own = k0.c * ((x[k] - p[k]) * k0.inv_d1 + (x[k] - q[k]) * k0.inv_d2);
+                    let g = own + sums[k] as f32 + sep * (p[k] - q[k]);
+                    if k0.poisoned {
+                        f32::NAN
+                    } else {
+                        g
+                    }
+                })
+                .collect()
+        };
+        let (ga, gb) = if attached {
+            (anchor_grad(plan.slot_a, p, &total.ta), anchor_grad(plan.slot_b, q, &total.tb))
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let mut norm = None;
+        let mut scale = 1.0f32;
+        if clip {
+            let mut n2 = total.norm2;
+            for g in [&ga, &gb] {
+                let s: f32 = g.iter().map(|v| v * v).sum();
+                if !nonfinite(s) {
+                    n2 += s as f64;
+                }
+            }
+            let nrm = n2.sqrt() as f32;
+            norm = Some(nrm as f64);
+            scale = if nonfinite(nrm) {
+                f32::NAN
+            } else if nrm > cfg.clip_norm {
+                cfg.clip_norm / nrm
+            } else {
+                1.0
+            };
+        }
+
+        // Read B: new rows into scratch.
+        let (mu, wd) = (cfg.momentum, cfg.weight_decay);
+        let momentum = !self.vel.is_empty();
+        let mut xnew = vec![0.0f32; n * d];
+        let mut vnew = vec![0.0f32; if momentum { n * d } else { 0 }];
+        let mut keep = vec![false; n];
+        let vel = &self.vel;
+        let vblocks: Vec<&mut [f32]> = if momentum {
+            vnew.chunks_mut(BLOCK_ROWS * d).collect()
+        } else {
+            (0..n.div_ceil(BLOCK_ROWS)).map(|_| &mut [][..]).collect()
+        };
+        let outs: Vec<BlockOut> = plan
+            .slots
+            .par_chunks(BLOCK_ROWS)
+            .zip(coefs.par_chunks(BLOCK_ROWS))
+            .zip(xnew.par_chunks_mut(BLOCK_ROWS * d))
+            .zip(keep.par_chunks_mut(BLOCK_ROWS))
+            .zip(vblocks.into_par_iter())
+            .enumerate()
+            .map(|(blk, ((((slots, coefs), xs), keeps), vs))| {
+                let mut out = BlockOut::default();
+                let mut gtmp = vec![0.0f32; d];
+                for (j, ((&(row, _), k0), kp)) in slots.iter().zip(coefs).zip(keeps.iter_mut()).enumerate() {
+                    if !k0.writes {
+                        continue;
+                    }
+                    let row = row as usize;
+                    let x = row_of(row);
+                    let slot = blk * BLOCK_ROWS + j;
+                    let sep = cfg.separation_coef(row, d0);
+                    for k in 0..d {
+                        let g = if attached && slot == plan.slot_a {
+                            ga[k]
+                        } else if attached && slot == plan.slot_b {
+                            gb[k]
+                        } else if k0.poisoned {
+                            f32::NAN
+                        } else {
+                            k0.c * ((x[k] - p[k]) * k0.inv_d1 + (x[k] - q[k]) * k0.inv_d2) + sep * (p[k] - q[k])
+                        };
+                        // A non-finite norm makes every update non-finite.
+                        gtmp[k] = if clip { g * scale } else { g };
+                    }
+                    let y = &mut xs[j * d..][..d];
+                    for k in 0..d {
+                        let v_old = if momentum { vel[row * d + k] } else { 0.0 };
+                        let v = mu * v_old + (gtmp[k] + wd * x[k]);
+                        if momentum {
+                            vs[j * d + k] = v;
+                        }
+                        y[k] = x[k] - lr * v;
+                    }
+                    if gtmp.iter().any(|&v| nonfinite(v)) {
+                        out.scans.grad.note_row(row as u64, gtmp.iter().copied());
+                    }
+                    let new_bad = y.iter().any(|&v| nonfinite(v));
+                    if new_bad {
+                        out.scans.table.note_row(row as u64, y.iter().copied());
+                    }
+                    let bad = new_bad || gtmp.iter().any(|&v| nonfinite(v));
+                    if policy == Policy::SkipRow && bad {
+                        out.struck.push(row);
+                    } else {
+                        *kp = true;
+                    }
+                }
+                out
+            })
+            .collect();
+        let mut out = total.out;
+        for o in outs {
+            out = fold(out, o);
+        }
+        for &row in &out.struck {
+            self.strikes[row] += 1;
+        }
+        let bad = !out.scans.grad.is_clean() || !out.scans.table.is_clean();
+        let before = self.state;
+        let action = self.state.decide(&cfg.guard, bad);
+        self.state.cur = 0; // no second buffer here: the scratch is it
+        if matches!(action, Action::Applied | Action::Ignored | Action::SkippedRows) {
+            for (j, &(row, _)) in plan.slots.iter().enumerate() {
+                if keep[j] {
+                    let row = row as usize;
+                    self.table[row * d..][..d].copy_from_slice(&xnew[j * d..][..d]);
+                    if momentum {
+                        self.vel[row * d..][..d].copy_from_slice(&vnew[j * d..][..d]);
+                    }
+                }
+            }
+        }
+        if self.state.restore {
+            self.table.copy_from_slice(&self.snapshot);
+            self.vel.fill(0.0);
+            self.state.restore = false;
+        }
+        self.steps_done += 1;
+        // A batch's findings are listed in slot order; sorted for people.
+        for s in [&mut out.scans.loss, &mut out.scans.grad, &mut out.scans.table] {
+            s.rows.sort_unstable();
+        }
+        let mut rec = self.record(out, d0, action);
+        rec.lr = before.lr as f64;
+        rec.batch = plan.entries;
+        rec.grad_norm = norm;
+        rec
+    }
+}
