@@ -12,10 +12,18 @@ override D: u32 = 1u;          // columns of the table
 override MODE: u32 = 0u;       // endpoint mode, see MODE_* below
 override NAIVE: bool = false;  // SPEC §6: reproduce autograd's NaN (ε = 0)
 override GUARD: u32 = 0u;      // SPEC §9 policy, see GUARD_* below
+override BATCHED: bool = false; // SPEC §10: the step runs over a gathered batch's slots
+override CLIP: bool = false;   // SPEC §5: global-norm clipping
 
 const MAX_WG: u32 = 256u;
 const MODE_FROZEN: u32 = 0u;   // rows a and b never change
 const MODE_DETACHED: u32 = 1u; // anchors get the row term when in the batch
+const MODE_ATTACHED: u32 = 2u; // the full gradient: the batch pulls on the anchors
+
+// A batch's slot (see src/batches.rs): (row, multiplicity, weight bits, 0),
+// the weight being multiplicity·w_red; slots 0 and 1 are anchors a and b.
+// A dead slot (its row is elsewhere, or past the batch's end) does nothing.
+const DEAD: u32 = 0xffffffffu;
 
 // SPEC §9 guard policies (values of GUARD; `src/guard.rs` mirrors them).
 const GUARD_IGNORE: u32 = 0u;
@@ -62,7 +70,7 @@ struct Params {
     margin_weight: f32, // λ
     momentum: f32,  // SPEC §5 μ
     weight_decay: f32,
-    _pad0: u32,
+    clip_norm: f32, // SPEC §5: max ‖g‖ (CLIP)
     _pad1: u32,
     _pad2: u32,
 }
@@ -72,7 +80,7 @@ struct Chunk {
     row_base: u32,
     rows: u32,
     partial_base: u32,  // where this chunk's workgroups put their partial sums
-    _pad: u32,
+    seg_base: u32,      // where its segments put their anchor-term sums (anchor_sum.wgsl)
 }
 
 // Device-side run state, written by `anchors` and `reduce`: the guard
@@ -88,8 +96,8 @@ struct State {
     skips: u32,     // consecutive skipped steps
     rollbacks: u32,
     restore: u32,   // 1: this step's restore pass copies the snapshot back
-    _pad0: u32,
-    _pad1: u32,
+    clip: f32,      // this step's gradient factor (CLIP; NaN bits: the norm is not finite)
+    norm: f32,      // this step's ‖g‖ before clipping
 }
 
 // One workgroup's share of a forward pass, folded by reduce.wgsl.
@@ -97,7 +105,7 @@ struct Partial {
     sum: f32,       // Σ|r| over the workgroup's finite rows
     max: f32,
     near: u32,      // SPEC §8 near-singular rows
-    _pad: u32,
+    norm2: f32,     // Σ‖g‖² of the rows whose gradient is finite (fused_step PREP)
 }
 
 // Guards that write each step into the other table buffer, so a failing
@@ -178,6 +186,14 @@ fn separation_coef(row: u32, a: u32, b: u32, d0: f32, m: f32, lambda: f32) -> f3
     let on = MODE != MODE_FROZEN && m > 0.0 && d0 < m;
     let s = select(0.0, -lambda / d0, row == a) + select(0.0, lambda / d0, row == b);
     return select(0.0, s, on);
+}
+
+// May a step update anchor row `row` (a or b) that is `in_batch` or not?
+// Always when attached (the batch pulls on it), when in the batch or pushed
+// by an active separation term when detached, never when frozen. (Mirror:
+// `StepConfig::anchor_touched`.)
+fn anchor_touched(in_batch: bool, d0: f32, m: f32) -> bool {
+    return MODE == MODE_ATTACHED || (MODE == MODE_DETACHED && (in_batch || (m > 0.0 && d0 < m)));
 }
 
 // SPEC §5 with μ = 0 and wd = 0.

@@ -16,6 +16,14 @@
 //  - skip-step, rollback, abort: into the other table buffer (table_a ⇄
 //    table_b); reduce.wgsl switches `state.cur` only if the step was clean,
 //    so a failing step is dropped without another pass over the table.
+// Batches (BATCHED): the pass runs over the slots of a gathered batch
+// (batch_io.wgsl) instead of a table chunk: slot i is row slots[i].x with
+// its multiplicity and weight, and the scans list slot numbers (the host
+// maps them to rows). Attached anchors and clipping (SPEC §4–§5) need the
+// whole step reduced before any row is written: a PREP run of this kernel
+// reads the rows first, writes each slot's coefficients and the gradient
+// norm's partial sums (no scans, no writes); anchor_sum.wgsl and
+// prepare.wgsl then give the anchors' gradients and the clip factor.
 // Host owner: `GpuTrainer::encode_fused` (src/gpu/trainer.rs);
 // CPU mirror: `CpuTrainer::pass` (src/cpu.rs); reference: src/reference.rs.
 
@@ -31,6 +39,7 @@ override L: u32 = 1u;   // lanes per row
 const MAX_KEPT: u32 = 8u;
 override KEEP: bool = true;   // set by the host: D ≤ MAX_KEPT·L
 override MOMENTUM: bool = false;   // SPEC §5 μ > 0: a velocity buffer (double-buffered like the table)
+override PREP: bool = false;       // the first read of a two-read step (see above)
 
 @group(0) @binding(0) var<storage, read_write> table_a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> table_b: array<f32>;   // a 16-byte stand-in when single-buffered
@@ -42,6 +51,9 @@ override MOMENTUM: bool = false;   // SPEC §5 μ > 0: a velocity buffer (double
 @group(0) @binding(7) var<storage, read_write> strikes: array<u32>;   // skip-row only, per global row
 @group(0) @binding(11) var<storage, read_write> vel_a: array<f32>;    // momentum only: velocity, laid out as the table
 @group(0) @binding(12) var<storage, read_write> vel_b: array<f32>;
+@group(0) @binding(13) var<storage, read> slots: array<vec4<u32>>;      // BATCHED: (row, multiplicity, weight bits, 0)
+@group(0) @binding(14) var<storage, read_write> coef: array<vec4<f32>>; // per slot: (c, 1/d1, 1/d2, poisoned), written by PREP
+@group(0) @binding(15) var<storage, read> agrad: array<f32>;            // attached: g of a (D), then of b (D), from prepare.wgsl
 
 var<workgroup> wg_flags: vec2<u32>;   // (state.cur, state.halted), made uniform
 var<workgroup> wg_near: atomic<u32>;
@@ -109,10 +121,24 @@ fn store_v(cur: u32, e: u32, v: f32) {
 // Gradient and new value of column k. A row that read a non-finite value,
 // or where the naive formula divides by zero, gets NaN from bits: WGSL may
 // assume no NaN exists, so arithmetic is never trusted to make one.
-fn grad_at(x: f32, k: u32, c: f32, inv_d1: f32, inv_d2: f32, sep: f32, poisoned: bool) -> f32 {
+// `anchor`: 0 for a row, 1 for anchor a, 2 for b — whose gradient, when
+// attached, prepare.wgsl has made whole. CLIP scales by the step's factor.
+fn grad_at(x: f32, k: u32, c: f32, inv_d1: f32, inv_d2: f32, sep: f32, poisoned: bool, anchor: u32) -> f32 {
     let p = anchors[k];
     let q = anchors[D + k];
-    return select(row_grad(x, p, q, c, inv_d1, inv_d2) + sep * (p - q), nan(), poisoned);
+    var g = select(row_grad(x, p, q, c, inv_d1, inv_d2) + sep * (p - q), nan(), poisoned);
+    if (MODE == MODE_ATTACHED && anchor != 0u) {
+        g = agrad[(anchor - 1u) * D + k];
+    }
+    return clipped(g);
+}
+
+fn clipped(g: f32) -> f32 {
+    if (!CLIP || PREP) {
+        return g;
+    }
+    let f = state.clip;
+    return select(g * f, nan(), is_nonfinite(f));   // a non-finite norm: every update non-finite
 }
 
 // (new value, new velocity) of column k: SPEC §5's v = μ·v_old + g + wd·x,
@@ -133,7 +159,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
         atomicStore(&wg_near, 0u);
     }
     let flags = workgroupUniformLoad(&wg_flags);   // also the barrier after the resets
-    if (UPDATE && flags.y != 0u) {
+    if ((UPDATE || PREP) && flags.y != 0u) {
         return;   // aborted: steps do nothing; evaluations still run
     }
     let cur = flags.x;
@@ -141,9 +167,20 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     let slot = lid / L;            // the workgroup's row this lane works on
     let lane = lid % L;
     let i = w * rows_per_wg + slot;
-    let live = i < chunk.rows;
+    var live = i < chunk.rows;
     let base = i * D;
-    let row = chunk.row_base + i;
+    var row = chunk.row_base + i;
+    var mult = 1u;
+    var weight = params.w_red;
+    if (BATCHED && live) {
+        let s = slots[i];
+        row = s.x;
+        mult = s.y;
+        weight = bitcast<f32>(s.z);
+        live = s.x != DEAD;
+    }
+    let is_anchor = row == params.anchor_a || row == params.anchor_b;
+    let anchor = select(0u, select(2u, 1u, row == params.anchor_a), is_anchor);
 
     // s1, s2 over this lane's columns, and whether it read a non-finite value.
     var part = vec4<f32>(0.0, 0.0, 0.0, 0.0);
@@ -169,25 +206,47 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     let r_seen = select(r, nan(), in_bad);
     let loss_bad = is_nonfinite(r_seen);
     var abs_r = 0.0;
-    if (live && lane == 0u) {
+    if (live && lane == 0u && mult > 0u) {
         if (SCAN) {
             scan_commit(0u, slot, lid, row_scan_add(row_scan_new(), 0u, r_seen));
         }
-        abs_r = select(abs(r), 0.0, loss_bad);   // sums cover finite terms
+        abs_r = select(f32(mult) * abs(r), 0.0, loss_bad);   // sums cover finite terms
         let near = params.tau * state.d0;
         if (s.x < near * near || s.y < near * near) {
-            atomicAdd(&wg_near, 1u);
+            atomicAdd(&wg_near, mult);
+        }
+    }
+    // SPEC §4: c = multiplicity · w_red · sign(r) (a repeated row's copies
+    // all read the snapshot, so their gradients are equal and add up).
+    let c = row_coef(r, weight);
+    let sep = separation_coef(row, params.anchor_a, params.anchor_b, state.d0, params.margin, params.margin_weight);
+    let inv_d1 = safe_inv(d1);
+    let inv_d2 = safe_inv(d2);
+    let poisoned = in_bad || naive_blows_up(s);
+    let touched = select(mult > 0u, anchor_touched(mult > 0u, state.d0, params.margin), is_anchor);
+    let writes = live && touched && writes_row(row, params.anchor_a, params.anchor_b);
+    var norm2 = 0.0;
+    if (PREP) {
+        if (live && lane == 0u) {
+            coef[chunk.row_base + i] = vec4<f32>(c, inv_d1, inv_d2, select(0.0, 1.0, poisoned));
+        }
+        // Σ g² over the rows whose whole gradient is here (attached
+        // anchors get theirs in prepare.wgsl), finite ones only: a row
+        // whose gradient is not finite is the guard's (SPEC §9).
+        var g2 = 0.0;
+        if (writes && !(MODE == MODE_ATTACHED && is_anchor)) {
+            for (var k = lane; k < D; k = k + L) {
+                let g = grad_at(load_x(cur, base + k), k, c, inv_d1, inv_d2, sep, poisoned, 0u);
+                g2 = g2 + g * g;
+            }
+        }
+        let row_g2 = row_fold(lid, vec4<f32>(g2, 0.0, 0.0, 0.0)).x;
+        if (lane == 0u && !is_nonfinite(row_g2)) {
+            norm2 = row_g2;
         }
     }
     if (UPDATE) {
         let lr = state.lr;
-        let c = row_coef(r, params.w_red);
-        let sep = separation_coef(row, params.anchor_a, params.anchor_b, state.d0, params.margin,
-                                  params.margin_weight);
-        let inv_d1 = safe_inv(d1);
-        let inv_d2 = safe_inv(d2);
-        let poisoned = in_bad || naive_blows_up(s);
-        let writes = live && writes_row(row, params.anchor_a, params.anchor_b);
         var gs = row_scan_new();
         var ts = row_scan_new();
         if (GUARD == GUARD_SKIP_ROW) {
@@ -196,7 +255,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             if (writes) {
                 for (var k = lane; k < D; k = k + L) {
                     let x = load_x(cur, base + k);
-                    let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned);
+                    let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned, anchor);
                     gs = row_scan_add(gs, k, g);
                     ts = row_scan_add(ts, k, step_value(x, g, load_v(cur, base + k), lr, poisoned).x);
                 }
@@ -207,7 +266,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             if (writes && !row_bad) {
                 for (var k = lane; k < D; k = k + L) {
                     let x = load_x(cur, base + k);
-                    let g = grad_at(x, k, c, inv_d1, inv_d2, sep, false);
+                    let g = grad_at(x, k, c, inv_d1, inv_d2, sep, false, anchor);
                     let nv = step_value(x, g, load_v(cur, base + k), lr, false);
                     store_x(cur, base + k, nv.x);
                     store_v(cur, base + k, nv.y);
@@ -226,7 +285,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
                 let x = kept[j];
                 let v_old = load_v(cur, base + k);
                 kept_v[j] = v_old;
-                let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned);
+                let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned, anchor);
                 let nv = step_value(x, g, v_old, lr, poisoned);
                 any_bad = any_bad || is_nonfinite(g) || is_nonfinite(nv.x);
                 store_x(cur, base + k, nv.x);
@@ -235,7 +294,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             if (SCAN && any_bad) {
                 for (var k = lane; k < D; k = k + L) {
                     let j = min(k / L, MAX_KEPT - 1u);
-                    let g = grad_at(kept[j], k, c, inv_d1, inv_d2, sep, poisoned);
+                    let g = grad_at(kept[j], k, c, inv_d1, inv_d2, sep, poisoned, anchor);
                     gs = row_scan_add(gs, k, g);
                     ts = row_scan_add(ts, k, step_value(kept[j], g, kept_v[j], lr, poisoned).x);
                 }
@@ -243,7 +302,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
         } else if (writes) {
             for (var k = lane; k < D; k = k + L) {
                 let x = load_x(cur, base + k);
-                let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned);
+                let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned, anchor);
                 let nv = step_value(x, g, load_v(cur, base + k), lr, poisoned);
                 if (SCAN) {
                     gs = row_scan_add(gs, k, g);
@@ -265,9 +324,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
         }
     }
     let total = workgroup_sum_max(lid, vec2<f32>(abs_r, abs_r));   // its barriers publish the scan atomics
+    var norm_total = 0.0;
+    if (PREP) {
+        norm_total = workgroup_sum_max(lid, vec2<f32>(norm2, 0.0)).x;
+    }
     if (lid == 0u && w * rows_per_wg < chunk.rows) {
         let gw = chunk.partial_base + w;
-        partials[gw] = Partial(total.x, total.y, atomicLoad(&wg_near), 0u);
+        partials[gw] = Partial(total.x, total.y, atomicLoad(&wg_near), norm_total);
         let row0 = chunk.row_base + w * rows_per_wg;
         for (var buf = 0u; buf < SCAN_BUFS; buf = buf + 1u) {
             let f = scan_first_local(buf);

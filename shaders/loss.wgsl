@@ -27,7 +27,7 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>,
     }
     let total = workgroup_sum_max(lid, vec2<f32>(abs_r, abs_r));
     if (lid == 0u && w * WG < params.batch) {
-        partials[w] = Partial(total.x, total.y, 0u, 0u);   // no audit on this path
+        partials[w] = Partial(total.x, total.y, 0u, 0.0);   // no audit on this path
     }
 }
 

@@ -17,6 +17,7 @@ struct ReduceParams {
 @group(0) @binding(2) var<uniform> params: Params;
 @group(0) @binding(3) var<uniform> rp: ReduceParams;
 @group(0) @binding(4) var<storage, read> strikes: array<u32>;
+@group(0) @binding(5) var<storage, read> slots: array<vec4<u32>>;   // BATCHED: the scans list slots
 
 var<workgroup> wg_head: vec2<u32>;   // (state.halted, state.record)
 
@@ -60,7 +61,11 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     for (var j = lid; j < SCAN_CAP; j = j + WG) {
         var n = 0u;
         if (j < listed) {
-            n = strikes[scan_out[table_block + 12u + j]];
+            var row = scan_out[table_block + 12u + j];
+            if (BATCHED) {
+                row = slots[row].x;
+            }
+            n = strikes[row];
         }
         scan_out[table_block + SCAN_WORDS + j] = n;
     }
@@ -105,6 +110,8 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         scan_out[slot + 5u] = action;
         scan_out[slot + 6u] = bitcast<u32>(lr);
         scan_out[slot + 7u] = state.cur;
+        scan_out[slot + 8u] = bitcast<u32>(state.norm);
+        scan_out[slot + 9u] = select(0u, 1u, CLIP && rp.update != 0u);
         state.record = head.y + 1u;
     }
 }

@@ -38,3 +38,26 @@ fn permute(key: PermKey, x: u32) -> u32 {
     }
     return y;
 }
+
+// The inverse network: each round (l, r) → (r, l ^ F(r ^ k)) undone.
+fn feistel_inv(key: PermKey, y: u32) -> u32 {
+    let mask = (1u << key.half) - 1u;
+    var l = y >> key.half;
+    var r = y & mask;
+    for (var round = 4u; round > 0u; round = round - 1u) {
+        let t = r ^ (mix32(l ^ key.k[round - 1u]) & mask);
+        r = l;
+        l = t;
+    }
+    return (l << key.half) | r;
+}
+
+// The position of row `row` in the epoch's permutation: the cycle walked
+// backwards (permute(key, unpermute(key, row)) == row).
+fn unpermute(key: PermKey, row: u32) -> u32 {
+    var x = feistel_inv(key, row);
+    while (x >= key.rows) {
+        x = feistel_inv(key, x);
+    }
+    return x;
+}

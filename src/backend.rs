@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::batches::Batches;
 use crate::config::{Shape, StepConfig};
 use crate::cpu::CpuTrainer;
 use crate::error::{Error, Result};
@@ -28,20 +29,23 @@ pub struct Opened {
     pub note: Option<String>,
 }
 
-/// Opens a trainer for `shape` and `cfg` on `backend`; `adapter` picks a GPU
-/// adapter by name (else `WGPU_ADAPTER_NAME`).
+/// Opens a trainer for `shape` and `cfg` on `backend`, whose steps take their
+/// rows from `batches`; `adapter` picks a GPU adapter by name (else
+/// `WGPU_ADAPTER_NAME`).
 pub fn open(
     backend: Backend,
     adapter: Option<&str>,
     shape: Shape,
     cfg: StepConfig,
     source: TableSource,
+    batches: Batches,
 ) -> Result<Opened> {
+    let b = batches.clone();
     let cpu = |source, note| -> Result<Opened> {
-        Ok(Opened { trainer: Box::new(CpuTrainer::new(shape, cfg, source)?), note })
+        Ok(Opened { trainer: Box::new(CpuTrainer::with_batches(shape, cfg, source, b)?), note })
     };
     let gpu = |ctx: GpuContext, source| -> Result<Opened> {
-        let t = GpuTrainer::new(Arc::new(ctx), shape, cfg, source, GpuOptions::default())?;
+        let t = GpuTrainer::with_batches(Arc::new(ctx), shape, cfg, source, GpuOptions::default(), batches)?;
         Ok(Opened { trainer: Box::new(t), note: None })
     };
     match backend {

@@ -13,7 +13,7 @@ use latent_line::guard::{Action, Guard, Policy};
 use latent_line::report::{action_words, collapse_step, median, Event, Report, StepEntry, Summary};
 use latent_line::scan::scan_rows;
 use latent_line::tables;
-use latent_line::{npy, Endpoints, Reduction, Shape, StepConfig, TableSource, Trainer};
+use latent_line::{npy, Batches, Endpoints, IndexBatches, Reduction, Shape, StepConfig, TableSource, Trainer};
 
 /// `println!` that never panics: a closed stdout (`| head`) must not turn a
 /// finished run into a crash; the files and the exit code still tell.
@@ -121,7 +121,8 @@ struct TrainArgs {
     /// Anchor rows A,B [default: 0,R-1].
     #[arg(long, value_name = "A,B", allow_hyphen_values = true)]
     anchors: Option<String>,
-    /// frozen: anchors never change; detached: anchors get the row term only.
+    /// frozen: anchors never change; detached: anchors get the row term only;
+    /// attached: the full gradient (every batch row pulls on the anchors).
     #[arg(long, value_enum, default_value_t = Endpoints::Frozen)]
     endpoints: Endpoints,
     /// SGD momentum μ in [0, 1) (PyTorch semantics; 0: no velocity buffer).
@@ -130,6 +131,17 @@ struct TrainArgs {
     /// Weight decay: wd·W added to the gradient.
     #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
     weight_decay: f32,
+    /// Clip the step's gradient to this global norm (0 = off).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    clip_norm: f32,
+    /// Random batches of B rows: each epoch a permutation keyed by --seed
+    /// [default: the full table every step].
+    #[arg(long, value_name = "B", conflicts_with = "indices")]
+    batch: Option<usize>,
+    /// Batches from a .npy of int32/int64 row indices: 1-D (one batch) or
+    /// 2-D (a batch per row, cycled); repeats are summed.
+    #[arg(long, value_name = "FILE.npy")]
+    indices: Option<PathBuf>,
     /// Keep the anchors at least this far apart (detached, attached; 0 = off).
     #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
     margin: f32,
@@ -300,6 +312,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     cfg.endpoints = args.endpoints;
     cfg.momentum = args.momentum;
     cfg.weight_decay = args.weight_decay;
+    cfg.clip_norm = args.clip_norm;
     cfg.margin = args.margin;
     cfg.margin_weight = args.margin_weight;
     cfg.guard = Guard {
@@ -310,6 +323,17 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         max_rollbacks: args.max_rollbacks,
     };
     cfg.validate(shape)?;
+    // SPEC §10: before any step, the index file is read and every index
+    // checked (an error names the first bad position).
+    let batches = match (args.batch, &args.indices) {
+        (Some(b), _) => {
+            let plan = Batches::Random { size: b, seed: args.seed };
+            plan.validate(shape.rows)?;
+            plan
+        }
+        (None, Some(path)) => Batches::Indices(IndexBatches::load(path, shape.rows)?),
+        (None, None) => Batches::Full,
+    };
     // SPEC §7 on the loaded table: it is in host memory already, so the
     // scan is one parallel pass of bit tests before it goes anywhere.
     let mut events = Vec::new();
@@ -336,7 +360,8 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         }
         None => None,
     };
-    let (mut trainer, why) = open_trainer(args, shape, cfg, source)?;
+    let batched = !batches.is_full();
+    let (mut trainer, why) = open_trainer(args, shape, cfg, source, batches)?;
     trainer.set_stop(stop_flag);
     let start = match resumed {
         Some(state) => {
@@ -389,6 +414,8 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     let mut records = Vec::new();
     let mut per_step = Vec::new();
     let before = if args.plot.is_some() { Some(trainer.read_table()?) } else { None };
+    // A batch's record covers its rows; the summary's start is the table's.
+    let start_eval = if batched { Some(trainer.evaluate()?) } else { None };
     let mut done = start;
     // A progress bar on a terminal for runs long enough to want one (on
     // stderr; not with --quiet or --json, nor when stdout is not a terminal).
@@ -449,7 +476,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             b.set_position((done + n) as u64);
             b.set_message(format!(
                 "loss {:.4e} · d0 {:.4} · non-finite events {}",
-                last.loss(cfg.w_red(shape.rows) as f64),
+                last.loss(cfg.w_red(last.batch) as f64),
                 last.d0,
                 events.len()
             ));
@@ -492,22 +519,23 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     let final_scan = trainer.scan_table()?;
     let finite = final_scan.is_clean();
 
-    let w_red = cfg.w_red(shape.rows) as f64;
-    let (first, last) = (&records[0], &records[records.len() - 1]);
+    // With batches, the summary compares whole-table evaluations.
+    let (first, last) = (start_eval.as_ref().unwrap_or(&records[0]), &records[records.len() - 1]);
     let step_s = median(per_step);
-    let bytes = 2 * shape.bytes();
+    // A step reads and writes its batch's rows (the full table's by default).
+    let bytes = 2 * records[0].batch.min(shape.rows) as u64 * shape.dim as u64 * 4;
     let gbps = if step_s > 0.0 { bytes as f64 / step_s / 1e9 } else { 0.0 };
     let count = |a: Action| records.iter().filter(|r| r.action == a).count();
     out!(
         "start    loss {:.6e} · mean excess {:.6e} · d0 {:.6} · near-singular rows {}",
-        first.loss(w_red),
+        first.loss(cfg.w_red(first.batch) as f64),
         first.mean_excess(),
         first.d0,
         first.near_singular
     );
     out!(
         "end      loss {:.6e} · mean excess {:.6e} · d0 {:.6} · near-singular rows {} · after {} steps, excess {}",
-        last.loss(w_red),
+        last.loss(cfg.w_red(last.batch) as f64),
         last.mean_excess(),
         last.d0,
         last.near_singular,
@@ -569,10 +597,14 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         let report = Report {
             options: args,
             device: dev,
-            steps: records.iter().enumerate().map(|(i, r)| StepEntry::new(start + i, r, w_red)).collect(),
+            steps: records
+                .iter()
+                .enumerate()
+                .map(|(i, r)| StepEntry::new(start + i, r, cfg.w_red(r.batch) as f64))
+                .collect(),
             summary: Summary {
-                first_loss: first.loss(w_red),
-                last_loss: last.loss(w_red),
+                first_loss: first.loss(cfg.w_red(first.batch) as f64),
+                last_loss: last.loss(cfg.w_red(last.batch) as f64),
                 mean_excess_first: first.mean_excess(),
                 mean_excess_last: last.mean_excess(),
                 max_excess_last: last.excess_max,
@@ -752,7 +784,8 @@ fn open_trainer(
     shape: Shape,
     cfg: StepConfig,
     source: TableSource,
+    batches: Batches,
 ) -> anyhow::Result<(Box<dyn Trainer>, Option<String>)> {
-    let o = latent_line::backend::open(args.backend, args.adapter.as_deref(), shape, cfg, source)?;
+    let o = latent_line::backend::open(args.backend, args.adapter.as_deref(), shape, cfg, source, batches)?;
     Ok((o.trainer, o.note))
 }

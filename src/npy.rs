@@ -115,7 +115,7 @@ pub fn load_indices(path: &Path) -> Result<Indices> {
     if dims.is_empty() || dims.len() > 2 {
         return Err(bad(format!("expected 1-D (one batch) or 2-D (a batch per row) indices, found shape {dims:?}")));
     }
-    if dims.iter().any(|&d| d == 0) {
+    if dims.contains(&0) {
         return Err(bad(format!("an index file of shape {dims:?} holds no batch")));
     }
     let item = dtype.size() as usize;

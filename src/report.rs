@@ -11,6 +11,8 @@ use crate::trainer::DeviceInfo;
 #[derive(Serialize)]
 pub struct StepEntry {
     pub step: usize,
+    /// Rows the pass took (SPEC §10: B, repeats counted).
+    pub batch: usize,
     /// `null` when a loss term is not finite.
     pub loss: f64,
     pub mean_excess: f64,
@@ -22,6 +24,9 @@ pub struct StepEntry {
     /// The step's scans, present only when one found something.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nonfinite: Option<StepScans>,
+    /// SPEC §5: ‖g‖ before clipping (with `--clip-norm`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
 }
 
 /// One buffer of one pass with non-finite values (SPEC §7, §9).
@@ -135,6 +140,7 @@ impl StepEntry {
     pub fn new(step: usize, r: &Record, w_red: f64) -> Self {
         StepEntry {
             step,
+            batch: r.batch,
             loss: r.loss(w_red),
             mean_excess: r.mean_excess(),
             max_excess: r.excess_max,
@@ -143,6 +149,7 @@ impl StepEntry {
             lr: r.lr,
             action: r.action,
             nonfinite: (!r.scans.is_clean()).then(|| r.scans.clone()),
+            grad_norm: r.grad_norm,
         }
     }
 }

@@ -90,6 +90,31 @@ impl Sampler {
         self.walk(&self.keys(epoch), x)
     }
 
+    /// The inverse network: each round (l, r) → (r, l ^ F(r ^ k)) undone
+    /// (`feistel_inv` of sampler.wgsl).
+    fn feistel_inv(&self, k: &[u32; 4], y: u32) -> u32 {
+        let half = self.half_bits();
+        let mask = (1u32 << half) - 1;
+        let (mut l, mut r) = (y >> half, y & mask);
+        for key in k.iter().rev() {
+            let t = r ^ (mix32(l ^ key) & mask);
+            r = l;
+            l = t;
+        }
+        (l << half) | r
+    }
+
+    /// The position of `row` in `epoch`'s permutation (the cycle walked
+    /// backwards): `permute(epoch, unpermute(epoch, row)) == row`.
+    pub fn unpermute(&self, epoch: u32, row: u32) -> u32 {
+        let k = self.keys(epoch);
+        let mut x = self.feistel_inv(&k, row);
+        while x >= self.rows {
+            x = self.feistel_inv(&k, x);
+        }
+        x
+    }
+
     /// The rows of global step `step`.
     pub fn batch_rows(&self, step: u64) -> Vec<u32> {
         let s = self.slot(step);

@@ -131,7 +131,7 @@ fn sweep(backend: Backend, shape: Shape, case_seed: u64) {
                     anchor_a: a,
                     anchor_b: b,
                     lr: 0.01,
-                    reduction: if case % 2 == 0 { Reduction::Sum } else { Reduction::Mean },
+                    reduction: if case.is_multiple_of(2) { Reduction::Sum } else { Reduction::Mean },
                     endpoints,
                     margin,
                     momentum,
@@ -160,4 +160,77 @@ fn gpu_batches_modes_and_sgd_match_the_reference() {
     let seed = seed("gpu_batches");
     sweep(Backend::Gpu { chunk_rows: Some(25) }, Shape::new(60, 5).unwrap(), seed);
     sweep(Backend::Gpu { chunk_rows: None }, Shape::new(37, 33).unwrap(), seed ^ 1);
+}
+
+/// SPEC §11: the same options twice give bit-identical tables and records,
+/// with random batches and with duplicated user batches, on both backends.
+#[test]
+fn batched_runs_are_bit_identical() {
+    let seed = seed("batch_determinism");
+    let shape = Shape::new(300, 12).unwrap();
+    let table = spaced_table(seed, shape, 0, 299, 0.3);
+    let mut r = rng(seed);
+    let dup: Vec<Vec<i64>> = (0..4).map(|_| (0..500).map(|_| r.random_range(0..40)).collect()).collect();
+    for batches in [Batches::Random { size: 70, seed }, Batches::Indices(IndexBatches::new(dup, 300).unwrap())] {
+        for backend in [Backend::Cpu, Backend::Gpu { chunk_rows: Some(128) }] {
+            let cfg = StepConfig {
+                endpoints: Endpoints::Attached,
+                reduction: Reduction::Mean,
+                lr: 0.5,
+                momentum: 0.9,
+                clip_norm: 0.01,
+                margin: 50.0,
+                ..StepConfig::for_rows(300)
+            };
+            let run = || {
+                let mut t = open(backend, shape, cfg, table.clone(), batches.clone());
+                let recs = t.steps(12).unwrap();
+                (t.read_table().unwrap(), recs)
+            };
+            let (t1, r1) = run();
+            let (t2, r2) = run();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&t1) == bits(&t2), "{backend:?} {batches:?}: tables differ, seed {seed}");
+            assert_eq!(r1, r2, "{backend:?} {batches:?}: records differ, seed {seed}");
+            assert!(t1 != table, "{backend:?}: nothing trained, seed {seed}");
+        }
+    }
+}
+
+/// SPEC §8 and §3: with `attached` and a margin m, 1 000 steps keep
+/// d0 ≥ m·(1 − 1e-3) while the mean excess falls; with `detached` and no
+/// margin the audit shows d0 shrinking (the collapse the margin prevents).
+#[test]
+fn the_margin_keeps_attached_anchors_apart_and_detached_ones_collapse() {
+    let seed = seed("margin_1000");
+    let shape = Shape::new(256, 8).unwrap();
+    let table = spaced_table(seed, shape, 0, 255, 0.3);
+    let d0_start = {
+        let (p, q) = (&table[..8], &table[255 * 8..]);
+        p.iter().zip(q).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt() as f64
+    };
+    let m = 0.98 * d0_start as f32;
+    for backend in [Backend::Cpu, Backend::Gpu { chunk_rows: None }] {
+        let cfg = StepConfig {
+            endpoints: Endpoints::Attached,
+            reduction: Reduction::Mean,
+            lr: 0.05 * 64.0,
+            margin: m,
+            margin_weight: 1.0,
+            ..StepConfig::for_rows(256)
+        };
+        let mut t = open(backend, shape, cfg, table.clone(), Batches::Random { size: 64, seed });
+        let first = t.evaluate().unwrap().mean_excess();
+        let recs = t.steps(1000).unwrap();
+        let low = recs.iter().map(|r| r.d0).fold(f64::INFINITY, f64::min);
+        assert!(low >= m as f64 * (1.0 - 1e-3), "{backend:?}: d0 fell to {low} below the margin {m}, seed {seed}");
+        let last = t.evaluate().unwrap().mean_excess();
+        assert!(last < 0.1 * first, "{backend:?}: mean excess {first} → {last} did not fall, seed {seed}");
+
+        let cfg = StepConfig { endpoints: Endpoints::Detached, lr: 0.05, ..StepConfig::for_rows(256) };
+        let mut t = open(backend, shape, cfg, table.clone(), Batches::Random { size: 64, seed });
+        let recs = t.steps(1000).unwrap();
+        let (d_first, d_last) = (recs[0].d0, recs[999].d0);
+        assert!(d_last < 0.5 * d_first, "{backend:?}: detached d0 {d_first} → {d_last} did not shrink, seed {seed}");
+    }
 }

@@ -452,3 +452,60 @@ fn plot_writes_a_valid_svg_of_the_run() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("must end in .svg"));
 }
+
+/// SPEC §10 on the command line: a bad index is refused before any step,
+/// naming its position, with exit 1 and no output; good batches train.
+#[test]
+fn index_files_are_checked_before_any_step_and_batches_train() {
+    let d = Dir::new();
+    let idx: Vec<u8> = [3i64, 7, 7, 250, 1].iter().flat_map(|v| v.to_le_bytes()).collect();
+    npy(&d.p("bad.npy"), "{'descr': '<i8', 'fortran_order': False, 'shape': (5,), }", &idx);
+    let o = run(&[
+        "--rows",
+        "100",
+        "--dim",
+        "4",
+        "--steps",
+        "3",
+        "--backend",
+        "cpu",
+        "--indices",
+        &d.s("bad.npy"),
+        "--save",
+        &d.s("out.npy"),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("bad.npy") && e.contains("[3]") && e.contains("250"), "{e}");
+    assert!(!d.p("out.npy").exists(), "a refused run left an output");
+
+    let idx: Vec<u8> = [3i32, 7, 7, 7, 0, 99, 42, 42].iter().flat_map(|v| v.to_le_bytes()).collect();
+    npy(&d.p("good.npy"), "{'descr': '<i4', 'fortran_order': False, 'shape': (2, 4), }", &idx);
+    for extra in [vec!["--indices", &d.s("good.npy")[..]], vec!["--batch", "30"]] {
+        let mut args = vec![
+            "--rows",
+            "100",
+            "--dim",
+            "4",
+            "--steps",
+            "5",
+            "--backend",
+            "cpu",
+            "--endpoints",
+            "attached",
+            "--reduction",
+            "mean",
+            "--clip-norm",
+            "0.5",
+            "--json",
+        ];
+        args.extend(extra.iter().copied());
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let steps = report["steps"].as_array().unwrap();
+        assert_eq!(steps.len(), 6, "5 steps and the final evaluation: {report}");
+        let want = if extra[0] == "--batch" { 30 } else { 4 };
+        assert_eq!(steps[0]["batch"], want, "{report}");
+    }
+}

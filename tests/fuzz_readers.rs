@@ -1,6 +1,7 @@
-//! Malformed table files, made by mutating valid ones at random (seed
-//! printed): the readers never panic; each file is either read as a table
-//! whose size matches the file, or refused with an error naming the file.
+//! Malformed table and index files, made by mutating valid ones at random
+//! (seed printed): the readers never panic; each file is either read as a
+//! table (or batches) whose size matches the file, or refused with an
+//! error naming the file.
 
 mod common;
 
@@ -12,13 +13,17 @@ use rand::Rng;
 use safetensors::tensor::{Dtype, TensorView};
 
 fn valid_npy(rows: usize, dim: usize) -> Vec<u8> {
-    let mut h = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
+    npy_of("<f4", &format!("({rows}, {dim})"), (0..rows * dim).flat_map(|i| (i as f32 * 0.25).to_le_bytes()).collect())
+}
+
+fn npy_of(descr: &str, shape: &str, data: Vec<u8>) -> Vec<u8> {
+    let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     h.push_str(&" ".repeat((10 + h.len() + 1).next_multiple_of(64) - (10 + h.len() + 1)));
     h.push('\n');
     let mut f = b"\x93NUMPY\x01\x00".to_vec();
     f.extend_from_slice(&(h.len() as u16).to_le_bytes());
     f.extend_from_slice(h.as_bytes());
-    f.extend((0..rows * dim).flat_map(|i| (i as f32 * 0.25).to_le_bytes()));
+    f.extend(data);
     f
 }
 
@@ -80,6 +85,38 @@ fn mutated_table_files_never_panic_and_are_refused_cleanly() {
                 assert!(t.data.len() * 2 <= bytes.len(), "mutation {i}: more values than the file holds, seed {seed}");
             }
             Err(e) => assert!(e.to_string().contains(&format!("t{i}.{ext}")), "mutation {i}: {e}, seed {seed}"),
+        }
+    }
+}
+
+#[test]
+fn mutated_index_files_never_panic_and_are_refused_cleanly() {
+    use latent_line::IndexBatches;
+    let seed = seed("fuzz_indices");
+    let mut r = rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let rows = 50;
+    for i in 0..3000 {
+        let base = match i % 3 {
+            0 => npy_of("<i8", "(4, 6)", (0..24i64).flat_map(|v| (v * 2).to_le_bytes()).collect()),
+            1 => npy_of("<i4", "(24,)", (0..24i32).flat_map(|v| v.to_le_bytes()).collect()),
+            _ => npy_of("<i4", "(3, 8)", (0..24i32).flat_map(|v| (49 - v).to_le_bytes()).collect()),
+        };
+        let bytes = mutate(&mut r, base);
+        let path = dir.path().join(format!("i{i}.npy"));
+        std::fs::write(&path, &bytes).unwrap();
+        let got = std::panic::catch_unwind(|| IndexBatches::load(&path, rows));
+        let got = got.unwrap_or_else(|_| panic!("panic reading index mutation {i}, seed {seed}"));
+        match got {
+            Ok(b) => {
+                let n: usize = (0..b.len() as u64).map(|s| b.batch(s).len()).sum();
+                assert!(n * 4 <= bytes.len(), "mutation {i}: more indices than the file holds, seed {seed}");
+                assert!(
+                    (0..b.len() as u64).all(|s| b.batch(s).iter().all(|&x| (x as usize) < rows)),
+                    "mutation {i}, seed {seed}"
+                );
+            }
+            Err(e) => assert!(e.to_string().contains(&format!("i{i}.npy")), "mutation {i}: {e}, seed {seed}"),
         }
     }
 }

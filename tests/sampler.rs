@@ -67,3 +67,17 @@ fn device_permutation_matches_the_host_above_2_pow_24_rows() {
     let slot = s.slot(17);
     assert_eq!(g.positions(slot.epoch, slot.start, slot.count).unwrap(), s.batch_rows(17), "seed {seed}");
 }
+
+#[test]
+fn unpermute_inverts_the_permutation() {
+    let seed = seed("sampler_inverse");
+    for rows in [2usize, 5, 1000, 65_537] {
+        let s = Sampler::new(rows, 1, seed).unwrap();
+        for epoch in [0u32, 3] {
+            for x in (0..rows as u32).step_by(rows / 64 + 1) {
+                let row = s.permute(epoch, x);
+                assert_eq!(s.unpermute(epoch, row), x, "R {rows} epoch {epoch} position {x}, seed {seed}");
+            }
+        }
+    }
+}

@@ -101,6 +101,26 @@ pub struct Constants {
     pub lanes: u32,
     /// SPEC §5 μ > 0: the kernels keep a velocity buffer.
     pub momentum: bool,
+    /// SPEC §10: the step runs over a gathered batch's slots.
+    pub batched: bool,
+    /// SPEC §5: global-norm clipping.
+    pub clip: bool,
+}
+
+impl Default for Constants {
+    fn default() -> Self {
+        Constants {
+            wg: 64,
+            dim: 1,
+            mode: 0,
+            naive: false,
+            guard: 0,
+            lanes: 1,
+            momentum: false,
+            batched: false,
+            clip: false,
+        }
+    }
 }
 
 impl Constants {
@@ -114,6 +134,8 @@ impl Constants {
             ("GUARD", self.guard as f64),
             ("L", self.lanes as f64),
             ("MOMENTUM", if self.momentum { 1.0 } else { 0.0 }),
+            ("BATCHED", if self.batched { 1.0 } else { 0.0 }),
+            ("CLIP", if self.clip { 1.0 } else { 0.0 }),
             // fused_step.wgsl keeps a lane's columns in registers up to 8.
             ("KEEP", if self.dim <= 8 * self.lanes { 1.0 } else { 0.0 }),
         ];

@@ -12,15 +12,15 @@ use crate::sampler::{Sampler, Slot};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct SampleU {
-    seed_lo: u32,
-    seed_hi: u32,
-    epoch: u32,
-    start: u32,
-    count: u32,
-    rows: u32,
-    half: u32,
-    pad: u32,
+pub(super) struct SampleU {
+    pub(super) seed_lo: u32,
+    pub(super) seed_hi: u32,
+    pub(super) epoch: u32,
+    pub(super) start: u32,
+    pub(super) count: u32,
+    pub(super) rows: u32,
+    pub(super) half: u32,
+    pub(super) w_red: f32,
 }
 
 /// Writes batches of a [`Sampler`] into a device buffer.
@@ -40,7 +40,7 @@ impl GpuSampler {
     /// A sampler whose buffer holds up to `capacity` rows.
     pub fn new(ctx: Arc<GpuContext>, sampler: Sampler, capacity: u32) -> Self {
         let wg = ctx.workgroup_size(256);
-        let consts = Constants { wg, dim: 1, mode: 0, naive: false, guard: 0, lanes: 1, momentum: false };
+        let consts = Constants { wg, ..Constants::default() };
         let pipeline = consts.pipeline(&ctx, &shaders::SAMPLE, "main", &[]);
         let params = uniform(&ctx, "sample params", &SampleU::zeroed_for(&sampler));
         let rows = storage(&ctx, "batch rows", capacity as u64 * 4, wgpu::BufferUsages::COPY_SRC);
@@ -74,7 +74,7 @@ impl GpuSampler {
 }
 
 impl SampleU {
-    fn zeroed_for(s: &Sampler) -> Self {
+    pub(super) fn zeroed_for(s: &Sampler) -> Self {
         SampleU {
             seed_lo: s.seed as u32,
             seed_hi: (s.seed >> 32) as u32,
@@ -83,7 +83,7 @@ impl SampleU {
             count: 0,
             rows: s.rows,
             half: s.half_bits(),
-            pad: 0,
+            w_red: 1.0,
         }
     }
 }

@@ -57,8 +57,7 @@ impl TableScanner {
                 (u, groups)
             })
             .collect();
-        let consts =
-            Constants { wg, dim: shape.dim as u32, mode: 0, naive: false, guard: 0, lanes: 1, momentum: false };
+        let consts = Constants { wg, dim: shape.dim as u32, ..Constants::default() };
         let scan = consts.pipeline(&ctx, &shaders::SCAN_TABLE, "main", &[("SCAN_BUFS", 1.0)]);
         let finish = consts.pipeline(&ctx, &shaders::SCAN_FINISH, "main", &[("SCAN_BUFS", 1.0)]);
         let detail = storage(&ctx, "scan details", base as u64 * 64, wgpu::BufferUsages::empty());

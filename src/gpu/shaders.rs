@@ -47,14 +47,33 @@ pub const FUSED_STEP: Kernel = kernel!(
     "fused_step",
     [REDUCE_WG, SCAN],
     ["main"],
-    ["WG", "D", "MODE", "NAIVE", "GUARD", "UPDATE", "SCAN", "L", "KEEP", "MOMENTUM", "SCAN_BUFS"]
+    [
+        "WG",
+        "D",
+        "MODE",
+        "NAIVE",
+        "GUARD",
+        "UPDATE",
+        "SCAN",
+        "L",
+        "KEEP",
+        "MOMENTUM",
+        "SCAN_BUFS",
+        "BATCHED",
+        "CLIP",
+        "PREP"
+    ]
 );
-pub const REDUCE: Kernel = kernel!("reduce", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "GUARD", "SCAN_BUFS"]);
+pub const REDUCE: Kernel =
+    kernel!("reduce", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "GUARD", "SCAN_BUFS", "BATCHED", "CLIP"]);
+pub const ANCHOR_SUM: Kernel = kernel!("anchor_sum", [], ["main"], ["WG", "D", "BATCHED"]);
+pub const PREPARE: Kernel = kernel!("prepare", [REDUCE_WG], ["main"], ["WG", "D", "MODE"]);
+pub const BATCH_IO: Kernel = kernel!("batch_io", [], ["gather", "scatter", "settle"], ["WG", "D", "MOMENTUM"]);
 pub const COPY_TABLE: Kernel = kernel!("copy_table", [], ["snapshot", "restore"], ["WG", "D", "MOMENTUM"]);
 pub const SCAN_TABLE: Kernel = kernel!("scan_table", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "SCAN_BUFS"]);
 pub const SCAN_FINISH: Kernel = kernel!("scan_finish", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "SCAN_BUFS"]);
 pub const COPY: Kernel = kernel!("copy", [], ["main"], ["WG", "D"]);
-pub const SAMPLE: Kernel = kernel!("sample", [RNG, SAMPLER], ["main"], ["WG"]);
+pub const SAMPLE: Kernel = kernel!("sample", [RNG, SAMPLER], ["main", "batch"], ["WG"]);
 pub const GATHER: Kernel = kernel!("gather", [], ["main"], ["WG", "D"]);
 pub const DISTANCES: Kernel = kernel!("distances", [], ["main"], ["WG", "D"]);
 pub const LOSS: Kernel = kernel!("loss", [REDUCE_WG], ["forward", "backward"], ["WG", "D", "NAIVE"]);
@@ -66,6 +85,9 @@ pub const KERNELS: &[Kernel] = &[
     ANCHORS,
     FUSED_STEP,
     REDUCE,
+    ANCHOR_SUM,
+    PREPARE,
+    BATCH_IO,
     COPY_TABLE,
     SCAN_TABLE,
     SCAN_FINISH,

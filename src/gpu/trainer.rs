@@ -24,14 +24,16 @@ use bytemuck::{Pod, Zeroable};
 use super::context::GpuContext;
 use super::layout::{grid, ChunkLayout, ChunkSpan};
 use super::pipes::{bind, bind_at, finish_map, read_mapped, readback, storage, uniform, Constants};
+use super::sampler::SampleU;
 use super::scan::TableScanner;
 use super::shaders::{self, Kernel};
 use super::timer::PassTimer;
-use crate::batches::Batches;
+use crate::batches::{Batches, StepSlots};
 use crate::config::{Shape, StepConfig};
 use crate::error::{Error, Result};
 use crate::guard::{Policy, TAU};
 use crate::record::{Record, RECORD_WORDS};
+use crate::sampler::Sampler;
 use crate::scan::Scan;
 use crate::trainer::{DeviceInfo, RunState, TableSource, Trainer};
 
@@ -109,7 +111,8 @@ struct ParamsU {
     margin_weight: f32,
     momentum: f32,
     weight_decay: f32,
-    pad: [u32; 3],
+    clip_norm: f32,
+    pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -125,7 +128,8 @@ struct StateU {
     skips: u32,
     rollbacks: u32,
     restore: u32,
-    pad: [u32; 2],
+    clip: f32,
+    norm: f32,
 }
 
 #[repr(C)]
@@ -134,8 +138,20 @@ struct ChunkU {
     row_base: u32,
     rows: u32,
     partial_base: u32,
-    pad: u32,
+    seg_base: u32,
 }
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct PrepareU {
+    count: u32,
+    segs: u32,
+    slot_a: u32,
+    slot_b: u32,
+}
+
+/// Slots per segment of anchor_sum.wgsl (its SEG).
+const SEG: u32 = 256;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -164,7 +180,8 @@ fn params_u(shape: Shape, cfg: &StepConfig) -> ParamsU {
         margin_weight: cfg.margin_weight,
         momentum: cfg.momentum,
         weight_decay: cfg.weight_decay,
-        pad: [0; 3],
+        clip_norm: cfg.clip_norm,
+        pad: [0; 2],
     }
 }
 
@@ -218,11 +235,12 @@ struct Staged {
 
 type MapDone = Receiver<std::result::Result<(), wgpu::BufferAsyncError>>;
 
-/// One readback buffer of the ring and the submission it waits for:
-/// (records in it, the mapping's completion, the submission).
+/// One readback buffer of the ring and the submission it waits for.
 struct Slot {
     buffer: wgpu::Buffer,
-    pending: Option<(usize, MapDone, wgpu::SubmissionIndex)>,
+    /// (records, the mapping's completion, the submission, the first
+    /// step's number — `None` for an evaluation).
+    pending: Option<(usize, MapDone, wgpu::SubmissionIndex, Option<u64>)>,
 }
 
 pub struct GpuTrainer {
@@ -259,6 +277,81 @@ pub struct GpuTrainer {
     stop: Option<Arc<std::sync::atomic::AtomicBool>>,
     staged: Option<Staged>,
     scanner: Option<TableScanner>,
+    /// SPEC §10: batched steps' device side (`None`: full-table steps).
+    batch: Option<BatchDev>,
+    /// Attached anchors, clipping: the steps read their rows twice.
+    prepass: Option<Prepass>,
+    /// `Trainer::step_rows`: the slots already written for the next step.
+    manual: Option<StepSlots>,
+}
+
+/// The device side of batched steps (SPEC §10): each step's slots are
+/// gathered from the table into `x` (batch_io.wgsl), stepped there by the
+/// same fused kernel as a table chunk, and scattered back.
+struct BatchDev {
+    /// Slots per step (anchors included): the batch buffers' rows.
+    cap: u32,
+    slots: wgpu::Buffer,
+    /// Workgroups of the fused pass over the slots.
+    groups: u32,
+    gather: Pass,
+    scatter: Pass,
+    settle: Pass,
+    source: SlotSource,
+}
+
+/// Where each step's slots come from.
+enum SlotSource {
+    /// sample.wgsl writes them; its parameters for a submission's steps
+    /// are written to `schedule` at once and copied into `uniform` step by step.
+    Random { sampler: Sampler, uniform: wgpu::Buffer, schedule: wgpu::Buffer, pass: Pass },
+    /// The user's batches, all resident in `all` (and on the host, to map
+    /// the slot numbers of the records back to rows).
+    Given { all: wgpu::Buffer, host: Vec<StepSlots> },
+}
+
+/// The first read of a two-read step and what follows it (SPEC §4–§5).
+struct Prepass {
+    prep: Pass,
+    /// attached: the anchor term's segment sums.
+    anchor_sum: Option<Pass>,
+    prepare: Pass,
+}
+
+impl BatchDev {
+    /// Step `step`'s (row, entries) for slot numbers.
+    fn slot_row(&self, step: u64, slot: u64, a: usize, b: usize) -> u64 {
+        match &self.source {
+            SlotSource::Random { sampler, .. } => match slot {
+                0 => a as u64,
+                1 => b as u64,
+                s => {
+                    let at = sampler.slot(step);
+                    sampler.permute(at.epoch, at.start + s as u32 - 2) as u64
+                }
+            },
+            SlotSource::Given { host, .. } => {
+                let h = &host[(step % host.len() as u64) as usize];
+                h.slots.get(slot as usize).map_or(u64::MAX, |s| s.0 as u64)
+            }
+        }
+    }
+
+    fn entries(&self, step: u64) -> usize {
+        match &self.source {
+            SlotSource::Random { sampler, .. } => sampler.slot(step).count as usize,
+            SlotSource::Given { host, .. } => host[(step % host.len() as u64) as usize].entries,
+        }
+    }
+}
+
+/// A step's slots as the kernels read them: (row, multiplicity, weight
+/// bits, 0), dead slots after the batch's.
+fn slot_words(s: &StepSlots, cfg: &StepConfig, cap: u32) -> Vec<[u32; 4]> {
+    let w_red = cfg.w_red(s.entries);
+    let mut v: Vec<[u32; 4]> = s.slots.iter().map(|&(r, m)| [r, m, (m as f32 * w_red).to_bits(), 0]).collect();
+    v.resize(cap as usize, [u32::MAX, 0, 0, 0]);
+    v
 }
 
 impl GpuTrainer {
@@ -283,8 +376,11 @@ impl GpuTrainer {
     ) -> Result<Self> {
         cfg.validate(shape)?;
         batches.validate(shape.rows)?;
-        if !batches.is_full() || cfg.needs_prepass() {
-            return Err(Error::invalid("--batch", "not yet on the GPU"));
+        if opts.path == StepPath::Staged && (!batches.is_full() || cfg.needs_prepass()) {
+            return Err(Error::invalid(
+                "--batch",
+                "the staged GPU path has full-table steps only (no batches, attached anchors or clipping)",
+            ));
         }
         if let TableSource::Data(v) = &source {
             if v.len() as u64 != shape.elements() {
@@ -318,7 +414,30 @@ impl GpuTrainer {
         // sizes, what they cannot hold, before anything is allocated.
         let groups: u64 = layout.spans.iter().map(|s| (s.rows as u64).div_ceil((wg / lanes) as u64)).sum();
         let strikes = if cfg.guard.policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
-        let biggest = (groups * 3 * 64).max(strikes);
+        let d = shape.dim as u64;
+        let cap = batches.max_slots(cfg.anchor_a as u32, cfg.anchor_b as u32) as u64;
+        let batch_groups = cap.div_ceil((wg / lanes) as u64);
+        let biggest = (groups.max(batch_groups) * 3 * 64).max(strikes);
+        // The batch buffers and the two-read steps' per-slot coefficients
+        // are single bindings too.
+        let coef = if cfg.needs_prepass() { (if batches.is_full() { shape.rows as u64 } else { cap }) * 16 } else { 0 };
+        for (what, bytes) in [("batch buffer (its slots × D × 4)", cap * d * 4), ("per-slot coefficients", coef)] {
+            if bytes > ctx.max_binding_bytes() {
+                return Err(shape.too_large(format!(
+                    "its {what} need a {bytes}-byte binding, over the device's {}-byte limit",
+                    ctx.max_binding_bytes()
+                )));
+            }
+        }
+        if let Batches::Indices(ib) = &batches {
+            let bytes = ib.len() as u64 * cap * 16;
+            if bytes > ctx.limits.max_buffer_size {
+                return Err(Error::invalid(
+                    "--indices",
+                    format!("{} batches of up to {cap} slots need {bytes} bytes on the device, over its {}-byte buffer limit", ib.len(), ctx.limits.max_buffer_size),
+                ));
+            }
+        }
         if biggest > ctx.max_binding_bytes() {
             return Err(shape.too_large(format!(
                 "its per-workgroup scan records need a {biggest}-byte binding, over the device's {}-byte limit",
@@ -330,7 +449,7 @@ impl GpuTrainer {
         // out-of-memory becomes a typed error naming the sizes, not a panic.
         let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let invalid = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let built = Self::build(ctx.clone(), shape, cfg, opts, wg, lanes, max_groups, layout);
+        let built = Self::build(ctx.clone(), shape, cfg, opts, wg, lanes, max_groups, layout, batches);
         let validation = pollster::block_on(invalid.pop());
         let out_of_memory = pollster::block_on(oom.pop());
         if let Some(e) = out_of_memory {
@@ -359,12 +478,18 @@ impl GpuTrainer {
         lanes: u32,
         max_groups: u32,
         layout: ChunkLayout,
+        batches: Batches,
     ) -> Self {
         let d = shape.dim as u64;
         let policy = cfg.guard.policy;
+        let batched = !batches.is_full();
+        // A batched step's table is single-buffered: its slots are.
+        let double = policy.double_buffered() && !batched;
+        let cap = batches.max_slots(cfg.anchor_a as u32, cfg.anchor_b as u32) as u32;
         let params = uniform(&ctx, "params", &params_u(shape, &cfg));
         let table_usage = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
         let mut partial_base = 0u32;
+        let mut seg_base = 0u32;
         let chunks: Vec<GpuChunk> = layout
             .spans
             .iter()
@@ -374,20 +499,21 @@ impl GpuTrainer {
                 let c = GpuChunk {
                     span,
                     a: storage(&ctx, "table A", bytes, table_usage),
-                    b: policy.double_buffered().then(|| storage(&ctx, "table B", bytes, table_usage)),
+                    b: double.then(|| storage(&ctx, "table B", bytes, table_usage)),
                     snap: (policy == Policy::Rollback).then(|| storage(&ctx, "snapshot", bytes, table_usage)),
                     vel: (cfg.momentum > 0.0).then(|| {
-                        let b = policy.double_buffered().then(|| storage(&ctx, "velocity B", bytes, table_usage));
+                        let b = double.then(|| storage(&ctx, "velocity B", bytes, table_usage));
                         (storage(&ctx, "velocity A", bytes, table_usage), b)
                     }),
                     uniform: uniform(
                         &ctx,
                         "chunk",
-                        &ChunkU { row_base: span.row_base as u32, rows: span.rows as u32, partial_base, pad: 0 },
+                        &ChunkU { row_base: span.row_base as u32, rows: span.rows as u32, partial_base, seg_base },
                     ),
                     row_groups,
                 };
                 partial_base += row_groups;
+                seg_base += (span.rows as u32).div_ceil(SEG);
                 c
             })
             .collect();
@@ -407,11 +533,30 @@ impl GpuTrainer {
                 skips: 0,
                 rollbacks: 0,
                 restore: 0,
-                pad: [0; 2],
+                clip: 1.0,
+                norm: 0.0,
             }),
         );
-        let partials = storage(&ctx, "partials", partial_base as u64 * 16, wgpu::BufferUsages::empty());
-        let detail = storage(&ctx, "scan details", partial_base as u64 * 3 * 64, wgpu::BufferUsages::empty());
+        // The batch buffers: the step's slots, gathered (A, and B for the
+        // double-buffered guards), with their velocity.
+        let x_groups = cap.div_ceil(wg / lanes);
+        let x_bytes = cap as u64 * d * 4;
+        let (xa, xb, xva, xvb) = if batched {
+            let mk = |label: &str, on: bool| on.then(|| storage(&ctx, label, x_bytes, wgpu::BufferUsages::empty()));
+            let momentum = cfg.momentum > 0.0;
+            (
+                mk("batch A", true),
+                mk("batch B", policy.double_buffered()),
+                mk("batch velocity A", momentum),
+                mk("batch velocity B", momentum && policy.double_buffered()),
+            )
+        } else {
+            (None, None, None, None)
+        };
+        let x_uniform = uniform(&ctx, "batch chunk", &ChunkU { row_base: 0, rows: cap, partial_base: 0, seg_base: 0 });
+        let groups_max = partial_base.max(if batched { x_groups } else { 0 });
+        let partials = storage(&ctx, "partials", groups_max as u64 * 16, wgpu::BufferUsages::empty());
+        let detail = storage(&ctx, "scan details", groups_max as u64 * 3 * 64, wgpu::BufferUsages::empty());
         let hits = storage(&ctx, "scan hits", 16, wgpu::BufferUsages::empty());
         let dummy = storage(&ctx, "unused binding", 16, wgpu::BufferUsages::empty());
         let strikes = if policy == Policy::SkipRow {
@@ -456,40 +601,90 @@ impl GpuTrainer {
         );
         let anchors_pass = Pass { pipeline: p, groups: vec![group] };
 
-        let fused = |update: bool| {
-            let flags =
-                [("UPDATE", if update { 1.0 } else { 0.0 }), ("SCAN", if opts.fused_scans { 1.0 } else { 0.0 })];
-            let p = consts.pipeline(&ctx, &shaders::FUSED_STEP, "main", &flags);
-            let groups = chunks
+        // The buffers a fused pass works on: the table's chunks, or the
+        // batch buffers (one "chunk" of slots).
+        let slots = if batched {
+            storage(&ctx, "batch slots", cap as u64 * 16, wgpu::BufferUsages::COPY_DST)
+        } else {
+            storage(&ctx, "unused slots", 16, wgpu::BufferUsages::empty())
+        };
+        let prepass_on = cfg.needs_prepass();
+        let attached = cfg.endpoints == crate::config::Endpoints::Attached;
+        let coef_slots = if batched { cap as u64 } else { shape.rows as u64 };
+        let coef = storage(
+            &ctx,
+            "slot coefficients",
+            if prepass_on { coef_slots * 16 } else { 16 },
+            wgpu::BufferUsages::empty(),
+        );
+        let segs = if batched { cap.div_ceil(SEG) } else { seg_base };
+        let colpart = storage(
+            &ctx,
+            "anchor-term sums",
+            if attached { segs as u64 * 2 * d * 4 } else { 16 },
+            wgpu::BufferUsages::empty(),
+        );
+        let agrad =
+            storage(&ctx, "anchor gradients", if attached { 2 * d * 4 } else { 16 }, wgpu::BufferUsages::empty());
+        // (buffer A, buffer B, velocity A, velocity B, chunk uniform) per bind group.
+        let targets: Vec<[&wgpu::Buffer; 5]> = chunks
+            .iter()
+            .map(|c| [&c.a, c.b.as_ref().unwrap_or(&dummy), vel_a(c, &dummy), vel_b(c, &dummy), &c.uniform])
+            .collect();
+        let x_targets: Vec<[&wgpu::Buffer; 5]> = match &xa {
+            Some(xa) => vec![[
+                xa,
+                xb.as_ref().unwrap_or(&dummy),
+                xva.as_ref().unwrap_or(&dummy),
+                xvb.as_ref().unwrap_or(&dummy),
+                &x_uniform,
+            ]],
+            None => Vec::new(),
+        };
+        let fused = |update: bool, prep: bool, over: &[[&wgpu::Buffer; 5]], over_x: bool| {
+            let flags = [
+                ("UPDATE", if update { 1.0 } else { 0.0 }),
+                ("SCAN", if opts.fused_scans && !prep { 1.0 } else { 0.0 }),
+                ("PREP", if prep { 1.0 } else { 0.0 }),
+            ];
+            let c = Constants { batched: over_x, ..consts };
+            let p = c.pipeline(&ctx, &shaders::FUSED_STEP, "main", &flags);
+            let groups = over
                 .iter()
-                .map(|c| {
+                .map(|[a, b, va, vb, u]| {
                     bind_at(
                         &ctx,
                         &p,
                         &[
-                            (0, &c.a),
-                            (1, c.b.as_ref().unwrap_or(&dummy)),
+                            (0, *a),
+                            (1, *b),
                             (2, &anchors),
                             (3, &state),
                             (4, &partials),
                             (5, &params),
-                            (6, &c.uniform),
+                            (6, *u),
                             (7, &strikes),
                             (8, &detail),
                             (9, &hits),
-                            (11, vel_a(c, &dummy)),
-                            (12, vel_b(c, &dummy)),
+                            (11, *va),
+                            (12, *vb),
+                            (13, &slots),
+                            (14, &coef),
+                            (15, &agrad),
                         ],
                     )
                 })
                 .collect();
             Pass { pipeline: p, groups }
         };
-        let fused_update = fused(true);
-        let fused_eval = fused(false);
-        let reduce = |update: bool| {
-            let p = consts.pipeline(&ctx, &shaders::REDUCE, "main", &[]);
-            let rp = uniform(&ctx, "reduce", &ReduceU { count: partial_base, update: update as u32, pad: [0; 2] });
+        let fused_update =
+            if batched { fused(true, false, &x_targets, true) } else { fused(true, false, &targets, false) };
+        let fused_eval = fused(false, false, &targets, false);
+        let reduce = |update: bool, over_x: bool| {
+            let c = Constants { batched: over_x, ..consts };
+            let p = c.pipeline(&ctx, &shaders::REDUCE, "main", &[]);
+            let count = if over_x { x_groups } else { partial_base };
+            let rp = uniform(&ctx, "reduce", &ReduceU { count, update: update as u32, pad: [0; 2] });
             let g = bind_at(
                 &ctx,
                 &p,
@@ -499,6 +694,7 @@ impl GpuTrainer {
                     (2, &params),
                     (3, &rp),
                     (4, &strikes),
+                    (5, &slots),
                     (8, &detail),
                     (9, &hits),
                     (10, &records),
@@ -506,8 +702,8 @@ impl GpuTrainer {
             );
             Pass { pipeline: p, groups: vec![g] }
         };
-        let reduce_update = reduce(true);
-        let reduce_eval = reduce(false);
+        let reduce_update = reduce(true, batched);
+        let reduce_eval = reduce(false, false);
         let rollback = (policy == Policy::Rollback).then(|| {
             let make = |entry: &str| {
                 let p = consts.pipeline(&ctx, &shaders::COPY_TABLE, entry, &[]);
@@ -525,6 +721,132 @@ impl GpuTrainer {
                 Pass { pipeline: p, groups }
             };
             (make("snapshot"), make("restore"))
+        });
+
+        // Two-read steps: PREP, the anchor term's sums, prepare.
+        let prepass = prepass_on.then(|| {
+            let over: &[[&wgpu::Buffer; 5]] = if batched { &x_targets } else { &targets };
+            let prep = fused(false, true, over, batched);
+            let anchor_sum = attached.then(|| {
+                let c = Constants { batched, ..consts };
+                let p = c.pipeline(&ctx, &shaders::ANCHOR_SUM, "main", &[]);
+                let groups = over
+                    .iter()
+                    .map(|[a, b, _, _, u]| {
+                        // Read-only here: single-buffered, A stands in for B.
+                        let b = if std::ptr::eq(*b, &dummy) { *a } else { *b };
+                        bind_at(
+                            &ctx,
+                            &p,
+                            &[
+                                (0, *a),
+                                (1, b),
+                                (2, &anchors),
+                                (3, &state),
+                                (6, *u),
+                                (13, &slots),
+                                (14, &coef),
+                                (16, &colpart),
+                            ],
+                        )
+                    })
+                    .collect();
+                Pass { pipeline: p, groups }
+            });
+            let p = consts.pipeline(&ctx, &shaders::PREPARE, "main", &[]);
+            let (slot_a, slot_b) = if batched { (0, 1) } else { (cfg.anchor_a as u32, cfg.anchor_b as u32) };
+            let pu = uniform(
+                &ctx,
+                "prepare",
+                &PrepareU { count: if batched { x_groups } else { partial_base }, segs, slot_a, slot_b },
+            );
+            let g = bind_at(
+                &ctx,
+                &p,
+                &[
+                    (0, &partials),
+                    (1, &state),
+                    (2, &params),
+                    (3, &pu),
+                    (4, &anchors),
+                    (5, &coef),
+                    (6, &colpart),
+                    (7, &agrad),
+                ],
+            );
+            Prepass { prep, anchor_sum, prepare: Pass { pipeline: p, groups: vec![g] } }
+        });
+
+        // Batches: gather and scatter per table chunk, the slots' source.
+        let batch = batched.then(|| {
+            let xa = xa.as_ref().expect("batched");
+            let io_u = uniform(&ctx, "batch io", &[cap, 0u32, 0, 0]);
+            let io = |entry: &str| {
+                let p = consts.pipeline(&ctx, &shaders::BATCH_IO, entry, &[]);
+                let groups = chunks
+                    .iter()
+                    .map(|c| {
+                        let all = [
+                            (0, &c.a),
+                            (1, vel_a(c, &dummy)),
+                            (2, xa),
+                            (3, xb.as_ref().unwrap_or(&dummy)),
+                            (4, xva.as_ref().unwrap_or(&dummy)),
+                            (5, xvb.as_ref().unwrap_or(&dummy)),
+                            (6, &slots),
+                            (7, &c.uniform),
+                            (8, &state),
+                            (9, &io_u),
+                        ];
+                        // gather fills buffer A only.
+                        let used: Vec<(u32, &wgpu::Buffer)> =
+                            all.into_iter().filter(|(i, _)| entry == "scatter" || (*i != 3 && *i != 5)).collect();
+                        bind_at(&ctx, &p, &used)
+                    })
+                    .collect();
+                Pass { pipeline: p, groups }
+            };
+            let settle_p = consts.pipeline(&ctx, &shaders::BATCH_IO, "settle", &[]);
+            let settle_g = bind_at(&ctx, &settle_p, &[(8, &state)]);
+            let source = match &batches {
+                Batches::Random { size, seed } => {
+                    let sampler = Sampler::new(shape.rows, *size, *seed).expect("validated");
+                    let u = uniform(&ctx, "sample params", &SampleU::zeroed_for(&sampler));
+                    let schedule = storage(
+                        &ctx,
+                        "sample schedule",
+                        STEPS_PER_SUBMIT as u64 * std::mem::size_of::<SampleU>() as u64,
+                        wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                    );
+                    let p = consts.pipeline(&ctx, &shaders::SAMPLE, "batch", &[]);
+                    let g = bind_at(&ctx, &p, &[(1, &u), (2, &params), (3, &slots)]);
+                    SlotSource::Random { sampler, uniform: u, schedule, pass: Pass { pipeline: p, groups: vec![g] } }
+                }
+                Batches::Indices(ib) => {
+                    let (a, b) = (cfg.anchor_a as u32, cfg.anchor_b as u32);
+                    let host: Vec<StepSlots> =
+                        (0..ib.len() as u64).map(|i| StepSlots::new(ib.batch(i), a, b, true)).collect();
+                    let words: Vec<[u32; 4]> = host.iter().flat_map(|h| slot_words(h, &cfg, cap)).collect();
+                    let all = storage(
+                        &ctx,
+                        "all batches",
+                        words.len() as u64 * 16,
+                        wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                    );
+                    ctx.queue.write_buffer(&all, 0, bytemuck::cast_slice(&words));
+                    SlotSource::Given { all, host }
+                }
+                Batches::Full => unreachable!("batched"),
+            };
+            BatchDev {
+                cap,
+                slots: slots.clone(),
+                groups: x_groups,
+                gather: io("gather"),
+                scatter: io("scatter"),
+                settle: Pass { pipeline: settle_p, groups: vec![settle_g] },
+                source,
+            }
         });
 
         GpuTrainer {
@@ -556,6 +878,9 @@ impl GpuTrainer {
             stop: None,
             staged: None,
             scanner: None,
+            batch,
+            prepass,
+            manual: None,
         }
     }
 
@@ -643,10 +968,11 @@ impl GpuTrainer {
         while done < n {
             let m = (n - done).min(STEPS_PER_SUBMIT as u32);
             ctx.queue.write_buffer(&self.state, 0, bytemuck::bytes_of(&0u32));
+            self.write_schedule(self.steps_done, m as usize);
             let mut enc = ctx.device.create_command_encoder(&Default::default());
             for i in 0..m {
                 let snapshot = self.steps_done.is_multiple_of(every);
-                self.encode_fused(&mut enc, true, snapshot, Some(timer.writes(done + i)));
+                self.encode_fused(&mut enc, true, snapshot, Some(timer.writes(done + i)), i as usize, self.steps_done);
                 self.steps_done += 1;
             }
             done += m;
@@ -736,36 +1062,147 @@ impl GpuTrainer {
     }
 
     /// One step (or, with `update == false`, one evaluation), as one pass.
+    /// `nth` is the step's place in its submission, `step` its number.
     fn encode_fused(
         &self,
         enc: &mut wgpu::CommandEncoder,
         update: bool,
         snapshot: bool,
         timestamp_writes: Option<wgpu::ComputePassTimestampWrites>,
+        nth: usize,
+        step: u64,
     ) {
+        let batch = self.batch.as_ref().filter(|_| update);
+        // The step's slots: copied from the resident batches, or the sample
+        // kernel's parameters for this step (copies go between passes).
+        if let (Some(b), None) = (batch, &self.manual) {
+            match &b.source {
+                SlotSource::Given { all, host } => {
+                    let bytes = b.cap as u64 * 16;
+                    let at = (step % host.len() as u64) * bytes;
+                    enc.copy_buffer_to_buffer(all, at, &b.slots, 0, bytes);
+                }
+                SlotSource::Random { uniform, schedule, .. } => {
+                    let size = std::mem::size_of::<SampleU>() as u64;
+                    enc.copy_buffer_to_buffer(schedule, nth as u64 * size, uniform, 0, size);
+                }
+            }
+        }
         let mut pass =
             enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("fused step"), timestamp_writes });
-        let per_chunk = |pass: &mut wgpu::ComputePass, p: &Pass, elements: bool| {
+        let max = self.max_groups;
+        let each_chunk = |pass: &mut wgpu::ComputePass, p: &Pass, groups: &dyn Fn(&GpuChunk) -> u32| {
             pass.set_pipeline(&p.pipeline);
             for (c, bg) in self.chunks.iter().zip(&p.groups) {
                 pass.set_bind_group(0, bg, &[]);
-                let groups = if elements {
-                    (c.span.rows as u64 * self.shape.dim as u64).div_ceil(self.wg as u64) as u32
-                } else {
-                    c.row_groups
-                };
-                let (x, y) = grid(groups, self.max_groups);
+                let (x, y) = grid(groups(c), max);
                 pass.dispatch_workgroups(x, y, 1);
             }
         };
+        let once = |pass: &mut wgpu::ComputePass, p: &Pass, groups: u32| {
+            pass.set_pipeline(&p.pipeline);
+            pass.set_bind_group(0, &p.groups[0], &[]);
+            let (x, y) = grid(groups, max);
+            pass.dispatch_workgroups(x, y, 1);
+        };
+        let d = self.shape.dim as u64;
+        let wg = self.wg as u64;
+        let elements = |c: &GpuChunk| (c.span.rows as u64 * d).div_ceil(wg) as u32;
+        let rows = |c: &GpuChunk| c.row_groups;
+        if let (Some(b), None) = (batch, &self.manual) {
+            if let SlotSource::Random { pass: sample, .. } = &b.source {
+                once(&mut pass, sample, b.cap.div_ceil(self.wg));
+            }
+        }
         if let (true, Some((snap, _))) = (snapshot, &self.rollback) {
-            per_chunk(&mut pass, snap, true);
+            each_chunk(&mut pass, snap, &elements);
         }
         self.anchors_pass.dispatch_one(&mut pass);
-        per_chunk(&mut pass, if update { &self.fused_update } else { &self.fused_eval }, false);
+        let slot_elements = |b: &BatchDev| (b.cap as u64 * d).div_ceil(wg) as u32;
+        if let Some(b) = batch {
+            each_chunk(&mut pass, &b.gather, &|_| slot_elements(b));
+        }
+        // The fused kernel's passes, over the batch's slots or the chunks.
+        let fused = |pass: &mut wgpu::ComputePass, p: &Pass| match batch {
+            Some(b) => once(pass, p, b.groups),
+            None => each_chunk(pass, p, &rows),
+        };
+        if let (true, Some(pre)) = (update, &self.prepass) {
+            fused(&mut pass, &pre.prep);
+            if let Some(sum) = &pre.anchor_sum {
+                let blocks = (d as u32).div_ceil(self.wg);
+                match batch {
+                    Some(b) => once(&mut pass, sum, blocks * b.cap.div_ceil(SEG)),
+                    None => each_chunk(&mut pass, sum, &|c| blocks * (c.span.rows as u32).div_ceil(SEG)),
+                }
+            }
+            pre.prepare.dispatch_one(&mut pass);
+        }
+        if update {
+            fused(&mut pass, &self.fused_update);
+        } else {
+            each_chunk(&mut pass, &self.fused_eval, &rows);
+        }
         if update { &self.reduce_update } else { &self.reduce_eval }.dispatch_one(&mut pass);
+        if let Some(b) = batch {
+            each_chunk(&mut pass, &b.scatter, &|_| slot_elements(b));
+            b.settle.dispatch_one(&mut pass);
+        }
         if let (true, Some((_, restore))) = (update, &self.rollback) {
-            per_chunk(&mut pass, restore, true);
+            each_chunk(&mut pass, restore, &elements);
+        }
+    }
+
+    /// Random batches: the sample kernel's parameters for steps
+    /// `first .. first + n` (one submission), written at once.
+    fn write_schedule(&self, first: u64, n: usize) {
+        let Some(BatchDev { source: SlotSource::Random { sampler, schedule, .. }, .. }) = &self.batch else { return };
+        let steps: Vec<SampleU> = (0..n as u64)
+            .map(|i| {
+                let at = sampler.slot(first + i);
+                SampleU {
+                    epoch: at.epoch,
+                    start: at.start,
+                    count: at.count,
+                    w_red: self.cfg.w_red(at.count as usize),
+                    ..SampleU::zeroed_for(sampler)
+                }
+            })
+            .collect();
+        self.ctx.queue.write_buffer(schedule, 0, bytemuck::cast_slice(&steps));
+    }
+
+    /// Batched steps' records list slots: back to rows, sorted (a skip-row
+    /// record's strike counts follow their rows), and the step's batch size.
+    fn map_record(&self, r: &mut Record, step: u64) {
+        let Some(b) = &self.batch else { return };
+        let (a, bb) = (self.cfg.anchor_a, self.cfg.anchor_b);
+        let row = |slot: u64| match &self.manual {
+            Some(m) => m.slots.get(slot as usize).map_or(u64::MAX, |s| s.0 as u64),
+            None => b.slot_row(step, slot, a, bb),
+        };
+        r.batch = match &self.manual {
+            Some(m) => m.entries,
+            None => b.entries(step),
+        };
+        let scans = &mut r.scans;
+        for s in [&mut scans.loss, &mut scans.grad] {
+            s.rows.iter_mut().for_each(|x| *x = row(*x));
+            s.rows.sort_unstable();
+            if let Some(f) = &mut s.first {
+                f.row = row(f.row);
+            }
+        }
+        let t = &mut scans.table;
+        if let Some(f) = &mut t.first {
+            f.row = row(f.row);
+        }
+        let mut pairs: Vec<(u64, u32)> =
+            t.rows.iter().enumerate().map(|(i, &s)| (row(s), scans.strikes.get(i).copied().unwrap_or(0))).collect();
+        pairs.sort_unstable();
+        t.rows = pairs.iter().map(|p| p.0).collect();
+        if !scans.strikes.is_empty() {
+            scans.strikes = pairs.iter().map(|p| p.1).collect();
         }
     }
 
@@ -871,6 +1308,7 @@ impl GpuTrainer {
                 (2, params),
                 (3, &reduce_u),
                 (4, &self.strikes),
+                (5, &storage(&ctx, "unused slots", 16, wgpu::BufferUsages::empty())),
                 (8, &self.detail),
                 (9, &self.hits),
                 (10, &self.records),
@@ -889,17 +1327,19 @@ impl GpuTrainer {
     fn submit(&mut self, n: usize, slot: usize) {
         let ctx = self.ctx.clone();
         ctx.queue.write_buffer(&self.state, 0, bytemuck::bytes_of(&0u32));
+        let first = self.steps_done;
+        self.write_schedule(first, n);
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         if n == 0 {
-            self.encode_fused(&mut enc, false, false, None);
+            self.encode_fused(&mut enc, false, false, None, 0, first);
         }
-        for _ in 0..n {
+        for nth in 0..n {
             match self.opts.path {
                 StepPath::Fused => {
                     let every = self.cfg.guard.snapshot_every as u64;
                     let snapshot = self.steps_done.is_multiple_of(every) || self.snapshot_due;
                     self.snapshot_due = false;
-                    self.encode_fused(&mut enc, true, snapshot, None);
+                    self.encode_fused(&mut enc, true, snapshot, None, nth, self.steps_done);
                 }
                 StepPath::Staged => self.encode_staged(&mut enc),
             }
@@ -914,13 +1354,13 @@ impl GpuTrainer {
         s.buffer.slice(..bytes).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        s.pending = Some((count, rx, index));
+        s.pending = Some((count, rx, index, (n > 0).then_some(first)));
     }
 
     /// Waits for ring slot `slot`'s submission and decodes its records.
     fn collect(&mut self, slot: usize) -> Result<Vec<Record>> {
         let s = &mut self.ring[slot];
-        let (count, rx, index) = s.pending.take().expect("collect is called on a pending slot");
+        let (count, rx, index, first) = s.pending.take().expect("collect is called on a pending slot");
         self.ctx
             .device
             .poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: None })
@@ -928,16 +1368,21 @@ impl GpuTrainer {
         self.ctx.check()?;
         let raw = finish_map(&s.buffer, count as u64 * RECORD_BYTES, rx)?;
         let words: &[u32] = bytemuck::cast_slice(&raw);
-        Ok(words
+        let records: Vec<Record> = words
             .chunks_exact(RECORD_WORDS)
-            .map(|w| {
+            .enumerate()
+            .map(|(i, w)| {
                 let mut r = Record::from_words(w, self.shape.rows);
                 if r.action != crate::guard::Action::NotRun {
                     r.separation = self.cfg.separation(r.d0);
                 }
+                if let Some(first) = first {
+                    self.map_record(&mut r, first + i as u64);
+                }
                 r
             })
-            .collect())
+            .collect();
+        Ok(records)
     }
 
     /// After a failed wait: let the device finish, and free every slot, so
@@ -1025,6 +1470,8 @@ impl Constants {
             guard: cfg.guard.policy.shader_value(),
             lanes: 1,
             momentum: cfg.momentum > 0.0,
+            batched: false,
+            clip: cfg.clip_norm > 0.0,
         }
     }
 }
@@ -1050,8 +1497,31 @@ impl Trainer for GpuTrainer {
         }
         self.run(n)
     }
-    fn step_rows(&mut self, _rows: &[u32]) -> Result<Record> {
-        Err(Error::invalid("step_rows", "not yet on the GPU"))
+    fn step_rows(&mut self, rows: &[u32]) -> Result<Record> {
+        let Some(b) = &self.batch else {
+            return Err(Error::invalid(
+                "step_rows",
+                "this GPU trainer was built for full-table steps: build it with `GpuTrainer::with_batches` \
+                 (Batches::Indices or Batches::Random) to step on given rows",
+            ));
+        };
+        let ib = crate::batches::IndexBatches::new(vec![rows.iter().map(|&r| r as i64).collect()], self.shape.rows)?;
+        let slots = StepSlots::new(ib.batch(0), self.cfg.anchor_a as u32, self.cfg.anchor_b as u32, true);
+        if slots.slots.len() > b.cap as usize {
+            return Err(Error::invalid(
+                "step_rows",
+                format!(
+                    "{} distinct rows with the anchors; this trainer's batch buffers hold {} (its largest planned batch)",
+                    slots.slots.len(),
+                    b.cap
+                ),
+            ));
+        }
+        self.ctx.queue.write_buffer(&b.slots, 0, bytemuck::cast_slice(&slot_words(&slots, &self.cfg, b.cap)));
+        self.manual = Some(slots);
+        let out = self.run(1);
+        self.manual = None;
+        out?.pop().ok_or_else(|| Error::Gpu("the step wrote no record".into()))
     }
     fn evaluate(&mut self) -> Result<Record> {
         self.run(0)?.pop().ok_or_else(|| Error::Gpu("the evaluation wrote no record".into()))

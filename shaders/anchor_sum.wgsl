@@ -1,0 +1,54 @@
+// anchor_sum.wgsl — attached mode (SPEC §4): the anchor term of every slot,
+// summed over fixed segments of SEG slots, one invocation per column:
+//   ta = Σ_j c_j·((p − x_j)/d1_j − (p − q)/d0),
+//   tb = Σ_j c_j·((q − x_j)/d2_j − (q − p)/d0),
+// in slot order within a segment; prepare.wgsl folds the segments in
+// order, so the result is deterministic (no float atomics). Reads the
+// coefficients the PREP pass of fused_step.wgsl wrote. One more read of the
+// step's rows: the price of attached anchors. Host owner:
+// `GpuTrainer::encode_step`; CPU mirror: read A of `src/cpu/general.rs`.
+
+const SEG: u32 = 256u;
+
+@group(0) @binding(0) var<storage, read> table_a: array<f32>;
+@group(0) @binding(1) var<storage, read> table_b: array<f32>;
+@group(0) @binding(2) var<storage, read> anchors: array<f32>;
+@group(0) @binding(3) var<storage, read> state: State;
+@group(0) @binding(6) var<uniform> chunk: Chunk;
+@group(0) @binding(13) var<storage, read> slots: array<vec4<u32>>;
+@group(0) @binding(14) var<storage, read> coef: array<vec4<f32>>;
+@group(0) @binding(16) var<storage, read_write> colpart: array<f32>;   // per segment: ta (D), tb (D)
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wg: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let w = linear_workgroup(wg, nwg);
+    let blocks = (D + WG - 1u) / WG;
+    let k = (w % blocks) * WG + lid;
+    let seg = w / blocks;
+    if (k >= D || seg * SEG >= chunk.rows || state.halted != 0u) {
+        return;
+    }
+    let cur = state.cur;
+    let p = anchors[k];
+    let q = anchors[D + k];
+    let d0 = state.d0;
+    var ta = 0.0;
+    var tb = 0.0;
+    var bad = false;
+    let end = min(seg * SEG + SEG, chunk.rows);
+    for (var i = seg * SEG; i < end; i = i + 1u) {
+        if (BATCHED && slots[i].x == DEAD) {
+            continue;
+        }
+        let cf = coef[chunk.row_base + i];
+        let x = select(table_a[i * D + k], table_b[i * D + k], cur == 1u);
+        bad = bad || cf.w != 0.0;   // a poisoned slot: NaN, from bits
+        ta = ta + cf.x * ((p - x) * cf.y - (p - q) / d0);
+        tb = tb + cf.x * ((q - x) * cf.z - (q - p) / d0);
+    }
+    let at = (chunk.seg_base + seg) * 2u * D;
+    colpart[at + k] = select(ta, nan(), bad);
+    colpart[at + D + k] = select(tb, nan(), bad);
+}
