@@ -19,7 +19,7 @@ use crate::sampler::Sampler;
 /// Where the rows of each step come from.
 #[derive(Clone, Debug, Default)]
 pub enum Batches {
-    /// Every row, every step [default].
+    /// Every row, every step (the default).
     #[default]
     Full,
     /// `--batch B`: the next B rows of a per-epoch permutation keyed by the seed.

@@ -11,6 +11,10 @@
 //! - [`mod@reference`] — float64 mirror of the shaders, for the tests.
 //! - [`scan`], [`guard`], [`record`] — SPEC §7–§9: non-finite scans, the
 //!   guard policies, what each step reports.
+//! - [`batches`] — SPEC §10: the full table, random batches
+//!   ([`Batches::Random`], drawn on the device) or your own
+//!   ([`Batches::Indices`]; [`Trainer::step_rows`] for one step on an index
+//!   slice), as slots with repeats counted.
 //! - [`backend::open`] — a trainer on a hardware GPU or the CPU; see
 //!   `examples/train_table.rs` for a whole program.
 

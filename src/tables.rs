@@ -1,6 +1,6 @@
 //! Table files (SPEC §12), by extension: `.npy` ([`crate::npy`]) or
 //! `.safetensors` (the `safetensors` crate). A safetensors table is one
-//! named 2-D tensor [`weight`]: F32 as it is, F64, F16 and BF16 converted
+//! named 2-D tensor (default `weight`): F32 as it is, F64, F16 and BF16 converted
 //! with a note. The file's other tensors and its metadata are carried over
 //! unchanged when the output is `.safetensors` too, so a checkpoint goes
 //! out as it came in, with the table trained. Saves are atomic.
