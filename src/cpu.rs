@@ -477,9 +477,22 @@ impl Trainer for CpuTrainer {
         self.table[row * d..][..d].copy_from_slice(values);
         Ok(())
     }
+    fn read_velocity(&mut self) -> Result<Option<Vec<f32>>> {
+        Ok((!self.vel.is_empty()).then(|| self.vel.clone()))
+    }
+    fn set_velocity(&mut self, v: &[f32]) -> Result<()> {
+        if self.vel.len() != v.len() {
+            return Err(Error::invalid(
+                "velocity",
+                format!("{} values for a velocity of {} (momentum off, or another shape)", v.len(), self.vel.len()),
+            ));
+        }
+        self.vel.copy_from_slice(v);
+        Ok(())
+    }
     fn run_state(&mut self) -> Result<RunState> {
         let s = &self.state;
-        Ok(RunState { steps: self.steps_done, lr: s.lr, skips: s.skips, rollbacks: s.rollbacks })
+        Ok(RunState { steps: self.steps_done, lr: s.lr, skips: s.skips, rollbacks: s.rollbacks, velocity: false })
     }
     fn set_run_state(&mut self, r: RunState) -> Result<()> {
         (self.state.lr, self.state.skips, self.state.rollbacks) = (r.lr, r.skips, r.rollbacks);

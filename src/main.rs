@@ -13,7 +13,9 @@ use latent_line::guard::{Action, Guard, Policy};
 use latent_line::report::{action_words, collapse_step, median, Event, Report, StepEntry, Summary};
 use latent_line::scan::scan_rows;
 use latent_line::tables;
-use latent_line::{npy, Batches, Endpoints, IndexBatches, Reduction, Shape, StepConfig, TableSource, Trainer};
+use latent_line::{
+    npy, Batches, Endpoints, IndexBatches, Reduction, RunState, Shape, StepConfig, TableSource, Trainer,
+};
 
 /// `println!` that never panics: a closed stdout (`| head`) must not turn a
 /// finished run into a crash; the files and the exit code still tell.
@@ -351,12 +353,19 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             let state = tables::load_state(path, carried.as_ref())?.ok_or_else(|| {
                 anyhow::anyhow!("invalid --resume: {} has no run state (was it saved by latent-line?)", path.display())
             })?;
-            if cfg.momentum > 0.0 {
-                bail!(
-                    "invalid --resume: a checkpoint does not hold the momentum velocity yet; resume without --momentum"
-                );
-            }
-            Some(state)
+            // With momentum the velocity goes on too (saved beside the table).
+            let velocity = if cfg.momentum > 0.0 {
+                if !state.velocity {
+                    bail!(
+                        "invalid --resume: {} was saved without momentum, so it holds no velocity; resume without --momentum",
+                        path.display()
+                    );
+                }
+                Some(tables::load_velocity(path, shape)?)
+            } else {
+                None
+            };
+            Some((state, velocity))
         }
         None => None,
     };
@@ -364,8 +373,11 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     let (mut trainer, why) = open_trainer(args, shape, cfg, source, batches)?;
     trainer.set_stop(stop_flag);
     let start = match resumed {
-        Some(state) => {
+        Some((state, velocity)) => {
             trainer.set_run_state(state)?;
+            if let Some(v) = velocity {
+                trainer.set_velocity(&v)?;
+            }
             state.steps as usize
         }
         None => 0,
@@ -485,7 +497,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         done += n;
         if let (Some(k), Some(path)) = (args.checkpoint_every, &args.save) {
             if done % k == 0 && done < args.steps {
-                let state = trainer.run_state()?;
+                let state = save_velocity(trainer.as_mut(), path, shape)?;
                 tables::save(path, &args.tensor, shape, &trainer.read_table()?, carried.as_ref(), Some(&state))?;
                 out!("checkpoint step {done} → {}", path.display());
             }
@@ -572,7 +584,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     }
 
     if let Some(path) = &args.save {
-        let state = trainer.run_state()?;
+        let state = save_velocity(trainer.as_mut(), path, shape)?;
         tables::save(path, &args.tensor, shape, &trainer.read_table()?, carried.as_ref(), Some(&state))?;
         out!(
             "saved    {}{}",
@@ -771,6 +783,17 @@ fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
         }
     );
     Ok(Outcome::NonFinite)
+}
+
+/// The run state for a save to `path`, the momentum velocity saved beside
+/// it first (so that `--resume` with `--momentum` goes on exactly).
+fn save_velocity(trainer: &mut dyn Trainer, path: &std::path::Path, shape: Shape) -> anyhow::Result<RunState> {
+    let mut state = trainer.run_state()?;
+    if let Some(v) = trainer.read_velocity()? {
+        tables::save_velocity(path, shape, &v)?;
+        state.velocity = true;
+    }
+    Ok(state)
 }
 
 /// The command-line spelling of an option value.

@@ -19,6 +19,10 @@ pub struct RunState {
     pub skips: u32,
     /// Rollbacks so far.
     pub rollbacks: u32,
+    /// The momentum velocity was saved beside the table (see
+    /// [`crate::tables::velocity_sidecar`]).
+    #[serde(default)]
+    pub velocity: bool,
 }
 
 /// Where the initial table comes from.
@@ -63,6 +67,11 @@ pub trait Trainer {
     fn write_row(&mut self, row: usize, values: &[f32]) -> Result<()>;
     /// SPEC §7 scan of the current table, on the trainer's device.
     fn scan_table(&mut self) -> Result<Scan>;
+    /// The SGD velocity (SPEC §5), row-major like the table; `None`
+    /// without momentum.
+    fn read_velocity(&mut self) -> Result<Option<Vec<f32>>>;
+    /// Overwrites the velocity (resuming a run with momentum).
+    fn set_velocity(&mut self, v: &[f32]) -> Result<()>;
     /// The run's state besides the table (for checkpoints).
     fn run_state(&mut self) -> Result<RunState>;
     /// Continues a run from `state` (before any step of this trainer).

@@ -72,7 +72,11 @@ fn check(backend: Backend, shape: Shape, cfg: StepConfig, batches: Batches, seed
                 r.excess_sum
             );
             match (g.grad_norm, r.grad_norm) {
-                (Some(a), Some(b)) => assert!(rel(a, b) <= 1e-4, "{ctx}: ‖g‖ at step {step}: {a} vs {b}"),
+                // A gradient that cancels to ~0 (an anchor alone in its
+                // batch, attached) is judged at the scale of f32 rounding.
+                (Some(a), Some(b)) => {
+                    assert!((a - b).abs() <= 1e-4 * b + 1e-6, "{ctx}: ‖g‖ at step {step}: {a} vs {b}")
+                }
                 (a, b) => assert_eq!(a.is_some(), b.is_some(), "{ctx}: ‖g‖ reported at step {step}"),
             }
             assert!(g.scans.is_clean(), "{ctx}: non-finite at step {step}: {:?}", g.scans);

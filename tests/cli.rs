@@ -391,7 +391,17 @@ fn json_prints_the_report_alone_and_quiet_prints_nothing() {
 fn a_run_split_by_a_resume_gives_the_table_of_an_unbroken_run() {
     let dir = Dir::new();
     for backend in ["cpu", "gpu"] {
-        for (ext, policy) in [("npy", "skip-step"), ("safetensors", "rollback"), ("npy", "ignore")] {
+        // Momentum: the velocity goes on from its checkpoint (saved beside
+        // it); batches: the sampler from the step count.
+        let momentum: &[&str] = &["--momentum", "0.9", "--weight-decay", "0.01"];
+        let batched: &[&str] = &["--momentum", "0.5", "--batch", "90"];
+        for (ext, policy, extra) in [
+            ("npy", "skip-step", &[][..]),
+            ("safetensors", "rollback", &[][..]),
+            ("npy", "ignore", &[][..]),
+            ("npy", "skip-step", momentum),
+            ("safetensors", "rollback", batched),
+        ] {
             let (whole, half, done) =
                 (dir.s(&format!("whole.{ext}")), dir.s(&format!("half.{ext}")), dir.s(&format!("done.{ext}")));
             let common = [
@@ -412,11 +422,12 @@ fn a_run_split_by_a_resume_gives_the_table_of_an_unbroken_run() {
                 "--seed",
                 "5",
             ];
-            let with = |extra: &[&str]| {
+            let with = |more: &[&str]| {
                 let mut a: Vec<&str> = common.to_vec();
                 a.extend_from_slice(extra);
+                a.extend_from_slice(more);
                 let o = run(&a);
-                assert_eq!(o.status.code(), Some(0), "{backend} {policy} {extra:?}: {}", stderr(&o));
+                assert_eq!(o.status.code(), Some(0), "{backend} {policy} {extra:?} {more:?}: {}", stderr(&o));
                 String::from_utf8_lossy(&o.stdout).into_owned()
             };
             with(&["--steps", "30", "--save", &whole]);
@@ -428,7 +439,7 @@ fn a_run_split_by_a_resume_gives_the_table_of_an_unbroken_run() {
             assert!(second.contains("resume   from step 10 of 30"), "{second}");
             let (a, b) = (std::fs::read(&whole).unwrap(), std::fs::read(&done).unwrap());
             let tail = |v: &[u8]| v[v.len() - 700 * 6 * 4..].to_vec();
-            assert!(tail(&a) == tail(&b), "{backend} {ext} {policy}: the resumed table differs");
+            assert!(tail(&a) == tail(&b), "{backend} {ext} {policy} {extra:?}: the resumed table differs");
         }
     }
 }

@@ -931,6 +931,22 @@ impl GpuTrainer {
         ctx.queue.submit([enc.finish()]);
     }
 
+    /// Copies one buffer of each chunk (`which`) back to the host, in row order.
+    fn read_chunks(&self, which: impl Fn(&GpuChunk) -> &wgpu::Buffer) -> Result<Vec<f32>> {
+        let d = self.shape.dim as u64;
+        let largest = self.layout.rows_per_chunk.min(self.shape.rows) as u64 * d * 4;
+        let staging = readback(&self.ctx, "table readback", largest);
+        let mut out = Vec::with_capacity(self.shape.elements() as usize);
+        for c in &self.chunks {
+            let bytes = c.span.rows as u64 * d * 4;
+            let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+            enc.copy_buffer_to_buffer(which(c), 0, &staging, 0, bytes);
+            self.ctx.queue.submit([enc.finish()]);
+            out.extend_from_slice(bytemuck::cast_slice(&read_mapped(&self.ctx, &staging, bytes)?));
+        }
+        Ok(out)
+    }
+
     fn constants(&self) -> Constants {
         Constants::new(self.shape, &self.cfg, self.wg)
     }
@@ -1526,20 +1542,37 @@ impl Trainer for GpuTrainer {
     fn evaluate(&mut self) -> Result<Record> {
         self.run(0)?.pop().ok_or_else(|| Error::Gpu("the evaluation wrote no record".into()))
     }
+    fn read_velocity(&mut self) -> Result<Option<Vec<f32>>> {
+        if self.chunks.iter().any(|c| c.vel.is_none()) {
+            return Ok(None);
+        }
+        let cur = self.current()?;
+        self.read_chunks(|c| {
+            let (a, b) = c.vel.as_ref().expect("momentum");
+            if cur == 1 {
+                b.as_ref().unwrap_or(a)
+            } else {
+                a
+            }
+        })
+        .map(Some)
+    }
+    fn set_velocity(&mut self, v: &[f32]) -> Result<()> {
+        if v.len() as u64 != self.shape.elements() || self.chunks.iter().any(|c| c.vel.is_none()) {
+            return Err(Error::invalid("velocity", format!("{} values: momentum off, or another shape", v.len())));
+        }
+        let cur = self.current()?;
+        let d = self.shape.dim;
+        for c in &self.chunks {
+            let (a, b) = c.vel.as_ref().expect("momentum");
+            let buf = if cur == 1 { b.as_ref().unwrap_or(a) } else { a };
+            self.ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(&v[c.span.row_base * d..][..c.span.rows * d]));
+        }
+        self.ctx.wait()
+    }
     fn read_table(&mut self) -> Result<Vec<f32>> {
         let cur = self.current()?;
-        let d = self.shape.dim as u64;
-        let largest = self.layout.rows_per_chunk.min(self.shape.rows) as u64 * d * 4;
-        let staging = readback(&self.ctx, "table readback", largest);
-        let mut out = Vec::with_capacity(self.shape.elements() as usize);
-        for c in &self.chunks {
-            let bytes = c.span.rows as u64 * d * 4;
-            let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-            enc.copy_buffer_to_buffer(c.buffer(cur), 0, &staging, 0, bytes);
-            self.ctx.queue.submit([enc.finish()]);
-            out.extend_from_slice(bytemuck::cast_slice(&read_mapped(&self.ctx, &staging, bytes)?));
-        }
-        Ok(out)
+        self.read_chunks(|c| c.buffer(cur))
     }
     fn write_row(&mut self, row: usize, values: &[f32]) -> Result<()> {
         crate::cpu::check_row(self.shape, row, values)?;
@@ -1551,7 +1584,7 @@ impl Trainer for GpuTrainer {
     }
     fn run_state(&mut self) -> Result<RunState> {
         let s = self.read_state()?;
-        Ok(RunState { steps: self.steps_done, lr: s.lr, skips: s.skips, rollbacks: s.rollbacks })
+        Ok(RunState { steps: self.steps_done, lr: s.lr, skips: s.skips, rollbacks: s.rollbacks, velocity: false })
     }
     fn set_run_state(&mut self, r: RunState) -> Result<()> {
         // lr, skips, rollbacks are consecutive words of `State` (24..36).
