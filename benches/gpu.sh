@@ -70,7 +70,9 @@ echo "== latent-line scan on a 1 GiB table"
 "$B/latent-line" scan /tmp/big.npy; echo "exit $?"
 
 echo "== peers: PyTorch (CUDA events)"
-PYTHONUNBUFFERED=1 timeout 180 python3 benches/peers/torch_step.py 1000000 64 2>&1 | grep -v Warning
+PYTHONUNBUFFERED=1 timeout 180 python3 benches/peers/torch_step.py 1000000 64 65536 2>&1 | grep -v Warning
+echo "== peers: JAX (jit; host timer around block_until_ready)"
+PYTHONUNBUFFERED=1 timeout 120 python3 benches/peers/jax_step.py 1000000 64 65536 2>&1 | grep -v -i warning
 
 echo "== cargo bench (criterion)"
 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 2>&1 | grep -E "^(gpu|cpu)|time:" | grep -v "%"

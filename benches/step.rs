@@ -6,6 +6,12 @@
 //!   step/skip-step  + the default guard (writes the other table buffer)
 //!   step/skip-step-1lane     the same with one lane per row (the first kernel)
 //!   scan            the table scan of `latent-line scan`, beside a copy
+//!   batch-random    a random batch of 65 536 rows (4 096 on a software
+//!                   adapter) drawn on the device, default guard
+//!   batch-indices   user batches of the same size with repeats (rows drawn
+//!                   with replacement from a quarter of the table)
+//!   step-attached-clip  the full table, attached anchors and clipping:
+//!                   the two-read step
 //! Sizes are 1M × 64 and 1M × 128 (scan: a 1 GiB table) on a hardware GPU,
 //! smaller on a software adapter or the CPU. Group `gpu[…]`: wall clock
 //! around whole submissions (GPU work included: each measurement waits for
@@ -20,7 +26,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use latent_line::cpu::CpuTrainer;
 use latent_line::gpu::{GpuContext, GpuOptions, GpuTrainer};
-use latent_line::{Guard, Policy, Shape, StepConfig, TableSource, Trainer};
+use latent_line::{Batches, Endpoints, Guard, IndexBatches, Policy, Shape, StepConfig, TableSource, Trainer};
 
 fn shapes(hardware: bool) -> Vec<Shape> {
     let rows = if hardware { 1_000_000 } else { 100_000 };
@@ -29,6 +35,42 @@ fn shapes(hardware: bool) -> Vec<Shape> {
 
 fn config(shape: Shape, policy: Policy) -> StepConfig {
     StepConfig { guard: Guard { policy, ..Guard::default() }, ..StepConfig::for_rows(shape.rows) }
+}
+
+/// The batch of the batch benches, and the bytes a step of it reads and writes.
+fn batch_size(hardware: bool) -> usize {
+    if hardware {
+        65_536
+    } else {
+        4_096
+    }
+}
+
+/// Eight user batches of `size` rows with repeats: drawn with replacement
+/// from the first quarter of the table (a fixed LCG, no dependency).
+fn dup_batches(shape: Shape, size: usize) -> Batches {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let quarter = (shape.rows / 4).max(1) as u64;
+    let batches = (0..8)
+        .map(|_| {
+            (0..size)
+                .map(|_| {
+                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                    ((x >> 33) % quarter) as i64
+                })
+                .collect()
+        })
+        .collect();
+    Batches::Indices(IndexBatches::new(batches, shape.rows).expect("indices in range"))
+}
+
+fn attached_clip(shape: Shape) -> StepConfig {
+    StepConfig {
+        endpoints: Endpoints::Attached,
+        reduction: latent_line::Reduction::Mean,
+        clip_norm: 1.0,
+        ..config(shape, Policy::SkipStep)
+    }
 }
 
 fn bench_steps(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, name: String, t: &mut dyn Trainer) {
@@ -73,6 +115,33 @@ fn gpu(c: &mut Criterion) {
         bench_steps(&mut g, format!("step-ignore/{id}"), &mut open(Policy::Ignore, true));
         bench_steps(&mut g, format!("step-skip-step/{id}"), &mut open(Policy::SkipStep, true));
         bench_steps(&mut g, format!("step-skip-step-1lane/{id}"), &mut one_lane(Policy::SkipStep));
+        let mut t = GpuTrainer::new(
+            ctx.clone(),
+            shape,
+            attached_clip(shape),
+            TableSource::Random { seed: 1 },
+            GpuOptions::default(),
+        )
+        .expect("GPU trainer");
+        bench_steps(&mut g, format!("step-attached-clip/{id}"), &mut t);
+        drop(t);
+        let bsize = batch_size(hardware);
+        g.throughput(Throughput::Bytes(2 * bsize as u64 * shape.dim as u64 * 4));
+        for (name, batches) in
+            [("batch-random", Batches::Random { size: bsize, seed: 3 }), ("batch-indices", dup_batches(shape, bsize))]
+        {
+            let cfg = config(shape, Policy::SkipStep);
+            let mut t = GpuTrainer::with_batches(
+                ctx.clone(),
+                shape,
+                cfg,
+                TableSource::Random { seed: 1 },
+                GpuOptions::default(),
+                batches,
+            )
+            .expect("GPU trainer");
+            bench_steps(&mut g, format!("{name}-{bsize}/{id}"), &mut t);
+        }
     }
     // The table scan over 1 GiB (64 MiB on a software adapter).
     let shape = Shape::new(if hardware { 1 << 22 } else { 1 << 18 }, 64).expect("valid shape");
@@ -115,6 +184,25 @@ fn gpu(c: &mut Criterion) {
                 b.iter_custom(|n| t.gpu_time_steps(n as u32).expect("steps").expect("timestamps"))
             });
         }
+        let bsize = batch_size(hardware);
+        g.throughput(Throughput::Bytes(2 * bsize as u64 * shape.dim as u64 * 4));
+        for (name, batches) in
+            [("batch-random", Batches::Random { size: bsize, seed: 3 }), ("batch-indices", dup_batches(shape, bsize))]
+        {
+            let cfg = config(shape, Policy::SkipStep);
+            let mut t = GpuTrainer::with_batches(
+                ctx.clone(),
+                shape,
+                cfg,
+                TableSource::Random { seed: 1 },
+                GpuOptions::default(),
+                batches,
+            )
+            .expect("GPU trainer");
+            g.bench_function(format!("{name}-{bsize}/{id}"), |b| {
+                b.iter_custom(|n| t.gpu_time_steps(n as u32).expect("steps").expect("timestamps"))
+            });
+        }
     }
     g.finish();
 }
@@ -136,6 +224,13 @@ fn cpu(c: &mut Criterion) {
         g.bench_function(format!("step-skip-step/{id}"), |b| b.iter(|| s.steps(1).expect("step")));
         g.throughput(Throughput::Bytes(shape.bytes()));
         g.bench_function(format!("scan/{id}"), |b| b.iter(|| latent_line::scan::scan_rows(&src, shape.dim, 0)));
+        let bsize = batch_size(false);
+        g.throughput(Throughput::Bytes(2 * bsize as u64 * shape.dim as u64 * 4));
+        let batches = Batches::Random { size: bsize, seed: 3 };
+        let mut r =
+            CpuTrainer::with_batches(shape, config(shape, Policy::SkipStep), TableSource::Random { seed: 1 }, batches)
+                .expect("CPU trainer");
+        g.bench_function(format!("batch-random-{bsize}/{id}"), |b| b.iter(|| r.steps(1).expect("step")));
     }
     g.finish();
 }

@@ -15,14 +15,14 @@ for bench in glob.glob(os.path.join(root, "**", "new", "benchmark.json"), recurs
 groups = sorted({g for g, _ in med})
 for g in groups:
     print(f"\n{g}")
-    print(f"  {'bench':34} {'median':>12} {'GB/s':>8}  ratio")
+    print(f"  {'bench':40} {'median':>12} {'GB/s':>8}  ratio")
     rows = sorted((f, v) for (gg, f), v in med.items() if gg == g)
     for f, (ns, nbytes) in rows:
         kind, _, size = f.partition("/")
         gbs = f"{nbytes / ns:.1f}" if nbytes else "-"
         copy = "copy-shader" if g.startswith("gpu-time") else "copy"
         base = {"step-noscan": copy, "step-ignore": "step-noscan", "step-skip-step": "step-noscan", "step-skip-step-1lane": "step-skip-step",
-                "scan": "scan-copy"}.get(kind)
+                "step-attached-clip": "step-skip-step", "scan": "scan-copy"}.get(kind)
         if g == "cpu":
             base = {"step-ignore": "memcpy", "step-skip-step": "step-ignore", "scan": "memcpy"}.get(kind)
         ratio = ""
@@ -30,4 +30,6 @@ for g in groups:
             ratio = f"{ns / med[(g, f'{base}/{size}')][0]:.3f}× {base}"
             if kind.startswith("step") and (g, f"{copy}/{size}") in med and base != copy:
                 ratio += f" · {ns / med[(g, f'{copy}/{size}')][0]:.2f}× {copy}"
-        print(f"  {f:34} {ns / 1e6:9.4f} ms {gbs:>8}  {ratio}")
+        if kind.startswith("batch-"):
+            ratio = f"{ns / 1e3:.1f} µs a step"
+        print(f"  {f:40} {ns / 1e6:9.4f} ms {gbs:>8}  {ratio}")

@@ -1,13 +1,17 @@
-"""The full-table step of latent-line in PyTorch, timed with CUDA events:
-the peers that `cargo bench` is compared with (SPEC §15). Same sizes, lr and
-ε; endpoints `detached` (the anchors' snapshot is detached, as in the
-original code), reduction `sum`. Prints median milliseconds per step.
-Usage: python3 benches/peers/torch_step.py [ROWS] [DIM]"""
+"""The steps of latent-line in PyTorch, timed with CUDA events: the peers
+that `cargo bench` is compared with (SPEC §15). Same sizes, lr and ε;
+endpoints `detached` (the anchors' snapshot is detached, as in the original
+code), reduction `sum`. The full-table step (eager, torch.compile) and a
+random batch of BATCH rows through `nn.Embedding` (dense and sparse
+gradients; successive windows of one permutation, as latent-line's epochs).
+Prints median milliseconds per step.
+Usage: python3 benches/peers/torch_step.py [ROWS] [DIM] [BATCH]"""
 import sys
 import torch
 
 R = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
 D = int(sys.argv[2]) if len(sys.argv) > 2 else 64
+BATCH = int(sys.argv[3]) if len(sys.argv) > 3 else 65_536
 LR, EPS, A, B = 0.2, 1e-8, 0, R - 1
 dev = "cuda"
 
@@ -30,6 +34,29 @@ def make_step():
         opt.step()
 
     return w, step
+
+
+def make_batch_step(sparse):
+    emb = torch.nn.Embedding(R, D, sparse=sparse, device=dev)
+    opt = torch.optim.SGD(emb.parameters(), lr=LR)
+    perm = torch.randperm(R, device=dev)
+    at = [0]
+
+    def step():
+        s = at[0]
+        at[0] = (s + BATCH) % (R - BATCH)
+        idx = perm[s:s + BATCH]
+        opt.zero_grad(set_to_none=True)
+        w = emb.weight
+        p, q = w[A].detach(), w[B].detach()
+        e = emb(idx)
+        d1 = torch.sqrt(((e - p) ** 2).sum(1) + EPS)
+        d2 = torch.sqrt(((e - q) ** 2).sum(1) + EPS)
+        d0 = torch.sqrt(((p - q) ** 2).sum() + EPS)
+        (d1 + d2 - d0).abs().sum().backward()
+        opt.step()
+
+    return step
 
 
 def timed(fn, iters=50, warm=5):
@@ -60,6 +87,9 @@ try:
     print(f"torch.compile step            {timed(cstep, warm=3):8.4f} ms")
 except Exception as e:  # noqa: BLE001 - report and go on
     print(f"torch.compile step            failed: {type(e).__name__}: {e}"[:200])
+for sparse in (False, True):
+    name = f"batch {BATCH} ({'sparse' if sparse else 'dense'} grad)"
+    print(f"{name:30}{timed(make_batch_step(sparse)):8.4f} ms")
 big = torch.randn(1 << 28, device=dev)  # 1 GiB
 print(f"isfinite(w).all(), 1 GiB      {timed(lambda: bool(torch.isfinite(big).all())):8.4f} ms")
 bdst = torch.empty_like(big)
