@@ -55,6 +55,10 @@ s=$(date +%s.%N)
 e=$(date +%s.%N)
 echo "wall $(python3 -c "print(f'{$e - $s:.3f}')") s"
 
+echo "== --profile: the kernels of the main job, and of a random batch step"
+"$B/latent-line" --rows 1000000 --steps 50 --profile | grep -A14 "^profile"
+"$B/latent-line" --rows 1000000 --steps 50 --batch 65536 --profile | grep -A14 "^profile"
+
 if [ "$MODE" = quick ]; then
     "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 gpu 2>&1 | grep -E "^gpu|time:" | grep -v "%"
     python3 benches/summary.py /tmp/ct/criterion | tee "$OUT/bench-summary.txt"

@@ -43,4 +43,4 @@ pub use error::{Error, Result};
 pub use guard::{Action, Guard, Policy};
 pub use record::Record;
 pub use scan::Scan;
-pub use trainer::{DeviceInfo, RunState, TableSource, Trainer};
+pub use trainer::{DeviceInfo, KernelTime, RunState, TableSource, Trainer};

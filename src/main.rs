@@ -191,6 +191,10 @@ struct TrainArgs {
     /// Draw the mean excess per step and the codes before/after (SVG).
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    /// GPU time and bytes per kernel over the run (timestamp queries; each
+    /// kernel gets a pass of its own, so the run itself is a little slower).
+    #[arg(long)]
+    profile: bool,
     /// Print nothing but errors.
     #[arg(long)]
     quiet: bool,
@@ -372,6 +376,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     let batched = !batches.is_full();
     let (mut trainer, why) = open_trainer(args, shape, cfg, source, batches)?;
     trainer.set_stop(stop_flag);
+    let profiling = args.profile && trainer.set_profile(true)?;
     let start = match resumed {
         Some((state, velocity)) => {
             trainer.set_run_state(state)?;
@@ -583,6 +588,33 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         );
     }
 
+    let profile = if profiling { Some(trainer.profile()?) } else { None };
+    if args.profile {
+        match &profile {
+            Some(p) => {
+                let total: f64 = p.iter().map(|k| k.seconds).sum();
+                out!(
+                    "profile  GPU time per kernel over {} steps (timestamp queries; bytes are nominal)",
+                    records.len() - 1
+                );
+                for k in p {
+                    out!(
+                        "         {:26} {:>6} passes {:>10.4} ms/pass {:>8.1} GB/s {:>5.1} %",
+                        k.kernel,
+                        k.calls,
+                        k.seconds / k.calls.max(1) as f64 * 1e3,
+                        if k.seconds > 0.0 { k.bytes as f64 / k.seconds / 1e9 } else { 0.0 },
+                        100.0 * k.seconds / total.max(f64::MIN_POSITIVE)
+                    );
+                }
+            }
+            None => out!(
+                "profile  not available: {} (the CPU backend has no kernels to time; a GPU needs timestamp queries)",
+                dev.backend
+            ),
+        }
+    }
+
     if let Some(path) = &args.save {
         let state = save_velocity(trainer.as_mut(), path, shape)?;
         tables::save(path, &args.tensor, shape, &trainer.read_table()?, carried.as_ref(), Some(&state))?;
@@ -637,6 +669,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 effective_gb_per_s: gbps,
             },
             events,
+            profile,
         };
         if let Some(path) = &args.report {
             npy::save_atomic(path, |w| serde_json::to_writer_pretty(&mut *w, &report).map_err(std::io::Error::other))?;

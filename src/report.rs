@@ -134,6 +134,9 @@ pub struct Report<O: Serialize> {
     pub steps: Vec<StepEntry>,
     pub events: Vec<Event>,
     pub summary: Summary,
+    /// `--profile`: GPU time and nominal bytes per kernel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Vec<crate::trainer::KernelTime>>,
 }
 
 impl StepEntry {

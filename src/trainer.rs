@@ -25,6 +25,19 @@ pub struct RunState {
     pub velocity: bool,
 }
 
+/// GPU time and bytes of one kernel over the profiled steps (`--profile`).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct KernelTime {
+    /// The kernel: its file, and entry point or mode where there are several.
+    pub kernel: String,
+    /// Dispatch passes timed (one a step; a pass covers every chunk).
+    pub calls: u64,
+    /// GPU time, from timestamp queries around the kernel's pass.
+    pub seconds: f64,
+    /// Nominal bytes read and written: the buffers the kernel goes over.
+    pub bytes: u64,
+}
+
 /// Where the initial table comes from.
 #[derive(Clone, Debug)]
 pub enum TableSource {
@@ -80,4 +93,15 @@ pub trait Trainer {
     /// return early: after the current step on the CPU, after the
     /// submissions in flight on the GPU. The records say how many ran.
     fn set_stop(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>);
+    /// `--profile`: time each kernel of the steps that follow, in a pass of
+    /// its own (GPU, with timestamp queries). Returns whether this trainer
+    /// can; the CPU backend has no kernels to time.
+    fn set_profile(&mut self, on: bool) -> Result<bool> {
+        let _ = on;
+        Ok(false)
+    }
+    /// Per-kernel GPU time and bytes of the profiled steps.
+    fn profile(&self) -> Result<Vec<KernelTime>> {
+        Ok(Vec::new())
+    }
 }

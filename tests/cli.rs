@@ -520,3 +520,67 @@ fn index_files_are_checked_before_any_step_and_batches_train() {
         assert_eq!(steps[0]["batch"], want, "{report}");
     }
 }
+
+/// --profile: every kernel of the run with its GPU time and bytes, in the
+/// report; the CPU backend says it has none.
+#[test]
+fn profile_times_every_kernel_of_the_run() {
+    let d = Dir::new();
+    let rep = d.s("r.json");
+    let o = run(&[
+        "--backend",
+        "gpu",
+        "--rows",
+        "3000",
+        "--dim",
+        "8",
+        "--steps",
+        "12",
+        "--batch",
+        "500",
+        "--endpoints",
+        "attached",
+        "--clip-norm",
+        "1",
+        "--on-nonfinite",
+        "rollback",
+        "--snapshot-every",
+        "5",
+        "--profile",
+        "--report",
+        &rep,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("profile  GPU time per kernel over 12 steps"), "{out}");
+    let r = report(&d.p("r.json"));
+    let p = r["profile"].as_array().expect("a profile in the report");
+    let kernels: Vec<&str> = p.iter().map(|k| k["kernel"].as_str().unwrap()).collect();
+    for k in [
+        "sample.wgsl batch",
+        "copy_table.wgsl snapshot",
+        "anchors.wgsl",
+        "batch_io.wgsl gather",
+        "fused_step.wgsl PREP",
+        "anchor_sum.wgsl",
+        "prepare.wgsl",
+        "fused_step.wgsl",
+        "reduce.wgsl",
+        "batch_io.wgsl scatter",
+        "copy_table.wgsl restore",
+    ] {
+        assert!(kernels.contains(&k), "{k} missing from {kernels:?}");
+    }
+    for k in p {
+        let calls = k["calls"].as_u64().unwrap();
+        let want = if k["kernel"] == "copy_table.wgsl snapshot" { 3 } else { 12 };
+        assert_eq!(calls, want, "{k}");
+        assert!(k["seconds"].as_f64().unwrap() > 0.0, "{k}");
+    }
+    let fused = p.iter().find(|k| k["kernel"] == "fused_step.wgsl").unwrap();
+    // 502 slots (500 rows and the two anchors) read and written, 8 columns.
+    assert_eq!(fused["bytes"].as_u64().unwrap(), 12 * 2 * 502 * 8 * 4, "{fused}");
+    let o = run(&["--backend", "cpu", "--rows", "300", "--dim", "4", "--steps", "2", "--profile"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("profile  not available: cpu"));
+}

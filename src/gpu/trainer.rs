@@ -35,7 +35,7 @@ use crate::guard::{Policy, TAU};
 use crate::record::{Record, RECORD_WORDS};
 use crate::sampler::Sampler;
 use crate::scan::Scan;
-use crate::trainer::{DeviceInfo, RunState, TableSource, Trainer};
+use crate::trainer::{DeviceInfo, KernelTime, RunState, TableSource, Trainer};
 
 /// Steps encoded into one submission.
 const STEPS_PER_SUBMIT: usize = 8;
@@ -152,6 +152,44 @@ struct PrepareU {
 
 /// Slots per segment of anchor_sum.wgsl (its SEG).
 const SEG: u32 = 256;
+
+/// The kernels of a step, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Sample,
+    Snapshot,
+    Anchors,
+    Gather,
+    Prep,
+    AnchorSum,
+    Prepare,
+    Fused,
+    Reduce,
+    Scatter,
+    Restore,
+}
+
+impl Phase {
+    /// The kernel, as `--profile` names it.
+    fn kernel(self) -> &'static str {
+        match self {
+            Phase::Sample => "sample.wgsl batch",
+            Phase::Snapshot => "copy_table.wgsl snapshot",
+            Phase::Anchors => "anchors.wgsl",
+            Phase::Gather => "batch_io.wgsl gather",
+            Phase::Prep => "fused_step.wgsl PREP",
+            Phase::AnchorSum => "anchor_sum.wgsl",
+            Phase::Prepare => "prepare.wgsl",
+            Phase::Fused => "fused_step.wgsl",
+            Phase::Reduce => "reduce.wgsl",
+            Phase::Scatter => "batch_io.wgsl scatter",
+            Phase::Restore => "copy_table.wgsl restore",
+        }
+    }
+}
+
+/// Kinds of kernel a step can run (the most passes one step's profile needs).
+const PHASES: u32 = 11;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -283,6 +321,9 @@ pub struct GpuTrainer {
     prepass: Option<Prepass>,
     /// `Trainer::step_rows`: the slots already written for the next step.
     manual: Option<StepSlots>,
+    /// --profile: GPU time and bytes per kernel, in the order first run.
+    profile: Option<Vec<KernelTime>>,
+    profile_error: Option<String>,
 }
 
 /// The device side of batched steps (SPEC §10): each step's slots are
@@ -881,6 +922,8 @@ impl GpuTrainer {
             batch,
             prepass,
             manual: None,
+            profile: None,
+            profile_error: None,
         }
     }
 
@@ -988,7 +1031,15 @@ impl GpuTrainer {
             let mut enc = ctx.device.create_command_encoder(&Default::default());
             for i in 0..m {
                 let snapshot = self.steps_done.is_multiple_of(every);
-                self.encode_fused(&mut enc, true, snapshot, Some(timer.writes(done + i)), i as usize, self.steps_done);
+                self.encode_fused(
+                    &mut enc,
+                    true,
+                    snapshot,
+                    Some(timer.writes(done + i)),
+                    None,
+                    i as usize,
+                    self.steps_done,
+                );
                 self.steps_done += 1;
             }
             done += m;
@@ -1077,17 +1128,21 @@ impl GpuTrainer {
         Ok(bytemuck::pod_read_unaligned::<StateU>(&raw))
     }
 
-    /// One step (or, with `update == false`, one evaluation), as one pass.
-    /// `nth` is the step's place in its submission, `step` its number.
+    /// One step (or, with `update == false`, one evaluation), as one pass
+    /// (or, with `phase_timer`, a timed pass per kernel from that timer's
+    /// pass `first`). `nth` is the step's place in its submission, `step`
+    /// its number. Returns the kernels encoded.
+    #[allow(clippy::too_many_arguments)]
     fn encode_fused(
         &self,
         enc: &mut wgpu::CommandEncoder,
         update: bool,
         snapshot: bool,
         timestamp_writes: Option<wgpu::ComputePassTimestampWrites>,
+        phase_timer: Option<(&PassTimer, u32)>,
         nth: usize,
         step: u64,
-    ) {
+    ) -> Vec<Phase> {
         let batch = self.batch.as_ref().filter(|_| update);
         // The step's slots: copied from the resident batches, or the sample
         // kernel's parameters for this step (copies go between passes).
@@ -1104,8 +1159,56 @@ impl GpuTrainer {
                 }
             }
         }
-        let mut pass =
-            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("fused step"), timestamp_writes });
+        let phases = self.phases(update, snapshot);
+        match phase_timer {
+            // --profile: each kernel in a pass of its own, timed.
+            Some((timer, first)) => {
+                for (i, &ph) in phases.iter().enumerate() {
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(ph.kernel()),
+                        timestamp_writes: Some(timer.writes(first + i as u32)),
+                    });
+                    self.encode_phase(&mut pass, ph, update);
+                }
+            }
+            None => {
+                let mut pass = enc
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("fused step"), timestamp_writes });
+                for &ph in &phases {
+                    self.encode_phase(&mut pass, ph, update);
+                }
+            }
+        }
+        phases
+    }
+
+    /// The kernels of one step (or evaluation), in order.
+    fn phases(&self, update: bool, snapshot: bool) -> Vec<Phase> {
+        let batch = self.batch.as_ref().filter(|_| update);
+        let random = matches!(batch, Some(BatchDev { source: SlotSource::Random { .. }, .. }));
+        let pre = self.prepass.as_ref().filter(|_| update);
+        let rollback = self.rollback.is_some();
+        [
+            (Phase::Sample, random && self.manual.is_none()),
+            (Phase::Snapshot, snapshot && rollback),
+            (Phase::Anchors, true),
+            (Phase::Gather, batch.is_some()),
+            (Phase::Prep, pre.is_some()),
+            (Phase::AnchorSum, pre.is_some_and(|p| p.anchor_sum.is_some())),
+            (Phase::Prepare, pre.is_some()),
+            (Phase::Fused, true),
+            (Phase::Reduce, true),
+            (Phase::Scatter, batch.is_some()),
+            (Phase::Restore, update && rollback),
+        ]
+        .into_iter()
+        .filter_map(|(ph, on)| on.then_some(ph))
+        .collect()
+    }
+
+    /// Encodes one kernel of a step (its dispatches over every chunk).
+    fn encode_phase(&self, pass: &mut wgpu::ComputePass, phase: Phase, update: bool) {
+        let batch = self.batch.as_ref().filter(|_| update);
         let max = self.max_groups;
         let each_chunk = |pass: &mut wgpu::ComputePass, p: &Pass, groups: &dyn Fn(&GpuChunk) -> u32| {
             pass.set_pipeline(&p.pipeline);
@@ -1125,47 +1228,87 @@ impl GpuTrainer {
         let wg = self.wg as u64;
         let elements = |c: &GpuChunk| (c.span.rows as u64 * d).div_ceil(wg) as u32;
         let rows = |c: &GpuChunk| c.row_groups;
-        if let (Some(b), None) = (batch, &self.manual) {
-            if let SlotSource::Random { pass: sample, .. } = &b.source {
-                once(&mut pass, sample, b.cap.div_ceil(self.wg));
-            }
-        }
-        if let (true, Some((snap, _))) = (snapshot, &self.rollback) {
-            each_chunk(&mut pass, snap, &elements);
-        }
-        self.anchors_pass.dispatch_one(&mut pass);
         let slot_elements = |b: &BatchDev| (b.cap as u64 * d).div_ceil(wg) as u32;
-        if let Some(b) = batch {
-            each_chunk(&mut pass, &b.gather, &|_| slot_elements(b));
-        }
         // The fused kernel's passes, over the batch's slots or the chunks.
         let fused = |pass: &mut wgpu::ComputePass, p: &Pass| match batch {
             Some(b) => once(pass, p, b.groups),
             None => each_chunk(pass, p, &rows),
         };
-        if let (true, Some(pre)) = (update, &self.prepass) {
-            fused(&mut pass, &pre.prep);
-            if let Some(sum) = &pre.anchor_sum {
-                let blocks = (d as u32).div_ceil(self.wg);
-                match batch {
-                    Some(b) => once(&mut pass, sum, blocks * b.cap.div_ceil(SEG)),
-                    None => each_chunk(&mut pass, sum, &|c| blocks * (c.span.rows as u32).div_ceil(SEG)),
+        let pre = self.prepass.as_ref();
+        match phase {
+            Phase::Sample => {
+                if let Some(BatchDev { source: SlotSource::Random { pass: sample, .. }, cap, .. }) = batch {
+                    once(pass, sample, cap.div_ceil(self.wg));
                 }
             }
-            pre.prepare.dispatch_one(&mut pass);
+            Phase::Snapshot => {
+                if let Some((snap, _)) = &self.rollback {
+                    each_chunk(pass, snap, &elements);
+                }
+            }
+            Phase::Anchors => self.anchors_pass.dispatch_one(pass),
+            Phase::Gather => {
+                if let Some(b) = batch {
+                    each_chunk(pass, &b.gather, &|_| slot_elements(b));
+                }
+            }
+            Phase::Prep => {
+                if let Some(pre) = pre {
+                    fused(pass, &pre.prep);
+                }
+            }
+            Phase::AnchorSum => {
+                if let Some(sum) = pre.and_then(|p| p.anchor_sum.as_ref()) {
+                    let blocks = (d as u32).div_ceil(self.wg);
+                    match batch {
+                        Some(b) => once(pass, sum, blocks * b.cap.div_ceil(SEG)),
+                        None => each_chunk(pass, sum, &|c| blocks * (c.span.rows as u32).div_ceil(SEG)),
+                    }
+                }
+            }
+            Phase::Prepare => {
+                if let Some(pre) = pre {
+                    pre.prepare.dispatch_one(pass);
+                }
+            }
+            Phase::Fused => {
+                if update {
+                    fused(pass, &self.fused_update);
+                } else {
+                    each_chunk(pass, &self.fused_eval, &rows);
+                }
+            }
+            Phase::Reduce => if update { &self.reduce_update } else { &self.reduce_eval }.dispatch_one(pass),
+            Phase::Scatter => {
+                if let Some(b) = batch {
+                    each_chunk(pass, &b.scatter, &|_| slot_elements(b));
+                    b.settle.dispatch_one(pass);
+                }
+            }
+            Phase::Restore => {
+                if let Some((_, restore)) = &self.rollback {
+                    each_chunk(pass, restore, &elements);
+                }
+            }
         }
-        if update {
-            fused(&mut pass, &self.fused_update);
-        } else {
-            each_chunk(&mut pass, &self.fused_eval, &rows);
-        }
-        if update { &self.reduce_update } else { &self.reduce_eval }.dispatch_one(&mut pass);
-        if let Some(b) = batch {
-            each_chunk(&mut pass, &b.scatter, &|_| slot_elements(b));
-            b.settle.dispatch_one(&mut pass);
-        }
-        if let (true, Some((_, restore))) = (update, &self.rollback) {
-            each_chunk(&mut pass, restore, &elements);
+    }
+
+    /// Nominal bytes `phase` reads and writes in one step: the buffers it
+    /// goes over in full (a restore writes only after a rollback).
+    fn phase_bytes(&self, phase: Phase) -> u64 {
+        let d = self.shape.dim as u64;
+        let table = self.shape.bytes();
+        let vel = if self.cfg.momentum > 0.0 { 2 } else { 1 };
+        // Rows a step's kernels go over: the batch's slots or the table's rows.
+        let slots = self.batch.as_ref().map_or(self.shape.rows as u64, |b| b.cap as u64);
+        match phase {
+            Phase::Sample => slots * 16,
+            Phase::Snapshot | Phase::Restore => 2 * table,
+            Phase::Anchors => 4 * d * 4,
+            Phase::Gather | Phase::Scatter | Phase::Fused => 2 * vel * slots * d * 4,
+            Phase::Prep | Phase::AnchorSum => slots * d * 4 + slots * 16,
+            Phase::Prepare => slots.div_ceil(SEG as u64) * 2 * d * 4,
+            Phase::Reduce => slots * 16,
         }
     }
 
@@ -1347,19 +1490,29 @@ impl GpuTrainer {
         self.write_schedule(first, n);
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         if n == 0 {
-            self.encode_fused(&mut enc, false, false, None, 0, first);
+            self.encode_fused(&mut enc, false, false, None, None, 0, first);
         }
+        // --profile: a timed pass per kernel, read back after the submission.
+        let timer = if n > 0 && self.profile.is_some() { PassTimer::new(&ctx, n as u32 * PHASES) } else { None };
+        let mut timed: Vec<Phase> = Vec::new();
         for nth in 0..n {
             match self.opts.path {
                 StepPath::Fused => {
                     let every = self.cfg.guard.snapshot_every as u64;
                     let snapshot = self.steps_done.is_multiple_of(every) || self.snapshot_due;
                     self.snapshot_due = false;
-                    self.encode_fused(&mut enc, true, snapshot, None, nth, self.steps_done);
+                    let t = timer.as_ref().map(|t| (t, timed.len() as u32));
+                    let phases = self.encode_fused(&mut enc, true, snapshot, None, t, nth, self.steps_done);
+                    if t.is_some() {
+                        timed.extend(phases);
+                    }
                 }
                 StepPath::Staged => self.encode_staged(&mut enc),
             }
             self.steps_done += 1;
+        }
+        if let Some(t) = &timer {
+            t.resolve(&mut enc, timed.len() as u32);
         }
         let count = n.max(1);
         let bytes = count as u64 * RECORD_BYTES;
@@ -1371,6 +1524,30 @@ impl GpuTrainer {
             let _ = tx.send(r);
         });
         s.pending = Some((count, rx, index, (n > 0).then_some(first)));
+        if let Some(t) = &timer {
+            // Waits for this submission: profiling trades the overlap for
+            // the kernels' own times.
+            match t.read(&ctx, timed.len() as u32) {
+                Ok(secs) => {
+                    for (ph, sec) in timed.iter().zip(secs) {
+                        let bytes = self.phase_bytes(*ph);
+                        let all = self.profile.as_mut().expect("profiling");
+                        let at = match all.iter().position(|k| k.kernel == ph.kernel()) {
+                            Some(i) => i,
+                            None => {
+                                all.push(KernelTime { kernel: ph.kernel().into(), ..KernelTime::default() });
+                                all.len() - 1
+                            }
+                        };
+                        let k = &mut all[at];
+                        k.calls += 1;
+                        k.seconds += sec;
+                        k.bytes += bytes;
+                    }
+                }
+                Err(e) => self.profile_error = Some(e.to_string()),
+            }
+        }
     }
 
     /// Waits for ring slot `slot`'s submission and decodes its records.
@@ -1596,6 +1773,17 @@ impl Trainer for GpuTrainer {
     }
     fn set_stop(&mut self, flag: Arc<std::sync::atomic::AtomicBool>) {
         self.stop = Some(flag);
+    }
+    fn set_profile(&mut self, on: bool) -> Result<bool> {
+        let can = self.ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY) && self.opts.path == StepPath::Fused;
+        self.profile = (on && can).then(Vec::new);
+        Ok(can)
+    }
+    fn profile(&self) -> Result<Vec<KernelTime>> {
+        match &self.profile_error {
+            Some(e) => Err(Error::Gpu(format!("reading the profile's timestamps: {e}"))),
+            None => Ok(self.profile.clone().unwrap_or_default()),
+        }
     }
     fn scan_table(&mut self) -> Result<Scan> {
         let cur = self.current()?;
