@@ -43,6 +43,12 @@ enum Backend {
         lanes: u32,
         wg: u32,
     },
+    /// GPU with storage bindings capped at `bytes`: a table of many
+    /// bindings whose scan records, at 32 lanes a row, would not fit one
+    /// (the case of 100M rows on a real device).
+    GpuSmallBindings {
+        bytes: u64,
+    },
 }
 
 const POLICIES: [Policy; 5] = [Policy::SkipStep, Policy::Ignore, Policy::SkipRow, Policy::Rollback, Policy::Abort];
@@ -81,6 +87,21 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>) -> Box
             };
             let t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table), opts).unwrap();
             assert_eq!(t.kernel_shape(), (wg, lanes));
+            Box::new(t)
+        }
+        Backend::GpuSmallBindings { bytes } => {
+            let opts = GpuOptions {
+                lanes_per_row: Some(32),
+                workgroup: Some(256),
+                max_binding_bytes: Some(bytes),
+                ..GpuOptions::default()
+            };
+            let t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table), opts).unwrap();
+            // 3000 × 64 in 64 KiB bindings: 12 chunks of 256 rows; at 32
+            // lanes (8 rows a workgroup) the scan records take 72 000 bytes,
+            // at 16 lanes 36 864.
+            assert_eq!(t.kernel_shape(), (256, 16), "the lanes were not reduced to fit the records");
+            assert_eq!(t.layout().spans.len(), 12);
             Box::new(t)
         }
     }
@@ -214,6 +235,17 @@ fn gpu_fused_matches_reference_across_several_bindings() {
         path: StepPath::Fused,
         chunk_rows: Some(if rows > 100 { rows.div_ceil(7) } else { 1 }),
     });
+}
+
+#[test]
+fn gpu_huge_table_layout_takes_fewer_lanes_and_matches_reference() {
+    let seed = seed("gpu_small_bindings");
+    let shape = Shape::new(3000, 64).unwrap();
+    for policy in [Policy::SkipStep, Policy::SkipRow] {
+        let guard = Guard { policy, ..Guard::default() };
+        let cfg = StepConfig { lr: LR, guard, ..StepConfig::for_rows(3000) };
+        check(Backend::GpuSmallBindings { bytes: 65_536 }, shape, cfg, seed);
+    }
 }
 
 #[test]

@@ -74,7 +74,12 @@ pub struct GpuOptions {
     pub fused_scans: bool,
     /// Lanes that share a row in the fused step (a power of two ≤ the
     /// workgroup and ≤ 32). `None`: the smallest power of two ≥ D, at most 32.
+    /// Fewer are used when a huge table's per-workgroup scan records would
+    /// not fit one binding with this many (more rows per workgroup).
     pub lanes_per_row: Option<u32>,
+    /// Cap on the bytes of one storage binding (the device's limit when
+    /// `None`); tests lower it to stand for a device with a huge table.
+    pub max_binding_bytes: Option<u64>,
 }
 
 impl Default for GpuOptions {
@@ -86,6 +91,7 @@ impl Default for GpuOptions {
             path: StepPath::Fused,
             fused_scans: true,
             lanes_per_row: None,
+            max_binding_bytes: None,
         }
     }
 }
@@ -444,29 +450,37 @@ impl GpuTrainer {
         // A software adapter (lavapipe) runs each workgroup barrier as a
         // thread switch: there one lane per row is far faster.
         let auto_lanes = if ctx.is_software() { 1 } else { (shape.dim as u32).next_power_of_two().min(32) };
-        let lanes = opts.lanes_per_row.unwrap_or(auto_lanes).clamp(1, wg.min(32));
+        let mut lanes = opts.lanes_per_row.unwrap_or(auto_lanes).clamp(1, wg.min(32));
         if !lanes.is_power_of_two() {
             return Err(Error::invalid("lanes_per_row", format!("{lanes} is not a power of two")));
         }
+        let max_binding = opts.max_binding_bytes.unwrap_or(u64::MAX).min(ctx.max_binding_bytes());
         let max_groups = opts.max_groups.unwrap_or(u32::MAX).clamp(1, ctx.max_groups());
-        let layout = ChunkLayout::new(shape, ctx.max_binding_bytes(), opts.max_chunk_rows, wg, max_groups)?;
+        let layout = ChunkLayout::new(shape, max_binding, opts.max_chunk_rows, wg, max_groups)?;
         // The per-workgroup partials and scan findings, and skip-row's
         // strikes, are single bindings over the whole table: refuse, with
         // sizes, what they cannot hold, before anything is allocated.
-        let groups: u64 = layout.spans.iter().map(|s| (s.rows as u64).div_ceil((wg / lanes) as u64)).sum();
-        let strikes = if cfg.guard.policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
         let d = shape.dim as u64;
         let cap = batches.max_slots(cfg.anchor_a as u32, cfg.anchor_b as u32) as u64;
-        let batch_groups = cap.div_ceil((wg / lanes) as u64);
-        let biggest = (groups.max(batch_groups) * 3 * 64).max(strikes);
+        let records = |lanes: u32| {
+            let rows_per_group = (wg / lanes) as u64;
+            let groups: u64 = layout.spans.iter().map(|s| (s.rows as u64).div_ceil(rows_per_group)).sum();
+            groups.max(cap.div_ceil(rows_per_group)) * 3 * 64
+        };
+        // A huge table (100M rows): fewer lanes a row, more rows a
+        // workgroup, until its scan records fit one binding.
+        while records(lanes) > max_binding && lanes > 1 {
+            lanes /= 2;
+        }
+        let strikes = if cfg.guard.policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
+        let biggest = records(lanes).max(strikes);
         // The batch buffers and the two-read steps' per-slot coefficients
         // are single bindings too.
         let coef = if cfg.needs_prepass() { (if batches.is_full() { shape.rows as u64 } else { cap }) * 16 } else { 0 };
         for (what, bytes) in [("batch buffer (its slots × D × 4)", cap * d * 4), ("per-slot coefficients", coef)] {
-            if bytes > ctx.max_binding_bytes() {
+            if bytes > max_binding {
                 return Err(shape.too_large(format!(
-                    "its {what} need a {bytes}-byte binding, over the device's {}-byte limit",
-                    ctx.max_binding_bytes()
+                    "its {what} need a {bytes}-byte binding, over the device's {max_binding}-byte limit"
                 )));
             }
         }
@@ -479,10 +493,9 @@ impl GpuTrainer {
                 ));
             }
         }
-        if biggest > ctx.max_binding_bytes() {
+        if biggest > max_binding {
             return Err(shape.too_large(format!(
-                "its per-workgroup scan records need a {biggest}-byte binding, over the device's {}-byte limit",
-                ctx.max_binding_bytes()
+                "its per-workgroup scan records need a {biggest}-byte binding, over the device's {max_binding}-byte limit"
             )));
         }
 
