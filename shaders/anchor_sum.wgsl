@@ -9,6 +9,7 @@
 // `GpuTrainer::encode_step`; CPU mirror: read A of `src/cpu/general.rs`.
 
 const SEG: u32 = 256u;
+override DIRECT: bool = false;   // fused_step.wgsl's: rows read from the table (table_a) by row
 
 @group(0) @binding(0) var<storage, read> table_a: array<f32>;
 @group(0) @binding(1) var<storage, read> table_b: array<f32>;
@@ -39,11 +40,18 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     var bad = false;
     let end = min(seg * SEG + SEG, chunk.rows);
     for (var i = seg * SEG; i < end; i = i + 1u) {
-        if (BATCHED && slots[i].x == DEAD) {
-            continue;
+        var at = i * D + k;
+        if (BATCHED) {
+            let row = slots[i].x;
+            if (row == DEAD) {
+                continue;
+            }
+            if (DIRECT) {
+                at = row * D + k;
+            }
         }
         let cf = coef[chunk.row_base + i];
-        let x = select(table_a[i * D + k], table_b[i * D + k], cur == 1u);
+        let x = select(table_a[at], table_b[at], cur == 1u);
         bad = bad || cf.w != 0.0;   // a poisoned slot: NaN, from bits
         ta = ta + cf.x * ((p - x) * cf.y - (p - q) / d0);
         tb = tb + cf.x * ((q - x) * cf.z - (q - p) / d0);

@@ -17,6 +17,9 @@ struct BatchIo {
 }
 
 override MOMENTUM: bool = false;
+// fused_step.wgsl's DIRECT: the step wrote in place or into x_b; a scatter
+// then copies x_b back only when the guard kept the step (state.cur = 1).
+override DIRECT: bool = false;
 
 @group(0) @binding(0) var<storage, read_write> table: array<f32>;
 @group(0) @binding(1) var<storage, read_write> vel: array<f32>;   // 16-byte stand-in without momentum
@@ -63,7 +66,7 @@ fn scatter(@builtin(workgroup_id) wg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     let e = linear_workgroup(wg, nwg) * WG + lid;
     let at = local_at(e);
-    if (at == DEAD || state.halted != 0u) {
+    if (at == DEAD || state.halted != 0u || (DIRECT && state.cur == 0u)) {
         return;
     }
     if (state.cur == 0u) {

@@ -40,6 +40,12 @@ const MAX_KEPT: u32 = 8u;
 override KEEP: bool = true;   // set by the host: D ≤ MAX_KEPT·L
 override MOMENTUM: bool = false;   // SPEC §5 μ > 0: a velocity buffer (double-buffered like the table)
 override PREP: bool = false;       // the first read of a two-read step (see above)
+// BATCHED with the table in one binding: the slots' rows are read from the
+// table itself (table_a, by row), with no gather; a single-buffered guard
+// writes them there in place, a double-buffered one into the batch buffer
+// table_b (by slot), which batch_io.wgsl scatters back only if the step
+// was clean.
+override DIRECT: bool = false;
 
 @group(0) @binding(0) var<storage, read_write> table_a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> table_b: array<f32>;   // a 16-byte stand-in when single-buffered
@@ -168,7 +174,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     let lane = lid % L;
     let i = w * rows_per_wg + slot;
     var live = i < chunk.rows;
-    let base = i * D;
+    var base = i * D;   // where the row is read (and written, in place)
     var row = chunk.row_base + i;
     var mult = 1u;
     var weight = params.w_red;
@@ -178,7 +184,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
         mult = s.y;
         weight = bitcast<f32>(s.z);
         live = s.x != DEAD;
+        if (DIRECT && live) {
+            base = (row - chunk.row_base) * D;
+        }
     }
+    // Where a double-buffered guard writes: the batch buffer, by slot.
+    let out_base = select(base, i * D, DIRECT && double_buffered());
     let is_anchor = row == params.anchor_a || row == params.anchor_b;
     let anchor = select(0u, select(2u, 1u, row == params.anchor_a), is_anchor);
 
@@ -268,8 +279,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
                     let x = load_x(cur, base + k);
                     let g = grad_at(x, k, c, inv_d1, inv_d2, sep, false, anchor);
                     let nv = step_value(x, g, load_v(cur, base + k), lr, false);
-                    store_x(cur, base + k, nv.x);
-                    store_v(cur, base + k, nv.y);
+                    store_x(cur, out_base + k, nv.x);
+                    store_v(cur, out_base + k, nv.y);
                 }
             }
             if (writes && row_bad && lane == 0u) {
@@ -288,8 +299,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
                 let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned, anchor);
                 let nv = step_value(x, g, v_old, lr, poisoned);
                 any_bad = any_bad || is_nonfinite(g) || is_nonfinite(nv.x);
-                store_x(cur, base + k, nv.x);
-                store_v(cur, base + k, nv.y);
+                store_x(cur, out_base + k, nv.x);
+                store_v(cur, out_base + k, nv.y);
             }
             if (SCAN && any_bad) {
                 for (var k = lane; k < D; k = k + L) {
@@ -308,14 +319,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
                     gs = row_scan_add(gs, k, g);
                     ts = row_scan_add(ts, k, nv.x);
                 }
-                store_x(cur, base + k, nv.x);
-                store_v(cur, base + k, nv.y);
+                store_x(cur, out_base + k, nv.x);
+                store_v(cur, out_base + k, nv.y);
             }
         } else if (live && double_buffered()) {
             // Frozen anchors are carried into the next buffer unchanged.
             for (var k = lane; k < D; k = k + L) {
-                store_x(cur, base + k, load_x(cur, base + k));
-                store_v(cur, base + k, load_v(cur, base + k));
+                store_x(cur, out_base + k, load_x(cur, base + k));
+                store_v(cur, out_base + k, load_v(cur, base + k));
             }
         }
         if (SCAN && live) {

@@ -61,14 +61,16 @@ pub const FUSED_STEP: Kernel = kernel!(
         "SCAN_BUFS",
         "BATCHED",
         "CLIP",
-        "PREP"
+        "PREP",
+        "DIRECT"
     ]
 );
 pub const REDUCE: Kernel =
     kernel!("reduce", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "GUARD", "SCAN_BUFS", "BATCHED", "CLIP"]);
-pub const ANCHOR_SUM: Kernel = kernel!("anchor_sum", [], ["main"], ["WG", "D", "BATCHED"]);
+pub const ANCHOR_SUM: Kernel = kernel!("anchor_sum", [], ["main"], ["WG", "D", "BATCHED", "DIRECT"]);
 pub const PREPARE: Kernel = kernel!("prepare", [REDUCE_WG], ["main"], ["WG", "D", "MODE"]);
-pub const BATCH_IO: Kernel = kernel!("batch_io", [], ["gather", "scatter", "settle"], ["WG", "D", "MOMENTUM"]);
+pub const BATCH_IO: Kernel =
+    kernel!("batch_io", [], ["gather", "scatter", "settle"], ["WG", "D", "MOMENTUM", "DIRECT"]);
 pub const COPY_TABLE: Kernel = kernel!("copy_table", [], ["snapshot", "restore"], ["WG", "D", "MOMENTUM"]);
 pub const SCAN_TABLE: Kernel = kernel!("scan_table", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "SCAN_BUFS"]);
 pub const SCAN_FINISH: Kernel = kernel!("scan_finish", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "SCAN_BUFS"]);
@@ -145,6 +147,16 @@ mod tests {
             let declared: Vec<&str> = module.overrides.iter().filter_map(|(_, o)| o.name.as_deref()).collect();
             for ov in k.overrides {
                 assert!(declared.contains(ov), "{} does not declare override {ov}", k.name);
+            }
+            // … and the other way for the kernel's own overrides: one
+            // missing from the table would silently never be set.
+            let own = k.source.lines().filter_map(|l| l.strip_prefix("override ")).filter_map(|l| l.split(':').next());
+            for ov in own {
+                assert!(
+                    k.overrides.contains(&ov.trim()),
+                    "{} declares override {ov}, which the host never sets",
+                    k.name
+                );
             }
         }
     }

@@ -338,6 +338,9 @@ pub struct GpuTrainer {
 struct BatchDev {
     /// Slots per step (anchors included): the batch buffers' rows.
     cap: u32,
+    /// The table is one binding: the step reads it in place (no gather) and
+    /// scatters only a double-buffered guard's kept step.
+    direct: bool,
     slots: wgpu::Buffer,
     /// Workgroups of the fused pass over the slots.
     groups: u32,
@@ -595,13 +598,16 @@ impl GpuTrainer {
         // double-buffered guards), with their velocity.
         let x_groups = cap.div_ceil(wg / lanes);
         let x_bytes = cap as u64 * d * 4;
+        // A table in one binding is read in place (DIRECT): no gather, and
+        // no batch buffer A.
+        let direct = batched && chunks.len() == 1;
         let (xa, xb, xva, xvb) = if batched {
             let mk = |label: &str, on: bool| on.then(|| storage(&ctx, label, x_bytes, wgpu::BufferUsages::empty()));
             let momentum = cfg.momentum > 0.0;
             (
-                mk("batch A", true),
+                mk("batch A", !direct),
                 mk("batch B", policy.double_buffered()),
-                mk("batch velocity A", momentum),
+                mk("batch velocity A", momentum && !direct),
                 mk("batch velocity B", momentum && policy.double_buffered()),
             )
         } else {
@@ -685,21 +691,28 @@ impl GpuTrainer {
             .iter()
             .map(|c| [&c.a, c.b.as_ref().unwrap_or(&dummy), vel_a(c, &dummy), vel_b(c, &dummy), &c.uniform])
             .collect();
-        let x_targets: Vec<[&wgpu::Buffer; 5]> = match &xa {
-            Some(xa) => vec![[
-                xa,
+        // DIRECT: A is the table (and its velocity), read by row.
+        let x_targets: Vec<[&wgpu::Buffer; 5]> = if !batched {
+            Vec::new()
+        } else if direct {
+            let c = &chunks[0];
+            vec![[&c.a, xb.as_ref().unwrap_or(&dummy), vel_a(c, &dummy), xvb.as_ref().unwrap_or(&dummy), &x_uniform]]
+        } else {
+            vec![[
+                xa.as_ref().expect("batch A"),
                 xb.as_ref().unwrap_or(&dummy),
                 xva.as_ref().unwrap_or(&dummy),
                 xvb.as_ref().unwrap_or(&dummy),
                 &x_uniform,
-            ]],
-            None => Vec::new(),
+            ]]
         };
+        let direct_flag = ("DIRECT", if direct { 1.0 } else { 0.0 });
         let fused = |update: bool, prep: bool, over: &[[&wgpu::Buffer; 5]], over_x: bool| {
             let flags = [
                 ("UPDATE", if update { 1.0 } else { 0.0 }),
                 ("SCAN", if opts.fused_scans && !prep { 1.0 } else { 0.0 }),
                 ("PREP", if prep { 1.0 } else { 0.0 }),
+                ("DIRECT", if direct && over_x { 1.0 } else { 0.0 }),
             ];
             let c = Constants { batched: over_x, ..consts };
             let p = c.pipeline(&ctx, &shaders::FUSED_STEP, "main", &flags);
@@ -783,7 +796,7 @@ impl GpuTrainer {
             let prep = fused(false, true, over, batched);
             let anchor_sum = attached.then(|| {
                 let c = Constants { batched, ..consts };
-                let p = c.pipeline(&ctx, &shaders::ANCHOR_SUM, "main", &[]);
+                let p = c.pipeline(&ctx, &shaders::ANCHOR_SUM, "main", &[direct_flag]);
                 let groups = over
                     .iter()
                     .map(|[a, b, _, _, u]| {
@@ -833,10 +846,10 @@ impl GpuTrainer {
 
         // Batches: gather and scatter per table chunk, the slots' source.
         let batch = batched.then(|| {
-            let xa = xa.as_ref().expect("batched");
+            let xa = xa.as_ref().unwrap_or(&dummy);
             let io_u = uniform(&ctx, "batch io", &[cap, 0u32, 0, 0]);
             let io = |entry: &str| {
-                let p = consts.pipeline(&ctx, &shaders::BATCH_IO, entry, &[]);
+                let p = consts.pipeline(&ctx, &shaders::BATCH_IO, entry, &[direct_flag]);
                 let groups = chunks
                     .iter()
                     .map(|c| {
@@ -894,6 +907,7 @@ impl GpuTrainer {
             };
             BatchDev {
                 cap,
+                direct,
                 slots: slots.clone(),
                 groups: x_groups,
                 gather: io("gather"),
@@ -1205,12 +1219,13 @@ impl GpuTrainer {
             (Phase::Sample, random && self.manual.is_none()),
             (Phase::Snapshot, snapshot && rollback),
             (Phase::Anchors, true),
-            (Phase::Gather, batch.is_some()),
+            (Phase::Gather, batch.is_some_and(|b| !b.direct)),
             (Phase::Prep, pre.is_some()),
             (Phase::AnchorSum, pre.is_some_and(|p| p.anchor_sum.is_some())),
             (Phase::Prepare, pre.is_some()),
             (Phase::Fused, true),
             (Phase::Reduce, true),
+            // (Scatter also settles the batch buffers for the next step.)
             (Phase::Scatter, batch.is_some()),
             (Phase::Restore, update && rollback),
         ]
@@ -1318,6 +1333,15 @@ impl GpuTrainer {
             Phase::Sample => slots * 16,
             Phase::Snapshot | Phase::Restore => 2 * table,
             Phase::Anchors => 4 * d * 4,
+            Phase::Gather | Phase::Scatter if self.batch.as_ref().is_some_and(|b| b.direct) => {
+                // DIRECT: no gather; a kept step's scatter, double-buffered only.
+                let double = phase == Phase::Scatter && self.cfg.guard.policy.double_buffered();
+                if double {
+                    2 * vel * slots * d * 4
+                } else {
+                    0
+                }
+            }
             Phase::Gather | Phase::Scatter | Phase::Fused => 2 * vel * slots * d * 4,
             Phase::Prep | Phase::AnchorSum => slots * d * 4 + slots * 16,
             Phase::Prepare => slots.div_ceil(SEG as u64) * 2 * d * 4,
