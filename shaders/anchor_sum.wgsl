@@ -6,7 +6,7 @@
 // order, so the result is deterministic (no float atomics). Reads the
 // coefficients the PREP pass of fused_step.wgsl wrote. One more read of the
 // step's rows: the price of attached anchors. Host owner:
-// `GpuTrainer::encode_step`; CPU mirror: read A of `src/cpu/general.rs`.
+// `GpuTrainer::encode_phase`; CPU mirror: read A of `src/cpu/general.rs`.
 
 const SEG: u32 = 256u;
 override DIRECT: bool = false;   // fused_step.wgsl's: rows read from the table (table_a) by row

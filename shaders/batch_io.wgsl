@@ -7,7 +7,7 @@
 //   settle:  one invocation, after the scatters: the batch buffers start
 //            the next step from buffer A again.
 // Only the step's rows are read and written. Host owner:
-// `GpuTrainer::encode_step`; CPU mirror: `src/cpu/general.rs`.
+// `src/gpu/batch.rs`, `GpuTrainer::encode_phase`; CPU mirror: `src/cpu/general.rs`.
 
 struct BatchIo {
     slots: u32,     // slots in the batch buffers

@@ -8,7 +8,7 @@
 //    `state.clip` — NaN bits when ‖g‖ is not finite, so that every update
 //    is non-finite and the guard acts (SPEC §9), never a silent scaling.
 // Rows whose gradient is not finite are left out of the norm: the guard
-// deals with them. Host owner: `GpuTrainer::encode_step`; CPU mirror:
+// deals with them. Host owner: `GpuTrainer::encode_phase`; CPU mirror:
 // `src/cpu/general.rs`.
 
 struct PrepareParams {

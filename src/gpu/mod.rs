@@ -1,5 +1,6 @@
 //! The GPU backend: wgpu + the WGSL kernels in `shaders/`.
 
+mod batch;
 pub mod context;
 pub mod layout;
 mod pipes;

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use bytemuck::{Pod, Zeroable};
 
+use super::batch::{slot_words, BatchDev, SlotSource};
 use super::context::GpuContext;
 use super::layout::{grid, ChunkLayout, ChunkSpan};
 use super::pipes::{bind, bind_at, finish_map, read_mapped, readback, storage, uniform, Constants};
@@ -254,13 +255,13 @@ impl GpuChunk {
 
 /// A pipeline with the bind groups it is dispatched with (one per chunk for
 /// chunk kernels, one otherwise).
-struct Pass {
+pub(super) struct Pass {
     pipeline: wgpu::ComputePipeline,
     groups: Vec<wgpu::BindGroup>,
 }
 
 impl Pass {
-    fn dispatch_one(&self, pass: &mut wgpu::ComputePass) {
+    pub(super) fn dispatch_one(&self, pass: &mut wgpu::ComputePass) {
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.groups[0], &[]);
         pass.dispatch_workgroups(1, 1, 1);
@@ -332,76 +333,12 @@ pub struct GpuTrainer {
     profile_error: Option<String>,
 }
 
-/// The device side of batched steps (SPEC §10): each step's slots are
-/// gathered from the table into `x` (batch_io.wgsl), stepped there by the
-/// same fused kernel as a table chunk, and scattered back.
-struct BatchDev {
-    /// Slots per step (anchors included): the batch buffers' rows.
-    cap: u32,
-    /// The table is one binding: the step reads it in place (no gather) and
-    /// scatters only a double-buffered guard's kept step.
-    direct: bool,
-    slots: wgpu::Buffer,
-    /// Workgroups of the fused pass over the slots.
-    groups: u32,
-    gather: Pass,
-    scatter: Pass,
-    settle: Pass,
-    source: SlotSource,
-}
-
-/// Where each step's slots come from.
-enum SlotSource {
-    /// sample.wgsl writes them; its parameters for a submission's steps
-    /// are written to `schedule` at once and copied into `uniform` step by step.
-    Random { sampler: Sampler, uniform: wgpu::Buffer, schedule: wgpu::Buffer, pass: Pass },
-    /// The user's batches, all resident in `all` (and on the host, to map
-    /// the slot numbers of the records back to rows).
-    Given { all: wgpu::Buffer, host: Vec<StepSlots> },
-}
-
 /// The first read of a two-read step and what follows it (SPEC §4–§5).
 struct Prepass {
     prep: Pass,
     /// attached: the anchor term's segment sums.
     anchor_sum: Option<Pass>,
     prepare: Pass,
-}
-
-impl BatchDev {
-    /// Step `step`'s (row, entries) for slot numbers.
-    fn slot_row(&self, step: u64, slot: u64, a: usize, b: usize) -> u64 {
-        match &self.source {
-            SlotSource::Random { sampler, .. } => match slot {
-                0 => a as u64,
-                1 => b as u64,
-                s => {
-                    let at = sampler.slot(step);
-                    sampler.permute(at.epoch, at.start + s as u32 - 2) as u64
-                }
-            },
-            SlotSource::Given { host, .. } => {
-                let h = &host[(step % host.len() as u64) as usize];
-                h.slots.get(slot as usize).map_or(u64::MAX, |s| s.0 as u64)
-            }
-        }
-    }
-
-    fn entries(&self, step: u64) -> usize {
-        match &self.source {
-            SlotSource::Random { sampler, .. } => sampler.slot(step).count as usize,
-            SlotSource::Given { host, .. } => host[(step % host.len() as u64) as usize].entries,
-        }
-    }
-}
-
-/// A step's slots as the kernels read them: (row, multiplicity, weight
-/// bits, 0), dead slots after the batch's.
-fn slot_words(s: &StepSlots, cfg: &StepConfig, cap: u32) -> Vec<[u32; 4]> {
-    let w_red = cfg.w_red(s.entries);
-    let mut v: Vec<[u32; 4]> = s.slots.iter().map(|&(r, m)| [r, m, (m as f32 * w_red).to_bits(), 0]).collect();
-    v.resize(cap as usize, [u32::MAX, 0, 0, 0]);
-    v
 }
 
 impl GpuTrainer {
@@ -1054,7 +991,9 @@ impl GpuTrainer {
         while done < n {
             let m = (n - done).min(STEPS_PER_SUBMIT as u32);
             ctx.queue.write_buffer(&self.state, 0, bytemuck::bytes_of(&0u32));
-            self.write_schedule(self.steps_done, m as usize);
+            if let Some(b) = &self.batch {
+                b.write_schedule(&ctx, &self.cfg, self.steps_done, m as usize);
+            }
             let mut enc = ctx.device.create_command_encoder(&Default::default());
             for i in 0..m {
                 let snapshot = self.steps_done.is_multiple_of(every);
@@ -1349,59 +1288,6 @@ impl GpuTrainer {
         }
     }
 
-    /// Random batches: the sample kernel's parameters for steps
-    /// `first .. first + n` (one submission), written at once.
-    fn write_schedule(&self, first: u64, n: usize) {
-        let Some(BatchDev { source: SlotSource::Random { sampler, schedule, .. }, .. }) = &self.batch else { return };
-        let steps: Vec<SampleU> = (0..n as u64)
-            .map(|i| {
-                let at = sampler.slot(first + i);
-                SampleU {
-                    epoch: at.epoch,
-                    start: at.start,
-                    count: at.count,
-                    w_red: self.cfg.w_red(at.count as usize),
-                    ..SampleU::zeroed_for(sampler)
-                }
-            })
-            .collect();
-        self.ctx.queue.write_buffer(schedule, 0, bytemuck::cast_slice(&steps));
-    }
-
-    /// Batched steps' records list slots: back to rows, sorted (a skip-row
-    /// record's strike counts follow their rows), and the step's batch size.
-    fn map_record(&self, r: &mut Record, step: u64) {
-        let Some(b) = &self.batch else { return };
-        let (a, bb) = (self.cfg.anchor_a, self.cfg.anchor_b);
-        let row = |slot: u64| match &self.manual {
-            Some(m) => m.slots.get(slot as usize).map_or(u64::MAX, |s| s.0 as u64),
-            None => b.slot_row(step, slot, a, bb),
-        };
-        r.batch = match &self.manual {
-            Some(m) => m.entries,
-            None => b.entries(step),
-        };
-        let scans = &mut r.scans;
-        for s in [&mut scans.loss, &mut scans.grad] {
-            s.rows.iter_mut().for_each(|x| *x = row(*x));
-            s.rows.sort_unstable();
-            if let Some(f) = &mut s.first {
-                f.row = row(f.row);
-            }
-        }
-        let t = &mut scans.table;
-        if let Some(f) = &mut t.first {
-            f.row = row(f.row);
-        }
-        let mut pairs: Vec<(u64, u32)> =
-            t.rows.iter().enumerate().map(|(i, &s)| (row(s), scans.strikes.get(i).copied().unwrap_or(0))).collect();
-        pairs.sort_unstable();
-        t.rows = pairs.iter().map(|p| p.0).collect();
-        if !scans.strikes.is_empty() {
-            scans.strikes = pairs.iter().map(|p| p.1).collect();
-        }
-    }
-
     /// One full-table step through the staged kernels.
     fn encode_staged(&self, enc: &mut wgpu::CommandEncoder) {
         let s = self.staged.as_ref().expect("staged buffers are built before encoding");
@@ -1524,7 +1410,9 @@ impl GpuTrainer {
         let ctx = self.ctx.clone();
         ctx.queue.write_buffer(&self.state, 0, bytemuck::bytes_of(&0u32));
         let first = self.steps_done;
-        self.write_schedule(first, n);
+        if let Some(b) = &self.batch {
+            b.write_schedule(&self.ctx, &self.cfg, first, n);
+        }
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         if n == 0 {
             self.encode_fused(&mut enc, false, false, None, None, 0, first);
@@ -1606,8 +1494,9 @@ impl GpuTrainer {
                 if r.action != crate::guard::Action::NotRun {
                     r.separation = self.cfg.separation(r.d0);
                 }
-                if let Some(first) = first {
-                    self.map_record(&mut r, first + i as u64);
+                if let (Some(first), Some(b)) = (first, &self.batch) {
+                    let anchors = (self.cfg.anchor_a, self.cfg.anchor_b);
+                    b.map_record(&mut r, first + i as u64, self.manual.as_ref(), anchors);
                 }
                 r
             })
