@@ -41,6 +41,8 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 date -u
+echo "== latent-line devices (for the README)"
+"$B/latent-line" devices
 
 echo "== tests on this GPU"
 TESTS="naive forensics backends_vs_reference"

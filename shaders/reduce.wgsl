@@ -18,6 +18,11 @@ struct ReduceParams {
 @group(0) @binding(3) var<uniform> rp: ReduceParams;
 @group(0) @binding(4) var<storage, read> strikes: array<u32>;
 @group(0) @binding(5) var<storage, read> slots: array<vec4<u32>>;   // BATCHED: the scans list slots
+// rollback: each chunk's grid for copy_table.wgsl's restore, and the
+// indirect dispatch arguments written here — that grid after a rollback,
+// no workgroups otherwise, so a step that keeps its table pays nothing.
+@group(0) @binding(6) var<storage, read> restore_grid: array<vec4<u32>>;
+@group(0) @binding(7) var<storage, read_write> restore_args: array<vec4<u32>>;
 
 var<workgroup> wg_head: vec2<u32>;   // (state.halted, state.record)
 
@@ -101,6 +106,11 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         } else {
             state.halted = 1u;
             action = ACT_ABORTED;
+        }
+        if (GUARD == GUARD_ROLLBACK && rp.update != 0u) {
+            for (var c = 0u; c < arrayLength(&restore_grid); c = c + 1u) {
+                restore_args[c] = select(vec4<u32>(0u, 1u, 1u, 0u), restore_grid[c], state.restore != 0u);
+            }
         }
         scan_out[slot] = bitcast<u32>(total.x);
         scan_out[slot + 1u] = bitcast<u32>(total.y);

@@ -99,11 +99,15 @@ fn check(backend: Backend, shape: Shape, cfg: StepConfig, batches: Batches, seed
 fn plans(rows: usize, a: usize, b: usize, seed: u64) -> Vec<(&'static str, Batches)> {
     let mut r = rng(seed ^ 0xba7c);
     let ib = |v: Vec<Vec<i64>>| Batches::Indices(IndexBatches::new(v, rows).unwrap());
+    // One row many times, the anchors inside (twice each: dozens of copies
+    // of a detached anchor under `sum` pull the two together in a few steps,
+    // to where (p − q)/d0 is ill-conditioned whatever the code), the rest
+    // drawn with replacement: 3·R entries, more than the table.
     let heavy: Vec<i64> = (0..3 * rows)
-        .map(|i| match i % 5 {
-            0 => 7,        // one row many times
-            1 => a as i64, // the anchors inside
-            2 => b as i64,
+        .map(|i| match i {
+            _ if i % 5 == 0 => 7,
+            1 | 17 => a as i64,
+            2 | 33 => b as i64,
             _ => r.random_range(0..rows as i64),
         })
         .collect();
@@ -125,7 +129,12 @@ const POLICIES: [Policy; 5] = [Policy::SkipStep, Policy::Ignore, Policy::SkipRow
 fn sweep(backend: Backend, shape: Shape, case_seed: u64) {
     let (a, b) = (3usize, shape.rows - 2);
     let mut case = 0u64;
-    for (_, batches) in plans(shape.rows, a, b, case_seed) {
+    for (name, batches) in plans(shape.rows, a, b, case_seed) {
+        // Under `sum` a row repeated m times moves m times as far, and near
+        // an anchor a step amplifies f32 rounding by about 1 + lr·m/d1: the
+        // heavy plan's lr is divided by its repeats (3·R/5), so its step
+        // compares implementations, not conditioning.
+        let lr = if name.starts_with("heavy") { 0.01 * 5.0 / (3 * shape.rows) as f32 } else { 0.01 };
         for endpoints in [Endpoints::Frozen, Endpoints::Detached, Endpoints::Attached] {
             for (margin, momentum, wd, clip) in
                 [(0.0, 0.0, 0.0, 0.0), (100.0, 0.9, 0.01, 0.0), (0.0, 0.5, 0.0, 0.05), (100.0, 0.0, 0.02, 1e6)]
@@ -134,7 +143,7 @@ fn sweep(backend: Backend, shape: Shape, case_seed: u64) {
                 let cfg = StepConfig {
                     anchor_a: a,
                     anchor_b: b,
-                    lr: 0.01,
+                    lr: if case.is_multiple_of(2) { lr } else { 0.01 },
                     reduction: if case.is_multiple_of(2) { Reduction::Sum } else { Reduction::Mean },
                     endpoints,
                     margin,

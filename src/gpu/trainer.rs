@@ -314,6 +314,8 @@ pub struct GpuTrainer {
     reduce_eval: Pass,
     /// rollback: (snapshot, restore) passes over the chunks.
     rollback: Option<(Pass, Pass)>,
+    /// rollback: the restore's indirect dispatch arguments, one per chunk.
+    restore_args: wgpu::Buffer,
     ring: Vec<Slot>,
     steps_done: u64,
     /// A resumed run snapshots at its first step (it has no earlier one).
@@ -684,6 +686,25 @@ impl GpuTrainer {
         let fused_update =
             if batched { fused(true, false, &x_targets, true) } else { fused(true, false, &targets, false) };
         let fused_eval = fused(false, false, &targets, false);
+        // rollback: the restore's grid per chunk, and its indirect
+        // arguments (written by reduce.wgsl: the grid only after a rollback).
+        let restore_grid: Vec<[u32; 4]> = chunks
+            .iter()
+            .map(|c| {
+                let (x, y) = grid((c.span.rows as u64 * d).div_ceil(wg as u64) as u32, max_groups);
+                [x, y, 1, 0]
+            })
+            .collect();
+        let (grid_buf, restore_args) = if policy == Policy::Rollback {
+            let g = storage(&ctx, "restore grid", restore_grid.len() as u64 * 16, wgpu::BufferUsages::COPY_DST);
+            ctx.queue.write_buffer(&g, 0, bytemuck::cast_slice(&restore_grid));
+            (g, storage(&ctx, "restore dispatch", restore_grid.len() as u64 * 16, wgpu::BufferUsages::INDIRECT))
+        } else {
+            (
+                storage(&ctx, "unused grid", 16, wgpu::BufferUsages::empty()),
+                storage(&ctx, "unused dispatch", 16, wgpu::BufferUsages::empty()),
+            )
+        };
         let reduce = |update: bool, over_x: bool| {
             let c = Constants { batched: over_x, ..consts };
             let p = c.pipeline(&ctx, &shaders::REDUCE, "main", &[]);
@@ -699,6 +720,8 @@ impl GpuTrainer {
                     (3, &rp),
                     (4, &strikes),
                     (5, &slots),
+                    (6, &grid_buf),
+                    (7, &restore_args),
                     (8, &detail),
                     (9, &hits),
                     (10, &records),
@@ -877,6 +900,7 @@ impl GpuTrainer {
             reduce_update,
             reduce_eval,
             rollback,
+            restore_args,
             ring,
             steps_done: 0,
             snapshot_due: false,
@@ -1253,8 +1277,13 @@ impl GpuTrainer {
                 }
             }
             Phase::Restore => {
+                // Indirect: reduce.wgsl gave no workgroups unless it rolled back.
                 if let Some((_, restore)) = &self.rollback {
-                    each_chunk(pass, restore, &elements);
+                    pass.set_pipeline(&restore.pipeline);
+                    for (i, bg) in restore.groups.iter().enumerate() {
+                        pass.set_bind_group(0, bg, &[]);
+                        pass.dispatch_workgroups_indirect(&self.restore_args, i as u64 * 16);
+                    }
                 }
             }
         }
@@ -1391,6 +1420,8 @@ impl GpuTrainer {
                 (3, &reduce_u),
                 (4, &self.strikes),
                 (5, &storage(&ctx, "unused slots", 16, wgpu::BufferUsages::empty())),
+                (6, &storage(&ctx, "unused grid", 16, wgpu::BufferUsages::empty())),
+                (7, &storage(&ctx, "unused dispatch", 16, wgpu::BufferUsages::empty())),
                 (8, &self.detail),
                 (9, &self.hits),
                 (10, &self.records),
