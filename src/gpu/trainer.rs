@@ -1290,7 +1290,7 @@ impl GpuTrainer {
     }
 
     /// Nominal bytes `phase` reads and writes in one step: the buffers it
-    /// goes over in full (a restore writes only after a rollback).
+    /// goes over in full.
     fn phase_bytes(&self, phase: Phase) -> u64 {
         let d = self.shape.dim as u64;
         let table = self.shape.bytes();
@@ -1299,7 +1299,10 @@ impl GpuTrainer {
         let slots = self.batch.as_ref().map_or(self.shape.rows as u64, |b| b.cap as u64);
         match phase {
             Phase::Sample => slots * 16,
-            Phase::Snapshot | Phase::Restore => 2 * table,
+            Phase::Snapshot => 2 * table,
+            // Copies only after a rollback (an indirect dispatch, empty
+            // otherwise): not counted.
+            Phase::Restore => 0,
             Phase::Anchors => 4 * d * 4,
             Phase::Gather | Phase::Scatter if self.batch.as_ref().is_some_and(|b| b.direct) => {
                 // DIRECT: no gather; a kept step's scatter, double-buffered only.
