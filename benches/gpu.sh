@@ -80,6 +80,9 @@ PYTHONUNBUFFERED=1 timeout 180 python3 benches/peers/torch_step.py 1000000 64 65
 echo "== peers: JAX (jit; host timer around block_until_ready)"
 PYTHONUNBUFFERED=1 timeout 120 python3 benches/peers/jax_step.py 1000000 64 65536 2>&1 | grep -v -i warning
 
+echo "== 100M × 64: the main job's step (wall), then in the bench below (GPU time)"
+"$B/latent-line" --rows 100000000 --dim 64 --steps 10 | grep -E "table|speed|finite"
+
 echo "== cargo bench (criterion)"
-"$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 2>&1 | grep -E "^(gpu|cpu)|time:" | grep -v "%"
+LATENT_LINE_BENCH_HUGE=1 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 2>&1 | grep -E "^(gpu|cpu)|time:" | grep -v "%"
 python3 benches/summary.py /tmp/ct/criterion | tee "$OUT/bench-summary.txt"

@@ -33,6 +33,13 @@ fn shapes(hardware: bool) -> Vec<Shape> {
     [64, 128].iter().map(|&d| Shape::new(rows, d).expect("valid shape")).collect()
 }
 
+/// `LATENT_LINE_BENCH_HUGE=1` on a hardware GPU: also 100M × 64 (25.6 GB,
+/// 51 GB with the default guard's second buffer), for the gpu-time group.
+fn huge(hardware: bool) -> Option<Shape> {
+    let on = std::env::var("LATENT_LINE_BENCH_HUGE").is_ok_and(|v| v == "1");
+    (hardware && on).then(|| Shape::new(100_000_000, 64).expect("valid shape"))
+}
+
 fn config(shape: Shape, policy: Policy) -> StepConfig {
     StepConfig { guard: Guard { policy, ..Guard::default() }, ..StepConfig::for_rows(shape.rows) }
 }
@@ -163,6 +170,21 @@ fn gpu(c: &mut Criterion) {
     }
     let mut g = c.benchmark_group(format!("gpu-time[{}]", ctx.info.name));
     g.sample_size(20).measurement_time(Duration::from_secs(3));
+    if let Some(shape) = huge(hardware) {
+        // One table at a time: the copy floor, then the default step.
+        let id = format!("{}x{}", shape.rows, shape.dim);
+        g.throughput(Throughput::Bytes(2 * shape.bytes()));
+        let opts = GpuOptions::default();
+        let mut t =
+            GpuTrainer::new(ctx.clone(), shape, config(shape, Policy::SkipStep), TableSource::Random { seed: 1 }, opts)
+                .expect("GPU trainer (100M × 64)");
+        g.bench_function(format!("copy-shader/{id}"), |b| {
+            b.iter_custom(|n| t.gpu_time_table_copies(n as u32).expect("copy").expect("timestamps"))
+        });
+        g.bench_function(format!("step-skip-step/{id}"), |b| {
+            b.iter_custom(|n| t.gpu_time_steps(n as u32).expect("steps").expect("timestamps"))
+        });
+    }
     for shape in shapes(hardware) {
         let id = format!("{}x{}", shape.rows, shape.dim);
         g.throughput(Throughput::Bytes(2 * shape.bytes()));
