@@ -3,12 +3,21 @@
 //! in [`super::shaders`], the CPU mirror in `crate::cpu`, the f64 reference
 //! in `crate::reference`.
 //!
-//! A full-table step is one compute pass:
+//! A step is one compute pass (one per kernel with `--profile`), see
+//! [`Phase`]:
+//!   [sample.wgsl batch]          (random batches: the step's slots)
 //!   [copy_table.wgsl snapshot]   (rollback, every N steps)
 //!   anchors.wgsl                 (p, q from the current table; s0, d0)
-//!   fused_step.wgsl per chunk    (read row, loss, gradient, scans, write row)
+//!   [batch_io.wgsl gather]       (batches on a table of several bindings)
+//!   [fused_step.wgsl PREP, anchor_sum.wgsl, prepare.wgsl]
+//!                                (attached anchors, clipping: the whole
+//!                                step's sums before any row is written)
+//!   fused_step.wgsl per chunk    (read row, loss, gradient, scans, write row;
+//!                                 or over the batch's slots)
 //!   reduce.wgsl                  (fixed-order fold, scans, guard, record)
-//!   [copy_table.wgsl restore]    (rollback, only if the guard asked)
+//!   [batch_io.wgsl scatter]      (batches: the kept rows back; settle)
+//!   [copy_table.wgsl restore]    (rollback: an indirect dispatch, empty
+//!                                 unless the guard asked)
 //! The guard decides on the device (SPEC §9). A few steps go into each
 //! submission, whose records are copied into one buffer of a small ring
 //! and mapped asynchronously: the host never waits on a step, only on the
