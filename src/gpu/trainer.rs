@@ -3,8 +3,8 @@
 //! in [`super::shaders`], the CPU mirror in `crate::cpu`, the f64 reference
 //! in `crate::reference`.
 //!
-//! A step is one compute pass (one per kernel with `--profile`), see
-//! [`Phase`]:
+//! A step is one compute pass (one per kernel with `--profile`; `Phase`
+//! names them):
 //!   [sample.wgsl batch]          (random batches: the step's slots)
 //!   [copy_table.wgsl snapshot]   (rollback, every N steps)
 //!   anchors.wgsl                 (p, q from the current table; s0, d0)
