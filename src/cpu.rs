@@ -44,6 +44,8 @@ pub struct CpuTrainer {
     /// Full-table steps that need the general path (attached, clipping):
     /// every row once, as slots.
     identity: Vec<(u32, u32)>,
+    /// The general step's scratch, reused from step to step.
+    scratch: general::Scratch,
 }
 
 /// What a row's lane does with its new values.
@@ -175,6 +177,7 @@ impl CpuTrainer {
             stop: None,
             batches,
             identity,
+            scratch: general::Scratch::default(),
         })
     }
 
@@ -190,6 +193,7 @@ impl CpuTrainer {
                     slot_a: a as usize,
                     slot_b: b as usize,
                     entries: self.shape.rows,
+                    identity: true,
                 };
                 let rec = self.general_step(&plan);
                 self.identity = identity;
@@ -200,7 +204,7 @@ impl CpuTrainer {
     }
 
     fn step_slots(&mut self, s: &StepSlots) -> Record {
-        self.general_step(&general::Plan { slots: &s.slots, slot_a: 0, slot_b: 1, entries: s.entries })
+        self.general_step(&general::Plan { slots: &s.slots, slot_a: 0, slot_b: 1, entries: s.entries, identity: false })
     }
 
     /// One pass over the table: forward always, update when `update`.

@@ -34,12 +34,21 @@ fn prefetch(row: &[f32]) {
 
 /// Slot j's share of the step, from read A.
 #[derive(Clone, Copy, Default)]
-struct Coef {
+pub(super) struct Coef {
     c: f32,
     inv_d1: f32,
     inv_d2: f32,
     poisoned: bool,
     writes: bool,
+}
+
+/// The general step's buffers, kept between steps.
+#[derive(Default)]
+pub(super) struct Scratch {
+    coefs: Vec<Coef>,
+    rows: Vec<f32>,
+    vel: Vec<f32>,
+    keep: Vec<bool>,
 }
 
 /// One block's share of read A.
@@ -59,6 +68,8 @@ pub(super) struct Plan<'a> {
     pub slot_a: usize,
     pub slot_b: usize,
     pub entries: usize,
+    /// Slot i is row i (a full-table two-read step): written back in parallel.
+    pub identity: bool,
 }
 
 impl CpuTrainer {
@@ -93,7 +104,10 @@ impl CpuTrainer {
 
         // Read A.
         let n = plan.slots.len();
-        let mut coefs = vec![Coef::default(); n];
+        // Scratch kept between steps: a full-table two-read step would
+        // otherwise allocate (and fault in) a table's worth every step.
+        let mut coefs = std::mem::take(&mut self.scratch.coefs);
+        coefs.resize(n, Coef::default());
         let blocks: Vec<BlockA> = plan
             .slots
             .par_chunks(BLOCK_ROWS)
@@ -224,9 +238,14 @@ impl CpuTrainer {
         // Read B: new rows into scratch.
         let (mu, wd) = (cfg.momentum, cfg.weight_decay);
         let momentum = !self.vel.is_empty();
-        let mut xnew = vec![0.0f32; n * d];
-        let mut vnew = vec![0.0f32; if momentum { n * d } else { 0 }];
-        let mut keep = vec![false; n];
+        // (Every slot read B writes is written before it is read back.)
+        let mut xnew = std::mem::take(&mut self.scratch.rows);
+        xnew.resize(n * d, 0.0);
+        let mut vnew = std::mem::take(&mut self.scratch.vel);
+        vnew.resize(if momentum { n * d } else { 0 }, 0.0);
+        let mut keep = std::mem::take(&mut self.scratch.keep);
+        keep.clear();
+        keep.resize(n, false);
         let vel = &self.vel;
         let vblocks: Vec<&mut [f32]> = if momentum {
             vnew.chunks_mut(BLOCK_ROWS * d).collect()
@@ -315,7 +334,15 @@ impl CpuTrainer {
         let before = self.state;
         let action = self.state.decide(&cfg.guard, bad);
         self.state.cur = 0; // no second buffer here: the scratch is it
-        if matches!(action, Action::Applied | Action::Ignored | Action::SkippedRows) {
+        let applies = matches!(action, Action::Applied | Action::Ignored | Action::SkippedRows);
+        if applies && plan.identity {
+            let rows = self.table.par_chunks_mut(d).zip(xnew.par_chunks(d)).zip(keep.par_iter());
+            rows.filter(|(_, &k)| k).for_each(|((t, x), _)| t.copy_from_slice(x));
+            if momentum {
+                let rows = self.vel.par_chunks_mut(d).zip(vnew.par_chunks(d)).zip(keep.par_iter());
+                rows.filter(|(_, &k)| k).for_each(|((t, x), _)| t.copy_from_slice(x));
+            }
+        } else if applies {
             for (j, &(row, _)) in plan.slots.iter().enumerate() {
                 if keep[j] {
                     let row = row as usize;
@@ -331,6 +358,7 @@ impl CpuTrainer {
             self.vel.fill(0.0);
             self.state.restore = false;
         }
+        self.scratch = Scratch { coefs, rows: xnew, vel: vnew, keep };
         self.steps_done += 1;
         // A batch's findings are listed in slot order; sorted for people.
         for s in [&mut out.scans.loss, &mut out.scans.grad, &mut out.scans.table] {
