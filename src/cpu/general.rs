@@ -42,6 +42,29 @@ pub(super) struct Coef {
     writes: bool,
 }
 
+/// Σ_k g_k² of a row's gradient g = c·((x − p)/d1 + (x − q)/d2) + sep·(p − q)
+/// (`k` = [c, 1/d1, 1/d2, sep]), in 8 lanes folded in a fixed tree, as
+/// `squared_distances` does: a fixed order that vectorises.
+fn grad_sq_sum(x: &[f32], p: &[f32], q: &[f32], k: [f32; 4]) -> f32 {
+    const LANES: usize = 8;
+    let [c, inv_d1, inv_d2, sep] = k;
+    let g = |xk: f32, pk: f32, qk: f32| c * ((xk - pk) * inv_d1 + (xk - qk) * inv_d2) + sep * (pk - qk);
+    let mut acc = [0.0f32; LANES];
+    let (xc, pc, qc) = (x.chunks_exact(LANES), p.chunks_exact(LANES), q.chunks_exact(LANES));
+    let (xr, pr, qr) = (xc.remainder(), pc.remainder(), qc.remainder());
+    for ((xs, ps), qs) in xc.zip(pc).zip(qc) {
+        for l in 0..LANES {
+            let v = g(xs[l], ps[l], qs[l]);
+            acc[l] += v * v;
+        }
+    }
+    for l in 0..xr.len() {
+        let v = g(xr[l], pr[l], qr[l]);
+        acc[l] += v * v;
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
 /// The general step's buffers, kept between steps.
 #[derive(Default)]
 pub(super) struct Scratch {
@@ -152,12 +175,7 @@ impl CpuTrainer {
                     *coef = Coef { c, inv_d1, inv_d2, poisoned, writes };
                     if clip && writes && !(attached && is_anchor(row)) && !poisoned {
                         let sep = cfg.separation_coef(row, d0);
-                        let g2: f32 = (0..d)
-                            .map(|k| {
-                                let g = c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2) + sep * (p[k] - q[k]);
-                                g * g
-                            })
-                            .sum();
+                        let g2 = grad_sq_sum(x, p, q, [c, inv_d1, inv_d2, sep]);
                         if !nonfinite(g2) {
                             o.norm2 += g2 as f64;
                         }
@@ -336,11 +354,15 @@ impl CpuTrainer {
         self.state.cur = 0; // no second buffer here: the scratch is it
         let applies = matches!(action, Action::Applied | Action::Ignored | Action::SkippedRows);
         if applies && plan.identity {
-            let rows = self.table.par_chunks_mut(d).zip(xnew.par_chunks(d)).zip(keep.par_iter());
-            rows.filter(|(_, &k)| k).for_each(|((t, x), _)| t.copy_from_slice(x));
+            // A full table: the scratch becomes the table (the rows not
+            // written copied in first), and the old table the scratch.
+            let rows = xnew.par_chunks_mut(d).zip(self.table.par_chunks(d)).zip(keep.par_iter());
+            rows.filter(|(_, &k)| !k).for_each(|((x, t), _)| x.copy_from_slice(t));
+            std::mem::swap(&mut self.table, &mut xnew);
             if momentum {
-                let rows = self.vel.par_chunks_mut(d).zip(vnew.par_chunks(d)).zip(keep.par_iter());
-                rows.filter(|(_, &k)| k).for_each(|((t, x), _)| t.copy_from_slice(x));
+                let rows = vnew.par_chunks_mut(d).zip(self.vel.par_chunks(d)).zip(keep.par_iter());
+                rows.filter(|(_, &k)| !k).for_each(|((x, t), _)| x.copy_from_slice(t));
+                std::mem::swap(&mut self.vel, &mut vnew);
             }
         } else if applies {
             for (j, &(row, _)) in plan.slots.iter().enumerate() {
