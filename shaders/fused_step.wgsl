@@ -16,16 +16,17 @@
 //  - skip-step, rollback, abort: into the other table buffer (table_a ⇄
 //    table_b); reduce.wgsl switches `state.cur` only if the step was clean,
 //    so a failing step is dropped without another pass over the table.
-// Batches (BATCHED): the pass runs over the slots of a gathered batch
-// (batch_io.wgsl) instead of a table chunk: slot i is row slots[i].x with
-// its multiplicity and weight, and the scans list slot numbers (the host
-// maps them to rows). Attached anchors and clipping (SPEC §4–§5) need the
+// Batches (BATCHED): the pass runs over a batch's slots instead of a
+// table chunk (gathered by batch_io.wgsl, or read in place: DIRECT below):
+// slot i is row slots[i].x with its multiplicity and weight, and the scans
+// list slot numbers (the host maps them to rows). Attached anchors and clipping (SPEC §4–§5) need the
 // whole step reduced before any row is written: a PREP run of this kernel
 // reads the rows first, writes each slot's coefficients and the gradient
 // norm's partial sums (no scans, no writes); anchor_sum.wgsl and
 // prepare.wgsl then give the anchors' gradients and the clip factor.
-// Host owner: `GpuTrainer::encode_fused` (src/gpu/trainer.rs);
-// CPU mirror: `CpuTrainer::pass` (src/cpu.rs); reference: src/reference.rs.
+// Host owner: `GpuTrainer::encode_phase` (src/gpu/trainer.rs); CPU mirror:
+// `CpuTrainer::pass` (src/cpu.rs), for batches and two-read steps
+// src/cpu/general.rs; reference: src/reference.rs.
 
 override UPDATE: bool = true;
 // false only to measure what the fused scans cost (benches): with it the
