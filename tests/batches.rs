@@ -124,8 +124,9 @@ fn plans(rows: usize, a: usize, b: usize, seed: u64) -> Vec<(&'static str, Batch
 
 const POLICIES: [Policy; 5] = [Policy::SkipStep, Policy::Ignore, Policy::SkipRow, Policy::Rollback, Policy::Abort];
 
-/// Every endpoint mode × margin on/off × momentum/decay × clipping on/off,
-/// over every batch plan.
+/// Every endpoint mode × the margin off, active (100: d0 is below it) and
+/// inactive (0.5: the anchors start ≥ 1 apart) × momentum/decay × clipping
+/// active (0.05) and inactive (1e6), over every batch plan.
 fn sweep(backend: Backend, shape: Shape, case_seed: u64) {
     let (a, b) = (3usize, shape.rows - 2);
     let mut case = 0u64;
@@ -137,7 +138,7 @@ fn sweep(backend: Backend, shape: Shape, case_seed: u64) {
         let lr = if name.starts_with("heavy") { 0.01 * 5.0 / (3 * shape.rows) as f32 } else { 0.01 };
         for endpoints in [Endpoints::Frozen, Endpoints::Detached, Endpoints::Attached] {
             for (margin, momentum, wd, clip) in
-                [(0.0, 0.0, 0.0, 0.0), (100.0, 0.9, 0.01, 0.0), (0.0, 0.5, 0.0, 0.05), (100.0, 0.0, 0.02, 1e6)]
+                [(0.0, 0.0, 0.0, 0.0), (100.0, 0.9, 0.01, 0.0), (0.5, 0.5, 0.0, 0.05), (100.0, 0.0, 0.02, 1e6)]
             {
                 case += 1;
                 let cfg = StepConfig {
