@@ -71,6 +71,25 @@ fn dup_batches(shape: Shape, size: usize) -> Batches {
     Batches::Indices(IndexBatches::new(batches, shape.rows).expect("indices in range"))
 }
 
+/// The batch benches' trainers on `shape` under the default guard: random
+/// batches of `size` rows, and user batches of as many with repeats; each
+/// opened as the loop reaches it (one table on the device at a time).
+fn batch_trainers(
+    ctx: &Arc<GpuContext>,
+    shape: Shape,
+    size: usize,
+) -> impl Iterator<Item = (&'static str, GpuTrainer)> + '_ {
+    [("batch-random", Batches::Random { size, seed: 3 }), ("batch-indices", dup_batches(shape, size))].into_iter().map(
+        move |(name, batches)| {
+            let cfg = config(shape, Policy::SkipStep);
+            let source = TableSource::Random { seed: 1 };
+            let t = GpuTrainer::with_batches(ctx.clone(), shape, cfg, source, GpuOptions::default(), batches)
+                .expect("GPU trainer");
+            (name, t)
+        },
+    )
+}
+
 fn attached_clip(shape: Shape) -> StepConfig {
     StepConfig {
         endpoints: Endpoints::Attached,
@@ -134,19 +153,7 @@ fn gpu(c: &mut Criterion) {
         drop(t);
         let bsize = batch_size(hardware);
         g.throughput(Throughput::Bytes(2 * bsize as u64 * shape.dim as u64 * 4));
-        for (name, batches) in
-            [("batch-random", Batches::Random { size: bsize, seed: 3 }), ("batch-indices", dup_batches(shape, bsize))]
-        {
-            let cfg = config(shape, Policy::SkipStep);
-            let mut t = GpuTrainer::with_batches(
-                ctx.clone(),
-                shape,
-                cfg,
-                TableSource::Random { seed: 1 },
-                GpuOptions::default(),
-                batches,
-            )
-            .expect("GPU trainer");
+        for (name, mut t) in batch_trainers(&ctx, shape, bsize) {
             bench_steps(&mut g, format!("{name}-{bsize}/{id}"), &mut t);
         }
     }
@@ -208,19 +215,7 @@ fn gpu(c: &mut Criterion) {
         }
         let bsize = batch_size(hardware);
         g.throughput(Throughput::Bytes(2 * bsize as u64 * shape.dim as u64 * 4));
-        for (name, batches) in
-            [("batch-random", Batches::Random { size: bsize, seed: 3 }), ("batch-indices", dup_batches(shape, bsize))]
-        {
-            let cfg = config(shape, Policy::SkipStep);
-            let mut t = GpuTrainer::with_batches(
-                ctx.clone(),
-                shape,
-                cfg,
-                TableSource::Random { seed: 1 },
-                GpuOptions::default(),
-                batches,
-            )
-            .expect("GPU trainer");
+        for (name, mut t) in batch_trainers(&ctx, shape, bsize) {
             g.bench_function(format!("{name}-{bsize}/{id}"), |b| {
                 b.iter_custom(|n| t.gpu_time_steps(n as u32).expect("steps").expect("timestamps"))
             });

@@ -48,18 +48,6 @@ impl Batches {
         }
     }
 
-    /// Most slots any step needs (anchors included): the size of the
-    /// device's batch buffers.
-    pub fn max_slots(&self, a: u32, b: u32) -> usize {
-        match self {
-            Batches::Full => 0,
-            Batches::Random { size, .. } => size + 2,
-            Batches::Indices(ib) => {
-                ib.batches.iter().map(|rows| StepSlots::new(rows, a, b, true).slots.len()).max().unwrap_or(2)
-            }
-        }
-    }
-
     /// The rows of global step `step` (with repeats for user batches), or
     /// `None` for the full table.
     pub fn rows(&self, rows: usize, step: u64) -> Option<Vec<u32>> {
@@ -71,11 +59,55 @@ impl Batches {
             Batches::Indices(ib) => Some(ib.batch(step).to_vec()),
         }
     }
+}
 
-    /// Step `step`'s slots (`None` for the full table).
-    pub fn slots(&self, rows: usize, a: u32, b: u32, step: u64) -> Option<StepSlots> {
-        let sorted = matches!(self, Batches::Indices(_));
-        self.rows(rows, step).map(|r| StepSlots::new(&r, a, b, sorted))
+/// A run's batches, ready to step (both backends keep one): the sampler
+/// built once, and the user batches' slots (sorted, repeats counted) made
+/// once, not at every step.
+#[derive(Clone, Debug)]
+pub enum Schedule {
+    Full,
+    Random { sampler: Sampler, a: u32, b: u32 },
+    Given(Vec<StepSlots>),
+}
+
+impl Schedule {
+    /// Checks `batches` against a table of `rows` rows with anchors a, b.
+    pub fn new(batches: &Batches, rows: usize, a: u32, b: u32) -> Result<Self> {
+        batches.validate(rows)?;
+        Ok(match batches {
+            Batches::Full => Schedule::Full,
+            Batches::Random { size, seed } => Schedule::Random { sampler: Sampler::new(rows, *size, *seed)?, a, b },
+            Batches::Indices(ib) => {
+                Schedule::Given((0..ib.len() as u64).map(|i| StepSlots::new(ib.batch(i), a, b, true)).collect())
+            }
+        })
+    }
+
+    pub fn is_full(&self) -> bool {
+        matches!(self, Schedule::Full)
+    }
+
+    /// Step `step`'s slots (`None` for the full table): a random batch is
+    /// drawn (the host mirror of sample.wgsl), a user batch borrowed.
+    pub fn slots(&self, step: u64) -> Option<std::borrow::Cow<'_, StepSlots>> {
+        match self {
+            Schedule::Full => None,
+            Schedule::Random { sampler, a, b } => {
+                Some(std::borrow::Cow::Owned(StepSlots::new(&sampler.batch_rows(step), *a, *b, false)))
+            }
+            Schedule::Given(all) => Some(std::borrow::Cow::Borrowed(&all[(step % all.len() as u64) as usize])),
+        }
+    }
+
+    /// Most slots any step needs (anchors included): the size of the
+    /// device's batch buffers (0 for the full table).
+    pub fn max_slots(&self) -> usize {
+        match self {
+            Schedule::Full => 0,
+            Schedule::Random { sampler, .. } => sampler.batch as usize + 2,
+            Schedule::Given(all) => all.iter().map(|s| s.slots.len()).max().unwrap_or(2),
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 mod general;
 
-use crate::batches::{Batches, StepSlots};
+use crate::batches::{Batches, Schedule, StepSlots};
 use crate::config::{Shape, StepConfig};
 use crate::error::{Error, Result};
 use crate::guard::{Action, GuardState, Policy, TAU};
@@ -40,7 +40,7 @@ pub struct CpuTrainer {
     snapshot_due: bool,
     stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// SPEC §10: where each step's rows come from.
-    batches: Batches,
+    schedule: Schedule,
     /// Full-table steps that need the general path (attached, clipping):
     /// every row once, as slots.
     identity: Vec<(u32, u32)>,
@@ -125,7 +125,7 @@ impl CpuTrainer {
     /// A trainer whose steps take their rows from `batches` (SPEC §10).
     pub fn with_batches(shape: Shape, cfg: StepConfig, source: TableSource, batches: Batches) -> Result<Self> {
         cfg.validate(shape)?;
-        batches.validate(shape.rows)?;
+        let schedule = Schedule::new(&batches, shape.rows, cfg.anchor_a as u32, cfg.anchor_b as u32)?;
         let n =
             usize::try_from(shape.elements()).map_err(|_| shape.too_large("more elements than this host can index"))?;
         let table = match source {
@@ -152,7 +152,7 @@ impl CpuTrainer {
         let policy = cfg.guard.policy;
         // Only the plain full-table step double-buffers; the general one
         // writes a scratch copy of its slots back when the guard allows.
-        let general = !batches.is_full() || cfg.needs_prepass();
+        let general = !schedule.is_full() || cfg.needs_prepass();
         let double = policy.double_buffered() && !general;
         let next = if double { alloc(shape, n)? } else { Vec::new() };
         let snapshot = if policy == Policy::Rollback { alloc(shape, n)? } else { Vec::new() };
@@ -175,7 +175,7 @@ impl CpuTrainer {
             steps_done: 0,
             snapshot_due: false,
             stop: None,
-            batches,
+            schedule,
             identity,
             scratch: general::Scratch::default(),
         })
@@ -184,7 +184,10 @@ impl CpuTrainer {
     /// One training step, by the plain full-table pass or the general one.
     fn step(&mut self) -> Record {
         let (a, b) = (self.cfg.anchor_a as u32, self.cfg.anchor_b as u32);
-        match self.batches.slots(self.shape.rows, a, b, self.steps_done) {
+        // (The schedule is lent out for the step, which needs `self`.)
+        let schedule = std::mem::replace(&mut self.schedule, Schedule::Full);
+        let slots = schedule.slots(self.steps_done);
+        let rec = match slots {
             Some(s) => self.step_slots(&s),
             None if self.cfg.needs_prepass() => {
                 let identity = std::mem::take(&mut self.identity);
@@ -200,11 +203,36 @@ impl CpuTrainer {
                 rec
             }
             None => self.pass(true),
-        }
+        };
+        self.schedule = schedule;
+        rec
     }
 
     fn step_slots(&mut self, s: &StepSlots) -> Record {
         self.general_step(&general::Plan { slots: &s.slots, slot_a: 0, slot_b: 1, entries: s.entries, identity: false })
+    }
+
+    /// rollback: a snapshot of the table when one is due (SPEC §9).
+    fn snapshot_if_due(&mut self) {
+        let due = self.steps_done.is_multiple_of(self.cfg.guard.snapshot_every as u64) || self.snapshot_due;
+        if self.cfg.guard.policy == Policy::Rollback && due {
+            self.snapshot.copy_from_slice(&self.table);
+            self.snapshot_due = false;
+        }
+    }
+
+    /// The step's snapshot of the anchors (SPEC §2): p then q, s0 and d0.
+    /// s0 in the rows' own summation order: a row equal to p has s2 = s0
+    /// bit for bit, so its excess is exactly 0, as in exact arithmetic.
+    fn anchors(&self) -> (Vec<f32>, f32, f32) {
+        let d = self.shape.dim;
+        let (a, b) = (self.cfg.anchor_a, self.cfg.anchor_b);
+        let mut pq = Vec::with_capacity(2 * d);
+        pq.extend_from_slice(&self.table[a * d..][..d]);
+        pq.extend_from_slice(&self.table[b * d..][..d]);
+        let (p, q) = pq.split_at(d);
+        let s0 = squared_distances(p, p, q).1;
+        (pq, s0, safe_dist(s0, self.cfg.eps))
     }
 
     /// One pass over the table: forward always, update when `update`.
@@ -214,21 +242,13 @@ impl CpuTrainer {
             return self.record(BlockOut::default(), 0.0, Action::NotRun);
         }
         let policy = self.cfg.guard.policy;
-        let due = self.steps_done.is_multiple_of(self.cfg.guard.snapshot_every as u64) || self.snapshot_due;
-        if update && policy == Policy::Rollback && due {
-            self.snapshot.copy_from_slice(&self.table);
-            self.snapshot_due = false;
+        if update {
+            self.snapshot_if_due();
         }
         let cfg = self.cfg;
         let (a, b) = (cfg.anchor_a, cfg.anchor_b);
-        let mut pq = Vec::with_capacity(2 * d);
-        pq.extend_from_slice(&self.table[a * d..][..d]);
-        pq.extend_from_slice(&self.table[b * d..][..d]);
+        let (pq, s0, d0) = self.anchors();
         let (p, q) = pq.split_at(d);
-        // s0 in the rows' own summation order: a row equal to p has s2 = s0
-        // bit for bit, so its excess is exactly 0, as in exact arithmetic.
-        let s0 = squared_distances(p, p, q).1;
-        let d0 = safe_dist(s0, cfg.eps);
         let near = TAU * d0;
         let near2 = near * near;
         let w_red = cfg.w_red(self.shape.rows);

@@ -147,15 +147,7 @@ fn check(backend: Backend, shape: Shape, cfg: StepConfig, seed: u64) {
         }
         done += n;
         let got = t.read_table().unwrap();
-        let (err, at) = max_rel_err(&got, &want);
-        assert!(
-            err <= TOL,
-            "{ctx}: after {done} steps, relative error {err:e} at row {} col {} (got {}, want {})",
-            at / shape.dim,
-            at % shape.dim,
-            got[at],
-            want[at]
-        );
+        assert_table_close(&got, &want, shape.dim, TOL, &format!("{ctx}: after {done} steps"));
     }
     let e = t.evaluate().unwrap();
     let r = reference::evaluate(&want, shape, &cfg);

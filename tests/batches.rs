@@ -83,15 +83,7 @@ fn check(backend: Backend, shape: Shape, cfg: StepConfig, batches: Batches, seed
         }
         done += n as u64;
         let got = t.read_table().unwrap();
-        let (err, at) = max_rel_err(&got, &want);
-        assert!(
-            err <= TOL,
-            "{ctx}: after {done} steps, relative error {err:e} at row {} col {} (got {}, want {})",
-            at / shape.dim,
-            at % shape.dim,
-            got[at],
-            want[at]
-        );
+        assert_table_close(&got, &want, shape.dim, TOL, &format!("{ctx}: after {done} steps"));
     }
 }
 

@@ -104,18 +104,10 @@ impl CpuTrainer {
         }
         let cfg = self.cfg;
         let policy = cfg.guard.policy;
-        let due = self.steps_done.is_multiple_of(cfg.guard.snapshot_every as u64) || self.snapshot_due;
-        if policy == Policy::Rollback && due {
-            self.snapshot.copy_from_slice(&self.table);
-            self.snapshot_due = false;
-        }
+        self.snapshot_if_due();
         let (a, b) = (cfg.anchor_a, cfg.anchor_b);
-        let mut pq = Vec::with_capacity(2 * d);
-        pq.extend_from_slice(&self.table[a * d..][..d]);
-        pq.extend_from_slice(&self.table[b * d..][..d]);
+        let (pq, s0, d0) = self.anchors();
         let (p, q) = pq.split_at(d);
-        let s0 = squared_distances(p, p, q).1;
-        let d0 = safe_dist(s0, cfg.eps);
         let near2 = (TAU * d0) * (TAU * d0);
         let w_red = cfg.w_red(plan.entries);
         let lr = self.state.lr;

@@ -38,12 +38,11 @@ use super::sampler::SampleU;
 use super::scan::TableScanner;
 use super::shaders::{self, Kernel};
 use super::timer::PassTimer;
-use crate::batches::{Batches, StepSlots};
+use crate::batches::{Batches, Schedule, StepSlots};
 use crate::config::{Shape, StepConfig};
 use crate::error::{Error, Result};
 use crate::guard::{Policy, TAU};
 use crate::record::{Record, RECORD_WORDS};
-use crate::sampler::Sampler;
 use crate::scan::Scan;
 use crate::trainer::{DeviceInfo, KernelTime, RunState, TableSource, Trainer};
 
@@ -373,8 +372,8 @@ impl GpuTrainer {
         batches: Batches,
     ) -> Result<Self> {
         cfg.validate(shape)?;
-        batches.validate(shape.rows)?;
-        if opts.path == StepPath::Staged && (!batches.is_full() || cfg.needs_prepass()) {
+        let schedule = Schedule::new(&batches, shape.rows, cfg.anchor_a as u32, cfg.anchor_b as u32)?;
+        if opts.path == StepPath::Staged && (!schedule.is_full() || cfg.needs_prepass()) {
             return Err(Error::invalid(
                 "--batch",
                 "the staged GPU path has full-table steps only (no batches, attached anchors or clipping)",
@@ -412,7 +411,7 @@ impl GpuTrainer {
         // strikes, are single bindings over the whole table: refuse, with
         // sizes, what they cannot hold, before anything is allocated.
         let d = shape.dim as u64;
-        let cap = batches.max_slots(cfg.anchor_a as u32, cfg.anchor_b as u32) as u64;
+        let cap = schedule.max_slots() as u64;
         let records = |lanes: u32| {
             let rows_per_group = (wg / lanes) as u64;
             let groups: u64 = layout.spans.iter().map(|s| (s.rows as u64).div_ceil(rows_per_group)).sum();
@@ -427,7 +426,8 @@ impl GpuTrainer {
         let biggest = records(lanes).max(strikes);
         // The batch buffers and the two-read steps' per-slot coefficients
         // are single bindings too.
-        let coef = if cfg.needs_prepass() { (if batches.is_full() { shape.rows as u64 } else { cap }) * 16 } else { 0 };
+        let coef =
+            if cfg.needs_prepass() { (if schedule.is_full() { shape.rows as u64 } else { cap }) * 16 } else { 0 };
         for (what, bytes) in [("batch buffer (its slots × D × 4)", cap * d * 4), ("per-slot coefficients", coef)] {
             if bytes > max_binding {
                 return Err(shape.too_large(format!(
@@ -435,12 +435,12 @@ impl GpuTrainer {
                 )));
             }
         }
-        if let Batches::Indices(ib) = &batches {
-            let bytes = ib.len() as u64 * cap * 16;
+        if let Schedule::Given(all) = &schedule {
+            let bytes = all.len() as u64 * cap * 16;
             if bytes > ctx.limits.max_buffer_size {
                 return Err(Error::invalid(
                     "--indices",
-                    format!("{} batches of up to {cap} slots need {bytes} bytes on the device, over its {}-byte buffer limit", ib.len(), ctx.limits.max_buffer_size),
+                    format!("{} batches of up to {cap} slots need {bytes} bytes on the device, over its {}-byte buffer limit", all.len(), ctx.limits.max_buffer_size),
                 ));
             }
         }
@@ -454,7 +454,7 @@ impl GpuTrainer {
         // out-of-memory becomes a typed error naming the sizes, not a panic.
         let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let invalid = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let built = Self::build(ctx.clone(), shape, cfg, opts, wg, lanes, max_groups, layout, batches);
+        let built = Self::build(ctx.clone(), shape, cfg, opts, wg, lanes, max_groups, layout, schedule);
         let validation = pollster::block_on(invalid.pop());
         let out_of_memory = pollster::block_on(oom.pop());
         if let Some(e) = out_of_memory {
@@ -483,14 +483,14 @@ impl GpuTrainer {
         lanes: u32,
         max_groups: u32,
         layout: ChunkLayout,
-        batches: Batches,
+        schedule: Schedule,
     ) -> Self {
         let d = shape.dim as u64;
         let policy = cfg.guard.policy;
-        let batched = !batches.is_full();
+        let batched = !schedule.is_full();
         // A batched step's table is single-buffered: its slots are.
         let double = policy.double_buffered() && !batched;
-        let cap = batches.max_slots(cfg.anchor_a as u32, cfg.anchor_b as u32) as u32;
+        let cap = schedule.max_slots() as u32;
         let params = uniform(&ctx, "params", &params_u(shape, &cfg));
         let table_usage = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
         let mut partial_base = 0u32;
@@ -844,9 +844,8 @@ impl GpuTrainer {
             };
             let settle_p = consts.pipeline(&ctx, &shaders::BATCH_IO, "settle", &[]);
             let settle_g = bind_at(&ctx, &settle_p, &[(8, &state)]);
-            let source = match &batches {
-                Batches::Random { size, seed } => {
-                    let sampler = Sampler::new(shape.rows, *size, *seed).expect("validated");
+            let source = match schedule {
+                Schedule::Random { sampler, .. } => {
                     let u = uniform(&ctx, "sample params", &SampleU::zeroed_for(&sampler));
                     let schedule = storage(
                         &ctx,
@@ -858,10 +857,7 @@ impl GpuTrainer {
                     let g = bind_at(&ctx, &p, &[(1, &u), (2, &params), (3, &slots)]);
                     SlotSource::Random { sampler, uniform: u, schedule, pass: Pass { pipeline: p, groups: vec![g] } }
                 }
-                Batches::Indices(ib) => {
-                    let (a, b) = (cfg.anchor_a as u32, cfg.anchor_b as u32);
-                    let host: Vec<StepSlots> =
-                        (0..ib.len() as u64).map(|i| StepSlots::new(ib.batch(i), a, b, true)).collect();
+                Schedule::Given(host) => {
                     let words: Vec<[u32; 4]> = host.iter().flat_map(|h| slot_words(h, &cfg, cap)).collect();
                     let all = storage(
                         &ctx,
@@ -872,7 +868,7 @@ impl GpuTrainer {
                     ctx.queue.write_buffer(&all, 0, bytemuck::cast_slice(&words));
                     SlotSource::Given { all, host }
                 }
-                Batches::Full => unreachable!("batched"),
+                Schedule::Full => unreachable!("batched"),
             };
             BatchDev {
                 cap,

@@ -51,6 +51,21 @@ pub fn max_rel_err(got: &[f32], want: &[f64]) -> (f64, usize) {
     worst
 }
 
+/// `got`, a table of `dim` columns, against the reference `want` within
+/// `tol` (relative, as `max_rel_err` measures it); a failure says `what`
+/// and names the element.
+pub fn assert_table_close(got: &[f32], want: &[f64], dim: usize, tol: f64, what: &str) {
+    let (err, at) = max_rel_err(got, want);
+    assert!(
+        err <= tol,
+        "{what}, relative error {err:e} at row {} col {} (got {}, want {})",
+        at / dim,
+        at % dim,
+        got[at],
+        want[at]
+    );
+}
+
 pub fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
