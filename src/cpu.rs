@@ -83,6 +83,41 @@ fn squared_distances(x: &[f32], p: &[f32], q: &[f32]) -> (f32, f32) {
     (fold(a1), fold(a2))
 }
 
+/// One row's forward quantities (SPEC §3), as a lane of fused_step.wgsl
+/// computes them.
+struct RowForward {
+    s1: f32,
+    s2: f32,
+    d1: f32,
+    d2: f32,
+    /// The excess d1 + d2 − d0.
+    r: f32,
+    /// The row holds a non-finite value.
+    in_bad: bool,
+}
+
+/// Row `row` = `x` against the anchors' snapshot p, q (rows a, b; s0, d0).
+#[inline(always)]
+fn row_forward(
+    x: &[f32],
+    p: &[f32],
+    q: &[f32],
+    row: usize,
+    (a, b): (usize, usize),
+    (s0, d0): (f32, f32),
+    eps: f32,
+) -> RowForward {
+    let (s1, s2) = squared_distances(x, p, q);
+    // A non-finite input makes s1 or s2 non-finite (Rust floats are IEEE),
+    // so the row is searched only then.
+    let in_bad = (nonfinite(s1) || nonfinite(s2)) && x.iter().any(|&v| nonfinite(v));
+    // pin_anchors of shaders/common.wgsl
+    let s1 = if row == b { s0 } else { s1 };
+    let s2 = if row == a { s0 } else { s2 };
+    let (d1, d2) = (safe_dist(s1, eps), safe_dist(s2, eps));
+    RowForward { s1, s2, d1, d2, r: d1 + d2 - d0, in_bad }
+}
+
 /// The bit test of SPEC §7.
 fn nonfinite(v: f32) -> bool {
     v.to_bits() & 0x7f80_0000 == 0x7f80_0000
@@ -266,15 +301,7 @@ impl CpuTrainer {
                         vtmp: &mut [f32],
                         out: &mut BlockOut|
          -> Write {
-            let (s1, s2) = squared_distances(x, p, q);
-            // A non-finite input makes s1 or s2 non-finite (Rust floats are
-            // IEEE), so the row is searched only then.
-            let in_bad = (nonfinite(s1) || nonfinite(s2)) && x.iter().any(|&v| nonfinite(v));
-            // pin_anchors of shaders/common.wgsl
-            let s1 = if row == b { s0 } else { s1 };
-            let s2 = if row == a { s0 } else { s2 };
-            let (d1, d2) = (safe_dist(s1, cfg.eps), safe_dist(s2, cfg.eps));
-            let r = d1 + d2 - d0;
+            let RowForward { s1, s2, d1, d2, r, in_bad } = row_forward(x, p, q, row, (a, b), (s0, d0), cfg.eps);
             // The loss term of a row that read a non-finite value is NaN.
             let loss_bad = in_bad || nonfinite(r);
             if loss_bad {

@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use super::{fold, nonfinite, safe_dist, safe_inv, sign, squared_distances, BlockOut, CpuTrainer, BLOCK_ROWS};
+use super::{fold, nonfinite, row_forward, safe_inv, sign, BlockOut, CpuTrainer, RowForward, BLOCK_ROWS};
 use crate::config::Endpoints;
 use crate::guard::{Action, Policy, TAU};
 use crate::record::Record;
@@ -142,12 +142,7 @@ impl CpuTrainer {
                     }
                     let row = row as usize;
                     let x = row_of(row);
-                    let (s1, s2) = squared_distances(x, p, q);
-                    let in_bad = (nonfinite(s1) || nonfinite(s2)) && x.iter().any(|&v| nonfinite(v));
-                    let s1 = if row == b { s0 } else { s1 };
-                    let s2 = if row == a { s0 } else { s2 };
-                    let (d1, d2) = (safe_dist(s1, cfg.eps), safe_dist(s2, cfg.eps));
-                    let r = d1 + d2 - d0;
+                    let RowForward { s1, s2, d1, d2, r, in_bad } = row_forward(x, p, q, row, (a, b), (s0, d0), cfg.eps);
                     if m > 0 {
                         if in_bad || nonfinite(r) {
                             o.out.scans.loss.note_row(row as u64, [if in_bad { f32::NAN } else { r }]);
