@@ -155,6 +155,34 @@ fn step_value(x: f32, g: f32, v_old: f32, lr: f32, poisoned: bool) -> vec2<f32> 
     return vec2<f32>(select(sgd_update(x, v, lr), nan(), poisoned), v);
 }
 
+// Lane 0 of a batch's pass, after the barrier: the workgroup's finding in
+// `buf` with the lowest row (rows are distinct within a step) as (row,
+// column, bits); `slot0` is the slot of local row 0.
+fn lowest_row_finding(buf: u32, slot0: u32) -> vec3<u32> {
+    var best = vec3<u32>(NONE, NONE, 0u);
+    var best_local = 0u;
+    for (var k = 0u; k < 8u; k = k + 1u) {
+        var m = scan_mask(buf, k);
+        while (m != 0u) {
+            let j = k * 32u + countTrailingZeros(m);
+            m = m & (m - 1u);
+            let row = slots[slot0 + j].x;
+            if (row < best.x) {
+                best.x = row;
+                best_local = j;
+            }
+        }
+    }
+    // Its lanes' first findings: the lowest column wins.
+    for (var lane = 0u; lane < L; lane = lane + 1u) {
+        let f = scan_lane_finding(buf, best_local * L + lane);
+        if (f.x < best.y) {
+            best = vec3<u32>(best.x, f.x, f.y);
+        }
+    }
+    return best;
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
@@ -346,10 +374,17 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
         let row0 = chunk.row_base + w * rows_per_wg;
         for (var buf = 0u; buf < SCAN_BUFS; buf = buf + 1u) {
             let f = scan_first_local(buf);
-            if (f != NONE) {
+            if (f == NONE) {
+                continue;
+            }
+            if (BATCHED) {
+                // Slots are not in row order: the lowest row's finding.
+                let slot0 = w * rows_per_wg;
+                scan_flush(buf, gw, state.stamp, slot0, lowest_row_finding(buf, slot0));
+            } else {
                 // The lane that owns the lowest finding kept its bits.
                 let owner = (f / D) * L + (f % D) % L;
-                scan_flush(buf, gw, state.stamp, row0, sc_bits[buf * MAX_WG + owner]);
+                scan_flush(buf, gw, state.stamp, row0, vec3<u32>(row0 + f / D, f % D, sc_bits[buf * MAX_WG + owner]));
             }
         }
     }

@@ -17,7 +17,7 @@ struct ReduceParams {
 @group(0) @binding(2) var<uniform> params: Params;
 @group(0) @binding(3) var<uniform> rp: ReduceParams;
 @group(0) @binding(4) var<storage, read> strikes: array<u32>;
-@group(0) @binding(5) var<storage, read> slots: array<vec4<u32>>;   // BATCHED: the scans list slots
+@group(0) @binding(5) var<storage, read> slots: array<vec4<u32>>;   // BATCHED: the scans' masks are of slots
 // rollback: each chunk's grid for copy_table.wgsl's restore, and the
 // indirect dispatch arguments written here — that grid after a rollback,
 // no workgroups otherwise, so a step that keeps its table pays nothing.
@@ -25,6 +25,131 @@ struct ReduceParams {
 @group(0) @binding(7) var<storage, read_write> restore_args: array<vec4<u32>>;
 
 var<workgroup> wg_head: vec2<u32>;   // (state.halted, state.record)
+var<workgroup> bf_hist: array<atomic<u32>, 256>;
+var<workgroup> bf_pick: vec2<u32>;
+var<workgroup> bf_count: atomic<u32>;
+var<workgroup> bf_rows: array<u32, SCAN_CAP>;
+
+// A batch's scan block for `buf` after `scan_collect` folded its counts
+// (all lanes call; `nwg` workgroups stamped `stamp`): the first element
+// is the lowest row's, and the rows listed are the lowest SCAN_CAP rows,
+// sorted — as over a table, though a batch's slots are in no row order.
+// Rows are distinct within a step, so the SCAN_CAP-th lowest bad row is
+// found exactly by a radix select (8 bits a round, integer atomics only),
+// and the rows up to it are sorted by rank. Paid only when a pass found
+// something.
+fn batch_findings(lid: u32, buf: u32, nwg: u32, stamp: u32, out: u32) {
+    // Bad rows in all, and the lowest workgroup finding's row (each
+    // workgroup's finding is already its lowest row's).
+    var acc = vec2<u32>(0u, NONE);
+    for (var j = lid; j < nwg; j = j + WG) {
+        let at = (j * SCAN_BUFS + buf) * DETAIL_WORDS;
+        if (scan_detail[at] == stamp) {
+            acc = vec2<u32>(acc.x + detail_rows(at), min(acc.y, scan_detail[at + 5u]));
+        }
+    }
+    let total_low = workgroup_sum_min_u32(lid, acc);
+    var owner = NONE;
+    for (var j = lid; j < nwg; j = j + WG) {
+        let at = (j * SCAN_BUFS + buf) * DETAIL_WORDS;
+        if (scan_detail[at] == stamp && scan_detail[at + 5u] == total_low.y) {
+            owner = min(owner, j);
+        }
+    }
+    let who = workgroup_sum_min_u32(lid, vec2<u32>(0u, owner)).y;
+    if (lid == 0u) {
+        let at = (who * SCAN_BUFS + buf) * DETAIL_WORDS;
+        scan_out[out + 7u] = total_low.y;
+        scan_out[out + 8u] = scan_detail[at + 6u];
+        scan_out[out + 9u] = scan_detail[at + 7u];
+        scan_out[out + 11u] = 1u;
+        atomicStore(&bf_count, 0u);
+        bf_pick = vec2<u32>(total_low.x, 0u);
+    }
+    let total = workgroupUniformLoad(&bf_pick).x;   // made uniform for the barriers below
+    // List rows ≤ bound: all of them, or up to the SCAN_CAP-th lowest.
+    var bound = NONE;
+    if (total > SCAN_CAP) {
+        var pick = vec2<u32>(0u, SCAN_CAP);   // (prefix so far, rank wanted among its rows)
+        for (var round = 0u; round < 4u; round = round + 1u) {
+            let shift = 24u - 8u * round;
+            // Bits above this digit must match the prefix (none in round 0).
+            let high = select(0xffffffffu << ((shift + 8u) % 32u), 0u, round == 0u);
+            for (var d = lid; d < 256u; d = d + WG) {
+                atomicStore(&bf_hist[d], 0u);
+            }
+            workgroupBarrier();
+            for (var j = lid; j < nwg; j = j + WG) {
+                let at = (j * SCAN_BUFS + buf) * DETAIL_WORDS;
+                if (scan_detail[at] != stamp) {
+                    continue;
+                }
+                let slot0 = scan_detail[at + 4u];
+                for (var k = 0u; k < 8u; k = k + 1u) {
+                    var m = scan_detail[at + 8u + k];
+                    while (m != 0u) {
+                        let row = slots[slot0 + k * 32u + countTrailingZeros(m)].x;
+                        m = m & (m - 1u);
+                        if ((row & high) == (pick.x & high)) {
+                            atomicAdd(&bf_hist[(row >> shift) & 255u], 1u);
+                        }
+                    }
+                }
+            }
+            workgroupBarrier();
+            if (lid == 0u) {
+                var below = 0u;
+                var d = 0u;
+                for (; d < 255u; d = d + 1u) {
+                    let h = atomicLoad(&bf_hist[d]);
+                    if (below + h >= pick.y) {
+                        break;
+                    }
+                    below = below + h;
+                }
+                bf_pick = vec2<u32>(pick.x | (d << shift), pick.y - below);
+            }
+            pick = workgroupUniformLoad(&bf_pick);
+        }
+        bound = pick.x;
+    }
+    workgroupBarrier();
+    for (var j = lid; j < nwg; j = j + WG) {
+        let at = (j * SCAN_BUFS + buf) * DETAIL_WORDS;
+        if (scan_detail[at] != stamp) {
+            continue;
+        }
+        let slot0 = scan_detail[at + 4u];
+        for (var k = 0u; k < 8u; k = k + 1u) {
+            var m = scan_detail[at + 8u + k];
+            while (m != 0u) {
+                let row = slots[slot0 + k * 32u + countTrailingZeros(m)].x;
+                m = m & (m - 1u);
+                if (row <= bound) {
+                    let at_list = atomicAdd(&bf_count, 1u);
+                    if (at_list < SCAN_CAP) {
+                        bf_rows[at_list] = row;
+                    }
+                }
+            }
+        }
+    }
+    workgroupBarrier();
+    // Sorted by rank (ties, which distinct rows never make, by position).
+    let n = min(atomicLoad(&bf_count), SCAN_CAP);
+    for (var i = lid; i < n; i = i + WG) {
+        let v = bf_rows[i];
+        var rank = 0u;
+        for (var k = 0u; k < n; k = k + 1u) {
+            let u = bf_rows[k];
+            rank = rank + select(0u, 1u, u < v || (u == v && k < i));
+        }
+        scan_out[out + 12u + rank] = v;
+    }
+    if (lid == 0u) {
+        scan_out[out + 10u] = n;
+    }
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32) {
@@ -56,7 +181,11 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     // row read with a non-finite value is poisoned, so it is in both).
     var bad = false;
     for (var buf = 0u; buf < SCAN_BUFS; buf = buf + 1u) {
-        let found = scan_collect(lid, buf, rp.count, state.stamp, slot + REC_HEADER + buf * SCAN_WORDS);
+        let block = slot + REC_HEADER + buf * SCAN_WORDS;
+        let found = scan_collect(lid, buf, rp.count, state.stamp, block, !BATCHED);
+        if (BATCHED && found) {
+            batch_findings(lid, buf, rp.count, state.stamp, block);
+        }
         bad = bad || (found && buf > 0u);
     }
     // Strike counts of the rows listed for the rows written (skip-row).
@@ -66,11 +195,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     for (var j = lid; j < SCAN_CAP; j = j + WG) {
         var n = 0u;
         if (j < listed) {
-            var row = scan_out[table_block + 12u + j];
-            if (BATCHED) {
-                row = slots[row].x;
-            }
-            n = strikes[row];
+            n = strikes[scan_out[table_block + 12u + j]];
         }
         scan_out[table_block + SCAN_WORDS + j] = n;
     }

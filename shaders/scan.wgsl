@@ -11,13 +11,18 @@
 //  3. `scan_collect` (one workgroup, after the pass): when `scan_hits` says
 //     there is anything, folds the stamped findings in row order into one
 //     block: 64-bit counts, the first element, the lowest SCAN_CAP rows.
+// A batch's pass runs over slots, not rows in order: there the flush gets
+// the workgroup's lowest *row* (from `scan_lane_finding`), and reduce.wgsl
+// lists the lowest rows itself (`batch_findings`), the masks being of slots.
 // Host decoder: `Scan::from_words` (src/scan.rs); CPU mirror: `scan_rows`.
 //
 // Block layout (SCAN_WORDS u32): nan lo/hi, +inf lo/hi, −inf lo/hi,
 // bad rows, first row, first column, first bits, rows listed, has-first,
 // then SCAN_CAP rows. Detail layout (DETAIL_WORDS u32 per workgroup and
-// buffer): stamp, nan, +inf, −inf, rows, first row, first column, first
-// bits, 8 mask words (bit j: local row j has a finding).
+// buffer): stamp, nan, +inf, −inf, local row 0, first row, first column, first
+// bits, 8 mask words (bit j: local row j has a finding). "Local row 0" is
+// the row (a batch's pass: the slot) of mask bit 0; the first row is a
+// row, its lowest finding's, in a batch's pass too.
 
 override SCAN_BUFS: u32 = 3u;    // buffers scanned per pass: loss, gradient, rows written
 const DETAIL_WORDS: u32 = 16u;
@@ -31,6 +36,8 @@ var<workgroup> sc_count: array<atomic<u32>, 9>;   // buf·3 + (nan, +inf, −inf
 var<workgroup> sc_mask: array<atomic<u32>, 24>;   // buf·8 + word
 var<workgroup> sc_first: array<atomic<u32>, 3>;   // lowest local_row·D + column
 var<workgroup> sc_bits: array<u32, 768>;          // buf·MAX_WG + lane: that lane's first bad bits
+var<workgroup> sc_col: array<u32, 768>;           // … and its column
+var<workgroup> sc_lanes: array<atomic<u32>, 24>;  // buf·8 + word: bit l, lane slot l has a finding
 var<workgroup> sc_flag: u32;
 
 // (NaN, +Inf, −Inf) as a one-hot of a value's bits; zeros when finite.
@@ -74,6 +81,7 @@ fn row_scan_bad(a: RowScan) -> bool {
 fn scan_reset(lid: u32) {
     for (var j = lid; j < 24u; j = j + WG) {
         atomicStore(&sc_mask[j], 0u);
+        atomicStore(&sc_lanes[j], 0u);
         if (j < 9u) {
             atomicStore(&sc_count[j], 0u);
         }
@@ -95,7 +103,24 @@ fn scan_commit(buf: u32, local_row: u32, lane_slot: u32, a: RowScan) {
     atomicAdd(&sc_count[buf * 3u + 2u], a.counts.z);
     atomicOr(&sc_mask[buf * 8u + local_row / 32u], 1u << (local_row % 32u));
     atomicMin(&sc_first[buf], local_row * D + a.first_col);
+    atomicOr(&sc_lanes[buf * 8u + lane_slot / 32u], 1u << (lane_slot % 32u));
     sc_bits[buf * MAX_WG + lane_slot] = a.bits;
+    sc_col[buf * MAX_WG + lane_slot] = a.first_col;
+}
+
+// After a barrier: the first finding (column, bits) of lane slot `l` in
+// `buf`, or (NONE, 0) when it found nothing (a lane of a fused step sees
+// one row, so this is that lane's part of its row's first finding).
+fn scan_lane_finding(buf: u32, l: u32) -> vec2<u32> {
+    if ((atomicLoad(&sc_lanes[buf * 8u + l / 32u]) & (1u << (l % 32u))) == 0u) {
+        return vec2<u32>(NONE, 0u);
+    }
+    return vec2<u32>(sc_col[buf * MAX_WG + l], sc_bits[buf * MAX_WG + l]);
+}
+
+// The mask bits of local rows with a finding in `buf` (word k: rows 32k…).
+fn scan_mask(buf: u32, k: u32) -> u32 {
+    return atomicLoad(&sc_mask[buf * 8u + k]);
 }
 
 // The workgroup's lowest finding in `buf` as local_row·D + column, or NONE.
@@ -104,36 +129,43 @@ fn scan_first_local(buf: u32) -> u32 {
 }
 
 // Lane 0, after a barrier: writes the workgroup's finding for `buf`, if
-// any. `w` is the workgroup's index over the whole pass, `row0` the global
-// row of local row 0, `bits` the raw bits of the lowest finding.
-fn scan_flush(buf: u32, w: u32, stamp: u32, row0: u32, bits: u32) {
-    let first = atomicLoad(&sc_first[buf]);
-    if (first == NONE) {
+// any. `w` is the workgroup's index over the whole pass, `row0` the row
+// (or slot) of local row 0, `first` the lowest finding: (row, column, bits).
+fn scan_flush(buf: u32, w: u32, stamp: u32, row0: u32, first: vec3<u32>) {
+    if (atomicLoad(&sc_first[buf]) == NONE) {
         return;
     }
     let at = (w * SCAN_BUFS + buf) * DETAIL_WORDS;
-    var rows = 0u;
     for (var j = 0u; j < 8u; j = j + 1u) {
-        let m = atomicLoad(&sc_mask[buf * 8u + j]);
-        scan_detail[at + 8u + j] = m;
-        rows = rows + countOneBits(m);
+        scan_detail[at + 8u + j] = atomicLoad(&sc_mask[buf * 8u + j]);
     }
     scan_detail[at + 1u] = atomicLoad(&sc_count[buf * 3u]);
     scan_detail[at + 2u] = atomicLoad(&sc_count[buf * 3u + 1u]);
     scan_detail[at + 3u] = atomicLoad(&sc_count[buf * 3u + 2u]);
-    scan_detail[at + 4u] = rows;
-    scan_detail[at + 5u] = row0 + first / D;
-    scan_detail[at + 6u] = first % D;
-    scan_detail[at + 7u] = bits;
+    scan_detail[at + 4u] = row0;
+    scan_detail[at + 5u] = first.x;
+    scan_detail[at + 6u] = first.y;
+    scan_detail[at + 7u] = first.z;
     scan_detail[at] = stamp;
     atomicAdd(&scan_hits[buf], 1u);
+}
+
+// Rows with a finding in the detail at `at` (its mask's bits).
+fn detail_rows(at: u32) -> u32 {
+    var n = 0u;
+    for (var k = 0u; k < 8u; k = k + 1u) {
+        n = n + countOneBits(scan_detail[at + 8u + k]);
+    }
+    return n;
 }
 
 // One workgroup of WG lanes, all calling: folds the findings of `buf` over
 // `nwg` workgroups stamped `stamp` into the block at scan_out[out..], in
 // row order, and clears `scan_hits[buf]` for the next pass. Returns whether
-// anything was found (uniform).
-fn scan_collect(lid: u32, buf: u32, nwg: u32, stamp: u32, out: u32) -> bool {
+// anything was found (uniform). With `in_order` false (a batch's slots)
+// only the counts are folded: the first element and the rows are left to
+// the caller.
+fn scan_collect(lid: u32, buf: u32, nwg: u32, stamp: u32, out: u32, in_order: bool) -> bool {
     if (lid == 0u) {
         sc_flag = atomicLoad(&scan_hits[buf]);
         atomicStore(&scan_hits[buf], 0u);
@@ -157,7 +189,7 @@ fn scan_collect(lid: u32, buf: u32, nwg: u32, stamp: u32, out: u32) -> bool {
             nan = add64(nan, vec2<u32>(scan_detail[at + 1u], 0u));
             pinf = add64(pinf, vec2<u32>(scan_detail[at + 2u], 0u));
             ninf = add64(ninf, vec2<u32>(scan_detail[at + 3u], 0u));
-            rows_first = vec2<u32>(rows_first.x + scan_detail[at + 4u], min(rows_first.y, j));
+            rows_first = vec2<u32>(rows_first.x + detail_rows(at), min(rows_first.y, j));
         }
     }
     nan = workgroup_sum64(lid, nan);
@@ -173,11 +205,16 @@ fn scan_collect(lid: u32, buf: u32, nwg: u32, stamp: u32, out: u32) -> bool {
         scan_out[out + 4u] = ninf.x;
         scan_out[out + 5u] = ninf.y;
         scan_out[out + 6u] = rows_first.x;
-        scan_out[out + 7u] = scan_detail[at + 5u];
-        scan_out[out + 8u] = scan_detail[at + 6u];
-        scan_out[out + 9u] = scan_detail[at + 7u];
-        scan_out[out + 10u] = min(rows_first.x, SCAN_CAP);
-        scan_out[out + 11u] = 1u;
+        if (in_order) {
+            scan_out[out + 7u] = scan_detail[at + 5u];
+            scan_out[out + 8u] = scan_detail[at + 6u];
+            scan_out[out + 9u] = scan_detail[at + 7u];
+            scan_out[out + 10u] = min(rows_first.x, SCAN_CAP);
+            scan_out[out + 11u] = 1u;
+        }
+    }
+    if (!in_order) {
+        return true;
     }
     // The lowest SCAN_CAP rows: blocks of WG workgroups in order, each lane
     // placing its workgroup's rows after the rows of the lanes before it.
@@ -190,23 +227,13 @@ fn scan_collect(lid: u32, buf: u32, nwg: u32, stamp: u32, out: u32) -> bool {
         if (j < nwg) {
             at = (j * SCAN_BUFS + buf) * DETAIL_WORDS;
             if (scan_detail[at] == stamp) {
-                count = scan_detail[at + 4u];
+                count = detail_rows(at);
             }
         }
         let pre = workgroup_prefix_u32(lid, count);
         var pos = listed + pre.x;
         if (count > 0u && pos < SCAN_CAP) {
-            // Local row 0 of this workgroup: its first row minus the first
-            // set bit's position.
-            var lowest = 0u;
-            for (var k = 0u; k < 8u; k = k + 1u) {
-                let m = scan_detail[at + 8u + k];
-                if (m != 0u) {
-                    lowest = k * 32u + countTrailingZeros(m);
-                    break;
-                }
-            }
-            let row0 = scan_detail[at + 5u] - lowest;
+            let row0 = scan_detail[at + 4u];
             for (var k = 0u; k < 8u; k = k + 1u) {
                 var m = scan_detail[at + 8u + k];
                 while (m != 0u && pos < SCAN_CAP) {

@@ -38,7 +38,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     if (lid == 0u) {
         let f = scan_first_local(0u);
         if (f != NONE) {
-            scan_flush(0u, chunk.partial_base + w, sp.stamp, chunk.row_base + tile, bitcast<u32>(table[base + f]));
+            let row0 = chunk.row_base + tile;
+            scan_flush(0u, chunk.partial_base + w, sp.stamp, row0, vec3<u32>(row0 + f / D, f % D, bitcast<u32>(table[base + f])));
         }
     }
 }

@@ -133,7 +133,7 @@ struct BlockOut {
     struck: Vec<usize>,
 }
 
-/// `acc` then `o`, in that order (scans merge in row or slot order).
+/// `acc` then `o`, in that order (the sums are order-sensitive; scans are not).
 fn fold(mut acc: BlockOut, o: BlockOut) -> BlockOut {
     acc.sum += o.sum;
     acc.max = acc.max.max(o.max);

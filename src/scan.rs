@@ -84,23 +84,26 @@ impl Scan {
         }
     }
 
-    /// Adds the findings of a later part of the same buffer (rows after
-    /// all of `self`'s): counts add, the first stays, rows append up to the cap.
-    pub fn merge(mut self, later: Scan) -> Scan {
-        self.nan += later.nan;
-        self.pos_inf += later.pos_inf;
-        self.neg_inf += later.neg_inf;
-        self.bad_rows += later.bad_rows;
-        self.first = self.first.or(later.first);
-        let room = ROW_CAP - self.rows.len().min(ROW_CAP);
-        self.rows.extend(later.rows.into_iter().take(room));
+    /// Adds the findings of another part of the same buffer (rows disjoint
+    /// from `self`'s, in any order): counts add, the lower first element
+    /// stays, and the lowest [`ROW_CAP`] rows of both are kept.
+    pub fn merge(mut self, other: Scan) -> Scan {
+        self.nan += other.nan;
+        self.pos_inf += other.pos_inf;
+        self.neg_inf += other.neg_inf;
+        self.bad_rows += other.bad_rows;
+        self.first = lower(self.first, other.first);
+        for r in other.rows {
+            self.list_row(r);
+        }
         self
     }
 
-    /// Notes one row's values (`row` is its global index). The CPU mirror
-    /// of a lane's `row_scan_add` + `scan_commit`.
+    /// Notes one row's values (`row` is its global index; rows may come in
+    /// any order, as a batch's do). The CPU mirror of a lane's
+    /// `row_scan_add` + `scan_commit`.
     pub fn note_row(&mut self, row: u64, values: impl IntoIterator<Item = f32>) {
-        let mut bad = false;
+        let mut first = None;
         for (col, v) in values.into_iter().enumerate() {
             if let Some(kind) = classify(v) {
                 match kind {
@@ -108,17 +111,23 @@ impl Scan {
                     Kind::PosInf => self.pos_inf += 1,
                     Kind::NegInf => self.neg_inf += 1,
                 }
-                if self.first.is_none() {
-                    self.first = Some(BadElement { row, col: col as u64, bits: v.to_bits() });
-                }
-                bad = true;
+                first = first.or(Some(BadElement { row, col: col as u64, bits: v.to_bits() }));
             }
         }
-        if bad {
+        if first.is_some() {
+            self.first = lower(self.first, first);
             self.bad_rows += 1;
-            if self.rows.len() < ROW_CAP {
-                self.rows.push(row);
-            }
+            self.list_row(row);
+        }
+    }
+
+    /// Keeps `row` if it is among the lowest [`ROW_CAP`] rows noted (in
+    /// row order, this is a push).
+    fn list_row(&mut self, row: u64) {
+        let at = self.rows.partition_point(|&r| r < row);
+        if at < ROW_CAP {
+            self.rows.insert(at, row);
+            self.rows.truncate(ROW_CAP);
         }
     }
 
@@ -145,6 +154,14 @@ impl Scan {
             s += &format!(", … ({} more)", self.bad_rows - self.rows.len() as u64);
         }
         s
+    }
+}
+
+/// The element with the lower flat index (row, then column).
+fn lower(a: Option<BadElement>, b: Option<BadElement>) -> Option<BadElement> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(if (y.row, y.col) < (x.row, x.col) { y } else { x }),
+        (x, y) => x.or(y),
     }
 }
 
@@ -201,5 +218,41 @@ mod tests {
         assert_eq!(s.first, Some(BadElement { row: 15, col: 0, bits: f32::NAN.to_bits() }));
         let want: Vec<u64> = bad.iter().take(ROW_CAP).map(|&r| r as u64 + 10).collect();
         assert_eq!(s.rows, want);
+    }
+
+    /// A batch notes its rows in slot order: the findings must not depend
+    /// on it (SPEC §7: the lowest element, the lowest rows, sorted).
+    #[test]
+    fn notes_in_any_order_give_the_findings_in_row_order() {
+        use rand::{seq::SliceRandom, Rng, SeedableRng};
+        let seed = 0x5ca7_u64 ^ std::process::id() as u64;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let dim = 5;
+        let rows: Vec<(u64, Vec<f32>)> = (0..300u64)
+            .map(|r| {
+                let mut v = vec![0.5f32; dim];
+                if rng.random_bool(0.6) {
+                    v[rng.random_range(0..dim)] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][rng.random_range(0..3)];
+                }
+                (r * 3 + 1, v)
+            })
+            .collect();
+        let mut in_order = Scan::default();
+        rows.iter().for_each(|(r, v)| in_order.note_row(*r, v.iter().copied()));
+        let mut shuffled = rows.clone();
+        shuffled.shuffle(&mut rng);
+        // Noted in two shuffled halves, merged either way round.
+        let (x, y) = shuffled.split_at(137);
+        let part = |rows: &[(u64, Vec<f32>)]| {
+            let mut s = Scan::default();
+            rows.iter().for_each(|(r, v)| s.note_row(*r, v.iter().copied()));
+            s
+        };
+        assert!(in_order.bad_rows > ROW_CAP as u64, "seed {seed}");
+        assert_eq!(part(x).merge(part(y)), in_order, "seed {seed}");
+        assert_eq!(part(y).merge(part(x)), in_order, "seed {seed}");
+        assert_eq!(part(&shuffled), in_order, "seed {seed}");
+        let first_bad = rows.iter().find(|(_, v)| v.iter().any(|x| !x.is_finite())).map(|(r, _)| *r);
+        assert_eq!(in_order.first.map(|f| f.row), first_bad, "seed {seed}");
     }
 }

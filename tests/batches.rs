@@ -240,3 +240,77 @@ fn the_margin_keeps_attached_anchors_apart_and_detached_ones_collapse() {
         assert!(d_last < 0.5 * d_first, "{backend:?}: detached d0 {d_first} → {d_last} did not shrink, seed {seed}");
     }
 }
+
+/// SPEC §7 over a batch, whose slots are in no row order: each scan gives
+/// the lowest non-finite element and the lowest 64 bad rows, sorted, with
+/// exact counts — random batches and user batches (anchors and repeats
+/// inside, unsorted), the GPU in one binding and split across several.
+/// `skip-row` keeps every bad row as it is, so the bad rows of each step
+/// are known from the table, and the strikes of the listed rows count the
+/// steps whose batch held them.
+#[test]
+fn batch_scans_list_the_lowest_rows_and_element() {
+    let seed = seed("batch_scans");
+    let mut r = rng(seed);
+    let (rows, dim) = (3000usize, r.random_range(1..70));
+    let shape = Shape::new(rows, dim).unwrap();
+    let (a, b) = (r.random_range(0..rows / 2), r.random_range(rows / 2..rows));
+    let mut table = spaced_table(seed, shape, a, b, 0.3);
+    let mut planted = vec![false; rows];
+    for (i, p) in planted.iter_mut().enumerate() {
+        if i != a && i != b && r.random_bool(0.3) {
+            *p = true;
+            let v = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][r.random_range(0..3)];
+            table[i * dim + r.random_range(0..dim)] = v;
+        }
+    }
+    let mut user: Vec<i64> = (0..900).map(|_| r.random_range(0..rows as i64)).collect();
+    user.extend([a as i64, b as i64, b as i64, 5, 5]);
+    let batches = [
+        Batches::Random { size: 1000, seed },
+        Batches::Indices(IndexBatches::new(vec![user.clone(), user[300..].to_vec()], rows).unwrap()),
+    ];
+    let guard = Guard { policy: Policy::SkipRow, ..Guard::default() };
+    let cfg = StepConfig { anchor_a: a, anchor_b: b, lr: 0.01, guard, ..StepConfig::for_rows(rows) };
+    for batches in batches {
+        for backend in [Backend::Cpu, Backend::Gpu { chunk_rows: None }, Backend::Gpu { chunk_rows: Some(700) }] {
+            let ctx = format!("{backend:?} {batches:?} dim {dim}, seed {seed}");
+            let mut t = open(backend, shape, cfg, table.clone(), batches.clone());
+            let mut strikes = vec![0u32; rows];
+            for (step, rec) in t.steps(3).unwrap().iter().enumerate() {
+                let mut bad: Vec<u64> = rows_of(&batches, rows, step as u64)
+                    .into_iter()
+                    .filter(|&i| planted[i])
+                    .map(|i| i as u64)
+                    .collect();
+                bad.sort_unstable();
+                bad.dedup();
+                bad.iter().for_each(|&i| strikes[i as usize] += 1);
+                assert!(bad.len() > 64, "{ctx}: the case must overflow the list");
+                let n = bad.len() as u64;
+                let listed: Vec<u64> = bad[..64].to_vec();
+                for (name, s, per_row) in
+                    [("loss", &rec.scans.loss, 1), ("gradient", &rec.scans.grad, dim), ("rows", &rec.scans.table, dim)]
+                {
+                    let what = format!("{ctx}: {name} scan at step {step}");
+                    // A row that read a non-finite value is poisoned: its loss
+                    // term, gradient and new values are all NaN.
+                    assert_eq!((s.nan, s.pos_inf, s.neg_inf), (n * per_row as u64, 0, 0), "{what}");
+                    assert_eq!(s.bad_rows, n, "{what}");
+                    assert_eq!(s.rows, listed, "{what}");
+                    let first = s.first.unwrap_or_else(|| panic!("{what}: no first element"));
+                    assert_eq!((first.row, first.col, first.kind()), (bad[0], 0, "NaN"), "{what}");
+                }
+                let want: Vec<u32> = listed.iter().map(|&i| strikes[i as usize]).collect();
+                assert_eq!(rec.scans.strikes, want, "{ctx}: strikes at step {step}");
+            }
+            // skip-row wrote no bad row: they are as planted.
+            let now = t.read_table().unwrap();
+            for i in (0..rows).filter(|&i| planted[i]) {
+                let same =
+                    now[i * dim..][..dim].iter().zip(&table[i * dim..][..dim]).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{ctx}: bad row {i} was written");
+            }
+        }
+    }
+}

@@ -369,10 +369,6 @@ impl CpuTrainer {
         }
         self.scratch = Scratch { coefs, rows: xnew, vel: vnew, keep };
         self.steps_done += 1;
-        // A batch's findings are listed in slot order; sorted for people.
-        for s in [&mut out.scans.loss, &mut out.scans.grad, &mut out.scans.table] {
-            s.rows.sort_unstable();
-        }
         let mut rec = self.record(out, d0, action);
         rec.lr = before.lr as f64;
         rec.batch = plan.entries;

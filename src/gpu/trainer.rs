@@ -1534,8 +1534,7 @@ impl GpuTrainer {
                     r.separation = self.cfg.separation(r.d0);
                 }
                 if let (Some(first), Some(b)) = (first, &self.batch) {
-                    let anchors = (self.cfg.anchor_a, self.cfg.anchor_b);
-                    b.map_record(&mut r, first + i as u64, self.manual.as_ref(), anchors);
+                    r.batch = b.batch_size(first + i as u64, self.manual.as_ref());
                 }
                 r
             })
