@@ -5,7 +5,7 @@
 # There:        bash benches/gpu.sh              (carry .dev and .gl)
 # It runs the GPU-facing tests on the real GPU, the main job, a 1 GiB
 # `latent-line scan`, and `cargo bench`'s binary, then prints one table.
-# `bash benches/gpu.sh quick`: the naive and forensics tests, the main job
+# `bash benches/gpu.sh quick`: the naive, forensics and subgroups tests, the main job
 # and the GPU benches only (when device time is short).
 set -u
 MODE=${1:-full}
@@ -45,8 +45,8 @@ echo "== latent-line devices (for the README)"
 "$B/latent-line" devices
 
 echo "== tests on this GPU"
-TESTS="naive forensics backends_vs_reference"
-[ "$MODE" = quick ] && TESTS="naive forensics"
+TESTS="naive forensics subgroups batches backends_vs_reference"
+[ "$MODE" = quick ] && TESTS="naive forensics subgroups"
 for t in $TESTS; do
     "$B/$t" --test-threads 4 2>&1 | grep -E "^test |test result|panicked|seed" | grep -v "^test .* ok$" | tail -20
 done

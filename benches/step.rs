@@ -5,6 +5,8 @@
 //!   step/ignore     + the fused scans of loss, gradient and rows written
 //!   step/skip-step  + the default guard (writes the other table buffer)
 //!   step/skip-step-1lane     the same with one lane per row (the first kernel)
+//!   step/skip-step-wgfold    (gpu-time, GPUs with subgroups) the same with
+//!                   the row fold in workgroup memory, not subgroup shuffles
 //!   scan            the table scan of `latent-line scan`, beside a copy
 //!   batch-random    a random batch of 65 536 rows (4 096 on a software
 //!                   adapter) drawn on the device, default guard
@@ -195,12 +197,17 @@ fn gpu(c: &mut Criterion) {
     for shape in shapes(hardware) {
         let id = format!("{}x{}", shape.rows, shape.dim);
         g.throughput(Throughput::Bytes(2 * shape.bytes()));
-        for (name, policy, scans) in [
-            ("step-noscan", Policy::Ignore, false),
-            ("step-ignore", Policy::Ignore, true),
-            ("step-skip-step", Policy::SkipStep, true),
-        ] {
-            let opts = GpuOptions { fused_scans: scans, ..GpuOptions::default() };
+        // The default step again with the portable row fold, where the
+        // default is the subgroup fold (a hardware GPU with subgroups).
+        let sg = hardware && ctx.features.contains(wgpu::Features::SUBGROUP);
+        let variants = [
+            ("step-noscan", Policy::Ignore, false, None),
+            ("step-ignore", Policy::Ignore, true, None),
+            ("step-skip-step", Policy::SkipStep, true, None),
+            ("step-skip-step-wgfold", Policy::SkipStep, true, Some(false)),
+        ];
+        for (name, policy, scans, subgroups) in variants.into_iter().filter(|v| sg || v.3.is_none()) {
+            let opts = GpuOptions { fused_scans: scans, subgroups, ..GpuOptions::default() };
             let mut t =
                 GpuTrainer::new(ctx.clone(), shape, config(shape, policy), TableSource::Random { seed: 1 }, opts)
                     .expect("GPU trainer");

@@ -21,7 +21,7 @@ for g in groups:
         kind, _, size = f.partition("/")
         gbs = f"{nbytes / ns:.1f}" if nbytes else "-"
         copy = "copy-shader" if g.startswith("gpu-time") else "copy"
-        base = {"step-noscan": copy, "step-ignore": "step-noscan", "step-skip-step": "step-noscan", "step-skip-step-1lane": "step-skip-step",
+        base = {"step-noscan": copy, "step-ignore": "step-noscan", "step-skip-step": "step-noscan", "step-skip-step-1lane": "step-skip-step", "step-skip-step-wgfold": "step-skip-step",
                 "step-attached-clip": "step-skip-step", "scan": "scan-copy"}.get(kind)
         if g == "cpu":
             base = {"step-ignore": "memcpy", "step-skip-step": "step-ignore", "scan": "memcpy"}.get(kind)

@@ -7,9 +7,9 @@
 // no more than D needs): lane l takes columns l, l + L, …, so neighbouring
 // lanes touch neighbouring addresses and every load and store is
 // coalesced. Each lane sums (x − p)², (x − q)² over its columns; the row's
-// lanes fold their sums in workgroup memory in a fixed tree order, so the
-// result is deterministic (it differs from the CPU's column order only by
-// rounding). Every element is read once and written once.
+// lanes fold their sums in a fixed tree order (fold_wg.wgsl, or the same
+// bits by subgroup shuffles: fold_sg.wgsl), so the result is deterministic
+// (it differs from the CPU's column order only by rounding). Every element is read once and written once.
 //
 // Where the row is written depends on the guard (SPEC §9):
 //  - ignore, skip-row: in place (skip-row first decides, then writes);
@@ -64,27 +64,9 @@ override DIRECT: bool = false;
 
 var<workgroup> wg_flags: vec2<u32>;   // (state.cur, state.halted), made uniform
 var<workgroup> wg_near: atomic<u32>;
-var<workgroup> wg_row: array<vec4<f32>, MAX_WG>;
 
-// Folds v over the L lanes of each row, in a fixed tree order; every lane
-// gets its row's total. All lanes must call it (it has barriers).
-fn row_fold(lid: u32, v: vec4<f32>) -> vec4<f32> {
-    if (L == 1u) {
-        return v;   // one lane per row: nothing to fold (uniform: L is an override)
-    }
-    wg_row[lid] = v;
-    workgroupBarrier();
-    let lane = lid % L;
-    for (var o = L / 2u; o > 0u; o = o / 2u) {
-        if (lane < o) {
-            wg_row[lid] = wg_row[lid] + wg_row[lid + o];
-        }
-        workgroupBarrier();
-    }
-    let total = wg_row[lid - lane];
-    workgroupBarrier();
-    return total;
-}
+// row_fold (the L lanes of a row add their sums, in a fixed order) comes
+// from fold_wg.wgsl or, on adapters with subgroups, fold_sg.wgsl.
 
 fn load_x(cur: u32, e: u32) -> f32 {
     if (cur == 0u) {

@@ -493,6 +493,7 @@ impl Trainer for CpuTrainer {
             backend: "cpu".into(),
             adapter: format!("{} threads", rayon::current_num_threads()),
             driver: String::new(),
+            kernel: String::new(),
         }
     }
     fn steps(&mut self, n: usize) -> Result<Vec<Record>> {

@@ -394,6 +394,9 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         dev.adapter,
         if dev.driver.is_empty() { String::new() } else { format!(" · {}", dev.driver) }
     );
+    if !dev.kernel.is_empty() {
+        out!("kernel   {}", dev.kernel);
+    }
     if let Some(w) = why {
         out!("         {w}");
     }
@@ -717,10 +720,16 @@ fn devices() -> anyhow::Result<Outcome> {
             l.max_compute_invocations_per_workgroup,
             l.max_compute_workgroups_per_dimension
         );
+        let subgroups = if !f.contains(wgpu::Features::SUBGROUP) {
+            "no".to_string()
+        } else if info.subgroup_min_size == info.subgroup_max_size {
+            format!("yes, of {}", info.subgroup_min_size)
+        } else {
+            format!("yes, of {}–{}", info.subgroup_min_size, info.subgroup_max_size)
+        };
         out!(
-            "  timestamp queries {} · subgroups {}",
+            "  timestamp queries {} · subgroups {subgroups}",
             if f.contains(wgpu::Features::TIMESTAMP_QUERY) { "yes" } else { "no" },
-            if f.contains(wgpu::Features::SUBGROUP) { "yes" } else { "no" }
         );
     }
     let pick = match all.first() {

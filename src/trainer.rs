@@ -56,6 +56,9 @@ pub struct DeviceInfo {
     pub adapter: String,
     /// Graphics API and driver (GPU), or empty.
     pub driver: String,
+    /// How the GPU's fused step was built for this table (workgroup size,
+    /// lanes a row, which row fold), or empty.
+    pub kernel: String,
 }
 
 /// A table on a device, trained by full-table steps under a guard (SPEC §9).

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use crate::error::{Error, Result};
 
 /// Optional features used when present (timestamp queries, for per-pass GPU
-/// time); intersected with what the adapter offers, never required.
-const WANTED: wgpu::Features = wgpu::Features::TIMESTAMP_QUERY;
+/// time; subgroups, for fold_sg.wgsl); intersected with what the adapter
+/// offers, never required.
+const WANTED: wgpu::Features = wgpu::Features::TIMESTAMP_QUERY.union(wgpu::Features::SUBGROUP);
 
 pub struct GpuContext {
     pub adapter: wgpu::Adapter,

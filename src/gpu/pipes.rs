@@ -99,6 +99,8 @@ pub struct Constants {
     pub guard: u32,
     /// fused_step.wgsl's L: lanes per row.
     pub lanes: u32,
+    /// fold_sg.wgsl's SG: the subgroup size its shuffles rely on (0: unused).
+    pub subgroup: u32,
     /// SPEC §5 μ > 0: the kernels keep a velocity buffer.
     pub momentum: bool,
     /// SPEC §10: the step runs over a gathered batch's slots.
@@ -116,6 +118,7 @@ impl Default for Constants {
             naive: false,
             guard: 0,
             lanes: 1,
+            subgroup: 0,
             momentum: false,
             batched: false,
             clip: false,
@@ -133,6 +136,7 @@ impl Constants {
             ("NAIVE", if self.naive { 1.0 } else { 0.0 }),
             ("GUARD", self.guard as f64),
             ("L", self.lanes as f64),
+            ("SG", self.subgroup as f64),
             ("MOMENTUM", if self.momentum { 1.0 } else { 0.0 }),
             ("BATCHED", if self.batched { 1.0 } else { 0.0 }),
             ("CLIP", if self.clip { 1.0 } else { 0.0 }),

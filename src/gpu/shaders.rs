@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 
 /// One compute kernel: its file, the helper files it is joined with, its
-/// entry points and the override constants the host sets for it.
+/// entry points, the override constants the host sets for it, and the naga
+/// capabilities it needs (the device features the host must have asked for).
 #[derive(Clone, Copy, Debug)]
 pub struct Kernel {
     pub name: &'static str,
@@ -22,12 +23,16 @@ pub struct Kernel {
     source: &'static str,
     pub entry_points: &'static [&'static str],
     pub overrides: &'static [&'static str],
+    pub capabilities: naga::valid::Capabilities,
 }
 
 const REDUCE_WG: &str = include_str!("../../shaders/reduce_wg.wgsl");
 const RNG: &str = include_str!("../../shaders/rng.wgsl");
 const SCAN: &str = include_str!("../../shaders/scan.wgsl");
 const SAMPLER: &str = include_str!("../../shaders/sampler.wgsl");
+/// fused_step.wgsl's row fold: portable, or by subgroup shuffles (same bits).
+const FOLD_WG: &str = include_str!("../../shaders/fold_wg.wgsl");
+const FOLD_SG: &str = include_str!("../../shaders/fold_sg.wgsl");
 
 macro_rules! kernel {
     ($name:literal, [$($helper:expr),*], [$($entry:literal),+], [$($ov:literal),*]) => {
@@ -37,6 +42,7 @@ macro_rules! kernel {
             source: include_str!(concat!("../../shaders/", $name, ".wgsl")),
             entry_points: &[$($entry),+],
             overrides: &[$($ov),*],
+            capabilities: naga::valid::Capabilities::empty(),
         }
     };
 }
@@ -45,7 +51,7 @@ pub const INIT: Kernel = kernel!("init", [RNG], ["main"], ["WG", "D"]);
 pub const ANCHORS: Kernel = kernel!("anchors", [], ["main"], ["D", "L"]);
 pub const FUSED_STEP: Kernel = kernel!(
     "fused_step",
-    [REDUCE_WG, SCAN],
+    [REDUCE_WG, SCAN, FOLD_WG],
     ["main"],
     [
         "WG",
@@ -65,6 +71,30 @@ pub const FUSED_STEP: Kernel = kernel!(
         "DIRECT"
     ]
 );
+/// The fused step with fold_sg.wgsl: for devices with `Features::SUBGROUP`.
+pub const FUSED_STEP_SG: Kernel = Kernel {
+    helpers: &[REDUCE_WG, SCAN, FOLD_SG],
+    overrides: &[
+        "WG",
+        "D",
+        "MODE",
+        "NAIVE",
+        "GUARD",
+        "UPDATE",
+        "SCAN",
+        "L",
+        "KEEP",
+        "MOMENTUM",
+        "SCAN_BUFS",
+        "BATCHED",
+        "CLIP",
+        "PREP",
+        "DIRECT",
+        "SG",
+    ],
+    capabilities: naga::valid::Capabilities::SUBGROUP,
+    ..FUSED_STEP
+};
 pub const REDUCE: Kernel =
     kernel!("reduce", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "GUARD", "SCAN_BUFS", "BATCHED", "CLIP"]);
 pub const ANCHOR_SUM: Kernel = kernel!("anchor_sum", [], ["main"], ["WG", "D", "BATCHED", "DIRECT"]);
@@ -86,6 +116,7 @@ pub const KERNELS: &[Kernel] = &[
     INIT,
     ANCHORS,
     FUSED_STEP,
+    FUSED_STEP_SG,
     REDUCE,
     ANCHOR_SUM,
     PREPARE,
@@ -101,9 +132,10 @@ pub const KERNELS: &[Kernel] = &[
     SGD,
 ];
 
-/// naga capabilities the shaders need; the device is asked for exactly the
-/// matching features (none today: plain WGSL, no subgroups, no f16).
-pub const CAPABILITIES: naga::valid::Capabilities = naga::valid::Capabilities::empty();
+/// naga capabilities a kernel may need, with the device features that give
+/// them (the context asks for them where the adapter has them).
+const FEATURES_OF: [(naga::valid::Capabilities, wgpu::Features); 1] =
+    [(naga::valid::Capabilities::SUBGROUP, wgpu::Features::SUBGROUP)];
 
 impl Kernel {
     /// The composed WGSL source of this kernel.
@@ -121,12 +153,22 @@ impl Kernel {
         s
     }
 
-    /// Parses and validates the composed module with [`CAPABILITIES`].
+    /// The device features the kernel's capabilities need: a pipeline of it
+    /// may be built only on a device that has them.
+    pub fn features(&self) -> wgpu::Features {
+        FEATURES_OF
+            .iter()
+            .filter(|(c, _)| self.capabilities.contains(*c))
+            .fold(wgpu::Features::empty(), |f, (_, x)| f | *x)
+    }
+
+    /// Parses and validates the composed module with exactly the kernel's
+    /// capabilities.
     pub fn validate(&self) -> Result<naga::Module> {
         let src = self.source();
         let module = naga::front::wgsl::parse_str(&src)
             .map_err(|e| Error::Shader { name: self.name, message: e.emit_to_string(&src) })?;
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), CAPABILITIES)
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), self.capabilities)
             .validate(&module)
             .map_err(|e| Error::Shader { name: self.name, message: e.emit_to_string(&src) })?;
         Ok(module)
@@ -148,9 +190,15 @@ mod tests {
             for ov in k.overrides {
                 assert!(declared.contains(ov), "{} does not declare override {ov}", k.name);
             }
-            // … and the other way for the kernel's own overrides: one
-            // missing from the table would silently never be set.
-            let own = k.source.lines().filter_map(|l| l.strip_prefix("override ")).filter_map(|l| l.split(':').next());
+            // … and the other way for the overrides of the kernel and its
+            // helpers: one missing from the table would silently never be set.
+            let own = k
+                .helpers
+                .iter()
+                .chain([&k.source])
+                .flat_map(|f| f.lines())
+                .filter_map(|l| l.strip_prefix("override "))
+                .filter_map(|l| l.split(':').next());
             for ov in own {
                 assert!(
                     k.overrides.contains(&ov.trim()),
@@ -159,6 +207,21 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// "Exactly": a kernel that declares a capability fails without it.
+    #[test]
+    fn declared_capabilities_are_needed() {
+        for k in KERNELS.iter().filter(|k| !k.capabilities.is_empty()) {
+            assert!(
+                Kernel { capabilities: naga::valid::Capabilities::empty(), ..*k }.validate().is_err(),
+                "{}",
+                k.name
+            );
+            assert!(!k.features().is_empty(), "{}: no device feature gives its capabilities", k.name);
+        }
+        assert_eq!(FUSED_STEP_SG.features(), wgpu::Features::SUBGROUP);
+        assert_eq!(FUSED_STEP.features(), wgpu::Features::empty());
     }
 
     #[test]

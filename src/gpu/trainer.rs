@@ -89,6 +89,11 @@ pub struct GpuOptions {
     /// Cap on the bytes of one storage binding (the device's limit when
     /// `None`); tests lower it to stand for a device with a huge table.
     pub max_binding_bytes: Option<u64>,
+    /// The row fold by subgroup shuffles (fold_sg.wgsl, the same bits as the
+    /// portable fold_wg.wgsl). `None`: where the device has
+    /// `Features::SUBGROUP`, except on software adapters (there L = 1 and
+    /// nothing is folded). `Some(true)` on a device without them is refused.
+    pub subgroups: Option<bool>,
 }
 
 impl Default for GpuOptions {
@@ -101,6 +106,7 @@ impl Default for GpuOptions {
             fused_scans: true,
             lanes_per_row: None,
             max_binding_bytes: None,
+            subgroups: None,
         }
     }
 }
@@ -304,6 +310,8 @@ pub struct GpuTrainer {
     wg: u32,
     /// fused_step.wgsl's lanes per row.
     lanes: u32,
+    /// fold_sg.wgsl's SG (the adapter's smallest subgroup), 0 for fold_wg.wgsl.
+    subgroup: u32,
     max_groups: u32,
     layout: ChunkLayout,
     chunks: Vec<GpuChunk>,
@@ -404,6 +412,20 @@ impl GpuTrainer {
         if !lanes.is_power_of_two() {
             return Err(Error::invalid("lanes_per_row", format!("{lanes} is not a power of two")));
         }
+        let has_subgroups = ctx.features.contains(wgpu::Features::SUBGROUP);
+        if opts.subgroups == Some(true) && !has_subgroups {
+            return Err(Error::invalid(
+                "subgroups",
+                format!("the adapter {} has no subgroup operations (Features::SUBGROUP)", ctx.info.name),
+            ));
+        }
+        // The adapter's smallest subgroup: rows of up to that many lanes fold
+        // by shuffles alone (fold_sg.wgsl).
+        let sg_min = ctx.info.subgroup_min_size;
+        let subgroup = match opts.subgroups.unwrap_or(!ctx.is_software()) {
+            true if has_subgroups && sg_min.is_power_of_two() => sg_min,
+            _ => 0,
+        };
         let max_binding = opts.max_binding_bytes.unwrap_or(u64::MAX).min(ctx.max_binding_bytes());
         let max_groups = opts.max_groups.unwrap_or(u32::MAX).clamp(1, ctx.max_groups());
         let layout = ChunkLayout::new(shape, max_binding, opts.max_chunk_rows, wg, max_groups)?;
@@ -454,7 +476,7 @@ impl GpuTrainer {
         // out-of-memory becomes a typed error naming the sizes, not a panic.
         let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let invalid = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let built = Self::build(ctx.clone(), shape, cfg, opts, wg, lanes, max_groups, layout, schedule);
+        let built = Self::build(ctx.clone(), shape, cfg, opts, (wg, lanes, subgroup), max_groups, layout, schedule);
         let validation = pollster::block_on(invalid.pop());
         let out_of_memory = pollster::block_on(oom.pop());
         if let Some(e) = out_of_memory {
@@ -479,8 +501,7 @@ impl GpuTrainer {
         shape: Shape,
         cfg: StepConfig,
         opts: GpuOptions,
-        wg: u32,
-        lanes: u32,
+        (wg, lanes, subgroup): (u32, u32, u32),
         max_groups: u32,
         layout: ChunkLayout,
         schedule: Schedule,
@@ -585,7 +606,7 @@ impl GpuTrainer {
             })
             .collect();
 
-        let consts = Constants { lanes, ..Constants::new(shape, &cfg, wg) };
+        let consts = Constants { lanes, subgroup, ..Constants::new(shape, &cfg, wg) };
         // anchors: rows a and b in both table buffers of their chunks.
         let p = consts.pipeline(&ctx, &shaders::ANCHORS, "main", &[]);
         let (ca, ia) = layout.locate(cfg.anchor_a);
@@ -663,7 +684,8 @@ impl GpuTrainer {
                 ("DIRECT", if direct && over_x { 1.0 } else { 0.0 }),
             ];
             let c = Constants { batched: over_x, ..consts };
-            let p = c.pipeline(&ctx, &shaders::FUSED_STEP, "main", &flags);
+            let kernel = if subgroup > 0 { &shaders::FUSED_STEP_SG } else { &shaders::FUSED_STEP };
+            let p = c.pipeline(&ctx, kernel, "main", &flags);
             let groups = over
                 .iter()
                 .map(|[a, b, va, vb, u]| {
@@ -889,6 +911,7 @@ impl GpuTrainer {
             opts,
             wg,
             lanes,
+            subgroup,
             max_groups,
             layout,
             chunks,
@@ -1095,6 +1118,12 @@ impl GpuTrainer {
     /// (workgroup size, lanes per row of the fused step) as chosen.
     pub fn kernel_shape(&self) -> (u32, u32) {
         (self.wg, self.lanes)
+    }
+
+    /// The subgroup size the row fold relies on (fold_sg.wgsl), or `None`
+    /// for the portable fold.
+    pub fn subgroup_fold(&self) -> Option<u32> {
+        (self.subgroup > 0).then_some(self.subgroup)
     }
 
     /// The chunk layout in use (tests check that several bindings are used).
@@ -1626,6 +1655,7 @@ impl Constants {
             naive: cfg.naive,
             guard: cfg.guard.policy.shader_value(),
             lanes: 1,
+            subgroup: 0,
             momentum: cfg.momentum > 0.0,
             batched: false,
             clip: cfg.clip_norm > 0.0,
@@ -1646,6 +1676,16 @@ impl Trainer for GpuTrainer {
             backend: "gpu".into(),
             adapter: format!("{} ({:?})", i.name, i.device_type),
             driver: format!("{:?} {} {}", i.backend, i.driver, i.driver_info).trim().to_string(),
+            kernel: format!(
+                "{}workgroups of {}, {}",
+                if self.opts.path == StepPath::Staged { "staged kernels; fused step: " } else { "" },
+                self.wg,
+                match (self.lanes, self.subgroup_fold()) {
+                    (1, _) => "one lane a row".to_string(),
+                    (l, Some(sg)) => format!("{l} lanes a row, folded by subgroup shuffles (subgroups of ≥ {sg})"),
+                    (l, None) => format!("{l} lanes a row, folded in workgroup memory"),
+                }
+            ),
         }
     }
     fn steps(&mut self, n: usize) -> Result<Vec<Record>> {

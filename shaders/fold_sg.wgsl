@@ -1,0 +1,44 @@
+// fold_sg.wgsl — fused_step.wgsl's row fold with subgroup shuffles
+// (Features::SUBGROUP), bit for bit the fold of fold_wg.wgsl.
+//
+// The tree of fold_wg.wgsl sets, at offset o, the partial of residue r < o
+// to S(r) + S(r + o). A butterfly does the same in every lane at once:
+// lane i adds lane i ^ o's value, and since IEEE addition is commutative,
+// lanes i and i ^ o get equal bits — by induction every lane ends with
+// exactly the tree's total, with no barrier and no broadcast. Offsets of at
+// least SG (the adapter's smallest subgroup) stay in workgroup memory, as
+// in fold_wg.wgsl; below it the row's lanes share a subgroup, given that
+// subgroups are runs of consecutive invocation indices (so on every
+// driver we know of; the GPU tests compare the two folds bit for bit).
+
+override SG: u32 = 32u;   // the adapter's subgroup_min_size (a power of two)
+
+var<workgroup> wg_row: array<vec4<f32>, MAX_WG>;
+
+// Folds v over the L lanes of each row; every lane gets its row's total.
+// All lanes must call it.
+fn row_fold(lid: u32, v: vec4<f32>) -> vec4<f32> {
+    if (L == 1u) {
+        return v;
+    }
+    var t = v;
+    if (L > SG) {
+        // Offsets L/2 … SG: the tree in workgroup memory; then each lane
+        // takes the partial of its residue mod SG.
+        wg_row[lid] = v;
+        workgroupBarrier();
+        let lane = lid % L;
+        for (var o = L / 2u; o >= SG; o = o / 2u) {
+            if (lane < o) {
+                wg_row[lid] = wg_row[lid] + wg_row[lid + o];
+            }
+            workgroupBarrier();
+        }
+        t = wg_row[lid - lane + lane % SG];
+        workgroupBarrier();
+    }
+    for (var o = min(L, SG) / 2u; o > 0u; o = o / 2u) {
+        t = t + subgroupShuffleXor(t, o);
+    }
+    return t;
+}
