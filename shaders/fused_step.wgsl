@@ -227,12 +227,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     // The loss term of a row that read a non-finite value is NaN.
     let r_seen = select(r, nan(), in_bad);
     let loss_bad = is_nonfinite(r_seen);
-    var abs_r = 0.0;
+    var abs_r = 0.0;   // this row's share of Σ|r| (m·|r|) …
+    var max_r = 0.0;   // … and its |r| for max|r| (a repeated row is one row)
     if (live && lane == 0u && mult > 0u) {
         if (SCAN) {
             scan_commit(0u, slot, lid, row_scan_add(row_scan_new(), 0u, r_seen));
         }
-        abs_r = select(f32(mult) * abs(r), 0.0, loss_bad);   // sums cover finite terms
+        max_r = select(abs(r), 0.0, loss_bad);   // sums cover finite terms
+        abs_r = f32(mult) * max_r;
         let near = params.tau * state.d0;
         if (s.x < near * near || s.y < near * near) {
             atomicAdd(&wg_near, mult);
@@ -345,7 +347,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             scan_commit(2u, slot, lid, ts);
         }
     }
-    let total = workgroup_sum_max(lid, vec2<f32>(abs_r, abs_r));   // its barriers publish the scan atomics
+    let total = workgroup_sum_max(lid, vec2<f32>(abs_r, max_r));   // its barriers publish the scan atomics
     var norm_total = 0.0;
     if (PREP) {
         norm_total = workgroup_sum_max(lid, vec2<f32>(norm2, 0.0)).x;

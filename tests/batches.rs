@@ -71,6 +71,14 @@ fn check(backend: Backend, shape: Shape, cfg: StepConfig, batches: Batches, seed
                 g.excess_sum,
                 r.excess_sum
             );
+            // max|r| is over rows: a repeated row counts once.
+            let tol_max = 1e-4 * r.excess_max + 1e-6 * (r.d0 + 1.0);
+            assert!(
+                (g.excess_max - r.excess_max).abs() <= tol_max,
+                "{ctx}: max|r| at step {step}: {} vs {}",
+                g.excess_max,
+                r.excess_max
+            );
             match (g.grad_norm, r.grad_norm) {
                 // A gradient that cancels to ~0 (an anchor alone in its
                 // batch, attached) is judged at the scale of f32 rounding.
