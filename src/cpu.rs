@@ -542,9 +542,24 @@ impl Trainer for CpuTrainer {
         self.vel.copy_from_slice(v);
         Ok(())
     }
+    fn read_snapshot(&mut self) -> Result<Option<Vec<f32>>> {
+        let taken = self.cfg.guard.policy == Policy::Rollback && self.steps_done > 0 && !self.snapshot_due;
+        Ok(taken.then(|| self.snapshot.clone()))
+    }
+    fn set_snapshot(&mut self, t: &[f32]) -> Result<()> {
+        if self.cfg.guard.policy != Policy::Rollback || t.len() != self.snapshot.len() {
+            return Err(Error::invalid(
+                "snapshot",
+                format!("{} values: not a rollback run, or another shape", t.len()),
+            ));
+        }
+        self.snapshot.copy_from_slice(t);
+        self.snapshot_due = false;
+        Ok(())
+    }
     fn run_state(&mut self) -> Result<RunState> {
         let s = &self.state;
-        Ok(RunState { steps: self.steps_done, lr: s.lr, skips: s.skips, rollbacks: s.rollbacks, velocity: false })
+        Ok(RunState { steps: self.steps_done, lr: s.lr, skips: s.skips, rollbacks: s.rollbacks, ..RunState::default() })
     }
     fn set_run_state(&mut self, r: RunState) -> Result<()> {
         (self.state.lr, self.state.skips, self.state.rollbacks) = (r.lr, r.skips, r.rollbacks);

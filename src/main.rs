@@ -12,7 +12,7 @@ use latent_line::gpu::GpuContext;
 use latent_line::guard::{Action, Guard, Policy};
 use latent_line::report::{action_words, collapse_step, median, Event, Report, StepEntry, Summary};
 use latent_line::scan::scan_rows;
-use latent_line::tables;
+use latent_line::tables::{self, Sidecar};
 use latent_line::{
     npy, Batches, Endpoints, IndexBatches, Reduction, RunState, Shape, StepConfig, TableSource, Trainer,
 };
@@ -239,6 +239,15 @@ fn parse_anchors(s: &str) -> anyhow::Result<(usize, usize)> {
     Ok((num(a)?, num(b)?))
 }
 
+/// Whether two paths name one file: the same file where both exist, else
+/// the same absolute path.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => std::path::absolute(a).ok() == std::path::absolute(b).ok() && std::path::absolute(a).is_ok(),
+    }
+}
+
 /// Output paths must be writable places, checked before any work.
 fn check_output(opt: &str, path: &Path) -> anyhow::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -274,9 +283,22 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     if let Some(s) = &args.save {
         tables::format_of(s)?;
     }
-    if let (Some(s), Some(r)) = (&args.save, &args.report) {
-        if s == r {
-            bail!("invalid --report: {} is also the --save file", r.display());
+    // Nothing is written over anything else the run reads or writes; the
+    // only overlap allowed is --save onto the table it loaded or resumed
+    // (an atomic replacement, SPEC §12).
+    let outputs = [("--save", &args.save), ("--report", &args.report), ("--plot", &args.plot)];
+    let inputs = [("--load", &args.load), ("--resume", &args.resume), ("--indices", &args.indices)];
+    for (i, (out_opt, out)) in outputs.iter().enumerate() {
+        let Some(out) = out else { continue };
+        let others = outputs[i + 1..].iter().chain(&inputs);
+        for (opt, other) in
+            others.filter(|(opt, _)| !(*out_opt == "--save" && (*opt == "--load" || *opt == "--resume")))
+        {
+            if let Some(other) = other {
+                if same_file(out, other) {
+                    bail!("invalid {out_opt}: {} is also the {opt} file; give it a path of its own", out.display());
+                }
+            }
         }
     }
     let mut carried = None;
@@ -365,11 +387,17 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                         path.display()
                     );
                 }
-                Some(tables::load_velocity(path, shape)?)
+                Some(Sidecar::Velocity.load(path, shape)?)
             } else {
                 None
             };
-            Some((state, velocity))
+            // rollback between two snapshot steps: the snapshot goes on too.
+            let snapshot = if state.snapshot && cfg.guard.policy == Policy::Rollback {
+                Some(Sidecar::Snapshot.load(path, shape)?)
+            } else {
+                None
+            };
+            Some((state, velocity, snapshot))
         }
         None => None,
     };
@@ -377,15 +405,18 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     let (mut trainer, why) = open_trainer(args, shape, cfg, source, batches)?;
     trainer.set_stop(stop_flag);
     let profiling = args.profile && trainer.set_profile(true)?;
-    let start = match resumed {
-        Some((state, velocity)) => {
+    let (start, d0_saved) = match resumed {
+        Some((state, velocity, snapshot)) => {
             trainer.set_run_state(state)?;
             if let Some(v) = velocity {
                 trainer.set_velocity(&v)?;
             }
-            state.steps as usize
+            if let Some(t) = snapshot {
+                trainer.set_snapshot(&t)?;
+            }
+            (state.steps as usize, state.d0_start)
         }
-        None => 0,
+        None => (0, None),
     };
     let dev = trainer.device_info();
     out!(
@@ -505,18 +536,21 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         done += n;
         if let (Some(k), Some(path)) = (args.checkpoint_every, &args.save) {
             if done % k == 0 && done < args.steps {
-                let state = save_velocity(trainer.as_mut(), path, shape)?;
+                let d0_start = d0_saved.or(records.first().map(|r| r.d0));
+                let state = save_sidecars(trainer.as_mut(), path, shape, d0_start)?;
                 tables::save(path, &args.tensor, shape, &trainer.read_table()?, carried.as_ref(), Some(&state))?;
                 out!("checkpoint step {done} → {}", path.display());
             }
         }
-        if let (Some(at), false) = (collapse_step(&records), collapse_warned) {
+        let d0_start = d0_saved.or(records.first().map(|r| r.d0)).unwrap_or(0.0);
+        if let (Some(at), false) = (collapse_step(&records, d0_start), collapse_warned) {
             collapse_warned = true;
             out!(
-                "warning  step {at}: the anchors are collapsing: d0 = {:.4e}, below {} of its start {:.4e} (SPEC §8)",
+                "warning  step {}: the anchors are collapsing: d0 = {:.4e}, below {} of its start {:.4e} (SPEC §8)",
+                start + at,
                 records[at].d0,
                 latent_line::guard::COLLAPSE_FRACTION,
-                records[0].d0
+                d0_start
             );
         }
         if records.last().is_some_and(|r| r.action == Action::NotRun) {
@@ -533,8 +567,11 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     if hidden > 0 {
         out!("event    … {hidden} more non-finite events, repeats included (all in --report)");
     }
-    let aborted_at = records.iter().position(|r| r.action == Action::Aborted);
-    records.truncate(aborted_at.map_or(records.len(), |a| a + 1));
+    // Positions in this run's records; steps are counted from the run's start.
+    let aborted = records.iter().position(|r| r.action == Action::Aborted);
+    records.truncate(aborted.map_or(records.len(), |a| a + 1));
+    let aborted_at = aborted.map(|a| start + a);
+    let d0_start = d0_saved.or(records.first().map(|r| r.d0));
     records.push(trainer.evaluate()?);
     let final_scan = trainer.scan_table()?;
     let finite = final_scan.is_clean();
@@ -619,7 +656,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     }
 
     if let Some(path) = &args.save {
-        let state = save_velocity(trainer.as_mut(), path, shape)?;
+        let state = save_sidecars(trainer.as_mut(), path, shape, d0_start)?;
         tables::save(path, &args.tensor, shape, &trainer.read_table()?, carried.as_ref(), Some(&state))?;
         out!(
             "saved    {}{}",
@@ -657,7 +694,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 max_excess_last: last.excess_max,
                 d0_first: first.d0,
                 d0_last: last.d0,
-                collapse_step: collapse_step(&records),
+                collapse_step: collapse_step(&records, d0_start.unwrap_or(0.0)).map(|at| start + at),
                 near_singular_last: last.near_singular,
                 nonfinite_events: events.len(),
                 skipped_steps: count(Action::SkippedStep),
@@ -829,11 +866,25 @@ fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
 
 /// The run state for a save to `path`, the momentum velocity saved beside
 /// it first (so that `--resume` with `--momentum` goes on exactly).
-fn save_velocity(trainer: &mut dyn Trainer, path: &std::path::Path, shape: Shape) -> anyhow::Result<RunState> {
+fn save_sidecars(
+    trainer: &mut dyn Trainer,
+    path: &std::path::Path,
+    shape: Shape,
+    d0_start: Option<f64>,
+) -> anyhow::Result<RunState> {
     let mut state = trainer.run_state()?;
+    state.d0_start = d0_start;
     if let Some(v) = trainer.read_velocity()? {
-        tables::save_velocity(path, shape, &v)?;
+        Sidecar::Velocity.save(path, shape, &v)?;
         state.velocity = true;
+    }
+    // Between two snapshot steps the unbroken run would restore an older
+    // table than the checkpoint: it goes beside it.
+    if !state.steps.is_multiple_of(trainer.config().guard.snapshot_every as u64) {
+        if let Some(t) = trainer.read_snapshot()? {
+            Sidecar::Snapshot.save(path, shape, &t)?;
+            state.snapshot = true;
+        }
     }
     Ok(state)
 }

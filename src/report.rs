@@ -157,10 +157,10 @@ impl StepEntry {
     }
 }
 
-/// SPEC §8: the first pass whose d0 is below the fraction of step 0's.
-pub fn collapse_step(records: &[Record]) -> Option<usize> {
-    let d0 = records.first()?.d0;
-    records.iter().position(|r| r.action != Action::NotRun && r.d0 < COLLAPSE_FRACTION * d0)
+/// SPEC §8: the first record whose d0 is below the fraction of d0 at step 0
+/// of the run (`d0_start`; a resumed run keeps it in its run state).
+pub fn collapse_step(records: &[Record], d0_start: f64) -> Option<usize> {
+    records.iter().position(|r| r.action != Action::NotRun && r.d0 < COLLAPSE_FRACTION * d0_start)
 }
 
 /// Median of per-submission step times (seconds per step).

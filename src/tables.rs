@@ -25,31 +25,54 @@ pub fn state_sidecar(path: &Path) -> std::path::PathBuf {
     s.into()
 }
 
-/// The momentum velocity beside a checkpoint (either format): the
-/// optimiser's state, kept out of the user's file as PyTorch keeps it out
-/// of the model's.
-pub fn velocity_sidecar(path: &Path) -> std::path::PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".velocity.npy");
-    s.into()
+/// Optimiser state saved beside a checkpoint (either format), kept out of
+/// the user's file as PyTorch keeps it out of the model's: `FILE.velocity.npy`
+/// (momentum) and `FILE.snapshot.npy` (the table a rollback would restore).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sidecar {
+    Velocity,
+    Snapshot,
 }
 
-/// Saves the velocity beside the checkpoint `path`, atomically.
-pub fn save_velocity(path: &Path, shape: Shape, v: &[f32]) -> Result<()> {
-    npy::save(&velocity_sidecar(path), shape, v)
-}
-
-/// The velocity saved beside `path`, checked against the table's shape.
-pub fn load_velocity(path: &Path, shape: Shape) -> Result<Vec<f32>> {
-    let side = velocity_sidecar(path);
-    let v = npy::load(&side)?;
-    if v.shape != shape {
-        return Err(Error::bad_file(
-            &side,
-            format!("a velocity of {} × {} for a table of {} × {}", v.shape.rows, v.shape.dim, shape.rows, shape.dim),
-        ));
+impl Sidecar {
+    fn name(self) -> &'static str {
+        match self {
+            Sidecar::Velocity => "velocity",
+            Sidecar::Snapshot => "snapshot",
+        }
     }
-    Ok(v.data)
+
+    /// Where it lies beside the checkpoint `path`.
+    pub fn path(self, path: &Path) -> std::path::PathBuf {
+        let mut s = path.as_os_str().to_owned();
+        s.push(format!(".{}.npy", self.name()));
+        s.into()
+    }
+
+    /// Saves it beside the checkpoint `path`, atomically.
+    pub fn save(self, path: &Path, shape: Shape, v: &[f32]) -> Result<()> {
+        npy::save(&self.path(path), shape, v)
+    }
+
+    /// Loads it from beside `path`, checked against the table's shape.
+    pub fn load(self, path: &Path, shape: Shape) -> Result<Vec<f32>> {
+        let side = self.path(path);
+        let v = npy::load(&side)?;
+        if v.shape != shape {
+            return Err(Error::bad_file(
+                &side,
+                format!(
+                    "a {} of {} × {} for a table of {} × {}",
+                    self.name(),
+                    v.shape.rows,
+                    v.shape.dim,
+                    shape.rows,
+                    shape.dim
+                ),
+            ));
+        }
+        Ok(v.data)
+    }
 }
 
 /// The run state saved with the table at `path` (`None`: none saved).

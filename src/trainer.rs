@@ -9,7 +9,7 @@ use crate::scan::Scan;
 
 /// What a run needs besides the table to go on exactly where it stopped
 /// (SPEC §13 `--resume`): saved beside a checkpoint.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunState {
     /// Steps done (the rollback snapshots' schedule follows it).
     pub steps: u64,
@@ -20,9 +20,18 @@ pub struct RunState {
     /// Rollbacks so far.
     pub rollbacks: u32,
     /// The momentum velocity was saved beside the table (see
-    /// [`crate::tables::velocity_sidecar`]).
+    /// [`crate::tables::Sidecar`]).
     #[serde(default)]
     pub velocity: bool,
+    /// rollback: the snapshot a rollback would restore was saved beside the
+    /// table (a resume between two snapshot steps needs it to match an
+    /// unbroken run).
+    #[serde(default)]
+    pub snapshot: bool,
+    /// d0 at step 0 of the run, which the collapse audit measures against
+    /// (SPEC §8) across resumes.
+    #[serde(default)]
+    pub d0_start: Option<f64>,
 }
 
 /// GPU time and bytes of one kernel over the profiled steps (`--profile`).
@@ -88,6 +97,13 @@ pub trait Trainer {
     fn read_velocity(&mut self) -> Result<Option<Vec<f32>>>;
     /// Overwrites the velocity (resuming a run with momentum).
     fn set_velocity(&mut self, v: &[f32]) -> Result<()>;
+    /// `rollback`: the table the next rollback would restore; `None` under
+    /// other policies, or before the first snapshot.
+    fn read_snapshot(&mut self) -> Result<Option<Vec<f32>>>;
+    /// `rollback`: sets that table (resuming between two snapshot steps),
+    /// after `set_run_state`; the resumed run then takes no snapshot of its own
+    /// before the schedule's next one.
+    fn set_snapshot(&mut self, t: &[f32]) -> Result<()>;
     /// The run's state besides the table (for checkpoints).
     fn run_state(&mut self) -> Result<RunState>;
     /// Continues a run from `state` (before any step of this trainer).

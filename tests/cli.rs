@@ -444,6 +444,108 @@ fn a_run_split_by_a_resume_gives_the_table_of_an_unbroken_run() {
     }
 }
 
+/// A rollback checkpoint between two snapshot steps carries the snapshot
+/// beside it (FILE.snapshot.npy: the table at the last snapshot step), and
+/// `--resume` reads it; a resumed run counts its steps from the run's start
+/// (the abort's step in the summary and the report).
+#[test]
+fn a_rollback_checkpoint_keeps_its_snapshot_and_resumed_steps_count_from_the_start() {
+    let dir = Dir::new();
+    let (half, s7, report) = (dir.s("half.npy"), dir.s("s7.npy"), dir.s("r.json"));
+    let common =
+        ["--backend", "cpu", "--rows", "300", "--dim", "5", "--on-nonfinite", "rollback", "--snapshot-every", "7"];
+    let with = |more: &[&str]| {
+        let a: Vec<&str> = common.iter().chain(more).copied().collect();
+        run(&a)
+    };
+    assert_eq!(with(&["--steps", "10", "--save", &half]).status.code(), Some(0));
+    assert_eq!(with(&["--steps", "7", "--save", &s7]).status.code(), Some(0));
+    let side = format!("{half}.snapshot.npy");
+    let (got, want) =
+        (latent_line::npy::load(Path::new(&side)).unwrap(), latent_line::npy::load(Path::new(&s7)).unwrap());
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert!(bits(&got.data) == bits(&want.data), "the sidecar is not the table at step 7");
+    // At a snapshot step (7) there is nothing to carry.
+    assert!(!Path::new(&format!("{s7}.snapshot.npy")).exists());
+
+    // The naive formula on the anchors' rows fails at once: with `abort` the
+    // resumed run stops at step 10 of the run.
+    let o = run(&[
+        "--backend",
+        "cpu",
+        "--rows",
+        "300",
+        "--dim",
+        "5",
+        "--snapshot-every",
+        "7",
+        "--resume",
+        &half,
+        "--steps",
+        "20",
+        "--naive",
+        "--endpoints",
+        "detached",
+        "--on-nonfinite",
+        "abort",
+        "--report",
+        &report,
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("ABORTED  at step 10"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["summary"]["aborted_at"], 10);
+
+    // A damaged sidecar is refused by name, and nothing is written.
+    std::fs::write(&side, b"\x93NUMPY").unwrap();
+    let done = dir.s("done.npy");
+    let o = with(&["--resume", &half, "--steps", "20", "--save", &done]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("half.npy.snapshot.npy"), "{}", stderr(&o));
+    assert!(!Path::new(&done).exists());
+}
+
+/// No output lands on another file of the run: --report, --plot onto the
+/// loaded table, the index file or each other are refused before any work,
+/// the files untouched; --save onto the loaded table is the one overlap
+/// allowed (an atomic replacement).
+#[test]
+fn outputs_never_overwrite_the_runs_other_files() {
+    let dir = Dir::new();
+    let (t, idx) = (dir.s("t.npy"), dir.s("i.npy"));
+    assert_eq!(
+        run(&["--backend", "cpu", "--rows", "50", "--dim", "3", "--steps", "0", "--save", &t]).status.code(),
+        Some(0)
+    );
+    npy(&dir.p("i.npy"), "{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }", &[1, 0, 0, 0, 2, 0, 0, 0]);
+    let before = (std::fs::read(&t).unwrap(), std::fs::read(&idx).unwrap());
+    let via = format!("{}/./t.npy", dir.0.path().display());
+    for (args, opt, other) in [
+        (vec!["--load", &t, "--report", &t], "--report", "--load"),
+        (vec!["--load", &t, "--report", &via], "--report", "--load"),
+        (vec!["--resume", &t, "--report", &t], "--report", "--resume"),
+        (vec!["--load", &t, "--indices", &idx, "--save", &idx], "--save", "--indices"),
+        (vec!["--load", &t, "--save", &via, "--report", &t], "--save", "--report"),
+    ] {
+        let o = run(&[&["--backend", "cpu", "--steps", "2"], &args[..]].concat());
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        let want = format!("invalid {opt}: ");
+        assert!(
+            stderr(&o).contains(&want) && stderr(&o).contains(&format!("also the {other} file")),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+        assert!((std::fs::read(&t).unwrap(), std::fs::read(&idx).unwrap()) == before, "{args:?}: a file changed");
+    }
+    let o = run(&["--backend", "cpu", "--steps", "2", "--load", &t, "--save", &t]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(std::fs::read(&t).unwrap() != before.0, "--save onto --load trains the file");
+}
+
 #[test]
 fn plot_writes_a_valid_svg_of_the_run() {
     let dir = Dir::new();

@@ -281,6 +281,42 @@ fn rollback_restores_the_last_snapshot_and_backs_off_lr() {
     }
 }
 
+/// SPEC §13: a run resumed between two snapshot steps, given the saved
+/// run state and snapshot, rolls back to the table the unbroken run rolls
+/// back to (the snapshot before the resume point, not the resume point).
+#[test]
+fn a_resumed_rollback_restores_the_unbroken_runs_snapshot() {
+    let seed = seed("resume_rollback");
+    let c = case(&mut rng(seed), Policy::Rollback, false);
+    let every = c.cfg.guard.snapshot_every as usize;
+    let split = every + 2; // between the snapshots at `every` and 2·`every`
+    for (name, mut whole) in trainers(c.shape, c.cfg, &c.table) {
+        let ctx = format!("{name}, {:?}, seed {seed}", c.fault);
+        whole.steps(every).unwrap();
+        let at_snapshot = whole.read_table().unwrap();
+        whole.steps(split - every).unwrap();
+        let (table, state) = (whole.read_table().unwrap(), whole.run_state().unwrap());
+        let snapshot = whole.read_snapshot().unwrap().unwrap_or_else(|| panic!("{ctx}: no snapshot"));
+        assert!(same_bits(&snapshot, &at_snapshot), "{ctx}: the snapshot is not the table at step {every}");
+        // The second half, on a fresh trainer of the same backend.
+        let mut resumed = trainers(c.shape, c.cfg, &table).into_iter().find(|(n, _)| *n == name).unwrap().1;
+        resumed.set_run_state(state).unwrap();
+        resumed.set_snapshot(&snapshot).unwrap();
+        for t in [&mut whole, &mut resumed] {
+            t.steps(1).unwrap();
+            inject(t.as_mut(), &c);
+            assert_eq!(t.steps(1).unwrap()[0].action, Action::RolledBack, "{ctx}");
+            assert!(same_bits(&t.read_table().unwrap(), &at_snapshot), "{ctx}: not the step-{every} snapshot");
+        }
+        // Without the snapshot a resumed run snapshots at its first step.
+        let mut bare = trainers(c.shape, c.cfg, &table).into_iter().find(|(n, _)| *n == name).unwrap().1;
+        bare.set_run_state(state).unwrap();
+        assert!(bare.read_snapshot().unwrap().is_none(), "{ctx}: a snapshot before any step");
+        bare.steps(1).unwrap();
+        assert!(same_bits(&bare.read_snapshot().unwrap().unwrap(), &table), "{ctx}: no snapshot at the resume step");
+    }
+}
+
 #[test]
 fn rollback_aborts_after_max_rollbacks() {
     let seed = seed("guard_max_rollbacks");
@@ -361,7 +397,7 @@ fn audit_shows_detached_anchors_collapsing() {
         for w in recs.windows(2).take(10) {
             assert!(w[1].d0 < w[0].d0, "{name}: d0 {} → {}, seed {seed}", w[0].d0, w[1].d0);
         }
-        let at = latent_line::report::collapse_step(&recs);
+        let at = latent_line::report::collapse_step(&recs, recs[0].d0);
         assert!(at.is_some(), "{name}: no collapse seen; d0 {} → {}, seed {seed}", recs[0].d0, recs[59].d0);
         // Both anchors sit at distance 0 from themselves: near-singular ≥ 2.
         assert!(recs.iter().all(|r| r.near_singular >= 2), "{name}, seed {seed}");
@@ -397,7 +433,7 @@ fn a_margin_stops_the_detached_collapse() {
             lowest >= margin as f64 - 2.0 * lr as f64 - 1e-4,
             "{name}: d0 fell to {lowest} (m = {margin}), seed {seed}"
         );
-        assert!(latent_line::report::collapse_step(&recs).is_none(), "{name}, seed {seed}");
+        assert!(latent_line::report::collapse_step(&recs, recs[0].d0).is_none(), "{name}, seed {seed}");
         let last = recs.last().unwrap();
         assert!(last.separation > 0.0 && last.d0 < margin as f64, "{name}: the term is active at the end, seed {seed}");
         assert!(last.mean_excess() < 0.5 * recs[0].mean_excess(), "{name}: the excess falls, seed {seed}");

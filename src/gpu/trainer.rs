@@ -1763,9 +1763,31 @@ impl Trainer for GpuTrainer {
         self.ctx.queue.write_buffer(self.chunks[c].buffer(cur), at, bytemuck::cast_slice(values));
         self.ctx.wait()
     }
+    fn read_snapshot(&mut self) -> Result<Option<Vec<f32>>> {
+        let taken = self.cfg.guard.policy == Policy::Rollback && self.steps_done > 0 && !self.snapshot_due;
+        if !taken {
+            return Ok(None);
+        }
+        self.read_chunks(|c| c.snap.as_ref().expect("rollback keeps a snapshot")).map(Some)
+    }
+    fn set_snapshot(&mut self, t: &[f32]) -> Result<()> {
+        if self.cfg.guard.policy != Policy::Rollback || t.len() as u64 != self.shape.elements() {
+            return Err(Error::invalid(
+                "snapshot",
+                format!("{} values: not a rollback run, or another shape", t.len()),
+            ));
+        }
+        let d = self.shape.dim;
+        for c in &self.chunks {
+            let snap = c.snap.as_ref().expect("rollback keeps a snapshot");
+            self.ctx.queue.write_buffer(snap, 0, bytemuck::cast_slice(&t[c.span.row_base * d..][..c.span.rows * d]));
+        }
+        self.snapshot_due = false;
+        self.ctx.wait()
+    }
     fn run_state(&mut self) -> Result<RunState> {
         let s = self.read_state()?;
-        Ok(RunState { steps: self.steps_done, lr: s.lr, skips: s.skips, rollbacks: s.rollbacks, velocity: false })
+        Ok(RunState { steps: self.steps_done, lr: s.lr, skips: s.skips, rollbacks: s.rollbacks, ..RunState::default() })
     }
     fn set_run_state(&mut self, r: RunState) -> Result<()> {
         // lr, skips, rollbacks are consecutive words of `State` (24..36).
