@@ -214,7 +214,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         } else if (GUARD == GUARD_SKIP_STEP) {
             state.skips = state.skips + 1u;
             action = ACT_SKIPPED_STEP;
-            if (state.skips >= params.max_skips) {
+            if (state.skips > params.max_skips) {   // K skips allowed, as K rollbacks
                 state.halted = 1u;
                 action = ACT_ABORTED;
             }

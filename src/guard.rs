@@ -40,7 +40,8 @@ impl Policy {
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct Guard {
     pub policy: Policy,
-    /// skip-step: abort at this many consecutive skipped steps.
+    /// skip-step: consecutive skipped steps allowed; the next failure in a
+    /// row aborts.
     pub max_skips: u32,
     /// rollback: snapshot the table every this many steps.
     pub snapshot_every: u32,
@@ -139,8 +140,10 @@ impl GuardState {
                 Action::Applied
             }
             Policy::SkipStep => {
+                // K skips allowed; the next failure in a row aborts (as
+                // rollback allows K rollbacks).
                 self.skips += 1;
-                if self.skips >= g.max_skips {
+                if self.skips > g.max_skips {
                     self.halted = true;
                     Action::Aborted
                 } else {

@@ -153,7 +153,8 @@ struct TrainArgs {
     /// What a step that meets NaN or ±Inf does (SPEC §9).
     #[arg(long, value_enum, default_value_t = Policy::SkipStep)]
     on_nonfinite: Policy,
-    /// skip-step: abort after this many consecutive skipped steps.
+    /// skip-step: this many consecutive skipped steps are allowed; the next
+    /// failing step in a row aborts.
     #[arg(long, default_value_t = 10)]
     max_skips: u32,
     /// rollback: snapshot the table every this many steps.
