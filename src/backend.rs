@@ -40,6 +40,10 @@ pub fn open(
     source: TableSource,
     batches: Batches,
 ) -> Result<Opened> {
+    // A name, from `--adapter` or the environment, is a request for that
+    // adapter: `auto` then never falls back to the CPU.
+    let env = std::env::var("WGPU_ADAPTER_NAME").ok().filter(|n| !n.is_empty());
+    let adapter = adapter.or(env.as_deref());
     let b = batches.clone();
     let cpu = |source, note| -> Result<Opened> {
         Ok(Opened { trainer: Box::new(CpuTrainer::with_batches(shape, cfg, source, b)?), note })

@@ -770,16 +770,25 @@ fn devices() -> anyhow::Result<Outcome> {
             if f.contains(wgpu::Features::TIMESTAMP_QUERY) { "yes" } else { "no" },
         );
     }
-    let pick = match all.first() {
-        Some(a) if a.get_info().device_type != wgpu::DeviceType::Cpu => {
+    let named = std::env::var("WGPU_ADAPTER_NAME").ok().filter(|n| !n.is_empty());
+    let by_name =
+        named.as_ref().map(|n| (n, all.iter().find(|a| a.get_info().name.to_lowercase().contains(&n.to_lowercase()))));
+    let pick = match (by_name, all.first()) {
+        (Some((n, Some(a))), _) => {
+            format!("the GPU backend on {}, named by WGPU_ADAPTER_NAME={n}", a.get_info().name)
+        }
+        (Some((n, None)), _) => {
+            format!("nothing: WGPU_ADAPTER_NAME={n} names no adapter, so a run fails with an error")
+        }
+        (None, Some(a)) if a.get_info().device_type != wgpu::DeviceType::Cpu => {
             format!("the GPU backend on adapter 0 ({}), the best-ranked hardware adapter", a.get_info().name)
         }
-        Some(a) => format!(
+        (None, Some(a)) => format!(
             "the CPU backend ({} threads): the only adapters are software ones ({}); `--backend gpu` would use it",
             rayon::current_num_threads(),
             a.get_info().name
         ),
-        None => format!("the CPU backend ({} threads): there is no GPU adapter", rayon::current_num_threads()),
+        (None, None) => format!("the CPU backend ({} threads): there is no GPU adapter", rayon::current_num_threads()),
     };
     out!("auto     {pick}");
     Ok(Outcome::Done)

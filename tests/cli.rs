@@ -376,6 +376,41 @@ fn devices_lists_the_adapters_and_what_auto_picks() {
     assert!(text.lines().any(|l| l.starts_with("auto     the ")), "{text}");
 }
 
+/// WGPU_ADAPTER_NAME is `--adapter`: under `auto` it picks that adapter,
+/// software or not (no CPU fallback), and a name matching none is an error;
+/// `devices` says so.
+#[test]
+fn wgpu_adapter_name_is_honoured_by_auto_and_devices() {
+    let with_env = |name: &str, args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .env("WGPU_ADAPTER_NAME", name)
+            .output()
+            .expect("run latent-line")
+    };
+    let listing = String::from_utf8_lossy(&run(&["devices"]).stdout).into_owned();
+    let first = listing.lines().find_map(|l| l.strip_prefix("adapter 0: ")).expect("CI has an adapter").to_owned();
+    let o = with_env(&first, &["--rows", "500", "--dim", "4", "--steps", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("device   gpu · "),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = with_env(&first, &["devices"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("named by WGPU_ADAPTER_NAME"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = with_env("no such adapter", &["--rows", "500", "--dim", "4", "--steps", "1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(stderr(&o).contains("none matches \"no such adapter\""), "{}", stderr(&o));
+    let o = with_env("no such adapter", &["devices"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("names no adapter"));
+}
+
 #[test]
 fn json_prints_the_report_alone_and_quiet_prints_nothing() {
     let o = run(&["--backend", "cpu", "--rows", "300", "--dim", "5", "--steps", "4", "--json"]);
