@@ -681,6 +681,8 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     if args.report.is_some() || args.json {
         let report = Report {
             options: args,
+            shape,
+            config: cfg,
             device: dev,
             steps: records
                 .iter()

@@ -127,7 +127,12 @@ pub struct Summary {
 
 #[derive(Serialize)]
 pub struct Report<O: Serialize> {
+    /// The command line as given (options left out are `null`) …
     pub options: O,
+    /// … and what the run used: the table's shape and the step's every
+    /// value, defaults resolved (ε, anchors, lr, guard, …).
+    pub shape: crate::Shape,
+    pub config: crate::StepConfig,
     pub device: DeviceInfo,
     /// One entry per pass: step k is the table before update k; the last
     /// entry (step = steps) is the evaluation of the final table.

@@ -418,6 +418,11 @@ fn json_prints_the_report_alone_and_quiet_prints_nothing() {
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("stdout is one JSON document");
     assert_eq!(r["steps"].as_array().map(|s| s.len()), Some(5));
     assert_eq!(r["summary"]["all_finite"], true);
+    // The values used, defaults resolved, beside the command line as given.
+    assert_eq!((r["shape"]["rows"].as_u64(), r["shape"]["dim"].as_u64()), (Some(300), Some(5)));
+    assert_eq!((r["config"]["anchor_a"].as_u64(), r["config"]["anchor_b"].as_u64()), (Some(0), Some(299)));
+    assert!((r["config"]["eps"].as_f64().unwrap() - 1e-8).abs() < 1e-12, "{}", r["config"]);
+    assert!(r["options"]["eps"].is_null());
     let o = run(&["--backend", "cpu", "--rows", "300", "--dim", "5", "--steps", "4", "--quiet"]);
     assert_eq!((o.status.code(), o.stdout.len()), (Some(0), 0), "{}", String::from_utf8_lossy(&o.stdout));
 }
