@@ -144,7 +144,7 @@ impl IndexBatches {
         Ok(IndexBatches { batches: out })
     }
 
-    /// Reads a 1-D (one batch) or 2-D (one batch a row) int32/int64 `.npy`
+    /// Reads a 1-D (one batch) or 2-D (one batch a row) integer `.npy`
     /// file and checks it against `rows`; errors name the file.
     pub fn load(path: &Path, rows: usize) -> Result<Self> {
         let idx = crate::npy::load_indices(path)?;

@@ -140,7 +140,7 @@ struct TrainArgs {
     /// [default: the full table every step].
     #[arg(long, value_name = "B", conflicts_with = "indices")]
     batch: Option<usize>,
-    /// Batches from a .npy of int32/int64 row indices: 1-D (one batch) or
+    /// Batches from a .npy of integer row indices (any width, signed or not): 1-D (one batch) or
     /// 2-D (a batch per row, cycled); repeats are summed.
     #[arg(long, value_name = "FILE.npy")]
     indices: Option<PathBuf>,

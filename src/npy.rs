@@ -24,17 +24,47 @@ pub struct Loaded {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Dtype {
+    /// Little-endian float32, float64: tables.
     F32,
     F64,
-    I32,
-    I64,
+    /// Integers of 1, 2, 4 or 8 bytes, either byte order: indices.
+    Int {
+        bytes: u8,
+        signed: bool,
+        big: bool,
+    },
 }
 
 impl Dtype {
     fn size(self) -> u64 {
         match self {
-            Dtype::F32 | Dtype::I32 => 4,
-            Dtype::F64 | Dtype::I64 => 8,
+            Dtype::F32 => 4,
+            Dtype::F64 => 8,
+            Dtype::Int { bytes, .. } => bytes as u64,
+        }
+    }
+
+    /// An integer's value, widened (u64 beyond i64 saturates: out of range
+    /// for any table anyway).
+    fn int_at(self, c: &[u8]) -> i64 {
+        let Dtype::Int { bytes, signed, big } = self else { unreachable!("an integer dtype") };
+        let mut b = [0u8; 8];
+        let n = bytes as usize;
+        if big {
+            b[..n].copy_from_slice(c);
+            b[..n].reverse();
+        } else {
+            b[..n].copy_from_slice(c);
+        }
+        // Sign-extend from the top bit of the value's own width.
+        if signed && b[n - 1] & 0x80 != 0 {
+            b[n..].fill(0xff);
+        }
+        let v = u64::from_le_bytes(b);
+        if signed {
+            v as i64
+        } else {
+            v.min(i64::MAX as u64) as i64
         }
     }
 }
@@ -105,12 +135,13 @@ pub struct Indices {
     pub values: Vec<i64>,
 }
 
-/// Reads a 1-D or 2-D int32/int64 `.npy` file of row indices.
+/// Reads a 1-D or 2-D `.npy` file of integer row indices (any width,
+/// signed or not, either byte order).
 pub fn load_indices(path: &Path) -> Result<Indices> {
     let bad = |reason: String| Error::bad_file(path, reason);
     let Opened { mut file, dtype, dims, data_bytes } = open(path)?;
-    if !matches!(dtype, Dtype::I32 | Dtype::I64) {
-        return Err(bad(format!("indices must be int32 or int64, found {}", dtype_name(dtype))));
+    if !matches!(dtype, Dtype::Int { .. }) {
+        return Err(bad(format!("indices must be integers, found {}", dtype_name(dtype))));
     }
     if dims.is_empty() || dims.len() > 2 {
         return Err(bad(format!("expected 1-D (one batch) or 2-D (a batch per row) indices, found shape {dims:?}")));
@@ -128,11 +159,7 @@ pub fn load_indices(path: &Path) -> Result<Indices> {
         let m = left.min(65_536);
         let bytes = &mut block[..m * item];
         read_exact_or(&mut file, bytes, || bad("truncated while reading the data".into()))?;
-        if item == 4 {
-            values.extend(bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64));
-        } else {
-            values.extend(bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))));
-        }
+        values.extend(bytes.chunks_exact(item).map(|c| dtype.int_at(c)));
         left -= m;
     }
     Ok(Indices { dims, values })
@@ -181,12 +208,13 @@ pub fn load(path: &Path) -> Result<Loaded> {
     Ok(Loaded { shape, data, note })
 }
 
-fn dtype_name(d: Dtype) -> &'static str {
+fn dtype_name(d: Dtype) -> String {
     match d {
-        Dtype::F32 => "float32",
-        Dtype::F64 => "float64",
-        Dtype::I32 => "int32",
-        Dtype::I64 => "int64",
+        Dtype::F32 => "float32".into(),
+        Dtype::F64 => "float64".into(),
+        Dtype::Int { bytes, signed, big } => {
+            format!("{}int{}{}", if signed { "" } else { "u" }, bytes * 8, if big { " (big-endian)" } else { "" })
+        }
     }
 }
 
@@ -204,18 +232,36 @@ fn parse_header(h: &str) -> std::result::Result<(Dtype, Vec<u64>), String> {
     let descr = value("descr")?;
     let descr =
         descr.strip_prefix('\'').and_then(|s| s.split('\'').next()).ok_or("malformed 'descr' in the .npy header")?;
-    let dtype = match descr {
-        "<f4" => Dtype::F32,
-        "<f8" => Dtype::F64,
-        "<i4" => Dtype::I32,
-        "<i8" => Dtype::I64,
-        other => {
-            return Err(format!(
-                "unsupported dtype '{other}': expected little-endian float32 ('<f4'), float64 ('<f8'), \
-                 or for indices int32 ('<i4') or int64 ('<i8')"
-            ))
-        }
+    let int = |order: &str, kind: &str, n: &str| -> Option<Dtype> {
+        let bytes = match n {
+            "1" => 1,
+            "2" => 2,
+            "4" => 4,
+            "8" => 8,
+            _ => return None,
+        };
+        // '|' (no order) only for single bytes; '=' is this machine's.
+        let big = match order {
+            "<" => false,
+            ">" => true,
+            "=" => cfg!(target_endian = "big"),
+            "|" if bytes == 1 => false,
+            _ => return None,
+        };
+        Some(Dtype::Int { bytes, signed: kind == "i", big })
     };
+    let dtype = match descr {
+        "<f4" => Some(Dtype::F32),
+        "<f8" => Some(Dtype::F64),
+        d if d.len() == 3 && d.is_ascii() && matches!(&d[1..2], "i" | "u") => int(&d[..1], &d[1..2], &d[2..]),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        format!(
+            "unsupported dtype '{descr}': expected little-endian float32 ('<f4') or float64 ('<f8'), \
+             or for indices an integer type (e.g. '<i4', '<i8', '<u4')"
+        )
+    })?;
     let fortran = value("fortran_order")?;
     if fortran.starts_with("True") {
         return Err("Fortran-ordered arrays are not supported: save with numpy.ascontiguousarray".into());
@@ -299,6 +345,48 @@ fn default_permissions() -> Option<std::fs::Permissions> {
 mod tests {
     use super::*;
 
+    /// Indices of every integer width, signed or not, in either byte order,
+    /// read as numpy wrote them (values chosen to show the sign, the width
+    /// and the order).
+    #[test]
+    fn indices_of_every_integer_dtype() {
+        let dir = tempfile::tempdir().unwrap();
+        let values: [i64; 4] = [0, 1, 100, 127];
+        for bytes in [1usize, 2, 4, 8] {
+            for signed in [true, false] {
+                for (order, big) in [("<", false), (">", true), ("|", false), ("=", cfg!(target_endian = "big"))] {
+                    if order == "|" && bytes != 1 {
+                        continue; // '|' is for single bytes only
+                    }
+                    let descr = format!("{order}{}{bytes}", if signed { "i" } else { "u" });
+                    let header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': (4,), }}\n");
+                    let mut f = MAGIC.to_vec();
+                    f.extend([1, 0]);
+                    f.extend((header.len() as u16).to_le_bytes());
+                    f.extend(header.as_bytes());
+                    for v in values {
+                        let le = (v as u64).to_le_bytes();
+                        let mut b = le[..bytes].to_vec();
+                        if big {
+                            b.reverse();
+                        }
+                        f.extend(b);
+                    }
+                    let path = dir.path().join(format!("i{bytes}{signed}{big}.npy"));
+                    std::fs::write(&path, &f).unwrap();
+                    let got = load_indices(&path).unwrap_or_else(|e| panic!("{descr}: {e}"));
+                    assert_eq!(got.values, values, "{descr}");
+                }
+            }
+        }
+        // A negative signed value stays negative (and is then refused by
+        // position, as out of range); a huge unsigned one saturates.
+        let t = Dtype::Int { bytes: 2, signed: true, big: true };
+        assert_eq!(t.int_at(&[0xff, 0xfe]), -2);
+        assert_eq!(Dtype::Int { bytes: 8, signed: false, big: false }.int_at(&[0xff; 8]), i64::MAX);
+        assert_eq!(Dtype::Int { bytes: 1, signed: true, big: false }.int_at(&[0x80]), -128);
+    }
+
     #[test]
     fn round_trip_and_header_alignment() {
         let dir = tempfile::tempdir().unwrap();
@@ -320,7 +408,9 @@ mod tests {
         assert!(parse_header("{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }")
             .unwrap_err()
             .contains("'>f4'"));
-        assert!(parse_header("{'descr': '<i2', 'fortran_order': False, 'shape': (2, 3), }").is_err());
+        assert!(parse_header("{'descr': '<i3', 'fortran_order': False, 'shape': (2, 3), }").is_err());
+        assert!(parse_header("{'descr': '|i4', 'fortran_order': False, 'shape': (2, 3), }").is_err());
+        assert!(parse_header("{'descr': '<c8', 'fortran_order': False, 'shape': (2, 3), }").is_err());
         assert!(parse_header("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }")
             .unwrap_err()
             .contains("Fortran"));
