@@ -30,6 +30,37 @@ var<workgroup> bf_pick: vec2<u32>;
 var<workgroup> bf_count: atomic<u32>;
 var<workgroup> bf_rows: array<u32, SCAN_CAP>;
 
+// Each lane visits the bad rows of its workgroups' findings in `buf` (the
+// masks' slots, mapped to rows) and either lists a row in `bf_rows` when it
+// is ≤ `list_to` (`listing`), or counts its 8-bit digit at `digit.z` when
+// its bits under `digit.x` equal `digit.y` (a radix round).
+fn visit_bad_rows(lid: u32, buf: u32, nwg: u32, stamp: u32, listing: bool, digit: vec3<u32>, list_to: u32) {
+    for (var j = lid; j < nwg; j = j + WG) {
+        let at = (j * SCAN_BUFS + buf) * DETAIL_WORDS;
+        if (scan_detail[at] != stamp) {
+            continue;
+        }
+        let slot0 = scan_detail[at + 4u];
+        for (var k = 0u; k < 8u; k = k + 1u) {
+            var m = scan_detail[at + 8u + k];
+            while (m != 0u) {
+                let row = slots[slot0 + k * 32u + countTrailingZeros(m)].x;
+                m = m & (m - 1u);
+                if (!listing) {
+                    if ((row & digit.x) == digit.y) {
+                        atomicAdd(&bf_hist[(row >> digit.z) & 255u], 1u);
+                    }
+                } else if (row <= list_to) {
+                    let at_list = atomicAdd(&bf_count, 1u);
+                    if (at_list < SCAN_CAP) {
+                        bf_rows[at_list] = row;
+                    }
+                }
+            }
+        }
+    }
+}
+
 // A batch's scan block for `buf` after `scan_collect` folded its counts
 // (all lanes call; `nwg` workgroups stamped `stamp`): the first element
 // is the lowest row's, and the rows listed are the lowest SCAN_CAP rows,
@@ -79,23 +110,7 @@ fn batch_findings(lid: u32, buf: u32, nwg: u32, stamp: u32, out: u32) {
                 atomicStore(&bf_hist[d], 0u);
             }
             workgroupBarrier();
-            for (var j = lid; j < nwg; j = j + WG) {
-                let at = (j * SCAN_BUFS + buf) * DETAIL_WORDS;
-                if (scan_detail[at] != stamp) {
-                    continue;
-                }
-                let slot0 = scan_detail[at + 4u];
-                for (var k = 0u; k < 8u; k = k + 1u) {
-                    var m = scan_detail[at + 8u + k];
-                    while (m != 0u) {
-                        let row = slots[slot0 + k * 32u + countTrailingZeros(m)].x;
-                        m = m & (m - 1u);
-                        if ((row & high) == (pick.x & high)) {
-                            atomicAdd(&bf_hist[(row >> shift) & 255u], 1u);
-                        }
-                    }
-                }
-            }
+            visit_bad_rows(lid, buf, nwg, stamp, false, vec3<u32>(high, pick.x & high, shift), 0u);
             workgroupBarrier();
             if (lid == 0u) {
                 var below = 0u;
@@ -114,26 +129,7 @@ fn batch_findings(lid: u32, buf: u32, nwg: u32, stamp: u32, out: u32) {
         bound = pick.x;
     }
     workgroupBarrier();
-    for (var j = lid; j < nwg; j = j + WG) {
-        let at = (j * SCAN_BUFS + buf) * DETAIL_WORDS;
-        if (scan_detail[at] != stamp) {
-            continue;
-        }
-        let slot0 = scan_detail[at + 4u];
-        for (var k = 0u; k < 8u; k = k + 1u) {
-            var m = scan_detail[at + 8u + k];
-            while (m != 0u) {
-                let row = slots[slot0 + k * 32u + countTrailingZeros(m)].x;
-                m = m & (m - 1u);
-                if (row <= bound) {
-                    let at_list = atomicAdd(&bf_count, 1u);
-                    if (at_list < SCAN_CAP) {
-                        bf_rows[at_list] = row;
-                    }
-                }
-            }
-        }
-    }
+    visit_bad_rows(lid, buf, nwg, stamp, true, vec3<u32>(0u, 0u, 0u), bound);
     workgroupBarrier();
     // Sorted by rank (ties, which distinct rows never make, by position).
     let n = min(atomicLoad(&bf_count), SCAN_CAP);

@@ -49,49 +49,21 @@ macro_rules! kernel {
 
 pub const INIT: Kernel = kernel!("init", [RNG], ["main"], ["WG", "D"]);
 pub const ANCHORS: Kernel = kernel!("anchors", [], ["main"], ["D", "L"]);
-pub const FUSED_STEP: Kernel = kernel!(
-    "fused_step",
-    [REDUCE_WG, SCAN, FOLD_WG],
-    ["main"],
-    [
-        "WG",
-        "D",
-        "MODE",
-        "NAIVE",
-        "GUARD",
-        "UPDATE",
-        "SCAN",
-        "L",
-        "KEEP",
-        "MOMENTUM",
-        "SCAN_BUFS",
-        "BATCHED",
-        "CLIP",
-        "PREP",
-        "DIRECT"
-    ]
-);
+/// The fused step's overrides, and `$extra`.
+macro_rules! fused_overrides {
+    ($($extra:literal),*) => {
+        &[
+            "WG", "D", "MODE", "NAIVE", "GUARD", "UPDATE", "SCAN", "L", "KEEP", "MOMENTUM", "SCAN_BUFS", "BATCHED",
+            "CLIP", "PREP", "DIRECT" $(, $extra)*
+        ]
+    };
+}
+pub const FUSED_STEP: Kernel =
+    Kernel { overrides: fused_overrides!(), ..kernel!("fused_step", [REDUCE_WG, SCAN, FOLD_WG], ["main"], []) };
 /// The fused step with fold_sg.wgsl: for devices with `Features::SUBGROUP`.
 pub const FUSED_STEP_SG: Kernel = Kernel {
     helpers: &[REDUCE_WG, SCAN, FOLD_SG],
-    overrides: &[
-        "WG",
-        "D",
-        "MODE",
-        "NAIVE",
-        "GUARD",
-        "UPDATE",
-        "SCAN",
-        "L",
-        "KEEP",
-        "MOMENTUM",
-        "SCAN_BUFS",
-        "BATCHED",
-        "CLIP",
-        "PREP",
-        "DIRECT",
-        "SG",
-    ],
+    overrides: fused_overrides!("SG"),
     capabilities: naga::valid::Capabilities::SUBGROUP,
     ..FUSED_STEP
 };
