@@ -3,10 +3,11 @@
 # prebuilt binaries (it builds nothing: the machine may have no Rust).
 # Here, first:  bash benches/gpu.sh --prepare   (fills .dev/bin, .gl)
 # There:        bash benches/gpu.sh              (carry .dev and .gl)
-# It runs the GPU-facing tests on the real GPU, the main job, a 1 GiB
-# `latent-line scan`, and `cargo bench`'s binary, then prints one table.
-# `bash benches/gpu.sh quick`: the naive, forensics and subgroups tests, the main job
-# and the GPU benches only (when device time is short).
+# It runs the GPU-facing tests on the real GPU, the main job, `cargo
+# bench`'s binary, the peers, a 1 GiB `latent-line scan` and the 100M-row
+# table, printing one comparison table (benches/summary.py).
+# `bash benches/gpu.sh quick`: the quick tests, the main job, --profile and
+# the GPU benches only (when device time is short).
 set -u
 MODE=${1:-full}
 if [ "${1:-}" = "--prepare" ]; then
@@ -32,57 +33,73 @@ for l in sys.stdin:
     exit 0
 fi
 
-for f in .gl/*.deb; do dpkg -x "$f" /; done
-ldconfig
-export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+# Sizes and the driver can be overridden for a dry run elsewhere (e.g. on
+# lavapipe: ICD=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json R=20000
+# SCAN_ROWS=65536 HUGE_ROWS=40000 bash benches/gpu.sh quick).
+R=${R:-1000000}
+SCAN_ROWS=${SCAN_ROWS:-4194304}
+HUGE_ROWS=${HUGE_ROWS:-100000000}
+if ls .gl/*.deb >/dev/null 2>&1; then
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+fi
+export VK_DRIVER_FILES=${ICD:-/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json}
+export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
 export XDG_RUNTIME_DIR=/tmp CARGO_TARGET_DIR=/tmp/ct
-B=.dev/bin
+B=$PWD/.dev/bin
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
+# Everything also goes to $OUT/gpu-log.txt as it happens: a call that runs
+# out of time still brings back what was measured. Most important first.
+exec > >(tee -a "$OUT/gpu-log.txt") 2>&1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 date -u
 echo "== latent-line devices (for the README)"
 "$B/latent-line" devices
 
-echo "== tests on this GPU"
-TESTS="naive forensics subgroups batches backends_vs_reference"
-[ "$MODE" = quick ] && TESTS="naive forensics subgroups"
-for t in $TESTS; do
-    "$B/$t" --test-threads 4 2>&1 | grep -E "^test |test result|panicked|seed" | grep -v "^test .* ok$" | tail -20
-done
+echo "== tests on this GPU (quick ones first)"
+run_tests() {
+    for t in "$@"; do
+        echo "-- $t"
+        timeout 300 "$B/$t" --test-threads 4 2>&1 | grep -E "^test |test result|panicked|seed" | grep -v "^test .* ok$" | tail -20
+    done
+}
+run_tests naive forensics subgroups
 
-echo "== main job: latent-line --rows 1000000 (wall time, start-up included)"
+echo "== main job: latent-line --rows $R (wall time, start-up included)"
 s=$(date +%s.%N)
-"$B/latent-line" --rows 1000000 --report "$OUT/main-job.json"
+"$B/latent-line" --rows "$R" --report "$OUT/main-job.json"
 e=$(date +%s.%N)
 echo "wall $(python3 -c "print(f'{$e - $s:.3f}')") s"
 
 echo "== --profile: the kernels of the main job, and of a random batch step"
-"$B/latent-line" --rows 1000000 --steps 50 --profile | grep -A14 "^profile"
-"$B/latent-line" --rows 1000000 --steps 50 --batch 65536 --profile | grep -A14 "^profile"
+"$B/latent-line" --rows "$R" --steps 50 --profile | grep -A14 "^profile"
+"$B/latent-line" --rows "$R" --steps 50 --batch 65536 --profile | grep -A14 "^profile"
 
-if [ "$MODE" = quick ]; then
-    "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 gpu 2>&1 | grep -E "^gpu|time:" | grep -v "%"
-    python3 benches/summary.py /tmp/ct/criterion | tee "$OUT/bench-summary.txt"
-    exit 0
-fi
-
-echo "== naive on this GPU: default guard, then ignore"
-"$B/latent-line" --rows 1000000 --naive --endpoints detached --steps 3 | grep -E "event|ABORT|guard|finite"
-"$B/latent-line" --rows 1000000 --naive --endpoints detached --steps 1 --on-nonfinite ignore | grep -E "event|finite"
-
-echo "== latent-line scan on a 1 GiB table"
-"$B/latent-line" --rows 4194304 --dim 64 --steps 0 --save /tmp/big.npy >/dev/null
-"$B/latent-line" scan /tmp/big.npy; echo "exit $?"
+echo "== cargo bench (criterion), GPU groups"
+timeout 420 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 gpu 2>&1 | grep -E "^gpu|time:" | grep -v "%"
+python3 benches/summary.py /tmp/ct/criterion | tee "$OUT/bench-summary.txt"
+[ "$MODE" = quick ] && exit 0
 
 echo "== peers: PyTorch (CUDA events)"
-PYTHONUNBUFFERED=1 timeout 180 python3 benches/peers/torch_step.py 1000000 64 65536 2>&1 | grep -v Warning
+PYTHONUNBUFFERED=1 timeout 180 python3 benches/peers/torch_step.py "$R" 64 65536 2>&1 | grep -v Warning
 echo "== peers: JAX (jit; host timer around block_until_ready)"
-PYTHONUNBUFFERED=1 timeout 120 python3 benches/peers/jax_step.py 1000000 64 65536 2>&1 | grep -v -i warning
+PYTHONUNBUFFERED=1 timeout 120 python3 benches/peers/jax_step.py "$R" 64 65536 2>&1 | grep -v -i warning
 
-echo "== 100M × 64: the main job's step (wall), then in the bench below (GPU time)"
-"$B/latent-line" --rows 100000000 --dim 64 --steps 10 | grep -E "table|speed|finite"
+echo "== naive on this GPU: default guard, then ignore"
+"$B/latent-line" --rows "$R" --naive --endpoints detached --steps 3 | grep -E "event|ABORT|guard|finite"
+"$B/latent-line" --rows "$R" --naive --endpoints detached --steps 1 --on-nonfinite ignore | grep -E "event|finite"
 
-echo "== cargo bench (criterion)"
-LATENT_LINE_BENCH_HUGE=1 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 2>&1 | grep -E "^(gpu|cpu)|time:" | grep -v "%"
+echo "== latent-line scan on a 1 GiB table"
+"$B/latent-line" --rows "$SCAN_ROWS" --dim 64 --steps 0 --save /tmp/big.npy >/dev/null
+"$B/latent-line" scan /tmp/big.npy; echo "exit $?"
+rm -f /tmp/big.npy*
+
+echo "== $HUGE_ROWS × 64: the main job's step (wall), then in the bench below (GPU time)"
+timeout 240 "$B/latent-line" --rows "$HUGE_ROWS" --dim 64 --steps 10 | grep -E "kernel|table|speed|finite"
+echo "== cargo bench: the CPU group, and the huge table (GPU time)"
+LATENT_LINE_BENCH_HUGE=1 timeout 300 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'cpu/|100000000x' 2>&1 | grep -E "^(gpu|cpu)|time:" | grep -v "%"
 python3 benches/summary.py /tmp/ct/criterion | tee "$OUT/bench-summary.txt"
+
+echo "== the long tests on this GPU"
+run_tests batches backends_vs_reference

@@ -18,9 +18,11 @@
 //    so a failing step is dropped without another pass over the table.
 // Batches (BATCHED): the pass runs over a batch's slots instead of a
 // table chunk (gathered by batch_io.wgsl, or read in place: DIRECT below):
-// slot i is row slots[i].x with its multiplicity and weight, and the scans
-// list slot numbers (the host maps them to rows). Attached anchors and clipping (SPEC §4–§5) need the
-// whole step reduced before any row is written: a PREP run of this kernel
+// slot i is row slots[i].x with its multiplicity and weight; the scans'
+// masks are of slots, each workgroup's finding is its lowest row's
+// (`lowest_row_finding`), and reduce.wgsl lists the lowest rows.
+// Attached anchors and clipping (SPEC §4–§5) need the whole step reduced
+// before any row is written: a PREP run of this kernel
 // reads the rows first, writes each slot's coefficients and the gradient
 // norm's partial sums (no scans, no writes); anchor_sum.wgsl and
 // prepare.wgsl then give the anchors' gradients and the clip factor.

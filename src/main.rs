@@ -240,13 +240,16 @@ fn parse_anchors(s: &str) -> anyhow::Result<(usize, usize)> {
     Ok((num(a)?, num(b)?))
 }
 
-/// Whether two paths name one file: the same file where both exist, else
-/// the same absolute path.
+/// Whether two paths name one file: each resolved as far as it exists (the
+/// file, else its folder, links and `..` included) and then compared.
 fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => std::path::absolute(a).ok() == std::path::absolute(b).ok() && std::path::absolute(a).is_ok(),
+    fn resolve(p: &Path) -> Option<PathBuf> {
+        p.canonicalize().ok().or_else(|| {
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            Some(dir.canonicalize().ok()?.join(p.file_name()?))
+        })
     }
+    matches!((resolve(a), resolve(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// Output paths must be writable places, checked before any work.
@@ -288,7 +291,23 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     // only overlap allowed is --save onto the table it loaded or resumed
     // (an atomic replacement, SPEC §12).
     let outputs = [("--save", &args.save), ("--report", &args.report), ("--plot", &args.plot)];
-    let inputs = [("--load", &args.load), ("--resume", &args.resume), ("--indices", &args.indices)];
+    // --save's run state and optimiser state lie beside it.
+    let beside = |what: &str| {
+        args.save.as_ref().map(|s| {
+            let mut p = s.as_os_str().to_owned();
+            p.push(what);
+            PathBuf::from(p)
+        })
+    };
+    let (state, velocity, snapshot) = (beside(".state.json"), beside(".velocity.npy"), beside(".snapshot.npy"));
+    let inputs = [
+        ("--load", &args.load),
+        ("--resume", &args.resume),
+        ("--indices", &args.indices),
+        ("--save's run state", &state),
+        ("--save's velocity", &velocity),
+        ("--save's snapshot", &snapshot),
+    ];
     for (i, (out_opt, out)) in outputs.iter().enumerate() {
         let Some(out) = out else { continue };
         let others = outputs[i + 1..].iter().chain(&inputs);

@@ -564,12 +564,17 @@ fn outputs_never_overwrite_the_runs_other_files() {
     npy(&dir.p("i.npy"), "{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }", &[1, 0, 0, 0, 2, 0, 0, 0]);
     let before = (std::fs::read(&t).unwrap(), std::fs::read(&idx).unwrap());
     let via = format!("{}/./t.npy", dir.0.path().display());
+    std::fs::create_dir(dir.p("sub")).unwrap();
+    let (up, svg, t2, t2_state) = (dir.s("sub/../r.svg"), dir.s("r.svg"), dir.s("t2.npy"), dir.s("t2.npy.state.json"));
     for (args, opt, other) in [
         (vec!["--load", &t, "--report", &t], "--report", "--load"),
         (vec!["--load", &t, "--report", &via], "--report", "--load"),
         (vec!["--resume", &t, "--report", &t], "--report", "--resume"),
         (vec!["--load", &t, "--indices", &idx, "--save", &idx], "--save", "--indices"),
         (vec!["--load", &t, "--save", &via, "--report", &t], "--save", "--report"),
+        // Neither exists yet: a `..` in the folder still names the same file.
+        (vec!["--load", &t, "--report", &up, "--plot", &svg], "--report", "--plot"),
+        (vec!["--load", &t, "--save", &t2, "--report", &t2_state], "--report", "--save's run state"),
     ] {
         let o = run(&[&["--backend", "cpu", "--steps", "2"], &args[..]].concat());
         assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));

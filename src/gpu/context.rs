@@ -56,9 +56,11 @@ impl GpuContext {
     /// `--adapter`, else `WGPU_ADAPTER_NAME`), case-insensitively; otherwise the
     /// best-ranked one. Fails when there is none: a GPU test must not skip.
     pub fn new(name: Option<&str>) -> Result<Self> {
-        let env_name = std::env::var("WGPU_ADAPTER_NAME").ok();
+        let env_name = std::env::var("WGPU_ADAPTER_NAME").ok().filter(|n| !n.is_empty());
         let name = name.map(str::to_owned).or(env_name);
         let mut all = adapters();
+        // Best first, for the name too: the first match is the best-ranked.
+        all.sort_by_key(|a| rank(a.get_info().device_type));
         if all.is_empty() {
             return Err(Error::NoAdapter(
                 "wgpu found none (is a Vulkan, Metal or DX12 driver installed? on Linux: mesa-vulkan-drivers)".into(),
@@ -76,10 +78,7 @@ impl GpuContext {
                     }
                 }
             }
-            None => {
-                all.sort_by_key(|a| rank(a.get_info().device_type));
-                all.swap_remove(0)
-            }
+            None => all.swap_remove(0),
         };
         Self::from_adapter(adapter)
     }

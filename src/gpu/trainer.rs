@@ -412,20 +412,20 @@ impl GpuTrainer {
         if !lanes.is_power_of_two() {
             return Err(Error::invalid("lanes_per_row", format!("{lanes} is not a power of two")));
         }
-        let has_subgroups = ctx.features.contains(wgpu::Features::SUBGROUP);
-        if opts.subgroups == Some(true) && !has_subgroups {
-            return Err(Error::invalid(
-                "subgroups",
-                format!("the adapter {} has no subgroup operations (Features::SUBGROUP)", ctx.info.name),
-            ));
-        }
         // The adapter's smallest subgroup: rows of up to that many lanes fold
         // by shuffles alone (fold_sg.wgsl).
         let sg_min = ctx.info.subgroup_min_size;
-        let subgroup = match opts.subgroups.unwrap_or(!ctx.is_software()) {
-            true if has_subgroups && sg_min.is_power_of_two() => sg_min,
-            _ => 0,
-        };
+        let usable = ctx.features.contains(wgpu::Features::SUBGROUP) && sg_min.is_power_of_two();
+        if opts.subgroups == Some(true) && !usable {
+            return Err(Error::invalid(
+                "subgroups",
+                format!(
+                    "the adapter {} has no usable subgroup operations (Features::SUBGROUP, smallest subgroup {sg_min})",
+                    ctx.info.name
+                ),
+            ));
+        }
+        let subgroup = if usable && opts.subgroups.unwrap_or(!ctx.is_software()) { sg_min } else { 0 };
         let max_binding = opts.max_binding_bytes.unwrap_or(u64::MAX).min(ctx.max_binding_bytes());
         let max_groups = opts.max_groups.unwrap_or(u32::MAX).clamp(1, ctx.max_groups());
         let layout = ChunkLayout::new(shape, max_binding, opts.max_chunk_rows, wg, max_groups)?;
