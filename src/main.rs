@@ -13,9 +13,7 @@ use latent_line::guard::{Action, Guard, Policy};
 use latent_line::report::{action_words, collapse_step, median, Event, Report, StepEntry, Summary};
 use latent_line::scan::scan_rows;
 use latent_line::tables::{self, Sidecar};
-use latent_line::{
-    npy, Batches, Endpoints, IndexBatches, Reduction, RunState, Shape, StepConfig, TableSource, Trainer,
-};
+use latent_line::{npy, Batches, Endpoints, IndexBatches, Reduction, Shape, StepConfig, TableSource, Trainer};
 
 /// `println!` that never panics: a closed stdout (`| head`) must not turn a
 /// finished run into a crash; the files and the exit code still tell.
@@ -399,6 +397,15 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             let state = tables::load_state(path, carried.as_ref())?.ok_or_else(|| {
                 anyhow::anyhow!("invalid --resume: {} has no run state (was it saved by latent-line?)", path.display())
             })?;
+            if let (Some(want), TableSource::Data(v)) = (state.table_fingerprint, &source) {
+                if tables::fingerprint(v) != want {
+                    bail!(
+                        "invalid --resume: {} is not the table its run state was saved with (a save interrupted \
+                         between the two?); resume from another checkpoint, or start again with --load",
+                        path.display()
+                    );
+                }
+            }
             // With momentum the velocity goes on too (saved beside the table).
             let velocity = if cfg.momentum > 0.0 {
                 if !state.velocity {
@@ -407,13 +414,13 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                         path.display()
                     );
                 }
-                Some(Sidecar::Velocity.load(path, shape)?)
+                Some(Sidecar::Velocity.load(path, shape, state.velocity_fingerprint)?)
             } else {
                 None
             };
             // rollback between two snapshot steps: the snapshot goes on too.
             let snapshot = if state.snapshot && cfg.guard.policy == Policy::Rollback {
-                Some(Sidecar::Snapshot.load(path, shape)?)
+                Some(Sidecar::Snapshot.load(path, shape, state.snapshot_fingerprint)?)
             } else {
                 None
             };
@@ -557,8 +564,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         if let (Some(k), Some(path)) = (args.checkpoint_every, &args.save) {
             if done % k == 0 && done < args.steps {
                 let d0_start = d0_saved.or(records.first().map(|r| r.d0));
-                let state = save_sidecars(trainer.as_mut(), path, shape, d0_start)?;
-                tables::save(path, &args.tensor, shape, &trainer.read_table()?, carried.as_ref(), Some(&state))?;
+                save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), d0_start)?;
                 out!("checkpoint step {done} → {}", path.display());
             }
         }
@@ -676,8 +682,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     }
 
     if let Some(path) = &args.save {
-        let state = save_sidecars(trainer.as_mut(), path, shape, d0_start)?;
-        tables::save(path, &args.tensor, shape, &trainer.read_table()?, carried.as_ref(), Some(&state))?;
+        save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), d0_start)?;
         out!(
             "saved    {}{}",
             path.display(),
@@ -897,17 +902,25 @@ fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
 
 /// The run state for a save to `path`, the momentum velocity saved beside
 /// it first (so that `--resume` with `--momentum` goes on exactly).
-fn save_sidecars(
+/// Saves the table at `path` with its run state (SPEC §13), and beside it
+/// what a resume needs besides: the momentum velocity, and a rollback
+/// snapshot older than the table. Each file is written atomically; the
+/// state records the others' fingerprints, so a resume refuses a mixture
+/// left by an interrupted save.
+fn save_checkpoint(
     trainer: &mut dyn Trainer,
     path: &std::path::Path,
-    shape: Shape,
+    tensor: &str,
+    carried: Option<&tables::Carried>,
     d0_start: Option<f64>,
-) -> anyhow::Result<RunState> {
+) -> anyhow::Result<()> {
+    let shape = trainer.shape();
     let mut state = trainer.run_state()?;
     state.d0_start = d0_start;
     if let Some(v) = trainer.read_velocity()? {
         Sidecar::Velocity.save(path, shape, &v)?;
         state.velocity = true;
+        state.velocity_fingerprint = Some(tables::fingerprint(&v));
     }
     // Between two snapshot steps the unbroken run would restore an older
     // table than the checkpoint: it goes beside it.
@@ -915,9 +928,13 @@ fn save_sidecars(
         if let Some(t) = trainer.read_snapshot()? {
             Sidecar::Snapshot.save(path, shape, &t)?;
             state.snapshot = true;
+            state.snapshot_fingerprint = Some(tables::fingerprint(&t));
         }
     }
-    Ok(state)
+    let table = trainer.read_table()?;
+    state.table_fingerprint = Some(tables::fingerprint(&table));
+    tables::save(path, tensor, shape, &table, carried, Some(&state))?;
+    Ok(())
 }
 
 /// The command-line spelling of an option value.

@@ -54,10 +54,23 @@ impl Sidecar {
         npy::save(&self.path(path), shape, v)
     }
 
-    /// Loads it from beside `path`, checked against the table's shape.
-    pub fn load(self, path: &Path, shape: Shape) -> Result<Vec<f32>> {
+    /// Loads it from beside `path`, checked against the table's shape and
+    /// against the fingerprint the run state recorded for it (`None`: a
+    /// state saved before fingerprints).
+    pub fn load(self, path: &Path, shape: Shape, want: Option<u64>) -> Result<Vec<f32>> {
         let side = self.path(path);
         let v = npy::load(&side)?;
+        if want.is_some_and(|h| h != fingerprint(&v.data)) {
+            return Err(Error::bad_file(
+                &side,
+                format!(
+                    "this {} is not the one {}'s run state was saved with (a save interrupted between the two?); \
+                     resume from another checkpoint, or start again with --load",
+                    self.name(),
+                    path.display()
+                ),
+            ));
+        }
         if v.shape != shape {
             return Err(Error::bad_file(
                 &side,
@@ -73,6 +86,22 @@ impl Sidecar {
         }
         Ok(v.data)
     }
+}
+
+/// A 64-bit fingerprint of values (their bits, in order). A checkpoint is
+/// several files written one after another (the table, its run state, the
+/// optimiser's sidecars), each atomically; the run state records the
+/// others' fingerprints, so that a resume can tell a checkpoint whose parts
+/// come from two saves (one interrupted) and refuse it rather than go on
+/// from a mixture. Not cryptographic: it guards against accidents.
+pub fn fingerprint(v: &[f32]) -> u64 {
+    use rayon::prelude::*;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let parts: Vec<u64> = v
+        .par_chunks(1 << 16)
+        .map(|c| c.iter().fold(0xcbf2_9ce4_8422_2325, |h, x| (h ^ x.to_bits() as u64).wrapping_mul(PRIME)))
+        .collect();
+    parts.into_iter().fold(v.len() as u64, |h, p| (h.rotate_left(23) ^ p).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
 /// The run state saved with the table at `path` (`None`: none saved).

@@ -32,6 +32,14 @@ pub struct RunState {
     /// (SPEC §8) across resumes.
     #[serde(default)]
     pub d0_start: Option<f64>,
+    /// Fingerprints ([`crate::tables::fingerprint`]) of the table and the
+    /// sidecars saved with this state, checked on resume.
+    #[serde(default)]
+    pub table_fingerprint: Option<u64>,
+    #[serde(default)]
+    pub velocity_fingerprint: Option<u64>,
+    #[serde(default)]
+    pub snapshot_fingerprint: Option<u64>,
 }
 
 /// GPU time and bytes of one kernel over the profiled steps (`--profile`).

@@ -591,6 +591,36 @@ fn outputs_never_overwrite_the_runs_other_files() {
     assert!(std::fs::read(&t).unwrap() != before.0, "--save onto --load trains the file");
 }
 
+/// A checkpoint is a table, its run state and the optimiser's sidecars,
+/// written one after another; a save interrupted between them leaves parts
+/// of two saves. The state's fingerprints catch it: the resume is refused,
+/// naming the part that does not belong, and nothing is written.
+#[test]
+fn a_resume_refuses_a_checkpoint_mixed_from_two_saves() {
+    let dir = Dir::new();
+    let (half, other, done) = (dir.s("half.npy"), dir.s("other.npy"), dir.s("done.npy"));
+    let common = ["--backend", "cpu", "--rows", "200", "--dim", "4", "--momentum", "0.9"];
+    let with = |more: &[&str]| run(&common.iter().chain(more).copied().collect::<Vec<_>>());
+    assert_eq!(with(&["--steps", "10", "--save", &half]).status.code(), Some(0));
+    assert_eq!(with(&["--steps", "12", "--save", &other]).status.code(), Some(0));
+    let keep = |name: &str| std::fs::read(dir.p(name)).unwrap();
+    let (table, velocity) = (keep("half.npy"), keep("half.npy.velocity.npy"));
+    for (part, from, named) in [
+        ("half.npy", "other.npy", "half.npy is not the table its run state was saved with"),
+        ("half.npy.velocity.npy", "other.npy.velocity.npy", "half.npy.velocity.npy"),
+    ] {
+        std::fs::write(dir.p(part), keep(from)).unwrap();
+        let o = with(&["--resume", &half, "--steps", "20", "--save", &done]);
+        assert_eq!(o.status.code(), Some(1), "{part}: {}", stderr(&o));
+        assert!(stderr(&o).contains(named) && stderr(&o).contains("interrupted"), "{part}: {}", stderr(&o));
+        assert!(!Path::new(&done).exists(), "{part}: an output was written");
+        std::fs::write(dir.p("half.npy"), &table).unwrap();
+        std::fs::write(dir.p("half.npy.velocity.npy"), &velocity).unwrap();
+    }
+    let o = with(&["--resume", &half, "--steps", "20", "--save", &done]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
 #[test]
 fn plot_writes_a_valid_svg_of_the_run() {
     let dir = Dir::new();
