@@ -409,6 +409,15 @@ fn wgpu_adapter_name_is_honoured_by_auto_and_devices() {
     assert!(stderr(&o).contains("none matches \"no such adapter\""), "{}", stderr(&o));
     let o = with_env("no such adapter", &["devices"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("names no adapter"));
+    // The subgroup fold's switch takes 0 or 1, nothing else.
+    let o = Command::new(BIN)
+        .args(["--backend", "gpu", "--rows", "500", "--dim", "4", "--steps", "1"])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env("LATENT_LINE_SUBGROUPS", "yes")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("invalid LATENT_LINE_SUBGROUPS: \"yes\": use 0 (off) or 1 (on)"), "{}", stderr(&o));
 }
 
 #[test]

@@ -90,9 +90,11 @@ pub struct GpuOptions {
     /// `None`); tests lower it to stand for a device with a huge table.
     pub max_binding_bytes: Option<u64>,
     /// The row fold by subgroup shuffles (fold_sg.wgsl, the same bits as the
-    /// portable fold_wg.wgsl). `None`: where the device has
-    /// `Features::SUBGROUP`, except on software adapters (there L = 1 and
-    /// nothing is folded). `Some(true)` on a device without them is refused.
+    /// portable fold_wg.wgsl). `None`: `LATENT_LINE_SUBGROUPS` (`0` or `1`)
+    /// where set — a switch for a driver that gets subgroups wrong — else
+    /// wherever the device has `Features::SUBGROUP`, except on software
+    /// adapters (there L = 1 and nothing is folded). `Some(true)` on a
+    /// device without them is refused.
     pub subgroups: Option<bool>,
 }
 
@@ -416,7 +418,16 @@ impl GpuTrainer {
         // by shuffles alone (fold_sg.wgsl).
         let sg_min = ctx.info.subgroup_min_size;
         let usable = ctx.features.contains(wgpu::Features::SUBGROUP) && sg_min.is_power_of_two();
-        if opts.subgroups == Some(true) && !usable {
+        let asked = match std::env::var("LATENT_LINE_SUBGROUPS").as_deref() {
+            _ if opts.subgroups.is_some() => opts.subgroups,
+            Ok("1") => Some(true),
+            Ok("0") => Some(false),
+            Ok(v) => {
+                return Err(Error::invalid("LATENT_LINE_SUBGROUPS", format!("{v:?}: use 0 (off) or 1 (on)")));
+            }
+            Err(_) => None,
+        };
+        if asked == Some(true) && !usable {
             return Err(Error::invalid(
                 "subgroups",
                 format!(
@@ -425,7 +436,7 @@ impl GpuTrainer {
                 ),
             ));
         }
-        let subgroup = if usable && opts.subgroups.unwrap_or(!ctx.is_software()) { sg_min } else { 0 };
+        let subgroup = if usable && asked.unwrap_or(!ctx.is_software()) { sg_min } else { 0 };
         let max_binding = opts.max_binding_bytes.unwrap_or(u64::MAX).min(ctx.max_binding_bytes());
         let max_groups = opts.max_groups.unwrap_or(u32::MAX).clamp(1, ctx.max_groups());
         let layout = ChunkLayout::new(shape, max_binding, opts.max_chunk_rows, wg, max_groups)?;
