@@ -14,8 +14,11 @@
 //!                   with replacement from a quarter of the table)
 //!   step-attached-clip  the full table, attached anchors and clipping:
 //!                   the two-read step
-//! Sizes are 1M × 64 and 1M × 128 (scan: a 1 GiB table) on a hardware GPU,
-//! smaller on a software adapter or the CPU. Group `gpu[…]`: wall clock
+//! Sizes are 1M × 64 and 1M × 128 (scan: a 1 GiB table) on a hardware GPU
+//! and the CPU, smaller on a software adapter. The CPU's floor is a copy
+//! of the table on one core (`memcpy`) and on all (`memcpy-par`), the step
+//! running on all; its pass is the build for the CPU's widest instructions
+//! (`Simd`). Group `gpu[…]`: wall clock
 //! around whole submissions (GPU work included: each measurement waits for
 //! the device). Group `gpu-time[…]`, where the adapter has timestamp
 //! queries: the GPU's own time of each pass, beside `copy-shader`, a copy
@@ -234,7 +237,8 @@ fn gpu(c: &mut Criterion) {
 fn cpu(c: &mut Criterion) {
     let mut g = c.benchmark_group("cpu");
     g.sample_size(10).measurement_time(Duration::from_secs(3));
-    for shape in shapes(false) {
+    // The GPU's sizes: 1M rows, out of any cache, so the floor is memory's.
+    for shape in shapes(true) {
         let mut t = CpuTrainer::new(shape, config(shape, Policy::Ignore), TableSource::Random { seed: 1 })
             .expect("CPU trainer");
         let src = t.read_table().expect("table");
@@ -242,6 +246,13 @@ fn cpu(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(2 * shape.bytes()));
         let id = format!("{}x{}", shape.rows, shape.dim);
         g.bench_function(format!("memcpy/{id}"), |b| b.iter(|| dst.copy_from_slice(std::hint::black_box(&src))));
+        // The floor on all cores, as the step runs: the same copy by rayon.
+        g.bench_function(format!("memcpy-par/{id}"), |b| {
+            b.iter(|| {
+                use rayon::prelude::*;
+                dst.par_chunks_mut(1 << 16).zip(src.par_chunks(1 << 16)).for_each(|(d, s)| d.copy_from_slice(s))
+            })
+        });
         g.bench_function(format!("step-ignore/{id}"), |b| b.iter(|| t.steps(1).expect("step")));
         let mut s = CpuTrainer::new(shape, config(shape, Policy::SkipStep), TableSource::Random { seed: 1 })
             .expect("CPU trainer");

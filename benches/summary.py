@@ -24,7 +24,8 @@ for g in groups:
         base = {"step-noscan": copy, "step-ignore": "step-noscan", "step-skip-step": "step-noscan", "step-skip-step-1lane": "step-skip-step", "step-skip-step-wgfold": "step-skip-step",
                 "step-attached-clip": "step-skip-step", "scan": "scan-copy"}.get(kind)
         if g == "cpu":
-            base = {"step-ignore": "memcpy", "step-skip-step": "step-ignore", "scan": "memcpy"}.get(kind)
+            floor = "memcpy-par" if (g, f"memcpy-par/{size}") in med else "memcpy"
+            base = {"step-ignore": floor, "step-skip-step": floor, "scan": floor, "memcpy": floor}.get(kind)
         ratio = ""
         if base and (g, f"{base}/{size}") in med:
             ratio = f"{ns / med[(g, f'{base}/{size}')][0]:.3f}× {base}"

@@ -46,6 +46,8 @@ pub struct CpuTrainer {
     identity: Vec<(u32, u32)>,
     /// The general step's scratch, reused from step to step.
     scratch: general::Scratch,
+    /// The build of the full-table pass that runs.
+    simd: Simd,
 }
 
 /// What a row's lane does with its new values.
@@ -121,6 +123,284 @@ fn row_forward(
 /// The bit test of SPEC §7.
 fn nonfinite(v: f32) -> bool {
     v.to_bits() & 0x7f80_0000 == 0x7f80_0000
+}
+
+/// What one row's step needs, as one lane of fused_step.wgsl has it.
+#[derive(Clone, Copy)]
+struct RowCtx<'a> {
+    p: &'a [f32],
+    q: &'a [f32],
+    a: usize,
+    b: usize,
+    s0: f32,
+    d0: f32,
+    near2: f32,
+    w_red: f32,
+    lr: f32,
+    mu: f32,
+    wd: f32,
+    cfg: StepConfig,
+    d: usize,
+}
+
+impl RowCtx<'_> {
+    /// One row, as one lane of fused_step.wgsl: computes the row's new
+    /// values into `tmp` (the next buffer's row, or scratch for in-place
+    /// policies) and says what to do with them.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn step(
+        &self,
+        row: usize,
+        x: &[f32],
+        v_old: &[f32],
+        update: bool,
+        tmp: &mut [f32],
+        vtmp: &mut [f32],
+        out: &mut BlockOut,
+    ) -> Write {
+        let RowCtx { p, q, a, b, s0, d0, near2, w_red, lr, mu, wd, cfg, d } = *self;
+        let policy = cfg.guard.policy;
+        let RowForward { s1, s2, d1, d2, r, in_bad } = row_forward(x, p, q, row, (a, b), (s0, d0), cfg.eps);
+        // The loss term of a row that read a non-finite value is NaN.
+        let loss_bad = in_bad || nonfinite(r);
+        if loss_bad {
+            out.scans.loss.note_row(row as u64, [if in_bad { f32::NAN } else { r }]);
+        } else {
+            out.sum += r.abs() as f64;
+            out.max = out.max.max(r.abs());
+        }
+        if s1 < near2 || s2 < near2 {
+            out.near += 1;
+        }
+        if !update {
+            return Write::Nothing;
+        }
+        if !cfg.endpoints.writes_row(row, a, b) {
+            return if policy.double_buffered() { Write::Copy } else { Write::Nothing };
+        }
+        let c = w_red * sign(r);
+        let sep = cfg.separation_coef(row, d0);
+        let (inv_d1, inv_d2) = (safe_inv(d1), safe_inv(d2));
+        // naive_blows_up of shaders/common.wgsl (SPEC §6), or a bad input.
+        let poisoned = in_bad || (cfg.naive && (s1 == 0.0 || s2 == 0.0));
+        let grad = |k: usize| {
+            if poisoned {
+                f32::NAN
+            } else {
+                c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2) + sep * (p[k] - q[k])
+            }
+        };
+        let (mut grad_bad, mut new_bad) = (poisoned, poisoned);
+        if poisoned {
+            tmp.fill(f32::NAN);
+            vtmp.fill(f32::NAN);
+        } else {
+            // SPEC §5: v = μ·v_old + (g + wd·x), x ← x − lr·v (sgd_direction
+            // of common.wgsl; v_old = 0 without momentum).
+            // Branch-free over the columns, so that they vectorise.
+            if v_old.is_empty() {
+                for (((t, &xk), &pk), &qk) in tmp.iter_mut().zip(x).zip(p).zip(q) {
+                    let g = c * ((xk - pk) * inv_d1 + (xk - qk) * inv_d2) + sep * (pk - qk);
+                    *t = xk - lr * (g + wd * xk);
+                    grad_bad |= nonfinite(g);
+                    new_bad |= nonfinite(*t);
+                }
+            } else {
+                let cols = tmp.iter_mut().zip(vtmp.iter_mut()).zip(x.iter().zip(v_old)).zip(p.iter().zip(q));
+                for (((t, vt), (&xk, &vo)), (&pk, &qk)) in cols {
+                    let g = c * ((xk - pk) * inv_d1 + (xk - qk) * inv_d2) + sep * (pk - qk);
+                    *vt = mu * vo + (g + wd * xk);
+                    *t = xk - lr * *vt;
+                    grad_bad |= nonfinite(g);
+                    new_bad |= nonfinite(*t);
+                }
+            }
+        }
+        // The scans' bookkeeping runs only for rows with findings.
+        if grad_bad {
+            out.scans.grad.note_row(row as u64, (0..d).map(grad));
+        }
+        if new_bad {
+            out.scans.table.note_row(row as u64, tmp.iter().copied());
+        }
+        // SPEC §9 acts on what would be written (reduce.wgsl likewise).
+        if policy == Policy::SkipRow && (grad_bad || new_bad) {
+            out.struck.push(row);
+            Write::Nothing
+        } else {
+            Write::Tmp
+        }
+    }
+
+    /// A block of rows stepped into the next buffers (double-buffered
+    /// guards); `first` is its first row.
+    #[inline(always)]
+    fn block_to_next(&self, first: usize, src: &[f32], dst: &mut [f32], v: &[f32], vn: &mut [f32]) -> BlockOut {
+        let d = self.d;
+        let mut out = BlockOut::default();
+        for (i, (x, y)) in src.chunks_exact(d).zip(dst.chunks_exact_mut(d)).enumerate() {
+            let vo = row_of(v, i, d);
+            let vy: &mut [f32] = if vn.is_empty() { &mut [] } else { &mut vn[i * d..][..d] };
+            // The new values land in the next buffers directly.
+            if let Write::Copy = self.step(first + i, x, vo, true, y, vy, &mut out) {
+                y.copy_from_slice(x);
+                vy.copy_from_slice(vo);
+            }
+        }
+        out
+    }
+
+    /// A block of rows stepped in place (single-buffered guards), or
+    /// evaluated (`update` false).
+    #[inline(always)]
+    fn block_in_place(&self, first: usize, rows: &mut [f32], v: &mut [f32], update: bool) -> BlockOut {
+        let d = self.d;
+        let mut out = BlockOut::default();
+        let (mut tmp, mut vtmp) = (vec![0.0f32; d], vec![0.0f32; if v.is_empty() { 0 } else { d }]);
+        for (i, x) in rows.chunks_exact_mut(d).enumerate() {
+            let vo = row_of(v, i, d);
+            if let Write::Tmp = self.step(first + i, x, vo, update, &mut tmp, &mut vtmp, &mut out) {
+                x.copy_from_slice(&tmp);
+                if !v.is_empty() {
+                    v[i * d..][..d].copy_from_slice(&vtmp);
+                }
+            }
+        }
+        out
+    }
+
+    /// `block_to_next` compiled for `simd`'s instructions.
+    fn block_to_next_on(
+        &self,
+        simd: Simd,
+        first: usize,
+        src: &[f32],
+        dst: &mut [f32],
+        v: &[f32],
+        vn: &mut [f32],
+    ) -> BlockOut {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2(
+                c: &RowCtx,
+                first: usize,
+                src: &[f32],
+                dst: &mut [f32],
+                v: &[f32],
+                vn: &mut [f32],
+            ) -> BlockOut {
+                c.block_to_next(first, src, dst, v, vn)
+            }
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512(
+                c: &RowCtx,
+                first: usize,
+                src: &[f32],
+                dst: &mut [f32],
+                v: &[f32],
+                vn: &mut [f32],
+            ) -> BlockOut {
+                c.block_to_next(first, src, dst, v, vn)
+            }
+            match simd {
+                // SAFETY: a `Simd` other than Baseline exists only where the
+                // CPU has its instructions (`Simd::available`).
+                Simd::Avx512 => return unsafe { avx512(self, first, src, dst, v, vn) },
+                Simd::Avx2 => return unsafe { avx2(self, first, src, dst, v, vn) },
+                Simd::Baseline => {}
+            }
+        }
+        let _ = simd;
+        self.block_to_next(first, src, dst, v, vn)
+    }
+
+    /// `block_in_place` compiled for `simd`'s instructions.
+    fn block_in_place_on(&self, simd: Simd, first: usize, rows: &mut [f32], v: &mut [f32], update: bool) -> BlockOut {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2(c: &RowCtx, first: usize, rows: &mut [f32], v: &mut [f32], update: bool) -> BlockOut {
+                c.block_in_place(first, rows, v, update)
+            }
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512(c: &RowCtx, first: usize, rows: &mut [f32], v: &mut [f32], update: bool) -> BlockOut {
+                c.block_in_place(first, rows, v, update)
+            }
+            match simd {
+                // SAFETY: as in `block_to_next_on`.
+                Simd::Avx512 => return unsafe { avx512(self, first, rows, v, update) },
+                Simd::Avx2 => return unsafe { avx2(self, first, rows, v, update) },
+                Simd::Baseline => {}
+            }
+        }
+        let _ = simd;
+        self.block_in_place(first, rows, v, update)
+    }
+}
+
+/// The instructions the full-table pass is compiled for, chosen at run time
+/// (the default x86-64 build has SSE2 alone). Each build does the same IEEE
+/// operations in the same order, in wider registers (Rust never fuses
+/// a·b + c), so all give the same bits; a test checks it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Simd {
+    Baseline,
+    Avx2,
+    Avx512,
+}
+
+impl Simd {
+    /// The builds this CPU can run, widest last.
+    pub fn available() -> Vec<Simd> {
+        let mut v = vec![Simd::Baseline];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") {
+                v.push(Simd::Avx2);
+            }
+            if std::is_x86_feature_detected!("avx512f") {
+                v.push(Simd::Avx512);
+            }
+        }
+        v
+    }
+
+    /// The widest available, unless `LATENT_LINE_CPU_SIMD` (`baseline`,
+    /// `avx2`, `avx512`) names another the CPU has.
+    fn chosen() -> Result<Simd> {
+        let all = Simd::available();
+        match std::env::var("LATENT_LINE_CPU_SIMD") {
+            Err(_) => Ok(*all.last().unwrap_or(&Simd::Baseline)),
+            Ok(name) => all.into_iter().find(|s| s.name() == name).ok_or_else(|| {
+                Error::invalid(
+                    "LATENT_LINE_CPU_SIMD",
+                    format!(
+                        "{name:?}: this CPU runs {}",
+                        Simd::available().iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+                    ),
+                )
+            }),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Baseline => "baseline",
+            Simd::Avx2 => "avx2",
+            Simd::Avx512 => "avx512",
+        }
+    }
+}
+
+/// Row `i` of a block of rows of `d` (empty for an empty buffer).
+fn row_of(v: &[f32], i: usize, d: usize) -> &[f32] {
+    if v.is_empty() {
+        &[]
+    } else {
+        &v[i * d..][..d]
+    }
 }
 
 /// One block's share of a pass.
@@ -213,7 +493,24 @@ impl CpuTrainer {
             schedule,
             identity,
             scratch: general::Scratch::default(),
+            simd: Simd::chosen()?,
         })
+    }
+
+    /// The build of the full-table pass that runs (the widest the CPU has,
+    /// unless `LATENT_LINE_CPU_SIMD` says otherwise).
+    pub fn simd(&self) -> Simd {
+        self.simd
+    }
+
+    /// Runs the full-table pass's `simd` build (tests and benches compare
+    /// them); refused where the CPU lacks its instructions.
+    pub fn set_simd(&mut self, simd: Simd) -> Result<()> {
+        if !Simd::available().contains(&simd) {
+            return Err(Error::invalid("simd", format!("this CPU cannot run the {} build", simd.name())));
+        }
+        self.simd = simd;
+        Ok(())
     }
 
     /// One training step, by the plain full-table pass or the general one.
@@ -289,89 +586,9 @@ impl CpuTrainer {
         let w_red = cfg.w_red(self.shape.rows);
         let lr = self.state.lr;
 
-        // One row, as one lane of fused_step.wgsl: computes the row's new
-        // values into `tmp` (the next buffer's row, or scratch for in-place
-        // policies) and says what to do with them.
         let (mu, wd) = (cfg.momentum, cfg.weight_decay);
-        let row_step = |row: usize,
-                        x: &[f32],
-                        v_old: &[f32],
-                        update: bool,
-                        tmp: &mut [f32],
-                        vtmp: &mut [f32],
-                        out: &mut BlockOut|
-         -> Write {
-            let RowForward { s1, s2, d1, d2, r, in_bad } = row_forward(x, p, q, row, (a, b), (s0, d0), cfg.eps);
-            // The loss term of a row that read a non-finite value is NaN.
-            let loss_bad = in_bad || nonfinite(r);
-            if loss_bad {
-                out.scans.loss.note_row(row as u64, [if in_bad { f32::NAN } else { r }]);
-            } else {
-                out.sum += r.abs() as f64;
-                out.max = out.max.max(r.abs());
-            }
-            if s1 < near2 || s2 < near2 {
-                out.near += 1;
-            }
-            if !update {
-                return Write::Nothing;
-            }
-            if !cfg.endpoints.writes_row(row, a, b) {
-                return if policy.double_buffered() { Write::Copy } else { Write::Nothing };
-            }
-            let c = w_red * sign(r);
-            let sep = cfg.separation_coef(row, d0);
-            let (inv_d1, inv_d2) = (safe_inv(d1), safe_inv(d2));
-            // naive_blows_up of shaders/common.wgsl (SPEC §6), or a bad input.
-            let poisoned = in_bad || (cfg.naive && (s1 == 0.0 || s2 == 0.0));
-            let grad = |k: usize| {
-                if poisoned {
-                    f32::NAN
-                } else {
-                    c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2) + sep * (p[k] - q[k])
-                }
-            };
-            let (mut grad_bad, mut new_bad) = (poisoned, poisoned);
-            if poisoned {
-                tmp.fill(f32::NAN);
-                vtmp.fill(f32::NAN);
-            } else {
-                // SPEC §5: v = μ·v_old + (g + wd·x), x ← x − lr·v (sgd_direction
-                // of common.wgsl; v_old = 0 without momentum).
-                // Branch-free over the columns, so that they vectorise.
-                if v_old.is_empty() {
-                    for (((t, &xk), &pk), &qk) in tmp.iter_mut().zip(x).zip(p).zip(q) {
-                        let g = c * ((xk - pk) * inv_d1 + (xk - qk) * inv_d2) + sep * (pk - qk);
-                        *t = xk - lr * (g + wd * xk);
-                        grad_bad |= nonfinite(g);
-                        new_bad |= nonfinite(*t);
-                    }
-                } else {
-                    let cols = tmp.iter_mut().zip(vtmp.iter_mut()).zip(x.iter().zip(v_old)).zip(p.iter().zip(q));
-                    for (((t, vt), (&xk, &vo)), (&pk, &qk)) in cols {
-                        let g = c * ((xk - pk) * inv_d1 + (xk - qk) * inv_d2) + sep * (pk - qk);
-                        *vt = mu * vo + (g + wd * xk);
-                        *t = xk - lr * *vt;
-                        grad_bad |= nonfinite(g);
-                        new_bad |= nonfinite(*t);
-                    }
-                }
-            }
-            // The scans' bookkeeping runs only for rows with findings.
-            if grad_bad {
-                out.scans.grad.note_row(row as u64, (0..d).map(grad));
-            }
-            if new_bad {
-                out.scans.table.note_row(row as u64, tmp.iter().copied());
-            }
-            // SPEC §9 acts on what would be written (reduce.wgsl likewise).
-            if policy == Policy::SkipRow && (grad_bad || new_bad) {
-                out.struck.push(row);
-                Write::Nothing
-            } else {
-                Write::Tmp
-            }
-        };
+        let ctx = RowCtx { p, q, a, b, s0, d0, near2, w_red, lr, mu, wd, cfg, d };
+        let simd = self.simd;
 
         let chunk = BLOCK_ROWS * d;
         let nblocks = self.table.len().div_ceil(chunk);
@@ -383,13 +600,6 @@ impl CpuTrainer {
                 v.chunks_mut(chunk).collect()
             }
         }
-        fn row_of(v: &[f32], i: usize, d: usize) -> &[f32] {
-            if v.is_empty() {
-                &[]
-            } else {
-                &v[i * d..][..d]
-            }
-        }
         let blocks: Vec<BlockOut> = if update && policy.double_buffered() {
             let (table, next) = (&self.table, &mut self.next);
             let vel = blocks_of(&mut self.vel, chunk, nblocks);
@@ -399,19 +609,7 @@ impl CpuTrainer {
                 .zip(next.par_chunks_mut(chunk))
                 .zip(vel.into_par_iter().zip(vel_next.into_par_iter()))
                 .enumerate()
-                .map(|(blk, ((src, dst), (v, vn)))| {
-                    let mut out = BlockOut::default();
-                    for (i, (x, y)) in src.chunks_exact(d).zip(dst.chunks_exact_mut(d)).enumerate() {
-                        let vo = row_of(v, i, d);
-                        let vy: &mut [f32] = if vn.is_empty() { &mut [] } else { &mut vn[i * d..][..d] };
-                        // The new values land in the next buffers directly.
-                        if let Write::Copy = row_step(blk * BLOCK_ROWS + i, x, vo, true, y, vy, &mut out) {
-                            y.copy_from_slice(x);
-                            vy.copy_from_slice(vo);
-                        }
-                    }
-                    out
-                })
+                .map(|(blk, ((src, dst), (v, vn)))| ctx.block_to_next_on(simd, blk * BLOCK_ROWS, src, dst, v, vn))
                 .collect()
         } else {
             let vel = blocks_of(&mut self.vel, chunk, nblocks);
@@ -419,21 +617,7 @@ impl CpuTrainer {
                 .par_chunks_mut(chunk)
                 .zip(vel.into_par_iter())
                 .enumerate()
-                .map(|(blk, (rows, v))| {
-                    let mut out = BlockOut::default();
-                    let (mut tmp, mut vtmp) = (vec![0.0f32; d], vec![0.0f32; if v.is_empty() { 0 } else { d }]);
-                    for (i, x) in rows.chunks_exact_mut(d).enumerate() {
-                        let vo = row_of(v, i, d);
-                        if let Write::Tmp = row_step(blk * BLOCK_ROWS + i, x, vo, update, &mut tmp, &mut vtmp, &mut out)
-                        {
-                            x.copy_from_slice(&tmp);
-                            if !v.is_empty() {
-                                v[i * d..][..d].copy_from_slice(&vtmp);
-                            }
-                        }
-                    }
-                    out
-                })
+                .map(|(blk, (rows, v))| ctx.block_in_place_on(simd, blk * BLOCK_ROWS, rows, v, update))
                 .collect()
         };
         let total = blocks.into_iter().fold(BlockOut::default(), fold);
@@ -493,7 +677,7 @@ impl Trainer for CpuTrainer {
             backend: "cpu".into(),
             adapter: format!("{} threads", rayon::current_num_threads()),
             driver: String::new(),
-            kernel: String::new(),
+            kernel: format!("full-table pass built for {}", self.simd.name()),
         }
     }
     fn steps(&mut self, n: usize) -> Result<Vec<Record>> {

@@ -1,0 +1,62 @@
+//! The CPU's full-table pass runs a build for the widest instructions the
+//! CPU has (`Simd`: baseline SSE2, AVX2, AVX-512). Every build must give
+//! the baseline's bits — table and records — through every policy, momentum
+//! and weight decay, the margin, and rows with non-finite values (the
+//! scans' bookkeeping path). On a CPU with no wider build there is nothing
+//! to compare, and the test says so.
+
+mod common;
+
+use common::*;
+use latent_line::cpu::{CpuTrainer, Simd};
+use latent_line::{Endpoints, Guard, Policy, Record, Shape, StepConfig, TableSource, Trainer};
+
+fn run(shape: Shape, cfg: StepConfig, table: &[f32], simd: Simd) -> (Vec<u32>, Vec<Record>) {
+    let mut t = CpuTrainer::new(shape, cfg, TableSource::Data(table.to_vec())).unwrap();
+    t.set_simd(simd).unwrap();
+    assert_eq!(t.simd(), simd);
+    let recs = t.steps(5).unwrap();
+    (t.read_table().unwrap().iter().map(|x| x.to_bits()).collect(), recs)
+}
+
+#[test]
+fn every_simd_build_gives_the_baseline_bits() {
+    let seed = seed("cpu_simd");
+    let builds = Simd::available();
+    eprintln!("builds compared: {builds:?}");
+    let mut r = rng(seed);
+    for dim in [1usize, 7, 64, 130] {
+        let shape = Shape::new(5000, dim).unwrap();
+        let mut table = spaced_table(seed ^ dim as u64, shape, 3, 4000, 0.3);
+        // A few non-finite values (not in the anchors' rows).
+        for row in [10usize, 777, 4999] {
+            use rand::Rng;
+            table[row * dim + r.random_range(0..dim)] = [f32::NAN, f32::INFINITY][row % 2];
+        }
+        for (policy, momentum, wd, margin, endpoints) in [
+            (Policy::Ignore, 0.0, 0.0, 0.0, Endpoints::Frozen),
+            (Policy::SkipStep, 0.9, 0.01, 0.0, Endpoints::Detached),
+            (Policy::SkipRow, 0.0, 0.02, 100.0, Endpoints::Detached),
+            (Policy::Rollback, 0.5, 0.0, 0.0, Endpoints::Frozen),
+        ] {
+            let cfg = StepConfig {
+                anchor_a: 3,
+                anchor_b: 4000,
+                lr: 0.05,
+                momentum,
+                weight_decay: wd,
+                margin,
+                endpoints,
+                guard: Guard { policy, snapshot_every: 2, ..Guard::default() },
+                ..StepConfig::for_rows(5000)
+            };
+            let want = run(shape, cfg, &table, Simd::Baseline);
+            for &simd in &builds[1..] {
+                let got = run(shape, cfg, &table, simd);
+                let ctx = format!("{simd:?} D {dim} {policy:?} μ {momentum} wd {wd} margin {margin}, seed {seed}");
+                assert!(got.0 == want.0, "{ctx}: tables differ");
+                assert_eq!(got.1, want.1, "{ctx}: records differ");
+            }
+        }
+    }
+}
