@@ -79,6 +79,7 @@ echo "== --profile: the kernels of the main job, and of a random batch step"
 echo "== cargo bench (criterion), GPU groups"
 timeout 420 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 gpu 2>&1 | grep -E "^gpu|time:" | grep -v "%"
 python3 benches/summary.py /tmp/ct/criterion | tee "$OUT/bench-summary.txt"
+python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars.txt"
 [ "$MODE" = quick ] && exit 0
 
 echo "== peers: PyTorch (CUDA events)"
@@ -100,6 +101,8 @@ timeout 240 "$B/latent-line" --rows "$HUGE_ROWS" --dim 64 --steps 10 | grep -E "
 echo "== cargo bench: the CPU group, and the huge table (GPU time)"
 LATENT_LINE_BENCH_HUGE=1 timeout 300 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'cpu/|100000000x' 2>&1 | grep -E "^(gpu|cpu)|time:" | grep -v "%"
 python3 benches/summary.py /tmp/ct/criterion | tee "$OUT/bench-summary.txt"
+echo "== issue 5's bars, from this call's figures"
+python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars.txt"
 
 echo "== the long tests on this GPU"
 run_tests batches backends_vs_reference
