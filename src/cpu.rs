@@ -280,65 +280,47 @@ impl RowCtx<'_> {
         v: &[f32],
         vn: &mut [f32],
     ) -> BlockOut {
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx2")]
-            unsafe fn avx2(
-                c: &RowCtx,
-                first: usize,
-                src: &[f32],
-                dst: &mut [f32],
-                v: &[f32],
-                vn: &mut [f32],
-            ) -> BlockOut {
-                c.block_to_next(first, src, dst, v, vn)
-            }
-            #[target_feature(enable = "avx512f")]
-            unsafe fn avx512(
-                c: &RowCtx,
-                first: usize,
-                src: &[f32],
-                dst: &mut [f32],
-                v: &[f32],
-                vn: &mut [f32],
-            ) -> BlockOut {
-                c.block_to_next(first, src, dst, v, vn)
-            }
-            match simd {
-                // SAFETY: a `Simd` other than Baseline exists only where the
-                // CPU has its instructions (`Simd::available`).
-                Simd::Avx512 => return unsafe { avx512(self, first, src, dst, v, vn) },
-                Simd::Avx2 => return unsafe { avx2(self, first, src, dst, v, vn) },
-                Simd::Baseline => {}
-            }
-        }
-        let _ = simd;
-        self.block_to_next(first, src, dst, v, vn)
+        let c = self;
+        on_simd!(simd, fn(c: &RowCtx, first: usize, src: &[f32], dst: &mut [f32], v: &[f32], vn: &mut [f32]) -> BlockOut {
+            c.block_to_next(first, src, dst, v, vn)
+        })
     }
 
     /// `block_in_place` compiled for `simd`'s instructions.
     fn block_in_place_on(&self, simd: Simd, first: usize, rows: &mut [f32], v: &mut [f32], update: bool) -> BlockOut {
+        let c = self;
+        on_simd!(simd, fn(c: &RowCtx, first: usize, rows: &mut [f32], v: &mut [f32], update: bool) -> BlockOut {
+            c.block_in_place(first, rows, v, update)
+        })
+    }
+}
+
+/// Calls `$body`, a function of the named arguments (the caller's variables
+/// of those names), compiled for `$simd`'s instructions: one
+/// `#[target_feature]` copy per wider build, into which the `#[inline(always)]`
+/// row code is compiled.
+macro_rules! on_simd {
+    ($simd:expr, fn($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {{
         #[cfg(target_arch = "x86_64")]
         {
             #[target_feature(enable = "avx2")]
-            unsafe fn avx2(c: &RowCtx, first: usize, rows: &mut [f32], v: &mut [f32], update: bool) -> BlockOut {
-                c.block_in_place(first, rows, v, update)
-            }
+            unsafe fn avx2($($arg: $ty),*) -> $ret $body
             #[target_feature(enable = "avx512f")]
-            unsafe fn avx512(c: &RowCtx, first: usize, rows: &mut [f32], v: &mut [f32], update: bool) -> BlockOut {
-                c.block_in_place(first, rows, v, update)
-            }
-            match simd {
-                // SAFETY: as in `block_to_next_on`.
-                Simd::Avx512 => return unsafe { avx512(self, first, rows, v, update) },
-                Simd::Avx2 => return unsafe { avx2(self, first, rows, v, update) },
+            unsafe fn avx512($($arg: $ty),*) -> $ret $body
+            match $simd {
+                // SAFETY: a `Simd` other than Baseline exists only where the
+                // CPU has its instructions (`Simd::available`).
+                Simd::Avx512 => return unsafe { avx512($($arg),*) },
+                Simd::Avx2 => return unsafe { avx2($($arg),*) },
                 Simd::Baseline => {}
             }
         }
-        let _ = simd;
-        self.block_in_place(first, rows, v, update)
-    }
+        let _ = $simd;
+        fn baseline($($arg: $ty),*) -> $ret $body
+        baseline($($arg),*)
+    }};
 }
+use on_simd;
 
 /// The instructions the full-table pass is compiled for, chosen at run time
 /// (the default x86-64 build has SSE2 alone). Each build does the same IEEE
