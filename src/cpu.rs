@@ -64,8 +64,42 @@ enum Write {
 /// order is fixed (deterministic) and lets the compiler use SIMD.
 const LANES: usize = 8;
 
-/// (Σ (x − p)², Σ (x − q)²) over a row.
+/// (Σ (x − p)², Σ (x − q)²) over a row. Kept out of line: inlined into the
+/// row loop it is slower (measured), so each build has its own copy
+/// (`squared_distances_on`).
+#[inline(never)]
 fn squared_distances(x: &[f32], p: &[f32], q: &[f32]) -> (f32, f32) {
+    squared_distances_body(x, p, q)
+}
+
+/// `squared_distances` compiled for `simd`'s instructions (out of line).
+#[inline(always)]
+fn squared_distances_on(simd: Simd, x: &[f32], p: &[f32], q: &[f32]) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        #[inline(never)]
+        unsafe fn avx2(x: &[f32], p: &[f32], q: &[f32]) -> (f32, f32) {
+            squared_distances_body(x, p, q)
+        }
+        #[target_feature(enable = "avx512f")]
+        #[inline(never)]
+        unsafe fn avx512(x: &[f32], p: &[f32], q: &[f32]) -> (f32, f32) {
+            squared_distances_body(x, p, q)
+        }
+        match simd {
+            // SAFETY: as in `on_simd!`.
+            Simd::Avx512 => return unsafe { avx512(x, p, q) },
+            Simd::Avx2 => return unsafe { avx2(x, p, q) },
+            Simd::Baseline => {}
+        }
+    }
+    let _ = simd;
+    squared_distances(x, p, q)
+}
+
+#[inline(always)]
+fn squared_distances_body(x: &[f32], p: &[f32], q: &[f32]) -> (f32, f32) {
     let (mut a1, mut a2) = ([0.0f32; LANES], [0.0f32; LANES]);
     let (xc, pc, qc) = (x.chunks_exact(LANES), p.chunks_exact(LANES), q.chunks_exact(LANES));
     let (xr, pr, qr) = (xc.remainder(), pc.remainder(), qc.remainder());
@@ -109,7 +143,19 @@ fn row_forward(
     (s0, d0): (f32, f32),
     eps: f32,
 ) -> RowForward {
-    let (s1, s2) = squared_distances(x, p, q);
+    row_forward_from(squared_distances(x, p, q), x, row, (a, b), (s0, d0), eps)
+}
+
+/// `row_forward` given the row's (s1, s2).
+#[inline(always)]
+fn row_forward_from(
+    (s1, s2): (f32, f32),
+    x: &[f32],
+    row: usize,
+    (a, b): (usize, usize),
+    (s0, d0): (f32, f32),
+    eps: f32,
+) -> RowForward {
     // A non-finite input makes s1 or s2 non-finite (Rust floats are IEEE),
     // so the row is searched only then.
     let in_bad = (nonfinite(s1) || nonfinite(s2)) && x.iter().any(|&v| nonfinite(v));
@@ -141,6 +187,7 @@ struct RowCtx<'a> {
     wd: f32,
     cfg: StepConfig,
     d: usize,
+    simd: Simd,
 }
 
 impl RowCtx<'_> {
@@ -159,9 +206,10 @@ impl RowCtx<'_> {
         vtmp: &mut [f32],
         out: &mut BlockOut,
     ) -> Write {
-        let RowCtx { p, q, a, b, s0, d0, near2, w_red, lr, mu, wd, cfg, d } = *self;
+        let RowCtx { p, q, a, b, s0, d0, near2, w_red, lr, mu, wd, cfg, d, .. } = *self;
         let policy = cfg.guard.policy;
-        let RowForward { s1, s2, d1, d2, r, in_bad } = row_forward(x, p, q, row, (a, b), (s0, d0), cfg.eps);
+        let s = squared_distances_on(self.simd, x, p, q);
+        let RowForward { s1, s2, d1, d2, r, in_bad } = row_forward_from(s, x, row, (a, b), (s0, d0), cfg.eps);
         // The loss term of a row that read a non-finite value is NaN.
         let loss_bad = in_bad || nonfinite(r);
         if loss_bad {
@@ -569,7 +617,7 @@ impl CpuTrainer {
         let lr = self.state.lr;
 
         let (mu, wd) = (cfg.momentum, cfg.weight_decay);
-        let ctx = RowCtx { p, q, a, b, s0, d0, near2, w_red, lr, mu, wd, cfg, d };
+        let ctx = RowCtx { p, q, a, b, s0, d0, near2, w_red, lr, mu, wd, cfg, d, simd: self.simd };
         let simd = self.simd;
 
         let chunk = BLOCK_ROWS * d;
