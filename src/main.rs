@@ -485,9 +485,6 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     }
     out!("guard    --on-nonfinite {}", name(cfg.guard.policy));
 
-    // Steps run in blocks; each block is one timing sample (wall clock,
-    // GPU work included: a block ends when its records are read back).
-    const BLOCK: usize = 20;
     const SHOWN_EVENTS: usize = 12;
     let mut records = Vec::new();
     let mut per_step = Vec::new();
@@ -516,75 +513,82 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     let mut hidden = 0;
     let mut last_said: Vec<(&str, String)> = Vec::new();
     let mut collapse_warned = false;
-    while done < args.steps {
-        let mut n = BLOCK.min(args.steps - done);
+    // Steps stream: each group of records (a GPU submission's) is handled
+    // while the later ones run, so the device never waits on this loop. A
+    // segment runs to the next checkpoint (or the end), where the table is
+    // read back and saved.
+    let mut halted = false;
+    while done < args.steps && !halted {
+        let mut n = args.steps - done;
         if let Some(k) = args.checkpoint_every {
             n = n.min(k - done % k);
         }
-        let t = Instant::now();
-        let block = trainer.steps(n)?;
-        // Fewer than asked only when Ctrl-C stopped the trainer.
-        let n = block.len();
-        if n == 0 {
+        let mut last = Instant::now();
+        let ran = trainer.steps_streamed(n, &mut |group: Vec<latent_line::Record>| {
+            // Each group is one timing sample (wall clock between groups).
+            let now = Instant::now();
+            per_step.push(now.duration_since(last).as_secs_f64() / group.len().max(1) as f64);
+            last = now;
+            for (i, r) in group.iter().enumerate() {
+                for e in Event::of_record(done + i, r) {
+                    // A finding that repeats the previous step's is not printed again.
+                    let what = e.describe();
+                    let what = what.split_once(": ").map_or(what.clone(), |(_, w)| w.to_owned());
+                    let repeat = last_said.iter().any(|(b, w)| *b == e.buffer && *w == what);
+                    if shown < SHOWN_EVENTS && !repeat {
+                        match &bar {
+                            Some(b) => b.suspend(|| out!("event    {}", e.describe())),
+                            None => out!("event    {}", e.describe()),
+                        }
+                        shown += 1;
+                    } else {
+                        hidden += 1;
+                    }
+                    last_said.retain(|(b, _)| *b != e.buffer);
+                    last_said.push((e.buffer, what));
+                    events.push(e);
+                }
+            }
+            if let (Some(b), Some(last)) = (&bar, group.last()) {
+                b.set_position((done + group.len()) as u64);
+                b.set_message(format!(
+                    "loss {:.4e} · d0 {:.4} · non-finite events {}",
+                    last.loss(cfg.w_red(last.batch) as f64),
+                    last.d0,
+                    events.len()
+                ));
+            }
+            done += group.len();
+            records.extend(group);
+            let d0_start = d0_saved.or(records.first().map(|r| r.d0)).unwrap_or(0.0);
+            if let (Some(at), false) = (collapse_step(&records, d0_start), collapse_warned) {
+                collapse_warned = true;
+                let warn = format!(
+                    "warning  step {}: the anchors are collapsing: d0 = {:.4e}, below {} of its start {:.4e} (SPEC §8)",
+                    start + at,
+                    records[at].d0,
+                    latent_line::guard::COLLAPSE_FRACTION,
+                    d0_start
+                );
+                match &bar {
+                    Some(b) => b.suspend(|| out!("{warn}")),
+                    None => out!("{warn}"),
+                }
+            }
+            // The guard aborted on the device: nothing more will run.
+            halted = records.last().is_some_and(|r| r.action == Action::NotRun);
+            !halted && !interrupted()
+        })?;
+        if ran == 0 || interrupted() {
             out!("interrupted after step {done}: saving and reporting");
             break;
         }
-        per_step.push(t.elapsed().as_secs_f64() / n as f64);
-        for (i, r) in block.iter().enumerate() {
-            for e in Event::of_record(done + i, r) {
-                // A finding that repeats the previous step's is not printed again.
-                let what = e.describe();
-                let what = what.split_once(": ").map_or(what.clone(), |(_, w)| w.to_owned());
-                let repeat = last_said.iter().any(|(b, w)| *b == e.buffer && *w == what);
-                if shown < SHOWN_EVENTS && !repeat {
-                    match &bar {
-                        Some(b) => b.suspend(|| out!("event    {}", e.describe())),
-                        None => out!("event    {}", e.describe()),
-                    }
-                    shown += 1;
-                } else {
-                    hidden += 1;
-                }
-                last_said.retain(|(b, _)| *b != e.buffer);
-                last_said.push((e.buffer, what));
-                events.push(e);
-            }
-        }
-        if let (Some(b), Some(last)) = (&bar, block.last()) {
-            b.set_position((done + n) as u64);
-            b.set_message(format!(
-                "loss {:.4e} · d0 {:.4} · non-finite events {}",
-                last.loss(cfg.w_red(last.batch) as f64),
-                last.d0,
-                events.len()
-            ));
-        }
-        records.extend(block);
-        done += n;
         if let (Some(k), Some(path)) = (args.checkpoint_every, &args.save) {
-            if done % k == 0 && done < args.steps {
+            if done % k == 0 && done < args.steps && !halted {
                 let d0_start = d0_saved.or(records.first().map(|r| r.d0));
                 save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), d0_start)?;
                 out!("checkpoint step {done} → {}", path.display());
             }
-        }
-        let d0_start = d0_saved.or(records.first().map(|r| r.d0)).unwrap_or(0.0);
-        if let (Some(at), false) = (collapse_step(&records, d0_start), collapse_warned) {
-            collapse_warned = true;
-            out!(
-                "warning  step {}: the anchors are collapsing: d0 = {:.4e}, below {} of its start {:.4e} (SPEC §8)",
-                start + at,
-                records[at].d0,
-                latent_line::guard::COLLAPSE_FRACTION,
-                d0_start
-            );
-        }
-        if records.last().is_some_and(|r| r.action == Action::NotRun) {
-            break; // the guard aborted on the device; nothing more will run
-        }
-        if interrupted() {
-            out!("interrupted after step {done}: saving and reporting");
-            break;
         }
     }
     if let Some(b) = bar {

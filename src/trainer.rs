@@ -87,6 +87,25 @@ pub trait Trainer {
     /// that step's forward pass (so at the table before its update). After
     /// the guard aborts, the remaining steps do nothing (`Action::NotRun`).
     fn steps(&mut self, n: usize) -> Result<Vec<Record>>;
+    /// Runs `n` steps like [`Trainer::steps`], handing the records to `on`
+    /// a group at a time as they come back, while later steps already run
+    /// (SPEC §15: nothing waits on the host between steps). `on` returns
+    /// false to stop: steps already under way still finish and are handed
+    /// over. Returns the steps run.
+    fn steps_streamed(&mut self, n: usize, on: &mut dyn FnMut(Vec<Record>) -> bool) -> Result<usize> {
+        let mut done = 0;
+        while done < n {
+            let group = self.steps((n - done).min(8))?;
+            if group.is_empty() {
+                break; // stopped (Ctrl-C)
+            }
+            done += group.len();
+            if !on(group) {
+                break;
+            }
+        }
+        Ok(done)
+    }
     /// One step on the given rows (SPEC §10: repeats allowed, summed), for
     /// programs that choose their own batches. The trainer must have been
     /// built with batches (any [`crate::Batches`] but `Full`).

@@ -98,3 +98,51 @@ fn gpu_timed_steps_are_the_same_steps() {
         assert!(ta.iter().zip(&tb).all(|(x, y)| x.to_bits() == y.to_bits()), "seed {seed}");
     }
 }
+
+/// `steps_streamed` (the command line's loop: records handed over a group at
+/// a time while later steps run) gives what `steps` gives, record for record
+/// and bit for bit; stopped after its first group, it runs fewer steps, and
+/// the table is exactly that many steps on.
+#[test]
+fn streamed_steps_match_plain_steps_and_stop_when_asked() {
+    let seed = seed("streamed");
+    let shape = Shape::new(3000, 12).unwrap();
+    let table = spaced_table(seed, shape, 0, 2999, 0.3);
+    let cfg = StepConfig { lr: 0.01, endpoints: Endpoints::Detached, ..StepConfig::for_rows(3000) };
+    let open = |gpu_side: bool| -> Box<dyn Trainer> {
+        let source = TableSource::Data(table.clone());
+        if gpu_side {
+            Box::new(GpuTrainer::new(gpu(), shape, cfg, source, GpuOptions::default()).unwrap())
+        } else {
+            Box::new(CpuTrainer::new(shape, cfg, source).unwrap())
+        }
+    };
+    for gpu_side in [false, true] {
+        let ctx = format!("gpu {gpu_side}, seed {seed}");
+        let mut plain = open(gpu_side);
+        let want = plain.steps(45).unwrap();
+        let mut streamed = open(gpu_side);
+        let (mut got, mut groups) = (Vec::new(), 0);
+        let ran = streamed
+            .steps_streamed(45, &mut |g| {
+                groups += 1;
+                got.extend(g);
+                true
+            })
+            .unwrap();
+        assert_eq!((ran, got.len()), (45, 45), "{ctx}");
+        assert!(groups > 1, "{ctx}: one group");
+        assert_eq!(got, want, "{ctx}: records differ");
+        assert!(bits(&streamed.read_table().unwrap()) == bits(&plain.read_table().unwrap()), "{ctx}: tables differ");
+
+        let mut stopped = open(gpu_side);
+        let ran = stopped.steps_streamed(45, &mut |_| false).unwrap();
+        assert!(ran > 0 && ran < 45, "{ctx}: ran {ran}");
+        let mut again = open(gpu_side);
+        again.steps(ran).unwrap();
+        assert!(
+            bits(&stopped.read_table().unwrap()) == bits(&again.read_table().unwrap()),
+            "{ctx}: not {ran} steps on"
+        );
+    }
+}

@@ -1595,6 +1595,19 @@ impl GpuTrainer {
 
     /// Runs `n` steps through the ring, or one evaluation when `n == 0`.
     fn run(&mut self, n: usize) -> Result<Vec<Record>> {
+        let mut out = Vec::with_capacity(n.max(1));
+        self.run_streamed(n, &mut |records| {
+            out.extend(records);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// `n` steps (0: one evaluation) in submissions of up to
+    /// STEPS_PER_SUBMIT, up to RING of them in flight; each submission's
+    /// records go to `on` as they come back, and `on` returning false stops
+    /// further submissions. Returns the passes run.
+    fn run_streamed(&mut self, n: usize, on: &mut dyn FnMut(Vec<Record>) -> bool) -> Result<usize> {
         if n > 0 && self.opts.path == StepPath::Staged {
             self.build_staged()?;
         }
@@ -1605,11 +1618,13 @@ impl GpuTrainer {
             (0..n).step_by(STEPS_PER_SUBMIT).map(|s| STEPS_PER_SUBMIT.min(n - s)).collect()
         };
         let mut sizes = sizes.into_iter().peekable();
-        let mut out = Vec::with_capacity(n.max(1));
+        let mut ran = 0usize;
+        let mut halted = false;
         let mut in_flight: VecDeque<usize> = VecDeque::new();
         let mut next = 0usize;
         loop {
-            let stopped = n > 0 && self.stop.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
+            let stopped =
+                halted || n > 0 && self.stop.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
             if self.ring[next].pending.is_none() && !stopped {
                 if let Some(m) = sizes.next() {
                     self.submit(m, next);
@@ -1620,7 +1635,10 @@ impl GpuTrainer {
             }
             match in_flight.pop_front() {
                 Some(s) => match self.collect(s) {
-                    Ok(records) => out.extend(records),
+                    Ok(records) => {
+                        ran += records.len();
+                        halted |= !on(records);
+                    }
                     Err(e) => {
                         self.reset_ring();
                         return Err(e);
@@ -1629,7 +1647,7 @@ impl GpuTrainer {
                 None => break,
             }
         }
-        Ok(out)
+        Ok(ran)
     }
 }
 
@@ -1704,6 +1722,12 @@ impl Trainer for GpuTrainer {
             return Ok(Vec::new());
         }
         self.run(n)
+    }
+    fn steps_streamed(&mut self, n: usize, on: &mut dyn FnMut(Vec<Record>) -> bool) -> Result<usize> {
+        if n == 0 {
+            return Ok(0);
+        }
+        self.run_streamed(n, on)
     }
     fn step_rows(&mut self, rows: &[u32]) -> Result<Record> {
         let Some(b) = &self.batch else {
