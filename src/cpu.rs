@@ -64,38 +64,14 @@ enum Write {
 /// order is fixed (deterministic) and lets the compiler use SIMD.
 const LANES: usize = 8;
 
-/// (Σ (x − p)², Σ (x − q)²) over a row. Kept out of line: inlined into the
-/// row loop it is slower (measured), so each build has its own copy
-/// (`squared_distances_on`).
-#[inline(never)]
-fn squared_distances(x: &[f32], p: &[f32], q: &[f32]) -> (f32, f32) {
-    squared_distances_body(x, p, q)
-}
-
-/// `squared_distances` compiled for `simd`'s instructions (out of line).
+/// (Σ (x − p)², Σ (x − q)²) over a row, compiled for `simd`'s
+/// instructions. Each copy is kept out of line: inlined into the row loop
+/// it is slower (measured).
 #[inline(always)]
-fn squared_distances_on(simd: Simd, x: &[f32], p: &[f32], q: &[f32]) -> (f32, f32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        #[inline(never)]
-        unsafe fn avx2(x: &[f32], p: &[f32], q: &[f32]) -> (f32, f32) {
-            squared_distances_body(x, p, q)
-        }
-        #[target_feature(enable = "avx512f")]
-        #[inline(never)]
-        unsafe fn avx512(x: &[f32], p: &[f32], q: &[f32]) -> (f32, f32) {
-            squared_distances_body(x, p, q)
-        }
-        match simd {
-            // SAFETY: as in `on_simd!`.
-            Simd::Avx512 => return unsafe { avx512(x, p, q) },
-            Simd::Avx2 => return unsafe { avx2(x, p, q) },
-            Simd::Baseline => {}
-        }
-    }
-    let _ = simd;
-    squared_distances(x, p, q)
+fn squared_distances(simd: Simd, x: &[f32], p: &[f32], q: &[f32]) -> (f32, f32) {
+    on_simd!(simd, #[inline(never)] fn(x: &[f32], p: &[f32], q: &[f32]) -> (f32, f32) {
+        squared_distances_body(x, p, q)
+    })
 }
 
 #[inline(always)]
@@ -115,8 +91,13 @@ fn squared_distances_body(x: &[f32], p: &[f32], q: &[f32]) -> (f32, f32) {
         a1[l] += t1 * t1;
         a2[l] += t2 * t2;
     }
-    let fold = |a: [f32; LANES]| ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
-    (fold(a1), fold(a2))
+    (fold_lanes(a1), fold_lanes(a2))
+}
+
+/// The fixed tree that folds the 8 lanes of a row's partial sums.
+#[inline(always)]
+fn fold_lanes(a: [f32; LANES]) -> f32 {
+    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
 }
 
 /// One row's forward quantities (SPEC §3), as a lane of fused_step.wgsl
@@ -132,23 +113,10 @@ struct RowForward {
     in_bad: bool,
 }
 
-/// Row `row` = `x` against the anchors' snapshot p, q (rows a, b; s0, d0).
+/// Row `row` = `x`, whose (Σ (x − p)², Σ (x − q)²) is `(s1, s2)`, against
+/// the anchors' snapshot (rows a, b; s0, d0).
 #[inline(always)]
 fn row_forward(
-    x: &[f32],
-    p: &[f32],
-    q: &[f32],
-    row: usize,
-    (a, b): (usize, usize),
-    (s0, d0): (f32, f32),
-    eps: f32,
-) -> RowForward {
-    row_forward_from(squared_distances(x, p, q), x, row, (a, b), (s0, d0), eps)
-}
-
-/// `row_forward` given the row's (s1, s2).
-#[inline(always)]
-fn row_forward_from(
     (s1, s2): (f32, f32),
     x: &[f32],
     row: usize,
@@ -208,8 +176,8 @@ impl RowCtx<'_> {
     ) -> Write {
         let RowCtx { p, q, a, b, s0, d0, near2, w_red, lr, mu, wd, cfg, d, .. } = *self;
         let policy = cfg.guard.policy;
-        let s = squared_distances_on(self.simd, x, p, q);
-        let RowForward { s1, s2, d1, d2, r, in_bad } = row_forward_from(s, x, row, (a, b), (s0, d0), cfg.eps);
+        let s = squared_distances(self.simd, x, p, q);
+        let RowForward { s1, s2, d1, d2, r, in_bad } = row_forward(s, x, row, (a, b), (s0, d0), cfg.eps);
         // The loss term of a row that read a non-finite value is NaN.
         let loss_bad = in_bad || nonfinite(r);
         if loss_bad {
@@ -318,26 +286,18 @@ impl RowCtx<'_> {
         out
     }
 
-    /// `block_to_next` compiled for `simd`'s instructions.
-    fn block_to_next_on(
-        &self,
-        simd: Simd,
-        first: usize,
-        src: &[f32],
-        dst: &mut [f32],
-        v: &[f32],
-        vn: &mut [f32],
-    ) -> BlockOut {
+    /// `block_to_next` compiled for the instructions of `self.simd`.
+    fn block_to_next_on(&self, first: usize, src: &[f32], dst: &mut [f32], v: &[f32], vn: &mut [f32]) -> BlockOut {
         let c = self;
-        on_simd!(simd, fn(c: &RowCtx, first: usize, src: &[f32], dst: &mut [f32], v: &[f32], vn: &mut [f32]) -> BlockOut {
+        on_simd!(self.simd, fn(c: &RowCtx, first: usize, src: &[f32], dst: &mut [f32], v: &[f32], vn: &mut [f32]) -> BlockOut {
             c.block_to_next(first, src, dst, v, vn)
         })
     }
 
-    /// `block_in_place` compiled for `simd`'s instructions.
-    fn block_in_place_on(&self, simd: Simd, first: usize, rows: &mut [f32], v: &mut [f32], update: bool) -> BlockOut {
+    /// `block_in_place` compiled for the instructions of `self.simd`.
+    fn block_in_place_on(&self, first: usize, rows: &mut [f32], v: &mut [f32], update: bool) -> BlockOut {
         let c = self;
-        on_simd!(simd, fn(c: &RowCtx, first: usize, rows: &mut [f32], v: &mut [f32], update: bool) -> BlockOut {
+        on_simd!(self.simd, fn(c: &RowCtx, first: usize, rows: &mut [f32], v: &mut [f32], update: bool) -> BlockOut {
             c.block_in_place(first, rows, v, update)
         })
     }
@@ -346,14 +306,16 @@ impl RowCtx<'_> {
 /// Calls `$body`, a function of the named arguments (the caller's variables
 /// of those names), compiled for `$simd`'s instructions: one
 /// `#[target_feature]` copy per wider build, into which the `#[inline(always)]`
-/// row code is compiled.
+/// row code is compiled; the attributes go on every copy.
 macro_rules! on_simd {
-    ($simd:expr, fn($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {{
+    ($simd:expr, $(#[$attr:meta])* fn($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {{
         #[cfg(target_arch = "x86_64")]
         {
             #[target_feature(enable = "avx2")]
+            $(#[$attr])*
             unsafe fn avx2($($arg: $ty),*) -> $ret $body
             #[target_feature(enable = "avx512f")]
+            $(#[$attr])*
             unsafe fn avx512($($arg: $ty),*) -> $ret $body
             match $simd {
                 // SAFETY: a `Simd` other than Baseline exists only where the
@@ -364,6 +326,7 @@ macro_rules! on_simd {
             }
         }
         let _ = $simd;
+        $(#[$attr])*
         fn baseline($($arg: $ty),*) -> $ret $body
         baseline($($arg),*)
     }};
@@ -593,7 +556,7 @@ impl CpuTrainer {
         pq.extend_from_slice(&self.table[a * d..][..d]);
         pq.extend_from_slice(&self.table[b * d..][..d]);
         let (p, q) = pq.split_at(d);
-        let s0 = squared_distances(p, p, q).1;
+        let s0 = squared_distances(self.simd, p, p, q).1;
         (pq, s0, safe_dist(s0, self.cfg.eps))
     }
 
@@ -618,7 +581,6 @@ impl CpuTrainer {
 
         let (mu, wd) = (cfg.momentum, cfg.weight_decay);
         let ctx = RowCtx { p, q, a, b, s0, d0, near2, w_red, lr, mu, wd, cfg, d, simd: self.simd };
-        let simd = self.simd;
 
         let chunk = BLOCK_ROWS * d;
         let nblocks = self.table.len().div_ceil(chunk);
@@ -639,7 +601,7 @@ impl CpuTrainer {
                 .zip(next.par_chunks_mut(chunk))
                 .zip(vel.into_par_iter().zip(vel_next.into_par_iter()))
                 .enumerate()
-                .map(|(blk, ((src, dst), (v, vn)))| ctx.block_to_next_on(simd, blk * BLOCK_ROWS, src, dst, v, vn))
+                .map(|(blk, ((src, dst), (v, vn)))| ctx.block_to_next_on(blk * BLOCK_ROWS, src, dst, v, vn))
                 .collect()
         } else {
             let vel = blocks_of(&mut self.vel, chunk, nblocks);
@@ -647,7 +609,7 @@ impl CpuTrainer {
                 .par_chunks_mut(chunk)
                 .zip(vel.into_par_iter())
                 .enumerate()
-                .map(|(blk, (rows, v))| ctx.block_in_place_on(simd, blk * BLOCK_ROWS, rows, v, update))
+                .map(|(blk, (rows, v))| ctx.block_in_place_on(blk * BLOCK_ROWS, rows, v, update))
                 .collect()
         };
         let total = blocks.into_iter().fold(BlockOut::default(), fold);

@@ -290,14 +290,10 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     // (an atomic replacement, SPEC §12).
     let outputs = [("--save", &args.save), ("--report", &args.report), ("--plot", &args.plot)];
     // --save's run state and optimiser state lie beside it.
-    let beside = |what: &str| {
-        args.save.as_ref().map(|s| {
-            let mut p = s.as_os_str().to_owned();
-            p.push(what);
-            PathBuf::from(p)
-        })
-    };
-    let (state, velocity, snapshot) = (beside(".state.json"), beside(".velocity.npy"), beside(".snapshot.npy"));
+    let save = args.save.as_deref();
+    let state = save.map(tables::state_sidecar);
+    let velocity = save.map(|s| Sidecar::Velocity.path(s));
+    let snapshot = save.map(|s| Sidecar::Snapshot.path(s));
     let inputs = [
         ("--load", &args.load),
         ("--resume", &args.resume),
@@ -518,6 +514,9 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     // segment runs to the next checkpoint (or the end), where the table is
     // read back and saved.
     let mut halted = false;
+    // d0 at the run's step 0 (SPEC §8): saved by a resumed run's checkpoint,
+    // else the first step's.
+    let d0_start_of = |records: &[latent_line::Record]| d0_saved.or(records.first().map(|r| r.d0));
     while done < args.steps && !halted {
         let mut n = args.steps - done;
         if let Some(k) = args.checkpoint_every {
@@ -560,7 +559,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             }
             done += group.len();
             records.extend(group);
-            let d0_start = d0_saved.or(records.first().map(|r| r.d0)).unwrap_or(0.0);
+            let d0_start = d0_start_of(&records).unwrap_or(0.0);
             if let (Some(at), false) = (collapse_step(&records, d0_start), collapse_warned) {
                 collapse_warned = true;
                 let warn = format!(
@@ -585,7 +584,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         }
         if let (Some(k), Some(path)) = (args.checkpoint_every, &args.save) {
             if done % k == 0 && done < args.steps && !halted {
-                let d0_start = d0_saved.or(records.first().map(|r| r.d0));
+                let d0_start = d0_start_of(&records);
                 save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), d0_start)?;
                 out!("checkpoint step {done} → {}", path.display());
             }
@@ -601,7 +600,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     let aborted = records.iter().position(|r| r.action == Action::Aborted);
     records.truncate(aborted.map_or(records.len(), |a| a + 1));
     let aborted_at = aborted.map(|a| start + a);
-    let d0_start = d0_saved.or(records.first().map(|r| r.d0));
+    let d0_start = d0_start_of(&records);
     records.push(trainer.evaluate()?);
     let final_scan = trainer.scan_table()?;
     let finite = final_scan.is_clean();

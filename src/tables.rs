@@ -60,17 +60,6 @@ impl Sidecar {
     pub fn load(self, path: &Path, shape: Shape, want: Option<u64>) -> Result<Vec<f32>> {
         let side = self.path(path);
         let v = npy::load(&side)?;
-        if want.is_some_and(|h| h != fingerprint(&v.data)) {
-            return Err(Error::bad_file(
-                &side,
-                format!(
-                    "this {} is not the one {}'s run state was saved with (a save interrupted between the two?); \
-                     resume from another checkpoint, or start again with --load",
-                    self.name(),
-                    path.display()
-                ),
-            ));
-        }
         if v.shape != shape {
             return Err(Error::bad_file(
                 &side,
@@ -81,6 +70,17 @@ impl Sidecar {
                     v.shape.dim,
                     shape.rows,
                     shape.dim
+                ),
+            ));
+        }
+        if want.is_some_and(|h| h != fingerprint(&v.data)) {
+            return Err(Error::bad_file(
+                &side,
+                format!(
+                    "this {} is not the one {}'s run state was saved with (a save interrupted between the two?); \
+                     resume from another checkpoint, or start again with --load",
+                    self.name(),
+                    path.display()
                 ),
             ));
         }

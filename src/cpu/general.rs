@@ -11,7 +11,10 @@
 
 use rayon::prelude::*;
 
-use super::{fold, nonfinite, row_forward, safe_inv, sign, BlockOut, CpuTrainer, RowForward, BLOCK_ROWS};
+use super::{
+    fold, fold_lanes, nonfinite, row_forward, safe_inv, sign, squared_distances, BlockOut, CpuTrainer, RowForward,
+    BLOCK_ROWS, LANES,
+};
 use crate::config::Endpoints;
 use crate::guard::{Action, Policy, TAU};
 use crate::record::Record;
@@ -46,7 +49,6 @@ pub(super) struct Coef {
 /// (`k` = [c, 1/d1, 1/d2, sep]), in 8 lanes folded in a fixed tree, as
 /// `squared_distances` does: a fixed order that vectorises.
 fn grad_sq_sum(x: &[f32], p: &[f32], q: &[f32], k: [f32; 4]) -> f32 {
-    const LANES: usize = 8;
     let [c, inv_d1, inv_d2, sep] = k;
     let g = |xk: f32, pk: f32, qk: f32| c * ((xk - pk) * inv_d1 + (xk - qk) * inv_d2) + sep * (pk - qk);
     let mut acc = [0.0f32; LANES];
@@ -62,7 +64,7 @@ fn grad_sq_sum(x: &[f32], p: &[f32], q: &[f32], k: [f32; 4]) -> f32 {
         let v = g(xr[l], pr[l], qr[l]);
         acc[l] += v * v;
     }
-    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+    fold_lanes(acc)
 }
 
 /// The general step's buffers, kept between steps.
@@ -114,6 +116,7 @@ impl CpuTrainer {
         let attached = cfg.endpoints == Endpoints::Attached;
         let clip = cfg.clip_norm > 0.0;
         let is_anchor = |row: usize| row == a || row == b;
+        let simd = self.simd;
         let table = &self.table;
         let row_of = |row: usize| &table[row * d..][..d];
 
@@ -142,7 +145,8 @@ impl CpuTrainer {
                     }
                     let row = row as usize;
                     let x = row_of(row);
-                    let RowForward { s1, s2, d1, d2, r, in_bad } = row_forward(x, p, q, row, (a, b), (s0, d0), cfg.eps);
+                    let s = squared_distances(simd, x, p, q);
+                    let RowForward { s1, s2, d1, d2, r, in_bad } = row_forward(s, x, row, (a, b), (s0, d0), cfg.eps);
                     if m > 0 {
                         if in_bad || nonfinite(r) {
                             o.out.scans.loss.note_row(row as u64, [if in_bad { f32::NAN } else { r }]);
@@ -343,12 +347,14 @@ impl CpuTrainer {
         if applies && plan.identity {
             // A full table: the scratch becomes the table (the rows not
             // written copied in first), and the old table the scratch.
-            let rows = xnew.par_chunks_mut(d).zip(self.table.par_chunks(d)).zip(keep.par_iter());
-            rows.filter(|(_, &k)| !k).for_each(|((x, t), _)| x.copy_from_slice(t));
+            let take_unwritten = |new: &mut [f32], old: &[f32]| {
+                let rows = new.par_chunks_mut(d).zip(old.par_chunks(d)).zip(keep.par_iter());
+                rows.filter(|(_, &k)| !k).for_each(|((x, t), _)| x.copy_from_slice(t));
+            };
+            take_unwritten(&mut xnew, &self.table);
             std::mem::swap(&mut self.table, &mut xnew);
             if momentum {
-                let rows = vnew.par_chunks_mut(d).zip(self.vel.par_chunks(d)).zip(keep.par_iter());
-                rows.filter(|(_, &k)| !k).for_each(|((x, t), _)| x.copy_from_slice(t));
+                take_unwritten(&mut vnew, &self.vel);
                 std::mem::swap(&mut self.vel, &mut vnew);
             }
         } else if applies {

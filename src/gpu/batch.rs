@@ -34,9 +34,9 @@ pub(super) enum SlotSource {
     /// sample.wgsl writes them; its parameters for a submission's steps
     /// are written to `schedule` at once and copied into `uniform` step by step.
     Random { sampler: Sampler, uniform: wgpu::Buffer, schedule: wgpu::Buffer, pass: Pass },
-    /// The user's batches, all resident in `all` (and on the host, for
-    /// each step's batch size).
-    Given { all: wgpu::Buffer, host: Vec<StepSlots> },
+    /// The user's batches, all resident in `all`; `entries`: each one's
+    /// size (repeats counted), for its records.
+    Given { all: wgpu::Buffer, entries: Vec<usize> },
 }
 
 impl BatchDev {
@@ -66,7 +66,7 @@ impl BatchDev {
         match (manual, &self.source) {
             (Some(m), _) => m.entries,
             (None, SlotSource::Random { sampler, .. }) => sampler.slot(step).count as usize,
-            (None, SlotSource::Given { host, .. }) => host[(step % host.len() as u64) as usize].entries,
+            (None, SlotSource::Given { entries, .. }) => entries[(step % entries.len() as u64) as usize],
         }
     }
 }

@@ -21,6 +21,10 @@ struct ScanParamsU {
     pad: [u32; 2],
 }
 
+/// Bytes of one workgroup's finding in one scanned buffer: DETAIL_WORDS
+/// u32 of shaders/scan.wgsl.
+pub(super) const DETAIL_BYTES: u64 = 16 * 4;
+
 /// Pipelines and scratch buffers for scanning tables of one layout.
 pub struct TableScanner {
     ctx: Arc<GpuContext>,
@@ -60,7 +64,7 @@ impl TableScanner {
         let consts = Constants { wg, dim: shape.dim as u32, ..Constants::default() };
         let scan = consts.pipeline(&ctx, &shaders::SCAN_TABLE, "main", &[("SCAN_BUFS", 1.0)]);
         let finish = consts.pipeline(&ctx, &shaders::SCAN_FINISH, "main", &[("SCAN_BUFS", 1.0)]);
-        let detail = storage(&ctx, "scan details", base as u64 * 64, wgpu::BufferUsages::empty());
+        let detail = storage(&ctx, "scan details", base as u64 * DETAIL_BYTES, wgpu::BufferUsages::empty());
         let hits = storage(&ctx, "scan hits", 16, wgpu::BufferUsages::empty());
         let params = uniform(&ctx, "scan params", &ScanParamsU { stamp: 0, count: base, pad: [0; 2] });
         let bytes = SCAN_WORDS as u64 * 4;

@@ -35,7 +35,7 @@ use super::context::GpuContext;
 use super::layout::{grid, ChunkLayout, ChunkSpan};
 use super::pipes::{bind, bind_at, finish_map, read_mapped, readback, storage, uniform, Constants};
 use super::sampler::SampleU;
-use super::scan::TableScanner;
+use super::scan::{TableScanner, DETAIL_BYTES};
 use super::shaders::{self, Kernel};
 use super::timer::PassTimer;
 use crate::batches::{Batches, Schedule, StepSlots};
@@ -45,6 +45,10 @@ use crate::guard::{Policy, TAU};
 use crate::record::{Record, RECORD_WORDS};
 use crate::scan::Scan;
 use crate::trainer::{DeviceInfo, KernelTime, RunState, TableSource, Trainer};
+
+/// Buffers the fused step scans (loss, gradient, rows written): the
+/// SCAN_BUFS of fused_step.wgsl and reduce.wgsl, and of the detail buffer's size.
+const FUSED_SCAN_BUFS: u64 = 3;
 
 /// Steps encoded into one submission.
 const STEPS_PER_SUBMIT: usize = 8;
@@ -448,7 +452,7 @@ impl GpuTrainer {
         let records = |lanes: u32| {
             let rows_per_group = (wg / lanes) as u64;
             let groups: u64 = layout.spans.iter().map(|s| (s.rows as u64).div_ceil(rows_per_group)).sum();
-            groups.max(cap.div_ceil(rows_per_group)) * 3 * 64
+            groups.max(cap.div_ceil(rows_per_group)) * FUSED_SCAN_BUFS * DETAIL_BYTES
         };
         // A huge table (100M rows): fewer lanes a row, more rows a
         // workgroup, until its scan records fit one binding.
@@ -596,7 +600,12 @@ impl GpuTrainer {
         let x_uniform = uniform(&ctx, "batch chunk", &ChunkU { row_base: 0, rows: cap, partial_base: 0, seg_base: 0 });
         let groups_max = partial_base.max(if batched { x_groups } else { 0 });
         let partials = storage(&ctx, "partials", groups_max as u64 * 16, wgpu::BufferUsages::empty());
-        let detail = storage(&ctx, "scan details", groups_max as u64 * 3 * 64, wgpu::BufferUsages::empty());
+        let detail = storage(
+            &ctx,
+            "scan details",
+            groups_max as u64 * FUSED_SCAN_BUFS * DETAIL_BYTES,
+            wgpu::BufferUsages::empty(),
+        );
         let hits = storage(&ctx, "scan hits", 16, wgpu::BufferUsages::empty());
         let dummy = storage(&ctx, "unused binding", 16, wgpu::BufferUsages::empty());
         let strikes = if policy == Policy::SkipRow {
@@ -693,6 +702,7 @@ impl GpuTrainer {
                 ("SCAN", if opts.fused_scans && !prep { 1.0 } else { 0.0 }),
                 ("PREP", if prep { 1.0 } else { 0.0 }),
                 ("DIRECT", if direct && over_x { 1.0 } else { 0.0 }),
+                ("SCAN_BUFS", FUSED_SCAN_BUFS as f64),
             ];
             let c = Constants { batched: over_x, ..consts };
             let kernel = if subgroup > 0 { &shaders::FUSED_STEP_SG } else { &shaders::FUSED_STEP };
@@ -749,7 +759,7 @@ impl GpuTrainer {
         };
         let reduce = |update: bool, over_x: bool| {
             let c = Constants { batched: over_x, ..consts };
-            let p = c.pipeline(&ctx, &shaders::REDUCE, "main", &[]);
+            let p = c.pipeline(&ctx, &shaders::REDUCE, "main", &[("SCAN_BUFS", FUSED_SCAN_BUFS as f64)]);
             let count = if over_x { x_groups } else { partial_base };
             let rp = uniform(&ctx, "reduce", &ReduceU { count, update: update as u32, pad: [0; 2] });
             let g = bind_at(
@@ -899,7 +909,7 @@ impl GpuTrainer {
                         wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
                     );
                     ctx.queue.write_buffer(&all, 0, bytemuck::cast_slice(&words));
-                    SlotSource::Given { all, host }
+                    SlotSource::Given { all, entries: host.iter().map(|h| h.entries).collect() }
                 }
                 Schedule::Full => unreachable!("batched"),
             };
@@ -1183,9 +1193,9 @@ impl GpuTrainer {
         // kernel's parameters for this step (copies go between passes).
         if let (Some(b), None) = (batch, &self.manual) {
             match &b.source {
-                SlotSource::Given { all, host } => {
+                SlotSource::Given { all, entries } => {
                     let bytes = b.cap as u64 * 16;
-                    let at = (step % host.len() as u64) * bytes;
+                    let at = (step % entries.len() as u64) * bytes;
                     enc.copy_buffer_to_buffer(all, at, &b.slots, 0, bytes);
                 }
                 SlotSource::Random { uniform, schedule, .. } => {
