@@ -54,8 +54,15 @@ def fmt(x, unit="ms"):
     return "-" if x is None else f"{x:.4g} {unit}"
 
 
+def floor(size):
+    """The fastest copy of the table we have on the device (GPU time): the
+    16-byte copy where it ran, else the 4-byte one."""
+    found = [v for v in (our(f"copy-shader-vec4/{size}")[0], our(f"copy-shader/{size}")[0]) if v is not None]
+    return min(found) if found else None
+
+
 step, clock = our("step-skip-step/1000000x64")
-copy = our("copy-shader/1000000x64")[0] if clock == "gpu-time" else our("copy/1000000x64")[0]
+copy = floor("1000000x64") if clock == "gpu-time" else our("copy/1000000x64")[0]
 ratio = step / copy if step and copy else None
 bar("full step 1M×64 ≤ 1.10× copy", None if ratio is None else ratio <= 1.10,
     f"step {fmt(step)} ({clock}), copy {fmt(copy)}, {fmt(ratio, '×')}")
@@ -88,7 +95,7 @@ bar("1 GiB scan ≥ 4× faster than torch.isfinite(w).all()",
     None if scan is None or isfinite is None else isfinite >= 4 * scan, f"isfinite {fmt(isfinite)}, ours {fmt(scan)}")
 
 huge = our("step-skip-step/100000000x64")[0]
-huge_copy = our("copy-shader/100000000x64")[0]
+huge_copy = floor("100000000x64")
 bar("100M×64 step ≤ 1.15× its copy", None if huge is None or huge_copy is None else huge / huge_copy <= 1.15,
     f"step {fmt(huge)}, copy {fmt(huge_copy)}")
 rows_run, w = wall()

@@ -7,7 +7,9 @@
 # bench`'s binary, the peers, a 1 GiB `latent-line scan` and the 100M-row
 # table, printing one comparison table (benches/summary.py).
 # `bash benches/gpu.sh quick`: the quick tests, the main job, --profile and
-# the GPU benches only (when device time is short).
+# both GPU bench groups only (when device time is short). `diag`: the
+# GPU-time benches and the scan, then the JAX peer: a first look to tune
+# by, leaving device time for the full run.
 set -u
 MODE=${1:-full}
 if [ "${1:-}" = "--prepare" ]; then
@@ -61,10 +63,12 @@ echo "== tests on this GPU (quick ones first)"
 run_tests() {
     for t in "$@"; do
         echo "-- $t"
-        timeout 300 "$B/$t" --test-threads 4 2>&1 | grep -E "^test |test result|panicked|seed" | grep -v "^test .* ok$" | tail -20
+        timeout "${TEST_TIMEOUT:-300}" "$B/$t" --test-threads 4 2>&1 | grep -E "^test |test result|panicked|seed" | grep -v "^test .* ok$" | tail -20
     done
 }
 run_tests naive forensics subgroups
+echo "-- backends_vs_reference row_blocks"
+timeout 120 "$B/backends_vs_reference" row_blocks 2>&1 | grep -E "test result|panicked|seed" | tail -5
 
 echo "== main job: latent-line --rows $R (wall time, start-up included)"
 s=$(date +%s.%N)
@@ -73,36 +77,42 @@ e=$(date +%s.%N)
 echo "wall $(python3 -c "print(f'{$e - $s:.3f}')") s"
 
 echo "== --profile: the kernels of the main job, and of a random batch step"
-"$B/latent-line" --rows "$R" --steps 50 --profile | grep -A14 "^profile"
-"$B/latent-line" --rows "$R" --steps 50 --batch 65536 --profile | grep -A14 "^profile"
+"$B/latent-line" --rows "$R" --steps 50 --profile | grep -E -A14 "^(kernel|profile)"
+"$B/latent-line" --rows "$R" --steps 50 --batch 65536 --profile | grep -E -A14 "^(kernel|profile)"
 
-echo "== cargo bench (criterion), GPU groups"
-timeout 420 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 gpu 2>&1 | grep -E "^gpu|time:" | grep -v "%"
+# criterion's filter: the GPU-time group and the 1 GiB scan (full, diag),
+# or both GPU groups (quick). (Not `GROUPS`: bash owns that name.)
+BENCH_FILTER='gpu-time|/scan'
+[ "$MODE" = quick ] && BENCH_FILTER=gpu
+echo "== cargo bench (criterion): $BENCH_FILTER"
+timeout 300 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 "$BENCH_FILTER" 2>&1 | grep -E "^gpu|time:" | grep -v "%"
 python3 benches/summary.py /tmp/ct/criterion | tee "$OUT/bench-summary.txt"
 python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars.txt"
 [ "$MODE" = quick ] && exit 0
 
-echo "== peers: PyTorch (CUDA events)"
-PYTHONUNBUFFERED=1 timeout 180 python3 benches/peers/torch_step.py "$R" 64 65536 2>&1 | grep -v Warning
 echo "== peers: JAX (jit; host timer around block_until_ready)"
 PYTHONUNBUFFERED=1 timeout 120 python3 benches/peers/jax_step.py "$R" 64 65536 2>&1 | grep -v -i warning
+[ "$MODE" = diag ] && exit 0
+echo "== peers: PyTorch (CUDA events)"
+PYTHONUNBUFFERED=1 timeout 180 python3 benches/peers/torch_step.py "$R" 64 65536 2>&1 | grep -v Warning
+python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars.txt"
 
-echo "== naive on this GPU: default guard, then ignore"
-"$B/latent-line" --rows "$R" --naive --endpoints detached --steps 3 | grep -E "event|ABORT|guard|finite"
-"$B/latent-line" --rows "$R" --naive --endpoints detached --steps 1 --on-nonfinite ignore | grep -E "event|finite"
+echo "== $HUGE_ROWS × 64: the main job's step (wall), then in the bench (GPU time)"
+timeout 240 "$B/latent-line" --rows "$HUGE_ROWS" --dim 64 --steps 10 | grep -E "kernel|table|speed|finite"
+LATENT_LINE_BENCH_HUGE=1 timeout 200 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 "${HUGE_ROWS}x" 2>&1 | grep -E "^gpu|time:" | grep -v "%"
 
 echo "== latent-line scan on a 1 GiB table"
 "$B/latent-line" --rows "$SCAN_ROWS" --dim 64 --steps 0 --save /tmp/big.npy >/dev/null
 "$B/latent-line" scan /tmp/big.npy; echo "exit $?"
 rm -f /tmp/big.npy*
 
-echo "== $HUGE_ROWS × 64: the main job's step (wall), then in the bench below (GPU time)"
-timeout 240 "$B/latent-line" --rows "$HUGE_ROWS" --dim 64 --steps 10 | grep -E "kernel|table|speed|finite"
-echo "== cargo bench: the CPU group, and the huge table (GPU time)"
-LATENT_LINE_BENCH_HUGE=1 timeout 300 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'cpu/|100000000x' 2>&1 | grep -E "^(gpu|cpu)|time:" | grep -v "%"
+echo "== naive on this GPU: default guard, then ignore"
+"$B/latent-line" --rows "$R" --naive --endpoints detached --steps 3 | grep -E "event|ABORT|guard|finite"
+"$B/latent-line" --rows "$R" --naive --endpoints detached --steps 1 --on-nonfinite ignore | grep -E "event|finite"
+
 python3 benches/summary.py /tmp/ct/criterion | tee "$OUT/bench-summary.txt"
 echo "== issue 5's bars, from this call's figures"
 python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars.txt"
 
 echo "== the long tests on this GPU"
-run_tests batches backends_vs_reference
+TEST_TIMEOUT=150 run_tests batches backends_vs_reference

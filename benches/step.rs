@@ -83,13 +83,14 @@ fn batch_trainers(
     ctx: &Arc<GpuContext>,
     shape: Shape,
     size: usize,
+    row_blocks: Option<u32>,
 ) -> impl Iterator<Item = (&'static str, GpuTrainer)> + '_ {
     [("batch-random", Batches::Random { size, seed: 3 }), ("batch-indices", dup_batches(shape, size))].into_iter().map(
         move |(name, batches)| {
             let cfg = config(shape, Policy::SkipStep);
             let source = TableSource::Random { seed: 1 };
-            let t = GpuTrainer::with_batches(ctx.clone(), shape, cfg, source, GpuOptions::default(), batches)
-                .expect("GPU trainer");
+            let opts = GpuOptions { row_blocks, ..GpuOptions::default() };
+            let t = GpuTrainer::with_batches(ctx.clone(), shape, cfg, source, opts, batches).expect("GPU trainer");
             (name, t)
         },
     )
@@ -158,7 +159,7 @@ fn gpu(c: &mut Criterion) {
         drop(t);
         let bsize = batch_size(hardware);
         g.throughput(Throughput::Bytes(2 * bsize as u64 * shape.dim as u64 * 4));
-        for (name, mut t) in batch_trainers(&ctx, shape, bsize) {
+        for (name, mut t) in batch_trainers(&ctx, shape, bsize, None) {
             bench_steps(&mut g, format!("{name}-{bsize}/{id}"), &mut t);
         }
     }
@@ -190,9 +191,11 @@ fn gpu(c: &mut Criterion) {
         let mut t =
             GpuTrainer::new(ctx.clone(), shape, config(shape, Policy::SkipStep), TableSource::Random { seed: 1 }, opts)
                 .expect("GPU trainer (100M × 64)");
-        g.bench_function(format!("copy-shader/{id}"), |b| {
-            b.iter_custom(|n| t.gpu_time_table_copies(n as u32).expect("copy").expect("timestamps"))
-        });
+        for (name, vec4) in [("copy-shader", false), ("copy-shader-vec4", true)] {
+            g.bench_function(format!("{name}/{id}"), |b| {
+                b.iter_custom(|n| t.gpu_time_table_copies(n as u32, vec4).expect("copy").expect("timestamps"))
+            });
+        }
         g.bench_function(format!("step-skip-step/{id}"), |b| {
             b.iter_custom(|n| t.gpu_time_steps(n as u32).expect("steps").expect("timestamps"))
         });
@@ -203,21 +206,27 @@ fn gpu(c: &mut Criterion) {
         // The default step again with the portable row fold, where the
         // default is the subgroup fold (a hardware GPU with subgroups).
         let sg = hardware && ctx.features.contains(wgpu::Features::SUBGROUP);
+        // And with one row block a workgroup (the kernel before row
+        // blocks), and with 8 where the default takes more.
         let variants = [
-            ("step-noscan", Policy::Ignore, false, None),
-            ("step-ignore", Policy::Ignore, true, None),
-            ("step-skip-step", Policy::SkipStep, true, None),
-            ("step-skip-step-wgfold", Policy::SkipStep, true, Some(false)),
+            ("step-noscan", Policy::Ignore, false, None, None),
+            ("step-ignore", Policy::Ignore, true, None, None),
+            ("step-skip-step", Policy::SkipStep, true, None, None),
+            ("step-skip-step-wgfold", Policy::SkipStep, true, Some(false), None),
+            ("step-skip-step-1block", Policy::SkipStep, true, None, Some(1)),
+            ("step-skip-step-8blocks", Policy::SkipStep, true, None, Some(8)),
         ];
-        for (name, policy, scans, subgroups) in variants.into_iter().filter(|v| sg || v.3.is_none()) {
-            let opts = GpuOptions { fused_scans: scans, subgroups, ..GpuOptions::default() };
+        for (name, policy, scans, subgroups, row_blocks) in variants.into_iter().filter(|v| sg || v.3.is_none()) {
+            let opts = GpuOptions { fused_scans: scans, subgroups, row_blocks, ..GpuOptions::default() };
             let mut t =
                 GpuTrainer::new(ctx.clone(), shape, config(shape, policy), TableSource::Random { seed: 1 }, opts)
                     .expect("GPU trainer");
             if name == "step-noscan" {
-                g.bench_function(format!("copy-shader/{id}"), |b| {
-                    b.iter_custom(|n| t.gpu_time_table_copies(n as u32).expect("copy").expect("timestamps"))
-                });
+                for (name, vec4) in [("copy-shader", false), ("copy-shader-vec4", true)] {
+                    g.bench_function(format!("{name}/{id}"), |b| {
+                        b.iter_custom(|n| t.gpu_time_table_copies(n as u32, vec4).expect("copy").expect("timestamps"))
+                    });
+                }
             }
             g.bench_function(format!("{name}/{id}"), |b| {
                 b.iter_custom(|n| t.gpu_time_steps(n as u32).expect("steps").expect("timestamps"))
@@ -225,7 +234,9 @@ fn gpu(c: &mut Criterion) {
         }
         let bsize = batch_size(hardware);
         g.throughput(Throughput::Bytes(2 * bsize as u64 * shape.dim as u64 * 4));
-        for (name, mut t) in batch_trainers(&ctx, shape, bsize) {
+        // The default, then the random batch with one row block a workgroup.
+        let one_block = batch_trainers(&ctx, shape, bsize, Some(1)).take(1).map(|(_, t)| ("batch-random-1block", t));
+        for (name, mut t) in batch_trainers(&ctx, shape, bsize, None).chain(one_block) {
             g.bench_function(format!("{name}-{bsize}/{id}"), |b| {
                 b.iter_custom(|n| t.gpu_time_steps(n as u32).expect("steps").expect("timestamps"))
             });

@@ -1,6 +1,6 @@
 // anchors.wgsl — the start of a step (SPEC §2–§3): copy rows a and b of the
 // current table into `anchors` (the step's snapshot p, q), compute
-// s0 = ‖p − q‖² and d0, and advance the pass stamp. One invocation, in the
+// s0 = ‖p − q‖² and d0, and advance the pass stamp. One workgroup, in the
 // summation order of fused_step.wgsl's rows (L lane sums, folded as its
 // row_fold does), so that a row equal to p has s2 = s0 bit for bit and an
 // excess of exactly 0. Reads the current buffer on the device, so a
@@ -25,30 +25,40 @@ struct AnchorRows {
 @group(0) @binding(6) var<storage, read> b_in_b: array<f32>;
 @group(0) @binding(7) var<uniform> at: AnchorRows;
 
-@compute @workgroup_size(1)
-fn main() {
+var<workgroup> wg_lanes: array<vec2<f32>, MAX_L>;
+
+// MAX_L invocations: lane l < L sums columns l, l + L, … in order, as a
+// fused-step lane does, then the lanes fold in row_fold's tree order. (One
+// invocation walking all D columns waited on each load in turn: its
+// stores to `anchors` may alias the table for all the compiler knows.)
+@compute @workgroup_size(32)
+fn main(@builtin(local_invocation_index) lid: u32) {
     // Runs even after an abort: the final evaluation still needs p, q, d0
     // (the kernels that write the table check `halted` themselves).
-    state.stamp = state.stamp + 1u;
-    state.restore = 0u;
     let cur = state.cur;
-    var lanes: array<vec2<f32>, MAX_L>;
-    for (var l = 0u; l < L; l = l + 1u) {
-        lanes[l] = vec2<f32>(0.0, 0.0);
-    }
-    for (var k = 0u; k < D; k = k + 1u) {
-        let p = select(a_in_a[at.a_at + k], a_in_b[at.a_at + k], cur == 1u);
-        let q = select(b_in_a[at.b_at + k], b_in_b[at.b_at + k], cur == 1u);
-        anchors[k] = p;
-        anchors[D + k] = q;
-        lanes[k % L] = accumulate_sq(lanes[k % L], p, p, q);
-    }
-    for (var o = L / 2u; o > 0u; o = o / 2u) {
-        for (var l = 0u; l < o; l = l + 1u) {
-            lanes[l] = lanes[l] + lanes[l + o];
+    var acc = vec2<f32>(0.0, 0.0);
+    if (lid < L) {
+        for (var k = lid; k < D; k = k + L) {
+            let p = select(a_in_a[at.a_at + k], a_in_b[at.a_at + k], cur == 1u);
+            let q = select(b_in_a[at.b_at + k], b_in_b[at.b_at + k], cur == 1u);
+            anchors[k] = p;
+            anchors[D + k] = q;
+            acc = accumulate_sq(acc, p, p, q);
         }
     }
-    let s0 = lanes[0].y;
-    state.s0 = s0;
-    state.d0 = safe_dist(s0, params.eps);
+    wg_lanes[lid] = acc;
+    workgroupBarrier();
+    for (var o = L / 2u; o > 0u; o = o / 2u) {
+        if (lid < o) {
+            wg_lanes[lid] = wg_lanes[lid] + wg_lanes[lid + o];
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        state.stamp = state.stamp + 1u;
+        state.restore = 0u;
+        let s0 = wg_lanes[0].y;
+        state.s0 = s0;
+        state.d0 = safe_dist(s0, params.eps);
+    }
 }

@@ -49,6 +49,11 @@ override PREP: bool = false;       // the first read of a two-read step (see abo
 // table_b (by slot), which batch_io.wgsl scatters back only if the step
 // was clean.
 override DIRECT: bool = false;
+// Row blocks a workgroup steps one after another (WG / L rows each, at
+// most 256 rows in all: the scans' masks): the workgroup's fixed costs
+// (resets, the Σ|r| tree, its partial and scan flush) are paid once for
+// them all, and the reduce pass folds BLOCKS times fewer partials.
+override BLOCKS: u32 = 1u;
 
 @group(0) @binding(0) var<storage, read_write> table_a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> table_b: array<f32>;   // a 16-byte stand-in when single-buffered
@@ -157,9 +162,10 @@ fn lowest_row_finding(buf: u32, slot0: u32) -> vec3<u32> {
             }
         }
     }
-    // Its lanes' first findings: the lowest column wins.
+    // Its lanes' first findings: the lowest column wins (the lanes of
+    // local row j are slots (j mod WG/L)·L + lane, in every row block).
     for (var lane = 0u; lane < L; lane = lane + 1u) {
-        let f = scan_lane_finding(buf, best_local * L + lane);
+        let f = scan_lane_finding(buf, (best_local % (WG / L)) * L + lane, best.x);
         if (f.x < best.y) {
             best = vec3<u32>(best.x, f.x, f.y);
         }
@@ -167,40 +173,60 @@ fn lowest_row_finding(buf: u32, slot0: u32) -> vec3<u32> {
     return best;
 }
 
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wg: vec3<u32>,
-        @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let w = linear_workgroup(wg, nwg);
-    scan_reset(lid);
-    if (lid == 0u) {
-        wg_flags = vec2<u32>(state.cur, state.halted);
-        atomicStore(&wg_near, 0u);
-    }
-    let flags = workgroupUniformLoad(&wg_flags);   // also the barrier after the resets
-    if ((UPDATE || PREP) && flags.y != 0u) {
-        return;   // aborted: steps do nothing; evaluations still run
-    }
-    let cur = flags.x;
-    let rows_per_wg = WG / L;
-    let slot = lid / L;            // the workgroup's row this lane works on
-    let lane = lid % L;
-    let i = w * rows_per_wg + slot;
-    var live = i < chunk.rows;
-    var base = i * D;   // where the row is read (and written, in place)
-    var row = chunk.row_base + i;
-    var mult = 1u;
-    var weight = params.w_red;
-    if (BATCHED && live) {
+// Where local row `slot` of a workgroup (first local row `first`: a
+// chunk's row index, or a batch's slot index) is, and what it weighs.
+struct RowSite {
+    i: u32,        // index in the chunk (or the batch)
+    live: bool,
+    base: u32,     // where the row is read (and written, in place)
+    row: u32,      // the table's row
+    mult: u32,
+    weight: f32,
+}
+
+fn row_site(slot: u32, first: u32) -> RowSite {
+    let i = first + slot;
+    var site = RowSite(i, i < chunk.rows, i * D, chunk.row_base + i, 1u, params.w_red);
+    if (BATCHED && site.live) {
         let s = slots[i];
-        row = s.x;
-        mult = s.y;
-        weight = bitcast<f32>(s.z);
-        live = s.x != DEAD;
-        if (DIRECT && live) {
-            base = (row - chunk.row_base) * D;
+        site.row = s.x;
+        site.mult = s.y;
+        site.weight = bitcast<f32>(s.z);
+        site.live = s.x != DEAD;
+        if (DIRECT && site.live) {
+            site.base = (s.x - chunk.row_base) * D;
         }
     }
+    return site;
+}
+
+// A lane's columns of a row (KEEP: at most MAX_KEPT), read ahead of their
+// use: the workgroup loads the next row block while it works on this one,
+// so more bytes are in flight per lane. A constant trip count and constant
+// indices let the compiler keep them in registers (k ≥ D past the row).
+fn load_kept(site: RowSite, lane: u32, cur: u32) -> array<f32, MAX_KEPT> {
+    var kept: array<f32, MAX_KEPT>;
+    if (KEEP && site.live) {
+        for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
+            let k = lane + j * L;
+            if (k < D) {
+                kept[j] = load_x(cur, site.base + k);
+            }
+        }
+    }
+    return kept;
+}
+
+// One row of the pass for lane `lane` of it, its values (KEEP) in `kept`.
+// All lanes call it (the row folds have barriers). Returns the lane's
+// (m·|r|, |r|, Σ g² for clipping) of the row.
+fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, lane: u32, lid: u32, cur: u32) -> vec3<f32> {
+    let i = site.i;
+    let live = site.live;
+    let base = site.base;
+    let row = site.row;
+    let mult = site.mult;
+    let weight = site.weight;
     // Where a double-buffered guard writes: the batch buffer, by slot.
     let out_base = select(base, i * D, DIRECT && double_buffered());
     let is_anchor = row == params.anchor_a || row == params.anchor_b;
@@ -208,16 +234,24 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
 
     // s1, s2 over this lane's columns, and whether it read a non-finite value.
     var part = vec4<f32>(0.0, 0.0, 0.0, 0.0);
-    var kept: array<f32, MAX_KEPT>;
+    var kept = kept_in;
     var kept_v: array<f32, MAX_KEPT>;
     if (live) {
-        for (var k = lane; k < D; k = k + L) {
-            let x = load_x(cur, base + k);
-            if (KEEP) {
-                kept[min(k / L, MAX_KEPT - 1u)] = x;
+        if (KEEP) {
+            for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
+                let k = lane + j * L;
+                if (k < D) {
+                    let x = kept[j];
+                    part = vec4<f32>(accumulate_sq(part.xy, x, anchors[k], anchors[D + k]),
+                                     part.z + select(0.0, 1.0, is_nonfinite(x)), 0.0);
+                }
             }
-            part = vec4<f32>(accumulate_sq(part.xy, x, anchors[k], anchors[D + k]),
-                             part.z + select(0.0, 1.0, is_nonfinite(x)), 0.0);
+        } else {
+            for (var k = lane; k < D; k = k + L) {
+                let x = load_x(cur, base + k);
+                part = vec4<f32>(accumulate_sq(part.xy, x, anchors[k], anchors[D + k]),
+                                 part.z + select(0.0, 1.0, is_nonfinite(x)), 0.0);
+            }
         }
     }
     let folded = row_fold(lid, part);
@@ -233,7 +267,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     var max_r = 0.0;   // … and its |r| for max|r| (a repeated row is one row)
     if (live && lane == 0u && mult > 0u) {
         if (SCAN) {
-            scan_commit(0u, slot, lid, row_scan_add(row_scan_new(), 0u, r_seen));
+            scan_commit(0u, slot, lid, row, row_scan_add(row_scan_new(), 0u, r_seen));
         }
         max_r = select(abs(r), 0.0, loss_bad);   // sums cover finite terms
         abs_r = f32(mult) * max_r;
@@ -306,23 +340,27 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             // value was non-finite; the details are worked out again from
             // the kept values for such a lane alone.
             var any_bad = false;
-            for (var k = lane; k < D; k = k + L) {
-                let j = min(k / L, MAX_KEPT - 1u);
-                let x = kept[j];
-                let v_old = load_v(cur, base + k);
-                kept_v[j] = v_old;
-                let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned, anchor);
-                let nv = step_value(x, g, v_old, lr, poisoned);
-                any_bad = any_bad || is_nonfinite(g) || is_nonfinite(nv.x);
-                store_x(cur, out_base + k, nv.x);
-                store_v(cur, out_base + k, nv.y);
+            for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
+                let k = lane + j * L;
+                if (k < D) {
+                    let x = kept[j];
+                    let v_old = load_v(cur, base + k);
+                    kept_v[j] = v_old;
+                    let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned, anchor);
+                    let nv = step_value(x, g, v_old, lr, poisoned);
+                    any_bad = any_bad || is_nonfinite(g) || is_nonfinite(nv.x);
+                    store_x(cur, out_base + k, nv.x);
+                    store_v(cur, out_base + k, nv.y);
+                }
             }
             if (SCAN && any_bad) {
-                for (var k = lane; k < D; k = k + L) {
-                    let j = min(k / L, MAX_KEPT - 1u);
-                    let g = grad_at(kept[j], k, c, inv_d1, inv_d2, sep, poisoned, anchor);
-                    gs = row_scan_add(gs, k, g);
-                    ts = row_scan_add(ts, k, step_value(kept[j], g, kept_v[j], lr, poisoned).x);
+                for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
+                    let k = lane + j * L;
+                    if (k < D) {
+                        let g = grad_at(kept[j], k, c, inv_d1, inv_d2, sep, poisoned, anchor);
+                        gs = row_scan_add(gs, k, g);
+                        ts = row_scan_add(ts, k, step_value(kept[j], g, kept_v[j], lr, poisoned).x);
+                    }
                 }
             }
         } else if (writes) {
@@ -345,19 +383,67 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             }
         }
         if (SCAN && live) {
-            scan_commit(1u, slot, lid, gs);
-            scan_commit(2u, slot, lid, ts);
+            scan_commit(1u, slot, lid, row, gs);
+            scan_commit(2u, slot, lid, row, ts);
         }
+    }
+    return vec3<f32>(abs_r, max_r, norm2);
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wg: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let w = linear_workgroup(wg, nwg);
+    scan_reset(lid);
+    if (lid == 0u) {
+        wg_flags = vec2<u32>(state.cur, state.halted);
+        atomicStore(&wg_near, 0u);
+    }
+    let flags = workgroupUniformLoad(&wg_flags);   // also the barrier after the resets
+    if ((UPDATE || PREP) && flags.y != 0u) {
+        return;   // aborted: steps do nothing; evaluations still run
+    }
+    let cur = flags.x;
+    let block_rows = WG / L;           // rows of one block
+    let wg_rows = block_rows * BLOCKS; // rows of the workgroup (≤ 256: the scans' masks)
+    let lane = lid % L;
+    // This lane's shares of Σ|r| (m·|r|), max|r| (a repeated row is one
+    // row) and the clipping norm, over its rows in block order.
+    var abs_r = 0.0;
+    var max_r = 0.0;
+    var norm2 = 0.0;
+    let first = w * wg_rows;
+    var site = row_site(lid / L, first);
+    var kept = load_kept(site, lane, cur);
+    for (var blk = 0u; blk < BLOCKS; blk = blk + 1u) {
+        if (first + blk * block_rows >= chunk.rows) {
+            break;   // uniform: the rest of the workgroup's rows are past the chunk
+        }
+        // The next block's row, read before this one is worked on.
+        let slot = blk * block_rows + lid / L;
+        var next_site = site;
+        var next_kept = kept;
+        if (blk + 1u < BLOCKS) {
+            next_site = row_site(slot + block_rows, first);
+            next_kept = load_kept(next_site, lane, cur);
+        }
+        let r_acc = step_row(site, slot, kept, lane, lid, cur);
+        site = next_site;
+        kept = next_kept;
+        abs_r = abs_r + r_acc.x;
+        max_r = max(max_r, r_acc.y);
+        norm2 = norm2 + r_acc.z;
     }
     let total = workgroup_sum_max(lid, vec2<f32>(abs_r, max_r));   // its barriers publish the scan atomics
     var norm_total = 0.0;
     if (PREP) {
         norm_total = workgroup_sum_max(lid, vec2<f32>(norm2, 0.0)).x;
     }
-    if (lid == 0u && w * rows_per_wg < chunk.rows) {
+    if (lid == 0u && w * wg_rows < chunk.rows) {
         let gw = chunk.partial_base + w;
         partials[gw] = Partial(total.x, total.y, atomicLoad(&wg_near), norm_total);
-        let row0 = chunk.row_base + w * rows_per_wg;
+        let row0 = chunk.row_base + w * wg_rows;
         for (var buf = 0u; buf < SCAN_BUFS; buf = buf + 1u) {
             let f = scan_first_local(buf);
             if (f == NONE) {
@@ -365,12 +451,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             }
             if (BATCHED) {
                 // Slots are not in row order: the lowest row's finding.
-                let slot0 = w * rows_per_wg;
+                let slot0 = w * wg_rows;
                 scan_flush(buf, gw, state.stamp, slot0, lowest_row_finding(buf, slot0));
             } else {
                 // The lane that owns the lowest finding kept its bits.
-                let owner = (f / D) * L + (f % D) % L;
-                scan_flush(buf, gw, state.stamp, row0, vec3<u32>(row0 + f / D, f % D, sc_bits[buf * MAX_WG + owner]));
+                let local_row = f / D;
+                let owner = (local_row % block_rows) * L + (f % D) % L;
+                scan_flush(buf, gw, state.stamp, row0, vec3<u32>(row0 + local_row, f % D, sc_bits[buf * MAX_WG + owner]));
             }
         }
     }

@@ -37,6 +37,7 @@ var<workgroup> sc_mask: array<atomic<u32>, 24>;   // buf·8 + word
 var<workgroup> sc_first: array<atomic<u32>, 3>;   // lowest local_row·D + column
 var<workgroup> sc_bits: array<u32, 768>;          // buf·MAX_WG + lane: that lane's first bad bits
 var<workgroup> sc_col: array<u32, 768>;           // … and its column
+var<workgroup> sc_row: array<u32, 768>;           // … and its row (a lane may see several)
 var<workgroup> sc_lanes: array<atomic<u32>, 24>;  // buf·8 + word: bit l, lane slot l has a finding
 var<workgroup> sc_flag: u32;
 
@@ -93,8 +94,10 @@ fn scan_reset(lid: u32) {
 
 // Publishes a lane's findings in one row to the workgroup (a no-op when
 // clean). The lane's first bits go to slot `lane_slot` of `sc_bits`, where
-// the flush finds them for the workgroup's lowest finding.
-fn scan_commit(buf: u32, local_row: u32, lane_slot: u32, a: RowScan) {
+// the flush finds them for the workgroup's lowest finding; a lane that
+// sees several rows (fused_step.wgsl's row blocks) keeps its lowest `row`'s
+// there. Only that lane touches its slot, so no atomics are needed for it.
+fn scan_commit(buf: u32, local_row: u32, lane_slot: u32, row: u32, a: RowScan) {
     if (!row_scan_bad(a)) {
         return;
     }
@@ -103,16 +106,20 @@ fn scan_commit(buf: u32, local_row: u32, lane_slot: u32, a: RowScan) {
     atomicAdd(&sc_count[buf * 3u + 2u], a.counts.z);
     atomicOr(&sc_mask[buf * 8u + local_row / 32u], 1u << (local_row % 32u));
     atomicMin(&sc_first[buf], local_row * D + a.first_col);
-    atomicOr(&sc_lanes[buf * 8u + lane_slot / 32u], 1u << (lane_slot % 32u));
-    sc_bits[buf * MAX_WG + lane_slot] = a.bits;
-    sc_col[buf * MAX_WG + lane_slot] = a.first_col;
+    let bit = 1u << (lane_slot % 32u);
+    let had = (atomicOr(&sc_lanes[buf * 8u + lane_slot / 32u], bit) & bit) != 0u;
+    if (!had || row < sc_row[buf * MAX_WG + lane_slot]) {
+        sc_bits[buf * MAX_WG + lane_slot] = a.bits;
+        sc_col[buf * MAX_WG + lane_slot] = a.first_col;
+        sc_row[buf * MAX_WG + lane_slot] = row;
+    }
 }
 
 // After a barrier: the first finding (column, bits) of lane slot `l` in
-// `buf`, or (NONE, 0) when it found nothing (a lane of a fused step sees
-// one row, so this is that lane's part of its row's first finding).
-fn scan_lane_finding(buf: u32, l: u32) -> vec2<u32> {
-    if ((atomicLoad(&sc_lanes[buf * 8u + l / 32u]) & (1u << (l % 32u))) == 0u) {
+// `buf` within row `row`, or (NONE, 0) when it found nothing there (its
+// part of that row's first finding, when the lane's lowest row is `row`).
+fn scan_lane_finding(buf: u32, l: u32, row: u32) -> vec2<u32> {
+    if ((atomicLoad(&sc_lanes[buf * 8u + l / 32u]) & (1u << (l % 32u))) == 0u || sc_row[buf * MAX_WG + l] != row) {
         return vec2<u32>(NONE, 0u);
     }
     return vec2<u32>(sc_col[buf * MAX_WG + l], sc_bits[buf * MAX_WG + l]);

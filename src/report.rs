@@ -120,6 +120,12 @@ pub struct Summary {
     /// The device scan of the final table.
     pub final_scan: Scan,
     pub all_finite: bool,
+    /// Wall clock of the steps (each segment from its first submission to
+    /// its last record) over the steps run: what `speed` prints.
+    pub step_seconds: f64,
+    /// Median spacing of the record groups (one per submission), per step:
+    /// the device's step time while it is the bottleneck; it reads low when
+    /// groups arrive in bursts (synchronous submission, a slow consumer).
     pub median_step_seconds: f64,
     pub bytes_per_step: u64,
     pub effective_gb_per_s: f64,

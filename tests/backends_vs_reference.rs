@@ -38,10 +38,11 @@ enum Backend {
         max_groups: u32,
     },
     /// GPU fused step with `lanes` lanes per row (default: up to 32), a
-    /// workgroup of `wg`.
+    /// workgroup of `wg`, stepping `blocks` row blocks in turn.
     GpuLanes {
         lanes: u32,
         wg: u32,
+        blocks: u32,
     },
     /// GPU with storage bindings capped at `bytes`: a table of many
     /// bindings whose scan records, at 32 lanes a row, would not fit one
@@ -78,15 +79,16 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>) -> Box
             let opts = GpuOptions { max_groups: Some(max_groups), ..GpuOptions::default() };
             Box::new(GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table), opts).unwrap())
         }
-        Backend::GpuLanes { lanes, wg } => {
+        Backend::GpuLanes { lanes, wg, blocks } => {
             let opts = GpuOptions {
                 lanes_per_row: Some(lanes),
                 workgroup: Some(wg),
+                row_blocks: Some(blocks),
                 max_chunk_rows: Some(shape.rows.div_ceil(3)),
                 ..GpuOptions::default()
             };
             let t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table), opts).unwrap();
-            assert_eq!(t.kernel_shape(), (wg, lanes));
+            assert_eq!((t.kernel_shape(), t.row_blocks()), ((wg, lanes), blocks));
             Box::new(t)
         }
         Backend::GpuSmallBindings { bytes } => {
@@ -248,8 +250,49 @@ fn gpu_huge_table_layout_takes_fewer_lanes_and_matches_reference() {
 fn gpu_fused_step_matches_reference_with_other_lane_counts() {
     // One lane per row (each lane walks its row), and 8 lanes in a
     // workgroup of 64 (several passes over wide rows, partial last pass).
-    sweep("gpu_one_lane_per_row", |_| Backend::GpuLanes { lanes: 1, wg: 64 });
-    sweep("gpu_eight_lanes_per_row", |_| Backend::GpuLanes { lanes: 8, wg: 64 });
+    sweep("gpu_one_lane_per_row", |_| Backend::GpuLanes { lanes: 1, wg: 64, blocks: 1 });
+    sweep("gpu_eight_lanes_per_row", |_| Backend::GpuLanes { lanes: 8, wg: 64, blocks: 1 });
+}
+
+#[test]
+fn gpu_fused_step_matches_reference_with_row_blocks() {
+    // Workgroups stepping several row blocks in turn (reading the next
+    // block ahead): 4 blocks of 64 rows at one lane a row, 8 blocks of 8
+    // rows at 8 lanes (chunks of 834 rows: a last workgroup that runs out
+    // part way), each endpoint mode and several widths, under the guards.
+    // (Not the whole sweep: lavapipe compiles each kernel for seconds.)
+    let seed = seed("gpu_row_blocks");
+    let mut case = 0u64;
+    for (lanes, blocks) in [(1u32, 4u32), (8, 8)] {
+        for dim in [3usize, 64, 131] {
+            for endpoints in [Endpoints::Frozen, Endpoints::Detached, Endpoints::Attached] {
+                case += 1;
+                let rows = 2500;
+                let shape = Shape::new(rows, dim).unwrap();
+                let reduction = Reduction::Mean;
+                // Attached: a tenth of the step keeps the anchors well-conditioned (as in `sweep`).
+                let lr = LR * rows as f32 * if endpoints == Endpoints::Attached { 0.1 } else { 1.0 };
+                let guard = Guard { policy: policy_for(case), snapshot_every: 3, ..Guard::default() };
+                // As in `sweep`: the separation term, momentum with decay,
+                // and clipping (the two-read path) in turn.
+                let cfg = StepConfig {
+                    anchor_a: rows / 3,
+                    anchor_b: 2 * rows / 3,
+                    endpoints,
+                    reduction,
+                    lr,
+                    guard,
+                    margin: if case.is_multiple_of(2) { 100.0 } else { 0.0 },
+                    margin_weight: 0.7 * LR / lr,
+                    momentum: if case % 3 == 1 { 0.5 } else { 0.0 },
+                    weight_decay: if case % 3 == 1 { 0.1 * LR / lr } else { 0.0 },
+                    clip_norm: if case % 3 == 2 { 0.05 * LR / lr } else { 0.0 },
+                    ..StepConfig::for_rows(rows)
+                };
+                check(Backend::GpuLanes { lanes, wg: 64, blocks }, shape, cfg, seed + case);
+            }
+        }
+    }
 }
 
 #[test]
@@ -286,8 +329,9 @@ fn eps_zero_stays_finite_in_safe_mode() {
     let backends = [
         Backend::Cpu,
         Backend::Gpu { path: StepPath::Fused, chunk_rows: None },
-        Backend::GpuLanes { lanes: 8, wg: 64 },
-        Backend::GpuLanes { lanes: 2, wg: 64 },
+        Backend::GpuLanes { lanes: 8, wg: 64, blocks: 1 },
+        Backend::GpuLanes { lanes: 2, wg: 64, blocks: 1 },
+        Backend::GpuLanes { lanes: 2, wg: 64, blocks: 4 },
     ];
     for backend in backends {
         let mut t = open(backend, shape, cfg, table.clone());

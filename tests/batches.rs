@@ -26,9 +26,11 @@ enum Backend {
         chunk_rows: Option<usize>,
     },
     /// GPU, table in one binding, `lanes` lanes to a row (lavapipe's auto
-    /// choice is one): each lane's findings, the lowest column wins.
+    /// choice is one): each lane's findings, the lowest column wins; with
+    /// `blocks` row blocks a workgroup, each lane sees several rows.
     GpuLanes {
         lanes: u32,
+        blocks: u32,
     },
 }
 
@@ -40,8 +42,13 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>, batche
             let opts = GpuOptions { max_chunk_rows: chunk_rows, ..GpuOptions::default() };
             Box::new(GpuTrainer::with_batches(gpu(), shape, cfg, source, opts, batches).unwrap())
         }
-        Backend::GpuLanes { lanes } => {
-            let opts = GpuOptions { lanes_per_row: Some(lanes), workgroup: Some(64), ..GpuOptions::default() };
+        Backend::GpuLanes { lanes, blocks } => {
+            let opts = GpuOptions {
+                lanes_per_row: Some(lanes),
+                workgroup: Some(64),
+                row_blocks: Some(blocks),
+                ..GpuOptions::default()
+            };
             Box::new(GpuTrainer::with_batches(gpu(), shape, cfg, source, opts, batches).unwrap())
         }
     }
@@ -183,6 +190,7 @@ fn gpu_batches_modes_and_sgd_match_the_reference() {
     let seed = seed("gpu_batches");
     sweep(Backend::Gpu { chunk_rows: Some(25) }, Shape::new(60, 5).unwrap(), seed);
     sweep(Backend::Gpu { chunk_rows: None }, Shape::new(37, 33).unwrap(), seed ^ 1);
+    sweep(Backend::GpuLanes { lanes: 4, blocks: 4 }, Shape::new(37, 33).unwrap(), seed ^ 2);
 }
 
 /// SPEC §11: the same options twice give bit-identical tables and records,
@@ -297,7 +305,8 @@ fn batch_scans_list_the_lowest_rows_and_element() {
             Backend::Cpu,
             Backend::Gpu { chunk_rows: None },
             Backend::Gpu { chunk_rows: Some(700) },
-            Backend::GpuLanes { lanes: 8 },
+            Backend::GpuLanes { lanes: 8, blocks: 1 },
+            Backend::GpuLanes { lanes: 8, blocks: 4 },
         ];
         for backend in backends {
             let ctx = format!("{backend:?} {batches:?} dim {dim}, seed {seed}");

@@ -107,13 +107,25 @@ fn a_clean_table_scans_clean() {
 
 /// The backends under test: CPU, and GPU split across several bindings,
 /// 8 lanes to a row (so rows up to 64 wide stay in registers: the scans'
-/// rare detail path runs for every fault planted here).
+/// rare detail path runs for every fault planted here), each workgroup
+/// stepping one row block, then four in turn (a lane sees four rows: its
+/// findings must stay its lowest row's).
 fn trainers(shape: Shape, cfg: StepConfig, table: &[f32]) -> Vec<(&'static str, Box<dyn Trainer>)> {
-    let opts =
-        GpuOptions { max_chunk_rows: Some(shape.rows.div_ceil(4)), lanes_per_row: Some(8), ..GpuOptions::default() };
+    let gpu_with = |blocks: u32| {
+        let opts = GpuOptions {
+            max_chunk_rows: Some(shape.rows.div_ceil(4)),
+            lanes_per_row: Some(8),
+            row_blocks: Some(blocks),
+            ..GpuOptions::default()
+        };
+        let t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table.to_vec()), opts).unwrap();
+        assert_eq!(t.row_blocks(), blocks);
+        Box::new(t) as Box<dyn Trainer>
+    };
     vec![
         ("cpu", Box::new(CpuTrainer::new(shape, cfg, TableSource::Data(table.to_vec())).unwrap())),
-        ("gpu", Box::new(GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table.to_vec()), opts).unwrap())),
+        ("gpu", gpu_with(1)),
+        ("gpu-4-blocks", gpu_with(4)),
     ]
 }
 
@@ -444,13 +456,14 @@ fn a_margin_stops_the_detached_collapse() {
 
 #[test]
 fn scan_records_too_big_for_one_binding_are_refused_with_sizes() {
-    // 64-lane workgroups of one row per lane keep 192 bytes of scan records
-    // per 64 rows: 3 bytes a row, in one binding. Past the binding limit the
-    // table is refused before anything is allocated.
+    // 64-lane workgroups of one row per lane, one row block each, keep 192
+    // bytes of scan records per 64 rows: 3 bytes a row, in one binding.
+    // Past the binding limit the table is refused before anything is
+    // allocated. (More row blocks a workgroup would make them fit.)
     let ctx = gpu();
     let rows = (ctx.max_binding_bytes() / 3 + 1000).min(u32::MAX as u64) as usize;
     let shape = Shape::new(rows, 1).unwrap();
-    let opts = GpuOptions { workgroup: Some(64), lanes_per_row: Some(1), ..GpuOptions::default() };
+    let opts = GpuOptions { workgroup: Some(64), lanes_per_row: Some(1), row_blocks: Some(1), ..GpuOptions::default() };
     let err = GpuTrainer::new(ctx, shape, StepConfig::for_rows(rows), TableSource::Random { seed: 1 }, opts)
         .err()
         .expect("refused");

@@ -93,7 +93,9 @@ fn gpu_timed_steps_are_the_same_steps() {
     assert_eq!(timed.is_some(), has_timestamps);
     if has_timestamps {
         assert!(timed.unwrap() > std::time::Duration::ZERO);
-        assert!(b.gpu_time_table_copies(3).unwrap().unwrap() > std::time::Duration::ZERO);
+        for vec4 in [false, true] {
+            assert!(b.gpu_time_table_copies(3, vec4).unwrap().unwrap() > std::time::Duration::ZERO);
+        }
         let (ta, tb) = (a.read_table().unwrap(), b.read_table().unwrap());
         assert!(ta.iter().zip(&tb).all(|(x, y)| x.to_bits() == y.to_bits()), "seed {seed}");
     }

@@ -101,6 +101,8 @@ pub struct Constants {
     pub lanes: u32,
     /// fold_sg.wgsl's SG: the subgroup size its shuffles rely on (0: unused).
     pub subgroup: u32,
+    /// fused_step.wgsl's BLOCKS: row blocks a workgroup steps in turn.
+    pub blocks: u32,
     /// SPEC §5 μ > 0: the kernels keep a velocity buffer.
     pub momentum: bool,
     /// SPEC §10: the step runs over a gathered batch's slots.
@@ -119,6 +121,7 @@ impl Default for Constants {
             guard: 0,
             lanes: 1,
             subgroup: 0,
+            blocks: 1,
             momentum: false,
             batched: false,
             clip: false,
@@ -137,6 +140,7 @@ impl Constants {
             ("GUARD", self.guard as f64),
             ("L", self.lanes as f64),
             ("SG", self.subgroup as f64),
+            ("BLOCKS", self.blocks as f64),
             ("MOMENTUM", if self.momentum { 1.0 } else { 0.0 }),
             ("BATCHED", if self.batched { 1.0 } else { 0.0 }),
             ("CLIP", if self.clip { 1.0 } else { 0.0 }),

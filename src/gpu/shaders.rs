@@ -54,7 +54,7 @@ macro_rules! fused_overrides {
     ($($extra:literal),*) => {
         &[
             "WG", "D", "MODE", "NAIVE", "GUARD", "UPDATE", "SCAN", "L", "KEEP", "MOMENTUM", "SCAN_BUFS", "BATCHED",
-            "CLIP", "PREP", "DIRECT" $(, $extra)*
+            "CLIP", "PREP", "DIRECT", "BLOCKS" $(, $extra)*
         ]
     };
 }
@@ -77,6 +77,8 @@ pub const COPY_TABLE: Kernel = kernel!("copy_table", [], ["snapshot", "restore"]
 pub const SCAN_TABLE: Kernel = kernel!("scan_table", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "SCAN_BUFS"]);
 pub const SCAN_FINISH: Kernel = kernel!("scan_finish", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "SCAN_BUFS"]);
 pub const COPY: Kernel = kernel!("copy", [], ["main"], ["WG", "D"]);
+/// copy.wgsl with 16-byte accesses (D a multiple of 4): the benches' floor.
+pub const COPY_VEC4: Kernel = kernel!("copy_vec4", [], ["main"], ["WG", "D"]);
 pub const SAMPLE: Kernel = kernel!("sample", [RNG, SAMPLER], ["main", "batch"], ["WG"]);
 pub const GATHER: Kernel = kernel!("gather", [], ["main"], ["WG", "D"]);
 pub const DISTANCES: Kernel = kernel!("distances", [], ["main"], ["WG", "D"]);
@@ -97,6 +99,7 @@ pub const KERNELS: &[Kernel] = &[
     SCAN_TABLE,
     SCAN_FINISH,
     COPY,
+    COPY_VEC4,
     SAMPLE,
     GATHER,
     DISTANCES,

@@ -52,6 +52,12 @@ const FUSED_SCAN_BUFS: u64 = 3;
 
 /// Steps encoded into one submission.
 const STEPS_PER_SUBMIT: usize = 8;
+/// Rows a workgroup of the fused step covers at most: the scans' masks
+/// (scan.wgsl: 8 words a buffer) hold 256.
+const MAX_WG_ROWS: u32 = 256;
+/// The fused step takes more row blocks a workgroup only while a pass
+/// keeps at least this many workgroups (enough to fill a large GPU).
+const MIN_GROUPS: u64 = 2048;
 /// Submissions in flight, each with its own mapped readback buffer.
 const RING: usize = 4;
 const RECORD_BYTES: u64 = RECORD_WORDS as u64 * 4;
@@ -100,6 +106,11 @@ pub struct GpuOptions {
     /// adapters (there L = 1 and nothing is folded). `Some(true)` on a
     /// device without them is refused.
     pub subgroups: Option<bool>,
+    /// Row blocks each workgroup of the fused step works through in turn
+    /// (a power of two; at most 256 rows a workgroup in all). `None`:
+    /// `LATENT_LINE_ROW_BLOCKS` where set, else as many as keep at least
+    /// `MIN_GROUPS` workgroups in a pass.
+    pub row_blocks: Option<u32>,
 }
 
 impl Default for GpuOptions {
@@ -113,6 +124,7 @@ impl Default for GpuOptions {
             lanes_per_row: None,
             max_binding_bytes: None,
             subgroups: None,
+            row_blocks: None,
         }
     }
 }
@@ -318,6 +330,8 @@ pub struct GpuTrainer {
     lanes: u32,
     /// fold_sg.wgsl's SG (the adapter's smallest subgroup), 0 for fold_wg.wgsl.
     subgroup: u32,
+    /// fused_step.wgsl's BLOCKS: row blocks a workgroup steps in turn.
+    blocks: u32,
     max_groups: u32,
     layout: ChunkLayout,
     chunks: Vec<GpuChunk>,
@@ -449,8 +463,39 @@ impl GpuTrainer {
         // sizes, what they cannot hold, before anything is allocated.
         let d = shape.dim as u64;
         let cap = schedule.max_slots() as u64;
+        let blocks_asked = match std::env::var("LATENT_LINE_ROW_BLOCKS").as_deref() {
+            _ if opts.row_blocks.is_some() => opts.row_blocks,
+            Ok(v) => match v.parse::<u32>() {
+                Ok(b) if b.is_power_of_two() => Some(b),
+                _ => {
+                    return Err(Error::invalid("LATENT_LINE_ROW_BLOCKS", format!("{v:?}: use a power of two")));
+                }
+            },
+            Err(_) => None,
+        };
+        if let Some(b) = blocks_asked.filter(|b| !b.is_power_of_two()) {
+            return Err(Error::invalid("row_blocks", format!("{b} is not a power of two")));
+        }
+        // The rows one pass of the fused step covers: the largest chunk's,
+        // or a batch's slots.
+        let pass_rows = if schedule.is_full() { layout.rows_per_chunk as u64 } else { cap };
+        let blocks_for = |lanes: u32| {
+            let block_rows = wg / lanes;
+            let most = (MAX_WG_ROWS / block_rows).max(1);
+            match blocks_asked {
+                Some(b) => b.min(most),
+                None => {
+                    // Fewer, fuller workgroups while enough remain to fill the device.
+                    let mut b = 1;
+                    while b < most && pass_rows.div_ceil(block_rows as u64 * 2 * b as u64) >= MIN_GROUPS {
+                        b *= 2;
+                    }
+                    b
+                }
+            }
+        };
         let records = |lanes: u32| {
-            let rows_per_group = (wg / lanes) as u64;
+            let rows_per_group = (wg / lanes * blocks_for(lanes)) as u64;
             let groups: u64 = layout.spans.iter().map(|s| (s.rows as u64).div_ceil(rows_per_group)).sum();
             groups.max(cap.div_ceil(rows_per_group)) * FUSED_SCAN_BUFS * DETAIL_BYTES
         };
@@ -459,6 +504,7 @@ impl GpuTrainer {
         while records(lanes) > max_binding && lanes > 1 {
             lanes /= 2;
         }
+        let blocks = blocks_for(lanes);
         let strikes = if cfg.guard.policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
         let biggest = records(lanes).max(strikes);
         // The batch buffers and the two-read steps' per-slot coefficients
@@ -491,7 +537,8 @@ impl GpuTrainer {
         // out-of-memory becomes a typed error naming the sizes, not a panic.
         let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let invalid = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let built = Self::build(ctx.clone(), shape, cfg, opts, (wg, lanes, subgroup), max_groups, layout, schedule);
+        let built =
+            Self::build(ctx.clone(), shape, cfg, opts, (wg, lanes, subgroup, blocks), max_groups, layout, schedule);
         let validation = pollster::block_on(invalid.pop());
         let out_of_memory = pollster::block_on(oom.pop());
         if let Some(e) = out_of_memory {
@@ -516,7 +563,7 @@ impl GpuTrainer {
         shape: Shape,
         cfg: StepConfig,
         opts: GpuOptions,
-        (wg, lanes, subgroup): (u32, u32, u32),
+        (wg, lanes, subgroup, blocks): (u32, u32, u32, u32),
         max_groups: u32,
         layout: ChunkLayout,
         schedule: Schedule,
@@ -535,7 +582,7 @@ impl GpuTrainer {
             .spans
             .iter()
             .map(|&span| {
-                let row_groups = (span.rows as u32).div_ceil(wg / lanes);
+                let row_groups = (span.rows as u32).div_ceil(wg / lanes * blocks);
                 let bytes = span.rows as u64 * d * 4;
                 let c = GpuChunk {
                     span,
@@ -580,7 +627,7 @@ impl GpuTrainer {
         );
         // The batch buffers: the step's slots, gathered (A, and B for the
         // double-buffered guards), with their velocity.
-        let x_groups = cap.div_ceil(wg / lanes);
+        let x_groups = cap.div_ceil(wg / lanes * blocks);
         let x_bytes = cap as u64 * d * 4;
         // A table in one binding is read in place (DIRECT): no gather, and
         // no batch buffer A.
@@ -626,7 +673,7 @@ impl GpuTrainer {
             })
             .collect();
 
-        let consts = Constants { lanes, subgroup, ..Constants::new(shape, &cfg, wg) };
+        let consts = Constants { lanes, subgroup, blocks, ..Constants::new(shape, &cfg, wg) };
         // anchors: rows a and b in both table buffers of their chunks.
         let p = consts.pipeline(&ctx, &shaders::ANCHORS, "main", &[]);
         let (ca, ia) = layout.locate(cfg.anchor_a);
@@ -933,6 +980,7 @@ impl GpuTrainer {
             wg,
             lanes,
             subgroup,
+            blocks,
             max_groups,
             layout,
             chunks,
@@ -1094,14 +1142,23 @@ impl GpuTrainer {
     /// GPU time of `iters` copies of the table by `copy.wgsl` (the floor of
     /// SPEC §15 through the same API as the step), or `None` without
     /// timestamp queries.
-    pub fn gpu_time_table_copies(&self, iters: u32) -> Result<Option<std::time::Duration>> {
-        in_timed_rounds(iters, |m| self.gpu_time_copies_once(m))
+    /// With `vec4`, copy_vec4.wgsl (16-byte accesses; D a multiple of 4).
+    pub fn gpu_time_table_copies(&self, iters: u32, vec4: bool) -> Result<Option<std::time::Duration>> {
+        if vec4 && !self.shape.dim.is_multiple_of(4) {
+            return Err(Error::invalid(
+                "copy",
+                format!("a 16-byte copy needs D a multiple of 4, not {}", self.shape.dim),
+            ));
+        }
+        in_timed_rounds(iters, |m| self.gpu_time_copies_once(m, vec4))
     }
 
-    fn gpu_time_copies_once(&self, iters: u32) -> Result<Option<std::time::Duration>> {
+    fn gpu_time_copies_once(&self, iters: u32, vec4: bool) -> Result<Option<std::time::Duration>> {
         let Some(timer) = PassTimer::new(&self.ctx, iters.max(1)) else { return Ok(None) };
         let ctx = &self.ctx;
-        let pipeline = self.constants().pipeline(ctx, &shaders::COPY, "main", &[]);
+        let kernel = if vec4 { &shaders::COPY_VEC4 } else { &shaders::COPY };
+        let pipeline = self.constants().pipeline(ctx, kernel, "main", &[]);
+        let per_invocation = if vec4 { 4 } else { 1 };
         let largest = self.chunks.iter().map(|c| c.a.size()).max().unwrap_or(16);
         let scratch = storage(ctx, "copy scratch", largest, wgpu::BufferUsages::empty());
         let groups: Vec<wgpu::BindGroup> =
@@ -1115,7 +1172,7 @@ impl GpuTrainer {
             pass.set_pipeline(&pipeline);
             for (c, g) in self.chunks.iter().zip(&groups) {
                 pass.set_bind_group(0, g, &[]);
-                let n = (c.span.rows as u64 * self.shape.dim as u64).div_ceil(self.wg as u64) as u32;
+                let n = (c.span.rows as u64 * self.shape.dim as u64).div_ceil(self.wg as u64 * per_invocation) as u32;
                 let (x, y) = grid(n, self.max_groups);
                 pass.dispatch_workgroups(x, y, 1);
             }
@@ -1139,6 +1196,11 @@ impl GpuTrainer {
     /// (workgroup size, lanes per row of the fused step) as chosen.
     pub fn kernel_shape(&self) -> (u32, u32) {
         (self.wg, self.lanes)
+    }
+
+    /// Row blocks each workgroup of the fused step works through.
+    pub fn row_blocks(&self) -> u32 {
+        self.blocks
     }
 
     /// The subgroup size the row fold relies on (fold_sg.wgsl), or `None`
@@ -1695,6 +1757,7 @@ impl Constants {
             guard: cfg.guard.policy.shader_value(),
             lanes: 1,
             subgroup: 0,
+            blocks: 1,
             momentum: cfg.momentum > 0.0,
             batched: false,
             clip: cfg.clip_norm > 0.0,
@@ -1716,13 +1779,17 @@ impl Trainer for GpuTrainer {
             adapter: format!("{} ({:?})", i.name, i.device_type),
             driver: format!("{:?} {} {}", i.backend, i.driver, i.driver_info).trim().to_string(),
             kernel: format!(
-                "{}workgroups of {}, {}",
+                "{}workgroups of {}, {}{}",
                 if self.opts.path == StepPath::Staged { "staged kernels; fused step: " } else { "" },
                 self.wg,
                 match (self.lanes, self.subgroup_fold()) {
                     (1, _) => "one lane a row".to_string(),
                     (l, Some(sg)) => format!("{l} lanes a row, folded by subgroup shuffles (subgroups of ≥ {sg})"),
                     (l, None) => format!("{l} lanes a row, folded in workgroup memory"),
+                },
+                match self.blocks {
+                    1 => String::new(),
+                    b => format!(", {b} row blocks a workgroup ({} rows)", self.wg / self.lanes * b),
                 }
             ),
         }
