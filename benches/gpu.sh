@@ -9,7 +9,8 @@
 # `bash benches/gpu.sh quick`: the quick tests, the main job, --profile and
 # both GPU bench groups only (when device time is short). `diag`: the
 # GPU-time benches and the scan, then the JAX peer: a first look to tune
-# by, leaving device time for the full run.
+# by, leaving device time for the full run. `sweep`: the row-block tests,
+# then the fused step's shapes (lanes, row blocks) timed by --profile.
 set -u
 MODE=${1:-full}
 if [ "${1:-}" = "--prepare" ]; then
@@ -37,10 +38,11 @@ fi
 
 # Sizes and the driver can be overridden for a dry run elsewhere (e.g. on
 # lavapipe: ICD=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json R=20000
-# SCAN_ROWS=65536 HUGE_ROWS=40000 bash benches/gpu.sh quick).
+# SCAN_ROWS=65536 HUGE_ROWS=40000 BATCH=4096 bash benches/gpu.sh quick).
 R=${R:-1000000}
 SCAN_ROWS=${SCAN_ROWS:-4194304}
 HUGE_ROWS=${HUGE_ROWS:-100000000}
+BATCH=${BATCH:-65536}
 if ls .gl/*.deb >/dev/null 2>&1; then
     for f in .gl/*.deb; do dpkg -x "$f" /; done
     ldconfig
@@ -58,6 +60,21 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 date -u
 echo "== latent-line devices (for the README)"
 "$B/latent-line" devices
+
+if [ "$MODE" = sweep ]; then
+    # The tuning sweep: the fused step's shape (LATENT_LINE_LANES, _ROW_BLOCKS)
+    # by --profile's per-kernel GPU time, full-table and batch steps, after
+    # the tests that check the row blocks on this GPU.
+    for t in ${SWEEP_TESTS-forensics subgroups}; do timeout 120 "$B/$t" --test-threads 4 2>&1 | grep -E "test result|panicked|seed" | tail -3; done
+    timeout 120 "$B/backends_vs_reference" row_blocks 2>&1 | grep -E "test result|panicked|seed" | tail -3
+    prof() { echo "-- lanes ${1:-auto} blocks ${2:-auto} ${3:-}"; env ${1:+LATENT_LINE_LANES=$1} ${2:+LATENT_LINE_ROW_BLOCKS=$2} "$B/latent-line" --backend gpu --rows "$R" --steps 40 ${3:-} --profile | grep -E "^kernel|^speed|wgsl"; }
+    for b in 1 2 4 8 16 32 ""; do prof "" "$b"; done
+    for l in 8 16; do for b in 4 16 32; do prof $l $b; done; done
+    for b in 1 2 4 8 ""; do prof "" "$b" "--batch $BATCH"; done
+    for b in 1 4; do prof 16 $b "--batch $BATCH"; done
+    timeout 120 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|step-skip-step-1block)/1000000x64' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
+    exit 0
+fi
 
 echo "== tests on this GPU (quick ones first)"
 run_tests() {
@@ -78,11 +95,11 @@ echo "wall $(python3 -c "print(f'{$e - $s:.3f}')") s"
 
 echo "== --profile: the kernels of the main job, and of a random batch step"
 "$B/latent-line" --rows "$R" --steps 50 --profile | grep -E -A14 "^(kernel|profile)"
-"$B/latent-line" --rows "$R" --steps 50 --batch 65536 --profile | grep -E -A14 "^(kernel|profile)"
+"$B/latent-line" --rows "$R" --steps 50 --batch "$BATCH" --profile | grep -E -A14 "^(kernel|profile)"
 
 # criterion's filter: the GPU-time group and the 1 GiB scan (full, diag),
 # or both GPU groups (quick). (Not `GROUPS`: bash owns that name.)
-BENCH_FILTER='gpu-time|/scan'
+BENCH_FILTER='gpu-time|\]/scan'
 [ "$MODE" = quick ] && BENCH_FILTER=gpu
 echo "== cargo bench (criterion): $BENCH_FILTER"
 timeout 300 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 "$BENCH_FILTER" 2>&1 | grep -E "^gpu|time:" | grep -v "%"
@@ -91,10 +108,10 @@ python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars
 [ "$MODE" = quick ] && exit 0
 
 echo "== peers: JAX (jit; host timer around block_until_ready)"
-PYTHONUNBUFFERED=1 timeout 120 python3 benches/peers/jax_step.py "$R" 64 65536 2>&1 | grep -v -i warning
+PYTHONUNBUFFERED=1 timeout 120 python3 benches/peers/jax_step.py "$R" 64 "$BATCH" 2>&1 | grep -v -i warning
 [ "$MODE" = diag ] && exit 0
 echo "== peers: PyTorch (CUDA events)"
-PYTHONUNBUFFERED=1 timeout 180 python3 benches/peers/torch_step.py "$R" 64 65536 2>&1 | grep -v Warning
+PYTHONUNBUFFERED=1 timeout 180 python3 benches/peers/torch_step.py "$R" 64 "$BATCH" 2>&1 | grep -v Warning
 python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars.txt"
 
 echo "== $HUGE_ROWS × 64: the main job's step (wall), then in the bench (GPU time)"

@@ -70,6 +70,29 @@ pub fn grid(groups: u32, max_groups: u32) -> (u32, u32) {
     }
 }
 
+/// Rows a workgroup of the fused step covers at most: the scans' masks
+/// (scan.wgsl: 8 words a buffer) hold 256.
+pub const MAX_WG_ROWS: u32 = 256;
+/// The fused step takes more row blocks a workgroup only while a pass
+/// keeps at least this many workgroups (enough to fill a large GPU).
+pub const MIN_GROUPS: u64 = 2048;
+
+/// Row blocks (of `block_rows` rows) each workgroup of the fused step takes
+/// in turn, over a pass of `pass_rows` rows: `asked` where given (at most
+/// MAX_WG_ROWS rows a workgroup), else fewer, fuller workgroups (a power
+/// of two) while at least MIN_GROUPS remain to fill the device.
+pub fn row_blocks(pass_rows: u64, block_rows: u32, asked: Option<u32>) -> u32 {
+    let most = (MAX_WG_ROWS / block_rows.max(1)).max(1);
+    if let Some(b) = asked {
+        return b.clamp(1, most);
+    }
+    let mut b = 1;
+    while b < most && pass_rows.div_ceil(block_rows as u64 * 2 * b as u64) >= MIN_GROUPS {
+        b *= 2;
+    }
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +127,25 @@ mod tests {
     fn refuses_a_row_wider_than_a_binding() {
         let err = ChunkLayout::new(Shape::new(4, 1000).unwrap(), 1024, None, 64, 65_535).unwrap_err();
         assert!(err.to_string().contains("4000 bytes"), "{err}");
+    }
+
+    #[test]
+    fn row_blocks_fill_workgroups_while_enough_remain() {
+        // 1M rows at 8 rows a block: 32 blocks (256 rows) leave 3 907 workgroups.
+        assert_eq!(row_blocks(1_000_000, 8, None), 32);
+        // A batch of 65 536 at 8 rows a block: 4 blocks keep 2 048 workgroups.
+        assert_eq!(row_blocks(65_536, 8, None), 4);
+        assert!(65_536u64.div_ceil(8 * 4) >= MIN_GROUPS && 65_536u64.div_ceil(8 * 8) < MIN_GROUPS);
+        // Small passes keep one block; 256-row blocks cannot take more.
+        assert_eq!(row_blocks(3000, 8, None), 1);
+        assert_eq!(row_blocks(100_000_000, 256, None), 1);
+        // Asked for: capped at 256 rows a workgroup.
+        assert_eq!(row_blocks(10, 64, Some(8)), 4);
+        assert_eq!(row_blocks(10, 8, Some(2)), 2);
+        for (rows, block) in [(1u64 << 30, 1u32), (12_345, 2), (1 << 20, 32)] {
+            let b = row_blocks(rows, block, None);
+            assert!(b.is_power_of_two() && b * block <= MAX_WG_ROWS);
+        }
     }
 
     #[test]

@@ -32,7 +32,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::batch::{slot_words, BatchDev, SlotSource};
 use super::context::GpuContext;
-use super::layout::{grid, ChunkLayout, ChunkSpan};
+use super::layout::{grid, row_blocks, ChunkLayout, ChunkSpan};
 use super::pipes::{bind, bind_at, finish_map, read_mapped, readback, storage, uniform, Constants};
 use super::sampler::SampleU;
 use super::scan::{TableScanner, DETAIL_BYTES};
@@ -52,12 +52,6 @@ const FUSED_SCAN_BUFS: u64 = 3;
 
 /// Steps encoded into one submission.
 const STEPS_PER_SUBMIT: usize = 8;
-/// Rows a workgroup of the fused step covers at most: the scans' masks
-/// (scan.wgsl: 8 words a buffer) hold 256.
-const MAX_WG_ROWS: u32 = 256;
-/// The fused step takes more row blocks a workgroup only while a pass
-/// keeps at least this many workgroups (enough to fill a large GPU).
-const MIN_GROUPS: u64 = 2048;
 /// Submissions in flight, each with its own mapped readback buffer.
 const RING: usize = 4;
 const RECORD_BYTES: u64 = RECORD_WORDS as u64 * 4;
@@ -92,7 +86,8 @@ pub struct GpuOptions {
     /// without them no guard can act, so only `ignore` is allowed then.
     pub fused_scans: bool,
     /// Lanes that share a row in the fused step (a power of two ≤ the
-    /// workgroup and ≤ 32). `None`: the smallest power of two ≥ D, at most 32.
+    /// workgroup and ≤ 32). `None`: `LATENT_LINE_LANES` where set, else the
+    /// smallest power of two ≥ D, at most 32.
     /// Fewer are used when a huge table's per-workgroup scan records would
     /// not fit one binding with this many (more rows per workgroup).
     pub lanes_per_row: Option<u32>,
@@ -428,7 +423,11 @@ impl GpuTrainer {
         // A software adapter (lavapipe) runs each workgroup barrier as a
         // thread switch: there one lane per row is far faster.
         let auto_lanes = if ctx.is_software() { 1 } else { (shape.dim as u32).next_power_of_two().min(32) };
-        let mut lanes = opts.lanes_per_row.unwrap_or(auto_lanes).clamp(1, wg.min(32));
+        let lanes_asked = match opts.lanes_per_row {
+            Some(l) => Some(l),
+            None => env_power_of_two("LATENT_LINE_LANES")?,
+        };
+        let mut lanes = lanes_asked.unwrap_or(auto_lanes).clamp(1, wg.min(32));
         if !lanes.is_power_of_two() {
             return Err(Error::invalid("lanes_per_row", format!("{lanes} is not a power of two")));
         }
@@ -463,37 +462,18 @@ impl GpuTrainer {
         // sizes, what they cannot hold, before anything is allocated.
         let d = shape.dim as u64;
         let cap = schedule.max_slots() as u64;
-        let blocks_asked = match std::env::var("LATENT_LINE_ROW_BLOCKS").as_deref() {
-            _ if opts.row_blocks.is_some() => opts.row_blocks,
-            Ok(v) => match v.parse::<u32>() {
-                Ok(b) if b.is_power_of_two() => Some(b),
-                _ => {
-                    return Err(Error::invalid("LATENT_LINE_ROW_BLOCKS", format!("{v:?}: use a power of two")));
-                }
-            },
-            Err(_) => None,
+        let blocks_asked = match opts.row_blocks {
+            Some(b) => Some(b),
+            None => env_power_of_two("LATENT_LINE_ROW_BLOCKS")?,
         };
         if let Some(b) = blocks_asked.filter(|b| !b.is_power_of_two()) {
             return Err(Error::invalid("row_blocks", format!("{b} is not a power of two")));
         }
         // The rows one pass of the fused step covers: the largest chunk's,
         // or a batch's slots.
-        let pass_rows = if schedule.is_full() { layout.rows_per_chunk as u64 } else { cap };
-        let blocks_for = |lanes: u32| {
-            let block_rows = wg / lanes;
-            let most = (MAX_WG_ROWS / block_rows).max(1);
-            match blocks_asked {
-                Some(b) => b.min(most),
-                None => {
-                    // Fewer, fuller workgroups while enough remain to fill the device.
-                    let mut b = 1;
-                    while b < most && pass_rows.div_ceil(block_rows as u64 * 2 * b as u64) >= MIN_GROUPS {
-                        b *= 2;
-                    }
-                    b
-                }
-            }
-        };
+        let pass_rows =
+            if schedule.is_full() { layout.spans.iter().map(|s| s.rows as u64).max().unwrap_or(0) } else { cap };
+        let blocks_for = |lanes: u32| row_blocks(pass_rows, wg / lanes, blocks_asked);
         let records = |lanes: u32| {
             let rows_per_group = (wg / lanes * blocks_for(lanes)) as u64;
             let groups: u64 = layout.spans.iter().map(|s| (s.rows as u64).div_ceil(rows_per_group)).sum();
@@ -1740,6 +1720,18 @@ fn in_timed_rounds(
         left -= m;
     }
     Ok(Some(total))
+}
+
+/// A tuning switch from the environment (no rebuild): a power of two, or
+/// `None` when unset.
+fn env_power_of_two(name: &'static str) -> Result<Option<u32>> {
+    match std::env::var(name) {
+        Err(_) => Ok(None),
+        Ok(v) => match v.parse::<u32>() {
+            Ok(n) if n.is_power_of_two() => Ok(Some(n)),
+            _ => Err(Error::invalid(name, format!("{v:?}: use a power of two"))),
+        },
+    }
 }
 
 /// Table copies kept on the device by a policy (for out-of-memory messages).
