@@ -61,13 +61,15 @@ date -u
 echo "== latent-line devices (for the README)"
 "$B/latent-line" devices
 
+# The main job's kernels by --profile with the fused step's shape set by
+# LATENT_LINE_LANES and LATENT_LINE_ROW_BLOCKS (empty: the default).
+prof() { echo "-- lanes ${1:-auto} blocks ${2:-auto} ${3:-}"; env ${1:+LATENT_LINE_LANES=$1} ${2:+LATENT_LINE_ROW_BLOCKS=$2} "$B/latent-line" --backend gpu --rows "$R" --steps 40 ${3:-} --profile | grep -E "^kernel|^speed|wgsl"; }
 if [ "$MODE" = sweep ]; then
     # The tuning sweep: the fused step's shape (LATENT_LINE_LANES, _ROW_BLOCKS)
     # by --profile's per-kernel GPU time, full-table and batch steps, after
     # the tests that check the row blocks on this GPU.
     for t in ${SWEEP_TESTS-forensics subgroups}; do timeout 120 "$B/$t" --test-threads 4 2>&1 | grep -E "test result|panicked|seed" | tail -3; done
     timeout 120 "$B/backends_vs_reference" row_blocks 2>&1 | grep -E "test result|panicked|seed" | tail -3
-    prof() { echo "-- lanes ${1:-auto} blocks ${2:-auto} ${3:-}"; env ${1:+LATENT_LINE_LANES=$1} ${2:+LATENT_LINE_ROW_BLOCKS=$2} "$B/latent-line" --backend gpu --rows "$R" --steps 40 ${3:-} --profile | grep -E "^kernel|^speed|wgsl"; }
     for b in 1 2 4 8 16 32 ""; do prof "" "$b"; done
     for l in 8 16; do for b in 4 16 32; do prof $l $b; done; done
     for b in 1 2 4 8 ""; do prof "" "$b" "--batch $BATCH"; done
@@ -83,7 +85,7 @@ run_tests() {
         timeout "${TEST_TIMEOUT:-300}" "$B/$t" --test-threads 4 2>&1 | grep -E "^test |test result|panicked|seed" | grep -v "^test .* ok$" | tail -20
     done
 }
-run_tests naive forensics subgroups
+run_tests naive forensics
 echo "-- backends_vs_reference row_blocks"
 timeout 120 "$B/backends_vs_reference" row_blocks 2>&1 | grep -E "test result|panicked|seed" | tail -5
 
@@ -107,11 +109,16 @@ python3 benches/summary.py /tmp/ct/criterion | tee "$OUT/bench-summary.txt"
 python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars.txt"
 [ "$MODE" = quick ] && exit 0
 
+echo "== the fused step's shape: lanes a row (and row blocks) by --profile"
+for l in 2 4 8 16; do prof $l ""; done
+for l in 4 8 16; do prof $l "" "--batch $BATCH"; done
+prof 4 1 "--batch $BATCH"
+
 echo "== peers: JAX (jit; host timer around block_until_ready)"
 PYTHONUNBUFFERED=1 timeout 120 python3 benches/peers/jax_step.py "$R" 64 "$BATCH" 2>&1 | grep -v -i warning
 [ "$MODE" = diag ] && exit 0
 echo "== peers: PyTorch (CUDA events)"
-PYTHONUNBUFFERED=1 timeout 180 python3 benches/peers/torch_step.py "$R" 64 "$BATCH" 2>&1 | grep -v Warning
+PYTHONUNBUFFERED=1 timeout 150 python3 benches/peers/torch_step.py "$R" 64 "$BATCH" 2>&1 | grep -v Warning
 python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars.txt"
 
 echo "== $HUGE_ROWS × 64: the main job's step (wall), then in the bench (GPU time)"
@@ -132,4 +139,4 @@ echo "== issue 5's bars, from this call's figures"
 python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars.txt"
 
 echo "== the long tests on this GPU"
-TEST_TIMEOUT=150 run_tests batches backends_vs_reference
+TEST_TIMEOUT=150 run_tests subgroups batches backends_vs_reference

@@ -207,17 +207,24 @@ fn gpu(c: &mut Criterion) {
         // default is the subgroup fold (a hardware GPU with subgroups).
         let sg = hardware && ctx.features.contains(wgpu::Features::SUBGROUP);
         // And with one row block a workgroup (the kernel before row
-        // blocks), and with 8 where the default takes more.
-        let variants = [
-            ("step-noscan", Policy::Ignore, false, None, None),
-            ("step-ignore", Policy::Ignore, true, None, None),
-            ("step-skip-step", Policy::SkipStep, true, None, None),
-            ("step-skip-step-wgfold", Policy::SkipStep, true, Some(false), None),
-            ("step-skip-step-1block", Policy::SkipStep, true, None, Some(1)),
-            ("step-skip-step-8blocks", Policy::SkipStep, true, None, Some(8)),
+        // blocks), and with other lanes a row than the default's.
+        let default_lanes = GpuTrainer::default_lanes(&ctx, shape.dim);
+        let mut variants = vec![
+            ("step-noscan".to_string(), Policy::Ignore, false, None, None, None),
+            ("step-ignore".to_string(), Policy::Ignore, true, None, None, None),
+            ("step-skip-step".to_string(), Policy::SkipStep, true, None, None, None),
+            ("step-skip-step-wgfold".to_string(), Policy::SkipStep, true, Some(false), None, None),
+            ("step-skip-step-1block".to_string(), Policy::SkipStep, true, None, Some(1), None),
         ];
-        for (name, policy, scans, subgroups, row_blocks) in variants.into_iter().filter(|v| sg || v.3.is_none()) {
-            let opts = GpuOptions { fused_scans: scans, subgroups, row_blocks, ..GpuOptions::default() };
+        let mut others = vec![default_lanes / 2, default_lanes * 2, 32];
+        others.dedup();
+        for lanes in others.into_iter().filter(|&l| l >= 1 && l <= 32 && l != default_lanes) {
+            variants.push((format!("step-skip-step-{lanes}lanes"), Policy::SkipStep, true, None, None, Some(lanes)));
+        }
+        for (name, policy, scans, subgroups, row_blocks, lanes) in variants.into_iter().filter(|v| sg || v.3.is_none())
+        {
+            let opts =
+                GpuOptions { fused_scans: scans, subgroups, row_blocks, lanes_per_row: lanes, ..GpuOptions::default() };
             let mut t =
                 GpuTrainer::new(ctx.clone(), shape, config(shape, policy), TableSource::Random { seed: 1 }, opts)
                     .expect("GPU trainer");

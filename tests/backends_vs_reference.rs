@@ -259,11 +259,13 @@ fn gpu_fused_step_matches_reference_with_row_blocks() {
     // Workgroups stepping several row blocks in turn (reading the next
     // block ahead): 4 blocks of 64 rows at one lane a row, 8 blocks of 8
     // rows at 8 lanes (chunks of 834 rows: a last workgroup that runs out
-    // part way), each endpoint mode and several widths, under the guards.
-    // (Not the whole sweep: lavapipe compiles each kernel for seconds.)
+    // part way), 2 blocks at 4 lanes (16 columns a lane kept in registers
+    // at D = 64, none at 131), each endpoint mode and several widths,
+    // under the guards. (Not the whole sweep: lavapipe compiles each
+    // kernel for seconds.)
     let seed = seed("gpu_row_blocks");
     let mut case = 0u64;
-    for (lanes, blocks) in [(1u32, 4u32), (8, 8)] {
+    for (lanes, blocks) in [(1u32, 4u32), (8, 8), (4, 2)] {
         for dim in [3usize, 64, 131] {
             for endpoints in [Endpoints::Frozen, Endpoints::Detached, Endpoints::Attached] {
                 case += 1;

@@ -74,8 +74,9 @@ pub fn grid(groups: u32, max_groups: u32) -> (u32, u32) {
 /// (scan.wgsl: 8 words a buffer) hold 256.
 pub const MAX_WG_ROWS: u32 = 256;
 /// The fused step takes more row blocks a workgroup only while a pass
-/// keeps at least this many workgroups (enough to fill a large GPU).
-pub const MIN_GROUPS: u64 = 2048;
+/// keeps at least this many workgroups (enough to fill a large GPU: an
+/// H200 holds about 8 × 132 workgroups of 256 at once).
+pub const MIN_GROUPS: u64 = 1024;
 
 /// Row blocks (of `block_rows` rows) each workgroup of the fused step takes
 /// in turn, over a pass of `pass_rows` rows: `asked` where given (at most
@@ -133,9 +134,9 @@ mod tests {
     fn row_blocks_fill_workgroups_while_enough_remain() {
         // 1M rows at 8 rows a block: 32 blocks (256 rows) leave 3 907 workgroups.
         assert_eq!(row_blocks(1_000_000, 8, None), 32);
-        // A batch of 65 536 at 8 rows a block: 4 blocks keep 2 048 workgroups.
-        assert_eq!(row_blocks(65_536, 8, None), 4);
-        assert!(65_536u64.div_ceil(8 * 4) >= MIN_GROUPS && 65_536u64.div_ceil(8 * 8) < MIN_GROUPS);
+        // A batch of 65 536 at 32 rows a block: 2 blocks keep 1 024 workgroups.
+        assert_eq!(row_blocks(65_536, 32, None), 2);
+        assert!(65_536u64.div_ceil(32 * 2) >= MIN_GROUPS && 65_536u64.div_ceil(32 * 4) < MIN_GROUPS);
         // Small passes keep one block; 256-row blocks cannot take more.
         assert_eq!(row_blocks(3000, 8, None), 1);
         assert_eq!(row_blocks(100_000_000, 256, None), 1);

@@ -422,7 +422,7 @@ impl GpuTrainer {
         let wg = ctx.workgroup_size(opts.workgroup.unwrap_or(if ctx.is_software() { 64 } else { 256 }).min(256));
         // A software adapter (lavapipe) runs each workgroup barrier as a
         // thread switch: there one lane per row is far faster.
-        let auto_lanes = if ctx.is_software() { 1 } else { (shape.dim as u32).next_power_of_two().min(32) };
+        let auto_lanes = Self::default_lanes(&ctx, shape.dim);
         let lanes_asked = match opts.lanes_per_row {
             Some(l) => Some(l),
             None => env_power_of_two("LATENT_LINE_LANES")?,
@@ -1171,6 +1171,19 @@ impl GpuTrainer {
         let scanner = self.scanner.as_mut().expect("built above");
         let prepared = scanner.prepare(&bufs);
         scanner.time(&prepared, iters)
+    }
+
+    /// The fused step's lanes a row when not asked for. On a GPU, about 8
+    /// columns a lane: every lane of a row repeats the row's scalar work
+    /// (distances, coefficients, bookkeeping), so at 32 lanes (2 columns
+    /// each) that work, not memory, set the pace (H200, 1M × 64: 1.11 ms
+    /// at 32 lanes, 0.77 at 16, 0.55 at 8; BENCHMARKS.md).
+    pub fn default_lanes(ctx: &GpuContext, dim: usize) -> u32 {
+        if ctx.is_software() {
+            1
+        } else {
+            (dim as u32).div_ceil(8).next_power_of_two().min(32)
+        }
     }
 
     /// (workgroup size, lanes per row of the fused step) as chosen.
