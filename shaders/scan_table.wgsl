@@ -31,7 +31,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     for (var e = lid; e < n; e = e + WG) {
         let v = table[base + e];
         if (is_nonfinite(v)) {
-            scan_commit(0u, e / D, lid, e / D, row_scan_add(row_scan_new(), e % D, v));   // bits re-read below
+            scan_note(0u, e / D, row_scan_add(row_scan_new(), e % D, v));   // bits re-read below
         }
     }
     workgroupBarrier();

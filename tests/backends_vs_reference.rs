@@ -259,8 +259,8 @@ fn gpu_fused_step_matches_reference_with_row_blocks() {
     // Workgroups stepping several row blocks in turn (reading the next
     // block ahead): 4 blocks of 64 rows at one lane a row, 8 blocks of 8
     // rows at 8 lanes (chunks of 834 rows: a last workgroup that runs out
-    // part way), 2 blocks at 4 lanes (16 columns a lane kept in registers
-    // at D = 64, none at 131), each endpoint mode and several widths,
+    // part way), 2 blocks at 4 lanes (columns kept in registers at D = 3,
+    // read twice from memory at 64 and 131), each endpoint mode and widths
     // under the guards. (Not the whole sweep: lavapipe compiles each
     // kernel for seconds.)
     let seed = seed("gpu_row_blocks");

@@ -144,8 +144,8 @@ impl Constants {
             ("MOMENTUM", if self.momentum { 1.0 } else { 0.0 }),
             ("BATCHED", if self.batched { 1.0 } else { 0.0 }),
             ("CLIP", if self.clip { 1.0 } else { 0.0 }),
-            // fused_step.wgsl keeps a lane's columns in registers up to 16.
-            ("KEEP", if self.dim <= 16 * self.lanes { 1.0 } else { 0.0 }),
+            // fused_step.wgsl keeps a lane's columns in registers up to 8.
+            ("KEEP", if self.dim <= 8 * self.lanes { 1.0 } else { 0.0 }),
         ];
         let constants: Vec<(&str, f64)> =
             base.iter().chain(extra).copied().filter(|(name, _)| k.overrides.contains(name)).collect();
