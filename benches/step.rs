@@ -218,7 +218,7 @@ fn gpu(c: &mut Criterion) {
         ];
         let mut others = vec![default_lanes / 2, default_lanes * 2, 32];
         others.dedup();
-        for lanes in others.into_iter().filter(|&l| l >= 1 && l <= 32 && l != default_lanes) {
+        for lanes in others.into_iter().filter(|&l| (1..=32).contains(&l) && l != default_lanes) {
             variants.push((format!("step-skip-step-{lanes}lanes"), Policy::SkipStep, true, None, None, Some(lanes)));
         }
         for (name, policy, scans, subgroups, row_blocks, lanes) in variants.into_iter().filter(|v| sg || v.3.is_none())

@@ -235,7 +235,9 @@ fn the_main_job_meets_its_bar() {
     // `latent-line --rows 1000000`: mean excess down ≥ 100×, all finite.
     let dir = Dir::new();
     let rep = dir.s("r.json");
+    let started = std::time::Instant::now();
     let o = run(&["--rows", "1000000", "--report", &rep]);
+    let wall = started.elapsed().as_secs_f64();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let r = report(&dir.p("r.json"));
     let s = &r["summary"];
@@ -244,6 +246,13 @@ fn the_main_job_meets_its_bar() {
     assert!(s["all_finite"].as_bool().unwrap());
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("1000000 × 64"), "{out}");
+    // The step time is the steps' wall clock over their number: positive,
+    // within the process's wall time, and what the GB/s figure rests on.
+    let step = s["step_seconds"].as_f64().unwrap();
+    assert!(step > 0.0 && step * 100.0 <= wall, "100 steps of {step} s in a {wall} s run");
+    let gbps = s["effective_gb_per_s"].as_f64().unwrap();
+    assert!((gbps - s["bytes_per_step"].as_f64().unwrap() / step / 1e9).abs() <= 1e-6 * gbps);
+    assert!(out.contains("ms/step (wall clock over 100 steps)"), "{out}");
 }
 
 /// A table with NaN planted at (row, col) pairs, saved as .npy.
