@@ -173,6 +173,9 @@ fn gpu(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(shape.bytes()));
     g.bench_function(format!("scan-copy/{id}"), |b| b.iter_custom(|n| t.time_table_copies(n).expect("copy") / 2));
     g.bench_function(format!("scan/{id}"), |b| b.iter_custom(|n| t.time_table_scans(n as u32).expect("scan")));
+    g.bench_function(format!("scan-4byte/{id}"), |b| {
+        b.iter_custom(|n| t.time_table_scans_4byte(n as u32).expect("scan"))
+    });
     g.finish();
 
     // GPU time from timestamp queries, beside a copy by a compute shader

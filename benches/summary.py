@@ -24,7 +24,7 @@ for g in groups:
         base = {"step-noscan": copy, "step-ignore": "step-noscan", "step-skip-step": "step-noscan", "step-skip-step-1lane": "step-skip-step", "step-skip-step-wgfold": "step-skip-step",
                 "step-skip-step-1block": "step-skip-step", "copy-shader-vec4": "copy-shader",
                 **{f"step-skip-step-{l}lanes": "step-skip-step" for l in (1, 2, 4, 8, 16, 32)},
-                "step-attached-clip": "step-skip-step", "scan": "scan-copy"}.get(kind)
+                "step-attached-clip": "step-skip-step", "scan": "scan-copy", "scan-4byte": "scan-copy"}.get(kind)
         if g == "cpu":
             floor = "memcpy-par" if (g, f"memcpy-par/{size}") in med else "memcpy"
             base = {"step-ignore": floor, "step-skip-step": floor, "scan": floor, "memcpy": floor}.get(kind)

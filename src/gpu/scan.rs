@@ -33,6 +33,8 @@ pub struct TableScanner {
     chunks: Vec<(wgpu::Buffer, u32)>,
     groups_total: u32,
     scan: wgpu::ComputePipeline,
+    /// The table's binding in `scan`: 0 (4-byte loads) or 3 (16-byte).
+    table_binding: u32,
     finish: wgpu::ComputePipeline,
     finish_group: wgpu::BindGroup,
     detail: wgpu::Buffer,
@@ -49,7 +51,21 @@ pub struct PreparedScan {
 }
 
 impl TableScanner {
+    /// 16-byte loads where D is a multiple of 4.
     pub fn new(ctx: Arc<GpuContext>, shape: Shape, layout: &ChunkLayout, wg: u32, max_groups: u32) -> Self {
+        Self::with_loads(ctx, shape, layout, wg, max_groups, shape.dim.is_multiple_of(4))
+    }
+
+    /// `wide`: 16-byte loads (`main_vec4`, D a multiple of 4), else 4-byte.
+    pub fn with_loads(
+        ctx: Arc<GpuContext>,
+        shape: Shape,
+        layout: &ChunkLayout,
+        wg: u32,
+        max_groups: u32,
+        wide: bool,
+    ) -> Self {
+        let wide = wide && shape.dim.is_multiple_of(4);
         let mut base = 0u32;
         let chunks: Vec<(wgpu::Buffer, u32)> = layout
             .spans
@@ -62,7 +78,8 @@ impl TableScanner {
             })
             .collect();
         let consts = Constants { wg, dim: shape.dim as u32, ..Constants::default() };
-        let scan = consts.pipeline(&ctx, &shaders::SCAN_TABLE, "main", &[("SCAN_BUFS", 1.0)]);
+        let entry = if wide { "main_vec4" } else { "main" };
+        let scan = consts.pipeline(&ctx, &shaders::SCAN_TABLE, entry, &[("SCAN_BUFS", 1.0)]);
         let finish = consts.pipeline(&ctx, &shaders::SCAN_FINISH, "main", &[("SCAN_BUFS", 1.0)]);
         let detail = storage(&ctx, "scan details", base as u64 * DETAIL_BYTES, wgpu::BufferUsages::empty());
         let hits = storage(&ctx, "scan hits", 16, wgpu::BufferUsages::empty());
@@ -77,6 +94,7 @@ impl TableScanner {
             chunks,
             groups_total: base,
             scan,
+            table_binding: if wide { 3 } else { 0 },
             finish,
             finish_group,
             detail,
@@ -94,7 +112,12 @@ impl TableScanner {
             .iter()
             .zip(&self.chunks)
             .map(|(b, (u, _))| {
-                bind_at(&self.ctx, &self.scan, &[(0, b), (1, u), (2, &self.params), (8, &self.detail), (9, &self.hits)])
+                let at = self.table_binding;
+                bind_at(
+                    &self.ctx,
+                    &self.scan,
+                    &[(at, b), (1, u), (2, &self.params), (8, &self.detail), (9, &self.hits)],
+                )
             })
             .collect();
         PreparedScan { groups }

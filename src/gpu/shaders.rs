@@ -74,7 +74,8 @@ pub const PREPARE: Kernel = kernel!("prepare", [REDUCE_WG], ["main"], ["WG", "D"
 pub const BATCH_IO: Kernel =
     kernel!("batch_io", [], ["gather", "scatter", "settle"], ["WG", "D", "MOMENTUM", "DIRECT"]);
 pub const COPY_TABLE: Kernel = kernel!("copy_table", [], ["snapshot", "restore"], ["WG", "D", "MOMENTUM"]);
-pub const SCAN_TABLE: Kernel = kernel!("scan_table", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "SCAN_BUFS"]);
+pub const SCAN_TABLE: Kernel =
+    kernel!("scan_table", [REDUCE_WG, SCAN], ["main", "main_vec4"], ["WG", "D", "SCAN_BUFS"]);
 pub const SCAN_FINISH: Kernel = kernel!("scan_finish", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "SCAN_BUFS"]);
 pub const COPY: Kernel = kernel!("copy", [], ["main"], ["WG", "D"]);
 /// copy.wgsl with 16-byte accesses (D a multiple of 4): the benches' floor.

@@ -1173,6 +1173,17 @@ impl GpuTrainer {
         scanner.time(&prepared, iters)
     }
 
+    /// `time_table_scans` with 4-byte loads (scan_table.wgsl `main`), where
+    /// the default takes 16 bytes a load: the benches' comparison.
+    pub fn time_table_scans_4byte(&mut self, iters: u32) -> Result<std::time::Duration> {
+        let cur = self.current()?;
+        let bufs: Vec<&wgpu::Buffer> = self.chunks.iter().map(|c| c.buffer(cur)).collect();
+        let mut scanner =
+            TableScanner::with_loads(self.ctx.clone(), self.shape, &self.layout, self.wg, self.max_groups, false);
+        let prepared = scanner.prepare(&bufs);
+        scanner.time(&prepared, iters)
+    }
+
     /// The fused step's lanes a row when not asked for. On a GPU, about 8
     /// columns a lane: every lane of a row repeats the row's scalar work
     /// (distances, coefficients, bookkeeping), so at 32 lanes (2 columns
