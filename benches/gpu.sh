@@ -63,18 +63,18 @@ echo "== latent-line devices (for the README)"
 
 # The main job's kernels by --profile with the fused step's shape set by
 # LATENT_LINE_LANES and LATENT_LINE_ROW_BLOCKS (empty: the default).
-prof() { echo "-- lanes ${1:-auto} blocks ${2:-auto} ${3:-}"; env ${1:+LATENT_LINE_LANES=$1} ${2:+LATENT_LINE_ROW_BLOCKS=$2} "$B/latent-line" --backend gpu --rows "$R" --steps 40 ${3:-} --profile | grep -E "^kernel|^speed|wgsl"; }
+prof() { echo "-- lanes ${1:-auto} blocks ${2:-auto} ${3:-} ${WG:+workgroup $WG}"; env ${1:+LATENT_LINE_LANES=$1} ${2:+LATENT_LINE_ROW_BLOCKS=$2} ${WG:+LATENT_LINE_WORKGROUP=$WG} "$B/latent-line" --backend gpu --rows "$R" --steps 40 ${3:-} --profile | grep -E "^kernel|^speed|wgsl"; }
 if [ "$MODE" = sweep ]; then
-    # The tuning sweep: the fused step's shape (LATENT_LINE_LANES, _ROW_BLOCKS)
-    # by --profile's per-kernel GPU time, full-table and batch steps, after
-    # the tests that check the row blocks on this GPU.
+    # The tuning sweep: the fused step's shape (LATENT_LINE_LANES,
+    # _ROW_BLOCKS, _WORKGROUP) by --profile's per-kernel GPU time, full-table
+    # and batch steps, after the tests that check the row blocks on this GPU.
     for t in ${SWEEP_TESTS-forensics subgroups}; do timeout 120 "$B/$t" --test-threads 4 2>&1 | grep -E "test result|panicked|seed" | tail -3; done
     timeout 120 "$B/backends_vs_reference" row_blocks 2>&1 | grep -E "test result|panicked|seed" | tail -3
-    for b in 1 2 4 8 16 32 ""; do prof "" "$b"; done
-    for l in 8 16; do for b in 4 16 32; do prof $l $b; done; done
-    for b in 1 2 4 8 ""; do prof "" "$b" "--batch $BATCH"; done
-    for b in 1 4; do prof 16 $b "--batch $BATCH"; done
-    timeout 120 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|step-skip-step-1block)/1000000x64' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
+    for l in 2 4 8 16; do for b in 1 ""; do prof $l "$b"; done; done
+    for w in 64 128; do WG=$w prof "" ""; WG=$w prof 4 ""; done
+    for l in 4 8; do for b in 1 2 ""; do prof $l "$b" "--batch $BATCH"; done; done
+    for w in 64 128; do WG=$w prof "" "" "--batch $BATCH"; done
+    timeout 120 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|step-skip-step-1block)/1000000x64|\]/scan' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
     exit 0
 fi
 

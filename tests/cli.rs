@@ -430,6 +430,33 @@ fn wgpu_adapter_name_is_honoured_by_auto_and_devices() {
 }
 
 #[test]
+fn the_fused_steps_shape_switches_are_taken_and_checked() {
+    let gpu_run = |env: &[(&str, &str)]| {
+        let mut c = Command::new(BIN);
+        c.args(["--backend", "gpu", "--rows", "500", "--dim", "16", "--steps", "2"])
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    // Taken: the kernel line says what was built, and the run trains.
+    let o = gpu_run(&[("LATENT_LINE_WORKGROUP", "32"), ("LATENT_LINE_LANES", "4"), ("LATENT_LINE_ROW_BLOCKS", "2")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("kernel   workgroups of 32, 4 lanes a row"), "{out}");
+    assert!(out.contains("2 row blocks a workgroup (16 rows)"), "{out}");
+    assert!(out.contains("every value of the table is finite"), "{out}");
+    // Checked: a power of two, named in the error, nothing run.
+    for var in ["LATENT_LINE_WORKGROUP", "LATENT_LINE_LANES", "LATENT_LINE_ROW_BLOCKS"] {
+        let o = gpu_run(&[(var, "3")]);
+        assert_eq!(o.status.code(), Some(1), "{var}");
+        assert!(stderr(&o).contains(&format!("invalid {var}: \"3\": use a power of two")), "{}", stderr(&o));
+        assert!(o.stdout.is_empty() || !String::from_utf8_lossy(&o.stdout).contains("start"), "{var}");
+    }
+}
+
+#[test]
 fn json_prints_the_report_alone_and_quiet_prints_nothing() {
     let o = run(&["--backend", "cpu", "--rows", "300", "--dim", "5", "--steps", "4", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

@@ -75,8 +75,9 @@ pub struct GpuOptions {
     /// Cap on rows per storage binding; tests set it to force several chunks.
     pub max_chunk_rows: Option<usize>,
     /// Workgroup size wanted (clamped to the device, power of two ≤ 256).
-    /// `None`: 256 on a hardware GPU, 64 on a software adapter (lavapipe
-    /// runs each workgroup barrier as a thread switch).
+    /// `None`: `LATENT_LINE_WORKGROUP` where set, else 256 on a hardware
+    /// GPU, 64 on a software adapter (lavapipe runs each workgroup barrier
+    /// as a thread switch).
     pub workgroup: Option<u32>,
     /// Cap on workgroups per dispatch dimension (the device's limit when
     /// `None`); tests lower it to exercise the 2-D grids on small tables.
@@ -419,7 +420,11 @@ impl GpuTrainer {
         if !opts.fused_scans && cfg.guard.policy != Policy::Ignore {
             return Err(Error::invalid("--on-nonfinite", "a guard needs the fused scans; use `ignore` without them"));
         }
-        let wg = ctx.workgroup_size(opts.workgroup.unwrap_or(if ctx.is_software() { 64 } else { 256 }).min(256));
+        let wg_asked = match opts.workgroup {
+            Some(w) => Some(w),
+            None => env_power_of_two("LATENT_LINE_WORKGROUP")?,
+        };
+        let wg = ctx.workgroup_size(wg_asked.unwrap_or(if ctx.is_software() { 64 } else { 256 }).min(256));
         // A software adapter (lavapipe) runs each workgroup barrier as a
         // thread switch: there one lane per row is far faster.
         let auto_lanes = Self::default_lanes(&ctx, shape.dim);
