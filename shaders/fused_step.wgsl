@@ -3,13 +3,15 @@
 // and the new values (SPEC §7), count the near-singular rows (§8), and
 // write the row. With UPDATE = false it is the forward-only evaluation.
 //
-// L lanes share a row (L a power of two ≤ WG, chosen by the host: up to 32,
-// no more than D needs): lane l takes columns l, l + L, …, so neighbouring
-// lanes touch neighbouring addresses and every load and store is
-// coalesced. Each lane sums (x − p)², (x − q)² over its columns; the row's
-// lanes fold their sums in a fixed tree order (fold_wg.wgsl, or the same
-// bits by subgroup shuffles: fold_sg.wgsl), so the result is deterministic
-// (it differs from the CPU's column order only by rounding). Every element is read once and written once.
+// L lanes share a row (L a power of two ≤ WG, chosen by the host: on a GPU
+// about 8 columns a lane, since every lane repeats the row's scalar work):
+// lane l takes columns l, l + L, …, so neighbouring lanes touch
+// neighbouring addresses and every load and store is coalesced. Each lane
+// sums (x − p)², (x − q)² over its columns; the row's lanes fold their
+// sums in a fixed tree order (fold_wg.wgsl, or the same bits by subgroup
+// shuffles: fold_sg.wgsl), so the result is deterministic (it differs from
+// the CPU's column order only by rounding). Every element is read once and
+// written once.
 //
 // Where the row is written depends on the guard (SPEC §9):
 //  - ignore, skip-row: in place (skip-row first decides, then writes);
@@ -40,7 +42,7 @@ override L: u32 = 1u;   // lanes per row
 // one bit pattern per value, working out the details only for a lane that
 // saw a non-finite value.
 // (16 was measured: every lane count ran 25–40 % slower on an H200, the
-// larger arrays costing registers even where only 8 are used.)
+// larger array costing even where only 8 are used: BENCHMARKS.md.)
 const MAX_KEPT: u32 = 8u;
 override KEEP: bool = true;   // set by the host: D ≤ MAX_KEPT·L
 override MOMENTUM: bool = false;   // SPEC §5 μ > 0: a velocity buffer (double-buffered like the table)
