@@ -87,8 +87,8 @@ pub struct GpuOptions {
     /// without them no guard can act, so only `ignore` is allowed then.
     pub fused_scans: bool,
     /// Lanes that share a row in the fused step (a power of two ≤ the
-    /// workgroup and ≤ 32). `None`: `LATENT_LINE_LANES` where set, else the
-    /// smallest power of two ≥ D, at most 32.
+    /// workgroup and ≤ 32). `None`: `LATENT_LINE_LANES` where set, else
+    /// [`GpuTrainer::default_lanes`].
     /// Fewer are used when a huge table's per-workgroup scan records would
     /// not fit one binding with this many (more rows per workgroup).
     pub lanes_per_row: Option<u32>,
@@ -420,18 +420,10 @@ impl GpuTrainer {
         if !opts.fused_scans && cfg.guard.policy != Policy::Ignore {
             return Err(Error::invalid("--on-nonfinite", "a guard needs the fused scans; use `ignore` without them"));
         }
-        let wg_asked = match opts.workgroup {
-            Some(w) => Some(w),
-            None => env_power_of_two("LATENT_LINE_WORKGROUP")?,
-        };
+        let wg_asked = or_env(opts.workgroup, "LATENT_LINE_WORKGROUP")?;
         let wg = ctx.workgroup_size(wg_asked.unwrap_or(if ctx.is_software() { 64 } else { 256 }).min(256));
-        // A software adapter (lavapipe) runs each workgroup barrier as a
-        // thread switch: there one lane per row is far faster.
         let auto_lanes = Self::default_lanes(&ctx, shape.dim);
-        let lanes_asked = match opts.lanes_per_row {
-            Some(l) => Some(l),
-            None => env_power_of_two("LATENT_LINE_LANES")?,
-        };
+        let lanes_asked = or_env(opts.lanes_per_row, "LATENT_LINE_LANES")?;
         let mut lanes = lanes_asked.unwrap_or(auto_lanes).clamp(1, wg.min(32));
         if !lanes.is_power_of_two() {
             return Err(Error::invalid("lanes_per_row", format!("{lanes} is not a power of two")));
@@ -467,10 +459,7 @@ impl GpuTrainer {
         // sizes, what they cannot hold, before anything is allocated.
         let d = shape.dim as u64;
         let cap = schedule.max_slots() as u64;
-        let blocks_asked = match opts.row_blocks {
-            Some(b) => Some(b),
-            None => env_power_of_two("LATENT_LINE_ROW_BLOCKS")?,
-        };
+        let blocks_asked = or_env(opts.row_blocks, "LATENT_LINE_ROW_BLOCKS")?;
         if let Some(b) = blocks_asked.filter(|b| !b.is_power_of_two()) {
             return Err(Error::invalid("row_blocks", format!("{b} is not a power of two")));
         }
@@ -1189,8 +1178,10 @@ impl GpuTrainer {
         scanner.time(&prepared, iters)
     }
 
-    /// The fused step's lanes a row when not asked for. On a GPU, about 8
-    /// columns a lane: every lane of a row repeats the row's scalar work
+    /// The fused step's lanes a row when not asked for. On a software
+    /// adapter one (lavapipe runs each workgroup barrier as a thread
+    /// switch, and a lane per row needs none). On a GPU, about 8 columns a
+    /// lane: every lane of a row repeats the row's scalar work
     /// (distances, coefficients, bookkeeping), so at 32 lanes (2 columns
     /// each) that work, not memory, set the pace (H200, 1M × 64: 1.11 ms
     /// at 32 lanes, 0.77 at 16, 0.55 at 8; BENCHMARKS.md).
@@ -1751,9 +1742,12 @@ fn in_timed_rounds(
     Ok(Some(total))
 }
 
-/// A tuning switch from the environment (no rebuild): a power of two, or
-/// `None` when unset.
-fn env_power_of_two(name: &'static str) -> Result<Option<u32>> {
+/// A shape option as given, else its tuning switch from the environment
+/// (no rebuild): a power of two, or `None` when unset.
+fn or_env(given: Option<u32>, name: &'static str) -> Result<Option<u32>> {
+    if given.is_some() {
+        return Ok(given);
+    }
     match std::env::var(name) {
         Err(_) => Ok(None),
         Ok(v) => match v.parse::<u32>() {
