@@ -115,6 +115,21 @@ fn bench_steps(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, nam
     });
 }
 
+/// GPU time (timestamp queries) of `t`'s steps.
+fn bench_gpu_time(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, name: String, t: &mut GpuTrainer) {
+    g.bench_function(name, |b| b.iter_custom(|n| t.gpu_time_steps(n as u32).expect("steps").expect("timestamps")));
+}
+
+/// GPU time of copies of `t`'s table by a shader, 4 and 16 bytes an access:
+/// the floors a step is measured against.
+fn bench_copies(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, id: &str, t: &GpuTrainer) {
+    for (name, vec4) in [("copy-shader", false), ("copy-shader-vec4", true)] {
+        g.bench_function(format!("{name}/{id}"), |b| {
+            b.iter_custom(|n| t.gpu_time_table_copies(n as u32, vec4).expect("copy").expect("timestamps"))
+        });
+    }
+}
+
 fn gpu(c: &mut Criterion) {
     let ctx = match GpuContext::new(None) {
         Ok(ctx) => Arc::new(ctx),
@@ -194,14 +209,8 @@ fn gpu(c: &mut Criterion) {
         let mut t =
             GpuTrainer::new(ctx.clone(), shape, config(shape, Policy::SkipStep), TableSource::Random { seed: 1 }, opts)
                 .expect("GPU trainer (100M × 64)");
-        for (name, vec4) in [("copy-shader", false), ("copy-shader-vec4", true)] {
-            g.bench_function(format!("{name}/{id}"), |b| {
-                b.iter_custom(|n| t.gpu_time_table_copies(n as u32, vec4).expect("copy").expect("timestamps"))
-            });
-        }
-        g.bench_function(format!("step-skip-step/{id}"), |b| {
-            b.iter_custom(|n| t.gpu_time_steps(n as u32).expect("steps").expect("timestamps"))
-        });
+        bench_copies(&mut g, &id, &t);
+        bench_gpu_time(&mut g, format!("step-skip-step/{id}"), &mut t);
     }
     for shape in shapes(hardware) {
         let id = format!("{}x{}", shape.rows, shape.dim);
@@ -232,24 +241,16 @@ fn gpu(c: &mut Criterion) {
                 GpuTrainer::new(ctx.clone(), shape, config(shape, policy), TableSource::Random { seed: 1 }, opts)
                     .expect("GPU trainer");
             if name == "step-noscan" {
-                for (name, vec4) in [("copy-shader", false), ("copy-shader-vec4", true)] {
-                    g.bench_function(format!("{name}/{id}"), |b| {
-                        b.iter_custom(|n| t.gpu_time_table_copies(n as u32, vec4).expect("copy").expect("timestamps"))
-                    });
-                }
+                bench_copies(&mut g, &id, &t);
             }
-            g.bench_function(format!("{name}/{id}"), |b| {
-                b.iter_custom(|n| t.gpu_time_steps(n as u32).expect("steps").expect("timestamps"))
-            });
+            bench_gpu_time(&mut g, format!("{name}/{id}"), &mut t);
         }
         let bsize = batch_size(hardware);
         g.throughput(Throughput::Bytes(2 * bsize as u64 * shape.dim as u64 * 4));
         // The default, then the random batch with one row block a workgroup.
         let one_block = batch_trainers(&ctx, shape, bsize, Some(1)).take(1).map(|(_, t)| ("batch-random-1block", t));
         for (name, mut t) in batch_trainers(&ctx, shape, bsize, None).chain(one_block) {
-            g.bench_function(format!("{name}-{bsize}/{id}"), |b| {
-                b.iter_custom(|n| t.gpu_time_steps(n as u32).expect("steps").expect("timestamps"))
-            });
+            bench_gpu_time(&mut g, format!("{name}-{bsize}/{id}"), &mut t);
         }
     }
     g.finish();

@@ -206,8 +206,9 @@ fn row_site(slot: u32, first: u32) -> RowSite {
 
 // A lane's columns of a row (KEEP: at most MAX_KEPT), read ahead of their
 // use: the workgroup loads the next row block while it works on this one,
-// so more bytes are in flight per lane. A constant trip count and constant
-// indices let the compiler keep them in registers (k ≥ D past the row).
+// so more bytes are in flight per lane. The loops run a constant count
+// (k ≥ D past the row) with constant indices, so a compiler may keep the
+// values in registers; the H200's evidently does not quite (MAX_KEPT).
 fn load_kept(site: RowSite, lane: u32, cur: u32) -> array<f32, MAX_KEPT> {
     var kept: array<f32, MAX_KEPT>;
     if (KEEP && site.live) {
@@ -444,10 +445,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     if (PREP) {
         norm_total = workgroup_sum_max(lid, vec2<f32>(norm2, 0.0)).x;
     }
-    if (lid == 0u && w * wg_rows < chunk.rows) {
+    if (lid == 0u && first < chunk.rows) {
         let gw = chunk.partial_base + w;
         partials[gw] = Partial(total.x, total.y, atomicLoad(&wg_near), norm_total);
-        let row0 = chunk.row_base + w * wg_rows;
+        let row0 = chunk.row_base + first;
         for (var buf = 0u; buf < SCAN_BUFS; buf = buf + 1u) {
             let f = scan_first_local(buf);
             if (f == NONE) {
@@ -455,8 +456,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             }
             if (BATCHED) {
                 // Slots are not in row order: the lowest row's finding.
-                let slot0 = w * wg_rows;
-                scan_flush(buf, gw, state.stamp, slot0, lowest_row_finding(buf, slot0));
+                scan_flush(buf, gw, state.stamp, first, lowest_row_finding(buf, first));
             } else {
                 // The lane that owns the lowest finding kept its bits.
                 let local_row = f / D;

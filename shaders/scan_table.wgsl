@@ -19,6 +19,14 @@ struct ScanParams {
 // as the 16-byte copy that runs at twice the 4-byte one's bandwidth.
 @group(0) @binding(3) var<storage, read> table4: array<vec4<f32>>;
 
+// Element e of the tile (local row e / D), when it is not finite: counted
+// and its row marked; the flush re-reads the first one's bits.
+fn note_element(e: u32, v: f32) {
+    if (is_nonfinite(v)) {
+        scan_note(0u, e / D, row_scan_add(row_scan_new(), e % D, v));
+    }
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
@@ -33,10 +41,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     let base = tile * D;
     let n = min(WG, chunk.rows - tile) * D;
     for (var e = lid; e < n; e = e + WG) {
-        let v = table[base + e];
-        if (is_nonfinite(v)) {
-            scan_note(0u, e / D, row_scan_add(row_scan_new(), e % D, v));   // bits re-read below
-        }
+        note_element(e, table[base + e]);
     }
     workgroupBarrier();
     if (lid == 0u) {
@@ -69,10 +74,7 @@ fn main_vec4(@builtin(workgroup_id) wg: vec3<u32>,
         let b = bitcast<vec4<u32>>(v) & vec4<u32>(0x7f800000u);
         if (any(b == vec4<u32>(0x7f800000u))) {
             for (var c = 0u; c < 4u; c = c + 1u) {
-                if (is_nonfinite(v[c])) {
-                    let e = e4 * 4u + c;
-                    scan_note(0u, e / D, row_scan_add(row_scan_new(), e % D, v[c]));
-                }
+                note_element(e4 * 4u + c, v[c]);
             }
         }
     }

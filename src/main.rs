@@ -773,9 +773,8 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
 /// `latent-line devices`: the adapters wgpu sees (honouring `WGPU_BACKEND`),
 /// and what `--backend auto` would run on.
 fn devices() -> anyhow::Result<Outcome> {
-    use latent_line::gpu::context::{adapters, rank};
-    let mut all = adapters();
-    all.sort_by_key(|a| rank(a.get_info().device_type));
+    use latent_line::gpu::context::{adapters, env_adapter_name, find_named};
+    let all = adapters();
     if all.is_empty() {
         out!("no GPU adapter (is a Vulkan, Metal or DX12 driver installed? on Linux: mesa-vulkan-drivers)");
     }
@@ -809,9 +808,8 @@ fn devices() -> anyhow::Result<Outcome> {
             if f.contains(wgpu::Features::TIMESTAMP_QUERY) { "yes" } else { "no" },
         );
     }
-    let named = std::env::var("WGPU_ADAPTER_NAME").ok().filter(|n| !n.is_empty());
-    let by_name =
-        named.as_ref().map(|n| (n, all.iter().find(|a| a.get_info().name.to_lowercase().contains(&n.to_lowercase()))));
+    let named = env_adapter_name();
+    let by_name = named.as_ref().map(|n| (n, find_named(&all, n).map(|i| &all[i])));
     let pick = match (by_name, all.first()) {
         (Some((n, Some(a))), _) => {
             format!("the GPU backend on {}, named by WGPU_ADAPTER_NAME={n}", a.get_info().name)

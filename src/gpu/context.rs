@@ -29,7 +29,8 @@ pub fn describe(info: &wgpu::AdapterInfo) -> String {
     format!("{} ({:?}, {:?}, driver {} {})", info.name, info.backend, info.device_type, info.driver, info.driver_info)
 }
 
-/// Adapters that the instance (honouring `WGPU_BACKEND`) can see.
+/// Adapters that the instance (honouring `WGPU_BACKEND`) can see, best
+/// first (`rank`), so that the first one a name matches is the best-ranked.
 pub fn adapters() -> Vec<wgpu::Adapter> {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     // Refuse allocations past 95% of the driver's memory budget with an
@@ -37,7 +38,20 @@ pub fn adapters() -> Vec<wgpu::Adapter> {
     // sizes) instead of oversubscribing the device.
     desc.memory_budget_thresholds.for_resource_creation = Some(95);
     let instance = wgpu::Instance::new(desc);
-    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+    let mut all = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    all.sort_by_key(|a| rank(a.get_info().device_type));
+    all
+}
+
+/// `WGPU_ADAPTER_NAME`, where set and not empty: a request for that adapter.
+pub fn env_adapter_name() -> Option<String> {
+    std::env::var("WGPU_ADAPTER_NAME").ok().filter(|n| !n.is_empty())
+}
+
+/// The first of `all` whose name contains `name`, case-insensitively.
+pub fn find_named(all: &[wgpu::Adapter], name: &str) -> Option<usize> {
+    let want = name.to_lowercase();
+    all.iter().position(|a| a.get_info().name.to_lowercase().contains(&want))
 }
 
 /// Hardware first: discrete, integrated, virtual, then software.
@@ -56,28 +70,21 @@ impl GpuContext {
     /// `--adapter`, else `WGPU_ADAPTER_NAME`), case-insensitively; otherwise the
     /// best-ranked one. Fails when there is none: a GPU test must not skip.
     pub fn new(name: Option<&str>) -> Result<Self> {
-        let env_name = std::env::var("WGPU_ADAPTER_NAME").ok().filter(|n| !n.is_empty());
-        let name = name.map(str::to_owned).or(env_name);
+        let name = name.map(str::to_owned).or_else(env_adapter_name);
         let mut all = adapters();
-        // Best first, for the name too: the first match is the best-ranked.
-        all.sort_by_key(|a| rank(a.get_info().device_type));
         if all.is_empty() {
             return Err(Error::NoAdapter(
                 "wgpu found none (is a Vulkan, Metal or DX12 driver installed? on Linux: mesa-vulkan-drivers)".into(),
             ));
         }
         let adapter = match &name {
-            Some(n) => {
-                let want = n.to_lowercase();
-                let pos = all.iter().position(|a| a.get_info().name.to_lowercase().contains(&want));
-                match pos {
-                    Some(i) => all.swap_remove(i),
-                    None => {
-                        let names: Vec<String> = all.iter().map(|a| a.get_info().name).collect();
-                        return Err(Error::NoAdapter(format!("none matches \"{n}\"; available: {}", names.join(", "))));
-                    }
+            Some(n) => match find_named(&all, n) {
+                Some(i) => all.swap_remove(i),
+                None => {
+                    let names: Vec<String> = all.iter().map(|a| a.get_info().name).collect();
+                    return Err(Error::NoAdapter(format!("none matches \"{n}\"; available: {}", names.join(", "))));
                 }
-            }
+            },
             None => all.swap_remove(0),
         };
         Self::from_adapter(adapter)
