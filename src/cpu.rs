@@ -158,14 +158,79 @@ struct RowCtx<'a> {
     simd: Simd,
 }
 
+/// Rows whose forward scalars are computed together: their distances
+/// first, then the square roots, divisions and signs across the rows at
+/// once, in vector registers, rather than one row's dependent chain at a
+/// time. The same IEEE operations as `row_forward`, so the same bits.
+const TILE: usize = 16;
+
+/// A tile's forward quantities, row i in element i (RowForward, plus the
+/// inverse distances and the loss coefficient).
+struct Tile {
+    /// (Σ (x − p)², Σ (x − q)²) as read, before the anchors are pinned:
+    /// non-finite exactly where the row's values may be.
+    raw1: [f32; TILE],
+    raw2: [f32; TILE],
+    s1: [f32; TILE],
+    s2: [f32; TILE],
+    r: [f32; TILE],
+    inv1: [f32; TILE],
+    inv2: [f32; TILE],
+    /// w_red · sign(r)
+    c: [f32; TILE],
+}
+
 impl RowCtx<'_> {
-    /// One row, as one lane of fused_step.wgsl: computes the row's new
-    /// values into `tmp` (the next buffer's row, or scratch for in-place
-    /// policies) and says what to do with them.
+    /// The forward quantities of `rows` (at most TILE rows), the first of
+    /// which is row `first`.
+    #[inline(always)]
+    fn tile(&self, first: usize, rows: &[f32]) -> Tile {
+        let RowCtx { p, q, a, b, s0, d0, w_red, cfg, d, .. } = *self;
+        let mut t = Tile {
+            raw1: [0.0; TILE],
+            raw2: [0.0; TILE],
+            s1: [0.0; TILE],
+            s2: [0.0; TILE],
+            r: [0.0; TILE],
+            inv1: [0.0; TILE],
+            inv2: [0.0; TILE],
+            c: [0.0; TILE],
+        };
+        for (i, x) in rows.chunks_exact(d).enumerate() {
+            (t.raw1[i], t.raw2[i]) = squared_distances(self.simd, x, p, q);
+        }
+        (t.s1, t.s2) = (t.raw1, t.raw2);
+        // pin_anchors of shaders/common.wgsl
+        let n = rows.len() / d;
+        if (first..first + n).contains(&b) {
+            t.s1[b - first] = s0;
+        }
+        if (first..first + n).contains(&a) {
+            t.s2[a - first] = s0;
+        }
+        // Branch-free across the tile, so that it vectorises (rows past
+        // `n` compute on zeros and are not read).
+        for i in 0..TILE {
+            let (d1, d2) = (safe_dist(t.s1[i], cfg.eps), safe_dist(t.s2[i], cfg.eps));
+            let r = d1 + d2 - d0;
+            t.r[i] = r;
+            t.inv1[i] = safe_inv(d1);
+            t.inv2[i] = safe_inv(d2);
+            t.c[i] = w_red * sign(r);
+        }
+        t
+    }
+
+    /// Row i of tile `t`, row `row` = `x`, as one lane of fused_step.wgsl
+    /// steps it: computes the row's new values into `tmp` (the next
+    /// buffer's row, or scratch for in-place policies) and says what to do
+    /// with them.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn step(
         &self,
+        t: &Tile,
+        i: usize,
         row: usize,
         x: &[f32],
         v_old: &[f32],
@@ -174,10 +239,12 @@ impl RowCtx<'_> {
         vtmp: &mut [f32],
         out: &mut BlockOut,
     ) -> Write {
-        let RowCtx { p, q, a, b, s0, d0, near2, w_red, lr, mu, wd, cfg, d, .. } = *self;
+        let RowCtx { p, q, a, b, d0, near2, lr, mu, wd, cfg, d, .. } = *self;
         let policy = cfg.guard.policy;
-        let s = squared_distances(self.simd, x, p, q);
-        let RowForward { s1, s2, d1, d2, r, in_bad } = row_forward(s, x, row, (a, b), (s0, d0), cfg.eps);
+        let (s1, s2, r) = (t.s1[i], t.s2[i], t.r[i]);
+        // A non-finite input makes the raw sums non-finite (Rust floats
+        // are IEEE), so the row is searched only then.
+        let in_bad = (nonfinite(t.raw1[i]) || nonfinite(t.raw2[i])) && x.iter().any(|&v| nonfinite(v));
         // The loss term of a row that read a non-finite value is NaN.
         let loss_bad = in_bad || nonfinite(r);
         if loss_bad {
@@ -195,9 +262,9 @@ impl RowCtx<'_> {
         if !cfg.endpoints.writes_row(row, a, b) {
             return if policy.double_buffered() { Write::Copy } else { Write::Nothing };
         }
-        let c = w_red * sign(r);
+        let c = t.c[i];
         let sep = cfg.separation_coef(row, d0);
-        let (inv_d1, inv_d2) = (safe_inv(d1), safe_inv(d2));
+        let (inv_d1, inv_d2) = (t.inv1[i], t.inv2[i]);
         // naive_blows_up of shaders/common.wgsl (SPEC §6), or a bad input.
         let poisoned = in_bad || (cfg.naive && (s1 == 0.0 || s2 == 0.0));
         let grad = |k: usize| {
@@ -255,13 +322,18 @@ impl RowCtx<'_> {
     fn block_to_next(&self, first: usize, src: &[f32], dst: &mut [f32], v: &[f32], vn: &mut [f32]) -> BlockOut {
         let d = self.d;
         let mut out = BlockOut::default();
-        for (i, (x, y)) in src.chunks_exact(d).zip(dst.chunks_exact_mut(d)).enumerate() {
-            let vo = row_of(v, i, d);
-            let vy: &mut [f32] = if vn.is_empty() { &mut [] } else { &mut vn[i * d..][..d] };
-            // The new values land in the next buffers directly.
-            if let Write::Copy = self.step(first + i, x, vo, true, y, vy, &mut out) {
-                y.copy_from_slice(x);
-                vy.copy_from_slice(vo);
+        for (ti, (xs, ys)) in src.chunks(TILE * d).zip(dst.chunks_mut(TILE * d)).enumerate() {
+            let f = first + ti * TILE;
+            let t = self.tile(f, xs);
+            for (i, (x, y)) in xs.chunks_exact(d).zip(ys.chunks_exact_mut(d)).enumerate() {
+                let j = ti * TILE + i;
+                let vo = row_of(v, j, d);
+                let vy: &mut [f32] = if vn.is_empty() { &mut [] } else { &mut vn[j * d..][..d] };
+                // The new values land in the next buffers directly.
+                if let Write::Copy = self.step(&t, i, f + i, x, vo, true, y, vy, &mut out) {
+                    y.copy_from_slice(x);
+                    vy.copy_from_slice(vo);
+                }
             }
         }
         out
@@ -274,12 +346,17 @@ impl RowCtx<'_> {
         let d = self.d;
         let mut out = BlockOut::default();
         let (mut tmp, mut vtmp) = (vec![0.0f32; d], vec![0.0f32; if v.is_empty() { 0 } else { d }]);
-        for (i, x) in rows.chunks_exact_mut(d).enumerate() {
-            let vo = row_of(v, i, d);
-            if let Write::Tmp = self.step(first + i, x, vo, update, &mut tmp, &mut vtmp, &mut out) {
-                x.copy_from_slice(&tmp);
-                if !v.is_empty() {
-                    v[i * d..][..d].copy_from_slice(&vtmp);
+        for (ti, xs) in rows.chunks_mut(TILE * d).enumerate() {
+            let f = first + ti * TILE;
+            let t = self.tile(f, xs);
+            for (i, x) in xs.chunks_exact_mut(d).enumerate() {
+                let j = ti * TILE + i;
+                let vo = row_of(v, j, d);
+                if let Write::Tmp = self.step(&t, i, f + i, x, vo, update, &mut tmp, &mut vtmp, &mut out) {
+                    x.copy_from_slice(&tmp);
+                    if !v.is_empty() {
+                        v[j * d..][..d].copy_from_slice(&vtmp);
+                    }
                 }
             }
         }
