@@ -454,6 +454,28 @@ fn the_fused_steps_shape_switches_are_taken_and_checked() {
         assert!(stderr(&o).contains(&format!("invalid {var}: \"3\": use a power of two")), "{}", stderr(&o));
         assert!(o.stdout.is_empty() || !String::from_utf8_lossy(&o.stdout).contains("start"), "{var}");
     }
+    // wgpu's loop counters, on request: said on the kernel line, the same
+    // table bit for bit; any other value refused, naming the variable.
+    let dir = Dir::new();
+    let mut tables = Vec::new();
+    for lb in ["0", "1"] {
+        let path = dir.p(&format!("lb{lb}.npy"));
+        let o = Command::new(BIN)
+            .args(["--backend", "gpu", "--rows", "700", "--dim", "24", "--steps", "3", "--save"])
+            .arg(&path)
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .env("LATENT_LINE_LOOP_BOUNDING", lb)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let said = String::from_utf8_lossy(&o.stdout).contains("loops bounded by wgpu");
+        assert_eq!(said, lb == "1", "{}", String::from_utf8_lossy(&o.stdout));
+        tables.push(std::fs::read(&path).unwrap());
+    }
+    assert!(tables[0] == tables[1], "the loop counters changed the table");
+    let o = gpu_run(&[("LATENT_LINE_LOOP_BOUNDING", "yes")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("invalid LATENT_LINE_LOOP_BOUNDING: \"yes\": use 0 or 1"), "{}", stderr(&o));
 }
 
 #[test]

@@ -19,6 +19,10 @@ pub struct GpuContext {
     /// The device's limits: exactly the adapter's (we ask for all it has).
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// Whether wgpu bounds every shader loop with a 64-bit counter of its
+    /// own (`LATENT_LINE_LOOP_BOUNDING=1`); off by default (see
+    /// [`Self::shader_checks`]).
+    pub loop_bounding: bool,
     /// Errors wgpu reported outside an error scope, oldest first.
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
@@ -116,7 +120,24 @@ impl GpuContext {
                 *l = Some(format!("{reason:?}: {msg}"));
             }
         });
-        Ok(GpuContext { adapter, device, queue, info, limits, features, errors, lost })
+        let loop_bounding = match std::env::var("LATENT_LINE_LOOP_BOUNDING").as_deref() {
+            Err(_) | Ok("0") => false,
+            Ok("1") => true,
+            Ok(v) => return Err(Error::invalid("LATENT_LINE_LOOP_BOUNDING", format!("{v:?}: use 0 or 1"))),
+        };
+        Ok(GpuContext { adapter, device, queue, info, limits, features, loop_bounding, errors, lost })
+    }
+
+    /// The checks wgpu builds into our shaders: all of them (bounds, integer
+    /// division), except, unless asked for, the counter wgpu adds to every
+    /// loop in case it never ends. Ours all end (counted `for` loops;
+    /// `while (m != 0u)` loops that clear a bit each turn; sampler.wgsl's
+    /// cycle walk, which ends because the permutation is a bijection), and
+    /// the counter — a `vec2<u32>` in function memory, read, decremented and
+    /// tested every turn — stands between a driver and unrolling the
+    /// fixed-count loops over a lane's kept values.
+    pub fn shader_checks(&self) -> wgpu::ShaderRuntimeChecks {
+        wgpu::ShaderRuntimeChecks { force_loop_bounding: self.loop_bounding, ..wgpu::ShaderRuntimeChecks::checked() }
     }
 
     /// A software rasteriser such as lavapipe or WARP.

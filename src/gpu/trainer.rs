@@ -1794,7 +1794,7 @@ impl Trainer for GpuTrainer {
             adapter: format!("{} ({:?})", i.name, i.device_type),
             driver: format!("{:?} {} {}", i.backend, i.driver, i.driver_info).trim().to_string(),
             kernel: format!(
-                "{}workgroups of {}, {}{}",
+                "{}workgroups of {}, {}{}{}",
                 if self.opts.path == StepPath::Staged { "staged kernels; fused step: " } else { "" },
                 self.wg,
                 match (self.lanes, self.subgroup_fold()) {
@@ -1805,7 +1805,8 @@ impl Trainer for GpuTrainer {
                 match self.blocks {
                     1 => String::new(),
                     b => format!(", {b} row blocks a workgroup ({} rows)", self.wg / self.lanes * b),
-                }
+                },
+                if self.ctx.loop_bounding { ", loops bounded by wgpu" } else { "" }
             ),
         }
     }
