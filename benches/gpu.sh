@@ -10,8 +10,8 @@
 # both GPU bench groups only (when device time is short). `diag`: the
 # GPU-time benches and the scan, then the JAX peer: a first look to tune
 # by, leaving device time for the full run. `sweep`: the row-block tests,
-# then the fused step's shapes (lanes, row blocks, wgpu's loop counters)
-# timed by --profile.
+# then the fused step's shapes (lanes, row blocks, wgpu's loop counters,
+# 16-byte kept columns) timed by --profile.
 set -u
 MODE=${1:-full}
 if [ "${1:-}" = "--prepare" ]; then
@@ -64,21 +64,25 @@ echo "== latent-line devices (for the README)"
 
 # The main job's kernels by --profile with the fused step's shape set by
 # LATENT_LINE_LANES and LATENT_LINE_ROW_BLOCKS (empty: the default), and
-# LB=1 for wgpu's loop counters (LATENT_LINE_LOOP_BOUNDING).
-prof() { echo "-- lanes ${1:-auto} blocks ${2:-auto} ${3:-} ${WG:+workgroup $WG} ${LB:+loop bounding $LB}"; env ${1:+LATENT_LINE_LANES=$1} ${2:+LATENT_LINE_ROW_BLOCKS=$2} ${WG:+LATENT_LINE_WORKGROUP=$WG} ${LB:+LATENT_LINE_LOOP_BOUNDING=$LB} "$B/latent-line" --backend gpu --rows "$R" --steps 40 ${3:-} --profile | grep -E "^kernel|^speed|wgsl"; }
+# LB=1 for wgpu's loop counters (LATENT_LINE_LOOP_BOUNDING), V4=1 for
+# 16-byte kept columns (LATENT_LINE_VEC4).
+prof() { echo "-- lanes ${1:-auto} blocks ${2:-auto} ${3:-} ${WG:+workgroup $WG} ${LB:+loop bounding $LB} ${V4:+vec4 $V4}"; env ${1:+LATENT_LINE_LANES=$1} ${2:+LATENT_LINE_ROW_BLOCKS=$2} ${WG:+LATENT_LINE_WORKGROUP=$WG} ${LB:+LATENT_LINE_LOOP_BOUNDING=$LB} ${V4:+LATENT_LINE_VEC4=$V4} "$B/latent-line" --backend gpu --rows "$R" --steps 40 ${3:-} --profile | grep -E "^kernel|^speed|wgsl"; }
 if [ "$MODE" = sweep ]; then
     # The tuning sweep: the fused step's shape (LATENT_LINE_LANES,
     # _ROW_BLOCKS, _WORKGROUP) by --profile's per-kernel GPU time, full-table
     # and batch steps, after the tests that check the row blocks on this GPU.
     for t in ${SWEEP_TESTS-forensics subgroups}; do timeout 120 "$B/$t" --test-threads 4 2>&1 | grep -E "test result|panicked|seed" | tail -3; done
     timeout 120 "$B/backends_vs_reference" row_blocks 2>&1 | grep -E "test result|panicked|seed" | tail -3
-    # wgpu's loop counters against none (the default since they were found).
+    # wgpu's loop counters against none (the default since they were found),
+    # then 16-byte kept columns (8 lanes: two vec4s a lane; 16: one).
     for lb in 1 0; do LB=$lb prof "" ""; LB=$lb prof 4 ""; LB=$lb prof "" "" "--batch $BATCH"; done
+    for v4 in 1 0; do V4=$v4 prof "" ""; V4=$v4 prof 16 ""; V4=$v4 prof "" "" "--batch $BATCH"; done
+    V4=1 LB=1 prof "" ""
     for l in 2 4 8 16; do for b in 1 ""; do prof $l "$b"; done; done
     for w in 64 128; do WG=$w prof "" ""; WG=$w prof 4 ""; done
     for l in 4 8; do for b in 1 2 ""; do prof $l "$b" "--batch $BATCH"; done; done
     for w in 64 128; do WG=$w prof "" "" "--batch $BATCH"; done
-    timeout 120 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|step-skip-step-1block)/1000000x64|\]/scan' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
+    timeout 120 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|step-skip-step-vec4|step-skip-step-vec4-16lanes)/1000000x64|\]/scan' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
     exit 0
 fi
 
@@ -115,6 +119,7 @@ python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars
 
 echo "== the fused step's shape: lanes a row (and row blocks) by --profile"
 for lb in 1 0; do LB=$lb prof "" ""; LB=$lb prof "" "" "--batch $BATCH"; done
+for v4 in 1 0; do V4=$v4 prof "" ""; V4=$v4 prof 16 ""; V4=$v4 prof "" "" "--batch $BATCH"; done
 for l in 2 4 8 16; do prof $l ""; done
 for l in 4 8 16; do prof $l "" "--batch $BATCH"; done
 prof 4 1 "--batch $BATCH"

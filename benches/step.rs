@@ -7,6 +7,8 @@
 //!   step/skip-step-1lane     the same with one lane per row (the first kernel)
 //!   step/skip-step-wgfold    (gpu-time, GPUs with subgroups) the same with
 //!                   the row fold in workgroup memory, not subgroup shuffles
+//!   step/skip-step-vec4      (gpu-time) the same with a lane's kept columns
+//!                   read and written 16 bytes at a time (LATENT_LINE_VEC4)
 //!   scan            the table scan of `latent-line scan`, beside a copy
 //!   batch-random    a random batch of 65 536 rows (4 096 on a software
 //!                   adapter) drawn on the device, default guard
@@ -83,14 +85,14 @@ fn batch_trainers(
     ctx: &Arc<GpuContext>,
     shape: Shape,
     size: usize,
-    row_blocks: Option<u32>,
+    opts: GpuOptions,
 ) -> impl Iterator<Item = (&'static str, GpuTrainer)> + '_ {
     [("batch-random", Batches::Random { size, seed: 3 }), ("batch-indices", dup_batches(shape, size))].into_iter().map(
         move |(name, batches)| {
             let cfg = config(shape, Policy::SkipStep);
             let source = TableSource::Random { seed: 1 };
-            let opts = GpuOptions { row_blocks, ..GpuOptions::default() };
-            let t = GpuTrainer::with_batches(ctx.clone(), shape, cfg, source, opts, batches).expect("GPU trainer");
+            let t =
+                GpuTrainer::with_batches(ctx.clone(), shape, cfg, source, opts.clone(), batches).expect("GPU trainer");
             (name, t)
         },
     )
@@ -174,7 +176,7 @@ fn gpu(c: &mut Criterion) {
         drop(t);
         let bsize = batch_size(hardware);
         g.throughput(Throughput::Bytes(2 * bsize as u64 * shape.dim as u64 * 4));
-        for (name, mut t) in batch_trainers(&ctx, shape, bsize, None) {
+        for (name, mut t) in batch_trainers(&ctx, shape, bsize, GpuOptions::default()) {
             bench_steps(&mut g, format!("{name}-{bsize}/{id}"), &mut t);
         }
     }
@@ -221,25 +223,51 @@ fn gpu(c: &mut Criterion) {
         // And with one row block a workgroup (the kernel before row
         // blocks), and with other lanes a row than the default's.
         let default_lanes = GpuTrainer::default_lanes(&ctx, shape.dim);
+        // (name, policy, scans, subgroups, row blocks, lanes, 16-byte kept columns)
         let mut variants = vec![
-            ("step-noscan".to_string(), Policy::Ignore, false, None, None, None),
-            ("step-ignore".to_string(), Policy::Ignore, true, None, None, None),
-            ("step-skip-step".to_string(), Policy::SkipStep, true, None, None, None),
-            ("step-skip-step-wgfold".to_string(), Policy::SkipStep, true, Some(false), None, None),
-            ("step-skip-step-1block".to_string(), Policy::SkipStep, true, None, Some(1), None),
+            ("step-noscan".to_string(), Policy::Ignore, false, None, None, None, None),
+            ("step-ignore".to_string(), Policy::Ignore, true, None, None, None, None),
+            ("step-skip-step".to_string(), Policy::SkipStep, true, None, None, None, None),
+            ("step-skip-step-wgfold".to_string(), Policy::SkipStep, true, Some(false), None, None, None),
+            ("step-skip-step-1block".to_string(), Policy::SkipStep, true, None, Some(1), None, None),
+            ("step-skip-step-vec4".to_string(), Policy::SkipStep, true, None, None, None, Some(true)),
         ];
         let mut others = vec![default_lanes / 2, default_lanes * 2, 32];
         others.dedup();
         for lanes in others.into_iter().filter(|&l| (1..=32).contains(&l) && l != default_lanes) {
-            variants.push((format!("step-skip-step-{lanes}lanes"), Policy::SkipStep, true, None, None, Some(lanes)));
+            variants.push((
+                format!("step-skip-step-{lanes}lanes"),
+                Policy::SkipStep,
+                true,
+                None,
+                None,
+                Some(lanes),
+                None,
+            ));
         }
-        for (name, policy, scans, subgroups, row_blocks, lanes) in variants.into_iter().filter(|v| sg || v.3.is_none())
+        // 16-byte kept columns at twice the default lanes: one vec4 a lane.
+        let twice = default_lanes * 2;
+        if twice <= 32 {
+            let name = format!("step-skip-step-vec4-{twice}lanes");
+            variants.push((name, Policy::SkipStep, true, None, None, Some(twice), Some(true)));
+        }
+        for (name, policy, scans, subgroups, row_blocks, lanes, vec4) in
+            variants.into_iter().filter(|v| sg || v.3.is_none())
         {
-            let opts =
-                GpuOptions { fused_scans: scans, subgroups, row_blocks, lanes_per_row: lanes, ..GpuOptions::default() };
+            let opts = GpuOptions {
+                fused_scans: scans,
+                subgroups,
+                row_blocks,
+                lanes_per_row: lanes,
+                vec4,
+                ..GpuOptions::default()
+            };
             let mut t =
                 GpuTrainer::new(ctx.clone(), shape, config(shape, policy), TableSource::Random { seed: 1 }, opts)
                     .expect("GPU trainer");
+            if vec4 == Some(true) && !t.vec4() {
+                continue; // its columns are not kept at these lanes (a software adapter's one)
+            }
             if name == "step-noscan" {
                 bench_copies(&mut g, &id, &t);
             }
@@ -247,9 +275,17 @@ fn gpu(c: &mut Criterion) {
         }
         let bsize = batch_size(hardware);
         g.throughput(Throughput::Bytes(2 * bsize as u64 * shape.dim as u64 * 4));
-        // The default, then the random batch with one row block a workgroup.
-        let one_block = batch_trainers(&ctx, shape, bsize, Some(1)).take(1).map(|(_, t)| ("batch-random-1block", t));
-        for (name, mut t) in batch_trainers(&ctx, shape, bsize, None).chain(one_block) {
+        // The default, then the random batch with one row block a workgroup,
+        // and with 16-byte kept columns.
+        let variant = |opts: GpuOptions, name: &'static str| {
+            batch_trainers(&ctx, shape, bsize, opts).take(1).map(move |(_, t)| (name, t))
+        };
+        let one_block = variant(GpuOptions { row_blocks: Some(1), ..GpuOptions::default() }, "batch-random-1block");
+        let vec4 = variant(GpuOptions { vec4: Some(true), ..GpuOptions::default() }, "batch-random-vec4");
+        for (name, mut t) in batch_trainers(&ctx, shape, bsize, GpuOptions::default()).chain(one_block).chain(vec4) {
+            if name.ends_with("vec4") && !t.vec4() {
+                continue;
+            }
             bench_gpu_time(&mut g, format!("{name}-{bsize}/{id}"), &mut t);
         }
     }

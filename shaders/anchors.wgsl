@@ -7,6 +7,7 @@
 // double-buffered guard's choice never goes through the host.
 
 override L: u32 = 1u;   // fused_step.wgsl's lanes per row
+override VEC4: bool = false;   // … and whether they take whole vec4s
 const MAX_L: u32 = 32u;
 
 struct AnchorRows {
@@ -27,8 +28,18 @@ struct AnchorRows {
 
 var<workgroup> wg_lanes: array<vec2<f32>, MAX_L>;
 
-// MAX_L invocations: lane l < L sums columns l, l + L, … in order, as a
-// fused-step lane does, then the lanes fold in row_fold's tree order. (One
+// Column k of p and q: copied to `anchors`, added to `acc`.
+fn take_column(acc: vec2<f32>, k: u32, cur: u32) -> vec2<f32> {
+    let p = select(a_in_a[at.a_at + k], a_in_b[at.a_at + k], cur == 1u);
+    let q = select(b_in_a[at.b_at + k], b_in_b[at.b_at + k], cur == 1u);
+    anchors[k] = p;
+    anchors[D + k] = q;
+    return accumulate_sq(acc, p, p, q);
+}
+
+// MAX_L invocations: lane l < L sums columns l, l + L, … in order (VEC4:
+// 4l … 4l + 3, then 4(l + L) …), as a fused-step lane does, then the
+// lanes fold in row_fold's tree order. (One
 // invocation walking all D columns waited on each load in turn: its
 // stores to `anchors` may alias the table for all the compiler knows.)
 @compute @workgroup_size(32)
@@ -37,13 +48,15 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     // (the kernels that write the table check `halted` themselves).
     let cur = state.cur;
     var acc = vec2<f32>(0.0, 0.0);
-    if (lid < L) {
+    if (lid < L && VEC4) {
+        for (var c4 = lid; c4 < D / 4u; c4 = c4 + L) {
+            for (var c = 0u; c < 4u; c = c + 1u) {
+                acc = take_column(acc, 4u * c4 + c, cur);
+            }
+        }
+    } else if (lid < L) {
         for (var k = lid; k < D; k = k + L) {
-            let p = select(a_in_a[at.a_at + k], a_in_b[at.a_at + k], cur == 1u);
-            let q = select(b_in_a[at.b_at + k], b_in_b[at.b_at + k], cur == 1u);
-            anchors[k] = p;
-            anchors[D + k] = q;
-            acc = accumulate_sq(acc, p, p, q);
+            acc = take_column(acc, k, cur);
         }
     }
     wg_lanes[lid] = acc;

@@ -5,8 +5,9 @@
 //
 // L lanes share a row (L a power of two ≤ WG, chosen by the host: on a GPU
 // about 8 columns a lane, since every lane repeats the row's scalar work):
-// lane l takes columns l, l + L, …, so neighbouring lanes touch
-// neighbouring addresses and every load and store is coalesced. Each lane
+// lane l takes columns l, l + L, … (VEC4: whole vec4s l, l + L, …), so
+// neighbouring lanes touch neighbouring addresses and every load and store
+// is coalesced. Each lane
 // sums (x − p)², (x − q)² over its columns; the row's lanes fold their
 // sums in a fixed tree order (fold_wg.wgsl, or the same bits by subgroup
 // shuffles: fold_sg.wgsl), so the result is deterministic (it differs from
@@ -58,6 +59,13 @@ override DIRECT: bool = false;
 // (resets, the Σ|r| tree, its partial and scan flush) are paid once for
 // them all, and the reduce pass folds BLOCKS times fewer partials.
 override BLOCKS: u32 = 1u;
+// KEEP with D a multiple of 4: a lane's kept columns are whole vec4s (lane
+// l takes vec4s l, l + L, … of the row: columns 4l … 4l + 3, then 4(l + L)
+// …), read and written 16 bytes at a time through the vec4 views of the
+// same buffers (bindings 16–19), as the 16-byte copy that runs at about
+// twice the 4-byte one's bandwidth. A lane sums its columns in that order
+// (anchors.wgsl likewise). Set by the host (`LATENT_LINE_VEC4`).
+override VEC4: bool = false;
 
 @group(0) @binding(0) var<storage, read_write> table_a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> table_b: array<f32>;   // a 16-byte stand-in when single-buffered
@@ -72,6 +80,11 @@ override BLOCKS: u32 = 1u;
 @group(0) @binding(13) var<storage, read> slots: array<vec4<u32>>;      // BATCHED: (row, multiplicity, weight bits, 0)
 @group(0) @binding(14) var<storage, read_write> coef: array<vec4<f32>>; // per slot: (c, 1/d1, 1/d2, poisoned), written by PREP
 @group(0) @binding(15) var<storage, read> agrad: array<f32>;            // attached: g of a (D), then of b (D), from prepare.wgsl
+// VEC4: bindings 0, 1, 11 and 12 again, as vec4s (16-byte stand-ins otherwise).
+@group(0) @binding(16) var<storage, read_write> table_a4: array<vec4<f32>>;
+@group(0) @binding(17) var<storage, read_write> table_b4: array<vec4<f32>>;
+@group(0) @binding(18) var<storage, read_write> vel_a4: array<vec4<f32>>;
+@group(0) @binding(19) var<storage, read_write> vel_b4: array<vec4<f32>>;
 
 var<workgroup> wg_flags: vec2<u32>;   // (state.cur, state.halted), made uniform
 var<workgroup> wg_near: atomic<u32>;
@@ -93,6 +106,46 @@ fn store_x(cur: u32, e: u32, v: f32) {
         table_a[e] = v;
     } else {
         table_b[e] = v;
+    }
+}
+
+// VEC4: vec4 `e4` (elements 4·e4 …) of the same buffers as load_x, store_x,
+// load_v and store_v.
+fn load_x4(cur: u32, e4: u32) -> vec4<f32> {
+    if (cur == 0u) {
+        return table_a4[e4];
+    }
+    return table_b4[e4];
+}
+
+fn store_x4(cur: u32, e4: u32, v: vec4<f32>) {
+    let dst = select(cur, 1u - cur, double_buffered());
+    if (dst == 0u) {
+        table_a4[e4] = v;
+    } else {
+        table_b4[e4] = v;
+    }
+}
+
+fn load_v4(cur: u32, e4: u32) -> vec4<f32> {
+    if (!MOMENTUM) {
+        return vec4<f32>(0.0);
+    }
+    if (cur == 0u) {
+        return vel_a4[e4];
+    }
+    return vel_b4[e4];
+}
+
+fn store_v4(cur: u32, e4: u32, v: vec4<f32>) {
+    if (!MOMENTUM) {
+        return;
+    }
+    let dst = select(cur, 1u - cur, double_buffered());
+    if (dst == 0u) {
+        vel_a4[e4] = v;
+    } else {
+        vel_b4[e4] = v;
     }
 }
 
@@ -209,9 +262,34 @@ fn row_site(slot: u32, first: u32) -> RowSite {
 // so more bytes are in flight per lane. The loops run a constant count
 // (k ≥ D past the row) with constant indices, so a compiler may keep the
 // values in registers; the H200's evidently does not quite (MAX_KEPT).
+// The column of a lane's kept value j (at most MAX_KEPT; ≥ D: none).
+fn kept_col(lane: u32, j: u32) -> u32 {
+    if (VEC4) {
+        return 4u * (lane + (j / 4u) * L) + j % 4u;
+    }
+    return lane + j * L;
+}
+
+// VEC4: the lane's vec4 q (< MAX_KEPT / 4) of a row, the vec4 index of
+// its first column in the row.
+fn kept_vec4(lane: u32, q: u32) -> u32 {
+    return lane + q * L;
+}
+
 fn load_kept(site: RowSite, lane: u32, cur: u32) -> array<f32, MAX_KEPT> {
     var kept: array<f32, MAX_KEPT>;
-    if (KEEP && site.live) {
+    if (KEEP && VEC4 && site.live) {
+        for (var q = 0u; q < MAX_KEPT / 4u; q = q + 1u) {
+            let c4 = kept_vec4(lane, q);
+            if (c4 < D / 4u) {
+                let v = load_x4(cur, site.base / 4u + c4);
+                kept[4u * q] = v.x;
+                kept[4u * q + 1u] = v.y;
+                kept[4u * q + 2u] = v.z;
+                kept[4u * q + 3u] = v.w;
+            }
+        }
+    } else if (KEEP && site.live) {
         for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
             let k = lane + j * L;
             if (k < D) {
@@ -244,7 +322,7 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, lane: u32, 
     if (live) {
         if (KEEP) {
             for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
-                let k = lane + j * L;
+                let k = kept_col(lane, j);
                 if (k < D) {
                     let x = kept[j];
                     part = vec4<f32>(accumulate_sq(part.xy, x, anchors[k], anchors[D + k]),
@@ -345,22 +423,58 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, lane: u32, 
             // value was non-finite; the details are worked out again from
             // the kept values for such a lane alone.
             var any_bad = false;
+            // VEC4: the velocities read, and the new values written, a
+            // vec4 at a time around the loop.
+            var new_x: array<f32, MAX_KEPT>;
+            var new_v: array<f32, MAX_KEPT>;
+            if (VEC4 && MOMENTUM) {
+                for (var q = 0u; q < MAX_KEPT / 4u; q = q + 1u) {
+                    let c4 = kept_vec4(lane, q);
+                    if (c4 < D / 4u) {
+                        let v = load_v4(cur, base / 4u + c4);
+                        kept_v[4u * q] = v.x;
+                        kept_v[4u * q + 1u] = v.y;
+                        kept_v[4u * q + 2u] = v.z;
+                        kept_v[4u * q + 3u] = v.w;
+                    }
+                }
+            }
             for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
-                let k = lane + j * L;
+                let k = kept_col(lane, j);
                 if (k < D) {
                     let x = kept[j];
-                    let v_old = load_v(cur, base + k);
-                    kept_v[j] = v_old;
+                    var v_old = 0.0;
+                    if (VEC4) {
+                        v_old = kept_v[j];
+                    } else {
+                        v_old = load_v(cur, base + k);
+                        kept_v[j] = v_old;
+                    }
                     let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned, anchor);
                     let nv = step_value(x, g, v_old, lr, poisoned);
                     any_bad = any_bad || is_nonfinite(g) || is_nonfinite(nv.x);
-                    store_x(cur, out_base + k, nv.x);
-                    store_v(cur, out_base + k, nv.y);
+                    if (VEC4) {
+                        new_x[j] = nv.x;
+                        new_v[j] = nv.y;
+                    } else {
+                        store_x(cur, out_base + k, nv.x);
+                        store_v(cur, out_base + k, nv.y);
+                    }
+                }
+            }
+            if (VEC4) {
+                for (var q = 0u; q < MAX_KEPT / 4u; q = q + 1u) {
+                    let c4 = kept_vec4(lane, q);
+                    if (c4 < D / 4u) {
+                        let j = 4u * q;
+                        store_x4(cur, out_base / 4u + c4, vec4<f32>(new_x[j], new_x[j + 1u], new_x[j + 2u], new_x[j + 3u]));
+                        store_v4(cur, out_base / 4u + c4, vec4<f32>(new_v[j], new_v[j + 1u], new_v[j + 2u], new_v[j + 3u]));
+                    }
                 }
             }
             if (SCAN && any_bad) {
                 for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
-                    let k = lane + j * L;
+                    let k = kept_col(lane, j);
                     if (k < D) {
                         let g = grad_at(kept[j], k, c, inv_d1, inv_d2, sep, poisoned, anchor);
                         gs = row_scan_add(gs, k, g);
@@ -460,7 +574,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             } else {
                 // The lane that owns the lowest finding kept its bits.
                 let local_row = f / D;
-                let owner = (local_row % block_rows) * L + (f % D) % L;
+                let col = f % D;
+                let owner = (local_row % block_rows) * L + select(col % L, (col / 4u) % L, VEC4);
                 scan_flush(buf, gw, state.stamp, row0, vec3<u32>(row0 + local_row, f % D, sc_bits[buf * MAX_WG + owner]));
             }
         }

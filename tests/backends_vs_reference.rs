@@ -38,11 +38,14 @@ enum Backend {
         max_groups: u32,
     },
     /// GPU fused step with `lanes` lanes per row (default: up to 32), a
-    /// workgroup of `wg`, stepping `blocks` row blocks in turn.
+    /// workgroup of `wg`, stepping `blocks` row blocks in turn; `vec4`:
+    /// kept columns 16 bytes at a time, where they are kept and D is a
+    /// multiple of 4.
     GpuLanes {
         lanes: u32,
         wg: u32,
         blocks: u32,
+        vec4: bool,
     },
     /// GPU with storage bindings capped at `bytes`: a table of many
     /// bindings whose scan records, at 32 lanes a row, would not fit one
@@ -79,16 +82,19 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>) -> Box
             let opts = GpuOptions { max_groups: Some(max_groups), ..GpuOptions::default() };
             Box::new(GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table), opts).unwrap())
         }
-        Backend::GpuLanes { lanes, wg, blocks } => {
+        Backend::GpuLanes { lanes, wg, blocks, vec4 } => {
             let opts = GpuOptions {
                 lanes_per_row: Some(lanes),
                 workgroup: Some(wg),
                 row_blocks: Some(blocks),
                 max_chunk_rows: Some(shape.rows.div_ceil(3)),
+                vec4: Some(vec4),
                 ..GpuOptions::default()
             };
             let t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table), opts).unwrap();
             assert_eq!((t.kernel_shape(), t.row_blocks()), ((wg, lanes), blocks));
+            let d = shape.dim;
+            assert_eq!(t.vec4(), vec4 && d.is_multiple_of(4) && d <= 8 * lanes as usize, "VEC4 taken where it applies");
             Box::new(t)
         }
         Backend::GpuSmallBindings { bytes } => {
@@ -250,8 +256,8 @@ fn gpu_huge_table_layout_takes_fewer_lanes_and_matches_reference() {
 fn gpu_fused_step_matches_reference_with_other_lane_counts() {
     // One lane per row (each lane walks its row), and 8 lanes in a
     // workgroup of 64 (several passes over wide rows, partial last pass).
-    sweep("gpu_one_lane_per_row", |_| Backend::GpuLanes { lanes: 1, wg: 64, blocks: 1 });
-    sweep("gpu_eight_lanes_per_row", |_| Backend::GpuLanes { lanes: 8, wg: 64, blocks: 1 });
+    sweep("gpu_one_lane_per_row", |_| Backend::GpuLanes { lanes: 1, wg: 64, blocks: 1, vec4: false });
+    sweep("gpu_eight_lanes_per_row", |_| Backend::GpuLanes { lanes: 8, wg: 64, blocks: 1, vec4: false });
 }
 
 #[test]
@@ -291,8 +297,42 @@ fn gpu_fused_step_matches_reference_with_row_blocks() {
                     clip_norm: if case % 3 == 2 { 0.05 * LR / lr } else { 0.0 },
                     ..StepConfig::for_rows(rows)
                 };
-                check(Backend::GpuLanes { lanes, wg: 64, blocks }, shape, cfg, seed + case);
+                check(Backend::GpuLanes { lanes, wg: 64, blocks, vec4: false }, shape, cfg, seed + case);
             }
+        }
+    }
+}
+
+#[test]
+fn gpu_fused_step_matches_reference_with_vec4() {
+    // Kept columns read and written 16 bytes at a time: two vec4s a lane
+    // (D = 64 at 8 lanes), one (64 at 16), unevenly spread (12 at 2 lanes:
+    // lane 0 has vec4s 0 and 2, lane 1 only vec4 1), a lane with none (4
+    // at 2), each endpoint mode and the guards, with the separation term,
+    // momentum with decay (the velocity's vec4 view) and clipping in turn.
+    let seed = seed("gpu_vec4");
+    let mut case = 0u64;
+    for (lanes, blocks, dim) in [(8u32, 4u32, 64usize), (16, 2, 64), (2, 1, 12), (2, 2, 4)] {
+        for endpoints in [Endpoints::Frozen, Endpoints::Detached, Endpoints::Attached] {
+            case += 1;
+            let rows = 2500;
+            let shape = Shape::new(rows, dim).unwrap();
+            let lr = LR * rows as f32 * if endpoints == Endpoints::Attached { 0.1 } else { 1.0 };
+            let cfg = StepConfig {
+                anchor_a: rows / 3,
+                anchor_b: 2 * rows / 3,
+                endpoints,
+                reduction: Reduction::Mean,
+                lr,
+                guard: Guard { policy: policy_for(case), snapshot_every: 3, ..Guard::default() },
+                margin: if case.is_multiple_of(2) { 100.0 } else { 0.0 },
+                margin_weight: 0.7 * LR / lr,
+                momentum: if case % 3 == 1 { 0.5 } else { 0.0 },
+                weight_decay: if case % 3 == 1 { 0.1 * LR / lr } else { 0.0 },
+                clip_norm: if case % 3 == 2 { 0.05 * LR / lr } else { 0.0 },
+                ..StepConfig::for_rows(rows)
+            };
+            check(Backend::GpuLanes { lanes, wg: 64, blocks, vec4: true }, shape, cfg, seed + case);
         }
     }
 }
@@ -331,9 +371,12 @@ fn eps_zero_stays_finite_in_safe_mode() {
     let backends = [
         Backend::Cpu,
         Backend::Gpu { path: StepPath::Fused, chunk_rows: None },
-        Backend::GpuLanes { lanes: 8, wg: 64, blocks: 1 },
-        Backend::GpuLanes { lanes: 2, wg: 64, blocks: 1 },
-        Backend::GpuLanes { lanes: 2, wg: 64, blocks: 4 },
+        Backend::GpuLanes { lanes: 8, wg: 64, blocks: 1, vec4: false },
+        Backend::GpuLanes { lanes: 2, wg: 64, blocks: 1, vec4: false },
+        Backend::GpuLanes { lanes: 2, wg: 64, blocks: 4, vec4: false },
+        // 16-byte kept columns: p's and the row's s in their order too.
+        Backend::GpuLanes { lanes: 2, wg: 64, blocks: 1, vec4: true },
+        Backend::GpuLanes { lanes: 1, wg: 64, blocks: 2, vec4: true },
     ];
     for backend in backends {
         let mut t = open(backend, shape, cfg, table.clone());

@@ -31,6 +31,8 @@ enum Backend {
     GpuLanes {
         lanes: u32,
         blocks: u32,
+        /// Kept columns 16 bytes at a time (where D is a multiple of 4).
+        vec4: bool,
     },
 }
 
@@ -42,14 +44,17 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>, batche
             let opts = GpuOptions { max_chunk_rows: chunk_rows, ..GpuOptions::default() };
             Box::new(GpuTrainer::with_batches(gpu(), shape, cfg, source, opts, batches).unwrap())
         }
-        Backend::GpuLanes { lanes, blocks } => {
+        Backend::GpuLanes { lanes, blocks, vec4 } => {
             let opts = GpuOptions {
                 lanes_per_row: Some(lanes),
                 workgroup: Some(64),
                 row_blocks: Some(blocks),
+                vec4: Some(vec4),
                 ..GpuOptions::default()
             };
-            Box::new(GpuTrainer::with_batches(gpu(), shape, cfg, source, opts, batches).unwrap())
+            let t = GpuTrainer::with_batches(gpu(), shape, cfg, source, opts, batches).unwrap();
+            assert_eq!(t.vec4(), vec4 && shape.dim.is_multiple_of(4) && shape.dim <= 8 * lanes as usize);
+            Box::new(t)
         }
     }
 }
@@ -190,7 +195,10 @@ fn gpu_batches_modes_and_sgd_match_the_reference() {
     let seed = seed("gpu_batches");
     sweep(Backend::Gpu { chunk_rows: Some(25) }, Shape::new(60, 5).unwrap(), seed);
     sweep(Backend::Gpu { chunk_rows: None }, Shape::new(37, 33).unwrap(), seed ^ 1);
-    sweep(Backend::GpuLanes { lanes: 4, blocks: 4 }, Shape::new(37, 33).unwrap(), seed ^ 2);
+    sweep(Backend::GpuLanes { lanes: 4, blocks: 4, vec4: false }, Shape::new(37, 33).unwrap(), seed ^ 2);
+    // 16-byte kept columns, the batch's rows read in place (DIRECT) and
+    // written to its buffer by slot.
+    sweep(Backend::GpuLanes { lanes: 4, blocks: 2, vec4: true }, Shape::new(37, 32).unwrap(), seed ^ 3);
 }
 
 /// SPEC §11: the same options twice give bit-identical tables and records,
@@ -305,8 +313,9 @@ fn batch_scans_list_the_lowest_rows_and_element() {
             Backend::Cpu,
             Backend::Gpu { chunk_rows: None },
             Backend::Gpu { chunk_rows: Some(700) },
-            Backend::GpuLanes { lanes: 8, blocks: 1 },
-            Backend::GpuLanes { lanes: 8, blocks: 4 },
+            Backend::GpuLanes { lanes: 8, blocks: 1, vec4: false },
+            Backend::GpuLanes { lanes: 8, blocks: 4, vec4: false },
+            Backend::GpuLanes { lanes: 16, blocks: 2, vec4: true },
         ];
         for backend in backends {
             let ctx = format!("{backend:?} {batches:?} dim {dim}, seed {seed}");

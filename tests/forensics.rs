@@ -109,24 +109,31 @@ fn a_clean_table_scans_clean() {
 /// 8 lanes to a row (so rows up to 64 wide stay in registers: the scans'
 /// rare detail path runs for every fault planted here), each workgroup
 /// stepping one row block, then four in turn (a lane sees four rows: its
-/// findings must stay its lowest row's).
+/// findings must stay its lowest row's); where D is a multiple of 4, also
+/// with the kept columns taken 16 bytes at a time (a column's lane is then
+/// (k / 4) mod 8, not k mod 8).
 fn trainers(shape: Shape, cfg: StepConfig, table: &[f32]) -> Vec<(&'static str, Box<dyn Trainer>)> {
-    let gpu_with = |blocks: u32| {
+    let gpu_with = |blocks: u32, vec4: bool| {
         let opts = GpuOptions {
             max_chunk_rows: Some(shape.rows.div_ceil(4)),
             lanes_per_row: Some(8),
             row_blocks: Some(blocks),
+            vec4: Some(vec4),
             ..GpuOptions::default()
         };
         let t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table.to_vec()), opts).unwrap();
-        assert_eq!(t.row_blocks(), blocks);
+        assert_eq!((t.row_blocks(), t.vec4()), (blocks, vec4));
         Box::new(t) as Box<dyn Trainer>
     };
-    vec![
-        ("cpu", Box::new(CpuTrainer::new(shape, cfg, TableSource::Data(table.to_vec())).unwrap())),
-        ("gpu", gpu_with(1)),
-        ("gpu-4-blocks", gpu_with(4)),
-    ]
+    let mut all = vec![
+        ("cpu", Box::new(CpuTrainer::new(shape, cfg, TableSource::Data(table.to_vec())).unwrap()) as Box<dyn Trainer>),
+        ("gpu", gpu_with(1, false)),
+        ("gpu-4-blocks", gpu_with(4, false)),
+    ];
+    if shape.dim.is_multiple_of(4) {
+        all.push(("gpu-vec4-2-blocks", gpu_with(2, true)));
+    }
+    all
 }
 
 fn same_bits(a: &[f32], b: &[f32]) -> bool {
@@ -394,6 +401,47 @@ fn ignore_writes_the_non_finite_row_and_says_so() {
         assert_eq!(rec.scans.table.rows, vec![bad as u64], "{name}, seed {seed}");
         let s = t.scan_table().unwrap();
         assert_eq!((s.rows.clone(), s.nan), (vec![bad as u64], c.shape.dim as u64), "{name}, seed {seed}");
+    }
+}
+
+/// Values that overflow alone — |x| near f32::MAX under weight decay: the
+/// row's gradient stays finite (1/d = 0), each such new value is ∓∞ — are
+/// reported at the lowest column, with its bits, by every trainer. With
+/// 16-byte kept columns a column's lane is (k / 4) mod L rather than
+/// k mod L, and the flush must read the bits from that lane: the first
+/// column is drawn where the two differ, and the lane its plain mapping
+/// would name holds a later finding of the other sign.
+#[test]
+fn lone_overflows_are_reported_at_the_first_column_with_its_bits() {
+    let seed = seed("lone_overflow");
+    let mut r = rng(seed);
+    let (rows, dim, lanes) = (300usize, 32usize, 8usize);
+    let shape = Shape::new(rows, dim).unwrap();
+    let mut table = random_table(&mut r, rows, dim);
+    let row = r.random_range(10..240);
+    let first = loop {
+        let c = r.random_range(0..dim);
+        if c % lanes != (c / 4) % lanes && 4 * (c % lanes) > c {
+            break c;
+        }
+    };
+    // A column of lane `first % lanes`'s vec4, after `first`.
+    let later = 4 * (first % lanes) + r.random_range(0..4);
+    let big = if r.random_bool(0.5) { 3e38f32 } else { -3e38 };
+    table[row * dim + first] = big;
+    table[row * dim + later] = -big;
+    let guard = Guard { policy: Policy::Ignore, ..Guard::default() };
+    let cfg =
+        StepConfig { anchor_a: 3, anchor_b: 250, lr: 0.05, weight_decay: 30.0, guard, ..StepConfig::for_rows(rows) };
+    let want = BadElement { row: row as u64, col: first as u64, bits: (-big.signum() * f32::INFINITY).to_bits() };
+    let all = trainers(shape, cfg, &table);
+    assert!(all.iter().any(|(name, _)| name.contains("vec4")), "no 16-byte trainer at D = {dim}");
+    for (name, mut t) in all {
+        let rec = t.steps(1).unwrap().remove(0);
+        let ctx = format!("{name}: row {row}, columns {first} and {later}, seed {seed}");
+        assert!(rec.scans.grad.is_clean(), "{ctx}: {:?}", rec.scans.grad);
+        assert_eq!(rec.scans.table.first, Some(want), "{ctx}");
+        assert_eq!((rec.scans.table.rows.clone(), rec.scans.table.nonfinite()), (vec![row as u64], 2), "{ctx}");
     }
 }
 

@@ -7,6 +7,10 @@ use super::context::GpuContext;
 use super::shaders::Kernel;
 use crate::error::{Error, Result};
 
+/// fused_step.wgsl's MAX_KEPT: a lane keeps its row's columns (KEEP) when it
+/// has at most this many (a unit test holds the two equal).
+pub const KEPT_COLUMNS: usize = 8;
+
 pub fn storage(ctx: &GpuContext, label: &str, size: u64, extra: wgpu::BufferUsages) -> wgpu::Buffer {
     ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
@@ -109,6 +113,8 @@ pub struct Constants {
     pub batched: bool,
     /// SPEC §5: global-norm clipping.
     pub clip: bool,
+    /// fused_step.wgsl's VEC4 (where KEEP and D is a multiple of 4).
+    pub vec4: bool,
 }
 
 impl Default for Constants {
@@ -125,6 +131,7 @@ impl Default for Constants {
             momentum: false,
             batched: false,
             clip: false,
+            vec4: false,
         }
     }
 }
@@ -132,6 +139,7 @@ impl Default for Constants {
 impl Constants {
     /// `extra` sets kernel-specific overrides (UPDATE, SCAN_BUFS).
     pub fn pipeline(&self, ctx: &GpuContext, k: &Kernel, entry: &str, extra: &[(&str, f64)]) -> wgpu::ComputePipeline {
+        let keep = self.dim as usize <= KEPT_COLUMNS * self.lanes as usize;
         let base = [
             ("WG", self.wg as f64),
             ("D", self.dim as f64),
@@ -145,7 +153,8 @@ impl Constants {
             ("BATCHED", if self.batched { 1.0 } else { 0.0 }),
             ("CLIP", if self.clip { 1.0 } else { 0.0 }),
             // fused_step.wgsl keeps a lane's columns in registers up to 8.
-            ("KEEP", if self.dim <= 8 * self.lanes { 1.0 } else { 0.0 }),
+            ("KEEP", if keep { 1.0 } else { 0.0 }),
+            ("VEC4", if self.vec4 && keep && self.dim.is_multiple_of(4) { 1.0 } else { 0.0 }),
         ];
         let constants: Vec<(&str, f64)> =
             base.iter().chain(extra).copied().filter(|(name, _)| k.overrides.contains(name)).collect();

@@ -48,13 +48,13 @@ macro_rules! kernel {
 }
 
 pub const INIT: Kernel = kernel!("init", [RNG], ["main"], ["WG", "D"]);
-pub const ANCHORS: Kernel = kernel!("anchors", [], ["main"], ["D", "L"]);
+pub const ANCHORS: Kernel = kernel!("anchors", [], ["main"], ["D", "L", "VEC4"]);
 /// The fused step's overrides, and `$extra`.
 macro_rules! fused_overrides {
     ($($extra:literal),*) => {
         &[
             "WG", "D", "MODE", "NAIVE", "GUARD", "UPDATE", "SCAN", "L", "KEEP", "MOMENTUM", "SCAN_BUFS", "BATCHED",
-            "CLIP", "PREP", "DIRECT", "BLOCKS" $(, $extra)*
+            "CLIP", "PREP", "DIRECT", "BLOCKS", "VEC4" $(, $extra)*
         ]
     };
 }
@@ -198,6 +198,13 @@ mod tests {
         }
         assert_eq!(FUSED_STEP_SG.features(), wgpu::Features::SUBGROUP);
         assert_eq!(FUSED_STEP.features(), wgpu::Features::empty());
+    }
+
+    /// The host decides KEEP (and VEC4) from MAX_KEPT's value.
+    #[test]
+    fn the_hosts_kept_columns_are_the_kernels() {
+        let line = format!("const MAX_KEPT: u32 = {}u;", crate::gpu::pipes::KEPT_COLUMNS);
+        assert!(FUSED_STEP.source.lines().any(|l| l.trim() == line), "fused_step.wgsl lacks `{line}`");
     }
 
     #[test]

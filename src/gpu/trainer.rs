@@ -33,7 +33,7 @@ use bytemuck::{Pod, Zeroable};
 use super::batch::{slot_words, BatchDev, SlotSource};
 use super::context::GpuContext;
 use super::layout::{grid, row_blocks, ChunkLayout, ChunkSpan};
-use super::pipes::{bind, bind_at, finish_map, read_mapped, readback, storage, uniform, Constants};
+use super::pipes::{bind, bind_at, finish_map, read_mapped, readback, storage, uniform, Constants, KEPT_COLUMNS};
 use super::sampler::SampleU;
 use super::scan::{TableScanner, DETAIL_BYTES};
 use super::shaders::{self, Kernel};
@@ -107,6 +107,11 @@ pub struct GpuOptions {
     /// `LATENT_LINE_ROW_BLOCKS` where set, else as many as keep at least
     /// `MIN_GROUPS` workgroups in a pass.
     pub row_blocks: Option<u32>,
+    /// 16-byte loads and stores of a lane's kept columns in the fused step
+    /// (fused_step.wgsl's VEC4), where they are kept (D ≤ 8 × lanes) and D
+    /// is a multiple of 4; elsewhere it has no effect. `None`:
+    /// `LATENT_LINE_VEC4` (`0` or `1`) where set, else off.
+    pub vec4: Option<bool>,
 }
 
 impl Default for GpuOptions {
@@ -121,6 +126,7 @@ impl Default for GpuOptions {
             max_binding_bytes: None,
             subgroups: None,
             row_blocks: None,
+            vec4: None,
         }
     }
 }
@@ -479,6 +485,15 @@ impl GpuTrainer {
             lanes /= 2;
         }
         let blocks = blocks_for(lanes);
+        let vec4_asked = match (opts.vec4, std::env::var("LATENT_LINE_VEC4").as_deref()) {
+            (Some(v), _) => v,
+            (None, Ok("1")) => true,
+            (None, Ok("0") | Err(_)) => false,
+            (None, Ok(v)) => return Err(Error::invalid("LATENT_LINE_VEC4", format!("{v:?}: use 0 (off) or 1 (on)"))),
+        };
+        // Whether the fused step takes its kept columns 16 bytes at a time.
+        let vec4 = vec4_asked && shape.dim.is_multiple_of(4) && shape.dim <= KEPT_COLUMNS * lanes as usize;
+        let opts = GpuOptions { vec4: Some(vec4), ..opts };
         let strikes = if cfg.guard.policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
         let biggest = records(lanes).max(strikes);
         // The batch buffers and the two-read steps' per-slot coefficients
@@ -647,7 +662,8 @@ impl GpuTrainer {
             })
             .collect();
 
-        let consts = Constants { lanes, subgroup, blocks, ..Constants::new(shape, &cfg, wg) };
+        let vec4 = opts.vec4 == Some(true);
+        let consts = Constants { lanes, subgroup, blocks, vec4, ..Constants::new(shape, &cfg, wg) };
         // anchors: rows a and b in both table buffers of their chunks.
         let p = consts.pipeline(&ctx, &shaders::ANCHORS, "main", &[]);
         let (ca, ia) = layout.locate(cfg.anchor_a);
@@ -750,6 +766,11 @@ impl GpuTrainer {
                             (13, &slots),
                             (14, &coef),
                             (15, &agrad),
+                            // VEC4's views of 0, 1, 11, 12.
+                            (16, if vec4 { *a } else { &dummy }),
+                            (17, if vec4 { *b } else { &dummy }),
+                            (18, if vec4 { *va } else { &dummy }),
+                            (19, if vec4 { *vb } else { &dummy }),
                         ],
                     )
                 })
@@ -1201,6 +1222,12 @@ impl GpuTrainer {
     /// Row blocks each workgroup of the fused step works through.
     pub fn row_blocks(&self) -> u32 {
         self.blocks
+    }
+
+    /// Whether the fused step reads and writes its kept columns 16 bytes at
+    /// a time ([`GpuOptions::vec4`], where it applies).
+    pub fn vec4(&self) -> bool {
+        self.opts.vec4 == Some(true)
     }
 
     /// The subgroup size the row fold relies on (fold_sg.wgsl), or `None`
@@ -1776,6 +1803,7 @@ impl Constants {
             momentum: cfg.momentum > 0.0,
             batched: false,
             clip: cfg.clip_norm > 0.0,
+            vec4: false,
         }
     }
 }
@@ -1794,7 +1822,7 @@ impl Trainer for GpuTrainer {
             adapter: format!("{} ({:?})", i.name, i.device_type),
             driver: format!("{:?} {} {}", i.backend, i.driver, i.driver_info).trim().to_string(),
             kernel: format!(
-                "{}workgroups of {}, {}{}{}",
+                "{}workgroups of {}, {}{}{}{}",
                 if self.opts.path == StepPath::Staged { "staged kernels; fused step: " } else { "" },
                 self.wg,
                 match (self.lanes, self.subgroup_fold()) {
@@ -1806,6 +1834,7 @@ impl Trainer for GpuTrainer {
                     1 => String::new(),
                     b => format!(", {b} row blocks a workgroup ({} rows)", self.wg / self.lanes * b),
                 },
+                if self.opts.vec4 == Some(true) { ", 16-byte loads" } else { "" },
                 if self.ctx.loop_bounding { ", loops bounded by wgpu" } else { "" }
             ),
         }
