@@ -1,5 +1,5 @@
 // batch_io.wgsl — SPEC §10's batches, one table chunk per dispatch, one
-// invocation per element of the batch's slots:
+// invocation per element of the batch's slots (VEC4: per vec4):
 //   gather:  rows (and velocity rows) of this chunk → the batch buffer x
 //            (and xv), so the step's passes read a contiguous batch;
 //   scatter: the current batch buffer (state.cur: the guard's choice) →
@@ -20,6 +20,9 @@ override MOMENTUM: bool = false;
 // fused_step.wgsl's DIRECT: the step wrote in place or into x_b; a scatter
 // then copies x_b back only when the guard kept the step (state.cur = 1).
 override DIRECT: bool = false;
+// fused_step.wgsl's VEC4 (D a multiple of 4): one invocation per vec4 of
+// the slots, through the vec4 views of the same buffers (bindings 10–15).
+override VEC4: bool = false;
 
 @group(0) @binding(0) var<storage, read_write> table: array<f32>;
 @group(0) @binding(1) var<storage, read_write> vel: array<f32>;   // 16-byte stand-in without momentum
@@ -31,18 +34,31 @@ override DIRECT: bool = false;
 @group(0) @binding(7) var<uniform> chunk: Chunk;
 @group(0) @binding(8) var<storage, read_write> state: State;
 @group(0) @binding(9) var<uniform> io: BatchIo;
+@group(0) @binding(10) var<storage, read_write> table4: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read_write> vel4: array<vec4<f32>>;
+@group(0) @binding(12) var<storage, read_write> x_a4: array<vec4<f32>>;
+@group(0) @binding(13) var<storage, read_write> x_b4: array<vec4<f32>>;
+@group(0) @binding(14) var<storage, read_write> xv_a4: array<vec4<f32>>;
+@group(0) @binding(15) var<storage, read_write> xv_b4: array<vec4<f32>>;
 
-// The element (slot, column) of invocation e, and where its row lies in
-// this chunk: NONE when the slot is dead or its row is in another chunk.
+// Elements (VEC4: vec4s) of one slot's row.
+fn per_row() -> u32 {
+    return select(D, D / 4u, VEC4);
+}
+
+// The element (slot, column; VEC4: the vec4) of invocation e, and where
+// its row lies in this chunk: DEAD when the slot is dead or its row is in
+// another chunk.
 fn local_at(e: u32) -> u32 {
-    if (e >= io.slots * D) {
+    let n = per_row();
+    if (e >= io.slots * n) {
         return DEAD;
     }
-    let row = slots[e / D].x;
+    let row = slots[e / n].x;
     if (row == DEAD || row < chunk.row_base || row - chunk.row_base >= chunk.rows) {
         return DEAD;
     }
-    return (row - chunk.row_base) * D + e % D;
+    return (row - chunk.row_base) * n + e % n;
 }
 
 @compute @workgroup_size(WG)
@@ -52,6 +68,13 @@ fn gather(@builtin(workgroup_id) wg: vec3<u32>,
     let e = linear_workgroup(wg, nwg) * WG + lid;
     let at = local_at(e);
     if (at == DEAD || state.halted != 0u) {
+        return;
+    }
+    if (VEC4) {
+        x_a4[e] = table4[at];
+        if (MOMENTUM) {
+            xv_a4[e] = vel4[at];
+        }
         return;
     }
     x_a[e] = table[at];
@@ -67,6 +90,20 @@ fn scatter(@builtin(workgroup_id) wg: vec3<u32>,
     let e = linear_workgroup(wg, nwg) * WG + lid;
     let at = local_at(e);
     if (at == DEAD || state.halted != 0u || (DIRECT && state.cur == 0u)) {
+        return;
+    }
+    if (VEC4) {
+        if (state.cur == 0u) {
+            table4[at] = x_a4[e];
+            if (MOMENTUM) {
+                vel4[at] = xv_a4[e];
+            }
+        } else {
+            table4[at] = x_b4[e];
+            if (MOMENTUM) {
+                vel4[at] = xv_b4[e];
+            }
+        }
         return;
     }
     if (state.cur == 0u) {

@@ -31,8 +31,11 @@ enum Backend {
     GpuLanes {
         lanes: u32,
         blocks: u32,
-        /// Kept columns 16 bytes at a time (where D is a multiple of 4).
+        /// Kept columns (and batch_io.wgsl's rows) 16 bytes at a time,
+        /// where D is a multiple of 4.
         vec4: bool,
+        /// Rows per storage binding (several: the batch is gathered).
+        chunk_rows: Option<usize>,
     },
 }
 
@@ -44,12 +47,13 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>, batche
             let opts = GpuOptions { max_chunk_rows: chunk_rows, ..GpuOptions::default() };
             Box::new(GpuTrainer::with_batches(gpu(), shape, cfg, source, opts, batches).unwrap())
         }
-        Backend::GpuLanes { lanes, blocks, vec4 } => {
+        Backend::GpuLanes { lanes, blocks, vec4, chunk_rows } => {
             let opts = GpuOptions {
                 lanes_per_row: Some(lanes),
                 workgroup: Some(64),
                 row_blocks: Some(blocks),
                 vec4: Some(vec4),
+                max_chunk_rows: chunk_rows,
                 ..GpuOptions::default()
             };
             let t = GpuTrainer::with_batches(gpu(), shape, cfg, source, opts, batches).unwrap();
@@ -195,10 +199,17 @@ fn gpu_batches_modes_and_sgd_match_the_reference() {
     let seed = seed("gpu_batches");
     sweep(Backend::Gpu { chunk_rows: Some(25) }, Shape::new(60, 5).unwrap(), seed);
     sweep(Backend::Gpu { chunk_rows: None }, Shape::new(37, 33).unwrap(), seed ^ 1);
-    sweep(Backend::GpuLanes { lanes: 4, blocks: 4, vec4: false }, Shape::new(37, 33).unwrap(), seed ^ 2);
-    // 16-byte kept columns, the batch's rows read in place (DIRECT) and
-    // written to its buffer by slot.
-    sweep(Backend::GpuLanes { lanes: 4, blocks: 2, vec4: true }, Shape::new(37, 32).unwrap(), seed ^ 3);
+    sweep(
+        Backend::GpuLanes { lanes: 4, blocks: 4, vec4: false, chunk_rows: None },
+        Shape::new(37, 33).unwrap(),
+        seed ^ 2,
+    );
+    // 16-byte kept columns and batch rows: read in place (DIRECT), written
+    // to the batch buffer by slot and scattered back; then gathered from
+    // and scattered to four bindings.
+    let vec4 = |chunk_rows| Backend::GpuLanes { lanes: 4, blocks: 2, vec4: true, chunk_rows };
+    sweep(vec4(None), Shape::new(37, 32).unwrap(), seed ^ 3);
+    sweep(vec4(Some(10)), Shape::new(37, 32).unwrap(), seed ^ 4);
 }
 
 /// SPEC §11: the same options twice give bit-identical tables and records,
@@ -313,9 +324,9 @@ fn batch_scans_list_the_lowest_rows_and_element() {
             Backend::Cpu,
             Backend::Gpu { chunk_rows: None },
             Backend::Gpu { chunk_rows: Some(700) },
-            Backend::GpuLanes { lanes: 8, blocks: 1, vec4: false },
-            Backend::GpuLanes { lanes: 8, blocks: 4, vec4: false },
-            Backend::GpuLanes { lanes: 16, blocks: 2, vec4: true },
+            Backend::GpuLanes { lanes: 8, blocks: 1, vec4: false, chunk_rows: None },
+            Backend::GpuLanes { lanes: 8, blocks: 4, vec4: false, chunk_rows: None },
+            Backend::GpuLanes { lanes: 16, blocks: 2, vec4: true, chunk_rows: Some(700) },
         ];
         for backend in backends {
             let ctx = format!("{backend:?} {batches:?} dim {dim}, seed {seed}");

@@ -918,10 +918,18 @@ impl GpuTrainer {
                             (7, &c.uniform),
                             (8, &state),
                             (9, &io_u),
+                            // VEC4's views of 0–5.
+                            (10, if vec4 { &c.a } else { &dummy }),
+                            (11, if vec4 { vel_a(c, &dummy) } else { &dummy }),
+                            (12, if vec4 { xa } else { &dummy }),
+                            (13, if vec4 { xb.as_ref().unwrap_or(&dummy) } else { &dummy }),
+                            (14, if vec4 { xva.as_ref().unwrap_or(&dummy) } else { &dummy }),
+                            (15, if vec4 { xvb.as_ref().unwrap_or(&dummy) } else { &dummy }),
                         ];
                         // gather fills buffer A only.
+                        let b_only = [3, 5, 13, 15];
                         let used: Vec<(u32, &wgpu::Buffer)> =
-                            all.into_iter().filter(|(i, _)| entry == "scatter" || (*i != 3 && *i != 5)).collect();
+                            all.into_iter().filter(|(i, _)| entry == "scatter" || !b_only.contains(i)).collect();
                         bind_at(&ctx, &p, &used)
                     })
                     .collect();
@@ -1363,7 +1371,9 @@ impl GpuTrainer {
         let wg = self.wg as u64;
         let elements = |c: &GpuChunk| (c.span.rows as u64 * d).div_ceil(wg) as u32;
         let rows = |c: &GpuChunk| c.row_groups;
-        let slot_elements = |b: &BatchDev| (b.cap as u64 * d).div_ceil(wg) as u32;
+        // batch_io.wgsl's invocations: one per element of the slots (VEC4: per vec4).
+        let per_invocation = if self.vec4() { 4 } else { 1 };
+        let slot_elements = |b: &BatchDev| (b.cap as u64 * d / per_invocation).div_ceil(wg) as u32;
         // The fused kernel's passes, over the batch's slots or the chunks.
         let fused = |pass: &mut wgpu::ComputePass, p: &Pass| match batch {
             Some(b) => once(pass, p, b.groups),
