@@ -64,7 +64,8 @@ override BLOCKS: u32 = 1u;
 // …), read and written 16 bytes at a time through the vec4 views of the
 // same buffers (bindings 16–19), as the 16-byte copy that runs at about
 // twice the 4-byte one's bandwidth. A lane sums its columns in that order
-// (anchors.wgsl likewise). Set by the host (`LATENT_LINE_VEC4`).
+// (anchors.wgsl likewise), and holds p and q of its columns from the start
+// (`kept_p`, `kept_q`). Set by the host (`LATENT_LINE_VEC4`).
 override VEC4: bool = false;
 
 @group(0) @binding(0) var<storage, read_write> table_a: array<f32>;
@@ -87,6 +88,10 @@ override VEC4: bool = false;
 @group(0) @binding(19) var<storage, read_write> vel_b4: array<vec4<f32>>;
 
 var<workgroup> wg_flags: vec2<u32>;   // (state.cur, state.halted), made uniform
+// VEC4: p and q of the lane's kept columns, read once a workgroup (every
+// row of the lane has the same columns) instead of at every use.
+var<private> kept_p: array<f32, MAX_KEPT>;
+var<private> kept_q: array<f32, MAX_KEPT>;
 var<workgroup> wg_near: atomic<u32>;
 
 // row_fold (the L lanes of a row add their sums, in a fixed order) comes
@@ -177,8 +182,11 @@ fn store_v(cur: u32, e: u32, v: f32) {
 // `anchor`: 0 for a row, 1 for anchor a, 2 for b — whose gradient, when
 // attached, prepare.wgsl has made whole. CLIP scales by the step's factor.
 fn grad_at(x: f32, k: u32, c: f32, inv_d1: f32, inv_d2: f32, sep: f32, poisoned: bool, anchor: u32) -> f32 {
-    let p = anchors[k];
-    let q = anchors[D + k];
+    return grad_pq(x, k, anchors[k], anchors[D + k], c, inv_d1, inv_d2, sep, poisoned, anchor);
+}
+
+// grad_at with p and q of column k given (a lane's kept ones).
+fn grad_pq(x: f32, k: u32, p: f32, q: f32, c: f32, inv_d1: f32, inv_d2: f32, sep: f32, poisoned: bool, anchor: u32) -> f32 {
     var g = select(row_grad(x, p, q, c, inv_d1, inv_d2) + sep * (p - q), nan(), poisoned);
     if (MODE == MODE_ATTACHED && anchor != 0u) {
         g = agrad[(anchor - 1u) * D + k];
@@ -276,6 +284,14 @@ fn kept_vec4(lane: u32, q: u32) -> u32 {
     return lane + q * L;
 }
 
+// p and q of the lane's kept value j (column k).
+fn kept_pq(j: u32, k: u32) -> vec2<f32> {
+    if (VEC4) {
+        return vec2<f32>(kept_p[j], kept_q[j]);
+    }
+    return vec2<f32>(anchors[k], anchors[D + k]);
+}
+
 fn load_kept(site: RowSite, lane: u32, cur: u32) -> array<f32, MAX_KEPT> {
     var kept: array<f32, MAX_KEPT>;
     if (KEEP && VEC4 && site.live) {
@@ -325,7 +341,8 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, lane: u32, 
                 let k = kept_col(lane, j);
                 if (k < D) {
                     let x = kept[j];
-                    part = vec4<f32>(accumulate_sq(part.xy, x, anchors[k], anchors[D + k]),
+                    let pq = kept_pq(j, k);
+                    part = vec4<f32>(accumulate_sq(part.xy, x, pq.x, pq.y),
                                      part.z + select(0.0, 1.0, is_nonfinite(x)), 0.0);
                 }
             }
@@ -450,7 +467,8 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, lane: u32, 
                         v_old = load_v(cur, base + k);
                         kept_v[j] = v_old;
                     }
-                    let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned, anchor);
+                    let pq = kept_pq(j, k);
+                    let g = grad_pq(x, k, pq.x, pq.y, c, inv_d1, inv_d2, sep, poisoned, anchor);
                     let nv = step_value(x, g, v_old, lr, poisoned);
                     any_bad = any_bad || is_nonfinite(g) || is_nonfinite(nv.x);
                     if (VEC4) {
@@ -476,7 +494,8 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, lane: u32, 
                 for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
                     let k = kept_col(lane, j);
                     if (k < D) {
-                        let g = grad_at(kept[j], k, c, inv_d1, inv_d2, sep, poisoned, anchor);
+                        let pq = kept_pq(j, k);
+                        let g = grad_pq(kept[j], k, pq.x, pq.y, c, inv_d1, inv_d2, sep, poisoned, anchor);
                         gs = row_scan_add(gs, k, g);
                         ts = row_scan_add(ts, k, step_value(kept[j], g, kept_v[j], lr, poisoned).x);
                     }
@@ -533,6 +552,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     var max_r = 0.0;
     var norm2 = 0.0;
     let first = w * wg_rows;
+    if (VEC4) {
+        for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
+            let k = kept_col(lane, j);
+            if (k < D) {
+                kept_p[j] = anchors[k];
+                kept_q[j] = anchors[D + k];
+            }
+        }
+    }
     var site = row_site(lid / L, first);
     var kept = load_kept(site, lane, cur);
     for (var blk = 0u; blk < BLOCKS; blk = blk + 1u) {

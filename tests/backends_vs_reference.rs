@@ -260,6 +260,28 @@ fn gpu_fused_step_matches_reference_with_other_lane_counts() {
     sweep("gpu_eight_lanes_per_row", |_| Backend::GpuLanes { lanes: 8, wg: 64, blocks: 1, vec4: false });
 }
 
+/// Case `case` of the kernel-shape tests: every guard in turn, and (as in
+/// `sweep`) the separation term, momentum with decay, and clipping (the
+/// two-read path) in turn; attached anchors take a tenth of the step, which
+/// keeps them well-conditioned.
+fn shape_case(rows: usize, endpoints: Endpoints, case: u64) -> StepConfig {
+    let lr = LR * rows as f32 * if endpoints == Endpoints::Attached { 0.1 } else { 1.0 };
+    StepConfig {
+        anchor_a: rows / 3,
+        anchor_b: 2 * rows / 3,
+        endpoints,
+        reduction: Reduction::Mean,
+        lr,
+        guard: Guard { policy: policy_for(case), snapshot_every: 3, ..Guard::default() },
+        margin: if case.is_multiple_of(2) { 100.0 } else { 0.0 },
+        margin_weight: 0.7 * LR / lr,
+        momentum: if case % 3 == 1 { 0.5 } else { 0.0 },
+        weight_decay: if case % 3 == 1 { 0.1 * LR / lr } else { 0.0 },
+        clip_norm: if case % 3 == 2 { 0.05 * LR / lr } else { 0.0 },
+        ..StepConfig::for_rows(rows)
+    }
+}
+
 #[test]
 fn gpu_fused_step_matches_reference_with_row_blocks() {
     // Workgroups stepping several row blocks in turn (reading the next
@@ -277,26 +299,7 @@ fn gpu_fused_step_matches_reference_with_row_blocks() {
                 case += 1;
                 let rows = 2500;
                 let shape = Shape::new(rows, dim).unwrap();
-                let reduction = Reduction::Mean;
-                // Attached: a tenth of the step keeps the anchors well-conditioned (as in `sweep`).
-                let lr = LR * rows as f32 * if endpoints == Endpoints::Attached { 0.1 } else { 1.0 };
-                let guard = Guard { policy: policy_for(case), snapshot_every: 3, ..Guard::default() };
-                // As in `sweep`: the separation term, momentum with decay,
-                // and clipping (the two-read path) in turn.
-                let cfg = StepConfig {
-                    anchor_a: rows / 3,
-                    anchor_b: 2 * rows / 3,
-                    endpoints,
-                    reduction,
-                    lr,
-                    guard,
-                    margin: if case.is_multiple_of(2) { 100.0 } else { 0.0 },
-                    margin_weight: 0.7 * LR / lr,
-                    momentum: if case % 3 == 1 { 0.5 } else { 0.0 },
-                    weight_decay: if case % 3 == 1 { 0.1 * LR / lr } else { 0.0 },
-                    clip_norm: if case % 3 == 2 { 0.05 * LR / lr } else { 0.0 },
-                    ..StepConfig::for_rows(rows)
-                };
+                let cfg = shape_case(rows, endpoints, case);
                 check(Backend::GpuLanes { lanes, wg: 64, blocks, vec4: false }, shape, cfg, seed + case);
             }
         }
@@ -317,21 +320,7 @@ fn gpu_fused_step_matches_reference_with_vec4() {
             case += 1;
             let rows = 2500;
             let shape = Shape::new(rows, dim).unwrap();
-            let lr = LR * rows as f32 * if endpoints == Endpoints::Attached { 0.1 } else { 1.0 };
-            let cfg = StepConfig {
-                anchor_a: rows / 3,
-                anchor_b: 2 * rows / 3,
-                endpoints,
-                reduction: Reduction::Mean,
-                lr,
-                guard: Guard { policy: policy_for(case), snapshot_every: 3, ..Guard::default() },
-                margin: if case.is_multiple_of(2) { 100.0 } else { 0.0 },
-                margin_weight: 0.7 * LR / lr,
-                momentum: if case % 3 == 1 { 0.5 } else { 0.0 },
-                weight_decay: if case % 3 == 1 { 0.1 * LR / lr } else { 0.0 },
-                clip_norm: if case % 3 == 2 { 0.05 * LR / lr } else { 0.0 },
-                ..StepConfig::for_rows(rows)
-            };
+            let cfg = shape_case(rows, endpoints, case);
             check(Backend::GpuLanes { lanes, wg: 64, blocks, vec4: true }, shape, cfg, seed + case);
         }
     }
