@@ -278,6 +278,16 @@ fn kept_col(lane: u32, j: u32) -> u32 {
     return lane + j * L;
 }
 
+// The lane whose scans saw column `col` of its row: the kept vec4s' lane
+// where the update works on them (VEC4, except skip-row, whose two passes
+// go over the columns one lane apart, as do the loss and the others).
+fn owner_lane(col: u32) -> u32 {
+    if (VEC4 && GUARD != GUARD_SKIP_ROW) {
+        return (col / 4u) % L;
+    }
+    return col % L;
+}
+
 // VEC4: the lane's vec4 q (< MAX_KEPT / 4) of a row, the vec4 index of
 // its first column in the row.
 fn kept_vec4(lane: u32, q: u32) -> u32 {
@@ -602,8 +612,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             } else {
                 // The lane that owns the lowest finding kept its bits.
                 let local_row = f / D;
-                let col = f % D;
-                let owner = (local_row % block_rows) * L + select(col % L, (col / 4u) % L, VEC4);
+                let owner = (local_row % block_rows) * L + owner_lane(f % D);
                 scan_flush(buf, gw, state.stamp, row0, vec3<u32>(row0 + local_row, f % D, sc_bits[buf * MAX_WG + owner]));
             }
         }

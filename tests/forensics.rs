@@ -408,9 +408,11 @@ fn ignore_writes_the_non_finite_row_and_says_so() {
 /// row's gradient stays finite (1/d = 0), each such new value is ∓∞ — are
 /// reported at the lowest column, with its bits, by every trainer. With
 /// 16-byte kept columns a column's lane is (k / 4) mod L rather than
-/// k mod L, and the flush must read the bits from that lane: the first
-/// column is drawn where the two differ, and the lane its plain mapping
-/// would name holds a later finding of the other sign.
+/// k mod L (except under skip-row, which goes over the columns one lane
+/// apart), and the flush must read the bits from the lane that saw the
+/// column: the first column is drawn where the two mappings differ, and
+/// the lane each would wrongly name holds a later finding of the other
+/// sign.
 #[test]
 fn lone_overflows_are_reported_at_the_first_column_with_its_bits() {
     let seed = seed("lone_overflow");
@@ -425,23 +427,40 @@ fn lone_overflows_are_reported_at_the_first_column_with_its_bits() {
             break c;
         }
     };
-    // A column of lane `first % lanes`'s vec4, after `first`.
+    // A column of lane `first % lanes`'s vec4, after `first`; and one
+    // after it that lane `(first / 4) % lanes` takes one column at a time.
     let later = 4 * (first % lanes) + r.random_range(0..4);
+    let third = (first + 1..dim).find(|c| c % lanes == (first / 4) % lanes).expect("first ≤ 23");
     let big = if r.random_bool(0.5) { 3e38f32 } else { -3e38 };
     table[row * dim + first] = big;
     table[row * dim + later] = -big;
-    let guard = Guard { policy: Policy::Ignore, ..Guard::default() };
-    let cfg =
-        StepConfig { anchor_a: 3, anchor_b: 250, lr: 0.05, weight_decay: 30.0, guard, ..StepConfig::for_rows(rows) };
+    table[row * dim + third] = -big;
+    let planted = if later == third { 2 } else { 3 };
     let want = BadElement { row: row as u64, col: first as u64, bits: (-big.signum() * f32::INFINITY).to_bits() };
-    let all = trainers(shape, cfg, &table);
-    assert!(all.iter().any(|(name, _)| name.contains("vec4")), "no 16-byte trainer at D = {dim}");
-    for (name, mut t) in all {
-        let rec = t.steps(1).unwrap().remove(0);
-        let ctx = format!("{name}: row {row}, columns {first} and {later}, seed {seed}");
-        assert!(rec.scans.grad.is_clean(), "{ctx}: {:?}", rec.scans.grad);
-        assert_eq!(rec.scans.table.first, Some(want), "{ctx}");
-        assert_eq!((rec.scans.table.rows.clone(), rec.scans.table.nonfinite()), (vec![row as u64], 2), "{ctx}");
+    // In place, into the other buffer, and skip-row's own two passes.
+    for policy in [Policy::Ignore, Policy::SkipStep, Policy::SkipRow] {
+        let guard = Guard { policy, ..Guard::default() };
+        let cfg = StepConfig {
+            anchor_a: 3,
+            anchor_b: 250,
+            lr: 0.05,
+            weight_decay: 30.0,
+            guard,
+            ..StepConfig::for_rows(rows)
+        };
+        let all = trainers(shape, cfg, &table);
+        assert!(all.iter().any(|(name, _)| name.contains("vec4")), "no 16-byte trainer at D = {dim}");
+        for (name, mut t) in all {
+            let rec = t.steps(1).unwrap().remove(0);
+            let ctx = format!("{name} {policy:?}: row {row}, columns {first}, {later}, {third}, seed {seed}");
+            assert!(rec.scans.grad.is_clean(), "{ctx}: {:?}", rec.scans.grad);
+            assert_eq!(rec.scans.table.first, Some(want), "{ctx}");
+            assert_eq!(
+                (rec.scans.table.rows.clone(), rec.scans.table.nonfinite()),
+                (vec![row as u64], planted),
+                "{ctx}"
+            );
+        }
     }
 }
 

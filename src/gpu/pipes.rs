@@ -113,7 +113,8 @@ pub struct Constants {
     pub batched: bool,
     /// SPEC §5: global-norm clipping.
     pub clip: bool,
-    /// fused_step.wgsl's VEC4 (where KEEP and D is a multiple of 4).
+    /// fused_step.wgsl's and batch_io.wgsl's VEC4 (where KEEP and D is a
+    /// multiple of 4).
     pub vec4: bool,
 }
 

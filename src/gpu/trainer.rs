@@ -107,10 +107,12 @@ pub struct GpuOptions {
     /// `LATENT_LINE_ROW_BLOCKS` where set, else as many as keep at least
     /// `MIN_GROUPS` workgroups in a pass.
     pub row_blocks: Option<u32>,
-    /// 16-byte loads and stores of a lane's kept columns in the fused step
-    /// (fused_step.wgsl's VEC4), where they are kept (D ≤ 8 × lanes) and D
-    /// is a multiple of 4; elsewhere it has no effect. `None`:
-    /// `LATENT_LINE_VEC4` (`0` or `1`) where set, else off.
+    /// 16-byte loads and stores of a lane's kept columns in the fused step,
+    /// with p and q of them held from the start (fused_step.wgsl's VEC4),
+    /// and of a batch's rows in batch_io.wgsl, where the columns are kept
+    /// (D ≤ 8 × lanes) and D is a multiple of 4; elsewhere it has no
+    /// effect. `None`: `LATENT_LINE_VEC4` (`0` or `1`) where set, else off
+    /// (until a GPU has timed it).
     pub vec4: Option<bool>,
 }
 
