@@ -18,19 +18,20 @@ fn run(
     cfg: StepConfig,
     table: &[f32],
     batches: &Batches,
-    lanes: u32,
+    (lanes, vec4): (u32, bool),
     subgroups: bool,
 ) -> (Vec<u32>, Vec<Record>) {
     let opts = GpuOptions {
         lanes_per_row: Some(lanes),
         workgroup: Some(64),
         subgroups: Some(subgroups),
+        vec4: Some(vec4),
         ..GpuOptions::default()
     };
     let mut t = GpuTrainer::with_batches(gpu(), shape, cfg, TableSource::Data(table.to_vec()), opts, batches.clone())
         .unwrap_or_else(|e| panic!("subgroups {subgroups}: {e}"));
     assert_eq!(t.subgroup_fold().is_some(), subgroups, "the fold asked for is the fold built");
-    assert_eq!(t.kernel_shape().1, lanes);
+    assert_eq!((t.kernel_shape().1, t.vec4()), (lanes, vec4));
     let recs = t.steps(4).unwrap();
     (t.read_table().unwrap().iter().map(|x| x.to_bits()).collect(), recs)
 }
@@ -39,7 +40,16 @@ fn run(
 fn the_subgroup_fold_gives_the_portable_folds_bits() {
     let seed = seed("subgroup_fold");
     let mut case = 0u64;
-    for (dim, lanes) in [(3usize, 4u32), (8, 8), (20, 16), (64, 32), (300, 32)] {
+    // (D, lanes, 16-byte kept columns: their own summation order)
+    for (dim, lanes, vec4) in [
+        (3usize, 4u32, false),
+        (8, 8, false),
+        (20, 16, false),
+        (64, 32, false),
+        (300, 32, false),
+        (64, 8, true),
+        (32, 16, true),
+    ] {
         let shape = Shape::new(400, dim).unwrap();
         let table = spaced_table(seed ^ dim as u64, shape, 5, 390, 0.3);
         for (batches, endpoints, policy, clip) in [
@@ -59,9 +69,11 @@ fn the_subgroup_fold_gives_the_portable_folds_bits() {
                 guard: Guard { policy, snapshot_every: 2, ..Guard::default() },
                 ..StepConfig::for_rows(400)
             };
-            let ctx = format!("D {dim}, L {lanes}, {batches:?}, {endpoints:?}, {policy:?}, clip {clip}, seed {seed}");
-            let (t_sg, r_sg) = run(shape, cfg, &table, &batches, lanes, true);
-            let (t_wg, r_wg) = run(shape, cfg, &table, &batches, lanes, false);
+            let ctx = format!(
+                "D {dim}, L {lanes}, vec4 {vec4}, {batches:?}, {endpoints:?}, {policy:?}, clip {clip}, seed {seed}"
+            );
+            let (t_sg, r_sg) = run(shape, cfg, &table, &batches, (lanes, vec4), true);
+            let (t_wg, r_wg) = run(shape, cfg, &table, &batches, (lanes, vec4), false);
             assert!(t_sg == t_wg, "{ctx}: tables differ");
             assert_eq!(r_sg, r_wg, "{ctx}: records differ");
             assert!(t_sg != table.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "{ctx}: nothing trained");
