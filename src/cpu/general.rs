@@ -273,6 +273,11 @@ impl CpuTrainer {
                 let mut out = BlockOut::default();
                 let mut gtmp = vec![0.0f32; d];
                 for (j, ((&(row, _), k0), kp)) in slots.iter().zip(coefs).zip(keeps.iter_mut()).enumerate() {
+                    // As in read A: the rows are scattered, and read A's
+                    // have left the cache by now in a large batch.
+                    if let Some(&(ahead, _)) = slots.get(j + PREFETCH_AHEAD) {
+                        prefetch(row_of(ahead as usize));
+                    }
                     if !k0.writes {
                         continue;
                     }
