@@ -498,8 +498,31 @@ fn fold(mut acc: BlockOut, o: BlockOut) -> BlockOut {
 fn alloc(shape: Shape, n: usize) -> Result<Vec<f32>> {
     let mut v = Vec::new();
     v.try_reserve_exact(n).map_err(|_| shape.too_large("host memory allocation failed"))?;
+    huge_pages(&v); // before the first touch, which maps the pages
     v.resize(n, 0.0f32);
     Ok(v)
+}
+
+/// Asks Linux to back a large buffer with 2 MiB pages (transparent huge
+/// pages, where they are enabled for `madvise`): a batch's rows are
+/// scattered over the table, and with 4 KiB pages nearly every row is a
+/// TLB miss as well as a cache miss. Advice only: no result depends on it.
+fn huge_pages(v: &Vec<f32>) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let (at, bytes) = (v.as_ptr() as usize, v.capacity() * std::mem::size_of::<f32>());
+        if bytes < 4 << 20 {
+            return;
+        }
+        let start = at.next_multiple_of(PAGE);
+        let end = (at + bytes) / PAGE * PAGE;
+        // SAFETY: advice on whole pages inside our own allocation; it
+        // changes no contents and no mapping the allocator relies on.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = v;
 }
 
 impl CpuTrainer {
