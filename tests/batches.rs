@@ -371,3 +371,44 @@ fn batch_scans_list_the_lowest_rows_and_element() {
         }
     }
 }
+
+/// A clean row whose gradient is not finite — an anchor's separation term
+/// overflowing (margin weight near f32::MAX over a small d0) — is reported
+/// by the gradient scan of a batch step, as well as by the rows' scan, and
+/// the same way on both backends (the CPU notes it in the column loop).
+#[test]
+fn a_clean_rows_non_finite_gradient_is_reported_in_a_batch() {
+    let seed = seed("batch_grad_overflow");
+    let mut r = rng(seed);
+    let (rows, dim, a, b) = (500usize, 8usize, 3usize, 400usize);
+    let shape = Shape::new(rows, dim).unwrap();
+    let mut table = random_table(&mut r, rows, dim);
+    // q a small step from p: d0 ≈ 0.03, so 3e38 / d0 overflows.
+    for k in 0..dim {
+        table[b * dim + k] = table[a * dim + k] + 0.01;
+    }
+    let cfg = StepConfig {
+        anchor_a: a,
+        anchor_b: b,
+        lr: 0.01,
+        endpoints: Endpoints::Detached,
+        margin: 1e30,
+        margin_weight: 3e38,
+        guard: Guard { policy: Policy::Ignore, ..Guard::default() },
+        ..StepConfig::for_rows(rows)
+    };
+    let user: Vec<i64> = (0..60).map(|_| r.random_range(0..rows as i64)).chain([a as i64, b as i64]).collect();
+    // A batch, and the full table (the CPU's full-table pass).
+    for batches in [Batches::Indices(IndexBatches::new(vec![user], rows).unwrap()), Batches::Full] {
+        let mut seen = Vec::new();
+        for backend in [Backend::Cpu, Backend::Gpu { chunk_rows: None }] {
+            let mut t = open(backend, shape, cfg, table.clone(), batches.clone());
+            let rec = t.steps(1).unwrap().remove(0);
+            let ctx = format!("{backend:?}, {batches:?}, seed {seed}");
+            assert_eq!(rec.scans.grad.rows, vec![a as u64, b as u64], "{ctx}: gradient scan {:?}", rec.scans.grad);
+            assert_eq!(rec.scans.table.rows, vec![a as u64, b as u64], "{ctx}: rows' scan {:?}", rec.scans.table);
+            seen.push((rec.scans.grad.first, rec.scans.grad.nonfinite()));
+        }
+        assert_eq!(seen[0], seen[1], "CPU and GPU differ, {batches:?}, seed {seed}");
+    }
+}

@@ -293,6 +293,10 @@ impl CpuTrainer {
                         s if attached && s == plan.slot_b => Some(&gb),
                         _ => None,
                     };
+                    // (Whether any value is non-finite, noted in the same
+                    // branch-free loops: a separate `any` stops at each
+                    // element and does not vectorise.)
+                    let mut grad_bad = false;
                     match whole {
                         Some(g) => gtmp.iter_mut().zip(g.iter()).for_each(|(t, &g)| *t = g * scale),
                         None if k0.poisoned => gtmp.fill(f32::NAN),
@@ -300,9 +304,14 @@ impl CpuTrainer {
                             // Branch-free over the columns, so that they vectorise.
                             for (((t, &xk), &pk), &qk) in gtmp.iter_mut().zip(x).zip(p).zip(q) {
                                 *t = (k0.c * ((xk - pk) * k0.inv_d1 + (xk - qk) * k0.inv_d2) + sep * (pk - qk)) * scale;
+                                grad_bad |= nonfinite(*t);
                             }
                         }
                     }
+                    if whole.is_some() || k0.poisoned {
+                        grad_bad = gtmp.iter().any(|&v| nonfinite(v));
+                    }
+                    let mut new_bad = false;
                     // SPEC §5: v = μ·v_old + (g + wd·x), x ← x − lr·v.
                     let y = &mut xs[j * d..][..d];
                     if momentum {
@@ -313,17 +322,17 @@ impl CpuTrainer {
                         {
                             *v = mu * o + (gk + wd * xk);
                             *t = xk - lr * *v;
+                            new_bad |= nonfinite(*t);
                         }
                     } else {
                         for ((t, &xk), &gk) in y.iter_mut().zip(x).zip(gtmp.iter()) {
                             *t = xk - lr * (gk + wd * xk);
+                            new_bad |= nonfinite(*t);
                         }
                     }
-                    let grad_bad = gtmp.iter().any(|&v| nonfinite(v));
                     if grad_bad {
                         out.scans.grad.note_row(row as u64, gtmp.iter().copied());
                     }
-                    let new_bad = y.iter().any(|&v| nonfinite(v));
                     if new_bad {
                         out.scans.table.note_row(row as u64, y.iter().copied());
                     }
