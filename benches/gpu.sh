@@ -72,7 +72,7 @@ if [ "$MODE" = sweep ]; then
     # _ROW_BLOCKS, _WORKGROUP) by --profile's per-kernel GPU time, full-table
     # and batch steps, after the tests that check the row blocks on this GPU.
     for t in ${SWEEP_TESTS-forensics subgroups}; do timeout 120 "$B/$t" --test-threads 4 2>&1 | grep -E "test result|panicked|seed" | tail -3; done
-    timeout 120 "$B/backends_vs_reference" row_blocks 2>&1 | grep -E "test result|panicked|seed" | tail -3
+    timeout 120 "$B/backends_vs_reference" row_blocks vec4 2>&1 | grep -E "test result|panicked|seed" | tail -3
     # wgpu's loop counters against none (the default since they were found),
     # then 16-byte kept columns (8 lanes: two vec4s a lane; 16: one).
     for lb in 1 0; do LB=$lb prof "" ""; LB=$lb prof 4 ""; LB=$lb prof "" "" "--batch $BATCH"; done
@@ -94,8 +94,8 @@ run_tests() {
     done
 }
 run_tests naive forensics
-echo "-- backends_vs_reference row_blocks"
-timeout 120 "$B/backends_vs_reference" row_blocks 2>&1 | grep -E "test result|panicked|seed" | tail -5
+echo "-- backends_vs_reference row_blocks vec4"
+timeout 120 "$B/backends_vs_reference" row_blocks vec4 2>&1 | grep -E "test result|panicked|seed" | tail -5
 
 echo "== main job: latent-line --rows $R (wall time, start-up included)"
 s=$(date +%s.%N)
