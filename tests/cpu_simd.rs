@@ -9,7 +9,7 @@ mod common;
 
 use common::*;
 use latent_line::cpu::{CpuTrainer, Simd};
-use latent_line::{Endpoints, Guard, Policy, Record, Shape, StepConfig, TableSource, Trainer};
+use latent_line::{Batches, Endpoints, Guard, Policy, Record, Shape, StepConfig, TableSource, Trainer};
 
 fn run(shape: Shape, cfg: StepConfig, table: &[f32], simd: Simd) -> (Vec<u32>, Vec<Record>) {
     let mut t = CpuTrainer::new(shape, cfg, TableSource::Data(table.to_vec())).unwrap();
@@ -56,6 +56,64 @@ fn every_simd_build_gives_the_baseline_bits() {
                 let ctx = format!("{simd:?} D {dim} {policy:?} μ {momentum} wd {wd} margin {margin}, seed {seed}");
                 assert!(got.0 == want.0, "{ctx}: tables differ");
                 assert_eq!(got.1, want.1, "{ctx}: records differ");
+            }
+        }
+    }
+}
+
+/// The general step (batches; attached anchors and clipping on the full
+/// table) runs its read B in the same builds: the same bits too, with
+/// momentum, decay, the margin, and rows with non-finite values.
+#[test]
+fn every_simd_build_gives_the_baseline_bits_in_the_general_step() {
+    let seed = seed("cpu_simd_general");
+    let builds = Simd::available();
+    eprintln!("builds compared: {builds:?}");
+    let mut r = rng(seed);
+    for dim in [7usize, 64] {
+        let shape = Shape::new(5000, dim).unwrap();
+        let clean = spaced_table(seed ^ dim as u64, shape, 3, 4000, 0.3);
+        // A few non-finite values (not in the anchors' rows), in the batch
+        // cases: a full table holding them would skip or undo every step.
+        let mut dirty = clean.clone();
+        for row in [10usize, 777, 4999] {
+            use rand::Rng;
+            dirty[row * dim + r.random_range(0..dim)] = [f32::NAN, f32::INFINITY][row % 2];
+        }
+        for (batches, endpoints, clip, policy, table) in [
+            (Batches::Random { size: 1500, seed }, Endpoints::Detached, 0.0, Policy::SkipRow, &dirty),
+            (Batches::Random { size: 1500, seed }, Endpoints::Attached, 0.5, Policy::SkipStep, &dirty),
+            (Batches::Full, Endpoints::Attached, 0.0, Policy::SkipStep, &clean),
+            (Batches::Full, Endpoints::Detached, 0.5, Policy::Rollback, &clean),
+        ] {
+            let cfg = StepConfig {
+                anchor_a: 3,
+                anchor_b: 4000,
+                lr: 0.05,
+                momentum: 0.5,
+                weight_decay: 0.01,
+                margin: 100.0,
+                endpoints,
+                clip_norm: clip,
+                guard: Guard { policy, snapshot_every: 2, ..Guard::default() },
+                ..StepConfig::for_rows(5000)
+            };
+            let run = |simd: Simd| {
+                let source = TableSource::Data(table.clone());
+                let mut t = CpuTrainer::with_batches(shape, cfg, source, batches.clone()).unwrap();
+                t.set_simd(simd).unwrap();
+                let recs = t.steps(4).unwrap();
+                (t.read_table().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<u32>>(), recs)
+            };
+            let want = run(Simd::Baseline);
+            let before: Vec<u32> = table.iter().map(|x| x.to_bits()).collect();
+            assert!(want.0 != before, "D {dim} {batches:?} {endpoints:?} {policy:?}: nothing trained, seed {seed}");
+            for &simd in &builds[1..] {
+                let got = run(simd);
+                let ctx = format!("{simd:?} D {dim} {batches:?} {endpoints:?} clip {clip} {policy:?}, seed {seed}");
+                assert!(got.0 == want.0, "{ctx}: tables differ");
+                // (As printed: a record may hold NaN, which equals nothing.)
+                assert_eq!(format!("{:?}", got.1), format!("{:?}", want.1), "{ctx}: records differ");
             }
         }
     }

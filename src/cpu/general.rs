@@ -12,10 +12,10 @@
 use rayon::prelude::*;
 
 use super::{
-    fold, fold_lanes, nonfinite, row_forward, safe_inv, sign, squared_distances, BlockOut, CpuTrainer, RowForward,
-    BLOCK_ROWS, LANES,
+    fold, fold_lanes, nonfinite, on_simd, row_forward, safe_inv, sign, squared_distances, BlockOut, CpuTrainer,
+    RowForward, Simd, BLOCK_ROWS, LANES,
 };
-use crate::config::Endpoints;
+use crate::config::{Endpoints, StepConfig};
 use crate::guard::{Action, Policy, TAU};
 use crate::record::Record;
 
@@ -67,6 +67,139 @@ fn grad_sq_sum(x: &[f32], p: &[f32], q: &[f32], k: [f32; 4]) -> f32 {
     fold_lanes(acc)
 }
 
+/// What read B needs of the step, for its blocks of slots.
+struct ReadB<'a> {
+    table: &'a [f32],
+    d: usize,
+    cfg: &'a StepConfig,
+    d0: f32,
+    p: &'a [f32],
+    q: &'a [f32],
+    /// attached: the anchors' slots and their whole gradients.
+    attached: bool,
+    slot_a: usize,
+    slot_b: usize,
+    ga: &'a [f32],
+    gb: &'a [f32],
+    /// The clip factor (1 without clipping).
+    scale: f32,
+    /// The velocity (empty without momentum).
+    vel: &'a [f32],
+    lr: f32,
+    simd: Simd,
+}
+
+impl ReadB<'_> {
+    /// Block `blk` of read B: the new rows of its slots into `xs` (and
+    /// `vs`), which of them to keep, and their scans.
+    #[inline(always)]
+    fn block(
+        &self,
+        blk: usize,
+        slots: &[(u32, u32)],
+        coefs: &[Coef],
+        xs: &mut [f32],
+        keeps: &mut [bool],
+        vs: &mut [f32],
+    ) -> BlockOut {
+        let ReadB { table, d, cfg, d0, p, q, attached, slot_a, slot_b, ga, gb, scale, vel, lr, .. } = *self;
+        let row_of = |row: usize| &table[row * d..][..d];
+        let (mu, wd) = (cfg.momentum, cfg.weight_decay);
+        let momentum = !vel.is_empty();
+        let policy = cfg.guard.policy;
+        let mut out = BlockOut::default();
+        let mut gtmp = vec![0.0f32; d];
+        for (j, ((&(row, _), k0), kp)) in slots.iter().zip(coefs).zip(keeps.iter_mut()).enumerate() {
+            // As in read A: the rows are scattered, and read A's
+            // have left the cache by now in a large batch.
+            if let Some(&(ahead, _)) = slots.get(j + PREFETCH_AHEAD) {
+                prefetch(row_of(ahead as usize));
+            }
+            if !k0.writes {
+                continue;
+            }
+            let row = row as usize;
+            let x = row_of(row);
+            let slot = blk * BLOCK_ROWS + j;
+            let sep = cfg.separation_coef(row, d0);
+            // The gradient (attached anchors: prepared above), times
+            // the clip factor (1 without clipping: g·1 = g exactly;
+            // a non-finite norm makes every update non-finite).
+            let whole = match slot {
+                s if attached && s == slot_a => Some(ga),
+                s if attached && s == slot_b => Some(gb),
+                _ => None,
+            };
+            // (Whether any value is non-finite, noted in the same
+            // branch-free loops: a separate `any` stops at each
+            // element and does not vectorise.)
+            let mut grad_bad = false;
+            match whole {
+                Some(g) => gtmp.iter_mut().zip(g.iter()).for_each(|(t, &g)| *t = g * scale),
+                None if k0.poisoned => gtmp.fill(f32::NAN),
+                None => {
+                    // Branch-free over the columns, so that they vectorise.
+                    for (((t, &xk), &pk), &qk) in gtmp.iter_mut().zip(x).zip(p).zip(q) {
+                        *t = (k0.c * ((xk - pk) * k0.inv_d1 + (xk - qk) * k0.inv_d2) + sep * (pk - qk)) * scale;
+                        grad_bad |= nonfinite(*t);
+                    }
+                }
+            }
+            if whole.is_some() || k0.poisoned {
+                grad_bad = gtmp.iter().any(|&v| nonfinite(v));
+            }
+            let mut new_bad = false;
+            // SPEC §5: v = μ·v_old + (g + wd·x), x ← x − lr·v.
+            let y = &mut xs[j * d..][..d];
+            if momentum {
+                let vo = &vel[row * d..][..d];
+                let vy = &mut vs[j * d..][..d];
+                for ((((t, v), &xk), &gk), &o) in y.iter_mut().zip(vy.iter_mut()).zip(x).zip(gtmp.iter()).zip(vo) {
+                    *v = mu * o + (gk + wd * xk);
+                    *t = xk - lr * *v;
+                    new_bad |= nonfinite(*t);
+                }
+            } else {
+                for ((t, &xk), &gk) in y.iter_mut().zip(x).zip(gtmp.iter()) {
+                    *t = xk - lr * (gk + wd * xk);
+                    new_bad |= nonfinite(*t);
+                }
+            }
+            if grad_bad {
+                out.scans.grad.note_row(row as u64, gtmp.iter().copied());
+            }
+            if new_bad {
+                out.scans.table.note_row(row as u64, y.iter().copied());
+            }
+            let bad = new_bad || grad_bad;
+            if policy == Policy::SkipRow && bad {
+                out.struck.push(row);
+            } else {
+                *kp = true;
+            }
+        }
+        out
+    }
+
+    /// `block` compiled for the instructions of `self.simd` (as the
+    /// full-table pass is: the same bits in wider registers).
+    #[allow(clippy::too_many_arguments)]
+    fn block_on(
+        &self,
+        blk: usize,
+        slots: &[(u32, u32)],
+        coefs: &[Coef],
+        xs: &mut [f32],
+        keeps: &mut [bool],
+        vs: &mut [f32],
+    ) -> BlockOut {
+        let c = self;
+        on_simd!(self.simd, fn(c: &ReadB, blk: usize, slots: &[(u32, u32)], coefs: &[Coef], xs: &mut [f32], keeps: &mut [bool], vs: &mut [f32]) -> BlockOut {
+            c.block(blk, slots, coefs, xs, keeps, vs)
+        })
+    }
+}
+
 /// The general step's buffers, kept between steps.
 #[derive(Default)]
 pub(super) struct Scratch {
@@ -105,7 +238,6 @@ impl CpuTrainer {
             return self.record(BlockOut::default(), 0.0, Action::NotRun);
         }
         let cfg = self.cfg;
-        let policy = cfg.guard.policy;
         self.snapshot_if_due();
         let (a, b) = (cfg.anchor_a, cfg.anchor_b);
         let (pq, s0, d0) = self.anchors();
@@ -245,7 +377,6 @@ impl CpuTrainer {
         }
 
         // Read B: new rows into scratch.
-        let (mu, wd) = (cfg.momentum, cfg.weight_decay);
         let momentum = !self.vel.is_empty();
         // (Every slot read B writes is written before it is read back.)
         let mut xnew = std::mem::take(&mut self.scratch.rows);
@@ -261,6 +392,23 @@ impl CpuTrainer {
         } else {
             (0..n.div_ceil(BLOCK_ROWS)).map(|_| &mut [][..]).collect()
         };
+        let ctx = ReadB {
+            table,
+            d,
+            cfg: &cfg,
+            d0,
+            p,
+            q,
+            attached,
+            slot_a: plan.slot_a,
+            slot_b: plan.slot_b,
+            ga: &ga,
+            gb: &gb,
+            scale,
+            vel,
+            lr,
+            simd,
+        };
         let outs: Vec<BlockOut> = plan
             .slots
             .par_chunks(BLOCK_ROWS)
@@ -269,82 +417,7 @@ impl CpuTrainer {
             .zip(keep.par_chunks_mut(BLOCK_ROWS))
             .zip(vblocks.into_par_iter())
             .enumerate()
-            .map(|(blk, ((((slots, coefs), xs), keeps), vs))| {
-                let mut out = BlockOut::default();
-                let mut gtmp = vec![0.0f32; d];
-                for (j, ((&(row, _), k0), kp)) in slots.iter().zip(coefs).zip(keeps.iter_mut()).enumerate() {
-                    // As in read A: the rows are scattered, and read A's
-                    // have left the cache by now in a large batch.
-                    if let Some(&(ahead, _)) = slots.get(j + PREFETCH_AHEAD) {
-                        prefetch(row_of(ahead as usize));
-                    }
-                    if !k0.writes {
-                        continue;
-                    }
-                    let row = row as usize;
-                    let x = row_of(row);
-                    let slot = blk * BLOCK_ROWS + j;
-                    let sep = cfg.separation_coef(row, d0);
-                    // The gradient (attached anchors: prepared above), times
-                    // the clip factor (1 without clipping: g·1 = g exactly;
-                    // a non-finite norm makes every update non-finite).
-                    let whole = match slot {
-                        s if attached && s == plan.slot_a => Some(&ga),
-                        s if attached && s == plan.slot_b => Some(&gb),
-                        _ => None,
-                    };
-                    // (Whether any value is non-finite, noted in the same
-                    // branch-free loops: a separate `any` stops at each
-                    // element and does not vectorise.)
-                    let mut grad_bad = false;
-                    match whole {
-                        Some(g) => gtmp.iter_mut().zip(g.iter()).for_each(|(t, &g)| *t = g * scale),
-                        None if k0.poisoned => gtmp.fill(f32::NAN),
-                        None => {
-                            // Branch-free over the columns, so that they vectorise.
-                            for (((t, &xk), &pk), &qk) in gtmp.iter_mut().zip(x).zip(p).zip(q) {
-                                *t = (k0.c * ((xk - pk) * k0.inv_d1 + (xk - qk) * k0.inv_d2) + sep * (pk - qk)) * scale;
-                                grad_bad |= nonfinite(*t);
-                            }
-                        }
-                    }
-                    if whole.is_some() || k0.poisoned {
-                        grad_bad = gtmp.iter().any(|&v| nonfinite(v));
-                    }
-                    let mut new_bad = false;
-                    // SPEC §5: v = μ·v_old + (g + wd·x), x ← x − lr·v.
-                    let y = &mut xs[j * d..][..d];
-                    if momentum {
-                        let vo = &vel[row * d..][..d];
-                        let vy = &mut vs[j * d..][..d];
-                        for ((((t, v), &xk), &gk), &o) in
-                            y.iter_mut().zip(vy.iter_mut()).zip(x).zip(gtmp.iter()).zip(vo)
-                        {
-                            *v = mu * o + (gk + wd * xk);
-                            *t = xk - lr * *v;
-                            new_bad |= nonfinite(*t);
-                        }
-                    } else {
-                        for ((t, &xk), &gk) in y.iter_mut().zip(x).zip(gtmp.iter()) {
-                            *t = xk - lr * (gk + wd * xk);
-                            new_bad |= nonfinite(*t);
-                        }
-                    }
-                    if grad_bad {
-                        out.scans.grad.note_row(row as u64, gtmp.iter().copied());
-                    }
-                    if new_bad {
-                        out.scans.table.note_row(row as u64, y.iter().copied());
-                    }
-                    let bad = new_bad || grad_bad;
-                    if policy == Policy::SkipRow && bad {
-                        out.struck.push(row);
-                    } else {
-                        *kp = true;
-                    }
-                }
-                out
-            })
+            .map(|(blk, ((((slots, coefs), xs), keeps), vs))| ctx.block_on(blk, slots, coefs, xs, keeps, vs))
             .collect();
         let mut out = total.out;
         for o in outs {
