@@ -46,7 +46,7 @@ pub struct CpuTrainer {
     identity: Vec<(u32, u32)>,
     /// The general step's scratch, reused from step to step.
     scratch: general::Scratch,
-    /// The build of the full-table pass that runs.
+    /// The build of the full-table pass (and of read B of the general step) that runs.
     simd: Simd,
 }
 
@@ -410,10 +410,10 @@ macro_rules! on_simd {
 }
 use on_simd;
 
-/// The instructions the full-table pass is compiled for, chosen at run time
-/// (the default x86-64 build has SSE2 alone). Each build does the same IEEE
-/// operations in the same order, in wider registers (Rust never fuses
-/// a·b + c), so all give the same bits; a test checks it.
+/// The instructions the full-table pass and read B are compiled for, chosen
+/// at run time (the default x86-64 build has SSE2 alone). Each build does
+/// the same IEEE operations in the same order, in wider registers (Rust
+/// never fuses a·b + c), so all give the same bits; a test checks it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Simd {
     Baseline,
@@ -590,13 +590,13 @@ impl CpuTrainer {
         })
     }
 
-    /// The build of the full-table pass that runs (the widest the CPU has,
-    /// unless `LATENT_LINE_CPU_SIMD` says otherwise).
+    /// The build of the full-table pass and of batches' read B that runs
+    /// (the widest the CPU has, unless `LATENT_LINE_CPU_SIMD` says otherwise).
     pub fn simd(&self) -> Simd {
         self.simd
     }
 
-    /// Runs the full-table pass's `simd` build (tests and benches compare
+    /// Runs the passes' `simd` build (tests and benches compare
     /// them); refused where the CPU lacks its instructions.
     pub fn set_simd(&mut self, simd: Simd) -> Result<()> {
         if !Simd::available().contains(&simd) {
@@ -769,7 +769,7 @@ impl Trainer for CpuTrainer {
             backend: "cpu".into(),
             adapter: format!("{} threads", rayon::current_num_threads()),
             driver: String::new(),
-            kernel: format!("full-table pass built for {}", self.simd.name()),
+            kernel: format!("passes built for {}", self.simd.name()),
         }
     }
     fn steps(&mut self, n: usize) -> Result<Vec<Record>> {
