@@ -183,7 +183,6 @@ impl ReadB<'_> {
 
     /// `block` compiled for the instructions of `self.simd` (as the
     /// full-table pass is: the same bits in wider registers).
-    #[allow(clippy::too_many_arguments)]
     fn block_on(
         &self,
         blk: usize,
