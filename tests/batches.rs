@@ -412,3 +412,26 @@ fn a_clean_rows_non_finite_gradient_is_reported_in_a_batch() {
         assert_eq!(seen[0], seen[1], "CPU and GPU differ, {batches:?}, seed {seed}");
     }
 }
+
+/// A large batch's kept rows go back into the table in parallel, over
+/// bands of rows (from 4 096 kept rows on the CPU): against the reference,
+/// with momentum (the velocity goes back the same way) and without.
+#[test]
+fn cpu_large_batches_write_back_every_kept_row() {
+    let seed = seed("cpu_large_batch");
+    let shape = Shape::new(20_000, 3).unwrap();
+    for (i, momentum) in [0.0f32, 0.9].into_iter().enumerate() {
+        let cfg = StepConfig {
+            anchor_a: 11,
+            anchor_b: 19_000,
+            lr: 0.01,
+            momentum,
+            // (`sum`: every row moves by about lr, well past the tolerance.)
+            reduction: Reduction::Sum,
+            endpoints: Endpoints::Detached,
+            ..StepConfig::for_rows(shape.rows)
+        };
+        let batches = Batches::Random { size: 9000, seed: seed ^ i as u64 };
+        check(Backend::Cpu, shape, cfg, batches, seed.wrapping_add(i as u64));
+    }
+}

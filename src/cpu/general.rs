@@ -19,6 +19,9 @@ use crate::config::{Endpoints, StepConfig};
 use crate::guard::{Action, Policy, TAU};
 use crate::record::Record;
 
+/// Kept rows from which a batch's write-back runs in parallel.
+const WRITE_BACK_PARALLEL: usize = 4096;
+
 /// Slots ahead whose rows read A asks the memory for.
 const PREFETCH_AHEAD: usize = 8;
 
@@ -444,14 +447,28 @@ impl CpuTrainer {
                 std::mem::swap(&mut self.vel, &mut vnew);
             }
         } else if applies {
-            for (j, &(row, _)) in plan.slots.iter().enumerate() {
-                if keep[j] {
-                    let row = row as usize;
-                    self.table[row * d..][..d].copy_from_slice(&xnew[j * d..][..d]);
-                    if momentum {
-                        self.vel[row * d..][..d].copy_from_slice(&vnew[j * d..][..d]);
+            // The kept rows back into the table: a large batch's in
+            // parallel, over bands of the table's rows (a step's rows are
+            // distinct, and bands make the slices disjoint), each slot
+            // first put in its band's list; a small batch's in turn.
+            let kept: Vec<u32> = (0..n as u32).filter(|&j| keep[j as usize]).collect();
+            let bands = if kept.len() >= WRITE_BACK_PARALLEL { rayon::current_num_threads() * 4 } else { 1 };
+            let band_rows = self.shape.rows.div_ceil(bands);
+            let mut by_band: Vec<Vec<u32>> = vec![Vec::new(); bands];
+            for &j in &kept {
+                by_band[plan.slots[j as usize].0 as usize / band_rows].push(j);
+            }
+            let write_back = |dst: &mut [f32], src: &[f32]| {
+                dst.par_chunks_mut(band_rows * d).zip(by_band.par_iter()).enumerate().for_each(|(band, (rows, js))| {
+                    for &j in js {
+                        let at = plan.slots[j as usize].0 as usize - band * band_rows;
+                        rows[at * d..][..d].copy_from_slice(&src[j as usize * d..][..d]);
                     }
-                }
+                });
+            };
+            write_back(&mut self.table, &xnew);
+            if momentum {
+                write_back(&mut self.vel, &vnew);
             }
         }
         if self.state.restore {
