@@ -475,7 +475,7 @@ fn the_fused_steps_shape_switches_are_taken_and_checked() {
     assert!(tables[0] == tables[1], "the loop counters changed the table");
     let o = gpu_run(&[("LATENT_LINE_LOOP_BOUNDING", "yes")]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("invalid LATENT_LINE_LOOP_BOUNDING: \"yes\": use 0 or 1"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("invalid LATENT_LINE_LOOP_BOUNDING: \"yes\": use 0 (off) or 1 (on)"), "{}", stderr(&o));
 }
 
 #[test]

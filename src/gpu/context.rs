@@ -52,6 +52,20 @@ pub fn env_adapter_name() -> Option<String> {
     std::env::var("WGPU_ADAPTER_NAME").ok().filter(|n| !n.is_empty())
 }
 
+/// An on/off switch as given, else from the environment variable `name`
+/// (`0` or `1`; anything else is refused, naming it): `None` when neither.
+pub fn or_env_flag(given: Option<bool>, name: &'static str) -> Result<Option<bool>> {
+    if given.is_some() {
+        return Ok(given);
+    }
+    match std::env::var(name).as_deref() {
+        Err(_) => Ok(None),
+        Ok("1") => Ok(Some(true)),
+        Ok("0") => Ok(Some(false)),
+        Ok(v) => Err(Error::invalid(name, format!("{v:?}: use 0 (off) or 1 (on)"))),
+    }
+}
+
 /// The first of `all` whose name contains `name`, case-insensitively.
 pub fn find_named(all: &[wgpu::Adapter], name: &str) -> Option<usize> {
     let want = name.to_lowercase();
@@ -120,11 +134,7 @@ impl GpuContext {
                 *l = Some(format!("{reason:?}: {msg}"));
             }
         });
-        let loop_bounding = match std::env::var("LATENT_LINE_LOOP_BOUNDING").as_deref() {
-            Err(_) | Ok("0") => false,
-            Ok("1") => true,
-            Ok(v) => return Err(Error::invalid("LATENT_LINE_LOOP_BOUNDING", format!("{v:?}: use 0 or 1"))),
-        };
+        let loop_bounding = or_env_flag(None, "LATENT_LINE_LOOP_BOUNDING")?.unwrap_or(false);
         Ok(GpuContext { adapter, device, queue, info, limits, features, loop_bounding, errors, lost })
     }
 

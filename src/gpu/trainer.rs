@@ -31,7 +31,7 @@ use std::sync::Arc;
 use bytemuck::{Pod, Zeroable};
 
 use super::batch::{slot_words, BatchDev, SlotSource};
-use super::context::GpuContext;
+use super::context::{or_env_flag, GpuContext};
 use super::layout::{grid, row_blocks, ChunkLayout, ChunkSpan};
 use super::pipes::{bind, bind_at, finish_map, read_mapped, readback, storage, uniform, Constants, KEPT_COLUMNS};
 use super::sampler::SampleU;
@@ -440,15 +440,7 @@ impl GpuTrainer {
         // by shuffles alone (fold_sg.wgsl).
         let sg_min = ctx.info.subgroup_min_size;
         let usable = ctx.features.contains(wgpu::Features::SUBGROUP) && sg_min.is_power_of_two();
-        let asked = match std::env::var("LATENT_LINE_SUBGROUPS").as_deref() {
-            _ if opts.subgroups.is_some() => opts.subgroups,
-            Ok("1") => Some(true),
-            Ok("0") => Some(false),
-            Ok(v) => {
-                return Err(Error::invalid("LATENT_LINE_SUBGROUPS", format!("{v:?}: use 0 (off) or 1 (on)")));
-            }
-            Err(_) => None,
-        };
+        let asked = or_env_flag(opts.subgroups, "LATENT_LINE_SUBGROUPS")?;
         if asked == Some(true) && !usable {
             return Err(Error::invalid(
                 "subgroups",
@@ -487,12 +479,7 @@ impl GpuTrainer {
             lanes /= 2;
         }
         let blocks = blocks_for(lanes);
-        let vec4_asked = match (opts.vec4, std::env::var("LATENT_LINE_VEC4").as_deref()) {
-            (Some(v), _) => v,
-            (None, Ok("1")) => true,
-            (None, Ok("0") | Err(_)) => false,
-            (None, Ok(v)) => return Err(Error::invalid("LATENT_LINE_VEC4", format!("{v:?}: use 0 (off) or 1 (on)"))),
-        };
+        let vec4_asked = or_env_flag(opts.vec4, "LATENT_LINE_VEC4")?.unwrap_or(false);
         // Whether the fused step takes its kept columns 16 bytes at a time.
         let vec4 = vec4_asked && shape.dim.is_multiple_of(4) && shape.dim <= KEPT_COLUMNS * lanes as usize;
         let opts = GpuOptions { vec4: Some(vec4), ..opts };
