@@ -11,6 +11,11 @@ use crate::error::{Error, Result};
 /// has at most this many (a unit test holds the two equal).
 pub const KEPT_COLUMNS: usize = 8;
 
+/// fused_step.wgsl's KEEP: do `lanes` lanes a row keep a row of `dim`?
+pub fn keeps_columns(dim: u32, lanes: u32) -> bool {
+    dim as usize <= KEPT_COLUMNS * lanes as usize
+}
+
 pub fn storage(ctx: &GpuContext, label: &str, size: u64, extra: wgpu::BufferUsages) -> wgpu::Buffer {
     ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
@@ -113,8 +118,8 @@ pub struct Constants {
     pub batched: bool,
     /// SPEC §5: global-norm clipping.
     pub clip: bool,
-    /// fused_step.wgsl's and batch_io.wgsl's VEC4 (where KEEP and D is a
-    /// multiple of 4).
+    /// fused_step.wgsl's and batch_io.wgsl's VEC4: set by the host only
+    /// where KEEP holds and D is a multiple of 4 (`GpuTrainer::with_batches`).
     pub vec4: bool,
 }
 
@@ -140,7 +145,7 @@ impl Default for Constants {
 impl Constants {
     /// `extra` sets kernel-specific overrides (UPDATE, SCAN_BUFS).
     pub fn pipeline(&self, ctx: &GpuContext, k: &Kernel, entry: &str, extra: &[(&str, f64)]) -> wgpu::ComputePipeline {
-        let keep = self.dim as usize <= KEPT_COLUMNS * self.lanes as usize;
+        let keep = keeps_columns(self.dim, self.lanes);
         let base = [
             ("WG", self.wg as f64),
             ("D", self.dim as f64),
@@ -155,7 +160,7 @@ impl Constants {
             ("CLIP", if self.clip { 1.0 } else { 0.0 }),
             // fused_step.wgsl keeps a lane's columns in registers up to 8.
             ("KEEP", if keep { 1.0 } else { 0.0 }),
-            ("VEC4", if self.vec4 && keep && self.dim.is_multiple_of(4) { 1.0 } else { 0.0 }),
+            ("VEC4", if self.vec4 { 1.0 } else { 0.0 }),
         ];
         let constants: Vec<(&str, f64)> =
             base.iter().chain(extra).copied().filter(|(name, _)| k.overrides.contains(name)).collect();

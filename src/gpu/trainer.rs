@@ -33,7 +33,7 @@ use bytemuck::{Pod, Zeroable};
 use super::batch::{slot_words, BatchDev, SlotSource};
 use super::context::{or_env_flag, GpuContext};
 use super::layout::{grid, row_blocks, ChunkLayout, ChunkSpan};
-use super::pipes::{bind, bind_at, finish_map, read_mapped, readback, storage, uniform, Constants, KEPT_COLUMNS};
+use super::pipes::{bind, bind_at, finish_map, keeps_columns, read_mapped, readback, storage, uniform, Constants};
 use super::sampler::SampleU;
 use super::scan::{TableScanner, DETAIL_BYTES};
 use super::shaders::{self, Kernel};
@@ -336,6 +336,9 @@ pub struct GpuTrainer {
     subgroup: u32,
     /// fused_step.wgsl's BLOCKS: row blocks a workgroup steps in turn.
     blocks: u32,
+    /// VEC4 of fused_step.wgsl and batch_io.wgsl: kept columns and batch
+    /// rows 16 bytes at a time.
+    vec4: bool,
     max_groups: u32,
     layout: ChunkLayout,
     chunks: Vec<GpuChunk>,
@@ -481,8 +484,7 @@ impl GpuTrainer {
         let blocks = blocks_for(lanes);
         let vec4_asked = or_env_flag(opts.vec4, "LATENT_LINE_VEC4")?.unwrap_or(false);
         // Whether the fused step takes its kept columns 16 bytes at a time.
-        let vec4 = vec4_asked && shape.dim.is_multiple_of(4) && shape.dim <= KEPT_COLUMNS * lanes as usize;
-        let opts = GpuOptions { vec4: Some(vec4), ..opts };
+        let vec4 = vec4_asked && shape.dim.is_multiple_of(4) && keeps_columns(shape.dim as u32, lanes);
         let strikes = if cfg.guard.policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
         let biggest = records(lanes).max(strikes);
         // The batch buffers and the two-read steps' per-slot coefficients
@@ -515,8 +517,16 @@ impl GpuTrainer {
         // out-of-memory becomes a typed error naming the sizes, not a panic.
         let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let invalid = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let built =
-            Self::build(ctx.clone(), shape, cfg, opts, (wg, lanes, subgroup, blocks), max_groups, layout, schedule);
+        let built = Self::build(
+            ctx.clone(),
+            shape,
+            cfg,
+            opts,
+            (wg, lanes, subgroup, blocks, vec4),
+            max_groups,
+            layout,
+            schedule,
+        );
         let validation = pollster::block_on(invalid.pop());
         let out_of_memory = pollster::block_on(oom.pop());
         if let Some(e) = out_of_memory {
@@ -541,7 +551,7 @@ impl GpuTrainer {
         shape: Shape,
         cfg: StepConfig,
         opts: GpuOptions,
-        (wg, lanes, subgroup, blocks): (u32, u32, u32, u32),
+        (wg, lanes, subgroup, blocks, vec4): (u32, u32, u32, u32, bool),
         max_groups: u32,
         layout: ChunkLayout,
         schedule: Schedule,
@@ -651,7 +661,6 @@ impl GpuTrainer {
             })
             .collect();
 
-        let vec4 = opts.vec4 == Some(true);
         let consts = Constants { lanes, subgroup, blocks, vec4, ..Constants::new(shape, &cfg, wg) };
         // anchors: rows a and b in both table buffers of their chunks.
         let p = consts.pipeline(&ctx, &shaders::ANCHORS, "main", &[]);
@@ -973,6 +982,7 @@ impl GpuTrainer {
             lanes,
             subgroup,
             blocks,
+            vec4,
             max_groups,
             layout,
             chunks,
@@ -1224,7 +1234,7 @@ impl GpuTrainer {
     /// Whether the fused step reads and writes its kept columns 16 bytes at
     /// a time ([`GpuOptions::vec4`], where it applies).
     pub fn vec4(&self) -> bool {
-        self.opts.vec4 == Some(true)
+        self.vec4
     }
 
     /// The subgroup size the row fold relies on (fold_sg.wgsl), or `None`
@@ -1833,7 +1843,7 @@ impl Trainer for GpuTrainer {
                     1 => String::new(),
                     b => format!(", {b} row blocks a workgroup ({} rows)", self.wg / self.lanes * b),
                 },
-                if self.opts.vec4 == Some(true) { ", 16-byte loads" } else { "" },
+                if self.vec4 { ", 16-byte loads" } else { "" },
                 if self.ctx.loop_bounding { ", loops bounded by wgpu" } else { "" }
             ),
         }
