@@ -11,8 +11,9 @@ use common::*;
 use latent_line::cpu::{CpuTrainer, Simd};
 use latent_line::{Batches, Endpoints, Guard, Policy, Record, Shape, StepConfig, TableSource, Trainer};
 
-fn run(shape: Shape, cfg: StepConfig, table: &[f32], simd: Simd) -> (Vec<u32>, Vec<Record>) {
-    let mut t = CpuTrainer::new(shape, cfg, TableSource::Data(table.to_vec())).unwrap();
+/// Five steps over `batches` in build `simd`: the table's bits and the records.
+fn run(shape: Shape, cfg: StepConfig, table: &[f32], batches: &Batches, simd: Simd) -> (Vec<u32>, Vec<Record>) {
+    let mut t = CpuTrainer::with_batches(shape, cfg, TableSource::Data(table.to_vec()), batches.clone()).unwrap();
     t.set_simd(simd).unwrap();
     assert_eq!(t.simd(), simd);
     let recs = t.steps(5).unwrap();
@@ -50,9 +51,9 @@ fn every_simd_build_gives_the_baseline_bits() {
                 guard: Guard { policy, snapshot_every: 2, ..Guard::default() },
                 ..StepConfig::for_rows(5000)
             };
-            let want = run(shape, cfg, &table, Simd::Baseline);
+            let want = run(shape, cfg, &table, &Batches::Full, Simd::Baseline);
             for &simd in &builds[1..] {
-                let got = run(shape, cfg, &table, simd);
+                let got = run(shape, cfg, &table, &Batches::Full, simd);
                 let ctx = format!("{simd:?} D {dim} {policy:?} μ {momentum} wd {wd} margin {margin}, seed {seed}");
                 assert!(got.0 == want.0, "{ctx}: tables differ");
                 assert_eq!(got.1, want.1, "{ctx}: records differ");
@@ -98,18 +99,11 @@ fn every_simd_build_gives_the_baseline_bits_in_the_general_step() {
                 guard: Guard { policy, snapshot_every: 2, ..Guard::default() },
                 ..StepConfig::for_rows(5000)
             };
-            let run = |simd: Simd| {
-                let source = TableSource::Data(table.clone());
-                let mut t = CpuTrainer::with_batches(shape, cfg, source, batches.clone()).unwrap();
-                t.set_simd(simd).unwrap();
-                let recs = t.steps(4).unwrap();
-                (t.read_table().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<u32>>(), recs)
-            };
-            let want = run(Simd::Baseline);
+            let want = run(shape, cfg, table, &batches, Simd::Baseline);
             let before: Vec<u32> = table.iter().map(|x| x.to_bits()).collect();
             assert!(want.0 != before, "D {dim} {batches:?} {endpoints:?} {policy:?}: nothing trained, seed {seed}");
             for &simd in &builds[1..] {
-                let got = run(simd);
+                let got = run(shape, cfg, table, &batches, simd);
                 let ctx = format!("{simd:?} D {dim} {batches:?} {endpoints:?} clip {clip} {policy:?}, seed {seed}");
                 assert!(got.0 == want.0, "{ctx}: tables differ");
                 // (As printed: a record may hold NaN, which equals nothing.)
