@@ -60,12 +60,15 @@ override DIRECT: bool = false;
 // them all, and the reduce pass folds BLOCKS times fewer partials.
 override BLOCKS: u32 = 1u;
 // KEEP with D a multiple of 4: a lane's kept columns are whole vec4s (lane
-// l takes vec4s l, l + L, … of the row: columns 4l … 4l + 3, then 4(l + L)
+// l takes vec4s l and l + L of the row: columns 4l … 4l + 3, then 4(l + L)
 // …), read and written 16 bytes at a time through the vec4 views of the
 // same buffers (bindings 16–19), as the 16-byte copy that runs at about
 // twice the 4-byte one's bandwidth. A lane sums its columns in that order
 // (anchors.wgsl likewise), and holds p and q of its columns from the start
-// (`kept_p`, `kept_q`). Set by the host (`LATENT_LINE_VEC4`).
+// (`p4`, `q4`). Its values live in vectors (`Kept4`), never in an array,
+// and every component is named by a constant, so nothing asks a driver to
+// put them in memory (an array indexed by a loop counter may go to local
+// memory unless the loop is unrolled). Set by the host (`LATENT_LINE_VEC4`).
 override VEC4: bool = false;
 
 @group(0) @binding(0) var<storage, read_write> table_a: array<f32>;
@@ -88,10 +91,18 @@ override VEC4: bool = false;
 @group(0) @binding(19) var<storage, read_write> vel_b4: array<vec4<f32>>;
 
 var<workgroup> wg_flags: vec2<u32>;   // (state.cur, state.halted), made uniform
+
+// VEC4: a lane's kept values, its vec4s `lane` (a) and `lane + L` (b) of a
+// row (MAX_KEPT = 8 columns); a vec4 past the row is zeros, never read.
+struct Kept4 {
+    a: vec4<f32>,
+    b: vec4<f32>,
+}
+
 // VEC4: p and q of the lane's kept columns, read once a workgroup (every
 // row of the lane has the same columns) instead of at every use.
-var<private> kept_p: array<f32, MAX_KEPT>;
-var<private> kept_q: array<f32, MAX_KEPT>;
+var<private> p4: Kept4;
+var<private> q4: Kept4;
 var<workgroup> wg_near: atomic<u32>;
 
 // row_fold (the L lanes of a row add their sums, in a fixed order) comes
@@ -272,9 +283,6 @@ fn row_site(slot: u32, first: u32) -> RowSite {
 // values in registers; the H200's evidently does not quite (MAX_KEPT).
 // The column of a lane's kept value j (at most MAX_KEPT; ≥ D: none).
 fn kept_col(lane: u32, j: u32) -> u32 {
-    if (VEC4) {
-        return 4u * (lane + (j / 4u) * L) + j % 4u;
-    }
     return lane + j * L;
 }
 
@@ -288,34 +296,21 @@ fn owner_lane(col: u32) -> u32 {
     return col % L;
 }
 
-// VEC4: the lane's vec4 q (< MAX_KEPT / 4) of a row, the vec4 index of
-// its first column in the row.
+// VEC4: the vec4 index in the row of the lane's vec4 a (q = 0) or b (q = 1).
 fn kept_vec4(lane: u32, q: u32) -> u32 {
     return lane + q * L;
 }
 
-// p and q of the lane's kept value j (column k).
-fn kept_pq(j: u32, k: u32) -> vec2<f32> {
-    if (VEC4) {
-        return vec2<f32>(kept_p[j], kept_q[j]);
-    }
-    return vec2<f32>(anchors[k], anchors[D + k]);
+// VEC4: does the row have the lane's vec4 q?
+fn has_vec4(lane: u32, q: u32) -> bool {
+    return kept_vec4(lane, q) < D / 4u;
 }
 
+// Without VEC4: a lane's columns in an array (the loops below run a
+// constant count, so a driver may unroll them and keep it in registers).
 fn load_kept(site: RowSite, lane: u32, cur: u32) -> array<f32, MAX_KEPT> {
     var kept: array<f32, MAX_KEPT>;
-    if (KEEP && VEC4 && site.live) {
-        for (var q = 0u; q < MAX_KEPT / 4u; q = q + 1u) {
-            let c4 = kept_vec4(lane, q);
-            if (c4 < D / 4u) {
-                let v = load_x4(cur, site.base / 4u + c4);
-                kept[4u * q] = v.x;
-                kept[4u * q + 1u] = v.y;
-                kept[4u * q + 2u] = v.z;
-                kept[4u * q + 3u] = v.w;
-            }
-        }
-    } else if (KEEP && site.live) {
+    if (KEEP && !VEC4 && site.live) {
         for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
             let k = lane + j * L;
             if (k < D) {
@@ -326,10 +321,97 @@ fn load_kept(site: RowSite, lane: u32, cur: u32) -> array<f32, MAX_KEPT> {
     return kept;
 }
 
-// One row of the pass for lane `lane` of it, its values (KEEP) in `kept`.
-// All lanes call it (the row folds have barriers). Returns the lane's
-// (m·|r|, |r|, Σ g² for clipping) of the row.
-fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, lane: u32, lid: u32, cur: u32) -> vec3<f32> {
+// VEC4: a lane's vec4s of a row, 16 bytes a load.
+fn load_kept4(site: RowSite, lane: u32, cur: u32) -> Kept4 {
+    var kept = Kept4(vec4<f32>(0.0), vec4<f32>(0.0));
+    if (VEC4 && site.live) {
+        if (has_vec4(lane, 0u)) {
+            kept.a = load_x4(cur, site.base / 4u + kept_vec4(lane, 0u));
+        }
+        if (has_vec4(lane, 1u)) {
+            kept.b = load_x4(cur, site.base / 4u + kept_vec4(lane, 1u));
+        }
+    }
+    return kept;
+}
+
+// p (at = 0) or q (at = D) of the 4 columns from `k0`.
+fn anchor4(at: u32, k0: u32) -> vec4<f32> {
+    return vec4<f32>(anchors[at + k0], anchors[at + k0 + 1u], anchors[at + k0 + 2u], anchors[at + k0 + 3u]);
+}
+
+// VEC4: (s1, s2, non-finite seen) of a row plus one kept vec4's columns, in
+// column order (as anchors.wgsl sums them).
+fn accumulate4(part: vec4<f32>, x: vec4<f32>, p: vec4<f32>, q: vec4<f32>) -> vec4<f32> {
+    var s = accumulate_sq(part.xy, x.x, p.x, q.x);
+    s = accumulate_sq(s, x.y, p.y, q.y);
+    s = accumulate_sq(s, x.z, p.z, q.z);
+    s = accumulate_sq(s, x.w, p.w, q.w);
+    return vec4<f32>(s, part.z + select(0.0, 1.0, any(nonfinite4(x))), 0.0);
+}
+
+fn nonfinite4(v: vec4<f32>) -> vec4<bool> {
+    return (bitcast<vec4<u32>>(v) & vec4<u32>(0x7f800000u)) == vec4<u32>(0x7f800000u);
+}
+
+// A row's coefficients for its columns' gradients and updates.
+struct RowCo {
+    c: f32,
+    inv_d1: f32,
+    inv_d2: f32,
+    sep: f32,
+    lr: f32,
+    poisoned: bool,
+    anchor: u32,
+}
+
+// Column k's (gradient, new value, new velocity).
+fn column_step(x: f32, k: u32, p: f32, q: f32, v_old: f32, co: RowCo) -> vec3<f32> {
+    let g = grad_pq(x, k, p, q, co.c, co.inv_d1, co.inv_d2, co.sep, co.poisoned, co.anchor);
+    let nv = step_value(x, g, v_old, co.lr, co.poisoned);
+    return vec3<f32>(g, nv.x, nv.y);
+}
+
+// VEC4: the update of one kept vec4 (columns k0 …): new values and
+// velocities, and whether any gradient or new value is non-finite.
+// Components by name, so everything stays in registers.
+struct Step4 {
+    x: vec4<f32>,
+    v: vec4<f32>,
+    bad: bool,
+}
+
+fn step4(x: vec4<f32>, k0: u32, p: vec4<f32>, q: vec4<f32>, v_old: vec4<f32>, co: RowCo) -> Step4 {
+    let s0 = column_step(x.x, k0, p.x, q.x, v_old.x, co);
+    let s1 = column_step(x.y, k0 + 1u, p.y, q.y, v_old.y, co);
+    let s2 = column_step(x.z, k0 + 2u, p.z, q.z, v_old.z, co);
+    let s3 = column_step(x.w, k0 + 3u, p.w, q.w, v_old.w, co);
+    let g = vec4<f32>(s0.x, s1.x, s2.x, s3.x);
+    let nx = vec4<f32>(s0.y, s1.y, s2.y, s3.y);
+    return Step4(nx, vec4<f32>(s0.z, s1.z, s2.z, s3.z), any(nonfinite4(g)) || any(nonfinite4(nx)));
+}
+
+// VEC4, a lane that saw a non-finite value only: its findings in the
+// gradient (g) and the new values (t) of one kept vec4, in column order.
+struct Scans2 {
+    g: RowScan,
+    t: RowScan,
+}
+
+fn scan4(acc: Scans2, x: vec4<f32>, k0: u32, p: vec4<f32>, q: vec4<f32>, v_old: vec4<f32>, co: RowCo) -> Scans2 {
+    var s = acc;
+    for (var c = 0u; c < 4u; c = c + 1u) {
+        let r = column_step(x[c], k0 + c, p[c], q[c], v_old[c], co);
+        s.g = row_scan_add(s.g, k0 + c, r.x);
+        s.t = row_scan_add(s.t, k0 + c, r.y);
+    }
+    return s;
+}
+
+// One row of the pass for lane `lane` of it, its values (KEEP) in `kept`
+// (VEC4: in `kept4`). All lanes call it (the row folds have barriers).
+// Returns the lane's (m·|r|, |r|, Σ g² for clipping) of the row.
+fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept4, lane: u32, lid: u32, cur: u32) -> vec3<f32> {
     let i = site.i;
     let live = site.live;
     let base = site.base;
@@ -346,13 +428,19 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, lane: u32, 
     var kept = kept_in;
     var kept_v: array<f32, MAX_KEPT>;
     if (live) {
-        if (KEEP) {
+        if (VEC4) {
+            if (has_vec4(lane, 0u)) {
+                part = accumulate4(part, kept4.a, p4.a, q4.a);
+            }
+            if (has_vec4(lane, 1u)) {
+                part = accumulate4(part, kept4.b, p4.b, q4.b);
+            }
+        } else if (KEEP) {
             for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
                 let k = kept_col(lane, j);
                 if (k < D) {
                     let x = kept[j];
-                    let pq = kept_pq(j, k);
-                    part = vec4<f32>(accumulate_sq(part.xy, x, pq.x, pq.y),
+                    part = vec4<f32>(accumulate_sq(part.xy, x, anchors[k], anchors[D + k]),
                                      part.z + select(0.0, 1.0, is_nonfinite(x)), 0.0);
                 }
             }
@@ -445,67 +533,64 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, lane: u32, 
             if (writes && row_bad && lane == 0u) {
                 strikes[row] = strikes[row] + 1u;
             }
+        } else if (writes && VEC4) {
+            // The row is in registers: write it, noting only whether any
+            // value was non-finite; the details are worked out again for
+            // such a lane alone.
+            let co = RowCo(c, inv_d1, inv_d2, sep, lr, poisoned, anchor);
+            let at_a = kept_vec4(lane, 0u);
+            let at_b = kept_vec4(lane, 1u);
+            var v_a = vec4<f32>(0.0);
+            var v_b = vec4<f32>(0.0);
+            var any_bad = false;
+            if (has_vec4(lane, 0u)) {
+                v_a = load_v4(cur, base / 4u + at_a);
+                let st = step4(kept4.a, 4u * at_a, p4.a, q4.a, v_a, co);
+                store_x4(cur, out_base / 4u + at_a, st.x);
+                store_v4(cur, out_base / 4u + at_a, st.v);
+                any_bad = st.bad;
+            }
+            if (has_vec4(lane, 1u)) {
+                v_b = load_v4(cur, base / 4u + at_b);
+                let st = step4(kept4.b, 4u * at_b, p4.b, q4.b, v_b, co);
+                store_x4(cur, out_base / 4u + at_b, st.x);
+                store_v4(cur, out_base / 4u + at_b, st.v);
+                any_bad = any_bad || st.bad;
+            }
+            if (SCAN && any_bad) {
+                var sc = Scans2(gs, ts);
+                if (has_vec4(lane, 0u)) {
+                    sc = scan4(sc, kept4.a, 4u * at_a, p4.a, q4.a, v_a, co);
+                }
+                if (has_vec4(lane, 1u)) {
+                    sc = scan4(sc, kept4.b, 4u * at_b, p4.b, q4.b, v_b, co);
+                }
+                gs = sc.g;
+                ts = sc.t;
+            }
         } else if (writes && KEEP) {
             // The row is in registers: write it, noting only whether any
             // value was non-finite; the details are worked out again from
             // the kept values for such a lane alone.
             var any_bad = false;
-            // VEC4: the velocities read, and the new values written, a
-            // vec4 at a time around the loop.
-            var new_x: array<f32, MAX_KEPT>;
-            var new_v: array<f32, MAX_KEPT>;
-            if (VEC4 && MOMENTUM) {
-                for (var q = 0u; q < MAX_KEPT / 4u; q = q + 1u) {
-                    let c4 = kept_vec4(lane, q);
-                    if (c4 < D / 4u) {
-                        let v = load_v4(cur, base / 4u + c4);
-                        kept_v[4u * q] = v.x;
-                        kept_v[4u * q + 1u] = v.y;
-                        kept_v[4u * q + 2u] = v.z;
-                        kept_v[4u * q + 3u] = v.w;
-                    }
-                }
-            }
             for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
                 let k = kept_col(lane, j);
                 if (k < D) {
                     let x = kept[j];
-                    var v_old = 0.0;
-                    if (VEC4) {
-                        v_old = kept_v[j];
-                    } else {
-                        v_old = load_v(cur, base + k);
-                        kept_v[j] = v_old;
-                    }
-                    let pq = kept_pq(j, k);
-                    let g = grad_pq(x, k, pq.x, pq.y, c, inv_d1, inv_d2, sep, poisoned, anchor);
+                    let v_old = load_v(cur, base + k);
+                    kept_v[j] = v_old;
+                    let g = grad_pq(x, k, anchors[k], anchors[D + k], c, inv_d1, inv_d2, sep, poisoned, anchor);
                     let nv = step_value(x, g, v_old, lr, poisoned);
                     any_bad = any_bad || is_nonfinite(g) || is_nonfinite(nv.x);
-                    if (VEC4) {
-                        new_x[j] = nv.x;
-                        new_v[j] = nv.y;
-                    } else {
-                        store_x(cur, out_base + k, nv.x);
-                        store_v(cur, out_base + k, nv.y);
-                    }
-                }
-            }
-            if (VEC4) {
-                for (var q = 0u; q < MAX_KEPT / 4u; q = q + 1u) {
-                    let c4 = kept_vec4(lane, q);
-                    if (c4 < D / 4u) {
-                        let j = 4u * q;
-                        store_x4(cur, out_base / 4u + c4, vec4<f32>(new_x[j], new_x[j + 1u], new_x[j + 2u], new_x[j + 3u]));
-                        store_v4(cur, out_base / 4u + c4, vec4<f32>(new_v[j], new_v[j + 1u], new_v[j + 2u], new_v[j + 3u]));
-                    }
+                    store_x(cur, out_base + k, nv.x);
+                    store_v(cur, out_base + k, nv.y);
                 }
             }
             if (SCAN && any_bad) {
                 for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
                     let k = kept_col(lane, j);
                     if (k < D) {
-                        let pq = kept_pq(j, k);
-                        let g = grad_pq(kept[j], k, pq.x, pq.y, c, inv_d1, inv_d2, sep, poisoned, anchor);
+                        let g = grad_at(kept[j], k, c, inv_d1, inv_d2, sep, poisoned, anchor);
                         gs = row_scan_add(gs, k, g);
                         ts = row_scan_add(ts, k, step_value(kept[j], g, kept_v[j], lr, poisoned).x);
                     }
@@ -562,17 +647,17 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     var max_r = 0.0;
     var norm2 = 0.0;
     let first = w * wg_rows;
-    if (VEC4) {
-        for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
-            let k = kept_col(lane, j);
-            if (k < D) {
-                kept_p[j] = anchors[k];
-                kept_q[j] = anchors[D + k];
-            }
-        }
+    if (VEC4 && has_vec4(lane, 0u)) {
+        p4.a = anchor4(0u, 4u * kept_vec4(lane, 0u));
+        q4.a = anchor4(D, 4u * kept_vec4(lane, 0u));
+    }
+    if (VEC4 && has_vec4(lane, 1u)) {
+        p4.b = anchor4(0u, 4u * kept_vec4(lane, 1u));
+        q4.b = anchor4(D, 4u * kept_vec4(lane, 1u));
     }
     var site = row_site(lid / L, first);
     var kept = load_kept(site, lane, cur);
+    var kept4 = load_kept4(site, lane, cur);
     for (var blk = 0u; blk < BLOCKS; blk = blk + 1u) {
         if (first + blk * block_rows >= chunk.rows) {
             break;   // uniform: the rest of the workgroup's rows are past the chunk
@@ -581,13 +666,16 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
         let slot = blk * block_rows + lid / L;
         var next_site = site;
         var next_kept = kept;
+        var next_kept4 = kept4;
         if (blk + 1u < BLOCKS) {
             next_site = row_site(slot + block_rows, first);
             next_kept = load_kept(next_site, lane, cur);
+            next_kept4 = load_kept4(next_site, lane, cur);
         }
-        let r_acc = step_row(site, slot, kept, lane, lid, cur);
+        let r_acc = step_row(site, slot, kept, kept4, lane, lid, cur);
         site = next_site;
         kept = next_kept;
+        kept4 = next_kept4;
         abs_r = abs_r + r_acc.x;
         max_r = max(max_r, r_acc.y);
         norm2 = norm2 + r_acc.z;
