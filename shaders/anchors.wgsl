@@ -70,6 +70,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     if (lid == 0u) {
         state.stamp = state.stamp + 1u;
         state.restore = 0u;
+        state.undo = 0u;
         let s0 = wg_lanes[0].y;
         state.s0 = s0;
         state.d0 = safe_dist(s0, params.eps);

@@ -4,6 +4,8 @@
 //            (and xv), so the step's passes read a contiguous batch;
 //   scatter: the current batch buffer (state.cur: the guard's choice) →
 //            the chunk's rows; a dropped step writes back what it read;
+//            DIRECT: the step wrote in place, and a dropped one
+//            (state.undo) gets its rows' old values back from x_b;
 //   settle:  one invocation, after the scatters: the batch buffers start
 //            the next step from buffer A again.
 // Only the step's rows are read and written. Host owner:
@@ -17,8 +19,10 @@ struct BatchIo {
 }
 
 override MOMENTUM: bool = false;
-// fused_step.wgsl's DIRECT: the step wrote in place or into x_b; a scatter
-// then copies x_b back only when the guard kept the step (state.cur = 1).
+// fused_step.wgsl's DIRECT: the step wrote in place; under a
+// double-buffered guard it logged its rows' old values in x_b (its
+// `undo_log`), which a scatter copies back only when the guard dropped the
+// step (state.undo = 1), on the step that aborts too.
 override DIRECT: bool = false;
 // fused_step.wgsl's VEC4 (D a multiple of 4): one invocation per vec4 of
 // the slots, through the vec4 views of the same buffers (bindings 10–15).
@@ -89,11 +93,11 @@ fn scatter(@builtin(workgroup_id) wg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     let e = linear_workgroup(wg, nwg) * WG + lid;
     let at = local_at(e);
-    if (at == DEAD || state.halted != 0u || (DIRECT && state.cur == 0u)) {
+    if (at == DEAD || (DIRECT && state.undo == 0u) || (!DIRECT && state.halted != 0u)) {
         return;
     }
     if (VEC4) {
-        if (state.cur == 0u) {
+        if (state.cur == 0u && !DIRECT) {
             table4[at] = x_a4[e];
             if (MOMENTUM) {
                 vel4[at] = xv_a4[e];
@@ -106,7 +110,7 @@ fn scatter(@builtin(workgroup_id) wg: vec3<u32>,
         }
         return;
     }
-    if (state.cur == 0u) {
+    if (state.cur == 0u && !DIRECT) {
         table[at] = x_a[e];
         if (MOMENTUM) {
             vel[at] = xv_a[e];

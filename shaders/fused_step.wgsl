@@ -19,6 +19,9 @@
 //  - skip-step, rollback, abort: into the other table buffer (table_a ⇄
 //    table_b); reduce.wgsl switches `state.cur` only if the step was clean,
 //    so a failing step is dropped without another pass over the table.
+// A batch read in place (DIRECT) under those guards writes its rows in
+// place and logs their old values (`undo_log`): batch_io.wgsl puts them
+// back only if the step was dropped.
 // Batches (BATCHED): the pass runs over a batch's slots instead of a
 // table chunk (gathered by batch_io.wgsl, or read in place: DIRECT below):
 // slot i is row slots[i].x with its multiplicity and weight; the scans'
@@ -49,10 +52,9 @@ override KEEP: bool = true;   // set by the host: D ≤ MAX_KEPT·L
 override MOMENTUM: bool = false;   // SPEC §5 μ > 0: a velocity buffer (double-buffered like the table)
 override PREP: bool = false;       // the first read of a two-read step (see above)
 // BATCHED with the table in one binding: the slots' rows are read from the
-// table itself (table_a, by row), with no gather; a single-buffered guard
-// writes them there in place, a double-buffered one into the batch buffer
-// table_b (by slot), which batch_io.wgsl scatters back only if the step
-// was clean.
+// table itself (table_a, by row), with no gather, and written there in
+// place; a double-buffered guard also logs each row's old values in the
+// batch buffer table_b (by slot: `undo_log`).
 override DIRECT: bool = false;
 // Row blocks a workgroup steps one after another (WG / L rows each, at
 // most 256 rows in all: the scans' masks): the workgroup's fixed costs
@@ -123,6 +125,48 @@ fn store_x(cur: u32, e: u32, v: f32) {
     } else {
         table_b[e] = v;
     }
+}
+
+// A batch read in place under a double-buffered guard: the step writes its
+// rows in place (table_a; the current buffer, state.cur being 0 in every
+// batched step) and each row's old values into the batch buffer table_b
+// (and vel_b) at its slot: an undo log, which batch_io.wgsl's scatter puts
+// back only if the guard dropped the step (`state.undo`). A kept step, the
+// usual one, then moves no row after this pass; before, every step went
+// into table_b and was scattered back.
+fn undo_log() -> bool {
+    return BATCHED && DIRECT && double_buffered();
+}
+
+// Column k's new value and velocity `nv` (its old ones x_old, v_old) at
+// element `base + k` of the row, `out_base + k` (see step_row).
+fn put(cur: u32, base: u32, out_base: u32, k: u32, x_old: f32, v_old: f32, nv: vec2<f32>) {
+    if (undo_log()) {
+        table_a[base + k] = nv.x;
+        table_b[out_base + k] = x_old;
+        if (MOMENTUM) {
+            vel_a[base + k] = nv.y;
+            vel_b[out_base + k] = v_old;
+        }
+        return;
+    }
+    store_x(cur, out_base + k, nv.x);
+    store_v(cur, out_base + k, nv.y);
+}
+
+// put for vec4 `c4` of the row (base and out_base in elements).
+fn put4(cur: u32, base: u32, out_base: u32, c4: u32, x_old: vec4<f32>, v_old: vec4<f32>, nx: vec4<f32>, nv: vec4<f32>) {
+    if (undo_log()) {
+        table_a4[base / 4u + c4] = nx;
+        table_b4[out_base / 4u + c4] = x_old;
+        if (MOMENTUM) {
+            vel_a4[base / 4u + c4] = nv;
+            vel_b4[out_base / 4u + c4] = v_old;
+        }
+        return;
+    }
+    store_x4(cur, out_base / 4u + c4, nx);
+    store_v4(cur, out_base / 4u + c4, nv);
 }
 
 // VEC4: vec4 `e4` (elements 4·e4 …) of the same buffers as load_x, store_x,
@@ -418,7 +462,9 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
     let row = site.row;
     let mult = site.mult;
     let weight = site.weight;
-    // Where a double-buffered guard writes: the batch buffer, by slot.
+    // Where a double-buffered guard writes: the other buffer, in place;
+    // for a batch read in place, the batch buffer, by slot (its new values,
+    // or with `undo_log` its old ones).
     let out_base = select(base, i * D, DIRECT && double_buffered());
     let is_anchor = row == params.anchor_a || row == params.anchor_b;
     let anchor = select(0u, select(2u, 1u, row == params.anchor_a), is_anchor);
@@ -546,15 +592,13 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
             if (has_vec4(lane, 0u)) {
                 v_a = load_v4(cur, base / 4u + at_a);
                 let st = step4(kept4.a, 4u * at_a, p4.a, q4.a, v_a, co);
-                store_x4(cur, out_base / 4u + at_a, st.x);
-                store_v4(cur, out_base / 4u + at_a, st.v);
+                put4(cur, base, out_base, at_a, kept4.a, v_a, st.x, st.v);
                 any_bad = st.bad;
             }
             if (has_vec4(lane, 1u)) {
                 v_b = load_v4(cur, base / 4u + at_b);
                 let st = step4(kept4.b, 4u * at_b, p4.b, q4.b, v_b, co);
-                store_x4(cur, out_base / 4u + at_b, st.x);
-                store_v4(cur, out_base / 4u + at_b, st.v);
+                put4(cur, base, out_base, at_b, kept4.b, v_b, st.x, st.v);
                 any_bad = any_bad || st.bad;
             }
             if (SCAN && any_bad) {
@@ -582,8 +626,7 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
                     let g = grad_pq(x, k, anchors[k], anchors[D + k], c, inv_d1, inv_d2, sep, poisoned, anchor);
                     let nv = step_value(x, g, v_old, lr, poisoned);
                     any_bad = any_bad || is_nonfinite(g) || is_nonfinite(nv.x);
-                    store_x(cur, out_base + k, nv.x);
-                    store_v(cur, out_base + k, nv.y);
+                    put(cur, base, out_base, k, x, v_old, nv);
                 }
             }
             if (SCAN && any_bad) {
@@ -600,16 +643,17 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
             for (var k = lane; k < D; k = k + L) {
                 let x = load_x(cur, base + k);
                 let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned, anchor);
-                let nv = step_value(x, g, load_v(cur, base + k), lr, poisoned);
+                let v_old = load_v(cur, base + k);
+                let nv = step_value(x, g, v_old, lr, poisoned);
                 if (SCAN) {
                     gs = row_scan_add(gs, k, g);
                     ts = row_scan_add(ts, k, nv.x);
                 }
-                store_x(cur, out_base + k, nv.x);
-                store_v(cur, out_base + k, nv.y);
+                put(cur, base, out_base, k, x, v_old, nv);
             }
         } else if (live && double_buffered()) {
-            // Frozen anchors are carried into the next buffer unchanged.
+            // Frozen anchors are carried into the next buffer unchanged
+            // (`undo_log`: their old values are logged, as every slot's).
             for (var k = lane; k < D; k = k + L) {
                 store_x(cur, out_base + k, load_x(cur, base + k));
                 store_v(cur, out_base + k, load_v(cur, base + k));

@@ -205,9 +205,12 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         } else if (GUARD == GUARD_SKIP_ROW) {
             action = select(ACT_APPLIED, ACT_SKIPPED_ROWS, bad);
         } else if (!bad) {
+            // A double-buffered guard keeps a clean step; it drops any
+            // other (`state.undo`: a batch written in place is put back).
             state.cur = 1u - state.cur;
             state.skips = 0u;
         } else if (GUARD == GUARD_SKIP_STEP) {
+            state.undo = 1u;
             state.skips = state.skips + 1u;
             action = ACT_SKIPPED_STEP;
             if (state.skips > params.max_skips) {   // K skips allowed, as K rollbacks
@@ -215,6 +218,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
                 action = ACT_ABORTED;
             }
         } else if (GUARD == GUARD_ROLLBACK) {
+            state.undo = 1u;
             state.rollbacks = state.rollbacks + 1u;
             if (state.rollbacks > params.max_rollbacks) {
                 state.halted = 1u;
@@ -225,6 +229,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
                 action = ACT_ROLLED_BACK;
             }
         } else {
+            state.undo = 1u;
             state.halted = 1u;
             action = ACT_ABORTED;
         }

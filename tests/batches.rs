@@ -13,7 +13,8 @@ use common::*;
 use latent_line::cpu::CpuTrainer;
 use latent_line::gpu::{GpuOptions, GpuTrainer};
 use latent_line::{
-    reference, Batches, Endpoints, Guard, IndexBatches, Policy, Reduction, Shape, StepConfig, TableSource, Trainer,
+    reference, Action, Batches, Endpoints, Guard, IndexBatches, Policy, Reduction, Shape, StepConfig, TableSource,
+    Trainer,
 };
 
 const TOL: f64 = 1e-5;
@@ -433,5 +434,99 @@ fn cpu_large_batches_write_back_every_kept_row() {
         };
         let batches = Batches::Random { size: 9000, seed: seed ^ i as u64 };
         check(Backend::Cpu, shape, cfg, batches, seed.wrapping_add(i as u64));
+    }
+}
+
+/// A batch step that the guard drops leaves every row (and velocity) as it
+/// was, the batch's rows included: skip-step, abort (whose later steps do
+/// nothing) and rollback (back to its snapshot). In one binding the step
+/// writes its rows in place and logs their old values, which go back only
+/// for a dropped step; gathered from several bindings it writes a batch
+/// buffer. A kept step, before and after, changes exactly its batch's rows.
+#[test]
+fn a_dropped_batch_step_leaves_every_row_as_it_was() {
+    let seed = seed("batch_dropped");
+    let mut r = rng(seed);
+    let (rows, dim) = (300usize, 32usize);
+    let shape = Shape::new(rows, dim).unwrap();
+    let (a, b) = (r.random_range(0..rows / 2), r.random_range(rows / 2..rows));
+    let table = spaced_table(seed, shape, a, b, 0.3);
+    let batches = Batches::Random { size: 90, seed };
+    let batch = |step: u64| rows_of(&batches, rows, step);
+    // Snapshots every 2 steps: step 3 fails, in a row of its batch that
+    // steps 4 and 5 do not take (a later kept step is then checked too).
+    let bad = batch(3)
+        .into_iter()
+        .find(|&i| i != a && i != b && !batch(4).contains(&i) && !batch(5).contains(&i))
+        .expect("a row of step 3's batch alone");
+    let col = r.random_range(0..dim);
+    let backends = [
+        Backend::Cpu,
+        Backend::Gpu { chunk_rows: None },
+        Backend::Gpu { chunk_rows: Some(70) },
+        Backend::GpuLanes { lanes: 8, blocks: 2, vec4: false, chunk_rows: None },
+        Backend::GpuLanes { lanes: 4, blocks: 2, vec4: true, chunk_rows: None },
+        Backend::GpuLanes { lanes: 4, blocks: 1, vec4: true, chunk_rows: Some(70) },
+    ];
+    let bits = |t: &[f32]| t.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    for policy in [Policy::SkipStep, Policy::Abort, Policy::Rollback] {
+        for momentum in [0.0f32, 0.9] {
+            let guard = Guard { policy, snapshot_every: 2, ..Guard::default() };
+            let cfg = StepConfig { anchor_a: a, anchor_b: b, lr: 0.05, momentum, guard, ..StepConfig::for_rows(rows) };
+            for backend in backends {
+                let ctx = format!("{backend:?} {policy:?} momentum {momentum}, row {bad}, seed {seed}");
+                let mut t = open(backend, shape, cfg, table.clone(), batches.clone());
+                // A kept step changes its batch's rows and no other.
+                let kept = |t: &mut Box<dyn Trainer>, step: u64| {
+                    let before = t.read_table().unwrap();
+                    let rec = t.steps(1).unwrap().remove(0);
+                    assert_eq!(rec.action, Action::Applied, "{ctx}: step {step}");
+                    let now = t.read_table().unwrap();
+                    let rows_in = batch(step);
+                    for i in (0..rows).filter(|&i| i != a && i != b) {
+                        let changed = bits(&now[i * dim..][..dim]) != bits(&before[i * dim..][..dim]);
+                        assert_eq!(changed, rows_in.contains(&i), "{ctx}: row {i} at step {step}");
+                    }
+                };
+                kept(&mut t, 0);
+                kept(&mut t, 1);
+                let snapshot = (t.read_table().unwrap(), t.read_velocity().unwrap());
+                kept(&mut t, 2);
+                let mut row = t.read_table().unwrap()[bad * dim..][..dim].to_vec();
+                row[col] = f32::NAN;
+                t.write_row(bad, &row).unwrap();
+                let before = (t.read_table().unwrap(), t.read_velocity().unwrap());
+                let rec = t.steps(1).unwrap().remove(0);
+                let want = match policy {
+                    Policy::SkipStep => Action::SkippedStep,
+                    Policy::Abort => Action::Aborted,
+                    _ => Action::RolledBack,
+                };
+                assert_eq!(rec.action, want, "{ctx}");
+                assert_eq!(rec.scans.table.rows, vec![bad as u64], "{ctx}");
+                let now = (t.read_table().unwrap(), t.read_velocity().unwrap());
+                if policy == Policy::Rollback {
+                    assert_eq!(bits(&now.0), bits(&snapshot.0), "{ctx}: not the snapshot");
+                    if let Some(v) = &now.1 {
+                        assert!(v.iter().all(|&x| x == 0.0), "{ctx}: the velocity restarts after a rollback");
+                    }
+                } else {
+                    assert_eq!(bits(&now.0), bits(&before.0), "{ctx}: the table changed");
+                    assert_eq!(
+                        now.1.as_deref().map(bits),
+                        before.1.as_deref().map(bits),
+                        "{ctx}: the velocity changed"
+                    );
+                }
+                if policy == Policy::Abort {
+                    let later: Vec<Action> = t.steps(2).unwrap().iter().map(|r| r.action).collect();
+                    assert_eq!(later, vec![Action::NotRun; 2], "{ctx}");
+                    assert_eq!(bits(&t.read_table().unwrap()), bits(&before.0), "{ctx}: an aborted run wrote");
+                } else if policy == Policy::SkipStep {
+                    kept(&mut t, 4);
+                    kept(&mut t, 5);
+                }
+            }
+        }
     }
 }

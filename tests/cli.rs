@@ -823,8 +823,12 @@ fn profile_times_every_kernel_of_the_run() {
         assert!(k["seconds"].as_f64().unwrap() > 0.0, "{k}");
     }
     let fused = p.iter().find(|k| k["kernel"] == "fused_step.wgsl").unwrap();
-    // 502 slots (500 rows and the two anchors) read and written, 8 columns.
-    assert_eq!(fused["bytes"].as_u64().unwrap(), 12 * 2 * 502 * 8 * 4, "{fused}");
+    // 502 slots (500 rows and the two anchors) read and written in place,
+    // 8 columns, and (rollback: a double-buffered guard) their old values
+    // logged; the scatter copies only after a dropped step.
+    assert_eq!(fused["bytes"].as_u64().unwrap(), 12 * 3 * 502 * 8 * 4, "{fused}");
+    let scatter = p.iter().find(|k| k["kernel"] == "batch_io.wgsl scatter").unwrap();
+    assert_eq!(scatter["bytes"].as_u64().unwrap(), 0, "{scatter}");
     let o = run(&["--backend", "cpu", "--rows", "300", "--dim", "4", "--steps", "2", "--profile"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("profile  not available: cpu"));

@@ -17,8 +17,9 @@ use crate::sampler::Sampler;
 pub(super) struct BatchDev {
     /// Slots per step (anchors included): the batch buffers' rows.
     pub(super) cap: u32,
-    /// The table is one binding: the step reads it in place (no gather) and
-    /// scatters only a double-buffered guard's kept step.
+    /// The table is one binding: the step reads and writes it in place (no
+    /// gather); under a double-buffered guard it logs the rows' old values
+    /// and the scatter puts them back only after a dropped step.
     pub(super) direct: bool,
     pub(super) slots: wgpu::Buffer,
     /// Workgroups of the fused pass over the slots.

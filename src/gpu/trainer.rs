@@ -15,7 +15,9 @@
 //!   fused_step.wgsl per chunk    (read row, loss, gradient, scans, write row;
 //!                                 or over the batch's slots)
 //!   reduce.wgsl                  (fixed-order fold, scans, guard, record)
-//!   [batch_io.wgsl scatter]      (batches: the kept rows back; settle)
+//!   [batch_io.wgsl scatter]      (batches: gathered rows back; rows read
+//!                                 in place, double-buffered guard: only a
+//!                                 dropped step's, from its undo log; settle)
 //!   [copy_table.wgsl restore]    (rollback: an indirect dispatch, empty
 //!                                 unless the guard asked)
 //! The guard decides on the device (SPEC §9). A few steps go into each
@@ -158,6 +160,7 @@ struct ParamsU {
     pad: [u32; 2],
 }
 
+/// The device's `State` (common.wgsl), as the host writes and reads it.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct StateU {
@@ -173,7 +176,10 @@ struct StateU {
     restore: u32,
     clip: f32,
     norm: f32,
+    undo: u32,
 }
+
+const STATE_BYTES: u64 = std::mem::size_of::<StateU>() as u64;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -594,7 +600,7 @@ impl GpuTrainer {
             })
             .collect();
         let anchors = storage(&ctx, "anchors", 2 * d * 4, wgpu::BufferUsages::COPY_DST);
-        let state = storage(&ctx, "state", 48, wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC);
+        let state = storage(&ctx, "state", STATE_BYTES, wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC);
         ctx.queue.write_buffer(
             &state,
             0,
@@ -611,6 +617,7 @@ impl GpuTrainer {
                 restore: 0,
                 clip: 1.0,
                 norm: 0.0,
+                undo: 0,
             }),
         );
         // The batch buffers: the step's slots, gathered (A, and B for the
@@ -1261,11 +1268,11 @@ impl GpuTrainer {
     }
 
     fn read_state(&self) -> Result<StateU> {
-        let staging = readback(&self.ctx, "state readback", 48);
+        let staging = readback(&self.ctx, "state readback", STATE_BYTES);
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(&self.state, 0, &staging, 0, 48);
+        enc.copy_buffer_to_buffer(&self.state, 0, &staging, 0, STATE_BYTES);
         self.ctx.queue.submit([enc.finish()]);
-        let raw = read_mapped(&self.ctx, &staging, 48)?;
+        let raw = read_mapped(&self.ctx, &staging, STATE_BYTES)?;
         Ok(bytemuck::pod_read_unaligned::<StateU>(&raw))
     }
 
@@ -1450,6 +1457,7 @@ impl GpuTrainer {
         let vel = if self.cfg.momentum > 0.0 { 2 } else { 1 };
         // Rows a step's kernels go over: the batch's slots or the table's rows.
         let slots = self.batch.as_ref().map_or(self.shape.rows as u64, |b| b.cap as u64);
+        let direct = self.batch.as_ref().is_some_and(|b| b.direct);
         match phase {
             Phase::Sample => slots * 16,
             Phase::Snapshot => 2 * table,
@@ -1457,15 +1465,11 @@ impl GpuTrainer {
             // otherwise): not counted.
             Phase::Restore => 0,
             Phase::Anchors => 4 * d * 4,
-            Phase::Gather | Phase::Scatter if self.batch.as_ref().is_some_and(|b| b.direct) => {
-                // DIRECT: no gather; a kept step's scatter, double-buffered only.
-                let double = phase == Phase::Scatter && self.cfg.guard.policy.double_buffered();
-                if double {
-                    2 * vel * slots * d * 4
-                } else {
-                    0
-                }
-            }
+            // DIRECT: no gather; the scatter copies only after a dropped
+            // step (not counted), the fused pass writes a double-buffered
+            // guard's undo log beside the rows.
+            Phase::Gather | Phase::Scatter if direct => 0,
+            Phase::Fused if direct && self.cfg.guard.policy.double_buffered() => 3 * vel * slots * d * 4,
             Phase::Gather | Phase::Scatter | Phase::Fused => 2 * vel * slots * d * 4,
             Phase::Prep | Phase::AnchorSum => slots * d * 4 + slots * 16,
             Phase::Prepare => slots.div_ceil(SEG as u64) * 2 * d * 4,
