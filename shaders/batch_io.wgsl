@@ -5,7 +5,8 @@
 //   scatter: the current batch buffer (state.cur: the guard's choice) →
 //            the chunk's rows; a dropped step writes back what it read;
 //            DIRECT: the step wrote in place, and a dropped one
-//            (state.undo) gets its rows' old values back from x_b;
+//            (state.undo) gets its rows' old values back from x_b (an
+//            indirect dispatch: no workgroups after a kept step);
 //   settle:  one invocation, after the scatters: the batch buffers start
 //            the next step from buffer A again.
 // Only the step's rows are read and written. Host owner:

@@ -18,11 +18,14 @@ struct ReduceParams {
 @group(0) @binding(3) var<uniform> rp: ReduceParams;
 @group(0) @binding(4) var<storage, read> strikes: array<u32>;
 @group(0) @binding(5) var<storage, read> slots: array<vec4<u32>>;   // BATCHED: the scans' masks are of slots
-// rollback: each chunk's grid for copy_table.wgsl's restore, and the
-// indirect dispatch arguments written here — that grid after a rollback,
-// no workgroups otherwise, so a step that keeps its table pays nothing.
-@group(0) @binding(6) var<storage, read> restore_grid: array<vec4<u32>>;
-@group(0) @binding(7) var<storage, read_write> restore_args: array<vec4<u32>>;
+// Grids that only the guard's decision opens, and the indirect dispatch
+// arguments written here: a grid (x, y, z) when its flag (w: 0 for
+// state.restore, copy_table.wgsl's restore after a rollback, one per chunk;
+// 1 for state.undo, batch_io.wgsl's scatter of a dropped batch read in
+// place) is set, no workgroups otherwise, so a step that keeps its table
+// pays nothing. (A 16-byte stand-in pair when there are none.)
+@group(0) @binding(6) var<storage, read> guard_grids: array<vec4<u32>>;
+@group(0) @binding(7) var<storage, read_write> guard_args: array<vec4<u32>>;
 
 var<workgroup> wg_head: vec2<u32>;   // (state.halted, state.record)
 var<workgroup> bf_hist: array<atomic<u32>, 256>;
@@ -233,9 +236,11 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             state.halted = 1u;
             action = ACT_ABORTED;
         }
-        if (GUARD == GUARD_ROLLBACK && rp.update != 0u) {
-            for (var c = 0u; c < arrayLength(&restore_grid); c = c + 1u) {
-                restore_args[c] = select(vec4<u32>(0u, 1u, 1u, 0u), restore_grid[c], state.restore != 0u);
+        if (double_buffered() && rp.update != 0u) {
+            for (var c = 0u; c < arrayLength(&guard_grids); c = c + 1u) {
+                let g = guard_grids[c];
+                let open = select(state.restore, state.undo, g.w == 1u) != 0u;
+                guard_args[c] = select(vec4<u32>(0u, 1u, 1u, 0u), vec4<u32>(g.xyz, 0u), open);
             }
         }
         scan_out[slot] = bitcast<u32>(total.x);

@@ -439,7 +439,8 @@ fn cpu_large_batches_write_back_every_kept_row() {
 
 /// A batch step that the guard drops leaves every row (and velocity) as it
 /// was, the batch's rows included: skip-step, abort (whose later steps do
-/// nothing) and rollback (back to its snapshot). In one binding the step
+/// nothing), rollback (back to its snapshot) and a rollback past its
+/// limit, which aborts (as it was before the step). In one binding the step
 /// writes its rows in place and logs their old values, which go back only
 /// for a dropped step; gathered from several bindings it writes a batch
 /// buffer. A kept step, before and after, changes exactly its batch's rows.
@@ -469,12 +470,15 @@ fn a_dropped_batch_step_leaves_every_row_as_it_was() {
         Backend::GpuLanes { lanes: 4, blocks: 1, vec4: true, chunk_rows: Some(70) },
     ];
     let bits = |t: &[f32]| t.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
-    for policy in [Policy::SkipStep, Policy::Abort, Policy::Rollback] {
+    for (policy, max_rollbacks) in
+        [(Policy::SkipStep, 3), (Policy::Abort, 3), (Policy::Rollback, 3), (Policy::Rollback, 0)]
+    {
         for momentum in [0.0f32, 0.9] {
-            let guard = Guard { policy, snapshot_every: 2, ..Guard::default() };
+            let guard = Guard { policy, snapshot_every: 2, max_rollbacks, ..Guard::default() };
+            let aborts = policy == Policy::Abort || max_rollbacks == 0;
             let cfg = StepConfig { anchor_a: a, anchor_b: b, lr: 0.05, momentum, guard, ..StepConfig::for_rows(rows) };
             for backend in backends {
-                let ctx = format!("{backend:?} {policy:?} momentum {momentum}, row {bad}, seed {seed}");
+                let ctx = format!("{backend:?} {guard:?} momentum {momentum}, row {bad}, seed {seed}");
                 let mut t = open(backend, shape, cfg, table.clone(), batches.clone());
                 // A kept step changes its batch's rows and no other.
                 let kept = |t: &mut Box<dyn Trainer>, step: u64| {
@@ -498,14 +502,14 @@ fn a_dropped_batch_step_leaves_every_row_as_it_was() {
                 let before = (t.read_table().unwrap(), t.read_velocity().unwrap());
                 let rec = t.steps(1).unwrap().remove(0);
                 let want = match policy {
+                    _ if aborts => Action::Aborted,
                     Policy::SkipStep => Action::SkippedStep,
-                    Policy::Abort => Action::Aborted,
                     _ => Action::RolledBack,
                 };
                 assert_eq!(rec.action, want, "{ctx}");
                 assert_eq!(rec.scans.table.rows, vec![bad as u64], "{ctx}");
                 let now = (t.read_table().unwrap(), t.read_velocity().unwrap());
-                if policy == Policy::Rollback {
+                if want == Action::RolledBack {
                     assert_eq!(bits(&now.0), bits(&snapshot.0), "{ctx}: not the snapshot");
                     if let Some(v) = &now.1 {
                         assert!(v.iter().all(|&x| x == 0.0), "{ctx}: the velocity restarts after a rollback");
@@ -518,7 +522,7 @@ fn a_dropped_batch_step_leaves_every_row_as_it_was() {
                         "{ctx}: the velocity changed"
                     );
                 }
-                if policy == Policy::Abort {
+                if aborts {
                     let later: Vec<Action> = t.steps(2).unwrap().iter().map(|r| r.action).collect();
                     assert_eq!(later, vec![Action::NotRun; 2], "{ctx}");
                     assert_eq!(bits(&t.read_table().unwrap()), bits(&before.0), "{ctx}: an aborted run wrote");

@@ -181,6 +181,18 @@ struct StateU {
 
 const STATE_BYTES: u64 = std::mem::size_of::<StateU>() as u64;
 
+/// The flag (w of a guard grid) that opens an indirect dispatch: reduce.wgsl's
+/// `state.restore` (rollback's copy-back) or `state.undo` (a dropped batch).
+const GRID_ON_RESTORE: u32 = 0;
+const GRID_ON_UNDO: u32 = 1;
+
+/// batch_io.wgsl's workgroups over `cap` slots: an invocation per element
+/// (VEC4: per vec4).
+fn slot_groups(cap: u32, dim: u64, vec4: bool, wg: u32) -> u32 {
+    let per_invocation = if vec4 { 4 } else { 1 };
+    (cap as u64 * dim / per_invocation).div_ceil(wg as u64) as u32
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct ChunkU {
@@ -363,8 +375,10 @@ pub struct GpuTrainer {
     reduce_eval: Pass,
     /// rollback: (snapshot, restore) passes over the chunks.
     rollback: Option<(Pass, Pass)>,
-    /// rollback: the restore's indirect dispatch arguments, one per chunk.
-    restore_args: wgpu::Buffer,
+    /// Indirect dispatch arguments that reduce.wgsl writes from the guard's
+    /// decision (`guard_grids`): rollback's restore, one per chunk, then a
+    /// batch's undo scatter; no workgroups unless the step asked for them.
+    guard_args: wgpu::Buffer,
     ring: Vec<Slot>,
     steps_done: u64,
     /// A resumed run snapshots at its first step (it has no earlier one).
@@ -785,19 +799,27 @@ impl GpuTrainer {
         let fused_update =
             if batched { fused(true, false, &x_targets, true) } else { fused(true, false, &targets, false) };
         let fused_eval = fused(false, false, &targets, false);
-        // rollback: the restore's grid per chunk, and its indirect
-        // arguments (written by reduce.wgsl: the grid only after a rollback).
-        let restore_grid: Vec<[u32; 4]> = chunks
-            .iter()
-            .map(|c| {
+        // Grids that only the guard's decision opens, and their indirect
+        // arguments (written by reduce.wgsl: the grid when the flag in w is
+        // set, no workgroups otherwise): rollback's restore per chunk
+        // (state.restore), then the undo scatter of a batch read in place
+        // under a double-buffered guard (state.undo).
+        let mut guard_grids: Vec<[u32; 4]> = Vec::new();
+        if policy == Policy::Rollback {
+            guard_grids.extend(chunks.iter().map(|c| {
                 let (x, y) = grid((c.span.rows as u64 * d).div_ceil(wg as u64) as u32, max_groups);
-                [x, y, 1, 0]
-            })
-            .collect();
-        let (grid_buf, restore_args) = if policy == Policy::Rollback {
-            let g = storage(&ctx, "restore grid", restore_grid.len() as u64 * 16, wgpu::BufferUsages::COPY_DST);
-            ctx.queue.write_buffer(&g, 0, bytemuck::cast_slice(&restore_grid));
-            (g, storage(&ctx, "restore dispatch", restore_grid.len() as u64 * 16, wgpu::BufferUsages::INDIRECT))
+                [x, y, 1, GRID_ON_RESTORE]
+            }));
+        }
+        if direct && policy.double_buffered() {
+            let (x, y) = grid(slot_groups(cap, d, vec4, wg), max_groups);
+            guard_grids.push([x, y, 1, GRID_ON_UNDO]);
+        }
+        let (grid_buf, guard_args) = if !guard_grids.is_empty() {
+            let bytes = guard_grids.len() as u64 * 16;
+            let g = storage(&ctx, "guard grids", bytes, wgpu::BufferUsages::COPY_DST);
+            ctx.queue.write_buffer(&g, 0, bytemuck::cast_slice(&guard_grids));
+            (g, storage(&ctx, "guard dispatches", bytes, wgpu::BufferUsages::INDIRECT))
         } else {
             (
                 storage(&ctx, "unused grid", 16, wgpu::BufferUsages::empty()),
@@ -820,7 +842,7 @@ impl GpuTrainer {
                     (4, &strikes),
                     (5, &slots),
                     (6, &grid_buf),
-                    (7, &restore_args),
+                    (7, &guard_args),
                     (8, &detail),
                     (9, &hits),
                     (10, &records),
@@ -1006,7 +1028,7 @@ impl GpuTrainer {
             reduce_update,
             reduce_eval,
             rollback,
-            restore_args,
+            guard_args,
             ring,
             steps_done: 0,
             snapshot_due: false,
@@ -1346,8 +1368,10 @@ impl GpuTrainer {
             (Phase::Prepare, pre.is_some()),
             (Phase::Fused, true),
             (Phase::Reduce, true),
-            // (Scatter also settles the batch buffers for the next step.)
-            (Phase::Scatter, batch.is_some()),
+            // (Scatter also settles the batch buffers for the next step.
+            // A batch read in place has rows to put back only under a
+            // double-buffered guard, and only after a dropped step.)
+            (Phase::Scatter, batch.is_some_and(|b| !b.direct || self.cfg.guard.policy.double_buffered())),
             (Phase::Restore, update && rollback),
         ]
         .into_iter()
@@ -1377,9 +1401,7 @@ impl GpuTrainer {
         let wg = self.wg as u64;
         let elements = |c: &GpuChunk| (c.span.rows as u64 * d).div_ceil(wg) as u32;
         let rows = |c: &GpuChunk| c.row_groups;
-        // batch_io.wgsl's invocations: one per element of the slots (VEC4: per vec4).
-        let per_invocation = if self.vec4() { 4 } else { 1 };
-        let slot_elements = |b: &BatchDev| (b.cap as u64 * d / per_invocation).div_ceil(wg) as u32;
+        let slot_elements = |b: &BatchDev| slot_groups(b.cap, d, self.vec4(), self.wg);
         // The fused kernel's passes, over the batch's slots or the chunks.
         let fused = |pass: &mut wgpu::ComputePass, p: &Pass| match batch {
             Some(b) => once(pass, p, b.groups),
@@ -1432,7 +1454,16 @@ impl GpuTrainer {
             Phase::Reduce => if update { &self.reduce_update } else { &self.reduce_eval }.dispatch_one(pass),
             Phase::Scatter => {
                 if let Some(b) = batch {
-                    each_chunk(pass, &b.scatter, &|_| slot_elements(b));
+                    if b.direct {
+                        // Indirect: no workgroups unless reduce.wgsl dropped
+                        // the step (its grid follows rollback's, if any).
+                        let at = if self.rollback.is_some() { self.chunks.len() } else { 0 };
+                        pass.set_pipeline(&b.scatter.pipeline);
+                        pass.set_bind_group(0, &b.scatter.groups[0], &[]);
+                        pass.dispatch_workgroups_indirect(&self.guard_args, at as u64 * 16);
+                    } else {
+                        each_chunk(pass, &b.scatter, &|_| slot_elements(b));
+                    }
                     b.settle.dispatch_one(pass);
                 }
             }
@@ -1442,7 +1473,7 @@ impl GpuTrainer {
                     pass.set_pipeline(&restore.pipeline);
                     for (i, bg) in restore.groups.iter().enumerate() {
                         pass.set_bind_group(0, bg, &[]);
-                        pass.dispatch_workgroups_indirect(&self.restore_args, i as u64 * 16);
+                        pass.dispatch_workgroups_indirect(&self.guard_args, i as u64 * 16);
                     }
                 }
             }
