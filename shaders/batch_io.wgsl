@@ -2,13 +2,13 @@
 // invocation per element of the batch's slots (VEC4: per vec4):
 //   gather:  rows (and velocity rows) of this chunk → the batch buffer x
 //            (and xv), so the step's passes read a contiguous batch;
-//   scatter: the current batch buffer (state.cur: the guard's choice) →
-//            the chunk's rows; a dropped step writes back what it read;
-//            DIRECT: the step wrote in place, and a dropped one
-//            (state.undo) gets its rows' old values back from x_b (an
-//            indirect dispatch: no workgroups after a kept step);
-//   settle:  one invocation, after the scatters: the batch buffers start
-//            the next step from buffer A again.
+//   scatter: a kept step's rows → the chunk's rows: x_b under a
+//            double-buffered guard, x_a (stepped in place) otherwise; a
+//            dropped step (state.undo) or an aborted run writes nothing;
+//            DIRECT: the step wrote in place, and only a dropped one gets
+//            its rows' old values back, from x_b (an indirect dispatch: no
+//            workgroups after a kept step).
+// A batched run has one table buffer: state.cur stays 0 (reduce.wgsl).
 // Only the step's rows are read and written. Host owner:
 // `src/gpu/batch.rs`, `GpuTrainer::encode_phase`; CPU mirror: `src/cpu/general.rs`.
 
@@ -94,11 +94,12 @@ fn scatter(@builtin(workgroup_id) wg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     let e = linear_workgroup(wg, nwg) * WG + lid;
     let at = local_at(e);
-    if (at == DEAD || (DIRECT && state.undo == 0u) || (!DIRECT && state.halted != 0u)) {
+    if (at == DEAD || (DIRECT && state.undo == 0u) || (!DIRECT && (state.halted != 0u || state.undo != 0u))) {
         return;
     }
+    let from_a = !DIRECT && !double_buffered();
     if (VEC4) {
-        if (state.cur == 0u && !DIRECT) {
+        if (from_a) {
             table4[at] = x_a4[e];
             if (MOMENTUM) {
                 vel4[at] = xv_a4[e];
@@ -111,7 +112,7 @@ fn scatter(@builtin(workgroup_id) wg: vec3<u32>,
         }
         return;
     }
-    if (state.cur == 0u && !DIRECT) {
+    if (from_a) {
         table[at] = x_a[e];
         if (MOMENTUM) {
             vel[at] = xv_a[e];
@@ -124,7 +125,3 @@ fn scatter(@builtin(workgroup_id) wg: vec3<u32>,
     }
 }
 
-@compute @workgroup_size(1)
-fn settle() {
-    state.cur = 0u;
-}

@@ -208,9 +208,12 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         } else if (GUARD == GUARD_SKIP_ROW) {
             action = select(ACT_APPLIED, ACT_SKIPPED_ROWS, bad);
         } else if (!bad) {
-            // A double-buffered guard keeps a clean step; it drops any
-            // other (`state.undo`: a batch written in place is put back).
-            state.cur = 1u - state.cur;
+            // A double-buffered guard keeps a clean step, switching table
+            // buffers (a batched run has one: batch_io.wgsl's scatter
+            // writes the kept rows); it drops any other (`state.undo`).
+            if (!BATCHED) {
+                state.cur = 1u - state.cur;
+            }
             state.skips = 0u;
         } else if (GUARD == GUARD_SKIP_STEP) {
             state.undo = 1u;

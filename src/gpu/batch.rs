@@ -26,7 +26,6 @@ pub(super) struct BatchDev {
     pub(super) groups: u32,
     pub(super) gather: Pass,
     pub(super) scatter: Pass,
-    pub(super) settle: Pass,
     pub(super) source: SlotSource,
 }
 

@@ -72,7 +72,7 @@ pub const REDUCE: Kernel =
 pub const ANCHOR_SUM: Kernel = kernel!("anchor_sum", [], ["main"], ["WG", "D", "BATCHED", "DIRECT"]);
 pub const PREPARE: Kernel = kernel!("prepare", [REDUCE_WG], ["main"], ["WG", "D", "MODE"]);
 pub const BATCH_IO: Kernel =
-    kernel!("batch_io", [], ["gather", "scatter", "settle"], ["WG", "D", "MOMENTUM", "DIRECT", "VEC4"]);
+    kernel!("batch_io", [], ["gather", "scatter"], ["WG", "D", "GUARD", "MOMENTUM", "DIRECT", "VEC4"]);
 pub const COPY_TABLE: Kernel = kernel!("copy_table", [], ["snapshot", "restore"], ["WG", "D", "MOMENTUM"]);
 pub const SCAN_TABLE: Kernel =
     kernel!("scan_table", [REDUCE_WG, SCAN], ["main", "main_vec4"], ["WG", "D", "SCAN_BUFS"]);

@@ -17,7 +17,7 @@
 //!   reduce.wgsl                  (fixed-order fold, scans, guard, record)
 //!   [batch_io.wgsl scatter]      (batches: gathered rows back; rows read
 //!                                 in place, double-buffered guard: only a
-//!                                 dropped step's, from its undo log; settle)
+//!                                 dropped step's, from its undo log)
 //!   [copy_table.wgsl restore]    (rollback: an indirect dispatch, empty
 //!                                 unless the guard asked)
 //! The guard decides on the device (SPEC §9). A few steps go into each
@@ -962,8 +962,6 @@ impl GpuTrainer {
                     .collect();
                 Pass { pipeline: p, groups }
             };
-            let settle_p = consts.pipeline(&ctx, &shaders::BATCH_IO, "settle", &[]);
-            let settle_g = bind_at(&ctx, &settle_p, &[(8, &state)]);
             let source = match schedule {
                 Schedule::Random { sampler, .. } => {
                     let u = uniform(&ctx, "sample params", &SampleU::zeroed_for(&sampler));
@@ -997,7 +995,6 @@ impl GpuTrainer {
                 groups: x_groups,
                 gather: io("gather"),
                 scatter: io("scatter"),
-                settle: Pass { pipeline: settle_p, groups: vec![settle_g] },
                 source,
             }
         });
@@ -1368,8 +1365,7 @@ impl GpuTrainer {
             (Phase::Prepare, pre.is_some()),
             (Phase::Fused, true),
             (Phase::Reduce, true),
-            // (Scatter also settles the batch buffers for the next step.
-            // A batch read in place has rows to put back only under a
+            // (A batch read in place has rows to put back only under a
             // double-buffered guard, and only after a dropped step.)
             (Phase::Scatter, batch.is_some_and(|b| !b.direct || self.cfg.guard.policy.double_buffered())),
             (Phase::Restore, update && rollback),
@@ -1464,7 +1460,6 @@ impl GpuTrainer {
                     } else {
                         each_chunk(pass, &b.scatter, &|_| slot_elements(b));
                     }
-                    b.settle.dispatch_one(pass);
                 }
             }
             Phase::Restore => {
