@@ -78,11 +78,13 @@ if [ "$MODE" = sweep ]; then
     for lb in 1 0; do LB=$lb prof "" ""; LB=$lb prof 4 ""; LB=$lb prof "" "" "--batch $BATCH"; done
     for v4 in 1 0; do V4=$v4 prof "" ""; V4=$v4 prof 16 ""; V4=$v4 prof "" "" "--batch $BATCH"; done
     V4=1 LB=1 prof "" ""
+    # The batch step's guard: skip-step's undo log against none.
+    prof "" "" "--batch $BATCH --on-nonfinite ignore"
     for l in 2 4 8 16; do for b in 1 ""; do prof $l "$b"; done; done
     for w in 64 128; do WG=$w prof "" ""; WG=$w prof 4 ""; done
     for l in 4 8; do for b in 1 2 ""; do prof $l "$b" "--batch $BATCH"; done; done
     for w in 64 128; do WG=$w prof "" "" "--batch $BATCH"; done
-    timeout 120 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|step-skip-step-vec4|step-skip-step-vec4-16lanes)/1000000x64|\]/scan' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
+    timeout 120 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|step-skip-step-vec4|step-skip-step-vec4-16lanes)/1000000x64|batch-random(-ignore|-vec4)?-65536/1000000x64|\]/scan' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
     exit 0
 fi
 

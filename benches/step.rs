@@ -14,6 +14,8 @@
 //!                   adapter) drawn on the device, default guard
 //!   batch-indices   user batches of the same size with repeats (rows drawn
 //!                   with replacement from a quarter of the table)
+//!   batch-random-ignore (gpu-time) the random batch under `ignore`: no
+//!                   undo log, no scatter (the default guard's cost)
 //!   step-attached-clip  the full table, attached anchors and clipping:
 //!                   the two-read step
 //! Sizes are 1M × 64 and 1M × 128 (scan: a 1 GiB table) on a hardware GPU
@@ -78,18 +80,19 @@ fn dup_batches(shape: Shape, size: usize) -> Batches {
     Batches::Indices(IndexBatches::new(batches, shape.rows).expect("indices in range"))
 }
 
-/// The batch benches' trainers on `shape` under the default guard: random
-/// batches of `size` rows, and user batches of as many with repeats; each
-/// opened as the loop reaches it (one table on the device at a time).
+/// The batch benches' trainers on `shape` under `policy`: random batches
+/// of `size` rows, and user batches of as many with repeats; each opened
+/// as the loop reaches it (one table on the device at a time).
 fn batch_trainers(
     ctx: &Arc<GpuContext>,
     shape: Shape,
     size: usize,
     opts: GpuOptions,
+    policy: Policy,
 ) -> impl Iterator<Item = (&'static str, GpuTrainer)> + '_ {
     [("batch-random", Batches::Random { size, seed: 3 }), ("batch-indices", dup_batches(shape, size))].into_iter().map(
         move |(name, batches)| {
-            let cfg = config(shape, Policy::SkipStep);
+            let cfg = config(shape, policy);
             let source = TableSource::Random { seed: 1 };
             let t =
                 GpuTrainer::with_batches(ctx.clone(), shape, cfg, source, opts.clone(), batches).expect("GPU trainer");
@@ -176,7 +179,7 @@ fn gpu(c: &mut Criterion) {
         drop(t);
         let bsize = batch_size(hardware);
         g.throughput(Throughput::Bytes(2 * bsize as u64 * shape.dim as u64 * 4));
-        for (name, mut t) in batch_trainers(&ctx, shape, bsize, GpuOptions::default()) {
+        for (name, mut t) in batch_trainers(&ctx, shape, bsize, GpuOptions::default(), Policy::SkipStep) {
             bench_steps(&mut g, format!("{name}-{bsize}/{id}"), &mut t);
         }
     }
@@ -276,13 +279,17 @@ fn gpu(c: &mut Criterion) {
         let bsize = batch_size(hardware);
         g.throughput(Throughput::Bytes(2 * bsize as u64 * shape.dim as u64 * 4));
         // The default, then the random batch with one row block a workgroup,
-        // and with 16-byte kept columns.
-        let variant = |opts: GpuOptions, name: &'static str| {
-            batch_trainers(&ctx, shape, bsize, opts).take(1).map(move |(_, t)| (name, t))
+        // with 16-byte kept columns, and under `ignore`.
+        let variant = |opts: GpuOptions, policy: Policy, name: &'static str| {
+            batch_trainers(&ctx, shape, bsize, opts, policy).take(1).map(move |(_, t)| (name, t))
         };
-        let one_block = variant(GpuOptions { row_blocks: Some(1), ..GpuOptions::default() }, "batch-random-1block");
-        let vec4 = variant(GpuOptions { vec4: Some(true), ..GpuOptions::default() }, "batch-random-vec4");
-        for (name, mut t) in batch_trainers(&ctx, shape, bsize, GpuOptions::default()).chain(one_block).chain(vec4) {
+        let skip = Policy::SkipStep;
+        let one_block =
+            variant(GpuOptions { row_blocks: Some(1), ..GpuOptions::default() }, skip, "batch-random-1block");
+        let vec4 = variant(GpuOptions { vec4: Some(true), ..GpuOptions::default() }, skip, "batch-random-vec4");
+        let ignore = variant(GpuOptions::default(), Policy::Ignore, "batch-random-ignore");
+        let all = batch_trainers(&ctx, shape, bsize, GpuOptions::default(), skip).chain(one_block).chain(vec4);
+        for (name, mut t) in all.chain(ignore) {
             if name.ends_with("vec4") && !t.vec4() {
                 continue;
             }

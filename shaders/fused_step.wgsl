@@ -48,6 +48,7 @@ override L: u32 = 1u;   // lanes per row
 // (16 was measured: every lane count ran 25–40 % slower on an H200, the
 // larger array costing even where only 8 are used: BENCHMARKS.md.)
 const MAX_KEPT: u32 = 8u;
+const_assert MAX_KEPT == 8u;   // VEC4's Kept4 holds a lane's values as two vec4s
 override KEEP: bool = true;   // set by the host: D ≤ MAX_KEPT·L
 override MOMENTUM: bool = false;   // SPEC §5 μ > 0: a velocity buffer (double-buffered like the table)
 override PREP: bool = false;       // the first read of a two-read step (see above)
@@ -623,7 +624,7 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
                     let x = kept[j];
                     let v_old = load_v(cur, base + k);
                     kept_v[j] = v_old;
-                    let g = grad_pq(x, k, anchors[k], anchors[D + k], c, inv_d1, inv_d2, sep, poisoned, anchor);
+                    let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned, anchor);
                     let nv = step_value(x, g, v_old, lr, poisoned);
                     any_bad = any_bad || is_nonfinite(g) || is_nonfinite(nv.x);
                     put(cur, base, out_base, k, x, v_old, nv);
