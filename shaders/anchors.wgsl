@@ -1,6 +1,8 @@
 // anchors.wgsl — the start of a step (SPEC §2–§3): copy rows a and b of the
-// current table into `anchors` (the step's snapshot p, q), compute
-// s0 = ‖p − q‖² and d0, and advance the pass stamp. One workgroup, in the
+// current table into `anchors` (the step's snapshot p, q) and compute
+// s0 = ‖p − q‖² and d0. Where steps cannot change rows a and b (frozen
+// anchors, `GpuTrainer::keeps_anchors`) it runs once, and again only after
+// the host writes the table. One workgroup, in the
 // summation order of fused_step.wgsl's rows (L lane sums, folded as its
 // row_fold does), so that a row equal to p has s2 = s0 bit for bit and an
 // excess of exactly 0. Reads the current buffer on the device, so a
@@ -68,9 +70,6 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         workgroupBarrier();
     }
     if (lid == 0u) {
-        state.stamp = state.stamp + 1u;
-        state.restore = 0u;
-        state.undo = 0u;
         let s0 = wg_lanes[0].y;
         state.s0 = s0;
         state.d0 = safe_dist(s0, params.eps);

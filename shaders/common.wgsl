@@ -87,7 +87,7 @@ struct Chunk {
 // decides here, so no step waits for the host (SPEC §9).
 struct State {
     record: u32,    // next slot of the records buffer (reset per submission)
-    stamp: u32,     // passes begun; stamps this pass's scan findings
+    stamp: u32,     // this pass's, on its scan findings (reduce.wgsl advances it; never 0)
     cur: u32,       // double-buffered guards: 0 = table A is current, 1 = B
     halted: u32,    // 1 once the guard aborted: later steps do nothing
     s0: f32,        // ‖p − q‖² of the current snapshot

@@ -162,7 +162,9 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             scan_out[slot + j] = select(0u, ACT_NOT_RUN, j == 5u);
         }
         if (lid == 0u) {
-            state.record = head.y + 1u;
+            end_pass(head.y);
+            state.restore = 0u;   // (what follows a halted step does nothing)
+            state.undo = 0u;
         }
         return;
     }
@@ -201,6 +203,8 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     if (lid == 0u) {
         let lr = state.lr;
         var action = ACT_APPLIED;
+        state.restore = 0u;
+        state.undo = 0u;
         if (rp.update == 0u) {
             action = ACT_EVALUATED;
         } else if (GUARD == GUARD_IGNORE) {
@@ -256,6 +260,13 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         scan_out[slot + 7u] = state.cur;
         scan_out[slot + 8u] = bitcast<u32>(state.norm);
         scan_out[slot + 9u] = select(0u, 1u, CLIP && rp.update != 0u);
-        state.record = head.y + 1u;
+        end_pass(head.y);
     }
+}
+
+// Lane 0, last: the next record slot, and the next pass's stamp (its scan
+// findings are told from older ones by it; see scan.wgsl).
+fn end_pass(record: u32) {
+    state.record = record + 1u;
+    state.stamp = state.stamp + 1u;
 }

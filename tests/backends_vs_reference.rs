@@ -8,6 +8,7 @@ use common::*;
 use latent_line::cpu::CpuTrainer;
 use latent_line::gpu::{GpuOptions, GpuTrainer, StepPath};
 use latent_line::{reference, Endpoints, Guard, Policy, Reduction, Shape, StepConfig, TableSource, Trainer};
+use rand::Rng;
 
 const TOL: f64 = 1e-5;
 
@@ -402,4 +403,39 @@ fn staged_path_refuses_a_batch_past_the_dispatch_grid() {
     // And it has no guard: any other policy is refused up front.
     let err = GpuTrainer::new(gpu(), shape, StepConfig::for_rows(2500), TableSource::Data(table), opts).err().unwrap();
     assert!(err.to_string().contains("staged GPU path has no guard"), "{err}");
+}
+
+/// With frozen anchors the step's p, q and d0 are taken once and kept
+/// while no step can change rows a and b; a host write to the table (an
+/// anchor's row here) must be seen by the next step, on every backend.
+#[test]
+fn a_host_write_to_an_anchor_row_is_seen_by_the_next_step() {
+    let seed = seed("anchor_write");
+    let mut r = rng(seed);
+    let shape = Shape::new(300, 12).unwrap();
+    let cfg = StepConfig { anchor_a: 7, anchor_b: 250, lr: 0.05, ..StepConfig::for_rows(shape.rows) };
+    assert_eq!(cfg.endpoints, Endpoints::Frozen);
+    let table = spaced_table(seed, shape, cfg.anchor_a, cfg.anchor_b, MIN_GAP);
+    let backends = [
+        Backend::Cpu,
+        Backend::Gpu { path: StepPath::Fused, chunk_rows: None },
+        Backend::Gpu { path: StepPath::Fused, chunk_rows: Some(70) },
+    ];
+    for backend in backends {
+        let ctx = format!("{backend:?}, seed {seed}");
+        let mut t = open(backend, shape, cfg, table.clone());
+        t.steps(2).unwrap();
+        for anchor in [cfg.anchor_a, cfg.anchor_b] {
+            let now = t.read_table().unwrap();
+            let moved: Vec<f32> =
+                now[anchor * shape.dim..][..shape.dim].iter().map(|x| x + r.random_range(0.5..2.0)).collect();
+            t.write_row(anchor, &moved).unwrap();
+            let before = t.read_table().unwrap();
+            let mut want = to_f64(&before);
+            let w = reference::step(&mut want, shape, &cfg);
+            let got = t.steps(1).unwrap().remove(0);
+            assert!(rel(got.d0, w.d0) <= 1e-5, "{ctx}: d0 after row {anchor} moved: {} vs {}", got.d0, w.d0);
+            assert_table_close(&t.read_table().unwrap(), &want, shape.dim, 1e-5, &format!("{ctx}: row {anchor} moved"));
+        }
+    }
 }

@@ -500,6 +500,45 @@ fn an_overflow_in_a_lanes_second_vec4_is_reported() {
     }
 }
 
+/// Each step reports its own findings only: a row found in one step and
+/// mended by the host is not reported again when the next step finds
+/// another row, elsewhere in the table (other workgroups' findings from
+/// earlier passes stay on the device and are told apart by the pass's
+/// stamp).
+#[test]
+fn a_finding_is_reported_only_in_its_own_step() {
+    let seed = seed("own_step");
+    let mut r = rng(seed);
+    let (rows, dim) = (400usize, 8usize);
+    let shape = Shape::new(rows, dim).unwrap();
+    let table = random_table(&mut r, rows, dim);
+    let (first, second) = (r.random_range(5..100), r.random_range(300..395));
+    for policy in [Policy::Ignore, Policy::SkipStep] {
+        let guard = Guard { policy, ..Guard::default() };
+        let cfg = StepConfig { anchor_a: 0, anchor_b: rows - 1, lr: 0.05, guard, ..StepConfig::for_rows(rows) };
+        for (name, mut t) in trainers(shape, cfg, &table) {
+            let ctx = format!("{name} {policy:?}: rows {first} then {second}, seed {seed}");
+            for (step, row) in [first, second].into_iter().enumerate() {
+                let mut now = t.read_table().unwrap();
+                if step == 1 {
+                    t.write_row(first, &table[first * dim..][..dim]).unwrap();
+                    now = t.read_table().unwrap();
+                }
+                let mut bad = row_of(&now, row, dim);
+                bad[r.random_range(0..dim)] = f32::NAN;
+                t.write_row(row, &bad).unwrap();
+                let rec = t.steps(1).unwrap().remove(0);
+                for (what, scan) in
+                    [("loss", &rec.scans.loss), ("gradient", &rec.scans.grad), ("rows", &rec.scans.table)]
+                {
+                    assert_eq!(scan.rows, vec![row as u64], "{ctx}: {what} scan at step {step}");
+                }
+                assert_eq!(rec.scans.loss.nan, 1, "{ctx}: step {step}");
+            }
+        }
+    }
+}
+
 #[test]
 fn audit_shows_detached_anchors_collapsing() {
     let seed = seed("audit_collapse");

@@ -383,6 +383,10 @@ pub struct GpuTrainer {
     steps_done: u64,
     /// A resumed run snapshots at its first step (it has no earlier one).
     snapshot_due: bool,
+    /// `anchors` and state's s0, d0 hold rows a and b of the table as it
+    /// is, and no step can change them (`keeps_anchors`): the next step
+    /// needs no anchors.wgsl pass. Cleared by every host write to the table.
+    anchors_fresh: bool,
     /// Once set, no further submission starts (`Trainer::set_stop`).
     stop: Option<Arc<std::sync::atomic::AtomicBool>>,
     staged: Option<Staged>,
@@ -620,7 +624,7 @@ impl GpuTrainer {
             0,
             bytemuck::bytes_of(&StateU {
                 record: 0,
-                stamp: 0,
+                stamp: 1, // the first pass's: never 0, the scan details' initial stamp
                 cur: 0,
                 halted: 0,
                 s0: 0.0,
@@ -1029,6 +1033,7 @@ impl GpuTrainer {
             ring,
             steps_done: 0,
             snapshot_due: false,
+            anchors_fresh: false,
             stop: None,
             staged: None,
             scanner: None,
@@ -1042,6 +1047,7 @@ impl GpuTrainer {
 
     /// Writes the initial table: generated in place, or copied from the host.
     fn upload(&mut self, source: TableSource) -> Result<()> {
+        self.anchors_fresh = false;
         match source {
             TableSource::Data(v) => {
                 let d = self.shape.dim;
@@ -1061,8 +1067,17 @@ impl GpuTrainer {
         if self.steps_done != 0 {
             return Err(Error::invalid("generate", "only before the first step"));
         }
+        self.anchors_fresh = false;
         self.encode_generate(seed);
         self.ctx.wait()
+    }
+
+    /// Do steps leave rows a and b as they are? So when frozen (SPEC §4),
+    /// except under rollback, whose restore may bring back a snapshot
+    /// taken before the host wrote an anchor's row. The anchors pass then
+    /// runs once, and again after any host write to the table.
+    fn keeps_anchors(&self) -> bool {
+        self.cfg.endpoints == crate::config::Endpoints::Frozen && self.cfg.guard.policy != Policy::Rollback
     }
 
     fn encode_generate(&self, seed: u64) {
@@ -1155,6 +1170,7 @@ impl GpuTrainer {
                     i as usize,
                     self.steps_done,
                 );
+                self.anchors_fresh = self.keeps_anchors();
                 self.steps_done += 1;
             }
             done += m;
@@ -1358,7 +1374,7 @@ impl GpuTrainer {
         [
             (Phase::Sample, random && self.manual.is_none()),
             (Phase::Snapshot, snapshot && rollback),
-            (Phase::Anchors, true),
+            (Phase::Anchors, !self.anchors_fresh),
             (Phase::Gather, batch.is_some_and(|b| !b.direct)),
             (Phase::Prep, pre.is_some()),
             (Phase::AnchorSum, pre.is_some_and(|p| p.anchor_sum.is_some())),
@@ -1633,6 +1649,7 @@ impl GpuTrainer {
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         if n == 0 {
             self.encode_fused(&mut enc, false, false, None, None, 0, first);
+            self.anchors_fresh = self.keeps_anchors();
         }
         // --profile: a timed pass per kernel, read back after the submission.
         let timer = if n > 0 && self.profile.is_some() { PassTimer::new(&ctx, n as u32 * PHASES) } else { None };
@@ -1645,6 +1662,7 @@ impl GpuTrainer {
                     self.snapshot_due = false;
                     let t = timer.as_ref().map(|t| (t, timed.len() as u32));
                     let phases = self.encode_fused(&mut enc, true, snapshot, None, t, nth, self.steps_done);
+                    self.anchors_fresh = self.keeps_anchors();
                     if t.is_some() {
                         timed.extend(phases);
                     }
@@ -1957,6 +1975,7 @@ impl Trainer for GpuTrainer {
         let (c, i) = self.layout.locate(row);
         let at = i as u64 * self.shape.dim as u64 * 4;
         self.ctx.queue.write_buffer(self.chunks[c].buffer(cur), at, bytemuck::cast_slice(values));
+        self.anchors_fresh = false;
         self.ctx.wait()
     }
     fn read_snapshot(&mut self) -> Result<Option<Vec<f32>>> {
