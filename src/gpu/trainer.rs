@@ -7,7 +7,9 @@
 //! names them):
 //!   [sample.wgsl batch]          (random batches: the step's slots)
 //!   [copy_table.wgsl snapshot]   (rollback, every N steps)
-//!   anchors.wgsl                 (p, q from the current table; s0, d0)
+//!   [anchors.wgsl]               (p, q from the current table; s0, d0:
+//!                                 frozen anchors once, and after a host
+//!                                 write to the table; every step otherwise)
 //!   [batch_io.wgsl gather]       (batches on a table of several bindings)
 //!   [fused_step.wgsl PREP, anchor_sum.wgsl, prepare.wgsl]
 //!                                (attached anchors, clipping: the whole
