@@ -74,9 +74,11 @@ if [ "$MODE" = sweep ]; then
     for t in ${SWEEP_TESTS-forensics subgroups}; do timeout 120 "$B/$t" --test-threads 4 2>&1 | grep -E "test result|panicked|seed" | tail -3; done
     timeout 120 "$B/backends_vs_reference" row_blocks vec4 2>&1 | grep -E "test result|panicked|seed" | tail -3
     # wgpu's loop counters against none (the default since they were found),
-    # then 16-byte kept columns (8 lanes: two vec4s a lane; 16: one).
+    # then 16-byte kept columns (8 lanes: two vec4s a lane; 16: one; 4:
+    # four, the 4-byte path then not keeping its columns).
     for lb in 1 0; do LB=$lb prof "" ""; LB=$lb prof 4 ""; LB=$lb prof "" "" "--batch $BATCH"; done
-    for v4 in 1 0; do V4=$v4 prof "" ""; V4=$v4 prof 16 ""; V4=$v4 prof "" "" "--batch $BATCH"; done
+    for v4 in 1 0; do V4=$v4 prof "" ""; V4=$v4 prof 16 ""; V4=$v4 prof 4 ""; V4=$v4 prof "" "" "--batch $BATCH"; done
+    V4=1 prof 4 "" "--batch $BATCH"; V4=1 prof 8 "" "--dim 128"; prof "" "" "--dim 128"
     V4=1 LB=1 prof "" ""
     # The batch step's guard: skip-step's undo log against none.
     prof "" "" "--batch $BATCH --on-nonfinite ignore"
@@ -84,7 +86,7 @@ if [ "$MODE" = sweep ]; then
     for w in 64 128; do WG=$w prof "" ""; WG=$w prof 4 ""; done
     for l in 4 8; do for b in 1 2 ""; do prof $l "$b" "--batch $BATCH"; done; done
     for w in 64 128; do WG=$w prof "" "" "--batch $BATCH"; done
-    timeout 120 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|step-skip-step-vec4|step-skip-step-vec4-16lanes)/1000000x64|batch-random(-ignore|-vec4)?-65536/1000000x64|\]/scan' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
+    timeout 120 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|step-skip-step-vec4|step-skip-step-vec4-16lanes|step-skip-step-vec4-4lanes)/1000000x64|batch-random(-ignore|-vec4)?-65536/1000000x64|\]/scan' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
     exit 0
 fi
 

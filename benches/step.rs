@@ -8,7 +8,8 @@
 //!   step/skip-step-wgfold    (gpu-time, GPUs with subgroups) the same with
 //!                   the row fold in workgroup memory, not subgroup shuffles
 //!   step/skip-step-vec4      (gpu-time) the same with a lane's kept columns
-//!                   read and written 16 bytes at a time (LATENT_LINE_VEC4)
+//!                   read and written 16 bytes at a time (LATENT_LINE_VEC4),
+//!                   also at twice and at half the default lanes (-vec4-Nlanes)
 //!   scan            the table scan of `latent-line scan`, beside a copy
 //!   batch-random    a random batch of 65 536 rows (4 096 on a software
 //!                   adapter) drawn on the device, default guard
@@ -248,11 +249,11 @@ fn gpu(c: &mut Criterion) {
                 None,
             ));
         }
-        // 16-byte kept columns at twice the default lanes: one vec4 a lane.
-        let twice = default_lanes * 2;
-        if twice <= 32 {
-            let name = format!("step-skip-step-vec4-{twice}lanes");
-            variants.push((name, Policy::SkipStep, true, None, None, Some(twice), Some(true)));
+        // 16-byte kept columns at twice the default lanes (one vec4 a lane
+        // at D = 64) and at half (four: a row's scalar work shared by fewer).
+        for lanes in [default_lanes * 2, default_lanes / 2].into_iter().filter(|l| (1..=32).contains(l)) {
+            let name = format!("step-skip-step-vec4-{lanes}lanes");
+            variants.push((name, Policy::SkipStep, true, None, None, Some(lanes), Some(true)));
         }
         for (name, policy, scans, subgroups, row_blocks, lanes, vec4) in
             variants.into_iter().filter(|v| sg || v.3.is_none())

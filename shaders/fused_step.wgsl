@@ -48,7 +48,6 @@ override L: u32 = 1u;   // lanes per row
 // (16 was measured: every lane count ran 25–40 % slower on an H200, the
 // larger array costing even where only 8 are used: BENCHMARKS.md.)
 const MAX_KEPT: u32 = 8u;
-const_assert MAX_KEPT == 8u;   // VEC4's Kept4 holds a lane's values as two vec4s
 override KEEP: bool = true;   // set by the host: D ≤ MAX_KEPT·L
 override MOMENTUM: bool = false;   // SPEC §5 μ > 0: a velocity buffer (double-buffered like the table)
 override PREP: bool = false;       // the first read of a two-read step (see above)
@@ -62,9 +61,10 @@ override DIRECT: bool = false;
 // (resets, the Σ|r| tree, its partial and scan flush) are paid once for
 // them all, and the reduce pass folds BLOCKS times fewer partials.
 override BLOCKS: u32 = 1u;
-// KEEP with D a multiple of 4: a lane's kept columns are whole vec4s (lane
-// l takes vec4s l and l + L of the row: columns 4l … 4l + 3, then 4(l + L)
-// …), read and written 16 bytes at a time through the vec4 views of the
+// D a multiple of 4, at most 4·MAX_KEPT4·L: a lane's kept columns are whole
+// vec4s (lane l takes vec4s l, l + L, … of the row, KEPT4 at most:
+// columns 4l … 4l + 3, then 4(l + L) …), read and written 16 bytes at a
+// time through the vec4 views of the
 // same buffers (bindings 16–19), as the 16-byte copy that runs at about
 // twice the 4-byte one's bandwidth. A lane sums its columns in that order
 // (anchors.wgsl likewise), and holds p and q of its columns from the start
@@ -73,6 +73,11 @@ override BLOCKS: u32 = 1u;
 // put them in memory (an array indexed by a loop counter may go to local
 // memory unless the loop is unrolled). Set by the host (`LATENT_LINE_VEC4`).
 override VEC4: bool = false;
+// VEC4: the most vec4s a lane keeps, ⌈D/4 ÷ L⌉ ≤ MAX_KEPT4 (set by the
+// host): code for the vec4s past it is dead at pipeline creation, so they
+// take no registers.
+override KEPT4: u32 = 2u;
+const MAX_KEPT4: u32 = 4u;
 
 @group(0) @binding(0) var<storage, read_write> table_a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> table_b: array<f32>;   // a 16-byte stand-in when single-buffered
@@ -95,11 +100,38 @@ override VEC4: bool = false;
 
 var<workgroup> wg_flags: vec2<u32>;   // (state.cur, state.halted), made uniform
 
-// VEC4: a lane's kept values, its vec4s `lane` (a) and `lane + L` (b) of a
-// row (MAX_KEPT = 8 columns); a vec4 past the row is zeros, never read.
+// VEC4: a lane's kept values, its vec4s `lane` (a), `lane + L` (b), … of
+// a row (MAX_KEPT4 of them); a vec4 past the row is zeros, never read.
+// Taken and set by `kept_get` and `kept_set`.
 struct Kept4 {
     a: vec4<f32>,
     b: vec4<f32>,
+    c: vec4<f32>,
+    d: vec4<f32>,
+}
+
+fn kept_get(k: Kept4, q: u32) -> vec4<f32> {
+    switch (q) {
+        case 0u: { return k.a; }
+        case 1u: { return k.b; }
+        case 2u: { return k.c; }
+        default: { return k.d; }
+    }
+}
+
+fn kept_set(k: Kept4, q: u32, v: vec4<f32>) -> Kept4 {
+    var r = k;
+    switch (q) {
+        case 0u: { r.a = v; }
+        case 1u: { r.b = v; }
+        case 2u: { r.c = v; }
+        default: { r.d = v; }
+    }
+    return r;
+}
+
+fn no_kept4() -> Kept4 {
+    return Kept4(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
 }
 
 // VEC4: p and q of the lane's kept columns, read once a workgroup (every
@@ -341,14 +373,15 @@ fn owner_lane(col: u32) -> u32 {
     return col % L;
 }
 
-// VEC4: the vec4 index in the row of the lane's vec4 a (q = 0) or b (q = 1).
+// VEC4: the vec4 index in the row of the lane's vec4 q (a: 0, b: 1, …).
 fn kept_vec4(lane: u32, q: u32) -> u32 {
     return lane + q * L;
 }
 
-// VEC4: does the row have the lane's vec4 q?
+// VEC4: does the row have the lane's vec4 q? (Never past KEPT4: a
+// constant, so the loops over q < MAX_KEPT4 drop the rest.)
 fn has_vec4(lane: u32, q: u32) -> bool {
-    return kept_vec4(lane, q) < D / 4u;
+    return q < KEPT4 && kept_vec4(lane, q) < D / 4u;
 }
 
 // Without VEC4: a lane's columns in an array (the loops below run a
@@ -368,13 +401,12 @@ fn load_kept(site: RowSite, lane: u32, cur: u32) -> array<f32, MAX_KEPT> {
 
 // VEC4: a lane's vec4s of a row, 16 bytes a load.
 fn load_kept4(site: RowSite, lane: u32, cur: u32) -> Kept4 {
-    var kept = Kept4(vec4<f32>(0.0), vec4<f32>(0.0));
+    var kept = no_kept4();
     if (VEC4 && site.live) {
-        if (has_vec4(lane, 0u)) {
-            kept.a = load_x4(cur, site.base / 4u + kept_vec4(lane, 0u));
-        }
-        if (has_vec4(lane, 1u)) {
-            kept.b = load_x4(cur, site.base / 4u + kept_vec4(lane, 1u));
+        for (var q = 0u; q < MAX_KEPT4; q = q + 1u) {
+            if (has_vec4(lane, q)) {
+                kept = kept_set(kept, q, load_x4(cur, site.base / 4u + kept_vec4(lane, q)));
+            }
         }
     }
     return kept;
@@ -476,11 +508,10 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
     var kept_v: array<f32, MAX_KEPT>;
     if (live) {
         if (VEC4) {
-            if (has_vec4(lane, 0u)) {
-                part = accumulate4(part, kept4.a, p4.a, q4.a);
-            }
-            if (has_vec4(lane, 1u)) {
-                part = accumulate4(part, kept4.b, p4.b, q4.b);
+            for (var q = 0u; q < MAX_KEPT4; q = q + 1u) {
+                if (has_vec4(lane, q)) {
+                    part = accumulate4(part, kept_get(kept4, q), kept_get(p4, q), kept_get(q4, q));
+                }
             }
         } else if (KEEP) {
             for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
@@ -585,30 +616,26 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
             // value was non-finite; the details are worked out again for
             // such a lane alone.
             let co = RowCo(c, inv_d1, inv_d2, sep, lr, poisoned, anchor);
-            let at_a = kept_vec4(lane, 0u);
-            let at_b = kept_vec4(lane, 1u);
-            var v_a = vec4<f32>(0.0);
-            var v_b = vec4<f32>(0.0);
+            var vels = no_kept4();   // the old velocities, for the findings
             var any_bad = false;
-            if (has_vec4(lane, 0u)) {
-                v_a = load_v4(cur, base / 4u + at_a);
-                let st = step4(kept4.a, 4u * at_a, p4.a, q4.a, v_a, co);
-                put4(cur, base, out_base, at_a, kept4.a, v_a, st.x, st.v);
-                any_bad = st.bad;
-            }
-            if (has_vec4(lane, 1u)) {
-                v_b = load_v4(cur, base / 4u + at_b);
-                let st = step4(kept4.b, 4u * at_b, p4.b, q4.b, v_b, co);
-                put4(cur, base, out_base, at_b, kept4.b, v_b, st.x, st.v);
-                any_bad = any_bad || st.bad;
+            for (var q = 0u; q < MAX_KEPT4; q = q + 1u) {
+                if (has_vec4(lane, q)) {
+                    let at = kept_vec4(lane, q);
+                    let x = kept_get(kept4, q);
+                    let v = load_v4(cur, base / 4u + at);
+                    vels = kept_set(vels, q, v);
+                    let st = step4(x, 4u * at, kept_get(p4, q), kept_get(q4, q), v, co);
+                    put4(cur, base, out_base, at, x, v, st.x, st.v);
+                    any_bad = any_bad || st.bad;
+                }
             }
             if (SCAN && any_bad) {
                 var sc = Scans2(gs, ts);
-                if (has_vec4(lane, 0u)) {
-                    sc = scan4(sc, kept4.a, 4u * at_a, p4.a, q4.a, v_a, co);
-                }
-                if (has_vec4(lane, 1u)) {
-                    sc = scan4(sc, kept4.b, 4u * at_b, p4.b, q4.b, v_b, co);
+                for (var q = 0u; q < MAX_KEPT4; q = q + 1u) {
+                    if (has_vec4(lane, q)) {
+                        let at = kept_vec4(lane, q);
+                        sc = scan4(sc, kept_get(kept4, q), 4u * at, kept_get(p4, q), kept_get(q4, q), kept_get(vels, q), co);
+                    }
                 }
                 gs = sc.g;
                 ts = sc.t;
@@ -692,13 +719,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     var max_r = 0.0;
     var norm2 = 0.0;
     let first = w * wg_rows;
-    if (VEC4 && has_vec4(lane, 0u)) {
-        p4.a = anchor4(0u, 4u * kept_vec4(lane, 0u));
-        q4.a = anchor4(D, 4u * kept_vec4(lane, 0u));
-    }
-    if (VEC4 && has_vec4(lane, 1u)) {
-        p4.b = anchor4(0u, 4u * kept_vec4(lane, 1u));
-        q4.b = anchor4(D, 4u * kept_vec4(lane, 1u));
+    for (var q = 0u; VEC4 && q < MAX_KEPT4; q = q + 1u) {
+        if (has_vec4(lane, q)) {
+            p4 = kept_set(p4, q, anchor4(0u, 4u * kept_vec4(lane, q)));
+            q4 = kept_set(q4, q, anchor4(D, 4u * kept_vec4(lane, q)));
+        }
     }
     var site = row_site(lid / L, first);
     var kept = load_kept(site, lane, cur);

@@ -95,7 +95,12 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>) -> Box
             let t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table), opts).unwrap();
             assert_eq!((t.kernel_shape(), t.row_blocks()), ((wg, lanes), blocks));
             let d = shape.dim;
-            assert_eq!(t.vec4(), vec4 && d.is_multiple_of(4) && d <= 8 * lanes as usize, "VEC4 taken where it applies");
+            // VEC4 holds up to 4 vec4s a lane: D ≤ 16 · lanes.
+            assert_eq!(
+                t.vec4(),
+                vec4 && d.is_multiple_of(4) && d <= 16 * lanes as usize,
+                "VEC4 taken where it applies"
+            );
             Box::new(t)
         }
         Backend::GpuSmallBindings { bytes } => {
@@ -309,14 +314,17 @@ fn gpu_fused_step_matches_reference_with_row_blocks() {
 
 #[test]
 fn gpu_fused_step_matches_reference_with_vec4() {
-    // Kept columns read and written 16 bytes at a time: two vec4s a lane
-    // (D = 64 at 8 lanes), one (64 at 16), unevenly spread (12 at 2 lanes:
-    // lane 0 has vec4s 0 and 2, lane 1 only vec4 1), a lane with none (4
-    // at 2), each endpoint mode and the guards, with the separation term,
-    // momentum with decay (the velocity's vec4 view) and clipping in turn.
+    // Kept columns read and written 16 bytes at a time: four vec4s a lane
+    // (D = 64 at 4 lanes), three (24 at 2), two (64 at 8), one (64 at 16),
+    // unevenly spread (12 at 2 lanes: lane 0 has vec4s 0 and 2, lane 1
+    // only vec4 1; 52 at 4: lane 0 has four, the others three), a lane
+    // with none (4 at 2), each endpoint mode and the guards, with the
+    // separation term, momentum with decay (the velocity's vec4 view) and
+    // clipping in turn.
     let seed = seed("gpu_vec4");
     let mut case = 0u64;
-    for (lanes, blocks, dim) in [(8u32, 4u32, 64usize), (16, 2, 64), (2, 1, 12), (2, 2, 4)] {
+    let shapes = [(4u32, 2u32, 64usize), (2, 1, 24), (8, 4, 64), (16, 2, 64), (2, 1, 12), (4, 2, 52), (2, 2, 4)];
+    for (lanes, blocks, dim) in shapes {
         for endpoints in [Endpoints::Frozen, Endpoints::Detached, Endpoints::Attached] {
             case += 1;
             let rows = 2500;

@@ -464,39 +464,48 @@ fn lone_overflows_are_reported_at_the_first_column_with_its_bits() {
     }
 }
 
-/// With 16-byte kept columns a lane may hold two vec4s (here 4 lanes at
-/// D = 32: lane l has vec4s l and l + 4). An overflow in the second alone
-/// must still send that lane down the findings path.
+/// With 16-byte kept columns a lane may hold up to four vec4s (here 4
+/// lanes at D = 64: lane l has vec4s l, l + 4, l + 8 and l + 12). An
+/// overflow in a later one alone must still send that lane down the
+/// findings path: planted in each of vec4s b, c and d in turn.
 #[test]
-fn an_overflow_in_a_lanes_second_vec4_is_reported() {
-    let seed = seed("second_vec4_overflow");
+fn an_overflow_in_a_lanes_later_vec4_is_reported() {
+    let seed = seed("later_vec4_overflow");
     let mut r = rng(seed);
-    let (rows, dim) = (200usize, 32usize);
+    let (rows, dim, lanes) = (200usize, 64usize, 4usize);
     let shape = Shape::new(rows, dim).unwrap();
-    let mut table = random_table(&mut r, rows, dim);
-    let (row, col) = (r.random_range(10..190), r.random_range(16..dim));
-    let big = if r.random_bool(0.5) { 3e38f32 } else { -3e38 };
-    table[row * dim + col] = big;
-    let want = BadElement { row: row as u64, col: col as u64, bits: (-big.signum() * f32::INFINITY).to_bits() };
-    for policy in [Policy::Ignore, Policy::SkipStep] {
-        let guard = Guard { policy, ..Guard::default() };
-        let cfg = StepConfig {
-            anchor_a: 3,
-            anchor_b: 195,
-            lr: 0.05,
-            weight_decay: 30.0,
-            guard,
-            ..StepConfig::for_rows(rows)
-        };
-        let opts =
-            GpuOptions { lanes_per_row: Some(4), row_blocks: Some(2), vec4: Some(true), ..GpuOptions::default() };
-        let mut t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table.clone()), opts).unwrap();
-        assert!(t.vec4(), "16-byte kept columns at D = {dim}, 4 lanes");
-        let rec = t.steps(1).unwrap().remove(0);
-        let ctx = format!("{policy:?}: row {row}, column {col}, seed {seed}");
-        assert!(rec.scans.grad.is_clean(), "{ctx}: {:?}", rec.scans.grad);
-        assert_eq!(rec.scans.table.first, Some(want), "{ctx}");
-        assert_eq!((rec.scans.table.rows.clone(), rec.scans.table.nonfinite()), (vec![row as u64], 1), "{ctx}");
+    let clean = random_table(&mut r, rows, dim);
+    for q in 1..4 {
+        let (row, lane) = (r.random_range(10..190), r.random_range(0..lanes));
+        let col = 4 * (lane + q * lanes) + r.random_range(0..4);
+        let mut table = clean.clone();
+        let big = if r.random_bool(0.5) { 3e38f32 } else { -3e38 };
+        table[row * dim + col] = big;
+        let want = BadElement { row: row as u64, col: col as u64, bits: (-big.signum() * f32::INFINITY).to_bits() };
+        for policy in [Policy::Ignore, Policy::SkipStep] {
+            let guard = Guard { policy, ..Guard::default() };
+            let cfg = StepConfig {
+                anchor_a: 3,
+                anchor_b: 195,
+                lr: 0.05,
+                weight_decay: 30.0,
+                guard,
+                ..StepConfig::for_rows(rows)
+            };
+            let opts = GpuOptions {
+                lanes_per_row: Some(lanes as u32),
+                row_blocks: Some(2),
+                vec4: Some(true),
+                ..GpuOptions::default()
+            };
+            let mut t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table.clone()), opts).unwrap();
+            assert!(t.vec4(), "16-byte kept columns at D = {dim}, {lanes} lanes");
+            let rec = t.steps(1).unwrap().remove(0);
+            let ctx = format!("{policy:?}: row {row}, column {col} (vec4 {q} of lane {lane}), seed {seed}");
+            assert!(rec.scans.grad.is_clean(), "{ctx}: {:?}", rec.scans.grad);
+            assert_eq!(rec.scans.table.first, Some(want), "{ctx}");
+            assert_eq!((rec.scans.table.rows.clone(), rec.scans.table.nonfinite()), (vec![row as u64], 1), "{ctx}");
+        }
     }
 }
 

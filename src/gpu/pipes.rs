@@ -16,6 +16,21 @@ pub fn keeps_columns(dim: u32, lanes: u32) -> bool {
     dim as usize <= KEPT_COLUMNS * lanes as usize
 }
 
+/// fused_step.wgsl's MAX_KEPT4: under VEC4 a lane keeps up to this many
+/// vec4s of its row, in vectors (a unit test holds the two equal).
+pub const KEPT_VEC4S: u32 = 4;
+
+/// fused_step.wgsl's KEPT4: the most vec4s of a row of `dim` that one of
+/// `lanes` lanes takes (lane l: vec4s l, l + lanes, …).
+pub fn kept_vec4s(dim: u32, lanes: u32) -> u32 {
+    (dim / 4).div_ceil(lanes).max(1)
+}
+
+/// Can VEC4 apply: `dim` a multiple of 4, each lane's vec4s kept?
+pub fn keeps_vec4s(dim: u32, lanes: u32) -> bool {
+    dim.is_multiple_of(4) && kept_vec4s(dim, lanes) <= KEPT_VEC4S
+}
+
 pub fn storage(ctx: &GpuContext, label: &str, size: u64, extra: wgpu::BufferUsages) -> wgpu::Buffer {
     ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
@@ -119,7 +134,7 @@ pub struct Constants {
     /// SPEC §5: global-norm clipping.
     pub clip: bool,
     /// fused_step.wgsl's and batch_io.wgsl's VEC4: set by the host only
-    /// where KEEP holds and D is a multiple of 4 (`GpuTrainer::with_batches`).
+    /// where `keeps_vec4s` holds (`GpuTrainer::with_batches`).
     pub vec4: bool,
 }
 
@@ -161,6 +176,7 @@ impl Constants {
             // fused_step.wgsl keeps a lane's columns in registers up to 8.
             ("KEEP", if keep { 1.0 } else { 0.0 }),
             ("VEC4", if self.vec4 { 1.0 } else { 0.0 }),
+            ("KEPT4", kept_vec4s(self.dim, self.lanes).min(KEPT_VEC4S) as f64),
         ];
         let constants: Vec<(&str, f64)> =
             base.iter().chain(extra).copied().filter(|(name, _)| k.overrides.contains(name)).collect();

@@ -54,7 +54,7 @@ macro_rules! fused_overrides {
     ($($extra:literal),*) => {
         &[
             "WG", "D", "MODE", "NAIVE", "GUARD", "UPDATE", "SCAN", "L", "KEEP", "MOMENTUM", "SCAN_BUFS", "BATCHED",
-            "CLIP", "PREP", "DIRECT", "BLOCKS", "VEC4" $(, $extra)*
+            "CLIP", "PREP", "DIRECT", "BLOCKS", "VEC4", "KEPT4" $(, $extra)*
         ]
     };
 }
@@ -200,11 +200,16 @@ mod tests {
         assert_eq!(FUSED_STEP.features(), wgpu::Features::empty());
     }
 
-    /// The host decides KEEP (and VEC4) from MAX_KEPT's value.
+    /// The host decides KEEP from MAX_KEPT's value, VEC4 from MAX_KEPT4's.
     #[test]
     fn the_hosts_kept_columns_are_the_kernels() {
-        let line = format!("const MAX_KEPT: u32 = {}u;", crate::gpu::pipes::KEPT_COLUMNS);
-        assert!(FUSED_STEP.source.lines().any(|l| l.trim() == line), "fused_step.wgsl lacks `{line}`");
+        let lines = [
+            format!("const MAX_KEPT: u32 = {}u;", crate::gpu::pipes::KEPT_COLUMNS),
+            format!("const MAX_KEPT4: u32 = {}u;", crate::gpu::pipes::KEPT_VEC4S),
+        ];
+        for line in lines {
+            assert!(FUSED_STEP.source.lines().any(|l| l.trim() == line), "fused_step.wgsl lacks `{line}`");
+        }
     }
 
     #[test]

@@ -37,7 +37,7 @@ use bytemuck::{Pod, Zeroable};
 use super::batch::{slot_words, BatchDev, SlotSource};
 use super::context::{or_env_flag, GpuContext};
 use super::layout::{grid, row_blocks, ChunkLayout, ChunkSpan};
-use super::pipes::{bind, bind_at, finish_map, keeps_columns, read_mapped, readback, storage, uniform, Constants};
+use super::pipes::{bind, bind_at, finish_map, keeps_vec4s, read_mapped, readback, storage, uniform, Constants};
 use super::sampler::SampleU;
 use super::scan::{TableScanner, DETAIL_BYTES};
 use super::shaders::{self, Kernel};
@@ -510,7 +510,7 @@ impl GpuTrainer {
         let blocks = blocks_for(lanes);
         let vec4_asked = or_env_flag(opts.vec4, "LATENT_LINE_VEC4")?.unwrap_or(false);
         // Whether the fused step takes its kept columns 16 bytes at a time.
-        let vec4 = vec4_asked && shape.dim.is_multiple_of(4) && keeps_columns(shape.dim as u32, lanes);
+        let vec4 = vec4_asked && keeps_vec4s(shape.dim as u32, lanes);
         let strikes = if cfg.guard.policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
         let biggest = records(lanes).max(strikes);
         // The batch buffers and the two-read steps' per-slot coefficients
