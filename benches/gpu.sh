@@ -73,6 +73,7 @@ if [ "$MODE" = sweep ]; then
     # and batch steps, after the tests that check the row blocks on this GPU.
     for t in ${SWEEP_TESTS-forensics subgroups}; do timeout 120 "$B/$t" --test-threads 4 2>&1 | grep -E "test result|panicked|seed" | tail -3; done
     timeout 120 "$B/backends_vs_reference" row_blocks vec4 2>&1 | grep -E "test result|panicked|seed" | tail -3
+    timeout 120 "$B/batches" dropped 2>&1 | grep -E "test result|panicked|seed" | tail -3
     # wgpu's loop counters against none (the default since they were found),
     # then 16-byte kept columns (8 lanes: two vec4s a lane; 16: one; 4:
     # four, the 4-byte path then not keeping its columns).
@@ -100,6 +101,8 @@ run_tests() {
 run_tests naive forensics
 echo "-- backends_vs_reference row_blocks vec4"
 timeout 120 "$B/backends_vs_reference" row_blocks vec4 2>&1 | grep -E "test result|panicked|seed" | tail -5
+echo "-- batches dropped (the undo log of a batch read in place)"
+timeout 120 "$B/batches" dropped 2>&1 | grep -E "test result|panicked|seed" | tail -5
 
 echo "== main job: latent-line --rows $R (wall time, start-up included)"
 s=$(date +%s.%N)
