@@ -17,6 +17,12 @@ struct SampleParams {
 @group(0) @binding(1) var<uniform> sp: SampleParams;
 @group(0) @binding(2) var<uniform> params: Params;
 @group(0) @binding(3) var<storage, read_write> slots_out: array<vec4<u32>>;
+// `batch`: a submission's steps' parameters, written at once; step k of
+// the submission reads entry k = state.record (reset to 0 before each
+// submission, advanced by reduce.wgsl as each step ends), so no copy runs
+// between the steps.
+@group(0) @binding(4) var<storage, read> schedule: array<SampleParams>;
+@group(0) @binding(5) var<storage, read> state: State;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>,
@@ -43,18 +49,19 @@ fn batch(@builtin(workgroup_id) wg: vec3<u32>,
     if (i >= capacity) {
         return;
     }
-    let key = perm_key(sp.seed_lo, sp.seed_hi, sp.epoch, sp.half, sp.rows);
-    let w = bitcast<u32>(sp.w_red);
+    let s = schedule[state.record];
+    let key = perm_key(s.seed_lo, s.seed_hi, s.epoch, s.half, s.rows);
+    let w = bitcast<u32>(s.w_red);
     if (i < 2u) {
         let row = select(params.anchor_a, params.anchor_b, i == 1u);
         let at = unpermute(key, row);
-        let in_batch = at >= sp.start && at - sp.start < sp.count;
+        let in_batch = at >= s.start && at - s.start < s.count;
         slots_out[i] = vec4<u32>(row, select(0u, 1u, in_batch), select(0u, w, in_batch), 0u);
         return;
     }
     var out = vec4<u32>(DEAD, 0u, 0u, 0u);
-    if (i - 2u < sp.count) {
-        let row = permute(key, sp.start + i - 2u);
+    if (i - 2u < s.count) {
+        let row = permute(key, s.start + i - 2u);
         if (row != params.anchor_a && row != params.anchor_b) {
             out = vec4<u32>(row, 1u, w, 0u);
         }

@@ -32,8 +32,9 @@ pub(super) struct BatchDev {
 /// Where each step's slots come from.
 pub(super) enum SlotSource {
     /// sample.wgsl writes them; its parameters for a submission's steps
-    /// are written to `schedule` at once and copied into `uniform` step by step.
-    Random { sampler: Sampler, uniform: wgpu::Buffer, schedule: wgpu::Buffer, pass: Pass },
+    /// are written to `schedule` at once, and step k reads entry k
+    /// (`state.record`), with no copy between the steps.
+    Random { sampler: Sampler, schedule: wgpu::Buffer, pass: Pass },
     /// The user's batches, all resident in `all`; `entries`: each one's
     /// size (repeats counted), for its records.
     Given { all: wgpu::Buffer, entries: Vec<usize> },

@@ -970,7 +970,6 @@ impl GpuTrainer {
             };
             let source = match schedule {
                 Schedule::Random { sampler, .. } => {
-                    let u = uniform(&ctx, "sample params", &SampleU::zeroed_for(&sampler));
                     let schedule = storage(
                         &ctx,
                         "sample schedule",
@@ -978,8 +977,8 @@ impl GpuTrainer {
                         wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
                     );
                     let p = consts.pipeline(&ctx, &shaders::SAMPLE, "batch", &[]);
-                    let g = bind_at(&ctx, &p, &[(1, &u), (2, &params), (3, &slots)]);
-                    SlotSource::Random { sampler, uniform: u, schedule, pass: Pass { pipeline: p, groups: vec![g] } }
+                    let g = bind_at(&ctx, &p, &[(2, &params), (3, &slots), (4, &schedule), (5, &state)]);
+                    SlotSource::Random { sampler, schedule, pass: Pass { pipeline: p, groups: vec![g] } }
                 }
                 Schedule::Given(host) => {
                     let words: Vec<[u32; 4]> = host.iter().flat_map(|h| slot_words(h, &cfg, cap)).collect();
@@ -1163,15 +1162,7 @@ impl GpuTrainer {
             let mut enc = ctx.device.create_command_encoder(&Default::default());
             for i in 0..m {
                 let snapshot = self.steps_done.is_multiple_of(every);
-                self.encode_fused(
-                    &mut enc,
-                    true,
-                    snapshot,
-                    Some(timer.writes(done + i)),
-                    None,
-                    i as usize,
-                    self.steps_done,
-                );
+                self.encode_fused(&mut enc, true, snapshot, Some(timer.writes(done + i)), None, self.steps_done);
                 self.anchors_fresh = self.keeps_anchors();
                 self.steps_done += 1;
             }
@@ -1315,9 +1306,7 @@ impl GpuTrainer {
 
     /// One step (or, with `update == false`, one evaluation), as one pass
     /// (or, with `phase_timer`, a timed pass per kernel from that timer's
-    /// pass `first`). `nth` is the step's place in its submission, `step`
-    /// its number. Returns the kernels encoded.
-    #[allow(clippy::too_many_arguments)]
+    /// pass `first`). `step` is its number. Returns the kernels encoded.
     fn encode_fused(
         &self,
         enc: &mut wgpu::CommandEncoder,
@@ -1325,23 +1314,17 @@ impl GpuTrainer {
         snapshot: bool,
         timestamp_writes: Option<wgpu::ComputePassTimestampWrites>,
         phase_timer: Option<(&PassTimer, u32)>,
-        nth: usize,
         step: u64,
     ) -> Vec<Phase> {
         let batch = self.batch.as_ref().filter(|_| update);
-        // The step's slots: copied from the resident batches, or the sample
-        // kernel's parameters for this step (copies go between passes).
+        // The step's slots: copied from the resident batches (copies go
+        // between passes); random ones are sampled by the step's first
+        // kernel, from its entry of the submission's schedule.
         if let (Some(b), None) = (batch, &self.manual) {
-            match &b.source {
-                SlotSource::Given { all, entries } => {
-                    let bytes = b.cap as u64 * 16;
-                    let at = (step % entries.len() as u64) * bytes;
-                    enc.copy_buffer_to_buffer(all, at, &b.slots, 0, bytes);
-                }
-                SlotSource::Random { uniform, schedule, .. } => {
-                    let size = std::mem::size_of::<SampleU>() as u64;
-                    enc.copy_buffer_to_buffer(schedule, nth as u64 * size, uniform, 0, size);
-                }
+            if let SlotSource::Given { all, entries } = &b.source {
+                let bytes = b.cap as u64 * 16;
+                let at = (step % entries.len() as u64) * bytes;
+                enc.copy_buffer_to_buffer(all, at, &b.slots, 0, bytes);
             }
         }
         let phases = self.phases(update, snapshot);
@@ -1650,20 +1633,20 @@ impl GpuTrainer {
         }
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         if n == 0 {
-            self.encode_fused(&mut enc, false, false, None, None, 0, first);
+            self.encode_fused(&mut enc, false, false, None, None, first);
             self.anchors_fresh = self.keeps_anchors();
         }
         // --profile: a timed pass per kernel, read back after the submission.
         let timer = if n > 0 && self.profile.is_some() { PassTimer::new(&ctx, n as u32 * PHASES) } else { None };
         let mut timed: Vec<Phase> = Vec::new();
-        for nth in 0..n {
+        for _ in 0..n {
             match self.opts.path {
                 StepPath::Fused => {
                     let every = self.cfg.guard.snapshot_every as u64;
                     let snapshot = self.steps_done.is_multiple_of(every) || self.snapshot_due;
                     self.snapshot_due = false;
                     let t = timer.as_ref().map(|t| (t, timed.len() as u32));
-                    let phases = self.encode_fused(&mut enc, true, snapshot, None, t, nth, self.steps_done);
+                    let phases = self.encode_fused(&mut enc, true, snapshot, None, t, self.steps_done);
                     self.anchors_fresh = self.keeps_anchors();
                     if t.is_some() {
                         timed.extend(phases);
