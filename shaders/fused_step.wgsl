@@ -64,14 +64,15 @@ override BLOCKS: u32 = 1u;
 // D a multiple of 4, at most 4·MAX_KEPT4·L: a lane's kept columns are whole
 // vec4s (lane l takes vec4s l, l + L, … of the row, KEPT4 at most:
 // columns 4l … 4l + 3, then 4(l + L) …), read and written 16 bytes at a
-// time through the vec4 views of the
-// same buffers (bindings 16–19), as the 16-byte copy that runs at about
-// twice the 4-byte one's bandwidth. A lane sums its columns in that order
-// (anchors.wgsl likewise), and holds p and q of its columns from the start
-// (`p4`, `q4`). Its values live in vectors (`Kept4`), never in an array,
-// and every component is named by a constant, so nothing asks a driver to
-// put them in memory (an array indexed by a loop counter may go to local
-// memory unless the loop is unrolled). Set by the host (`LATENT_LINE_VEC4`).
+// time through the vec4 views of the same buffers (bindings 16–19), as the
+// 16-byte copy that runs at about twice the 4-byte one's bandwidth. A lane
+// sums its columns in that order (anchors.wgsl likewise), and holds p and
+// q of its columns from the start (`p4`, `q4`). Its values live in the
+// fields of a struct of vectors (`Kept4`), never in an array: a vec4 is
+// picked by a switch (`kept_get`, `kept_set`), a component by name, so
+// nothing asks a driver to put them in memory (an array indexed by a loop
+// counter may go to local memory unless the loop is unrolled). Set by the
+// host (`LATENT_LINE_VEC4`).
 override VEC4: bool = false;
 // VEC4: the most vec4s a lane keeps, ⌈D/4 ÷ L⌉ ≤ MAX_KEPT4 (set by the
 // host): code for the vec4s past it is dead at pipeline creation, so they
