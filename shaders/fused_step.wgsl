@@ -391,7 +391,7 @@ fn load_kept(site: RowSite, lane: u32, cur: u32) -> array<f32, MAX_KEPT> {
     var kept: array<f32, MAX_KEPT>;
     if (KEEP && !VEC4 && site.live) {
         for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
-            let k = lane + j * L;
+            let k = kept_col(lane, j);
             if (k < D) {
                 kept[j] = load_x(cur, site.base + k);
             }

@@ -154,6 +154,10 @@ fn batch_findings(lid: u32, buf: u32, nwg: u32, stamp: u32, out: u32) {
 fn main(@builtin(local_invocation_index) lid: u32) {
     if (lid == 0u) {
         wg_head = vec2<u32>(state.halted, state.record);
+        // This step's guard flags, set below only if it drops the step
+        // (after a halted step, what follows it does nothing).
+        state.restore = 0u;
+        state.undo = 0u;
     }
     let head = workgroupUniformLoad(&wg_head);
     let slot = head.y * REC_WORDS;
@@ -163,8 +167,6 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         }
         if (lid == 0u) {
             end_pass(head.y);
-            state.restore = 0u;   // (what follows a halted step does nothing)
-            state.undo = 0u;
         }
         return;
     }
@@ -203,8 +205,6 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     if (lid == 0u) {
         let lr = state.lr;
         var action = ACT_APPLIED;
-        state.restore = 0u;
-        state.undo = 0u;
         if (rp.update == 0u) {
             action = ACT_EVALUATED;
         } else if (GUARD == GUARD_IGNORE) {

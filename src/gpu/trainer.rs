@@ -113,9 +113,9 @@ pub struct GpuOptions {
     pub row_blocks: Option<u32>,
     /// 16-byte loads and stores of a lane's kept columns in the fused step,
     /// with p and q of them held from the start (fused_step.wgsl's VEC4),
-    /// and of a batch's rows in batch_io.wgsl, where the columns are kept
-    /// (D ≤ 8 × lanes) and D is a multiple of 4; elsewhere it has no
-    /// effect. `None`: `LATENT_LINE_VEC4` (`0` or `1`) where set, else off
+    /// and of a batch's rows in batch_io.wgsl, where D is a multiple of 4
+    /// and each lane's vec4s are kept (D ≤ 16 × lanes: `pipes::keeps_vec4s`);
+    /// elsewhere it has no effect. `None`: `LATENT_LINE_VEC4` (`0` or `1`) where set, else off
     /// (until a GPU has timed it).
     pub vec4: Option<bool>,
 }
@@ -1163,7 +1163,6 @@ impl GpuTrainer {
             for i in 0..m {
                 let snapshot = self.steps_done.is_multiple_of(every);
                 self.encode_fused(&mut enc, true, snapshot, Some(timer.writes(done + i)), None, self.steps_done);
-                self.anchors_fresh = self.keeps_anchors();
                 self.steps_done += 1;
             }
             done += m;
@@ -1308,7 +1307,7 @@ impl GpuTrainer {
     /// (or, with `phase_timer`, a timed pass per kernel from that timer's
     /// pass `first`). `step` is its number. Returns the kernels encoded.
     fn encode_fused(
-        &self,
+        &mut self,
         enc: &mut wgpu::CommandEncoder,
         update: bool,
         snapshot: bool,
@@ -1328,6 +1327,9 @@ impl GpuTrainer {
             }
         }
         let phases = self.phases(update, snapshot);
+        // After this step the anchors are as it left them: fresh for the
+        // next one when no step can change rows a and b.
+        self.anchors_fresh = self.keeps_anchors();
         match phase_timer {
             // --profile: each kernel in a pass of its own, timed.
             Some((timer, first)) => {
@@ -1634,7 +1636,6 @@ impl GpuTrainer {
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         if n == 0 {
             self.encode_fused(&mut enc, false, false, None, None, first);
-            self.anchors_fresh = self.keeps_anchors();
         }
         // --profile: a timed pass per kernel, read back after the submission.
         let timer = if n > 0 && self.profile.is_some() { PassTimer::new(&ctx, n as u32 * PHASES) } else { None };
@@ -1647,7 +1648,6 @@ impl GpuTrainer {
                     self.snapshot_due = false;
                     let t = timer.as_ref().map(|t| (t, timed.len() as u32));
                     let phases = self.encode_fused(&mut enc, true, snapshot, None, t, self.steps_done);
-                    self.anchors_fresh = self.keeps_anchors();
                     if t.is_some() {
                         timed.extend(phases);
                     }
