@@ -65,8 +65,9 @@ echo "== latent-line devices (for the README)"
 # The main job's kernels by --profile with the fused step's shape set by
 # LATENT_LINE_LANES and LATENT_LINE_ROW_BLOCKS (empty: the default), and
 # LB=1 for wgpu's loop counters (LATENT_LINE_LOOP_BOUNDING), V4=1 for
-# 16-byte kept columns (LATENT_LINE_VEC4).
-prof() { echo "-- lanes ${1:-auto} blocks ${2:-auto} ${3:-} ${WG:+workgroup $WG} ${LB:+loop bounding $LB} ${V4:+vec4 $V4}"; env ${1:+LATENT_LINE_LANES=$1} ${2:+LATENT_LINE_ROW_BLOCKS=$2} ${WG:+LATENT_LINE_WORKGROUP=$WG} ${LB:+LATENT_LINE_LOOP_BOUNDING=$LB} ${V4:+LATENT_LINE_VEC4=$V4} "$B/latent-line" --backend gpu --rows "$R" --steps 40 ${3:-} --profile | grep -E "^kernel|^speed|wgsl"; }
+# 16-byte kept columns (LATENT_LINE_VEC4). Keeps the driver's statistics
+# (registers, spills) of the fused step's pipelines only.
+prof() { echo "-- lanes ${1:-auto} blocks ${2:-auto} ${3:-} ${WG:+workgroup $WG} ${LB:+loop bounding $LB} ${V4:+vec4 $V4}"; env ${1:+LATENT_LINE_LANES=$1} ${2:+LATENT_LINE_ROW_BLOCKS=$2} ${WG:+LATENT_LINE_WORKGROUP=$WG} ${LB:+LATENT_LINE_LOOP_BOUNDING=$LB} ${V4:+LATENT_LINE_VEC4=$V4} "$B/latent-line" --backend gpu --rows "$R" --steps 40 ${3:-} --profile | grep -E "^kernel|^speed|^driver|wgsl" | grep -v -E "^ +(anchors|reduce|init|scan_table|scan_finish|sample|batch_io|copy_table|anchor_sum|prepare)\.wgsl [a-z_0-9]+ (\[|·)"; }
 if [ "$MODE" = sweep ]; then
     # The tuning sweep: the fused step's shape (LATENT_LINE_LANES,
     # _ROW_BLOCKS, _WORKGROUP) by --profile's per-kernel GPU time, full-table
@@ -111,8 +112,8 @@ e=$(date +%s.%N)
 echo "wall $(python3 -c "print(f'{$e - $s:.3f}')") s"
 
 echo "== --profile: the kernels of the main job, and of a random batch step"
-"$B/latent-line" --rows "$R" --steps 50 --profile | grep -E -A14 "^(kernel|profile)"
-"$B/latent-line" --rows "$R" --steps 50 --batch "$BATCH" --profile | grep -E -A14 "^(kernel|profile)"
+"$B/latent-line" --rows "$R" --steps 50 --profile | sed -n '/^kernel/,$p'
+"$B/latent-line" --rows "$R" --steps 50 --batch "$BATCH" --profile | sed -n '/^kernel/,$p'
 
 # criterion's filter: the GPU-time group and the 1 GiB scan (full, diag),
 # or both GPU groups (quick). (Not `GROUPS`: bash owns that name.)

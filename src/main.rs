@@ -692,6 +692,18 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             ),
         }
     }
+    // A probe that fails costs the run nothing but its statistics.
+    let driver_stats = if args.profile {
+        trainer.driver_stats().unwrap_or_else(|e| {
+            Some(latent_line::gpu::driver_stats::DriverStats {
+                unavailable: Some(format!("the probe failed: {e}")),
+                pipelines: Vec::new(),
+            })
+        })
+    } else {
+        None
+    };
+    print_driver_stats(driver_stats.as_ref());
 
     if let Some(path) = &args.save {
         save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), d0_start)?;
@@ -750,6 +762,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             },
             events,
             profile,
+            driver_stats,
         };
         if let Some(path) = &args.report {
             npy::save_atomic(path, |w| serde_json::to_writer_pretty(&mut *w, &report).map_err(std::io::Error::other))?;
@@ -918,6 +931,28 @@ fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
 /// snapshot older than the table. Each file is written atomically; the
 /// state records the others' fingerprints, so a resume refuses a mixture
 /// left by an interrupted save.
+/// `--profile`'s driver lines: one per pipeline executable, its statistics.
+fn print_driver_stats(stats: Option<&latent_line::gpu::driver_stats::DriverStats>) {
+    let Some(stats) = stats else { return };
+    if let Some(why) = &stats.unavailable {
+        out!(
+            "driver   statistics not available: {why} ({} pipelines compiled again, none inspected)",
+            stats.pipelines.len()
+        );
+        return;
+    }
+    out!(
+        "driver   statistics of each pipeline (VK_KHR_pipeline_executable_properties, the same SPIR-V compiled again)"
+    );
+    for p in &stats.pipelines {
+        let setting = if p.setting.is_empty() { String::new() } else { format!(" [{}]", p.setting) };
+        for e in &p.executables {
+            let stats: Vec<String> = e.stats.iter().map(|s| format!("{} {}", s.name, s.value)).collect();
+            out!("         {}{setting} · {}: {}", p.kernel, e.name, stats.join(" · "));
+        }
+    }
+}
+
 fn save_checkpoint(
     trainer: &mut dyn Trainer,
     path: &std::path::Path,

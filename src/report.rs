@@ -148,6 +148,9 @@ pub struct Report<O: Serialize> {
     /// `--profile`: GPU time and nominal bytes per kernel.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<Vec<crate::trainer::KernelTime>>,
+    /// `--profile` on a GPU: the driver's statistics of each pipeline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver_stats: Option<crate::gpu::driver_stats::DriverStats>,
 }
 
 impl StepEntry {

@@ -150,4 +150,9 @@ pub trait Trainer {
     fn profile(&self) -> Result<Vec<KernelTime>> {
         Ok(Vec::new())
     }
+    /// `--profile`: what the driver made of every pipeline built so far
+    /// (registers, spills, …; GPU on Vulkan). `None`: no kernels (CPU).
+    fn driver_stats(&self) -> Result<Option<crate::gpu::driver_stats::DriverStats>> {
+        Ok(None)
+    }
 }

@@ -829,7 +829,44 @@ fn profile_times_every_kernel_of_the_run() {
     assert_eq!(fused["bytes"].as_u64().unwrap(), 12 * 3 * 502 * 8 * 4, "{fused}");
     let scatter = p.iter().find(|k| k["kernel"] == "batch_io.wgsl scatter").unwrap();
     assert_eq!(scatter["bytes"].as_u64().unwrap(), 0, "{scatter}");
-    let o = run(&["--backend", "cpu", "--rows", "300", "--dim", "4", "--steps", "2", "--profile"]);
+
+    // The driver's statistics: every pipeline of the run compiled again on
+    // the probe's own device (lavapipe has no statistics to give, but it
+    // compiles each one; a driver with the extension gives each some).
+    assert!(out.contains("driver   statistics"), "{out}");
+    let ds = &r["driver_stats"];
+    let pipes: Vec<&str> = ds["pipelines"].as_array().unwrap().iter().map(|p| p["kernel"].as_str().unwrap()).collect();
+    for k in [
+        "sample.wgsl batch",
+        "copy_table.wgsl snapshot",
+        "copy_table.wgsl restore",
+        "anchors.wgsl main",
+        "fused_step.wgsl main",
+        "anchor_sum.wgsl main",
+        "prepare.wgsl main",
+        "reduce.wgsl main",
+        "batch_io.wgsl scatter",
+    ] {
+        assert!(pipes.contains(&k), "{k} missing from {ds}");
+    }
+    match ds["unavailable"].as_str() {
+        Some(why) => assert!(why.contains("lacks VK_KHR_pipeline_executable_properties"), "{ds}"),
+        None => {
+            for p in ds["pipelines"].as_array().unwrap() {
+                let e = p["executables"].as_array().unwrap();
+                assert!(!e.is_empty() && e.iter().all(|e| !e["stats"].as_array().unwrap().is_empty()), "{p}");
+            }
+        }
+    }
+    let fused: Vec<&serde_json::Value> =
+        ds["pipelines"].as_array().unwrap().iter().filter(|p| p["kernel"] == "fused_step.wgsl main").collect();
+    // PREP's pipeline and the step's: the setting tells them apart.
+    assert!(fused.len() >= 2 && fused.iter().all(|p| p["setting"].as_str().unwrap().contains("PREP=")), "{ds}");
+
+    let o = run(&["--backend", "cpu", "--rows", "300", "--dim", "4", "--steps", "2", "--profile", "--report", &rep]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("profile  not available: cpu"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("profile  not available: cpu"), "{out}");
+    assert!(!out.contains("driver "), "{out}");
+    assert!(report(&d.p("r.json")).get("driver_stats").is_none());
 }

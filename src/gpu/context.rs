@@ -23,6 +23,9 @@ pub struct GpuContext {
     /// own (`LATENT_LINE_LOOP_BOUNDING=1`); off by default (see
     /// [`Self::shader_checks`]).
     pub loop_bounding: bool,
+    /// Every pipeline `Constants::pipeline` built, in order: what
+    /// `driver_stats` compiles again to ask the driver about.
+    pub built: Mutex<Vec<super::driver_stats::BuiltPipeline>>,
     /// Errors wgpu reported outside an error scope, oldest first.
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
@@ -135,7 +138,18 @@ impl GpuContext {
             }
         });
         let loop_bounding = or_env_flag(None, "LATENT_LINE_LOOP_BOUNDING")?.unwrap_or(false);
-        Ok(GpuContext { adapter, device, queue, info, limits, features, loop_bounding, errors, lost })
+        Ok(GpuContext {
+            adapter,
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            loop_bounding,
+            built: Mutex::new(Vec::new()),
+            errors,
+            lost,
+        })
     }
 
     /// The checks wgpu builds into our shaders: all of them (bounds, integer

@@ -2,6 +2,7 @@
 
 mod batch;
 pub mod context;
+pub mod driver_stats;
 pub mod layout;
 mod pipes;
 pub mod sampler;

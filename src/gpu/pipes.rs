@@ -180,6 +180,13 @@ impl Constants {
         ];
         let constants: Vec<(&str, f64)> =
             base.iter().chain(extra).copied().filter(|(name, _)| k.overrides.contains(name)).collect();
+        if let Ok(mut built) = ctx.built.lock() {
+            built.push(super::driver_stats::BuiltPipeline {
+                kernel: *k,
+                entry: entry.to_owned(),
+                constants: constants.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+            });
+        }
         let desc =
             wgpu::ShaderModuleDescriptor { label: Some(k.name), source: wgpu::ShaderSource::Wgsl(k.source().into()) };
         // SAFETY: wgpu still validates the module and keeps its bounds and

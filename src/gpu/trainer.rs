@@ -2011,6 +2011,10 @@ impl Trainer for GpuTrainer {
             None => Ok(self.profile.clone().unwrap_or_default()),
         }
     }
+    fn driver_stats(&self) -> Result<Option<super::driver_stats::DriverStats>> {
+        let built = self.ctx.built.lock().map(|b| b.clone()).unwrap_or_default();
+        super::driver_stats::of_pipelines(&self.ctx, &built).map(Some)
+    }
     fn scan_table(&mut self) -> Result<Scan> {
         let cur = self.current()?;
         self.ensure_scanner();
