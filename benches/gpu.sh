@@ -65,9 +65,11 @@ echo "== latent-line devices (for the README)"
 # The main job's kernels by --profile with the fused step's shape set by
 # LATENT_LINE_LANES and LATENT_LINE_ROW_BLOCKS (empty: the default), and
 # LB=1 for wgpu's loop counters (LATENT_LINE_LOOP_BOUNDING), V4=1 for
-# 16-byte kept columns (LATENT_LINE_VEC4). Keeps the driver's statistics
+# 16-byte kept columns (LATENT_LINE_VEC4), PF=0 for no read-ahead of the
+# next row block (LATENT_LINE_PREFETCH), KP=0 for columns read twice
+# instead of kept in registers (LATENT_LINE_KEEP). Keeps the driver's statistics
 # (registers, spills) of the fused step's pipelines only.
-prof() { echo "-- lanes ${1:-auto} blocks ${2:-auto} ${3:-} ${WG:+workgroup $WG} ${LB:+loop bounding $LB} ${V4:+vec4 $V4}"; env ${1:+LATENT_LINE_LANES=$1} ${2:+LATENT_LINE_ROW_BLOCKS=$2} ${WG:+LATENT_LINE_WORKGROUP=$WG} ${LB:+LATENT_LINE_LOOP_BOUNDING=$LB} ${V4:+LATENT_LINE_VEC4=$V4} "$B/latent-line" --backend gpu --rows "$R" --steps 40 ${3:-} --profile | grep -E "^kernel|^speed|^driver|wgsl" | grep -v -E "^ +(anchors|reduce|init|scan_table|scan_finish|sample|batch_io|copy_table|anchor_sum|prepare)\.wgsl [a-z_0-9]+ (\[|·)"; }
+prof() { echo "-- lanes ${1:-auto} blocks ${2:-auto} ${3:-} ${WG:+workgroup $WG} ${LB:+loop bounding $LB} ${V4:+vec4 $V4} ${PF:+prefetch $PF} ${KP:+keep $KP}"; env ${1:+LATENT_LINE_LANES=$1} ${2:+LATENT_LINE_ROW_BLOCKS=$2} ${WG:+LATENT_LINE_WORKGROUP=$WG} ${LB:+LATENT_LINE_LOOP_BOUNDING=$LB} ${V4:+LATENT_LINE_VEC4=$V4} ${PF:+LATENT_LINE_PREFETCH=$PF} ${KP:+LATENT_LINE_KEEP=$KP} "$B/latent-line" --backend gpu --rows "$R" --steps 40 ${3:-} --profile | grep -E "^kernel|^speed|^driver|wgsl" | grep -v -E "^ +(anchors|reduce|init|scan_table|scan_finish|sample|batch_io|copy_table|anchor_sum|prepare)\.wgsl [a-z_0-9]+ (\[|·)"; }
 if [ "$MODE" = sweep ]; then
     # The tuning sweep: the fused step's shape (LATENT_LINE_LANES,
     # _ROW_BLOCKS, _WORKGROUP) by --profile's per-kernel GPU time, full-table
@@ -82,6 +84,8 @@ if [ "$MODE" = sweep ]; then
     for v4 in 1 0; do V4=$v4 prof "" ""; V4=$v4 prof 16 ""; V4=$v4 prof 4 ""; V4=$v4 prof "" "" "--batch $BATCH"; done
     V4=1 prof 4 "" "--batch $BATCH"; V4=1 prof 8 "" "--dim 128"; prof "" "" "--dim 128"
     V4=1 LB=1 prof "" ""
+    # Registers against bytes in flight: no read-ahead, columns read twice.
+    PF=0 prof "" ""; KP=0 prof "" ""; PF=0 KP=0 prof "" ""; PF=0 prof "" "" "--batch $BATCH"; V4=1 PF=0 prof "" ""
     # The batch step's guard: skip-step's undo log against none.
     prof "" "" "--batch $BATCH --on-nonfinite ignore"
     for l in 2 4 8 16; do for b in 1 ""; do prof $l "$b"; done; done

@@ -61,6 +61,10 @@ override DIRECT: bool = false;
 // (resets, the Σ|r| tree, its partial and scan flush) are paid once for
 // them all, and the reduce pass folds BLOCKS times fewer partials.
 override BLOCKS: u32 = 1u;
+// Read the next block's rows while this one is worked on (more bytes in
+// flight a lane, at the cost of a second set of kept values in registers);
+// false: each block's rows are read as it starts. The same bits either way.
+override PREFETCH: bool = true;
 // D a multiple of 4, at most 4·MAX_KEPT4·L: a lane's kept columns are whole
 // vec4s (lane l takes vec4s l, l + L, … of the row, KEPT4 at most:
 // columns 4l … 4l + 3, then 4(l + L) …), read and written 16 bytes at a
@@ -733,20 +737,27 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
         if (first + blk * block_rows >= chunk.rows) {
             break;   // uniform: the rest of the workgroup's rows are past the chunk
         }
-        // The next block's row, read before this one is worked on.
         let slot = blk * block_rows + lid / L;
+        if (!PREFETCH && blk > 0u) {
+            site = row_site(slot, first);
+            kept = load_kept(site, lane, cur);
+            kept4 = load_kept4(site, lane, cur);
+        }
+        // PREFETCH: the next block's row, read before this one is worked on.
         var next_site = site;
         var next_kept = kept;
         var next_kept4 = kept4;
-        if (blk + 1u < BLOCKS) {
+        if (PREFETCH && blk + 1u < BLOCKS) {
             next_site = row_site(slot + block_rows, first);
             next_kept = load_kept(next_site, lane, cur);
             next_kept4 = load_kept4(next_site, lane, cur);
         }
         let r_acc = step_row(site, slot, kept, kept4, lane, lid, cur);
-        site = next_site;
-        kept = next_kept;
-        kept4 = next_kept4;
+        if (PREFETCH) {
+            site = next_site;
+            kept = next_kept;
+            kept4 = next_kept4;
+        }
         abs_r = abs_r + r_acc.x;
         max_r = max(max_r, r_acc.y);
         norm2 = norm2 + r_acc.z;

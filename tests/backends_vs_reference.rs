@@ -447,3 +447,84 @@ fn a_host_write_to_an_anchor_row_is_seen_by_the_next_step() {
         }
     }
 }
+
+/// fused_step.wgsl's PREFETCH (reading the next row block ahead) and KEEP
+/// (a lane's columns held in registers between the row's sums and its
+/// update) change only when and how often a row is read: off, each gives
+/// the default's bits, table and records, over full tables and random
+/// batches (in place, with the undo log), with momentum and clipping.
+#[test]
+fn read_ahead_and_kept_columns_change_no_bits() {
+    use latent_line::{Batches, Record};
+    let seed = seed("read_ahead_and_kept_columns");
+    // (D, lanes, row blocks): D = 56 and 20 keep their columns at these
+    // lanes (D ≤ 8 × lanes), which only this test builds with KEEP off.
+    let shapes = [(56usize, 8u32, 4u32), (20, 4, 2)];
+    let run =
+        |shape: Shape, cfg: StepConfig, table: &[f32], batches: &Batches, lanes, blocks, switches: (bool, bool)| {
+            let opts = GpuOptions {
+                lanes_per_row: Some(lanes),
+                workgroup: Some(64),
+                row_blocks: Some(blocks),
+                prefetch: Some(switches.0),
+                keep_columns: Some(switches.1),
+                ..GpuOptions::default()
+            };
+            let mut t =
+                GpuTrainer::with_batches(gpu(), shape, cfg, TableSource::Data(table.to_vec()), opts, batches.clone())
+                    .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!((t.kernel_shape(), t.row_blocks()), ((64, lanes), blocks));
+            let recs: Vec<Record> = t.steps(4).unwrap();
+            (t.read_table().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<u32>>(), recs)
+        };
+    let mut case = 0u64;
+    for (dim, lanes, blocks) in shapes {
+        let rows = 700;
+        let shape = Shape::new(rows, dim).unwrap();
+        let table = spaced_table(seed ^ dim as u64, shape, 3, 650, MIN_GAP);
+        for (batches, endpoints, policy, momentum, clip) in [
+            (Batches::Full, Endpoints::Frozen, Policy::SkipStep, 0.0, 0.0),
+            (Batches::Full, Endpoints::Detached, Policy::SkipRow, 0.9, 0.0),
+            (Batches::Random { size: 300, seed }, Endpoints::Frozen, Policy::SkipStep, 0.5, 0.0),
+            (Batches::Random { size: 300, seed }, Endpoints::Attached, Policy::Rollback, 0.0, 0.05),
+        ] {
+            case += 1;
+            let cfg = StepConfig {
+                anchor_a: 3,
+                anchor_b: 650,
+                lr: LR,
+                endpoints,
+                momentum,
+                clip_norm: clip,
+                margin: if case.is_multiple_of(2) { 100.0 } else { 0.0 },
+                guard: Guard { policy, snapshot_every: 2, ..Guard::default() },
+                ..StepConfig::for_rows(rows)
+            };
+            let ctx =
+                format!("D {dim}, L {lanes}, blocks {blocks}, {batches:?}, {endpoints:?}, {policy:?}, seed {seed}");
+            let (t0, r0) = run(shape, cfg, &table, &batches, lanes, blocks, (true, true));
+            assert!(t0 != table.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "{ctx}: nothing trained");
+            for switches in [(false, true), (true, false), (false, false)] {
+                let (t1, r1) = run(shape, cfg, &table, &batches, lanes, blocks, switches);
+                assert!(t1 == t0, "{ctx}, (prefetch, keep) {switches:?}: tables differ");
+                assert_eq!(r1, r0, "{ctx}, (prefetch, keep) {switches:?}: records differ");
+            }
+        }
+        // The switches reached the pipelines (a switch dropped on the way
+        // would pass the comparisons above by comparing a kernel with itself).
+        let built = gpu().built.lock().unwrap().clone();
+        let fused_with = |name: &str, v: f64| {
+            built.iter().any(|b| {
+                let c = |n: &str| b.constants.iter().find(|(k, _)| k == n).map(|(_, x)| *x);
+                b.kernel.name == "fused_step"
+                    && c("D") == Some(dim as f64)
+                    && c("L") == Some(lanes as f64)
+                    && c("UPDATE") == Some(1.0)
+                    && c(name) == Some(v)
+            })
+        };
+        for (name, v) in [("PREFETCH", 0.0), ("PREFETCH", 1.0), ("KEEP", 0.0), ("KEEP", 1.0)] {
+            assert!(fused_with(name, v), "D {dim}, L {lanes}: no fused step built with {name} = {v}");
+        }
+    }
+}

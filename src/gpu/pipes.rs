@@ -136,6 +136,10 @@ pub struct Constants {
     /// fused_step.wgsl's and batch_io.wgsl's VEC4: set by the host only
     /// where `keeps_vec4s` holds (`GpuTrainer::with_batches`).
     pub vec4: bool,
+    /// fused_step.wgsl's PREFETCH: read the next row block ahead.
+    pub prefetch: bool,
+    /// fused_step.wgsl's KEEP where it can apply (`keeps_columns`).
+    pub keep: bool,
 }
 
 impl Default for Constants {
@@ -153,6 +157,8 @@ impl Default for Constants {
             batched: false,
             clip: false,
             vec4: false,
+            prefetch: true,
+            keep: true,
         }
     }
 }
@@ -160,7 +166,7 @@ impl Default for Constants {
 impl Constants {
     /// `extra` sets kernel-specific overrides (UPDATE, SCAN_BUFS).
     pub fn pipeline(&self, ctx: &GpuContext, k: &Kernel, entry: &str, extra: &[(&str, f64)]) -> wgpu::ComputePipeline {
-        let keep = keeps_columns(self.dim, self.lanes);
+        let keep = self.keep && keeps_columns(self.dim, self.lanes);
         let base = [
             ("WG", self.wg as f64),
             ("D", self.dim as f64),
@@ -176,6 +182,7 @@ impl Constants {
             // fused_step.wgsl keeps a lane's columns in registers up to 8.
             ("KEEP", if keep { 1.0 } else { 0.0 }),
             ("VEC4", if self.vec4 { 1.0 } else { 0.0 }),
+            ("PREFETCH", if self.prefetch { 1.0 } else { 0.0 }),
             ("KEPT4", kept_vec4s(self.dim, self.lanes).min(KEPT_VEC4S) as f64),
         ];
         let constants: Vec<(&str, f64)> =

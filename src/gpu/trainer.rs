@@ -37,7 +37,9 @@ use bytemuck::{Pod, Zeroable};
 use super::batch::{slot_words, BatchDev, SlotSource};
 use super::context::{or_env_flag, GpuContext};
 use super::layout::{grid, row_blocks, ChunkLayout, ChunkSpan};
-use super::pipes::{bind, bind_at, finish_map, keeps_vec4s, read_mapped, readback, storage, uniform, Constants};
+use super::pipes::{
+    bind, bind_at, finish_map, keeps_columns, keeps_vec4s, read_mapped, readback, storage, uniform, Constants,
+};
 use super::sampler::SampleU;
 use super::scan::{TableScanner, DETAIL_BYTES};
 use super::shaders::{self, Kernel};
@@ -118,6 +120,16 @@ pub struct GpuOptions {
     /// elsewhere it has no effect. `None`: `LATENT_LINE_VEC4` (`0` or `1`) where set, else off
     /// (until a GPU has timed it).
     pub vec4: Option<bool>,
+    /// The fused step reads a workgroup's next row block while it works on
+    /// this one (fused_step.wgsl's PREFETCH: more bytes in flight a lane,
+    /// more registers). `None`: `LATENT_LINE_PREFETCH` (`0` or `1`) where
+    /// set, else on. The same bits either way.
+    pub prefetch: Option<bool>,
+    /// A lane keeps its row's columns in registers between the row's sums
+    /// and its update (fused_step.wgsl's KEEP, where D ≤ 8 × lanes), rather
+    /// than reading them again. `None`: `LATENT_LINE_KEEP` (`0` or `1`)
+    /// where set, else on. The same bits either way.
+    pub keep_columns: Option<bool>,
 }
 
 impl Default for GpuOptions {
@@ -133,8 +145,21 @@ impl Default for GpuOptions {
             subgroups: None,
             row_blocks: None,
             vec4: None,
+            prefetch: None,
+            keep_columns: None,
         }
     }
+}
+
+/// The fused step's shape as `GpuTrainer::new` settled it, for `build`.
+struct FusedShape {
+    wg: u32,
+    lanes: u32,
+    subgroup: u32,
+    blocks: u32,
+    vec4: bool,
+    prefetch: bool,
+    keep: bool,
 }
 
 // Host mirrors of the WGSL structs in shaders/common.wgsl.
@@ -356,6 +381,10 @@ pub struct GpuTrainer {
     subgroup: u32,
     /// fused_step.wgsl's BLOCKS: row blocks a workgroup steps in turn.
     blocks: u32,
+    /// fused_step.wgsl's PREFETCH and KEEP (as asked; KEEP applies only
+    /// where D ≤ 8 × lanes): see [`GpuOptions::prefetch`], [`GpuOptions::keep_columns`].
+    prefetch: bool,
+    keep: bool,
     /// VEC4 of fused_step.wgsl and batch_io.wgsl: kept columns and batch
     /// rows 16 bytes at a time.
     vec4: bool,
@@ -511,6 +540,8 @@ impl GpuTrainer {
         let vec4_asked = or_env_flag(opts.vec4, "LATENT_LINE_VEC4")?.unwrap_or(false);
         // Whether the fused step takes its kept columns 16 bytes at a time.
         let vec4 = vec4_asked && keeps_vec4s(shape.dim as u32, lanes);
+        let prefetch = or_env_flag(opts.prefetch, "LATENT_LINE_PREFETCH")?.unwrap_or(true);
+        let keep = or_env_flag(opts.keep_columns, "LATENT_LINE_KEEP")?.unwrap_or(true);
         let strikes = if cfg.guard.policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
         let biggest = records(lanes).max(strikes);
         // The batch buffers and the two-read steps' per-slot coefficients
@@ -548,7 +579,7 @@ impl GpuTrainer {
             shape,
             cfg,
             opts,
-            (wg, lanes, subgroup, blocks, vec4),
+            FusedShape { wg, lanes, subgroup, blocks, vec4, prefetch, keep },
             max_groups,
             layout,
             schedule,
@@ -577,7 +608,7 @@ impl GpuTrainer {
         shape: Shape,
         cfg: StepConfig,
         opts: GpuOptions,
-        (wg, lanes, subgroup, blocks, vec4): (u32, u32, u32, u32, bool),
+        FusedShape { wg, lanes, subgroup, blocks, vec4, prefetch, keep }: FusedShape,
         max_groups: u32,
         layout: ChunkLayout,
         schedule: Schedule,
@@ -688,7 +719,7 @@ impl GpuTrainer {
             })
             .collect();
 
-        let consts = Constants { lanes, subgroup, blocks, vec4, ..Constants::new(shape, &cfg, wg) };
+        let consts = Constants { lanes, subgroup, blocks, vec4, prefetch, keep, ..Constants::new(shape, &cfg, wg) };
         // anchors: rows a and b in both table buffers of their chunks.
         let p = consts.pipeline(&ctx, &shaders::ANCHORS, "main", &[]);
         let (ca, ia) = layout.locate(cfg.anchor_a);
@@ -1014,6 +1045,8 @@ impl GpuTrainer {
             subgroup,
             blocks,
             vec4,
+            prefetch,
+            keep,
             max_groups,
             layout,
             chunks,
@@ -1846,6 +1879,8 @@ impl Constants {
             batched: false,
             clip: cfg.clip_norm > 0.0,
             vec4: false,
+            prefetch: true,
+            keep: true,
         }
     }
 }
@@ -1864,7 +1899,7 @@ impl Trainer for GpuTrainer {
             adapter: format!("{} ({:?})", i.name, i.device_type),
             driver: format!("{:?} {} {}", i.backend, i.driver, i.driver_info).trim().to_string(),
             kernel: format!(
-                "{}workgroups of {}, {}{}{}{}",
+                "{}workgroups of {}, {}{}{}{}{}{}",
                 if self.opts.path == StepPath::Staged { "staged kernels; fused step: " } else { "" },
                 self.wg,
                 match (self.lanes, self.subgroup_fold()) {
@@ -1877,6 +1912,12 @@ impl Trainer for GpuTrainer {
                     b => format!(", {b} row blocks a workgroup ({} rows)", self.wg / self.lanes * b),
                 },
                 if self.vec4 { ", 16-byte loads" } else { "" },
+                if self.prefetch { "" } else { ", no read-ahead" },
+                if self.keep || !keeps_columns(self.shape.dim as u32, self.lanes) || self.vec4 {
+                    ""
+                } else {
+                    ", columns read twice"
+                },
                 if self.ctx.loop_bounding { ", loops bounded by wgpu" } else { "" }
             ),
         }
