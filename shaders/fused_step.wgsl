@@ -139,10 +139,6 @@ fn no_kept4() -> Kept4 {
     return Kept4(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
 }
 
-// VEC4: p and q of the lane's kept columns, read once a workgroup (every
-// row of the lane has the same columns) instead of at every use.
-var<private> p4: Kept4;
-var<private> q4: Kept4;
 var<workgroup> wg_near: atomic<u32>;
 
 // row_fold (the L lanes of a row add their sums, in a fixed order) comes
@@ -491,9 +487,9 @@ fn scan4(acc: Scans2, x: vec4<f32>, k0: u32, p: vec4<f32>, q: vec4<f32>, v_old: 
 }
 
 // One row of the pass for lane `lane` of it, its values (KEEP) in `kept`
-// (VEC4: in `kept4`). All lanes call it (the row folds have barriers).
+// (VEC4: in `kept4`, with p and q of its columns in `p4` and `q4`). All lanes call it (the row folds have barriers).
 // Returns the lane's (m·|r|, |r|, Σ g² for clipping) of the row.
-fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept4, lane: u32, lid: u32, cur: u32) -> vec3<f32> {
+fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept4, p4: Kept4, q4: Kept4, lane: u32, lid: u32, cur: u32) -> vec3<f32> {
     let i = site.i;
     let live = site.live;
     let base = site.base;
@@ -724,6 +720,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     var max_r = 0.0;
     var norm2 = 0.0;
     let first = w * wg_rows;
+    // VEC4: p and q of the lane's kept columns, read once a workgroup
+    // (every row of the lane has the same columns), held in function
+    // variables passed down (not module-scope private ones, which a driver
+    // may be slower to keep in registers).
+    var p4 = no_kept4();
+    var q4 = no_kept4();
     for (var q = 0u; VEC4 && q < MAX_KEPT4; q = q + 1u) {
         if (has_vec4(lane, q)) {
             p4 = kept_set(p4, q, anchor4(0u, 4u * kept_vec4(lane, q)));
@@ -752,7 +754,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             next_kept = load_kept(next_site, lane, cur);
             next_kept4 = load_kept4(next_site, lane, cur);
         }
-        let r_acc = step_row(site, slot, kept, kept4, lane, lid, cur);
+        let r_acc = step_row(site, slot, kept, kept4, p4, q4, lane, lid, cur);
         if (PREFETCH) {
             site = next_site;
             kept = next_kept;
