@@ -10,6 +10,10 @@
 //!   step/skip-step-vec4      (gpu-time) the same with a lane's kept columns
 //!                   read and written 16 bytes at a time (LATENT_LINE_VEC4),
 //!                   also at twice and at half the default lanes (-vec4-Nlanes)
+//!   step/skip-step-noprefetch, -nokeep (gpu-time) without reading the next
+//!                   row block ahead; with a lane's columns read twice
+//!   eval, eval-vec4 (gpu-time) the evaluation pass: every row read and its
+//!                   sums folded, nothing written (bytes: read)
 //!   scan            the table scan of `latent-line scan`, beside a copy
 //!   batch-random    a random batch of 65 536 rows (4 096 on a software
 //!                   adapter) drawn on the device, default guard
@@ -227,45 +231,32 @@ fn gpu(c: &mut Criterion) {
         // And with one row block a workgroup (the kernel before row
         // blocks), and with other lanes a row than the default's.
         let default_lanes = GpuTrainer::default_lanes(&ctx, shape.dim);
-        // (name, policy, scans, subgroups, row blocks, lanes, 16-byte kept columns)
-        let mut variants = vec![
-            ("step-noscan".to_string(), Policy::Ignore, false, None, None, None, None),
-            ("step-ignore".to_string(), Policy::Ignore, true, None, None, None, None),
-            ("step-skip-step".to_string(), Policy::SkipStep, true, None, None, None, None),
-            ("step-skip-step-wgfold".to_string(), Policy::SkipStep, true, Some(false), None, None, None),
-            ("step-skip-step-1block".to_string(), Policy::SkipStep, true, None, Some(1), None, None),
-            ("step-skip-step-vec4".to_string(), Policy::SkipStep, true, None, None, None, Some(true)),
+        let o = GpuOptions::default;
+        let mut variants: Vec<(String, Policy, GpuOptions)> = vec![
+            ("step-noscan".into(), Policy::Ignore, GpuOptions { fused_scans: false, ..o() }),
+            ("step-ignore".into(), Policy::Ignore, o()),
+            ("step-skip-step".into(), Policy::SkipStep, o()),
+            ("step-skip-step-wgfold".into(), Policy::SkipStep, GpuOptions { subgroups: Some(false), ..o() }),
+            ("step-skip-step-1block".into(), Policy::SkipStep, GpuOptions { row_blocks: Some(1), ..o() }),
+            ("step-skip-step-vec4".into(), Policy::SkipStep, GpuOptions { vec4: Some(true), ..o() }),
+            // Registers against bytes in flight (the same bits).
+            ("step-skip-step-noprefetch".into(), Policy::SkipStep, GpuOptions { prefetch: Some(false), ..o() }),
+            ("step-skip-step-nokeep".into(), Policy::SkipStep, GpuOptions { keep_columns: Some(false), ..o() }),
         ];
         let mut others = vec![default_lanes / 2, default_lanes * 2, 32];
         others.dedup();
         for lanes in others.into_iter().filter(|&l| (1..=32).contains(&l) && l != default_lanes) {
-            variants.push((
-                format!("step-skip-step-{lanes}lanes"),
-                Policy::SkipStep,
-                true,
-                None,
-                None,
-                Some(lanes),
-                None,
-            ));
+            let opts = GpuOptions { lanes_per_row: Some(lanes), ..o() };
+            variants.push((format!("step-skip-step-{lanes}lanes"), Policy::SkipStep, opts));
         }
         // 16-byte kept columns at twice the default lanes (one vec4 a lane
         // at D = 64) and at half (four: a row's scalar work shared by fewer).
         for lanes in [default_lanes * 2, default_lanes / 2].into_iter().filter(|l| (1..=32).contains(l)) {
-            let name = format!("step-skip-step-vec4-{lanes}lanes");
-            variants.push((name, Policy::SkipStep, true, None, None, Some(lanes), Some(true)));
+            let opts = GpuOptions { lanes_per_row: Some(lanes), vec4: Some(true), ..o() };
+            variants.push((format!("step-skip-step-vec4-{lanes}lanes"), Policy::SkipStep, opts));
         }
-        for (name, policy, scans, subgroups, row_blocks, lanes, vec4) in
-            variants.into_iter().filter(|v| sg || v.3.is_none())
-        {
-            let opts = GpuOptions {
-                fused_scans: scans,
-                subgroups,
-                row_blocks,
-                lanes_per_row: lanes,
-                vec4,
-                ..GpuOptions::default()
-            };
+        for (name, policy, opts) in variants.into_iter().filter(|v| sg || v.2.subgroups.is_none()) {
+            let vec4 = opts.vec4;
             let mut t =
                 GpuTrainer::new(ctx.clone(), shape, config(shape, policy), TableSource::Random { seed: 1 }, opts)
                     .expect("GPU trainer");
@@ -276,6 +267,22 @@ fn gpu(c: &mut Criterion) {
                 bench_copies(&mut g, &id, &t);
             }
             bench_gpu_time(&mut g, format!("{name}/{id}"), &mut t);
+        }
+        // The evaluation pass (rows read, their sums folded, nothing
+        // written), by the default kernel and with 16-byte loads: what the
+        // reading and the row's math cost without the update. Bytes: read.
+        g.throughput(Throughput::Bytes(shape.bytes()));
+        for (name, vec4) in [("eval", None), ("eval-vec4", Some(true))] {
+            let opts = GpuOptions { vec4, ..o() };
+            let cfg = config(shape, Policy::SkipStep);
+            let mut t =
+                GpuTrainer::new(ctx.clone(), shape, cfg, TableSource::Random { seed: 1 }, opts).expect("GPU trainer");
+            if vec4 == Some(true) && !t.vec4() {
+                continue;
+            }
+            g.bench_function(format!("{name}/{id}"), |b| {
+                b.iter_custom(|n| t.gpu_time_evaluations(n as u32).expect("evaluations").expect("timestamps"))
+            });
         }
         let bsize = batch_size(hardware);
         g.throughput(Throughput::Bytes(2 * bsize as u64 * shape.dim as u64 * 4));

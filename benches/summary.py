@@ -26,6 +26,8 @@ for g in groups:
                 **{f"step-skip-step-{l}lanes": "step-skip-step" for l in (1, 2, 4, 8, 16, 32)},
                 "step-skip-step-vec4": "step-skip-step",
                 **{f"step-skip-step-vec4-{l}lanes": "step-skip-step" for l in (1, 2, 4, 8, 16, 32)},
+                "step-skip-step-noprefetch": "step-skip-step", "step-skip-step-nokeep": "step-skip-step",
+                "eval": "step-skip-step", "eval-vec4": "step-skip-step-vec4",
                 "step-attached-clip": "step-skip-step", "scan": "scan-copy", "scan-4byte": "scan-copy"}.get(kind)
         if g == "cpu":
             floor = "memcpy-par" if (g, f"memcpy-par/{size}") in med else "memcpy"

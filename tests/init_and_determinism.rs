@@ -80,7 +80,8 @@ fn same_options_give_bit_identical_tables() {
 #[test]
 fn gpu_timed_steps_are_the_same_steps() {
     // Timing steps with timestamp queries must not change what they do:
-    // the table after `gpu_time_steps(5)` is the table after `steps(5)`.
+    // the table after `gpu_time_steps(5)` is the table after `steps(5)`;
+    // timing evaluations changes nothing.
     let seed = seed("timed_steps");
     let shape = Shape::new(3000, 12).unwrap();
     let table = random_table(&mut rng(seed), 3000, 12);
@@ -96,6 +97,13 @@ fn gpu_timed_steps_are_the_same_steps() {
         for vec4 in [false, true] {
             assert!(b.gpu_time_table_copies(3, vec4).unwrap().unwrap() > std::time::Duration::ZERO);
         }
+        let (ta, tb) = (a.read_table().unwrap(), b.read_table().unwrap());
+        assert!(ta.iter().zip(&tb).all(|(x, y)| x.to_bits() == y.to_bits()), "seed {seed}");
+        // Timed evaluations change nothing either: the next step, its
+        // record included, is the untimed trainer's.
+        assert!(b.gpu_time_evaluations(4).unwrap().unwrap() > std::time::Duration::ZERO);
+        let (ra, rb) = (a.steps(2).unwrap(), b.steps(2).unwrap());
+        assert_eq!(ra, rb, "seed {seed}");
         let (ta, tb) = (a.read_table().unwrap(), b.read_table().unwrap());
         assert!(ta.iter().zip(&tb).all(|(x, y)| x.to_bits() == y.to_bits()), "seed {seed}");
     }

@@ -1178,10 +1178,19 @@ impl GpuTrainer {
     /// step), or `None` without them. The guard acts as in `steps`; the
     /// records are not read. For benchmarks (SPEC §15).
     pub fn gpu_time_steps(&mut self, n: u32) -> Result<Option<std::time::Duration>> {
-        in_timed_rounds(n, |m| self.gpu_time_steps_once(m))
+        in_timed_rounds(n, |m| self.gpu_time_passes_once(m, true))
     }
 
-    fn gpu_time_steps_once(&mut self, n: u32) -> Result<Option<std::time::Duration>> {
+    /// GPU time of `n` evaluations of the table (the fused pass with
+    /// UPDATE = false: every row read, its sums folded, its loss scanned,
+    /// nothing written; then reduce.wgsl), or `None` without timestamp
+    /// queries: beside the step, what the reading and the row's math cost
+    /// without the update and the writes (benches).
+    pub fn gpu_time_evaluations(&mut self, n: u32) -> Result<Option<std::time::Duration>> {
+        in_timed_rounds(n, |m| self.gpu_time_passes_once(m, false))
+    }
+
+    fn gpu_time_passes_once(&mut self, n: u32, update: bool) -> Result<Option<std::time::Duration>> {
         let Some(timer) = PassTimer::new(&self.ctx, n.max(1)) else { return Ok(None) };
         let ctx = self.ctx.clone();
         let every = self.cfg.guard.snapshot_every as u64;
@@ -1194,9 +1203,9 @@ impl GpuTrainer {
             }
             let mut enc = ctx.device.create_command_encoder(&Default::default());
             for i in 0..m {
-                let snapshot = self.steps_done.is_multiple_of(every);
-                self.encode_fused(&mut enc, true, snapshot, Some(timer.writes(done + i)), None, self.steps_done);
-                self.steps_done += 1;
+                let snapshot = update && self.steps_done.is_multiple_of(every);
+                self.encode_fused(&mut enc, update, snapshot, Some(timer.writes(done + i)), None, self.steps_done);
+                self.steps_done += update as u64;
             }
             done += m;
             if done == n {
