@@ -92,7 +92,7 @@ if [ "$MODE" = sweep ]; then
     for w in 64 128; do WG=$w prof "" ""; WG=$w prof 4 ""; done
     for l in 4 8; do for b in 1 2 ""; do prof $l "$b" "--batch $BATCH"; done; done
     for w in 64 128; do WG=$w prof "" "" "--batch $BATCH"; done
-    timeout 120 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|step-skip-step-vec4|step-skip-step-vec4-16lanes|step-skip-step-vec4-4lanes|step-skip-step-noprefetch|step-skip-step-nokeep|eval|eval-vec4)/1000000x64|batch-random(-ignore|-vec4)?-65536/1000000x64|\]/scan' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
+    timeout 180 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|step-skip-step-vec4|step-skip-step-vec4-16lanes|step-skip-step-vec4-4lanes|step-skip-step-noprefetch|step-skip-step-nokeep|eval|eval-vec4)/1000000x64|batch-random(-ignore|-vec4)?-65536/1000000x64|\]/scan' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
     exit 0
 fi
 
