@@ -852,9 +852,14 @@ fn profile_times_every_kernel_of_the_run() {
     match ds["unavailable"].as_str() {
         Some(why) => assert!(why.contains("lacks VK_KHR_pipeline_executable_properties"), "{ds}"),
         None => {
+            // Every pipeline has an executable; the fused step's have
+            // statistics (a driver may have none for a trivial kernel).
             for p in ds["pipelines"].as_array().unwrap() {
                 let e = p["executables"].as_array().unwrap();
-                assert!(!e.is_empty() && e.iter().all(|e| !e["stats"].as_array().unwrap().is_empty()), "{p}");
+                assert!(!e.is_empty(), "{p}");
+                if p["kernel"] == "fused_step.wgsl main" {
+                    assert!(e.iter().any(|e| !e["stats"].as_array().unwrap().is_empty()), "{p}");
+                }
             }
         }
     }
