@@ -125,6 +125,14 @@ fn bench_steps(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, nam
     });
 }
 
+/// Does the default fused step keep a lane's 4-byte columns in registers
+/// for `shape` (so that turning it off changes the kernel)?
+fn keeps_by_default(ctx: &Arc<GpuContext>, shape: Shape) -> bool {
+    let cfg = config(shape, Policy::SkipStep);
+    GpuTrainer::new(ctx.clone(), shape, cfg, TableSource::Random { seed: 1 }, GpuOptions::default())
+        .is_ok_and(|t| t.keeps_columns())
+}
+
 /// GPU time (timestamp queries) of `t`'s steps.
 fn bench_gpu_time(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, name: String, t: &mut GpuTrainer) {
     g.bench_function(name, |b| b.iter_custom(|n| t.gpu_time_steps(n as u32).expect("steps").expect("timestamps")));
@@ -262,6 +270,9 @@ fn gpu(c: &mut Criterion) {
                     .expect("GPU trainer");
             if vec4 == Some(true) && !t.vec4() {
                 continue; // its columns are not kept at these lanes (a software adapter's one)
+            }
+            if name.ends_with("-nokeep") && !keeps_by_default(&ctx, shape) {
+                continue; // the default keeps none either: it would time the same kernel
             }
             if name == "step-noscan" {
                 bench_copies(&mut g, &id, &t);

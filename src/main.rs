@@ -692,18 +692,6 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             ),
         }
     }
-    // A probe that fails costs the run nothing but its statistics.
-    let driver_stats = if args.profile {
-        trainer.driver_stats().unwrap_or_else(|e| {
-            Some(latent_line::gpu::driver_stats::DriverStats {
-                unavailable: Some(format!("the probe failed: {e}")),
-                pipelines: Vec::new(),
-            })
-        })
-    } else {
-        None
-    };
-    print_driver_stats(driver_stats.as_ref());
 
     if let Some(path) = &args.save {
         save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), d0_start)?;
@@ -726,6 +714,20 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         latent_line::plot::draw(path, &pic)?;
         out!("plot     {}", path.display());
     }
+    // The driver's statistics, after the table is saved: the probe opens
+    // a second device, and one that fails (or crashes) costs the run
+    // nothing but its statistics.
+    let driver_stats = if args.profile {
+        trainer.driver_stats().unwrap_or_else(|e| {
+            Some(latent_line::gpu::driver_stats::DriverStats {
+                unavailable: Some(format!("the probe failed: {e}")),
+                pipelines: Vec::new(),
+            })
+        })
+    } else {
+        None
+    };
+    print_driver_stats(driver_stats.as_ref());
     if args.report.is_some() || args.json {
         let report = Report {
             options: args,
@@ -924,13 +926,6 @@ fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::NonFinite)
 }
 
-/// The run state for a save to `path`, the momentum velocity saved beside
-/// it first (so that `--resume` with `--momentum` goes on exactly).
-/// Saves the table at `path` with its run state (SPEC §13), and beside it
-/// what a resume needs besides: the momentum velocity, and a rollback
-/// snapshot older than the table. Each file is written atomically; the
-/// state records the others' fingerprints, so a resume refuses a mixture
-/// left by an interrupted save.
 /// `--profile`'s driver lines: one per pipeline executable, its statistics.
 fn print_driver_stats(stats: Option<&latent_line::gpu::driver_stats::DriverStats>) {
     let Some(stats) = stats else { return };
@@ -953,6 +948,11 @@ fn print_driver_stats(stats: Option<&latent_line::gpu::driver_stats::DriverStats
     }
 }
 
+/// Saves the table at `path` with its run state (SPEC §13), and beside it
+/// what a resume needs besides: the momentum velocity, and a rollback
+/// snapshot older than the table. Each file is written atomically; the
+/// state records the others' fingerprints, so a resume refuses a mixture
+/// left by an interrupted save.
 fn save_checkpoint(
     trainer: &mut dyn Trainer,
     path: &std::path::Path,

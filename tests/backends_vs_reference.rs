@@ -459,22 +459,26 @@ fn read_ahead_and_kept_columns_change_no_bits() {
     use latent_line::{Batches, Record};
     let seed = seed("read_ahead_and_kept_columns");
     // (D, lanes, row blocks): D = 56 and 20 keep their columns at these
-    // lanes (D ≤ 8 × lanes), which only this test builds with KEEP off.
+    // lanes (D ≤ 8 × lanes), which only this test builds with KEEP off,
+    // and VEC4 applies to both.
     let shapes = [(56usize, 8u32, 4u32), (20, 4, 2)];
+    // switches: (prefetch, keep, vec4)
     let run =
-        |shape: Shape, cfg: StepConfig, table: &[f32], batches: &Batches, lanes, blocks, switches: (bool, bool)| {
+        |shape: Shape, cfg: StepConfig, table: &[f32], batches: &Batches, lanes, blocks, sw: (bool, bool, bool)| {
             let opts = GpuOptions {
                 lanes_per_row: Some(lanes),
                 workgroup: Some(64),
                 row_blocks: Some(blocks),
-                prefetch: Some(switches.0),
-                keep_columns: Some(switches.1),
+                prefetch: Some(sw.0),
+                keep_columns: Some(sw.1),
+                vec4: Some(sw.2),
                 ..GpuOptions::default()
             };
             let mut t =
                 GpuTrainer::with_batches(gpu(), shape, cfg, TableSource::Data(table.to_vec()), opts, batches.clone())
                     .unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!((t.kernel_shape(), t.row_blocks()), ((64, lanes), blocks));
+            assert_eq!((t.kernel_shape(), t.row_blocks(), t.vec4()), ((64, lanes), blocks, sw.2));
+            assert_eq!(t.keeps_columns(), sw.1 && !sw.2);
             let recs: Vec<Record> = t.steps(4).unwrap();
             (t.read_table().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<u32>>(), recs)
         };
@@ -502,13 +506,19 @@ fn read_ahead_and_kept_columns_change_no_bits() {
             };
             let ctx =
                 format!("D {dim}, L {lanes}, blocks {blocks}, {batches:?}, {endpoints:?}, {policy:?}, seed {seed}");
-            let (t0, r0) = run(shape, cfg, &table, &batches, lanes, blocks, (true, true));
+            let (t0, r0) = run(shape, cfg, &table, &batches, lanes, blocks, (true, true, false));
             assert!(t0 != table.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "{ctx}: nothing trained");
-            for switches in [(false, true), (true, false), (false, false)] {
+            for switches in [(false, true, false), (true, false, false), (false, false, false)] {
                 let (t1, r1) = run(shape, cfg, &table, &batches, lanes, blocks, switches);
-                assert!(t1 == t0, "{ctx}, (prefetch, keep) {switches:?}: tables differ");
-                assert_eq!(r1, r0, "{ctx}, (prefetch, keep) {switches:?}: records differ");
+                assert!(t1 == t0, "{ctx}, (prefetch, keep, vec4) {switches:?}: tables differ");
+                assert_eq!(r1, r0, "{ctx}, (prefetch, keep, vec4) {switches:?}: records differ");
             }
+            // 16-byte kept columns (their own summation order): read ahead
+            // or not, the same bits.
+            let (t0, r0) = run(shape, cfg, &table, &batches, lanes, blocks, (true, true, true));
+            let (t1, r1) = run(shape, cfg, &table, &batches, lanes, blocks, (false, true, true));
+            assert!(t1 == t0, "{ctx}, vec4 without read-ahead: tables differ");
+            assert_eq!(r1, r0, "{ctx}, vec4 without read-ahead: records differ");
         }
         // The switches reached the pipelines (a switch dropped on the way
         // would pass the comparisons above by comparing a kernel with itself).

@@ -102,6 +102,7 @@ fn gpu_timed_steps_are_the_same_steps() {
         // Timed evaluations change nothing either: the next step, its
         // record included, is the untimed trainer's.
         assert!(b.gpu_time_evaluations(4).unwrap().unwrap() > std::time::Duration::ZERO);
+        assert_eq!(b.run_state().unwrap().steps, a.run_state().unwrap().steps, "evaluations counted as steps");
         let (ra, rb) = (a.steps(2).unwrap(), b.steps(2).unwrap());
         assert_eq!(ra, rb, "seed {seed}");
         let (ta, tb) = (a.read_table().unwrap(), b.read_table().unwrap());

@@ -11,7 +11,11 @@
 //! WGSL, the same override constants, turned into SPIR-V by naga with the
 //! options wgpu-hal uses (`wgpu-hal/src/vulkan/adapter.rs`, `naga_options`;
 //! `device.rs`, `compile_stage`), so the driver sees what wgpu hands it.
-//! The pipelines it compiles are only inspected, never run.
+//! The pipelines it compiles are only inspected, never run. Known
+//! differences, none of which changes a compute kernel's code: wgpu
+//! numbers a layout's bindings 0, 1, … (`binding_map`) where this keeps
+//! the WGSL's numbers; it may add debug information (debug builds); and
+//! it drops robustness2 on some old Intel drivers.
 
 use std::ffi::CStr;
 
@@ -209,6 +213,9 @@ impl Probe {
         let has = |name: &CStr| exts.iter().any(|e| e.extension_name_as_c_str() == Ok(name));
         let has_stats_ext = has(ash::khr::pipeline_executable_properties::NAME);
         let has_robust2_ext = has(ash::ext::robustness2::NAME);
+        // Subgroup size control: core in 1.3, an extension before.
+        let size_ext = device_api < vk::API_VERSION_1_3 && has(ash::ext::subgroup_size_control::NAME);
+        let size_struct = device_api >= vk::API_VERSION_1_3 || size_ext;
 
         // What the device offers, asked for in one chain.
         let mut f_stats = vk::PhysicalDevicePipelineExecutablePropertiesFeaturesKHR::default();
@@ -222,7 +229,7 @@ impl Probe {
             if has_robust2_ext {
                 all = all.push_next(&mut f_robust2);
             }
-            if device_api >= vk::API_VERSION_1_3 {
+            if size_struct {
                 all = all.push_next(&mut f_size);
             }
             instance.get_physical_device_features2(pd, &mut all);
@@ -230,7 +237,7 @@ impl Probe {
         let core = instance.get_physical_device_features(pd);
         let has_stats = has_stats_ext && f_stats.pipeline_executable_info == vk::TRUE;
         let robust2 = has_robust2_ext && f_robust2.robust_buffer_access2 == vk::TRUE;
-        let size_control = device_api >= vk::API_VERSION_1_3 && f_size.subgroup_size_control == vk::TRUE;
+        let size_control = size_struct && f_size.subgroup_size_control == vk::TRUE;
 
         let Some(family) = instance
             .get_physical_device_queue_family_properties(pd)
@@ -262,6 +269,9 @@ impl Probe {
             want = want.push_next(&mut want_robust2);
         }
         if size_control {
+            if size_ext {
+                names.push(ash::ext::subgroup_size_control::NAME.as_ptr());
+            }
             want = want.push_next(&mut want_size);
         }
         let info = vk::DeviceCreateInfo::default()
@@ -269,7 +279,8 @@ impl Probe {
             .enabled_extension_names(&names)
             .push_next(&mut want);
         let device = instance.create_device(pd, &info, None).map_err(vk_err("device"))?;
-        let spv_version = match device_api {
+        // wgpu-hal picks it from the device's own Vulkan version.
+        let spv_version = match props.api_version {
             v if v >= vk::API_VERSION_1_3 => (1, 6),
             v if v >= vk::API_VERSION_1_2 => (1, 5),
             _ => (1, 3),

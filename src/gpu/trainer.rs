@@ -1313,6 +1313,13 @@ impl GpuTrainer {
         self.vec4
     }
 
+    /// Whether a lane of the fused step holds its 4-byte columns in
+    /// registers between the row's sums and its update (KEEP: as asked,
+    /// where D ≤ 8 × lanes, without VEC4).
+    pub fn keeps_columns(&self) -> bool {
+        self.keep && !self.vec4 && keeps_columns(self.shape.dim as u32, self.lanes)
+    }
+
     /// The subgroup size the row fold relies on (fold_sg.wgsl), or `None`
     /// for the portable fold.
     pub fn subgroup_fold(&self) -> Option<u32> {
@@ -1921,7 +1928,7 @@ impl Trainer for GpuTrainer {
                     b => format!(", {b} row blocks a workgroup ({} rows)", self.wg / self.lanes * b),
                 },
                 if self.vec4 { ", 16-byte loads" } else { "" },
-                if self.prefetch { "" } else { ", no read-ahead" },
+                if self.prefetch || self.blocks == 1 { "" } else { ", no read-ahead" },
                 if self.keep || !keeps_columns(self.shape.dim as u32, self.lanes) || self.vec4 {
                     ""
                 } else {
