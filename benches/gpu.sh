@@ -67,9 +67,10 @@ echo "== latent-line devices (for the README)"
 # LB=1 for wgpu's loop counters (LATENT_LINE_LOOP_BOUNDING), V4=1 for
 # 16-byte kept columns (LATENT_LINE_VEC4), PF=0 for no read-ahead of the
 # next row block (LATENT_LINE_PREFETCH), KP=0 for columns read twice
-# instead of kept in registers (LATENT_LINE_KEEP). Keeps the driver's statistics
+# instead of kept in registers (LATENT_LINE_KEEP), KV=1 for kept columns
+# in vectors instead of an array (LATENT_LINE_KEPT_VECTORS). Keeps the driver's statistics
 # (registers, spills) of the fused step's pipelines only.
-prof() { echo "-- lanes ${1:-auto} blocks ${2:-auto} ${3:-} ${WG:+workgroup $WG} ${LB:+loop bounding $LB} ${V4:+vec4 $V4} ${PF:+prefetch $PF} ${KP:+keep $KP}"; env ${1:+LATENT_LINE_LANES=$1} ${2:+LATENT_LINE_ROW_BLOCKS=$2} ${WG:+LATENT_LINE_WORKGROUP=$WG} ${LB:+LATENT_LINE_LOOP_BOUNDING=$LB} ${V4:+LATENT_LINE_VEC4=$V4} ${PF:+LATENT_LINE_PREFETCH=$PF} ${KP:+LATENT_LINE_KEEP=$KP} "$B/latent-line" --backend gpu --rows "$R" --steps 40 ${3:-} --profile | grep -E "^kernel|^speed|^driver|wgsl" | grep -v -E "^ +(anchors|reduce|init|scan_table|scan_finish|sample|batch_io|copy_table|anchor_sum|prepare)\.wgsl [a-z_0-9]+ (\[|·)"; }
+prof() { echo "-- lanes ${1:-auto} blocks ${2:-auto} ${3:-} ${WG:+workgroup $WG} ${LB:+loop bounding $LB} ${V4:+vec4 $V4} ${PF:+prefetch $PF} ${KP:+keep $KP} ${KV:+kept-vectors $KV}"; env ${1:+LATENT_LINE_LANES=$1} ${2:+LATENT_LINE_ROW_BLOCKS=$2} ${WG:+LATENT_LINE_WORKGROUP=$WG} ${LB:+LATENT_LINE_LOOP_BOUNDING=$LB} ${V4:+LATENT_LINE_VEC4=$V4} ${PF:+LATENT_LINE_PREFETCH=$PF} ${KP:+LATENT_LINE_KEEP=$KP} ${KV:+LATENT_LINE_KEPT_VECTORS=$KV} "$B/latent-line" --backend gpu --rows "$R" --steps 40 ${3:-} --profile | grep -E "^kernel|^speed|^driver|wgsl" | grep -v -E "^ +(anchors|reduce|init|scan_table|scan_finish|sample|batch_io|copy_table|anchor_sum|prepare)\.wgsl [a-z_0-9]+ (\[|·)"; }
 if [ "$MODE" = sweep ]; then
     # The tuning sweep: the fused step's shape (LATENT_LINE_LANES,
     # _ROW_BLOCKS, _WORKGROUP) by --profile's per-kernel GPU time, full-table
@@ -86,13 +87,15 @@ if [ "$MODE" = sweep ]; then
     V4=1 LB=1 prof "" ""
     # Registers against bytes in flight: no read-ahead, columns read twice.
     PF=0 prof "" ""; KP=0 prof "" ""; PF=0 KP=0 prof "" ""; PF=0 prof "" "" "--batch $BATCH"; V4=1 PF=0 prof "" ""
+    # Arrays against vectors for the 4-byte kept columns (VEC4 is vectors and 16 bytes).
+    KV=1 prof "" ""; KV=1 PF=0 prof "" ""; KV=1 prof 4 ""; KV=1 prof "" "" "--batch $BATCH"
     # The batch step's guard: skip-step's undo log against none.
     prof "" "" "--batch $BATCH --on-nonfinite ignore"
     for l in 2 4 8 16; do for b in 1 ""; do prof $l "$b"; done; done
     for w in 64 128; do WG=$w prof "" ""; WG=$w prof 4 ""; done
     for l in 4 8; do for b in 1 2 ""; do prof $l "$b" "--batch $BATCH"; done; done
     for w in 64 128; do WG=$w prof "" "" "--batch $BATCH"; done
-    timeout 180 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|step-skip-step-vec4|step-skip-step-vec4-16lanes|step-skip-step-vec4-4lanes|step-skip-step-noprefetch|step-skip-step-nokeep|eval|eval-vec4)/1000000x64|batch-random(-ignore|-vec4)?-65536/1000000x64|\]/scan' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
+    timeout 180 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|step-skip-step-vec4|step-skip-step-vec4-16lanes|step-skip-step-vec4-4lanes|step-skip-step-noprefetch|step-skip-step-nokeep|step-skip-step-keptvectors|eval|eval-vec4)/1000000x64|batch-random(-ignore|-vec4)?-65536/1000000x64|\]/scan' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
     exit 0
 fi
 

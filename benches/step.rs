@@ -10,8 +10,9 @@
 //!   step/skip-step-vec4      (gpu-time) the same with a lane's kept columns
 //!                   read and written 16 bytes at a time (LATENT_LINE_VEC4),
 //!                   also at twice and at half the default lanes (-vec4-Nlanes)
-//!   step/skip-step-noprefetch, -nokeep (gpu-time) without reading the next
-//!                   row block ahead; with a lane's columns read twice
+//!   step/skip-step-noprefetch, -nokeep, -keptvectors (gpu-time) without
+//!                   reading the next row block ahead; with a lane's columns
+//!                   read twice; with them kept in vectors, not an array
 //!   eval, eval-vec4 (gpu-time) the evaluation pass: every row read and its
 //!                   sums folded, nothing written (bytes: read)
 //!   scan            the table scan of `latent-line scan`, beside a copy
@@ -250,6 +251,7 @@ fn gpu(c: &mut Criterion) {
             // Registers against bytes in flight (the same bits).
             ("step-skip-step-noprefetch".into(), Policy::SkipStep, GpuOptions { prefetch: Some(false), ..o() }),
             ("step-skip-step-nokeep".into(), Policy::SkipStep, GpuOptions { keep_columns: Some(false), ..o() }),
+            ("step-skip-step-keptvectors".into(), Policy::SkipStep, GpuOptions { kept_vectors: Some(true), ..o() }),
         ];
         let mut others = vec![default_lanes / 2, default_lanes * 2, 32];
         others.dedup();
@@ -271,7 +273,7 @@ fn gpu(c: &mut Criterion) {
             if vec4 == Some(true) && !t.vec4() {
                 continue; // its columns are not kept at these lanes (a software adapter's one)
             }
-            if name.ends_with("-nokeep") && !keeps_by_default(&ctx, shape) {
+            if (name.ends_with("-nokeep") || name.ends_with("-keptvectors")) && !keeps_by_default(&ctx, shape) {
                 continue; // the default keeps none either: it would time the same kernel
             }
             if name == "step-noscan" {

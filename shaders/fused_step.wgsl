@@ -65,6 +65,11 @@ override BLOCKS: u32 = 1u;
 // flight a lane, at the cost of a second set of kept values in registers);
 // false: each block's rows are read as it starts. The same bits either way.
 override PREFETCH: bool = true;
+// KEEP without VEC4: a lane's 4-byte columns held in the fields of a
+// `Kept4` (column j: field j / 4, component j % 4) instead of an array,
+// as VEC4 holds its vec4s: nothing for a driver to put in local memory.
+// The same bits either way.
+override KEPT_VECTORS: bool = false;
 // D a multiple of 4, at most 4·MAX_KEPT4·L: a lane's kept columns are whole
 // vec4s (lane l takes vec4s l, l + L, … of the row, KEPT4 at most:
 // columns 4l … 4l + 3, then 4(l + L) …), read and written 16 bytes at a
@@ -137,6 +142,17 @@ fn kept_set(k: Kept4, q: u32, v: vec4<f32>) -> Kept4 {
 
 fn no_kept4() -> Kept4 {
     return Kept4(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+}
+
+// KEPT_VECTORS: the lane's kept column j (its j-th, column lane + j·L).
+fn kept_elem(k: Kept4, j: u32) -> f32 {
+    return kept_get(k, j / 4u)[j % 4u];
+}
+
+fn kept_with(k: Kept4, j: u32, v: f32) -> Kept4 {
+    var c = kept_get(k, j / 4u);
+    c[j % 4u] = v;
+    return kept_set(k, j / 4u, c);
 }
 
 var<workgroup> wg_near: atomic<u32>;
@@ -389,7 +405,7 @@ fn has_vec4(lane: u32, q: u32) -> bool {
 // constant count, so a driver may unroll them and keep it in registers).
 fn load_kept(site: RowSite, lane: u32, cur: u32) -> array<f32, MAX_KEPT> {
     var kept: array<f32, MAX_KEPT>;
-    if (KEEP && !VEC4 && site.live) {
+    if (KEEP && !VEC4 && !KEPT_VECTORS && site.live) {
         for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
             let k = kept_col(lane, j);
             if (k < D) {
@@ -400,7 +416,8 @@ fn load_kept(site: RowSite, lane: u32, cur: u32) -> array<f32, MAX_KEPT> {
     return kept;
 }
 
-// VEC4: a lane's vec4s of a row, 16 bytes a load.
+// VEC4: a lane's vec4s of a row, 16 bytes a load. KEPT_VECTORS: its
+// 4-byte kept columns, in the same struct.
 fn load_kept4(site: RowSite, lane: u32, cur: u32) -> Kept4 {
     var kept = no_kept4();
     if (VEC4 && site.live) {
@@ -409,8 +426,23 @@ fn load_kept4(site: RowSite, lane: u32, cur: u32) -> Kept4 {
                 kept = kept_set(kept, q, load_x4(cur, site.base / 4u + kept_vec4(lane, q)));
             }
         }
+    } else if (KEEP && KEPT_VECTORS && site.live) {
+        for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
+            let k = kept_col(lane, j);
+            if (k < D) {
+                kept = kept_with(kept, j, load_x(cur, site.base + k));
+            }
+        }
     }
     return kept;
+}
+
+// KEEP: the lane's kept column j, from whichever holds it.
+fn kept_x(kept: array<f32, MAX_KEPT>, kept4: Kept4, j: u32) -> f32 {
+    if (KEPT_VECTORS) {
+        return kept_elem(kept4, j);
+    }
+    return kept[j];
 }
 
 // p (at = 0) or q (at = D) of the 4 columns from `k0`.
@@ -487,7 +519,8 @@ fn scan4(acc: Scans2, x: vec4<f32>, k0: u32, p: vec4<f32>, q: vec4<f32>, v_old: 
 }
 
 // One row of the pass for lane `lane` of it, its values (KEEP) in `kept`
-// (VEC4: in `kept4`, with p and q of its columns in `p4` and `q4`). All lanes call it (the row folds have barriers).
+// (VEC4: in `kept4`, with p and q of its columns in `p4` and `q4`;
+// KEPT_VECTORS: in `kept4`, by `kept_x`). All lanes call it (the row folds have barriers).
 // Returns the lane's (m·|r|, |r|, Σ g² for clipping) of the row.
 fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept4, p4: Kept4, q4: Kept4, lane: u32, lid: u32, cur: u32) -> vec3<f32> {
     let i = site.i;
@@ -507,6 +540,7 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
     var part = vec4<f32>(0.0, 0.0, 0.0, 0.0);
     var kept = kept_in;
     var kept_v: array<f32, MAX_KEPT>;
+    var kept_v4 = no_kept4();   // KEPT_VECTORS: the old velocities, as kept_v
     if (live) {
         if (VEC4) {
             for (var q = 0u; q < MAX_KEPT4; q = q + 1u) {
@@ -518,7 +552,7 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
             for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
                 let k = kept_col(lane, j);
                 if (k < D) {
-                    let x = kept[j];
+                    let x = kept_x(kept, kept4, j);
                     part = vec4<f32>(accumulate_sq(part.xy, x, anchors[k], anchors[D + k]),
                                      part.z + select(0.0, 1.0, is_nonfinite(x)), 0.0);
                 }
@@ -649,9 +683,13 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
             for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
                 let k = kept_col(lane, j);
                 if (k < D) {
-                    let x = kept[j];
+                    let x = kept_x(kept, kept4, j);
                     let v_old = load_v(cur, base + k);
-                    kept_v[j] = v_old;
+                    if (KEPT_VECTORS) {
+                        kept_v4 = kept_with(kept_v4, j, v_old);
+                    } else {
+                        kept_v[j] = v_old;
+                    }
                     let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned, anchor);
                     let nv = step_value(x, g, v_old, lr, poisoned);
                     any_bad = any_bad || is_nonfinite(g) || is_nonfinite(nv.x);
@@ -662,9 +700,11 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
                 for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
                     let k = kept_col(lane, j);
                     if (k < D) {
-                        let g = grad_at(kept[j], k, c, inv_d1, inv_d2, sep, poisoned, anchor);
+                        let x = kept_x(kept, kept4, j);
+                        let v_old = select(kept_v[j], kept_elem(kept_v4, j), KEPT_VECTORS);
+                        let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned, anchor);
                         gs = row_scan_add(gs, k, g);
-                        ts = row_scan_add(ts, k, step_value(kept[j], g, kept_v[j], lr, poisoned).x);
+                        ts = row_scan_add(ts, k, step_value(x, g, v_old, lr, poisoned).x);
                     }
                 }
             }

@@ -448,40 +448,49 @@ fn a_host_write_to_an_anchor_row_is_seen_by_the_next_step() {
     }
 }
 
-/// fused_step.wgsl's PREFETCH (reading the next row block ahead) and KEEP
+/// fused_step.wgsl's PREFETCH (reading the next row block ahead), KEEP
 /// (a lane's columns held in registers between the row's sums and its
-/// update) change only when and how often a row is read: off, each gives
-/// the default's bits, table and records, over full tables and random
-/// batches (in place, with the undo log), with momentum, the separation
-/// term and clipping. (skip-row reads a row's columns twice whatever KEEP.)
+/// update) and KEPT_VECTORS (held in vectors, not an array) change only
+/// when and how often a row is read, and where it is held: each gives the
+/// default's bits, table and records, over full tables and random batches
+/// (in place, with the undo log), with momentum, the separation term and
+/// clipping. (skip-row reads a row's columns twice whatever KEEP.)
 #[test]
 fn read_ahead_and_kept_columns_change_no_bits() {
     use latent_line::{Batches, Record};
+    #[derive(Clone, Copy, Debug)]
+    struct Sw {
+        prefetch: bool,
+        keep: bool,
+        vec4: bool,
+        vectors: bool,
+    }
+    const DEFAULT: Sw = Sw { prefetch: true, keep: true, vec4: false, vectors: false };
     let seed = seed("read_ahead_and_kept_columns");
     // (D, lanes, row blocks): D = 56 and 20 keep their columns at these
-    // lanes (D ≤ 8 × lanes), which only this test builds with KEEP off,
-    // and VEC4 applies to both.
+    // lanes (D ≤ 8 × lanes), which only this test builds with KEEP off or
+    // in vectors, and VEC4 applies to both.
     let shapes = [(56usize, 8u32, 4u32), (20, 4, 2)];
-    // switches: (prefetch, keep, vec4)
-    let run =
-        |shape: Shape, cfg: StepConfig, table: &[f32], batches: &Batches, lanes, blocks, sw: (bool, bool, bool)| {
-            let opts = GpuOptions {
-                lanes_per_row: Some(lanes),
-                workgroup: Some(64),
-                row_blocks: Some(blocks),
-                prefetch: Some(sw.0),
-                keep_columns: Some(sw.1),
-                vec4: Some(sw.2),
-                ..GpuOptions::default()
-            };
-            let mut t =
-                GpuTrainer::with_batches(gpu(), shape, cfg, TableSource::Data(table.to_vec()), opts, batches.clone())
-                    .unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!((t.kernel_shape(), t.row_blocks(), t.vec4()), ((64, lanes), blocks, sw.2));
-            assert_eq!(t.keeps_columns(), sw.1 && !sw.2);
-            let recs: Vec<Record> = t.steps(4).unwrap();
-            (t.read_table().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<u32>>(), recs)
+    let run = |shape: Shape, cfg: StepConfig, table: &[f32], batches: &Batches, lanes, blocks, sw: Sw| {
+        let opts = GpuOptions {
+            lanes_per_row: Some(lanes),
+            workgroup: Some(64),
+            row_blocks: Some(blocks),
+            prefetch: Some(sw.prefetch),
+            keep_columns: Some(sw.keep),
+            vec4: Some(sw.vec4),
+            kept_vectors: Some(sw.vectors),
+            ..GpuOptions::default()
         };
+        let source = TableSource::Data(table.to_vec());
+        let mut t = GpuTrainer::with_batches(gpu(), shape, cfg, source, opts, batches.clone())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((t.kernel_shape(), t.row_blocks(), t.vec4()), ((64, lanes), blocks, sw.vec4));
+        let keeps = sw.keep && !sw.vec4;
+        assert_eq!((t.keeps_columns(), t.kept_in_vectors()), (keeps, keeps && sw.vectors));
+        let recs: Vec<Record> = t.steps(4).unwrap();
+        (t.read_table().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<u32>>(), recs)
+    };
     let mut case = 0u64;
     for (dim, lanes, blocks) in shapes {
         let rows = 700;
@@ -506,17 +515,24 @@ fn read_ahead_and_kept_columns_change_no_bits() {
             };
             let ctx =
                 format!("D {dim}, L {lanes}, blocks {blocks}, {batches:?}, {endpoints:?}, {policy:?}, seed {seed}");
-            let (t0, r0) = run(shape, cfg, &table, &batches, lanes, blocks, (true, true, false));
+            let (t0, r0) = run(shape, cfg, &table, &batches, lanes, blocks, DEFAULT);
             assert!(t0 != table.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "{ctx}: nothing trained");
-            for switches in [(false, true, false), (true, false, false), (false, false, false)] {
-                let (t1, r1) = run(shape, cfg, &table, &batches, lanes, blocks, switches);
-                assert!(t1 == t0, "{ctx}, (prefetch, keep, vec4) {switches:?}: tables differ");
-                assert_eq!(r1, r0, "{ctx}, (prefetch, keep, vec4) {switches:?}: records differ");
+            for sw in [
+                Sw { prefetch: false, ..DEFAULT },
+                Sw { keep: false, ..DEFAULT },
+                Sw { prefetch: false, keep: false, ..DEFAULT },
+                Sw { vectors: true, ..DEFAULT },
+                Sw { vectors: true, prefetch: false, ..DEFAULT },
+            ] {
+                let (t1, r1) = run(shape, cfg, &table, &batches, lanes, blocks, sw);
+                assert!(t1 == t0, "{ctx}, {sw:?}: tables differ");
+                assert_eq!(r1, r0, "{ctx}, {sw:?}: records differ");
             }
             // 16-byte kept columns (their own summation order): read ahead
             // or not, the same bits.
-            let (t0, r0) = run(shape, cfg, &table, &batches, lanes, blocks, (true, true, true));
-            let (t1, r1) = run(shape, cfg, &table, &batches, lanes, blocks, (false, true, true));
+            let v4 = Sw { vec4: true, ..DEFAULT };
+            let (t0, r0) = run(shape, cfg, &table, &batches, lanes, blocks, v4);
+            let (t1, r1) = run(shape, cfg, &table, &batches, lanes, blocks, Sw { prefetch: false, ..v4 });
             assert!(t1 == t0, "{ctx}, vec4 without read-ahead: tables differ");
             assert_eq!(r1, r0, "{ctx}, vec4 without read-ahead: records differ");
         }
@@ -533,7 +549,7 @@ fn read_ahead_and_kept_columns_change_no_bits() {
                     && c(name) == Some(v)
             })
         };
-        for (name, v) in [("PREFETCH", 0.0), ("PREFETCH", 1.0), ("KEEP", 0.0), ("KEEP", 1.0)] {
+        for (name, v) in [("PREFETCH", 0.0), ("PREFETCH", 1.0), ("KEEP", 0.0), ("KEEP", 1.0), ("KEPT_VECTORS", 1.0)] {
             assert!(fused_with(name, v), "D {dim}, L {lanes}: no fused step built with {name} = {v}");
         }
     }

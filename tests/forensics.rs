@@ -509,6 +509,52 @@ fn an_overflow_in_a_lanes_later_vec4_is_reported() {
     }
 }
 
+/// 4-byte kept columns held in vectors (KEPT_VECTORS; 8 lanes at D = 64:
+/// lane l keeps columns l, l + 8, …, l + 56, its j-th in field j / 4,
+/// component j % 4): an overflow in any of them sends the lane down the
+/// findings path, which reads them back from the vectors.
+#[test]
+fn an_overflow_in_a_column_kept_in_vectors_is_reported() {
+    let seed = seed("kept_vectors_overflow");
+    let mut r = rng(seed);
+    let (rows, dim, lanes) = (200usize, 64usize, 8usize);
+    let shape = Shape::new(rows, dim).unwrap();
+    let clean = random_table(&mut r, rows, dim);
+    for j in [1usize, 4, 7] {
+        let (row, lane) = (r.random_range(10..190), r.random_range(0..lanes));
+        let col = lane + j * lanes;
+        let mut table = clean.clone();
+        let big = if r.random_bool(0.5) { 3e38f32 } else { -3e38 };
+        table[row * dim + col] = big;
+        let want = BadElement { row: row as u64, col: col as u64, bits: (-big.signum() * f32::INFINITY).to_bits() };
+        for (policy, momentum) in [(Policy::Ignore, 0.0), (Policy::SkipStep, 0.9)] {
+            let guard = Guard { policy, ..Guard::default() };
+            let cfg = StepConfig {
+                anchor_a: 3,
+                anchor_b: 195,
+                lr: 0.05,
+                weight_decay: 30.0,
+                momentum,
+                guard,
+                ..StepConfig::for_rows(rows)
+            };
+            let opts = GpuOptions {
+                lanes_per_row: Some(lanes as u32),
+                row_blocks: Some(2),
+                kept_vectors: Some(true),
+                ..GpuOptions::default()
+            };
+            let mut t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table.clone()), opts).unwrap();
+            assert!(t.kept_in_vectors(), "4-byte columns kept in vectors at D = {dim}, {lanes} lanes");
+            let rec = t.steps(1).unwrap().remove(0);
+            let ctx = format!("{policy:?}: row {row}, column {col} (kept column {j} of lane {lane}), seed {seed}");
+            assert!(rec.scans.grad.is_clean(), "{ctx}: {:?}", rec.scans.grad);
+            assert_eq!(rec.scans.table.first, Some(want), "{ctx}");
+            assert_eq!((rec.scans.table.rows.clone(), rec.scans.table.nonfinite()), (vec![row as u64], 1), "{ctx}");
+        }
+    }
+}
+
 /// Each step reports its own findings only: a row found in one step and
 /// mended by the host is not reported again when the next step finds
 /// another row, elsewhere in the table (other workgroups' findings from

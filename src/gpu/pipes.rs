@@ -140,6 +140,8 @@ pub struct Constants {
     pub prefetch: bool,
     /// fused_step.wgsl's KEEP where it can apply (`keeps_columns`).
     pub keep: bool,
+    /// fused_step.wgsl's KEPT_VECTORS: kept 4-byte columns in vectors.
+    pub kept_vectors: bool,
 }
 
 impl Default for Constants {
@@ -159,6 +161,7 @@ impl Default for Constants {
             vec4: false,
             prefetch: true,
             keep: true,
+            kept_vectors: false,
         }
     }
 }
@@ -183,6 +186,7 @@ impl Constants {
             ("KEEP", if keep { 1.0 } else { 0.0 }),
             ("VEC4", if self.vec4 { 1.0 } else { 0.0 }),
             ("PREFETCH", if self.prefetch { 1.0 } else { 0.0 }),
+            ("KEPT_VECTORS", if self.kept_vectors { 1.0 } else { 0.0 }),
             ("KEPT4", kept_vec4s(self.dim, self.lanes).min(KEPT_VEC4S) as f64),
         ];
         let constants: Vec<(&str, f64)> =

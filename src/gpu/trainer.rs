@@ -130,6 +130,12 @@ pub struct GpuOptions {
     /// than reading them again. `None`: `LATENT_LINE_KEEP` (`0` or `1`)
     /// where set, else on. The same bits either way.
     pub keep_columns: Option<bool>,
+    /// Where a lane keeps its 4-byte columns (KEEP), it holds them in the
+    /// fields of a struct of vectors, as VEC4 does, instead of an array
+    /// (fused_step.wgsl's KEPT_VECTORS). `None`: `LATENT_LINE_KEPT_VECTORS`
+    /// (`0` or `1`) where set, else off (until a GPU has timed it). The
+    /// same bits either way.
+    pub kept_vectors: Option<bool>,
 }
 
 impl Default for GpuOptions {
@@ -147,6 +153,7 @@ impl Default for GpuOptions {
             vec4: None,
             prefetch: None,
             keep_columns: None,
+            kept_vectors: None,
         }
     }
 }
@@ -160,6 +167,7 @@ struct FusedShape {
     vec4: bool,
     prefetch: bool,
     keep: bool,
+    kept_vectors: bool,
 }
 
 // Host mirrors of the WGSL structs in shaders/common.wgsl.
@@ -385,6 +393,8 @@ pub struct GpuTrainer {
     /// where D ≤ 8 × lanes): see [`GpuOptions::prefetch`], [`GpuOptions::keep_columns`].
     prefetch: bool,
     keep: bool,
+    /// fused_step.wgsl's KEPT_VECTORS (as asked): [`GpuOptions::kept_vectors`].
+    kept_vectors: bool,
     /// VEC4 of fused_step.wgsl and batch_io.wgsl: kept columns and batch
     /// rows 16 bytes at a time.
     vec4: bool,
@@ -542,6 +552,7 @@ impl GpuTrainer {
         let vec4 = vec4_asked && keeps_vec4s(shape.dim as u32, lanes);
         let prefetch = or_env_flag(opts.prefetch, "LATENT_LINE_PREFETCH")?.unwrap_or(true);
         let keep = or_env_flag(opts.keep_columns, "LATENT_LINE_KEEP")?.unwrap_or(true);
+        let kept_vectors = or_env_flag(opts.kept_vectors, "LATENT_LINE_KEPT_VECTORS")?.unwrap_or(false);
         let strikes = if cfg.guard.policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
         let biggest = records(lanes).max(strikes);
         // The batch buffers and the two-read steps' per-slot coefficients
@@ -579,7 +590,7 @@ impl GpuTrainer {
             shape,
             cfg,
             opts,
-            FusedShape { wg, lanes, subgroup, blocks, vec4, prefetch, keep },
+            FusedShape { wg, lanes, subgroup, blocks, vec4, prefetch, keep, kept_vectors },
             max_groups,
             layout,
             schedule,
@@ -608,7 +619,7 @@ impl GpuTrainer {
         shape: Shape,
         cfg: StepConfig,
         opts: GpuOptions,
-        FusedShape { wg, lanes, subgroup, blocks, vec4, prefetch, keep }: FusedShape,
+        FusedShape { wg, lanes, subgroup, blocks, vec4, prefetch, keep, kept_vectors }: FusedShape,
         max_groups: u32,
         layout: ChunkLayout,
         schedule: Schedule,
@@ -719,7 +730,16 @@ impl GpuTrainer {
             })
             .collect();
 
-        let consts = Constants { lanes, subgroup, blocks, vec4, prefetch, keep, ..Constants::new(shape, &cfg, wg) };
+        let consts = Constants {
+            lanes,
+            subgroup,
+            blocks,
+            vec4,
+            prefetch,
+            keep,
+            kept_vectors,
+            ..Constants::new(shape, &cfg, wg)
+        };
         // anchors: rows a and b in both table buffers of their chunks.
         let p = consts.pipeline(&ctx, &shaders::ANCHORS, "main", &[]);
         let (ca, ia) = layout.locate(cfg.anchor_a);
@@ -1047,6 +1067,7 @@ impl GpuTrainer {
             vec4,
             prefetch,
             keep,
+            kept_vectors,
             max_groups,
             layout,
             chunks,
@@ -1318,6 +1339,11 @@ impl GpuTrainer {
     /// where D ≤ 8 × lanes, without VEC4).
     pub fn keeps_columns(&self) -> bool {
         self.keep && !self.vec4 && keeps_columns(self.shape.dim as u32, self.lanes)
+    }
+
+    /// Whether those kept columns are in vectors ([`GpuOptions::kept_vectors`]).
+    pub fn kept_in_vectors(&self) -> bool {
+        self.keeps_columns() && self.kept_vectors
     }
 
     /// The subgroup size the row fold relies on (fold_sg.wgsl), or `None`
@@ -1897,6 +1923,7 @@ impl Constants {
             vec4: false,
             prefetch: true,
             keep: true,
+            kept_vectors: false,
         }
     }
 }
@@ -1915,7 +1942,7 @@ impl Trainer for GpuTrainer {
             adapter: format!("{} ({:?})", i.name, i.device_type),
             driver: format!("{:?} {} {}", i.backend, i.driver, i.driver_info).trim().to_string(),
             kernel: format!(
-                "{}workgroups of {}, {}{}{}{}{}{}",
+                "{}workgroups of {}, {}{}{}{}{}{}{}",
                 if self.opts.path == StepPath::Staged { "staged kernels; fused step: " } else { "" },
                 self.wg,
                 match (self.lanes, self.subgroup_fold()) {
@@ -1934,6 +1961,7 @@ impl Trainer for GpuTrainer {
                 } else {
                     ", columns read twice"
                 },
+                if self.kept_in_vectors() { ", kept in vectors" } else { "" },
                 if self.ctx.loop_bounding { ", loops bounded by wgpu" } else { "" }
             ),
         }
