@@ -88,7 +88,7 @@ if [ "$MODE" = sweep ]; then
     # Registers against bytes in flight: no read-ahead, columns read twice.
     PF=0 prof "" ""; KP=0 prof "" ""; PF=0 KP=0 prof "" ""; PF=0 prof "" "" "--batch $BATCH"; V4=1 PF=0 prof "" ""
     # Arrays against vectors for the 4-byte kept columns (VEC4 is vectors and 16 bytes).
-    KV=1 prof "" ""; KV=1 PF=0 prof "" ""; KV=1 prof 4 ""; KV=1 prof "" "" "--batch $BATCH"
+    KV=1 prof "" ""; KV=1 PF=0 prof "" ""; KV=1 prof 16 ""; KV=1 prof "" "" "--batch $BATCH"
     # The batch step's guard: skip-step's undo log against none.
     prof "" "" "--batch $BATCH --on-nonfinite ignore"
     for l in 2 4 8 16; do for b in 1 ""; do prof $l "$b"; done; done
