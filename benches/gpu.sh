@@ -78,24 +78,29 @@ if [ "$MODE" = sweep ]; then
     for t in ${SWEEP_TESTS-forensics subgroups}; do timeout 120 "$B/$t" --test-threads 4 2>&1 | grep -E "test result|panicked|seed" | tail -3; done
     timeout 120 "$B/backends_vs_reference" row_blocks vec4 2>&1 | grep -E "test result|panicked|seed" | tail -3
     timeout 120 "$B/batches" dropped 2>&1 | grep -E "test result|panicked|seed" | tail -3
-    # wgpu's loop counters against none (the default since they were found),
-    # then 16-byte kept columns (8 lanes: two vec4s a lane; 16: one; 4:
-    # four, the 4-byte path then not keeping its columns).
-    for lb in 1 0; do LB=$lb prof "" ""; LB=$lb prof 4 ""; LB=$lb prof "" "" "--batch $BATCH"; done
-    for v4 in 1 0; do V4=$v4 prof "" ""; V4=$v4 prof 16 ""; V4=$v4 prof 4 ""; V4=$v4 prof "" "" "--batch $BATCH"; done
-    V4=1 prof 4 "" "--batch $BATCH"; V4=1 prof 8 "" "--dim 128"; prof "" "" "--dim 128"
-    V4=1 LB=1 prof "" ""
-    # Registers against bytes in flight: no read-ahead, columns read twice.
-    PF=0 prof "" ""; KP=0 prof "" ""; PF=0 KP=0 prof "" ""; PF=0 prof "" "" "--batch $BATCH"; V4=1 PF=0 prof "" ""
-    # Arrays against vectors for the 4-byte kept columns (VEC4 is vectors and 16 bytes).
-    KV=1 prof "" ""; KV=1 PF=0 prof "" ""; KV=1 prof 16 ""; KV=1 prof "" "" "--batch $BATCH"
-    # The batch step's guard: skip-step's undo log against none.
-    prof "" "" "--batch $BATCH --on-nonfinite ignore"
-    for l in 2 4 8 16; do for b in 1 ""; do prof $l "$b"; done; done
-    for w in 64 128; do WG=$w prof "" ""; WG=$w prof 4 ""; done
-    for l in 4 8; do for b in 1 2 ""; do prof $l "$b" "--batch $BATCH"; done; done
-    for w in 64 128; do WG=$w prof "" "" "--batch $BATCH"; done
+    # Most decisive first (everything is in $OUT/gpu-log.txt as it runs).
+    # The default and 16-byte kept columns (8 lanes: two vec4s a lane; 16:
+    # one; 4: four, the 4-byte path then not keeping its columns), with the
+    # driver's register counts beside each.
+    prof "" ""; V4=1 prof "" ""; V4=1 prof 16 ""; V4=1 prof 4 ""; prof 16 ""; prof 4 ""
+    # Registers against bytes in flight: no read-ahead, columns read twice,
+    # and the 4-byte kept columns in vectors instead of an array (VEC4 is
+    # vectors and 16 bytes at once).
+    PF=0 prof "" ""; KP=0 prof "" ""; PF=0 KP=0 prof "" ""; V4=1 PF=0 prof "" ""
+    KV=1 prof "" ""; KV=1 PF=0 prof "" ""; KV=1 prof 16 ""
+    # Random batches: the default, 16-byte, no read-ahead, vectors, and the
+    # guard's undo log against none (ignore).
+    prof "" "" "--batch $BATCH"; V4=1 prof "" "" "--batch $BATCH"; V4=1 prof 4 "" "--batch $BATCH"
+    PF=0 prof "" "" "--batch $BATCH"; KV=1 prof "" "" "--batch $BATCH"; prof "" "" "--batch $BATCH --on-nonfinite ignore"
+    # D = 128, and the workgroup size.
+    prof "" "" "--dim 128"; V4=1 prof 8 "" "--dim 128"; V4=1 prof "" "" "--dim 128"
+    for w in 64 128; do WG=$w prof "" ""; WG=$w prof 4 ""; WG=$w V4=1 prof "" ""; WG=$w prof "" "" "--batch $BATCH"; done
     timeout 180 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|step-skip-step-vec4|step-skip-step-vec4-16lanes|step-skip-step-vec4-4lanes|step-skip-step-noprefetch|step-skip-step-nokeep|step-skip-step-keptvectors|eval|eval-vec4)/1000000x64|batch-random(-ignore|-vec4)?-65536/1000000x64|\]/scan' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
+    # Older questions, last: wgpu's loop counters (off since measured),
+    # lanes against row blocks.
+    LB=1 prof "" ""; LB=1 V4=1 prof "" ""; LB=1 prof "" "" "--batch $BATCH"
+    for l in 2 4 8 16; do prof $l 1; done
+    for l in 4 8; do for b in 1 2; do prof $l "$b" "--batch $BATCH"; done; done
     exit 0
 fi
 
