@@ -76,7 +76,7 @@ if [ "$MODE" = sweep ]; then
     # _ROW_BLOCKS, _WORKGROUP) by --profile's per-kernel GPU time, full-table
     # and batch steps, after the tests that check the row blocks on this GPU.
     for t in ${SWEEP_TESTS-forensics subgroups}; do timeout 120 "$B/$t" --test-threads 4 2>&1 | grep -E "test result|panicked|seed" | tail -3; done
-    timeout 120 "$B/backends_vs_reference" row_blocks vec4 2>&1 | grep -E "test result|panicked|seed" | tail -3
+    timeout 120 "$B/backends_vs_reference" row_blocks vec4 read_ahead 2>&1 | grep -E "test result|panicked|seed" | tail -3
     timeout 120 "$B/batches" dropped 2>&1 | grep -E "test result|panicked|seed" | tail -3
     # Most decisive first (everything is in $OUT/gpu-log.txt as it runs).
     # The default and 16-byte kept columns (8 lanes: two vec4s a lane; 16:
@@ -112,8 +112,8 @@ run_tests() {
     done
 }
 run_tests naive forensics
-echo "-- backends_vs_reference row_blocks vec4"
-timeout 120 "$B/backends_vs_reference" row_blocks vec4 2>&1 | grep -E "test result|panicked|seed" | tail -5
+echo "-- backends_vs_reference row_blocks vec4 read_ahead"
+timeout 120 "$B/backends_vs_reference" row_blocks vec4 read_ahead 2>&1 | grep -E "test result|panicked|seed" | tail -5
 echo "-- batches dropped (the undo log of a batch read in place)"
 timeout 120 "$B/batches" dropped 2>&1 | grep -E "test result|panicked|seed" | tail -5
 
