@@ -464,6 +464,46 @@ fn lone_overflows_are_reported_at_the_first_column_with_its_bits() {
     }
 }
 
+/// Plants an overflow at `(row, col)` of `clean` (±3e38, which a weight
+/// decay of 30 turns into ∓inf in the row's new value) and checks that one
+/// step with `opts` (under `ignore`, then `skip-step` with momentum)
+/// reports exactly that element of the rows written, and nothing in the
+/// gradient. `kept` says whether the trainer keeps its columns as the
+/// caller means to test.
+fn assert_planted_overflow_reported(
+    r: &mut impl rand::Rng,
+    clean: &[f32],
+    shape: Shape,
+    (row, col): (usize, usize),
+    opts: GpuOptions,
+    kept: impl Fn(&GpuTrainer) -> bool,
+    ctx: &str,
+) {
+    let mut table = clean.to_vec();
+    let big = if r.random_bool(0.5) { 3e38f32 } else { -3e38 };
+    table[row * shape.dim + col] = big;
+    let want = BadElement { row: row as u64, col: col as u64, bits: (-big.signum() * f32::INFINITY).to_bits() };
+    for (policy, momentum) in [(Policy::Ignore, 0.0), (Policy::SkipStep, 0.9)] {
+        let guard = Guard { policy, ..Guard::default() };
+        let cfg = StepConfig {
+            anchor_a: 3,
+            anchor_b: shape.rows - 5,
+            lr: 0.05,
+            weight_decay: 30.0,
+            momentum,
+            guard,
+            ..StepConfig::for_rows(shape.rows)
+        };
+        let mut t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table.clone()), opts.clone()).unwrap();
+        assert!(kept(&t), "{ctx}: the columns are not kept as the test means");
+        let rec = t.steps(1).unwrap().remove(0);
+        let ctx = format!("{policy:?}: row {row}, column {col}, {ctx}");
+        assert!(rec.scans.grad.is_clean(), "{ctx}: {:?}", rec.scans.grad);
+        assert_eq!(rec.scans.table.first, Some(want), "{ctx}");
+        assert_eq!((rec.scans.table.rows.clone(), rec.scans.table.nonfinite()), (vec![row as u64], 1), "{ctx}");
+    }
+}
+
 /// With 16-byte kept columns a lane may hold up to four vec4s (here 4
 /// lanes at D = 64: lane l has vec4s l, l + 4, l + 8 and l + 12). An
 /// overflow in a later one alone must still send that lane down the
@@ -478,34 +518,14 @@ fn an_overflow_in_a_lanes_later_vec4_is_reported() {
     for q in 1..4 {
         let (row, lane) = (r.random_range(10..190), r.random_range(0..lanes));
         let col = 4 * (lane + q * lanes) + r.random_range(0..4);
-        let mut table = clean.clone();
-        let big = if r.random_bool(0.5) { 3e38f32 } else { -3e38 };
-        table[row * dim + col] = big;
-        let want = BadElement { row: row as u64, col: col as u64, bits: (-big.signum() * f32::INFINITY).to_bits() };
-        for policy in [Policy::Ignore, Policy::SkipStep] {
-            let guard = Guard { policy, ..Guard::default() };
-            let cfg = StepConfig {
-                anchor_a: 3,
-                anchor_b: 195,
-                lr: 0.05,
-                weight_decay: 30.0,
-                guard,
-                ..StepConfig::for_rows(rows)
-            };
-            let opts = GpuOptions {
-                lanes_per_row: Some(lanes as u32),
-                row_blocks: Some(2),
-                vec4: Some(true),
-                ..GpuOptions::default()
-            };
-            let mut t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table.clone()), opts).unwrap();
-            assert!(t.vec4(), "16-byte kept columns at D = {dim}, {lanes} lanes");
-            let rec = t.steps(1).unwrap().remove(0);
-            let ctx = format!("{policy:?}: row {row}, column {col} (vec4 {q} of lane {lane}), seed {seed}");
-            assert!(rec.scans.grad.is_clean(), "{ctx}: {:?}", rec.scans.grad);
-            assert_eq!(rec.scans.table.first, Some(want), "{ctx}");
-            assert_eq!((rec.scans.table.rows.clone(), rec.scans.table.nonfinite()), (vec![row as u64], 1), "{ctx}");
-        }
+        let opts = GpuOptions {
+            lanes_per_row: Some(lanes as u32),
+            row_blocks: Some(2),
+            vec4: Some(true),
+            ..GpuOptions::default()
+        };
+        let ctx = format!("vec4 {q} of lane {lane}, seed {seed}");
+        assert_planted_overflow_reported(&mut r, &clean, shape, (row, col), opts, |t| t.vec4(), &ctx);
     }
 }
 
@@ -522,36 +542,15 @@ fn an_overflow_in_a_column_kept_in_vectors_is_reported() {
     let clean = random_table(&mut r, rows, dim);
     for j in [1usize, 4, 7] {
         let (row, lane) = (r.random_range(10..190), r.random_range(0..lanes));
-        let col = lane + j * lanes;
-        let mut table = clean.clone();
-        let big = if r.random_bool(0.5) { 3e38f32 } else { -3e38 };
-        table[row * dim + col] = big;
-        let want = BadElement { row: row as u64, col: col as u64, bits: (-big.signum() * f32::INFINITY).to_bits() };
-        for (policy, momentum) in [(Policy::Ignore, 0.0), (Policy::SkipStep, 0.9)] {
-            let guard = Guard { policy, ..Guard::default() };
-            let cfg = StepConfig {
-                anchor_a: 3,
-                anchor_b: 195,
-                lr: 0.05,
-                weight_decay: 30.0,
-                momentum,
-                guard,
-                ..StepConfig::for_rows(rows)
-            };
-            let opts = GpuOptions {
-                lanes_per_row: Some(lanes as u32),
-                row_blocks: Some(2),
-                kept_vectors: Some(true),
-                ..GpuOptions::default()
-            };
-            let mut t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table.clone()), opts).unwrap();
-            assert!(t.kept_in_vectors(), "4-byte columns kept in vectors at D = {dim}, {lanes} lanes");
-            let rec = t.steps(1).unwrap().remove(0);
-            let ctx = format!("{policy:?}: row {row}, column {col} (kept column {j} of lane {lane}), seed {seed}");
-            assert!(rec.scans.grad.is_clean(), "{ctx}: {:?}", rec.scans.grad);
-            assert_eq!(rec.scans.table.first, Some(want), "{ctx}");
-            assert_eq!((rec.scans.table.rows.clone(), rec.scans.table.nonfinite()), (vec![row as u64], 1), "{ctx}");
-        }
+        let opts = GpuOptions {
+            lanes_per_row: Some(lanes as u32),
+            row_blocks: Some(2),
+            kept_vectors: Some(true),
+            ..GpuOptions::default()
+        };
+        let ctx = format!("kept column {j} of lane {lane}, seed {seed}");
+        let kept = |t: &GpuTrainer| t.kept_in_vectors();
+        assert_planted_overflow_reported(&mut r, &clean, shape, (row, lane + j * lanes), opts, kept, &ctx);
     }
 }
 
