@@ -437,7 +437,7 @@ fn load_kept4(site: RowSite, lane: u32, cur: u32) -> Kept4 {
     return kept;
 }
 
-// KEEP: the lane's kept column j, from whichever holds it.
+// KEEP: the lane's kept column j (or its velocity), from whichever holds it.
 fn kept_x(kept: array<f32, MAX_KEPT>, kept4: Kept4, j: u32) -> f32 {
     if (KEPT_VECTORS) {
         return kept_elem(kept4, j);
@@ -701,7 +701,7 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
                     let k = kept_col(lane, j);
                     if (k < D) {
                         let x = kept_x(kept, kept4, j);
-                        let v_old = select(kept_v[j], kept_elem(kept_v4, j), KEPT_VECTORS);
+                        let v_old = kept_x(kept_v, kept_v4, j);
                         let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned, anchor);
                         gs = row_scan_add(gs, k, g);
                         ts = row_scan_add(ts, k, step_value(x, g, v_old, lr, poisoned).x);

@@ -79,28 +79,22 @@ pub struct DriverStats {
     pub pipelines: Vec<PipelineStats>,
 }
 
-/// The driver's statistics of `built` (deduplicated, in order), compiled on
-/// `ctx`'s physical device.
+/// The driver's statistics of `built` (as `GpuContext::built` holds them:
+/// each once, in order), compiled on `ctx`'s physical device.
 pub fn of_pipelines(ctx: &GpuContext, built: &[BuiltPipeline]) -> Result<DriverStats> {
     let none = |why: String| Ok(DriverStats { unavailable: Some(why), pipelines: Vec::new() });
     if ctx.info.backend != wgpu::Backend::Vulkan {
         return none(format!("the {:?} backend has no Vulkan driver to ask", ctx.info.backend));
-    }
-    let mut unique: Vec<&BuiltPipeline> = Vec::new();
-    for b in built {
-        if !unique.contains(&b) {
-            unique.push(b);
-        }
     }
     let probe = match Probe::new(ctx)? {
         Ok(p) => p,
         Err(why) => return none(why),
     };
     let mut out = Vec::new();
-    for b in &unique {
+    for b in built {
         let executables = probe.compile(ctx, b)?;
-        let same_kernel: Vec<&&BuiltPipeline> =
-            unique.iter().filter(|o| o.kernel.name == b.kernel.name && o.entry == b.entry).collect();
+        let same_kernel: Vec<&BuiltPipeline> =
+            built.iter().filter(|o| o.kernel.name == b.kernel.name && o.entry == b.entry).collect();
         out.push(PipelineStats {
             kernel: format!("{}.wgsl {}", b.kernel.name, b.entry),
             setting: distinguishing(b, &same_kernel),
@@ -113,7 +107,7 @@ pub fn of_pipelines(ctx: &GpuContext, built: &[BuiltPipeline]) -> Result<DriverS
 }
 
 /// The constants in which `b` differs from another pipeline of `same`.
-fn distinguishing(b: &BuiltPipeline, same: &[&&BuiltPipeline]) -> String {
+fn distinguishing(b: &BuiltPipeline, same: &[&BuiltPipeline]) -> String {
     b.constants
         .iter()
         .filter(|(name, v)| same.iter().any(|o| o.constants.iter().find(|(n, _)| n == name).map(|(_, w)| w) != Some(v)))
@@ -298,16 +292,18 @@ impl Probe {
 
     /// naga's SPIR-V of the pipeline, with wgpu-hal's options for this
     /// device and our `shader_checks`.
-    fn spirv(&self, ctx: &GpuContext, b: &BuiltPipeline) -> Result<Vec<u32>> {
+    fn spirv(
+        &self,
+        ctx: &GpuContext,
+        b: &BuiltPipeline,
+        module: &naga::Module,
+        info: &naga::valid::ModuleInfo,
+    ) -> Result<Vec<u32>> {
         let shader = |message: String| Error::Shader { name: b.kernel.name, message };
-        let module = b.kernel.validate()?;
-        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), b.kernel.capabilities)
-            .validate(&module)
-            .map_err(|e| shader(format!("{e:?}")))?;
         let constants: naga::back::PipelineConstants = b.constants.iter().cloned().collect();
         let (module, info) = naga::back::pipeline_constants::process_overrides(
-            &module,
-            &info,
+            module,
+            info,
             Some((naga::ShaderStage::Compute, &b.entry)),
             &constants,
         )
@@ -339,8 +335,8 @@ impl Probe {
     /// and reads them. The module's resources become one descriptor set
     /// layout per group: uniform and storage buffers, as ours all are.
     fn compile(&self, ctx: &GpuContext, b: &BuiltPipeline) -> Result<Vec<Executable>> {
-        let spv = self.spirv(ctx, b)?;
-        let module = b.kernel.validate()?;
+        let (module, info) = b.kernel.validate_with_info()?;
+        let spv = self.spirv(ctx, b, &module, &info)?;
         let mut groups: Vec<Vec<vk::DescriptorSetLayoutBinding>> = Vec::new();
         for (_, gv) in module.global_variables.iter() {
             let Some(rb) = &gv.binding else { continue };
@@ -494,10 +490,10 @@ mod tests {
     fn a_pipeline_is_told_from_its_kernels_others_by_what_differs() {
         let a = built("main", &[("WG", 256.0), ("UPDATE", 1.0), ("PREP", 0.0)]);
         let b = built("main", &[("WG", 256.0), ("UPDATE", 0.0), ("PREP", 1.0)]);
-        let same = [&&a, &&b];
+        let same = [&a, &b];
         assert_eq!(distinguishing(&a, &same), "UPDATE=1 PREP=0");
         assert_eq!(distinguishing(&b, &same), "UPDATE=0 PREP=1");
-        assert_eq!(distinguishing(&a, &[&&a]), "");
+        assert_eq!(distinguishing(&a, &[&a]), "");
         assert!(a != b && a == a.clone());
         assert!(a != built("gather", &[("WG", 256.0), ("UPDATE", 1.0), ("PREP", 0.0)]));
     }

@@ -141,13 +141,19 @@ impl Kernel {
     /// Parses and validates the composed module with exactly the kernel's
     /// capabilities.
     pub fn validate(&self) -> Result<naga::Module> {
+        self.validate_with_info().map(|(module, _)| module)
+    }
+
+    /// [`Self::validate`], with what the validator found (what naga's
+    /// back ends need: `driver_stats`).
+    pub fn validate_with_info(&self) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
         let src = self.source();
         let module = naga::front::wgsl::parse_str(&src)
             .map_err(|e| Error::Shader { name: self.name, message: e.emit_to_string(&src) })?;
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), self.capabilities)
+        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), self.capabilities)
             .validate(&module)
             .map_err(|e| Error::Shader { name: self.name, message: e.emit_to_string(&src) })?;
-        Ok(module)
+        Ok((module, info))
     }
 }
 

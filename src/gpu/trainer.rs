@@ -158,16 +158,42 @@ impl Default for GpuOptions {
     }
 }
 
-/// The fused step's shape as `GpuTrainer::new` settled it, for `build`.
+/// The fused step's shape as `GpuTrainer::new` settled it.
+#[derive(Clone, Copy)]
 struct FusedShape {
+    /// The workgroup size of every kernel.
     wg: u32,
+    /// fused_step.wgsl's lanes per row.
     lanes: u32,
+    /// fold_sg.wgsl's SG (the adapter's smallest subgroup), 0 for fold_wg.wgsl.
     subgroup: u32,
+    /// fused_step.wgsl's BLOCKS: row blocks a workgroup steps in turn.
     blocks: u32,
+    /// VEC4 of fused_step.wgsl and batch_io.wgsl: kept columns and batch
+    /// rows 16 bytes at a time.
     vec4: bool,
+    /// fused_step.wgsl's PREFETCH and KEEP (as asked; KEEP applies only
+    /// where D ≤ 8 × lanes): see [`GpuOptions::prefetch`], [`GpuOptions::keep_columns`].
     prefetch: bool,
     keep: bool,
+    /// fused_step.wgsl's KEPT_VECTORS (as asked): [`GpuOptions::kept_vectors`].
     kept_vectors: bool,
+}
+
+impl FusedShape {
+    /// The override constants of the step's pipelines.
+    fn constants(&self, shape: Shape, cfg: &StepConfig) -> Constants {
+        Constants {
+            lanes: self.lanes,
+            subgroup: self.subgroup,
+            blocks: self.blocks,
+            vec4: self.vec4,
+            prefetch: self.prefetch,
+            keep: self.keep,
+            kept_vectors: self.kept_vectors,
+            ..Constants::new(shape, cfg, self.wg)
+        }
+    }
 }
 
 // Host mirrors of the WGSL structs in shaders/common.wgsl.
@@ -382,22 +408,7 @@ pub struct GpuTrainer {
     shape: Shape,
     cfg: StepConfig,
     opts: GpuOptions,
-    wg: u32,
-    /// fused_step.wgsl's lanes per row.
-    lanes: u32,
-    /// fold_sg.wgsl's SG (the adapter's smallest subgroup), 0 for fold_wg.wgsl.
-    subgroup: u32,
-    /// fused_step.wgsl's BLOCKS: row blocks a workgroup steps in turn.
-    blocks: u32,
-    /// fused_step.wgsl's PREFETCH and KEEP (as asked; KEEP applies only
-    /// where D ≤ 8 × lanes): see [`GpuOptions::prefetch`], [`GpuOptions::keep_columns`].
-    prefetch: bool,
-    keep: bool,
-    /// fused_step.wgsl's KEPT_VECTORS (as asked): [`GpuOptions::kept_vectors`].
-    kept_vectors: bool,
-    /// VEC4 of fused_step.wgsl and batch_io.wgsl: kept columns and batch
-    /// rows 16 bytes at a time.
-    vec4: bool,
+    fused: FusedShape,
     max_groups: u32,
     layout: ChunkLayout,
     chunks: Vec<GpuChunk>,
@@ -619,11 +630,12 @@ impl GpuTrainer {
         shape: Shape,
         cfg: StepConfig,
         opts: GpuOptions,
-        FusedShape { wg, lanes, subgroup, blocks, vec4, prefetch, keep, kept_vectors }: FusedShape,
+        fused_shape: FusedShape,
         max_groups: u32,
         layout: ChunkLayout,
         schedule: Schedule,
     ) -> Self {
+        let FusedShape { wg, lanes, subgroup, blocks, vec4, .. } = fused_shape;
         let d = shape.dim as u64;
         let policy = cfg.guard.policy;
         let batched = !schedule.is_full();
@@ -730,16 +742,7 @@ impl GpuTrainer {
             })
             .collect();
 
-        let consts = Constants {
-            lanes,
-            subgroup,
-            blocks,
-            vec4,
-            prefetch,
-            keep,
-            kept_vectors,
-            ..Constants::new(shape, &cfg, wg)
-        };
+        let consts = fused_shape.constants(shape, &cfg);
         // anchors: rows a and b in both table buffers of their chunks.
         let p = consts.pipeline(&ctx, &shaders::ANCHORS, "main", &[]);
         let (ca, ia) = layout.locate(cfg.anchor_a);
@@ -1060,14 +1063,7 @@ impl GpuTrainer {
             shape,
             cfg,
             opts,
-            wg,
-            lanes,
-            subgroup,
-            blocks,
-            vec4,
-            prefetch,
-            keep,
-            kept_vectors,
+            fused: fused_shape,
             max_groups,
             layout,
             chunks,
@@ -1149,7 +1145,7 @@ impl GpuTrainer {
             for c in &self.chunks {
                 let bg = bind(ctx, &pipeline, &[&c.a, &seeded, &c.uniform]);
                 pass.set_bind_group(0, &bg, &[]);
-                let groups = (c.span.rows as u64 * self.shape.dim as u64).div_ceil(self.wg as u64) as u32;
+                let groups = (c.span.rows as u64 * self.shape.dim as u64).div_ceil(self.fused.wg as u64) as u32;
                 let (x, y) = grid(groups, self.max_groups);
                 pass.dispatch_workgroups(x, y, 1);
             }
@@ -1174,7 +1170,7 @@ impl GpuTrainer {
     }
 
     fn constants(&self) -> Constants {
-        Constants::new(self.shape, &self.cfg, self.wg)
+        Constants::new(self.shape, &self.cfg, self.fused.wg)
     }
 
     /// Wall time of `iters` plain device copies of the whole table (each
@@ -1271,7 +1267,8 @@ impl GpuTrainer {
             pass.set_pipeline(&pipeline);
             for (c, g) in self.chunks.iter().zip(&groups) {
                 pass.set_bind_group(0, g, &[]);
-                let n = (c.span.rows as u64 * self.shape.dim as u64).div_ceil(self.wg as u64 * per_invocation) as u32;
+                let n =
+                    (c.span.rows as u64 * self.shape.dim as u64).div_ceil(self.fused.wg as u64 * per_invocation) as u32;
                 let (x, y) = grid(n, self.max_groups);
                 pass.dispatch_workgroups(x, y, 1);
             }
@@ -1298,7 +1295,7 @@ impl GpuTrainer {
         let cur = self.current()?;
         let bufs: Vec<&wgpu::Buffer> = self.chunks.iter().map(|c| c.buffer(cur)).collect();
         let mut scanner =
-            TableScanner::with_loads(self.ctx.clone(), self.shape, &self.layout, self.wg, self.max_groups, false);
+            TableScanner::with_loads(self.ctx.clone(), self.shape, &self.layout, self.fused.wg, self.max_groups, false);
         let prepared = scanner.prepare(&bufs);
         scanner.time(&prepared, iters)
     }
@@ -1320,36 +1317,36 @@ impl GpuTrainer {
 
     /// (workgroup size, lanes per row of the fused step) as chosen.
     pub fn kernel_shape(&self) -> (u32, u32) {
-        (self.wg, self.lanes)
+        (self.fused.wg, self.fused.lanes)
     }
 
     /// Row blocks each workgroup of the fused step works through.
     pub fn row_blocks(&self) -> u32 {
-        self.blocks
+        self.fused.blocks
     }
 
     /// Whether the fused step reads and writes its kept columns 16 bytes at
     /// a time ([`GpuOptions::vec4`], where it applies).
     pub fn vec4(&self) -> bool {
-        self.vec4
+        self.fused.vec4
     }
 
     /// Whether a lane of the fused step holds its 4-byte columns in
     /// registers between the row's sums and its update (KEEP: as asked,
     /// where D ≤ 8 × lanes, without VEC4).
     pub fn keeps_columns(&self) -> bool {
-        self.keep && !self.vec4 && keeps_columns(self.shape.dim as u32, self.lanes)
+        self.fused.keep && !self.fused.vec4 && keeps_columns(self.shape.dim as u32, self.fused.lanes)
     }
 
     /// Whether those kept columns are in vectors ([`GpuOptions::kept_vectors`]).
     pub fn kept_in_vectors(&self) -> bool {
-        self.keeps_columns() && self.kept_vectors
+        self.keeps_columns() && self.fused.kept_vectors
     }
 
     /// The subgroup size the row fold relies on (fold_sg.wgsl), or `None`
     /// for the portable fold.
     pub fn subgroup_fold(&self) -> Option<u32> {
-        (self.subgroup > 0).then_some(self.subgroup)
+        (self.fused.subgroup > 0).then_some(self.fused.subgroup)
     }
 
     /// The chunk layout in use (tests check that several bindings are used).
@@ -1360,7 +1357,7 @@ impl GpuTrainer {
     fn ensure_scanner(&mut self) {
         if self.scanner.is_none() {
             self.scanner =
-                Some(TableScanner::new(self.ctx.clone(), self.shape, &self.layout, self.wg, self.max_groups));
+                Some(TableScanner::new(self.ctx.clone(), self.shape, &self.layout, self.fused.wg, self.max_groups));
         }
     }
 
@@ -1472,10 +1469,10 @@ impl GpuTrainer {
             pass.dispatch_workgroups(x, y, 1);
         };
         let d = self.shape.dim as u64;
-        let wg = self.wg as u64;
+        let wg = self.fused.wg as u64;
         let elements = |c: &GpuChunk| (c.span.rows as u64 * d).div_ceil(wg) as u32;
         let rows = |c: &GpuChunk| c.row_groups;
-        let slot_elements = |b: &BatchDev| slot_groups(b.cap, d, self.vec4(), self.wg);
+        let slot_elements = |b: &BatchDev| slot_groups(b.cap, d, self.vec4(), self.fused.wg);
         // The fused kernel's passes, over the batch's slots or the chunks.
         let fused = |pass: &mut wgpu::ComputePass, p: &Pass| match batch {
             Some(b) => once(pass, p, b.groups),
@@ -1485,7 +1482,7 @@ impl GpuTrainer {
         match phase {
             Phase::Sample => {
                 if let Some(BatchDev { source: SlotSource::Random { pass: sample, .. }, cap, .. }) = batch {
-                    once(pass, sample, cap.div_ceil(self.wg));
+                    once(pass, sample, cap.div_ceil(self.fused.wg));
                 }
             }
             Phase::Snapshot => {
@@ -1506,7 +1503,7 @@ impl GpuTrainer {
             }
             Phase::AnchorSum => {
                 if let Some(sum) = pre.and_then(|p| p.anchor_sum.as_ref()) {
-                    let blocks = (d as u32).div_ceil(self.wg);
+                    let blocks = (d as u32).div_ceil(self.fused.wg);
                     match batch {
                         Some(b) => once(pass, sum, blocks * b.cap.div_ceil(SEG)),
                         None => each_chunk(pass, sum, &|c| blocks * (c.span.rows as u32).div_ceil(SEG)),
@@ -1587,8 +1584,8 @@ impl GpuTrainer {
         let b = self.shape.rows as u64;
         let d = self.shape.dim as u64;
         let max = self.max_groups;
-        let elem_groups = (b * d).div_ceil(self.wg as u64) as u32;
-        let row_groups = (b as u32).div_ceil(self.wg);
+        let elem_groups = (b * d).div_ceil(self.fused.wg as u64) as u32;
+        let row_groups = (b as u32).div_ceil(self.fused.wg);
         let mut pass =
             enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("staged step"), timestamp_writes: None });
         self.anchors_pass.dispatch_one(&mut pass);
@@ -1623,7 +1620,7 @@ impl GpuTrainer {
         if b * d * 4 > ctx.max_binding_bytes() {
             return Err(self.shape.too_large("the staged path gathers the batch into one storage binding"));
         }
-        if (b * d).div_ceil(self.wg as u64) > self.max_groups as u64 * self.max_groups as u64 {
+        if (b * d).div_ceil(self.fused.wg as u64) > self.max_groups as u64 * self.max_groups as u64 {
             return Err(self.shape.too_large("the staged path's per-element grid exceeds the dispatch limit"));
         }
         let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -1634,7 +1631,7 @@ impl GpuTrainer {
         let dist = storage(&ctx, "distances", b * 16, wgpu::BufferUsages::empty());
         let coef = storage(&ctx, "coefficients", b * 4, wgpu::BufferUsages::empty());
         let grads = storage(&ctx, "gradients", b * d * 4, wgpu::BufferUsages::empty());
-        let row_groups = (b as u32).div_ceil(self.wg);
+        let row_groups = (b as u32).div_ceil(self.fused.wg);
         let partials = storage(&ctx, "staged partials", row_groups as u64 * 16, wgpu::BufferUsages::empty());
         let reduce_u = uniform(&ctx, "staged reduce", &ReduceU { count: row_groups, update: 1, pad: [0; 2] });
         let c = self.constants();
@@ -1914,16 +1911,9 @@ impl Constants {
             mode: cfg.endpoints.shader_mode(),
             naive: cfg.naive,
             guard: cfg.guard.policy.shader_value(),
-            lanes: 1,
-            subgroup: 0,
-            blocks: 1,
             momentum: cfg.momentum > 0.0,
-            batched: false,
             clip: cfg.clip_norm > 0.0,
-            vec4: false,
-            prefetch: true,
-            keep: true,
-            kept_vectors: false,
+            ..Constants::default()
         }
     }
 }
@@ -1944,19 +1934,19 @@ impl Trainer for GpuTrainer {
             kernel: format!(
                 "{}workgroups of {}, {}{}{}{}{}{}{}",
                 if self.opts.path == StepPath::Staged { "staged kernels; fused step: " } else { "" },
-                self.wg,
-                match (self.lanes, self.subgroup_fold()) {
+                self.fused.wg,
+                match (self.fused.lanes, self.subgroup_fold()) {
                     (1, _) => "one lane a row".to_string(),
                     (l, Some(sg)) => format!("{l} lanes a row, folded by subgroup shuffles (subgroups of ≥ {sg})"),
                     (l, None) => format!("{l} lanes a row, folded in workgroup memory"),
                 },
-                match self.blocks {
+                match self.fused.blocks {
                     1 => String::new(),
-                    b => format!(", {b} row blocks a workgroup ({} rows)", self.wg / self.lanes * b),
+                    b => format!(", {b} row blocks a workgroup ({} rows)", self.fused.wg / self.fused.lanes * b),
                 },
-                if self.vec4 { ", 16-byte loads" } else { "" },
-                if self.prefetch || self.blocks == 1 { "" } else { ", no read-ahead" },
-                if self.keep || !keeps_columns(self.shape.dim as u32, self.lanes) || self.vec4 {
+                if self.fused.vec4 { ", 16-byte loads" } else { "" },
+                if self.fused.prefetch || self.fused.blocks == 1 { "" } else { ", no read-ahead" },
+                if self.fused.keep || !keeps_columns(self.shape.dim as u32, self.fused.lanes) || self.fused.vec4 {
                     ""
                 } else {
                     ", columns read twice"
