@@ -720,6 +720,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     let driver_stats = if args.profile {
         trainer.driver_stats().unwrap_or_else(|e| {
             Some(latent_line::gpu::driver_stats::DriverStats {
+                device: trainer.device_info().adapter,
                 unavailable: Some(format!("the probe failed: {e}")),
                 pipelines: Vec::new(),
             })
@@ -937,7 +938,8 @@ fn print_driver_stats(stats: Option<&latent_line::gpu::driver_stats::DriverStats
         return;
     }
     out!(
-        "driver   statistics of each pipeline (VK_KHR_pipeline_executable_properties, the same SPIR-V compiled again)"
+        "driver   statistics of each pipeline (VK_KHR_pipeline_executable_properties, the same SPIR-V compiled again on {})",
+        stats.device
     );
     for p in &stats.pipelines {
         let setting = if p.setting.is_empty() { String::new() } else { format!(" [{}]", p.setting) };

@@ -875,3 +875,75 @@ fn profile_times_every_kernel_of_the_run() {
     assert!(!out.contains("driver "), "{out}");
     assert!(report(&d.p("r.json")).get("driver_stats").is_none());
 }
+
+/// `--profile`'s driver statistics where a driver gives them. Lavapipe
+/// keeps none, so the run (on lavapipe) asks Mesa's RADV instead: with
+/// `RADV_FORCE_FAMILY` it makes an AMD device with no card ("Null
+/// hardware": it compiles, never runs), and `LATENT_LINE_STATS_DEVICE`
+/// points the probe at it. Every pipeline must come back with the
+/// compiler's registers; the fused step's UPDATE and evaluation pipelines
+/// are told apart, and turning off kept columns (`LATENT_LINE_KEEP=0`)
+/// must reach the compiled code (fewer instructions: no unrolled copies).
+#[test]
+fn driver_statistics_come_from_a_real_gpu_compiler() {
+    let icds = "/usr/share/vulkan/icd.d";
+    let lvp = format!("{icds}/lvp_icd.x86_64.json");
+    let radv = format!("{icds}/radeon_icd.x86_64.json");
+    for f in [&lvp, &radv] {
+        assert!(Path::new(f).exists(), "{f} missing: .ci/run installs Mesa's Vulkan drivers (mesa-vulkan-drivers)");
+    }
+    let d = Dir::new();
+    let rep = d.s("r.json");
+    let stats_of = |keep: &str| {
+        let o = Command::new(BIN)
+            .args(["--backend", "gpu", "--adapter", "llvmpipe", "--rows", "600", "--dim", "16", "--steps", "1"])
+            .args(["--profile", "--report", &rep])
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .env("VK_ICD_FILENAMES", format!("{lvp}:{radv}"))
+            .env("RADV_FORCE_FAMILY", "navi21")
+            .env("LATENT_LINE_STATS_DEVICE", "radv")
+            .env("LATENT_LINE_LANES", "4")
+            .env("LATENT_LINE_KEEP", keep)
+            .output()
+            .expect("run latent-line");
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(out.contains("compiled again on Null hardware (RADV NAVI21)"), "{out}");
+        let ds = report(&d.p("r.json"))["driver_stats"].clone();
+        assert!(ds["unavailable"].is_null(), "{ds}");
+        assert!(ds["device"].as_str().unwrap().contains("RADV"), "{ds}");
+        let stat = |p: &serde_json::Value, name: &str| -> u64 {
+            let e = &p["executables"].as_array().unwrap()[0];
+            let s = e["stats"].as_array().unwrap().iter().find(|s| s["name"] == name);
+            s.unwrap_or_else(|| panic!("no {name} in {p}"))["value"].as_str().unwrap().parse().unwrap()
+        };
+        let pipes = ds["pipelines"].as_array().unwrap().clone();
+        for k in ["anchors.wgsl main", "fused_step.wgsl main", "reduce.wgsl main", "init.wgsl main"] {
+            assert!(pipes.iter().any(|p| p["kernel"] == k), "{k} missing from {ds}");
+        }
+        for p in &pipes {
+            assert!(stat(p, "VGPRs") > 0, "{p}");
+            assert!(stat(p, "Instructions") > 0, "{p}");
+        }
+        let fused = |update: &str| {
+            let p = pipes
+                .iter()
+                .find(|p| p["kernel"] == "fused_step.wgsl main" && p["setting"] == format!("UPDATE={update}"))
+                .unwrap_or_else(|| panic!("no fused step with UPDATE={update} in {ds}"));
+            (stat(p, "Instructions"), stat(p, "Spilled VGPRs"))
+        };
+        let (step, eval) = (fused("1"), fused("0"));
+        // The update and the writes make the step's code the longer.
+        assert!(step.0 > eval.0, "step {step:?}, evaluation {eval:?}");
+        (out, step)
+    };
+    let (kept, step_kept) = stats_of("1");
+    let (_, step_read_twice) = stats_of("0");
+    assert!(
+        kept.contains("driver   ") && kept.contains("fused_step.wgsl main [UPDATE=1] · Compute Shader: "),
+        "{kept}"
+    );
+    // D = 16 over 4 lanes: each keeps 4 columns, in unrolled copies of
+    // the loops; read twice, each loop is one loop.
+    assert!(step_kept.0 > step_read_twice.0, "kept {step_kept:?}, read twice {step_read_twice:?}");
+}

@@ -26,6 +26,14 @@ use super::context::GpuContext;
 use super::shaders::Kernel;
 use crate::error::{Error, Result};
 
+/// The environment variable that points the probe at another Vulkan
+/// device by (part of) its name: a run on one adapter, the statistics of
+/// another's compiler. Mesa's RADV makes a device with no AMD card at all
+/// (`RADV_FORCE_FAMILY=navi21`, its "Null hardware": it compiles, never
+/// runs), so a machine without a GPU still sees what a GPU compiler makes
+/// of the kernels: registers, spills, scratch (README, under `--profile`).
+pub const STATS_DEVICE: &str = "LATENT_LINE_STATS_DEVICE";
+
 /// A pipeline as `Constants::pipeline` built it: enough to build it again.
 #[derive(Clone, Debug)]
 pub struct BuiltPipeline {
@@ -72,6 +80,9 @@ pub struct PipelineStats {
 /// with its statistics, or why there are none.
 #[derive(Clone, Debug, Serialize)]
 pub struct DriverStats {
+    /// The Vulkan device that compiled them: the run's own, or the one
+    /// `LATENT_LINE_STATS_DEVICE` names.
+    pub device: String,
     /// Why the pipelines have no statistics (no Vulkan, or a driver without
     /// the extension: the pipelines listed were still compiled, so their
     /// SPIR-V is known to be accepted).
@@ -82,7 +93,8 @@ pub struct DriverStats {
 /// The driver's statistics of `built` (as `GpuContext::built` holds them:
 /// each once, in order), compiled on `ctx`'s physical device.
 pub fn of_pipelines(ctx: &GpuContext, built: &[BuiltPipeline]) -> Result<DriverStats> {
-    let none = |why: String| Ok(DriverStats { unavailable: Some(why), pipelines: Vec::new() });
+    let none =
+        |why: String| Ok(DriverStats { device: ctx.info.name.clone(), unavailable: Some(why), pipelines: Vec::new() });
     if ctx.info.backend != wgpu::Backend::Vulkan {
         return none(format!("the {:?} backend has no Vulkan driver to ask", ctx.info.backend));
     }
@@ -101,9 +113,8 @@ pub fn of_pipelines(ctx: &GpuContext, built: &[BuiltPipeline]) -> Result<DriverS
             executables,
         });
     }
-    let unavailable =
-        (!probe.has_stats).then(|| format!("{} lacks VK_KHR_pipeline_executable_properties", ctx.info.name));
-    Ok(DriverStats { unavailable, pipelines: out })
+    let unavailable = (!probe.has_stats).then(|| format!("{} lacks VK_KHR_pipeline_executable_properties", probe.name));
+    Ok(DriverStats { device: probe.name.clone(), unavailable, pipelines: out })
 }
 
 /// The constants in which `b` differs from another pipeline of `same`.
@@ -118,6 +129,8 @@ fn distinguishing(b: &BuiltPipeline, same: &[&BuiltPipeline]) -> String {
 
 /// A Vulkan instance and device of our own on the context's adapter.
 struct Probe {
+    /// The device's name, as Vulkan gives it.
+    name: String,
     _entry: ash::Entry,
     instance: ash::Instance,
     device: ash::Device,
@@ -192,14 +205,25 @@ impl Probe {
         api: u32,
     ) -> Result<std::result::Result<Probe, String>> {
         let physical = instance.enumerate_physical_devices().map_err(vk_err("physical devices"))?;
-        let found = physical.into_iter().find(|&pd| {
+        let name_of = |pd| {
             let p = instance.get_physical_device_properties(pd);
-            p.vendor_id == ctx.info.vendor
-                && p.device_id == ctx.info.device
-                && p.device_name_as_c_str().is_ok_and(|n| n.to_string_lossy() == ctx.info.name)
+            p.device_name_as_c_str().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        };
+        // Another device's compiler may be asked instead (a run on one
+        // adapter, the statistics of another): see `STATS_DEVICE`.
+        let elsewhere = std::env::var(STATS_DEVICE).ok().filter(|s| !s.is_empty());
+        let found = physical.into_iter().find(|&pd| match &elsewhere {
+            Some(want) => name_of(pd).to_lowercase().contains(&want.to_lowercase()),
+            None => {
+                let p = instance.get_physical_device_properties(pd);
+                p.vendor_id == ctx.info.vendor && p.device_id == ctx.info.device && name_of(pd) == ctx.info.name
+            }
         });
         let Some(pd) = found else {
-            return Ok(Err(format!("Vulkan lists no device named {} (vendor {:#x})", ctx.info.name, ctx.info.vendor)));
+            return Ok(Err(match &elsewhere {
+                Some(want) => format!("Vulkan lists no device whose name contains {want:?} ({STATS_DEVICE})"),
+                None => format!("Vulkan lists no device named {} (vendor {:#x})", ctx.info.name, ctx.info.vendor),
+            }));
         };
         let props = instance.get_physical_device_properties(pd);
         let device_api = props.api_version.min(api);
@@ -280,6 +304,7 @@ impl Probe {
             _ => (1, 3),
         };
         Ok(Ok(Probe {
+            name: name_of(pd),
             _entry: entry.clone(),
             instance: instance.clone(),
             device,
