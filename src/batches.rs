@@ -121,7 +121,7 @@ impl IndexBatches {
     /// Checks `batches` against a table of `rows` rows. An index out of
     /// range or negative is refused naming its position: `[j]` in a single
     /// batch, `[i, j]` when there are several (the layout of a 2-D file).
-    pub fn new(batches: Vec<Vec<i64>>, rows: usize) -> Result<Self> {
+    pub fn new<T: Copy + Into<i128>>(batches: Vec<Vec<T>>, rows: usize) -> Result<Self> {
         if batches.is_empty() || batches.iter().any(|b| b.is_empty()) {
             return Err(Error::invalid("--indices", "every batch needs at least one index"));
         }
@@ -129,8 +129,8 @@ impl IndexBatches {
         let mut out = Vec::with_capacity(batches.len());
         for (i, batch) in batches.iter().enumerate() {
             let mut rows_of = Vec::with_capacity(batch.len());
-            for (j, &v) in batch.iter().enumerate() {
-                if v < 0 || v as u64 >= rows as u64 {
+            for (j, v) in batch.iter().map(|&v| v.into()).enumerate() {
+                if v < 0 || v >= rows as i128 {
                     let at = if several { format!("[{i}, {j}]") } else { format!("[{j}]") };
                     return Err(Error::invalid(
                         "--indices",
@@ -149,9 +149,21 @@ impl IndexBatches {
     pub fn load(path: &Path, rows: usize) -> Result<Self> {
         let idx = crate::npy::load_indices(path)?;
         let width = *idx.dims.last().expect("1-D or 2-D") as usize;
-        let batches = idx.values.chunks(width).map(<[i64]>::to_vec).collect();
+        let batches = idx.values.chunks(width).map(<[i128]>::to_vec).collect();
         IndexBatches::new(batches, rows)
             .map_err(|e| Error::bad_file(path, e.to_string().replace("invalid --indices: ", "")))
+    }
+
+    /// A fingerprint of the batches (their rows and where each ends): a
+    /// checkpoint records it, so a resume can tell another index file.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |x: u64| h = (h ^ x).wrapping_mul(0x0000_0100_0000_01b3);
+        for b in &self.batches {
+            eat(b.len() as u64 | 1 << 63);
+            b.iter().for_each(|&r| eat(r as u64));
+        }
+        h
     }
 
     pub fn len(&self) -> usize {

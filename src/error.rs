@@ -10,13 +10,10 @@ pub enum Error {
     #[error("invalid {option}: {reason}")]
     InvalidOption { option: &'static str, reason: String },
 
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file could not be read or written. (The I/O error is the message,
+    /// not a `source`: anyhow's `{:#}` would print it a second time.)
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
 
     /// A file was read but its contents are not acceptable.
     #[error("{}: {reason}", path.display())]
@@ -67,6 +64,6 @@ impl Error {
         Error::BadFile { path: path.to_path_buf(), reason: reason.into() }
     }
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
-        Error::Io { path: path.to_path_buf(), source }
+        Error::Io { path: path.to_path_buf(), err: source }
     }
 }

@@ -402,6 +402,36 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                     );
                 }
             }
+            // SPEC §13: a resume continues the same run, so the options that
+            // shape its course must be the checkpoint's.
+            if let Some(saved) = &state.options {
+                let ours = run_options(&cfg, &batches);
+                let differ: Vec<String> = saved
+                    .iter()
+                    .filter(|(k, v)| ours.iter().find(|(o, _)| o == k).map(|(_, w)| w) != Some(v))
+                    .map(|(k, v)| {
+                        let now = ours.iter().find(|(o, _)| o == k).map_or("(none)", |(_, w)| w.as_str());
+                        format!("{k} {v} (this run: {now})")
+                    })
+                    .collect();
+                if !differ.is_empty() {
+                    bail!(
+                        "invalid --resume: {} was saved by a run with {}; a resume continues the same run, so give \
+                         the same options (or start a new run from it with --load)",
+                        path.display(),
+                        differ.join(", ")
+                    );
+                }
+            }
+            if state.steps > args.steps as u64 {
+                bail!(
+                    "invalid --steps: {} is fewer than the {} steps {} has done (with --resume, --steps is the run's \
+                     total)",
+                    args.steps,
+                    state.steps,
+                    path.display()
+                );
+            }
             // With momentum the velocity goes on too (saved beside the table).
             let velocity = if cfg.momentum > 0.0 {
                 if !state.velocity {
@@ -424,13 +454,14 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         }
         None => None,
     };
+    let options = run_options(&cfg, &batches);
     let batched = !batches.is_full();
     let (mut trainer, why) = open_trainer(args, shape, cfg, source, batches)?;
     trainer.set_stop(stop_flag);
     let profiling = args.profile && trainer.set_profile(true)?;
     let (start, d0_saved) = match resumed {
         Some((state, velocity, snapshot)) => {
-            trainer.set_run_state(state)?;
+            trainer.set_run_state(state.clone())?;
             if let Some(v) = velocity {
                 trainer.set_velocity(&v)?;
             }
@@ -593,7 +624,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         if let (Some(k), Some(path)) = (args.checkpoint_every, &args.save) {
             if done % k == 0 && done < args.steps && !halted {
                 let d0_start = d0_start_of(&records);
-                save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), d0_start)?;
+                save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), d0_start, &options)?;
                 out!("checkpoint step {done} → {}", path.display());
             }
         }
@@ -694,7 +725,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     }
 
     if let Some(path) = &args.save {
-        save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), d0_start)?;
+        save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), d0_start, &options)?;
         out!(
             "saved    {}{}",
             path.display(),
@@ -952,21 +983,26 @@ fn print_driver_stats(stats: Option<&latent_line::gpu::driver_stats::DriverStats
 
 /// Saves the table at `path` with its run state (SPEC §13), and beside it
 /// what a resume needs besides: the momentum velocity, and a rollback
-/// snapshot older than the table. Each file is written atomically; the
-/// state records the others' fingerprints, so a resume refuses a mixture
-/// left by an interrupted save.
+/// snapshot older than the table. All of them are written in full before
+/// any replaces the previous checkpoint's (`npy::commit`), so a save that
+/// fails leaves that checkpoint whole; the state records the others'
+/// fingerprints, so a resume refuses a mixture left by a kill between the
+/// renames.
 fn save_checkpoint(
     trainer: &mut dyn Trainer,
     path: &std::path::Path,
     tensor: &str,
     carried: Option<&tables::Carried>,
     d0_start: Option<f64>,
+    options: &[(String, String)],
 ) -> anyhow::Result<()> {
     let shape = trainer.shape();
     let mut state = trainer.run_state()?;
     state.d0_start = d0_start;
+    state.options = Some(options.to_vec());
+    let mut files = Vec::new();
     if let Some(v) = trainer.read_velocity()? {
-        Sidecar::Velocity.save(path, shape, &v)?;
+        files.push(Sidecar::Velocity.stage(path, shape, &v)?);
         state.velocity = true;
         state.velocity_fingerprint = Some(tables::fingerprint(&v));
     }
@@ -974,15 +1010,50 @@ fn save_checkpoint(
     // table than the checkpoint: it goes beside it.
     if !state.steps.is_multiple_of(trainer.config().guard.snapshot_every as u64) {
         if let Some(t) = trainer.read_snapshot()? {
-            Sidecar::Snapshot.save(path, shape, &t)?;
+            files.push(Sidecar::Snapshot.stage(path, shape, &t)?);
             state.snapshot = true;
             state.snapshot_fingerprint = Some(tables::fingerprint(&t));
         }
     }
     let table = trainer.read_table()?;
     state.table_fingerprint = Some(tables::fingerprint(&table));
-    tables::save(path, tensor, shape, &table, carried, Some(&state))?;
+    files.extend(tables::stage(path, tensor, shape, &table, carried, Some(&state))?);
+    npy::commit(files)?;
     Ok(())
+}
+
+/// The options that shape a run's course (the table aside), spelled as on
+/// the command line: saved in a checkpoint's run state and compared on
+/// `--resume`. Where the run goes (backend, adapter), how long (--steps)
+/// and what it writes are free to change.
+fn run_options(cfg: &StepConfig, batches: &Batches) -> Vec<(String, String)> {
+    let mut o: Vec<(&str, String)> = vec![
+        ("--lr", format!("{:?}", cfg.lr)),
+        ("--eps", format!("{:?}", cfg.eps)),
+        ("--naive", cfg.naive.to_string()),
+        ("--reduction", name(cfg.reduction)),
+        ("--anchors", format!("{},{}", cfg.anchor_a, cfg.anchor_b)),
+        ("--endpoints", name(cfg.endpoints)),
+        ("--momentum", format!("{:?}", cfg.momentum)),
+        ("--weight-decay", format!("{:?}", cfg.weight_decay)),
+        ("--clip-norm", format!("{:?}", cfg.clip_norm)),
+        ("--margin", format!("{:?}", cfg.margin)),
+        ("--margin-weight", format!("{:?}", cfg.margin_weight)),
+        ("--on-nonfinite", name(cfg.guard.policy)),
+        ("--max-skips", cfg.guard.max_skips.to_string()),
+        ("--snapshot-every", cfg.guard.snapshot_every.to_string()),
+        ("--backoff", format!("{:?}", cfg.guard.backoff)),
+        ("--max-rollbacks", cfg.guard.max_rollbacks.to_string()),
+    ];
+    o.push((
+        "batches:",
+        match batches {
+            Batches::Full => "the full table".into(),
+            Batches::Random { size, seed } => format!("--batch {size} --seed {seed}"),
+            Batches::Indices(ib) => format!("--indices (a file of fingerprint {:016x})", ib.fingerprint()),
+        },
+    ));
+    o.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
 /// The command-line spelling of an option value.

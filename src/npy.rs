@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::config::Shape;
 use crate::error::{Error, Result};
@@ -44,9 +44,9 @@ impl Dtype {
         }
     }
 
-    /// An integer's value, widened (u64 beyond i64 saturates: out of range
-    /// for any table anyway).
-    fn int_at(self, c: &[u8]) -> i64 {
+    /// An integer's value, widened: every width, signed or not, exactly
+    /// (so an error names the value the file holds).
+    fn int_at(self, c: &[u8]) -> i128 {
         let Dtype::Int { bytes, signed, big } = self else { unreachable!("an integer dtype") };
         let mut b = [0u8; 8];
         let n = bytes as usize;
@@ -62,9 +62,9 @@ impl Dtype {
         }
         let v = u64::from_le_bytes(b);
         if signed {
-            v as i64
+            v as i64 as i128
         } else {
-            v.min(i64::MAX as u64) as i64
+            v as i128
         }
     }
 }
@@ -83,7 +83,11 @@ struct Opened {
 fn open(path: &Path) -> Result<Opened> {
     let bad = |reason: String| Error::bad_file(path, reason);
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return Err(Error::bad_file(path, "a folder, not a .npy file"));
+    }
+    let file_len = meta.len();
     let mut pre = [0u8; 8];
     read_exact_or(&mut file, &mut pre, || bad(format!("not a .npy file: only {file_len} bytes")))?;
     if &pre[..6] != MAGIC {
@@ -131,8 +135,8 @@ fn open(path: &Path) -> Result<Opened> {
 pub struct Indices {
     /// 1-D: `[n]`; 2-D: `[batches, n]`.
     pub dims: Vec<u64>,
-    /// Row-major values, widened to i64.
-    pub values: Vec<i64>,
+    /// Row-major values, widened to i128 (every integer dtype exactly).
+    pub values: Vec<i128>,
 }
 
 /// Reads a 1-D or 2-D `.npy` file of integer row indices (any width,
@@ -301,21 +305,30 @@ pub fn encode(shape: Shape, data: &[f32], out: &mut impl Write) -> std::io::Resu
 
 /// Saves a table as `.npy`, atomically.
 pub fn save(path: &Path, shape: Shape, data: &[f32]) -> Result<()> {
-    save_atomic(path, |w| encode(shape, data, w))
+    commit(vec![stage_table(path, shape, data)?])
 }
 
 /// Writes `path` atomically: a temporary file in the same folder, written,
 /// flushed and synced, then renamed over `path`. An interrupted or failed
 /// write leaves either the old file or none, never a partial one.
 pub fn save_atomic(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    commit(vec![stage(path, write)?])
+}
+
+/// A file written in full beside `path` (a temporary file in the same
+/// folder, flushed and synced) and not yet renamed over it: see [`commit`].
+/// Dropped uncommitted, the temporary file is removed.
+pub struct Staged {
+    tmp: tempfile::NamedTempFile,
+    path: PathBuf,
+}
+
+/// Writes what will become `path`, without touching `path` itself.
+pub fn stage(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>) -> Result<Staged> {
     let tmp = tempfile::Builder::new()
         .prefix(".latent-line-")
         .suffix(".tmp")
-        .tempfile_in(dir)
+        .tempfile_in(folder(path))
         .map_err(|e| Error::io(path, e))?;
     {
         let mut w = BufWriter::new(tmp.as_file());
@@ -327,8 +340,93 @@ pub fn save_atomic(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> std
         tmp.as_file().set_permissions(perms).map_err(|e| Error::io(path, e))?;
     }
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(Staged { tmp, path: path.to_owned() })
+}
+
+/// A table staged as `.npy` for `path`.
+pub fn stage_table(path: &Path, shape: Shape, data: &[f32]) -> Result<Staged> {
+    stage(path, |w| encode(shape, data, w))
+}
+
+/// Renames staged files over their paths, in order: files that belong
+/// together (a checkpoint's table, its run state and its sidecars) are all
+/// written before any is replaced, so a full disk or a failed write leaves
+/// every old file as it was. If a rename fails, the files already renamed
+/// get their old contents back (kept until then under a hard link), so a
+/// failure leaves the set as it was, not half new. Only a kill between the
+/// renames themselves (microseconds) can mix the two sets, and `--resume`
+/// refuses a mixture by its fingerprints.
+pub fn commit(files: Vec<Staged>) -> Result<()> {
+    let mut done: Vec<(PathBuf, Old)> = Vec::new();
+    for f in files {
+        let old = match keep_old(&f.path) {
+            Ok(o) => o,
+            Err(e) => {
+                undo(done);
+                return Err(Error::io(&f.path, e));
+            }
+        };
+        if let Err(e) = f.tmp.persist(&f.path) {
+            // The old file is still in place; its link (if any) goes.
+            drop(old);
+            undo(done);
+            return Err(Error::io(&f.path, e.error));
+        }
+        done.push((f.path, old));
+    }
+    // Committed: dropping the old contents' links removes them.
     Ok(())
+}
+
+/// What was at a path before `commit` renamed over it.
+enum Old {
+    /// No file: undone by removing the new one.
+    Absent,
+    /// A hard link to the old contents, under a temporary name.
+    Kept(tempfile::TempPath),
+    /// A file that could not be linked (a file system without hard
+    /// links): the new one stays.
+    Unkept,
+}
+
+fn keep_old(path: &Path) -> std::io::Result<Old> {
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(Old::Absent);
+    }
+    // A fresh unique name: create it, remove the file, link the old
+    // contents under the name.
+    let name = tempfile::Builder::new().prefix(".latent-line-old-").tempfile_in(folder(path))?.into_temp_path();
+    std::fs::remove_file(&name)?;
+    match std::fs::hard_link(path, &name) {
+        Ok(()) => Ok(Old::Kept(name)),
+        Err(_) => {
+            // Nothing is at `name`: forget it without removing anything.
+            let _ = name.keep();
+            Ok(Old::Unkept)
+        }
+    }
+}
+
+/// Puts back what `commit` had renamed, newest first.
+fn undo(done: Vec<(PathBuf, Old)>) {
+    for (path, old) in done.into_iter().rev() {
+        match old {
+            Old::Kept(b) => {
+                let _ = b.persist(&path);
+            }
+            Old::Absent => {
+                let _ = std::fs::remove_file(&path);
+            }
+            Old::Unkept => {}
+        }
+    }
+}
+
+fn folder(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 #[cfg(unix)]
@@ -351,7 +449,7 @@ mod tests {
     #[test]
     fn indices_of_every_integer_dtype() {
         let dir = tempfile::tempdir().unwrap();
-        let values: [i64; 4] = [0, 1, 100, 127];
+        let values: [i128; 4] = [0, 1, 100, 127];
         for bytes in [1usize, 2, 4, 8] {
             for signed in [true, false] {
                 for (order, big) in [("<", false), (">", true), ("|", false), ("=", cfg!(target_endian = "big"))] {
@@ -380,11 +478,58 @@ mod tests {
             }
         }
         // A negative signed value stays negative (and is then refused by
-        // position, as out of range); a huge unsigned one saturates.
+        // position, as out of range); a huge unsigned one keeps its value.
         let t = Dtype::Int { bytes: 2, signed: true, big: true };
         assert_eq!(t.int_at(&[0xff, 0xfe]), -2);
-        assert_eq!(Dtype::Int { bytes: 8, signed: false, big: false }.int_at(&[0xff; 8]), i64::MAX);
+        assert_eq!(Dtype::Int { bytes: 8, signed: false, big: false }.int_at(&[0xff; 8]), u64::MAX as i128);
         assert_eq!(Dtype::Int { bytes: 1, signed: true, big: false }.int_at(&[0x80]), -128);
+    }
+
+    /// A set of files committed together: when one cannot replace its
+    /// path, the ones already renamed get their old contents back (or go,
+    /// where there was none), and no temporary file is left.
+    #[test]
+    fn a_commit_that_fails_leaves_every_file_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        std::fs::write(p("a"), b"old a").unwrap();
+        // "c" is a non-empty folder: nothing can be renamed over it.
+        std::fs::create_dir(p("c")).unwrap();
+        std::fs::write(p("c").join("inside"), b"x").unwrap();
+        let put = |path: PathBuf, text: &'static [u8]| stage(&path, move |w| w.write_all(text)).unwrap();
+        let files = vec![put(p("a"), b"new a"), put(p("b"), b"new b"), put(p("c"), b"new c")];
+        let err = commit(files).unwrap_err().to_string();
+        assert!(err.contains(&p("c").display().to_string()), "{err}");
+        assert_eq!(std::fs::read(p("a")).unwrap(), b"old a");
+        assert!(!p("b").exists());
+        let mut left: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        left.sort();
+        assert_eq!(left, ["a", "c"]);
+
+        // Without the obstacle the same set goes in whole, links removed.
+        std::fs::remove_dir_all(p("c")).unwrap();
+        commit(vec![put(p("a"), b"new a"), put(p("b"), b"new b"), put(p("c"), b"new c")]).unwrap();
+        for (n, want) in [("a", b"new a"), ("b", b"new b"), ("c", b"new c")] {
+            assert_eq!(std::fs::read(p(n)).unwrap(), want);
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+    }
+
+    /// A write that fails (here: the writer's own error) stages nothing,
+    /// leaves the old file and no temporary file.
+    #[test]
+    fn a_failed_write_stages_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.npy");
+        std::fs::write(&path, b"old").unwrap();
+        let r = stage(&path, |w| {
+            w.write_all(b"partial")?;
+            Err(std::io::Error::other("disk full"))
+        });
+        assert!(r.err().unwrap().to_string().contains("disk full"));
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -49,9 +49,10 @@ impl Sidecar {
         s.into()
     }
 
-    /// Saves it beside the checkpoint `path`, atomically.
-    pub fn save(self, path: &Path, shape: Shape, v: &[f32]) -> Result<()> {
-        npy::save(&self.path(path), shape, v)
+    /// Writes it for beside the checkpoint `path`, to be committed with
+    /// the checkpoint's other files (`npy::commit`).
+    pub fn stage(self, path: &Path, shape: Shape, v: &[f32]) -> Result<npy::Staged> {
+        npy::stage_table(&self.path(path), shape, v)
     }
 
     /// Loads it from beside `path`, checked against the table's shape and
@@ -220,9 +221,8 @@ fn load_safetensors(path: &Path, name: &str) -> Result<LoadedTable> {
 /// and metadata unchanged.
 ///
 /// With `state`, the run state goes beside the table: into the metadata of a
-/// `.safetensors` file, or into `FILE.npy.state.json` (written first, so a
-/// crash between the two leaves a state that is at most one checkpoint new:
-/// `--resume` checks the step count against nothing else).
+/// `.safetensors` file, or into `FILE.npy.state.json`, both files written
+/// before either replaces anything (`npy::commit`).
 pub fn save(
     path: &Path,
     tensor: &str,
@@ -231,13 +231,28 @@ pub fn save(
     carried: Option<&Carried>,
     state: Option<&RunState>,
 ) -> Result<()> {
+    npy::commit(stage(path, tensor, shape, data, carried, state)?)
+}
+
+/// [`save`]'s files, written in full but not yet renamed over anything, in
+/// the order to commit them (the table last).
+pub fn stage(
+    path: &Path,
+    tensor: &str,
+    shape: Shape,
+    data: &[f32],
+    carried: Option<&Carried>,
+    state: Option<&RunState>,
+) -> Result<Vec<npy::Staged>> {
     let state_json = state.map(|s| serde_json::to_string(s).unwrap_or_default());
     match format_of(path)? {
         Format::Npy => {
+            let mut files = Vec::new();
             if let Some(text) = &state_json {
-                npy::save_atomic(&state_sidecar(path), |w| std::io::Write::write_all(w, text.as_bytes()))?;
+                files.push(npy::stage(&state_sidecar(path), |w| std::io::Write::write_all(w, text.as_bytes()))?);
             }
-            npy::save(path, shape, data)
+            files.push(npy::stage_table(path, shape, data)?);
+            Ok(files)
         }
         Format::Safetensors => {
             let bytes: &[u8] = bytemuck::cast_slice(data);
@@ -259,7 +274,7 @@ pub fn save(
             }
             let out = safetensors::tensor::serialize(tensors, metadata)
                 .map_err(|e| Error::bad_file(path, format!("cannot encode the file: {e}")))?;
-            npy::save_atomic(path, |w| std::io::Write::write_all(w, &out))
+            Ok(vec![npy::stage(path, |w| std::io::Write::write_all(w, &out))?])
         }
     }
 }

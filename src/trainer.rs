@@ -9,7 +9,7 @@ use crate::scan::Scan;
 
 /// What a run needs besides the table to go on exactly where it stopped
 /// (SPEC §13 `--resume`): saved beside a checkpoint.
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunState {
     /// Steps done (the rollback snapshots' schedule follows it).
     pub steps: u64,
@@ -40,6 +40,11 @@ pub struct RunState {
     pub velocity_fingerprint: Option<u64>,
     #[serde(default)]
     pub snapshot_fingerprint: Option<u64>,
+    /// The options that shape the run's course, as the command line spells
+    /// them (`--lr 0.2`, …): a resume must give the same ones (`None`: a
+    /// state saved before they were recorded, or by the library).
+    #[serde(default)]
+    pub options: Option<Vec<(String, String)>>,
 }
 
 /// GPU time and bytes of one kernel over the profiled steps (`--profile`).

@@ -551,6 +551,67 @@ fn a_run_split_by_a_resume_gives_the_table_of_an_unbroken_run() {
     }
 }
 
+/// A resume continues the same run (SPEC §13): options that shape its
+/// course must be the checkpoint's, each difference named with both
+/// values, and --steps (the run's total) cannot be fewer than the steps
+/// done. Nothing is written by a refused resume.
+#[test]
+fn a_resume_refuses_other_options_and_fewer_steps() {
+    let dir = Dir::new();
+    let (ck, idx, other) = (dir.s("ck.npy"), dir.s("idx.npy"), dir.s("other.npy"));
+    let rows: Vec<u8> = [3i64, 5, 5, 9].iter().flat_map(|v| v.to_le_bytes()).collect();
+    npy(&dir.p("idx.npy"), "{'descr': '<i8', 'fortran_order': False, 'shape': (4,), }", &rows);
+    let rows: Vec<u8> = [3i64, 5, 6, 9].iter().flat_map(|v| v.to_le_bytes()).collect();
+    npy(&dir.p("other.npy"), "{'descr': '<i8', 'fortran_order': False, 'shape': (4,), }", &rows);
+    // The run's options, each replaced where `more` gives it again.
+    let with = |more: &[&str]| {
+        let mut a = vec!["--backend", "cpu", "--rows", "50", "--dim", "3"];
+        for (k, v) in [("--lr", "0.1"), ("--endpoints", "detached")] {
+            if !more.contains(&k) {
+                a.extend([k, v]);
+            }
+        }
+        a.extend_from_slice(more);
+        run(&a)
+    };
+    let o = with(&["--steps", "4", "--indices", &idx, "--save", &ck]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let before = dir.files();
+    for (more, expect) in [
+        (vec!["--lr", "0.2"], "--lr 0.1 (this run: 0.2)"),
+        (vec!["--endpoints", "attached"], "--endpoints detached (this run: attached)"),
+        (vec!["--momentum", "0.5"], "--momentum 0.0 (this run: 0.5)"),
+        (vec!["--on-nonfinite", "ignore"], "--on-nonfinite skip-step (this run: ignore)"),
+        (vec!["--anchors", "1,2"], "--anchors 0,49 (this run: 1,2)"),
+    ] {
+        let mut args = vec!["--steps", "6", "--indices", &idx, "--resume", &ck, "--save", &ck];
+        args.extend(more.iter());
+        let o = with(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{more:?}: {err}");
+        assert!(err.contains("invalid --resume") && err.contains(expect), "{more:?}: {err}");
+    }
+    // Another index file, or none (the full table), is another run too.
+    let o = with(&["--steps", "6", "--indices", &other, "--resume", &ck, "--save", &ck]);
+    let err = stderr(&o);
+    assert!(o.status.code() == Some(1) && err.contains("batches: --indices (a file of fingerprint "), "{err}");
+    let o = with(&["--steps", "6", "--resume", &ck, "--save", &ck]);
+    let err = stderr(&o);
+    assert!(o.status.code() == Some(1) && err.contains(") (this run: the full table)"), "{err}");
+    let o = with(&["--steps", "6", "--batch", "7", "--resume", &ck, "--save", &ck]);
+    let err = stderr(&o);
+    assert!(o.status.code() == Some(1) && err.contains("(this run: --batch 7 --seed 0)"), "{err}");
+    let o = with(&["--steps", "3", "--indices", &idx, "--resume", &ck, "--save", &ck]);
+    let err = stderr(&o);
+    assert!(o.status.code() == Some(1) && err.contains("invalid --steps: 3 is fewer than the 4 steps"), "{err}");
+    assert_eq!(dir.files(), before);
+    // The same options go on (and the run's own total, 4, is allowed: nothing to do).
+    for steps in ["4", "6"] {
+        let o = with(&["--steps", steps, "--indices", &idx, "--resume", &ck, "--save", &ck]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+}
+
 /// A rollback checkpoint between two snapshot steps carries the snapshot
 /// beside it (FILE.snapshot.npy: the table at the last snapshot step), and
 /// `--resume` reads it; a resumed run counts its steps from the run's start

@@ -321,7 +321,7 @@ fn a_resumed_rollback_restores_the_unbroken_runs_snapshot() {
         assert!(same_bits(&snapshot, &at_snapshot), "{ctx}: the snapshot is not the table at step {every}");
         // The second half, on a fresh trainer of the same backend.
         let mut resumed = trainers(c.shape, c.cfg, &table).into_iter().find(|(n, _)| *n == name).unwrap().1;
-        resumed.set_run_state(state).unwrap();
+        resumed.set_run_state(state.clone()).unwrap();
         resumed.set_snapshot(&snapshot).unwrap();
         for t in [&mut whole, &mut resumed] {
             t.steps(1).unwrap();

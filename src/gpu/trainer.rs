@@ -1976,7 +1976,7 @@ impl Trainer for GpuTrainer {
                  (Batches::Indices or Batches::Random) to step on given rows",
             ));
         };
-        let ib = crate::batches::IndexBatches::new(vec![rows.iter().map(|&r| r as i64).collect()], self.shape.rows)?;
+        let ib = crate::batches::IndexBatches::new(vec![rows.iter().map(|&r| r as i128).collect()], self.shape.rows)?;
         let slots = StepSlots::new(ib.batch(0), self.cfg.anchor_a as u32, self.cfg.anchor_b as u32, true);
         if slots.slots.len() > b.cap as usize {
             return Err(Error::invalid(
