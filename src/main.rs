@@ -561,6 +561,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         }
         let segment = Instant::now();
         let mut last = segment;
+        let records_before = records.len();
         let ran = trainer.steps_streamed(n, &mut |group: Vec<latent_line::Record>| {
             let now = Instant::now();
             per_step.push(now.duration_since(last).as_secs_f64() / group.len().max(1) as f64);
@@ -616,7 +617,9 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             !halted && !interrupted()
         })?;
         wall += last.duration_since(segment);
-        wall_steps += ran;
+        // Steps that ran: after an abort the device passes over the rest
+        // of the submission without doing anything (Action::NotRun).
+        wall_steps += records[records_before..].iter().filter(|r| r.action != Action::NotRun).count();
         if ran == 0 || interrupted() {
             out!("interrupted after step {done}: saving and reporting");
             break;
@@ -776,7 +779,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 last_loss: last.loss(cfg.w_red(last.batch) as f64),
                 mean_excess_first: first.mean_excess(),
                 mean_excess_last: last.mean_excess(),
-                max_excess_last: last.excess_max,
+                max_excess_last: last.max_excess(),
                 d0_first: first.d0,
                 d0_last: last.d0,
                 collapse_step: collapse_step(&records, d0_start.unwrap_or(0.0)).map(|at| start + at),
@@ -786,6 +789,8 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 steps_with_skipped_rows: count(Action::SkippedRows),
                 rollbacks: count(Action::RolledBack),
                 aborted_at,
+                steps_done: start + records.len() - 1,
+                interrupted: aborted_at.is_none() && interrupted(),
                 lr_last: last.lr,
                 final_scan,
                 all_finite: finite,

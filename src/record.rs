@@ -90,6 +90,16 @@ impl Record {
             f64::NAN
         }
     }
+    /// max |r_j| over the batch; NaN when a term is not finite (as
+    /// PyTorch's max would be: 0, the max over no finite term, would read
+    /// as a perfect step).
+    pub fn max_excess(&self) -> f64 {
+        if self.loss_finite() {
+            self.excess_max
+        } else {
+            f64::NAN
+        }
+    }
     /// L = w_red · Σ|r_j| + λ·max(0, m − d0); NaN when a term is not
     /// finite, as PyTorch's sum would be.
     pub fn loss(&self, w_red: f64) -> f64 {

@@ -116,6 +116,10 @@ pub struct Summary {
     pub rollbacks: usize,
     /// The step the guard aborted at, if it did.
     pub aborted_at: Option<usize>,
+    /// Steps of the run done, from its start (a resumed run's included).
+    pub steps_done: usize,
+    /// Ctrl-C stopped the run before its --steps (exit code 130).
+    pub interrupted: bool,
     pub lr_last: f64,
     /// The device scan of the final table.
     pub final_scan: Scan,
@@ -160,7 +164,7 @@ impl StepEntry {
             batch: r.batch,
             loss: r.loss(w_red),
             mean_excess: r.mean_excess(),
-            max_excess: r.excess_max,
+            max_excess: r.max_excess(),
             d0: r.d0,
             near_singular: r.near_singular,
             lr: r.lr,

@@ -203,6 +203,7 @@ fn a_run_saves_a_loadable_table_and_a_report_and_repeats_exactly() {
             let s = &r["summary"];
             assert!(s["all_finite"].as_bool().unwrap());
             assert!(s["mean_excess_last"].as_f64().unwrap() * 100.0 < s["mean_excess_first"].as_f64().unwrap());
+            assert_eq!((s["steps_done"].as_u64(), &s["interrupted"]), (Some(30), &serde_json::json!(false)));
             assert_eq!(r["device"]["backend"], backend);
             saved.push(std::fs::read(&out).unwrap());
         }
@@ -324,6 +325,9 @@ fn a_guarded_run_reports_every_event_and_abort_exits_3_with_the_table_before_the
         assert_eq!(o.status.code(), Some(3), "{backend}: {text}{}", stderr(&o));
         assert!(text.contains("input    input: loaded table: 1 non-finite (0 NaN, 1 +Inf, 0 -Inf) in 1 row"), "{text}");
         assert!(text.contains("ABORTED  at step 0"), "{text}");
+        // The steps after the abort (the rest of its submission) did
+        // nothing and are not timed.
+        assert!(text.contains("(wall clock over 1 steps)"), "{text}");
         let saved = std::fs::read(&save).unwrap();
         let data: Vec<f32> = saved[saved.len() - table.len() * 4..]
             .chunks(4)
@@ -332,6 +336,9 @@ fn a_guarded_run_reports_every_event_and_abort_exits_3_with_the_table_before_the
         assert!(data.iter().zip(&table).all(|(a, b)| a.to_bits() == b.to_bits()), "{backend}: saved table changed");
         let r = report(&dir.p(&format!("abort-{backend}.json")));
         assert_eq!(r["summary"]["aborted_at"], 0);
+        assert_eq!(r["summary"]["steps_done"], 1);
+        // A loss term is not finite: the max, like the loss and the mean, is null.
+        assert!(r["steps"][0]["max_excess"].is_null(), "{}", r["steps"][0]);
         let ev = &r["events"];
         assert_eq!(ev[0]["buffer"], "input");
         assert_eq!(ev[1]["step"], 0);
