@@ -75,6 +75,15 @@ impl Shape {
         }
         Ok(Shape { rows, dim })
     }
+    /// `new` for a file's table: the problem in the file's terms (a file
+    /// has no --rows or --dim to blame), for the caller to name the file.
+    pub fn of_file(rows: usize, dim: usize) -> std::result::Result<Self, String> {
+        match (rows, dim) {
+            (r, _) if r < 2 => Err(format!("a table of {r} row(s); latent-line needs at least 2 (the two anchors)")),
+            (_, 0) => Err("a table of 0 columns".into()),
+            _ => Shape::new(rows, dim).map_err(|e| e.to_string()),
+        }
+    }
     pub fn elements(&self) -> u64 {
         self.rows as u64 * self.dim as u64
     }

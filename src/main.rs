@@ -259,6 +259,11 @@ fn check_output(opt: &str, path: &Path) -> anyhow::Result<()> {
     if path.is_dir() {
         bail!("invalid {opt}: {} is a folder", path.display());
     }
+    // A save goes through a temporary file in the same folder: try one
+    // now, so a folder that cannot take it fails before the training.
+    if let Err(e) = tempfile::Builder::new().prefix(".latent-line-").suffix(".tmp").tempfile_in(dir) {
+        bail!("invalid {opt}: cannot write in {}: {e}", dir.display());
+    }
     Ok(())
 }
 
@@ -312,6 +317,18 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 if same_file(out, other) {
                     bail!("invalid {out_opt}: {} is also the {opt} file; give it a path of its own", out.display());
                 }
+            }
+        }
+    }
+    // --save's sidecars are written too: never over a file the run reads.
+    for (side_opt, side) in &inputs[3..] {
+        let Some(side) = side else { continue };
+        for (opt, input) in &inputs[..3] {
+            if input.as_ref().is_some_and(|i| same_file(side, i)) {
+                bail!(
+                    "invalid --save: {side_opt} would be written at {}, the {opt} file; save elsewhere",
+                    side.display()
+                );
             }
         }
     }

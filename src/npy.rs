@@ -182,7 +182,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
     if dims.len() != 2 {
         return Err(bad(format!("expected a 2-D table (rows, dim), found {} dimension(s) {:?}", dims.len(), dims)));
     }
-    let shape = Shape::new(dims[0] as usize, dims[1] as usize).map_err(|e| bad(e.to_string()))?;
+    let shape = Shape::of_file(dims[0] as usize, dims[1] as usize).map_err(bad)?;
     let n = (dims[0] * dims[1]) as usize;
     let mut data = vec![0f32; n];
     let note = match dtype {
@@ -199,17 +199,39 @@ pub fn load(path: &Path) -> Result<Loaded> {
         _ => {
             // float64, converted in bounded blocks.
             let mut block = vec![0u8; 8 * 65_536];
+            let mut overflowed = 0u64;
             for out in data.chunks_mut(65_536) {
                 let bytes = &mut block[..out.len() * 8];
                 read_exact_or(&mut file, bytes, || bad("truncated while reading the data".into()))?;
                 for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
-                    *o = f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32;
+                    *o = f64_to_f32(
+                        f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
+                        &mut overflowed,
+                    );
                 }
             }
-            Some(format!("{}: converted float64 to float32", path.display()))
+            Some(format!("{}: converted float64 to float32{}", path.display(), overflow_note(overflowed)))
         }
     };
     Ok(Loaded { shape, data, note })
+}
+
+/// f64 → f32, counting the finite values too large for f32 (they become
+/// ±Inf, which the scan of the loaded table then reports).
+pub fn f64_to_f32(v: f64, overflowed: &mut u64) -> f32 {
+    let f = v as f32;
+    if f.is_infinite() && v.is_finite() {
+        *overflowed += 1;
+    }
+    f
+}
+
+/// What a conversion note adds when values overflowed f32.
+pub fn overflow_note(overflowed: u64) -> String {
+    match overflowed {
+        0 => String::new(),
+        n => format!(" ({n} finite value(s) beyond float32's range became ±Inf)"),
+    }
 }
 
 fn dtype_name(d: Dtype) -> String {
@@ -530,6 +552,30 @@ mod tests {
         assert!(r.err().unwrap().to_string().contains("disk full"));
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// float64 values too large for float32 become ±Inf, and the note says
+    /// how many (an Inf in the file is not counted: it was one already).
+    #[test]
+    fn float64_overflow_is_counted_in_the_note() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.npy");
+        let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 2), }\n";
+        let mut f = MAGIC.to_vec();
+        f.extend([1, 0]);
+        f.extend((header.len() as u16).to_le_bytes());
+        f.extend(header.as_bytes());
+        for v in [1.5f64, 1e300, -1e39, f64::INFINITY] {
+            f.extend(v.to_le_bytes());
+        }
+        std::fs::write(&path, &f).unwrap();
+        let l = load(&path).unwrap();
+        assert_eq!(l.data, [1.5, f32::INFINITY, f32::NEG_INFINITY, f32::INFINITY]);
+        let note = l.note.unwrap();
+        assert!(
+            note.ends_with("converted float64 to float32 (2 finite value(s) beyond float32's range became ±Inf)"),
+            "{note}"
+        );
     }
 
     #[test]

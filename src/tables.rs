@@ -193,14 +193,18 @@ fn load_safetensors(path: &Path, name: &str) -> Result<LoadedTable> {
     let [rows, dim] = dims else {
         return Err(bad(format!("tensor \"{name}\" has shape {dims:?}; a table is 2-D (rows × columns)")));
     };
-    let shape = Shape::new(*rows, *dim).map_err(|e| bad(format!("tensor \"{name}\": {e}")))?;
+    let shape = Shape::of_file(*rows, *dim).map_err(|e| bad(format!("tensor \"{name}\": {e}")))?;
     let raw = view.data();
     let (data, note): (Vec<f32>, Option<String>) = match view.dtype() {
         Dtype::F32 => (raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(), None),
-        Dtype::F64 => (
-            raw.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32).collect(),
-            Some(format!("tensor \"{name}\" converted from F64 to f32")),
-        ),
+        Dtype::F64 => {
+            let mut overflowed = 0;
+            let v = raw
+                .chunks_exact(8)
+                .map(|b| npy::f64_to_f32(f64::from_le_bytes(b.try_into().unwrap_or([0; 8])), &mut overflowed))
+                .collect();
+            (v, Some(format!("tensor \"{name}\" converted from F64 to f32{}", npy::overflow_note(overflowed))))
+        }
         Dtype::F16 => (
             raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             Some(format!("tensor \"{name}\" converted from F16 to f32 (saved as F32)")),

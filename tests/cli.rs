@@ -721,6 +721,22 @@ fn outputs_never_overwrite_the_runs_other_files() {
         );
         assert!((std::fs::read(&t).unwrap(), std::fs::read(&idx).unwrap()) == before, "{args:?}: a file changed");
     }
+    // --save's sidecars are never written over a file the run reads.
+    std::fs::copy(&t, dir.p("w.npy.velocity.npy")).unwrap();
+    std::fs::copy(&idx, dir.p("j.npy.state.json")).unwrap();
+    let (w, wv, j, js) = (dir.s("w.npy"), dir.s("w.npy.velocity.npy"), dir.s("j.npy"), dir.s("j.npy.state.json"));
+    let contents = || dir.files().iter().map(|f| std::fs::read(dir.p(f)).unwrap_or_default()).collect::<Vec<_>>();
+    for (args, side, other) in [
+        (vec!["--load", &wv, "--momentum", "0.9", "--save", &w], "--save's velocity", "--load"),
+        (vec!["--load", &t, "--indices", &js, "--save", &j], "--save's run state", "--indices"),
+    ] {
+        let keep = (dir.files(), contents());
+        let o = run(&[&["--backend", "cpu", "--steps", "2"], &args[..]].concat());
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(&format!("invalid --save: {side} would be written at")) && err.contains(other), "{err}");
+        assert!((dir.files(), contents()) == keep, "{args:?}: a file changed");
+    }
     let o = run(&["--backend", "cpu", "--steps", "2", "--load", &t, "--save", &t]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(std::fs::read(&t).unwrap() != before.0, "--save onto --load trains the file");
