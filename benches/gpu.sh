@@ -71,13 +71,21 @@ echo "== latent-line devices (for the README)"
 # in vectors instead of an array (LATENT_LINE_KEPT_VECTORS). Keeps the driver's statistics
 # (registers, spills) of the fused step's pipelines only.
 prof() { echo "-- lanes ${1:-auto} blocks ${2:-auto} ${3:-} ${WG:+workgroup $WG} ${LB:+loop bounding $LB} ${V4:+vec4 $V4} ${PF:+prefetch $PF} ${KP:+keep $KP} ${KV:+kept-vectors $KV}"; env ${1:+LATENT_LINE_LANES=$1} ${2:+LATENT_LINE_ROW_BLOCKS=$2} ${WG:+LATENT_LINE_WORKGROUP=$WG} ${LB:+LATENT_LINE_LOOP_BOUNDING=$LB} ${V4:+LATENT_LINE_VEC4=$V4} ${PF:+LATENT_LINE_PREFETCH=$PF} ${KP:+LATENT_LINE_KEEP=$KP} ${KV:+LATENT_LINE_KEPT_VECTORS=$KV} "$B/latent-line" --backend gpu --rows "$R" --steps 40 ${3:-} --profile | grep -E "^kernel|^speed|^driver|wgsl" | grep -v -E "^ +(anchors|reduce|init|scan_table|scan_finish|sample|batch_io|copy_table|anchor_sum|prepare)\.wgsl [a-z_0-9]+ (\[|·)"; }
+# A test binary under a time limit: its summary lines, and its exit status
+# when not 0 (124: the limit; a killed binary prints no "test result").
+tst() {
+    local lim=$1; shift
+    timeout "$lim" "$@" 2>&1 | grep -E "^test .*FAILED|test result|panicked|seed" | tail -8
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" = 0 ] || echo "!! $* exited $rc$([ "$rc" = 124 ] && echo ' (the time limit)')"
+}
 if [ "$MODE" = sweep ]; then
     # The tuning sweep: the fused step's shape (LATENT_LINE_LANES,
     # _ROW_BLOCKS, _WORKGROUP) by --profile's per-kernel GPU time, full-table
     # and batch steps, after the tests that check the row blocks on this GPU.
-    for t in ${SWEEP_TESTS-forensics subgroups}; do timeout 120 "$B/$t" --test-threads 4 2>&1 | grep -E "test result|panicked|seed" | tail -3; done
-    timeout 120 "$B/backends_vs_reference" row_blocks vec4 read_ahead 2>&1 | grep -E "test result|panicked|seed" | tail -3
-    timeout 120 "$B/batches" dropped 2>&1 | grep -E "test result|panicked|seed" | tail -3
+    for t in ${SWEEP_TESTS-forensics subgroups}; do tst 120 "$B/$t" --test-threads 4; done
+    tst 120 "$B/backends_vs_reference" row_blocks vec4 read_ahead
+    tst 120 "$B/batches" dropped
     # Most decisive first (everything is in $OUT/gpu-log.txt as it runs).
     # The default and 16-byte kept columns (8 lanes: two vec4s a lane; 16:
     # one; 4: four, the 4-byte path then not keeping its columns), with the
@@ -108,14 +116,14 @@ echo "== tests on this GPU (quick ones first)"
 run_tests() {
     for t in "$@"; do
         echo "-- $t"
-        timeout "${TEST_TIMEOUT:-300}" "$B/$t" --test-threads 4 2>&1 | grep -E "^test |test result|panicked|seed" | grep -v "^test .* ok$" | tail -20
+        tst "${TEST_TIMEOUT:-300}" "$B/$t" --test-threads 4
     done
 }
 run_tests naive forensics
 echo "-- backends_vs_reference row_blocks vec4 read_ahead"
-timeout 120 "$B/backends_vs_reference" row_blocks vec4 read_ahead 2>&1 | grep -E "test result|panicked|seed" | tail -5
+tst 120 "$B/backends_vs_reference" row_blocks vec4 read_ahead
 echo "-- batches dropped (the undo log of a batch read in place)"
-timeout 120 "$B/batches" dropped 2>&1 | grep -E "test result|panicked|seed" | tail -5
+tst 120 "$B/batches" dropped
 
 echo "== main job: latent-line --rows $R (wall time, start-up included)"
 s=$(date +%s.%N)

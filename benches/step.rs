@@ -1,16 +1,17 @@
 //! `cargo bench`: the full-table step on each backend beside its floor, a
 //! plain copy of the same bytes on the same device (SPEC §15), and the cost
-//! of the NaN forensics (SPEC §7–§9):
-//!   step/noscan     `ignore`, fused scans compiled out: the bare step
-//!   step/ignore     + the fused scans of loss, gradient and rows written
-//!   step/skip-step  + the default guard (writes the other table buffer)
-//!   step/skip-step-1lane     the same with one lane per row (the first kernel)
-//!   step/skip-step-wgfold    (gpu-time, GPUs with subgroups) the same with
+//! of the NaN forensics (SPEC §7–§9). Each is `NAME/ROWSxDIM` in a group
+//! (`cpu[…]`, `gpu[…]`, `gpu-time[…]`, named by the adapter):
+//!   step-noscan     `ignore`, fused scans compiled out: the bare step
+//!   step-ignore     + the fused scans of loss, gradient and rows written
+//!   step-skip-step  + the default guard (writes the other table buffer)
+//!   step-skip-step-1lane     the same with one lane per row (the first kernel)
+//!   step-skip-step-wgfold    (gpu-time, GPUs with subgroups) the same with
 //!                   the row fold in workgroup memory, not subgroup shuffles
-//!   step/skip-step-vec4      (gpu-time) the same with a lane's kept columns
+//!   step-skip-step-vec4      (gpu-time) the same with a lane's kept columns
 //!                   read and written 16 bytes at a time (LATENT_LINE_VEC4),
 //!                   also at twice and at half the default lanes (-vec4-Nlanes)
-//!   step/skip-step-noprefetch, -nokeep, -keptvectors (gpu-time) without
+//!   step-skip-step-noprefetch, -nokeep, -keptvectors (gpu-time) without
 //!                   reading the next row block ahead; with a lane's columns
 //!                   read twice; with them kept in vectors, not an array
 //!   eval, eval-vec4 (gpu-time) the evaluation pass: every row read and its

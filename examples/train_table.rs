@@ -91,9 +91,11 @@ fn main() -> anyhow::Result<()> {
 
     // 8. Save the table (atomically: a temporary file, then a rename).
     let out = std::env::temp_dir().join("latent-line-example.npy");
-    npy::save(&out, shape, &t.read_table()?).with_context(|| format!("saving {}", out.display()))?;
+    let trained = t.read_table()?;
+    npy::save(&out, shape, &trained).with_context(|| format!("saving {}", out.display()))?;
     let back = npy::load(&out)?;
-    ensure!(back.shape == shape && back.data.iter().all(|v| v.is_finite()), "the saved table is not the trained one");
+    let same = back.data.iter().zip(&trained).all(|(a, b)| a.to_bits() == b.to_bits());
+    ensure!(back.shape == shape && same, "the saved table is not the trained one");
     println!("saved {}", out.display());
     std::fs::remove_file(&out)?;
     Ok(())

@@ -15,11 +15,11 @@ use latent_line::scan::scan_rows;
 use latent_line::tables::{self, Sidecar};
 use latent_line::{npy, Batches, Endpoints, IndexBatches, Reduction, Shape, StepConfig, TableSource, Trainer};
 
-/// `println!` that never panics: a closed stdout (`| head`) must not turn a
-/// finished run into a crash; the files and the exit code still tell.
 /// Set by `--quiet` and `--json`: the human summary is not printed.
 static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// `println!` that never panics: a closed stdout (`| head`) must not turn a
+/// finished run into a crash; the files and the exit code still tell.
 macro_rules! out {
     ($($t:tt)*) => {{
         use std::io::Write as _;
@@ -1046,8 +1046,9 @@ fn save_checkpoint(
 
 /// The options that shape a run's course (the table aside), spelled as on
 /// the command line: saved in a checkpoint's run state and compared on
-/// `--resume`. Where the run goes (backend, adapter), how long (--steps)
-/// and what it writes are free to change.
+/// `--resume`. Where the run goes (backend, adapter), how long (--steps),
+/// what it writes, and the guard (which acts only on a failing step: after
+/// an `abort`, going on under `skip-row` is a resume) are free to change.
 fn run_options(cfg: &StepConfig, batches: &Batches) -> Vec<(String, String)> {
     let mut o: Vec<(&str, String)> = vec![
         ("--lr", format!("{:?}", cfg.lr)),
@@ -1061,11 +1062,6 @@ fn run_options(cfg: &StepConfig, batches: &Batches) -> Vec<(String, String)> {
         ("--clip-norm", format!("{:?}", cfg.clip_norm)),
         ("--margin", format!("{:?}", cfg.margin)),
         ("--margin-weight", format!("{:?}", cfg.margin_weight)),
-        ("--on-nonfinite", name(cfg.guard.policy)),
-        ("--max-skips", cfg.guard.max_skips.to_string()),
-        ("--snapshot-every", cfg.guard.snapshot_every.to_string()),
-        ("--backoff", format!("{:?}", cfg.guard.backoff)),
-        ("--max-rollbacks", cfg.guard.max_rollbacks.to_string()),
     ];
     o.push((
         "batches:",

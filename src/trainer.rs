@@ -83,12 +83,13 @@ pub struct DeviceInfo {
     pub kernel: String,
 }
 
-/// A table on a device, trained by full-table steps under a guard (SPEC §9).
+/// A table on a device, trained by steps (the full table, or the batches it
+/// was opened with) under a guard (SPEC §9).
 pub trait Trainer {
     fn shape(&self) -> Shape;
     fn config(&self) -> &StepConfig;
     fn device_info(&self) -> DeviceInfo;
-    /// Runs `n` full-table steps. Returns one record per step, each taken by
+    /// Runs `n` steps. Returns one record per step, each taken by
     /// that step's forward pass (so at the table before its update). After
     /// the guard aborts, the remaining steps do nothing (`Action::NotRun`).
     fn steps(&mut self, n: usize) -> Result<Vec<Record>>;

@@ -509,6 +509,7 @@ fn a_dropped_batch_step_leaves_every_row_as_it_was() {
                 assert_eq!(rec.action, want, "{ctx}");
                 assert_eq!(rec.scans.table.rows, vec![bad as u64], "{ctx}");
                 let now = (t.read_table().unwrap(), t.read_velocity().unwrap());
+                assert_eq!(now.1.is_some(), momentum > 0.0, "{ctx}: a velocity exactly with momentum");
                 if want == Action::RolledBack {
                     assert_eq!(bits(&now.0), bits(&snapshot.0), "{ctx}: not the snapshot");
                     if let Some(v) = &now.1 {

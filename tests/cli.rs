@@ -455,11 +455,34 @@ fn the_fused_steps_shape_switches_are_taken_and_checked() {
     assert!(out.contains("2 row blocks a workgroup (16 rows)"), "{out}");
     assert!(out.contains("every value of the table is finite"), "{out}");
     // Checked: a power of two, named in the error, nothing run.
-    for var in ["LATENT_LINE_WORKGROUP", "LATENT_LINE_LANES", "LATENT_LINE_ROW_BLOCKS"] {
-        let o = gpu_run(&[(var, "3")]);
+    // So is one past what the kernels are written for (never cut silently).
+    for (var, v, max) in [
+        ("LATENT_LINE_WORKGROUP", "3", 256),
+        ("LATENT_LINE_LANES", "3", 32),
+        ("LATENT_LINE_ROW_BLOCKS", "3", 256),
+        ("LATENT_LINE_WORKGROUP", "512", 256),
+        ("LATENT_LINE_LANES", "64", 32),
+    ] {
+        let o = gpu_run(&[(var, v)]);
         assert_eq!(o.status.code(), Some(1), "{var}");
-        assert!(stderr(&o).contains(&format!("invalid {var}: \"3\": use a power of two")), "{}", stderr(&o));
+        let want = format!("invalid {var}: \"{v}\": use a power of two, at most {max}");
+        assert!(stderr(&o).contains(&want), "{}", stderr(&o));
         assert!(o.stdout.is_empty() || !String::from_utf8_lossy(&o.stdout).contains("start"), "{var}");
+    }
+    // The switches that change no bits say so on the kernel line, where
+    // they apply: read-ahead needs row blocks; kept columns D ≤ 8 × lanes.
+    let o = gpu_run(&[
+        ("LATENT_LINE_LANES", "4"),
+        ("LATENT_LINE_ROW_BLOCKS", "2"),
+        ("LATENT_LINE_PREFETCH", "0"),
+        ("LATENT_LINE_KEEP", "0"),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains(", no read-ahead, columns read twice\n"), "{out}{}", stderr(&o));
+    for (var, said) in [("LATENT_LINE_KEPT_VECTORS", ", kept in vectors"), ("LATENT_LINE_VEC4", ", 16-byte loads")] {
+        let o = gpu_run(&[("LATENT_LINE_LANES", "4"), (var, "1")]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success() && out.contains(said), "{var}: {out}{}", stderr(&o));
     }
     // wgpu's loop counters, on request: said on the kernel line, the same
     // table bit for bit; any other value refused, naming the variable.
@@ -588,7 +611,6 @@ fn a_resume_refuses_other_options_and_fewer_steps() {
         (vec!["--lr", "0.2"], "--lr 0.1 (this run: 0.2)"),
         (vec!["--endpoints", "attached"], "--endpoints detached (this run: attached)"),
         (vec!["--momentum", "0.5"], "--momentum 0.0 (this run: 0.5)"),
-        (vec!["--on-nonfinite", "ignore"], "--on-nonfinite skip-step (this run: ignore)"),
         (vec!["--anchors", "1,2"], "--anchors 0,49 (this run: 1,2)"),
     ] {
         let mut args = vec!["--steps", "6", "--indices", &idx, "--resume", &ck, "--save", &ck];
@@ -612,9 +634,10 @@ fn a_resume_refuses_other_options_and_fewer_steps() {
     let err = stderr(&o);
     assert!(o.status.code() == Some(1) && err.contains("invalid --steps: 3 is fewer than the 4 steps"), "{err}");
     assert_eq!(dir.files(), before);
-    // The same options go on (and the run's own total, 4, is allowed: nothing to do).
-    for steps in ["4", "6"] {
-        let o = with(&["--steps", steps, "--indices", &idx, "--resume", &ck, "--save", &ck]);
+    // The same options go on (and the run's own total, 4, is allowed:
+    // nothing to do), under another guard too.
+    for (steps, guard) in [("4", "skip-step"), ("6", "skip-row")] {
+        let o = with(&["--steps", steps, "--indices", &idx, "--resume", &ck, "--save", &ck, "--on-nonfinite", guard]);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     }
 }
@@ -643,29 +666,16 @@ fn a_rollback_checkpoint_keeps_its_snapshot_and_resumed_steps_count_from_the_sta
     // At a snapshot step (7) there is nothing to carry.
     assert!(!Path::new(&format!("{s7}.snapshot.npy")).exists());
 
-    // The naive formula on the anchors' rows fails at once: with `abort` the
-    // resumed run stops at step 10 of the run.
-    let o = run(&[
-        "--backend",
-        "cpu",
-        "--rows",
-        "300",
-        "--dim",
-        "5",
-        "--snapshot-every",
-        "7",
-        "--resume",
-        &half,
-        "--steps",
-        "20",
-        "--naive",
-        "--endpoints",
-        "detached",
-        "--on-nonfinite",
-        "abort",
-        "--report",
-        &report,
-    ]);
+    // The naive formula on the anchors' rows fails every step: ten steps
+    // skipped, then resumed under `abort`, the run stops at step 10 of the
+    // run (a resume may change the guard).
+    let naive = ["--backend", "cpu", "--rows", "300", "--dim", "5", "--naive", "--endpoints", "detached"];
+    let skipped = dir.s("skipped.npy");
+    let o = run(&[&naive[..], &["--steps", "10", "--max-skips", "100", "--save", &skipped]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o =
+        run(&[&naive[..], &["--resume", &skipped, "--steps", "20", "--on-nonfinite", "abort", "--report", &report]]
+            .concat());
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("ABORTED  at step 10"),

@@ -7,7 +7,7 @@ use super::context::GpuContext;
 use super::layout::grid;
 use super::pipes::{bind, read_mapped, readback, storage, uniform, Constants};
 use super::shaders;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::sampler::{Sampler, Slot};
 
 #[repr(C)]
@@ -43,7 +43,12 @@ impl GpuSampler {
         let consts = Constants { wg, ..Constants::default() };
         let pipeline = consts.pipeline(&ctx, &shaders::SAMPLE, "main", &[]);
         let params = uniform(&ctx, "sample params", &SampleU::zeroed_for(&sampler));
-        let rows = storage(&ctx, "batch rows", capacity as u64 * 4, wgpu::BufferUsages::COPY_SRC);
+        let rows = storage(
+            &ctx,
+            "batch rows",
+            capacity as u64 * 4,
+            wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        );
         let group = bind(&ctx, &pipeline, &[&rows, &params]);
         GpuSampler { ctx, sampler, wg, pipeline, params, rows, group, capacity }
     }
@@ -61,9 +66,16 @@ impl GpuSampler {
     }
 
     /// Positions `start .. start + count` of `epoch`'s permutation, read back
-    /// (tests and tools; count ≤ capacity).
+    /// (tests and tools; count ≤ capacity). The buffer is poisoned first
+    /// (all ones, never a row of a table of < 2^32 rows), so a position the
+    /// kernel did not write shows.
     pub fn positions(&self, epoch: u32, start: u32, count: u32) -> Result<Vec<u32>> {
-        let count = count.min(self.capacity);
+        if count > self.capacity {
+            return Err(Error::invalid("count", format!("{count} positions; the buffer holds {}", self.capacity)));
+        }
+        if count > 0 {
+            self.ctx.queue.write_buffer(&self.rows, 0, &vec![0xff; count as usize * 4]);
+        }
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         self.encode(&mut enc, Slot { epoch, start, count });
         let staging = readback(&self.ctx, "batch readback", count.max(1) as u64 * 4);

@@ -507,14 +507,13 @@ impl GpuTrainer {
         if !opts.fused_scans && cfg.guard.policy != Policy::Ignore {
             return Err(Error::invalid("--on-nonfinite", "a guard needs the fused scans; use `ignore` without them"));
         }
-        let wg_asked = or_env(opts.workgroup, "LATENT_LINE_WORKGROUP")?;
-        let wg = ctx.workgroup_size(wg_asked.unwrap_or(if ctx.is_software() { 64 } else { 256 }).min(256));
+        // Asked for: at most what the kernels are written for (the device
+        // may lower the workgroup further; the kernel line says).
+        let wg_asked = or_env(opts.workgroup, "LATENT_LINE_WORKGROUP", 256)?;
+        let wg = ctx.workgroup_size(wg_asked.unwrap_or(if ctx.is_software() { 64 } else { 256 }));
         let auto_lanes = Self::default_lanes(&ctx, shape.dim);
-        let lanes_asked = or_env(opts.lanes_per_row, "LATENT_LINE_LANES")?;
+        let lanes_asked = or_env(opts.lanes_per_row, "LATENT_LINE_LANES", 32)?;
         let mut lanes = lanes_asked.unwrap_or(auto_lanes).clamp(1, wg.min(32));
-        if !lanes.is_power_of_two() {
-            return Err(Error::invalid("lanes_per_row", format!("{lanes} is not a power of two")));
-        }
         // The adapter's smallest subgroup: rows of up to that many lanes fold
         // by shuffles alone (fold_sg.wgsl).
         let sg_min = ctx.info.subgroup_min_size;
@@ -538,10 +537,7 @@ impl GpuTrainer {
         // sizes, what they cannot hold, before anything is allocated.
         let d = shape.dim as u64;
         let cap = schedule.max_slots() as u64;
-        let blocks_asked = or_env(opts.row_blocks, "LATENT_LINE_ROW_BLOCKS")?;
-        if let Some(b) = blocks_asked.filter(|b| !b.is_power_of_two()) {
-            return Err(Error::invalid("row_blocks", format!("{b} is not a power of two")));
-        }
+        let blocks_asked = or_env(opts.row_blocks, "LATENT_LINE_ROW_BLOCKS", 256)?;
         // The rows one pass of the fused step covers: the largest chunk's,
         // or a batch's slots.
         let pass_rows =
@@ -1885,16 +1881,15 @@ fn in_timed_rounds(
 
 /// A shape option as given, else its tuning switch from the environment
 /// (no rebuild): a power of two, or `None` when unset.
-fn or_env(given: Option<u32>, name: &'static str) -> Result<Option<u32>> {
-    if given.is_some() {
-        return Ok(given);
-    }
-    match std::env::var(name) {
-        Err(_) => Ok(None),
-        Ok(v) => match v.parse::<u32>() {
-            Ok(n) if n.is_power_of_two() => Ok(Some(n)),
-            _ => Err(Error::invalid(name, format!("{v:?}: use a power of two"))),
-        },
+fn or_env(given: Option<u32>, name: &'static str, max: u32) -> Result<Option<u32>> {
+    let v = match (given, std::env::var(name)) {
+        (Some(n), _) => n.to_string(),
+        (None, Err(_)) => return Ok(None),
+        (None, Ok(v)) => v,
+    };
+    match v.parse::<u32>() {
+        Ok(n) if n.is_power_of_two() && n <= max => Ok(Some(n)),
+        _ => Err(Error::invalid(name, format!("{v:?}: use a power of two, at most {max}"))),
     }
 }
 

@@ -6,12 +6,16 @@ use std::sync::{Arc, OnceLock};
 use latent_line::gpu::GpuContext;
 use rand::{Rng, SeedableRng};
 
-/// A fresh seed per run (or `LATENT_LINE_TEST_SEED`), printed so that a
-/// failure can be replayed; every assertion message repeats it.
+/// A fresh seed per run (or `LATENT_LINE_TEST_SEED`), printed on stderr
+/// (which cargo shows for a failing test) so that a failure can be
+/// replayed; most assertion messages repeat it.
 pub fn seed(test: &str) -> u64 {
-    let s = std::env::var("LATENT_LINE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
-    });
+    let s = match std::env::var("LATENT_LINE_TEST_SEED") {
+        Ok(s) => s.parse().unwrap_or_else(|_| panic!("LATENT_LINE_TEST_SEED={s:?} is not a u64")),
+        Err(_) => {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+        }
+    };
     eprintln!("{test}: seed {s} (replay with LATENT_LINE_TEST_SEED={s})");
     s
 }

@@ -11,14 +11,17 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 BIN = sys.argv[1]
-rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
+# A fresh seed (or LATENT_LINE_TEST_SEED), printed, and repeated on failure.
+SEED = int(os.environ.get("LATENT_LINE_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
+print(f"roundtrip.py: seed {SEED} (replay with LATENT_LINE_TEST_SEED={SEED})")
+rng = np.random.default_rng(SEED)
 failures = []
 
 
 def run(*args):
     r = subprocess.run([BIN, "--backend", "cpu", "--steps", "3", *args], capture_output=True, text=True)
     if r.returncode != 0:
-        raise SystemExit(f"latent-line {' '.join(args)} failed: {r.stderr}")
+        raise SystemExit(f"latent-line {' '.join(args)} failed (seed {SEED}): {r.stderr}")
 
 
 def check(cond, what):
@@ -56,5 +59,5 @@ with tempfile.TemporaryDirectory() as d:
     check(np.isfinite(out).all() and not np.array_equal(out, table.astype(np.float32)), "npy: not trained")
 
 if failures:
-    raise SystemExit("round trip failed: " + "; ".join(failures))
+    raise SystemExit(f"round trip failed (seed {SEED}): " + "; ".join(failures))
 print("python round trip: ok (safetensors f32/f64/f16 with other tensors; npy f64)")
