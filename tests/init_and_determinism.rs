@@ -174,3 +174,47 @@ fn streamed_steps_match_plain_steps_and_stop_when_asked() {
         );
     }
 }
+
+/// The CPU backend gives the same bits on any number of threads (SPEC §11:
+/// its sums fold fixed chunks in a fixed order; the threads only share
+/// them out): the full-table pass, and the general step (a batch large
+/// enough to write back in parallel bands, attached anchors, clipping,
+/// momentum), table and records.
+#[test]
+fn cpu_bits_do_not_depend_on_the_thread_count() {
+    let seed = seed("cpu_threads");
+    let (rows, dim) = (30_000usize, 12usize);
+    let shape = Shape::new(rows, dim).unwrap();
+    let table = random_table(&mut rng(seed), rows, dim);
+    let full = StepConfig { endpoints: Endpoints::Detached, ..StepConfig::for_rows(rows) };
+    let general = StepConfig {
+        endpoints: Endpoints::Attached,
+        clip_norm: 50.0,
+        momentum: 0.5,
+        weight_decay: 0.01,
+        ..StepConfig::for_rows(rows)
+    };
+    for (cfg, batches) in [
+        (full, latent_line::Batches::Full),
+        (general, latent_line::Batches::Random { size: 9000, seed }),
+        (general, latent_line::Batches::Full),
+    ] {
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let source = TableSource::Data(table.clone());
+                let mut t = CpuTrainer::with_batches(shape, cfg, source, batches.clone()).unwrap();
+                let recs = t.steps(4).unwrap();
+                assert!(recs.iter().all(|r| r.action == latent_line::Action::Applied), "{recs:?}");
+                (bits(&t.read_table().unwrap()), format!("{recs:?}"))
+            })
+        };
+        let one = run(1);
+        assert_ne!(one.0, bits(&table), "{batches:?}: nothing trained, seed {seed}");
+        for threads in [2, 5] {
+            let got = run(threads);
+            assert!(got.0 == one.0, "{batches:?}: {threads} threads give another table, seed {seed}");
+            assert_eq!(got.1, one.1, "{batches:?}: {threads} threads give other records, seed {seed}");
+        }
+    }
+}
