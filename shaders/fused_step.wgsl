@@ -380,6 +380,14 @@ fn kept_col(lane: u32, j: u32) -> u32 {
     return lane + j * L;
 }
 
+// Does the lane keep a column j (its column kept_col(lane, j) < D)? Every
+// lane has the first ⌊D/L⌋ and none has one past ⌈D/L⌉ (lane < L): for
+// those the test is a constant once the loops over j are unrolled, where
+// `k < D` would be tested per lane.
+fn has_kept(lane: u32, j: u32) -> bool {
+    return j < D / L || (j < (D + L - 1u) / L && kept_col(lane, j) < D);
+}
+
 // The lane whose scans saw column `col` of its row: the kept vec4s' lane
 // where the update works on them (VEC4, except skip-row, whose two passes
 // go over the columns one lane apart, as do the loss and the others).
@@ -398,7 +406,7 @@ fn kept_vec4(lane: u32, q: u32) -> u32 {
 // VEC4: does the row have the lane's vec4 q? (Never past KEPT4: a
 // constant, so the loops over q < MAX_KEPT4 drop the rest.)
 fn has_vec4(lane: u32, q: u32) -> bool {
-    return q < KEPT4 && kept_vec4(lane, q) < D / 4u;
+    return q < KEPT4 && (q < D / 4u / L || (q < (D / 4u + L - 1u) / L && kept_vec4(lane, q) < D / 4u));
 }
 
 // Without VEC4: a lane's columns in an array (the loops below run a
@@ -406,14 +414,40 @@ fn has_vec4(lane: u32, q: u32) -> bool {
 fn load_kept(site: RowSite, lane: u32, cur: u32) -> array<f32, MAX_KEPT> {
     var kept: array<f32, MAX_KEPT>;
     if (KEEP && !VEC4 && !KEPT_VECTORS && site.live) {
-        for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
-            let k = kept_col(lane, j);
-            if (k < D) {
-                kept[j] = load_x(cur, site.base + k);
+        // The buffer picked once, not at every load (uniform either way).
+        if (cur == 0u) {
+            for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
+                if (has_kept(lane, j)) {
+                    kept[j] = table_a[site.base + kept_col(lane, j)];
+                }
+            }
+        } else {
+            for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
+                if (has_kept(lane, j)) {
+                    kept[j] = table_b[site.base + kept_col(lane, j)];
+                }
             }
         }
     }
     return kept;
+}
+
+// KEEP: a lane's new values (column j's: `new_x[j]`) into the buffer a
+// step writes (store_x's), picked once for all of them.
+fn store_kept(cur: u32, out_base: u32, lane: u32, new_x: array<f32, MAX_KEPT>) {
+    if (select(cur, 1u - cur, double_buffered()) == 0u) {
+        for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
+            if (has_kept(lane, j)) {
+                table_a[out_base + kept_col(lane, j)] = new_x[j];
+            }
+        }
+    } else {
+        for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
+            if (has_kept(lane, j)) {
+                table_b[out_base + kept_col(lane, j)] = new_x[j];
+            }
+        }
+    }
 }
 
 // VEC4: a lane's vec4s of a row, 16 bytes a load. KEPT_VECTORS: its
@@ -427,10 +461,18 @@ fn load_kept4(site: RowSite, lane: u32, cur: u32) -> Kept4 {
             }
         }
     } else if (KEEP && KEPT_VECTORS && site.live) {
-        for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
-            let k = kept_col(lane, j);
-            if (k < D) {
-                kept = kept_with(kept, j, load_x(cur, site.base + k));
+        // As load_kept: the buffer picked once.
+        if (cur == 0u) {
+            for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
+                if (has_kept(lane, j)) {
+                    kept = kept_with(kept, j, table_a[site.base + kept_col(lane, j)]);
+                }
+            }
+        } else {
+            for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
+                if (has_kept(lane, j)) {
+                    kept = kept_with(kept, j, table_b[site.base + kept_col(lane, j)]);
+                }
             }
         }
     }
@@ -551,7 +593,7 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
         } else if (KEEP) {
             for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
                 let k = kept_col(lane, j);
-                if (k < D) {
+                if (has_kept(lane, j)) {
                     let x = kept_x(kept, kept4, j);
                     part = vec4<f32>(accumulate_sq(part.xy, x, anchors[k], anchors[D + k]),
                                      part.z + select(0.0, 1.0, is_nonfinite(x)), 0.0);
@@ -680,9 +722,17 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
             // value was non-finite; the details are worked out again from
             // the kept values for such a lane alone.
             var any_bad = false;
+            // Without momentum or an undo log, a column's new value is all
+            // that is written: they are written after the loop, the buffer
+            // picked once (`store_kept`), not at every store. (Not with
+            // KEPT_VECTORS: RADV's compiler holds new values in a Kept4 in
+            // 24 more registers than in an array, and this path is to be
+            // compared with the array's as it was.)
+            let later = !MOMENTUM && !undo_log() && !KEPT_VECTORS;
+            var new_x: array<f32, MAX_KEPT>;
             for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
                 let k = kept_col(lane, j);
-                if (k < D) {
+                if (has_kept(lane, j)) {
                     let x = kept_x(kept, kept4, j);
                     let v_old = load_v(cur, base + k);
                     if (KEPT_VECTORS) {
@@ -693,13 +743,20 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
                     let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned, anchor);
                     let nv = step_value(x, g, v_old, lr, poisoned);
                     any_bad = any_bad || is_nonfinite(g) || is_nonfinite(nv.x);
-                    put(cur, base, out_base, k, x, v_old, nv);
+                    if (later) {
+                        new_x[j] = nv.x;
+                    } else {
+                        put(cur, base, out_base, k, x, v_old, nv);
+                    }
                 }
+            }
+            if (later) {
+                store_kept(cur, out_base, lane, new_x);
             }
             if (SCAN && any_bad) {
                 for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
                     let k = kept_col(lane, j);
-                    if (k < D) {
+                    if (has_kept(lane, j)) {
                         let x = kept_x(kept, kept4, j);
                         let v_old = kept_x(kept_v, kept_v4, j);
                         let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned, anchor);
