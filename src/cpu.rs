@@ -732,7 +732,9 @@ impl CpuTrainer {
             self.vel.fill(0.0); // copy_table.wgsl: the velocity restarts
             self.state.restore = false;
         }
-        self.steps_done += 1;
+        // An aborted step is not done: the table is as before it, and a
+        // resume (under another guard) takes it again.
+        self.steps_done += (action != Action::Aborted) as u64;
         let mut rec = self.record(total, d0, action);
         rec.lr = before.lr as f64;
         rec

@@ -581,7 +581,11 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         let records_before = records.len();
         let ran = trainer.steps_streamed(n, &mut |group: Vec<latent_line::Record>| {
             let now = Instant::now();
-            per_step.push(now.duration_since(last).as_secs_f64() / group.len().max(1) as f64);
+            // Steps that ran (after an abort the rest of a submission does nothing).
+            let ran_here = group.iter().filter(|r| r.action != Action::NotRun).count();
+            if ran_here > 0 {
+                per_step.push(now.duration_since(last).as_secs_f64() / ran_here as f64);
+            }
             last = now;
             for (i, r) in group.iter().enumerate() {
                 for e in Event::of_record(done + i, r) {
@@ -806,7 +810,8 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 steps_with_skipped_rows: count(Action::SkippedRows),
                 rollbacks: count(Action::RolledBack),
                 aborted_at,
-                steps_done: start + records.len() - 1,
+                // (An aborted step is not done: a resume takes it again.)
+                steps_done: aborted_at.unwrap_or(start + records.len() - 1),
                 interrupted: aborted_at.is_none() && interrupted(),
                 lr_last: last.lr,
                 final_scan,

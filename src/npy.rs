@@ -421,10 +421,17 @@ fn keep_old(path: &Path) -> std::io::Result<Old> {
     std::fs::remove_file(&name)?;
     match std::fs::hard_link(path, &name) {
         Ok(()) => Ok(Old::Kept(name)),
-        Err(_) => {
+        Err(e) => {
             // Nothing is at `name`: forget it without removing anything.
             let _ = name.keep();
-            Ok(Old::Unkept)
+            // A file system without hard links (or not for this file) goes
+            // on unkept; anything else (a full disk) stops the commit
+            // before it renames.
+            use std::io::ErrorKind::{CrossesDevices, PermissionDenied, Unsupported};
+            match e.kind() {
+                Unsupported | PermissionDenied | CrossesDevices => Ok(Old::Unkept),
+                _ => Err(e),
+            }
         }
     }
 }
@@ -434,7 +441,11 @@ fn undo(done: Vec<(PathBuf, Old)>) {
     for (path, old) in done.into_iter().rev() {
         match old {
             Old::Kept(b) => {
-                let _ = b.persist(&path);
+                // Put back; if even that fails, the old contents stay under
+                // the link's name rather than be removed with it.
+                if let Err(e) = b.persist(&path) {
+                    let _ = e.path.keep();
+                }
             }
             Old::Absent => {
                 let _ = std::fs::remove_file(&path);

@@ -116,7 +116,9 @@ pub struct Summary {
     pub rollbacks: usize,
     /// The step the guard aborted at, if it did.
     pub aborted_at: Option<usize>,
-    /// Steps of the run done, from its start (a resumed run's included).
+    /// Steps of the run done, from its start (a resumed run's included);
+    /// an aborted step is not done (the table is as before it), so after an
+    /// abort this is `aborted_at`, where a resume goes on.
     pub steps_done: usize,
     /// Ctrl-C stopped the run before its --steps (exit code 130).
     pub interrupted: bool,

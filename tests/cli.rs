@@ -336,7 +336,13 @@ fn a_guarded_run_reports_every_event_and_abort_exits_3_with_the_table_before_the
         assert!(data.iter().zip(&table).all(|(a, b)| a.to_bits() == b.to_bits()), "{backend}: saved table changed");
         let r = report(&dir.p(&format!("abort-{backend}.json")));
         assert_eq!(r["summary"]["aborted_at"], 0);
-        assert_eq!(r["summary"]["steps_done"], 1);
+        // The aborted step is not done (the table is as before it): the
+        // summary and the checkpoint agree, on either backend, and a
+        // resume would take step 0 again.
+        assert_eq!(r["summary"]["steps_done"], 0, "{backend}");
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(format!("{save}.state.json")).unwrap()).unwrap();
+        assert_eq!(state["steps"], 0, "{backend}: {state}");
         // A loss term is not finite: the max, like the loss and the mean, is null.
         assert!(r["steps"][0]["max_excess"].is_null(), "{}", r["steps"][0]);
         let ev = &r["events"];
@@ -478,7 +484,7 @@ fn the_fused_steps_shape_switches_are_taken_and_checked() {
         ("LATENT_LINE_KEEP", "0"),
     ]);
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success() && out.contains(", no read-ahead, columns read twice\n"), "{out}{}", stderr(&o));
+    assert!(o.status.success() && out.contains(", no read-ahead, columns read twice"), "{out}{}", stderr(&o));
     for (var, said) in [("LATENT_LINE_KEPT_VECTORS", ", kept in vectors"), ("LATENT_LINE_VEC4", ", 16-byte loads")] {
         let o = gpu_run(&[("LATENT_LINE_LANES", "4"), (var, "1")]);
         let out = String::from_utf8_lossy(&o.stdout);
@@ -980,12 +986,18 @@ fn profile_times_every_kernel_of_the_run() {
 /// must reach the compiled code (fewer instructions: no unrolled copies).
 #[test]
 fn driver_statistics_come_from_a_real_gpu_compiler() {
-    let icds = "/usr/share/vulkan/icd.d";
-    let lvp = format!("{icds}/lvp_icd.x86_64.json");
-    let radv = format!("{icds}/radeon_icd.x86_64.json");
-    for f in [&lvp, &radv] {
-        assert!(Path::new(f).exists(), "{f} missing: .ci/run installs Mesa's Vulkan drivers (mesa-vulkan-drivers)");
-    }
+    // Mesa's ICD files, named by architecture (lvp_icd.x86_64.json, …).
+    let icd = |driver: &str| {
+        let dir = "/usr/share/vulkan/icd.d";
+        let found = std::fs::read_dir(dir).ok().and_then(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{driver}_icd."))))
+        });
+        found.unwrap_or_else(|| {
+            panic!("no {driver}_icd.*.json in {dir}: the tests need Mesa's Vulkan drivers (mesa-vulkan-drivers)")
+        })
+    };
+    let (lvp, radv) = (icd("lvp").display().to_string(), icd("radeon").display().to_string());
     let d = Dir::new();
     let rep = d.s("r.json");
     let stats_of = |keep: &str| {
@@ -1002,7 +1014,7 @@ fn driver_statistics_come_from_a_real_gpu_compiler() {
             .expect("run latent-line");
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
-        assert!(out.contains("compiled again on Null hardware (RADV NAVI21)"), "{out}");
+        assert!(out.contains("compiled again on ") && out.contains("(RADV "), "{out}");
         let ds = report(&d.p("r.json"))["driver_stats"].clone();
         assert!(ds["unavailable"].is_null(), "{ds}");
         assert!(ds["device"].as_str().unwrap().contains("RADV"), "{ds}");

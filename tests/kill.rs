@@ -29,11 +29,16 @@ fn signal(child: &Child, sig: &str) {
     assert!(ok, "kill {sig} failed");
 }
 
-/// Waits for `path` to exist (the first checkpoint), up to a limit.
-fn wait_for(path: &std::path::Path, limit: Duration) {
+/// Waits for `path` to exist (the first checkpoint), up to a limit; past
+/// it the child is killed (not left running a long run) and the test fails.
+fn wait_for(child: &mut Child, path: &std::path::Path, limit: Duration) {
     let t = Instant::now();
     while !path.exists() {
-        assert!(t.elapsed() < limit, "{} never appeared", path.display());
+        if t.elapsed() >= limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{} never appeared", path.display());
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -49,8 +54,8 @@ fn sigint_saves_reports_and_exits_130() {
         let args = ["--backend", backend, "--rows", "20000", "--dim", "8", "--steps", "10000000"];
         // The first checkpoint (step 20) shows the run is under way: the
         // interrupt then lands among the steps, not in the start-up.
-        let child = spawn(&[&args[..], &["--save", o, "--report", p, "--checkpoint-every", "20"]].concat());
-        wait_for(&out, Duration::from_secs(120));
+        let mut child = spawn(&[&args[..], &["--save", o, "--report", p, "--checkpoint-every", "20"]].concat());
+        wait_for(&mut child, &out, Duration::from_secs(120));
         std::thread::sleep(Duration::from_millis(r.random_range(0..500)));
         signal(&child, "-INT");
         let done = child.wait_with_output().unwrap();
@@ -87,7 +92,7 @@ fn sigkill_during_saves_never_leaves_a_partial_output() {
         // A save every step: the kill lands in a save most of the time.
         let mut child =
             spawn(&["--backend", "cpu", "--load", i, "--save", o, "--steps", "1000000", "--checkpoint-every", "1"]);
-        wait_for(&out, Duration::from_secs(60));
+        wait_for(&mut child, &out, Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(r.random_range(0..400)));
         signal(&child, "-KILL");
         let _ = child.wait();

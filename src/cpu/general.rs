@@ -477,7 +477,7 @@ impl CpuTrainer {
             self.state.restore = false;
         }
         self.scratch = Scratch { coefs, rows: xnew, vel: vnew, keep };
-        self.steps_done += 1;
+        self.steps_done += (action != Action::Aborted) as u64; // as in `pass`
         let mut rec = self.record(out, d0, action);
         rec.lr = before.lr as f64;
         rec.batch = plan.entries;

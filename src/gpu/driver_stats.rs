@@ -262,7 +262,7 @@ impl Probe {
             .iter()
             .position(|q| q.queue_flags.contains(vk::QueueFlags::COMPUTE))
         else {
-            return Ok(Err(format!("{} has no compute queue", ctx.info.name)));
+            return Ok(Err(format!("{} has no compute queue", name_of(pd))));
         };
         let priorities = [1.0];
         let queues =

@@ -80,7 +80,8 @@ pub enum StepPath {
 pub struct GpuOptions {
     /// Cap on rows per storage binding; tests set it to force several chunks.
     pub max_chunk_rows: Option<usize>,
-    /// Workgroup size wanted (clamped to the device, power of two ≤ 256).
+    /// Workgroup size wanted (a power of two ≤ 256, else refused; lowered to
+    /// the device's limit where that is smaller).
     /// `None`: `LATENT_LINE_WORKGROUP` where set, else 256 on a hardware
     /// GPU, 64 on a software adapter (lavapipe runs each workgroup barrier
     /// as a thread switch).
@@ -1788,6 +1789,16 @@ impl GpuTrainer {
                 r
             })
             .collect();
+        // Every step encoded was counted; the aborted one (the table is as
+        // before it: a resume takes it again) and those after it, which did
+        // nothing, are not done.
+        let undone = records
+            .iter()
+            .filter(|r| {
+                first.is_some() && matches!(r.action, crate::guard::Action::Aborted | crate::guard::Action::NotRun)
+            })
+            .count();
+        self.steps_done -= undone as u64;
         Ok(records)
     }
 
@@ -1882,14 +1893,15 @@ fn in_timed_rounds(
 /// A shape option as given, else its tuning switch from the environment
 /// (no rebuild): a power of two, or `None` when unset.
 fn or_env(given: Option<u32>, name: &'static str, max: u32) -> Result<Option<u32>> {
-    let v = match (given, std::env::var(name)) {
-        (Some(n), _) => n.to_string(),
+    // An error names where the value came from: the option, or the variable.
+    let (v, from, also) = match (given, std::env::var(name)) {
+        (Some(n), _) => (n.to_string(), "GpuOptions", format!(" (as {name})")),
         (None, Err(_)) => return Ok(None),
-        (None, Ok(v)) => v,
+        (None, Ok(v)) => (v, name, String::new()),
     };
     match v.parse::<u32>() {
         Ok(n) if n.is_power_of_two() && n <= max => Ok(Some(n)),
-        _ => Err(Error::invalid(name, format!("{v:?}: use a power of two, at most {max}"))),
+        _ => Err(Error::invalid(from, format!("{v:?}{also}: use a power of two, at most {max}"))),
     }
 }
 
