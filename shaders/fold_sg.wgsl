@@ -13,11 +13,11 @@
 
 override SG: u32 = 32u;   // the adapter's subgroup_min_size (a power of two)
 
-var<workgroup> wg_row: array<vec4<f32>, MAX_WG>;
+var<workgroup> wg_row: array<vec3<f32>, MAX_WG>;
 
 // Folds v over the L lanes of each row; every lane gets its row's total.
 // All lanes must call it.
-fn row_fold(lid: u32, v: vec4<f32>) -> vec4<f32> {
+fn row_fold(lid: u32, v: vec3<f32>) -> vec3<f32> {
     if (L == 1u) {
         return v;
     }

@@ -4,11 +4,11 @@
 // gives the same bits with subgroup shuffles; the host composes one or the
 // other (src/gpu/shaders.rs: FUSED_STEP, FUSED_STEP_SG).
 
-var<workgroup> wg_row: array<vec4<f32>, MAX_WG>;
+var<workgroup> wg_row: array<vec3<f32>, MAX_WG>;
 
 // Folds v over the L lanes of each row; every lane gets its row's total.
 // All lanes must call it (it has barriers).
-fn row_fold(lid: u32, v: vec4<f32>) -> vec4<f32> {
+fn row_fold(lid: u32, v: vec3<f32>) -> vec3<f32> {
     if (L == 1u) {
         return v;   // one lane per row: nothing to fold (uniform: L is an override)
     }

@@ -607,7 +607,7 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
             }
         }
     }
-    let folded = row_fold(lid, part);
+    let folded = row_fold(lid, part.xyz);
     let s = pin_anchors(folded.xy, row, params.anchor_a, params.anchor_b, state.s0);
     let in_bad = folded.z > 0.0;
     let d1 = safe_dist(s.x, params.eps);
@@ -653,7 +653,7 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
                 g2 = g2 + g * g;
             }
         }
-        let row_g2 = row_fold(lid, vec4<f32>(g2, 0.0, 0.0, 0.0)).x;
+        let row_g2 = row_fold(lid, vec3<f32>(g2, 0.0, 0.0)).x;
         if (lane == 0u && !is_nonfinite(row_g2)) {
             norm2 = row_g2;
         }
@@ -674,7 +674,7 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
                 }
             }
             let lane_bad = row_scan_bad(gs) || row_scan_bad(ts);
-            let lanes_bad = row_fold(lid, vec4<f32>(select(0.0, 1.0, lane_bad), 0.0, 0.0, 0.0)).x > 0.0;
+            let lanes_bad = row_fold(lid, vec3<f32>(select(0.0, 1.0, lane_bad), 0.0, 0.0)).x > 0.0;
             let row_bad = lanes_bad;   // what would be written (the loss alone is reported)
             if (writes && !row_bad) {
                 for (var k = lane; k < D; k = k + L) {
