@@ -181,7 +181,8 @@ struct TrainArgs {
     #[arg(long, default_value = latent_line::tables::DEFAULT_TENSOR)]
     tensor: String,
     /// Continue a run from this checkpoint (a table saved by latent-line,
-    /// with its step count); --steps is the total, as for an unbroken run.
+    /// with its step count and options: give the same ones; the guard may
+    /// change); --steps is the total, as for an unbroken run.
     #[arg(long, value_name = "FILE", conflicts_with = "load")]
     resume: Option<PathBuf>,
     /// Save the table (and the run state) to --save every N steps.
