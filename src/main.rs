@@ -321,9 +321,13 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             }
         }
     }
-    // --save's sidecars are written too: never over a file the run reads.
+    // --save's sidecars are written too: never over a file the run reads,
+    // nor where a folder is (found now, not after the training).
     for (side_opt, side) in &inputs[3..] {
         let Some(side) = side else { continue };
+        if side.is_dir() {
+            bail!("invalid --save: {side_opt} would be written at {}, which is a folder", side.display());
+        }
         for (opt, input) in &inputs[..3] {
             if input.as_ref().is_some_and(|i| same_file(side, i)) {
                 bail!(

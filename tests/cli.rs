@@ -742,9 +742,12 @@ fn outputs_never_overwrite_the_runs_other_files() {
     std::fs::copy(&idx, dir.p("j.npy.state.json")).unwrap();
     let (w, wv, j, js) = (dir.s("w.npy"), dir.s("w.npy.velocity.npy"), dir.s("j.npy"), dir.s("j.npy.state.json"));
     let contents = || dir.files().iter().map(|f| std::fs::read(dir.p(f)).unwrap_or_default()).collect::<Vec<_>>();
+    std::fs::create_dir(dir.p("k.npy.state.json")).unwrap();
+    let k = dir.s("k.npy");
     for (args, side, other) in [
         (vec!["--load", &wv, "--momentum", "0.9", "--save", &w], "--save's velocity", "--load"),
         (vec!["--load", &t, "--indices", &js, "--save", &j], "--save's run state", "--indices"),
+        (vec!["--load", &t, "--save", &k], "--save's run state", "which is a folder"),
     ] {
         let keep = (dir.files(), contents());
         let o = run(&[&["--backend", "cpu", "--steps", "2"], &args[..]].concat());
