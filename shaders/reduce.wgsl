@@ -183,9 +183,10 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     // written. A non-finite loss term alone is reported, not acted on (a
     // row read with a non-finite value is poisoned, so it is in both).
     var bad = false;
+    let hits = scan_take_hits(lid);
     for (var buf = 0u; buf < SCAN_BUFS; buf = buf + 1u) {
         let block = slot + REC_HEADER + buf * SCAN_WORDS;
-        let found = scan_collect(lid, buf, rp.count, state.stamp, block, !BATCHED);
+        let found = scan_collect(lid, buf, rp.count, state.stamp, block, !BATCHED, hits[buf]);
         if (BATCHED && found) {
             batch_findings(lid, buf, rp.count, state.stamp, block);
         }

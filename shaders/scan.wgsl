@@ -8,7 +8,8 @@
 //  2. `scan_flush`: lane 0 writes the workgroup's finding, stamped with the
 //     pass, to `scan_detail` and counts the workgroup in `scan_hits`; a
 //     clean workgroup writes nothing;
-//  3. `scan_collect` (one workgroup, after the pass): when `scan_hits` says
+//  3. `scan_collect` (one workgroup, after the pass; `scan_take_hits`
+//     first): when `scan_hits` says
 //     there is anything, folds the stamped findings in row order into one
 //     block: 64-bit counts, the first element, the lowest SCAN_CAP rows.
 // A batch's pass runs over slots, not rows in order: there the flush gets
@@ -40,6 +41,7 @@ var<workgroup> sc_col: array<u32, 768>;           // … and its column
 var<workgroup> sc_row: array<u32, 768>;           // … and its row (a lane may see several)
 var<workgroup> sc_lanes: array<atomic<u32>, 24>;  // buf·8 + word: bit l, lane slot l has a finding
 var<workgroup> sc_flag: u32;
+var<workgroup> sc_hits: vec4<u32>;
 
 // (NaN, +Inf, −Inf) as a one-hot of a value's bits; zeros when finite.
 fn classify(v: f32) -> vec3<u32> {
@@ -175,18 +177,28 @@ fn detail_rows(at: u32) -> u32 {
     return n;
 }
 
+// One workgroup of WG lanes, all calling, before `scan_collect`: lane 0
+// takes the workgroups counted in `scan_hits` for every buffer (at most 4)
+// and clears them for the next pass, all in one round trip to memory (a
+// clean pass's collection is this and little else); every lane gets them.
+fn scan_take_hits(lid: u32) -> vec4<u32> {
+    if (lid == 0u) {
+        var h = vec4<u32>(0u);
+        for (var b = 0u; b < SCAN_BUFS; b = b + 1u) {
+            h[b] = atomicExchange(&scan_hits[b], 0u);
+        }
+        sc_hits = h;
+    }
+    return workgroupUniformLoad(&sc_hits);
+}
+
 // One workgroup of WG lanes, all calling: folds the findings of `buf` over
 // `nwg` workgroups stamped `stamp` into the block at scan_out[out..], in
-// row order, and clears `scan_hits[buf]` for the next pass. Returns whether
+// row order; `hits` is its count from `scan_take_hits`. Returns whether
 // anything was found (uniform). With `in_order` false (a batch's slots)
 // only the counts are folded: the first element and the rows are left to
 // the caller.
-fn scan_collect(lid: u32, buf: u32, nwg: u32, stamp: u32, out: u32, in_order: bool) -> bool {
-    if (lid == 0u) {
-        sc_flag = atomicLoad(&scan_hits[buf]);
-        atomicStore(&scan_hits[buf], 0u);
-    }
-    let hits = workgroupUniformLoad(&sc_flag);
+fn scan_collect(lid: u32, buf: u32, nwg: u32, stamp: u32, out: u32, in_order: bool, hits: u32) -> bool {
     for (var j = lid; j < SCAN_WORDS; j = j + WG) {
         scan_out[out + j] = 0u;
     }

@@ -12,5 +12,5 @@ struct ScanParams {
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32) {
-    scan_collect(lid, 0u, sp.count, sp.stamp, 0u, true);
+    scan_collect(lid, 0u, sp.count, sp.stamp, 0u, true, scan_take_hits(lid).x);
 }
