@@ -29,6 +29,9 @@ for l in sys.stdin:
         while read -r name exe; do cp "$exe" ".dev/bin/$name"; done
     cp target/release/latent-line .dev/bin/
     strip .dev/bin/*
+    # The commit the binaries were built from (dirty: uncommitted changes),
+    # in .gl (carried whole) for the log to name.
+    echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (dirty)')" > .gl/COMMIT
     if ! ls .gl/libvulkan1_*.deb >/dev/null 2>&1; then
         o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
         mkdir -p /tmp/amd64/partial && apt-get $o update -qq && (cd .gl && apt-get $o download libvulkan1)
@@ -59,6 +62,7 @@ mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu-log.txt") 2>&1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 date -u
+echo "binaries built from $(cat .gl/COMMIT 2>/dev/null || echo 'an unknown commit (no .gl/COMMIT)')"
 echo "== latent-line devices (for the README)"
 "$B/latent-line" devices
 
