@@ -791,7 +791,7 @@ impl Trainer for CpuTrainer {
         self.stop = Some(flag);
     }
     fn step_rows(&mut self, rows: &[u32]) -> Result<Record> {
-        let ib = crate::batches::IndexBatches::new(vec![rows.iter().map(|&r| r as i128).collect()], self.shape.rows)?;
+        let ib = crate::batches::IndexBatches::new(vec![rows.to_vec()], self.shape.rows)?;
         let (a, b) = (self.cfg.anchor_a as u32, self.cfg.anchor_b as u32);
         Ok(self.step_slots(&StepSlots::new(ib.batch(0), a, b, true)))
     }

@@ -410,6 +410,9 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
 
     // --resume: the run state saved beside the checkpoint, checked before
     // any work.
+    // The options that shape the run: checked against a resumed
+    // checkpoint's, saved in this run's.
+    let options = run_options(&cfg, &batches);
     let resumed = match &args.resume {
         Some(path) => {
             let state = tables::load_state(path, carried.as_ref())?.ok_or_else(|| {
@@ -427,13 +430,11 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             // SPEC §13: a resume continues the same run, so the options that
             // shape its course must be the checkpoint's.
             if let Some(saved) = &state.options {
-                let ours = run_options(&cfg, &batches);
                 let differ: Vec<String> = saved
                     .iter()
-                    .filter(|(k, v)| ours.iter().find(|(o, _)| o == k).map(|(_, w)| w) != Some(v))
-                    .map(|(k, v)| {
-                        let now = ours.iter().find(|(o, _)| o == k).map_or("(none)", |(_, w)| w.as_str());
-                        format!("{k} {v} (this run: {now})")
+                    .filter_map(|(k, v)| {
+                        let now = options.iter().find(|(o, _)| o == k).map(|(_, w)| w.as_str());
+                        (now != Some(v.as_str())).then(|| format!("{k} {v} (this run: {})", now.unwrap_or("(none)")))
                     })
                     .collect();
                 if !differ.is_empty() {
@@ -476,7 +477,6 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         }
         None => None,
     };
-    let options = run_options(&cfg, &batches);
     let batched = !batches.is_full();
     let (mut trainer, why) = open_trainer(args, shape, cfg, source, batches)?;
     trainer.set_stop(stop_flag);
@@ -583,7 +583,6 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         }
         let segment = Instant::now();
         let mut last = segment;
-        let records_before = records.len();
         let ran = trainer.steps_streamed(n, &mut |group: Vec<latent_line::Record>| {
             let now = Instant::now();
             // Steps that ran (after an abort the rest of a submission does nothing).
@@ -591,6 +590,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             if ran_here > 0 {
                 per_step.push(now.duration_since(last).as_secs_f64() / ran_here as f64);
             }
+            wall_steps += ran_here;
             last = now;
             for (i, r) in group.iter().enumerate() {
                 for e in Event::of_record(done + i, r) {
@@ -643,9 +643,6 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             !halted && !interrupted()
         })?;
         wall += last.duration_since(segment);
-        // Steps that ran: after an abort the device passes over the rest
-        // of the submission without doing anything (Action::NotRun).
-        wall_steps += records[records_before..].iter().filter(|r| r.action != Action::NotRun).count();
         if ran == 0 || interrupted() {
             out!("interrupted after step {done}: saving and reporting");
             break;
@@ -1060,7 +1057,12 @@ fn save_checkpoint(
 /// what it writes, and the guard (which acts only on a failing step: after
 /// an `abort`, going on under `skip-row` is a resume) are free to change.
 fn run_options(cfg: &StepConfig, batches: &Batches) -> Vec<(String, String)> {
-    let mut o: Vec<(&str, String)> = vec![
+    let batches = match batches {
+        Batches::Full => "the full table".into(),
+        Batches::Random { size, seed } => format!("--batch {size} --seed {seed}"),
+        Batches::Indices(ib) => format!("--indices (a file of fingerprint {:016x})", ib.fingerprint()),
+    };
+    let o: [(&str, String); 12] = [
         ("--lr", format!("{:?}", cfg.lr)),
         ("--eps", format!("{:?}", cfg.eps)),
         ("--naive", cfg.naive.to_string()),
@@ -1072,15 +1074,8 @@ fn run_options(cfg: &StepConfig, batches: &Batches) -> Vec<(String, String)> {
         ("--clip-norm", format!("{:?}", cfg.clip_norm)),
         ("--margin", format!("{:?}", cfg.margin)),
         ("--margin-weight", format!("{:?}", cfg.margin_weight)),
+        ("batches:", batches),
     ];
-    o.push((
-        "batches:",
-        match batches {
-            Batches::Full => "the full table".into(),
-            Batches::Random { size, seed } => format!("--batch {size} --seed {seed}"),
-            Batches::Indices(ib) => format!("--indices (a file of fingerprint {:016x})", ib.fingerprint()),
-        },
-    ));
     o.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 

@@ -1792,13 +1792,10 @@ impl GpuTrainer {
         // Every step encoded was counted; the aborted one (the table is as
         // before it: a resume takes it again) and those after it, which did
         // nothing, are not done.
-        let undone = records
-            .iter()
-            .filter(|r| {
-                first.is_some() && matches!(r.action, crate::guard::Action::Aborted | crate::guard::Action::NotRun)
-            })
-            .count();
-        self.steps_done -= undone as u64;
+        if first.is_some() {
+            use crate::guard::Action::{Aborted, NotRun};
+            self.steps_done -= records.iter().filter(|r| matches!(r.action, Aborted | NotRun)).count() as u64;
+        }
         Ok(records)
     }
 
@@ -1983,7 +1980,7 @@ impl Trainer for GpuTrainer {
                  (Batches::Indices or Batches::Random) to step on given rows",
             ));
         };
-        let ib = crate::batches::IndexBatches::new(vec![rows.iter().map(|&r| r as i128).collect()], self.shape.rows)?;
+        let ib = crate::batches::IndexBatches::new(vec![rows.to_vec()], self.shape.rows)?;
         let slots = StepSlots::new(ib.batch(0), self.cfg.anchor_a as u32, self.cfg.anchor_b as u32, true);
         if slots.slots.len() > b.cap as usize {
             return Err(Error::invalid(
