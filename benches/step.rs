@@ -16,7 +16,10 @@
 //!                   read twice; with them kept in vectors, not an array
 //!   eval, eval-vec4 (gpu-time) the evaluation pass: every row read and its
 //!                   sums folded, nothing written (bytes: read)
-//!   scan            the table scan of `latent-line scan`, beside a copy
+//!   scan            the table scan of `latent-line scan` (16-byte loads;
+//!                   scan-4byte: 4-byte), beside scan-copy, a copy of the
+//!                   table per GiB moved (gpu: `copy_buffer_to_buffer`,
+//!                   wall; gpu-time: the 16-byte shader copy)
 //!   batch-random    a random batch of 65 536 rows (4 096 on a software
 //!                   adapter) drawn on the device, default guard
 //!   batch-indices   user batches of the same size with repeats (rows drawn
@@ -190,20 +193,17 @@ fn gpu(c: &mut Criterion) {
             bench_steps(&mut g, format!("{name}-{bsize}/{id}"), &mut t);
         }
     }
-    // The table scan over 1 GiB (64 MiB on a software adapter).
-    let shape = Shape::new(if hardware { 1 << 22 } else { 1 << 18 }, 64).expect("valid shape");
-    let id = format!("{}x{}", shape.rows, shape.dim);
-    let opts = GpuOptions { fused_scans: false, ..GpuOptions::default() };
-    let mut t =
-        GpuTrainer::new(ctx.clone(), shape, config(shape, Policy::Ignore), TableSource::Random { seed: 2 }, opts)
-            .expect("GPU trainer");
-    g.throughput(Throughput::Bytes(shape.bytes()));
+    // The table scan over 1 GiB (64 MiB on a software adapter), wall clock
+    // beside `copy_buffer_to_buffer` per GiB moved.
+    let (id, mut t) = scan_table(&ctx, hardware);
+    g.throughput(Throughput::Bytes(t.shape().bytes()));
     g.bench_function(format!("scan-copy/{id}"), |b| b.iter_custom(|n| t.time_table_copies(n).expect("copy") / 2));
     g.bench_function(format!("scan/{id}"), |b| b.iter_custom(|n| t.time_table_scans(n as u32).expect("scan")));
     g.bench_function(format!("scan-4byte/{id}"), |b| {
         b.iter_custom(|n| t.time_table_scans_4byte(n as u32).expect("scan"))
     });
     g.finish();
+    drop(t); // one table on the device at a time
 
     // GPU time from timestamp queries, beside a copy by a compute shader
     // (copy.wgsl): the device's own time, no host in it.
@@ -318,7 +318,28 @@ fn gpu(c: &mut Criterion) {
             bench_gpu_time(&mut g, format!("{name}-{bsize}/{id}"), &mut t);
         }
     }
+    // The table scan by its GPU time, beside the 16-byte shader copy of the
+    // same table per GiB moved (a copy moves each byte twice, the scan once).
+    let (id, mut t) = scan_table(&ctx, hardware);
+    g.throughput(Throughput::Bytes(t.shape().bytes()));
+    g.bench_function(format!("scan-copy/{id}"), |b| {
+        b.iter_custom(|n| t.gpu_time_table_copies(n as u32, true).expect("copy").expect("timestamps") / 2)
+    });
+    for (name, wide) in [("scan", true), ("scan-4byte", false)] {
+        g.bench_function(format!("{name}/{id}"), |b| {
+            b.iter_custom(|n| t.gpu_time_table_scans(n as u32, wide).expect("scan").expect("timestamps"))
+        });
+    }
     g.finish();
+}
+
+/// The scan benches' table: 1 GiB (64 MiB on a software adapter), 64 wide.
+fn scan_table(ctx: &Arc<GpuContext>, hardware: bool) -> (String, GpuTrainer) {
+    let shape = Shape::new(if hardware { 1 << 22 } else { 1 << 18 }, 64).expect("valid shape");
+    let opts = GpuOptions { fused_scans: false, ..GpuOptions::default() };
+    let t = GpuTrainer::new(ctx.clone(), shape, config(shape, Policy::Ignore), TableSource::Random { seed: 2 }, opts)
+        .expect("GPU trainer");
+    (format!("{}x{}", shape.rows, shape.dim), t)
 }
 
 fn cpu(c: &mut Criterion) {

@@ -3,6 +3,14 @@
 // tile's elements so that loads are coalesced (`main_vec4`: 16 bytes a
 // load where D is a multiple of 4). Findings go through
 // scan.wgsl (SCAN_BUFS = 1); scan_finish.wgsl folds them.
+//
+// A whole tile is read by a loop of constant count (D, an override) whose
+// body only folds an integer minimum, with no branch: a compiler can issue
+// all of a lane's loads before the first returns, where a test and branch
+// after each load kept one load in flight a lane (RADV's code waited on
+// every load in turn: BENCHMARKS.md). Only a lane that saw a non-finite
+// value reads its elements again to note them (the findings are atomics,
+// the same in any order). The last, partial tile takes the plain loop.
 // Host owner: `TableScanner` (src/gpu/scan.rs); CPU mirror: `scan_rows`.
 
 struct ScanParams {
@@ -27,6 +35,29 @@ fn note_element(e: u32, v: f32) {
     }
 }
 
+// note_element for the 4 elements of the tile's vec4 e4, looked at one by
+// one only when one of them is not finite.
+fn note_vec4(e4: u32, v: vec4<f32>) {
+    if (any(exponent_gap4(bitcast<vec4<u32>>(v)) == vec4<u32>(0u))) {
+        for (var c = 0u; c < 4u; c = c + 1u) {
+            note_element(e4 * 4u + c, v[c]);
+        }
+    }
+}
+
+// A value's exponent bits that are 0: none exactly when it is not finite
+// (all ones), so the minimum over a lane's values is 0 exactly when one of
+// them is not finite — an integer minimum, one branch after all the loads.
+const NONFINITE_NONE: u32 = 0x7f800000u;
+
+fn exponent_gap(bits: u32) -> u32 {
+    return ~bits & 0x7f800000u;
+}
+
+fn exponent_gap4(bits: vec4<u32>) -> vec4<u32> {
+    return ~bits & vec4<u32>(0x7f800000u);
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
@@ -39,9 +70,22 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
         return;          // uniform: the whole workgroup leaves
     }
     let base = tile * D;
-    let n = min(WG, chunk.rows - tile) * D;
-    for (var e = lid; e < n; e = e + WG) {
-        note_element(e, table[base + e]);
+    if (tile + WG <= chunk.rows) {
+        // A whole tile: D loads a lane, none waiting on another (see the top).
+        var seen = NONFINITE_NONE;
+        for (var k = 0u; k < D; k = k + 1u) {
+            seen = min(seen, exponent_gap(bitcast<u32>(table[base + k * WG + lid])));
+        }
+        if (seen == 0u) {
+            for (var k = 0u; k < D; k = k + 1u) {
+                note_element(k * WG + lid, table[base + k * WG + lid]);
+            }
+        }
+    } else {
+        let n = (chunk.rows - tile) * D;
+        for (var e = lid; e < n; e = e + WG) {
+            note_element(e, table[base + e]);
+        }
     }
     workgroupBarrier();
     if (lid == 0u) {
@@ -68,14 +112,21 @@ fn main_vec4(@builtin(workgroup_id) wg: vec3<u32>,
         return;
     }
     let base4 = tile * (D / 4u);
-    let n4 = min(WG, chunk.rows - tile) * (D / 4u);
-    for (var e4 = lid; e4 < n4; e4 = e4 + WG) {
-        let v = table4[base4 + e4];
-        let b = bitcast<vec4<u32>>(v) & vec4<u32>(0x7f800000u);
-        if (any(b == vec4<u32>(0x7f800000u))) {
-            for (var c = 0u; c < 4u; c = c + 1u) {
-                note_element(e4 * 4u + c, v[c]);
+    if (tile + WG <= chunk.rows) {
+        // A whole tile: D / 4 loads a lane, none waiting on another.
+        var seen = vec4<u32>(NONFINITE_NONE);
+        for (var k = 0u; k < D / 4u; k = k + 1u) {
+            seen = min(seen, exponent_gap4(bitcast<vec4<u32>>(table4[base4 + k * WG + lid])));
+        }
+        if (any(seen == vec4<u32>(0u))) {
+            for (var k = 0u; k < D / 4u; k = k + 1u) {
+                note_vec4(k * WG + lid, table4[base4 + k * WG + lid]);
             }
+        }
+    } else {
+        let n4 = (chunk.rows - tile) * (D / 4u);
+        for (var e4 = lid; e4 < n4; e4 = e4 + WG) {
+            note_vec4(e4, table4[base4 + e4]);
         }
     }
     workgroupBarrier();

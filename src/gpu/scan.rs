@@ -9,6 +9,7 @@ use super::context::GpuContext;
 use super::layout::{grid, ChunkLayout};
 use super::pipes::{bind_at, read_mapped, readback, storage, uniform, Constants};
 use super::shaders;
+use super::timer::{in_timed_rounds, PassTimer};
 use crate::config::Shape;
 use crate::error::{Error, Result};
 use crate::scan::{Scan, SCAN_WORDS};
@@ -125,11 +126,21 @@ impl TableScanner {
 
     /// Encodes one scan of the table: each chunk, then the fold.
     pub fn encode(&mut self, enc: &mut wgpu::CommandEncoder, table: &PreparedScan) {
+        self.encode_pass(enc, table, None);
+    }
+
+    /// `encode`, the pass's begin and end written to `timestamps` if given.
+    fn encode_pass(
+        &mut self,
+        enc: &mut wgpu::CommandEncoder,
+        table: &PreparedScan,
+        timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) {
         self.stamp += 1;
         let p = ScanParamsU { stamp: self.stamp, count: self.groups_total, pad: [0; 2] };
         self.ctx.queue.write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
         let mut pass =
-            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("scan"), timestamp_writes: None });
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("scan"), timestamp_writes: timestamps });
         pass.set_pipeline(&self.scan);
         for (g, (_, groups)) in table.groups.iter().zip(&self.chunks) {
             pass.set_bind_group(0, g, &[]);
@@ -166,6 +177,23 @@ impl TableScanner {
         self.ctx.queue.submit([enc.finish()]);
         self.ctx.wait()?;
         Ok(t.elapsed())
+    }
+
+    /// The GPU's own time of `iters` scans (each one pass: the chunks, then
+    /// the fold) from timestamp queries, or `None` without them
+    /// (benchmarks). Stamps repeat within a submission, as in `time`.
+    pub fn gpu_time(&mut self, table: &PreparedScan, iters: u32) -> Result<Option<std::time::Duration>> {
+        in_timed_rounds(iters, |m| {
+            let Some(timer) = PassTimer::new(&self.ctx, m) else { return Ok(None) };
+            let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+            for i in 0..m {
+                self.encode_pass(&mut enc, table, Some(timer.writes(i)));
+            }
+            timer.resolve(&mut enc, m);
+            self.ctx.queue.submit([enc.finish()]);
+            let secs: f64 = timer.read(&self.ctx, m)?.iter().sum();
+            Ok(Some(std::time::Duration::from_secs_f64(secs)))
+        })
     }
 }
 

@@ -6,6 +6,9 @@ use super::context::GpuContext;
 use super::pipes::{read_mapped, readback};
 use crate::error::Result;
 
+/// Passes timed per query set (wgpu allows 4096 queries, two a pass).
+const TIMED_PASSES: u32 = 1024;
+
 /// Begin/end timestamps for up to `capacity` passes.
 pub struct PassTimer {
     set: wgpu::QuerySet,
@@ -64,4 +67,23 @@ impl PassTimer {
         let ticks: &[u64] = bytemuck::cast_slice(&raw);
         Ok(ticks.chunks_exact(2).map(|t| t[1].saturating_sub(t[0]) as f64 * self.period * 1e-9).collect())
     }
+}
+
+/// Times `n` passes in rounds of at most `TIMED_PASSES` (one query set
+/// each) and sums them; `None` as soon as a round has no timestamps.
+pub(super) fn in_timed_rounds(
+    n: u32,
+    mut round: impl FnMut(u32) -> Result<Option<std::time::Duration>>,
+) -> Result<Option<std::time::Duration>> {
+    let mut total = std::time::Duration::ZERO;
+    let mut left = n;
+    while left > 0 {
+        let m = left.min(TIMED_PASSES);
+        match round(m)? {
+            Some(t) => total += t,
+            None => return Ok(None),
+        }
+        left -= m;
+    }
+    Ok(Some(total))
 }

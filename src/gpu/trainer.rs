@@ -43,7 +43,7 @@ use super::pipes::{
 use super::sampler::SampleU;
 use super::scan::{TableScanner, DETAIL_BYTES};
 use super::shaders::{self, Kernel};
-use super::timer::PassTimer;
+use super::timer::{in_timed_rounds, PassTimer};
 use crate::batches::{Batches, Schedule, StepSlots};
 use crate::config::{Shape, StepConfig};
 use crate::error::{Error, Result};
@@ -61,8 +61,6 @@ const STEPS_PER_SUBMIT: usize = 8;
 /// Submissions in flight, each with its own mapped readback buffer.
 const RING: usize = 4;
 const RECORD_BYTES: u64 = RECORD_WORDS as u64 * 4;
-/// Passes timed per query set (wgpu allows 4096 queries, two a pass).
-const TIMED_PASSES: u32 = 1024;
 
 /// Which kernels a full-table step runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1278,23 +1276,47 @@ impl GpuTrainer {
 
     /// Wall time of `iters` table scans in one submission (benchmarks).
     pub fn time_table_scans(&mut self, iters: u32) -> Result<std::time::Duration> {
-        let cur = self.current()?;
-        self.ensure_scanner();
-        let bufs: Vec<&wgpu::Buffer> = self.chunks.iter().map(|c| c.buffer(cur)).collect();
-        let scanner = self.scanner.as_mut().expect("built above");
-        let prepared = scanner.prepare(&bufs);
-        scanner.time(&prepared, iters)
+        self.with_table_scanner(true, |s, t| s.time(t, iters))
     }
 
     /// `time_table_scans` with 4-byte loads (scan_table.wgsl `main`), where
     /// the default takes 16 bytes a load: the benches' comparison.
     pub fn time_table_scans_4byte(&mut self, iters: u32) -> Result<std::time::Duration> {
+        self.with_table_scanner(false, |s, t| s.time(t, iters))
+    }
+
+    /// The GPU's own time of `iters` table scans from timestamp queries, or
+    /// `None` without them; `wide`: 16-byte loads where D allows (the
+    /// default), else 4-byte (benchmarks).
+    pub fn gpu_time_table_scans(&mut self, iters: u32, wide: bool) -> Result<Option<std::time::Duration>> {
+        self.with_table_scanner(wide, |s, t| s.gpu_time(t, iters))
+    }
+
+    /// Runs `f` with a scanner of the current table: the trainer's own
+    /// (16-byte loads where D allows) for `wide`, else a 4-byte one.
+    fn with_table_scanner<R>(
+        &mut self,
+        wide: bool,
+        f: impl FnOnce(&mut TableScanner, &super::scan::PreparedScan) -> Result<R>,
+    ) -> Result<R> {
         let cur = self.current()?;
+        let mut narrow = None;
+        let scanner = if wide {
+            self.ensure_scanner();
+            self.scanner.as_mut().expect("built above")
+        } else {
+            narrow.insert(TableScanner::with_loads(
+                self.ctx.clone(),
+                self.shape,
+                &self.layout,
+                self.fused.wg,
+                self.max_groups,
+                false,
+            ))
+        };
         let bufs: Vec<&wgpu::Buffer> = self.chunks.iter().map(|c| c.buffer(cur)).collect();
-        let mut scanner =
-            TableScanner::with_loads(self.ctx.clone(), self.shape, &self.layout, self.fused.wg, self.max_groups, false);
         let prepared = scanner.prepare(&bufs);
-        scanner.time(&prepared, iters)
+        f(scanner, &prepared)
     }
 
     /// The fused step's lanes a row when not asked for. On a software
@@ -1866,25 +1888,6 @@ impl GpuTrainer {
         }
         Ok(ran)
     }
-}
-
-/// Times `n` passes in rounds of at most `TIMED_PASSES` (one query set
-/// each) and sums them; `None` as soon as a round has no timestamps.
-fn in_timed_rounds(
-    n: u32,
-    mut round: impl FnMut(u32) -> Result<Option<std::time::Duration>>,
-) -> Result<Option<std::time::Duration>> {
-    let mut total = std::time::Duration::ZERO;
-    let mut left = n;
-    while left > 0 {
-        let m = left.min(TIMED_PASSES);
-        match round(m)? {
-            Some(t) => total += t,
-            None => return Ok(None),
-        }
-        left -= m;
-    }
-    Ok(Some(total))
 }
 
 /// A shape option as given, else its tuning switch from the environment
