@@ -7,6 +7,8 @@
 // row_fold does), so that a row equal to p has s2 = s0 bit for bit and an
 // excess of exactly 0. Reads the current buffer on the device, so a
 // double-buffered guard's choice never goes through the host.
+// Host owner: `GpuTrainer::encode_phase`, `Phase::Anchors`
+// (src/gpu/trainer/encode.rs); CPU mirror: `CpuTrainer::anchors` (src/cpu.rs).
 
 override L: u32 = 1u;   // fused_step.wgsl's lanes per row
 override VEC4: bool = false;   // … and whether they take whole vec4s

@@ -2,7 +2,7 @@
 // element per invocation (consecutive lanes, consecutive addresses): the
 // floor a full-table step is measured against (SPEC §15), through the same
 // API and the same kind of memory access as the kernels. Host owner:
-// `GpuTrainer::time_table_copies` (src/gpu/trainer.rs).
+// `GpuTrainer::gpu_time_table_copies` (src/gpu/trainer/timing.rs).
 
 @group(0) @binding(0) var<storage, read> src: array<f32>;
 @group(0) @binding(1) var<storage, read_write> dst: array<f32>;

@@ -5,7 +5,10 @@
 //             (`state.restore`), so a rollback needs no host round trip;
 //             with momentum the velocity restarts from 0 (it belongs to
 //             the trajectory that failed).
-// Host owner: `GpuTrainer::encode_snapshot` / `encode_restore`.
+// Host owner: `GpuTrainer::encode_phase`, `Phase::Snapshot` and
+// `Phase::Restore` (src/gpu/trainer/encode.rs); CPU mirror:
+// `CpuTrainer::snapshot_if_due` and the restore in `CpuTrainer::pass`
+// (src/cpu.rs).
 
 @group(0) @binding(0) var<storage, read_write> table_a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> table_b: array<f32>;

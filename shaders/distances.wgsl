@@ -1,5 +1,7 @@
 // distances.wgsl — the safe distances of SPEC §3 for each gathered row:
-// dist[j] = (s1, s2, d1, d2). One invocation per batch row.
+// dist[j] = (s1, s2, d1, d2). One invocation per batch row. The staged
+// path (see gather.wgsl); host owner: `GpuTrainer::encode_staged`
+// (src/gpu/trainer/encode.rs); reference: src/reference.rs.
 
 @group(0) @binding(0) var<storage, read> xs: array<f32>;
 @group(0) @binding(1) var<storage, read> anchors: array<f32>;   // p (D), then q (D)

@@ -32,7 +32,8 @@
 // reads the rows first, writes each slot's coefficients and the gradient
 // norm's partial sums (no scans, no writes); anchor_sum.wgsl and
 // prepare.wgsl then give the anchors' gradients and the clip factor.
-// Host owner: `GpuTrainer::encode_phase` (src/gpu/trainer.rs); CPU mirror:
+// Host owner: `GpuTrainer::encode_phase` (src/gpu/trainer/encode.rs;
+// its pipelines: src/gpu/trainer/build.rs); CPU mirror:
 // `CpuTrainer::pass` (src/cpu.rs), for batches and two-read steps
 // src/cpu/general.rs; reference: src/reference.rs.
 

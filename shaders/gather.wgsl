@@ -1,7 +1,9 @@
 // gather.wgsl — the embedding gather: X[j, :] = W[idx[j], :] for the batch
 // entries whose row lies in this chunk (one dispatch per chunk, so a table
 // split across storage bindings needs no dynamic binding index).
-// One invocation per batch element. Host owner: `GpuTrainer::encode_staged`.
+// One invocation per batch element. Host owner: `GpuTrainer::encode_staged`
+// (src/gpu/trainer/encode.rs), the staged path: a cross-check of the fused
+// step, kernel by kernel (`StepPath::Staged`); reference: src/reference.rs.
 
 @group(0) @binding(0) var<storage, read> table: array<f32>;
 @group(0) @binding(1) var<storage, read> indices: array<u32>;

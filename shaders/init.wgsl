@@ -1,5 +1,6 @@
 // init.wgsl — fill one chunk of the table with N(0,1) from the counter RNG.
-// One invocation per element; host owner: `GpuTrainer::new` (src/gpu/trainer.rs).
+// One invocation per element; host owner: `GpuTrainer::encode_generate`
+// (src/gpu/trainer/encode.rs); CPU mirror: `src/rng.rs`.
 
 @group(0) @binding(0) var<storage, read_write> table: array<f32>;
 @group(0) @binding(1) var<uniform> params: Params;

@@ -2,6 +2,8 @@
 //   forward:  r_j, c_j = w_red·sign(r_j); per-workgroup (Σ|r|, max|r|)
 //   backward: G[j, k] = c_j·((x − p)/d1 + (x − q)/d2), NaN where the naive
 //             formula blows up
+// The staged path (see gather.wgsl); host owner: `GpuTrainer::encode_staged`
+// (src/gpu/trainer/encode.rs); reference: src/reference.rs.
 
 @group(0) @binding(0) var<storage, read> xs: array<f32>;
 @group(0) @binding(1) var<storage, read> anchors: array<f32>;   // p (D), then q (D)

@@ -2,7 +2,8 @@
 // partials in a fixed order (Σ|r|, max|r|, near-singular rows), fold the
 // scan findings (scan.wgsl), let the guard decide (SPEC §9), and write the
 // step's record (layout in common.wgsl) into `scan_out`, the records
-// buffer. Host owner: `GpuTrainer::encode_reduce`; CPU mirror:
+// buffer. Host owner: `GpuTrainer::encode_phase`, `Phase::Reduce`
+// (src/gpu/trainer/encode.rs); records decoded by `Record` (src/record.rs); CPU mirror:
 // `guard::decide` (src/guard.rs).
 
 struct ReduceParams {

@@ -1,5 +1,7 @@
 // scan_finish.wgsl — one workgroup: fold the findings of a table scan
 // (scan_table.wgsl) into one scan block at scan_out[0..SCAN_WORDS].
+// Host owner: `TableScanner` (src/gpu/scan.rs); CPU mirror: `scan_rows`
+// (src/scan.rs).
 
 struct ScanParams {
     stamp: u32,

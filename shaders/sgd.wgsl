@@ -1,6 +1,8 @@
 // sgd.wgsl — the SGD update of SPEC §5 scattered back into one chunk:
 // W[idx[j], k] −= lr·G[j, k] for the batch rows in this chunk.
 // Assumes no duplicate indices within the batch (full table, sampler).
+// The staged path (see gather.wgsl); host owner: `GpuTrainer::encode_staged`
+// (src/gpu/trainer/encode.rs); reference: src/reference.rs.
 
 @group(0) @binding(0) var<storage, read_write> table: array<f32>;
 @group(0) @binding(1) var<storage, read> indices: array<u32>;

@@ -1,0 +1,197 @@
+//! Streaming steps: a few steps a submission, their records copied into a
+//! ring of readback buffers mapped asynchronously (`submit`), read as each
+//! submission finishes (`collect`): the host waits only for the oldest
+//! submission when the ring is full.
+
+use super::*;
+use crate::gpu::pipes::finish_map;
+use crate::gpu::timer::PassTimer;
+use std::collections::VecDeque;
+use std::sync::mpsc::Receiver;
+
+type MapDone = Receiver<std::result::Result<(), wgpu::BufferAsyncError>>;
+
+/// One readback buffer of the ring and the submission it waits for.
+pub(super) struct Slot {
+    pub(super) buffer: wgpu::Buffer,
+    /// (records, the mapping's completion, the submission, the first
+    /// step's number — `None` for an evaluation).
+    pub(super) pending: Option<(usize, MapDone, wgpu::SubmissionIndex, Option<u64>)>,
+}
+
+impl GpuTrainer {
+    /// Encodes `n` steps (or one evaluation when `n == 0`) into one
+    /// submission whose records land in ring slot `slot`, mapped
+    /// asynchronously.
+    fn submit(&mut self, n: usize, slot: usize) {
+        let ctx = self.ctx.clone();
+        ctx.queue.write_buffer(&self.state, 0, bytemuck::bytes_of(&0u32));
+        let first = self.steps_done;
+        if let Some(b) = &self.batch {
+            b.write_schedule(&self.ctx, &self.cfg, first, n);
+        }
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        if n == 0 {
+            self.encode_fused(&mut enc, false, false, None, None, first);
+        }
+        // --profile: a timed pass per kernel, read back after the submission.
+        let timer = if n > 0 && self.profile.is_some() { PassTimer::new(&ctx, n as u32 * PHASES) } else { None };
+        let mut timed: Vec<Phase> = Vec::new();
+        for _ in 0..n {
+            match self.opts.path {
+                StepPath::Fused => {
+                    let every = self.cfg.guard.snapshot_every as u64;
+                    let snapshot = self.steps_done.is_multiple_of(every) || self.snapshot_due;
+                    self.snapshot_due = false;
+                    let t = timer.as_ref().map(|t| (t, timed.len() as u32));
+                    let phases = self.encode_fused(&mut enc, true, snapshot, None, t, self.steps_done);
+                    if t.is_some() {
+                        timed.extend(phases);
+                    }
+                }
+                StepPath::Staged => self.encode_staged(&mut enc),
+            }
+            self.steps_done += 1;
+        }
+        if let Some(t) = &timer {
+            t.resolve(&mut enc, timed.len() as u32);
+        }
+        let count = n.max(1);
+        let bytes = count as u64 * RECORD_BYTES;
+        let s = &mut self.ring[slot];
+        enc.copy_buffer_to_buffer(&self.records, 0, &s.buffer, 0, bytes);
+        let index = ctx.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.buffer.slice(..bytes).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        s.pending = Some((count, rx, index, (n > 0).then_some(first)));
+        if let Some(t) = &timer {
+            // Waits for this submission: profiling trades the overlap for
+            // the kernels' own times.
+            match t.read(&ctx, timed.len() as u32) {
+                Ok(secs) => {
+                    for (ph, sec) in timed.iter().zip(secs) {
+                        let bytes = self.phase_bytes(*ph);
+                        let all = self.profile.as_mut().expect("profiling");
+                        let at = match all.iter().position(|k| k.kernel == ph.kernel()) {
+                            Some(i) => i,
+                            None => {
+                                all.push(KernelTime { kernel: ph.kernel().into(), ..KernelTime::default() });
+                                all.len() - 1
+                            }
+                        };
+                        let k = &mut all[at];
+                        k.calls += 1;
+                        k.seconds += sec;
+                        k.bytes += bytes;
+                    }
+                }
+                Err(e) => self.profile_error = Some(e.to_string()),
+            }
+        }
+    }
+
+    /// Waits for ring slot `slot`'s submission and decodes its records.
+    fn collect(&mut self, slot: usize) -> Result<Vec<Record>> {
+        let s = &mut self.ring[slot];
+        let (count, rx, index, first) = s.pending.take().expect("collect is called on a pending slot");
+        self.ctx
+            .device
+            .poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: None })
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        self.ctx.check()?;
+        let raw = finish_map(&s.buffer, count as u64 * RECORD_BYTES, rx)?;
+        let words: &[u32] = bytemuck::cast_slice(&raw);
+        let records: Vec<Record> = words
+            .chunks_exact(RECORD_WORDS)
+            .enumerate()
+            .map(|(i, w)| {
+                let mut r = Record::from_words(w, self.shape.rows);
+                if r.action != crate::guard::Action::NotRun {
+                    r.separation = self.cfg.separation(r.d0);
+                }
+                if let (Some(first), Some(b)) = (first, &self.batch) {
+                    r.batch = b.batch_size(first + i as u64, self.manual.as_ref());
+                }
+                r
+            })
+            .collect();
+        // Every step encoded was counted; the aborted one (the table is as
+        // before it: a resume takes it again) and those after it, which did
+        // nothing, are not done.
+        if first.is_some() {
+            use crate::guard::Action::{Aborted, NotRun};
+            self.steps_done -= records.iter().filter(|r| matches!(r.action, Aborted | NotRun)).count() as u64;
+        }
+        Ok(records)
+    }
+
+    /// After a failed wait: let the device finish, and free every slot, so
+    /// that a later call starts from an empty ring.
+    fn reset_ring(&mut self) {
+        let _ = self.ctx.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None });
+        for s in &mut self.ring {
+            if s.pending.take().is_some() {
+                s.buffer.unmap();
+            }
+        }
+    }
+
+    /// Runs `n` steps through the ring, or one evaluation when `n == 0`.
+    pub(super) fn run(&mut self, n: usize) -> Result<Vec<Record>> {
+        let mut out = Vec::with_capacity(n.max(1));
+        self.run_streamed(n, &mut |records| {
+            out.extend(records);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// `n` steps (0: one evaluation) in submissions of up to
+    /// STEPS_PER_SUBMIT, up to RING of them in flight; each submission's
+    /// records go to `on` as they come back, and `on` returning false stops
+    /// further submissions. Returns the passes run.
+    pub(super) fn run_streamed(&mut self, n: usize, on: &mut dyn FnMut(Vec<Record>) -> bool) -> Result<usize> {
+        if n > 0 && self.opts.path == StepPath::Staged {
+            self.build_staged()?;
+        }
+        // Submission sizes: one evaluation, or the steps in groups.
+        let sizes: Vec<usize> = if n == 0 {
+            vec![0]
+        } else {
+            (0..n).step_by(STEPS_PER_SUBMIT).map(|s| STEPS_PER_SUBMIT.min(n - s)).collect()
+        };
+        let mut sizes = sizes.into_iter().peekable();
+        let mut ran = 0usize;
+        let mut halted = false;
+        let mut in_flight: VecDeque<usize> = VecDeque::new();
+        let mut next = 0usize;
+        loop {
+            let stopped =
+                halted || n > 0 && self.stop.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
+            if self.ring[next].pending.is_none() && !stopped {
+                if let Some(m) = sizes.next() {
+                    self.submit(m, next);
+                    in_flight.push_back(next);
+                    next = (next + 1) % RING;
+                    continue;
+                }
+            }
+            match in_flight.pop_front() {
+                Some(s) => match self.collect(s) {
+                    Ok(records) => {
+                        ran += records.len();
+                        halted |= !on(records);
+                    }
+                    Err(e) => {
+                        self.reset_ring();
+                        return Err(e);
+                    }
+                },
+                None => break,
+            }
+        }
+        Ok(ran)
+    }
+}

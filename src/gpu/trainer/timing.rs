@@ -1,0 +1,159 @@
+//! Timing for `cargo bench` (SPEC §15): the step, the evaluation, the
+//! table scan and copies of the table, by timestamp queries (GPU time) or
+//! by the wall clock around one submission.
+
+use super::*;
+use crate::gpu::timer::{in_timed_rounds, PassTimer};
+
+impl GpuTrainer {
+    /// Wall time of `iters` plain device copies of the whole table (each
+    /// chunk into a scratch buffer of its size), in one submission: the
+    /// floor a full-table step is measured against (SPEC §15).
+    pub fn time_table_copies(&self, iters: u64) -> Result<std::time::Duration> {
+        let largest = self.chunks.iter().map(|c| c.a.size()).max().unwrap_or(16);
+        let scratch = storage(&self.ctx, "copy scratch", largest, wgpu::BufferUsages::COPY_DST);
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        for _ in 0..iters {
+            for c in &self.chunks {
+                enc.copy_buffer_to_buffer(&c.a, 0, &scratch, 0, c.a.size());
+            }
+        }
+        let t = std::time::Instant::now();
+        self.ctx.queue.submit([enc.finish()]);
+        self.ctx.wait()?;
+        Ok(t.elapsed())
+    }
+
+    /// GPU time of `n` full-table steps from timestamp queries (one pass a
+    /// step), or `None` without them. The guard acts as in `steps`; the
+    /// records are not read. For benchmarks (SPEC §15).
+    pub fn gpu_time_steps(&mut self, n: u32) -> Result<Option<std::time::Duration>> {
+        in_timed_rounds(n, |m| self.gpu_time_passes_once(m, true))
+    }
+
+    /// GPU time of `n` evaluations of the table (the fused pass with
+    /// UPDATE = false: every row read, its sums folded, its loss scanned,
+    /// nothing written; then reduce.wgsl), or `None` without timestamp
+    /// queries: beside the step, what the reading and the row's math cost
+    /// without the update and the writes (benches).
+    pub fn gpu_time_evaluations(&mut self, n: u32) -> Result<Option<std::time::Duration>> {
+        in_timed_rounds(n, |m| self.gpu_time_passes_once(m, false))
+    }
+
+    fn gpu_time_passes_once(&mut self, n: u32, update: bool) -> Result<Option<std::time::Duration>> {
+        let Some(timer) = PassTimer::new(&self.ctx, n.max(1)) else { return Ok(None) };
+        let ctx = self.ctx.clone();
+        let every = self.cfg.guard.snapshot_every as u64;
+        let mut done = 0u32;
+        while done < n {
+            let m = (n - done).min(STEPS_PER_SUBMIT as u32);
+            ctx.queue.write_buffer(&self.state, 0, bytemuck::bytes_of(&0u32));
+            if let Some(b) = &self.batch {
+                b.write_schedule(&ctx, &self.cfg, self.steps_done, m as usize);
+            }
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            for i in 0..m {
+                let snapshot = update && self.steps_done.is_multiple_of(every);
+                self.encode_fused(&mut enc, update, snapshot, Some(timer.writes(done + i)), None, self.steps_done);
+                self.steps_done += update as u64;
+            }
+            done += m;
+            if done == n {
+                timer.resolve(&mut enc, n);
+            }
+            ctx.queue.submit([enc.finish()]);
+        }
+        let secs: f64 = timer.read(&ctx, n)?.iter().sum();
+        Ok(Some(std::time::Duration::from_secs_f64(secs)))
+    }
+
+    /// GPU time of `iters` copies of the table by `copy.wgsl` (the floor of
+    /// SPEC §15 through the same API as the step), or `None` without
+    /// timestamp queries.
+    /// With `vec4`, copy_vec4.wgsl (16-byte accesses; D a multiple of 4).
+    pub fn gpu_time_table_copies(&self, iters: u32, vec4: bool) -> Result<Option<std::time::Duration>> {
+        if vec4 && !self.shape.dim.is_multiple_of(4) {
+            return Err(Error::invalid(
+                "copy",
+                format!("a 16-byte copy needs D a multiple of 4, not {}", self.shape.dim),
+            ));
+        }
+        in_timed_rounds(iters, |m| self.gpu_time_copies_once(m, vec4))
+    }
+
+    fn gpu_time_copies_once(&self, iters: u32, vec4: bool) -> Result<Option<std::time::Duration>> {
+        let Some(timer) = PassTimer::new(&self.ctx, iters.max(1)) else { return Ok(None) };
+        let ctx = &self.ctx;
+        let kernel = if vec4 { &shaders::COPY_VEC4 } else { &shaders::COPY };
+        let pipeline = self.constants().pipeline(ctx, kernel, "main", &[]);
+        let per_invocation = if vec4 { 4 } else { 1 };
+        let largest = self.chunks.iter().map(|c| c.a.size()).max().unwrap_or(16);
+        let scratch = storage(ctx, "copy scratch", largest, wgpu::BufferUsages::empty());
+        let groups: Vec<wgpu::BindGroup> =
+            self.chunks.iter().map(|c| bind(ctx, &pipeline, &[&c.a, &scratch, &c.uniform])).collect();
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        for i in 0..iters {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("copy"),
+                timestamp_writes: Some(timer.writes(i)),
+            });
+            pass.set_pipeline(&pipeline);
+            for (c, g) in self.chunks.iter().zip(&groups) {
+                pass.set_bind_group(0, g, &[]);
+                let n =
+                    (c.span.rows as u64 * self.shape.dim as u64).div_ceil(self.fused.wg as u64 * per_invocation) as u32;
+                let (x, y) = grid(n, self.max_groups);
+                pass.dispatch_workgroups(x, y, 1);
+            }
+        }
+        timer.resolve(&mut enc, iters);
+        ctx.queue.submit([enc.finish()]);
+        let secs: f64 = timer.read(ctx, iters)?.iter().sum();
+        Ok(Some(std::time::Duration::from_secs_f64(secs)))
+    }
+
+    /// Wall time of `iters` table scans in one submission (benchmarks).
+    pub fn time_table_scans(&mut self, iters: u32) -> Result<std::time::Duration> {
+        self.with_table_scanner(true, |s, t| s.time(t, iters))
+    }
+
+    /// `time_table_scans` with 4-byte loads (scan_table.wgsl `main`), where
+    /// the default takes 16 bytes a load: the benches' comparison.
+    pub fn time_table_scans_4byte(&mut self, iters: u32) -> Result<std::time::Duration> {
+        self.with_table_scanner(false, |s, t| s.time(t, iters))
+    }
+
+    /// The GPU's own time of `iters` table scans from timestamp queries, or
+    /// `None` without them; `wide`: 16-byte loads where D allows (the
+    /// default), else 4-byte (benchmarks).
+    pub fn gpu_time_table_scans(&mut self, iters: u32, wide: bool) -> Result<Option<std::time::Duration>> {
+        self.with_table_scanner(wide, |s, t| s.gpu_time(t, iters))
+    }
+
+    /// Runs `f` with a scanner of the current table: the trainer's own
+    /// (16-byte loads where D allows) for `wide`, else a 4-byte one.
+    fn with_table_scanner<R>(
+        &mut self,
+        wide: bool,
+        f: impl FnOnce(&mut TableScanner, &crate::gpu::scan::PreparedScan) -> Result<R>,
+    ) -> Result<R> {
+        let cur = self.current()?;
+        let mut narrow = None;
+        let scanner = if wide {
+            self.ensure_scanner();
+            self.scanner.as_mut().expect("built above")
+        } else {
+            narrow.insert(TableScanner::with_loads(
+                self.ctx.clone(),
+                self.shape,
+                &self.layout,
+                self.fused.wg,
+                self.max_groups,
+                false,
+            ))
+        };
+        let bufs: Vec<&wgpu::Buffer> = self.chunks.iter().map(|c| c.buffer(cur)).collect();
+        let prepared = scanner.prepare(&bufs);
+        f(scanner, &prepared)
+    }
+}
