@@ -313,6 +313,22 @@ fn gpu_fused_step_matches_reference_with_row_blocks() {
 }
 
 #[test]
+fn gpu_reduce_folds_many_more_partials_than_it_has_lanes() {
+    // reduce.wgsl is one workgroup; each lane reads several partials ahead
+    // and folds them in order. Workgroups of 8 lanes, one row each: 3 000
+    // rows make 375 partials, so every lane folds dozens, in rounds of
+    // reads ahead and a last, partial round (a lane that folded one too
+    // few or too many, or the wrong one, is off the reference's Σ|r|).
+    let seed = seed("gpu_reduce_many_partials");
+    for (case, endpoints) in [Endpoints::Frozen, Endpoints::Detached].into_iter().enumerate() {
+        let rows = 3000;
+        let shape = Shape::new(rows, 5).unwrap();
+        let cfg = shape_case(rows, endpoints, case as u64);
+        check(Backend::GpuLanes { lanes: 1, wg: 8, blocks: 1, vec4: false }, shape, cfg, seed + case as u64);
+    }
+}
+
+#[test]
 fn gpu_fused_step_matches_reference_with_vec4() {
     // Kept columns read and written 16 bytes at a time: four vec4s a lane
     // (D = 64 at 4 lanes), three (24 at 2), two (64 at 8), one (64 at 16),
