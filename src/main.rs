@@ -665,6 +665,10 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     let aborted = records.iter().position(|r| r.action == Action::Aborted);
     records.truncate(aborted.map_or(records.len(), |a| a + 1));
     let aborted_at = aborted.map(|a| start + a);
+    // The steps done, counted from the start of the run (its first segment,
+    // before any resume): an aborted step is not done (a resume takes it
+    // again), so the table is after this many.
+    let steps_done = aborted_at.unwrap_or(start + records.len());
     let d0_start = d0_start_of(&records);
     records.push(trainer.evaluate()?);
     let final_scan = trainer.scan_table()?;
@@ -685,12 +689,13 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         first.near_singular
     );
     out!(
-        "end      loss {:.6e} · mean excess {:.6e} · d0 {:.6} · near-singular rows {} · after {} steps, excess {}",
+        "end      loss {:.6e} · mean excess {:.6e} · d0 {:.6} · near-singular rows {} · after {} steps{}, excess {}",
         last.loss(cfg.w_red(last.batch) as f64),
         last.mean_excess(),
         last.d0,
         last.near_singular,
-        records.len() - 1,
+        steps_done - start,
+        if start > 0 { format!(" ({steps_done} in all)") } else { String::new() },
         if !last.mean_excess().is_finite() {
             "non-finite".into()
         } else if last.mean_excess() > 0.0 {
@@ -812,8 +817,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 steps_with_skipped_rows: count(Action::SkippedRows),
                 rollbacks: count(Action::RolledBack),
                 aborted_at,
-                // (An aborted step is not done: a resume takes it again.)
-                steps_done: aborted_at.unwrap_or(start + records.len() - 1),
+                steps_done,
                 interrupted: aborted_at.is_none() && interrupted(),
                 lr_last: last.lr,
                 final_scan,

@@ -14,11 +14,13 @@ const HEADER_WORDS: usize = 10;
 pub struct StepScans {
     /// The per-row loss terms r_j.
     pub loss: Scan,
-    /// The gradient.
+    /// The gradient (`gradient` in the report, as in its events).
+    #[serde(rename = "gradient")]
     pub grad: Scan,
     /// The new values of the rows written (before the guard drops them).
     pub table: Scan,
     /// skip-row: strike counts of `table.rows`, in the same order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub strikes: Vec<u32>,
 }
 
@@ -82,31 +84,41 @@ impl Record {
     pub fn loss_finite(&self) -> bool {
         self.scans.loss.is_clean()
     }
-    /// Mean |r_j| over the batch: the "mean excess"; NaN when a term is not finite.
+    /// What a sum over the terms is when one is not finite, as PyTorch's
+    /// would be: NaN when a term is NaN, else +Inf (|±Inf| = +Inf).
+    fn nonfinite_sum(&self) -> f64 {
+        if self.scans.loss.nan > 0 {
+            f64::NAN
+        } else {
+            f64::INFINITY
+        }
+    }
+    /// Mean |r_j| over the batch: the "mean excess"; NaN or +Inf when a
+    /// term is not finite (`nonfinite_sum`).
     pub fn mean_excess(&self) -> f64 {
         if self.loss_finite() {
             self.excess_sum / self.batch as f64
         } else {
-            f64::NAN
+            self.nonfinite_sum()
         }
     }
-    /// max |r_j| over the batch; NaN when a term is not finite (as
-    /// PyTorch's max would be: 0, the max over no finite term, would read
-    /// as a perfect step).
+    /// max |r_j| over the batch; NaN or +Inf when a term is not finite
+    /// (as PyTorch's max would be: 0, the max over no finite term, would
+    /// read as a perfect step).
     pub fn max_excess(&self) -> f64 {
         if self.loss_finite() {
             self.excess_max
         } else {
-            f64::NAN
+            self.nonfinite_sum()
         }
     }
-    /// L = w_red · Σ|r_j| + λ·max(0, m − d0); NaN when a term is not
-    /// finite, as PyTorch's sum would be.
+    /// L = w_red · Σ|r_j| + λ·max(0, m − d0); NaN or +Inf when a term is
+    /// not finite, as PyTorch's sum would be.
     pub fn loss(&self, w_red: f64) -> f64 {
         if self.loss_finite() {
             w_red * self.excess_sum + self.separation
         } else {
-            f64::NAN
+            self.nonfinite_sum()
         }
     }
 }

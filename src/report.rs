@@ -21,9 +21,10 @@ pub struct StepEntry {
     pub near_singular: u64,
     pub lr: f64,
     pub action: Action,
-    /// The step's scans, present only when one found something.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nonfinite: Option<StepScans>,
+    /// The step's scans (SPEC §7) of the loss, the gradient and the rows
+    /// written, clean ones included (counts 0, `first` null, no rows), so
+    /// every entry has the same keys.
+    pub nonfinite: StepScans,
     /// SPEC §5: ‖g‖ before clipping (with `--clip-norm`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grad_norm: Option<f64>,
@@ -171,7 +172,7 @@ impl StepEntry {
             near_singular: r.near_singular,
             lr: r.lr,
             action: r.action,
-            nonfinite: (!r.scans.is_clean()).then(|| r.scans.clone()),
+            nonfinite: r.scans.clone(),
             grad_norm: r.grad_norm,
         }
     }

@@ -268,6 +268,38 @@ fn table_with(path: &Path, rows: usize, dim: usize, bad: &[(usize, usize, f32)])
 }
 
 #[test]
+fn a_loss_that_overflows_is_inf_and_every_step_lists_its_scans() {
+    // Row 7 holds 1e30: (x − p)² overflows f32, so its distance and its
+    // loss term are +Inf (not NaN): the loss is +Inf, as PyTorch's sum
+    // would be; its gradient, (x − p)/d1 = 1e30/Inf = 0, is finite, so the
+    // step is applied and the loss alone reported (README).
+    let dir = Dir::new();
+    let input = dir.s("in.npy");
+    table_with(&dir.p("in.npy"), 100, 3, &[(7, 1, 1e30)]);
+    for backend in ["cpu", "gpu"] {
+        let rep = dir.s(&format!("r-{backend}.json"));
+        let o = run(&["--backend", backend, "--load", &input, "--steps", "2", "--report", &rep]);
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(0), "{backend}: {text}{}", stderr(&o));
+        assert!(text.contains("start    loss inf · mean excess inf"), "{backend}: {text}");
+        assert!(text.contains("after 2 steps"), "{backend}: {text}");
+        let r = report(&dir.p(&format!("r-{backend}.json")));
+        for (i, step) in r["steps"].as_array().unwrap().iter().enumerate() {
+            let scans = &step["nonfinite"];
+            // Every entry has every buffer's scan, clean ones included.
+            assert_eq!((&scans["loss"]["pos_inf"], &scans["loss"]["nan"]), (&1.into(), &0.into()), "{backend} {i}");
+            assert_eq!(scans["loss"]["rows"][0], 7, "{backend} {i}");
+            assert_eq!(
+                (&scans["gradient"]["nan"], &scans["table"]["pos_inf"]),
+                (&0.into(), &0.into()),
+                "{backend} {i}"
+            );
+            assert!(scans["gradient"]["first"].is_null() && scans["table"]["rows"] == serde_json::json!([]));
+        }
+    }
+}
+
+#[test]
 fn scan_reports_findings_with_exit_code_3_and_clean_files_with_0() {
     let dir = Dir::new();
     let (bad, clean) = (dir.s("bad.npy"), dir.s("clean.npy"));
@@ -325,6 +357,8 @@ fn a_guarded_run_reports_every_event_and_abort_exits_3_with_the_table_before_the
         assert_eq!(o.status.code(), Some(3), "{backend}: {text}{}", stderr(&o));
         assert!(text.contains("input    input: loaded table: 1 non-finite (0 NaN, 1 +Inf, 0 -Inf) in 1 row"), "{text}");
         assert!(text.contains("ABORTED  at step 0"), "{text}");
+        // The end line counts steps done: the aborted one is not.
+        assert!(text.contains("· after 0 steps,"), "{text}");
         // The steps after the abort (the rest of its submission) did
         // nothing and are not timed.
         assert!(text.contains("(wall clock over 1 steps)"), "{text}");
