@@ -295,19 +295,28 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     // only overlap allowed is --save onto the table it loaded or resumed
     // (an atomic replacement, SPEC §12).
     let outputs = [("--save", &args.save), ("--report", &args.report), ("--plot", &args.plot)];
-    // --save's run state and optimiser state lie beside it.
-    let save = args.save.as_deref();
-    let state = save.map(tables::state_sidecar);
-    let velocity = save.map(|s| Sidecar::Velocity.path(s));
-    let snapshot = save.map(|s| Sidecar::Snapshot.path(s));
+    // A checkpoint's run state and optimiser state lie beside it: --save's
+    // are written, --resume's read.
+    let sides = |p: Option<&Path>| {
+        [p.map(tables::state_sidecar), p.map(|s| Sidecar::Velocity.path(s)), p.map(|s| Sidecar::Snapshot.path(s))]
+    };
+    let [state, velocity, snapshot] = sides(args.save.as_deref());
+    let [r_state, r_velocity, r_snapshot] = sides(args.resume.as_deref());
     let inputs = [
         ("--load", &args.load),
         ("--resume", &args.resume),
         ("--indices", &args.indices),
+        ("--resume's run state", &r_state),
+        ("--resume's velocity", &r_velocity),
+        ("--resume's snapshot", &r_snapshot),
         ("--save's run state", &state),
         ("--save's velocity", &velocity),
         ("--save's snapshot", &snapshot),
     ];
+    // --save onto the checkpoint it resumes writes that checkpoint's
+    // sidecars, all together (`save_checkpoint`): the one overlap of
+    // sidecars allowed.
+    let save_is_resume = matches!((&args.save, &args.resume), (Some(s), Some(r)) if same_file(s, r));
     for (i, (out_opt, out)) in outputs.iter().enumerate() {
         let Some(out) = out else { continue };
         let others = outputs[i + 1..].iter().chain(&inputs);
@@ -323,12 +332,13 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     }
     // --save's sidecars are written too: never over a file the run reads,
     // nor where a folder is (found now, not after the training).
-    for (side_opt, side) in &inputs[3..] {
+    for (side_opt, side) in &inputs[6..] {
         let Some(side) = side else { continue };
         if side.is_dir() {
             bail!("invalid --save: {side_opt} would be written at {}, which is a folder", side.display());
         }
-        for (opt, input) in &inputs[..3] {
+        let read = inputs[..6].iter().filter(|(opt, _)| !(save_is_resume && opt.starts_with("--resume's")));
+        for (opt, input) in read {
             if input.as_ref().is_some_and(|i| same_file(side, i)) {
                 bail!(
                     "invalid --save: {side_opt} would be written at {}, the {opt} file; save elsewhere",

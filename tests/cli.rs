@@ -790,6 +790,28 @@ fn outputs_never_overwrite_the_runs_other_files() {
         assert!(err.contains(&format!("invalid --save: {side} would be written at")) && err.contains(other), "{err}");
         assert!((dir.files(), contents()) == keep, "{args:?}: a file changed");
     }
+    // Nor is anything written over the files of the checkpoint a run
+    // resumes (its run state, its velocity), except by a --save onto that
+    // checkpoint, which replaces them together.
+    let ck = dir.s("ck.npy");
+    let made =
+        run(&["--backend", "cpu", "--rows", "50", "--dim", "3", "--steps", "2", "--momentum", "0.5", "--save", &ck]);
+    assert_eq!(made.status.code(), Some(0), "{}", stderr(&made));
+    let (ckv, cks) = (dir.s("ck.npy.velocity.npy"), dir.s("ck.npy.state.json"));
+    for (args, opt, other) in [
+        (vec!["--save", &ckv], "--save", "--resume's velocity"),
+        (vec!["--report", &ckv], "--report", "--resume's velocity"),
+        (vec!["--report", &cks], "--report", "--resume's run state"),
+    ] {
+        let keep = (dir.files(), contents());
+        let o = run(&[&["--backend", "cpu", "--steps", "4", "--momentum", "0.5", "--resume", &ck], &args[..]].concat());
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(&format!("invalid {opt}: ")) && err.contains(&format!("also the {other} file")), "{err}");
+        assert!((dir.files(), contents()) == keep, "{args:?}: a file changed");
+    }
+    let o = run(&["--backend", "cpu", "--steps", "4", "--momentum", "0.5", "--resume", &ck, "--save", &ck]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let o = run(&["--backend", "cpu", "--steps", "2", "--load", &t, "--save", &t]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(std::fs::read(&t).unwrap() != before.0, "--save onto --load trains the file");
