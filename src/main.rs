@@ -251,8 +251,12 @@ fn same_file(a: &Path, b: &Path) -> bool {
     matches!((resolve(a), resolve(b)), (Some(x), Some(y)) if x == y)
 }
 
-/// Output paths must be writable places, checked before any work.
+/// Output paths must be writable places, checked before any work. A save
+/// replaces a symbolic link's target (the link stays), and writes through
+/// a file that is not a regular one (`/dev/stdout`, a pipe).
 fn check_output(opt: &str, path: &Path) -> anyhow::Result<()> {
+    let Ok(path) = npy::destination(path) else { return Ok(()) };
+    let path = path.as_path();
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !dir.is_dir() {
         bail!("invalid {opt}: folder {} does not exist", dir.display());

@@ -342,15 +342,45 @@ pub fn save_atomic(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> std
 /// Dropped uncommitted, the temporary file is removed.
 pub struct Staged {
     tmp: tempfile::NamedTempFile,
+    /// Where the file goes: `path` with its symbolic links followed.
     path: PathBuf,
+    /// `path` is not a regular file (a pipe, a terminal, `/dev/stdout`):
+    /// written through at commit, since nothing can be renamed over it.
+    stream: bool,
+}
+
+/// Where a save to `path` goes: `Ok(target)` for a regular file or none
+/// (replaced atomically: a symbolic link is followed to its target, so the
+/// link stays and the file it names is replaced), `Err(path)` for an
+/// existing file that is not a regular one (a pipe, a terminal, a
+/// device: written through, in place).
+pub fn destination(path: &Path) -> std::result::Result<PathBuf, PathBuf> {
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(path.to_owned());
+    }
+    // Follow the links (a dangling one too: the save creates its target).
+    let mut p = path.to_owned();
+    for _ in 0..40 {
+        match std::fs::read_link(&p) {
+            Ok(t) => p = if t.is_absolute() { t } else { folder(&p).join(t) },
+            Err(_) => break,
+        }
+    }
+    Ok(p)
 }
 
 /// Writes what will become `path`, without touching `path` itself.
 pub fn stage(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>) -> Result<Staged> {
+    let (dest, stream) = match destination(path) {
+        Ok(d) => (d, false),
+        Err(d) => (d, true),
+    };
+    // A file written through is staged where temporary files go.
+    let dir = if stream { std::env::temp_dir() } else { folder(&dest).to_owned() };
     let tmp = tempfile::Builder::new()
         .prefix(".latent-line-")
         .suffix(".tmp")
-        .tempfile_in(folder(path))
+        .tempfile_in(dir)
         .map_err(|e| Error::io(path, e))?;
     {
         let mut w = BufWriter::new(tmp.as_file());
@@ -358,11 +388,13 @@ pub fn stage(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> std::io::
     }
     // tempfile creates 0600; give the result the old file's permissions, or
     // the usual 0644 for a new one.
-    if let Some(perms) = std::fs::metadata(path).map(|m| m.permissions()).ok().or_else(default_permissions) {
-        tmp.as_file().set_permissions(perms).map_err(|e| Error::io(path, e))?;
+    if let Some(perms) = std::fs::metadata(&dest).map(|m| m.permissions()).ok().or_else(default_permissions) {
+        if !stream {
+            tmp.as_file().set_permissions(perms).map_err(|e| Error::io(path, e))?;
+        }
     }
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    Ok(Staged { tmp, path: path.to_owned() })
+    Ok(Staged { tmp, path: dest, stream })
 }
 
 /// A table staged as `.npy` for `path`.
@@ -380,6 +412,7 @@ pub fn stage_table(path: &Path, shape: Shape, data: &[f32]) -> Result<Staged> {
 /// refuses a mixture by its fingerprints.
 pub fn commit(files: Vec<Staged>) -> Result<()> {
     let mut done: Vec<(PathBuf, Old)> = Vec::new();
+    let (streams, files): (Vec<Staged>, Vec<Staged>) = files.into_iter().partition(|f| f.stream);
     for f in files {
         let old = match keep_old(&f.path) {
             Ok(o) => o,
@@ -395,6 +428,19 @@ pub fn commit(files: Vec<Staged>) -> Result<()> {
             return Err(Error::io(&f.path, e.error));
         }
         done.push((f.path, old));
+    }
+    // Files that are not regular ones last, written through (nothing to
+    // put back there; the renamed files are, if one fails).
+    for f in streams {
+        let written = File::open(f.tmp.path()).and_then(|mut from| {
+            let mut to = std::fs::OpenOptions::new().write(true).open(&f.path)?;
+            std::io::copy(&mut from, &mut to)?;
+            to.flush()
+        });
+        if let Err(e) = written {
+            undo(done);
+            return Err(Error::io(&f.path, e));
+        }
     }
     // Committed: dropping the old contents' links removes them.
     Ok(())
@@ -551,6 +597,33 @@ mod tests {
 
     /// A write that fails (here: the writer's own error) stages nothing,
     /// leaves the old file and no temporary file.
+    #[test]
+    #[cfg(unix)]
+    fn a_save_through_a_link_replaces_its_target_and_keeps_the_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let (target, link) = (dir.path().join("runs-t.npy"), dir.path().join("latest.npy"));
+        std::fs::write(&target, b"old").unwrap();
+        std::os::unix::fs::symlink("runs-t.npy", &link).unwrap();
+        save_atomic(&link, |w| w.write_all(b"new")).unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link was replaced");
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        // A dangling link: the save creates the file it names.
+        let (gone, dangling) = (dir.path().join("made.json"), dir.path().join("d.json"));
+        std::os::unix::fs::symlink("made.json", &dangling).unwrap();
+        save_atomic(&dangling, |w| w.write_all(b"{}")).unwrap();
+        assert!(std::fs::symlink_metadata(&dangling).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(&gone).unwrap(), b"{}");
+        // A link to a file that is not a regular one (as /dev/stdout is):
+        // written through it, the link and the device left as they are.
+        let null = dir.path().join("null.json");
+        std::os::unix::fs::symlink("/dev/null", &null).unwrap();
+        assert!(destination(&null).is_err(), "written through, not replaced");
+        save_atomic(&null, |w| w.write_all(b"{}")).unwrap();
+        assert!(std::fs::symlink_metadata(&null).unwrap().file_type().is_symlink(), "the link was replaced");
+        assert!(!std::fs::metadata("/dev/null").unwrap().is_file());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 5, "a temporary file was left");
+    }
+
     #[test]
     fn a_failed_write_stages_nothing() {
         let dir = tempfile::tempdir().unwrap();

@@ -268,6 +268,35 @@ fn table_with(path: &Path, rows: usize, dim: usize, bad: &[(usize, usize, f32)])
 }
 
 #[test]
+#[cfg(target_os = "linux")]
+fn a_report_through_a_link_to_standard_output_is_written_there() {
+    // `--report /dev/stdout` goes through such a link: the report is
+    // written through it, and the link stays (renaming over it, as an
+    // atomic save of a regular file does, would have replaced it).
+    let dir = Dir::new();
+    let out = dir.p("out.json");
+    std::os::unix::fs::symlink("/proc/self/fd/1", &out).unwrap();
+    let o = run(&[
+        "--backend",
+        "cpu",
+        "--rows",
+        "40",
+        "--dim",
+        "3",
+        "--steps",
+        "1",
+        "--quiet",
+        "--report",
+        &dir.s("out.json"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("the report on standard output");
+    assert_eq!(r["summary"]["steps_done"], 1);
+    assert!(std::fs::symlink_metadata(&out).unwrap().file_type().is_symlink(), "the link was replaced");
+    assert_eq!(dir.files(), ["out.json"], "a temporary file was left");
+}
+
+#[test]
 fn a_loss_that_overflows_is_inf_and_every_step_lists_its_scans() {
     // Row 7 holds 1e30: (x − p)² overflows f32, so its distance and its
     // loss term are +Inf (not NaN): the loss is +Inf, as PyTorch's sum
