@@ -934,7 +934,9 @@ fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
         check_output("--plot", p)?;
     }
     let t = Instant::now();
-    let l = tables::load(&args.file, &args.tensor)?;
+    // What the file holds: a float64 value beyond float32's range is
+    // finite there (loading it to train makes it ±Inf, the note says).
+    let l = tables::load_as(&args.file, &args.tensor, npy::Overflow::Saturate)?;
     let read_s = t.elapsed().as_secs_f64();
     let shape = l.shape;
     out!(

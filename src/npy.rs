@@ -169,8 +169,23 @@ pub fn load_indices(path: &Path) -> Result<Indices> {
     Ok(Indices { dims, values })
 }
 
+/// What a float64 value beyond float32's range becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    /// ±Inf, as a cast gives (a table to train: its scan reports them).
+    Inf,
+    /// ±f32::MAX: the file holds a finite value there (`latent-line scan`,
+    /// which reports the file's own NaN and ±Inf, and these apart).
+    Saturate,
+}
+
 /// Reads a 2-D f32/f64 `.npy` table.
 pub fn load(path: &Path) -> Result<Loaded> {
+    load_as(path, Overflow::Inf)
+}
+
+/// `load`, float64 values beyond float32's range becoming as `overflow` says.
+pub fn load_as(path: &Path, overflow: Overflow) -> Result<Loaded> {
     let bad = |reason: String| Error::bad_file(path, reason);
     let Opened { mut file, dtype, dims, .. } = open(path)?;
     if !matches!(dtype, Dtype::F32 | Dtype::F64) {
@@ -207,30 +222,37 @@ pub fn load(path: &Path) -> Result<Loaded> {
                     *o = f64_to_f32(
                         f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
                         &mut overflowed,
+                        overflow,
                     );
                 }
             }
-            Some(format!("{}: converted float64 to float32{}", path.display(), overflow_note(overflowed)))
+            Some(format!("{}: converted float64 to float32{}", path.display(), overflow_note(overflowed, overflow)))
         }
     };
     Ok(Loaded { shape, data, note })
 }
 
-/// f64 → f32, counting the finite values too large for f32 (they become
-/// ±Inf, which the scan of the loaded table then reports).
-pub fn f64_to_f32(v: f64, overflowed: &mut u64) -> f32 {
+/// f64 → f32, counting the finite values too large for f32 (±Inf, which
+/// the scan of the loaded table then reports, or ±f32::MAX: `overflow`).
+pub fn f64_to_f32(v: f64, overflowed: &mut u64, overflow: Overflow) -> f32 {
     let f = v as f32;
     if f.is_infinite() && v.is_finite() {
         *overflowed += 1;
+        if overflow == Overflow::Saturate {
+            return f32::MAX.copysign(f);
+        }
     }
     f
 }
 
 /// What a conversion note adds when values overflowed f32.
-pub fn overflow_note(overflowed: u64) -> String {
-    match overflowed {
-        0 => String::new(),
-        n => format!(" ({n} finite value(s) beyond float32's range became ±Inf)"),
+pub fn overflow_note(overflowed: u64, overflow: Overflow) -> String {
+    match (overflowed, overflow) {
+        (0, _) => String::new(),
+        (n, Overflow::Inf) => format!(" ({n} finite value(s) beyond float32's range became ±Inf)"),
+        (n, Overflow::Saturate) => format!(
+            " ({n} finite value(s) beyond float32's range, which loading for training makes ±Inf; scanned as finite, as the file holds them)"
+        ),
     }
 }
 
@@ -660,6 +682,10 @@ mod tests {
             note.ends_with("converted float64 to float32 (2 finite value(s) beyond float32's range became ±Inf)"),
             "{note}"
         );
+        // Scanned as the file holds them: the finite ones stay finite.
+        let s = load_as(&path, Overflow::Saturate).unwrap();
+        assert_eq!(s.data, [1.5, f32::MAX, -f32::MAX, f32::INFINITY]);
+        assert!(s.note.unwrap().contains("2 finite value(s) beyond float32's range"));
     }
 
     #[test]

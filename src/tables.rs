@@ -169,16 +169,21 @@ pub struct LoadedTable {
 
 /// Reads the table of `path`: the tensor `tensor` of a `.safetensors` file.
 pub fn load(path: &Path, tensor: &str) -> Result<LoadedTable> {
+    load_as(path, tensor, npy::Overflow::Inf)
+}
+
+/// `load`, float64 values beyond float32's range becoming as `overflow` says.
+pub fn load_as(path: &Path, tensor: &str, overflow: npy::Overflow) -> Result<LoadedTable> {
     match format_of(path)? {
         Format::Npy => {
-            let l = npy::load(path)?;
+            let l = npy::load_as(path, overflow)?;
             Ok(LoadedTable { shape: l.shape, data: l.data, note: l.note, carried: None })
         }
-        Format::Safetensors => load_safetensors(path, tensor),
+        Format::Safetensors => load_safetensors(path, tensor, overflow),
     }
 }
 
-fn load_safetensors(path: &Path, name: &str) -> Result<LoadedTable> {
+fn load_safetensors(path: &Path, name: &str, overflow: npy::Overflow) -> Result<LoadedTable> {
     let bad = |reason: String| Error::bad_file(path, reason);
     // The whole file, and nothing larger: the crate checks every offset
     // against it before a tensor is touched.
@@ -201,9 +206,10 @@ fn load_safetensors(path: &Path, name: &str) -> Result<LoadedTable> {
             let mut overflowed = 0;
             let v = raw
                 .chunks_exact(8)
-                .map(|b| npy::f64_to_f32(f64::from_le_bytes(b.try_into().unwrap_or([0; 8])), &mut overflowed))
+                .map(|b| npy::f64_to_f32(f64::from_le_bytes(b.try_into().unwrap_or([0; 8])), &mut overflowed, overflow))
                 .collect();
-            (v, Some(format!("tensor \"{name}\" converted from F64 to f32{}", npy::overflow_note(overflowed))))
+            let note = npy::overflow_note(overflowed, overflow);
+            (v, Some(format!("tensor \"{name}\" converted from F64 to f32{note}")))
         }
         Dtype::F16 => (
             raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),

@@ -358,6 +358,25 @@ fn scan_reports_findings_with_exit_code_3_and_clean_files_with_0() {
     let o = run(&["scan", &dir.s("missing.npy")]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("missing.npy"), "{}", stderr(&o));
+    // A float64 file's values beyond float32's range are finite in the
+    // file: scanned clean (exit 0), the note says how many there are; its
+    // own NaN is found (exit 3), and only it.
+    let values = [1.5f64, 1e300, -1e39, 2.0, 3.0, 4.0];
+    for (name, last, code) in [("f64.npy", 5.0, 0), ("f64nan.npy", f64::NAN, 3)] {
+        let mut data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        data.extend(last.to_le_bytes());
+        data.extend(6.0f64.to_le_bytes());
+        npy(&dir.p(name), "{'descr': '<f8', 'fortran_order': False, 'shape': (4, 2), }", &data);
+        for backend in ["cpu", "gpu"] {
+            let o = run(&["scan", &dir.s(name), "--backend", backend]);
+            let text = String::from_utf8_lossy(&o.stdout);
+            assert_eq!(o.status.code(), Some(code), "{name} {backend}: {text}{}", stderr(&o));
+            assert!(text.contains("2 finite value(s) beyond float32's range"), "{name} {backend}: {text}");
+            if code == 3 {
+                assert!(text.contains("1 NaN · 0 +Inf · 0 -Inf · in 1 rows"), "{name} {backend}: {text}");
+            }
+        }
+    }
 }
 
 #[test]
