@@ -271,15 +271,40 @@ fn read_exact_or(f: &mut File, buf: &mut [u8], err: impl FnOnce() -> Error) -> R
 }
 
 /// Parses `{'descr': '<f4', 'fortran_order': False, 'shape': (R, D), }`.
+/// The header's dictionary, as numpy writes it and reads it back (a Python
+/// literal): exactly the keys 'descr', 'fortran_order' and 'shape', each
+/// once, and nothing before or after it but spaces (numpy refuses other
+/// keys and any other text; a key given twice, which Python would take
+/// the last of, is refused rather than read either way).
 fn parse_header(h: &str) -> std::result::Result<(Dtype, Vec<u64>), String> {
-    let value = |key: &str| -> std::result::Result<&str, String> {
-        let k = format!("'{key}':");
-        let at = h.find(&k).ok_or_else(|| format!("the .npy header has no '{key}'"))?;
-        Ok(h[at + k.len()..].trim_start())
-    };
-    let descr = value("descr")?;
-    let descr =
-        descr.strip_prefix('\'').and_then(|s| s.split('\'').next()).ok_or("malformed 'descr' in the .npy header")?;
+    let mut p = HeaderCursor { s: h.as_bytes(), i: 0 };
+    let (mut descr, mut fortran, mut shape) = (None, None, None);
+    p.expect(b'{')?;
+    loop {
+        if p.eat(b'}') {
+            break;
+        }
+        let key = p.string()?;
+        p.expect(b':')?;
+        let twice = || format!("the .npy header gives '{key}' twice");
+        match key.as_str() {
+            "descr" => descr.replace(p.string()?).map_or(Ok(()), |_| Err(twice()))?,
+            "fortran_order" => fortran.replace(p.boolean()?).map_or(Ok(()), |_| Err(twice()))?,
+            "shape" => shape.replace(p.tuple()?).map_or(Ok(()), |_| Err(twice()))?,
+            other => return Err(format!("unexpected key '{other}' in the .npy header")),
+        }
+        if !p.eat(b',') {
+            p.expect(b'}')?;
+            break;
+        }
+    }
+    if !p.at_end() {
+        return Err("text after the .npy header's dictionary".into());
+    }
+    let missing = |key: &str| format!("the .npy header has no '{key}'");
+    let descr = descr.ok_or_else(|| missing("descr"))?;
+    let fortran = fortran.ok_or_else(|| missing("fortran_order"))?;
+    let dims = shape.ok_or_else(|| missing("shape"))?;
     let int = |order: &str, kind: &str, n: &str| -> Option<Dtype> {
         let bytes = match n {
             "1" => 1,
@@ -298,7 +323,7 @@ fn parse_header(h: &str) -> std::result::Result<(Dtype, Vec<u64>), String> {
         };
         Some(Dtype::Int { bytes, signed: kind == "i", big })
     };
-    let dtype = match descr {
+    let dtype = match descr.as_str() {
         "<f4" => Some(Dtype::F32),
         "<f8" => Some(Dtype::F64),
         d if d.len() == 3 && d.is_ascii() && matches!(&d[1..2], "i" | "u") => int(&d[..1], &d[1..2], &d[2..]),
@@ -310,24 +335,108 @@ fn parse_header(h: &str) -> std::result::Result<(Dtype, Vec<u64>), String> {
              or for indices an integer type (e.g. '<i4', '<i8', '<u4')"
         )
     })?;
-    let fortran = value("fortran_order")?;
-    if fortran.starts_with("True") {
+    if fortran {
         return Err("Fortran-ordered arrays are not supported: save with numpy.ascontiguousarray".into());
-    } else if !fortran.starts_with("False") {
-        return Err("malformed 'fortran_order' in the .npy header".into());
     }
-    let shape = value("shape")?;
-    let inner =
-        shape.strip_prefix('(').and_then(|s| s.split(')').next()).ok_or("malformed 'shape' in the .npy header")?;
-    let dims = inner
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.trim_end_matches('L').parse::<u64>().map_err(|_| format!("malformed dimension '{s}' in the .npy shape"))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok((dtype, dims))
+}
+
+/// Reads the Python literals of a `.npy` header, skipping spaces before
+/// each token.
+struct HeaderCursor<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl HeaderCursor<'_> {
+    fn skip_spaces(&mut self) {
+        while self.s.get(self.i).is_some_and(|c| c.is_ascii_whitespace()) {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> bool {
+        self.skip_spaces();
+        let hit = self.s.get(self.i) == Some(&c);
+        self.i += hit as usize;
+        hit
+    }
+
+    fn expect(&mut self, c: u8) -> std::result::Result<(), String> {
+        if self.eat(c) {
+            Ok(())
+        } else {
+            Err(format!("malformed .npy header: expected '{}' at byte {}", c as char, self.i))
+        }
+    }
+
+    fn at_end(&mut self) -> bool {
+        self.skip_spaces();
+        self.i == self.s.len()
+    }
+
+    /// A quoted string ('…' or "…"), without escapes (numpy writes none).
+    fn string(&mut self) -> std::result::Result<String, String> {
+        self.skip_spaces();
+        let q = match self.s.get(self.i) {
+            Some(&q) if q == b'\'' || q == b'"' => q,
+            _ => return Err(format!("malformed .npy header: expected a quoted string at byte {}", self.i)),
+        };
+        let from = self.i + 1;
+        let len = self.s[from..]
+            .iter()
+            .position(|&c| c == q || c == b'\\')
+            .filter(|&n| self.s[from + n] == q)
+            .ok_or_else(|| format!("malformed .npy header: unterminated string at byte {}", self.i))?;
+        self.i = from + len + 1;
+        Ok(String::from_utf8_lossy(&self.s[from..from + len]).into_owned())
+    }
+
+    fn boolean(&mut self) -> std::result::Result<bool, String> {
+        self.skip_spaces();
+        for (word, v) in [(&b"True"[..], true), (&b"False"[..], false)] {
+            if self.s[self.i..].starts_with(word) {
+                self.i += word.len();
+                return Ok(v);
+            }
+        }
+        Err("malformed 'fortran_order' in the .npy header".into())
+    }
+
+    /// A tuple of non-negative integers: `()`, `(7,)`, `(2, 3)`, `(2, 3,)`.
+    fn tuple(&mut self) -> std::result::Result<Vec<u64>, String> {
+        self.expect(b'(').map_err(|_| "malformed 'shape' in the .npy header".to_string())?;
+        let mut dims = Vec::new();
+        loop {
+            if self.eat(b')') {
+                return Ok(dims);
+            }
+            self.skip_spaces();
+            let from = self.i;
+            while self.s.get(self.i).is_some_and(u8::is_ascii_digit) {
+                self.i += 1;
+            }
+            let digits = String::from_utf8_lossy(&self.s[from..self.i]).into_owned();
+            self.i += (self.s.get(self.i) == Some(&b'L')) as usize; // Python 2's long
+            let d = digits.parse::<u64>().map_err(|_| {
+                let end =
+                    self.s[from..].iter().position(|&c| c == b',' || c == b')').map_or(self.s.len(), |n| from + n);
+                format!(
+                    "malformed dimension '{}' in the .npy shape",
+                    String::from_utf8_lossy(&self.s[from..end]).trim()
+                )
+            })?;
+            dims.push(d);
+            // One element needs its comma: `(7)` is an int, not a tuple.
+            if !self.eat(b',') {
+                if dims.len() == 1 {
+                    return Err("malformed 'shape' in the .npy header: a one-element tuple is written (n,)".into());
+                }
+                self.expect(b')').map_err(|_| "malformed 'shape' in the .npy header".to_string())?;
+                return Ok(dims);
+            }
+        }
+    }
 }
 
 /// The `.npy` encoding of a 2-D f32 table.
@@ -716,6 +825,37 @@ mod tests {
             .unwrap_err()
             .contains("Fortran"));
         assert_eq!(parse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (7,), }").unwrap().1, vec![7]);
+        // Only numpy's dictionary, each key once, nothing around it.
+        for (h, says) in [
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (2000, 4), 'shape': (1000, 8), }", "'shape' twice"),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), 'extra': 1, }", "unexpected key 'extra'"),
+            ("x{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", "expected '{'"),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), } junk", "text after"),
+            ("'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)", "expected '{'"),
+            ("{'descr': '<f4', 'fortran_order': False, }", "no 'shape'"),
+            ("{'descr': '<f4' 'fortran_order': False, 'shape': (2, 3), }", "expected '}'"),
+            ("{'descr': '<f4', 'fortran_order': false, 'shape': (2, 3), }", "'fortran_order'"),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (7), }", "(n,)"),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (2, -3), }", "dimension '-3'"),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, }", "malformed dimension '}'"),
+            ("{'descr: '<f4', 'fortran_order': False, 'shape': (2, 3), }", "expected ':'"),
+        ] {
+            let e = parse_header(h).unwrap_err();
+            assert!(e.contains(says), "{h}: {e}");
+        }
+        // What numpy writes (and Python reads): spaces, a last comma or
+        // none, double quotes, the padding and newline after.
+        for h in [
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }          \n",
+            "{\"descr\":\"<f4\",\"fortran_order\":False,\"shape\":(2,3)}",
+            "{ 'shape' : ( 2 , 3 , ) , 'fortran_order' : False , 'descr' : '<f4' }",
+        ] {
+            assert_eq!(parse_header(h).unwrap(), (Dtype::F32, vec![2, 3]), "{h}");
+        }
+        assert_eq!(
+            parse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (), }").unwrap().1,
+            Vec::<u64>::new()
+        );
         assert_eq!(
             parse_header("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }").unwrap(),
             (Dtype::F64, vec![2, 3])
