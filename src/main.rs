@@ -460,6 +460,24 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                     );
                 }
             }
+            // The state's own values, as a run writes them: rollbacks only
+            // back the learning rate off; d0 is a distance.
+            if !(state.lr.is_finite() && state.lr > 0.0 && state.lr <= cfg.lr) {
+                bail!(
+                    "invalid --resume: {}'s run state has lr {}, where a run with --lr {} has a positive one no \
+                     larger (rollbacks only back it off)",
+                    path.display(),
+                    state.lr,
+                    cfg.lr
+                );
+            }
+            if state.d0_start.is_some_and(|d| !(d.is_finite() && d >= 0.0)) {
+                bail!(
+                    "invalid --resume: {}'s run state has d0_start {:?}; it is a distance",
+                    path.display(),
+                    state.d0_start
+                );
+            }
             if state.steps > args.steps as u64 {
                 bail!(
                     "invalid --steps: {} is fewer than the {} steps {} has done (with --resume, --steps is the run's \
@@ -491,6 +509,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         }
         None => None,
     };
+    let resumed_lr = resumed.as_ref().map(|(state, _, _)| state.lr);
     let batched = !batches.is_full();
     let (mut trainer, why) = open_trainer(args, shape, cfg, source, batches)?;
     trainer.set_stop(stop_flag);
@@ -508,6 +527,9 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         }
         None => (0, None),
     };
+    // A resumed run trains at the lr its rollbacks left (the table line
+    // gives --lr).
+    let lr_now = resumed_lr.filter(|&lr| lr != cfg.lr);
     let dev = trainer.device_info();
     out!(
         "device   {} · {}{}",
@@ -531,7 +553,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         );
     }
     out!(
-        "table    {} × {} f32 ({:.1} MB) · anchors {},{} · endpoints {} · reduction {} · ε {:e} · lr {}",
+        "table    {} × {} f32 ({:.1} MB) · anchors {},{} · endpoints {} · reduction {} · ε {:e} · lr {}{}",
         shape.rows,
         shape.dim,
         shape.bytes() as f64 / 1e6,
@@ -540,7 +562,8 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         name(cfg.endpoints),
         name(cfg.reduction),
         cfg.eps,
-        cfg.lr
+        cfg.lr,
+        lr_now.map_or(String::new(), |lr| format!(" (now {lr}, backed off by the rollbacks before the resume)"))
     );
 
     for e in &events {

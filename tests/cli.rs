@@ -297,6 +297,40 @@ fn a_report_through_a_link_to_standard_output_is_written_there() {
 }
 
 #[test]
+fn a_resume_refuses_a_run_state_no_run_could_have_written() {
+    // A run state edited by hand (or damaged): its lr must be positive and
+    // no larger than --lr (rollbacks only back it off), its d0 a distance.
+    let dir = Dir::new();
+    let ck = dir.s("ck.npy");
+    let base = ["--backend", "cpu", "--rows", "60", "--dim", "3"];
+    let o = run(&[&base[..], &["--steps", "2", "--save", &ck]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let state_path = dir.p("ck.npy.state.json");
+    let good: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    for (key, value, says) in [
+        ("lr", serde_json::json!(-5.0), "lr -5"),
+        ("lr", serde_json::json!(0.4), "lr 0.4"),
+        ("lr", serde_json::json!(0.0), "lr 0"),
+        ("d0_start", serde_json::json!(-1.0), "d0_start Some(-1.0)"),
+    ] {
+        let mut bad = good.clone();
+        bad[key] = value;
+        std::fs::write(&state_path, serde_json::to_vec(&bad).unwrap()).unwrap();
+        let o = run(&[&base[..], &["--steps", "4", "--resume", &ck]].concat());
+        assert_eq!(o.status.code(), Some(1), "{key}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says) && stderr(&o).contains("run state"), "{key}: {}", stderr(&o));
+    }
+    // A backed-off lr is one a run writes: taken, and said.
+    let mut backed = good.clone();
+    backed["lr"] = serde_json::json!(0.05);
+    std::fs::write(&state_path, serde_json::to_vec(&backed).unwrap()).unwrap();
+    let o = run(&[&base[..], &["--steps", "4", "--resume", &ck]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("lr 0.2 (now 0.05, backed off by the rollbacks before the resume)"), "{text}");
+}
+
+#[test]
 fn a_loss_that_overflows_is_inf_and_every_step_lists_its_scans() {
     // Row 7 holds 1e30: (x − p)² overflows f32, so its distance and its
     // loss term are +Inf (not NaN): the loss is +Inf, as PyTorch's sum
