@@ -891,7 +891,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
 /// and what `--backend auto` would run on.
 fn devices() -> anyhow::Result<Outcome> {
     use latent_line::gpu::context::{adapters, env_adapter_name, find_named};
-    let all = adapters();
+    let all = adapters()?;
     if all.is_empty() {
         out!("no GPU adapter (is a Vulkan, Metal or DX12 driver installed? on Linux: mesa-vulkan-drivers)");
     }

@@ -556,6 +556,25 @@ fn wgpu_adapter_name_is_honoured_by_auto_and_devices() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("invalid LATENT_LINE_SUBGROUPS: \"yes\": use 0 (off) or 1 (on)"), "{}", stderr(&o));
+    // WGPU_BACKEND with a name wgpu does not know is refused, naming it
+    // (under `auto` too: wgpu skips it silently, and the run would fall
+    // back to the CPU as if no driver were installed); a known one, in
+    // any case and spacing, is taken.
+    let with_backend = |v: &str, args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .env("WGPU_BACKEND", v)
+            .output()
+            .unwrap()
+    };
+    for args in [&["--rows", "50", "--dim", "4", "--steps", "1"][..], &["devices"]] {
+        let o = with_backend("vulkn", args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&o).contains("invalid WGPU_BACKEND: \"vulkn\": unknown backend \"vulkn\""), "{}", stderr(&o));
+    }
+    let o = with_backend(" Vulkan ", &["--backend", "gpu", "--rows", "50", "--dim", "4", "--steps", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
 
 #[test]

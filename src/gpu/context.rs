@@ -38,7 +38,8 @@ pub fn describe(info: &wgpu::AdapterInfo) -> String {
 
 /// Adapters that the instance (honouring `WGPU_BACKEND`) can see, best
 /// first (`rank`), so that the first one a name matches is the best-ranked.
-pub fn adapters() -> Vec<wgpu::Adapter> {
+pub fn adapters() -> Result<Vec<wgpu::Adapter>> {
+    check_backend_env()?;
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     // Refuse allocations past 95% of the driver's memory budget with an
     // out-of-memory error (which `GpuTrainer::new` reports with the table's
@@ -47,7 +48,23 @@ pub fn adapters() -> Vec<wgpu::Adapter> {
     let instance = wgpu::Instance::new(desc);
     let mut all = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
     all.sort_by_key(|a| rank(a.get_info().device_type));
-    all
+    Ok(all)
+}
+
+/// `WGPU_BACKEND`, where set: every name in it must be one wgpu knows
+/// (wgpu skips an unknown one with a log line no one sees, and a typo
+/// then reads as "no driver installed").
+fn check_backend_env() -> Result<()> {
+    let Ok(v) = std::env::var("WGPU_BACKEND") else { return Ok(()) };
+    const KNOWN: [&str; 11] =
+        ["vulkan", "vk", "dx12", "d3d12", "metal", "mtl", "opengl", "gles", "gl", "webgpu", "noop"];
+    match v.split(',').map(|b| b.trim().to_lowercase()).find(|b| !KNOWN.contains(&b.as_str())) {
+        Some(b) => Err(Error::invalid(
+            "WGPU_BACKEND",
+            format!("{v:?}: unknown backend {b:?}; use vulkan, dx12, metal or gl (several: comma-separated)"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// `WGPU_ADAPTER_NAME`, where set and not empty: a request for that adapter.
@@ -92,11 +109,15 @@ impl GpuContext {
     /// best-ranked one. Fails when there is none: a GPU test must not skip.
     pub fn new(name: Option<&str>) -> Result<Self> {
         let name = name.map(str::to_owned).or_else(env_adapter_name);
-        let mut all = adapters();
+        let mut all = adapters()?;
         if all.is_empty() {
-            return Err(Error::NoAdapter(
-                "wgpu found none (is a Vulkan, Metal or DX12 driver installed? on Linux: mesa-vulkan-drivers)".into(),
-            ));
+            return Err(Error::NoAdapter(match std::env::var("WGPU_BACKEND") {
+                Ok(v) => format!("wgpu found none through WGPU_BACKEND={v:?}"),
+                Err(_) => {
+                    "wgpu found none (is a Vulkan, Metal or DX12 driver installed? on Linux: mesa-vulkan-drivers)"
+                        .into()
+                }
+            }));
         }
         let adapter = match &name {
             Some(n) => match find_named(&all, n) {
