@@ -240,9 +240,13 @@ fn parse_anchors(s: &str) -> anyhow::Result<(usize, usize)> {
 }
 
 /// Whether two paths name one file: each resolved as far as it exists (the
-/// file, else its folder, links and `..` included) and then compared.
+/// file, else its folder, links and `..` included; a dangling link to the
+/// file a save would create there) and then compared.
 fn same_file(a: &Path, b: &Path) -> bool {
     fn resolve(p: &Path) -> Option<PathBuf> {
+        let p = match npy::destination(p) {
+            Ok(q) | Err(q) => q,
+        };
         p.canonicalize().ok().or_else(|| {
             let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
             Some(dir.canonicalize().ok()?.join(p.file_name()?))
@@ -255,6 +259,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// replaces a symbolic link's target (the link stays), and writes through
 /// a file that is not a regular one (`/dev/stdout`, a pipe).
 fn check_output(opt: &str, path: &Path) -> anyhow::Result<()> {
+    // (What is written through exists already, and is not a folder.)
     let Ok(path) = npy::destination(path) else { return Ok(()) };
     let path = path.as_path();
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -462,10 +467,10 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             }
             // The state's own values, as a run writes them: rollbacks only
             // back the learning rate off; d0 is a distance.
-            if !(state.lr.is_finite() && state.lr > 0.0 && state.lr <= cfg.lr) {
+            if !(state.lr.is_finite() && state.lr >= 0.0 && state.lr <= cfg.lr) {
                 bail!(
-                    "invalid --resume: {}'s run state has lr {}, where a run with --lr {} has a positive one no \
-                     larger (rollbacks only back it off)",
+                    "invalid --resume: {}'s run state has lr {}, where a run with --lr {} has one from 0 to that \
+                     (rollbacks only back it off)",
                     path.display(),
                     state.lr,
                     cfg.lr
@@ -869,7 +874,10 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             driver_stats,
         };
         if let Some(path) = &args.report {
-            npy::save_atomic(path, |w| serde_json::to_writer_pretty(&mut *w, &report).map_err(std::io::Error::other))?;
+            npy::save_atomic(path, |w| {
+                serde_json::to_writer_pretty(&mut *w, &report).map_err(std::io::Error::other)?;
+                std::io::Write::write_all(w, b"\n")
+            })?;
             out!("report   {}", path.display());
         }
         if args.json {

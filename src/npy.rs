@@ -427,12 +427,12 @@ impl HeaderCursor<'_> {
                 )
             })?;
             dims.push(d);
-            // One element needs its comma: `(7)` is an int, not a tuple.
             if !self.eat(b',') {
+                self.expect(b')').map_err(|_| "malformed 'shape' in the .npy header".to_string())?;
+                // One element needs its comma: `(7)` is an int, not a tuple.
                 if dims.len() == 1 {
                     return Err("malformed 'shape' in the .npy header: a one-element tuple is written (n,)".into());
                 }
-                self.expect(b')').map_err(|_| "malformed 'shape' in the .npy header".to_string())?;
                 return Ok(dims);
             }
         }
@@ -480,24 +480,45 @@ pub struct Staged {
     stream: bool,
 }
 
-/// Where a save to `path` goes: `Ok(target)` for a regular file or none
-/// (replaced atomically: a symbolic link is followed to its target, so the
-/// link stays and the file it names is replaced), `Err(path)` for an
-/// existing file that is not a regular one (a pipe, a terminal, a
-/// device: written through, in place).
+/// Where a save to `path` goes: `Ok(target)` for a regular file, a folder
+/// or nothing yet (replaced atomically: a symbolic link is followed to its
+/// target, so the link stays and the file it names is replaced; a folder
+/// is for the caller to refuse), `Err(path)` for a file written through
+/// in place, appended to: one that exists and is neither a regular file
+/// nor a folder (a pipe, a terminal, a device), or any path that goes
+/// through a process's open files (`/dev/stdout`, `/dev/fd/N`,
+/// `/proc/self/fd/N`), even one redirected to a regular file, which must
+/// keep what the process wrote there before.
 pub fn destination(path: &Path) -> std::result::Result<PathBuf, PathBuf> {
-    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
         return Err(path.to_owned());
     }
     // Follow the links (a dangling one too: the save creates its target).
     let mut p = path.to_owned();
     for _ in 0..40 {
+        if is_open_file_link(&p) {
+            return Err(path.to_owned());
+        }
         match std::fs::read_link(&p) {
             Ok(t) => p = if t.is_absolute() { t } else { folder(&p).join(t) },
             Err(_) => break,
         }
     }
     Ok(p)
+}
+
+/// A name of one of a process's open files: /dev/stdout, /dev/stderr,
+/// /dev/fd/N, /proc/self/fd/N (and /proc/PID/fd/N, /proc/thread-self/fd/N).
+fn is_open_file_link(p: &Path) -> bool {
+    let parts: Vec<&str> = p.iter().filter_map(|c| c.to_str()).collect();
+    match parts.as_slice() {
+        ["/", "dev", "stdout" | "stderr" | "stdin"] => true,
+        ["/", "dev", "fd", _] => true,
+        ["/", "proc", who, "fd", _] => {
+            *who == "self" || *who == "thread-self" || who.bytes().all(|b| b.is_ascii_digit())
+        }
+        _ => false,
+    }
 }
 
 /// Writes what will become `path`, without touching `path` itself.
@@ -563,18 +584,44 @@ pub fn commit(files: Vec<Staged>) -> Result<()> {
     // Files that are not regular ones last, written through (nothing to
     // put back there; the renamed files are, if one fails).
     for f in streams {
-        let written = File::open(f.tmp.path()).and_then(|mut from| {
-            let mut to = std::fs::OpenOptions::new().write(true).open(&f.path)?;
-            std::io::copy(&mut from, &mut to)?;
-            to.flush()
-        });
-        if let Err(e) = written {
+        if let Err(e) = write_through(&f.path, f.tmp.path()) {
             undo(done);
             return Err(Error::io(&f.path, e));
         }
     }
     // Committed: dropping the old contents' links removes them.
     Ok(())
+}
+
+/// Copies the file `from` into `path`, which is not replaced: this
+/// process's standard output or error through their own handles (so what
+/// follows lands after it, and what came before stays: `>> run.log`),
+/// anything else opened to append.
+fn write_through(path: &Path, from: &Path) -> std::io::Result<()> {
+    let mut src = File::open(from)?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        let target = std::fs::metadata(path)?;
+        let is_target = |fd: std::os::fd::BorrowedFd<'_>| {
+            let m = fd.try_clone_to_owned().ok().and_then(|o| File::from(o).metadata().ok());
+            m.is_some_and(|m| (m.dev(), m.ino()) == (target.dev(), target.ino()))
+        };
+        if is_target(std::io::stdout().as_fd()) {
+            let mut out = std::io::stdout().lock();
+            std::io::copy(&mut src, &mut out)?;
+            return out.flush();
+        }
+        if is_target(std::io::stderr().as_fd()) {
+            let mut err = std::io::stderr().lock();
+            std::io::copy(&mut src, &mut err)?;
+            return err.flush();
+        }
+    }
+    let mut to = std::fs::OpenOptions::new().append(true).open(path)?;
+    std::io::copy(&mut src, &mut to)?;
+    to.flush()
 }
 
 /// What was at a path before `commit` renamed over it.
@@ -726,8 +773,8 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
     }
 
-    /// A write that fails (here: the writer's own error) stages nothing,
-    /// leaves the old file and no temporary file.
+    /// A save through a link replaces the file it names; one through a
+    /// link to a file that is not a regular one writes through it.
     #[test]
     #[cfg(unix)]
     fn a_save_through_a_link_replaces_its_target_and_keeps_the_link() {
@@ -755,6 +802,8 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 5, "a temporary file was left");
     }
 
+    /// A write that fails (here: the writer's own error) stages nothing,
+    /// leaves the old file and no temporary file.
     #[test]
     fn a_failed_write_stages_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -836,6 +885,7 @@ mod tests {
             ("{'descr': '<f4' 'fortran_order': False, 'shape': (2, 3), }", "expected '}'"),
             ("{'descr': '<f4', 'fortran_order': false, 'shape': (2, 3), }", "'fortran_order'"),
             ("{'descr': '<f4', 'fortran_order': False, 'shape': (7), }", "(n,)"),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (2 3), }", "malformed 'shape'"),
             ("{'descr': '<f4', 'fortran_order': False, 'shape': (2, -3), }", "dimension '-3'"),
             ("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, }", "malformed dimension '}'"),
             ("{'descr: '<f4', 'fortran_order': False, 'shape': (2, 3), }", "expected ':'"),

@@ -269,31 +269,65 @@ fn table_with(path: &Path, rows: usize, dim: usize, bad: &[(usize, usize, f32)])
 
 #[test]
 #[cfg(target_os = "linux")]
-fn a_report_through_a_link_to_standard_output_is_written_there() {
-    // `--report /dev/stdout` goes through such a link: the report is
-    // written through it, and the link stays (renaming over it, as an
-    // atomic save of a regular file does, would have replaced it).
+fn a_report_to_standard_output_is_written_there_and_links_are_followed() {
+    // `--report /dev/stdout` (or a link to it): written through, appended
+    // to what the run printed, the links left as they are; staged in
+    // TMPDIR, which is left empty.
     let dir = Dir::new();
     let out = dir.p("out.json");
     std::os::unix::fs::symlink("/proc/self/fd/1", &out).unwrap();
-    let o = run(&[
-        "--backend",
-        "cpu",
-        "--rows",
-        "40",
-        "--dim",
-        "3",
-        "--steps",
-        "1",
-        "--quiet",
-        "--report",
-        &dir.s("out.json"),
-    ]);
+    let tmp = Dir::new();
+    let run_in_tmp = |args: &[&str], stdout: std::process::Stdio| {
+        Command::new(BIN)
+            .args(args)
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .env("TMPDIR", tmp.0.path())
+            .stdout(stdout)
+            .output()
+            .unwrap()
+    };
+    let small = ["--backend", "cpu", "--rows", "40", "--dim", "3", "--steps", "1"];
+    let o =
+        run_in_tmp(&[&small[..], &["--quiet", "--report", &dir.s("out.json")]].concat(), std::process::Stdio::piped());
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("the report on standard output");
     assert_eq!(r["summary"]["steps_done"], 1);
     assert!(std::fs::symlink_metadata(&out).unwrap().file_type().is_symlink(), "the link was replaced");
-    assert_eq!(dir.files(), ["out.json"], "a temporary file was left");
+    assert_eq!(dir.files(), ["out.json"]);
+    // Standard output redirected to a file (`>> run.log`): the report goes
+    // after what was there and what the run printed, not over them.
+    let log = dir.p("run.log");
+    std::fs::write(&log, "PREVIOUS\n").unwrap();
+    let f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    let o = run_in_tmp(&[&small[..], &["--report", "/dev/stdout"]].concat(), f.into());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.starts_with("PREVIOUS\ndevice   cpu"), "{text}");
+    let at = text.find("\n{").expect("the report after the summary") + 1;
+    let r: serde_json::Value = serde_json::Deserializer::from_str(&text[at..]).into_iter().next().unwrap().unwrap();
+    assert_eq!(r["summary"]["steps_done"], 1, "{text}");
+    assert!(std::fs::read_dir(tmp.0.path()).unwrap().next().is_none(), "a temporary file was left in TMPDIR");
+    // A folder, or a link to one, is refused before any step.
+    std::fs::create_dir(dir.p("rep.json")).unwrap();
+    std::fs::create_dir(dir.p("tab.npy")).unwrap();
+    std::os::unix::fs::symlink("rep.json", dir.p("lnk.json")).unwrap();
+    for (opt, path) in [("--report", "rep.json"), ("--save", "tab.npy"), ("--report", "lnk.json")] {
+        let o = run(&[&small[..], &[opt, &dir.s(path)]].concat());
+        assert_eq!(o.status.code(), Some(1), "{path}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("invalid {opt}: ")) && stderr(&o).contains("is a folder"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(!String::from_utf8_lossy(&o.stdout).contains("start    loss"), "{path}: trained before refusing");
+    }
+    // A dangling link is where a save would create its file: one output
+    // through it never lands on another.
+    std::os::unix::fs::symlink("t.npy", dir.p("d.json")).unwrap();
+    let o = run(&[&small[..], &["--save", &dir.s("t.npy"), "--report", &dir.s("d.json")]].concat());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("invalid --save: ") && stderr(&o).contains("also the --report file"), "{}", stderr(&o));
+    assert!(!dir.p("t.npy").exists());
 }
 
 #[test]
@@ -310,7 +344,7 @@ fn a_resume_refuses_a_run_state_no_run_could_have_written() {
     for (key, value, says) in [
         ("lr", serde_json::json!(-5.0), "lr -5"),
         ("lr", serde_json::json!(0.4), "lr 0.4"),
-        ("lr", serde_json::json!(0.0), "lr 0"),
+        ("lr", serde_json::json!(1e39), "lr inf"),
         ("d0_start", serde_json::json!(-1.0), "d0_start Some(-1.0)"),
     ] {
         let mut bad = good.clone();
@@ -320,14 +354,17 @@ fn a_resume_refuses_a_run_state_no_run_could_have_written() {
         assert_eq!(o.status.code(), Some(1), "{key}: {}", stderr(&o));
         assert!(stderr(&o).contains(says) && stderr(&o).contains("run state"), "{key}: {}", stderr(&o));
     }
-    // A backed-off lr is one a run writes: taken, and said.
-    let mut backed = good.clone();
-    backed["lr"] = serde_json::json!(0.05);
-    std::fs::write(&state_path, serde_json::to_vec(&backed).unwrap()).unwrap();
-    let o = run(&[&base[..], &["--steps", "4", "--resume", &ck]].concat());
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("lr 0.2 (now 0.05, backed off by the rollbacks before the resume)"), "{text}");
+    // A backed-off lr is one a run writes (down to 0, where many rollbacks
+    // take it in f32): taken, and said.
+    for (lr, says) in [(0.05, "now 0.05"), (0.0, "now 0")] {
+        let mut backed = good.clone();
+        backed["lr"] = serde_json::json!(lr);
+        std::fs::write(&state_path, serde_json::to_vec(&backed).unwrap()).unwrap();
+        let o = run(&[&base[..], &["--steps", "4", "--resume", &ck]].concat());
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains(&format!("lr 0.2 ({says}, backed off by the rollbacks before the resume)")), "{text}");
+    }
 }
 
 #[test]

@@ -58,7 +58,8 @@ fn check_backend_env() -> Result<()> {
     let Ok(v) = std::env::var("WGPU_BACKEND") else { return Ok(()) };
     const KNOWN: [&str; 11] =
         ["vulkan", "vk", "dx12", "d3d12", "metal", "mtl", "opengl", "gles", "gl", "webgpu", "noop"];
-    match v.split(',').map(|b| b.trim().to_lowercase()).find(|b| !KNOWN.contains(&b.as_str())) {
+    // (Empty names, as in "vulkan,", wgpu skips.)
+    match v.split(',').map(|b| b.trim().to_lowercase()).find(|b| !b.is_empty() && !KNOWN.contains(&b.as_str())) {
         Some(b) => Err(Error::invalid(
             "WGPU_BACKEND",
             format!("{v:?}: unknown backend {b:?}; use vulkan, dx12, metal or gl (several: comma-separated)"),
