@@ -294,18 +294,25 @@ fn a_report_to_standard_output_is_written_there_and_links_are_followed() {
     assert_eq!(r["summary"]["steps_done"], 1);
     assert!(std::fs::symlink_metadata(&out).unwrap().file_type().is_symlink(), "the link was replaced");
     assert_eq!(dir.files(), ["out.json"]);
-    // Standard output redirected to a file (`>> run.log`): the report goes
-    // after what was there and what the run printed, not over them.
+    // Standard output redirected to a file (`>> run.log`, `> run.log`):
+    // the report goes after what was there and what the run printed, and
+    // the run's last line after the report, nothing over anything.
     let log = dir.p("run.log");
-    std::fs::write(&log, "PREVIOUS\n").unwrap();
-    let f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
-    let o = run_in_tmp(&[&small[..], &["--report", "/dev/stdout"]].concat(), f.into());
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.starts_with("PREVIOUS\ndevice   cpu"), "{text}");
-    let at = text.find("\n{").expect("the report after the summary") + 1;
-    let r: serde_json::Value = serde_json::Deserializer::from_str(&text[at..]).into_iter().next().unwrap().unwrap();
-    assert_eq!(r["summary"]["steps_done"], 1, "{text}");
+    for append in [true, false] {
+        std::fs::write(&log, "PREVIOUS\n").unwrap();
+        let f = std::fs::OpenOptions::new().append(append).write(true).truncate(!append).open(&log).unwrap();
+        let o = run_in_tmp(&[&small[..], &["--report", "/dev/stdout"]].concat(), f.into());
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let text = std::fs::read_to_string(&log).unwrap();
+        let before = if append { "PREVIOUS\n" } else { "" };
+        assert!(text.starts_with(&format!("{before}device   cpu")), "{text}");
+        let at = text.find("\n{").expect("the report after the summary") + 1;
+        let mut json = serde_json::Deserializer::from_str(&text[at..]).into_iter::<serde_json::Value>();
+        let r = json.next().unwrap().unwrap();
+        assert_eq!(r["summary"]["steps_done"], 1, "{text}");
+        assert_eq!(&text[at + json.byte_offset()..], "\nreport   /dev/stdout\n", "{text}");
+    }
+    std::fs::remove_file(&log).unwrap();
     assert!(std::fs::read_dir(tmp.0.path()).unwrap().next().is_none(), "a temporary file was left in TMPDIR");
     // A folder, or a link to one, is refused before any step.
     std::fs::create_dir(dir.p("rep.json")).unwrap();
