@@ -368,7 +368,7 @@ pub fn report() -> Result<String> {
              This is the collapse the original author feared: the loss is also small when p, q and every \
              code sit at one point. With frozen endpoints (latent-line's default) the same {LONG_STEPS} \
              steps keep d0 = {} → {}, and the mean excess goes from {} to {}. Use --endpoints frozen \
-             (or, coming later, a margin term that pushes the anchors apart) to keep the segment.",
+             (or --margin M, a term that pushes the anchors apart while d0 < M) to keep the segment.",
             fmt4(d0_start),
             fmt4(long_end.d0),
             fmt4(d0_min),
