@@ -49,15 +49,14 @@ impl Batches {
     }
 
     /// The rows of global step `step` (with repeats for user batches), or
-    /// `None` for the full table.
-    pub fn rows(&self, rows: usize, step: u64) -> Option<Vec<u32>> {
-        match self {
+    /// `None` for the full table; refused as `validate` refuses.
+    pub fn rows(&self, rows: usize, step: u64) -> Result<Option<Vec<u32>>> {
+        self.validate(rows)?;
+        Ok(match self {
             Batches::Full => None,
-            Batches::Random { size, seed } => {
-                Some(Sampler::new(rows, *size, *seed).expect("validated").batch_rows(step))
-            }
+            Batches::Random { size, seed } => Some(Sampler::new(rows, *size, *seed)?.batch_rows(step)),
             Batches::Indices(ib) => Some(ib.batch(step).to_vec()),
-        }
+        })
     }
 }
 
@@ -124,6 +123,10 @@ impl IndexBatches {
     pub fn new<T: Copy + Into<i128>>(batches: Vec<Vec<T>>, rows: usize) -> Result<Self> {
         if batches.is_empty() || batches.iter().any(|b| b.is_empty()) {
             return Err(Error::invalid("--indices", "every batch needs at least one index"));
+        }
+        // A table's rows, as Shape::new allows them (row indices are u32).
+        if rows < 2 || rows as u64 > u32::MAX as u64 {
+            return Err(Error::invalid("--indices", format!("batches for a table of {rows} rows, which no table has")));
         }
         let several = batches.len() > 1;
         let mut out = Vec::with_capacity(batches.len());

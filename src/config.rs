@@ -144,6 +144,9 @@ impl StepConfig {
 
     /// Checks every option against the table's shape.
     pub fn validate(&self, shape: Shape) -> Result<()> {
+        // The shape's own rules too: its fields are public, so it may not
+        // have come from `Shape::new`.
+        Shape::new(shape.rows, shape.dim)?;
         let (a, b) = (self.anchor_a, self.anchor_b);
         if a >= shape.rows || b >= shape.rows {
             return Err(Error::invalid(

@@ -778,7 +778,7 @@ impl Trainer for CpuTrainer {
         let stopped = |s: &Option<std::sync::Arc<std::sync::atomic::AtomicBool>>| {
             s.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst))
         };
-        let mut out = Vec::with_capacity(n);
+        let mut out = Vec::with_capacity(n.min(1 << 16));
         for _ in 0..n {
             if stopped(&self.stop) {
                 break;
@@ -791,7 +791,17 @@ impl Trainer for CpuTrainer {
         self.stop = Some(flag);
     }
     fn step_rows(&mut self, rows: &[u32]) -> Result<Record> {
-        let ib = crate::batches::IndexBatches::new(vec![rows.to_vec()], self.shape.rows)?;
+        // As the GPU trainer, which needs batch buffers: the contract is
+        // the trait's, the same on both backends.
+        if self.schedule.is_full() {
+            return Err(Error::invalid(
+                "step_rows",
+                "this CPU trainer was built for full-table steps: build it with `CpuTrainer::with_batches` \
+                 (Batches::Indices or Batches::Random) to step on given rows",
+            ));
+        }
+        let ib = crate::batches::IndexBatches::new(vec![rows.to_vec()], self.shape.rows)
+            .map_err(|e| Error::invalid("step_rows", e.to_string().replace("invalid --indices: ", "")))?;
         let (a, b) = (self.cfg.anchor_a as u32, self.cfg.anchor_b as u32);
         Ok(self.step_slots(&StepSlots::new(ib.batch(0), a, b, true)))
     }
@@ -840,6 +850,7 @@ impl Trainer for CpuTrainer {
         Ok(RunState { steps: self.steps_done, lr: s.lr, skips: s.skips, rollbacks: s.rollbacks, ..RunState::default() })
     }
     fn set_run_state(&mut self, r: RunState) -> Result<()> {
+        r.check(&self.cfg)?;
         (self.state.lr, self.state.skips, self.state.rollbacks) = (r.lr, r.skips, r.rollbacks);
         self.steps_done = r.steps;
         self.snapshot_due = true;

@@ -56,7 +56,7 @@ impl Error {
         Error::TooLarge {
             rows: rows as u64,
             dim: dim as u64,
-            bytes: rows as u128 * dim as u128 * 4,
+            bytes: (rows as u128).saturating_mul(dim as u128).saturating_mul(4),
             reason: reason.into(),
         }
     }

@@ -142,7 +142,8 @@ impl GuardState {
             Policy::SkipStep => {
                 // K skips allowed; the next failure in a row aborts (as
                 // rollback allows K rollbacks).
-                self.skips += 1;
+                // (u32 arithmetic wraps, as reduce.wgsl's does.)
+                self.skips = self.skips.wrapping_add(1);
                 if self.skips > g.max_skips {
                     self.halted = true;
                     Action::Aborted
@@ -151,7 +152,7 @@ impl GuardState {
                 }
             }
             Policy::Rollback => {
-                self.rollbacks += 1;
+                self.rollbacks = self.rollbacks.wrapping_add(1);
                 if self.rollbacks > g.max_rollbacks {
                     self.halted = true;
                     Action::Aborted

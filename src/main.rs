@@ -467,14 +467,8 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             }
             // The state's own values, as a run writes them: rollbacks only
             // back the learning rate off; d0 is a distance.
-            if !(state.lr.is_finite() && state.lr >= 0.0 && state.lr <= cfg.lr) {
-                bail!(
-                    "invalid --resume: {}'s run state has lr {}, where a run with --lr {} has one from 0 to that \
-                     (rollbacks only back it off)",
-                    path.display(),
-                    state.lr,
-                    cfg.lr
-                );
+            if let Err(e) = state.check(&cfg) {
+                bail!("invalid --resume: {}: {e}", path.display());
             }
             if state.d0_start.is_some_and(|d| !(d.is_finite() && d >= 0.0)) {
                 bail!(

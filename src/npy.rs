@@ -551,6 +551,20 @@ pub fn stage(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> std::io::
 
 /// A table staged as `.npy` for `path`.
 pub fn stage_table(path: &Path, shape: Shape, data: &[f32]) -> Result<Staged> {
+    // A file that could not be loaded back is never written (nor over a
+    // good one).
+    if data.len() as u64 != shape.elements() {
+        return Err(Error::invalid(
+            "table",
+            format!(
+                "{} values for {} × {}; a table saved to {} holds rows × dim",
+                data.len(),
+                shape.rows,
+                shape.dim,
+                path.display()
+            ),
+        ));
+    }
     stage(path, |w| encode(shape, data, w))
 }
 
@@ -800,6 +814,20 @@ mod tests {
         assert!(std::fs::symlink_metadata(&null).unwrap().file_type().is_symlink(), "the link was replaced");
         assert!(!std::fs::metadata("/dev/null").unwrap().is_file());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 5, "a temporary file was left");
+    }
+
+    /// A table whose values are not rows × dim is never written (a file
+    /// that could not be loaded back), nor over a good one.
+    #[test]
+    fn a_table_of_the_wrong_length_is_not_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.npy");
+        let shape = Shape::new(3, 2).unwrap();
+        save(&path, shape, &[1.0; 6]).unwrap();
+        let e = save(&path, shape, &[1.0; 5]).unwrap_err().to_string();
+        assert!(e.contains("5 values for 3 × 2"), "{e}");
+        assert_eq!(load(&path).unwrap().data, [1.0; 6]);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     /// A write that fails (here: the writer's own error) stages nothing,

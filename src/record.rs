@@ -55,7 +55,7 @@ pub struct Record {
 
 impl Record {
     /// Decodes one record written by `shaders/reduce.wgsl`.
-    pub fn from_words(w: &[u32], batch: usize) -> Record {
+    pub(crate) fn from_words(w: &[u32], batch: usize) -> Record {
         let f = |i: usize| f32::from_bits(w[i]) as f64;
         let block = |b: usize| Scan::from_words(&w[HEADER_WORDS + b * SCAN_WORDS..][..SCAN_WORDS]);
         let table = block(2);

@@ -71,7 +71,7 @@ impl Scan {
     }
 
     /// Decodes a scan block written by `scan_collect` in `shaders/scan.wgsl`.
-    pub fn from_words(w: &[u32]) -> Scan {
+    pub(crate) fn from_words(w: &[u32]) -> Scan {
         let u64_at = |i: usize| w[i] as u64 | (w[i + 1] as u64) << 32;
         let listed = (w[10] as usize).min(ROW_CAP);
         Scan {
@@ -169,10 +169,12 @@ fn lower(a: Option<BadElement>, b: Option<BadElement>) -> Option<BadElement> {
 const SCAN_BLOCK_ROWS: usize = 4096;
 
 /// SPEC §7 on the host: scans a row-major table of `dim` columns whose
-/// first row is global row `row_base`, in parallel, merged in row order.
+/// first row is global row `row_base`, in parallel, merged in row order
+/// (`dim` 0 is taken as 1; row numbers past u64's range saturate).
 pub fn scan_rows(values: &[f32], dim: usize, row_base: u64) -> Scan {
+    let dim = dim.max(1);
     values
-        .par_chunks(SCAN_BLOCK_ROWS * dim.max(1))
+        .par_chunks(SCAN_BLOCK_ROWS * dim)
         .enumerate()
         .map(|(blk, part)| {
             let mut s = Scan::default();
@@ -181,7 +183,7 @@ pub fn scan_rows(values: &[f32], dim: usize, row_base: u64) -> Scan {
                 return s;
             }
             for (i, row) in part.chunks(dim).enumerate() {
-                s.note_row(row_base + (blk * SCAN_BLOCK_ROWS + i) as u64, row.iter().copied());
+                s.note_row(row_base.saturating_add((blk * SCAN_BLOCK_ROWS + i) as u64), row.iter().copied());
             }
             s
         })

@@ -47,6 +47,26 @@ pub struct RunState {
     pub options: Option<Vec<(String, String)>>,
 }
 
+impl RunState {
+    /// Whether a run of `cfg` could have written this state (checked by
+    /// `Trainer::set_run_state`): an lr from 0 (rollbacks may underflow it
+    /// in f32) to `cfg.lr`, which rollbacks only back off; counters with
+    /// room to count on.
+    pub fn check(&self, cfg: &StepConfig) -> Result<()> {
+        let bad = |what: String| Err(crate::error::Error::invalid("run state", what));
+        if !(self.lr.is_finite() && self.lr >= 0.0 && self.lr <= cfg.lr) {
+            return bad(format!("lr {}: a run with lr {} has one from 0 to that", self.lr, cfg.lr));
+        }
+        if self.steps >= 1 << 62 {
+            return bad(format!("{} steps done: more than any run takes", self.steps));
+        }
+        if self.skips == u32::MAX || self.rollbacks == u32::MAX {
+            return bad(format!("{} skips, {} rollbacks: more than any run counts", self.skips, self.rollbacks));
+        }
+        Ok(())
+    }
+}
+
 /// GPU time and bytes of one kernel over the profiled steps (`--profile`).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct KernelTime {
@@ -139,7 +159,9 @@ pub trait Trainer {
     fn set_snapshot(&mut self, t: &[f32]) -> Result<()>;
     /// The run's state besides the table (for checkpoints).
     fn run_state(&mut self) -> Result<RunState>;
-    /// Continues a run from `state` (before any step of this trainer).
+    /// Continues a run from `state` (before any step of this trainer),
+    /// refused where no run of this trainer's config could have written it
+    /// ([`RunState::check`]).
     fn set_run_state(&mut self, state: RunState) -> Result<()>;
     /// A flag that, once set (by a Ctrl-C handler, say), makes `steps`
     /// return early: after the current step on the CPU, after the

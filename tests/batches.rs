@@ -66,7 +66,7 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>, batche
 
 /// The rows of step `step` as the reference takes them.
 fn rows_of(batches: &Batches, rows: usize, step: u64) -> Vec<usize> {
-    match batches.rows(rows, step) {
+    match batches.rows(rows, step).unwrap() {
         Some(r) => r.into_iter().map(|r| r as usize).collect(),
         None => (0..rows).collect(),
     }
@@ -534,4 +534,71 @@ fn a_dropped_batch_step_leaves_every_row_as_it_was() {
             }
         }
     }
+}
+
+#[test]
+fn step_rows_needs_a_trainer_built_with_batches_on_both_backends() {
+    // The same contract on both backends: a full-table trainer refuses
+    // `step_rows` (the GPU one has no batch buffers), naming the call; one
+    // built with batches takes given rows, and refuses rows out of range
+    // in the call's own terms (not a command-line flag's).
+    let shape = Shape::new(50, 3).unwrap();
+    let cfg = StepConfig::for_rows(50);
+    let source = || TableSource::Random { seed: 1 };
+    let full: Vec<Box<dyn Trainer>> = vec![
+        Box::new(CpuTrainer::new(shape, cfg, source()).unwrap()),
+        Box::new(GpuTrainer::new(gpu(), shape, cfg, source(), GpuOptions::default()).unwrap()),
+    ];
+    for mut t in full {
+        let e = t.step_rows(&[1, 2]).unwrap_err().to_string();
+        assert!(e.starts_with("invalid step_rows: ") && e.contains("with_batches"), "{e}");
+    }
+    let batches = || Batches::Random { size: 10, seed: 2 };
+    let batched: Vec<Box<dyn Trainer>> = vec![
+        Box::new(CpuTrainer::with_batches(shape, cfg, source(), batches()).unwrap()),
+        Box::new(GpuTrainer::with_batches(gpu(), shape, cfg, source(), GpuOptions::default(), batches()).unwrap()),
+    ];
+    for mut t in batched {
+        assert_eq!(t.step_rows(&[1, 2, 2]).unwrap().batch, 3);
+        let e = t.step_rows(&[1, 50]).unwrap_err().to_string();
+        assert!(e.starts_with("invalid step_rows: ") && e.contains("50, out of range"), "{e}");
+    }
+}
+
+#[test]
+fn library_calls_with_hostile_values_are_refused_not_panicking() {
+    use std::sync::{atomic::AtomicBool, Arc};
+    // A shape built around Shape::new (its fields are public).
+    let zero_dim = Shape { rows: 5, dim: 0 };
+    let cfg = StepConfig::for_rows(5);
+    assert!(CpuTrainer::new(zero_dim, cfg, TableSource::Random { seed: 1 }).is_err());
+    assert!(GpuTrainer::new(gpu(), zero_dim, cfg, TableSource::Random { seed: 1 }, GpuOptions::default()).is_err());
+    assert!(latent_line::gpu::scan_values(gpu(), &[], zero_dim, None).is_err());
+    assert!(Shape::new(usize::MAX, usize::MAX).is_err());
+    // A run state no run writes; then steps(usize::MAX) stopped at once
+    // (no room reserved for usize::MAX records).
+    let shape = Shape::new(40, 3).unwrap();
+    let cfg = StepConfig::for_rows(40);
+    let trainers: Vec<Box<dyn Trainer>> = vec![
+        Box::new(CpuTrainer::new(shape, cfg, TableSource::Random { seed: 1 }).unwrap()),
+        Box::new(GpuTrainer::new(gpu(), shape, cfg, TableSource::Random { seed: 1 }, GpuOptions::default()).unwrap()),
+    ];
+    for mut t in trainers {
+        let good = t.run_state().unwrap();
+        for bad in [
+            latent_line::RunState { lr: f32::NAN, ..good.clone() },
+            latent_line::RunState { lr: -1.0, ..good.clone() },
+            latent_line::RunState { steps: u64::MAX, ..good.clone() },
+            latent_line::RunState { skips: u32::MAX, ..good.clone() },
+        ] {
+            let e = t.set_run_state(bad.clone()).unwrap_err().to_string();
+            assert!(e.starts_with("invalid run state: "), "{bad:?}: {e}");
+        }
+        t.set_stop(Arc::new(AtomicBool::new(true)));
+        assert!(t.steps(usize::MAX).unwrap().is_empty());
+    }
+    // Public helpers on values no table has.
+    assert_eq!(latent_line::scan::scan_rows(&[f32::NAN], 0, 0).nan, 1);
+    assert!(Batches::Random { size: 0, seed: 0 }.rows(10, 0).is_err());
+    assert!(IndexBatches::new(vec![vec![0u32]], 0).is_err());
 }

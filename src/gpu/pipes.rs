@@ -85,7 +85,7 @@ pub fn bind(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu
 /// 1. `map_async` asks for the mapping once the queued work is done;
 /// 2. `wait` polls the device until it is (and surfaces any GPU error);
 /// 3. the mapped view is copied to host memory and the buffer unmapped.
-pub fn read_mapped(ctx: &GpuContext, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+pub fn read_mapped(ctx: &GpuContext, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u32>> {
     let slice = buffer.slice(..size);
     let (tx, rx) = std::sync::mpsc::channel();
     slice.map_async(wgpu::MapMode::Read, move |r| {
@@ -100,17 +100,22 @@ pub fn finish_map(
     buffer: &wgpu::Buffer,
     size: u64,
     rx: std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
-) -> Result<Vec<u8>> {
+) -> Result<Vec<u32>> {
     rx.recv()
         .map_err(|_| Error::Gpu("buffer mapping was dropped".into()))?
         .map_err(|e| Error::Gpu(format!("mapping a buffer for reading: {e}")))?;
-    let bytes = buffer
-        .slice(..size)
-        .get_mapped_range()
-        .map_err(|e| Error::Gpu(format!("reading a mapped buffer: {e}")))?
-        .to_vec();
+    // Into 4-byte words (every buffer read back holds u32 or f32 words, and
+    // a size a multiple of 4): a Vec<u8> promises no alignment, so casting
+    // one to &[f32] may fail, where &[u32] → &[f32] cannot.
+    let mut words = vec![0u32; (size / 4) as usize];
+    {
+        let range =
+            buffer.slice(..size).get_mapped_range().map_err(|e| Error::Gpu(format!("reading a mapped buffer: {e}")))?;
+        let n = words.len() * 4;
+        bytemuck::cast_slice_mut::<u32, u8>(&mut words).copy_from_slice(&range[..n]);
+    }
     buffer.unmap();
-    Ok(bytes)
+    Ok(words)
 }
 
 /// The override constants a pipeline is built with; each kernel gets only

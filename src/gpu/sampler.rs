@@ -73,15 +73,16 @@ impl GpuSampler {
         if count > self.capacity {
             return Err(Error::invalid("count", format!("{count} positions; the buffer holds {}", self.capacity)));
         }
-        if count > 0 {
-            self.ctx.queue.write_buffer(&self.rows, 0, &vec![0xff; count as usize * 4]);
+        if count == 0 {
+            return Ok(Vec::new());
         }
+        self.ctx.queue.write_buffer(&self.rows, 0, &vec![0xff; count as usize * 4]);
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         self.encode(&mut enc, Slot { epoch, start, count });
-        let staging = readback(&self.ctx, "batch readback", count.max(1) as u64 * 4);
+        let staging = readback(&self.ctx, "batch readback", count as u64 * 4);
         enc.copy_buffer_to_buffer(&self.rows, 0, &staging, 0, count as u64 * 4);
         self.ctx.queue.submit([enc.finish()]);
-        Ok(bytemuck::cast_slice(&read_mapped(&self.ctx, &staging, count as u64 * 4)?).to_vec())
+        read_mapped(&self.ctx, &staging, count as u64 * 4)
     }
 }
 

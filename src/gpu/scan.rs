@@ -160,7 +160,7 @@ impl TableScanner {
         enc.copy_buffer_to_buffer(&self.out, 0, &self.readback, 0, bytes);
         self.ctx.queue.submit([enc.finish()]);
         let raw = read_mapped(&self.ctx, &self.readback, bytes)?;
-        Ok(Scan::from_words(bytemuck::cast_slice(&raw)))
+        Ok(Scan::from_words(&raw))
     }
 
     /// Wall time of `iters` scans in one submission (for benchmarks without
@@ -199,6 +199,7 @@ impl TableScanner {
 
 /// Uploads a host table chunk by chunk and scans it on the GPU.
 pub fn scan_values(ctx: Arc<GpuContext>, values: &[f32], shape: Shape, max_chunk_rows: Option<usize>) -> Result<Scan> {
+    Shape::new(shape.rows, shape.dim)?;
     if values.len() as u64 != shape.elements() {
         return Err(Error::invalid("table", format!("{} values for {} × {}", values.len(), shape.rows, shape.dim)));
     }

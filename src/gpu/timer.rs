@@ -64,7 +64,9 @@ impl PassTimer {
     /// Seconds each of the first `passes` passes took, after `resolve` was submitted.
     pub fn read(&self, ctx: &GpuContext, passes: u32) -> Result<Vec<f64>> {
         let raw = read_mapped(ctx, &self.staging, passes as u64 * 16)?;
-        let ticks: &[u64] = bytemuck::cast_slice(&raw);
+        // u64 ticks as pairs of little-endian words (words need not be
+        // 8-byte aligned).
+        let ticks: Vec<u64> = raw.chunks_exact(2).map(|w| w[0] as u64 | (w[1] as u64) << 32).collect();
         Ok(ticks.chunks_exact(2).map(|t| t[1].saturating_sub(t[0]) as f64 * self.period * 1e-9).collect())
     }
 }

@@ -741,7 +741,7 @@ impl GpuTrainer {
         enc.copy_buffer_to_buffer(&self.state, 0, &staging, 0, STATE_BYTES);
         self.ctx.queue.submit([enc.finish()]);
         let raw = read_mapped(&self.ctx, &staging, STATE_BYTES)?;
-        Ok(bytemuck::pod_read_unaligned::<StateU>(&raw))
+        Ok(bytemuck::pod_read_unaligned::<StateU>(bytemuck::cast_slice(&raw)))
     }
 }
 
@@ -838,7 +838,8 @@ impl Trainer for GpuTrainer {
                  (Batches::Indices or Batches::Random) to step on given rows",
             ));
         };
-        let ib = crate::batches::IndexBatches::new(vec![rows.to_vec()], self.shape.rows)?;
+        let ib = crate::batches::IndexBatches::new(vec![rows.to_vec()], self.shape.rows)
+            .map_err(|e| Error::invalid("step_rows", e.to_string().replace("invalid --indices: ", "")))?;
         let slots = StepSlots::new(ib.batch(0), self.cfg.anchor_a as u32, self.cfg.anchor_b as u32, true);
         if slots.slots.len() > b.cap as usize {
             return Err(Error::invalid(
@@ -927,6 +928,7 @@ impl Trainer for GpuTrainer {
         Ok(RunState { steps: self.steps_done, lr: s.lr, skips: s.skips, rollbacks: s.rollbacks, ..RunState::default() })
     }
     fn set_run_state(&mut self, r: RunState) -> Result<()> {
+        r.check(&self.cfg)?;
         // lr, skips, rollbacks are consecutive words of `State` (24..36).
         let words = [r.lr.to_bits(), r.skips, r.rollbacks];
         self.ctx.queue.write_buffer(&self.state, 24, bytemuck::cast_slice(&words));

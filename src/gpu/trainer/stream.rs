@@ -102,7 +102,7 @@ impl GpuTrainer {
             .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
         self.ctx.check()?;
         let raw = finish_map(&s.buffer, count as u64 * RECORD_BYTES, rx)?;
-        let words: &[u32] = bytemuck::cast_slice(&raw);
+        let words: &[u32] = &raw;
         let records: Vec<Record> = words
             .chunks_exact(RECORD_WORDS)
             .enumerate()
@@ -140,7 +140,9 @@ impl GpuTrainer {
 
     /// Runs `n` steps through the ring, or one evaluation when `n == 0`.
     pub(super) fn run(&mut self, n: usize) -> Result<Vec<Record>> {
-        let mut out = Vec::with_capacity(n.max(1));
+        // (Not `n` at once: a caller may ask for more steps than memory
+        // holds records, to be stopped by the stop flag.)
+        let mut out = Vec::with_capacity(n.clamp(1, 1 << 16));
         self.run_streamed(n, &mut |records| {
             out.extend(records);
             true
@@ -156,13 +158,13 @@ impl GpuTrainer {
         if n > 0 && self.opts.path == StepPath::Staged {
             self.build_staged()?;
         }
-        // Submission sizes: one evaluation, or the steps in groups.
-        let sizes: Vec<usize> = if n == 0 {
-            vec![0]
+        // Submission sizes, made as they are needed: one evaluation, or the
+        // steps in groups (n may be huge: "until `on` says stop").
+        let mut sizes: Box<dyn Iterator<Item = usize>> = if n == 0 {
+            Box::new(std::iter::once(0))
         } else {
-            (0..n).step_by(STEPS_PER_SUBMIT).map(|s| STEPS_PER_SUBMIT.min(n - s)).collect()
+            Box::new((0..n).step_by(STEPS_PER_SUBMIT).map(move |s| STEPS_PER_SUBMIT.min(n - s)))
         };
-        let mut sizes = sizes.into_iter().peekable();
         let mut ran = 0usize;
         let mut halted = false;
         let mut in_flight: VecDeque<usize> = VecDeque::new();
