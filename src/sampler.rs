@@ -11,9 +11,11 @@ use crate::rng::{counter_hash, mix32};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sampler {
-    pub rows: u32,
-    pub batch: u32,
-    pub seed: u64,
+    // Private: made by `Sampler::new`, which checks them (0 rows or an
+    // empty batch would divide by zero).
+    pub(crate) rows: u32,
+    pub(crate) batch: u32,
+    pub(crate) seed: u64,
 }
 
 /// Where a step's batch lies: `count` positions from `start` of `epoch`'s permutation.
