@@ -791,17 +791,7 @@ impl Trainer for CpuTrainer {
         self.stop = Some(flag);
     }
     fn step_rows(&mut self, rows: &[u32]) -> Result<Record> {
-        // As the GPU trainer, which needs batch buffers: the contract is
-        // the trait's, the same on both backends.
-        if self.schedule.is_full() {
-            return Err(Error::invalid(
-                "step_rows",
-                "this CPU trainer was built for full-table steps: build it with `CpuTrainer::with_batches` \
-                 (Batches::Indices or Batches::Random) to step on given rows",
-            ));
-        }
-        let ib = crate::batches::IndexBatches::new(vec![rows.to_vec()], self.shape.rows)
-            .map_err(|e| Error::invalid("step_rows", e.to_string().replace("invalid --indices: ", "")))?;
+        let ib = step_rows_batch(rows, self.shape.rows, !self.schedule.is_full(), "CpuTrainer")?;
         let (a, b) = (self.cfg.anchor_a as u32, self.cfg.anchor_b as u32);
         Ok(self.step_slots(&StepSlots::new(ib.batch(0), a, b, true)))
     }
@@ -859,6 +849,28 @@ impl Trainer for CpuTrainer {
     fn scan_table(&mut self) -> Result<Scan> {
         Ok(scan_rows(&self.table, self.shape.dim, 0))
     }
+}
+
+/// `Trainer::step_rows`'s checks, shared by the backends (one contract:
+/// the GPU's needs batch buffers): a trainer built with batches
+/// (`batched`), rows in range; errors in the call's own terms.
+pub(crate) fn step_rows_batch(
+    rows: &[u32],
+    table_rows: usize,
+    batched: bool,
+    trainer: &str,
+) -> Result<crate::batches::IndexBatches> {
+    if !batched {
+        return Err(Error::invalid(
+            "step_rows",
+            format!(
+                "this {trainer} was built for full-table steps: build it with `{trainer}::with_batches` \
+                 (Batches::Indices or Batches::Random) to step on given rows"
+            ),
+        ));
+    }
+    crate::batches::IndexBatches::new(vec![rows.to_vec()], table_rows)
+        .map_err(|e| Error::invalid("step_rows", e.to_string().replace("invalid --indices: ", "")))
 }
 
 /// `write_row`'s checks, shared by the backends.

@@ -831,15 +831,8 @@ impl Trainer for GpuTrainer {
         self.run_streamed(n, on)
     }
     fn step_rows(&mut self, rows: &[u32]) -> Result<Record> {
-        let Some(b) = &self.batch else {
-            return Err(Error::invalid(
-                "step_rows",
-                "this GPU trainer was built for full-table steps: build it with `GpuTrainer::with_batches` \
-                 (Batches::Indices or Batches::Random) to step on given rows",
-            ));
-        };
-        let ib = crate::batches::IndexBatches::new(vec![rows.to_vec()], self.shape.rows)
-            .map_err(|e| Error::invalid("step_rows", e.to_string().replace("invalid --indices: ", "")))?;
+        let ib = crate::cpu::step_rows_batch(rows, self.shape.rows, self.batch.is_some(), "GpuTrainer")?;
+        let Some(b) = &self.batch else { unreachable!("step_rows_batch checked it") };
         let slots = StepSlots::new(ib.batch(0), self.cfg.anchor_a as u32, self.cfg.anchor_b as u32, true);
         if slots.slots.len() > b.cap as usize {
             return Err(Error::invalid(
