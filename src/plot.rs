@@ -15,7 +15,7 @@ const SAMPLE: usize = 2000;
 
 /// The frame of the picture: origin p, axis u along p→q, axis w the main
 /// direction of the sampled codes perpendicular to u.
-pub struct Frame {
+pub(crate) struct Frame {
     p: Vec<f64>,
     u: Vec<f64>,
     w: Vec<f64>,
@@ -32,7 +32,7 @@ fn sample_rows(rows: usize) -> Vec<usize> {
 
 impl Frame {
     /// The frame of `table` (row-major, `dim` columns) for anchors a, b.
-    pub fn new(table: &[f32], dim: usize, a: usize, b: usize) -> Frame {
+    pub(crate) fn new(table: &[f32], dim: usize, a: usize, b: usize) -> Frame {
         let row = |i: usize| table[i * dim..][..dim].iter().map(|&v| v as f64).collect::<Vec<f64>>();
         let (p, q) = (row(a), row(b));
         let mut u: Vec<f64> = q.iter().zip(&p).map(|(q, p)| q - p).collect();
@@ -87,6 +87,24 @@ pub struct Picture<'a> {
 
 /// Draws the picture into `path` (SVG), atomically.
 pub fn draw(path: &Path, pic: &Picture) -> Result<()> {
+    let rows = pic.before.len() / pic.dim.max(1);
+    let (a, b) = pic.anchors;
+    if pic.dim == 0
+        || pic.before.len() != rows * pic.dim
+        || pic.after.len() != pic.before.len()
+        || a >= rows
+        || b >= rows
+    {
+        return Err(Error::invalid(
+            "plot",
+            format!(
+                "tables of {} and {} values, {} columns, anchors {a},{b}: two tables of the same whole rows, anchors among them",
+                pic.before.len(),
+                pic.after.len(),
+                pic.dim
+            ),
+        ));
+    }
     let mut svg = String::new();
     render(&mut svg, pic).map_err(|e| Error::bad_file(path, format!("cannot draw the plot: {e}")))?;
     npy::save_atomic(path, |w| std::io::Write::write_all(w, svg.as_bytes()))
@@ -206,4 +224,32 @@ pub fn bad_rows_per_span(values: &[f32], dim: usize, buckets: usize) -> Vec<u64>
         counts[i * buckets / rows] += 1;
     }
     counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A picture whose tables and anchors do not fit together is refused,
+    /// and nothing is written.
+    #[test]
+    fn a_picture_that_does_not_fit_its_tables_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.svg");
+        let t = [0.5f32; 12];
+        for (before, after, dim, anchors) in [
+            (&t[..], &t[..], 3, (0, 4)),
+            (&t[..], &t[..], 0, (0, 1)),
+            (&t[..], &t[..6], 3, (0, 1)),
+            (&t[..11], &t[..11], 3, (0, 1)),
+        ] {
+            let pic = Picture { excess: vec![(0, 1.0)], before, after, dim, anchors };
+            let e = draw(&path, &pic).unwrap_err().to_string();
+            assert!(e.starts_with("invalid plot: "), "{e}");
+            assert!(!path.exists());
+        }
+        let pic = Picture { excess: vec![(0, 1.0)], before: &t, after: &t, dim: 3, anchors: (0, 3) };
+        draw(&path, &pic).unwrap();
+        assert!(path.exists());
+    }
 }
