@@ -1,6 +1,11 @@
 //! The float64 reference of SPEC §3–§5, written to mirror the shaders
 //! (`shaders/common.wgsl`, `fused_step.wgsl`) operation by operation, so a
 //! disagreement points at one line. Used by the tests of both backends.
+//!
+//! An oracle, not a trainer: it takes its inputs as given and panics when
+//! they do not fit together (a table of other than R × D values, a
+//! velocity of another length when μ > 0, a row out of range). The
+//! trainers check what a caller gives them.
 
 use crate::config::{Shape, StepConfig};
 use crate::record::Record;
