@@ -64,7 +64,7 @@ impl Batches {
 /// built once, and the user batches' slots (sorted, repeats counted) made
 /// once, not at every step.
 #[derive(Clone, Debug)]
-pub enum Schedule {
+pub(crate) enum Schedule {
     Full,
     Random { sampler: Sampler, a: u32, b: u32 },
     Given(Vec<StepSlots>),
