@@ -360,7 +360,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     if args.checkpoint_every == Some(0) {
         bail!("invalid --checkpoint-every: 0; it must be at least 1");
     }
-    let (shape, source, note) = match args.resume.as_ref().or(args.load.as_ref()) {
+    let (shape, mut source, note) = match args.resume.as_ref().or(args.load.as_ref()) {
         Some(path) => {
             let l = tables::load(path, &args.tensor)?;
             carried = l.carried;
@@ -437,13 +437,29 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             let state = tables::load_state(path, carried.as_ref())?.ok_or_else(|| {
                 anyhow::anyhow!("invalid --resume: {} has no run state (was it saved by latent-line?)", path.display())
             })?;
-            if let (Some(want), TableSource::Data(v)) = (state.table_fingerprint, &source) {
+            if let (Some(want), TableSource::Data(v)) = (state.table_fingerprint, &mut source) {
                 if tables::fingerprint(v) != want {
-                    bail!(
-                        "invalid --resume: {} is not the table its run state was saved with (a save interrupted \
-                         between the two?); resume from another checkpoint, or start again with --load",
-                        path.display()
-                    );
+                    // A save killed between its renames (the table is the
+                    // last): the table the state was saved with is among
+                    // the leftovers beside it. (A .safetensors checkpoint
+                    // keeps its state in the table's own file.)
+                    let read = |p: &Path| npy::load(p).ok().filter(|l| l.shape == shape).map(|l| l.data);
+                    match tables::recover(path, want, read) {
+                        Some((from, data)) => {
+                            out!(
+                                "resume   {}: its table from {}, left by a save killed between its files",
+                                path.display(),
+                                from.display()
+                            );
+                            *v = data;
+                        }
+                        None => bail!(
+                            "invalid --resume: {} is not the table its run state was saved with (a save \
+                             interrupted between the two?), nor is any file a killed save left beside it; resume \
+                             from another checkpoint, or start again with --load",
+                            path.display()
+                        ),
+                    }
                 }
             }
             // SPEC §13: a resume continues the same run, so the options that

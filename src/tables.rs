@@ -6,7 +6,7 @@
 //! out as it came in, with the table trained. Saves are atomic.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
@@ -74,12 +74,19 @@ impl Sidecar {
                 ),
             ));
         }
-        if want.is_some_and(|h| h != fingerprint(&v.data)) {
+        if let Some(h) = want.filter(|&h| h != fingerprint(&v.data)) {
+            // A checkpoint killed between its renames: the file it was
+            // saved with is among the leftovers.
+            let read = |p: &Path| npy::load(p).ok().filter(|l| l.shape == shape).map(|l| l.data);
+            if let Some((_, data)) = recover(path, h, read) {
+                return Ok(data);
+            }
             return Err(Error::bad_file(
                 &side,
                 format!(
-                    "this {} is not the one {}'s run state was saved with (a save interrupted between the two?); \
-                     resume from another checkpoint, or start again with --load",
+                    "this {} is not the one {}'s run state was saved with (a save interrupted between the two?), \
+                     nor is any file a killed save left beside it; resume from another checkpoint, or start again \
+                     with --load",
                     self.name(),
                     path.display()
                 ),
@@ -87,6 +94,31 @@ impl Sidecar {
         }
         Ok(v.data)
     }
+}
+
+/// A checkpoint's files are each replaced atomically, the set one file
+/// after another (`npy::commit`): a kill between two renames leaves some
+/// files new and some old, and beside them the new ones not yet renamed
+/// (`.latent-line-*.tmp`) and the old ones already replaced (kept under
+/// `.latent-line-old-*` links). The first of those leftovers in the
+/// folder of `path` whose values (as `read` reads them) have the
+/// fingerprint `want` that the run state recorded, with its path: what a
+/// resume takes instead of the file that does not belong.
+pub fn recover(path: &Path, want: u64, read: impl Fn(&Path) -> Option<Vec<f32>>) -> Option<(PathBuf, Vec<f32>)> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with(".latent-line-old-") || (name.starts_with(".latent-line-") && name.ends_with(".tmp"))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().find_map(|p| read(&p).filter(|v| fingerprint(v) == want).map(|v| (p, v)))
 }
 
 /// A 64-bit fingerprint of values (their bits, in order). A checkpoint is

@@ -338,6 +338,52 @@ fn a_report_to_standard_output_is_written_there_and_links_are_followed() {
 }
 
 #[test]
+fn a_checkpoint_killed_between_its_files_resumes_from_what_the_kill_left() {
+    // A checkpoint's files are replaced one after another (velocity, run
+    // state, table): a kill between two renames leaves some new, some old,
+    // and beside them the new ones not yet renamed (.latent-line-*.tmp)
+    // and the old ones replaced (.latent-line-old-*). Made here by hand
+    // from the checkpoints of steps 2 and 3: the resume finds the file its
+    // run state was saved with, and ends where an unbroken run does.
+    let dir = Dir::new();
+    let base = ["--backend", "cpu", "--rows", "80", "--dim", "4", "--momentum", "0.9", "--lr", "0.05"];
+    let save = |steps: &str, to: &str| {
+        let o = run(&[&base[..], &["--steps", steps, "--save", &dir.s(to), "--quiet"]].concat());
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    };
+    save("2", "two.npy");
+    save("3", "three.npy");
+    save("6", "unbroken.npy");
+    let files = |stem: &str| {
+        [".npy", ".npy.state.json", ".npy.velocity.npy"]
+            .map(|ext| std::fs::read(dir.p(&format!("{stem}{ext}"))).unwrap())
+    };
+    let ([t2, _, v2], [t3, s3, v3]) = (files("two"), files("three"));
+    let cases: [(&str, [&Vec<u8>; 3], (&str, &Vec<u8>)); 2] = [
+        // Killed before the table's rename: new state, velocity; old table.
+        ("table", [&t2, &s3, &v3], (".latent-line-Ab12Cd.tmp", &t3)),
+        // Killed before the state's rename: new velocity; old state, table.
+        ("velocity", [&t2, &files("two")[1], &v3], (".latent-line-old-Ef34Gh", &v2)),
+    ];
+    for (case, [t, st, v], (left, left_bytes)) in cases {
+        let sub = Dir::new();
+        let ck = sub.s("ck.npy");
+        std::fs::write(sub.p("ck.npy"), t).unwrap();
+        std::fs::write(sub.p("ck.npy.state.json"), st).unwrap();
+        std::fs::write(sub.p("ck.npy.velocity.npy"), v).unwrap();
+        // Without the leftover: refused, naming the file that does not belong.
+        let o = run(&[&base[..], &["--steps", "6", "--resume", &ck, "--save", &ck]].concat());
+        assert_eq!(o.status.code(), Some(1), "{case}: {}", stderr(&o));
+        assert!(stderr(&o).contains("nor is any file a killed save left beside it"), "{case}: {}", stderr(&o));
+        std::fs::write(sub.p(left), left_bytes).unwrap();
+        let o = run(&[&base[..], &["--steps", "6", "--resume", &ck, "--save", &ck]].concat());
+        assert_eq!(o.status.code(), Some(0), "{case}: {}", stderr(&o));
+        let unbroken = std::fs::read(dir.p("unbroken.npy")).unwrap();
+        assert!(std::fs::read(sub.p("ck.npy")).unwrap() == unbroken, "{case}: not the unbroken run's table");
+    }
+}
+
+#[test]
 fn a_resume_refuses_a_run_state_no_run_could_have_written() {
     // A run state edited by hand (or damaged): its lr must be positive and
     // no larger than --lr (rollbacks only back it off), its d0 a distance.
