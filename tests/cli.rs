@@ -359,11 +359,14 @@ fn a_checkpoint_killed_between_its_files_resumes_from_what_the_kill_left() {
             .map(|ext| std::fs::read(dir.p(&format!("{stem}{ext}"))).unwrap())
     };
     let ([t2, _, v2], [t3, s3, v3]) = (files("two"), files("three"));
-    let cases: [(&str, [&Vec<u8>; 3], (&str, &Vec<u8>)); 2] = [
+    // (case, the checkpoint's table, state and velocity, the leftover's name and bytes)
+    type Mix<'a> = (&'a str, [&'a Vec<u8>; 3], (&'a str, &'a Vec<u8>));
+    let s2 = files("two")[1].clone();
+    let cases: [Mix; 2] = [
         // Killed before the table's rename: new state, velocity; old table.
         ("table", [&t2, &s3, &v3], (".latent-line-Ab12Cd.tmp", &t3)),
         // Killed before the state's rename: new velocity; old state, table.
-        ("velocity", [&t2, &files("two")[1], &v3], (".latent-line-old-Ef34Gh", &v2)),
+        ("velocity", [&t2, &s2, &v3], (".latent-line-old-Ef34Gh", &v2)),
     ];
     for (case, [t, st, v], (left, left_bytes)) in cases {
         let sub = Dir::new();
