@@ -1109,6 +1109,14 @@ fn save_checkpoint(
     state.table_fingerprint = Some(tables::fingerprint(&table));
     files.extend(tables::stage(path, tensor, shape, &table, carried, Some(&state))?);
     npy::commit(files)?;
+    // A sidecar an earlier checkpoint at this path left, which this one's
+    // state says it has none of: stale, never read; removed (after the
+    // commit, so a kill before this leaves it, as harmless as before).
+    for (side, has) in [(Sidecar::Velocity, state.velocity), (Sidecar::Snapshot, state.snapshot)] {
+        if !has {
+            let _ = std::fs::remove_file(side.path(path));
+        }
+    }
     Ok(())
 }
 

@@ -387,6 +387,24 @@ fn a_checkpoint_killed_between_its_files_resumes_from_what_the_kill_left() {
 }
 
 #[test]
+fn a_checkpoint_leaves_no_sidecar_its_run_state_does_not_have() {
+    // Step 4 of snapshots every 3 keeps its snapshot beside the table; the
+    // checkpoint of step 6, a snapshot step, has none, and the old one goes.
+    let dir = Dir::new();
+    let ck = dir.s("ck.npy");
+    let base =
+        ["--backend", "cpu", "--rows", "60", "--dim", "3", "--on-nonfinite", "rollback", "--snapshot-every", "3"];
+    let o = run(&[&base[..], &["--steps", "4", "--save", &ck]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(dir.p("ck.npy.snapshot.npy").exists());
+    let o = run(&[&base[..], &["--steps", "6", "--resume", &ck, "--save", &ck]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.p("ck.npy.state.json")).unwrap()).unwrap();
+    assert_eq!((&state["steps"], &state["snapshot"]), (&6.into(), &false.into()));
+    assert_eq!(dir.files(), ["ck.npy", "ck.npy.state.json"]);
+}
+
+#[test]
 fn a_resume_refuses_a_run_state_no_run_could_have_written() {
     // A run state edited by hand (or damaged): its lr must be positive and
     // no larger than --lr (rollbacks only back it off), its d0 a distance.
