@@ -443,8 +443,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                     // last): the table the state was saved with is among
                     // the leftovers beside it. (A .safetensors checkpoint
                     // keeps its state in the table's own file.)
-                    let read = |p: &Path| npy::load(p).ok().filter(|l| l.shape == shape).map(|l| l.data);
-                    match tables::recover(path, want, read) {
+                    match tables::recover(path, shape, want) {
                         Some((from, data)) => {
                             out!(
                                 "resume   {}: its table from {}, left by a save killed between its files",
@@ -481,17 +480,9 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                     );
                 }
             }
-            // The state's own values, as a run writes them: rollbacks only
-            // back the learning rate off; d0 is a distance.
+            // The state's own values, as a run writes them.
             if let Err(e) = state.check(&cfg) {
                 bail!("invalid --resume: {}: {e}", path.display());
-            }
-            if state.d0_start.is_some_and(|d| !(d.is_finite() && d >= 0.0)) {
-                bail!(
-                    "invalid --resume: {}'s run state has d0_start {:?}; it is a distance",
-                    path.display(),
-                    state.d0_start
-                );
             }
             if state.steps > args.steps as u64 {
                 bail!(

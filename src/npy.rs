@@ -270,8 +270,8 @@ fn read_exact_or(f: &mut File, buf: &mut [u8], err: impl FnOnce() -> Error) -> R
     f.read_exact(buf).map_err(|_| err())
 }
 
-/// Parses `{'descr': '<f4', 'fortran_order': False, 'shape': (R, D), }`.
-/// The header's dictionary, as numpy writes it and reads it back (a Python
+/// Parses `{'descr': '<f4', 'fortran_order': False, 'shape': (R, D), }`:
+/// the header's dictionary, as numpy writes it and reads it back (a Python
 /// literal): exactly the keys 'descr', 'fortran_order' and 'shape', each
 /// once, and nothing before or after it but spaces (numpy refuses other
 /// keys and any other text; a key given twice, which Python would take
@@ -540,8 +540,9 @@ pub fn stage(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> std::io::
     }
     // tempfile creates 0600; give the result the old file's permissions, or
     // the usual 0644 for a new one.
-    if let Some(perms) = std::fs::metadata(&dest).map(|m| m.permissions()).ok().or_else(default_permissions) {
-        if !stream {
+    // (A file written through keeps its own.)
+    if !stream {
+        if let Some(perms) = std::fs::metadata(&dest).map(|m| m.permissions()).ok().or_else(default_permissions) {
             tmp.as_file().set_permissions(perms).map_err(|e| Error::io(path, e))?;
         }
     }
@@ -693,7 +694,8 @@ fn undo(done: Vec<(PathBuf, Old)>) {
     }
 }
 
-fn folder(path: &Path) -> &Path {
+/// The folder `path` is in (`.` for a bare name).
+pub(crate) fn folder(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

@@ -77,8 +77,7 @@ impl Sidecar {
         if let Some(h) = want.filter(|&h| h != fingerprint(&v.data)) {
             // A checkpoint killed between its renames: the file it was
             // saved with is among the leftovers.
-            let read = |p: &Path| npy::load(p).ok().filter(|l| l.shape == shape).map(|l| l.data);
-            if let Some((_, data)) = recover(path, h, read) {
+            if let Some((_, data)) = recover(path, shape, h) {
                 return Ok(data);
             }
             return Err(Error::bad_file(
@@ -101,15 +100,11 @@ impl Sidecar {
 /// files new and some old, and beside them the new ones not yet renamed
 /// (`.latent-line-*.tmp`) and the old ones already replaced (kept under
 /// `.latent-line-old-*` links). The first of those leftovers in the
-/// folder of `path` whose values (as `read` reads them) have the
+/// folder of `path` that is an `.npy` table of `shape` with the
 /// fingerprint `want` that the run state recorded, with its path: what a
 /// resume takes instead of the file that does not belong.
-pub fn recover(path: &Path, want: u64, read: impl Fn(&Path) -> Option<Vec<f32>>) -> Option<(PathBuf, Vec<f32>)> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+pub fn recover(path: &Path, shape: Shape, want: u64) -> Option<(PathBuf, Vec<f32>)> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(npy::folder(path))
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -118,6 +113,7 @@ pub fn recover(path: &Path, want: u64, read: impl Fn(&Path) -> Option<Vec<f32>>)
         })
         .collect();
     found.sort();
+    let read = |p: &Path| npy::load(p).ok().filter(|l| l.shape == shape).map(|l| l.data);
     found.into_iter().find_map(|p| read(&p).filter(|v| fingerprint(v) == want).map(|v| (p, v)))
 }
 

@@ -51,7 +51,7 @@ impl RunState {
     /// Whether a run of `cfg` could have written this state (checked by
     /// `Trainer::set_run_state`): an lr from 0 (rollbacks may underflow it
     /// in f32) to `cfg.lr`, which rollbacks only back off; counters with
-    /// room to count on.
+    /// room to count on; a starting d0 that is a distance.
     pub fn check(&self, cfg: &StepConfig) -> Result<()> {
         let bad = |what: String| Err(crate::error::Error::invalid("run state", what));
         if !(self.lr.is_finite() && self.lr >= 0.0 && self.lr <= cfg.lr) {
@@ -62,6 +62,9 @@ impl RunState {
         }
         if self.skips == u32::MAX || self.rollbacks == u32::MAX {
             return bad(format!("{} skips, {} rollbacks: more than any run counts", self.skips, self.rollbacks));
+        }
+        if self.d0_start.is_some_and(|d| !(d.is_finite() && d >= 0.0)) {
+            return bad(format!("d0_start {:?}: it is a distance", self.d0_start));
         }
         Ok(())
     }

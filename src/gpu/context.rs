@@ -56,10 +56,10 @@ pub fn adapters() -> Result<Vec<wgpu::Adapter>> {
 /// then reads as "no driver installed").
 fn check_backend_env() -> Result<()> {
     let Ok(v) = std::env::var("WGPU_BACKEND") else { return Ok(()) };
-    const KNOWN: [&str; 11] =
-        ["vulkan", "vk", "dx12", "d3d12", "metal", "mtl", "opengl", "gles", "gl", "webgpu", "noop"];
-    // (Empty names, as in "vulkan,", wgpu skips.)
-    match v.split(',').map(|b| b.trim().to_lowercase()).find(|b| !b.is_empty() && !KNOWN.contains(&b.as_str())) {
+    // Each name by wgpu's own parser (no list of ours to keep in step);
+    // empty names, as in "vulkan,", wgpu skips.
+    let unknown = |b: &&str| !b.trim().is_empty() && wgpu::Backends::from_comma_list(b).is_empty();
+    match v.split(',').find(unknown).map(str::trim) {
         Some(b) => Err(Error::invalid(
             "WGPU_BACKEND",
             format!("{v:?}: unknown backend {b:?}; use vulkan, dx12, metal or gl (several: comma-separated)"),
