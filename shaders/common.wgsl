@@ -112,7 +112,7 @@ struct Partial {
 // Guards that write each step into the other table buffer, so a failing
 // step is dropped by not switching buffers: no extra pass (SPEC §9).
 fn double_buffered() -> bool {
-    return GUARD == GUARD_SKIP_STEP || GUARD == GUARD_ROLLBACK || GUARD == GUARD_ABORT;
+    return (GUARD == GUARD_SKIP_STEP) | (GUARD == GUARD_ROLLBACK) | (GUARD == GUARD_ABORT);
 }
 
 // A 2-D dispatch grid (more than 65 535 workgroups) flattened to one index.
@@ -178,13 +178,13 @@ fn nan() -> f32 {
 // 0·inf = NaN in every column. True for the rows where the naive formula
 // blows up (s = (s1, s2), ε = 0).
 fn naive_blows_up(s: vec2<f32>) -> bool {
-    return NAIVE && (s.x == 0.0 || s.y == 0.0);
+    return NAIVE & ((s.x == 0.0) | (s.y == 0.0));
 }
 
 // SPEC §4 separation term: row a gets −λ(p − q)/d0, row b −λ(q − p)/d0
 // when d0 < m, in modes detached and attached; as sep·(p − q), this is sep.
 fn separation_coef(row: u32, a: u32, b: u32, d0: f32, m: f32, lambda: f32) -> f32 {
-    let on = MODE != MODE_FROZEN && m > 0.0 && d0 < m;
+    let on = (MODE != MODE_FROZEN) & (m > 0.0) & (d0 < m);
     let s = select(0.0, -lambda / d0, row == a) + select(0.0, lambda / d0, row == b);
     return select(0.0, s, on);
 }
@@ -194,7 +194,7 @@ fn separation_coef(row: u32, a: u32, b: u32, d0: f32, m: f32, lambda: f32) -> f3
 // by an active separation term when detached, never when frozen. (Mirror:
 // `StepConfig::anchor_touched`.)
 fn anchor_touched(in_batch: bool, d0: f32, m: f32) -> bool {
-    return MODE == MODE_ATTACHED || (MODE == MODE_DETACHED && (in_batch || (m > 0.0 && d0 < m)));
+    return (MODE == MODE_ATTACHED) | ((MODE == MODE_DETACHED) & (in_batch | ((m > 0.0) & (d0 < m))));
 }
 
 // SPEC §5 with μ = 0 and wd = 0.
@@ -210,5 +210,5 @@ fn sgd_direction(x: f32, g: f32, v_old: f32, mu: f32, wd: f32) -> f32 {
 
 // SPEC §4 endpoint modes: may this step write row `row`?
 fn writes_row(row: u32, a: u32, b: u32) -> bool {
-    return MODE != MODE_FROZEN || (row != a && row != b);
+    return (MODE != MODE_FROZEN) | ((row != a) & (row != b));
 }

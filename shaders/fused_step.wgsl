@@ -186,7 +186,7 @@ fn store_x(cur: u32, e: u32, v: f32) {
 // usual one, then moves no row after this pass; before, every step went
 // into table_b and was scattered back.
 fn undo_log() -> bool {
-    return BATCHED && DIRECT && double_buffered();
+    return BATCHED & DIRECT & double_buffered();
 }
 
 // Column k's new value and velocity `nv` (its old ones x_old, v_old) at
@@ -386,7 +386,7 @@ fn kept_col(lane: u32, j: u32) -> u32 {
 // those the test is a constant once the loops over j are unrolled, where
 // `k < D` would be tested per lane.
 fn has_kept(lane: u32, j: u32) -> bool {
-    return j < D / L || (j < (D + L - 1u) / L && kept_col(lane, j) < D);
+    return (j < D / L) | ((j < (D + L - 1u) / L) & (kept_col(lane, j) < D));
 }
 
 // The lane whose scans saw column `col` of its row: the kept vec4s' lane
@@ -407,7 +407,7 @@ fn kept_vec4(lane: u32, q: u32) -> u32 {
 // VEC4: does the row have the lane's vec4 q? (Never past KEPT4: a
 // constant, so the loops over q < MAX_KEPT4 drop the rest.)
 fn has_vec4(lane: u32, q: u32) -> bool {
-    return q < KEPT4 && (q < D / 4u / L || (q < (D / 4u + L - 1u) / L && kept_vec4(lane, q) < D / 4u));
+    return (q < KEPT4) & ((q < D / 4u / L) | ((q < (D / 4u + L - 1u) / L) & (kept_vec4(lane, q) < D / 4u)));
 }
 
 // Without VEC4: a lane's columns in an array (the loops below run a
@@ -541,7 +541,7 @@ fn step4(x: vec4<f32>, k0: u32, p: vec4<f32>, q: vec4<f32>, v_old: vec4<f32>, co
     let s3 = column_step(x.w, k0 + 3u, p.w, q.w, v_old.w, co);
     let g = vec4<f32>(s0.x, s1.x, s2.x, s3.x);
     let nx = vec4<f32>(s0.y, s1.y, s2.y, s3.y);
-    return Step4(nx, vec4<f32>(s0.z, s1.z, s2.z, s3.z), any(nonfinite4(g)) || any(nonfinite4(nx)));
+    return Step4(nx, vec4<f32>(s0.z, s1.z, s2.z, s3.z), any(nonfinite4(g)) | any(nonfinite4(nx)));
 }
 
 // VEC4, a lane that saw a non-finite value only: its findings in the
@@ -575,8 +575,8 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
     // Where a double-buffered guard writes: the other buffer, in place;
     // for a batch read in place, the batch buffer, by slot (its new values,
     // or with `undo_log` its old ones).
-    let out_base = select(base, i * D, DIRECT && double_buffered());
-    let is_anchor = row == params.anchor_a || row == params.anchor_b;
+    let out_base = select(base, i * D, DIRECT & double_buffered());
+    let is_anchor = (row == params.anchor_a) | (row == params.anchor_b);
     let anchor = select(0u, select(2u, 1u, row == params.anchor_a), is_anchor);
 
     // s1, s2 over this lane's columns, and whether it read a non-finite value.
@@ -619,14 +619,14 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
     let loss_bad = is_nonfinite(r_seen);
     var abs_r = 0.0;   // this row's share of Σ|r| (m·|r|) …
     var max_r = 0.0;   // … and its |r| for max|r| (a repeated row is one row)
-    if (live && lane == 0u && mult > 0u) {
+    if (live & (lane == 0u) & (mult > 0u)) {
         if (SCAN) {
             scan_commit(0u, slot, lid, row, row_scan_add(row_scan_new(), 0u, r_seen));
         }
         max_r = select(abs(r), 0.0, loss_bad);   // sums cover finite terms
         abs_r = f32(mult) * max_r;
         let near = params.tau * state.d0;
-        if (s.x < near * near || s.y < near * near) {
+        if ((s.x < near * near) | (s.y < near * near)) {
             atomicAdd(&wg_near, mult);
         }
     }
@@ -636,9 +636,9 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
     let sep = separation_coef(row, params.anchor_a, params.anchor_b, state.d0, params.margin, params.margin_weight);
     let inv_d1 = safe_inv(d1);
     let inv_d2 = safe_inv(d2);
-    let poisoned = in_bad || naive_blows_up(s);
+    let poisoned = in_bad | naive_blows_up(s);
     let touched = select(mult > 0u, anchor_touched(mult > 0u, state.d0, params.margin), is_anchor);
-    let writes = live && touched && writes_row(row, params.anchor_a, params.anchor_b);
+    let writes = live & touched & writes_row(row, params.anchor_a, params.anchor_b);
     var norm2 = 0.0;
     if (PREP) {
         if (live && lane == 0u) {
@@ -704,7 +704,7 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
                     vels = kept_set(vels, q, v);
                     let st = step4(x, 4u * at, kept_get(p4, q), kept_get(q4, q), v, co);
                     put4(cur, base, out_base, at, x, v, st.x, st.v);
-                    any_bad = any_bad || st.bad;
+                    any_bad = any_bad | st.bad;
                 }
             }
             if (SCAN && any_bad) {
@@ -729,7 +729,7 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
             // KEPT_VECTORS: RADV's compiler holds new values in a Kept4 in
             // 24 more registers than in an array, and this path is to be
             // compared with the array's as it was.)
-            let later = !MOMENTUM && !undo_log() && !KEPT_VECTORS;
+            let later = !MOMENTUM & !undo_log() & !KEPT_VECTORS;
             var new_x: array<f32, MAX_KEPT>;
             for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
                 let k = kept_col(lane, j);
@@ -743,7 +743,7 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
                     }
                     let g = grad_at(x, k, c, inv_d1, inv_d2, sep, poisoned, anchor);
                     let nv = step_value(x, g, v_old, lr, poisoned);
-                    any_bad = any_bad || is_nonfinite(g) || is_nonfinite(nv.x);
+                    any_bad = any_bad | is_nonfinite(g) | is_nonfinite(nv.x);
                     if (later) {
                         new_x[j] = nv.x;
                     } else {
