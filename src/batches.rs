@@ -110,6 +110,14 @@ impl Schedule {
     }
 }
 
+/// A table's rows, as Shape::new allows them (row indices are u32).
+fn check_rows(rows: usize) -> Result<()> {
+    if rows < 2 || rows as u64 > u32::MAX as u64 {
+        return Err(Error::invalid("--indices", format!("batches for a table of {rows} rows, which no table has")));
+    }
+    Ok(())
+}
+
 /// User batches (`--indices`), validated: every index is a row.
 #[derive(Clone, Debug)]
 pub struct IndexBatches {
@@ -124,10 +132,7 @@ impl IndexBatches {
         if batches.is_empty() || batches.iter().any(|b| b.is_empty()) {
             return Err(Error::invalid("--indices", "every batch needs at least one index"));
         }
-        // A table's rows, as Shape::new allows them (row indices are u32).
-        if rows < 2 || rows as u64 > u32::MAX as u64 {
-            return Err(Error::invalid("--indices", format!("batches for a table of {rows} rows, which no table has")));
-        }
+        check_rows(rows)?;
         let several = batches.len() > 1;
         let mut out = Vec::with_capacity(batches.len());
         for (i, batch) in batches.iter().enumerate() {
@@ -135,10 +140,7 @@ impl IndexBatches {
             for (j, v) in batch.iter().map(|&v| v.into()).enumerate() {
                 if v < 0 || v >= rows as i128 {
                     let at = if several { format!("[{i}, {j}]") } else { format!("[{j}]") };
-                    return Err(Error::invalid(
-                        "--indices",
-                        format!("index {at} is {v}, out of range for a table of {rows} rows (valid: 0..={})", rows - 1),
-                    ));
+                    return Err(Error::invalid("--indices", crate::npy::index_out_of_range(&at, v, rows)));
                 }
                 rows_of.push(v as u32);
             }
@@ -148,11 +150,14 @@ impl IndexBatches {
     }
 
     /// Reads a 1-D (one batch) or 2-D (one batch a row) integer `.npy`
-    /// file and checks it against `rows`; errors name the file.
+    /// file and checks it against `rows`; errors name the file (and an
+    /// index out of range its position in the file: `[j]` in a 1-D file,
+    /// `[i, j]` in a 2-D one, one row or many).
     pub fn load(path: &Path, rows: usize) -> Result<Self> {
-        let idx = crate::npy::load_indices(path)?;
+        check_rows(rows)?;
+        let idx = crate::npy::load_indices(path, rows)?;
         let width = *idx.dims.last().expect("1-D or 2-D") as usize;
-        let batches = idx.values.chunks(width).map(<[i128]>::to_vec).collect();
+        let batches = idx.values.chunks(width).map(<[u32]>::to_vec).collect();
         IndexBatches::new(batches, rows)
             .map_err(|e| Error::bad_file(path, e.to_string().replace("invalid --indices: ", "")))
     }

@@ -18,13 +18,30 @@ use latent_line::{npy, Batches, Endpoints, IndexBatches, Reduction, Shape, StepC
 /// Set by `--quiet` and `--json`: the human summary is not printed.
 static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// The first error writing to stdout, other than a closed pipe: reported,
+/// with exit 1, once the run is over (a full disk under `--json > FILE`
+/// must not pass for a written report).
+static STDOUT_ERROR: std::sync::Mutex<Option<std::io::Error>> = std::sync::Mutex::new(None);
+
+/// Keeps `r`'s error for the end of the run. A closed pipe (`| head`) is
+/// not one: the reader took what it wanted.
+fn note_stdout(r: std::io::Result<()>) {
+    if let Err(e) = r {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            let mut first = STDOUT_ERROR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            first.get_or_insert(e);
+        }
+    }
+}
+
 /// `println!` that never panics: a closed stdout (`| head`) must not turn a
 /// finished run into a crash; the files and the exit code still tell.
+/// Other write errors are kept for the exit code (`note_stdout`).
 macro_rules! out {
     ($($t:tt)*) => {{
         use std::io::Write as _;
         if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
-            let _ = writeln!(std::io::stdout(), $($t)*);
+            note_stdout(writeln!(std::io::stdout(), $($t)*));
         }
     }};
 }
@@ -215,9 +232,17 @@ fn main() -> ExitCode {
         Some(Command::Devices) => devices(),
         Some(Command::Diagnose) => latent_line::diagnose::report().map_err(Into::into).map(|text| {
             use std::io::Write as _;
-            let _ = write!(std::io::stdout(), "{text}");
+            note_stdout(write!(std::io::stdout(), "{text}"));
             Outcome::Done
         }),
+    };
+    note_stdout(std::io::Write::flush(&mut std::io::stdout()));
+    let lost = STDOUT_ERROR.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    // What was printed is lost: a runtime error, unless the run already
+    // failed (its own message says more) or was interrupted.
+    let result = match (result, lost) {
+        (Ok(Outcome::Done | Outcome::NonFinite), Some(e)) => Err(anyhow::Error::new(e).context("writing to stdout")),
+        (r, _) => r,
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
@@ -362,7 +387,15 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     }
     let (shape, mut source, note) = match args.resume.as_ref().or(args.load.as_ref()) {
         Some(path) => {
-            let l = tables::load(path, &args.tensor)?;
+            // A .safetensors input's other tensors are read only when a
+            // .safetensors save will carry them (or a resume reads its run
+            // state from its metadata).
+            let carry = args.resume.is_some()
+                || args
+                    .save
+                    .as_deref()
+                    .is_some_and(|p| matches!(tables::format_of(p), Ok(tables::Format::Safetensors)));
+            let l = tables::load_as(path, &args.tensor, npy::Overflow::Inf, carry)?;
             carried = l.carried;
             for (opt, given, have) in [("--rows", args.rows, l.shape.rows), ("--dim", args.dim, l.shape.dim)] {
                 if let Some(g) = given {
@@ -550,7 +583,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         out!("         {w}");
     }
     if let Some(n) = note {
-        out!("         {n}");
+        out!("         {n}{}", if args.save.is_some() { " (--save writes f32)" } else { "" });
     }
     if cfg.naive {
         out!(
@@ -884,7 +917,11 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         if args.json {
             use std::io::Write as _;
             let mut stdout = std::io::stdout().lock();
-            let _ = serde_json::to_writer_pretty(&mut stdout, &report).map(|_| writeln!(stdout));
+            note_stdout(
+                serde_json::to_writer_pretty(&mut stdout, &report)
+                    .map_err(std::io::Error::from)
+                    .and_then(|_| writeln!(stdout)),
+            );
         }
     }
     Ok(if aborted_at.is_some() {
@@ -968,14 +1005,15 @@ fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     let t = Instant::now();
     // What the file holds: a float64 value beyond float32's range is
     // finite there (loading it to train makes it ±Inf, the note says).
-    let l = tables::load_as(&args.file, &args.tensor, npy::Overflow::Saturate)?;
+    let l = tables::load_as(&args.file, &args.tensor, npy::Overflow::Saturate, false)?;
     let read_s = t.elapsed().as_secs_f64();
     let shape = l.shape;
     out!(
-        "file     {} · {} × {} f32 ({:.1} MB)",
+        "file     {} · {} × {} {} ({:.1} MB as f32)",
         args.file.display(),
         shape.rows,
         shape.dim,
+        l.file_dtype,
         shape.bytes() as f64 / 1e6
     );
     if let Some(n) = &l.note {
@@ -1024,7 +1062,16 @@ fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     }
     out!("found    {} NaN · {} +Inf · {} -Inf · in {} rows", found.nan, found.pos_inf, found.neg_inf, found.bad_rows);
     if let Some(f) = found.first {
-        out!("first    row {} column {} · {} · bits 0x{:08x}", f.row, f.col, f.kind(), f.bits);
+        // The bits the file holds (an f64 NaN's payload, an F16 Inf's), not
+        // those of the f32 value it was scanned as.
+        let index = f.row * shape.dim as u64 + f.col;
+        let bits = match tables::element_bits(&args.file, &args.tensor, index) {
+            Ok(Some((b, width))) => format!("0x{b:0w$x} ({})", l.file_dtype, w = 2 * width),
+            Ok(None) => format!("0x{:08x}", f.bits),
+            // Not to be read again (a pipe): the f32 value's bits, said so.
+            Err(_) => format!("0x{:08x} (as f32)", f.bits),
+        };
+        out!("first    row {} column {} · {} · bits {bits}", f.row, f.col, f.kind());
     }
     let rows: Vec<String> = found.rows.iter().map(|r| r.to_string()).collect();
     out!(

@@ -87,6 +87,10 @@ fn open(path: &Path) -> Result<Opened> {
     if meta.is_dir() {
         return Err(Error::bad_file(path, "a folder, not a .npy file"));
     }
+    if !meta.is_file() {
+        // Its size is checked against the header before anything is read.
+        return Err(Error::bad_file(path, "not a regular file (a pipe or a device): a .npy file is read from disk"));
+    }
     let file_len = meta.len();
     let mut pre = [0u8; 8];
     read_exact_or(&mut file, &mut pre, || bad(format!("not a .npy file: only {file_len} bytes")))?;
@@ -135,13 +139,21 @@ fn open(path: &Path) -> Result<Opened> {
 pub struct Indices {
     /// 1-D: `[n]`; 2-D: `[batches, n]`.
     pub dims: Vec<u64>,
-    /// Row-major values, widened to i128 (every integer dtype exactly).
-    pub values: Vec<i128>,
+    /// Row-major values, each a row of the table.
+    pub values: Vec<u32>,
+}
+
+/// Why index `v` at `at` (`[j]`, or `[i, j]`) is not a row of a table of
+/// `rows` rows.
+pub fn index_out_of_range(at: &str, v: i128, rows: usize) -> String {
+    format!("index {at} is {v}, out of range for a table of {rows} rows (valid: 0..={})", rows.saturating_sub(1))
 }
 
 /// Reads a 1-D or 2-D `.npy` file of integer row indices (any width,
-/// signed or not, either byte order).
-pub fn load_indices(path: &Path) -> Result<Indices> {
+/// signed or not, either byte order), each checked to be a row of a table
+/// of `rows` rows as it is read (4 bytes an index in memory, whatever the
+/// file's width); one that is not is refused by its position in the file.
+pub fn load_indices(path: &Path, rows: usize) -> Result<Indices> {
     let bad = |reason: String| Error::bad_file(path, reason);
     let Opened { mut file, dtype, dims, data_bytes } = open(path)?;
     if !matches!(dtype, Dtype::Int { .. }) {
@@ -156,17 +168,48 @@ pub fn load_indices(path: &Path) -> Result<Indices> {
     let item = dtype.size() as usize;
     // The size check above ties the count to the file's real size.
     let n = (data_bytes / item as u64) as usize;
-    let mut values = Vec::with_capacity(n);
+    let width = *dims.last().expect("1-D or 2-D") as usize;
+    let mut values: Vec<u32> = Vec::new();
+    values
+        .try_reserve_exact(n)
+        .map_err(|_| bad(format!("{n} indices need {} bytes of host memory, which it cannot give", n as u64 * 4)))?;
     let mut block = vec![0u8; item * 65_536];
     let mut left = n;
     while left > 0 {
         let m = left.min(65_536);
         let bytes = &mut block[..m * item];
         read_exact_or(&mut file, bytes, || bad("truncated while reading the data".into()))?;
-        values.extend(bytes.chunks_exact(item).map(|c| dtype.int_at(c)));
+        for c in bytes.chunks_exact(item) {
+            let v = dtype.int_at(c);
+            if v < 0 || v >= rows as i128 {
+                let k = values.len();
+                let at = if dims.len() == 2 { format!("[{}, {}]", k / width, k % width) } else { format!("[{k}]") };
+                return Err(bad(index_out_of_range(&at, v, rows)));
+            }
+            values.push(v as u32);
+        }
         left -= m;
     }
     Ok(Indices { dims, values })
+}
+
+/// The bits of element `index` (row-major) of a float64 `.npy` table as
+/// the file holds them; `None` for a float32 one, whose loaded values are
+/// its own bits (`latent-line scan` names a finding by the file's bits).
+pub fn element_bits(path: &Path, index: u64) -> Result<Option<u64>> {
+    use std::io::{Read as _, Seek as _};
+    let Opened { mut file, dtype, data_bytes, .. } = open(path)?;
+    if dtype != Dtype::F64 {
+        return Ok(None);
+    }
+    if (index + 1) * 8 > data_bytes {
+        return Err(Error::bad_file(path, format!("no element {index}")));
+    }
+    let mut b = [0u8; 8];
+    file.seek(std::io::SeekFrom::Current(index as i64 * 8))
+        .and_then(|_| file.read_exact(&mut b))
+        .map_err(|e| Error::io(path, e))?;
+    Ok(Some(u64::from_le_bytes(b)))
 }
 
 /// What a float64 value beyond float32's range becomes.
@@ -199,7 +242,17 @@ pub fn load_as(path: &Path, overflow: Overflow) -> Result<Loaded> {
     }
     let shape = Shape::of_file(dims[0] as usize, dims[1] as usize).map_err(bad)?;
     let n = (dims[0] * dims[1]) as usize;
-    let mut data = vec![0f32; n];
+    // A host that cannot hold the table says so (exit 1), not abort.
+    let mut data: Vec<f32> = Vec::new();
+    data.try_reserve_exact(n).map_err(|_| {
+        bad(format!(
+            "a table of {} × {} needs {} bytes of host memory, which it cannot give",
+            dims[0],
+            dims[1],
+            shape.bytes()
+        ))
+    })?;
+    data.resize(n, 0.0);
     let note = match dtype {
         Dtype::F32 => {
             // Straight into the table: no second copy of the data.
@@ -722,7 +775,7 @@ mod tests {
     #[test]
     fn indices_of_every_integer_dtype() {
         let dir = tempfile::tempdir().unwrap();
-        let values: [i128; 4] = [0, 1, 100, 127];
+        let values: [u32; 4] = [0, 1, 100, 127];
         for bytes in [1usize, 2, 4, 8] {
             for signed in [true, false] {
                 for (order, big) in [("<", false), (">", true), ("|", false), ("=", cfg!(target_endian = "big"))] {
@@ -745,7 +798,7 @@ mod tests {
                     }
                     let path = dir.path().join(format!("i{bytes}{signed}{big}.npy"));
                     std::fs::write(&path, &f).unwrap();
-                    let got = load_indices(&path).unwrap_or_else(|e| panic!("{descr}: {e}"));
+                    let got = load_indices(&path, 128).unwrap_or_else(|e| panic!("{descr}: {e}"));
                     assert_eq!(got.values, values, "{descr}");
                 }
             }

@@ -66,7 +66,7 @@ impl Event {
     pub fn describe(&self) -> String {
         let when = match self.step {
             Some(s) => format!("step {s}"),
-            None => "input".into(),
+            None => "before training".into(),
         };
         let what = match self.buffer {
             "table" => "rows written",

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, Metadata, SafeTensorError, SafeTensors, TensorView};
 
 use crate::config::Shape;
 use crate::error::{Error, Result};
@@ -193,42 +193,172 @@ pub struct LoadedTable {
     pub note: Option<String>,
     /// `.safetensors` inputs: what to carry over on a `.safetensors` save.
     pub carried: Option<Carried>,
+    /// What the file holds: `f32`/`f64` (`.npy`), or a safetensors dtype
+    /// (`F32`, `F64`, `F16`, `BF16`).
+    pub file_dtype: String,
 }
 
-/// Reads the table of `path`: the tensor `tensor` of a `.safetensors` file.
+/// Reads the table of `path`: the tensor `tensor` of a `.safetensors` file,
+/// keeping the rest of the file to carry over ([`LoadedTable::carried`]).
 pub fn load(path: &Path, tensor: &str) -> Result<LoadedTable> {
-    load_as(path, tensor, npy::Overflow::Inf)
+    load_as(path, tensor, npy::Overflow::Inf, true)
 }
 
-/// `load`, float64 values beyond float32's range becoming as `overflow` says.
-pub fn load_as(path: &Path, tensor: &str, overflow: npy::Overflow) -> Result<LoadedTable> {
+/// `load`, float64 values beyond float32's range becoming as `overflow`
+/// says. Without `carry`, a `.safetensors` file's header and table are all
+/// that is read (`carried` is then `None`).
+pub fn load_as(path: &Path, tensor: &str, overflow: npy::Overflow, carry: bool) -> Result<LoadedTable> {
     match format_of(path)? {
         Format::Npy => {
             let l = npy::load_as(path, overflow)?;
-            Ok(LoadedTable { shape: l.shape, data: l.data, note: l.note, carried: None })
+            // An .npy table's only note is its float64 conversion.
+            let file_dtype = if l.note.is_some() { "f64" } else { "f32" }.to_owned();
+            Ok(LoadedTable { shape: l.shape, data: l.data, note: l.note, carried: None, file_dtype })
         }
-        Format::Safetensors => load_safetensors(path, tensor, overflow),
+        Format::Safetensors => load_safetensors(path, tensor, overflow, carry),
     }
 }
 
-fn load_safetensors(path: &Path, name: &str, overflow: npy::Overflow) -> Result<LoadedTable> {
+fn load_safetensors(path: &Path, name: &str, overflow: npy::Overflow, carry: bool) -> Result<LoadedTable> {
     let bad = |reason: String| Error::bad_file(path, reason);
-    // The whole file, and nothing larger: the crate checks every offset
-    // against it before a tensor is touched.
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a valid .safetensors file: {e}")))?;
-    let view = st.tensor(name).map_err(|_| {
-        let mut names: Vec<&str> = st.names();
+    let invalid = |e: SafeTensorError| bad(format!("not a valid .safetensors file: {e}"));
+    let no_tensor = |mut names: Vec<&str>| {
         names.sort_unstable();
         bad(format!("no tensor \"{name}\" (it has: {}); choose one with --tensor", names.join(", ")))
-    })?;
-    let dims = view.shape();
+    };
+    use std::io::{Read as _, Seek as _};
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    // A pipe (`<(…)`) has no size to seek in: read whole.
+    if carry || !meta.is_file() {
+        // The whole file, and nothing larger: the crate checks every offset
+        // against it before a tensor is touched; the other tensors are
+        // saved from it.
+        let bytes = if meta.is_file() {
+            read_bytes(path, &mut file, meta.len())?
+        } else {
+            let mut all = Vec::new();
+            file.read_to_end(&mut all).map_err(|e| Error::io(path, e))?;
+            all
+        };
+        let st = SafeTensors::deserialize(&bytes).map_err(invalid)?;
+        let view = st.tensor(name).map_err(|_| no_tensor(st.names()))?;
+        let (shape, data, note) = table_of(path, name, view.dtype(), view.shape(), view.data(), overflow)?;
+        let file_dtype = format!("{:?}", view.dtype());
+        drop(st);
+        let carried = carry.then(|| Carried { bytes, table: name.to_owned() });
+        return Ok(LoadedTable { shape, data, note, carried, file_dtype });
+    }
+    drop(file);
+    // Only the header and the table's bytes (a scan, or an output that is
+    // not .safetensors: nothing else of a 50 GB checkpoint is needed).
+    let (mut file, data_at, meta) = open_safetensors(path)?;
+    let Some(info) = meta.info(name) else {
+        let names: Vec<String> = meta.tensors().into_keys().collect();
+        return Err(no_tensor(names.iter().map(String::as_str).collect()));
+    };
+    let (from, to) = info.data_offsets;
+    file.seek(std::io::SeekFrom::Start(data_at + from as u64)).map_err(|e| Error::io(path, e))?;
+    let raw = read_bytes(path, &mut file, (to - from) as u64)?;
+    let (shape, data, note) = table_of(path, name, info.dtype, &info.shape, &raw, overflow)?;
+    Ok(LoadedTable { shape, data, note, carried: None, file_dtype: format!("{:?}", info.dtype) })
+}
+
+/// A `.safetensors` file's header, checked as the crate checks a whole
+/// file, without reading its tensors: the file, where the data starts and
+/// the tensors' places.
+fn open_safetensors(path: &Path) -> Result<(std::fs::File, u64, Metadata)> {
+    use std::io::Read as _;
+    let invalid = |e: SafeTensorError| Error::bad_file(path, format!("not a valid .safetensors file: {e}"));
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len < 8 {
+        return Err(invalid(SafeTensorError::HeaderTooSmall));
+    }
+    let mut n8 = [0u8; 8];
+    file.read_exact(&mut n8).map_err(|e| Error::io(path, e))?;
+    let n = u64::from_le_bytes(n8);
+    if n > SAFETENSORS_MAX_HEADER {
+        return Err(invalid(SafeTensorError::HeaderTooLarge));
+    }
+    if 8 + n > len {
+        return Err(invalid(SafeTensorError::InvalidHeaderLength));
+    }
+    let header = read_bytes(path, &mut file, n)?;
+    let text = std::str::from_utf8(&header).map_err(|e| invalid(SafeTensorError::InvalidHeader(e)))?;
+    let meta: Metadata =
+        serde_json::from_str(text).map_err(|e| invalid(SafeTensorError::InvalidHeaderDeserialization(e)))?;
+    if 8 + n + meta.data_len() as u64 != len {
+        return Err(invalid(SafeTensorError::MetadataIncompleteBuffer));
+    }
+    Ok((file, 8 + n, meta))
+}
+
+/// The bits of element `index` (row-major) of the table in `path` as the
+/// file holds them, with their width in bytes; `None` where the file holds
+/// f32, whose loaded values are its own bits (`latent-line scan` names a
+/// finding by the file's bits: an f64 NaN's payload, an F16 Inf's).
+pub fn element_bits(path: &Path, tensor: &str, index: u64) -> Result<Option<(u64, usize)>> {
+    use std::io::{Read as _, Seek as _};
+    match format_of(path)? {
+        Format::Npy => Ok(npy::element_bits(path, index)?.map(|b| (b, 8))),
+        Format::Safetensors => {
+            let (mut file, data_at, meta) = open_safetensors(path)?;
+            let Some(info) = meta.info(tensor) else {
+                return Err(Error::bad_file(path, format!("no tensor \"{tensor}\"")));
+            };
+            let size = info.dtype.bitsize() / 8;
+            if info.dtype == Dtype::F32 || !matches!(size, 2 | 8) {
+                return Ok(None);
+            }
+            let at = info.data_offsets.0 as u64 + index * size as u64;
+            if at + size as u64 > info.data_offsets.1 as u64 {
+                return Err(Error::bad_file(path, format!("tensor \"{tensor}\" has no element {index}")));
+            }
+            let mut b = [0u8; 8];
+            file.seek(std::io::SeekFrom::Start(data_at + at))
+                .and_then(|_| file.read_exact(&mut b[..size]))
+                .map_err(|e| Error::io(path, e))?;
+            Ok(Some((u64::from_le_bytes(b), size)))
+        }
+    }
+}
+
+/// The safetensors crate's limit on a header (its `MAX_HEADER_SIZE`).
+const SAFETENSORS_MAX_HEADER: u64 = 100_000_000;
+
+/// `n` bytes from `file`'s position; a host that cannot hold them is an
+/// error, not an abort.
+fn read_bytes(path: &Path, file: &mut std::fs::File, n: u64) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    usize::try_from(n)
+        .ok()
+        .and_then(|n| bytes.try_reserve_exact(n).ok())
+        .ok_or_else(|| Error::bad_file(path, format!("{n} bytes to read, more than this host can hold")))?;
+    file.take(n).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 != n {
+        return Err(Error::bad_file(path, format!("truncated: {} of {n} bytes read", bytes.len())));
+    }
+    Ok(bytes)
+}
+
+/// Tensor `name` of a `.safetensors` file (its dtype, shape and bytes) as
+/// a table of f32: its shape, values and a note when they were converted.
+fn table_of(
+    path: &Path,
+    name: &str,
+    dtype: Dtype,
+    dims: &[usize],
+    raw: &[u8],
+    overflow: npy::Overflow,
+) -> Result<(Shape, Vec<f32>, Option<String>)> {
+    let bad = |reason: String| Error::bad_file(path, reason);
     let [rows, dim] = dims else {
         return Err(bad(format!("tensor \"{name}\" has shape {dims:?}; a table is 2-D (rows × columns)")));
     };
     let shape = Shape::of_file(*rows, *dim).map_err(|e| bad(format!("tensor \"{name}\": {e}")))?;
-    let raw = view.data();
-    let (data, note): (Vec<f32>, Option<String>) = match view.dtype() {
+    let (data, note): (Vec<f32>, Option<String>) = match dtype {
         Dtype::F32 => (raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(), None),
         Dtype::F64 => {
             let mut overflowed = 0;
@@ -241,16 +371,15 @@ fn load_safetensors(path: &Path, name: &str, overflow: npy::Overflow) -> Result<
         }
         Dtype::F16 => (
             raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Some(format!("tensor \"{name}\" converted from F16 to f32 (saved as F32)")),
+            Some(format!("tensor \"{name}\" converted from F16 to f32")),
         ),
         Dtype::BF16 => (
             raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Some(format!("tensor \"{name}\" converted from BF16 to f32 (saved as F32)")),
+            Some(format!("tensor \"{name}\" converted from BF16 to f32")),
         ),
         other => return Err(bad(format!("tensor \"{name}\" is {other:?}; a table is F32, F64, F16 or BF16"))),
     };
-    let carried = Some(Carried { bytes, table: name.to_owned() });
-    Ok(LoadedTable { shape, data, note, carried })
+    Ok((shape, data, note))
 }
 
 /// Saves a table to `path` (format from the extension), atomically. A

@@ -522,6 +522,73 @@ fn scan_reports_findings_with_exit_code_3_and_clean_files_with_0() {
             }
         }
     }
+    // A finding is named by the bits the file holds (a signalling f64 NaN's
+    // payload, not the quiet f32 NaN it is scanned as), and the file line
+    // says what it holds.
+    let mut data: Vec<u8> = (0..6).flat_map(|i| (i as f64).to_le_bytes()).collect();
+    data[3 * 8..4 * 8].copy_from_slice(&0x7ff0_0000_0000_0001u64.to_le_bytes());
+    npy(&dir.p("snan.npy"), "{'descr': '<f8', 'fortran_order': False, 'shape': (3, 2), }", &data);
+    let o = run(&["scan", &dir.s("snan.npy")]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(3), "{text}{}", stderr(&o));
+    assert!(text.contains("· 3 × 2 f64 ("), "{text}");
+    assert!(text.contains("first    row 1 column 1 · NaN · bits 0x7ff0000000000001 (f64)"), "{text}");
+}
+
+/// What is printed to stdout and lost (a full disk under `--json > FILE`)
+/// is a runtime error, exit 1; a reader that closed the pipe is not.
+#[cfg(target_os = "linux")]
+#[test]
+fn output_lost_on_stdout_is_an_error_but_a_closed_pipe_is_not() {
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    for args in [
+        vec!["--backend", "cpu", "--rows", "300", "--dim", "5", "--steps", "2", "--json"],
+        vec!["--backend", "cpu", "--rows", "300", "--dim", "5", "--steps", "2"],
+        vec!["diagnose"],
+    ] {
+        let o =
+            Command::new(BIN).args(&args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).stdout(full()).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("writing to stdout"), "{args:?}: {}", stderr(&o));
+    }
+    // A pipe closed after its first line: the run still ends as it would.
+    let mut child = Command::new(BIN)
+        .args(["--backend", "cpu", "--rows", "300", "--dim", "5", "--steps", "2"])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+/// A table the host cannot allocate is refused with exit 1 and one line,
+/// not an abort (a 2 GB `.npy` under a 1 GB address-space limit).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_table_the_host_cannot_hold_is_refused_not_aborted() {
+    let dir = Dir::new();
+    let path = dir.p("big.npy");
+    npy(&path, "{'descr': '<f4', 'fortran_order': False, 'shape': (50000000, 10), }", &[]);
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(f.metadata().unwrap().len() + 2_000_000_000).unwrap(); // sparse
+    for cmd in
+        [format!("scan '{}'", dir.s("big.npy")), format!("--backend cpu --load '{}' --steps 1", dir.s("big.npy"))]
+    {
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -v 1000000 && exec '{BIN}' {cmd}"))
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .output()
+            .unwrap();
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{cmd}: {e}");
+        assert!(e.contains("big.npy") && e.contains("host memory") && e.lines().count() == 1, "{cmd}: {e}");
+    }
 }
 
 #[test]
@@ -548,7 +615,10 @@ fn a_guarded_run_reports_every_event_and_abort_exits_3_with_the_table_before_the
         ]);
         let text = String::from_utf8_lossy(&o.stdout);
         assert_eq!(o.status.code(), Some(3), "{backend}: {text}{}", stderr(&o));
-        assert!(text.contains("input    input: loaded table: 1 non-finite (0 NaN, 1 +Inf, 0 -Inf) in 1 row"), "{text}");
+        assert!(
+            text.contains("input    before training: loaded table: 1 non-finite (0 NaN, 1 +Inf, 0 -Inf) in 1 row"),
+            "{text}"
+        );
         assert!(text.contains("ABORTED  at step 0"), "{text}");
         // The end line counts steps done: the aborted one is not.
         assert!(text.contains("· after 0 steps,"), "{text}");
@@ -1104,6 +1174,13 @@ fn index_files_are_checked_before_any_step_and_batches_train() {
     let e = stderr(&o);
     assert!(e.contains("bad.npy") && e.contains("[3]") && e.contains("250"), "{e}");
     assert!(!d.p("out.npy").exists(), "a refused run left an output");
+    // In a 2-D file, a position has two numbers, one batch or many.
+    for (shape, at) in [("(1, 5)", "index [0, 3] is 250"), ("(5, 1)", "index [3, 0] is 250")] {
+        npy(&d.p("bad2.npy"), &format!("{{'descr': '<i8', 'fortran_order': False, 'shape': {shape}, }}"), &idx);
+        let o = run(&["--rows", "100", "--dim", "4", "--backend", "cpu", "--indices", &d.s("bad2.npy")]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains(at), "{shape}: {}", stderr(&o));
+    }
 
     let idx: Vec<u8> = [3i32, 7, 7, 7, 0, 99, 42, 42].iter().flat_map(|v| v.to_le_bytes()).collect();
     npy(&d.p("good.npy"), "{'descr': '<i4', 'fortran_order': False, 'shape': (2, 4), }", &idx);

@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::*;
-use latent_line::tables;
+use latent_line::{npy, tables};
 use rand::Rng;
 use safetensors::tensor::{Dtype, TensorView};
 
@@ -79,6 +79,24 @@ fn mutated_table_files_never_panic_and_are_refused_cleanly() {
         std::fs::write(&path, &bytes).unwrap();
         let got = std::panic::catch_unwind(|| tables::load(&path, "weight"));
         let got = got.unwrap_or_else(|_| panic!("panic reading mutation {i} ({ext}), seed {seed}"));
+        // Reading the header and the table alone (a scan; no carrying
+        // over) takes and refuses exactly the files the whole read does.
+        let lean = std::panic::catch_unwind(|| tables::load_as(&path, "weight", npy::Overflow::Inf, false));
+        let lean = lean.unwrap_or_else(|_| panic!("panic reading mutation {i} ({ext}) alone, seed {seed}"));
+        match (&got, &lean) {
+            (Ok(a), Ok(b)) => assert!(
+                a.shape == b.shape && a.data.iter().zip(&b.data).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "mutation {i}: the header-only read differs, seed {seed}"
+            ),
+            (Err(_), Err(b)) => {
+                assert!(b.to_string().contains(&format!("t{i}.{ext}")), "mutation {i}: {b}, seed {seed}")
+            }
+            _ => panic!(
+                "mutation {i} ({ext}): whole read {:?}, header-only read {:?}, seed {seed}",
+                got.as_ref().map(|_| "ok"),
+                lean.as_ref().map(|_| "ok")
+            ),
+        }
         match got {
             Ok(t) => {
                 assert_eq!(t.data.len(), t.shape.rows * t.shape.dim, "mutation {i}, seed {seed}");
