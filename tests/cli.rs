@@ -533,6 +533,22 @@ fn scan_reports_findings_with_exit_code_3_and_clean_files_with_0() {
     assert_eq!(o.status.code(), Some(3), "{text}{}", stderr(&o));
     assert!(text.contains("· 3 × 2 f64 ("), "{text}");
     assert!(text.contains("first    row 1 column 1 · NaN · bits 0x7ff0000000000001 (f64)"), "{text}");
+    // So in a .safetensors file beside other tensors (the header and the
+    // one tensor read): an F16 NaN's own bits.
+    use safetensors::tensor::{Dtype, TensorView};
+    let mut half: Vec<u8> = (0..6u16).flat_map(|i| half::f16::from_f32(i as f32).to_bits().to_le_bytes()).collect();
+    half[4 * 2..5 * 2].copy_from_slice(&0x7c01u16.to_le_bytes());
+    let other = vec![7u8; 1000];
+    let t = vec![
+        ("big".to_string(), TensorView::new(Dtype::U8, vec![1000], &other).unwrap()),
+        ("emb".to_string(), TensorView::new(Dtype::F16, vec![3, 2], &half).unwrap()),
+    ];
+    std::fs::write(dir.p("h.safetensors"), safetensors::tensor::serialize(t, None).unwrap()).unwrap();
+    let o = run(&["scan", &dir.s("h.safetensors"), "--tensor", "emb"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(3), "{text}{}", stderr(&o));
+    assert!(text.contains("· 3 × 2 F16 ("), "{text}");
+    assert!(text.contains("first    row 2 column 0 · NaN · bits 0x7c01 (F16)"), "{text}");
 }
 
 /// What is printed to stdout and lost (a full disk under `--json > FILE`)
