@@ -404,6 +404,63 @@ fn ignore_writes_the_non_finite_row_and_says_so() {
     }
 }
 
+/// A row read with ±Inf writes NaN by definition, the same bits
+/// (0x7fc00000) on both backends and every path: full table and batches,
+/// without weight decay (its 0·Inf is x86's other NaN, 0xffc00000) and
+/// with, with momentum (its velocity too), attached anchors (the two-read
+/// step).
+#[test]
+fn a_row_read_with_inf_writes_the_same_nan_on_every_backend() {
+    use latent_line::{Batches, IndexBatches};
+    let seed = seed("inf_row_nan_bits");
+    let mut r = rng(seed);
+    let (rows, dim) = (r.random_range(40..200), r.random_range(1..20) * 4);
+    let shape = Shape::new(rows, dim).unwrap();
+    let mut table = random_table(&mut r, rows, dim);
+    let bad = r.random_range(2..rows - 1);
+    table[bad * dim + r.random_range(0..dim)] = [f32::INFINITY, f32::NEG_INFINITY][r.random_range(0..2)];
+    let all_rows: Vec<i64> = (0..rows as i64).collect();
+    for (what, momentum, weight_decay, endpoints) in [
+        ("plain", 0.0, 0.0, Endpoints::Frozen),
+        ("weight decay", 0.0, 0.1, Endpoints::Frozen),
+        ("momentum", 0.5, 0.0, Endpoints::Frozen),
+        ("attached", 0.0, 0.0, Endpoints::Attached),
+    ] {
+        let cfg = StepConfig {
+            lr: 0.05,
+            weight_decay,
+            momentum,
+            endpoints,
+            guard: Guard { policy: Policy::Ignore, ..Guard::default() },
+            ..StepConfig::for_rows(rows)
+        };
+        for batches in [Batches::Full, Batches::Indices(IndexBatches::new(vec![all_rows.clone()], rows).unwrap())] {
+            let ctx = format!("{what}, full {}, {rows} × {dim}, row {bad}, seed {seed}", batches.is_full());
+            let mut got = Vec::new();
+            let mut cpu =
+                CpuTrainer::with_batches(shape, cfg, TableSource::Data(table.clone()), batches.clone()).unwrap();
+            let opts = GpuOptions { lanes_per_row: Some(4), ..GpuOptions::default() };
+            let mut g =
+                GpuTrainer::with_batches(gpu(), shape, cfg, TableSource::Data(table.clone()), opts, batches).unwrap();
+            for t in [&mut cpu as &mut dyn Trainer, &mut g] {
+                let rec = t.steps(1).unwrap().remove(0);
+                let out = t.read_table().unwrap();
+                assert!(
+                    row(&out, bad, dim).iter().all(|v| v.to_bits() == 0x7fc0_0000),
+                    "{ctx}: {:?}",
+                    row(&out, bad, dim)
+                );
+                if let Some(v) = t.read_velocity().unwrap() {
+                    assert!(row(&v, bad, dim).iter().all(|v| v.to_bits() == 0x7fc0_0000), "{ctx}: velocity");
+                }
+                got.push((rec.scans.table.first.map(|f| f.bits), rec.scans.grad.first.map(|f| f.bits)));
+            }
+            assert_eq!(got[0], got[1], "cpu against gpu: the findings' bits, {ctx}");
+            assert_eq!(got[0].0, Some(0x7fc0_0000), "{ctx}");
+        }
+    }
+}
+
 /// Values that overflow alone — |x| near f32::MAX under weight decay: the
 /// row's gradient stays finite (1/d = 0), each such new value is ∓∞ — are
 /// reported at the lowest column, with its bits, by every trainer. With

@@ -168,6 +168,17 @@ impl ReadB<'_> {
                     new_bad |= nonfinite(*t);
                 }
             }
+            if k0.poisoned {
+                // A row that read a non-finite value writes NaN by
+                // definition, as the kernels do (`step_value`): the same
+                // bits (0x7fc00000), where arithmetic on ±Inf may make
+                // another NaN (x86's 0·Inf is 0xffc00000).
+                y.fill(f32::NAN);
+                if momentum {
+                    vs[j * d..][..d].fill(f32::NAN);
+                }
+                new_bad = true;
+            }
             if grad_bad {
                 out.scans.grad.note_row(row as u64, gtmp.iter().copied());
             }
