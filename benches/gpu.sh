@@ -136,28 +136,53 @@ tst 120 "$B/batches" dropped
 
 # The fused step's shape for this card, picked here so that one call both
 # tunes and measures (a device call is all the GPU time a session gets):
-# each candidate's full-table step by --profile (GPU time a step: the
-# step's kernels, Σ passes × ms/pass ÷ steps), the fastest exported for
-# everything after it. The candidates change no results beyond rounding
-# (lanes and 16-byte columns change the order of a row's sums; the tests
-# above ran every one against the reference). TUNE=0: the built-in default.
-if [ "$MODE" != quick ] && [ "${TUNE:-1}" = 1 ]; then
-    echo "== the fused step's shape for this card (--profile, GPU time a full-table step, $R × 64)"
-    best=""; best_ms=""
+# the full table's shape, exported for everything after it, and a random
+# batch's, for the batch benches and profile. The candidates change no
+# results beyond rounding (lanes and 16-byte columns change the order of a
+# row's sums; the tests above ran every one against the reference).
+# TUNE=0: the built-in shapes.
+#
+# TUNE_ARGS=… tune LABEL [CANDIDATE …]: each candidate's step (the ten
+# below, then the extra ones) by --profile, GPU time a step (the step's
+# kernels: Σ passes × ms/pass ÷ steps); sets TUNED to the fastest's
+# switches ("" for the built-in shape).
+tune() {
+    local label=$1; shift
+    local cand out ms best="" best_ms=""
+    echo "== the fused step's shape for this card: $label (--profile, GPU time a step)"
+    # A run first, untimed: the first candidate should not pay for the
+    # card's clocks coming up.
+    "$B/latent-line" --backend gpu --rows "$R" --steps 40 $TUNE_ARGS >/dev/null 2>&1
     for cand in "" "LATENT_LINE_VEC4=1" "LATENT_LINE_VEC4=1 LATENT_LINE_LANES=16" "LATENT_LINE_VEC4=1 LATENT_LINE_LANES=4" \
         "LATENT_LINE_LANES=4" "LATENT_LINE_KEPT_VECTORS=1" "LATENT_LINE_PREFETCH=0" "LATENT_LINE_KEEP=0" \
-        "LATENT_LINE_VEC4=1 LATENT_LINE_PREFETCH=0" "LATENT_LINE_VEC4=1 LATENT_LINE_LANES=4 LATENT_LINE_PREFETCH=0"; do
-        out=$(env $cand "$B/latent-line" --backend gpu --rows "$R" --steps 40 --profile 2>&1)
-        ms=$(echo "$out" | awk '$1 ~ /\.wgsl$/ && $3 == "passes" && $2 >= 40 { t += $2 * $4 } END { if (t > 0) printf "%.4f", t / 40 }')
+        "LATENT_LINE_VEC4=1 LATENT_LINE_PREFETCH=0" "LATENT_LINE_VEC4=1 LATENT_LINE_LANES=4 LATENT_LINE_PREFETCH=0" "$@"; do
+        out=$(env $cand "$B/latent-line" --backend gpu --rows "$R" --steps 40 --profile $TUNE_ARGS 2>&1)
+        ms=$(echo "$out" | awk '$1 ~ /\.wgsl$/ { for (i = 2; i < NF; i++) if ($i == "passes" && $(i - 1) >= 40) t += $(i - 1) * $(i + 1) }
+            END { if (t > 0) printf "%.4f", t / 40 }')
         echo "$out" | grep -E "^kernel|^driver|fused_step\.wgsl main \[[A-Z=0-9 ]*UPDATE=1" | sed "s/^/   /"
         echo "-- ${cand:-default}: ${ms:-no figure} ms a step"
         if [ -n "$ms" ] && { [ -z "$best_ms" ] || python3 -c "import sys; sys.exit(0 if $ms < $best_ms else 1)"; }; then
             best=$cand; best_ms=$ms
         fi
     done
-    echo "chosen shape: ${best:-the default} ($best_ms ms a step); everything below runs with it"
-    [ -n "$best" ] && export $best
+    echo "chosen shape ($label): ${best:-the default} (${best_ms:-?} ms a step)"
+    TUNED=$best
+}
+TUNED=""; TUNED_BATCH=""
+if [ "$MODE" != quick ] && [ "${TUNE:-1}" = 1 ]; then
+    TUNE_ARGS="" tune "full table, $R × 64"
+    FULL_TUNED=$TUNED
+    # A random batch's own shape (more, smaller workgroups; fewer rows to
+    # hide the latency of): its benches run with it, apart.
+    TUNE_ARGS="--batch $BATCH" tune "random batches of $BATCH" "LATENT_LINE_ROW_BLOCKS=1" "LATENT_LINE_VEC4=1 LATENT_LINE_ROW_BLOCKS=1"
+    TUNED_BATCH=$TUNED; TUNED=$FULL_TUNED
+    echo "everything below runs with ${TUNED:-the built-in shape}, the batch benches with ${TUNED_BATCH:-the built-in shape}"
+    [ -n "$TUNED" ] && export $TUNED
 fi
+# A command with the batch's shape in place of the full table's.
+with_batch_shape() {
+    (for v in $TUNED; do unset "${v%%=*}"; done; [ -n "$TUNED_BATCH" ] && export $TUNED_BATCH; "$@")
+}
 
 echo "== main job: latent-line --rows $R (wall time, start-up included)"
 s=$(date +%s.%N)
@@ -167,7 +192,7 @@ echo "wall $(python3 -c "print(f'{$e - $s:.3f}')") s"
 
 echo "== --profile: the kernels of the main job, and of a random batch step"
 "$B/latent-line" --rows "$R" --steps 50 --profile | sed -n '/^kernel/,$p'
-"$B/latent-line" --rows "$R" --steps 50 --batch "$BATCH" --profile | sed -n '/^kernel/,$p'
+with_batch_shape "$B/latent-line" --rows "$R" --steps 50 --batch "$BATCH" --profile | sed -n '/^kernel/,$p'
 
 # criterion's filter: the GPU-time group and the 1 GiB scan (full, diag),
 # or both GPU groups (quick). (Not `GROUPS`: bash owns that name.)
@@ -175,6 +200,11 @@ BENCH_FILTER='gpu-time|\]/scan'
 [ "$MODE" = quick ] && BENCH_FILTER=gpu
 echo "== cargo bench (criterion): $BENCH_FILTER"
 timeout 300 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 "$BENCH_FILTER" 2>&1 | grep -E "^gpu|time:" | grep -v "%"
+if [ "$TUNED_BATCH" != "$TUNED" ]; then
+    echo "-- the batch benches again with the batch's shape (${TUNED_BATCH:-the built-in one}; these figures replace the ones above)"
+    with_batch_shape timeout 120 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/batch-' 2>&1 |
+        grep -E "^gpu|time:" | grep -v "%"
+fi
 python3 benches/summary.py /tmp/ct/criterion | tee "$OUT/bench-summary.txt"
 python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars.txt"
 [ "$MODE" = quick ] && exit 0
@@ -210,5 +240,5 @@ for l in 4 8 16; do prof $l "" "--batch $BATCH"; done
 V4=1 prof "" "" "--batch $BATCH"; prof 4 1 "--batch $BATCH"
 
 echo "== the long tests on this GPU (with the built-in shape, as the quick ones)"
-for v in ${best:-}; do unset "${v%%=*}"; done
+for v in $TUNED; do unset "${v%%=*}"; done
 TEST_TIMEOUT=150 run_tests subgroups batches backends_vs_reference
