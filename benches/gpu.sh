@@ -76,8 +76,8 @@ echo "== latent-line devices (for the README)"
 # LB=1 for wgpu's loop counters (LATENT_LINE_LOOP_BOUNDING), V4=1 for
 # 16-byte kept columns (LATENT_LINE_VEC4), PF=0 for no read-ahead of the
 # next row block (LATENT_LINE_PREFETCH), KP=0 for columns read twice
-# instead of kept in registers (LATENT_LINE_KEEP), KV=1 for kept columns
-# in vectors instead of an array (LATENT_LINE_KEPT_VECTORS). Keeps the driver's statistics
+# instead of kept in registers (LATENT_LINE_KEEP), KV=0 for kept columns
+# in an array instead of vectors (LATENT_LINE_KEPT_VECTORS). Keeps the driver's statistics
 # (registers, spills) of the fused step's pipelines only.
 prof() { echo "-- lanes ${1:-auto} blocks ${2:-auto} ${3:-} ${WG:+workgroup $WG} ${LB:+loop bounding $LB} ${V4:+vec4 $V4} ${PF:+prefetch $PF} ${KP:+keep $KP} ${KV:+kept-vectors $KV}"; env ${1:+LATENT_LINE_LANES=$1} ${2:+LATENT_LINE_ROW_BLOCKS=$2} ${WG:+LATENT_LINE_WORKGROUP=$WG} ${LB:+LATENT_LINE_LOOP_BOUNDING=$LB} ${V4:+LATENT_LINE_VEC4=$V4} ${PF:+LATENT_LINE_PREFETCH=$PF} ${KP:+LATENT_LINE_KEEP=$KP} ${KV:+LATENT_LINE_KEPT_VECTORS=$KV} "$B/latent-line" --backend gpu --rows "$R" --steps 40 ${3:-} --profile | grep -E "^kernel|^speed|^driver|wgsl" | grep -v -E "^ +(anchors|reduce|init|scan_table|scan_finish|sample|batch_io|copy_table|anchor_sum|prepare)\.wgsl [a-z_0-9]+ (\[|·)"; }
 # A test binary under a time limit: its summary lines, and its exit status
@@ -101,18 +101,18 @@ if [ "$MODE" = sweep ]; then
     # driver's register counts beside each.
     prof "" ""; V4=1 prof "" ""; V4=1 prof 16 ""; V4=1 prof 4 ""; prof 16 ""; prof 4 ""
     # Registers against bytes in flight: no read-ahead, columns read twice,
-    # and the 4-byte kept columns in vectors instead of an array (VEC4 is
+    # and the 4-byte kept columns in an array instead of vectors (VEC4 is
     # vectors and 16 bytes at once).
     PF=0 prof "" ""; KP=0 prof "" ""; PF=0 KP=0 prof "" ""; V4=1 PF=0 prof "" ""
-    KV=1 prof "" ""; KV=1 PF=0 prof "" ""; KV=1 prof 16 ""
-    # Random batches: the default, 16-byte, no read-ahead, vectors, and the
+    KV=0 prof "" ""; KV=0 PF=0 prof "" ""; KV=0 prof 16 ""
+    # Random batches: the default, 16-byte, no read-ahead, an array, and the
     # guard's undo log against none (ignore).
     prof "" "" "--batch $BATCH"; V4=1 prof "" "" "--batch $BATCH"; V4=1 prof 4 "" "--batch $BATCH"
-    PF=0 prof "" "" "--batch $BATCH"; KV=1 prof "" "" "--batch $BATCH"; prof "" "" "--batch $BATCH --on-nonfinite ignore"
+    PF=0 prof "" "" "--batch $BATCH"; KV=0 prof "" "" "--batch $BATCH"; prof "" "" "--batch $BATCH --on-nonfinite ignore"
     # D = 128, and the workgroup size.
     prof "" "" "--dim 128"; V4=1 prof 8 "" "--dim 128"; V4=1 prof "" "" "--dim 128"
     for w in 64 128; do WG=$w prof "" ""; WG=$w prof 4 ""; WG=$w V4=1 prof "" ""; WG=$w prof "" "" "--batch $BATCH"; done
-    timeout 180 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|step-skip-step-vec4|step-skip-step-vec4-16lanes|step-skip-step-vec4-4lanes|step-skip-step-noprefetch|step-skip-step-nokeep|step-skip-step-keptvectors|eval|eval-vec4)/1000000x64|batch-random(-ignore|-vec4)?-65536/1000000x64|\]/scan' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
+    timeout 180 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|step-skip-step-vec4|step-skip-step-vec4-16lanes|step-skip-step-vec4-4lanes|step-skip-step-noprefetch|step-skip-step-nokeep|step-skip-step-keptarray|eval|eval-vec4)/1000000x64|batch-random(-ignore|-vec4)?-65536/1000000x64|\]/scan' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
     # Older questions, last: wgpu's loop counters (off since measured),
     # lanes against row blocks.
     LB=1 prof "" ""; LB=1 V4=1 prof "" ""; LB=1 prof "" "" "--batch $BATCH"
@@ -154,7 +154,7 @@ tune() {
     # card's clocks coming up.
     "$B/latent-line" --backend gpu --rows "$R" --steps 40 $TUNE_ARGS >/dev/null 2>&1
     for cand in "" "LATENT_LINE_VEC4=1" "LATENT_LINE_VEC4=1 LATENT_LINE_LANES=16" "LATENT_LINE_VEC4=1 LATENT_LINE_LANES=4" \
-        "LATENT_LINE_LANES=4" "LATENT_LINE_KEPT_VECTORS=1" "LATENT_LINE_PREFETCH=0" "LATENT_LINE_KEEP=0" \
+        "LATENT_LINE_LANES=4" "LATENT_LINE_KEPT_VECTORS=0" "LATENT_LINE_PREFETCH=0" "LATENT_LINE_KEEP=0" \
         "LATENT_LINE_VEC4=1 LATENT_LINE_PREFETCH=0" "LATENT_LINE_VEC4=1 LATENT_LINE_LANES=4 LATENT_LINE_PREFETCH=0" "$@"; do
         out=$(env $cand "$B/latent-line" --backend gpu --rows "$R" --steps 40 --profile $TUNE_ARGS 2>&1)
         ms=$(echo "$out" | awk '$1 ~ /\.wgsl$/ { for (i = 2; i < NF; i++) if ($i == "passes" && $(i - 1) >= 40) t += $(i - 1) * $(i + 1) }

@@ -39,7 +39,7 @@ for fam in "${@:-navi21 vega10}"; do
         row "D=64, 8 lanes (default)" --
         row "PREFETCH=0" LATENT_LINE_PREFETCH=0 --
         row "KEEP=0" LATENT_LINE_KEEP=0 --
-        row "KEPT_VECTORS=1" LATENT_LINE_KEPT_VECTORS=1 --
+        row "KEPT_VECTORS=0 (an array)" LATENT_LINE_KEPT_VECTORS=0 --
         row "VEC4=1" LATENT_LINE_VEC4=1 --
         row "VEC4=1, 16 lanes" LATENT_LINE_VEC4=1 LATENT_LINE_LANES=16 --
         row "16 lanes" LATENT_LINE_LANES=16 --

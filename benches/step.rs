@@ -244,7 +244,7 @@ fn gpu(c: &mut Criterion) {
             // Registers against bytes in flight (the same bits).
             ("step-skip-step-noprefetch".into(), Policy::SkipStep, GpuOptions { prefetch: Some(false), ..o() }),
             ("step-skip-step-nokeep".into(), Policy::SkipStep, GpuOptions { keep_columns: Some(false), ..o() }),
-            ("step-skip-step-keptvectors".into(), Policy::SkipStep, GpuOptions { kept_vectors: Some(true), ..o() }),
+            ("step-skip-step-keptarray".into(), Policy::SkipStep, GpuOptions { kept_vectors: Some(false), ..o() }),
         ];
         let mut others = vec![default_lanes / 2, default_lanes * 2, 32];
         others.dedup();

@@ -27,7 +27,7 @@ for g in groups:
                 "step-skip-step-vec4": "step-skip-step",
                 **{f"step-skip-step-vec4-{l}lanes": "step-skip-step" for l in (1, 2, 4, 8, 16, 32)},
                 "step-skip-step-noprefetch": "step-skip-step", "step-skip-step-nokeep": "step-skip-step",
-                "step-skip-step-keptvectors": "step-skip-step",
+                "step-skip-step-keptarray": "step-skip-step",
                 "eval": "step-skip-step", "eval-vec4": "step-skip-step-vec4",
                 "step-attached-clip": "step-skip-step", "scan": "scan-copy", "scan-4byte": "scan-copy"}.get(kind)
         if g == "cpu":

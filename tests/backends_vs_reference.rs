@@ -565,7 +565,14 @@ fn read_ahead_and_kept_columns_change_no_bits() {
                     && c(name) == Some(v)
             })
         };
-        for (name, v) in [("PREFETCH", 0.0), ("PREFETCH", 1.0), ("KEEP", 0.0), ("KEEP", 1.0), ("KEPT_VECTORS", 1.0)] {
+        for (name, v) in [
+            ("PREFETCH", 0.0),
+            ("PREFETCH", 1.0),
+            ("KEEP", 0.0),
+            ("KEEP", 1.0),
+            ("KEPT_VECTORS", 0.0),
+            ("KEPT_VECTORS", 1.0),
+        ] {
             assert!(fused_with(name, v), "D {dim}, L {lanes}: no fused step built with {name} = {v}");
         }
     }

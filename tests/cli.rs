@@ -817,8 +817,10 @@ fn the_fused_steps_shape_switches_are_taken_and_checked() {
     ]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && out.contains(", no read-ahead, columns read twice"), "{out}{}", stderr(&o));
-    for (var, said) in [("LATENT_LINE_KEPT_VECTORS", ", kept in vectors"), ("LATENT_LINE_VEC4", ", 16-byte loads")] {
-        let o = gpu_run(&[("LATENT_LINE_LANES", "4"), (var, "1")]);
+    for (var, v, said) in
+        [("LATENT_LINE_KEPT_VECTORS", "0", ", kept in an array"), ("LATENT_LINE_VEC4", "1", ", 16-byte loads")]
+    {
+        let o = gpu_run(&[("LATENT_LINE_LANES", "4"), (var, v)]);
         let out = String::from_utf8_lossy(&o.stdout);
         assert!(o.status.success() && out.contains(said), "{var}: {out}{}", stderr(&o));
     }

@@ -137,8 +137,12 @@ pub struct GpuOptions {
     /// Where a lane keeps its 4-byte columns (KEEP), it holds them in the
     /// fields of a struct of vectors, as VEC4 does, instead of an array
     /// (fused_step.wgsl's KEPT_VECTORS). `None`: `LATENT_LINE_KEPT_VECTORS`
-    /// (`0` or `1`) where set, else off (until a GPU has timed it). The
-    /// same bits either way.
+    /// (`0` or `1`) where set, else on: an array indexed by a loop counter
+    /// is what NVIDIA's SPIR-V compiler is known to put in local memory
+    /// even where every bound is constant, and the H200 ran 16 kept columns
+    /// slower than 8 where only 8 were used (whole-array copies); RADV
+    /// keeps either in the same registers (BENCHMARKS.md, ninth session).
+    /// Not yet timed on a GPU. The same bits either way.
     pub kept_vectors: Option<bool>,
 }
 
@@ -553,7 +557,7 @@ impl GpuTrainer {
         let vec4 = vec4_asked && keeps_vec4s(shape.dim as u32, lanes);
         let prefetch = or_env_flag(opts.prefetch, "LATENT_LINE_PREFETCH")?.unwrap_or(true);
         let keep = or_env_flag(opts.keep_columns, "LATENT_LINE_KEEP")?.unwrap_or(true);
-        let kept_vectors = or_env_flag(opts.kept_vectors, "LATENT_LINE_KEPT_VECTORS")?.unwrap_or(false);
+        let kept_vectors = or_env_flag(opts.kept_vectors, "LATENT_LINE_KEPT_VECTORS")?.unwrap_or(true);
         let strikes = if cfg.guard.policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
         let biggest = records(lanes).max(strikes);
         // The batch buffers and the two-read steps' per-slot coefficients
@@ -813,7 +817,7 @@ impl Trainer for GpuTrainer {
                 } else {
                     ", columns read twice"
                 },
-                if self.kept_in_vectors() { ", kept in vectors" } else { "" },
+                if self.keeps_columns() && !self.fused.kept_vectors { ", kept in an array" } else { "" },
                 if self.ctx.loop_bounding { ", loops bounded by wgpu" } else { "" }
             ),
         }
