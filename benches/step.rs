@@ -11,9 +11,9 @@
 //!   step-skip-step-vec4      (gpu-time) the same with a lane's kept columns
 //!                   read and written 16 bytes at a time (LATENT_LINE_VEC4),
 //!                   also at twice and at half the default lanes (-vec4-Nlanes)
-//!   step-skip-step-noprefetch, -nokeep, -keptvectors (gpu-time) without
+//!   step-skip-step-noprefetch, -nokeep, -keptarray (gpu-time) without
 //!                   reading the next row block ahead; with a lane's columns
-//!                   read twice; with them kept in vectors, not an array
+//!                   read twice; with them kept in an array, not vectors
 //!   eval, eval-vec4 (gpu-time) the evaluation pass: every row read and its
 //!                   sums folded, nothing written (bytes: read)
 //!   scan            the table scan of `latent-line scan` (16-byte loads;
@@ -273,8 +273,7 @@ fn gpu(c: &mut Criterion) {
             if name == "step-skip-step" {
                 default_keeps = t.keeps_columns();
             }
-            if (name.ends_with("-nokeep") && !default_keeps) || (name.ends_with("-keptvectors") && !t.kept_in_vectors())
-            {
+            if (name.ends_with("-nokeep") || name.ends_with("-keptarray")) && !default_keeps {
                 continue;
             }
             if name == "step-noscan" {

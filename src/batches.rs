@@ -39,7 +39,7 @@ impl Batches {
             Batches::Full => Ok(()),
             Batches::Random { size, seed } => Sampler::new(rows, *size, *seed).map(|_| ()),
             Batches::Indices(ib) => {
-                let bad = ib.batches.iter().flatten().find(|&&r| r as usize >= rows);
+                let bad = ib.rows.iter().find(|&&r| r as usize >= rows);
                 match bad {
                     Some(r) => Err(Error::invalid("--indices", format!("row {r} is out of range for {rows} rows"))),
                     None => Ok(()),
@@ -121,7 +121,11 @@ fn check_rows(rows: usize) -> Result<()> {
 /// User batches (`--indices`), validated: every index is a row.
 #[derive(Clone, Debug)]
 pub struct IndexBatches {
-    batches: Vec<Vec<u32>>,
+    /// Every batch's rows, one after another (4 bytes an index, however
+    /// many batches: a 2-D file's rows are moved here, not copied).
+    rows: Vec<u32>,
+    /// Where each batch ends in `rows`.
+    ends: Vec<usize>,
 }
 
 impl IndexBatches {
@@ -134,19 +138,18 @@ impl IndexBatches {
         }
         check_rows(rows)?;
         let several = batches.len() > 1;
-        let mut out = Vec::with_capacity(batches.len());
+        let mut out = IndexBatches { rows: Vec::new(), ends: Vec::with_capacity(batches.len()) };
         for (i, batch) in batches.iter().enumerate() {
-            let mut rows_of = Vec::with_capacity(batch.len());
             for (j, v) in batch.iter().map(|&v| v.into()).enumerate() {
                 if v < 0 || v >= rows as i128 {
                     let at = if several { format!("[{i}, {j}]") } else { format!("[{j}]") };
                     return Err(Error::invalid("--indices", crate::npy::index_out_of_range(&at, v, rows)));
                 }
-                rows_of.push(v as u32);
+                out.rows.push(v as u32);
             }
-            out.push(rows_of);
+            out.ends.push(out.rows.len());
         }
-        Ok(IndexBatches { batches: out })
+        Ok(out)
     }
 
     /// Reads a 1-D (one batch) or 2-D (one batch a row) integer `.npy`
@@ -155,11 +158,15 @@ impl IndexBatches {
     /// `[i, j]` in a 2-D one, one row or many).
     pub fn load(path: &Path, rows: usize) -> Result<Self> {
         check_rows(rows)?;
+        // Every index was checked as it was read: the rows are moved in.
         let idx = crate::npy::load_indices(path, rows)?;
         let width = *idx.dims.last().expect("1-D or 2-D") as usize;
-        let batches = idx.values.chunks(width).map(<[u32]>::to_vec).collect();
-        IndexBatches::new(batches, rows)
-            .map_err(|e| Error::bad_file(path, e.to_string().replace("invalid --indices: ", "")))
+        let n = idx.values.len() / width;
+        let mut ends = Vec::new();
+        ends.try_reserve_exact(n)
+            .map_err(|_| Error::bad_file(path, format!("{n} batches: more than this host can hold")))?;
+        ends.extend((1..=n).map(|i| i * width));
+        Ok(IndexBatches { rows: idx.values, ends })
     }
 
     /// A fingerprint of the batches (their rows and where each ends): a
@@ -167,7 +174,8 @@ impl IndexBatches {
     pub fn fingerprint(&self) -> u64 {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         let mut eat = |x: u64| h = (h ^ x).wrapping_mul(0x0000_0100_0000_01b3);
-        for b in &self.batches {
+        for i in 0..self.ends.len() {
+            let b = self.batch(i as u64);
             eat(b.len() as u64 | 1 << 63);
             b.iter().for_each(|&r| eat(r as u64));
         }
@@ -175,14 +183,16 @@ impl IndexBatches {
     }
 
     pub fn len(&self) -> usize {
-        self.batches.len()
+        self.ends.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.batches.is_empty()
+        self.ends.is_empty()
     }
     /// The batch of global step `step` (steps cycle through the batches).
     pub fn batch(&self, step: u64) -> &[u32] {
-        &self.batches[(step % self.batches.len() as u64) as usize]
+        let i = (step % self.ends.len() as u64) as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.rows[start..self.ends[i]]
     }
 }
 

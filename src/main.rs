@@ -239,10 +239,15 @@ fn main() -> ExitCode {
     note_stdout(std::io::Write::flush(&mut std::io::stdout()));
     let lost = STDOUT_ERROR.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
     // What was printed is lost: a runtime error, unless the run already
-    // failed (its own message says more) or was interrupted.
+    // failed (its own message says more), was interrupted, or ended on
+    // non-finite values (exit 3 says more than 1; the loss is said too).
     let result = match (result, lost) {
-        (Ok(Outcome::Done | Outcome::NonFinite), Some(e)) => Err(anyhow::Error::new(e).context("writing to stdout")),
-        (r, _) => r,
+        (Ok(Outcome::Done), Some(e)) => Err(anyhow::Error::new(e).context("writing to stdout")),
+        (r, Some(e)) => {
+            eprintln!("latent-line: error: writing to stdout: {e}");
+            r
+        }
+        (r, None) => r,
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
@@ -1065,11 +1070,14 @@ fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
         // The bits the file holds (an f64 NaN's payload, an F16 Inf's), not
         // those of the f32 value it was scanned as.
         let index = f.row * shape.dim as u64 + f.col;
-        let bits = match tables::element_bits(&args.file, &args.tensor, index) {
+        // A pipe is not opened again (a named one would wait for a writer).
+        let regular = std::fs::metadata(&args.file).is_ok_and(|m| m.is_file());
+        let raw = if regular { tables::element_bits(&args.file, &args.tensor, index) } else { Ok(None) };
+        let bits = match raw {
             Ok(Some((b, width))) => format!("0x{b:0w$x} ({})", l.file_dtype, w = 2 * width),
-            Ok(None) => format!("0x{:08x}", f.bits),
-            // Not to be read again (a pipe): the f32 value's bits, said so.
-            Err(_) => format!("0x{:08x} (as f32)", f.bits),
+            Ok(None) if matches!(l.file_dtype.as_str(), "f32" | "F32") => format!("0x{:08x}", f.bits),
+            // Not to be read again: the f32 value's bits, said so.
+            _ => format!("0x{:08x} (as f32)", f.bits),
         };
         out!("first    row {} column {} · {} · bits {bits}", f.row, f.col, f.kind());
     }

@@ -288,7 +288,7 @@ fn open_safetensors(path: &Path) -> Result<(std::fs::File, u64, Metadata)> {
     let text = std::str::from_utf8(&header).map_err(|e| invalid(SafeTensorError::InvalidHeader(e)))?;
     let meta: Metadata =
         serde_json::from_str(text).map_err(|e| invalid(SafeTensorError::InvalidHeaderDeserialization(e)))?;
-    if 8 + n + meta.data_len() as u64 != len {
+    if (8 + n).checked_add(meta.data_len() as u64) != Some(len) {
         return Err(invalid(SafeTensorError::MetadataIncompleteBuffer));
     }
     Ok((file, 8 + n, meta))
@@ -358,25 +358,32 @@ fn table_of(
         return Err(bad(format!("tensor \"{name}\" has shape {dims:?}; a table is 2-D (rows × columns)")));
     };
     let shape = Shape::of_file(*rows, *dim).map_err(|e| bad(format!("tensor \"{name}\": {e}")))?;
-    let (data, note): (Vec<f32>, Option<String>) = match dtype {
-        Dtype::F32 => (raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(), None),
+    // A host that cannot hold the table says so (exit 1), not abort.
+    let mut data: Vec<f32> = Vec::new();
+    data.try_reserve_exact(shape.rows * shape.dim).map_err(|_| {
+        bad(format!("tensor \"{name}\" needs {} bytes of host memory as f32, which it cannot give", shape.bytes()))
+    })?;
+    let note = match dtype {
+        Dtype::F32 => {
+            data.extend(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+            None
+        }
         Dtype::F64 => {
             let mut overflowed = 0;
-            let v = raw
-                .chunks_exact(8)
-                .map(|b| npy::f64_to_f32(f64::from_le_bytes(b.try_into().unwrap_or([0; 8])), &mut overflowed, overflow))
-                .collect();
+            data.extend(raw.chunks_exact(8).map(|b| {
+                npy::f64_to_f32(f64::from_le_bytes(b.try_into().unwrap_or([0; 8])), &mut overflowed, overflow)
+            }));
             let note = npy::overflow_note(overflowed, overflow);
-            (v, Some(format!("tensor \"{name}\" converted from F64 to f32{note}")))
+            Some(format!("tensor \"{name}\" converted from F64 to f32{note}"))
         }
-        Dtype::F16 => (
-            raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Some(format!("tensor \"{name}\" converted from F16 to f32")),
-        ),
-        Dtype::BF16 => (
-            raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Some(format!("tensor \"{name}\" converted from BF16 to f32")),
-        ),
+        Dtype::F16 => {
+            data.extend(raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()));
+            Some(format!("tensor \"{name}\" converted from F16 to f32"))
+        }
+        Dtype::BF16 => {
+            data.extend(raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()));
+            Some(format!("tensor \"{name}\" converted from BF16 to f32"))
+        }
         other => return Err(bad(format!("tensor \"{name}\" is {other:?}; a table is F32, F64, F16 or BF16"))),
     };
     Ok((shape, data, note))

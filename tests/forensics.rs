@@ -455,8 +455,14 @@ fn a_row_read_with_inf_writes_the_same_nan_on_every_backend() {
                 }
                 got.push((rec.scans.table.first.map(|f| f.bits), rec.scans.grad.first.map(|f| f.bits)));
             }
-            assert_eq!(got[0], got[1], "cpu against gpu: the findings' bits, {ctx}");
-            assert_eq!(got[0].0, Some(0x7fc0_0000), "{ctx}");
+            // Attached anchors sum the planted row's NaN gradient into
+            // theirs: NaN by arithmetic, whose bits are the hardware's
+            // (NVIDIA's is 0x7fffffff), and anchor a's row may be the first
+            // finding; elsewhere the findings are the planted row's.
+            if endpoints != Endpoints::Attached {
+                assert_eq!(got[0], got[1], "cpu against gpu: the findings' bits, {ctx}");
+                assert_eq!(got[0].0, Some(0x7fc0_0000), "{ctx}");
+            }
         }
     }
 }
@@ -586,28 +592,31 @@ fn an_overflow_in_a_lanes_later_vec4_is_reported() {
     }
 }
 
-/// 4-byte kept columns held in vectors (KEPT_VECTORS; 8 lanes at D = 64:
-/// lane l keeps columns l, l + 8, …, l + 56, its j-th in field j / 4,
-/// component j % 4): an overflow in any of them sends the lane down the
-/// findings path, which reads them back from the vectors.
+/// 4-byte kept columns held in vectors (KEPT_VECTORS, the default; 8 lanes
+/// at D = 64: lane l keeps columns l, l + 8, …, l + 56, its j-th in field
+/// j / 4, component j % 4) or in an array (`=0`): an overflow in any of
+/// them sends the lane down the findings path, which reads them back from
+/// where they are held.
 #[test]
-fn an_overflow_in_a_column_kept_in_vectors_is_reported() {
+fn an_overflow_in_a_kept_column_is_reported_from_vectors_and_from_an_array() {
     let seed = seed("kept_vectors_overflow");
     let mut r = rng(seed);
     let (rows, dim, lanes) = (200usize, 64usize, 8usize);
     let shape = Shape::new(rows, dim).unwrap();
     let clean = random_table(&mut r, rows, dim);
-    for j in [1usize, 4, 7] {
-        let (row, lane) = (r.random_range(10..190), r.random_range(0..lanes));
-        let opts = GpuOptions {
-            lanes_per_row: Some(lanes as u32),
-            row_blocks: Some(2),
-            kept_vectors: Some(true),
-            ..GpuOptions::default()
-        };
-        let ctx = format!("kept column {j} of lane {lane}, seed {seed}");
-        let kept = |t: &GpuTrainer| t.kept_in_vectors();
-        assert_planted_overflow_reported(&mut r, &clean, shape, (row, lane + j * lanes), opts, kept, &ctx);
+    for vectors in [true, false] {
+        for j in [1usize, 4, 7] {
+            let (row, lane) = (r.random_range(10..190), r.random_range(0..lanes));
+            let opts = GpuOptions {
+                lanes_per_row: Some(lanes as u32),
+                row_blocks: Some(2),
+                kept_vectors: Some(vectors),
+                ..GpuOptions::default()
+            };
+            let ctx = format!("kept column {j} of lane {lane}, in vectors {vectors}, seed {seed}");
+            let kept = |t: &GpuTrainer| t.keeps_columns() && t.kept_in_vectors() == vectors;
+            assert_planted_overflow_reported(&mut r, &clean, shape, (row, lane + j * lanes), opts, kept, &ctx);
+        }
     }
 }
 
