@@ -43,6 +43,8 @@ for fam in "${@:-navi21 vega10}"; do
         row "VEC4=1" LATENT_LINE_VEC4=1 --
         row "VEC4=1, 16 lanes" LATENT_LINE_VEC4=1 LATENT_LINE_LANES=16 --
         row "16 lanes" LATENT_LINE_LANES=16 --
+        row "4 lanes (16 columns in vectors)" LATENT_LINE_LANES=4 --
+        row "4 lanes, PREFETCH=0" LATENT_LINE_LANES=4 LATENT_LINE_PREFETCH=0 --
         row "D=128, 16 lanes (default)" LATENT_LINE_LANES=16 -- --dim 128
         row "random batch (read in place)" -- --batch 2048
     done

@@ -49,7 +49,11 @@ override L: u32 = 1u;   // lanes per row
 // (16 was measured: every lane count ran 25–40 % slower on an H200, the
 // larger array costing even where only 8 are used: BENCHMARKS.md.)
 const MAX_KEPT: u32 = 8u;
-override KEEP: bool = true;   // set by the host: D ≤ MAX_KEPT·L
+// In vectors (KEPT_VECTORS) a lane keeps up to 16, the four vec4 fields of
+// a Kept4: nothing is indexed in memory, so fewer lanes a row (less of the
+// row's scalar work repeated) can still keep their columns.
+const MAX_KEPT_VECTORS: u32 = 16u;
+override KEEP: bool = true;   // set by the host: D ≤ kept_max()·L
 override MOMENTUM: bool = false;   // SPEC §5 μ > 0: a velocity buffer (double-buffered like the table)
 override PREP: bool = false;       // the first read of a two-read step (see above)
 // BATCHED with the table in one binding: the slots' rows are read from the
@@ -71,6 +75,11 @@ override PREFETCH: bool = true;
 // as VEC4 holds its vec4s: nothing for a driver to put in local memory.
 // The same bits either way.
 override KEPT_VECTORS: bool = false;
+
+// The most columns a lane keeps (KEEP): MAX_KEPT in an array, 16 in vectors.
+fn kept_max() -> u32 {
+    return select(MAX_KEPT, MAX_KEPT_VECTORS, KEPT_VECTORS);
+}
 // D a multiple of 4, at most 4·MAX_KEPT4·L: a lane's kept columns are whole
 // vec4s (lane l takes vec4s l, l + L, … of the row, KEPT4 at most:
 // columns 4l … 4l + 3, then 4(l + L) …), read and written 16 bytes at a
@@ -464,13 +473,13 @@ fn load_kept4(site: RowSite, lane: u32, cur: u32) -> Kept4 {
     } else if (KEEP && KEPT_VECTORS && site.live) {
         // As load_kept: the buffer picked once.
         if (cur == 0u) {
-            for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
+            for (var j = 0u; j < MAX_KEPT_VECTORS; j = j + 1u) {
                 if (has_kept(lane, j)) {
                     kept = kept_with(kept, j, table_a[site.base + kept_col(lane, j)]);
                 }
             }
         } else {
-            for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
+            for (var j = 0u; j < MAX_KEPT_VECTORS; j = j + 1u) {
                 if (has_kept(lane, j)) {
                     kept = kept_with(kept, j, table_b[site.base + kept_col(lane, j)]);
                 }
@@ -592,7 +601,7 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
                 }
             }
         } else if (KEEP) {
-            for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
+            for (var j = 0u; j < kept_max(); j = j + 1u) {
                 let k = kept_col(lane, j);
                 if (has_kept(lane, j)) {
                     let x = kept_x(kept, kept4, j);
@@ -731,7 +740,7 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
             // compared with the array's as it was.)
             let later = !MOMENTUM & !undo_log() & !KEPT_VECTORS;
             var new_x: array<f32, MAX_KEPT>;
-            for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
+            for (var j = 0u; j < kept_max(); j = j + 1u) {
                 let k = kept_col(lane, j);
                 if (has_kept(lane, j)) {
                     let x = kept_x(kept, kept4, j);
@@ -755,7 +764,7 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
                 store_kept(cur, out_base, lane, new_x);
             }
             if (SCAN && any_bad) {
-                for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
+                for (var j = 0u; j < kept_max(); j = j + 1u) {
                     let k = kept_col(lane, j);
                     if (has_kept(lane, j)) {
                         let x = kept_x(kept, kept4, j);

@@ -594,18 +594,20 @@ fn an_overflow_in_a_lanes_later_vec4_is_reported() {
 
 /// 4-byte kept columns held in vectors (KEPT_VECTORS, the default; 8 lanes
 /// at D = 64: lane l keeps columns l, l + 8, …, l + 56, its j-th in field
-/// j / 4, component j % 4) or in an array (`=0`): an overflow in any of
-/// them sends the lane down the findings path, which reads them back from
-/// where they are held.
+/// j / 4, component j % 4; 4 lanes: 16 a lane) or in an array (`=0`): an
+/// overflow in any of them sends the lane down the findings path, which
+/// reads them back from where they are held.
 #[test]
 fn an_overflow_in_a_kept_column_is_reported_from_vectors_and_from_an_array() {
     let seed = seed("kept_vectors_overflow");
     let mut r = rng(seed);
-    let (rows, dim, lanes) = (200usize, 64usize, 8usize);
+    let (rows, dim) = (200usize, 64usize);
     let shape = Shape::new(rows, dim).unwrap();
     let clean = random_table(&mut r, rows, dim);
-    for vectors in [true, false] {
-        for j in [1usize, 4, 7] {
+    // 8 lanes: 8 columns a lane, in vectors or in an array; 4 lanes: 16 a
+    // lane, all four of the vectors' fields (an array keeps at most 8).
+    for (vectors, lanes, js) in [(true, 8usize, &[1usize, 4, 7][..]), (false, 8, &[1, 4, 7]), (true, 4, &[2, 9, 15])] {
+        for &j in js {
             let (row, lane) = (r.random_range(10..190), r.random_range(0..lanes));
             let opts = GpuOptions {
                 lanes_per_row: Some(lanes as u32),
@@ -613,7 +615,7 @@ fn an_overflow_in_a_kept_column_is_reported_from_vectors_and_from_an_array() {
                 kept_vectors: Some(vectors),
                 ..GpuOptions::default()
             };
-            let ctx = format!("kept column {j} of lane {lane}, in vectors {vectors}, seed {seed}");
+            let ctx = format!("kept column {j} of lane {lane} of {lanes}, in vectors {vectors}, seed {seed}");
             let kept = |t: &GpuTrainer| t.keeps_columns() && t.kept_in_vectors() == vectors;
             assert_planted_overflow_reported(&mut r, &clean, shape, (row, lane + j * lanes), opts, kept, &ctx);
         }

@@ -7,13 +7,18 @@ use super::context::GpuContext;
 use super::shaders::Kernel;
 use crate::error::{Error, Result};
 
-/// fused_step.wgsl's MAX_KEPT: a lane keeps its row's columns (KEEP) when it
-/// has at most this many (a unit test holds the two equal).
+/// fused_step.wgsl's MAX_KEPT: a lane keeps its row's columns (KEEP) in an
+/// array when it has at most this many (a unit test holds the two equal).
 pub const KEPT_COLUMNS: usize = 8;
 
-/// fused_step.wgsl's KEEP: do `lanes` lanes a row keep a row of `dim`?
-pub fn keeps_columns(dim: u32, lanes: u32) -> bool {
-    dim as usize <= KEPT_COLUMNS * lanes as usize
+/// fused_step.wgsl's MAX_KEPT_VECTORS: as many in vectors (KEPT_VECTORS).
+pub const KEPT_COLUMNS_IN_VECTORS: usize = 16;
+
+/// fused_step.wgsl's KEEP: do `lanes` lanes a row keep a row of `dim`, in
+/// vectors (`vectors`) or in an array?
+pub fn keeps_columns(dim: u32, lanes: u32, vectors: bool) -> bool {
+    let most = if vectors { KEPT_COLUMNS_IN_VECTORS } else { KEPT_COLUMNS };
+    dim as usize <= most * lanes as usize
 }
 
 /// fused_step.wgsl's MAX_KEPT4: under VEC4 a lane keeps up to this many
@@ -174,7 +179,7 @@ impl Default for Constants {
 impl Constants {
     /// `extra` sets kernel-specific overrides (UPDATE, SCAN_BUFS).
     pub fn pipeline(&self, ctx: &GpuContext, k: &Kernel, entry: &str, extra: &[(&str, f64)]) -> wgpu::ComputePipeline {
-        let keep = self.keep && keeps_columns(self.dim, self.lanes);
+        let keep = self.keep && keeps_columns(self.dim, self.lanes, self.kept_vectors);
         let base = [
             ("WG", self.wg as f64),
             ("D", self.dim as f64),
@@ -187,7 +192,8 @@ impl Constants {
             ("MOMENTUM", if self.momentum { 1.0 } else { 0.0 }),
             ("BATCHED", if self.batched { 1.0 } else { 0.0 }),
             ("CLIP", if self.clip { 1.0 } else { 0.0 }),
-            // fused_step.wgsl keeps a lane's columns in registers up to 8.
+            // fused_step.wgsl keeps a lane's columns in registers up to 8
+            // (16 in vectors).
             ("KEEP", if keep { 1.0 } else { 0.0 }),
             ("VEC4", if self.vec4 { 1.0 } else { 0.0 }),
             ("PREFETCH", if self.prefetch { 1.0 } else { 0.0 }),

@@ -211,6 +211,7 @@ mod tests {
     fn the_hosts_kept_columns_are_the_kernels() {
         let lines = [
             format!("const MAX_KEPT: u32 = {}u;", crate::gpu::pipes::KEPT_COLUMNS),
+            format!("const MAX_KEPT_VECTORS: u32 = {}u;", crate::gpu::pipes::KEPT_COLUMNS_IN_VECTORS),
             format!("const MAX_KEPT4: u32 = {}u;", crate::gpu::pipes::KEPT_VEC4S),
         ];
         for line in lines {

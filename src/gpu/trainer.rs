@@ -130,7 +130,8 @@ pub struct GpuOptions {
     /// set, else on. The same bits either way.
     pub prefetch: Option<bool>,
     /// A lane keeps its row's columns in registers between the row's sums
-    /// and its update (fused_step.wgsl's KEEP, where D ≤ 8 × lanes), rather
+    /// and its update (fused_step.wgsl's KEEP, where D ≤ 16 × lanes in
+    /// vectors, 8 × lanes in an array), rather
     /// than reading them again. `None`: `LATENT_LINE_KEEP` (`0` or `1`)
     /// where set, else on. The same bits either way.
     pub keep_columns: Option<bool>,
@@ -181,7 +182,7 @@ struct FusedShape {
     /// rows 16 bytes at a time.
     vec4: bool,
     /// fused_step.wgsl's PREFETCH and KEEP (as asked; KEEP applies only
-    /// where D ≤ 8 × lanes): see [`GpuOptions::prefetch`], [`GpuOptions::keep_columns`].
+    /// where D ≤ 16 × lanes in vectors, 8 × lanes in an array): see [`GpuOptions::prefetch`], [`GpuOptions::keep_columns`].
     prefetch: bool,
     keep: bool,
     /// fused_step.wgsl's KEPT_VECTORS (as asked): [`GpuOptions::kept_vectors`].
@@ -706,9 +707,11 @@ impl GpuTrainer {
 
     /// Whether a lane of the fused step holds its 4-byte columns in
     /// registers between the row's sums and its update (KEEP: as asked,
-    /// where D ≤ 8 × lanes, without VEC4).
+    /// where D ≤ 8 × lanes, or 16 × lanes in vectors, without VEC4).
     pub fn keeps_columns(&self) -> bool {
-        self.fused.keep && !self.fused.vec4 && keeps_columns(self.shape.dim as u32, self.fused.lanes)
+        self.fused.keep
+            && !self.fused.vec4
+            && keeps_columns(self.shape.dim as u32, self.fused.lanes, self.fused.kept_vectors)
     }
 
     /// Whether those kept columns are in vectors ([`GpuOptions::kept_vectors`]).
@@ -812,7 +815,10 @@ impl Trainer for GpuTrainer {
                 },
                 if self.fused.vec4 { ", 16-byte loads" } else { "" },
                 if self.fused.prefetch || self.fused.blocks == 1 { "" } else { ", no read-ahead" },
-                if self.fused.keep || !keeps_columns(self.shape.dim as u32, self.fused.lanes) || self.fused.vec4 {
+                if self.fused.keep
+                    || !keeps_columns(self.shape.dim as u32, self.fused.lanes, self.fused.kept_vectors)
+                    || self.fused.vec4
+                {
                     ""
                 } else {
                     ", columns read twice"
