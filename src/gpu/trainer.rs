@@ -386,9 +386,27 @@ pub(super) struct Pass {
 
 impl Pass {
     pub(super) fn dispatch_one(&self, pass: &mut wgpu::ComputePass) {
+        self.dispatch(pass, 1, 1);
+    }
+
+    /// Its first bind group over `groups` workgroups, as a grid within
+    /// `max` a dimension.
+    pub(super) fn dispatch(&self, pass: &mut wgpu::ComputePass, groups: u32, max: u32) {
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.groups[0], &[]);
-        pass.dispatch_workgroups(1, 1, 1);
+        let (x, y) = grid(groups, max);
+        pass.dispatch_workgroups(x, y, 1);
+    }
+
+    /// Each bind group (one a chunk) over its workgroups from `groups`, in
+    /// turn, as grids within `max` a dimension.
+    pub(super) fn dispatch_each(&self, pass: &mut wgpu::ComputePass, groups: impl IntoIterator<Item = u32>, max: u32) {
+        pass.set_pipeline(&self.pipeline);
+        for (bg, n) in self.groups.iter().zip(groups) {
+            pass.set_bind_group(0, bg, &[]);
+            let (x, y) = grid(n, max);
+            pass.dispatch_workgroups(x, y, 1);
+        }
     }
 }
 

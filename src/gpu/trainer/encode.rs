@@ -15,17 +15,14 @@ impl GpuTrainer {
         p.seed_hi = (seed >> 32) as u32;
         let seeded = uniform(ctx, "init params", &p);
         let pipeline = self.constants().pipeline(ctx, &shaders::INIT, "main", &[]);
+        let groups = self.chunks.iter().map(|c| bind(ctx, &pipeline, &[&c.a, &seeded, &c.uniform])).collect();
+        let init = Pass { pipeline, groups };
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&pipeline);
-            for c in &self.chunks {
-                let bg = bind(ctx, &pipeline, &[&c.a, &seeded, &c.uniform]);
-                pass.set_bind_group(0, &bg, &[]);
-                let groups = (c.span.rows as u64 * self.shape.dim as u64).div_ceil(self.fused.wg as u64) as u32;
-                let (x, y) = grid(groups, self.max_groups);
-                pass.dispatch_workgroups(x, y, 1);
-            }
+            let d = self.shape.dim as u64;
+            let each = self.chunks.iter().map(|c| (c.span.rows as u64 * d).div_ceil(self.fused.wg as u64) as u32);
+            init.dispatch_each(&mut pass, each, self.max_groups);
         }
         ctx.queue.submit([enc.finish()]);
     }
@@ -110,19 +107,9 @@ impl GpuTrainer {
         let batch = self.batch.as_ref().filter(|_| update);
         let max = self.max_groups;
         let each_chunk = |pass: &mut wgpu::ComputePass, p: &Pass, groups: &dyn Fn(&GpuChunk) -> u32| {
-            pass.set_pipeline(&p.pipeline);
-            for (c, bg) in self.chunks.iter().zip(&p.groups) {
-                pass.set_bind_group(0, bg, &[]);
-                let (x, y) = grid(groups(c), max);
-                pass.dispatch_workgroups(x, y, 1);
-            }
+            p.dispatch_each(pass, self.chunks.iter().map(groups), max)
         };
-        let once = |pass: &mut wgpu::ComputePass, p: &Pass, groups: u32| {
-            pass.set_pipeline(&p.pipeline);
-            pass.set_bind_group(0, &p.groups[0], &[]);
-            let (x, y) = grid(groups, max);
-            pass.dispatch_workgroups(x, y, 1);
-        };
+        let once = |pass: &mut wgpu::ComputePass, p: &Pass, groups: u32| p.dispatch(pass, groups, max);
         let d = self.shape.dim as u64;
         let wg = self.fused.wg as u64;
         let elements = |c: &GpuChunk| (c.span.rows as u64 * d).div_ceil(wg) as u32;
@@ -244,25 +231,12 @@ impl GpuTrainer {
         let mut pass =
             enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("staged step"), timestamp_writes: None });
         self.anchors_pass.dispatch_one(&mut pass);
-        let per_chunk = |pass: &mut wgpu::ComputePass, p: &Pass| {
-            pass.set_pipeline(&p.pipeline);
-            for bg in &p.groups {
-                pass.set_bind_group(0, bg, &[]);
-                let (x, y) = grid(elem_groups, max);
-                pass.dispatch_workgroups(x, y, 1);
-            }
-        };
-        let once = |pass: &mut wgpu::ComputePass, p: &Pass, groups: u32| {
-            pass.set_pipeline(&p.pipeline);
-            pass.set_bind_group(0, &p.groups[0], &[]);
-            let (x, y) = grid(groups, max);
-            pass.dispatch_workgroups(x, y, 1);
-        };
-        per_chunk(&mut pass, &s.gather);
-        once(&mut pass, &s.distances, row_groups);
-        once(&mut pass, &s.forward, row_groups);
+        let per_chunk = std::iter::repeat(elem_groups);
+        s.gather.dispatch_each(&mut pass, per_chunk.clone(), max);
+        s.distances.dispatch(&mut pass, row_groups, max);
+        s.forward.dispatch(&mut pass, row_groups, max);
         s.reduce.dispatch_one(&mut pass);
-        once(&mut pass, &s.backward, elem_groups);
-        per_chunk(&mut pass, &s.sgd);
+        s.backward.dispatch(&mut pass, elem_groups, max);
+        s.sgd.dispatch_each(&mut pass, per_chunk, max);
     }
 }

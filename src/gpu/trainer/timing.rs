@@ -89,22 +89,21 @@ impl GpuTrainer {
         let per_invocation = if vec4 { 4 } else { 1 };
         let largest = self.chunks.iter().map(|c| c.a.size()).max().unwrap_or(16);
         let scratch = storage(ctx, "copy scratch", largest, wgpu::BufferUsages::empty());
-        let groups: Vec<wgpu::BindGroup> =
-            self.chunks.iter().map(|c| bind(ctx, &pipeline, &[&c.a, &scratch, &c.uniform])).collect();
+        let groups = self.chunks.iter().map(|c| bind(ctx, &pipeline, &[&c.a, &scratch, &c.uniform])).collect();
+        let copy = Pass { pipeline, groups };
+        let d = self.shape.dim as u64;
+        let each: Vec<u32> = self
+            .chunks
+            .iter()
+            .map(|c| (c.span.rows as u64 * d).div_ceil(self.fused.wg as u64 * per_invocation) as u32)
+            .collect();
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         for i in 0..iters {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("copy"),
                 timestamp_writes: Some(timer.writes(i)),
             });
-            pass.set_pipeline(&pipeline);
-            for (c, g) in self.chunks.iter().zip(&groups) {
-                pass.set_bind_group(0, g, &[]);
-                let n =
-                    (c.span.rows as u64 * self.shape.dim as u64).div_ceil(self.fused.wg as u64 * per_invocation) as u32;
-                let (x, y) = grid(n, self.max_groups);
-                pass.dispatch_workgroups(x, y, 1);
-            }
+            copy.dispatch_each(&mut pass, each.iter().copied(), self.max_groups);
         }
         timer.resolve(&mut enc, iters);
         ctx.queue.submit([enc.finish()]);
