@@ -6,8 +6,16 @@ use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_latent-line");
 
+/// latent-line with `args`, its runtime folder set (for callers to add
+/// their environment or streams).
+fn latent_line<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir());
+    c
+}
+
 fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().expect("run latent-line")
+    latent_line(args).output().expect("run latent-line")
 }
 
 fn stderr(o: &Output) -> String {
@@ -278,13 +286,7 @@ fn a_report_to_standard_output_is_written_there_and_links_are_followed() {
     std::os::unix::fs::symlink("/proc/self/fd/1", &out).unwrap();
     let tmp = Dir::new();
     let run_in_tmp = |args: &[&str], stdout: std::process::Stdio| {
-        Command::new(BIN)
-            .args(args)
-            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-            .env("TMPDIR", tmp.0.path())
-            .stdout(stdout)
-            .output()
-            .unwrap()
+        latent_line(args).env("TMPDIR", tmp.0.path()).stdout(stdout).output().unwrap()
     };
     let small = ["--backend", "cpu", "--rows", "40", "--dim", "3", "--steps", "1"];
     let o =
@@ -562,8 +564,7 @@ fn output_lost_on_stdout_is_an_error_but_a_closed_pipe_is_not() {
         vec!["--backend", "cpu", "--rows", "300", "--dim", "5", "--steps", "2"],
         vec!["diagnose"],
     ] {
-        let o =
-            Command::new(BIN).args(&args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).stdout(full()).output().unwrap();
+        let o = latent_line(&args).stdout(full()).output().unwrap();
         assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
         assert!(stderr(&o).contains("writing to stdout"), "{args:?}: {}", stderr(&o));
     }
@@ -578,19 +579,13 @@ fn output_lost_on_stdout_is_an_error_but_a_closed_pipe_is_not() {
     ] {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
-        let o =
-            Command::new(BIN).args(&args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).stdout(writer).output().unwrap();
+        let o = latent_line(&args).stdout(writer).output().unwrap();
         assert_eq!(o.status.code(), Some(code), "{args:?}: {}", stderr(&o));
         assert!(!stderr(&o).contains("writing to stdout"), "{args:?}: {}", stderr(&o));
     }
     // Lost output of a scan that found non-finite values: still exit 3,
     // the loss said on stderr.
-    let o = Command::new(BIN)
-        .args(["scan", &dir.s("bad.npy")])
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .stdout(full())
-        .output()
-        .unwrap();
+    let o = latent_line(["scan", &dir.s("bad.npy")]).stdout(full()).output().unwrap();
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("writing to stdout"), "{}", stderr(&o));
 }
@@ -729,14 +724,8 @@ fn devices_lists_the_adapters_and_what_auto_picks() {
 /// `devices` says so.
 #[test]
 fn wgpu_adapter_name_is_honoured_by_auto_and_devices() {
-    let with_env = |name: &str, args: &[&str]| {
-        Command::new(BIN)
-            .args(args)
-            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-            .env("WGPU_ADAPTER_NAME", name)
-            .output()
-            .expect("run latent-line")
-    };
+    let with_env =
+        |name: &str, args: &[&str]| latent_line(args).env("WGPU_ADAPTER_NAME", name).output().expect("run latent-line");
     let listing = String::from_utf8_lossy(&run(&["devices"]).stdout).into_owned();
     let first = listing.lines().find_map(|l| l.strip_prefix("adapter 0: ")).expect("CI has an adapter").to_owned();
     let o = with_env(&first, &["--rows", "500", "--dim", "4", "--steps", "1"]);
@@ -758,9 +747,7 @@ fn wgpu_adapter_name_is_honoured_by_auto_and_devices() {
     let o = with_env("no such adapter", &["devices"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("names no adapter"));
     // The subgroup fold's switch takes 0 or 1, nothing else.
-    let o = Command::new(BIN)
-        .args(["--backend", "gpu", "--rows", "500", "--dim", "4", "--steps", "1"])
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+    let o = latent_line(["--backend", "gpu", "--rows", "500", "--dim", "4", "--steps", "1"])
         .env("LATENT_LINE_SUBGROUPS", "yes")
         .output()
         .unwrap();
@@ -770,14 +757,7 @@ fn wgpu_adapter_name_is_honoured_by_auto_and_devices() {
     // (under `auto` too: wgpu skips it silently, and the run would fall
     // back to the CPU as if no driver were installed); a known one, in
     // any case and spacing, is taken.
-    let with_backend = |v: &str, args: &[&str]| {
-        Command::new(BIN)
-            .args(args)
-            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-            .env("WGPU_BACKEND", v)
-            .output()
-            .unwrap()
-    };
+    let with_backend = |v: &str, args: &[&str]| latent_line(args).env("WGPU_BACKEND", v).output().unwrap();
     for args in [&["--rows", "50", "--dim", "4", "--steps", "1"][..], &["devices"]] {
         let o = with_backend("vulkn", args);
         assert_eq!(o.status.code(), Some(1), "{args:?}");
@@ -790,9 +770,7 @@ fn wgpu_adapter_name_is_honoured_by_auto_and_devices() {
 #[test]
 fn the_fused_steps_shape_switches_are_taken_and_checked() {
     let gpu_run = |env: &[(&str, &str)]| {
-        let mut c = Command::new(BIN);
-        c.args(["--backend", "gpu", "--rows", "500", "--dim", "16", "--steps", "2"])
-            .env("XDG_RUNTIME_DIR", std::env::temp_dir());
+        let mut c = latent_line(["--backend", "gpu", "--rows", "500", "--dim", "16", "--steps", "2"]);
         for (k, v) in env {
             c.env(k, v);
         }
@@ -843,10 +821,8 @@ fn the_fused_steps_shape_switches_are_taken_and_checked() {
     let mut tables = Vec::new();
     for lb in ["0", "1"] {
         let path = dir.p(&format!("lb{lb}.npy"));
-        let o = Command::new(BIN)
-            .args(["--backend", "gpu", "--rows", "700", "--dim", "24", "--steps", "3", "--save"])
+        let o = latent_line(["--backend", "gpu", "--rows", "700", "--dim", "24", "--steps", "3", "--save"])
             .arg(&path)
-            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
             .env("LATENT_LINE_LOOP_BOUNDING", lb)
             .output()
             .unwrap();
@@ -1380,17 +1356,16 @@ fn driver_statistics_come_from_a_real_gpu_compiler() {
     let d = Dir::new();
     let rep = d.s("r.json");
     let stats_of = |keep: &str| {
-        let o = Command::new(BIN)
-            .args(["--backend", "gpu", "--adapter", "llvmpipe", "--rows", "600", "--dim", "16", "--steps", "1"])
-            .args(["--profile", "--report", &rep])
-            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-            .env("VK_ICD_FILENAMES", format!("{lvp}:{radv}"))
-            .env("RADV_FORCE_FAMILY", "navi21")
-            .env("LATENT_LINE_STATS_DEVICE", "radv")
-            .env("LATENT_LINE_LANES", "4")
-            .env("LATENT_LINE_KEEP", keep)
-            .output()
-            .expect("run latent-line");
+        let o =
+            latent_line(["--backend", "gpu", "--adapter", "llvmpipe", "--rows", "600", "--dim", "16", "--steps", "1"])
+                .args(["--profile", "--report", &rep])
+                .env("VK_ICD_FILENAMES", format!("{lvp}:{radv}"))
+                .env("RADV_FORCE_FAMILY", "navi21")
+                .env("LATENT_LINE_STATS_DEVICE", "radv")
+                .env("LATENT_LINE_LANES", "4")
+                .env("LATENT_LINE_KEEP", keep)
+                .output()
+                .expect("run latent-line");
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
         assert!(out.contains("compiled again on ") && out.contains("(RADV "), "{out}");
