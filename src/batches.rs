@@ -162,9 +162,7 @@ impl IndexBatches {
         let idx = crate::npy::load_indices(path, rows)?;
         let width = *idx.dims.last().expect("1-D or 2-D") as usize;
         let n = idx.values.len() / width;
-        let mut ends = Vec::new();
-        ends.try_reserve_exact(n)
-            .map_err(|_| Error::bad_file(path, format!("{n} batches: more than this host can hold")))?;
+        let mut ends = crate::npy::host_vec(path, n as u64, &format!("the ends of {n} batches"))?;
         ends.extend((1..=n).map(|i| i * width));
         Ok(IndexBatches { rows: idx.values, ends })
     }

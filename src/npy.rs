@@ -143,6 +143,18 @@ pub struct Indices {
     pub values: Vec<u32>,
 }
 
+/// An empty vector with room for `n` values read from `path` (`what`
+/// they are, for the message): a host that cannot hold them is an error
+/// naming the file (exit 1), not an abort.
+pub(crate) fn host_vec<T>(path: &Path, n: u64, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    usize::try_from(n).ok().and_then(|n| v.try_reserve_exact(n).ok()).ok_or_else(|| {
+        let bytes = n.saturating_mul(std::mem::size_of::<T>() as u64);
+        Error::bad_file(path, format!("{what}: {bytes} bytes of host memory, which this host cannot give"))
+    })?;
+    Ok(v)
+}
+
 /// Why index `v` at `at` (`[j]`, or `[i, j]`) is not a row of a table of
 /// `rows` rows.
 pub fn index_out_of_range(at: &str, v: i128, rows: usize) -> String {
@@ -169,10 +181,7 @@ pub fn load_indices(path: &Path, rows: usize) -> Result<Indices> {
     // The size check above ties the count to the file's real size.
     let n = (data_bytes / item as u64) as usize;
     let width = *dims.last().expect("1-D or 2-D") as usize;
-    let mut values: Vec<u32> = Vec::new();
-    values
-        .try_reserve_exact(n)
-        .map_err(|_| bad(format!("{n} indices need {} bytes of host memory, which it cannot give", n as u64 * 4)))?;
+    let mut values: Vec<u32> = host_vec(path, n as u64, &format!("{n} indices"))?;
     let mut block = vec![0u8; item * 65_536];
     let mut left = n;
     while left > 0 {
@@ -242,16 +251,7 @@ pub fn load_as(path: &Path, overflow: Overflow) -> Result<Loaded> {
     }
     let shape = Shape::of_file(dims[0] as usize, dims[1] as usize).map_err(bad)?;
     let n = (dims[0] * dims[1]) as usize;
-    // A host that cannot hold the table says so (exit 1), not abort.
-    let mut data: Vec<f32> = Vec::new();
-    data.try_reserve_exact(n).map_err(|_| {
-        bad(format!(
-            "a table of {} × {} needs {} bytes of host memory, which it cannot give",
-            dims[0],
-            dims[1],
-            shape.bytes()
-        ))
-    })?;
+    let mut data: Vec<f32> = host_vec(path, n as u64, &format!("a table of {} × {}", dims[0], dims[1]))?;
     data.resize(n, 0.0);
     let note = match dtype {
         Dtype::F32 => {

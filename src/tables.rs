@@ -331,11 +331,7 @@ const SAFETENSORS_MAX_HEADER: u64 = 100_000_000;
 /// error, not an abort.
 fn read_bytes(path: &Path, file: &mut std::fs::File, n: u64) -> Result<Vec<u8>> {
     use std::io::Read as _;
-    let mut bytes = Vec::new();
-    usize::try_from(n)
-        .ok()
-        .and_then(|n| bytes.try_reserve_exact(n).ok())
-        .ok_or_else(|| Error::bad_file(path, format!("{n} bytes to read, more than this host can hold")))?;
+    let mut bytes = npy::host_vec(path, n, &format!("{n} bytes to read"))?;
     file.take(n).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
     if bytes.len() as u64 != n {
         return Err(Error::bad_file(path, format!("truncated: {} of {n} bytes read", bytes.len())));
@@ -358,11 +354,7 @@ fn table_of(
         return Err(bad(format!("tensor \"{name}\" has shape {dims:?}; a table is 2-D (rows × columns)")));
     };
     let shape = Shape::of_file(*rows, *dim).map_err(|e| bad(format!("tensor \"{name}\": {e}")))?;
-    // A host that cannot hold the table says so (exit 1), not abort.
-    let mut data: Vec<f32> = Vec::new();
-    data.try_reserve_exact(shape.rows * shape.dim).map_err(|_| {
-        bad(format!("tensor \"{name}\" needs {} bytes of host memory as f32, which it cannot give", shape.bytes()))
-    })?;
+    let mut data: Vec<f32> = npy::host_vec(path, shape.elements(), &format!("tensor \"{name}\" as f32"))?;
     let note = match dtype {
         Dtype::F32 => {
             data.extend(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
