@@ -221,7 +221,6 @@ pub fn load_as(path: &Path, tensor: &str, overflow: npy::Overflow, carry: bool) 
 
 fn load_safetensors(path: &Path, name: &str, overflow: npy::Overflow, carry: bool) -> Result<LoadedTable> {
     let bad = |reason: String| Error::bad_file(path, reason);
-    let invalid = |e: SafeTensorError| bad(format!("not a valid .safetensors file: {e}"));
     let no_tensor = |mut names: Vec<&str>| {
         names.sort_unstable();
         bad(format!("no tensor \"{name}\" (it has: {}); choose one with --tensor", names.join(", ")))
@@ -241,7 +240,7 @@ fn load_safetensors(path: &Path, name: &str, overflow: npy::Overflow, carry: boo
             file.read_to_end(&mut all).map_err(|e| Error::io(path, e))?;
             all
         };
-        let st = SafeTensors::deserialize(&bytes).map_err(invalid)?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| invalid(path, e))?;
         let view = st.tensor(name).map_err(|_| no_tensor(st.names()))?;
         let (shape, data, note) = table_of(path, name, view.dtype(), view.shape(), view.data(), overflow)?;
         let file_dtype = format!("{:?}", view.dtype());
@@ -249,10 +248,9 @@ fn load_safetensors(path: &Path, name: &str, overflow: npy::Overflow, carry: boo
         let carried = carry.then(|| Carried { bytes, table: name.to_owned() });
         return Ok(LoadedTable { shape, data, note, carried, file_dtype });
     }
-    drop(file);
     // Only the header and the table's bytes (a scan, or an output that is
     // not .safetensors: nothing else of a 50 GB checkpoint is needed).
-    let (mut file, data_at, meta) = open_safetensors(path)?;
+    let (data_at, meta) = read_header(path, &mut file, meta.len())?;
     let Some(info) = meta.info(name) else {
         let names: Vec<String> = meta.tensors().into_keys().collect();
         return Err(no_tensor(names.iter().map(String::as_str).collect()));
@@ -264,14 +262,16 @@ fn load_safetensors(path: &Path, name: &str, overflow: npy::Overflow, carry: boo
     Ok(LoadedTable { shape, data, note, carried: None, file_dtype: format!("{:?}", info.dtype) })
 }
 
-/// A `.safetensors` file's header, checked as the crate checks a whole
-/// file, without reading its tensors: the file, where the data starts and
-/// the tensors' places.
-fn open_safetensors(path: &Path) -> Result<(std::fs::File, u64, Metadata)> {
+fn invalid(path: &Path, e: SafeTensorError) -> Error {
+    Error::bad_file(path, format!("not a valid .safetensors file: {e}"))
+}
+
+/// The header of the `.safetensors` file `file` (`len` bytes, read from
+/// its start), checked as the crate checks a whole file, without reading
+/// its tensors: where the data starts and the tensors' places.
+fn read_header(path: &Path, file: &mut std::fs::File, len: u64) -> Result<(u64, Metadata)> {
     use std::io::Read as _;
-    let invalid = |e: SafeTensorError| Error::bad_file(path, format!("not a valid .safetensors file: {e}"));
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let invalid = |e: SafeTensorError| invalid(path, e);
     if len < 8 {
         return Err(invalid(SafeTensorError::HeaderTooSmall));
     }
@@ -284,14 +284,14 @@ fn open_safetensors(path: &Path) -> Result<(std::fs::File, u64, Metadata)> {
     if 8 + n > len {
         return Err(invalid(SafeTensorError::InvalidHeaderLength));
     }
-    let header = read_bytes(path, &mut file, n)?;
+    let header = read_bytes(path, file, n)?;
     let text = std::str::from_utf8(&header).map_err(|e| invalid(SafeTensorError::InvalidHeader(e)))?;
     let meta: Metadata =
         serde_json::from_str(text).map_err(|e| invalid(SafeTensorError::InvalidHeaderDeserialization(e)))?;
     if (8 + n).checked_add(meta.data_len() as u64) != Some(len) {
         return Err(invalid(SafeTensorError::MetadataIncompleteBuffer));
     }
-    Ok((file, 8 + n, meta))
+    Ok((8 + n, meta))
 }
 
 /// The bits of element `index` (row-major) of the table in `path` as the
@@ -303,7 +303,9 @@ pub fn element_bits(path: &Path, tensor: &str, index: u64) -> Result<Option<(u64
     match format_of(path)? {
         Format::Npy => Ok(npy::element_bits(path, index)?.map(|b| (b, 8))),
         Format::Safetensors => {
-            let (mut file, data_at, meta) = open_safetensors(path)?;
+            let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+            let (data_at, meta) = read_header(path, &mut file, len)?;
             let Some(info) = meta.info(tensor) else {
                 return Err(Error::bad_file(path, format!("no tensor \"{tensor}\"")));
             };
