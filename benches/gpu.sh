@@ -11,7 +11,9 @@
 # GPU-time benches and the scan, then the JAX peer: a first look to tune
 # by, leaving device time for the full run. `sweep`: the row-block tests,
 # then the fused step's shapes (lanes, row blocks, wgpu's loop counters,
-# 16-byte kept columns) timed by --profile.
+# 16-byte kept columns) timed by --profile. `look`: the tuning below,
+# the shapes it leaves out, the copies and the default step (a first call
+# on a new card, short, before the full run).
 # The full run (and diag) first picks the fused step's shape for the card
 # from a few candidates (TUNE=0: no) and runs everything after with it, so
 # one call tunes and measures; its log says which shape it chose. Bars
@@ -37,9 +39,14 @@ for l in sys.stdin:
     # The commit the binaries were built from (dirty: uncommitted changes),
     # in .gl (carried whole) for the log to name.
     echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (dirty)')" > .gl/COMMIT
-    if ! ls .gl/libvulkan1_*.deb >/dev/null 2>&1; then
+    # The Vulkan loader, and glvnd: NVIDIA's Vulkan driver is
+    # libGLX_nvidia.so.0, which cannot make an instance without glvnd's
+    # libraries (a machine without them: "Could not get 'vkCreateInstance'
+    # via 'vk_icdGetInstanceProcAddr'", then no adapter; 2026-11-28).
+    if ! ls .gl/libvulkan1_*.deb .gl/libglvnd0_*.deb >/dev/null 2>&1; then
         o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
-        mkdir -p /tmp/amd64/partial && apt-get $o update -qq && (cd .gl && apt-get $o download libvulkan1)
+        mkdir -p /tmp/amd64/partial && apt-get $o update -qq &&
+            (cd .gl && apt-get $o download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
     fi
     du -sh .dev .gl
     exit 0
@@ -121,18 +128,20 @@ if [ "$MODE" = sweep ]; then
     exit 0
 fi
 
-echo "== tests on this GPU (quick ones first)"
+[ "$MODE" != look ] && echo "== tests on this GPU (quick ones first)"
 run_tests() {
     for t in "$@"; do
         echo "-- $t"
         tst "${TEST_TIMEOUT:-300}" "$B/$t" --test-threads 4
     done
 }
-TEST_TIMEOUT=90 run_tests naive forensics
-echo "-- backends_vs_reference row_blocks vec4 read_ahead"
-tst 120 "$B/backends_vs_reference" row_blocks vec4 read_ahead
-echo "-- batches dropped (the undo log of a batch read in place)"
-tst 120 "$B/batches" dropped
+if [ "$MODE" != look ]; then
+    TEST_TIMEOUT=90 run_tests naive forensics
+    echo "-- backends_vs_reference row_blocks vec4 read_ahead"
+    tst 120 "$B/backends_vs_reference" row_blocks vec4 read_ahead
+    echo "-- batches dropped (the undo log of a batch read in place)"
+    tst 120 "$B/batches" dropped
+fi
 
 # The fused step's shape for this card, picked here so that one call both
 # tunes and measures (a device call is all the GPU time a session gets):
@@ -181,6 +190,19 @@ if [ "$MODE" != quick ] && [ "${TUNE:-1}" = 1 ]; then
     TUNED_BATCH=$TUNED; TUNED=$FULL_TUNED
     echo "everything below runs with ${TUNED:-the built-in shape}, the batch benches with ${TUNED_BATCH:-the built-in shape}"
     [ -n "$TUNED" ] && export $TUNED
+fi
+if [ "$MODE" = look ]; then
+    # A first look on a new card, leaving device time for the full run:
+    # the tuning above, then the shapes it does not try, the floors (the
+    # copies) and the default step by criterion, with the driver's
+    # statistics of each pipeline.
+    echo "== the fused step's other shapes by --profile"
+    for l in 2 16; do prof $l ""; done
+    for w in 64 128; do WG=$w prof "" ""; WG=$w V4=1 prof 4 ""; done
+    prof "" "" "--dim 128"; V4=1 prof "" "" "--dim 128"; V4=1 prof 8 "" "--dim 128"
+    echo "== the floors and the default step (criterion, GPU time)"
+    timeout 90 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|eval)/1000000x64' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
+    exit 0
 fi
 # A command with the batch's shape in place of the full table's.
 with_batch_shape() {
