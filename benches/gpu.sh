@@ -128,20 +128,18 @@ if [ "$MODE" = sweep ]; then
     exit 0
 fi
 
-[ "$MODE" != look ] && echo "== tests on this GPU (quick ones first)"
+echo "== tests on this GPU (quick ones first)"
 run_tests() {
     for t in "$@"; do
         echo "-- $t"
         tst "${TEST_TIMEOUT:-300}" "$B/$t" --test-threads 4
     done
 }
-if [ "$MODE" != look ]; then
-    TEST_TIMEOUT=90 run_tests naive forensics
-    echo "-- backends_vs_reference row_blocks vec4 read_ahead"
-    tst 120 "$B/backends_vs_reference" row_blocks vec4 read_ahead
-    echo "-- batches dropped (the undo log of a batch read in place)"
-    tst 120 "$B/batches" dropped
-fi
+TEST_TIMEOUT=90 run_tests naive forensics
+echo "-- backends_vs_reference row_blocks vec4 read_ahead"
+tst 120 "$B/backends_vs_reference" row_blocks vec4 read_ahead
+echo "-- batches dropped (the undo log of a batch read in place)"
+tst 120 "$B/batches" dropped
 
 # The fused step's shape for this card, picked here so that one call both
 # tunes and measures (a device call is all the GPU time a session gets):
@@ -151,7 +149,7 @@ fi
 # row's sums; the tests above ran every one against the reference).
 # TUNE=0: the built-in shapes.
 #
-# TUNE_ARGS=… tune LABEL [CANDIDATE …]: each candidate's step (the eleven
+# TUNE_ARGS=… tune LABEL [CANDIDATE …]: each candidate's step (the twelve
 # below, then the extra ones) by --profile, GPU time a step (the step's
 # kernels: Σ passes × ms/pass ÷ steps); sets TUNED to the fastest's
 # switches ("" for the built-in shape); a candidate wins only by 2 %.
@@ -162,10 +160,10 @@ tune() {
     # A run first, untimed: the first candidate should not pay for the
     # card's clocks coming up.
     timeout 60 "$B/latent-line" --backend gpu --rows "$R" --steps 40 $TUNE_ARGS >/dev/null 2>&1
-    for cand in "" "LATENT_LINE_VEC4=1" "LATENT_LINE_VEC4=1 LATENT_LINE_LANES=16" "LATENT_LINE_VEC4=1 LATENT_LINE_LANES=4" \
-        "LATENT_LINE_LANES=4" "LATENT_LINE_KEPT_VECTORS=0" "LATENT_LINE_PREFETCH=0" "LATENT_LINE_KEEP=0" \
-        "LATENT_LINE_VEC4=1 LATENT_LINE_PREFETCH=0" "LATENT_LINE_VEC4=1 LATENT_LINE_LANES=4 LATENT_LINE_PREFETCH=0" \
-        "LATENT_LINE_LANES=4 LATENT_LINE_PREFETCH=0" "$@"; do
+    for cand in "" "LATENT_LINE_PQ_SHARED=1" "LATENT_LINE_PREFETCH=0" "LATENT_LINE_PQ_SHARED=1 LATENT_LINE_PREFETCH=0" \
+        "LATENT_LINE_LANES=8" "LATENT_LINE_LANES=8 LATENT_LINE_PQ_SHARED=1" "LATENT_LINE_LANES=16" "LATENT_LINE_VEC4=0" \
+        "LATENT_LINE_ROW_BLOCKS=2" "LATENT_LINE_ROW_BLOCKS=2 LATENT_LINE_PQ_SHARED=1" \
+        "LATENT_LINE_WORKGROUP=128 LATENT_LINE_PQ_SHARED=1" "LATENT_LINE_ROW_BLOCKS=1 LATENT_LINE_PQ_SHARED=1" "$@"; do
         out=$(env $cand timeout 60 "$B/latent-line" --backend gpu --rows "$R" --steps 40 --profile $TUNE_ARGS 2>&1)
         ms=$(echo "$out" | awk '$1 ~ /\.wgsl$/ { for (i = 2; i < NF; i++) if ($i == "passes" && $(i - 1) >= 40) t += $(i - 1) * $(i + 1) }
             END { if (t > 0) printf "%.4f", t / 40 }')
@@ -186,7 +184,7 @@ if [ "$MODE" != quick ] && [ "${TUNE:-1}" = 1 ]; then
     FULL_TUNED=$TUNED
     # A random batch's own shape (more, smaller workgroups; fewer rows to
     # hide the latency of): its benches run with it, apart.
-    TUNE_ARGS="--batch $BATCH" tune "random batches of $BATCH" "LATENT_LINE_ROW_BLOCKS=1" "LATENT_LINE_VEC4=1 LATENT_LINE_ROW_BLOCKS=1"
+    TUNE_ARGS="--batch $BATCH" tune "random batches of $BATCH" "LATENT_LINE_ROW_BLOCKS=1" "LATENT_LINE_VEC4=0 LATENT_LINE_ROW_BLOCKS=1"
     TUNED_BATCH=$TUNED; TUNED=$FULL_TUNED
     echo "everything below runs with ${TUNED:-the built-in shape}, the batch benches with ${TUNED_BATCH:-the built-in shape}"
     [ -n "$TUNED" ] && export $TUNED
@@ -197,11 +195,10 @@ if [ "$MODE" = look ]; then
     # copies) and the default step by criterion, with the driver's
     # statistics of each pipeline.
     echo "== the fused step's other shapes by --profile"
-    for l in 2 16; do prof $l ""; done
-    for w in 64 128; do WG=$w prof "" ""; WG=$w V4=1 prof 4 ""; done
-    prof "" "" "--dim 128"; V4=1 prof "" "" "--dim 128"; V4=1 prof 8 "" "--dim 128"
+    for b in 1 2; do prof "" $b; LATENT_LINE_PQ_SHARED=1 prof "" $b; done
+    prof "" "" "--dim 128"; LATENT_LINE_PQ_SHARED=1 prof "" "" "--dim 128"; prof 16 "" "--dim 128"
     echo "== the floors and the default step (criterion, GPU time)"
-    timeout 90 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|eval)/1000000x64' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
+    timeout 90 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|eval|batch-random-65536)/1000000x64' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
     exit 0
 fi
 # A command with the batch's shape in place of the full table's.
@@ -221,7 +218,8 @@ with_batch_shape "$B/latent-line" --rows "$R" --steps 50 --batch "$BATCH" --prof
 
 # criterion's filter: the GPU-time group and the 1 GiB scan (full, diag),
 # or both GPU groups (quick). (Not `GROUPS`: bash owns that name.)
-BENCH_FILTER='gpu-time|\]/scan'
+# (Full: the benches the bars and the account need, at 1M × 64 and 128.)
+BENCH_FILTER='gpu-time.*/(copy-shader|copy-shader-vec4|step-noscan|step-ignore|step-skip-step|step-skip-step-4byte|step-skip-step-pqshared|step-skip-step-noprefetch|eval|eval-4byte|batch-random-65536|batch-indices-65536|batch-random-ignore-65536|batch-random-4byte-65536|scan|scan-copy|scan-4byte)/'
 [ "$MODE" = quick ] && BENCH_FILTER=gpu
 echo "== cargo bench (criterion): $BENCH_FILTER"
 timeout 300 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 "$BENCH_FILTER" 2>&1 | grep -E "^gpu|time:" | grep -v "%"
@@ -259,8 +257,10 @@ python3 benches/summary.py /tmp/ct/criterion | tee "$OUT/bench-summary.txt"
 echo "== issue 5's bars, from this call's figures"
 python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars.txt"
 
-# Back to the built-in shape: the sweep below names its switches, and the
-# long tests run as the quick ones did.
+# LONG=1: more shapes and the long tests (they run on lavapipe in CI; a
+# device call is short), back on the built-in shape: the sweep below names
+# its switches, and the long tests run as the quick ones did.
+[ "${LONG:-0}" = 1 ] || exit 0
 for v in $TUNED; do unset "${v%%=*}"; done
 echo "== the fused step's other shapes by --profile (lanes the tuning above did not try)"
 for l in 2 16; do prof $l ""; done

@@ -8,14 +8,17 @@
 //!   step-skip-step-1lane     the same with one lane per row (the first kernel)
 //!   step-skip-step-wgfold    (gpu-time, GPUs with subgroups) the same with
 //!                   the row fold in workgroup memory, not subgroup shuffles
-//!   step-skip-step-vec4      (gpu-time) the same with a lane's kept columns
-//!                   read and written 16 bytes at a time (LATENT_LINE_VEC4),
-//!                   also at twice and at half the default lanes (-vec4-Nlanes)
-//!   step-skip-step-noprefetch, -nokeep, -keptarray (gpu-time) without
-//!                   reading the next row block ahead; with a lane's columns
-//!                   read twice; with them kept in an array, not vectors
-//!   eval, eval-vec4 (gpu-time) the evaluation pass: every row read and its
-//!                   sums folded, nothing written (bytes: read)
+//!   step-skip-step-4byte     (gpu-time) the same with 4-byte columns, where
+//!                   the default's are 16-byte (D a multiple of 4), at the
+//!                   4-byte path's own default lanes; -4byte-nokeep and
+//!                   -4byte-keptarray: its columns read twice, or kept in
+//!                   an array, not vectors
+//!   step-skip-step-noprefetch (gpu-time) without reading the next row
+//!                   block ahead; -pqshared: p and q read from workgroup
+//!                   memory, not held in registers (-pqshared-noprefetch:
+//!                   both); -Nlanes: at twice and half the default lanes
+//!   eval, eval-4byte (gpu-time) the evaluation pass: every row read and
+//!                   its sums folded, nothing written (bytes: read)
 //!   scan            the table scan of `latent-line scan` (16-byte loads;
 //!                   scan-4byte: 4-byte), beside scan-copy, a copy of the
 //!                   table per GiB moved (gpu: `copy_buffer_to_buffer`,
@@ -24,6 +27,8 @@
 //!                   adapter) drawn on the device, default guard
 //!   batch-indices   user batches of the same size with repeats (rows drawn
 //!                   with replacement from a quarter of the table)
+//!   batch-random-1block, -4byte (gpu-time) the random batch with one row
+//!                   block a workgroup; with 4-byte columns
 //!   batch-random-ignore (gpu-time) the random batch under `ignore`: no
 //!                   undo log, no scatter (the default guard's cost)
 //!   step-attached-clip  the full table, attached anchors and clipping:
@@ -232,19 +237,32 @@ fn gpu(c: &mut Criterion) {
         let sg = hardware && ctx.features.contains(wgpu::Features::SUBGROUP);
         // And with one row block a workgroup (the kernel before row
         // blocks), and with other lanes a row than the default's.
-        let default_lanes = GpuTrainer::default_lanes(&ctx, shape.dim);
+        let default_lanes = GpuTrainer::default_lanes(&ctx, shape.dim, true);
         let o = GpuOptions::default;
+        // The 4-byte path (VEC4 off) at its own default lanes, and its
+        // switches: where D allows, the default is 16-byte columns.
+        let b4 = || GpuOptions { vec4: Some(false), ..o() };
         let mut variants: Vec<(String, Policy, GpuOptions)> = vec![
             ("step-noscan".into(), Policy::Ignore, GpuOptions { fused_scans: false, ..o() }),
             ("step-ignore".into(), Policy::Ignore, o()),
             ("step-skip-step".into(), Policy::SkipStep, o()),
             ("step-skip-step-wgfold".into(), Policy::SkipStep, GpuOptions { subgroups: Some(false), ..o() }),
             ("step-skip-step-1block".into(), Policy::SkipStep, GpuOptions { row_blocks: Some(1), ..o() }),
-            ("step-skip-step-vec4".into(), Policy::SkipStep, GpuOptions { vec4: Some(true), ..o() }),
             // Registers against bytes in flight (the same bits).
             ("step-skip-step-noprefetch".into(), Policy::SkipStep, GpuOptions { prefetch: Some(false), ..o() }),
-            ("step-skip-step-nokeep".into(), Policy::SkipStep, GpuOptions { keep_columns: Some(false), ..o() }),
-            ("step-skip-step-keptarray".into(), Policy::SkipStep, GpuOptions { kept_vectors: Some(false), ..o() }),
+            ("step-skip-step-pqshared".into(), Policy::SkipStep, GpuOptions { pq_shared: Some(true), ..o() }),
+            (
+                "step-skip-step-pqshared-noprefetch".into(),
+                Policy::SkipStep,
+                GpuOptions { pq_shared: Some(true), prefetch: Some(false), ..o() },
+            ),
+            ("step-skip-step-4byte".into(), Policy::SkipStep, b4()),
+            ("step-skip-step-4byte-nokeep".into(), Policy::SkipStep, GpuOptions { keep_columns: Some(false), ..b4() }),
+            (
+                "step-skip-step-4byte-keptarray".into(),
+                Policy::SkipStep,
+                GpuOptions { kept_vectors: Some(false), ..b4() },
+            ),
         ];
         let mut others = vec![default_lanes / 2, default_lanes * 2, 32];
         others.dedup();
@@ -252,28 +270,24 @@ fn gpu(c: &mut Criterion) {
             let opts = GpuOptions { lanes_per_row: Some(lanes), ..o() };
             variants.push((format!("step-skip-step-{lanes}lanes"), Policy::SkipStep, opts));
         }
-        // 16-byte kept columns at twice the default lanes (one vec4 a lane
-        // at D = 64) and at half (four: a row's scalar work shared by fewer).
-        for lanes in [default_lanes * 2, default_lanes / 2].into_iter().filter(|l| (1..=32).contains(l)) {
-            let opts = GpuOptions { lanes_per_row: Some(lanes), vec4: Some(true), ..o() };
-            variants.push((format!("step-skip-step-vec4-{lanes}lanes"), Policy::SkipStep, opts));
-        }
-        let mut default_keeps = false;
+        let mut default_vec4 = false;
+        let mut b4_keeps = false;
         for (name, policy, opts) in variants.into_iter().filter(|v| sg || v.2.subgroups.is_none()) {
-            let vec4 = opts.vec4;
             let mut t =
                 GpuTrainer::new(ctx.clone(), shape, config(shape, policy), TableSource::Random { seed: 1 }, opts)
                     .expect("GPU trainer");
-            if vec4 == Some(true) && !t.vec4() {
-                continue; // its columns are not kept at these lanes (a software adapter's one)
+            // (The default step and the 4-byte one come before their
+            // variants in the list: a variant that would build the same
+            // kernel again is left out.)
+            match name.as_str() {
+                "step-skip-step" => default_vec4 = t.vec4(),
+                "step-skip-step-4byte" => b4_keeps = t.keeps_columns(),
+                _ => {}
             }
-            // (The default step comes first in the list: whether it keeps
-            // a lane's 4-byte columns, without which these two would time
-            // the default kernel again.)
-            if name == "step-skip-step" {
-                default_keeps = t.keeps_columns();
-            }
-            if (name.ends_with("-nokeep") || name.ends_with("-keptarray")) && !default_keeps {
+            let same = (name.contains("-4byte") && !default_vec4)
+                || (name.contains("-pqshared") && !t.pq_shared())
+                || ((name.ends_with("-nokeep") || name.ends_with("-keptarray")) && !b4_keeps);
+            if same {
                 continue;
             }
             if name == "step-noscan" {
@@ -285,12 +299,12 @@ fn gpu(c: &mut Criterion) {
         // written), by the default kernel and with 16-byte loads: what the
         // reading and the row's math cost without the update. Bytes: read.
         g.throughput(Throughput::Bytes(shape.bytes()));
-        for (name, vec4) in [("eval", None), ("eval-vec4", Some(true))] {
+        for (name, vec4) in [("eval", None), ("eval-4byte", Some(false))] {
             let opts = GpuOptions { vec4, ..o() };
             let cfg = config(shape, Policy::SkipStep);
             let mut t =
                 GpuTrainer::new(ctx.clone(), shape, cfg, TableSource::Random { seed: 1 }, opts).expect("GPU trainer");
-            if vec4 == Some(true) && !t.vec4() {
+            if vec4 == Some(false) && !default_vec4 {
                 continue;
             }
             g.bench_function(format!("{name}/{id}"), |b| {
@@ -300,18 +314,19 @@ fn gpu(c: &mut Criterion) {
         let bsize = batch_size(hardware);
         g.throughput(Throughput::Bytes(2 * bsize as u64 * shape.dim as u64 * 4));
         // The default, then the random batch with one row block a workgroup,
-        // with 16-byte kept columns, and under `ignore`.
+        // with 4-byte columns (where the default's are 16-byte), and under
+        // `ignore`.
         let variant = |opts: GpuOptions, policy: Policy, name: &'static str| {
             batch_trainers(&ctx, shape, bsize, opts, policy).take(1).map(move |(_, t)| (name, t))
         };
         let skip = Policy::SkipStep;
         let one_block =
             variant(GpuOptions { row_blocks: Some(1), ..GpuOptions::default() }, skip, "batch-random-1block");
-        let vec4 = variant(GpuOptions { vec4: Some(true), ..GpuOptions::default() }, skip, "batch-random-vec4");
+        let b4 = variant(GpuOptions { vec4: Some(false), ..GpuOptions::default() }, skip, "batch-random-4byte");
         let ignore = variant(GpuOptions::default(), Policy::Ignore, "batch-random-ignore");
-        let all = batch_trainers(&ctx, shape, bsize, GpuOptions::default(), skip).chain(one_block).chain(vec4);
+        let all = batch_trainers(&ctx, shape, bsize, GpuOptions::default(), skip).chain(one_block).chain(b4);
         for (name, mut t) in all.chain(ignore) {
-            if name.ends_with("vec4") && !t.vec4() {
+            if name.ends_with("-4byte") && !default_vec4 {
                 continue;
             }
             bench_gpu_time(&mut g, format!("{name}-{bsize}/{id}"), &mut t);

@@ -24,11 +24,11 @@ for g in groups:
         base = {"step-noscan": copy, "step-ignore": "step-noscan", "step-skip-step": "step-noscan", "step-skip-step-1lane": "step-skip-step", "step-skip-step-wgfold": "step-skip-step",
                 "step-skip-step-1block": "step-skip-step", "copy-shader-vec4": "copy-shader",
                 **{f"step-skip-step-{l}lanes": "step-skip-step" for l in (1, 2, 4, 8, 16, 32)},
-                "step-skip-step-vec4": "step-skip-step",
-                **{f"step-skip-step-vec4-{l}lanes": "step-skip-step" for l in (1, 2, 4, 8, 16, 32)},
-                "step-skip-step-noprefetch": "step-skip-step", "step-skip-step-nokeep": "step-skip-step",
-                "step-skip-step-keptarray": "step-skip-step",
-                "eval": "step-skip-step", "eval-vec4": "step-skip-step-vec4",
+                "step-skip-step-4byte": "step-skip-step",
+                "step-skip-step-4byte-nokeep": "step-skip-step-4byte", "step-skip-step-4byte-keptarray": "step-skip-step-4byte",
+                "step-skip-step-noprefetch": "step-skip-step", "step-skip-step-pqshared": "step-skip-step",
+                "step-skip-step-pqshared-noprefetch": "step-skip-step",
+                "eval": "step-skip-step", "eval-4byte": "step-skip-step-4byte",
                 "step-attached-clip": "step-skip-step", "scan": "scan-copy", "scan-4byte": "scan-copy"}.get(kind)
         if g == "cpu":
             floor = "memcpy-par" if (g, f"memcpy-par/{size}") in med else "memcpy"

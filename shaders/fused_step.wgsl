@@ -98,6 +98,13 @@ override VEC4: bool = false;
 // take no registers.
 override KEPT4: u32 = 2u;
 const MAX_KEPT4: u32 = 4u;
+// VEC4: p and q of the lane's vec4s read from workgroup memory (`wg_pq`,
+// filled once a workgroup) at each use, instead of held in registers
+// (`p4`, `q4`) across all of the workgroup's rows: at 4 lanes and D = 64
+// those are 32 registers a lane (the H200 gave the step 116 in all, so 2
+// workgroups of 256 an SM). Set by the host (`LATENT_LINE_PQ_SHARED`).
+// The same values, so the same bits.
+override PQ_SHARED: bool = false;
 
 @group(0) @binding(0) var<storage, read_write> table_a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> table_b: array<f32>;   // a 16-byte stand-in when single-buffered
@@ -119,6 +126,8 @@ const MAX_KEPT4: u32 = 4u;
 @group(0) @binding(19) var<storage, read_write> vel_b4: array<vec4<f32>>;
 
 var<workgroup> wg_flags: vec2<u32>;   // (state.cur, state.halted), made uniform
+// PQ_SHARED: p's vec4s (D/4 of them), then q's; VEC4 has D ≤ 16·L ≤ 512.
+var<workgroup> wg_pq: array<vec4<f32>, 256>;
 
 // VEC4: a lane's kept values, its vec4s `lane` (a), `lane + L` (b), … of
 // a row (MAX_KEPT4 of them); a vec4 past the row is zeros, never read.
@@ -148,6 +157,22 @@ fn kept_set(k: Kept4, q: u32, v: vec4<f32>) -> Kept4 {
         default: { r.d = v; }
     }
     return r;
+}
+
+// VEC4: p (`p4`) and q (`q4`) of the lane's vec4 q_ of a row, from
+// registers or from workgroup memory (PQ_SHARED).
+fn p_get(p4: Kept4, lane: u32, q_: u32) -> vec4<f32> {
+    if (PQ_SHARED) {
+        return wg_pq[kept_vec4(lane, q_)];
+    }
+    return kept_get(p4, q_);
+}
+
+fn q_get(q4: Kept4, lane: u32, q_: u32) -> vec4<f32> {
+    if (PQ_SHARED) {
+        return wg_pq[D / 4u + kept_vec4(lane, q_)];
+    }
+    return kept_get(q4, q_);
 }
 
 fn no_kept4() -> Kept4 {
@@ -597,7 +622,7 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
         if (VEC4) {
             for (var q = 0u; q < MAX_KEPT4; q = q + 1u) {
                 if (has_vec4(lane, q)) {
-                    part = accumulate4(part, kept_get(kept4, q), kept_get(p4, q), kept_get(q4, q));
+                    part = accumulate4(part, kept_get(kept4, q), p_get(p4, lane, q), q_get(q4, lane, q));
                 }
             }
         } else if (KEEP) {
@@ -711,7 +736,7 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
                     let x = kept_get(kept4, q);
                     let v = load_v4(cur, base / 4u + at);
                     vels = kept_set(vels, q, v);
-                    let st = step4(x, 4u * at, kept_get(p4, q), kept_get(q4, q), v, co);
+                    let st = step4(x, 4u * at, p_get(p4, lane, q), q_get(q4, lane, q), v, co);
                     put4(cur, base, out_base, at, x, v, st.x, st.v);
                     any_bad = any_bad | st.bad;
                 }
@@ -721,7 +746,7 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
                 for (var q = 0u; q < MAX_KEPT4; q = q + 1u) {
                     if (has_vec4(lane, q)) {
                         let at = kept_vec4(lane, q);
-                        sc = scan4(sc, kept_get(kept4, q), 4u * at, kept_get(p4, q), kept_get(q4, q), kept_get(vels, q), co);
+                        sc = scan4(sc, kept_get(kept4, q), 4u * at, p_get(p4, lane, q), q_get(q4, lane, q), kept_get(vels, q), co);
                     }
                 }
                 gs = sc.g;
@@ -809,6 +834,32 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let w = linear_workgroup(wg, nwg);
     scan_reset(lid);
+    if (VEC4 && PQ_SHARED) {
+        let d4 = max(D / 4u, 1u);   // (D / 4 is a divisor only where VEC4 holds: D ≥ 4)
+        for (var j = lid; j < D / 2u; j = j + WG) {
+            let at = select(0u, D, j >= d4);
+            wg_pq[j] = anchor4(at, 4u * (j % d4));
+        }
+    }
+    let block_rows = WG / L;           // rows of one block
+    let wg_rows = block_rows * BLOCKS; // rows of the workgroup (≤ 256: the scans' masks)
+    let lane = lid % L;
+    let first = w * wg_rows;
+    // What needs no state is read before the barrier below, so that its
+    // loads are in flight with the state's: the anchors' columns (VEC4: p
+    // and q of the lane's kept columns, read once a workgroup, every row
+    // of the lane having the same columns, held in function variables
+    // passed down, not module-scope private ones, which a driver may be
+    // slower to keep in registers) and a batch's first slots.
+    var p4 = no_kept4();
+    var q4 = no_kept4();
+    for (var q = 0u; VEC4 && !PQ_SHARED && q < MAX_KEPT4; q = q + 1u) {
+        if (has_vec4(lane, q)) {
+            p4 = kept_set(p4, q, anchor4(0u, 4u * kept_vec4(lane, q)));
+            q4 = kept_set(q4, q, anchor4(D, 4u * kept_vec4(lane, q)));
+        }
+    }
+    var site = row_site(lid / L, first);
     if (lid == 0u) {
         wg_flags = vec2<u32>(state.cur, state.halted);
         atomicStore(&wg_near, 0u);
@@ -818,28 +869,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
         return;   // aborted: steps do nothing; evaluations still run
     }
     let cur = flags.x;
-    let block_rows = WG / L;           // rows of one block
-    let wg_rows = block_rows * BLOCKS; // rows of the workgroup (≤ 256: the scans' masks)
-    let lane = lid % L;
     // This lane's shares of Σ|r| (m·|r|), max|r| (a repeated row is one
     // row) and the clipping norm, over its rows in block order.
     var abs_r = 0.0;
     var max_r = 0.0;
     var norm2 = 0.0;
-    let first = w * wg_rows;
-    // VEC4: p and q of the lane's kept columns, read once a workgroup
-    // (every row of the lane has the same columns), held in function
-    // variables passed down (not module-scope private ones, which a driver
-    // may be slower to keep in registers).
-    var p4 = no_kept4();
-    var q4 = no_kept4();
-    for (var q = 0u; VEC4 && q < MAX_KEPT4; q = q + 1u) {
-        if (has_vec4(lane, q)) {
-            p4 = kept_set(p4, q, anchor4(0u, 4u * kept_vec4(lane, q)));
-            q4 = kept_set(q4, q, anchor4(D, 4u * kept_vec4(lane, q)));
-        }
-    }
-    var site = row_site(lid / L, first);
     var kept = load_kept(site, lane, cur);
     var kept4 = load_kept4(site, lane, cur);
     for (var blk = 0u; blk < BLOCKS; blk = blk + 1u) {

@@ -28,7 +28,7 @@ struct ReduceParams {
 @group(0) @binding(6) var<storage, read> guard_grids: array<vec4<u32>>;
 @group(0) @binding(7) var<storage, read_write> guard_args: array<vec4<u32>>;
 
-var<workgroup> wg_head: vec2<u32>;   // (state.halted, state.record)
+var<workgroup> wg_head: vec3<u32>;   // (state.halted, state.record, state.stamp)
 const PARTIALS_AHEAD: u32 = 8u;       // partials a lane reads before folding them
 var<workgroup> bf_hist: array<atomic<u32>, 256>;
 var<workgroup> bf_pick: vec2<u32>;
@@ -154,21 +154,31 @@ fn batch_findings(lid: u32, buf: u32, nwg: u32, stamp: u32, out: u32) {
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32) {
+    // Lane 0 reads the whole state and takes the scans' hit counts at
+    // once, so that their round trips to memory overlap: the pass is one
+    // workgroup, and its time is such round trips in a row. It keeps its
+    // copy (`st`), changes it and writes it back at the end; no other
+    // invocation writes the state during this pass.
+    var st: State;
     if (lid == 0u) {
-        wg_head = vec2<u32>(state.halted, state.record);
+        st = state;
+        scan_take_hits_lane0();
+        wg_head = vec3<u32>(st.halted, st.record, st.stamp);
         // This step's guard flags, set below only if it drops the step
         // (after a halted step, what follows it does nothing).
-        state.restore = 0u;
-        state.undo = 0u;
+        st.restore = 0u;
+        st.undo = 0u;
     }
     let head = workgroupUniformLoad(&wg_head);
+    let hits = workgroupUniformLoad(&sc_hits);
     let slot = head.y * REC_WORDS;
+    let stamp = head.z;
     if (head.x != 0u && rp.update != 0u) {
         for (var j = lid; j < REC_WORDS; j = j + WG) {
             scan_out[slot + j] = select(0u, ACT_NOT_RUN, j == 5u);
         }
         if (lid == 0u) {
-            end_pass(head.y);
+            state = end_pass(st);
         }
         return;
     }
@@ -198,12 +208,11 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     // written. A non-finite loss term alone is reported, not acted on (a
     // row read with a non-finite value is poisoned, so it is in both).
     var bad = false;
-    let hits = scan_take_hits(lid);
     for (var buf = 0u; buf < SCAN_BUFS; buf = buf + 1u) {
         let block = slot + REC_HEADER + buf * SCAN_WORDS;
-        let found = scan_collect(lid, buf, rp.count, state.stamp, block, !BATCHED, hits[buf]);
+        let found = scan_collect(lid, buf, rp.count, stamp, block, !BATCHED, hits[buf]);
         if (BATCHED && found) {
-            batch_findings(lid, buf, rp.count, state.stamp, block);
+            batch_findings(lid, buf, rp.count, stamp, block);
         }
         bad = bad || (found && buf > 0u);
     }
@@ -219,7 +228,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         scan_out[table_block + SCAN_WORDS + j] = n;
     }
     if (lid == 0u) {
-        let lr = state.lr;
+        let lr = st.lr;
         var action = ACT_APPLIED;
         if (rp.update == 0u) {
             action = ACT_EVALUATED;
@@ -230,59 +239,62 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         } else if (!bad) {
             // A double-buffered guard keeps a clean step, switching table
             // buffers (a batched run has one: batch_io.wgsl's scatter
-            // writes the kept rows); it drops any other (`state.undo`).
+            // writes the kept rows); it drops any other (`st.undo`).
             if (!BATCHED) {
-                state.cur = 1u - state.cur;
+                st.cur = 1u - st.cur;
             }
-            state.skips = 0u;
+            st.skips = 0u;
         } else if (GUARD == GUARD_SKIP_STEP) {
-            state.undo = 1u;
-            state.skips = state.skips + 1u;
+            st.undo = 1u;
+            st.skips = st.skips + 1u;
             action = ACT_SKIPPED_STEP;
-            if (state.skips > params.max_skips) {   // K skips allowed, as K rollbacks
-                state.halted = 1u;
+            if (st.skips > params.max_skips) {   // K skips allowed, as K rollbacks
+                st.halted = 1u;
                 action = ACT_ABORTED;
             }
         } else if (GUARD == GUARD_ROLLBACK) {
-            state.undo = 1u;
-            state.rollbacks = state.rollbacks + 1u;
-            if (state.rollbacks > params.max_rollbacks) {
-                state.halted = 1u;
+            st.undo = 1u;
+            st.rollbacks = st.rollbacks + 1u;
+            if (st.rollbacks > params.max_rollbacks) {
+                st.halted = 1u;
                 action = ACT_ABORTED;
             } else {
-                state.restore = 1u;
-                state.lr = lr * params.backoff;
+                st.restore = 1u;
+                st.lr = lr * params.backoff;
                 action = ACT_ROLLED_BACK;
             }
         } else {
-            state.undo = 1u;
-            state.halted = 1u;
+            st.undo = 1u;
+            st.halted = 1u;
             action = ACT_ABORTED;
         }
         if (double_buffered() && rp.update != 0u) {
             for (var c = 0u; c < arrayLength(&guard_grids); c = c + 1u) {
                 let g = guard_grids[c];
-                let open = select(state.restore, state.undo, g.w == 1u) != 0u;
+                let open = select(st.restore, st.undo, g.w == 1u) != 0u;
                 guard_args[c] = select(vec4<u32>(0u, 1u, 1u, 0u), vec4<u32>(g.xyz, 0u), open);
             }
         }
         scan_out[slot] = bitcast<u32>(total.x);
         scan_out[slot + 1u] = bitcast<u32>(total.y);
-        scan_out[slot + 2u] = bitcast<u32>(state.d0);
-        scan_out[slot + 3u] = bitcast<u32>(state.s0);
+        scan_out[slot + 2u] = bitcast<u32>(st.d0);
+        scan_out[slot + 3u] = bitcast<u32>(st.s0);
         scan_out[slot + 4u] = near_total;
         scan_out[slot + 5u] = action;
         scan_out[slot + 6u] = bitcast<u32>(lr);
-        scan_out[slot + 7u] = state.cur;
-        scan_out[slot + 8u] = bitcast<u32>(state.norm);
+        scan_out[slot + 7u] = st.cur;
+        scan_out[slot + 8u] = bitcast<u32>(st.norm);
         scan_out[slot + 9u] = select(0u, 1u, CLIP && rp.update != 0u);
-        end_pass(head.y);
+        state = end_pass(st);
     }
 }
 
-// Lane 0, last: the next record slot, and the next pass's stamp (its scan
-// findings are told from older ones by it; see scan.wgsl).
-fn end_pass(record: u32) {
-    state.record = record + 1u;
-    state.stamp = state.stamp + 1u;
+// Lane 0, last: the state to write back, with the next record slot and
+// the next pass's stamp (its scan findings are told from older ones by
+// it; see scan.wgsl).
+fn end_pass(st: State) -> State {
+    var s = st;
+    s.record = st.record + 1u;
+    s.stamp = st.stamp + 1u;
+    return s;
 }

@@ -183,13 +183,20 @@ fn detail_rows(at: u32) -> u32 {
 // clean pass's collection is this and little else); every lane gets them.
 fn scan_take_hits(lid: u32) -> vec4<u32> {
     if (lid == 0u) {
-        var h = vec4<u32>(0u);
-        for (var b = 0u; b < SCAN_BUFS; b = b + 1u) {
-            h[b] = atomicExchange(&scan_hits[b], 0u);
-        }
-        sc_hits = h;
+        scan_take_hits_lane0();
     }
     return workgroupUniformLoad(&sc_hits);
+}
+
+// scan_take_hits' part for lane 0, into `sc_hits`, with no barrier: for a
+// caller that issues it beside its own first reads and waits on all of
+// them at one barrier (reduce.wgsl).
+fn scan_take_hits_lane0() {
+    var h = vec4<u32>(0u);
+    for (var b = 0u; b < SCAN_BUFS; b = b + 1u) {
+        h[b] = atomicExchange(&scan_hits[b], 0u);
+    }
+    sc_hits = h;
 }
 
 // One workgroup of WG lanes, all calling: folds the findings of `buf` over

@@ -480,8 +480,9 @@ fn read_ahead_and_kept_columns_change_no_bits() {
         keep: bool,
         vec4: bool,
         vectors: bool,
+        pq_shared: bool,
     }
-    const DEFAULT: Sw = Sw { prefetch: true, keep: true, vec4: false, vectors: false };
+    const DEFAULT: Sw = Sw { prefetch: true, keep: true, vec4: false, vectors: false, pq_shared: false };
     let seed = seed("read_ahead_and_kept_columns");
     // (D, lanes, row blocks): D = 56 and 20 keep their columns at these
     // lanes (D ≤ 8 × lanes), which only this test builds with KEEP off or
@@ -497,12 +498,14 @@ fn read_ahead_and_kept_columns_change_no_bits() {
             keep_columns: Some(sw.keep),
             vec4: Some(sw.vec4),
             kept_vectors: Some(sw.vectors),
+            pq_shared: Some(sw.pq_shared),
             ..GpuOptions::default()
         };
         let source = TableSource::Data(table.to_vec());
         let mut t = GpuTrainer::with_batches(gpu(), shape, cfg, source, opts, batches.clone())
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((t.kernel_shape(), t.row_blocks(), t.vec4()), ((64, lanes), blocks, sw.vec4));
+        assert_eq!(t.pq_shared(), sw.vec4 && sw.pq_shared);
         let keeps = sw.keep && !sw.vec4 && (sw.vectors || shape.dim <= 8 * lanes as usize);
         assert_eq!((t.keeps_columns(), t.kept_in_vectors()), (keeps, keeps && sw.vectors));
         let recs: Vec<Record> = t.steps(4).unwrap();
@@ -552,6 +555,10 @@ fn read_ahead_and_kept_columns_change_no_bits() {
             let (t1, r1) = run(shape, cfg, &table, &batches, lanes, blocks, Sw { prefetch: false, ..v4 });
             assert!(t1 == t0, "{ctx}, vec4 without read-ahead: tables differ");
             assert_eq!(r1, r0, "{ctx}, vec4 without read-ahead: records differ");
+            // p and q from workgroup memory: the same values, the same bits.
+            let (t1, r1) = run(shape, cfg, &table, &batches, lanes, blocks, Sw { pq_shared: true, ..v4 });
+            assert!(t1 == t0, "{ctx}, vec4 with p and q shared: tables differ");
+            assert_eq!(r1, r0, "{ctx}, vec4 with p and q shared: records differ");
         }
         // The switches reached the pipelines (a switch dropped on the way
         // would pass the comparisons above by comparing a kernel with itself).
@@ -573,6 +580,7 @@ fn read_ahead_and_kept_columns_change_no_bits() {
             ("KEEP", 1.0),
             ("KEPT_VECTORS", 0.0),
             ("KEPT_VECTORS", 1.0),
+            ("PQ_SHARED", 1.0),
         ] {
             assert!(fused_with(name, v), "D {dim}, L {lanes}: no fused step built with {name} = {v}");
         }

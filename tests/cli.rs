@@ -800,20 +800,33 @@ fn the_fused_steps_shape_switches_are_taken_and_checked() {
     }
     // The switches that change no bits say so on the kernel line, where
     // they apply: read-ahead needs row blocks; kept columns D ≤ 8 × lanes.
+    // (KEEP and KEPT_VECTORS are the 4-byte path's: VEC4 off.)
     let o = gpu_run(&[
         ("LATENT_LINE_LANES", "4"),
         ("LATENT_LINE_ROW_BLOCKS", "2"),
         ("LATENT_LINE_PREFETCH", "0"),
         ("LATENT_LINE_KEEP", "0"),
+        ("LATENT_LINE_VEC4", "0"),
     ]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && out.contains(", no read-ahead, columns read twice"), "{out}{}", stderr(&o));
-    for (var, v, said) in
-        [("LATENT_LINE_KEPT_VECTORS", "0", ", kept in an array"), ("LATENT_LINE_VEC4", "1", ", 16-byte loads")]
-    {
-        let o = gpu_run(&[("LATENT_LINE_LANES", "4"), (var, v)]);
+    let o = gpu_run(&[("LATENT_LINE_LANES", "4"), ("LATENT_LINE_KEPT_VECTORS", "0"), ("LATENT_LINE_VEC4", "0")]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains(", kept in an array"), "{out}{}", stderr(&o));
+    // 16-byte columns by default where D allows (D = 16 at 4 lanes), not
+    // with VEC4 off; p and q in workgroup memory on request.
+    for (env, said) in [
+        (vec![], Some(", 16-byte loads")),
+        (vec![("LATENT_LINE_VEC4", "0")], None),
+        (vec![("LATENT_LINE_PQ_SHARED", "1")], Some(", 16-byte loads, p and q in workgroup memory")),
+    ] {
+        let o = gpu_run(&[[("LATENT_LINE_LANES", "4")].as_slice(), &env].concat());
         let out = String::from_utf8_lossy(&o.stdout);
-        assert!(o.status.success() && out.contains(said), "{var}: {out}{}", stderr(&o));
+        assert!(o.status.success(), "{env:?}: {}", stderr(&o));
+        match said {
+            Some(s) => assert!(out.contains(s) && out.contains(&format!("{s}\n")), "{env:?}: {out}"),
+            None => assert!(!out.contains("16-byte"), "{env:?}: {out}"),
+        }
     }
     // wgpu's loop counters, on request: said on the kernel line, the same
     // table bit for bit; any other value refused, naming the variable.
@@ -1363,6 +1376,7 @@ fn driver_statistics_come_from_a_real_gpu_compiler() {
                 .env("RADV_FORCE_FAMILY", "navi21")
                 .env("LATENT_LINE_STATS_DEVICE", "radv")
                 .env("LATENT_LINE_LANES", "4")
+                .env("LATENT_LINE_VEC4", "0") // KEEP is the 4-byte path's (16-byte columns are always kept)
                 .env("LATENT_LINE_KEEP", keep)
                 .output()
                 .expect("run latent-line");

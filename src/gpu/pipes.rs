@@ -152,6 +152,9 @@ pub struct Constants {
     pub keep: bool,
     /// fused_step.wgsl's KEPT_VECTORS: kept 4-byte columns in vectors.
     pub kept_vectors: bool,
+    /// fused_step.wgsl's PQ_SHARED: under VEC4, p and q read from
+    /// workgroup memory rather than held in registers.
+    pub pq_shared: bool,
 }
 
 impl Default for Constants {
@@ -172,6 +175,7 @@ impl Default for Constants {
             prefetch: true,
             keep: true,
             kept_vectors: false,
+            pq_shared: false,
         }
     }
 }
@@ -198,6 +202,7 @@ impl Constants {
             ("VEC4", if self.vec4 { 1.0 } else { 0.0 }),
             ("PREFETCH", if self.prefetch { 1.0 } else { 0.0 }),
             ("KEPT_VECTORS", if self.kept_vectors { 1.0 } else { 0.0 }),
+            ("PQ_SHARED", if self.pq_shared { 1.0 } else { 0.0 }),
             ("KEPT4", kept_vec4s(self.dim, self.lanes).min(KEPT_VEC4S) as f64),
         ];
         let constants: Vec<(&str, f64)> =

@@ -54,7 +54,7 @@ macro_rules! fused_overrides {
     ($($extra:literal),*) => {
         &[
             "WG", "D", "MODE", "NAIVE", "GUARD", "UPDATE", "SCAN", "L", "KEEP", "MOMENTUM", "SCAN_BUFS", "BATCHED",
-            "CLIP", "PREP", "DIRECT", "BLOCKS", "VEC4", "KEPT4", "PREFETCH", "KEPT_VECTORS" $(, $extra)*
+            "CLIP", "PREP", "DIRECT", "BLOCKS", "VEC4", "KEPT4", "PREFETCH", "KEPT_VECTORS", "PQ_SHARED" $(, $extra)*
         ]
     };
 }
@@ -216,6 +216,38 @@ mod tests {
         ];
         for line in lines {
             assert!(FUSED_STEP.source.lines().any(|l| l.trim() == line), "fused_step.wgsl lacks `{line}`");
+        }
+    }
+
+    /// Override values are applied at pipeline creation, where naga
+    /// evaluates what they make constant (a division by a D / 4 that is 0
+    /// was refused there, for D < 4, with every test above passing): each
+    /// kernel's entry points take small and usual D at 1 and 4 lanes.
+    #[test]
+    fn every_kernel_takes_its_override_values() {
+        for k in KERNELS {
+            let module = k.validate().unwrap_or_else(|e| panic!("{e}"));
+            let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), k.capabilities)
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{}: {e:?}", k.name));
+            for d in [1.0, 2.0, 3.0, 4.0, 6.0, 64.0] {
+                for lanes in [1.0, 4.0] {
+                    let constants: naga::back::PipelineConstants = [("WG", 64.0), ("D", d), ("L", lanes), ("SG", 4.0)]
+                        .into_iter()
+                        .filter(|(n, _)| k.overrides.contains(n))
+                        .map(|(n, v)| (n.to_string(), v))
+                        .collect();
+                    for entry in k.entry_points {
+                        let r = naga::back::pipeline_constants::process_overrides(
+                            &module,
+                            &info,
+                            Some((naga::ShaderStage::Compute, entry)),
+                            &constants,
+                        );
+                        assert!(r.is_ok(), "{} {entry}, D {d}, L {lanes}: {:?}", k.name, r.err());
+                    }
+                }
+            }
         }
     }
 

@@ -121,8 +121,9 @@ pub struct GpuOptions {
     /// with p and q of them held from the start (fused_step.wgsl's VEC4),
     /// and of a batch's rows in batch_io.wgsl, where D is a multiple of 4
     /// and each lane's vec4s are kept (D ≤ 16 × lanes: `pipes::keeps_vec4s`);
-    /// elsewhere it has no effect. `None`: `LATENT_LINE_VEC4` (`0` or `1`) where set, else off
-    /// (until a GPU has timed it).
+    /// elsewhere it has no effect. `None`: `LATENT_LINE_VEC4` (`0` or `1`) where set, else on
+    /// (H200, 1M × 64, by `--profile`: 0.2085 ms a step at 4 lanes against
+    /// 0.2218 for the 4-byte path's best, 8 lanes; BENCHMARKS.md, tenth session).
     pub vec4: Option<bool>,
     /// The fused step reads a workgroup's next row block while it works on
     /// this one (fused_step.wgsl's PREFETCH: more bytes in flight a lane,
@@ -145,6 +146,12 @@ pub struct GpuOptions {
     /// keeps either in the same registers (BENCHMARKS.md, ninth session).
     /// Not yet timed on a GPU. The same bits either way.
     pub kept_vectors: Option<bool>,
+    /// Under VEC4, p and q of a lane's columns read from workgroup memory
+    /// at each use instead of held in registers across the workgroup's
+    /// rows (fused_step.wgsl's PQ_SHARED: fewer registers, hence more
+    /// workgroups an SM). `None`: `LATENT_LINE_PQ_SHARED` (`0` or `1`)
+    /// where set, else off. The same bits either way.
+    pub pq_shared: Option<bool>,
 }
 
 impl Default for GpuOptions {
@@ -163,6 +170,7 @@ impl Default for GpuOptions {
             prefetch: None,
             keep_columns: None,
             kept_vectors: None,
+            pq_shared: None,
         }
     }
 }
@@ -187,6 +195,9 @@ struct FusedShape {
     keep: bool,
     /// fused_step.wgsl's KEPT_VECTORS (as asked): [`GpuOptions::kept_vectors`].
     kept_vectors: bool,
+    /// fused_step.wgsl's PQ_SHARED (as asked, applied under VEC4 only):
+    /// [`GpuOptions::pq_shared`].
+    pq_shared: bool,
 }
 
 impl FusedShape {
@@ -200,6 +211,7 @@ impl FusedShape {
             prefetch: self.prefetch,
             keep: self.keep,
             kept_vectors: self.kept_vectors,
+            pq_shared: self.pq_shared && self.vec4,
             ..Constants::new(shape, cfg, self.wg)
         }
     }
@@ -528,7 +540,8 @@ impl GpuTrainer {
         // may lower the workgroup further; the kernel line says).
         let wg_asked = or_env(opts.workgroup, "LATENT_LINE_WORKGROUP", 256)?;
         let wg = ctx.workgroup_size(wg_asked.unwrap_or(if ctx.is_software() { 64 } else { 256 }));
-        let auto_lanes = Self::default_lanes(&ctx, shape.dim);
+        let vec4_asked = or_env_flag(opts.vec4, "LATENT_LINE_VEC4")?.unwrap_or(true);
+        let auto_lanes = Self::default_lanes(&ctx, shape.dim, vec4_asked);
         let lanes_asked = or_env(opts.lanes_per_row, "LATENT_LINE_LANES", 32)?;
         let mut lanes = lanes_asked.unwrap_or(auto_lanes).clamp(1, wg.min(32));
         // The adapter's smallest subgroup: rows of up to that many lanes fold
@@ -571,12 +584,12 @@ impl GpuTrainer {
             lanes /= 2;
         }
         let blocks = blocks_for(lanes);
-        let vec4_asked = or_env_flag(opts.vec4, "LATENT_LINE_VEC4")?.unwrap_or(false);
         // Whether the fused step takes its kept columns 16 bytes at a time.
         let vec4 = vec4_asked && keeps_vec4s(shape.dim as u32, lanes);
         let prefetch = or_env_flag(opts.prefetch, "LATENT_LINE_PREFETCH")?.unwrap_or(true);
         let keep = or_env_flag(opts.keep_columns, "LATENT_LINE_KEEP")?.unwrap_or(true);
         let kept_vectors = or_env_flag(opts.kept_vectors, "LATENT_LINE_KEPT_VECTORS")?.unwrap_or(true);
+        let pq_shared = or_env_flag(opts.pq_shared, "LATENT_LINE_PQ_SHARED")?.unwrap_or(false);
         let strikes = if cfg.guard.policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
         let biggest = records(lanes).max(strikes);
         // The batch buffers and the two-read steps' per-slot coefficients
@@ -614,7 +627,7 @@ impl GpuTrainer {
             shape,
             cfg,
             opts,
-            FusedShape { wg, lanes, subgroup, blocks, vec4, prefetch, keep, kept_vectors },
+            FusedShape { wg, lanes, subgroup, blocks, vec4, prefetch, keep, kept_vectors, pq_shared },
             max_groups,
             layout,
             schedule,
@@ -694,14 +707,20 @@ impl GpuTrainer {
 
     /// The fused step's lanes a row when not asked for. On a software
     /// adapter one (lavapipe runs each workgroup barrier as a thread
-    /// switch, and a lane per row needs none). On a GPU, about 8 columns a
-    /// lane: every lane of a row repeats the row's scalar work
-    /// (distances, coefficients, bookkeeping), so at 32 lanes (2 columns
-    /// each) that work, not memory, set the pace (H200, 1M × 64: 1.11 ms
-    /// at 32 lanes, 0.77 at 16, 0.55 at 8; BENCHMARKS.md).
-    pub fn default_lanes(ctx: &GpuContext, dim: usize) -> u32 {
+    /// switch, and a lane per row needs none). On a GPU as few as still
+    /// keep a row's columns in registers, since every lane of a row repeats
+    /// the row's scalar work (distances, coefficients, bookkeeping): 16
+    /// columns a lane (four vec4s) where D is a multiple of 4 and the
+    /// 16-byte path takes it (`vec4`: asked for), else about 8. H200 by `--profile`, 1M × 64:
+    /// 16-byte columns at 4 lanes 0.2085 ms a step, at 8 0.2574, at 16
+    /// 0.2287; 4-byte ones at 8 lanes 0.2218, at 4 0.3021; 1M × 128,
+    /// 16-byte at 8 lanes 0.354 against 0.708 at 4 (columns not kept);
+    /// BENCHMARKS.md, tenth session.
+    pub fn default_lanes(ctx: &GpuContext, dim: usize, vec4: bool) -> u32 {
         if ctx.is_software() {
             1
+        } else if vec4 && dim.is_multiple_of(4) {
+            (dim as u32).div_ceil(16).next_power_of_two().min(32)
         } else {
             (dim as u32).div_ceil(8).next_power_of_two().min(32)
         }
@@ -721,6 +740,12 @@ impl GpuTrainer {
     /// a time ([`GpuOptions::vec4`], where it applies).
     pub fn vec4(&self) -> bool {
         self.fused.vec4
+    }
+
+    /// Whether, under VEC4, p and q are read from workgroup memory
+    /// ([`GpuOptions::pq_shared`]).
+    pub fn pq_shared(&self) -> bool {
+        self.fused.vec4 && self.fused.pq_shared
     }
 
     /// Whether a lane of the fused step holds its 4-byte columns in
@@ -831,7 +856,11 @@ impl Trainer for GpuTrainer {
                     1 => String::new(),
                     b => format!(", {b} row blocks a workgroup ({} rows)", self.fused.wg / self.fused.lanes * b),
                 },
-                if self.fused.vec4 { ", 16-byte loads" } else { "" },
+                match (self.fused.vec4, self.fused.pq_shared) {
+                    (true, true) => ", 16-byte loads, p and q in workgroup memory",
+                    (true, false) => ", 16-byte loads",
+                    _ => "",
+                },
                 if self.fused.prefetch || self.fused.blocks == 1 { "" } else { ", no read-ahead" },
                 if self.fused.keep
                     || !keeps_columns(self.shape.dim as u32, self.fused.lanes, self.fused.kept_vectors)
