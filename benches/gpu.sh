@@ -149,7 +149,7 @@ tst 120 "$B/batches" dropped
 # row's sums; the tests above ran every one against the reference).
 # TUNE=0: the built-in shapes.
 #
-# TUNE_ARGS=… tune LABEL [CANDIDATE …]: each candidate's step (the twelve
+# TUNE_ARGS=… tune LABEL [CANDIDATE …]: each candidate's step (the eight
 # below, then the extra ones) by --profile, GPU time a step (the step's
 # kernels: Σ passes × ms/pass ÷ steps); sets TUNED to the fastest's
 # switches ("" for the built-in shape); a candidate wins only by 2 %.
@@ -160,10 +160,9 @@ tune() {
     # A run first, untimed: the first candidate should not pay for the
     # card's clocks coming up.
     timeout 60 "$B/latent-line" --backend gpu --rows "$R" --steps 40 $TUNE_ARGS >/dev/null 2>&1
-    for cand in "" "LATENT_LINE_PQ_SHARED=1" "LATENT_LINE_PREFETCH=0" "LATENT_LINE_PQ_SHARED=1 LATENT_LINE_PREFETCH=0" \
-        "LATENT_LINE_LANES=8" "LATENT_LINE_LANES=8 LATENT_LINE_PQ_SHARED=1" "LATENT_LINE_LANES=16" "LATENT_LINE_VEC4=0" \
-        "LATENT_LINE_ROW_BLOCKS=2" "LATENT_LINE_ROW_BLOCKS=2 LATENT_LINE_PQ_SHARED=1" \
-        "LATENT_LINE_WORKGROUP=128 LATENT_LINE_PQ_SHARED=1" "LATENT_LINE_ROW_BLOCKS=1 LATENT_LINE_PQ_SHARED=1" "$@"; do
+    for cand in "" "LATENT_LINE_PREFETCH=0" "LATENT_LINE_ROW_BLOCKS=2" "LATENT_LINE_LANES=8" "LATENT_LINE_VEC4=0" \
+        "LATENT_LINE_LANES=2" "LATENT_LINE_LANES=2 LATENT_LINE_PQ_SHARED=1" \
+        "LATENT_LINE_LANES=2 LATENT_LINE_PQ_SHARED=1 LATENT_LINE_PREFETCH=0" "$@"; do
         out=$(env $cand timeout 60 "$B/latent-line" --backend gpu --rows "$R" --steps 40 --profile $TUNE_ARGS 2>&1)
         ms=$(echo "$out" | awk '$1 ~ /\.wgsl$/ { for (i = 2; i < NF; i++) if ($i == "passes" && $(i - 1) >= 40) t += $(i - 1) * $(i + 1) }
             END { if (t > 0) printf "%.4f", t / 40 }')
@@ -219,7 +218,7 @@ with_batch_shape "$B/latent-line" --rows "$R" --steps 50 --batch "$BATCH" --prof
 # criterion's filter: the GPU-time group and the 1 GiB scan (full, diag),
 # or both GPU groups (quick). (Not `GROUPS`: bash owns that name.)
 # (Full: the benches the bars and the account need, at 1M × 64 and 128.)
-BENCH_FILTER='gpu-time.*/(copy-shader|copy-shader-vec4|step-noscan|step-ignore|step-skip-step|step-skip-step-4byte|step-skip-step-pqshared|step-skip-step-noprefetch|eval|eval-4byte|batch-random-65536|batch-indices-65536|batch-random-ignore-65536|batch-random-4byte-65536|scan|scan-copy|scan-4byte)/'
+BENCH_FILTER='gpu-time.*/(copy-shader|copy-shader-vec4|step-noscan|step-ignore|step-skip-step|step-skip-step-4byte|eval|batch-random-65536|batch-indices-65536|batch-random-ignore-65536|scan|scan-copy)/'
 [ "$MODE" = quick ] && BENCH_FILTER=gpu
 echo "== cargo bench (criterion): $BENCH_FILTER"
 timeout 300 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 "$BENCH_FILTER" 2>&1 | grep -E "^gpu|time:" | grep -v "%"
@@ -239,10 +238,10 @@ echo "== peers: PyTorch (CUDA events)"
 PYTHONUNBUFFERED=1 timeout 120 python3 benches/peers/torch_step.py "$R" 64 "$BATCH" 2>&1 | grep -v Warning
 python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars.txt"
 
-echo "== $HUGE_ROWS × 64: the step and its copy in the bench (GPU time), then the main job's step (wall)"
+echo "== $HUGE_ROWS × 64: the step and its copy in the bench (GPU time); LONG=1: the main job's step too (wall)"
 LATENT_LINE_BENCH_HUGE=1 timeout 150 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 "${HUGE_ROWS}x" 2>&1 | grep -E "^gpu|time:" | grep -v "%"
 python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars.txt"
-timeout 120 "$B/latent-line" --rows "$HUGE_ROWS" --dim 64 --steps 10 | grep -E "kernel|table|speed|finite"
+[ "${LONG:-0}" = 1 ] && timeout 120 "$B/latent-line" --rows "$HUGE_ROWS" --dim 64 --steps 10 | grep -E "kernel|table|speed|finite"
 
 echo "== latent-line scan on a 1 GiB table"
 "$B/latent-line" --rows "$SCAN_ROWS" --dim 64 --steps 0 --save /tmp/big.npy >/dev/null

@@ -13,7 +13,11 @@
 
 override SG: u32 = 32u;   // the adapter's subgroup_min_size (a power of two)
 
-var<workgroup> wg_row: array<vec3<f32>, MAX_WG>;
+// Its tree in workgroup memory, for rows wider than a subgroup only:
+// sized by the host (ROW_TREE = WG where L > SG, else 1), as an array
+// that only dead code uses still takes workgroup memory on NVIDIA.
+override ROW_TREE: u32 = 256u;
+var<workgroup> wg_row: array<vec3<f32>, ROW_TREE>;
 
 // Folds v over the L lanes of each row; every lane gets its row's total.
 // All lanes must call it.

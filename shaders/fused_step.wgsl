@@ -97,7 +97,7 @@ override VEC4: bool = false;
 // host): code for the vec4s past it is dead at pipeline creation, so they
 // take no registers.
 override KEPT4: u32 = 2u;
-const MAX_KEPT4: u32 = 4u;
+const MAX_KEPT4: u32 = 8u;
 // VEC4: p and q of the lane's vec4s read from workgroup memory (`wg_pq`,
 // filled once a workgroup) at each use, instead of held in registers
 // (`p4`, `q4`) across all of the workgroup's rows: at 4 lanes and D = 64
@@ -126,8 +126,13 @@ override PQ_SHARED: bool = false;
 @group(0) @binding(19) var<storage, read_write> vel_b4: array<vec4<f32>>;
 
 var<workgroup> wg_flags: vec2<u32>;   // (state.cur, state.halted), made uniform
-// PQ_SHARED: p's vec4s (D/4 of them), then q's; VEC4 has D ≤ 16·L ≤ 512.
-var<workgroup> wg_pq: array<vec4<f32>, 256>;
+// PQ_SHARED: p's vec4s (D/4 of them), then q's. Sized by the host:
+// PQ_VEC4S = D/2 with PQ_SHARED, else 1, since NVIDIA gives a kernel all
+// of its workgroup arrays, dead code's too (its compiler reported the
+// fused step's 15 616 bytes becoming 19 728 with this array at 256, and
+// the H200 then ran the 16-lane and 4-byte shapes 8–25 % slower).
+override PQ_VEC4S: u32 = 1u;
+var<workgroup> wg_pq: array<vec4<f32>, PQ_VEC4S>;
 
 // VEC4: a lane's kept values, its vec4s `lane` (a), `lane + L` (b), … of
 // a row (MAX_KEPT4 of them); a vec4 past the row is zeros, never read.
@@ -137,6 +142,10 @@ struct Kept4 {
     b: vec4<f32>,
     c: vec4<f32>,
     d: vec4<f32>,
+    e: vec4<f32>,
+    f: vec4<f32>,
+    g: vec4<f32>,
+    h: vec4<f32>,
 }
 
 fn kept_get(k: Kept4, q: u32) -> vec4<f32> {
@@ -144,7 +153,11 @@ fn kept_get(k: Kept4, q: u32) -> vec4<f32> {
         case 0u: { return k.a; }
         case 1u: { return k.b; }
         case 2u: { return k.c; }
-        default: { return k.d; }
+        case 3u: { return k.d; }
+        case 4u: { return k.e; }
+        case 5u: { return k.f; }
+        case 6u: { return k.g; }
+        default: { return k.h; }
     }
 }
 
@@ -154,7 +167,11 @@ fn kept_set(k: Kept4, q: u32, v: vec4<f32>) -> Kept4 {
         case 0u: { r.a = v; }
         case 1u: { r.b = v; }
         case 2u: { r.c = v; }
-        default: { r.d = v; }
+        case 3u: { r.d = v; }
+        case 4u: { r.e = v; }
+        case 5u: { r.f = v; }
+        case 6u: { r.g = v; }
+        default: { r.h = v; }
     }
     return r;
 }
@@ -176,7 +193,8 @@ fn q_get(q4: Kept4, lane: u32, q_: u32) -> vec4<f32> {
 }
 
 fn no_kept4() -> Kept4 {
-    return Kept4(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    let z = vec4<f32>(0.0);
+    return Kept4(z, z, z, z, z, z, z, z);
 }
 
 // KEPT_VECTORS: the lane's kept column j (its j-th, column lane + j·L).

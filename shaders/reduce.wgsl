@@ -216,8 +216,12 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         }
         bad = bad || (found && buf > 0u);
     }
-    // Strike counts of the rows listed for the rows written (skip-row).
-    storageBarrier();
+    // Strike counts of the rows listed for the rows written (skip-row:
+    // the list is read back, so after a barrier; the other guards write
+    // zeros).
+    if (GUARD == GUARD_SKIP_ROW) {
+        storageBarrier();
+    }
     let table_block = slot + REC_HEADER + 2u * SCAN_WORDS;
     let listed = select(0u, scan_out[table_block + 10u], GUARD == GUARD_SKIP_ROW);
     for (var j = lid; j < SCAN_CAP; j = j + WG) {

@@ -209,10 +209,14 @@ fn scan_collect(lid: u32, buf: u32, nwg: u32, stamp: u32, out: u32, in_order: bo
     for (var j = lid; j < SCAN_WORDS; j = j + WG) {
         scan_out[out + j] = 0u;
     }
-    storageBarrier();   // the zeros land before lane 0 and the listing lanes write
+    // `hits` is uniform: a clean buffer (the usual case) is done with its
+    // zeros, and waits on no barrier (a storage barrier may wait for the
+    // stores in flight: this pass is one workgroup, so its time is such
+    // waits in a row).
     if (hits == 0u) {
         return false;
     }
+    storageBarrier();   // the zeros land before lane 0 and the listing lanes write
     // Totals and the first workgroup with a finding.
     var nan = vec2<u32>(0u, 0u);
     var pinf = vec2<u32>(0u, 0u);

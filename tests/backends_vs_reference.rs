@@ -95,10 +95,10 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>) -> Box
             let t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table), opts).unwrap();
             assert_eq!((t.kernel_shape(), t.row_blocks()), ((wg, lanes), blocks));
             let d = shape.dim;
-            // VEC4 holds up to 4 vec4s a lane: D ≤ 16 · lanes.
+            // VEC4 holds up to 8 vec4s a lane: D ≤ 32 · lanes.
             assert_eq!(
                 t.vec4(),
-                vec4 && d.is_multiple_of(4) && d <= 16 * lanes as usize,
+                vec4 && d.is_multiple_of(4) && d <= 32 * lanes as usize,
                 "VEC4 taken where it applies"
             );
             Box::new(t)
@@ -330,8 +330,9 @@ fn gpu_reduce_folds_many_more_partials_than_it_has_lanes() {
 
 #[test]
 fn gpu_fused_step_matches_reference_with_vec4() {
-    // Kept columns read and written 16 bytes at a time: four vec4s a lane
-    // (D = 64 at 4 lanes), three (24 at 2), two (64 at 8), one (64 at 16),
+    // Kept columns read and written 16 bytes at a time: eight vec4s a lane
+    // (D = 64 at 2 lanes), seven or eight (60 at 2), four (64 at 4), three
+    // (24 at 2), two (64 at 8), one (64 at 16),
     // unevenly spread (12 at 2 lanes: lane 0 has vec4s 0 and 2, lane 1
     // only vec4 1; 52 at 4: lane 0 has four, the others three), a lane
     // with none (4 at 2), each endpoint mode and the guards, with the
@@ -339,7 +340,17 @@ fn gpu_fused_step_matches_reference_with_vec4() {
     // clipping in turn.
     let seed = seed("gpu_vec4");
     let mut case = 0u64;
-    let shapes = [(4u32, 2u32, 64usize), (2, 1, 24), (8, 4, 64), (16, 2, 64), (2, 1, 12), (4, 2, 52), (2, 2, 4)];
+    let shapes = [
+        (2u32, 2u32, 64usize),
+        (2, 1, 60),
+        (4, 2, 64),
+        (2, 1, 24),
+        (8, 4, 64),
+        (16, 2, 64),
+        (2, 1, 12),
+        (4, 2, 52),
+        (2, 2, 4),
+    ];
     for (lanes, blocks, dim) in shapes {
         for endpoints in [Endpoints::Frozen, Endpoints::Detached, Endpoints::Attached] {
             case += 1;
@@ -471,6 +482,11 @@ fn a_host_write_to_an_anchor_row_is_seen_by_the_next_step() {
 /// default's bits, table and records, over full tables and random batches
 /// (in place, with the undo log), with momentum, the separation term and
 /// clipping. (skip-row reads a row's columns twice whatever KEEP.)
+/// Bit for bit where the driver rounds each operation as written (lavapipe,
+/// CI's adapter); a hardware GPU's compiler may fuse a multiply and an add
+/// in one build and not in another (WGSL allows it; the H200 did, for KEEP
+/// off at D = 56), so there the tables agree within rounding and the
+/// records' actions and scans exactly.
 #[test]
 fn read_ahead_and_kept_columns_change_no_bits() {
     use latent_line::{Batches, Record};
@@ -537,6 +553,20 @@ fn read_ahead_and_kept_columns_change_no_bits() {
                 format!("D {dim}, L {lanes}, blocks {blocks}, {batches:?}, {endpoints:?}, {policy:?}, seed {seed}");
             let (t0, r0) = run(shape, cfg, &table, &batches, lanes, blocks, DEFAULT);
             assert!(t0 != table.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "{ctx}: nothing trained");
+            let exact = gpu().is_software();
+            let same = |(t1, r1): &(Vec<u32>, Vec<Record>), (t0, r0): &(Vec<u32>, Vec<Record>), what: String| {
+                if exact {
+                    assert!(t1 == t0, "{what}: tables differ");
+                    assert_eq!(r1, r0, "{what}: records differ");
+                } else {
+                    let f = |t: &[u32]| t.iter().map(|&b| f32::from_bits(b)).collect::<Vec<f32>>();
+                    let want: Vec<f64> = f(t0).iter().map(|&x| x as f64).collect();
+                    assert_table_close(&f(t1), &want, shape.dim, 1e-5, &what);
+                    let acts = |r: &[Record]| r.iter().map(|x| (x.action, x.scans.clone())).collect::<Vec<_>>();
+                    assert_eq!(acts(r1), acts(r0), "{what}: records differ");
+                }
+            };
+            let base = (t0, r0);
             for sw in [
                 Sw { prefetch: false, ..DEFAULT },
                 Sw { keep: false, ..DEFAULT },
@@ -544,21 +574,15 @@ fn read_ahead_and_kept_columns_change_no_bits() {
                 Sw { vectors: true, ..DEFAULT },
                 Sw { vectors: true, prefetch: false, ..DEFAULT },
             ] {
-                let (t1, r1) = run(shape, cfg, &table, &batches, lanes, blocks, sw);
-                assert!(t1 == t0, "{ctx}, {sw:?}: tables differ");
-                assert_eq!(r1, r0, "{ctx}, {sw:?}: records differ");
+                same(&run(shape, cfg, &table, &batches, lanes, blocks, sw), &base, format!("{ctx}, {sw:?}"));
             }
             // 16-byte kept columns (their own summation order): read ahead
-            // or not, the same bits.
+            // or not, p and q from workgroup memory or not, the same bits.
             let v4 = Sw { vec4: true, ..DEFAULT };
-            let (t0, r0) = run(shape, cfg, &table, &batches, lanes, blocks, v4);
-            let (t1, r1) = run(shape, cfg, &table, &batches, lanes, blocks, Sw { prefetch: false, ..v4 });
-            assert!(t1 == t0, "{ctx}, vec4 without read-ahead: tables differ");
-            assert_eq!(r1, r0, "{ctx}, vec4 without read-ahead: records differ");
-            // p and q from workgroup memory: the same values, the same bits.
-            let (t1, r1) = run(shape, cfg, &table, &batches, lanes, blocks, Sw { pq_shared: true, ..v4 });
-            assert!(t1 == t0, "{ctx}, vec4 with p and q shared: tables differ");
-            assert_eq!(r1, r0, "{ctx}, vec4 with p and q shared: records differ");
+            let base = run(shape, cfg, &table, &batches, lanes, blocks, v4);
+            for sw in [Sw { prefetch: false, ..v4 }, Sw { pq_shared: true, ..v4 }] {
+                same(&run(shape, cfg, &table, &batches, lanes, blocks, sw), &base, format!("{ctx}, {sw:?}"));
+            }
         }
         // The switches reached the pipelines (a switch dropped on the way
         // would pass the comparisons above by comparing a kernel with itself).

@@ -58,7 +58,7 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>, batche
                 ..GpuOptions::default()
             };
             let t = GpuTrainer::with_batches(gpu(), shape, cfg, source, opts, batches).unwrap();
-            assert_eq!(t.vec4(), vec4 && shape.dim.is_multiple_of(4) && shape.dim <= 16 * lanes as usize);
+            assert_eq!(t.vec4(), vec4 && shape.dim.is_multiple_of(4) && shape.dim <= 32 * lanes as usize);
             Box::new(t)
         }
     }

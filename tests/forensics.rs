@@ -567,18 +567,19 @@ fn assert_planted_overflow_reported(
     }
 }
 
-/// With 16-byte kept columns a lane may hold up to four vec4s (here 4
-/// lanes at D = 64: lane l has vec4s l, l + 4, l + 8 and l + 12). An
-/// overflow in a later one alone must still send that lane down the
-/// findings path: planted in each of vec4s b, c and d in turn.
+/// With 16-byte kept columns a lane may hold up to eight vec4s (4 lanes
+/// at D = 64: lane l has vec4s l, l + 4, l + 8 and l + 12; 2 lanes: eight
+/// each). An overflow in a later one alone must still send that lane down
+/// the findings path: planted in each of vec4s b, c and d in turn at 4
+/// lanes, and in e, g and h at 2.
 #[test]
 fn an_overflow_in_a_lanes_later_vec4_is_reported() {
     let seed = seed("later_vec4_overflow");
     let mut r = rng(seed);
-    let (rows, dim, lanes) = (200usize, 64usize, 4usize);
+    let (rows, dim) = (200usize, 64usize);
     let shape = Shape::new(rows, dim).unwrap();
     let clean = random_table(&mut r, rows, dim);
-    for q in 1..4 {
+    for (lanes, q) in [(4usize, 1usize), (4, 2), (4, 3), (2, 4), (2, 6), (2, 7)] {
         let (row, lane) = (r.random_range(10..190), r.random_range(0..lanes));
         let col = 4 * (lane + q * lanes) + r.random_range(0..4);
         let opts = GpuOptions {
@@ -613,6 +614,7 @@ fn an_overflow_in_a_kept_column_is_reported_from_vectors_and_from_an_array() {
                 lanes_per_row: Some(lanes as u32),
                 row_blocks: Some(2),
                 kept_vectors: Some(vectors),
+                vec4: Some(false), // the 4-byte path's kept columns (16-byte ones are the test above)
                 ..GpuOptions::default()
             };
             let ctx = format!("kept column {j} of lane {lane} of {lanes}, in vectors {vectors}, seed {seed}");

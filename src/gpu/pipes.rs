@@ -23,7 +23,7 @@ pub fn keeps_columns(dim: u32, lanes: u32, vectors: bool) -> bool {
 
 /// fused_step.wgsl's MAX_KEPT4: under VEC4 a lane keeps up to this many
 /// vec4s of its row, in vectors (a unit test holds the two equal).
-pub const KEPT_VEC4S: u32 = 4;
+pub const KEPT_VEC4S: u32 = 8;
 
 /// fused_step.wgsl's KEPT4: the most vec4s of a row of `dim` that one of
 /// `lanes` lanes takes (lane l: vec4s l, l + lanes, …).
@@ -203,6 +203,11 @@ impl Constants {
             ("PREFETCH", if self.prefetch { 1.0 } else { 0.0 }),
             ("KEPT_VECTORS", if self.kept_vectors { 1.0 } else { 0.0 }),
             ("PQ_SHARED", if self.pq_shared { 1.0 } else { 0.0 }),
+            // Workgroup arrays sized to their use (NVIDIA allots even those
+            // that only dead code touches): PQ_SHARED's p and q, and
+            // fold_sg.wgsl's tree for rows wider than a subgroup.
+            ("PQ_VEC4S", if self.pq_shared { (self.dim / 2).max(1) as f64 } else { 1.0 }),
+            ("ROW_TREE", if self.subgroup > 0 && self.lanes > self.subgroup { self.wg as f64 } else { 1.0 }),
             ("KEPT4", kept_vec4s(self.dim, self.lanes).min(KEPT_VEC4S) as f64),
         ];
         let constants: Vec<(&str, f64)> =

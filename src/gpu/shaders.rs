@@ -54,7 +54,8 @@ macro_rules! fused_overrides {
     ($($extra:literal),*) => {
         &[
             "WG", "D", "MODE", "NAIVE", "GUARD", "UPDATE", "SCAN", "L", "KEEP", "MOMENTUM", "SCAN_BUFS", "BATCHED",
-            "CLIP", "PREP", "DIRECT", "BLOCKS", "VEC4", "KEPT4", "PREFETCH", "KEPT_VECTORS", "PQ_SHARED" $(, $extra)*
+            "CLIP", "PREP", "DIRECT", "BLOCKS", "VEC4", "KEPT4", "PREFETCH", "KEPT_VECTORS", "PQ_SHARED", "PQ_VEC4S"
+            $(, $extra)*
         ]
     };
 }
@@ -63,7 +64,7 @@ pub const FUSED_STEP: Kernel =
 /// The fused step with fold_sg.wgsl: for devices with `Features::SUBGROUP`.
 pub const FUSED_STEP_SG: Kernel = Kernel {
     helpers: &[REDUCE_WG, SCAN, FOLD_SG],
-    overrides: fused_overrides!("SG"),
+    overrides: fused_overrides!("SG", "ROW_TREE"),
     capabilities: naga::valid::Capabilities::SUBGROUP,
     ..FUSED_STEP
 };

@@ -120,7 +120,7 @@ pub struct GpuOptions {
     /// 16-byte loads and stores of a lane's kept columns in the fused step,
     /// with p and q of them held from the start (fused_step.wgsl's VEC4),
     /// and of a batch's rows in batch_io.wgsl, where D is a multiple of 4
-    /// and each lane's vec4s are kept (D ≤ 16 × lanes: `pipes::keeps_vec4s`);
+    /// and each lane's vec4s are kept (D ≤ 32 × lanes: `pipes::keeps_vec4s`);
     /// elsewhere it has no effect. `None`: `LATENT_LINE_VEC4` (`0` or `1`) where set, else on
     /// (H200, 1M × 64, by `--profile`: 0.2085 ms a step at 4 lanes against
     /// 0.2218 for the 4-byte path's best, 8 lanes; BENCHMARKS.md, tenth session).
@@ -175,6 +175,9 @@ impl Default for GpuOptions {
     }
 }
 
+/// PQ_SHARED's workgroup array holds p and q for D up to this.
+const PQ_SHARED_MAX_DIM: usize = 512;
+
 /// The fused step's shape as `GpuTrainer::new` settled it.
 #[derive(Clone, Copy)]
 struct FusedShape {
@@ -211,7 +214,7 @@ impl FusedShape {
             prefetch: self.prefetch,
             keep: self.keep,
             kept_vectors: self.kept_vectors,
-            pq_shared: self.pq_shared && self.vec4,
+            pq_shared: self.pq_shared && self.vec4 && shape.dim <= PQ_SHARED_MAX_DIM,
             ..Constants::new(shape, cfg, self.wg)
         }
     }
@@ -745,7 +748,7 @@ impl GpuTrainer {
     /// Whether, under VEC4, p and q are read from workgroup memory
     /// ([`GpuOptions::pq_shared`]).
     pub fn pq_shared(&self) -> bool {
-        self.fused.vec4 && self.fused.pq_shared
+        self.fused.vec4 && self.fused.pq_shared && self.shape.dim <= PQ_SHARED_MAX_DIM
     }
 
     /// Whether a lane of the fused step holds its 4-byte columns in
@@ -856,7 +859,7 @@ impl Trainer for GpuTrainer {
                     1 => String::new(),
                     b => format!(", {b} row blocks a workgroup ({} rows)", self.fused.wg / self.fused.lanes * b),
                 },
-                match (self.fused.vec4, self.fused.pq_shared) {
+                match (self.fused.vec4, self.pq_shared()) {
                     (true, true) => ", 16-byte loads, p and q in workgroup memory",
                     (true, false) => ", 16-byte loads",
                     _ => "",
