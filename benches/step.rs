@@ -13,8 +13,9 @@
 //!                   4-byte path's own default lanes; -4byte-nokeep and
 //!                   -4byte-keptarray: its columns read twice, or kept in
 //!                   an array, not vectors
-//!   step-skip-step-noprefetch (gpu-time) without reading the next row
-//!                   block ahead; -pqshared: p and q read from workgroup
+//!   step-skip-step-noprefetch, -prefetch (gpu-time) without and with
+//!                   reading the next row block ahead (the one that is
+//!                   not the default's); -pqshared: p and q read from workgroup
 //!                   memory, not held in registers (-pqshared-noprefetch:
 //!                   both); -Nlanes: at twice and half the default lanes
 //!   eval, eval-4byte (gpu-time) the evaluation pass: every row read and
@@ -250,6 +251,7 @@ fn gpu(c: &mut Criterion) {
             ("step-skip-step-1block".into(), Policy::SkipStep, GpuOptions { row_blocks: Some(1), ..o() }),
             // Registers against bytes in flight (the same bits).
             ("step-skip-step-noprefetch".into(), Policy::SkipStep, GpuOptions { prefetch: Some(false), ..o() }),
+            ("step-skip-step-prefetch".into(), Policy::SkipStep, GpuOptions { prefetch: Some(true), ..o() }),
             ("step-skip-step-pqshared".into(), Policy::SkipStep, GpuOptions { pq_shared: Some(true), ..o() }),
             (
                 "step-skip-step-pqshared-noprefetch".into(),
@@ -271,6 +273,7 @@ fn gpu(c: &mut Criterion) {
             variants.push((format!("step-skip-step-{lanes}lanes"), Policy::SkipStep, opts));
         }
         let mut default_vec4 = false;
+        let mut default_reads_ahead = false;
         let mut b4_keeps = false;
         for (name, policy, opts) in variants.into_iter().filter(|v| sg || v.2.subgroups.is_none()) {
             let mut t =
@@ -280,11 +283,13 @@ fn gpu(c: &mut Criterion) {
             // variants in the list: a variant that would build the same
             // kernel again is left out.)
             match name.as_str() {
-                "step-skip-step" => default_vec4 = t.vec4(),
+                "step-skip-step" => (default_vec4, default_reads_ahead) = (t.vec4(), t.reads_ahead()),
                 "step-skip-step-4byte" => b4_keeps = t.keeps_columns(),
                 _ => {}
             }
             let same = (name.contains("-4byte") && !default_vec4)
+                || (matches!(name.as_str(), "step-skip-step-prefetch" | "step-skip-step-noprefetch")
+                    && t.reads_ahead() == default_reads_ahead)
                 || (name.contains("-pqshared") && !t.pq_shared())
                 || ((name.ends_with("-nokeep") || name.ends_with("-keptarray")) && !b4_keeps);
             if same {

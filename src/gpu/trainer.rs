@@ -128,7 +128,11 @@ pub struct GpuOptions {
     /// The fused step reads a workgroup's next row block while it works on
     /// this one (fused_step.wgsl's PREFETCH: more bytes in flight a lane,
     /// more registers). `None`: `LATENT_LINE_PREFETCH` (`0` or `1`) where
-    /// set, else on. The same bits either way.
+    /// set, else on for the 4-byte path and off for 16-byte columns (H200,
+    /// 1M × 64 by `--profile`: 16-byte at 4 lanes 0.1857 ms a step without,
+    /// 0.1934 with, 107 registers against 128; 4-byte at 8 lanes 0.2218
+    /// with, 0.2262 without; BENCHMARKS.md, tenth session). The same
+    /// values either way (the same bits where the driver rounds as written).
     pub prefetch: Option<bool>,
     /// A lane keeps its row's columns in registers between the row's sums
     /// and its update (fused_step.wgsl's KEEP, where D ≤ 16 × lanes in
@@ -589,7 +593,7 @@ impl GpuTrainer {
         let blocks = blocks_for(lanes);
         // Whether the fused step takes its kept columns 16 bytes at a time.
         let vec4 = vec4_asked && keeps_vec4s(shape.dim as u32, lanes);
-        let prefetch = or_env_flag(opts.prefetch, "LATENT_LINE_PREFETCH")?.unwrap_or(true);
+        let prefetch = or_env_flag(opts.prefetch, "LATENT_LINE_PREFETCH")?.unwrap_or(!vec4);
         let keep = or_env_flag(opts.keep_columns, "LATENT_LINE_KEEP")?.unwrap_or(true);
         let kept_vectors = or_env_flag(opts.kept_vectors, "LATENT_LINE_KEPT_VECTORS")?.unwrap_or(true);
         let pq_shared = or_env_flag(opts.pq_shared, "LATENT_LINE_PQ_SHARED")?.unwrap_or(false);
@@ -743,6 +747,13 @@ impl GpuTrainer {
     /// a time ([`GpuOptions::vec4`], where it applies).
     pub fn vec4(&self) -> bool {
         self.fused.vec4
+    }
+
+    /// Whether a workgroup of the fused step reads its next row block
+    /// while it works on this one ([`GpuOptions::prefetch`], where it
+    /// steps more than one).
+    pub fn reads_ahead(&self) -> bool {
+        self.fused.prefetch && self.fused.blocks > 1
     }
 
     /// Whether, under VEC4, p and q are read from workgroup memory
