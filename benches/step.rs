@@ -238,8 +238,14 @@ fn gpu(c: &mut Criterion) {
         let sg = hardware && ctx.features.contains(wgpu::Features::SUBGROUP);
         // And with one row block a workgroup (the kernel before row
         // blocks), and with other lanes a row than the default's.
-        let default_lanes = GpuTrainer::default_lanes(&ctx, shape.dim, true);
         let o = GpuOptions::default;
+        // The default's lanes as a trainer settles them (the environment's
+        // switches included: gpu.sh exports the shape it tuned).
+        let default_lanes =
+            GpuTrainer::new(ctx.clone(), shape, config(shape, Policy::SkipStep), TableSource::Random { seed: 1 }, o())
+                .expect("GPU trainer")
+                .kernel_shape()
+                .1;
         // The 4-byte path (VEC4 off) at its own default lanes, and its
         // switches: where D allows, the default is 16-byte columns.
         let b4 = || GpuOptions { vec4: Some(false), ..o() };
@@ -283,11 +289,14 @@ fn gpu(c: &mut Criterion) {
             // variants in the list: a variant that would build the same
             // kernel again is left out.)
             match name.as_str() {
-                "step-skip-step" => (default_vec4, default_reads_ahead) = (t.vec4(), t.reads_ahead()),
+                "step-skip-step" => {
+                    (default_vec4, default_reads_ahead) = (t.vec4(), t.reads_ahead());
+                    b4_keeps = !t.vec4() && t.keeps_columns();
+                }
                 "step-skip-step-4byte" => b4_keeps = t.keeps_columns(),
                 _ => {}
             }
-            let same = (name.contains("-4byte") && !default_vec4)
+            let same = (name == "step-skip-step-4byte" && !default_vec4)
                 || (matches!(name.as_str(), "step-skip-step-prefetch" | "step-skip-step-noprefetch")
                     && t.reads_ahead() == default_reads_ahead)
                 || (name.contains("-pqshared") && !t.pq_shared())

@@ -4,7 +4,10 @@
 // gives the same bits with subgroup shuffles; the host composes one or the
 // other (src/gpu/shaders.rs: FUSED_STEP, FUSED_STEP_SG).
 
-var<workgroup> wg_row: array<vec3<f32>, MAX_WG>;
+// Sized by the host: ROW_TREE = WG where L > 1, else 1 (NVIDIA allots a
+// workgroup array that only dead code uses).
+override ROW_TREE: u32 = 256u;
+var<workgroup> wg_row: array<vec3<f32>, ROW_TREE>;
 
 // Folds v over the L lanes of each row; every lane gets its row's total.
 // All lanes must call it (it has barriers).

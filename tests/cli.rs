@@ -828,6 +828,19 @@ fn the_fused_steps_shape_switches_are_taken_and_checked() {
             None => assert!(!out.contains("16-byte"), "{env:?}: {out}"),
         }
     }
+    // By default 16-byte columns only up to four vec4s a lane (D = 64 at 2
+    // lanes has eight: 4-byte), on request up to eight.
+    for (vec4, said) in [(None, false), (Some("1"), true)] {
+        let mut c = latent_line(["--backend", "gpu", "--rows", "300", "--dim", "64", "--steps", "1"]);
+        c.env("LATENT_LINE_LANES", "2");
+        if let Some(v) = vec4 {
+            c.env("LATENT_LINE_VEC4", v);
+        }
+        let o = c.output().unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{vec4:?}: {}", stderr(&o));
+        assert_eq!(out.contains(", 16-byte loads"), said, "{vec4:?}: {out}");
+    }
     // wgpu's loop counters, on request: said on the kernel line, the same
     // table bit for bit; any other value refused, naming the variable.
     let dir = Dir::new();

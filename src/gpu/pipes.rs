@@ -181,8 +181,10 @@ impl Default for Constants {
 }
 
 impl Constants {
-    /// `extra` sets kernel-specific overrides (UPDATE, SCAN_BUFS).
-    pub fn pipeline(&self, ctx: &GpuContext, k: &Kernel, entry: &str, extra: &[(&str, f64)]) -> wgpu::ComputePipeline {
+    /// The override values of kernel `k`'s pipelines: these constants,
+    /// then `extra` (kernel-specific: UPDATE, SCAN_BUFS), those `k`
+    /// declares.
+    pub fn overrides(&self, k: &Kernel, extra: &[(&'static str, f64)]) -> Vec<(&'static str, f64)> {
         let keep = self.keep && keeps_columns(self.dim, self.lanes, self.kept_vectors);
         let base = [
             ("WG", self.wg as f64),
@@ -204,14 +206,25 @@ impl Constants {
             ("KEPT_VECTORS", if self.kept_vectors { 1.0 } else { 0.0 }),
             ("PQ_SHARED", if self.pq_shared { 1.0 } else { 0.0 }),
             // Workgroup arrays sized to their use (NVIDIA allots even those
-            // that only dead code touches): PQ_SHARED's p and q, and
-            // fold_sg.wgsl's tree for rows wider than a subgroup.
+            // that only dead code touches): PQ_SHARED's p and q, and the
+            // row fold's tree (fold_wg.wgsl: rows of more than one lane;
+            // fold_sg.wgsl: rows wider than a subgroup).
             ("PQ_VEC4S", if self.pq_shared { (self.dim / 2).max(1) as f64 } else { 1.0 }),
-            ("ROW_TREE", if self.subgroup > 0 && self.lanes > self.subgroup { self.wg as f64 } else { 1.0 }),
+            ("ROW_TREE", if self.lanes > self.subgroup.max(1) { self.wg as f64 } else { 1.0 }),
             ("KEPT4", kept_vec4s(self.dim, self.lanes).min(KEPT_VEC4S) as f64),
         ];
-        let constants: Vec<(&str, f64)> =
-            base.iter().chain(extra).copied().filter(|(name, _)| k.overrides.contains(name)).collect();
+        base.iter().chain(extra).copied().filter(|(name, _)| k.overrides.contains(name)).collect()
+    }
+
+    /// `extra` sets kernel-specific overrides (UPDATE, SCAN_BUFS).
+    pub fn pipeline(
+        &self,
+        ctx: &GpuContext,
+        k: &Kernel,
+        entry: &str,
+        extra: &[(&'static str, f64)],
+    ) -> wgpu::ComputePipeline {
+        let constants = self.overrides(k, extra);
         if let Ok(mut built) = ctx.built.lock() {
             let b = super::driver_stats::BuiltPipeline {
                 kernel: *k,

@@ -54,8 +54,8 @@ macro_rules! fused_overrides {
     ($($extra:literal),*) => {
         &[
             "WG", "D", "MODE", "NAIVE", "GUARD", "UPDATE", "SCAN", "L", "KEEP", "MOMENTUM", "SCAN_BUFS", "BATCHED",
-            "CLIP", "PREP", "DIRECT", "BLOCKS", "VEC4", "KEPT4", "PREFETCH", "KEPT_VECTORS", "PQ_SHARED", "PQ_VEC4S"
-            $(, $extra)*
+            "CLIP", "PREP", "DIRECT", "BLOCKS", "VEC4", "KEPT4", "PREFETCH", "KEPT_VECTORS", "PQ_SHARED", "PQ_VEC4S",
+            "ROW_TREE" $(, $extra)*
         ]
     };
 }
@@ -64,7 +64,7 @@ pub const FUSED_STEP: Kernel =
 /// The fused step with fold_sg.wgsl: for devices with `Features::SUBGROUP`.
 pub const FUSED_STEP_SG: Kernel = Kernel {
     helpers: &[REDUCE_WG, SCAN, FOLD_SG],
-    overrides: fused_overrides!("SG", "ROW_TREE"),
+    overrides: fused_overrides!("SG"),
     capabilities: naga::valid::Capabilities::SUBGROUP,
     ..FUSED_STEP
 };
@@ -246,6 +246,52 @@ mod tests {
                             &constants,
                         );
                         assert!(r.is_ok(), "{} {entry}, D {d}, L {lanes}: {:?}", k.name, r.err());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The fused step with the override values the host gives it
+    /// (`Constants::overrides`: the workgroup arrays sized to their use,
+    /// KEPT4, PQ_SHARED's PQ_VEC4S) over the shapes it builds: 16-byte
+    /// columns up to eight vec4s a lane, p and q shared up to D = 512, rows
+    /// wider and narrower than a subgroup.
+    #[test]
+    fn the_fused_step_takes_the_hosts_override_values() {
+        use crate::gpu::pipes::{keeps_vec4s, Constants};
+        for (k, sg) in [(FUSED_STEP, 0u32), (FUSED_STEP_SG, 8)] {
+            let module = k.validate().unwrap_or_else(|e| panic!("{e}"));
+            let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), k.capabilities)
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{}: {e:?}", k.name));
+            for (dim, lanes) in [(3u32, 1u32), (4, 1), (64, 4), (64, 2), (60, 2), (512, 16), (1024, 32), (44, 32)] {
+                for (vec4, pq_shared, prefetch) in [(false, false, true), (true, false, false), (true, true, true)] {
+                    let vec4 = vec4 && keeps_vec4s(dim, lanes);
+                    let c = Constants {
+                        wg: 64,
+                        dim,
+                        lanes,
+                        subgroup: sg,
+                        blocks: 2,
+                        vec4,
+                        prefetch,
+                        pq_shared: pq_shared && vec4 && dim <= 512,
+                        ..Constants::default()
+                    };
+                    for update in [0.0, 1.0] {
+                        let constants: naga::back::PipelineConstants = c
+                            .overrides(&k, &[("UPDATE", update)])
+                            .into_iter()
+                            .map(|(n, v)| (n.to_string(), v))
+                            .collect();
+                        let r = naga::back::pipeline_constants::process_overrides(
+                            &module,
+                            &info,
+                            Some((naga::ShaderStage::Compute, "main")),
+                            &constants,
+                        );
+                        assert!(r.is_ok(), "{} D {dim}, L {lanes}, SG {sg}, {constants:?}: {:?}", k.name, r.err());
                     }
                 }
             }

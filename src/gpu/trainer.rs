@@ -39,7 +39,7 @@ use bytemuck::{Pod, Zeroable};
 use super::batch::{slot_words, BatchDev};
 use super::context::{or_env_flag, GpuContext};
 use super::layout::{grid, row_blocks, ChunkLayout, ChunkSpan};
-use super::pipes::{bind, keeps_columns, keeps_vec4s, read_mapped, readback, storage, uniform, Constants};
+use super::pipes::{bind, keeps_columns, keeps_vec4s, kept_vec4s, read_mapped, readback, storage, uniform, Constants};
 use super::scan::{TableScanner, DETAIL_BYTES};
 use super::shaders;
 use crate::batches::{Batches, Schedule, StepSlots};
@@ -122,8 +122,10 @@ pub struct GpuOptions {
     /// and of a batch's rows in batch_io.wgsl, where D is a multiple of 4
     /// and each lane's vec4s are kept (D ≤ 32 × lanes: `pipes::keeps_vec4s`);
     /// elsewhere it has no effect. `None`: `LATENT_LINE_VEC4` (`0` or `1`) where set, else on
-    /// (H200, 1M × 64, by `--profile`: 0.2085 ms a step at 4 lanes against
-    /// 0.2218 for the 4-byte path's best, 8 lanes; BENCHMARKS.md, tenth session).
+    /// where a lane keeps at most four vec4s (H200, 1M × 64, by
+    /// `--profile`: 0.2085 ms a step at 4 lanes against 0.2218 for the
+    /// previous default, 4-byte columns at 8 lanes in vectors, and 0.2156
+    /// for those in an array; BENCHMARKS.md, tenth session).
     pub vec4: Option<bool>,
     /// The fused step reads a workgroup's next row block while it works on
     /// this one (fused_step.wgsl's PREFETCH: more bytes in flight a lane,
@@ -178,6 +180,11 @@ impl Default for GpuOptions {
         }
     }
 }
+
+/// Without `LATENT_LINE_VEC4` or [`GpuOptions::vec4`], 16-byte columns
+/// apply where a lane keeps at most this many vec4s (H200: four at 4
+/// lanes, D = 64, 0.1857 ms a step; eight at 2 lanes, 0.1956 at best).
+const DEFAULT_KEPT_VEC4S: u32 = 4;
 
 /// PQ_SHARED's workgroup array holds p and q for D up to this.
 const PQ_SHARED_MAX_DIM: usize = 512;
@@ -547,7 +554,8 @@ impl GpuTrainer {
         // may lower the workgroup further; the kernel line says).
         let wg_asked = or_env(opts.workgroup, "LATENT_LINE_WORKGROUP", 256)?;
         let wg = ctx.workgroup_size(wg_asked.unwrap_or(if ctx.is_software() { 64 } else { 256 }));
-        let vec4_asked = or_env_flag(opts.vec4, "LATENT_LINE_VEC4")?.unwrap_or(true);
+        let vec4_set = or_env_flag(opts.vec4, "LATENT_LINE_VEC4")?;
+        let vec4_asked = vec4_set.unwrap_or(true);
         let auto_lanes = Self::default_lanes(&ctx, shape.dim, vec4_asked);
         let lanes_asked = or_env(opts.lanes_per_row, "LATENT_LINE_LANES", 32)?;
         let mut lanes = lanes_asked.unwrap_or(auto_lanes).clamp(1, wg.min(32));
@@ -591,8 +599,11 @@ impl GpuTrainer {
             lanes /= 2;
         }
         let blocks = blocks_for(lanes);
-        // Whether the fused step takes its kept columns 16 bytes at a time.
-        let vec4 = vec4_asked && keeps_vec4s(shape.dim as u32, lanes);
+        // Whether the fused step takes its kept columns 16 bytes at a time:
+        // by default only up to the four vec4s a lane that a GPU has timed
+        // (more, 2 lanes at D = 64, ran slower; asked for, up to eight).
+        let dim32 = shape.dim as u32;
+        let vec4 = keeps_vec4s(dim32, lanes) && vec4_set.unwrap_or(kept_vec4s(dim32, lanes) <= DEFAULT_KEPT_VEC4S);
         let prefetch = or_env_flag(opts.prefetch, "LATENT_LINE_PREFETCH")?.unwrap_or(!vec4);
         let keep = or_env_flag(opts.keep_columns, "LATENT_LINE_KEEP")?.unwrap_or(true);
         let kept_vectors = or_env_flag(opts.kept_vectors, "LATENT_LINE_KEPT_VECTORS")?.unwrap_or(true);
