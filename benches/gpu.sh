@@ -149,7 +149,7 @@ tst 120 "$B/batches" dropped
 # row's sums; the tests above ran every one against the reference).
 # TUNE=0: the built-in shapes.
 #
-# TUNE_ARGS=… tune LABEL [CANDIDATE …]: each candidate's step (the eight
+# TUNE_ARGS=… tune LABEL [CANDIDATE …]: each candidate's step (the seven
 # below, then the extra ones) by --profile, GPU time a step (the step's
 # kernels: Σ passes × ms/pass ÷ steps); sets TUNED to the fastest's
 # switches ("" for the built-in shape); a candidate wins only by 2 %.
@@ -160,9 +160,8 @@ tune() {
     # A run first, untimed: the first candidate should not pay for the
     # card's clocks coming up.
     timeout 60 "$B/latent-line" --backend gpu --rows "$R" --steps 40 $TUNE_ARGS >/dev/null 2>&1
-    for cand in "" "LATENT_LINE_PREFETCH=0" "LATENT_LINE_ROW_BLOCKS=2" "LATENT_LINE_LANES=8" "LATENT_LINE_VEC4=0" \
-        "LATENT_LINE_LANES=2" "LATENT_LINE_LANES=2 LATENT_LINE_PQ_SHARED=1" \
-        "LATENT_LINE_LANES=2 LATENT_LINE_PQ_SHARED=1 LATENT_LINE_PREFETCH=0" "$@"; do
+    for cand in "" "LATENT_LINE_PREFETCH=1" "LATENT_LINE_ROW_BLOCKS=2" "LATENT_LINE_LANES=8" "LATENT_LINE_VEC4=0" \
+        "LATENT_LINE_LANES=2 LATENT_LINE_VEC4=1 LATENT_LINE_PQ_SHARED=1" "LATENT_LINE_POISON_BRANCH=1" "$@"; do
         out=$(env $cand timeout 60 "$B/latent-line" --backend gpu --rows "$R" --steps 40 --profile $TUNE_ARGS 2>&1)
         ms=$(echo "$out" | awk '$1 ~ /\.wgsl$/ { for (i = 2; i < NF; i++) if ($i == "passes" && $(i - 1) >= 40) t += $(i - 1) * $(i + 1) }
             END { if (t > 0) printf "%.4f", t / 40 }')

@@ -105,6 +105,11 @@ const MAX_KEPT4: u32 = 8u;
 // workgroups of 256 an SM). Set by the host (`LATENT_LINE_PQ_SHARED`).
 // The same values, so the same bits.
 override PQ_SHARED: bool = false;
+// VEC4: a row that read a non-finite value (or where the naive formula
+// blows up) takes its own branch, so that a clean row's update carries no
+// per-column selects of the NaN bits (3 a column). The same function on
+// both sides, so the same bits. Set by the host (`LATENT_LINE_POISON_BRANCH`).
+override POISON_BRANCH: bool = false;
 
 @group(0) @binding(0) var<storage, read_write> table_a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> table_b: array<f32>;   // a 16-byte stand-in when single-buffered
@@ -586,6 +591,20 @@ struct Step4 {
     bad: bool,
 }
 
+// step4 for a kept vec4 of the update; POISON_BRANCH: a clean row's with
+// `poisoned` a constant false, a poisoned row's apart.
+fn step4_row(x: vec4<f32>, k0: u32, p: vec4<f32>, q: vec4<f32>, v_old: vec4<f32>, co: RowCo) -> Step4 {
+    if (POISON_BRANCH) {
+        if (co.poisoned) {
+            return step4(x, k0, p, q, v_old, co);
+        }
+        var clean = co;
+        clean.poisoned = false;
+        return step4(x, k0, p, q, v_old, clean);
+    }
+    return step4(x, k0, p, q, v_old, co);
+}
+
 fn step4(x: vec4<f32>, k0: u32, p: vec4<f32>, q: vec4<f32>, v_old: vec4<f32>, co: RowCo) -> Step4 {
     let s0 = column_step(x.x, k0, p.x, q.x, v_old.x, co);
     let s1 = column_step(x.y, k0 + 1u, p.y, q.y, v_old.y, co);
@@ -754,7 +773,7 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
                     let x = kept_get(kept4, q);
                     let v = load_v4(cur, base / 4u + at);
                     vels = kept_set(vels, q, v);
-                    let st = step4(x, 4u * at, p_get(p4, lane, q), q_get(q4, lane, q), v, co);
+                    let st = step4_row(x, 4u * at, p_get(p4, lane, q), q_get(q4, lane, q), v, co);
                     put4(cur, base, out_base, at, x, v, st.x, st.v);
                     any_bad = any_bad | st.bad;
                 }

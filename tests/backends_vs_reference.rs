@@ -616,3 +616,82 @@ fn read_ahead_and_kept_columns_change_no_bits() {
         }
     }
 }
+
+/// fused_step.wgsl's POISON_BRANCH (a row that read a non-finite value, or
+/// where the naive formula blows up, takes its own branch of the 16-byte
+/// update) gives the same bits as the default, table and records: rows
+/// planted with NaN and ±Inf under `ignore` (their NaN written, velocity
+/// included), and the naive formula's anchor rows, at 4 lanes (four vec4s
+/// a lane) and 2 (up to eight), in each endpoint mode.
+#[test]
+fn the_poison_branch_changes_no_bits() {
+    let seed = seed("poison_branch");
+    let mut r = rng(seed);
+    let mut case = 0u64;
+    for (dim, lanes) in [(64usize, 4u32), (60, 2)] {
+        let rows = 600;
+        let shape = Shape::new(rows, dim).unwrap();
+        let mut table = random_table(&mut r, rows, dim);
+        for (row, v) in [(17usize, f32::NAN), (301, f32::INFINITY), (302, f32::NEG_INFINITY)] {
+            table[row * dim + r.random_range(0..dim)] = v;
+        }
+        for endpoints in [Endpoints::Frozen, Endpoints::Detached, Endpoints::Attached] {
+            for naive in [false, true] {
+                case += 1;
+                let cfg = StepConfig {
+                    anchor_a: 5,
+                    anchor_b: 550,
+                    lr: 0.05,
+                    endpoints,
+                    naive,
+                    eps: if naive { 0.0 } else { StepConfig::for_rows(rows).eps },
+                    momentum: 0.9,
+                    guard: Guard { policy: Policy::Ignore, ..Guard::default() },
+                    ..StepConfig::for_rows(rows)
+                };
+                // The naive formula blows up at the rows equal to an anchor.
+                let mut t0 = table.clone();
+                if naive {
+                    let (a, b) = (cfg.anchor_a, 400);
+                    let anchor_row = t0[a * dim..(a + 1) * dim].to_vec();
+                    t0[b * dim..(b + 1) * dim].copy_from_slice(&anchor_row);
+                }
+                let run = |pb: bool| {
+                    let opts = GpuOptions {
+                        lanes_per_row: Some(lanes),
+                        workgroup: Some(64),
+                        row_blocks: Some(2),
+                        vec4: Some(true),
+                        poison_branch: Some(pb),
+                        ..GpuOptions::default()
+                    };
+                    let mut t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(t0.clone()), opts)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!((t.vec4(), t.poison_branch()), (true, pb));
+                    let recs = t.steps(3).unwrap();
+                    (t.read_table().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<u32>>(), recs)
+                };
+                let ctx = format!("D {dim}, L {lanes}, {endpoints:?}, naive {naive}, case {case}, seed {seed}");
+                let (tab0, rec0) = run(false);
+                let (tab1, rec1) = run(true);
+                let bad = tab0.iter().filter(|&&b| (b & 0x7f80_0000) == 0x7f80_0000).count();
+                assert!(bad >= dim, "{ctx}: no poisoned row was written ({bad} non-finite values)");
+                // (Records compared as printed: a NaN d0 is not == itself.)
+                if gpu().is_software() {
+                    assert!(tab1 == tab0, "{ctx}: tables differ");
+                    assert_eq!(format!("{rec1:?}"), format!("{rec0:?}"), "{ctx}: records differ");
+                } else {
+                    // A hardware compiler may contract the two builds'
+                    // multiply-adds differently (see the read-ahead test):
+                    // the same non-finite elements, the rest within rounding.
+                    let nf = |t: &[u32]| t.iter().map(|&b| (b & 0x7f80_0000) == 0x7f80_0000).collect::<Vec<bool>>();
+                    assert_eq!(nf(&tab1), nf(&tab0), "{ctx}: non-finite elements differ");
+                    for (i, (&a, &b)) in tab1.iter().zip(&tab0).enumerate() {
+                        let (a, b) = (f32::from_bits(a), f32::from_bits(b));
+                        assert!(!a.is_finite() || rel(a as f64, b as f64) <= 1e-5, "{ctx}: element {i}: {a} vs {b}");
+                    }
+                }
+            }
+        }
+    }
+}

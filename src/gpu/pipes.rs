@@ -155,6 +155,9 @@ pub struct Constants {
     /// fused_step.wgsl's PQ_SHARED: under VEC4, p and q read from
     /// workgroup memory rather than held in registers.
     pub pq_shared: bool,
+    /// fused_step.wgsl's POISON_BRANCH: under VEC4, poisoned rows' updates
+    /// apart from clean ones'.
+    pub poison_branch: bool,
 }
 
 impl Default for Constants {
@@ -176,6 +179,7 @@ impl Default for Constants {
             keep: true,
             kept_vectors: false,
             pq_shared: false,
+            poison_branch: false,
         }
     }
 }
@@ -205,6 +209,7 @@ impl Constants {
             ("PREFETCH", if self.prefetch { 1.0 } else { 0.0 }),
             ("KEPT_VECTORS", if self.kept_vectors { 1.0 } else { 0.0 }),
             ("PQ_SHARED", if self.pq_shared { 1.0 } else { 0.0 }),
+            ("POISON_BRANCH", if self.poison_branch { 1.0 } else { 0.0 }),
             // Workgroup arrays sized to their use (NVIDIA allots even those
             // that only dead code touches): PQ_SHARED's p and q, and the
             // row fold's tree (fold_wg.wgsl: rows of more than one lane;

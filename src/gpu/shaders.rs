@@ -55,7 +55,7 @@ macro_rules! fused_overrides {
         &[
             "WG", "D", "MODE", "NAIVE", "GUARD", "UPDATE", "SCAN", "L", "KEEP", "MOMENTUM", "SCAN_BUFS", "BATCHED",
             "CLIP", "PREP", "DIRECT", "BLOCKS", "VEC4", "KEPT4", "PREFETCH", "KEPT_VECTORS", "PQ_SHARED", "PQ_VEC4S",
-            "ROW_TREE" $(, $extra)*
+            "ROW_TREE", "POISON_BRANCH" $(, $extra)*
         ]
     };
 }

@@ -158,6 +158,14 @@ pub struct GpuOptions {
     /// workgroups an SM). `None`: `LATENT_LINE_PQ_SHARED` (`0` or `1`)
     /// where set, else off. The same bits either way.
     pub pq_shared: Option<bool>,
+    /// Under VEC4, a row that read a non-finite value takes its own branch
+    /// of the update, so that a clean row's carries no per-column selects
+    /// of the NaN bits (fused_step.wgsl's POISON_BRANCH: fewer
+    /// instructions a column, a divergent branch where a poisoned row
+    /// shares a subgroup with clean ones). `None`:
+    /// `LATENT_LINE_POISON_BRANCH` (`0` or `1`) where set, else off (not yet
+    /// timed on a GPU). The same bits either way.
+    pub poison_branch: Option<bool>,
 }
 
 impl Default for GpuOptions {
@@ -177,6 +185,7 @@ impl Default for GpuOptions {
             keep_columns: None,
             kept_vectors: None,
             pq_shared: None,
+            poison_branch: None,
         }
     }
 }
@@ -212,6 +221,9 @@ struct FusedShape {
     /// fused_step.wgsl's PQ_SHARED (as asked, applied under VEC4 only):
     /// [`GpuOptions::pq_shared`].
     pq_shared: bool,
+    /// fused_step.wgsl's POISON_BRANCH (as asked, applied under VEC4 only):
+    /// [`GpuOptions::poison_branch`].
+    poison_branch: bool,
 }
 
 impl FusedShape {
@@ -226,6 +238,7 @@ impl FusedShape {
             keep: self.keep,
             kept_vectors: self.kept_vectors,
             pq_shared: self.pq_shared && self.vec4 && shape.dim <= PQ_SHARED_MAX_DIM,
+            poison_branch: self.poison_branch && self.vec4,
             ..Constants::new(shape, cfg, self.wg)
         }
     }
@@ -608,6 +621,7 @@ impl GpuTrainer {
         let keep = or_env_flag(opts.keep_columns, "LATENT_LINE_KEEP")?.unwrap_or(true);
         let kept_vectors = or_env_flag(opts.kept_vectors, "LATENT_LINE_KEPT_VECTORS")?.unwrap_or(true);
         let pq_shared = or_env_flag(opts.pq_shared, "LATENT_LINE_PQ_SHARED")?.unwrap_or(false);
+        let poison_branch = or_env_flag(opts.poison_branch, "LATENT_LINE_POISON_BRANCH")?.unwrap_or(false);
         let strikes = if cfg.guard.policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
         let biggest = records(lanes).max(strikes);
         // The batch buffers and the two-read steps' per-slot coefficients
@@ -645,7 +659,7 @@ impl GpuTrainer {
             shape,
             cfg,
             opts,
-            FusedShape { wg, lanes, subgroup, blocks, vec4, prefetch, keep, kept_vectors, pq_shared },
+            FusedShape { wg, lanes, subgroup, blocks, vec4, prefetch, keep, kept_vectors, pq_shared, poison_branch },
             max_groups,
             layout,
             schedule,
@@ -767,6 +781,12 @@ impl GpuTrainer {
         self.fused.prefetch && self.fused.blocks > 1
     }
 
+    /// Whether, under VEC4, poisoned rows' updates take their own branch
+    /// ([`GpuOptions::poison_branch`]).
+    pub fn poison_branch(&self) -> bool {
+        self.fused.vec4 && self.fused.poison_branch
+    }
+
     /// Whether, under VEC4, p and q are read from workgroup memory
     /// ([`GpuOptions::pq_shared`]).
     pub fn pq_shared(&self) -> bool {
@@ -869,7 +889,7 @@ impl Trainer for GpuTrainer {
             adapter: format!("{} ({:?})", i.name, i.device_type),
             driver: format!("{:?} {} {}", i.backend, i.driver, i.driver_info).trim().to_string(),
             kernel: format!(
-                "{}workgroups of {}, {}{}{}{}{}{}{}",
+                "{}workgroups of {}, {}{}{}{}{}{}{}{}",
                 if self.opts.path == StepPath::Staged { "staged kernels; fused step: " } else { "" },
                 self.fused.wg,
                 match (self.fused.lanes, self.subgroup_fold()) {
@@ -886,6 +906,7 @@ impl Trainer for GpuTrainer {
                     (true, false) => ", 16-byte loads",
                     _ => "",
                 },
+                if self.poison_branch() { ", poisoned rows apart" } else { "" },
                 if self.fused.prefetch || self.fused.blocks == 1 { "" } else { ", no read-ahead" },
                 if self.fused.keep
                     || !keeps_columns(self.shape.dim as u32, self.fused.lanes, self.fused.kept_vectors)
