@@ -100,7 +100,7 @@ if [ "$MODE" = sweep ]; then
     # _ROW_BLOCKS, _WORKGROUP) by --profile's per-kernel GPU time, full-table
     # and batch steps, after the tests that check the row blocks on this GPU.
     for t in ${SWEEP_TESTS-forensics subgroups}; do tst 120 "$B/$t" --test-threads 4; done
-    tst 120 "$B/backends_vs_reference" row_blocks vec4 read_ahead
+    tst 120 "$B/backends_vs_reference" row_blocks vec4 read_ahead poison_branch
     tst 120 "$B/batches" dropped
     # Most decisive first (everything is in $OUT/gpu-log.txt as it runs).
     # The default and 16-byte kept columns (8 lanes: two vec4s a lane; 16:
@@ -136,8 +136,8 @@ run_tests() {
     done
 }
 TEST_TIMEOUT=90 run_tests naive forensics
-echo "-- backends_vs_reference row_blocks vec4 read_ahead"
-tst 120 "$B/backends_vs_reference" row_blocks vec4 read_ahead
+echo "-- backends_vs_reference row_blocks vec4 read_ahead poison_branch"
+tst 120 "$B/backends_vs_reference" row_blocks vec4 read_ahead poison_branch
 echo "-- batches dropped (the undo log of a batch read in place)"
 tst 120 "$B/batches" dropped
 

@@ -16,8 +16,9 @@
 //!   step-skip-step-noprefetch, -prefetch (gpu-time) without and with
 //!                   reading the next row block ahead (the one that is
 //!                   not the default's); -pqshared: p and q read from workgroup
-//!                   memory, not held in registers (-pqshared-noprefetch:
-//!                   both); -Nlanes: at twice and half the default lanes
+//!                   memory, not held in registers (-pqshared-prefetch:
+//!                   and read ahead); -Nlanes: at twice and half the
+//!                   default lanes, with the default's kind of columns
 //!   eval, eval-4byte (gpu-time) the evaluation pass: every row read and
 //!                   its sums folded, nothing written (bytes: read)
 //!   scan            the table scan of `latent-line scan` (16-byte loads;
@@ -241,11 +242,17 @@ fn gpu(c: &mut Criterion) {
         let o = GpuOptions::default;
         // The default's lanes as a trainer settles them (the environment's
         // switches included: gpu.sh exports the shape it tuned).
-        let default_lanes =
-            GpuTrainer::new(ctx.clone(), shape, config(shape, Policy::SkipStep), TableSource::Random { seed: 1 }, o())
-                .expect("GPU trainer")
-                .kernel_shape()
-                .1;
+        let (default_lanes, default_vec4_at_lanes) = {
+            let probe = GpuTrainer::new(
+                ctx.clone(),
+                shape,
+                config(shape, Policy::SkipStep),
+                TableSource::Random { seed: 1 },
+                o(),
+            )
+            .expect("GPU trainer");
+            (probe.kernel_shape().1, probe.vec4())
+        };
         // The 4-byte path (VEC4 off) at its own default lanes, and its
         // switches: where D allows, the default is 16-byte columns.
         let b4 = || GpuOptions { vec4: Some(false), ..o() };
@@ -260,9 +267,9 @@ fn gpu(c: &mut Criterion) {
             ("step-skip-step-prefetch".into(), Policy::SkipStep, GpuOptions { prefetch: Some(true), ..o() }),
             ("step-skip-step-pqshared".into(), Policy::SkipStep, GpuOptions { pq_shared: Some(true), ..o() }),
             (
-                "step-skip-step-pqshared-noprefetch".into(),
+                "step-skip-step-pqshared-prefetch".into(),
                 Policy::SkipStep,
-                GpuOptions { pq_shared: Some(true), prefetch: Some(false), ..o() },
+                GpuOptions { pq_shared: Some(true), prefetch: Some(true), ..o() },
             ),
             ("step-skip-step-4byte".into(), Policy::SkipStep, b4()),
             ("step-skip-step-4byte-nokeep".into(), Policy::SkipStep, GpuOptions { keep_columns: Some(false), ..b4() }),
@@ -275,7 +282,9 @@ fn gpu(c: &mut Criterion) {
         let mut others = vec![default_lanes / 2, default_lanes * 2, 32];
         others.dedup();
         for lanes in others.into_iter().filter(|&l| (1..=32).contains(&l) && l != default_lanes) {
-            let opts = GpuOptions { lanes_per_row: Some(lanes), ..o() };
+            // (The default's kind of columns: 16-byte ones as far as these
+            // lanes keep them.)
+            let opts = GpuOptions { lanes_per_row: Some(lanes), vec4: Some(default_vec4_at_lanes), ..o() };
             variants.push((format!("step-skip-step-{lanes}lanes"), Policy::SkipStep, opts));
         }
         let mut default_vec4 = false;
@@ -300,6 +309,7 @@ fn gpu(c: &mut Criterion) {
                 || (matches!(name.as_str(), "step-skip-step-prefetch" | "step-skip-step-noprefetch")
                     && t.reads_ahead() == default_reads_ahead)
                 || (name.contains("-pqshared") && !t.pq_shared())
+                || (name == "step-skip-step-pqshared-prefetch" && !t.reads_ahead())
                 || ((name.ends_with("-nokeep") || name.ends_with("-keptarray")) && !b4_keeps);
             if same {
                 continue;

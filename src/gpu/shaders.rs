@@ -266,7 +266,9 @@ mod tests {
                 .validate(&module)
                 .unwrap_or_else(|e| panic!("{}: {e:?}", k.name));
             for (dim, lanes) in [(3u32, 1u32), (4, 1), (64, 4), (64, 2), (60, 2), (512, 16), (1024, 32), (44, 32)] {
-                for (vec4, pq_shared, prefetch) in [(false, false, true), (true, false, false), (true, true, true)] {
+                for (vec4, pq_shared, prefetch, poison_branch) in
+                    [(false, false, true, false), (true, false, false, true), (true, true, true, false)]
+                {
                     let vec4 = vec4 && keeps_vec4s(dim, lanes);
                     let c = Constants {
                         wg: 64,
@@ -277,6 +279,7 @@ mod tests {
                         vec4,
                         prefetch,
                         pq_shared: pq_shared && vec4 && dim <= 512,
+                        poison_branch: poison_branch && vec4,
                         ..Constants::default()
                     };
                     for update in [0.0, 1.0] {

@@ -238,7 +238,8 @@ impl FusedShape {
             keep: self.keep,
             kept_vectors: self.kept_vectors,
             pq_shared: self.pq_shared && self.vec4 && shape.dim <= PQ_SHARED_MAX_DIM,
-            poison_branch: self.poison_branch && self.vec4,
+            // (skip-row's update takes its own loop, without step4.)
+            poison_branch: self.poison_branch && self.vec4 && cfg.guard.policy != Policy::SkipRow,
             ..Constants::new(shape, cfg, self.wg)
         }
     }
@@ -784,7 +785,7 @@ impl GpuTrainer {
     /// Whether, under VEC4, poisoned rows' updates take their own branch
     /// ([`GpuOptions::poison_branch`]).
     pub fn poison_branch(&self) -> bool {
-        self.fused.vec4 && self.fused.poison_branch
+        self.fused.vec4 && self.fused.poison_branch && self.cfg.guard.policy != Policy::SkipRow
     }
 
     /// Whether, under VEC4, p and q are read from workgroup memory
