@@ -78,10 +78,20 @@ impl Shape {
     /// `new` for a file's table: the problem in the file's terms (a file
     /// has no --rows or --dim to blame), for the caller to name the file.
     pub fn of_file(rows: usize, dim: usize) -> std::result::Result<Self, String> {
+        Self::of_file_from(rows, dim, 2)
+    }
+    /// `of_file` with at least `min_rows` rows: 2 to train (the two
+    /// anchors), 1 to scan (`latent-line scan` of a one-row table is a
+    /// question with an answer). The other limits are `new`'s.
+    pub fn of_file_from(rows: usize, dim: usize, min_rows: usize) -> std::result::Result<Self, String> {
         match (rows, dim) {
-            (r, _) if r < 2 => Err(format!("a table of {r} row(s); latent-line needs at least 2 (the two anchors)")),
+            (r, _) if r < min_rows && min_rows >= 2 => {
+                Err(format!("a table of {r} row(s); latent-line needs at least 2 (the two anchors)"))
+            }
+            (r, _) if r < min_rows => Err(format!("a table of {r} rows: nothing to scan")),
             (_, 0) => Err("a table of 0 columns".into()),
-            _ => Shape::new(rows, dim).map_err(|e| e.to_string()),
+            // `new`'s checks at 2 rows or more, then the rows themselves.
+            _ => Shape::new(rows.max(2), dim).map(|_| Shape { rows, dim }).map_err(|e| e.to_string()),
         }
     }
     pub fn elements(&self) -> u64 {

@@ -1010,7 +1010,7 @@ fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     let t = Instant::now();
     // What the file holds: a float64 value beyond float32's range is
     // finite there (loading it to train makes it ±Inf, the note says).
-    let l = tables::load_as(&args.file, &args.tensor, npy::Overflow::Saturate, false)?;
+    let l = tables::load_for_scan(&args.file, &args.tensor)?;
     let read_s = t.elapsed().as_secs_f64();
     let shape = l.shape;
     out!(

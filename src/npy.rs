@@ -238,6 +238,11 @@ pub fn load(path: &Path) -> Result<Loaded> {
 
 /// `load`, float64 values beyond float32's range becoming as `overflow` says.
 pub fn load_as(path: &Path, overflow: Overflow) -> Result<Loaded> {
+    load_rows(path, overflow, 2)
+}
+
+/// `load_as` of a table of at least `min_rows` rows (1 to scan it).
+pub fn load_rows(path: &Path, overflow: Overflow, min_rows: usize) -> Result<Loaded> {
     let bad = |reason: String| Error::bad_file(path, reason);
     let Opened { mut file, dtype, dims, .. } = open(path)?;
     if !matches!(dtype, Dtype::F32 | Dtype::F64) {
@@ -249,7 +254,7 @@ pub fn load_as(path: &Path, overflow: Overflow) -> Result<Loaded> {
     if dims.len() != 2 {
         return Err(bad(format!("expected a 2-D table (rows, dim), found {} dimension(s) {:?}", dims.len(), dims)));
     }
-    let shape = Shape::of_file(dims[0] as usize, dims[1] as usize).map_err(bad)?;
+    let shape = Shape::of_file_from(dims[0] as usize, dims[1] as usize, min_rows).map_err(bad)?;
     let n = (dims[0] * dims[1]) as usize;
     let mut data: Vec<f32> = host_vec(path, n as u64, &format!("a table of {} × {}", dims[0], dims[1]))?;
     data.resize(n, 0.0);

@@ -208,18 +208,35 @@ pub fn load(path: &Path, tensor: &str) -> Result<LoadedTable> {
 /// says. Without `carry`, a `.safetensors` file's header and table are all
 /// that is read (`carried` is then `None`).
 pub fn load_as(path: &Path, tensor: &str, overflow: npy::Overflow, carry: bool) -> Result<LoadedTable> {
+    load_rows(path, tensor, overflow, carry, 2)
+}
+
+/// What `latent-line scan` reads: `load_as` without carrying, float64
+/// values beyond float32's range saturating (they are finite in the file),
+/// and a one-row table taken (training needs two rows; a scan does not).
+pub fn load_for_scan(path: &Path, tensor: &str) -> Result<LoadedTable> {
+    load_rows(path, tensor, npy::Overflow::Saturate, false, 1)
+}
+
+fn load_rows(path: &Path, tensor: &str, overflow: npy::Overflow, carry: bool, min_rows: usize) -> Result<LoadedTable> {
     match format_of(path)? {
         Format::Npy => {
-            let l = npy::load_as(path, overflow)?;
+            let l = npy::load_rows(path, overflow, min_rows)?;
             // An .npy table's only note is its float64 conversion.
             let file_dtype = if l.note.is_some() { "f64" } else { "f32" }.to_owned();
             Ok(LoadedTable { shape: l.shape, data: l.data, note: l.note, carried: None, file_dtype })
         }
-        Format::Safetensors => load_safetensors(path, tensor, overflow, carry),
+        Format::Safetensors => load_safetensors(path, tensor, overflow, carry, min_rows),
     }
 }
 
-fn load_safetensors(path: &Path, name: &str, overflow: npy::Overflow, carry: bool) -> Result<LoadedTable> {
+fn load_safetensors(
+    path: &Path,
+    name: &str,
+    overflow: npy::Overflow,
+    carry: bool,
+    min_rows: usize,
+) -> Result<LoadedTable> {
     let bad = |reason: String| Error::bad_file(path, reason);
     let no_tensor = |mut names: Vec<&str>| {
         names.sort_unstable();
@@ -242,7 +259,7 @@ fn load_safetensors(path: &Path, name: &str, overflow: npy::Overflow, carry: boo
         };
         let st = SafeTensors::deserialize(&bytes).map_err(|e| invalid(path, e))?;
         let view = st.tensor(name).map_err(|_| no_tensor(st.names()))?;
-        let (shape, data, note) = table_of(path, name, view.dtype(), view.shape(), view.data(), overflow)?;
+        let (shape, data, note) = table_of(path, name, view.dtype(), view.shape(), view.data(), overflow, min_rows)?;
         let file_dtype = format!("{:?}", view.dtype());
         drop(st);
         let carried = carry.then(|| Carried { bytes, table: name.to_owned() });
@@ -258,7 +275,7 @@ fn load_safetensors(path: &Path, name: &str, overflow: npy::Overflow, carry: boo
     let (from, to) = info.data_offsets;
     file.seek(std::io::SeekFrom::Start(data_at + from as u64)).map_err(|e| Error::io(path, e))?;
     let raw = read_bytes(path, &mut file, (to - from) as u64)?;
-    let (shape, data, note) = table_of(path, name, info.dtype, &info.shape, &raw, overflow)?;
+    let (shape, data, note) = table_of(path, name, info.dtype, &info.shape, &raw, overflow, min_rows)?;
     Ok(LoadedTable { shape, data, note, carried: None, file_dtype: format!("{:?}", info.dtype) })
 }
 
@@ -350,12 +367,13 @@ fn table_of(
     dims: &[usize],
     raw: &[u8],
     overflow: npy::Overflow,
+    min_rows: usize,
 ) -> Result<(Shape, Vec<f32>, Option<String>)> {
     let bad = |reason: String| Error::bad_file(path, reason);
     let [rows, dim] = dims else {
         return Err(bad(format!("tensor \"{name}\" has shape {dims:?}; a table is 2-D (rows × columns)")));
     };
-    let shape = Shape::of_file(*rows, *dim).map_err(|e| bad(format!("tensor \"{name}\": {e}")))?;
+    let shape = Shape::of_file_from(*rows, *dim, min_rows).map_err(|e| bad(format!("tensor \"{name}\": {e}")))?;
     let mut data: Vec<f32> = npy::host_vec(path, shape.elements(), &format!("tensor \"{name}\" as f32"))?;
     let note = match dtype {
         Dtype::F32 => {

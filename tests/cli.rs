@@ -491,6 +491,23 @@ fn scan_reports_findings_with_exit_code_3_and_clean_files_with_0() {
         let o = run(&["scan", &clean, "--backend", backend]);
         assert_eq!(o.status.code(), Some(0), "{backend}: {}", String::from_utf8_lossy(&o.stdout));
     }
+    // A one-row table is scanned (training needs two rows: it is refused
+    // there, naming the file); an empty one is refused, saying why.
+    table_with(&dir.p("one.npy"), 1, 5, &[(0, 3, f32::INFINITY)]);
+    for backend in ["cpu", "gpu"] {
+        let o = run(&["scan", &dir.s("one.npy"), "--backend", backend]);
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(3), "{backend}: {text}{}", stderr(&o));
+        assert!(text.contains("0 NaN · 1 +Inf · 0 -Inf · in 1 rows"), "{backend}: {text}");
+        assert!(text.contains("first    row 0 column 3 · +Inf"), "{backend}: {text}");
+    }
+    let o = run(&["--load", &dir.s("one.npy"), "--steps", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("one.npy: a table of 1 row(s); latent-line needs at least 2"), "{}", stderr(&o));
+    npy(&dir.p("empty.npy"), "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 5), }", &[]);
+    let o = run(&["scan", &dir.s("empty.npy")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("empty.npy: a table of 0 rows: nothing to scan"), "{}", stderr(&o));
     // --plot: where the bad rows sit, one bar per span of rows that has any.
     let svg = dir.s("where.svg");
     let o = run(&["scan", &bad, "--plot", &svg]);

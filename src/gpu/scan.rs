@@ -199,7 +199,8 @@ impl TableScanner {
 
 /// Uploads a host table chunk by chunk and scans it on the GPU.
 pub fn scan_values(ctx: Arc<GpuContext>, values: &[f32], shape: Shape, max_chunk_rows: Option<usize>) -> Result<Scan> {
-    Shape::new(shape.rows, shape.dim)?;
+    // (A scan takes a one-row table; training needs two rows.)
+    Shape::of_file_from(shape.rows, shape.dim, 1).map_err(|e| Error::invalid("table", e))?;
     if values.len() as u64 != shape.elements() {
         return Err(Error::invalid("table", format!("{} values for {} × {}", values.len(), shape.rows, shape.dim)));
     }
