@@ -86,6 +86,9 @@ echo "== latent-line devices (for the README)"
 # instead of kept in registers (LATENT_LINE_KEEP), KV=0 for kept columns
 # in an array instead of vectors (LATENT_LINE_KEPT_VECTORS). Keeps the driver's statistics
 # (registers, spills) of the fused step's pipelines only.
+# The reference tests of the fused step's switches (the shapes tuned
+# below), run on the card before any tuning.
+SWITCH_TESTS="row_blocks vec4 read_ahead poison_branch"
 prof() { echo "-- lanes ${1:-auto} blocks ${2:-auto} ${3:-} ${WG:+workgroup $WG} ${LB:+loop bounding $LB} ${V4:+vec4 $V4} ${PF:+prefetch $PF} ${KP:+keep $KP} ${KV:+kept-vectors $KV}"; env ${1:+LATENT_LINE_LANES=$1} ${2:+LATENT_LINE_ROW_BLOCKS=$2} ${WG:+LATENT_LINE_WORKGROUP=$WG} ${LB:+LATENT_LINE_LOOP_BOUNDING=$LB} ${V4:+LATENT_LINE_VEC4=$V4} ${PF:+LATENT_LINE_PREFETCH=$PF} ${KP:+LATENT_LINE_KEEP=$KP} ${KV:+LATENT_LINE_KEPT_VECTORS=$KV} "$B/latent-line" --backend gpu --rows "$R" --steps 40 ${3:-} --profile | grep -E "^kernel|^speed|^driver|wgsl" | grep -v -E "^ +(anchors|reduce|init|scan_table|scan_finish|sample|batch_io|copy_table|anchor_sum|prepare)\.wgsl [a-z_0-9]+ (\[|·)"; }
 # A test binary under a time limit: its summary lines, and its exit status
 # when not 0 (124: the limit; a killed binary prints no "test result").
@@ -100,7 +103,7 @@ if [ "$MODE" = sweep ]; then
     # _ROW_BLOCKS, _WORKGROUP) by --profile's per-kernel GPU time, full-table
     # and batch steps, after the tests that check the row blocks on this GPU.
     for t in ${SWEEP_TESTS-forensics subgroups}; do tst 120 "$B/$t" --test-threads 4; done
-    tst 120 "$B/backends_vs_reference" row_blocks vec4 read_ahead poison_branch
+    tst 120 "$B/backends_vs_reference" $SWITCH_TESTS
     tst 120 "$B/batches" dropped
     # Most decisive first (everything is in $OUT/gpu-log.txt as it runs).
     # The default and 16-byte kept columns (8 lanes: two vec4s a lane; 16:
@@ -136,8 +139,8 @@ run_tests() {
     done
 }
 TEST_TIMEOUT=90 run_tests naive forensics
-echo "-- backends_vs_reference row_blocks vec4 read_ahead poison_branch"
-tst 120 "$B/backends_vs_reference" row_blocks vec4 read_ahead poison_branch
+echo "-- backends_vs_reference $SWITCH_TESTS"
+tst 120 "$B/backends_vs_reference" $SWITCH_TESTS
 echo "-- batches dropped (the undo log of a batch read in place)"
 tst 120 "$B/batches" dropped
 

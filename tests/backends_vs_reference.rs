@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use latent_line::cpu::CpuTrainer;
 use latent_line::gpu::{GpuOptions, GpuTrainer, StepPath};
-use latent_line::{reference, Endpoints, Guard, Policy, Reduction, Shape, StepConfig, TableSource, Trainer};
+use latent_line::{reference, Endpoints, Guard, Policy, Record, Reduction, Shape, StepConfig, TableSource, Trainer};
 use rand::Rng;
 
 const TOL: f64 = 1e-5;
@@ -475,21 +475,44 @@ fn a_host_write_to_an_anchor_row_is_seen_by_the_next_step() {
     }
 }
 
+/// Two GPU runs of switches that change no values, as (table bits,
+/// records): bit for bit where the driver rounds each operation as
+/// written (lavapipe, CI's adapter); on a hardware GPU, whose compiler may
+/// fuse a multiply and an add in one build and not in another (WGSL allows
+/// it; the H200 did), the same non-finite elements, the finite ones within
+/// rounding, and the records' actions and scans exactly. Records compare
+/// as printed: a NaN d0 is not == itself.
+fn assert_same_run(got: &(Vec<u32>, Vec<Record>), want: &(Vec<u32>, Vec<Record>), dim: usize, what: &str) {
+    let ((t1, r1), (t0, r0)) = (got, want);
+    if gpu().is_software() {
+        assert!(t1 == t0, "{what}: tables differ");
+        assert_eq!(format!("{r1:?}"), format!("{r0:?}"), "{what}: records differ");
+        return;
+    }
+    let nonfinite = |t: &[u32]| t.iter().map(|&b| (b & 0x7f80_0000) == 0x7f80_0000).collect::<Vec<bool>>();
+    assert_eq!(nonfinite(t1), nonfinite(t0), "{what}: non-finite elements differ");
+    // The finite ones within rounding (non-finite ones as 0).
+    let finite = |t: &[u32]| {
+        t.iter().map(|&b| f32::from_bits(b)).map(|x| if x.is_finite() { x } else { 0.0 }).collect::<Vec<f32>>()
+    };
+    let want_f64: Vec<f64> = finite(t0).iter().map(|&x| x as f64).collect();
+    assert_table_close(&finite(t1), &want_f64, dim, 1e-5, what);
+    let acts = |r: &[Record]| format!("{:?}", r.iter().map(|x| (x.action, &x.scans)).collect::<Vec<_>>());
+    assert_eq!(acts(r1), acts(r0), "{what}: records differ");
+}
+
 /// fused_step.wgsl's PREFETCH (reading the next row block ahead), KEEP
 /// (a lane's columns held in registers between the row's sums and its
 /// update) and KEPT_VECTORS (held in vectors, not an array) change only
 /// when and how often a row is read, and where it is held: each gives the
 /// default's bits, table and records, over full tables and random batches
 /// (in place, with the undo log), with momentum, the separation term and
-/// clipping. (skip-row reads a row's columns twice whatever KEEP.)
-/// Bit for bit where the driver rounds each operation as written (lavapipe,
-/// CI's adapter); a hardware GPU's compiler may fuse a multiply and an add
-/// in one build and not in another (WGSL allows it; the H200 did, for KEEP
-/// off at D = 56), so there the tables agree within rounding and the
-/// records' actions and scans exactly.
+/// clipping. (skip-row reads a row's columns twice whatever KEEP.) Bit
+/// for bit on lavapipe, within rounding on a hardware GPU (the H200 fused
+/// a multiply-add differently with KEEP off at D = 56): `assert_same_run`.
 #[test]
 fn read_ahead_and_kept_columns_change_no_bits() {
-    use latent_line::{Batches, Record};
+    use latent_line::Batches;
     #[derive(Clone, Copy, Debug)]
     struct Sw {
         prefetch: bool,
@@ -555,19 +578,6 @@ fn read_ahead_and_kept_columns_change_no_bits() {
                 format!("D {dim}, L {lanes}, blocks {blocks}, {batches:?}, {endpoints:?}, {policy:?}, seed {seed}");
             let (t0, r0) = run(shape, cfg, &table, &batches, lanes, blocks, DEFAULT);
             assert!(t0 != table.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "{ctx}: nothing trained");
-            let exact = gpu().is_software();
-            let same = |(t1, r1): &(Vec<u32>, Vec<Record>), (t0, r0): &(Vec<u32>, Vec<Record>), what: String| {
-                if exact {
-                    assert!(t1 == t0, "{what}: tables differ");
-                    assert_eq!(r1, r0, "{what}: records differ");
-                } else {
-                    let f = |t: &[u32]| t.iter().map(|&b| f32::from_bits(b)).collect::<Vec<f32>>();
-                    let want: Vec<f64> = f(t0).iter().map(|&x| x as f64).collect();
-                    assert_table_close(&f(t1), &want, shape.dim, 1e-5, &what);
-                    let acts = |r: &[Record]| r.iter().map(|x| (x.action, x.scans.clone())).collect::<Vec<_>>();
-                    assert_eq!(acts(r1), acts(r0), "{what}: records differ");
-                }
-            };
             let base = (t0, r0);
             for sw in [
                 Sw { prefetch: false, ..DEFAULT },
@@ -576,14 +586,24 @@ fn read_ahead_and_kept_columns_change_no_bits() {
                 Sw { vectors: true, ..DEFAULT },
                 Sw { vectors: true, prefetch: false, ..DEFAULT },
             ] {
-                same(&run(shape, cfg, &table, &batches, lanes, blocks, sw), &base, format!("{ctx}, {sw:?}"));
+                assert_same_run(
+                    &run(shape, cfg, &table, &batches, lanes, blocks, sw),
+                    &base,
+                    dim,
+                    &format!("{ctx}, {sw:?}"),
+                );
             }
             // 16-byte kept columns (their own summation order): read ahead
             // or not, p and q from workgroup memory or not, the same bits.
             let v4 = Sw { vec4: true, ..DEFAULT };
             let base = run(shape, cfg, &table, &batches, lanes, blocks, v4);
             for sw in [Sw { prefetch: false, ..v4 }, Sw { pq_shared: true, ..v4 }] {
-                same(&run(shape, cfg, &table, &batches, lanes, blocks, sw), &base, format!("{ctx}, {sw:?}"));
+                assert_same_run(
+                    &run(shape, cfg, &table, &batches, lanes, blocks, sw),
+                    &base,
+                    dim,
+                    &format!("{ctx}, {sw:?}"),
+                );
             }
         }
         // The switches reached the pipelines (a switch dropped on the way
@@ -685,30 +705,7 @@ fn the_poison_branch_changes_no_bits() {
                 );
                 let bad = tab0.iter().filter(|&&b| (b & 0x7f80_0000) == 0x7f80_0000).count();
                 assert!(bad >= dim, "{ctx}: no poisoned row was written ({bad} non-finite values)");
-                // (Records compared as printed: a NaN d0 is not == itself.)
-                if gpu().is_software() {
-                    assert!(tab1 == tab0, "{ctx}: tables differ");
-                    assert_eq!(format!("{rec1:?}"), format!("{rec0:?}"), "{ctx}: records differ");
-                } else {
-                    // A hardware compiler may contract the two builds'
-                    // multiply-adds differently (see the read-ahead test):
-                    // the same non-finite elements, the rest within rounding.
-                    let nf = |t: &[u32]| t.iter().map(|&b| (b & 0x7f80_0000) == 0x7f80_0000).collect::<Vec<bool>>();
-                    assert_eq!(nf(&tab1), nf(&tab0), "{ctx}: non-finite elements differ");
-                    // The finite ones within rounding (non-finite ones as 0).
-                    let finite = |t: &[u32]| {
-                        t.iter()
-                            .map(|&b| f32::from_bits(b))
-                            .map(|x| if x.is_finite() { x } else { 0.0 })
-                            .collect::<Vec<f32>>()
-                    };
-                    let want: Vec<f64> = finite(&tab0).iter().map(|&x| x as f64).collect();
-                    assert_table_close(&finite(&tab1), &want, dim, 1e-5, &ctx);
-                    let acts = |r: &[latent_line::Record]| {
-                        format!("{:?}", r.iter().map(|x| (x.action, &x.scans)).collect::<Vec<_>>())
-                    };
-                    assert_eq!(acts(&rec1), acts(&rec0), "{ctx}: records differ");
-                }
+                assert_same_run(&(tab1, rec1), &(tab0, rec0), dim, &ctx);
             }
         }
     }

@@ -224,13 +224,37 @@ mod tests {
     /// evaluates what they make constant (a division by a D / 4 that is 0
     /// was refused there, for D < 4, with every test above passing): each
     /// kernel's entry points take small and usual D at 1 and 4 lanes.
+    /// Kernel `k`'s module and its validation, as pipeline creation starts
+    /// from them.
+    fn validated(k: &Kernel) -> (naga::Module, naga::valid::ModuleInfo) {
+        let module = k.validate().unwrap_or_else(|e| panic!("{e}"));
+        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), k.capabilities)
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{}: {e:?}", k.name));
+        (module, info)
+    }
+
+    /// Pipeline `constants` applied to entry point `entry` of a validated
+    /// module, as at pipeline creation: whether naga takes them.
+    fn apply_overrides(
+        (module, info): &(naga::Module, naga::valid::ModuleInfo),
+        entry: &str,
+        constants: &naga::back::PipelineConstants,
+    ) -> std::result::Result<(), String> {
+        naga::back::pipeline_constants::process_overrides(
+            module,
+            info,
+            Some((naga::ShaderStage::Compute, entry)),
+            constants,
+        )
+        .map(|_| ())
+        .map_err(|e| format!("{e:?}"))
+    }
+
     #[test]
     fn every_kernel_takes_its_override_values() {
         for k in KERNELS {
-            let module = k.validate().unwrap_or_else(|e| panic!("{e}"));
-            let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), k.capabilities)
-                .validate(&module)
-                .unwrap_or_else(|e| panic!("{}: {e:?}", k.name));
+            let module = validated(k);
             for d in [1.0, 2.0, 3.0, 4.0, 6.0, 64.0] {
                 for lanes in [1.0, 4.0] {
                     let constants: naga::back::PipelineConstants = [("WG", 64.0), ("D", d), ("L", lanes), ("SG", 4.0)]
@@ -239,12 +263,7 @@ mod tests {
                         .map(|(n, v)| (n.to_string(), v))
                         .collect();
                     for entry in k.entry_points {
-                        let r = naga::back::pipeline_constants::process_overrides(
-                            &module,
-                            &info,
-                            Some((naga::ShaderStage::Compute, entry)),
-                            &constants,
-                        );
+                        let r = apply_overrides(&module, entry, &constants);
                         assert!(r.is_ok(), "{} {entry}, D {d}, L {lanes}: {:?}", k.name, r.err());
                     }
                 }
@@ -261,10 +280,7 @@ mod tests {
     fn the_fused_step_takes_the_hosts_override_values() {
         use crate::gpu::pipes::{keeps_vec4s, Constants};
         for (k, sg) in [(FUSED_STEP, 0u32), (FUSED_STEP_SG, 8)] {
-            let module = k.validate().unwrap_or_else(|e| panic!("{e}"));
-            let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), k.capabilities)
-                .validate(&module)
-                .unwrap_or_else(|e| panic!("{}: {e:?}", k.name));
+            let module = validated(&k);
             for (dim, lanes) in [(3u32, 1u32), (4, 1), (64, 4), (64, 2), (60, 2), (512, 16), (1024, 32), (44, 32)] {
                 for (vec4, pq_shared, prefetch, poison_branch) in
                     [(false, false, true, false), (true, false, false, true), (true, true, true, false)]
@@ -288,12 +304,7 @@ mod tests {
                             .into_iter()
                             .map(|(n, v)| (n.to_string(), v))
                             .collect();
-                        let r = naga::back::pipeline_constants::process_overrides(
-                            &module,
-                            &info,
-                            Some((naga::ShaderStage::Compute, "main")),
-                            &constants,
-                        );
+                        let r = apply_overrides(&module, "main", &constants);
                         assert!(r.is_ok(), "{} D {dim}, L {lanes}, SG {sg}, {constants:?}: {:?}", k.name, r.err());
                     }
                 }

@@ -218,10 +218,11 @@ struct FusedShape {
     keep: bool,
     /// fused_step.wgsl's KEPT_VECTORS (as asked): [`GpuOptions::kept_vectors`].
     kept_vectors: bool,
-    /// fused_step.wgsl's PQ_SHARED (as asked, applied under VEC4 only):
-    /// [`GpuOptions::pq_shared`].
+    /// fused_step.wgsl's PQ_SHARED as applied (asked, under VEC4, D ≤
+    /// PQ_SHARED_MAX_DIM): [`GpuOptions::pq_shared`].
     pq_shared: bool,
-    /// fused_step.wgsl's POISON_BRANCH (as asked, applied under VEC4 only):
+    /// fused_step.wgsl's POISON_BRANCH as applied (asked, under VEC4, not
+    /// with skip-row, whose update is a loop of its own without step4):
     /// [`GpuOptions::poison_branch`].
     poison_branch: bool,
 }
@@ -237,9 +238,8 @@ impl FusedShape {
             prefetch: self.prefetch,
             keep: self.keep,
             kept_vectors: self.kept_vectors,
-            pq_shared: self.pq_shared && self.vec4 && shape.dim <= PQ_SHARED_MAX_DIM,
-            // (skip-row's update takes its own loop, without step4.)
-            poison_branch: self.poison_branch && self.vec4 && cfg.guard.policy != Policy::SkipRow,
+            pq_shared: self.pq_shared,
+            poison_branch: self.poison_branch,
             ..Constants::new(shape, cfg, self.wg)
         }
     }
@@ -621,8 +621,11 @@ impl GpuTrainer {
         let prefetch = or_env_flag(opts.prefetch, "LATENT_LINE_PREFETCH")?.unwrap_or(!vec4);
         let keep = or_env_flag(opts.keep_columns, "LATENT_LINE_KEEP")?.unwrap_or(true);
         let kept_vectors = or_env_flag(opts.kept_vectors, "LATENT_LINE_KEPT_VECTORS")?.unwrap_or(true);
-        let pq_shared = or_env_flag(opts.pq_shared, "LATENT_LINE_PQ_SHARED")?.unwrap_or(false);
-        let poison_branch = or_env_flag(opts.poison_branch, "LATENT_LINE_POISON_BRANCH")?.unwrap_or(false);
+        // Applied where they can be (each asked value checked all the same).
+        let pq_asked = or_env_flag(opts.pq_shared, "LATENT_LINE_PQ_SHARED")?.unwrap_or(false);
+        let pq_shared = pq_asked && vec4 && shape.dim <= PQ_SHARED_MAX_DIM;
+        let branch_asked = or_env_flag(opts.poison_branch, "LATENT_LINE_POISON_BRANCH")?.unwrap_or(false);
+        let poison_branch = branch_asked && vec4 && cfg.guard.policy != Policy::SkipRow;
         let strikes = if cfg.guard.policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
         let biggest = records(lanes).max(strikes);
         // The batch buffers and the two-read steps' per-slot coefficients
@@ -753,7 +756,7 @@ impl GpuTrainer {
         if ctx.is_software() {
             1
         } else if vec4 && dim.is_multiple_of(4) {
-            (dim as u32).div_ceil(16).next_power_of_two().min(32)
+            (dim as u32).div_ceil(4 * DEFAULT_KEPT_VEC4S).next_power_of_two().min(32)
         } else {
             (dim as u32).div_ceil(8).next_power_of_two().min(32)
         }
@@ -785,13 +788,13 @@ impl GpuTrainer {
     /// Whether, under VEC4, poisoned rows' updates take their own branch
     /// ([`GpuOptions::poison_branch`]).
     pub fn poison_branch(&self) -> bool {
-        self.fused.vec4 && self.fused.poison_branch && self.cfg.guard.policy != Policy::SkipRow
+        self.fused.poison_branch
     }
 
     /// Whether, under VEC4, p and q are read from workgroup memory
     /// ([`GpuOptions::pq_shared`]).
     pub fn pq_shared(&self) -> bool {
-        self.fused.vec4 && self.fused.pq_shared && self.shape.dim <= PQ_SHARED_MAX_DIM
+        self.fused.pq_shared
     }
 
     /// Whether a lane of the fused step holds its 4-byte columns in
@@ -902,12 +905,12 @@ impl Trainer for GpuTrainer {
                     1 => String::new(),
                     b => format!(", {b} row blocks a workgroup ({} rows)", self.fused.wg / self.fused.lanes * b),
                 },
-                match (self.fused.vec4, self.pq_shared()) {
+                match (self.fused.vec4, self.fused.pq_shared) {
                     (true, true) => ", 16-byte loads, p and q in workgroup memory",
                     (true, false) => ", 16-byte loads",
                     _ => "",
                 },
-                if self.poison_branch() { ", poisoned rows apart" } else { "" },
+                if self.fused.poison_branch { ", poisoned rows apart" } else { "" },
                 if self.fused.prefetch || self.fused.blocks == 1 { "" } else { ", no read-ahead" },
                 if self.fused.keep
                     || !keeps_columns(self.shape.dim as u32, self.fused.lanes, self.fused.kept_vectors)
