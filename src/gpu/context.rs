@@ -45,6 +45,18 @@ pub fn adapters() -> Result<Vec<wgpu::Adapter>> {
     // out-of-memory error (which `GpuTrainer::new` reports with the table's
     // sizes) instead of oversubscribing the device.
     desc.memory_budget_thresholds.for_resource_creation = Some(95);
+    // wgpu checks each indirect dispatch's arguments on the device by
+    // default (release builds too): one more dispatch and two barriers
+    // before each. Ours are written only by reduce.wgsl: a grid the host
+    // checked against the device's limits (`GpuTrainer::new`), or no
+    // workgroups, so the check can never fire; without it a batch's empty
+    // undo scatter took 0.009–0.014 ms a pass on lavapipe against
+    // 0.093–0.102 with it (BENCHMARKS.md, eleventh session). Kept on
+    // Windows, where D3D12 then reports `num_workgroups` as 0, which our
+    // kernels read; `WGPU_VALIDATION_INDIRECT_CALL`, where set, decides.
+    if !cfg!(windows) && std::env::var_os("WGPU_VALIDATION_INDIRECT_CALL").is_none() {
+        desc.flags.remove(wgpu::InstanceFlags::VALIDATION_INDIRECT_CALL);
+    }
     let instance = wgpu::Instance::new(desc);
     let mut all = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
     all.sort_by_key(|a| rank(a.get_info().device_type));

@@ -259,6 +259,15 @@ impl GpuTrainer {
             let (x, y) = grid(slot_groups(cap, d, vec4, wg), max_groups);
             guard_grids.push([x, y, 1, GRID_ON_UNDO]);
         }
+        // The indirect dispatches run unchecked by wgpu (context.rs): each
+        // grid must be within the device's limits, as `grid` makes it.
+        // (`max_groups` is at most the device's limit, and `grid`'s y
+        // passes that only past its square of workgroups: 2^32 at 65 535.)
+        let most = ctx.max_groups();
+        assert!(
+            guard_grids.iter().all(|g| g[..3].iter().all(|&n| n <= most)),
+            "indirect grids {guard_grids:?} over {most}"
+        );
         let (grid_buf, guard_args) = if !guard_grids.is_empty() {
             let bytes = guard_grids.len() as u64 * 16;
             let g = storage(&ctx, "guard grids", bytes, wgpu::BufferUsages::COPY_DST);
