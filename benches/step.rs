@@ -336,8 +336,9 @@ fn gpu(c: &mut Criterion) {
         let bsize = batch_size(hardware);
         g.throughput(Throughput::Bytes(2 * bsize as u64 * shape.dim as u64 * 4));
         // The default, then the random batch with one row block a workgroup,
-        // with 4-byte columns (where the default's are 16-byte), and under
-        // `ignore`.
+        // with 4-byte columns (where the default's are 16-byte), with its
+        // slots worked out in the step (no sample pass; `sampled` where
+        // that is not the default), and under `ignore`.
         let variant = |opts: GpuOptions, policy: Policy, name: &'static str| {
             batch_trainers(&ctx, shape, bsize, opts, policy).take(1).map(move |(_, t)| (name, t))
         };
@@ -345,10 +346,16 @@ fn gpu(c: &mut Criterion) {
         let one_block =
             variant(GpuOptions { row_blocks: Some(1), ..GpuOptions::default() }, skip, "batch-random-1block");
         let b4 = variant(GpuOptions { vec4: Some(false), ..GpuOptions::default() }, skip, "batch-random-4byte");
+        let sampled =
+            variant(GpuOptions { fused_sample: Some(true), ..GpuOptions::default() }, skip, "batch-random-sampled");
         let ignore = variant(GpuOptions::default(), Policy::Ignore, "batch-random-ignore");
         let all = batch_trainers(&ctx, shape, bsize, GpuOptions::default(), skip).chain(one_block).chain(b4);
-        for (name, mut t) in all.chain(ignore) {
-            if name.ends_with("-4byte") && !default_vec4 {
+        let mut default_sampled = false;
+        for (name, mut t) in all.chain(sampled).chain(ignore) {
+            if name == "batch-random" {
+                default_sampled = t.fused_sample();
+            }
+            if (name.ends_with("-4byte") && !default_vec4) || (name.ends_with("-sampled") && default_sampled) {
                 continue;
             }
             bench_gpu_time(&mut g, format!("{name}-{bsize}/{id}"), &mut t);

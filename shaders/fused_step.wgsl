@@ -111,6 +111,15 @@ override PQ_SHARED: bool = false;
 // both sides, so the same bits. Set by the host (`LATENT_LINE_POISON_BRANCH`).
 override POISON_BRANCH: bool = false;
 
+// BATCHED and DIRECT random batches with no first read (PREP): the kernel
+// works out each slot itself (sampler.wgsl's `batch_slot`, the function
+// sample.wgsl's pass runs) from the step's entry of the schedule, and
+// writes the slots for reduce.wgsl and the undo scatter, so no sample pass
+// runs before it: one dispatch and one barrier fewer a step. A step whose
+// slots the host wrote (`given`) reads them. The same slots, so the same
+// bits. Set by the host (`LATENT_LINE_FUSED_SAMPLE`).
+override SAMPLED: bool = false;
+
 @group(0) @binding(0) var<storage, read_write> table_a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> table_b: array<f32>;   // a 16-byte stand-in when single-buffered
 @group(0) @binding(2) var<storage, read> anchors: array<f32>;         // p (D), then q (D)
@@ -129,6 +138,13 @@ override POISON_BRANCH: bool = false;
 @group(0) @binding(17) var<storage, read_write> table_b4: array<vec4<f32>>;
 @group(0) @binding(18) var<storage, read_write> vel_a4: array<vec4<f32>>;
 @group(0) @binding(19) var<storage, read_write> vel_b4: array<vec4<f32>>;
+// SAMPLED: the submission's sampling parameters, step k's at k = state.record
+// (sample.wgsl's `schedule`), and the slots, written here (binding 13 is
+// then a stand-in: a buffer cannot be bound read-only and read-write at
+// once, and read-only is what the other pipelines keep, which lets a
+// driver read them through a read-only cache). Stand-ins otherwise.
+@group(0) @binding(20) var<storage, read> schedule: array<SampleParams>;
+@group(0) @binding(21) var<storage, read_write> slots_rw: array<vec4<u32>>;
 
 var<workgroup> wg_flags: vec2<u32>;   // (state.cur, state.halted), made uniform
 // PQ_SHARED: p's vec4s (D/4 of them), then q's. Sized by the host:
@@ -383,7 +399,7 @@ fn lowest_row_finding(buf: u32, slot0: u32) -> vec3<u32> {
         while (m != 0u) {
             let j = k * 32u + countTrailingZeros(m);
             m = m & (m - 1u);
-            let row = slots[slot0 + j].x;
+            let row = slot_at(slot0 + j).x;
             if (row < best.x) {
                 best.x = row;
                 best_local = j;
@@ -412,11 +428,30 @@ struct RowSite {
     weight: f32,
 }
 
+// SAMPLED: whether this step works out its slots (the host wrote none).
+fn sampling() -> bool {
+    return SAMPLED && schedule[state.record].given == 0u;
+}
+
+// Slot i of the step (BATCHED): as written, or worked out (SAMPLED; the
+// same function the sample pass runs). Slots written by other invocations
+// of this pass are never read: lane 0 of a batch's workgroup works out
+// its finding's slots again (`lowest_row_finding`).
+fn slot_at(i: u32) -> vec4<u32> {
+    if (SAMPLED) {
+        if (sampling()) {
+            return batch_slot(schedule[state.record], i, params.anchor_a, params.anchor_b);
+        }
+        return slots_rw[i];
+    }
+    return slots[i];
+}
+
 fn row_site(slot: u32, first: u32) -> RowSite {
     let i = first + slot;
     var site = RowSite(i, i < chunk.rows, i * D, chunk.row_base + i, 1u, params.w_red);
     if (BATCHED && site.live) {
-        let s = slots[i];
+        let s = slot_at(i);
         site.row = s.x;
         site.mult = s.y;
         site.weight = bitcast<f32>(s.z);
@@ -931,6 +966,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             next_site = row_site(slot + block_rows, first);
             next_kept = load_kept(next_site, lane, cur);
             next_kept4 = load_kept4(next_site, lane, cur);
+        }
+        if (lane == 0u && site.i < chunk.rows && sampling()) {
+            // The slot as the sample pass would have written it, for
+            // reduce.wgsl and the undo scatter (each a later pass).
+            slots_rw[site.i] = vec4<u32>(site.row, site.mult, bitcast<u32>(site.weight), 0u);
         }
         let r_acc = step_row(site, slot, kept, kept4, p4, q4, lane, lid, cur);
         if (PREFETCH) {

@@ -4,7 +4,23 @@
 // lands in [0, R) (fewer than 4 rounds of walking on average: 2^(2·HALF) <
 // 4R). Keyed by (seed, epoch): each epoch is a fresh permutation, with no
 // table of indices anywhere. Needs rng.wgsl (mix32, counter_hash).
-// CPU mirror: `Sampler::permute` (src/sampler.rs).
+// CPU mirror: `Sampler::permute` (src/sampler.rs). Also here: a step's
+// sampling parameters and its slots (`batch_slot`), shared by sample.wgsl
+// and fused_step.wgsl (SAMPLED).
+
+// One step's batch: positions start … start + count − 1 of epoch's
+// permutation (host: `SampleU`, src/gpu/sampler.rs).
+struct SampleParams {
+    seed_lo: u32,
+    seed_hi: u32,
+    epoch: u32,
+    start: u32,
+    count: u32,
+    rows: u32,
+    half: u32,
+    w_red: f32,     // this step's w_red (1/count for `mean`)
+    given: u32,     // 1: the host wrote this step's slots (`Trainer::step_rows`): none to work out
+}
 
 struct PermKey {
     k: vec4<u32>,   // round keys
@@ -60,4 +76,26 @@ fn unpermute(key: PermKey, row: u32) -> u32 {
         x = feistel_inv(key, x);
     }
     return x;
+}
+
+// Slot i of a training step (see common.wgsl): slots 0 and 1 are anchors a
+// and b, with multiplicity 1 when the step's positions hold them (found by
+// inverting the permutation: no search); slot 2 + i is position start + i,
+// dead when it is an anchor (already in slot 0 or 1) or past the batch.
+fn batch_slot(s: SampleParams, i: u32, anchor_a: u32, anchor_b: u32) -> vec4<u32> {
+    let key = perm_key(s.seed_lo, s.seed_hi, s.epoch, s.half, s.rows);
+    let w = bitcast<u32>(s.w_red);
+    if (i < 2u) {
+        let row = select(anchor_a, anchor_b, i == 1u);
+        let at = unpermute(key, row);
+        let in_batch = at >= s.start && at - s.start < s.count;
+        return vec4<u32>(row, select(0u, 1u, in_batch), select(0u, w, in_batch), 0u);
+    }
+    if (i - 2u < s.count) {
+        let row = permute(key, s.start + i - 2u);
+        if (row != anchor_a && row != anchor_b) {
+            return vec4<u32>(row, 1u, w, 0u);
+        }
+    }
+    return vec4<u32>(DEAD, 0u, 0u, 0u);
 }

@@ -475,32 +475,6 @@ fn a_host_write_to_an_anchor_row_is_seen_by_the_next_step() {
     }
 }
 
-/// Two GPU runs of switches that change no values, as (table bits,
-/// records): bit for bit where the driver rounds each operation as
-/// written (lavapipe, CI's adapter); on a hardware GPU, whose compiler may
-/// fuse a multiply and an add in one build and not in another (WGSL allows
-/// it; the H200 did), the same non-finite elements, the finite ones within
-/// rounding, and the records' actions and scans exactly. Records compare
-/// as printed: a NaN d0 is not == itself.
-fn assert_same_run(got: &(Vec<u32>, Vec<Record>), want: &(Vec<u32>, Vec<Record>), dim: usize, what: &str) {
-    let ((t1, r1), (t0, r0)) = (got, want);
-    if gpu().is_software() {
-        assert!(t1 == t0, "{what}: tables differ");
-        assert_eq!(format!("{r1:?}"), format!("{r0:?}"), "{what}: records differ");
-        return;
-    }
-    let nonfinite = |t: &[u32]| t.iter().map(|&b| (b & 0x7f80_0000) == 0x7f80_0000).collect::<Vec<bool>>();
-    assert_eq!(nonfinite(t1), nonfinite(t0), "{what}: non-finite elements differ");
-    // The finite ones within rounding (non-finite ones as 0).
-    let finite = |t: &[u32]| {
-        t.iter().map(|&b| f32::from_bits(b)).map(|x| if x.is_finite() { x } else { 0.0 }).collect::<Vec<f32>>()
-    };
-    let want_f64: Vec<f64> = finite(t0).iter().map(|&x| x as f64).collect();
-    assert_table_close(&finite(t1), &want_f64, dim, 1e-5, what);
-    let acts = |r: &[Record]| format!("{:?}", r.iter().map(|x| (x.action, &x.scans)).collect::<Vec<_>>());
-    assert_eq!(acts(r1), acts(r0), "{what}: records differ");
-}
-
 /// fused_step.wgsl's PREFETCH (reading the next row block ahead), KEEP
 /// (a lane's columns held in registers between the row's sums and its
 /// update) and KEPT_VECTORS (held in vectors, not an array) change only

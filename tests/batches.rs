@@ -38,6 +38,15 @@ enum Backend {
         /// Rows per storage binding (several: the batch is gathered).
         chunk_rows: Option<usize>,
     },
+    /// GPU, table in one binding, as `GpuLanes`, with a random batch's
+    /// slots worked out in the fused step (`GpuOptions::fused_sample`;
+    /// `sampled: false`: by the sample pass, as by default).
+    GpuSampled {
+        lanes: u32,
+        blocks: u32,
+        vec4: bool,
+        sampled: bool,
+    },
 }
 
 fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>, batches: Batches) -> Box<dyn Trainer> {
@@ -59,6 +68,21 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>, batche
             };
             let t = GpuTrainer::with_batches(gpu(), shape, cfg, source, opts, batches).unwrap();
             assert_eq!(t.vec4(), vec4 && shape.dim.is_multiple_of(4) && shape.dim <= 32 * lanes as usize);
+            Box::new(t)
+        }
+        Backend::GpuSampled { lanes, blocks, vec4, sampled } => {
+            let opts = GpuOptions {
+                lanes_per_row: Some(lanes),
+                workgroup: Some(64),
+                row_blocks: Some(blocks),
+                vec4: Some(vec4),
+                fused_sample: Some(sampled),
+                ..GpuOptions::default()
+            };
+            let random = matches!(batches, Batches::Random { .. });
+            let t = GpuTrainer::with_batches(gpu(), shape, cfg, source, opts, batches).unwrap();
+            // Applied to random batches with no first read, and only there.
+            assert_eq!(t.fused_sample(), sampled && random && !cfg.needs_prepass(), "{shape:?} {cfg:?}");
             Box::new(t)
         }
     }
@@ -534,6 +558,111 @@ fn a_dropped_batch_step_leaves_every_row_as_it_was() {
             }
         }
     }
+}
+
+/// fused_step.wgsl's SAMPLED: a random batch's slots worked out in the
+/// step, with no sample pass, give the sample pass's run — table and
+/// records, bit for bit on lavapipe — under every guard, with momentum and
+/// the separation term, across epochs, over a table with non-finite rows
+/// (findings listed from the slots the step wrote, dropped steps undone
+/// from them, skip-row's strikes), with rows given by `step_rows` between
+/// the random steps; and, on a clean table, the float64 reference. Where
+/// it cannot apply (a first read, a table over several bindings) it is
+/// not applied.
+#[test]
+fn batches_sampled_in_the_step_give_the_sample_pass_run() {
+    let seed = seed("fused_sample");
+    let mut r = rng(seed);
+    let rows = 700usize;
+    let (a, b) = (5usize, 640usize);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    let mut case = 0u64;
+    for (dim, lanes, blocks, vec4) in [(32usize, 4u32, 2u32, true), (5, 1, 1, false), (56, 8, 4, false)] {
+        let shape = Shape::new(rows, dim).unwrap();
+        let clean = spaced_table(seed ^ dim as u64, shape, a, b, 0.3);
+        let mut table = clean.clone();
+        // (Rows between the anchors: every epoch's steps take each once.)
+        let bad: Vec<usize> = (0..5).map(|_| r.random_range(a + 1..b)).collect();
+        for i in bad {
+            table[i * dim + r.random_range(0..dim)] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][i % 3];
+        }
+        // 300 of 700 rows a step: 3 steps an epoch, the last one of 100.
+        let batches = Batches::Random { size: 300, seed: seed ^ 7 };
+        for policy in POLICIES {
+            for endpoints in [Endpoints::Frozen, Endpoints::Detached] {
+                case += 1;
+                let cfg = StepConfig {
+                    anchor_a: a,
+                    anchor_b: b,
+                    lr: 0.05,
+                    endpoints,
+                    momentum: if case.is_multiple_of(2) { 0.9 } else { 0.0 },
+                    margin: if case.is_multiple_of(3) { 100.0 } else { 0.0 },
+                    reduction: if case.is_multiple_of(2) { Reduction::Sum } else { Reduction::Mean },
+                    guard: Guard { policy, snapshot_every: 2, max_skips: 100, ..Guard::default() },
+                    ..StepConfig::for_rows(rows)
+                };
+                let ctx = format!("D {dim}, L {lanes}, blocks {blocks}, {policy:?}, {endpoints:?}, seed {seed}");
+                let run = |sampled: bool| {
+                    let backend = Backend::GpuSampled { lanes, blocks, vec4, sampled };
+                    let mut t = open(backend, shape, cfg, table.clone(), batches.clone());
+                    let mut recs = t.steps(4).unwrap();
+                    recs.push(t.step_rows(&[1, 2, 2, a as u32, 699, 1]).unwrap());
+                    recs.extend(t.steps(3).unwrap());
+                    (bits(&t.read_table().unwrap()), recs)
+                };
+                let base = run(false);
+                let found = base.1.iter().any(|rec| !rec.scans.is_clean());
+                assert!(found, "{ctx}: no step met a non-finite row");
+                assert_same_run(&run(true), &base, dim, &ctx);
+                // On the clean table, against the reference.
+                check(
+                    Backend::GpuSampled { lanes, blocks, vec4, sampled: true },
+                    shape,
+                    cfg,
+                    batches.clone(),
+                    seed ^ case,
+                );
+            }
+        }
+        // Not applied: a first read (clipping), user batches, several bindings.
+        let clip = StepConfig { anchor_a: a, anchor_b: b, clip_norm: 0.05, ..StepConfig::for_rows(rows) };
+        open(Backend::GpuSampled { lanes, blocks, vec4, sampled: true }, shape, clip, clean.clone(), batches.clone());
+        let given = Batches::Indices(IndexBatches::new(vec![vec![1, 2, 3]], rows).unwrap());
+        let cfg = StepConfig { anchor_a: a, anchor_b: b, ..StepConfig::for_rows(rows) };
+        open(Backend::GpuSampled { lanes, blocks, vec4, sampled: true }, shape, cfg, clean.clone(), given);
+        let opts = GpuOptions { fused_sample: Some(true), max_chunk_rows: Some(300), ..GpuOptions::default() };
+        let t = GpuTrainer::with_batches(gpu(), shape, cfg, TableSource::Data(clean), opts, batches).unwrap();
+        assert!(!t.fused_sample(), "D {dim}: sampled in the step over several bindings");
+    }
+    // The sample pass runs without the switch and not with it (were it to
+    // run as well, it would write the same slots, and every comparison
+    // above would pass).
+    let shape = Shape::new(rows, 8).unwrap();
+    let cfg = StepConfig { anchor_a: a, anchor_b: b, ..StepConfig::for_rows(rows) };
+    for sampled in [false, true] {
+        let batches = Batches::Random { size: 300, seed };
+        let mut t = open(
+            Backend::GpuSampled { lanes: 1, blocks: 1, vec4: false, sampled },
+            shape,
+            cfg,
+            spaced_table(seed, shape, a, b, 0.3),
+            batches,
+        );
+        assert!(t.set_profile(true).unwrap(), "lavapipe and the GPUs we run on have timestamp queries");
+        t.steps(2).unwrap();
+        let kernels: Vec<String> = t.profile().unwrap().into_iter().map(|k| k.kernel).collect();
+        let sample_pass = kernels.iter().any(|k| k.starts_with("sample.wgsl"));
+        assert_eq!(sample_pass, !sampled, "sampled in the step: {sampled}; kernels {kernels:?}");
+        assert!(kernels.iter().any(|k| k == "fused_step.wgsl"), "{kernels:?}");
+    }
+    // The switch reached a pipeline (the comparisons above would pass a
+    // kernel compared with itself).
+    let built = gpu().built.lock().unwrap().clone();
+    let sampled = built
+        .iter()
+        .any(|b| b.kernel.name == "fused_step" && b.constants.iter().any(|(k, v)| k == "SAMPLED" && *v == 1.0));
+    assert!(sampled, "no fused step built with SAMPLED = 1");
 }
 
 #[test]

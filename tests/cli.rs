@@ -875,6 +875,37 @@ fn the_fused_steps_shape_switches_are_taken_and_checked() {
         tables.push(std::fs::read(&path).unwrap());
     }
     assert!(tables[0] == tables[1], "the loop counters changed the table");
+    // Random batches' slots worked out in the step, on request: said on the
+    // kernel line, the same table bit for bit (lavapipe).
+    let mut tables = Vec::new();
+    for fs in ["0", "1"] {
+        let path = dir.p(&format!("fs{fs}.npy"));
+        let o = latent_line([
+            "--backend",
+            "gpu",
+            "--rows",
+            "700",
+            "--dim",
+            "24",
+            "--steps",
+            "5",
+            "--batch",
+            "300",
+            "--save",
+        ])
+        .arg(&path)
+        .env("LATENT_LINE_FUSED_SAMPLE", fs)
+        .output()
+        .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let said = String::from_utf8_lossy(&o.stdout).contains(", batches sampled in the step");
+        assert_eq!(said, fs == "1", "{}", String::from_utf8_lossy(&o.stdout));
+        tables.push(std::fs::read(&path).unwrap());
+    }
+    assert!(tables[0] == tables[1], "sampling in the step changed the table");
+    let o = gpu_run(&[("LATENT_LINE_FUSED_SAMPLE", "on")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("invalid LATENT_LINE_FUSED_SAMPLE: \"on\": use 0 (off) or 1 (on)"), "{}", stderr(&o));
     let o = gpu_run(&[("LATENT_LINE_LOOP_BOUNDING", "yes")]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("invalid LATENT_LINE_LOOP_BOUNDING: \"yes\": use 0 (off) or 1 (on)"), "{}", stderr(&o));

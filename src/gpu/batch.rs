@@ -42,8 +42,9 @@ pub(super) enum SlotSource {
 
 impl BatchDev {
     /// Random batches: the sample kernel's parameters for steps
-    /// `first .. first + n` (one submission), written at once.
-    pub(super) fn write_schedule(&self, ctx: &GpuContext, cfg: &StepConfig, first: u64, n: usize) {
+    /// `first .. first + n` (one submission), written at once; `given`:
+    /// the host wrote the slots (`Trainer::step_rows`).
+    pub(super) fn write_schedule(&self, ctx: &GpuContext, cfg: &StepConfig, first: u64, n: usize, given: bool) {
         let SlotSource::Random { sampler, schedule, .. } = &self.source else { return };
         let steps: Vec<SampleU> = (0..n as u64)
             .map(|i| {
@@ -53,6 +54,7 @@ impl BatchDev {
                     start: at.start,
                     count: at.count,
                     w_red: cfg.w_red(at.count as usize),
+                    given: given as u32,
                     ..SampleU::zeroed_for(sampler)
                 }
             })

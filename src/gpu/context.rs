@@ -51,7 +51,7 @@ pub fn adapters() -> Result<Vec<wgpu::Adapter>> {
     // checked against the device's limits (`GpuTrainer::new`), or no
     // workgroups, so the check can never fire; without it a batch's empty
     // undo scatter took 0.009–0.014 ms a pass on lavapipe against
-    // 0.093–0.102 with it (BENCHMARKS.md, eleventh session). Kept on
+    // 0.093–0.121 with it (BENCHMARKS.md, eleventh session). Kept on
     // Windows, where D3D12 then reports `num_workgroups` as 0, which our
     // kernels read; `WGPU_VALIDATION_INDIRECT_CALL`, where set, decides.
     if !cfg!(windows) && std::env::var_os("WGPU_VALIDATION_INDIRECT_CALL").is_none() {

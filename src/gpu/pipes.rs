@@ -158,6 +158,9 @@ pub struct Constants {
     /// fused_step.wgsl's POISON_BRANCH: under VEC4, poisoned rows' updates
     /// apart from clean ones'.
     pub poison_branch: bool,
+    /// fused_step.wgsl's SAMPLED: a random batch's slots worked out in
+    /// the step (no sample pass).
+    pub sampled: bool,
 }
 
 impl Default for Constants {
@@ -180,6 +183,7 @@ impl Default for Constants {
             kept_vectors: false,
             pq_shared: false,
             poison_branch: false,
+            sampled: false,
         }
     }
 }
@@ -210,6 +214,7 @@ impl Constants {
             ("KEPT_VECTORS", if self.kept_vectors { 1.0 } else { 0.0 }),
             ("PQ_SHARED", if self.pq_shared { 1.0 } else { 0.0 }),
             ("POISON_BRANCH", if self.poison_branch { 1.0 } else { 0.0 }),
+            ("SAMPLED", if self.sampled { 1.0 } else { 0.0 }),
             // Workgroup arrays sized to their use (NVIDIA allots even those
             // that only dead code touches): PQ_SHARED's p and q, and the
             // row fold's tree (fold_wg.wgsl: rows of more than one lane;

@@ -21,6 +21,9 @@ pub(super) struct SampleU {
     pub(super) rows: u32,
     pub(super) half: u32,
     pub(super) w_red: f32,
+    /// 1: the host wrote the step's slots (`Trainer::step_rows`), so
+    /// fused_step.wgsl's SAMPLED reads them instead of working them out.
+    pub(super) given: u32,
 }
 
 /// Writes batches of a [`Sampler`] into a device buffer.
@@ -97,6 +100,7 @@ impl SampleU {
             rows: s.rows,
             half: s.half_bits(),
             w_red: 1.0,
+            given: 0,
         }
     }
 }

@@ -55,15 +55,17 @@ macro_rules! fused_overrides {
         &[
             "WG", "D", "MODE", "NAIVE", "GUARD", "UPDATE", "SCAN", "L", "KEEP", "MOMENTUM", "SCAN_BUFS", "BATCHED",
             "CLIP", "PREP", "DIRECT", "BLOCKS", "VEC4", "KEPT4", "PREFETCH", "KEPT_VECTORS", "PQ_SHARED", "PQ_VEC4S",
-            "ROW_TREE", "POISON_BRANCH" $(, $extra)*
+            "ROW_TREE", "POISON_BRANCH", "SAMPLED" $(, $extra)*
         ]
     };
 }
-pub const FUSED_STEP: Kernel =
-    Kernel { overrides: fused_overrides!(), ..kernel!("fused_step", [REDUCE_WG, SCAN, FOLD_WG], ["main"], []) };
+pub const FUSED_STEP: Kernel = Kernel {
+    overrides: fused_overrides!(),
+    ..kernel!("fused_step", [REDUCE_WG, SCAN, RNG, SAMPLER, FOLD_WG], ["main"], [])
+};
 /// The fused step with fold_sg.wgsl: for devices with `Features::SUBGROUP`.
 pub const FUSED_STEP_SG: Kernel = Kernel {
-    helpers: &[REDUCE_WG, SCAN, FOLD_SG],
+    helpers: &[REDUCE_WG, SCAN, RNG, SAMPLER, FOLD_SG],
     overrides: fused_overrides!("SG"),
     capabilities: naga::valid::Capabilities::SUBGROUP,
     ..FUSED_STEP
@@ -275,16 +277,18 @@ mod tests {
     /// (`Constants::overrides`: the workgroup arrays sized to their use,
     /// KEPT4, PQ_SHARED's PQ_VEC4S) over the shapes it builds: 16-byte
     /// columns up to eight vec4s a lane, p and q shared up to D = 512, rows
-    /// wider and narrower than a subgroup.
+    /// wider and narrower than a subgroup, batches sampled in the step.
     #[test]
     fn the_fused_step_takes_the_hosts_override_values() {
         use crate::gpu::pipes::{keeps_vec4s, Constants};
         for (k, sg) in [(FUSED_STEP, 0u32), (FUSED_STEP_SG, 8)] {
             let module = validated(&k);
             for (dim, lanes) in [(3u32, 1u32), (4, 1), (64, 4), (64, 2), (60, 2), (512, 16), (1024, 32), (44, 32)] {
-                for (vec4, pq_shared, prefetch, poison_branch) in
-                    [(false, false, true, false), (true, false, false, true), (true, true, true, false)]
-                {
+                for (vec4, pq_shared, prefetch, poison_branch, sampled) in [
+                    (false, false, true, false, true),
+                    (true, false, false, true, false),
+                    (true, true, true, false, true),
+                ] {
                     let vec4 = vec4 && keeps_vec4s(dim, lanes);
                     let c = Constants {
                         wg: 64,
@@ -296,6 +300,8 @@ mod tests {
                         prefetch,
                         pq_shared: pq_shared && vec4 && dim <= 512,
                         poison_branch: poison_branch && vec4,
+                        batched: sampled,
+                        sampled,
                         ..Constants::default()
                     };
                     for update in [0.0, 1.0] {

@@ -9,7 +9,9 @@
 //!
 //! A step is one compute pass (one per kernel with `--profile`; `Phase`
 //! names them):
-//!   [sample.wgsl batch]          (random batches: the step's slots)
+//!   [sample.wgsl batch]          (random batches: the step's slots;
+//!                                 not under SAMPLED, where the fused
+//!                                 step works them out itself)
 //!   [copy_table.wgsl snapshot]   (rollback, every N steps)
 //!   [anchors.wgsl]               (p, q from the current table; s0, d0:
 //!                                 frozen anchors once, and after a host
@@ -166,6 +168,13 @@ pub struct GpuOptions {
     /// `LATENT_LINE_POISON_BRANCH` (`0` or `1`) where set, else off (not yet
     /// timed on a GPU). The same bits either way.
     pub poison_branch: Option<bool>,
+    /// Random batches on a table in one binding, with no first read
+    /// (attached anchors, clipping): the fused step works out its slots
+    /// itself and no sample pass runs before it (fused_step.wgsl's
+    /// SAMPLED: one dispatch and one barrier fewer a step, a few integer
+    /// hashes a row more). `None`: `LATENT_LINE_FUSED_SAMPLE` (`0` or `1`)
+    /// where set, else off (not yet timed on a GPU). The same bits either way.
+    pub fused_sample: Option<bool>,
 }
 
 impl Default for GpuOptions {
@@ -186,6 +195,7 @@ impl Default for GpuOptions {
             kept_vectors: None,
             pq_shared: None,
             poison_branch: None,
+            fused_sample: None,
         }
     }
 }
@@ -225,6 +235,9 @@ struct FusedShape {
     /// with skip-row, whose update is a loop of its own without step4):
     /// [`GpuOptions::poison_branch`].
     poison_branch: bool,
+    /// fused_step.wgsl's SAMPLED as applied (asked, random batches read in
+    /// place, no first read): [`GpuOptions::fused_sample`].
+    sampled: bool,
 }
 
 impl FusedShape {
@@ -626,6 +639,12 @@ impl GpuTrainer {
         let pq_shared = pq_asked && vec4 && shape.dim <= PQ_SHARED_MAX_DIM;
         let branch_asked = or_env_flag(opts.poison_branch, "LATENT_LINE_POISON_BRANCH")?.unwrap_or(false);
         let poison_branch = branch_asked && vec4 && cfg.guard.policy != Policy::SkipRow;
+        let sample_asked = or_env_flag(opts.fused_sample, "LATENT_LINE_FUSED_SAMPLE")?.unwrap_or(false);
+        // (Read in place: the table is one binding, as `build` decides.)
+        let sampled = sample_asked
+            && matches!(schedule, Schedule::Random { .. })
+            && layout.spans.len() == 1
+            && !cfg.needs_prepass();
         let strikes = if cfg.guard.policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
         let biggest = records(lanes).max(strikes);
         // The batch buffers and the two-read steps' per-slot coefficients
@@ -663,7 +682,19 @@ impl GpuTrainer {
             shape,
             cfg,
             opts,
-            FusedShape { wg, lanes, subgroup, blocks, vec4, prefetch, keep, kept_vectors, pq_shared, poison_branch },
+            FusedShape {
+                wg,
+                lanes,
+                subgroup,
+                blocks,
+                vec4,
+                prefetch,
+                keep,
+                kept_vectors,
+                pq_shared,
+                poison_branch,
+                sampled,
+            },
             max_groups,
             layout,
             schedule,
@@ -791,6 +822,12 @@ impl GpuTrainer {
         self.fused.poison_branch
     }
 
+    /// Whether the fused step works out a random batch's slots itself, with
+    /// no sample pass ([`GpuOptions::fused_sample`]).
+    pub fn fused_sample(&self) -> bool {
+        self.fused.sampled
+    }
+
     /// Whether, under VEC4, p and q are read from workgroup memory
     /// ([`GpuOptions::pq_shared`]).
     pub fn pq_shared(&self) -> bool {
@@ -893,7 +930,7 @@ impl Trainer for GpuTrainer {
             adapter: format!("{} ({:?})", i.name, i.device_type),
             driver: format!("{:?} {} {}", i.backend, i.driver, i.driver_info).trim().to_string(),
             kernel: format!(
-                "{}workgroups of {}, {}{}{}{}{}{}{}{}",
+                "{}workgroups of {}, {}{}{}{}{}{}{}{}{}",
                 if self.opts.path == StepPath::Staged { "staged kernels; fused step: " } else { "" },
                 self.fused.wg,
                 match (self.fused.lanes, self.subgroup_fold()) {
@@ -911,6 +948,7 @@ impl Trainer for GpuTrainer {
                     _ => "",
                 },
                 if self.fused.poison_branch { ", poisoned rows apart" } else { "" },
+                if self.fused.sampled { ", batches sampled in the step" } else { "" },
                 if self.fused.prefetch || self.fused.blocks == 1 { "" } else { ", no read-ahead" },
                 if self.fused.keep
                     || !keeps_columns(self.shape.dim as u32, self.fused.lanes, self.fused.kept_vectors)

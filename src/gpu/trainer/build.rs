@@ -157,6 +157,16 @@ impl GpuTrainer {
         } else {
             storage(&ctx, "unused slots", 16, wgpu::BufferUsages::empty())
         };
+        // Random batches: the sampling parameters of a submission's steps,
+        // read by sample.wgsl's pass or, under SAMPLED, by the fused step
+        // (which binds it in every run: a few hundred bytes).
+        let unused_slots = storage(&ctx, "unused slots", 16, wgpu::BufferUsages::empty());
+        let sample_schedule = storage(
+            &ctx,
+            "sample schedule",
+            STEPS_PER_SUBMIT as u64 * std::mem::size_of::<SampleU>() as u64,
+            wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        );
         let prepass_on = cfg.needs_prepass();
         let attached = cfg.endpoints == crate::config::Endpoints::Attached;
         let coef_slots = if batched { cap as u64 } else { shape.rows as u64 };
@@ -204,7 +214,8 @@ impl GpuTrainer {
                 ("DIRECT", if direct && over_x { 1.0 } else { 0.0 }),
                 ("SCAN_BUFS", FUSED_SCAN_BUFS as f64),
             ];
-            let c = Constants { batched: over_x, ..consts };
+            let sampled = fused_shape.sampled && over_x;
+            let c = Constants { batched: over_x, sampled, ..consts };
             let kernel = if subgroup > 0 { &shaders::FUSED_STEP_SG } else { &shaders::FUSED_STEP };
             let p = c.pipeline(&ctx, kernel, "main", &flags);
             let groups = over
@@ -226,7 +237,10 @@ impl GpuTrainer {
                             (9, &hits),
                             (11, *va),
                             (12, *vb),
-                            (13, &slots),
+                            // SAMPLED writes the slots (fused_step.wgsl: 21);
+                            // 13's stand-in is not `dummy`, which stands in
+                            // read-write elsewhere in this group.
+                            (13, if sampled { &unused_slots } else { &slots }),
                             (14, &coef),
                             (15, &agrad),
                             // VEC4's views of 0, 1, 11, 12.
@@ -234,6 +248,8 @@ impl GpuTrainer {
                             (17, if vec4 { *b } else { &dummy }),
                             (18, if vec4 { *va } else { &dummy }),
                             (19, if vec4 { *vb } else { &dummy }),
+                            (20, &sample_schedule),
+                            (21, if sampled { &slots } else { &dummy }),
                         ],
                     )
                 })
@@ -417,12 +433,7 @@ impl GpuTrainer {
             };
             let source = match schedule {
                 Schedule::Random { sampler, .. } => {
-                    let schedule = storage(
-                        &ctx,
-                        "sample schedule",
-                        STEPS_PER_SUBMIT as u64 * std::mem::size_of::<SampleU>() as u64,
-                        wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-                    );
+                    let schedule = sample_schedule.clone();
                     let p = consts.pipeline(&ctx, &shaders::SAMPLE, "batch", &[]);
                     let g = bind_at(&ctx, &p, &[(2, &params), (3, &slots), (4, &schedule), (5, &state)]);
                     SlotSource::Random { sampler, schedule, pass: Pass { pipeline: p, groups: vec![g] } }

@@ -42,7 +42,8 @@ impl GpuTrainer {
         let batch = self.batch.as_ref().filter(|_| update);
         // The step's slots: copied from the resident batches (copies go
         // between passes); random ones are sampled by the step's first
-        // kernel, from its entry of the submission's schedule.
+        // kernel (under SAMPLED, by the fused step), from its entry of the
+        // submission's schedule.
         if let (Some(b), None) = (batch, &self.manual) {
             if let SlotSource::Given { all, entries } = &b.source {
                 let bytes = b.cap as u64 * 16;
@@ -83,7 +84,8 @@ impl GpuTrainer {
         let pre = self.prepass.as_ref().filter(|_| update);
         let rollback = self.rollback.is_some();
         [
-            (Phase::Sample, random && self.manual.is_none()),
+            // (SAMPLED: the fused step works out the slots itself.)
+            (Phase::Sample, random && self.manual.is_none() && !self.fused.sampled),
             (Phase::Snapshot, snapshot && rollback),
             (Phase::Anchors, !self.anchors_fresh),
             (Phase::Gather, batch.is_some_and(|b| !b.direct)),

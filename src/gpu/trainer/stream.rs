@@ -28,7 +28,7 @@ impl GpuTrainer {
         ctx.queue.write_buffer(&self.state, 0, bytemuck::bytes_of(&0u32));
         let first = self.steps_done;
         if let Some(b) = &self.batch {
-            b.write_schedule(&self.ctx, &self.cfg, first, n);
+            b.write_schedule(&self.ctx, &self.cfg, first, n, self.manual.is_some());
         }
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         if n == 0 {

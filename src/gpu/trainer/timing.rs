@@ -49,7 +49,7 @@ impl GpuTrainer {
             let m = (n - done).min(STEPS_PER_SUBMIT as u32);
             ctx.queue.write_buffer(&self.state, 0, bytemuck::bytes_of(&0u32));
             if let Some(b) = &self.batch {
-                b.write_schedule(&ctx, &self.cfg, self.steps_done, m as usize);
+                b.write_schedule(&ctx, &self.cfg, self.steps_done, m as usize, false);
             }
             let mut enc = ctx.device.create_command_encoder(&Default::default());
             for i in 0..m {
