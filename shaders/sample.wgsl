@@ -23,7 +23,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     if (i >= sp.count) {
         return;
     }
-    let key = perm_key(sp.seed_lo, sp.seed_hi, sp.epoch, sp.half, sp.rows);
+    let key = perm_key(sp);
     rows_out[i] = permute(key, sp.start + i);
 }
 

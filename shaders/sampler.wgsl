@@ -3,7 +3,9 @@
 // 2^(2·HALF) ≥ R), four rounds of mix32, walks its own cycle until the value
 // lands in [0, R) (fewer than 4 rounds of walking on average: 2^(2·HALF) <
 // 4R). Keyed by (seed, epoch): each epoch is a fresh permutation, with no
-// table of indices anywhere. Needs rng.wgsl (mix32, counter_hash).
+// table of indices anywhere. The four round keys come from the host
+// (`Sampler::keys`: counter_hash of the seed and epoch, stream 7), so no
+// invocation hashes them again before its first slot. Needs rng.wgsl (mix32).
 // CPU mirror: `Sampler::permute` (src/sampler.rs). Also here: a step's
 // sampling parameters and its slots (`batch_slot`), shared by sample.wgsl
 // and fused_step.wgsl (SAMPLED).
@@ -11,9 +13,7 @@
 // One step's batch: positions start … start + count − 1 of epoch's
 // permutation (host: `SampleU`, src/gpu/sampler.rs).
 struct SampleParams {
-    seed_lo: u32,
-    seed_hi: u32,
-    epoch: u32,
+    keys: vec4<u32>,   // the epoch's round keys
     start: u32,
     count: u32,
     rows: u32,
@@ -28,10 +28,8 @@ struct PermKey {
     rows: u32,      // R
 }
 
-fn perm_key(seed_lo: u32, seed_hi: u32, epoch: u32, half: u32, rows: u32) -> PermKey {
-    let k = vec4<u32>(counter_hash(seed_lo, seed_hi, epoch, 0u, 7u), counter_hash(seed_lo, seed_hi, epoch, 1u, 7u),
-                      counter_hash(seed_lo, seed_hi, epoch, 2u, 7u), counter_hash(seed_lo, seed_hi, epoch, 3u, 7u));
-    return PermKey(k, half, rows);
+fn perm_key(s: SampleParams) -> PermKey {
+    return PermKey(s.keys, s.half, s.rows);
 }
 
 fn feistel(key: PermKey, x: u32) -> u32 {
@@ -83,7 +81,7 @@ fn unpermute(key: PermKey, row: u32) -> u32 {
 // inverting the permutation: no search); slot 2 + i is position start + i,
 // dead when it is an anchor (already in slot 0 or 1) or past the batch.
 fn batch_slot(s: SampleParams, i: u32, anchor_a: u32, anchor_b: u32) -> vec4<u32> {
-    let key = perm_key(s.seed_lo, s.seed_hi, s.epoch, s.half, s.rows);
+    let key = perm_key(s);
     let w = bitcast<u32>(s.w_red);
     if (i < 2u) {
         let row = select(anchor_a, anchor_b, i == 1u);

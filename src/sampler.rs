@@ -4,7 +4,8 @@
 //! last batch of an epoch is the remainder when B does not divide R (as a
 //! PyTorch `DataLoader` without `drop_last`). The permutation is a Feistel
 //! network with cycle-walking — `shaders/sampler.wgsl` computes the same
-//! integers on the device; this is its mirror, line for line.
+//! integers on the device, with the round keys made here (`keys`); this
+//! is its mirror, line for line.
 
 use crate::error::{Error, Result};
 use crate::rng::{counter_hash, mix32};
@@ -26,8 +27,8 @@ pub struct Slot {
     pub count: u32,
 }
 
-/// Round key `round` of `epoch`: rng.wgsl's `counter_hash` on stream 7
-/// (the sampler's), as `perm_key` in sampler.wgsl.
+/// Round key `round` of `epoch`: `counter_hash` (rng.wgsl's, mirrored) on
+/// stream 7, the sampler's; the device takes them from the host.
 fn round_key(seed: u64, epoch: u32, round: u32) -> u32 {
     counter_hash(seed, epoch, round, 7)
 }
@@ -74,7 +75,8 @@ impl Sampler {
         (l << half) | r
     }
 
-    fn keys(&self, epoch: u32) -> [u32; 4] {
+    /// `epoch`'s four round keys (sampler.wgsl takes them from the host).
+    pub(crate) fn keys(&self, epoch: u32) -> [u32; 4] {
         [0, 1, 2, 3].map(|r| round_key(self.seed, epoch, r))
     }
 

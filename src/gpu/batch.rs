@@ -49,14 +49,7 @@ impl BatchDev {
         let steps: Vec<SampleU> = (0..n as u64)
             .map(|i| {
                 let at = sampler.slot(first + i);
-                SampleU {
-                    epoch: at.epoch,
-                    start: at.start,
-                    count: at.count,
-                    w_red: cfg.w_red(at.count as usize),
-                    given: given as u32,
-                    ..SampleU::zeroed_for(sampler)
-                }
+                SampleU { w_red: cfg.w_red(at.count as usize), given: given as u32, ..SampleU::at(sampler, at) }
             })
             .collect();
         ctx.queue.write_buffer(schedule, 0, bytemuck::cast_slice(&steps));

@@ -10,12 +10,12 @@ use super::shaders;
 use crate::error::{Error, Result};
 use crate::sampler::{Sampler, Slot};
 
+/// sampler.wgsl's `SampleParams`: one step's batch, with its epoch's
+/// round keys (48 bytes: WGSL rounds the struct to its vec4's alignment).
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(super) struct SampleU {
-    pub(super) seed_lo: u32,
-    pub(super) seed_hi: u32,
-    pub(super) epoch: u32,
+    pub(super) keys: [u32; 4],
     pub(super) start: u32,
     pub(super) count: u32,
     pub(super) rows: u32,
@@ -24,6 +24,7 @@ pub(super) struct SampleU {
     /// 1: the host wrote the step's slots (`Trainer::step_rows`), so
     /// fused_step.wgsl's SAMPLED reads them instead of working them out.
     pub(super) given: u32,
+    pub(super) pad: [u32; 2],
 }
 
 /// Writes batches of a [`Sampler`] into a device buffer.
@@ -45,7 +46,7 @@ impl GpuSampler {
         let wg = ctx.workgroup_size(256);
         let consts = Constants { wg, ..Constants::default() };
         let pipeline = consts.pipeline(&ctx, &shaders::SAMPLE, "main", &[]);
-        let params = uniform(&ctx, "sample params", &SampleU::zeroed_for(&sampler));
+        let params = uniform(&ctx, "sample params", &SampleU::at(&sampler, sampler.slot(0)));
         let rows = storage(
             &ctx,
             "batch rows",
@@ -58,8 +59,7 @@ impl GpuSampler {
 
     /// Encodes the writing of `slot`'s rows into `self.rows[..slot.count]`.
     pub fn encode(&self, enc: &mut wgpu::CommandEncoder, slot: Slot) {
-        let p =
-            SampleU { epoch: slot.epoch, start: slot.start, count: slot.count, ..SampleU::zeroed_for(&self.sampler) };
+        let p = SampleU::at(&self.sampler, slot);
         self.ctx.queue.write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
         let mut pass = enc.begin_compute_pass(&Default::default());
         pass.set_pipeline(&self.pipeline);
@@ -89,18 +89,21 @@ impl GpuSampler {
     }
 }
 
+const _: () = assert!(std::mem::size_of::<SampleU>() == 48, "sampler.wgsl's SampleParams");
+
 impl SampleU {
-    pub(super) fn zeroed_for(s: &Sampler) -> Self {
+    /// `slot` of `s`'s batches, its epoch's keys worked out here; `w_red`
+    /// 1, slots to be worked out (`given` 0).
+    pub(super) fn at(s: &Sampler, slot: Slot) -> Self {
         SampleU {
-            seed_lo: s.seed as u32,
-            seed_hi: (s.seed >> 32) as u32,
-            epoch: 0,
-            start: 0,
-            count: 0,
+            keys: s.keys(slot.epoch),
+            start: slot.start,
+            count: slot.count,
             rows: s.rows,
             half: s.half_bits(),
             w_red: 1.0,
             given: 0,
+            pad: [0; 2],
         }
     }
 }
