@@ -26,6 +26,10 @@ struct ReduceParams {
 // place) is set, no workgroups otherwise, so a step that keeps its table
 // pays nothing. (A 16-byte stand-in pair when there are none.)
 @group(0) @binding(6) var<storage, read> guard_grids: array<vec4<u32>>;
+// How many: 0 with the stand-ins, so that a step with no indirect pass
+// (a full table under skip-step or abort) reads no grid at its end, where
+// lane 0 would wait on the load.
+override GRIDS: u32 = 0u;
 @group(0) @binding(7) var<storage, read_write> guard_args: array<vec4<u32>>;
 
 var<workgroup> wg_head: vec3<u32>;   // (state.halted, state.record, state.stamp)
@@ -273,7 +277,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             action = ACT_ABORTED;
         }
         if (double_buffered() && rp.update != 0u) {
-            for (var c = 0u; c < arrayLength(&guard_grids); c = c + 1u) {
+            for (var c = 0u; c < GRIDS; c = c + 1u) {
                 let g = guard_grids[c];
                 let open = select(st.restore, st.undo, g.w == 1u) != 0u;
                 guard_args[c] = select(vec4<u32>(0u, 1u, 1u, 0u), vec4<u32>(g.xyz, 0u), open);

@@ -71,7 +71,7 @@ pub const FUSED_STEP_SG: Kernel = Kernel {
     ..FUSED_STEP
 };
 pub const REDUCE: Kernel =
-    kernel!("reduce", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "GUARD", "SCAN_BUFS", "BATCHED", "CLIP"]);
+    kernel!("reduce", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "GUARD", "SCAN_BUFS", "BATCHED", "CLIP", "GRIDS"]);
 pub const ANCHOR_SUM: Kernel = kernel!("anchor_sum", [], ["main"], ["WG", "D", "BATCHED", "DIRECT"]);
 pub const PREPARE: Kernel = kernel!("prepare", [REDUCE_WG], ["main"], ["WG", "D", "MODE"]);
 pub const BATCH_IO: Kernel =

@@ -297,7 +297,8 @@ impl GpuTrainer {
         };
         let reduce = |update: bool, over_x: bool| {
             let c = Constants { batched: over_x, ..consts };
-            let p = c.pipeline(&ctx, &shaders::REDUCE, "main", &[("SCAN_BUFS", FUSED_SCAN_BUFS as f64)]);
+            let extra = [("SCAN_BUFS", FUSED_SCAN_BUFS as f64), ("GRIDS", guard_grids.len() as f64)];
+            let p = c.pipeline(&ctx, &shaders::REDUCE, "main", &extra);
             let count = if over_x { x_groups } else { partial_base };
             let rp = uniform(&ctx, "reduce", &ReduceU { count, update: update as u32, pad: [0; 2] });
             let g = bind_at(
