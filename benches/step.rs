@@ -29,8 +29,9 @@
 //!                   adapter) drawn on the device, default guard
 //!   batch-indices   user batches of the same size with repeats (rows drawn
 //!                   with replacement from a quarter of the table)
-//!   batch-random-1block, -4byte (gpu-time) the random batch with one row
-//!                   block a workgroup; with 4-byte columns
+//!   batch-random-1block, -4byte, -sampled (gpu-time) the random batch
+//!                   with one row block a workgroup; with 4-byte columns;
+//!                   with its slots worked out in the fused step
 //!   batch-random-ignore (gpu-time) the random batch under `ignore`: no
 //!                   undo log, no scatter (the default guard's cost)
 //!   step-attached-clip  the full table, attached anchors and clipping:

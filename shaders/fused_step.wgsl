@@ -438,13 +438,14 @@ fn sampling() -> bool {
 // of this pass are never read: lane 0 of a batch's workgroup works out
 // its finding's slots again (`lowest_row_finding`).
 fn slot_at(i: u32) -> vec4<u32> {
-    if (SAMPLED) {
-        if (sampling()) {
-            return batch_slot(schedule[state.record], i, params.anchor_a, params.anchor_b);
-        }
-        return slots_rw[i];
+    if (!SAMPLED) {
+        return slots[i];
     }
-    return slots[i];
+    let s = schedule[state.record];
+    if (s.given == 0u) {
+        return batch_slot(s, i, params.anchor_a, params.anchor_b);
+    }
+    return slots_rw[i];   // given by the host
 }
 
 fn row_site(slot: u32, first: u32) -> RowSite {

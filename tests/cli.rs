@@ -858,57 +858,34 @@ fn the_fused_steps_shape_switches_are_taken_and_checked() {
         assert!(o.status.success(), "{vec4:?}: {}", stderr(&o));
         assert_eq!(out.contains(", 16-byte loads"), said, "{vec4:?}: {out}");
     }
-    // wgpu's loop counters, on request: said on the kernel line, the same
-    // table bit for bit; any other value refused, naming the variable.
+    // Switches that keep every bit, on request: said on the kernel line,
+    // the same table bit for bit (lavapipe); any other value refused,
+    // naming the variable. wgpu's loop counters; random batches' slots
+    // worked out in the step.
     let dir = Dir::new();
-    let mut tables = Vec::new();
-    for lb in ["0", "1"] {
-        let path = dir.p(&format!("lb{lb}.npy"));
-        let o = latent_line(["--backend", "gpu", "--rows", "700", "--dim", "24", "--steps", "3", "--save"])
-            .arg(&path)
-            .env("LATENT_LINE_LOOP_BOUNDING", lb)
-            .output()
-            .unwrap();
-        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        let said = String::from_utf8_lossy(&o.stdout).contains("loops bounded by wgpu");
-        assert_eq!(said, lb == "1", "{}", String::from_utf8_lossy(&o.stdout));
-        tables.push(std::fs::read(&path).unwrap());
+    for (var, said_as, batch, bad) in [
+        ("LATENT_LINE_LOOP_BOUNDING", "loops bounded by wgpu", None, "yes"),
+        ("LATENT_LINE_FUSED_SAMPLE", ", batches sampled in the step", Some("300"), "on"),
+    ] {
+        let mut tables = Vec::new();
+        for v in ["0", "1"] {
+            let path = dir.p(&format!("{var}{v}.npy"));
+            let mut c = latent_line(["--backend", "gpu", "--rows", "700", "--dim", "24", "--steps", "5"]);
+            if let Some(b) = batch {
+                c.args(["--batch", b]);
+            }
+            let o = c.arg("--save").arg(&path).env(var, v).output().unwrap();
+            assert_eq!(o.status.code(), Some(0), "{var}={v}: {}", stderr(&o));
+            let said = String::from_utf8_lossy(&o.stdout).contains(said_as);
+            assert_eq!(said, v == "1", "{var}={v}: {}", String::from_utf8_lossy(&o.stdout));
+            tables.push(std::fs::read(&path).unwrap());
+        }
+        assert!(tables[0] == tables[1], "{var} changed the table");
+        let o = gpu_run(&[(var, bad)]);
+        assert_eq!(o.status.code(), Some(1));
+        let want = format!("invalid {var}: \"{bad}\": use 0 (off) or 1 (on)");
+        assert!(stderr(&o).contains(&want), "{}", stderr(&o));
     }
-    assert!(tables[0] == tables[1], "the loop counters changed the table");
-    // Random batches' slots worked out in the step, on request: said on the
-    // kernel line, the same table bit for bit (lavapipe).
-    let mut tables = Vec::new();
-    for fs in ["0", "1"] {
-        let path = dir.p(&format!("fs{fs}.npy"));
-        let o = latent_line([
-            "--backend",
-            "gpu",
-            "--rows",
-            "700",
-            "--dim",
-            "24",
-            "--steps",
-            "5",
-            "--batch",
-            "300",
-            "--save",
-        ])
-        .arg(&path)
-        .env("LATENT_LINE_FUSED_SAMPLE", fs)
-        .output()
-        .unwrap();
-        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        let said = String::from_utf8_lossy(&o.stdout).contains(", batches sampled in the step");
-        assert_eq!(said, fs == "1", "{}", String::from_utf8_lossy(&o.stdout));
-        tables.push(std::fs::read(&path).unwrap());
-    }
-    assert!(tables[0] == tables[1], "sampling in the step changed the table");
-    let o = gpu_run(&[("LATENT_LINE_FUSED_SAMPLE", "on")]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("invalid LATENT_LINE_FUSED_SAMPLE: \"on\": use 0 (off) or 1 (on)"), "{}", stderr(&o));
-    let o = gpu_run(&[("LATENT_LINE_LOOP_BOUNDING", "yes")]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("invalid LATENT_LINE_LOOP_BOUNDING: \"yes\": use 0 (off) or 1 (on)"), "{}", stderr(&o));
 }
 
 #[test]

@@ -19,6 +19,12 @@ pub struct ChunkLayout {
 }
 
 impl ChunkLayout {
+    /// The whole table in one storage binding: a batch's rows are then read
+    /// and written in place (fused_step.wgsl's DIRECT, and SAMPLED).
+    pub fn one_binding(&self) -> bool {
+        self.spans.len() == 1
+    }
+
     /// Splits `shape` into chunks of at most `max_binding_bytes` (and at most
     /// `max_chunk_rows` rows when given: tests force several bindings with it).
     /// Refuses, before any allocation, what a 2-D grid of `max_groups`² workgroups

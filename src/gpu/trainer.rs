@@ -640,11 +640,9 @@ impl GpuTrainer {
         let branch_asked = or_env_flag(opts.poison_branch, "LATENT_LINE_POISON_BRANCH")?.unwrap_or(false);
         let poison_branch = branch_asked && vec4 && cfg.guard.policy != Policy::SkipRow;
         let sample_asked = or_env_flag(opts.fused_sample, "LATENT_LINE_FUSED_SAMPLE")?.unwrap_or(false);
-        // (Read in place: the table is one binding, as `build` decides.)
-        let sampled = sample_asked
-            && matches!(schedule, Schedule::Random { .. })
-            && layout.spans.len() == 1
-            && !cfg.needs_prepass();
+        // (Random batches read in place, as `build` makes them.)
+        let sampled =
+            sample_asked && matches!(schedule, Schedule::Random { .. }) && layout.one_binding() && !cfg.needs_prepass();
         let strikes = if cfg.guard.policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
         let biggest = records(lanes).max(strikes);
         // The batch buffers and the two-read steps' per-slot coefficients

@@ -84,7 +84,7 @@ impl GpuTrainer {
         let x_bytes = cap as u64 * d * 4;
         // A table in one binding is read in place (DIRECT): no gather, and
         // no batch buffer A.
-        let direct = batched && chunks.len() == 1;
+        let direct = batched && layout.one_binding();
         let (xa, xb, xva, xvb) = if batched {
             let mk = |label: &str, on: bool| on.then(|| storage(&ctx, label, x_bytes, wgpu::BufferUsages::empty()));
             let momentum = cfg.momentum > 0.0;
@@ -152,15 +152,18 @@ impl GpuTrainer {
 
         // The buffers a fused pass works on: the table's chunks, or the
         // batch buffers (one "chunk" of slots).
+        // (The stand-in also takes binding 13's place where SAMPLED binds
+        // the slots read-write at 21; `dummy` cannot: it stands in
+        // read-write elsewhere in that group.)
+        let unused_slots = storage(&ctx, "unused slots", 16, wgpu::BufferUsages::empty());
         let slots = if batched {
             storage(&ctx, "batch slots", cap as u64 * 16, wgpu::BufferUsages::COPY_DST)
         } else {
-            storage(&ctx, "unused slots", 16, wgpu::BufferUsages::empty())
+            unused_slots.clone()
         };
         // Random batches: the sampling parameters of a submission's steps,
         // read by sample.wgsl's pass or, under SAMPLED, by the fused step
         // (which binds it in every run: a few hundred bytes).
-        let unused_slots = storage(&ctx, "unused slots", 16, wgpu::BufferUsages::empty());
         let sample_schedule = storage(
             &ctx,
             "sample schedule",
@@ -237,9 +240,7 @@ impl GpuTrainer {
                             (9, &hits),
                             (11, *va),
                             (12, *vb),
-                            // SAMPLED writes the slots (fused_step.wgsl: 21);
-                            // 13's stand-in is not `dummy`, which stands in
-                            // read-write elsewhere in this group.
+                            // SAMPLED writes the slots (fused_step.wgsl: 21).
                             (13, if sampled { &unused_slots } else { &slots }),
                             (14, &coef),
                             (15, &agrad),
