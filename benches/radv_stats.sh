@@ -8,6 +8,9 @@
 #
 #   bash benches/radv_stats.sh [FAMILY ...]     (default: navi21 vega10)
 #
+# BIN=path/to/latent-line compares another build; RADV_DEBUG=shaders in the
+# environment also prints each pipeline's code (ACO's disassembly).
+#
 # Needs mesa-vulkan-drivers (lavapipe and RADV) and a release build.
 set -u
 cd "$(dirname "$0")/.."
@@ -28,24 +31,28 @@ row() {
     line=$(echo "$out" | grep -m1 -E 'fused_step\.wgsl main (\[[A-Z=0-9 ]*UPDATE=1[A-Z=0-9 ]*\] )?· ')
     [ -n "$line" ] || { echo "$label: no statistics"; echo "$out" | tail -3; return; }
     f() { echo "$line" | grep -o "$1 [0-9]*" | head -1 | awk '{print $NF}'; }
-    printf '%-28s VGPRs %3s  spilled %s  scratch %s  LDS %5s  waves/SIMD %2s  instructions %5s\n' "$label" \
+    printf '%-32s VGPRs %3s  spilled %s  scratch %s  LDS %5s  waves/SIMD %2s  instructions %5s\n' "$label" \
         "$(f VGPRs)" "$(f 'Spilled VGPRs')" "$(f 'Scratch size')" "$(f 'LDS size')" "$(f 'Subgroups per SIMD')" "$(f Instructions)"
 }
 
 for fam in "${@:-navi21 vega10}"; do
     for family in $fam; do
         export RADV_FORCE_FAMILY=$family
-        echo "== $family (fused step, UPDATE pipeline; workgroups of 256, 8 row blocks)"
-        row "D=64, 8 lanes (default)" --
-        row "PREFETCH=0" LATENT_LINE_PREFETCH=0 --
-        row "KEEP=0" LATENT_LINE_KEEP=0 --
-        row "KEPT_VECTORS=0 (an array)" LATENT_LINE_KEPT_VECTORS=0 --
-        row "VEC4=1" LATENT_LINE_VEC4=1 --
-        row "VEC4=1, 16 lanes" LATENT_LINE_VEC4=1 LATENT_LINE_LANES=16 --
-        row "16 lanes" LATENT_LINE_LANES=16 --
-        row "4 lanes (16 columns in vectors)" LATENT_LINE_LANES=4 --
-        row "4 lanes, PREFETCH=0" LATENT_LINE_LANES=4 LATENT_LINE_PREFETCH=0 --
-        row "D=128, 16 lanes (default)" LATENT_LINE_LANES=16 -- --dim 128
-        row "random batch (read in place)" -- --batch 2048
+        echo "== $family (fused step, UPDATE pipeline; workgroups of 256, subgroups)"
+        # The GPU defaults first: 16-byte columns, D/16 lanes, no read-ahead.
+        v4=(LATENT_LINE_VEC4=1 LATENT_LINE_LANES=4 LATENT_LINE_PREFETCH=0 LATENT_LINE_ROW_BLOCKS=4)
+        row "D=64 default (16-byte, 4 lanes)" "${v4[@]}" --
+        row "  random batch (in place)" "${v4[@]}" -- --batch 2048
+        row "  read-ahead" "${v4[@]}" LATENT_LINE_PREFETCH=1 --
+        row "  2 lanes" "${v4[@]}" LATENT_LINE_LANES=2 --
+        row "  16 lanes" "${v4[@]}" LATENT_LINE_LANES=16 --
+        row "D=128 default (16-byte, 8 l.)" "${v4[@]}" LATENT_LINE_LANES=8 -- --dim 128
+        # 4-byte columns (D not a multiple of 4, or VEC4=0), 8 lanes.
+        b4=(LATENT_LINE_VEC4=0 LATENT_LINE_LANES=8 LATENT_LINE_ROW_BLOCKS=8)
+        row "D=64 4-byte, 8 lanes (vectors)" "${b4[@]}" --
+        row "  no read-ahead" "${b4[@]}" LATENT_LINE_PREFETCH=0 --
+        row "  kept in an array" "${b4[@]}" LATENT_LINE_KEPT_VECTORS=0 --
+        row "  not kept (KEEP=0)" "${b4[@]}" LATENT_LINE_KEEP=0 --
+        row "  16 lanes" "${b4[@]}" LATENT_LINE_LANES=16 --
     done
 done

@@ -80,6 +80,13 @@ override KEPT_VECTORS: bool = false;
 fn kept_max() -> u32 {
     return select(MAX_KEPT, MAX_KEPT_VECTORS, KEPT_VECTORS);
 }
+
+// The count of the loops over a lane's kept columns: ⌈D/L⌉ (≤ kept_max()
+// under KEEP), a constant at pipeline creation, where loops to kept_max()
+// ran dead iterations that compilers kept (as KEPT4 for the vec4s).
+fn kept_count() -> u32 {
+    return min(kept_max(), (D + L - 1u) / L);
+}
 // D a multiple of 4, at most 4·MAX_KEPT4·L: a lane's kept columns are whole
 // vec4s (lane l takes vec4s l, l + L, … of the row, KEPT4 at most:
 // columns 4l … 4l + 3, then 4(l + L) …), read and written 16 bytes at a
@@ -94,8 +101,11 @@ fn kept_max() -> u32 {
 // host (`LATENT_LINE_VEC4`).
 override VEC4: bool = false;
 // VEC4: the most vec4s a lane keeps, ⌈D/4 ÷ L⌉ ≤ MAX_KEPT4 (set by the
-// host): code for the vec4s past it is dead at pipeline creation, so they
-// take no registers.
+// host), and the count of every loop over them: a constant at pipeline
+// creation, so a compiler unrolls them and keeps the vec4s in registers.
+// (Loops to MAX_KEPT4, with the vec4s past KEPT4 dead, stayed loops of 8
+// in RADV's and lavapipe's compilers, each `kept_get` a chain of selects:
+// BENCHMARKS.md, twelfth session.)
 override KEPT4: u32 = 2u;
 const MAX_KEPT4: u32 = 8u;
 // VEC4: p and q of the lane's vec4s read from workgroup memory (`wg_pq`,
@@ -278,8 +288,10 @@ fn put(cur: u32, base: u32, out_base: u32, k: u32, x_old: f32, v_old: f32, nv: v
     store_v(cur, out_base + k, nv.y);
 }
 
-// put for vec4 `c4` of the row (base and out_base in elements).
-fn put4(cur: u32, base: u32, out_base: u32, c4: u32, x_old: vec4<f32>, v_old: vec4<f32>, nx: vec4<f32>, nv: vec4<f32>) {
+// put for vec4 `c4` of the row (base and out_base in elements) into
+// table_a4 (`to_a`) or table_b4: the caller picks the buffer once a row, a
+// constant at each call (see `update4`).
+fn put4(to_a: bool, base: u32, out_base: u32, c4: u32, x_old: vec4<f32>, v_old: vec4<f32>, nx: vec4<f32>, nv: vec4<f32>) {
     if (undo_log()) {
         table_a4[base / 4u + c4] = nx;
         table_b4[out_base / 4u + c4] = x_old;
@@ -289,48 +301,41 @@ fn put4(cur: u32, base: u32, out_base: u32, c4: u32, x_old: vec4<f32>, v_old: ve
         }
         return;
     }
-    store_x4(cur, out_base / 4u + c4, nx);
-    store_v4(cur, out_base / 4u + c4, nv);
+    let e4 = out_base / 4u + c4;
+    if (to_a) {
+        table_a4[e4] = nx;
+        if (MOMENTUM) {
+            vel_a4[e4] = nv;
+        }
+    } else {
+        table_b4[e4] = nx;
+        if (MOMENTUM) {
+            vel_b4[e4] = nv;
+        }
+    }
 }
 
-// VEC4: vec4 `e4` (elements 4·e4 …) of the same buffers as load_x, store_x,
-// load_v and store_v.
-fn load_x4(cur: u32, e4: u32) -> vec4<f32> {
-    if (cur == 0u) {
+// VEC4: vec4 `e4` of table_a4 (`from_a`) or table_b4, and of their
+// velocities: the caller picks the buffer once a row, so that a compiler
+// that inlines (every driver's does) sees a constant, where testing `cur`
+// at each load made RADV's compiler branch and fetch the buffer's
+// descriptor again before every one of a row's loads, issuing none of
+// them together (BENCHMARKS.md, twelfth session).
+fn load_x4(from_a: bool, e4: u32) -> vec4<f32> {
+    if (from_a) {
         return table_a4[e4];
     }
     return table_b4[e4];
 }
 
-fn store_x4(cur: u32, e4: u32, v: vec4<f32>) {
-    let dst = select(cur, 1u - cur, double_buffered());
-    if (dst == 0u) {
-        table_a4[e4] = v;
-    } else {
-        table_b4[e4] = v;
-    }
-}
-
-fn load_v4(cur: u32, e4: u32) -> vec4<f32> {
+fn load_v4(from_a: bool, e4: u32) -> vec4<f32> {
     if (!MOMENTUM) {
         return vec4<f32>(0.0);
     }
-    if (cur == 0u) {
+    if (from_a) {
         return vel_a4[e4];
     }
     return vel_b4[e4];
-}
-
-fn store_v4(cur: u32, e4: u32, v: vec4<f32>) {
-    if (!MOMENTUM) {
-        return;
-    }
-    let dst = select(cur, 1u - cur, double_buffered());
-    if (dst == 0u) {
-        vel_a4[e4] = v;
-    } else {
-        vel_b4[e4] = v;
-    }
 }
 
 fn load_v(cur: u32, e: u32) -> f32 {
@@ -497,8 +502,8 @@ fn kept_vec4(lane: u32, q: u32) -> u32 {
     return lane + q * L;
 }
 
-// VEC4: does the row have the lane's vec4 q? (Never past KEPT4: a
-// constant, so the loops over q < MAX_KEPT4 drop the rest.)
+// VEC4: does the row have the lane's vec4 q (q < KEPT4, the count of
+// the loops over a lane's vec4s)?
 fn has_vec4(lane: u32, q: u32) -> bool {
     return (q < KEPT4) & ((q < D / 4u / L) | ((q < (D / 4u + L - 1u) / L) & (kept_vec4(lane, q) < D / 4u)));
 }
@@ -510,13 +515,13 @@ fn load_kept(site: RowSite, lane: u32, cur: u32) -> array<f32, MAX_KEPT> {
     if (KEEP && !VEC4 && !KEPT_VECTORS && site.live) {
         // The buffer picked once, not at every load (uniform either way).
         if (cur == 0u) {
-            for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
+            for (var j = 0u; j < kept_count(); j = j + 1u) {
                 if (has_kept(lane, j)) {
                     kept[j] = table_a[site.base + kept_col(lane, j)];
                 }
             }
         } else {
-            for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
+            for (var j = 0u; j < kept_count(); j = j + 1u) {
                 if (has_kept(lane, j)) {
                     kept[j] = table_b[site.base + kept_col(lane, j)];
                 }
@@ -530,13 +535,13 @@ fn load_kept(site: RowSite, lane: u32, cur: u32) -> array<f32, MAX_KEPT> {
 // step writes (store_x's), picked once for all of them.
 fn store_kept(cur: u32, out_base: u32, lane: u32, new_x: array<f32, MAX_KEPT>) {
     if (select(cur, 1u - cur, double_buffered()) == 0u) {
-        for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
+        for (var j = 0u; j < kept_count(); j = j + 1u) {
             if (has_kept(lane, j)) {
                 table_a[out_base + kept_col(lane, j)] = new_x[j];
             }
         }
     } else {
-        for (var j = 0u; j < MAX_KEPT; j = j + 1u) {
+        for (var j = 0u; j < kept_count(); j = j + 1u) {
             if (has_kept(lane, j)) {
                 table_b[out_base + kept_col(lane, j)] = new_x[j];
             }
@@ -544,26 +549,38 @@ fn store_kept(cur: u32, out_base: u32, lane: u32, new_x: array<f32, MAX_KEPT>) {
     }
 }
 
+// VEC4: the lane's vec4s of a row from table_a4 (`from_a`) or table_b4.
+fn load_vec4s(from_a: bool, site: RowSite, lane: u32) -> Kept4 {
+    var kept = no_kept4();
+    for (var q = 0u; q < KEPT4; q = q + 1u) {
+        if (has_vec4(lane, q)) {
+            kept = kept_set(kept, q, load_x4(from_a, site.base / 4u + kept_vec4(lane, q)));
+        }
+    }
+    return kept;
+}
+
 // VEC4: a lane's vec4s of a row, 16 bytes a load. KEPT_VECTORS: its
 // 4-byte kept columns, in the same struct.
 fn load_kept4(site: RowSite, lane: u32, cur: u32) -> Kept4 {
     var kept = no_kept4();
     if (VEC4 && site.live) {
-        for (var q = 0u; q < MAX_KEPT4; q = q + 1u) {
-            if (has_vec4(lane, q)) {
-                kept = kept_set(kept, q, load_x4(cur, site.base / 4u + kept_vec4(lane, q)));
-            }
+        // The buffer picked once (load_x4).
+        if (cur == 0u) {
+            kept = load_vec4s(true, site, lane);
+        } else {
+            kept = load_vec4s(false, site, lane);
         }
     } else if (KEEP && KEPT_VECTORS && site.live) {
         // As load_kept: the buffer picked once.
         if (cur == 0u) {
-            for (var j = 0u; j < MAX_KEPT_VECTORS; j = j + 1u) {
+            for (var j = 0u; j < kept_count(); j = j + 1u) {
                 if (has_kept(lane, j)) {
                     kept = kept_with(kept, j, table_a[site.base + kept_col(lane, j)]);
                 }
             }
         } else {
-            for (var j = 0u; j < MAX_KEPT_VECTORS; j = j + 1u) {
+            for (var j = 0u; j < kept_count(); j = j + 1u) {
                 if (has_kept(lane, j)) {
                     kept = kept_with(kept, j, table_b[site.base + kept_col(lane, j)]);
                 }
@@ -668,6 +685,31 @@ fn scan4(acc: Scans2, x: vec4<f32>, k0: u32, p: vec4<f32>, q: vec4<f32>, v_old: 
     return s;
 }
 
+// VEC4: the update of a lane's kept vec4s of a row, read from (velocities)
+// and written to the buffers `from_a` and `to_a` pick (constants at each
+// call): the old velocities, and whether any gradient or new value is
+// non-finite.
+struct Update4 {
+    vels: Kept4,
+    bad: bool,
+}
+
+fn update4(from_a: bool, to_a: bool, kept4: Kept4, p4: Kept4, q4: Kept4, lane: u32, base: u32, out_base: u32, co: RowCo) -> Update4 {
+    var up = Update4(no_kept4(), false);
+    for (var q = 0u; q < KEPT4; q = q + 1u) {
+        if (has_vec4(lane, q)) {
+            let at = kept_vec4(lane, q);
+            let x = kept_get(kept4, q);
+            let v = load_v4(from_a, base / 4u + at);
+            up.vels = kept_set(up.vels, q, v);
+            let st = step4_row(x, 4u * at, p_get(p4, lane, q), q_get(q4, lane, q), v, co);
+            put4(to_a, base, out_base, at, x, v, st.x, st.v);
+            up.bad = up.bad | st.bad;
+        }
+    }
+    return up;
+}
+
 // One row of the pass for lane `lane` of it, its values (KEEP) in `kept`
 // (VEC4: in `kept4`, with p and q of its columns in `p4` and `q4`;
 // KEPT_VECTORS: in `kept4`, by `kept_x`). All lanes call it (the row folds have barriers).
@@ -693,13 +735,13 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
     var kept_v4 = no_kept4();   // KEPT_VECTORS: the old velocities, as kept_v
     if (live) {
         if (VEC4) {
-            for (var q = 0u; q < MAX_KEPT4; q = q + 1u) {
+            for (var q = 0u; q < KEPT4; q = q + 1u) {
                 if (has_vec4(lane, q)) {
                     part = accumulate4(part, kept_get(kept4, q), p_get(p4, lane, q), q_get(q4, lane, q));
                 }
             }
         } else if (KEEP) {
-            for (var j = 0u; j < kept_max(); j = j + 1u) {
+            for (var j = 0u; j < kept_count(); j = j + 1u) {
                 let k = kept_col(lane, j);
                 if (has_kept(lane, j)) {
                     let x = kept_x(kept, kept4, j);
@@ -801,22 +843,19 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
             // value was non-finite; the details are worked out again for
             // such a lane alone.
             let co = RowCo(c, inv_d1, inv_d2, sep, lr, poisoned, anchor);
-            var vels = no_kept4();   // the old velocities, for the findings
-            var any_bad = false;
-            for (var q = 0u; q < MAX_KEPT4; q = q + 1u) {
-                if (has_vec4(lane, q)) {
-                    let at = kept_vec4(lane, q);
-                    let x = kept_get(kept4, q);
-                    let v = load_v4(cur, base / 4u + at);
-                    vels = kept_set(vels, q, v);
-                    let st = step4_row(x, 4u * at, p_get(p4, lane, q), q_get(q4, lane, q), v, co);
-                    put4(cur, base, out_base, at, x, v, st.x, st.v);
-                    any_bad = any_bad | st.bad;
-                }
+            // The buffers picked once a row (load_x4): a double-buffered
+            // guard writes the one it does not read.
+            var up: Update4;
+            if (cur == 0u) {
+                up = update4(true, !double_buffered(), kept4, p4, q4, lane, base, out_base, co);
+            } else {
+                up = update4(false, double_buffered(), kept4, p4, q4, lane, base, out_base, co);
             }
+            let vels = up.vels;   // the old velocities, for the findings
+            let any_bad = up.bad;
             if (SCAN && any_bad) {
                 var sc = Scans2(gs, ts);
-                for (var q = 0u; q < MAX_KEPT4; q = q + 1u) {
+                for (var q = 0u; q < KEPT4; q = q + 1u) {
                     if (has_vec4(lane, q)) {
                         let at = kept_vec4(lane, q);
                         sc = scan4(sc, kept_get(kept4, q), 4u * at, p_get(p4, lane, q), q_get(q4, lane, q), kept_get(vels, q), co);
@@ -838,7 +877,7 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
             // compared with the array's as it was.)
             let later = !MOMENTUM & !undo_log() & !KEPT_VECTORS;
             var new_x: array<f32, MAX_KEPT>;
-            for (var j = 0u; j < kept_max(); j = j + 1u) {
+            for (var j = 0u; j < kept_count(); j = j + 1u) {
                 let k = kept_col(lane, j);
                 if (has_kept(lane, j)) {
                     let x = kept_x(kept, kept4, j);
@@ -862,7 +901,7 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
                 store_kept(cur, out_base, lane, new_x);
             }
             if (SCAN && any_bad) {
-                for (var j = 0u; j < kept_max(); j = j + 1u) {
+                for (var j = 0u; j < kept_count(); j = j + 1u) {
                     let k = kept_col(lane, j);
                     if (has_kept(lane, j)) {
                         let x = kept_x(kept, kept4, j);
@@ -926,7 +965,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     // slower to keep in registers) and a batch's first slots.
     var p4 = no_kept4();
     var q4 = no_kept4();
-    for (var q = 0u; VEC4 && !PQ_SHARED && q < MAX_KEPT4; q = q + 1u) {
+    for (var q = 0u; VEC4 && !PQ_SHARED && q < KEPT4; q = q + 1u) {
         if (has_vec4(lane, q)) {
             p4 = kept_set(p4, q, anchor4(0u, 4u * kept_vec4(lane, q)));
             q4 = kept_set(q4, q, anchor4(D, 4u * kept_vec4(lane, q)));
