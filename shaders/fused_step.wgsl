@@ -603,18 +603,32 @@ fn anchor4(at: u32, k0: u32) -> vec4<f32> {
     return vec4<f32>(anchors[at + k0], anchors[at + k0 + 1u], anchors[at + k0 + 2u], anchors[at + k0 + 3u]);
 }
 
-// VEC4: (s1, s2, non-finite seen) of a row plus one kept vec4's columns, in
-// column order (as anchors.wgsl sums them).
-fn accumulate4(part: vec4<f32>, x: vec4<f32>, p: vec4<f32>, q: vec4<f32>) -> vec4<f32> {
-    var s = accumulate_sq(part.xy, x.x, p.x, q.x);
+// VEC4: (s1, s2) of a row plus one kept vec4's columns, in column order
+// (as anchors.wgsl sums them).
+fn accumulate4(part: vec2<f32>, x: vec4<f32>, p: vec4<f32>, q: vec4<f32>) -> vec2<f32> {
+    var s = accumulate_sq(part, x.x, p.x, q.x);
     s = accumulate_sq(s, x.y, p.y, q.y);
     s = accumulate_sq(s, x.z, p.z, q.z);
-    s = accumulate_sq(s, x.w, p.w, q.w);
-    return vec4<f32>(s, part.z + select(0.0, 1.0, any(nonfinite4(x))), 0.0);
+    return accumulate_sq(s, x.w, p.w, q.w);
 }
 
-fn nonfinite4(v: vec4<f32>) -> vec4<bool> {
-    return (bitcast<vec4<u32>>(v) & vec4<u32>(0x7f800000u)) == vec4<u32>(0x7f800000u);
+// A value's exponent bits: all ones (EXPONENT) exactly when it is not
+// finite (SPEC §7), so the largest over many values is EXPONENT exactly
+// when one of them is not finite. A lane folds its values' by an integer
+// max and compares once a row, where it compared, tested and added at
+// every value (BENCHMARKS.md, twelfth session).
+const EXPONENT: u32 = 0x7f800000u;
+
+fn exponent(v: f32) -> u32 {
+    return bitcast<u32>(v) & EXPONENT;
+}
+
+fn exponent4(v: vec4<f32>) -> vec4<u32> {
+    return bitcast<vec4<u32>>(v) & vec4<u32>(EXPONENT);
+}
+
+fn any_nonfinite4(e: vec4<u32>) -> bool {
+    return any(e == vec4<u32>(EXPONENT));
 }
 
 // A row's coefficients for its columns' gradients and updates.
@@ -636,12 +650,12 @@ fn column_step(x: f32, k: u32, p: f32, q: f32, v_old: f32, co: RowCo) -> vec3<f3
 }
 
 // VEC4: the update of one kept vec4 (columns k0 …): new values and
-// velocities, and whether any gradient or new value is non-finite.
-// Components by name, so everything stays in registers.
+// velocities, and the largest exponents of its gradients and new values
+// (`exponent4`). Components by name, so everything stays in registers.
 struct Step4 {
     x: vec4<f32>,
     v: vec4<f32>,
-    bad: bool,
+    seen: vec4<u32>,
 }
 
 // step4 for a kept vec4 of the update; POISON_BRANCH: a clean row's with
@@ -665,7 +679,7 @@ fn step4(x: vec4<f32>, k0: u32, p: vec4<f32>, q: vec4<f32>, v_old: vec4<f32>, co
     let s3 = column_step(x.w, k0 + 3u, p.w, q.w, v_old.w, co);
     let g = vec4<f32>(s0.x, s1.x, s2.x, s3.x);
     let nx = vec4<f32>(s0.y, s1.y, s2.y, s3.y);
-    return Step4(nx, vec4<f32>(s0.z, s1.z, s2.z, s3.z), any(nonfinite4(g)) | any(nonfinite4(nx)));
+    return Step4(nx, vec4<f32>(s0.z, s1.z, s2.z, s3.z), max(exponent4(g), exponent4(nx)));
 }
 
 // VEC4, a lane that saw a non-finite value only: its findings in the
@@ -695,19 +709,20 @@ struct Update4 {
 }
 
 fn update4(from_a: bool, to_a: bool, kept4: Kept4, p4: Kept4, q4: Kept4, lane: u32, base: u32, out_base: u32, co: RowCo) -> Update4 {
-    var up = Update4(no_kept4(), false);
+    var vels = no_kept4();
+    var seen = vec4<u32>(0u);
     for (var q = 0u; q < KEPT4; q = q + 1u) {
         if (has_vec4(lane, q)) {
             let at = kept_vec4(lane, q);
             let x = kept_get(kept4, q);
             let v = load_v4(from_a, base / 4u + at);
-            up.vels = kept_set(up.vels, q, v);
+            vels = kept_set(vels, q, v);
             let st = step4_row(x, 4u * at, p_get(p4, lane, q), q_get(q4, lane, q), v, co);
             put4(to_a, base, out_base, at, x, v, st.x, st.v);
-            up.bad = up.bad | st.bad;
+            seen = max(seen, st.seen);
         }
     }
-    return up;
+    return Update4(vels, any_nonfinite4(seen));
 }
 
 // One row of the pass for lane `lane` of it, its values (KEEP) in `kept`
@@ -728,36 +743,43 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
     let is_anchor = (row == params.anchor_a) | (row == params.anchor_b);
     let anchor = select(0u, select(2u, 1u, row == params.anchor_a), is_anchor);
 
-    // s1, s2 over this lane's columns, and whether it read a non-finite value.
-    var part = vec4<f32>(0.0, 0.0, 0.0, 0.0);
+    // s1, s2 over this lane's columns, and whether it read a non-finite
+    // value (1.0 or 0.0, for the row's fold).
+    var part = vec3<f32>(0.0, 0.0, 0.0);
     var kept = kept_in;
     var kept_v: array<f32, MAX_KEPT>;
     var kept_v4 = no_kept4();   // KEPT_VECTORS: the old velocities, as kept_v
     if (live) {
         if (VEC4) {
+            var seen = vec4<u32>(0u);
             for (var q = 0u; q < KEPT4; q = q + 1u) {
                 if (has_vec4(lane, q)) {
-                    part = accumulate4(part, kept_get(kept4, q), p_get(p4, lane, q), q_get(q4, lane, q));
+                    let x = kept_get(kept4, q);
+                    part = vec3<f32>(accumulate4(part.xy, x, p_get(p4, lane, q), q_get(q4, lane, q)), 0.0);
+                    seen = max(seen, exponent4(x));
                 }
             }
+            part.z = select(0.0, 1.0, any_nonfinite4(seen));
         } else if (KEEP) {
+            var seen = 0u;
             for (var j = 0u; j < kept_count(); j = j + 1u) {
                 let k = kept_col(lane, j);
                 if (has_kept(lane, j)) {
                     let x = kept_x(kept, kept4, j);
-                    part = vec4<f32>(accumulate_sq(part.xy, x, anchors[k], anchors[D + k]),
-                                     part.z + select(0.0, 1.0, is_nonfinite(x)), 0.0);
+                    part = vec3<f32>(accumulate_sq(part.xy, x, anchors[k], anchors[D + k]), 0.0);
+                    seen = max(seen, exponent(x));
                 }
             }
+            part.z = select(0.0, 1.0, seen == EXPONENT);
         } else {
             for (var k = lane; k < D; k = k + L) {
                 let x = load_x(cur, base + k);
-                part = vec4<f32>(accumulate_sq(part.xy, x, anchors[k], anchors[D + k]),
-                                 part.z + select(0.0, 1.0, is_nonfinite(x)), 0.0);
+                part = vec3<f32>(accumulate_sq(part.xy, x, anchors[k], anchors[D + k]),
+                                 part.z + select(0.0, 1.0, is_nonfinite(x)));
             }
         }
     }
-    let folded = row_fold(lid, part.xyz);
+    let folded = row_fold(lid, part);
     let s = pin_anchors(folded.xy, row, params.anchor_a, params.anchor_b, state.s0);
     let in_bad = folded.z > 0.0;
     let d1 = safe_dist(s.x, params.eps);
@@ -868,6 +890,9 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
             // The row is in registers: write it, noting only whether any
             // value was non-finite; the details are worked out again from
             // the kept values for such a lane alone.
+            // (A flag per value here: an integer max, as the accumulation
+            // above and the 16-byte update take, cost RADV's compiler 16
+            // more registers with the columns kept in an array.)
             var any_bad = false;
             // Without momentum or an undo log, a column's new value is all
             // that is written: they are written after the loop, the buffer
