@@ -41,9 +41,10 @@ fn row_fold(lid: u32, v: vec3<f32>) -> vec3<f32> {
         t = wg_row[lid - lane + lane % SG];
         workgroupBarrier();
     }
-    // Offsets min(L, SG)/2 … 1, by a counted loop: a compiler unrolls a
-    // count it knows (log2 of constants), where RADV's kept `o = o / 2`
-    // as a loop (BENCHMARKS.md, twelfth session).
+    // Offsets min(L, SG)/2 … 1 (both powers of two, as the host sets
+    // them), by a counted loop: a compiler unrolls a count it knows (log2
+    // of constants), where RADV's kept `o = o / 2` as a loop
+    // (BENCHMARKS.md, twelfth session).
     let n = countTrailingZeros(min(L, SG));
     for (var i = 1u; i <= n; i = i + 1u) {
         t = t + subgroupShuffleXor(t, min(L, SG) >> i);

@@ -82,8 +82,9 @@ fn kept_max() -> u32 {
 }
 
 // The count of the loops over a lane's kept columns: ⌈D/L⌉ (≤ kept_max()
-// under KEEP), a constant at pipeline creation, where loops to kept_max()
-// ran dead iterations that compilers kept (as KEPT4 for the vec4s).
+// under KEEP), a constant at pipeline creation, where loops to MAX_KEPT
+// or MAX_KEPT_VECTORS ran dead iterations that compilers kept (as KEPT4
+// for the vec4s).
 fn kept_count() -> u32 {
     return min(kept_max(), (D + L - 1u) / L);
 }
@@ -866,7 +867,8 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
             // such a lane alone.
             let co = RowCo(c, inv_d1, inv_d2, sep, lr, poisoned, anchor);
             // The buffers picked once a row (load_x4): a double-buffered
-            // guard writes the one it does not read.
+            // guard writes the one it does not read (but for `undo_log`,
+            // which put4 writes in place and logs, whatever `to_a` says).
             var up: Update4;
             if (cur == 0u) {
                 up = update4(true, !double_buffered(), kept4, p4, q4, lane, base, out_base, co);
