@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The device check, run through the device tool on a GPU machine with
 # prebuilt binaries (it builds nothing: the machine may have no Rust).
-# Here, first:  bash benches/gpu.sh --prepare   (fills .dev/bin, .gl)
+# Here, first:  bash benches/gpu.sh --prepare   (fills .dev/bin, .gl;
+#               BASE=<commit> also builds that commit's latent-line, and
+#               the call then times this build's step against it)
 # There:        bash benches/gpu.sh              (carry .dev and .gl)
 # It runs the GPU-facing tests on the real GPU, the main job, `cargo
 # bench`'s binary, the peers, a 1 GiB `latent-line scan` and the 100M-row
@@ -35,6 +37,17 @@ for l in sys.stdin:
     cargo bench --no-run --message-format=json 2>/dev/null | pick bench |
         while read -r name exe; do cp "$exe" ".dev/bin/$name"; done
     cp target/release/latent-line .dev/bin/
+    # BASE=<commit>: that commit's latent-line as well, .dev/bin/latent-line-base
+    # (built apart, in a worktree with its own target folder), so that the
+    # call times this build's step against it (`base_vs_this` below).
+    rm -f .dev/bin/latent-line-base .gl/BASE
+    if [ -n "${BASE:-}" ]; then
+        rm -rf /tmp/ll-base && git worktree add -f --detach /tmp/ll-base "$BASE" >/dev/null
+        (cd /tmp/ll-base && CARGO_TARGET_DIR=/tmp/ll-base-target cargo build --release -q)
+        cp /tmp/ll-base-target/release/latent-line .dev/bin/latent-line-base
+        git worktree remove --force /tmp/ll-base
+        git rev-parse --short "$BASE" > .gl/BASE
+    fi
     strip .dev/bin/*
     # The commit the binaries were built from (dirty: uncommitted changes),
     # in .gl (carried whole) for the log to name.
@@ -156,6 +169,11 @@ tst 120 "$B/batches" dropped sampled
 # below, then the extra ones) by --profile, GPU time a step (the step's
 # kernels: Σ passes × ms/pass ÷ steps); sets TUNED to the fastest's
 # switches ("" for the built-in shape); a candidate wins only by 2 %.
+# GPU time a step from a 40-step --profile on stdin: Σ passes × ms/pass ÷ 40.
+step_ms() {
+    awk '$1 ~ /\.wgsl$/ { for (i = 2; i < NF; i++) if ($i == "passes" && $(i - 1) >= 40) t += $(i - 1) * $(i + 1) }
+        END { if (t > 0) printf "%.4f", t / 40 }'
+}
 tune() {
     local label=$1; shift
     local cand out ms best="" best_ms=""
@@ -166,8 +184,7 @@ tune() {
     for cand in "" "LATENT_LINE_PREFETCH=1" "LATENT_LINE_ROW_BLOCKS=2" "LATENT_LINE_LANES=8" "LATENT_LINE_VEC4=0" \
         "LATENT_LINE_LANES=2 LATENT_LINE_VEC4=1 LATENT_LINE_PQ_SHARED=1" "LATENT_LINE_POISON_BRANCH=1" "$@"; do
         out=$(env $cand timeout 60 "$B/latent-line" --backend gpu --rows "$R" --steps 40 --profile $TUNE_ARGS 2>&1)
-        ms=$(echo "$out" | awk '$1 ~ /\.wgsl$/ { for (i = 2; i < NF; i++) if ($i == "passes" && $(i - 1) >= 40) t += $(i - 1) * $(i + 1) }
-            END { if (t > 0) printf "%.4f", t / 40 }')
+        ms=$(echo "$out" | step_ms)
         echo "$out" | grep -E "^kernel|^driver|fused_step\.wgsl main \[[A-Z=0-9 ]*UPDATE=1" | sed "s/^/   /"
         echo "-- ${cand:-default}: ${ms:-no figure} ms a step"
         # A candidate must beat the best so far by 2 %: one 40-step sample
@@ -191,6 +208,29 @@ if [ "$MODE" != quick ] && [ "${TUNE:-1}" = 1 ]; then
     echo "everything below runs with ${TUNED:-the built-in shape}, the batch benches with ${TUNED_BATCH:-the built-in shape}"
     [ -n "$TUNED" ] && export $TUNED
 fi
+# A command with the batch's shape in place of the full table's.
+with_batch_shape() {
+    (for v in $TUNED; do unset "${v%%=*}"; done; [ -n "$TUNED_BATCH" ] && export $TUNED_BATCH; "$@")
+}
+# BASE at --prepare: this build's step against the base commit's build, by
+# --profile (GPU time a step), the two alternated three times, the full
+# table and a random batch each with its shape chosen above: what the
+# commits between them moved, measured in one call.
+if [ -x "$B/latent-line-base" ] && [ "$MODE" != quick ]; then
+    echo "== this build's step against $(cat .gl/BASE 2>/dev/null || echo 'the base')'s (--profile, GPU time a step, alternated)"
+    for args in "" "--batch $BATCH"; do
+        for i in 1 2 3; do
+            for bin in latent-line-base latent-line; do
+                if [ -z "$args" ]; then
+                    ms=$(timeout 60 "$B/$bin" --backend gpu --rows "$R" --steps 40 --profile 2>&1 | step_ms)
+                else
+                    ms=$(with_batch_shape timeout 60 "$B/$bin" --backend gpu --rows "$R" --steps 40 --profile $args 2>&1 | step_ms)
+                fi
+                echo "-- ${args:-full table}, $bin: ${ms:-no figure} ms a step"
+            done
+        done
+    done
+fi
 if [ "$MODE" = look ]; then
     # A first look on a new card, leaving device time for the full run:
     # the tuning above, then the shapes it does not try, the floors (the
@@ -203,11 +243,6 @@ if [ "$MODE" = look ]; then
     timeout 90 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|eval|batch-random-65536|batch-random-sampled-65536)/1000000x64' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
     exit 0
 fi
-# A command with the batch's shape in place of the full table's.
-with_batch_shape() {
-    (for v in $TUNED; do unset "${v%%=*}"; done; [ -n "$TUNED_BATCH" ] && export $TUNED_BATCH; "$@")
-}
-
 echo "== main job: latent-line --rows $R (wall time, start-up included)"
 s=$(date +%s.%N)
 "$B/latent-line" --rows "$R" --report "$OUT/main-job.json"
