@@ -206,8 +206,10 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             }
         }
     }
-    let total = workgroup_sum_max(lid, acc);
-    let near_total = workgroup_sum_min_u32(lid, vec2<u32>(near, 0u)).x;
+    // (Lane 0 alone uses the totals: see workgroup_sum_max.)
+    let folded = workgroup_sum_max_count(lid, acc, near);
+    let total = folded.sum_max;
+    let near_total = folded.count;
     // SPEC §9 acts on what a step would write: the gradient and the rows
     // written. A non-finite loss term alone is reported, not acted on (a
     // row read with a non-finite value is poisoned, so it is in both).

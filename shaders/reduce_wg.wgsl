@@ -6,7 +6,11 @@
 var<workgroup> wg_sum: array<f32, MAX_WG>;
 var<workgroup> wg_max: array<f32, MAX_WG>;
 
-// Must be called from uniform control flow by all WG invocations.
+// Must be called from uniform control flow by all WG invocations. No
+// barrier after the total is read: the next call's first write (lane 0's)
+// may land before another lane has read this total, so where calls follow
+// one another only lane 0 may use the earlier totals (as every caller
+// does), or a barrier must come between.
 fn workgroup_sum_max(lid: u32, v: vec2<f32>) -> vec2<f32> {
     wg_sum[lid] = v.x;
     wg_max[lid] = v.y;
@@ -19,6 +23,31 @@ fn workgroup_sum_max(lid: u32, v: vec2<f32>) -> vec2<f32> {
         workgroupBarrier();
     }
     return vec2<f32>(wg_sum[0], wg_max[0]);
+}
+
+// workgroup_sum_max with a u32 sum folded in the same tree (reduce.wgsl's
+// partials: Σ|r|, max|r| and the near-singular rows): the floats in the
+// same order, so the same bits, with one tree's barriers instead of two.
+// The same rule on the totals as workgroup_sum_max's.
+struct SumMaxCount {
+    sum_max: vec2<f32>,
+    count: u32,
+}
+
+fn workgroup_sum_max_count(lid: u32, v: vec2<f32>, n: u32) -> SumMaxCount {
+    wg_sum[lid] = v.x;
+    wg_max[lid] = v.y;
+    wg_u0[lid] = n;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            wg_sum[lid] = wg_sum[lid] + wg_sum[lid + s];
+            wg_max[lid] = max(wg_max[lid], wg_max[lid + s]);
+            wg_u0[lid] = wg_u0[lid] + wg_u0[lid + s];
+        }
+        workgroupBarrier();
+    }
+    return SumMaxCount(vec2<f32>(wg_sum[0], wg_max[0]), wg_u0[0]);
 }
 
 // Integer reductions and a prefix sum for the single-workgroup kernels
