@@ -39,7 +39,7 @@ for l in sys.stdin:
     cp target/release/latent-line .dev/bin/
     # BASE=<commit>: that commit's latent-line as well, .dev/bin/latent-line-base
     # (built apart, in a worktree with its own target folder), so that the
-    # call times this build's step against it (`base_vs_this` below).
+    # call times this build's step against it (after the tuning, below).
     rm -f .dev/bin/latent-line-base .gl/BASE
     if [ -n "${BASE:-}" ]; then
         rm -rf /tmp/ll-base && git worktree add -f --detach /tmp/ll-base "$BASE" >/dev/null
@@ -221,11 +221,8 @@ if [ -x "$B/latent-line-base" ] && [ "$MODE" != quick ]; then
     for args in "" "--batch $BATCH"; do
         for i in 1 2 3; do
             for bin in latent-line-base latent-line; do
-                if [ -z "$args" ]; then
-                    ms=$(timeout 60 "$B/$bin" --backend gpu --rows "$R" --steps 40 --profile 2>&1 | step_ms)
-                else
-                    ms=$(with_batch_shape timeout 60 "$B/$bin" --backend gpu --rows "$R" --steps 40 --profile $args 2>&1 | step_ms)
-                fi
+                # (`env`: the full table's shape, as exported; the batch's.)
+                ms=$(${args:+with_batch_shape} env timeout 60 "$B/$bin" --backend gpu --rows "$R" --steps 40 --profile $args 2>&1 | step_ms)
                 echo "-- ${args:-full table}, $bin: ${ms:-no figure} ms a step"
             done
         done

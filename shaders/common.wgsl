@@ -165,7 +165,27 @@ fn row_grad(x: f32, p: f32, q: f32, c: f32, inv_d1: f32, inv_d2: f32) -> f32 {
 
 // SPEC §7: test the bits, not the value (`x != x` may be compiled away).
 fn is_nonfinite(v: f32) -> bool {
-    return (bitcast<u32>(v) & 0x7f800000u) == 0x7f800000u;
+    return exponent(v) == EXPONENT;
+}
+
+// A value's exponent bits: all ones (EXPONENT) exactly when it is not
+// finite, so the largest over many values is EXPONENT exactly when one of
+// them is not finite. A lane folds its values' by an integer max, one
+// instruction each with no branch, and compares once (fused_step.wgsl's
+// rows, scan_table.wgsl's tiles).
+const EXPONENT: u32 = 0x7f800000u;
+
+fn exponent(v: f32) -> u32 {
+    return bitcast<u32>(v) & EXPONENT;
+}
+
+fn exponent4(v: vec4<f32>) -> vec4<u32> {
+    return bitcast<vec4<u32>>(v) & vec4<u32>(EXPONENT);
+}
+
+// Exponents (`exponent4`, or their maxima) of which one is all ones.
+fn any_nonfinite4(e: vec4<u32>) -> bool {
+    return any(e == vec4<u32>(EXPONENT));
 }
 
 // The quiet NaN 0x7fc00000, made from bits: WGSL lets an implementation

@@ -613,25 +613,6 @@ fn accumulate4(part: vec2<f32>, x: vec4<f32>, p: vec4<f32>, q: vec4<f32>) -> vec
     return accumulate_sq(s, x.w, p.w, q.w);
 }
 
-// A value's exponent bits: all ones (EXPONENT) exactly when it is not
-// finite (SPEC §7), so the largest over many values is EXPONENT exactly
-// when one of them is not finite. A lane folds its values' by an integer
-// max and compares once a row, where it compared, tested and added at
-// every value (BENCHMARKS.md, twelfth session).
-const EXPONENT: u32 = 0x7f800000u;
-
-fn exponent(v: f32) -> u32 {
-    return bitcast<u32>(v) & EXPONENT;
-}
-
-fn exponent4(v: vec4<f32>) -> vec4<u32> {
-    return bitcast<vec4<u32>>(v) & vec4<u32>(EXPONENT);
-}
-
-fn any_nonfinite4(e: vec4<u32>) -> bool {
-    return any(e == vec4<u32>(EXPONENT));
-}
-
 // A row's coefficients for its columns' gradients and updates.
 struct RowCo {
     c: f32,
@@ -744,43 +725,44 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
     let is_anchor = (row == params.anchor_a) | (row == params.anchor_b);
     let anchor = select(0u, select(2u, 1u, row == params.anchor_a), is_anchor);
 
-    // s1, s2 over this lane's columns, and whether it read a non-finite
-    // value (1.0 or 0.0, for the row's fold).
-    var part = vec3<f32>(0.0, 0.0, 0.0);
+    // s1, s2 over this lane's columns, and the largest exponent it read
+    // (common.wgsl's `exponent`: one compare a row, where each value was
+    // compared, tested and counted; BENCHMARKS.md, twelfth session).
+    var sums = vec2<f32>(0.0, 0.0);
+    var seen = 0u;
     var kept = kept_in;
     var kept_v: array<f32, MAX_KEPT>;
     var kept_v4 = no_kept4();   // KEPT_VECTORS: the old velocities, as kept_v
     if (live) {
         if (VEC4) {
-            var seen = vec4<u32>(0u);
+            var seen4 = vec4<u32>(0u);
             for (var q = 0u; q < KEPT4; q = q + 1u) {
                 if (has_vec4(lane, q)) {
                     let x = kept_get(kept4, q);
-                    part = vec3<f32>(accumulate4(part.xy, x, p_get(p4, lane, q), q_get(q4, lane, q)), 0.0);
-                    seen = max(seen, exponent4(x));
+                    sums = accumulate4(sums, x, p_get(p4, lane, q), q_get(q4, lane, q));
+                    seen4 = max(seen4, exponent4(x));
                 }
             }
-            part.z = select(0.0, 1.0, any_nonfinite4(seen));
+            seen = max(max(seen4.x, seen4.y), max(seen4.z, seen4.w));
         } else if (KEEP) {
-            var seen = 0u;
             for (var j = 0u; j < kept_count(); j = j + 1u) {
                 let k = kept_col(lane, j);
                 if (has_kept(lane, j)) {
                     let x = kept_x(kept, kept4, j);
-                    part = vec3<f32>(accumulate_sq(part.xy, x, anchors[k], anchors[D + k]), 0.0);
+                    sums = accumulate_sq(sums, x, anchors[k], anchors[D + k]);
                     seen = max(seen, exponent(x));
                 }
             }
-            part.z = select(0.0, 1.0, seen == EXPONENT);
         } else {
             for (var k = lane; k < D; k = k + L) {
                 let x = load_x(cur, base + k);
-                part = vec3<f32>(accumulate_sq(part.xy, x, anchors[k], anchors[D + k]),
-                                 part.z + select(0.0, 1.0, is_nonfinite(x)));
+                sums = accumulate_sq(sums, x, anchors[k], anchors[D + k]);
+                seen = max(seen, exponent(x));
             }
         }
     }
-    let folded = row_fold(lid, part);
+    // (The row's lanes fold 1.0 for a lane that read a non-finite value.)
+    let folded = row_fold(lid, vec3<f32>(sums, select(0.0, 1.0, seen == EXPONENT)));
     let s = pin_anchors(folded.xy, row, params.anchor_a, params.anchor_b, state.s0);
     let in_bad = folded.z > 0.0;
     let d1 = safe_dist(s.x, params.eps);

@@ -46,7 +46,7 @@ var<workgroup> sc_hits: vec4<u32>;
 // (NaN, +Inf, −Inf) as a one-hot of a value's bits; zeros when finite.
 fn classify(v: f32) -> vec3<u32> {
     let b = bitcast<u32>(v);
-    let nonfinite = (b & 0x7f800000u) == 0x7f800000u;
+    let nonfinite = is_nonfinite(v);
     let is_nan = nonfinite && (b & 0x007fffffu) != 0u;
     let inf = nonfinite && !is_nan;
     let neg = (b & 0x80000000u) != 0u;

@@ -5,7 +5,8 @@
 // scan.wgsl (SCAN_BUFS = 1); scan_finish.wgsl folds them.
 //
 // A whole tile is read by a loop of constant count (D, an override) whose
-// body only folds an integer minimum, with no branch: a compiler can issue
+// body only folds an integer maximum (common.wgsl's `exponent`), with no
+// branch: a compiler can issue
 // all of a lane's loads before the first returns, where a test and branch
 // after each load kept one load in flight a lane (RADV's code waited on
 // every load in turn: BENCHMARKS.md). Only a lane that saw a non-finite
@@ -38,24 +39,11 @@ fn note_element(e: u32, v: f32) {
 // note_element for the 4 elements of the tile's vec4 e4, looked at one by
 // one only when one of them is not finite.
 fn note_vec4(e4: u32, v: vec4<f32>) {
-    if (any(exponent_gap4(bitcast<vec4<u32>>(v)) == vec4<u32>(0u))) {
+    if (any_nonfinite4(exponent4(v))) {
         for (var c = 0u; c < 4u; c = c + 1u) {
             note_element(e4 * 4u + c, v[c]);
         }
     }
-}
-
-// A value's exponent bits that are 0: none exactly when it is not finite
-// (all ones), so the minimum over a lane's values is 0 exactly when one of
-// them is not finite — an integer minimum, one branch after all the loads.
-const NONFINITE_NONE: u32 = 0x7f800000u;
-
-fn exponent_gap(bits: u32) -> u32 {
-    return ~bits & 0x7f800000u;
-}
-
-fn exponent_gap4(bits: vec4<u32>) -> vec4<u32> {
-    return ~bits & vec4<u32>(0x7f800000u);
 }
 
 @compute @workgroup_size(WG)
@@ -72,11 +60,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     let base = tile * D;
     if (tile + WG <= chunk.rows) {
         // A whole tile: D loads a lane, none waiting on another (see the top).
-        var seen = NONFINITE_NONE;
+        var seen = 0u;
         for (var k = 0u; k < D; k = k + 1u) {
-            seen = min(seen, exponent_gap(bitcast<u32>(table[base + k * WG + lid])));
+            seen = max(seen, exponent(table[base + k * WG + lid]));
         }
-        if (seen == 0u) {
+        if (seen == EXPONENT) {
             for (var k = 0u; k < D; k = k + 1u) {
                 note_element(k * WG + lid, table[base + k * WG + lid]);
             }
@@ -114,11 +102,11 @@ fn main_vec4(@builtin(workgroup_id) wg: vec3<u32>,
     let base4 = tile * (D / 4u);
     if (tile + WG <= chunk.rows) {
         // A whole tile: D / 4 loads a lane, none waiting on another.
-        var seen = vec4<u32>(NONFINITE_NONE);
+        var seen = vec4<u32>(0u);
         for (var k = 0u; k < D / 4u; k = k + 1u) {
-            seen = min(seen, exponent_gap4(bitcast<vec4<u32>>(table4[base4 + k * WG + lid])));
+            seen = max(seen, exponent4(table4[base4 + k * WG + lid]));
         }
-        if (any(seen == vec4<u32>(0u))) {
+        if (any_nonfinite4(seen)) {
             for (var k = 0u; k < D / 4u; k = k + 1u) {
                 note_vec4(k * WG + lid, table4[base4 + k * WG + lid]);
             }

@@ -49,6 +49,17 @@ enum Backend {
     },
 }
 
+/// The fused step's shape of `GpuLanes` and `GpuSampled`: workgroups of 64.
+fn lane_opts(lanes: u32, blocks: u32, vec4: bool) -> GpuOptions {
+    GpuOptions {
+        lanes_per_row: Some(lanes),
+        workgroup: Some(64),
+        row_blocks: Some(blocks),
+        vec4: Some(vec4),
+        ..GpuOptions::default()
+    }
+}
+
 fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>, batches: Batches) -> Box<dyn Trainer> {
     let source = TableSource::Data(table);
     match backend {
@@ -58,27 +69,13 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>, batche
             Box::new(GpuTrainer::with_batches(gpu(), shape, cfg, source, opts, batches).unwrap())
         }
         Backend::GpuLanes { lanes, blocks, vec4, chunk_rows } => {
-            let opts = GpuOptions {
-                lanes_per_row: Some(lanes),
-                workgroup: Some(64),
-                row_blocks: Some(blocks),
-                vec4: Some(vec4),
-                max_chunk_rows: chunk_rows,
-                ..GpuOptions::default()
-            };
+            let opts = GpuOptions { max_chunk_rows: chunk_rows, ..lane_opts(lanes, blocks, vec4) };
             let t = GpuTrainer::with_batches(gpu(), shape, cfg, source, opts, batches).unwrap();
             assert_eq!(t.vec4(), vec4 && shape.dim.is_multiple_of(4) && shape.dim <= 32 * lanes as usize);
             Box::new(t)
         }
         Backend::GpuSampled { lanes, blocks, vec4, sampled } => {
-            let opts = GpuOptions {
-                lanes_per_row: Some(lanes),
-                workgroup: Some(64),
-                row_blocks: Some(blocks),
-                vec4: Some(vec4),
-                fused_sample: Some(sampled),
-                ..GpuOptions::default()
-            };
+            let opts = GpuOptions { fused_sample: Some(sampled), ..lane_opts(lanes, blocks, vec4) };
             let random = matches!(batches, Batches::Random { .. });
             let t = GpuTrainer::with_batches(gpu(), shape, cfg, source, opts, batches).unwrap();
             // Applied to random batches with no first read, and only there.
