@@ -662,6 +662,71 @@ fn batches_sampled_in_the_step_give_the_sample_pass_run() {
     assert!(sampled, "no fused step built with SAMPLED = 1");
 }
 
+/// `--indices` batches past what stays on the device (`GpuOptions::
+/// resident_batches`) are streamed a submission at a time: the same bits
+/// and records as all resident, for a ring that the batches' count is no
+/// multiple of, in place and gathered (several bindings), every guard, a
+/// host-given step in between, and non-finite rows met on the way.
+#[test]
+fn user_batches_streamed_give_the_resident_run() {
+    let seed = seed("resident_batches");
+    let mut r = rng(seed);
+    let (rows, dim, a, b) = (300usize, 12usize, 3usize, 290usize);
+    let shape = Shape::new(rows, dim).unwrap();
+    let mut table = spaced_table(seed, shape, a, b, 0.3);
+    for _ in 0..3 {
+        table[r.random_range(a + 1..b) * dim + r.random_range(0..dim)] = f32::NAN;
+    }
+    // 13 batches of 60 indices, heavy repeats: their slot counts differ.
+    let given: Vec<Vec<i64>> = (0..13).map(|k| (0..60).map(|_| r.random_range(0..20 + 20 * k)).collect()).collect();
+    let batches = Batches::Indices(IndexBatches::new(given, rows).unwrap());
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    for (case, policy) in POLICIES.into_iter().enumerate() {
+        for chunk_rows in [None, Some(128)] {
+            let cfg = StepConfig {
+                anchor_a: a,
+                anchor_b: b,
+                lr: 0.05,
+                momentum: if case % 2 == 0 { 0.9 } else { 0.0 },
+                guard: Guard { policy, snapshot_every: 4, max_skips: 100, max_rollbacks: 100, ..Guard::default() },
+                ..StepConfig::for_rows(rows)
+            };
+            let run = |resident: Option<usize>, want: (usize, bool)| {
+                let opts =
+                    GpuOptions { max_chunk_rows: chunk_rows, resident_batches: resident, ..GpuOptions::default() };
+                let mut t = GpuTrainer::with_batches(
+                    gpu(),
+                    shape,
+                    cfg,
+                    TableSource::Data(table.clone()),
+                    opts,
+                    batches.clone(),
+                )
+                .unwrap();
+                assert_eq!(t.resident_batches(), Some(want), "asked {resident:?}");
+                let mut recs = t.steps(11).unwrap();
+                recs.push(t.step_rows(&[1, 2, 2, a as u32, 299]).unwrap());
+                recs.extend(t.steps(20).unwrap());
+                (bits(&t.read_table().unwrap()), recs)
+            };
+            let ctx = format!("{policy:?}, chunks of {chunk_rows:?} rows, seed {seed}");
+            let all = run(None, (13, false));
+            assert!(all.1.iter().any(|rec| !rec.scans.is_clean()), "{ctx}: no step met a non-finite row");
+            for ring in [1, 9] {
+                // (1 is raised to a submission's 8 steps.)
+                let streamed = run(Some(ring), (ring.max(8), true));
+                assert!(streamed.0 == all.0, "{ctx}, {ring} resident: tables differ");
+                assert_eq!(
+                    format!("{:?}", streamed.1),
+                    format!("{:?}", all.1),
+                    "{ctx}, {ring} resident: records differ"
+                );
+            }
+            assert_eq!(run(Some(40), (13, false)).0, all.0, "{ctx}: more asked than there are");
+        }
+    }
+}
+
 #[test]
 fn step_rows_needs_a_trainer_built_with_batches_on_both_backends() {
     // The same contract on both backends: a full-table trainer refuses
@@ -727,4 +792,16 @@ fn library_calls_with_hostile_values_are_refused_not_panicking() {
     assert_eq!(latent_line::scan::scan_rows(&[f32::NAN], 0, 0).nan, 1);
     assert!(Batches::Random { size: 0, seed: 0 }.rows(10, 0).is_err());
     assert!(IndexBatches::new(vec![vec![0u32]], 0).is_err());
+    // A batch whose slots (16 bytes each) outgrow a storage binding before
+    // its rows do (D < 4): refused with the sizes, not by a wgpu error.
+    let shape = Shape::new(2000, 2).unwrap();
+    let opts = GpuOptions { max_binding_bytes: Some(12_000), ..GpuOptions::default() };
+    let batches = Batches::Random { size: 1000, seed: 1 };
+    let source = TableSource::Random { seed: 1 };
+    let e = GpuTrainer::with_batches(gpu(), shape, StepConfig::for_rows(2000), source, opts, batches).err();
+    let e = e.expect("slots past the binding limit").to_string();
+    assert!(
+        e.contains("its slots (16 bytes each) need a 16032-byte binding, over the device's 12000-byte limit"),
+        "{e}"
+    );
 }

@@ -35,17 +35,35 @@ pub(super) enum SlotSource {
     /// are written to `schedule` at once, and step k reads entry k
     /// (`state.record`), with no copy between the steps.
     Random { sampler: Sampler, schedule: wgpu::Buffer, pass: Pass },
-    /// The user's batches, all resident in `all`; `entries`: each one's
-    /// size (repeats counted), for its records.
-    Given { all: wgpu::Buffer, entries: Vec<usize> },
+    /// The user's batches: step k's slots are copied from entry
+    /// k mod `resident` of `all`. All of them stay there when they fit
+    /// (`resident` = their count: written once, at the start); otherwise
+    /// `streamed` keeps them on the host and each submission writes its
+    /// steps' batches into their entries of that ring (`write_schedule`),
+    /// queue order keeping a write after the earlier submissions' copies.
+    /// `entries`: each batch's size (repeats counted), for its records.
+    Given { all: wgpu::Buffer, entries: Vec<usize>, resident: usize, streamed: Option<Vec<StepSlots>> },
 }
 
 impl BatchDev {
-    /// Random batches: the sample kernel's parameters for steps
-    /// `first .. first + n` (one submission), written at once; `given`:
-    /// the host wrote the slots (`Trainer::step_rows`).
+    /// Before a submission of steps `first .. first + n`: random batches'
+    /// sample kernel parameters, written at once (`given`: the host wrote
+    /// the slots, `Trainer::step_rows`); streamed user batches, each
+    /// step's into its entry of the ring (n ≤ `resident`: no two of a
+    /// submission's steps share one).
     pub(super) fn write_schedule(&self, ctx: &GpuContext, cfg: &StepConfig, first: u64, n: usize, given: bool) {
-        let SlotSource::Random { sampler, schedule, .. } = &self.source else { return };
+        let (sampler, schedule) = match &self.source {
+            SlotSource::Random { sampler, schedule, .. } => (sampler, schedule),
+            SlotSource::Given { all, resident, streamed: Some(host), .. } => {
+                let bytes = self.cap as u64 * 16;
+                for step in first..first + n as u64 {
+                    let words = slot_words(&host[(step % host.len() as u64) as usize], cfg, self.cap);
+                    ctx.queue.write_buffer(all, (step % *resident as u64) * bytes, bytemuck::cast_slice(&words));
+                }
+                return;
+            }
+            SlotSource::Given { streamed: None, .. } => return,
+        };
         let steps: Vec<SampleU> = (0..n as u64)
             .map(|i| {
                 let at = sampler.slot(first + i);

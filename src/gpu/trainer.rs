@@ -38,7 +38,7 @@ use std::sync::Arc;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::batch::{slot_words, BatchDev};
+use super::batch::{slot_words, BatchDev, SlotSource};
 use super::context::{or_env_flag, GpuContext};
 use super::layout::{grid, row_blocks, ChunkLayout, ChunkSpan};
 use super::pipes::{bind, keeps_columns, keeps_vec4s, kept_vec4s, read_mapped, readback, storage, uniform, Constants};
@@ -175,6 +175,13 @@ pub struct GpuOptions {
     /// hashes a row more). `None`: `LATENT_LINE_FUSED_SAMPLE` (`0` or `1`)
     /// where set, else off (not yet timed on a GPU). The same bits either way.
     pub fused_sample: Option<bool>,
+    /// User batches (`--indices`) kept on the device at once. `None`: all
+    /// of them where they fit in [`RESIDENT_BATCH_BYTES`] (16 bytes a slot,
+    /// every batch padded to the largest), written once; else as many as
+    /// fit, the rest streamed: each submission writes its steps' batches
+    /// over ones already stepped. At least a submission's steps (8), at
+    /// most the batches there are. The same bits either way.
+    pub resident_batches: Option<usize>,
 }
 
 impl Default for GpuOptions {
@@ -196,6 +203,7 @@ impl Default for GpuOptions {
             pq_shared: None,
             poison_branch: None,
             fused_sample: None,
+            resident_batches: None,
         }
     }
 }
@@ -649,22 +657,23 @@ impl GpuTrainer {
         // are single bindings too.
         let coef =
             if cfg.needs_prepass() { (if schedule.is_full() { shape.rows as u64 } else { cap }) * 16 } else { 0 };
-        for (what, bytes) in [("batch buffer (its slots × D × 4)", cap * d * 4), ("per-slot coefficients", coef)] {
+        for (what, bytes) in [
+            ("batch buffer (its slots × D × 4)", cap * d * 4),
+            ("slots (16 bytes each)", cap * 16),
+            ("per-slot coefficients", coef),
+        ] {
             if bytes > max_binding {
                 return Err(shape.too_large(format!(
                     "its {what} need a {bytes}-byte binding, over the device's {max_binding}-byte limit"
                 )));
             }
         }
-        if let Schedule::Given(all) = &schedule {
-            let bytes = all.len() as u64 * cap * 16;
-            if bytes > ctx.limits.max_buffer_size {
-                return Err(Error::invalid(
-                    "--indices",
-                    format!("{} batches of up to {cap} slots need {bytes} bytes on the device, over its {}-byte buffer limit", all.len(), ctx.limits.max_buffer_size),
-                ));
+        let resident = match &schedule {
+            Schedule::Given(all) => {
+                resident_batches(all.len(), cap, opts.resident_batches, ctx.limits.max_buffer_size)?
             }
-        }
+            _ => 0,
+        };
         if biggest > max_binding {
             return Err(shape.too_large(format!(
                 "its per-workgroup scan records need a {biggest}-byte binding, over the device's {max_binding}-byte limit"
@@ -696,6 +705,7 @@ impl GpuTrainer {
             max_groups,
             layout,
             schedule,
+            resident,
         );
         let validation = pollster::block_on(invalid.pop());
         let out_of_memory = pollster::block_on(oom.pop());
@@ -820,6 +830,16 @@ impl GpuTrainer {
         self.fused.poison_branch
     }
 
+    /// User batches on the device at once, and whether the others are
+    /// streamed a submission at a time ([`GpuOptions::resident_batches`]);
+    /// `None` without user batches.
+    pub fn resident_batches(&self) -> Option<(usize, bool)> {
+        match &self.batch.as_ref()?.source {
+            SlotSource::Given { resident, streamed, .. } => Some((*resident, streamed.is_some())),
+            SlotSource::Random { .. } => None,
+        }
+    }
+
     /// Whether the fused step works out a random batch's slots itself, with
     /// no sample pass ([`GpuOptions::fused_sample`]).
     pub fn fused_sample(&self) -> bool {
@@ -892,6 +912,30 @@ fn or_env(given: Option<u32>, name: &'static str, max: u32) -> Result<Option<u32
         Ok(n) if n.is_power_of_two() && n <= max => Ok(Some(n)),
         _ => Err(Error::invalid(from, format!("{v:?}{also}: use a power of two, at most {max}"))),
     }
+}
+
+/// User batches (16 bytes a slot) kept on the device at once by default,
+/// at most: all of a run's when they fit (no writes after the first),
+/// else this many bytes of them, the rest streamed a submission at a time.
+pub const RESIDENT_BATCH_BYTES: u64 = 1 << 30;
+
+/// How many of `batches` user batches of up to `cap` slots stay on the
+/// device ([`GpuOptions::resident_batches`]): at least a submission's
+/// steps, so that none of them overwrites another's entry.
+fn resident_batches(batches: usize, cap: u64, asked: Option<usize>, max_buffer: u64) -> Result<usize> {
+    let bytes = cap * 16;
+    let fit = (RESIDENT_BATCH_BYTES.min(max_buffer) / bytes) as usize;
+    let resident = asked.unwrap_or(fit).max(STEPS_PER_SUBMIT).min(batches);
+    if resident as u64 * bytes > max_buffer {
+        return Err(Error::invalid(
+            "--indices",
+            format!(
+                "{resident} batches of up to {cap} slots (16 bytes each) on the device at once need {} bytes, over its {max_buffer}-byte buffer limit",
+                resident as u64 * bytes
+            ),
+        ));
+    }
+    Ok(resident)
 }
 
 /// Table copies kept on the device by a policy (for out-of-memory messages).

@@ -18,6 +18,7 @@ impl GpuTrainer {
         max_groups: u32,
         layout: ChunkLayout,
         schedule: Schedule,
+        resident: usize,
     ) -> Self {
         let FusedShape { wg, lanes, subgroup, blocks, vec4, .. } = fused_shape;
         let d = shape.dim as u64;
@@ -441,15 +442,20 @@ impl GpuTrainer {
                     SlotSource::Random { sampler, schedule, pass: Pass { pipeline: p, groups: vec![g] } }
                 }
                 Schedule::Given(host) => {
-                    let words: Vec<[u32; 4]> = host.iter().flat_map(|h| slot_words(h, &cfg, cap)).collect();
                     let all = storage(
                         &ctx,
-                        "all batches",
-                        words.len() as u64 * 16,
+                        "user batches",
+                        resident as u64 * cap as u64 * 16,
                         wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
                     );
-                    ctx.queue.write_buffer(&all, 0, bytemuck::cast_slice(&words));
-                    SlotSource::Given { all, entries: host.iter().map(|h| h.entries).collect() }
+                    let entries = host.iter().map(|h| h.entries).collect();
+                    if resident == host.len() {
+                        let words: Vec<[u32; 4]> = host.iter().flat_map(|h| slot_words(h, &cfg, cap)).collect();
+                        ctx.queue.write_buffer(&all, 0, bytemuck::cast_slice(&words));
+                        SlotSource::Given { all, entries, resident, streamed: None }
+                    } else {
+                        SlotSource::Given { all, entries, resident, streamed: Some(host) }
+                    }
                 }
                 Schedule::Full => unreachable!("batched"),
             };

@@ -45,9 +45,9 @@ impl GpuTrainer {
         // kernel (under SAMPLED, by the fused step), from its entry of the
         // submission's schedule.
         if let (Some(b), None) = (batch, &self.manual) {
-            if let SlotSource::Given { all, entries } = &b.source {
+            if let SlotSource::Given { all, resident, .. } = &b.source {
                 let bytes = b.cap as u64 * 16;
-                let at = (step % entries.len() as u64) * bytes;
+                let at = (step % *resident as u64) * bytes;
                 enc.copy_buffer_to_buffer(all, at, &b.slots, 0, bytes);
             }
         }
