@@ -804,4 +804,10 @@ fn library_calls_with_hostile_values_are_refused_not_panicking() {
         e.contains("its slots (16 bytes each) need a 16032-byte binding, over the device's 12000-byte limit"),
         "{e}"
     );
+    // skip-row's strike counts (4 bytes a row) likewise, named as such.
+    let cfg = StepConfig { guard: Guard { policy: Policy::SkipRow, ..Guard::default() }, ..StepConfig::for_rows(2000) };
+    let opts = GpuOptions { max_binding_bytes: Some(7000), ..GpuOptions::default() };
+    let e = GpuTrainer::new(gpu(), shape, cfg, TableSource::Random { seed: 1 }, opts).err();
+    let e = e.expect("strikes past the binding limit").to_string();
+    assert!(e.contains("its skip-row strike counts (4 bytes a row) need a 8000-byte binding"), "{e}");
 }

@@ -651,13 +651,14 @@ impl GpuTrainer {
         // (Random batches read in place, as `build` makes them.)
         let sampled =
             sample_asked && matches!(schedule, Schedule::Random { .. }) && layout.one_binding() && !cfg.needs_prepass();
-        let strikes = if cfg.guard.policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
-        let biggest = records(lanes).max(strikes);
         // The batch buffers and the two-read steps' per-slot coefficients
         // are single bindings too.
         let coef =
             if cfg.needs_prepass() { (if schedule.is_full() { shape.rows as u64 } else { cap }) * 16 } else { 0 };
+        let strikes = if cfg.guard.policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
         for (what, bytes) in [
+            ("per-workgroup scan records", records(lanes)),
+            ("skip-row strike counts (4 bytes a row)", strikes),
             ("batch buffer (its slots × D × 4)", cap * d * 4),
             ("slots (16 bytes each)", cap * 16),
             ("per-slot coefficients", coef),
@@ -674,11 +675,6 @@ impl GpuTrainer {
             }
             _ => 0,
         };
-        if biggest > max_binding {
-            return Err(shape.too_large(format!(
-                "its per-workgroup scan records need a {biggest}-byte binding, over the device's {max_binding}-byte limit"
-            )));
-        }
 
         // Allocation and pipeline creation inside error scopes: an
         // out-of-memory becomes a typed error naming the sizes, not a panic.
