@@ -46,6 +46,8 @@ def case(rng):
     if rng.random() < 0.3:
         args += ["--margin", "5"]
     if rng.random() < 0.2:
+        args += ["--clip-norm", "0.5"]   # the two-read step (as attached)
+    if rng.random() < 0.2:
         args += ["--naive"]   # the naive formula's NaN rows
     if rng.random() < 0.2:
         args += ["--lr", "1e30"]   # overflow: non-finite values for the scans and guards

@@ -50,7 +50,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
                 at = row * D + k;
             }
         }
-        let cf = coef[chunk.row_base + i];
+        let cf = coef[i];   // the chunk's own coefficients
         let x = select(table_a[at], table_b[at], cur == 1u);
         bad = bad || cf.w != 0.0;   // a poisoned slot: NaN, from bits
         ta = ta + cf.x * ((p - x) * cf.y - (p - q) / d0);

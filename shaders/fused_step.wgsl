@@ -142,7 +142,7 @@ override SAMPLED: bool = false;
 @group(0) @binding(11) var<storage, read_write> vel_a: array<f32>;    // momentum only: velocity, laid out as the table
 @group(0) @binding(12) var<storage, read_write> vel_b: array<f32>;
 @group(0) @binding(13) var<storage, read> slots: array<vec4<u32>>;      // BATCHED: (row, multiplicity, weight bits, 0)
-@group(0) @binding(14) var<storage, read_write> coef: array<vec4<f32>>; // per slot: (c, 1/d1, 1/d2, poisoned), written by PREP
+@group(0) @binding(14) var<storage, read_write> coef: array<vec4<f32>>; // per slot of the chunk: (c, 1/d1, 1/d2, poisoned), written by PREP
 @group(0) @binding(15) var<storage, read> agrad: array<f32>;            // attached: g of a (D), then of b (D), from prepare.wgsl
 // VEC4: bindings 0, 1, 11 and 12 again, as vec4s (16-byte stand-ins otherwise).
 @group(0) @binding(16) var<storage, read_write> table_a4: array<vec4<f32>>;
@@ -796,7 +796,7 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
     var norm2 = 0.0;
     if (PREP) {
         if (live && lane == 0u) {
-            coef[chunk.row_base + i] = vec4<f32>(c, inv_d1, inv_d2, select(0.0, 1.0, poisoned));
+            coef[i] = vec4<f32>(c, inv_d1, inv_d2, select(0.0, 1.0, poisoned));
         }
         // Σ g² over the rows whose whole gradient is here (attached
         // anchors get theirs in prepare.wgsl), finite ones only: a row

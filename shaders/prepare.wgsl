@@ -14,8 +14,8 @@
 struct PrepareParams {
     count: u32,     // workgroups of the PREP pass (partials)
     segs: u32,      // segments of anchor_sum.wgsl
-    slot_a: u32,    // the anchors' slots (their rows, for a full table)
-    slot_b: u32,
+    slot_a: u32,    // the anchors' slots in coef_a and coef_b (a full table's:
+    slot_b: u32,    // their rows within their chunks)
 }
 
 @group(0) @binding(0) var<storage, read> partials: array<Partial>;
@@ -23,9 +23,11 @@ struct PrepareParams {
 @group(0) @binding(2) var<uniform> params: Params;
 @group(0) @binding(3) var<uniform> pp: PrepareParams;
 @group(0) @binding(4) var<storage, read> anchors: array<f32>;
-@group(0) @binding(5) var<storage, read> coef: array<vec4<f32>>;
+// The PREP pass's coefficients of the chunks (or the batch) holding a and b.
+@group(0) @binding(5) var<storage, read> coef_a: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> colpart: array<f32>;
 @group(0) @binding(7) var<storage, read_write> agrad: array<f32>;
+@group(0) @binding(8) var<storage, read> coef_b: array<vec4<f32>>;
 
 var<workgroup> wg_halted: u32;
 
@@ -50,7 +52,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             let p = anchors[k];
             let q = anchors[D + k];
             for (var which = 0u; which < 2u; which = which + 1u) {
-                let cf = coef[select(pp.slot_a, pp.slot_b, which == 1u)];
+                let cf = select(coef_a[pp.slot_a], coef_b[pp.slot_b], which == 1u);
                 let row = select(params.anchor_a, params.anchor_b, which == 1u);
                 let x = select(p, q, which == 1u);
                 var sum = 0.0;

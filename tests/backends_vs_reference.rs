@@ -54,6 +54,11 @@ enum Backend {
     GpuSmallBindings {
         bytes: u64,
     },
+    /// GPU with storage bindings capped at `bytes`, D < 4: a two-read
+    /// step's coefficients (16 bytes a row), not the rows, set the chunks.
+    GpuCoefBindings {
+        bytes: u64,
+    },
 }
 
 const POLICIES: [Policy; 5] = [Policy::SkipStep, Policy::Ignore, Policy::SkipRow, Policy::Rollback, Policy::Abort];
@@ -116,6 +121,13 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>) -> Box
             // at 16 lanes 36 864.
             assert_eq!(t.kernel_shape(), (256, 16), "the lanes were not reduced to fit the records");
             assert_eq!(t.layout().spans.len(), 12);
+            Box::new(t)
+        }
+        Backend::GpuCoefBindings { bytes } => {
+            let opts = GpuOptions { max_binding_bytes: Some(bytes), ..GpuOptions::default() };
+            let t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table), opts).unwrap();
+            let rows = (bytes / if cfg.needs_prepass() { 16 } else { 4 * shape.dim as u64 }) as usize;
+            assert_eq!(t.layout().rows_per_chunk, rows, "{cfg:?}");
             Box::new(t)
         }
     }
@@ -255,6 +267,44 @@ fn gpu_huge_table_layout_takes_fewer_lanes_and_matches_reference() {
         let guard = Guard { policy, ..Guard::default() };
         let cfg = StepConfig { lr: LR, guard, ..StepConfig::for_rows(3000) };
         check(Backend::GpuSmallBindings { bytes: 65_536 }, shape, cfg, seed);
+    }
+}
+
+/// Attached anchors and clipping read a full table twice, keeping 16
+/// bytes of coefficients a row between the reads: in buffers split as the
+/// table is, so a table whose coefficients outgrow one binding is stepped
+/// (it was refused), with anchors in different chunks.
+#[test]
+fn gpu_two_read_steps_split_their_coefficients_with_the_table() {
+    let seed = seed("gpu_coef_bindings");
+    let shape = Shape::new(3000, 2).unwrap();
+    for (case, (endpoints, clip)) in [
+        (Endpoints::Attached, false),
+        (Endpoints::Attached, true),
+        (Endpoints::Frozen, true),
+        (Endpoints::Frozen, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // (A tenth of `sweep`'s step size: in 2-D, ten of those bring
+        // rows onto the segment, where sign(r) may differ from float64's.)
+        // A clip that binds, as there.
+        let lr = LR * 300.0;
+        let cfg = StepConfig {
+            lr,
+            clip_norm: if clip { 0.05 * LR / lr } else { 0.0 },
+            reduction: Reduction::Mean,
+            anchor_a: 400,
+            anchor_b: 2500,
+            endpoints,
+            margin: if case == 0 { 100.0 } else { 0.0 },
+            guard: Guard { policy: policy_for(case as u64), snapshot_every: 3, ..Guard::default() },
+            ..StepConfig::for_rows(3000)
+        };
+        // 16 000-byte bindings: 2000 rows of the table, 1000 of coefficients
+        // (three chunks for the two-read steps, where 48 000 bytes were one).
+        check(Backend::GpuCoefBindings { bytes: 16_000 }, shape, cfg, seed ^ case as u64);
     }
 }
 

@@ -611,7 +611,15 @@ impl GpuTrainer {
         let subgroup = if usable && asked.unwrap_or(!ctx.is_software()) { sg_min } else { 0 };
         let max_binding = opts.max_binding_bytes.unwrap_or(u64::MAX).min(ctx.max_binding_bytes());
         let max_groups = opts.max_groups.unwrap_or(u32::MAX).clamp(1, ctx.max_groups());
-        let layout = ChunkLayout::new(shape, max_binding, opts.max_chunk_rows, wg, max_groups)?;
+        // A full table's two-read steps keep 16 bytes of coefficients a row
+        // in buffers split as the table is: at D < 4 they, not the rows,
+        // set the chunks' size.
+        let coef_rows = (cfg.needs_prepass() && schedule.is_full()).then_some((max_binding / 16) as usize);
+        let chunk_rows = match (opts.max_chunk_rows, coef_rows) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let layout = ChunkLayout::new(shape, max_binding, chunk_rows, wg, max_groups)?;
         // The per-workgroup partials and scan findings, and skip-row's
         // strikes, are single bindings over the whole table: refuse, with
         // sizes, what they cannot hold, before anything is allocated.
@@ -653,8 +661,11 @@ impl GpuTrainer {
             sample_asked && matches!(schedule, Schedule::Random { .. }) && layout.one_binding() && !cfg.needs_prepass();
         // The batch buffers and the two-read steps' per-slot coefficients
         // are single bindings too.
-        let coef =
-            if cfg.needs_prepass() { (if schedule.is_full() { shape.rows as u64 } else { cap }) * 16 } else { 0 };
+        let coef = if cfg.needs_prepass() {
+            (if schedule.is_full() { layout.rows_per_chunk as u64 } else { cap }) * 16
+        } else {
+            0
+        };
         let strikes = if cfg.guard.policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
         for (what, bytes) in [
             ("per-workgroup scan records", records(lanes)),

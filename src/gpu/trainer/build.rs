@@ -173,13 +173,14 @@ impl GpuTrainer {
         );
         let prepass_on = cfg.needs_prepass();
         let attached = cfg.endpoints == crate::config::Endpoints::Attached;
-        let coef_slots = if batched { cap as u64 } else { shape.rows as u64 };
-        let coef = storage(
-            &ctx,
-            "slot coefficients",
-            if prepass_on { coef_slots * 16 } else { 16 },
-            wgpu::BufferUsages::empty(),
-        );
+        // Each slot's coefficients from the PREP pass, a buffer per table
+        // chunk (or the batch's), indexed as its rows: one binding each,
+        // like the table, however many rows the table has.
+        let coef_for = |rows: u64| {
+            storage(&ctx, "slot coefficients", if prepass_on { rows * 16 } else { 16 }, wgpu::BufferUsages::empty())
+        };
+        let coefs: Vec<wgpu::Buffer> = chunks.iter().map(|c| coef_for(c.span.rows as u64)).collect();
+        let x_coef = coef_for(if batched { cap as u64 } else { 0 });
         let segs = if batched { cap.div_ceil(SEG) } else { seg_base };
         let colpart = storage(
             &ctx,
@@ -189,17 +190,26 @@ impl GpuTrainer {
         );
         let agrad =
             storage(&ctx, "anchor gradients", if attached { 2 * d * 4 } else { 16 }, wgpu::BufferUsages::empty());
-        // (buffer A, buffer B, velocity A, velocity B, chunk uniform) per bind group.
-        let targets: Vec<[&wgpu::Buffer; 5]> = chunks
+        // (buffer A, buffer B, velocity A, velocity B, chunk uniform,
+        // coefficients) per bind group.
+        let targets: Vec<[&wgpu::Buffer; 6]> = chunks
             .iter()
-            .map(|c| [&c.a, c.b.as_ref().unwrap_or(&dummy), vel_a(c, &dummy), vel_b(c, &dummy), &c.uniform])
+            .zip(&coefs)
+            .map(|(c, cf)| [&c.a, c.b.as_ref().unwrap_or(&dummy), vel_a(c, &dummy), vel_b(c, &dummy), &c.uniform, cf])
             .collect();
         // DIRECT: A is the table (and its velocity), read by row.
-        let x_targets: Vec<[&wgpu::Buffer; 5]> = if !batched {
+        let x_targets: Vec<[&wgpu::Buffer; 6]> = if !batched {
             Vec::new()
         } else if direct {
             let c = &chunks[0];
-            vec![[&c.a, xb.as_ref().unwrap_or(&dummy), vel_a(c, &dummy), xvb.as_ref().unwrap_or(&dummy), &x_uniform]]
+            vec![[
+                &c.a,
+                xb.as_ref().unwrap_or(&dummy),
+                vel_a(c, &dummy),
+                xvb.as_ref().unwrap_or(&dummy),
+                &x_uniform,
+                &x_coef,
+            ]]
         } else {
             vec![[
                 xa.as_ref().expect("batch A"),
@@ -207,10 +217,11 @@ impl GpuTrainer {
                 xva.as_ref().unwrap_or(&dummy),
                 xvb.as_ref().unwrap_or(&dummy),
                 &x_uniform,
+                &x_coef,
             ]]
         };
         let direct_flag = ("DIRECT", if direct { 1.0 } else { 0.0 });
-        let fused = |update: bool, prep: bool, over: &[[&wgpu::Buffer; 5]], over_x: bool| {
+        let fused = |update: bool, prep: bool, over: &[[&wgpu::Buffer; 6]], over_x: bool| {
             let flags = [
                 ("UPDATE", if update { 1.0 } else { 0.0 }),
                 ("SCAN", if opts.fused_scans && !prep { 1.0 } else { 0.0 }),
@@ -224,7 +235,7 @@ impl GpuTrainer {
             let p = c.pipeline(&ctx, kernel, "main", &flags);
             let groups = over
                 .iter()
-                .map(|[a, b, va, vb, u]| {
+                .map(|[a, b, va, vb, u, cf]| {
                     bind_at(
                         &ctx,
                         &p,
@@ -243,7 +254,7 @@ impl GpuTrainer {
                             (12, *vb),
                             // SAMPLED writes the slots (fused_step.wgsl: 21).
                             (13, if sampled { &unused_slots } else { &slots }),
-                            (14, &coef),
+                            (14, *cf),
                             (15, &agrad),
                             // VEC4's views of 0, 1, 11, 12.
                             (16, if vec4 { *a } else { &dummy }),
@@ -345,14 +356,14 @@ impl GpuTrainer {
 
         // Two-read steps: PREP, the anchor term's sums, prepare.
         let prepass = prepass_on.then(|| {
-            let over: &[[&wgpu::Buffer; 5]] = if batched { &x_targets } else { &targets };
+            let over: &[[&wgpu::Buffer; 6]] = if batched { &x_targets } else { &targets };
             let prep = fused(false, true, over, batched);
             let anchor_sum = attached.then(|| {
                 let c = Constants { batched, ..consts };
                 let p = c.pipeline(&ctx, &shaders::ANCHOR_SUM, "main", &[direct_flag]);
                 let groups = over
                     .iter()
-                    .map(|[a, b, _, _, u]| {
+                    .map(|[a, b, _, _, u, cf]| {
                         // Read-only here: single-buffered, A stands in for B.
                         let b = if std::ptr::eq(*b, &dummy) { *a } else { *b };
                         bind_at(
@@ -365,7 +376,7 @@ impl GpuTrainer {
                                 (3, &state),
                                 (6, *u),
                                 (13, &slots),
-                                (14, &coef),
+                                (14, *cf),
                                 (16, &colpart),
                             ],
                         )
@@ -374,7 +385,10 @@ impl GpuTrainer {
                 Pass { pipeline: p, groups }
             });
             let p = consts.pipeline(&ctx, &shaders::PREPARE, "main", &[]);
-            let (slot_a, slot_b) = if batched { (0, 1) } else { (cfg.anchor_a as u32, cfg.anchor_b as u32) };
+            // The anchors' coefficients: slots 0 and 1 of a batch, else
+            // rows a and b of their chunks' buffers.
+            let (coef_a, coef_b, slot_a, slot_b) =
+                if batched { (&x_coef, &x_coef, 0, 1) } else { (&coefs[ca], &coefs[cb], ia as u32, ib as u32) };
             let pu = uniform(
                 &ctx,
                 "prepare",
@@ -389,9 +403,10 @@ impl GpuTrainer {
                     (2, &params),
                     (3, &pu),
                     (4, &anchors),
-                    (5, &coef),
+                    (5, coef_a),
                     (6, &colpart),
                     (7, &agrad),
+                    (8, coef_b),
                 ],
             );
             Prepass { prep, anchor_sum, prepare: Pass { pipeline: p, groups: vec![g] } }
