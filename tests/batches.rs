@@ -727,6 +727,29 @@ fn user_batches_streamed_give_the_resident_run() {
     }
 }
 
+/// A batch's two-read step (attached anchors, clipping) keeps its
+/// coefficients by slot, and allocates none for the table's rows: on a
+/// table of 9M rows × 2 (one 72 MB binding) 16 bytes a row would be over
+/// lavapipe's 128 MiB binding limit. The same table as the CPU's.
+#[test]
+fn batch_two_read_steps_keep_no_coefficients_for_the_table() {
+    let seed = seed("batch_coef");
+    let rows = 9_000_000usize;
+    let shape = Shape::new(rows, 2).unwrap();
+    let cfg = StepConfig { endpoints: Endpoints::Attached, clip_norm: 0.5, lr: 0.1, ..StepConfig::for_rows(rows) };
+    let batches = Batches::Random { size: 64, seed };
+    let table = random_table(&mut rng(seed), rows, 2);
+    let source = || TableSource::Data(table.clone());
+    let mut cpu = CpuTrainer::with_batches(shape, cfg, source(), batches.clone()).unwrap();
+    let mut gpu = GpuTrainer::with_batches(gpu(), shape, cfg, source(), GpuOptions::default(), batches).unwrap();
+    assert!(gpu.layout().one_binding(), "72 MB in one binding");
+    let (want, got) = (cpu.steps(2).unwrap(), gpu.steps(2).unwrap());
+    assert!(got.iter().chain(&want).all(|r| r.action == Action::Applied), "seed {seed}: {got:?}");
+    let (want, got) = (cpu.read_table().unwrap(), gpu.read_table().unwrap());
+    assert_table_close(&got, &to_f64(&want), 2, 1e-5, &format!("seed {seed}"));
+    assert!(want != table, "seed {seed}: nothing trained");
+}
+
 #[test]
 fn step_rows_needs_a_trainer_built_with_batches_on_both_backends() {
     // The same contract on both backends: a full-table trainer refuses

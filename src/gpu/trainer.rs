@@ -659,8 +659,9 @@ impl GpuTrainer {
         // (Random batches read in place, as `build` makes them.)
         let sampled =
             sample_asked && matches!(schedule, Schedule::Random { .. }) && layout.one_binding() && !cfg.needs_prepass();
-        // The batch buffers and the two-read steps' per-slot coefficients
-        // are single bindings too.
+        // The batch buffers and a batch's per-slot coefficients are single
+        // bindings too (a full table's coefficients are split as the table
+        // is, within the limit by the chunks' rows above).
         let coef = if cfg.needs_prepass() {
             (if schedule.is_full() { layout.rows_per_chunk as u64 } else { cap }) * 16
         } else {

@@ -173,14 +173,20 @@ impl GpuTrainer {
         );
         let prepass_on = cfg.needs_prepass();
         let attached = cfg.endpoints == crate::config::Endpoints::Attached;
-        // Each slot's coefficients from the PREP pass, a buffer per table
-        // chunk (or the batch's), indexed as its rows: one binding each,
-        // like the table, however many rows the table has.
-        let coef_for = |rows: u64| {
-            storage(&ctx, "slot coefficients", if prepass_on { rows * 16 } else { 16 }, wgpu::BufferUsages::empty())
+        // Each slot's coefficients from the PREP pass: a full table's in a
+        // buffer per chunk, indexed as its rows (one binding each, like the
+        // table, however many rows it has); a batch's in `x_coef`, by slot.
+        // 16-byte stand-ins where unused.
+        let coef_for = |rows: u64, on: bool| {
+            storage(
+                &ctx,
+                "slot coefficients",
+                if prepass_on && on { rows * 16 } else { 16 },
+                wgpu::BufferUsages::empty(),
+            )
         };
-        let coefs: Vec<wgpu::Buffer> = chunks.iter().map(|c| coef_for(c.span.rows as u64)).collect();
-        let x_coef = coef_for(if batched { cap as u64 } else { 0 });
+        let coefs: Vec<wgpu::Buffer> = chunks.iter().map(|c| coef_for(c.span.rows as u64, !batched)).collect();
+        let x_coef = coef_for(cap as u64, batched);
         let segs = if batched { cap.div_ceil(SEG) } else { seg_base };
         let colpart = storage(
             &ctx,
