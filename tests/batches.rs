@@ -704,6 +704,9 @@ fn user_batches_streamed_give_the_resident_run() {
                 )
                 .unwrap();
                 assert_eq!(t.resident_batches(), Some(want), "asked {resident:?}");
+                let kernel = t.device_info().kernel;
+                let said = format!(", user batches streamed ({} on the device at once)", want.0);
+                assert_eq!(kernel.ends_with(&said), want.1, "{kernel}");
                 let mut recs = t.steps(11).unwrap();
                 recs.push(t.step_rows(&[1, 2, 2, a as u32, 299]).unwrap());
                 recs.extend(t.steps(20).unwrap());

@@ -980,7 +980,7 @@ impl Trainer for GpuTrainer {
             adapter: format!("{} ({:?})", i.name, i.device_type),
             driver: format!("{:?} {} {}", i.backend, i.driver, i.driver_info).trim().to_string(),
             kernel: format!(
-                "{}workgroups of {}, {}{}{}{}{}{}{}{}{}",
+                "{}workgroups of {}, {}{}{}{}{}{}{}{}{}{}",
                 if self.opts.path == StepPath::Staged { "staged kernels; fused step: " } else { "" },
                 self.fused.wg,
                 match (self.fused.lanes, self.subgroup_fold()) {
@@ -1009,7 +1009,11 @@ impl Trainer for GpuTrainer {
                     ", columns read twice"
                 },
                 if self.keeps_columns() && !self.fused.kept_vectors { ", kept in an array" } else { "" },
-                if self.ctx.loop_bounding { ", loops bounded by wgpu" } else { "" }
+                if self.ctx.loop_bounding { ", loops bounded by wgpu" } else { "" },
+                match self.resident_batches() {
+                    Some((n, true)) => format!(", user batches streamed ({n} on the device at once)"),
+                    _ => String::new(),
+                }
             ),
         }
     }
