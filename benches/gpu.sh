@@ -154,8 +154,10 @@ run_tests() {
 TEST_TIMEOUT=90 run_tests naive forensics
 echo "-- backends_vs_reference $SWITCH_TESTS"
 tst 120 "$B/backends_vs_reference" $SWITCH_TESTS
-echo "-- batches dropped, sampled (the undo log of a batch read in place; slots worked out in the step)"
-tst 120 "$B/batches" dropped sampled
+echo "-- batches dropped, sampled, streamed, two_read (the undo log of a batch read in place; slots worked out in the step; user batches streamed; a batch's coefficients by slot)"
+tst 120 "$B/batches" dropped sampled streamed two_read
+echo "-- backends_vs_reference two_read (coefficients split as the table is)"
+tst 60 "$B/backends_vs_reference" two_read
 
 # The fused step's shape for this card, picked here so that one call both
 # tunes and measures (a device call is all the GPU time a session gets):
