@@ -213,14 +213,20 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     // SPEC §9 acts on what a step would write: the gradient and the rows
     // written. A non-finite loss term alone is reported, not acted on (a
     // row read with a non-finite value is poisoned, so it is in both).
-    var bad = false;
+    // Decided from the hit counts alone, before any loop over the
+    // findings: lavapipe ends every loop of an invocation once all of its
+    // loops together have run 65 535 times (LP_MAX_TGSI_LOOP_ITERATIONS),
+    // so a large batch with many bad rows could cut the loop over the
+    // buffers short and let a bad step through; the findings' lists are
+    // what such a cut can spoil (GpuTrainer::new refuses shapes whose
+    // other loops could reach it).
+    let bad = (hits[1] | hits[2]) != 0u;
     for (var buf = 0u; buf < SCAN_BUFS; buf = buf + 1u) {
         let block = slot + REC_HEADER + buf * SCAN_WORDS;
         let found = scan_collect(lid, buf, rp.count, stamp, block, !BATCHED, hits[buf]);
         if (BATCHED && found) {
             batch_findings(lid, buf, rp.count, stamp, block);
         }
-        bad = bad || (found && buf > 0u);
     }
     // Strike counts of the rows listed for the rows written (skip-row:
     // the list is read back, so after a barrier; the other guards write

@@ -308,6 +308,42 @@ fn gpu_two_read_steps_split_their_coefficients_with_the_table() {
     }
 }
 
+/// lavapipe ends an invocation's loops after 65 535 iterations in all,
+/// with no error (`LOOP_BUDGET` in src/gpu/trainer.rs). On a software
+/// adapter a row of 30 000 columns gets more lanes (one lane a row gave a
+/// wrong loss and overwrote frozen anchors), and shapes whose loops would
+/// pass the limit are refused, naming the kernel; on a GPU all of them run.
+#[test]
+fn software_adapters_keep_an_invocations_loops_under_lavapipes_limit() {
+    let seed = seed("loop_budget");
+    let software = gpu().is_software();
+    let shape = Shape::new(3, 30_000).unwrap();
+    let cfg = StepConfig { lr: LR, anchor_a: 0, anchor_b: 2, ..StepConfig::for_rows(3) };
+    let table = spaced_table(seed, shape, 0, 2, MIN_GAP);
+    let t = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table), GpuOptions::default()).unwrap();
+    assert!(!software || t.kernel_shape().1 >= 4, "lanes {:?}", t.kernel_shape());
+    check(Backend::Gpu { path: StepPath::Fused, chunk_rows: None }, shape, cfg, seed);
+    // Asked for: one lane at 256 rows a workgroup, 300 columns a row.
+    let shape = Shape::new(1000, 300).unwrap();
+    let opts = GpuOptions { workgroup: Some(1), row_blocks: Some(256), vec4: Some(false), ..GpuOptions::default() };
+    let got = GpuTrainer::new(gpu(), shape, StepConfig::for_rows(1000), TableSource::Random { seed }, opts);
+    // Attached anchors over 20M rows: prepare.wgsl sums 78 125 segments a column.
+    let shape = Shape::new(20_000_000, 1).unwrap();
+    let cfg = StepConfig { endpoints: Endpoints::Attached, ..StepConfig::for_rows(20_000_000) };
+    let attached = GpuTrainer::new(gpu(), shape, cfg, TableSource::Random { seed }, GpuOptions::default());
+    for (got, kernel) in [(got.err(), "fused_step.wgsl"), (attached.err(), "prepare.wgsl")] {
+        match (software, got) {
+            (true, Some(e)) => {
+                let e = e.to_string();
+                assert!(e.contains(&format!("an invocation of {kernel} may run about")), "{e}");
+                assert!(e.contains("--backend cpu"), "{e}");
+            }
+            (true, None) => panic!("{kernel}: not refused on a software adapter"),
+            (false, e) => assert!(e.is_none(), "{kernel}: refused on a GPU: {e:?}"),
+        }
+    }
+}
+
 #[test]
 fn gpu_fused_step_matches_reference_with_other_lane_counts() {
     // One lane per row (each lane walks its row), and 8 lanes in a

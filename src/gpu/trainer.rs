@@ -625,11 +625,27 @@ impl GpuTrainer {
         // sizes, what they cannot hold, before anything is allocated.
         let d = shape.dim as u64;
         let cap = schedule.max_slots() as u64;
-        let blocks_asked = or_env(opts.row_blocks, "LATENT_LINE_ROW_BLOCKS", 256)?;
+        let mut blocks_asked = or_env(opts.row_blocks, "LATENT_LINE_ROW_BLOCKS", 256)?;
         // The rows one pass of the fused step covers: the largest chunk's,
         // or a batch's slots.
         let pass_rows =
             if schedule.is_full() { layout.spans.iter().map(|s| s.rows as u64).max().unwrap_or(0) } else { cap };
+        // A software adapter's loop budget (`LoopBudget`): where the fused
+        // step's loops would pass it, more lanes a row and one row block a
+        // workgroup, unless asked otherwise.
+        let software = ctx.is_software();
+        let budget = LoopBudget { wg, dim: d, cap };
+        if software && lanes_asked.is_none() {
+            while budget.fused(lanes, 1) > LOOP_BUDGET && lanes < wg.min(32) {
+                lanes *= 2;
+            }
+        }
+        if software
+            && blocks_asked.is_none()
+            && budget.fused(lanes, row_blocks(pass_rows, wg / lanes, None)) > LOOP_BUDGET
+        {
+            blocks_asked = Some(1);
+        }
         let blocks_for = |lanes: u32| row_blocks(pass_rows, wg / lanes, blocks_asked);
         let records = |lanes: u32| {
             let rows_per_group = (wg / lanes * blocks_for(lanes)) as u64;
@@ -678,6 +694,40 @@ impl GpuTrainer {
             if bytes > max_binding {
                 return Err(shape.too_large(format!(
                     "its {what} need a {bytes}-byte binding, over the device's {max_binding}-byte limit"
+                )));
+            }
+        }
+        // (After the binding limits: a shape over both is told of those.)
+        if software {
+            let groups: u64 = if schedule.is_full() {
+                let rows_per_group = (wg / lanes * blocks) as u64;
+                layout.spans.iter().map(|s| (s.rows as u64).div_ceil(rows_per_group)).sum()
+            } else {
+                cap.div_ceil((wg / lanes * blocks) as u64)
+            };
+            let segs: u64 = if schedule.is_full() {
+                layout.spans.iter().map(|s| (s.rows as u64).div_ceil(SEG as u64)).sum()
+            } else {
+                cap.div_ceil(SEG as u64)
+            };
+            let mut loops = vec![
+                ("fused_step.wgsl", budget.fused(lanes, blocks)),
+                ("reduce.wgsl", budget.reduce(groups, !schedule.is_full())),
+            ];
+            if cfg.needs_prepass() {
+                loops.push(("prepare.wgsl", budget.prepare(groups, segs)));
+            }
+            if let Some((kernel, n)) = loops.into_iter().find(|&(_, n)| n > LOOP_BUDGET) {
+                return Err(shape.too_large(format!(
+                    "on the software adapter {}, whose driver ends a shader invocation's loops once they have run \
+                     65 535 iterations in all (lavapipe; with no error), an invocation of {kernel} may run about {n} \
+                     with this shape{}; the CPU backend (--backend cpu) has no such limit",
+                    ctx.info.name,
+                    if lanes_asked.is_some() || blocks_asked.is_some() {
+                        " and these lanes and row blocks"
+                    } else {
+                        ""
+                    }
                 )));
             }
         }
@@ -919,6 +969,49 @@ fn or_env(given: Option<u32>, name: &'static str, max: u32) -> Result<Option<u32
     match v.parse::<u32>() {
         Ok(n) if n.is_power_of_two() && n <= max => Ok(Some(n)),
         _ => Err(Error::invalid(from, format!("{v:?}{also}: use a power of two, at most {max}"))),
+    }
+}
+
+/// Loop iterations an invocation may run in all on a software adapter:
+/// lavapipe (Mesa's gallivm, `LP_MAX_TGSI_LOOP_ITERATIONS`) ends every
+/// loop of an invocation once its loops together have run 65 535 times,
+/// silently, a guard against endless loops; the rest of the invocation
+/// then runs each loop body once. Kept under it with a margin.
+const LOOP_BUDGET: u64 = 60_000;
+
+/// Upper bounds of the loop iterations one invocation of a step's kernels
+/// runs, for [`LOOP_BUDGET`] (counted from the shaders' loops, rounded up;
+/// the fused step's by lavapipe too: one row of D columns at one lane a
+/// row goes wrong from D = 21 842, about three loops over the columns).
+struct LoopBudget {
+    wg: u32,
+    dim: u64,
+    /// A batch's slots (0 for the full table).
+    cap: u64,
+}
+
+impl LoopBudget {
+    /// fused_step.wgsl: each row block's row, up to four loops over a
+    /// lane's columns (sums, update, scans or skip-row's decision, PREP's
+    /// norm) and the row's fixed loops.
+    fn fused(&self, lanes: u32, blocks: u32) -> u64 {
+        blocks as u64 * (4 * self.dim.div_ceil(lanes as u64) + 64)
+    }
+
+    /// reduce.wgsl over `groups` partials: the fold and three buffers'
+    /// findings (a lane's share of the workgroups, a few loops each); a
+    /// batch's also the radix select's five visits of every bad row (all
+    /// of its slots, at worst).
+    fn reduce(&self, groups: u64, batched: bool) -> u64 {
+        let per_lane = groups.div_ceil(self.wg as u64);
+        let batch = if batched { 140 * per_lane + 15 * self.cap.div_ceil(self.wg as u64) } else { 0 };
+        10 * per_lane + batch + 1_000
+    }
+
+    /// prepare.wgsl: the norm's partials, then each of a lane's columns
+    /// summing every segment of anchor_sum.wgsl.
+    fn prepare(&self, groups: u64, segs: u64) -> u64 {
+        groups.div_ceil(self.wg as u64) + self.dim.div_ceil(self.wg as u64) * (segs + 2) + 500
     }
 }
 
