@@ -217,32 +217,12 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     // findings: lavapipe ends every loop of an invocation once all of its
     // loops together have run 65 535 times (LP_MAX_TGSI_LOOP_ITERATIONS),
     // so a large batch with many bad rows could cut the loop over the
-    // buffers short and let a bad step through; the findings' lists are
-    // what such a cut can spoil (GpuTrainer::new refuses shapes whose
-    // other loops could reach it).
+    // buffers short and let a bad step through (GpuTrainer::new refuses
+    // shapes whose loops could reach the limit: `LoopBudget`).
     let bad = (hits[1] | hits[2]) != 0u;
-    for (var buf = 0u; buf < SCAN_BUFS; buf = buf + 1u) {
-        let block = slot + REC_HEADER + buf * SCAN_WORDS;
-        let found = scan_collect(lid, buf, rp.count, stamp, block, !BATCHED, hits[buf]);
-        if (BATCHED && found) {
-            batch_findings(lid, buf, rp.count, stamp, block);
-        }
-    }
-    // Strike counts of the rows listed for the rows written (skip-row:
-    // the list is read back, so after a barrier; the other guards write
-    // zeros).
-    if (GUARD == GUARD_SKIP_ROW) {
-        storageBarrier();
-    }
-    let table_block = slot + REC_HEADER + 2u * SCAN_WORDS;
-    let listed = select(0u, scan_out[table_block + 10u], GUARD == GUARD_SKIP_ROW);
-    for (var j = lid; j < SCAN_CAP; j = j + WG) {
-        var n = 0u;
-        if (j < listed) {
-            n = strikes[scan_out[table_block + 12u + j]];
-        }
-        scan_out[table_block + SCAN_WORDS + j] = n;
-    }
+    // The guard's action, its grids and the record's head, also before the
+    // findings' loops, so that nothing the table depends on comes after
+    // them; lane 0 writes the state back now (nothing below reads it).
     if (lid == 0u) {
         let lr = st.lr;
         var action = ACT_APPLIED;
@@ -302,6 +282,28 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         scan_out[slot + 8u] = bitcast<u32>(st.norm);
         scan_out[slot + 9u] = select(0u, 1u, CLIP && rp.update != 0u);
         state = end_pass(st);
+    }
+    for (var buf = 0u; buf < SCAN_BUFS; buf = buf + 1u) {
+        let block = slot + REC_HEADER + buf * SCAN_WORDS;
+        let found = scan_collect(lid, buf, rp.count, stamp, block, !BATCHED, hits[buf]);
+        if (BATCHED && found) {
+            batch_findings(lid, buf, rp.count, stamp, block);
+        }
+    }
+    // Strike counts of the rows listed for the rows written (skip-row:
+    // the list is read back, so after a barrier; the other guards write
+    // zeros).
+    if (GUARD == GUARD_SKIP_ROW) {
+        storageBarrier();
+    }
+    let table_block = slot + REC_HEADER + 2u * SCAN_WORDS;
+    let listed = select(0u, scan_out[table_block + 10u], GUARD == GUARD_SKIP_ROW);
+    for (var j = lid; j < SCAN_CAP; j = j + WG) {
+        var n = 0u;
+        if (j < listed) {
+            n = strikes[scan_out[table_block + 12u + j]];
+        }
+        scan_out[table_block + SCAN_WORDS + j] = n;
     }
 }
 

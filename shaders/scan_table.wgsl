@@ -1,5 +1,5 @@
 // scan_table.wgsl — SPEC §7 over one chunk of a table at memory speed:
-// workgroup w scans rows [w·WG, (w+1)·WG), its lanes striding over the
+// workgroup w scans rows [w·TILE, (w+1)·TILE), its lanes striding over the
 // tile's elements so that loads are coalesced (`main_vec4`: 16 bytes a
 // load where D is a multiple of 4). Findings go through
 // scan.wgsl (SCAN_BUFS = 1); scan_finish.wgsl folds them.
@@ -20,6 +20,12 @@ struct ScanParams {
     _pad0: u32,
     _pad1: u32,
 }
+
+// Rows a workgroup scans: WG, or (on a software adapter, for wide rows)
+// fewer, so that a lane's loops stay within lavapipe's 65 535 iterations
+// an invocation (`scan_tile` in src/gpu/scan.rs); such tiles take the
+// plain loop. Set by the host.
+override TILE: u32 = 64u;
 
 @group(0) @binding(0) var<storage, read> table: array<f32>;
 @group(0) @binding(1) var<uniform> chunk: Chunk;
@@ -53,12 +59,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     let w = linear_workgroup(wg, nwg);
     scan_reset(lid);
     workgroupBarrier();
-    let tile = w * WG;   // first local row of the tile
+    let tile = w * TILE;   // first local row of the tile
     if (tile >= chunk.rows) {
         return;          // uniform: the whole workgroup leaves
     }
     let base = tile * D;
-    if (tile + WG <= chunk.rows) {
+    if (TILE == WG && tile + WG <= chunk.rows) {
         // A whole tile: D loads a lane, none waiting on another (see the top).
         var seen = 0u;
         for (var k = 0u; k < D; k = k + 1u) {
@@ -70,7 +76,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
             }
         }
     } else {
-        let n = (chunk.rows - tile) * D;
+        let n = min(TILE, chunk.rows - tile) * D;
         for (var e = lid; e < n; e = e + WG) {
             note_element(e, table[base + e]);
         }
@@ -95,12 +101,12 @@ fn main_vec4(@builtin(workgroup_id) wg: vec3<u32>,
     let w = linear_workgroup(wg, nwg);
     scan_reset(lid);
     workgroupBarrier();
-    let tile = w * WG;
+    let tile = w * TILE;
     if (tile >= chunk.rows) {
         return;
     }
     let base4 = tile * (D / 4u);
-    if (tile + WG <= chunk.rows) {
+    if (TILE == WG && tile + WG <= chunk.rows) {
         // A whole tile: D / 4 loads a lane, none waiting on another.
         var seen = vec4<u32>(0u);
         for (var k = 0u; k < D / 4u; k = k + 1u) {
@@ -112,7 +118,7 @@ fn main_vec4(@builtin(workgroup_id) wg: vec3<u32>,
             }
         }
     } else {
-        let n4 = (chunk.rows - tile) * (D / 4u);
+        let n4 = min(TILE, chunk.rows - tile) * (D / 4u);
         for (var e4 = lid; e4 < n4; e4 = e4 + WG) {
             note_vec4(e4, table4[base4 + e4]);
         }

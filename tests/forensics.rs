@@ -70,9 +70,20 @@ fn plant(rng: &mut impl Rng, table: &mut [f32], n: usize) {
 fn every_scan_finds_planted_values_exactly() {
     let seed = seed("scan_planted");
     let mut r = rng(seed);
-    // (rows, dim, planted): few findings, and more bad rows than the cap.
-    for (case, (rows, dim, n)) in
-        [(3000usize, 5usize, 6usize), (2100, 64, 150), (700, 131, 3), (5000, 1, 90)].into_iter().enumerate()
+    // (rows, dim, planted): few findings, and more bad rows than the cap;
+    // then rows so wide that on lavapipe a workgroup scans fewer rows than
+    // it has lanes (its loop limit: src/gpu/scan.rs `scan_tile`), 4-byte
+    // and 16-byte, with a partial last tile.
+    for (case, (rows, dim, n)) in [
+        (3000usize, 5usize, 6usize),
+        (2100, 64, 150),
+        (700, 131, 3),
+        (5000, 1, 90),
+        (300, 70_001, 250),
+        (300, 60_000, 250),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let shape = Shape::new(rows, dim).unwrap();
         let mut table = random_table(&mut r, rows, dim);

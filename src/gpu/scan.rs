@@ -10,6 +10,7 @@ use super::layout::{grid, ChunkLayout};
 use super::pipes::{bind_at, read_mapped, readback, storage, uniform, Constants};
 use super::shaders;
 use super::timer::{in_timed_rounds, PassTimer};
+use super::trainer::LOOP_BUDGET;
 use crate::config::Shape;
 use crate::error::{Error, Result};
 use crate::scan::{Scan, SCAN_WORDS};
@@ -52,8 +53,9 @@ pub struct PreparedScan {
 }
 
 impl TableScanner {
-    /// 16-byte loads where D is a multiple of 4.
-    pub fn new(ctx: Arc<GpuContext>, shape: Shape, layout: &ChunkLayout, wg: u32, max_groups: u32) -> Self {
+    /// 16-byte loads where D is a multiple of 4. Refuses, on a software
+    /// adapter, a table whose scan would pass its loop limit (`scan_tile`).
+    pub fn new(ctx: Arc<GpuContext>, shape: Shape, layout: &ChunkLayout, wg: u32, max_groups: u32) -> Result<Self> {
         Self::with_loads(ctx, shape, layout, wg, max_groups, shape.dim.is_multiple_of(4))
     }
 
@@ -65,14 +67,15 @@ impl TableScanner {
         wg: u32,
         max_groups: u32,
         wide: bool,
-    ) -> Self {
+    ) -> Result<Self> {
         let wide = wide && shape.dim.is_multiple_of(4);
+        let tile = scan_plan(&ctx, shape, layout, wg, wide)?;
         let mut base = 0u32;
         let chunks: Vec<(wgpu::Buffer, u32)> = layout
             .spans
             .iter()
             .map(|s| {
-                let groups = (s.rows as u32).div_ceil(wg);
+                let groups = (s.rows as u32).div_ceil(tile);
                 let u = uniform(&ctx, "scan chunk", &[s.row_base as u32, s.rows as u32, base, 0]);
                 base += groups;
                 (u, groups)
@@ -80,7 +83,7 @@ impl TableScanner {
             .collect();
         let consts = Constants { wg, dim: shape.dim as u32, ..Constants::default() };
         let entry = if wide { "main_vec4" } else { "main" };
-        let scan = consts.pipeline(&ctx, &shaders::SCAN_TABLE, entry, &[("SCAN_BUFS", 1.0)]);
+        let scan = consts.pipeline(&ctx, &shaders::SCAN_TABLE, entry, &[("SCAN_BUFS", 1.0), ("TILE", tile as f64)]);
         let finish = consts.pipeline(&ctx, &shaders::SCAN_FINISH, "main", &[("SCAN_BUFS", 1.0)]);
         let detail = storage(&ctx, "scan details", base as u64 * DETAIL_BYTES, wgpu::BufferUsages::empty());
         let hits = storage(&ctx, "scan hits", 16, wgpu::BufferUsages::empty());
@@ -89,7 +92,7 @@ impl TableScanner {
         let out = storage(&ctx, "scan result", bytes, wgpu::BufferUsages::COPY_SRC);
         let readback = readback(&ctx, "scan readback", bytes);
         let finish_group = bind_at(&ctx, &finish, &[(2, &params), (8, &detail), (9, &hits), (10, &out)]);
-        TableScanner {
+        Ok(TableScanner {
             ctx,
             max_groups,
             chunks,
@@ -104,7 +107,7 @@ impl TableScanner {
             out,
             readback,
             stamp: 0,
-        }
+        })
     }
 
     /// Bind groups for `buffers`, one per chunk of the layout, in order.
@@ -221,8 +224,50 @@ pub fn scan_values(ctx: Arc<GpuContext>, values: &[f32], shape: Shape, max_chunk
     if let Some(e) = pollster::block_on(oom.pop()) {
         return Err(shape.too_large(format!("the GPU could not allocate it ({e})")));
     }
-    let mut scanner = TableScanner::new(ctx, shape, &layout, wg, max_groups);
+    let mut scanner = TableScanner::new(ctx, shape, &layout, wg, max_groups)?;
     let refs: Vec<&wgpu::Buffer> = buffers.iter().collect();
     let prepared = scanner.prepare(&refs);
     scanner.run(&prepared)
+}
+
+/// scan_table.wgsl's TILE for `shape` (`scan_tile`), or, on a software
+/// adapter, a refusal of a scan that would pass its loop limit (the
+/// trainer asks before it builds anything: its last scan is the table's).
+pub(super) fn scan_plan(ctx: &GpuContext, shape: Shape, layout: &ChunkLayout, wg: u32, wide: bool) -> Result<u32> {
+    let tile = scan_tile(ctx.is_software(), wg, shape.dim as u64, wide);
+    let groups: u64 = layout.spans.iter().map(|s| (s.rows as u64).div_ceil(tile.unwrap_or(1) as u64)).sum();
+    // scan_finish.wgsl: scan.wgsl's scan_collect over the tiles' findings.
+    let finish = 45 * groups.div_ceil(wg as u64) + 1_000;
+    match tile {
+        Some(t) if !ctx.is_software() || finish <= LOOP_BUDGET => Ok(t),
+        _ => Err(Error::invalid(
+            "--backend",
+            format!(
+                "a {} × {} table's scan on the software adapter {}, whose driver ends a shader invocation's \
+                 loops once they have run 65 535 iterations in all (lavapipe; with no error), would pass that \
+                 ({}); the CPU backend (--backend cpu) has no such limit",
+                shape.rows,
+                shape.dim,
+                ctx.info.name,
+                if tile.is_none() { "scan_table.wgsl, a row's columns" } else { "scan_finish.wgsl, its tiles" }
+            ),
+        )),
+    }
+}
+
+/// Rows a workgroup of scan_table.wgsl scans (its TILE): the workgroup's
+/// size, or on a software adapter the most, halving, whose loops a lane
+/// keeps under [`LOOP_BUDGET`] (a whole tile: D loads a lane, D again
+/// where one is not finite, vec4s four elements each; a smaller one the
+/// plain loop over its elements); `None` when not even one row's do.
+fn scan_tile(software: bool, wg: u32, dim: u64, wide: bool) -> Option<u32> {
+    if !software {
+        return Some(wg);
+    }
+    let loops = |tile: u32| {
+        let per_lane = (tile as u64 * dim).div_ceil(if wide { 4 } else { 1 } * wg as u64);
+        let whole = if wide { 6 * dim.div_ceil(4) } else { 2 * dim };
+        (if tile == wg { whole } else { per_lane * if wide { 5 } else { 1 } }) + 200
+    };
+    std::iter::successors(Some(wg), |&t| (t > 1).then_some(t / 2)).find(|&t| loops(t) <= LOOP_BUDGET)
 }

@@ -78,7 +78,7 @@ pub const BATCH_IO: Kernel =
     kernel!("batch_io", [], ["gather", "scatter"], ["WG", "D", "GUARD", "MOMENTUM", "DIRECT", "VEC4"]);
 pub const COPY_TABLE: Kernel = kernel!("copy_table", [], ["snapshot", "restore"], ["WG", "D", "MOMENTUM"]);
 pub const SCAN_TABLE: Kernel =
-    kernel!("scan_table", [REDUCE_WG, SCAN], ["main", "main_vec4"], ["WG", "D", "SCAN_BUFS"]);
+    kernel!("scan_table", [REDUCE_WG, SCAN], ["main", "main_vec4"], ["WG", "D", "SCAN_BUFS", "TILE"]);
 pub const SCAN_FINISH: Kernel = kernel!("scan_finish", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "SCAN_BUFS"]);
 pub const COPY: Kernel = kernel!("copy", [], ["main"], ["WG", "D"]);
 /// copy.wgsl with 16-byte accesses (D a multiple of 4): the benches' floor.

@@ -246,6 +246,11 @@ struct FusedShape {
     /// fused_step.wgsl's SAMPLED as applied (asked, random batches read in
     /// place, no first read): [`GpuOptions::fused_sample`].
     sampled: bool,
+    /// The workgroup size of the passes of one workgroup (reduce.wgsl,
+    /// prepare.wgsl) and of the table scans: `wg`, or on a software
+    /// adapter 256 (each lane's share of the findings a quarter of 64's,
+    /// against its loop limit: `LoopBudget`).
+    single_wg: u32,
 }
 
 impl FusedShape {
@@ -626,6 +631,7 @@ impl GpuTrainer {
         let d = shape.dim as u64;
         let cap = schedule.max_slots() as u64;
         let mut blocks_asked = or_env(opts.row_blocks, "LATENT_LINE_ROW_BLOCKS", 256)?;
+        let shape_asked = lanes_asked.is_some() || blocks_asked.is_some();
         // The rows one pass of the fused step covers: the largest chunk's,
         // or a batch's slots.
         let pass_rows =
@@ -634,7 +640,8 @@ impl GpuTrainer {
         // step's loops would pass it, more lanes a row and one row block a
         // workgroup, unless asked otherwise.
         let software = ctx.is_software();
-        let budget = LoopBudget { wg, dim: d, cap };
+        let single_wg = if software { ctx.workgroup_size(256).max(wg) } else { wg };
+        let budget = LoopBudget { wg: single_wg, dim: d, cap };
         if software && lanes_asked.is_none() {
             while budget.fused(lanes, 1) > LOOP_BUDGET && lanes < wg.min(32) {
                 lanes *= 2;
@@ -712,23 +719,36 @@ impl GpuTrainer {
             };
             let mut loops = vec![
                 ("fused_step.wgsl", budget.fused(lanes, blocks)),
-                ("reduce.wgsl", budget.reduce(groups, !schedule.is_full())),
+                ("reduce.wgsl", budget.reduce(groups, !schedule.is_full(), 3)),
             ];
+            if !schedule.is_full() {
+                // A batched run's evaluations are of the whole table.
+                let rows_per_group = (wg / lanes * blocks) as u64;
+                let table_groups = layout.spans.iter().map(|s| (s.rows as u64).div_ceil(rows_per_group)).sum();
+                loops.push(("reduce.wgsl", budget.reduce(table_groups, false, 1)));
+            }
             if cfg.needs_prepass() {
-                loops.push(("prepare.wgsl", budget.prepare(groups, segs)));
+                let attached = cfg.endpoints == crate::config::Endpoints::Attached;
+                loops.push(("prepare.wgsl", budget.prepare(groups, attached.then_some(segs))));
+            }
+            // The table's scans (the run's last, and `Trainer::scan_table`).
+            for wide in [false, shape.dim.is_multiple_of(4)] {
+                crate::gpu::scan::scan_plan(&ctx, shape, &layout, single_wg, wide)?;
             }
             if let Some((kernel, n)) = loops.into_iter().find(|&(_, n)| n > LOOP_BUDGET) {
-                return Err(shape.too_large(format!(
-                    "on the software adapter {}, whose driver ends a shader invocation's loops once they have run \
-                     65 535 iterations in all (lavapipe; with no error), an invocation of {kernel} may run about {n} \
-                     with this shape{}; the CPU backend (--backend cpu) has no such limit",
-                    ctx.info.name,
-                    if lanes_asked.is_some() || blocks_asked.is_some() {
-                        " and these lanes and row blocks"
-                    } else {
-                        ""
-                    }
-                )));
+                return Err(Error::invalid(
+                    "--backend",
+                    format!(
+                        "a {} × {} table{} on the software adapter {}, whose driver ends a shader invocation's loops \
+                         once they have run 65 535 iterations in all (lavapipe; with no error): an invocation of \
+                         {kernel} may run about {n}{}; the CPU backend (--backend cpu) has no such limit",
+                        shape.rows,
+                        shape.dim,
+                        if schedule.is_full() { String::new() } else { format!(" in batches of {cap} slots") },
+                        ctx.info.name,
+                        if shape_asked { " with the lanes and row blocks asked for" } else { "" }
+                    ),
+                ));
             }
         }
         let resident = match &schedule {
@@ -759,6 +779,7 @@ impl GpuTrainer {
                 pq_shared,
                 poison_branch,
                 sampled,
+                single_wg,
             },
             max_groups,
             layout,
@@ -935,11 +956,17 @@ impl GpuTrainer {
         &self.layout
     }
 
-    fn ensure_scanner(&mut self) {
+    fn ensure_scanner(&mut self) -> Result<()> {
         if self.scanner.is_none() {
-            self.scanner =
-                Some(TableScanner::new(self.ctx.clone(), self.shape, &self.layout, self.fused.wg, self.max_groups));
+            self.scanner = Some(TableScanner::new(
+                self.ctx.clone(),
+                self.shape,
+                &self.layout,
+                self.fused.single_wg,
+                self.max_groups,
+            )?);
         }
+        Ok(())
     }
 
     /// Which table buffer is current (read from the device; no work in flight).
@@ -977,7 +1004,7 @@ fn or_env(given: Option<u32>, name: &'static str, max: u32) -> Result<Option<u32
 /// loop of an invocation once its loops together have run 65 535 times,
 /// silently, a guard against endless loops; the rest of the invocation
 /// then runs each loop body once. Kept under it with a margin.
-const LOOP_BUDGET: u64 = 60_000;
+pub(super) const LOOP_BUDGET: u64 = 60_000;
 
 /// Upper bounds of the loop iterations one invocation of a step's kernels
 /// runs, for [`LOOP_BUDGET`] (counted from the shaders' loops, rounded up;
@@ -1001,17 +1028,22 @@ impl LoopBudget {
     /// reduce.wgsl over `groups` partials: the fold and three buffers'
     /// findings (a lane's share of the workgroups, a few loops each); a
     /// batch's also the radix select's five visits of every bad row (all
-    /// of its slots, at worst).
-    fn reduce(&self, groups: u64, batched: bool) -> u64 {
+    /// of its slots, at worst). Counted as if each of `buffers` (the
+    /// step's three, an evaluation's loss) found something.
+    fn reduce(&self, groups: u64, batched: bool, buffers: u64) -> u64 {
         let per_lane = groups.div_ceil(self.wg as u64);
-        let batch = if batched { 140 * per_lane + 15 * self.cap.div_ceil(self.wg as u64) } else { 0 };
-        10 * per_lane + batch + 1_000
+        // Per buffer (three): scan_collect's totals and listing, about 40
+        // iterations a lane's workgroup; a batch's radix select and listing
+        // about 65 more, and every bad slot five times; lane 0's digit
+        // searches, 3 060.
+        let batch = if batched { 200 * per_lane + 15 * self.cap.div_ceil(self.wg as u64) } else { 0 };
+        (5 + 42 * buffers) * per_lane + batch + 3_500
     }
 
-    /// prepare.wgsl: the norm's partials, then each of a lane's columns
-    /// summing every segment of anchor_sum.wgsl.
-    fn prepare(&self, groups: u64, segs: u64) -> u64 {
-        groups.div_ceil(self.wg as u64) + self.dim.div_ceil(self.wg as u64) * (segs + 2) + 500
+    /// prepare.wgsl: the norm's partials, then (attached anchors: `segs`)
+    /// each of a lane's columns summing every segment of anchor_sum.wgsl.
+    fn prepare(&self, groups: u64, segs: Option<u64>) -> u64 {
+        groups.div_ceil(self.wg as u64) + segs.map_or(0, |segs| self.dim.div_ceil(self.wg as u64) * (segs + 2)) + 500
     }
 }
 
@@ -1241,7 +1273,7 @@ impl Trainer for GpuTrainer {
     }
     fn scan_table(&mut self) -> Result<Scan> {
         let cur = self.current()?;
-        self.ensure_scanner();
+        self.ensure_scanner()?;
         let bufs: Vec<&wgpu::Buffer> = self.chunks.iter().map(|c| c.buffer(cur)).collect();
         let scanner = self.scanner.as_mut().expect("built above");
         let prepared = scanner.prepare(&bufs);

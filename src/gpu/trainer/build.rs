@@ -314,8 +314,9 @@ impl GpuTrainer {
                 storage(&ctx, "unused dispatch", 16, wgpu::BufferUsages::empty()),
             )
         };
+        let single = Constants { wg: fused_shape.single_wg, ..consts };
         let reduce = |update: bool, over_x: bool| {
-            let c = Constants { batched: over_x, ..consts };
+            let c = Constants { batched: over_x, ..single };
             let extra = [("SCAN_BUFS", FUSED_SCAN_BUFS as f64), ("GRIDS", guard_grids.len() as f64)];
             let p = c.pipeline(&ctx, &shaders::REDUCE, "main", &extra);
             let count = if over_x { x_groups } else { partial_base };
@@ -390,7 +391,7 @@ impl GpuTrainer {
                     .collect();
                 Pass { pipeline: p, groups }
             });
-            let p = consts.pipeline(&ctx, &shaders::PREPARE, "main", &[]);
+            let p = single.pipeline(&ctx, &shaders::PREPARE, "main", &[]);
             // The anchors' coefficients: slots 0 and 1 of a batch, else
             // rows a and b of their chunks' buffers.
             let (coef_a, coef_b, slot_a, slot_b) =

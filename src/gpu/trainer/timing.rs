@@ -139,17 +139,17 @@ impl GpuTrainer {
         let cur = self.current()?;
         let mut narrow = None;
         let scanner = if wide {
-            self.ensure_scanner();
+            self.ensure_scanner()?;
             self.scanner.as_mut().expect("built above")
         } else {
             narrow.insert(TableScanner::with_loads(
                 self.ctx.clone(),
                 self.shape,
                 &self.layout,
-                self.fused.wg,
+                self.fused.single_wg,
                 self.max_groups,
                 false,
-            ))
+            )?)
         };
         let bufs: Vec<&wgpu::Buffer> = self.chunks.iter().map(|c| c.buffer(cur)).collect();
         let prepared = scanner.prepare(&bufs);
