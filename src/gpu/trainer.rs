@@ -248,8 +248,8 @@ struct FusedShape {
     sampled: bool,
     /// The workgroup size of the passes of one workgroup (reduce.wgsl,
     /// prepare.wgsl) and of the table scans: `wg`, or on a software
-    /// adapter 256 (each lane's share of the findings a quarter of 64's,
-    /// against its loop limit: `LoopBudget`).
+    /// adapter, unless a size was asked for, 256 (each lane's share of the
+    /// findings a quarter of 64's, against its loop limit: `LoopBudget`).
     single_wg: u32,
 }
 
@@ -640,7 +640,9 @@ impl GpuTrainer {
         // step's loops would pass it, more lanes a row and one row block a
         // workgroup, unless asked otherwise.
         let software = ctx.is_software();
-        let single_wg = if software { ctx.workgroup_size(256).max(wg) } else { wg };
+        // (Not where a workgroup size was asked for: tests ask for small
+        // ones to give each lane of reduce.wgsl many partials.)
+        let single_wg = if software && wg_asked.is_none() { ctx.workgroup_size(256).max(wg) } else { wg };
         let budget = LoopBudget { wg: single_wg, dim: d, cap };
         if software && lanes_asked.is_none() {
             while budget.fused(lanes, 1) > LOOP_BUDGET && lanes < wg.min(32) {
