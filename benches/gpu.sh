@@ -184,7 +184,7 @@ tune() {
     # card's clocks coming up.
     timeout 60 "$B/latent-line" --backend gpu --rows "$R" --steps 40 $TUNE_ARGS >/dev/null 2>&1
     for cand in "" "LATENT_LINE_PREFETCH=1" "LATENT_LINE_ROW_BLOCKS=2" "LATENT_LINE_LANES=8" "LATENT_LINE_VEC4=0" \
-        "LATENT_LINE_LANES=2 LATENT_LINE_VEC4=1 LATENT_LINE_PQ_SHARED=1" "LATENT_LINE_POISON_BRANCH=1" "$@"; do
+        "LATENT_LINE_LANES=2 LATENT_LINE_VEC4=1 LATENT_LINE_PQ_SHARED=1" "LATENT_LINE_POISON_BRANCH=0" "$@"; do
         out=$(env $cand timeout 60 "$B/latent-line" --backend gpu --rows "$R" --steps 40 --profile $TUNE_ARGS 2>&1)
         ms=$(echo "$out" | step_ms)
         echo "$out" | grep -E "^kernel|^driver|fused_step\.wgsl main \[[A-Z=0-9 ]*UPDATE=1" | sed "s/^/   /"
@@ -204,8 +204,8 @@ if [ "$MODE" != quick ] && [ "${TUNE:-1}" = 1 ]; then
     FULL_TUNED=$TUNED
     # A random batch's own shape (more, smaller workgroups; fewer rows to
     # hide the latency of): its benches run with it, apart.
-    TUNE_ARGS="--batch $BATCH" tune "random batches of $BATCH" "LATENT_LINE_ROW_BLOCKS=1" "LATENT_LINE_VEC4=0 LATENT_LINE_ROW_BLOCKS=1" "LATENT_LINE_FUSED_SAMPLE=1" \
-        "LATENT_LINE_FUSED_SAMPLE=1 LATENT_LINE_ROW_BLOCKS=1"
+    TUNE_ARGS="--batch $BATCH" tune "random batches of $BATCH" "LATENT_LINE_ROW_BLOCKS=1" "LATENT_LINE_VEC4=0 LATENT_LINE_ROW_BLOCKS=1" "LATENT_LINE_FUSED_SAMPLE=0" \
+        "LATENT_LINE_FUSED_SAMPLE=0 LATENT_LINE_ROW_BLOCKS=1"
     TUNED_BATCH=$TUNED; TUNED=$FULL_TUNED
     echo "everything below runs with ${TUNED:-the built-in shape}, the batch benches with ${TUNED_BATCH:-the built-in shape}"
     [ -n "$TUNED" ] && export $TUNED

@@ -165,15 +165,18 @@ pub struct GpuOptions {
     /// of the NaN bits (fused_step.wgsl's POISON_BRANCH: fewer
     /// instructions a column, a divergent branch where a poisoned row
     /// shares a subgroup with clean ones). `None`:
-    /// `LATENT_LINE_POISON_BRANCH` (`0` or `1`) where set, else off (not yet
-    /// timed on a GPU). The same bits either way.
+    /// `LATENT_LINE_POISON_BRANCH` (`0` or `1`) where set, else on (H200,
+    /// 1M × 64 by `--profile`: 0.1620 ms a step against 0.1808 without;
+    /// BENCHMARKS.md, thirteenth session). The same bits either way.
     pub poison_branch: Option<bool>,
     /// Random batches on a table in one binding, with no first read
     /// (attached anchors, clipping): the fused step works out its slots
     /// itself and no sample pass runs before it (fused_step.wgsl's
     /// SAMPLED: one dispatch and one barrier fewer a step, a few integer
     /// hashes a row more). `None`: `LATENT_LINE_FUSED_SAMPLE` (`0` or `1`)
-    /// where set, else off (not yet timed on a GPU). The same bits either way.
+    /// where set, else on (H200, batches of 65 536 of 1M × 64 by
+    /// `--profile`: 0.0404 ms a step against 0.0438 with the sample pass;
+    /// BENCHMARKS.md, thirteenth session). The same bits either way.
     pub fused_sample: Option<bool>,
     /// User batches (`--indices`) kept on the device at once. `None`: all
     /// of them where they fit in [`RESIDENT_BATCH_BYTES`] (16 bytes a slot,
@@ -678,9 +681,9 @@ impl GpuTrainer {
         // Applied where they can be (each asked value checked all the same).
         let pq_asked = or_env_flag(opts.pq_shared, "LATENT_LINE_PQ_SHARED")?.unwrap_or(false);
         let pq_shared = pq_asked && vec4 && shape.dim <= PQ_SHARED_MAX_DIM;
-        let branch_asked = or_env_flag(opts.poison_branch, "LATENT_LINE_POISON_BRANCH")?.unwrap_or(false);
+        let branch_asked = or_env_flag(opts.poison_branch, "LATENT_LINE_POISON_BRANCH")?.unwrap_or(true);
         let poison_branch = branch_asked && vec4 && cfg.guard.policy != Policy::SkipRow;
-        let sample_asked = or_env_flag(opts.fused_sample, "LATENT_LINE_FUSED_SAMPLE")?.unwrap_or(false);
+        let sample_asked = or_env_flag(opts.fused_sample, "LATENT_LINE_FUSED_SAMPLE")?.unwrap_or(true);
         // (Random batches read in place, as `build` makes them.)
         let sampled =
             sample_asked && matches!(schedule, Schedule::Random { .. }) && layout.one_binding() && !cfg.needs_prepass();
