@@ -831,11 +831,16 @@ fn the_fused_steps_shape_switches_are_taken_and_checked() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && out.contains(", kept in an array"), "{out}{}", stderr(&o));
     // 16-byte columns by default where D allows (D = 16 at 4 lanes), not
-    // with VEC4 off; p and q in workgroup memory on request.
+    // with VEC4 off; p and q in workgroup memory on request; a poisoned
+    // row's own branch by default with them, not on request.
     for (env, said) in [
-        (vec![], Some(", 16-byte loads")),
+        (vec![], Some(", 16-byte loads, poisoned rows apart")),
         (vec![("LATENT_LINE_VEC4", "0")], None),
-        (vec![("LATENT_LINE_PQ_SHARED", "1")], Some(", 16-byte loads, p and q in workgroup memory")),
+        (
+            vec![("LATENT_LINE_PQ_SHARED", "1")],
+            Some(", 16-byte loads, p and q in workgroup memory, poisoned rows apart"),
+        ),
+        (vec![("LATENT_LINE_POISON_BRANCH", "0")], Some(", 16-byte loads")),
     ] {
         let o = gpu_run(&[[("LATENT_LINE_LANES", "4")].as_slice(), &env].concat());
         let out = String::from_utf8_lossy(&o.stdout);
