@@ -711,26 +711,19 @@ impl GpuTrainer {
         }
         // (After the binding limits: a shape over both is told of those.)
         if software {
-            let groups: u64 = if schedule.is_full() {
-                let rows_per_group = (wg / lanes * blocks) as u64;
-                layout.spans.iter().map(|s| (s.rows as u64).div_ceil(rows_per_group)).sum()
-            } else {
-                cap.div_ceil((wg / lanes * blocks) as u64)
-            };
-            let segs: u64 = if schedule.is_full() {
-                layout.spans.iter().map(|s| (s.rows as u64).div_ceil(SEG as u64)).sum()
-            } else {
-                cap.div_ceil(SEG as u64)
-            };
+            // Workgroups (and anchor_sum.wgsl's segments) over the table's
+            // chunks, or over a batch's slots.
+            let table = |per: u64| -> u64 { layout.spans.iter().map(|s| (s.rows as u64).div_ceil(per)).sum() };
+            let over = |per: u64| if schedule.is_full() { table(per) } else { cap.div_ceil(per) };
+            let rows_per_group = (wg / lanes * blocks) as u64;
+            let (groups, segs) = (over(rows_per_group), over(SEG as u64));
             let mut loops = vec![
                 ("fused_step.wgsl", budget.fused(lanes, blocks)),
                 ("reduce.wgsl", budget.reduce(groups, !schedule.is_full(), 3)),
             ];
             if !schedule.is_full() {
                 // A batched run's evaluations are of the whole table.
-                let rows_per_group = (wg / lanes * blocks) as u64;
-                let table_groups = layout.spans.iter().map(|s| (s.rows as u64).div_ceil(rows_per_group)).sum();
-                loops.push(("reduce.wgsl", budget.reduce(table_groups, false, 1)));
+                loops.push(("reduce.wgsl", budget.reduce(table(rows_per_group), false, 1)));
             }
             if cfg.needs_prepass() {
                 let attached = cfg.endpoints == crate::config::Endpoints::Attached;
