@@ -10,7 +10,7 @@ use super::layout::{grid, ChunkLayout};
 use super::pipes::{bind_at, read_mapped, readback, storage, uniform, Constants};
 use super::shaders;
 use super::timer::{in_timed_rounds, PassTimer};
-use super::trainer::LOOP_BUDGET;
+use super::trainer::{loop_limit, LOOP_BUDGET};
 use crate::config::Shape;
 use crate::error::{Error, Result};
 use crate::scan::{Scan, SCAN_WORDS};
@@ -240,16 +240,12 @@ pub(super) fn scan_plan(ctx: &GpuContext, shape: Shape, layout: &ChunkLayout, wg
     let finish = 45 * groups.div_ceil(wg as u64) + 1_000;
     match tile {
         Some(t) if !ctx.is_software() || finish <= LOOP_BUDGET => Ok(t),
-        _ => Err(Error::invalid(
-            "--backend",
+        _ => Err(loop_limit(
+            ctx,
+            format!("a {} × {} table's scan", shape.rows, shape.dim),
             format!(
-                "a {} × {} table's scan on the software adapter {}, whose driver ends a shader invocation's \
-                 loops once they have run 65 535 iterations in all (lavapipe; with no error), would pass that \
-                 ({}); the CPU backend (--backend cpu) has no such limit",
-                shape.rows,
-                shape.dim,
-                ctx.info.name,
-                if tile.is_none() { "scan_table.wgsl, a row's columns" } else { "scan_finish.wgsl, its tiles" }
+                "{} would pass it",
+                if tile.is_none() { "scan_table.wgsl, a row's columns," } else { "scan_finish.wgsl, its tiles," }
             ),
         )),
     }

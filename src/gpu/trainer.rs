@@ -734,16 +734,16 @@ impl GpuTrainer {
                 crate::gpu::scan::scan_plan(&ctx, shape, &layout, single_wg, wide)?;
             }
             if let Some((kernel, n)) = loops.into_iter().find(|&(_, n)| n > LOOP_BUDGET) {
-                return Err(Error::invalid(
-                    "--backend",
+                return Err(loop_limit(
+                    &ctx,
                     format!(
-                        "a {} × {} table{} on the software adapter {}, whose driver ends a shader invocation's loops \
-                         once they have run 65 535 iterations in all (lavapipe; with no error): an invocation of \
-                         {kernel} may run about {n}{}; the CPU backend (--backend cpu) has no such limit",
+                        "a {} × {} table{}",
                         shape.rows,
                         shape.dim,
-                        if schedule.is_full() { String::new() } else { format!(" in batches of {cap} slots") },
-                        ctx.info.name,
+                        if schedule.is_full() { String::new() } else { format!(" in batches of {cap} slots") }
+                    ),
+                    format!(
+                        "an invocation of {kernel} may run about {n}{}",
                         if shape_asked { " with the lanes and row blocks asked for" } else { "" }
                     ),
                 ));
@@ -1003,6 +1003,20 @@ fn or_env(given: Option<u32>, name: &'static str, max: u32) -> Result<Option<u32
 /// silently, a guard against endless loops; the rest of the invocation
 /// then runs each loop body once. Kept under it with a margin.
 pub(super) const LOOP_BUDGET: u64 = 60_000;
+
+/// The refusal of `what` on a software adapter where `why` would pass
+/// its loop limit ([`LOOP_BUDGET`]): an invalid `--backend`.
+pub(super) fn loop_limit(ctx: &GpuContext, what: String, why: String) -> Error {
+    Error::invalid(
+        "--backend",
+        format!(
+            "{what} on the software adapter {}, whose driver ends a shader invocation's loops once they have run \
+             65 535 iterations in all (lavapipe; with no error): {why}; the CPU backend (--backend cpu) has no \
+             such limit",
+            ctx.info.name
+        ),
+    )
+}
 
 /// Upper bounds of the loop iterations one invocation of a step's kernels
 /// runs, for [`LOOP_BUDGET`] (counted from the shaders' loops, rounded up;
