@@ -11,7 +11,11 @@
 # `bash benches/gpu.sh quick`: the quick tests, the main job, --profile and
 # both GPU bench groups only (when device time is short). `diag`: the
 # GPU-time benches and the scan, then the JAX peer: a first look to tune
-# by, leaving device time for the full run. `sweep`: the row-block tests,
+# by, leaving device time for the full run. `bars`: issue 5's bars alone,
+# all from one call that fits the device tool's 600 s (no tests, no
+# tuning: the built-in shapes, which earlier calls picked; criterion only
+# for the benches the bars read; then both peers, the 100M-row table, the
+# CLI scan and the naive run). `sweep`: the row-block tests,
 # then the fused step's shapes (lanes, row blocks, wgpu's loop counters,
 # 16-byte kept columns) timed by --profile. `look`: the tuning below,
 # the shapes it leaves out, the copies and the default step (a first call
@@ -88,6 +92,9 @@ exec > >(tee -a "$OUT/gpu-log.txt") 2>&1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 date -u
 echo "binaries built from $(cat .gl/COMMIT 2>/dev/null || echo 'an unknown commit (no .gl/COMMIT)')"
+# Seconds since the start, before each part: what each costs of a call.
+T0=$(date +%s)
+at() { echo "-- at $(( $(date +%s) - T0 )) s"; }
 echo "== latent-line devices (for the README)"
 "$B/latent-line" devices
 
@@ -144,20 +151,22 @@ if [ "$MODE" = sweep ]; then
     exit 0
 fi
 
-echo "== tests on this GPU (quick ones first)"
 run_tests() {
     for t in "$@"; do
         echo "-- $t"
         tst "${TEST_TIMEOUT:-300}" "$B/$t" --test-threads 4
     done
 }
-TEST_TIMEOUT=90 run_tests naive forensics
-echo "-- backends_vs_reference $SWITCH_TESTS"
-tst 120 "$B/backends_vs_reference" $SWITCH_TESTS
-echo "-- batches dropped, sampled, streamed, two_read (the undo log of a batch read in place; slots worked out in the step; user batches streamed; a batch's coefficients by slot)"
-tst 120 "$B/batches" dropped sampled streamed two_read
-echo "-- backends_vs_reference two_read (coefficients split as the table is)"
-tst 60 "$B/backends_vs_reference" two_read
+if [ "$MODE" != bars ]; then
+    echo "== tests on this GPU (quick ones first)"
+    TEST_TIMEOUT=90 run_tests naive forensics
+    echo "-- backends_vs_reference $SWITCH_TESTS"
+    tst 120 "$B/backends_vs_reference" $SWITCH_TESTS
+    echo "-- batches dropped, sampled, streamed, two_read (the undo log of a batch read in place; slots worked out in the step; user batches streamed; a batch's coefficients by slot)"
+    tst 120 "$B/batches" dropped sampled streamed two_read
+    echo "-- backends_vs_reference two_read (coefficients split as the table is)"
+    tst 60 "$B/backends_vs_reference" two_read
+fi
 
 # The fused step's shape for this card, picked here so that one call both
 # tunes and measures (a device call is all the GPU time a session gets):
@@ -199,7 +208,8 @@ tune() {
     TUNED=$best
 }
 TUNED=""; TUNED_BATCH=""
-if [ "$MODE" != quick ] && [ "${TUNE:-1}" = 1 ]; then
+if [ "$MODE" != quick ] && [ "$MODE" != bars ] && [ "${TUNE:-1}" = 1 ]; then
+    at
     TUNE_ARGS="" tune "full table, $R × 64"
     FULL_TUNED=$TUNED
     # A random batch's own shape (more, smaller workgroups; fewer rows to
@@ -218,7 +228,8 @@ with_batch_shape() {
 # --profile (GPU time a step), the two alternated three times, the full
 # table and a random batch each with its shape chosen above: what the
 # commits between them moved, measured in one call.
-if [ -x "$B/latent-line-base" ] && [ "$MODE" != quick ]; then
+if [ -x "$B/latent-line-base" ] && [ "$MODE" != quick ] && [ "$MODE" != bars ]; then
+    at
     echo "== this build's step against $(cat .gl/BASE 2>/dev/null || echo 'the base')'s (--profile, GPU time a step, alternated)"
     for args in "" "--batch $BATCH"; do
         for i in 1 2 3; do
@@ -242,6 +253,7 @@ if [ "$MODE" = look ]; then
     timeout 90 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|eval|batch-random-65536|batch-random-sampled-65536)/1000000x64' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
     exit 0
 fi
+at
 echo "== main job: latent-line --rows $R (wall time, start-up included)"
 s=$(date +%s.%N)
 "$B/latent-line" --rows "$R" --report "$OUT/main-job.json"
@@ -257,6 +269,8 @@ with_batch_shape "$B/latent-line" --rows "$R" --steps 50 --batch "$BATCH" --prof
 # (Full: the benches the bars and the account need, at 1M × 64 and 128.)
 BENCH_FILTER='gpu-time.*/(copy-shader|copy-shader-vec4|step-noscan|step-ignore|step-skip-step|step-skip-step-4byte|eval|batch-random-65536|batch-random-sampled-65536|batch-indices-65536|batch-random-ignore-65536|scan|scan-copy)/'
 [ "$MODE" = quick ] && BENCH_FILTER=gpu
+[ "$MODE" = bars ] && BENCH_FILTER='gpu-time.*/((copy-shader|copy-shader-vec4|step-skip-step|batch-random-65536)/1000000x64|(scan|scan-copy)/4194304x64)'
+at
 echo "== cargo bench (criterion): $BENCH_FILTER"
 timeout 300 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 "$BENCH_FILTER" 2>&1 | grep -E "^gpu|time:" | grep -v "%"
 if [ "$TUNED_BATCH" != "$TUNED" ]; then
@@ -268,18 +282,22 @@ python3 benches/summary.py /tmp/ct/criterion | tee "$OUT/bench-summary.txt"
 python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars.txt"
 [ "$MODE" = quick ] && exit 0
 
-echo "== peers: JAX (jit; host timer around block_until_ready)"
-PYTHONUNBUFFERED=1 timeout 90 python3 benches/peers/jax_step.py "$R" 64 "$BATCH" 2>&1 | grep -v -i warning
+at
+echo "== peers: JAX (jit; host timer: a call and its wait, calls queued, steps in one jit)"
+PYTHONUNBUFFERED=1 timeout 120 python3 benches/peers/jax_step.py "$R" 64 "$BATCH" 2>&1 | grep -v -i warning
 [ "$MODE" = diag ] && exit 0
-echo "== peers: PyTorch (CUDA events)"
+at
+echo "== peers: PyTorch (CUDA events: around each step, and around steps queued)"
 PYTHONUNBUFFERED=1 timeout 120 python3 benches/peers/torch_step.py "$R" 64 "$BATCH" 2>&1 | grep -v Warning
 python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars.txt"
 
+at
 echo "== $HUGE_ROWS × 64: the step and its copy in the bench (GPU time); LONG=1: the main job's step too (wall)"
 LATENT_LINE_BENCH_HUGE=1 timeout 150 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 "${HUGE_ROWS}x" 2>&1 | grep -E "^gpu|time:" | grep -v "%"
 python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars.txt"
 [ "${LONG:-0}" = 1 ] && timeout 120 "$B/latent-line" --rows "$HUGE_ROWS" --dim 64 --steps 10 | grep -E "kernel|table|speed|finite"
 
+at
 echo "== latent-line scan on a 1 GiB table"
 "$B/latent-line" --rows "$SCAN_ROWS" --dim 64 --steps 0 --save /tmp/big.npy >/dev/null
 "$B/latent-line" scan /tmp/big.npy; echo "exit $?"
@@ -289,6 +307,7 @@ echo "== naive on this GPU: default guard, then ignore"
 "$B/latent-line" --rows "$R" --naive --endpoints detached --steps 3 | grep -E "event|ABORT|guard|finite"
 "$B/latent-line" --rows "$R" --naive --endpoints detached --steps 1 --on-nonfinite ignore | grep -E "event|finite"
 
+at
 python3 benches/summary.py /tmp/ct/criterion | tee "$OUT/bench-summary.txt"
 echo "== issue 5's bars, from this call's figures"
 python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars.txt"
