@@ -755,6 +755,7 @@ impl CpuTrainer {
             action,
             grad_norm: None,
             scans: o.scans,
+            gpu_seconds: None,
         }
     }
 }

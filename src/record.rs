@@ -31,7 +31,7 @@ impl StepScans {
 }
 
 /// Metrics of one pass, at the table before its update.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Record {
     /// Σ_j |r_j| over the batch rows whose r_j is finite.
     pub excess_sum: f64,
@@ -51,6 +51,40 @@ pub struct Record {
     /// SPEC §5: the step's gradient norm before clipping (with `--clip-norm`).
     pub grad_norm: Option<f64>,
     pub scans: StepScans,
+    /// The step's GPU time from timestamp queries around its pass, where
+    /// the device has them (not under --profile, which times each kernel,
+    /// nor on the staged path); `None` otherwise and on the CPU.
+    pub gpu_seconds: Option<f64>,
+}
+
+/// Records are equal when their passes computed the same: the time a
+/// step took (`gpu_seconds`) is not part of what it computed.
+impl PartialEq for Record {
+    fn eq(&self, o: &Self) -> bool {
+        let Record {
+            excess_sum,
+            excess_max,
+            d0,
+            batch,
+            near_singular,
+            lr,
+            separation,
+            action,
+            grad_norm,
+            scans,
+            gpu_seconds: _,
+        } = self;
+        *excess_sum == o.excess_sum
+            && *excess_max == o.excess_max
+            && *d0 == o.d0
+            && *batch == o.batch
+            && *near_singular == o.near_singular
+            && *lr == o.lr
+            && *separation == o.separation
+            && *action == o.action
+            && *grad_norm == o.grad_norm
+            && *scans == o.scans
+    }
 }
 
 impl Record {
@@ -71,6 +105,7 @@ impl Record {
             separation: 0.0,
             action: Action::from_code(w[5]),
             grad_norm: (w[9] != 0).then(|| f(8)),
+            gpu_seconds: None,
             scans: StepScans {
                 loss: block(0),
                 grad: block(1),

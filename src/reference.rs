@@ -56,6 +56,7 @@ pub fn step_batch(table: &mut [f64], vel: &mut [f64], shape: Shape, cfg: &StepCo
         action: crate::guard::Action::Applied,
         grad_norm: None,
         scans: Default::default(),
+        gpu_seconds: None,
     };
     let mut mult = std::collections::BTreeMap::<usize, usize>::new();
     for &i in rows {

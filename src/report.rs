@@ -28,6 +28,10 @@ pub struct StepEntry {
     /// SPEC §5: ‖g‖ before clipping (with `--clip-norm`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grad_norm: Option<f64>,
+    /// The step's GPU time (timestamp queries around its pass), where the
+    /// device timed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_seconds: Option<f64>,
 }
 
 /// One buffer of one pass with non-finite values (SPEC §7, §9).
@@ -130,10 +134,14 @@ pub struct Summary {
     /// Wall clock of the steps (each segment from its first submission to
     /// its last record) over the steps run: what `speed` prints.
     pub step_seconds: f64,
-    /// Median spacing of the record groups (one per submission), per step:
-    /// the device's step time while it is the bottleneck; it reads low when
-    /// groups arrive in bursts (synchronous submission, a slow consumer).
+    /// The median step time (SPEC §12): of each step's own GPU time
+    /// (`median_step_clock` "gpu-timestamps", `gpu_seconds` of the steps)
+    /// where the device timed the steps' passes; otherwise ("wall-clock")
+    /// the median spacing of the record groups (one per submission), per
+    /// step: the device's step time while it is the bottleneck, reading low
+    /// when groups arrive in bursts (synchronous submission, a slow consumer).
     pub median_step_seconds: f64,
+    pub median_step_clock: &'static str,
     pub bytes_per_step: u64,
     pub effective_gb_per_s: f64,
 }
@@ -174,6 +182,7 @@ impl StepEntry {
             action: r.action,
             nonfinite: r.scans.clone(),
             grad_norm: r.grad_norm,
+            gpu_seconds: r.gpu_seconds,
         }
     }
 }
@@ -184,7 +193,7 @@ pub fn collapse_step(records: &[Record], d0_start: f64) -> Option<usize> {
     records.iter().position(|r| r.action != Action::NotRun && r.d0 < COLLAPSE_FRACTION * d0_start)
 }
 
-/// Median of per-submission step times (seconds per step).
+/// Median of step times (seconds per step).
 pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;

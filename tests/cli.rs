@@ -213,6 +213,24 @@ fn a_run_saves_a_loadable_table_and_a_report_and_repeats_exactly() {
             assert!(s["mean_excess_last"].as_f64().unwrap() * 100.0 < s["mean_excess_first"].as_f64().unwrap());
             assert_eq!((s["steps_done"].as_u64(), &s["interrupted"]), (Some(30), &serde_json::json!(false)));
             assert_eq!(r["device"]["backend"], backend);
+            // The median step time (SPEC §12): on the GPU (lavapipe has
+            // timestamp queries) each step's own, from its pass; on the CPU
+            // the spacing of the record groups.
+            let timed: Vec<f64> =
+                r["steps"].as_array().unwrap().iter().filter_map(|e| e["gpu_seconds"].as_f64()).collect();
+            let stdout = String::from_utf8_lossy(&o.stdout);
+            if backend == "gpu" {
+                assert_eq!(s["median_step_clock"], "gpu-timestamps");
+                assert_eq!(timed.len(), 30, "every step timed, the final evaluation not: {}", r["steps"]);
+                assert!(timed.iter().all(|&t| t > 0.0));
+                let mut sorted = timed.clone();
+                sorted.sort_by(f64::total_cmp);
+                assert_eq!(s["median_step_seconds"].as_f64(), Some(0.5 * (sorted[14] + sorted[15])));
+                assert!(stdout.contains("the median of 30 steps' passes (timestamp queries)"), "{stdout}");
+            } else {
+                assert_eq!(s["median_step_clock"], "wall-clock");
+                assert!(timed.is_empty() && !stdout.contains("steps' passes"), "{stdout}");
+            }
             saved.push(std::fs::read(&out).unwrap());
         }
         assert_eq!(saved[0], saved[1], "{backend}: two runs differ");

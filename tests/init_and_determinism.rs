@@ -127,6 +127,49 @@ fn gpu_timed_steps_are_the_same_steps() {
     }
 }
 
+/// Each step of the fused path is timed by timestamp queries around its
+/// pass, read back with its record (`Record::gpu_seconds`): positive, and
+/// together no more than the wall clock of the call that ran them (the
+/// passes run one after another inside it). Not timed: an evaluation, steps
+/// under --profile (which times each kernel instead), the staged path.
+#[test]
+fn fused_steps_carry_their_gpu_time() {
+    let seed = seed("step_gpu_time");
+    let shape = Shape::new(5000, 16).unwrap();
+    let table = random_table(&mut rng(seed), shape.rows, shape.dim);
+    let cfg = StepConfig::for_rows(shape.rows);
+    let open = |opts: GpuOptions| GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table.clone()), opts).unwrap();
+    // (Lavapipe, hence CI, has timestamp queries.)
+    let has_timestamps = gpu().features.contains(wgpu::Features::TIMESTAMP_QUERY);
+    let mut t = open(GpuOptions::default());
+    let started = std::time::Instant::now();
+    // 21: two full submissions of 8 and a part of one, through the ring.
+    let records = t.steps(21).unwrap();
+    let wall = started.elapsed().as_secs_f64();
+    assert_eq!(records.len(), 21);
+    if has_timestamps {
+        let secs: Vec<f64> =
+            records.iter().map(|r| r.gpu_seconds.expect("a fused step without its GPU time")).collect();
+        assert!(secs.iter().all(|&s| s > 0.0 && s.is_finite()), "{secs:?}");
+        assert!(secs.iter().sum::<f64>() <= wall, "steps' GPU time {secs:?} over the call's wall clock {wall} s");
+    } else {
+        assert!(records.iter().all(|r| r.gpu_seconds.is_none()));
+    }
+    assert_eq!(t.evaluate().unwrap().gpu_seconds, None, "an evaluation is not a step");
+    assert!(t.set_profile(true).unwrap() == has_timestamps);
+    assert!(t.steps(3).unwrap().iter().all(|r| r.gpu_seconds.is_none()), "profiled steps timed twice");
+    let mut cfg_ignore = cfg;
+    cfg_ignore.guard.policy = latent_line::guard::Policy::Ignore;
+    let staged_opts = GpuOptions { path: latent_line::gpu::StepPath::Staged, ..GpuOptions::default() };
+    let mut staged = GpuTrainer::new(gpu(), shape, cfg_ignore, TableSource::Data(table.clone()), staged_opts).unwrap();
+    assert!(staged.steps(2).unwrap().iter().all(|r| r.gpu_seconds.is_none()), "the staged path's steps are passes");
+    // Timed or not, the same steps.
+    let mut untimed = open(GpuOptions::default());
+    untimed.set_profile(true).unwrap();
+    let plain = untimed.steps(21).unwrap();
+    assert_eq!(plain, records, "seed {seed}");
+}
+
 /// `steps_streamed` (the command line's loop: records handed over a group at
 /// a time while later steps run) gives what `steps` gives, record for record
 /// and bit for bit; stopped after its first group, it runs fewer steps, and

@@ -122,7 +122,8 @@ impl GpuTrainer {
         );
         let ring = (0..RING)
             .map(|_| Slot {
-                buffer: readback(&ctx, "records ring", STEPS_PER_SUBMIT as u64 * RECORD_BYTES),
+                buffer: readback(&ctx, "records ring", stream::SLOT_BYTES),
+                stamps: stream::slot_stamps(&ctx),
                 pending: None,
             })
             .collect();

@@ -1,7 +1,10 @@
 //! Streaming steps: a few steps a submission, their records copied into a
 //! ring of readback buffers mapped asynchronously (`submit`), read as each
 //! submission finishes (`collect`): the host waits only for the oldest
-//! submission when the ring is full.
+//! submission when the ring is full. Each step's pass is timed by
+//! timestamp queries where the device has them, its two timestamps copied
+//! after the records (`Record::gpu_seconds`): a step's own GPU time with no
+//! wait on the host.
 
 use super::*;
 use crate::gpu::pipes::finish_map;
@@ -11,12 +14,59 @@ use std::sync::mpsc::Receiver;
 
 type MapDone = Receiver<std::result::Result<(), wgpu::BufferAsyncError>>;
 
+/// Where a ring buffer keeps its steps' timestamps: after the records.
+pub(super) const STAMPS_AT: u64 = STEPS_PER_SUBMIT as u64 * RECORD_BYTES;
+/// A ring buffer's size: the records, then two u64 timestamps a step.
+pub(super) const SLOT_BYTES: u64 = STAMPS_AT + STEPS_PER_SUBMIT as u64 * 16;
+
 /// One readback buffer of the ring and the submission it waits for.
 pub(super) struct Slot {
     pub(super) buffer: wgpu::Buffer,
-    /// (records, the mapping's completion, the submission, the first
-    /// step's number — `None` for an evaluation).
-    pub(super) pending: Option<(usize, MapDone, wgpu::SubmissionIndex, Option<u64>)>,
+    /// Where the device has timestamp queries: the queries of the steps'
+    /// passes (begin, end), and the buffer they resolve into before the
+    /// copy to `buffer` at STAMPS_AT.
+    pub(super) stamps: Option<(wgpu::QuerySet, wgpu::Buffer)>,
+    pub(super) pending: Option<Pending>,
+}
+
+/// A submission's readback, in flight.
+pub(super) struct Pending {
+    /// Records (steps, or 1 for an evaluation).
+    records: usize,
+    done: MapDone,
+    index: wgpu::SubmissionIndex,
+    /// The first step's number; `None` for an evaluation.
+    first: Option<u64>,
+    /// The steps' timestamps follow the records.
+    timed: bool,
+}
+
+/// A ring slot's timestamp queries, where the device has them.
+pub(super) fn slot_stamps(ctx: &GpuContext) -> Option<(wgpu::QuerySet, wgpu::Buffer)> {
+    ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY).then(|| {
+        let set = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("step timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2 * STEPS_PER_SUBMIT as u32,
+        });
+        let resolve = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("step timestamps resolve"),
+            size: STEPS_PER_SUBMIT as u64 * 16,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        (set, resolve)
+    })
+}
+
+/// Seconds between each (begin, end) pair of u64 ticks (little-endian word
+/// pairs); `None` for a pair that runs backwards or a device with no period.
+fn stamp_seconds(words: &[u32], period_ns: f64) -> Vec<Option<f64>> {
+    let ticks: Vec<u64> = words.chunks_exact(2).map(|w| w[0] as u64 | (w[1] as u64) << 32).collect();
+    ticks
+        .chunks_exact(2)
+        .map(|t| (t[1] >= t[0] && period_ns > 0.0).then(|| (t[1] - t[0]) as f64 * period_ns * 1e-9))
+        .collect()
 }
 
 impl GpuTrainer {
@@ -36,15 +86,24 @@ impl GpuTrainer {
         }
         // --profile: a timed pass per kernel, read back after the submission.
         let timer = if n > 0 && self.profile.is_some() { PassTimer::new(&ctx, n as u32 * PHASES) } else { None };
+        // Otherwise each step's pass, timed as a whole (the fused path's
+        // steps are one pass each).
+        let stamps =
+            self.ring[slot].stamps.clone().filter(|_| n > 0 && timer.is_none() && self.opts.path == StepPath::Fused);
         let mut timed: Vec<Phase> = Vec::new();
-        for _ in 0..n {
+        for i in 0..n {
             match self.opts.path {
                 StepPath::Fused => {
                     let every = self.cfg.guard.snapshot_every as u64;
                     let snapshot = self.steps_done.is_multiple_of(every) || self.snapshot_due;
                     self.snapshot_due = false;
                     let t = timer.as_ref().map(|t| (t, timed.len() as u32));
-                    let phases = self.encode_fused(&mut enc, true, snapshot, None, t, self.steps_done);
+                    let writes = stamps.as_ref().map(|(set, _)| wgpu::ComputePassTimestampWrites {
+                        query_set: set,
+                        beginning_of_pass_write_index: Some(2 * i as u32),
+                        end_of_pass_write_index: Some(2 * i as u32 + 1),
+                    });
+                    let phases = self.encode_fused(&mut enc, true, snapshot, writes, t, self.steps_done);
                     if t.is_some() {
                         timed.extend(phases);
                     }
@@ -60,12 +119,21 @@ impl GpuTrainer {
         let bytes = count as u64 * RECORD_BYTES;
         let s = &mut self.ring[slot];
         enc.copy_buffer_to_buffer(&self.records, 0, &s.buffer, 0, bytes);
+        let mapped = match &stamps {
+            Some((set, resolve)) => {
+                enc.resolve_query_set(set, 0..2 * n as u32, resolve, 0);
+                enc.copy_buffer_to_buffer(resolve, 0, &s.buffer, STAMPS_AT, n as u64 * 16);
+                STAMPS_AT + n as u64 * 16
+            }
+            None => bytes,
+        };
         let index = ctx.queue.submit([enc.finish()]);
         let (tx, rx) = std::sync::mpsc::channel();
-        s.buffer.slice(..bytes).map_async(wgpu::MapMode::Read, move |r| {
+        s.buffer.slice(..mapped).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        s.pending = Some((count, rx, index, (n > 0).then_some(first)));
+        s.pending =
+            Some(Pending { records: count, done: rx, index, first: (n > 0).then_some(first), timed: stamps.is_some() });
         if let Some(t) = &timer {
             // Waits for this submission: profiling trades the overlap for
             // the kernels' own times.
@@ -95,19 +163,27 @@ impl GpuTrainer {
     /// Waits for ring slot `slot`'s submission and decodes its records.
     fn collect(&mut self, slot: usize) -> Result<Vec<Record>> {
         let s = &mut self.ring[slot];
-        let (count, rx, index, first) = s.pending.take().expect("collect is called on a pending slot");
+        let Pending { records: count, done: rx, index, first, timed } =
+            s.pending.take().expect("collect is called on a pending slot");
         self.ctx
             .device
             .poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: None })
             .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
         self.ctx.check()?;
-        let raw = finish_map(&s.buffer, count as u64 * RECORD_BYTES, rx)?;
+        let mapped = if timed { STAMPS_AT + count as u64 * 16 } else { count as u64 * RECORD_BYTES };
+        let raw = finish_map(&s.buffer, mapped, rx)?;
         let words: &[u32] = &raw;
-        let records: Vec<Record> = words
+        let seconds = if timed {
+            stamp_seconds(&words[(STAMPS_AT / 4) as usize..], self.ctx.queue.get_timestamp_period() as f64)
+        } else {
+            Vec::new()
+        };
+        let records: Vec<Record> = words[..count * RECORD_WORDS]
             .chunks_exact(RECORD_WORDS)
             .enumerate()
             .map(|(i, w)| {
                 let mut r = Record::from_words(w, self.shape.rows);
+                r.gpu_seconds = seconds.get(i).copied().flatten();
                 if r.action != crate::guard::Action::NotRun {
                     r.separation = self.cfg.separation(r.d0);
                 }
