@@ -719,11 +719,7 @@ fn user_batches_streamed_give_the_resident_run() {
                 // (1 is raised to a submission's 8 steps.)
                 let streamed = run(Some(ring), (ring.max(8), true));
                 assert!(streamed.0 == all.0, "{ctx}, {ring} resident: tables differ");
-                assert_eq!(
-                    format!("{:?}", streamed.1),
-                    format!("{:?}", all.1),
-                    "{ctx}, {ring} resident: records differ"
-                );
+                assert_eq!(printed(&streamed.1), printed(&all.1), "{ctx}, {ring} resident: records differ");
             }
             assert_eq!(run(Some(40), (13, false)).0, all.0, "{ctx}: more asked than there are");
         }
