@@ -215,7 +215,7 @@ if [ "$MODE" != quick ] && [ "$MODE" != bars ] && [ "${TUNE:-1}" = 1 ]; then
     # A random batch's own shape (more, smaller workgroups; fewer rows to
     # hide the latency of): its benches run with it, apart.
     TUNE_ARGS="--batch $BATCH" tune "random batches of $BATCH" "LATENT_LINE_ROW_BLOCKS=1" "LATENT_LINE_VEC4=0 LATENT_LINE_ROW_BLOCKS=1" "LATENT_LINE_FUSED_SAMPLE=0" \
-        "LATENT_LINE_FUSED_SAMPLE=0 LATENT_LINE_ROW_BLOCKS=1"
+        "LATENT_LINE_FUSED_SAMPLE=0 LATENT_LINE_ROW_BLOCKS=1" "LATENT_LINE_UNDO_IN_REDUCE=0"
     TUNED_BATCH=$TUNED; TUNED=$FULL_TUNED
     echo "everything below runs with ${TUNED:-the built-in shape}, the batch benches with ${TUNED_BATCH:-the built-in shape}"
     [ -n "$TUNED" ] && export $TUNED
@@ -267,9 +267,9 @@ with_batch_shape "$B/latent-line" --rows "$R" --steps 50 --batch "$BATCH" --prof
 # criterion's filter: the GPU-time group and the 1 GiB scan (full, diag),
 # or both GPU groups (quick). (Not `GROUPS`: bash owns that name.)
 # (Full: the benches the bars and the account need, at 1M × 64 and 128.)
-BENCH_FILTER='gpu-time.*/(copy-shader|copy-shader-vec4|step-noscan|step-ignore|step-skip-step|step-skip-step-4byte|eval|batch-random-65536|batch-random-sampled-65536|batch-indices-65536|batch-random-ignore-65536|scan|scan-copy)/'
+BENCH_FILTER='gpu-time.*/(copy-shader|copy-shader-vec4|step-noscan|step-ignore|step-skip-step|step-skip-step-4byte|eval|batch-random-65536|batch-random-sampled-65536|batch-random-scatter-65536|batch-indices-65536|batch-random-ignore-65536|scan|scan-copy)/'
 [ "$MODE" = quick ] && BENCH_FILTER=gpu
-[ "$MODE" = bars ] && BENCH_FILTER='gpu-time.*/((copy-shader|copy-shader-vec4|step-skip-step|batch-random-65536)/1000000x64|(scan|scan-copy)/4194304x64)'
+[ "$MODE" = bars ] && BENCH_FILTER='gpu-time.*/((copy-shader|copy-shader-vec4|step-skip-step|batch-random-65536|batch-random-scatter-65536)/1000000x64|(scan|scan-copy)/4194304x64)'
 at
 echo "== cargo bench (criterion): $BENCH_FILTER"
 timeout 300 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 "$BENCH_FILTER" 2>&1 | grep -E "^gpu|time:" | grep -v "%"

@@ -339,7 +339,9 @@ fn gpu(c: &mut Criterion) {
         // The default, then the random batch with one row block a workgroup,
         // with 4-byte columns (where the default's are 16-byte), with its
         // slots worked out in the step (no sample pass; `sampled` where
-        // that is not the default), and under `ignore`.
+        // that is not the default), with a dropped step undone by
+        // batch_io.wgsl's indirect scatter (`scatter`, where the reduce
+        // pass's own workgroups are the default: a GPU's) and under `ignore`.
         let variant = |opts: GpuOptions, policy: Policy, name: &'static str| {
             batch_trainers(&ctx, shape, bsize, opts, policy).take(1).map(move |(_, t)| (name, t))
         };
@@ -349,14 +351,20 @@ fn gpu(c: &mut Criterion) {
         let b4 = variant(GpuOptions { vec4: Some(false), ..GpuOptions::default() }, skip, "batch-random-4byte");
         let sampled =
             variant(GpuOptions { fused_sample: Some(true), ..GpuOptions::default() }, skip, "batch-random-sampled");
+        let scatter =
+            variant(GpuOptions { undo_in_reduce: Some(false), ..GpuOptions::default() }, skip, "batch-random-scatter");
         let ignore = variant(GpuOptions::default(), Policy::Ignore, "batch-random-ignore");
         let all = batch_trainers(&ctx, shape, bsize, GpuOptions::default(), skip).chain(one_block).chain(b4);
-        let mut default_sampled = false;
-        for (name, mut t) in all.chain(sampled).chain(ignore) {
+        let (mut default_sampled, mut default_undo) = (false, false);
+        for (name, mut t) in all.chain(sampled).chain(scatter).chain(ignore) {
             if name == "batch-random" {
                 default_sampled = t.fused_sample();
+                default_undo = t.undo_in_reduce();
             }
-            if (name.ends_with("-4byte") && !default_vec4) || (name.ends_with("-sampled") && default_sampled) {
+            if (name.ends_with("-4byte") && !default_vec4)
+                || (name.ends_with("-sampled") && default_sampled)
+                || (name.ends_with("-scatter") && !default_undo)
+            {
                 continue;
             }
             bench_gpu_time(&mut g, format!("{name}-{bsize}/{id}"), &mut t);

@@ -156,6 +156,13 @@ override SAMPLED: bool = false;
 // driver read them through a read-only cache). Stand-ins otherwise.
 @group(0) @binding(20) var<storage, read> schedule: array<SampleParams>;
 @group(0) @binding(21) var<storage, read_write> slots_rw: array<vec4<u32>>;
+// UNDO_MARK (with `undo_log`): reduce.wgsl's UNDO, whose undo workgroups
+// decide from these marks: [0] this pass's stamp (workgroup 0, before any
+// return), [1] this pass's stamp + 1 where a workgroup's scans found
+// something in the gradient or the rows written (what the guard drops a
+// step for). A stand-in otherwise.
+override UNDO_MARK: bool = false;
+@group(0) @binding(22) var<storage, read_write> undo_mark: array<atomic<u32>>;
 
 var<workgroup> wg_flags: vec2<u32>;   // (state.cur, state.halted), made uniform
 // PQ_SHARED: p's vec4s (D/4 of them), then q's. Sized by the host:
@@ -984,6 +991,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     if (lid == 0u) {
         wg_flags = vec2<u32>(state.cur, state.halted);
         atomicStore(&wg_near, 0u);
+        if (UNDO_MARK && undo_log() && UPDATE && w == 0u) {
+            atomicStore(&undo_mark[0], state.stamp);
+        }
     }
     let flags = workgroupUniformLoad(&wg_flags);   // also the barrier after the resets
     if ((UPDATE || PREP) && flags.y != 0u) {
@@ -1040,6 +1050,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
         let gw = chunk.partial_base + w;
         partials[gw] = Partial(total.x, total.y, atomicLoad(&wg_near), norm_total);
         let row0 = chunk.row_base + first;
+        if (UNDO_MARK && undo_log() && UPDATE && ((scan_first_local(1u) != NONE) | (scan_first_local(2u) != NONE))) {
+            atomicStore(&undo_mark[1], state.stamp + 1u);
+        }
         for (var buf = 0u; buf < SCAN_BUFS; buf = buf + 1u) {
             let f = scan_first_local(buf);
             if (f == NONE) {

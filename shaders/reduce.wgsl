@@ -2,14 +2,15 @@
 // partials in a fixed order (Σ|r|, max|r|, near-singular rows), fold the
 // scan findings (scan.wgsl), let the guard decide (SPEC §9), and write the
 // step's record (layout in common.wgsl) into `scan_out`, the records
-// buffer. Host owner: `GpuTrainer::encode_phase`, `Phase::Reduce`
+// buffer. With UNDO its other workgroups put back a dropped batch's rows
+// (below). Host owner: `GpuTrainer::encode_phase`, `Phase::Reduce`
 // (src/gpu/trainer/encode.rs); records decoded by `Record` (src/record.rs); CPU mirror:
 // `guard::decide` (src/guard.rs).
 
 struct ReduceParams {
     count: u32,     // workgroups of the pass (partials and scan details)
     update: u32,    // 0 for an evaluation: no guard decision
-    _pad0: u32,
+    slots: u32,     // UNDO: slots of the batch (its undo log's rows)
     _pad1: u32,
 }
 
@@ -31,6 +32,45 @@ struct ReduceParams {
 // lane 0 would wait on the load.
 override GRIDS: u32 = 0u;
 @group(0) @binding(7) var<storage, read_write> guard_args: array<vec4<u32>>;
+
+// UNDO: a batch read in place under a double-buffered guard (fused_step.wgsl's
+// `undo_log`, the table in one binding). Workgroup 0 is the reduce above;
+// workgroups 1… put back the step's rows from the undo log if it was
+// dropped, in this pass, where batch_io.wgsl's scatter took a pass of its
+// own after it (indirect: no workgroups after a kept step, but a dispatch
+// and a barrier every step). They cannot wait for workgroup 0's decision,
+// nor read the state it rewrites, so they decide alike from the fused
+// pass's own marks (`undo_mark`, never reset): the pass's stamp, and one
+// more than the stamp of the last pass whose scans found anything in the
+// gradient or the rows written — workgroup 0's `bad`. A dropped step is
+// one with findings (a halted run's passes do nothing, find nothing).
+override UNDO: bool = false;
+override MOMENTUM: bool = false;
+@group(0) @binding(11) var<storage, read_write> undo_table: array<f32>;   // 16-byte stand-ins without UNDO
+@group(0) @binding(12) var<storage, read_write> undo_vel: array<f32>;     // … and without momentum
+@group(0) @binding(13) var<storage, read> undo_log: array<f32>;           // by slot: the rows' old values
+@group(0) @binding(14) var<storage, read> undo_log_v: array<f32>;
+@group(0) @binding(15) var<storage, read> undo_mark: array<u32>;          // (pass stamp, bad pass stamp + 1)
+
+// Workgroup g of the `groups` after workgroup 0: its share of the dropped
+// step's elements, slot-major, 4 bytes each (a rare pass: no vec4 views).
+fn undo_rows(g: u32, groups: u32, lid: u32) {
+    if (undo_mark[1] != undo_mark[0] + 1u) {
+        return;   // kept (or halted before it): nothing to put back
+    }
+    let n = rp.slots * D;
+    for (var e = g * WG + lid; e < n; e = e + groups * WG) {
+        let row = slots[e / D].x;
+        if (row == DEAD) {
+            continue;
+        }
+        let at = row * D + e % D;   // the table in one binding: row_base 0
+        undo_table[at] = undo_log[e];
+        if (MOMENTUM) {
+            undo_vel[at] = undo_log_v[e];
+        }
+    }
+}
 
 var<workgroup> wg_head: vec3<u32>;   // (state.halted, state.record, state.stamp)
 const PARTIALS_AHEAD: u32 = 8u;       // partials a lane reads before folding them
@@ -157,7 +197,13 @@ fn batch_findings(lid: u32, buf: u32, nwg: u32, stamp: u32, out: u32) {
 }
 
 @compute @workgroup_size(WG)
-fn main(@builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(local_invocation_index) lid: u32,
+        @builtin(workgroup_id) wg: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
+    if (UNDO && wg.x > 0u) {
+        undo_rows(wg.x - 1u, nwg.x - 1u, lid);
+        return;
+    }
     // Lane 0 reads the whole state and takes the scans' hit counts at
     // once, so that their round trips to memory may overlap (the pass is
     // one workgroup; on the H200 this moved its 14 µs by nothing

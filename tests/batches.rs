@@ -47,6 +47,16 @@ enum Backend {
         vec4: bool,
         sampled: bool,
     },
+    /// GPU, table in one binding, as `GpuLanes`, with a dropped batch's
+    /// rows put back by reduce.wgsl's own workgroups (`undo: true`,
+    /// `GpuOptions::undo_in_reduce`: a GPU's default, not lavapipe's) or
+    /// by batch_io.wgsl's indirect scatter.
+    GpuUndo {
+        lanes: u32,
+        blocks: u32,
+        vec4: bool,
+        undo: bool,
+    },
 }
 
 /// The fused step's shape of `GpuLanes` and `GpuSampled`: workgroups of 64.
@@ -80,6 +90,13 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>, batche
             let t = GpuTrainer::with_batches(gpu(), shape, cfg, source, opts, batches).unwrap();
             // Applied to random batches with no first read, and only there.
             assert_eq!(t.fused_sample(), sampled && random && !cfg.needs_prepass(), "{shape:?} {cfg:?}");
+            Box::new(t)
+        }
+        Backend::GpuUndo { lanes, blocks, vec4, undo } => {
+            let opts = GpuOptions { undo_in_reduce: Some(undo), ..lane_opts(lanes, blocks, vec4) };
+            let t = GpuTrainer::with_batches(gpu(), shape, cfg, source, opts, batches).unwrap();
+            // Applied to batches read in place under a double-buffered guard.
+            assert_eq!(t.undo_in_reduce(), undo && cfg.guard.policy.double_buffered(), "{cfg:?}");
             Box::new(t)
         }
     }
@@ -463,7 +480,8 @@ fn cpu_large_batches_write_back_every_kept_row() {
 /// nothing), rollback (back to its snapshot) and a rollback past its
 /// limit, which aborts (as it was before the step). In one binding the step
 /// writes its rows in place and logs their old values, which go back only
-/// for a dropped step; gathered from several bindings it writes a batch
+/// for a dropped step (by batch_io.wgsl's scatter, or by reduce.wgsl's own
+/// workgroups: UNDO); gathered from several bindings it writes a batch
 /// buffer. A kept step, before and after, changes exactly its batch's rows.
 #[test]
 fn a_dropped_batch_step_leaves_every_row_as_it_was() {
@@ -489,6 +507,11 @@ fn a_dropped_batch_step_leaves_every_row_as_it_was() {
         Backend::GpuLanes { lanes: 8, blocks: 2, vec4: false, chunk_rows: None },
         Backend::GpuLanes { lanes: 4, blocks: 2, vec4: true, chunk_rows: None },
         Backend::GpuLanes { lanes: 4, blocks: 1, vec4: true, chunk_rows: Some(70) },
+        // The undo in the reduce pass (a GPU's default), and on lavapipe's
+        // default shape the indirect scatter it replaces, asked for.
+        Backend::GpuUndo { lanes: 4, blocks: 2, vec4: true, undo: true },
+        Backend::GpuUndo { lanes: 1, blocks: 1, vec4: false, undo: true },
+        Backend::GpuUndo { lanes: 8, blocks: 2, vec4: false, undo: false },
     ];
     let bits = |t: &[f32]| t.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
     for (policy, max_rollbacks) in

@@ -55,7 +55,7 @@ macro_rules! fused_overrides {
         &[
             "WG", "D", "MODE", "NAIVE", "GUARD", "UPDATE", "SCAN", "L", "KEEP", "MOMENTUM", "SCAN_BUFS", "BATCHED",
             "CLIP", "PREP", "DIRECT", "BLOCKS", "VEC4", "KEPT4", "PREFETCH", "KEPT_VECTORS", "PQ_SHARED", "PQ_VEC4S",
-            "ROW_TREE", "POISON_BRANCH", "SAMPLED" $(, $extra)*
+            "ROW_TREE", "POISON_BRANCH", "SAMPLED", "UNDO_MARK" $(, $extra)*
         ]
     };
 }
@@ -70,8 +70,12 @@ pub const FUSED_STEP_SG: Kernel = Kernel {
     capabilities: naga::valid::Capabilities::SUBGROUP,
     ..FUSED_STEP
 };
-pub const REDUCE: Kernel =
-    kernel!("reduce", [REDUCE_WG, SCAN], ["main"], ["WG", "D", "GUARD", "SCAN_BUFS", "BATCHED", "CLIP", "GRIDS"]);
+pub const REDUCE: Kernel = kernel!(
+    "reduce",
+    [REDUCE_WG, SCAN],
+    ["main"],
+    ["WG", "D", "GUARD", "SCAN_BUFS", "BATCHED", "CLIP", "GRIDS", "UNDO", "MOMENTUM"]
+);
 pub const ANCHOR_SUM: Kernel = kernel!("anchor_sum", [], ["main"], ["WG", "D", "BATCHED", "DIRECT"]);
 pub const PREPARE: Kernel = kernel!("prepare", [REDUCE_WG], ["main"], ["WG", "D", "MODE"]);
 pub const BATCH_IO: Kernel =

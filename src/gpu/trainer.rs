@@ -65,6 +65,10 @@ const FUSED_SCAN_BUFS: u64 = 3;
 
 /// Steps encoded into one submission.
 const STEPS_PER_SUBMIT: usize = 8;
+/// reduce.wgsl's UNDO: at most this many workgroups after its first (each
+/// of a clean step's only reads the marks; a dropped step's rows, rare,
+/// are copied back over them all).
+const UNDO_GROUPS: u32 = 64;
 /// Submissions in flight, each with its own mapped readback buffer.
 const RING: usize = 4;
 const RECORD_BYTES: u64 = RECORD_WORDS as u64 * 4;
@@ -178,6 +182,16 @@ pub struct GpuOptions {
     /// `--profile`: 0.0404 ms a step against 0.0438 with the sample pass;
     /// BENCHMARKS.md, thirteenth session). The same bits either way.
     pub fused_sample: Option<bool>,
+    /// A batch read in place (a table in one binding) under a
+    /// double-buffered guard: a dropped step's rows are put back by the
+    /// other workgroups of reduce.wgsl's pass (UNDO), where batch_io.wgsl's
+    /// scatter took an indirect dispatch of its own after it, every step
+    /// (no workgroups unless the step was dropped): one dispatch and one
+    /// barrier fewer a step. `None`: `LATENT_LINE_UNDO_IN_REDUCE` (`0` or
+    /// `1`) where set, else on a GPU (not yet timed on one: BENCHMARKS.md,
+    /// fourteenth session), off on a software adapter (lavapipe pays for
+    /// every workgroup, however little it does). The same bits either way.
+    pub undo_in_reduce: Option<bool>,
     /// User batches (`--indices`) kept on the device at once. `None`: all
     /// of them where they fit in [`RESIDENT_BATCH_BYTES`] (16 bytes a slot,
     /// every batch padded to the largest), written once; else as many as
@@ -206,6 +220,7 @@ impl Default for GpuOptions {
             pq_shared: None,
             poison_branch: None,
             fused_sample: None,
+            undo_in_reduce: None,
             resident_batches: None,
         }
     }
@@ -249,6 +264,9 @@ struct FusedShape {
     /// fused_step.wgsl's SAMPLED as applied (asked, random batches read in
     /// place, no first read): [`GpuOptions::fused_sample`].
     sampled: bool,
+    /// reduce.wgsl's UNDO as applied (asked, batches read in place under a
+    /// double-buffered guard): [`GpuOptions::undo_in_reduce`].
+    undo_in_reduce: bool,
     /// The workgroup size of the passes of one workgroup (reduce.wgsl,
     /// prepare.wgsl) and of the table scans: `wg`, or on a software
     /// adapter, unless a size was asked for, 256 (each lane's share of the
@@ -396,7 +414,9 @@ const PHASES: u32 = 11;
 struct ReduceU {
     count: u32,
     update: u32,
-    pad: [u32; 2],
+    /// UNDO: the batch's slots.
+    slots: u32,
+    pad: u32,
 }
 
 fn params_u(shape: Shape, cfg: &StepConfig) -> ParamsU {
@@ -510,6 +530,8 @@ pub struct GpuTrainer {
     fused_update: Pass,
     fused_eval: Pass,
     reduce_update: Pass,
+    /// reduce_update's workgroups: 1, or with UNDO 1 + its undo workgroups.
+    reduce_groups: u32,
     reduce_eval: Pass,
     /// rollback: (snapshot, restore) passes over the chunks.
     rollback: Option<(Pass, Pass)>,
@@ -687,6 +709,13 @@ impl GpuTrainer {
         // (Random batches read in place, as `build` makes them.)
         let sampled =
             sample_asked && matches!(schedule, Schedule::Random { .. }) && layout.one_binding() && !cfg.needs_prepass();
+        // (Off by default on a software adapter: lavapipe pays about 45 µs
+        // for each workgroup however little it does, 256 of them 11 ms a
+        // step at 1024 slots × 64 against the indirect dispatch's nothing.)
+        let undo_asked = or_env_flag(opts.undo_in_reduce, "LATENT_LINE_UNDO_IN_REDUCE")?.unwrap_or(!software);
+        // (Batches read in place, as `build` makes them, logging their rows.)
+        let undo_in_reduce =
+            undo_asked && !schedule.is_full() && layout.one_binding() && cfg.guard.policy.double_buffered();
         // The batch buffers and a batch's per-slot coefficients are single
         // bindings too (a full table's coefficients are split as the table
         // is, within the limit by the chunks' rows above).
@@ -777,6 +806,7 @@ impl GpuTrainer {
                 pq_shared,
                 poison_branch,
                 sampled,
+                undo_in_reduce,
                 single_wg,
             },
             max_groups,
@@ -921,6 +951,12 @@ impl GpuTrainer {
     /// no sample pass ([`GpuOptions::fused_sample`]).
     pub fn fused_sample(&self) -> bool {
         self.fused.sampled
+    }
+
+    /// Whether a dropped batch's rows are put back by the reduce pass's own
+    /// workgroups ([`GpuOptions::undo_in_reduce`]).
+    pub fn undo_in_reduce(&self) -> bool {
+        self.fused.undo_in_reduce
     }
 
     /// Whether, under VEC4, p and q are read from workgroup memory
@@ -1117,7 +1153,7 @@ impl Trainer for GpuTrainer {
             adapter: format!("{} ({:?})", i.name, i.device_type),
             driver: format!("{:?} {} {}", i.backend, i.driver, i.driver_info).trim().to_string(),
             kernel: format!(
-                "{}workgroups of {}, {}{}{}{}{}{}{}{}{}{}",
+                "{}workgroups of {}, {}{}{}{}{}{}{}{}{}{}{}",
                 if self.opts.path == StepPath::Staged { "staged kernels; fused step: " } else { "" },
                 self.fused.wg,
                 match (self.fused.lanes, self.subgroup_fold()) {
@@ -1136,6 +1172,7 @@ impl Trainer for GpuTrainer {
                 },
                 if self.fused.poison_branch { ", poisoned rows apart" } else { "" },
                 if self.fused.sampled { ", batches sampled in the step" } else { "" },
+                if self.fused.undo_in_reduce { ", dropped batches undone in the reduce pass" } else { "" },
                 if self.fused.prefetch || self.fused.blocks == 1 { "" } else { ", no read-ahead" },
                 if self.fused.keep
                     || !keeps_columns(self.shape.dim as u32, self.fused.lanes, self.fused.kept_vectors)

@@ -20,7 +20,7 @@ impl GpuTrainer {
         schedule: Schedule,
         resident: usize,
     ) -> Self {
-        let FusedShape { wg, lanes, subgroup, blocks, vec4, .. } = fused_shape;
+        let FusedShape { wg, lanes, subgroup, blocks, vec4, undo_in_reduce, .. } = fused_shape;
         let d = shape.dim as u64;
         let policy = cfg.guard.policy;
         let batched = !schedule.is_full();
@@ -109,6 +109,11 @@ impl GpuTrainer {
         );
         let hits = storage(&ctx, "scan hits", 16, wgpu::BufferUsages::empty());
         let dummy = storage(&ctx, "unused binding", 16, wgpu::BufferUsages::empty());
+        // A stand-in for read-only bindings beside read-write ones that
+        // take `dummy` (one buffer cannot be both in one dispatch).
+        let dummy_ro = storage(&ctx, "unused read-only binding", 16, wgpu::BufferUsages::empty());
+        // UNDO: the fused pass's marks for reduce.wgsl's undo workgroups.
+        let undo_mark = storage(&ctx, "undo marks", 16, wgpu::BufferUsages::empty());
         let strikes = if policy == Policy::SkipRow {
             storage(&ctx, "strikes", shape.rows as u64 * 4, wgpu::BufferUsages::COPY_SRC)
         } else {
@@ -235,6 +240,7 @@ impl GpuTrainer {
                 ("PREP", if prep { 1.0 } else { 0.0 }),
                 ("DIRECT", if direct && over_x { 1.0 } else { 0.0 }),
                 ("SCAN_BUFS", FUSED_SCAN_BUFS as f64),
+                ("UNDO_MARK", if undo_in_reduce && over_x { 1.0 } else { 0.0 }),
             ];
             let sampled = fused_shape.sampled && over_x;
             let c = Constants { batched: over_x, sampled, ..consts };
@@ -270,6 +276,7 @@ impl GpuTrainer {
                             (19, if vec4 { *vb } else { &dummy }),
                             (20, &sample_schedule),
                             (21, if sampled { &slots } else { &dummy }),
+                            (22, if undo_in_reduce && over_x { &undo_mark } else { &dummy }),
                         ],
                     )
                 })
@@ -291,7 +298,7 @@ impl GpuTrainer {
                 [x, y, 1, GRID_ON_RESTORE]
             }));
         }
-        if direct && policy.double_buffered() {
+        if direct && policy.double_buffered() && !undo_in_reduce {
             let (x, y) = grid(slot_groups(cap, d, vec4, wg), max_groups);
             guard_grids.push([x, y, 1, GRID_ON_UNDO]);
         }
@@ -316,12 +323,32 @@ impl GpuTrainer {
             )
         };
         let single = Constants { wg: fused_shape.single_wg, ..consts };
+        // UNDO's workgroups after the reduce's: enough for an element a lane,
+        // at most UNDO_GROUPS, each then looping over its share (a dropped
+        // step's rows only: lavapipe's loop limit is far, at most a batch
+        // buffer's 128 MiB over 64 × 256 lanes, 2 048 iterations).
+        let undo_groups = if undo_in_reduce {
+            (cap as u64 * d).div_ceil(fused_shape.single_wg as u64).min(UNDO_GROUPS as u64) as u32
+        } else {
+            0
+        };
         let reduce = |update: bool, over_x: bool| {
             let c = Constants { batched: over_x, ..single };
-            let extra = [("SCAN_BUFS", FUSED_SCAN_BUFS as f64), ("GRIDS", guard_grids.len() as f64)];
+            let undo = update && over_x && undo_in_reduce;
+            let extra = [
+                ("SCAN_BUFS", FUSED_SCAN_BUFS as f64),
+                ("GRIDS", guard_grids.len() as f64),
+                ("UNDO", if undo { 1.0 } else { 0.0 }),
+            ];
             let p = c.pipeline(&ctx, &shaders::REDUCE, "main", &extra);
             let count = if over_x { x_groups } else { partial_base };
-            let rp = uniform(&ctx, "reduce", &ReduceU { count, update: update as u32, pad: [0; 2] });
+            let rp = uniform(&ctx, "reduce", &ReduceU { count, update: update as u32, slots: cap, pad: 0 });
+            // UNDO: the table, read in place (one binding), its undo log
+            // (batch B: the rows' old values by slot) and the marks.
+            let table = if undo { &chunks[0].a } else { &dummy };
+            let vel = chunks.first().and_then(|c| c.vel.as_ref()).filter(|_| undo).map_or(&dummy, |v| &v.0);
+            let log = if undo { xb.as_ref().expect("batch B under a double-buffered guard") } else { &dummy_ro };
+            let log_v = xvb.as_ref().filter(|_| undo).unwrap_or(&dummy_ro);
             let g = bind_at(
                 &ctx,
                 &p,
@@ -337,6 +364,11 @@ impl GpuTrainer {
                     (8, &detail),
                     (9, &hits),
                     (10, &records),
+                    (11, table),
+                    (12, vel),
+                    (13, log),
+                    (14, log_v),
+                    (15, if undo { &undo_mark } else { &dummy_ro }),
                 ],
             );
             Pass { pipeline: p, groups: vec![g] }
@@ -513,6 +545,7 @@ impl GpuTrainer {
             fused_update,
             fused_eval,
             reduce_update,
+            reduce_groups: 1 + undo_groups,
             reduce_eval,
             rollback,
             guard_args,
@@ -553,7 +586,7 @@ impl GpuTrainer {
         let grads = storage(&ctx, "gradients", b * d * 4, wgpu::BufferUsages::empty());
         let row_groups = (b as u32).div_ceil(self.fused.wg);
         let partials = storage(&ctx, "staged partials", row_groups as u64 * 16, wgpu::BufferUsages::empty());
-        let reduce_u = uniform(&ctx, "staged reduce", &ReduceU { count: row_groups, update: 1, pad: [0; 2] });
+        let reduce_u = uniform(&ctx, "staged reduce", &ReduceU { count: row_groups, update: 1, slots: 0, pad: 0 });
         let c = self.constants();
         let (params, anchors, state) = (&self.params, &self.anchors, &self.state);
         let gather_p = c.pipeline(&ctx, &shaders::GATHER, "main", &[]);
@@ -606,6 +639,12 @@ impl GpuTrainer {
                 (8, &self.detail),
                 (9, &self.hits),
                 (10, &self.records),
+                // (No UNDO: stand-ins, read-write, then read-only.)
+                (11, &storage(&ctx, "unused binding", 16, wgpu::BufferUsages::empty())),
+                (12, &storage(&ctx, "unused binding", 16, wgpu::BufferUsages::empty())),
+                (13, &storage(&ctx, "unused binding", 16, wgpu::BufferUsages::empty())),
+                (14, &storage(&ctx, "unused binding", 16, wgpu::BufferUsages::empty())),
+                (15, &storage(&ctx, "unused binding", 16, wgpu::BufferUsages::empty())),
             ],
         );
         if let Some(e) = pollster::block_on(scope.pop()) {

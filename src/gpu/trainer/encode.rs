@@ -95,8 +95,14 @@ impl GpuTrainer {
             (Phase::Fused, true),
             (Phase::Reduce, true),
             // (A batch read in place has rows to put back only under a
-            // double-buffered guard, and only after a dropped step.)
-            (Phase::Scatter, batch.is_some_and(|b| !b.direct || self.cfg.guard.policy.double_buffered())),
+            // double-buffered guard, and only after a dropped step: with
+            // UNDO in the reduce pass's own workgroups.)
+            (
+                Phase::Scatter,
+                batch.is_some_and(|b| {
+                    !b.direct || self.cfg.guard.policy.double_buffered() && !self.fused.undo_in_reduce
+                }),
+            ),
             (Phase::Restore, update && rollback),
         ]
         .into_iter()
@@ -166,7 +172,11 @@ impl GpuTrainer {
                     each_chunk(pass, &self.fused_eval, &rows);
                 }
             }
-            Phase::Reduce => if update { &self.reduce_update } else { &self.reduce_eval }.dispatch_one(pass),
+            Phase::Reduce => match update {
+                // (With UNDO, its undo workgroups after the reduce's one.)
+                true => self.reduce_update.dispatch(pass, self.reduce_groups, max),
+                false => self.reduce_eval.dispatch_one(pass),
+            },
             Phase::Scatter => {
                 if let Some(b) = batch {
                     if b.direct {
