@@ -98,7 +98,7 @@ struct State {
     restore: u32,   // 1: this step's restore pass copies the snapshot back
     clip: f32,      // this step's gradient factor (CLIP; NaN bits: the norm is not finite)
     norm: f32,      // this step's ‖g‖ before clipping
-    undo: u32,      // 1: the guard dropped this step (batch_io.wgsl undoes a batch written in place)
+    undo: u32,      // 1: the guard dropped this step (batch_io.wgsl undoes a batch written in place, or reduce.wgsl's UNDO)
 }
 
 // One workgroup's share of a forward pass, folded by reduce.wgsl.

@@ -157,10 +157,11 @@ override SAMPLED: bool = false;
 @group(0) @binding(20) var<storage, read> schedule: array<SampleParams>;
 @group(0) @binding(21) var<storage, read_write> slots_rw: array<vec4<u32>>;
 // UNDO_MARK (with `undo_log`): reduce.wgsl's UNDO, whose undo workgroups
-// decide from these marks: [0] this pass's stamp (workgroup 0, before any
-// return), [1] this pass's stamp + 1 where a workgroup's scans found
-// something in the gradient or the rows written (what the guard drops a
-// step for). A stand-in otherwise.
+// decide from these marks (zeroed by the host before each submission): [0]
+// this pass's stamp (workgroup 0, before any return), and where a
+// workgroup's scans found something in the gradient or the rows written
+// (what the guard drops a step for) [1] this pass's stamp, [2] 1. A
+// stand-in otherwise.
 override UNDO_MARK: bool = false;
 @group(0) @binding(22) var<storage, read_write> undo_mark: array<atomic<u32>>;
 
@@ -1051,7 +1052,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
         partials[gw] = Partial(total.x, total.y, atomicLoad(&wg_near), norm_total);
         let row0 = chunk.row_base + first;
         if (UNDO_MARK && undo_log() && UPDATE && ((scan_first_local(1u) != NONE) | (scan_first_local(2u) != NONE))) {
-            atomicStore(&undo_mark[1], state.stamp + 1u);
+            atomicStore(&undo_mark[1], state.stamp);
+            atomicStore(&undo_mark[2], 1u);
         }
         for (var buf = 0u; buf < SCAN_BUFS; buf = buf + 1u) {
             let f = scan_first_local(buf);

@@ -24,8 +24,9 @@ struct ReduceParams {
 // arguments written here: a grid (x, y, z) when its flag (w: 0 for
 // state.restore, copy_table.wgsl's restore after a rollback, one per chunk;
 // 1 for state.undo, batch_io.wgsl's scatter of a dropped batch read in
-// place) is set, no workgroups otherwise, so a step that keeps its table
-// pays nothing. (A 16-byte stand-in pair when there are none.)
+// place, where UNDO does not do it in this pass) is set, no workgroups
+// otherwise, so a step that keeps its table pays nothing. (A 16-byte
+// stand-in pair when there are none.)
 @group(0) @binding(6) var<storage, read> guard_grids: array<vec4<u32>>;
 // How many: 0 with the stand-ins, so that a step with no indirect pass
 // (a full table under skip-step or abort) reads no grid at its end, where
@@ -40,22 +41,25 @@ override GRIDS: u32 = 0u;
 // own after it (indirect: no workgroups after a kept step, but a dispatch
 // and a barrier every step). They cannot wait for workgroup 0's decision,
 // nor read the state it rewrites, so they decide alike from the fused
-// pass's own marks (`undo_mark`, never reset): the pass's stamp, and one
-// more than the stamp of the last pass whose scans found anything in the
-// gradient or the rows written — workgroup 0's `bad`. A dropped step is
-// one with findings (a halted run's passes do nothing, find nothing).
+// pass's own marks (`undo_mark`, zeroed by the host before each
+// submission): the pass's stamp, and the stamp of the last pass of the
+// submission whose scans found anything in the gradient or the rows
+// written — workgroup 0's `bad` — with a flag that one did. A dropped step
+// is one with findings (a halted run's passes do nothing, find nothing).
+// Workgroups are counted over the whole grid (a 2-D one where the device,
+// or `GpuOptions::max_groups`, allows few a dimension).
 override UNDO: bool = false;
 override MOMENTUM: bool = false;
 @group(0) @binding(11) var<storage, read_write> undo_table: array<f32>;   // 16-byte stand-ins without UNDO
 @group(0) @binding(12) var<storage, read_write> undo_vel: array<f32>;     // … and without momentum
 @group(0) @binding(13) var<storage, read> undo_log: array<f32>;           // by slot: the rows' old values
 @group(0) @binding(14) var<storage, read> undo_log_v: array<f32>;
-@group(0) @binding(15) var<storage, read> undo_mark: array<u32>;          // (pass stamp, bad pass stamp + 1)
+@group(0) @binding(15) var<storage, read> undo_mark: array<u32>;          // (pass stamp, bad pass stamp, 1 if bad)
 
 // Workgroup g of the `groups` after workgroup 0: its share of the dropped
 // step's elements, slot-major, 4 bytes each (a rare pass: no vec4 views).
 fn undo_rows(g: u32, groups: u32, lid: u32) {
-    if (undo_mark[1] != undo_mark[0] + 1u) {
+    if ((undo_mark[2] == 0u) | (undo_mark[1] != undo_mark[0])) {
         return;   // kept (or halted before it): nothing to put back
     }
     let n = rp.slots * D;
@@ -200,8 +204,9 @@ fn batch_findings(lid: u32, buf: u32, nwg: u32, stamp: u32, out: u32) {
 fn main(@builtin(local_invocation_index) lid: u32,
         @builtin(workgroup_id) wg: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>) {
-    if (UNDO && wg.x > 0u) {
-        undo_rows(wg.x - 1u, nwg.x - 1u, lid);
+    let w = linear_workgroup(wg, nwg);
+    if (UNDO && w > 0u) {
+        undo_rows(w - 1u, nwg.x * nwg.y - 1u, lid);
         return;
     }
     // Lane 0 reads the whole state and takes the scans' hit counts at

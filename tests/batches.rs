@@ -50,12 +50,14 @@ enum Backend {
     /// GPU, table in one binding, as `GpuLanes`, with a dropped batch's
     /// rows put back by reduce.wgsl's own workgroups (`undo: true`,
     /// `GpuOptions::undo_in_reduce`: a GPU's default, not lavapipe's) or
-    /// by batch_io.wgsl's indirect scatter.
+    /// by batch_io.wgsl's indirect scatter; `max_groups`: workgroups a
+    /// grid dimension (few: the reduce pass's grid is 2-D).
     GpuUndo {
         lanes: u32,
         blocks: u32,
         vec4: bool,
         undo: bool,
+        max_groups: Option<u32>,
     },
 }
 
@@ -92,8 +94,8 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>, batche
             assert_eq!(t.fused_sample(), sampled && random && !cfg.needs_prepass(), "{shape:?} {cfg:?}");
             Box::new(t)
         }
-        Backend::GpuUndo { lanes, blocks, vec4, undo } => {
-            let opts = GpuOptions { undo_in_reduce: Some(undo), ..lane_opts(lanes, blocks, vec4) };
+        Backend::GpuUndo { lanes, blocks, vec4, undo, max_groups } => {
+            let opts = GpuOptions { undo_in_reduce: Some(undo), max_groups, ..lane_opts(lanes, blocks, vec4) };
             let t = GpuTrainer::with_batches(gpu(), shape, cfg, source, opts, batches).unwrap();
             // Applied to batches read in place under a double-buffered guard.
             assert_eq!(t.undo_in_reduce(), undo && cfg.guard.policy.double_buffered(), "{cfg:?}");
@@ -509,9 +511,11 @@ fn a_dropped_batch_step_leaves_every_row_as_it_was() {
         Backend::GpuLanes { lanes: 4, blocks: 1, vec4: true, chunk_rows: Some(70) },
         // The undo in the reduce pass (a GPU's default), and on lavapipe's
         // default shape the indirect scatter it replaces, asked for.
-        Backend::GpuUndo { lanes: 4, blocks: 2, vec4: true, undo: true },
-        Backend::GpuUndo { lanes: 1, blocks: 1, vec4: false, undo: true },
-        Backend::GpuUndo { lanes: 8, blocks: 2, vec4: false, undo: false },
+        Backend::GpuUndo { lanes: 4, blocks: 2, vec4: true, undo: true, max_groups: None },
+        // (13 a dimension: the table in one binding, the reduce pass's 47
+        // workgroups of 64 lanes, its undo's over 90 slots × 32, a 2-D grid.)
+        Backend::GpuUndo { lanes: 1, blocks: 1, vec4: false, undo: true, max_groups: Some(13) },
+        Backend::GpuUndo { lanes: 8, blocks: 2, vec4: false, undo: false, max_groups: None },
     ];
     let bits = |t: &[f32]| t.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
     for (policy, max_rollbacks) in
@@ -714,9 +718,8 @@ fn user_batches_streamed_give_the_resident_run() {
                 guard: Guard { policy, snapshot_every: 4, max_skips: 100, max_rollbacks: 100, ..Guard::default() },
                 ..StepConfig::for_rows(rows)
             };
-            let run = |resident: Option<usize>, want: (usize, bool)| {
-                let opts =
-                    GpuOptions { max_chunk_rows: chunk_rows, resident_batches: resident, ..GpuOptions::default() };
+            let run_with = |resident: Option<usize>, want: (usize, bool), more: GpuOptions| {
+                let opts = GpuOptions { max_chunk_rows: chunk_rows, resident_batches: resident, ..more };
                 let mut t = GpuTrainer::with_batches(
                     gpu(),
                     shape,
@@ -727,6 +730,8 @@ fn user_batches_streamed_give_the_resident_run() {
                 )
                 .unwrap();
                 assert_eq!(t.resident_batches(), Some(want), "asked {resident:?}");
+                let in_place = chunk_rows.is_none() && policy.double_buffered();
+                assert_eq!(t.undo_in_reduce(), more.undo_in_reduce == Some(true) && in_place, "{policy:?}");
                 let kernel = t.device_info().kernel;
                 let said = format!(", user batches streamed ({} on the device at once)", want.0);
                 assert_eq!(kernel.ends_with(&said), want.1, "{kernel}");
@@ -735,8 +740,23 @@ fn user_batches_streamed_give_the_resident_run() {
                 recs.extend(t.steps(20).unwrap());
                 (bits(&t.read_table().unwrap()), recs)
             };
+            let run = |resident: Option<usize>, want: (usize, bool)| run_with(resident, want, GpuOptions::default());
             let ctx = format!("{policy:?}, chunks of {chunk_rows:?} rows, seed {seed}");
             let all = run(None, (13, false));
+            // A dropped step undone by the reduce pass's own workgroups (a
+            // GPU's default; applied in one binding under a double-buffered
+            // guard), over a 2-D grid (8 workgroups a dimension: the table
+            // in one binding, the reduce pass's ≥ 9 workgroups of 64 lanes):
+            // the scatter's run.
+            let more = GpuOptions {
+                undo_in_reduce: Some(true),
+                max_groups: Some(8),
+                workgroup: Some(64),
+                ..GpuOptions::default()
+            };
+            let undone = run_with(None, (13, false), more);
+            assert!(undone.0 == all.0, "{ctx}, undone in the reduce pass: tables differ");
+            assert_eq!(printed(&undone.1), printed(&all.1), "{ctx}, undone in the reduce pass: records differ");
             assert!(all.1.iter().any(|rec| !rec.scans.is_clean()), "{ctx}: no step met a non-finite row");
             for ring in [1, 9] {
                 // (1 is raised to a submission's 8 steps.)

@@ -532,6 +532,8 @@ pub struct GpuTrainer {
     reduce_update: Pass,
     /// reduce_update's workgroups: 1, or with UNDO 1 + its undo workgroups.
     reduce_groups: u32,
+    /// UNDO: the fused pass's marks (fused_step.wgsl's `undo_mark`).
+    undo_mark: wgpu::Buffer,
     reduce_eval: Pass,
     /// rollback: (snapshot, restore) passes over the chunks.
     rollback: Option<(Pass, Pass)>,
@@ -957,6 +959,15 @@ impl GpuTrainer {
     /// workgroups ([`GpuOptions::undo_in_reduce`]).
     pub fn undo_in_reduce(&self) -> bool {
         self.fused.undo_in_reduce
+    }
+
+    /// Before a submission's steps: UNDO's marks zeroed, so that none is
+    /// left from an earlier submission (the marks hold stamps, and a
+    /// stamp comes round again after 2³² passes).
+    fn reset_marks(&self) {
+        if self.fused.undo_in_reduce {
+            self.ctx.queue.write_buffer(&self.undo_mark, 0, &[0u8; 16]);
+        }
     }
 
     /// Whether, under VEC4, p and q are read from workgroup memory

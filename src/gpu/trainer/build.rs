@@ -112,8 +112,9 @@ impl GpuTrainer {
         // A stand-in for read-only bindings beside read-write ones that
         // take `dummy` (one buffer cannot be both in one dispatch).
         let dummy_ro = storage(&ctx, "unused read-only binding", 16, wgpu::BufferUsages::empty());
-        // UNDO: the fused pass's marks for reduce.wgsl's undo workgroups.
-        let undo_mark = storage(&ctx, "undo marks", 16, wgpu::BufferUsages::empty());
+        // UNDO: the fused pass's marks for reduce.wgsl's undo workgroups
+        // (zeroed before each submission: `GpuTrainer::reset_marks`).
+        let undo_mark = storage(&ctx, "undo marks", 16, wgpu::BufferUsages::COPY_DST);
         let strikes = if policy == Policy::SkipRow {
             storage(&ctx, "strikes", shape.rows as u64 * 4, wgpu::BufferUsages::COPY_SRC)
         } else {
@@ -325,10 +326,16 @@ impl GpuTrainer {
         let single = Constants { wg: fused_shape.single_wg, ..consts };
         // UNDO's workgroups after the reduce's: enough for an element a lane,
         // at most UNDO_GROUPS, each then looping over its share (a dropped
-        // step's rows only: lavapipe's loop limit is far, at most a batch
-        // buffer's 128 MiB over 64 × 256 lanes, 2 048 iterations).
+        // step's rows only); on a software adapter (where UNDO is asked for)
+        // enough that no lane's loop passes its loop budget (`LoopBudget`).
         let undo_groups = if undo_in_reduce {
-            (cap as u64 * d).div_ceil(fused_shape.single_wg as u64).min(UNDO_GROUPS as u64) as u32
+            let elements = cap as u64 * d;
+            let lanes = fused_shape.single_wg as u64;
+            let mut g = elements.div_ceil(lanes).min(UNDO_GROUPS as u64);
+            if ctx.is_software() {
+                g = g.max(elements.div_ceil(lanes * LOOP_BUDGET));
+            }
+            g as u32
         } else {
             0
         };
@@ -546,6 +553,7 @@ impl GpuTrainer {
             fused_eval,
             reduce_update,
             reduce_groups: 1 + undo_groups,
+            undo_mark,
             reduce_eval,
             rollback,
             guard_args,

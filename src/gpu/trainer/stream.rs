@@ -76,6 +76,7 @@ impl GpuTrainer {
     fn submit(&mut self, n: usize, slot: usize) {
         let ctx = self.ctx.clone();
         ctx.queue.write_buffer(&self.state, 0, bytemuck::bytes_of(&0u32));
+        self.reset_marks();
         let first = self.steps_done;
         if let Some(b) = &self.batch {
             b.write_schedule(&self.ctx, &self.cfg, first, n, self.manual.is_some());
