@@ -260,6 +260,13 @@ s=$(date +%s.%N)
 e=$(date +%s.%N)
 echo "wall $(python3 -c "print(f'{$e - $s:.3f}')") s"
 
+echo "== the steps' own timestamps (LATENT_LINE_STEP_TIMESTAMPS): 200 steps with and without, alternated (wall ms/step)"
+for i in 1 2; do
+    for s in 1 0; do
+        echo "-- timestamps $s"
+        LATENT_LINE_STEP_TIMESTAMPS=$s "$B/latent-line" --rows "$R" --steps 200 | grep -E "^speed|ms/step, the median"
+    done
+done
 echo "== --profile: the kernels of the main job, and of a random batch step"
 "$B/latent-line" --rows "$R" --steps 50 --profile | sed -n '/^kernel/,$p'
 with_batch_shape "$B/latent-line" --rows "$R" --steps 50 --batch "$BATCH" --profile | sed -n '/^kernel/,$p'

@@ -163,10 +163,10 @@ fn fused_steps_carry_their_gpu_time() {
     let staged_opts = GpuOptions { path: latent_line::gpu::StepPath::Staged, ..GpuOptions::default() };
     let mut staged = GpuTrainer::new(gpu(), shape, cfg_ignore, TableSource::Data(table.clone()), staged_opts).unwrap();
     assert!(staged.steps(2).unwrap().iter().all(|r| r.gpu_seconds.is_none()), "the staged path's steps are passes");
-    // Timed or not, the same steps.
-    let mut untimed = open(GpuOptions::default());
-    untimed.set_profile(true).unwrap();
+    // Timed or not, the same steps (and none timed when asked not to be).
+    let mut untimed = open(GpuOptions { step_timestamps: Some(false), ..GpuOptions::default() });
     let plain = untimed.steps(21).unwrap();
+    assert!(plain.iter().all(|r| r.gpu_seconds.is_none()), "timed when asked not to be");
     assert_eq!(plain, records, "seed {seed}");
 }
 

@@ -199,6 +199,12 @@ pub struct GpuOptions {
     /// over ones already stepped. At least a submission's steps (8), at
     /// most the batches there are. The same bits either way.
     pub resident_batches: Option<usize>,
+    /// Each fused step's pass timed by timestamp queries, where the device
+    /// has them (`Record::gpu_seconds`, the report's median step time).
+    /// `None`: `LATENT_LINE_STEP_TIMESTAMPS` (`0` or `1`) where set, else
+    /// on: two timestamps a step, whose cost on a GPU is to be measured
+    /// (BENCHMARKS.md, fourteenth session). The same bits either way.
+    pub step_timestamps: Option<bool>,
 }
 
 impl Default for GpuOptions {
@@ -222,6 +228,7 @@ impl Default for GpuOptions {
             fused_sample: None,
             undo_in_reduce: None,
             resident_batches: None,
+            step_timestamps: None,
         }
     }
 }
@@ -718,6 +725,8 @@ impl GpuTrainer {
         // (Batches read in place, as `build` makes them, logging their rows.)
         let undo_in_reduce =
             undo_asked && !schedule.is_full() && layout.one_binding() && cfg.guard.policy.double_buffered();
+        let stamps = or_env_flag(opts.step_timestamps, "LATENT_LINE_STEP_TIMESTAMPS")?.unwrap_or(true);
+        let opts = GpuOptions { step_timestamps: Some(stamps), ..opts };
         // The batch buffers and a batch's per-slot coefficients are single
         // bindings too (a full table's coefficients are split as the table
         // is, within the limit by the chunks' rows above).

@@ -129,7 +129,7 @@ impl GpuTrainer {
         let ring = (0..RING)
             .map(|_| Slot {
                 buffer: readback(&ctx, "records ring", stream::SLOT_BYTES),
-                stamps: stream::slot_stamps(&ctx),
+                stamps: stream::slot_stamps(&ctx).filter(|_| opts.step_timestamps != Some(false)),
                 pending: None,
             })
             .collect();
