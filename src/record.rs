@@ -52,8 +52,9 @@ pub struct Record {
     pub grad_norm: Option<f64>,
     pub scans: StepScans,
     /// The step's GPU time from timestamp queries around its pass, where
-    /// the device has them (not under --profile, which times each kernel,
-    /// nor on the staged path); `None` otherwise and on the CPU.
+    /// the device has them (under --profile, which times each kernel in a
+    /// pass of its own, the sum of those); `None` on the staged path, with
+    /// `LATENT_LINE_STEP_TIMESTAMPS=0`, and on the CPU.
     pub gpu_seconds: Option<f64>,
 }
 

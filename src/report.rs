@@ -136,7 +136,8 @@ pub struct Summary {
     pub step_seconds: f64,
     /// The median step time (SPEC §12): of each step's own GPU time
     /// (`median_step_clock` "gpu-timestamps", `gpu_seconds` of the steps)
-    /// where the device timed the steps' passes; otherwise ("wall-clock")
+    /// where the device timed the steps' passes (under --profile, each the
+    /// sum of its kernels' passes); otherwise ("wall-clock")
     /// the median spacing of the record groups (one per submission), per
     /// step: the device's step time while it is the bottleneck, reading low
     /// when groups arrive in bursts (synchronous submission, a slow consumer).

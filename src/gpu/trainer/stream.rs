@@ -4,7 +4,7 @@
 //! submission when the ring is full. Each step's pass is timed by
 //! timestamp queries where the device has them, its two timestamps copied
 //! after the records (`Record::gpu_seconds`): a step's own GPU time with no
-//! wait on the host.
+//! wait on the host (under --profile, the sum of its kernels' passes).
 
 use super::*;
 use crate::gpu::pipes::finish_map;
@@ -39,6 +39,9 @@ pub(super) struct Pending {
     first: Option<u64>,
     /// The steps' timestamps follow the records.
     timed: bool,
+    /// --profile: each step's kernels' timed passes, summed (read at
+    /// submission, which profiling waits for).
+    profiled: Vec<f64>,
 }
 
 /// A ring slot's timestamp queries, where the device has them.
@@ -92,6 +95,8 @@ impl GpuTrainer {
         let stamps =
             self.ring[slot].stamps.clone().filter(|_| n > 0 && timer.is_none() && self.opts.path == StepPath::Fused);
         let mut timed: Vec<Phase> = Vec::new();
+        // (--profile: each step's count of timed passes.)
+        let mut per_step: Vec<usize> = Vec::new();
         for i in 0..n {
             match self.opts.path {
                 StepPath::Fused => {
@@ -106,6 +111,7 @@ impl GpuTrainer {
                     });
                     let phases = self.encode_fused(&mut enc, true, snapshot, writes, t, self.steps_done);
                     if t.is_some() {
+                        per_step.push(phases.len());
                         timed.extend(phases);
                     }
                 }
@@ -133,13 +139,27 @@ impl GpuTrainer {
         s.buffer.slice(..mapped).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        s.pending =
-            Some(Pending { records: count, done: rx, index, first: (n > 0).then_some(first), timed: stamps.is_some() });
+        s.pending = Some(Pending {
+            records: count,
+            done: rx,
+            index,
+            first: (n > 0).then_some(first),
+            timed: stamps.is_some(),
+            profiled: Vec::new(),
+        });
         if let Some(t) = &timer {
             // Waits for this submission: profiling trades the overlap for
             // the kernels' own times.
             match t.read(&ctx, timed.len() as u32) {
                 Ok(secs) => {
+                    let mut at = 0;
+                    let sums = per_step.iter().map(|&k| {
+                        at += k;
+                        secs[at - k..at].iter().sum()
+                    });
+                    if let Some(p) = self.ring[slot].pending.as_mut() {
+                        p.profiled = sums.collect();
+                    }
                     for (ph, sec) in timed.iter().zip(secs) {
                         let bytes = self.phase_bytes(*ph);
                         let all = self.profile.as_mut().expect("profiling");
@@ -164,7 +184,7 @@ impl GpuTrainer {
     /// Waits for ring slot `slot`'s submission and decodes its records.
     fn collect(&mut self, slot: usize) -> Result<Vec<Record>> {
         let s = &mut self.ring[slot];
-        let Pending { records: count, done: rx, index, first, timed } =
+        let Pending { records: count, done: rx, index, first, timed, profiled } =
             s.pending.take().expect("collect is called on a pending slot");
         self.ctx
             .device
@@ -184,7 +204,7 @@ impl GpuTrainer {
             .enumerate()
             .map(|(i, w)| {
                 let mut r = Record::from_words(w, self.shape.rows);
-                r.gpu_seconds = seconds.get(i).copied().flatten();
+                r.gpu_seconds = seconds.get(i).copied().flatten().or(profiled.get(i).copied());
                 if r.action != crate::guard::Action::NotRun {
                     r.separation = self.cfg.separation(r.d0);
                 }
