@@ -32,6 +32,10 @@
 //!   batch-random-1block, -4byte, -sampled (gpu-time) the random batch
 //!                   with one row block a workgroup; with 4-byte columns;
 //!                   with its slots worked out in the fused step
+//!   batch-random-scatter (gpu-time, where the undo in the reduce pass is
+//!                   the default: a GPU's) the random batch with a dropped
+//!                   step's rows put back by batch_io.wgsl's indirect
+//!                   scatter, a dispatch of its own every step
 //!   batch-random-ignore (gpu-time) the random batch under `ignore`: no
 //!                   undo log, no scatter (the default guard's cost)
 //!   step-attached-clip  the full table, attached anchors and clipping:

@@ -916,8 +916,9 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 final_scan,
                 all_finite: finite,
                 step_seconds: step_s,
-                // A step's own GPU time where every step was timed, else
-                // the spacing of the record groups.
+                // The steps' own GPU times where they were timed (every
+                // step of the fused path, where the device has timestamp
+                // queries), else the spacing of the record groups.
                 median_step_seconds: if gpu_step_s.is_empty() { median(per_step) } else { median(gpu_step_s.clone()) },
                 median_step_clock: if gpu_step_s.is_empty() { "wall-clock" } else { "gpu-timestamps" },
                 bytes_per_step: bytes,

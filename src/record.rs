@@ -53,8 +53,10 @@ pub struct Record {
     pub scans: StepScans,
     /// The step's GPU time from timestamp queries around its pass, where
     /// the device has them (under --profile, which times each kernel in a
-    /// pass of its own, the sum of those); `None` on the staged path, with
-    /// `LATENT_LINE_STEP_TIMESTAMPS=0`, and on the CPU.
+    /// pass of its own, the sum of those, whatever
+    /// `LATENT_LINE_STEP_TIMESTAMPS` says); `None` on the staged path,
+    /// with `LATENT_LINE_STEP_TIMESTAMPS=0` (not profiling), on a device
+    /// without timestamp queries, and on the CPU.
     pub gpu_seconds: Option<f64>,
 }
 

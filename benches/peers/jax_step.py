@@ -104,16 +104,16 @@ def timed_loop(fn, w, reps=5):
 
 
 def show(name, one, queued, looped):
-    print(f"{name:36}{one:8.4f} ms  (one call, then its wait)")
-    print(f"{name + f' ×{QUEUED} queued':36}{queued:8.4f} ms  (a call, {QUEUED} in a row, one wait)")
-    print(f"{name + ' in fori_loop':36}{looped:8.4f} ms  (a step, {QUEUED} in one jit)")
+    print(f"{name:40} {one:8.4f} ms  (one call, then its wait)")
+    print(f"{name + f' ×{QUEUED} queued':40} {queued:8.4f} ms  (a call, {QUEUED} in a row, one wait)")
+    print(f"{name + ' in fori_loop':40} {looped:8.4f} ms  (a step, {QUEUED} in one jit)")
 
 
 key = jax.random.PRNGKey(0)
 w = jax.random.normal(key, (R, D), dtype=jnp.float32)
 print(f"jax {jax.__version__} · {jax.devices()[0].device_kind} · {R} × {D} f32")
 t, _, _ = timed(copy, w)
-print(f"{'copy (w + 0, jit)':36}{t:8.4f} ms")
+print(f"{'copy (w + 0, jit)':40} {t:8.4f} ms")
 t, tq, w = timed(full_step, w)
 tl, w = timed_loop(full_steps, w)
 show("jit step (grad + SGD)", t, tq, tl)

@@ -97,26 +97,26 @@ def queued(fn, reps=3):
 
 
 def show(name, fn, warm=5):
-    print(f"{name:36}{timed(fn, warm=warm):8.4f} ms")
-    print(f"{name + f' ×{QUEUED} queued':36}{queued(fn):8.4f} ms")
+    print(f"{name:40} {timed(fn, warm=warm):8.4f} ms")
+    print(f"{name + f' ×{QUEUED} queued':40} {queued(fn):8.4f} ms")
 
 
 src = torch.randn(R, D, device=dev)
 dst = torch.empty_like(src)
 print(f"torch {torch.__version__} · {torch.cuda.get_device_name()} · {R} × {D} f32")
-print(f"{'copy (dst.copy_(src))':36}{timed(lambda: dst.copy_(src)):8.4f} ms")
+print(f"{'copy (dst.copy_(src))':40} {timed(lambda: dst.copy_(src)):8.4f} ms")
 w, step = make_step()
 show("eager step (autograd + SGD)", step)
 try:
     w, step = make_step()
     show("torch.compile step", torch.compile(step), warm=3)
 except Exception as e:  # noqa: BLE001 - report and go on
-    print(f"{'torch.compile step':36}failed: {type(e).__name__}: {e}"[:200])
+    print(f"{'torch.compile step':40} failed: {type(e).__name__}: {e}"[:200])
 for sparse in (False, True):
     show(f"batch {BATCH} ({'sparse' if sparse else 'dense'} grad)", make_batch_step(sparse))
 big = torch.randn(1 << 28, device=dev)  # 1 GiB
 # The answer stays on the device (no `bool()`, which would wait for it
 # inside the timed span): the device's work alone, as our scan's GPU time.
-print(f"{'isfinite(w).all(), 1 GiB':36}{timed(lambda: torch.isfinite(big).all()):8.4f} ms")
+print(f"{'isfinite(w).all(), 1 GiB':40} {timed(lambda: torch.isfinite(big).all()):8.4f} ms")
 bdst = torch.empty_like(big)
-print(f"{'copy, 1 GiB':36}{timed(lambda: bdst.copy_(big)):8.4f} ms")
+print(f"{'copy, 1 GiB':40} {timed(lambda: bdst.copy_(big)):8.4f} ms")

@@ -19,26 +19,43 @@ pub struct PassTimer {
     period: f64,
 }
 
+/// A query set of `pairs` (begin, end) timestamp pairs and the buffer it
+/// resolves into (8 bytes a timestamp), or `None` when the device has no
+/// timestamp queries.
+pub(crate) fn timestamp_pairs(ctx: &GpuContext, label: &str, pairs: u32) -> Option<(wgpu::QuerySet, wgpu::Buffer)> {
+    if !ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+        return None;
+    }
+    let set = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+        label: Some(label),
+        ty: wgpu::QueryType::Timestamp,
+        count: 2 * pairs,
+    });
+    let resolve = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: pairs as u64 * 16,
+        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    Some((set, resolve))
+}
+
+/// Seconds between each (begin, end) pair of resolved u64 ticks, read back
+/// as little-endian u32 word pairs (words need not be 8-byte aligned);
+/// `None` for a pair that runs backwards or a device with no period.
+pub(crate) fn pair_seconds(words: &[u32], period_ns: f64) -> Vec<Option<f64>> {
+    let ticks: Vec<u64> = words.chunks_exact(2).map(|w| w[0] as u64 | (w[1] as u64) << 32).collect();
+    ticks
+        .chunks_exact(2)
+        .map(|t| (t[1] >= t[0] && period_ns > 0.0).then(|| (t[1] - t[0]) as f64 * period_ns * 1e-9))
+        .collect()
+}
+
 impl PassTimer {
     /// `None` when the device has no timestamp queries.
     pub fn new(ctx: &GpuContext, capacity: u32) -> Option<Self> {
-        if !ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
-            return None;
-        }
-        let count = 2 * capacity;
-        let set = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
-            label: Some("pass timestamps"),
-            ty: wgpu::QueryType::Timestamp,
-            count,
-        });
-        let bytes = count as u64 * 8;
-        let resolve = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("timestamp resolve"),
-            size: bytes,
-            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        let staging = readback(ctx, "timestamp readback", bytes);
+        let (set, resolve) = timestamp_pairs(ctx, "pass timestamps", capacity)?;
+        let staging = readback(ctx, "timestamp readback", capacity as u64 * 16);
         Some(PassTimer { set, resolve, staging, capacity, period: ctx.queue.get_timestamp_period() as f64 })
     }
 
@@ -64,10 +81,8 @@ impl PassTimer {
     /// Seconds each of the first `passes` passes took, after `resolve` was submitted.
     pub fn read(&self, ctx: &GpuContext, passes: u32) -> Result<Vec<f64>> {
         let raw = read_mapped(ctx, &self.staging, passes as u64 * 16)?;
-        // u64 ticks as pairs of little-endian words (words need not be
-        // 8-byte aligned).
-        let ticks: Vec<u64> = raw.chunks_exact(2).map(|w| w[0] as u64 | (w[1] as u64) << 32).collect();
-        Ok(ticks.chunks_exact(2).map(|t| t[1].saturating_sub(t[0]) as f64 * self.period * 1e-9).collect())
+        // (A pair that runs backwards counts as no time.)
+        Ok(pair_seconds(&raw, self.period).into_iter().map(|s| s.unwrap_or(0.0)).collect())
     }
 }
 

@@ -67,7 +67,8 @@ const FUSED_SCAN_BUFS: u64 = 3;
 const STEPS_PER_SUBMIT: usize = 8;
 /// reduce.wgsl's UNDO: at most this many workgroups after its first (each
 /// of a clean step's only reads the marks; a dropped step's rows, rare,
-/// are copied back over them all).
+/// are copied back over them all), except on a software adapter, where
+/// a large batch may need more to stay within its loop budget.
 const UNDO_GROUPS: u32 = 64;
 /// Submissions in flight, each with its own mapped readback buffer.
 const RING: usize = 4;
@@ -718,8 +719,8 @@ impl GpuTrainer {
         // (Random batches read in place, as `build` makes them.)
         let sampled =
             sample_asked && matches!(schedule, Schedule::Random { .. }) && layout.one_binding() && !cfg.needs_prepass();
-        // (Off by default on a software adapter: lavapipe pays about 45 µs
-        // for each workgroup however little it does, 256 of them 11 ms a
+        // (Off by default on a software adapter: lavapipe pays about 20 µs
+        // for each workgroup however little it does, 64 of them 1.3 ms a
         // step at 1024 slots × 64 against the indirect dispatch's nothing.)
         let undo_asked = or_env_flag(opts.undo_in_reduce, "LATENT_LINE_UNDO_IN_REDUCE")?.unwrap_or(!software);
         // (Batches read in place, as `build` makes them, logging their rows.)

@@ -8,7 +8,7 @@
 
 use super::*;
 use crate::gpu::pipes::finish_map;
-use crate::gpu::timer::PassTimer;
+use crate::gpu::timer::{pair_seconds, timestamp_pairs, PassTimer};
 use std::collections::VecDeque;
 use std::sync::mpsc::Receiver;
 
@@ -46,30 +46,7 @@ pub(super) struct Pending {
 
 /// A ring slot's timestamp queries, where the device has them.
 pub(super) fn slot_stamps(ctx: &GpuContext) -> Option<(wgpu::QuerySet, wgpu::Buffer)> {
-    ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY).then(|| {
-        let set = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
-            label: Some("step timestamps"),
-            ty: wgpu::QueryType::Timestamp,
-            count: 2 * STEPS_PER_SUBMIT as u32,
-        });
-        let resolve = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("step timestamps resolve"),
-            size: STEPS_PER_SUBMIT as u64 * 16,
-            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        (set, resolve)
-    })
-}
-
-/// Seconds between each (begin, end) pair of u64 ticks (little-endian word
-/// pairs); `None` for a pair that runs backwards or a device with no period.
-fn stamp_seconds(words: &[u32], period_ns: f64) -> Vec<Option<f64>> {
-    let ticks: Vec<u64> = words.chunks_exact(2).map(|w| w[0] as u64 | (w[1] as u64) << 32).collect();
-    ticks
-        .chunks_exact(2)
-        .map(|t| (t[1] >= t[0] && period_ns > 0.0).then(|| (t[1] - t[0]) as f64 * period_ns * 1e-9))
-        .collect()
+    timestamp_pairs(ctx, "step timestamps", STEPS_PER_SUBMIT as u32)
 }
 
 impl GpuTrainer {
@@ -195,7 +172,7 @@ impl GpuTrainer {
         let raw = finish_map(&s.buffer, mapped, rx)?;
         let words: &[u32] = &raw;
         let seconds = if timed {
-            stamp_seconds(&words[(STAMPS_AT / 4) as usize..], self.ctx.queue.get_timestamp_period() as f64)
+            pair_seconds(&words[(STAMPS_AT / 4) as usize..], self.ctx.queue.get_timestamp_period() as f64)
         } else {
             Vec::new()
         };
