@@ -5,6 +5,9 @@
 #               BASE=<commit> also builds that commit's latent-line, and
 #               the call then times this build's step against it)
 # There:        bash benches/gpu.sh              (carry .dev and .gl)
+#               (bars: carry .gl and .dev/bin/{latent-line,step,batches,
+#               init_and_determinism}: the tool carries 64 MiB at most,
+#               less than all of .dev/bin)
 # It runs the GPU-facing tests on the real GPU, the main job, `cargo
 # bench`'s binary, the peers, a 1 GiB `latent-line scan` and the 100M-row
 # table, printing one comparison table (benches/summary.py).
@@ -16,8 +19,8 @@
 # the built-in shapes, which earlier calls picked; criterion only for the
 # benches the bars read, and the batch with the scatter beside; both
 # peers, the 100M-row table, the CLI scan; a few seconds of checks
-# beside: timestamps on and off, --profile, the naive run; each part
-# capped). `sweep`: the row-block tests,
+# beside: two quick tests, timestamps on and off, --profile, the naive
+# run; each part capped). `sweep`: the row-block tests,
 # then the fused step's shapes (lanes, row blocks, wgpu's loop counters,
 # 16-byte kept columns) timed by --profile. `look`: the tuning below,
 # the shapes it leaves out, the copies and the default step (a first call
@@ -168,6 +171,13 @@ if [ "$MODE" != bars ]; then
     tst 120 "$B/batches" dropped sampled streamed two_read
     echo "-- backends_vs_reference two_read (coefficients split as the table is)"
     tst 60 "$B/backends_vs_reference" two_read
+else
+    # bars: only what the figures below rest on, checked on the card first:
+    # a dropped batch undone (the undo in the reduce pass, a GPU's default),
+    # and the steps' own timestamps.
+    echo "== tests on this GPU: the batch's undo, the steps' timestamps"
+    tst 60 "$B/batches" dropped
+    tst 30 "$B/init_and_determinism" fused_steps_carry
 fi
 
 # The fused step's shape for this card, picked here so that one call both
