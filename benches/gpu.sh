@@ -171,6 +171,8 @@ if [ "$MODE" != bars ]; then
     tst 120 "$B/batches" dropped sampled streamed two_read
     echo "-- backends_vs_reference two_read (coefficients split as the table is)"
     tst 60 "$B/backends_vs_reference" two_read
+    echo "-- init_and_determinism fused_steps_carry (the steps' own timestamps)"
+    tst 30 "$B/init_and_determinism" fused_steps_carry
 else
     # bars: only what the figures below rest on, checked on the card first:
     # a dropped batch undone (the undo in the reduce pass, a GPU's default),
