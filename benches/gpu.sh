@@ -5,9 +5,13 @@
 #               BASE=<commit> also builds that commit's latent-line, and
 #               the call then times this build's step against it)
 # There:        bash benches/gpu.sh              (carry .dev and .gl)
-#               (bars: carry .gl and .dev/bin/{latent-line,step,batches,
-#               init_and_determinism}: the tool carries 64 MiB at most,
-#               less than all of .dev/bin)
+#               (the tool carries 8 paths and 64 MiB at most, less than
+#               all of .dev/bin: bars, carry .gl and .dev/bin/{latent-line,
+#               step,batches,init_and_determinism}; the full run, .gl and
+#               .dev/bin/{latent-line,step,naive,forensics,
+#               backends_vs_reference,batches,init_and_determinism}, or
+#               latent-line-base in init_and_determinism's place with BASE;
+#               a binary not carried is reported, its tests skipped)
 # It runs the GPU-facing tests on the real GPU, the main job, `cargo
 # bench`'s binary, the peers, a 1 GiB `latent-line scan` and the 100M-row
 # table, printing one comparison table (benches/summary.py).
