@@ -754,6 +754,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     // Each step's own GPU time, where its pass was timed (timestamp queries).
     let gpu_step_s: Vec<f64> =
         records.iter().filter(|r| r.action != Action::NotRun).filter_map(|r| r.gpu_seconds).collect();
+    let gpu_median = (!gpu_step_s.is_empty()).then(|| median(gpu_step_s.clone()));
     records.push(trainer.evaluate()?);
     let final_scan = trainer.scan_table()?;
     let finite = final_scan.is_clean();
@@ -810,8 +811,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             gbps,
             bytes
         );
-        if !gpu_step_s.is_empty() {
-            let m = median(gpu_step_s.clone());
+        if let Some(m) = gpu_median {
             out!(
                 "         GPU {:.3} ms/step, the median of {} steps' passes (timestamp queries) · {:.1} GB/s",
                 m * 1e3,
@@ -919,8 +919,8 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 // The steps' own GPU times where they were timed (every
                 // step of the fused path, where the device has timestamp
                 // queries), else the spacing of the record groups.
-                median_step_seconds: if gpu_step_s.is_empty() { median(per_step) } else { median(gpu_step_s.clone()) },
-                median_step_clock: if gpu_step_s.is_empty() { "wall-clock" } else { "gpu-timestamps" },
+                median_step_seconds: gpu_median.unwrap_or_else(|| median(per_step)),
+                median_step_clock: if gpu_median.is_some() { "gpu-timestamps" } else { "wall-clock" },
                 bytes_per_step: bytes,
                 effective_gb_per_s: gbps,
             },

@@ -971,10 +971,12 @@ impl GpuTrainer {
         self.fused.undo_in_reduce
     }
 
-    /// Before a submission's steps: UNDO's marks zeroed, so that none is
-    /// left from an earlier submission (the marks hold stamps, and a
-    /// stamp comes round again after 2³² passes).
-    fn reset_marks(&self) {
+    /// Before a submission's passes: its records from slot 0 (`state.record`),
+    /// and UNDO's marks zeroed, so that none is left from an earlier
+    /// submission (the marks hold stamps, and a stamp comes round again
+    /// after 2³² passes).
+    fn start_submission(&self) {
+        self.ctx.queue.write_buffer(&self.state, 0, bytemuck::bytes_of(&0u32));
         if self.fused.undo_in_reduce {
             self.ctx.queue.write_buffer(&self.undo_mark, 0, &[0u8; 16]);
         }

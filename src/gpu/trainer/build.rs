@@ -113,7 +113,7 @@ impl GpuTrainer {
         // take `dummy` (one buffer cannot be both in one dispatch).
         let dummy_ro = storage(&ctx, "unused read-only binding", 16, wgpu::BufferUsages::empty());
         // UNDO: the fused pass's marks for reduce.wgsl's undo workgroups
-        // (zeroed before each submission: `GpuTrainer::reset_marks`).
+        // (zeroed before each submission: `GpuTrainer::start_submission`).
         let undo_mark = storage(&ctx, "undo marks", 16, wgpu::BufferUsages::COPY_DST);
         let strikes = if policy == Policy::SkipRow {
             storage(&ctx, "strikes", shape.rows as u64 * 4, wgpu::BufferUsages::COPY_SRC)
@@ -353,7 +353,7 @@ impl GpuTrainer {
             // UNDO: the table, read in place (one binding), its undo log
             // (batch B: the rows' old values by slot) and the marks.
             let table = if undo { &chunks[0].a } else { &dummy };
-            let vel = chunks.first().and_then(|c| c.vel.as_ref()).filter(|_| undo).map_or(&dummy, |v| &v.0);
+            let vel = if undo { vel_a(&chunks[0], &dummy) } else { &dummy };
             let log = if undo { xb.as_ref().expect("batch B under a double-buffered guard") } else { &dummy_ro };
             let log_v = xvb.as_ref().filter(|_| undo).unwrap_or(&dummy_ro);
             let g = bind_at(
@@ -632,6 +632,8 @@ impl GpuTrainer {
             "backward",
             &[(0, &xs), (1, anchors), (2, &dist), (4, &coef), (6, &grads), (7, params)],
         );
+        let unused_rw = storage(&ctx, "unused binding", 16, wgpu::BufferUsages::empty());
+        let unused_ro = storage(&ctx, "unused read-only binding", 16, wgpu::BufferUsages::empty());
         let reduce = single(
             &shaders::REDUCE,
             "main",
@@ -647,12 +649,13 @@ impl GpuTrainer {
                 (8, &self.detail),
                 (9, &self.hits),
                 (10, &self.records),
-                // (No UNDO: stand-ins, read-write, then read-only.)
-                (11, &storage(&ctx, "unused binding", 16, wgpu::BufferUsages::empty())),
-                (12, &storage(&ctx, "unused binding", 16, wgpu::BufferUsages::empty())),
-                (13, &storage(&ctx, "unused binding", 16, wgpu::BufferUsages::empty())),
-                (14, &storage(&ctx, "unused binding", 16, wgpu::BufferUsages::empty())),
-                (15, &storage(&ctx, "unused binding", 16, wgpu::BufferUsages::empty())),
+                // (No UNDO: one stand-in for the read-write bindings, one
+                // for the read-only ones.)
+                (11, &unused_rw),
+                (12, &unused_rw),
+                (13, &unused_ro),
+                (14, &unused_ro),
+                (15, &unused_ro),
             ],
         );
         if let Some(e) = pollster::block_on(scope.pop()) {

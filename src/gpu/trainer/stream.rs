@@ -44,6 +44,16 @@ pub(super) struct Pending {
     profiled: Vec<f64>,
 }
 
+/// The bytes of a ring buffer a submission of `records` maps: its records,
+/// and with `timed` its steps' timestamps after them (one a record).
+fn mapped_bytes(records: usize, timed: bool) -> u64 {
+    if timed {
+        STAMPS_AT + records as u64 * 16
+    } else {
+        records as u64 * RECORD_BYTES
+    }
+}
+
 /// A ring slot's timestamp queries, where the device has them.
 pub(super) fn slot_stamps(ctx: &GpuContext) -> Option<(wgpu::QuerySet, wgpu::Buffer)> {
     timestamp_pairs(ctx, "step timestamps", STEPS_PER_SUBMIT as u32)
@@ -55,8 +65,7 @@ impl GpuTrainer {
     /// asynchronously.
     fn submit(&mut self, n: usize, slot: usize) {
         let ctx = self.ctx.clone();
-        ctx.queue.write_buffer(&self.state, 0, bytemuck::bytes_of(&0u32));
-        self.reset_marks();
+        self.start_submission();
         let first = self.steps_done;
         if let Some(b) = &self.batch {
             b.write_schedule(&self.ctx, &self.cfg, first, n, self.manual.is_some());
@@ -103,14 +112,12 @@ impl GpuTrainer {
         let bytes = count as u64 * RECORD_BYTES;
         let s = &mut self.ring[slot];
         enc.copy_buffer_to_buffer(&self.records, 0, &s.buffer, 0, bytes);
-        let mapped = match &stamps {
-            Some((set, resolve)) => {
-                enc.resolve_query_set(set, 0..2 * n as u32, resolve, 0);
-                enc.copy_buffer_to_buffer(resolve, 0, &s.buffer, STAMPS_AT, n as u64 * 16);
-                STAMPS_AT + n as u64 * 16
-            }
-            None => bytes,
-        };
+        if let Some((set, resolve)) = &stamps {
+            // (Timed only with n > 0 steps: one stamp pair a record.)
+            enc.resolve_query_set(set, 0..2 * n as u32, resolve, 0);
+            enc.copy_buffer_to_buffer(resolve, 0, &s.buffer, STAMPS_AT, n as u64 * 16);
+        }
+        let mapped = mapped_bytes(count, stamps.is_some());
         let index = ctx.queue.submit([enc.finish()]);
         let (tx, rx) = std::sync::mpsc::channel();
         s.buffer.slice(..mapped).map_async(wgpu::MapMode::Read, move |r| {
@@ -168,8 +175,7 @@ impl GpuTrainer {
             .poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: None })
             .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
         self.ctx.check()?;
-        let mapped = if timed { STAMPS_AT + count as u64 * 16 } else { count as u64 * RECORD_BYTES };
-        let raw = finish_map(&s.buffer, mapped, rx)?;
+        let raw = finish_map(&s.buffer, mapped_bytes(count, timed), rx)?;
         let words: &[u32] = &raw;
         let seconds = if timed {
             pair_seconds(&words[(STAMPS_AT / 4) as usize..], self.ctx.queue.get_timestamp_period() as f64)

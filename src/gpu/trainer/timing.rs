@@ -47,8 +47,7 @@ impl GpuTrainer {
         let mut done = 0u32;
         while done < n {
             let m = (n - done).min(STEPS_PER_SUBMIT as u32);
-            ctx.queue.write_buffer(&self.state, 0, bytemuck::bytes_of(&0u32));
-            self.reset_marks();
+            self.start_submission();
             if let Some(b) = &self.batch {
                 b.write_schedule(&ctx, &self.cfg, self.steps_done, m as usize, false);
             }
