@@ -187,9 +187,6 @@ impl StepConfig {
             }
         }
         let g = &self.guard;
-        if g.max_skips == 0 {
-            return Err(Error::invalid("--max-skips", "must be at least 1"));
-        }
         if g.snapshot_every == 0 {
             return Err(Error::invalid("--snapshot-every", "must be at least 1"));
         }

@@ -838,7 +838,8 @@ impl Trainer for CpuTrainer {
     }
     fn run_state(&mut self) -> Result<RunState> {
         let s = &self.state;
-        Ok(RunState { steps: self.steps_done, lr: s.lr, skips: s.skips, rollbacks: s.rollbacks, ..RunState::default() })
+        let (skips, rollbacks) = crate::guard::resume_counters(self.cfg.guard.policy, s.halted, s.skips, s.rollbacks);
+        Ok(RunState { steps: self.steps_done, lr: s.lr, skips, rollbacks, ..RunState::default() })
     }
     fn set_run_state(&mut self, r: RunState) -> Result<()> {
         r.check(&self.cfg)?;

@@ -111,6 +111,20 @@ pub struct GuardState {
     pub restore: bool,
 }
 
+/// The consecutive skips and the rollbacks that a resume goes on from,
+/// given the guard's counters after a run: an aborted step is not done
+/// (the table is as before it, and the resume runs it again), so the
+/// failure that it counted is not kept either; otherwise a resume with a
+/// higher `--max-skips` or `--max-rollbacks` would abort a step before an
+/// unbroken run did.
+pub fn resume_counters(policy: Policy, halted: bool, skips: u32, rollbacks: u32) -> (u32, u32) {
+    match (halted, policy) {
+        (true, Policy::SkipStep) => (skips.saturating_sub(1), rollbacks),
+        (true, Policy::Rollback) => (skips, rollbacks.saturating_sub(1)),
+        _ => (skips, rollbacks),
+    }
+}
+
 impl GuardState {
     pub fn new(lr: f32) -> Self {
         GuardState { cur: 0, halted: false, lr, skips: 0, rollbacks: 0, restore: false }

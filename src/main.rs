@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use latent_line::gpu::GpuContext;
 use latent_line::guard::{Action, Guard, Policy};
@@ -136,7 +136,10 @@ struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Anchor rows A,B [default: 0,R-1].
-    #[arg(long, value_name = "A,B", allow_hyphen_values = true)]
+    /// (Checked as it is parsed: a value that is not two row numbers is a
+    /// usage error, exit code 2; rows out of range are checked against
+    /// the table, exit code 1.)
+    #[arg(long, value_name = "A,B", allow_hyphen_values = true, value_parser = anchors_arg)]
     anchors: Option<String>,
     /// frozen: anchors never change; detached: anchors get the row term only;
     /// attached: the full gradient (every batch row pulls on the anchors).
@@ -260,12 +263,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse_anchors(s: &str) -> anyhow::Result<(usize, usize)> {
+/// clap's parser of `--anchors`: the value as given, once it parses.
+fn anchors_arg(s: &str) -> Result<String, String> {
+    parse_anchors(s).map(|_| s.to_owned())
+}
+
+fn parse_anchors(s: &str) -> Result<(usize, usize), String> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();
     let [a, b] = parts.as_slice() else {
-        bail!("invalid --anchors: \"{s}\" is not two row numbers A,B");
+        return Err(format!("\"{s}\" is not two row numbers A,B"));
     };
-    let num = |x: &str| x.parse::<usize>().with_context(|| format!("invalid --anchors: \"{x}\" is not a row number"));
+    let num = |x: &str| x.parse::<usize>().map_err(|e| format!("\"{x}\" is not a row number ({e})"));
     Ok((num(a)?, num(b)?))
 }
 
@@ -424,7 +432,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     };
     let mut cfg = StepConfig::for_rows(shape.rows);
     if let Some(s) = &args.anchors {
-        (cfg.anchor_a, cfg.anchor_b) = parse_anchors(s)?;
+        (cfg.anchor_a, cfg.anchor_b) = parse_anchors(s).map_err(|e| anyhow::anyhow!("invalid --anchors: {e}"))?;
     }
     cfg.naive = args.naive;
     cfg.eps = args.eps.unwrap_or(if args.naive { 0.0 } else { 1e-8 });
@@ -756,6 +764,10 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         records.iter().filter(|r| r.action != Action::NotRun).filter_map(|r| r.gpu_seconds).collect();
     let gpu_median = (!gpu_step_s.is_empty()).then(|| median(gpu_step_s.clone()));
     records.push(trainer.evaluate()?);
+    // The step each record is of (SPEC §12's report: step k is the table
+    // before update k): the last, the final table's evaluation, is of the
+    // steps done; after an abort that is the aborted step's own table.
+    let step_of = |i: usize| if i + 1 == records.len() { steps_done } else { start + i };
     let final_scan = trainer.scan_table()?;
     let finite = final_scan.is_clean();
 
@@ -858,7 +870,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     }
     if let (Some(path), Some(before)) = (&args.plot, &before) {
         let after = trainer.read_table()?;
-        let excess = records.iter().enumerate().map(|(i, r)| (start + i, r.mean_excess())).collect();
+        let excess = records.iter().enumerate().map(|(i, r)| (step_of(i), r.mean_excess())).collect();
         let pic = latent_line::plot::Picture {
             excess,
             before,
@@ -893,7 +905,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             steps: records
                 .iter()
                 .enumerate()
-                .map(|(i, r)| StepEntry::new(start + i, r, cfg.w_red(r.batch) as f64))
+                .map(|(i, r)| StepEntry::new(step_of(i), r, cfg.w_red(r.batch) as f64))
                 .collect(),
             summary: Summary {
                 first_loss: first.loss(cfg.w_red(first.batch) as f64),

@@ -44,7 +44,9 @@ pub fn step_batch(table: &mut [f64], vel: &mut [f64], shape: Shape, cfg: &StepCo
         Reduction::Sum => 1.0,
         Reduction::Mean => 1.0 / rows.len() as f64,
     };
-    let near = (crate::guard::TAU as f64 * d0).powi(2);
+    // SPEC §8's τ (1e-3, not an option), written here rather than taken
+    // from the code under test.
+    let near = (1e-3 * d0).powi(2);
     let mut rec = Record {
         excess_sum: 0.0,
         excess_max: 0.0,
@@ -52,7 +54,8 @@ pub fn step_batch(table: &mut [f64], vel: &mut [f64], shape: Shape, cfg: &StepCo
         batch: rows.len(),
         near_singular: 0,
         lr: cfg.lr as f64,
-        separation: cfg.separation(d0),
+        // SPEC §3: λ·max(0, m − d0), m = 0 meaning off.
+        separation: if cfg.margin > 0.0 { cfg.margin_weight as f64 * (cfg.margin as f64 - d0).max(0.0) } else { 0.0 },
         action: crate::guard::Action::Applied,
         grad_norm: None,
         scans: Default::default(),
@@ -65,6 +68,10 @@ pub fn step_batch(table: &mut [f64], vel: &mut [f64], shape: Shape, cfg: &StepCo
     // Gradients of the rows the step touches, summed over repeats.
     let mut grads = std::collections::BTreeMap::<usize, Vec<f64>>::new();
     let attached = cfg.endpoints == Endpoints::Attached;
+    // SPEC §4's endpoint modes, written out here rather than taken from
+    // the code under test: `frozen` never changes rows a and b.
+    let frozen = cfg.endpoints == Endpoints::Frozen;
+    let writes_row = |i: usize| !frozen || (i != a && i != b);
     let (mut extra_a, mut extra_b) = (vec![0.0; d], vec![0.0; d]);
     for (&i, &m) in &mult {
         let x = &table[i * d..][..d];
@@ -93,7 +100,7 @@ pub fn step_batch(table: &mut [f64], vel: &mut [f64], shape: Shape, cfg: &StepCo
                 extra_b[k] += nan_if(c * ((q[k] - x[k]) * inv_d2 - (q[k] - p[k]) / d0));
             }
         }
-        if cfg.endpoints.writes_row(i, a, b) {
+        if writes_row(i) {
             let g: Vec<f64> = (0..d).map(|k| nan_if(c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2))).collect();
             grads.insert(i, g);
         }
@@ -101,12 +108,20 @@ pub fn step_batch(table: &mut [f64], vel: &mut [f64], shape: Shape, cfg: &StepCo
     // The anchors: their own row term (when in the batch), the anchor term
     // (attached), and SPEC §4's separation term g[a] −= λ(p − q)/d0,
     // g[b] −= λ(q − p)/d0 when d0 < m.
+    // The separation term is active when d0 < m (compared in f32, as the
+    // devices compute d0).
+    let active = cfg.margin > 0.0 && (d0 as f32) < cfg.margin;
     for (row, extra) in [(a, &extra_a), (b, &extra_b)] {
-        let in_batch = mult.contains_key(&row);
-        if !cfg.anchor_touched(in_batch, d0 as f32) || !cfg.endpoints.writes_row(row, a, b) {
+        // `attached`: always a gradient; `detached`: the row term when in
+        // the batch, and the separation term when active; `frozen`: none.
+        let touched = match cfg.endpoints {
+            Endpoints::Frozen => false,
+            Endpoints::Attached => true,
+            Endpoints::Detached => mult.contains_key(&row) || active,
+        };
+        if !touched {
             continue;
         }
-        let active = cfg.margin > 0.0 && d0 < cfg.margin as f64;
         let lambda = if active { cfg.margin_weight as f64 / d0 } else { 0.0 };
         let sep = if row == a { -lambda } else { lambda };
         let g = grads.entry(row).or_insert_with(|| vec![0.0; d]);

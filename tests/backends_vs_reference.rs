@@ -158,6 +158,14 @@ fn check(backend: Backend, shape: Shape, cfg: StepConfig, seed: u64) {
                 assert_eq!(got.near_singular, r.near_singular, "{ctx}: near-singular rows at step {step}");
             }
             let (sum_tol, max_tol) = (excess_tol(r.excess_sum, shape.rows, r.d0), excess_tol(r.excess_max, 1, r.d0));
+            // SPEC §3's L = w_red·Σ|r| + λ·max(0, m − d0), from first principles.
+            let w_red = if cfg.reduction == Reduction::Mean { 1.0 / shape.rows as f64 } else { 1.0 };
+            let want_loss = w_red * r.excess_sum + r.separation;
+            assert!(
+                (got.loss(w_red) - want_loss).abs() <= w_red * sum_tol + 1e-5 * r.separation.max(1.0),
+                "{ctx}: loss at step {step}: {} vs {want_loss}",
+                got.loss(w_red)
+            );
             assert!(
                 (got.excess_sum - r.excess_sum).abs() <= sum_tol,
                 "{ctx}: Σ|r| at step {step}: {} vs {}",
@@ -767,6 +775,80 @@ fn the_poison_branch_changes_no_bits() {
                 assert!(bad >= dim, "{ctx}: no poisoned row was written ({bad} non-finite values)");
                 assert_same_run(&(tab1, rec1), &(tab0, rec0), dim, &ctx);
             }
+        }
+    }
+}
+
+/// Where ε and τ matter (SPEC §3, §8), which `spaced_table` keeps every row
+/// away from: rows placed on the line through the anchors, beyond them, at
+/// s = 0.1·ε, ε and 10·ε from an anchor (where ε inside the square root
+/// sets the step: (x − p)/d1 is 0.30, 0.71 and 0.95 of a unit vector, 1
+/// without it) and at 0.5, 0.99, 1.01 and 2 × τ·d0 (near-singular below
+/// τ = 1e-3, a literal here, not the code's). The count is exact; the
+/// table after one step is the reference's, on every backend.
+#[test]
+fn rows_at_the_anchors_take_epsilon_and_tau_as_spec_says() {
+    let seed = seed("epsilon_tau");
+    for (dim, reduction) in [(8usize, Reduction::Sum), (5, Reduction::Mean), (64, Reduction::Sum)] {
+        let rows = 64;
+        let shape = Shape::new(rows, dim).unwrap();
+        let (a, b) = (3, rows - 5);
+        let mut table = spaced_table(seed ^ dim as u64, shape, a, b, MIN_GAP);
+        let (p, q) = (table[a * dim..][..dim].to_vec(), table[b * dim..][..dim].to_vec());
+        let d0_raw = p.iter().zip(&q).map(|(x, y)| (*y as f64 - *x as f64).powi(2)).sum::<f64>().sqrt();
+        let u: Vec<f64> = p.iter().zip(&q).map(|(x, y)| (*y as f64 - *x as f64) / d0_raw).collect();
+        let eps = 1e-8f64;
+        let tau_d0 = 1e-3 * (d0_raw * d0_raw + eps).sqrt();
+        // Distances t from an anchor, outward along the line (r ≈ 2t > 0,
+        // far from the sign's rounding), then which rows they go to.
+        let mut placed = Vec::new();
+        for t in [(0.1 * eps).sqrt(), eps.sqrt(), (10.0 * eps).sqrt()]
+            .into_iter()
+            .chain([0.5, 0.99, 1.01, 2.0].map(|f| f * tau_d0))
+        {
+            placed.push((a, -t));
+            placed.push((b, t));
+        }
+        let mut free = (0..rows).filter(|&i| i != a && i != b);
+        for &(anchor, t) in &placed {
+            let i = free.next().unwrap();
+            for k in 0..dim {
+                table[i * dim + k] = (table[anchor * dim + k] as f64 + t * u[k]) as f32;
+            }
+        }
+        // SPEC §8's count from first principles, on the table as stored.
+        let x = to_f64(&table);
+        let dist2 = |i: usize, j: usize| (0..dim).map(|k| (x[i * dim + k] - x[j * dim + k]).powi(2)).sum::<f64>();
+        let d0 = (dist2(a, b) + eps).sqrt();
+        let near =
+            (0..rows).filter(|&i| dist2(i, a) < (1e-3 * d0).powi(2) || dist2(i, b) < (1e-3 * d0).powi(2)).count();
+        // The anchors, 3 ε rows and 2 below τ·d0 at each: 12.
+        assert_eq!(near, 12, "the rows were placed wrong (dim {dim}, seed {seed})");
+        let lr = 0.01 * if reduction == Reduction::Mean { rows as f32 } else { 1.0 };
+        let cfg = StepConfig { anchor_a: a, anchor_b: b, eps: eps as f32, lr, reduction, ..StepConfig::for_rows(rows) };
+        let backends = [
+            Backend::Cpu,
+            Backend::Gpu { path: StepPath::Fused, chunk_rows: None },
+            Backend::GpuLanes { lanes: 4, wg: 64, blocks: 2, vec4: true },
+            Backend::GpuLanes { lanes: 8, wg: 64, blocks: 1, vec4: false },
+        ];
+        let mut want = x.clone();
+        let rec = reference::step(&mut want, shape, &cfg);
+        assert_eq!(rec.near_singular, near as u64, "the reference's count (dim {dim}, seed {seed})");
+        for backend in backends {
+            let ctx = format!("{backend:?} dim {dim} {reduction:?}, seed {seed}");
+            let mut t = open(backend, shape, cfg, table.clone());
+            let got = t.steps(1).unwrap().remove(0);
+            assert_eq!(got.near_singular, near as u64, "{ctx}: near-singular rows");
+            let tol = excess_tol(rec.excess_sum, rows, rec.d0);
+            assert!(
+                (got.excess_sum - rec.excess_sum).abs() <= tol,
+                "{ctx}: Σ|r| {} vs {}",
+                got.excess_sum,
+                rec.excess_sum
+            );
+            assert!(got.scans.is_clean(), "{ctx}: {:?}", got.scans);
+            assert_table_close(&t.read_table().unwrap(), &want, dim, TOL, &ctx);
         }
     }
 }

@@ -104,16 +104,24 @@ fn open(backend: Backend, shape: Shape, cfg: StepConfig, table: Vec<f32>, batche
     }
 }
 
-/// The rows of step `step` as the reference takes them.
-fn rows_of(batches: &Batches, rows: usize, step: u64) -> Vec<usize> {
-    match batches.rows(rows, step).unwrap() {
-        Some(r) => r.into_iter().map(|r| r as usize).collect(),
-        None => (0..rows).collect(),
+/// The rows of step `step` as the reference takes them: the sampler's
+/// (tests/sampler.rs checks it against SPEC §10), every row, or of user
+/// batches the lists as the test wrote them (`given`), cycled through, not
+/// the code's reading of them.
+fn rows_of(batches: &Batches, given: Option<&[Vec<i64>]>, rows: usize, step: u64) -> Vec<usize> {
+    match (batches, given) {
+        (Batches::Indices(_), Some(g)) => g[step as usize % g.len()].iter().map(|&i| i as usize).collect(),
+        (Batches::Indices(_), None) => panic!("user batches: the test's own lists (`given`)"),
+        _ => match batches.rows(rows, step).unwrap() {
+            Some(r) => r.into_iter().map(|r| r as usize).collect(),
+            None => (0..rows).collect(),
+        },
     }
 }
 
-/// 1 step, then 9 more, on `backend` and on the reference.
-fn check(backend: Backend, shape: Shape, cfg: StepConfig, batches: Batches, seed: u64) {
+/// 1 step, then 9 more, on `backend` and on the reference; `given`: the
+/// lists that user batches were made of.
+fn check(backend: Backend, shape: Shape, cfg: StepConfig, batches: Batches, given: Option<&[Vec<i64>]>, seed: u64) {
     let ctx = format!("{backend:?} {shape:?} {cfg:?} {batches:?} seed {seed}");
     let table = spaced_table(seed, shape, cfg.anchor_a, cfg.anchor_b, 0.3);
     let mut want = to_f64(&table);
@@ -125,7 +133,7 @@ fn check(backend: Backend, shape: Shape, cfg: StepConfig, batches: Batches, seed
         assert_eq!(got.len(), n, "{ctx}");
         for (i, g) in got.iter().enumerate() {
             let step = done + i as u64;
-            let rows = rows_of(&batches, shape.rows, step);
+            let rows = rows_of(&batches, given, shape.rows, step);
             let r = reference::step_batch(&mut want, &mut vel, shape, &cfg, &rows);
             assert_eq!(g.batch, rows.len(), "{ctx}: batch size at step {step}");
             assert_eq!(g.near_singular, r.near_singular, "{ctx}: near-singular at step {step}");
@@ -162,9 +170,12 @@ fn check(backend: Backend, shape: Shape, cfg: StepConfig, batches: Batches, seed
 }
 
 /// The batch plans of the sweep for a table of `rows` rows (anchors a, b).
-fn plans(rows: usize, a: usize, b: usize, seed: u64) -> Vec<(&'static str, Batches)> {
+/// With user batches, the lists they were made of.
+type Plan = (&'static str, Batches, Option<Vec<Vec<i64>>>);
+
+fn plans(rows: usize, a: usize, b: usize, seed: u64) -> Vec<Plan> {
     let mut r = rng(seed ^ 0xba7c);
-    let ib = |v: Vec<Vec<i64>>| Batches::Indices(IndexBatches::new(v, rows).unwrap());
+    let ib = |v: Vec<Vec<i64>>| (Batches::Indices(IndexBatches::new(v.clone(), rows).unwrap()), Some(v));
     // One row many times, the anchors inside (twice each: dozens of copies
     // of a detached anchor under `sum` pull the two together in a few steps,
     // to where (p − q)/d0 is ill-conditioned whatever the code), the rest
@@ -179,12 +190,13 @@ fn plans(rows: usize, a: usize, b: usize, seed: u64) -> Vec<(&'static str, Batch
         .collect();
     let two_d: Vec<Vec<i64>> =
         (0..3).map(|_| (0..rows / 2).map(|_| r.random_range(0..rows as i64)).collect()).collect();
+    let named = |name, (batches, given)| (name, batches, given);
     vec![
-        ("random", Batches::Random { size: rows / 3 + 1, seed }),
-        ("heavy repeats, larger than the table", ib(vec![heavy])),
-        ("one row", ib(vec![vec![r.random_range(0..rows as i64)]])),
-        ("2-D, cycled", ib(two_d)),
-        ("full", Batches::Full),
+        ("random", Batches::Random { size: rows / 3 + 1, seed }, None),
+        named("heavy repeats, larger than the table", ib(vec![heavy])),
+        named("one row", ib(vec![vec![r.random_range(0..rows as i64)]])),
+        named("2-D, cycled", ib(two_d)),
+        ("full", Batches::Full, None),
     ]
 }
 
@@ -196,12 +208,20 @@ const POLICIES: [Policy; 5] = [Policy::SkipStep, Policy::Ignore, Policy::SkipRow
 fn sweep(backend: Backend, shape: Shape, case_seed: u64) {
     let (a, b) = (3usize, shape.rows - 2);
     let mut case = 0u64;
-    for (name, batches) in plans(shape.rows, a, b, case_seed) {
+    for (name, batches, given) in plans(shape.rows, a, b, case_seed) {
         // Under `sum` a row repeated m times moves m times as far, and near
         // an anchor a step amplifies f32 rounding by about 1 + lr·m/d1: the
         // heavy plan's lr is divided by its repeats (3·R/5), so its step
         // compares implementations, not conditioning.
         let lr = if name.starts_with("heavy") { 0.01 * 5.0 / (3 * shape.rows) as f32 } else { 0.01 };
+        // `mean` divides the gradient by the batch size B: lr·B is the same
+        // step as `sum`'s (at lr alone a row would move 1/B as far, which
+        // the table's tolerance could not tell from no step).
+        let size = match (&batches, &given) {
+            (_, Some(g)) => g[0].len(),
+            (Batches::Random { size, .. }, None) => *size,
+            _ => shape.rows,
+        };
         for endpoints in [Endpoints::Frozen, Endpoints::Detached, Endpoints::Attached] {
             for (margin, momentum, wd, clip) in
                 [(0.0, 0.0, 0.0, 0.0), (100.0, 0.9, 0.01, 0.0), (0.5, 0.5, 0.0, 0.05), (100.0, 0.0, 0.02, 1e6)]
@@ -210,7 +230,7 @@ fn sweep(backend: Backend, shape: Shape, case_seed: u64) {
                 let cfg = StepConfig {
                     anchor_a: a,
                     anchor_b: b,
-                    lr: if case.is_multiple_of(2) { lr } else { 0.01 },
+                    lr: if case.is_multiple_of(2) { lr } else { lr * size as f32 },
                     reduction: if case.is_multiple_of(2) { Reduction::Sum } else { Reduction::Mean },
                     endpoints,
                     margin,
@@ -222,7 +242,7 @@ fn sweep(backend: Backend, shape: Shape, case_seed: u64) {
                     guard: Guard { policy: POLICIES[case as usize % 5], snapshot_every: 3, ..Guard::default() },
                     ..StepConfig::for_rows(shape.rows)
                 };
-                check(backend, shape, cfg, batches.clone(), case_seed.wrapping_add(case));
+                check(backend, shape, cfg, batches.clone(), given.as_deref(), case_seed.wrapping_add(case));
             }
         }
     }
@@ -353,14 +373,12 @@ fn batch_scans_list_the_lowest_rows_and_element() {
     user.extend([a as i64, b as i64, b as i64, 5, 5]);
     // … and batches with fewer bad rows than the list holds (all listed).
     let few: Vec<i64> = (0..60).map(|_| r.random_range(0..rows as i64)).chain([a as i64, 9, 9]).collect();
-    let batches = [
-        Batches::Random { size: 1000, seed },
-        Batches::Indices(IndexBatches::new(vec![user.clone(), user[300..].to_vec()], rows).unwrap()),
-        Batches::Indices(IndexBatches::new(vec![few], rows).unwrap()),
-    ];
+    let ib = |v: Vec<Vec<i64>>| (Batches::Indices(IndexBatches::new(v.clone(), rows).unwrap()), Some(v));
+    let batches =
+        [(Batches::Random { size: 1000, seed }, None), ib(vec![user.clone(), user[300..].to_vec()]), ib(vec![few])];
     let guard = Guard { policy: Policy::SkipRow, ..Guard::default() };
     let cfg = StepConfig { anchor_a: a, anchor_b: b, lr: 0.01, guard, ..StepConfig::for_rows(rows) };
-    for batches in batches {
+    for (batches, given) in batches {
         let backends = [
             Backend::Cpu,
             Backend::Gpu { chunk_rows: None },
@@ -374,7 +392,7 @@ fn batch_scans_list_the_lowest_rows_and_element() {
             let mut t = open(backend, shape, cfg, table.clone(), batches.clone());
             let mut strikes = vec![0u32; rows];
             for (step, rec) in t.steps(3).unwrap().iter().enumerate() {
-                let mut bad: Vec<u64> = rows_of(&batches, rows, step as u64)
+                let mut bad: Vec<u64> = rows_of(&batches, given.as_deref(), rows, step as u64)
                     .into_iter()
                     .filter(|&i| planted[i])
                     .map(|i| i as u64)
@@ -473,7 +491,7 @@ fn cpu_large_batches_write_back_every_kept_row() {
             ..StepConfig::for_rows(shape.rows)
         };
         let batches = Batches::Random { size: 9000, seed: seed ^ i as u64 };
-        check(Backend::Cpu, shape, cfg, batches, seed.wrapping_add(i as u64));
+        check(Backend::Cpu, shape, cfg, batches, None, seed.wrapping_add(i as u64));
     }
 }
 
@@ -494,7 +512,7 @@ fn a_dropped_batch_step_leaves_every_row_as_it_was() {
     let (a, b) = (r.random_range(0..rows / 2), r.random_range(rows / 2..rows));
     let table = spaced_table(seed, shape, a, b, 0.3);
     let batches = Batches::Random { size: 90, seed };
-    let batch = |step: u64| rows_of(&batches, rows, step);
+    let batch = |step: u64| rows_of(&batches, None, rows, step);
     // Snapshots every 2 steps: step 3 fails, in a row of its batch that
     // steps 4 and 5 do not take (a later kept step is then checked too).
     let bad = batch(3)
@@ -645,6 +663,7 @@ fn batches_sampled_in_the_step_give_the_sample_pass_run() {
                     shape,
                     cfg,
                     batches.clone(),
+                    None,
                     seed ^ case,
                 );
             }
@@ -785,13 +804,20 @@ fn batch_two_read_steps_keep_no_coefficients_for_the_table() {
     let table = random_table(&mut rng(seed), rows, 2);
     let source = || TableSource::Data(table.clone());
     let mut cpu = CpuTrainer::with_batches(shape, cfg, source(), batches.clone()).unwrap();
-    let mut gpu = GpuTrainer::with_batches(gpu(), shape, cfg, source(), GpuOptions::default(), batches).unwrap();
+    let mut gpu =
+        GpuTrainer::with_batches(gpu(), shape, cfg, source(), GpuOptions::default(), batches.clone()).unwrap();
     assert!(gpu.layout().one_binding(), "72 MB in one binding");
-    let (want, got) = (cpu.steps(2).unwrap(), gpu.steps(2).unwrap());
-    assert!(got.iter().chain(&want).all(|r| r.action == Action::Applied), "seed {seed}: {got:?}");
-    let (want, got) = (cpu.read_table().unwrap(), gpu.read_table().unwrap());
-    assert_table_close(&got, &to_f64(&want), 2, 1e-5, &format!("seed {seed}"));
-    assert!(want != table, "seed {seed}: nothing trained");
+    let mut want = to_f64(&table);
+    for step in 0..2 {
+        reference::step_batch(&mut want, &mut [], shape, &cfg, &rows_of(&batches, None, rows, step));
+    }
+    for (name, t) in [("cpu", &mut cpu as &mut dyn Trainer), ("gpu", &mut gpu)] {
+        let recs = t.steps(2).unwrap();
+        assert!(recs.iter().all(|r| r.action == Action::Applied), "{name}, seed {seed}: {recs:?}");
+        let got = t.read_table().unwrap();
+        assert_table_close(&got, &want, 2, 1e-5, &format!("{name}, seed {seed}"));
+        assert!(got != table, "{name}, seed {seed}: nothing trained");
+    }
 }
 
 #[test]

@@ -73,6 +73,15 @@ fn sigint_saves_reports_and_exits_130() {
         assert_eq!(report["steps"].as_array().unwrap().len() as u64, steps + 1, "{ctx}");
         assert_eq!(report["summary"]["interrupted"], true, "{ctx}");
         assert_eq!(report["summary"]["steps_done"].as_u64(), Some(steps), "{ctx}");
+        // "After the current step is finished and saved" (SPEC §13): the
+        // table of an unbroken run of that many steps, bit for bit.
+        let whole = dir.path().join("whole.npy");
+        let n = steps.to_string();
+        let unbroken = [&args[..6], &["--steps", &n, "--save", whole.to_str().unwrap(), "--quiet"]].concat();
+        let o = Command::new(BIN).args(&unbroken).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{ctx}: {}", String::from_utf8_lossy(&o.stderr));
+        let want = latent_line::npy::load(&whole).unwrap();
+        assert!(want.data == table.data, "{ctx}: the interrupted run's table is not that of {steps} steps");
     }
 }
 

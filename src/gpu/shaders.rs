@@ -322,6 +322,25 @@ mod tests {
         }
     }
 
+    /// Every file in shaders/ is a kernel or a helper joined to one, so
+    /// the tests above validated it: none lies there unchecked.
+    #[test]
+    fn every_shader_file_is_composed_into_a_kernel() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+        let used: Vec<&str> =
+            KERNELS.iter().flat_map(|k| k.helpers.iter().copied().chain([k.source])).chain([COMMON]).collect();
+        let mut files = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|x| x == "wgsl") {
+                files += 1;
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert!(used.contains(&text.as_str()), "{} is in no kernel", path.display());
+            }
+        }
+        assert!(files >= KERNELS.len(), "{files} files in {}", dir.display());
+    }
+
     #[test]
     fn validation_rejects_a_broken_module() {
         // Guards the test above against passing vacuously.
