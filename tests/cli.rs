@@ -307,6 +307,20 @@ fn the_main_job_meets_its_bar() {
     // within the process's wall time, and what the GB/s figure rests on.
     let step = s["step_seconds"].as_f64().unwrap();
     assert!(step > 0.0 && step * 100.0 <= wall, "100 steps of {step} s in a {wall} s run");
+    // SPEC's defaults, in brackets there: ε, anchors 0 and R − 1, frozen
+    // endpoints, no margin (λ 1), plain SGD, no clipping, skip-step with
+    // K = 10, snapshots every 100 steps, back-off 0.5, 3 rollbacks.
+    let c = &r["config"];
+    let want = serde_json::json!({
+        "anchor_a": 0, "anchor_b": 999_999, "endpoints": "frozen", "margin": 0.0,
+        "margin_weight": 1.0, "momentum": 0.0, "weight_decay": 0.0, "clip_norm": 0.0, "reduction": "sum",
+        "naive": false,
+        "guard": { "policy": "skip-step", "max_skips": 10, "snapshot_every": 100, "backoff": 0.5, "max_rollbacks": 3 },
+    });
+    for (key, value) in want.as_object().unwrap() {
+        assert_eq!(&c[key], value, "config {key}: {c}");
+    }
+    assert_eq!(c["eps"].as_f64().map(|e| e as f32), Some(1e-8), "{c}");
     // SPEC §15: a full-table step reads and writes every row: 2·R·D·4 bytes.
     assert_eq!(s["bytes_per_step"].as_u64(), Some(2 * 1_000_000 * 64 * 4));
     let gbps = s["effective_gb_per_s"].as_f64().unwrap();
@@ -1068,6 +1082,15 @@ fn a_resume_after_an_abort_with_a_higher_limit_aborts_where_an_unbroken_run_does
                 // it left: the same table, the same step.
                 let steps = r["steps"].as_array().unwrap();
                 let n = steps.len();
+                if policy == "rollback" {
+                    // Every step fails, so each runs at half the lr of the
+                    // one before (SPEC §9's back-off [0.5], compounding).
+                    for e in &steps[..n - 1] {
+                        let k = e["step"].as_u64().unwrap() as i32;
+                        let lr = e["lr"].as_f64().map(|v| v as f32);
+                        assert_eq!(lr, Some(0.2f32 * 0.5f32.powi(k)), "{ctx} {more:?}: {e}");
+                    }
+                }
                 assert_eq!(
                     (&steps[n - 2]["action"], steps[n - 2]["step"].as_u64()),
                     (&"aborted".into(), Some(at)),

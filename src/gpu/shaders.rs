@@ -322,6 +322,60 @@ mod tests {
         }
     }
 
+    /// Every other kernel with override values as the host makes them
+    /// (`Constants::overrides`, and each kernel's own extras) over random
+    /// draws of the modes: guards, endpoint modes, momentum, batches,
+    /// clipping, 16-byte columns where they apply, D and lanes, and the
+    /// extras' ranges (scan buffers, guard grids, the undo in the reduce, a
+    /// forward-only pass, batches read in place, scan tiles). Pipeline
+    /// creation on a device checks only the draws that the device tests
+    /// happen to build.
+    #[test]
+    fn every_kernel_takes_the_hosts_override_values_in_every_mode() {
+        use crate::gpu::pipes::{keeps_vec4s, Constants};
+        use rand::{Rng, SeedableRng};
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+        let others = KERNELS.iter().filter(|k| k.name != FUSED_STEP.name);
+        for k in others {
+            let module = validated(k);
+            for _ in 0..200 {
+                let dim = [1u32, 2, 3, 4, 5, 8, 64, 131, 1024][r.random_range(0..9)];
+                let lanes = [1u32, 2, 4, 8, 32][r.random_range(0..5)];
+                let flag = |r: &mut rand::rngs::StdRng| if r.random_bool(0.5) { 1.0 } else { 0.0 };
+                let c = Constants {
+                    wg: [1u32, 8, 64, 256][r.random_range(0..4)],
+                    dim,
+                    lanes,
+                    mode: r.random_range(0..3),
+                    guard: r.random_range(0..5),
+                    naive: r.random_bool(0.5),
+                    momentum: r.random_bool(0.5),
+                    batched: r.random_bool(0.5),
+                    clip: r.random_bool(0.5),
+                    vec4: r.random_bool(0.5) && keeps_vec4s(dim, lanes),
+                    ..Constants::default()
+                };
+                let extra = [
+                    ("SCAN_BUFS", r.random_range(1..=3) as f64),
+                    ("GRIDS", r.random_range(0..=4) as f64),
+                    ("UNDO", flag(&mut r)),
+                    ("UPDATE", flag(&mut r)),
+                    ("SCAN", flag(&mut r)),
+                    ("DIRECT", flag(&mut r)),
+                    ("TILE", [1u32, 16, 64, 256][r.random_range(0..4)] as f64),
+                ];
+                let constants: naga::back::PipelineConstants =
+                    c.overrides(k, &extra).into_iter().map(|(n, v)| (n.to_string(), v)).collect();
+                for entry in k.entry_points {
+                    let got = apply_overrides(&module, entry, &constants);
+                    assert!(got.is_ok(), "{} {entry}, {constants:?}, seed {seed}: {:?}", k.name, got.err());
+                }
+            }
+        }
+    }
+
     /// Every file in shaders/ is a kernel or a helper joined to one, so
     /// the tests above validated it: none lies there unchecked.
     #[test]
