@@ -248,6 +248,15 @@ fn main() -> ExitCode {
         (Ok(Outcome::Done), Some(e)) => Err(anyhow::Error::new(e).context("writing to stdout")),
         (r, Some(e)) => {
             eprintln!("latent-line: error: writing to stdout: {e}");
+            // The summary that said how the run ended is lost: say it here.
+            match &r {
+                Ok(Outcome::NonFinite) => eprintln!(
+                    "latent-line: exit code 3: non-finite values (a run aborted by its guard, or a scan that found them; \
+                     the report and saved files say more)"
+                ),
+                Ok(Outcome::Interrupted) => eprintln!("latent-line: exit code 130: interrupted (the table and report are saved)"),
+                _ => {}
+            }
             r
         }
         (r, None) => r,

@@ -673,7 +673,14 @@ fn output_lost_on_stdout_is_an_error_but_a_closed_pipe_is_not() {
     // the loss said on stderr.
     let o = latent_line(["scan", &dir.s("bad.npy")]).stdout(full()).output().unwrap();
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-    assert!(stderr(&o).contains("writing to stdout"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("writing to stdout") && stderr(&o).contains("exit code 3"), "{}", stderr(&o));
+    // … and of a run its guard aborted, printed or as --json: exit 3, said.
+    let abort = ["--backend", "cpu", "--rows", "50", "--dim", "4", "--naive", "--endpoints", "detached"];
+    for more in [&["--on-nonfinite", "abort"][..], &["--on-nonfinite", "abort", "--json"]] {
+        let o = latent_line([&abort[..], more].concat()).stdout(full()).output().unwrap();
+        assert_eq!(o.status.code(), Some(3), "{more:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("exit code 3: non-finite values"), "{more:?}: {}", stderr(&o));
+    }
 }
 
 /// A table the host cannot allocate is refused with exit 1 and one line,
