@@ -808,17 +808,22 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
         }
         // Σ g² over the rows whose whole gradient is here (attached
         // anchors get theirs in prepare.wgsl), finite ones only: a row
-        // whose gradient is not finite is the guard's (SPEC §9).
+        // whose gradient is not finite is the guard's (SPEC §9). A finite
+        // gradient whose Σ g² overflows counts (+Inf): the norm is then
+        // not finite and the guard acts, where leaving the row out would
+        // let it take an unclipped step.
         var g2 = 0.0;
+        var bad = 0.0;
         if (writes && !(MODE == MODE_ATTACHED && is_anchor)) {
             for (var k = lane; k < D; k = k + L) {
                 let g = grad_at(load_x(cur, base + k), k, c, inv_d1, inv_d2, sep, poisoned, 0u);
                 g2 = g2 + g * g;
+                bad = select(bad, 1.0, is_nonfinite(g));
             }
         }
-        let row_g2 = row_fold(lid, vec3<f32>(g2, 0.0, 0.0)).x;
-        if (lane == 0u && !is_nonfinite(row_g2)) {
-            norm2 = row_g2;
+        let folded = row_fold(lid, vec3<f32>(g2, bad, 0.0));
+        if (lane == 0u && folded.y == 0.0) {
+            norm2 = folded.x;
         }
     }
     if (UPDATE) {

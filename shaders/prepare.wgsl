@@ -8,7 +8,7 @@
 //    `state.clip` — NaN bits when ‖g‖ is not finite, so that every update
 //    is non-finite and the guard acts (SPEC §9), never a silent scaling.
 // Rows whose gradient is not finite are left out of the norm: the guard
-// deals with them. Host owner: `GpuTrainer::encode_phase`; CPU mirror:
+// deals with them (a finite one whose Σ g² overflows f32 makes it +Inf). Host owner: `GpuTrainer::encode_phase`; CPU mirror:
 // `src/cpu/general.rs`.
 
 struct PrepareParams {
@@ -81,10 +81,11 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     let b_bad = workgroup_sum_max(lid, vec2<f32>(acc.w, acc.w)).y;
     if (lid == 0u) {
         var total = rows2;
-        if (a_bad == 0.0 && !is_nonfinite(a)) {
+        // (A finite gradient whose Σ g² overflows counts, as in fused_step.wgsl.)
+        if (a_bad == 0.0) {
             total = total + a;
         }
-        if (b_bad == 0.0 && !is_nonfinite(b)) {
+        if (b_bad == 0.0) {
             total = total + b;
         }
         let norm = sqrt(total);

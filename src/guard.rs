@@ -183,3 +183,26 @@ impl GuardState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only a halted run's own policy un-counts the aborted step's failure,
+    /// one; other policies keep their counters as they are.
+    #[test]
+    fn resume_counters_drop_the_aborted_steps_failure_only() {
+        for policy in [Policy::Ignore, Policy::SkipStep, Policy::SkipRow, Policy::Rollback, Policy::Abort] {
+            for halted in [false, true] {
+                let (skips, rollbacks) = resume_counters(policy, halted, 7, 3);
+                let want = match (halted, policy) {
+                    (true, Policy::SkipStep) => (6, 3),
+                    (true, Policy::Rollback) => (7, 2),
+                    _ => (7, 3),
+                };
+                assert_eq!((skips, rollbacks), want, "{policy:?}, halted {halted}");
+            }
+        }
+        assert_eq!(resume_counters(Policy::SkipStep, true, 0, 0), (0, 0), "no underflow");
+    }
+}

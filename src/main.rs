@@ -136,9 +136,9 @@ struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Anchor rows A,B [default: 0,R-1].
-    /// (Checked as it is parsed: a value that is not two row numbers is a
-    /// usage error, exit code 2; rows out of range are checked against
-    /// the table, exit code 1.)
+    // (Checked as it is parsed: a value that is not two row numbers is a
+    // usage error, exit code 2; rows out of range are checked against the
+    // table, exit code 1.)
     #[arg(long, value_name = "A,B", allow_hyphen_values = true, value_parser = anchors_arg)]
     anchors: Option<String>,
     /// frozen: anchors never change; detached: anchors get the row term only;
@@ -737,7 +737,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 }
             }
             // The guard aborted on the device: nothing more will run.
-            halted = records.last().is_some_and(|r| r.action == Action::NotRun);
+            halted = records.last().is_some_and(|r| matches!(r.action, Action::NotRun | Action::Aborted));
             !halted && !interrupted()
         })?;
         wall += last.duration_since(segment);

@@ -131,11 +131,14 @@ pub fn step_batch(table: &mut [f64], vel: &mut [f64], shape: Shape, cfg: &StepCo
     }
     // SPEC §5 clipping: the norm over the whole step (rows whose gradient
     // is not finite are left to the guard); a norm that is itself not
-    // finite makes every update non-finite, so the guard acts on it.
+    // finite makes every update non-finite, so the guard acts on it. The
+    // devices sum g² in f32: a row's sum or the total past f32's range is
+    // +Inf there, and so here.
     let mut scale = 1.0;
     if cfg.clip_norm > 0.0 {
+        let f32_sum = |v: f64| if v > f32::MAX as f64 { f64::INFINITY } else { v };
         let finite = grads.values().filter(|g| g.iter().all(|v| v.is_finite()));
-        let n2: f64 = finite.map(|g| g.iter().map(|v| v * v).sum::<f64>()).sum();
+        let n2: f64 = f32_sum(finite.map(|g| f32_sum(g.iter().map(|v| v * v).sum::<f64>())).sum());
         let norm = n2.sqrt();
         rec.grad_norm = Some(norm);
         if !norm.is_finite() {

@@ -160,7 +160,10 @@ pub trait Trainer {
     /// after `set_run_state`; the resumed run then takes no snapshot of its own
     /// before the schedule's next one.
     fn set_snapshot(&mut self, t: &[f32]) -> Result<()>;
-    /// The run's state besides the table (for checkpoints).
+    /// The run's state besides the table (for checkpoints). After an
+    /// abort, the guard's counters are those before the aborted step (which
+    /// is not done: a resume runs it again), one failure fewer than the
+    /// trainer counted (`guard::resume_counters`).
     fn run_state(&mut self) -> Result<RunState>;
     /// Continues a run from `state` (before any step of this trainer),
     /// refused where no run of this trainer's config could have written it

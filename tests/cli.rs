@@ -1042,6 +1042,42 @@ fn a_run_split_by_a_resume_gives_the_table_of_an_unbroken_run() {
     }
 }
 
+/// A step the guard aborts at the end of a `--checkpoint-every` segment is
+/// not done: no checkpoint is announced for it (the run was saved at the
+/// steps before it, once, at the end).
+#[test]
+fn an_abort_at_a_checkpoint_is_no_checkpoint() {
+    let dir = Dir::new();
+    for backend in ["cpu", "gpu"] {
+        let out = dir.s(&format!("{backend}.npy"));
+        let o = run(&[
+            "--backend",
+            backend,
+            "--rows",
+            "40",
+            "--dim",
+            "3",
+            "--naive",
+            "--endpoints",
+            "detached",
+            "--on-nonfinite",
+            "abort",
+            "--checkpoint-every",
+            "1",
+            "--steps",
+            "5",
+            "--save",
+            &out,
+        ]);
+        assert_eq!(o.status.code(), Some(3), "{backend}: {}", stderr(&o));
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(!text.contains("checkpoint step"), "{backend}: {text}");
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.p(&format!("{backend}.npy.state.json"))).unwrap()).unwrap();
+        assert_eq!(state["steps"], 0, "{backend}: {state}");
+    }
+}
+
 /// An aborted step is not done: the checkpoint saved at an abort keeps the
 /// guard's counters as before it, so a resume that raises `--max-skips` or
 /// `--max-rollbacks` aborts where an unbroken run with that limit does,

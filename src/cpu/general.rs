@@ -51,23 +51,28 @@ pub(super) struct Coef {
 /// Σ_k g_k² of a row's gradient g = c·((x − p)/d1 + (x − q)/d2) + sep·(p − q)
 /// (`k` = [c, 1/d1, 1/d2, sep]), in 8 lanes folded in a fixed tree, as
 /// `squared_distances` does: a fixed order that vectorises.
-fn grad_sq_sum(x: &[f32], p: &[f32], q: &[f32], k: [f32; 4]) -> f32 {
+/// Σ g² of a row, and whether any of its g is not finite (a finite
+/// gradient whose Σ g² overflows is +Inf, and counts: fused_step.wgsl).
+fn grad_sq_sum(x: &[f32], p: &[f32], q: &[f32], k: [f32; 4]) -> (f32, bool) {
     let [c, inv_d1, inv_d2, sep] = k;
     let g = |xk: f32, pk: f32, qk: f32| c * ((xk - pk) * inv_d1 + (xk - qk) * inv_d2) + sep * (pk - qk);
     let mut acc = [0.0f32; LANES];
+    let mut bad = false;
     let (xc, pc, qc) = (x.chunks_exact(LANES), p.chunks_exact(LANES), q.chunks_exact(LANES));
     let (xr, pr, qr) = (xc.remainder(), pc.remainder(), qc.remainder());
     for ((xs, ps), qs) in xc.zip(pc).zip(qc) {
         for l in 0..LANES {
             let v = g(xs[l], ps[l], qs[l]);
             acc[l] += v * v;
+            bad |= nonfinite(v);
         }
     }
     for l in 0..xr.len() {
         let v = g(xr[l], pr[l], qr[l]);
         acc[l] += v * v;
+        bad |= nonfinite(v);
     }
-    fold_lanes(acc)
+    (fold_lanes(acc), bad)
 }
 
 /// What read B needs of the step, for its blocks of slots.
@@ -311,8 +316,8 @@ impl CpuTrainer {
                     *coef = Coef { c, inv_d1, inv_d2, poisoned, writes };
                     if clip && writes && !(attached && is_anchor(row)) && !poisoned {
                         let sep = cfg.separation_coef(row, d0);
-                        let g2 = grad_sq_sum(x, p, q, [c, inv_d1, inv_d2, sep]);
-                        if !nonfinite(g2) {
+                        let (g2, bad) = grad_sq_sum(x, p, q, [c, inv_d1, inv_d2, sep]);
+                        if !bad {
                             o.norm2 += g2 as f64;
                         }
                     }
@@ -374,9 +379,13 @@ impl CpuTrainer {
             let mut n2 = total.norm2;
             for g in [&ga, &gb] {
                 let s: f32 = g.iter().map(|v| v * v).sum();
-                if !nonfinite(s) {
+                if !g.iter().any(|v| nonfinite(*v)) {
                     n2 += s as f64;
                 }
+            }
+            // The GPU sums in f32: a total past f32's range is +Inf there.
+            if n2 > f32::MAX as f64 {
+                n2 = f64::INFINITY;
             }
             let nrm = n2.sqrt() as f32;
             norm = Some(nrm as f64);
