@@ -182,6 +182,11 @@ fn check(backend: Backend, shape: Shape, cfg: StepConfig, seed: u64) {
         done += n;
         let got = t.read_table().unwrap();
         assert_table_close(&got, &want, shape.dim, TOL, &format!("{ctx}: after {done} steps"));
+        // SPEC §5's velocity itself, not only through the table.
+        match t.read_velocity().unwrap() {
+            Some(v) => assert_table_close(&v, &vel, shape.dim, TOL, &format!("{ctx}: velocity after {done} steps")),
+            None => assert!(vel.is_empty(), "{ctx}: no velocity with μ > 0"),
+        }
     }
     let e = t.evaluate().unwrap();
     let r = reference::evaluate(&want, shape, &cfg);

@@ -166,6 +166,11 @@ fn check(backend: Backend, shape: Shape, cfg: StepConfig, batches: Batches, give
         done += n as u64;
         let got = t.read_table().unwrap();
         assert_table_close(&got, &want, shape.dim, TOL, &format!("{ctx}: after {done} steps"));
+        // SPEC §5's velocity itself (rows outside the batch keep theirs).
+        match t.read_velocity().unwrap() {
+            Some(v) => assert_table_close(&v, &vel, shape.dim, TOL, &format!("{ctx}: velocity after {done} steps")),
+            None => assert!(vel.is_empty(), "{ctx}: no velocity with μ > 0"),
+        }
     }
 }
 
