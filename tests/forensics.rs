@@ -868,3 +868,36 @@ fn a_clip_norm_that_overflows_goes_through_the_guard() {
         }
     }
 }
+
+/// SPEC §7, §9, §15: no per-step host synchronisation. The GPU's steps
+/// come back several to a group, one group a submission that the host
+/// neither waited inside nor stepped through, and the guard still decides
+/// each step: on a clean table every step applied, with a NaN planted
+/// every step skipped (the table stays as it was, so each finds it again).
+#[test]
+fn gpu_steps_come_back_several_to_a_host_round_trip_each_decided_on_the_device() {
+    let seed = seed("no_host_sync");
+    let mut c = case(&mut rng(seed), Policy::SkipStep, false);
+    c.cfg.guard.max_skips = 1000;
+    for planted in [false, true] {
+        let ctx = format!("planted {planted}, seed {seed}");
+        let opts = GpuOptions::default();
+        let mut t = GpuTrainer::new(gpu(), c.shape, c.cfg, TableSource::Data(c.table.clone()), opts).unwrap();
+        if planted {
+            inject(&mut t, &c);
+        }
+        let before = t.read_table().unwrap();
+        let mut groups: Vec<Vec<Action>> = Vec::new();
+        let ran = t
+            .steps_streamed(40, &mut |g| {
+                groups.push(g.iter().map(|r| r.action).collect());
+                true
+            })
+            .unwrap();
+        assert_eq!(ran, 40, "{ctx}");
+        assert!(groups.len() <= 10, "{ctx}: {} host round trips for 40 steps", groups.len());
+        let want = if planted { Action::SkippedStep } else { Action::Applied };
+        assert!(groups.iter().flatten().all(|&a| a == want), "{ctx}: {groups:?}");
+        assert_eq!(same_bits(&t.read_table().unwrap(), &before), planted, "{ctx}: trained or not");
+    }
+}
