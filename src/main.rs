@@ -953,6 +953,15 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             npy::save_atomic(path, |w| {
                 serde_json::to_writer_pretty(&mut *w, &report).map_err(std::io::Error::other)?;
                 std::io::Write::write_all(w, b"\n")
+            })
+            .map_err(|e| {
+                // Exit 1 for the lost report; how the run ended, said with it.
+                let ended = match aborted_at {
+                    Some(at) => format!(" (the run had aborted on non-finite values at step {at})"),
+                    None if interrupted() => " (the run had been interrupted)".into(),
+                    None => String::new(),
+                };
+                anyhow::Error::from(e).context(format!("writing the report {}{ended}", path.display()))
             })?;
             out!("report   {}", path.display());
         }

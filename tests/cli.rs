@@ -674,8 +674,17 @@ fn output_lost_on_stdout_is_an_error_but_a_closed_pipe_is_not() {
     let o = latent_line(["scan", &dir.s("bad.npy")]).stdout(full()).output().unwrap();
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("writing to stdout") && stderr(&o).contains("exit code 3"), "{}", stderr(&o));
-    // … and of a run its guard aborted, printed or as --json: exit 3, said.
+    // A report that cannot be written is an error (exit 1) that says how
+    // the run ended.
     let abort = ["--backend", "cpu", "--rows", "50", "--dim", "4", "--naive", "--endpoints", "detached"];
+    let o = latent_line([&abort[..], &["--on-nonfinite", "abort", "--report", "/dev/full"]].concat()).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("writing the report /dev/full (the run had aborted on non-finite values at step 0)"),
+        "{}",
+        stderr(&o)
+    );
+    // … and of a run its guard aborted, printed or as --json: exit 3, said.
     for more in [&["--on-nonfinite", "abort"][..], &["--on-nonfinite", "abort", "--json"]] {
         let o = latent_line([&abort[..], more].concat()).stdout(full()).output().unwrap();
         assert_eq!(o.status.code(), Some(3), "{more:?}: {}", stderr(&o));
