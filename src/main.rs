@@ -83,10 +83,12 @@ struct ScanArgs {
     /// Draw where in the table the non-finite rows sit (SVG).
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
-    /// Where to scan: auto and cpu scan in host memory (the file is read there).
+    /// Where to scan: auto and cpu scan in host memory (the file is read
+    /// there); auto with --adapter, on that GPU adapter, as training does.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
-    /// GPU adapter whose name contains this (else WGPU_ADAPTER_NAME).
+    /// GPU adapter whose name contains this (else WGPU_ADAPTER_NAME, under
+    /// --backend gpu); a name that matches none is an error.
     #[arg(long)]
     adapter: Option<String>,
 }
@@ -187,7 +189,8 @@ struct TrainArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
-    /// GPU adapter whose name contains this (else WGPU_ADAPTER_NAME).
+    /// GPU adapter whose name contains this (else WGPU_ADAPTER_NAME, under
+    /// --backend gpu); a name that matches none is an error.
     #[arg(long)]
     adapter: Option<String>,
     /// Start from this table (.npy: 2-D float32/float64; .safetensors: tensor --tensor).
@@ -1072,9 +1075,11 @@ fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     }
     // The table is in host memory already: `auto` scans it there, at memory
     // speed; uploading it to a GPU would cost more than the scan (measured,
-    // BENCHMARKS.md). `--backend gpu` runs scan_table.wgsl instead.
+    // BENCHMARKS.md). `--backend gpu`, or an adapter named with `--adapter`
+    // (as `train` takes one under `auto`), runs scan_table.wgsl instead.
     let gpu = match args.backend {
         BackendChoice::Gpu => Some(GpuContext::new(args.adapter.as_deref())?),
+        BackendChoice::Auto if args.adapter.is_some() => Some(GpuContext::new(args.adapter.as_deref())?),
         BackendChoice::Cpu | BackendChoice::Auto => None,
     };
     let t = Instant::now();

@@ -1781,3 +1781,26 @@ fn the_report_holds_spec_3s_loss_and_warns_when_the_anchors_collapse() {
         }
     }
 }
+
+/// `scan --adapter NAME` under `auto` scans on that adapter, as `train`
+/// takes a named adapter under `auto`; a name that matches none is an
+/// error (exit 1), not ignored.
+#[test]
+fn scan_takes_a_named_adapter_under_auto() {
+    let dir = Dir::new();
+    table_with(&dir.p("t.npy"), 100, 4, &[(7, 1, f32::NAN)]);
+    let t = dir.s("t.npy");
+    let listing = String::from_utf8_lossy(&run(&["devices"]).stdout).into_owned();
+    let first = listing.lines().find_map(|l| l.strip_prefix("adapter 0: ")).expect("CI has an adapter").to_owned();
+    let o = run(&["scan", &t, "--adapter", &first]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(&format!("scanned  on gpu · {first}")), "{out}");
+    assert!(out.contains("1 NaN") && out.contains("in 1 rows"), "{out}");
+    let o = run(&["scan", &t, "--adapter", "no-such-adapter"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("none matches \"no-such-adapter\""), "{}", stderr(&o));
+    // Without a name, auto scans in host memory.
+    let o = run(&["scan", &t]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("scanned  on cpu"), "{}", String::from_utf8_lossy(&o.stdout));
+}
