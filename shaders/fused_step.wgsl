@@ -811,7 +811,10 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
         // whose gradient is not finite is the guard's (SPEC §9). A finite
         // gradient whose Σ g² overflows counts (+Inf): the norm is then
         // not finite and the guard acts, where leaving the row out would
-        // let it take an unclipped step.
+        // let it take an unclipped step. (This relies on f32 overflow giving
+        // +Inf, which WGSL lets an implementation assume away, as it does
+        // NaN (SPEC §6); every GPU and lavapipe give it, and the tests
+        // check it on each.)
         var g2 = 0.0;
         var bad = 0.0;
         if (writes && !(MODE == MODE_ATTACHED && is_anchor)) {

@@ -84,11 +84,12 @@ struct ScanArgs {
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
     /// Where to scan: auto and cpu scan in host memory (the file is read
-    /// there); auto with --adapter, on that GPU adapter, as training does.
+    /// there); auto with an adapter named (--adapter or WGPU_ADAPTER_NAME),
+    /// on that GPU adapter, as training does.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
-    /// GPU adapter whose name contains this (else WGPU_ADAPTER_NAME, under
-    /// --backend gpu); a name that matches none is an error.
+    /// GPU adapter whose name contains this (else WGPU_ADAPTER_NAME); a
+    /// name that matches none is an error.
     #[arg(long)]
     adapter: Option<String>,
 }
@@ -189,8 +190,7 @@ struct TrainArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
-    /// GPU adapter whose name contains this (else WGPU_ADAPTER_NAME, under
-    /// --backend gpu); a name that matches none is an error.
+    /// GPU adapter whose name contains this (else WGPU_ADAPTER_NAME).
     #[arg(long)]
     adapter: Option<String>,
     /// Start from this table (.npy: 2-D float32/float64; .safetensors: tensor --tensor).
@@ -253,11 +253,10 @@ fn main() -> ExitCode {
             eprintln!("latent-line: error: writing to stdout: {e}");
             // The summary that said how the run ended is lost: say it here.
             match &r {
-                Ok(Outcome::NonFinite) => eprintln!(
-                    "latent-line: exit code 3: non-finite values (a run aborted by its guard, or a scan that found them; \
-                     the report and saved files say more)"
-                ),
-                Ok(Outcome::Interrupted) => eprintln!("latent-line: exit code 130: interrupted (the table and report are saved)"),
+                Ok(Outcome::NonFinite) => {
+                    eprintln!("latent-line: exit code 3: non-finite values (the guard aborted the run, or the scan found them)")
+                }
+                Ok(Outcome::Interrupted) => eprintln!("latent-line: exit code 130: interrupted"),
                 _ => {}
             }
             r
@@ -953,20 +952,28 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             driver_stats,
         };
         if let Some(path) = &args.report {
-            npy::save_atomic(path, |w| {
+            let written = npy::save_atomic(path, |w| {
                 serde_json::to_writer_pretty(&mut *w, &report).map_err(std::io::Error::other)?;
                 std::io::Write::write_all(w, b"\n")
-            })
-            .map_err(|e| {
-                // Exit 1 for the lost report; how the run ended, said with it.
-                let ended = match aborted_at {
-                    Some(at) => format!(" (the run had aborted on non-finite values at step {at})"),
-                    None if interrupted() => " (the run had been interrupted)".into(),
-                    None => String::new(),
-                };
-                anyhow::Error::from(e).context(format!("writing the report {}{ended}", path.display()))
-            })?;
-            out!("report   {}", path.display());
+            });
+            // A lost report is an error: exit 1 after a run that ended
+            // well; a run that aborted or was interrupted keeps its exit
+            // code (3, 130), as when its printed summary is lost, and says
+            // both on stderr.
+            let ended = match aborted_at {
+                Some(at) => Some(format!("the run aborted on non-finite values at step {at}: exit code 3")),
+                None if interrupted() => Some("the run was interrupted: exit code 130".into()),
+                None => None,
+            };
+            match (written, ended) {
+                (Ok(()), _) => out!("report   {}", path.display()),
+                (Err(e), None) => {
+                    return Err(anyhow::Error::from(e).context(format!("writing the report {}", path.display())))
+                }
+                (Err(e), Some(ended)) => {
+                    eprintln!("latent-line: error: writing the report {}: {e:#} ({ended})", path.display())
+                }
+            }
         }
         if args.json {
             use std::io::Write as _;
@@ -1075,11 +1082,14 @@ fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     }
     // The table is in host memory already: `auto` scans it there, at memory
     // speed; uploading it to a GPU would cost more than the scan (measured,
-    // BENCHMARKS.md). `--backend gpu`, or an adapter named with `--adapter`
-    // (as `train` takes one under `auto`), runs scan_table.wgsl instead.
+    // BENCHMARKS.md). `--backend gpu`, or an adapter named (`--adapter`,
+    // `WGPU_ADAPTER_NAME`: as `train` takes one under `auto`), runs
+    // scan_table.wgsl instead.
     let gpu = match args.backend {
         BackendChoice::Gpu => Some(GpuContext::new(args.adapter.as_deref())?),
-        BackendChoice::Auto if args.adapter.is_some() => Some(GpuContext::new(args.adapter.as_deref())?),
+        BackendChoice::Auto if args.adapter.is_some() || latent_line::gpu::context::env_adapter_name().is_some() => {
+            Some(GpuContext::new(args.adapter.as_deref())?)
+        }
         BackendChoice::Cpu | BackendChoice::Auto => None,
     };
     let t = Instant::now();

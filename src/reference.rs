@@ -136,8 +136,9 @@ pub fn step_batch(table: &mut [f64], vel: &mut [f64], shape: Shape, cfg: &StepCo
     // +Inf there, and so here.
     let mut scale = 1.0;
     if cfg.clip_norm > 0.0 {
-        let f32_sum = |v: f64| if v > f32::MAX as f64 { f64::INFINITY } else { v };
-        let finite = grads.values().filter(|g| g.iter().all(|v| v.is_finite()));
+        // (Past f32's range as f32 rounds: to +Inf beyond MAX + half an ulp.)
+        let f32_sum = |v: f64| if (v as f32).is_infinite() { f64::INFINITY } else { v };
+        let finite = grads.values().filter(|g| g.iter().all(|&v| (v as f32).is_finite()));
         let n2: f64 = f32_sum(finite.map(|g| f32_sum(g.iter().map(|v| v * v).sum::<f64>())).sum());
         let norm = n2.sqrt();
         rec.grad_norm = Some(norm);

@@ -825,7 +825,8 @@ fn rollback_with_momentum_restarts_the_velocity() {
 /// Clipping (SPEC §5) with a gradient that is finite but whose Σ g²
 /// overflows f32 (a separation weight of 1e20: the anchors' g ≈ 1e20):
 /// the norm is +Inf, so every update would be non-finite and the guard
-/// drops the step, as the reference says; the row was left out of the
+/// acts (skip-step drops the step, skip-row keeps every row), as the
+/// reference says; the row was left out of the
 /// norm before, and the anchors took an unclipped step of ≈ 1e19. At a
 /// weight of 1e15 (Σ g² ≈ 1e30, in range) the step is clipped as usual.
 #[test]
@@ -835,7 +836,12 @@ fn a_clip_norm_that_overflows_goes_through_the_guard() {
     let shape = Shape::new(rows, dim).unwrap();
     let (a, b) = (5, 250);
     let table = spaced_table(seed, shape, a, b, 0.3);
-    for endpoints in [Endpoints::Detached, Endpoints::Attached] {
+    let cases = [
+        (Endpoints::Detached, Policy::SkipStep),
+        (Endpoints::Attached, Policy::SkipStep),
+        (Endpoints::Detached, Policy::SkipRow),
+    ];
+    for (endpoints, policy) in cases {
         for weight in [1e20f32, 1e15] {
             let cfg = StepConfig {
                 anchor_a: a,
@@ -845,6 +851,7 @@ fn a_clip_norm_that_overflows_goes_through_the_guard() {
                 margin_weight: weight,
                 clip_norm: 1.0,
                 lr: 0.05,
+                guard: Guard { policy, ..Guard::default() },
                 ..StepConfig::for_rows(rows)
             };
             let mut want = to_f64(&table);
@@ -852,7 +859,7 @@ fn a_clip_norm_that_overflows_goes_through_the_guard() {
             let norm = r.grad_norm.unwrap();
             assert_eq!(norm.is_finite(), weight < 1e19, "reference ‖g‖ {norm}, seed {seed}");
             for (name, mut t) in trainers(shape, cfg, &table) {
-                let ctx = format!("{name} {endpoints:?} λ {weight:e}, seed {seed}");
+                let ctx = format!("{name} {endpoints:?} {policy:?} λ {weight:e}, seed {seed}");
                 let rec = t.steps(1).unwrap().remove(0);
                 let got = rec.grad_norm.expect("clipping reports ‖g‖");
                 if norm.is_finite() {
@@ -861,7 +868,10 @@ fn a_clip_norm_that_overflows_goes_through_the_guard() {
                     assert_table_close(&t.read_table().unwrap(), &want, dim, 1e-5, &ctx);
                 } else {
                     assert!(!got.is_finite(), "{ctx}: ‖g‖ {got}");
-                    assert_eq!(rec.action, Action::SkippedStep, "{ctx}");
+                    // A NaN clip factor makes every update non-finite:
+                    // skip-step drops the step, skip-row keeps every row.
+                    let want = if policy == Policy::SkipRow { Action::SkippedRows } else { Action::SkippedStep };
+                    assert_eq!(rec.action, want, "{ctx}");
                     assert!(same_bits(&t.read_table().unwrap(), &table), "{ctx}: the table changed");
                 }
             }

@@ -384,7 +384,7 @@ impl CpuTrainer {
                 }
             }
             // The GPU sums in f32: a total past f32's range is +Inf there.
-            if n2 > f32::MAX as f64 {
+            if (n2 as f32).is_infinite() {
                 n2 = f64::INFINITY;
             }
             let nrm = n2.sqrt() as f32;
