@@ -70,6 +70,34 @@ pub fn assert_table_close(got: &[f32], want: &[f64], dim: usize, tol: f64, what:
     );
 }
 
+/// The SGD velocity against the reference's (SPEC §5): as
+/// `assert_table_close`, with the denominator floored also at `scale`,
+/// the size of one row's gradient terms (w_red: 1 for `sum`, 1/B for
+/// `mean`). Where the terms cancel (an attached anchor alone in its batch:
+/// its row and anchor terms are equal and opposite) the reference's
+/// velocity is exactly 0 and f32 leaves rounding of that size.
+pub fn assert_velocity_close(got: &[f32], want: &[f64], dim: usize, tol: f64, scale: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    let rms = (want.iter().map(|w| w * w).sum::<f64>() / want.len().max(1) as f64).sqrt();
+    let floor = rms.max(scale).max(f64::MIN_POSITIVE);
+    let mut worst = (0.0f64, 0usize);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let e = if g.is_finite() { (g as f64 - w).abs() / w.abs().max(floor) } else { f64::INFINITY };
+        if e > worst.0 || e.is_nan() {
+            worst = (e, i);
+        }
+    }
+    let (err, at) = worst;
+    assert!(
+        err <= tol,
+        "{what}, relative error {err:e} at row {} col {} (got {}, want {})",
+        at / dim,
+        at % dim,
+        got[at],
+        want[at]
+    );
+}
+
 pub fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
