@@ -1744,9 +1744,9 @@ fn the_report_holds_spec_3s_loss_and_warns_when_the_anchors_collapse() {
                 } else {
                     reference::evaluate(&want, shape, &cfg)
                 };
-                // L = w_red·Σ|r| + λ·max(0, m − d0), m = 0 meaning off.
-                let sep = if margin > 0.0 { weight as f64 * (margin as f64 - rec.d0).max(0.0) } else { 0.0 };
-                let loss = w_red * rec.excess_sum + sep;
+                // L = w_red·Σ|r| + λ·max(0, m − d0) (the reference's own
+                // separation term, written out there).
+                let loss = w_red * rec.excess_sum + rec.separation;
                 let got = e["loss"].as_f64().unwrap();
                 let tol = 1e-4 * loss.abs() + 1e-5 * 6.0 * (1.0 + rec.d0);
                 assert!((got - loss).abs() <= tol, "{ctx}: loss at step {i}: {got} vs {loss}");

@@ -43,8 +43,13 @@ pub fn gpu() -> Arc<GpuContext> {
 /// the denominator floored at the reference's RMS so that elements near
 /// zero (where relative error means nothing) are judged at the table's scale.
 pub fn max_rel_err(got: &[f32], want: &[f64]) -> (f64, usize) {
+    max_rel_err_floored(got, want, 0.0)
+}
+
+/// `max_rel_err` with the denominator floored also at `floor`.
+fn max_rel_err_floored(got: &[f32], want: &[f64], floor: f64) -> (f64, usize) {
     assert_eq!(got.len(), want.len());
-    let rms = (want.iter().map(|w| w * w).sum::<f64>() / want.len() as f64).sqrt().max(f64::MIN_POSITIVE);
+    let rms = (want.iter().map(|w| w * w).sum::<f64>() / want.len() as f64).sqrt().max(floor).max(f64::MIN_POSITIVE);
     let mut worst = (0.0f64, 0usize);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let e = if g.is_finite() { (g as f64 - w).abs() / w.abs().max(rms) } else { f64::INFINITY };
@@ -59,15 +64,7 @@ pub fn max_rel_err(got: &[f32], want: &[f64]) -> (f64, usize) {
 /// `tol` (relative, as `max_rel_err` measures it); a failure says `what`
 /// and names the element.
 pub fn assert_table_close(got: &[f32], want: &[f64], dim: usize, tol: f64, what: &str) {
-    let (err, at) = max_rel_err(got, want);
-    assert!(
-        err <= tol,
-        "{what}, relative error {err:e} at row {} col {} (got {}, want {})",
-        at / dim,
-        at % dim,
-        got[at],
-        want[at]
-    );
+    assert_close_floored(got, want, dim, tol, 0.0, what);
 }
 
 /// The SGD velocity against the reference's (SPEC §5): as
@@ -77,17 +74,11 @@ pub fn assert_table_close(got: &[f32], want: &[f64], dim: usize, tol: f64, what:
 /// its row and anchor terms are equal and opposite) the reference's
 /// velocity is exactly 0 and f32 leaves rounding of that size.
 pub fn assert_velocity_close(got: &[f32], want: &[f64], dim: usize, tol: f64, scale: f64, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}");
-    let rms = (want.iter().map(|w| w * w).sum::<f64>() / want.len().max(1) as f64).sqrt();
-    let floor = rms.max(scale).max(f64::MIN_POSITIVE);
-    let mut worst = (0.0f64, 0usize);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let e = if g.is_finite() { (g as f64 - w).abs() / w.abs().max(floor) } else { f64::INFINITY };
-        if e > worst.0 || e.is_nan() {
-            worst = (e, i);
-        }
-    }
-    let (err, at) = worst;
+    assert_close_floored(got, want, dim, tol, scale, what);
+}
+
+fn assert_close_floored(got: &[f32], want: &[f64], dim: usize, tol: f64, floor: f64, what: &str) {
+    let (err, at) = max_rel_err_floored(got, want, floor);
     assert!(
         err <= tol,
         "{what}, relative error {err:e} at row {} col {} (got {}, want {})",
