@@ -110,7 +110,8 @@ echo "== latent-line devices (for the README)"
 # The main job's kernels by --profile with the fused step's shape set by
 # LATENT_LINE_LANES and LATENT_LINE_ROW_BLOCKS (empty: the default), and
 # LB=1 for wgpu's loop counters (LATENT_LINE_LOOP_BOUNDING), V4=1 for
-# 16-byte kept columns (LATENT_LINE_VEC4), PF=0 for no read-ahead of the
+# 16-byte kept columns (LATENT_LINE_VEC4; the default where D is a
+# multiple of 4 since the tenth session, V4=0 the 4-byte path), PF=0 for no read-ahead of the
 # next row block (LATENT_LINE_PREFETCH), KP=0 for columns read twice
 # instead of kept in registers (LATENT_LINE_KEEP), KV=0 for kept columns
 # in an array instead of vectors (LATENT_LINE_KEPT_VECTORS). Keeps the driver's statistics
@@ -151,7 +152,7 @@ if [ "$MODE" = sweep ]; then
     # D = 128, and the workgroup size.
     prof "" "" "--dim 128"; V4=1 prof 8 "" "--dim 128"; V4=1 prof "" "" "--dim 128"
     for w in 64 128; do WG=$w prof "" ""; WG=$w prof 4 ""; WG=$w V4=1 prof "" ""; WG=$w prof "" "" "--batch $BATCH"; done
-    timeout 180 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|step-skip-step-vec4|step-skip-step-vec4-16lanes|step-skip-step-vec4-4lanes|step-skip-step-noprefetch|step-skip-step-nokeep|step-skip-step-keptarray|eval|eval-vec4)/1000000x64|batch-random(-ignore|-vec4)?-65536/1000000x64|\]/scan' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
+    timeout 180 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|step-skip-step-[0-9]+lanes|step-skip-step-noprefetch|step-skip-step-4byte|step-skip-step-4byte-nokeep|step-skip-step-4byte-keptarray|eval|eval-4byte)/1000000x64|batch-random(-ignore|-4byte)?-65536/1000000x64|\]/scan' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
     # Older questions, last: wgpu's loop counters (off since measured),
     # lanes against row blocks.
     LB=1 prof "" ""; LB=1 V4=1 prof "" ""; LB=1 prof "" "" "--batch $BATCH"

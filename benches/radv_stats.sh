@@ -8,8 +8,9 @@
 #
 #   bash benches/radv_stats.sh [FAMILY ...]     (default: navi21 vega10)
 #
-# BIN=path/to/latent-line compares another build; RADV_DEBUG=shaders in the
-# environment also prints each pipeline's code (ACO's disassembly).
+# BIN=path/to/latent-line compares another build; RADV_DEBUG=shaders,nocache
+# in the environment also prints each pipeline's code (ACO's disassembly;
+# without nocache a pipeline from Mesa's disk cache prints nothing).
 #
 # Needs mesa-vulkan-drivers (lavapipe and RADV) and a release build.
 set -u

@@ -83,7 +83,8 @@ struct Chunk {
     seg_base: u32,      // where its segments put their anchor-term sums (anchor_sum.wgsl)
 }
 
-// Device-side run state, written by `anchors` and `reduce`: the guard
+// Device-side run state, written by `anchors`, `reduce` and `prepare`
+// (the gradient norm and clip factor): the guard
 // decides here, so no step waits for the host (SPEC §9).
 struct State {
     record: u32,    // next slot of the records buffer (reset per submission)

@@ -4,7 +4,8 @@
 // write the row. With UPDATE = false it is the forward-only evaluation.
 //
 // L lanes share a row (L a power of two ≤ WG, chosen by the host: on a GPU
-// about 8 columns a lane, since every lane repeats the row's scalar work):
+// 16 columns a lane where D is a multiple of 4 (four vec4s), about 8
+// otherwise, since every lane repeats the row's scalar work):
 // lane l takes columns l, l + L, … (VEC4: whole vec4s l, l + L, …), so
 // neighbouring lanes touch neighbouring addresses and every load and store
 // is coalesced. Each lane
@@ -20,8 +21,9 @@
 //    table_b); reduce.wgsl switches `state.cur` only if the step was clean,
 //    so a failing step is dropped without another pass over the table.
 // A batch read in place (DIRECT) under those guards writes its rows in
-// place and logs their old values (`undo_log`): batch_io.wgsl puts them
-// back only if the step was dropped.
+// place and logs their old values (`undo_log`): reduce.wgsl's UNDO
+// workgroups (on a GPU; batch_io.wgsl's scatter on a software adapter)
+// put them back only if the step was dropped.
 // Batches (BATCHED): the pass runs over a batch's slots instead of a
 // table chunk (gathered by batch_io.wgsl, or read in place: DIRECT below):
 // slot i is row slots[i].x with its multiplicity and weight; the scans'
@@ -49,8 +51,8 @@ override L: u32 = 1u;   // lanes per row
 // (16 was measured: every lane count ran 25–40 % slower on an H200, the
 // larger array costing even where only 8 are used: BENCHMARKS.md.)
 const MAX_KEPT: u32 = 8u;
-// In vectors (KEPT_VECTORS) a lane keeps up to 16, the four vec4 fields of
-// a Kept4: nothing is indexed in memory, so fewer lanes a row (less of the
+// In vectors (KEPT_VECTORS) a lane keeps up to 16, the first four vec4
+// fields of a Kept4: nothing is indexed in memory, so fewer lanes a row (less of the
 // row's scalar work repeated) can still keep their columns.
 const MAX_KEPT_VECTORS: u32 = 16u;
 override KEEP: bool = true;   // set by the host: D ≤ kept_max()·L
@@ -108,6 +110,8 @@ override VEC4: bool = false;
 // in RADV's and lavapipe's compilers, each `kept_get` a chain of selects:
 // BENCHMARKS.md, twelfth session.)
 override KEPT4: u32 = 2u;
+// (The fields of a Kept4; no code reads it: a test pins the host's bound,
+// `pipes::KEPT_VEC4S`, to it.)
 const MAX_KEPT4: u32 = 8u;
 // VEC4: p and q of the lane's vec4s read from workgroup memory (`wg_pq`,
 // filled once a workgroup) at each use, instead of held in registers
@@ -273,7 +277,8 @@ fn store_x(cur: u32, e: u32, v: f32) {
 // A batch read in place under a double-buffered guard: the step writes its
 // rows in place (table_a; the current buffer, state.cur being 0 in every
 // batched step) and each row's old values into the batch buffer table_b
-// (and vel_b) at its slot: an undo log, which batch_io.wgsl's scatter puts
+// (and vel_b) at its slot: an undo log, which reduce.wgsl's UNDO
+// workgroups (or, on a software adapter, batch_io.wgsl's scatter) put
 // back only if the guard dropped the step (`state.undo`). A kept step, the
 // usual one, then moves no row after this pass; before, every step went
 // into table_b and was scattered back.

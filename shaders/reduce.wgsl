@@ -5,7 +5,7 @@
 // buffer. With UNDO its other workgroups put back a dropped batch's rows
 // (below). Host owner: `GpuTrainer::encode_phase`, `Phase::Reduce`
 // (src/gpu/trainer/encode.rs); records decoded by `Record` (src/record.rs); CPU mirror:
-// `guard::decide` (src/guard.rs).
+// `GuardState::decide` (src/guard.rs).
 
 struct ReduceParams {
     count: u32,     // workgroups of the pass (partials and scan details)

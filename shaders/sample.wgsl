@@ -1,6 +1,12 @@
 // sample.wgsl — writes rows `permute(start + i)` of an epoch's permutation,
 // i < count: the batch of a step (SPEC §10). One invocation per entry.
-// Host owner: `GpuSampler` (src/gpu/sampler.rs).
+// Two entries: `batch`, a training step's slots (host owner:
+// `GpuTrainer::encode_phase`, `Phase::Sample`, src/gpu/trainer/encode.rs;
+// by default fused_step.wgsl's SAMPLED works them out and this pass does
+// not run); `main`, an epoch's rows, run by `GpuSampler`
+// (src/gpu/sampler.rs) for tests/sampler.rs, which checks the device's
+// permutation against the CPU's. CPU mirror: `Sampler::permute`,
+// `Sampler::batch_rows` (src/sampler.rs).
 
 // (SampleParams and the slot function `batch_slot`: sampler.wgsl.)
 

@@ -1,6 +1,7 @@
 // sgd.wgsl — the SGD update of SPEC §5 scattered back into one chunk:
 // W[idx[j], k] −= lr·G[j, k] for the batch rows in this chunk.
-// Assumes no duplicate indices within the batch (full table, sampler).
+// Assumes no duplicate indices within the batch (the staged path takes
+// the full table only).
 // The staged path (see gather.wgsl); host owner: `GpuTrainer::encode_staged`
 // (src/gpu/trainer/encode.rs); reference: src/reference.rs.
 

@@ -839,10 +839,15 @@ impl Trainer for CpuTrainer {
     fn run_state(&mut self) -> Result<RunState> {
         let s = &self.state;
         let (skips, rollbacks) = crate::guard::resume_counters(self.cfg.guard.policy, s.halted, s.skips, s.rollbacks);
-        Ok(RunState { steps: self.steps_done, lr: s.lr, skips, rollbacks, ..RunState::default() })
+        let strikes = RunState::strikes_of(&self.strikes);
+        Ok(RunState { steps: self.steps_done, lr: s.lr, skips, rollbacks, strikes, ..RunState::default() })
     }
     fn set_run_state(&mut self, r: RunState) -> Result<()> {
         r.check(&self.cfg)?;
+        // skip-row counts on (another policy keeps no counts).
+        if !self.strikes.is_empty() {
+            self.strikes = r.strikes_per_row(self.shape.rows)?;
+        }
         (self.state.lr, self.state.skips, self.state.rollbacks) = (r.lr, r.skips, r.rollbacks);
         self.steps_done = r.steps;
         self.snapshot_due = true;

@@ -5,7 +5,8 @@
 //! comments (§3, §4, …) refer to it.
 //!
 //! Where things are:
-//! - `shaders/*.wgsl` — one kernel per file; [`gpu::shaders`] composes them.
+//! - `shaders/*.wgsl` — one kernel per file, and files of shared functions;
+//!   [`gpu::shaders`] composes each kernel with the ones it lists.
 //! - [`gpu::GpuTrainer`] — host side of the kernels: buffers, pipelines, steps.
 //! - [`cpu::CpuTrainer`] — the same math in Rust (rayon).
 //! - [`mod@reference`] — float64 mirror of the shaders, for the tests.

@@ -78,7 +78,7 @@ struct ScanArgs {
     #[arg(value_name = "FILE")]
     file: PathBuf,
     /// The tensor of a .safetensors file to scan.
-    #[arg(long, default_value = latent_line::tables::DEFAULT_TENSOR)]
+    #[arg(long, default_value = latent_line::tables::DEFAULT_TENSOR, value_parser = tensor_arg)]
     tensor: String,
     /// Draw where in the table the non-finite rows sit (SVG).
     #[arg(long, value_name = "FILE.svg")]
@@ -99,11 +99,14 @@ enum Outcome {
     Done,
     /// The guard aborted, or `scan` found non-finite values: exit code 3.
     NonFinite,
-    /// Ctrl-C: the steps in flight finished, the table and report saved: 130.
+    /// Ctrl-C (SIGINT), SIGTERM or SIGHUP: the steps in flight finished,
+    /// the table and report saved: 130.
     Interrupted,
 }
 
-/// Set by the Ctrl-C handler; the trainer stops after the step in flight.
+/// Set by the Ctrl-C handler (SIGINT; SIGTERM and SIGHUP too: `timeout`,
+/// `docker stop`, a batch scheduler's end of time, a closed terminal);
+/// the trainer stops after the step in flight.
 static INTERRUPTED: std::sync::OnceLock<Arc<std::sync::atomic::AtomicBool>> = std::sync::OnceLock::new();
 
 fn interrupted() -> bool {
@@ -201,7 +204,7 @@ struct TrainArgs {
     #[arg(long, value_name = "FILE")]
     save: Option<PathBuf>,
     /// The tensor of a .safetensors file that is the table.
-    #[arg(long, default_value = latent_line::tables::DEFAULT_TENSOR)]
+    #[arg(long, default_value = latent_line::tables::DEFAULT_TENSOR, value_parser = tensor_arg)]
     tensor: String,
     /// Continue a run from this checkpoint (a table saved by latent-line,
     /// with its step count and options: give the same ones; the guard may
@@ -274,6 +277,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// clap's parser of `--tensor`: a name a table's tensor can have.
+fn tensor_arg(s: &str) -> Result<String, String> {
+    tables::check_tensor_name(s).map(|_| s.to_owned())
+}
+
 /// clap's parser of `--anchors`: the value as given, once it parses.
 fn anchors_arg(s: &str) -> Result<String, String> {
     parse_anchors(s).map(|_| s.to_owned())
@@ -308,6 +316,15 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// replaces a symbolic link's target (the link stays), and writes through
 /// a file that is not a regular one (`/dev/stdout`, a pipe).
 fn check_output(opt: &str, path: &Path) -> anyhow::Result<()> {
+    // A name ending in a separator, `.` or `..` names a folder whatever is
+    // there (`Path` drops a trailing `/`: `out/new.npy/` would otherwise
+    // pass here and fail only when the trained table is saved).
+    let text = path.as_os_str().as_encoded_bytes();
+    let sep = |c: &u8| std::path::is_separator(*c as char);
+    let dot_last = text.len() >= 2 && text[text.len() - 1] == b'.' && sep(&text[text.len() - 2]);
+    if path.file_name().is_none() || text.last().is_some_and(sep) || dot_last {
+        bail!("invalid {opt}: {} names a folder, not a file", path.display());
+    }
     // (What is written through exists already, and is not a folder.)
     let Ok(path) = npy::destination(path) else { return Ok(()) };
     let path = path.as_path();
@@ -328,7 +345,7 @@ fn check_output(opt: &str, path: &Path) -> anyhow::Result<()> {
 
 fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     QUIET.store(args.quiet || args.json, std::sync::atomic::Ordering::Relaxed);
-    // Ctrl-C, from the start: the trainer finishes the step in flight (the
+    // Ctrl-C (or SIGTERM, SIGHUP), from the start: the trainer finishes the step in flight (the
     // GPU: the submissions in flight), then the table and the report are
     // saved and the exit code is 130. Saves are atomic, so a second Ctrl-C
     // cannot corrupt anything either.
@@ -388,11 +405,16 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             }
         }
     }
-    // --save's sidecars are written too: never over a file the run reads,
-    // nor where a folder is (found now, not after the training).
-    for (side_opt, side) in &inputs[6..] {
+    // --save's sidecars are written too: never over a file the run reads
+    // (nor removed, as a stale sidecar is when this run writes none), nor
+    // where a folder is (found now, not after the training) if this run
+    // writes them: the run state beside an .npy, the velocity with
+    // momentum, a snapshot under rollback.
+    let npy_save = args.save.as_deref().is_some_and(|s| matches!(tables::format_of(s), Ok(tables::Format::Npy)));
+    let writes = [npy_save, args.momentum != 0.0, args.on_nonfinite == Policy::Rollback];
+    for ((side_opt, side), written) in inputs[6..].iter().zip(writes) {
         let Some(side) = side else { continue };
-        if side.is_dir() {
+        if written && side.is_dir() {
             bail!("invalid --save: {side_opt} would be written at {}, which is a folder", side.display());
         }
         let read = inputs[..6].iter().filter(|(opt, _)| !(save_is_resume && opt.starts_with("--resume's")));
@@ -491,6 +513,18 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     let options = run_options(&cfg, &batches);
     let resumed = match &args.resume {
         Some(path) => {
+            // A sidecar taken from a killed save's leftovers, said so.
+            let recovered = |side: Sidecar, (data, from): (Vec<f32>, Option<PathBuf>)| {
+                if let Some(from) = from {
+                    out!(
+                        "resume   {}: its {} from {}, left by a save killed between its files",
+                        path.display(),
+                        side.name(),
+                        from.display()
+                    );
+                }
+                data
+            };
             let state = tables::load_state(path, carried.as_ref())?.ok_or_else(|| {
                 anyhow::anyhow!("invalid --resume: {} has no run state (was it saved by latent-line?)", path.display())
             })?;
@@ -558,13 +592,13 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                         path.display()
                     );
                 }
-                Some(Sidecar::Velocity.load(path, shape, state.velocity_fingerprint)?)
+                Some(recovered(Sidecar::Velocity, Sidecar::Velocity.load(path, shape, state.velocity_fingerprint)?))
             } else {
                 None
             };
             // rollback between two snapshot steps: the snapshot goes on too.
             let snapshot = if state.snapshot && cfg.guard.policy == Policy::Rollback {
-                Some(Sidecar::Snapshot.load(path, shape, state.snapshot_fingerprint)?)
+                Some(recovered(Sidecar::Snapshot, Sidecar::Snapshot.load(path, shape, state.snapshot_fingerprint)?))
             } else {
                 None
             };
@@ -577,7 +611,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     let (mut trainer, why) = open_trainer(args, shape, cfg, source, batches)?;
     trainer.set_stop(stop_flag);
     let profiling = args.profile && trainer.set_profile(true)?;
-    let (start, d0_saved) = match resumed {
+    let (start, d0_saved, collapse_saved) = match resumed {
         Some((state, velocity, snapshot)) => {
             trainer.set_run_state(state.clone())?;
             if let Some(v) = velocity {
@@ -586,9 +620,9 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             if let Some(t) = snapshot {
                 trainer.set_snapshot(&t)?;
             }
-            (state.steps as usize, state.d0_start)
+            (state.steps as usize, state.d0_start, state.collapse_step)
         }
-        None => (0, None),
+        None => (0, None, None),
     };
     // A resumed run trains at the lr its rollbacks left (the table line
     // gives --lr).
@@ -667,7 +701,8 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     let mut shown = 0;
     let mut hidden = 0;
     let mut last_said: Vec<(&str, String)> = Vec::new();
-    let mut collapse_warned = false;
+    // (Warned before the resume: not again.)
+    let mut collapse_warned = collapse_saved.is_some();
     // Steps stream: each group of records (a GPU submission's) is handled
     // while the later ones run, so the device never waits on this loop. A
     // segment runs to the next checkpoint (or the end), where the table is
@@ -676,6 +711,11 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     // d0 at the run's step 0 (SPEC §8): saved by a resumed run's checkpoint,
     // else the first step's.
     let d0_start_of = |records: &[latent_line::Record]| d0_saved.or(records.first().map(|r| r.d0));
+    // The step d0 first fell below its fraction: before the resume, or in
+    // this run's records.
+    let collapse_of = |records: &[latent_line::Record]| {
+        collapse_saved.or_else(|| collapse_step(records, d0_start_of(records)?).map(|at| (start + at) as u64))
+    };
     while done < args.steps && !halted {
         let mut n = args.steps - done;
         if let Some(k) = args.checkpoint_every {
@@ -749,8 +789,8 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         }
         if let (Some(k), Some(path)) = (args.checkpoint_every, &args.save) {
             if done % k == 0 && done < args.steps && !halted {
-                let d0_start = d0_start_of(&records);
-                save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), d0_start, &options)?;
+                let audit = (d0_start_of(&records), collapse_of(&records));
+                save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), audit, &options)?;
                 out!("checkpoint step {done} → {}", path.display());
             }
         }
@@ -872,7 +912,8 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     }
 
     if let Some(path) = &args.save {
-        save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), d0_start, &options)?;
+        let audit = (d0_start, collapse_of(&records));
+        save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), audit, &options)?;
         out!(
             "saved    {}{}",
             path.display(),
@@ -926,7 +967,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 max_excess_last: last.max_excess(),
                 d0_first: first.d0,
                 d0_last: last.d0,
-                collapse_step: collapse_step(&records, d0_start.unwrap_or(0.0)).map(|at| start + at),
+                collapse_step: collapse_of(&records).map(|s| s as usize),
                 near_singular_last: last.near_singular,
                 nonfinite_events: events.len(),
                 skipped_steps: count(Action::SkippedStep),
@@ -935,6 +976,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 aborted_at,
                 steps_done,
                 interrupted: aborted_at.is_none() && interrupted(),
+                resumed_from: args.resume.is_some().then_some(start),
                 lr_last: last.lr,
                 final_scan,
                 all_finite: finite,
@@ -1190,12 +1232,12 @@ fn save_checkpoint(
     path: &std::path::Path,
     tensor: &str,
     carried: Option<&tables::Carried>,
-    d0_start: Option<f64>,
+    (d0_start, collapse_step): (Option<f64>, Option<u64>),
     options: &[(String, String)],
 ) -> anyhow::Result<()> {
     let shape = trainer.shape();
     let mut state = trainer.run_state()?;
-    state.d0_start = d0_start;
+    (state.d0_start, state.collapse_step) = (d0_start, collapse_step);
     state.options = Some(options.to_vec());
     let mut files = Vec::new();
     if let Some(v) = trainer.read_velocity()? {

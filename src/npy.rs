@@ -82,14 +82,23 @@ struct Opened {
 /// file's real size, before anything is allocated for the data.
 fn open(path: &Path) -> Result<Opened> {
     let bad = |reason: String| Error::bad_file(path, reason);
+    // Its kind by name, before it is opened: opening a pipe that has no
+    // writer would wait for one, forever.
+    let not_regular = |meta: &std::fs::Metadata| match () {
+        _ if meta.is_dir() => Some(Error::bad_file(path, "a folder, not a .npy file")),
+        // (Its size is checked against the header before anything is read.)
+        _ if !meta.is_file() => {
+            Some(Error::bad_file(path, "not a regular file (a pipe or a device): a .npy file is read from disk"))
+        }
+        _ => None,
+    };
+    if let Some(e) = not_regular(&std::fs::metadata(path).map_err(|e| Error::io(path, e))?) {
+        return Err(e);
+    }
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-    if meta.is_dir() {
-        return Err(Error::bad_file(path, "a folder, not a .npy file"));
-    }
-    if !meta.is_file() {
-        // Its size is checked against the header before anything is read.
-        return Err(Error::bad_file(path, "not a regular file (a pipe or a device): a .npy file is read from disk"));
+    if let Some(e) = not_regular(&meta) {
+        return Err(e);
     }
     let file_len = meta.len();
     let mut pre = [0u8; 8];
@@ -587,20 +596,21 @@ pub fn stage(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> std::io::
     };
     // A file written through is staged where temporary files go.
     let dir = if stream { std::env::temp_dir() } else { folder(&dest).to_owned() };
-    let tmp = tempfile::Builder::new()
-        .prefix(".latent-line-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(path, e))?;
+    // Created as any new file is (0666 less the umask: a user's `umask
+    // 077` keeps a checkpoint private); a file it replaces gives it its own
+    // permissions below.
+    let mut builder = tempfile::Builder::new();
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let tmp = builder.prefix(".latent-line-").suffix(".tmp").tempfile_in(dir).map_err(|e| Error::io(path, e))?;
     {
         let mut w = BufWriter::new(tmp.as_file());
         write(&mut w).and_then(|_| w.flush()).map_err(|e| Error::io(path, e))?;
     }
-    // tempfile creates 0600; give the result the old file's permissions, or
-    // the usual 0644 for a new one.
-    // (A file written through keeps its own.)
+    // A file it replaces keeps its permissions. (A file written through
+    // keeps its own.)
     if !stream {
-        if let Some(perms) = std::fs::metadata(&dest).map(|m| m.permissions()).ok().or_else(default_permissions) {
+        if let Ok(perms) = std::fs::metadata(&dest).map(|m| m.permissions()) {
             tmp.as_file().set_permissions(perms).map_err(|e| Error::io(path, e))?;
         }
     }
@@ -758,16 +768,6 @@ pub(crate) fn folder(path: &Path) -> &Path {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     }
-}
-
-#[cfg(unix)]
-fn default_permissions() -> Option<std::fs::Permissions> {
-    Some(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-}
-
-#[cfg(not(unix))]
-fn default_permissions() -> Option<std::fs::Permissions> {
-    None
 }
 
 #[cfg(test)]

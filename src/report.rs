@@ -127,6 +127,11 @@ pub struct Summary {
     pub steps_done: usize,
     /// Ctrl-C stopped the run before its --steps (exit code 130).
     pub interrupted: bool,
+    /// The step a `--resume` went on from. The step counts (`steps_done`,
+    /// `aborted_at`, `collapse_step`) are the whole run's; the rest of the
+    /// summary (first values, events, skips, rollbacks) is of this run's
+    /// own steps, from this one.
+    pub resumed_from: Option<usize>,
     pub lr_last: f64,
     /// The device scan of the final table.
     pub final_scan: Scan,

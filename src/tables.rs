@@ -20,8 +20,16 @@ const STATE_KEY: &str = "latent_line.run_state";
 
 /// The [`RunState`] file beside an `.npy` checkpoint.
 pub fn state_sidecar(path: &Path) -> std::path::PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".state.json");
+    beside(path, ".state.json")
+}
+
+/// `path` + `suffix`, where `path` is the checkpoint's own file: a
+/// symbolic link followed (as a save follows it, `npy::destination`), so a
+/// checkpoint saved or resumed through a link keeps its parts beside the
+/// table they belong to, not beside the link.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = npy::destination(path).unwrap_or_else(|p| p).into_os_string();
+    s.push(suffix);
     s.into()
 }
 
@@ -35,7 +43,8 @@ pub enum Sidecar {
 }
 
 impl Sidecar {
-    fn name(self) -> &'static str {
+    /// `velocity` or `snapshot`, as its file is named.
+    pub fn name(self) -> &'static str {
         match self {
             Sidecar::Velocity => "velocity",
             Sidecar::Snapshot => "snapshot",
@@ -44,9 +53,7 @@ impl Sidecar {
 
     /// Where it lies beside the checkpoint `path`.
     pub fn path(self, path: &Path) -> std::path::PathBuf {
-        let mut s = path.as_os_str().to_owned();
-        s.push(format!(".{}.npy", self.name()));
-        s.into()
+        beside(path, &format!(".{}.npy", self.name()))
     }
 
     /// Writes it for beside the checkpoint `path`, to be committed with
@@ -57,10 +64,23 @@ impl Sidecar {
 
     /// Loads it from beside `path`, checked against the table's shape and
     /// against the fingerprint the run state recorded for it (`None`: a
-    /// state saved before fingerprints).
-    pub fn load(self, path: &Path, shape: Shape, want: Option<u64>) -> Result<Vec<f32>> {
+    /// state saved before fingerprints); with the leftover file it was
+    /// taken from instead, when a killed save left the one beside `path`
+    /// from another checkpoint (see [`recover`]).
+    pub fn load(self, path: &Path, shape: Shape, want: Option<u64>) -> Result<(Vec<f32>, Option<PathBuf>)> {
         let side = self.path(path);
-        let v = npy::load(&side)?;
+        let v = npy::load(&side).map_err(|e| match e {
+            Error::Io { err, .. } if err.kind() == std::io::ErrorKind::NotFound => Error::bad_file(
+                &side,
+                format!(
+                    "not found: {}'s run state says its {} was saved here, beside it; a checkpoint resumes with all \
+                     of its files",
+                    path.display(),
+                    self.name()
+                ),
+            ),
+            e => e,
+        })?;
         if v.shape != shape {
             return Err(Error::bad_file(
                 &side,
@@ -77,8 +97,8 @@ impl Sidecar {
         if let Some(h) = want.filter(|&h| h != fingerprint(&v.data)) {
             // A checkpoint killed between its renames: the file it was
             // saved with is among the leftovers.
-            if let Some((_, data)) = recover(path, shape, h) {
-                return Ok(data);
+            if let Some((from, data)) = recover(path, shape, h) {
+                return Ok((data, Some(from)));
             }
             return Err(Error::bad_file(
                 &side,
@@ -91,7 +111,7 @@ impl Sidecar {
                 ),
             ));
         }
-        Ok(v.data)
+        Ok((v.data, None))
     }
 }
 
@@ -104,7 +124,8 @@ impl Sidecar {
 /// fingerprint `want` that the run state recorded, with its path: what a
 /// resume takes instead of the file that does not belong.
 pub fn recover(path: &Path, shape: Shape, want: u64) -> Option<(PathBuf, Vec<f32>)> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(npy::folder(path))
+    let path = npy::destination(path).unwrap_or_else(|p| p);
+    let mut found: Vec<PathBuf> = std::fs::read_dir(npy::folder(&path))
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -162,6 +183,17 @@ pub fn load_state(path: &Path, carried: Option<&Carried>) -> Result<Option<RunSt
 
 /// The tensor a safetensors table is, unless `--tensor` says otherwise.
 pub const DEFAULT_TENSOR: &str = "weight";
+
+/// Whether `name` can name a table's tensor: not empty, and not the
+/// header's metadata key (a file saved with a tensor of that name has the
+/// key twice, and nothing reads it back).
+pub fn check_tensor_name(name: &str) -> std::result::Result<(), String> {
+    match name {
+        "" => Err("an empty tensor name".into()),
+        "__metadata__" => Err("\"__metadata__\" is the .safetensors header's metadata, not a tensor".into()),
+        _ => Ok(()),
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -389,16 +421,56 @@ fn table_of(
             Some(format!("tensor \"{name}\" converted from F64 to f32{note}"))
         }
         Dtype::F16 => {
-            data.extend(raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()));
+            data.extend(raw.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))));
             Some(format!("tensor \"{name}\" converted from F16 to f32"))
         }
         Dtype::BF16 => {
-            data.extend(raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()));
+            data.extend(raw.chunks_exact(2).map(|b| bf16_to_f32(u16::from_le_bytes([b[0], b[1]]))));
             Some(format!("tensor \"{name}\" converted from BF16 to f32"))
         }
         other => return Err(bad(format!("tensor \"{name}\" is {other:?}; a table is F32, F64, F16 or BF16"))),
     };
     Ok((shape, data, note))
+}
+
+/// A serialized `.safetensors` file with its header's keys in sorted
+/// order (its entries and theirs: every value of the header is an object,
+/// the metadata or a tensor's place): the crate writes the
+/// metadata from a `HashMap`, in an order that changes from one process to
+/// the next, and SPEC §11 asks the same run for the same bytes. The data
+/// and its offsets (from the header's end) are unchanged.
+fn sorted_header(file: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
+    let bad = |e: String| format!("cannot encode the file: {e}");
+    let n =
+        file.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).ok_or_else(|| bad("no header".into()))?;
+    let end = usize::try_from(n).ok().and_then(|n| n.checked_add(8)).filter(|&e| e <= file.len());
+    let end = end.ok_or_else(|| bad("a header past the file's end".into()))?;
+    type Sorted = std::collections::BTreeMap<String, std::collections::BTreeMap<String, serde_json::Value>>;
+    let header: Sorted = serde_json::from_slice(&file[8..end]).map_err(|e| bad(e.to_string()))?;
+    let mut text = serde_json::to_vec(&header).map_err(|e| bad(e.to_string()))?;
+    // Padded with spaces to 8 bytes, as the crate pads it.
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + text.len() + file.len() - end);
+    out.extend((text.len() as u64).to_le_bytes());
+    out.extend(text);
+    out.extend(&file[end..]);
+    Ok(out)
+}
+
+/// An F16 value as f32, exactly, a NaN's payload too (as numpy's
+/// `astype`): `half`'s conversion sets a signalling NaN's quiet bit.
+fn f16_to_f32(h: u16) -> f32 {
+    if h & 0x7c00 == 0x7c00 && h & 0x03ff != 0 {
+        f32::from_bits(((h as u32 & 0x8000) << 16) | 0x7f80_0000 | ((h as u32 & 0x03ff) << 13))
+    } else {
+        half::f16::from_bits(h).to_f32()
+    }
+}
+
+/// A BF16 value as f32: its top 16 bits, NaNs as they are (as PyTorch's
+/// conversion; `half`'s sets a signalling NaN's quiet bit).
+fn bf16_to_f32(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
 }
 
 /// Saves a table to `path` (format from the extension), atomically. A
@@ -441,6 +513,7 @@ pub fn stage(
             Ok(files)
         }
         Format::Safetensors => {
+            check_tensor_name(tensor).map_err(|e| Error::invalid("tensor", e))?;
             let bytes: &[u8] = bytemuck::cast_slice(data);
             let table = TensorView::new(Dtype::F32, vec![shape.rows, shape.dim], bytes)
                 .map_err(|e| Error::bad_file(path, format!("cannot encode the table: {e}")))?;
@@ -459,7 +532,8 @@ pub fn stage(
                 metadata.get_or_insert_with(HashMap::new).insert(STATE_KEY.to_owned(), text);
             }
             let out = safetensors::tensor::serialize(tensors, metadata)
-                .map_err(|e| Error::bad_file(path, format!("cannot encode the file: {e}")))?;
+                .map_err(|e| Error::bad_file(path, format!("cannot encode the file: {e}")))
+                .and_then(|out| sorted_header(out).map_err(|e| Error::bad_file(path, e)))?;
             Ok(vec![npy::stage(path, |w| std::io::Write::write_all(w, &out))?])
         }
     }

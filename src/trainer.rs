@@ -32,6 +32,15 @@ pub struct RunState {
     /// (SPEC §8) across resumes.
     #[serde(default)]
     pub d0_start: Option<f64>,
+    /// The step at which d0 first fell below the collapse fraction of
+    /// `d0_start` (SPEC §8), once it has: a resumed run reports that step,
+    /// and warns no more.
+    #[serde(default)]
+    pub collapse_step: Option<u64>,
+    /// skip-row: the strike counts so far, `(row, strikes)` for each row
+    /// that has any, by row (SPEC §9: a resumed run counts on).
+    #[serde(default)]
+    pub strikes: Vec<(u32, u32)>,
     /// Fingerprints ([`crate::tables::fingerprint`]) of the table and the
     /// sidecars saved with this state, checked on resume.
     #[serde(default)]
@@ -66,7 +75,34 @@ impl RunState {
         if self.d0_start.is_some_and(|d| !(d.is_finite() && d >= 0.0)) {
             return bad(format!("d0_start {:?}: it is a distance", self.d0_start));
         }
+        if self.collapse_step.is_some_and(|s| s > self.steps) {
+            return bad(format!("collapse at step {:?}, after the {} steps done", self.collapse_step, self.steps));
+        }
         Ok(())
+    }
+
+    /// The strike counts as one per row of a `rows`-row table (checked:
+    /// rows in range, in order, each once, with a count), for
+    /// `Trainer::set_run_state` under skip-row.
+    pub fn strikes_per_row(&self, rows: usize) -> Result<Vec<u32>> {
+        let mut per_row = vec![0u32; rows];
+        let mut last = None;
+        for &(row, n) in &self.strikes {
+            if row as usize >= rows || last.is_some_and(|l| row <= l) || n == 0 {
+                return Err(crate::error::Error::invalid(
+                    "run state",
+                    format!("strikes ({row}, {n}): a row of the {rows} rows, listed once and in order, with a count"),
+                ));
+            }
+            per_row[row as usize] = n;
+            last = Some(row);
+        }
+        Ok(per_row)
+    }
+
+    /// `strikes` from one count per row.
+    pub fn strikes_of(per_row: &[u32]) -> Vec<(u32, u32)> {
+        per_row.iter().enumerate().filter(|(_, &n)| n > 0).map(|(r, &n)| (r as u32, n)).collect()
     }
 }
 

@@ -2,7 +2,7 @@
 //! output file; good runs save a loadable table and a report.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_latent-line");
 
@@ -92,6 +92,13 @@ fn bad_options_are_refused() {
     refused(&dir, &["--rows", "4000000000"], "1024000000000 bytes");
     let missing_dir = dir.s("nope/out.npy");
     refused(&dir, &["--rows", "10", "--save", &missing_dir], "does not exist");
+    // A name that ends as a folder's does, whatever is there: refused
+    // before the training, not when the trained table is saved.
+    for name in ["new.npy/", "new.safetensors/", "new.npy/.", "."] {
+        let save = if name == "." { name.to_owned() } else { dir.s(name) };
+        refused(&dir, &["--rows", "10", "--save", &save], "names a folder");
+    }
+    refused(&dir, &["--rows", "10", "--plot", &dir.s("p.svg/")], "names a folder");
 }
 
 /// SPEC §13: a usage error (an unknown option, a value that does not
@@ -110,6 +117,9 @@ fn usage_errors_exit_2_and_write_nothing() {
         (&["--anchors", "1,2,3"], "is not two row numbers"),
         (&["--anchors", "3,-1"], "\"-1\" is not a row number"),
         (&["--on-nonfinite", "sometimes"], "--on-nonfinite"),
+        (&["--tensor", "__metadata__"], "not a tensor"),
+        (&["--tensor", ""], "an empty tensor name"),
+        (&["scan", "t.safetensors", "--tensor", "__metadata__"], "not a tensor"),
         (&["scan"], "FILE"),
     ] {
         let mut all: Vec<&str> = args.to_vec();
@@ -452,6 +462,10 @@ fn a_checkpoint_killed_between_its_files_resumes_from_what_the_kill_left() {
         std::fs::write(sub.p(left), left_bytes).unwrap();
         let o = run(&[&base[..], &["--steps", "6", "--resume", &ck, "--save", &ck]].concat());
         assert_eq!(o.status.code(), Some(0), "{case}: {}", stderr(&o));
+        // It says which file it took, and for which part.
+        let said = String::from_utf8_lossy(&o.stdout).into_owned();
+        let part = if case == "table" { "its table from" } else { "its velocity from" };
+        assert!(said.contains(part) && said.contains(left), "{case}: {said}");
         let unbroken = std::fs::read(dir.p("unbroken.npy")).unwrap();
         assert!(std::fs::read(sub.p("ck.npy")).unwrap() == unbroken, "{case}: not the unbroken run's table");
     }
@@ -491,11 +505,17 @@ fn a_resume_refuses_a_run_state_no_run_could_have_written() {
         ("lr", serde_json::json!(0.4), "lr 0.4"),
         ("lr", serde_json::json!(1e39), "lr inf"),
         ("d0_start", serde_json::json!(-1.0), "d0_start Some(-1.0)"),
+        ("collapse_step", serde_json::json!(3), "collapse at step Some(3), after the 2 steps done"),
+        // skip-row's strike counts: rows of the table, once each, in order.
+        ("strikes", serde_json::json!([[60, 1]]), "strikes (60, 1)"),
+        ("strikes", serde_json::json!([[5, 1], [5, 2]]), "strikes (5, 2)"),
+        ("strikes", serde_json::json!([[7, 0]]), "strikes (7, 0)"),
     ] {
         let mut bad = good.clone();
         bad[key] = value;
         std::fs::write(&state_path, serde_json::to_vec(&bad).unwrap()).unwrap();
-        let o = run(&[&base[..], &["--steps", "4", "--resume", &ck]].concat());
+        let policy = if key == "strikes" { "skip-row" } else { "skip-step" };
+        let o = run(&[&base[..], &["--steps", "4", "--resume", &ck, "--on-nonfinite", policy]].concat());
         assert_eq!(o.status.code(), Some(1), "{key}: {}", stderr(&o));
         assert!(stderr(&o).contains(says) && stderr(&o).contains("run state"), "{key}: {}", stderr(&o));
     }
@@ -1810,4 +1830,190 @@ fn scan_takes_a_named_adapter_under_auto() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("scanned  on gpu"), "{}", String::from_utf8_lossy(&o.stdout));
     let o = latent_line(["scan", &t]).env_remove("WGPU_ADAPTER_NAME").output().unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains("scanned  on cpu"), "{}", String::from_utf8_lossy(&o.stdout));
+}
+
+/// A named pipe given as an .npy file is refused at once (a table, an
+/// index file, a scan): opening one that no process writes would wait
+/// forever.
+#[test]
+fn a_pipe_named_as_an_npy_file_is_refused_at_once() {
+    let dir = Dir::new();
+    let fifo = dir.s("fifo.npy");
+    assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+    let good = dir.s("good.npy");
+    latent_line::npy::save(Path::new(&good), latent_line::Shape::new(10, 2).unwrap(), &[0.5; 20]).unwrap();
+    for args in [
+        vec!["--backend", "cpu", "--load", &fifo, "--steps", "1"],
+        vec!["--backend", "cpu", "--load", &good, "--indices", &fifo, "--steps", "1"],
+        vec!["scan", &fifo, "--backend", "cpu"],
+    ] {
+        let mut child = latent_line(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let t = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if t.elapsed() > std::time::Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("{args:?}: still waiting on the pipe after 60 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let o = child.wait_with_output().unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("fifo.npy") && err.contains("not a regular file"), "{args:?}: {err}");
+    }
+}
+
+/// A checkpoint saved through a symbolic link: the table replaces the
+/// file the link names (the link stays), and its run state and velocity
+/// go beside that file, so that resuming it, by either name, finds them
+/// all. A sidecar that is missing is named as such.
+#[test]
+fn a_checkpoint_saved_through_a_link_keeps_its_files_beside_its_table() {
+    let dir = Dir::new();
+    let base = ["--backend", "cpu", "--rows", "300", "--dim", "6", "--momentum", "0.5", "--seed", "11", "--quiet"];
+    let ok = |more: &[&str]| {
+        let o = run(&[&base[..], more].concat());
+        assert_eq!(o.status.code(), Some(0), "{more:?}: {}", stderr(&o));
+    };
+    let (a, latest) = (dir.s("a.npy"), dir.s("latest.npy"));
+    ok(&["--steps", "5", "--save", &a]);
+    std::os::unix::fs::symlink("a.npy", &latest).unwrap();
+    ok(&["--steps", "8", "--resume", &latest, "--save", &latest]);
+    assert!(std::fs::symlink_metadata(&latest).unwrap().file_type().is_symlink(), "the link was replaced");
+    assert_eq!(dir.files(), ["a.npy", "a.npy.state.json", "a.npy.velocity.npy", "latest.npy"]);
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.p("a.npy.state.json")).unwrap()).unwrap();
+    assert_eq!(state["steps"], 8);
+    // On from a.npy itself: the table of an unbroken run.
+    let (done, whole) = (dir.s("done.npy"), dir.s("whole.npy"));
+    ok(&["--steps", "10", "--resume", &a, "--save", &done]);
+    ok(&["--steps", "10", "--save", &whole]);
+    let load = |p: &str| latent_line::npy::load(Path::new(p)).unwrap().data;
+    assert!(load(&done) == load(&whole), "the resumed table differs from the unbroken run's");
+    std::fs::remove_file(dir.p("a.npy.velocity.npy")).unwrap();
+    let o = run(&[&base[..], &["--steps", "12", "--resume", &latest, "--save", &dir.s("x.npy")]].concat());
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("a.npy.velocity.npy: not found") && err.contains("velocity was saved here"), "{err}");
+    assert!(!dir.p("x.npy").exists());
+}
+
+/// New files are made as any program makes them, 0666 less the umask (a
+/// `umask 077` keeps checkpoints private); a file replaced keeps its mode.
+#[test]
+fn saved_files_take_the_umask_and_replaced_ones_keep_their_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Dir::new();
+    let mode = |name: &str| std::fs::metadata(dir.p(name)).unwrap().permissions().mode() & 0o777;
+    for (umask, want) in [("077", 0o600), ("022", 0o644), ("002", 0o664)] {
+        let (t, r) = (dir.s(&format!("t{umask}.npy")), dir.s(&format!("r{umask}.json")));
+        let args =
+            ["--backend", "cpu", "--rows", "20", "--dim", "2", "--steps", "1", "--quiet", "--save", &t, "--report", &r];
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!("umask {umask}; exec \"$0\" \"$@\""))
+            .arg(BIN)
+            .args(args)
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        for f in [format!("t{umask}.npy"), format!("t{umask}.npy.state.json"), format!("r{umask}.json")] {
+            assert_eq!(mode(&f), want, "{f} under umask {umask}: {:o}", mode(&f));
+        }
+    }
+    // Replaced, under umask 077: the old file's 0640 stays.
+    std::fs::set_permissions(dir.p("t022.npy"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let t = dir.s("t022.npy");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("umask 077; exec \"$0\" \"$@\"")
+        .arg(BIN)
+        .args(["--backend", "cpu", "--load", &t, "--steps", "1", "--quiet", "--save", &t])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(mode("t022.npy"), 0o640);
+}
+
+/// A folder where a sidecar would go blocks only a run that writes that
+/// sidecar (the velocity: a run with momentum), before it trains.
+#[test]
+fn a_folder_at_a_sidecars_path_blocks_only_the_runs_that_write_it() {
+    let dir = Dir::new();
+    std::fs::create_dir(dir.p("t.npy.velocity.npy")).unwrap();
+    let t = dir.s("t.npy");
+    let o = run(&["--backend", "cpu", "--rows", "20", "--dim", "2", "--steps", "1", "--quiet", "--save", &t]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(dir.p("t.npy").is_file() && dir.p("t.npy.velocity.npy").is_dir());
+    let u = dir.s("u.npy");
+    std::fs::create_dir(dir.p("u.npy.velocity.npy")).unwrap();
+    let o = run(&["--backend", "cpu", "--rows", "20", "--dim", "2", "--steps", "1", "--momentum", "0.9", "--save", &u]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("u.npy.velocity.npy, which is a folder"), "{err}");
+    assert!(!dir.p("u.npy").exists());
+}
+
+/// A run split by a resume reports what an unbroken one does, beside its
+/// table: skip-row's strike counts go on from the checkpoint (SPEC §9),
+/// and the collapse step (SPEC §8) stays the step it was, with no second
+/// warning.
+#[test]
+fn a_resumed_run_counts_strikes_and_keeps_its_collapse_step() {
+    let dir = Dir::new();
+    let report = |p: &str| -> serde_json::Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
+    let events = |r: &serde_json::Value| -> Vec<(u64, Vec<u64>)> {
+        r["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["buffer"] == "table")
+            .map(|e| {
+                let strikes = e["strikes"].as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).collect();
+                (e["step"].as_u64().unwrap(), strikes)
+            })
+            .collect()
+    };
+    // Rows 2 and 4 are anchor a's twins: the naive gradient is NaN there
+    // every step, and skip-row keeps them, a strike each a step.
+    let mut t = table_with(&dir.p("s.npy"), 9, 4, &[]);
+    for twin in [2, 4] {
+        let a: Vec<f32> = t[..4].to_vec();
+        t[twin * 4..][..4].copy_from_slice(&a);
+    }
+    latent_line::npy::save(&dir.p("s.npy"), latent_line::Shape::new(9, 4).unwrap(), &t).unwrap();
+    for backend in ["cpu", "gpu"] {
+        let base = ["--backend", backend, "--naive", "--on-nonfinite", "skip-row", "--quiet"];
+        let ok = |more: &[&str]| {
+            let o = run(&[&base[..], more].concat());
+            assert_eq!(o.status.code(), Some(0), "{backend} {more:?}: {}", stderr(&o));
+        };
+        let (whole, half, rest) = (dir.s("whole.json"), dir.s("half.npy"), dir.s("rest.json"));
+        ok(&["--load", &dir.s("s.npy"), "--steps", "5", "--report", &whole]);
+        ok(&["--load", &dir.s("s.npy"), "--steps", "2", "--save", &half]);
+        ok(&["--resume", &half, "--steps", "5", "--report", &rest]);
+        let want: Vec<(u64, Vec<u64>)> = (0..5).map(|s| (s, vec![s + 1, s + 1])).collect();
+        assert_eq!(events(&report(&whole)), want, "{backend}: the unbroken run");
+        assert_eq!(events(&report(&rest)), want[2..], "{backend}: the resumed run's strikes");
+    }
+    // Anchors collapsing (detached): d0 falls below 0.1 of its start at
+    // a step the unbroken run names; a resume before it or after it names
+    // the same step, and one after it does not warn again.
+    let base = ["--backend", "cpu", "--rows", "100", "--dim", "8", "--seed", "3", "--endpoints", "detached"];
+    let o = run(&[&base[..], &["--steps", "30", "--report", &dir.s("c.json"), "--quiet"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let at = report(&dir.s("c.json"))["summary"]["collapse_step"].as_u64().expect("the anchors collapse");
+    assert!((3..25).contains(&at), "collapse at step {at}");
+    for split in [at - 2, at + 3] {
+        let (ck, rep) = (dir.s(&format!("c{split}.npy")), dir.s(&format!("c{split}.json")));
+        let o = run(&[&base[..], &["--steps", &split.to_string(), "--save", &ck, "--quiet"]].concat());
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let o = run(&[&base[..], &["--steps", "30", "--resume", &ck, "--report", &rep]].concat());
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert_eq!(report(&rep)["summary"]["collapse_step"].as_u64(), Some(at), "resumed at {split}");
+        assert_eq!(report(&rep)["summary"]["resumed_from"].as_u64(), Some(split));
+        let warned = String::from_utf8_lossy(&o.stdout).contains("the anchors are collapsing");
+        assert_eq!(warned, split < at, "resumed at {split}: warned {warned}");
+    }
 }

@@ -1,5 +1,6 @@
-//! Interruptions never cost data (issue 6): SIGINT during training finishes
-//! the steps in flight, saves, writes the report and exits 130; SIGKILL at a
+//! Interruptions never cost data (issue 6): SIGINT (or SIGTERM, SIGHUP)
+//! during training finishes the steps in flight, saves, writes the report
+//! and exits 130; SIGKILL at a
 //! random moment of a run that saves every step leaves the output either
 //! absent or complete, and the input untouched. Moments are random (seed
 //! printed).
@@ -47,7 +48,7 @@ fn wait_for(child: &mut Child, path: &std::path::Path, limit: Duration) {
 fn sigint_saves_reports_and_exits_130() {
     let seed = seed("sigint");
     let mut r = rng(seed);
-    for backend in ["cpu", "gpu"] {
+    for (backend, sig) in [("cpu", "-INT"), ("gpu", "-INT"), ("cpu", "-TERM"), ("cpu", "-HUP")] {
         let dir = tempfile::tempdir().unwrap();
         let (out, rep) = (dir.path().join("out.npy"), dir.path().join("report.json"));
         let (o, p) = (out.to_str().unwrap(), rep.to_str().unwrap());
@@ -57,9 +58,9 @@ fn sigint_saves_reports_and_exits_130() {
         let mut child = spawn(&[&args[..], &["--save", o, "--report", p, "--checkpoint-every", "20"]].concat());
         wait_for(&mut child, &out, Duration::from_secs(120));
         std::thread::sleep(Duration::from_millis(r.random_range(0..500)));
-        signal(&child, "-INT");
+        signal(&child, sig);
         let done = child.wait_with_output().unwrap();
-        let ctx = format!("{backend}, seed {seed}");
+        let ctx = format!("{backend} {sig}, seed {seed}");
         assert_eq!(done.status.code(), Some(130), "{ctx}: {}", String::from_utf8_lossy(&done.stderr));
         let table = latent_line::npy::load(&out).unwrap();
         assert!(table.data.iter().all(|v| v.is_finite()), "{ctx}");

@@ -98,6 +98,61 @@ fn a_checkpoint_goes_out_as_it_came_in_with_the_table_trained() {
         }
         let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
         assert_eq!(meta.metadata().as_ref().and_then(|m| m.get("format")).map(String::as_str), Some("pt"));
+        // SPEC §11: the same run, the same bytes; the header's keys in
+        // order (the metadata's two keys came out in either order, by the
+        // process's hash seed).
+        let again = dir.path().join("again.safetensors");
+        let r = run(&[
+            "--backend",
+            "cpu",
+            "--load",
+            i,
+            "--save",
+            again.to_str().unwrap(),
+            "--tensor",
+            name,
+            "--steps",
+            "3",
+        ]);
+        assert_eq!(r.status.code(), Some(0), "{dtype:?}: {}", String::from_utf8_lossy(&r.stderr));
+        assert!(std::fs::read(&again).unwrap() == bytes, "{dtype:?}: two runs saved different bytes");
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+        let at = |key: &str| header.find(&format!("\"{key}\"")).unwrap_or_else(|| panic!("{key} in {header}"));
+        assert!(at("format") < at("latent_line.run_state"), "{dtype:?}: metadata keys out of order: {header}");
+        let mut keys = ["__metadata__", "bias", "step", name];
+        keys.sort_unstable();
+        assert!(keys.windows(2).all(|k| at(k[0]) < at(k[1])), "{dtype:?}: tensors out of order: {header}");
+    }
+}
+
+/// Every F16 and BF16 value converts to f32 exactly, NaN payloads and
+/// signs as they are (numpy's `astype`, PyTorch's `.float()`); F16's worked
+/// out here in f64 from its fields.
+#[test]
+fn every_f16_and_bf16_value_converts_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("all.safetensors");
+    let all: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
+    for dtype in [Dtype::F16, Dtype::BF16] {
+        let tensors = vec![("weight", TensorView::new(dtype, vec![1 << 15, 2], &all).unwrap())];
+        std::fs::write(&path, safetensors::tensor::serialize(tensors, None).unwrap()).unwrap();
+        let got = latent_line::tables::load(&path, "weight").unwrap();
+        assert_eq!(got.data.len(), 1 << 16);
+        for (h, v) in (0..=u16::MAX).zip(&got.data) {
+            let (sign, exp, man) = ((h >> 15) as u32, ((h >> 10) & 0x1f) as i32, (h & 0x3ff) as u32);
+            let want = match dtype {
+                Dtype::BF16 => (h as u32) << 16,
+                _ if exp == 0x1f && man != 0 => (sign << 31) | 0x7f80_0000 | (man << 13),
+                _ if exp == 0x1f => (sign << 31) | 0x7f80_0000,
+                _ => {
+                    let m =
+                        if exp == 0 { man as f64 * 2f64.powi(-24) } else { (1024 + man) as f64 * 2f64.powi(exp - 25) };
+                    (if sign == 1 { -m as f32 } else { m as f32 }).to_bits()
+                }
+            };
+            assert_eq!(v.to_bits(), want, "{dtype:?} {h:#06x}: {:#010x}, want {want:#010x}", v.to_bits());
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Host side of batched steps (SPEC §10): where each step's slots come
-//! from (`sample.wgsl` for random batches, the resident user batches), the
+//! from (random batches: worked out by `fused_step.wgsl` itself, SAMPLED,
+//! or by `sample.wgsl`'s `batch` pass; the resident user batches), the
 //! gather/scatter passes (`batch_io.wgsl`). Owned by [`super::GpuTrainer`]; CPU
 //! mirror: `crate::cpu` (its general step); slots: `crate::batches`.
 

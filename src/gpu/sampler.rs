@@ -1,5 +1,8 @@
-//! Host side of `shaders/sample.wgsl`: a step's random batch generated on
-//! the device (SPEC §10). CPU mirror: `crate::sampler::Sampler`.
+//! Host side of `shaders/sample.wgsl`'s `main`: an epoch's rows generated
+//! on the device (SPEC §10), for tests/sampler.rs to check against the CPU
+//! mirror, `crate::sampler::Sampler`. (Training's slots: sample.wgsl's
+//! `batch` pass or fused_step.wgsl's SAMPLED, both from
+//! `GpuTrainer::encode_phase`.) `SampleU` is also the schedule's entry.
 
 use std::sync::Arc;
 

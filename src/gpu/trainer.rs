@@ -80,8 +80,9 @@ pub enum StepPath {
     /// One fused pass per chunk: the fast path, with scans and guards.
     Fused,
     /// gather → distances → loss forward → loss backward → SGD, each its own
-    /// kernel over a gathered copy of the batch: a cross-check of the math
-    /// (and the shape batches will take). No scans or audit; `ignore` only.
+    /// kernel over a gathered copy of the table: a cross-check of the math
+    /// (full table only: batches take the fused pass). No scans or audit;
+    /// `ignore` only.
     Staged,
 }
 
@@ -157,7 +158,10 @@ pub struct GpuOptions {
     /// even where every bound is constant, and the H200 ran 16 kept columns
     /// slower than 8 where only 8 were used (whole-array copies); RADV
     /// keeps either in the same registers (BENCHMARKS.md, ninth session).
-    /// Not yet timed on a GPU. The same bits either way.
+    /// Timed once on an H200 (tenth session, 8 lanes, D = 64): 0.2218 ms in
+    /// vectors, 0.2156 in an array, within that call's spread; on for the
+    /// reason above. Only the 4-byte path (D not a multiple of 4) takes it.
+    /// The same bits either way.
     pub kept_vectors: Option<bool>,
     /// Under VEC4, p and q of a lane's columns read from workgroup memory
     /// at each use instead of held in registers across the workgroup's
@@ -1316,10 +1320,25 @@ impl Trainer for GpuTrainer {
         let s = self.read_state()?;
         let (skips, rollbacks) =
             crate::guard::resume_counters(self.cfg.guard.policy, s.halted != 0, s.skips, s.rollbacks);
-        Ok(RunState { steps: self.steps_done, lr: s.lr, skips, rollbacks, ..RunState::default() })
+        // skip-row's strike counts (a buffer of one u32 a row).
+        let strikes = if self.cfg.guard.policy == Policy::SkipRow {
+            let bytes = self.shape.rows as u64 * 4;
+            let staging = readback(&self.ctx, "strikes readback", bytes);
+            let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+            enc.copy_buffer_to_buffer(&self.strikes, 0, &staging, 0, bytes);
+            self.ctx.queue.submit([enc.finish()]);
+            RunState::strikes_of(&read_mapped(&self.ctx, &staging, bytes)?)
+        } else {
+            Vec::new()
+        };
+        Ok(RunState { steps: self.steps_done, lr: s.lr, skips, rollbacks, strikes, ..RunState::default() })
     }
     fn set_run_state(&mut self, r: RunState) -> Result<()> {
         r.check(&self.cfg)?;
+        if self.cfg.guard.policy == Policy::SkipRow {
+            let per_row = r.strikes_per_row(self.shape.rows)?;
+            self.ctx.queue.write_buffer(&self.strikes, 0, bytemuck::cast_slice(&per_row));
+        }
         // lr, skips, rollbacks are consecutive words of `State` (24..36).
         let words = [r.lr.to_bits(), r.skips, r.rollbacks];
         self.ctx.queue.write_buffer(&self.state, 24, bytemuck::cast_slice(&words));

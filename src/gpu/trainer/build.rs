@@ -116,7 +116,7 @@ impl GpuTrainer {
         // (zeroed before each submission: `GpuTrainer::start_submission`).
         let undo_mark = storage(&ctx, "undo marks", 16, wgpu::BufferUsages::COPY_DST);
         let strikes = if policy == Policy::SkipRow {
-            storage(&ctx, "strikes", shape.rows as u64 * 4, wgpu::BufferUsages::COPY_SRC)
+            storage(&ctx, "strikes", shape.rows as u64 * 4, wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST)
         } else {
             storage(&ctx, "unused strikes", 16, wgpu::BufferUsages::empty())
         };
