@@ -130,6 +130,12 @@ pub struct StepConfig {
     pub weight_decay: f32,
     /// SPEC §5: global-norm clipping of the step's gradient (0 = off).
     pub clip_norm: f32,
+    /// SPEC §8: a batch row is near-singular when s1 or s2 is below
+    /// (τ·d0)² (the audit's count; the step itself does not use it).
+    pub tau: f32,
+    /// SPEC §8: the collapse warning when d0 falls below this fraction of
+    /// its value at step 0 (host only: read from the records).
+    pub collapse_fraction: f64,
 }
 
 impl StepConfig {
@@ -149,6 +155,8 @@ impl StepConfig {
             momentum: 0.0,
             weight_decay: 0.0,
             clip_norm: 0.0,
+            tau: crate::guard::TAU,
+            collapse_fraction: crate::guard::COLLAPSE_FRACTION,
         }
     }
 
@@ -181,10 +189,14 @@ impl StepConfig {
             ("--margin-weight", self.margin_weight),
             ("--weight-decay", self.weight_decay),
             ("--clip-norm", self.clip_norm),
+            ("--tau", self.tau),
         ] {
             if !v.is_finite() || v < 0.0 {
                 return Err(Error::invalid(opt, format!("{v} must be finite and ≥ 0")));
             }
+        }
+        if !(0.0..=1.0).contains(&self.collapse_fraction) {
+            return Err(Error::invalid("--collapse-fraction", format!("{} must be in [0, 1]", self.collapse_fraction)));
         }
         let g = &self.guard;
         if g.snapshot_every == 0 {

@@ -12,7 +12,7 @@ mod general;
 use crate::batches::{Batches, Schedule, StepSlots};
 use crate::config::{Shape, StepConfig};
 use crate::error::{Error, Result};
-use crate::guard::{Action, GuardState, Policy, TAU};
+use crate::guard::{Action, GuardState, Policy};
 use crate::record::{Record, StepScans};
 use crate::scan::{scan_rows, Scan};
 use crate::trainer::{DeviceInfo, RunState, TableSource, Trainer};
@@ -674,7 +674,7 @@ impl CpuTrainer {
         let (a, b) = (cfg.anchor_a, cfg.anchor_b);
         let (pq, s0, d0) = self.anchors();
         let (p, q) = pq.split_at(d);
-        let near = TAU * d0;
+        let near = cfg.tau * d0;
         let near2 = near * near;
         let w_red = cfg.w_red(self.shape.rows);
         let lr = self.state.lr;

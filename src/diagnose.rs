@@ -192,10 +192,10 @@ pub fn report() -> Result<String> {
         o.scan_lines("    gradient  ", &run.rec.scans.grad);
         o.scan_lines("    written   ", &run.rec.scans.table);
         o.line(format!(
-            "    audit     {} near-singular row{} (s1 or s2 below (τ·d0)²); guard action {:?}",
+            "    audit     {} near-singular row{} (s1 or s2 below (τ·d0)²); guard action {}",
             run.rec.near_singular,
             plural(run.rec.near_singular),
-            run.rec.action
+            run.rec.action.name()
         ));
         o.scan_lines("    table     ", &run.after_scan);
         o.blank();
@@ -314,11 +314,11 @@ pub fn report() -> Result<String> {
     o.para(
         "  ",
         &format!(
-            "Safe run: gradient scan {}; written rows {}; guard action {:?}: {safe_words} after the step. \
+            "Safe run: gradient scan {}; written rows {}; guard action {}: {safe_words} after the step. \
              The loss fell from L = {} to {}. The anchors moved by {}~(row~{a}) and {}~(row~{b}).",
             safe.rec.scans.grad.describe(),
             safe.rec.scans.table.describe(),
-            safe.rec.action,
+            safe.rec.action.name(),
             fmt4(safe.rec.loss(w_red)),
             fmt4(safe.eval_after.loss(w_red)),
             fmt4(dist(row_of(&start, a), row_of(&safe.after, a))),
@@ -388,9 +388,9 @@ pub fn report() -> Result<String> {
         "  ",
         &format!(
             "With the default --on-nonfinite skip-step, latent-line refuses to write such a step. The same \
-             naive step run under the default guard: action {:?}; the table is {}. The step's scan of \
+             naive step run under the default guard: action {}; the table is {}. The step's scan of \
              the rows it would have written still reports what it refused:",
-            guarded.rec.action,
+            guarded.rec.action.name(),
             if unchanged { "unchanged, bit for bit" } else { "CHANGED (unexpected)" }
         ),
     );
@@ -620,7 +620,7 @@ mod tests {
         // Collapse and guard.
         assert!(text.contains("collapse"));
         assert!(safe.eval_after.d0 < safe.rec.d0, "detached anchors drift together");
-        assert!(text.contains("action SkippedStep"));
+        assert!(text.contains("action skipped-step"));
         assert!(text.contains("unchanged, bit for bit"));
 
         for line in text.lines() {

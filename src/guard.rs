@@ -80,6 +80,20 @@ pub enum Action {
 }
 
 impl Action {
+    /// Its name as the report spells it (`skipped-step`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Applied => "applied",
+            Action::Ignored => "ignored",
+            Action::SkippedStep => "skipped-step",
+            Action::SkippedRows => "skipped-rows",
+            Action::RolledBack => "rolled-back",
+            Action::Aborted => "aborted",
+            Action::NotRun => "not-run",
+            Action::Evaluated => "evaluated",
+        }
+    }
+
     pub fn from_code(c: u32) -> Action {
         match c {
             0 => Action::Applied,

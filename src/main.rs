@@ -34,6 +34,16 @@ fn note_stdout(r: std::io::Result<()>) {
     }
 }
 
+/// `--json`: `value` on standard output, pretty-printed (a write error
+/// kept for the exit code, as `out!` keeps it).
+fn print_json(value: &impl serde::Serialize) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    note_stdout(
+        serde_json::to_writer_pretty(&mut stdout, value).map_err(std::io::Error::from).and_then(|_| writeln!(stdout)),
+    );
+}
+
 /// `println!` that never panics: a closed stdout (`| head`) must not turn a
 /// finished run into a crash; the files and the exit code still tell.
 /// Other write errors are kept for the exit code (`note_stdout`).
@@ -89,9 +99,40 @@ struct ScanArgs {
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
     /// GPU adapter whose name contains this (else WGPU_ADAPTER_NAME); a
-    /// name that matches none is an error.
-    #[arg(long)]
+    /// name that matches none is an error (as is one with --backend cpu).
+    #[arg(long, value_parser = adapter_arg)]
     adapter: Option<String>,
+    /// Print the scan as JSON on standard output instead of the text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `latent-line scan --json`: what the text says, as fields.
+#[derive(serde::Serialize)]
+struct ScanJson<'a> {
+    file: &'a Path,
+    /// The tensor scanned (a `.safetensors` file's; `null` for `.npy`).
+    tensor: Option<&'a str>,
+    /// What the file holds (`f32`, `f64`, `F16`, …), scanned as f32.
+    dtype: &'a str,
+    rows: usize,
+    dim: usize,
+    /// A conversion's note (finite f64 values beyond f32's range, counted).
+    note: Option<&'a str>,
+    /// `cpu` or `gpu`, and where: threads or the adapter.
+    backend: &'a str,
+    on: &'a str,
+    read_seconds: f64,
+    /// The scan's wall clock (on a GPU, the upload included).
+    scan_seconds: f64,
+    /// NaN and ±Inf counts, the non-finite rows (`bad_rows`, the lowest
+    /// `rows`, up to 64) and the lowest non-finite element (`first`, its
+    /// bits those of the f32 value scanned).
+    scan: &'a latent_line::Scan,
+    /// `first`'s bits as the file holds them (hex, with their width: an
+    /// f64 or F16 NaN's own payload), where the file can be read again.
+    first_file_bits: Option<String>,
+    all_finite: bool,
 }
 
 /// How a command ended, for the exit code (SPEC §13).
@@ -174,6 +215,13 @@ struct TrainArgs {
     /// Weight λ of the separation term λ·max(0, m − d0).
     #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
     margin_weight: f32,
+    /// The audit's near-singular rows: s1 or s2 below (τ·d0)² (SPEC §8).
+    #[arg(long, default_value_t = latent_line::guard::TAU, allow_hyphen_values = true)]
+    tau: f32,
+    /// Warn of a collapse when d0 falls below this fraction of its value
+    /// at step 0 (SPEC §8).
+    #[arg(long, default_value_t = latent_line::guard::COLLAPSE_FRACTION, allow_hyphen_values = true)]
+    collapse_fraction: f64,
     /// What a step that meets NaN or ±Inf does (SPEC §9).
     #[arg(long, value_enum, default_value_t = Policy::SkipStep)]
     on_nonfinite: Policy,
@@ -193,8 +241,9 @@ struct TrainArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
-    /// GPU adapter whose name contains this (else WGPU_ADAPTER_NAME).
-    #[arg(long)]
+    /// GPU adapter whose name contains this (else WGPU_ADAPTER_NAME); a
+    /// name that matches none is an error (as is one with --backend cpu).
+    #[arg(long, value_parser = adapter_arg)]
     adapter: Option<String>,
     /// Start from this table (.npy: 2-D float32/float64; .safetensors: tensor --tensor).
     #[arg(long, value_name = "FILE")]
@@ -277,6 +326,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// clap's parser of `--adapter`: a name (an empty one would match every
+/// adapter, where an empty `WGPU_ADAPTER_NAME` is no name).
+fn adapter_arg(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("an empty adapter name".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// `--adapter` with `--backend cpu`: a GPU adapter asked for by a run that
+/// uses none.
+fn check_adapter(backend: BackendChoice, adapter: &Option<String>) -> anyhow::Result<()> {
+    if let (BackendChoice::Cpu, Some(a)) = (backend, adapter) {
+        bail!("invalid --adapter: \"{a}\" names a GPU adapter, and --backend cpu uses none; drop one of the two");
+    }
+    Ok(())
+}
+
 /// clap's parser of `--tensor`: a name a table's tensor can have.
 fn tensor_arg(s: &str) -> Result<String, String> {
     tables::check_tensor_name(s).map(|_| s.to_owned())
@@ -353,6 +420,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     let handler_flag = stop_flag.clone();
     let _ = ctrlc::set_handler(move || handler_flag.store(true, std::sync::atomic::Ordering::SeqCst));
     // Everything is validated before any allocation or output.
+    check_adapter(args.backend, &args.adapter)?;
     if let Some(p) = &args.plot {
         if p.extension().and_then(|e| e.to_str()) != Some("svg") {
             bail!("invalid --plot: {} must end in .svg", p.display());
@@ -477,6 +545,8 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     cfg.clip_norm = args.clip_norm;
     cfg.margin = args.margin;
     cfg.margin_weight = args.margin_weight;
+    cfg.tau = args.tau;
+    cfg.collapse_fraction = args.collapse_fraction;
     cfg.guard = Guard {
         policy: args.on_nonfinite,
         max_skips: args.max_skips,
@@ -714,7 +784,9 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     // The step d0 first fell below its fraction: before the resume, or in
     // this run's records.
     let collapse_of = |records: &[latent_line::Record]| {
-        collapse_saved.or_else(|| collapse_step(records, d0_start_of(records)?).map(|at| (start + at) as u64))
+        collapse_saved.or_else(|| {
+            collapse_step(records, d0_start_of(records)?, cfg.collapse_fraction).map(|at| (start + at) as u64)
+        })
     };
     while done < args.steps && !halted {
         let mut n = args.steps - done;
@@ -764,13 +836,13 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             done += group.len();
             records.extend(group);
             let d0_start = d0_start_of(&records).unwrap_or(0.0);
-            if let (Some(at), false) = (collapse_step(&records, d0_start), collapse_warned) {
+            if let (Some(at), false) = (collapse_step(&records, d0_start, cfg.collapse_fraction), collapse_warned) {
                 collapse_warned = true;
                 let warn = format!(
                     "warning  step {}: the anchors are collapsing: d0 = {:.4e}, below {} of its start {:.4e} (SPEC §8)",
                     start + at,
                     records[at].d0,
-                    latent_line::guard::COLLAPSE_FRACTION,
+                    cfg.collapse_fraction,
                     d0_start
                 );
                 match &bar {
@@ -1018,13 +1090,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             }
         }
         if args.json {
-            use std::io::Write as _;
-            let mut stdout = std::io::stdout().lock();
-            note_stdout(
-                serde_json::to_writer_pretty(&mut stdout, &report)
-                    .map_err(std::io::Error::from)
-                    .and_then(|_| writeln!(stdout)),
-            );
+            print_json(&report);
         }
     }
     Ok(if aborted_at.is_some() {
@@ -1042,7 +1108,12 @@ fn devices() -> anyhow::Result<Outcome> {
     use latent_line::gpu::context::{adapters, env_adapter_name, find_named};
     let all = adapters()?;
     if all.is_empty() {
-        out!("no GPU adapter (is a Vulkan, Metal or DX12 driver installed? on Linux: mesa-vulkan-drivers)");
+        match std::env::var("WGPU_BACKEND") {
+            Ok(v) => out!("no GPU adapter through WGPU_BACKEND={v:?}"),
+            Err(_) => {
+                out!("no GPU adapter (is a Vulkan, Metal or DX12 driver installed? on Linux: mesa-vulkan-drivers)")
+            }
+        }
     }
     for (i, a) in all.iter().enumerate() {
         let (info, l, f) = (a.get_info(), a.limits(), a.features());
@@ -1099,12 +1170,27 @@ fn devices() -> anyhow::Result<Outcome> {
 
 /// `latent-line scan FILE`: SPEC §7 over a saved table.
 fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
+    QUIET.store(args.json, std::sync::atomic::Ordering::Relaxed);
+    check_adapter(args.backend, &args.adapter)?;
     if let Some(p) = &args.plot {
         if p.extension().and_then(|e| e.to_str()) != Some("svg") {
             bail!("invalid --plot: {} must end in .svg", p.display());
         }
         check_output("--plot", p)?;
     }
+    // The table is in host memory already: `auto` scans it there, at memory
+    // speed; uploading it to a GPU would cost more than the scan (measured,
+    // BENCHMARKS.md). `--backend gpu`, or an adapter named (`--adapter`,
+    // `WGPU_ADAPTER_NAME`: as `train` takes one under `auto`), runs
+    // scan_table.wgsl instead. (Opened first: a missing adapter is an error
+    // before anything is printed.)
+    let gpu = match args.backend {
+        BackendChoice::Gpu => Some(GpuContext::new(args.adapter.as_deref())?),
+        BackendChoice::Auto if args.adapter.is_some() || latent_line::gpu::context::env_adapter_name().is_some() => {
+            Some(GpuContext::new(args.adapter.as_deref())?)
+        }
+        BackendChoice::Cpu | BackendChoice::Auto => None,
+    };
     let t = Instant::now();
     // What the file holds: a float64 value beyond float32's range is
     // finite there (loading it to train makes it ±Inf, the note says).
@@ -1122,18 +1208,6 @@ fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     if let Some(n) = &l.note {
         out!("         {n}");
     }
-    // The table is in host memory already: `auto` scans it there, at memory
-    // speed; uploading it to a GPU would cost more than the scan (measured,
-    // BENCHMARKS.md). `--backend gpu`, or an adapter named (`--adapter`,
-    // `WGPU_ADAPTER_NAME`: as `train` takes one under `auto`), runs
-    // scan_table.wgsl instead.
-    let gpu = match args.backend {
-        BackendChoice::Gpu => Some(GpuContext::new(args.adapter.as_deref())?),
-        BackendChoice::Auto if args.adapter.is_some() || latent_line::gpu::context::env_adapter_name().is_some() => {
-            Some(GpuContext::new(args.adapter.as_deref())?)
-        }
-        BackendChoice::Cpu | BackendChoice::Auto => None,
-    };
     let t = Instant::now();
     let (found, on) = match gpu {
         Some(ctx) => {
@@ -1164,23 +1238,59 @@ fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
         latent_line::plot::draw_bad_rows(p, shape.rows, &counts, &title)?;
         out!("plot     {}", p.display());
     }
-    if found.is_clean() {
-        out!("finite   every value is finite");
-        return Ok(Outcome::Done);
-    }
-    out!("found    {} NaN · {} +Inf · {} -Inf · in {} rows", found.nan, found.pos_inf, found.neg_inf, found.bad_rows);
-    if let Some(f) = found.first {
-        // The bits the file holds (an f64 NaN's payload, an F16 Inf's), not
-        // those of the f32 value it was scanned as.
+    // The first bad element's bits as the file holds them (an f64 NaN's
+    // payload, an F16 Inf's), not those of the f32 value it was scanned as:
+    // (hex, what they are of), `None` where not to be read again.
+    let file_bits = found.first.and_then(|f| {
         let index = f.row * shape.dim as u64 + f.col;
         // A pipe is not opened again (a named one would wait for a writer).
         let regular = std::fs::metadata(&args.file).is_ok_and(|m| m.is_file());
         let raw = if regular { tables::element_bits(&args.file, &args.tensor, index) } else { Ok(None) };
-        let bits = match raw {
-            Ok(Some((b, width))) => format!("0x{b:0w$x} ({})", l.file_dtype, w = 2 * width),
-            Ok(None) if matches!(l.file_dtype.as_str(), "f32" | "F32") => format!("0x{:08x}", f.bits),
+        match raw {
+            Ok(Some((b, width))) => Some(format!("0x{b:0w$x}", w = 2 * width)),
+            Ok(None) if matches!(l.file_dtype.as_str(), "f32" | "F32") => Some(format!("0x{:08x}", f.bits)),
+            _ => None,
+        }
+    });
+    if args.json {
+        let (backend, where_) = on.split_once(" · ").unwrap_or((&on, ""));
+        let safetensors = matches!(tables::format_of(&args.file), Ok(tables::Format::Safetensors));
+        let out = ScanJson {
+            file: &args.file,
+            tensor: safetensors.then_some(args.tensor.as_str()),
+            dtype: &l.file_dtype,
+            rows: shape.rows,
+            dim: shape.dim,
+            note: l.note.as_deref(),
+            backend,
+            on: where_,
+            read_seconds: read_s,
+            scan_seconds: scan_s,
+            scan: &found,
+            first_file_bits: file_bits,
+            all_finite: found.is_clean(),
+        };
+        print_json(&out);
+        return Ok(if found.is_clean() { Outcome::Done } else { Outcome::NonFinite });
+    }
+    if found.is_clean() {
+        out!("finite   every value is finite");
+        return Ok(Outcome::Done);
+    }
+    let plural = if found.bad_rows == 1 { "" } else { "s" };
+    out!(
+        "found    {} NaN · {} +Inf · {} -Inf · in {} row{plural}",
+        found.nan,
+        found.pos_inf,
+        found.neg_inf,
+        found.bad_rows
+    );
+    if let Some(f) = found.first {
+        let bits = match (&file_bits, l.file_dtype.as_str()) {
+            (Some(b), "f32" | "F32") => b.clone(),
+            (Some(b), dtype) => format!("{b} ({dtype})"),
             // Not to be read again: the f32 value's bits, said so.
-            _ => format!("0x{:08x} (as f32)", f.bits),
+            (None, _) => format!("0x{:08x} (as f32)", f.bits),
         };
         out!("first    row {} column {} · {} · bits {bits}", f.row, f.col, f.kind());
     }

@@ -220,7 +220,7 @@ pub fn element_bits(path: &Path, index: u64) -> Result<Option<u64>> {
     if dtype != Dtype::F64 {
         return Ok(None);
     }
-    if (index + 1) * 8 > data_bytes {
+    if index >= data_bytes / 8 {
         return Err(Error::bad_file(path, format!("no element {index}")));
     }
     let mut b = [0u8; 8];
@@ -621,7 +621,9 @@ pub fn stage(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> std::io::
 /// A table staged as `.npy` for `path`.
 pub fn stage_table(path: &Path, shape: Shape, data: &[f32]) -> Result<Staged> {
     // A file that could not be loaded back is never written (nor over a
-    // good one).
+    // good one); the shape's own rules first (its fields are public: its
+    // size may not even fit 64 bits).
+    Shape::new(shape.rows.max(2), shape.dim)?;
     if data.len() as u64 != shape.elements() {
         return Err(Error::invalid(
             "table",
@@ -886,8 +888,28 @@ mod tests {
         save(&path, shape, &[1.0; 6]).unwrap();
         let e = save(&path, shape, &[1.0; 5]).unwrap_err().to_string();
         assert!(e.contains("5 values for 3 × 2"), "{e}");
+        // A shape built by hand whose size overflows (it wrapped to 0
+        // elements, and a header-only file was written).
+        let e = save(&path, Shape { rows: 1 << 32, dim: 1 << 32 }, &[]).unwrap_err().to_string();
+        assert!(e.contains("does not fit"), "{e}");
         assert_eq!(load(&path).unwrap().data, [1.0; 6]);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // An element past the end, however far, is named, not wrapped.
+        let f64s = dir.path().join("f.npy");
+        let bytes: Vec<u8> = [1.5f64, 2.5, 3.5, 4.5].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 2), }";
+        let mut file = MAGIC.to_vec();
+        file.extend([1, 0]);
+        let pad = (10 + header.len() + 1).next_multiple_of(64) - (10 + header.len() + 1);
+        let text = format!("{header}{}\n", " ".repeat(pad));
+        file.extend((text.len() as u16).to_le_bytes());
+        file.extend(text.as_bytes());
+        file.extend(bytes);
+        std::fs::write(&f64s, file).unwrap();
+        assert_eq!(element_bits(&f64s, 3).unwrap(), Some(4.5f64.to_bits()));
+        for index in [4, 1 << 61, u64::MAX] {
+            assert!(element_bits(&f64s, index).unwrap_err().to_string().contains("no element"), "{index}");
+        }
     }
 
     /// A write that fails (here: the writer's own error) stages nothing,

@@ -211,7 +211,9 @@ fn render_bad_rows(
 /// Rows holding a non-finite value in each of `buckets` equal spans of rows.
 pub fn bad_rows_per_span(values: &[f32], dim: usize, buckets: usize) -> Vec<u64> {
     use rayon::prelude::*;
+    // Whole rows only (a partial last row is no row).
     let rows = values.len() / dim.max(1);
+    let values = &values[..rows * dim.max(1)];
     let buckets = buckets.clamp(1, rows.max(1));
     let mut counts = vec![0u64; buckets];
     let bad: Vec<usize> = values
@@ -229,6 +231,18 @@ pub fn bad_rows_per_span(values: &[f32], dim: usize, buckets: usize) -> Vec<u64>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows are whole rows: a partial last row (even a lone one) is none,
+    /// not an index past the spans.
+    #[test]
+    fn spans_count_whole_rows_only() {
+        let mut v = vec![0.5f32; 10];
+        v[9] = f32::NAN;
+        assert_eq!(bad_rows_per_span(&v, 3, 3), [0, 0, 0]);
+        assert_eq!(bad_rows_per_span(&v[8..], 3, 4), [0]);
+        v[4] = f32::INFINITY;
+        assert_eq!(bad_rows_per_span(&v, 3, 3), [0, 1, 0]);
+    }
 
     /// A picture whose tables and anchors do not fit together is refused,
     /// and nothing is written.

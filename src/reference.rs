@@ -44,9 +44,9 @@ pub fn step_batch(table: &mut [f64], vel: &mut [f64], shape: Shape, cfg: &StepCo
         Reduction::Sum => 1.0,
         Reduction::Mean => 1.0 / rows.len() as f64,
     };
-    // SPEC §8's τ (1e-3, not an option), written here rather than taken
-    // from the code under test.
-    let near = (1e-3 * d0).powi(2);
+    // SPEC §8's τ, an option (its default, 1e-3, checked against SPEC by
+    // `rows_at_the_anchors_take_epsilon_and_tau_as_spec_says`).
+    let near = (cfg.tau as f64 * d0).powi(2);
     let mut rec = Record {
         excess_sum: 0.0,
         excess_max: 0.0,

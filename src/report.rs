@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::guard::{Action, COLLAPSE_FRACTION};
+use crate::guard::Action;
 use crate::record::{Record, StepScans};
 use crate::scan::Scan;
 use crate::trainer::DeviceInfo;
@@ -112,7 +112,7 @@ pub struct Summary {
     pub max_excess_last: f64,
     pub d0_first: f64,
     pub d0_last: f64,
-    /// First step whose d0 fell below COLLAPSE_FRACTION of d0 at step 0.
+    /// First step whose d0 fell below the collapse fraction of d0 at step 0.
     pub collapse_step: Option<usize>,
     pub near_singular_last: u64,
     pub nonfinite_events: usize,
@@ -193,10 +193,11 @@ impl StepEntry {
     }
 }
 
-/// SPEC §8: the first record whose d0 is below the fraction of d0 at step 0
-/// of the run (`d0_start`; a resumed run keeps it in its run state).
-pub fn collapse_step(records: &[Record], d0_start: f64) -> Option<usize> {
-    records.iter().position(|r| r.action != Action::NotRun && r.d0 < COLLAPSE_FRACTION * d0_start)
+/// SPEC §8: the first record whose d0 is below `fraction` (the default:
+/// [`crate::guard::COLLAPSE_FRACTION`]) of d0 at step 0 of the run
+/// (`d0_start`; a resumed run keeps it in its run state).
+pub fn collapse_step(records: &[Record], d0_start: f64, fraction: f64) -> Option<usize> {
+    records.iter().position(|r| r.action != Action::NotRun && r.d0 < fraction * d0_start)
 }
 
 /// Median of step times (seconds per step).

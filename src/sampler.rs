@@ -89,9 +89,18 @@ impl Sampler {
         y
     }
 
-    /// Position `x` (< R) of `epoch`'s permutation.
-    pub fn permute(&self, epoch: u32, x: u32) -> u32 {
-        self.walk(&self.keys(epoch), x)
+    /// Position `x` (< R) of `epoch`'s permutation. (A position past the
+    /// rows is an error: the cycle walk from there need never meet a row.)
+    pub fn permute(&self, epoch: u32, x: u32) -> Result<u32> {
+        self.in_range("position", x)?;
+        Ok(self.walk(&self.keys(epoch), x))
+    }
+
+    fn in_range(&self, what: &'static str, x: u32) -> Result<()> {
+        if x >= self.rows {
+            return Err(Error::invalid(what, format!("{x} is past the permutation's {} rows", self.rows)));
+        }
+        Ok(())
     }
 
     /// The inverse network: each round (l, r) → (r, l ^ F(r ^ k)) undone
@@ -110,13 +119,14 @@ impl Sampler {
 
     /// The position of `row` in `epoch`'s permutation (the cycle walked
     /// backwards): `permute(epoch, unpermute(epoch, row)) == row`.
-    pub fn unpermute(&self, epoch: u32, row: u32) -> u32 {
+    pub fn unpermute(&self, epoch: u32, row: u32) -> Result<u32> {
+        self.in_range("row", row)?;
         let k = self.keys(epoch);
         let mut x = self.feistel_inv(&k, row);
         while x >= self.rows {
             x = self.feistel_inv(&k, x);
         }
-        x
+        Ok(x)
     }
 
     /// The rows of global step `step`.

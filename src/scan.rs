@@ -151,7 +151,7 @@ impl Scan {
         let list: Vec<String> = self.rows.iter().map(|r| r.to_string()).collect();
         s += &format!("; rows {}", list.join(", "));
         if self.bad_rows > self.rows.len() as u64 {
-            s += &format!(", … ({} more)", self.bad_rows - self.rows.len() as u64);
+            s += &format!(", … ({} rows in all)", self.bad_rows);
         }
         s
     }
@@ -174,7 +174,7 @@ const SCAN_BLOCK_ROWS: usize = 4096;
 pub fn scan_rows(values: &[f32], dim: usize, row_base: u64) -> Scan {
     let dim = dim.max(1);
     values
-        .par_chunks(SCAN_BLOCK_ROWS * dim)
+        .par_chunks(SCAN_BLOCK_ROWS.saturating_mul(dim))
         .enumerate()
         .map(|(blk, part)| {
             let mut s = Scan::default();

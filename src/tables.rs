@@ -362,10 +362,11 @@ pub fn element_bits(path: &Path, tensor: &str, index: u64) -> Result<Option<(u64
             if info.dtype == Dtype::F32 || !matches!(size, 2 | 8) {
                 return Ok(None);
             }
-            let at = info.data_offsets.0 as u64 + index * size as u64;
-            if at + size as u64 > info.data_offsets.1 as u64 {
+            let (from, to) = (info.data_offsets.0 as u64, info.data_offsets.1 as u64);
+            if index >= (to - from) / size as u64 {
                 return Err(Error::bad_file(path, format!("tensor \"{tensor}\" has no element {index}")));
             }
+            let at = from + index * size as u64;
             let mut b = [0u8; 8];
             file.seek(std::io::SeekFrom::Start(data_at + at))
                 .and_then(|_| file.read_exact(&mut b[..size]))

@@ -88,10 +88,15 @@ impl RunState {
         let mut per_row = vec![0u32; rows];
         let mut last = None;
         for &(row, n) in &self.strikes {
-            if row as usize >= rows || last.is_some_and(|l| row <= l) || n == 0 {
+            // (u32::MAX: no room to count on.)
+            if row as usize >= rows || last.is_some_and(|l| row <= l) || n == 0 || n == u32::MAX {
                 return Err(crate::error::Error::invalid(
                     "run state",
-                    format!("strikes ({row}, {n}): a row of the {rows} rows, listed once and in order, with a count"),
+                    format!(
+                        "strikes ({row}, {n}): a row of the {rows} rows, listed once and in order, with a count \
+                         from 1 to {}",
+                        u32::MAX - 1
+                    ),
                 ));
             }
             per_row[row as usize] = n;

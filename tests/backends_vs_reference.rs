@@ -252,6 +252,10 @@ fn sweep(name: &str, backend_for: impl Fn(usize) -> Backend) {
                             // exceeds (the two-read general path). Decay and
                             // the clip are scaled as λ is.
                             clip_norm: if case % 5 == 2 && !staged { 0.05 * LR / lr } else { 0.0 },
+                            // Every other case a τ that counts many rows
+                            // near-singular (the audit's count compared).
+                            tau: if case % 2 == 1 { 0.5 } else { latent_line::guard::TAU },
+                            collapse_fraction: latent_line::guard::COLLAPSE_FRACTION,
                         };
                         check(backend, shape, cfg, seed.wrapping_add(case));
                     }

@@ -88,6 +88,8 @@ fn bad_options_are_refused() {
     refused(&dir, &["--rows", "10", "--lr", "inf"], "--lr");
     refused(&dir, &["--rows", "10", "--eps", "-1e-8"], "--eps");
     refused(&dir, &["--rows", "10", "--eps", "NaN"], "--eps");
+    refused(&dir, &["--rows", "10", "--tau", "-1e-3"], "--tau");
+    refused(&dir, &["--rows", "10", "--collapse-fraction", "1.5"], "--collapse-fraction");
     // 4e9 × 64 f32 is 1 TB: refused with the sizes, before any work.
     refused(&dir, &["--rows", "4000000000"], "1024000000000 bytes");
     let missing_dir = dir.s("nope/out.npy");
@@ -319,12 +321,13 @@ fn the_main_job_meets_its_bar() {
     assert!(step > 0.0 && step * 100.0 <= wall, "100 steps of {step} s in a {wall} s run");
     // SPEC's defaults, in brackets there: ε, anchors 0 and R − 1, frozen
     // endpoints, no margin (λ 1), plain SGD, no clipping, skip-step with
-    // K = 10, snapshots every 100 steps, back-off 0.5, 3 rollbacks.
+    // K = 10, snapshots every 100 steps, back-off 0.5, 3 rollbacks; τ 1e-3,
+    // the collapse below 0.1 of d0 at step 0.
     let c = &r["config"];
     let want = serde_json::json!({
         "anchor_a": 0, "anchor_b": 999_999, "endpoints": "frozen", "margin": 0.0,
         "margin_weight": 1.0, "momentum": 0.0, "weight_decay": 0.0, "clip_norm": 0.0, "reduction": "sum",
-        "naive": false,
+        "naive": false, "tau": 0.001, "collapse_fraction": 0.1,
         "guard": { "policy": "skip-step", "max_skips": 10, "snapshot_every": 100, "backoff": 0.5, "max_rollbacks": 3 },
     });
     for (key, value) in want.as_object().unwrap() {
@@ -510,6 +513,7 @@ fn a_resume_refuses_a_run_state_no_run_could_have_written() {
         ("strikes", serde_json::json!([[60, 1]]), "strikes (60, 1)"),
         ("strikes", serde_json::json!([[5, 1], [5, 2]]), "strikes (5, 2)"),
         ("strikes", serde_json::json!([[7, 0]]), "strikes (7, 0)"),
+        ("strikes", serde_json::json!([[7, 4294967295u32]]), "strikes (7, 4294967295)"),
     ] {
         let mut bad = good.clone();
         bad[key] = value;
@@ -587,7 +591,7 @@ fn scan_reports_findings_with_exit_code_3_and_clean_files_with_0() {
         let o = run(&["scan", &dir.s("one.npy"), "--backend", backend]);
         let text = String::from_utf8_lossy(&o.stdout);
         assert_eq!(o.status.code(), Some(3), "{backend}: {text}{}", stderr(&o));
-        assert!(text.contains("0 NaN · 1 +Inf · 0 -Inf · in 1 rows"), "{backend}: {text}");
+        assert!(text.contains("0 NaN · 1 +Inf · 0 -Inf · in 1 row\n"), "{backend}: {text}");
         assert!(text.contains("first    row 0 column 3 · +Inf"), "{backend}: {text}");
     }
     let o = run(&["--load", &dir.s("one.npy"), "--steps", "1"]);
@@ -626,7 +630,26 @@ fn scan_reports_findings_with_exit_code_3_and_clean_files_with_0() {
             assert_eq!(o.status.code(), Some(code), "{name} {backend}: {text}{}", stderr(&o));
             assert!(text.contains("2 finite value(s) beyond float32's range"), "{name} {backend}: {text}");
             if code == 3 {
-                assert!(text.contains("1 NaN · 0 +Inf · 0 -Inf · in 1 rows"), "{name} {backend}: {text}");
+                assert!(text.contains("1 NaN · 0 +Inf · 0 -Inf · in 1 row\n"), "{name} {backend}: {text}");
+            }
+            // --json: the same findings as fields, and nothing else on
+            // standard output; the file's own bits of its first NaN.
+            let o = run(&["scan", &dir.s(name), "--backend", backend, "--json"]);
+            assert_eq!(o.status.code(), Some(code), "{name} {backend}: {}", stderr(&o));
+            let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("scan --json prints JSON alone");
+            assert_eq!(
+                (&j["dtype"], &j["rows"], &j["dim"], &j["backend"]),
+                (&"f64".into(), &4.into(), &2.into(), &backend.into())
+            );
+            assert!(j["note"].as_str().unwrap().contains("2 finite value(s)"), "{j}");
+            assert_eq!(j["all_finite"], code == 0, "{j}");
+            if code == 3 {
+                assert_eq!(j["scan"]["nan"], 1);
+                assert_eq!((&j["scan"]["rows"], &j["scan"]["bad_rows"]), (&serde_json::json!([3]), &1.into()));
+                assert_eq!((&j["scan"]["first"]["row"], &j["scan"]["first"]["col"]), (&3.into(), &0.into()));
+                assert_eq!(j["first_file_bits"], format!("0x{:016x}", f64::NAN.to_bits()), "{j}");
+            } else {
+                assert!(j["scan"]["first"].is_null() && j["first_file_bits"].is_null(), "{j}");
             }
         }
     }
@@ -830,7 +853,7 @@ fn diagnose_explains_the_six_code_case() {
     let o = run(&["diagnose"]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    for needle in ["0 · inf = NaN", "Why rows 0 and 5 turn NaN", "collapse", "SkippedStep"] {
+    for needle in ["0 · inf = NaN", "Why rows 0 and 5 turn NaN", "collapse", "action skipped-step"] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
 }
@@ -1820,10 +1843,21 @@ fn scan_takes_a_named_adapter_under_auto() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains(&format!("scanned  on gpu · {first}")), "{out}");
-    assert!(out.contains("1 NaN") && out.contains("in 1 rows"), "{out}");
+    assert!(out.contains("1 NaN") && out.contains("in 1 row\n"), "{out}");
     let o = run(&["scan", &t, "--adapter", "no-such-adapter"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("none matches \"no-such-adapter\""), "{}", stderr(&o));
+    assert!(o.stdout.is_empty(), "printed before the error: {}", String::from_utf8_lossy(&o.stdout));
+    // An adapter named with --backend cpu (which uses none) is an error, an
+    // empty name a usage error, for a scan and a run alike.
+    for cmd in [&["scan", &t][..], &["--rows", "10", "--steps", "1"]] {
+        let o = run(&[cmd, &["--backend", "cpu", "--adapter", &first]].concat());
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains("--backend cpu uses none"), "{}", stderr(&o));
+        let o = run(&[cmd, &["--adapter", ""]].concat());
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("an empty adapter name"), "{}", stderr(&o));
+    }
     // Named by WGPU_ADAPTER_NAME, the same; without a name, auto scans in
     // host memory.
     let o = latent_line(["scan", &t]).env("WGPU_ADAPTER_NAME", &first).output().unwrap();
@@ -2005,6 +2039,14 @@ fn a_resumed_run_counts_strikes_and_keeps_its_collapse_step() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let at = report(&dir.s("c.json"))["summary"]["collapse_step"].as_u64().expect("the anchors collapse");
     assert!((3..25).contains(&at), "collapse at step {at}");
+    // (A higher --collapse-fraction names an earlier step, one whose d0 is
+    // below half the start and whose step before is not.)
+    let o = run(&[&base[..], &["--steps", "30", "--report", &dir.s("h.json"), "--collapse-fraction", "0.5"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let h = report(&dir.s("h.json"));
+    let half = h["summary"]["collapse_step"].as_u64().expect("collapse at 0.5") as usize;
+    let d0 = |s: usize| h["steps"][s]["d0"].as_f64().unwrap();
+    assert!(half < at as usize && d0(half) < 0.5 * d0(0) && d0(half - 1) >= 0.5 * d0(0), "{half} vs {at}");
     for split in [at - 2, at + 3] {
         let (ck, rep) = (dir.s(&format!("c{split}.npy")), dir.s(&format!("c{split}.json")));
         let o = run(&[&base[..], &["--steps", &split.to_string(), "--save", &ck, "--quiet"]].concat());

@@ -708,7 +708,7 @@ fn audit_shows_detached_anchors_collapsing() {
         for w in recs.windows(2).take(10) {
             assert!(w[1].d0 < w[0].d0, "{name}: d0 {} → {}, seed {seed}", w[0].d0, w[1].d0);
         }
-        let at = latent_line::report::collapse_step(&recs, recs[0].d0);
+        let at = latent_line::report::collapse_step(&recs, recs[0].d0, latent_line::guard::COLLAPSE_FRACTION);
         assert!(at.is_some(), "{name}: no collapse seen; d0 {} → {}, seed {seed}", recs[0].d0, recs[59].d0);
         // Both anchors sit at distance 0 from themselves: near-singular ≥ 2.
         assert!(recs.iter().all(|r| r.near_singular >= 2), "{name}, seed {seed}");
@@ -740,7 +740,10 @@ fn a_margin_stops_the_detached_collapse() {
             lowest >= margin as f64 - 2.0 * lr as f64 - 1e-4,
             "{name}: d0 fell to {lowest} (m = {margin}), seed {seed}"
         );
-        assert!(latent_line::report::collapse_step(&recs, recs[0].d0).is_none(), "{name}, seed {seed}");
+        assert!(
+            latent_line::report::collapse_step(&recs, recs[0].d0, latent_line::guard::COLLAPSE_FRACTION).is_none(),
+            "{name}, seed {seed}"
+        );
         let last = recs.last().unwrap();
         assert!(last.separation > 0.0 && last.d0 < margin as f64, "{name}: the term is active at the end, seed {seed}");
         assert!(last.mean_excess() < 0.5 * recs[0].mean_excess(), "{name}: the excess falls, seed {seed}");

@@ -59,7 +59,7 @@ fn device_permutation_matches_the_host_above_2_pow_24_rows() {
     let g = GpuSampler::new(gpu(), s, rows);
     for epoch in [0u32, 5] {
         let got = g.positions(epoch, 0, rows).unwrap();
-        let want: Vec<u32> = (0..rows).map(|x| s.permute(epoch, x)).collect();
+        let want: Vec<u32> = (0..rows).map(|x| s.permute(epoch, x).unwrap()).collect();
         assert!(got == want, "epoch {epoch}: device and host differ, seed {seed}");
         assert!(is_permutation(got, rows), "epoch {epoch}, seed {seed}");
     }
@@ -75,9 +75,20 @@ fn unpermute_inverts_the_permutation() {
         let s = Sampler::new(rows, 1, seed).unwrap();
         for epoch in [0u32, 3] {
             for x in (0..rows as u32).step_by(rows / 64 + 1) {
-                let row = s.permute(epoch, x);
-                assert_eq!(s.unpermute(epoch, row), x, "R {rows} epoch {epoch} position {x}, seed {seed}");
+                let row = s.permute(epoch, x).unwrap();
+                assert_eq!(s.unpermute(epoch, row).unwrap(), x, "R {rows} epoch {epoch} position {x}, seed {seed}");
             }
+        }
+        // Past the rows: an error (a cycle walk from there need never meet
+        // a row, and hung before), on the host and on the device.
+        let past = rows as u32;
+        assert!(s.permute(0, past).unwrap_err().to_string().contains("past the permutation's"));
+        assert!(s.unpermute(0, past).unwrap_err().to_string().contains("past the permutation's"));
+        if rows == 1000 {
+            let g = GpuSampler::new(gpu(), s, rows as u32);
+            let e = g.positions(0, past - 10, 11).unwrap_err().to_string();
+            assert!(e.contains("positions 990..1001 are past the 1000 rows"), "{e}");
+            assert_eq!(g.positions(0, past - 10, 10).unwrap().len(), 10);
         }
     }
 }

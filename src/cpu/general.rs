@@ -16,7 +16,7 @@ use super::{
     RowForward, Simd, BLOCK_ROWS, LANES,
 };
 use crate::config::{Endpoints, StepConfig};
-use crate::guard::{Action, Policy, TAU};
+use crate::guard::{Action, Policy};
 use crate::record::Record;
 
 /// Kept rows from which a batch's write-back runs in parallel.
@@ -260,7 +260,7 @@ impl CpuTrainer {
         let (a, b) = (cfg.anchor_a, cfg.anchor_b);
         let (pq, s0, d0) = self.anchors();
         let (p, q) = pq.split_at(d);
-        let near2 = (TAU * d0) * (TAU * d0);
+        let near2 = (cfg.tau * d0) * (cfg.tau * d0);
         let w_red = cfg.w_red(plan.entries);
         let lr = self.state.lr;
         let attached = cfg.endpoints == Endpoints::Attached;

@@ -79,6 +79,11 @@ impl GpuSampler {
         if count > self.capacity {
             return Err(Error::invalid("count", format!("{count} positions; the buffer holds {}", self.capacity)));
         }
+        // (Past the rows the kernel's cycle walk need never end.)
+        let (end, rows) = (start as u64 + count as u64, self.sampler.rows as u64);
+        if end > rows {
+            return Err(Error::invalid("start", format!("positions {start}..{end} are past the {rows} rows")));
+        }
         if count == 0 {
             return Ok(Vec::new());
         }

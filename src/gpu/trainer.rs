@@ -47,7 +47,7 @@ use super::shaders;
 use crate::batches::{Batches, Schedule, StepSlots};
 use crate::config::{Shape, StepConfig};
 use crate::error::{Error, Result};
-use crate::guard::{Policy, TAU};
+use crate::guard::Policy;
 use crate::record::{Record, RECORD_WORDS};
 use crate::scan::Scan;
 use crate::trainer::{DeviceInfo, KernelTime, RunState, TableSource, Trainer};
@@ -442,7 +442,7 @@ fn params_u(shape: Shape, cfg: &StepConfig) -> ParamsU {
         w_red: cfg.w_red(shape.rows),
         seed_lo: 0,
         seed_hi: 0,
-        tau: TAU,
+        tau: cfg.tau,
         max_skips: cfg.guard.max_skips,
         max_rollbacks: cfg.guard.max_rollbacks,
         backoff: cfg.guard.backoff,
