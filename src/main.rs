@@ -34,6 +34,14 @@ fn note_stdout(r: std::io::Result<()>) {
     }
 }
 
+/// SPEC §8's collapse warning, of the table at `step`.
+fn collapse_warning(step: usize, d0: f64, fraction: f64, d0_start: f64) -> String {
+    format!(
+        "warning  step {step}: the anchors are collapsing: d0 = {d0:.4e}, below {fraction} of its start {d0_start:.4e} \
+         (SPEC §8)"
+    )
+}
+
 /// `--json`: `value` on standard output, pretty-printed (a write error
 /// kept for the exit code, as `out!` keeps it).
 fn print_json(value: &impl serde::Serialize) {
@@ -158,6 +166,10 @@ use latent_line::backend::Backend as BackendChoice;
 
 #[derive(Args, Clone, Debug, serde::Serialize)]
 struct TrainArgs {
+    /// The options given on the command line (the others took their
+    /// defaults), for the report: set after parsing.
+    #[arg(skip)]
+    given: Vec<String>,
     /// Rows of a generated table [default: 1000000]; with --load, must match the file.
     #[arg(long)]
     rows: Option<usize>,
@@ -282,7 +294,25 @@ struct TrainArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Which options the command line gave (the report's `options.given`):
+    // its long names (the matches' ids include argument groups).
+    let given = |m: &clap::ArgMatches| -> Vec<String> {
+        let cmd = Cli::command();
+        let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
+        m.ids()
+            .filter(|id| m.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine))
+            .map(|id| id.as_str().replace('_', "-"))
+            .filter(|name| longs.contains(&name.as_str()))
+            .map(|name| format!("--{name}"))
+            .collect()
+    };
+    match (&mut cli.command, matches.subcommand_matches("train")) {
+        (Some(Command::Train(a)), Some(m)) => a.given = given(m),
+        _ => cli.train.given = given(&matches),
+    }
     let result = match cli.command {
         Some(Command::Train(a)) => train(&a),
         None => train(&cli.train),
@@ -678,6 +708,24 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     };
     let resumed_lr = resumed.as_ref().map(|(state, _, _)| state.lr);
     let batched = !batches.is_full();
+    // User batches: the rows each of them moves (its distinct rows and the
+    // anchors: its slots), for the bytes a step moves.
+    let sampler = match &batches {
+        Batches::Random { size, seed } => Some(latent_line::sampler::Sampler::new(shape.rows, *size, *seed)?),
+        _ => None,
+    };
+    let slot_counts: Option<Vec<usize>> = match &batches {
+        Batches::Indices(ib) => Some(
+            (0..ib.len() as u64)
+                .map(|i| {
+                    latent_line::batches::StepSlots::new(ib.batch(i), cfg.anchor_a as u32, cfg.anchor_b as u32, true)
+                        .slots
+                        .len()
+                })
+                .collect(),
+        ),
+        _ => None,
+    };
     let (mut trainer, why) = open_trainer(args, shape, cfg, source, batches)?;
     trainer.set_stop(stop_flag);
     let profiling = args.profile && trainer.set_profile(true)?;
@@ -838,13 +886,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             let d0_start = d0_start_of(&records).unwrap_or(0.0);
             if let (Some(at), false) = (collapse_step(&records, d0_start, cfg.collapse_fraction), collapse_warned) {
                 collapse_warned = true;
-                let warn = format!(
-                    "warning  step {}: the anchors are collapsing: d0 = {:.4e}, below {} of its start {:.4e} (SPEC §8)",
-                    start + at,
-                    records[at].d0,
-                    cfg.collapse_fraction,
-                    d0_start
-                );
+                let warn = collapse_warning(start + at, records[at].d0, cfg.collapse_fraction, d0_start);
                 match &bar {
                     Some(b) => b.suspend(|| out!("{warn}")),
                     None => out!("{warn}"),
@@ -891,14 +933,32 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     // before update k): the last, the final table's evaluation, is of the
     // steps done; after an abort that is the aborted step's own table.
     let step_of = |i: usize| if i + 1 == records.len() { steps_done } else { start + i };
+    // A collapse the final table shows first is warned of too (and saved
+    // with the run state: a resume would not warn of it again).
+    let collapse = collapse_of(&records).map(|s| s.min(steps_done as u64));
+    if let (Some(at), false, Some(d0)) =
+        (collapse_step(&records, d0_start.unwrap_or(0.0), cfg.collapse_fraction), collapse_warned, d0_start)
+    {
+        out!("{}", collapse_warning(step_of(at), records[at].d0, cfg.collapse_fraction, d0));
+    }
     let final_scan = trainer.scan_table()?;
     let finite = final_scan.is_clean();
 
     // With batches, the summary compares whole-table evaluations.
     let (first, last) = (start_eval.as_ref().unwrap_or(&records[0]), &records[records.len() - 1]);
     let step_s = if wall_steps > 0 { wall.as_secs_f64() / wall_steps as f64 } else { 0.0 };
-    // A step reads and writes its batch's rows (the full table's by default).
-    let bytes = 2 * records[0].batch.min(shape.rows) as u64 * shape.dim as u64 * 4;
+    // A step reads and writes each row it touches once (SPEC §15): the
+    // full table's, or a batch's distinct rows and the anchors, averaged
+    // over the steps run (the first step's where none ran). (A random
+    // batch has no repeats; its anchors are counted as two more rows.)
+    let run: Vec<usize> = (start..steps_done.max(start + 1)).collect();
+    let moved = |step: usize| match (&slot_counts, &sampler) {
+        (Some(counts), _) => counts[step % counts.len()],
+        (None, Some(s)) => s.slot(step as u64).count as usize + 2,
+        (None, None) => shape.rows,
+    };
+    let rows_moved = run.iter().map(|&s| moved(s) as f64).sum::<f64>() / run.len() as f64;
+    let bytes = (2.0 * rows_moved.min(shape.rows as f64) * shape.dim as f64 * 4.0).round() as u64;
     let gbps = if step_s > 0.0 { bytes as f64 / step_s / 1e9 } else { 0.0 };
     let count = |a: Action| records.iter().filter(|r| r.action == a).count();
     out!(
@@ -984,7 +1044,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     }
 
     if let Some(path) = &args.save {
-        let audit = (d0_start, collapse_of(&records));
+        let audit = (d0_start, collapse);
         save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), audit, &options)?;
         out!(
             "saved    {}{}",
@@ -1039,7 +1099,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 max_excess_last: last.max_excess(),
                 d0_first: first.d0,
                 d0_last: last.d0,
-                collapse_step: collapse_of(&records).map(|s| s as usize),
+                collapse_step: collapse.map(|s| s as usize),
                 near_singular_last: last.near_singular,
                 nonfinite_events: events.len(),
                 skipped_steps: count(Action::SkippedStep),
@@ -1049,7 +1109,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 steps_done,
                 interrupted: aborted_at.is_none() && interrupted(),
                 resumed_from: args.resume.is_some().then_some(start),
-                lr_last: last.lr,
+                lr_last: last.lr as f32,
                 final_scan,
                 all_finite: finite,
                 step_seconds: step_s,

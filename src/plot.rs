@@ -40,15 +40,17 @@ impl Frame {
         if n > 0.0 {
             u.iter_mut().for_each(|x| *x /= n);
         }
-        // Power iteration on the sampled residuals' scatter matrix.
+        // Power iteration on the sampled residuals' scatter matrix (of
+        // finite rows: one NaN row would make every direction NaN).
         let rows = table.len() / dim.max(1);
         let resid: Vec<Vec<f64>> = sample_rows(rows)
             .into_iter()
             .map(|i| {
                 let d: Vec<f64> = row(i).iter().zip(&p).map(|(x, p)| x - p).collect();
                 let t = dot(&d, &u);
-                d.iter().zip(&u).map(|(d, u)| d - t * u).collect()
+                d.iter().zip(&u).map(|(d, u)| d - t * u).collect::<Vec<f64>>()
             })
+            .filter(|r| r.iter().all(|x| x.is_finite()))
             .collect();
         let mut w: Vec<f64> = (0..dim).map(|k| 1.0 + k as f64 * 0.01).collect();
         for _ in 0..50 {
@@ -156,17 +158,30 @@ fn render(svg: &mut String, pic: &Picture) -> std::result::Result<(), Box<dyn st
         .y_label_area_size(48)
         .build_cartesian_2d((lo.0 - px)..(hi.0 + px), (lo.1 - py)..(hi.1 + py))?;
     c.configure_mesh().x_desc("along the anchor line").y_desc("main perpendicular direction").draw()?;
-    c.draw_series(before.iter().map(|&p| Circle::new(p, 2, RGBColor(170, 170, 170).filled())))?
-        .label("before")
+    // A point that is not finite has no place: it is left out, and its
+    // series' label says how many were (plotters would put it in a corner,
+    // where it looks like a cluster of codes).
+    let drawn = |pts: &[(f64, f64)], what: &str| {
+        let kept: Vec<(f64, f64)> = pts.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
+        let left_out = pts.len() - kept.len();
+        let label = if left_out > 0 { format!("{what} ({left_out} not finite, not drawn)") } else { what.to_owned() };
+        (kept, label)
+    };
+    let (pts, label) = drawn(&before, "before");
+    c.draw_series(pts.into_iter().map(|p| Circle::new(p, 2, RGBColor(170, 170, 170).filled())))?
+        .label(label)
         .legend(|p| Circle::new(p, 3, RGBColor(170, 170, 170).filled()));
-    c.draw_series(after.iter().map(|&p| Circle::new(p, 2, BLUE.filled())))?
-        .label("after")
+    let (pts, label) = drawn(&after, "after");
+    c.draw_series(pts.into_iter().map(|p| Circle::new(p, 2, BLUE.filled())))?
+        .label(label)
         .legend(|p| Circle::new(p, 3, BLUE.filled()));
-    c.draw_series(ab.iter().map(|&p| Circle::new(p, 7, RED.stroke_width(2))))?
-        .label("anchors before")
+    let (pts, label) = drawn(&ab, "anchors before");
+    c.draw_series(pts.into_iter().map(|p| Circle::new(p, 7, RED.stroke_width(2))))?
+        .label(label)
         .legend(|p| Circle::new(p, 5, RED.stroke_width(2)));
-    c.draw_series(aa.iter().map(|&p| TriangleMarker::new(p, 8, RED.filled())))?
-        .label("anchors after")
+    let (pts, label) = drawn(&aa, "anchors after");
+    c.draw_series(pts.into_iter().map(|p| TriangleMarker::new(p, 8, RED.filled())))?
+        .label(label)
         .legend(|p| TriangleMarker::new(p, 6, RED.filled()));
     c.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
     root.present()?;
@@ -231,6 +246,33 @@ pub fn bad_rows_per_span(values: &[f32], dim: usize, buckets: usize) -> Vec<u64>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A table with NaN rows: the frame comes from the finite rows (one NaN
+    /// row made every code's y NaN), and points that are not finite are
+    /// left out of the picture, counted in their series' label.
+    #[test]
+    fn codes_that_are_not_finite_are_left_out_and_counted() {
+        let (rows, dim) = (40, 3);
+        let before: Vec<f32> = (0..rows * dim).map(|i| ((i * 37) % 17) as f32 * 0.25 - 2.0).collect();
+        let mut with_nan = before.clone();
+        with_nan[10 * dim + 2] = f32::NAN;
+        let frame = Frame::new(&with_nan, dim, 0, rows - 1);
+        assert!(frame.w.iter().all(|x| x.is_finite()), "{:?}", frame.w);
+        assert!((dot(&frame.w, &frame.w) - 1.0).abs() < 1e-12 && dot(&frame.w, &frame.u).abs() < 1e-12);
+        let mut after = before.clone();
+        for r in [3, 4, 5] {
+            after[r * dim] = f32::INFINITY;
+        }
+        let pic =
+            Picture { excess: vec![(0, 1.0), (1, 0.5)], before: &with_nan, after: &after, dim, anchors: (0, rows - 1) };
+        let mut svg = String::new();
+        render(&mut svg, &pic).unwrap();
+        let grey = svg.matches("fill=\"#AAAAAA\"").count();
+        let blue = svg.matches("fill=\"#0000FF\"").count();
+        // (Each series also draws its legend's marker.)
+        assert_eq!((grey, blue), (rows - 1 + 1, rows - 3 + 1), "{svg}");
+        assert!(svg.contains("before (1 not finite, not drawn)") && svg.contains("after (3 not finite, not drawn)"));
+    }
 
     /// Rows are whole rows: a partial last row (even a lone one) is none,
     /// not an index past the spans.

@@ -19,7 +19,8 @@ pub struct StepEntry {
     pub max_excess: f64,
     pub d0: f64,
     pub near_singular: u64,
-    pub lr: f64,
+    /// The f32 the step used, written as such.
+    pub lr: f32,
     pub action: Action,
     /// The step's scans (SPEC §7) of the loss, the gradient and the rows
     /// written, clean ones included (counts 0, `first` null, no rows), so
@@ -132,7 +133,8 @@ pub struct Summary {
     /// summary (first values, events, skips, rollbacks) is of this run's
     /// own steps, from this one.
     pub resumed_from: Option<usize>,
-    pub lr_last: f64,
+    /// (The f32 the step used, written as such: 0.05, not 0.05000000074505806.)
+    pub lr_last: f32,
     /// The device scan of the final table.
     pub final_scan: Scan,
     pub all_finite: bool,
@@ -148,13 +150,18 @@ pub struct Summary {
     /// when groups arrive in bursts (synchronous submission, a slow consumer).
     pub median_step_seconds: f64,
     pub median_step_clock: &'static str,
+    /// SPEC §15's bytes a step moves, each row it touches read and written
+    /// once: 2·R·D·4 for a full-table step; for batches, their distinct
+    /// rows and the two anchors, averaged over the steps run.
     pub bytes_per_step: u64,
     pub effective_gb_per_s: f64,
 }
 
 #[derive(Serialize)]
 pub struct Report<O: Serialize> {
-    /// The command line as given (options left out are `null`) …
+    /// The command line: every option's value, defaults filled in (an
+    /// option with no default and left out is `null`), and `given`, the
+    /// options the command line named …
     pub options: O,
     /// … and what the run used: the table's shape and the step's every
     /// value, defaults resolved (ε, anchors, lr, guard, …).
@@ -184,7 +191,7 @@ impl StepEntry {
             max_excess: r.max_excess(),
             d0: r.d0,
             near_singular: r.near_singular,
-            lr: r.lr,
+            lr: r.lr as f32,
             action: r.action,
             nonfinite: r.scans.clone(),
             grad_norm: r.grad_norm,

@@ -309,7 +309,12 @@ fn the_main_job_meets_its_bar() {
     let wall = started.elapsed().as_secs_f64();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let r = report(&dir.p("r.json"));
+    // The options given, told from the defaults filled in beside them.
+    assert_eq!(r["options"]["given"], serde_json::json!(["--rows", "--report"]));
+    assert_eq!((&r["options"]["lr"], &r["options"]["steps"]), (&serde_json::json!(0.2), &100.into()));
     let s = &r["summary"];
+    // The lr as the f32 the steps used, written as such.
+    assert_eq!(s["lr_last"].to_string(), "0.2");
     let (first, last) = (s["mean_excess_first"].as_f64().unwrap(), s["mean_excess_last"].as_f64().unwrap());
     assert!(last * 100.0 <= first, "mean excess {first} → {last}");
     assert!(s["all_finite"].as_bool().unwrap());
@@ -1523,6 +1528,14 @@ fn index_files_are_checked_before_any_step_and_batches_train() {
         assert_eq!(steps.len(), 6, "5 steps and the final evaluation: {report}");
         let want = if extra[0] == "--batch" { 30 } else { 4 };
         assert_eq!(steps[0]["batch"], want, "{report}");
+        // Bytes a step moves: its distinct rows and the anchors, read and
+        // written once, averaged over the steps (SPEC §15). User batches:
+        // rows {0, 99, 3, 7} then {0, 99, 42}, so 4, 3, 4, 3, 4 rows; random
+        // batches of 30 from 100 rows: 30, 30, 30, then the epoch's last 10,
+        // then 30, each with the two anchors.
+        let rows = if extra[0] == "--batch" { (32 + 32 + 32 + 12 + 32) as f64 / 5.0 } else { 18.0 / 5.0 };
+        let want = (2.0 * rows * 4.0 * 4.0_f64).round() as u64;
+        assert_eq!(report["summary"]["bytes_per_step"].as_u64(), Some(want), "{extra:?}");
     }
 }
 
@@ -2047,15 +2060,20 @@ fn a_resumed_run_counts_strikes_and_keeps_its_collapse_step() {
     let half = h["summary"]["collapse_step"].as_u64().expect("collapse at 0.5") as usize;
     let d0 = |s: usize| h["steps"][s]["d0"].as_f64().unwrap();
     assert!(half < at as usize && d0(half) < 0.5 * d0(0) && d0(half - 1) >= 0.5 * d0(0), "{half} vs {at}");
-    for split in [at - 2, at + 3] {
+    for split in [at - 2, at, at + 3] {
         let (ck, rep) = (dir.s(&format!("c{split}.npy")), dir.s(&format!("c{split}.json")));
-        let o = run(&[&base[..], &["--steps", &split.to_string(), "--save", &ck, "--quiet"]].concat());
+        let o = run(&[&base[..], &["--steps", &split.to_string(), "--save", &ck]].concat());
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        // Warned of by the run that saw it, even in its final table only
+        // (a run of `at` steps).
+        let warned =
+            String::from_utf8_lossy(&o.stdout).contains(&format!("warning  step {at}: the anchors are collapsing"));
+        assert_eq!(warned, split >= at, "the first {split} steps: warned {warned}");
         let o = run(&[&base[..], &["--steps", "30", "--resume", &ck, "--report", &rep]].concat());
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         assert_eq!(report(&rep)["summary"]["collapse_step"].as_u64(), Some(at), "resumed at {split}");
         assert_eq!(report(&rep)["summary"]["resumed_from"].as_u64(), Some(split));
         let warned = String::from_utf8_lossy(&o.stdout).contains("the anchors are collapsing");
-        assert_eq!(warned, split < at, "resumed at {split}: warned {warned}");
+        assert_eq!(warned, split < at, "resumed at {split}: warned again {warned}");
     }
 }
