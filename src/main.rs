@@ -829,12 +829,14 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     // d0 at the run's step 0 (SPEC §8): saved by a resumed run's checkpoint,
     // else the first step's.
     let d0_start_of = |records: &[latent_line::Record]| d0_saved.or(records.first().map(|r| r.d0));
-    // The step d0 first fell below its fraction: before the resume, or in
-    // this run's records.
-    let collapse_of = |records: &[latent_line::Record]| {
-        collapse_saved.or_else(|| {
-            collapse_step(records, d0_start_of(records)?, cfg.collapse_fraction).map(|at| (start + at) as u64)
-        })
+    // The record d0 first fell below its fraction in (SPEC §8), found as
+    // records arrive: each group's only (a scan of them all at every group
+    // made a run of many short steps quadratic: 80 000 steps 1 s). A
+    // collapse before the resume is the saved step.
+    let mut collapse_at: Option<usize> = None;
+    let collapse_in = |records: &[latent_line::Record], from: usize| {
+        let d0 = d0_start_of(records)?;
+        collapse_step(&records[from..], d0, cfg.collapse_fraction).map(|i| from + i)
     };
     while done < args.steps && !halted {
         let mut n = args.steps - done;
@@ -882,9 +884,11 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 ));
             }
             done += group.len();
+            let from = records.len();
             records.extend(group);
             let d0_start = d0_start_of(&records).unwrap_or(0.0);
-            if let (Some(at), false) = (collapse_step(&records, d0_start, cfg.collapse_fraction), collapse_warned) {
+            collapse_at = collapse_at.or_else(|| collapse_in(&records, from));
+            if let (Some(at), false) = (collapse_at, collapse_warned) {
                 collapse_warned = true;
                 let warn = collapse_warning(start + at, records[at].d0, cfg.collapse_fraction, d0_start);
                 match &bar {
@@ -903,7 +907,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         }
         if let (Some(k), Some(path)) = (args.checkpoint_every, &args.save) {
             if done % k == 0 && done < args.steps && !halted {
-                let audit = (d0_start_of(&records), collapse_of(&records));
+                let audit = (d0_start_of(&records), collapse_saved.or(collapse_at.map(|at| (start + at) as u64)));
                 save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), audit, &options)?;
                 out!("checkpoint step {done} → {}", path.display());
             }
@@ -935,12 +939,11 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     let step_of = |i: usize| if i + 1 == records.len() { steps_done } else { start + i };
     // A collapse the final table shows first is warned of too (and saved
     // with the run state: a resume would not warn of it again).
-    let collapse = collapse_of(&records).map(|s| s.min(steps_done as u64));
-    if let (Some(at), false, Some(d0)) =
-        (collapse_step(&records, d0_start.unwrap_or(0.0), cfg.collapse_fraction), collapse_warned, d0_start)
-    {
+    let final_collapse = collapse_at.is_none().then(|| collapse_in(&records, records.len() - 1)).flatten();
+    if let (Some(at), false, Some(d0)) = (final_collapse, collapse_warned, d0_start) {
         out!("{}", collapse_warning(step_of(at), records[at].d0, cfg.collapse_fraction, d0));
     }
+    let collapse = collapse_saved.or(collapse_at.or(final_collapse).map(|at| step_of(at) as u64));
     let final_scan = trainer.scan_table()?;
     let finite = final_scan.is_clean();
 
