@@ -335,8 +335,13 @@ fn read_header(path: &Path, file: &mut std::fs::File, len: u64) -> Result<(u64, 
     }
     let header = read_bytes(path, file, n)?;
     let text = std::str::from_utf8(&header).map_err(|e| invalid(SafeTensorError::InvalidHeader(e)))?;
-    let meta: Metadata =
-        serde_json::from_str(text).map_err(|e| invalid(SafeTensorError::InvalidHeaderDeserialization(e)))?;
+    // (JSON that parses but whose tensors' places do not hold together is
+    // not "invalid JSON": the crate's own checks, said as it says them
+    // when it reads a whole file.)
+    let meta: Metadata = serde_json::from_str(text).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => Error::bad_file(path, format!("not a valid .safetensors file: {e}")),
+        _ => invalid(SafeTensorError::InvalidHeaderDeserialization(e)),
+    })?;
     if (8 + n).checked_add(meta.data_len() as u64) != Some(len) {
         return Err(invalid(SafeTensorError::MetadataIncompleteBuffer));
     }

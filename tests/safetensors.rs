@@ -173,6 +173,16 @@ fn bad_safetensors_inputs_are_refused_and_nothing_is_written() {
         ("empty", vec![], vec![], "not a valid .safetensors file"),
         ("missing tensor", bytes.clone(), vec!["--tensor", "emb"], "no tensor \"emb\" (it has: bias, step, weight)"),
         ("1-D tensor", bytes.clone(), vec!["--tensor", "bias"], "a table is 2-D"),
+        (
+            // Valid JSON, a tensor whose bytes do not match its shape.
+            "bad offsets",
+            {
+                let h = br#"{"weight":{"dtype":"F32","shape":[4,2],"data_offsets":[0,40]}}"#;
+                [&(h.len() as u64).to_le_bytes()[..], h, &[0u8; 40]].concat()
+            },
+            vec![],
+            "not a valid .safetensors file: invalid shape, data type, or offset",
+        ),
     ];
     for (what, content, extra, expect) in cases {
         let input = dir.path().join(format!("{}.safetensors", what.replace(' ', "_")));
@@ -195,6 +205,12 @@ fn bad_safetensors_inputs_are_refused_and_nothing_is_written() {
         assert!(err.contains(expect) && err.lines().count() == 1, "{what}: {err}");
         assert!(!out.exists(), "{what}: an output was written");
         assert_eq!(std::fs::read(&input).unwrap(), content, "{what}: the input changed");
+        // Read header first (an .npy output needs no other tensor) or whole:
+        // the same message.
+        let npy = dir.path().join("out.npy");
+        args[7] = npy.to_str().unwrap();
+        let r = run(&args);
+        assert_eq!(String::from_utf8_lossy(&r.stderr), err, "{what}: read by its header, another message");
     }
     // An unknown extension for the output is refused before any work.
     let r = run(&[
