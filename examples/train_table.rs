@@ -81,7 +81,7 @@ fn main() -> anyhow::Result<()> {
     bad[7] = f32::NAN;
     t.write_row(123, &bad)?;
     let rec = t.step_rows(&[120, 123, 123, 9000])?;
-    println!("after planting a NaN: action {:?} · rows written: {}", rec.action, rec.scans.table.describe());
+    println!("after planting a NaN: action {} · rows written: {}", rec.action.name(), rec.scans.table.describe());
     ensure!(rec.action == Action::SkippedStep, "the guard did not skip the step");
     ensure!(rec.scans.table.rows == vec![123], "the scan did not find row 123");
     let found = t.scan_table()?;
