@@ -202,6 +202,16 @@ impl GuardState {
 mod tests {
     use super::*;
 
+    /// `Action::name` is the report's spelling (serde's kebab-case) of
+    /// every action.
+    #[test]
+    fn action_names_are_the_reports() {
+        for code in 0..8 {
+            let a = Action::from_code(code);
+            assert_eq!(serde_json::to_value(a).unwrap(), a.name(), "{a:?}");
+        }
+    }
+
     /// Only a halted run's own policy un-counts the aborted step's failure,
     /// one; other policies keep their counters as they are.
     #[test]

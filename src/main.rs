@@ -42,14 +42,19 @@ fn collapse_warning(step: usize, d0: f64, fraction: f64, d0_start: f64) -> Strin
     )
 }
 
-/// `--json`: `value` on standard output, pretty-printed (a write error
-/// kept for the exit code, as `out!` keeps it).
+/// `--json`: `value` on standard output, pretty-printed, whole or not at
+/// all (a write error kept for the exit code, as `out!` keeps it).
 fn print_json(value: &impl serde::Serialize) {
     use std::io::Write as _;
+    let text = serde_json::to_vec_pretty(value).map_err(std::io::Error::from);
     let mut stdout = std::io::stdout().lock();
-    note_stdout(
-        serde_json::to_writer_pretty(&mut stdout, value).map_err(std::io::Error::from).and_then(|_| writeln!(stdout)),
-    );
+    note_stdout(text.and_then(|t| stdout.write_all(&t)).and_then(|_| writeln!(stdout)));
+}
+
+/// A path in JSON, as text even where it is not UTF-8 (serde refuses
+/// those, which lost the whole report).
+fn lossy_path<S: serde::Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&p.as_ref().map(|p| p.to_string_lossy()), s)
 }
 
 /// `println!` that never panics: a closed stdout (`| head`) must not turn a
@@ -118,7 +123,8 @@ struct ScanArgs {
 /// `latent-line scan --json`: what the text says, as fields.
 #[derive(serde::Serialize)]
 struct ScanJson<'a> {
-    file: &'a Path,
+    /// (As text: a name that is not UTF-8 is written lossily.)
+    file: String,
     /// The tensor scanned (a `.safetensors` file's; `null` for `.npy`).
     tensor: Option<&'a str>,
     /// What the file holds (`f32`, `f64`, `F16`, …), scanned as f32.
@@ -220,6 +226,7 @@ struct TrainArgs {
     /// Batches from a .npy of integer row indices (any width, signed or not): 1-D (one batch) or
     /// 2-D (a batch per row, cycled); repeats are summed.
     #[arg(long, value_name = "FILE.npy")]
+    #[serde(serialize_with = "lossy_path")]
     indices: Option<PathBuf>,
     /// Keep the anchors at least this far apart (detached, attached; 0 = off).
     #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
@@ -259,10 +266,12 @@ struct TrainArgs {
     adapter: Option<String>,
     /// Start from this table (.npy: 2-D float32/float64; .safetensors: tensor --tensor).
     #[arg(long, value_name = "FILE")]
+    #[serde(serialize_with = "lossy_path")]
     load: Option<PathBuf>,
     /// Save the trained table here (.npy or .safetensors), atomically; a
     /// .safetensors input's other tensors are carried over to a .safetensors output.
     #[arg(long, value_name = "FILE")]
+    #[serde(serialize_with = "lossy_path")]
     save: Option<PathBuf>,
     /// The tensor of a .safetensors file that is the table.
     #[arg(long, default_value = latent_line::tables::DEFAULT_TENSOR, value_parser = tensor_arg)]
@@ -271,12 +280,14 @@ struct TrainArgs {
     /// with its step count and options: give the same ones; the guard may
     /// change); --steps is the total, as for an unbroken run.
     #[arg(long, value_name = "FILE", conflicts_with = "load")]
+    #[serde(serialize_with = "lossy_path")]
     resume: Option<PathBuf>,
     /// Save the table (and the run state) to --save every N steps.
     #[arg(long, value_name = "N", requires = "save")]
     checkpoint_every: Option<usize>,
     /// Draw the mean excess per step and the codes before/after (SVG).
     #[arg(long, value_name = "FILE.svg")]
+    #[serde(serialize_with = "lossy_path")]
     plot: Option<PathBuf>,
     /// GPU time and bytes per kernel over the run (timestamp queries; each
     /// kernel gets a pass of its own, so the run itself is a little slower).
@@ -290,6 +301,7 @@ struct TrainArgs {
     json: bool,
     /// Write a JSON report here, atomically.
     #[arg(long, value_name = "FILE.json")]
+    #[serde(serialize_with = "lossy_path")]
     report: Option<PathBuf>,
 }
 
@@ -412,18 +424,27 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// Output paths must be writable places, checked before any work. A save
 /// replaces a symbolic link's target (the link stays), and writes through
 /// a file that is not a regular one (`/dev/stdout`, a pipe).
-fn check_output(opt: &str, path: &Path) -> anyhow::Result<()> {
+fn check_output(opt: &str, given: &Path) -> anyhow::Result<()> {
     // A name ending in a separator, `.` or `..` names a folder whatever is
     // there (`Path` drops a trailing `/`: `out/new.npy/` would otherwise
-    // pass here and fail only when the trained table is saved).
-    let text = path.as_os_str().as_encoded_bytes();
-    let sep = |c: &u8| std::path::is_separator(*c as char);
-    let dot_last = text.len() >= 2 && text[text.len() - 1] == b'.' && sep(&text[text.len() - 2]);
-    if path.file_name().is_none() || text.last().is_some_and(sep) || dot_last {
-        bail!("invalid {opt}: {} names a folder, not a file", path.display());
-    }
+    // pass here and fail only when the trained table is saved); so does a
+    // link to one.
+    let names_folder = |path: &Path| {
+        let text = path.as_os_str().as_encoded_bytes();
+        let sep = |c: &u8| std::path::is_separator(*c as char);
+        let dot_last = text.len() >= 2 && text[text.len() - 1] == b'.' && sep(&text[text.len() - 2]);
+        path.file_name().is_none() || text.last().is_some_and(sep) || dot_last
+    };
+    let folder_named = |p: &Path| -> anyhow::Result<()> {
+        if names_folder(p) {
+            bail!("invalid {opt}: {} names a folder, not a file", p.display());
+        }
+        Ok(())
+    };
+    folder_named(given)?;
     // (What is written through exists already, and is not a folder.)
-    let Ok(path) = npy::destination(path) else { return Ok(()) };
+    let Ok(path) = npy::destination(given) else { return Ok(()) };
+    folder_named(&path)?;
     let path = path.as_path();
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !dir.is_dir() {
@@ -954,13 +975,21 @@ fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     // full table's, or a batch's distinct rows and the anchors, averaged
     // over the steps run (the first step's where none ran). (A random
     // batch has no repeats; its anchors are counted as two more rows.)
-    let run: Vec<usize> = (start..steps_done.max(start + 1)).collect();
+    let run = start..steps_done.max(start + 1);
     let moved = |step: usize| match (&slot_counts, &sampler) {
         (Some(counts), _) => counts[step % counts.len()],
-        (None, Some(s)) => s.slot(step as u64).count as usize + 2,
+        (None, Some(s)) => {
+            // The slot's rows and the anchors that are not among them.
+            let slot = s.slot(step as u64);
+            let outside = |row: usize| {
+                let at = s.unpermute(slot.epoch, row as u32).unwrap_or(u32::MAX);
+                !(slot.start..slot.start + slot.count).contains(&at)
+            };
+            slot.count as usize + outside(cfg.anchor_a) as usize + outside(cfg.anchor_b) as usize
+        }
         (None, None) => shape.rows,
     };
-    let rows_moved = run.iter().map(|&s| moved(s) as f64).sum::<f64>() / run.len() as f64;
+    let rows_moved = run.clone().map(|s| moved(s) as f64).sum::<f64>() / run.len() as f64;
     let bytes = (2.0 * rows_moved.min(shape.rows as f64) * shape.dim as f64 * 4.0).round() as u64;
     let gbps = if step_s > 0.0 { bytes as f64 / step_s / 1e9 } else { 0.0 };
     let count = |a: Action| records.iter().filter(|r| r.action == a).count();
@@ -1319,7 +1348,7 @@ fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
         let (backend, where_) = on.split_once(" · ").unwrap_or((&on, ""));
         let safetensors = matches!(tables::format_of(&args.file), Ok(tables::Format::Safetensors));
         let out = ScanJson {
-            file: &args.file,
+            file: args.file.to_string_lossy().into_owned(),
             tensor: safetensors.then_some(args.tensor.as_str()),
             dtype: &l.file_dtype,
             rows: shape.rows,
@@ -1453,7 +1482,7 @@ fn run_options(cfg: &StepConfig, batches: &Batches) -> Vec<(String, String)> {
         Batches::Random { size, seed } => format!("--batch {size} --seed {seed}"),
         Batches::Indices(ib) => format!("--indices (a file of fingerprint {:016x})", ib.fingerprint()),
     };
-    let o: [(&str, String); 12] = [
+    let o: [(&str, String); 13] = [
         ("--lr", format!("{:?}", cfg.lr)),
         ("--eps", format!("{:?}", cfg.eps)),
         ("--naive", cfg.naive.to_string()),
@@ -1465,6 +1494,9 @@ fn run_options(cfg: &StepConfig, batches: &Batches) -> Vec<(String, String)> {
         ("--clip-norm", format!("{:?}", cfg.clip_norm)),
         ("--margin", format!("{:?}", cfg.margin)),
         ("--margin-weight", format!("{:?}", cfg.margin_weight)),
+        // (Not the course, but the collapse step the run state carries is
+        // measured by it.)
+        ("--collapse-fraction", format!("{:?}", cfg.collapse_fraction)),
         ("batches:", batches),
     ];
     o.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()

@@ -598,10 +598,13 @@ pub fn stage(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> std::io::
     let dir = if stream { std::env::temp_dir() } else { folder(&dest).to_owned() };
     // Created as any new file is (0666 less the umask: a user's `umask
     // 077` keeps a checkpoint private); a file it replaces gives it its own
-    // permissions below.
+    // permissions below. (A copy staged for a file written through stays
+    // tempfile's 0600: it is no file of the user's.)
     let mut builder = tempfile::Builder::new();
     #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    if !stream {
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    }
     let tmp = builder.prefix(".latent-line-").suffix(".tmp").tempfile_in(dir).map_err(|e| Error::io(path, e))?;
     {
         let mut w = BufWriter::new(tmp.as_file());
@@ -623,7 +626,7 @@ pub fn stage_table(path: &Path, shape: Shape, data: &[f32]) -> Result<Staged> {
     // A file that could not be loaded back is never written (nor over a
     // good one); the shape's own rules first (its fields are public: its
     // size may not even fit 64 bits).
-    Shape::new(shape.rows.max(2), shape.dim)?;
+    Shape::of_file_from(shape.rows, shape.dim, 1).map_err(|e| Error::bad_file(path, e))?;
     if data.len() as u64 != shape.elements() {
         return Err(Error::invalid(
             "table",

@@ -159,9 +159,10 @@ pub struct Summary {
 
 #[derive(Serialize)]
 pub struct Report<O: Serialize> {
-    /// The command line: every option's value, defaults filled in (an
-    /// option with no default and left out is `null`), and `given`, the
-    /// options the command line named …
+    /// The command line: every option's value, defaults filled in (one
+    /// whose default depends on others, such as --eps or --anchors, is
+    /// `null` when left out), and `given`, the options the command line
+    /// named …
     pub options: O,
     /// … and what the run used: the table's shape and the step's every
     /// value, defaults resolved (ε, anchors, lr, guard, …).

@@ -101,6 +101,9 @@ fn bad_options_are_refused() {
         refused(&dir, &["--rows", "10", "--save", &save], "names a folder");
     }
     refused(&dir, &["--rows", "10", "--plot", &dir.s("p.svg/")], "names a folder");
+    // … and a link to such a name.
+    std::os::unix::fs::symlink("o.npy/", dir.p("l.npy")).unwrap();
+    refused(&dir, &["--rows", "10", "--save", &dir.s("l.npy")], "o.npy/ names a folder");
 }
 
 /// SPEC §13: a usage error (an unknown option, a value that does not
@@ -657,6 +660,18 @@ fn scan_reports_findings_with_exit_code_3_and_clean_files_with_0() {
                 assert!(j["scan"]["first"].is_null() && j["first_file_bits"].is_null(), "{j}");
             }
         }
+    }
+    // A name that is not UTF-8: written lossily, not a broken object.
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = dir.0.path().join(std::ffi::OsStr::from_bytes(b"odd\xff.npy"));
+        std::fs::copy(dir.p("f64nan.npy"), &odd).unwrap();
+        let o = latent_line([std::ffi::OsStr::new("scan"), odd.as_os_str(), std::ffi::OsStr::new("--json")])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("a whole object");
+        assert!(j["file"].as_str().unwrap().ends_with("odd\u{fffd}.npy"), "{j}");
     }
     // A finding is named by the bits the file holds (a signalling f64 NaN's
     // payload, not the quiet f32 NaN it is scanned as), and the file line
@@ -1533,7 +1548,16 @@ fn index_files_are_checked_before_any_step_and_batches_train() {
         // rows {0, 99, 3, 7} then {0, 99, 42}, so 4, 3, 4, 3, 4 rows; random
         // batches of 30 from 100 rows: 30, 30, 30, then the epoch's last 10,
         // then 30, each with the two anchors.
-        let rows = if extra[0] == "--batch" { (32 + 32 + 32 + 12 + 32) as f64 / 5.0 } else { 18.0 / 5.0 };
+        // (Random batches: the sampler's own rows, the default seed 0; an
+        // anchor among them counted once.)
+        let rows = if extra[0] == "--batch" {
+            let s = latent_line::sampler::Sampler::new(100, 30, 0).unwrap();
+            let slots = |step| latent_line::StepSlots::new(&s.batch_rows(step), 0, 99, false).slots.len();
+            assert_eq!((0..5).map(|st| s.batch_rows(st).len()).collect::<Vec<_>>(), [30, 30, 30, 10, 30]);
+            (0..5).map(slots).sum::<usize>() as f64 / 5.0
+        } else {
+            18.0 / 5.0
+        };
         let want = (2.0 * rows * 4.0 * 4.0_f64).round() as u64;
         assert_eq!(report["summary"]["bytes_per_step"].as_u64(), Some(want), "{extra:?}");
     }
@@ -2075,5 +2099,10 @@ fn a_resumed_run_counts_strikes_and_keeps_its_collapse_step() {
         assert_eq!(report(&rep)["summary"]["resumed_from"].as_u64(), Some(split));
         let warned = String::from_utf8_lossy(&o.stdout).contains("the anchors are collapsing");
         assert_eq!(warned, split < at, "resumed at {split}: warned again {warned}");
+        // The collapse step saved was measured by the fraction: a resume
+        // takes the same one.
+        let o = run(&[&base[..], &["--steps", "30", "--resume", &ck, "--collapse-fraction", "0.5"]].concat());
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains("--collapse-fraction 0.1 (this run: 0.5)"), "{}", stderr(&o));
     }
 }
