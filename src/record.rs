@@ -1,6 +1,6 @@
 //! What one pass over the table reports (SPEC §3, §7–§9): the loss, the
 //! audit, the scans and the guard's action. The GPU writes it as u32 words
-//! (layout in `shaders/common.wgsl`), decoded by [`Record::from_words`].
+//! (layout in `shaders/common.wgsl`), decoded by `Record::from_words`.
 
 use crate::guard::Action;
 use crate::scan::{Scan, ROW_CAP, SCAN_WORDS};

@@ -1,0 +1,102 @@
+//! What the options are checked against before any work: clap's parsers
+//! of values, and the outputs' paths.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
+use latent_line::{npy, tables};
+
+use crate::BackendChoice;
+
+/// clap's parser of `--adapter`: a name (an empty one would match every
+/// adapter, where an empty `WGPU_ADAPTER_NAME` is no name).
+pub(crate) fn adapter_arg(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("an empty adapter name".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// `--adapter` with `--backend cpu`: a GPU adapter asked for by a run that
+/// uses none.
+pub(crate) fn check_adapter(backend: BackendChoice, adapter: &Option<String>) -> anyhow::Result<()> {
+    if let (BackendChoice::Cpu, Some(a)) = (backend, adapter) {
+        bail!("invalid --adapter: \"{a}\" names a GPU adapter, and --backend cpu uses none; drop one of the two");
+    }
+    Ok(())
+}
+
+/// clap's parser of `--tensor`: a name a table's tensor can have.
+pub(crate) fn tensor_arg(s: &str) -> Result<String, String> {
+    tables::check_tensor_name(s).map(|_| s.to_owned())
+}
+
+/// clap's parser of `--anchors`: the value as given, once it parses.
+pub(crate) fn anchors_arg(s: &str) -> Result<String, String> {
+    parse_anchors(s).map(|_| s.to_owned())
+}
+
+pub(crate) fn parse_anchors(s: &str) -> Result<(usize, usize), String> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let [a, b] = parts.as_slice() else {
+        return Err(format!("\"{s}\" is not two row numbers A,B"));
+    };
+    let num = |x: &str| x.parse::<usize>().map_err(|e| format!("\"{x}\" is not a row number ({e})"));
+    Ok((num(a)?, num(b)?))
+}
+
+/// Whether two paths name one file: each resolved as far as it exists (the
+/// file, else its folder, links and `..` included; a dangling link to the
+/// file a save would create there) and then compared.
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
+    fn resolve(p: &Path) -> Option<PathBuf> {
+        let p = match npy::destination(p) {
+            Ok(q) | Err(q) => q,
+        };
+        p.canonicalize().ok().or_else(|| {
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            Some(dir.canonicalize().ok()?.join(p.file_name()?))
+        })
+    }
+    matches!((resolve(a), resolve(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// Output paths must be writable places, checked before any work. A save
+/// replaces a symbolic link's target (the link stays), and writes through
+/// a file that is not a regular one (`/dev/stdout`, a pipe).
+pub(crate) fn check_output(opt: &str, given: &Path) -> anyhow::Result<()> {
+    // A name ending in a separator, `.` or `..` names a folder whatever is
+    // there (`Path` drops a trailing `/`: `out/new.npy/` would otherwise
+    // pass here and fail only when the trained table is saved); so does a
+    // link to one.
+    let names_folder = |path: &Path| {
+        let text = path.as_os_str().as_encoded_bytes();
+        let sep = |c: &u8| std::path::is_separator(*c as char);
+        let dot_last = text.len() >= 2 && text[text.len() - 1] == b'.' && sep(&text[text.len() - 2]);
+        path.file_name().is_none() || text.last().is_some_and(sep) || dot_last
+    };
+    let folder_named = |p: &Path| -> anyhow::Result<()> {
+        if names_folder(p) {
+            bail!("invalid {opt}: {} names a folder, not a file", p.display());
+        }
+        Ok(())
+    };
+    folder_named(given)?;
+    // (What is written through exists already, and is not a folder.)
+    let Ok(path) = npy::destination(given) else { return Ok(()) };
+    folder_named(&path)?;
+    let path = path.as_path();
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        bail!("invalid {opt}: folder {} does not exist", dir.display());
+    }
+    if path.is_dir() {
+        bail!("invalid {opt}: {} is a folder", path.display());
+    }
+    // A save goes through a temporary file in the same folder: try one
+    // now, so a folder that cannot take it fails before the training.
+    if let Err(e) = tempfile::Builder::new().prefix(".latent-line-").suffix(".tmp").tempfile_in(dir) {
+        bail!("invalid {opt}: cannot write in {}: {e}", dir.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! `latent-line scan FILE`: SPEC §7 over a saved table, on the host or a
+//! GPU adapter, as text or JSON.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::bail;
+use clap::Args;
+use latent_line::gpu::GpuContext;
+use latent_line::scan::scan_rows;
+use latent_line::tables;
+
+use super::checks::{adapter_arg, check_adapter, check_output, tensor_arg};
+use crate::{print_json, BackendChoice, Outcome, QUIET};
+
+#[derive(Args, Clone, Debug)]
+pub(crate) struct ScanArgs {
+    /// The table (.npy, or tensor --tensor of a .safetensors file).
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// The tensor of a .safetensors file to scan.
+    #[arg(long, default_value = latent_line::tables::DEFAULT_TENSOR, value_parser = tensor_arg)]
+    tensor: String,
+    /// Draw where in the table the non-finite rows sit (SVG).
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// Where to scan: auto and cpu scan in host memory (the file is read
+    /// there); auto with an adapter named (--adapter or WGPU_ADAPTER_NAME),
+    /// on that GPU adapter, as training does.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    /// GPU adapter whose name contains this (else WGPU_ADAPTER_NAME); a
+    /// name that matches none is an error (as is one with --backend cpu).
+    #[arg(long, value_parser = adapter_arg)]
+    adapter: Option<String>,
+    /// Print the scan as JSON on standard output instead of the text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `latent-line scan --json`: what the text says, as fields.
+#[derive(serde::Serialize)]
+struct ScanJson<'a> {
+    /// (As text: a name that is not UTF-8 is written lossily.)
+    file: String,
+    /// The tensor scanned (a `.safetensors` file's; `null` for `.npy`).
+    tensor: Option<&'a str>,
+    /// What the file holds (`f32`, `f64`, `F16`, …), scanned as f32.
+    dtype: &'a str,
+    rows: usize,
+    dim: usize,
+    /// A conversion's note (finite f64 values beyond f32's range, counted).
+    note: Option<&'a str>,
+    /// `cpu` or `gpu`, and where: threads or the adapter.
+    backend: &'a str,
+    on: &'a str,
+    read_seconds: f64,
+    /// The scan's wall clock (on a GPU, the upload included).
+    scan_seconds: f64,
+    /// NaN and ±Inf counts, the non-finite rows (`bad_rows`, the lowest
+    /// `rows`, up to 64) and the lowest non-finite element (`first`, its
+    /// bits those of the f32 value scanned).
+    scan: &'a latent_line::Scan,
+    /// `first`'s bits as the file holds them (hex, with their width: an
+    /// f64 or F16 NaN's own payload), where the file can be read again.
+    first_file_bits: Option<String>,
+    all_finite: bool,
+}
+
+/// `latent-line scan FILE`: SPEC §7 over a saved table.
+pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
+    QUIET.store(args.json, std::sync::atomic::Ordering::Relaxed);
+    check_adapter(args.backend, &args.adapter)?;
+    if let Some(p) = &args.plot {
+        if p.extension().and_then(|e| e.to_str()) != Some("svg") {
+            bail!("invalid --plot: {} must end in .svg", p.display());
+        }
+        check_output("--plot", p)?;
+    }
+    // The table is in host memory already: `auto` scans it there, at memory
+    // speed; uploading it to a GPU would cost more than the scan (measured,
+    // BENCHMARKS.md). `--backend gpu`, or an adapter named (`--adapter`,
+    // `WGPU_ADAPTER_NAME`: as `train` takes one under `auto`), runs
+    // scan_table.wgsl instead. (Opened first: a missing adapter is an error
+    // before anything is printed.)
+    let gpu = match args.backend {
+        BackendChoice::Gpu => Some(GpuContext::new(args.adapter.as_deref())?),
+        BackendChoice::Auto if args.adapter.is_some() || latent_line::gpu::context::env_adapter_name().is_some() => {
+            Some(GpuContext::new(args.adapter.as_deref())?)
+        }
+        BackendChoice::Cpu | BackendChoice::Auto => None,
+    };
+    let t = Instant::now();
+    // What the file holds: a float64 value beyond float32's range is
+    // finite there (loading it to train makes it ±Inf, the note says).
+    let l = tables::load_for_scan(&args.file, &args.tensor)?;
+    let read_s = t.elapsed().as_secs_f64();
+    let shape = l.shape;
+    out!(
+        "file     {} · {} × {} {} ({:.1} MB as f32)",
+        args.file.display(),
+        shape.rows,
+        shape.dim,
+        l.file_dtype,
+        shape.bytes() as f64 / 1e6
+    );
+    if let Some(n) = &l.note {
+        out!("         {n}");
+    }
+    let t = Instant::now();
+    let (found, on) = match gpu {
+        Some(ctx) => {
+            let on = format!("gpu · {}", ctx.info.name);
+            (latent_line::gpu::scan_values(Arc::new(ctx), &l.data, shape, None)?, on)
+        }
+        None => (scan_rows(&l.data, shape.dim, 0), format!("cpu · {} threads", rayon::current_num_threads())),
+    };
+    let scan_s = t.elapsed().as_secs_f64();
+    out!(
+        "scanned  on {on} · read {:.3} s · scan {:.3} s ({:.1} GB/s{})",
+        read_s,
+        scan_s,
+        shape.bytes() as f64 / scan_s.max(1e-9) / 1e9,
+        if on.starts_with("gpu") { ", upload included" } else { "" }
+    );
+    if let Some(p) = &args.plot {
+        let counts = latent_line::plot::bad_rows_per_span(&l.data, shape.dim, 200);
+        let title = format!(
+            "{}: {} rows with NaN or ±Inf of {} ({} NaN, {} +Inf, {} −Inf)",
+            args.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            found.bad_rows,
+            shape.rows,
+            found.nan,
+            found.pos_inf,
+            found.neg_inf
+        );
+        latent_line::plot::draw_bad_rows(p, shape.rows, &counts, &title)?;
+        out!("plot     {}", p.display());
+    }
+    // The first bad element's bits as the file holds them (an f64 NaN's
+    // payload, an F16 Inf's), not those of the f32 value it was scanned as:
+    // (hex, what they are of), `None` where not to be read again.
+    let file_bits = found.first.and_then(|f| {
+        let index = f.row * shape.dim as u64 + f.col;
+        // A pipe is not opened again (a named one would wait for a writer).
+        let regular = std::fs::metadata(&args.file).is_ok_and(|m| m.is_file());
+        let raw = if regular { tables::element_bits(&args.file, &args.tensor, index) } else { Ok(None) };
+        match raw {
+            Ok(Some((b, width))) => Some(format!("0x{b:0w$x}", w = 2 * width)),
+            Ok(None) if matches!(l.file_dtype.as_str(), "f32" | "F32") => Some(format!("0x{:08x}", f.bits)),
+            _ => None,
+        }
+    });
+    if args.json {
+        let (backend, where_) = on.split_once(" · ").unwrap_or((&on, ""));
+        let safetensors = matches!(tables::format_of(&args.file), Ok(tables::Format::Safetensors));
+        let out = ScanJson {
+            file: args.file.to_string_lossy().into_owned(),
+            tensor: safetensors.then_some(args.tensor.as_str()),
+            dtype: &l.file_dtype,
+            rows: shape.rows,
+            dim: shape.dim,
+            note: l.note.as_deref(),
+            backend,
+            on: where_,
+            read_seconds: read_s,
+            scan_seconds: scan_s,
+            scan: &found,
+            first_file_bits: file_bits,
+            all_finite: found.is_clean(),
+        };
+        print_json(&out);
+        return Ok(if found.is_clean() { Outcome::Done } else { Outcome::NonFinite });
+    }
+    if found.is_clean() {
+        out!("finite   every value is finite");
+        return Ok(Outcome::Done);
+    }
+    let plural = if found.bad_rows == 1 { "" } else { "s" };
+    out!(
+        "found    {} NaN · {} +Inf · {} -Inf · in {} row{plural}",
+        found.nan,
+        found.pos_inf,
+        found.neg_inf,
+        found.bad_rows
+    );
+    if let Some(f) = found.first {
+        let bits = match (&file_bits, l.file_dtype.as_str()) {
+            (Some(b), "f32" | "F32") => b.clone(),
+            (Some(b), dtype) => format!("{b} ({dtype})"),
+            // Not to be read again: the f32 value's bits, said so.
+            (None, _) => format!("0x{:08x} (as f32)", f.bits),
+        };
+        out!("first    row {} column {} · {} · bits {bits}", f.row, f.col, f.kind());
+    }
+    let rows: Vec<String> = found.rows.iter().map(|r| r.to_string()).collect();
+    out!(
+        "rows     {}{}",
+        rows.join(" "),
+        if found.bad_rows > found.rows.len() as u64 {
+            format!(" … ({} rows in all)", found.bad_rows)
+        } else {
+            String::new()
+        }
+    );
+    Ok(Outcome::NonFinite)
+}

@@ -1,0 +1,1015 @@
+//! `latent-line [train]`: a run (SPEC §2–§13): the options checked, the
+//! table loaded or resumed, the steps streamed with their events and
+//! warnings, checkpoints, the summary, the saved table and the report.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::bail;
+use clap::Args;
+use latent_line::guard::{Action, Guard, Policy};
+use latent_line::report::{action_words, collapse_step, median, Event, Report, StepEntry, Summary};
+use latent_line::scan::scan_rows;
+use latent_line::tables::{self, Sidecar};
+use latent_line::{npy, Batches, Endpoints, IndexBatches, Reduction, Shape, StepConfig, TableSource, Trainer};
+
+use super::checks::{adapter_arg, anchors_arg, check_adapter, check_output, parse_anchors, same_file, tensor_arg};
+use crate::{interrupted, name, print_json, BackendChoice, Outcome, INTERRUPTED, QUIET};
+
+#[derive(Args, Clone, Debug, serde::Serialize)]
+pub(crate) struct TrainArgs {
+    /// The options given on the command line (the others took their
+    /// defaults), for the report: set after parsing.
+    #[arg(skip)]
+    pub(crate) given: Vec<String>,
+    /// Rows of a generated table [default: 1000000]; with --load, must match the file.
+    #[arg(long)]
+    rows: Option<usize>,
+    /// Columns of a generated table [default: 64]; with --load, must match the file.
+    #[arg(long)]
+    dim: Option<usize>,
+    /// Optimisation steps.
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// SGD learning rate.
+    #[arg(long, default_value_t = 0.2, allow_hyphen_values = true)]
+    lr: f32,
+    /// ε added inside each square root [default: 1e-8; 0 with --naive].
+    #[arg(long, allow_hyphen_values = true)]
+    eps: Option<f32>,
+    /// Reproduce the original bug: autograd's formula, ε = 0 (SPEC §6).
+    #[arg(long)]
+    naive: bool,
+    /// sum: w = 1; mean: w = 1/B.
+    #[arg(long, value_enum, default_value_t = Reduction::Sum)]
+    reduction: Reduction,
+    /// Seed of the generated table.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Anchor rows A,B [default: 0,R-1].
+    // (Checked as it is parsed: a value that is not two row numbers is a
+    // usage error, exit code 2; rows out of range are checked against the
+    // table, exit code 1.)
+    #[arg(long, value_name = "A,B", allow_hyphen_values = true, value_parser = anchors_arg)]
+    anchors: Option<String>,
+    /// frozen: anchors never change; detached: anchors get the row term only;
+    /// attached: the full gradient (every batch row pulls on the anchors).
+    #[arg(long, value_enum, default_value_t = Endpoints::Frozen)]
+    endpoints: Endpoints,
+    /// SGD momentum μ in [0, 1) (PyTorch semantics; 0: no velocity buffer).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    momentum: f32,
+    /// Weight decay: wd·W added to the gradient.
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    weight_decay: f32,
+    /// Clip the step's gradient to this global norm (0 = off).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    clip_norm: f32,
+    /// Random batches of B rows: each epoch a permutation keyed by --seed
+    /// [default: the full table every step].
+    #[arg(long, value_name = "B", conflicts_with = "indices")]
+    batch: Option<usize>,
+    /// Batches from a .npy of integer row indices (any width, signed or not): 1-D (one batch) or
+    /// 2-D (a batch per row, cycled); repeats are summed.
+    #[arg(long, value_name = "FILE.npy")]
+    #[serde(serialize_with = "lossy_path")]
+    indices: Option<PathBuf>,
+    /// Keep the anchors at least this far apart (detached, attached; 0 = off).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    margin: f32,
+    /// Weight λ of the separation term λ·max(0, m − d0).
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
+    margin_weight: f32,
+    /// The audit's near-singular rows: s1 or s2 below (τ·d0)² (SPEC §8).
+    #[arg(long, default_value_t = latent_line::guard::TAU, allow_hyphen_values = true)]
+    tau: f32,
+    /// Warn of a collapse when d0 falls below this fraction of its value
+    /// at step 0 (SPEC §8).
+    #[arg(long, default_value_t = latent_line::guard::COLLAPSE_FRACTION, allow_hyphen_values = true)]
+    collapse_fraction: f64,
+    /// What a step that meets NaN or ±Inf does (SPEC §9).
+    #[arg(long, value_enum, default_value_t = Policy::SkipStep)]
+    on_nonfinite: Policy,
+    /// skip-step: this many consecutive skipped steps are allowed; the next
+    /// failing step in a row aborts.
+    #[arg(long, default_value_t = 10)]
+    max_skips: u32,
+    /// rollback: snapshot the table every this many steps.
+    #[arg(long, default_value_t = 100)]
+    snapshot_every: u32,
+    /// rollback: multiply lr by this at each rollback.
+    #[arg(long, default_value_t = 0.5)]
+    backoff: f32,
+    /// rollback: abort when a failure would need more rollbacks than this.
+    #[arg(long, default_value_t = 3)]
+    max_rollbacks: u32,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    /// GPU adapter whose name contains this (else WGPU_ADAPTER_NAME); a
+    /// name that matches none is an error (as is one with --backend cpu).
+    #[arg(long, value_parser = adapter_arg)]
+    adapter: Option<String>,
+    /// Start from this table (.npy: 2-D float32/float64; .safetensors: tensor --tensor).
+    #[arg(long, value_name = "FILE")]
+    #[serde(serialize_with = "lossy_path")]
+    load: Option<PathBuf>,
+    /// Save the trained table here (.npy or .safetensors), atomically; a
+    /// .safetensors input's other tensors are carried over to a .safetensors output.
+    #[arg(long, value_name = "FILE")]
+    #[serde(serialize_with = "lossy_path")]
+    save: Option<PathBuf>,
+    /// The tensor of a .safetensors file that is the table.
+    #[arg(long, default_value = latent_line::tables::DEFAULT_TENSOR, value_parser = tensor_arg)]
+    tensor: String,
+    /// Continue a run from this checkpoint (a table saved by latent-line,
+    /// with its step count and options: give the same ones; the guard may
+    /// change); --steps is the total, as for an unbroken run.
+    #[arg(long, value_name = "FILE", conflicts_with = "load")]
+    #[serde(serialize_with = "lossy_path")]
+    resume: Option<PathBuf>,
+    /// Save the table (and the run state) to --save every N steps.
+    #[arg(long, value_name = "N", requires = "save")]
+    checkpoint_every: Option<usize>,
+    /// Draw the mean excess per step and the codes before/after (SVG).
+    #[arg(long, value_name = "FILE.svg")]
+    #[serde(serialize_with = "lossy_path")]
+    plot: Option<PathBuf>,
+    /// GPU time and bytes per kernel over the run (timestamp queries; each
+    /// kernel gets a pass of its own, so the run itself is a little slower).
+    #[arg(long)]
+    profile: bool,
+    /// Print nothing but errors.
+    #[arg(long)]
+    quiet: bool,
+    /// Print the JSON report on standard output instead of the summary.
+    #[arg(long)]
+    json: bool,
+    /// Write a JSON report here, atomically.
+    #[arg(long, value_name = "FILE.json")]
+    #[serde(serialize_with = "lossy_path")]
+    report: Option<PathBuf>,
+}
+
+/// A path in JSON, as text even where it is not UTF-8 (serde refuses
+/// those, which lost the whole report).
+fn lossy_path<S: serde::Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&p.as_ref().map(|p| p.to_string_lossy()), s)
+}
+
+pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
+    QUIET.store(args.quiet || args.json, std::sync::atomic::Ordering::Relaxed);
+    // Ctrl-C (or SIGTERM, SIGHUP), from the start: the trainer finishes the step in flight (the
+    // GPU: the submissions in flight), then the table and the report are
+    // saved and the exit code is 130. Saves are atomic, so a second Ctrl-C
+    // cannot corrupt anything either.
+    let stop_flag = INTERRUPTED.get_or_init(|| Arc::new(std::sync::atomic::AtomicBool::new(false))).clone();
+    let handler_flag = stop_flag.clone();
+    let _ = ctrlc::set_handler(move || handler_flag.store(true, std::sync::atomic::Ordering::SeqCst));
+    // Everything is validated before any allocation or output.
+    check_adapter(args.backend, &args.adapter)?;
+    if let Some(p) = &args.plot {
+        if p.extension().and_then(|e| e.to_str()) != Some("svg") {
+            bail!("invalid --plot: {} must end in .svg", p.display());
+        }
+    }
+    for (opt, p) in [("--save", &args.save), ("--report", &args.report), ("--plot", &args.plot)] {
+        if let Some(p) = p {
+            check_output(opt, p)?;
+        }
+    }
+    if let Some(s) = &args.save {
+        tables::format_of(s)?;
+    }
+    // Nothing is written over anything else the run reads or writes; the
+    // only overlap allowed is --save onto the table it loaded or resumed
+    // (an atomic replacement, SPEC §12).
+    let outputs = [("--save", &args.save), ("--report", &args.report), ("--plot", &args.plot)];
+    // A checkpoint's run state and optimiser state lie beside it: --save's
+    // are written, --resume's read.
+    let sides = |p: Option<&Path>| {
+        [p.map(tables::state_sidecar), p.map(|s| Sidecar::Velocity.path(s)), p.map(|s| Sidecar::Snapshot.path(s))]
+    };
+    let [state, velocity, snapshot] = sides(args.save.as_deref());
+    let [r_state, r_velocity, r_snapshot] = sides(args.resume.as_deref());
+    let inputs = [
+        ("--load", &args.load),
+        ("--resume", &args.resume),
+        ("--indices", &args.indices),
+        ("--resume's run state", &r_state),
+        ("--resume's velocity", &r_velocity),
+        ("--resume's snapshot", &r_snapshot),
+        ("--save's run state", &state),
+        ("--save's velocity", &velocity),
+        ("--save's snapshot", &snapshot),
+    ];
+    // --save onto the checkpoint it resumes writes that checkpoint's
+    // sidecars, all together (`save_checkpoint`): the one overlap of
+    // sidecars allowed.
+    let save_is_resume = matches!((&args.save, &args.resume), (Some(s), Some(r)) if same_file(s, r));
+    for (i, (out_opt, out)) in outputs.iter().enumerate() {
+        let Some(out) = out else { continue };
+        let others = outputs[i + 1..].iter().chain(&inputs);
+        for (opt, other) in
+            others.filter(|(opt, _)| !(*out_opt == "--save" && (*opt == "--load" || *opt == "--resume")))
+        {
+            if let Some(other) = other {
+                if same_file(out, other) {
+                    bail!("invalid {out_opt}: {} is also the {opt} file; give it a path of its own", out.display());
+                }
+            }
+        }
+    }
+    // --save's sidecars are written too: never over a file the run reads
+    // (nor removed, as a stale sidecar is when this run writes none), nor
+    // where a folder is (found now, not after the training) if this run
+    // writes them: the run state beside an .npy, the velocity with
+    // momentum, a snapshot under rollback.
+    let npy_save = args.save.as_deref().is_some_and(|s| matches!(tables::format_of(s), Ok(tables::Format::Npy)));
+    let writes = [npy_save, args.momentum != 0.0, args.on_nonfinite == Policy::Rollback];
+    for ((side_opt, side), written) in inputs[6..].iter().zip(writes) {
+        let Some(side) = side else { continue };
+        if written && side.is_dir() {
+            bail!("invalid --save: {side_opt} would be written at {}, which is a folder", side.display());
+        }
+        let read = inputs[..6].iter().filter(|(opt, _)| !(save_is_resume && opt.starts_with("--resume's")));
+        for (opt, input) in read {
+            if input.as_ref().is_some_and(|i| same_file(side, i)) {
+                bail!(
+                    "invalid --save: {side_opt} would be written at {}, the {opt} file; save elsewhere",
+                    side.display()
+                );
+            }
+        }
+    }
+    let mut carried = None;
+    if args.checkpoint_every == Some(0) {
+        bail!("invalid --checkpoint-every: 0; it must be at least 1");
+    }
+    let (shape, mut source, note) = match args.resume.as_ref().or(args.load.as_ref()) {
+        Some(path) => {
+            // A .safetensors input's other tensors are read only when a
+            // .safetensors save will carry them (or a resume reads its run
+            // state from its metadata).
+            let carry = args.resume.is_some()
+                || args
+                    .save
+                    .as_deref()
+                    .is_some_and(|p| matches!(tables::format_of(p), Ok(tables::Format::Safetensors)));
+            let l = tables::load_as(path, &args.tensor, npy::Overflow::Inf, carry)?;
+            carried = l.carried;
+            for (opt, given, have) in [("--rows", args.rows, l.shape.rows), ("--dim", args.dim, l.shape.dim)] {
+                if let Some(g) = given {
+                    if g != have {
+                        bail!(
+                            "invalid {opt}: {g} disagrees with {} ({} × {})",
+                            path.display(),
+                            l.shape.rows,
+                            l.shape.dim
+                        );
+                    }
+                }
+            }
+            (l.shape, TableSource::Data(l.data), l.note)
+        }
+        None => (
+            Shape::new(args.rows.unwrap_or(1_000_000), args.dim.unwrap_or(64))?,
+            TableSource::Random { seed: args.seed },
+            None,
+        ),
+    };
+    let mut cfg = StepConfig::for_rows(shape.rows);
+    if let Some(s) = &args.anchors {
+        (cfg.anchor_a, cfg.anchor_b) = parse_anchors(s).map_err(|e| anyhow::anyhow!("invalid --anchors: {e}"))?;
+    }
+    cfg.naive = args.naive;
+    cfg.eps = args.eps.unwrap_or(if args.naive { 0.0 } else { 1e-8 });
+    cfg.lr = args.lr;
+    cfg.reduction = args.reduction;
+    cfg.endpoints = args.endpoints;
+    cfg.momentum = args.momentum;
+    cfg.weight_decay = args.weight_decay;
+    cfg.clip_norm = args.clip_norm;
+    cfg.margin = args.margin;
+    cfg.margin_weight = args.margin_weight;
+    cfg.tau = args.tau;
+    cfg.collapse_fraction = args.collapse_fraction;
+    cfg.guard = Guard {
+        policy: args.on_nonfinite,
+        max_skips: args.max_skips,
+        snapshot_every: args.snapshot_every,
+        backoff: args.backoff,
+        max_rollbacks: args.max_rollbacks,
+    };
+    cfg.validate(shape)?;
+    // SPEC §10: before any step, the index file is read and every index
+    // checked (an error names the first bad position).
+    let batches = match (args.batch, &args.indices) {
+        (Some(b), _) => {
+            let plan = Batches::Random { size: b, seed: args.seed };
+            plan.validate(shape.rows)?;
+            plan
+        }
+        (None, Some(path)) => Batches::Indices(IndexBatches::load(path, shape.rows)?),
+        (None, None) => Batches::Full,
+    };
+    // SPEC §7 on the loaded table: it is in host memory already, so the
+    // scan is one parallel pass of bit tests before it goes anywhere.
+    let mut events = Vec::new();
+    if let TableSource::Data(v) = &source {
+        let s = scan_rows(v, shape.dim, 0);
+        if !s.is_clean() {
+            events.push(Event { step: None, buffer: "input", scan: s, strikes: Vec::new(), action: None });
+        }
+    }
+
+    // --resume: the run state saved beside the checkpoint, checked before
+    // any work.
+    // The options that shape the run: checked against a resumed
+    // checkpoint's, saved in this run's.
+    let options = run_options(&cfg, &batches);
+    let resumed = match &args.resume {
+        Some(path) => {
+            // A sidecar taken from a killed save's leftovers, said so.
+            let recovered = |side: Sidecar, (data, from): (Vec<f32>, Option<PathBuf>)| {
+                if let Some(from) = from {
+                    out!(
+                        "resume   {}: its {} from {}, left by a save killed between its files",
+                        path.display(),
+                        side.name(),
+                        from.display()
+                    );
+                }
+                data
+            };
+            let state = tables::load_state(path, carried.as_ref())?.ok_or_else(|| {
+                anyhow::anyhow!("invalid --resume: {} has no run state (was it saved by latent-line?)", path.display())
+            })?;
+            if let (Some(want), TableSource::Data(v)) = (state.table_fingerprint, &mut source) {
+                if tables::fingerprint(v) != want {
+                    // A save killed between its renames (the table is the
+                    // last): the table the state was saved with is among
+                    // the leftovers beside it. (A .safetensors checkpoint
+                    // keeps its state in the table's own file.)
+                    match tables::recover(path, shape, want) {
+                        Some((from, data)) => {
+                            out!(
+                                "resume   {}: its table from {}, left by a save killed between its files",
+                                path.display(),
+                                from.display()
+                            );
+                            *v = data;
+                        }
+                        None => bail!(
+                            "invalid --resume: {} is not the table its run state was saved with (a save \
+                             interrupted between the two?), nor is any file a killed save left beside it; resume \
+                             from another checkpoint, or start again with --load",
+                            path.display()
+                        ),
+                    }
+                }
+            }
+            // SPEC §13: a resume continues the same run, so the options that
+            // shape its course must be the checkpoint's.
+            if let Some(saved) = &state.options {
+                let differ: Vec<String> = saved
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        let now = options.iter().find(|(o, _)| o == k).map(|(_, w)| w.as_str());
+                        (now != Some(v.as_str())).then(|| format!("{k} {v} (this run: {})", now.unwrap_or("(none)")))
+                    })
+                    .collect();
+                if !differ.is_empty() {
+                    bail!(
+                        "invalid --resume: {} was saved by a run with {}; a resume continues the same run, so give \
+                         the same options (or start a new run from it with --load)",
+                        path.display(),
+                        differ.join(", ")
+                    );
+                }
+            }
+            // The state's own values, as a run writes them.
+            if let Err(e) = state.check(&cfg) {
+                bail!("invalid --resume: {}: {e}", path.display());
+            }
+            if state.steps > args.steps as u64 {
+                bail!(
+                    "invalid --steps: {} is fewer than the {} steps {} has done (with --resume, --steps is the run's \
+                     total)",
+                    args.steps,
+                    state.steps,
+                    path.display()
+                );
+            }
+            // With momentum the velocity goes on too (saved beside the table).
+            let velocity = if cfg.momentum > 0.0 {
+                if !state.velocity {
+                    bail!(
+                        "invalid --resume: {} was saved without momentum, so it holds no velocity; resume without --momentum",
+                        path.display()
+                    );
+                }
+                Some(recovered(Sidecar::Velocity, Sidecar::Velocity.load(path, shape, state.velocity_fingerprint)?))
+            } else {
+                None
+            };
+            // rollback between two snapshot steps: the snapshot goes on too.
+            let snapshot = if state.snapshot && cfg.guard.policy == Policy::Rollback {
+                Some(recovered(Sidecar::Snapshot, Sidecar::Snapshot.load(path, shape, state.snapshot_fingerprint)?))
+            } else {
+                None
+            };
+            Some((state, velocity, snapshot))
+        }
+        None => None,
+    };
+    let resumed_lr = resumed.as_ref().map(|(state, _, _)| state.lr);
+    let batched = !batches.is_full();
+    // User batches: the rows each of them moves (its distinct rows and the
+    // anchors: its slots), for the bytes a step moves.
+    let sampler = match &batches {
+        Batches::Random { size, seed } => Some(latent_line::sampler::Sampler::new(shape.rows, *size, *seed)?),
+        _ => None,
+    };
+    let slot_counts: Option<Vec<usize>> = match &batches {
+        Batches::Indices(ib) => Some(
+            (0..ib.len() as u64)
+                .map(|i| {
+                    latent_line::batches::StepSlots::new(ib.batch(i), cfg.anchor_a as u32, cfg.anchor_b as u32, true)
+                        .slots
+                        .len()
+                })
+                .collect(),
+        ),
+        _ => None,
+    };
+    let (mut trainer, why) = open_trainer(args, shape, cfg, source, batches)?;
+    trainer.set_stop(stop_flag);
+    let profiling = args.profile && trainer.set_profile(true)?;
+    let (start, d0_saved, collapse_saved) = match resumed {
+        Some((state, velocity, snapshot)) => {
+            trainer.set_run_state(state.clone())?;
+            if let Some(v) = velocity {
+                trainer.set_velocity(&v)?;
+            }
+            if let Some(t) = snapshot {
+                trainer.set_snapshot(&t)?;
+            }
+            (state.steps as usize, state.d0_start, state.collapse_step)
+        }
+        None => (0, None, None),
+    };
+    // A resumed run trains at the lr its rollbacks left (the table line
+    // gives --lr).
+    let lr_now = resumed_lr.filter(|&lr| lr != cfg.lr);
+    let dev = trainer.device_info();
+    out!(
+        "device   {} · {}{}",
+        dev.backend,
+        dev.adapter,
+        if dev.driver.is_empty() { String::new() } else { format!(" · {}", dev.driver) }
+    );
+    if !dev.kernel.is_empty() {
+        out!("kernel   {}", dev.kernel);
+    }
+    if let Some(w) = why {
+        out!("         {w}");
+    }
+    if let Some(n) = note {
+        out!("         {n}{}", if args.save.is_some() { " (--save writes f32)" } else { "" });
+    }
+    if cfg.naive {
+        out!(
+            "         naive: autograd's formula with ε = 0; rows at distance 0 from an anchor turn NaN{}",
+            if cfg.guard.policy == Policy::Ignore { "" } else { " (the guard refuses to write them)" }
+        );
+    }
+    out!(
+        "table    {} × {} f32 ({:.1} MB) · anchors {},{} · endpoints {} · reduction {} · ε {:e} · lr {}{}",
+        shape.rows,
+        shape.dim,
+        shape.bytes() as f64 / 1e6,
+        cfg.anchor_a,
+        cfg.anchor_b,
+        name(cfg.endpoints),
+        name(cfg.reduction),
+        cfg.eps,
+        cfg.lr,
+        lr_now.map_or(String::new(), |lr| format!(" (now {lr}, backed off by the rollbacks before the resume)"))
+    );
+
+    for e in &events {
+        out!("input    {}", e.describe());
+    }
+    out!("guard    --on-nonfinite {}", name(cfg.guard.policy));
+
+    const SHOWN_EVENTS: usize = 12;
+    let mut records = Vec::new();
+    // Step time: the wall clock from each segment's start to its last
+    // record, over the steps it ran (throughput: the host never waits
+    // between steps, so spacing of arrivals alone can mislead, e.g. on an
+    // adapter whose submissions run synchronously). The spacing of the
+    // record groups is kept too, for the report's median.
+    let mut per_step = Vec::new();
+    let (mut wall, mut wall_steps) = (std::time::Duration::ZERO, 0usize);
+    let before = if args.plot.is_some() { Some(trainer.read_table()?) } else { None };
+    // A batch's record covers its rows; the summary's start is the table's.
+    let start_eval = if batched { Some(trainer.evaluate()?) } else { None };
+    let mut done = start;
+    // A progress bar on a terminal for runs long enough to want one (on
+    // stderr; not with --quiet or --json, nor when stdout is not a terminal).
+    let bar = (std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && !QUIET.load(std::sync::atomic::Ordering::Relaxed)
+        && args.steps - start.min(args.steps) > 100)
+        .then(|| {
+            let b = indicatif::ProgressBar::new(args.steps as u64);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps · {per_sec} · {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b.set_position(start as u64);
+            b
+        });
+    if start > 0 {
+        out!("resume   from step {start} of {}", args.steps);
+    }
+    let mut shown = 0;
+    let mut hidden = 0;
+    let mut last_said: Vec<(&str, String)> = Vec::new();
+    // (Warned before the resume: not again.)
+    let mut collapse_warned = collapse_saved.is_some();
+    // Steps stream: each group of records (a GPU submission's) is handled
+    // while the later ones run, so the device never waits on this loop. A
+    // segment runs to the next checkpoint (or the end), where the table is
+    // read back and saved.
+    let mut halted = false;
+    // d0 at the run's step 0 (SPEC §8): saved by a resumed run's checkpoint,
+    // else the first step's.
+    let d0_start_of = |records: &[latent_line::Record]| d0_saved.or(records.first().map(|r| r.d0));
+    // The record d0 first fell below its fraction in (SPEC §8), found as
+    // records arrive: each group's only (a scan of them all at every group
+    // made a run of many short steps quadratic: 80 000 steps 1 s). A
+    // collapse before the resume is the saved step.
+    let mut collapse_at: Option<usize> = None;
+    let collapse_in = |records: &[latent_line::Record], from: usize| {
+        let d0 = d0_start_of(records)?;
+        collapse_step(&records[from..], d0, cfg.collapse_fraction).map(|i| from + i)
+    };
+    while done < args.steps && !halted {
+        let mut n = args.steps - done;
+        if let Some(k) = args.checkpoint_every {
+            n = n.min(k - done % k);
+        }
+        let segment = Instant::now();
+        let mut last = segment;
+        let ran = trainer.steps_streamed(n, &mut |group: Vec<latent_line::Record>| {
+            let now = Instant::now();
+            // Steps that ran (after an abort the rest of a submission does nothing).
+            let ran_here = group.iter().filter(|r| r.action != Action::NotRun).count();
+            if ran_here > 0 {
+                per_step.push(now.duration_since(last).as_secs_f64() / ran_here as f64);
+            }
+            wall_steps += ran_here;
+            last = now;
+            for (i, r) in group.iter().enumerate() {
+                for e in Event::of_record(done + i, r) {
+                    // A finding that repeats the previous step's is not printed again.
+                    let what = e.describe();
+                    let what = what.split_once(": ").map_or(what.clone(), |(_, w)| w.to_owned());
+                    let repeat = last_said.iter().any(|(b, w)| *b == e.buffer && *w == what);
+                    if shown < SHOWN_EVENTS && !repeat {
+                        match &bar {
+                            Some(b) => b.suspend(|| out!("event    {}", e.describe())),
+                            None => out!("event    {}", e.describe()),
+                        }
+                        shown += 1;
+                    } else {
+                        hidden += 1;
+                    }
+                    last_said.retain(|(b, _)| *b != e.buffer);
+                    last_said.push((e.buffer, what));
+                    events.push(e);
+                }
+            }
+            if let (Some(b), Some(last)) = (&bar, group.last()) {
+                b.set_position((done + group.len()) as u64);
+                b.set_message(format!(
+                    "loss {:.4e} · d0 {:.4} · non-finite events {}",
+                    last.loss(cfg.w_red(last.batch) as f64),
+                    last.d0,
+                    events.len()
+                ));
+            }
+            done += group.len();
+            let from = records.len();
+            records.extend(group);
+            let d0_start = d0_start_of(&records).unwrap_or(0.0);
+            collapse_at = collapse_at.or_else(|| collapse_in(&records, from));
+            if let (Some(at), false) = (collapse_at, collapse_warned) {
+                collapse_warned = true;
+                let warn = collapse_warning(start + at, records[at].d0, cfg.collapse_fraction, d0_start);
+                match &bar {
+                    Some(b) => b.suspend(|| out!("{warn}")),
+                    None => out!("{warn}"),
+                }
+            }
+            // The guard aborted on the device: nothing more will run.
+            halted = records.last().is_some_and(|r| matches!(r.action, Action::NotRun | Action::Aborted));
+            !halted && !interrupted()
+        })?;
+        wall += last.duration_since(segment);
+        if ran == 0 || interrupted() {
+            out!("interrupted after step {done}: saving and reporting");
+            break;
+        }
+        if let (Some(k), Some(path)) = (args.checkpoint_every, &args.save) {
+            if done % k == 0 && done < args.steps && !halted {
+                let audit = (d0_start_of(&records), collapse_saved.or(collapse_at.map(|at| (start + at) as u64)));
+                save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), audit, &options)?;
+                out!("checkpoint step {done} → {}", path.display());
+            }
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if hidden > 0 {
+        out!("event    … {hidden} more non-finite events, repeats included (all in --report)");
+    }
+    // Positions in this run's records; steps are counted from the run's start.
+    let aborted = records.iter().position(|r| r.action == Action::Aborted);
+    records.truncate(aborted.map_or(records.len(), |a| a + 1));
+    let aborted_at = aborted.map(|a| start + a);
+    // The steps done, counted from the start of the run (its first segment,
+    // before any resume): an aborted step is not done (a resume takes it
+    // again), so the table is after this many.
+    let steps_done = aborted_at.unwrap_or(start + records.len());
+    let d0_start = d0_start_of(&records);
+    // Each step's own GPU time, where its pass was timed (timestamp queries).
+    let gpu_step_s: Vec<f64> =
+        records.iter().filter(|r| r.action != Action::NotRun).filter_map(|r| r.gpu_seconds).collect();
+    let gpu_median = (!gpu_step_s.is_empty()).then(|| median(gpu_step_s.clone()));
+    records.push(trainer.evaluate()?);
+    // The step each record is of (SPEC §12's report: step k is the table
+    // before update k): the last, the final table's evaluation, is of the
+    // steps done; after an abort that is the aborted step's own table.
+    let step_of = |i: usize| if i + 1 == records.len() { steps_done } else { start + i };
+    // A collapse the final table shows first is warned of too (and saved
+    // with the run state: a resume would not warn of it again).
+    let final_collapse = collapse_at.is_none().then(|| collapse_in(&records, records.len() - 1)).flatten();
+    if let (Some(at), false, Some(d0)) = (final_collapse, collapse_warned, d0_start) {
+        out!("{}", collapse_warning(step_of(at), records[at].d0, cfg.collapse_fraction, d0));
+    }
+    let collapse = collapse_saved.or(collapse_at.or(final_collapse).map(|at| step_of(at) as u64));
+    let final_scan = trainer.scan_table()?;
+    let finite = final_scan.is_clean();
+
+    // With batches, the summary compares whole-table evaluations.
+    let (first, last) = (start_eval.as_ref().unwrap_or(&records[0]), &records[records.len() - 1]);
+    let step_s = if wall_steps > 0 { wall.as_secs_f64() / wall_steps as f64 } else { 0.0 };
+    // A step reads and writes each row it touches once (SPEC §15): the
+    // full table's, or a batch's distinct rows and the anchors, averaged
+    // over the steps run (the first step's where none ran). (A random
+    // batch has no repeats; its anchors are counted as two more rows.)
+    let run = start..steps_done.max(start + 1);
+    let moved = |step: usize| match (&slot_counts, &sampler) {
+        (Some(counts), _) => counts[step % counts.len()],
+        (None, Some(s)) => {
+            // The slot's rows and the anchors that are not among them.
+            let slot = s.slot(step as u64);
+            let outside = |row: usize| {
+                let at = s.unpermute(slot.epoch, row as u32).unwrap_or(u32::MAX);
+                !(slot.start..slot.start + slot.count).contains(&at)
+            };
+            slot.count as usize + outside(cfg.anchor_a) as usize + outside(cfg.anchor_b) as usize
+        }
+        (None, None) => shape.rows,
+    };
+    let rows_moved = run.clone().map(|s| moved(s) as f64).sum::<f64>() / run.len() as f64;
+    let bytes = (2.0 * rows_moved.min(shape.rows as f64) * shape.dim as f64 * 4.0).round() as u64;
+    let gbps = if step_s > 0.0 { bytes as f64 / step_s / 1e9 } else { 0.0 };
+    let count = |a: Action| records.iter().filter(|r| r.action == a).count();
+    out!(
+        "start    loss {:.6e} · mean excess {:.6e} · d0 {:.6} · near-singular rows {}",
+        first.loss(cfg.w_red(first.batch) as f64),
+        first.mean_excess(),
+        first.d0,
+        first.near_singular
+    );
+    out!(
+        "end      loss {:.6e} · mean excess {:.6e} · d0 {:.6} · near-singular rows {} · after {} steps{}, excess {}",
+        last.loss(cfg.w_red(last.batch) as f64),
+        last.mean_excess(),
+        last.d0,
+        last.near_singular,
+        steps_done - start,
+        if start > 0 { format!(" ({steps_done} in all)") } else { String::new() },
+        if !last.mean_excess().is_finite() {
+            "non-finite".into()
+        } else if last.mean_excess() > 0.0 {
+            format!("÷{:.3e}", first.mean_excess() / last.mean_excess())
+        } else {
+            "0".into()
+        }
+    );
+    let guard_counts = [
+        (count(Action::SkippedStep), "skipped steps"),
+        (count(Action::SkippedRows), "steps with skipped rows"),
+        (count(Action::RolledBack), "rollbacks"),
+        (count(Action::Ignored), "steps that wrote non-finite values"),
+    ];
+    let said: Vec<String> = guard_counts.iter().filter(|(n, _)| *n > 0).map(|(n, w)| format!("{n} {w}")).collect();
+    if !said.is_empty() {
+        out!("guard    {} · lr now {}", said.join(" · "), last.lr as f32);
+    }
+    if let Some(at) = aborted_at {
+        out!("ABORTED  at step {at}: {}", action_words(Action::Aborted));
+    }
+    out!("finite   {}", if finite { "every value of the table is finite".into() } else { final_scan.describe() });
+    if args.steps > 0 {
+        out!(
+            "speed    {:.3} ms/step (wall clock over {} steps) · {:.1} GB/s effective ({} bytes read+written per step)",
+            step_s * 1e3,
+            wall_steps,
+            gbps,
+            bytes
+        );
+        if let Some(m) = gpu_median {
+            out!(
+                "         GPU {:.3} ms/step, the median of {} steps' passes (timestamp queries) · {:.1} GB/s",
+                m * 1e3,
+                gpu_step_s.len(),
+                if m > 0.0 { bytes as f64 / m / 1e9 } else { 0.0 }
+            );
+        }
+    }
+
+    let profile = if profiling { Some(trainer.profile()?) } else { None };
+    if args.profile {
+        match &profile {
+            Some(p) => {
+                let total: f64 = p.iter().map(|k| k.seconds).sum();
+                out!(
+                    "profile  GPU time per kernel over {} steps (timestamp queries; bytes are nominal)",
+                    records.len() - 1
+                );
+                for k in p {
+                    out!(
+                        "         {:26} {:>6} passes {:>10.4} ms/pass {:>8.1} GB/s {:>5.1} %",
+                        k.kernel,
+                        k.calls,
+                        k.seconds / k.calls.max(1) as f64 * 1e3,
+                        if k.seconds > 0.0 { k.bytes as f64 / k.seconds / 1e9 } else { 0.0 },
+                        100.0 * k.seconds / total.max(f64::MIN_POSITIVE)
+                    );
+                }
+            }
+            None => out!(
+                "profile  not available: {} (the CPU backend has no kernels to time; a GPU needs timestamp queries)",
+                dev.backend
+            ),
+        }
+    }
+
+    if let Some(path) = &args.save {
+        let audit = (d0_start, collapse);
+        save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), audit, &options)?;
+        out!(
+            "saved    {}{}",
+            path.display(),
+            if aborted_at.is_some() { " (the table before the failing step)" } else { "" }
+        );
+    }
+    if let (Some(path), Some(before)) = (&args.plot, &before) {
+        let after = trainer.read_table()?;
+        let excess = records.iter().enumerate().map(|(i, r)| (step_of(i), r.mean_excess())).collect();
+        let pic = latent_line::plot::Picture {
+            excess,
+            before,
+            after: &after,
+            dim: shape.dim,
+            anchors: (cfg.anchor_a, cfg.anchor_b),
+        };
+        latent_line::plot::draw(path, &pic)?;
+        out!("plot     {}", path.display());
+    }
+    // The driver's statistics, after the table is saved: the probe opens
+    // a second device, and one that fails (or crashes) costs the run
+    // nothing but its statistics.
+    let driver_stats = if args.profile {
+        trainer.driver_stats().unwrap_or_else(|e| {
+            Some(latent_line::gpu::driver_stats::DriverStats {
+                device: trainer.device_info().adapter,
+                unavailable: Some(format!("the probe failed: {e}")),
+                pipelines: Vec::new(),
+            })
+        })
+    } else {
+        None
+    };
+    print_driver_stats(driver_stats.as_ref());
+    if args.report.is_some() || args.json {
+        let report = Report {
+            options: args,
+            shape,
+            config: cfg,
+            device: dev,
+            steps: records
+                .iter()
+                .enumerate()
+                .map(|(i, r)| StepEntry::new(step_of(i), r, cfg.w_red(r.batch) as f64))
+                .collect(),
+            summary: Summary {
+                first_loss: first.loss(cfg.w_red(first.batch) as f64),
+                last_loss: last.loss(cfg.w_red(last.batch) as f64),
+                mean_excess_first: first.mean_excess(),
+                mean_excess_last: last.mean_excess(),
+                max_excess_last: last.max_excess(),
+                d0_first: first.d0,
+                d0_last: last.d0,
+                collapse_step: collapse.map(|s| s as usize),
+                near_singular_last: last.near_singular,
+                nonfinite_events: events.len(),
+                skipped_steps: count(Action::SkippedStep),
+                steps_with_skipped_rows: count(Action::SkippedRows),
+                rollbacks: count(Action::RolledBack),
+                aborted_at,
+                steps_done,
+                interrupted: aborted_at.is_none() && interrupted(),
+                resumed_from: args.resume.is_some().then_some(start),
+                lr_last: last.lr as f32,
+                final_scan,
+                all_finite: finite,
+                step_seconds: step_s,
+                // The steps' own GPU times where they were timed (every
+                // step of the fused path, where the device has timestamp
+                // queries), else the spacing of the record groups.
+                median_step_seconds: gpu_median.unwrap_or_else(|| median(per_step)),
+                median_step_clock: if gpu_median.is_some() { "gpu-timestamps" } else { "wall-clock" },
+                bytes_per_step: bytes,
+                effective_gb_per_s: gbps,
+            },
+            events,
+            profile,
+            driver_stats,
+        };
+        if let Some(path) = &args.report {
+            let written = npy::save_atomic(path, |w| {
+                serde_json::to_writer_pretty(&mut *w, &report).map_err(std::io::Error::other)?;
+                std::io::Write::write_all(w, b"\n")
+            });
+            // A lost report is an error: exit 1 after a run that ended
+            // well; a run that aborted or was interrupted keeps its exit
+            // code (3, 130), as when its printed summary is lost, and says
+            // both on stderr.
+            let ended = match aborted_at {
+                Some(at) => Some(format!("the run aborted on non-finite values at step {at}: exit code 3")),
+                None if interrupted() => Some("the run was interrupted: exit code 130".into()),
+                None => None,
+            };
+            match (written, ended) {
+                (Ok(()), _) => out!("report   {}", path.display()),
+                (Err(e), None) => {
+                    return Err(anyhow::Error::from(e).context(format!("writing the report {}", path.display())))
+                }
+                (Err(e), Some(ended)) => {
+                    eprintln!("latent-line: error: writing the report {}: {e:#} ({ended})", path.display())
+                }
+            }
+        }
+        if args.json {
+            print_json(&report);
+        }
+    }
+    Ok(if aborted_at.is_some() {
+        Outcome::NonFinite
+    } else if interrupted() {
+        Outcome::Interrupted
+    } else {
+        Outcome::Done
+    })
+}
+
+/// SPEC §8's collapse warning, of the table at `step`.
+fn collapse_warning(step: usize, d0: f64, fraction: f64, d0_start: f64) -> String {
+    format!(
+        "warning  step {step}: the anchors are collapsing: d0 = {d0:.4e}, below {fraction} of its start {d0_start:.4e} \
+         (SPEC §8)"
+    )
+}
+
+/// Saves the table at `path` with its run state (SPEC §13), and beside it
+/// what a resume needs besides: the momentum velocity, and a rollback
+/// snapshot older than the table. All of them are written in full before
+/// any replaces the previous checkpoint's (`npy::commit`), so a save that
+/// fails leaves that checkpoint whole; the state records the others'
+/// fingerprints, so a resume refuses a mixture left by a kill between the
+/// renames.
+fn save_checkpoint(
+    trainer: &mut dyn Trainer,
+    path: &std::path::Path,
+    tensor: &str,
+    carried: Option<&tables::Carried>,
+    (d0_start, collapse_step): (Option<f64>, Option<u64>),
+    options: &[(String, String)],
+) -> anyhow::Result<()> {
+    let shape = trainer.shape();
+    let mut state = trainer.run_state()?;
+    (state.d0_start, state.collapse_step) = (d0_start, collapse_step);
+    state.options = Some(options.to_vec());
+    let mut files = Vec::new();
+    if let Some(v) = trainer.read_velocity()? {
+        files.push(Sidecar::Velocity.stage(path, shape, &v)?);
+        state.velocity = true;
+        state.velocity_fingerprint = Some(tables::fingerprint(&v));
+    }
+    // Between two snapshot steps the unbroken run would restore an older
+    // table than the checkpoint: it goes beside it.
+    if !state.steps.is_multiple_of(trainer.config().guard.snapshot_every as u64) {
+        if let Some(t) = trainer.read_snapshot()? {
+            files.push(Sidecar::Snapshot.stage(path, shape, &t)?);
+            state.snapshot = true;
+            state.snapshot_fingerprint = Some(tables::fingerprint(&t));
+        }
+    }
+    let table = trainer.read_table()?;
+    state.table_fingerprint = Some(tables::fingerprint(&table));
+    files.extend(tables::stage(path, tensor, shape, &table, carried, Some(&state))?);
+    npy::commit(files)?;
+    // A sidecar an earlier checkpoint at this path left, which this one's
+    // state says it has none of: stale, never read; removed (after the
+    // commit, so a kill before this leaves it, as harmless as before).
+    for (side, has) in [(Sidecar::Velocity, state.velocity), (Sidecar::Snapshot, state.snapshot)] {
+        if !has {
+            let _ = std::fs::remove_file(side.path(path));
+        }
+    }
+    Ok(())
+}
+
+/// The options that shape a run's course (the table aside), spelled as on
+/// the command line: saved in a checkpoint's run state and compared on
+/// `--resume`. Where the run goes (backend, adapter), how long (--steps),
+/// what it writes, and the guard (which acts only on a failing step: after
+/// an `abort`, going on under `skip-row` is a resume) are free to change.
+fn run_options(cfg: &StepConfig, batches: &Batches) -> Vec<(String, String)> {
+    let batches = match batches {
+        Batches::Full => "the full table".into(),
+        Batches::Random { size, seed } => format!("--batch {size} --seed {seed}"),
+        Batches::Indices(ib) => format!("--indices (a file of fingerprint {:016x})", ib.fingerprint()),
+    };
+    let o: [(&str, String); 13] = [
+        ("--lr", format!("{:?}", cfg.lr)),
+        ("--eps", format!("{:?}", cfg.eps)),
+        ("--naive", cfg.naive.to_string()),
+        ("--reduction", name(cfg.reduction)),
+        ("--anchors", format!("{},{}", cfg.anchor_a, cfg.anchor_b)),
+        ("--endpoints", name(cfg.endpoints)),
+        ("--momentum", format!("{:?}", cfg.momentum)),
+        ("--weight-decay", format!("{:?}", cfg.weight_decay)),
+        ("--clip-norm", format!("{:?}", cfg.clip_norm)),
+        ("--margin", format!("{:?}", cfg.margin)),
+        ("--margin-weight", format!("{:?}", cfg.margin_weight)),
+        // (Not the course, but the collapse step the run state carries is
+        // measured by it.)
+        ("--collapse-fraction", format!("{:?}", cfg.collapse_fraction)),
+        ("batches:", batches),
+    ];
+    o.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+/// Picks the backend (see `latent_line::backend::open`).
+fn open_trainer(
+    args: &TrainArgs,
+    shape: Shape,
+    cfg: StepConfig,
+    source: TableSource,
+    batches: Batches,
+) -> anyhow::Result<(Box<dyn Trainer>, Option<String>)> {
+    let o = latent_line::backend::open(args.backend, args.adapter.as_deref(), shape, cfg, source, batches)?;
+    Ok((o.trainer, o.note))
+}
+
+/// `--profile`'s driver lines: one per pipeline executable, its statistics.
+fn print_driver_stats(stats: Option<&latent_line::gpu::driver_stats::DriverStats>) {
+    let Some(stats) = stats else { return };
+    if let Some(why) = &stats.unavailable {
+        out!(
+            "driver   statistics not available: {why} ({} pipelines compiled again, none inspected)",
+            stats.pipelines.len()
+        );
+        return;
+    }
+    out!(
+        "driver   statistics of each pipeline (VK_KHR_pipeline_executable_properties, the same SPIR-V compiled again on {})",
+        stats.device
+    );
+    for p in &stats.pipelines {
+        let setting = if p.setting.is_empty() { String::new() } else { format!(" [{}]", p.setting) };
+        for e in &p.executables {
+            let stats: Vec<String> = e.stats.iter().map(|s| format!("{} {}", s.name, s.value)).collect();
+            out!("         {}{setting} · {}: {}", p.kernel, e.name, stats.join(" · "));
+        }
+    }
+}
