@@ -168,81 +168,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     let handler_flag = stop_flag.clone();
     let _ = ctrlc::set_handler(move || handler_flag.store(true, std::sync::atomic::Ordering::SeqCst));
     // Everything is validated before any allocation or output.
-    check_adapter(args.backend, &args.adapter)?;
-    if let Some(p) = &args.plot {
-        if p.extension().and_then(|e| e.to_str()) != Some("svg") {
-            bail!("invalid --plot: {} must end in .svg", p.display());
-        }
-    }
-    for (opt, p) in [("--save", &args.save), ("--report", &args.report), ("--plot", &args.plot)] {
-        if let Some(p) = p {
-            check_output(opt, p)?;
-        }
-    }
-    if let Some(s) = &args.save {
-        tables::format_of(s)?;
-    }
-    // Nothing is written over anything else the run reads or writes; the
-    // only overlap allowed is --save onto the table it loaded or resumed
-    // (an atomic replacement, SPEC §12).
-    let outputs = [("--save", &args.save), ("--report", &args.report), ("--plot", &args.plot)];
-    // A checkpoint's run state and optimiser state lie beside it: --save's
-    // are written, --resume's read.
-    let sides = |p: Option<&Path>| {
-        [p.map(tables::state_sidecar), p.map(|s| Sidecar::Velocity.path(s)), p.map(|s| Sidecar::Snapshot.path(s))]
-    };
-    let [state, velocity, snapshot] = sides(args.save.as_deref());
-    let [r_state, r_velocity, r_snapshot] = sides(args.resume.as_deref());
-    let inputs = [
-        ("--load", &args.load),
-        ("--resume", &args.resume),
-        ("--indices", &args.indices),
-        ("--resume's run state", &r_state),
-        ("--resume's velocity", &r_velocity),
-        ("--resume's snapshot", &r_snapshot),
-        ("--save's run state", &state),
-        ("--save's velocity", &velocity),
-        ("--save's snapshot", &snapshot),
-    ];
-    // --save onto the checkpoint it resumes writes that checkpoint's
-    // sidecars, all together (`save_checkpoint`): the one overlap of
-    // sidecars allowed.
-    let save_is_resume = matches!((&args.save, &args.resume), (Some(s), Some(r)) if same_file(s, r));
-    for (i, (out_opt, out)) in outputs.iter().enumerate() {
-        let Some(out) = out else { continue };
-        let others = outputs[i + 1..].iter().chain(&inputs);
-        for (opt, other) in
-            others.filter(|(opt, _)| !(*out_opt == "--save" && (*opt == "--load" || *opt == "--resume")))
-        {
-            if let Some(other) = other {
-                if same_file(out, other) {
-                    bail!("invalid {out_opt}: {} is also the {opt} file; give it a path of its own", out.display());
-                }
-            }
-        }
-    }
-    // --save's sidecars are written too: never over a file the run reads
-    // (nor removed, as a stale sidecar is when this run writes none), nor
-    // where a folder is (found now, not after the training) if this run
-    // writes them: the run state beside an .npy, the velocity with
-    // momentum, a snapshot under rollback.
-    let npy_save = args.save.as_deref().is_some_and(|s| matches!(tables::format_of(s), Ok(tables::Format::Npy)));
-    let writes = [npy_save, args.momentum != 0.0, args.on_nonfinite == Policy::Rollback];
-    for ((side_opt, side), written) in inputs[6..].iter().zip(writes) {
-        let Some(side) = side else { continue };
-        if written && side.is_dir() {
-            bail!("invalid --save: {side_opt} would be written at {}, which is a folder", side.display());
-        }
-        let read = inputs[..6].iter().filter(|(opt, _)| !(save_is_resume && opt.starts_with("--resume's")));
-        for (opt, input) in read {
-            if input.as_ref().is_some_and(|i| same_file(side, i)) {
-                bail!(
-                    "invalid --save: {side_opt} would be written at {}, the {opt} file; save elsewhere",
-                    side.display()
-                );
-            }
-        }
-    }
+    check_files(args)?;
     let mut carried = None;
     if args.checkpoint_every == Some(0) {
         bail!("invalid --checkpoint-every: 0; it must be at least 1");
@@ -279,30 +205,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             None,
         ),
     };
-    let mut cfg = StepConfig::for_rows(shape.rows);
-    if let Some(s) = &args.anchors {
-        (cfg.anchor_a, cfg.anchor_b) = parse_anchors(s).map_err(|e| anyhow::anyhow!("invalid --anchors: {e}"))?;
-    }
-    cfg.naive = args.naive;
-    cfg.eps = args.eps.unwrap_or(if args.naive { 0.0 } else { 1e-8 });
-    cfg.lr = args.lr;
-    cfg.reduction = args.reduction;
-    cfg.endpoints = args.endpoints;
-    cfg.momentum = args.momentum;
-    cfg.weight_decay = args.weight_decay;
-    cfg.clip_norm = args.clip_norm;
-    cfg.margin = args.margin;
-    cfg.margin_weight = args.margin_weight;
-    cfg.tau = args.tau;
-    cfg.collapse_fraction = args.collapse_fraction;
-    cfg.guard = Guard {
-        policy: args.on_nonfinite,
-        max_skips: args.max_skips,
-        snapshot_every: args.snapshot_every,
-        backoff: args.backoff,
-        max_rollbacks: args.max_rollbacks,
-    };
-    cfg.validate(shape)?;
+    let cfg = step_config(args, shape)?;
     // SPEC §10: before any step, the index file is read and every index
     // checked (an error names the first bad position).
     let batches = match (args.batch, &args.indices) {
@@ -330,101 +233,10 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     // checkpoint's, saved in this run's.
     let options = run_options(&cfg, &batches);
     let resumed = match &args.resume {
-        Some(path) => {
-            // A sidecar taken from a killed save's leftovers, said so.
-            let recovered = |side: Sidecar, (data, from): (Vec<f32>, Option<PathBuf>)| {
-                if let Some(from) = from {
-                    out!(
-                        "resume   {}: its {} from {}, left by a save killed between its files",
-                        path.display(),
-                        side.name(),
-                        from.display()
-                    );
-                }
-                data
-            };
-            let state = tables::load_state(path, carried.as_ref())?.ok_or_else(|| {
-                anyhow::anyhow!("invalid --resume: {} has no run state (was it saved by latent-line?)", path.display())
-            })?;
-            if let (Some(want), TableSource::Data(v)) = (state.table_fingerprint, &mut source) {
-                if tables::fingerprint(v) != want {
-                    // A save killed between its renames (the table is the
-                    // last): the table the state was saved with is among
-                    // the leftovers beside it. (A .safetensors checkpoint
-                    // keeps its state in the table's own file.)
-                    match tables::recover(path, shape, want) {
-                        Some((from, data)) => {
-                            out!(
-                                "resume   {}: its table from {}, left by a save killed between its files",
-                                path.display(),
-                                from.display()
-                            );
-                            *v = data;
-                        }
-                        None => bail!(
-                            "invalid --resume: {} is not the table its run state was saved with (a save \
-                             interrupted between the two?), nor is any file a killed save left beside it; resume \
-                             from another checkpoint, or start again with --load",
-                            path.display()
-                        ),
-                    }
-                }
-            }
-            // SPEC §13: a resume continues the same run, so the options that
-            // shape its course must be the checkpoint's.
-            if let Some(saved) = &state.options {
-                let differ: Vec<String> = saved
-                    .iter()
-                    .filter_map(|(k, v)| {
-                        let now = options.iter().find(|(o, _)| o == k).map(|(_, w)| w.as_str());
-                        (now != Some(v.as_str())).then(|| format!("{k} {v} (this run: {})", now.unwrap_or("(none)")))
-                    })
-                    .collect();
-                if !differ.is_empty() {
-                    bail!(
-                        "invalid --resume: {} was saved by a run with {}; a resume continues the same run, so give \
-                         the same options (or start a new run from it with --load)",
-                        path.display(),
-                        differ.join(", ")
-                    );
-                }
-            }
-            // The state's own values, as a run writes them.
-            if let Err(e) = state.check(&cfg) {
-                bail!("invalid --resume: {}: {e}", path.display());
-            }
-            if state.steps > args.steps as u64 {
-                bail!(
-                    "invalid --steps: {} is fewer than the {} steps {} has done (with --resume, --steps is the run's \
-                     total)",
-                    args.steps,
-                    state.steps,
-                    path.display()
-                );
-            }
-            // With momentum the velocity goes on too (saved beside the table).
-            let velocity = if cfg.momentum > 0.0 {
-                if !state.velocity {
-                    bail!(
-                        "invalid --resume: {} was saved without momentum, so it holds no velocity; resume without --momentum",
-                        path.display()
-                    );
-                }
-                Some(recovered(Sidecar::Velocity, Sidecar::Velocity.load(path, shape, state.velocity_fingerprint)?))
-            } else {
-                None
-            };
-            // rollback between two snapshot steps: the snapshot goes on too.
-            let snapshot = if state.snapshot && cfg.guard.policy == Policy::Rollback {
-                Some(recovered(Sidecar::Snapshot, Sidecar::Snapshot.load(path, shape, state.snapshot_fingerprint)?))
-            } else {
-                None
-            };
-            Some((state, velocity, snapshot))
-        }
+        Some(path) => Some(resume(path, args, &cfg, shape, &mut source, carried.as_ref(), &options)?),
         None => None,
     };
-    let resumed_lr = resumed.as_ref().map(|(state, _, _)| state.lr);
+    let resumed_lr = resumed.as_ref().map(|r| r.state.lr);
     let batched = !batches.is_full();
     // User batches: the rows each of them moves (its distinct rows and the
     // anchors: its slots), for the bytes a step moves.
@@ -448,7 +260,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     trainer.set_stop(stop_flag);
     let profiling = args.profile && trainer.set_profile(true)?;
     let (start, d0_saved, collapse_saved) = match resumed {
-        Some((state, velocity, snapshot)) => {
+        Some(Resumed { state, velocity, snapshot }) => {
             trainer.set_run_state(state.clone())?;
             if let Some(v) = velocity {
                 trainer.set_velocity(&v)?;
@@ -889,6 +701,233 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Done
     })
+}
+
+/// The run's files, checked before any work (SPEC §12): outputs in
+/// writable places of their own, nothing written over anything the run
+/// reads or writes but `--save` onto the table it loaded or resumed, and
+/// a checkpoint's sidecars on no input and no folder.
+fn check_files(args: &TrainArgs) -> anyhow::Result<()> {
+    check_adapter(args.backend, &args.adapter)?;
+    if let Some(p) = &args.plot {
+        if p.extension().and_then(|e| e.to_str()) != Some("svg") {
+            bail!("invalid --plot: {} must end in .svg", p.display());
+        }
+    }
+    for (opt, p) in [("--save", &args.save), ("--report", &args.report), ("--plot", &args.plot)] {
+        if let Some(p) = p {
+            check_output(opt, p)?;
+        }
+    }
+    if let Some(s) = &args.save {
+        tables::format_of(s)?;
+    }
+    // Nothing is written over anything else the run reads or writes; the
+    // only overlap allowed is --save onto the table it loaded or resumed
+    // (an atomic replacement, SPEC §12).
+    let outputs = [("--save", &args.save), ("--report", &args.report), ("--plot", &args.plot)];
+    // A checkpoint's run state and optimiser state lie beside it: --save's
+    // are written, --resume's read.
+    let sides = |p: Option<&Path>| {
+        [p.map(tables::state_sidecar), p.map(|s| Sidecar::Velocity.path(s)), p.map(|s| Sidecar::Snapshot.path(s))]
+    };
+    let [state, velocity, snapshot] = sides(args.save.as_deref());
+    let [r_state, r_velocity, r_snapshot] = sides(args.resume.as_deref());
+    let inputs = [
+        ("--load", &args.load),
+        ("--resume", &args.resume),
+        ("--indices", &args.indices),
+        ("--resume's run state", &r_state),
+        ("--resume's velocity", &r_velocity),
+        ("--resume's snapshot", &r_snapshot),
+        ("--save's run state", &state),
+        ("--save's velocity", &velocity),
+        ("--save's snapshot", &snapshot),
+    ];
+    // --save onto the checkpoint it resumes writes that checkpoint's
+    // sidecars, all together (`save_checkpoint`): the one overlap of
+    // sidecars allowed.
+    let save_is_resume = matches!((&args.save, &args.resume), (Some(s), Some(r)) if same_file(s, r));
+    for (i, (out_opt, out)) in outputs.iter().enumerate() {
+        let Some(out) = out else { continue };
+        let others = outputs[i + 1..].iter().chain(&inputs);
+        for (opt, other) in
+            others.filter(|(opt, _)| !(*out_opt == "--save" && (*opt == "--load" || *opt == "--resume")))
+        {
+            if let Some(other) = other {
+                if same_file(out, other) {
+                    bail!("invalid {out_opt}: {} is also the {opt} file; give it a path of its own", out.display());
+                }
+            }
+        }
+    }
+    // --save's sidecars are written too: never over a file the run reads
+    // (nor removed, as a stale sidecar is when this run writes none), nor
+    // where a folder is (found now, not after the training) if this run
+    // writes them: the run state beside an .npy, the velocity with
+    // momentum, a snapshot under rollback.
+    let npy_save = args.save.as_deref().is_some_and(|s| matches!(tables::format_of(s), Ok(tables::Format::Npy)));
+    let writes = [npy_save, args.momentum != 0.0, args.on_nonfinite == Policy::Rollback];
+    for ((side_opt, side), written) in inputs[6..].iter().zip(writes) {
+        let Some(side) = side else { continue };
+        if written && side.is_dir() {
+            bail!("invalid --save: {side_opt} would be written at {}, which is a folder", side.display());
+        }
+        let read = inputs[..6].iter().filter(|(opt, _)| !(save_is_resume && opt.starts_with("--resume's")));
+        for (opt, input) in read {
+            if input.as_ref().is_some_and(|i| same_file(side, i)) {
+                bail!(
+                    "invalid --save: {side_opt} would be written at {}, the {opt} file; save elsewhere",
+                    side.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The step's settings from the options, checked against the table's
+/// shape (SPEC §2–§9's defaults where an option is left out).
+fn step_config(args: &TrainArgs, shape: Shape) -> anyhow::Result<StepConfig> {
+    let mut cfg = StepConfig::for_rows(shape.rows);
+    if let Some(s) = &args.anchors {
+        (cfg.anchor_a, cfg.anchor_b) = parse_anchors(s).map_err(|e| anyhow::anyhow!("invalid --anchors: {e}"))?;
+    }
+    cfg.naive = args.naive;
+    cfg.eps = args.eps.unwrap_or(if args.naive { 0.0 } else { 1e-8 });
+    cfg.lr = args.lr;
+    cfg.reduction = args.reduction;
+    cfg.endpoints = args.endpoints;
+    cfg.momentum = args.momentum;
+    cfg.weight_decay = args.weight_decay;
+    cfg.clip_norm = args.clip_norm;
+    cfg.margin = args.margin;
+    cfg.margin_weight = args.margin_weight;
+    cfg.tau = args.tau;
+    cfg.collapse_fraction = args.collapse_fraction;
+    cfg.guard = Guard {
+        policy: args.on_nonfinite,
+        max_skips: args.max_skips,
+        snapshot_every: args.snapshot_every,
+        backoff: args.backoff,
+        max_rollbacks: args.max_rollbacks,
+    };
+    cfg.validate(shape)?;
+    Ok(cfg)
+}
+
+/// `--resume`: the run state saved beside the checkpoint `path`, checked
+/// before any work (the options that shape the run against this run's,
+/// its values, the step count against --steps), and the velocity and
+/// snapshot that go on with it; a table or sidecar that a killed save
+/// left mismatched is taken from the save's leftovers (said so).
+fn resume(
+    path: &Path,
+    args: &TrainArgs,
+    cfg: &StepConfig,
+    shape: Shape,
+    source: &mut TableSource,
+    carried: Option<&tables::Carried>,
+    options: &[(String, String)],
+) -> anyhow::Result<Resumed> {
+    // A sidecar taken from a killed save's leftovers, said so.
+    let recovered = |side: Sidecar, (data, from): (Vec<f32>, Option<PathBuf>)| {
+        if let Some(from) = from {
+            out!(
+                "resume   {}: its {} from {}, left by a save killed between its files",
+                path.display(),
+                side.name(),
+                from.display()
+            );
+        }
+        data
+    };
+    let state = tables::load_state(path, carried)?.ok_or_else(|| {
+        anyhow::anyhow!("invalid --resume: {} has no run state (was it saved by latent-line?)", path.display())
+    })?;
+    if let (Some(want), TableSource::Data(v)) = (state.table_fingerprint, source) {
+        if tables::fingerprint(v) != want {
+            // A save killed between its renames (the table is the
+            // last): the table the state was saved with is among
+            // the leftovers beside it. (A .safetensors checkpoint
+            // keeps its state in the table's own file.)
+            match tables::recover(path, shape, want) {
+                Some((from, data)) => {
+                    out!(
+                        "resume   {}: its table from {}, left by a save killed between its files",
+                        path.display(),
+                        from.display()
+                    );
+                    *v = data;
+                }
+                None => bail!(
+                    "invalid --resume: {} is not the table its run state was saved with (a save \
+                     interrupted between the two?), nor is any file a killed save left beside it; resume \
+                     from another checkpoint, or start again with --load",
+                    path.display()
+                ),
+            }
+        }
+    }
+    // SPEC §13: a resume continues the same run, so the options that
+    // shape its course must be the checkpoint's.
+    if let Some(saved) = &state.options {
+        let differ: Vec<String> = saved
+            .iter()
+            .filter_map(|(k, v)| {
+                let now = options.iter().find(|(o, _)| o == k).map(|(_, w)| w.as_str());
+                (now != Some(v.as_str())).then(|| format!("{k} {v} (this run: {})", now.unwrap_or("(none)")))
+            })
+            .collect();
+        if !differ.is_empty() {
+            bail!(
+                "invalid --resume: {} was saved by a run with {}; a resume continues the same run, so give \
+                 the same options (or start a new run from it with --load)",
+                path.display(),
+                differ.join(", ")
+            );
+        }
+    }
+    // The state's own values, as a run writes them.
+    if let Err(e) = state.check(cfg) {
+        bail!("invalid --resume: {}: {e}", path.display());
+    }
+    if state.steps > args.steps as u64 {
+        bail!(
+            "invalid --steps: {} is fewer than the {} steps {} has done (with --resume, --steps is the run's \
+             total)",
+            args.steps,
+            state.steps,
+            path.display()
+        );
+    }
+    // With momentum the velocity goes on too (saved beside the table).
+    let velocity = if cfg.momentum > 0.0 {
+        if !state.velocity {
+            bail!(
+                "invalid --resume: {} was saved without momentum, so it holds no velocity; resume without --momentum",
+                path.display()
+            );
+        }
+        Some(recovered(Sidecar::Velocity, Sidecar::Velocity.load(path, shape, state.velocity_fingerprint)?))
+    } else {
+        None
+    };
+    // rollback between two snapshot steps: the snapshot goes on too.
+    let snapshot = if state.snapshot && cfg.guard.policy == Policy::Rollback {
+        Some(recovered(Sidecar::Snapshot, Sidecar::Snapshot.load(path, shape, state.snapshot_fingerprint)?))
+    } else {
+        None
+    };
+    Ok(Resumed { state, velocity, snapshot })
+}
+
+/// What `--resume` goes on from: the run state, and the momentum's
+/// velocity and rollback's snapshot where the run takes them.
+struct Resumed {
+    state: latent_line::RunState,
+    velocity: Option<Vec<f32>>,
+    snapshot: Option<Vec<f32>>,
 }
 
 /// SPEC §8's collapse warning, of the table at `step`.
