@@ -17,6 +17,13 @@ use crate::trainer::RunState;
 
 /// Where a `.safetensors` checkpoint keeps its [`RunState`] (metadata key).
 const STATE_KEY: &str = "latent_line.run_state";
+/// … or, where the run state is too large for the header (skip-row's
+/// strike counts of millions of rows: the crate refuses a header past 100
+/// MB), this key, and the state in `FILE.state.json` beside it as for an
+/// `.npy` (`state_sidecar`).
+const STATE_BESIDE_KEY: &str = "latent_line.run_state_beside";
+/// The largest run state kept in a `.safetensors` header.
+const STATE_IN_HEADER_MAX: usize = 16 << 20;
 
 /// The [`RunState`] file beside an `.npy` checkpoint.
 pub fn state_sidecar(path: &Path) -> std::path::PathBuf {
@@ -161,23 +168,32 @@ pub fn load_state(path: &Path, carried: Option<&Carried>) -> Result<Option<RunSt
             .map(Some)
             .map_err(|e| Error::bad_file(from, format!("unreadable run state: {e}")))
     };
+    let beside = || {
+        let side = state_sidecar(path);
+        match std::fs::read_to_string(&side) {
+            Ok(text) => parse(&text, &side),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(&side, e)),
+        }
+    };
     match (format_of(path)?, carried) {
         (Format::Safetensors, Some(c)) => {
             let (_, meta) = SafeTensors::read_metadata(&c.bytes)
                 .map_err(|e| Error::bad_file(path, format!("not a valid .safetensors file: {e}")))?;
-            match meta.metadata().as_ref().and_then(|m| m.get(STATE_KEY)) {
-                Some(text) => parse(text, path),
-                None => Ok(None),
+            let meta = meta.metadata().as_ref();
+            match (meta.and_then(|m| m.get(STATE_KEY)), meta.is_some_and(|m| m.contains_key(STATE_BESIDE_KEY))) {
+                (Some(text), _) => parse(text, path),
+                // (Too large for the header: beside it, and required.)
+                (None, true) => beside()?.map(Some).ok_or_else(|| {
+                    Error::bad_file(
+                        &state_sidecar(path),
+                        format!("not found: {}'s header says its run state was saved here", path.display()),
+                    )
+                }),
+                (None, false) => Ok(None),
             }
         }
-        _ => {
-            let side = state_sidecar(path);
-            match std::fs::read_to_string(&side) {
-                Ok(text) => parse(&text, &side),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(Error::io(&side, e)),
-            }
-        }
+        _ => beside(),
     }
 }
 
@@ -534,13 +550,24 @@ pub fn stage(
                 metadata = meta.metadata().clone();
                 tensors.extend(parsed.tensors().into_iter().filter(|(n, _)| *n != c.table && *n != tensor));
             }
+            let mut files = Vec::new();
             if let Some(text) = state_json {
-                metadata.get_or_insert_with(HashMap::new).insert(STATE_KEY.to_owned(), text);
+                let meta = metadata.get_or_insert_with(HashMap::new);
+                meta.remove(STATE_KEY);
+                meta.remove(STATE_BESIDE_KEY);
+                if text.len() > STATE_IN_HEADER_MAX {
+                    let side = state_sidecar(path);
+                    files.push(npy::stage(&side, |w| std::io::Write::write_all(w, text.as_bytes()))?);
+                    meta.insert(STATE_BESIDE_KEY.to_owned(), "FILE.state.json".to_owned());
+                } else {
+                    meta.insert(STATE_KEY.to_owned(), text);
+                }
             }
             let out = safetensors::tensor::serialize(tensors, metadata)
                 .map_err(|e| Error::bad_file(path, format!("cannot encode the file: {e}")))
                 .and_then(|out| sorted_header(out).map_err(|e| Error::bad_file(path, e)))?;
-            Ok(vec![npy::stage(path, |w| std::io::Write::write_all(w, &out))?])
+            files.push(npy::stage(path, |w| std::io::Write::write_all(w, &out))?);
+            Ok(files)
         }
     }
 }

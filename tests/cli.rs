@@ -2106,3 +2106,42 @@ fn a_resumed_run_counts_strikes_and_keeps_its_collapse_step() {
         assert!(stderr(&o).contains("--collapse-fraction 0.1 (this run: 0.5)"), "{}", stderr(&o));
     }
 }
+
+/// A run state too large for a `.safetensors` header (skip-row's strike
+/// counts of millions of rows; the crate refuses a header past 100 MB)
+/// goes beside the file as `FILE.state.json`, the header saying so, and a
+/// resume reads it there: the strikes count on.
+#[test]
+fn a_run_state_too_large_for_a_safetensors_header_goes_beside_it() {
+    let dir = Dir::new();
+    // 2M one-column rows equal to anchor a (row 0) but the last (anchor
+    // b): the naive gradient is NaN in every one, and skip-row strikes
+    // them all (about 24 MB of counts).
+    let rows = 2_000_000;
+    let mut t = vec![0.25f32; rows];
+    t[rows - 1] = 3.0;
+    latent_line::npy::save(&dir.p("t.npy"), latent_line::Shape::new(rows, 1).unwrap(), &t).unwrap();
+    let ck = dir.s("ck.safetensors");
+    let base = ["--backend", "cpu", "--naive", "--on-nonfinite", "skip-row", "--quiet"];
+    let o = run(&[&base[..], &["--load", &dir.s("t.npy"), "--steps", "1", "--save", &ck]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let bytes = std::fs::read(dir.p("ck.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+    assert!(n < 1 << 20 && header.contains("latent_line.run_state_beside"), "{n} bytes: {}", &header[..200.min(n)]);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.p("ck.safetensors.state.json")).unwrap()).unwrap();
+    assert_eq!(state["strikes"].as_array().unwrap().len(), rows - 2, "every row but the anchors struck");
+    let rep = dir.s("r.json");
+    let o = run(&[&base[..], &["--resume", &ck, "--steps", "2", "--report", &rep]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&rep).unwrap()).unwrap();
+    let table = r["events"].as_array().unwrap().iter().find(|e| e["buffer"] == "table").expect("a table event");
+    assert_eq!(table["step"], 1);
+    assert!(table["strikes"].as_array().unwrap().iter().all(|s| s == 2), "{table}");
+    // Without the file beside it, the resume is refused, naming it.
+    std::fs::remove_file(dir.p("ck.safetensors.state.json")).unwrap();
+    let o = run(&[&base[..], &["--resume", &ck, "--steps", "2"]].concat());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("ck.safetensors.state.json: not found"), "{}", stderr(&o));
+}
