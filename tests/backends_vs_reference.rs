@@ -878,5 +878,29 @@ fn rows_at_the_anchors_take_epsilon_and_tau_as_spec_says() {
             assert!(got.scans.is_clean(), "{ctx}: {:?}", got.scans);
             assert_table_close(&t.read_table().unwrap(), &want, dim, TOL, &ctx);
         }
+        // A batched step counts the same rows (one batch of every row; the
+        // batch paths read τ as the full table's do).
+        let every = || {
+            let all: Vec<Vec<i64>> = vec![(0..rows as i64).collect()];
+            latent_line::Batches::Indices(latent_line::IndexBatches::new(all, rows).unwrap())
+        };
+        let batched: [Box<dyn Trainer>; 2] = [
+            Box::new(CpuTrainer::with_batches(shape, cfg, TableSource::Data(table.clone()), every()).unwrap()),
+            Box::new(
+                GpuTrainer::with_batches(
+                    gpu(),
+                    shape,
+                    cfg,
+                    TableSource::Data(table.clone()),
+                    GpuOptions::default(),
+                    every(),
+                )
+                .unwrap(),
+            ),
+        ];
+        for mut t in batched {
+            let got = t.steps(1).unwrap().remove(0);
+            assert_eq!(got.near_singular, near as u64, "batched, dim {dim} τ {tau:e}, seed {seed}: near-singular rows");
+        }
     }
 }
