@@ -22,6 +22,15 @@ const STATE_KEY: &str = "latent_line.run_state";
 /// MB), this key, and the state in `FILE.state.json` beside it as for an
 /// `.npy` (`state_sidecar`).
 const STATE_BESIDE_KEY: &str = "latent_line.run_state_beside";
+/// Whether the `.safetensors` checkpoint `path` keeps its run state beside
+/// it (`STATE_BESIDE_KEY`), read from its header alone.
+pub fn state_is_beside(path: &Path) -> Result<bool> {
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let (_, meta) = read_header(path, &mut file, len)?;
+    Ok(meta.metadata().as_ref().is_some_and(|m| m.contains_key(STATE_BESIDE_KEY)))
+}
+
 /// The largest run state kept in a `.safetensors` header.
 const STATE_IN_HEADER_MAX: usize = 16 << 20;
 

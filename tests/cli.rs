@@ -101,6 +101,8 @@ fn bad_options_are_refused() {
         refused(&dir, &["--rows", "10", "--save", &save], "names a folder");
     }
     refused(&dir, &["--rows", "10", "--plot", &dir.s("p.svg/")], "names a folder");
+    // --tensor where no file is a .safetensors one (a typo went unseen).
+    refused(&dir, &["--rows", "10", "--tensor", "emb"], "invalid --tensor");
     // … and a link to such a name.
     std::os::unix::fs::symlink("o.npy/", dir.p("l.npy")).unwrap();
     refused(&dir, &["--rows", "10", "--save", &dir.s("l.npy")], "o.npy/ names a folder");
@@ -2140,8 +2142,34 @@ fn a_run_state_too_large_for_a_safetensors_header_goes_beside_it() {
     assert_eq!(table["step"], 1);
     assert!(table["strikes"].as_array().unwrap().iter().all(|s| s == 2), "{table}");
     // Without the file beside it, the resume is refused, naming it.
+    let beside = std::fs::read(dir.p("ck.safetensors.state.json")).unwrap();
     std::fs::remove_file(dir.p("ck.safetensors.state.json")).unwrap();
     let o = run(&[&base[..], &["--resume", &ck, "--steps", "2"]].concat());
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("ck.safetensors.state.json: not found"), "{}", stderr(&o));
+    // A later checkpoint there whose state fits the header (no strikes
+    // under skip-step) takes it in, and the file beside goes.
+    std::fs::write(dir.p("ck.safetensors.state.json"), beside).unwrap();
+    let o = run(&["--backend", "cpu", "--naive", "--quiet", "--resume", &ck, "--steps", "2", "--save", &ck]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!dir.p("ck.safetensors.state.json").exists(), "a stale run state was left beside the checkpoint");
+    let bytes = std::fs::read(dir.p("ck.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    assert!(std::str::from_utf8(&bytes[8..8 + n]).unwrap().contains("\"latent_line.run_state\""));
+}
+
+/// `--json` prints the report on standard output; `--report` naming that
+/// same output is refused (two documents would follow each other).
+#[test]
+fn json_and_a_report_on_standard_output_are_refused_together() {
+    let dir = Dir::new();
+    let o = run(&["--backend", "cpu", "--rows", "20", "--steps", "1", "--json", "--report", "/dev/stdout"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is standard output, where --json prints the report"), "{}", stderr(&o));
+    assert!(o.stdout.is_empty());
+    // Another file is fine, and holds what --json printed.
+    let r = dir.s("r.json");
+    let o = run(&["--backend", "cpu", "--rows", "20", "--steps", "1", "--json", "--report", &r]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&r).unwrap(), o.stdout);
 }

@@ -112,3 +112,58 @@ fn sigkill_during_saves_never_leaves_a_partial_output() {
         assert_eq!(std::fs::read(&input).unwrap(), before, "round {round}, seed {seed}: the input changed");
     }
 }
+
+/// A signal that comes after the last step, while the finished run saves
+/// and reports, interrupts nothing: exit 0 and a report that says so (it
+/// was exit 130, `interrupted: true`, with every step done).
+#[test]
+fn a_signal_after_the_last_step_interrupts_nothing() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let (out, rep) = (dir.path().join("out.npy"), dir.path().join("r.json"));
+    let mut child = Command::new(BIN)
+        // (Many short steps: a report of tens of MB, long to write, so the
+        // signal lands while the finished run reports.)
+        .args(["--backend", "cpu", "--rows", "4", "--dim", "2", "--steps", "200000"])
+        .args(["--save", out.to_str().unwrap(), "--report", rep.to_str().unwrap()])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // "saved" comes after every step, before the report is written.
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("saved") {
+            signal(&child, "-INT");
+            break;
+        }
+    }
+    lines.for_each(drop);
+    let done = child.wait_with_output().unwrap();
+    assert_eq!(done.status.code(), Some(0), "{}", String::from_utf8_lossy(&done.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&rep).unwrap()).unwrap();
+    assert_eq!((&report["summary"]["interrupted"], &report["summary"]["steps_done"]), (&false.into(), &200000.into()));
+}
+
+/// `--report /dev/stdout | head`: the reader that closed the pipe took
+/// what it wanted, as for the summary: exit 0, not a broken-pipe error.
+#[test]
+fn a_report_to_a_closed_pipe_is_no_error() {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .args(["--backend", "cpu", "--rows", "100", "--dim", "4", "--steps", "300", "--report", "/dev/stdout"])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // One line read, then the pipe closed (the report, over 300 steps, is
+    // far more than a pipe holds).
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let done = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(0), "{err}");
+    assert!(!err.contains("Broken pipe"), "{err}");
+}

@@ -100,3 +100,24 @@ pub(crate) fn check_output(opt: &str, given: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Whether `path` is this process's standard output (`/dev/stdout`, its
+/// `/proc/self/fd/1`, or the file or pipe that stdout is): the same file.
+pub(crate) fn is_stdout(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        let out =
+            std::io::stdout().as_fd().try_clone_to_owned().ok().and_then(|o| std::fs::File::from(o).metadata().ok());
+        match (std::fs::metadata(path), out) {
+            (Ok(p), Some(o)) => (p.dev(), p.ino()) == (o.dev(), o.ino()),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
+    }
+}

@@ -356,6 +356,8 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     // segment runs to the next checkpoint (or the end), where the table is
     // read back and saved.
     let mut halted = false;
+    // Stopped by a signal before its --steps (exit 130).
+    let mut stopped = false;
     // d0 at the run's step 0 (SPEC §8): saved by a resumed run's checkpoint,
     // else the first step's.
     let d0_start_of = |records: &[latent_line::Record]| d0_saved.or(records.first().map(|r| r.d0));
@@ -391,10 +393,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                     let what = what.split_once(": ").map_or(what.clone(), |(_, w)| w.to_owned());
                     let repeat = last_said.iter().any(|(b, w)| *b == e.buffer && *w == what);
                     if shown < SHOWN_EVENTS && !repeat {
-                        match &bar {
-                            Some(b) => b.suspend(|| out!("event    {}", e.describe())),
-                            None => out!("event    {}", e.describe()),
-                        }
+                        say(&bar, format!("event    {}", e.describe()));
                         shown += 1;
                     } else {
                         hidden += 1;
@@ -420,26 +419,25 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             collapse_at = collapse_at.or_else(|| collapse_in(&records, from));
             if let (Some(at), false) = (collapse_at, collapse_warned) {
                 collapse_warned = true;
-                let warn = collapse_warning(start + at, records[at].d0, cfg.collapse_fraction, d0_start);
-                match &bar {
-                    Some(b) => b.suspend(|| out!("{warn}")),
-                    None => out!("{warn}"),
-                }
+                say(&bar, collapse_warning(start + at, records[at].d0, cfg.collapse_fraction, d0_start));
             }
             // The guard aborted on the device: nothing more will run.
             halted = records.last().is_some_and(|r| matches!(r.action, Action::NotRun | Action::Aborted));
             !halted && !interrupted()
         })?;
         wall += last.duration_since(segment);
-        if ran == 0 || interrupted() {
-            out!("interrupted after step {done}: saving and reporting");
+        // Interrupted: stopped before its steps were done (a signal that
+        // comes after the last step, while the run saves, stops nothing).
+        if done < args.steps && !halted && (ran == 0 || interrupted()) {
+            stopped = true;
+            say(&bar, format!("interrupted after step {done}: saving and reporting"));
             break;
         }
         if let (Some(k), Some(path)) = (args.checkpoint_every, &args.save) {
             if done % k == 0 && done < args.steps && !halted {
                 let audit = (d0_start_of(&records), collapse_saved.or(collapse_at.map(|at| (start + at) as u64)));
                 save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), audit, &options)?;
-                out!("checkpoint step {done} → {}", path.display());
+                say(&bar, format!("checkpoint step {done} → {}", path.display()));
             }
         }
     }
@@ -539,7 +537,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         out!("ABORTED  at step {at}: {}", action_words(Action::Aborted));
     }
     out!("finite   {}", if finite { "every value of the table is finite".into() } else { final_scan.describe() });
-    if args.steps > 0 {
+    if wall_steps > 0 {
         out!(
             "speed    {:.3} ms/step (wall clock over {} steps) · {:.1} GB/s effective ({} bytes read+written per step)",
             step_s * 1e3,
@@ -648,7 +646,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 rollbacks: count(Action::RolledBack),
                 aborted_at,
                 steps_done,
-                interrupted: aborted_at.is_none() && interrupted(),
+                interrupted: stopped,
                 resumed_from: args.resume.is_some().then_some(start),
                 lr_last: last.lr as f32,
                 final_scan,
@@ -671,13 +669,19 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 serde_json::to_writer_pretty(&mut *w, &report).map_err(std::io::Error::other)?;
                 std::io::Write::write_all(w, b"\n")
             });
+            // A reader that closed the pipe (`--report /dev/stdout | head`)
+            // took what it wanted, as for the summary: no error.
+            let written = match written {
+                Err(latent_line::Error::Io { err, .. }) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                w => w,
+            };
             // A lost report is an error: exit 1 after a run that ended
             // well; a run that aborted or was interrupted keeps its exit
             // code (3, 130), as when its printed summary is lost, and says
             // both on stderr.
             let ended = match aborted_at {
                 Some(at) => Some(format!("the run aborted on non-finite values at step {at}: exit code 3")),
-                None if interrupted() => Some("the run was interrupted: exit code 130".into()),
+                None if stopped => Some("the run was interrupted: exit code 130".into()),
                 None => None,
             };
             match (written, ended) {
@@ -696,7 +700,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     }
     Ok(if aborted_at.is_some() {
         Outcome::NonFinite
-    } else if interrupted() {
+    } else if stopped {
         Outcome::Interrupted
     } else {
         Outcome::Done
@@ -708,6 +712,27 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
 /// reads or writes but `--save` onto the table it loaded or resumed, and
 /// a checkpoint's sidecars on no input and no folder.
 fn check_files(args: &TrainArgs) -> anyhow::Result<()> {
+    // --tensor names a tensor of a .safetensors file: given where no file
+    // is one, it is a mistake (a typo'd option went unnoticed).
+    let safetensors = [&args.load, &args.resume, &args.save]
+        .into_iter()
+        .flatten()
+        .any(|p| matches!(tables::format_of(p), Ok(tables::Format::Safetensors)));
+    if args.given.iter().any(|g| g == "--tensor") && !safetensors {
+        bail!(
+            "invalid --tensor: it names a tensor of a .safetensors file, and none of --load, --resume, --save is one"
+        );
+    }
+    // (--json prints the report there already: two documents would follow
+    // each other.)
+    if let (true, Some(r)) = (args.json, &args.report) {
+        if super::checks::is_stdout(r) {
+            bail!(
+                "invalid --report: {} is standard output, where --json prints the report; give one of the two",
+                r.display()
+            );
+        }
+    }
     check_adapter(args.backend, &args.adapter)?;
     if let Some(p) = &args.plot {
         if p.extension().and_then(|e| e.to_str()) != Some("svg") {
@@ -930,6 +955,14 @@ struct Resumed {
     snapshot: Option<Vec<f32>>,
 }
 
+/// A line of the summary, printed above a progress bar where one runs.
+fn say(bar: &Option<indicatif::ProgressBar>, line: String) {
+    match bar {
+        Some(b) => b.suspend(|| out!("{line}")),
+        None => out!("{line}"),
+    }
+}
+
 /// SPEC §8's collapse warning, of the table at `step`.
 fn collapse_warning(step: usize, d0: f64, fraction: f64, d0_start: f64) -> String {
     format!(
@@ -983,6 +1016,14 @@ fn save_checkpoint(
         if !has {
             let _ = std::fs::remove_file(side.path(path));
         }
+    }
+    // Likewise a .safetensors checkpoint's run state beside it (too large
+    // for a header once) when this one's is in the header.
+    // (A file written through, such as a pipe, is not read back.)
+    let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file());
+    if regular && matches!(tables::format_of(path), Ok(tables::Format::Safetensors)) && !tables::state_is_beside(path)?
+    {
+        let _ = std::fs::remove_file(tables::state_sidecar(path));
     }
     Ok(())
 }
