@@ -154,6 +154,32 @@ pub fn recover(path: &Path, shape: Shape, want: u64) -> Option<(PathBuf, Vec<f32
     found.into_iter().find_map(|p| read(&p).filter(|v| fingerprint(v) == want).map(|v| (p, v)))
 }
 
+/// The run state among a killed save's leftovers beside `path` (as
+/// [`recover`] looks for a table) that was saved with the table of
+/// fingerprint `table`, with its path: for a `.safetensors` checkpoint
+/// whose run state lies beside it, the renames of the state and then the
+/// table cut between, the state in place is the new one and the table the
+/// old one, whose state is a leftover.
+pub fn recover_state(path: &Path, table: u64) -> Option<(PathBuf, RunState)> {
+    let path = npy::destination(path).unwrap_or_else(|p| p);
+    let mut found: Vec<PathBuf> = std::fs::read_dir(npy::folder(&path))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with(".latent-line-old-") || (name.starts_with(".latent-line-") && name.ends_with(".tmp"))
+        })
+        .collect();
+    found.sort();
+    let read = |p: &Path| -> Option<RunState> {
+        // (A run state is JSON: a table's leftover is not read whole.)
+        let mut head = [0u8; 1];
+        std::io::Read::read_exact(&mut std::fs::File::open(p).ok()?, &mut head).ok()?;
+        (head[0] == b'{').then(|| serde_json::from_slice(&std::fs::read(p).ok()?).ok()).flatten()
+    };
+    found.into_iter().find_map(|p| read(&p).filter(|s| s.table_fingerprint == Some(table)).map(|s| (p, s)))
+}
+
 /// A 64-bit fingerprint of values (their bits, in order). A checkpoint is
 /// several files written one after another (the table, its run state, the
 /// optimiser's sidecars), each atomically; the run state records the
@@ -510,8 +536,10 @@ fn bf16_to_f32(h: u16) -> f32 {
 /// and metadata unchanged.
 ///
 /// With `state`, the run state goes beside the table: into the metadata of a
-/// `.safetensors` file, or into `FILE.npy.state.json`, both files written
-/// before either replaces anything (`npy::commit`).
+/// `.safetensors` file (or, past `STATE_IN_HEADER_MAX`, into
+/// `FILE.safetensors.state.json`, the header saying so), or into
+/// `FILE.npy.state.json`, all files written before any replaces anything
+/// (`npy::commit`).
 pub fn save(
     path: &Path,
     tensor: &str,

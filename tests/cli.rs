@@ -2116,12 +2116,16 @@ fn a_resumed_run_counts_strikes_and_keeps_its_collapse_step() {
 #[test]
 fn a_run_state_too_large_for_a_safetensors_header_goes_beside_it() {
     let dir = Dir::new();
-    // 2M one-column rows equal to anchor a (row 0) but the last (anchor
-    // b): the naive gradient is NaN in every one, and skip-row strikes
-    // them all (about 24 MB of counts).
+    // 2M one-column rows equal to anchor a (row 0), but for anchor b (the
+    // last) and 999 rows beyond it, which move: the naive gradient is NaN
+    // in every other one, and skip-row strikes them all (about 24 MB of
+    // counts).
     let rows = 2_000_000;
     let mut t = vec![0.25f32; rows];
     t[rows - 1] = 3.0;
+    for (i, v) in t[1..1000].iter_mut().enumerate() {
+        *v = 4.0 + i as f32 * 1e-3;
+    }
     latent_line::npy::save(&dir.p("t.npy"), latent_line::Shape::new(rows, 1).unwrap(), &t).unwrap();
     let ck = dir.s("ck.safetensors");
     let base = ["--backend", "cpu", "--naive", "--on-nonfinite", "skip-row", "--quiet"];
@@ -2133,7 +2137,11 @@ fn a_run_state_too_large_for_a_safetensors_header_goes_beside_it() {
     assert!(n < 1 << 20 && header.contains("latent_line.run_state_beside"), "{n} bytes: {}", &header[..200.min(n)]);
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.p("ck.safetensors.state.json")).unwrap()).unwrap();
-    assert_eq!(state["strikes"].as_array().unwrap().len(), rows - 2, "every row but the anchors struck");
+    assert_eq!(
+        state["strikes"].as_array().unwrap().len(),
+        rows - 2 - 999,
+        "every row but the anchors and the 999 struck"
+    );
     let rep = dir.s("r.json");
     let o = run(&[&base[..], &["--resume", &ck, "--steps", "2", "--report", &rep]].concat());
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -2141,6 +2149,44 @@ fn a_run_state_too_large_for_a_safetensors_header_goes_beside_it() {
     let table = r["events"].as_array().unwrap().iter().find(|e| e["buffer"] == "table").expect("a table event");
     assert_eq!(table["step"], 1);
     assert!(table["strikes"].as_array().unwrap().iter().all(|s| s == 2), "{table}");
+    // A save of step 2 over it killed between its renames (the state's,
+    // then the table's): the new state beside the old table, the old state
+    // and the new table left as a killed save leaves them. The resume takes
+    // the state the table in place was saved with, and ends where an
+    // unbroken run does.
+    let (two, mixed) = (Dir::new(), Dir::new());
+    for name in ["ck.safetensors", "ck.safetensors.state.json"] {
+        std::fs::copy(dir.p(name), two.p(name)).unwrap();
+    }
+    let o =
+        run(&[&base[..], &["--resume", &two.s("ck.safetensors"), "--steps", "2", "--save", &two.s("ck.safetensors")]]
+            .concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    std::fs::copy(dir.p("ck.safetensors"), mixed.p("ck.safetensors")).unwrap();
+    std::fs::copy(two.p("ck.safetensors.state.json"), mixed.p("ck.safetensors.state.json")).unwrap();
+    std::fs::copy(dir.p("ck.safetensors.state.json"), mixed.p(".latent-line-old-Ab12Cd")).unwrap();
+    std::fs::copy(two.p("ck.safetensors"), mixed.p(".latent-line-Ef34Gh.tmp")).unwrap();
+    let m = mixed.s("ck.safetensors");
+    let o = run(&[
+        "--backend",
+        "cpu",
+        "--naive",
+        "--on-nonfinite",
+        "skip-row",
+        "--resume",
+        &m,
+        "--steps",
+        "3",
+        "--save",
+        &m,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let said = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(said.contains("its run state from") && said.contains(".latent-line-old-Ab12Cd"), "{said}");
+    let o = run(&[&base[..], &["--load", &dir.s("t.npy"), "--steps", "3", "--save", &dir.s("u.safetensors")]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let table = |p: &Path| latent_line::tables::load(p, "weight").unwrap().data;
+    assert!(table(&mixed.p("ck.safetensors")) == table(&dir.p("u.safetensors")), "not the unbroken run's table");
     // Without the file beside it, the resume is refused, naming it.
     let beside = std::fs::read(dir.p("ck.safetensors.state.json")).unwrap();
     std::fs::remove_file(dir.p("ck.safetensors.state.json")).unwrap();

@@ -110,6 +110,10 @@ pub(crate) fn is_stdout(path: &Path) -> bool {
         use std::os::unix::fs::MetadataExt;
         let out =
             std::io::stdout().as_fd().try_clone_to_owned().ok().and_then(|o| std::fs::File::from(o).metadata().ok());
+        // (/dev/null takes any number of documents.)
+        if std::fs::canonicalize(path).is_ok_and(|p| p == Path::new("/dev/null")) {
+            return false;
+        }
         match (std::fs::metadata(path), out) {
             (Ok(p), Some(o)) => (p.dev(), p.ino()) == (o.dev(), o.ino()),
             _ => false,

@@ -867,17 +867,19 @@ fn resume(
         }
         data
     };
-    let state = tables::load_state(path, carried)?.ok_or_else(|| {
+    let mut state = tables::load_state(path, carried)?.ok_or_else(|| {
         anyhow::anyhow!("invalid --resume: {} has no run state (was it saved by latent-line?)", path.display())
     })?;
     if let (Some(want), TableSource::Data(v)) = (state.table_fingerprint, source) {
-        if tables::fingerprint(v) != want {
+        let have = tables::fingerprint(v);
+        if have != want {
             // A save killed between its renames (the table is the
             // last): the table the state was saved with is among
-            // the leftovers beside it. (A .safetensors checkpoint
-            // keeps its state in the table's own file.)
-            match tables::recover(path, shape, want) {
-                Some((from, data)) => {
+            // the leftovers beside it, or, for a .safetensors table whose
+            // state went beside it (too large for its header), the state
+            // the table in place was saved with.
+            match (tables::recover(path, shape, want), tables::recover_state(path, have)) {
+                (Some((from, data)), _) => {
                     out!(
                         "resume   {}: its table from {}, left by a save killed between its files",
                         path.display(),
@@ -885,7 +887,15 @@ fn resume(
                     );
                     *v = data;
                 }
-                None => bail!(
+                (None, Some((from, older))) => {
+                    out!(
+                        "resume   {}: its run state from {}, left by a save killed between its files",
+                        path.display(),
+                        from.display()
+                    );
+                    state = older;
+                }
+                (None, None) => bail!(
                     "invalid --resume: {} is not the table its run state was saved with (a save \
                      interrupted between the two?), nor is any file a killed save left beside it; resume \
                      from another checkpoint, or start again with --load",
@@ -1019,11 +1029,14 @@ fn save_checkpoint(
     }
     // Likewise a .safetensors checkpoint's run state beside it (too large
     // for a header once) when this one's is in the header.
-    // (A file written through, such as a pipe, is not read back.)
-    let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file());
-    if regular && matches!(tables::format_of(path), Ok(tables::Format::Safetensors)) && !tables::state_is_beside(path)?
-    {
-        let _ = std::fs::remove_file(tables::state_sidecar(path));
+    // (A file written through, such as a pipe or a link to stdout, is not
+    // read back; a header that cannot be read back leaves the file beside
+    // it: the save itself succeeded.)
+    let replaced = npy::destination(path).is_ok_and(|d| std::fs::metadata(d).is_ok_and(|m| m.is_file()));
+    if replaced && matches!(tables::format_of(path), Ok(tables::Format::Safetensors)) {
+        if let Ok(false) = tables::state_is_beside(path) {
+            let _ = std::fs::remove_file(tables::state_sidecar(path));
+        }
     }
     Ok(())
 }
