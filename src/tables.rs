@@ -140,6 +140,15 @@ impl Sidecar {
 /// fingerprint `want` that the run state recorded, with its path: what a
 /// resume takes instead of the file that does not belong.
 pub fn recover(path: &Path, shape: Shape, want: u64) -> Option<(PathBuf, Vec<f32>)> {
+    let found = leftovers(path)?;
+    let read = |p: &Path| npy::load(p).ok().filter(|l| l.shape == shape).map(|l| l.data);
+    found.into_iter().find_map(|p| read(&p).filter(|v| fingerprint(v) == want).map(|v| (p, v)))
+}
+
+/// A killed save's leftovers in the folder of the checkpoint `path` (its
+/// links followed), in name order: the new files not yet renamed
+/// (`.latent-line-*.tmp`) and the old ones replaced (`.latent-line-old-*`).
+fn leftovers(path: &Path) -> Option<Vec<PathBuf>> {
     let path = npy::destination(path).unwrap_or_else(|p| p);
     let mut found: Vec<PathBuf> = std::fs::read_dir(npy::folder(&path))
         .ok()?
@@ -150,8 +159,7 @@ pub fn recover(path: &Path, shape: Shape, want: u64) -> Option<(PathBuf, Vec<f32
         })
         .collect();
     found.sort();
-    let read = |p: &Path| npy::load(p).ok().filter(|l| l.shape == shape).map(|l| l.data);
-    found.into_iter().find_map(|p| read(&p).filter(|v| fingerprint(v) == want).map(|v| (p, v)))
+    Some(found)
 }
 
 /// The run state among a killed save's leftovers beside `path` (as
@@ -161,16 +169,7 @@ pub fn recover(path: &Path, shape: Shape, want: u64) -> Option<(PathBuf, Vec<f32
 /// table cut between, the state in place is the new one and the table the
 /// old one, whose state is a leftover.
 pub fn recover_state(path: &Path, table: u64) -> Option<(PathBuf, RunState)> {
-    let path = npy::destination(path).unwrap_or_else(|p| p);
-    let mut found: Vec<PathBuf> = std::fs::read_dir(npy::folder(&path))
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name.starts_with(".latent-line-old-") || (name.starts_with(".latent-line-") && name.ends_with(".tmp"))
-        })
-        .collect();
-    found.sort();
+    let found = leftovers(path)?;
     let read = |p: &Path| -> Option<RunState> {
         // (A run state is JSON: a table's leftover is not read whole.)
         let mut head = [0u8; 1];
