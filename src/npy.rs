@@ -687,29 +687,51 @@ pub fn commit(files: Vec<Staged>) -> Result<()> {
 /// anything else opened to append.
 fn write_through(path: &Path, from: &Path) -> std::io::Result<()> {
     let mut src = File::open(from)?;
-    #[cfg(unix)]
-    {
-        use std::os::fd::AsFd;
-        use std::os::unix::fs::MetadataExt;
-        let target = std::fs::metadata(path)?;
-        let is_target = |fd: std::os::fd::BorrowedFd<'_>| {
-            let m = fd.try_clone_to_owned().ok().and_then(|o| File::from(o).metadata().ok());
-            m.is_some_and(|m| (m.dev(), m.ino()) == (target.dev(), target.ino()))
-        };
-        if is_target(std::io::stdout().as_fd()) {
-            let mut out = std::io::stdout().lock();
-            std::io::copy(&mut src, &mut out)?;
-            return out.flush();
-        }
-        if is_target(std::io::stderr().as_fd()) {
-            let mut err = std::io::stderr().lock();
-            std::io::copy(&mut src, &mut err)?;
-            return err.flush();
-        }
+    if is_stream(path, Stream::Stdout) {
+        let mut out = std::io::stdout().lock();
+        std::io::copy(&mut src, &mut out)?;
+        return out.flush();
+    }
+    if is_stream(path, Stream::Stderr) {
+        let mut err = std::io::stderr().lock();
+        std::io::copy(&mut src, &mut err)?;
+        return err.flush();
     }
     let mut to = std::fs::OpenOptions::new().append(true).open(path)?;
     std::io::copy(&mut src, &mut to)?;
     to.flush()
+}
+
+/// This process's standard output or error.
+#[derive(Clone, Copy)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Whether `path` is the file `stream` writes to (`/dev/stdout`, its
+/// `/proc/self/fd/1`, or the file or pipe it is redirected to): the same
+/// device and inode. (Not on other systems: false.)
+pub fn is_stream(path: &Path, stream: Stream) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        let fd = match stream {
+            Stream::Stdout => std::io::stdout().as_fd().try_clone_to_owned(),
+            Stream::Stderr => std::io::stderr().as_fd().try_clone_to_owned(),
+        };
+        let of_fd = fd.ok().and_then(|o| File::from(o).metadata().ok());
+        match (std::fs::metadata(path), of_fd) {
+            (Ok(p), Some(o)) => (p.dev(), p.ino()) == (o.dev(), o.ino()),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, stream);
+        false
+    }
 }
 
 /// What was at a path before `commit` renamed over it.

@@ -22,17 +22,21 @@ const STATE_KEY: &str = "latent_line.run_state";
 /// MB), this key, and the state in `FILE.state.json` beside it as for an
 /// `.npy` (`state_sidecar`).
 const STATE_BESIDE_KEY: &str = "latent_line.run_state_beside";
+/// The largest run state kept in a `.safetensors` header.
+const STATE_IN_HEADER_MAX: usize = 16 << 20;
+
 /// Whether the `.safetensors` checkpoint `path` keeps its run state beside
 /// it (`STATE_BESIDE_KEY`), read from its header alone.
 pub fn state_is_beside(path: &Path) -> Result<bool> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let (_, meta) = read_header(path, &mut file, len)?;
+    let (_, _, meta) = open_header(path)?;
     Ok(meta.metadata().as_ref().is_some_and(|m| m.contains_key(STATE_BESIDE_KEY)))
 }
 
-/// The largest run state kept in a `.safetensors` header.
-const STATE_IN_HEADER_MAX: usize = 16 << 20;
+/// A run state written beside the checkpoint `path` (`state_sidecar`),
+/// staged to be committed with the checkpoint's other files.
+fn stage_state(path: &Path, text: &str) -> Result<npy::Staged> {
+    npy::stage(&state_sidecar(path), |w| std::io::Write::write_all(w, text.as_bytes()))
+}
 
 /// The [`RunState`] file beside an `.npy` checkpoint.
 pub fn state_sidecar(path: &Path) -> std::path::PathBuf {
@@ -365,6 +369,15 @@ fn invalid(path: &Path, e: SafeTensorError) -> Error {
     Error::bad_file(path, format!("not a valid .safetensors file: {e}"))
 }
 
+/// The `.safetensors` file `path` opened and its header read
+/// ([`read_header`]): the file, where its data starts, its tensors' places.
+fn open_header(path: &Path) -> Result<(std::fs::File, u64, Metadata)> {
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let (data_at, meta) = read_header(path, &mut file, len)?;
+    Ok((file, data_at, meta))
+}
+
 /// The header of the `.safetensors` file `file` (`len` bytes, read from
 /// its start), checked as the crate checks a whole file, without reading
 /// its tensors: where the data starts and the tensors' places.
@@ -407,9 +420,7 @@ pub fn element_bits(path: &Path, tensor: &str, index: u64) -> Result<Option<(u64
     match format_of(path)? {
         Format::Npy => Ok(npy::element_bits(path, index)?.map(|b| (b, 8))),
         Format::Safetensors => {
-            let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-            let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-            let (data_at, meta) = read_header(path, &mut file, len)?;
+            let (mut file, data_at, meta) = open_header(path)?;
             let Some(info) = meta.info(tensor) else {
                 return Err(Error::bad_file(path, format!("no tensor \"{tensor}\"")));
             };
@@ -565,7 +576,7 @@ pub fn stage(
         Format::Npy => {
             let mut files = Vec::new();
             if let Some(text) = &state_json {
-                files.push(npy::stage(&state_sidecar(path), |w| std::io::Write::write_all(w, text.as_bytes()))?);
+                files.push(stage_state(path, text)?);
             }
             files.push(npy::stage_table(path, shape, data)?);
             Ok(files)
@@ -592,8 +603,7 @@ pub fn stage(
                 meta.remove(STATE_KEY);
                 meta.remove(STATE_BESIDE_KEY);
                 if text.len() > STATE_IN_HEADER_MAX {
-                    let side = state_sidecar(path);
-                    files.push(npy::stage(&side, |w| std::io::Write::write_all(w, text.as_bytes()))?);
+                    files.push(stage_state(path, &text)?);
                     meta.insert(STATE_BESIDE_KEY.to_owned(), "FILE.state.json".to_owned());
                 } else {
                     meta.insert(STATE_KEY.to_owned(), text);

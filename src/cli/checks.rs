@@ -104,24 +104,7 @@ pub(crate) fn check_output(opt: &str, given: &Path) -> anyhow::Result<()> {
 /// Whether `path` is this process's standard output (`/dev/stdout`, its
 /// `/proc/self/fd/1`, or the file or pipe that stdout is): the same file.
 pub(crate) fn is_stdout(path: &Path) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::fd::AsFd;
-        use std::os::unix::fs::MetadataExt;
-        let out =
-            std::io::stdout().as_fd().try_clone_to_owned().ok().and_then(|o| std::fs::File::from(o).metadata().ok());
-        // (/dev/null takes any number of documents.)
-        if std::fs::canonicalize(path).is_ok_and(|p| p == Path::new("/dev/null")) {
-            return false;
-        }
-        match (std::fs::metadata(path), out) {
-            (Ok(p), Some(o)) => (p.dev(), p.ino()) == (o.dev(), o.ino()),
-            _ => false,
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = path;
-        false
-    }
+    // (/dev/null takes any number of documents.)
+    let null = std::fs::canonicalize(path).is_ok_and(|p| p == Path::new("/dev/null"));
+    !null && npy::is_stream(path, npy::Stream::Stdout)
 }
