@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::guard::{Action, GuardState, Policy};
 use crate::record::{Record, StepScans};
 use crate::scan::{scan_rows, Scan};
-use crate::trainer::{DeviceInfo, RunState, TableSource, Trainer};
+use crate::trainer::{DeviceInfo, RunState, Sink, TableSource, Trainer};
 
 /// Rows per parallel task; fixes the reduction order.
 const BLOCK_ROWS: usize = 1024;
@@ -760,6 +760,14 @@ impl CpuTrainer {
     }
 }
 
+impl CpuTrainer {
+    /// rollback: whether the snapshot holds a table (taken once a step ran,
+    /// and not due again before the next).
+    fn snapshot_taken(&self) -> bool {
+        self.cfg.guard.policy == Policy::Rollback && self.steps_done > 0 && !self.snapshot_due
+    }
+}
+
 impl Trainer for CpuTrainer {
     fn shape(&self) -> Shape {
         self.shape
@@ -802,6 +810,27 @@ impl Trainer for CpuTrainer {
     fn read_table(&mut self) -> Result<Vec<f32>> {
         Ok(self.table.clone())
     }
+    fn has_velocity(&self) -> bool {
+        !self.vel.is_empty()
+    }
+    fn has_snapshot(&self) -> bool {
+        self.snapshot_taken()
+    }
+    fn read_table_into(&mut self, sink: &mut Sink) -> Result<()> {
+        sink(&self.table)
+    }
+    fn read_velocity_into(&mut self, sink: &mut Sink) -> Result<bool> {
+        if self.vel.is_empty() {
+            return Ok(false);
+        }
+        sink(&self.vel).map(|_| true)
+    }
+    fn read_snapshot_into(&mut self, sink: &mut Sink) -> Result<bool> {
+        if !self.snapshot_taken() {
+            return Ok(false);
+        }
+        sink(&self.snapshot).map(|_| true)
+    }
     fn write_row(&mut self, row: usize, values: &[f32]) -> Result<()> {
         check_row(self.shape, row, values)?;
         let d = self.shape.dim;
@@ -822,8 +851,7 @@ impl Trainer for CpuTrainer {
         Ok(())
     }
     fn read_snapshot(&mut self) -> Result<Option<Vec<f32>>> {
-        let taken = self.cfg.guard.policy == Policy::Rollback && self.steps_done > 0 && !self.snapshot_due;
-        Ok(taken.then(|| self.snapshot.clone()))
+        Ok(self.snapshot_taken().then(|| self.snapshot.clone()))
     }
     fn set_snapshot(&mut self, t: &[f32]) -> Result<()> {
         if self.cfg.guard.policy != Policy::Rollback || t.len() != self.snapshot.len() {

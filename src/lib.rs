@@ -45,3 +45,14 @@ pub use guard::{Action, Guard, Policy};
 pub use record::Record;
 pub use scan::Scan;
 pub use trainer::{DeviceInfo, KernelTime, RunState, TableSource, Trainer};
+
+/// Unit tests' seed: fresh each run (or `LATENT_LINE_TEST_SEED`), printed
+/// on stderr, which cargo shows for a failing test, for a replay.
+#[cfg(test)]
+pub(crate) fn test_seed(test: &str) -> u64 {
+    let seed = std::env::var("LATENT_LINE_TEST_SEED")
+        .map(|s| s.parse().expect("LATENT_LINE_TEST_SEED is a u64"))
+        .unwrap_or_else(|_| rand::random());
+    eprintln!("{test}: seed {seed} (replay with LATENT_LINE_TEST_SEED={seed})");
+    seed
+}

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Shape;
 use crate::error::{Error, Result};
+use crate::tables::Fingerprinter;
+use crate::trainer::Fill;
 
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
 
@@ -333,7 +335,7 @@ fn dtype_name(d: Dtype) -> String {
     }
 }
 
-fn read_exact_or(f: &mut File, buf: &mut [u8], err: impl FnOnce() -> Error) -> Result<()> {
+pub(crate) fn read_exact_or(f: &mut File, buf: &mut [u8], err: impl FnOnce() -> Error) -> Result<()> {
     f.read_exact(buf).map_err(|_| err())
 }
 
@@ -508,6 +510,12 @@ impl HeaderCursor<'_> {
 
 /// The `.npy` encoding of a 2-D f32 table.
 pub fn encode(shape: Shape, data: &[f32], out: &mut impl Write) -> std::io::Result<()> {
+    encode_header(shape, out)?;
+    write_f32s(out, data)
+}
+
+/// The `.npy` header of a 2-D f32 table (its values follow it).
+fn encode_header(shape: Shape, out: &mut impl Write) -> std::io::Result<()> {
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}", shape.rows, shape.dim);
     // Pad so that the data starts on a 64-byte boundary, as numpy does.
     let total = 10 + header.len() + 1;
@@ -516,11 +524,53 @@ pub fn encode(shape: Shape, data: &[f32], out: &mut impl Write) -> std::io::Resu
     out.write_all(MAGIC)?;
     out.write_all(&[1, 0])?;
     out.write_all(&(header.len() as u16).to_le_bytes())?;
-    out.write_all(header.as_bytes())?;
+    out.write_all(header.as_bytes())
+}
+
+/// f32 values as little-endian bytes (both formats store them so).
+pub(crate) fn write_f32s(out: &mut impl Write, data: &[f32]) -> std::io::Result<()> {
     for chunk in data.chunks(1 << 16) {
-        out.write_all(bytemuck::cast_slice(chunk))?;
+        if cfg!(target_endian = "little") {
+            out.write_all(bytemuck::cast_slice(chunk))?;
+        } else {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+            out.write_all(&bytes)?;
+        }
     }
     Ok(())
+}
+
+/// Writes the values `fill` hands over, block by block, as they come: no
+/// copy of the whole table is made (a GPU's table streams from its
+/// readback blocks into the file). Checked against `shape` (no more and no
+/// fewer values than it holds); returns their [`fingerprint`].
+pub(crate) fn write_values(out: &mut impl Write, path: &Path, shape: Shape, fill: &mut Fill) -> Result<u64> {
+    let want = shape.elements();
+    let mut fp = Fingerprinter::new(want);
+    let mut got = 0u64;
+    let wrong = |got: u64| {
+        Error::invalid(
+            "table",
+            format!(
+                "{got} values or more for {} × {}; a table saved to {} holds rows × dim",
+                shape.rows,
+                shape.dim,
+                path.display()
+            ),
+        )
+    };
+    fill(&mut |v: &[f32]| {
+        got += v.len() as u64;
+        if got > want {
+            return Err(wrong(got));
+        }
+        fp.update(v);
+        write_f32s(out, v).map_err(|e| Error::io(path, e))
+    })?;
+    if got != want {
+        return Err(wrong(got));
+    }
+    Ok(fp.finish())
 }
 
 /// Saves a table as `.npy`, atomically.
@@ -590,6 +640,12 @@ fn is_open_file_link(p: &Path) -> bool {
 
 /// Writes what will become `path`, without touching `path` itself.
 pub fn stage(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>) -> Result<Staged> {
+    stage_with(path, |w| write(w).map_err(|e| Error::io(path, e)))
+}
+
+/// [`stage`], `write` saying its own errors (a table streamed from a GPU
+/// may fail there, not in the file).
+pub fn stage_with(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> Result<()>) -> Result<Staged> {
     let (dest, stream) = match destination(path) {
         Ok(d) => (d, false),
         Err(d) => (d, true),
@@ -608,7 +664,8 @@ pub fn stage(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> std::io::
     let tmp = builder.prefix(".latent-line-").suffix(".tmp").tempfile_in(dir).map_err(|e| Error::io(path, e))?;
     {
         let mut w = BufWriter::new(tmp.as_file());
-        write(&mut w).and_then(|_| w.flush()).map_err(|e| Error::io(path, e))?;
+        write(&mut w)?;
+        w.flush().map_err(|e| Error::io(path, e))?;
     }
     // A file it replaces keeps its permissions. (A file written through
     // keeps its own.)
@@ -623,9 +680,6 @@ pub fn stage(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> std::io::
 
 /// A table staged as `.npy` for `path`.
 pub fn stage_table(path: &Path, shape: Shape, data: &[f32]) -> Result<Staged> {
-    // A file that could not be loaded back is never written (nor over a
-    // good one); the shape's own rules first (its fields are public: its
-    // size may not even fit 64 bits).
     Shape::of_file_from(shape.rows, shape.dim, 1).map_err(|e| Error::bad_file(path, e))?;
     if data.len() as u64 != shape.elements() {
         return Err(Error::invalid(
@@ -639,7 +693,23 @@ pub fn stage_table(path: &Path, shape: Shape, data: &[f32]) -> Result<Staged> {
             ),
         ));
     }
-    stage(path, |w| encode(shape, data, w))
+    stage_table_from(path, shape, &mut |sink| sink(data)).map(|(staged, _)| staged)
+}
+
+/// A table staged as `.npy` for `path` from the values `fill` hands over a
+/// block at a time, with their [`fingerprint`].
+pub fn stage_table_from(path: &Path, shape: Shape, fill: &mut Fill) -> Result<(Staged, u64)> {
+    // A file that could not be loaded back is never written (nor over a
+    // good one); the shape's own rules first (its fields are public: its
+    // size may not even fit 64 bits).
+    Shape::of_file_from(shape.rows, shape.dim, 1).map_err(|e| Error::bad_file(path, e))?;
+    let mut fp = 0;
+    let staged = stage_with(path, |w| {
+        encode_header(shape, w).map_err(|e| Error::io(path, e))?;
+        fp = write_values(w, path, shape, fill)?;
+        Ok(())
+    })?;
+    Ok((staged, fp))
 }
 
 /// Renames staged files over their paths, in order: files that belong

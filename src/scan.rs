@@ -230,16 +230,7 @@ mod tests {
     #[test]
     fn notes_in_any_order_give_the_findings_in_row_order() {
         use rand::{seq::SliceRandom, Rng, SeedableRng};
-        // A fresh seed (or LATENT_LINE_TEST_SEED), printed for a replay.
-        let seed = match std::env::var("LATENT_LINE_TEST_SEED") {
-            Ok(s) => s.parse().expect("LATENT_LINE_TEST_SEED is a u64"),
-            Err(_) => {
-                0x5ca7_u64
-                    ^ std::process::id() as u64
-                    ^ std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos() as u64)
-            }
-        };
-        eprintln!("notes_in_any_order: seed {seed} (replay with LATENT_LINE_TEST_SEED={seed})");
+        let seed = crate::test_seed("notes_in_any_order");
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let dim = 5;
         let rows: Vec<(u64, Vec<f32>)> = (0..300u64)

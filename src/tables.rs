@@ -8,12 +8,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, Metadata, SafeTensorError, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, Metadata, SafeTensorError, SafeTensors};
 
 use crate::config::Shape;
 use crate::error::{Error, Result};
 use crate::npy;
-use crate::trainer::RunState;
+use crate::trainer::{Fill, RunState};
 
 /// Where a `.safetensors` checkpoint keeps its [`RunState`] (metadata key).
 const STATE_KEY: &str = "latent_line.run_state";
@@ -78,8 +78,10 @@ impl Sidecar {
 
     /// Writes it for beside the checkpoint `path`, to be committed with
     /// the checkpoint's other files (`npy::commit`).
-    pub fn stage(self, path: &Path, shape: Shape, v: &[f32]) -> Result<npy::Staged> {
-        npy::stage_table(&self.path(path), shape, v)
+    /// The values come from `fill` a block at a time; returns their
+    /// fingerprint too.
+    pub fn stage(self, path: &Path, shape: Shape, fill: &mut Fill) -> Result<(npy::Staged, u64)> {
+        npy::stage_table_from(&self.path(path), shape, fill)
     }
 
     /// Loads it from beside `path`, checked against the table's shape and
@@ -190,13 +192,65 @@ pub fn recover_state(path: &Path, table: u64) -> Option<(PathBuf, RunState)> {
 /// come from two saves (one interrupted) and refuse it rather than go on
 /// from a mixture. Not cryptographic: it guards against accidents.
 pub fn fingerprint(v: &[f32]) -> u64 {
-    use rayon::prelude::*;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let parts: Vec<u64> = v
-        .par_chunks(1 << 16)
-        .map(|c| c.iter().fold(0xcbf2_9ce4_8422_2325, |h, x| (h ^ x.to_bits() as u64).wrapping_mul(PRIME)))
-        .collect();
-    parts.into_iter().fold(v.len() as u64, |h, p| (h.rotate_left(23) ^ p).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    let mut f = Fingerprinter::new(v.len() as u64);
+    f.update(v);
+    f.finish()
+}
+
+/// [`fingerprint`] of `len` values handed over a block at a time (a save
+/// streams its table), the same number for any split: FNV-1a over each
+/// 65 536 values (rayon over whole ones), the chunks' hashes folded in
+/// order from `len`.
+pub struct Fingerprinter {
+    h: u64,
+    /// The hash of the chunk under way, and its values so far.
+    part: u64,
+    in_part: usize,
+}
+
+const FP_CHUNK: usize = 1 << 16;
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv(h: u64, v: &[f32]) -> u64 {
+    v.iter().fold(h, |h, x| (h ^ x.to_bits() as u64).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+impl Fingerprinter {
+    pub fn new(len: u64) -> Fingerprinter {
+        Fingerprinter { h: len, part: FNV_START, in_part: 0 }
+    }
+
+    pub fn update(&mut self, mut v: &[f32]) {
+        use rayon::prelude::*;
+        if self.in_part > 0 {
+            let take = (FP_CHUNK - self.in_part).min(v.len());
+            self.part = fnv(self.part, &v[..take]);
+            self.in_part += take;
+            v = &v[take..];
+            if self.in_part < FP_CHUNK {
+                return;
+            }
+            self.fold(self.part);
+            (self.part, self.in_part) = (FNV_START, 0);
+        }
+        let whole = v.len() / FP_CHUNK * FP_CHUNK;
+        let parts: Vec<u64> = v[..whole].par_chunks(FP_CHUNK).map(|c| fnv(FNV_START, c)).collect();
+        parts.into_iter().for_each(|p| self.fold(p));
+        if whole < v.len() {
+            (self.part, self.in_part) = (fnv(FNV_START, &v[whole..]), v.len() - whole);
+        }
+    }
+
+    pub fn finish(mut self) -> u64 {
+        if self.in_part > 0 {
+            self.fold(self.part);
+        }
+        self.h
+    }
+
+    fn fold(&mut self, part: u64) {
+        self.h = (self.h.rotate_left(23) ^ part).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 /// The run state saved with the table at `path` (`None`: none saved).
@@ -216,9 +270,7 @@ pub fn load_state(path: &Path, carried: Option<&Carried>) -> Result<Option<RunSt
     };
     match (format_of(path)?, carried) {
         (Format::Safetensors, Some(c)) => {
-            let (_, meta) = SafeTensors::read_metadata(&c.bytes)
-                .map_err(|e| Error::bad_file(path, format!("not a valid .safetensors file: {e}")))?;
-            let meta = meta.metadata().as_ref();
+            let meta = c.metadata.as_ref();
             match (meta.and_then(|m| m.get(STATE_KEY)), meta.is_some_and(|m| m.contains_key(STATE_BESIDE_KEY))) {
                 (Some(text), _) => parse(text, path),
                 // (Too large for the header: beside it, and required.)
@@ -264,11 +316,21 @@ pub fn format_of(path: &Path) -> Result<Format> {
     }
 }
 
-/// The rest of a loaded `.safetensors` file: the whole file (its other
-/// tensors are views into it) and the name the table had.
+/// The rest of a loaded `.safetensors` file, carried over to a
+/// `.safetensors` save: its metadata and its other tensors (their bytes as
+/// the file holds them). The table's own bytes
+/// are not kept: the table is in [`LoadedTable::data`], and a checkpoint of
+/// tens of GB is not held twice.
 pub struct Carried {
+    metadata: Option<HashMap<String, String>>,
+    others: Vec<CarriedTensor>,
+}
+
+struct CarriedTensor {
+    name: String,
+    dtype: Dtype,
+    shape: Vec<usize>,
     bytes: Vec<u8>,
-    table: String,
 }
 
 /// A table read from a file.
@@ -332,37 +394,74 @@ fn load_safetensors(
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     // A pipe (`<(…)`) has no size to seek in: read whole.
-    if carry || !meta.is_file() {
-        // The whole file, and nothing larger: the crate checks every offset
-        // against it before a tensor is touched; the other tensors are
-        // saved from it.
-        let bytes = if meta.is_file() {
-            read_bytes(path, &mut file, meta.len())?
-        } else {
-            let mut all = Vec::new();
-            file.read_to_end(&mut all).map_err(|e| Error::io(path, e))?;
-            all
-        };
+    if !meta.is_file() {
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+        // The crate checks every offset against the bytes before a
+        // tensor is touched.
         let st = SafeTensors::deserialize(&bytes).map_err(|e| invalid(path, e))?;
         let view = st.tensor(name).map_err(|_| no_tensor(st.names()))?;
-        let (shape, data, note) = table_of(path, name, view.dtype(), view.shape(), view.data(), overflow, min_rows)?;
+        let mut raw = view.data();
+        let (shape, data, note) =
+            table_of(path, name, view.dtype(), view.shape(), &mut from_slice(&mut raw), overflow, min_rows)?;
         let file_dtype = format!("{:?}", view.dtype());
-        drop(st);
-        let carried = carry.then(|| Carried { bytes, table: name.to_owned() });
+        let carried = carry
+            .then(|| -> Result<Carried> {
+                let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| invalid(path, e))?;
+                let others = st
+                    .tensors()
+                    .into_iter()
+                    .filter(|(n, _)| n != name)
+                    .map(|(n, v)| CarriedTensor {
+                        name: n,
+                        dtype: v.dtype(),
+                        shape: v.shape().to_vec(),
+                        bytes: v.data().to_vec(),
+                    })
+                    .collect();
+                Ok(Carried { metadata: meta.metadata().clone(), others })
+            })
+            .transpose()?;
         return Ok(LoadedTable { shape, data, note, carried, file_dtype });
     }
-    // Only the header and the table's bytes (a scan, or an output that is
-    // not .safetensors: nothing else of a 50 GB checkpoint is needed).
+    // The header, checked as the crate checks a whole file, then the
+    // table's bytes, converted as they are read, and (to carry them) the
+    // other tensors' bytes: never the whole file at once.
     let (data_at, meta) = read_header(path, &mut file, meta.len())?;
     let Some(info) = meta.info(name) else {
         let names: Vec<String> = meta.tensors().into_keys().collect();
         return Err(no_tensor(names.iter().map(String::as_str).collect()));
     };
-    let (from, to) = info.data_offsets;
-    file.seek(std::io::SeekFrom::Start(data_at + from as u64)).map_err(|e| Error::io(path, e))?;
-    let raw = read_bytes(path, &mut file, (to - from) as u64)?;
-    let (shape, data, note) = table_of(path, name, info.dtype, &info.shape, &raw, overflow, min_rows)?;
-    Ok(LoadedTable { shape, data, note, carried: None, file_dtype: format!("{:?}", info.dtype) })
+    file.seek(std::io::SeekFrom::Start(data_at + info.data_offsets.0 as u64)).map_err(|e| Error::io(path, e))?;
+    let mut read = |block: &mut [u8]| {
+        npy::read_exact_or(&mut file, block, || bad(format!("truncated while reading tensor \"{name}\"")))
+    };
+    let (shape, data, note) = table_of(path, name, info.dtype, &info.shape, &mut read, overflow, min_rows)?;
+    let file_dtype = format!("{:?}", info.dtype);
+    let carried = if carry {
+        let mut others = Vec::new();
+        for n in meta.offset_keys() {
+            let Some(i) = meta.info(&n).filter(|_| n != name) else { continue };
+            let (from, to) = i.data_offsets;
+            file.seek(std::io::SeekFrom::Start(data_at + from as u64)).map_err(|e| Error::io(path, e))?;
+            let bytes = read_bytes(path, &mut file, (to - from) as u64)?;
+            others.push(CarriedTensor { name: n, dtype: i.dtype, shape: i.shape.clone(), bytes });
+        }
+        Some(Carried { metadata: meta.metadata().clone(), others })
+    } else {
+        None
+    };
+    Ok(LoadedTable { shape, data, note, carried, file_dtype })
+}
+
+/// A reader of the next bytes of `raw`, as `table_of` takes them.
+fn from_slice<'a, 'b>(raw: &'b mut &'a [u8]) -> impl FnMut(&mut [u8]) -> Result<()> + use<'a, 'b> {
+    move |block: &mut [u8]| {
+        let (head, rest) = raw.split_at(block.len().min(raw.len()));
+        block[..head.len()].copy_from_slice(head);
+        *raw = rest;
+        Ok(())
+    }
 }
 
 fn invalid(path: &Path, e: SafeTensorError) -> Error {
@@ -457,14 +556,17 @@ fn read_bytes(path: &Path, file: &mut std::fs::File, n: u64) -> Result<Vec<u8>> 
     Ok(bytes)
 }
 
-/// Tensor `name` of a `.safetensors` file (its dtype, shape and bytes) as
-/// a table of f32: its shape, values and a note when they were converted.
+/// Tensor `name` of a `.safetensors` file (its dtype, shape, and `read`,
+/// which fills each block it is given with the tensor's next bytes) as a
+/// table of f32: its shape, values and a note when they were converted.
+/// Read in bounded blocks, converted as they come: no copy of the file's
+/// bytes beside the table's values.
 fn table_of(
     path: &Path,
     name: &str,
     dtype: Dtype,
     dims: &[usize],
-    raw: &[u8],
+    read: &mut dyn FnMut(&mut [u8]) -> Result<()>,
     overflow: npy::Overflow,
     min_rows: usize,
 ) -> Result<(Shape, Vec<f32>, Option<String>)> {
@@ -473,55 +575,37 @@ fn table_of(
         return Err(bad(format!("tensor \"{name}\" has shape {dims:?}; a table is 2-D (rows × columns)")));
     };
     let shape = Shape::of_file_from(*rows, *dim, min_rows).map_err(|e| bad(format!("tensor \"{name}\": {e}")))?;
-    let mut data: Vec<f32> = npy::host_vec(path, shape.elements(), &format!("tensor \"{name}\" as f32"))?;
-    let note = match dtype {
-        Dtype::F32 => {
-            data.extend(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
-            None
-        }
-        Dtype::F64 => {
-            let mut overflowed = 0;
-            data.extend(raw.chunks_exact(8).map(|b| {
-                npy::f64_to_f32(f64::from_le_bytes(b.try_into().unwrap_or([0; 8])), &mut overflowed, overflow)
-            }));
-            let note = npy::overflow_note(overflowed, overflow);
-            Some(format!("tensor \"{name}\" converted from F64 to f32{note}"))
-        }
-        Dtype::F16 => {
-            data.extend(raw.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))));
-            Some(format!("tensor \"{name}\" converted from F16 to f32"))
-        }
-        Dtype::BF16 => {
-            data.extend(raw.chunks_exact(2).map(|b| bf16_to_f32(u16::from_le_bytes([b[0], b[1]]))));
-            Some(format!("tensor \"{name}\" converted from BF16 to f32"))
-        }
+    let size = match dtype {
+        Dtype::F32 => 4,
+        Dtype::F64 => 8,
+        Dtype::F16 | Dtype::BF16 => 2,
         other => return Err(bad(format!("tensor \"{name}\" is {other:?}; a table is F32, F64, F16 or BF16"))),
     };
+    let n = shape.elements() as usize;
+    let mut data: Vec<f32> = npy::host_vec(path, shape.elements(), &format!("tensor \"{name}\" as f32"))?;
+    let mut overflowed = 0;
+    let mut block = vec![0u8; size * 65_536];
+    while data.len() < n {
+        let raw = &mut block[..size * (n - data.len()).min(65_536)];
+        read(raw)?;
+        let c = raw.chunks_exact(size);
+        match dtype {
+            Dtype::F32 => data.extend(c.map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+            Dtype::F64 => data.extend(c.map(|b| {
+                npy::f64_to_f32(f64::from_le_bytes(b.try_into().unwrap_or([0; 8])), &mut overflowed, overflow)
+            })),
+            Dtype::F16 => data.extend(c.map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))),
+            _ => data.extend(c.map(|b| bf16_to_f32(u16::from_le_bytes([b[0], b[1]])))),
+        }
+    }
+    let note = match dtype {
+        Dtype::F32 => None,
+        Dtype::F64 => {
+            Some(format!("tensor \"{name}\" converted from F64 to f32{}", npy::overflow_note(overflowed, overflow)))
+        }
+        other => Some(format!("tensor \"{name}\" converted from {other:?} to f32")),
+    };
     Ok((shape, data, note))
-}
-
-/// A serialized `.safetensors` file with its header's keys in sorted
-/// order (its entries and theirs: every value of the header is an object,
-/// the metadata or a tensor's place): the crate writes the
-/// metadata from a `HashMap`, in an order that changes from one process to
-/// the next, and SPEC §11 asks the same run for the same bytes. The data
-/// and its offsets (from the header's end) are unchanged.
-fn sorted_header(file: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
-    let bad = |e: String| format!("cannot encode the file: {e}");
-    let n =
-        file.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).ok_or_else(|| bad("no header".into()))?;
-    let end = usize::try_from(n).ok().and_then(|n| n.checked_add(8)).filter(|&e| e <= file.len());
-    let end = end.ok_or_else(|| bad("a header past the file's end".into()))?;
-    type Sorted = std::collections::BTreeMap<String, std::collections::BTreeMap<String, serde_json::Value>>;
-    let header: Sorted = serde_json::from_slice(&file[8..end]).map_err(|e| bad(e.to_string()))?;
-    let mut text = serde_json::to_vec(&header).map_err(|e| bad(e.to_string()))?;
-    // Padded with spaces to 8 bytes, as the crate pads it.
-    text.resize(text.len().next_multiple_of(8), b' ');
-    let mut out = Vec::with_capacity(8 + text.len() + file.len() - end);
-    out.extend((text.len() as u64).to_le_bytes());
-    out.extend(text);
-    out.extend(&file[end..]);
-    Ok(out)
 }
 
 /// An F16 value as f32, exactly, a NaN's payload too (as numpy's
@@ -549,7 +633,7 @@ fn bf16_to_f32(h: u16) -> f32 {
 /// `.safetensors` file (or, past `STATE_IN_HEADER_MAX`, into
 /// `FILE.safetensors.state.json`, the header saying so), or into
 /// `FILE.npy.state.json`, all files written before any replaces anything
-/// (`npy::commit`).
+/// (`npy::commit`); its `table_fingerprint` is set to the table's.
 pub fn save(
     path: &Path,
     tensor: &str,
@@ -558,62 +642,232 @@ pub fn save(
     carried: Option<&Carried>,
     state: Option<&RunState>,
 ) -> Result<()> {
-    npy::commit(stage(path, tensor, shape, data, carried, state)?)
+    if data.len() as u64 != shape.elements() {
+        return Err(Error::invalid("table", format!("{} values for {} × {}", data.len(), shape.rows, shape.dim)));
+    }
+    npy::commit(stage(path, tensor, shape, &mut |sink| sink(data), carried, state.cloned())?)
 }
 
 /// [`save`]'s files, written in full but not yet renamed over anything, in
-/// the order to commit them (the table last).
+/// the order to commit them (the table last). The table's values come from
+/// `fill` a block at a time and are written as they come (a GPU's table
+/// streams from its readback into the file: no host copy of the whole).
 pub fn stage(
     path: &Path,
     tensor: &str,
     shape: Shape,
-    data: &[f32],
+    fill: &mut Fill,
     carried: Option<&Carried>,
-    state: Option<&RunState>,
+    state: Option<RunState>,
 ) -> Result<Vec<npy::Staged>> {
-    let state_json = state.map(|s| serde_json::to_string(s).unwrap_or_default());
     match format_of(path)? {
         Format::Npy => {
+            let (table, fp) = npy::stage_table_from(path, shape, fill)?;
             let mut files = Vec::new();
-            if let Some(text) = &state_json {
-                files.push(stage_state(path, text)?);
+            if let Some(s) = state {
+                files.push(stage_state(path, &state_text(&s, fp))?);
             }
-            files.push(npy::stage_table(path, shape, data)?);
+            files.push(table);
             Ok(files)
         }
-        Format::Safetensors => {
-            check_tensor_name(tensor).map_err(|e| Error::invalid("tensor", e))?;
-            let bytes: &[u8] = bytemuck::cast_slice(data);
-            let table = TensorView::new(Dtype::F32, vec![shape.rows, shape.dim], bytes)
-                .map_err(|e| Error::bad_file(path, format!("cannot encode the table: {e}")))?;
-            let mut tensors: Vec<(String, TensorView<'_>)> = vec![(tensor.to_owned(), table)];
-            let mut metadata: Option<HashMap<String, String>> = None;
-            let parsed;
-            if let Some(c) = carried {
-                parsed = SafeTensors::deserialize(&c.bytes)
-                    .map_err(|e| Error::bad_file(path, format!("the loaded file no longer parses: {e}")))?;
-                let (_, meta) = SafeTensors::read_metadata(&c.bytes)
-                    .map_err(|e| Error::bad_file(path, format!("the loaded file no longer parses: {e}")))?;
-                metadata = meta.metadata().clone();
-                tensors.extend(parsed.tensors().into_iter().filter(|(n, _)| *n != c.table && *n != tensor));
+        Format::Safetensors => stage_safetensors(path, tensor, shape, fill, carried, state),
+    }
+}
+
+/// A run state as saved, with the fingerprint of the table saved with it.
+fn state_text(state: &RunState, table_fingerprint: u64) -> String {
+    let s = RunState { table_fingerprint: Some(table_fingerprint), ..state.clone() };
+    serde_json::to_string(&s).unwrap_or_default()
+}
+
+/// A `.safetensors` file written by hand, so that the table streams into
+/// it: the crate's `serialize` wants every tensor's bytes at once. Laid
+/// out as the crate lays a file out (tensors by dtype, widest first, then
+/// by name; the header padded with spaces to 8 bytes), the header's keys
+/// sorted (SPEC §11 asks the same run for the same bytes). A run state
+/// kept in the header holds the table's fingerprint, known only once the
+/// table is written: room is kept for the widest one, and the header is
+/// written again over its place at the end (padded with spaces, which
+/// JSON and the format allow).
+fn stage_safetensors(
+    path: &Path,
+    tensor: &str,
+    shape: Shape,
+    fill: &mut Fill,
+    carried: Option<&Carried>,
+    state: Option<RunState>,
+) -> Result<Vec<npy::Staged>> {
+    use std::collections::BTreeMap;
+    use std::io::{Seek as _, Write as _};
+    check_tensor_name(tensor).map_err(|e| Error::invalid("tensor", e))?;
+    Shape::of_file_from(shape.rows, shape.dim, 1).map_err(|e| Error::bad_file(path, e))?;
+    let cannot = |e: String| Error::bad_file(path, format!("cannot encode the file: {e}"));
+    struct Entry<'a> {
+        name: &'a str,
+        dtype: Dtype,
+        dims: &'a [usize],
+        bytes: u64,
+        /// None for the table, which streams.
+        data: Option<&'a [u8]>,
+    }
+    let dims = [shape.rows, shape.dim];
+    let mut entries =
+        vec![Entry { name: tensor, dtype: Dtype::F32, dims: &dims, bytes: shape.elements() * 4, data: None }];
+    for t in carried.iter().flat_map(|c| &c.others).filter(|t| t.name != tensor) {
+        let bytes = t.bytes.len() as u64;
+        entries.push(Entry { name: &t.name, dtype: t.dtype, dims: &t.shape, bytes, data: Some(&t.bytes) });
+    }
+    entries.sort_by(|a, b| b.dtype.cmp(&a.dtype).then(a.name.cmp(b.name)));
+    let mut metadata: Option<BTreeMap<String, String>> =
+        carried.and_then(|c| c.metadata.as_ref()).map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+    // Where the run state goes: the header, or beside it when too large.
+    let (mut in_header, mut beside) = (None, None);
+    if let Some(st) = state {
+        let meta = metadata.get_or_insert_with(BTreeMap::new);
+        meta.remove(STATE_KEY);
+        meta.remove(STATE_BESIDE_KEY);
+        if state_text(&st, u64::MAX).len() > STATE_IN_HEADER_MAX {
+            meta.insert(STATE_BESIDE_KEY.to_owned(), "FILE.state.json".to_owned());
+            beside = Some(st);
+        } else {
+            in_header = Some(st);
+        }
+    }
+    type Header = BTreeMap<String, BTreeMap<String, serde_json::Value>>;
+    let header = |fp: u64| -> Result<Vec<u8>> {
+        let mut top = Header::new();
+        if let Some(m) = &metadata {
+            let mut m: BTreeMap<String, serde_json::Value> =
+                m.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
+            if let Some(st) = &in_header {
+                m.insert(STATE_KEY.to_owned(), state_text(st, fp).into());
             }
-            let mut files = Vec::new();
-            if let Some(text) = state_json {
-                let meta = metadata.get_or_insert_with(HashMap::new);
-                meta.remove(STATE_KEY);
-                meta.remove(STATE_BESIDE_KEY);
-                if text.len() > STATE_IN_HEADER_MAX {
-                    files.push(stage_state(path, &text)?);
-                    meta.insert(STATE_BESIDE_KEY.to_owned(), "FILE.state.json".to_owned());
-                } else {
-                    meta.insert(STATE_KEY.to_owned(), text);
+            top.insert("__metadata__".to_owned(), m);
+        }
+        let mut at = 0u64;
+        for t in &entries {
+            let mut e = BTreeMap::new();
+            e.insert("dtype".to_owned(), serde_json::to_value(t.dtype).map_err(|e| cannot(e.to_string()))?);
+            e.insert("shape".to_owned(), serde_json::to_value(t.dims).map_err(|e| cannot(e.to_string()))?);
+            e.insert("data_offsets".to_owned(), serde_json::json!([at, at + t.bytes]));
+            top.insert(t.name.to_owned(), e);
+            at += t.bytes;
+        }
+        serde_json::to_vec(&top).map_err(|e| cannot(e.to_string()))
+    };
+    // Room for the widest fingerprint (u64::MAX's 20 digits).
+    let room = header(u64::MAX)?.len().next_multiple_of(8);
+    if room as u64 > SAFETENSORS_MAX_HEADER {
+        return Err(cannot(format!("a header of {room} bytes, past the format's {SAFETENSORS_MAX_HEADER}")));
+    }
+    let padded = |mut text: Vec<u8>| {
+        text.resize(room, b' ');
+        text
+    };
+    let mut fp = 0;
+    let table = npy::stage_with(path, |w| {
+        let io = |e| Error::io(path, e);
+        w.write_all(&(room as u64).to_le_bytes()).map_err(io)?;
+        w.write_all(&padded(header(u64::MAX)?)).map_err(io)?;
+        for t in &entries {
+            match t.data {
+                Some(b) => w.write_all(b).map_err(io)?,
+                None => fp = npy::write_values(w, path, shape, fill)?,
+            }
+        }
+        if in_header.is_some() {
+            w.seek(std::io::SeekFrom::Start(8)).map_err(io)?;
+            w.write_all(&padded(header(fp)?)).map_err(io)?;
+        }
+        Ok(())
+    })?;
+    let mut files = Vec::new();
+    if let Some(st) = beside {
+        files.push(stage_state(path, &state_text(&st, fp))?);
+    }
+    files.push(table);
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The fingerprint as first written (whole slices only): checkpoints
+    /// saved before streaming must still resume.
+    fn fingerprint_as_before(v: &[f32]) -> u64 {
+        use rayon::prelude::*;
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let parts: Vec<u64> = v
+            .par_chunks(1 << 16)
+            .map(|c| c.iter().fold(0xcbf2_9ce4_8422_2325, |h, x| (h ^ x.to_bits() as u64).wrapping_mul(PRIME)))
+            .collect();
+        parts.into_iter().fold(v.len() as u64, |h, p| (h.rotate_left(23) ^ p).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    }
+
+    #[test]
+    fn a_fingerprint_is_the_same_for_any_split_of_its_values() {
+        let seed = crate::test_seed("fingerprint_splits");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for len in [0usize, 1, 65_535, 65_536, 65_537, 200_003] {
+            let v: Vec<f32> = (0..len).map(|_| f32::from_bits(rng.random())).collect();
+            let want = fingerprint_as_before(&v);
+            assert_eq!(fingerprint(&v), want, "seed {seed}, {len} values");
+            for _ in 0..4 {
+                let mut f = Fingerprinter::new(len as u64);
+                let mut rest = &v[..];
+                while !rest.is_empty() {
+                    // Blocks of any size, whole chunks and more included.
+                    let n = rng.random_range(1..=rest.len().min(150_000));
+                    f.update(&rest[..n]);
+                    rest = &rest[n..];
+                    f.update(&[]);
                 }
+                assert_eq!(f.finish(), want, "seed {seed}, {len} values in random blocks");
             }
-            let out = safetensors::tensor::serialize(tensors, metadata)
-                .map_err(|e| Error::bad_file(path, format!("cannot encode the file: {e}")))
-                .and_then(|out| sorted_header(out).map_err(|e| Error::bad_file(path, e)))?;
-            files.push(npy::stage(path, |w| std::io::Write::write_all(w, &out))?);
-            Ok(files)
+        }
+    }
+
+    #[test]
+    fn a_streamed_safetensors_header_holds_the_fingerprint_of_the_table_after_it() {
+        let seed = crate::test_seed("streamed_safetensors");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.safetensors");
+        let shape = Shape::new(301, 7).unwrap();
+        let v: Vec<f32> = (0..shape.elements()).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let state = RunState { steps: 5, lr: 0.1, table_fingerprint: Some(7), ..RunState::default() };
+        // Handed over in uneven blocks, as a GPU's readback hands them.
+        let mut fill = |sink: &mut crate::trainer::Sink| v.chunks(250).try_for_each(&mut *sink);
+        npy::commit(stage(&path, "emb", shape, &mut fill, None, Some(state.clone())).unwrap()).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let t = st.tensor("emb").unwrap();
+        assert_eq!((t.dtype(), t.shape().to_vec()), (Dtype::F32, vec![301, 7]));
+        assert!(
+            t.data().chunks(4).zip(&v).all(|(b, x)| f32::from_le_bytes(b.try_into().unwrap()) == *x),
+            "seed {seed}"
+        );
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        assert_eq!(n % 8, 0, "the data starts on 8 bytes");
+        let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+        assert!(
+            header.trim_end().ends_with('}') && header.trim_end().len() + 20 >= n,
+            "room for 20 digits: {header:?}"
+        );
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        let saved: RunState = serde_json::from_str(&meta.metadata().as_ref().unwrap()[STATE_KEY]).unwrap();
+        assert_eq!(saved, RunState { table_fingerprint: Some(fingerprint(&v)), ..state }, "seed {seed}");
+        // Too few values, or too many, write nothing.
+        for take in [v.len() - 1, v.len() + 1] {
+            let other = dir.path().join("u.safetensors");
+            let more: Vec<f32> = v.iter().copied().cycle().take(take).collect();
+            let mut fill = |sink: &mut crate::trainer::Sink| sink(&more);
+            let err = stage(&other, "emb", shape, &mut fill, None, None).err().expect("refused");
+            assert!(err.to_string().contains("301 × 7"), "{err}");
+            assert!(!other.exists());
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "a temporary file left");
         }
     }
 }

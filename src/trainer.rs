@@ -147,6 +147,16 @@ pub struct DeviceInfo {
     pub kernel: String,
 }
 
+/// Where a full-table array goes, a block of values at a time in row-major
+/// order (a save streams it into its file, so that no host copy of the
+/// whole table is made: a table may fill a GPU larger than host memory).
+pub type Sink<'a> = dyn FnMut(&[f32]) -> Result<()> + 'a;
+
+/// A full-table array to be saved: hands its values to the sink it is
+/// given, a block at a time, in row-major order (`|sink| sink(&table)` for
+/// one at hand; `|sink| trainer.read_table_into(sink)` for a device's).
+pub type Fill<'a> = dyn FnMut(&mut Sink) -> Result<()> + 'a;
+
 /// A table on a device, trained by steps (the full table, or the batches it
 /// was opened with) under a guard (SPEC §9).
 pub trait Trainer {
@@ -185,6 +195,25 @@ pub trait Trainer {
     /// Copies the current table back to the host (after an abort: the table
     /// before the failing step).
     fn read_table(&mut self) -> Result<Vec<f32>>;
+    /// [`Trainer::read_table`] handed to `sink` a block at a time (the GPU
+    /// reads back through a bounded staging buffer; the CPU hands over its
+    /// table as it is).
+    fn read_table_into(&mut self, sink: &mut Sink) -> Result<()> {
+        sink(&self.read_table()?)
+    }
+    /// [`Trainer::read_velocity`] likewise; false without momentum (`sink`
+    /// not called).
+    fn read_velocity_into(&mut self, sink: &mut Sink) -> Result<bool> {
+        self.read_velocity()?.map(|v| sink(&v)).transpose().map(|r| r.is_some())
+    }
+    /// [`Trainer::read_snapshot`] likewise; false where it has none.
+    fn read_snapshot_into(&mut self, sink: &mut Sink) -> Result<bool> {
+        self.read_snapshot()?.map(|t| sink(&t)).transpose().map(|r| r.is_some())
+    }
+    /// Whether [`Trainer::read_velocity`] has one (momentum).
+    fn has_velocity(&self) -> bool;
+    /// Whether [`Trainer::read_snapshot`] has one (rollback, once taken).
+    fn has_snapshot(&self) -> bool;
     /// Overwrites one row of the current table (fault injection, fixes).
     fn write_row(&mut self, row: usize, values: &[f32]) -> Result<()>;
     /// SPEC §7 scan of the current table, on the trainer's device.

@@ -267,3 +267,47 @@ fn cpu_bits_do_not_depend_on_the_thread_count() {
         }
     }
 }
+
+/// Tables cross between host and device in transfer blocks (uploads,
+/// read-backs, the saves that stream from them): blocks that split rows
+/// and chunks unevenly move every value, in order, and a trained table
+/// reads back the same through any block size.
+#[test]
+fn tables_cross_to_and_from_the_gpu_in_blocks_of_any_size() {
+    let seed = seed("transfer_blocks");
+    let shape = Shape::new(1000, 7).unwrap();
+    let table = random_table(&mut rng(seed), 1000, 7);
+    let velocity = random_table(&mut rng(seed ^ 1), 1000, 7);
+    let cfg = StepConfig { momentum: 0.5, endpoints: Endpoints::Detached, ..StepConfig::for_rows(1000) };
+    let open = |block: Option<u64>| {
+        // Chunks of 301 rows; blocks of 1000 bytes (250 values: rows and
+        // chunks split mid-way), or the default (one block a chunk).
+        let opts = GpuOptions { max_chunk_rows: Some(301), transfer_block_bytes: block, ..GpuOptions::default() };
+        GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table.clone()), opts).unwrap()
+    };
+    let mut small = open(Some(1000));
+    // Every value uploaded (a fresh buffer holds zeros), in its place.
+    assert_eq!(bits(&small.read_table().unwrap()), bits(&table), "seed {seed}: the upload");
+    let mut blocks = Vec::new();
+    small
+        .read_table_into(&mut |b: &[f32]| {
+            blocks.push(b.to_vec());
+            Ok(())
+        })
+        .unwrap();
+    // 301 × 7 × 4 bytes a chunk: 9 blocks each (8 full), 97 rows: 3.
+    let sizes: Vec<usize> = blocks.iter().map(Vec::len).collect();
+    assert_eq!(sizes.len(), 3 * 9 + 3, "{sizes:?}");
+    assert_eq!(bits(&blocks.concat()), bits(&table), "seed {seed}: read in blocks");
+    small.set_velocity(&velocity).unwrap();
+    assert_eq!(bits(&small.read_velocity().unwrap().unwrap()), bits(&velocity), "seed {seed}: the velocity");
+    // Trained, then read back through small blocks and through whole chunks.
+    let mut whole = open(None);
+    whole.set_velocity(&velocity).unwrap();
+    small.steps(3).unwrap();
+    whole.steps(3).unwrap();
+    let trained = whole.read_table().unwrap();
+    assert_ne!(bits(&trained), bits(&table), "seed {seed}: nothing trained");
+    assert_eq!(bits(&small.read_table().unwrap()), bits(&trained), "seed {seed}");
+    assert_eq!(bits(&small.read_velocity().unwrap().unwrap()), bits(&whole.read_velocity().unwrap().unwrap()));
+}

@@ -1000,24 +1000,25 @@ fn save_checkpoint(
     let mut state = trainer.run_state()?;
     (state.d0_start, state.collapse_step) = (d0_start, collapse_step);
     state.options = Some(options.to_vec());
+    // Each array streams from the trainer into its file (a GPU's through
+    // bounded readback blocks): no host copy of a table is made.
     let mut files = Vec::new();
-    if let Some(v) = trainer.read_velocity()? {
-        files.push(Sidecar::Velocity.stage(path, shape, &v)?);
+    if trainer.has_velocity() {
+        let (f, fp) = Sidecar::Velocity.stage(path, shape, &mut |sink| trainer.read_velocity_into(sink).map(drop))?;
+        files.push(f);
         state.velocity = true;
-        state.velocity_fingerprint = Some(tables::fingerprint(&v));
+        state.velocity_fingerprint = Some(fp);
     }
     // Between two snapshot steps the unbroken run would restore an older
     // table than the checkpoint: it goes beside it.
-    if !state.steps.is_multiple_of(trainer.config().guard.snapshot_every as u64) {
-        if let Some(t) = trainer.read_snapshot()? {
-            files.push(Sidecar::Snapshot.stage(path, shape, &t)?);
-            state.snapshot = true;
-            state.snapshot_fingerprint = Some(tables::fingerprint(&t));
-        }
+    if !state.steps.is_multiple_of(trainer.config().guard.snapshot_every as u64) && trainer.has_snapshot() {
+        let (f, fp) = Sidecar::Snapshot.stage(path, shape, &mut |sink| trainer.read_snapshot_into(sink).map(drop))?;
+        files.push(f);
+        state.snapshot = true;
+        state.snapshot_fingerprint = Some(fp);
     }
-    let table = trainer.read_table()?;
-    state.table_fingerprint = Some(tables::fingerprint(&table));
-    files.extend(tables::stage(path, tensor, shape, &table, carried, Some(&state))?);
+    let mut fill = |sink: &mut latent_line::trainer::Sink| trainer.read_table_into(sink);
+    files.extend(tables::stage(path, tensor, shape, &mut fill, carried, Some(state.clone()))?);
     npy::commit(files)?;
     // A sidecar an earlier checkpoint at this path left, which this one's
     // state says it has none of: stale, never read; removed (after the

@@ -65,6 +65,95 @@ pub fn readback(ctx: &GpuContext, label: &str, size: u64) -> wgpu::Buffer {
     })
 }
 
+/// Bytes moved between host and device a block at a time by [`read_blocks`]
+/// and [`write_blocks`] (`GpuOptions::transfer_block_bytes` where given):
+/// what a save or an upload of a table takes in host memory beyond the
+/// table, two blocks, whatever the table's size.
+pub const TRANSFER_BLOCK_BYTES: u64 = 64 << 20;
+
+/// `block` rounded down to whole 4-byte values, at least one.
+fn block_size(block: u64) -> u64 {
+    (block / 4 * 4).max(4)
+}
+
+/// `src[..bytes]` (f32 values) handed to `each` a block at a time, in order,
+/// through two staging buffers of `block` bytes: while the host takes one
+/// block (a save writes it to its file), the GPU copies the next into the
+/// other.
+pub fn read_blocks(
+    ctx: &GpuContext,
+    src: &wgpu::Buffer,
+    bytes: u64,
+    block: u64,
+    each: &mut dyn FnMut(&[f32]) -> Result<()>,
+) -> Result<()> {
+    let block = block_size(block).min(bytes.max(4));
+    let staging = [readback(ctx, "readback block", block), readback(ctx, "readback block", block)];
+    let blocks = bytes.div_ceil(block);
+    // Step 1 for block i: copy it into its staging buffer, ask for the mapping.
+    let start = |i: u64| {
+        let (at, n) = (i * block, block.min(bytes - i * block));
+        let buf = &staging[(i % 2) as usize];
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(src, at, buf, 0, n);
+        ctx.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        buf.slice(..n).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        (n, rx)
+    };
+    let mut next = (blocks > 0).then(|| start(0));
+    for i in 0..blocks {
+        let Some((n, rx)) = next.take() else { break };
+        // Step 2: wait for it (and for the next block's copy, queued below
+        // only after this wait returns, so it runs while the host works).
+        ctx.wait()?;
+        rx.recv()
+            .map_err(|_| Error::Gpu("buffer mapping was dropped".into()))?
+            .map_err(|e| Error::Gpu(format!("mapping a buffer for reading: {e}")))?;
+        if i + 1 < blocks {
+            next = Some(start(i + 1));
+        }
+        // Step 3: hand the mapped view over, then unmap it for its next block.
+        let buf = &staging[(i % 2) as usize];
+        let handed = {
+            let range =
+                buf.slice(..n).get_mapped_range().map_err(|e| Error::Gpu(format!("reading a mapped buffer: {e}")))?;
+            match bytemuck::try_cast_slice::<u8, f32>(&range) {
+                Ok(values) => each(values),
+                // (A mapping promises no alignment: copied where it has none.)
+                Err(_) => each(
+                    &range.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect::<Vec<_>>(),
+                ),
+            }
+        };
+        buf.unmap();
+        if let Err(e) = handed {
+            // The next block's mapping, if asked for, is left to finish.
+            let _ = ctx.wait();
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// `values` written into `dst` from its start, a block at a time, each
+/// block's staging memory given back before the next but one is written
+/// (`queue.write_buffer` keeps its copy until the submission that carries
+/// it has run: one call for a whole table would hold a second copy of it).
+pub fn write_blocks(ctx: &GpuContext, dst: &wgpu::Buffer, values: &[f32], block: u64) -> Result<()> {
+    let per = (block_size(block) / 4) as usize;
+    for (i, part) in values.chunks(per).enumerate() {
+        if i >= 2 {
+            ctx.wait()?;
+        }
+        ctx.queue.write_buffer(dst, (i * per * 4) as u64, bytemuck::cast_slice(part));
+        ctx.queue.submit([]);
+    }
+    Ok(())
+}
+
 /// A bind group of whole buffers at the given binding numbers.
 pub fn bind_at(
     ctx: &GpuContext,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::context::GpuContext;
 use super::layout::{grid, ChunkLayout};
-use super::pipes::{bind_at, read_mapped, readback, storage, uniform, Constants};
+use super::pipes::{bind_at, read_mapped, readback, storage, uniform, write_blocks, Constants, TRANSFER_BLOCK_BYTES};
 use super::shaders;
 use super::timer::{in_timed_rounds, PassTimer};
 use super::trainer::{loop_limit, LOOP_BUDGET};
@@ -215,14 +215,13 @@ pub fn scan_values(ctx: Arc<GpuContext>, values: &[f32], shape: Shape, max_chunk
     let buffers: Vec<wgpu::Buffer> = layout
         .spans
         .iter()
-        .map(|s| {
-            let b = storage(&ctx, "scanned chunk", (s.rows * d * 4) as u64, wgpu::BufferUsages::COPY_DST);
-            ctx.queue.write_buffer(&b, 0, bytemuck::cast_slice(&values[s.row_base * d..][..s.rows * d]));
-            b
-        })
+        .map(|s| storage(&ctx, "scanned chunk", (s.rows * d * 4) as u64, wgpu::BufferUsages::COPY_DST))
         .collect();
     if let Some(e) = pollster::block_on(oom.pop()) {
         return Err(shape.too_large(format!("the GPU could not allocate it ({e})")));
+    }
+    for (s, b) in layout.spans.iter().zip(&buffers) {
+        write_blocks(&ctx, b, &values[s.row_base * d..][..s.rows * d], TRANSFER_BLOCK_BYTES)?;
     }
     let mut scanner = TableScanner::new(ctx, shape, &layout, wg, max_groups)?;
     let refs: Vec<&wgpu::Buffer> = buffers.iter().collect();

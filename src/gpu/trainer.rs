@@ -41,7 +41,10 @@ use bytemuck::{Pod, Zeroable};
 use super::batch::{slot_words, BatchDev, SlotSource};
 use super::context::{or_env_flag, GpuContext};
 use super::layout::{grid, row_blocks, ChunkLayout, ChunkSpan};
-use super::pipes::{bind, keeps_columns, keeps_vec4s, kept_vec4s, read_mapped, readback, storage, uniform, Constants};
+use super::pipes::{
+    bind, keeps_columns, keeps_vec4s, kept_vec4s, read_blocks, read_mapped, readback, storage, uniform, write_blocks,
+    Constants, TRANSFER_BLOCK_BYTES,
+};
 use super::scan::{TableScanner, DETAIL_BYTES};
 use super::shaders;
 use crate::batches::{Batches, Schedule, StepSlots};
@@ -50,7 +53,7 @@ use crate::error::{Error, Result};
 use crate::guard::Policy;
 use crate::record::{Record, RECORD_WORDS};
 use crate::scan::Scan;
-use crate::trainer::{DeviceInfo, KernelTime, RunState, TableSource, Trainer};
+use crate::trainer::{DeviceInfo, KernelTime, RunState, Sink, TableSource, Trainer};
 
 // GpuTrainer's methods, by concern (each file one `impl GpuTrainer`).
 mod build;
@@ -210,6 +213,12 @@ pub struct GpuOptions {
     /// on: two timestamps a step, whose cost on a GPU is to be measured
     /// (BENCHMARKS.md, fourteenth session). The same bits either way.
     pub step_timestamps: Option<bool>,
+    /// Bytes a table moves between host and device at a time when it is
+    /// uploaded, read back or saved (`None`: [`TRANSFER_BLOCK_BYTES`], 64
+    /// MiB): a save streams the table into its file through two such
+    /// blocks, so a table that fills the GPU needs no host copy of itself.
+    /// Tests lower it to exercise many blocks.
+    pub transfer_block_bytes: Option<u64>,
 }
 
 impl Default for GpuOptions {
@@ -234,6 +243,7 @@ impl Default for GpuOptions {
             undo_in_reduce: None,
             resident_batches: None,
             step_timestamps: None,
+            transfer_block_bytes: None,
         }
     }
 }
@@ -852,13 +862,7 @@ impl GpuTrainer {
     fn upload(&mut self, source: TableSource) -> Result<()> {
         self.anchors_fresh = false;
         match source {
-            TableSource::Data(v) => {
-                let d = self.shape.dim;
-                for c in &self.chunks {
-                    let part = &v[c.span.row_base * d..][..c.span.rows * d];
-                    self.ctx.queue.write_buffer(&c.a, 0, bytemuck::cast_slice(part));
-                }
-            }
+            TableSource::Data(v) => self.write_chunks(&v, |c| &c.a)?,
             TableSource::Random { seed } => self.encode_generate(seed),
         }
         self.ctx.wait()
@@ -885,18 +889,36 @@ impl GpuTrainer {
 
     /// Copies one buffer of each chunk (`which`) back to the host, in row order.
     fn read_chunks(&self, which: impl Fn(&GpuChunk) -> &wgpu::Buffer) -> Result<Vec<f32>> {
-        let d = self.shape.dim as u64;
-        let largest = self.layout.rows_per_chunk.min(self.shape.rows) as u64 * d * 4;
-        let staging = readback(&self.ctx, "table readback", largest);
         let mut out = Vec::with_capacity(self.shape.elements() as usize);
-        for c in &self.chunks {
-            let bytes = c.span.rows as u64 * d * 4;
-            let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-            enc.copy_buffer_to_buffer(which(c), 0, &staging, 0, bytes);
-            self.ctx.queue.submit([enc.finish()]);
-            out.extend_from_slice(bytemuck::cast_slice(&read_mapped(&self.ctx, &staging, bytes)?));
-        }
+        self.read_chunks_into(which, &mut |v| {
+            out.extend_from_slice(v);
+            Ok(())
+        })?;
         Ok(out)
+    }
+
+    /// A full-table array, chunk after chunk, handed to `sink` a transfer
+    /// block at a time (`pipes::read_blocks`).
+    fn read_chunks_into(&self, which: impl Fn(&GpuChunk) -> &wgpu::Buffer, sink: &mut Sink) -> Result<()> {
+        let d = self.shape.dim as u64;
+        for c in &self.chunks {
+            read_blocks(&self.ctx, which(c), c.span.rows as u64 * d * 4, self.transfer_block(), sink)?;
+        }
+        Ok(())
+    }
+
+    /// A full-table array written from the host, chunk after chunk
+    /// (`pipes::write_blocks`).
+    fn write_chunks(&self, v: &[f32], which: impl Fn(&GpuChunk) -> &wgpu::Buffer) -> Result<()> {
+        let d = self.shape.dim;
+        for c in &self.chunks {
+            write_blocks(&self.ctx, which(c), &v[c.span.row_base * d..][..c.span.rows * d], self.transfer_block())?;
+        }
+        Ok(())
+    }
+
+    fn transfer_block(&self) -> u64 {
+        self.opts.transfer_block_bytes.unwrap_or(TRANSFER_BLOCK_BYTES)
     }
 
     fn constants(&self) -> Constants {
@@ -1035,6 +1057,12 @@ impl GpuTrainer {
         Ok(self.read_state()?.cur)
     }
 
+    /// rollback: whether the snapshot holds a table (taken once a step ran,
+    /// and not due again before the next).
+    fn snapshot_taken(&self) -> bool {
+        self.cfg.guard.policy == Policy::Rollback && self.steps_done > 0 && !self.snapshot_due
+    }
+
     fn read_state(&self) -> Result<StateU> {
         let staging = readback(&self.ctx, "state readback", STATE_BYTES);
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
@@ -1166,6 +1194,16 @@ impl Constants {
     }
 }
 
+/// The velocity buffer of chunk `c` that the current table `cur` goes with.
+fn velocity_buffer(c: &GpuChunk, cur: u32) -> &wgpu::Buffer {
+    let (a, b) = c.vel.as_ref().expect("momentum");
+    if cur == 1 {
+        b.as_ref().unwrap_or(a)
+    } else {
+        a
+    }
+}
+
 impl Trainer for GpuTrainer {
     fn shape(&self) -> Shape {
         self.shape
@@ -1254,36 +1292,41 @@ impl Trainer for GpuTrainer {
         self.run(0)?.pop().ok_or_else(|| Error::Gpu("the evaluation wrote no record".into()))
     }
     fn read_velocity(&mut self) -> Result<Option<Vec<f32>>> {
-        if self.chunks.iter().any(|c| c.vel.is_none()) {
-            return Ok(None);
+        let mut out = Vec::new();
+        let has = self.read_velocity_into(&mut |v| {
+            out.extend_from_slice(v);
+            Ok(())
+        })?;
+        Ok(has.then_some(out))
+    }
+    fn has_velocity(&self) -> bool {
+        self.chunks.iter().all(|c| c.vel.is_some())
+    }
+    fn has_snapshot(&self) -> bool {
+        self.snapshot_taken()
+    }
+    fn read_velocity_into(&mut self, sink: &mut Sink) -> Result<bool> {
+        if !self.has_velocity() {
+            return Ok(false);
         }
         let cur = self.current()?;
-        self.read_chunks(|c| {
-            let (a, b) = c.vel.as_ref().expect("momentum");
-            if cur == 1 {
-                b.as_ref().unwrap_or(a)
-            } else {
-                a
-            }
-        })
-        .map(Some)
+        self.read_chunks_into(|c| velocity_buffer(c, cur), sink).map(|_| true)
     }
     fn set_velocity(&mut self, v: &[f32]) -> Result<()> {
         if v.len() as u64 != self.shape.elements() || self.chunks.iter().any(|c| c.vel.is_none()) {
             return Err(Error::invalid("velocity", format!("{} values: momentum off, or another shape", v.len())));
         }
         let cur = self.current()?;
-        let d = self.shape.dim;
-        for c in &self.chunks {
-            let (a, b) = c.vel.as_ref().expect("momentum");
-            let buf = if cur == 1 { b.as_ref().unwrap_or(a) } else { a };
-            self.ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(&v[c.span.row_base * d..][..c.span.rows * d]));
-        }
+        self.write_chunks(v, |c| velocity_buffer(c, cur))?;
         self.ctx.wait()
     }
     fn read_table(&mut self) -> Result<Vec<f32>> {
         let cur = self.current()?;
         self.read_chunks(|c| c.buffer(cur))
+    }
+    fn read_table_into(&mut self, sink: &mut Sink) -> Result<()> {
+        let cur = self.current()?;
+        self.read_chunks_into(|c| c.buffer(cur), sink)
     }
     fn write_row(&mut self, row: usize, values: &[f32]) -> Result<()> {
         crate::cpu::check_row(self.shape, row, values)?;
@@ -1295,11 +1338,16 @@ impl Trainer for GpuTrainer {
         self.ctx.wait()
     }
     fn read_snapshot(&mut self) -> Result<Option<Vec<f32>>> {
-        let taken = self.cfg.guard.policy == Policy::Rollback && self.steps_done > 0 && !self.snapshot_due;
-        if !taken {
+        if !self.snapshot_taken() {
             return Ok(None);
         }
         self.read_chunks(|c| c.snap.as_ref().expect("rollback keeps a snapshot")).map(Some)
+    }
+    fn read_snapshot_into(&mut self, sink: &mut Sink) -> Result<bool> {
+        if !self.has_snapshot() {
+            return Ok(false);
+        }
+        self.read_chunks_into(|c| c.snap.as_ref().expect("rollback keeps a snapshot"), sink).map(|_| true)
     }
     fn set_snapshot(&mut self, t: &[f32]) -> Result<()> {
         if self.cfg.guard.policy != Policy::Rollback || t.len() as u64 != self.shape.elements() {
@@ -1308,11 +1356,7 @@ impl Trainer for GpuTrainer {
                 format!("{} values: not a rollback run, or another shape", t.len()),
             ));
         }
-        let d = self.shape.dim;
-        for c in &self.chunks {
-            let snap = c.snap.as_ref().expect("rollback keeps a snapshot");
-            self.ctx.queue.write_buffer(snap, 0, bytemuck::cast_slice(&t[c.span.row_base * d..][..c.span.rows * d]));
-        }
+        self.write_chunks(t, |c| c.snap.as_ref().expect("rollback keeps a snapshot"))?;
         self.snapshot_due = false;
         self.ctx.wait()
     }
