@@ -3,5 +3,6 @@
 
 pub(crate) mod checks;
 pub(crate) mod devices;
+pub(crate) mod runlog;
 pub(crate) mod scan;
 pub(crate) mod train;

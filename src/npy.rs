@@ -335,7 +335,7 @@ fn dtype_name(d: Dtype) -> String {
     }
 }
 
-pub(crate) fn read_exact_or(f: &mut File, buf: &mut [u8], err: impl FnOnce() -> Error) -> Result<()> {
+fn read_exact_or(f: &mut File, buf: &mut [u8], err: impl FnOnce() -> Error) -> Result<()> {
     f.read_exact(buf).map_err(|_| err())
 }
 
@@ -548,11 +548,11 @@ pub(crate) fn write_values(out: &mut impl Write, path: &Path, shape: Shape, fill
     let want = shape.elements();
     let mut fp = Fingerprinter::new(want);
     let mut got = 0u64;
-    let wrong = |got: u64| {
+    let wrong = |got: String| {
         Error::invalid(
             "table",
             format!(
-                "{got} values or more for {} × {}; a table saved to {} holds rows × dim",
+                "{got} values for {} × {}; a table saved to {} holds rows × dim",
                 shape.rows,
                 shape.dim,
                 path.display()
@@ -562,13 +562,13 @@ pub(crate) fn write_values(out: &mut impl Write, path: &Path, shape: Shape, fill
     fill(&mut |v: &[f32]| {
         got += v.len() as u64;
         if got > want {
-            return Err(wrong(got));
+            return Err(wrong(format!("{got} or more")));
         }
         fp.update(v);
         write_f32s(out, v).map_err(|e| Error::io(path, e))
     })?;
     if got != want {
-        return Err(wrong(got));
+        return Err(wrong(format!("only {got}")));
     }
     Ok(fp.finish())
 }

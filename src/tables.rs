@@ -434,7 +434,10 @@ fn load_safetensors(
     };
     file.seek(std::io::SeekFrom::Start(data_at + info.data_offsets.0 as u64)).map_err(|e| Error::io(path, e))?;
     let mut read = |block: &mut [u8]| {
-        npy::read_exact_or(&mut file, block, || bad(format!("truncated while reading tensor \"{name}\"")))
+        file.read_exact(block).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => bad(format!("truncated while reading tensor \"{name}\"")),
+            _ => Error::io(path, e),
+        })
     };
     let (shape, data, note) = table_of(path, name, info.dtype, &info.shape, &mut read, overflow, min_rows)?;
     let file_dtype = format!("{:?}", info.dtype);
@@ -761,14 +764,17 @@ fn stage_safetensors(
         return Err(cannot(format!("a header of {room} bytes, past the format's {SAFETENSORS_MAX_HEADER}")));
     }
     let padded = |mut text: Vec<u8>| {
+        if text.len() > room {
+            return Err(cannot(format!("a header of {} bytes where {room} were kept for it", text.len())));
+        }
         text.resize(room, b' ');
-        text
+        Ok(text)
     };
     let mut fp = 0;
     let table = npy::stage_with(path, |w| {
         let io = |e| Error::io(path, e);
         w.write_all(&(room as u64).to_le_bytes()).map_err(io)?;
-        w.write_all(&padded(header(u64::MAX)?)).map_err(io)?;
+        w.write_all(&padded(header(u64::MAX)?)?).map_err(io)?;
         for t in &entries {
             match t.data {
                 Some(b) => w.write_all(b).map_err(io)?,
@@ -777,7 +783,7 @@ fn stage_safetensors(
         }
         if in_header.is_some() {
             w.seek(std::io::SeekFrom::Start(8)).map_err(io)?;
-            w.write_all(&padded(header(fp)?)).map_err(io)?;
+            w.write_all(&padded(header(fp)?)?).map_err(io)?;
         }
         Ok(())
     })?;
@@ -852,10 +858,12 @@ mod tests {
         let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         assert_eq!(n % 8, 0, "the data starts on 8 bytes");
         let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
-        assert!(
-            header.trim_end().ends_with('}') && header.trim_end().len() + 20 >= n,
-            "room for 20 digits: {header:?}"
-        );
+        // Room for the widest fingerprint: the header as it would be with
+        // u64::MAX's 20 digits, to 8 bytes.
+        let fp = fingerprint(&v).to_string();
+        assert_eq!(header.matches(&fp).count(), 1, "{header}");
+        let widest = header.trim_end().replace(&fp, &u64::MAX.to_string());
+        assert_eq!(n, widest.len().next_multiple_of(8), "room for 20 digits: {header:?}");
         let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
         let saved: RunState = serde_json::from_str(&meta.metadata().as_ref().unwrap()[STATE_KEY]).unwrap();
         assert_eq!(saved, RunState { table_fingerprint: Some(fingerprint(&v)), ..state }, "seed {seed}");

@@ -299,6 +299,20 @@ fn tables_cross_to_and_from_the_gpu_in_blocks_of_any_size() {
     let sizes: Vec<usize> = blocks.iter().map(Vec::len).collect();
     assert_eq!(sizes.len(), 3 * 9 + 3, "{sizes:?}");
     assert_eq!(bits(&blocks.concat()), bits(&table), "seed {seed}: read in blocks");
+    // A sink that fails (a full disk) stops the read there, with its error,
+    // and leaves the trainer as it was: the next read is whole.
+    let mut taken = 0;
+    let err = small
+        .read_table_into(&mut |_: &[f32]| {
+            taken += 1;
+            if taken == 2 {
+                return Err(latent_line::Error::Gpu("the sink is full".into()));
+            }
+            Ok(())
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("full") && taken == 2, "{err} after {taken} blocks");
+    assert_eq!(bits(&small.read_table().unwrap()), bits(&table), "seed {seed}: after a failed read");
     small.set_velocity(&velocity).unwrap();
     assert_eq!(bits(&small.read_velocity().unwrap().unwrap()), bits(&velocity), "seed {seed}: the velocity");
     // Trained, then read back through small blocks and through whole chunks.

@@ -226,3 +226,38 @@ fn bad_safetensors_inputs_are_refused_and_nothing_is_written() {
     assert_eq!(r.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&r.stderr).contains("must end in .npy or .safetensors"));
 }
+
+/// A checkpoint read from a pipe (no size to seek in: read whole) carries
+/// its other tensors and metadata out as one read from a file does.
+#[cfg(unix)]
+#[test]
+fn a_checkpoint_from_a_pipe_goes_out_as_one_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    checkpoint(&input, "weight", Dtype::BF16, 200, 6);
+    let fifo = dir.path().join("pipe.safetensors");
+    assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+    let (from_pipe, from_file) = (dir.path().join("a.safetensors"), dir.path().join("b.safetensors"));
+    let writer = {
+        let (input, fifo) = (input.clone(), fifo.clone());
+        std::thread::spawn(move || std::fs::write(&fifo, std::fs::read(&input).unwrap()).unwrap())
+    };
+    for (load, save) in [(&fifo, &from_pipe), (&input, &from_file)] {
+        let r = run(&[
+            "--backend",
+            "cpu",
+            "--load",
+            load.to_str().unwrap(),
+            "--save",
+            save.to_str().unwrap(),
+            "--steps",
+            "2",
+        ]);
+        assert_eq!(r.status.code(), Some(0), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    writer.join().unwrap();
+    let (a, b) = (std::fs::read(&from_pipe).unwrap(), std::fs::read(&from_file).unwrap());
+    assert!(a == b, "a pipe's checkpoint saved otherwise than the file's");
+    let st = SafeTensors::deserialize(&a).unwrap();
+    assert_eq!(st.tensor("step").unwrap().data(), 1234i64.to_le_bytes());
+}

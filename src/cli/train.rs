@@ -9,12 +9,13 @@ use std::time::Instant;
 use anyhow::bail;
 use clap::Args;
 use latent_line::guard::{Action, Guard, Policy};
-use latent_line::report::{action_words, collapse_step, median, Event, Report, StepEntry, Summary};
+use latent_line::report::{action_words, collapse_step, median, Event, Report, Summary};
 use latent_line::scan::scan_rows;
 use latent_line::tables::{self, Sidecar};
 use latent_line::{npy, Batches, Endpoints, IndexBatches, Reduction, Shape, StepConfig, TableSource, Trainer};
 
 use super::checks::{adapter_arg, anchors_arg, check_adapter, check_output, parse_anchors, same_file, tensor_arg};
+use super::runlog::RunLog;
 use crate::{interrupted, name, print_json, BackendChoice, Outcome, INTERRUPTED, QUIET};
 
 #[derive(Args, Clone, Debug, serde::Serialize)]
@@ -317,7 +318,10 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     out!("guard    --on-nonfinite {}", name(cfg.guard.policy));
 
     const SHOWN_EVENTS: usize = 12;
-    let mut records = Vec::new();
+    // What the summary, the plot and the report need of each step's record
+    // (not the records: a run of many short steps would keep gigabytes).
+    let mut log = RunLog::new(args.plot.is_some(), args.report.is_some() || args.json)
+        .map_err(|e| anyhow::anyhow!("a temporary file for the report's steps: {e}"))?;
     // Step time: the wall clock from each segment's start to its last
     // record, over the steps it ran (throughput: the host never waits
     // between steps, so spacing of arrivals alone can mislead, e.g. on an
@@ -360,16 +364,15 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     let mut stopped = false;
     // d0 at the run's step 0 (SPEC §8): saved by a resumed run's checkpoint,
     // else the first step's.
-    let d0_start_of = |records: &[latent_line::Record]| d0_saved.or(records.first().map(|r| r.d0));
-    // The record d0 first fell below its fraction in (SPEC §8), found as
-    // records arrive: each group's only (a scan of them all at every group
-    // made a run of many short steps quadratic: 80 000 steps 1 s). A
+    let d0_start_of = |log: &RunLog| d0_saved.or(log.first.as_ref().map(|r| r.d0));
+    // The position and d0 of the record d0 first fell below its fraction
+    // in (SPEC §8), found as records arrive (each group's only). A
     // collapse before the resume is the saved step.
-    let mut collapse_at: Option<usize> = None;
-    let collapse_in = |records: &[latent_line::Record], from: usize| {
-        let d0 = d0_start_of(records)?;
-        collapse_step(&records[from..], d0, cfg.collapse_fraction).map(|i| from + i)
+    let mut collapse_at: Option<(usize, f64)> = None;
+    let collapse_in = |records: &[latent_line::Record], from: usize, d0_start: Option<f64>| {
+        collapse_step(records, d0_start?, cfg.collapse_fraction).map(|i| (from + i, records[i].d0))
     };
+    let mut logged: std::io::Result<()> = Ok(());
     while done < args.steps && !halted {
         let mut n = args.steps - done;
         if let Some(k) = args.checkpoint_every {
@@ -413,18 +416,30 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 ));
             }
             done += group.len();
-            let from = records.len();
-            records.extend(group);
-            let d0_start = d0_start_of(&records).unwrap_or(0.0);
-            collapse_at = collapse_at.or_else(|| collapse_in(&records, from));
-            if let (Some(at), false) = (collapse_at, collapse_warned) {
-                collapse_warned = true;
-                say(&bar, collapse_warning(start + at, records[at].d0, cfg.collapse_fraction, d0_start));
-            }
             // The guard aborted on the device: nothing more will run.
-            halted = records.last().is_some_and(|r| matches!(r.action, Action::NotRun | Action::Aborted));
+            halted = group.last().is_some_and(|r| matches!(r.action, Action::NotRun | Action::Aborted));
+            // The records the log keeps: none past an aborted step.
+            let keep = match log.aborted {
+                Some(_) => 0,
+                None => group.iter().position(|r| r.action == Action::Aborted).map_or(group.len(), |a| a + 1),
+            };
+            let d0_start = d0_start_of(&log).or(group.first().map(|r| r.d0));
+            collapse_at = collapse_at.or_else(|| collapse_in(&group[..keep], log.len, d0_start));
+            if let (Some((at, d0)), false) = (collapse_at, collapse_warned) {
+                collapse_warned = true;
+                say(&bar, collapse_warning(start + at, d0, cfg.collapse_fraction, d0_start.unwrap_or(0.0)));
+            }
+            for r in group.into_iter().take(keep) {
+                let w_red = cfg.w_red(r.batch) as f64;
+                if let Err(e) = log.push(start + log.len, r, w_red) {
+                    logged = Err(e);
+                    return false;
+                }
+            }
             !halted && !interrupted()
         })?;
+        std::mem::replace(&mut logged, Ok(()))
+            .map_err(|e| anyhow::anyhow!("writing the report's steps to a temporary file: {e}"))?;
         wall += last.duration_since(segment);
         // Interrupted: stopped before its steps were done (a signal that
         // comes after the last step, while the run saves, stops nothing).
@@ -435,7 +450,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         }
         if let (Some(k), Some(path)) = (args.checkpoint_every, &args.save) {
             if done % k == 0 && done < args.steps && !halted {
-                let audit = (d0_start_of(&records), collapse_saved.or(collapse_at.map(|at| (start + at) as u64)));
+                let audit = (d0_start_of(&log), collapse_saved.or(collapse_at.map(|(at, _)| (start + at) as u64)));
                 save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), audit, &options)?;
                 say(&bar, format!("checkpoint step {done} → {}", path.display()));
             }
@@ -448,35 +463,41 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         out!("event    … {hidden} more non-finite events, repeats included (all in --report)");
     }
     // Positions in this run's records; steps are counted from the run's start.
-    let aborted = records.iter().position(|r| r.action == Action::Aborted);
-    records.truncate(aborted.map_or(records.len(), |a| a + 1));
-    let aborted_at = aborted.map(|a| start + a);
+    let aborted_at = log.aborted.map(|a| start + a);
     // The steps done, counted from the start of the run (its first segment,
     // before any resume): an aborted step is not done (a resume takes it
     // again), so the table is after this many.
-    let steps_done = aborted_at.unwrap_or(start + records.len());
-    let d0_start = d0_start_of(&records);
+    let steps_done = aborted_at.unwrap_or(start + log.len);
     // Each step's own GPU time, where its pass was timed (timestamp queries).
-    let gpu_step_s: Vec<f64> =
-        records.iter().filter(|r| r.action != Action::NotRun).filter_map(|r| r.gpu_seconds).collect();
+    let gpu_step_s = std::mem::take(&mut log.gpu_seconds);
     let gpu_median = (!gpu_step_s.is_empty()).then(|| median(gpu_step_s.clone()));
-    records.push(trainer.evaluate()?);
-    // The step each record is of (SPEC §12's report: step k is the table
-    // before update k): the last, the final table's evaluation, is of the
-    // steps done; after an abort that is the aborted step's own table.
-    let step_of = |i: usize| if i + 1 == records.len() { steps_done } else { start + i };
+    // The final table's evaluation, the last record (SPEC §12's report: step
+    // k is the table before update k; this one is of the steps done, after
+    // an abort the aborted step's own table).
+    let final_eval = trainer.evaluate()?;
+    let d0_start = d0_start_of(&log);
+    let final_at = log.len;
     // A collapse the final table shows first is warned of too (and saved
     // with the run state: a resume would not warn of it again).
-    let final_collapse = collapse_at.is_none().then(|| collapse_in(&records, records.len() - 1)).flatten();
-    if let (Some(at), false, Some(d0)) = (final_collapse, collapse_warned, d0_start) {
-        out!("{}", collapse_warning(step_of(at), records[at].d0, cfg.collapse_fraction, d0));
+    let final_collapse = collapse_at
+        .is_none()
+        .then(|| collapse_in(std::slice::from_ref(&final_eval), final_at, d0_start.or(Some(final_eval.d0))))
+        .flatten();
+    let w_red = cfg.w_red(final_eval.batch) as f64;
+    log.push_final(steps_done, final_eval, w_red)
+        .map_err(|e| anyhow::anyhow!("writing the report's steps to a temporary file: {e}"))?;
+    let step_of = |i: usize| if i == final_at { steps_done } else { start + i };
+    if let (Some((at, d0)), false, Some(d0_start)) = (final_collapse, collapse_warned, d0_start) {
+        out!("{}", collapse_warning(step_of(at), d0, cfg.collapse_fraction, d0_start));
     }
-    let collapse = collapse_saved.or(collapse_at.or(final_collapse).map(|at| step_of(at) as u64));
+    let collapse = collapse_saved.or(collapse_at.or(final_collapse).map(|(at, _)| step_of(at) as u64));
     let final_scan = trainer.scan_table()?;
     let finite = final_scan.is_clean();
 
     // With batches, the summary compares whole-table evaluations.
-    let (first, last) = (start_eval.as_ref().unwrap_or(&records[0]), &records[records.len() - 1]);
+    let last = log.last.clone().ok_or_else(|| anyhow::anyhow!("no record of the final table"))?;
+    let first = start_eval.or_else(|| log.first.clone()).unwrap_or_else(|| last.clone());
+    let (first, last) = (&first, &last);
     let step_s = if wall_steps > 0 { wall.as_secs_f64() / wall_steps as f64 } else { 0.0 };
     // A step reads and writes each row it touches once (SPEC §15): the
     // full table's, or a batch's distinct rows and the anchors, averaged
@@ -499,7 +520,6 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     let rows_moved = run.clone().map(|s| moved(s) as f64).sum::<f64>() / run.len() as f64;
     let bytes = (2.0 * rows_moved.min(shape.rows as f64) * shape.dim as f64 * 4.0).round() as u64;
     let gbps = if step_s > 0.0 { bytes as f64 / step_s / 1e9 } else { 0.0 };
-    let count = |a: Action| records.iter().filter(|r| r.action == a).count();
     out!(
         "start    loss {:.6e} · mean excess {:.6e} · d0 {:.6} · near-singular rows {}",
         first.loss(cfg.w_red(first.batch) as f64),
@@ -524,10 +544,10 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         }
     );
     let guard_counts = [
-        (count(Action::SkippedStep), "skipped steps"),
-        (count(Action::SkippedRows), "steps with skipped rows"),
-        (count(Action::RolledBack), "rollbacks"),
-        (count(Action::Ignored), "steps that wrote non-finite values"),
+        (log.count(Action::SkippedStep), "skipped steps"),
+        (log.count(Action::SkippedRows), "steps with skipped rows"),
+        (log.count(Action::RolledBack), "rollbacks"),
+        (log.count(Action::Ignored), "steps that wrote non-finite values"),
     ];
     let said: Vec<String> = guard_counts.iter().filter(|(n, _)| *n > 0).map(|(n, w)| format!("{n} {w}")).collect();
     if !said.is_empty() {
@@ -560,10 +580,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         match &profile {
             Some(p) => {
                 let total: f64 = p.iter().map(|k| k.seconds).sum();
-                out!(
-                    "profile  GPU time per kernel over {} steps (timestamp queries; bytes are nominal)",
-                    records.len() - 1
-                );
+                out!("profile  GPU time per kernel over {} steps (timestamp queries; bytes are nominal)", log.len - 1);
                 for k in p {
                     out!(
                         "         {:26} {:>6} passes {:>10.4} ms/pass {:>8.1} GB/s {:>5.1} %",
@@ -593,7 +610,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     }
     if let (Some(path), Some(before)) = (&args.plot, &before) {
         let after = trainer.read_table()?;
-        let excess = records.iter().enumerate().map(|(i, r)| (step_of(i), r.mean_excess())).collect();
+        let excess = log.excess.iter().flatten().enumerate().map(|(i, &e)| (step_of(i), e)).collect();
         let pic = latent_line::plot::Picture {
             excess,
             before,
@@ -620,16 +637,13 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     };
     print_driver_stats(driver_stats.as_ref());
     if args.report.is_some() || args.json {
+        let steps = log.steps().map_err(|e| anyhow::anyhow!("reading the report's steps back: {e}"))?;
         let report = Report {
             options: args,
             shape,
             config: cfg,
             device: dev,
-            steps: records
-                .iter()
-                .enumerate()
-                .map(|(i, r)| StepEntry::new(step_of(i), r, cfg.w_red(r.batch) as f64))
-                .collect(),
+            steps,
             summary: Summary {
                 first_loss: first.loss(cfg.w_red(first.batch) as f64),
                 last_loss: last.loss(cfg.w_red(last.batch) as f64),
@@ -641,9 +655,9 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 collapse_step: collapse.map(|s| s as usize),
                 near_singular_last: last.near_singular,
                 nonfinite_events: events.len(),
-                skipped_steps: count(Action::SkippedStep),
-                steps_with_skipped_rows: count(Action::SkippedRows),
-                rollbacks: count(Action::RolledBack),
+                skipped_steps: log.count(Action::SkippedStep),
+                steps_with_skipped_rows: log.count(Action::SkippedRows),
+                rollbacks: log.count(Action::RolledBack),
                 aborted_at,
                 steps_done,
                 interrupted: stopped,

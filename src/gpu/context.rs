@@ -218,8 +218,14 @@ impl GpuContext {
 
     /// Blocks until all submitted work is done, then [`Self::check`]s.
     pub fn wait(&self) -> Result<()> {
+        self.wait_until(None)
+    }
+
+    /// Blocks until the submission `index` (all, for `None`) is done, then
+    /// [`Self::check`]s.
+    pub fn wait_until(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
         self.device
-            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
+            .poll(wgpu::PollType::Wait { submission_index: index, timeout: None })
             .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
         self.check()
     }

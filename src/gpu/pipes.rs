@@ -130,26 +130,33 @@ pub fn read_blocks(
         };
         buf.unmap();
         if let Err(e) = handed {
-            // The next block's mapping, if asked for, is left to finish.
-            let _ = ctx.wait();
-            return Err(e);
+            // The next block's mapping, if asked for, is left to finish (a
+            // GPU error meanwhile is said too, not dropped).
+            return Err(match ctx.wait() {
+                Ok(()) => e,
+                Err(gpu) => Error::Gpu(format!("{e}; the GPU meanwhile: {gpu}")),
+            });
         }
     }
     Ok(())
 }
 
-/// `values` written into `dst` from its start, a block at a time, each
-/// block's staging memory given back before the next but one is written
-/// (`queue.write_buffer` keeps its copy until the submission that carries
-/// it has run: one call for a whole table would hold a second copy of it).
+/// `values` written into `dst` from its start, a block at a time, with at
+/// most two blocks' staging memory held (`queue.write_buffer` keeps its
+/// copy until the submission that carries it has run: one call for a
+/// whole table would hold a second copy of it): block i is written once
+/// block i − 2 has landed (and the first once every earlier write has: a
+/// table's chunks are written by one call each).
 pub fn write_blocks(ctx: &GpuContext, dst: &wgpu::Buffer, values: &[f32], block: u64) -> Result<()> {
     let per = (block_size(block) / 4) as usize;
+    ctx.wait()?;
+    let mut landing: std::collections::VecDeque<wgpu::SubmissionIndex> = Default::default();
     for (i, part) in values.chunks(per).enumerate() {
-        if i >= 2 {
-            ctx.wait()?;
+        if landing.len() == 2 {
+            ctx.wait_until(landing.pop_front())?;
         }
         ctx.queue.write_buffer(dst, (i * per * 4) as u64, bytemuck::cast_slice(part));
-        ctx.queue.submit([]);
+        landing.push_back(ctx.queue.submit([]));
     }
     Ok(())
 }
