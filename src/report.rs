@@ -158,7 +158,7 @@ pub struct Summary {
 }
 
 #[derive(Serialize)]
-pub struct Report<O: Serialize, S: Serialize = Vec<StepEntry>> {
+pub struct Report<O: Serialize, S: Serialize = Vec<StepEntry>, E: Serialize = Vec<Event>> {
     /// The command line: every option's value, defaults filled in (one
     /// whose default depends on others, such as --eps or --anchors, is
     /// `null` when left out), and `given`, the options the command line
@@ -171,9 +171,9 @@ pub struct Report<O: Serialize, S: Serialize = Vec<StepEntry>> {
     pub device: DeviceInfo,
     /// One entry per pass: step k is the table before update k; the last
     /// entry (step = steps) is the evaluation of the final table.
-    /// (`S`: the binary streams them from a file, as they came.)
+    /// (`S`, `E`: the binary streams them from a file, as they came.)
     pub steps: S,
-    pub events: Vec<Event>,
+    pub events: E,
     pub summary: Summary,
     /// `--profile`: GPU time and nominal bytes per kernel.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufWriter, Seek, Write};
 
 use latent_line::guard::Action;
-use latent_line::report::StepEntry;
+use latent_line::report::{Event, StepEntry};
 use latent_line::Record;
 use serde::ser::{Error as _, SerializeSeq};
 
@@ -23,12 +23,17 @@ pub(crate) struct RunLog {
     /// The position of the aborted step's record.
     pub aborted: Option<usize>,
     counts: Vec<(Action, usize)>,
-    /// Each step's own GPU time, where its pass was timed.
-    pub gpu_seconds: Vec<f64>,
+    /// Each step's own GPU time, where its pass was timed, for their median.
+    pub gpu_seconds: Tally,
     /// `--plot`: each record's mean excess, by position.
     pub excess: Option<Vec<f64>>,
-    /// `--report`, `--json`: the per-step entries, one JSON line each.
-    steps: Option<StepLines>,
+    /// `--report`, `--json`: the per-step entries, one JSON line each …
+    steps: Option<JsonLines>,
+    /// … and the non-finite events (a poisoned row under skip-row makes
+    /// some every step).
+    events: Option<JsonLines>,
+    /// Events logged.
+    pub event_count: usize,
 }
 
 impl RunLog {
@@ -39,9 +44,11 @@ impl RunLog {
             last: None,
             aborted: None,
             counts: Vec::new(),
-            gpu_seconds: Vec::new(),
+            gpu_seconds: Tally::default(),
             excess: plot.then(Vec::new),
-            steps: if report { Some(StepLines::new()?) } else { None },
+            steps: if report { Some(JsonLines::new()?) } else { None },
+            events: if report { Some(JsonLines::new()?) } else { None },
+            event_count: 0,
         })
     }
 
@@ -55,7 +62,9 @@ impl RunLog {
             self.aborted = Some(self.len);
         }
         if r.action != Action::NotRun {
-            self.gpu_seconds.extend(r.gpu_seconds);
+            if let Some(s) = r.gpu_seconds {
+                self.gpu_seconds.add(s);
+            }
         }
         match self.counts.iter_mut().find(|(a, _)| *a == r.action) {
             Some((_, n)) => *n += 1,
@@ -89,37 +98,95 @@ impl RunLog {
         self.counts.iter().find(|(b, _)| *b == a).map_or(0, |(_, n)| *n)
     }
 
-    /// The per-step entries, for the report (empty where none were kept).
-    pub fn steps(&mut self) -> std::io::Result<StepLines> {
-        match self.steps.take() {
-            Some(mut s) => {
-                s.out.flush()?;
-                Ok(s)
-            }
-            None => StepLines::new(),
+    /// Logs a non-finite event.
+    pub fn event(&mut self, e: &Event) -> std::io::Result<()> {
+        self.event_count += 1;
+        match &mut self.events {
+            Some(lines) => lines.push(e),
+            None => Ok(()),
         }
+    }
+
+    /// The per-step entries and the events, for the report (empty where
+    /// none were kept).
+    pub fn for_report(&mut self) -> std::io::Result<(JsonLines, JsonLines)> {
+        let done = |lines: Option<JsonLines>| match lines {
+            Some(mut l) => l.out.flush().map(|_| l),
+            None => JsonLines::new(),
+        };
+        Ok((done(self.steps.take())?, done(self.events.take())?))
     }
 }
 
-/// A report's per-step entries in an unnamed temporary file, one compact
-/// JSON object a line; serialized as the report's `steps` array, each
-/// entry as it was written.
-pub(crate) struct StepLines {
+/// Values counted by value, for their exact median in memory that grows
+/// with the distinct values, not with the values: a step's GPU time is a
+/// whole number of the device's timestamp ticks, and a run's steps take a
+/// few thousand distinct ones however many steps it runs.
+#[derive(Default)]
+pub(crate) struct Tally {
+    /// By `total_cmp` order (the key below), with how many of each.
+    counts: std::collections::BTreeMap<i64, u64>,
+    pub len: u64,
+}
+
+/// f64 → i64 ordered as `f64::total_cmp` orders the values.
+fn order_key(x: f64) -> i64 {
+    let b = x.to_bits() as i64;
+    b ^ ((((b >> 63) as u64) >> 1) as i64)
+}
+
+fn of_key(k: i64) -> f64 {
+    f64::from_bits((k ^ ((((k >> 63) as u64) >> 1) as i64)) as u64)
+}
+
+impl Tally {
+    pub fn add(&mut self, x: f64) {
+        *self.counts.entry(order_key(x)).or_default() += 1;
+        self.len += 1;
+    }
+
+    /// The median, as `report::median` takes it of the values listed
+    /// (the mean of the two middle ones of an even count); `None` of none.
+    pub fn median(&self) -> Option<f64> {
+        if self.len == 0 {
+            return None;
+        }
+        // The values at sorted positions (len − 1) / 2 and len / 2.
+        let (lo, hi) = ((self.len - 1) / 2, self.len / 2);
+        let (mut seen, mut at_lo) = (0u64, None);
+        for (&k, &n) in &self.counts {
+            seen += n;
+            if at_lo.is_none() && seen > lo {
+                at_lo = Some(of_key(k));
+            }
+            if seen > hi {
+                let (a, b) = (at_lo.unwrap_or(of_key(k)), of_key(k));
+                return Some(if lo == hi { b } else { 0.5 * (a + b) });
+            }
+        }
+        None
+    }
+}
+
+/// A report's list (its per-step entries, its events) in an unnamed
+/// temporary file, one compact JSON value a line; serialized as a JSON
+/// array, each value as it was written.
+pub(crate) struct JsonLines {
     out: BufWriter<std::fs::File>,
 }
 
-impl StepLines {
-    fn new() -> std::io::Result<StepLines> {
-        Ok(StepLines { out: BufWriter::new(tempfile::tempfile()?) })
+impl JsonLines {
+    fn new() -> std::io::Result<JsonLines> {
+        Ok(JsonLines { out: BufWriter::new(tempfile::tempfile()?) })
     }
 
-    fn push(&mut self, e: &StepEntry) -> std::io::Result<()> {
-        serde_json::to_writer(&mut self.out, e).map_err(std::io::Error::other)?;
+    fn push(&mut self, v: &impl serde::Serialize) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, v).map_err(std::io::Error::other)?;
         self.out.write_all(b"\n")
     }
 }
 
-impl serde::Serialize for StepLines {
+impl serde::Serialize for JsonLines {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut file = self.out.get_ref().try_clone().map_err(S::Error::custom)?;
         file.rewind().map_err(S::Error::custom)?;
@@ -179,17 +246,53 @@ mod tests {
             [Action::Applied, Action::SkippedStep, Action::Aborted, Action::NotRun].map(|a| log.count(a)),
             [2, 1, 1, 0]
         );
-        assert_eq!(log.gpu_seconds, [1e-3, 2e-3, 4e-3]);
+        assert_eq!((log.gpu_seconds.len, log.gpu_seconds.median()), (3, Some(2e-3)));
         let excess = log.excess.clone().unwrap();
         assert_eq!(excess.len(), 5);
         assert!(excess[2].is_nan() && excess[4] == final_eval.mean_excess());
         let kept: Vec<(usize, &Record)> = (10..14).zip(&records[..4]).chain([(13, &final_eval)]).collect();
         let want: Vec<StepEntry> = kept.iter().map(|(s, r)| StepEntry::new(*s, r, 0.5)).collect();
-        let steps = log.steps().unwrap();
+        let e = Event { step: Some(3), buffer: "table", scan: Default::default(), strikes: vec![2], action: None };
+        log.event(&e).unwrap();
+        log.event(&e).unwrap();
+        assert_eq!(log.event_count, 2);
+        let (steps, events) = log.for_report().unwrap();
+        assert_eq!(serde_json::to_string(&events).unwrap(), serde_json::to_string(&[&e, &e]).unwrap());
         // The same text (compared as text: f32 fields print as f32 both
         // ways), twice: a report is written, then printed with --json.
         for _ in 0..2 {
             assert_eq!(serde_json::to_string(&steps).unwrap(), serde_json::to_string(&want).unwrap());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tally_tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The tally's median is `report::median` of the values, bit for bit,
+    /// for counts odd and even, repeats, and values of any sign.
+    #[test]
+    fn a_tally_gives_the_median_of_its_values() {
+        let seed = std::env::var("LATENT_LINE_TEST_SEED").map_or_else(|_| rand::random(), |s| s.parse().unwrap());
+        eprintln!("tally: seed {seed} (replay with LATENT_LINE_TEST_SEED={seed})");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        assert_eq!(Tally::default().median(), None);
+        for n in [1usize, 2, 3, 4, 17, 1000, 1001] {
+            // Few distinct values (as timestamp ticks are), or all distinct.
+            for distinct in [3u32, u32::MAX] {
+                let v: Vec<f64> = (0..n)
+                    .map(|_| match distinct {
+                        3 => [3.5e-5, 3.6e-5, 4e-5][rng.random_range(0..3)],
+                        _ => rng.random_range(-1e-3..1e-3),
+                    })
+                    .collect();
+                let mut t = Tally::default();
+                v.iter().for_each(|&x| t.add(x));
+                let want = latent_line::report::median(v.clone());
+                assert_eq!(t.median().map(f64::to_bits), Some(want.to_bits()), "seed {seed}, {n} values: {v:?}");
+            }
         }
     }
 }

@@ -220,11 +220,11 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     };
     // SPEC §7 on the loaded table: it is in host memory already, so the
     // scan is one parallel pass of bit tests before it goes anywhere.
-    let mut events = Vec::new();
+    let mut input_events = Vec::new();
     if let TableSource::Data(v) = &source {
         let s = scan_rows(v, shape.dim, 0);
         if !s.is_clean() {
-            events.push(Event { step: None, buffer: "input", scan: s, strikes: Vec::new(), action: None });
+            input_events.push(Event { step: None, buffer: "input", scan: s, strikes: Vec::new(), action: None });
         }
     }
 
@@ -312,7 +312,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         lr_now.map_or(String::new(), |lr| format!(" (now {lr}, backed off by the rollbacks before the resume)"))
     );
 
-    for e in &events {
+    for e in &input_events {
         out!("input    {}", e.describe());
     }
     out!("guard    --on-nonfinite {}", name(cfg.guard.policy));
@@ -322,6 +322,9 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     // (not the records: a run of many short steps would keep gigabytes).
     let mut log = RunLog::new(args.plot.is_some(), args.report.is_some() || args.json)
         .map_err(|e| anyhow::anyhow!("a temporary file for the report's steps: {e}"))?;
+    for e in &input_events {
+        log.event(e).map_err(|e| anyhow::anyhow!("writing the report's events to a temporary file: {e}"))?;
+    }
     // Step time: the wall clock from each segment's start to its last
     // record, over the steps it ran (throughput: the host never waits
     // between steps, so spacing of arrivals alone can mislead, e.g. on an
@@ -403,7 +406,9 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                     }
                     last_said.retain(|(b, _)| *b != e.buffer);
                     last_said.push((e.buffer, what));
-                    events.push(e);
+                    if let Err(err) = log.event(&e) {
+                        logged = Err(err);
+                    }
                 }
             }
             if let (Some(b), Some(last)) = (&bar, group.last()) {
@@ -412,7 +417,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                     "loss {:.4e} · d0 {:.4} · non-finite events {}",
                     last.loss(cfg.w_red(last.batch) as f64),
                     last.d0,
-                    events.len()
+                    log.event_count
                 ));
             }
             done += group.len();
@@ -469,8 +474,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     // again), so the table is after this many.
     let steps_done = aborted_at.unwrap_or(start + log.len);
     // Each step's own GPU time, where its pass was timed (timestamp queries).
-    let gpu_step_s = std::mem::take(&mut log.gpu_seconds);
-    let gpu_median = (!gpu_step_s.is_empty()).then(|| median(gpu_step_s.clone()));
+    let gpu_median = log.gpu_seconds.median();
     // The final table's evaluation, the last record (SPEC §12's report: step
     // k is the table before update k; this one is of the steps done, after
     // an abort the aborted step's own table).
@@ -569,7 +573,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             out!(
                 "         GPU {:.3} ms/step, the median of {} steps' passes (timestamp queries) · {:.1} GB/s",
                 m * 1e3,
-                gpu_step_s.len(),
+                log.gpu_seconds.len,
                 if m > 0.0 { bytes as f64 / m / 1e9 } else { 0.0 }
             );
         }
@@ -637,7 +641,8 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     };
     print_driver_stats(driver_stats.as_ref());
     if args.report.is_some() || args.json {
-        let steps = log.steps().map_err(|e| anyhow::anyhow!("reading the report's steps back: {e}"))?;
+        let (steps, report_events) =
+            log.for_report().map_err(|e| anyhow::anyhow!("reading the report's steps back: {e}"))?;
         let report = Report {
             options: args,
             shape,
@@ -654,7 +659,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 d0_last: last.d0,
                 collapse_step: collapse.map(|s| s as usize),
                 near_singular_last: last.near_singular,
-                nonfinite_events: events.len(),
+                nonfinite_events: log.event_count,
                 skipped_steps: log.count(Action::SkippedStep),
                 steps_with_skipped_rows: log.count(Action::SkippedRows),
                 rollbacks: log.count(Action::RolledBack),
@@ -674,7 +679,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 bytes_per_step: bytes,
                 effective_gb_per_s: gbps,
             },
-            events,
+            events: report_events,
             profile,
             driver_stats,
         };
