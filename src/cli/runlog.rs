@@ -34,6 +34,10 @@ pub(crate) struct RunLog {
     events: Option<JsonLines>,
     /// Events logged.
     pub event_count: usize,
+    /// The first failure to write the lists above: the report is lost
+    /// (said at its end, as a report that cannot be written is), the run
+    /// goes on and saves as it would.
+    lost: Option<String>,
 }
 
 impl RunLog {
@@ -49,14 +53,19 @@ impl RunLog {
             steps: if report { Some(JsonLines::new()?) } else { None },
             events: if report { Some(JsonLines::new()?) } else { None },
             event_count: 0,
+            lost: None,
         })
     }
 
     /// Logs `r`, the record of `step` (`w_red` its reduction weight);
     /// false, and nothing logged, after an aborted step.
-    pub fn push(&mut self, step: usize, r: Record, w_red: f64) -> std::io::Result<bool> {
+    pub fn push(&mut self, step: usize, r: Record, w_red: f64) -> bool {
         if self.aborted.is_some() {
-            return Ok(false);
+            return false;
+        }
+        if let Some(s) = &mut self.steps {
+            let written = s.push(&StepEntry::new(step, &r, w_red));
+            self.keep(written, "steps");
         }
         if r.action == Action::Aborted {
             self.aborted = Some(self.len);
@@ -73,24 +82,29 @@ impl RunLog {
         if let Some(e) = &mut self.excess {
             e.push(r.mean_excess());
         }
-        if let Some(s) = &mut self.steps {
-            s.push(&StepEntry::new(step, &r, w_red))?;
-        }
         if self.first.is_none() {
             self.first = Some(r.clone());
         }
         self.last = Some(r);
         self.len += 1;
-        Ok(true)
+        true
     }
 
     /// Logs `r`, the final table's evaluation, of `step` (after an abort
     /// too).
-    pub fn push_final(&mut self, step: usize, r: Record, w_red: f64) -> std::io::Result<()> {
+    pub fn push_final(&mut self, step: usize, r: Record, w_red: f64) {
         let aborted = self.aborted.take();
-        let pushed = self.push(step, r, w_red);
+        self.push(step, r, w_red);
         self.aborted = aborted;
-        pushed.map(drop)
+    }
+
+    /// After a write to a report's list: on its first failure, the lists
+    /// are dropped and the failure kept for the report's end.
+    fn keep(&mut self, written: std::io::Result<()>, what: &str) {
+        if let Err(e) = written {
+            self.lost.get_or_insert_with(|| format!("writing the report's {what} to a temporary file: {e}"));
+            (self.steps, self.events) = (None, None);
+        }
     }
 
     /// Records logged with action `a`.
@@ -99,22 +113,27 @@ impl RunLog {
     }
 
     /// Logs a non-finite event.
-    pub fn event(&mut self, e: &Event) -> std::io::Result<()> {
+    pub fn event(&mut self, e: &Event) {
         self.event_count += 1;
-        match &mut self.events {
-            Some(lines) => lines.push(e),
-            None => Ok(()),
+        if let Some(lines) = &mut self.events {
+            let written = lines.push(e);
+            self.keep(written, "events");
         }
     }
 
-    /// The per-step entries and the events, for the report (empty where
-    /// none were kept).
-    pub fn for_report(&mut self) -> std::io::Result<(JsonLines, JsonLines)> {
-        let done = |lines: Option<JsonLines>| match lines {
-            Some(mut l) => l.out.flush().map(|_| l),
-            None => JsonLines::new(),
+    /// The per-step entries and the events, for the report; an error
+    /// saying why where they were lost.
+    pub fn for_report(&mut self) -> Result<(JsonLines, JsonLines), String> {
+        let flushed = |lines: Option<JsonLines>, what: &str| match lines {
+            Some(mut l) => {
+                l.out.flush().map(|_| l).map_err(|e| format!("writing the report's {what} to a temporary file: {e}"))
+            }
+            None => Err(format!("the report's {what} were not kept")),
         };
-        Ok((done(self.steps.take())?, done(self.events.take())?))
+        if let Some(lost) = self.lost.take() {
+            return Err(lost);
+        }
+        Ok((flushed(self.steps.take(), "steps")?, flushed(self.events.take(), "events")?))
     }
 }
 
@@ -235,10 +254,10 @@ mod tests {
         let final_eval = record(1.5, Action::Evaluated, None);
         let mut log = RunLog::new(true, true).unwrap();
         for (i, r) in records.iter().enumerate() {
-            let kept = log.push(10 + i, r.clone(), 0.5).unwrap();
+            let kept = log.push(10 + i, r.clone(), 0.5);
             assert_eq!(kept, i <= 3, "record {i}");
         }
-        log.push_final(13, final_eval.clone(), 0.5).unwrap();
+        log.push_final(13, final_eval.clone(), 0.5);
         assert_eq!((log.len, log.aborted), (5, Some(3)));
         assert_eq!(log.first.as_ref().map(|r| r.d0), Some(3.0));
         assert_eq!(log.last.as_ref(), Some(&final_eval));
@@ -253,8 +272,8 @@ mod tests {
         let kept: Vec<(usize, &Record)> = (10..14).zip(&records[..4]).chain([(13, &final_eval)]).collect();
         let want: Vec<StepEntry> = kept.iter().map(|(s, r)| StepEntry::new(*s, r, 0.5)).collect();
         let e = Event { step: Some(3), buffer: "table", scan: Default::default(), strikes: vec![2], action: None };
-        log.event(&e).unwrap();
-        log.event(&e).unwrap();
+        log.event(&e);
+        log.event(&e);
         assert_eq!(log.event_count, 2);
         let (steps, events) = log.for_report().unwrap();
         assert_eq!(serde_json::to_string(&events).unwrap(), serde_json::to_string(&[&e, &e]).unwrap());
@@ -263,6 +282,42 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(serde_json::to_string(&steps).unwrap(), serde_json::to_string(&want).unwrap());
         }
+    }
+}
+
+#[cfg(all(test, unix))]
+mod lost_tests {
+    use super::*;
+
+    /// A report's list that cannot be written (a full temporary folder)
+    /// loses the report, not the run: the log goes on counting, and says
+    /// why at the report's end.
+    #[test]
+    fn a_list_that_cannot_be_written_loses_the_report_not_the_run() {
+        let mut log = RunLog::new(false, true).unwrap();
+        // Opened for reading only: every write fails (once the buffer fills).
+        let unwritable = || JsonLines { out: BufWriter::new(std::fs::File::open("/dev/null").unwrap()) };
+        log.steps = Some(unwritable());
+        let r = Record {
+            excess_sum: 1.0,
+            excess_max: 1.0,
+            d0: 2.0,
+            batch: 3,
+            near_singular: 0,
+            lr: 0.1,
+            separation: 0.0,
+            action: Action::Applied,
+            grad_norm: None,
+            scans: Default::default(),
+            gpu_seconds: None,
+        };
+        for i in 0..100 {
+            assert!(log.push(i, r.clone(), 1.0));
+        }
+        assert_eq!((log.len, log.count(Action::Applied)), (100, 100));
+        assert!(log.steps.is_none() && log.events.is_none(), "the lists are dropped once one fails");
+        let lost = log.for_report().err().expect("the report is lost");
+        assert!(lost.contains("writing the report's steps to a temporary file"), "{lost}");
     }
 }
 

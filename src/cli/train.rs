@@ -323,7 +323,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     let mut log = RunLog::new(args.plot.is_some(), args.report.is_some() || args.json)
         .map_err(|e| anyhow::anyhow!("a temporary file for the report's steps: {e}"))?;
     for e in &input_events {
-        log.event(e).map_err(|e| anyhow::anyhow!("writing the report's events to a temporary file: {e}"))?;
+        log.event(e);
     }
     // Step time: the wall clock from each segment's start to its last
     // record, over the steps it ran (throughput: the host never waits
@@ -375,7 +375,6 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     let collapse_in = |records: &[latent_line::Record], from: usize, d0_start: Option<f64>| {
         collapse_step(records, d0_start?, cfg.collapse_fraction).map(|i| (from + i, records[i].d0))
     };
-    let mut logged: std::io::Result<()> = Ok(());
     while done < args.steps && !halted {
         let mut n = args.steps - done;
         if let Some(k) = args.checkpoint_every {
@@ -406,9 +405,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                     }
                     last_said.retain(|(b, _)| *b != e.buffer);
                     last_said.push((e.buffer, what));
-                    if let Err(err) = log.event(&e) {
-                        logged = Err(err);
-                    }
+                    log.event(&e);
                 }
             }
             if let (Some(b), Some(last)) = (&bar, group.last()) {
@@ -436,15 +433,10 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             }
             for r in group.into_iter().take(keep) {
                 let w_red = cfg.w_red(r.batch) as f64;
-                if let Err(e) = log.push(start + log.len, r, w_red) {
-                    logged = Err(e);
-                    return false;
-                }
+                log.push(start + log.len, r, w_red);
             }
             !halted && !interrupted()
         })?;
-        std::mem::replace(&mut logged, Ok(()))
-            .map_err(|e| anyhow::anyhow!("writing the report's steps to a temporary file: {e}"))?;
         wall += last.duration_since(segment);
         // Interrupted: stopped before its steps were done (a signal that
         // comes after the last step, while the run saves, stops nothing).
@@ -474,7 +466,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     // again), so the table is after this many.
     let steps_done = aborted_at.unwrap_or(start + log.len);
     // Each step's own GPU time, where its pass was timed (timestamp queries).
-    let gpu_median = log.gpu_seconds.median();
+    let (gpu_median, gpu_steps) = (log.gpu_seconds.median(), log.gpu_seconds.len);
     // The final table's evaluation, the last record (SPEC §12's report: step
     // k is the table before update k; this one is of the steps done, after
     // an abort the aborted step's own table).
@@ -488,8 +480,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         .then(|| collapse_in(std::slice::from_ref(&final_eval), final_at, d0_start.or(Some(final_eval.d0))))
         .flatten();
     let w_red = cfg.w_red(final_eval.batch) as f64;
-    log.push_final(steps_done, final_eval, w_red)
-        .map_err(|e| anyhow::anyhow!("writing the report's steps to a temporary file: {e}"))?;
+    log.push_final(steps_done, final_eval, w_red);
     let step_of = |i: usize| if i == final_at { steps_done } else { start + i };
     if let (Some((at, d0)), false, Some(d0_start)) = (final_collapse, collapse_warned, d0_start) {
         out!("{}", collapse_warning(step_of(at), d0, cfg.collapse_fraction, d0_start));
@@ -573,7 +564,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             out!(
                 "         GPU {:.3} ms/step, the median of {} steps' passes (timestamp queries) · {:.1} GB/s",
                 m * 1e3,
-                log.gpu_seconds.len,
+                gpu_steps,
                 if m > 0.0 { bytes as f64 / m / 1e9 } else { 0.0 }
             );
         }
@@ -640,9 +631,28 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         None
     };
     print_driver_stats(driver_stats.as_ref());
-    if args.report.is_some() || args.json {
-        let (steps, report_events) =
-            log.for_report().map_err(|e| anyhow::anyhow!("reading the report's steps back: {e}"))?;
+    // A lost report is an error: exit 1 after a run that ended well; a run
+    // that aborted or was interrupted keeps its exit code (3, 130), as when
+    // its printed summary is lost, and says both on stderr.
+    let ended = match aborted_at {
+        Some(at) => Some(format!("the run aborted on non-finite values at step {at}: exit code 3")),
+        None if stopped => Some("the run was interrupted: exit code 130".into()),
+        None => None,
+    };
+    let lists = if args.report.is_some() || args.json { Some(log.for_report()) } else { None };
+    if let Some(Err(lost)) = &lists {
+        // (Its steps or events could not be kept: the run went on, and
+        // saved, without them.)
+        let what = match &args.report {
+            Some(path) => format!("the report {}", path.display()),
+            None => "the --json report".into(),
+        };
+        match &ended {
+            None => bail!("{what}: {lost}"),
+            Some(ended) => eprintln!("latent-line: error: {what}: {lost} ({ended})"),
+        }
+    }
+    if let Some(Ok((steps, report_events))) = lists {
         let report = Report {
             options: args,
             shape,
@@ -694,16 +704,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 Err(latent_line::Error::Io { err, .. }) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
                 w => w,
             };
-            // A lost report is an error: exit 1 after a run that ended
-            // well; a run that aborted or was interrupted keeps its exit
-            // code (3, 130), as when its printed summary is lost, and says
-            // both on stderr.
-            let ended = match aborted_at {
-                Some(at) => Some(format!("the run aborted on non-finite values at step {at}: exit code 3")),
-                None if stopped => Some("the run was interrupted: exit code 130".into()),
-                None => None,
-            };
-            match (written, ended) {
+            match (written, &ended) {
                 (Ok(()), _) => out!("report   {}", path.display()),
                 (Err(e), None) => {
                     return Err(anyhow::Error::from(e).context(format!("writing the report {}", path.display())))
