@@ -327,8 +327,23 @@ python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars
 [ "${LONG:-0}" = 1 ] && timeout 120 "$B/latent-line" --rows "$HUGE_ROWS" --dim 64 --steps 10 | grep -E "kernel|table|speed|finite"
 
 at
+echo "== saves and a load of the 1 GiB table: wall time and the process's peak host memory"
+# (Saves stream the table from the device through two 64 MiB blocks; a
+# load holds it once while it uploads. BENCHMARKS.md, seventeenth session.)
+peak() {
+    python3 - "$@" <<'PY'
+import resource, subprocess, sys, time
+t = time.time()
+r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(f"   {time.time() - t:.2f} s wall, peak {peak:.0f} MB, exit {r.returncode}: {' '.join(sys.argv[2:])}")
+PY
+}
+peak "$B/latent-line" --rows "$SCAN_ROWS" --dim 64 --steps 0 --save /tmp/big.npy
+peak "$B/latent-line" --rows "$SCAN_ROWS" --dim 64 --steps 0 --save /tmp/big.safetensors
+peak "$B/latent-line" --load /tmp/big.safetensors --steps 1 --save /tmp/big2.safetensors
+rm -f /tmp/big.safetensors* /tmp/big2.safetensors*
 echo "== latent-line scan on a 1 GiB table"
-"$B/latent-line" --rows "$SCAN_ROWS" --dim 64 --steps 0 --save /tmp/big.npy >/dev/null
 "$B/latent-line" scan /tmp/big.npy; echo "exit $?"
 rm -f /tmp/big.npy*
 

@@ -1102,7 +1102,9 @@ fn a_run_split_by_a_resume_gives_the_table_of_an_unbroken_run() {
                 let mut a: Vec<&str> = common.to_vec();
                 a.extend_from_slice(extra);
                 a.extend_from_slice(more);
-                let o = run(&a);
+                // The GPU's tables (table, velocity, snapshot) uploaded and
+                // saved in blocks of 1000 bytes: rows split mid-way.
+                let o = latent_line(&a).env("LATENT_LINE_TRANSFER_BLOCK", "1000").output().unwrap();
                 assert_eq!(o.status.code(), Some(0), "{backend} {policy} {extra:?} {more:?}: {}", stderr(&o));
                 String::from_utf8_lossy(&o.stdout).into_owned()
             };

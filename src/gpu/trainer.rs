@@ -217,7 +217,8 @@ pub struct GpuOptions {
     /// uploaded, read back or saved (`None`: [`TRANSFER_BLOCK_BYTES`], 64
     /// MiB): a save streams the table into its file through two such
     /// blocks, so a table that fills the GPU needs no host copy of itself.
-    /// Tests lower it to exercise many blocks.
+    /// `LATENT_LINE_TRANSFER_BLOCK` where set; tests lower it to
+    /// exercise many blocks.
     pub transfer_block_bytes: Option<u64>,
 }
 
@@ -741,7 +742,16 @@ impl GpuTrainer {
         let undo_in_reduce =
             undo_asked && !schedule.is_full() && layout.one_binding() && cfg.guard.policy.double_buffered();
         let stamps = or_env_flag(opts.step_timestamps, "LATENT_LINE_STEP_TIMESTAMPS")?.unwrap_or(true);
-        let opts = GpuOptions { step_timestamps: Some(stamps), ..opts };
+        // (Bytes, at least 4; tests lower it to move tables in many blocks.)
+        let transfer =
+            match (opts.transfer_block_bytes, std::env::var("LATENT_LINE_TRANSFER_BLOCK")) {
+                (Some(b), _) => Some(b),
+                (None, Err(_)) => None,
+                (None, Ok(v)) => Some(v.parse::<u64>().ok().filter(|&b| b >= 4).ok_or_else(|| {
+                    Error::invalid("LATENT_LINE_TRANSFER_BLOCK", format!("{v:?}: bytes, at least 4"))
+                })?),
+            };
+        let opts = GpuOptions { step_timestamps: Some(stamps), transfer_block_bytes: transfer, ..opts };
         // The batch buffers and a batch's per-slot coefficients are single
         // bindings too (a full table's coefficients are split as the table
         // is, within the limit by the chunks' rows above).
