@@ -34,9 +34,11 @@ fn note_stdout(r: std::io::Result<()>) {
 /// all (a write error kept for the exit code, as `out!` keeps it).
 fn print_json(value: &impl serde::Serialize) {
     use std::io::Write as _;
-    let text = serde_json::to_vec_pretty(value).map_err(std::io::Error::from);
-    let mut stdout = std::io::stdout().lock();
-    note_stdout(text.and_then(|t| stdout.write_all(&t)).and_then(|_| writeln!(stdout)));
+    // Written as it is serialized (a report of many steps is read back from
+    // its temporary files, never held whole).
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::from);
+    note_stdout(written.and_then(|_| writeln!(out)).and_then(|_| out.flush()));
 }
 
 /// `println!` that never panics: a closed stdout (`| head`) must not turn a

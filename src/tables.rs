@@ -318,19 +318,70 @@ pub fn format_of(path: &Path) -> Result<Format> {
 
 /// The rest of a loaded `.safetensors` file, carried over to a
 /// `.safetensors` save: its metadata and its other tensors (their bytes as
-/// the file holds them). The table's own bytes
-/// are not kept: the table is in [`LoadedTable::data`], and a checkpoint of
-/// tens of GB is not held twice.
+/// the file holds them). Neither the table's bytes (the table is in
+/// [`LoadedTable::data`]) nor the others' are held: the input stays open,
+/// and a save copies the others from it a block at a time, so a
+/// checkpoint of tens of GB is never held in host memory. (The open file
+/// is the file loaded, even once a save has replaced it at its path; each
+/// tensor's hash, taken at the load, is checked as it is copied, so a file
+/// changed in place since is refused, not carried.) Read from a pipe, the
+/// others are held.
 pub struct Carried {
     metadata: Option<HashMap<String, String>>,
     others: Vec<CarriedTensor>,
+    /// The input, open, and its path (for errors).
+    file: Option<(std::fs::File, PathBuf)>,
 }
 
 struct CarriedTensor {
     name: String,
     dtype: Dtype,
     shape: Vec<usize>,
-    bytes: Vec<u8>,
+    bytes: CarriedBytes,
+}
+
+enum CarriedBytes {
+    Held(Vec<u8>),
+    /// Where in the open input (from its start), how many, and their hash.
+    InFile {
+        at: u64,
+        len: u64,
+        hash: u64,
+    },
+}
+
+impl CarriedBytes {
+    fn len(&self) -> u64 {
+        match self {
+            CarriedBytes::Held(b) => b.len() as u64,
+            CarriedBytes::InFile { len, .. } => *len,
+        }
+    }
+}
+
+/// Bytes `at..at + len` of `file` handed to `each` in blocks of 1 MiB;
+/// returns their hash (`std`'s hasher: one process only).
+fn read_range(
+    file: &std::fs::File,
+    at: u64,
+    len: u64,
+    each: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<u64> {
+    use std::hash::Hasher as _;
+    use std::io::{Read as _, Seek as _};
+    let mut f = file;
+    f.seek(std::io::SeekFrom::Start(at))?;
+    let mut h = std::hash::DefaultHasher::new();
+    let mut block = vec![0u8; (1 << 20).min(len as usize)];
+    let mut left = len;
+    while left > 0 {
+        let b = &mut block[..(left as usize).min(1 << 20)];
+        f.read_exact(b)?;
+        h.write(b);
+        each(b)?;
+        left -= b.len() as u64;
+    }
+    Ok(h.finish())
 }
 
 /// A table read from a file.
@@ -416,10 +467,10 @@ fn load_safetensors(
                         name: n,
                         dtype: v.dtype(),
                         shape: v.shape().to_vec(),
-                        bytes: v.data().to_vec(),
+                        bytes: CarriedBytes::Held(v.data().to_vec()),
                     })
                     .collect();
-                Ok(Carried { metadata: meta.metadata().clone(), others })
+                Ok(Carried { metadata: meta.metadata().clone(), others, file: None })
             })
             .transpose()?;
         return Ok(LoadedTable { shape, data, note, carried, file_dtype });
@@ -442,15 +493,19 @@ fn load_safetensors(
     let (shape, data, note) = table_of(path, name, info.dtype, &info.shape, &mut read, overflow, min_rows)?;
     let file_dtype = format!("{:?}", info.dtype);
     let carried = if carry {
+        // Each tensor read once, for its hash (a save checks it as it copies).
         let mut others = Vec::new();
         for n in meta.offset_keys() {
             let Some(i) = meta.info(&n).filter(|_| n != name) else { continue };
-            let (from, to) = i.data_offsets;
-            file.seek(std::io::SeekFrom::Start(data_at + from as u64)).map_err(|e| Error::io(path, e))?;
-            let bytes = read_bytes(path, &mut file, (to - from) as u64)?;
+            let (at, len) = (data_at + i.data_offsets.0 as u64, (i.data_offsets.1 - i.data_offsets.0) as u64);
+            let hash = read_range(&file, at, len, &mut |_| Ok(())).map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => bad(format!("truncated while reading tensor \"{n}\"")),
+                _ => Error::io(path, e),
+            })?;
+            let bytes = CarriedBytes::InFile { at, len, hash };
             others.push(CarriedTensor { name: n, dtype: i.dtype, shape: i.shape.clone(), bytes });
         }
-        Some(Carried { metadata: meta.metadata().clone(), others })
+        Some(Carried { metadata: meta.metadata().clone(), others, file: Some((file, path.to_owned())) })
     } else {
         None
     };
@@ -711,14 +766,19 @@ fn stage_safetensors(
         dims: &'a [usize],
         bytes: u64,
         /// None for the table, which streams.
-        data: Option<&'a [u8]>,
+        data: Option<&'a CarriedBytes>,
     }
     let dims = [shape.rows, shape.dim];
     let mut entries =
         vec![Entry { name: tensor, dtype: Dtype::F32, dims: &dims, bytes: shape.elements() * 4, data: None }];
     for t in carried.iter().flat_map(|c| &c.others).filter(|t| t.name != tensor) {
-        let bytes = t.bytes.len() as u64;
-        entries.push(Entry { name: &t.name, dtype: t.dtype, dims: &t.shape, bytes, data: Some(&t.bytes) });
+        entries.push(Entry {
+            name: &t.name,
+            dtype: t.dtype,
+            dims: &t.shape,
+            bytes: t.bytes.len(),
+            data: Some(&t.bytes),
+        });
     }
     entries.sort_by(|a, b| b.dtype.cmp(&a.dtype).then(a.name.cmp(b.name)));
     let mut metadata: Option<BTreeMap<String, String>> =
@@ -776,9 +836,37 @@ fn stage_safetensors(
         w.write_all(&(room as u64).to_le_bytes()).map_err(io)?;
         w.write_all(&padded(header(u64::MAX)?)?).map_err(io)?;
         for t in &entries {
-            match t.data {
-                Some(b) => w.write_all(b).map_err(io)?,
-                None => fp = npy::write_values(w, path, shape, fill)?,
+            match (t.data, carried.and_then(|c| c.file.as_ref())) {
+                (Some(CarriedBytes::Held(b)), _) => w.write_all(b).map_err(io)?,
+                (Some(&CarriedBytes::InFile { at, len, hash }), Some((input, from))) => {
+                    // Copied from the input a block at a time, its hash checked.
+                    let mut wrote = Ok(());
+                    let read = read_range(input, at, len, &mut |b| {
+                        wrote = w.write_all(b);
+                        wrote.as_ref().map(drop).map_err(|e| std::io::Error::new(e.kind(), e.to_string()))
+                    });
+                    wrote.map_err(io)?;
+                    let changed = || {
+                        Error::bad_file(
+                            from,
+                            format!(
+                                "changed since it was loaded: its tensor \"{}\" cannot be carried over to {}",
+                                t.name,
+                                path.display()
+                            ),
+                        )
+                    };
+                    match read {
+                        Ok(h) if h == hash => {}
+                        Ok(_) => return Err(changed()),
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(changed()),
+                        Err(e) => return Err(Error::io(from, e)),
+                    }
+                }
+                (Some(CarriedBytes::InFile { .. }), None) => {
+                    return Err(cannot("a carried tensor without its file".into()))
+                }
+                (None, _) => fp = npy::write_values(w, path, shape, fill)?,
             }
         }
         if in_header.is_some() {

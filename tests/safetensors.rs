@@ -261,3 +261,46 @@ fn a_checkpoint_from_a_pipe_goes_out_as_one_from_a_file() {
     let st = SafeTensors::deserialize(&a).unwrap();
     assert_eq!(st.tensor("step").unwrap().data(), 1234i64.to_le_bytes());
 }
+
+/// A loaded checkpoint's other tensors are copied from the file loaded when
+/// the table is saved, not held: the file replaced at its path since (as
+/// `--save` = `--load` does) still gives its own tensors; one changed in
+/// place is refused, and nothing is written.
+#[test]
+fn carried_tensors_come_from_the_file_loaded_and_a_changed_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    checkpoint(&input, "weight", Dtype::F32, 50, 4);
+    let before = std::fs::read(&input).unwrap();
+    let loaded = latent_line::tables::load(&input, "weight").unwrap();
+    let carried = loaded.carried.as_ref().expect("carried");
+    let out = dir.path().join("out.safetensors");
+    // Replaced at its path (a new file, another bias): the loaded one's bias goes out.
+    let other = dir.path().join("other.safetensors");
+    checkpoint(&other, "weight", Dtype::F64, 50, 4);
+    std::fs::rename(&other, &input).unwrap();
+    latent_line::tables::save(&out, "weight", loaded.shape, &loaded.data, Some(carried), None).unwrap();
+    let (a, b) = (SafeTensors::deserialize(&before).unwrap(), std::fs::read(&out).unwrap());
+    let b = SafeTensors::deserialize(&b).unwrap();
+    for t in ["bias", "step"] {
+        assert_eq!(a.tensor(t).unwrap().data(), b.tensor(t).unwrap().data(), "{t}");
+    }
+    // Changed in place (the same file, a byte of its step counter): refused.
+    let input2 = dir.path().join("in2.safetensors");
+    checkpoint(&input2, "weight", Dtype::F32, 50, 4);
+    let loaded = latent_line::tables::load(&input2, "weight").unwrap();
+    let bytes = std::fs::read(&input2).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let at = st.tensor("step").unwrap().data().as_ptr() as usize - bytes.as_ptr() as usize;
+    {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&input2).unwrap();
+        f.seek(std::io::SeekFrom::Start(at as u64)).unwrap();
+        f.write_all(&[0x55]).unwrap();
+    }
+    let out2 = dir.path().join("out2.safetensors");
+    let err = latent_line::tables::save(&out2, "weight", loaded.shape, &loaded.data, loaded.carried.as_ref(), None)
+        .expect_err("a changed input carried over");
+    assert!(err.to_string().contains("changed since it was loaded") && err.to_string().contains("\"step\""), "{err}");
+    assert!(!out2.exists());
+}
