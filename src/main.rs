@@ -30,8 +30,9 @@ fn note_stdout(r: std::io::Result<()>) {
     }
 }
 
-/// `--json`: `value` on standard output, pretty-printed, whole or not at
-/// all (a write error kept for the exit code, as `out!` keeps it).
+/// `--json`: `value` on standard output, pretty-printed as it is
+/// serialized (a write error, or one in reading a report's lists back,
+/// cuts it short: kept for the exit code, as `out!` keeps it).
 fn print_json(value: &impl serde::Serialize) {
     use std::io::Write as _;
     // Written as it is serialized (a report of many steps is read back from

@@ -350,6 +350,41 @@ enum CarriedBytes {
     },
 }
 
+impl Carried {
+    /// After a save of the table to `saved` (a `.safetensors` checkpoint,
+    /// which holds these same tensors), carries them from there: the file
+    /// loaded is let go, so that a checkpoint that replaced it at its path
+    /// frees its disk space at once, not at the run's end. Where `saved`
+    /// is not a regular file, or its tensors are not these (hashes), the
+    /// loaded file stays the source. Returns whether it switched.
+    pub fn follow(&mut self, saved: &Path) -> bool {
+        if self.file.is_none() {
+            return false;
+        }
+        let Ok(dest) = npy::destination(saved) else { return false };
+        let Ok((file, data_at, meta)) = open_header(&dest) else { return false };
+        let mut moved = Vec::new();
+        for t in &self.others {
+            let (CarriedBytes::InFile { len, hash, .. }, Some(i)) = (&t.bytes, meta.info(&t.name)) else {
+                return false;
+            };
+            let at = data_at + i.data_offsets.0 as u64;
+            let same = i.dtype == t.dtype && i.shape == t.shape && (i.data_offsets.1 - i.data_offsets.0) as u64 == *len;
+            if !same || read_range(&file, at, *len, &mut |_| Ok(())).ok() != Some(*hash) {
+                return false;
+            }
+            moved.push(at);
+        }
+        for (t, at) in self.others.iter_mut().zip(moved) {
+            if let CarriedBytes::InFile { at: a, .. } = &mut t.bytes {
+                *a = at;
+            }
+        }
+        self.file = Some((file, dest));
+        true
+    }
+}
+
 impl CarriedBytes {
     fn len(&self) -> u64 {
         match self {

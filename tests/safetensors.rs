@@ -275,7 +275,8 @@ fn carried_tensors_come_from_the_file_loaded_and_a_changed_one_is_refused() {
     let loaded = latent_line::tables::load(&input, "weight").unwrap();
     let carried = loaded.carried.as_ref().expect("carried");
     let out = dir.path().join("out.safetensors");
-    // Replaced at its path (a new file, another bias): the loaded one's bias goes out.
+    // Replaced at its path (a new file: its tensors at other places, as its
+    // table is F64): the loaded one's go out.
     let other = dir.path().join("other.safetensors");
     checkpoint(&other, "weight", Dtype::F64, 50, 4);
     std::fs::rename(&other, &input).unwrap();
@@ -303,4 +304,24 @@ fn carried_tensors_come_from_the_file_loaded_and_a_changed_one_is_refused() {
         .expect_err("a changed input carried over");
     assert!(err.to_string().contains("changed since it was loaded") && err.to_string().contains("\"step\""), "{err}");
     assert!(!out2.exists());
+    // … unless a checkpoint was followed first (as a run's checkpoints
+    // are): its tensors come from there, and the loaded file is let go.
+    let input3 = dir.path().join("in3.safetensors");
+    checkpoint(&input3, "weight", Dtype::F32, 50, 4);
+    let mut loaded = latent_line::tables::load(&input3, "weight").unwrap();
+    let ck = dir.path().join("ck.safetensors");
+    latent_line::tables::save(&ck, "weight", loaded.shape, &loaded.data, loaded.carried.as_ref(), None).unwrap();
+    let carried = loaded.carried.as_mut().unwrap();
+    assert!(!carried.follow(&dir.path().join("nothing.safetensors")), "followed a file that is not there");
+    assert!(carried.follow(&ck));
+    {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&input3).unwrap();
+        f.seek(std::io::SeekFrom::Start(at as u64)).unwrap();
+        f.write_all(&[0x55]).unwrap();
+    }
+    let out3 = dir.path().join("out3.safetensors");
+    latent_line::tables::save(&out3, "weight", loaded.shape, &loaded.data, loaded.carried.as_ref(), None).unwrap();
+    let out3 = std::fs::read(&out3).unwrap();
+    assert_eq!(SafeTensors::deserialize(&out3).unwrap().tensor("step").unwrap().data(), 1234i64.to_le_bytes());
 }

@@ -450,6 +450,12 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             if done % k == 0 && done < args.steps && !halted {
                 let audit = (d0_start_of(&log), collapse_saved.or(collapse_at.map(|(at, _)| (start + at) as u64)));
                 save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), audit, &options)?;
+                // The tensors carried over come from this checkpoint now
+                // (the same bytes): the file loaded, replaced at its path
+                // or not, is let go.
+                if let Some(c) = carried.as_mut() {
+                    c.follow(path);
+                }
                 say(&bar, format!("checkpoint step {done} → {}", path.display()));
             }
         }
