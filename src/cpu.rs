@@ -760,14 +760,6 @@ impl CpuTrainer {
     }
 }
 
-impl CpuTrainer {
-    /// rollback: whether the snapshot holds a table (taken once a step ran,
-    /// and not due again before the next).
-    fn snapshot_taken(&self) -> bool {
-        self.cfg.guard.policy == Policy::Rollback && self.steps_done > 0 && !self.snapshot_due
-    }
-}
-
 impl Trainer for CpuTrainer {
     fn shape(&self) -> Shape {
         self.shape
@@ -813,20 +805,22 @@ impl Trainer for CpuTrainer {
     fn has_velocity(&self) -> bool {
         !self.vel.is_empty()
     }
+    /// rollback: the snapshot holds a table once a step ran, until it is
+    /// due again.
     fn has_snapshot(&self) -> bool {
-        self.snapshot_taken()
+        self.cfg.guard.policy == Policy::Rollback && self.steps_done > 0 && !self.snapshot_due
     }
     fn read_table_into(&mut self, sink: &mut Sink) -> Result<()> {
         sink(&self.table)
     }
     fn read_velocity_into(&mut self, sink: &mut Sink) -> Result<bool> {
-        if self.vel.is_empty() {
+        if !self.has_velocity() {
             return Ok(false);
         }
         sink(&self.vel).map(|_| true)
     }
     fn read_snapshot_into(&mut self, sink: &mut Sink) -> Result<bool> {
-        if !self.snapshot_taken() {
+        if !self.has_snapshot() {
             return Ok(false);
         }
         sink(&self.snapshot).map(|_| true)
@@ -838,7 +832,7 @@ impl Trainer for CpuTrainer {
         Ok(())
     }
     fn read_velocity(&mut self) -> Result<Option<Vec<f32>>> {
-        Ok((!self.vel.is_empty()).then(|| self.vel.clone()))
+        Ok(self.has_velocity().then(|| self.vel.clone()))
     }
     fn set_velocity(&mut self, v: &[f32]) -> Result<()> {
         if self.vel.len() != v.len() {
@@ -851,7 +845,7 @@ impl Trainer for CpuTrainer {
         Ok(())
     }
     fn read_snapshot(&mut self) -> Result<Option<Vec<f32>>> {
-        Ok(self.snapshot_taken().then(|| self.snapshot.clone()))
+        Ok(self.has_snapshot().then(|| self.snapshot.clone()))
     }
     fn set_snapshot(&mut self, t: &[f32]) -> Result<()> {
         if self.cfg.guard.policy != Policy::Rollback || t.len() != self.snapshot.len() {

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, Metadata, SafeTensorError, SafeTensors};
+use safetensors::tensor::{Dtype, Metadata, SafeTensorError};
 
 use crate::config::Shape;
 use crate::error::{Error, Result};
@@ -324,30 +324,25 @@ pub fn format_of(path: &Path) -> Result<Format> {
 /// checkpoint of tens of GB is never held in host memory. (The open file
 /// is the file loaded, even once a save has replaced it at its path; each
 /// tensor's hash, taken at the load, is checked as it is copied, so a file
-/// changed in place since is refused, not carried.) Read from a pipe, the
-/// others are held.
+/// changed in place since is refused, not carried. A pipe's bytes are in
+/// an unnamed temporary file.)
 pub struct Carried {
     metadata: Option<HashMap<String, String>>,
     others: Vec<CarriedTensor>,
     /// The input, open, and its path (for errors).
-    file: Option<(std::fs::File, PathBuf)>,
+    file: std::fs::File,
+    from: PathBuf,
 }
 
+/// A tensor carried over: where its bytes lie in the open input (from
+/// its start), how many, and their hash.
 struct CarriedTensor {
     name: String,
     dtype: Dtype,
     shape: Vec<usize>,
-    bytes: CarriedBytes,
-}
-
-enum CarriedBytes {
-    Held(Vec<u8>),
-    /// Where in the open input (from its start), how many, and their hash.
-    InFile {
-        at: u64,
-        len: u64,
-        hash: u64,
-    },
+    at: u64,
+    len: u64,
+    hash: u64,
 }
 
 impl Carried {
@@ -358,60 +353,69 @@ impl Carried {
     /// is not a regular file, or its tensors are not these (hashes), the
     /// loaded file stays the source. Returns whether it switched.
     pub fn follow(&mut self, saved: &Path) -> bool {
-        if self.file.is_none() {
-            return false;
-        }
         let Ok(dest) = npy::destination(saved) else { return false };
         let Ok((file, data_at, meta)) = open_header(&dest) else { return false };
         let mut moved = Vec::new();
         for t in &self.others {
-            let (CarriedBytes::InFile { len, hash, .. }, Some(i)) = (&t.bytes, meta.info(&t.name)) else {
-                return false;
-            };
-            let at = data_at + i.data_offsets.0 as u64;
-            let same = i.dtype == t.dtype && i.shape == t.shape && (i.data_offsets.1 - i.data_offsets.0) as u64 == *len;
-            if !same || read_range(&file, at, *len, &mut |_| Ok(())).ok() != Some(*hash) {
+            let Some(i) = meta.info(&t.name) else { return false };
+            let (at, len) = place(data_at, i);
+            let same = i.dtype == t.dtype && i.shape == t.shape && len == t.len;
+            let hash = read_range(
+                &file,
+                &dest,
+                at,
+                len,
+                &|| Error::bad_file(&dest, "shorter than its header says"),
+                &mut |_| Ok(()),
+            );
+            if !same || hash.ok() != Some(t.hash) {
                 return false;
             }
             moved.push(at);
         }
         for (t, at) in self.others.iter_mut().zip(moved) {
-            if let CarriedBytes::InFile { at: a, .. } = &mut t.bytes {
-                *a = at;
-            }
+            t.at = at;
         }
-        self.file = Some((file, dest));
+        (self.file, self.from) = (file, dest);
         true
     }
 }
 
-impl CarriedBytes {
-    fn len(&self) -> u64 {
-        match self {
-            CarriedBytes::Held(b) => b.len() as u64,
-            CarriedBytes::InFile { len, .. } => *len,
-        }
+/// Where tensor `i`'s bytes lie in its file (whose data starts at
+/// `data_at`), and how many.
+fn place(data_at: u64, i: &safetensors::tensor::TensorInfo) -> (u64, u64) {
+    (data_at + i.data_offsets.0 as u64, (i.data_offsets.1 - i.data_offsets.0) as u64)
+}
+
+/// An error reading `from`: a file that ends too soon is `short()`.
+fn read_error(from: &Path, e: std::io::Error, short: impl FnOnce() -> Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => short(),
+        _ => Error::io(from, e),
     }
 }
 
-/// Bytes `at..at + len` of `file` handed to `each` in blocks of 1 MiB;
-/// returns their hash (`std`'s hasher: one process only).
+/// Bytes `at..at + len` of `file` (`from`, for errors; `short()` where it
+/// ends before them) handed to `each` in blocks of 1 MiB; returns their
+/// hash (`std`'s hasher: one process only).
 fn read_range(
     file: &std::fs::File,
+    from: &Path,
     at: u64,
     len: u64,
-    each: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
-) -> std::io::Result<u64> {
+    short: &dyn Fn() -> Error,
+    each: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<u64> {
     use std::hash::Hasher as _;
     use std::io::{Read as _, Seek as _};
     let mut f = file;
-    f.seek(std::io::SeekFrom::Start(at))?;
+    f.seek(std::io::SeekFrom::Start(at)).map_err(|e| Error::io(from, e))?;
     let mut h = std::hash::DefaultHasher::new();
-    let mut block = vec![0u8; (1 << 20).min(len as usize)];
+    let mut block = vec![0u8; len.min(1 << 20) as usize];
     let mut left = len;
     while left > 0 {
-        let b = &mut block[..(left as usize).min(1 << 20)];
-        f.read_exact(b)?;
+        let b = &mut block[..left.min(1 << 20) as usize];
+        f.read_exact(b).map_err(|e| read_error(from, e, short))?;
         h.write(b);
         each(b)?;
         left -= b.len() as u64;
@@ -479,82 +483,42 @@ fn load_safetensors(
     use std::io::{Read as _, Seek as _};
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-    // A pipe (`<(…)`) has no size to seek in: read whole.
-    if !meta.is_file() {
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
-        // The crate checks every offset against the bytes before a
-        // tensor is touched.
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| invalid(path, e))?;
-        let view = st.tensor(name).map_err(|_| no_tensor(st.names()))?;
-        let mut raw = view.data();
-        let (shape, data, note) =
-            table_of(path, name, view.dtype(), view.shape(), &mut from_slice(&mut raw), overflow, min_rows)?;
-        let file_dtype = format!("{:?}", view.dtype());
-        let carried = carry
-            .then(|| -> Result<Carried> {
-                let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| invalid(path, e))?;
-                let others = st
-                    .tensors()
-                    .into_iter()
-                    .filter(|(n, _)| n != name)
-                    .map(|(n, v)| CarriedTensor {
-                        name: n,
-                        dtype: v.dtype(),
-                        shape: v.shape().to_vec(),
-                        bytes: CarriedBytes::Held(v.data().to_vec()),
-                    })
-                    .collect();
-                Ok(Carried { metadata: meta.metadata().clone(), others, file: None })
-            })
-            .transpose()?;
-        return Ok(LoadedTable { shape, data, note, carried, file_dtype });
-    }
+    // A pipe (`<(…)`) has no size to seek in: spooled to an unnamed
+    // temporary file first, then read as a file is.
+    let (mut file, len) = if meta.is_file() {
+        (file, meta.len())
+    } else {
+        let mut spool = tempfile::tempfile().map_err(|e| Error::io(path, e))?;
+        let len = std::io::copy(&mut file, &mut spool).map_err(|e| Error::io(path, e))?;
+        spool.rewind().map_err(|e| Error::io(path, e))?;
+        (spool, len)
+    };
     // The header, checked as the crate checks a whole file, then the
     // table's bytes, converted as they are read, and (to carry them) the
-    // other tensors' bytes: never the whole file at once.
-    let (data_at, meta) = read_header(path, &mut file, meta.len())?;
+    // other tensors', for their hashes: never the whole file at once.
+    let (data_at, meta) = read_header(path, &mut file, len)?;
     let Some(info) = meta.info(name) else {
         let names: Vec<String> = meta.tensors().into_keys().collect();
         return Err(no_tensor(names.iter().map(String::as_str).collect()));
     };
-    file.seek(std::io::SeekFrom::Start(data_at + info.data_offsets.0 as u64)).map_err(|e| Error::io(path, e))?;
-    let mut read = |block: &mut [u8]| {
-        file.read_exact(block).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => bad(format!("truncated while reading tensor \"{name}\"")),
-            _ => Error::io(path, e),
-        })
-    };
+    let truncated = |n: &str| bad(format!("truncated while reading tensor \"{n}\""));
+    file.seek(std::io::SeekFrom::Start(place(data_at, info).0)).map_err(|e| Error::io(path, e))?;
+    let mut read = |block: &mut [u8]| file.read_exact(block).map_err(|e| read_error(path, e, || truncated(name)));
     let (shape, data, note) = table_of(path, name, info.dtype, &info.shape, &mut read, overflow, min_rows)?;
     let file_dtype = format!("{:?}", info.dtype);
     let carried = if carry {
-        // Each tensor read once, for its hash (a save checks it as it copies).
         let mut others = Vec::new();
         for n in meta.offset_keys() {
             let Some(i) = meta.info(&n).filter(|_| n != name) else { continue };
-            let (at, len) = (data_at + i.data_offsets.0 as u64, (i.data_offsets.1 - i.data_offsets.0) as u64);
-            let hash = read_range(&file, at, len, &mut |_| Ok(())).map_err(|e| match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => bad(format!("truncated while reading tensor \"{n}\"")),
-                _ => Error::io(path, e),
-            })?;
-            let bytes = CarriedBytes::InFile { at, len, hash };
-            others.push(CarriedTensor { name: n, dtype: i.dtype, shape: i.shape.clone(), bytes });
+            let (at, len) = place(data_at, i);
+            let hash = read_range(&file, path, at, len, &|| truncated(&n), &mut |_| Ok(()))?;
+            others.push(CarriedTensor { name: n, dtype: i.dtype, shape: i.shape.clone(), at, len, hash });
         }
-        Some(Carried { metadata: meta.metadata().clone(), others, file: Some((file, path.to_owned())) })
+        Some(Carried { metadata: meta.metadata().clone(), others, file, from: path.to_owned() })
     } else {
         None
     };
     Ok(LoadedTable { shape, data, note, carried, file_dtype })
-}
-
-/// A reader of the next bytes of `raw`, as `table_of` takes them.
-fn from_slice<'a, 'b>(raw: &'b mut &'a [u8]) -> impl FnMut(&mut [u8]) -> Result<()> + use<'a, 'b> {
-    move |block: &mut [u8]| {
-        let (head, rest) = raw.split_at(block.len().min(raw.len()));
-        block[..head.len()].copy_from_slice(head);
-        *raw = rest;
-        Ok(())
-    }
 }
 
 fn invalid(path: &Path, e: SafeTensorError) -> Error {
@@ -800,20 +764,17 @@ fn stage_safetensors(
         dtype: Dtype,
         dims: &'a [usize],
         bytes: u64,
-        /// None for the table, which streams.
-        data: Option<&'a CarriedBytes>,
+        /// A tensor carried over and the input it lies in; None for the
+        /// table, which streams.
+        data: Option<(&'a CarriedTensor, &'a Carried)>,
     }
     let dims = [shape.rows, shape.dim];
     let mut entries =
         vec![Entry { name: tensor, dtype: Dtype::F32, dims: &dims, bytes: shape.elements() * 4, data: None }];
-    for t in carried.iter().flat_map(|c| &c.others).filter(|t| t.name != tensor) {
-        entries.push(Entry {
-            name: &t.name,
-            dtype: t.dtype,
-            dims: &t.shape,
-            bytes: t.bytes.len(),
-            data: Some(&t.bytes),
-        });
+    if let Some(c) = carried {
+        for t in c.others.iter().filter(|t| t.name != tensor) {
+            entries.push(Entry { name: &t.name, dtype: t.dtype, dims: &t.shape, bytes: t.len, data: Some((t, c)) });
+        }
     }
     entries.sort_by(|a, b| b.dtype.cmp(&a.dtype).then(a.name.cmp(b.name)));
     let mut metadata: Option<BTreeMap<String, String>> =
@@ -870,38 +831,25 @@ fn stage_safetensors(
         let io = |e| Error::io(path, e);
         w.write_all(&(room as u64).to_le_bytes()).map_err(io)?;
         w.write_all(&padded(header(u64::MAX)?)?).map_err(io)?;
-        for t in &entries {
-            match (t.data, carried.and_then(|c| c.file.as_ref())) {
-                (Some(CarriedBytes::Held(b)), _) => w.write_all(b).map_err(io)?,
-                (Some(&CarriedBytes::InFile { at, len, hash }), Some((input, from))) => {
-                    // Copied from the input a block at a time, its hash checked.
-                    let mut wrote = Ok(());
-                    let read = read_range(input, at, len, &mut |b| {
-                        wrote = w.write_all(b);
-                        wrote.as_ref().map(drop).map_err(|e| std::io::Error::new(e.kind(), e.to_string()))
-                    });
-                    wrote.map_err(io)?;
+        for e in &entries {
+            match e.data {
+                // Copied from the input a block at a time, its hash checked.
+                Some((t, c)) => {
                     let changed = || {
-                        Error::bad_file(
-                            from,
-                            format!(
-                                "changed since it was loaded: its tensor \"{}\" cannot be carried over to {}",
-                                t.name,
-                                path.display()
-                            ),
-                        )
+                        let why = format!(
+                            "changed since it was loaded: its tensor \"{}\" cannot be carried over to {}",
+                            t.name,
+                            path.display()
+                        );
+                        Error::bad_file(&c.from, why)
                     };
-                    match read {
-                        Ok(h) if h == hash => {}
-                        Ok(_) => return Err(changed()),
-                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(changed()),
-                        Err(e) => return Err(Error::io(from, e)),
+                    let hash =
+                        read_range(&c.file, &c.from, t.at, t.len, &changed, &mut |b| w.write_all(b).map_err(io))?;
+                    if hash != t.hash {
+                        return Err(changed());
                     }
                 }
-                (Some(CarriedBytes::InFile { .. }), None) => {
-                    return Err(cannot("a carried tensor without its file".into()))
-                }
-                (None, _) => fp = npy::write_values(w, path, shape, fill)?,
+                None => fp = npy::write_values(w, path, shape, fill)?,
             }
         }
         if in_header.is_some() {
@@ -922,6 +870,7 @@ fn stage_safetensors(
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+    use safetensors::tensor::SafeTensors;
 
     /// The fingerprint as first written (whole slices only): checkpoints
     /// saved before streaming must still resume.

@@ -63,6 +63,17 @@ impl RunLog {
         if self.aborted.is_some() {
             return false;
         }
+        self.log(step, r, w_red);
+        true
+    }
+
+    /// Logs `r`, the final table's evaluation, of `step` (after an abort
+    /// too).
+    pub fn push_final(&mut self, step: usize, r: Record, w_red: f64) {
+        self.log(step, r, w_red);
+    }
+
+    fn log(&mut self, step: usize, r: Record, w_red: f64) {
         if let Some(s) = &mut self.steps {
             let written = s.push(&StepEntry::new(step, &r, w_red));
             self.keep(written, "steps");
@@ -87,15 +98,6 @@ impl RunLog {
         }
         self.last = Some(r);
         self.len += 1;
-        true
-    }
-
-    /// Logs `r`, the final table's evaluation, of `step` (after an abort
-    /// too).
-    pub fn push_final(&mut self, step: usize, r: Record, w_red: f64) {
-        let aborted = self.aborted.take();
-        self.push(step, r, w_red);
-        self.aborted = aborted;
     }
 
     /// After a write to a report's list: on its first failure, the lists

@@ -421,20 +421,19 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             done += group.len();
             // The guard aborted on the device: nothing more will run.
             halted = group.last().is_some_and(|r| matches!(r.action, Action::NotRun | Action::Aborted));
-            // The records the log keeps: none past an aborted step.
-            let keep = match log.aborted {
-                Some(_) => 0,
-                None => group.iter().position(|r| r.action == Action::Aborted).map_or(group.len(), |a| a + 1),
-            };
+            // Each record looked at for the collapse as it is logged (none
+            // is past an aborted step: the log refuses those).
             let d0_start = d0_start_of(&log).or(group.first().map(|r| r.d0));
-            collapse_at = collapse_at.or_else(|| collapse_in(&group[..keep], log.len, d0_start));
+            for r in group {
+                collapse_at = collapse_at.or_else(|| collapse_in(std::slice::from_ref(&r), log.len, d0_start));
+                let w_red = cfg.w_red(r.batch) as f64;
+                if !log.push(start + log.len, r, w_red) {
+                    break;
+                }
+            }
             if let (Some((at, d0)), false) = (collapse_at, collapse_warned) {
                 collapse_warned = true;
                 say(&bar, collapse_warning(start + at, d0, cfg.collapse_fraction, d0_start.unwrap_or(0.0)));
-            }
-            for r in group.into_iter().take(keep) {
-                let w_red = cfg.w_red(r.batch) as f64;
-                log.push(start + log.len, r, w_red);
             }
             !halted && !interrupted()
         })?;

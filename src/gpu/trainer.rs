@@ -1067,12 +1067,6 @@ impl GpuTrainer {
         Ok(self.read_state()?.cur)
     }
 
-    /// rollback: whether the snapshot holds a table (taken once a step ran,
-    /// and not due again before the next).
-    fn snapshot_taken(&self) -> bool {
-        self.cfg.guard.policy == Policy::Rollback && self.steps_done > 0 && !self.snapshot_due
-    }
-
     fn read_state(&self) -> Result<StateU> {
         let staging = readback(&self.ctx, "state readback", STATE_BYTES);
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
@@ -1302,18 +1296,19 @@ impl Trainer for GpuTrainer {
         self.run(0)?.pop().ok_or_else(|| Error::Gpu("the evaluation wrote no record".into()))
     }
     fn read_velocity(&mut self) -> Result<Option<Vec<f32>>> {
-        let mut out = Vec::new();
-        let has = self.read_velocity_into(&mut |v| {
-            out.extend_from_slice(v);
-            Ok(())
-        })?;
-        Ok(has.then_some(out))
+        if !self.has_velocity() {
+            return Ok(None);
+        }
+        let cur = self.current()?;
+        self.read_chunks(|c| velocity_buffer(c, cur)).map(Some)
     }
     fn has_velocity(&self) -> bool {
         self.chunks.iter().all(|c| c.vel.is_some())
     }
+    /// rollback: the snapshot holds a table once a step ran, until it is
+    /// due again.
     fn has_snapshot(&self) -> bool {
-        self.snapshot_taken()
+        self.cfg.guard.policy == Policy::Rollback && self.steps_done > 0 && !self.snapshot_due
     }
     fn read_velocity_into(&mut self, sink: &mut Sink) -> Result<bool> {
         if !self.has_velocity() {
@@ -1323,7 +1318,7 @@ impl Trainer for GpuTrainer {
         self.read_chunks_into(|c| velocity_buffer(c, cur), sink).map(|_| true)
     }
     fn set_velocity(&mut self, v: &[f32]) -> Result<()> {
-        if v.len() as u64 != self.shape.elements() || self.chunks.iter().any(|c| c.vel.is_none()) {
+        if v.len() as u64 != self.shape.elements() || !self.has_velocity() {
             return Err(Error::invalid("velocity", format!("{} values: momentum off, or another shape", v.len())));
         }
         let cur = self.current()?;
@@ -1348,7 +1343,7 @@ impl Trainer for GpuTrainer {
         self.ctx.wait()
     }
     fn read_snapshot(&mut self) -> Result<Option<Vec<f32>>> {
-        if !self.snapshot_taken() {
+        if !self.has_snapshot() {
             return Ok(None);
         }
         self.read_chunks(|c| c.snap.as_ref().expect("rollback keeps a snapshot")).map(Some)
