@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::guard::{Action, GuardState, Policy};
 use crate::record::{Record, StepScans};
 use crate::scan::{scan_rows, Scan};
-use crate::trainer::{DeviceInfo, RunState, Sink, TableSource, Trainer};
+use crate::trainer::{DeviceInfo, Feed, RunState, Sink, TableSource, Trainer};
 
 /// Rows per parallel task; fixes the reduction order.
 const BLOCK_ROWS: usize = 1024;
@@ -546,6 +546,11 @@ impl CpuTrainer {
                 }
                 v
             }
+            TableSource::Stream(mut feed) => {
+                let mut v = alloc(shape, n)?;
+                feed(&mut v)?;
+                v
+            }
             TableSource::Random { seed } => {
                 let mut v = alloc(shape, n)?;
                 let d = shape.dim;
@@ -844,6 +849,12 @@ impl Trainer for CpuTrainer {
         self.vel.copy_from_slice(v);
         Ok(())
     }
+    fn set_velocity_from(&mut self, feed: &mut Feed) -> Result<()> {
+        if self.vel.is_empty() {
+            return Err(Error::invalid("velocity", "momentum off: this run has no velocity"));
+        }
+        feed(&mut self.vel)
+    }
     fn read_snapshot(&mut self) -> Result<Option<Vec<f32>>> {
         Ok(self.has_snapshot().then(|| self.snapshot.clone()))
     }
@@ -855,6 +866,14 @@ impl Trainer for CpuTrainer {
             ));
         }
         self.snapshot.copy_from_slice(t);
+        self.snapshot_due = false;
+        Ok(())
+    }
+    fn set_snapshot_from(&mut self, feed: &mut Feed) -> Result<()> {
+        if self.cfg.guard.policy != Policy::Rollback {
+            return Err(Error::invalid("snapshot", "not a rollback run"));
+        }
+        feed(&mut self.snapshot)?;
         self.snapshot_due = false;
         Ok(())
     }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Shape;
 use crate::error::{Error, Result};
+use crate::tables::reader::{Elem, Origin, TableReader};
 use crate::tables::Fingerprinter;
 use crate::trainer::Fill;
 
@@ -254,51 +255,34 @@ pub fn load_as(path: &Path, overflow: Overflow) -> Result<Loaded> {
 
 /// `load_as` of a table of at least `min_rows` rows (1 to scan it).
 pub fn load_rows(path: &Path, overflow: Overflow, min_rows: usize) -> Result<Loaded> {
+    let mut r = open_table(path, overflow, min_rows)?;
+    let data = r.read_all()?;
+    Ok(Loaded { shape: r.shape, data, note: r.note() })
+}
+
+/// A 2-D f32/f64 `.npy` table of at least `min_rows` rows, checked and
+/// opened for its values to stream (float64 values beyond float32's range
+/// becoming as `overflow` says).
+pub fn open_table(path: &Path, overflow: Overflow, min_rows: usize) -> Result<TableReader> {
+    use std::io::Seek as _;
     let bad = |reason: String| Error::bad_file(path, reason);
     let Opened { mut file, dtype, dims, .. } = open(path)?;
-    if !matches!(dtype, Dtype::F32 | Dtype::F64) {
-        return Err(bad(format!(
-            "unsupported dtype {}: a table is little-endian float32 ('<f4') or float64 ('<f8')",
-            dtype_name(dtype)
-        )));
-    }
+    let elem = match dtype {
+        Dtype::F32 => Elem::F32,
+        Dtype::F64 => Elem::F64,
+        _ => {
+            return Err(bad(format!(
+                "unsupported dtype {}: a table is little-endian float32 ('<f4') or float64 ('<f8')",
+                dtype_name(dtype)
+            )))
+        }
+    };
     if dims.len() != 2 {
         return Err(bad(format!("expected a 2-D table (rows, dim), found {} dimension(s) {:?}", dims.len(), dims)));
     }
     let shape = Shape::of_file_from(dims[0] as usize, dims[1] as usize, min_rows).map_err(bad)?;
-    let n = (dims[0] * dims[1]) as usize;
-    let mut data: Vec<f32> = host_vec(path, n as u64, &format!("a table of {} × {}", dims[0], dims[1]))?;
-    data.resize(n, 0.0);
-    let note = match dtype {
-        Dtype::F32 => {
-            // Straight into the table: no second copy of the data.
-            read_exact_or(&mut file, bytemuck::cast_slice_mut(&mut data), || {
-                bad("truncated while reading the data".into())
-            })?;
-            if cfg!(target_endian = "big") {
-                data.iter_mut().for_each(|v| *v = f32::from_bits(u32::from_le(v.to_bits())));
-            }
-            None
-        }
-        _ => {
-            // float64, converted in bounded blocks.
-            let mut block = vec![0u8; 8 * 65_536];
-            let mut overflowed = 0u64;
-            for out in data.chunks_mut(65_536) {
-                let bytes = &mut block[..out.len() * 8];
-                read_exact_or(&mut file, bytes, || bad("truncated while reading the data".into()))?;
-                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
-                    *o = f64_to_f32(
-                        f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
-                        &mut overflowed,
-                        overflow,
-                    );
-                }
-            }
-            Some(format!("{}: converted float64 to float32{}", path.display(), overflow_note(overflowed, overflow)))
-        }
-    };
-    Ok(Loaded { shape, data, note })
+    let at = file.stream_position().map_err(|e| Error::io(path, e))?;
+    Ok(TableReader::new(file, path, Origin::Npy, at, shape, elem, overflow))
 }
 
 /// f64 → f32, counting the finite values too large for f32 (±Inf, which

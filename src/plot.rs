@@ -225,22 +225,56 @@ fn render_bad_rows(
 
 /// Rows holding a non-finite value in each of `buckets` equal spans of rows.
 pub fn bad_rows_per_span(values: &[f32], dim: usize, buckets: usize) -> Vec<u64> {
-    use rayon::prelude::*;
     // Whole rows only (a partial last row is no row).
-    let rows = values.len() / dim.max(1);
-    let values = &values[..rows * dim.max(1)];
-    let buckets = buckets.clamp(1, rows.max(1));
-    let mut counts = vec![0u64; buckets];
-    let bad: Vec<usize> = values
-        .par_chunks(dim.max(1))
-        .enumerate()
-        .filter(|(_, r)| r.iter().any(|v| v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
-        .map(|(i, _)| i)
-        .collect();
-    for i in bad {
-        counts[i * buckets / rows] += 1;
+    let mut spans = BadRowSpans::new(values.len() / dim.max(1), dim, buckets);
+    spans.add(values);
+    spans.counts
+}
+
+/// [`bad_rows_per_span`] of a table of `rows` rows whose values are handed
+/// over in order, a block at a time, split anywhere (`latent-line scan`
+/// streams its file).
+pub struct BadRowSpans {
+    rows: u64,
+    dim: u64,
+    /// Values handed over so far, and the last row counted.
+    seen: u64,
+    last: Option<u64>,
+    pub counts: Vec<u64>,
+}
+
+impl BadRowSpans {
+    pub fn new(rows: usize, dim: usize, buckets: usize) -> BadRowSpans {
+        let buckets = buckets.clamp(1, rows.max(1));
+        BadRowSpans { rows: rows as u64, dim: dim.max(1) as u64, seen: 0, last: None, counts: vec![0; buckets] }
     }
-    counts
+
+    pub fn add(&mut self, values: &[f32]) {
+        use rayon::prelude::*;
+        // Where the values are non-finite (exponent all ones), by a
+        // branch-free pass first: a clean block is skipped whole.
+        const BLOCK: usize = 1 << 16;
+        let blocks: Vec<Vec<u64>> = values
+            .par_chunks(BLOCK)
+            .enumerate()
+            .map(|(b, part)| {
+                if part.iter().fold(u32::MAX, |m, v| m.min(!v.to_bits() & 0x7f80_0000)) != 0 {
+                    return Vec::new();
+                }
+                let at = self.seen + (b * BLOCK) as u64;
+                let bad = part.iter().enumerate().filter(|(_, v)| v.to_bits() & 0x7f80_0000 == 0x7f80_0000);
+                bad.map(|(i, _)| (at + i as u64) / self.dim).collect()
+            })
+            .collect();
+        let buckets = self.counts.len() as u128;
+        for row in blocks.into_iter().flatten() {
+            if row < self.rows && self.last != Some(row) {
+                self.counts[(row as u128 * buckets / self.rows as u128) as usize] += 1;
+                self.last = Some(row);
+            }
+        }
+        self.seen += values.len() as u64;
+    }
 }
 
 #[cfg(test)]
@@ -284,6 +318,35 @@ mod tests {
         assert_eq!(bad_rows_per_span(&v[8..], 3, 4), [0]);
         v[4] = f32::INFINITY;
         assert_eq!(bad_rows_per_span(&v, 3, 3), [0, 1, 0]);
+    }
+
+    /// Values handed over in any split count each bad row once, in its
+    /// span, as a row-by-row count of the whole table does.
+    #[test]
+    fn spans_counted_from_blocks_of_any_split() {
+        use rand::{Rng, SeedableRng};
+        let seed = crate::test_seed("span_blocks");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let (rows, dim, buckets) = (5000, 29, 37);
+        let mut v = vec![0.25f32; rows * dim];
+        for _ in 0..400 {
+            v[rng.random_range(0..rows * dim)] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][rng.random_range(0..3)];
+        }
+        let mut want = vec![0u64; buckets];
+        for (r, row) in v.chunks(dim).enumerate() {
+            if row.iter().any(|x| !x.is_finite()) {
+                want[r * buckets / rows] += 1;
+            }
+        }
+        let mut spans = BadRowSpans::new(rows, dim, buckets);
+        let mut at = 0;
+        while at < v.len() {
+            let n = rng.random_range(1..=(v.len() - at).min(200_000));
+            spans.add(&v[at..at + n]);
+            at += n;
+        }
+        assert_eq!(spans.counts, want, "seed {seed}");
+        assert!(want.iter().sum::<u64>() > 300);
     }
 
     /// A picture whose tables and anchors do not fit together is refused,

@@ -15,6 +15,9 @@ use crate::error::{Error, Result};
 use crate::npy;
 use crate::trainer::{Fill, RunState};
 
+pub mod reader;
+pub use reader::TableReader;
+
 /// Where a `.safetensors` checkpoint keeps its [`RunState`] (metadata key).
 const STATE_KEY: &str = "latent_line.run_state";
 /// … or, where the run state is too large for the header (skip-row's
@@ -84,14 +87,15 @@ impl Sidecar {
         npy::stage_table_from(&self.path(path), shape, fill)
     }
 
-    /// Loads it from beside `path`, checked against the table's shape and
+    /// Opens it from beside `path`, checked against the table's shape and
     /// against the fingerprint the run state recorded for it (`None`: a
-    /// state saved before fingerprints); with the leftover file it was
-    /// taken from instead, when a killed save left the one beside `path`
-    /// from another checkpoint (see [`recover`]).
-    pub fn load(self, path: &Path, shape: Shape, want: Option<u64>) -> Result<(Vec<f32>, Option<PathBuf>)> {
+    /// state saved before fingerprints) by a pass over its values; with the
+    /// leftover file it was taken from instead, when a killed save left the
+    /// one beside `path` from another checkpoint (see [`recover`]). The
+    /// values then stream from the reader.
+    pub fn load(self, path: &Path, shape: Shape, want: Option<u64>) -> Result<(TableReader, Option<PathBuf>)> {
         let side = self.path(path);
-        let v = npy::load(&side).map_err(|e| match e {
+        let mut v = npy::open_table(&side, npy::Overflow::Inf, 2).map_err(|e| match e {
             Error::Io { err, .. } if err.kind() == std::io::ErrorKind::NotFound => Error::bad_file(
                 &side,
                 format!(
@@ -116,24 +120,26 @@ impl Sidecar {
                 ),
             ));
         }
-        if let Some(h) = want.filter(|&h| h != fingerprint(&v.data)) {
-            // A checkpoint killed between its renames: the file it was
-            // saved with is among the leftovers.
-            if let Some((from, data)) = recover(path, shape, h) {
-                return Ok((data, Some(from)));
+        if let Some(h) = want {
+            if v.fingerprint_whole()? != h {
+                // A checkpoint killed between its renames: the file it was
+                // saved with is among the leftovers.
+                if let Some((from, reader)) = recover(path, shape, h) {
+                    return Ok((reader, Some(from)));
+                }
+                return Err(Error::bad_file(
+                    &side,
+                    format!(
+                        "this {} is not the one {}'s run state was saved with (a save interrupted between the two?), \
+                         nor is any file a killed save left beside it; resume from another checkpoint, or start \
+                         again with --load",
+                        self.name(),
+                        path.display()
+                    ),
+                ));
             }
-            return Err(Error::bad_file(
-                &side,
-                format!(
-                    "this {} is not the one {}'s run state was saved with (a save interrupted between the two?), \
-                     nor is any file a killed save left beside it; resume from another checkpoint, or start again \
-                     with --load",
-                    self.name(),
-                    path.display()
-                ),
-            ));
         }
-        Ok((v.data, None))
+        Ok((v, None))
     }
 }
 
@@ -143,12 +149,16 @@ impl Sidecar {
 /// (`.latent-line-*.tmp`) and the old ones already replaced (kept under
 /// `.latent-line-old-*` links). The first of those leftovers in the
 /// folder of `path` that is an `.npy` table of `shape` with the
-/// fingerprint `want` that the run state recorded, with its path: what a
-/// resume takes instead of the file that does not belong.
-pub fn recover(path: &Path, shape: Shape, want: u64) -> Option<(PathBuf, Vec<f32>)> {
+/// fingerprint `want` that the run state recorded (each read through once,
+/// in blocks), with its path: what a resume takes instead of the file that
+/// does not belong, opened for its values to stream.
+pub fn recover(path: &Path, shape: Shape, want: u64) -> Option<(PathBuf, TableReader)> {
     let found = leftovers(path)?;
-    let read = |p: &Path| npy::load(p).ok().filter(|l| l.shape == shape).map(|l| l.data);
-    found.into_iter().find_map(|p| read(&p).filter(|v| fingerprint(v) == want).map(|v| (p, v)))
+    let open = |p: &Path| {
+        let mut r = npy::open_table(p, npy::Overflow::Inf, 2).ok().filter(|r| r.shape == shape)?;
+        (r.fingerprint_whole().ok()? == want).then_some(r)
+    };
+    found.into_iter().find_map(|p| open(&p).map(|r| (p, r)))
 }
 
 /// A killed save's leftovers in the folder of the checkpoint `path` (its
@@ -201,6 +211,7 @@ pub fn fingerprint(v: &[f32]) -> u64 {
 /// streams its table), the same number for any split: FNV-1a over each
 /// 65 536 values (rayon over whole ones), the chunks' hashes folded in
 /// order from `len`.
+#[derive(Clone)]
 pub struct Fingerprinter {
     h: u64,
     /// The hash of the chunk under way, and its values so far.
@@ -436,6 +447,25 @@ pub struct LoadedTable {
     pub file_dtype: String,
 }
 
+/// A table file opened, checked, for its values to stream
+/// ([`TableReader`]; its shape is `reader.shape`).
+pub struct OpenedTable {
+    pub reader: TableReader,
+    /// `.safetensors` inputs: what to carry over on a `.safetensors` save.
+    pub carried: Option<Carried>,
+    /// As [`LoadedTable::file_dtype`].
+    pub file_dtype: String,
+}
+
+impl OpenedTable {
+    /// Every value read into host memory.
+    fn load(mut self) -> Result<LoadedTable> {
+        let data = self.reader.read_all()?;
+        let r = &self.reader;
+        Ok(LoadedTable { shape: r.shape, data, note: r.note(), carried: self.carried, file_dtype: self.file_dtype })
+    }
+}
+
 /// Reads the table of `path`: the tensor `tensor` of a `.safetensors` file,
 /// keeping the rest of the file to carry over ([`LoadedTable::carried`]).
 pub fn load(path: &Path, tensor: &str) -> Result<LoadedTable> {
@@ -446,41 +476,45 @@ pub fn load(path: &Path, tensor: &str) -> Result<LoadedTable> {
 /// says. Without `carry`, a `.safetensors` file's header and table are all
 /// that is read (`carried` is then `None`).
 pub fn load_as(path: &Path, tensor: &str, overflow: npy::Overflow, carry: bool) -> Result<LoadedTable> {
-    load_rows(path, tensor, overflow, carry, 2)
+    open_as(path, tensor, overflow, carry)?.load()
 }
 
-/// What `latent-line scan` reads: `load_as` without carrying, float64
+/// [`load_as`] without reading the values: they stream from the reader.
+pub fn open_as(path: &Path, tensor: &str, overflow: npy::Overflow, carry: bool) -> Result<OpenedTable> {
+    open_rows(path, tensor, overflow, carry, 2)
+}
+
+/// What `latent-line scan` reads: `open_as` without carrying, float64
 /// values beyond float32's range saturating (they are finite in the file),
 /// and a one-row table taken (training needs two rows; a scan does not).
-pub fn load_for_scan(path: &Path, tensor: &str) -> Result<LoadedTable> {
-    load_rows(path, tensor, npy::Overflow::Saturate, false, 1)
+pub fn open_for_scan(path: &Path, tensor: &str) -> Result<OpenedTable> {
+    open_rows(path, tensor, npy::Overflow::Saturate, false, 1)
 }
 
-fn load_rows(path: &Path, tensor: &str, overflow: npy::Overflow, carry: bool, min_rows: usize) -> Result<LoadedTable> {
+fn open_rows(path: &Path, tensor: &str, overflow: npy::Overflow, carry: bool, min_rows: usize) -> Result<OpenedTable> {
     match format_of(path)? {
         Format::Npy => {
-            let l = npy::load_rows(path, overflow, min_rows)?;
-            // An .npy table's only note is its float64 conversion.
-            let file_dtype = if l.note.is_some() { "f64" } else { "f32" }.to_owned();
-            Ok(LoadedTable { shape: l.shape, data: l.data, note: l.note, carried: None, file_dtype })
+            let reader = npy::open_table(path, overflow, min_rows)?;
+            let file_dtype = if reader.elem == reader::Elem::F64 { "f64" } else { "f32" }.to_owned();
+            Ok(OpenedTable { reader, carried: None, file_dtype })
         }
-        Format::Safetensors => load_safetensors(path, tensor, overflow, carry, min_rows),
+        Format::Safetensors => open_safetensors(path, tensor, overflow, carry, min_rows),
     }
 }
 
-fn load_safetensors(
+fn open_safetensors(
     path: &Path,
     name: &str,
     overflow: npy::Overflow,
     carry: bool,
     min_rows: usize,
-) -> Result<LoadedTable> {
+) -> Result<OpenedTable> {
     let bad = |reason: String| Error::bad_file(path, reason);
     let no_tensor = |mut names: Vec<&str>| {
         names.sort_unstable();
         bad(format!("no tensor \"{name}\" (it has: {}); choose one with --tensor", names.join(", ")))
     };
-    use std::io::{Read as _, Seek as _};
+    use std::io::Seek as _;
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     // A pipe (`<(…)`) has no size to seek in: spooled to an unnamed
@@ -493,18 +527,20 @@ fn load_safetensors(
         spool.rewind().map_err(|e| Error::io(path, e))?;
         (spool, len)
     };
-    // The header, checked as the crate checks a whole file, then the
-    // table's bytes, converted as they are read, and (to carry them) the
-    // other tensors', for their hashes: never the whole file at once.
+    // The header, checked as the crate checks a whole file; the table's
+    // bytes are read by the reader, converted as they come, and (to carry
+    // them) the other tensors' here, for their hashes: never the whole
+    // file at once.
     let (data_at, meta) = read_header(path, &mut file, len)?;
     let Some(info) = meta.info(name) else {
         let names: Vec<String> = meta.tensors().into_keys().collect();
         return Err(no_tensor(names.iter().map(String::as_str).collect()));
     };
     let truncated = |n: &str| bad(format!("truncated while reading tensor \"{n}\""));
-    file.seek(std::io::SeekFrom::Start(place(data_at, info).0)).map_err(|e| Error::io(path, e))?;
-    let mut read = |block: &mut [u8]| file.read_exact(block).map_err(|e| read_error(path, e, || truncated(name)));
-    let (shape, data, note) = table_of(path, name, info.dtype, &info.shape, &mut read, overflow, min_rows)?;
+    // (A clone of the handle shares its offset: the reader seeks before
+    // each read.)
+    let shared = file.try_clone().map_err(|e| Error::io(path, e))?;
+    let reader = table_reader(shared, path, name, place(data_at, info).0, info, overflow, min_rows)?;
     let file_dtype = format!("{:?}", info.dtype);
     let carried = if carry {
         let mut others = Vec::new();
@@ -518,7 +554,7 @@ fn load_safetensors(
     } else {
         None
     };
-    Ok(LoadedTable { shape, data, note, carried, file_dtype })
+    Ok(OpenedTable { reader, carried, file_dtype })
 }
 
 fn invalid(path: &Path, e: SafeTensorError) -> Error {
@@ -613,72 +649,30 @@ fn read_bytes(path: &Path, file: &mut std::fs::File, n: u64) -> Result<Vec<u8>> 
     Ok(bytes)
 }
 
-/// Tensor `name` of a `.safetensors` file (its dtype, shape, and `read`,
-/// which fills each block it is given with the tensor's next bytes) as a
-/// table of f32: its shape, values and a note when they were converted.
-/// Read in bounded blocks, converted as they come: no copy of the file's
-/// bytes beside the table's values.
-fn table_of(
+/// Tensor `name` of a `.safetensors` file (its dtype and shape), whose
+/// bytes start at `at` in `file`, checked and opened as a table to stream.
+fn table_reader(
+    file: std::fs::File,
     path: &Path,
     name: &str,
-    dtype: Dtype,
-    dims: &[usize],
-    read: &mut dyn FnMut(&mut [u8]) -> Result<()>,
+    at: u64,
+    info: &safetensors::tensor::TensorInfo,
     overflow: npy::Overflow,
     min_rows: usize,
-) -> Result<(Shape, Vec<f32>, Option<String>)> {
+) -> Result<TableReader> {
     let bad = |reason: String| Error::bad_file(path, reason);
-    let [rows, dim] = dims else {
-        return Err(bad(format!("tensor \"{name}\" has shape {dims:?}; a table is 2-D (rows × columns)")));
+    let [rows, dim] = info.shape[..] else {
+        return Err(bad(format!("tensor \"{name}\" has shape {:?}; a table is 2-D (rows × columns)", info.shape)));
     };
-    let shape = Shape::of_file_from(*rows, *dim, min_rows).map_err(|e| bad(format!("tensor \"{name}\": {e}")))?;
-    let size = match dtype {
-        Dtype::F32 => 4,
-        Dtype::F64 => 8,
-        Dtype::F16 | Dtype::BF16 => 2,
+    let shape = Shape::of_file_from(rows, dim, min_rows).map_err(|e| bad(format!("tensor \"{name}\": {e}")))?;
+    let elem = match info.dtype {
+        Dtype::F32 => reader::Elem::F32,
+        Dtype::F64 => reader::Elem::F64,
+        Dtype::F16 => reader::Elem::F16,
+        Dtype::BF16 => reader::Elem::BF16,
         other => return Err(bad(format!("tensor \"{name}\" is {other:?}; a table is F32, F64, F16 or BF16"))),
     };
-    let n = shape.elements() as usize;
-    let mut data: Vec<f32> = npy::host_vec(path, shape.elements(), &format!("tensor \"{name}\" as f32"))?;
-    let mut overflowed = 0;
-    let mut block = vec![0u8; size * 65_536];
-    while data.len() < n {
-        let raw = &mut block[..size * (n - data.len()).min(65_536)];
-        read(raw)?;
-        let c = raw.chunks_exact(size);
-        match dtype {
-            Dtype::F32 => data.extend(c.map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-            Dtype::F64 => data.extend(c.map(|b| {
-                npy::f64_to_f32(f64::from_le_bytes(b.try_into().unwrap_or([0; 8])), &mut overflowed, overflow)
-            })),
-            Dtype::F16 => data.extend(c.map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))),
-            _ => data.extend(c.map(|b| bf16_to_f32(u16::from_le_bytes([b[0], b[1]])))),
-        }
-    }
-    let note = match dtype {
-        Dtype::F32 => None,
-        Dtype::F64 => {
-            Some(format!("tensor \"{name}\" converted from F64 to f32{}", npy::overflow_note(overflowed, overflow)))
-        }
-        other => Some(format!("tensor \"{name}\" converted from {other:?} to f32")),
-    };
-    Ok((shape, data, note))
-}
-
-/// An F16 value as f32, exactly, a NaN's payload too (as numpy's
-/// `astype`): `half`'s conversion sets a signalling NaN's quiet bit.
-fn f16_to_f32(h: u16) -> f32 {
-    if h & 0x7c00 == 0x7c00 && h & 0x03ff != 0 {
-        f32::from_bits(((h as u32 & 0x8000) << 16) | 0x7f80_0000 | ((h as u32 & 0x03ff) << 13))
-    } else {
-        half::f16::from_bits(h).to_f32()
-    }
-}
-
-/// A BF16 value as f32: its top 16 bits, NaNs as they are (as PyTorch's
-/// conversion; `half`'s sets a signalling NaN's quiet bit).
-fn bf16_to_f32(h: u16) -> f32 {
-    f32::from_bits((h as u32) << 16)
+    Ok(TableReader::new(file, path, reader::Origin::Tensor(name.to_owned()), at, shape, elem, overflow))
 }
 
 /// Saves a table to `path` (format from the extension), atomically. A

@@ -125,12 +125,26 @@ pub struct KernelTime {
 }
 
 /// Where the initial table comes from.
-#[derive(Clone, Debug)]
 pub enum TableSource {
     /// N(0,1) from the counter RNG keyed by the seed, generated on the device.
     Random { seed: u64 },
-    /// A table read from a file, row-major, `rows × dim` values.
+    /// A table at hand, row-major, `rows × dim` values.
     Data(Vec<f32>),
+    /// A table streamed in, row-major (a file's, through
+    /// [`crate::tables::TableReader`]): the feed is asked for exactly
+    /// `rows × dim` values, a block at a time (the GPU's upload: no host copy
+    /// of the whole table).
+    Stream(Box<Feed<'static>>),
+}
+
+impl std::fmt::Debug for TableSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TableSource::Random { seed } => write!(f, "Random {{ seed: {seed} }}"),
+            TableSource::Data(v) => write!(f, "Data({} values)", v.len()),
+            TableSource::Stream(_) => write!(f, "Stream"),
+        }
+    }
 }
 
 /// What ran the work, for the summary and the report.
@@ -156,6 +170,11 @@ pub type Sink<'a> = dyn FnMut(&[f32]) -> Result<()> + 'a;
 /// given, a block at a time, in row-major order (`|sink| sink(&table)` for
 /// one at hand; `|sink| trainer.read_table_into(sink)` for a device's).
 pub type Fill<'a> = dyn FnMut(&mut Sink) -> Result<()> + 'a;
+
+/// Where a full-table array comes from, the mirror of a [`Sink`]: each
+/// call fills the block it is given with the next values in row-major order
+/// (a load streams a table from its file into the device).
+pub type Feed<'a> = dyn FnMut(&mut [f32]) -> Result<()> + 'a;
 
 /// A table on a device, trained by steps (the full table, or the batches it
 /// was opened with) under a guard (SPEC §9).
@@ -223,6 +242,12 @@ pub trait Trainer {
     fn read_velocity(&mut self) -> Result<Option<Vec<f32>>>;
     /// Overwrites the velocity (resuming a run with momentum).
     fn set_velocity(&mut self, v: &[f32]) -> Result<()>;
+    /// [`Trainer::set_velocity`] from a feed, asked for the table's count of
+    /// values a block at a time (the GPU streams them into its buffers).
+    fn set_velocity_from(&mut self, feed: &mut Feed) -> Result<()> {
+        let v = crate::tables::reader::collect(self.shape().elements(), "velocity", feed)?;
+        self.set_velocity(&v)
+    }
     /// `rollback`: the table the next rollback would restore; `None` under
     /// other policies, or before the first snapshot.
     fn read_snapshot(&mut self) -> Result<Option<Vec<f32>>>;
@@ -230,6 +255,11 @@ pub trait Trainer {
     /// after `set_run_state`; the resumed run then takes no snapshot of its own
     /// before the schedule's next one.
     fn set_snapshot(&mut self, t: &[f32]) -> Result<()>;
+    /// [`Trainer::set_snapshot`] from a feed, likewise.
+    fn set_snapshot_from(&mut self, feed: &mut Feed) -> Result<()> {
+        let t = crate::tables::reader::collect(self.shape().elements(), "snapshot", feed)?;
+        self.set_snapshot(&t)
+    }
     /// The run's state besides the table (for checkpoints). After an
     /// abort, the guard's counters are those before the aborted step (which
     /// is not done: a resume runs it again), one failure fewer than the

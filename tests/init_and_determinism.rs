@@ -325,3 +325,56 @@ fn tables_cross_to_and_from_the_gpu_in_blocks_of_any_size() {
     assert_eq!(bits(&small.read_table().unwrap()), bits(&trained), "seed {seed}");
     assert_eq!(bits(&small.read_velocity().unwrap().unwrap()), bits(&whole.read_velocity().unwrap().unwrap()));
 }
+
+/// A table streamed in (`TableSource::Stream`: a file's reader) is asked
+/// for a block at a time, each value once, in order, whatever the block
+/// and chunk sizes; a feed that fails stops the trainer's construction with
+/// its error; the velocity streams in the same way.
+#[test]
+fn tables_stream_into_the_gpu_a_block_at_a_time() {
+    let seed = seed("stream_in");
+    let shape = Shape::new(1000, 7).unwrap();
+    let table = random_table(&mut rng(seed), 1000, 7);
+    let velocity = random_table(&mut rng(seed ^ 1), 1000, 7);
+    let cfg = StepConfig { momentum: 0.5, endpoints: Endpoints::Detached, ..StepConfig::for_rows(1000) };
+    let opts = GpuOptions { max_chunk_rows: Some(301), transfer_block_bytes: Some(1000), ..GpuOptions::default() };
+    // A feed over `v` that records the sizes asked for, and fails at block
+    // `fail` where given.
+    let feed = |v: Vec<f32>, asked: std::rc::Rc<std::cell::RefCell<Vec<usize>>>, fail: Option<usize>| {
+        let mut at = 0;
+        move |out: &mut [f32]| {
+            asked.borrow_mut().push(out.len());
+            if fail == Some(asked.borrow().len()) {
+                return Err(latent_line::Error::Gpu("the file went away".into()));
+            }
+            out.copy_from_slice(&v[at..at + out.len()]);
+            at += out.len();
+            Ok(())
+        }
+    };
+    let asked = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let source = TableSource::Stream(Box::new(feed(table.clone(), asked.clone(), None)));
+    let mut t = GpuTrainer::new(gpu(), shape, cfg, source, opts.clone()).unwrap();
+    assert_eq!(bits(&t.read_table().unwrap()), bits(&table), "seed {seed}: the streamed upload");
+    // 301 × 7 values a chunk: 8 blocks of 250 and one of 107, three times;
+    // the last chunk's 97 × 7: 250, 250, 179.
+    let chunk = [vec![250; 8], vec![107]].concat();
+    let want = [chunk.clone(), chunk.clone(), chunk, vec![250, 250, 179]].concat();
+    assert_eq!(*asked.borrow(), want);
+    let asked_v = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    t.set_velocity_from(&mut feed(velocity.clone(), asked_v.clone(), None)).unwrap();
+    assert_eq!(bits(&t.read_velocity().unwrap().unwrap()), bits(&velocity), "seed {seed}: the streamed velocity");
+    assert_eq!(*asked_v.borrow(), want);
+    // The same run as from the table at hand.
+    let mut at_hand = GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table.clone()), opts.clone()).unwrap();
+    at_hand.set_velocity(&velocity).unwrap();
+    t.steps(2).unwrap();
+    at_hand.steps(2).unwrap();
+    assert_eq!(bits(&t.read_table().unwrap()), bits(&at_hand.read_table().unwrap()), "seed {seed}");
+    // A feed that fails at its fifth block: no trainer, the feed's error.
+    let asked = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let source = TableSource::Stream(Box::new(feed(table.clone(), asked.clone(), Some(5))));
+    let err = GpuTrainer::new(gpu(), shape, cfg, source, opts).err().expect("a failed feed");
+    assert!(err.to_string().contains("went away"), "{err}");
+    assert_eq!(asked.borrow().len(), 5, "asked on after the failure");
+}

@@ -68,6 +68,10 @@ struct ScanJson<'a> {
     all_finite: bool,
 }
 
+/// The CPU scan's block of whole rows, read from the file and scanned in
+/// turn: what the scan holds in host memory, whatever the table's size.
+const SCAN_BLOCK_BYTES: usize = 16 << 20;
+
 /// `latent-line scan FILE`: SPEC §7 over a saved table.
 pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     QUIET.store(args.json, std::sync::atomic::Ordering::Relaxed);
@@ -78,9 +82,9 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
         }
         check_output("--plot", p)?;
     }
-    // The table is in host memory already: `auto` scans it there, at memory
-    // speed; uploading it to a GPU would cost more than the scan (measured,
-    // BENCHMARKS.md). `--backend gpu`, or an adapter named (`--adapter`,
+    // The values pass through host memory anyway (read from the file a
+    // block at a time): `auto` scans them there, at memory speed; uploading
+    // them to a GPU would cost more than the scan (measured, BENCHMARKS.md). `--backend gpu`, or an adapter named (`--adapter`,
     // `WGPU_ADAPTER_NAME`: as `train` takes one under `auto`), runs
     // scan_table.wgsl instead. (Opened first: a missing adapter is an error
     // before anything is printed.)
@@ -94,29 +98,55 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     let t = Instant::now();
     // What the file holds: a float64 value beyond float32's range is
     // finite there (loading it to train makes it ±Inf, the note says).
-    let l = tables::load_for_scan(&args.file, &args.tensor)?;
-    let read_s = t.elapsed().as_secs_f64();
-    let shape = l.shape;
+    // Its values stream from the file, scanned a block at a time (no host
+    // copy of the whole table).
+    let o = tables::open_for_scan(&args.file, &args.tensor)?;
+    let (mut reader, file_dtype) = (o.reader, o.file_dtype);
+    let shape = reader.shape;
     out!(
         "file     {} · {} × {} {} ({:.1} MB as f32)",
         args.file.display(),
         shape.rows,
         shape.dim,
-        l.file_dtype,
+        file_dtype,
         shape.bytes() as f64 / 1e6
     );
-    if let Some(n) = &l.note {
-        out!("         {n}");
-    }
-    let t = Instant::now();
+    // --plot's rows with NaN or ±Inf, counted as the values pass.
+    let mut spans = args.plot.as_ref().map(|_| latent_line::plot::BadRowSpans::new(shape.rows, shape.dim, 200));
+    // Time in the file's reads, apart from the scan's.
+    let mut read_s = 0.0;
+    let mut read = |out: &mut [f32]| -> latent_line::Result<()> {
+        let t = Instant::now();
+        reader.read(out)?;
+        read_s += t.elapsed().as_secs_f64();
+        if let Some(s) = spans.as_mut() {
+            s.add(out);
+        }
+        Ok(())
+    };
     let (found, on) = match gpu {
         Some(ctx) => {
             let on = format!("gpu · {}", ctx.info.name);
-            (latent_line::gpu::scan_values(Arc::new(ctx), &l.data, shape, None)?, on)
+            (latent_line::gpu::scan_from(Arc::new(ctx), shape, &mut read, None)?, on)
         }
-        None => (scan_rows(&l.data, shape.dim, 0), format!("cpu · {} threads", rayon::current_num_threads())),
+        None => {
+            // Whole rows a block (about 16 MB), scanned in row order.
+            let rows = (SCAN_BLOCK_BYTES / (shape.dim * 4)).clamp(1, shape.rows);
+            let mut block = vec![0f32; rows * shape.dim];
+            let mut found = latent_line::Scan::default();
+            for base in (0..shape.rows).step_by(rows) {
+                let part = &mut block[..(shape.rows - base).min(rows) * shape.dim];
+                read(part)?;
+                found = found.merge(scan_rows(part, shape.dim, base as u64));
+            }
+            (found, format!("cpu · {} threads", rayon::current_num_threads()))
+        }
     };
-    let scan_s = t.elapsed().as_secs_f64();
+    let scan_s = (t.elapsed().as_secs_f64() - read_s).max(0.0);
+    let note = reader.note();
+    if let Some(n) = &note {
+        out!("         {n}");
+    }
     out!(
         "scanned  on {on} · read {:.3} s · scan {:.3} s ({:.1} GB/s{})",
         read_s,
@@ -124,8 +154,7 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
         shape.bytes() as f64 / scan_s.max(1e-9) / 1e9,
         if on.starts_with("gpu") { ", upload included" } else { "" }
     );
-    if let Some(p) = &args.plot {
-        let counts = latent_line::plot::bad_rows_per_span(&l.data, shape.dim, 200);
+    if let (Some(p), Some(spans)) = (&args.plot, spans) {
         let title = format!(
             "{}: {} rows with NaN or ±Inf of {} ({} NaN, {} +Inf, {} −Inf)",
             args.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -135,7 +164,7 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
             found.pos_inf,
             found.neg_inf
         );
-        latent_line::plot::draw_bad_rows(p, shape.rows, &counts, &title)?;
+        latent_line::plot::draw_bad_rows(p, shape.rows, &spans.counts, &title)?;
         out!("plot     {}", p.display());
     }
     // The first bad element's bits as the file holds them (an f64 NaN's
@@ -148,7 +177,7 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
         let raw = if regular { tables::element_bits(&args.file, &args.tensor, index) } else { Ok(None) };
         match raw {
             Ok(Some((b, width))) => Some(format!("0x{b:0w$x}", w = 2 * width)),
-            Ok(None) if matches!(l.file_dtype.as_str(), "f32" | "F32") => Some(format!("0x{:08x}", f.bits)),
+            Ok(None) if matches!(file_dtype.as_str(), "f32" | "F32") => Some(format!("0x{:08x}", f.bits)),
             _ => None,
         }
     });
@@ -158,10 +187,10 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
         let out = ScanJson {
             file: args.file.to_string_lossy().into_owned(),
             tensor: safetensors.then_some(args.tensor.as_str()),
-            dtype: &l.file_dtype,
+            dtype: &file_dtype,
             rows: shape.rows,
             dim: shape.dim,
-            note: l.note.as_deref(),
+            note: note.as_deref(),
             backend,
             on: where_,
             read_seconds: read_s,
@@ -186,7 +215,7 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
         found.bad_rows
     );
     if let Some(f) = found.first {
-        let bits = match (&file_bits, l.file_dtype.as_str()) {
+        let bits = match (&file_bits, file_dtype.as_str()) {
             (Some(b), "f32" | "F32") => b.clone(),
             (Some(b), dtype) => format!("{b} ({dtype})"),
             // Not to be read again: the f32 value's bits, said so.

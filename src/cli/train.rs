@@ -10,7 +10,6 @@ use anyhow::bail;
 use clap::Args;
 use latent_line::guard::{Action, Guard, Policy};
 use latent_line::report::{action_words, collapse_step, Event, Report, Summary};
-use latent_line::scan::scan_rows;
 use latent_line::tables::{self, Sidecar};
 use latent_line::{npy, Batches, Endpoints, IndexBatches, Reduction, Shape, StepConfig, TableSource, Trainer};
 
@@ -174,7 +173,10 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     if args.checkpoint_every == Some(0) {
         bail!("invalid --checkpoint-every: 0; it must be at least 1");
     }
-    let (shape, mut source, note) = match args.resume.as_ref().or(args.load.as_ref()) {
+    // A loaded table is opened and checked here; its values stream from
+    // the file into the trainer (no host copy of the whole: a GPU's table
+    // may be larger than host memory).
+    let (shape, mut input) = match args.resume.as_ref().or(args.load.as_ref()) {
         Some(path) => {
             // A .safetensors input's other tensors are read only when a
             // .safetensors save will carry them (or a resume reads its run
@@ -184,27 +186,24 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                     .save
                     .as_deref()
                     .is_some_and(|p| matches!(tables::format_of(p), Ok(tables::Format::Safetensors)));
-            let l = tables::load_as(path, &args.tensor, npy::Overflow::Inf, carry)?;
+            let l = tables::open_as(path, &args.tensor, npy::Overflow::Inf, carry)?;
             carried = l.carried;
-            for (opt, given, have) in [("--rows", args.rows, l.shape.rows), ("--dim", args.dim, l.shape.dim)] {
+            let have = l.reader.shape;
+            for (opt, given, have) in [("--rows", args.rows, have.rows), ("--dim", args.dim, have.dim)] {
                 if let Some(g) = given {
                     if g != have {
                         bail!(
                             "invalid {opt}: {g} disagrees with {} ({} × {})",
                             path.display(),
-                            l.shape.rows,
-                            l.shape.dim
+                            l.reader.shape.rows,
+                            l.reader.shape.dim
                         );
                     }
                 }
             }
-            (l.shape, TableSource::Data(l.data), l.note)
+            (have, Some(l.reader))
         }
-        None => (
-            Shape::new(args.rows.unwrap_or(1_000_000), args.dim.unwrap_or(64))?,
-            TableSource::Random { seed: args.seed },
-            None,
-        ),
+        None => (Shape::new(args.rows.unwrap_or(1_000_000), args.dim.unwrap_or(64))?, None),
     };
     let cfg = step_config(args, shape)?;
     // SPEC §10: before any step, the index file is read and every index
@@ -218,23 +217,13 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         (None, Some(path)) => Batches::Indices(IndexBatches::load(path, shape.rows)?),
         (None, None) => Batches::Full,
     };
-    // SPEC §7 on the loaded table: it is in host memory already, so the
-    // scan is one parallel pass of bit tests before it goes anywhere.
-    let mut input_events = Vec::new();
-    if let TableSource::Data(v) = &source {
-        let s = scan_rows(v, shape.dim, 0);
-        if !s.is_clean() {
-            input_events.push(Event { step: None, buffer: "input", scan: s, strikes: Vec::new(), action: None });
-        }
-    }
-
     // --resume: the run state saved beside the checkpoint, checked before
     // any work.
     // The options that shape the run: checked against a resumed
     // checkpoint's, saved in this run's.
     let options = run_options(&cfg, &batches);
     let resumed = match &args.resume {
-        Some(path) => Some(resume(path, args, &cfg, shape, &mut source, carried.as_ref(), &options)?),
+        Some(path) => Some(resume(path, args, &cfg, shape, input.as_mut(), carried.as_ref(), &options)?),
         None => None,
     };
     let resumed_lr = resumed.as_ref().map(|r| r.state.lr);
@@ -257,17 +246,54 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         ),
         _ => None,
     };
-    let (mut trainer, why) = open_trainer(args, shape, cfg, source, batches)?;
+    // The table streams from its file as the trainer takes it (shared: its
+    // note and fingerprint are read once it has).
+    let input = input.map(|r| std::rc::Rc::new(std::cell::RefCell::new(r)));
+    let source = match &input {
+        Some(r) => {
+            let r = r.clone();
+            TableSource::Stream(Box::new(move |out| r.borrow_mut().read(out)))
+        }
+        None => TableSource::Random { seed: args.seed },
+    };
+    let (mut trainer, why) = open_trainer(args, shape, cfg, source, batches).map_err(|e| {
+        // A loaded table the backend cannot hold: said of its file.
+        match (&input, e.downcast_ref::<latent_line::Error>()) {
+            (Some(r), Some(latent_line::Error::TooLarge { .. })) => e.context(r.borrow().path().display().to_string()),
+            _ => e,
+        }
+    })?;
+    let note = match &input {
+        Some(r) => {
+            let r = r.borrow();
+            // (A resumed table was checked before the run by a pass of its
+            // own: the file must not have changed since.)
+            unchanged(r.path(), r.fingerprint(), resumed.as_ref().and_then(|r| r.state.table_fingerprint))?;
+            r.note()
+        }
+        None => None,
+    };
+    // SPEC §7 on the loaded table, where it now lies (the device's scan: one
+    // pass at memory speed).
+    let mut input_events = Vec::new();
+    if input.is_some() {
+        let s = trainer.scan_table()?;
+        if !s.is_clean() {
+            input_events.push(Event { step: None, buffer: "input", scan: s, strikes: Vec::new(), action: None });
+        }
+    }
     trainer.set_stop(stop_flag);
     let profiling = args.profile && trainer.set_profile(true)?;
     let (start, d0_saved, collapse_saved) = match resumed {
         Some(Resumed { state, velocity, snapshot }) => {
             trainer.set_run_state(state.clone())?;
-            if let Some(v) = velocity {
-                trainer.set_velocity(&v)?;
+            if let Some(mut v) = velocity {
+                trainer.set_velocity_from(&mut v.feed())?;
+                unchanged(v.path(), v.fingerprint(), state.velocity_fingerprint)?;
             }
-            if let Some(t) = snapshot {
-                trainer.set_snapshot(&t)?;
+            if let Some(mut t) = snapshot {
+                trainer.set_snapshot_from(&mut t.feed())?;
+                unchanged(t.path(), t.fingerprint(), state.snapshot_fingerprint)?;
             }
             (state.steps as usize, state.d0_start, state.collapse_step)
         }
@@ -877,12 +903,12 @@ fn resume(
     args: &TrainArgs,
     cfg: &StepConfig,
     shape: Shape,
-    source: &mut TableSource,
+    input: Option<&mut tables::TableReader>,
     carried: Option<&tables::Carried>,
     options: &[(String, String)],
 ) -> anyhow::Result<Resumed> {
     // A sidecar taken from a killed save's leftovers, said so.
-    let recovered = |side: Sidecar, (data, from): (Vec<f32>, Option<PathBuf>)| {
+    let recovered = |side: Sidecar, (reader, from): (tables::TableReader, Option<PathBuf>)| {
         if let Some(from) = from {
             out!(
                 "resume   {}: its {} from {}, left by a save killed between its files",
@@ -891,13 +917,15 @@ fn resume(
                 from.display()
             );
         }
-        data
+        reader
     };
     let mut state = tables::load_state(path, carried)?.ok_or_else(|| {
         anyhow::anyhow!("invalid --resume: {} has no run state (was it saved by latent-line?)", path.display())
     })?;
-    if let (Some(want), TableSource::Data(v)) = (state.table_fingerprint, source) {
-        let have = tables::fingerprint(v);
+    // The table's fingerprint, by a pass over its file (the values stream
+    // into the trainer later, in a second one).
+    if let (Some(want), Some(input)) = (state.table_fingerprint, input) {
+        let have = input.fingerprint_whole()?;
         if have != want {
             // A save killed between its renames (the table is the
             // last): the table the state was saved with is among
@@ -905,13 +933,13 @@ fn resume(
             // state went beside it (too large for its header), the state
             // the table in place was saved with.
             match (tables::recover(path, shape, want), tables::recover_state(path, have)) {
-                (Some((from, data)), _) => {
+                (Some((from, reader)), _) => {
                     out!(
                         "resume   {}: its table from {}, left by a save killed between its files",
                         path.display(),
                         from.display()
                     );
-                    *v = data;
+                    *input = reader;
                 }
                 (None, Some((from, older))) => {
                     out!(
@@ -987,8 +1015,21 @@ fn resume(
 /// velocity and rollback's snapshot where the run takes them.
 struct Resumed {
     state: latent_line::RunState,
-    velocity: Option<Vec<f32>>,
-    snapshot: Option<Vec<f32>>,
+    velocity: Option<tables::TableReader>,
+    snapshot: Option<tables::TableReader>,
+}
+
+/// A file checked by a pass of its own before the run must give the same
+/// values when read again into the trainer (`want`: its fingerprint then,
+/// where one was recorded).
+fn unchanged(path: &Path, have: u64, want: Option<u64>) -> anyhow::Result<()> {
+    if want.is_some_and(|w| w != have) {
+        bail!(
+            "{}: changed while it was read (its values are not those checked before the run); nothing was saved",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// A line of the summary, printed above a progress bar where one runs.

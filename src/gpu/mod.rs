@@ -13,5 +13,5 @@ pub mod trainer;
 
 pub use context::GpuContext;
 pub use sampler::GpuSampler;
-pub use scan::{scan_values, TableScanner};
+pub use scan::{scan_from, scan_values, TableScanner};
 pub use trainer::{GpuOptions, GpuTrainer, StepPath};

@@ -6,6 +6,7 @@ use bytemuck::Pod;
 use super::context::GpuContext;
 use super::shaders::Kernel;
 use crate::error::{Error, Result};
+use crate::trainer::Feed;
 
 /// fused_step.wgsl's MAX_KEPT: a lane keeps its row's columns (KEEP) in an
 /// array when it has at most this many (a unit test holds the two equal).
@@ -66,7 +67,7 @@ pub fn readback(ctx: &GpuContext, label: &str, size: u64) -> wgpu::Buffer {
 }
 
 /// Bytes moved between host and device a block at a time by [`read_blocks`]
-/// and [`write_blocks`] (`GpuOptions::transfer_block_bytes` where given):
+/// and [`write_blocks_from`] (`GpuOptions::transfer_block_bytes` where given):
 /// what a save or an upload of a table takes in host memory beyond the
 /// table, two blocks, whatever the table's size.
 pub const TRANSFER_BLOCK_BYTES: u64 = 64 << 20;
@@ -141,22 +142,28 @@ pub fn read_blocks(
     Ok(())
 }
 
-/// `values` written into `dst` from its start, a block at a time, with at
-/// most two blocks' staging memory held (`queue.write_buffer` keeps its
-/// copy until the submission that carries it has run: one call for a
-/// whole table would hold a second copy of it): block i is written once
-/// block i − 2 has landed (and the first once every earlier write has: a
-/// table's chunks are written by one call each).
-pub fn write_blocks(ctx: &GpuContext, dst: &wgpu::Buffer, values: &[f32], block: u64) -> Result<()> {
-    let per = (block_size(block) / 4) as usize;
+/// `count` values from `feed` written into `dst` from its start, a block
+/// at a time (one host block, filled by the feed: a table streams from its
+/// file), with at most two blocks' staging memory held besides
+/// (`queue.write_buffer` keeps its copy until the submission that carries
+/// it has run: one call for a whole table would hold a second copy of it):
+/// block i is written once block i − 2 has landed (and the first once every
+/// earlier write has: a table's chunks are written by one call each).
+pub fn write_blocks_from(ctx: &GpuContext, dst: &wgpu::Buffer, count: u64, block: u64, feed: &mut Feed) -> Result<()> {
+    let per = (block_size(block) / 4).min(count) as usize;
+    let mut host = vec![0f32; per];
     ctx.wait()?;
     let mut landing: std::collections::VecDeque<wgpu::SubmissionIndex> = Default::default();
-    for (i, part) in values.chunks(per).enumerate() {
+    let mut at = 0u64;
+    while at < count {
+        let part = &mut host[..per.min((count - at) as usize)];
+        feed(part)?;
         if landing.len() == 2 {
             ctx.wait_until(landing.pop_front())?;
         }
-        ctx.queue.write_buffer(dst, (i * per * 4) as u64, bytemuck::cast_slice(part));
+        ctx.queue.write_buffer(dst, at * 4, bytemuck::cast_slice(part));
         landing.push_back(ctx.queue.submit([]));
+        at += part.len() as u64;
     }
     Ok(())
 }

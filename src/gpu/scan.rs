@@ -7,13 +7,16 @@ use std::sync::Arc;
 
 use super::context::GpuContext;
 use super::layout::{grid, ChunkLayout};
-use super::pipes::{bind_at, read_mapped, readback, storage, uniform, write_blocks, Constants, TRANSFER_BLOCK_BYTES};
+use super::pipes::{
+    bind_at, read_mapped, readback, storage, uniform, write_blocks_from, Constants, TRANSFER_BLOCK_BYTES,
+};
 use super::shaders;
 use super::timer::{in_timed_rounds, PassTimer};
 use super::trainer::{loop_limit, LOOP_BUDGET};
 use crate::config::Shape;
 use crate::error::{Error, Result};
 use crate::scan::{Scan, SCAN_WORDS};
+use crate::trainer::Feed;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -202,11 +205,18 @@ impl TableScanner {
 
 /// Uploads a host table chunk by chunk and scans it on the GPU.
 pub fn scan_values(ctx: Arc<GpuContext>, values: &[f32], shape: Shape, max_chunk_rows: Option<usize>) -> Result<Scan> {
-    // (A scan takes a one-row table; training needs two rows.)
-    Shape::of_file_from(shape.rows, shape.dim, 1).map_err(|e| Error::invalid("table", e))?;
     if values.len() as u64 != shape.elements() {
         return Err(Error::invalid("table", format!("{} values for {} × {}", values.len(), shape.rows, shape.dim)));
     }
+    scan_from(ctx, shape, &mut crate::tables::reader::slice_feed(values), max_chunk_rows)
+}
+
+/// [`scan_values`] of a table whose values come from `feed` (a file's
+/// reader: streamed into the device a block at a time, no host copy of
+/// the whole).
+pub fn scan_from(ctx: Arc<GpuContext>, shape: Shape, feed: &mut Feed, max_chunk_rows: Option<usize>) -> Result<Scan> {
+    // (A scan takes a one-row table; training needs two rows.)
+    Shape::of_file_from(shape.rows, shape.dim, 1).map_err(|e| Error::invalid("table", e))?;
     let wg = ctx.workgroup_size(256);
     let max_groups = ctx.max_groups();
     let layout = ChunkLayout::new(shape, ctx.max_binding_bytes(), max_chunk_rows, wg, max_groups)?;
@@ -221,7 +231,7 @@ pub fn scan_values(ctx: Arc<GpuContext>, values: &[f32], shape: Shape, max_chunk
         return Err(shape.too_large(format!("the GPU could not allocate it ({e})")));
     }
     for (s, b) in layout.spans.iter().zip(&buffers) {
-        write_blocks(&ctx, b, &values[s.row_base * d..][..s.rows * d], TRANSFER_BLOCK_BYTES)?;
+        write_blocks_from(&ctx, b, (s.rows * d) as u64, TRANSFER_BLOCK_BYTES, feed)?;
     }
     let mut scanner = TableScanner::new(ctx, shape, &layout, wg, max_groups)?;
     let refs: Vec<&wgpu::Buffer> = buffers.iter().collect();

@@ -42,8 +42,8 @@ use super::batch::{slot_words, BatchDev, SlotSource};
 use super::context::{or_env_flag, GpuContext};
 use super::layout::{grid, row_blocks, ChunkLayout, ChunkSpan};
 use super::pipes::{
-    bind, keeps_columns, keeps_vec4s, kept_vec4s, read_blocks, read_mapped, readback, storage, uniform, write_blocks,
-    Constants, TRANSFER_BLOCK_BYTES,
+    bind, keeps_columns, keeps_vec4s, kept_vec4s, read_blocks, read_mapped, readback, storage, uniform,
+    write_blocks_from, Constants, TRANSFER_BLOCK_BYTES,
 };
 use super::scan::{TableScanner, DETAIL_BYTES};
 use super::shaders;
@@ -53,7 +53,7 @@ use crate::error::{Error, Result};
 use crate::guard::Policy;
 use crate::record::{Record, RECORD_WORDS};
 use crate::scan::Scan;
-use crate::trainer::{DeviceInfo, KernelTime, RunState, Sink, TableSource, Trainer};
+use crate::trainer::{DeviceInfo, Feed, KernelTime, RunState, Sink, TableSource, Trainer};
 
 // GpuTrainer's methods, by concern (each file one `impl GpuTrainer`).
 mod build;
@@ -873,6 +873,7 @@ impl GpuTrainer {
         self.anchors_fresh = false;
         match source {
             TableSource::Data(v) => self.write_chunks(&v, |c| &c.a)?,
+            TableSource::Stream(mut feed) => self.write_chunks_from(&mut *feed, |c| &c.a)?,
             TableSource::Random { seed } => self.encode_generate(seed),
         }
         self.ctx.wait()
@@ -918,11 +919,16 @@ impl GpuTrainer {
     }
 
     /// A full-table array written from the host, chunk after chunk
-    /// (`pipes::write_blocks`).
+    /// (`pipes::write_blocks_from`).
     fn write_chunks(&self, v: &[f32], which: impl Fn(&GpuChunk) -> &wgpu::Buffer) -> Result<()> {
-        let d = self.shape.dim;
+        self.write_chunks_from(&mut crate::tables::reader::slice_feed(v), which)
+    }
+
+    /// One buffer of each chunk (`which`) written from `feed`, in row order.
+    fn write_chunks_from(&self, feed: &mut Feed, which: impl Fn(&GpuChunk) -> &wgpu::Buffer) -> Result<()> {
+        let d = self.shape.dim as u64;
         for c in &self.chunks {
-            write_blocks(&self.ctx, which(c), &v[c.span.row_base * d..][..c.span.rows * d], self.transfer_block())?;
+            write_blocks_from(&self.ctx, which(c), c.span.rows as u64 * d, self.transfer_block(), feed)?;
         }
         Ok(())
     }
@@ -1321,8 +1327,14 @@ impl Trainer for GpuTrainer {
         if v.len() as u64 != self.shape.elements() || !self.has_velocity() {
             return Err(Error::invalid("velocity", format!("{} values: momentum off, or another shape", v.len())));
         }
+        self.set_velocity_from(&mut crate::tables::reader::slice_feed(v))
+    }
+    fn set_velocity_from(&mut self, feed: &mut Feed) -> Result<()> {
+        if !self.has_velocity() {
+            return Err(Error::invalid("velocity", "momentum off: this run has no velocity"));
+        }
         let cur = self.current()?;
-        self.write_chunks(v, |c| velocity_buffer(c, cur))?;
+        self.write_chunks_from(feed, |c| velocity_buffer(c, cur))?;
         self.ctx.wait()
     }
     fn read_table(&mut self) -> Result<Vec<f32>> {
@@ -1361,7 +1373,13 @@ impl Trainer for GpuTrainer {
                 format!("{} values: not a rollback run, or another shape", t.len()),
             ));
         }
-        self.write_chunks(t, |c| c.snap.as_ref().expect("rollback keeps a snapshot"))?;
+        self.set_snapshot_from(&mut crate::tables::reader::slice_feed(t))
+    }
+    fn set_snapshot_from(&mut self, feed: &mut Feed) -> Result<()> {
+        if self.cfg.guard.policy != Policy::Rollback {
+            return Err(Error::invalid("snapshot", "not a rollback run"));
+        }
+        self.write_chunks_from(feed, |c| c.snap.as_ref().expect("rollback keeps a snapshot"))?;
         self.snapshot_due = false;
         self.ctx.wait()
     }
