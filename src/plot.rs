@@ -31,9 +31,9 @@ fn sample_rows(rows: usize) -> Vec<usize> {
 }
 
 impl Frame {
-    /// The frame of `table` (row-major, `dim` columns) for anchors a, b.
-    pub(crate) fn new(table: &[f32], dim: usize, a: usize, b: usize) -> Frame {
-        let row = |i: usize| table[i * dim..][..dim].iter().map(|&v| v as f64).collect::<Vec<f64>>();
+    /// The frame of `table`'s drawn rows for anchors a, b.
+    pub(crate) fn new(table: &Drawn, a: usize, b: usize) -> Frame {
+        let row = |i: usize| table.row(i).iter().map(|&v| v as f64).collect::<Vec<f64>>();
         let (p, q) = (row(a), row(b));
         let mut u: Vec<f64> = q.iter().zip(&p).map(|(q, p)| q - p).collect();
         let n = dot(&u, &u).sqrt();
@@ -42,8 +42,7 @@ impl Frame {
         }
         // Power iteration on the sampled residuals' scatter matrix (of
         // finite rows: one NaN row would make every direction NaN).
-        let rows = table.len() / dim.max(1);
-        let resid: Vec<Vec<f64>> = sample_rows(rows)
+        let resid: Vec<Vec<f64>> = sample_rows(table.rows)
             .into_iter()
             .map(|i| {
                 let d: Vec<f64> = row(i).iter().zip(&p).map(|(x, p)| x - p).collect();
@@ -52,6 +51,7 @@ impl Frame {
             })
             .filter(|r| r.iter().all(|x| x.is_finite()))
             .collect();
+        let dim = table.dim;
         let mut w: Vec<f64> = (0..dim).map(|k| 1.0 + k as f64 * 0.01).collect();
         for _ in 0..50 {
             let mut next = vec![0.0; dim];
@@ -71,9 +71,84 @@ impl Frame {
     }
 
     /// (along the anchor line, across it) of row `i`.
-    fn project(&self, table: &[f32], dim: usize, i: usize) -> (f64, f64) {
-        let d: Vec<f64> = table[i * dim..][..dim].iter().zip(&self.p).map(|(&x, p)| x as f64 - p).collect();
+    fn project(&self, table: &Drawn, i: usize) -> (f64, f64) {
+        let d: Vec<f64> = table.row(i).iter().zip(&self.p).map(|(&x, p)| x as f64 - p).collect();
         (dot(&d, &self.u), dot(&d, &self.w))
+    }
+}
+
+/// The rows of a table that a picture draws (its sample, evenly spaced,
+/// and the two anchors), taken from the table as its values pass, a block
+/// at a time in row-major order (a GPU's table read back through a sink:
+/// no host copy of the whole).
+#[derive(Clone, Debug)]
+pub struct Drawn {
+    rows: usize,
+    dim: usize,
+    anchors: (usize, usize),
+    /// The rows kept, ascending, each once, and their values.
+    kept: Vec<usize>,
+    values: Vec<f32>,
+    /// Values handed over so far.
+    seen: u64,
+}
+
+impl Drawn {
+    /// Ready to take the drawn rows of a table of `rows` × `dim` whose
+    /// anchors are `anchors`.
+    pub fn new(rows: usize, dim: usize, anchors: (usize, usize)) -> Result<Drawn> {
+        if dim == 0 || rows == 0 || anchors.0 >= rows || anchors.1 >= rows {
+            return Err(Error::invalid(
+                "plot",
+                format!("a table of {rows} × {dim}, anchors {},{}: anchors among its rows", anchors.0, anchors.1),
+            ));
+        }
+        let mut kept = sample_rows(rows);
+        kept.extend([anchors.0, anchors.1]);
+        kept.sort_unstable();
+        kept.dedup();
+        let values = vec![f32::NAN; kept.len() * dim];
+        Ok(Drawn { rows, dim, anchors, kept, values, seen: 0 })
+    }
+
+    /// The drawn rows of a table at hand (whole rows of `dim` columns).
+    pub fn of(table: &[f32], dim: usize, anchors: (usize, usize)) -> Result<Drawn> {
+        if dim == 0 || !table.len().is_multiple_of(dim) {
+            return Err(Error::invalid("plot", format!("{} values: not whole rows of {dim}", table.len())));
+        }
+        let mut d = Drawn::new(table.len() / dim, dim, anchors)?;
+        d.take(table);
+        Ok(d)
+    }
+
+    /// The table's next values: those of drawn rows are kept.
+    pub fn take(&mut self, values: &[f32]) {
+        let (start, end) = (self.seen, self.seen + values.len() as u64);
+        let d = self.dim as u64;
+        // The first kept row that ends after `start`.
+        let first = self.kept.partition_point(|&r| (r as u64 + 1) * d <= start);
+        for (k, &r) in self.kept.iter().enumerate().skip(first) {
+            let (r0, r1) = (r as u64 * d, (r as u64 + 1) * d);
+            if r0 >= end {
+                break;
+            }
+            let (from, to) = (r0.max(start), r1.min(end));
+            let dst = k * self.dim + (from - r0) as usize;
+            self.values[dst..dst + (to - from) as usize]
+                .copy_from_slice(&values[(from - start) as usize..(to - start) as usize]);
+        }
+        self.seen = end;
+    }
+
+    /// Whether every value of the table has been handed over.
+    pub fn is_whole(&self) -> bool {
+        self.seen == self.rows as u64 * self.dim as u64
+    }
+
+    /// Row `i` (one that is drawn).
+    fn row(&self, i: usize) -> &[f32] {
+        let k = self.kept.binary_search(&i).expect("a drawn row");
+        &self.values[k * self.dim..][..self.dim]
     }
 }
 
@@ -81,29 +156,20 @@ impl Frame {
 pub struct Picture<'a> {
     /// (step, mean excess) for every evaluated step.
     pub excess: Vec<(usize, f64)>,
-    pub before: &'a [f32],
-    pub after: &'a [f32],
-    pub dim: usize,
-    pub anchors: (usize, usize),
+    /// The drawn rows of the table before training and after.
+    pub before: &'a Drawn,
+    pub after: &'a Drawn,
 }
 
 /// Draws the picture into `path` (SVG), atomically.
 pub fn draw(path: &Path, pic: &Picture) -> Result<()> {
-    let rows = pic.before.len() / pic.dim.max(1);
-    let (a, b) = pic.anchors;
-    if pic.dim == 0
-        || pic.before.len() != rows * pic.dim
-        || pic.after.len() != pic.before.len()
-        || a >= rows
-        || b >= rows
-    {
+    let (b, a) = (pic.before, pic.after);
+    if (b.rows, b.dim, b.anchors) != (a.rows, a.dim, a.anchors) || !b.is_whole() || !a.is_whole() {
         return Err(Error::invalid(
             "plot",
             format!(
-                "tables of {} and {} values, {} columns, anchors {a},{b}: two tables of the same whole rows, anchors among them",
-                pic.before.len(),
-                pic.after.len(),
-                pic.dim
+                "tables of {} and {} values of {} × {} and {} × {}: two whole tables of the same shape and anchors",
+                b.seen, a.seen, b.rows, b.dim, a.rows, a.dim
             ),
         ));
     }
@@ -135,12 +201,12 @@ fn render(svg: &mut String, pic: &Picture) -> std::result::Result<(), Box<dyn st
     c.draw_series(LineSeries::new(pts, &BLUE))?;
 
     // The codes in the plane of the anchor line, before and after.
-    let frame = Frame::new(pic.before, pic.dim, pic.anchors.0, pic.anchors.1);
-    let rows = pic.before.len() / pic.dim.max(1);
-    let sample = sample_rows(rows);
-    let before: Vec<(f64, f64)> = sample.iter().map(|&i| frame.project(pic.before, pic.dim, i)).collect();
-    let after: Vec<(f64, f64)> = sample.iter().map(|&i| frame.project(pic.after, pic.dim, i)).collect();
-    let anchors = |t: &[f32]| [frame.project(t, pic.dim, pic.anchors.0), frame.project(t, pic.dim, pic.anchors.1)];
+    let (a, b) = pic.before.anchors;
+    let frame = Frame::new(pic.before, a, b);
+    let sample = sample_rows(pic.before.rows);
+    let before: Vec<(f64, f64)> = sample.iter().map(|&i| frame.project(pic.before, i)).collect();
+    let after: Vec<(f64, f64)> = sample.iter().map(|&i| frame.project(pic.after, i)).collect();
+    let anchors = |t: &Drawn| [frame.project(t, a), frame.project(t, b)];
     let (ab, aa) = (anchors(pic.before), anchors(pic.after));
     let all = before.iter().chain(&after).chain(&ab).chain(&aa).filter(|p| p.0.is_finite() && p.1.is_finite());
     let (mut lo, mut hi) = ((f64::INFINITY, f64::INFINITY), (f64::NEG_INFINITY, f64::NEG_INFINITY));
@@ -290,15 +356,16 @@ mod tests {
         let before: Vec<f32> = (0..rows * dim).map(|i| ((i * 37) % 17) as f32 * 0.25 - 2.0).collect();
         let mut with_nan = before.clone();
         with_nan[10 * dim + 2] = f32::NAN;
-        let frame = Frame::new(&with_nan, dim, 0, rows - 1);
+        let drawn = |t: &[f32]| Drawn::of(t, dim, (0, rows - 1)).unwrap();
+        let frame = Frame::new(&drawn(&with_nan), 0, rows - 1);
         assert!(frame.w.iter().all(|x| x.is_finite()), "{:?}", frame.w);
         assert!((dot(&frame.w, &frame.w) - 1.0).abs() < 1e-12 && dot(&frame.w, &frame.u).abs() < 1e-12);
         let mut after = before.clone();
         for r in [3, 4, 5] {
             after[r * dim] = f32::INFINITY;
         }
-        let pic =
-            Picture { excess: vec![(0, 1.0), (1, 0.5)], before: &with_nan, after: &after, dim, anchors: (0, rows - 1) };
+        let (before, after) = (drawn(&with_nan), drawn(&after));
+        let pic = Picture { excess: vec![(0, 1.0), (1, 0.5)], before: &before, after: &after };
         let mut svg = String::new();
         render(&mut svg, &pic).unwrap();
         let grey = svg.matches("fill=\"#AAAAAA\"").count();
@@ -356,19 +423,50 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.svg");
         let t = [0.5f32; 12];
-        for (before, after, dim, anchors) in [
-            (&t[..], &t[..], 3, (0, 4)),
-            (&t[..], &t[..], 0, (0, 1)),
-            (&t[..], &t[..6], 3, (0, 1)),
-            (&t[..11], &t[..11], 3, (0, 1)),
-        ] {
-            let pic = Picture { excess: vec![(0, 1.0)], before, after, dim, anchors };
-            let e = draw(&path, &pic).unwrap_err().to_string();
+        // Anchors out of the table, no columns, no whole rows: no rows to draw.
+        for (table, dim, anchors) in [(&t[..], 3, (0, 4)), (&t[..], 0, (0, 1)), (&t[..11], 3, (0, 1))] {
+            let e = Drawn::of(table, dim, anchors).unwrap_err().to_string();
+            assert!(e.starts_with("invalid plot: "), "{e}");
+        }
+        // Tables of two shapes, or one not yet whole: no picture.
+        let whole = Drawn::of(&t, 3, (0, 3)).unwrap();
+        let mut part = Drawn::new(4, 3, (0, 3)).unwrap();
+        part.take(&t[..6]);
+        for (before, after) in [(&whole, &Drawn::of(&t, 4, (0, 2)).unwrap()), (&whole, &part), (&part, &whole)] {
+            let e = draw(&path, &Picture { excess: vec![(0, 1.0)], before, after }).unwrap_err().to_string();
             assert!(e.starts_with("invalid plot: "), "{e}");
             assert!(!path.exists());
         }
-        let pic = Picture { excess: vec![(0, 1.0)], before: &t, after: &t, dim: 3, anchors: (0, 3) };
-        draw(&path, &pic).unwrap();
+        draw(&path, &Picture { excess: vec![(0, 1.0)], before: &whole, after: &whole }).unwrap();
         assert!(path.exists());
+    }
+
+    /// The drawn rows taken from a table handed over in any split are
+    /// those of the table at hand, each value in its place.
+    #[test]
+    fn drawn_rows_are_taken_from_blocks_of_any_split() {
+        use rand::{Rng, SeedableRng};
+        let seed = crate::test_seed("drawn_blocks");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let (rows, dim) = (4321, 7);
+        let table: Vec<f32> = (0..rows * dim).map(|_| rng.random_range(-3.0..3.0)).collect();
+        let anchors = (rng.random_range(0..rows), rng.random_range(0..rows));
+        let mut d = Drawn::new(rows, dim, anchors).unwrap();
+        let mut at = 0;
+        while at < table.len() {
+            assert!(!d.is_whole());
+            let n = rng.random_range(1..=(table.len() - at).min(50));
+            d.take(&table[at..at + n]);
+            at += n;
+        }
+        assert!(d.is_whole());
+        let mut want = sample_rows(rows);
+        want.extend([anchors.0, anchors.1]);
+        want.sort_unstable();
+        want.dedup();
+        assert_eq!(d.kept, want);
+        for &r in d.kept.iter().chain([&anchors.0, &anchors.1]) {
+            assert_eq!(d.row(r), &table[r * dim..][..dim], "row {r}, seed {seed}");
+        }
     }
 }

@@ -359,7 +359,17 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     // spacings are all distinct, so an exact tally would grow with the run).
     let mut per_step = super::runlog::Tally::coarse();
     let (mut wall, mut wall_steps) = (std::time::Duration::ZERO, 0usize);
-    let before = if args.plot.is_some() { Some(trainer.read_table()?) } else { None };
+    // --plot: the rows it draws, taken as the table streams past (no host
+    // copy of it kept for the run).
+    let drawn = |trainer: &mut dyn Trainer| -> anyhow::Result<latent_line::plot::Drawn> {
+        let mut d = latent_line::plot::Drawn::new(shape.rows, shape.dim, (cfg.anchor_a, cfg.anchor_b))?;
+        trainer.read_table_into(&mut |v: &[f32]| {
+            d.take(v);
+            Ok(())
+        })?;
+        Ok(d)
+    };
+    let before = if args.plot.is_some() { Some(drawn(trainer.as_mut())?) } else { None };
     // A batch's record covers its rows; the summary's start is the table's.
     let start_eval = if batched { Some(trainer.evaluate()?) } else { None };
     let mut done = start;
@@ -636,15 +646,9 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         );
     }
     if let (Some(path), Some(before)) = (&args.plot, &before) {
-        let after = trainer.read_table()?;
+        let after = drawn(trainer.as_mut())?;
         let excess = log.excess.iter().flatten().enumerate().map(|(i, &e)| (step_of(i), e)).collect();
-        let pic = latent_line::plot::Picture {
-            excess,
-            before,
-            after: &after,
-            dim: shape.dim,
-            anchors: (cfg.anchor_a, cfg.anchor_b),
-        };
+        let pic = latent_line::plot::Picture { excess, before, after: &after };
         latent_line::plot::draw(path, &pic)?;
         out!("plot     {}", path.display());
     }
