@@ -328,8 +328,9 @@ python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars
 
 at
 echo "== saves and a load of the 1 GiB table: wall time and the process's peak host memory"
-# (Saves stream the table from the device through two 64 MiB blocks; a
-# load holds it once while it uploads. BENCHMARKS.md, seventeenth session.)
+# (Saves stream the table from the device through two 64 MiB blocks, loads
+# and resumes from their files the same way, `scan` in 16 MB blocks:
+# BENCHMARKS.md, seventeenth and eighteenth sessions.)
 peak() {
     python3 - "$@" <<'PY'
 import resource, subprocess, sys, time
@@ -343,6 +344,11 @@ peak "$B/latent-line" --rows "$SCAN_ROWS" --dim 64 --steps 0 --save /tmp/big.npy
 peak "$B/latent-line" --rows "$SCAN_ROWS" --dim 64 --steps 0 --save /tmp/big.safetensors
 peak "$B/latent-line" --load /tmp/big.safetensors --steps 1 --save /tmp/big2.safetensors
 rm -f /tmp/big.safetensors* /tmp/big2.safetensors*
+ROLL="--momentum 0.9 --on-nonfinite rollback"
+peak "$B/latent-line" --load /tmp/big.npy --steps 2 $ROLL --save /tmp/ck.npy
+peak "$B/latent-line" --resume /tmp/ck.npy --steps 4 $ROLL --save /tmp/ck.npy
+peak "$B/latent-line" scan /tmp/big.npy
+rm -f /tmp/ck.npy*
 echo "== latent-line scan on a 1 GiB table"
 "$B/latent-line" scan /tmp/big.npy; echo "exit $?"
 rm -f /tmp/big.npy*

@@ -328,8 +328,18 @@ impl BadRowSpans {
                     return Vec::new();
                 }
                 let at = self.seen + (b * BLOCK) as u64;
-                let bad = part.iter().enumerate().filter(|(_, v)| v.to_bits() & 0x7f80_0000 == 0x7f80_0000);
-                bad.map(|(i, _)| (at + i as u64) / self.dim).collect()
+                // Each bad row once (at most one index a row, however many
+                // of its values are bad).
+                let mut rows = Vec::new();
+                for (i, v) in part.iter().enumerate() {
+                    if v.to_bits() & 0x7f80_0000 == 0x7f80_0000 {
+                        let r = (at + i as u64) / self.dim;
+                        if rows.last() != Some(&r) {
+                            rows.push(r);
+                        }
+                    }
+                }
+                rows
             })
             .collect();
         let buckets = self.counts.len() as u128;

@@ -113,14 +113,17 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     );
     // --plot's rows with NaN or ±Inf, counted as the values pass.
     let mut spans = args.plot.as_ref().map(|_| latent_line::plot::BadRowSpans::new(shape.rows, shape.dim, 200));
-    // Time in the file's reads, apart from the scan's.
-    let mut read_s = 0.0;
+    // Time in the file's opening and reads, apart from the scan's (and the
+    // plot's counts, in neither).
+    let (mut read_s, mut plot_s) = (t.elapsed().as_secs_f64(), 0.0);
     let mut read = |out: &mut [f32]| -> latent_line::Result<()> {
         let t = Instant::now();
         reader.read(out)?;
         read_s += t.elapsed().as_secs_f64();
         if let Some(s) = spans.as_mut() {
+            let t = Instant::now();
             s.add(out);
+            plot_s += t.elapsed().as_secs_f64();
         }
         Ok(())
     };
@@ -142,7 +145,7 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
             (found, format!("cpu · {} threads", rayon::current_num_threads()))
         }
     };
-    let scan_s = (t.elapsed().as_secs_f64() - read_s).max(0.0);
+    let scan_s = (t.elapsed().as_secs_f64() - read_s - plot_s).max(0.0);
     let note = reader.note();
     if let Some(n) = &note {
         out!("         {n}");

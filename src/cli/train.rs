@@ -273,10 +273,14 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         }
         None => None,
     };
+    // The file let go (a checkpoint that replaces it at its path frees its
+    // disk space at once).
+    let loaded = input.is_some();
+    drop(input);
     // SPEC §7 on the loaded table, where it now lies (the device's scan: one
     // pass at memory speed).
     let mut input_events = Vec::new();
-    if input.is_some() {
+    if loaded {
         let s = trainer.scan_table()?;
         if !s.is_clean() {
             input_events.push(Event { step: None, buffer: "input", scan: s, strikes: Vec::new(), action: None });
@@ -1026,8 +1030,8 @@ struct Resumed {
 /// A file checked by a pass of its own before the run must give the same
 /// values when read again into the trainer (`want`: its fingerprint then,
 /// where one was recorded).
-fn unchanged(path: &Path, have: u64, want: Option<u64>) -> anyhow::Result<()> {
-    if want.is_some_and(|w| w != have) {
+fn unchanged(path: &Path, have: Option<u64>, want: Option<u64>) -> anyhow::Result<()> {
+    if want.is_some() && have != want {
         bail!(
             "{}: changed while it was read (its values are not those checked before the run); nothing was saved",
             path.display()

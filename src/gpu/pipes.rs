@@ -142,16 +142,35 @@ pub fn read_blocks(
     Ok(())
 }
 
+/// A host block for [`write_blocks_from`]: `block` bytes of values, no
+/// more than `count` (a host that cannot give it is an error, not an
+/// abort).
+pub fn host_block(block: u64, count: u64) -> Result<Vec<f32>> {
+    let per = (block_size(block) / 4).min(count);
+    let mut v = Vec::new();
+    usize::try_from(per).ok().and_then(|n| v.try_reserve_exact(n).ok()).ok_or_else(|| {
+        Error::invalid("transfer block", format!("{} bytes of host memory, which this host cannot give", per * 4))
+    })?;
+    v.resize(per as usize, 0.0);
+    Ok(v)
+}
+
 /// `count` values from `feed` written into `dst` from its start, a block
-/// at a time (one host block, filled by the feed: a table streams from its
-/// file), with at most two blocks' staging memory held besides
-/// (`queue.write_buffer` keeps its copy until the submission that carries
-/// it has run: one call for a whole table would hold a second copy of it):
-/// block i is written once block i − 2 has landed (and the first once every
-/// earlier write has: a table's chunks are written by one call each).
-pub fn write_blocks_from(ctx: &GpuContext, dst: &wgpu::Buffer, count: u64, block: u64, feed: &mut Feed) -> Result<()> {
-    let per = (block_size(block) / 4).min(count) as usize;
-    let mut host = vec![0f32; per];
+/// of `host`'s length at a time (`host` filled by the feed: a table
+/// streams from its file), with at most two blocks' staging memory held
+/// besides (`queue.write_buffer` keeps its copy until the submission that
+/// carries it has run: one call for a whole table would hold a second
+/// copy of it): block i is written once block i − 2 has landed (and the
+/// first once every earlier write has: a table's chunks are written by one
+/// call each).
+pub fn write_blocks_from(
+    ctx: &GpuContext,
+    dst: &wgpu::Buffer,
+    count: u64,
+    host: &mut [f32],
+    feed: &mut Feed,
+) -> Result<()> {
+    let per = host.len().max(1);
     ctx.wait()?;
     let mut landing: std::collections::VecDeque<wgpu::SubmissionIndex> = Default::default();
     let mut at = 0u64;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::context::GpuContext;
 use super::layout::{grid, ChunkLayout};
 use super::pipes::{
-    bind_at, read_mapped, readback, storage, uniform, write_blocks_from, Constants, TRANSFER_BLOCK_BYTES,
+    bind_at, host_block, read_mapped, readback, storage, uniform, write_blocks_from, Constants, TRANSFER_BLOCK_BYTES,
 };
 use super::shaders;
 use super::timer::{in_timed_rounds, PassTimer};
@@ -230,8 +230,10 @@ pub fn scan_from(ctx: Arc<GpuContext>, shape: Shape, feed: &mut Feed, max_chunk_
     if let Some(e) = pollster::block_on(oom.pop()) {
         return Err(shape.too_large(format!("the GPU could not allocate it ({e})")));
     }
+    let largest = layout.spans.iter().map(|s| (s.rows * d) as u64).max().unwrap_or(0);
+    let mut host = host_block(TRANSFER_BLOCK_BYTES, largest)?;
     for (s, b) in layout.spans.iter().zip(&buffers) {
-        write_blocks_from(&ctx, b, (s.rows * d) as u64, TRANSFER_BLOCK_BYTES, feed)?;
+        write_blocks_from(&ctx, b, (s.rows * d) as u64, &mut host, feed)?;
     }
     let mut scanner = TableScanner::new(ctx, shape, &layout, wg, max_groups)?;
     let refs: Vec<&wgpu::Buffer> = buffers.iter().collect();

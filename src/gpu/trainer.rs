@@ -42,7 +42,7 @@ use super::batch::{slot_words, BatchDev, SlotSource};
 use super::context::{or_env_flag, GpuContext};
 use super::layout::{grid, row_blocks, ChunkLayout, ChunkSpan};
 use super::pipes::{
-    bind, keeps_columns, keeps_vec4s, kept_vec4s, read_blocks, read_mapped, readback, storage, uniform,
+    bind, host_block, keeps_columns, keeps_vec4s, kept_vec4s, read_blocks, read_mapped, readback, storage, uniform,
     write_blocks_from, Constants, TRANSFER_BLOCK_BYTES,
 };
 use super::scan::{TableScanner, DETAIL_BYTES};
@@ -927,8 +927,10 @@ impl GpuTrainer {
     /// One buffer of each chunk (`which`) written from `feed`, in row order.
     fn write_chunks_from(&self, feed: &mut Feed, which: impl Fn(&GpuChunk) -> &wgpu::Buffer) -> Result<()> {
         let d = self.shape.dim as u64;
+        let largest = self.chunks.iter().map(|c| c.span.rows as u64 * d).max().unwrap_or(0);
+        let mut host = host_block(self.transfer_block(), largest)?;
         for c in &self.chunks {
-            write_blocks_from(&self.ctx, which(c), c.span.rows as u64 * d, self.transfer_block(), feed)?;
+            write_blocks_from(&self.ctx, which(c), c.span.rows as u64 * d, &mut host, feed)?;
         }
         Ok(())
     }
