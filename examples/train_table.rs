@@ -19,7 +19,10 @@ use latent_line::{npy, Action, Batches, Endpoints, Guard, Policy, Shape, StepCon
 
 fn main() -> anyhow::Result<()> {
     // 1. A table: 20 000 codes of 16 numbers (here made up; yours would come
-    //    from a checkpoint, e.g. `npy::load`).
+    //    from a checkpoint: `npy::load` into host memory, or, for a table
+    //    larger than host memory, `tables::open_as(path, "weight",
+    //    npy::Overflow::Inf, false)?.reader` streamed into the device as
+    //    `TableSource::Stream(Box::new(move |out| reader.read(out)))`).
     let (rows, dim) = (20_000usize, 16usize);
     let shape = Shape::new(rows, dim)?;
     let table: Vec<f32> = (0..rows * dim).map(|i| ((i * 2_654_435_761) % 10_000) as f32 / 2_500.0 - 2.0).collect();
