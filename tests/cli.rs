@@ -628,6 +628,17 @@ fn scan_reports_findings_with_exit_code_3_and_clean_files_with_0() {
     // of 1.5 rows: three red bars.
     let red = doc.descendants().filter(|n| n.has_tag_name("rect") && n.attribute("fill") == Some("#FF0000")).count();
     assert_eq!(red, 3, "{text}");
+    // The file streamed to the GPU in blocks of 13 values (rows of 6 split
+    // mid-way): the same findings and the same picture.
+    let svg_gpu = dir.s("where-gpu.svg");
+    let o = latent_line(["scan", &bad, "--backend", "gpu", "--plot", &svg_gpu])
+        .env("LATENT_LINE_TRANSFER_BLOCK", "52")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(3), "{said}{}", stderr(&o));
+    assert!(said.contains("1 NaN · 1 +Inf · 1 -Inf · in 3 rows") && said.contains("rows     17 250 251"), "{said}");
+    assert_eq!(std::fs::read_to_string(dir.p("where-gpu.svg")).unwrap(), text);
     let o = run(&["scan", &dir.s("missing.npy")]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("missing.npy"), "{}", stderr(&o));

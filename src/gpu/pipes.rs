@@ -72,6 +72,22 @@ pub fn readback(ctx: &GpuContext, label: &str, size: u64) -> wgpu::Buffer {
 /// table, two blocks, whatever the table's size.
 pub const TRANSFER_BLOCK_BYTES: u64 = 64 << 20;
 
+/// The transfer block asked for: `asked`, else `LATENT_LINE_TRANSFER_BLOCK`
+/// (bytes, at least 4; tests lower it to move tables in many blocks), else
+/// `None` ([`TRANSFER_BLOCK_BYTES`]).
+pub fn transfer_block(asked: Option<u64>) -> Result<Option<u64>> {
+    match (asked, std::env::var("LATENT_LINE_TRANSFER_BLOCK")) {
+        (Some(b), _) => Ok(Some(b)),
+        (None, Err(_)) => Ok(None),
+        (None, Ok(v)) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|&b| b >= 4)
+            .map(Some)
+            .ok_or_else(|| Error::invalid("LATENT_LINE_TRANSFER_BLOCK", format!("{v:?}: bytes, at least 4"))),
+    }
+}
+
 /// `block` rounded down to whole 4-byte values, at least one.
 fn block_size(block: u64) -> u64 {
     (block / 4 * 4).max(4)

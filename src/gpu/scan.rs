@@ -8,7 +8,8 @@ use std::sync::Arc;
 use super::context::GpuContext;
 use super::layout::{grid, ChunkLayout};
 use super::pipes::{
-    bind_at, host_block, read_mapped, readback, storage, uniform, write_blocks_from, Constants, TRANSFER_BLOCK_BYTES,
+    bind_at, host_block, read_mapped, readback, storage, transfer_block, uniform, write_blocks_from, Constants,
+    TRANSFER_BLOCK_BYTES,
 };
 use super::shaders;
 use super::timer::{in_timed_rounds, PassTimer};
@@ -231,7 +232,8 @@ pub fn scan_from(ctx: Arc<GpuContext>, shape: Shape, feed: &mut Feed, max_chunk_
         return Err(shape.too_large(format!("the GPU could not allocate it ({e})")));
     }
     let largest = layout.spans.iter().map(|s| (s.rows * d) as u64).max().unwrap_or(0);
-    let mut host = host_block(TRANSFER_BLOCK_BYTES, largest)?;
+    let block = transfer_block(None)?.unwrap_or(TRANSFER_BLOCK_BYTES);
+    let mut host = host_block(block, largest)?;
     for (s, b) in layout.spans.iter().zip(&buffers) {
         write_blocks_from(&ctx, b, (s.rows * d) as u64, &mut host, feed)?;
     }

@@ -42,8 +42,8 @@ use super::batch::{slot_words, BatchDev, SlotSource};
 use super::context::{or_env_flag, GpuContext};
 use super::layout::{grid, row_blocks, ChunkLayout, ChunkSpan};
 use super::pipes::{
-    bind, host_block, keeps_columns, keeps_vec4s, kept_vec4s, read_blocks, read_mapped, readback, storage, uniform,
-    write_blocks_from, Constants, TRANSFER_BLOCK_BYTES,
+    bind, host_block, keeps_columns, keeps_vec4s, kept_vec4s, read_blocks, read_mapped, readback, storage,
+    transfer_block, uniform, write_blocks_from, Constants, TRANSFER_BLOCK_BYTES,
 };
 use super::scan::{TableScanner, DETAIL_BYTES};
 use super::shaders;
@@ -742,15 +742,7 @@ impl GpuTrainer {
         let undo_in_reduce =
             undo_asked && !schedule.is_full() && layout.one_binding() && cfg.guard.policy.double_buffered();
         let stamps = or_env_flag(opts.step_timestamps, "LATENT_LINE_STEP_TIMESTAMPS")?.unwrap_or(true);
-        // (Bytes, at least 4; tests lower it to move tables in many blocks.)
-        let transfer =
-            match (opts.transfer_block_bytes, std::env::var("LATENT_LINE_TRANSFER_BLOCK")) {
-                (Some(b), _) => Some(b),
-                (None, Err(_)) => None,
-                (None, Ok(v)) => Some(v.parse::<u64>().ok().filter(|&b| b >= 4).ok_or_else(|| {
-                    Error::invalid("LATENT_LINE_TRANSFER_BLOCK", format!("{v:?}: bytes, at least 4"))
-                })?),
-            };
+        let transfer = transfer_block(opts.transfer_block_bytes)?;
         let opts = GpuOptions { step_timestamps: Some(stamps), transfer_block_bytes: transfer, ..opts };
         // The batch buffers and a batch's per-slot coefficients are single
         // bindings too (a full table's coefficients are split as the table
