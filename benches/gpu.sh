@@ -348,6 +348,7 @@ ROLL="--momentum 0.9 --on-nonfinite rollback"
 peak "$B/latent-line" --load /tmp/big.npy --steps 2 $ROLL --save /tmp/ck.npy
 peak "$B/latent-line" --resume /tmp/ck.npy --steps 4 $ROLL --save /tmp/ck.npy
 peak "$B/latent-line" scan /tmp/big.npy
+peak "$B/latent-line" scan --backend gpu /tmp/big.npy
 rm -f /tmp/ck.npy*
 echo "== latent-line scan on a 1 GiB table"
 "$B/latent-line" scan /tmp/big.npy; echo "exit $?"

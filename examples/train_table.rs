@@ -20,8 +20,9 @@ use latent_line::{npy, Action, Batches, Endpoints, Guard, Policy, Shape, StepCon
 fn main() -> anyhow::Result<()> {
     // 1. A table: 20 000 codes of 16 numbers (here made up; yours would come
     //    from a checkpoint: `npy::load` into host memory, or, for a table
-    //    larger than host memory, `tables::open_as(path, "weight",
-    //    npy::Overflow::Inf, false)?.reader` streamed into the device as
+    //    larger than host memory, streamed into the device from its file:
+    //    `let mut reader = latent_line::tables::open_as(Path::new("t.npy"),
+    //    "weight", npy::Overflow::Inf, false)?.reader;` then
     //    `TableSource::Stream(Box::new(move |out| reader.read(out)))`).
     let (rows, dim) = (20_000usize, 16usize);
     let shape = Shape::new(rows, dim)?;

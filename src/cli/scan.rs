@@ -95,6 +95,9 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
         }
         BackendChoice::Cpu | BackendChoice::Auto => None,
     };
+    if gpu.is_some() {
+        latent_line::gpu::transfer_block(None)?; // checked before any output
+    }
     let t = Instant::now();
     // What the file holds: a float64 value beyond float32's range is
     // finite there (loading it to train makes it ±Inf, the note says).

@@ -12,6 +12,7 @@ pub mod timer;
 pub mod trainer;
 
 pub use context::GpuContext;
+pub use pipes::transfer_block;
 pub use sampler::GpuSampler;
 pub use scan::{scan_from, scan_values, TableScanner};
 pub use trainer::{GpuOptions, GpuTrainer, StepPath};
