@@ -244,10 +244,7 @@ pub trait Trainer {
     fn set_velocity(&mut self, v: &[f32]) -> Result<()>;
     /// [`Trainer::set_velocity`] from a feed, asked for the table's count of
     /// values a block at a time (the GPU streams them into its buffers).
-    fn set_velocity_from(&mut self, feed: &mut Feed) -> Result<()> {
-        let v = crate::tables::reader::collect(self.shape().elements(), "velocity", feed)?;
-        self.set_velocity(&v)
-    }
+    fn set_velocity_from(&mut self, feed: &mut Feed) -> Result<()>;
     /// `rollback`: the table the next rollback would restore; `None` under
     /// other policies, or before the first snapshot.
     fn read_snapshot(&mut self) -> Result<Option<Vec<f32>>>;
@@ -256,10 +253,7 @@ pub trait Trainer {
     /// before the schedule's next one.
     fn set_snapshot(&mut self, t: &[f32]) -> Result<()>;
     /// [`Trainer::set_snapshot`] from a feed, likewise.
-    fn set_snapshot_from(&mut self, feed: &mut Feed) -> Result<()> {
-        let t = crate::tables::reader::collect(self.shape().elements(), "snapshot", feed)?;
-        self.set_snapshot(&t)
-    }
+    fn set_snapshot_from(&mut self, feed: &mut Feed) -> Result<()>;
     /// The run's state besides the table (for checkpoints). After an
     /// abort, the guard's counters are those before the aborted step (which
     /// is not done: a resume runs it again), one failure fewer than the

@@ -188,20 +188,15 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                     .is_some_and(|p| matches!(tables::format_of(p), Ok(tables::Format::Safetensors)));
             let l = tables::open_as(path, &args.tensor, npy::Overflow::Inf, carry)?;
             carried = l.carried;
-            let have = l.reader.shape;
-            for (opt, given, have) in [("--rows", args.rows, have.rows), ("--dim", args.dim, have.dim)] {
+            let shape = l.reader.shape;
+            for (opt, given, have) in [("--rows", args.rows, shape.rows), ("--dim", args.dim, shape.dim)] {
                 if let Some(g) = given {
                     if g != have {
-                        bail!(
-                            "invalid {opt}: {g} disagrees with {} ({} × {})",
-                            path.display(),
-                            l.reader.shape.rows,
-                            l.reader.shape.dim
-                        );
+                        bail!("invalid {opt}: {g} disagrees with {} ({} × {})", path.display(), shape.rows, shape.dim);
                     }
                 }
             }
-            (have, Some(l.reader))
+            (shape, Some(l.reader))
         }
         None => (Shape::new(args.rows.unwrap_or(1_000_000), args.dim.unwrap_or(64))?, None),
     };

@@ -67,14 +67,14 @@ pub fn readback(ctx: &GpuContext, label: &str, size: u64) -> wgpu::Buffer {
 }
 
 /// Bytes moved between host and device a block at a time by [`read_blocks`]
-/// and [`write_blocks_from`] (`GpuOptions::transfer_block_bytes` where given):
+/// and [`write_buffers_from`] (`GpuOptions::transfer_block_bytes` where given):
 /// what a save or an upload of a table takes in host memory beyond the
 /// table, two blocks, whatever the table's size.
 pub const TRANSFER_BLOCK_BYTES: u64 = 64 << 20;
 
 /// The transfer block asked for: `asked`, else `LATENT_LINE_TRANSFER_BLOCK`
 /// (bytes, at least 4; tests lower it to move tables in many blocks), else
-/// `None` ([`TRANSFER_BLOCK_BYTES`]).
+/// `None` (`TRANSFER_BLOCK_BYTES`).
 pub fn transfer_block(asked: Option<u64>) -> Result<Option<u64>> {
     match (asked, std::env::var("LATENT_LINE_TRANSFER_BLOCK")) {
         (Some(b), _) => Ok(Some(b)),
@@ -158,47 +158,37 @@ pub fn read_blocks(
     Ok(())
 }
 
-/// A host block for [`write_blocks_from`]: `block` bytes of values, no
-/// more than `count` (a host that cannot give it is an error, not an
-/// abort).
-pub fn host_block(block: u64, count: u64) -> Result<Vec<f32>> {
-    let per = (block_size(block) / 4).min(count);
-    let mut v = Vec::new();
-    usize::try_from(per).ok().and_then(|n| v.try_reserve_exact(n).ok()).ok_or_else(|| {
+/// `feed`'s values written into each of `dsts` (a buffer and its count of
+/// values) in turn, from its start, a block of `block` bytes at a time
+/// through one host block (filled by the feed: a table streams from its
+/// file; a host that cannot give it is an error, not an abort), with at
+/// most two blocks' staging memory held besides (`queue.write_buffer` keeps
+/// its copy until the submission that carries it has run: one call for a
+/// whole table would hold a second copy of it): block i is written once
+/// block i − 2 has landed (and a buffer's first once every earlier write
+/// has).
+pub fn write_buffers_from(ctx: &GpuContext, dsts: &[(&wgpu::Buffer, u64)], block: u64, feed: &mut Feed) -> Result<()> {
+    let largest = dsts.iter().map(|&(_, n)| n).max().unwrap_or(0);
+    let per = (block_size(block) / 4).min(largest).max(1);
+    let mut host = Vec::new();
+    usize::try_from(per).ok().and_then(|n| host.try_reserve_exact(n).ok()).ok_or_else(|| {
         Error::invalid("transfer block", format!("{} bytes of host memory, which this host cannot give", per * 4))
     })?;
-    v.resize(per as usize, 0.0);
-    Ok(v)
-}
-
-/// `count` values from `feed` written into `dst` from its start, a block
-/// of `host`'s length at a time (`host` filled by the feed: a table
-/// streams from its file), with at most two blocks' staging memory held
-/// besides (`queue.write_buffer` keeps its copy until the submission that
-/// carries it has run: one call for a whole table would hold a second
-/// copy of it): block i is written once block i − 2 has landed (and the
-/// first once every earlier write has: a table's chunks are written by one
-/// call each).
-pub fn write_blocks_from(
-    ctx: &GpuContext,
-    dst: &wgpu::Buffer,
-    count: u64,
-    host: &mut [f32],
-    feed: &mut Feed,
-) -> Result<()> {
-    let per = host.len().max(1);
-    ctx.wait()?;
-    let mut landing: std::collections::VecDeque<wgpu::SubmissionIndex> = Default::default();
-    let mut at = 0u64;
-    while at < count {
-        let part = &mut host[..per.min((count - at) as usize)];
-        feed(part)?;
-        if landing.len() == 2 {
-            ctx.wait_until(landing.pop_front())?;
+    host.resize(per as usize, 0.0f32);
+    for &(dst, count) in dsts {
+        ctx.wait()?;
+        let mut landing: std::collections::VecDeque<wgpu::SubmissionIndex> = Default::default();
+        let mut at = 0u64;
+        while at < count {
+            let part = &mut host[..(per.min(count - at)) as usize];
+            feed(part)?;
+            if landing.len() == 2 {
+                ctx.wait_until(landing.pop_front())?;
+            }
+            ctx.queue.write_buffer(dst, at * 4, bytemuck::cast_slice(part));
+            landing.push_back(ctx.queue.submit([]));
+            at += part.len() as u64;
         }
-        ctx.queue.write_buffer(dst, at * 4, bytemuck::cast_slice(part));
-        landing.push_back(ctx.queue.submit([]));
-        at += part.len() as u64;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::context::GpuContext;
 use super::layout::{grid, ChunkLayout};
 use super::pipes::{
-    bind_at, host_block, read_mapped, readback, storage, transfer_block, uniform, write_blocks_from, Constants,
+    bind_at, read_mapped, readback, storage, transfer_block, uniform, write_buffers_from, Constants,
     TRANSFER_BLOCK_BYTES,
 };
 use super::shaders;
@@ -231,12 +231,9 @@ pub fn scan_from(ctx: Arc<GpuContext>, shape: Shape, feed: &mut Feed, max_chunk_
     if let Some(e) = pollster::block_on(oom.pop()) {
         return Err(shape.too_large(format!("the GPU could not allocate it ({e})")));
     }
-    let largest = layout.spans.iter().map(|s| (s.rows * d) as u64).max().unwrap_or(0);
     let block = transfer_block(None)?.unwrap_or(TRANSFER_BLOCK_BYTES);
-    let mut host = host_block(block, largest)?;
-    for (s, b) in layout.spans.iter().zip(&buffers) {
-        write_blocks_from(&ctx, b, (s.rows * d) as u64, &mut host, feed)?;
-    }
+    let dsts: Vec<_> = buffers.iter().zip(&layout.spans).map(|(b, s)| (b, (s.rows * d) as u64)).collect();
+    write_buffers_from(&ctx, &dsts, block, feed)?;
     let mut scanner = TableScanner::new(ctx, shape, &layout, wg, max_groups)?;
     let refs: Vec<&wgpu::Buffer> = buffers.iter().collect();
     let prepared = scanner.prepare(&refs);

@@ -42,8 +42,8 @@ use super::batch::{slot_words, BatchDev, SlotSource};
 use super::context::{or_env_flag, GpuContext};
 use super::layout::{grid, row_blocks, ChunkLayout, ChunkSpan};
 use super::pipes::{
-    bind, host_block, keeps_columns, keeps_vec4s, kept_vec4s, read_blocks, read_mapped, readback, storage,
-    transfer_block, uniform, write_blocks_from, Constants, TRANSFER_BLOCK_BYTES,
+    bind, keeps_columns, keeps_vec4s, kept_vec4s, read_blocks, read_mapped, readback, storage, transfer_block, uniform,
+    write_buffers_from, Constants, TRANSFER_BLOCK_BYTES,
 };
 use super::scan::{TableScanner, DETAIL_BYTES};
 use super::shaders;
@@ -911,7 +911,7 @@ impl GpuTrainer {
     }
 
     /// A full-table array written from the host, chunk after chunk
-    /// (`pipes::write_blocks_from`).
+    /// (`pipes::write_buffers_from`).
     fn write_chunks(&self, v: &[f32], which: impl Fn(&GpuChunk) -> &wgpu::Buffer) -> Result<()> {
         self.write_chunks_from(&mut crate::tables::reader::slice_feed(v), which)
     }
@@ -919,12 +919,8 @@ impl GpuTrainer {
     /// One buffer of each chunk (`which`) written from `feed`, in row order.
     fn write_chunks_from(&self, feed: &mut Feed, which: impl Fn(&GpuChunk) -> &wgpu::Buffer) -> Result<()> {
         let d = self.shape.dim as u64;
-        let largest = self.chunks.iter().map(|c| c.span.rows as u64 * d).max().unwrap_or(0);
-        let mut host = host_block(self.transfer_block(), largest)?;
-        for c in &self.chunks {
-            write_blocks_from(&self.ctx, which(c), c.span.rows as u64 * d, &mut host, feed)?;
-        }
-        Ok(())
+        let dsts: Vec<_> = self.chunks.iter().map(|c| (which(c), c.span.rows as u64 * d)).collect();
+        write_buffers_from(&self.ctx, &dsts, self.transfer_block(), feed)
     }
 
     fn transfer_block(&self) -> u64 {

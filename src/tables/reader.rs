@@ -10,7 +10,6 @@ use crate::config::Shape;
 use crate::error::{Error, Result};
 use crate::npy;
 use crate::tables::Fingerprinter;
-use crate::trainer::Feed;
 
 /// How a table file holds its values (each read as f32).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,7 +186,7 @@ impl TableReader {
     /// The fingerprint of the whole table, read through once (in blocks),
     /// then rewound; the reads that follow keep one too.
     pub fn fingerprint_whole(&mut self) -> Result<u64> {
-        self.fingerprint = Some(Fingerprinter::new(0));
+        self.fingerprint = Some(Fingerprinter::new(self.shape.elements()));
         self.rewind();
         let mut block = vec![0f32; BLOCK_VALUES.min(self.left() as usize)];
         while self.left() > 0 {
@@ -217,7 +216,7 @@ impl TableReader {
     }
 }
 
-/// `feed` as a [`Feed`] reading `v` in order (a table at hand, handed to
+/// A [`crate::trainer::Feed`] reading `v` in order (a table at hand, handed to
 /// what takes a stream); asking for more than is left is an error.
 pub fn slice_feed(mut v: &[f32]) -> impl FnMut(&mut [f32]) -> Result<()> + '_ {
     move |out: &mut [f32]| {
@@ -229,19 +228,6 @@ pub fn slice_feed(mut v: &[f32]) -> impl FnMut(&mut [f32]) -> Result<()> + '_ {
         v = rest;
         Ok(())
     }
-}
-
-/// The values `feed` gives for `n` values, in host memory (`what`, for an
-/// error where the host cannot hold them).
-pub fn collect(n: u64, what: &'static str, feed: &mut Feed) -> Result<Vec<f32>> {
-    let n =
-        usize::try_from(n).map_err(|_| Error::invalid(what, format!("{n} values: more than this host can index")))?;
-    let mut v = Vec::new();
-    v.try_reserve_exact(n)
-        .map_err(|_| Error::invalid(what, format!("{n} values: more host memory than this host can give")))?;
-    v.resize(n, 0.0);
-    feed(&mut v)?;
-    Ok(v)
 }
 
 /// An F16 value as f32, exactly, a NaN's payload too (as numpy's
