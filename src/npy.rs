@@ -681,7 +681,7 @@ pub fn stage_table(path: &Path, shape: Shape, data: &[f32]) -> Result<Staged> {
 }
 
 /// A table staged as `.npy` for `path` from the values `fill` hands over a
-/// block at a time, with their [`fingerprint`].
+/// block at a time, with their [`fingerprint`](crate::tables::fingerprint).
 pub fn stage_table_from(path: &Path, shape: Shape, fill: &mut Fill) -> Result<(Staged, u64)> {
     // A file that could not be loaded back is never written (nor over a
     // good one); the shape's own rules first (its fields are public: its

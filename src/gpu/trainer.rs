@@ -214,7 +214,7 @@ pub struct GpuOptions {
     /// (BENCHMARKS.md, fourteenth session). The same bits either way.
     pub step_timestamps: Option<bool>,
     /// Bytes a table moves between host and device at a time when it is
-    /// uploaded, read back or saved (`None`: [`TRANSFER_BLOCK_BYTES`], 64
+    /// uploaded, read back or saved (`None`: `TRANSFER_BLOCK_BYTES`, 64
     /// MiB): a save streams the table into its file through two such
     /// blocks, so a table that fills the GPU needs no host copy of itself.
     /// `LATENT_LINE_TRANSFER_BLOCK` where set; tests lower it to
