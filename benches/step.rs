@@ -322,6 +322,22 @@ fn gpu(c: &mut Criterion) {
             }
             bench_gpu_time(&mut g, format!("{name}/{id}"), &mut t);
         }
+        // The default step's fused passes alone, their reduce pass left
+        // out: against `step-skip-step`, what the one-workgroup reduce adds
+        // to a step (a trainer of its own: it is fit for nothing else after).
+        {
+            let mut t = GpuTrainer::new(
+                ctx.clone(),
+                shape,
+                config(shape, Policy::SkipStep),
+                TableSource::Random { seed: 1 },
+                o(),
+            )
+            .expect("GPU trainer");
+            g.bench_function(format!("step-skip-step-noreduce/{id}"), |b| {
+                b.iter_custom(|n| t.gpu_time_fused_passes(n as u32).expect("passes").expect("timestamps"))
+            });
+        }
         // The evaluation pass (rows read, their sums folded, nothing
         // written), by the default kernel and with 16-byte loads: what the
         // reading and the row's math cost without the update. Bytes: read.

@@ -127,6 +127,41 @@ fn gpu_timed_steps_are_the_same_steps() {
     }
 }
 
+/// The benches' `gpu_time_fused_passes` runs the step's own fused passes,
+/// their reduce pass left out: under `ignore` with frozen anchors (which
+/// write in place and need nothing the reduce decides) the table after
+/// three of them is the table after three steps, over several bindings;
+/// under skip-step, with no reduce pass to switch the buffers, the table
+/// stays as it was; batches are refused.
+#[test]
+fn fused_passes_alone_are_the_steps_passes() {
+    let seed = seed("fused_passes_alone");
+    let shape = Shape::new(2500, 20).unwrap();
+    let table = random_table(&mut rng(seed), 2500, 20);
+    let mut cfg = StepConfig::for_rows(2500);
+    cfg.guard.policy = latent_line::guard::Policy::Ignore;
+    let opts = GpuOptions { max_chunk_rows: Some(900), ..GpuOptions::default() };
+    let open = || GpuTrainer::new(gpu(), shape, cfg, TableSource::Data(table.clone()), opts.clone()).unwrap();
+    let (mut a, mut b) = (open(), open());
+    a.steps(3).unwrap();
+    // (Lavapipe, hence CI, has timestamp queries.)
+    assert!(b.gpu_time_fused_passes(3).unwrap().expect("timestamps") > std::time::Duration::ZERO);
+    let (ta, tb) = (a.read_table().unwrap(), b.read_table().unwrap());
+    assert_ne!(bits(&ta), bits(&table), "nothing trained, seed {seed}");
+    assert_eq!(bits(&ta), bits(&tb), "seed {seed}");
+    // Left out indeed: under skip-step no reduce pass switches the table
+    // buffers, so the table the passes read is still the current one.
+    let skip = StepConfig::for_rows(2500);
+    let mut c = GpuTrainer::new(gpu(), shape, skip, TableSource::Data(table.clone()), opts.clone()).unwrap();
+    c.gpu_time_fused_passes(2).unwrap();
+    assert_eq!(bits(&c.read_table().unwrap()), bits(&table), "seed {seed}");
+    let batches = latent_line::Batches::Random { size: 100, seed };
+    let mut batched =
+        GpuTrainer::with_batches(gpu(), shape, cfg, TableSource::Data(table.clone()), opts.clone(), batches).unwrap();
+    let err = batched.gpu_time_fused_passes(1).unwrap_err().to_string();
+    assert!(err.contains("full-table steps only"), "{err}");
+}
+
 /// Each step of the fused path is timed by timestamp queries around its
 /// pass, read back with its record (`Record::gpu_seconds`): positive, and
 /// together no more than the wall clock of the call that ran them (the

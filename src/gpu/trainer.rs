@@ -572,6 +572,9 @@ pub struct GpuTrainer {
     /// is, and no step can change them (`keeps_anchors`): the next step
     /// needs no anchors.wgsl pass. Cleared by every host write to the table.
     anchors_fresh: bool,
+    /// `gpu_time_fused_passes`: steps encoded without their reduce pass
+    /// (set only for that timing).
+    without_reduce: bool,
     /// Once set, no further submission starts (`Trainer::set_stop`).
     stop: Option<Arc<std::sync::atomic::AtomicBool>>,
     staged: Option<Staged>,

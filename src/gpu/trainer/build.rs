@@ -561,6 +561,7 @@ impl GpuTrainer {
             steps_done: 0,
             snapshot_due: false,
             anchors_fresh: false,
+            without_reduce: false,
             stop: None,
             staged: None,
             scanner: None,

@@ -93,7 +93,7 @@ impl GpuTrainer {
             (Phase::AnchorSum, pre.is_some_and(|p| p.anchor_sum.is_some())),
             (Phase::Prepare, pre.is_some()),
             (Phase::Fused, true),
-            (Phase::Reduce, true),
+            (Phase::Reduce, !self.without_reduce),
             // (A batch read in place has rows to put back only under a
             // double-buffered guard, and only after a dropped step: with
             // UNDO in the reduce pass's own workgroups.)

@@ -31,6 +31,23 @@ impl GpuTrainer {
         in_timed_rounds(n, |m| self.gpu_time_passes_once(m, true))
     }
 
+    /// GPU time of `n` full-table steps' fused passes alone, their reduce
+    /// pass left out, or `None` without timestamp queries: beside
+    /// `gpu_time_steps`, what the one-workgroup reduce pass adds to a
+    /// step's pass (benches). No step is folded, recorded or guarded (a
+    /// double-buffered guard reads and writes the same buffers every
+    /// time), so afterwards the trainer is fit for nothing but timing;
+    /// refused for batches, whose sampled slots would repeat one batch.
+    pub fn gpu_time_fused_passes(&mut self, n: u32) -> Result<Option<std::time::Duration>> {
+        if self.batch.is_some() {
+            return Err(Error::invalid("timing", "fused passes alone are timed for full-table steps only"));
+        }
+        self.without_reduce = true;
+        let timed = in_timed_rounds(n, |m| self.gpu_time_passes_once(m, true));
+        self.without_reduce = false;
+        timed
+    }
+
     /// GPU time of `n` evaluations of the table (the fused pass with
     /// UPDATE = false: every row read, its sums folded, its loss scanned,
     /// nothing written; then reduce.wgsl), or `None` without timestamp
