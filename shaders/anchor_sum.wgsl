@@ -37,7 +37,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
     let d0 = state.d0;
     var ta = 0.0;
     var tb = 0.0;
-    var bad = false;
+    var bad = vec2<bool>(false, false);   // a slot made ta (x), tb (y) NaN
     let end = min(seg * SEG + SEG, chunk.rows);
     for (var i = seg * SEG; i < end; i = i + 1u) {
         var at = i * D + k;
@@ -52,11 +52,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
         }
         let cf = coef[i];   // the chunk's own coefficients
         let x = select(table_a[at], table_b[at], cur == 1u);
-        bad = bad || cf.w != 0.0;   // a poisoned slot: NaN, from bits
+        // A poisoned slot: NaN in the terms it names (fused_step.wgsl's
+        // coef.w: 1 for a's, 2 for b's), from bits.
+        let poisons = u32(cf.w);
+        bad = bad | vec2<bool>((poisons & 1u) != 0u, (poisons & 2u) != 0u);
         ta = ta + cf.x * ((p - x) * cf.y - (p - q) / d0);
         tb = tb + cf.x * ((q - x) * cf.z - (q - p) / d0);
     }
     let at = (chunk.seg_base + seg) * 2u * D;
-    colpart[at + k] = select(ta, nan(), bad);
-    colpart[at + D + k] = select(tb, nan(), bad);
+    colpart[at + k] = select(ta, nan(), bad.x);
+    colpart[at + D + k] = select(tb, nan(), bad.y);
 }

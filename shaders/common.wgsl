@@ -202,6 +202,15 @@ fn naive_blows_up(s: vec2<f32>) -> bool {
     return NAIVE & ((s.x == 0.0) | (s.y == 0.0));
 }
 
+// naive_blows_up per distance, (s1 = 0, s2 = 0), for a row that is a term
+// of the step's loss (`counted`: an anchor's slot of multiplicity 0, there
+// for the anchor's own update, is none, so nothing of it blows up). Each
+// NaN goes where autograd sends it: s1's to the row and p (attached: the
+// anchor term of a), s2's to the row and q.
+fn naive_blown(s: vec2<f32>, counted: bool) -> vec2<bool> {
+    return vec2<bool>(NAIVE & counted & (s.x == 0.0), NAIVE & counted & (s.y == 0.0));
+}
+
 // SPEC §4 separation term: row a gets −λ(p − q)/d0, row b −λ(q − p)/d0
 // when d0 < m, in modes detached and attached; as sep·(p − q), this is sep.
 fn separation_coef(row: u32, a: u32, b: u32, d0: f32, m: f32, lambda: f32) -> f32 {

@@ -146,7 +146,7 @@ override SAMPLED: bool = false;
 @group(0) @binding(11) var<storage, read_write> vel_a: array<f32>;    // momentum only: velocity, laid out as the table
 @group(0) @binding(12) var<storage, read_write> vel_b: array<f32>;
 @group(0) @binding(13) var<storage, read> slots: array<vec4<u32>>;      // BATCHED: (row, multiplicity, weight bits, 0)
-@group(0) @binding(14) var<storage, read_write> coef: array<vec4<f32>>; // per slot of the chunk: (c, 1/d1, 1/d2, poisoned), written by PREP
+@group(0) @binding(14) var<storage, read_write> coef: array<vec4<f32>>; // per slot of the chunk: (c, 1/d1, 1/d2, the anchor terms it poisons: 1 a, 2 b), written by PREP
 @group(0) @binding(15) var<storage, read> agrad: array<f32>;            // attached: g of a (D), then of b (D), from prepare.wgsl
 // VEC4: bindings 0, 1, 11 and 12 again, as vec4s (16-byte stand-ins otherwise).
 @group(0) @binding(16) var<storage, read_write> table_a4: array<vec4<f32>>;
@@ -803,13 +803,17 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
     let sep = separation_coef(row, params.anchor_a, params.anchor_b, state.d0, params.margin, params.margin_weight);
     let inv_d1 = safe_inv(d1);
     let inv_d2 = safe_inv(d2);
-    let poisoned = in_bad | naive_blows_up(s);
+    let blown = naive_blown(s, mult > 0u);
+    let poisoned = in_bad | blown.x | blown.y;
     let touched = select(mult > 0u, anchor_touched(mult > 0u, state.d0, params.margin), is_anchor);
     let writes = live & touched & writes_row(row, params.anchor_a, params.anchor_b);
     var norm2 = 0.0;
     if (PREP) {
         if (live && lane == 0u) {
-            coef[i] = vec4<f32>(c, inv_d1, inv_d2, select(0.0, 1.0, poisoned));
+            // w: which anchor terms this slot makes NaN (anchor_sum.wgsl),
+            // 1 for a's, 2 for b's: a row that read a non-finite value both.
+            let poisons = select(0u, 1u, in_bad | blown.x) | select(0u, 2u, in_bad | blown.y);
+            coef[i] = vec4<f32>(c, inv_d1, inv_d2, f32(poisons));
         }
         // Σ g² over the rows whose whole gradient is here (attached
         // anchors get theirs in prepare.wgsl), finite ones only: a row

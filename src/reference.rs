@@ -91,13 +91,19 @@ pub fn step_batch(table: &mut [f64], vel: &mut [f64], shape: Shape, cfg: &StepCo
         let (inv_d1, inv_d2) = (safe_inv(d1), safe_inv(d2));
         // SPEC §6: autograd's 0·(1/sqrt(0)) = NaN in every column; a row
         // that read a non-finite value is NaN too (fused_step.wgsl).
-        let blown = (cfg.naive && (s1 == 0.0 || s2 == 0.0)) || x.iter().any(|v| !v.is_finite());
+        // Each distance's NaN goes where autograd's backward takes it:
+        // s1's to the row and p, s2's to the row and q.
+        let bad = x.iter().any(|v| !v.is_finite());
+        let (blown1, blown2) = (bad || cfg.naive && s1 == 0.0, bad || cfg.naive && s2 == 0.0);
+        let blown = blown1 || blown2;
         let nan_if = |v: f64| if blown { f64::NAN } else { v };
         if attached {
             // SPEC §4's anchor term, summed over the batch's entries.
             for k in 0..d {
-                extra_a[k] += nan_if(c * ((p[k] - x[k]) * inv_d1 - (p[k] - q[k]) / d0));
-                extra_b[k] += nan_if(c * ((q[k] - x[k]) * inv_d2 - (q[k] - p[k]) / d0));
+                let ta = c * ((p[k] - x[k]) * inv_d1 - (p[k] - q[k]) / d0);
+                let tb = c * ((q[k] - x[k]) * inv_d2 - (q[k] - p[k]) / d0);
+                extra_a[k] += if blown1 { f64::NAN } else { ta };
+                extra_b[k] += if blown2 { f64::NAN } else { tb };
             }
         }
         if writes_row(i) {

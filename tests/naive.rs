@@ -7,7 +7,9 @@ mod common;
 use common::*;
 use latent_line::cpu::CpuTrainer;
 use latent_line::gpu::{GpuOptions, GpuTrainer, StepPath};
-use latent_line::{reference, Action, Endpoints, Guard, Policy, Shape, StepConfig, TableSource, Trainer};
+use latent_line::{
+    reference, Action, Batches, Endpoints, Guard, IndexBatches, Policy, Shape, StepConfig, TableSource, Trainer,
+};
 
 fn backends(shape: Shape, cfg: StepConfig, table: &[f32]) -> Vec<(String, Box<dyn Trainer>)> {
     let mut v: Vec<(String, Box<dyn Trainer>)> =
@@ -80,6 +82,77 @@ fn naive_detached_step_turns_exactly_the_anchor_rows_nan() {
     for (name, mut t) in backends(shape, frozen, &table) {
         t.steps(1).unwrap();
         assert!(bad_rows(&t.read_table().unwrap(), dim).is_empty(), "{name}, seed {seed}");
+    }
+}
+
+/// SPEC §6 with batches: the naive formula's NaN goes where autograd's
+/// backward takes it. An anchor the batch leaves out is no term of the
+/// loss (its slot, of multiplicity 0, is there for its own update), so
+/// nothing of it blows up: under `attached`, and under `detached` with
+/// the separation term on, both anchors take finite steps. A batch that
+/// holds anchor a alone blows up a's s1 only: row a is NaN, and b, whose
+/// anchor term takes s2's path, is not. Each backend against the float64
+/// reference, on both chunks' sides of a two-binding GPU table.
+#[test]
+fn naive_batches_poison_only_what_autograd_does() {
+    let seed = seed("naive_batches");
+    let (rows, dim) = (200usize, 6usize);
+    let shape = Shape::new(rows, dim).unwrap();
+    let mut r = rng(seed);
+    let table = random_table(&mut r, rows, dim);
+    let (a, b) = (rand::Rng::random_range(&mut r, 0..rows / 2), rand::Rng::random_range(&mut r, rows / 2..rows));
+    let others: Vec<i64> = (0..20)
+        .map(|_| rand::Rng::random_range(&mut r, 0..rows))
+        .filter(|&i| i != a && i != b)
+        .map(|i| i as i64)
+        .collect();
+    let with_a: Vec<i64> = others.iter().copied().chain([a as i64, a as i64]).collect();
+    let base = StepConfig { anchor_a: a, anchor_b: b, eps: 0.0, naive: true, ..StepConfig::for_rows(rows) };
+    let d0 = (0..dim).map(|k| (table[a * dim + k] - table[b * dim + k]).powi(2)).sum::<f32>().sqrt();
+    for (endpoints, margin, batch, expect_bad) in [
+        (Endpoints::Attached, 0.0, &others, vec![]),
+        (Endpoints::Detached, 2.0 * d0, &others, vec![]),
+        (Endpoints::Attached, 0.0, &with_a, vec![a]),
+    ] {
+        let cfg = ignoring(StepConfig { endpoints, margin, ..base });
+        let ctx = format!("{endpoints:?}, margin {margin}, batch {batch:?}, seed {seed}");
+        let rows_of: Vec<usize> = batch.iter().map(|&i| i as usize).collect();
+        let mut want = to_f64(&table);
+        let mut vel = vec![0.0; want.len()];
+        reference::step_batch(&mut want, &mut vel, shape, &cfg, &rows_of);
+        let want_bad: Vec<usize> =
+            (0..rows).filter(|&i| want[i * dim..][..dim].iter().any(|v| !v.is_finite())).collect();
+        assert_eq!(want_bad, expect_bad, "reference: {ctx}");
+        let batches = || Batches::Indices(IndexBatches::new(vec![batch.clone()], rows).unwrap());
+        let opts = GpuOptions { max_chunk_rows: Some(rows / 2), ..GpuOptions::default() };
+        let trainers: Vec<(&str, Box<dyn Trainer>)> = vec![
+            (
+                "cpu",
+                Box::new(CpuTrainer::with_batches(shape, cfg, TableSource::Data(table.clone()), batches()).unwrap()),
+            ),
+            (
+                "gpu",
+                Box::new(
+                    GpuTrainer::with_batches(gpu(), shape, cfg, TableSource::Data(table.clone()), opts, batches())
+                        .unwrap(),
+                ),
+            ),
+        ];
+        for (name, mut t) in trainers {
+            t.steps(1).unwrap();
+            let got = t.read_table().unwrap();
+            assert_eq!(bad_rows(&got, dim), want_bad, "{name}: {ctx}");
+            for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                if w.is_finite() {
+                    let tol = 1e-5 * w.abs().max(1.0);
+                    assert!((g as f64 - w).abs() <= tol, "{name}: {ctx}: element {i} is {g}, reference {w}");
+                }
+            }
+            for row in [a, b] {
+                let moved = (0..dim).any(|k| got[row * dim + k].to_bits() != table[row * dim + k].to_bits());
+                assert!(moved, "{name}: {ctx}: anchor row {row} took no step");
+            }
+        }
     }
 }
 

@@ -308,7 +308,14 @@ impl CpuTrainer {
                             o.out.near += m as u64;
                         }
                     }
-                    let poisoned = in_bad || (cfg.naive && (s1 == 0.0 || s2 == 0.0));
+                    // SPEC §6 per distance, for a row the batch holds (an
+                    // anchor's slot of multiplicity 0 is no term of the
+                    // loss): s1's NaN goes to the row and a's anchor term,
+                    // s2's to the row and b's (shaders/common.wgsl's
+                    // `naive_blown`); a row that read a non-finite value
+                    // makes all of them NaN.
+                    let blown = (cfg.naive && m > 0 && s1 == 0.0, cfg.naive && m > 0 && s2 == 0.0);
+                    let poisoned = in_bad || blown.0 || blown.1;
                     let c = (m as f32 * w_red) * sign(r);
                     let (inv_d1, inv_d2) = (safe_inv(d1), safe_inv(d2));
                     let touched = if is_anchor(row) { cfg.anchor_touched(m > 0, d0) } else { m > 0 };
@@ -323,14 +330,10 @@ impl CpuTrainer {
                     }
                     if attached {
                         for k in 0..d {
-                            let (ta, tb) = if poisoned {
-                                (f32::NAN, f32::NAN)
-                            } else {
-                                (
-                                    c * ((p[k] - x[k]) * inv_d1 - (p[k] - q[k]) / d0),
-                                    c * ((q[k] - x[k]) * inv_d2 - (q[k] - p[k]) / d0),
-                                )
-                            };
+                            let ta = c * ((p[k] - x[k]) * inv_d1 - (p[k] - q[k]) / d0);
+                            let tb = c * ((q[k] - x[k]) * inv_d2 - (q[k] - p[k]) / d0);
+                            let ta = if in_bad || blown.0 { f32::NAN } else { ta };
+                            let tb = if in_bad || blown.1 { f32::NAN } else { tb };
                             o.ta[k] += ta as f64;
                             o.tb[k] += tb as f64;
                         }
