@@ -54,6 +54,11 @@ pub struct RunState {
     /// state saved before they were recorded, or by the library).
     #[serde(default)]
     pub options: Option<Vec<(String, String)>>,
+    /// A `.safetensors` checkpoint's table tensor (`--tensor`): a resume
+    /// that asks for another is refused naming this one (`None`: an
+    /// `.npy` checkpoint, or a state saved before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensor: Option<String>,
 }
 
 impl RunState {

@@ -1,6 +1,8 @@
 //! The command line: bad input gets one clear line, exit code 1 and no
 //! output file; good runs save a loadable table and a report.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -2243,4 +2245,53 @@ fn json_and_a_report_on_standard_output_are_refused_together() {
     let o = run(&["--backend", "cpu", "--rows", "20", "--steps", "1", "--json", "--report", &r]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(std::fs::read(&r).unwrap(), o.stdout);
+}
+
+/// A `.safetensors` checkpoint saved with `--tensor emb` records that name
+/// in its run state: a resume that reads another tensor (the default,
+/// `weight`, here another tensor of the same file, carried over) is
+/// refused naming the one to give, before any work, the files untouched;
+/// with it, the resume ends where the unbroken run does.
+#[test]
+fn a_resume_under_another_tensor_name_is_told_the_checkpoints() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let dir = Dir::new();
+    let seed = common::seed("resume_tensor_name");
+    let table = common::random_table(&mut common::rng(seed), 30, 4);
+    let bytes: Vec<u8> = table.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let ones: Vec<u8> = [1.0f32; 4].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let t = vec![
+        ("emb".to_string(), TensorView::new(Dtype::F32, vec![30, 4], &bytes).unwrap()),
+        ("weight".to_string(), TensorView::new(Dtype::F32, vec![2, 2], &ones).unwrap()),
+    ];
+    std::fs::write(dir.p("in.safetensors"), safetensors::tensor::serialize(t, None).unwrap()).unwrap();
+    let base = ["--backend", "cpu", "--quiet"];
+    let emb = ["--tensor", "emb"];
+    let go = |extra: &[&str]| run(&[&base[..], extra].concat());
+    let o =
+        go(&[&["--load", &dir.s("in.safetensors"), "--steps", "3", "--save", &dir.s("ck.safetensors")], &emb[..]]
+            .concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let before = std::fs::read(dir.p("ck.safetensors")).unwrap();
+    let o = go(&["--resume", &dir.s("ck.safetensors"), "--steps", "6", "--save", &dir.s("out.safetensors")]);
+    assert_eq!(o.status.code(), Some(1), "seed {seed}: {}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("table is its tensor \"emb\"") && err.contains("resume it with --tensor emb"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!dir.p("out.safetensors").exists(), "an output was written");
+    assert_eq!(std::fs::read(dir.p("ck.safetensors")).unwrap(), before, "the checkpoint changed");
+    let o =
+        go(&[&["--resume", &dir.s("ck.safetensors"), "--steps", "6", "--save", &dir.s("out.safetensors")], &emb[..]]
+            .concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o =
+        go(&[&["--load", &dir.s("in.safetensors"), "--steps", "6", "--save", &dir.s("whole.safetensors")], &emb[..]]
+            .concat());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let read = |name: &str| {
+        let bytes = std::fs::read(dir.p(name)).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        st.tensor("emb").unwrap().data().to_vec()
+    };
+    assert!(read("out.safetensors") == read("whole.safetensors"), "seed {seed}: not the unbroken run's table");
 }

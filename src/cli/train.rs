@@ -925,6 +925,16 @@ fn resume(
     let mut state = tables::load_state(path, carried)?.ok_or_else(|| {
         anyhow::anyhow!("invalid --resume: {} has no run state (was it saved by latent-line?)", path.display())
     })?;
+    // A checkpoint saved under another --tensor holds its table there: the
+    // tensor read is not that table (and may be another of its tensors).
+    if let Some(saved) = state.tensor.as_deref().filter(|t| *t != args.tensor) {
+        bail!(
+            "invalid --tensor: {}'s table is its tensor \"{saved}\" (saved with --tensor {saved}), not \"{}\"; \
+             resume it with --tensor {saved}",
+            path.display(),
+            args.tensor
+        );
+    }
     // The table's fingerprint, by a pass over its file (the values stream
     // into the trainer later, in a second one).
     if let (Some(want), Some(input)) = (state.table_fingerprint, input) {
@@ -1070,6 +1080,9 @@ fn save_checkpoint(
     let mut state = trainer.run_state()?;
     (state.d0_start, state.collapse_step) = (d0_start, collapse_step);
     state.options = Some(options.to_vec());
+    if matches!(tables::format_of(path), Ok(tables::Format::Safetensors)) {
+        state.tensor = Some(tensor.to_owned());
+    }
     // Each array streams from the trainer into its file (a GPU's through
     // bounded readback blocks): no host copy of a table is made.
     let mut files = Vec::new();
