@@ -19,8 +19,8 @@
 # both GPU bench groups only (when device time is short). `diag`: the
 # GPU-time benches and the scan, then the JAX peer: a first look to tune
 # by, leaving device time for the full run. `bars`: issue 5's bars, all
-# from one call that fits the device tool's 600 s (no tests, no tuning:
-# the built-in shapes, which earlier calls picked; criterion only for the
+# from one call that fits the device tool's 600 s (no tests; the tuning
+# below first, ~30 s, TUNE=0 to skip it; criterion only for the
 # benches the bars read, and the batch with the scatter beside; both
 # peers, the 100M-row table, the CLI scan; a few seconds of checks
 # beside: two quick tests, timestamps on and off, --profile, the naive
@@ -193,9 +193,15 @@ fi
 # batch's, for the batch benches and profile. The candidates change no
 # results beyond rounding (lanes and 16-byte columns change the order of a
 # row's sums; the tests above ran every one against the reference).
-# TUNE=0: the built-in shapes.
+# TUNE=0: the built-in shapes. The workgroup candidates (with p and q in
+# workgroup memory or not) are for occupancy: the H200 gave the default
+# step 107 registers a lane, so two workgroups of 256 an SM (registers go
+# in granules of 8 a lane: 83 with PQ_SHARED still made two, which is why
+# it ran no faster), where smaller workgroups pack 4 or 5 of 128, 9 to 11
+# of 64: more of the rows' loads in flight (BENCHMARKS.md, nineteenth
+# session). Each takes a few seconds; `bars` tunes too (~30 s).
 #
-# TUNE_ARGS=… tune LABEL [CANDIDATE …]: each candidate's step (the seven
+# TUNE_ARGS=… tune LABEL [CANDIDATE …]: each candidate's step (the eleven
 # below, then the extra ones) by --profile, GPU time a step (the step's
 # kernels: Σ passes × ms/pass ÷ steps); sets TUNED to the fastest's
 # switches ("" for the built-in shape); a candidate wins only by 2 %.
@@ -212,7 +218,9 @@ tune() {
     # card's clocks coming up.
     timeout 60 "$B/latent-line" --backend gpu --rows "$R" --steps 40 $TUNE_ARGS >/dev/null 2>&1
     for cand in "" "LATENT_LINE_PREFETCH=1" "LATENT_LINE_ROW_BLOCKS=2" "LATENT_LINE_LANES=8" "LATENT_LINE_VEC4=0" \
-        "LATENT_LINE_LANES=2 LATENT_LINE_VEC4=1 LATENT_LINE_PQ_SHARED=1" "LATENT_LINE_POISON_BRANCH=0" "$@"; do
+        "LATENT_LINE_LANES=2 LATENT_LINE_VEC4=1 LATENT_LINE_PQ_SHARED=1" "LATENT_LINE_POISON_BRANCH=0" \
+        "LATENT_LINE_WORKGROUP=128" "LATENT_LINE_WORKGROUP=64" \
+        "LATENT_LINE_WORKGROUP=128 LATENT_LINE_PQ_SHARED=1" "LATENT_LINE_WORKGROUP=64 LATENT_LINE_PQ_SHARED=1" "$@"; do
         out=$(env $cand timeout 60 "$B/latent-line" --backend gpu --rows "$R" --steps 40 --profile $TUNE_ARGS 2>&1)
         ms=$(echo "$out" | step_ms)
         echo "$out" | grep -E "^kernel|^driver|fused_step\.wgsl main \[[A-Z=0-9 ]*UPDATE=1" | sed "s/^/   /"
@@ -227,7 +235,7 @@ tune() {
     TUNED=$best
 }
 TUNED=""; TUNED_BATCH=""
-if [ "$MODE" != quick ] && [ "$MODE" != bars ] && [ "${TUNE:-1}" = 1 ]; then
+if [ "$MODE" != quick ] && [ "${TUNE:-1}" = 1 ]; then
     at
     TUNE_ARGS="" tune "full table, $R × 64"
     FULL_TUNED=$TUNED
