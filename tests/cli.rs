@@ -92,6 +92,14 @@ fn bad_options_are_refused() {
     refused(&dir, &["--rows", "10", "--eps", "NaN"], "--eps");
     refused(&dir, &["--rows", "10", "--tau", "-1e-3"], "--tau");
     refused(&dir, &["--rows", "10", "--collapse-fraction", "1.5"], "--collapse-fraction");
+    // A value float32 or a 32-bit count cannot hold is bad input too,
+    // named as given, not as the rounding made it (±Inf, 0, 1).
+    refused(&dir, &["--rows", "10", "--lr", "1e40"], "invalid --lr: 1e40 is beyond float32's range");
+    refused(&dir, &["--rows", "10", "--eps", "1e-50"], "invalid --eps: 1e-50 rounds to 0 in float32");
+    refused(&dir, &["--rows", "10", "--momentum", "0.99999999"], "invalid --momentum: 0.99999999 rounds to 1");
+    refused(&dir, &["--rows", "10", "--max-skips", "5000000000"], "invalid --max-skips: 5000000000 is more than");
+    refused(&dir, &["--rows", "10", "--snapshot-every", "4294967296"], "invalid --snapshot-every: 4294967296");
+    refused(&dir, &["--rows", "10", "--max-rollbacks", "4294967296"], "invalid --max-rollbacks: 4294967296");
     // 4e9 × 64 f32 is 1 TB: refused with the sizes, before any work.
     refused(&dir, &["--rows", "4000000000"], "1024000000000 bytes");
     let missing_dir = dir.s("nope/out.npy");
@@ -644,6 +652,12 @@ fn scan_reports_findings_with_exit_code_3_and_clean_files_with_0() {
     let o = run(&["scan", &dir.s("missing.npy")]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("missing.npy"), "{}", stderr(&o));
+    // --tensor names a tensor of a .safetensors file: given with an .npy
+    // one, refused (as training refuses it), before any output.
+    let o = run(&["scan", &bad, "--tensor", "emb"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(o.stdout.is_empty(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(stderr(&o).contains("invalid --tensor: it names a tensor of a .safetensors file"), "{}", stderr(&o));
     // A float64 file's values beyond float32's range are finite in the
     // file: scanned clean (exit 0), the note says how many there are; its
     // own NaN is found (exit 3), and only it.

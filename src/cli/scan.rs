@@ -19,9 +19,9 @@ pub(crate) struct ScanArgs {
     /// The table (.npy, or tensor --tensor of a .safetensors file).
     #[arg(value_name = "FILE")]
     file: PathBuf,
-    /// The tensor of a .safetensors file to scan.
-    #[arg(long, default_value = latent_line::tables::DEFAULT_TENSOR, value_parser = tensor_arg)]
-    tensor: String,
+    /// The tensor of a .safetensors file to scan [default: weight].
+    #[arg(long, value_parser = tensor_arg)]
+    tensor: Option<String>,
     /// Draw where in the table the non-finite rows sit (SVG).
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
@@ -76,6 +76,13 @@ const SCAN_BLOCK_BYTES: usize = 16 << 20;
 pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     QUIET.store(args.json, std::sync::atomic::Ordering::Relaxed);
     check_adapter(args.backend, &args.adapter)?;
+    // --tensor names a tensor of a .safetensors file (as for training: a
+    // typo of the file's kind is not passed over).
+    let safetensors = matches!(tables::format_of(&args.file), Ok(tables::Format::Safetensors));
+    if args.tensor.is_some() && !safetensors {
+        bail!("invalid --tensor: it names a tensor of a .safetensors file, and {} is not one", args.file.display());
+    }
+    let tensor = args.tensor.as_deref().unwrap_or(latent_line::tables::DEFAULT_TENSOR);
     if let Some(p) = &args.plot {
         if p.extension().and_then(|e| e.to_str()) != Some("svg") {
             bail!("invalid --plot: {} must end in .svg", p.display());
@@ -103,7 +110,7 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     // finite there (loading it to train makes it ±Inf, the note says).
     // Its values stream from the file, scanned a block at a time (no host
     // copy of the whole table).
-    let o = tables::open_for_scan(&args.file, &args.tensor)?;
+    let o = tables::open_for_scan(&args.file, tensor)?;
     let (mut reader, file_dtype) = (o.reader, o.file_dtype);
     let shape = reader.shape;
     out!(
@@ -180,7 +187,7 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
         let index = f.row * shape.dim as u64 + f.col;
         // A pipe is not opened again (a named one would wait for a writer).
         let regular = std::fs::metadata(&args.file).is_ok_and(|m| m.is_file());
-        let raw = if regular { tables::element_bits(&args.file, &args.tensor, index) } else { Ok(None) };
+        let raw = if regular { tables::element_bits(&args.file, tensor, index) } else { Ok(None) };
         match raw {
             Ok(Some((b, width))) => Some(format!("0x{b:0w$x}", w = 2 * width)),
             Ok(None) if matches!(file_dtype.as_str(), "f32" | "F32") => Some(format!("0x{:08x}", f.bits)),
@@ -189,10 +196,9 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     });
     if args.json {
         let (backend, where_) = on.split_once(" · ").unwrap_or((&on, ""));
-        let safetensors = matches!(tables::format_of(&args.file), Ok(tables::Format::Safetensors));
         let out = ScanJson {
             file: args.file.to_string_lossy().into_owned(),
-            tensor: safetensors.then_some(args.tensor.as_str()),
+            tensor: safetensors.then_some(tensor),
             dtype: &file_dtype,
             rows: shape.rows,
             dim: shape.dim,

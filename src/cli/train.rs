@@ -34,10 +34,10 @@ pub(crate) struct TrainArgs {
     steps: usize,
     /// SGD learning rate.
     #[arg(long, default_value_t = 0.2, allow_hyphen_values = true)]
-    lr: f32,
+    lr: f64,
     /// ε added inside each square root [default: 1e-8; 0 with --naive].
     #[arg(long, allow_hyphen_values = true)]
-    eps: Option<f32>,
+    eps: Option<f64>,
     /// Reproduce the original bug: autograd's formula, ε = 0 (SPEC §6).
     #[arg(long)]
     naive: bool,
@@ -59,13 +59,13 @@ pub(crate) struct TrainArgs {
     endpoints: Endpoints,
     /// SGD momentum μ in [0, 1) (PyTorch semantics; 0: no velocity buffer).
     #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
-    momentum: f32,
+    momentum: f64,
     /// Weight decay: wd·W added to the gradient.
     #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
-    weight_decay: f32,
+    weight_decay: f64,
     /// Clip the step's gradient to this global norm (0 = off).
     #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
-    clip_norm: f32,
+    clip_norm: f64,
     /// Random batches of B rows: each epoch a permutation keyed by --seed
     /// [default: the full table every step].
     #[arg(long, value_name = "B", conflicts_with = "indices")]
@@ -77,13 +77,13 @@ pub(crate) struct TrainArgs {
     indices: Option<PathBuf>,
     /// Keep the anchors at least this far apart (detached, attached; 0 = off).
     #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
-    margin: f32,
+    margin: f64,
     /// Weight λ of the separation term λ·max(0, m − d0).
     #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
-    margin_weight: f32,
+    margin_weight: f64,
     /// The audit's near-singular rows: s1 or s2 below (τ·d0)² (SPEC §8).
-    #[arg(long, default_value_t = latent_line::guard::TAU, allow_hyphen_values = true)]
-    tau: f32,
+    #[arg(long, default_value_t = TAU, allow_hyphen_values = true)]
+    tau: f64,
     /// Warn of a collapse when d0 falls below this fraction of its value
     /// at step 0 (SPEC §8).
     #[arg(long, default_value_t = latent_line::guard::COLLAPSE_FRACTION, allow_hyphen_values = true)]
@@ -94,16 +94,16 @@ pub(crate) struct TrainArgs {
     /// skip-step: this many consecutive skipped steps are allowed; the next
     /// failing step in a row aborts.
     #[arg(long, default_value_t = 10)]
-    max_skips: u32,
+    max_skips: u64,
     /// rollback: snapshot the table every this many steps.
     #[arg(long, default_value_t = 100)]
-    snapshot_every: u32,
+    snapshot_every: u64,
     /// rollback: multiply lr by this at each rollback.
     #[arg(long, default_value_t = 0.5)]
-    backoff: f32,
+    backoff: f64,
     /// rollback: abort when a failure would need more rollbacks than this.
     #[arg(long, default_value_t = 3)]
-    max_rollbacks: u32,
+    max_rollbacks: u64,
     /// Where to run.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
@@ -874,26 +874,70 @@ fn step_config(args: &TrainArgs, shape: Shape) -> anyhow::Result<StepConfig> {
         (cfg.anchor_a, cfg.anchor_b) = parse_anchors(s).map_err(|e| anyhow::anyhow!("invalid --anchors: {e}"))?;
     }
     cfg.naive = args.naive;
-    cfg.eps = args.eps.unwrap_or(if args.naive { 0.0 } else { 1e-8 });
-    cfg.lr = args.lr;
+    cfg.eps = single("--eps", args.eps.unwrap_or(if args.naive { 0.0 } else { 1e-8 }))?;
+    cfg.lr = single("--lr", args.lr)?;
     cfg.reduction = args.reduction;
     cfg.endpoints = args.endpoints;
-    cfg.momentum = args.momentum;
-    cfg.weight_decay = args.weight_decay;
-    cfg.clip_norm = args.clip_norm;
-    cfg.margin = args.margin;
-    cfg.margin_weight = args.margin_weight;
-    cfg.tau = args.tau;
+    cfg.momentum = single("--momentum", args.momentum)?;
+    if args.momentum < 1.0 && cfg.momentum >= 1.0 {
+        bail!(
+            "invalid --momentum: {} rounds to 1 in float32; it must be below 1 (at most 0.99999994)",
+            shown(args.momentum)
+        );
+    }
+    cfg.weight_decay = single("--weight-decay", args.weight_decay)?;
+    cfg.clip_norm = single("--clip-norm", args.clip_norm)?;
+    cfg.margin = single("--margin", args.margin)?;
+    cfg.margin_weight = single("--margin-weight", args.margin_weight)?;
+    cfg.tau = single("--tau", args.tau)?;
     cfg.collapse_fraction = args.collapse_fraction;
     cfg.guard = Guard {
         policy: args.on_nonfinite,
-        max_skips: args.max_skips,
-        snapshot_every: args.snapshot_every,
-        backoff: args.backoff,
-        max_rollbacks: args.max_rollbacks,
+        max_skips: count32("--max-skips", args.max_skips)?,
+        snapshot_every: count32("--snapshot-every", args.snapshot_every)?,
+        backoff: single("--backoff", args.backoff)?,
+        max_rollbacks: count32("--max-rollbacks", args.max_rollbacks)?,
     };
     cfg.validate(shape)?;
     Ok(cfg)
+}
+
+/// `--tau`'s default as the option is written (its float32, the step's, is
+/// `guard::TAU`; parsed as a float64 as every float option is).
+const TAU: f64 = 1e-3;
+const _: () = assert!(TAU as f32 == latent_line::guard::TAU);
+
+/// An option's value as the float32 the step computes with. A finite
+/// value that float32 cannot hold (past its range, or not 0 but rounding
+/// to it) is bad input named as given (exit 1), where the rounding made it
+/// ±Inf or 0 unseen; NaN, ±Inf and negatives go on to `StepConfig::validate`.
+fn single(opt: &str, v: f64) -> anyhow::Result<f32> {
+    let f = v as f32;
+    if v.is_finite() && f.is_infinite() {
+        bail!("invalid {opt}: {} is beyond float32's range (±3.4e38)", shown(v));
+    }
+    if v != 0.0 && f == 0.0 {
+        bail!(
+            "invalid {opt}: {} rounds to 0 in float32 (its smallest positive value is 1.4e-45); give 0 if 0 is meant",
+            shown(v)
+        );
+    }
+    Ok(f)
+}
+
+/// A count the device keeps in 32 bits: a larger one is bad input (exit 1),
+/// as any value that parses but is out of range.
+fn count32(opt: &str, v: u64) -> anyhow::Result<u32> {
+    u32::try_from(v).map_err(|_| anyhow::anyhow!("invalid {opt}: {v} is more than {} (a 32-bit count)", u32::MAX))
+}
+
+/// A number as a user would write it: 1e40, 1e-50, 0.99999999.
+fn shown(v: f64) -> String {
+    if v != 0.0 && !(1e-5..1e16).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
 }
 
 /// `--resume`: the run state saved beside the checkpoint `path`, checked

@@ -1242,14 +1242,10 @@ impl Trainer for GpuTrainer {
                 if self.fused.sampled { ", batches sampled in the step" } else { "" },
                 if self.fused.undo_in_reduce { ", dropped batches undone in the reduce pass" } else { "" },
                 if self.fused.prefetch || self.fused.blocks == 1 { "" } else { ", no read-ahead" },
-                if self.fused.keep
-                    || !keeps_columns(self.shape.dim as u32, self.fused.lanes, self.fused.kept_vectors)
-                    || self.fused.vec4
-                {
-                    ""
-                } else {
-                    ", columns read twice"
-                },
+                // (4-byte columns not held in registers, by LATENT_LINE_KEEP=0
+                // or because a lane has more than it keeps: read again for
+                // the update.)
+                if self.fused.vec4 || self.keeps_columns() { "" } else { ", columns read twice" },
                 if self.keeps_columns() && !self.fused.kept_vectors { ", kept in an array" } else { "" },
                 if self.ctx.loop_bounding { ", loops bounded by wgpu" } else { "" },
                 match self.resident_batches() {
