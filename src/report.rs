@@ -128,6 +128,11 @@ pub struct Summary {
     pub steps_done: usize,
     /// Ctrl-C stopped the run before its --steps (exit code 130).
     pub interrupted: bool,
+    /// Where the table was saved: `--save`, or, for a run that aborted or
+    /// was interrupted whose `--save` is its input, beside it (`t.npy` →
+    /// `t.aborted.npy`, `t.interrupted.npy`: SPEC §12, such a run never
+    /// overwrites its input); `null` without `--save`.
+    pub saved: Option<String>,
     /// The step a `--resume` went on from. The step counts (`steps_done`,
     /// `aborted_at`, `collapse_step`) are the whole run's; the rest of the
     /// summary (first values, events, skips, rollbacks) is of this run's

@@ -2309,3 +2309,40 @@ fn a_resume_under_another_tensor_name_is_told_the_checkpoints() {
     };
     assert!(read("out.safetensors") == read("whole.safetensors"), "seed {seed}: not the unbroken run's table");
 }
+
+/// SPEC §12: an interrupted or failed run never overwrites its input. A
+/// run whose --save is its --load file and that aborts (weight decay of
+/// 1e30 makes step 1's rows overflow) saves the table before the failing
+/// step beside it, `t.aborted.npy`, as the report's `summary.saved` says,
+/// and leaves the input byte for byte; once a checkpoint of its own has
+/// replaced the input, the run saves over that checkpoint as before.
+#[test]
+fn an_aborted_run_saves_beside_its_input() {
+    let dir = Dir::new();
+    let seed = common::seed("aborted_beside");
+    let shape = latent_line::Shape::new(40, 3).unwrap();
+    latent_line::npy::save(&dir.p("t.npy"), shape, &common::random_table(&mut common::rng(seed), 40, 3)).unwrap();
+    std::fs::copy(dir.p("t.npy"), dir.p("c.npy")).unwrap();
+    let input = std::fs::read(dir.p("t.npy")).unwrap();
+    let blow = ["--backend", "cpu", "--weight-decay", "1e30", "--lr", "1", "--quiet"];
+    let go = |extra: &[&str]| run(&[&blow[..], extra].concat());
+    let (t, c) = (dir.s("t.npy"), dir.s("c.npy"));
+    let one = dir.s("one.npy");
+    let o = go(&["--steps", "1", "--load", &c, "--save", &one]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let after_one = latent_line::npy::load(&dir.p("one.npy")).unwrap().data;
+    let o = go(&["--steps", "5", "--on-nonfinite", "abort", "--load", &t, "--save", &t, "--report", &dir.s("r.json")]);
+    assert_eq!(o.status.code(), Some(3), "seed {seed}: {}", stderr(&o));
+    assert_eq!(std::fs::read(dir.p("t.npy")).unwrap(), input, "seed {seed}: the input was overwritten");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.p("r.json")).unwrap()).unwrap();
+    assert_eq!(report["summary"]["aborted_at"], 1, "seed {seed}");
+    assert_eq!(report["summary"]["saved"].as_str(), Some(dir.s("t.aborted.npy").as_str()));
+    assert!(latent_line::npy::load(&dir.p("t.aborted.npy")).unwrap().data == after_one, "seed {seed}");
+    assert!(dir.p("t.aborted.npy.state.json").exists(), "its run state, for a resume");
+    // Checkpointed every step: step 1's checkpoint replaced c.npy, and the
+    // aborted run saves over it (its own), nothing beside.
+    let o = go(&["--steps", "5", "--on-nonfinite", "abort", "--checkpoint-every", "1", "--load", &c, "--save", &c]);
+    assert_eq!(o.status.code(), Some(3), "seed {seed}: {}", stderr(&o));
+    assert!(!dir.p("c.aborted.npy").exists(), "seed {seed}");
+    assert!(latent_line::npy::load(&dir.p("c.npy")).unwrap().data == after_one, "seed {seed}");
+}

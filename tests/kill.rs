@@ -86,6 +86,71 @@ fn sigint_saves_reports_and_exits_130() {
     }
 }
 
+/// SPEC §12: an interrupted run never overwrites its input. With --save
+/// its --load file (and no checkpoint), SIGINT saves the table beside it,
+/// `t.interrupted.npy`: that of an unbroken run of the steps done, which
+/// `--resume` goes on from; the input is as it was, byte for byte.
+#[test]
+fn an_interrupted_run_saves_beside_its_input() {
+    use std::io::BufRead;
+    let seed = seed("interrupted_beside");
+    let mut r = rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let shape = latent_line::Shape::new(20000, 8).unwrap();
+    latent_line::npy::save(dir.path().join("t.npy").as_path(), shape, &random_table(&mut r, 20000, 8)).unwrap();
+    let input = std::fs::read(p("t.npy")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--backend", "cpu", "--steps", "10000000", "--load", &p("t.npy"), "--save", &p("t.npy")])
+        .args(["--report", &p("r.json")])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start latent-line");
+    // The `guard` line comes just before the steps: the signal then lands
+    // among them.
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.is_ok_and(|l| l.starts_with("guard"))), "seed {seed}: no guard line");
+    std::thread::sleep(Duration::from_millis(r.random_range(100..400)));
+    signal(&child, "-INT");
+    let said: Vec<String> = lines.map_while(Result::ok).collect();
+    let done = child.wait_with_output().unwrap();
+    assert_eq!(done.status.code(), Some(130), "seed {seed}: {}", String::from_utf8_lossy(&done.stderr));
+    assert!(std::fs::read(p("t.npy")).unwrap() == input, "seed {seed}: the input was overwritten");
+    assert!(said.iter().any(|l| l.starts_with(&format!("saved    {}; not over", p("t.interrupted.npy")))), "{said:?}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(p("r.json")).unwrap()).unwrap();
+    assert_eq!(report["summary"]["saved"].as_str(), Some(p("t.interrupted.npy").as_str()));
+    let steps = report["summary"]["steps_done"].as_u64().unwrap();
+    let n = steps.to_string();
+    let o = Command::new(BIN)
+        .args(["--backend", "cpu", "--load", &p("t.npy"), "--steps", &n, "--save", &p("whole.npy"), "--quiet"])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let (got, want) = (
+        latent_line::npy::load(dir.path().join("t.interrupted.npy").as_path()).unwrap(),
+        latent_line::npy::load(dir.path().join("whole.npy").as_path()).unwrap(),
+    );
+    assert!(got.data == want.data, "seed {seed}: not the table of {steps} steps");
+    // It resumes: one step more is the unbroken run's next.
+    let m = (steps + 1).to_string();
+    for (args, out) in
+        [(vec!["--resume", &p("t.interrupted.npy")], "resumed.npy"), (vec!["--load", &p("t.npy")], "whole1.npy")]
+    {
+        let o = Command::new(BIN)
+            .args(["--backend", "cpu", "--steps", &m, "--quiet", "--save", &p(out)])
+            .args(args)
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let load = |name: &str| latent_line::npy::load(dir.path().join(name).as_path()).unwrap().data;
+    assert!(load("resumed.npy") == load("whole1.npy"), "seed {seed}: the resume is not the unbroken run");
+}
+
 #[test]
 fn sigkill_during_saves_never_leaves_a_partial_output() {
     let seed = seed("sigkill");

@@ -401,6 +401,9 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     let mut halted = false;
     // Stopped by a signal before its --steps (exit 130).
     let mut stopped = false;
+    // A checkpoint of this run replaced the file at --save: what lies there
+    // is this run's own, no longer its input (see `unfinished_save`).
+    let mut checkpointed = false;
     // d0 at the run's step 0 (SPEC §8): saved by a resumed run's checkpoint,
     // else the first step's.
     let d0_start_of = |log: &RunLog| d0_saved.or(log.first.as_ref().map(|r| r.d0));
@@ -490,6 +493,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 if let Some(c) = carried.as_mut() {
                     c.follow(path);
                 }
+                checkpointed = true;
                 say(&bar, format!("checkpoint step {done} → {}", path.display()));
             }
         }
@@ -635,13 +639,38 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         }
     }
 
-    if let Some(path) = &args.save {
+    // SPEC §12: an interrupted or failed run never overwrites its input.
+    // Where --save is the input (and no checkpoint of this run has
+    // replaced it), such a run's table goes beside it: nothing is lost,
+    // and the input is as it was.
+    let unfinished = if aborted_at.is_some() {
+        Some("aborted")
+    } else if stopped {
+        Some("interrupted")
+    } else {
+        None
+    };
+    let save_to = args.save.as_ref().map(|path| match unfinished {
+        Some(why) if !checkpointed && saves_over_input(args, path) => (unfinished_save(path, why), true),
+        _ => (path.clone(), false),
+    });
+    if let Some((path, beside)) = &save_to {
         let audit = (d0_start, collapse);
         save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), audit, &options)?;
         out!(
-            "saved    {}{}",
+            "saved    {}{}{}",
             path.display(),
-            if aborted_at.is_some() { " (the table before the failing step)" } else { "" }
+            if aborted_at.is_some() { " (the table before the failing step)" } else { "" },
+            if *beside {
+                format!(
+                    "; not over {}, the run's input, which a run that {} leaves as it was (--resume {} goes on)",
+                    args.save.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+                    if aborted_at.is_some() { "aborts" } else { "is interrupted" },
+                    path.display()
+                )
+            } else {
+                String::new()
+            }
         );
     }
     if let (Some(path), Some(before)) = (&args.plot, &before) {
@@ -711,6 +740,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 aborted_at,
                 steps_done,
                 interrupted: stopped,
+                saved: save_to.as_ref().map(|(p, _)| p.to_string_lossy().into_owned()),
                 resumed_from: args.resume.is_some().then_some(start),
                 lr_last: last.lr as f32,
                 final_scan,
@@ -801,6 +831,24 @@ fn check_files(args: &TrainArgs) -> anyhow::Result<()> {
     }
     if let Some(s) = &args.save {
         tables::format_of(s)?;
+        // Where --save is the input, an aborted or interrupted run saves
+        // beside it (`unfinished_save`): never over a file the run reads,
+        // nor where a folder is.
+        if saves_over_input(args, s) {
+            for why in ["aborted", "interrupted"] {
+                let beside = unfinished_save(s, why);
+                check_output("--save", &beside)?;
+                let read = [&args.load, &args.resume, &args.indices, &args.report, &args.plot];
+                if let Some(other) = read.into_iter().flatten().find(|o| same_file(&beside, o)) {
+                    bail!(
+                        "invalid --save: a run that is {why} saves beside its input {}, at {}, which is {}; rename it",
+                        s.display(),
+                        beside.display(),
+                        other.display()
+                    );
+                }
+            }
+        }
     }
     // Nothing is written over anything else the run reads or writes; the
     // only overlap allowed is --save onto the table it loaded or resumed
@@ -900,6 +948,23 @@ fn step_config(args: &TrainArgs, shape: Shape) -> anyhow::Result<StepConfig> {
     };
     cfg.validate(shape)?;
     Ok(cfg)
+}
+
+/// Whether `--save` is the file the run started from (`--load` or
+/// `--resume`).
+fn saves_over_input(args: &TrainArgs, save: &Path) -> bool {
+    [&args.load, &args.resume].into_iter().flatten().any(|input| same_file(save, input))
+}
+
+/// Where an interrupted or aborted run saves when `--save` is its input:
+/// beside it, `why` before the extension (`t.npy` → `t.interrupted.npy`).
+fn unfinished_save(save: &Path, why: &str) -> PathBuf {
+    let stem = save.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = match save.extension() {
+        Some(ext) => format!("{stem}.{why}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.{why}"),
+    };
+    save.with_file_name(name)
 }
 
 /// `--tau`'s default as the option is written (its float32, the step's, is
