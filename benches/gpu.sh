@@ -19,8 +19,8 @@
 # both GPU bench groups only (when device time is short). `diag`: the
 # GPU-time benches and the scan, then the JAX peer: a first look to tune
 # by, leaving device time for the full run. `bars`: issue 5's bars, all
-# from one call that fits the device tool's 600 s (no tests; the tuning
-# below first, ~30 s, TUNE=0 to skip it; criterion only for the
+# from one call that fits the device tool's 600 s (no tests; the full
+# table's tuning below first, TUNE=0 to skip it; criterion only for the
 # benches the bars read, and the batch with the scatter beside; both
 # peers, the 100M-row table, the CLI scan; a few seconds of checks
 # beside: two quick tests, timestamps on and off, --profile, the naive
@@ -199,7 +199,8 @@ fi
 # in granules of 8 a lane: 83 with PQ_SHARED still made two, which is why
 # it ran no faster), where smaller workgroups pack 4 or 5 of 128, 9 to 11
 # of 64: more of the rows' loads in flight (BENCHMARKS.md, nineteenth
-# session). Each takes a few seconds; `bars` tunes too (~30 s).
+# session). Each takes a few seconds; `bars` tunes the full table too (12
+# candidates, each a 40-step run), the batch taking its shape.
 #
 # TUNE_ARGS=… tune LABEL [CANDIDATE …]: each candidate's step (the eleven
 # below, then the extra ones) by --profile, GPU time a step (the step's
@@ -240,9 +241,13 @@ if [ "$MODE" != quick ] && [ "${TUNE:-1}" = 1 ]; then
     TUNE_ARGS="" tune "full table, $R × 64"
     FULL_TUNED=$TUNED
     # A random batch's own shape (more, smaller workgroups; fewer rows to
-    # hide the latency of): its benches run with it, apart.
-    TUNE_ARGS="--batch $BATCH" tune "random batches of $BATCH" "LATENT_LINE_ROW_BLOCKS=1" "LATENT_LINE_VEC4=0 LATENT_LINE_ROW_BLOCKS=1" "LATENT_LINE_FUSED_SAMPLE=0" \
-        "LATENT_LINE_FUSED_SAMPLE=0 LATENT_LINE_ROW_BLOCKS=1"
+    # hide the latency of): its benches run with it, apart. (Not in bars,
+    # whose 600 s have no room for it and the benches again: there the
+    # batch runs with the full table's shape.)
+    if [ "$MODE" != bars ]; then
+        TUNE_ARGS="--batch $BATCH" tune "random batches of $BATCH" "LATENT_LINE_ROW_BLOCKS=1" "LATENT_LINE_VEC4=0 LATENT_LINE_ROW_BLOCKS=1" "LATENT_LINE_FUSED_SAMPLE=0" \
+            "LATENT_LINE_FUSED_SAMPLE=0 LATENT_LINE_ROW_BLOCKS=1"
+    fi
     TUNED_BATCH=$TUNED; TUNED=$FULL_TUNED
     echo "everything below runs with ${TUNED:-the built-in shape}, the batch benches with ${TUNED_BATCH:-the built-in shape}"
     [ -n "$TUNED" ] && export $TUNED

@@ -2287,7 +2287,18 @@ fn a_resume_under_another_tensor_name_is_told_the_checkpoints() {
             .concat());
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let before = std::fs::read(dir.p("ck.safetensors")).unwrap();
-    let o = go(&["--resume", &dir.s("ck.safetensors"), "--steps", "6", "--save", &dir.s("out.safetensors")]);
+    // (Told before options are checked against the shape of the tensor
+    // read: rows 0 and 29 are no rows of the 2 × 2 `weight`.)
+    let o = go(&[
+        "--resume",
+        &dir.s("ck.safetensors"),
+        "--steps",
+        "6",
+        "--anchors",
+        "0,29",
+        "--save",
+        &dir.s("out.safetensors"),
+    ]);
     assert_eq!(o.status.code(), Some(1), "seed {seed}: {}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains("table is its tensor \"emb\"") && err.contains("resume it with --tensor emb"), "{err}");
@@ -2345,4 +2356,34 @@ fn an_aborted_run_saves_beside_its_input() {
     assert_eq!(o.status.code(), Some(3), "seed {seed}: {}", stderr(&o));
     assert!(!dir.p("c.aborted.npy").exists(), "seed {seed}");
     assert!(latent_line::npy::load(&dir.p("c.npy")).unwrap().data == after_one, "seed {seed}");
+    // A --resume checkpoint saved over is the run's own going on: an
+    // aborted resume saves over it (its step-1 table again), as its
+    // checkpoints would.
+    let o = go(&["--steps", "5", "--on-nonfinite", "abort", "--resume", &c, "--save", &c]);
+    assert_eq!(o.status.code(), Some(3), "seed {seed}: {}", stderr(&o));
+    assert!(!dir.p("c.aborted.npy").exists(), "seed {seed}");
+    assert!(latent_line::npy::load(&dir.p("c.npy")).unwrap().data == after_one, "seed {seed}");
+    // The files it would save beside the input are checked before any
+    // work, its run state and velocity too: none over another file of the
+    // run, none where a folder is.
+    // (Batches, 1-D, at the path of the velocity beside t.aborted.npy.)
+    let idx: Vec<u8> = (0..4i64).flat_map(|i| i.to_le_bytes()).collect();
+    npy(&dir.p("t.aborted.npy.velocity.npy"), "{'descr': '<i8', 'fortran_order': False, 'shape': (4,), }", &idx);
+    let before = dir.files();
+    for (extra, expect) in [
+        (vec!["--report", &dir.s("t.aborted.npy.state.json")][..].to_vec(), "which is the --report file"),
+        (vec!["--indices", &dir.s("t.aborted.npy.velocity.npy")], "which is the --indices file"),
+    ] {
+        let o = go(&[&["--steps", "1", "--load", &t, "--save", &t][..], &extra].concat());
+        assert_eq!(o.status.code(), Some(1), "{extra:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("saves beside its input") && stderr(&o).contains(expect), "{}", stderr(&o));
+    }
+    std::fs::create_dir(dir.p("t.interrupted.npy")).unwrap();
+    let o = go(&["--steps", "1", "--load", &t, "--save", &t]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("a run that is interrupted saves beside its input"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(dir.p("t.npy")).unwrap(), input, "seed {seed}: the input was overwritten");
+    let mut now = dir.files();
+    now.retain(|f| f != "t.interrupted.npy");
+    assert_eq!(now, before, "files appeared or went");
 }

@@ -117,6 +117,8 @@ pub(crate) struct TrainArgs {
     load: Option<PathBuf>,
     /// Save the trained table here (.npy or .safetensors), atomically; a
     /// .safetensors input's other tensors are carried over to a .safetensors output.
+    /// May be the --load file: a run that aborts or is interrupted then
+    /// saves beside it (t.npy → t.aborted.npy, t.interrupted.npy).
     #[arg(long, value_name = "FILE")]
     #[serde(serialize_with = "lossy_path")]
     save: Option<PathBuf>,
@@ -188,6 +190,22 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                     .is_some_and(|p| matches!(tables::format_of(p), Ok(tables::Format::Safetensors)));
             let l = tables::open_as(path, &args.tensor, npy::Overflow::Inf, carry)?;
             carried = l.carried;
+            // A checkpoint saved under another --tensor holds its table there: the
+            // tensor read is not that table (it may be another of its tensors), so
+            // before anything is checked against its shape. (A state that cannot
+            // be read is resume()'s to report.)
+            if let Some(path) = &args.resume {
+                if let Ok(Some(state)) = tables::load_state(path, carried.as_ref()) {
+                    if let Some(saved) = state.tensor.as_deref().filter(|t| *t != args.tensor) {
+                        bail!(
+                            "invalid --tensor: {}'s table is its tensor \"{saved}\" (saved with --tensor {saved}), not \"{}\"; \
+                             resume it with --tensor {saved}",
+                            path.display(),
+                            args.tensor
+                        );
+                    }
+                }
+            }
             let shape = l.reader.shape;
             for (opt, given, have) in [("--rows", args.rows, shape.rows), ("--dim", args.dim, shape.dim)] {
                 if let Some(g) = given {
@@ -640,7 +658,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     }
 
     // SPEC §12: an interrupted or failed run never overwrites its input.
-    // Where --save is the input (and no checkpoint of this run has
+    // Where --save is the --load table (and no checkpoint of this run has
     // replaced it), such a run's table goes beside it: nothing is lost,
     // and the input is as it was.
     let unfinished = if aborted_at.is_some() {
@@ -651,7 +669,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         None
     };
     let save_to = args.save.as_ref().map(|path| match unfinished {
-        Some(why) if !checkpointed && saves_over_input(args, path) => (unfinished_save(path, why), true),
+        Some(why) if !checkpointed && saves_over_load(args, path) => (unfinished_save(path, why), true),
         _ => (path.clone(), false),
     });
     if let Some((path, beside)) = &save_to {
@@ -831,24 +849,6 @@ fn check_files(args: &TrainArgs) -> anyhow::Result<()> {
     }
     if let Some(s) = &args.save {
         tables::format_of(s)?;
-        // Where --save is the input, an aborted or interrupted run saves
-        // beside it (`unfinished_save`): never over a file the run reads,
-        // nor where a folder is.
-        if saves_over_input(args, s) {
-            for why in ["aborted", "interrupted"] {
-                let beside = unfinished_save(s, why);
-                check_output("--save", &beside)?;
-                let read = [&args.load, &args.resume, &args.indices, &args.report, &args.plot];
-                if let Some(other) = read.into_iter().flatten().find(|o| same_file(&beside, o)) {
-                    bail!(
-                        "invalid --save: a run that is {why} saves beside its input {}, at {}, which is {}; rename it",
-                        s.display(),
-                        beside.display(),
-                        other.display()
-                    );
-                }
-            }
-        }
     }
     // Nothing is written over anything else the run reads or writes; the
     // only overlap allowed is --save onto the table it loaded or resumed
@@ -911,6 +911,32 @@ fn check_files(args: &TrainArgs) -> anyhow::Result<()> {
             }
         }
     }
+    // Where --save is the --load table, an aborted or interrupted run saves
+    // beside it (`unfinished_save`), with its sidecars (a stale one there
+    // is removed): none of them over a file the run reads or writes, nor
+    // where a folder is.
+    if let Some(save) = args.save.as_deref().filter(|s| saves_over_load(args, s)) {
+        for why in ["aborted", "interrupted"] {
+            let beside = unfinished_save(save, why);
+            let [b_state, b_velocity, b_snapshot] = sides(Some(&beside));
+            let here = |what: &Path| {
+                format!("a run that is {why} saves beside its input {} (at {})", save.display(), what.display())
+            };
+            if let Err(e) = check_output("--save", &beside) {
+                bail!("{e:#}: {}", here(&beside));
+            }
+            let others = inputs[..6].iter().chain(&outputs[1..]);
+            for written in [Some(beside.clone()), b_state, b_velocity, b_snapshot].iter().flatten() {
+                if written.is_dir() {
+                    bail!("invalid --save: {}, which is a folder", here(written));
+                }
+                if let Some((opt, _)) = others.clone().find(|(_, o)| o.as_ref().is_some_and(|o| same_file(written, o)))
+                {
+                    bail!("invalid --save: {}, which is the {opt} file; give one of them another name", here(written));
+                }
+            }
+        }
+    }
     Ok(())
 }
 
@@ -950,20 +976,26 @@ fn step_config(args: &TrainArgs, shape: Shape) -> anyhow::Result<StepConfig> {
     Ok(cfg)
 }
 
-/// Whether `--save` is the file the run started from (`--load` or
-/// `--resume`).
-fn saves_over_input(args: &TrainArgs, save: &Path) -> bool {
-    [&args.load, &args.resume].into_iter().flatten().any(|input| same_file(save, input))
+/// Whether `--save` is the `--load` table. (A `--resume` checkpoint is
+/// not lost when saved over: the resumed run is its run going on, whose
+/// checkpoints replace it anyway, and a save at an interruption is one
+/// more, SPEC §13's "finished and saved", resumable where the next job
+/// looks for it.)
+fn saves_over_load(args: &TrainArgs, save: &Path) -> bool {
+    args.load.as_deref().is_some_and(|input| same_file(save, input))
 }
 
-/// Where an interrupted or aborted run saves when `--save` is its input:
-/// beside it, `why` before the extension (`t.npy` → `t.interrupted.npy`).
+/// Where an interrupted or aborted run saves when `--save` is its
+/// `--load` table: beside it, `why` before the extension (`t.npy` →
+/// `t.interrupted.npy`; the name's bytes kept as they are).
 fn unfinished_save(save: &Path, why: &str) -> PathBuf {
-    let stem = save.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let name = match save.extension() {
-        Some(ext) => format!("{stem}.{why}.{}", ext.to_string_lossy()),
-        None => format!("{stem}.{why}"),
-    };
+    let mut name = save.file_stem().map(|s| s.to_os_string()).unwrap_or_default();
+    name.push(".");
+    name.push(why);
+    if let Some(ext) = save.extension() {
+        name.push(".");
+        name.push(ext);
+    }
     save.with_file_name(name)
 }
 
@@ -982,10 +1014,7 @@ fn single(opt: &str, v: f64) -> anyhow::Result<f32> {
         bail!("invalid {opt}: {} is beyond float32's range (±3.4e38)", shown(v));
     }
     if v != 0.0 && f == 0.0 {
-        bail!(
-            "invalid {opt}: {} rounds to 0 in float32 (its smallest positive value is 1.4e-45); give 0 if 0 is meant",
-            shown(v)
-        );
+        bail!("invalid {opt}: {} rounds to 0 in float32 (its smallest positive value is 1.4e-45)", shown(v));
     }
     Ok(f)
 }
@@ -1034,16 +1063,6 @@ fn resume(
     let mut state = tables::load_state(path, carried)?.ok_or_else(|| {
         anyhow::anyhow!("invalid --resume: {} has no run state (was it saved by latent-line?)", path.display())
     })?;
-    // A checkpoint saved under another --tensor holds its table there: the
-    // tensor read is not that table (and may be another of its tensors).
-    if let Some(saved) = state.tensor.as_deref().filter(|t| *t != args.tensor) {
-        bail!(
-            "invalid --tensor: {}'s table is its tensor \"{saved}\" (saved with --tensor {saved}), not \"{}\"; \
-             resume it with --tensor {saved}",
-            path.display(),
-            args.tensor
-        );
-    }
     // The table's fingerprint, by a pass over its file (the values stream
     // into the trainer later, in a second one).
     if let (Some(want), Some(input)) = (state.table_fingerprint, input) {
