@@ -247,15 +247,12 @@ fn gpu(c: &mut Criterion) {
         let o = GpuOptions::default;
         // The default's lanes as a trainer settles them (the environment's
         // switches included: gpu.sh exports the shape it tuned).
+        let default_step = || {
+            GpuTrainer::new(ctx.clone(), shape, config(shape, Policy::SkipStep), TableSource::Random { seed: 1 }, o())
+                .expect("GPU trainer")
+        };
         let (default_lanes, default_vec4_at_lanes) = {
-            let probe = GpuTrainer::new(
-                ctx.clone(),
-                shape,
-                config(shape, Policy::SkipStep),
-                TableSource::Random { seed: 1 },
-                o(),
-            )
-            .expect("GPU trainer");
+            let probe = default_step();
             (probe.kernel_shape().1, probe.vec4())
         };
         // The 4-byte path (VEC4 off) at its own default lanes, and its
@@ -326,14 +323,7 @@ fn gpu(c: &mut Criterion) {
         // out: against `step-skip-step`, what the one-workgroup reduce adds
         // to a step (a trainer of its own: it is fit for nothing else after).
         {
-            let mut t = GpuTrainer::new(
-                ctx.clone(),
-                shape,
-                config(shape, Policy::SkipStep),
-                TableSource::Random { seed: 1 },
-                o(),
-            )
-            .expect("GPU trainer");
+            let mut t = default_step();
             g.bench_function(format!("step-skip-step-noreduce/{id}"), |b| {
                 b.iter_custom(|n| t.gpu_time_fused_passes(n as u32).expect("passes").expect("timestamps"))
             });
