@@ -866,7 +866,8 @@ fn step_row(site: RowSite, slot: u32, kept_in: array<f32, MAX_KEPT>, kept4: Kept
                 }
             }
             if (writes && row_bad && lane == 0u) {
-                strikes[row] = strikes[row] + 1u;
+                // (Saturating at 2^32 − 2, the most a run state carries on.)
+                strikes[row] = min(strikes[row], 0xfffffffdu) + 1u;
             }
         } else if (writes && VEC4) {
             // The row is in registers: write it, noting only whether any

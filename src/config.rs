@@ -94,11 +94,14 @@ impl Shape {
             _ => Shape::new(rows.max(2), dim).map(|_| Shape { rows, dim }).map_err(|e| e.to_string()),
         }
     }
+    /// Rows × columns; saturating at `u64::MAX` for a shape no check has
+    /// passed (its fields are public), so that comparing it with a length
+    /// fails instead of overflowing.
     pub fn elements(&self) -> u64 {
-        self.rows as u64 * self.dim as u64
+        (self.rows as u64).saturating_mul(self.dim as u64)
     }
     pub fn bytes(&self) -> u64 {
-        self.elements() * 4
+        self.elements().saturating_mul(4)
     }
     /// This table does not fit, for `reason`.
     pub fn too_large(&self, reason: impl Into<String>) -> Error {

@@ -722,7 +722,7 @@ impl CpuTrainer {
             return self.record(total, d0, Action::Evaluated);
         }
         for &row in &total.struck {
-            self.strikes[row] += 1;
+            self.strikes[row] = strike(self.strikes[row]);
         }
         let bad = !total.scans.grad.is_clean() || !total.scans.table.is_clean();
         let before = self.state;
@@ -943,6 +943,12 @@ fn safe_inv(d: f32) -> f32 {
     } else {
         1.0 / d
     }
+}
+
+/// A skip-row strike more, saturating at `u32::MAX − 1`, the most a run
+/// state carries on (fused_step.wgsl likewise).
+pub(crate) fn strike(n: u32) -> u32 {
+    n.saturating_add(1).min(u32::MAX - 1)
 }
 
 /// WGSL's `sign`: 0 at 0.

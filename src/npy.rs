@@ -494,6 +494,13 @@ impl HeaderCursor<'_> {
 
 /// The `.npy` encoding of a 2-D f32 table.
 pub fn encode(shape: Shape, data: &[f32], out: &mut impl Write) -> std::io::Result<()> {
+    // (A file whose header and values disagree could not be loaded back.)
+    if data.len() as u64 != shape.elements() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} values for a {} × {} table", data.len(), shape.rows, shape.dim),
+        ));
+    }
     encode_header(shape, out)?;
     write_f32s(out, data)
 }
@@ -854,6 +861,24 @@ pub(crate) fn folder(path: &Path) -> &Path {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shape no check has passed (its fields are public) is refused by an
+    /// error, never an overflow: its element count saturates, so a length
+    /// never matches it; `encode` refuses values that disagree with its
+    /// header (the file could not be loaded back).
+    #[test]
+    fn unchecked_shapes_and_short_data_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        for shape in [Shape { rows: 1 << 33, dim: 1 << 31 }, Shape { rows: usize::MAX, dim: 2 }] {
+            assert_eq!(shape.elements(), u64::MAX);
+            let err = crate::tables::save(&dir.path().join("x.npy"), "weight", shape, &[], None, None).unwrap_err();
+            assert!(err.to_string().contains("0 values for"), "{err}");
+        }
+        let mut out = Vec::new();
+        let err = encode(Shape::new(4, 3).unwrap(), &[1.0; 5], &mut out).unwrap_err();
+        assert!(err.to_string().contains("5 values for a 4 × 3 table"), "{err}");
+        assert!(out.is_empty(), "a header was written");
+    }
 
     /// Indices of every integer width, signed or not, in either byte order,
     /// read as numpy wrote them (values chosen to show the sign, the width

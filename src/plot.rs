@@ -107,7 +107,12 @@ impl Drawn {
         kept.extend([anchors.0, anchors.1]);
         kept.sort_unstable();
         kept.dedup();
-        let values = vec![f32::NAN; kept.len() * dim];
+        let too_wide =
+            || Error::invalid("plot", format!("{} rows of {dim} columns: more than memory holds", kept.len()));
+        let n = kept.len().checked_mul(dim).ok_or_else(too_wide)?;
+        let mut values = Vec::new();
+        values.try_reserve_exact(n).map_err(|_| too_wide())?;
+        values.resize(n, f32::NAN);
         Ok(Drawn { rows, dim, anchors, kept, values, seen: 0 })
     }
 
@@ -356,6 +361,15 @@ impl BadRowSpans {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows too wide to keep are an error, not an overflow or an abort.
+    #[test]
+    fn rows_too_wide_to_draw_are_an_error() {
+        for dim in [1usize << 62, usize::MAX / 4] {
+            let err = Drawn::new(2, dim, (0, 1)).map(drop).unwrap_err();
+            assert!(err.to_string().contains("more than memory holds"), "{err}");
+        }
+    }
 
     /// A table with NaN rows: the frame comes from the finite rows (one NaN
     /// row made every code's y NaN), and points that are not finite are

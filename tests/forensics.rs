@@ -384,6 +384,31 @@ fn rollback_aborts_after_max_rollbacks() {
     }
 }
 
+/// A row's strike count saturates at 2^32 − 2, the most a run state
+/// carries on: a run resumed at it strikes the row again and its state
+/// can still be resumed (it wrapped to 0 on the CPU in debug builds'
+/// overflow, and on the GPU).
+#[test]
+fn strike_counts_saturate_where_a_run_state_can_carry_them() {
+    let seed = seed("strike_saturates");
+    let (rows, dim) = (40usize, 6usize);
+    let shape = Shape::new(rows, dim).unwrap();
+    let mut r = rng(seed);
+    let table = random_table(&mut r, rows, dim);
+    let row = r.random_range(1..rows - 1);
+    let cfg = StepConfig { guard: Guard { policy: Policy::SkipRow, ..Guard::default() }, ..StepConfig::for_rows(rows) };
+    for (name, mut t) in trainers(shape, cfg, &table) {
+        t.write_row(row, &vec![f32::NAN; dim]).unwrap();
+        let most = u32::MAX - 1;
+        let state = latent_line::RunState { lr: cfg.lr, strikes: vec![(row as u32, most - 1)], ..Default::default() };
+        t.set_run_state(state).unwrap();
+        t.steps(3).unwrap();
+        let after = t.run_state().unwrap();
+        assert_eq!(after.strikes, vec![(row as u32, most)], "{name}, seed {seed}");
+        t.set_run_state(after).unwrap_or_else(|e| panic!("{name}: {e}, seed {seed}"));
+    }
+}
+
 #[test]
 fn skip_row_keeps_only_the_offending_rows_and_counts_strikes() {
     let seed = seed("guard_skip_row");

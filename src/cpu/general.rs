@@ -449,7 +449,7 @@ impl CpuTrainer {
             out = fold(out, o);
         }
         for &row in &out.struck {
-            self.strikes[row] += 1;
+            self.strikes[row] = super::strike(self.strikes[row]);
         }
         let bad = !out.scans.grad.is_clean() || !out.scans.table.is_clean();
         let before = self.state;

@@ -645,12 +645,12 @@ impl GpuTrainer {
         }
         // Asked for: at most what the kernels are written for (the device
         // may lower the workgroup further; the kernel line says).
-        let wg_asked = or_env(opts.workgroup, "LATENT_LINE_WORKGROUP", 256)?;
+        let wg_asked = or_env(opts.workgroup, "workgroup", "LATENT_LINE_WORKGROUP", 256)?;
         let wg = ctx.workgroup_size(wg_asked.unwrap_or(if ctx.is_software() { 64 } else { 256 }));
         let vec4_set = or_env_flag(opts.vec4, "LATENT_LINE_VEC4")?;
         let vec4_asked = vec4_set.unwrap_or(true);
         let auto_lanes = Self::default_lanes(&ctx, shape.dim, vec4_asked);
-        let lanes_asked = or_env(opts.lanes_per_row, "LATENT_LINE_LANES", 32)?;
+        let lanes_asked = or_env(opts.lanes_per_row, "lanes_per_row", "LATENT_LINE_LANES", 32)?;
         let mut lanes = lanes_asked.unwrap_or(auto_lanes).clamp(1, wg.min(32));
         // The adapter's smallest subgroup: rows of up to that many lanes fold
         // by shuffles alone (fold_sg.wgsl).
@@ -683,7 +683,7 @@ impl GpuTrainer {
         // sizes, what they cannot hold, before anything is allocated.
         let d = shape.dim as u64;
         let cap = schedule.max_slots() as u64;
-        let mut blocks_asked = or_env(opts.row_blocks, "LATENT_LINE_ROW_BLOCKS", 256)?;
+        let mut blocks_asked = or_env(opts.row_blocks, "row_blocks", "LATENT_LINE_ROW_BLOCKS", 256)?;
         let shape_asked = lanes_asked.is_some() || blocks_asked.is_some();
         // The rows one pass of the fused step covers: the largest chunk's,
         // or a batch's slots.
@@ -1078,10 +1078,10 @@ impl GpuTrainer {
 
 /// A shape option as given, else its tuning switch from the environment
 /// (no rebuild): a power of two, or `None` when unset.
-fn or_env(given: Option<u32>, name: &'static str, max: u32) -> Result<Option<u32>> {
-    // An error names where the value came from: the option, or the variable.
+fn or_env(given: Option<u32>, field: &str, name: &'static str, max: u32) -> Result<Option<u32>> {
+    // An error names where the value came from: the option's field, or the variable.
     let (v, from, also) = match (given, std::env::var(name)) {
-        (Some(n), _) => (n.to_string(), "GpuOptions", format!(" (as {name})")),
+        (Some(n), _) => (n.to_string(), "GpuOptions", format!(" (GpuOptions::{field}, or {name})")),
         (None, Err(_)) => return Ok(None),
         (None, Ok(v)) => (v, name, String::new()),
     };
