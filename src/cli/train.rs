@@ -172,6 +172,9 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     // Everything is validated before any allocation or output.
     check_files(args)?;
     let mut carried = None;
+    // --resume's run state, read once (with the table's header): its
+    // tensor is checked at once, the rest by `resume` before any work.
+    let mut resume_state = None;
     if args.checkpoint_every == Some(0) {
         bail!("invalid --checkpoint-every: 0; it must be at least 1");
     }
@@ -195,7 +198,8 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             // before anything is checked against its shape. (A state that cannot
             // be read is resume()'s to report.)
             if let Some(path) = &args.resume {
-                if let Ok(Some(state)) = tables::load_state(path, carried.as_ref()) {
+                let state = resume_state.insert(tables::load_state(path, carried.as_ref()));
+                if let Ok(Some(state)) = state {
                     if let Some(saved) = state.tensor.as_deref().filter(|t| *t != args.tensor) {
                         bail!(
                             "invalid --tensor: {}'s table is its tensor \"{saved}\" (saved with --tensor {saved}), not \"{}\"; \
@@ -236,7 +240,10 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     // checkpoint's, saved in this run's.
     let options = run_options(&cfg, &batches);
     let resumed = match &args.resume {
-        Some(path) => Some(resume(path, args, &cfg, shape, input.as_mut(), carried.as_ref(), &options)?),
+        Some(path) => {
+            let state = resume_state.take().expect("read with the table's header");
+            Some(resume(path, state, args, &cfg, shape, input.as_mut(), &options)?)
+        }
         None => None,
     };
     let resumed_lr = resumed.as_ref().map(|r| r.state.lr);
@@ -1034,18 +1041,18 @@ fn shown(v: f64) -> String {
     }
 }
 
-/// `--resume`: the run state saved beside the checkpoint `path`, checked
-/// before any work (the options that shape the run against this run's,
+/// `--resume`: the run state saved beside the checkpoint `path` (`state`,
+/// as read with the table's header), checked before any work (the options that shape the run against this run's,
 /// its values, the step count against --steps), and the velocity and
 /// snapshot that go on with it; a table or sidecar that a killed save
 /// left mismatched is taken from the save's leftovers (said so).
 fn resume(
     path: &Path,
+    state: latent_line::Result<Option<latent_line::RunState>>,
     args: &TrainArgs,
     cfg: &StepConfig,
     shape: Shape,
     input: Option<&mut tables::TableReader>,
-    carried: Option<&tables::Carried>,
     options: &[(String, String)],
 ) -> anyhow::Result<Resumed> {
     // A sidecar taken from a killed save's leftovers, said so.
@@ -1060,7 +1067,7 @@ fn resume(
         }
         reader
     };
-    let mut state = tables::load_state(path, carried)?.ok_or_else(|| {
+    let mut state = state?.ok_or_else(|| {
         anyhow::anyhow!("invalid --resume: {} has no run state (was it saved by latent-line?)", path.display())
     })?;
     // The table's fingerprint, by a pass over its file (the values stream
