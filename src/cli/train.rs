@@ -675,9 +675,10 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     } else {
         None
     };
+    // (The table's path, and the input it is beside where it is.)
     let save_to = args.save.as_ref().map(|path| match unfinished {
-        Some(why) if !checkpointed && saves_over_load(args, path) => (unfinished_save(path, why), true),
-        _ => (path.clone(), false),
+        Some(why) if !checkpointed && saves_over_load(args, path) => (unfinished_save(path, why), Some(path)),
+        _ => (path.clone(), None),
     });
     if let Some((path, beside)) = &save_to {
         let audit = (d0_start, collapse);
@@ -686,15 +687,14 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             "saved    {}{}{}",
             path.display(),
             if aborted_at.is_some() { " (the table before the failing step)" } else { "" },
-            if *beside {
-                format!(
+            match beside {
+                Some(input) => format!(
                     "; not over {}, the run's input, which a run that {} leaves as it was (--resume {} goes on)",
-                    args.save.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+                    input.display(),
                     if aborted_at.is_some() { "aborts" } else { "is interrupted" },
                     path.display()
-                )
-            } else {
-                String::new()
+                ),
+                None => String::new(),
             }
         );
     }
