@@ -185,7 +185,7 @@ pub fn report() -> Result<String> {
         o.line(format!("  {name}:"));
         o.line(format!(
             "    loss      {}; L = Σ|r| = {} before the step, {} after",
-            run.rec.scans.loss.describe(),
+            run.rec.scans.loss.describe_of(false),
             fmt4(run.rec.loss(w_red)),
             fmt4(run.eval_after.loss(w_red))
         ));

@@ -25,6 +25,13 @@ pub struct Loaded {
     pub note: Option<String>,
 }
 
+/// What a `.npy` file is opened as: its errors say what was expected.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Holds {
+    Table,
+    Indices,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Dtype {
     /// Little-endian float32, float64: tables.
@@ -83,7 +90,7 @@ struct Opened {
 
 /// Reads and checks the magic, the version and the header, against the
 /// file's real size, before anything is allocated for the data.
-fn open(path: &Path) -> Result<Opened> {
+fn open(path: &Path, what: Holds) -> Result<Opened> {
     let bad = |reason: String| Error::bad_file(path, reason);
     // Its kind by name, before it is opened: opening a pipe that has no
     // writer would wait for one, forever.
@@ -130,7 +137,7 @@ fn open(path: &Path) -> Result<Opened> {
     let mut header = vec![0u8; header_len as usize];
     read_exact_or(&mut file, &mut header, || bad("truncated .npy header".into()))?;
     let header = String::from_utf8(header).map_err(|_| bad("the .npy header is not text".into()))?;
-    let (dtype, dims) = parse_header(&header).map_err(bad)?;
+    let (dtype, dims) = parse_header(&header, what).map_err(bad)?;
     let data_bytes = file_len - prefix - header_len;
     let want = dims
         .iter()
@@ -179,7 +186,7 @@ pub fn index_out_of_range(at: &str, v: i128, rows: usize) -> String {
 /// file's width); one that is not is refused by its position in the file.
 pub fn load_indices(path: &Path, rows: usize) -> Result<Indices> {
     let bad = |reason: String| Error::bad_file(path, reason);
-    let Opened { mut file, dtype, dims, data_bytes } = open(path)?;
+    let Opened { mut file, dtype, dims, data_bytes } = open(path, Holds::Indices)?;
     if !matches!(dtype, Dtype::Int { .. }) {
         return Err(bad(format!("indices must be integers, found {}", dtype_name(dtype))));
     }
@@ -219,7 +226,7 @@ pub fn load_indices(path: &Path, rows: usize) -> Result<Indices> {
 /// its own bits (`latent-line scan` names a finding by the file's bits).
 pub fn element_bits(path: &Path, index: u64) -> Result<Option<u64>> {
     use std::io::{Read as _, Seek as _};
-    let Opened { mut file, dtype, data_bytes, .. } = open(path)?;
+    let Opened { mut file, dtype, data_bytes, .. } = open(path, Holds::Table)?;
     if dtype != Dtype::F64 {
         return Ok(None);
     }
@@ -266,7 +273,7 @@ pub fn load_rows(path: &Path, overflow: Overflow, min_rows: usize) -> Result<Loa
 pub fn open_table(path: &Path, overflow: Overflow, min_rows: usize) -> Result<TableReader> {
     use std::io::Seek as _;
     let bad = |reason: String| Error::bad_file(path, reason);
-    let Opened { mut file, dtype, dims, .. } = open(path)?;
+    let Opened { mut file, dtype, dims, .. } = open(path, Holds::Table)?;
     let elem = match dtype {
         Dtype::F32 => Elem::F32,
         Dtype::F64 => Elem::F64,
@@ -329,7 +336,7 @@ fn read_exact_or(f: &mut File, buf: &mut [u8], err: impl FnOnce() -> Error) -> R
 /// once, and nothing before or after it but spaces (numpy refuses other
 /// keys and any other text; a key given twice, which Python would take
 /// the last of, is refused rather than read either way).
-fn parse_header(h: &str) -> std::result::Result<(Dtype, Vec<u64>), String> {
+fn parse_header(h: &str, what: Holds) -> std::result::Result<(Dtype, Vec<u64>), String> {
     let mut p = HeaderCursor { s: h.as_bytes(), i: 0 };
     let (mut descr, mut fortran, mut shape) = (None, None, None);
     p.expect(b'{')?;
@@ -382,11 +389,17 @@ fn parse_header(h: &str) -> std::result::Result<(Dtype, Vec<u64>), String> {
         d if d.len() == 3 && d.is_ascii() && matches!(&d[1..2], "i" | "u") => int(&d[..1], &d[1..2], &d[2..]),
         _ => None,
     }
-    .ok_or_else(|| {
-        format!(
-            "unsupported dtype '{descr}': expected little-endian float32 ('<f4') or float64 ('<f8'), \
-             or for indices an integer type (e.g. '<i4', '<i8', '<u4')"
-        )
+    .ok_or_else(|| match what {
+        Holds::Table => format!(
+            "unsupported dtype '{descr}': a table is little-endian float32 ('<f4') or float64 ('<f8'){}",
+            // (Big-endian floats, float16: numpy converts them.)
+            if matches!(descr.as_str(), ">f4" | ">f8" | "<f2" | ">f2" | "|f2") {
+                "; convert it with numpy's .astype('<f4')"
+            } else {
+                ""
+            }
+        ),
+        Holds::Indices => format!("unsupported dtype '{descr}': indices are integers (e.g. '<i4', '<i8', '<u4')"),
     })?;
     if fortran {
         return Err("Fortran-ordered arrays are not supported: save with numpy.ascontiguousarray".into());
@@ -1078,16 +1091,26 @@ mod tests {
 
     #[test]
     fn header_parser_rejects_what_it_must() {
-        assert!(parse_header("{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }")
+        assert!(parse_header("{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }", Holds::Table)
             .unwrap_err()
             .contains("'>f4'"));
-        assert!(parse_header("{'descr': '<i3', 'fortran_order': False, 'shape': (2, 3), }").is_err());
-        assert!(parse_header("{'descr': '|i4', 'fortran_order': False, 'shape': (2, 3), }").is_err());
-        assert!(parse_header("{'descr': '<c8', 'fortran_order': False, 'shape': (2, 3), }").is_err());
-        assert!(parse_header("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }")
+        // Each error says what the file was opened as wants.
+        let big =
+            parse_header("{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }", Holds::Table).unwrap_err();
+        assert!(big.contains("a table is") && big.contains(".astype('<f4')") && !big.contains("indices"), "{big}");
+        let c8 =
+            parse_header("{'descr': '<c8', 'fortran_order': False, 'shape': (2, 3), }", Holds::Indices).unwrap_err();
+        assert!(c8.contains("indices are integers") && !c8.contains("table"), "{c8}");
+        assert!(parse_header("{'descr': '<i3', 'fortran_order': False, 'shape': (2, 3), }", Holds::Table).is_err());
+        assert!(parse_header("{'descr': '|i4', 'fortran_order': False, 'shape': (2, 3), }", Holds::Table).is_err());
+        assert!(parse_header("{'descr': '<c8', 'fortran_order': False, 'shape': (2, 3), }", Holds::Table).is_err());
+        assert!(parse_header("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", Holds::Table)
             .unwrap_err()
             .contains("Fortran"));
-        assert_eq!(parse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (7,), }").unwrap().1, vec![7]);
+        assert_eq!(
+            parse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (7,), }", Holds::Table).unwrap().1,
+            vec![7]
+        );
         // Only numpy's dictionary, each key once, nothing around it.
         for (h, says) in [
             ("{'descr': '<f4', 'fortran_order': False, 'shape': (2000, 4), 'shape': (1000, 8), }", "'shape' twice"),
@@ -1104,7 +1127,7 @@ mod tests {
             ("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, }", "malformed dimension '}'"),
             ("{'descr: '<f4', 'fortran_order': False, 'shape': (2, 3), }", "expected ':'"),
         ] {
-            let e = parse_header(h).unwrap_err();
+            let e = parse_header(h, Holds::Table).unwrap_err();
             assert!(e.contains(says), "{h}: {e}");
         }
         // What numpy writes (and Python reads): spaces, a last comma or
@@ -1114,14 +1137,14 @@ mod tests {
             "{\"descr\":\"<f4\",\"fortran_order\":False,\"shape\":(2,3)}",
             "{ 'shape' : ( 2 , 3 , ) , 'fortran_order' : False , 'descr' : '<f4' }",
         ] {
-            assert_eq!(parse_header(h).unwrap(), (Dtype::F32, vec![2, 3]), "{h}");
+            assert_eq!(parse_header(h, Holds::Table).unwrap(), (Dtype::F32, vec![2, 3]), "{h}");
         }
         assert_eq!(
-            parse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (), }").unwrap().1,
+            parse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (), }", Holds::Table).unwrap().1,
             Vec::<u64>::new()
         );
         assert_eq!(
-            parse_header("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }").unwrap(),
+            parse_header("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }", Holds::Table).unwrap(),
             (Dtype::F64, vec![2, 3])
         );
     }

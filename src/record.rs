@@ -90,6 +90,17 @@ impl PartialEq for Record {
     }
 }
 
+/// A record's loss over its finite terms ([`Record::finite_terms`]).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct FiniteTerms {
+    /// w_red · Σ|r_j| over the finite terms, plus the separation term.
+    pub loss: f64,
+    /// Σ|r_j| ÷ their count.
+    pub mean_excess: f64,
+    /// The non-finite terms left out.
+    pub left_out: u64,
+}
+
 impl Record {
     /// Decodes one record written by `shaders/reduce.wgsl`.
     pub(crate) fn from_words(w: &[u32], batch: usize) -> Record {
@@ -149,6 +160,20 @@ impl Record {
         } else {
             self.nonfinite_sum()
         }
+    }
+    /// The loss and mean excess over the finite terms alone, and how many
+    /// terms were left out: where a table has non-finite rows (that
+    /// `skip-row` keeps as they are), what shows the others train. `None`
+    /// where every term is finite (`loss` says it all) or none is.
+    pub fn finite_terms(&self, w_red: f64) -> Option<FiniteTerms> {
+        let l = &self.scans.loss;
+        let left_out = l.nan + l.pos_inf + l.neg_inf;
+        let kept = (self.batch as u64).checked_sub(left_out).filter(|&k| k > 0 && left_out > 0)?;
+        Some(FiniteTerms {
+            loss: w_red * self.excess_sum + self.separation,
+            mean_excess: self.excess_sum / kept as f64,
+            left_out,
+        })
     }
     /// L = w_red · Σ|r_j| + λ·max(0, m − d0); NaN or +Inf when a term is
     /// not finite, as PyTorch's sum would be.

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::guard::Action;
-use crate::record::{Record, StepScans};
+use crate::record::{FiniteTerms, Record, StepScans};
 use crate::scan::Scan;
 use crate::trainer::DeviceInfo;
 
@@ -78,7 +78,8 @@ impl Event {
             "input" => "loaded table",
             b => b,
         };
-        let mut line = format!("{when}: {what}: {}", self.scan.describe());
+        // (A loss term is a row's: no column to name.)
+        let mut line = format!("{when}: {what}: {}", self.scan.describe_of(self.buffer != "loss"));
         if !self.strikes.is_empty() {
             let s: Vec<String> = self.strikes.iter().map(|n| n.to_string()).collect();
             line += &format!("; strikes {}", s.join(", "));
@@ -111,6 +112,11 @@ pub struct Summary {
     pub mean_excess_first: f64,
     pub mean_excess_last: f64,
     pub max_excess_last: f64,
+    /// Where the first (last) loss is not finite but some of its terms
+    /// are: the loss and mean excess over those alone, and how many were
+    /// left out (`null` otherwise).
+    pub first_finite_terms: Option<FiniteTerms>,
+    pub last_finite_terms: Option<FiniteTerms>,
     pub d0_first: f64,
     pub d0_last: f64,
     /// First step whose d0 fell below the collapse fraction of d0 at step 0.

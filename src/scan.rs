@@ -133,6 +133,12 @@ impl Scan {
 
     /// One line for people: counts, the first element, the rows.
     pub fn describe(&self) -> String {
+        self.describe_of(true)
+    }
+
+    /// `describe`, of a buffer with one value a row (the loss terms) where
+    /// `columns` is false: its first element is named by its row alone.
+    pub fn describe_of(&self, columns: bool) -> String {
         if self.is_clean() {
             return "all finite".into();
         }
@@ -146,7 +152,8 @@ impl Scan {
             if self.bad_rows == 1 { "" } else { "s" }
         );
         if let Some(f) = self.first {
-            s += &format!("; first at row {}, column {} ({}, bits 0x{:08x})", f.row, f.col, f.kind(), f.bits);
+            let col = if columns { format!(", column {}", f.col) } else { String::new() };
+            s += &format!("; first at row {}{col} ({}, bits 0x{:08x})", f.row, f.kind(), f.bits);
         }
         let list: Vec<String> = self.rows.iter().map(|r| r.to_string()).collect();
         s += &format!("; rows {}", list.join(", "));

@@ -597,8 +597,20 @@ fn read_header(path: &Path, file: &mut std::fs::File, len: u64) -> Result<(u64, 
         serde_json::error::Category::Data => Error::bad_file(path, format!("not a valid .safetensors file: {e}")),
         _ => invalid(SafeTensorError::InvalidHeaderDeserialization(e)),
     })?;
-    if (8 + n).checked_add(meta.data_len() as u64) != Some(len) {
-        return Err(invalid(SafeTensorError::MetadataIncompleteBuffer));
+    // (The crate's own words, "incomplete metadata, file not fully
+    // covered", do not say which way: the byte counts do, as for a .npy.)
+    match (8 + n).checked_add(meta.data_len() as u64) {
+        Some(want) if want == len => {}
+        Some(want) => {
+            return Err(Error::bad_file(
+                path,
+                format!(
+                    "not a valid .safetensors file: {}: its header places {want} bytes in all, the file has {len}",
+                    if want > len { "truncated" } else { "bytes past its tensors' data" }
+                ),
+            ))
+        }
+        None => return Err(invalid(SafeTensorError::MetadataIncompleteBuffer)),
     }
     Ok((8 + n, meta))
 }

@@ -2387,3 +2387,159 @@ fn an_aborted_run_saves_beside_its_input() {
     now.retain(|f| f != "t.interrupted.npy");
     assert_eq!(now, before, "files appeared or went");
 }
+
+/// A random table with non-finite values in `bad` rows (NaN, +Inf, −Inf
+/// in turn, at random columns), saved at `path`.
+fn table_with_bad_rows(path: &Path, rng: &mut impl rand::Rng, rows: usize, dim: usize, bad: &[usize]) -> Vec<f32> {
+    let mut t = common::random_table(rng, rows, dim);
+    for (i, &r) in bad.iter().enumerate() {
+        t[r * dim + rng.random_range(0..dim)] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][i % 3];
+    }
+    latent_line::npy::save(path, latent_line::Shape::new(rows, dim).unwrap(), &t).unwrap();
+    t
+}
+
+#[test]
+fn a_non_finite_anchor_row_is_refused_before_any_step() {
+    // d0 and every distance to such an anchor are NaN: no row could train
+    // (every guard but ignore keeps them all). Refused, naming the row,
+    // whether the input scan lists it or it lies past the list's cap.
+    use rand::Rng;
+    let seed = common::seed("non_finite_anchor");
+    let mut rng = common::rng(seed);
+    let dir = Dir::new();
+    let (rows, dim) = (rng.random_range(200..400), rng.random_range(1..9));
+    let t = dir.s("t.npy");
+    let mut bad: Vec<usize> = (1..rows - 1).collect();
+    rand::seq::SliceRandom::shuffle(&mut bad[..], &mut rng);
+    bad.truncate(3);
+    table_with_bad_rows(Path::new(&t), &mut rng, rows, dim, &bad);
+    let (row, other) = (bad[0], rows - 1);
+    for anchors in [format!("{row},{other}"), format!("{other},{row}")] {
+        refused(&dir, &["--load", &t, "--anchors", &anchors], &format!("anchor row {row} of {t} holds non-finite"));
+    }
+    // The default anchors: row 0.
+    let t0 = dir.s("t0.npy");
+    table_with_bad_rows(Path::new(&t0), &mut rng, rows, dim, &[0, bad[1]]);
+    refused(&dir, &["--load", &t0], "anchor row 0");
+    refused(&dir, &["--load", &t0], "(the default --anchors 0,R−1)");
+    // More bad rows than the scan lists (64), the last anchor past them:
+    // told by d0; and with finite anchors past the list, the run goes on.
+    let many: Vec<usize> = (1..71).collect();
+    let tm = dir.s("many.npy");
+    let mut with_last = many.clone();
+    with_last.push(rows - 1);
+    table_with_bad_rows(Path::new(&tm), &mut rng, rows, dim, &with_last);
+    refused(&dir, &["--load", &tm], &format!("anchor row {} of {tm} (the default", rows - 1));
+    let tf = dir.s("fine.npy");
+    table_with_bad_rows(Path::new(&tf), &mut rng, rows, dim, &many);
+    let o = run(&["--backend", "cpu", "--load", &tf, "--steps", "2", "--on-nonfinite", "skip-row"]);
+    assert_eq!(o.status.code(), Some(0), "seed {seed}: {}", stderr(&o));
+    // On the GPU too (its own input scan).
+    let o = run(&["--backend", "gpu", "--load", &t, "--anchors", &format!("{row},{other}"), "--steps", "2"]);
+    assert_eq!(o.status.code(), Some(1), "seed {seed}: {}", stderr(&o));
+    assert!(stderr(&o).contains(&format!("anchor row {row} of {t} holds non-finite")), "seed {seed}: {}", stderr(&o));
+}
+
+#[test]
+fn a_table_loaded_with_non_finite_rows_is_told_what_its_run_will_do() {
+    use rand::Rng;
+    let seed = common::seed("non_finite_input_run");
+    let mut rng = common::rng(seed);
+    let dir = Dir::new();
+    let (rows, dim) = (rng.random_range(200..400), rng.random_range(1..9));
+    let t = dir.s("t.npy");
+    let mut bad: Vec<usize> = (1..rows - 1).collect();
+    rand::seq::SliceRandom::shuffle(&mut bad[..], &mut rng);
+    bad.truncate(rng.random_range(1..5));
+    let table = table_with_bad_rows(Path::new(&t), &mut rng, rows, dim, &bad);
+    let text = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    // skip-step: told before the run that every step will be skipped, and
+    // why it aborted.
+    let o = run(&["--backend", "cpu", "--load", &t, "--steps", "12"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(3), "seed {seed}: {out}");
+    assert!(out.contains("every full-table step reads these rows: each is skipped"), "seed {seed}: {out}");
+    assert!(out.contains("--on-nonfinite skip-row trains the other rows"), "seed {seed}: {out}");
+    assert!(out.contains("(a failing step after 10 skipped in a row: --max-skips)"), "seed {seed}: {out}");
+    // No --save: said before the run and at its end.
+    assert!(out.contains("note     no --save: the trained table will not be kept"), "seed {seed}: {out}");
+    assert!(out.contains("saved    nothing: no --save"), "seed {seed}: {out}");
+    // skip-row trains the others: the loss over the finite terms, printed
+    // and in the report, is the f64 sum over the finite rows.
+    let report = dir.p("r.json");
+    let o = run(&[
+        "--backend",
+        "cpu",
+        "--load",
+        &t,
+        "--steps",
+        "5",
+        "--on-nonfinite",
+        "skip-row",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "seed {seed}: {out}");
+    assert!(out.contains("the finite terms alone ("), "seed {seed}: {out}");
+    assert!(!out.contains("--on-nonfinite skip-row trains"), "seed {seed}: no hint under skip-row: {out}");
+    // A loss term is a row's: named by its row alone.
+    let mut sorted = bad.clone();
+    sorted.sort();
+    assert!(out.contains(&format!("loss: {} non-finite", bad.len())), "seed {seed}: {out}");
+    assert!(out.contains(&format!("first at row {} (", sorted[0])), "seed {seed}: {out}");
+    let s = &self::report(&report)["summary"];
+    let (first, last) = (&s["first_finite_terms"], &s["last_finite_terms"]);
+    assert!(s["first_loss"].is_null(), "seed {seed}: {s}");
+    assert_eq!(first["left_out"].as_u64(), Some(bad.len() as u64), "seed {seed}: {s}");
+    assert_eq!(last["left_out"].as_u64(), Some(bad.len() as u64), "seed {seed}: {s}");
+    let row = |r: usize| &table[r * dim..(r + 1) * dim];
+    let dist = |x: &[f32], y: &[f32]| {
+        (x.iter().zip(y).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum::<f64>() + 1e-8).sqrt()
+    };
+    let (p, q) = (row(0), row(rows - 1));
+    let d0 = dist(p, q);
+    let want: f64 =
+        (0..rows).filter(|r| !bad.contains(r)).map(|r| (dist(row(r), p) + dist(row(r), q) - d0).abs()).sum();
+    let got = first["loss"].as_f64().unwrap();
+    assert!(common::rel(got, want) < 1e-4, "seed {seed}: finite terms' loss {got}, want {want}");
+    let mean = first["mean_excess"].as_f64().unwrap();
+    assert!(common::rel(mean, want / (rows - bad.len()) as f64) < 1e-4, "seed {seed}: mean {mean}");
+    assert!(last["loss"].as_f64().unwrap() < got, "seed {seed}: the other rows did not train: {s}");
+}
+
+#[test]
+fn options_the_run_has_no_use_for_are_said_and_negative_counts_named() {
+    let o = run(&["--backend", "cpu", "--rows", "50", "--steps", "1", "--max-rollbacks", "5", "--backoff", "0.25"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains(
+            "no effect in this run (--on-nonfinite skip-step): --max-rollbacks, --backoff are --on-nonfinite rollback's"
+        ),
+        "{out}"
+    );
+    let o = run(&[
+        "--backend",
+        "cpu",
+        "--rows",
+        "50",
+        "--steps",
+        "1",
+        "--max-rollbacks",
+        "5",
+        "--on-nonfinite",
+        "rollback",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(!out.contains("no effect"), "{out}");
+    // A generated table is not told "no --save".
+    assert!(!out.contains("no --save"), "{out}");
+    // A negative count is a value of its option, refused by name (clap's exit 2).
+    for opt in ["--steps", "--rows", "--max-skips"] {
+        let o = run(&[opt, "-1"]);
+        assert_eq!(o.status.code(), Some(2), "{opt}");
+        assert!(stderr(&o).contains(&format!("invalid value '-1' for '{opt} <")), "{opt}: {}", stderr(&o));
+    }
+}

@@ -162,17 +162,42 @@ fn bad_safetensors_inputs_are_refused_and_nothing_is_written() {
     let good = dir.path().join("good.safetensors");
     checkpoint(&good, "weight", Dtype::F32, 50, 4);
     let bytes = std::fs::read(&good).unwrap();
-    let cases: Vec<(&str, Vec<u8>, Vec<&str>, &str)> = vec![
-        ("truncated", bytes[..bytes.len() - 7].to_vec(), vec![], "not a valid .safetensors file"),
+    let cases: Vec<(&str, Vec<u8>, Vec<&str>, String)> = vec![
+        (
+            "truncated",
+            bytes[..bytes.len() - 7].to_vec(),
+            vec![],
+            format!(
+                "not a valid .safetensors file: truncated: its header places {} bytes in all, the file has {}",
+                bytes.len(),
+                bytes.len() - 7
+            ),
+        ),
+        (
+            "too long",
+            [&bytes[..], &[0u8; 3]].concat(),
+            vec![],
+            format!(
+                "not a valid .safetensors file: bytes past its tensors' data: its header places {} bytes in all, \
+                     the file has {}",
+                bytes.len(),
+                bytes.len() + 3
+            ),
+        ),
         (
             "lying header",
             [&(u64::MAX / 2).to_le_bytes()[..], &bytes[8..]].concat(),
             vec![],
-            "not a valid .safetensors file",
+            "not a valid .safetensors file".into(),
         ),
-        ("empty", vec![], vec![], "not a valid .safetensors file"),
-        ("missing tensor", bytes.clone(), vec!["--tensor", "emb"], "no tensor \"emb\" (it has: bias, step, weight)"),
-        ("1-D tensor", bytes.clone(), vec!["--tensor", "bias"], "a table is 2-D"),
+        ("empty", vec![], vec![], "not a valid .safetensors file".into()),
+        (
+            "missing tensor",
+            bytes.clone(),
+            vec!["--tensor", "emb"],
+            "no tensor \"emb\" (it has: bias, step, weight)".into(),
+        ),
+        ("1-D tensor", bytes.clone(), vec!["--tensor", "bias"], "a table is 2-D".into()),
         (
             // Valid JSON, a tensor whose bytes do not match its shape.
             "bad offsets",
@@ -181,7 +206,7 @@ fn bad_safetensors_inputs_are_refused_and_nothing_is_written() {
                 [&(h.len() as u64).to_le_bytes()[..], h, &[0u8; 40]].concat()
             },
             vec![],
-            "not a valid .safetensors file: invalid shape, data type, or offset",
+            "not a valid .safetensors file: invalid shape, data type, or offset".into(),
         ),
     ];
     for (what, content, extra, expect) in cases {
@@ -202,7 +227,7 @@ fn bad_safetensors_inputs_are_refused_and_nothing_is_written() {
         let r = run(&args);
         let err = String::from_utf8_lossy(&r.stderr);
         assert_eq!(r.status.code(), Some(1), "{what}: {err}");
-        assert!(err.contains(expect) && err.lines().count() == 1, "{what}: {err}");
+        assert!(err.contains(&expect) && err.lines().count() == 1, "{what}: {err}");
         assert!(!out.exists(), "{what}: an output was written");
         assert_eq!(std::fs::read(&input).unwrap(), content, "{what}: the input changed");
         // Read header first (an .npy output needs no other tensor) or whole:

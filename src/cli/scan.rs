@@ -25,10 +25,12 @@ pub(crate) struct ScanArgs {
     /// Draw where in the table the non-finite rows sit (SVG).
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
-    /// Where to scan: auto and cpu scan in host memory (the file is read
-    /// there); auto with an adapter named (--adapter or WGPU_ADAPTER_NAME),
-    /// on that GPU adapter, as training does.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    /// Where to scan: auto, cpu or gpu. auto and cpu scan in host memory
+    /// (the file is read there); gpu, and auto with an adapter named
+    /// (--adapter or WGPU_ADAPTER_NAME), on a GPU adapter (software ones
+    /// included), as training does.
+    // (Not training's value list: its `auto` takes a hardware GPU.)
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto, hide_possible_values = true)]
     backend: BackendChoice,
     /// GPU adapter whose name contains this (else WGPU_ADAPTER_NAME); a
     /// name that matches none is an error (as is one with --backend cpu).
@@ -161,10 +163,14 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
         out!("         {n}");
     }
     out!(
-        "scanned  on {on} · read {:.3} s · scan {:.3} s ({:.1} GB/s{})",
+        "scanned  on {on} · read {:.3} s · scan {:.3} s ({} GB/s{})",
         read_s,
         scan_s,
-        shape.bytes() as f64 / scan_s.max(1e-9) / 1e9,
+        // (A small file's rate, under 1 GB/s, in three decimals: not 0.0.)
+        match shape.bytes() as f64 / scan_s.max(1e-9) / 1e9 {
+            r if r >= 1.0 => format!("{r:.1}"),
+            r => format!("{r:.3}"),
+        },
         if on.starts_with("gpu") { ", upload included" } else { "" }
     );
     if let (Some(p), Some(spans)) = (&args.plot, spans) {

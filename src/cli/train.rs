@@ -24,13 +24,13 @@ pub(crate) struct TrainArgs {
     #[arg(skip)]
     pub(crate) given: Vec<String>,
     /// Rows of a generated table [default: 1000000]; with --load, must match the file.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     rows: Option<usize>,
     /// Columns of a generated table [default: 64]; with --load, must match the file.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     dim: Option<usize>,
     /// Optimisation steps.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 100)]
     steps: usize,
     /// SGD learning rate.
     #[arg(long, default_value_t = 0.2, allow_hyphen_values = true)]
@@ -45,7 +45,7 @@ pub(crate) struct TrainArgs {
     #[arg(long, value_enum, default_value_t = Reduction::Sum)]
     reduction: Reduction,
     /// Seed of the generated table.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     seed: u64,
     /// Anchor rows A,B [default: 0,R-1].
     // (Checked as it is parsed: a value that is not two row numbers is a
@@ -68,7 +68,7 @@ pub(crate) struct TrainArgs {
     clip_norm: f64,
     /// Random batches of B rows: each epoch a permutation keyed by --seed
     /// [default: the full table every step].
-    #[arg(long, value_name = "B", conflicts_with = "indices")]
+    #[arg(long, allow_negative_numbers = true, value_name = "B", conflicts_with = "indices")]
     batch: Option<usize>,
     /// Batches from a .npy of integer row indices (any width, signed or not): 1-D (one batch) or
     /// 2-D (a batch per row, cycled); repeats are summed.
@@ -93,16 +93,16 @@ pub(crate) struct TrainArgs {
     on_nonfinite: Policy,
     /// skip-step: this many consecutive skipped steps are allowed; the next
     /// failing step in a row aborts.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 10)]
     max_skips: u64,
     /// rollback: snapshot the table every this many steps.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 100)]
     snapshot_every: u64,
     /// rollback: multiply lr by this at each rollback.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.5)]
     backoff: f64,
     /// rollback: abort when a failure would need more rollbacks than this.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 3)]
     max_rollbacks: u64,
     /// Where to run.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
@@ -132,7 +132,7 @@ pub(crate) struct TrainArgs {
     #[serde(serialize_with = "lossy_path")]
     resume: Option<PathBuf>,
     /// Save the table (and the run state) to --save every N steps.
-    #[arg(long, value_name = "N", requires = "save")]
+    #[arg(long, allow_negative_numbers = true, value_name = "N", requires = "save")]
     checkpoint_every: Option<usize>,
     /// Draw the mean excess per step and the codes before/after (SVG).
     #[arg(long, value_name = "FILE.svg")]
@@ -303,6 +303,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     if loaded {
         let s = trainer.scan_table()?;
         if !s.is_clean() {
+            check_anchors_finite(&s, trainer.as_mut(), &cfg, args)?;
             input_events.push(Event { step: None, buffer: "input", scan: s, strikes: Vec::new(), action: None });
         }
     }
@@ -349,7 +350,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         );
     }
     out!(
-        "table    {} × {} f32 ({:.1} MB) · anchors {},{} · endpoints {} · reduction {} · ε {:e} · lr {}{}",
+        "table    {} × {} f32 ({:.1} MB) · anchors {},{} · endpoints {} · reduction {} · ε {} · lr {}{}",
         shape.rows,
         shape.dim,
         shape.bytes() as f64 / 1e6,
@@ -357,7 +358,8 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         cfg.anchor_b,
         name(cfg.endpoints),
         name(cfg.reduction),
-        cfg.eps,
+        // (0, not "0e0", where --naive sets it.)
+        if cfg.eps == 0.0 { "0".into() } else { format!("{:e}", cfg.eps) },
         cfg.lr,
         lr_now.map_or(String::new(), |lr| format!(" (now {lr}, backed off by the rollbacks before the resume)"))
     );
@@ -366,6 +368,23 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         out!("input    {}", e.describe());
     }
     out!("guard    --on-nonfinite {}", name(cfg.guard.policy));
+    // A table that comes in with non-finite rows: what the guard will make
+    // of them, before the run finds out step by step.
+    if let Some(hint) = input_events.first().and_then(|_| guard_hint(&cfg, batched)) {
+        out!("         {hint}");
+    }
+    if let Some(n) = unused_options(args, &cfg, batched) {
+        out!("note     {n}");
+    }
+    // A table loaded (or resumed) to be trained, with nowhere to go: said
+    // before the run, and again at its end.
+    let unsaved = (args.save.is_none() && (args.load.is_some() || args.resume.is_some())).then(|| match &args.resume {
+        Some(r) => format!("--save {} goes on with the checkpoint", r.display()),
+        None => "--save FILE keeps it".into(),
+    });
+    if let Some(u) = &unsaved {
+        out!("note     no --save: the trained table will not be kept ({u})");
+    }
 
     const SHOWN_EVENTS: usize = 12;
     // What the summary, the plot and the report need of each step's record
@@ -608,6 +627,55 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             "0".into()
         }
     );
+    // A loss that is not finite for a few rows' terms hides whether the
+    // others trained: the finite terms alone, under the start and end.
+    let terms = |r: &latent_line::Record| {
+        let w_red = cfg.w_red(r.batch) as f64;
+        match r.finite_terms(w_red) {
+            Some(f) => Some(f),
+            None if r.loss_finite() => Some(latent_line::record::FiniteTerms {
+                loss: r.loss(w_red),
+                mean_excess: r.mean_excess(),
+                left_out: 0,
+            }),
+            None => None,
+        }
+    };
+    if !first.loss_finite() || !last.loss_finite() {
+        let e = |x: f64| format!("{x:.6e}");
+        let n = |f: &latent_line::record::FiniteTerms| match f.left_out {
+            0 => "none".to_string(),
+            k => k.to_string(),
+        };
+        match (terms(first), terms(last)) {
+            (Some(a), Some(b)) => out!(
+                "         the finite terms alone ({} non-finite left out at the start, {} at the end): loss {} → {} · \
+                 mean excess {} → {}{}",
+                n(&a),
+                n(&b),
+                e(a.loss),
+                e(b.loss),
+                e(a.mean_excess),
+                e(b.mean_excess),
+                if b.mean_excess > 0.0 { format!(", ÷{:.3e}", a.mean_excess / b.mean_excess) } else { String::new() }
+            ),
+            (Some(a), None) if a.left_out > 0 => out!(
+                "         the finite terms alone ({} non-finite left out): loss {} · mean excess {} at the start; none \
+                 finite at the end",
+                n(&a),
+                e(a.loss),
+                e(a.mean_excess)
+            ),
+            (None, Some(b)) if b.left_out > 0 => out!(
+                "         the finite terms alone ({} non-finite left out): loss {} · mean excess {} at the end; none \
+                 finite at the start",
+                n(&b),
+                e(b.loss),
+                e(b.mean_excess)
+            ),
+            _ => {}
+        }
+    }
     let guard_counts = [
         (log.count(Action::SkippedStep), "skipped steps"),
         (log.count(Action::SkippedRows), "steps with skipped rows"),
@@ -619,7 +687,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         out!("guard    {} · lr now {}", said.join(" · "), last.lr as f32);
     }
     if let Some(at) = aborted_at {
-        out!("ABORTED  at step {at}: {}", action_words(Action::Aborted));
+        out!("ABORTED  at step {at}: {}{}", action_words(Action::Aborted), abort_reason(&cfg));
     }
     out!("finite   {}", if finite { "every value of the table is finite".into() } else { final_scan.describe() });
     if wall_steps > 0 {
@@ -680,6 +748,9 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
         Some(why) if !checkpointed && saves_over_load(args, path) => (unfinished_save(path, why), Some(path)),
         _ => (path.clone(), None),
     });
+    if let Some(u) = &unsaved {
+        out!("saved    nothing: no --save ({u})");
+    }
     if let Some((path, beside)) = &save_to {
         let audit = (d0_start, collapse);
         save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), audit, &options)?;
@@ -754,6 +825,8 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
                 mean_excess_first: first.mean_excess(),
                 mean_excess_last: last.mean_excess(),
                 max_excess_last: last.max_excess(),
+                first_finite_terms: first.finite_terms(cfg.w_red(first.batch) as f64),
+                last_finite_terms: last.finite_terms(cfg.w_red(last.batch) as f64),
                 d0_first: first.d0,
                 d0_last: last.d0,
                 collapse_step: collapse.map(|s| s as usize),
@@ -815,6 +888,112 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Done
     })
+}
+
+/// Options given on the command line that this run has no use for (a
+/// policy's options under another policy; a generated table's seed for a
+/// loaded one trained whole): said, not refused, as a script may pass them
+/// all.
+fn unused_options(args: &TrainArgs, cfg: &StepConfig, batched: bool) -> Option<String> {
+    let policy = cfg.guard.policy;
+    let owner = |opt: &str| match opt {
+        "--max-skips" => (policy != Policy::SkipStep).then_some("--on-nonfinite skip-step's"),
+        "--snapshot-every" | "--backoff" | "--max-rollbacks" => {
+            (policy != Policy::Rollback).then_some("--on-nonfinite rollback's")
+        }
+        "--seed" => (!batched && (args.load.is_some() || args.resume.is_some()))
+            .then_some("a generated table's and random batches'"),
+        _ => None,
+    };
+    // Grouped by whose they are, in the order given.
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for g in &args.given {
+        if let Some(o) = owner(g) {
+            match groups.iter_mut().find(|(w, _)| *w == o) {
+                Some((_, opts)) => opts.push(g),
+                None => groups.push((o, vec![g])),
+            }
+        }
+    }
+    let said: Vec<String> = groups
+        .iter()
+        .map(|(o, opts)| format!("{} {} {o}", opts.join(", "), if opts.len() > 1 { "are" } else { "is" }))
+        .collect();
+    (!said.is_empty()).then(|| format!("no effect in this run (--on-nonfinite {}): {}", name(policy), said.join("; ")))
+}
+
+/// What the guard does with a loaded table's non-finite rows, where it
+/// keeps the others from training (the policies that act on a whole step):
+/// said before the run, with the policy that trains around them.
+fn guard_hint(cfg: &StepConfig, batched: bool) -> Option<String> {
+    let g = &cfg.guard;
+    let reads = if batched { "a step whose batch holds these rows" } else { "every full-table step reads these rows:" };
+    let what = match g.policy {
+        Policy::SkipStep => format!(
+            "{reads} {} skipped, and after {} skipped steps in a row the run aborts (--max-skips)",
+            if batched { "is" } else { "each is" },
+            g.max_skips
+        ),
+        Policy::Rollback => format!(
+            "{reads} {} rolled back (to a snapshot that holds them too), and after {} rollbacks the run aborts \
+             (--max-rollbacks)",
+            if batched { "is" } else { "each is" },
+            g.max_rollbacks
+        ),
+        Policy::Abort => format!("{reads} the first {} aborts the run", if batched { "such step" } else { "step" }),
+        Policy::Ignore | Policy::SkipRow => return None,
+    };
+    Some(format!("{what}; --on-nonfinite skip-row trains the other rows and keeps these as they are"))
+}
+
+/// Why the guard aborted, after `action_words`' "aborted, …".
+fn abort_reason(cfg: &StepConfig) -> String {
+    let g = &cfg.guard;
+    match g.policy {
+        Policy::SkipStep => format!(" (a failing step after {} skipped in a row: --max-skips)", g.max_skips),
+        Policy::Rollback => format!(" (a failing step after {} rollbacks: --max-rollbacks)", g.max_rollbacks),
+        Policy::Abort => " (--on-nonfinite abort)".into(),
+        Policy::Ignore | Policy::SkipRow => String::new(),
+    }
+}
+
+/// A loaded table whose anchor row holds a non-finite value trains
+/// nothing: d0 and every distance to that anchor are NaN, so every loss
+/// term is, and every guard but `ignore` keeps every row as it was (which
+/// spreads the NaN to them all). Refused before any step, naming the row.
+/// The input scan lists the table's non-finite rows (up to its cap); past
+/// the cap, the anchors are told by an evaluation's d0.
+fn check_anchors_finite(
+    input: &latent_line::scan::Scan,
+    trainer: &mut dyn Trainer,
+    cfg: &StepConfig,
+    args: &TrainArgs,
+) -> anyhow::Result<()> {
+    let (a, b) = (cfg.anchor_a as u64, cfg.anchor_b as u64);
+    // The list holds the lowest bad rows: an anchor past its last, where
+    // it is cut short, is not known either way.
+    let cut = (input.rows.len() as u64) < input.bad_rows;
+    let past = |r: u64| cut && input.rows.last().is_some_and(|&l| r > l);
+    let mut bad: Vec<u64> = [a, b].into_iter().filter(|r| input.rows.contains(r)).collect();
+    let unknown: Vec<u64> = [a, b].into_iter().filter(|&r| past(r)).collect();
+    if !unknown.is_empty() && bad.is_empty() && !trainer.evaluate()?.d0.is_finite() {
+        bad = unknown; // (both, where both are past the list: it cannot say which)
+    }
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let file = args.resume.as_ref().or(args.load.as_ref()).map_or_else(String::new, |p| format!(" of {}", p.display()));
+    let rows = bad.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(" and ");
+    let given = if args.anchors.is_some() { "" } else { " (the default --anchors 0,R−1)" };
+    bail!(
+        "invalid --anchors: anchor row{} {rows}{file}{given} {} non-finite values: d0 and every distance to {} are \
+         then NaN, so no row can train; pick anchors whose rows are finite (--anchors A,B; `latent-line scan` lists \
+         the bad rows), or repair the row{} first",
+        if bad.len() > 1 { "s" } else { "" },
+        if bad.len() > 1 { "hold" } else { "holds" },
+        if bad.len() > 1 { "them" } else { "it" },
+        if bad.len() > 1 { "s" } else { "" },
+    )
 }
 
 /// The run's files, checked before any work (SPEC §12): outputs in
