@@ -93,7 +93,17 @@ impl Sidecar {
     /// leftover file it was taken from instead, when a killed save left the
     /// one beside `path` from another checkpoint (see [`recover`]). The
     /// values then stream from the reader.
-    pub fn load(self, path: &Path, shape: Shape, want: Option<u64>) -> Result<(TableReader, Option<PathBuf>)> {
+    /// `checked` false: no pass of its own; its fingerprint is kept as it
+    /// streams into the trainer, for the caller to check after
+    /// ([`TableReader::fingerprint_as_read`]), and to open it again with
+    /// `checked` where that one differs.
+    pub fn load(
+        self,
+        path: &Path,
+        shape: Shape,
+        want: Option<u64>,
+        checked: bool,
+    ) -> Result<(TableReader, Option<PathBuf>)> {
         let side = self.path(path);
         let mut v = npy::open_table(&side, npy::Overflow::Inf, 2).map_err(|e| match e {
             Error::Io { err, .. } if err.kind() == std::io::ErrorKind::NotFound => Error::bad_file(
@@ -120,7 +130,9 @@ impl Sidecar {
                 ),
             ));
         }
-        if let Some(h) = want {
+        if let (Some(_), false) = (want, checked) {
+            v.fingerprint_as_read();
+        } else if let Some(h) = want {
             if v.fingerprint_whole()? != h {
                 // A checkpoint killed between its renames: the file it was
                 // saved with is among the leftovers.

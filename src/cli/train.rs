@@ -161,6 +161,34 @@ fn lossy_path<S: serde::Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, 
 }
 
 pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
+    // A resume reads its files once, into the trainer, and checks their
+    // fingerprints after; where one differs (a save killed between its
+    // files, or a file changed), nothing has been printed or written yet,
+    // and the run starts again checking each file by a pass of its own
+    // first, which finds what a killed save left or says what is wrong.
+    match train_checked(args, false) {
+        Err(e) if e.is::<Recheck>() => train_checked(args, true),
+        r => r,
+    }
+}
+
+/// A resumed file whose values, read into the trainer, are not those its
+/// run state recorded: `train` starts again, checking each file first.
+#[derive(Debug)]
+struct Recheck;
+
+impl std::fmt::Display for Recheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a resumed file differs from its run state's fingerprint")
+    }
+}
+
+impl std::error::Error for Recheck {}
+
+/// A training run; `checked`: a resume's files are checked against their
+/// fingerprints by a pass of their own before they are read into the
+/// trainer (else as they are, and `Recheck` where one differs).
+fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
     QUIET.store(args.quiet || args.json, std::sync::atomic::Ordering::Relaxed);
     // Ctrl-C (or SIGTERM, SIGHUP), from the start: the trainer finishes the step in flight (the
     // GPU: the submissions in flight), then the table and the report are
@@ -242,7 +270,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     let resumed = match &args.resume {
         Some(path) => {
             let state = resume_state.take().expect("read with the table's header");
-            Some(resume(path, state, args, &cfg, shape, input.as_mut(), &options)?)
+            Some(resume(path, state, args, &cfg, shape, input.as_mut(), &options, checked)?)
         }
         None => None,
     };
@@ -288,7 +316,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             let r = r.borrow();
             // (A resumed table was checked before the run by a pass of its
             // own: the file must not have changed since.)
-            unchanged(r.path(), r.fingerprint(), resumed.as_ref().and_then(|r| r.state.table_fingerprint))?;
+            unchanged(r.path(), r.fingerprint(), resumed.as_ref().and_then(|r| r.state.table_fingerprint), checked)?;
             r.note()
         }
         None => None,
@@ -314,11 +342,11 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
             trainer.set_run_state(state.clone())?;
             if let Some(mut v) = velocity {
                 trainer.set_velocity_from(&mut v.feed())?;
-                unchanged(v.path(), v.fingerprint(), state.velocity_fingerprint)?;
+                unchanged(v.path(), v.fingerprint(), state.velocity_fingerprint, checked)?;
             }
             if let Some(mut t) = snapshot {
                 trainer.set_snapshot_from(&mut t.feed())?;
-                unchanged(t.path(), t.fingerprint(), state.snapshot_fingerprint)?;
+                unchanged(t.path(), t.fingerprint(), state.snapshot_fingerprint, checked)?;
             }
             (state.steps as usize, state.d0_start, state.collapse_step)
         }
@@ -1225,6 +1253,7 @@ fn shown(v: f64) -> String {
 /// its values, the step count against --steps), and the velocity and
 /// snapshot that go on with it; a table or sidecar that a killed save
 /// left mismatched is taken from the save's leftovers (said so).
+#[allow(clippy::too_many_arguments)]
 fn resume(
     path: &Path,
     state: latent_line::Result<Option<latent_line::RunState>>,
@@ -1233,6 +1262,7 @@ fn resume(
     shape: Shape,
     input: Option<&mut tables::TableReader>,
     options: &[(String, String)],
+    checked: bool,
 ) -> anyhow::Result<Resumed> {
     // A sidecar taken from a killed save's leftovers, said so.
     let recovered = |side: Sidecar, (reader, from): (tables::TableReader, Option<PathBuf>)| {
@@ -1249,10 +1279,16 @@ fn resume(
     let mut state = state?.ok_or_else(|| {
         anyhow::anyhow!("invalid --resume: {} has no run state (was it saved by latent-line?)", path.display())
     })?;
-    // The table's fingerprint, by a pass over its file (the values stream
-    // into the trainer later, in a second one).
+    // The table's fingerprint: as its values stream into the trainer
+    // (`unchanged` checks it after), or `checked`, by a pass over its file
+    // first.
     if let (Some(want), Some(input)) = (state.table_fingerprint, input) {
-        let have = input.fingerprint_whole()?;
+        let have = if checked {
+            input.fingerprint_whole()?
+        } else {
+            input.fingerprint_as_read();
+            want
+        };
         if have != want {
             // A save killed between its renames (the table is the
             // last): the table the state was saved with is among
@@ -1325,13 +1361,13 @@ fn resume(
                 path.display()
             );
         }
-        Some(recovered(Sidecar::Velocity, Sidecar::Velocity.load(path, shape, state.velocity_fingerprint)?))
+        Some(recovered(Sidecar::Velocity, Sidecar::Velocity.load(path, shape, state.velocity_fingerprint, checked)?))
     } else {
         None
     };
     // rollback between two snapshot steps: the snapshot goes on too.
     let snapshot = if state.snapshot && cfg.guard.policy == Policy::Rollback {
-        Some(recovered(Sidecar::Snapshot, Sidecar::Snapshot.load(path, shape, state.snapshot_fingerprint)?))
+        Some(recovered(Sidecar::Snapshot, Sidecar::Snapshot.load(path, shape, state.snapshot_fingerprint, checked)?))
     } else {
         None
     };
@@ -1346,10 +1382,13 @@ struct Resumed {
     snapshot: Option<tables::TableReader>,
 }
 
-/// A file checked by a pass of its own before the run must give the same
-/// values when read again into the trainer (`want`: its fingerprint then,
-/// where one was recorded).
-fn unchanged(path: &Path, have: Option<u64>, want: Option<u64>) -> anyhow::Result<()> {
+/// A resumed file read into the trainer must give the values its run
+/// state recorded (`want`: their fingerprint, where one was): where it was
+/// `checked` by a pass of its own before, it changed since; else `Recheck`.
+fn unchanged(path: &Path, have: Option<u64>, want: Option<u64>, checked: bool) -> anyhow::Result<()> {
+    if want.is_some() && have != want && !checked {
+        return Err(Recheck.into());
+    }
     if want.is_some() && have != want {
         bail!(
             "{}: changed while it was read (its values are not those checked before the run); nothing was saved",

@@ -183,6 +183,15 @@ impl TableReader {
         self.fingerprint.clone().map(Fingerprinter::finish)
     }
 
+    /// Keep the fingerprint of the values as they are read from here (the
+    /// whole table's, once all are): a file read once, into a trainer,
+    /// and checked after (where [`TableReader::fingerprint_whole`] reads it
+    /// through first).
+    pub fn fingerprint_as_read(&mut self) {
+        self.fingerprint = Some(Fingerprinter::new(self.shape.elements()));
+        self.rewind();
+    }
+
     /// The fingerprint of the whole table, read through once (in blocks),
     /// then rewound; the reads that follow keep one too.
     pub fn fingerprint_whole(&mut self) -> Result<u64> {
