@@ -2402,8 +2402,10 @@ fn table_with_bad_rows(path: &Path, rng: &mut impl rand::Rng, rows: usize, dim: 
 #[test]
 fn a_non_finite_anchor_row_is_refused_before_any_step() {
     // d0 and every distance to such an anchor are NaN: no row could train
-    // (every guard but ignore keeps them all). Refused, naming the row,
-    // whether the input scan lists it or it lies past the list's cap.
+    // (every guard but ignore keeps them all). A run from --load is
+    // refused, naming the row and its first bad column, wherever the row
+    // lies among the bad ones; under ignore, or resumed (its run going on,
+    // as an unbroken one would), it is warned of.
     use rand::Rng;
     let seed = common::seed("non_finite_anchor");
     let mut rng = common::rng(seed);
@@ -2413,32 +2415,61 @@ fn a_non_finite_anchor_row_is_refused_before_any_step() {
     let mut bad: Vec<usize> = (1..rows - 1).collect();
     rand::seq::SliceRandom::shuffle(&mut bad[..], &mut rng);
     bad.truncate(3);
-    table_with_bad_rows(Path::new(&t), &mut rng, rows, dim, &bad);
+    let table = table_with_bad_rows(Path::new(&t), &mut rng, rows, dim, &bad);
     let (row, other) = (bad[0], rows - 1);
+    let col = (0..dim).find(|&c| !table[row * dim + c].is_finite()).unwrap();
     for anchors in [format!("{row},{other}"), format!("{other},{row}")] {
-        refused(&dir, &["--load", &t, "--anchors", &anchors], &format!("anchor row {row} of {t} holds non-finite"));
+        refused(
+            &dir,
+            &["--load", &t, "--anchors", &anchors],
+            &format!("the anchor row {row} holds NaN at column {col} of {t}:"),
+        );
     }
     // The default anchors: row 0.
     let t0 = dir.s("t0.npy");
     table_with_bad_rows(Path::new(&t0), &mut rng, rows, dim, &[0, bad[1]]);
-    refused(&dir, &["--load", &t0], "anchor row 0");
-    refused(&dir, &["--load", &t0], "(the default --anchors 0,R−1)");
-    // More bad rows than the scan lists (64), the last anchor past them:
-    // told by d0; and with finite anchors past the list, the run goes on.
+    refused(&dir, &["--load", &t0], "the anchor row 0 holds NaN at column");
+    refused(&dir, &["--load", &t0], "(the default --anchors 0,R-1)");
+    // More bad rows than the input scan lists (64), the last anchor past
+    // them (NaN: the first bad row given); and finite anchors past the
+    // list, far enough apart that d0 overflows to +Inf: the run goes on.
     let many: Vec<usize> = (1..71).collect();
     let tm = dir.s("many.npy");
-    let mut with_last = many.clone();
-    with_last.push(rows - 1);
+    let mut with_last = vec![rows - 1, 1, 2];
+    with_last.extend(3..71);
     table_with_bad_rows(Path::new(&tm), &mut rng, rows, dim, &with_last);
-    refused(&dir, &["--load", &tm], &format!("anchor row {} of {tm} (the default", rows - 1));
-    let tf = dir.s("fine.npy");
-    table_with_bad_rows(Path::new(&tf), &mut rng, rows, dim, &many);
+    refused(&dir, &["--load", &tm], &format!("the anchor row {} holds NaN at column", rows - 1));
+    let tf = dir.s("far.npy");
+    let mut far = table_with_bad_rows(Path::new(&tf), &mut rng, rows, dim, &many);
+    far[..dim].fill(1e20);
+    far[(rows - 1) * dim..].fill(-1e20);
+    latent_line::npy::save(Path::new(&tf), latent_line::Shape::new(rows, dim).unwrap(), &far).unwrap();
     let o = run(&["--backend", "cpu", "--load", &tf, "--steps", "2", "--on-nonfinite", "skip-row"]);
     assert_eq!(o.status.code(), Some(0), "seed {seed}: {}", stderr(&o));
-    // On the GPU too (its own input scan).
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("anchor row"), "seed {seed}");
+    // On the GPU too.
     let o = run(&["--backend", "gpu", "--load", &t, "--anchors", &format!("{row},{other}"), "--steps", "2"]);
     assert_eq!(o.status.code(), Some(1), "seed {seed}: {}", stderr(&o));
-    assert!(stderr(&o).contains(&format!("anchor row {row} of {t} holds non-finite")), "seed {seed}: {}", stderr(&o));
+    assert!(stderr(&o).contains(&format!("the anchor row {row} holds NaN at column {col} of {t}")), "{}", stderr(&o));
+    // Under ignore, and resumed: warned of, and the run goes on as an
+    // unbroken one would.
+    let anchors = format!("{row},{other}");
+    let (ck, whole) = (dir.s("ck.npy"), dir.s("whole.npy"));
+    let ignore = ["--backend", "cpu", "--on-nonfinite", "ignore", "--anchors", &anchors];
+    let o = run(&[&ignore[..], &["--load", &t, "--steps", "2", "--save", &ck]].concat());
+    assert_eq!(o.status.code(), Some(0), "seed {seed}: {}", stderr(&o));
+    let warned = format!("warning  the anchor row {row} holds NaN at column {col} of {t}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&warned),
+        "seed {seed}: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = run(&[&ignore[..], &["--resume", &ck, "--steps", "4", "--save", &ck]].concat());
+    assert_eq!(o.status.code(), Some(0), "seed {seed}: {}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("warning  the anchor row"), "seed {seed}");
+    let o = run(&[&ignore[..], &["--load", &t, "--steps", "4", "--save", &whole]].concat());
+    assert_eq!(o.status.code(), Some(0), "seed {seed}: {}", stderr(&o));
+    assert_eq!(std::fs::read(&ck).unwrap(), std::fs::read(&whole).unwrap(), "seed {seed}: split run ≠ unbroken");
 }
 
 #[test]
@@ -2516,7 +2547,7 @@ fn options_the_run_has_no_use_for_are_said_and_negative_counts_named() {
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(
         out.contains(
-            "no effect in this run (--on-nonfinite skip-step): --max-rollbacks, --backoff are --on-nonfinite rollback's"
+            "no effect in this run: --max-rollbacks, --backoff are --on-nonfinite rollback's (this run's: skip-step)"
         ),
         "{out}"
     );
@@ -2536,6 +2567,21 @@ fn options_the_run_has_no_use_for_are_said_and_negative_counts_named() {
     assert!(!out.contains("no effect"), "{out}");
     // A generated table is not told "no --save".
     assert!(!out.contains("no --save"), "{out}");
+    // The seed draws a generated table and --batch's batches: loaded and
+    // trained whole, or by --indices, it has no effect.
+    let dir = Dir::new();
+    let (t, idx) = (dir.s("t.npy"), dir.s("i.npy"));
+    latent_line::npy::save(Path::new(&t), latent_line::Shape::new(50, 3).unwrap(), &[0.5; 150]).unwrap();
+    npy(Path::new(&idx), "{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }", &[1, 0, 0, 0, 7, 0, 0, 0]);
+    for (extra, unused) in [(vec![], true), (vec!["--indices", &idx], true), (vec!["--batch", "10"], false)] {
+        let o = run(&[&["--backend", "cpu", "--load", &t, "--steps", "1", "--seed", "3"][..], &extra].concat());
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert_eq!(
+            out.contains("no effect in this run: --seed is a generated table's and --batch's"),
+            unused,
+            "{extra:?}: {out}"
+        );
+    }
     // A negative count is a value of its option, refused by name (clap's exit 2).
     for opt in ["--steps", "--rows", "--max-skips"] {
         let o = run(&[opt, "-1"]);

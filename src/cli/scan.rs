@@ -166,10 +166,12 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
         "scanned  on {on} · read {:.3} s · scan {:.3} s ({} GB/s{})",
         read_s,
         scan_s,
-        // (A small file's rate, under 1 GB/s, in three decimals: not 0.0.)
+        // (A small file's rate, under 1 GB/s, in three decimals or as an
+        // exponent: never 0.0.)
         match shape.bytes() as f64 / scan_s.max(1e-9) / 1e9 {
             r if r >= 1.0 => format!("{r:.1}"),
-            r => format!("{r:.3}"),
+            r if r >= 1e-3 => format!("{r:.3}"),
+            r => format!("{r:.1e}"),
         },
         if on.starts_with("gpu") { ", upload included" } else { "" }
     );

@@ -297,10 +297,17 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
     // The table streams from its file as the trainer takes it (shared: its
     // note and fingerprint are read once it has).
     let input = input.map(|r| std::rc::Rc::new(std::cell::RefCell::new(r)));
+    // The anchor rows, taken as they stream past (as the trainer gets
+    // them: converted to f32), checked before any step.
+    let anchor_rows = std::rc::Rc::new(std::cell::RefCell::new(AnchorRows::new(&cfg, shape.dim)));
     let source = match &input {
         Some(r) => {
-            let r = r.clone();
-            TableSource::Stream(Box::new(move |out| r.borrow_mut().read(out)))
+            let (r, rows) = (r.clone(), anchor_rows.clone());
+            TableSource::Stream(Box::new(move |out| {
+                r.borrow_mut().read(out)?;
+                rows.borrow_mut().take(out);
+                Ok(())
+            }))
         }
         None => TableSource::Random { seed: args.seed },
     };
@@ -321,6 +328,10 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
         }
         None => None,
     };
+    let anchors_warning = match &input {
+        Some(r) => anchor_rows.borrow().check(r.borrow().path(), args, &cfg, note.as_deref())?,
+        None => None,
+    };
     // The file let go (a checkpoint that replaces it at its path frees its
     // disk space at once).
     let loaded = input.is_some();
@@ -331,7 +342,6 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
     if loaded {
         let s = trainer.scan_table()?;
         if !s.is_clean() {
-            check_anchors_finite(&s, trainer.as_mut(), &cfg, args)?;
             input_events.push(Event { step: None, buffer: "input", scan: s, strikes: Vec::new(), action: None });
         }
     }
@@ -395,13 +405,16 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
     for e in &input_events {
         out!("input    {}", e.describe());
     }
+    if let Some(w) = &anchors_warning {
+        out!("warning  {w}");
+    }
     out!("guard    --on-nonfinite {}", name(cfg.guard.policy));
     // A table that comes in with non-finite rows: what the guard will make
     // of them, before the run finds out step by step.
     if let Some(hint) = input_events.first().and_then(|_| guard_hint(&cfg, batched)) {
         out!("         {hint}");
     }
-    if let Some(n) = unused_options(args, &cfg, batched) {
+    if let Some(n) = unused_options(args, &cfg) {
         out!("note     {n}");
     }
     // A table loaded (or resumed) to be trained, with nowhere to go: said
@@ -677,8 +690,8 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
         };
         match (terms(first), terms(last)) {
             (Some(a), Some(b)) => out!(
-                "         the finite terms alone ({} non-finite left out at the start, {} at the end): loss {} → {} · \
-                 mean excess {} → {}{}",
+                "         the finite terms alone (non-finite ones left out: {} at the start, {} at the end): loss {} → {} \
+                 · mean excess {} → {}{}",
                 n(&a),
                 n(&b),
                 e(a.loss),
@@ -688,15 +701,15 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
                 if b.mean_excess > 0.0 { format!(", ÷{:.3e}", a.mean_excess / b.mean_excess) } else { String::new() }
             ),
             (Some(a), None) if a.left_out > 0 => out!(
-                "         the finite terms alone ({} non-finite left out): loss {} · mean excess {} at the start; none \
-                 finite at the end",
+                "         the finite terms alone (non-finite ones left out: {}): loss {} · mean excess {} at the start; \
+                 none finite at the end",
                 n(&a),
                 e(a.loss),
                 e(a.mean_excess)
             ),
             (None, Some(b)) if b.left_out > 0 => out!(
-                "         the finite terms alone ({} non-finite left out): loss {} · mean excess {} at the end; none \
-                 finite at the start",
+                "         the finite terms alone (non-finite ones left out: {}): loss {} · mean excess {} at the end; \
+                 none finite at the start",
                 n(&b),
                 e(b.loss),
                 e(b.mean_excess)
@@ -922,19 +935,23 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
 /// policy's options under another policy; a generated table's seed for a
 /// loaded one trained whole): said, not refused, as a script may pass them
 /// all.
-fn unused_options(args: &TrainArgs, cfg: &StepConfig, batched: bool) -> Option<String> {
-    let policy = cfg.guard.policy;
+fn unused_options(args: &TrainArgs, cfg: &StepConfig) -> Option<String> {
+    let policy = name(cfg.guard.policy);
     let owner = |opt: &str| match opt {
-        "--max-skips" => (policy != Policy::SkipStep).then_some("--on-nonfinite skip-step's"),
-        "--snapshot-every" | "--backoff" | "--max-rollbacks" => {
-            (policy != Policy::Rollback).then_some("--on-nonfinite rollback's")
+        "--max-skips" if cfg.guard.policy != Policy::SkipStep => {
+            Some(format!("--on-nonfinite skip-step's (this run's: {policy})"))
         }
-        "--seed" => (!batched && (args.load.is_some() || args.resume.is_some()))
-            .then_some("a generated table's and random batches'"),
+        "--snapshot-every" | "--backoff" | "--max-rollbacks" if cfg.guard.policy != Policy::Rollback => {
+            Some(format!("--on-nonfinite rollback's (this run's: {policy})"))
+        }
+        // The seed draws a generated table and random batches (--batch).
+        "--seed" if args.batch.is_none() && (args.load.is_some() || args.resume.is_some()) => {
+            Some("a generated table's and --batch's".into())
+        }
         _ => None,
     };
     // Grouped by whose they are, in the order given.
-    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
     for g in &args.given {
         if let Some(o) = owner(g) {
             match groups.iter_mut().find(|(w, _)| *w == o) {
@@ -947,7 +964,7 @@ fn unused_options(args: &TrainArgs, cfg: &StepConfig, batched: bool) -> Option<S
         .iter()
         .map(|(o, opts)| format!("{} {} {o}", opts.join(", "), if opts.len() > 1 { "are" } else { "is" }))
         .collect();
-    (!said.is_empty()).then(|| format!("no effect in this run (--on-nonfinite {}): {}", name(policy), said.join("; ")))
+    (!said.is_empty()).then(|| format!("no effect in this run: {}", said.join("; ")))
 }
 
 /// What the guard does with a loaded table's non-finite rows, where it
@@ -963,8 +980,8 @@ fn guard_hint(cfg: &StepConfig, batched: bool) -> Option<String> {
             g.max_skips
         ),
         Policy::Rollback => format!(
-            "{reads} {} rolled back (to a snapshot that holds them too), and after {} rollbacks the run aborts \
-             (--max-rollbacks)",
+            "{reads} {} rolled back (to a snapshot that holds them too), and after {} rollbacks in all the run \
+             aborts (--max-rollbacks)",
             if batched { "is" } else { "each is" },
             g.max_rollbacks
         ),
@@ -985,43 +1002,82 @@ fn abort_reason(cfg: &StepConfig) -> String {
     }
 }
 
-/// A loaded table whose anchor row holds a non-finite value trains
-/// nothing: d0 and every distance to that anchor are NaN, so every loss
-/// term is, and every guard but `ignore` keeps every row as it was (which
-/// spreads the NaN to them all). Refused before any step, naming the row.
-/// The input scan lists the table's non-finite rows (up to its cap); past
-/// the cap, the anchors are told by an evaluation's d0.
-fn check_anchors_finite(
-    input: &latent_line::scan::Scan,
-    trainer: &mut dyn Trainer,
-    cfg: &StepConfig,
-    args: &TrainArgs,
-) -> anyhow::Result<()> {
-    let (a, b) = (cfg.anchor_a as u64, cfg.anchor_b as u64);
-    // The list holds the lowest bad rows: an anchor past its last, where
-    // it is cut short, is not known either way.
-    let cut = (input.rows.len() as u64) < input.bad_rows;
-    let past = |r: u64| cut && input.rows.last().is_some_and(|&l| r > l);
-    let mut bad: Vec<u64> = [a, b].into_iter().filter(|r| input.rows.contains(r)).collect();
-    let unknown: Vec<u64> = [a, b].into_iter().filter(|&r| past(r)).collect();
-    if !unknown.is_empty() && bad.is_empty() && !trainer.evaluate()?.d0.is_finite() {
-        bad = unknown; // (both, where both are past the list: it cannot say which)
+/// The two anchor rows of a loaded table, taken from its values as they
+/// stream into the trainer.
+struct AnchorRows {
+    /// (row, its values as far as they came).
+    rows: [(usize, Vec<f32>); 2],
+    dim: usize,
+    /// Values seen so far.
+    at: usize,
+}
+
+impl AnchorRows {
+    fn new(cfg: &StepConfig, dim: usize) -> Self {
+        AnchorRows { rows: [(cfg.anchor_a, Vec::new()), (cfg.anchor_b, Vec::new())], dim, at: 0 }
     }
-    if bad.is_empty() {
-        return Ok(());
+
+    /// The next values of the table, in row order.
+    fn take(&mut self, block: &[f32]) {
+        let end = self.at + block.len();
+        for (row, values) in &mut self.rows {
+            let (from, to) = (*row * self.dim, (*row + 1) * self.dim);
+            let (lo, hi) = (from.max(self.at), to.min(end));
+            if lo < hi {
+                values.extend_from_slice(&block[lo - self.at..hi - self.at]);
+            }
+        }
+        self.at = end;
     }
-    let file = args.resume.as_ref().or(args.load.as_ref()).map_or_else(String::new, |p| format!(" of {}", p.display()));
-    let rows = bad.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(" and ");
-    let given = if args.anchors.is_some() { "" } else { " (the default --anchors 0,R−1)" };
-    bail!(
-        "invalid --anchors: anchor row{} {rows}{file}{given} {} non-finite values: d0 and every distance to {} are \
-         then NaN, so no row can train; pick anchors whose rows are finite (--anchors A,B; `latent-line scan` lists \
-         the bad rows), or repair the row{} first",
-        if bad.len() > 1 { "s" } else { "" },
-        if bad.len() > 1 { "hold" } else { "holds" },
-        if bad.len() > 1 { "them" } else { "it" },
-        if bad.len() > 1 { "s" } else { "" },
-    )
+
+    /// A loaded table whose anchor row holds a non-finite value trains
+    /// nothing: d0 and every distance to that anchor are NaN, so every loss
+    /// term is, and every guard but `ignore` keeps every row as it was.
+    /// Refused before any step for a run that starts from `--load`, naming
+    /// the row; said (`Some`, a warning) where the run goes on regardless:
+    /// under `ignore`, or resumed (a resume continues its run, as an
+    /// unbroken one would go on: SPEC §13).
+    fn check(
+        &self,
+        file: &Path,
+        args: &TrainArgs,
+        cfg: &StepConfig,
+        note: Option<&str>,
+    ) -> anyhow::Result<Option<String>> {
+        let bad: Vec<String> = self
+            .rows
+            .iter()
+            .filter_map(|(row, values)| {
+                let (col, v) = values.iter().enumerate().find(|(_, v)| !v.is_finite())?;
+                let kind = match v {
+                    v if v.is_nan() => "NaN",
+                    v if *v > 0.0 => "+Inf",
+                    _ => "-Inf",
+                };
+                Some(format!("row {row} holds {kind} at column {col}"))
+            })
+            .collect();
+        if bad.is_empty() {
+            return Ok(None);
+        }
+        let given = if args.anchors.is_some() { "" } else { " (the default --anchors 0,R-1)" };
+        // (A float64 or float16 table's values as float32: where some were
+        // beyond its range, the conversion's note says so.)
+        let converted = note.map_or(String::new(), |n| format!(" ({n})"));
+        let what = format!(
+            "the anchor {} of {}{given}{converted}: d0 and every distance to it are NaN, so every loss term is and \
+             no row can train",
+            bad.join(", and "),
+            file.display()
+        );
+        if args.resume.is_some() || cfg.guard.policy == Policy::Ignore {
+            return Ok(Some(what));
+        }
+        bail!(
+            "invalid --anchors: {what}; pick anchor rows whose values are finite (--anchors A,B; `latent-line scan` \
+             lists the rows that are not), or repair the row first (--on-nonfinite ignore runs it as it is)"
+        )
+    }
 }
 
 /// The run's files, checked before any work (SPEC §12): outputs in
