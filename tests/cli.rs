@@ -2399,6 +2399,35 @@ fn table_with_bad_rows(path: &Path, rng: &mut impl rand::Rng, rows: usize, dim: 
     t
 }
 
+/// A test's random table of 200–400 rows × 1–8 columns at `t.npy` in a
+/// fresh folder, `bad(rng)` of its rows (never an anchor of the default
+/// 0, R − 1) non-finite.
+struct BadRowsCase {
+    seed: u64,
+    rng: rand::rngs::StdRng,
+    dir: Dir,
+    rows: usize,
+    dim: usize,
+    t: String,
+    bad: Vec<usize>,
+    table: Vec<f32>,
+}
+
+fn bad_rows_case(test: &str, bad: impl FnOnce(&mut rand::rngs::StdRng) -> usize) -> BadRowsCase {
+    use rand::Rng;
+    let seed = common::seed(test);
+    let mut rng = common::rng(seed);
+    let dir = Dir::new();
+    let (rows, dim) = (rng.random_range(200..400), rng.random_range(1..9));
+    let t = dir.s("t.npy");
+    let mut rows_bad: Vec<usize> = (1..rows - 1).collect();
+    rand::seq::SliceRandom::shuffle(&mut rows_bad[..], &mut rng);
+    let n = bad(&mut rng);
+    rows_bad.truncate(n);
+    let table = table_with_bad_rows(Path::new(&t), &mut rng, rows, dim, &rows_bad);
+    BadRowsCase { seed, rng, dir, rows, dim, t, bad: rows_bad, table }
+}
+
 #[test]
 fn a_non_finite_anchor_row_is_refused_before_any_step() {
     // d0 and every distance to such an anchor are NaN: no row could train
@@ -2406,16 +2435,7 @@ fn a_non_finite_anchor_row_is_refused_before_any_step() {
     // refused, naming the row and its first bad column, wherever the row
     // lies among the bad ones; under ignore, or resumed (its run going on,
     // as an unbroken one would), it is warned of.
-    use rand::Rng;
-    let seed = common::seed("non_finite_anchor");
-    let mut rng = common::rng(seed);
-    let dir = Dir::new();
-    let (rows, dim) = (rng.random_range(200..400), rng.random_range(1..9));
-    let t = dir.s("t.npy");
-    let mut bad: Vec<usize> = (1..rows - 1).collect();
-    rand::seq::SliceRandom::shuffle(&mut bad[..], &mut rng);
-    bad.truncate(3);
-    let table = table_with_bad_rows(Path::new(&t), &mut rng, rows, dim, &bad);
+    let BadRowsCase { seed, mut rng, dir, rows, dim, t, bad, table } = bad_rows_case("non_finite_anchor", |_| 3);
     let (row, other) = (bad[0], rows - 1);
     let col = (0..dim).find(|&c| !table[row * dim + c].is_finite()).unwrap();
     for anchors in [format!("{row},{other}"), format!("{other},{row}")] {
@@ -2475,15 +2495,8 @@ fn a_non_finite_anchor_row_is_refused_before_any_step() {
 #[test]
 fn a_table_loaded_with_non_finite_rows_is_told_what_its_run_will_do() {
     use rand::Rng;
-    let seed = common::seed("non_finite_input_run");
-    let mut rng = common::rng(seed);
-    let dir = Dir::new();
-    let (rows, dim) = (rng.random_range(200..400), rng.random_range(1..9));
-    let t = dir.s("t.npy");
-    let mut bad: Vec<usize> = (1..rows - 1).collect();
-    rand::seq::SliceRandom::shuffle(&mut bad[..], &mut rng);
-    bad.truncate(rng.random_range(1..5));
-    let table = table_with_bad_rows(Path::new(&t), &mut rng, rows, dim, &bad);
+    let BadRowsCase { seed, dir, rows, dim, t, bad, table, .. } =
+        bad_rows_case("non_finite_input_run", |rng| rng.random_range(1..5));
     let text = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned();
     // skip-step: told before the run that every step will be skipped, and
     // why it aborted.
