@@ -306,11 +306,11 @@ with_batch_shape "$B/latent-line" --rows "$R" --steps 50 --batch "$BATCH" --prof
 # criterion's filter: the GPU-time group and the 1 GiB scan (full, diag),
 # or both GPU groups (quick). (Not `GROUPS`: bash owns that name.)
 # (Full: the benches the bars and the account need, at 1M × 64 and 128.)
-BENCH_FILTER='gpu-time.*/(copy-shader|copy-shader-vec4|step-noscan|step-ignore|step-skip-step|step-skip-step-noreduce|step-skip-step-4byte|eval|batch-random-65536|batch-random-sampled-65536|batch-random-scatter-65536|batch-indices-65536|batch-random-ignore-65536|scan|scan-copy)/'
+BENCH_FILTER='gpu-time.*/(copy-shader|copy-shader-vec4|step-noscan|step-ignore|step-skip-step|step-skip-step-noreduce|step-skip-step-detached|step-skip-step-4byte|eval|batch-random-65536|batch-random-sampled-65536|batch-random-scatter-65536|batch-indices-65536|batch-random-ignore-65536|scan|scan-copy)/'
 [ "$MODE" = quick ] && BENCH_FILTER=gpu
 # (bars: sizes by pattern, so that a dry run on a software adapter, whose
 # benches shrink, runs them too; D = 64 only, no 100M rows here.)
-[ "$MODE" = bars ] && BENCH_FILTER='gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|step-skip-step-noreduce|batch-random-[0-9]+|batch-random-scatter-[0-9]+|scan|scan-copy)/[0-9]+x64$'
+[ "$MODE" = bars ] && BENCH_FILTER='gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|step-skip-step-noreduce|step-skip-step-detached|batch-random-[0-9]+|batch-random-scatter-[0-9]+|scan|scan-copy)/[0-9]+x64$'
 at
 echo "== cargo bench (criterion): $BENCH_FILTER"
 # (bars: each part capped so that the call's parts sum to under 600 s.)

@@ -19,6 +19,11 @@
 //!                   memory, not held in registers (-pqshared-prefetch:
 //!                   and read ahead); -Nlanes: at twice and half the
 //!                   default lanes, with the default's kind of columns
+//!   step-skip-step-noreduce (gpu-time) the default step's fused passes
+//!                   alone, its one-workgroup reduce pass left out
+//!   step-skip-step-detached (gpu-time) the default step with endpoints
+//!                   `detached`, the peers' (benches/peers/: p and q read
+//!                   from the table each step, the anchor rows updated)
 //!   eval, eval-4byte (gpu-time) the evaluation pass: every row read and
 //!                   its sums folded, nothing written (bytes: read)
 //!   scan            the table scan of `latent-line scan` (16-byte loads;
@@ -327,6 +332,16 @@ fn gpu(c: &mut Criterion) {
             g.bench_function(format!("step-skip-step-noreduce/{id}"), |b| {
                 b.iter_custom(|n| t.gpu_time_fused_passes(n as u32).expect("passes").expect("timestamps"))
             });
+        }
+        // The step the peers (benches/peers/) take: endpoints `detached`,
+        // as the original code (`vecs = weight.data`): p and q read from the
+        // table at each step and the anchors' rows updated, where the
+        // default (`frozen`) reads them once and writes neither.
+        {
+            let cfg = StepConfig { endpoints: Endpoints::Detached, ..config(shape, Policy::SkipStep) };
+            let mut t =
+                GpuTrainer::new(ctx.clone(), shape, cfg, TableSource::Random { seed: 1 }, o()).expect("GPU trainer");
+            bench_gpu_time(&mut g, format!("step-skip-step-detached/{id}"), &mut t);
         }
         // The evaluation pass (rows read, their sums folded, nothing
         // written), by the default kernel and with 16-byte loads: what the

@@ -28,6 +28,7 @@ for g in groups:
                 "step-skip-step-4byte-nokeep": "step-skip-step-4byte", "step-skip-step-4byte-keptarray": "step-skip-step-4byte",
                 "step-skip-step-noprefetch": "step-skip-step", "step-skip-step-prefetch": "step-skip-step", "step-skip-step-pqshared": "step-skip-step",
                 "step-skip-step-pqshared-prefetch": "step-skip-step", "step-skip-step-noreduce": "step-skip-step",
+                "step-skip-step-detached": "step-skip-step",
                 "eval": "step-skip-step", "eval-4byte": "step-skip-step-4byte",
                 "step-attached-clip": "step-skip-step", "scan": "scan-copy", "scan-4byte": "scan-copy"}.get(kind)
         if g == "cpu":
