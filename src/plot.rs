@@ -53,6 +53,10 @@ impl Frame {
             .collect();
         let dim = table.dim;
         let mut w: Vec<f64> = (0..dim).map(|k| 1.0 + k as f64 * 0.01).collect();
+        // No residual across u (D = 1, codes all on the anchor line, no
+        // finite row): no direction, so every code's y is 0 — not the
+        // starting guess, which is neither a unit vector nor across u.
+        let mut found = false;
         for _ in 0..50 {
             let mut next = vec![0.0; dim];
             for r in &resid {
@@ -66,6 +70,10 @@ impl Frame {
                 break;
             }
             w = next.into_iter().map(|x| x / norm).collect();
+            found = true;
+        }
+        if !found {
+            w = vec![0.0; dim];
         }
         Frame { p, u, w }
     }
@@ -188,13 +196,26 @@ fn render(svg: &mut String, pic: &Picture) -> std::result::Result<(), Box<dyn st
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(560);
 
-    // Mean excess per step, log scale (steps whose loss was not finite skipped).
-    let pts: Vec<(f64, f64)> =
-        pic.excess.iter().filter(|(_, e)| e.is_finite() && *e > 0.0).map(|&(s, e)| (s as f64, e.log10())).collect();
-    let (x1, (y0, y1)) = (
-        pts.iter().map(|p| p.0).fold(1.0f64, f64::max),
-        pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.1), hi.max(p.1))),
-    );
+    // Mean excess per step, log scale. A step whose mean excess is not
+    // finite (or 0) has no place: the line breaks there, a point alone is
+    // a dot, and the panel says how many steps were left out. The x axis
+    // spans every step.
+    let shown = |e: f64| e.is_finite() && e > 0.0;
+    let mut runs: Vec<Vec<(f64, f64)>> = Vec::new();
+    let mut last_shown = false;
+    for &(s, e) in &pic.excess {
+        if shown(e) {
+            if !last_shown {
+                runs.push(Vec::new());
+            }
+            runs.last_mut().expect("pushed above").push((s as f64, e.log10()));
+        }
+        last_shown = shown(e);
+    }
+    let left_out = pic.excess.iter().filter(|(_, e)| !shown(*e)).count();
+    let x1 = pic.excess.iter().map(|&(s, _)| s as f64).fold(1.0f64, f64::max);
+    let (y0, y1) =
+        runs.iter().flatten().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
     let (y0, y1) = if y0.is_finite() { (y0.floor(), y1.ceil().max(y0.floor() + 1.0)) } else { (-1.0, 1.0) };
     let mut c = ChartBuilder::on(&left)
         .caption("mean excess per step (log10)", ("sans-serif", 20))
@@ -203,7 +224,17 @@ fn render(svg: &mut String, pic: &Picture) -> std::result::Result<(), Box<dyn st
         .y_label_area_size(48)
         .build_cartesian_2d(0.0..x1, y0..y1)?;
     c.configure_mesh().x_desc("step").y_desc("log10 mean excess").draw()?;
-    c.draw_series(LineSeries::new(pts, &BLUE))?;
+    for run in runs {
+        if run.len() == 1 {
+            c.draw_series(run.into_iter().map(|p| Circle::new(p, 3, BLUE.filled())))?;
+        } else {
+            c.draw_series(LineSeries::new(run, &BLUE))?;
+        }
+    }
+    if left_out > 0 {
+        let note = format!("{left_out} of {} steps not finite, not drawn", pic.excess.len());
+        left.draw(&Text::new(note, (70, 44), ("sans-serif", 14).into_font().color(&RED)))?;
+    }
 
     // The codes in the plane of the anchor line, before and after.
     let (a, b) = pic.before.anchors;
@@ -228,7 +259,12 @@ fn render(svg: &mut String, pic: &Picture) -> std::result::Result<(), Box<dyn st
         .x_label_area_size(36)
         .y_label_area_size(48)
         .build_cartesian_2d((lo.0 - px)..(hi.0 + px), (lo.1 - py)..(hi.1 + py))?;
-    c.configure_mesh().x_desc("along the anchor line").y_desc("main perpendicular direction").draw()?;
+    c.configure_mesh()
+        .x_desc("along the anchor line")
+        .y_desc("main perpendicular direction")
+        .x_label_formatter(&|v| tick(*v))
+        .y_label_formatter(&|v| tick(*v))
+        .draw()?;
     // A point that is not finite has no place: it is left out, and its
     // series' label says how many were (plotters would put it in a corner,
     // where it looks like a cluster of codes).
@@ -259,12 +295,43 @@ fn render(svg: &mut String, pic: &Picture) -> std::result::Result<(), Box<dyn st
     Ok(())
 }
 
+/// An axis label of the codes' panel: plain decimals where they read
+/// well, else scientific (a range of ±1e-6 read "0.0" at every tick, one of
+/// 1e30 ran 33 digits into its neighbours).
+fn tick(v: f64) -> String {
+    let a = v.abs();
+    let trim = |s: String| {
+        // (Trailing zeros of the mantissa trimmed: "0.500" → "0.5",
+        // "1.000e30" → "1e30".)
+        let (m, e) = s.split_once('e').map_or((s.as_str(), None), |(m, e)| (m, Some(e)));
+        let m = if m.contains('.') { m.trim_end_matches('0').trim_end_matches('.') } else { m };
+        let m = if m == "-0" { "0" } else { m };
+        e.map_or(m.to_owned(), |e| format!("{m}e{e}"))
+    };
+    if a == 0.0 {
+        "0".into()
+    } else if (1e-3..1e5).contains(&a) {
+        // Four significant digits.
+        let decimals = (3 - a.log10().floor() as i32).clamp(0, 6) as usize;
+        trim(format!("{v:.decimals$}"))
+    } else {
+        trim(format!("{v:.3e}"))
+    }
+}
+
+/// Text for an SVG: XML 1.0 has no place for control characters other
+/// than tab and line ends (a file name may hold them; the SVG backend
+/// escapes only `&`, `<`, `>` and quotes), so each becomes U+FFFD.
+fn xml_text(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() && !matches!(c, '\t' | '\n' | '\r') { '\u{FFFD}' } else { c }).collect()
+}
+
 /// `scan --plot`: where in the table the non-finite rows sit — the table cut
 /// into `counts.len()` equal spans of rows, a bar per span with its count of
 /// rows holding a NaN or ±Inf.
 pub fn draw_bad_rows(path: &Path, rows: usize, counts: &[u64], title: &str) -> Result<()> {
     let mut svg = String::new();
-    render_bad_rows(&mut svg, rows, counts, title)
+    render_bad_rows(&mut svg, rows, counts, &xml_text(title))
         .map_err(|e| Error::bad_file(path, format!("cannot draw the plot: {e}")))?;
     npy::save_atomic(path, |w| std::io::Write::write_all(w, svg.as_bytes()))
 }
@@ -397,6 +464,84 @@ mod tests {
         // (Each series also draws its legend's marker.)
         assert_eq!((grey, blue), (rows - 1 + 1, rows - 3 + 1), "{svg}");
         assert!(svg.contains("before (1 not finite, not drawn)") && svg.contains("after (3 not finite, not drawn)"));
+    }
+
+    /// Tick labels read at any scale; control characters never reach the
+    /// SVG.
+    #[test]
+    fn ticks_read_at_any_scale_and_text_is_xml() {
+        for (v, want) in [
+            (0.0, "0"),
+            (-0.0, "0"),
+            (4.5, "4.5"),
+            (-4.0, "-4"),
+            (0.011, "0.011"),
+            (12345.0, "12345"),
+            (1e30, "1e30"),
+            (-2.5e-7, "-2.5e-7"),
+            (1.234567e-6, "1.235e-6"),
+        ] {
+            assert_eq!(tick(v), want, "{v}");
+        }
+        assert_eq!(xml_text("a\u{1}b\tc\u{7f}"), "a\u{FFFD}b\tc\u{FFFD}");
+    }
+
+    /// In one dimension (or with every code on the anchor line) nothing
+    /// lies across the line: every code's y is 0, not its x mirrored.
+    #[test]
+    fn codes_with_nothing_across_the_anchor_line_lie_on_it() {
+        use rand::{Rng, SeedableRng};
+        let seed = crate::test_seed("frame_1d");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let rows = 300;
+        let t: Vec<f32> = (0..rows).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+        let d = Drawn::of(&t, 1, (0, rows - 1)).unwrap();
+        let frame = Frame::new(&d, 0, rows - 1);
+        for i in sample_rows(rows) {
+            let (x, y) = frame.project(&d, i);
+            assert_eq!(y, 0.0, "seed {seed}: row {i}");
+            let want = (t[i] as f64 - t[0] as f64) * (t[rows - 1] as f64 - t[0] as f64).signum();
+            assert!((x - want).abs() < 1e-9, "seed {seed}: row {i}: {x} vs {want}");
+        }
+        // Codes on the segment in 3-D: the same.
+        let (p, q) = ([1.0f32, -2.0, 0.5], [3.0f32, 1.0, -1.5]);
+        let on: Vec<f32> = (0..rows)
+            .flat_map(|i| {
+                let s = i as f32 / (rows - 1) as f32;
+                (0..3).map(move |k| p[k] + s * (q[k] - p[k]))
+            })
+            .collect();
+        let d = Drawn::of(&on, 3, (0, rows - 1)).unwrap();
+        let frame = Frame::new(&d, 0, rows - 1);
+        assert!(sample_rows(rows).into_iter().all(|i| frame.project(&d, i).1.abs() < 1e-5), "seed {seed}");
+    }
+
+    /// Steps whose mean excess is not finite break the line and are counted
+    /// on the panel; a point alone is a dot; the axis spans every step.
+    #[test]
+    fn steps_not_finite_break_the_excess_line_and_are_counted() {
+        let t = [0.5f32, 1.0, -1.0, 2.0, 0.25, -0.5];
+        let d = Drawn::of(&t, 2, (0, 2)).unwrap();
+        let excess = vec![(0, 1.0), (1, 0.5), (2, f64::NAN), (3, 0.25), (4, f64::NAN), (5, 0.1), (6, 0.05)];
+        let mut svg = String::new();
+        render(&mut svg, &Picture { excess, before: &d, after: &d }).unwrap();
+        // (Blue lines are the excess's; blue dots of radius 3 its lone
+        // points, besides the scatter legend's marker.)
+        let lines = |svg: &str| svg.lines().filter(|l| l.starts_with("<polyline") && l.contains("#0000FF")).count();
+        let dots = |svg: &str| {
+            svg.lines().filter(|l| l.starts_with("<circle") && l.contains("r=\"3\"") && l.contains("#0000FF")).count()
+        };
+        assert!(svg.contains("2 of 7 steps not finite, not drawn"), "{svg}");
+        // Steps 0–1 and 5–6 lines, step 3 a dot.
+        assert_eq!((lines(&svg), dots(&svg)), (2, 1 + 1), "{svg}");
+        let mut svg = String::new();
+        render(&mut svg, &Picture { excess: vec![(0, 1.0), (1, f64::NAN)], before: &d, after: &d }).unwrap();
+        assert!(svg.contains("1 of 2 steps not finite, not drawn"), "{svg}");
+        assert_eq!((lines(&svg), dots(&svg)), (0, 1 + 1), "{svg}");
+        // Every step finite: one line, no note.
+        let mut svg = String::new();
+        render(&mut svg, &Picture { excess: vec![(0, 1.0), (1, 0.5), (2, 0.2)], before: &d, after: &d }).unwrap();
+        assert!(!svg.contains("not finite, not drawn") && (lines(&svg), dots(&svg)) == (1, 1), "{svg}");
     }
 
     /// Rows are whole rows: a partial last row (even a lone one) is none,
