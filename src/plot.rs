@@ -223,7 +223,11 @@ fn render(svg: &mut String, pic: &Picture) -> std::result::Result<(), Box<dyn st
         .x_label_area_size(36)
         .y_label_area_size(48)
         .build_cartesian_2d(0.0..x1, y0..y1)?;
-    c.configure_mesh().x_desc("step").y_desc("log10 mean excess").draw()?;
+    c.configure_mesh()
+        .x_desc("step")
+        .y_desc("log10 mean excess")
+        .x_label_formatter(&|v| format!("{}", v.round() as i64))
+        .draw()?;
     for run in runs {
         if run.len() == 1 {
             c.draw_series(run.into_iter().map(|p| Circle::new(p, 3, BLUE.filled())))?;
