@@ -185,8 +185,9 @@ fn check(backend: Backend, shape: Shape, cfg: StepConfig, seed: u64) {
         // rounding, and where a row nears the segment, f32's r is within
         // its rounding of 0, so sign(r) may differ from float64's (the
         // row terms nearly cancel there, so the step differs by little,
-        // but it does: 1.24e-5 after 10 steps, seed 1795938514201061886
-        // of gpu_two_read_steps_…). So TOL a step done.
+        // but it does: seed 1795938514201061886 of gpu_two_read_steps_…,
+        // row 256, r = 6.5e-7 with d1 + d2 ≈ 4.46, whose f32 ulp is
+        // 4.8e-7: 1.24e-5 after 10 steps). So TOL a step done.
         let tol = TOL * done as f64;
         assert_table_close(&got, &want, shape.dim, tol, &format!("{ctx}: after {done} steps"));
         // SPEC §5's velocity itself, not only through the table.
