@@ -201,17 +201,12 @@ fn render(svg: &mut String, pic: &Picture) -> std::result::Result<(), Box<dyn st
     // a dot, and the panel says how many steps were left out. The x axis
     // spans every step.
     let shown = |e: f64| e.is_finite() && e > 0.0;
-    let mut runs: Vec<Vec<(f64, f64)>> = Vec::new();
-    let mut last_shown = false;
-    for &(s, e) in &pic.excess {
-        if shown(e) {
-            if !last_shown {
-                runs.push(Vec::new());
-            }
-            runs.last_mut().expect("pushed above").push((s as f64, e.log10()));
-        }
-        last_shown = shown(e);
-    }
+    let runs: Vec<Vec<(f64, f64)>> = pic
+        .excess
+        .split(|&(_, e)| !shown(e))
+        .filter(|run| !run.is_empty())
+        .map(|run| run.iter().map(|&(s, e)| (s as f64, e.log10())).collect())
+        .collect();
     let left_out = pic.excess.iter().filter(|(_, e)| !shown(*e)).count();
     let x1 = pic.excess.iter().map(|&(s, _)| s as f64).fold(1.0f64, f64::max);
     let (y0, y1) =

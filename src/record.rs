@@ -161,19 +161,23 @@ impl Record {
             self.nonfinite_sum()
         }
     }
-    /// The loss and mean excess over the finite terms alone, and how many
-    /// terms were left out: where a table has non-finite rows (that
-    /// `skip-row` keeps as they are), what shows the others train. `None`
-    /// where every term is finite (`loss` says it all) or none is.
-    pub fn finite_terms(&self, w_red: f64) -> Option<FiniteTerms> {
-        let l = &self.scans.loss;
-        let left_out = l.nan + l.pos_inf + l.neg_inf;
-        let kept = (self.batch as u64).checked_sub(left_out).filter(|&k| k > 0 && left_out > 0)?;
+    /// The loss and mean excess over the finite terms, and how many terms
+    /// were left out (0 where all are finite: `loss` and `mean_excess`
+    /// themselves); `None` where none is finite.
+    pub fn terms(&self, w_red: f64) -> Option<FiniteTerms> {
+        let left_out = self.scans.loss.nonfinite();
+        let kept = (self.batch as u64).checked_sub(left_out).filter(|&k| k > 0)?;
         Some(FiniteTerms {
             loss: w_red * self.excess_sum + self.separation,
             mean_excess: self.excess_sum / kept as f64,
             left_out,
         })
+    }
+    /// `terms` where some are left out: where a table has non-finite rows
+    /// (that `skip-row` keeps as they are), what shows the others train.
+    /// `None` where every term is finite (`loss` says it all) or none is.
+    pub fn finite_terms(&self, w_red: f64) -> Option<FiniteTerms> {
+        self.terms(w_red).filter(|t| t.left_out > 0)
     }
     /// L = w_red · Σ|r_j| + λ·max(0, m − d0); NaN or +Inf when a term is
     /// not finite, as PyTorch's sum would be.

@@ -130,10 +130,8 @@ impl Sidecar {
                 ),
             ));
         }
-        if let (Some(_), false) = (want, checked) {
-            v.fingerprint_as_read();
-        } else if let Some(h) = want {
-            if v.fingerprint_whole()? != h {
+        if let Some(h) = want {
+            if v.fingerprint_first(checked)?.is_some_and(|have| have != h) {
                 // A checkpoint killed between its renames: the file it was
                 // saved with is among the leftovers.
                 if let Some((from, reader)) = recover(path, shape, h) {
@@ -337,6 +335,11 @@ pub fn format_of(path: &Path) -> Result<Format> {
         Some("safetensors") => Ok(Format::Safetensors),
         _ => Err(Error::bad_file(path, "unknown table format: the name must end in .npy or .safetensors")),
     }
+}
+
+/// Whether `path` names a `.safetensors` file (by its extension).
+pub fn is_safetensors(path: &Path) -> bool {
+    matches!(format_of(path), Ok(Format::Safetensors))
 }
 
 /// The rest of a loaded `.safetensors` file, carried over to a

@@ -80,7 +80,7 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     check_adapter(args.backend, &args.adapter)?;
     // --tensor names a tensor of a .safetensors file (as for training: a
     // typo of the file's kind is not passed over).
-    let safetensors = matches!(tables::format_of(&args.file), Ok(tables::Format::Safetensors));
+    let safetensors = tables::is_safetensors(&args.file);
     if args.tensor.is_some() && !safetensors {
         bail!("invalid --tensor: it names a tensor of a .safetensors file, and {} is not one", args.file.display());
     }

@@ -214,11 +214,7 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
             // A .safetensors input's other tensors are read only when a
             // .safetensors save will carry them (or a resume reads its run
             // state from its metadata).
-            let carry = args.resume.is_some()
-                || args
-                    .save
-                    .as_deref()
-                    .is_some_and(|p| matches!(tables::format_of(p), Ok(tables::Format::Safetensors)));
+            let carry = args.resume.is_some() || args.save.as_deref().is_some_and(tables::is_safetensors);
             let l = tables::open_as(path, &args.tensor, npy::Overflow::Inf, carry)?;
             carried = l.carried;
             // A checkpoint saved under another --tensor holds its table there: the
@@ -321,8 +317,8 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
     let note = match &input {
         Some(r) => {
             let r = r.borrow();
-            // (A resumed table was checked before the run by a pass of its
-            // own: the file must not have changed since.)
+            // (A resumed table: the values read are those its run state
+            // recorded.)
             unchanged(r.path(), r.fingerprint(), resumed.as_ref().and_then(|r| r.state.table_fingerprint), checked)?;
             r.note()
         }
@@ -670,25 +666,15 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
     );
     // A loss that is not finite for a few rows' terms hides whether the
     // others trained: the finite terms alone, under the start and end.
-    let terms = |r: &latent_line::Record| {
-        let w_red = cfg.w_red(r.batch) as f64;
-        match r.finite_terms(w_red) {
-            Some(f) => Some(f),
-            None if r.loss_finite() => Some(latent_line::record::FiniteTerms {
-                loss: r.loss(w_red),
-                mean_excess: r.mean_excess(),
-                left_out: 0,
-            }),
-            None => None,
-        }
-    };
     if !first.loss_finite() || !last.loss_finite() {
         let e = |x: f64| format!("{x:.6e}");
         let n = |f: &latent_line::record::FiniteTerms| match f.left_out {
             0 => "none".to_string(),
             k => k.to_string(),
         };
-        match (terms(first), terms(last)) {
+        let w_red = |r: &latent_line::Record| cfg.w_red(r.batch) as f64;
+        let (start, end) = (first.terms(w_red(first)), last.terms(w_red(last)));
+        match (start, end) {
             (Some(a), Some(b)) => out!(
                 "         the finite terms alone (non-finite ones left out: {} at the start, {} at the end): loss {} → {} \
                  · mean excess {} → {}{}",
@@ -700,20 +686,17 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
                 e(b.mean_excess),
                 if b.mean_excess > 0.0 { format!(", ÷{:.3e}", a.mean_excess / b.mean_excess) } else { String::new() }
             ),
-            (Some(a), None) if a.left_out > 0 => out!(
-                "         the finite terms alone (non-finite ones left out: {}): loss {} · mean excess {} at the start; \
-                 none finite at the end",
-                n(&a),
-                e(a.loss),
-                e(a.mean_excess)
-            ),
-            (None, Some(b)) if b.left_out > 0 => out!(
-                "         the finite terms alone (non-finite ones left out: {}): loss {} · mean excess {} at the end; \
-                 none finite at the start",
-                n(&b),
-                e(b.loss),
-                e(b.mean_excess)
-            ),
+            // One end has no finite term: the other's, where some were left out.
+            (Some(f), None) | (None, Some(f)) if f.left_out > 0 => {
+                let (at, none) = if start.is_some() { ("start", "end") } else { ("end", "start") };
+                out!(
+                    "         the finite terms alone (non-finite ones left out: {}): loss {} · mean excess {} at the \
+                     {at}; none finite at the {none}",
+                    n(&f),
+                    e(f.loss),
+                    e(f.mean_excess)
+                )
+            }
             _ => {}
         }
     }
@@ -1048,13 +1031,9 @@ impl AnchorRows {
             .rows
             .iter()
             .filter_map(|(row, values)| {
-                let (col, v) = values.iter().enumerate().find(|(_, v)| !v.is_finite())?;
-                let kind = match v {
-                    v if v.is_nan() => "NaN",
-                    v if *v > 0.0 => "+Inf",
-                    _ => "-Inf",
-                };
-                Some(format!("row {row} holds {kind} at column {col}"))
+                // (SPEC §7's scan of the row: its first bad element.)
+                let f = latent_line::scan::scan_rows(values, self.dim, *row as u64).first?;
+                Some(format!("row {row} holds {} at column {}", f.kind(), f.col))
             })
             .collect();
         if bad.is_empty() {
@@ -1087,10 +1066,7 @@ impl AnchorRows {
 fn check_files(args: &TrainArgs) -> anyhow::Result<()> {
     // --tensor names a tensor of a .safetensors file: given where no file
     // is one, it is a mistake (a typo'd option went unnoticed).
-    let safetensors = [&args.load, &args.resume, &args.save]
-        .into_iter()
-        .flatten()
-        .any(|p| matches!(tables::format_of(p), Ok(tables::Format::Safetensors)));
+    let safetensors = [&args.load, &args.resume, &args.save].into_iter().flatten().any(|p| tables::is_safetensors(p));
     if args.given.iter().any(|g| g == "--tensor") && !safetensors {
         bail!(
             "invalid --tensor: it names a tensor of a .safetensors file, and none of --load, --resume, --save is one"
@@ -1339,13 +1315,7 @@ fn resume(
     // (`unchanged` checks it after), or `checked`, by a pass over its file
     // first.
     if let (Some(want), Some(input)) = (state.table_fingerprint, input) {
-        let have = if checked {
-            input.fingerprint_whole()?
-        } else {
-            input.fingerprint_as_read();
-            want
-        };
-        if have != want {
+        if let Some(have) = input.fingerprint_first(checked)?.filter(|&have| have != want) {
             // A save killed between its renames (the table is the
             // last): the table the state was saved with is among
             // the leftovers beside it, or, for a .safetensors table whose
@@ -1442,10 +1412,10 @@ struct Resumed {
 /// state recorded (`want`: their fingerprint, where one was): where it was
 /// `checked` by a pass of its own before, it changed since; else `Recheck`.
 fn unchanged(path: &Path, have: Option<u64>, want: Option<u64>, checked: bool) -> anyhow::Result<()> {
-    if want.is_some() && have != want && !checked {
-        return Err(Recheck.into());
-    }
     if want.is_some() && have != want {
+        if !checked {
+            return Err(Recheck.into());
+        }
         bail!(
             "{}: changed while it was read (its values are not those checked before the run); nothing was saved",
             path.display()
@@ -1489,7 +1459,7 @@ fn save_checkpoint(
     let mut state = trainer.run_state()?;
     (state.d0_start, state.collapse_step) = (d0_start, collapse_step);
     state.options = Some(options.to_vec());
-    if matches!(tables::format_of(path), Ok(tables::Format::Safetensors)) {
+    if tables::is_safetensors(path) {
         state.tensor = Some(tensor.to_owned());
     }
     // Each array streams from the trainer into its file (a GPU's through
@@ -1526,7 +1496,7 @@ fn save_checkpoint(
     // read back; a header that cannot be read back leaves the file beside
     // it: the save itself succeeded.)
     let replaced = npy::destination(path).is_ok_and(|d| std::fs::metadata(d).is_ok_and(|m| m.is_file()));
-    if replaced && matches!(tables::format_of(path), Ok(tables::Format::Safetensors)) {
+    if replaced && tables::is_safetensors(path) {
         if let Ok(false) = tables::state_is_beside(path) {
             let _ = std::fs::remove_file(tables::state_sidecar(path));
         }

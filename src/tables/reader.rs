@@ -192,11 +192,23 @@ impl TableReader {
         self.rewind();
     }
 
+    /// With `first`, the whole table's fingerprint by a pass of its own
+    /// ([`TableReader::fingerprint_whole`]), to check before the values are
+    /// read; else `None`, the fingerprint kept as they are read
+    /// ([`TableReader::fingerprint_as_read`]), to check after.
+    pub fn fingerprint_first(&mut self, first: bool) -> Result<Option<u64>> {
+        if first {
+            self.fingerprint_whole().map(Some)
+        } else {
+            self.fingerprint_as_read();
+            Ok(None)
+        }
+    }
+
     /// The fingerprint of the whole table, read through once (in blocks),
     /// then rewound; the reads that follow keep one too.
     pub fn fingerprint_whole(&mut self) -> Result<u64> {
-        self.fingerprint = Some(Fingerprinter::new(self.shape.elements()));
-        self.rewind();
+        self.fingerprint_as_read();
         let mut block = vec![0f32; BLOCK_VALUES.min(self.left() as usize)];
         while self.left() > 0 {
             let n = block.len().min(self.left() as usize);
