@@ -56,8 +56,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
         // coef.w: 1 for a's, 2 for b's), from bits.
         let poisons = u32(cf.w);
         bad = bad | vec2<bool>((poisons & 1u) != 0u, (poisons & 2u) != 0u);
-        ta = ta + cf.x * ((p - x) * cf.y - (p - q) / d0);
-        tb = tb + cf.x * ((q - x) * cf.z - (q - p) / d0);
+        ta = ta + cf.x * ((p - x) * cf.y - over_d0(p - q, d0));
+        tb = tb + cf.x * ((q - x) * cf.z - over_d0(q - p, d0));
     }
     let at = (chunk.seg_base + seg) * 2u * D;
     colpart[at + k] = select(ta, nan(), bad.x);

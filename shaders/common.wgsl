@@ -211,11 +211,18 @@ fn naive_blown(s: vec2<f32>, counted: bool) -> vec2<bool> {
     return vec2<bool>(NAIVE & counted & (s.x == 0.0), NAIVE & counted & (s.y == 0.0));
 }
 
+// x/d0 for the terms of d0's gradient, (p − q)/d0: 0 where d0 = 0 (only
+// with ε = 0, anchors equal), the subgradient safe_inv takes for d1 and d2;
+// the same bits as x/d0 elsewhere. --naive keeps x/d0 (autograd's).
+fn over_d0(x: f32, d0: f32) -> f32 {
+    return select(x / d0, 0.0, !NAIVE & (d0 == 0.0));
+}
+
 // SPEC §4 separation term: row a gets −λ(p − q)/d0, row b −λ(q − p)/d0
 // when d0 < m, in modes detached and attached; as sep·(p − q), this is sep.
 fn separation_coef(row: u32, a: u32, b: u32, d0: f32, m: f32, lambda: f32) -> f32 {
     let on = (MODE != MODE_FROZEN) & (m > 0.0) & (d0 < m);
-    let s = select(0.0, -lambda / d0, row == a) + select(0.0, lambda / d0, row == b);
+    let s = select(0.0, over_d0(-lambda, d0), row == a) + select(0.0, over_d0(lambda, d0), row == b);
     return select(0.0, s, on);
 }
 

@@ -45,6 +45,8 @@ impl Endpoints {
 /// Widest row: 2^22 columns (16 MiB a row). Scan findings index a
 /// workgroup's elements (≤ 256 rows) in 32 bits.
 pub const MAX_DIM: usize = 1 << 22;
+/// Why, for the messages that refuse a wider row.
+const WHY_MAX_DIM: &str = "2^22: the non-finite scans index the elements of up to 256 rows in 32 bits";
 
 /// The shape of the table: `rows` × `dim` f32, row-major.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -65,10 +67,7 @@ impl Shape {
             return Err(Error::too_large(rows, dim, "more than 2^32 − 1 rows (row indices are u32)"));
         }
         if dim > MAX_DIM {
-            return Err(Error::invalid(
-                "--dim",
-                format!("{dim} columns; at most {MAX_DIM} (a row's findings are indexed in 32 bits)"),
-            ));
+            return Err(Error::invalid("--dim", format!("{dim} columns; at most {MAX_DIM} ({WHY_MAX_DIM})")));
         }
         if (rows as u64).checked_mul(dim as u64).and_then(|n| n.checked_mul(4)).is_none() {
             return Err(Error::too_large(rows, dim, "its size overflows 64 bits"));
@@ -90,8 +89,14 @@ impl Shape {
             }
             (r, _) if r < min_rows => Err(format!("a table of {r} rows: nothing to scan")),
             (_, 0) => Err("a table of 0 columns".into()),
-            // `new`'s checks at 2 rows or more, then the rows themselves.
-            _ => Shape::new(rows.max(2), dim).map(|_| Shape { rows, dim }).map_err(|e| e.to_string()),
+            // `new`'s checks at 2 rows or more, then the rows themselves; its
+            // --dim refusal in the file's terms (a file has no --dim).
+            _ => Shape::new(rows.max(2), dim).map(|_| Shape { rows, dim }).map_err(|e| match e {
+                Error::InvalidOption { option: "--dim", .. } => {
+                    format!("rows of {dim} columns; at most {MAX_DIM} ({WHY_MAX_DIM})")
+                }
+                e => e.to_string(),
+            }),
         }
     }
     /// Rows × columns; saturating at `u64::MAX` for a shape no check has
@@ -231,11 +236,22 @@ impl StepConfig {
         if !active {
             0.0
         } else if row == self.anchor_a {
-            -self.margin_weight / d0
+            self.over_d0(-self.margin_weight, d0)
         } else if row == self.anchor_b {
-            self.margin_weight / d0
+            self.over_d0(self.margin_weight, d0)
         } else {
             0.0
+        }
+    }
+
+    /// x/d0 in the terms of d0's gradient: 0 where d0 = 0 (ε = 0, the
+    /// anchors equal; the subgradient the distances take), autograd's x/d0
+    /// under --naive. (`over_d0` of shaders/common.wgsl.)
+    pub fn over_d0(&self, x: f32, d0: f32) -> f32 {
+        if d0 == 0.0 && !self.naive {
+            0.0
+        } else {
+            x / d0
         }
     }
 

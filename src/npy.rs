@@ -723,8 +723,10 @@ pub fn stage_table_from(path: &Path, shape: Shape, fill: &mut Fill) -> Result<(S
 /// get their old contents back (kept until then under a hard link), so a
 /// failure leaves the set as it was, not half new. Only a kill between the
 /// renames themselves (microseconds) can mix the two sets, and `--resume`
-/// refuses a mixture by its fingerprints.
+/// refuses a mixture by its fingerprints. Two processes saving to the same
+/// paths take turns (`lock_folders`): each one's set lands whole.
 pub fn commit(files: Vec<Staged>) -> Result<()> {
+    let _turn = lock_folders(files.iter().filter(|f| !f.stream).map(|f| folder(&f.path).to_path_buf()).collect());
     let mut done: Vec<(PathBuf, Old)> = Vec::new();
     let (streams, files): (Vec<Staged>, Vec<Staged>) = files.into_iter().partition(|f| f.stream);
     for f in files {
@@ -753,6 +755,37 @@ pub fn commit(files: Vec<Staged>) -> Result<()> {
     }
     // Committed: dropping the old contents' links removes them.
     Ok(())
+}
+
+/// Exclusive locks (`flock`) on `folders`, each once, in order (so two
+/// processes never wait on each other's second), held until dropped: the
+/// renames of one commit are not interleaved with another process's into
+/// the same folder (two runs saving one checkpoint at once mixed their
+/// tables and run states, or one failed linking a file the other had just
+/// replaced). Best effort: a folder that cannot be opened or locked (a file
+/// system without locks; folders are not files on every system) is not
+/// waited for.
+fn lock_folders(mut folders: Vec<PathBuf>) -> Vec<File> {
+    folders.sort();
+    folders.dedup();
+    let mut held: Vec<File> = Vec::new();
+    for d in folders {
+        let Ok(f) = File::open(&d) else { continue };
+        // One folder by two names is locked once: a second lock of it from
+        // this process, on another open file, would wait for the first.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let id = |f: &File| f.metadata().ok().map(|m| (m.dev(), m.ino()));
+            if id(&f).is_some_and(|i| held.iter().any(|h| id(h) == Some(i))) {
+                continue;
+            }
+        }
+        if f.lock().is_ok() {
+            held.push(f);
+        }
+    }
+    held
 }
 
 /// Copies the file `from` into `path`, which is not replaced: this
@@ -993,6 +1026,21 @@ mod tests {
         assert!(std::fs::symlink_metadata(&null).unwrap().file_type().is_symlink(), "the link was replaced");
         assert!(!std::fs::metadata("/dev/null").unwrap().is_file());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 5, "a temporary file was left");
+    }
+
+    /// A commit's folders are locked, exclusively, while it renames, and
+    /// let go after: another process's commit into them waits its turn.
+    #[cfg(unix)]
+    #[test]
+    fn a_commit_holds_its_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = || File::open(dir.path()).unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("again")).unwrap();
+        let held = lock_folders(vec![dir.path().to_owned(), dir.path().join("again")]);
+        assert_eq!(held.len(), 1, "the same folder twice was locked twice");
+        assert!(matches!(other().try_lock(), Err(std::fs::TryLockError::WouldBlock)), "not held");
+        drop(held);
+        assert!(other().try_lock().is_ok(), "not let go");
     }
 
     /// A table whose values are not rows × dim is never written (a file

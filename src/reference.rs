@@ -100,8 +100,8 @@ pub fn step_batch(table: &mut [f64], vel: &mut [f64], shape: Shape, cfg: &StepCo
         if attached {
             // SPEC §4's anchor term, summed over the batch's entries.
             for k in 0..d {
-                let ta = c * ((p[k] - x[k]) * inv_d1 - (p[k] - q[k]) / d0);
-                let tb = c * ((q[k] - x[k]) * inv_d2 - (q[k] - p[k]) / d0);
+                let ta = c * ((p[k] - x[k]) * inv_d1 - over_d0(p[k] - q[k], d0, cfg.naive));
+                let tb = c * ((q[k] - x[k]) * inv_d2 - over_d0(q[k] - p[k], d0, cfg.naive));
                 extra_a[k] += if blown1 { f64::NAN } else { ta };
                 extra_b[k] += if blown2 { f64::NAN } else { tb };
             }
@@ -128,7 +128,7 @@ pub fn step_batch(table: &mut [f64], vel: &mut [f64], shape: Shape, cfg: &StepCo
         if !touched {
             continue;
         }
-        let lambda = if active { cfg.margin_weight as f64 / d0 } else { 0.0 };
+        let lambda = if active { over_d0(cfg.margin_weight as f64, d0, cfg.naive) } else { 0.0 };
         let sep = if row == a { -lambda } else { lambda };
         let g = grads.entry(row).or_insert_with(|| vec![0.0; d]);
         for k in 0..d {
@@ -180,6 +180,16 @@ pub fn evaluate(table: &[f64], shape: Shape, cfg: &StepConfig) -> Record {
 
 fn safe_dist(s: f64, eps: f64) -> f64 {
     (s + eps).sqrt()
+}
+
+/// x/d0 in d0's gradient terms: the subgradient 0 where d0 = 0 (ε = 0,
+/// the anchors equal) as for the distances; autograd's x/d0 under --naive.
+fn over_d0(x: f64, d0: f64, naive: bool) -> f64 {
+    if d0 == 0.0 && !naive {
+        0.0
+    } else {
+        x / d0
+    }
 }
 
 fn safe_inv(d: f64) -> f64 {

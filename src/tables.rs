@@ -534,8 +534,16 @@ fn open_safetensors(
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     // A pipe (`<(…)`) has no size to seek in: spooled to an unnamed
     // temporary file first, then read as a file is.
+    // Anything else that is no regular file (a device: /dev/zero would
+    // be spooled without end) is refused.
+    #[cfg(unix)]
+    let pipe = std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type());
+    #[cfg(not(unix))]
+    let pipe = false;
     let (mut file, len) = if meta.is_file() {
         (file, meta.len())
+    } else if !pipe {
+        return Err(bad("not a regular file, nor a pipe".into()));
     } else {
         let mut spool = tempfile::tempfile().map_err(|e| Error::io(path, e))?;
         let len = std::io::copy(&mut file, &mut spool).map_err(|e| Error::io(path, e))?;

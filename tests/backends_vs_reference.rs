@@ -531,6 +531,34 @@ fn eps_zero_stays_finite_in_safe_mode() {
 }
 
 #[test]
+fn eps_zero_with_equal_anchors_stays_finite_in_safe_mode() {
+    // ε = 0 and rows a and b equal: d0 = 0 exactly. The terms of d0's
+    // gradient, (p − q)/d0 (attached's anchor term; the separation term,
+    // active as d0 < m), take the subgradient 0 as the distances do: a raw
+    // division made them 0/0, and every step's anchors NaN.
+    let seed = seed("eps_zero_d0");
+    let (rows, d) = (64, 8);
+    let shape = Shape::new(rows, d).unwrap();
+    let mut table = random_table(&mut rng(seed), rows, d);
+    let a_row: Vec<f32> = table[..d].to_vec();
+    table[(rows - 1) * d..].copy_from_slice(&a_row);
+    for endpoints in [Endpoints::Attached, Endpoints::Detached] {
+        let cfg = StepConfig { eps: 0.0, endpoints, margin: 1.0, ..StepConfig::for_rows(rows) };
+        let mut want = to_f64(&table);
+        reference::step(&mut want, shape, &cfg);
+        assert!(want.iter().all(|v| v.is_finite()), "{endpoints:?} seed {seed}: the reference is not finite");
+        for backend in [Backend::Cpu, Backend::Gpu { path: StepPath::Fused, chunk_rows: None }] {
+            let mut t = open(backend, shape, cfg, table.clone());
+            t.steps(1).unwrap();
+            let got = t.read_table().unwrap();
+            assert!(got.iter().all(|v| v.is_finite()), "{endpoints:?} {backend:?} seed {seed}: non-finite");
+            let (err, at) = max_rel_err(&got, &want);
+            assert!(err <= TOL, "{endpoints:?} {backend:?} seed {seed}: error {err:e} at {at}");
+        }
+    }
+}
+
+#[test]
 fn gpu_two_dimensional_grids_match_reference() {
     // With at most 5 workgroups per dimension, a 2500-row chunk of D = 1
     // needs a 5 × 5 grid for the fused step and a larger one to initialise.

@@ -627,6 +627,16 @@ fn scan_reports_findings_with_exit_code_3_and_clean_files_with_0() {
     let o = run(&["scan", &dir.s("empty.npy")]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("empty.npy: a table of 0 rows: nothing to scan"), "{}", stderr(&o));
+    // Rows too wide are refused in the file's terms (scan has no --dim).
+    npy(
+        &dir.p("wide.npy"),
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 4194305), }",
+        &vec![0u8; 4 * 4194305],
+    );
+    let o = run(&["scan", &dir.s("wide.npy")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("wide.npy: rows of 4194305 columns; at most 4194304 (2^22"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("--dim"), "{}", stderr(&o));
     // --plot: where the bad rows sit, one bar per span of rows that has any.
     let svg = dir.s("where.svg");
     let o = run(&["scan", &bad, "--plot", &svg]);
@@ -2319,6 +2329,37 @@ fn a_resume_under_another_tensor_name_is_told_the_checkpoints() {
         st.tensor("emb").unwrap().data().to_vec()
     };
     assert!(read("out.safetensors") == read("whole.safetensors"), "seed {seed}: not the unbroken run's table");
+}
+
+/// Files are checked for what they are, not how they are named: a hard
+/// link to the input is the input (an aborted run saves beside it, as
+/// beside the input: identity, not path text, which also makes a folder
+/// bind-mounted at a second path one folder); a looping link, a name too
+/// long for its folder (a sidecar's), a device as a `.safetensors` input
+/// (once copied without end into the temporary folder) are refused before
+/// any work.
+#[cfg(unix)]
+#[test]
+fn files_are_checked_for_what_they_are() {
+    let dir = Dir::new();
+    let seed = common::seed("files_what_they_are");
+    let shape = latent_line::Shape::new(40, 3).unwrap();
+    latent_line::npy::save(&dir.p("t.npy"), shape, &common::random_table(&mut common::rng(seed), 40, 3)).unwrap();
+    std::fs::hard_link(dir.p("t.npy"), dir.p("h.npy")).unwrap();
+    let input = std::fs::read(dir.p("t.npy")).unwrap();
+    let blow = ["--backend", "cpu", "--weight-decay", "1e30", "--lr", "1", "--quiet", "--on-nonfinite", "abort"];
+    let o = run(&[&blow[..], &["--steps", "5", "--load", &dir.s("t.npy"), "--save", &dir.s("h.npy")]].concat());
+    assert_eq!(o.status.code(), Some(3), "seed {seed}: {}", stderr(&o));
+    assert!(std::fs::read(dir.p("t.npy")).unwrap() == input, "seed {seed}: the input was overwritten");
+    assert!(std::fs::read(dir.p("h.npy")).unwrap() == input, "seed {seed}: its hard link was replaced");
+    assert!(dir.p("h.aborted.npy").exists(), "seed {seed}: not saved beside: {:?}", dir.files());
+    std::os::unix::fs::symlink("loop.npy", dir.p("loop.npy")).unwrap();
+    refused(&dir, &["--save", &dir.s("loop.npy")], "loop.npy is a loop of symbolic links");
+    // 255 bytes: a name the file system takes; its run state's is longer.
+    let long = dir.s(&format!("{}.npy", "x".repeat(251)));
+    refused(&dir, &["--save", &long], ".npy.state.json: a name of 266 bytes is too long");
+    std::os::unix::fs::symlink("/dev/zero", dir.p("z.safetensors")).unwrap();
+    refused(&dir, &["--load", &dir.s("z.safetensors")], "z.safetensors: not a regular file, nor a pipe");
 }
 
 /// SPEC §12: an interrupted or failed run never overwrites its input. A

@@ -47,7 +47,12 @@ pub(crate) fn parse_anchors(s: &str) -> Result<(usize, usize), String> {
 
 /// Whether two paths name one file: each resolved as far as it exists (the
 /// file, else its folder, links and `..` included; a dangling link to the
-/// file a save would create there) and then compared.
+/// file a save would create there) and then compared, by path and, on
+/// Unix, by the file's identity (device and inode; a file not there yet:
+/// its folder's, and its name), so that a folder reached by two paths (a
+/// bind mount) is one folder too. (A hard link is then the file it links:
+/// the save goes beside it as it would beside the input, where replacing
+/// the name alone would have left the input whole.)
 pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
     fn resolve(p: &Path) -> Option<PathBuf> {
         let p = match npy::destination(p) {
@@ -58,7 +63,25 @@ pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
             Some(dir.canonicalize().ok()?.join(p.file_name()?))
         })
     }
-    matches!((resolve(a), resolve(b)), (Some(x), Some(y)) if x == y)
+    #[cfg(unix)]
+    fn identity(p: &Path) -> Option<(u64, u64, Option<std::ffi::OsString>)> {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::metadata(p) {
+            return Some((m.dev(), m.ino(), None));
+        }
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let m = std::fs::metadata(dir).ok()?;
+        Some((m.dev(), m.ino(), Some(p.file_name()?.to_owned())))
+    }
+    let (x, y) = (resolve(a), resolve(b));
+    if matches!((&x, &y), (Some(x), Some(y)) if x == y) {
+        return true;
+    }
+    #[cfg(unix)]
+    if let (Some(x), Some(y)) = (x, y) {
+        return matches!((identity(&x), identity(&y)), (Some(i), Some(j)) if i == j);
+    }
+    false
 }
 
 /// Output paths must be writable places, checked before any work. A save
@@ -85,6 +108,11 @@ pub(crate) fn check_output(opt: &str, given: &Path) -> anyhow::Result<()> {
     // (What is written through exists already, and is not a folder.)
     let Ok(path) = npy::destination(given) else { return Ok(()) };
     folder_named(&path)?;
+    // Links followed as far as `destination` goes (40) and still a link: a
+    // loop, which the save would have replaced with a file.
+    if path.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+        bail!("invalid {opt}: {} is a loop of symbolic links", given.display());
+    }
     let path = path.as_path();
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !dir.is_dir() {
@@ -99,6 +127,25 @@ pub(crate) fn check_output(opt: &str, given: &Path) -> anyhow::Result<()> {
         bail!("invalid {opt}: cannot write in {}: {e}", dir.display());
     }
     Ok(())
+}
+
+/// A file named as `given` can be made in its folder: a temporary file of
+/// a name as long is tried there now, so that a name past the file
+/// system's limit (255 bytes on Linux) is refused before the run, not at
+/// its save. (Other failures are `check_output`'s to report.)
+pub(crate) fn check_name_fits(opt: &str, given: &Path) -> anyhow::Result<()> {
+    const PREFIX: &str = ".latent-line-";
+    let Ok(path) = npy::destination(given) else { return Ok(()) };
+    let Some(len) = path.file_name().map(|n| n.as_encoded_bytes().len()).filter(|&n| n > PREFIX.len() + 6) else {
+        return Ok(());
+    };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match tempfile::Builder::new().prefix(PREFIX).rand_bytes(len - PREFIX.len()).tempfile_in(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidFilename => {
+            bail!("invalid {opt}: {}: a name of {len} bytes is too long for its folder's file system", path.display())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Whether `path` is this process's standard output (`/dev/stdout`, its

@@ -13,7 +13,9 @@ use latent_line::report::{action_words, collapse_step, Event, Report, Summary};
 use latent_line::tables::{self, Sidecar};
 use latent_line::{npy, Batches, Endpoints, IndexBatches, Reduction, Shape, StepConfig, TableSource, Trainer};
 
-use super::checks::{adapter_arg, anchors_arg, check_adapter, check_output, parse_anchors, same_file, tensor_arg};
+use super::checks::{
+    adapter_arg, anchors_arg, check_adapter, check_name_fits, check_output, parse_anchors, same_file, tensor_arg,
+};
 use super::runlog::RunLog;
 use crate::{interrupted, name, print_json, BackendChoice, Outcome, INTERRUPTED, QUIET};
 
@@ -1014,8 +1016,9 @@ impl AnchorRows {
     }
 
     /// A loaded table whose anchor row holds a non-finite value trains
-    /// nothing: d0 and every distance to that anchor are NaN, so every loss
-    /// term is, and every guard but `ignore` keeps every row as it was.
+    /// nothing: d0 and every distance to that anchor are not finite, so
+    /// every loss term is NaN, and every guard but `ignore` keeps every row
+    /// as it was.
     /// Refused before any step for a run that starts from `--load`, naming
     /// the row; said (`Some`, a warning) where the run goes on regardless:
     /// under `ignore`, or resumed (a resume continues its run, as an
@@ -1044,8 +1047,8 @@ impl AnchorRows {
         // beyond its range, the conversion's note says so.)
         let converted = note.map_or(String::new(), |n| format!(" ({n})"));
         let what = format!(
-            "the anchor {} of {}{given}{converted}: d0 and every distance to it are NaN, so every loss term is and \
-             no row can train",
+            "the anchor {} of {}{given}{converted}: d0 and every distance to it are not finite, so every loss term \
+             is NaN and no row can train",
             bad.join(", and "),
             file.display()
         );
@@ -1157,6 +1160,20 @@ fn check_files(args: &TrainArgs) -> anyhow::Result<()> {
             }
         }
     }
+    // Every name the run may write fits its folder's file system (a name
+    // past its limit, 255 bytes on Linux, failed only at the save, after
+    // the training): the outputs, --save's sidecars, and below the beside
+    // saves with theirs.
+    for (opt, out) in outputs {
+        if let Some(out) = out {
+            check_name_fits(opt, out)?;
+        }
+    }
+    for ((_, side), written) in inputs[6..].iter().zip(writes) {
+        if let Some(side) = side.as_ref().filter(|_| written) {
+            check_name_fits("--save", side)?;
+        }
+    }
     // Where --save is the --load table, an aborted or interrupted run saves
     // beside it (`unfinished_save`), with its sidecars (a stale one there
     // is removed): none of them over a file the run reads or writes, nor
@@ -1165,10 +1182,16 @@ fn check_files(args: &TrainArgs) -> anyhow::Result<()> {
         for why in ["aborted", "interrupted"] {
             let beside = unfinished_save(save, why);
             let [b_state, b_velocity, b_snapshot] = sides(Some(&beside));
+            for (side, written) in [&b_state, &b_velocity, &b_snapshot].into_iter().zip(writes) {
+                if let Some(side) = side.as_ref().filter(|_| written) {
+                    check_name_fits("--save", side)
+                        .map_err(|e| anyhow::anyhow!("{e:#} (a run that is {why} saves it beside its input)"))?;
+                }
+            }
             let here = |what: &Path| {
                 format!("a run that is {why} saves beside its input {} (at {})", save.display(), what.display())
             };
-            if let Err(e) = check_output("--save", &beside) {
+            if let Err(e) = check_output("--save", &beside).and_then(|_| check_name_fits("--save", &beside)) {
                 bail!("{e:#}: {}", here(&beside));
             }
             let others = inputs[..6].iter().chain(&outputs[1..]);

@@ -330,8 +330,8 @@ impl CpuTrainer {
                     }
                     if attached {
                         for k in 0..d {
-                            let ta = c * ((p[k] - x[k]) * inv_d1 - (p[k] - q[k]) / d0);
-                            let tb = c * ((q[k] - x[k]) * inv_d2 - (q[k] - p[k]) / d0);
+                            let ta = c * ((p[k] - x[k]) * inv_d1 - cfg.over_d0(p[k] - q[k], d0));
+                            let tb = c * ((q[k] - x[k]) * inv_d2 - cfg.over_d0(q[k] - p[k], d0));
                             let ta = if in_bad || blown.0 { f32::NAN } else { ta };
                             let tb = if in_bad || blown.1 { f32::NAN } else { tb };
                             o.ta[k] += ta as f64;

@@ -76,7 +76,7 @@ pub const REDUCE: Kernel = kernel!(
     ["main"],
     ["WG", "D", "GUARD", "SCAN_BUFS", "BATCHED", "CLIP", "GRIDS", "UNDO", "MOMENTUM"]
 );
-pub const ANCHOR_SUM: Kernel = kernel!("anchor_sum", [], ["main"], ["WG", "D", "BATCHED", "DIRECT"]);
+pub const ANCHOR_SUM: Kernel = kernel!("anchor_sum", [], ["main"], ["WG", "D", "BATCHED", "DIRECT", "NAIVE"]);
 pub const PREPARE: Kernel = kernel!("prepare", [REDUCE_WG], ["main"], ["WG", "D", "MODE"]);
 pub const BATCH_IO: Kernel =
     kernel!("batch_io", [], ["gather", "scatter"], ["WG", "D", "GUARD", "MOMENTUM", "DIRECT", "VEC4"]);
