@@ -726,7 +726,20 @@ pub fn stage_table_from(path: &Path, shape: Shape, fill: &mut Fill) -> Result<(S
 /// refuses a mixture by its fingerprints. Two processes saving to the same
 /// paths take turns (`lock_folders`): each one's set lands whole.
 pub fn commit(files: Vec<Staged>) -> Result<()> {
+    commit_then(files, || ())
+}
+
+/// [`commit`], then `after` (a checkpoint's clean-up of the sidecars it no
+/// longer has) while the folders are still held: another run's commit
+/// into them cannot link a file this one is removing.
+pub fn commit_then(files: Vec<Staged>, after: impl FnOnce()) -> Result<()> {
     let _turn = lock_folders(files.iter().filter(|f| !f.stream).map(|f| folder(&f.path).to_path_buf()).collect());
+    renames(files)?;
+    after();
+    Ok(())
+}
+
+fn renames(files: Vec<Staged>) -> Result<()> {
     let mut done: Vec<(PathBuf, Old)> = Vec::new();
     let (streams, files): (Vec<Staged>, Vec<Staged>) = files.into_iter().partition(|f| f.stream);
     for f in files {
@@ -866,10 +879,12 @@ fn keep_old(path: &Path) -> std::io::Result<Old> {
             // Nothing is at `name`: forget it without removing anything.
             let _ = name.keep();
             // A file system without hard links (or not for this file) goes
-            // on unkept; anything else (a full disk) stops the commit
-            // before it renames.
-            use std::io::ErrorKind::{CrossesDevices, PermissionDenied, Unsupported};
+            // on unkept; a file gone since it was seen (removed by another
+            // program) was not there; anything else (a full disk) stops
+            // the commit before it renames.
+            use std::io::ErrorKind::{CrossesDevices, NotFound, PermissionDenied, Unsupported};
             match e.kind() {
+                NotFound => Ok(Old::Absent),
                 Unsupported | PermissionDenied | CrossesDevices => Ok(Old::Unkept),
                 _ => Err(e),
             }
@@ -1041,6 +1056,17 @@ mod tests {
         assert!(matches!(other().try_lock(), Err(std::fs::TryLockError::WouldBlock)), "not held");
         drop(held);
         assert!(other().try_lock().is_ok(), "not let go");
+        // A commit waits for a folder another holds, and renames after.
+        let path = dir.path().join("t.npy");
+        let staged = stage_table(&path, Shape::new(3, 2).unwrap(), &[1.0; 6]).unwrap();
+        let held = other();
+        held.lock().unwrap();
+        let t = std::thread::spawn(move || commit(vec![staged]));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!path.exists(), "renamed while the folder was held");
+        drop(held);
+        t.join().unwrap().unwrap();
+        assert_eq!(load(&path).unwrap().data, [1.0; 6]);
     }
 
     /// A table whose values are not rows × dim is never written (a file

@@ -1504,26 +1504,29 @@ fn save_checkpoint(
     }
     let mut fill = |sink: &mut latent_line::trainer::Sink| trainer.read_table_into(sink);
     files.extend(tables::stage(path, tensor, shape, &mut fill, carried, Some(state.clone()))?);
-    npy::commit(files)?;
     // A sidecar an earlier checkpoint at this path left, which this one's
     // state says it has none of: stale, never read; removed (after the
-    // commit, so a kill before this leaves it, as harmless as before).
-    for (side, has) in [(Sidecar::Velocity, state.velocity), (Sidecar::Snapshot, state.snapshot)] {
-        if !has {
-            let _ = std::fs::remove_file(side.path(path));
+    // renames, so a kill before this leaves it, as harmless as before; and
+    // before the commit lets go of the folder, so that another run saving
+    // here at once never links a file as it goes).
+    npy::commit_then(files, || {
+        for (side, has) in [(Sidecar::Velocity, state.velocity), (Sidecar::Snapshot, state.snapshot)] {
+            if !has {
+                let _ = std::fs::remove_file(side.path(path));
+            }
         }
-    }
-    // Likewise a .safetensors checkpoint's run state beside it (too large
-    // for a header once) when this one's is in the header.
-    // (A file written through, such as a pipe or a link to stdout, is not
-    // read back; a header that cannot be read back leaves the file beside
-    // it: the save itself succeeded.)
-    let replaced = npy::destination(path).is_ok_and(|d| std::fs::metadata(d).is_ok_and(|m| m.is_file()));
-    if replaced && tables::is_safetensors(path) {
-        if let Ok(false) = tables::state_is_beside(path) {
-            let _ = std::fs::remove_file(tables::state_sidecar(path));
+        // Likewise a .safetensors checkpoint's run state beside it (too
+        // large for a header once) when this one's is in the header. (A
+        // file written through, such as a pipe or a link to stdout, is not
+        // read back; a header that cannot be read back leaves the file
+        // beside it: the save itself succeeded.)
+        let replaced = npy::destination(path).is_ok_and(|d| std::fs::metadata(d).is_ok_and(|m| m.is_file()));
+        if replaced && tables::is_safetensors(path) {
+            if let Ok(false) = tables::state_is_beside(path) {
+                let _ = std::fs::remove_file(tables::state_sidecar(path));
+            }
         }
-    }
+    })?;
     Ok(())
 }
 

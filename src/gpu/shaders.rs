@@ -77,7 +77,7 @@ pub const REDUCE: Kernel = kernel!(
     ["WG", "D", "GUARD", "SCAN_BUFS", "BATCHED", "CLIP", "GRIDS", "UNDO", "MOMENTUM"]
 );
 pub const ANCHOR_SUM: Kernel = kernel!("anchor_sum", [], ["main"], ["WG", "D", "BATCHED", "DIRECT", "NAIVE"]);
-pub const PREPARE: Kernel = kernel!("prepare", [REDUCE_WG], ["main"], ["WG", "D", "MODE"]);
+pub const PREPARE: Kernel = kernel!("prepare", [REDUCE_WG], ["main"], ["WG", "D", "MODE", "NAIVE"]);
 pub const BATCH_IO: Kernel =
     kernel!("batch_io", [], ["gather", "scatter"], ["WG", "D", "GUARD", "MOMENTUM", "DIRECT", "VEC4"]);
 pub const COPY_TABLE: Kernel = kernel!("copy_table", [], ["snapshot", "restore"], ["WG", "D", "MOMENTUM"]);
@@ -194,6 +194,57 @@ mod tests {
                     "{} declares override {ov}, which the host never sets",
                     k.name
                 );
+            }
+        }
+    }
+
+    /// The overrides each kernel's entry points use, through any function
+    /// they call (common.wgsl's too: `over_d0` reads NAIVE), are all in its
+    /// table: one left out would keep its default in silence (PREPARE once
+    /// computed `separation_coef` with NAIVE never set).
+    #[test]
+    fn every_override_a_kernel_uses_is_set() {
+        fn calls(block: &naga::Block, out: &mut Vec<naga::Handle<naga::Function>>) {
+            for st in block.iter() {
+                match st {
+                    naga::Statement::Call { function, .. } => out.push(*function),
+                    naga::Statement::Block(b) => calls(b, out),
+                    naga::Statement::If { accept, reject, .. } => {
+                        calls(accept, out);
+                        calls(reject, out);
+                    }
+                    naga::Statement::Switch { cases, .. } => cases.iter().for_each(|c| calls(&c.body, out)),
+                    naga::Statement::Loop { body, continuing, .. } => {
+                        calls(body, out);
+                        calls(continuing, out);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for k in KERNELS {
+            let module = k.validate().unwrap_or_else(|e| panic!("{e}"));
+            let mut used = std::collections::BTreeSet::new();
+            for entry in &module.entry_points {
+                let mut todo = Vec::new();
+                let mut seen = std::collections::HashSet::new();
+                let mut visit = |f: &naga::Function, todo: &mut Vec<_>| {
+                    for (_, e) in f.expressions.iter() {
+                        if let naga::Expression::Override(h) = e {
+                            used.insert(module.overrides[*h].name.clone().unwrap_or_default());
+                        }
+                    }
+                    calls(&f.body, todo);
+                };
+                visit(&entry.function, &mut todo);
+                while let Some(h) = todo.pop() {
+                    if seen.insert(h) {
+                        visit(&module.functions[h], &mut todo);
+                    }
+                }
+            }
+            for ov in &used {
+                assert!(k.overrides.contains(&ov.as_str()), "{} uses override {ov}, which the host never sets", k.name);
             }
         }
     }
