@@ -521,13 +521,19 @@ fn eps_zero_stays_finite_in_safe_mode() {
         Backend::GpuLanes { lanes: 1, wg: 64, blocks: 2, vec4: true },
     ];
     for backend in backends {
-        let mut t = open(backend, shape, cfg, table.clone());
-        t.steps(1).unwrap();
-        let got = t.read_table().unwrap();
-        assert!(got.iter().all(|v| v.is_finite()), "{backend:?} seed {seed}: non-finite");
-        let (err, at) = max_rel_err(&got, &want);
-        assert!(err <= TOL, "{backend:?} seed {seed}: error {err:e} at {at}");
+        one_finite_step_matches(backend, shape, cfg, &table, &want, &format!("seed {seed}"));
     }
+}
+
+/// One step of `table` on `backend`: every value finite, and within TOL
+/// of the reference's `want`; `what` says which case in a failure.
+fn one_finite_step_matches(backend: Backend, shape: Shape, cfg: StepConfig, table: &[f32], want: &[f64], what: &str) {
+    let mut t = open(backend, shape, cfg, table.to_vec());
+    t.steps(1).unwrap();
+    let got = t.read_table().unwrap();
+    assert!(got.iter().all(|v| v.is_finite()), "{backend:?} {what}: non-finite");
+    let (err, at) = max_rel_err(&got, want);
+    assert!(err <= TOL, "{backend:?} {what}: error {err:e} at {at}");
 }
 
 #[test]
@@ -548,12 +554,7 @@ fn eps_zero_with_equal_anchors_stays_finite_in_safe_mode() {
         reference::step(&mut want, shape, &cfg);
         assert!(want.iter().all(|v| v.is_finite()), "{endpoints:?} seed {seed}: the reference is not finite");
         for backend in [Backend::Cpu, Backend::Gpu { path: StepPath::Fused, chunk_rows: None }] {
-            let mut t = open(backend, shape, cfg, table.clone());
-            t.steps(1).unwrap();
-            let got = t.read_table().unwrap();
-            assert!(got.iter().all(|v| v.is_finite()), "{endpoints:?} {backend:?} seed {seed}: non-finite");
-            let (err, at) = max_rel_err(&got, &want);
-            assert!(err <= TOL, "{endpoints:?} {backend:?} seed {seed}: error {err:e} at {at}");
+            one_finite_step_matches(backend, shape, cfg, &table, &want, &format!("{endpoints:?} seed {seed}"));
         }
     }
 }
