@@ -2331,6 +2331,24 @@ fn a_resume_under_another_tensor_name_is_told_the_checkpoints() {
     assert!(read("out.safetensors") == read("whole.safetensors"), "seed {seed}: not the unbroken run's table");
 }
 
+/// `--naive`'s note says which rows will turn NaN, as they do: under
+/// `frozen` not the anchors (never written), so nothing here; under
+/// `detached` the anchors themselves.
+#[test]
+fn the_naive_note_says_which_rows_turn_nan() {
+    let base = ["--backend", "cpu", "--rows", "6", "--dim", "4", "--naive", "--steps", "1", "--on-nonfinite", "ignore"];
+    let o = run(&base);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{text}{}", stderr(&o));
+    assert!(text.contains("rows other than the anchors at distance 0 from one turn NaN; frozen anchors"), "{text}");
+    assert!(text.contains("every value of the table is finite"), "{text}");
+    let o = run(&[&base[..], &["--endpoints", "detached"]].concat());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{text}{}", stderr(&o));
+    assert!(text.contains("turn NaN, the anchors themselves when their rows are in the step"), "{text}");
+    assert!(text.contains("8 non-finite (8 NaN, 0 +Inf, 0 -Inf) in 2 rows"), "{text}");
+}
+
 /// Files are checked for what they are, not how they are named: a hard
 /// link to the input is the input (an aborted run saves beside it, as
 /// beside the input: identity, not path text, which also makes a folder

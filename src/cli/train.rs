@@ -40,7 +40,8 @@ pub(crate) struct TrainArgs {
     /// ε added inside each square root [default: 1e-8; 0 with --naive].
     #[arg(long, allow_hyphen_values = true)]
     eps: Option<f64>,
-    /// Reproduce the original bug: autograd's formula, ε = 0 (SPEC §6).
+    /// Reproduce the original bug: autograd's formula, ε = 0 (SPEC §6); the
+    /// anchors turn NaN with --endpoints detached (frozen ones are never written).
     #[arg(long)]
     naive: bool,
     /// sum: w = 1; mean: w = 1/B.
@@ -380,10 +381,21 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
         out!("         {n}{}", if args.save.is_some() { " (--save writes f32)" } else { "" });
     }
     if cfg.naive {
-        out!(
-            "         naive: autograd's formula with ε = 0; rows at distance 0 from an anchor turn NaN{}",
-            if cfg.guard.policy == Policy::Ignore { "" } else { " (the guard refuses to write them)" }
-        );
+        // Which rows: under `frozen` the anchors (each at distance 0 from
+        // itself) are never written, so only other rows equal to an anchor
+        // blow up; the original bug needs the anchors' own row terms.
+        let guard = if cfg.guard.policy == Policy::Ignore { "" } else { " (the guard refuses to write them)" };
+        if cfg.endpoints == Endpoints::Frozen {
+            out!(
+                "         naive: autograd's formula with ε = 0; rows other than the anchors at distance 0 from one \
+                 turn NaN{guard}; frozen anchors are never written (--endpoints detached reproduces the original bug)"
+            );
+        } else {
+            out!(
+                "         naive: autograd's formula with ε = 0; rows at distance 0 from an anchor turn NaN, the \
+                 anchors themselves when their rows are in the step{guard}"
+            );
+        }
     }
     out!(
         "table    {} × {} f32 ({:.1} MB) · anchors {},{} · endpoints {} · reduction {} · ε {} · lr {}{}",
