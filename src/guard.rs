@@ -19,6 +19,16 @@ pub enum Policy {
 }
 
 impl Policy {
+    /// Its name as `--on-nonfinite` spells it (`skip-step`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Ignore => "ignore",
+            Policy::SkipStep => "skip-step",
+            Policy::SkipRow => "skip-row",
+            Policy::Rollback => "rollback",
+            Policy::Abort => "abort",
+        }
+    }
     /// The shaders' `GUARD` override constant.
     pub fn shader_value(self) -> u32 {
         match self {
@@ -200,6 +210,15 @@ impl GuardState {
 
 #[cfg(test)]
 mod tests {
+    /// `Policy::name` is the command line's spelling of each policy.
+    #[test]
+    fn policy_names_are_the_options() {
+        use clap::ValueEnum as _;
+        for p in Policy::value_variants() {
+            assert_eq!(Some(p.name()), p.to_possible_value().as_ref().map(|v| v.get_name()), "{p:?}");
+        }
+    }
+
     use super::*;
 
     /// `Action::name` is the report's spelling (serde's kebab-case) of

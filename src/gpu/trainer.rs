@@ -849,8 +849,8 @@ impl GpuTrainer {
         let out_of_memory = pollster::block_on(oom.pop());
         if let Some(e) = out_of_memory {
             return Err(shape.too_large(format!(
-                "the GPU could not allocate it ({e}); the `{:?}` guard keeps {} cop{} of the table",
-                cfg.guard.policy,
+                "the GPU could not allocate it ({e}); the `{}` guard keeps {} cop{} of the table",
+                cfg.guard.policy.name(),
                 copies(cfg.guard.policy),
                 if copies(cfg.guard.policy) == 1 { "y" } else { "ies" }
             )));
