@@ -2349,6 +2349,19 @@ fn the_naive_note_says_which_rows_turn_nan() {
     assert!(text.contains("8 non-finite (8 NaN, 0 +Inf, 0 -Inf) in 2 rows"), "{text}");
 }
 
+/// Options under which step 1 overflows its rows (weight decay of 1e30
+/// at lr 1), so that the guard acts there.
+const BLOW_UP: [&str; 7] = ["--backend", "cpu", "--weight-decay", "1e30", "--lr", "1", "--quiet"];
+
+/// `t.npy` in `dir`, a 40 × 3 table of fresh random values (seeded by
+/// `name`): the seed, for failures to print, and the file's bytes.
+fn random_input(dir: &Dir, name: &str) -> (u64, Vec<u8>) {
+    let seed = common::seed(name);
+    let shape = latent_line::Shape::new(40, 3).unwrap();
+    latent_line::npy::save(&dir.p("t.npy"), shape, &common::random_table(&mut common::rng(seed), 40, 3)).unwrap();
+    (seed, std::fs::read(dir.p("t.npy")).unwrap())
+}
+
 /// Files are checked for what they are, not how they are named: a hard
 /// link to the input is the input (an aborted run saves beside it, as
 /// beside the input: identity, not path text, which also makes a folder
@@ -2360,13 +2373,10 @@ fn the_naive_note_says_which_rows_turn_nan() {
 #[test]
 fn files_are_checked_for_what_they_are() {
     let dir = Dir::new();
-    let seed = common::seed("files_what_they_are");
-    let shape = latent_line::Shape::new(40, 3).unwrap();
-    latent_line::npy::save(&dir.p("t.npy"), shape, &common::random_table(&mut common::rng(seed), 40, 3)).unwrap();
+    let (seed, input) = random_input(&dir, "files_what_they_are");
     std::fs::hard_link(dir.p("t.npy"), dir.p("h.npy")).unwrap();
-    let input = std::fs::read(dir.p("t.npy")).unwrap();
-    let blow = ["--backend", "cpu", "--weight-decay", "1e30", "--lr", "1", "--quiet", "--on-nonfinite", "abort"];
-    let o = run(&[&blow[..], &["--steps", "5", "--load", &dir.s("t.npy"), "--save", &dir.s("h.npy")]].concat());
+    let abort = ["--on-nonfinite", "abort", "--steps", "5"];
+    let o = run(&[&BLOW_UP[..], &abort, &["--load", &dir.s("t.npy"), "--save", &dir.s("h.npy")]].concat());
     assert_eq!(o.status.code(), Some(3), "seed {seed}: {}", stderr(&o));
     assert!(std::fs::read(dir.p("t.npy")).unwrap() == input, "seed {seed}: the input was overwritten");
     assert!(std::fs::read(dir.p("h.npy")).unwrap() == input, "seed {seed}: its hard link was replaced");
@@ -2389,13 +2399,9 @@ fn files_are_checked_for_what_they_are() {
 #[test]
 fn an_aborted_run_saves_beside_its_input() {
     let dir = Dir::new();
-    let seed = common::seed("aborted_beside");
-    let shape = latent_line::Shape::new(40, 3).unwrap();
-    latent_line::npy::save(&dir.p("t.npy"), shape, &common::random_table(&mut common::rng(seed), 40, 3)).unwrap();
+    let (seed, input) = random_input(&dir, "aborted_beside");
     std::fs::copy(dir.p("t.npy"), dir.p("c.npy")).unwrap();
-    let input = std::fs::read(dir.p("t.npy")).unwrap();
-    let blow = ["--backend", "cpu", "--weight-decay", "1e30", "--lr", "1", "--quiet"];
-    let go = |extra: &[&str]| run(&[&blow[..], extra].concat());
+    let go = |extra: &[&str]| run(&[&BLOW_UP[..], extra].concat());
     let (t, c) = (dir.s("t.npy"), dir.s("c.npy"));
     let one = dir.s("one.npy");
     let o = go(&["--steps", "1", "--load", &c, "--save", &one]);

@@ -122,29 +122,18 @@ pub(crate) fn check_output(opt: &str, given: &Path) -> anyhow::Result<()> {
         bail!("invalid {opt}: {} is a folder", path.display());
     }
     // A save goes through a temporary file in the same folder: try one
-    // now, so a folder that cannot take it fails before the training.
-    if let Err(e) = tempfile::Builder::new().prefix(".latent-line-").suffix(".tmp").tempfile_in(dir) {
-        bail!("invalid {opt}: cannot write in {}: {e}", dir.display());
-    }
-    Ok(())
-}
-
-/// A file named as `given` can be made in its folder: a temporary file of
-/// a name as long is tried there now, so that a name past the file
-/// system's limit (255 bytes on Linux) is refused before the run, not at
-/// its save. (Other failures are `check_output`'s to report.)
-pub(crate) fn check_name_fits(opt: &str, given: &Path) -> anyhow::Result<()> {
-    const PREFIX: &str = ".latent-line-";
-    let Ok(path) = npy::destination(given) else { return Ok(()) };
-    let Some(len) = path.file_name().map(|n| n.as_encoded_bytes().len()).filter(|&n| n > PREFIX.len() + 6) else {
-        return Ok(());
-    };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    match tempfile::Builder::new().prefix(PREFIX).rand_bytes(len - PREFIX.len()).tempfile_in(dir) {
+    // now, so a folder that cannot take it fails before the training; its
+    // name as long as the file's, so that a name past the file system's
+    // limit (255 bytes on Linux) fails now too, not at the save.
+    let (prefix, suffix) = (".latent-line-", ".tmp");
+    let len = path.file_name().map_or(0, |n| n.as_encoded_bytes().len());
+    let random = len.saturating_sub(prefix.len() + suffix.len()).max(6);
+    match tempfile::Builder::new().prefix(prefix).suffix(suffix).rand_bytes(random).tempfile_in(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::InvalidFilename => {
             bail!("invalid {opt}: {}: a name of {len} bytes is too long for its folder's file system", path.display())
         }
-        _ => Ok(()),
+        Err(e) => bail!("invalid {opt}: cannot write in {}: {e}", dir.display()),
+        Ok(_) => Ok(()),
     }
 }
 

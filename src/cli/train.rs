@@ -13,9 +13,7 @@ use latent_line::report::{action_words, collapse_step, Event, Report, Summary};
 use latent_line::tables::{self, Sidecar};
 use latent_line::{npy, Batches, Endpoints, IndexBatches, Reduction, Shape, StepConfig, TableSource, Trainer};
 
-use super::checks::{
-    adapter_arg, anchors_arg, check_adapter, check_name_fits, check_output, parse_anchors, same_file, tensor_arg,
-};
+use super::checks::{adapter_arg, anchors_arg, check_adapter, check_output, parse_anchors, same_file, tensor_arg};
 use super::runlog::RunLog;
 use crate::{interrupted, name, print_json, BackendChoice, Outcome, INTERRUPTED, QUIET};
 
@@ -385,17 +383,15 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
         // itself) are never written, so only other rows equal to an anchor
         // blow up; the original bug needs the anchors' own row terms.
         let guard = if cfg.guard.policy == Policy::Ignore { "" } else { " (the guard refuses to write them)" };
-        if cfg.endpoints == Endpoints::Frozen {
-            out!(
-                "         naive: autograd's formula with ε = 0; rows other than the anchors at distance 0 from one \
-                 turn NaN{guard}; frozen anchors are never written (--endpoints detached reproduces the original bug)"
-            );
+        let which = if cfg.endpoints == Endpoints::Frozen {
+            format!(
+                "rows other than the anchors at distance 0 from one turn NaN{guard}; frozen anchors are never \
+                 written (--endpoints detached reproduces the original bug)"
+            )
         } else {
-            out!(
-                "         naive: autograd's formula with ε = 0; rows at distance 0 from an anchor turn NaN, the \
-                 anchors themselves when their rows are in the step{guard}"
-            );
-        }
+            format!("rows at distance 0 from an anchor turn NaN, the anchors themselves when their rows are in the step{guard}")
+        };
+        out!("         naive: autograd's formula with ε = 0; {which}");
     }
     out!(
         "table    {} × {} f32 ({:.1} MB) · anchors {},{} · endpoints {} · reduction {} · ε {} · lr {}{}",
@@ -1172,18 +1168,12 @@ fn check_files(args: &TrainArgs) -> anyhow::Result<()> {
             }
         }
     }
-    // Every name the run may write fits its folder's file system (a name
-    // past its limit, 255 bytes on Linux, failed only at the save, after
-    // the training): the outputs, --save's sidecars, and below the beside
-    // saves with theirs.
-    for (opt, out) in outputs {
-        if let Some(out) = out {
-            check_name_fits(opt, out)?;
-        }
-    }
+    // --save's sidecars are written where the table is, under longer
+    // names: checked as outputs too (a name past the file system's limit
+    // failed only at the save, after the training).
     for ((_, side), written) in inputs[6..].iter().zip(writes) {
         if let Some(side) = side.as_ref().filter(|_| written) {
-            check_name_fits("--save", side)?;
+            check_output("--save", side)?;
         }
     }
     // Where --save is the --load table, an aborted or interrupted run saves
@@ -1194,17 +1184,17 @@ fn check_files(args: &TrainArgs) -> anyhow::Result<()> {
         for why in ["aborted", "interrupted"] {
             let beside = unfinished_save(save, why);
             let [b_state, b_velocity, b_snapshot] = sides(Some(&beside));
-            for (side, written) in [&b_state, &b_velocity, &b_snapshot].into_iter().zip(writes) {
-                if let Some(side) = side.as_ref().filter(|_| written) {
-                    check_name_fits("--save", side)
-                        .map_err(|e| anyhow::anyhow!("{e:#} (a run that is {why} saves it beside its input)"))?;
-                }
-            }
             let here = |what: &Path| {
                 format!("a run that is {why} saves beside its input {} (at {})", save.display(), what.display())
             };
-            if let Err(e) = check_output("--save", &beside).and_then(|_| check_name_fits("--save", &beside)) {
-                bail!("{e:#}: {}", here(&beside));
+            let b_sides = [&b_state, &b_velocity, &b_snapshot]
+                .into_iter()
+                .zip(writes)
+                .filter_map(|(s, w)| s.as_ref().filter(|_| w));
+            for written in std::iter::once(&beside).chain(b_sides) {
+                if let Err(e) = check_output("--save", written) {
+                    bail!("{e:#}: {}", here(written));
+                }
             }
             let others = inputs[..6].iter().chain(&outputs[1..]);
             for written in [Some(beside.clone()), b_state, b_velocity, b_snapshot].iter().flatten() {
