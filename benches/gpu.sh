@@ -81,6 +81,15 @@ fi
 # Sizes and the driver can be overridden for a dry run elsewhere (e.g. on
 # lavapipe: ICD=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json R=20000
 # SCAN_ROWS=65536 HUGE_ROWS=40000 BATCH=4096 bash benches/gpu.sh quick).
+# The call's clock: every part's time limit is cut to what is left of
+# DEADLINE seconds (the device tool's limit is 600 s a command, less once
+# the machine's start has used device time: DEADLINE=… then), and a part
+# with under 20 s left is skipped, so the call ends with its figures
+# judged and written rather than killed mid-part.
+T0=$(date +%s)
+DEADLINE=${DEADLINE:-570}
+left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
+cap() { local l; l=$(left); [ "$l" -lt 1 ] && l=1; [ "$1" -lt "$l" ] && echo "$1" || echo "$l"; }
 R=${R:-1000000}
 SCAN_ROWS=${SCAN_ROWS:-4194304}
 HUGE_ROWS=${HUGE_ROWS:-100000000}
@@ -102,8 +111,30 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 date -u
 echo "binaries built from $(cat .gl/COMMIT 2>/dev/null || echo 'an unknown commit (no .gl/COMMIT)')"
 # Seconds since the start, before each part: what each costs of a call.
-T0=$(date +%s)
-at() { echo "-- at $(( $(date +%s) - T0 )) s"; }
+at() { echo "-- at $(( $(date +%s) - T0 )) s ($(left) s left)"; }
+# Criterion's results of an earlier call on a warm machine must not be
+# judged as this call's: its folder starts empty, and comes back in $OUT.
+rm -rf /tmp/ct/criterion
+# The bars, the summary and criterion's raw results, written to $OUT: after
+# each part that adds figures, and at the end, early or not.
+judge() {
+    python3 benches/summary.py /tmp/ct/criterion > "$OUT/bench-summary.txt"
+    HUGE_ROWS=$HUGE_ROWS python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" > "$OUT/bars.txt"
+    [ -d /tmp/ct/criterion ] && tar czf "$OUT/criterion.tgz" -C /tmp/ct criterion
+    [ "${1:-}" = show ] && cat "$OUT/bench-summary.txt" "$OUT/bars.txt"
+    return 0
+}
+# Before a part that needs about $1 s: go on, or judge what was measured
+# and end the call.
+need() {
+    [ "$(left)" -ge "$1" ] && return 0
+    echo "!! $(left) s left of DEADLINE=$DEADLINE: the rest of the call skipped"
+    judge show
+    exit 0
+}
+# criterion's groups to build (benches/step.rs): the others' tables are
+# not made, their time not spent.
+export LATENT_LINE_BENCH_GROUPS=gpu-time
 echo "== latent-line devices (for the README)"
 "$B/latent-line" devices
 
@@ -119,12 +150,12 @@ echo "== latent-line devices (for the README)"
 # The reference tests of the fused step's switches (the shapes tuned
 # below), run on the card before any tuning.
 SWITCH_TESTS="row_blocks vec4 read_ahead poison_branch"
-prof() { echo "-- lanes ${1:-auto} blocks ${2:-auto} ${3:-} ${WG:+workgroup $WG} ${LB:+loop bounding $LB} ${V4:+vec4 $V4} ${PF:+prefetch $PF} ${KP:+keep $KP} ${KV:+kept-vectors $KV}"; env ${1:+LATENT_LINE_LANES=$1} ${2:+LATENT_LINE_ROW_BLOCKS=$2} ${WG:+LATENT_LINE_WORKGROUP=$WG} ${LB:+LATENT_LINE_LOOP_BOUNDING=$LB} ${V4:+LATENT_LINE_VEC4=$V4} ${PF:+LATENT_LINE_PREFETCH=$PF} ${KP:+LATENT_LINE_KEEP=$KP} ${KV:+LATENT_LINE_KEPT_VECTORS=$KV} "$B/latent-line" --backend gpu --rows "$R" --steps 40 ${3:-} --profile | grep -E "^kernel|^speed|^driver|wgsl" | grep -v -E "^ +(anchors|reduce|init|scan_table|scan_finish|sample|batch_io|copy_table|anchor_sum|prepare)\.wgsl [a-z_0-9]+ (\[|·)"; }
+prof() { echo "-- lanes ${1:-auto} blocks ${2:-auto} ${3:-} ${WG:+workgroup $WG} ${LB:+loop bounding $LB} ${V4:+vec4 $V4} ${PF:+prefetch $PF} ${KP:+keep $KP} ${KV:+kept-vectors $KV}"; env ${1:+LATENT_LINE_LANES=$1} ${2:+LATENT_LINE_ROW_BLOCKS=$2} ${WG:+LATENT_LINE_WORKGROUP=$WG} ${LB:+LATENT_LINE_LOOP_BOUNDING=$LB} ${V4:+LATENT_LINE_VEC4=$V4} ${PF:+LATENT_LINE_PREFETCH=$PF} ${KP:+LATENT_LINE_KEEP=$KP} ${KV:+LATENT_LINE_KEPT_VECTORS=$KV} timeout "$(cap 30)" "$B/latent-line" --backend gpu --rows "$R" --steps 40 ${3:-} --profile | grep -E "^kernel|^speed|^driver|wgsl" | grep -v -E "^ +(anchors|reduce|init|scan_table|scan_finish|sample|batch_io|copy_table|anchor_sum|prepare)\.wgsl [a-z_0-9]+ (\[|·)"; }
 # A test binary under a time limit: its summary lines, and its exit status
 # when not 0 (124: the limit; a killed binary prints no "test result").
 tst() {
     local lim=$1; shift
-    timeout "$lim" "$@" 2>&1 | grep -E "^test .*FAILED|test result|panicked|seed" | tail -8
+    timeout "$(cap "$lim")" "$@" 2>&1 | grep -E "^test .*FAILED|test result|panicked|seed" | tail -8
     local rc=${PIPESTATUS[0]}
     [ "$rc" = 0 ] || echo "!! $* exited $rc$([ "$rc" = 124 ] && echo ' (the time limit)')"
 }
@@ -152,7 +183,7 @@ if [ "$MODE" = sweep ]; then
     # D = 128, and the workgroup size.
     prof "" "" "--dim 128"; V4=1 prof 8 "" "--dim 128"; V4=1 prof "" "" "--dim 128"
     for w in 64 128; do WG=$w prof "" ""; WG=$w prof 4 ""; WG=$w V4=1 prof "" ""; WG=$w prof "" "" "--batch $BATCH"; done
-    timeout 180 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|step-skip-step-[0-9]+lanes|step-skip-step-noprefetch|step-skip-step-4byte|step-skip-step-4byte-nokeep|step-skip-step-4byte-keptarray|eval|eval-4byte)/1000000x64|batch-random(-ignore|-4byte)?-65536/1000000x64|\]/scan' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
+    timeout "$(cap 180)" "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|step-skip-step-[0-9]+lanes|step-skip-step-noprefetch|step-skip-step-4byte|step-skip-step-4byte-nokeep|step-skip-step-4byte-keptarray|eval|eval-4byte)/1000000x64|batch-random(-ignore|-4byte)?-65536/1000000x64|\]/scan' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
     # Older questions, last: wgpu's loop counters (off since measured),
     # lanes against row blocks.
     LB=1 prof "" ""; LB=1 V4=1 prof "" ""; LB=1 prof "" "" "--batch $BATCH"
@@ -217,12 +248,12 @@ tune() {
     echo "== the fused step's shape for this card: $label (--profile, GPU time a step)"
     # A run first, untimed: the first candidate should not pay for the
     # card's clocks coming up.
-    timeout 60 "$B/latent-line" --backend gpu --rows "$R" --steps 40 $TUNE_ARGS >/dev/null 2>&1
+    timeout "$(cap 60)" "$B/latent-line" --backend gpu --rows "$R" --steps 40 $TUNE_ARGS >/dev/null 2>&1
     for cand in "" "LATENT_LINE_PREFETCH=1" "LATENT_LINE_ROW_BLOCKS=2" "LATENT_LINE_LANES=8" "LATENT_LINE_VEC4=0" \
         "LATENT_LINE_LANES=2 LATENT_LINE_VEC4=1 LATENT_LINE_PQ_SHARED=1" "LATENT_LINE_POISON_BRANCH=0" \
         "LATENT_LINE_WORKGROUP=128" "LATENT_LINE_WORKGROUP=64" \
         "LATENT_LINE_WORKGROUP=128 LATENT_LINE_PQ_SHARED=1" "LATENT_LINE_WORKGROUP=64 LATENT_LINE_PQ_SHARED=1" "$@"; do
-        out=$(env $cand timeout 60 "$B/latent-line" --backend gpu --rows "$R" --steps 40 --profile $TUNE_ARGS 2>&1)
+        out=$(env $cand timeout "$(cap 60)" "$B/latent-line" --backend gpu --rows "$R" --steps 40 --profile $TUNE_ARGS 2>&1)
         ms=$(echo "$out" | step_ms)
         echo "$out" | grep -E "^kernel|^driver|fused_step\.wgsl main \[[A-Z=0-9 ]*UPDATE=1" | sed "s/^/   /"
         echo "-- ${cand:-default}: ${ms:-no figure} ms a step"
@@ -267,7 +298,7 @@ if [ -x "$B/latent-line-base" ] && [ "$MODE" != quick ] && [ "$MODE" != bars ]; 
         for i in 1 2 3; do
             for bin in latent-line-base latent-line; do
                 # (`env`: the full table's shape, as exported; the batch's.)
-                ms=$(${args:+with_batch_shape} env timeout 60 "$B/$bin" --backend gpu --rows "$R" --steps 40 --profile $args 2>&1 | step_ms)
+                ms=$(${args:+with_batch_shape} env timeout "$(cap 60)" "$B/$bin" --backend gpu --rows "$R" --steps 40 --profile $args 2>&1 | step_ms)
                 echo "-- ${args:-full table}, $bin: ${ms:-no figure} ms a step"
             done
         done
@@ -282,63 +313,76 @@ if [ "$MODE" = look ]; then
     for b in 1 2; do prof "" $b; LATENT_LINE_PQ_SHARED=1 prof "" $b; done
     prof "" "" "--dim 128"; LATENT_LINE_PQ_SHARED=1 prof "" "" "--dim 128"; prof 16 "" "--dim 128"
     echo "== the floors and the default step (criterion, GPU time)"
-    timeout 90 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|eval|batch-random-65536|batch-random-sampled-65536)/1000000x64' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
+    timeout "$(cap 90)" "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|eval|batch-random-65536|batch-random-sampled-65536)/1000000x64' 2>&1 | grep -E "^gpu|time:" | grep -v "%"
     exit 0
 fi
+need 30
 at
 echo "== main job: latent-line --rows $R (wall time, start-up included)"
+# As README runs it (`auto`): compare.py takes the bar only from a run that
+# exited 0 on the GPU (`device   gpu`), not from a CPU fallback.
 s=$(date +%s.%N)
-"$B/latent-line" --rows "$R" --report "$OUT/main-job.json"
+timeout "$(cap 30)" "$B/latent-line" --rows "$R" --report "$OUT/main-job.json"
+rc=$?
 e=$(date +%s.%N)
-echo "wall $(python3 -c "print(f'{$e - $s:.3f}')") s"
+echo "wall $(python3 -c "print(f'{$e - $s:.3f}')") s, exit $rc"
 
+need 40
 echo "== the steps' own timestamps (LATENT_LINE_STEP_TIMESTAMPS): 200 steps with and without, alternated (wall ms/step)"
 for i in 1 2; do
     for ts in 1 0; do
         echo "-- timestamps $ts"
-        LATENT_LINE_STEP_TIMESTAMPS=$ts "$B/latent-line" --rows "$R" --steps 200 | grep -E "^speed|ms/step, the median"
+        LATENT_LINE_STEP_TIMESTAMPS=$ts timeout "$(cap 20)" "$B/latent-line" --backend gpu --rows "$R" --steps 200 | grep -E "^speed|ms/step, the median"
     done
 done
 echo "== --profile: the kernels of the main job, and of a random batch step"
-"$B/latent-line" --rows "$R" --steps 50 --profile | sed -n '/^kernel/,$p'
-with_batch_shape "$B/latent-line" --rows "$R" --steps 50 --batch "$BATCH" --profile | sed -n '/^kernel/,$p'
+timeout "$(cap 20)" "$B/latent-line" --backend gpu --rows "$R" --steps 50 --profile | sed -n '/^kernel/,$p'
+with_batch_shape timeout "$(cap 20)" "$B/latent-line" --backend gpu --rows "$R" --steps 50 --batch "$BATCH" --profile | sed -n '/^kernel/,$p'
 
 # criterion's filter: the GPU-time group and the 1 GiB scan (full, diag),
 # or both GPU groups (quick). (Not `GROUPS`: bash owns that name.)
 # (Full: the benches the bars and the account need, at 1M × 64 and 128.)
 BENCH_FILTER='gpu-time.*/(copy-shader|copy-shader-vec4|step-noscan|step-ignore|step-skip-step|step-skip-step-noreduce|step-skip-step-detached|step-skip-step-4byte|eval|batch-random-65536|batch-random-sampled-65536|batch-random-scatter-65536|batch-indices-65536|batch-random-ignore-65536|scan|scan-copy)/'
-[ "$MODE" = quick ] && BENCH_FILTER=gpu
+[ "$MODE" = quick ] && BENCH_FILTER=gpu && export LATENT_LINE_BENCH_GROUPS=gpu,gpu-time
 # (bars: sizes by pattern, so that a dry run on a software adapter, whose
 # benches shrink, runs them too; D = 64 only, no 100M rows here.)
 [ "$MODE" = bars ] && BENCH_FILTER='gpu-time.*/(copy-shader|copy-shader-vec4|step-skip-step|step-skip-step-noreduce|step-skip-step-detached|batch-random-[0-9]+|batch-random-scatter-[0-9]+|scan|scan-copy)/[0-9]+x64$'
+need 60
 at
 echo "== cargo bench (criterion): $BENCH_FILTER"
 # (bars: each part capped so that the call's parts sum to under 600 s.)
-timeout "$([ "$MODE" = bars ] && echo 180 || echo 300)" "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 "$BENCH_FILTER" 2>&1 | grep -E "^gpu|time:" | grep -v "%"
+timeout "$(cap "$([ "$MODE" = bars ] && echo 180 || echo 300)")" "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 "$BENCH_FILTER" 2>&1 | grep -E "^gpu|time:" | grep -v "%"
 if [ "$TUNED_BATCH" != "$TUNED" ]; then
     echo "-- the batch benches again with the batch's shape (${TUNED_BATCH:-the built-in one}; these figures replace the ones above)"
-    with_batch_shape timeout 120 "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/batch-' 2>&1 |
+    with_batch_shape timeout "$(cap 120)" "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 'gpu-time.*/batch-' 2>&1 |
         grep -E "^gpu|time:" | grep -v "%"
 fi
-python3 benches/summary.py /tmp/ct/criterion | tee "$OUT/bench-summary.txt"
-python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars.txt"
+judge show
 [ "$MODE" = quick ] && exit 0
 
+need 40
 at
 echo "== peers: JAX (jit; host timer: a call and its wait, calls queued, steps in one jit)"
-PYTHONUNBUFFERED=1 timeout 120 python3 benches/peers/jax_step.py "$R" 64 "$BATCH" 2>&1 | grep -v -i warning
-[ "$MODE" = diag ] && exit 0
+# (The script refuses a JAX without its GPU backend: a peer on the host's
+# CPU is no peer. Its own lines are kept, warnings of jax's too.)
+PYTHONUNBUFFERED=1 timeout "$(cap 120)" python3 benches/peers/jax_step.py "$R" 64 "$BATCH" 2>&1 | grep -v -E "^ *warnings\.warn|^ *$"
+echo "exit ${PIPESTATUS[0]}"
+[ "$MODE" = diag ] && { judge; exit 0; }
+need 40
 at
 echo "== peers: PyTorch (CUDA events: around each step, and around steps queued)"
-PYTHONUNBUFFERED=1 timeout 120 python3 benches/peers/torch_step.py "$R" 64 "$BATCH" 2>&1 | grep -v Warning
-python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars.txt"
+PYTHONUNBUFFERED=1 timeout "$(cap 120)" python3 benches/peers/torch_step.py "$R" 64 "$BATCH" 2>&1 | grep -v Warning
+echo "exit ${PIPESTATUS[0]}"
+judge
 
+need 40
 at
 echo "== $HUGE_ROWS × 64: the step and its copy in the bench (GPU time); LONG=1: the main job's step too (wall)"
-LATENT_LINE_BENCH_HUGE=1 timeout "$([ "$MODE" = bars ] && echo 110 || echo 150)" "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 "${HUGE_ROWS}x" 2>&1 | grep -E "^gpu|time:" | grep -v "%"
-python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars.txt"
-[ "${LONG:-0}" = 1 ] && timeout 120 "$B/latent-line" --rows "$HUGE_ROWS" --dim 64 --steps 10 | grep -E "kernel|table|speed|finite"
+LATENT_LINE_BENCH_HUGE=1 timeout "$(cap "$([ "$MODE" = bars ] && echo 110 || echo 150)")" "$B/step" --bench --warm-up-time 1 --measurement-time 2 --sample-size 10 "${HUGE_ROWS}x" 2>&1 | grep -E "^gpu|time:" | grep -v "%"
+judge
+[ "${LONG:-0}" = 1 ] && timeout "$(cap 120)" "$B/latent-line" --rows "$HUGE_ROWS" --dim 64 --steps 10 | grep -E "kernel|table|speed|finite"
 
+need 60
 at
 echo "== saves and a load of the 1 GiB table: wall time and the process's peak host memory"
 # (Saves stream the table from the device through two 64 MiB blocks, loads
@@ -348,38 +392,39 @@ peak() {
     python3 - "$@" <<'PY'
 import resource, subprocess, sys, time
 t = time.time()
-r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)
+r = subprocess.run(["timeout", sys.argv[1]] + sys.argv[2:], stdout=subprocess.DEVNULL)
 peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-print(f"   {time.time() - t:.2f} s wall, peak {peak:.0f} MB, exit {r.returncode}: {' '.join(sys.argv[2:])}")
+print(f"   {time.time() - t:.2f} s wall, peak {peak:.0f} MB, exit {r.returncode}: {' '.join(sys.argv[3:])}")
 PY
 }
-peak "$B/latent-line" --rows "$SCAN_ROWS" --dim 64 --steps 0 --save /tmp/big.npy
-peak "$B/latent-line" --rows "$SCAN_ROWS" --dim 64 --steps 0 --save /tmp/big.safetensors
-peak "$B/latent-line" --load /tmp/big.safetensors --steps 1 --save /tmp/big2.safetensors
+peak "$(cap 40)" "$B/latent-line" --rows "$SCAN_ROWS" --dim 64 --steps 0 --save /tmp/big.npy
+peak "$(cap 40)" "$B/latent-line" --rows "$SCAN_ROWS" --dim 64 --steps 0 --save /tmp/big.safetensors
+peak "$(cap 40)" "$B/latent-line" --load /tmp/big.safetensors --steps 1 --save /tmp/big2.safetensors
 rm -f /tmp/big.safetensors* /tmp/big2.safetensors*
 ROLL="--momentum 0.9 --on-nonfinite rollback"
-peak "$B/latent-line" --load /tmp/big.npy --steps 2 $ROLL --save /tmp/ck.npy
-peak "$B/latent-line" --resume /tmp/ck.npy --steps 4 $ROLL --save /tmp/ck.npy
-peak "$B/latent-line" scan /tmp/big.npy
-peak "$B/latent-line" scan --backend gpu /tmp/big.npy
+peak "$(cap 40)" "$B/latent-line" --load /tmp/big.npy --steps 2 $ROLL --save /tmp/ck.npy
+peak "$(cap 40)" "$B/latent-line" --resume /tmp/ck.npy --steps 4 $ROLL --save /tmp/ck.npy
+peak "$(cap 40)" "$B/latent-line" scan /tmp/big.npy
+peak "$(cap 40)" "$B/latent-line" scan --backend gpu /tmp/big.npy
 rm -f /tmp/ck.npy*
 echo "== latent-line scan on a 1 GiB table"
-"$B/latent-line" scan /tmp/big.npy; echo "exit $?"
+timeout "$(cap 30)" "$B/latent-line" scan /tmp/big.npy; echo "exit $?"
 rm -f /tmp/big.npy*
 
+need 20
 echo "== naive on this GPU: default guard, then ignore"
-"$B/latent-line" --rows "$R" --naive --endpoints detached --steps 3 | grep -E "event|ABORT|guard|finite"
-"$B/latent-line" --rows "$R" --naive --endpoints detached --steps 1 --on-nonfinite ignore | grep -E "event|finite"
+timeout "$(cap 20)" "$B/latent-line" --backend gpu --rows "$R" --naive --endpoints detached --steps 3 | grep -E "event|ABORT|guard|finite"
+timeout "$(cap 20)" "$B/latent-line" --backend gpu --rows "$R" --naive --endpoints detached --steps 1 --on-nonfinite ignore | grep -E "event|finite"
 
 at
-python3 benches/summary.py /tmp/ct/criterion | tee "$OUT/bench-summary.txt"
 echo "== issue 5's bars, from this call's figures"
-python3 benches/compare.py /tmp/ct/criterion "$OUT/gpu-log.txt" | tee "$OUT/bars.txt"
+judge show
 
 # LONG=1: more shapes and the long tests (they run on lavapipe in CI; a
 # device call is short), back on the built-in shape: the sweep below names
 # its switches, and the long tests run as the quick ones did.
 [ "${LONG:-0}" = 1 ] || exit 0
+need 60
 for v in $TUNED; do unset "${v%%=*}"; done
 echo "== the fused step's other shapes by --profile (lanes the tuning above did not try)"
 for l in 2 16; do prof $l ""; done

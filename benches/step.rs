@@ -55,6 +55,9 @@
 //! queries: the GPU's own time of each pass, beside `copy-shader`, a copy
 //! of the table by a compute shader. Throughput is in bytes read + written (the scan: read), so
 //! criterion's GB/s compares directly with the copy's.
+//! `LATENT_LINE_BENCH_GROUPS=gpu-time` (a comma list of `gpu`, `gpu-time`,
+//! `cpu`): only those groups make their tables, where a filter alone still
+//! builds every group's (benches/gpu.sh: device time).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -162,7 +165,16 @@ fn bench_copies(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, id
     }
 }
 
+/// Whether group `name` is to run: all unless `LATENT_LINE_BENCH_GROUPS`
+/// lists some.
+fn group_wanted(name: &str) -> bool {
+    std::env::var("LATENT_LINE_BENCH_GROUPS").map_or(true, |v| v.split(',').any(|g| g.trim() == name))
+}
+
 fn gpu(c: &mut Criterion) {
+    if !group_wanted("gpu") && !group_wanted("gpu-time") {
+        return;
+    }
     let ctx = match GpuContext::new(None) {
         Ok(ctx) => Arc::new(ctx),
         Err(e) => {
@@ -171,6 +183,16 @@ fn gpu(c: &mut Criterion) {
         }
     };
     let hardware = !ctx.is_software();
+    if group_wanted("gpu") {
+        gpu_wall(c, &ctx, hardware);
+    }
+    if group_wanted("gpu-time") {
+        gpu_time(c, &ctx, hardware);
+    }
+}
+
+/// Group `gpu[…]`: wall clock around whole submissions.
+fn gpu_wall(c: &mut Criterion, ctx: &Arc<GpuContext>, hardware: bool) {
     let label = format!("gpu[{}]", ctx.info.name);
     let mut g = c.benchmark_group(&label);
     g.sample_size(20).measurement_time(Duration::from_secs(3));
@@ -206,13 +228,13 @@ fn gpu(c: &mut Criterion) {
         drop(t);
         let bsize = batch_size(hardware);
         g.throughput(Throughput::Bytes(2 * bsize as u64 * shape.dim as u64 * 4));
-        for (name, mut t) in batch_trainers(&ctx, shape, bsize, GpuOptions::default(), Policy::SkipStep) {
+        for (name, mut t) in batch_trainers(ctx, shape, bsize, GpuOptions::default(), Policy::SkipStep) {
             bench_steps(&mut g, format!("{name}-{bsize}/{id}"), &mut t);
         }
     }
     // The table scan over 1 GiB (64 MiB on a software adapter), wall clock
     // beside `copy_buffer_to_buffer` per GiB moved.
-    let (id, mut t) = scan_table(&ctx, hardware);
+    let (id, mut t) = scan_table(ctx, hardware);
     g.throughput(Throughput::Bytes(t.shape().bytes()));
     g.bench_function(format!("scan-copy/{id}"), |b| b.iter_custom(|n| t.time_table_copies(n).expect("copy") / 2));
     g.bench_function(format!("scan/{id}"), |b| b.iter_custom(|n| t.time_table_scans(n as u32).expect("scan")));
@@ -220,8 +242,10 @@ fn gpu(c: &mut Criterion) {
         b.iter_custom(|n| t.time_table_scans_4byte(n as u32).expect("scan"))
     });
     g.finish();
-    drop(t); // one table on the device at a time
+}
 
+/// Group `gpu-time[…]`: the GPU's own time of each pass.
+fn gpu_time(c: &mut Criterion, ctx: &Arc<GpuContext>, hardware: bool) {
     // GPU time from timestamp queries, beside a copy by a compute shader
     // (copy.wgsl): the device's own time, no host in it.
     if !ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
@@ -368,7 +392,7 @@ fn gpu(c: &mut Criterion) {
         // batch_io.wgsl's indirect scatter (`scatter`, where the reduce
         // pass's own workgroups are the default: a GPU's) and under `ignore`.
         let variant = |opts: GpuOptions, policy: Policy, name: &'static str| {
-            batch_trainers(&ctx, shape, bsize, opts, policy).take(1).map(move |(_, t)| (name, t))
+            batch_trainers(ctx, shape, bsize, opts, policy).take(1).map(move |(_, t)| (name, t))
         };
         let skip = Policy::SkipStep;
         let one_block =
@@ -379,7 +403,7 @@ fn gpu(c: &mut Criterion) {
         let scatter =
             variant(GpuOptions { undo_in_reduce: Some(false), ..GpuOptions::default() }, skip, "batch-random-scatter");
         let ignore = variant(GpuOptions::default(), Policy::Ignore, "batch-random-ignore");
-        let all = batch_trainers(&ctx, shape, bsize, GpuOptions::default(), skip).chain(one_block).chain(b4);
+        let all = batch_trainers(ctx, shape, bsize, GpuOptions::default(), skip).chain(one_block).chain(b4);
         let (mut default_sampled, mut default_undo) = (false, false);
         for (name, mut t) in all.chain(sampled).chain(scatter).chain(ignore) {
             if name == "batch-random" {
@@ -397,7 +421,7 @@ fn gpu(c: &mut Criterion) {
     }
     // The table scan by its GPU time, beside the 16-byte shader copy of the
     // same table per GiB moved (a copy moves each byte twice, the scan once).
-    let (id, mut t) = scan_table(&ctx, hardware);
+    let (id, mut t) = scan_table(ctx, hardware);
     g.throughput(Throughput::Bytes(t.shape().bytes()));
     g.bench_function(format!("scan-copy/{id}"), |b| {
         b.iter_custom(|n| t.gpu_time_table_copies(n as u32, true).expect("copy").expect("timestamps") / 2)
@@ -420,6 +444,9 @@ fn scan_table(ctx: &Arc<GpuContext>, hardware: bool) -> (String, GpuTrainer) {
 }
 
 fn cpu(c: &mut Criterion) {
+    if !group_wanted("cpu") {
+        return;
+    }
     let mut g = c.benchmark_group("cpu");
     g.sample_size(10).measurement_time(Duration::from_secs(3));
     // The GPU's sizes: 1M rows, out of any cache, so the floor is memory's.

@@ -8,7 +8,11 @@ ways on the host, and the bars take the fastest: one call at a time around
 QUEUED calls in a row with one wait at the end (dispatch overlapping the
 device, as a training loop runs), the total over QUEUED; QUEUED steps in
 one `jit` (`lax.fori_loop`: one dispatch), the total over QUEUED.
+A JAX without its GPU backend (no CUDA plugin: it falls back to the CPU
+with a warning) is refused, exit 2: a peer on the host's CPU is no peer.
+LATENT_LINE_PEER_CPU=1 lets it run there (checking the script).
 Usage: python3 benches/peers/jax_step.py [ROWS] [DIM] [BATCH]"""
+import os
 import sys
 import time
 
@@ -17,8 +21,12 @@ import jax.numpy as jnp
 
 R = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
 D = int(sys.argv[2]) if len(sys.argv) > 2 else 64
-BATCH = int(sys.argv[3]) if len(sys.argv) > 3 else 65_536
+BATCH = min(int(sys.argv[3]) if len(sys.argv) > 3 else 65_536, R)
 LR, EPS, A, B = 0.2, 1e-8, 0, R - 1
+SPAN = max(R - BATCH, 1)   # batch windows start in [0, SPAN)
+if jax.default_backend() != "gpu" and os.environ.get("LATENT_LINE_PEER_CPU") != "1":
+    print(f"jax {jax.__version__}: backend `{jax.default_backend()}`, not a GPU; refusing to time it as a peer")
+    sys.exit(2)
 
 
 def excess_sum(e, p, q):
@@ -56,7 +64,7 @@ def full_steps(w):
 def batch_steps(w, perm, start):
     # Successive windows from `start`, as the calls below take them.
     def body(i, w):
-        return batch_step(w, perm, (start + i * BATCH) % (R - BATCH))
+        return batch_step(w, perm, (start + i * BATCH) % SPAN)
     return jax.lax.fori_loop(0, QUEUED, body, w)
 
 
@@ -111,7 +119,7 @@ def show(name, one, queued, looped):
 
 key = jax.random.PRNGKey(0)
 w = jax.random.normal(key, (R, D), dtype=jnp.float32)
-print(f"jax {jax.__version__} · {jax.devices()[0].device_kind} · {R} × {D} f32")
+print(f"jax {jax.__version__} · {jax.default_backend()} · {jax.devices()[0].device_kind} · {R} × {D} f32")
 t, _, _ = timed(copy, w)
 print(f"{'copy (w + 0, jit)':40} {t:8.4f} ms")
 t, tq, w = timed(full_step, w)
@@ -123,13 +131,13 @@ at = [0]
 
 def next_batch(w):
     s = at[0]
-    at[0] = (s + BATCH) % (R - BATCH)
+    at[0] = (s + BATCH) % SPAN
     return batch_step(w, perm, s)
 
 
 def next_batches(w):
     s = at[0]
-    at[0] = (s + QUEUED * BATCH) % (R - BATCH)
+    at[0] = (s + QUEUED * BATCH) % SPAN
     return batch_steps(w, perm, s)
 
 

@@ -585,6 +585,9 @@ pub struct GpuTrainer {
     prepass: Option<Prepass>,
     /// `Trainer::step_rows`: the slots already written for the next step.
     manual: Option<StepSlots>,
+    /// The copy floor's workgroup size (4-byte, 16-byte), picked at its
+    /// first timing (`copy_workgroup`, benches).
+    copy_wg: [std::sync::OnceLock<u32>; 2],
     /// --profile: GPU time and bytes per kernel, in the order first run.
     profile: Option<Vec<KernelTime>>,
     profile_error: Option<String>,

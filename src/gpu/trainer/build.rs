@@ -553,6 +553,7 @@ impl GpuTrainer {
             fused_eval,
             reduce_update,
             reduce_groups: 1 + undo_groups,
+            copy_wg: Default::default(),
             undo_mark,
             reduce_eval,
             rollback,

@@ -95,25 +95,49 @@ impl GpuTrainer {
                 format!("a 16-byte copy needs D a multiple of 4, not {}", self.shape.dim),
             ));
         }
-        in_timed_rounds(iters, |m| self.gpu_time_copies_once(m, vec4))
+        let Some(wg) = self.copy_workgroup(vec4)? else { return Ok(None) };
+        in_timed_rounds(iters, |m| self.gpu_time_copies_once(m, vec4, wg))
     }
 
-    fn gpu_time_copies_once(&self, iters: u32, vec4: bool) -> Result<Option<std::time::Duration>> {
+    /// The copy floor's workgroup size: the fastest of 64, 128 and 256
+    /// invocations (those the device allows) by a short trial at the first
+    /// timing, then kept. Not the step's (`LATENT_LINE_WORKGROUP`, which
+    /// the device check tunes): a floor that moved with the step's shape
+    /// could be a slow copy, flattering the step's ratio to it.
+    fn copy_workgroup(&self, vec4: bool) -> Result<Option<u32>> {
+        if let Some(&wg) = self.copy_wg[vec4 as usize].get() {
+            return Ok(Some(wg));
+        }
+        let mut sizes: Vec<u32> = [64, 128, 256].iter().map(|&w| self.ctx.workgroup_size(w)).collect();
+        sizes.dedup();
+        let mut best: Option<(std::time::Duration, u32)> = None;
+        for wg in sizes {
+            // The best of three rounds of 4 copies (the first warms up).
+            let mut t = std::time::Duration::MAX;
+            for _ in 0..3 {
+                let Some(d) = self.gpu_time_copies_once(4, vec4, wg)? else { return Ok(None) };
+                t = t.min(d);
+            }
+            if best.is_none_or(|(b, _)| t < b) {
+                best = Some((t, wg));
+            }
+        }
+        Ok(best.map(|(_, wg)| *self.copy_wg[vec4 as usize].get_or_init(|| wg)))
+    }
+
+    fn gpu_time_copies_once(&self, iters: u32, vec4: bool, wg: u32) -> Result<Option<std::time::Duration>> {
         let Some(timer) = PassTimer::new(&self.ctx, iters.max(1)) else { return Ok(None) };
         let ctx = &self.ctx;
         let kernel = if vec4 { &shaders::COPY_VEC4 } else { &shaders::COPY };
-        let pipeline = self.constants().pipeline(ctx, kernel, "main", &[]);
+        let pipeline = Constants::new(self.shape, &self.cfg, wg).pipeline(ctx, kernel, "main", &[]);
         let per_invocation = if vec4 { 4 } else { 1 };
         let largest = self.chunks.iter().map(|c| c.a.size()).max().unwrap_or(16);
         let scratch = storage(ctx, "copy scratch", largest, wgpu::BufferUsages::empty());
         let groups = self.chunks.iter().map(|c| bind(ctx, &pipeline, &[&c.a, &scratch, &c.uniform])).collect();
         let copy = Pass { pipeline, groups };
         let d = self.shape.dim as u64;
-        let each: Vec<u32> = self
-            .chunks
-            .iter()
-            .map(|c| (c.span.rows as u64 * d).div_ceil(self.fused.wg as u64 * per_invocation) as u32)
-            .collect();
+        let each: Vec<u32> =
+            self.chunks.iter().map(|c| (c.span.rows as u64 * d).div_ceil(wg as u64 * per_invocation) as u32).collect();
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         for i in 0..iters {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
