@@ -226,6 +226,15 @@ fn separation_coef(row: u32, a: u32, b: u32, d0: f32, m: f32, lambda: f32) -> f3
     return select(0.0, s, on);
 }
 
+// g plus the separation term sep·(p − q) where a row has one (sep ≠ 0:
+// anchors a and b under an active margin), never as 0·(p − q): that is NaN
+// where p − q overflows (anchors more than f32's range apart in a column),
+// which made every row's gradient NaN (and a compiler may or may not fold
+// 0·x to 0: backends disagreed). Mirror: `with_separation` (src/cpu.rs).
+fn with_separation(g: f32, sep: f32, p: f32, q: f32) -> f32 {
+    return select(g, g + sep * (p - q), sep != 0.0);
+}
+
 // May a step update anchor row `row` (a or b) that is `in_batch` or not?
 // Always when attached (the batch pulls on it), when in the batch or pushed
 // by an active separation term when detached, never when frozen. (Mirror:

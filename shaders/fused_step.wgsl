@@ -385,7 +385,7 @@ fn grad_at(x: f32, k: u32, c: f32, inv_d1: f32, inv_d2: f32, sep: f32, poisoned:
 
 // grad_at with p and q of column k given (a lane's kept ones).
 fn grad_pq(x: f32, k: u32, p: f32, q: f32, c: f32, inv_d1: f32, inv_d2: f32, sep: f32, poisoned: bool, anchor: u32) -> f32 {
-    var g = select(row_grad(x, p, q, c, inv_d1, inv_d2) + sep * (p - q), nan(), poisoned);
+    var g = select(with_separation(row_grad(x, p, q, c, inv_d1, inv_d2), sep, p, q), nan(), poisoned);
     if (MODE == MODE_ATTACHED && anchor != 0u) {
         g = agrad[(anchor - 1u) * D + k];
     }

@@ -64,7 +64,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
                 let x = select(p, q, which == 1u);
                 let sum = sums[which];
                 let sep = separation_coef(row, params.anchor_a, params.anchor_b, d0, params.margin, params.margin_weight);
-                let g = select(row_grad(x, p, q, cf.x, cf.y, cf.z) + sum + sep * (p - q), nan(), cf.w != 0.0);
+                let g = select(with_separation(row_grad(x, p, q, cf.x, cf.y, cf.z) + sum, sep, p, q), nan(), cf.w != 0.0);
                 agrad[which * D + k] = g;
                 let bad = is_nonfinite(g);
                 if (which == 0u) {

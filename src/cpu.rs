@@ -271,7 +271,7 @@ impl RowCtx<'_> {
             if poisoned {
                 f32::NAN
             } else {
-                c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2) + sep * (p[k] - q[k])
+                with_separation(c * ((x[k] - p[k]) * inv_d1 + (x[k] - q[k]) * inv_d2), sep, p[k], q[k])
             }
         };
         let (mut grad_bad, mut new_bad) = (poisoned, poisoned);
@@ -279,26 +279,15 @@ impl RowCtx<'_> {
             tmp.fill(f32::NAN);
             vtmp.fill(f32::NAN);
         } else {
-            // SPEC §5: v = μ·v_old + (g + wd·x), x ← x − lr·v (sgd_direction
-            // of common.wgsl; v_old = 0 without momentum).
-            // Branch-free over the columns, so that they vectorise.
-            if v_old.is_empty() {
-                for (((t, &xk), &pk), &qk) in tmp.iter_mut().zip(x).zip(p).zip(q) {
-                    let g = c * ((xk - pk) * inv_d1 + (xk - qk) * inv_d2) + sep * (pk - qk);
-                    *t = xk - lr * (g + wd * xk);
-                    grad_bad |= nonfinite(g);
-                    new_bad |= nonfinite(*t);
-                }
+            // Every row but the anchors has no separation term: its loop
+            // has none, rather than a select a column.
+            let k = [c, inv_d1, inv_d2, sep];
+            let cols = if sep == 0.0 {
+                update_cols::<false>(tmp, vtmp, x, v_old, p, q, k, [lr, mu, wd])
             } else {
-                let cols = tmp.iter_mut().zip(vtmp.iter_mut()).zip(x.iter().zip(v_old)).zip(p.iter().zip(q));
-                for (((t, vt), (&xk, &vo)), (&pk, &qk)) in cols {
-                    let g = c * ((xk - pk) * inv_d1 + (xk - qk) * inv_d2) + sep * (pk - qk);
-                    *vt = mu * vo + (g + wd * xk);
-                    *t = xk - lr * *vt;
-                    grad_bad |= nonfinite(g);
-                    new_bad |= nonfinite(*t);
-                }
-            }
+                update_cols::<true>(tmp, vtmp, x, v_old, p, q, k, [lr, mu, wd])
+            };
+            (grad_bad, new_bad) = cols;
         }
         // The scans' bookkeeping runs only for rows with findings.
         if grad_bad {
@@ -315,7 +304,72 @@ impl RowCtx<'_> {
             Write::Tmp
         }
     }
+}
 
+/// A row's new values (and velocities, with momentum) into `tmp` (`vtmp`):
+/// SPEC §5's v = μ·v_old + (g + wd·x), x ← x − lr·v (sgd_direction of
+/// common.wgsl; v_old = 0 without momentum), branch-free over the columns
+/// so that they vectorise. `k` = [c, 1/d1, 1/d2, sep], `s` = [lr, μ, wd];
+/// SEP: with the separation term (`with_separation`: sep ≠ 0). Returns
+/// whether a gradient, and a new value, was not finite.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn update_cols<const SEP: bool>(
+    tmp: &mut [f32],
+    vtmp: &mut [f32],
+    x: &[f32],
+    v_old: &[f32],
+    p: &[f32],
+    q: &[f32],
+    k: [f32; 4],
+    s: [f32; 3],
+) -> (bool, bool) {
+    let [c, inv_d1, inv_d2, sep] = k;
+    let [lr, mu, wd] = s;
+    let g = |xk: f32, pk: f32, qk: f32| {
+        let g = c * ((xk - pk) * inv_d1 + (xk - qk) * inv_d2);
+        if SEP {
+            g + sep * (pk - qk)
+        } else {
+            g
+        }
+    };
+    let (mut grad_bad, mut new_bad) = (false, false);
+    if v_old.is_empty() {
+        for (((t, &xk), &pk), &qk) in tmp.iter_mut().zip(x).zip(p).zip(q) {
+            let g = g(xk, pk, qk);
+            *t = xk - lr * (g + wd * xk);
+            grad_bad |= nonfinite(g);
+            new_bad |= nonfinite(*t);
+        }
+    } else {
+        let cols = tmp.iter_mut().zip(vtmp.iter_mut()).zip(x.iter().zip(v_old)).zip(p.iter().zip(q));
+        for (((t, vt), (&xk, &vo)), (&pk, &qk)) in cols {
+            let g = g(xk, pk, qk);
+            *vt = mu * vo + (g + wd * xk);
+            *t = xk - lr * *vt;
+            grad_bad |= nonfinite(g);
+            new_bad |= nonfinite(*t);
+        }
+    }
+    (grad_bad, new_bad)
+}
+
+/// g plus the separation term sep·(p − q) where a row has one (sep ≠ 0:
+/// anchors a and b under an active margin), never as 0·(p − q): that is
+/// NaN where p − q overflows (anchors more than f32's range apart in a
+/// column), which made every row's gradient NaN. (`with_separation` of
+/// shaders/common.wgsl.)
+#[inline(always)]
+pub(crate) fn with_separation(g: f32, sep: f32, pk: f32, qk: f32) -> f32 {
+    if sep != 0.0 {
+        g + sep * (pk - qk)
+    } else {
+        g
+    }
+}
+
+impl RowCtx<'_> {
     /// A block of rows stepped into the next buffers (double-buffered
     /// guards); `first` is its first row.
     #[inline(always)]

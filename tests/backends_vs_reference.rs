@@ -941,3 +941,38 @@ fn rows_at_the_anchors_take_epsilon_and_tau_as_spec_says() {
         }
     }
 }
+
+#[test]
+fn anchors_beyond_f32_range_apart_leave_every_row_alone() {
+    // Rows a and b more than f32's range apart in a column: p − q
+    // overflows, d0 is +Inf, and every loss term is Inf − Inf = NaN
+    // (reported, not acted on), its sign 0: no row but the anchors has a
+    // gradient. The separation term was added to every row as 0·(p − q) =
+    // NaN: the CPU then skipped every frozen step, the GPU (lavapipe
+    // folding 0·x) applied it. Frozen: applied, nothing moves. Detached
+    // and attached: the anchors' own terms are Inf/Inf in f32, so the
+    // guard drops the step; both backends alike, and the table as it was.
+    let seed = seed("anchors_overflow");
+    let (rows, d) = (64, 4);
+    let shape = Shape::new(rows, d).unwrap();
+    let mut table = random_table(&mut rng(seed), rows, d);
+    table[1] = 2e38;
+    table[(rows - 1) * d + 1] = -2e38;
+    for endpoints in [Endpoints::Frozen, Endpoints::Detached, Endpoints::Attached] {
+        let cfg = StepConfig { endpoints, margin: 1.0, ..StepConfig::for_rows(rows) };
+        for backend in [Backend::Cpu, Backend::Gpu { path: StepPath::Fused, chunk_rows: None }] {
+            let what = format!("{endpoints:?} {backend:?} seed {seed}");
+            let mut t = open(backend, shape, cfg, table.clone());
+            for r in t.steps(2).unwrap() {
+                assert_eq!(r.scans.loss.nan, rows as u64, "{what}: the loss terms");
+                let (action, bad) = match endpoints {
+                    Endpoints::Frozen => (latent_line::Action::Applied, vec![]),
+                    _ => (latent_line::Action::SkippedStep, vec![0, rows as u64 - 1]),
+                };
+                assert_eq!((r.action, &r.scans.grad.rows, &r.scans.table.rows), (action, &bad, &bad), "{what}");
+            }
+            let got = t.read_table().unwrap();
+            assert!(got.iter().zip(&table).all(|(g, w)| g.to_bits() == w.to_bits()), "{what}: a row moved");
+        }
+    }
+}

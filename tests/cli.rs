@@ -2394,8 +2394,10 @@ fn files_are_checked_for_what_they_are() {
 /// run whose --save is its --load file and that aborts (weight decay of
 /// 1e30 makes step 1's rows overflow) saves the table before the failing
 /// step beside it, `t.aborted.npy`, as the report's `summary.saved` says,
-/// and leaves the input byte for byte; once a checkpoint of its own has
-/// replaced the input, the run saves over that checkpoint as before.
+/// and leaves the input byte for byte. Its checkpoints go beside the input
+/// too (`t.checkpoint.npy`), never over it: an aborted run saves over its
+/// own checkpoint there; a run that ends well replaces the input and
+/// removes them.
 #[test]
 fn an_aborted_run_saves_beside_its_input() {
     let dir = Dir::new();
@@ -2415,19 +2417,29 @@ fn an_aborted_run_saves_beside_its_input() {
     assert_eq!(report["summary"]["saved"].as_str(), Some(dir.s("t.aborted.npy").as_str()));
     assert!(latent_line::npy::load(&dir.p("t.aborted.npy")).unwrap().data == after_one, "seed {seed}");
     assert!(dir.p("t.aborted.npy.state.json").exists(), "its run state, for a resume");
-    // Checkpointed every step: step 1's checkpoint replaced c.npy, and the
-    // aborted run saves over it (its own), nothing beside.
+    // Checkpointed every step: step 1's checkpoint went beside c.npy, and
+    // the aborted run saves over it (its own), the input as it was.
     let o = go(&["--steps", "5", "--on-nonfinite", "abort", "--checkpoint-every", "1", "--load", &c, "--save", &c]);
     assert_eq!(o.status.code(), Some(3), "seed {seed}: {}", stderr(&o));
     assert!(!dir.p("c.aborted.npy").exists(), "seed {seed}");
-    assert!(latent_line::npy::load(&dir.p("c.npy")).unwrap().data == after_one, "seed {seed}");
+    assert_eq!(std::fs::read(dir.p("c.npy")).unwrap(), input, "seed {seed}: a checkpoint overwrote the input");
+    let ck = dir.s("c.checkpoint.npy");
+    assert!(latent_line::npy::load(&dir.p("c.checkpoint.npy")).unwrap().data == after_one, "seed {seed}");
     // A --resume checkpoint saved over is the run's own going on: an
     // aborted resume saves over it (its step-1 table again), as its
     // checkpoints would.
-    let o = go(&["--steps", "5", "--on-nonfinite", "abort", "--resume", &c, "--save", &c]);
+    let o = go(&["--steps", "5", "--on-nonfinite", "abort", "--resume", &ck, "--save", &ck]);
     assert_eq!(o.status.code(), Some(3), "seed {seed}: {}", stderr(&o));
-    assert!(!dir.p("c.aborted.npy").exists(), "seed {seed}");
-    assert!(latent_line::npy::load(&dir.p("c.npy")).unwrap().data == after_one, "seed {seed}");
+    assert!(!dir.p("c.checkpoint.aborted.npy").exists(), "seed {seed}");
+    assert!(latent_line::npy::load(&dir.p("c.checkpoint.npy")).unwrap().data == after_one, "seed {seed}");
+    // A run that ends well replaces its input and removes its checkpoints
+    // beside it, their run state too.
+    let o = run(&["--backend", "cpu", "--steps", "3", "--checkpoint-every", "1", "--load", &c, "--save", &c]);
+    assert_eq!(o.status.code(), Some(0), "seed {seed}: {}", stderr(&o));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains(&format!("removed  {ck}: this run's checkpoints")), "{said}");
+    assert_ne!(std::fs::read(dir.p("c.npy")).unwrap(), input, "seed {seed}: the input was not replaced");
+    assert!(!dir.p("c.checkpoint.npy").exists() && !dir.p("c.checkpoint.npy.state.json").exists());
     // The files it would save beside the input are checked before any
     // work, its run state and velocity too: none over another file of the
     // run, none where a folder is.

@@ -232,3 +232,38 @@ fn a_report_to_a_closed_pipe_is_no_error() {
     assert_eq!(done.status.code(), Some(0), "{err}");
     assert!(!err.contains("Broken pipe"), "{err}");
 }
+
+/// Ctrl-C stops a `scan` before its next block and writes nothing (no
+/// plot, no temporary file: not beside it, not in TMPDIR), exit 130. The
+/// file comes through a pipe, written only once the signal has landed, so
+/// the scan cannot have ended first; scanned, it would exit 3 (a NaN).
+#[cfg(unix)]
+#[test]
+fn sigint_stops_a_scan_writing_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("t.safetensors");
+    assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+    let plot = dir.path().join("p.svg");
+    let child = Command::new(BIN)
+        .args(["scan", fifo.to_str().unwrap(), "--plot", plot.to_str().unwrap()])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env("TMPDIR", dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start latent-line");
+    // (It waits on the pipe by then, its handler set at its start.)
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&child, "-INT");
+    // (ctrlc sets the flag from a thread of its own: given time to.)
+    std::thread::sleep(Duration::from_millis(500));
+    let header = br#"{"weight":{"dtype":"F32","shape":[100,4],"data_offsets":[0,1600]}}"#;
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(header);
+    file.extend((0..400).flat_map(|i| if i == 7 { f32::NAN } else { i as f32 }.to_le_bytes()));
+    std::fs::write(&fifo, file).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["t.safetensors"], "written or left behind");
+}

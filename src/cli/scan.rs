@@ -12,7 +12,7 @@ use latent_line::scan::scan_rows;
 use latent_line::tables;
 
 use super::checks::{adapter_arg, check_adapter, check_output, tensor_arg};
-use crate::{print_json, BackendChoice, Outcome, QUIET};
+use crate::{interrupted, print_json, BackendChoice, Outcome, INTERRUPTED, QUIET};
 
 #[derive(Args, Clone, Debug)]
 pub(crate) struct ScanArgs {
@@ -107,6 +107,11 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     if gpu.is_some() {
         latent_line::gpu::transfer_block(None)?; // checked before any output
     }
+    // Ctrl-C (SIGTERM, SIGHUP): the scan stops at its next block and
+    // writes nothing (no plot, no temporary file left by one cut short),
+    // exit 130, as a training run.
+    let stop = INTERRUPTED.get_or_init(|| Arc::new(std::sync::atomic::AtomicBool::new(false))).clone();
+    let _ = ctrlc::set_handler(move || stop.store(true, std::sync::atomic::Ordering::SeqCst));
     let t = Instant::now();
     // What the file holds: a float64 value beyond float32's range is
     // finite there (loading it to train makes it ±Inf, the note says).
@@ -129,6 +134,9 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     // plot's counts, in neither).
     let (mut read_s, mut plot_s) = (t.elapsed().as_secs_f64(), 0.0);
     let mut read = |out: &mut [f32]| -> latent_line::Result<()> {
+        if interrupted() {
+            return Err(latent_line::Error::InvalidOption { option: "scan", reason: "interrupted".into() });
+        }
         let t = Instant::now();
         reader.read(out)?;
         read_s += t.elapsed().as_secs_f64();
@@ -139,24 +147,33 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
         }
         Ok(())
     };
-    let (found, on) = match gpu {
+    let scanned = match gpu {
         Some(ctx) => {
             let on = format!("gpu · {}", ctx.info.name);
-            (latent_line::gpu::scan_from(Arc::new(ctx), shape, &mut read, None)?, on)
+            latent_line::gpu::scan_from(Arc::new(ctx), shape, &mut read, None).map(|f| (f, on))
         }
         None => {
             // Whole rows a block (about 16 MB), scanned in row order.
             let rows = (SCAN_BLOCK_BYTES / (shape.dim * 4)).clamp(1, shape.rows);
             let mut block = vec![0f32; rows * shape.dim];
-            let mut found = latent_line::Scan::default();
+            let mut found = Ok(latent_line::Scan::default());
             for base in (0..shape.rows).step_by(rows) {
                 let part = &mut block[..(shape.rows - base).min(rows) * shape.dim];
-                read(part)?;
-                found = found.merge(scan_rows(part, shape.dim, base as u64));
+                if let Err(e) = read(part) {
+                    found = Err(e);
+                    break;
+                }
+                found = found.map(|f| f.merge(scan_rows(part, shape.dim, base as u64)));
             }
-            (found, format!("cpu · {} threads", rayon::current_num_threads()))
+            found.map(|f| (f, format!("cpu · {} threads", rayon::current_num_threads())))
         }
     };
+    // (Checked again before the plot: a signal after the last block.)
+    if interrupted() {
+        eprintln!("scan     interrupted: nothing written");
+        return Ok(Outcome::Interrupted);
+    }
+    let (found, on) = scanned?;
     let scan_s = (t.elapsed().as_secs_f64() - read_s - plot_s).max(0.0);
     let note = reader.note();
     if let Some(n) = &note {

@@ -492,8 +492,11 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
     let mut halted = false;
     // Stopped by a signal before its --steps (exit 130).
     let mut stopped = false;
-    // A checkpoint of this run replaced the file at --save: what lies there
-    // is this run's own, no longer its input (see `unfinished_save`).
+    // Where checkpoints go: --save, or beside it where --save is the
+    // --load table (`checkpoint_path`: the input is replaced only by a run
+    // that ends well, SPEC §12).
+    let ck_path = args.save.as_deref().map(|p| checkpoint_path(args, p));
+    // A checkpoint of this run was written (at `ck_path`).
     let mut checkpointed = false;
     // d0 at the run's step 0 (SPEC §8): saved by a resumed run's checkpoint,
     // else the first step's.
@@ -574,14 +577,16 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
             say(&bar, format!("interrupted after step {done}: saving and reporting"));
             break;
         }
-        if let (Some(k), Some(path)) = (args.checkpoint_every, &args.save) {
+        if let (Some(k), Some(path)) = (args.checkpoint_every, &ck_path) {
             if done % k == 0 && done < args.steps && !halted {
                 let audit = (d0_start_of(&log), collapse_saved.or(collapse_at.map(|(at, _)| (start + at) as u64)));
                 save_checkpoint(trainer.as_mut(), path, &args.tensor, carried.as_ref(), audit, &options)?;
                 // The tensors carried over come from this checkpoint now
                 // (the same bytes): the file loaded, replaced at its path
-                // or not, is let go.
-                if let Some(c) = carried.as_mut() {
+                // or not, is let go. (Not from a checkpoint beside the
+                // input, which stays, and which a run that ends well
+                // removes.)
+                if let Some(c) = carried.as_mut().filter(|_| Some(path) == args.save.as_ref()) {
                     c.follow(path);
                 }
                 checkpointed = true;
@@ -767,9 +772,10 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
     }
 
     // SPEC §12: an interrupted or failed run never overwrites its input.
-    // Where --save is the --load table (and no checkpoint of this run has
-    // replaced it), such a run's table goes beside it: nothing is lost,
-    // and the input is as it was.
+    // Where --save is the --load table, such a run's table goes beside it:
+    // over its own checkpoint there if it wrote one (where the next
+    // --resume looks), else `unfinished_save`'s name: nothing is lost, and
+    // the input is as it was.
     let unfinished = if aborted_at.is_some() {
         Some("aborted")
     } else if stopped {
@@ -779,7 +785,8 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
     };
     // (The table's path, and the input it is beside where it is.)
     let save_to = args.save.as_ref().map(|path| match unfinished {
-        Some(why) if !checkpointed && saves_over_load(args, path) => (unfinished_save(path, why), Some(path)),
+        Some(_) if checkpointed && saves_over_load(args, path) => (checkpoint_path(args, path), Some(path)),
+        Some(why) if saves_over_load(args, path) => (unfinished_save(path, why), Some(path)),
         _ => (path.clone(), None),
     });
     if let Some(u) = &unsaved {
@@ -802,6 +809,25 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
                 None => String::new(),
             }
         );
+        // A run that ended well has replaced its input: its checkpoints
+        // beside it are an older table of the same run, removed (a failure
+        // to is said, not an error: the table is saved).
+        if let Some(ck) = ck_path.as_ref().filter(|ck| checkpointed && beside.is_none() && *ck != path) {
+            let [state, velocity, snapshot] =
+                [Some(tables::state_sidecar(ck)), Some(Sidecar::Velocity.path(ck)), Some(Sidecar::Snapshot.path(ck))];
+            let mut failed = Vec::new();
+            for f in std::iter::once(ck.clone()).chain([state, velocity, snapshot].into_iter().flatten()) {
+                match std::fs::remove_file(&f) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => failed.push(format!("{}: {e}", f.display())),
+                    _ => {}
+                }
+            }
+            if failed.is_empty() {
+                out!("removed  {}: this run's checkpoints beside its input, which it has replaced", ck.display());
+            } else {
+                eprintln!("warning: this run's checkpoints beside its input not removed ({})", failed.join("; "));
+            }
+        }
     }
     if let (Some(path), Some(before)) = (&args.plot, &before) {
         let after = drawn(trainer.as_mut())?;
@@ -1181,11 +1207,14 @@ fn check_files(args: &TrainArgs) -> anyhow::Result<()> {
     // is removed): none of them over a file the run reads or writes, nor
     // where a folder is.
     if let Some(save) = args.save.as_deref().filter(|s| saves_over_load(args, s)) {
-        for why in ["aborted", "interrupted"] {
+        let checkpoints = args.checkpoint_every.map(|_| "checkpoint");
+        for why in ["aborted", "interrupted"].into_iter().chain(checkpoints) {
             let beside = unfinished_save(save, why);
             let [b_state, b_velocity, b_snapshot] = sides(Some(&beside));
             let here = |what: &Path| {
-                format!("a run that is {why} saves beside its input {} (at {})", save.display(), what.display())
+                let who =
+                    if why == "checkpoint" { "its checkpoints go" } else { &*format!("a run that is {why} saves") };
+                format!("{who} beside its input {} (at {})", save.display(), what.display())
             };
             let b_sides = [&b_state, &b_velocity, &b_snapshot]
                 .into_iter()
@@ -1254,6 +1283,18 @@ fn step_config(args: &TrainArgs, shape: Shape) -> anyhow::Result<StepConfig> {
 /// looks for it.)
 fn saves_over_load(args: &TrainArgs, save: &Path) -> bool {
     args.load.as_deref().is_some_and(|input| same_file(save, input))
+}
+
+/// Where the run's checkpoints go: `--save`, or beside it where that is the
+/// `--load` table (`t.npy` → `t.checkpoint.npy`), so that the input is
+/// replaced only by a run that ends well (SPEC §12), which then removes
+/// them; an interrupted or aborted run saves over them.
+fn checkpoint_path(args: &TrainArgs, save: &Path) -> PathBuf {
+    if args.checkpoint_every.is_some() && saves_over_load(args, save) {
+        unfinished_save(save, "checkpoint")
+    } else {
+        save.to_path_buf()
+    }
 }
 
 /// Where an interrupted or aborted run saves when `--save` is its

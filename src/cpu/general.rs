@@ -12,8 +12,8 @@
 use rayon::prelude::*;
 
 use super::{
-    fold, fold_lanes, nonfinite, on_simd, row_forward, safe_inv, sign, squared_distances, BlockOut, CpuTrainer,
-    RowForward, Simd, BLOCK_ROWS, LANES,
+    fold, fold_lanes, nonfinite, on_simd, row_forward, safe_inv, sign, squared_distances, with_separation, BlockOut,
+    CpuTrainer, RowForward, Simd, BLOCK_ROWS, LANES,
 };
 use crate::config::{Endpoints, StepConfig};
 use crate::guard::{Action, Policy};
@@ -55,7 +55,7 @@ pub(super) struct Coef {
 /// gradient whose Σ g² overflows is +Inf, and counts: fused_step.wgsl).
 fn grad_sq_sum(x: &[f32], p: &[f32], q: &[f32], k: [f32; 4]) -> (f32, bool) {
     let [c, inv_d1, inv_d2, sep] = k;
-    let g = |xk: f32, pk: f32, qk: f32| c * ((xk - pk) * inv_d1 + (xk - qk) * inv_d2) + sep * (pk - qk);
+    let g = |xk: f32, pk: f32, qk: f32| with_separation(c * ((xk - pk) * inv_d1 + (xk - qk) * inv_d2), sep, pk, qk);
     let mut acc = [0.0f32; LANES];
     let mut bad = false;
     let (xc, pc, qc) = (x.chunks_exact(LANES), p.chunks_exact(LANES), q.chunks_exact(LANES));
@@ -148,7 +148,8 @@ impl ReadB<'_> {
                 None => {
                     // Branch-free over the columns, so that they vectorise.
                     for (((t, &xk), &pk), &qk) in gtmp.iter_mut().zip(x).zip(p).zip(q) {
-                        *t = (k0.c * ((xk - pk) * k0.inv_d1 + (xk - qk) * k0.inv_d2) + sep * (pk - qk)) * scale;
+                        *t = with_separation(k0.c * ((xk - pk) * k0.inv_d1 + (xk - qk) * k0.inv_d2), sep, pk, qk)
+                            * scale;
                         grad_bad |= nonfinite(*t);
                     }
                 }
@@ -361,7 +362,7 @@ impl CpuTrainer {
             (0..d)
                 .map(|k| {
                     let own = k0.c * ((x[k] - p[k]) * k0.inv_d1 + (x[k] - q[k]) * k0.inv_d2);
-                    let g = own + sums[k] as f32 + sep * (p[k] - q[k]);
+                    let g = with_separation(own + sums[k] as f32, sep, p[k], q[k]);
                     if k0.poisoned {
                         f32::NAN
                     } else {
