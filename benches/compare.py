@@ -38,6 +38,9 @@ def our(fid):
     return None, None
 
 
+notes = []
+
+
 def size_of(name, want, exclude=()):
     """`want` (e.g. "1000000x64") where bench `name` ran at it, else the
     one other D = 64 size it ran at (a dry run), else None; and whether
@@ -45,14 +48,17 @@ def size_of(name, want, exclude=()):
     if any(f == f"{name}/{want}" for _, f in ours):
         return want, True
     other = sorted({f.split("/", 1)[1] for _, f in ours if f.startswith(name + "/") and f.endswith("x64")} - set(exclude))
+    if len(other) > 1:
+        notes.append(f"{name} ran at {', '.join(other)}, not at {want}: no one size to judge")
     return (other[0], False) if len(other) == 1 else (None, True)
 
 
 def section(title):
-    """The part of the log under the heading starting `== title`, to the
-    next `== ` heading (empty if absent)."""
-    m = re.search(r"^== " + re.escape(title) + r".*?$(.*?)(?=^== |\Z)", log, re.M | re.S)
-    return m.group(1) if m else ""
+    """The part of the log under the last heading starting `== title`, to
+    the next `== ` heading (empty if absent): the last, should a log hold
+    an earlier call's too."""
+    found = re.findall(r"^== " + re.escape(title) + r".*?$(.*?)(?=^== |\Z)", log, re.M | re.S)
+    return found[-1] if found else ""
 
 
 def peer(text, pattern):
@@ -90,10 +96,11 @@ def main_job():
     """(rows, seconds, why not) of the main job: only a run that exited 0
     on the GPU backend counts (`auto` falls back to the CPU when no
     adapter is found, and 1M rows on 16 cores would pass the bar)."""
-    m = re.search(r"^== main job: latent-line --rows (\d+).*?$(.*?)^wall ([0-9.]+) s(?:, exit (\d+))?", log, re.M | re.S)
-    if not m:
+    found = re.findall(r"^== main job: latent-line --rows (\d+).*?$(.*?)^wall ([0-9.]+) s(?:, exit (\d+))?", log, re.M | re.S)
+    if not found:
         return None, None, None
-    rows, body, secs, rc = int(m.group(1)), m.group(2), float(m.group(3)), m.group(4)
+    rows, body, secs, rc = found[-1]
+    rows, secs, rc = int(rows), float(secs), rc or None
     if rc is not None and rc != "0":
         return rows, secs, f"exit {rc}"
     dev = re.search(r"^device +(\S+)", body, re.M)
@@ -196,10 +203,12 @@ bar("1 GiB scan ≥ 4× faster than torch.isfinite(w).all()",
     None if scan is None or isfinite is None else isfinite >= 4 * scan,
     f"isfinite {fmt(isfinite)}, ours {fmt(scan)}", sreal)
 
-huge = our("step-skip-step/100000000x64")[0]
-huge_copy = floor("100000000x64")
+# (At HUGE_ROWS, which gpu.sh passes: a dry run's is its own, "(dry)".)
+huge = our(f"step-skip-step/{HUGE}")[0]
+huge_copy = floor(HUGE)
+hreal = HUGE == "100000000x64"
 bar("100M×64 step ≤ 1.15× its copy", None if huge is None or huge_copy is None else huge / huge_copy <= 1.15,
-    f"step {fmt(huge)}, copy {fmt(huge_copy)}")
+    f"step {fmt(huge)}, copy {fmt(huge_copy)}{'' if hreal else f' (at {HUGE})'}", hreal)
 rows_run, w, why = main_job()
 bar("main job --rows 1000000 < 3 s wall", None if w is None or why else w < 3.0,
     f"{fmt(w, 's')} for {rows_run} rows{'; not counted: ' + why if why else ''}",
@@ -211,3 +220,5 @@ for name, verdict, detail in rows:
     print(f"  {name:{width}}  {verdict:12}  {detail}")
 for n in peer_notes:
     print(f"  (peer figures left out: {n})")
+for n in notes:
+    print(f"  ({n})")

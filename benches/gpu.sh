@@ -84,8 +84,9 @@ fi
 # The call's clock: every part's time limit is cut to what is left of
 # DEADLINE seconds (the device tool's limit is 600 s a command, less once
 # the machine's start has used device time: DEADLINE=… then), and a part
-# with under 20 s left is skipped, so the call ends with its figures
-# judged and written rather than killed mid-part.
+# that needs more than is left (`need`: 20–60 s, by part) is skipped, so
+# the call ends with its figures judged and written rather than killed
+# mid-part.
 T0=$(date +%s)
 DEADLINE=${DEADLINE:-570}
 left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
@@ -106,7 +107,8 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 # Everything also goes to $OUT/gpu-log.txt as it happens: a call that runs
 # out of time still brings back what was measured. Most important first.
-exec > >(tee -a "$OUT/gpu-log.txt") 2>&1
+# (A fresh log: an earlier call's lines in a reused $OUT are not judged.)
+exec > >(tee "$OUT/gpu-log.txt") 2>&1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 date -u
 echo "binaries built from $(cat .gl/COMMIT 2>/dev/null || echo 'an unknown commit (no .gl/COMMIT)')"

@@ -26,7 +26,7 @@ for g in groups:
         copies = ["copy-shader", "copy-shader-vec4"] if g.startswith("gpu-time") else ["copy"]
         ran = [(med[(g, f"{c}/{size}")][0], c) for c in copies if (g, f"{c}/{size}") in med]
         copy = min(ran)[1] if ran else None
-        base = {"step-ignore": "step-noscan", "step-skip-step-1lane": "step-skip-step", "step-skip-step-wgfold": "step-skip-step",
+        base = {"step-ignore": "step-noscan", "step-skip-step": "step-noscan", "step-skip-step-1lane": "step-skip-step", "step-skip-step-wgfold": "step-skip-step",
                 "step-skip-step-1block": "step-skip-step", "copy-shader-vec4": "copy-shader",
                 **{f"step-skip-step-{l}lanes": "step-skip-step" for l in (1, 2, 4, 8, 16, 32)},
                 "step-skip-step-4byte": "step-skip-step",
@@ -38,9 +38,10 @@ for g in groups:
                 "step-attached-clip": "step-skip-step", "scan": "scan-copy", "scan-4byte": "scan-copy"}.get(kind)
         if g == "cpu":
             floor = "memcpy-par" if (g, f"memcpy-par/{size}") in med else "memcpy"
-            copy, base = floor, {"memcpy": floor}.get(kind)
+            copy = floor if (g, f"{floor}/{size}") in med else None
+            base = None
         parts = []
-        if copy and (kind.startswith("step") or kind.startswith("eval")) and kind != copy:
+        if copy and (kind.startswith("step") or kind.startswith("eval") or (g == "cpu" and kind in ("scan", "memcpy"))) and kind != copy:
             parts.append(f"{ns / med[(g, f'{copy}/{size}')][0]:.3f}× {copy}")
         if base and base != copy and (g, f"{base}/{size}") in med:
             parts.append(f"{ns / med[(g, f'{base}/{size}')][0]:.3f}× {base}")

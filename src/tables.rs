@@ -375,7 +375,8 @@ impl Carried {
     /// After a save of the table to `saved` (a `.safetensors` checkpoint,
     /// which holds these same tensors), carries them from there: the file
     /// loaded is let go, so that a checkpoint that replaced it at its path
-    /// frees its disk space at once, not at the run's end. Where `saved`
+    /// (`--save` onto the `--resume` file) frees its disk space at once,
+    /// not at the run's end. Where `saved`
     /// is not a regular file, or its tensors are not these (hashes), the
     /// loaded file stays the source. Returns whether it switched.
     pub fn follow(&mut self, saved: &Path) -> bool {

@@ -2432,9 +2432,16 @@ fn an_aborted_run_saves_beside_its_input() {
     assert_eq!(o.status.code(), Some(3), "seed {seed}: {}", stderr(&o));
     assert!(!dir.p("c.checkpoint.aborted.npy").exists(), "seed {seed}");
     assert!(latent_line::npy::load(&dir.p("c.checkpoint.npy")).unwrap().data == after_one, "seed {seed}");
-    // A run that ends well replaces its input and removes its checkpoints
-    // beside it, their run state too.
-    let o = run(&["--backend", "cpu", "--steps", "3", "--checkpoint-every", "1", "--load", &c, "--save", &c]);
+    // That checkpoint is not replaced by a new in-place run: refused; once
+    // removed, a run that ends well replaces its input and removes its
+    // checkpoints beside it, their run state too.
+    let in_place = ["--backend", "cpu", "--steps", "3", "--checkpoint-every", "1", "--load", &c, "--save", &c];
+    let o = run(&in_place);
+    assert_eq!(o.status.code(), Some(1), "seed {seed}: {}", stderr(&o));
+    assert!(stderr(&o).contains("exists, a checkpoint of an earlier run"), "{}", stderr(&o));
+    std::fs::remove_file(dir.p("c.checkpoint.npy")).unwrap();
+    std::fs::remove_file(dir.p("c.checkpoint.npy.state.json")).unwrap();
+    let o = run(&in_place);
     assert_eq!(o.status.code(), Some(0), "seed {seed}: {}", stderr(&o));
     let said = String::from_utf8_lossy(&o.stdout);
     assert!(said.contains(&format!("removed  {ck}: this run's checkpoints")), "{said}");

@@ -44,6 +44,27 @@ fn wait_for(child: &mut Child, path: &std::path::Path, limit: Duration) {
     }
 }
 
+/// Runs latent-line with `args`, sends SIGINT `ms` milliseconds after its
+/// first line starting `after`; its lines, once it exited 130.
+fn interrupt_after(args: &[&str], after: &str, ms: u64) -> Vec<String> {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start latent-line");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.is_ok_and(|l| l.starts_with(after))), "no `{after}` line");
+    std::thread::sleep(Duration::from_millis(ms));
+    signal(&child, "-INT");
+    let said: Vec<String> = lines.map_while(Result::ok).collect();
+    let done = child.wait_with_output().unwrap();
+    assert_eq!(done.status.code(), Some(130), "{}", String::from_utf8_lossy(&done.stderr));
+    said
+}
+
 #[test]
 fn sigint_saves_reports_and_exits_130() {
     let seed = seed("sigint");
@@ -92,7 +113,6 @@ fn sigint_saves_reports_and_exits_130() {
 /// `--resume` goes on from; the input is as it was, byte for byte.
 #[test]
 fn an_interrupted_run_saves_beside_its_input() {
-    use std::io::BufRead;
     let seed = seed("interrupted_beside");
     let mut r = rng(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -100,23 +120,10 @@ fn an_interrupted_run_saves_beside_its_input() {
     let shape = latent_line::Shape::new(20000, 8).unwrap();
     latent_line::npy::save(dir.path().join("t.npy").as_path(), shape, &random_table(&mut r, 20000, 8)).unwrap();
     let input = std::fs::read(p("t.npy")).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["--backend", "cpu", "--steps", "10000000", "--load", &p("t.npy"), "--save", &p("t.npy")])
-        .args(["--report", &p("r.json")])
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start latent-line");
     // The `guard` line comes just before the steps: the signal then lands
     // among them.
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    assert!(lines.any(|l| l.is_ok_and(|l| l.starts_with("guard"))), "seed {seed}: no guard line");
-    std::thread::sleep(Duration::from_millis(r.random_range(100..400)));
-    signal(&child, "-INT");
-    let said: Vec<String> = lines.map_while(Result::ok).collect();
-    let done = child.wait_with_output().unwrap();
-    assert_eq!(done.status.code(), Some(130), "seed {seed}: {}", String::from_utf8_lossy(&done.stderr));
+    let args = ["--backend", "cpu", "--steps", "10000000", "--load", &p("t.npy"), "--save", &p("t.npy")];
+    let said = interrupt_after(&[&args[..], &["--report", &p("r.json")]].concat(), "guard", r.random_range(100..400));
     assert!(std::fs::read(p("t.npy")).unwrap() == input, "seed {seed}: the input was overwritten");
     assert!(said.iter().any(|l| l.starts_with(&format!("saved    {}; not over", p("t.interrupted.npy")))), "{said:?}");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(p("r.json")).unwrap()).unwrap();
@@ -233,18 +240,18 @@ fn a_report_to_a_closed_pipe_is_no_error() {
     assert!(!err.contains("Broken pipe"), "{err}");
 }
 
-/// Ctrl-C stops a `scan` before its next block and writes nothing (no
-/// plot, no temporary file: not beside it, not in TMPDIR), exit 130. The
-/// file comes through a pipe, written only once the signal has landed, so
-/// the scan cannot have ended first; scanned, it would exit 3 (a NaN).
+/// Ctrl-C ends a `scan` at once, exit 130, writing nothing (no plot, no
+/// temporary file: not beside it, not in TMPDIR): here while it waits on a
+/// pipe with no writer, where a flag to be looked at between blocks would
+/// never be seen (it was ignored until SIGKILL).
 #[cfg(unix)]
 #[test]
-fn sigint_stops_a_scan_writing_nothing() {
+fn sigint_ends_a_scan_writing_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("t.safetensors");
     assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
     let plot = dir.path().join("p.svg");
-    let child = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(["scan", fifo.to_str().unwrap(), "--plot", plot.to_str().unwrap()])
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .env("TMPDIR", dir.path())
@@ -255,15 +262,75 @@ fn sigint_stops_a_scan_writing_nothing() {
     // (It waits on the pipe by then, its handler set at its start.)
     std::thread::sleep(Duration::from_millis(1500));
     signal(&child, "-INT");
-    // (ctrlc sets the flag from a thread of its own: given time to.)
-    std::thread::sleep(Duration::from_millis(500));
-    let header = br#"{"weight":{"dtype":"F32","shape":[100,4],"data_offsets":[0,1600]}}"#;
-    let mut file = (header.len() as u64).to_le_bytes().to_vec();
-    file.extend_from_slice(header);
-    file.extend((0..400).flat_map(|i| if i == 7 { f32::NAN } else { i as f32 }.to_le_bytes()));
-    std::fs::write(&fifo, file).unwrap();
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("a scan waiting on a pipe went on after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{said}");
+    assert!(said.contains("interrupted: nothing written"), "{said}");
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, ["t.safetensors"], "written or left behind");
+}
+
+/// With --save its --load file and checkpoints, the checkpoints go beside
+/// the input (`t.checkpoint.npy`), never over it (SPEC §12): SIGINT saves
+/// over the last one; the same command again is refused (that checkpoint
+/// would be lost); `--resume t.checkpoint.npy --save t.npy`, as the run
+/// says, ends with the unbroken run's table at t.npy and removes the
+/// checkpoint's files. A link at a name beside the input is refused.
+#[cfg(unix)]
+#[test]
+fn an_interrupted_in_place_run_goes_on_from_its_checkpoint() {
+    let seed = seed("in_place_checkpoint");
+    let mut r = rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let shape = latent_line::Shape::new(20000, 8).unwrap();
+    latent_line::npy::save(dir.path().join("t.npy").as_path(), shape, &random_table(&mut r, 20000, 8)).unwrap();
+    std::fs::copy(p("t.npy"), p("orig.npy")).unwrap();
+    let input = std::fs::read(p("t.npy")).unwrap();
+    let opts = ["--backend", "cpu", "--momentum", "0.5", "--checkpoint-every", "7"];
+    let t = p("t.npy");
+    let in_place = [&opts[..], &["--load", &t, "--save", &t]].concat();
+    let run =
+        |args: &[&str]| Command::new(BIN).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap();
+    let said = interrupt_after(
+        &[&in_place[..], &["--steps", "10000000", "--report", &p("r.json")]].concat(),
+        "checkpoint",
+        r.random_range(0..300),
+    );
+    assert!(std::fs::read(p("t.npy")).unwrap() == input, "seed {seed}: the input was overwritten");
+    let hint = format!("(--resume {} --save {} goes on)", p("t.checkpoint.npy"), p("t.npy"));
+    assert!(said.iter().any(|l| l.starts_with(&format!("saved    {}", p("t.checkpoint.npy"))) && l.ends_with(&hint)));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(p("r.json")).unwrap()).unwrap();
+    let steps = report["summary"]["steps_done"].as_u64().unwrap() + 9;
+    let n = steps.to_string();
+    // The same command again would checkpoint over it: refused.
+    let o = run(&[&in_place[..], &["--steps", &n]].concat());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("exists, a checkpoint of an earlier run"), "{o:?}");
+    let o = run(&[&opts[..], &["--resume", &p("t.checkpoint.npy"), "--save", &p("t.npy"), "--steps", &n]].concat());
+    assert_eq!(o.status.code(), Some(0), "seed {seed}: {}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&[&opts[..], &["--load", &p("orig.npy"), "--save", &p("whole.npy"), "--steps", &n]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let load = |name: &str| latent_line::npy::load(dir.path().join(name).as_path()).unwrap().data;
+    assert!(load("t.npy") == load("whole.npy"), "seed {seed}: not the unbroken run's {steps} steps");
+    for gone in ["t.checkpoint.npy", "t.checkpoint.npy.state.json", "t.checkpoint.npy.velocity.npy"] {
+        assert!(!dir.path().join(gone).exists(), "{gone} left");
+    }
+    // Links beside the input would be written through: refused.
+    for name in ["t.checkpoint.npy", "t.interrupted.npy"] {
+        std::os::unix::fs::symlink(p("orig.npy"), p(name)).unwrap();
+        let o = run(&[&in_place[..], &["--steps", "1"]].concat());
+        assert_eq!(o.status.code(), Some(1), "{name}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("is a link"), "{o:?}");
+        std::fs::remove_file(p(name)).unwrap();
+    }
+    assert!(load("orig.npy") == latent_line::npy::load(dir.path().join("orig.npy").as_path()).unwrap().data);
 }

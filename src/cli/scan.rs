@@ -12,7 +12,10 @@ use latent_line::scan::scan_rows;
 use latent_line::tables;
 
 use super::checks::{adapter_arg, check_adapter, check_output, tensor_arg};
-use crate::{interrupted, print_json, BackendChoice, Outcome, INTERRUPTED, QUIET};
+use crate::{print_json, BackendChoice, Outcome, QUIET};
+
+/// `scan`'s plot is being written: a signal then no longer ends it.
+static WRITING: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
 
 #[derive(Args, Clone, Debug)]
 pub(crate) struct ScanArgs {
@@ -107,11 +110,19 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     if gpu.is_some() {
         latent_line::gpu::transfer_block(None)?; // checked before any output
     }
-    // Ctrl-C (SIGTERM, SIGHUP): the scan stops at its next block and
-    // writes nothing (no plot, no temporary file left by one cut short),
-    // exit 130, as a training run.
-    let stop = INTERRUPTED.get_or_init(|| Arc::new(std::sync::atomic::AtomicBool::new(false))).clone();
-    let _ = ctrlc::set_handler(move || stop.store(true, std::sync::atomic::Ordering::SeqCst));
+    // Ctrl-C (SIGTERM, SIGHUP): a scan has nothing to save, so it ends at
+    // once, exit 130, writing nothing (also while it waits on a pipe,
+    // where a flag would be seen only once data came), unless its plot is
+    // being written: that write finishes (no temporary file left behind),
+    // and the scan with it. The gate orders the two: the handler exits
+    // holding it, before the plot starts, or finds the plot started.
+    let _ = ctrlc::set_handler(|| {
+        let writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+        if !*writing {
+            eprintln!("scan     interrupted: nothing written");
+            std::process::exit(130);
+        }
+    });
     let t = Instant::now();
     // What the file holds: a float64 value beyond float32's range is
     // finite there (loading it to train makes it ±Inf, the note says).
@@ -134,9 +145,6 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     // plot's counts, in neither).
     let (mut read_s, mut plot_s) = (t.elapsed().as_secs_f64(), 0.0);
     let mut read = |out: &mut [f32]| -> latent_line::Result<()> {
-        if interrupted() {
-            return Err(latent_line::Error::InvalidOption { option: "scan", reason: "interrupted".into() });
-        }
         let t = Instant::now();
         reader.read(out)?;
         read_s += t.elapsed().as_secs_f64();
@@ -147,33 +155,24 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
         }
         Ok(())
     };
-    let scanned = match gpu {
+    let (found, on) = match gpu {
         Some(ctx) => {
             let on = format!("gpu · {}", ctx.info.name);
-            latent_line::gpu::scan_from(Arc::new(ctx), shape, &mut read, None).map(|f| (f, on))
+            (latent_line::gpu::scan_from(Arc::new(ctx), shape, &mut read, None)?, on)
         }
         None => {
             // Whole rows a block (about 16 MB), scanned in row order.
             let rows = (SCAN_BLOCK_BYTES / (shape.dim * 4)).clamp(1, shape.rows);
             let mut block = vec![0f32; rows * shape.dim];
-            let mut found = Ok(latent_line::Scan::default());
+            let mut found = latent_line::Scan::default();
             for base in (0..shape.rows).step_by(rows) {
                 let part = &mut block[..(shape.rows - base).min(rows) * shape.dim];
-                if let Err(e) = read(part) {
-                    found = Err(e);
-                    break;
-                }
-                found = found.map(|f| f.merge(scan_rows(part, shape.dim, base as u64)));
+                read(part)?;
+                found = found.merge(scan_rows(part, shape.dim, base as u64));
             }
-            found.map(|f| (f, format!("cpu · {} threads", rayon::current_num_threads())))
+            (found, format!("cpu · {} threads", rayon::current_num_threads()))
         }
     };
-    // (Checked again before the plot: a signal after the last block.)
-    if interrupted() {
-        eprintln!("scan     interrupted: nothing written");
-        return Ok(Outcome::Interrupted);
-    }
-    let (found, on) = scanned?;
     let scan_s = (t.elapsed().as_secs_f64() - read_s - plot_s).max(0.0);
     let note = reader.note();
     if let Some(n) = &note {
@@ -202,6 +201,7 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
             found.pos_inf,
             found.neg_inf
         );
+        *WRITING.lock().unwrap_or_else(|e| e.into_inner()) = true;
         latent_line::plot::draw_bad_rows(p, shape.rows, &spans.counts, &title)?;
         out!("plot     {}", p.display());
     }

@@ -784,7 +784,9 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
         None
     };
     // (The table's path, and the input it is beside where it is.)
+    // (A run going on from such a file saves over it: its own.)
     let save_to = args.save.as_ref().map(|path| match unfinished {
+        Some(_) if beside_resume(args, path).is_some() => (checkpoint_path(args, path), Some(path)),
         Some(_) if checkpointed && saves_over_load(args, path) => (checkpoint_path(args, path), Some(path)),
         Some(why) if saves_over_load(args, path) => (unfinished_save(path, why), Some(path)),
         _ => (path.clone(), None),
@@ -801,18 +803,21 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
             if aborted_at.is_some() { " (the table before the failing step)" } else { "" },
             match beside {
                 Some(input) => format!(
-                    "; not over {}, the run's input, which a run that {} leaves as it was (--resume {} goes on)",
+                    "; not over {}, the run's input, which a run that {} leaves as it was (--resume {} --save {} goes on)",
                     input.display(),
                     if aborted_at.is_some() { "aborts" } else { "is interrupted" },
-                    path.display()
+                    path.display(),
+                    input.display()
                 ),
                 None => String::new(),
             }
         );
         // A run that ended well has replaced its input: its checkpoints
-        // beside it are an older table of the same run, removed (a failure
-        // to is said, not an error: the table is saved).
-        if let Some(ck) = ck_path.as_ref().filter(|ck| checkpointed && beside.is_none() && *ck != path) {
+        // beside it (or the file beside it that it went on from) are an
+        // older table of the same run, removed (a failure to is said, not
+        // an error: the table is saved).
+        let own = checkpointed || beside_resume(args, path).is_some();
+        if let Some(ck) = ck_path.as_ref().filter(|ck| own && beside.is_none() && *ck != path) {
             let [state, velocity, snapshot] =
                 [Some(tables::state_sidecar(ck)), Some(Sidecar::Velocity.path(ck)), Some(Sidecar::Snapshot.path(ck))];
             let mut failed = Vec::new();
@@ -1207,6 +1212,29 @@ fn check_files(args: &TrainArgs) -> anyhow::Result<()> {
     // is removed): none of them over a file the run reads or writes, nor
     // where a folder is.
     if let Some(save) = args.save.as_deref().filter(|s| saves_over_load(args, s)) {
+        // A link there would be written through (and a checkpoint's files
+        // removed through it at the end); a checkpoint there already is an
+        // earlier run's, resumable, which this run's first checkpoint would
+        // replace: both refused, nothing lost.
+        for why in BESIDE {
+            let at = unfinished_save(save, why);
+            if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+                bail!(
+                    "invalid --save: {} is a link; a run whose --save is its --load file writes there (its {why} table); remove it",
+                    at.display()
+                );
+            }
+        }
+        let ck = unfinished_save(save, "checkpoint");
+        if args.checkpoint_every.is_some() && std::fs::symlink_metadata(&ck).is_ok() {
+            bail!(
+                "invalid --save: {} exists, a checkpoint of an earlier run of {} (its checkpoints go there); go on from it (--resume {} --save {}) or remove it",
+                ck.display(),
+                save.display(),
+                ck.display(),
+                save.display()
+            );
+        }
         let checkpoints = args.checkpoint_every.map(|_| "checkpoint");
         for why in ["aborted", "interrupted"].into_iter().chain(checkpoints) {
             let beside = unfinished_save(save, why);
@@ -1289,13 +1317,28 @@ fn saves_over_load(args: &TrainArgs, save: &Path) -> bool {
 /// `--load` table (`t.npy` → `t.checkpoint.npy`), so that the input is
 /// replaced only by a run that ends well (SPEC §12), which then removes
 /// them; an interrupted or aborted run saves over them.
+/// A run going on from one of those files (`--resume t.checkpoint.npy
+/// --save t.npy`, as an interrupted run says) checkpoints and stops there,
+/// its own, and not over `--save`, the table it started from.
 fn checkpoint_path(args: &TrainArgs, save: &Path) -> PathBuf {
-    if args.checkpoint_every.is_some() && saves_over_load(args, save) {
+    if let Some(r) = beside_resume(args, save) {
+        r.to_path_buf()
+    } else if args.checkpoint_every.is_some() && saves_over_load(args, save) {
         unfinished_save(save, "checkpoint")
     } else {
         save.to_path_buf()
     }
 }
+
+/// The `--resume` file where it is one an in-place run of `save` left
+/// beside it (`t.checkpoint.npy`, `t.interrupted.npy`, `t.aborted.npy`).
+fn beside_resume<'a>(args: &'a TrainArgs, save: &Path) -> Option<&'a Path> {
+    let r = args.resume.as_deref()?;
+    BESIDE.iter().any(|why| same_file(r, &unfinished_save(save, why))).then_some(r)
+}
+
+/// The names an in-place run's files take beside its input.
+const BESIDE: [&str; 3] = ["checkpoint", "interrupted", "aborted"];
 
 /// Where an interrupted or aborted run saves when `--save` is its
 /// `--load` table: beside it, `why` before the extension (`t.npy` →
