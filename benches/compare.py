@@ -84,12 +84,14 @@ def on_gpu(text, name):
     return None
 
 
-jax_log, torch_log = section("peers: JAX"), section("peers: PyTorch")
-peer_notes = [n for n in (on_gpu(jax_log, "JAX"), on_gpu(torch_log, "PyTorch")) if n]
-if on_gpu(jax_log, "JAX"):
-    jax_log = ""
-if on_gpu(torch_log, "PyTorch"):
-    torch_log = ""
+peer_logs, peer_notes = {}, []
+for name in ("JAX", "PyTorch"):
+    text = section(f"peers: {name}")
+    why = on_gpu(text, name)
+    if why:
+        peer_notes.append(why)
+    peer_logs[name] = "" if why else text
+jax_log, torch_log = peer_logs["JAX"], peer_logs["PyTorch"]
 
 
 def main_job():

@@ -304,6 +304,69 @@ impl RowCtx<'_> {
             Write::Tmp
         }
     }
+
+    /// A block of rows stepped into the next buffers (double-buffered
+    /// guards); `first` is its first row.
+    #[inline(always)]
+    fn block_to_next(&self, first: usize, src: &[f32], dst: &mut [f32], v: &[f32], vn: &mut [f32]) -> BlockOut {
+        let d = self.d;
+        let mut out = BlockOut::default();
+        for (ti, (xs, ys)) in src.chunks(TILE * d).zip(dst.chunks_mut(TILE * d)).enumerate() {
+            let f = first + ti * TILE;
+            let t = self.tile(f, xs);
+            for (i, (x, y)) in xs.chunks_exact(d).zip(ys.chunks_exact_mut(d)).enumerate() {
+                let j = ti * TILE + i;
+                let vo = row_of(v, j, d);
+                let vy: &mut [f32] = if vn.is_empty() { &mut [] } else { &mut vn[j * d..][..d] };
+                // The new values land in the next buffers directly.
+                if let Write::Copy = self.step(&t, i, f + i, x, vo, true, y, vy, &mut out) {
+                    y.copy_from_slice(x);
+                    vy.copy_from_slice(vo);
+                }
+            }
+        }
+        out
+    }
+
+    /// A block of rows stepped in place (single-buffered guards), or
+    /// evaluated (`update` false).
+    #[inline(always)]
+    fn block_in_place(&self, first: usize, rows: &mut [f32], v: &mut [f32], update: bool) -> BlockOut {
+        let d = self.d;
+        let mut out = BlockOut::default();
+        let (mut tmp, mut vtmp) = (vec![0.0f32; d], vec![0.0f32; if v.is_empty() { 0 } else { d }]);
+        for (ti, xs) in rows.chunks_mut(TILE * d).enumerate() {
+            let f = first + ti * TILE;
+            let t = self.tile(f, xs);
+            for (i, x) in xs.chunks_exact_mut(d).enumerate() {
+                let j = ti * TILE + i;
+                let vo = row_of(v, j, d);
+                if let Write::Tmp = self.step(&t, i, f + i, x, vo, update, &mut tmp, &mut vtmp, &mut out) {
+                    x.copy_from_slice(&tmp);
+                    if !v.is_empty() {
+                        v[j * d..][..d].copy_from_slice(&vtmp);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// `block_to_next` compiled for the instructions of `self.simd`.
+    fn block_to_next_on(&self, first: usize, src: &[f32], dst: &mut [f32], v: &[f32], vn: &mut [f32]) -> BlockOut {
+        let c = self;
+        on_simd!(self.simd, fn(c: &RowCtx, first: usize, src: &[f32], dst: &mut [f32], v: &[f32], vn: &mut [f32]) -> BlockOut {
+            c.block_to_next(first, src, dst, v, vn)
+        })
+    }
+
+    /// `block_in_place` compiled for the instructions of `self.simd`.
+    fn block_in_place_on(&self, first: usize, rows: &mut [f32], v: &mut [f32], update: bool) -> BlockOut {
+        let c = self;
+        on_simd!(self.simd, fn(c: &RowCtx, first: usize, rows: &mut [f32], v: &mut [f32], update: bool) -> BlockOut {
+            c.block_in_place(first, rows, v, update)
+        })
+    }
 }
 
 /// A row's new values (and velocities, with momentum) into `tmp` (`vtmp`):
@@ -366,71 +429,6 @@ pub(crate) fn with_separation(g: f32, sep: f32, pk: f32, qk: f32) -> f32 {
         g + sep * (pk - qk)
     } else {
         g
-    }
-}
-
-impl RowCtx<'_> {
-    /// A block of rows stepped into the next buffers (double-buffered
-    /// guards); `first` is its first row.
-    #[inline(always)]
-    fn block_to_next(&self, first: usize, src: &[f32], dst: &mut [f32], v: &[f32], vn: &mut [f32]) -> BlockOut {
-        let d = self.d;
-        let mut out = BlockOut::default();
-        for (ti, (xs, ys)) in src.chunks(TILE * d).zip(dst.chunks_mut(TILE * d)).enumerate() {
-            let f = first + ti * TILE;
-            let t = self.tile(f, xs);
-            for (i, (x, y)) in xs.chunks_exact(d).zip(ys.chunks_exact_mut(d)).enumerate() {
-                let j = ti * TILE + i;
-                let vo = row_of(v, j, d);
-                let vy: &mut [f32] = if vn.is_empty() { &mut [] } else { &mut vn[j * d..][..d] };
-                // The new values land in the next buffers directly.
-                if let Write::Copy = self.step(&t, i, f + i, x, vo, true, y, vy, &mut out) {
-                    y.copy_from_slice(x);
-                    vy.copy_from_slice(vo);
-                }
-            }
-        }
-        out
-    }
-
-    /// A block of rows stepped in place (single-buffered guards), or
-    /// evaluated (`update` false).
-    #[inline(always)]
-    fn block_in_place(&self, first: usize, rows: &mut [f32], v: &mut [f32], update: bool) -> BlockOut {
-        let d = self.d;
-        let mut out = BlockOut::default();
-        let (mut tmp, mut vtmp) = (vec![0.0f32; d], vec![0.0f32; if v.is_empty() { 0 } else { d }]);
-        for (ti, xs) in rows.chunks_mut(TILE * d).enumerate() {
-            let f = first + ti * TILE;
-            let t = self.tile(f, xs);
-            for (i, x) in xs.chunks_exact_mut(d).enumerate() {
-                let j = ti * TILE + i;
-                let vo = row_of(v, j, d);
-                if let Write::Tmp = self.step(&t, i, f + i, x, vo, update, &mut tmp, &mut vtmp, &mut out) {
-                    x.copy_from_slice(&tmp);
-                    if !v.is_empty() {
-                        v[j * d..][..d].copy_from_slice(&vtmp);
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// `block_to_next` compiled for the instructions of `self.simd`.
-    fn block_to_next_on(&self, first: usize, src: &[f32], dst: &mut [f32], v: &[f32], vn: &mut [f32]) -> BlockOut {
-        let c = self;
-        on_simd!(self.simd, fn(c: &RowCtx, first: usize, src: &[f32], dst: &mut [f32], v: &[f32], vn: &mut [f32]) -> BlockOut {
-            c.block_to_next(first, src, dst, v, vn)
-        })
-    }
-
-    /// `block_in_place` compiled for the instructions of `self.simd`.
-    fn block_in_place_on(&self, first: usize, rows: &mut [f32], v: &mut [f32], update: bool) -> BlockOut {
-        let c = self;
-        on_simd!(self.simd, fn(c: &RowCtx, first: usize, rows: &mut [f32], v: &mut [f32], update: bool) -> BlockOut {
-            c.block_in_place(first, rows, v, update)
-        })
     }
 }
 

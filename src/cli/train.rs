@@ -785,9 +785,9 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
     };
     // (The table's path, and the input it is beside where it is.)
     // (A run going on from such a file saves over it: its own.)
-    let save_to = args.save.as_ref().map(|path| match unfinished {
-        Some(_) if beside_resume(args, path).is_some() => (checkpoint_path(args, path), Some(path)),
-        Some(_) if checkpointed && saves_over_load(args, path) => (checkpoint_path(args, path), Some(path)),
+    let own_ck = |path: &Path| beside_resume(args, path).is_some() || (checkpointed && saves_over_load(args, path));
+    let save_to = args.save.as_ref().zip(ck_path.as_ref()).map(|(path, ck)| match unfinished {
+        Some(_) if own_ck(path) => (ck.clone(), Some(path)),
         Some(why) if saves_over_load(args, path) => (unfinished_save(path, why), Some(path)),
         _ => (path.clone(), None),
     });
@@ -816,12 +816,9 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
         // beside it (or the file beside it that it went on from) are an
         // older table of the same run, removed (a failure to is said, not
         // an error: the table is saved).
-        let own = checkpointed || beside_resume(args, path).is_some();
-        if let Some(ck) = ck_path.as_ref().filter(|ck| own && beside.is_none() && *ck != path) {
-            let [state, velocity, snapshot] =
-                [Some(tables::state_sidecar(ck)), Some(Sidecar::Velocity.path(ck)), Some(Sidecar::Snapshot.path(ck))];
+        if let Some(ck) = ck_path.as_ref().filter(|ck| own_ck(path) && beside.is_none() && *ck != path) {
             let mut failed = Vec::new();
-            for f in std::iter::once(ck.clone()).chain([state, velocity, snapshot].into_iter().flatten()) {
+            for f in std::iter::once(ck.clone()).chain(sidecars(ck)) {
                 match std::fs::remove_file(&f) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => failed.push(format!("{}: {e}", f.display())),
                     _ => {}
@@ -1144,9 +1141,7 @@ fn check_files(args: &TrainArgs) -> anyhow::Result<()> {
     let outputs = [("--save", &args.save), ("--report", &args.report), ("--plot", &args.plot)];
     // A checkpoint's run state and optimiser state lie beside it: --save's
     // are written, --resume's read.
-    let sides = |p: Option<&Path>| {
-        [p.map(tables::state_sidecar), p.map(|s| Sidecar::Velocity.path(s)), p.map(|s| Sidecar::Snapshot.path(s))]
-    };
+    let sides = |p: Option<&Path>| p.map_or([None, None, None], |p| sidecars(p).map(Some));
     let [state, velocity, snapshot] = sides(args.save.as_deref());
     let [r_state, r_velocity, r_snapshot] = sides(args.resume.as_deref());
     let inputs = [
@@ -1311,6 +1306,13 @@ fn step_config(args: &TrainArgs, shape: Shape) -> anyhow::Result<StepConfig> {
 /// looks for it.)
 fn saves_over_load(args: &TrainArgs, save: &Path) -> bool {
     args.load.as_deref().is_some_and(|input| same_file(save, input))
+}
+
+/// A checkpoint's files beside its table: its run state (beside an
+/// `.npy`, or a `.safetensors` one too large for its header), its
+/// velocity, its snapshot.
+fn sidecars(path: &Path) -> [PathBuf; 3] {
+    [tables::state_sidecar(path), Sidecar::Velocity.path(path), Sidecar::Snapshot.path(path)]
 }
 
 /// Where the run's checkpoints go: `--save`, or beside it where that is the
