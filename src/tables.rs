@@ -174,7 +174,8 @@ pub fn recover(path: &Path, shape: Shape, want: u64) -> Option<(PathBuf, TableRe
 /// A killed save's leftovers in the folder of the checkpoint `path` (its
 /// links followed), in name order: the new files not yet renamed
 /// (`.latent-line-*.tmp`) and the old ones replaced (`.latent-line-old-*`).
-fn leftovers(path: &Path) -> Option<Vec<PathBuf>> {
+/// (Also another run's save in flight there: they are named alike.)
+pub fn leftovers(path: &Path) -> Option<Vec<PathBuf>> {
     let path = npy::destination(path).unwrap_or_else(|p| p);
     let mut found: Vec<PathBuf> = std::fs::read_dir(npy::folder(&path))
         .ok()?

@@ -495,6 +495,13 @@ fn a_checkpoint_killed_between_its_files_resumes_from_what_the_kill_left() {
         let part = if case == "table" { "its table from" } else { "its velocity from" };
         assert!(said.contains(part) && said.contains(left), "{case}: {said}");
         assert!(!said.contains("input "), "{case}: the table left aside was scanned: {said}");
+        // The leftover is kept (another checkpoint there may need it) and said.
+        assert!(sub.p(left).exists(), "{case}: the leftover was removed");
+        assert!(
+            said.contains(&format!("note     1 temporary file of unfinished saves in {}", sub.0.path().display()))
+                && said.contains(left),
+            "{case}: {said}"
+        );
         let unbroken = std::fs::read(dir.p("unbroken.npy")).unwrap();
         assert!(std::fs::read(sub.p("ck.npy")).unwrap() == unbroken, "{case}: not the unbroken run's table");
     }
@@ -513,6 +520,8 @@ fn a_checkpoint_leaves_no_sidecar_its_run_state_does_not_have() {
     assert!(dir.p("ck.npy.snapshot.npy").exists());
     let o = run(&[&base[..], &["--steps", "6", "--resume", &ck, "--save", &ck]].concat());
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // (A clean folder: no note of leftovers.)
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("unfinished saves"), "{}", String::from_utf8_lossy(&o.stdout));
     let state: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.p("ck.npy.state.json")).unwrap()).unwrap();
     assert_eq!((&state["steps"], &state["snapshot"]), (&6.into(), &false.into()));
     assert_eq!(dir.files(), ["ck.npy", "ck.npy.state.json"]);

@@ -831,6 +831,12 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
             }
         }
     }
+    // Killed saves' temporary files are hidden (dot names) and may be as
+    // large as the table: said, not removed (a --resume of a checkpoint
+    // there may need one; another run's save may be writing one).
+    if let Some(note) = save_to.as_ref().and_then(|(path, _)| leftovers_note(path)) {
+        out!("{note}");
+    }
     if let (Some(path), Some(before)) = (&args.plot, &before) {
         let after = drawn(trainer.as_mut())?;
         let excess = log.excess.iter().flatten().enumerate().map(|(i, &e)| (step_of(i), e)).collect();
@@ -1341,6 +1347,30 @@ fn beside_resume<'a>(args: &'a TrainArgs, save: &Path) -> Option<&'a Path> {
 
 /// The names an in-place run's files take beside its input.
 const BESIDE: [&str; 3] = ["checkpoint", "interrupted", "aborted"];
+
+/// The note on the leftovers of unfinished saves (`tables::leftovers`)
+/// lying beside a table just saved at `path`, if there are any: how many,
+/// their size, the first names.
+fn leftovers_note(path: &Path) -> Option<String> {
+    let found = tables::leftovers(path).filter(|f| !f.is_empty())?;
+    let bytes: u64 = found.iter().filter_map(|p| p.symlink_metadata().ok()).map(|m| m.len()).sum();
+    let names: Vec<String> =
+        found.iter().take(3).map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
+    let more = if found.len() > 3 { format!(", … {} more", found.len() - 3) } else { String::new() };
+    let folder = match found[0].parent().filter(|f| *f != Path::new(".")) {
+        Some(f) => f.display().to_string(),
+        None => "the current folder".into(),
+    };
+    let size = if bytes < 1_000_000 { format!("{bytes} bytes") } else { format!("{:.1} MB", bytes as f64 / 1e6) };
+    Some(format!(
+        "note     {} temporary file{} of unfinished saves in {folder} ({size}: {}{more}), left by a killed run \
+         (or another run's save in flight): a --resume of a checkpoint there takes what it needs from them; \
+         delete them once none does",
+        found.len(),
+        if found.len() == 1 { "" } else { "s" },
+        names.join(", ")
+    ))
+}
 
 /// Where an interrupted or aborted run saves when `--save` is its
 /// `--load` table: beside it, `why` before the extension (`t.npy` →
