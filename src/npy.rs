@@ -84,6 +84,8 @@ struct Opened {
     file: File,
     dtype: Dtype,
     dims: Vec<u64>,
+    /// Column-major data (only index files may be: `parse_header`).
+    fortran: bool,
     /// Data bytes the file really holds (after the header).
     data_bytes: u64,
 }
@@ -137,7 +139,7 @@ fn open(path: &Path, what: Holds) -> Result<Opened> {
     let mut header = vec![0u8; header_len as usize];
     read_exact_or(&mut file, &mut header, || bad("truncated .npy header".into()))?;
     let header = String::from_utf8(header).map_err(|_| bad("the .npy header is not text".into()))?;
-    let (dtype, dims) = parse_header(&header, what).map_err(bad)?;
+    let (dtype, dims, fortran) = parse_header(&header, what).map_err(bad)?;
     let data_bytes = file_len - prefix - header_len;
     let want = dims
         .iter()
@@ -150,7 +152,7 @@ fn open(path: &Path, what: Holds) -> Result<Opened> {
             dtype_name(dtype)
         )));
     }
-    Ok(Opened { file, dtype, dims, data_bytes })
+    Ok(Opened { file, dtype, dims, fortran, data_bytes })
 }
 
 /// Integer indices read from a `.npy` file (SPEC §10's `--indices`).
@@ -181,12 +183,14 @@ pub fn index_out_of_range(at: &str, v: i128, rows: usize) -> String {
 }
 
 /// Reads a 1-D or 2-D `.npy` file of integer row indices (any width,
-/// signed or not, either byte order), each checked to be a row of a table
-/// of `rows` rows as it is read (4 bytes an index in memory, whatever the
-/// file's width); one that is not is refused by its position in the file.
+/// signed or not, either byte order; C or Fortran order, as numpy saves a
+/// transposed array), each checked to be a row of a table of `rows` rows
+/// as it is read (4 bytes an index in memory, whatever the file's width);
+/// one that is not is refused by its position in the array, the first in
+/// row order.
 pub fn load_indices(path: &Path, rows: usize) -> Result<Indices> {
     let bad = |reason: String| Error::bad_file(path, reason);
-    let Opened { mut file, dtype, dims, data_bytes } = open(path, Holds::Indices)?;
+    let Opened { mut file, dtype, dims, fortran, data_bytes } = open(path, Holds::Indices)?;
     if !matches!(dtype, Dtype::Int { .. }) {
         return Err(bad(format!("indices must be integers, found {}", dtype_name(dtype))));
     }
@@ -200,23 +204,39 @@ pub fn load_indices(path: &Path, rows: usize) -> Result<Indices> {
     // The size check above ties the count to the file's real size.
     let n = (data_bytes / item as u64) as usize;
     let width = *dims.last().expect("1-D or 2-D") as usize;
+    let height = n / width;
     let mut values: Vec<u32> = host_vec(path, n as u64, &format!("{n} indices"))?;
+    values.resize(n, 0);
+    // The k-th value of the file: its place in row order (a column-major
+    // 2-D file's k-th is row k % height, column k / height).
+    let place = |k: usize| if fortran && dims.len() == 2 { (k % height) * width + k / height } else { k };
+    // The first out-of-range index in row order, with its value: in a C
+    // order file the first met, in a Fortran one the least place of all.
+    let mut first_bad: Option<(usize, i128)> = None;
     let mut block = vec![0u8; item * 65_536];
-    let mut left = n;
-    while left > 0 {
-        let m = left.min(65_536);
+    let mut k = 0;
+    while k < n {
+        let m = (n - k).min(65_536);
         let bytes = &mut block[..m * item];
         read_exact_or(&mut file, bytes, || bad("truncated while reading the data".into()))?;
         for c in bytes.chunks_exact(item) {
-            let v = dtype.int_at(c);
+            let (v, at) = (dtype.int_at(c), place(k));
             if v < 0 || v >= rows as i128 {
-                let k = values.len();
-                let at = if dims.len() == 2 { format!("[{}, {}]", k / width, k % width) } else { format!("[{k}]") };
-                return Err(bad(index_out_of_range(&at, v, rows)));
+                if first_bad.is_none_or(|(b, _)| at < b) {
+                    first_bad = Some((at, v));
+                }
+            } else {
+                values[at] = v as u32;
             }
-            values.push(v as u32);
+            k += 1;
         }
-        left -= m;
+        if first_bad.is_some() && !fortran {
+            break;
+        }
+    }
+    if let Some((k, v)) = first_bad {
+        let at = if dims.len() == 2 { format!("[{}, {}]", k / width, k % width) } else { format!("[{k}]") };
+        return Err(bad(index_out_of_range(&at, v, rows)));
     }
     Ok(Indices { dims, values })
 }
@@ -336,7 +356,10 @@ fn read_exact_or(f: &mut File, buf: &mut [u8], err: impl FnOnce() -> Error) -> R
 /// once, and nothing before or after it but spaces (numpy refuses other
 /// keys and any other text; a key given twice, which Python would take
 /// the last of, is refused rather than read either way).
-fn parse_header(h: &str, what: Holds) -> std::result::Result<(Dtype, Vec<u64>), String> {
+/// Returns the dtype, the shape and whether the data are column-major:
+/// only an index file's may be (read whole, then put in row order); a
+/// table streams in row order, so one of those is refused.
+fn parse_header(h: &str, what: Holds) -> std::result::Result<(Dtype, Vec<u64>, bool), String> {
     let mut p = HeaderCursor { s: h.as_bytes(), i: 0 };
     let (mut descr, mut fortran, mut shape) = (None, None, None);
     p.expect(b'{')?;
@@ -401,10 +424,10 @@ fn parse_header(h: &str, what: Holds) -> std::result::Result<(Dtype, Vec<u64>), 
         ),
         Holds::Indices => format!("unsupported dtype '{descr}': indices are integers (e.g. '<i4', '<i8', '<u4')"),
     })?;
-    if fortran {
-        return Err("Fortran-ordered arrays are not supported: save with numpy.ascontiguousarray".into());
+    if fortran && what == Holds::Table {
+        return Err("Fortran-ordered tables are not supported: save with numpy.ascontiguousarray".into());
     }
-    Ok((dtype, dims))
+    Ok((dtype, dims, fortran))
 }
 
 /// Reads the Python literals of a `.npy` header, skipping spaces before
@@ -983,6 +1006,56 @@ mod tests {
         assert_eq!(Dtype::Int { bytes: 1, signed: true, big: false }.int_at(&[0x80]), -128);
     }
 
+    /// A 2-D index file in Fortran order (as `np.save` writes a transposed
+    /// array) reads as the same array as its C-order twin; an index out of
+    /// range is named by the first place in row order, not in the file's.
+    #[test]
+    fn fortran_order_indices_read_in_row_order() {
+        use rand::{Rng as _, SeedableRng as _};
+        let seed = crate::test_seed("fortran_order_indices_read_in_row_order");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let dir = tempfile::tempdir().unwrap();
+        // (More values than the reader's block of 65 536: places met late.)
+        let (h, w) = (rng.random_range(260..400usize), rng.random_range(260..400usize));
+        let rows = 1000u32;
+        let a: Vec<u32> = (0..h * w).map(|_| rng.random_range(0..rows)).collect();
+        let file = |name: &str, fortran: bool, v: &[u32]| {
+            let header = format!(
+                "{{'descr': '<i4', 'fortran_order': {}, 'shape': ({h}, {w}), }}\n",
+                if fortran { "True" } else { "False" }
+            );
+            let mut f = MAGIC.to_vec();
+            f.extend([1, 0]);
+            f.extend((header.len() as u16).to_le_bytes());
+            f.extend(header.as_bytes());
+            // Column-major: element (i, j) at j·h + i.
+            let order: Vec<usize> =
+                if fortran { (0..h * w).map(|k| (k % h) * w + k / h).collect() } else { (0..h * w).collect() };
+            for k in order {
+                f.extend((v[k] as i32).to_le_bytes());
+            }
+            let path = dir.path().join(name);
+            std::fs::write(&path, f).unwrap();
+            path
+        };
+        let (c, f) = (file("c.npy", false, &a), file("f.npy", true, &a));
+        let got = load_indices(&f, rows as usize).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        assert_eq!(got.dims, [h as u64, w as u64], "seed {seed}");
+        assert_eq!(got.values, a, "seed {seed}");
+        assert_eq!(load_indices(&c, rows as usize).unwrap().values, a, "seed {seed}");
+        // Two indices out of range: (h − 1, 0), in the Fortran file's first
+        // block, and (0, w − 1), in its last; row order names (0, w − 1)
+        // in both files.
+        let mut b = a.clone();
+        b[(h - 1) * w] = rows;
+        b[w - 1] = rows + 7;
+        for fortran in [false, true] {
+            let err = load_indices(&file("bad.npy", fortran, &b), rows as usize).unwrap_err().to_string();
+            let want = format!("index [0, {}] is {}", w - 1, rows + 7);
+            assert!(err.contains(&want), "seed {seed}, fortran {fortran}: {err}");
+        }
+    }
+
     /// A set of files committed together: when one cannot replace its
     /// path, the ones already renamed get their old contents back (or go,
     /// where there was none), and no temporary file is left.
@@ -1211,7 +1284,7 @@ mod tests {
             "{\"descr\":\"<f4\",\"fortran_order\":False,\"shape\":(2,3)}",
             "{ 'shape' : ( 2 , 3 , ) , 'fortran_order' : False , 'descr' : '<f4' }",
         ] {
-            assert_eq!(parse_header(h, Holds::Table).unwrap(), (Dtype::F32, vec![2, 3]), "{h}");
+            assert_eq!(parse_header(h, Holds::Table).unwrap(), (Dtype::F32, vec![2, 3], false), "{h}");
         }
         assert_eq!(
             parse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (), }", Holds::Table).unwrap().1,
@@ -1219,7 +1292,7 @@ mod tests {
         );
         assert_eq!(
             parse_header("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }", Holds::Table).unwrap(),
-            (Dtype::F64, vec![2, 3])
+            (Dtype::F64, vec![2, 3], false)
         );
     }
 }
