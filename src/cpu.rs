@@ -588,6 +588,36 @@ impl CpuTrainer {
         let schedule = Schedule::new(&batches, shape.rows, cfg.anchor_a as u32, cfg.anchor_b as u32)?;
         let n =
             usize::try_from(shape.elements()).map_err(|_| shape.too_large("more elements than this host can index"))?;
+        let policy = cfg.guard.policy;
+        // Only the plain full-table step double-buffers; the general one
+        // writes a scratch copy of its slots back when the guard allows.
+        let general = !schedule.is_full() || cfg.needs_prepass();
+        let double = policy.double_buffered() && !general;
+        let momentum = cfg.momentum > 0.0;
+        // The table's copies this trainer allocates (a table given as
+        // values is one already), checked against what the host can give
+        // before any is.
+        let copies: Vec<&str> = [
+            (!matches!(source, TableSource::Data(_)), "the table"),
+            (double, "its second buffer"),
+            (policy == Policy::Rollback, "rollback's snapshot"),
+            (momentum, "the velocity"),
+            (momentum && double, "the velocity's second buffer"),
+        ]
+        .into_iter()
+        .filter_map(|(has, what)| has.then_some(what))
+        .collect();
+        let bytes = (copies.len() as u64).saturating_mul(shape.bytes());
+        crate::host::check(
+            shape,
+            bytes,
+            &format!(
+                "{} cop{} of the table: {}",
+                copies.len(),
+                if copies.len() == 1 { "y" } else { "ies" },
+                copies.join(", ")
+            ),
+        )?;
         let table = match source {
             TableSource::Data(v) => {
                 if v.len() != n {
@@ -614,15 +644,9 @@ impl CpuTrainer {
                 v
             }
         };
-        let policy = cfg.guard.policy;
-        // Only the plain full-table step double-buffers; the general one
-        // writes a scratch copy of its slots back when the guard allows.
-        let general = !schedule.is_full() || cfg.needs_prepass();
-        let double = policy.double_buffered() && !general;
         let next = if double { alloc(shape, n)? } else { Vec::new() };
         let snapshot = if policy == Policy::Rollback { alloc(shape, n)? } else { Vec::new() };
         let strikes = if policy == Policy::SkipRow { vec![0u32; shape.rows] } else { Vec::new() };
-        let momentum = cfg.momentum > 0.0;
         let vel = if momentum { alloc(shape, n)? } else { Vec::new() };
         let vel_next = if momentum && double { alloc(shape, n)? } else { Vec::new() };
         let identity =

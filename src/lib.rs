@@ -27,6 +27,7 @@ pub mod diagnose;
 pub mod error;
 pub mod gpu;
 pub mod guard;
+pub mod host;
 pub mod npy;
 pub mod plot;
 pub mod record;

@@ -2695,3 +2695,42 @@ fn options_the_run_has_no_use_for_are_said_and_negative_counts_named() {
         assert!(stderr(&o).contains(&format!("invalid value '-1' for '{opt} <")), "{opt}: {}", stderr(&o));
     }
 }
+
+#[test]
+fn a_table_the_host_cannot_hold_is_refused_before_any_allocation() {
+    // Linux overcommits: without a check, the run would be killed when it
+    // touched its pages (exit 137, nothing said). The CPU backend needs the
+    // table and its second buffer (the default guard); a software GPU
+    // adapter the same in its buffers, which are host memory.
+    let dir = Dir::new();
+    let (rows, dim) = (20000u64, 16u64);
+    let need = 2 * rows * dim * 4;
+    for backend in ["cpu", "gpu"] {
+        let args = |out: &str| {
+            let (r, d) = (rows.to_string(), dim.to_string());
+            let a = ["--backend", backend, "--rows", &r, "--dim", &d, "--steps", "2", "--save", &dir.s(out), "--quiet"];
+            a.map(String::from)
+        };
+        let o = latent_line(args("no.npy")).env("LATENT_LINE_HOST_MEMORY", (need - 1).to_string()).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{backend}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(
+            e.contains(&format!("table of {rows} rows × {dim} columns ({} bytes) does not fit", need / 2)),
+            "{backend}: {e}"
+        );
+        assert!(
+            e.contains(&format!("needs {:.1} MB of host memory", need as f64 / 1e6))
+                && e.contains("LATENT_LINE_HOST_MEMORY"),
+            "{backend}: {e}"
+        );
+        assert!(!dir.p("no.npy").exists(), "{backend}");
+        // Exactly what it needs: it runs.
+        let o = latent_line(args("yes.npy")).env("LATENT_LINE_HOST_MEMORY", need.to_string()).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{backend}: {}", stderr(&o));
+        std::fs::remove_file(dir.p("yes.npy")).unwrap();
+    }
+    // Without the override, what the system says: no host has a petabyte.
+    let o = run(&["--backend", "cpu", "--rows", "4000000000", "--dim", "100000", "--steps", "1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("TB of host memory") || stderr(&o).contains("GB of host memory"), "{}", stderr(&o));
+}

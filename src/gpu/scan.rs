@@ -221,6 +221,10 @@ pub fn scan_from(ctx: Arc<GpuContext>, shape: Shape, feed: &mut Feed, max_chunk_
     let wg = ctx.workgroup_size(256);
     let max_groups = ctx.max_groups();
     let layout = ChunkLayout::new(shape, ctx.max_binding_bytes(), max_chunk_rows, wg, max_groups)?;
+    if ctx.is_software() {
+        // (Its buffers are host memory: see `crate::host`.)
+        crate::host::check(shape, shape.bytes(), "the table uploaded to the software adapter")?;
+    }
     let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let d = shape.dim;
     let buffers: Vec<wgpu::Buffer> = layout

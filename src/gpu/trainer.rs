@@ -819,6 +819,19 @@ impl GpuTrainer {
             _ => 0,
         };
 
+        // A software adapter's buffers are host memory, which Linux
+        // overcommits: checked first, so that a table that cannot fit is
+        // refused rather than killed. (Its copies: the guard's, and as many
+        // again of the velocity's.)
+        if software {
+            let n = copies(cfg.guard.policy) * if cfg.momentum > 0.0 { 2 } else { 1 };
+            let what = format!(
+                "{n} table-sized buffers: the `{}` guard's{}",
+                cfg.guard.policy.name(),
+                if cfg.momentum > 0.0 { " and the velocity's" } else { "" }
+            );
+            crate::host::check(shape, (n as u64).saturating_mul(shape.bytes()), &what)?;
+        }
         // Allocation and pipeline creation inside error scopes: an
         // out-of-memory becomes a typed error naming the sizes, not a panic.
         let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
