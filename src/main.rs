@@ -97,8 +97,10 @@ enum Outcome {
 
 /// Set by the Ctrl-C handler (SIGINT; SIGTERM and SIGHUP too: `timeout`,
 /// `docker stop`, a batch scheduler's end of time, a closed terminal);
-/// the trainer stops after the step in flight. (`scan`, with nothing to
-/// save, ends at once from its own handler: src/cli/scan.rs.)
+/// the trainer stops after the step in flight (before the first step, and
+/// at a second signal, the handler ends the run at once: src/cli/train.rs).
+/// (`scan`, with nothing to save, ends at once from its own handler:
+/// src/cli/scan.rs.)
 static INTERRUPTED: std::sync::OnceLock<Arc<std::sync::atomic::AtomicBool>> = std::sync::OnceLock::new();
 
 fn interrupted() -> bool {

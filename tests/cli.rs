@@ -877,7 +877,7 @@ fn a_guarded_run_reports_every_event_and_abort_exits_3_with_the_table_before_the
         assert!(text.contains("· after 0 steps,"), "{text}");
         // The steps after the abort (the rest of its submission) did
         // nothing and are not timed.
-        assert!(text.contains("(wall clock over 1 steps)"), "{text}");
+        assert!(text.contains("(wall clock over 1 step)"), "{text}");
         let saved = std::fs::read(&save).unwrap();
         let data: Vec<f32> = saved[saved.len() - table.len() * 4..]
             .chunks(4)

@@ -338,3 +338,70 @@ fn an_interrupted_in_place_run_goes_on_from_its_checkpoint() {
     }
     assert!(std::fs::read(p("orig.npy")).unwrap() == input, "a link's target was written through");
 }
+
+/// Waits up to `limit` for `child` to exit; its output (killed and a
+/// failure past the limit).
+fn exits_within(mut child: Child, limit: Duration, what: &str) -> std::process::Output {
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() >= limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Before its first step a run has nothing to save: a signal ends it at
+/// once (exit 130, nothing written), here while it waits on a pipe with
+/// no writer yet (a `.safetensors` input read from a pipe), where a flag
+/// would be seen only once data came.
+#[test]
+fn a_signal_before_the_first_step_ends_the_run_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fifo, out) = (dir.path().join("in.safetensors"), dir.path().join("out.npy"));
+    assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+    let child = spawn(&["--backend", "cpu", "--load", fifo.to_str().unwrap(), "--save", out.to_str().unwrap()]);
+    // (Time to install its handler: a signal before that would kill it.)
+    std::thread::sleep(Duration::from_millis(1000));
+    signal(&child, "-INT");
+    let done = exits_within(child, Duration::from_secs(10), "a run waiting on its input");
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted before the first step: nothing written"), "{err}");
+    let mut left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    left.sort();
+    assert_eq!(left, ["in.safetensors"], "files written");
+}
+
+/// A signal while a finished run saves stops nothing (the save goes on);
+/// a second one ends the run at once: here its save waits for a reader of
+/// the pipe it was told to write (`--save` a FIFO no one reads).
+#[test]
+fn a_second_signal_ends_a_save_that_waits() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("out.npy");
+    assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+    let mut child = Command::new(BIN)
+        .args(["--backend", "cpu", "--rows", "1000", "--dim", "8", "--steps", "3", "--save", fifo.to_str().unwrap()])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start latent-line");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // The `speed` line is the last before the save.
+    assert!(lines.any(|l| l.is_ok_and(|l| l.starts_with("speed"))), "no `speed` line");
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, "-INT");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "one signal stopped a finished run's save");
+    signal(&child, "-INT");
+    let done = exits_within(child, Duration::from_secs(10), "a save waiting on its pipe, signalled twice");
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted again: ending now"), "{err}");
+}

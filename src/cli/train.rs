@@ -186,20 +186,83 @@ impl std::fmt::Display for Recheck {
 
 impl std::error::Error for Recheck {}
 
+/// `n` `thing`s, "1 step", "2 steps".
+fn count(n: impl Into<u64>, thing: &str) -> String {
+    let n: u64 = n.into();
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
+}
+
+/// A size in MB (one decimal), or in bytes under 0.1 MB (a small table's
+/// "0.0 MB" said nothing).
+fn megabytes(bytes: u64) -> String {
+    if bytes < 100_000 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{:.1} MB", bytes as f64 / 1e6)
+    }
+}
+
+/// Whether the run is before its first step, where a signal ends it at
+/// once (nothing is saved yet). The handler holds the lock while it exits,
+/// so the run cannot go on past `Preparing`'s end meanwhile.
+static PREPARING: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+
+/// Sets `PREPARING` while it lives (an error return ends it too).
+struct Preparing;
+
+impl Preparing {
+    fn start() -> Preparing {
+        *PREPARING.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        Preparing
+    }
+}
+
+impl Drop for Preparing {
+    fn drop(&mut self) {
+        *PREPARING.lock().unwrap_or_else(|e| e.into_inner()) = false;
+    }
+}
+
 /// A training run; `checked`: a resume's files are checked against their
 /// fingerprints by a pass of their own before they are read into the
 /// trainer (else as they are, and `Recheck` where one differs).
 fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
     QUIET.store(args.quiet || args.json, std::sync::atomic::Ordering::Relaxed);
-    // Ctrl-C (or SIGTERM, SIGHUP), from the start: the trainer finishes the step in flight (the
-    // GPU: the submissions in flight), then the table and the report are
-    // saved and the exit code is 130. Saves are atomic, so a second Ctrl-C
-    // cannot corrupt anything either.
+    // Ctrl-C (or SIGTERM, SIGHUP): before the first step (opening,
+    // loading, checking) the run ends at once, exit 130, nothing written;
+    // once steps run, the trainer finishes the step in flight (the GPU:
+    // the submissions in flight), then the table and the report are saved
+    // and the exit code is 130. A second signal ends the run at once,
+    // wherever it is (a save blocked on a pipe, a long save): saves are
+    // atomic, so that loses only the save in progress.
     let stop_flag = INTERRUPTED.get_or_init(|| Arc::new(std::sync::atomic::AtomicBool::new(false))).clone();
     let handler_flag = stop_flag.clone();
-    let _ = ctrlc::set_handler(move || handler_flag.store(true, std::sync::atomic::Ordering::SeqCst));
+    let _ = ctrlc::set_handler(move || {
+        let again = handler_flag.swap(true, std::sync::atomic::Ordering::SeqCst);
+        let preparing = PREPARING.lock().unwrap_or_else(|e| e.into_inner());
+        if *preparing {
+            eprintln!("interrupted before the first step: nothing written");
+            std::process::exit(130);
+        }
+        if again {
+            eprintln!("interrupted again: ending now (a save in progress is left unfinished: its file is as it was)");
+            std::process::exit(130);
+        }
+    });
     // Everything is validated before any allocation or output.
     check_files(args)?;
+    // (After check_files, whose probe of the save's folder is a temporary
+    // file that an exit would leave behind.)
+    let preparing = Preparing::start();
+    if interrupted() {
+        // (A signal before it: nothing written yet either.)
+        eprintln!("interrupted before the first step: nothing written");
+        std::process::exit(130);
+    }
     let mut carried = None;
     // --resume's run state, read once (with the table's header): its
     // tensor is checked at once, the rest by `resume` before any work.
@@ -394,10 +457,10 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
         out!("         naive: autograd's formula with ε = 0; {which}");
     }
     out!(
-        "table    {} × {} f32 ({:.1} MB) · anchors {},{} · endpoints {} · reduction {} · ε {} · lr {}{}",
+        "table    {} × {} f32 ({}) · anchors {},{} · endpoints {} · reduction {} · ε {} · lr {}{}",
         shape.rows,
         shape.dim,
-        shape.bytes() as f64 / 1e6,
+        megabytes(shape.bytes()),
         cfg.anchor_a,
         cfg.anchor_b,
         name(cfg.endpoints),
@@ -463,6 +526,11 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
     // A batch's record covers its rows; the summary's start is the table's.
     let start_eval = if batched { Some(trainer.evaluate()?) } else { None };
     let mut done = start;
+    if start > 0 {
+        out!("resume   from step {start} of {}", args.steps);
+    }
+    // From here a signal lets the step in flight finish and saves.
+    drop(preparing);
     // A progress bar on a terminal for runs long enough to want one (on
     // stderr; not with --quiet or --json, nor when stdout is not a terminal).
     let bar = (std::io::IsTerminal::is_terminal(&std::io::stdout())
@@ -470,16 +538,24 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
         && args.steps - start.min(args.steps) > 100)
         .then(|| {
             let b = indicatif::ProgressBar::new(args.steps as u64);
+            // The rate: this run's steps (not a resume's earlier ones) over
+            // the time since the bar began, in whole steps a second. (The
+            // message brings its own separator: none dangles before it.)
+            let first = start as u64;
             b.set_style(
-                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps · {per_sec} · {msg}")
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps · {rate}{msg}")
+                    .map(|s| {
+                        s.with_key("rate", move |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                            let t = st.elapsed().as_secs_f64();
+                            let rate = if t > 0.0 { st.pos().saturating_sub(first) as f64 / t } else { 0.0 };
+                            let _ = write!(w, "{rate:.0} steps/s");
+                        })
+                    })
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
-            b.set_position(start as u64);
+            b.set_position(first);
             b
         });
-    if start > 0 {
-        out!("resume   from step {start} of {}", args.steps);
-    }
     let mut shown = 0;
     let mut hidden = 0;
     let mut last_said: Vec<(&str, String)> = Vec::new();
@@ -544,7 +620,7 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
             if let (Some(b), Some(last)) = (&bar, group.last()) {
                 b.set_position((done + group.len()) as u64);
                 b.set_message(format!(
-                    "loss {:.4e} · d0 {:.4} · non-finite events {}",
+                    " · loss {:.4e} · d0 {:.4} · non-finite events {}",
                     last.loss(cfg.w_red(last.batch) as f64),
                     last.d0,
                     log.event_count
@@ -574,7 +650,7 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
         // comes after the last step, while the run saves, stops nothing).
         if done < args.steps && !halted && (ran == 0 || interrupted()) {
             stopped = true;
-            say(&bar, format!("interrupted after step {done}: saving and reporting"));
+            say(&bar, format!("interrupted after step {done}: saving and reporting (a second signal ends the run at once, unsaved)"));
             break;
         }
         if let (Some(k), Some(path)) = (args.checkpoint_every, &ck_path) {
@@ -664,12 +740,12 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
         first.near_singular
     );
     out!(
-        "end      loss {:.6e} · mean excess {:.6e} · d0 {:.6} · near-singular rows {} · after {} steps{}, excess {}",
+        "end      loss {:.6e} · mean excess {:.6e} · d0 {:.6} · near-singular rows {} · after {}{}, excess {}",
         last.loss(cfg.w_red(last.batch) as f64),
         last.mean_excess(),
         last.d0,
         last.near_singular,
-        steps_done - start,
+        count(steps_done as u64 - start as u64, "step"),
         if start > 0 { format!(" ({steps_done} in all)") } else { String::new() },
         if !last.mean_excess().is_finite() {
             "non-finite".into()
@@ -731,17 +807,17 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
     out!("finite   {}", if finite { "every value of the table is finite".into() } else { final_scan.describe() });
     if wall_steps > 0 {
         out!(
-            "speed    {:.3} ms/step (wall clock over {} steps) · {:.1} GB/s effective ({} bytes read+written per step)",
+            "speed    {:.3} ms/step (wall clock over {}) · {:.1} GB/s effective ({} bytes read+written per step)",
             step_s * 1e3,
-            wall_steps,
+            count(wall_steps as u64, "step"),
             gbps,
             bytes
         );
         if let Some(m) = gpu_median {
             out!(
-                "         GPU {:.3} ms/step, the median of {} steps' passes (timestamp queries) · {:.1} GB/s",
+                "         GPU {:.3} ms/step, the median of {}' passes (timestamp queries) · {:.1} GB/s",
                 m * 1e3,
-                gpu_steps,
+                count(gpu_steps, "step"),
                 if m > 0.0 { bytes as f64 / m / 1e9 } else { 0.0 }
             );
         }
@@ -752,7 +828,10 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
         match &profile {
             Some(p) => {
                 let total: f64 = p.iter().map(|k| k.seconds).sum();
-                out!("profile  GPU time per kernel over {} steps (timestamp queries; bytes are nominal)", log.len - 1);
+                out!(
+                    "profile  GPU time per kernel over {} (timestamp queries; bytes are nominal)",
+                    count(log.len as u64 - 1, "step")
+                );
                 for k in p {
                     out!(
                         "         {:26} {:>6} passes {:>10.4} ms/pass {:>8.1} GB/s {:>5.1} %",
