@@ -371,7 +371,21 @@ fn parse_header(h: &str, what: Holds) -> std::result::Result<(Dtype, Vec<u64>, b
         p.expect(b':')?;
         let twice = || format!("the .npy header gives '{key}' twice");
         match key.as_str() {
-            "descr" => descr.replace(p.string()?).map_or(Ok(()), |_| Err(twice()))?,
+            "descr" => {
+                // (numpy writes a structured dtype as a list of fields.)
+                p.skip_spaces();
+                if p.s.get(p.i) == Some(&b'[') {
+                    return Err(match what {
+                        Holds::Table => "a structured dtype (named fields) is not supported: a table is a plain 2-D \
+                                         float32 or float64 array"
+                            .into(),
+                        Holds::Indices => "a structured dtype (named fields) is not supported: indices are a plain \
+                                           integer array"
+                            .into(),
+                    });
+                }
+                descr.replace(p.string()?).map_or(Ok(()), |_| Err(twice()))?
+            }
             "fortran_order" => fortran.replace(p.boolean()?).map_or(Ok(()), |_| Err(twice()))?,
             "shape" => shape.replace(p.tuple()?).map_or(Ok(()), |_| Err(twice()))?,
             other => return Err(format!("unexpected key '{other}' in the .npy header")),
@@ -1249,6 +1263,11 @@ mod tests {
             parse_header("{'descr': '<c8', 'fortran_order': False, 'shape': (2, 3), }", Holds::Indices).unwrap_err();
         assert!(c8.contains("indices are integers") && !c8.contains("table"), "{c8}");
         assert!(parse_header("{'descr': '<i3', 'fortran_order': False, 'shape': (2, 3), }", Holds::Table).is_err());
+        // A structured dtype, as numpy writes one: said so, not "malformed".
+        for what in [Holds::Table, Holds::Indices] {
+            let h = "{'descr': [('a', '<f4'), ('b', '<i4')], 'fortran_order': False, 'shape': (3,), }";
+            assert!(parse_header(h, what).unwrap_err().contains("a structured dtype (named fields) is not supported"));
+        }
         assert!(parse_header("{'descr': '|i4', 'fortran_order': False, 'shape': (2, 3), }", Holds::Table).is_err());
         assert!(parse_header("{'descr': '<c8', 'fortran_order': False, 'shape': (2, 3), }", Holds::Table).is_err());
         assert!(parse_header("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", Holds::Table)

@@ -86,11 +86,10 @@ impl RunState {
         Ok(())
     }
 
-    /// The strike counts as one per row of a `rows`-row table (checked:
-    /// rows in range, in order, each once, with a count), for
-    /// `Trainer::set_run_state` under skip-row.
-    pub fn strikes_per_row(&self, rows: usize) -> Result<Vec<u32>> {
-        let mut per_row = vec![0u32; rows];
+    /// Whether the strike counts fit a `rows`-row table: rows in range, in
+    /// order, each once, with a count (checked by a resume before any
+    /// work, and again by `strikes_per_row`).
+    pub fn check_strikes(&self, rows: usize) -> Result<()> {
         let mut last = None;
         for &(row, n) in &self.strikes {
             // (u32::MAX: no room to count on.)
@@ -104,8 +103,18 @@ impl RunState {
                     ),
                 ));
             }
-            per_row[row as usize] = n;
             last = Some(row);
+        }
+        Ok(())
+    }
+
+    /// The strike counts as one per row of a `rows`-row table (checked:
+    /// `check_strikes`), for `Trainer::set_run_state` under skip-row.
+    pub fn strikes_per_row(&self, rows: usize) -> Result<Vec<u32>> {
+        self.check_strikes(rows)?;
+        let mut per_row = vec![0u32; rows];
+        for &(row, n) in &self.strikes {
+            per_row[row as usize] = n;
         }
         Ok(per_row)
     }

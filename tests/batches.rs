@@ -907,7 +907,10 @@ fn library_calls_with_hostile_values_are_refused_not_panicking() {
     let e = GpuTrainer::with_batches(gpu(), shape, StepConfig::for_rows(2000), source, opts, batches).err();
     let e = e.expect("slots past the binding limit").to_string();
     assert!(
-        e.contains("its slots (16 bytes each) need a 16032-byte binding, over the device's 12000-byte limit"),
+        e.contains(
+            "in batches of 1002 slots, its slots (16 bytes each) need a 16032-byte binding, over the device's \
+             12000-byte limit; a smaller batch fits"
+        ),
         "{e}"
     );
     // skip-row's strike counts (4 bytes a row) likewise, named as such.

@@ -557,6 +557,9 @@ fn a_resume_refuses_a_run_state_no_run_could_have_written() {
         let o = run(&[&base[..], &["--steps", "4", "--resume", &ck, "--on-nonfinite", policy]].concat());
         assert_eq!(o.status.code(), Some(1), "{key}: {}", stderr(&o));
         assert!(stderr(&o).contains(says) && stderr(&o).contains("run state"), "{key}: {}", stderr(&o));
+        // Named by its file, before any work (nothing printed).
+        assert!(stderr(&o).contains(&format!("invalid --resume: {ck}: ")), "{key}: {}", stderr(&o));
+        assert!(o.stdout.is_empty(), "{key}: {}", String::from_utf8_lossy(&o.stdout));
     }
     // A backed-off lr is one a run writes (down to 0, where many rollbacks
     // take it in f32): taken, and said.

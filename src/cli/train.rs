@@ -1587,7 +1587,7 @@ fn resume(
         }
     }
     // The state's own values, as a run writes them.
-    if let Err(e) = state.check(cfg) {
+    if let Err(e) = state.check(cfg).and_then(|_| state.check_strikes(shape.rows)) {
         bail!("invalid --resume: {}: {e}", path.display());
     }
     if state.steps > args.steps as u64 {

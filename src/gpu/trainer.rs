@@ -759,16 +759,20 @@ impl GpuTrainer {
             0
         };
         let strikes = if cfg.guard.policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
-        for (what, bytes) in [
-            ("per-workgroup scan records", records(lanes)),
-            ("skip-row strike counts (4 bytes a row)", strikes),
-            ("batch buffer (its slots × D × 4)", cap * d * 4),
-            ("slots (16 bytes each)", cap * 16),
-            ("per-slot coefficients", coef),
+        // (A batch's buffers grow with the batch, not the table: a smaller
+        // batch fits.)
+        let smaller = if schedule.is_full() { "" } else { "; a smaller batch fits" };
+        for (what, bytes, hint) in [
+            ("per-workgroup scan records need", records(lanes), ""),
+            ("skip-row strike counts (4 bytes a row) need", strikes, ""),
+            ("batch buffer (its slots × D × 4) needs", cap * d * 4, smaller),
+            ("slots (16 bytes each) need", cap * 16, smaller),
+            ("per-slot coefficients need", coef, smaller),
         ] {
             if bytes > max_binding {
+                let of = if hint.is_empty() { String::new() } else { format!("in batches of {cap} slots, ") };
                 return Err(shape.too_large(format!(
-                    "its {what} need a {bytes}-byte binding, over the device's {max_binding}-byte limit"
+                    "{of}its {what} a {bytes}-byte binding, over the device's {max_binding}-byte limit{hint}"
                 )));
             }
         }
@@ -1117,12 +1121,18 @@ pub(super) const LOOP_BUDGET: u64 = 60_000;
 /// The refusal of `what` on a software adapter where `why` would pass
 /// its loop limit ([`LOOP_BUDGET`]): an invalid `--backend`.
 pub(super) fn loop_limit(ctx: &GpuContext, what: String, why: String) -> Error {
+    // (A workgroup size asked for by the environment is the likely cause:
+    // smaller workgroups give each invocation more to loop over.)
+    let asked = match std::env::var("LATENT_LINE_WORKGROUP") {
+        Ok(v) => format!(" (with LATENT_LINE_WORKGROUP={v}: without it, larger workgroups loop less)"),
+        Err(_) => String::new(),
+    };
     Error::invalid(
         "--backend",
         format!(
             "{what} on the software adapter {}, whose driver ends a shader invocation's loops once they have run \
-             65 535 iterations in all (lavapipe; with no error): {why}; the CPU backend (--backend cpu) has no \
-             such limit",
+             65 535 iterations in all (lavapipe; with no error): {why}{asked}; the CPU backend (--backend cpu) has \
+             no such limit",
             ctx.info.name
         ),
     )
