@@ -67,6 +67,15 @@ pub fn open(
             Err(Error::NoAdapter(why)) if adapter.is_none() => {
                 cpu(source, Some(format!("auto: no GPU adapter ({why}); the CPU backend runs instead")))
             }
+            // The adapter ranked first refused a device (a driver without
+            // its card, a GPU in a bad state): `auto` goes on without it.
+            Err(Error::RequestDevice(why)) if adapter.is_none() => cpu(
+                source,
+                Some(format!(
+                    "auto: the GPU adapter could not be opened ({why}); the CPU backend runs instead (--adapter \
+                     NAME picks another GPU: `latent-line devices` lists them)"
+                )),
+            ),
             Err(e) => Err(e),
         },
     }

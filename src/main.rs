@@ -111,6 +111,16 @@ use latent_line::backend::Backend as BackendChoice;
 
 fn main() -> ExitCode {
     use clap::{CommandFactory as _, FromArgMatches as _};
+    // Opening Vulkan makes some drivers (Mesa's, through libwayland) print
+    // "error: XDG_RUNTIME_DIR is invalid or not set in the environment."
+    // twice where it is unset (a headless machine, a container, ssh
+    // without a session): no error of ours, and nothing uses the folder
+    // here (no window is opened), so any absolute path quiets it. (Set
+    // first, while this process has one thread.)
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none_or(|v| !v.to_string_lossy().starts_with('/')) {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
     let matches = Cli::command().get_matches();
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // Which options the command line gave (the report's `options.given`):

@@ -1739,6 +1739,19 @@ fn profile_times_every_kernel_of_the_run() {
     assert!(report(&d.p("r.json")).get("driver_stats").is_none());
 }
 
+/// Mesa's ICD file of `driver` (`lvp`, `radeon`), named by architecture
+/// (lvp_icd.x86_64.json, …).
+fn icd(driver: &str) -> PathBuf {
+    let dir = "/usr/share/vulkan/icd.d";
+    let found = std::fs::read_dir(dir).ok().and_then(|d| {
+        d.filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{driver}_icd."))))
+    });
+    found.unwrap_or_else(|| {
+        panic!("no {driver}_icd.*.json in {dir}: the tests need Mesa's Vulkan drivers (mesa-vulkan-drivers)")
+    })
+}
+
 /// `--profile`'s driver statistics where a driver gives them. Lavapipe
 /// keeps none, so the run (on lavapipe) asks Mesa's RADV instead: with
 /// `RADV_FORCE_FAMILY` it makes an AMD device with no card ("Null
@@ -1749,17 +1762,6 @@ fn profile_times_every_kernel_of_the_run() {
 /// must reach the compiled code (fewer instructions: no unrolled copies).
 #[test]
 fn driver_statistics_come_from_a_real_gpu_compiler() {
-    // Mesa's ICD files, named by architecture (lvp_icd.x86_64.json, …).
-    let icd = |driver: &str| {
-        let dir = "/usr/share/vulkan/icd.d";
-        let found = std::fs::read_dir(dir).ok().and_then(|d| {
-            d.filter_map(|e| e.ok().map(|e| e.path()))
-                .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{driver}_icd."))))
-        });
-        found.unwrap_or_else(|| {
-            panic!("no {driver}_icd.*.json in {dir}: the tests need Mesa's Vulkan drivers (mesa-vulkan-drivers)")
-        })
-    };
     let (lvp, radv) = (icd("lvp").display().to_string(), icd("radeon").display().to_string());
     let d = Dir::new();
     let rep = d.s("r.json");
@@ -2736,4 +2738,41 @@ fn a_table_the_host_cannot_hold_is_refused_before_any_allocation() {
     let o = run(&["--backend", "cpu", "--rows", "4000000000", "--dim", "100000", "--steps", "1"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("TB of host memory") || stderr(&o).contains("GB of host memory"), "{}", stderr(&o));
+}
+
+#[test]
+fn no_driver_noise_where_xdg_runtime_dir_is_unset() {
+    // Mesa (through libwayland) prints "error: XDG_RUNTIME_DIR is invalid
+    // or not set" when Vulkan opens without it: not an error of the run's,
+    // so the binary sets one first. `devices` opens every adapter.
+    let o = Command::new(BIN).arg("devices").env_remove("XDG_RUNTIME_DIR").output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("adapter 0:"), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(!stderr(&o).contains("XDG_RUNTIME_DIR"), "{}", stderr(&o));
+}
+
+#[test]
+fn auto_runs_on_the_cpu_when_the_gpu_it_picks_cannot_be_opened() {
+    // RADV's "Null hardware" device (RADV_FORCE_FAMILY without the card) is
+    // a hardware adapter, ranked first, that no device can be made on:
+    // `auto` says so and runs the CPU backend; `--backend gpu` and a named
+    // adapter are requests, refused as they were.
+    let icds = format!("{}:{}", icd("lvp").display(), icd("radeon").display());
+    let args = ["--rows", "600", "--dim", "8", "--steps", "2"];
+    let with = |more: &[&str]| {
+        latent_line([&args[..], more].concat())
+            .env("VK_ICD_FILENAMES", &icds)
+            .env("RADV_FORCE_FAMILY", "navi21")
+            .env_remove("WGPU_ADAPTER_NAME")
+            .output()
+            .unwrap()
+    };
+    let o = with(&[]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(out.starts_with("device   cpu"), "{out}");
+    assert!(out.contains("auto: the GPU adapter could not be opened (Null hardware (RADV NAVI21): "), "{out}");
+    let o = with(&["--backend", "gpu"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("could not open the GPU device: Null hardware"), "{}", stderr(&o));
 }
