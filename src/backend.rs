@@ -42,7 +42,7 @@ pub fn open(
 ) -> Result<Opened> {
     // A name, from `--adapter` or the environment, is a request for that
     // adapter: `auto` then never falls back to the CPU.
-    let env = crate::gpu::context::env_adapter_name();
+    let env = crate::gpu::context::env_adapter_name()?;
     let adapter = adapter.or(env.as_deref());
     let b = batches.clone();
     let cpu = |source, note| -> Result<Opened> {

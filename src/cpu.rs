@@ -493,9 +493,9 @@ impl Simd {
     /// `avx2`, `avx512`) names another the CPU has.
     fn chosen() -> Result<Simd> {
         let all = Simd::available();
-        match std::env::var("LATENT_LINE_CPU_SIMD") {
-            Err(_) => Ok(*all.last().unwrap_or(&Simd::Baseline)),
-            Ok(name) => all.into_iter().find(|s| s.name() == name).ok_or_else(|| {
+        match crate::gpu::context::env_var("LATENT_LINE_CPU_SIMD")? {
+            None => Ok(*all.last().unwrap_or(&Simd::Baseline)),
+            Some(name) => all.into_iter().find(|s| s.name() == name).ok_or_else(|| {
                 Error::invalid(
                     "LATENT_LINE_CPU_SIMD",
                     format!(

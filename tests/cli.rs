@@ -978,6 +978,24 @@ fn wgpu_adapter_name_is_honoured_by_auto_and_devices() {
     assert!(stderr(&o).contains("none matches \"no such adapter\""), "{}", stderr(&o));
     let o = with_env("no such adapter", &["devices"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("names no adapter"));
+    // A blank name is no name (it would name every adapter): auto as
+    // without one, here the CPU (CI's one adapter is a software one).
+    let o = with_env("  ", &["--rows", "500", "--dim", "4", "--steps", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("device   cpu"), "{}", String::from_utf8_lossy(&o.stdout));
+    // A value that is not UTF-8 is refused, naming the variable (read as
+    // unset, it would silently do nothing).
+    use std::os::unix::ffi::OsStrExt as _;
+    let raw = std::ffi::OsStr::from_bytes(b"llvm\xffpipe");
+    for var in ["WGPU_ADAPTER_NAME", "LATENT_LINE_CPU_SIMD"] {
+        let o = latent_line(["--rows", "500", "--dim", "4", "--steps", "1"]).env(var, raw).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{var}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("invalid {var}: ")) && stderr(&o).contains("is not UTF-8"),
+            "{}",
+            stderr(&o)
+        );
+    }
     // The subgroup fold's switch takes 0 or 1, nothing else.
     let o = latent_line(["--backend", "gpu", "--rows", "500", "--dim", "4", "--steps", "1"])
         .env("LATENT_LINE_SUBGROUPS", "yes")

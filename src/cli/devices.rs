@@ -46,7 +46,7 @@ pub(crate) fn devices() -> anyhow::Result<Outcome> {
             if f.contains(wgpu::Features::TIMESTAMP_QUERY) { "yes" } else { "no" },
         );
     }
-    let named = env_adapter_name();
+    let named = env_adapter_name()?;
     let by_name = named.as_ref().map(|n| (n, find_named(&all, n).map(|i| &all[i])));
     let pick = match (by_name, all.first()) {
         (Some((n, Some(a))), _) => {

@@ -102,7 +102,7 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     // before anything is printed.)
     let gpu = match args.backend {
         BackendChoice::Gpu => Some(GpuContext::new(args.adapter.as_deref())?),
-        BackendChoice::Auto if args.adapter.is_some() || latent_line::gpu::context::env_adapter_name().is_some() => {
+        BackendChoice::Auto if args.adapter.is_some() || latent_line::gpu::context::env_adapter_name()?.is_some() => {
             Some(GpuContext::new(args.adapter.as_deref())?)
         }
         BackendChoice::Cpu | BackendChoice::Auto => None,

@@ -63,11 +63,22 @@ pub fn adapters() -> Result<Vec<wgpu::Adapter>> {
     Ok(all)
 }
 
+/// Environment variable `name`: `None` where unset; a value that is not
+/// UTF-8 is refused, naming it (read as unset, it would silently do
+/// nothing).
+pub fn env_var(name: &'static str) -> Result<Option<String>> {
+    match std::env::var(name) {
+        Ok(v) => Ok(Some(v)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(v)) => Err(Error::invalid(name, format!("{v:?} is not UTF-8 text"))),
+    }
+}
+
 /// `WGPU_BACKEND`, where set: every name in it must be one wgpu knows
 /// (wgpu skips an unknown one with a log line no one sees, and a typo
 /// then reads as "no driver installed").
 fn check_backend_env() -> Result<()> {
-    let Ok(v) = std::env::var("WGPU_BACKEND") else { return Ok(()) };
+    let Some(v) = env_var("WGPU_BACKEND")? else { return Ok(()) };
     // Each name by wgpu's own parser (no list of ours to keep in step);
     // empty names, as in "vulkan,", wgpu skips.
     let unknown = |b: &&str| !b.trim().is_empty() && wgpu::Backends::from_comma_list(b).is_empty();
@@ -80,9 +91,10 @@ fn check_backend_env() -> Result<()> {
     }
 }
 
-/// `WGPU_ADAPTER_NAME`, where set and not empty: a request for that adapter.
-pub fn env_adapter_name() -> Option<String> {
-    std::env::var("WGPU_ADAPTER_NAME").ok().filter(|n| !n.is_empty())
+/// `WGPU_ADAPTER_NAME`, where set and not blank: a request for that
+/// adapter (blank, it would name every one).
+pub fn env_adapter_name() -> Result<Option<String>> {
+    Ok(env_var("WGPU_ADAPTER_NAME")?.filter(|n| !n.trim().is_empty()))
 }
 
 /// An on/off switch as given, else from the environment variable `name`
@@ -91,11 +103,11 @@ pub fn or_env_flag(given: Option<bool>, name: &'static str) -> Result<Option<boo
     if given.is_some() {
         return Ok(given);
     }
-    match std::env::var(name).as_deref() {
-        Err(_) => Ok(None),
-        Ok("1") => Ok(Some(true)),
-        Ok("0") => Ok(Some(false)),
-        Ok(v) => Err(Error::invalid(name, format!("{v:?}: use 0 (off) or 1 (on)"))),
+    match env_var(name)?.as_deref() {
+        None => Ok(None),
+        Some("1") => Ok(Some(true)),
+        Some("0") => Ok(Some(false)),
+        Some(v) => Err(Error::invalid(name, format!("{v:?}: use 0 (off) or 1 (on)"))),
     }
 }
 
@@ -121,7 +133,10 @@ impl GpuContext {
     /// `--adapter`, else `WGPU_ADAPTER_NAME`), case-insensitively; otherwise the
     /// best-ranked one. Fails when there is none: a GPU test must not skip.
     pub fn new(name: Option<&str>) -> Result<Self> {
-        let name = name.map(str::to_owned).or_else(env_adapter_name);
+        let name = match name {
+            Some(n) => Some(n.to_owned()),
+            None => env_adapter_name()?,
+        };
         let mut all = adapters()?;
         if all.is_empty() {
             return Err(Error::NoAdapter(match std::env::var("WGPU_BACKEND") {

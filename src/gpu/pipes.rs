@@ -76,10 +76,10 @@ pub const TRANSFER_BLOCK_BYTES: u64 = 64 << 20;
 /// (bytes, at least 4; tests lower it to move tables in many blocks), else
 /// `None` (`TRANSFER_BLOCK_BYTES`).
 pub fn transfer_block(asked: Option<u64>) -> Result<Option<u64>> {
-    match (asked, std::env::var("LATENT_LINE_TRANSFER_BLOCK")) {
+    match (asked, crate::gpu::context::env_var("LATENT_LINE_TRANSFER_BLOCK")?) {
         (Some(b), _) => Ok(Some(b)),
-        (None, Err(_)) => Ok(None),
-        (None, Ok(v)) => v
+        (None, None) => Ok(None),
+        (None, Some(v)) => v
             .parse::<u64>()
             .ok()
             .filter(|&b| b >= 4)

@@ -1100,10 +1100,10 @@ impl GpuTrainer {
 /// (no rebuild): a power of two, or `None` when unset.
 fn or_env(given: Option<u32>, field: &str, name: &'static str, max: u32) -> Result<Option<u32>> {
     // An error names where the value came from: the option's field, or the variable.
-    let (v, from, also) = match (given, std::env::var(name)) {
+    let (v, from, also) = match (given, crate::gpu::context::env_var(name)?) {
         (Some(n), _) => (n.to_string(), "GpuOptions", format!(" (GpuOptions::{field}, or {name})")),
-        (None, Err(_)) => return Ok(None),
-        (None, Ok(v)) => (v, name, String::new()),
+        (None, None) => return Ok(None),
+        (None, Some(v)) => (v, name, String::new()),
     };
     match v.parse::<u32>() {
         Ok(n) if n.is_power_of_two() && n <= max => Ok(Some(n)),
