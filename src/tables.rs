@@ -824,29 +824,44 @@ fn stage_safetensors(
         }
     }
     type Header = BTreeMap<String, BTreeMap<String, serde_json::Value>>;
-    let header = |fp: u64| -> Result<Vec<u8>> {
-        let mut top = Header::new();
-        if let Some(m) = &metadata {
-            let mut m: BTreeMap<String, serde_json::Value> =
-                m.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
-            if let Some(st) = &in_header {
-                m.insert(STATE_KEY.to_owned(), state_text(st, fp).into());
+    // (The metadata and the state in it as arguments: the state may yet
+    // move beside the file, below.)
+    let header =
+        |metadata: &Option<BTreeMap<String, String>>, in_header: &Option<RunState>, fp: u64| -> Result<Vec<u8>> {
+            let mut top = Header::new();
+            if let Some(m) = metadata {
+                let mut m: BTreeMap<String, serde_json::Value> =
+                    m.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
+                if let Some(st) = in_header {
+                    m.insert(STATE_KEY.to_owned(), state_text(st, fp).into());
+                }
+                top.insert("__metadata__".to_owned(), m);
             }
-            top.insert("__metadata__".to_owned(), m);
-        }
-        let mut at = 0u64;
-        for t in &entries {
-            let mut e = BTreeMap::new();
-            e.insert("dtype".to_owned(), serde_json::to_value(t.dtype).map_err(|e| cannot(e.to_string()))?);
-            e.insert("shape".to_owned(), serde_json::to_value(t.dims).map_err(|e| cannot(e.to_string()))?);
-            e.insert("data_offsets".to_owned(), serde_json::json!([at, at + t.bytes]));
-            top.insert(t.name.to_owned(), e);
-            at += t.bytes;
-        }
-        serde_json::to_vec(&top).map_err(|e| cannot(e.to_string()))
-    };
+            let mut at = 0u64;
+            for t in &entries {
+                let mut e = BTreeMap::new();
+                e.insert("dtype".to_owned(), serde_json::to_value(t.dtype).map_err(|e| cannot(e.to_string()))?);
+                e.insert("shape".to_owned(), serde_json::to_value(t.dims).map_err(|e| cannot(e.to_string()))?);
+                e.insert("data_offsets".to_owned(), serde_json::json!([at, at + t.bytes]));
+                top.insert(t.name.to_owned(), e);
+                at += t.bytes;
+            }
+            serde_json::to_vec(&top).map_err(|e| cannot(e.to_string()))
+        };
     // Room for the widest fingerprint (u64::MAX's 20 digits).
-    let room = header(u64::MAX)?.len().next_multiple_of(8);
+    let mut room = header(&metadata, &in_header, u64::MAX)?.len().next_multiple_of(8);
+    if room as u64 > SAFETENSORS_MAX_HEADER {
+        // A run state that the carried metadata leaves no room for (an
+        // input whose header is near the format's limit) goes beside the
+        // file, as a large one does.
+        if in_header.is_some() {
+            metadata
+                .get_or_insert_with(BTreeMap::new)
+                .insert(STATE_BESIDE_KEY.to_owned(), "FILE.state.json".to_owned());
+            beside = in_header.take();
+        }
+        room = header(&metadata, &in_header, u64::MAX)?.len().next_multiple_of(8);
+    }
     if room as u64 > SAFETENSORS_MAX_HEADER {
         return Err(cannot(format!("a header of {room} bytes, past the format's {SAFETENSORS_MAX_HEADER}")));
     }
@@ -861,7 +876,7 @@ fn stage_safetensors(
     let table = npy::stage_with(path, |w| {
         let io = |e| Error::io(path, e);
         w.write_all(&(room as u64).to_le_bytes()).map_err(io)?;
-        w.write_all(&padded(header(u64::MAX)?)?).map_err(io)?;
+        w.write_all(&padded(header(&metadata, &in_header, u64::MAX)?)?).map_err(io)?;
         for e in &entries {
             match e.data {
                 // Copied from the input a block at a time, its hash checked.
@@ -885,7 +900,7 @@ fn stage_safetensors(
         }
         if in_header.is_some() {
             w.seek(std::io::SeekFrom::Start(8)).map_err(io)?;
-            w.write_all(&padded(header(fp)?)?).map_err(io)?;
+            w.write_all(&padded(header(&metadata, &in_header, fp)?)?).map_err(io)?;
         }
         Ok(())
     })?;

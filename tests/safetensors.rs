@@ -350,3 +350,35 @@ fn carried_tensors_come_from_the_file_loaded_and_a_changed_one_is_refused() {
     let out3 = std::fs::read(&out3).unwrap();
     assert_eq!(SafeTensors::deserialize(&out3).unwrap().tensor("step").unwrap().data(), 1234i64.to_le_bytes());
 }
+
+/// An input whose header is near the format's 100 MB limit with its own
+/// metadata: the run state, which would push the saved header past it,
+/// goes beside the file (`FILE.state.json`, as a large one does), where the
+/// save failed after the training; the checkpoint resumes to the table of
+/// an unbroken run, its metadata carried over.
+#[test]
+fn a_run_state_with_no_room_in_the_header_goes_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    let (rows, dim) = (10, 3);
+    let weight: Vec<u8> = table(rows, dim).iter().flat_map(|v| v.to_le_bytes()).collect();
+    let big = "x".repeat(99_999_800);
+    let meta = HashMap::from([("big".to_string(), big.clone())]);
+    let tensors = vec![("weight".to_string(), TensorView::new(Dtype::F32, vec![rows, dim], &weight).unwrap())];
+    std::fs::write(p("in.safetensors"), safetensors::tensor::serialize(tensors, Some(meta)).unwrap()).unwrap();
+    let base = ["--backend", "cpu", "--quiet"];
+    let go = |more: &[&str]| {
+        let o = run(&[&base[..], more].concat());
+        assert_eq!(o.status.code(), Some(0), "{more:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    go(&["--load", &p("in.safetensors"), "--steps", "2", "--save", &p("ck.safetensors")]);
+    assert!(dir.path().join("ck.safetensors.state.json").exists(), "no run state beside the checkpoint");
+    go(&["--resume", &p("ck.safetensors"), "--steps", "4", "--save", &p("resumed.safetensors")]);
+    go(&["--load", &p("in.safetensors"), "--steps", "4", "--save", &p("whole.safetensors")]);
+    let read = |n: &str| std::fs::read(p(n)).unwrap();
+    let (resumed, whole) = (read("resumed.safetensors"), read("whole.safetensors"));
+    let (r, w) = (SafeTensors::deserialize(&resumed).unwrap(), SafeTensors::deserialize(&whole).unwrap());
+    assert_eq!(r.tensor("weight").unwrap().data(), w.tensor("weight").unwrap().data(), "not the unbroken run's table");
+    let (_, m) = SafeTensors::read_metadata(&resumed).unwrap();
+    assert_eq!(m.metadata().as_ref().and_then(|m| m.get("big")), Some(&big), "metadata not carried over");
+}
