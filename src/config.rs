@@ -184,10 +184,10 @@ impl StepConfig {
             return Err(Error::invalid("--anchors", format!("both anchors are row {a}; they must differ")));
         }
         if !self.lr.is_finite() || self.lr < 0.0 {
-            return Err(Error::invalid("--lr", format!("{} must be finite and ≥ 0", self.lr)));
+            return Err(Error::invalid("--lr", format!("{:?} must be finite and ≥ 0", self.lr)));
         }
         if !self.eps.is_finite() || self.eps < 0.0 {
-            return Err(Error::invalid("--eps", format!("{} must be finite and ≥ 0", self.eps)));
+            return Err(Error::invalid("--eps", format!("{:?} must be finite and ≥ 0", self.eps)));
         }
         if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
             return Err(Error::invalid("--momentum", format!("{} must be in [0, 1)", self.momentum)));
@@ -200,18 +200,21 @@ impl StepConfig {
             ("--tau", self.tau),
         ] {
             if !v.is_finite() || v < 0.0 {
-                return Err(Error::invalid(opt, format!("{v} must be finite and ≥ 0")));
+                return Err(Error::invalid(opt, format!("{v:?} must be finite and ≥ 0")));
             }
         }
         if !(0.0..=1.0).contains(&self.collapse_fraction) {
-            return Err(Error::invalid("--collapse-fraction", format!("{} must be in [0, 1]", self.collapse_fraction)));
+            return Err(Error::invalid(
+                "--collapse-fraction",
+                format!("{:?} must be in [0, 1]", self.collapse_fraction),
+            ));
         }
         let g = &self.guard;
         if g.snapshot_every == 0 {
-            return Err(Error::invalid("--snapshot-every", "must be at least 1"));
+            return Err(Error::invalid("--snapshot-every", "0 must be at least 1"));
         }
         if !(g.backoff.is_finite() && g.backoff > 0.0 && g.backoff <= 1.0) {
-            return Err(Error::invalid("--backoff", format!("{} must be in (0, 1]", g.backoff)));
+            return Err(Error::invalid("--backoff", format!("{:?} must be in (0, 1]", g.backoff)));
         }
         if self.naive && self.eps != 0.0 {
             return Err(Error::invalid("--eps", "the naive formula has no ε (it is 0 by definition)"));

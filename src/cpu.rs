@@ -607,17 +607,29 @@ impl CpuTrainer {
         .into_iter()
         .filter_map(|(has, what)| has.then_some(what))
         .collect();
-        let bytes = (copies.len() as u64).saturating_mul(shape.bytes());
-        crate::host::check(
-            shape,
-            bytes,
-            &format!(
-                "{} cop{} of the table: {}",
-                copies.len(),
-                if copies.len() == 1 { "y" } else { "ies" },
-                copies.join(", ")
-            ),
-        )?;
+        // The general step's scratch: its slots' new rows (and velocity),
+        // and about 32 bytes a slot of coefficients and flags.
+        let slots = if general {
+            if schedule.is_full() {
+                shape.rows
+            } else {
+                schedule.max_slots()
+            }
+        } else {
+            0
+        } as u64;
+        let scratch = slots.saturating_mul(shape.dim as u64 * 4 * (1 + momentum as u64) + 32);
+        let bytes = (copies.len() as u64).saturating_mul(shape.bytes()).saturating_add(scratch);
+        let mut what = format!(
+            "{} cop{} of the table: {}",
+            copies.len(),
+            if copies.len() == 1 { "y" } else { "ies" },
+            copies.join(", ")
+        );
+        if scratch > 0 {
+            what.push_str(&format!("; the step's scratch for {slots} rows"));
+        }
+        crate::host::check(shape, bytes, crate::host::RESERVE_CPU, &what)?;
         let table = match source {
             TableSource::Data(v) => {
                 if v.len() != n {

@@ -57,55 +57,54 @@ fn meminfo(text: &str) -> Option<u64> {
 }
 
 /// The headroom under each memory limit of the cgroups that `/proc/self/cgroup`
-/// (`text`) names, with the file it comes from: limit − (usage − the
-/// inactive file cache, which the kernel reclaims first). cgroup v2: the
-/// group and each of its parents (`memory.max`, `memory.current`); v1:
-/// the `memory` controller's group (`memory.limit_in_bytes`,
-/// `memory.usage_in_bytes`). A group not found under the mount (a cgroup
-/// namespace shows the container's own group as `/`) is read at the
-/// mount's root. `read` gives a file's text.
+/// (`text`) names, with the file it comes from: limit − (usage − the file
+/// cache, which the kernel reclaims before it kills). cgroup v2
+/// (`memory.max`, `memory.current`, `active_file` and `inactive_file` of
+/// `memory.stat`) or v1's `memory` controller (`memory.limit_in_bytes`,
+/// `memory.usage_in_bytes`, `total_active_file`, `total_inactive_file`),
+/// for the group and each of its parents up to the mount (a parent's limit
+/// holds its children too; a group that is not under the mount, as a
+/// cgroup namespace shows the container's own group, or that has no
+/// memory files, is passed over). `read` gives a file's text.
 fn cgroup_headroom(text: &str, read: &dyn Fn(&str) -> Option<String>) -> Vec<(u64, String)> {
     let num = |s: Option<String>| s.and_then(|s| s.trim().parse::<u64>().ok());
-    let inactive = |stat: Option<String>, key: &str| -> u64 {
-        stat.and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
-        })
-        .unwrap_or(0)
+    // The file cache of a memory.stat text (the keys given).
+    let cache = |stat: Option<String>, keys: [&str; 2]| -> u64 {
+        let stat = stat.unwrap_or_default();
+        keys.iter()
+            .filter_map(|key| {
+                stat.lines().find_map(|l| {
+                    l.strip_prefix(key).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse::<u64>().ok())
+                })
+            })
+            .fold(0u64, u64::saturating_add)
     };
     let mut out = Vec::new();
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
         let (Some(_), Some(ctrl), Some(path)) = (parts.next(), parts.next(), parts.next()) else { continue };
-        let (root, max, cur, stat, key) = if ctrl.is_empty() {
-            ("/sys/fs/cgroup", "memory.max", "memory.current", "memory.stat", "inactive_file")
+        let (root, max, cur, keys) = if ctrl.is_empty() {
+            ("/sys/fs/cgroup", "memory.max", "memory.current", ["active_file", "inactive_file"])
         } else if ctrl.split(',').any(|c| c == "memory") {
             (
                 "/sys/fs/cgroup/memory",
                 "memory.limit_in_bytes",
                 "memory.usage_in_bytes",
-                "memory.stat",
-                "total_inactive_file",
+                ["total_active_file", "total_inactive_file"],
             )
         } else {
             continue;
         };
         let mut dir = format!("{root}{}", path.trim_end_matches('/'));
-        if read(&format!("{dir}/{cur}")).is_none() {
-            dir = root.to_string();
-        }
-        // The group, then (v2) each parent up to the mount.
+        // The group, then each parent up to the mount's root.
         loop {
             let f = |n: &str| format!("{dir}/{n}");
             if let (Some(limit), Some(used)) = (num(read(&f(max))), num(read(&f(cur)))) {
-                let used = used.saturating_sub(inactive(read(&f(stat)), key));
-                // (v1 writes "no limit" as a huge page-aligned number.)
+                let used = used.saturating_sub(cache(read(&f("memory.stat")), keys));
+                // (v1 writes "no limit" as a huge page-aligned number; v2 as "max".)
                 if limit < 1 << 60 {
                     out.push((limit.saturating_sub(used), f(max)));
                 }
-            }
-            if !ctrl.is_empty() || dir.len() <= root.len() {
-                break;
             }
             match dir.rfind('/') {
                 Some(i) if i >= root.len() => dir.truncate(i),
@@ -116,13 +115,24 @@ fn cgroup_headroom(text: &str, read: &dyn Fn(&str) -> Option<String>) -> Vec<(u6
     out
 }
 
+/// What a run takes of host memory beside the table-sized buffers that
+/// [`check`] is given (measured: code, threads, small buffers) on the CPU
+/// backend…
+pub const RESERVE_CPU: u64 = 64 << 20;
+/// … and on a software adapter (lavapipe's own, the transfer blocks of an
+/// upload or a save's readback: `gpu::pipes`).
+pub const RESERVE_SOFTWARE_GPU: u64 = 256 << 20;
+
 /// Refuses `shape` when the `bytes` a run needs of host memory for it
-/// (`what`: which copies) are more than this host can give now.
-pub fn check(shape: Shape, bytes: u64, what: &str) -> Result<()> {
+/// (`what`: which buffers), with `reserve` for the rest of the run, are
+/// more than this host can give now.
+pub fn check(shape: Shape, bytes: u64, reserve: u64, what: &str) -> Result<()> {
+    let need = bytes.saturating_add(reserve);
     match available()? {
-        Some(a) if bytes > a.bytes => Err(shape.too_large(format!(
-            "it needs {} of host memory ({what}), and this host can give {} now ({}{})",
-            size(bytes),
+        Some(a) if need > a.bytes => Err(shape.too_large(format!(
+            "it needs {} of host memory ({what}; and {} for the rest of the run), and this host can give {} now ({}{})",
+            size(need),
+            size(reserve),
             size(a.bytes),
             a.from,
             if a.from == OVERRIDE { String::new() } else { format!("; {OVERRIDE}=BYTES overrides the figure") }
@@ -164,15 +174,23 @@ mod tests {
             ("/sys/fs/cgroup/a/memory.max", "5000\n"),
             ("/sys/fs/cgroup/a/memory.current", "3000\n"),
             ("/sys/fs/cgroup/a/memory.stat", "anon 1\ninactive_file 500\nactive_file 9\n"),
+            ("/sys/fs/cgroup/memory/x/child/memory.limit_in_bytes", "9223372036854771712\n"),
+            ("/sys/fs/cgroup/memory/x/child/memory.usage_in_bytes", "50\n"),
             ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "9223372036854771712\n"),
             ("/sys/fs/cgroup/memory/memory.usage_in_bytes", "10\n"),
             ("/sys/fs/cgroup/memory/x/memory.limit_in_bytes", "4096\n"),
             ("/sys/fs/cgroup/memory/x/memory.usage_in_bytes", "1096\n"),
         ]);
         let read = |p: &str| files.get(p).map(|s| s.to_string());
-        assert_eq!(cgroup_headroom("0::/a/b\n", &read), [(2500, "/sys/fs/cgroup/a/memory.max".to_string())]);
+        // (a: 5000 − (3000 − 500 inactive − 9 active file cache).)
+        assert_eq!(cgroup_headroom("0::/a/b\n", &read), [(2509, "/sys/fs/cgroup/a/memory.max".to_string())]);
         assert_eq!(
             cgroup_headroom("4:memory:/x\n3:cpu:/\n", &read),
+            [(3000, "/sys/fs/cgroup/memory/x/memory.limit_in_bytes".to_string())]
+        );
+        // An unlimited child of a limited group: the parent's limit.
+        assert_eq!(
+            cgroup_headroom("4:memory:/x/child\n", &read),
             [(3000, "/sys/fs/cgroup/memory/x/memory.limit_in_bytes".to_string())]
         );
         // A path the mount does not show: its root, here without a limit.

@@ -2727,8 +2727,11 @@ fn a_table_the_host_cannot_hold_is_refused_before_any_allocation() {
     // adapter the same in its buffers, which are host memory.
     let dir = Dir::new();
     let (rows, dim) = (20000u64, 16u64);
-    let need = 2 * rows * dim * 4;
-    for backend in ["cpu", "gpu"] {
+    let table = rows * dim * 4;
+    for (backend, reserve) in
+        [("cpu", latent_line::host::RESERVE_CPU), ("gpu", latent_line::host::RESERVE_SOFTWARE_GPU)]
+    {
+        let need = 2 * table + reserve;
         let args = |out: &str| {
             let (r, d) = (rows.to_string(), dim.to_string());
             let a = ["--backend", backend, "--rows", &r, "--dim", &d, "--steps", "2", "--save", &dir.s(out), "--quiet"];
@@ -2738,14 +2741,11 @@ fn a_table_the_host_cannot_hold_is_refused_before_any_allocation() {
         assert_eq!(o.status.code(), Some(1), "{backend}: {}", stderr(&o));
         let e = stderr(&o);
         assert!(
-            e.contains(&format!("table of {rows} rows × {dim} columns ({} bytes) does not fit", need / 2)),
+            e.contains(&format!("table of {rows} rows × {dim} columns ({table} bytes) does not fit")),
             "{backend}: {e}"
         );
-        assert!(
-            e.contains(&format!("needs {:.1} MB of host memory", need as f64 / 1e6))
-                && e.contains("LATENT_LINE_HOST_MEMORY"),
-            "{backend}: {e}"
-        );
+        let says = format!("needs {:.1} MB of host memory", need as f64 / 1e6);
+        assert!(e.contains(&says) && e.contains("LATENT_LINE_HOST_MEMORY"), "{backend}: {e}");
         assert!(!dir.p("no.npy").exists(), "{backend}");
         // Exactly what it needs: it runs.
         let o = latent_line(args("yes.npy")).env("LATENT_LINE_HOST_MEMORY", need.to_string()).output().unwrap();

@@ -828,13 +828,22 @@ impl GpuTrainer {
         // refused rather than killed. (Its copies: the guard's, and as many
         // again of the velocity's.)
         if software {
-            let n = copies(cfg.guard.policy) * if cfg.momentum > 0.0 { 2 } else { 1 };
+            // (The velocity as the table, double-buffered by the guard, but
+            // with no snapshot.)
+            let p = cfg.guard.policy;
+            let vel = if cfg.momentum > 0.0 { 1 + p.double_buffered() as u32 } else { 0 };
+            let n = copies(p) + vel;
             let what = format!(
-                "{n} table-sized buffers: the `{}` guard's{}",
-                cfg.guard.policy.name(),
-                if cfg.momentum > 0.0 { " and the velocity's" } else { "" }
+                "{n} table-sized buffers: the table's {}{}",
+                copies(p),
+                if vel > 0 { format!(", the velocity's {vel}") } else { String::new() }
             );
-            crate::host::check(shape, (n as u64).saturating_mul(shape.bytes()), &what)?;
+            crate::host::check(
+                shape,
+                (n as u64).saturating_mul(shape.bytes()),
+                crate::host::RESERVE_SOFTWARE_GPU,
+                &what,
+            )?;
         }
         // Allocation and pipeline creation inside error scopes: an
         // out-of-memory becomes a typed error naming the sizes, not a panic.
