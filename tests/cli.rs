@@ -2793,4 +2793,13 @@ fn auto_runs_on_the_cpu_when_the_gpu_it_picks_cannot_be_opened() {
     let o = with(&["--backend", "gpu"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("could not open the GPU device: Null hardware"), "{}", stderr(&o));
+    // `devices` says what `auto` does.
+    let o = latent_line(["devices"])
+        .env("VK_ICD_FILENAMES", &icds)
+        .env("RADV_FORCE_FAMILY", "navi21")
+        .env_remove("WGPU_ADAPTER_NAME")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.contains("auto     the CPU backend (") && out.contains("could not be opened (Null hardware"), "{out}");
 }

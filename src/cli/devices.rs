@@ -55,8 +55,16 @@ pub(crate) fn devices() -> anyhow::Result<Outcome> {
         (Some((n, None)), _) => {
             format!("nothing: WGPU_ADAPTER_NAME={n} names no adapter, so a run fails with an error")
         }
+        // (Opened as a run opens it: one that refuses a device sends `auto`
+        // to the CPU.)
         (None, Some(a)) if a.get_info().device_type != wgpu::DeviceType::Cpu => {
-            format!("the GPU backend on adapter 0 ({}), the best-ranked hardware adapter", a.get_info().name)
+            match latent_line::gpu::GpuContext::new(None) {
+                Err(latent_line::Error::RequestDevice(why)) => format!(
+                    "the CPU backend ({} threads): the best-ranked hardware adapter could not be opened ({why})",
+                    rayon::current_num_threads()
+                ),
+                _ => format!("the GPU backend on adapter 0 ({}), the best-ranked hardware adapter", a.get_info().name),
+            }
         }
         (None, Some(a)) => format!(
             "the CPU backend ({} threads): the only adapters are software ones ({}); `--backend gpu` would use it",
