@@ -631,6 +631,8 @@ pub fn save_atomic(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> std
 /// Dropped uncommitted, the temporary file is removed.
 pub struct Staged {
     tmp: tempfile::NamedTempFile,
+    /// Its temporary file's name, listed while it may still be there.
+    _listed: InFlight,
     /// Where the file goes: `path` with its symbolic links followed.
     path: PathBuf,
     /// `path` is not a regular file (a pipe, a terminal, `/dev/stdout`):
@@ -703,6 +705,7 @@ pub fn stage_with(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> Resu
         builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
     }
     let tmp = builder.prefix(".latent-line-").suffix(".tmp").tempfile_in(dir).map_err(|e| Error::io(path, e))?;
+    let listed = InFlight::new(tmp.path());
     {
         let mut w = BufWriter::new(tmp.as_file());
         write(&mut w)?;
@@ -716,7 +719,43 @@ pub fn stage_with(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> Resu
         }
     }
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    Ok(Staged { tmp, path: dest, stream })
+    Ok(Staged { tmp, _listed: listed, path: dest, stream })
+}
+
+/// The temporary files of this process's saves that may still be there
+/// (staged, not yet renamed, or being written): a process that ends at
+/// once (a second signal) removes them first (`remove_in_flight`), where
+/// they would stay behind. (A name listed that a commit has since renamed
+/// names nothing.)
+static IN_FLIGHT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// A name in `IN_FLIGHT` while this lives.
+struct InFlight(PathBuf);
+
+impl InFlight {
+    fn new(p: &Path) -> InFlight {
+        IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner()).push(p.to_owned());
+        InFlight(p.to_owned())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut all = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = all.iter().position(|p| *p == self.0) {
+            all.swap_remove(i);
+        }
+    }
+}
+
+/// Removes the temporary files of the saves in flight (`IN_FLIGHT`), for a
+/// process about to end without finishing them. A checkpoint killed between
+/// its renames keeps what a resume recovers from: the old files replaced
+/// (`.latent-line-old-*`, not listed here) and the set not yet begun.
+pub fn remove_in_flight() {
+    for p in IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let _ = std::fs::remove_file(p);
+    }
 }
 
 /// A table staged as `.npy` for `path`.

@@ -355,19 +355,28 @@ fn exits_within(mut child: Child, limit: Duration, what: &str) -> std::process::
 }
 
 /// Before its first step a run has nothing to save: a signal ends it at
-/// once (exit 130, nothing written), here while it waits on a pipe with
-/// no writer yet (a `.safetensors` input read from a pipe), where a flag
-/// would be seen only once data came.
+/// once (exit 130, nothing written), here while it waits on a pipe for its
+/// input (a `.safetensors` table read from a pipe), where a flag would be
+/// seen only once data came.
 #[test]
 fn a_signal_before_the_first_step_ends_the_run_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let (fifo, out) = (dir.path().join("in.safetensors"), dir.path().join("out.npy"));
     assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
     let child = spawn(&["--backend", "cpu", "--load", fifo.to_str().unwrap(), "--save", out.to_str().unwrap()]);
-    // (Time to install its handler: a signal before that would kill it.)
-    std::thread::sleep(Duration::from_millis(1000));
+    // Opening the pipe's other end returns once the run has opened it to
+    // read (its signal handler is in place by then); the run then waits
+    // for data that never comes.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let writer = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::OpenOptions::new().write(true).open(writer));
+    });
+    let held = rx.recv_timeout(Duration::from_secs(60)).expect("the run never opened its input").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
     signal(&child, "-INT");
     let done = exits_within(child, Duration::from_secs(10), "a run waiting on its input");
+    drop(held);
     let err = String::from_utf8_lossy(&done.stderr);
     assert_eq!(done.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted before the first step: nothing written"), "{err}");
@@ -376,18 +385,23 @@ fn a_signal_before_the_first_step_ends_the_run_at_once() {
     assert_eq!(left, ["in.safetensors"], "files written");
 }
 
-/// A signal while a finished run saves stops nothing (the save goes on);
-/// a second one ends the run at once: here its save waits for a reader of
-/// the pipe it was told to write (`--save` a FIFO no one reads).
+/// A signal while a finished run saves stops nothing (the save goes on),
+/// nor does the same signal twice (`timeout` signals the process and its
+/// group); one that comes a second or more after the first ends the run at
+/// once, its temporary file removed: here its save waits for a reader of
+/// the pipe it was told to write (`--save` a FIFO no one reads), its copy
+/// staged in the run's temporary folder.
 #[test]
 fn a_second_signal_ends_a_save_that_waits() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("out.npy");
     assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
     let mut child = Command::new(BIN)
         .args(["--backend", "cpu", "--rows", "1000", "--dim", "8", "--steps", "3", "--save", fifo.to_str().unwrap()])
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env("TMPDIR", tmp.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -396,12 +410,18 @@ fn a_second_signal_ends_a_save_that_waits() {
     // The `speed` line is the last before the save.
     assert!(lines.any(|l| l.is_ok_and(|l| l.starts_with("speed"))), "no `speed` line");
     std::thread::sleep(Duration::from_millis(300));
+    let staged = || std::fs::read_dir(tmp.path()).unwrap().count();
+    assert_eq!(staged(), 1, "the save's copy is not staged");
+    let first = Instant::now();
+    signal(&child, "-INT");
     signal(&child, "-INT");
     std::thread::sleep(Duration::from_millis(500));
-    assert!(child.try_wait().unwrap().is_none(), "one signal stopped a finished run's save");
+    assert!(child.try_wait().unwrap().is_none(), "one signal, or the same twice, stopped a finished run's save");
+    std::thread::sleep(Duration::from_millis(1100).saturating_sub(first.elapsed()));
     signal(&child, "-INT");
-    let done = exits_within(child, Duration::from_secs(10), "a save waiting on its pipe, signalled twice");
+    let done = exits_within(child, Duration::from_secs(10), "a save waiting on its pipe, signalled again");
     let err = String::from_utf8_lossy(&done.stderr);
     assert_eq!(done.status.code(), Some(130), "{err}");
-    assert!(err.contains("interrupted again: ending now"), "{err}");
+    assert!(err.contains("interrupted again: ending now, unsaved"), "{err}");
+    assert_eq!(staged(), 0, "the save's temporary copy was left behind");
 }

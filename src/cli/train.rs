@@ -206,6 +206,15 @@ fn megabytes(bytes: u64) -> String {
     }
 }
 
+/// Ends the process at once, exit 130, from the signal handler: no exit
+/// handlers run (another thread may be inside a GPU driver, whose own
+/// would then wait on it). What was printed is out already (stdout is
+/// flushed by lines; stderr is not buffered).
+fn end_now() -> ! {
+    // SAFETY: _exit ends the process; it touches no memory of ours.
+    unsafe { libc::_exit(130) }
+}
+
 /// Whether the run is before its first step, where a signal ends it at
 /// once (nothing is saved yet). The handler holds the lock while it exits,
 /// so the run cannot go on past `Preparing`'s end meanwhile.
@@ -236,21 +245,35 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
     // loading, checking) the run ends at once, exit 130, nothing written;
     // once steps run, the trainer finishes the step in flight (the GPU:
     // the submissions in flight), then the table and the report are saved
-    // and the exit code is 130. A second signal ends the run at once,
-    // wherever it is (a save blocked on a pipe, a long save): saves are
-    // atomic, so that loses only the save in progress.
+    // and the exit code is 130. A signal that comes a second or more after
+    // the first ends the run at once, wherever it is (a save blocked on a
+    // pipe, a long save), its temporary files removed: saves are atomic, so
+    // that loses only the save in progress. (Sooner, it is the same signal
+    // twice: `timeout` signals the process and then its group, a closed
+    // terminal hangs up twice.)
     let stop_flag = INTERRUPTED.get_or_init(|| Arc::new(std::sync::atomic::AtomicBool::new(false))).clone();
     let handler_flag = stop_flag.clone();
     let _ = ctrlc::set_handler(move || {
+        static FIRST: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        let now = Instant::now();
+        let first = *FIRST.get_or_init(|| now);
         let again = handler_flag.swap(true, std::sync::atomic::Ordering::SeqCst);
         let preparing = PREPARING.lock().unwrap_or_else(|e| e.into_inner());
         if *preparing {
             eprintln!("interrupted before the first step: nothing written");
-            std::process::exit(130);
+            end_now();
         }
-        if again {
-            eprintln!("interrupted again: ending now (a save in progress is left unfinished: its file is as it was)");
-            std::process::exit(130);
+        if !again {
+            eprintln!(
+                "interrupted: the steps in flight finish, then the table and the report are saved (a second signal, \
+                 a second from now, ends the run at once, unsaved)"
+            );
+        } else if now.duration_since(first) >= std::time::Duration::from_secs(1) {
+            latent_line::npy::remove_in_flight();
+            eprintln!(
+                "interrupted again: ending now, unsaved (a save in progress is left unfinished: its file is as it was)"
+            );
+            end_now();
         }
     });
     // Everything is validated before any allocation or output.
@@ -261,7 +284,7 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
     if interrupted() {
         // (A signal before it: nothing written yet either.)
         eprintln!("interrupted before the first step: nothing written");
-        std::process::exit(130);
+        end_now();
     }
     let mut carried = None;
     // --resume's run state, read once (with the table's header): its
@@ -548,7 +571,12 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
                         s.with_key("rate", move |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
                             let t = st.elapsed().as_secs_f64();
                             let rate = if t > 0.0 { st.pos().saturating_sub(first) as f64 / t } else { 0.0 };
-                            let _ = write!(w, "{rate:.0} steps/s");
+                            // (A slow run's rate with a decimal: "0 steps/s" said nothing.)
+                            let _ = if rate < 10.0 {
+                                write!(w, "{rate:.1} steps/s")
+                            } else {
+                                write!(w, "{rate:.0} steps/s")
+                            };
                         })
                     })
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -650,7 +678,7 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
         // comes after the last step, while the run saves, stops nothing).
         if done < args.steps && !halted && (ran == 0 || interrupted()) {
             stopped = true;
-            say(&bar, format!("interrupted after step {done}: saving and reporting (a second signal ends the run at once, unsaved)"));
+            say(&bar, format!("stopped after step {done}: saving and reporting"));
             break;
         }
         if let (Some(k), Some(path)) = (args.checkpoint_every, &ck_path) {
@@ -815,9 +843,9 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
         );
         if let Some(m) = gpu_median {
             out!(
-                "         GPU {:.3} ms/step, the median of {}' passes (timestamp queries) · {:.1} GB/s",
+                "         GPU {:.3} ms/step, the median of {} passes (timestamp queries) · {:.1} GB/s",
                 m * 1e3,
-                count(gpu_steps, "step"),
+                if gpu_steps == 1 { "1 step's".to_owned() } else { format!("{gpu_steps} steps'") },
                 if m > 0.0 { bytes as f64 / m / 1e9 } else { 0.0 }
             );
         }

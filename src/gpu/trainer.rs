@@ -828,22 +828,32 @@ impl GpuTrainer {
         // refused rather than killed. (Its copies: the guard's, and as many
         // again of the velocity's.)
         if software {
-            // (The velocity as the table, double-buffered by the guard, but
-            // with no snapshot.)
+            // The buffers `build` makes (src/gpu/trainer/build.rs): the
+            // table's copies (a second one where a full table's guard
+            // double-buffers, rollback's snapshot, the velocity and its
+            // second), a batch's (gathered unless read in place, the
+            // double-buffered guards' new rows or undo log, their velocity)
+            // and a two-read step's coefficients (16 bytes a row or slot).
             let p = cfg.guard.policy;
-            let vel = if cfg.momentum > 0.0 { 1 + p.double_buffered() as u32 } else { 0 };
-            let n = copies(p) + vel;
-            let what = format!(
-                "{n} table-sized buffers: the table's {}{}",
-                copies(p),
-                if vel > 0 { format!(", the velocity's {vel}") } else { String::new() }
-            );
-            crate::host::check(
-                shape,
-                (n as u64).saturating_mul(shape.bytes()),
-                crate::host::RESERVE_SOFTWARE_GPU,
-                &what,
-            )?;
+            let (batched, momentum) = (!schedule.is_full(), cfg.momentum > 0.0);
+            let double = p.double_buffered() && !batched;
+            let copies = 1 + double as u64 + (p == Policy::Rollback) as u64 + momentum as u64 * (1 + double as u64);
+            let direct = batched && layout.one_binding();
+            let batch_copies =
+                if batched { (1 + momentum as u64) * (!direct as u64 + p.double_buffered() as u64) } else { 0 };
+            let table = copies.saturating_mul(shape.bytes());
+            let batch = batch_copies.saturating_mul(cap * d * 4);
+            let coef_rows = if batched { cap } else { shape.rows as u64 };
+            let coefs = if cfg.needs_prepass() { coef_rows * 16 } else { 0 };
+            let mut what = format!("{copies} table-sized buffer{}", if copies == 1 { "" } else { "s" });
+            if batch > 0 {
+                what.push_str(&format!(", {batch_copies} of a batch's {cap} slots"));
+            }
+            if coefs > 0 {
+                what.push_str(", the two-read step's coefficients");
+            }
+            let bytes = table.saturating_add(batch).saturating_add(coefs);
+            crate::host::check(shape, bytes, crate::host::RESERVE_SOFTWARE_GPU, &what)?;
         }
         // Allocation and pipeline creation inside error scopes: an
         // out-of-memory becomes a typed error naming the sizes, not a panic.
@@ -1132,9 +1142,10 @@ pub(super) const LOOP_BUDGET: u64 = 60_000;
 pub(super) fn loop_limit(ctx: &GpuContext, what: String, why: String) -> Error {
     // (A workgroup size asked for by the environment is the likely cause:
     // smaller workgroups give each invocation more to loop over.)
-    let asked = match std::env::var("LATENT_LINE_WORKGROUP") {
-        Ok(v) => format!(" (with LATENT_LINE_WORKGROUP={v}: without it, larger workgroups loop less)"),
-        Err(_) => String::new(),
+    // (Only one under the software adapter's default, 64.)
+    let asked = match std::env::var("LATENT_LINE_WORKGROUP").ok().and_then(|v| v.parse::<u32>().ok()) {
+        Some(v) if v < 64 => format!(" (with LATENT_LINE_WORKGROUP={v}: without it, larger workgroups loop less)"),
+        _ => String::new(),
     };
     Error::invalid(
         "--backend",
