@@ -103,6 +103,28 @@ enum Outcome {
 /// src/cli/scan.rs.)
 static INTERRUPTED: std::sync::OnceLock<Arc<std::sync::atomic::AtomicBool>> = std::sync::OnceLock::new();
 
+/// Installs `handler` for SIGINT, SIGTERM and SIGHUP (the `ctrlc` crate),
+/// except for a signal that this process was started with ignored: `nohup`
+/// ignores SIGHUP, a shell's background job SIGINT, and a run started so
+/// must go on through them, as the convention for such signals is.
+fn on_signals(handler: impl FnMut() + Send + 'static) {
+    #[cfg(unix)]
+    let ignored: Vec<libc::c_int> = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP]
+        .into_iter()
+        .filter(|&sig| {
+            // SAFETY: a query (no new action) into a zeroed struct of ours.
+            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+            unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN }
+        })
+        .collect();
+    let _ = ctrlc::set_handler(handler);
+    #[cfg(unix)]
+    for sig in ignored {
+        // SAFETY: sets the disposition it had back (SIG_IGN).
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+}
+
 fn interrupted() -> bool {
     INTERRUPTED.get().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst))
 }

@@ -425,3 +425,33 @@ fn a_second_signal_ends_a_save_that_waits() {
     assert!(err.contains("interrupted again: ending now, unsaved"), "{err}");
     assert_eq!(staged(), 0, "the save's temporary copy was left behind");
 }
+
+/// A signal the run was started with ignored stays ignored: `nohup`
+/// ignores SIGHUP (here by the shell's `trap '' HUP`, as nohup does), and a
+/// closed terminal must not stop such a run; SIGINT still does (exit 130,
+/// the table saved).
+#[test]
+fn a_signal_ignored_at_the_start_stays_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.npy");
+    let args = ["--backend", "cpu", "--rows", "20000", "--dim", "8", "--steps", "10000000", "--checkpoint-every", "20"];
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("trap '' HUP; exec \"$0\" \"$@\"")
+        .arg(BIN)
+        .args(args)
+        .args(["--save", out.to_str().unwrap()])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start latent-line");
+    wait_for(&mut child, &out, Duration::from_secs(120));
+    signal(&child, "-HUP");
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(child.try_wait().unwrap().is_none(), "SIGHUP, ignored at the start, stopped the run");
+    signal(&child, "-INT");
+    let done = exits_within(child, Duration::from_secs(60), "a run signalled with SIGINT");
+    assert_eq!(done.status.code(), Some(130), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(latent_line::npy::load(&out).is_ok());
+}

@@ -116,7 +116,7 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     // being written: that write finishes (no temporary file left behind),
     // and the scan with it. The gate orders the two: the handler exits
     // holding it, before the plot starts, or finds the plot started.
-    let _ = ctrlc::set_handler(|| {
+    crate::on_signals(|| {
         let writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
         if !*writing {
             eprintln!("scan     interrupted: nothing written");

@@ -253,7 +253,7 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
     // terminal hangs up twice.)
     let stop_flag = INTERRUPTED.get_or_init(|| Arc::new(std::sync::atomic::AtomicBool::new(false))).clone();
     let handler_flag = stop_flag.clone();
-    let _ = ctrlc::set_handler(move || {
+    crate::on_signals(move || {
         static FIRST: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
         let now = Instant::now();
         let first = *FIRST.get_or_init(|| now);
