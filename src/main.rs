@@ -125,6 +125,15 @@ fn on_signals(handler: impl FnMut() + Send + 'static) {
     }
 }
 
+/// Ends the process at once, exit 130, from a signal handler: no exit
+/// handlers run (another thread may be inside a GPU driver, whose own
+/// would then wait on it). What was printed is out already (stdout is
+/// flushed by lines; stderr is not buffered).
+fn end_now() -> ! {
+    // SAFETY: _exit ends the process; it touches no memory of ours.
+    unsafe { libc::_exit(130) }
+}
+
 fn interrupted() -> bool {
     INTERRUPTED.get().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst))
 }

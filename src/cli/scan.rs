@@ -120,7 +120,7 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
         let writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
         if !*writing {
             eprintln!("scan     interrupted: nothing written");
-            std::process::exit(130);
+            crate::end_now();
         }
     });
     let t = Instant::now();

@@ -206,15 +206,6 @@ fn megabytes(bytes: u64) -> String {
     }
 }
 
-/// Ends the process at once, exit 130, from the signal handler: no exit
-/// handlers run (another thread may be inside a GPU driver, whose own
-/// would then wait on it). What was printed is out already (stdout is
-/// flushed by lines; stderr is not buffered).
-fn end_now() -> ! {
-    // SAFETY: _exit ends the process; it touches no memory of ours.
-    unsafe { libc::_exit(130) }
-}
-
 /// Whether the run is before its first step, where a signal ends it at
 /// once (nothing is saved yet). The handler holds the lock while it exits,
 /// so the run cannot go on past `Preparing`'s end meanwhile.
@@ -261,7 +252,7 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
         let preparing = PREPARING.lock().unwrap_or_else(|e| e.into_inner());
         if *preparing {
             eprintln!("interrupted before the first step: nothing written");
-            end_now();
+            crate::end_now();
         }
         if !again {
             eprintln!(
@@ -273,7 +264,7 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
             eprintln!(
                 "interrupted again: ending now, unsaved (a save in progress is left unfinished: its file is as it was)"
             );
-            end_now();
+            crate::end_now();
         }
     });
     // Everything is validated before any allocation or output.
@@ -284,7 +275,7 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
     if interrupted() {
         // (A signal before it: nothing written yet either.)
         eprintln!("interrupted before the first step: nothing written");
-        end_now();
+        crate::end_now();
     }
     let mut carried = None;
     // --resume's run state, read once (with the table's header): its
