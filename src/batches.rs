@@ -101,6 +101,15 @@ impl Schedule {
 
     /// Most slots any step needs (anchors included): the size of the
     /// device's batch buffers (0 for the full table).
+    /// The slots of every batch a run holds (user batches: all of them,
+    /// for the host-memory check), 0 for the others.
+    pub fn total_slots(&self) -> u64 {
+        match self {
+            Schedule::Given(all) => all.iter().map(|s| s.slots.len() as u64).sum(),
+            _ => 0,
+        }
+    }
+
     pub fn max_slots(&self) -> usize {
         match self {
             Schedule::Full => 0,

@@ -619,7 +619,11 @@ impl CpuTrainer {
             0
         } as u64;
         let scratch = slots.saturating_mul(shape.dim as u64 * 4 * (1 + momentum as u64) + 32);
-        let bytes = (copies.len() as u64).saturating_mul(shape.bytes()).saturating_add(scratch);
+        // User batches' slots (8 bytes each, and the 4-byte indices they
+        // came from) and skip-row's strike counts (4 bytes a row).
+        let lists = schedule.total_slots().saturating_mul(12)
+            + if policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
+        let bytes = (copies.len() as u64).saturating_mul(shape.bytes()).saturating_add(scratch).saturating_add(lists);
         let mut what = format!(
             "{} cop{} of the table: {}",
             copies.len(),
@@ -628,6 +632,12 @@ impl CpuTrainer {
         );
         if scratch > 0 {
             what.push_str(&format!("; the step's scratch for {slots} rows"));
+        }
+        if schedule.total_slots() > 0 {
+            what.push_str("; the batches' slots");
+        }
+        if policy == Policy::SkipRow {
+            what.push_str("; skip-row's strike counts");
         }
         crate::host::check(shape, bytes, crate::host::RESERVE_CPU, &what)?;
         let table = match source {

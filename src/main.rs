@@ -125,11 +125,24 @@ fn on_signals(handler: impl FnMut() + Send + 'static) {
     }
 }
 
-/// Ends the process at once, exit 130, from a signal handler: no exit
-/// handlers run (another thread may be inside a GPU driver, whose own
-/// would then wait on it). What was printed is out already (stdout is
-/// flushed by lines; stderr is not buffered).
-fn end_now() -> ! {
+/// Writes `msg` to stderr from a thread of its own: a signal handler that
+/// wrote it itself would block, and with it every later signal, on a
+/// stderr that blocks (a full pipe no one reads). The thread's handle, to
+/// wait on a little.
+fn tell(msg: String) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || eprintln!("{msg}"))
+}
+
+/// Ends the process at once, exit 130, from a signal handler, after saying
+/// `msg` (waiting at most 100 ms for stderr): no exit handlers run
+/// (another thread may be inside a GPU driver, whose own would then wait
+/// on it). What was printed is out already (stdout is flushed by lines).
+fn end_now(msg: &str) -> ! {
+    let said = tell(msg.to_owned());
+    let t = std::time::Instant::now();
+    while !said.is_finished() && t.elapsed() < std::time::Duration::from_millis(100) {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
     // SAFETY: _exit ends the process; it touches no memory of ours.
     unsafe { libc::_exit(130) }
 }

@@ -748,14 +748,17 @@ impl Drop for InFlight {
     }
 }
 
-/// Removes the temporary files of the saves in flight (`IN_FLIGHT`), for a
-/// process about to end without finishing them. A checkpoint killed between
-/// its renames keeps what a resume recovers from: the old files replaced
+/// Removes the temporary files of the saves in flight (`IN_FLIGHT`), then
+/// runs `end`, which ends the process, with the list still held: a save
+/// cannot stage another meanwhile. A checkpoint killed between its renames
+/// keeps what a resume recovers from: the old files replaced
 /// (`.latent-line-old-*`, not listed here) and the set not yet begun.
-pub fn remove_in_flight() {
-    for p in IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+pub fn remove_in_flight_and_end(end: impl FnOnce() -> std::convert::Infallible) -> ! {
+    let held = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+    for p in held.iter() {
         let _ = std::fs::remove_file(p);
     }
+    match end() {}
 }
 
 /// A table staged as `.npy` for `path`.

@@ -15,8 +15,26 @@ use rand::Rng;
 
 const BIN: &str = env!("CARGO_BIN_EXE_latent-line");
 
+/// `program` with SIGINT, SIGTERM and SIGHUP at their defaults: `cargo
+/// test` run in the background (or under nohup) passes them on ignored,
+/// and latent-line keeps a signal ignored at its start ignored.
+fn command(program: &str) -> Command {
+    use std::os::unix::process::CommandExt as _;
+    let mut c = Command::new(program);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
+    c
+}
+
 fn spawn(args: &[&str]) -> Child {
-    Command::new(BIN)
+    command(BIN)
         .args(args)
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .stdout(Stdio::null())
@@ -54,7 +72,7 @@ fn random_input(dir: &tempfile::TempDir, r: &mut impl Rng) {
 /// first line starting `after`; its lines, once it exited 130.
 fn interrupt_after(args: &[&str], after: &str, ms: u64) -> Vec<String> {
     use std::io::BufRead;
-    let mut child = Command::new(BIN)
+    let mut child = command(BIN)
         .args(args)
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .stdout(Stdio::piped())
@@ -198,7 +216,7 @@ fn a_signal_after_the_last_step_interrupts_nothing() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let (out, rep) = (dir.path().join("out.npy"), dir.path().join("r.json"));
-    let mut child = Command::new(BIN)
+    let mut child = command(BIN)
         // (Many short steps: a report of tens of MB, long to write, so the
         // signal lands while the finished run reports.)
         .args(["--backend", "cpu", "--rows", "4", "--dim", "2", "--steps", "200000"])
@@ -228,7 +246,7 @@ fn a_signal_after_the_last_step_interrupts_nothing() {
 #[test]
 fn a_report_to_a_closed_pipe_is_no_error() {
     use std::io::BufRead;
-    let mut child = Command::new(BIN)
+    let mut child = command(BIN)
         .args(["--backend", "cpu", "--rows", "100", "--dim", "4", "--steps", "300", "--report", "/dev/stdout"])
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .stdout(Stdio::piped())
@@ -256,7 +274,7 @@ fn sigint_ends_a_scan_writing_nothing() {
     let fifo = dir.path().join("t.safetensors");
     assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
     let plot = dir.path().join("p.svg");
-    let mut child = Command::new(BIN)
+    let mut child = command(BIN)
         .args(["scan", fifo.to_str().unwrap(), "--plot", plot.to_str().unwrap()])
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .env("TMPDIR", dir.path())
@@ -398,7 +416,7 @@ fn a_second_signal_ends_a_save_that_waits() {
     let tmp = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("out.npy");
     assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
-    let mut child = Command::new(BIN)
+    let mut child = command(BIN)
         .args(["--backend", "cpu", "--rows", "1000", "--dim", "8", "--steps", "3", "--save", fifo.to_str().unwrap()])
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .env("TMPDIR", tmp.path())
@@ -417,7 +435,7 @@ fn a_second_signal_ends_a_save_that_waits() {
     signal(&child, "-INT");
     std::thread::sleep(Duration::from_millis(500));
     assert!(child.try_wait().unwrap().is_none(), "one signal, or the same twice, stopped a finished run's save");
-    std::thread::sleep(Duration::from_millis(1100).saturating_sub(first.elapsed()));
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(first.elapsed()));
     signal(&child, "-INT");
     let done = exits_within(child, Duration::from_secs(10), "a save waiting on its pipe, signalled again");
     let err = String::from_utf8_lossy(&done.stderr);
@@ -435,7 +453,7 @@ fn a_signal_ignored_at_the_start_stays_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.npy");
     let args = ["--backend", "cpu", "--rows", "20000", "--dim", "8", "--steps", "10000000", "--checkpoint-every", "20"];
-    let mut child = Command::new("sh")
+    let mut child = command("sh")
         .arg("-c")
         .arg("trap '' HUP; exec \"$0\" \"$@\"")
         .arg(BIN)
@@ -454,4 +472,47 @@ fn a_signal_ignored_at_the_start_stays_ignored() {
     let done = exits_within(child, Duration::from_secs(60), "a run signalled with SIGINT");
     assert_eq!(done.status.code(), Some(130), "{}", String::from_utf8_lossy(&done.stderr));
     assert!(latent_line::npy::load(&out).is_ok());
+}
+
+/// `scan --plot` into a pipe no one reads: a signal while the plot is
+/// written lets it finish (the scan has found what it reports), another a
+/// second or more later ends the scan at once, exit 130, its temporary
+/// copy of the plot removed.
+#[test]
+fn a_second_signal_ends_a_scans_plot_that_waits() {
+    let seed = seed("scan_plot_waits");
+    let mut r = rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    random_input(&dir, &mut r);
+    let fifo = dir.path().join("plot.svg");
+    assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+    let t = dir.path().join("t.npy");
+    let child = command(BIN)
+        .args(["scan", t.to_str().unwrap(), "--plot", fifo.to_str().unwrap()])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env("TMPDIR", tmp.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start latent-line");
+    // Its plot staged (a copy in its temporary folder, for the pipe).
+    let staged = || std::fs::read_dir(tmp.path()).unwrap().count();
+    let t0 = Instant::now();
+    while staged() == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the plot was never staged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let first = Instant::now();
+    signal(&child, "-INT");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut child = child;
+    assert!(child.try_wait().unwrap().is_none(), "one signal ended a scan writing its plot");
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(first.elapsed()));
+    signal(&child, "-INT");
+    let done = exits_within(child, Duration::from_secs(10), "a scan's plot waiting on its pipe, signalled again");
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(130), "seed {seed}: {err}");
+    assert!(err.contains("scan     interrupted again: the plot left unwritten"), "{err}");
+    assert_eq!(staged(), 0, "the plot's temporary copy was left behind");
 }

@@ -116,11 +116,22 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     // being written: that write finishes (no temporary file left behind),
     // and the scan with it. The gate orders the two: the handler exits
     // holding it, before the plot starts, or finds the plot started.
+    // (A signal a second or more after the first ends a plot's write
+    // too, as it ends a run's save: a plot into a pipe no one reads.)
     crate::on_signals(|| {
+        static FIRST: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        let now = Instant::now();
+        let first = *FIRST.get_or_init(|| now);
         let writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
         if !*writing {
-            eprintln!("scan     interrupted: nothing written");
-            crate::end_now();
+            crate::end_now("scan     interrupted: nothing written");
+        }
+        if now == first {
+            crate::tell("scan     interrupted: the plot being written is finished first (another signal, a second from now, ends it at once, unwritten)".into());
+        } else if now.duration_since(first) >= std::time::Duration::from_secs(1) {
+            latent_line::npy::remove_in_flight_and_end(|| {
+                crate::end_now("scan     interrupted again: the plot left unwritten")
+            })
         }
     });
     let t = Instant::now();

@@ -206,24 +206,31 @@ fn megabytes(bytes: u64) -> String {
     }
 }
 
-/// Whether the run is before its first step, where a signal ends it at
-/// once (nothing is saved yet). The handler holds the lock while it exits,
-/// so the run cannot go on past `Preparing`'s end meanwhile.
-static PREPARING: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+/// Where the run is, for the signal handler: `STARTING` (options and
+/// files checked: a signal is noted, and the run ends at `Preparing`'s
+/// start), `PREPARING` (before the first step, nothing saved yet: a signal
+/// ends the run at once), `RUNNING` (the steps in flight finish, then the
+/// run saves). The handler holds the lock while it ends the process, so
+/// the run cannot go on past a phase's end meanwhile.
+static PHASE: std::sync::Mutex<u8> = std::sync::Mutex::new(STARTING);
+const STARTING: u8 = 0;
+const PREPARING: u8 = 1;
+const RUNNING: u8 = 2;
 
-/// Sets `PREPARING` while it lives (an error return ends it too).
+/// Sets `PREPARING` while it lives, `RUNNING` after (an error return
+/// ends it too).
 struct Preparing;
 
 impl Preparing {
     fn start() -> Preparing {
-        *PREPARING.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        *PHASE.lock().unwrap_or_else(|e| e.into_inner()) = PREPARING;
         Preparing
     }
 }
 
 impl Drop for Preparing {
     fn drop(&mut self) {
-        *PREPARING.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        *PHASE.lock().unwrap_or_else(|e| e.into_inner()) = RUNNING;
     }
 }
 
@@ -244,27 +251,34 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
     // terminal hangs up twice.)
     let stop_flag = INTERRUPTED.get_or_init(|| Arc::new(std::sync::atomic::AtomicBool::new(false))).clone();
     let handler_flag = stop_flag.clone();
+    *PHASE.lock().unwrap_or_else(|e| e.into_inner()) = STARTING;
     crate::on_signals(move || {
         static FIRST: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
         let now = Instant::now();
         let first = *FIRST.get_or_init(|| now);
         let again = handler_flag.swap(true, std::sync::atomic::Ordering::SeqCst);
-        let preparing = PREPARING.lock().unwrap_or_else(|e| e.into_inner());
-        if *preparing {
-            eprintln!("interrupted before the first step: nothing written");
-            crate::end_now();
-        }
-        if !again {
-            eprintln!(
-                "interrupted: the steps in flight finish, then the table and the report are saved (a second signal, \
-                 a second from now, ends the run at once, unsaved)"
-            );
-        } else if now.duration_since(first) >= std::time::Duration::from_secs(1) {
-            latent_line::npy::remove_in_flight();
-            eprintln!(
-                "interrupted again: ending now, unsaved (a save in progress is left unfinished: its file is as it was)"
-            );
-            crate::end_now();
+        let phase = PHASE.lock().unwrap_or_else(|e| e.into_inner());
+        match *phase {
+            // (Seen once the files are checked: `Preparing::start`.)
+            STARTING => {}
+            PREPARING => crate::end_now("interrupted before the first step: nothing written"),
+            _ if !again && !QUIET.load(std::sync::atomic::Ordering::Relaxed) => {
+                crate::tell(
+                    "interrupted: the steps in flight finish, then the run saves what it was asked to and ends \
+                     (another signal, a second from now, ends it at once, unsaved)"
+                        .into(),
+                );
+            }
+            _ if !again => {}
+            _ if now.duration_since(first) >= std::time::Duration::from_secs(1) => {
+                latent_line::npy::remove_in_flight_and_end(|| {
+                    crate::end_now(
+                        "interrupted again: ending now, unsaved (a save in progress is left unfinished: its file is \
+                         as it was)",
+                    )
+                })
+            }
+            _ => {}
         }
     });
     // Everything is validated before any allocation or output.
@@ -274,8 +288,7 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
     let preparing = Preparing::start();
     if interrupted() {
         // (A signal before it: nothing written yet either.)
-        eprintln!("interrupted before the first step: nothing written");
-        crate::end_now();
+        crate::end_now("interrupted before the first step: nothing written");
     }
     let mut carried = None;
     // --resume's run state, read once (with the table's header): its

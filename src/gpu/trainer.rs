@@ -845,14 +845,25 @@ impl GpuTrainer {
             let batch = batch_copies.saturating_mul(cap * d * 4);
             let coef_rows = if batched { cap } else { shape.rows as u64 };
             let coefs = if cfg.needs_prepass() { coef_rows * 16 } else { 0 };
+            // User batches: their slots on the device (16 bytes each) and
+            // on the host (8), and the 4-byte indices they came from; skip-
+            // row's strike counts, on the device and read back.
+            let lists = schedule.total_slots().saturating_mul(28)
+                + if p == Policy::SkipRow { shape.rows as u64 * 8 } else { 0 };
             let mut what = format!("{copies} table-sized buffer{}", if copies == 1 { "" } else { "s" });
             if batch > 0 {
-                what.push_str(&format!(", {batch_copies} of a batch's {cap} slots"));
+                what.push_str(&format!(", {batch_copies} batch-sized ({cap} slots)"));
+            }
+            if schedule.total_slots() > 0 {
+                what.push_str(", the batches' slots");
+            }
+            if p == Policy::SkipRow {
+                what.push_str(", skip-row's strike counts");
             }
             if coefs > 0 {
                 what.push_str(", the two-read step's coefficients");
             }
-            let bytes = table.saturating_add(batch).saturating_add(coefs);
+            let bytes = table.saturating_add(batch).saturating_add(coefs).saturating_add(lists);
             crate::host::check(shape, bytes, crate::host::RESERVE_SOFTWARE_GPU, &what)?;
         }
         // Allocation and pipeline creation inside error scopes: an
