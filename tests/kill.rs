@@ -372,6 +372,21 @@ fn exits_within(mut child: Child, limit: Duration, what: &str) -> std::process::
     child.wait_with_output().unwrap()
 }
 
+/// Sends SIGINT to `child` `times` at once (the same signal twice, as
+/// `timeout` sends it), checks that `what` goes on, sends it again 1.5 s
+/// after the first, and gives the output once the child has exited.
+fn interrupt_then_again(mut child: Child, times: usize, what: &str) -> std::process::Output {
+    let first = Instant::now();
+    for _ in 0..times {
+        signal(&child, "-INT");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "{what}: stopped by the first signal ({times} at once)");
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(first.elapsed()));
+    signal(&child, "-INT");
+    exits_within(child, Duration::from_secs(10), &format!("{what}, signalled again"))
+}
+
 /// Before its first step a run has nothing to save: a signal ends it at
 /// once (exit 130, nothing written), here while it waits on a pipe for its
 /// input (a `.safetensors` table read from a pipe), where a flag would be
@@ -430,14 +445,7 @@ fn a_second_signal_ends_a_save_that_waits() {
     std::thread::sleep(Duration::from_millis(300));
     let staged = || std::fs::read_dir(tmp.path()).unwrap().count();
     assert_eq!(staged(), 1, "the save's copy is not staged");
-    let first = Instant::now();
-    signal(&child, "-INT");
-    signal(&child, "-INT");
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(child.try_wait().unwrap().is_none(), "one signal, or the same twice, stopped a finished run's save");
-    std::thread::sleep(Duration::from_millis(1500).saturating_sub(first.elapsed()));
-    signal(&child, "-INT");
-    let done = exits_within(child, Duration::from_secs(10), "a save waiting on its pipe, signalled again");
+    let done = interrupt_then_again(child, 2, "a finished run's save waiting on its pipe");
     let err = String::from_utf8_lossy(&done.stderr);
     assert_eq!(done.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted again: ending now, unsaved"), "{err}");
@@ -503,14 +511,7 @@ fn a_second_signal_ends_a_scans_plot_that_waits() {
         assert!(t0.elapsed() < Duration::from_secs(60), "the plot was never staged");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let first = Instant::now();
-    signal(&child, "-INT");
-    std::thread::sleep(Duration::from_millis(500));
-    let mut child = child;
-    assert!(child.try_wait().unwrap().is_none(), "one signal ended a scan writing its plot");
-    std::thread::sleep(Duration::from_millis(1500).saturating_sub(first.elapsed()));
-    signal(&child, "-INT");
-    let done = exits_within(child, Duration::from_secs(10), "a scan's plot waiting on its pipe, signalled again");
+    let done = interrupt_then_again(child, 1, "a scan's plot waiting on its pipe");
     let err = String::from_utf8_lossy(&done.stderr);
     assert_eq!(done.status.code(), Some(130), "seed {seed}: {err}");
     assert!(err.contains("scan     interrupted again: the plot left unwritten"), "{err}");
