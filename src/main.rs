@@ -130,8 +130,18 @@ fn on_signals(handler: impl FnMut() + Send + 'static) {
 /// stderr that blocks (a full pipe no one reads). The thread's handle, to
 /// wait on a little.
 fn tell(msg: String) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || eprintln!("{msg}"))
+    std::thread::spawn(move || {
+        // Above the progress bar where one runs (written over, else).
+        let bar = BAR.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match bar {
+            Some(b) => b.suspend(|| eprintln!("{msg}")),
+            None => eprintln!("{msg}"),
+        }
+    })
 }
+
+/// The run's progress bar while it shows (`train`), for `tell`.
+static BAR: std::sync::Mutex<Option<indicatif::ProgressBar>> = std::sync::Mutex::new(None);
 
 /// Ends the process at once, exit 130, from a signal handler, after saying
 /// `msg` (waiting at most 100 ms for stderr): no exit handlers run

@@ -586,6 +586,8 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             b.set_position(first);
+            // (Shared with the signal handler's messages: above the bar.)
+            *crate::BAR.lock().unwrap_or_else(|e| e.into_inner()) = Some(b.clone());
             b
         });
     let mut shown = 0;
@@ -703,6 +705,7 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
         }
     }
     if let Some(b) = bar {
+        crate::BAR.lock().unwrap_or_else(|e| e.into_inner()).take();
         b.finish_and_clear();
     }
     if hidden > 0 {
