@@ -99,10 +99,18 @@ impl Schedule {
         }
     }
 
-    /// Most slots any step needs (anchors included): the size of the
-    /// device's batch buffers (0 for the full table).
-    /// The slots of every batch a run holds (user batches: all of them,
-    /// for the host-memory check), 0 for the others.
+    /// The host memory that user batches' slot lists take (all of them
+    /// are held): 8 bytes a slot, 4 a slot's index as read, and about 112
+    /// a batch (its list's own allocation and bookkeeping, measured: 2M
+    /// one-row batches took about 219 MB); 0 for the others.
+    pub fn lists_bytes(&self) -> u64 {
+        match self {
+            Schedule::Given(all) => all.iter().map(|s| s.slots.len() as u64 * 12 + 112).sum(),
+            _ => 0,
+        }
+    }
+
+    /// The slots of every user batch (0 for the others).
     pub fn total_slots(&self) -> u64 {
         match self {
             Schedule::Given(all) => all.iter().map(|s| s.slots.len() as u64).sum(),
@@ -110,6 +118,8 @@ impl Schedule {
         }
     }
 
+    /// Most slots any step needs (anchors included): the size of the
+    /// device's batch buffers (0 for the full table).
     pub fn max_slots(&self) -> usize {
         match self {
             Schedule::Full => 0,

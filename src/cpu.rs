@@ -621,8 +621,7 @@ impl CpuTrainer {
         let scratch = slots.saturating_mul(shape.dim as u64 * 4 * (1 + momentum as u64) + 32);
         // User batches' slots (8 bytes each, and the 4-byte indices they
         // came from) and skip-row's strike counts (4 bytes a row).
-        let lists = schedule.total_slots().saturating_mul(12)
-            + if policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
+        let lists = schedule.lists_bytes() + if policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
         let bytes = (copies.len() as u64).saturating_mul(shape.bytes()).saturating_add(scratch).saturating_add(lists);
         let mut what = format!(
             "{} cop{} of the table: {}",
@@ -633,7 +632,7 @@ impl CpuTrainer {
         if scratch > 0 {
             what.push_str(&format!("; the step's scratch for {slots} rows"));
         }
-        if schedule.total_slots() > 0 {
+        if schedule.lists_bytes() > 0 {
             what.push_str("; the batches' slots");
         }
         if policy == Policy::SkipRow {

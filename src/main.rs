@@ -129,29 +129,35 @@ fn on_signals(handler: impl FnMut() + Send + 'static) {
 /// wrote it itself would block, and with it every later signal, on a
 /// stderr that blocks (a full pipe no one reads). The thread's handle, to
 /// wait on a little.
-fn tell(msg: String) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        // Above the progress bar where one runs (written over, else).
-        let bar = BAR.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        match bar {
-            Some(b) => b.suspend(|| eprintln!("{msg}")),
-            None => eprintln!("{msg}"),
-        }
-    })
+/// (`None` where no thread can be started: a container's process limit.
+/// A panic here would end the handler's thread, and every later signal
+/// with it.)
+fn tell(msg: String) -> Option<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .spawn(move || {
+            // Above the progress bar where one runs (written over, else).
+            let bar = BAR.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            match bar {
+                Some(b) => b.suspend(|| eprintln!("{msg}")),
+                None => eprintln!("{msg}"),
+            }
+        })
+        .ok()
 }
 
 /// The run's progress bar while it shows (`train`), for `tell`.
 static BAR: std::sync::Mutex<Option<indicatif::ProgressBar>> = std::sync::Mutex::new(None);
 
 /// Ends the process at once, exit 130, from a signal handler, after saying
-/// `msg` (waiting at most 100 ms for stderr): no exit handlers run
+/// `msg` (waiting at most 500 ms for stderr): no exit handlers run
 /// (another thread may be inside a GPU driver, whose own would then wait
 /// on it). What was printed is out already (stdout is flushed by lines).
 fn end_now(msg: &str) -> ! {
-    let said = tell(msg.to_owned());
-    let t = std::time::Instant::now();
-    while !said.is_finished() && t.elapsed() < std::time::Duration::from_millis(100) {
-        std::thread::sleep(std::time::Duration::from_millis(2));
+    if let Some(said) = tell(msg.to_owned()) {
+        let t = std::time::Instant::now();
+        while !said.is_finished() && t.elapsed() < std::time::Duration::from_millis(500) {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
     // SAFETY: _exit ends the process; it touches no memory of ours.
     unsafe { libc::_exit(130) }

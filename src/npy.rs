@@ -704,8 +704,8 @@ pub fn stage_with(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> Resu
     if !stream {
         builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
     }
-    let tmp = builder.prefix(".latent-line-").suffix(".tmp").tempfile_in(dir).map_err(|e| Error::io(path, e))?;
-    let listed = InFlight::new(tmp.path());
+    let (tmp, listed) = InFlight::create(|| builder.prefix(".latent-line-").suffix(".tmp").tempfile_in(&dir))
+        .map_err(|e| Error::io(path, e))?;
     {
         let mut w = BufWriter::new(tmp.as_file());
         write(&mut w)?;
@@ -733,9 +733,16 @@ static IN_FLIGHT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::ne
 struct InFlight(PathBuf);
 
 impl InFlight {
-    fn new(p: &Path) -> InFlight {
-        IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner()).push(p.to_owned());
-        InFlight(p.to_owned())
+    /// A temporary file made by `make`, listed: under the list's lock, so
+    /// that a process ending at once (which holds it) leaves none unlisted.
+    fn create(
+        make: impl FnOnce() -> std::io::Result<tempfile::NamedTempFile>,
+    ) -> std::io::Result<(tempfile::NamedTempFile, InFlight)> {
+        let mut all = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+        let tmp = make()?;
+        all.push(tmp.path().to_owned());
+        let listed = InFlight(tmp.path().to_owned());
+        Ok((tmp, listed))
     }
 }
 

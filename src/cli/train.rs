@@ -217,8 +217,9 @@ const STARTING: u8 = 0;
 const PREPARING: u8 = 1;
 const RUNNING: u8 = 2;
 
-/// Sets `PREPARING` while it lives, `RUNNING` after (an error return
-/// ends it too).
+/// Sets `PREPARING` while it lives; `run` sets `RUNNING`, and a drop
+/// otherwise (an error return, a `Recheck`) `STARTING`, where a signal is
+/// only noted (the process is about to end, or to start the run again).
 struct Preparing;
 
 impl Preparing {
@@ -228,9 +229,16 @@ impl Preparing {
     }
 }
 
+impl Preparing {
+    fn run(self) {
+        std::mem::forget(self);
+        *PHASE.lock().unwrap_or_else(|e| e.into_inner()) = RUNNING;
+    }
+}
+
 impl Drop for Preparing {
     fn drop(&mut self) {
-        *PHASE.lock().unwrap_or_else(|e| e.into_inner()) = RUNNING;
+        *PHASE.lock().unwrap_or_else(|e| e.into_inner()) = STARTING;
     }
 }
 
@@ -557,7 +565,7 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
         out!("resume   from step {start} of {}", args.steps);
     }
     // From here a signal lets the step in flight finish and saves.
-    drop(preparing);
+    preparing.run();
     // A progress bar on a terminal for runs long enough to want one (on
     // stderr; not with --quiet or --json, nor when stdout is not a terminal).
     let bar = (std::io::IsTerminal::is_terminal(&std::io::stdout())

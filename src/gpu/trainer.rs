@@ -845,16 +845,17 @@ impl GpuTrainer {
             let batch = batch_copies.saturating_mul(cap * d * 4);
             let coef_rows = if batched { cap } else { shape.rows as u64 };
             let coefs = if cfg.needs_prepass() { coef_rows * 16 } else { 0 };
-            // User batches: their slots on the device (16 bytes each) and
-            // on the host (8), and the 4-byte indices they came from; skip-
-            // row's strike counts, on the device and read back.
-            let lists = schedule.total_slots().saturating_mul(28)
+            // User batches: their slot lists on the host
+            // (`Schedule::lists_bytes`) and their slots on the device (16
+            // bytes each); skip-row's strike counts, on the device and
+            // read back.
+            let lists = schedule.lists_bytes().saturating_add(schedule.total_slots().saturating_mul(16))
                 + if p == Policy::SkipRow { shape.rows as u64 * 8 } else { 0 };
             let mut what = format!("{copies} table-sized buffer{}", if copies == 1 { "" } else { "s" });
             if batch > 0 {
                 what.push_str(&format!(", {batch_copies} batch-sized ({cap} slots)"));
             }
-            if schedule.total_slots() > 0 {
+            if schedule.lists_bytes() > 0 {
                 what.push_str(", the batches' slots");
             }
             if p == Policy::SkipRow {
