@@ -619,26 +619,23 @@ impl CpuTrainer {
             0
         } as u64;
         let scratch = slots.saturating_mul(shape.dim as u64 * 4 * (1 + momentum as u64) + 32);
-        // User batches' slots (8 bytes each, and the 4-byte indices they
-        // came from) and skip-row's strike counts (4 bytes a row).
-        let lists = schedule.lists_bytes() + if policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 };
-        let bytes = (copies.len() as u64).saturating_mul(shape.bytes()).saturating_add(scratch).saturating_add(lists);
-        let mut what = format!(
-            "{} cop{} of the table: {}",
-            copies.len(),
-            if copies.len() == 1 { "y" } else { "ies" },
-            copies.join(", ")
-        );
-        if scratch > 0 {
-            what.push_str(&format!("; the step's scratch for {slots} rows"));
-        }
-        if schedule.lists_bytes() > 0 {
-            what.push_str("; the batches' slots");
-        }
-        if policy == Policy::SkipRow {
-            what.push_str("; skip-row's strike counts");
-        }
-        crate::host::check(shape, bytes, crate::host::RESERVE_CPU, &what)?;
+        let parts = [
+            (
+                (copies.len() as u64).saturating_mul(shape.bytes()),
+                format!(
+                    "{} cop{} of the table: {}",
+                    copies.len(),
+                    if copies.len() == 1 { "y" } else { "ies" },
+                    copies.join(", ")
+                ),
+            ),
+            (scratch, format!("the step's scratch for {slots} rows")),
+            // User batches' slot lists, all held (`Schedule::lists_bytes`).
+            (schedule.lists_bytes(), "the batches' slots".to_owned()),
+            // (4 bytes a row.)
+            (if policy == Policy::SkipRow { shape.rows as u64 * 4 } else { 0 }, "skip-row's strike counts".to_owned()),
+        ];
+        crate::host::check(shape, &parts, crate::host::RESERVE_CPU)?;
         let table = match source {
             TableSource::Data(v) => {
                 if v.len() != n {

@@ -123,11 +123,12 @@ pub const RESERVE_CPU: u64 = 64 << 20;
 /// upload or a save's readback: `gpu::pipes`).
 pub const RESERVE_SOFTWARE_GPU: u64 = 256 << 20;
 
-/// Refuses `shape` when the `bytes` a run needs of host memory for it
-/// (`what`: which buffers), with `reserve` for the rest of the run, are
-/// more than this host can give now.
-pub fn check(shape: Shape, bytes: u64, reserve: u64, what: &str) -> Result<()> {
-    let need = bytes.saturating_add(reserve);
+/// Refuses `shape` when the host memory a run needs for it, its `parts`
+/// (bytes, and what they hold: a part of no bytes is not named) and
+/// `reserve` for the rest of the run, is more than this host can give now.
+pub fn check(shape: Shape, parts: &[(u64, String)], reserve: u64) -> Result<()> {
+    let need = parts.iter().fold(reserve, |n, (b, _)| n.saturating_add(*b));
+    let what = parts.iter().filter(|(b, _)| *b > 0).map(|(_, w)| w.as_str()).collect::<Vec<_>>().join("; ");
     match available()? {
         Some(a) if need > a.bytes => Err(shape.too_large(format!(
             "it needs {} of host memory ({what}; and {} for the rest of the run), and this host can give {} now ({}{})",
@@ -162,10 +163,10 @@ mod tests {
         assert_eq!(meminfo("MemFree: 10 kB\n"), None);
     }
 
-    /// v2: the group and its parents, the tightest of them counting;
-    /// v1: the memory controller's group, or the mount's root where a
-    /// namespace hides the path; a limit of "max" or v1's huge number is
-    /// no limit; inactive file cache is not use.
+    /// The group and its parents, v2 and v1 alike, each limit counting; a
+    /// group the mount does not show passed over; a limit of "max" or v1's
+    /// huge number is no limit; file cache, active and inactive, is not
+    /// use.
     #[test]
     fn cgroup_headroom_reads_every_limit() {
         let files = std::collections::HashMap::from([

@@ -125,6 +125,32 @@ fn on_signals(handler: impl FnMut() + Send + 'static) {
     }
 }
 
+/// Which a signal is, of those this process has had (SIGINT, SIGTERM,
+/// SIGHUP alike): the first; the same one again, within a second of it
+/// (`timeout` signals the process and then its group, a closed terminal
+/// hangs up twice), which changes nothing; or a later one, which ends the
+/// process at once, wherever it is (a save, a plot, blocked on a pipe no
+/// one reads).
+#[derive(Clone, Copy, PartialEq)]
+enum Signal {
+    First,
+    Echo,
+    Again,
+}
+
+/// [`Signal`] of the signal being handled now (called once a signal).
+fn which_signal() -> Signal {
+    static FIRST: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let now = std::time::Instant::now();
+    match FIRST.set(now) {
+        Ok(()) => Signal::First,
+        Err(_) if FIRST.get().is_some_and(|&f| now.duration_since(f) >= std::time::Duration::from_secs(1)) => {
+            Signal::Again
+        }
+        Err(_) => Signal::Echo,
+    }
+}
+
 /// Writes `msg` to stderr from a thread of its own: a signal handler that
 /// wrote it itself would block, and with it every later signal, on a
 /// stderr that blocks (a full pipe no one reads). The thread's handle, to

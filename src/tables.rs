@@ -810,18 +810,13 @@ fn stage_safetensors(
     entries.sort_by(|a, b| b.dtype.cmp(&a.dtype).then(a.name.cmp(b.name)));
     let mut metadata: Option<BTreeMap<String, String>> =
         carried.and_then(|c| c.metadata.as_ref()).map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
-    // Where the run state goes: the header, or beside it when too large.
+    // The run state goes in the header, unless moved beside the file below.
     let (mut in_header, mut beside) = (None, None);
     if let Some(st) = state {
         let meta = metadata.get_or_insert_with(BTreeMap::new);
         meta.remove(STATE_KEY);
         meta.remove(STATE_BESIDE_KEY);
-        if state_text(&st, u64::MAX).len() > STATE_IN_HEADER_MAX {
-            meta.insert(STATE_BESIDE_KEY.to_owned(), "FILE.state.json".to_owned());
-            beside = Some(st);
-        } else {
-            in_header = Some(st);
-        }
+        in_header = Some(st);
     }
     type Header = BTreeMap<String, BTreeMap<String, serde_json::Value>>;
     // (The metadata and the state in it as arguments: the state may yet
@@ -849,18 +844,19 @@ fn stage_safetensors(
             serde_json::to_vec(&top).map_err(|e| cannot(e.to_string()))
         };
     // Room for the widest fingerprint (u64::MAX's 20 digits).
-    let mut room = header(&metadata, &in_header, u64::MAX)?.len().next_multiple_of(8);
-    if room as u64 > SAFETENSORS_MAX_HEADER {
-        // A run state that the carried metadata leaves no room for (an
-        // input whose header is near the format's limit) goes beside the
-        // file, as a large one does.
-        if in_header.is_some() {
-            metadata
-                .get_or_insert_with(BTreeMap::new)
-                .insert(STATE_BESIDE_KEY.to_owned(), "FILE.state.json".to_owned());
-            beside = in_header.take();
-        }
-        room = header(&metadata, &in_header, u64::MAX)?.len().next_multiple_of(8);
+    let room_of =
+        |metadata: &_, in_header: &_| Ok::<_, Error>(header(metadata, in_header, u64::MAX)?.len().next_multiple_of(8));
+    // The run state goes beside the file, the header saying so, where it is
+    // too large for a header (skip-row's strike counts of millions of rows)
+    // or where the carried metadata leaves it no room under the format's
+    // limit (an input whose header is near it). (A large one's header is
+    // not built with it first.)
+    let too_large = in_header.as_ref().is_some_and(|st| state_text(st, u64::MAX).len() > STATE_IN_HEADER_MAX);
+    let mut room = if too_large { 0 } else { room_of(&metadata, &in_header)? };
+    if in_header.is_some() && (too_large || room as u64 > SAFETENSORS_MAX_HEADER) {
+        metadata.get_or_insert_with(BTreeMap::new).insert(STATE_BESIDE_KEY.to_owned(), "FILE.state.json".to_owned());
+        beside = in_header.take();
+        room = room_of(&metadata, &in_header)?;
     }
     if room as u64 > SAFETENSORS_MAX_HEADER {
         return Err(cannot(format!("a header of {room} bytes, past the format's {SAFETENSORS_MAX_HEADER}")));

@@ -34,9 +34,15 @@ fn command(program: &str) -> Command {
 }
 
 fn spawn(args: &[&str]) -> Child {
+    spawn_in(args, &std::env::temp_dir())
+}
+
+/// `spawn`, its temporary files (a save's copy staged for a pipe) in `tmp`.
+fn spawn_in(args: &[&str], tmp: &std::path::Path) -> Child {
     command(BIN)
         .args(args)
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env("TMPDIR", tmp)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -51,15 +57,26 @@ fn signal(child: &Child, sig: &str) {
 /// Waits for `path` to exist (the first checkpoint), up to a limit; past
 /// it the child is killed (not left running a long run) and the test fails.
 fn wait_for(child: &mut Child, path: &std::path::Path, limit: Duration) {
+    wait_until(child, limit, &format!("{} never appeared", path.display()), || path.exists());
+}
+
+/// Waits for `done`, up to `limit`; past it the child is killed and the
+/// test fails, saying `never`.
+fn wait_until(child: &mut Child, limit: Duration, never: &str, done: impl Fn() -> bool) {
     let t = Instant::now();
-    while !path.exists() {
+    while !done() {
         if t.elapsed() >= limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{} never appeared", path.display());
+            panic!("{never}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A named pipe at `path`.
+fn mkfifo(path: &std::path::Path) {
+    assert!(Command::new("mkfifo").arg(path).status().expect("mkfifo").success());
 }
 
 /// `t.npy` in `dir`: a 20000 × 8 table of fresh random values.
@@ -272,16 +289,9 @@ fn a_report_to_a_closed_pipe_is_no_error() {
 fn sigint_ends_a_scan_writing_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("t.safetensors");
-    assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+    mkfifo(&fifo);
     let plot = dir.path().join("p.svg");
-    let mut child = command(BIN)
-        .args(["scan", fifo.to_str().unwrap(), "--plot", plot.to_str().unwrap()])
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .env("TMPDIR", dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start latent-line");
+    let mut child = spawn_in(&["scan", fifo.to_str().unwrap(), "--plot", plot.to_str().unwrap()], dir.path());
     // (It waits on the pipe by then, its handler set at its start.)
     std::thread::sleep(Duration::from_millis(1500));
     signal(&child, "-INT");
@@ -396,7 +406,7 @@ fn interrupt_then_again(mut child: Child, times: usize, what: &str) -> std::proc
 fn a_signal_before_the_first_step_ends_the_run_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let (fifo, out) = (dir.path().join("in.safetensors"), dir.path().join("out.npy"));
-    assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+    mkfifo(&fifo);
     let child = spawn(&["--backend", "cpu", "--load", fifo.to_str().unwrap(), "--save", out.to_str().unwrap()]);
     // Opening the pipe's other end returns once the run has opened it to
     // read (its signal handler is in place by then); the run then waits
@@ -431,7 +441,7 @@ fn a_second_signal_ends_a_save_that_waits() {
     let dir = tempfile::tempdir().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("out.npy");
-    assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+    mkfifo(&fifo);
     let mut child = command(BIN)
         .args(["--backend", "cpu", "--rows", "1000", "--dim", "8", "--steps", "3", "--save", fifo.to_str().unwrap()])
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
@@ -444,11 +454,7 @@ fn a_second_signal_ends_a_save_that_waits() {
     // The `speed` line is the last before the save.
     assert!(lines.any(|l| l.is_ok_and(|l| l.starts_with("speed"))), "no `speed` line");
     let staged = || std::fs::read_dir(tmp.path()).unwrap().count();
-    let t0 = Instant::now();
-    while staged() == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "the save's copy was never staged");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(&mut child, Duration::from_secs(60), "the save's copy was never staged", || staged() > 0);
     let done = interrupt_then_again(child, 2, "a finished run's save waiting on its pipe");
     let err = String::from_utf8_lossy(&done.stderr);
     assert_eq!(done.status.code(), Some(130), "{err}");
@@ -498,23 +504,12 @@ fn a_second_signal_ends_a_scans_plot_that_waits() {
     let tmp = tempfile::tempdir().unwrap();
     random_input(&dir, &mut r);
     let fifo = dir.path().join("plot.svg");
-    assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+    mkfifo(&fifo);
     let t = dir.path().join("t.npy");
-    let child = command(BIN)
-        .args(["scan", t.to_str().unwrap(), "--plot", fifo.to_str().unwrap()])
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .env("TMPDIR", tmp.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start latent-line");
+    let mut child = spawn_in(&["scan", t.to_str().unwrap(), "--plot", fifo.to_str().unwrap()], tmp.path());
     // Its plot staged (a copy in its temporary folder, for the pipe).
     let staged = || std::fs::read_dir(tmp.path()).unwrap().count();
-    let t0 = Instant::now();
-    while staged() == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "the plot was never staged");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(&mut child, Duration::from_secs(60), "the plot was never staged", || staged() > 0);
     let done = interrupt_then_again(child, 1, "a scan's plot waiting on its pipe");
     let err = String::from_utf8_lossy(&done.stderr);
     assert_eq!(done.status.code(), Some(130), "seed {seed}: {err}");

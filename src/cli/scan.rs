@@ -119,19 +119,23 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     // (A signal a second or more after the first ends a plot's write
     // too, as it ends a run's save: a plot into a pipe no one reads.)
     crate::on_signals(|| {
-        static FIRST: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-        let now = Instant::now();
-        let first = *FIRST.get_or_init(|| now);
+        let which = crate::which_signal();
         let writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
         if !*writing {
             crate::end_now("scan     interrupted: nothing written");
         }
-        if now == first {
-            crate::tell("scan     interrupted: the plot being written is finished first (another signal, a second from now, ends it at once, unwritten)".into());
-        } else if now.duration_since(first) >= std::time::Duration::from_secs(1) {
-            latent_line::npy::remove_in_flight_and_end(|| {
+        match which {
+            crate::Signal::First => {
+                crate::tell(
+                    "scan     interrupted: the plot being written is finished first (another signal, a second from \
+                     now, ends it at once, unwritten)"
+                        .into(),
+                );
+            }
+            crate::Signal::Again => latent_line::npy::remove_in_flight_and_end(|| {
                 crate::end_now("scan     interrupted again: the plot left unwritten")
-            })
+            }),
+            crate::Signal::Echo => {}
         }
     });
     let t = Instant::now();

@@ -227,9 +227,7 @@ impl Preparing {
         *PHASE.lock().unwrap_or_else(|e| e.into_inner()) = PREPARING;
         Preparing
     }
-}
 
-impl Preparing {
     fn run(self) {
         std::mem::forget(self);
         *PHASE.lock().unwrap_or_else(|e| e.into_inner()) = RUNNING;
@@ -261,31 +259,27 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
     let handler_flag = stop_flag.clone();
     *PHASE.lock().unwrap_or_else(|e| e.into_inner()) = STARTING;
     crate::on_signals(move || {
-        static FIRST: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-        let now = Instant::now();
-        let first = *FIRST.get_or_init(|| now);
-        let again = handler_flag.swap(true, std::sync::atomic::Ordering::SeqCst);
+        use crate::Signal;
+        let which = crate::which_signal();
+        handler_flag.store(true, std::sync::atomic::Ordering::SeqCst);
         let phase = PHASE.lock().unwrap_or_else(|e| e.into_inner());
-        match *phase {
+        match (*phase, which) {
             // (Seen once the files are checked: `Preparing::start`.)
-            STARTING => {}
-            PREPARING => crate::end_now("interrupted before the first step: nothing written"),
-            _ if !again && !QUIET.load(std::sync::atomic::Ordering::Relaxed) => {
+            (STARTING, _) => {}
+            (PREPARING, _) => crate::end_now("interrupted before the first step: nothing written"),
+            (_, Signal::First) if !QUIET.load(std::sync::atomic::Ordering::Relaxed) => {
                 crate::tell(
                     "interrupted: the steps in flight finish, then the run saves what it was asked to and ends \
                      (another signal, a second from now, ends it at once, unsaved)"
                         .into(),
                 );
             }
-            _ if !again => {}
-            _ if now.duration_since(first) >= std::time::Duration::from_secs(1) => {
-                latent_line::npy::remove_in_flight_and_end(|| {
-                    crate::end_now(
-                        "interrupted again: ending now, unsaved (a save in progress is left unfinished: its file is \
-                         as it was)",
-                    )
-                })
-            }
+            (_, Signal::Again) => latent_line::npy::remove_in_flight_and_end(|| {
+                crate::end_now(
+                    "interrupted again: ending now, unsaved (a save in progress is left unfinished: its file is as \
+                     it was)",
+                )
+            }),
             _ => {}
         }
     });
@@ -1483,13 +1477,11 @@ fn leftovers_note(path: &Path) -> Option<String> {
         Some(f) => f.display().to_string(),
         None => "the current folder".into(),
     };
-    let size = if bytes < 1_000_000 { format!("{bytes} bytes") } else { format!("{:.1} MB", bytes as f64 / 1e6) };
     Some(format!(
-        "note     {} temporary file{} of unfinished saves in {folder} ({size}: {}{more}), left by a killed run \
-         (or another run's save in flight): a --resume of a checkpoint there takes what it needs from them; \
-         delete them once none does",
-        found.len(),
-        if found.len() == 1 { "" } else { "s" },
+        "note     {} of unfinished saves in {folder} ({}: {}{more}), left by a killed run (or another run's save in \
+         flight): a --resume of a checkpoint there takes what it needs from them; delete them once none does",
+        count(found.len() as u64, "temporary file"),
+        megabytes(bytes),
         names.join(", ")
     ))
 }

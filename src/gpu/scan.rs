@@ -223,12 +223,8 @@ pub fn scan_from(ctx: Arc<GpuContext>, shape: Shape, feed: &mut Feed, max_chunk_
     let layout = ChunkLayout::new(shape, ctx.max_binding_bytes(), max_chunk_rows, wg, max_groups)?;
     if ctx.is_software() {
         // (Its buffers are host memory: see `crate::host`.)
-        crate::host::check(
-            shape,
-            shape.bytes(),
-            crate::host::RESERVE_SOFTWARE_GPU,
-            "the table uploaded to the software adapter",
-        )?;
+        let table = (shape.bytes(), "the table uploaded to the software adapter".to_owned());
+        crate::host::check(shape, &[table], crate::host::RESERVE_SOFTWARE_GPU)?;
     }
     let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let d = shape.dim;

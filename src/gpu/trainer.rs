@@ -841,31 +841,25 @@ impl GpuTrainer {
             let direct = batched && layout.one_binding();
             let batch_copies =
                 if batched { (1 + momentum as u64) * (!direct as u64 + p.double_buffered() as u64) } else { 0 };
-            let table = copies.saturating_mul(shape.bytes());
-            let batch = batch_copies.saturating_mul(cap * d * 4);
             let coef_rows = if batched { cap } else { shape.rows as u64 };
-            let coefs = if cfg.needs_prepass() { coef_rows * 16 } else { 0 };
-            // User batches: their slot lists on the host
-            // (`Schedule::lists_bytes`) and their slots on the device (16
-            // bytes each); skip-row's strike counts, on the device and
-            // read back.
-            let lists = schedule.lists_bytes().saturating_add(schedule.total_slots().saturating_mul(16))
-                + if p == Policy::SkipRow { shape.rows as u64 * 8 } else { 0 };
-            let mut what = format!("{copies} table-sized buffer{}", if copies == 1 { "" } else { "s" });
-            if batch > 0 {
-                what.push_str(&format!(", {batch_copies} batch-sized ({cap} slots)"));
-            }
-            if schedule.lists_bytes() > 0 {
-                what.push_str(", the batches' slots");
-            }
-            if p == Policy::SkipRow {
-                what.push_str(", skip-row's strike counts");
-            }
-            if coefs > 0 {
-                what.push_str(", the two-read step's coefficients");
-            }
-            let bytes = table.saturating_add(batch).saturating_add(coefs).saturating_add(lists);
-            crate::host::check(shape, bytes, crate::host::RESERVE_SOFTWARE_GPU, &what)?;
+            let parts = [
+                (
+                    copies.saturating_mul(shape.bytes()),
+                    format!("{copies} table-sized buffer{}", if copies == 1 { "" } else { "s" }),
+                ),
+                (batch_copies.saturating_mul(cap * d * 4), format!("{batch_copies} batch-sized ({cap} slots)")),
+                // User batches: their slot lists on the host
+                // (`Schedule::lists_bytes`) and their slots on the device
+                // (16 bytes each).
+                (
+                    schedule.lists_bytes().saturating_add(schedule.total_slots().saturating_mul(16)),
+                    "the batches' slots".to_owned(),
+                ),
+                // (On the device and read back: 8 bytes a row.)
+                (if p == Policy::SkipRow { shape.rows as u64 * 8 } else { 0 }, "skip-row's strike counts".to_owned()),
+                (if cfg.needs_prepass() { coef_rows * 16 } else { 0 }, "the two-read step's coefficients".to_owned()),
+            ];
+            crate::host::check(shape, &parts, crate::host::RESERVE_SOFTWARE_GPU)?;
         }
         // Allocation and pipeline creation inside error scopes: an
         // out-of-memory becomes a typed error naming the sizes, not a panic.
