@@ -2449,6 +2449,26 @@ fn an_aborted_run_saves_beside_its_input() {
     assert_eq!(report["summary"]["saved"].as_str(), Some(dir.s("t.aborted.npy").as_str()));
     assert!(latent_line::npy::load(&dir.p("t.aborted.npy")).unwrap().data == after_one, "seed {seed}");
     assert!(dir.p("t.aborted.npy.state.json").exists(), "its run state, for a resume");
+    // That table is not replaced by the same run again (which would abort
+    // alike and save over it): refused, naming the resume that goes on.
+    let o = go(&["--steps", "5", "--on-nonfinite", "abort", "--load", &t, "--save", &t]);
+    assert_eq!(o.status.code(), Some(1), "seed {seed}: {}", stderr(&o));
+    let hint = format!("exists, the table of an earlier run of {t} that aborted");
+    assert!(stderr(&o).contains(&hint) && stderr(&o).contains(&format!("--resume {}", dir.s("t.aborted.npy"))));
+    assert!(latent_line::npy::load(&dir.p("t.aborted.npy")).unwrap().data == after_one, "seed {seed}");
+    // So is one an interrupted run saved there.
+    std::fs::rename(dir.p("t.aborted.npy"), dir.p("t.interrupted.npy")).unwrap();
+    let o = go(&["--steps", "1", "--load", &t, "--save", &t]);
+    assert_eq!(o.status.code(), Some(1), "seed {seed}: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "{} exists, the table of an earlier run of {t} that was interrupted",
+            dir.s("t.interrupted.npy")
+        )),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::rename(dir.p("t.interrupted.npy"), dir.p("kept.npy")).unwrap();
     // Checkpointed every step: step 1's checkpoint went beside c.npy, and
     // the aborted run saves over it (its own), the input as it was.
     let o = go(&["--steps", "5", "--on-nonfinite", "abort", "--checkpoint-every", "1", "--load", &c, "--save", &c]);

@@ -1352,6 +1352,21 @@ fn check_files(args: &TrainArgs) -> anyhow::Result<()> {
                 save.display()
             );
         }
+        // So is the table of an earlier run that was interrupted or aborted
+        // (resumable), which this run would save over if it ended alike.
+        for (why, was) in [("aborted", "aborted"), ("interrupted", "was interrupted")] {
+            let at = unfinished_save(save, why);
+            if std::fs::symlink_metadata(&at).is_ok_and(|m| m.is_file()) {
+                bail!(
+                    "invalid --save: {} exists, the table of an earlier run of {} that {was} (a run that is {why} \
+                     saves there); go on from it (--resume {} --save {}) or remove it",
+                    at.display(),
+                    save.display(),
+                    at.display(),
+                    save.display()
+                );
+            }
+        }
         let checkpoints = args.checkpoint_every.map(|_| "checkpoint");
         for why in ["aborted", "interrupted"].into_iter().chain(checkpoints) {
             let beside = unfinished_save(save, why);
