@@ -281,8 +281,10 @@ fn main(@builtin(local_invocation_index) lid: u32,
             action = ACT_EVALUATED;
         } else if (GUARD == GUARD_IGNORE) {
             action = select(ACT_APPLIED, ACT_IGNORED, bad);
+            st.skips = 0u;   // a step applied ends a run of skips (one resumed from skip-step's)
         } else if (GUARD == GUARD_SKIP_ROW) {
             action = select(ACT_APPLIED, ACT_SKIPPED_ROWS, bad);
+            st.skips = 0u;
         } else if (!bad) {
             // A double-buffered guard keeps a clean step, switching table
             // buffers (a batched run has one: batch_io.wgsl's scatter

@@ -151,6 +151,12 @@ impl GuardState {
     /// The decision of `reduce.wgsl` after a step that found non-finite
     /// values (`bad`) or not.
     pub fn decide(&mut self, g: &Guard, bad: bool) -> Action {
+        // `skips` counts consecutive skipped steps: a step applied, under
+        // any policy, ends them (a run resumed from a skip-step run's
+        // checkpoint under ignore or skip-row carries its count).
+        if matches!(g.policy, Policy::Ignore | Policy::SkipRow) {
+            self.skips = 0;
+        }
         match g.policy {
             Policy::Ignore => {
                 if bad {

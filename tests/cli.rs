@@ -1190,7 +1190,7 @@ fn a_run_split_by_a_resume_gives_the_table_of_an_unbroken_run() {
             with(&["--steps", "30", "--save", &whole]);
             // 10 steps with checkpoints every 4 (the last at 8, then the end at 10) …
             let first = with(&["--steps", "10", "--save", &half, "--checkpoint-every", "4"]);
-            assert!(first.contains("checkpoint step 8"), "{first}");
+            assert!(first.contains("checkpoint after 8 steps"), "{first}");
             // … then on to 30.
             let second = with(&["--resume", &half, "--steps", "30", "--save", &done]);
             assert!(second.contains("resume   from step 10 of 30"), "{second}");
@@ -1230,7 +1230,7 @@ fn an_abort_at_a_checkpoint_is_no_checkpoint() {
         ]);
         assert_eq!(o.status.code(), Some(3), "{backend}: {}", stderr(&o));
         let text = String::from_utf8_lossy(&o.stdout);
-        assert!(!text.contains("checkpoint step"), "{backend}: {text}");
+        assert!(!text.contains("checkpoint after"), "{backend}: {text}");
         let state: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.p(&format!("{backend}.npy.state.json"))).unwrap()).unwrap();
         assert_eq!(state["steps"], 0, "{backend}: {state}");
@@ -1422,6 +1422,28 @@ fn a_rollback_checkpoint_keeps_its_snapshot_and_resumed_steps_count_from_the_sta
     );
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(r["summary"]["aborted_at"], 10);
+    // The skips counted are consecutive ones: steps applied under another
+    // policy end them, so a later skip-step resume counts afresh (it
+    // aborted at its first failing step, with skip-row's steps between).
+    for backend in ["cpu", "gpu"] {
+        let naive: Vec<&str> = naive.iter().map(|&a| if a == "cpu" { backend } else { a }).collect();
+        let (a, b) = (dir.s("skips_a.npy"), dir.s("skips_b.npy"));
+        let o = run(&[&naive[..], &["--steps", "3", "--max-skips", "100", "--save", &a]].concat());
+        assert_eq!(o.status.code(), Some(0), "{backend}: {}", stderr(&o));
+        let skips = |f: &str| {
+            let state = std::fs::read(format!("{f}.state.json")).unwrap();
+            serde_json::from_slice::<serde_json::Value>(&state).unwrap()["skips"].as_u64()
+        };
+        assert_eq!(skips(&a), Some(3), "{backend}");
+        let o =
+            run(&[&naive[..], &["--resume", &a, "--steps", "5", "--on-nonfinite", "skip-row", "--save", &b]].concat());
+        assert_eq!(o.status.code(), Some(0), "{backend}: {}", stderr(&o));
+        assert_eq!(skips(&b), Some(0), "{backend}: skip-row's steps were applied");
+        let o = run(&[&naive[..], &["--resume", &b, "--steps", "7", "--max-skips", "2", "--report", &report]].concat());
+        assert_eq!(o.status.code(), Some(0), "{backend}: {}", stderr(&o));
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        assert_eq!(r["summary"]["skipped_steps"], 2, "{backend}");
+    }
 
     // A damaged sidecar is refused by name, and nothing is written.
     std::fs::write(&side, b"\x93NUMPY").unwrap();

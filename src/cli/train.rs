@@ -686,7 +686,7 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
         // comes after the last step, while the run saves, stops nothing).
         if done < args.steps && !halted && (ran == 0 || interrupted()) {
             stopped = true;
-            say(&bar, format!("stopped after step {done}: saving and reporting"));
+            say(&bar, format!("stopped after {}: saving and reporting", count(done as u64, "step")));
             break;
         }
         if let (Some(k), Some(path)) = (args.checkpoint_every, &ck_path) {
@@ -702,7 +702,7 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
                     c.follow(path);
                 }
                 checkpointed = true;
-                say(&bar, format!("checkpoint step {done} → {}", path.display()));
+                say(&bar, format!("checkpoint after {} → {}", count(done as u64, "step"), path.display()));
             }
         }
     }
