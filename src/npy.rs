@@ -818,16 +818,28 @@ pub fn commit(files: Vec<Staged>) -> Result<()> {
 /// [`commit`], then `after` (a checkpoint's clean-up of the sidecars it no
 /// longer has) while the folders are still held: another run's commit
 /// into them cannot link a file this one is removing.
+///
+/// Files that are not regular ones (a pipe, a terminal) are written
+/// through first, before any rename and outside the folders' locks: such
+/// a write cannot be undone, and may wait on a reader for ever, so the
+/// files renamed after it are still as they were while it waits (a second
+/// signal then ends the save with the whole set old) and a failure leaves
+/// nothing to put back; another run's save into the folder does not wait
+/// on it.
 pub fn commit_then(files: Vec<Staged>, after: impl FnOnce()) -> Result<()> {
-    let _turn = lock_folders(files.iter().filter(|f| !f.stream).map(|f| folder(&f.path).to_path_buf()).collect());
+    let (streams, files): (Vec<Staged>, Vec<Staged>) = files.into_iter().partition(|f| f.stream);
+    for f in &streams {
+        write_through(&f.path, f.tmp.path()).map_err(|e| Error::io(&f.path, e))?;
+    }
+    let _turn = lock_folders(files.iter().map(|f| folder(&f.path).to_path_buf()).collect());
     renames(files)?;
     after();
     Ok(())
 }
 
+/// Renames the staged regular files over their paths (see [`commit`]).
 fn renames(files: Vec<Staged>) -> Result<()> {
     let mut done: Vec<(PathBuf, Old)> = Vec::new();
-    let (streams, files): (Vec<Staged>, Vec<Staged>) = files.into_iter().partition(|f| f.stream);
     for f in files {
         let old = match keep_old(&f.path) {
             Ok(o) => o,
@@ -843,14 +855,6 @@ fn renames(files: Vec<Staged>) -> Result<()> {
             return Err(Error::io(&f.path, e.error));
         }
         done.push((f.path, old));
-    }
-    // Files that are not regular ones last, written through (nothing to
-    // put back there; the renamed files are, if one fails).
-    for f in streams {
-        if let Err(e) = write_through(&f.path, f.tmp.path()) {
-            undo(done);
-            return Err(Error::io(&f.path, e));
-        }
     }
     // Committed: dropping the old contents' links removes them.
     Ok(())

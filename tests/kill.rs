@@ -455,11 +455,28 @@ fn a_second_signal_ends_a_save_that_waits() {
     assert!(lines.any(|l| l.is_ok_and(|l| l.starts_with("speed"))), "no `speed` line");
     let staged = || std::fs::read_dir(tmp.path()).unwrap().count();
     wait_until(&mut child, Duration::from_secs(60), "the save's copy was never staged", || staged() > 0);
+    // Meanwhile another run saves into the same folder: it does not wait
+    // on this one's pipe.
+    let other = command(BIN)
+        .args(["--backend", "cpu", "--rows", "1000", "--dim", "8", "--steps", "1", "--quiet", "--save"])
+        .arg(dir.path().join("other.npy"))
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start latent-line");
+    let o = exits_within(other, Duration::from_secs(60), "a save into the folder of a save that waits on a pipe");
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     let done = interrupt_then_again(child, 2, "a finished run's save waiting on its pipe");
     let err = String::from_utf8_lossy(&done.stderr);
     assert_eq!(done.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted again: ending now, unsaved"), "{err}");
     assert_eq!(staged(), 0, "the save's temporary copy was left behind");
+    // Unsaved: no run state beside the pipe either (it would name a table
+    // that never went through).
+    let mut left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    left.sort();
+    assert_eq!(left, ["other.npy", "other.npy.state.json", "out.npy"], "files written");
 }
 
 /// A signal the run was started with ignored stays ignored: `nohup`
