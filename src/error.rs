@@ -19,6 +19,15 @@ pub enum Error {
     #[error("{}: {reason}", path.display())]
     BadFile { path: PathBuf, reason: String },
 
+    /// Another run is saving to the file (it holds its claim: `claim.rs`).
+    #[error(
+        "{}: another run{} is saving there (it holds {}); wait for it to end, or save elsewhere",
+        path.display(),
+        pid.map(|p| format!(", process {p},")).unwrap_or_default(),
+        lock.display()
+    )]
+    InUse { path: PathBuf, lock: PathBuf, pid: Option<u32> },
+
     /// No usable GPU adapter.
     #[error("no GPU adapter: {0}")]
     NoAdapter(String),

@@ -21,6 +21,7 @@
 
 pub mod backend;
 pub mod batches;
+pub mod claim;
 pub mod config;
 pub mod cpu;
 pub mod diagnose;

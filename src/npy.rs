@@ -723,14 +723,15 @@ pub fn stage_with(path: &Path, write: impl FnOnce(&mut BufWriter<&File>) -> Resu
 }
 
 /// The temporary files of this process's saves that may still be there
-/// (staged, not yet renamed, or being written): a process that ends at
+/// (staged, not yet renamed, or being written), and its lock files
+/// (`claim.rs`): a process that ends at
 /// once (a second signal) removes them first (`remove_in_flight`), where
 /// they would stay behind. (A name listed that a commit has since renamed
 /// names nothing.)
 static IN_FLIGHT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
 /// A name in `IN_FLIGHT` while this lives.
-struct InFlight(PathBuf);
+pub(crate) struct InFlight(PathBuf);
 
 impl InFlight {
     /// A temporary file made by `make`, listed: under the list's lock, so
@@ -743,6 +744,15 @@ impl InFlight {
         all.push(tmp.path().to_owned());
         let listed = InFlight(tmp.path().to_owned());
         Ok((tmp, listed))
+    }
+
+    /// The file at `path` opened by `make` (a run's lock file:
+    /// `claim.rs`), listed as [`InFlight::create`] lists its files.
+    pub(crate) fn made<T>(make: impl FnOnce() -> std::io::Result<T>, path: &Path) -> std::io::Result<(T, InFlight)> {
+        let mut all = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+        let made = make()?;
+        all.push(path.to_owned());
+        Ok((made, InFlight(path.to_owned())))
     }
 }
 

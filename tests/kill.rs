@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -532,4 +533,53 @@ fn a_second_signal_ends_a_scans_plot_that_waits() {
     assert_eq!(done.status.code(), Some(130), "seed {seed}: {err}");
     assert!(err.contains("scan     interrupted again: the plot left unwritten"), "{err}");
     assert_eq!(staged(), 0, "the plot's temporary copy was left behind");
+}
+
+/// Two runs never save over each other: while a run whose --save is its
+/// --load file runs, another such run, a resume of its checkpoint saving
+/// to its input, and a run saving at its checkpoint's name are each
+/// refused, naming its process (the first would otherwise remove the
+/// other's checkpoint as its own, or save over it); interrupted, it leaves
+/// its checkpoint and no lock file, and its resume goes on from there to
+/// the unbroken run's table.
+#[test]
+fn a_run_saving_a_file_keeps_other_runs_off_it() {
+    let seed = seed("claims");
+    let mut r = rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    random_input(&dir, &mut r);
+    std::fs::copy(p("t.npy"), p("orig.npy")).unwrap();
+    let (t, ck) = (p("t.npy"), p("t.checkpoint.npy"));
+    let every = r.random_range(5..20).to_string();
+    let opts = ["--backend", "cpu", "--checkpoint-every", &every];
+    let mut first = spawn(&[&opts[..], &["--steps", "10000000", "--load", &t, "--save", &t]].concat());
+    wait_for(&mut first, Path::new(&ck), Duration::from_secs(60));
+    let run =
+        |args: &[&str]| Command::new(BIN).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap();
+    let held = format!("another run, process {}, is saving there", first.id());
+    for args in [
+        vec!["--load", &t, "--save", &t],
+        vec!["--resume", &ck, "--save", &t],
+        vec!["--rows", "20000", "--dim", "8", "--save", &ck],
+    ] {
+        let o = run(&[&opts[..], &["--steps", "5"], &args].concat());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(&held), "{args:?}: {err}");
+    }
+    signal(&first, "-INT");
+    let done = exits_within(first, Duration::from_secs(60), "an interrupted in-place run");
+    assert_eq!(done.status.code(), Some(130), "{}", String::from_utf8_lossy(&done.stderr));
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{ck}.state.json")).unwrap()).unwrap();
+    let steps = (state["steps"].as_u64().unwrap() + 3).to_string();
+    let mut left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    left.sort();
+    assert_eq!(left, ["orig.npy", "t.checkpoint.npy", "t.checkpoint.npy.state.json", "t.npy"], "seed {seed}");
+    let o = run(&[&opts[..], &["--steps", &steps, "--resume", &ck, "--save", &t]].concat());
+    assert_eq!(o.status.code(), Some(0), "seed {seed}: {}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&[&opts[..], &["--steps", &steps, "--load", &p("orig.npy"), "--save", &p("whole.npy")]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let load = |name: &str| latent_line::npy::load(dir.path().join(name).as_path()).unwrap().data;
+    assert!(load("t.npy") == load("whole.npy"), "seed {seed}: not the unbroken run's {steps} steps");
 }

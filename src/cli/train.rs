@@ -266,7 +266,10 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
         match (*phase, which) {
             // (Seen once the files are checked: `Preparing::start`.)
             (STARTING, _) => {}
-            (PREPARING, _) => crate::end_now("interrupted before the first step: nothing written"),
+            // (Its lock files removed: `claim_saves`.)
+            (PREPARING, _) => latent_line::npy::remove_in_flight_and_end(|| {
+                crate::end_now("interrupted before the first step: nothing written")
+            }),
             (_, Signal::First) if !QUIET.load(std::sync::atomic::Ordering::Relaxed) => {
                 crate::tell(
                     "interrupted: the steps in flight finish, then the run saves what it was asked to and ends \
@@ -284,13 +287,18 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
         }
     });
     // Everything is validated before any allocation or output.
+    // (Claimed first: a file another run is writing is that run's, not
+    // an earlier run's, say the checks of what lies there.)
+    let _claims = claim_saves(args)?;
     check_files(args)?;
     // (After check_files, whose probe of the save's folder is a temporary
     // file that an exit would leave behind.)
     let preparing = Preparing::start();
     if interrupted() {
         // (A signal before it: nothing written yet either.)
-        crate::end_now("interrupted before the first step: nothing written");
+        latent_line::npy::remove_in_flight_and_end(|| {
+            crate::end_now("interrupted before the first step: nothing written")
+        });
     }
     let mut carried = None;
     // --resume's run state, read once (with the table's header): its
@@ -1398,6 +1406,19 @@ fn check_files(args: &TrainArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Claims the files this run saves tables to (`latent_line::claim`) for as
+/// long as it runs: `--save`, where its checkpoints go if not there, and,
+/// where `--save` is its `--load` file, the names beside it. A run holding
+/// any of them is refused with the process that holds it.
+fn claim_saves(args: &TrainArgs) -> anyhow::Result<Vec<latent_line::claim::Claim>> {
+    let Some(save) = args.save.as_deref() else { return Ok(Vec::new()) };
+    let mut paths = vec![save.to_path_buf(), checkpoint_path(args, save)];
+    if saves_over_load(args, save) {
+        paths.extend(BESIDE.iter().map(|why| unfinished_save(save, why)));
+    }
+    latent_line::claim::claim_all(&paths).map_err(|e| anyhow::anyhow!("invalid --save: {e}"))
 }
 
 /// The step's settings from the options, checked against the table's
