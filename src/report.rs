@@ -111,6 +111,7 @@ pub struct Summary {
     pub last_loss: f64,
     pub mean_excess_first: f64,
     pub mean_excess_last: f64,
+    pub max_excess_first: f64,
     pub max_excess_last: f64,
     /// Where the first (last) loss is not finite but some of its terms
     /// are: the loss and mean excess over those alone, and how many were
@@ -151,7 +152,7 @@ pub struct Summary {
     pub all_finite: bool,
     /// Wall clock of the steps (each segment from its first submission to
     /// its last record) over the steps run: what `speed` prints.
-    pub step_seconds: f64,
+    pub step_seconds: Option<f64>,
     /// The median step time (SPEC §12): of each step's own GPU time
     /// (`median_step_clock` "gpu-timestamps", `gpu_seconds` of the steps)
     /// where the device timed the steps' passes (under --profile, each the
@@ -159,13 +160,17 @@ pub struct Summary {
     /// the median spacing of the record groups (one per submission), per
     /// step: the device's step time while it is the bottleneck, reading low
     /// when groups arrive in bursts (synchronous submission, a slow consumer).
-    pub median_step_seconds: f64,
+    pub median_step_seconds: Option<f64>,
     pub median_step_clock: &'static str,
     /// SPEC §15's bytes a step moves, each row it touches read and written
     /// once: 2·R·D·4 for a full-table step; for batches, their distinct
-    /// rows and the two anchors, averaged over the steps run.
+    /// rows and the two anchors, averaged over the steps run (the first
+    /// step's where none ran).
     pub bytes_per_step: u64,
-    pub effective_gb_per_s: f64,
+    /// `bytes_per_step` over `step_seconds`. (The times and this are
+    /// `null` where no step ran: a run of `--steps 0`, a resume with its
+    /// steps done.)
+    pub effective_gb_per_s: Option<f64>,
 }
 
 #[derive(Serialize)]

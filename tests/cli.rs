@@ -1454,6 +1454,40 @@ fn a_rollback_checkpoint_keeps_its_snapshot_and_resumed_steps_count_from_the_sta
     assert!(!Path::new(&done).exists());
 }
 
+/// The summary's first and last values are those of the first and last
+/// records (the max excess too); a run of no steps reports no speed:
+/// `null` times and GB/s, where 0 read as a measurement.
+#[test]
+fn the_summary_is_of_the_records_and_a_run_of_no_steps_has_no_speed() {
+    let seed = common::seed("summary_records");
+    let steps = rand::Rng::random_range(&mut common::rng(seed), 1..6).to_string();
+    for n in ["0", &steps] {
+        let o = run(&[
+            "--backend",
+            "cpu",
+            "--rows",
+            "300",
+            "--dim",
+            "4",
+            "--seed",
+            &seed.to_string(),
+            "--steps",
+            n,
+            "--json",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let (s, records) = (&r["summary"], r["steps"].as_array().unwrap());
+        for (key, at) in [("first", 0), ("last", records.len() - 1)] {
+            assert_eq!(s[format!("max_excess_{key}")], records[at]["max_excess"], "seed {seed}, {n} steps: {key}");
+            assert_eq!(s[format!("mean_excess_{key}")], records[at]["mean_excess"], "seed {seed}, {n} steps: {key}");
+        }
+        for key in ["step_seconds", "median_step_seconds", "effective_gb_per_s"] {
+            assert_eq!(s[key].is_null(), n == "0", "seed {seed}, {n} steps: {key} {}", s[key]);
+        }
+    }
+}
+
 /// No output lands on another file of the run: --report, --plot onto the
 /// loaded table, the index file or each other are refused before any work,
 /// the files untouched; --save onto the loaded table is the one overlap
@@ -1770,6 +1804,18 @@ fn profile_times_every_kernel_of_the_run() {
         ds["pipelines"].as_array().unwrap().iter().filter(|p| p["kernel"] == "fused_step.wgsl main").collect();
     // PREP's pipeline and the step's: the setting tells them apart.
     assert!(fused.len() >= 2 && fused.iter().all(|p| p["setting"].as_str().unwrap().contains("PREP=")), "{ds}");
+
+    // A run that aborts (the naive formula fails step 0) counts the
+    // passes of the steps that ran, not of those submitted with them,
+    // which did nothing.
+    let naive = ["--naive", "--endpoints", "detached", "--on-nonfinite", "abort", "--profile", "--report", &rep];
+    let o = run(&[&["--backend", "gpu", "--rows", "300", "--dim", "4", "--steps", "50"][..], &naive].concat());
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("profile  GPU time per kernel over 1 step "));
+    let r = report(&d.p("r.json"));
+    for k in r["profile"].as_array().expect("a profile in the report") {
+        assert_eq!(k["calls"].as_u64(), Some(1), "{k}");
+    }
 
     let o = run(&["--backend", "cpu", "--rows", "300", "--dim", "4", "--steps", "2", "--profile", "--report", &rep]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

@@ -1016,6 +1016,7 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
                 last_loss: last.loss(cfg.w_red(last.batch) as f64),
                 mean_excess_first: first.mean_excess(),
                 mean_excess_last: last.mean_excess(),
+                max_excess_first: first.max_excess(),
                 max_excess_last: last.max_excess(),
                 first_finite_terms: first.finite_terms(cfg.w_red(first.batch) as f64),
                 last_finite_terms: last.finite_terms(cfg.w_red(last.batch) as f64),
@@ -1035,14 +1036,14 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
                 lr_last: last.lr as f32,
                 final_scan,
                 all_finite: finite,
-                step_seconds: step_s,
+                step_seconds: (wall_steps > 0).then_some(step_s),
                 // The steps' own GPU times where they were timed (every
                 // step of the fused path, where the device has timestamp
                 // queries), else the spacing of the record groups.
-                median_step_seconds: gpu_median.or(per_step.median()).unwrap_or(0.0),
+                median_step_seconds: gpu_median.or(per_step.median()).filter(|_| wall_steps > 0),
                 median_step_clock: if gpu_median.is_some() { "gpu-timestamps" } else { "wall-clock" },
                 bytes_per_step: bytes,
-                effective_gb_per_s: gbps,
+                effective_gb_per_s: (wall_steps > 0).then_some(gbps),
             },
             events: report_events,
             profile,

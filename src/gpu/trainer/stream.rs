@@ -39,9 +39,11 @@ pub(super) struct Pending {
     first: Option<u64>,
     /// The steps' timestamps follow the records.
     timed: bool,
-    /// --profile: each step's kernels' timed passes, summed (read at
-    /// submission, which profiling waits for).
-    profiled: Vec<f64>,
+    /// --profile: each step's kernels and their timed passes (read at
+    /// submission, which profiling waits for), tallied as the records come
+    /// back: only those of steps that ran (after an abort, the passes of
+    /// the steps submitted with it did nothing).
+    profiled: Vec<Vec<(Phase, f64)>>,
 }
 
 /// The bytes of a ring buffer a submission of `records` maps: its records,
@@ -136,32 +138,33 @@ impl GpuTrainer {
             // the kernels' own times.
             match t.read(&ctx, timed.len() as u32) {
                 Ok(secs) => {
-                    let mut at = 0;
-                    let sums = per_step.iter().map(|&k| {
-                        at += k;
-                        secs[at - k..at].iter().sum()
-                    });
+                    let mut passes = timed.iter().copied().zip(secs);
+                    let steps = per_step.iter().map(|&k| passes.by_ref().take(k).collect()).collect();
                     if let Some(p) = self.ring[slot].pending.as_mut() {
-                        p.profiled = sums.collect();
-                    }
-                    for (ph, sec) in timed.iter().zip(secs) {
-                        let bytes = self.phase_bytes(*ph);
-                        let all = self.profile.as_mut().expect("profiling");
-                        let at = match all.iter().position(|k| k.kernel == ph.kernel()) {
-                            Some(i) => i,
-                            None => {
-                                all.push(KernelTime { kernel: ph.kernel().into(), ..KernelTime::default() });
-                                all.len() - 1
-                            }
-                        };
-                        let k = &mut all[at];
-                        k.calls += 1;
-                        k.seconds += sec;
-                        k.bytes += bytes;
+                        p.profiled = steps;
                     }
                 }
                 Err(e) => self.profile_error = Some(e.to_string()),
             }
+        }
+    }
+
+    /// --profile: one step's timed passes, added to the run's tally.
+    fn tally_profile(&mut self, passes: &[(Phase, f64)]) {
+        for &(ph, sec) in passes {
+            let bytes = self.phase_bytes(ph);
+            let all = self.profile.as_mut().expect("profiling");
+            let at = match all.iter().position(|k| k.kernel == ph.kernel()) {
+                Some(i) => i,
+                None => {
+                    all.push(KernelTime { kernel: ph.kernel().into(), ..KernelTime::default() });
+                    all.len() - 1
+                }
+            };
+            let k = &mut all[at];
+            k.calls += 1;
+            k.seconds += sec;
+            k.bytes += bytes;
         }
     }
 
@@ -187,7 +190,8 @@ impl GpuTrainer {
             .enumerate()
             .map(|(i, w)| {
                 let mut r = Record::from_words(w, self.shape.rows);
-                r.gpu_seconds = seconds.get(i).copied().flatten().or(profiled.get(i).copied());
+                let passes = profiled.get(i).map(|p| p.iter().map(|(_, sec)| sec).sum());
+                r.gpu_seconds = seconds.get(i).copied().flatten().or(passes);
                 if r.action != crate::guard::Action::NotRun {
                     r.separation = self.cfg.separation(r.d0);
                 }
@@ -197,6 +201,11 @@ impl GpuTrainer {
                 r
             })
             .collect();
+        for (r, passes) in records.iter().zip(&profiled) {
+            if r.action != crate::guard::Action::NotRun {
+                self.tally_profile(passes);
+            }
+        }
         // Every step encoded was counted; the aborted one (the table is as
         // before it: a resume takes it again) and those after it, which did
         // nothing, are not done.
