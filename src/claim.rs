@@ -23,7 +23,7 @@ use crate::npy::{self, InFlight};
 /// (removed first, then let go: a run that opened it meanwhile finds it
 /// gone once it holds the lock, and tries again with a new one).
 pub struct Claim {
-    _lock: File,
+    lock: File,
     path: PathBuf,
     _listed: InFlight,
 }
@@ -34,85 +34,153 @@ impl Drop for Claim {
     }
 }
 
-/// The lock file of a save to `path` (the file it names, links followed),
+/// The lock file of a save to `path` (the file it names, links followed;
+/// its folder by its canonical name, so that one file has one lock path),
 /// or none for one written through (a pipe, a terminal: nothing replaced).
+/// A name too long for the lock's prefix keeps its first 200 bytes and
+/// adds a hash of the whole (file systems take names of 255 bytes).
 pub fn lock_path(path: &Path) -> Option<PathBuf> {
     let dest = npy::destination(path).ok()?;
-    let mut name = std::ffi::OsString::from(".latent-line-lock-");
-    name.push(dest.file_name()?);
-    Some(npy::folder(&dest).join(name))
+    let name = dest.file_name()?;
+    let folder = npy::folder(&dest);
+    let folder = std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_owned());
+    let mut lock = std::ffi::OsString::from(PREFIX);
+    let bytes = name.as_encoded_bytes();
+    if PREFIX.len() + bytes.len() <= 255 {
+        lock.push(name);
+    } else {
+        // (FNV-1a: the same name gives the same lock in every build.)
+        let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        lock.push(String::from_utf8_lossy(&bytes[..200]).as_ref());
+        lock.push(format!("…{hash:016x}"));
+    }
+    Some(folder.join(lock))
 }
 
-/// Claims `path` for this process, or says which process holds it
-/// (`Error::InUse`). `Ok(None)`: nothing to claim (a pipe), or no claim
-/// can be made there.
-pub fn claim(path: &Path) -> Result<Option<Claim>> {
+const PREFIX: &str = ".latent-line-lock-";
+
+/// Claims `path` for this process, unless one of `held` (this run's own
+/// claims) is its lock already (`Ok(None)`, as for nothing to claim: a
+/// pipe, or a folder where no lock can be made), or says which process
+/// holds it (`Error::InUse`). Something other than a file at the lock's
+/// name (a link, a folder) is refused: a link would be followed.
+pub fn claim(path: &Path, held: &[Claim]) -> Result<Option<Claim>> {
     let Some(lock) = lock_path(path) else { return Ok(None) };
+    if std::fs::symlink_metadata(&lock).is_ok_and(|m| !m.is_file()) {
+        return Err(Error::BadFile {
+            path: lock,
+            reason: format!("not a file, at the name of the lock of a save to {}; remove it", path.display()),
+        });
+    }
     // A few tries: each one that loses finds the file removed by a run
     // that was ending (at most once per such run).
     for _ in 0..8 {
         // Listed as it is made, so that a run ending at once removes it.
-        let made = InFlight::made(
-            || std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lock),
-            &lock,
-        );
-        let Ok((mut file, listed)) = made else { return Ok(None) };
+        let Ok((mut file, listed)) = InFlight::made(|| open_lock(&lock), &lock) else { return Ok(None) };
+        if held.iter().any(|h| same_file(&h.lock, &file)) {
+            // (This run's: not to be removed by a forced end twice over.)
+            drop(listed);
+            return Ok(None);
+        }
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 // (Not this process's to remove: unlisted, left as it is.)
                 drop(listed);
-                let pid = std::fs::read_to_string(&lock).ok().and_then(|s| s.trim().parse().ok());
-                return Err(Error::InUse { path: path.to_owned(), lock, pid });
+                return Err(Error::InUse { path: path.to_owned(), pid: holder(&lock), lock });
             }
             // No locks on this file system: nothing claimed (and the file,
             // made for nothing, removed).
             Err(std::fs::TryLockError::Error(_)) => {
-                drop(Claim { _lock: file, path: lock, _listed: listed });
+                drop(Claim { lock: file, path: lock, _listed: listed });
                 return Ok(None);
             }
         }
-        if !names_this_file(&lock, &file) {
+        // The name may have been removed (and made again) by the holder
+        // that just let go: ours only if it still names this file.
+        if !names(&lock, &file) {
             drop(listed);
             continue;
         }
+        // (A lock file of another user's, opened to read only, keeps its
+        // process id.)
         let _ = file.set_len(0).and_then(|()| writeln!(file, "{}", std::process::id()));
-        return Ok(Some(Claim { _lock: file, path: lock, _listed: listed }));
+        return Ok(Some(Claim { lock: file, path: lock, _listed: listed }));
     }
     Ok(None)
 }
 
-/// Claims each of `paths` (duplicates once); the first one held by another
-/// run is the error, and the claims made until then are let go.
-pub fn claim_all(paths: &[PathBuf]) -> Result<Vec<Claim>> {
-    let mut held: Vec<(PathBuf, Claim)> = Vec::new();
-    for p in paths {
-        let Some(lock) = lock_path(p) else { continue };
-        if held.iter().any(|(l, _)| *l == lock) {
-            continue;
+/// Opens (or makes) a lock file, never through a link: to write, or, one
+/// another user made, to read (a lock needs no more).
+fn open_lock(lock: &Path) -> std::io::Result<File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut o, libc::O_NOFOLLOW);
+    match o.open(lock) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            let mut o = std::fs::OpenOptions::new();
+            o.read(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::custom_flags(&mut o, libc::O_NOFOLLOW);
+            o.open(lock)
         }
-        if let Some(c) = claim(p)? {
-            held.push((lock, c));
-        }
+        r => r,
     }
-    Ok(held.into_iter().map(|(_, c)| c).collect())
 }
 
-/// Whether `path` still names the open `file` (not removed, nor made anew,
-/// by the run that held it before).
-fn names_this_file(path: &Path, file: &File) -> bool {
+/// The process id a held lock file names (written just after its lock was
+/// taken: read again for a moment if not there yet).
+fn holder(lock: &Path) -> Option<u32> {
+    for _ in 0..20 {
+        if let Some(pid) = std::fs::read_to_string(lock).ok().and_then(|s| s.trim().parse().ok()) {
+            return Some(pid);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    None
+}
+
+/// Claims each of `paths` (one file by two names once); the first one
+/// held by another run is the error (with its index in `paths`), and the
+/// claims made until then are let go.
+pub fn claim_all(paths: &[PathBuf]) -> std::result::Result<Vec<Claim>, (usize, Error)> {
+    let mut held: Vec<Claim> = Vec::new();
+    for (i, p) in paths.iter().enumerate() {
+        if let Some(c) = claim(p, &held).map_err(|e| (i, e))? {
+            held.push(c);
+        }
+    }
+    Ok(held)
+}
+
+/// Whether `path` names the open `file`.
+fn names(path: &Path, file: &File) -> bool {
+    match (std::fs::metadata(path), file.metadata()) {
+        (Ok(p), Ok(f)) => id(&p) == id(&f),
+        _ => false,
+    }
+}
+
+/// Whether two open files are one (device and inode; elsewhere, never).
+fn same_file(a: &File, b: &File) -> bool {
+    match (a.metadata(), b.metadata()) {
+        (Ok(a), Ok(b)) => id(&a).is_some() && id(&a) == id(&b),
+        _ => false,
+    }
+}
+
+/// A file's identity: its device and inode (none off unix).
+fn id(m: &std::fs::Metadata) -> Option<(u64, u64)> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        match (std::fs::metadata(path), file.metadata()) {
-            (Ok(p), Ok(f)) => (p.dev(), p.ino()) == (f.dev(), f.ino()),
-            _ => false,
-        }
+        Some((m.dev(), m.ino()))
     }
     #[cfg(not(unix))]
     {
-        let _ = file;
-        path.exists()
+        let _ = m;
+        None
     }
 }
 
@@ -121,41 +189,63 @@ mod tests {
     use super::*;
 
     /// A claimed file is refused to a second claim, naming this process;
-    /// let go, it can be claimed again, and its lock file is gone.
+    /// let go, it can be claimed again, and its lock file is gone. One
+    /// file by two names (a link, a relative path) is claimed once.
     #[test]
     fn a_claim_is_exclusive_until_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let t = dir.path().join("t.npy");
-        let first = claim(&t).unwrap().expect("claimed");
+        let first = claim(&t, &[]).unwrap().expect("claimed");
         let lock = lock_path(&t).unwrap();
         assert_eq!(lock.file_name().unwrap(), ".latent-line-lock-t.npy");
-        match claim(&t) {
+        match claim(&t, &[]) {
             Err(Error::InUse { pid, lock: l, .. }) => {
                 assert_eq!(pid, Some(std::process::id()));
                 assert_eq!(l, lock);
             }
             other => panic!("claimed twice: {:?}", other.map(|c| c.is_some())),
         }
-        // Another name of the same file (a link) is the same claim.
-        std::os::unix::fs::symlink(&t, dir.path().join("link.npy")).unwrap();
-        assert!(matches!(claim(&dir.path().join("link.npy")), Err(Error::InUse { .. })));
+        let link = dir.path().join("link.npy");
+        std::os::unix::fs::symlink(&t, &link).unwrap();
+        assert!(matches!(claim(&link, &[]), Err(Error::InUse { .. })));
         drop(first);
         assert!(!lock.exists(), "the lock file was left");
-        let again = claim_all(&[t.clone(), dir.path().join("link.npy"), dir.path().join("u.npy")]).unwrap();
-        assert_eq!(again.len(), 2, "t.npy (by two names) and u.npy");
+        let dotted = dir.path().join(".").join("t.npy");
+        let again = claim_all(&[t.clone(), link, dotted, dir.path().join("u.npy")]).unwrap();
+        assert_eq!(again.len(), 2, "t.npy (by three names) and u.npy");
         drop(again);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "only the link is left");
     }
 
     /// A lock file left by a killed run claims nothing: it is taken over.
+    /// Something else at its name is refused, a link never followed.
     #[test]
-    fn a_lock_file_left_behind_claims_nothing() {
+    fn a_lock_file_left_behind_claims_nothing_and_a_link_there_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let t = dir.path().join("t.npy");
         std::fs::write(lock_path(&t).unwrap(), "4294967295\n").unwrap();
-        let c = claim(&t).unwrap().expect("claimed");
+        let c = claim(&t, &[]).unwrap().expect("claimed");
         let held = std::fs::read_to_string(lock_path(&t).unwrap()).unwrap();
         assert_eq!(held.trim(), std::process::id().to_string());
         drop(c);
+        let victim = dir.path().join("victim.txt");
+        std::fs::write(&victim, "kept").unwrap();
+        std::os::unix::fs::symlink(&victim, lock_path(&t).unwrap()).unwrap();
+        assert!(matches!(claim(&t, &[]), Err(Error::BadFile { .. })));
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "kept");
+    }
+
+    /// A name too long for the prefix gets a lock name of its own that
+    /// fits, still one per name.
+    #[test]
+    fn a_long_name_has_a_lock_that_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (format!("{}a.npy", "x".repeat(245)), format!("{}b.npy", "x".repeat(245)));
+        let (la, lb) = (lock_path(&dir.path().join(&a)).unwrap(), lock_path(&dir.path().join(&b)).unwrap());
+        assert_ne!(la, lb);
+        assert!(la.file_name().unwrap().len() <= 255, "{la:?}");
+        let held = claim(&dir.path().join(&a), &[]).unwrap().expect("claimed");
+        assert!(matches!(claim(&dir.path().join(&a), &[]), Err(Error::InUse { .. })));
+        drop(held);
     }
 }

@@ -19,9 +19,9 @@ pub enum Error {
     #[error("{}: {reason}", path.display())]
     BadFile { path: PathBuf, reason: String },
 
-    /// Another run is saving to the file (it holds its claim: `claim.rs`).
+    /// Another run is writing the file (it holds its claim: `claim.rs`).
     #[error(
-        "{}: another run{} is saving there (it holds {}); wait for it to end, or save elsewhere",
+        "{}: another run{} is writing it (it holds {}); wait for that run to end, or give another path",
         path.display(),
         pid.map(|p| format!(", process {p},")).unwrap_or_default(),
         lock.display()

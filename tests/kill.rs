@@ -557,7 +557,7 @@ fn a_run_saving_a_file_keeps_other_runs_off_it() {
     wait_for(&mut first, Path::new(&ck), Duration::from_secs(60));
     let run =
         |args: &[&str]| Command::new(BIN).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap();
-    let held = format!("another run, process {}, is saving there", first.id());
+    let held = format!("another run, process {}, is writing it", first.id());
     for args in [
         vec!["--load", &t, "--save", &t],
         vec!["--resume", &ck, "--save", &t],

@@ -1409,17 +1409,40 @@ fn check_files(args: &TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Claims the files this run saves tables to (`latent_line::claim`) for as
-/// long as it runs: `--save`, where its checkpoints go if not there, and,
-/// where `--save` is its `--load` file, the names beside it. A run holding
-/// any of them is refused with the process that holds it.
+/// Claims the files this run writes (`latent_line::claim`) for as long as
+/// it runs: `--save`, where its checkpoints go if not there, where it saves
+/// if interrupted or aborted (beside its input, when `--save` is its
+/// `--load` file), `--report` and `--plot`. A file another run holds is
+/// refused, naming that run's process.
 fn claim_saves(args: &TrainArgs) -> anyhow::Result<Vec<latent_line::claim::Claim>> {
-    let Some(save) = args.save.as_deref() else { return Ok(Vec::new()) };
-    let mut paths = vec![save.to_path_buf(), checkpoint_path(args, save)];
-    if saves_over_load(args, save) {
-        paths.extend(BESIDE.iter().map(|why| unfinished_save(save, why)));
+    let mut outputs: Vec<(&str, PathBuf, &str)> = Vec::new();
+    if let Some(save) = args.save.as_deref() {
+        outputs.push(("--save", save.to_path_buf(), ""));
+        let ck = checkpoint_path(args, save);
+        if ck != save {
+            outputs.push(("--save", ck, ", where this run's checkpoints go"));
+        }
+        if saves_over_load(args, save) {
+            outputs.push(("--save", unfinished_save(save, "interrupted"), ", where this run saves if interrupted"));
+            outputs.push(("--save", unfinished_save(save, "aborted"), ", where this run saves if it aborts"));
+        }
     }
-    latent_line::claim::claim_all(&paths).map_err(|e| anyhow::anyhow!("invalid --save: {e}"))
+    outputs.extend(args.report.iter().map(|r| ("--report", r.clone(), "")));
+    outputs.extend(args.plot.iter().map(|p| ("--plot", p.clone(), "")));
+    let paths: Vec<PathBuf> = outputs.iter().map(|(_, p, _)| p.clone()).collect();
+    latent_line::claim::claim_all(&paths).map_err(|(i, e)| {
+        let (opt, _, role) = outputs[i];
+        match e {
+            latent_line::Error::InUse { path, lock, pid } => anyhow::anyhow!(
+                "invalid {opt}: {}{role}: another run{} is writing it (it holds {}); wait for that run to end, or \
+                 give another path",
+                path.display(),
+                pid.map(|p| format!(", process {p},")).unwrap_or_default(),
+                lock.display()
+            ),
+            e => anyhow::anyhow!("invalid {opt}: {e}"),
+        }
+    })
 }
 
 /// The step's settings from the options, checked against the table's
