@@ -20,16 +20,19 @@ use crate::error::{Error, Result};
 use crate::npy::{self, InFlight};
 
 /// The claim on one file: its lock file, locked, removed when dropped
-/// (removed first, then let go: a run that opened it meanwhile finds it
-/// gone once it holds the lock, and tries again with a new one).
+/// (unlisted, removed, then let go: a run that opened it meanwhile finds
+/// it gone once it holds the lock, and tries again with a new one).
 pub struct Claim {
     lock: File,
     path: PathBuf,
-    _listed: InFlight,
+    listed: Option<InFlight>,
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
+        // (Unlisted first: a forced end from here on must not remove a
+        // lock file another run has made at the name since.)
+        self.listed.take();
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -75,37 +78,41 @@ pub fn claim(path: &Path, held: &[Claim]) -> Result<Option<Claim>> {
     // A few tries: each one that loses finds the file removed by a run
     // that was ending (at most once per such run).
     for _ in 0..8 {
-        // Listed as it is made, so that a run ending at once removes it.
-        let Ok((mut file, listed)) = InFlight::made(|| open_lock(&lock), &lock) else { return Ok(None) };
+        let Ok(mut file) = open_lock(&lock) else { return Ok(None) };
         if held.iter().any(|h| same_file(&h.lock, &file)) {
-            // (This run's: not to be removed by a forced end twice over.)
-            drop(listed);
             return Ok(None);
+        }
+        // A file with other names (a hard link to one of the user's) is
+        // never written: the process id would replace its contents.
+        if file.metadata().is_ok_and(|m| !m.is_file() || links(&m) > 1) {
+            return Err(Error::BadFile {
+                path: lock,
+                reason: format!(
+                    "not a file of its own, at the name of the lock of a save to {}; remove it",
+                    path.display()
+                ),
+            });
         }
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                // (Not this process's to remove: unlisted, left as it is.)
-                drop(listed);
                 return Err(Error::InUse { path: path.to_owned(), pid: holder(&lock), lock });
             }
-            // No locks on this file system: nothing claimed (and the file,
-            // made for nothing, removed).
-            Err(std::fs::TryLockError::Error(_)) => {
-                drop(Claim { lock: file, path: lock, _listed: listed });
-                return Ok(None);
-            }
+            // No locks on this file system: nothing claimed (the file made
+            // for nothing is left: it claims nothing either).
+            Err(std::fs::TryLockError::Error(_)) => return Ok(None),
         }
         // The name may have been removed (and made again) by the holder
         // that just let go: ours only if it still names this file.
         if !names(&lock, &file) {
-            drop(listed);
             continue;
         }
-        // (A lock file of another user's, opened to read only, keeps its
-        // process id.)
+        // Listed once held (a run ending at once removes it; not before:
+        // it may have been another run's), then its process id written (a
+        // lock file of another user's, opened to read only, keeps its own).
+        let listed = InFlight::list(&lock);
         let _ = file.set_len(0).and_then(|()| writeln!(file, "{}", std::process::id()));
-        return Ok(Some(Claim { lock: file, path: lock, _listed: listed }));
+        return Ok(Some(Claim { lock: file, path: lock, listed: Some(listed) }));
     }
     Ok(None)
 }
@@ -154,9 +161,9 @@ pub fn claim_all(paths: &[PathBuf]) -> std::result::Result<Vec<Claim>, (usize, E
     Ok(held)
 }
 
-/// Whether `path` names the open `file`.
+/// Whether `path` names the open `file` (itself, not a link to it).
 fn names(path: &Path, file: &File) -> bool {
-    match (std::fs::metadata(path), file.metadata()) {
+    match (std::fs::symlink_metadata(path), file.metadata()) {
         (Ok(p), Ok(f)) => id(&p) == id(&f),
         _ => false,
     }
@@ -167,6 +174,19 @@ fn same_file(a: &File, b: &File) -> bool {
     match (a.metadata(), b.metadata()) {
         (Ok(a), Ok(b)) => id(&a).is_some() && id(&a) == id(&b),
         _ => false,
+    }
+}
+
+/// A file's count of names (1 off unix).
+fn links(m: &std::fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::MetadataExt::nlink(m)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = m;
+        1
     }
 }
 
@@ -191,6 +211,7 @@ mod tests {
     /// A claimed file is refused to a second claim, naming this process;
     /// let go, it can be claimed again, and its lock file is gone. One
     /// file by two names (a link, a relative path) is claimed once.
+    #[cfg(unix)]
     #[test]
     fn a_claim_is_exclusive_until_dropped() {
         let dir = tempfile::tempdir().unwrap();
@@ -218,7 +239,9 @@ mod tests {
     }
 
     /// A lock file left by a killed run claims nothing: it is taken over.
-    /// Something else at its name is refused, a link never followed.
+    /// Something else at its name is refused, a link never followed, a
+    /// second name of a file never written.
+    #[cfg(unix)]
     #[test]
     fn a_lock_file_left_behind_claims_nothing_and_a_link_there_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -231,6 +254,10 @@ mod tests {
         let victim = dir.path().join("victim.txt");
         std::fs::write(&victim, "kept").unwrap();
         std::os::unix::fs::symlink(&victim, lock_path(&t).unwrap()).unwrap();
+        assert!(matches!(claim(&t, &[]), Err(Error::BadFile { .. })));
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "kept");
+        std::fs::remove_file(lock_path(&t).unwrap()).unwrap();
+        std::fs::hard_link(&victim, lock_path(&t).unwrap()).unwrap();
         assert!(matches!(claim(&t, &[]), Err(Error::BadFile { .. })));
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "kept");
     }

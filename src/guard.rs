@@ -1,6 +1,8 @@
 //! SPEC §9: what happens when a step meets a non-finite value. The GPU
 //! decides in `shaders/reduce.wgsl` (no host round trip); [`GuardState::decide`]
-//! is the same state machine for the CPU backend, line for line.
+//! is the same state machine for the CPU backend (the same transitions;
+//! the shader resets `skips` in its ignore and skip-row branches, `decide`
+//! before its match).
 
 /// `--on-nonfinite`: the policy (values match the shaders' `GUARD_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]

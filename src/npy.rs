@@ -746,13 +746,10 @@ impl InFlight {
         Ok((tmp, listed))
     }
 
-    /// The file at `path` opened by `make` (a run's lock file:
-    /// `claim.rs`), listed as [`InFlight::create`] lists its files.
-    pub(crate) fn made<T>(make: impl FnOnce() -> std::io::Result<T>, path: &Path) -> std::io::Result<(T, InFlight)> {
-        let mut all = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
-        let made = make()?;
-        all.push(path.to_owned());
-        Ok((made, InFlight(path.to_owned())))
+    /// `path` listed (a run's lock file, once held: `claim.rs`).
+    pub(crate) fn list(path: &Path) -> InFlight {
+        IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner()).push(path.to_owned());
+        InFlight(path.to_owned())
     }
 }
 
@@ -817,7 +814,8 @@ pub fn stage_table_from(path: &Path, shape: Shape, fill: &mut Fill) -> Result<(S
 /// written before any is replaced, so a full disk or a failed write leaves
 /// every old file as it was. If a rename fails, the files already renamed
 /// get their old contents back (kept until then under a hard link), so a
-/// failure leaves the set as it was, not half new. Only a kill between the
+/// failure leaves the set as it was, not half new (a file written through,
+/// a pipe, goes first and cannot be taken back: `commit_then`). Only a kill between the
 /// renames themselves (microseconds) can mix the two sets, and `--resume`
 /// refuses a mixture by its fingerprints. Two processes saving to the same
 /// paths take turns (`lock_folders`): each one's set lands whole.

@@ -286,7 +286,9 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
             _ => {}
         }
     });
-    // Everything is validated before any allocation or output.
+    // Everything is validated before any allocation or output (the files
+    // the run writes are claimed first: lock files beside them, removed as
+    // the run ends, whatever ends it).
     // (Claimed first: a file another run is writing is that run's, not
     // an earlier run's, say the checks of what lies there.)
     let _claims = claim_saves(args)?;
