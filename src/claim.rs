@@ -54,13 +54,31 @@ pub fn lock_path(path: &Path) -> Option<PathBuf> {
     } else {
         // (FNV-1a: the same name gives the same lock in every build.)
         let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-        lock.push(String::from_utf8_lossy(&bytes[..200]).as_ref());
+        lock.push(head(name, 200));
         lock.push(format!("…{hash:016x}"));
     }
     Some(folder.join(lock))
 }
 
 const PREFIX: &str = ".latent-line-lock-";
+
+/// The first `n` bytes of a name (off unix, its text cut at a character).
+fn head(name: &std::ffi::OsStr, n: usize) -> std::ffi::OsString {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        std::ffi::OsStr::from_bytes(&name.as_bytes()[..n]).to_owned()
+    }
+    #[cfg(not(unix))]
+    {
+        let text = name.to_string_lossy();
+        let mut end = n.min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text[..end].into()
+    }
+}
 
 /// Claims `path` for this process, unless one of `held` (this run's own
 /// claims) is its lock already (`Ok(None)`, as for nothing to claim: a
@@ -72,31 +90,39 @@ pub fn claim(path: &Path, held: &[Claim]) -> Result<Option<Claim>> {
     if std::fs::symlink_metadata(&lock).is_ok_and(|m| !m.is_file()) {
         return Err(Error::BadFile {
             path: lock,
-            reason: format!("not a file, at the name of the lock of a save to {}; remove it", path.display()),
+            reason: format!(
+                "a link or a folder, not a lock file, at the name of the lock of a save to {}; remove it",
+                path.display()
+            ),
         });
     }
     // A few tries: each one that loses finds the file removed by a run
     // that was ending (at most once per such run).
     for _ in 0..8 {
-        let Ok(mut file) = open_lock(&lock) else { return Ok(None) };
-        if held.iter().any(|h| same_file(&h.lock, &file)) {
+        let Ok((mut file, writable)) = open_lock(&lock) else { return Ok(None) };
+        if held.iter().any(|h| h.path == lock || same_file(&h.lock, &file)) {
             return Ok(None);
         }
-        // A file with other names (a hard link to one of the user's) is
-        // never written: the process id would replace its contents.
-        if file.metadata().is_ok_and(|m| !m.is_file() || links(&m) > 1) {
+        // A file with other names (a hard link to one of the user's), or
+        // holding more than a process id (a file of the user's at that
+        // name), is never written: it would lose its contents.
+        let not_ours = if file.metadata().is_ok_and(|m| !m.is_file() || links(&m) > 1) {
+            Some("a file with other names (a hard link), not a lock file")
+        } else if !holds_a_pid_at_most(&mut file) {
+            Some("a file that holds more than a process id, not a lock file")
+        } else {
+            None
+        };
+        if let Some(what) = not_ours {
             return Err(Error::BadFile {
                 path: lock,
-                reason: format!(
-                    "not a file of its own, at the name of the lock of a save to {}; remove it",
-                    path.display()
-                ),
+                reason: format!("{what}, at the name of the lock of a save to {}; remove it", path.display()),
             });
         }
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::InUse { path: path.to_owned(), pid: holder(&lock), lock });
+                return Err(Error::InUse { path: path.to_owned(), pid: holder(&mut file), lock });
             }
             // No locks on this file system: nothing claimed (the file made
             // for nothing is left: it claims nothing either).
@@ -107,40 +133,65 @@ pub fn claim(path: &Path, held: &[Claim]) -> Result<Option<Claim>> {
         if !names(&lock, &file) {
             continue;
         }
+        // Another user's lock file, left by a run that ended, opened to
+        // read only: removed (held, as a run removes its own) and made
+        // anew, ours, so that it names this process. (Where it cannot be
+        // removed, a sticky folder, it is held as it is.)
+        if !writable && std::fs::remove_file(&lock).is_ok() {
+            continue;
+        }
         // Listed once held (a run ending at once removes it; not before:
-        // it may have been another run's), then its process id written (a
-        // lock file of another user's, opened to read only, keeps its own).
+        // it may have been another run's), then its process id written,
+        // readable by every user (whose runs lock it to read: a umask of
+        // 077 made it theirs to ignore).
         let listed = InFlight::list(&lock);
-        let _ = file.set_len(0).and_then(|()| writeln!(file, "{}", std::process::id()));
+        if writable {
+            use std::io::Seek;
+            let _ =
+                file.set_len(0).and_then(|()| file.rewind()).and_then(|()| writeln!(file, "{}", std::process::id()));
+            #[cfg(unix)]
+            let _ = file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+        }
         return Ok(Some(Claim { lock: file, path: lock, listed: Some(listed) }));
     }
     Ok(None)
 }
 
-/// Opens (or makes) a lock file, never through a link: to write, or, one
-/// another user made, to read (a lock needs no more).
-fn open_lock(lock: &Path) -> std::io::Result<File> {
-    let mut o = std::fs::OpenOptions::new();
-    o.read(true).write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut o, libc::O_NOFOLLOW);
-    match o.open(lock) {
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            let mut o = std::fs::OpenOptions::new();
-            o.read(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::custom_flags(&mut o, libc::O_NOFOLLOW);
-            o.open(lock)
-        }
-        r => r,
+/// Whether an open lock file holds at most a process id (digits and a
+/// line end, or nothing): what latent-line writes there.
+fn holds_a_pid_at_most(file: &mut File) -> bool {
+    use std::io::{Read, Seek};
+    let mut held = Vec::new();
+    let read = file.rewind().and_then(|()| Read::take(&mut *file, 24).read_to_end(&mut held));
+    read.is_ok() && held.len() < 24 && held.iter().all(|b| b.is_ascii_digit() || b.is_ascii_whitespace())
+}
+
+/// Opens (or makes) a lock file, never through a link nor waiting (on a
+/// pipe put there meanwhile): to write, or, one another user made, to read
+/// (a lock needs no more); whether it is open to write.
+fn open_lock(lock: &Path) -> std::io::Result<(File, bool)> {
+    let open = |write: bool| {
+        let mut o = std::fs::OpenOptions::new();
+        o.read(true).write(write).create(write).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut o, libc::O_NOFOLLOW | libc::O_NONBLOCK);
+        o.open(lock)
+    };
+    match open(true) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => open(false).map(|f| (f, false)),
+        r => r.map(|f| (f, true)),
     }
 }
 
-/// The process id a held lock file names (written just after its lock was
-/// taken: read again for a moment if not there yet).
-fn holder(lock: &Path) -> Option<u32> {
+/// The process id a held lock file names, read through the file opened
+/// (written just after its lock was taken: read again for a moment if
+/// not there yet).
+fn holder(file: &mut File) -> Option<u32> {
+    use std::io::{Read, Seek};
     for _ in 0..20 {
-        if let Some(pid) = std::fs::read_to_string(lock).ok().and_then(|s| s.trim().parse().ok()) {
+        let mut held = String::new();
+        let read = file.rewind().and_then(|()| Read::take(&mut *file, 24).read_to_string(&mut held));
+        if let Some(pid) = read.ok().and_then(|_| held.trim().parse().ok()) {
             return Some(pid);
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
@@ -260,6 +311,29 @@ mod tests {
         std::fs::hard_link(&victim, lock_path(&t).unwrap()).unwrap();
         assert!(matches!(claim(&t, &[]), Err(Error::BadFile { .. })));
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "kept");
+    }
+
+    /// A file of the user's at a lock's name is never written; a lock
+    /// file left with a mode others cannot read (a umask of 077) is
+    /// claimed readable by all (their runs lock it to read); a lock file is
+    /// no leftover of a killed save, whatever its name ends with.
+    #[cfg(unix)]
+    #[test]
+    fn a_lock_file_is_only_ever_a_lock_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("t.npy");
+        std::fs::write(lock_path(&t).unwrap(), "a table of the user's").unwrap();
+        assert!(matches!(claim(&t, &[]), Err(Error::BadFile { .. })));
+        assert_eq!(std::fs::read_to_string(lock_path(&t).unwrap()).unwrap(), "a table of the user's");
+        let u = dir.path().join("u.tmp");
+        std::fs::write(lock_path(&u).unwrap(), "").unwrap();
+        std::fs::set_permissions(lock_path(&u).unwrap(), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let held = claim(&u, &[]).unwrap().expect("claimed");
+        let mode = std::fs::metadata(lock_path(&u).unwrap()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+        assert_eq!(crate::tables::leftovers(&u), Some(Vec::new()));
+        drop(held);
     }
 
     /// A name too long for the prefix gets a lock name of its own that

@@ -186,7 +186,12 @@ fn end_now(msg: &str) -> ! {
         }
     }
     // SAFETY: _exit ends the process; it touches no memory of ours.
-    unsafe { libc::_exit(130) }
+    #[cfg(unix)]
+    unsafe {
+        libc::_exit(130)
+    }
+    #[cfg(not(unix))]
+    std::process::exit(130)
 }
 
 fn interrupted() -> bool {

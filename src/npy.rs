@@ -762,7 +762,8 @@ impl Drop for InFlight {
     }
 }
 
-/// Removes the temporary files of the saves in flight (`IN_FLIGHT`), then
+/// Removes the temporary files of the saves in flight and the run's lock
+/// files (`IN_FLIGHT`), then
 /// runs `end`, which ends the process, with the list still held: a save
 /// cannot stage another meanwhile. A checkpoint killed between its renames
 /// keeps what a resume recovers from: the old files replaced

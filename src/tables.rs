@@ -182,7 +182,11 @@ pub fn leftovers(path: &Path) -> Option<Vec<PathBuf>> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name.starts_with(".latent-line-old-") || (name.starts_with(".latent-line-") && name.ends_with(".tmp"))
+            // (Not a run's lock file: `claim.rs`.)
+            name.starts_with(".latent-line-old-")
+                || (name.starts_with(".latent-line-")
+                    && name.ends_with(".tmp")
+                    && !name.starts_with(".latent-line-lock-"))
         })
         .collect();
     found.sort();

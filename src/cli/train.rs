@@ -167,8 +167,11 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<Outcome> {
     // files, or a file changed), nothing has been printed or written yet,
     // and the run starts again checking each file by a pass of its own
     // first, which finds what a killed save left or says what is wrong.
-    match train_checked(args, false) {
-        Err(e) if e.is::<Recheck>() => train_checked(args, true),
+    // (The files it writes claimed once, for both: another run could take
+    // them between the two.)
+    let mut claims = None;
+    match train_checked(args, false, &mut claims) {
+        Err(e) if e.is::<Recheck>() => train_checked(args, true, &mut claims),
         r => r,
     }
 }
@@ -243,7 +246,11 @@ impl Drop for Preparing {
 /// A training run; `checked`: a resume's files are checked against their
 /// fingerprints by a pass of their own before they are read into the
 /// trainer (else as they are, and `Recheck` where one differs).
-fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
+fn train_checked(
+    args: &TrainArgs,
+    checked: bool,
+    claims: &mut Option<Vec<latent_line::claim::Claim>>,
+) -> anyhow::Result<Outcome> {
     QUIET.store(args.quiet || args.json, std::sync::atomic::Ordering::Relaxed);
     // Ctrl-C (or SIGTERM, SIGHUP): before the first step (opening,
     // loading, checking) the run ends at once, exit 130, nothing written;
@@ -266,7 +273,7 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
         match (*phase, which) {
             // (Seen once the files are checked: `Preparing::start`.)
             (STARTING, _) => {}
-            // (Its lock files removed: `claim_saves`.)
+            // (Its lock files removed: `claim_saves` lists them.)
             (PREPARING, _) => latent_line::npy::remove_in_flight_and_end(|| {
                 crate::end_now("interrupted before the first step: nothing written")
             }),
@@ -291,7 +298,9 @@ fn train_checked(args: &TrainArgs, checked: bool) -> anyhow::Result<Outcome> {
     // the run ends, whatever ends it).
     // (Claimed first: a file another run is writing is that run's, not
     // an earlier run's, say the checks of what lies there.)
-    let _claims = claim_saves(args)?;
+    if claims.is_none() {
+        *claims = Some(claim_saves(args)?);
+    }
     check_files(args)?;
     // (After check_files, whose probe of the save's folder is a temporary
     // file that an exit would leave behind.)
