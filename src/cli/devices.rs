@@ -66,11 +66,15 @@ pub(crate) fn devices() -> anyhow::Result<Outcome> {
                 _ => format!("the GPU backend on adapter 0 ({}), the best-ranked hardware adapter", a.get_info().name),
             }
         }
-        (None, Some(a)) => format!(
-            "the CPU backend ({} threads): the only adapters are software ones ({}); `--backend gpu` would use it",
-            rayon::current_num_threads(),
-            a.get_info().name
-        ),
+        (None, Some(a)) => {
+            let names: Vec<String> = all.iter().map(|a| a.get_info().name).collect();
+            format!(
+                "the CPU backend ({} threads): the only adapters are software ones ({}); `--backend gpu` would use {}",
+                rayon::current_num_threads(),
+                names.join(", "),
+                if all.len() == 1 { "it".to_owned() } else { format!("the first, {}", a.get_info().name) }
+            )
+        }
         (None, None) => format!("the CPU backend ({} threads): there is no GPU adapter", rayon::current_num_threads()),
     };
     out!("auto     {pick}");
