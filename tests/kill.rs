@@ -466,7 +466,15 @@ fn a_second_signal_ends_a_save_that_waits() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start latent-line");
-    let o = exits_within(other, Duration::from_secs(60), "a save into the folder of a save that waits on a pipe");
+    let o = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        exits_within(other, Duration::from_secs(60), "a save into the folder of a save that waits on a pipe")
+    }));
+    if !matches!(&o, Ok(o) if o.status.success()) {
+        // (Not left waiting on its pipe for ever once this test fails.)
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let o = o.unwrap_or_else(|p| std::panic::resume_unwind(p));
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     let done = interrupt_then_again(child, 2, "a finished run's save waiting on its pipe");
     let err = String::from_utf8_lossy(&done.stderr);
