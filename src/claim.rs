@@ -100,7 +100,7 @@ pub fn claim(path: &Path, held: &[Claim]) -> Result<Option<Claim>> {
     // that was ending (at most once per such run).
     for _ in 0..8 {
         let Ok((mut file, writable)) = open_lock(&lock) else { return Ok(None) };
-        if held.iter().any(|h| h.path == lock || same_file(&h.lock, &file)) {
+        if held.iter().any(|h| h.path == lock || npy::same_open_file(&h.lock, &file)) {
             return Ok(None);
         }
         // A file with other names (a hard link to one of the user's), or
@@ -160,10 +160,17 @@ pub fn claim(path: &Path, held: &[Claim]) -> Result<Option<Claim>> {
 /// Whether an open lock file holds at most a process id (digits and a
 /// line end, or nothing): what latent-line writes there.
 fn holds_a_pid_at_most(file: &mut File) -> bool {
+    contents(file)
+        .is_some_and(|held| held.len() < 24 && held.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_whitespace()))
+}
+
+/// The first 24 bytes of an open lock file, read from its start (as text:
+/// a process id; none where they are not text).
+fn contents(file: &mut File) -> Option<String> {
     use std::io::{Read, Seek};
-    let mut held = Vec::new();
-    let read = file.rewind().and_then(|()| Read::take(&mut *file, 24).read_to_end(&mut held));
-    read.is_ok() && held.len() < 24 && held.iter().all(|b| b.is_ascii_digit() || b.is_ascii_whitespace())
+    let mut held = String::new();
+    file.rewind().and_then(|()| Read::take(&mut *file, 24).read_to_string(&mut held)).ok()?;
+    Some(held)
 }
 
 /// Opens (or makes) a lock file, never through a link nor waiting (on a
@@ -187,11 +194,8 @@ fn open_lock(lock: &Path) -> std::io::Result<(File, bool)> {
 /// (written just after its lock was taken: read again for a moment if
 /// not there yet).
 fn holder(file: &mut File) -> Option<u32> {
-    use std::io::{Read, Seek};
     for _ in 0..20 {
-        let mut held = String::new();
-        let read = file.rewind().and_then(|()| Read::take(&mut *file, 24).read_to_string(&mut held));
-        if let Some(pid) = read.ok().and_then(|_| held.trim().parse().ok()) {
+        if let Some(pid) = contents(file).and_then(|held| held.trim().parse().ok()) {
             return Some(pid);
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
@@ -216,14 +220,6 @@ pub fn claim_all(paths: &[PathBuf]) -> std::result::Result<Vec<Claim>, (usize, E
 fn names(path: &Path, file: &File) -> bool {
     match (std::fs::symlink_metadata(path), file.metadata()) {
         (Ok(p), Ok(f)) => id(&p) == id(&f),
-        _ => false,
-    }
-}
-
-/// Whether two open files are one (device and inode; elsewhere, never).
-fn same_file(a: &File, b: &File) -> bool {
-    match (a.metadata(), b.metadata()) {
-        (Ok(a), Ok(b)) => id(&a).is_some() && id(&a) == id(&b),
         _ => false,
     }
 }

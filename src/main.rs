@@ -178,20 +178,24 @@ static BAR: std::sync::Mutex<Option<indicatif::ProgressBar>> = std::sync::Mutex:
 /// `msg` (waiting at most 500 ms for stderr): no exit handlers run
 /// (another thread may be inside a GPU driver, whose own would then wait
 /// on it). What was printed is out already (stdout is flushed by lines).
+/// The temporary files of saves in flight and the run's lock files are
+/// removed first (`npy::remove_in_flight_and_end`), as no drop will.
 fn end_now(msg: &str) -> ! {
-    if let Some(said) = tell(msg.to_owned()) {
-        let t = std::time::Instant::now();
-        while !said.is_finished() && t.elapsed() < std::time::Duration::from_millis(500) {
-            std::thread::sleep(std::time::Duration::from_millis(2));
+    latent_line::npy::remove_in_flight_and_end(|| {
+        if let Some(said) = tell(msg.to_owned()) {
+            let t = std::time::Instant::now();
+            while !said.is_finished() && t.elapsed() < std::time::Duration::from_millis(500) {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
         }
-    }
-    // SAFETY: _exit ends the process; it touches no memory of ours.
-    #[cfg(unix)]
-    unsafe {
-        libc::_exit(130)
-    }
-    #[cfg(not(unix))]
-    std::process::exit(130)
+        // SAFETY: _exit ends the process; it touches no memory of ours.
+        #[cfg(unix)]
+        unsafe {
+            libc::_exit(130)
+        }
+        #[cfg(not(unix))]
+        std::process::exit(130)
+    })
 }
 
 fn interrupted() -> bool {

@@ -885,19 +885,30 @@ fn lock_folders(mut folders: Vec<PathBuf>) -> Vec<File> {
         let Ok(f) = File::open(&d) else { continue };
         // One folder by two names is locked once: a second lock of it from
         // this process, on another open file, would wait for the first.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::MetadataExt;
-            let id = |f: &File| f.metadata().ok().map(|m| (m.dev(), m.ino()));
-            if id(&f).is_some_and(|i| held.iter().any(|h| id(h) == Some(i))) {
-                continue;
-            }
+        if held.iter().any(|h| same_open_file(h, &f)) {
+            continue;
         }
         if f.lock().is_ok() {
             held.push(f);
         }
     }
     held
+}
+
+/// Whether two open files are one: the same device and inode (off unix,
+/// never: nothing to compare).
+pub(crate) fn same_open_file(a: &File, b: &File) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let id = |f: &File| f.metadata().ok().map(|m| (m.dev(), m.ino()));
+        id(a).is_some_and(|i| id(b) == Some(i))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (a, b);
+        false
+    }
 }
 
 /// Copies the file `from` into `path`, which is not replaced: this

@@ -75,6 +75,11 @@ fn wait_until(child: &mut Child, limit: Duration, never: &str, done: impl Fn() -
     }
 }
 
+/// Runs latent-line with `args` to its end; its output.
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap()
+}
+
 /// A named pipe at `path`.
 fn mkfifo(path: &std::path::Path) {
     assert!(Command::new("mkfifo").arg(path).status().expect("mkfifo").success());
@@ -142,7 +147,7 @@ fn sigint_saves_reports_and_exits_130() {
         let whole = dir.path().join("whole.npy");
         let n = steps.to_string();
         let unbroken = [&args[..6], &["--steps", &n, "--save", whole.to_str().unwrap(), "--quiet"]].concat();
-        let o = Command::new(BIN).args(&unbroken).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap();
+        let o = run(&unbroken);
         assert_eq!(o.status.code(), Some(0), "{ctx}: {}", String::from_utf8_lossy(&o.stderr));
         let want = latent_line::npy::load(&whole).unwrap();
         assert!(want.data == table.data, "{ctx}: the interrupted run's table is not that of {steps} steps");
@@ -331,8 +336,6 @@ fn an_interrupted_in_place_run_goes_on_from_its_checkpoint() {
     let opts = ["--backend", "cpu", "--momentum", "0.5", "--checkpoint-every", "7"];
     let t = p("t.npy");
     let in_place = [&opts[..], &["--load", &t, "--save", &t]].concat();
-    let run =
-        |args: &[&str]| Command::new(BIN).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap();
     let said = interrupt_after(
         &[&in_place[..], &["--steps", "10000000", "--report", &p("r.json")]].concat(),
         "checkpoint",
@@ -563,8 +566,6 @@ fn a_run_saving_a_file_keeps_other_runs_off_it() {
     let opts = ["--backend", "cpu", "--checkpoint-every", &every];
     let mut first = spawn(&[&opts[..], &["--steps", "10000000", "--load", &t, "--save", &t]].concat());
     wait_for(&mut first, Path::new(&ck), Duration::from_secs(60));
-    let run =
-        |args: &[&str]| Command::new(BIN).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap();
     let held = format!("another run, process {}, is writing it", first.id());
     for args in [
         vec!["--load", &t, "--save", &t],

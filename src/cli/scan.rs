@@ -132,9 +132,7 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
                         .into(),
                 );
             }
-            crate::Signal::Again => latent_line::npy::remove_in_flight_and_end(|| {
-                crate::end_now("scan     interrupted again: the plot left unwritten")
-            }),
+            crate::Signal::Again => crate::end_now("scan     interrupted again: the plot left unwritten"),
             crate::Signal::Echo => {}
         }
     });

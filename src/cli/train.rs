@@ -274,9 +274,7 @@ fn train_checked(
             // (Seen once the files are checked: `Preparing::start`.)
             (STARTING, _) => {}
             // (Its lock files removed: `claim_saves` lists them.)
-            (PREPARING, _) => latent_line::npy::remove_in_flight_and_end(|| {
-                crate::end_now("interrupted before the first step: nothing written")
-            }),
+            (PREPARING, _) => crate::end_now("interrupted before the first step: nothing written"),
             (_, Signal::First) if !QUIET.load(std::sync::atomic::Ordering::Relaxed) => {
                 crate::tell(
                     "interrupted: the steps in flight finish, then the run saves what it was asked to and ends \
@@ -284,12 +282,10 @@ fn train_checked(
                         .into(),
                 );
             }
-            (_, Signal::Again) => latent_line::npy::remove_in_flight_and_end(|| {
-                crate::end_now(
-                    "interrupted again: ending now, unsaved (a save in progress is left unfinished: its file is as \
-                     it was)",
-                )
-            }),
+            (_, Signal::Again) => crate::end_now(
+                "interrupted again: ending now, unsaved (a save in progress is left unfinished: its file is as it \
+                 was)",
+            ),
             _ => {}
         }
     });
@@ -307,9 +303,7 @@ fn train_checked(
     let preparing = Preparing::start();
     if interrupted() {
         // (A signal before it: nothing written yet either.)
-        latent_line::npy::remove_in_flight_and_end(|| {
-            crate::end_now("interrupted before the first step: nothing written")
-        });
+        crate::end_now("interrupted before the first step: nothing written");
     }
     let mut carried = None;
     // --resume's run state, read once (with the table's header): its
@@ -1362,28 +1356,37 @@ fn check_files(args: &TrainArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        let ck = unfinished_save(save, "checkpoint");
-        if args.checkpoint_every.is_some() && std::fs::symlink_metadata(&ck).is_ok() {
-            bail!(
-                "invalid --save: {} exists, a checkpoint of an earlier run of {} (its checkpoints go there); go on from it (--resume {} --save {}) or remove it",
-                ck.display(),
-                save.display(),
-                ck.display(),
-                save.display()
-            );
-        }
-        // So is the table of an earlier run that was interrupted or aborted
-        // (resumable), which this run would save over if it ended alike.
-        for (why, was) in [("aborted", "aborted"), ("interrupted", "was interrupted")] {
-            let at = unfinished_save(save, why);
-            if std::fs::symlink_metadata(&at).is_ok_and(|m| m.is_file()) {
+        // So is an earlier run's resumable table there, which this run would
+        // replace: its checkpoint (where this run's checkpoints go), or the
+        // table it saved when it was interrupted or aborted (where this run
+        // saves if it ends alike; a folder there is refused below).
+        let [ck, stopped, aborted] = BESIDE.map(|why| unfinished_save(save, why));
+        let table_there = |at: &Path| std::fs::symlink_metadata(at).is_ok_and(|m| m.is_file());
+        let of = save.display();
+        for (at, there, what) in [
+            (
+                &ck,
+                args.checkpoint_every.is_some() && std::fs::symlink_metadata(&ck).is_ok(),
+                format!("a checkpoint of an earlier run of {of} (its checkpoints go there)"),
+            ),
+            (
+                &aborted,
+                table_there(&aborted),
+                format!("the table of an earlier run of {of} that aborted (a run that is aborted saves there)"),
+            ),
+            (
+                &stopped,
+                table_there(&stopped),
+                format!(
+                    "the table of an earlier run of {of} that was interrupted (a run that is interrupted saves there)"
+                ),
+            ),
+        ] {
+            if there {
                 bail!(
-                    "invalid --save: {} exists, the table of an earlier run of {} that {was} (a run that is {why} \
-                     saves there); go on from it (--resume {} --save {}) or remove it",
+                    "invalid --save: {} exists, {what}; go on from it (--resume {} --save {of}) or remove it",
                     at.display(),
-                    save.display(),
-                    at.display(),
-                    save.display()
+                    at.display()
                 );
             }
         }
