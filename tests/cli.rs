@@ -671,6 +671,22 @@ fn scan_reports_findings_with_exit_code_3_and_clean_files_with_0() {
     assert_eq!(o.status.code(), Some(3), "{said}{}", stderr(&o));
     assert!(said.contains("1 NaN · 1 +Inf · 1 -Inf · in 3 rows") && said.contains("rows     17 250 251"), "{said}");
     assert_eq!(std::fs::read_to_string(dir.p("where-gpu.svg")).unwrap(), text);
+    // A plot named by a link to (or a second name of) the file scanned
+    // would replace it: refused, the file kept.
+    let kept = std::fs::read(&bad).unwrap();
+    std::fs::hard_link(&bad, dir.p("second.svg")).unwrap();
+    let mut names = vec!["second.svg"];
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(&bad, dir.p("link.svg")).unwrap();
+        names.push("link.svg");
+    }
+    for name in names {
+        let o = run(&["scan", &bad, "--plot", &dir.s(name)]);
+        assert_eq!(o.status.code(), Some(1), "{name}: {}", stderr(&o));
+        assert!(stderr(&o).contains("is also the scanned file"), "{}", stderr(&o));
+        assert_eq!(std::fs::read(&bad).unwrap(), kept, "{name}");
+    }
     let o = run(&["scan", &dir.s("missing.npy")]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("missing.npy"), "{}", stderr(&o));

@@ -564,9 +564,15 @@ fn a_run_saving_a_file_keeps_other_runs_off_it() {
     let (t, ck) = (p("t.npy"), p("t.checkpoint.npy"));
     let every = r.random_range(5..20).to_string();
     let opts = ["--backend", "cpu", "--checkpoint-every", &every];
-    let mut first = spawn(&[&opts[..], &["--steps", "10000000", "--load", &t, "--save", &t]].concat());
+    let svg = p("draw.svg");
+    let mut first = spawn(&[&opts[..], &["--steps", "10000000", "--load", &t, "--save", &t, "--plot", &svg]].concat());
     wait_for(&mut first, Path::new(&ck), Duration::from_secs(60));
     let held = format!("another run, process {}, is writing it", first.id());
+    // (`scan` claims its plot as a run does.)
+    let o = run(&["scan", &p("orig.npy"), "--plot", &svg]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "scan --plot: {err}");
+    assert!(err.contains(&held) && err.contains("invalid --plot"), "scan --plot: {err}");
     for args in [
         vec!["--load", &t, "--save", &t],
         vec!["--resume", &ck, "--save", &t],
@@ -584,7 +590,11 @@ fn a_run_saving_a_file_keeps_other_runs_off_it() {
     let steps = (state["steps"].as_u64().unwrap() + 3).to_string();
     let mut left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     left.sort();
-    assert_eq!(left, ["orig.npy", "t.checkpoint.npy", "t.checkpoint.npy.state.json", "t.npy"], "seed {seed}");
+    assert_eq!(
+        left,
+        ["draw.svg", "orig.npy", "t.checkpoint.npy", "t.checkpoint.npy.state.json", "t.npy"],
+        "seed {seed}"
+    );
     let o = run(&[&opts[..], &["--steps", &steps, "--resume", &ck, "--save", &t]].concat());
     assert_eq!(o.status.code(), Some(0), "seed {seed}: {}", String::from_utf8_lossy(&o.stderr));
     let o = run(&[&opts[..], &["--steps", &steps, "--load", &p("orig.npy"), "--save", &p("whole.npy")]].concat());

@@ -144,3 +144,24 @@ pub(crate) fn is_stdout(path: &Path) -> bool {
     let null = std::fs::canonicalize(path).is_ok_and(|p| p == Path::new("/dev/null"));
     !null && npy::is_stream(path, npy::Stream::Stdout)
 }
+
+/// Claims the files a command writes (`latent_line::claim`), each given
+/// with its option and what it is (", where this run's checkpoints go"),
+/// for as long as the claims are held. A file another run holds is
+/// refused, naming that run's process.
+pub(crate) fn claim_outputs(outputs: &[(&str, PathBuf, &str)]) -> anyhow::Result<Vec<latent_line::claim::Claim>> {
+    let paths: Vec<PathBuf> = outputs.iter().map(|(_, p, _)| p.clone()).collect();
+    latent_line::claim::claim_all(&paths).map_err(|(i, e)| {
+        let (opt, _, role) = outputs[i];
+        match e {
+            latent_line::Error::InUse { path, lock, pid } => anyhow::anyhow!(
+                "invalid {opt}: {}{role}: another run{} is writing it (it holds {}); wait for that run to end, or \
+                 give another path",
+                path.display(),
+                pid.map(|p| format!(", process {p},")).unwrap_or_default(),
+                lock.display()
+            ),
+            e => anyhow::anyhow!("invalid {opt}: {e}"),
+        }
+    })
+}

@@ -11,7 +11,7 @@ use latent_line::gpu::GpuContext;
 use latent_line::scan::scan_rows;
 use latent_line::tables;
 
-use super::checks::{adapter_arg, check_adapter, check_output, tensor_arg};
+use super::checks::{adapter_arg, check_adapter, check_output, claim_outputs, same_file, tensor_arg};
 use crate::{print_json, BackendChoice, Outcome, QUIET};
 
 /// `scan`'s plot is being written: a signal then no longer ends it.
@@ -93,7 +93,17 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
             bail!("invalid --plot: {} must end in .svg", p.display());
         }
         check_output("--plot", p)?;
+        // (A link named like a plot to the table scanned would replace it.)
+        if same_file(p, &args.file) {
+            bail!("invalid --plot: {} is also the scanned file; give it a path of its own", p.display());
+        }
     }
+    // The plot claimed for the scan's length, as a run claims its outputs
+    // (two scans drawing one file: the last would win unseen).
+    let _claims = match &args.plot {
+        Some(p) => claim_outputs(&[("--plot", p.clone(), "")])?,
+        None => Vec::new(),
+    };
     // The values pass through host memory anyway (read from the file a
     // block at a time): `auto` scans them there, at memory speed; uploading
     // them to a GPU would cost more than the scan (measured, BENCHMARKS.md). `--backend gpu`, or an adapter named (`--adapter`,

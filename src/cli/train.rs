@@ -13,7 +13,9 @@ use latent_line::report::{action_words, collapse_step, Event, Report, Summary};
 use latent_line::tables::{self, Sidecar};
 use latent_line::{npy, Batches, Endpoints, IndexBatches, Reduction, Shape, StepConfig, TableSource, Trainer};
 
-use super::checks::{adapter_arg, anchors_arg, check_adapter, check_output, parse_anchors, same_file, tensor_arg};
+use super::checks::{
+    adapter_arg, anchors_arg, check_adapter, check_output, claim_outputs, parse_anchors, same_file, tensor_arg,
+};
 use super::runlog::RunLog;
 use crate::{interrupted, name, print_json, BackendChoice, Outcome, INTERRUPTED, QUIET};
 
@@ -1443,20 +1445,7 @@ fn claim_saves(args: &TrainArgs) -> anyhow::Result<Vec<latent_line::claim::Claim
     }
     outputs.extend(args.report.iter().map(|r| ("--report", r.clone(), "")));
     outputs.extend(args.plot.iter().map(|p| ("--plot", p.clone(), "")));
-    let paths: Vec<PathBuf> = outputs.iter().map(|(_, p, _)| p.clone()).collect();
-    latent_line::claim::claim_all(&paths).map_err(|(i, e)| {
-        let (opt, _, role) = outputs[i];
-        match e {
-            latent_line::Error::InUse { path, lock, pid } => anyhow::anyhow!(
-                "invalid {opt}: {}{role}: another run{} is writing it (it holds {}); wait for that run to end, or \
-                 give another path",
-                path.display(),
-                pid.map(|p| format!(", process {p},")).unwrap_or_default(),
-                lock.display()
-            ),
-            e => anyhow::anyhow!("invalid {opt}: {e}"),
-        }
-    })
+    claim_outputs(&outputs)
 }
 
 /// The step's settings from the options, checked against the table's
