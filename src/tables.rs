@@ -536,7 +536,7 @@ fn open_safetensors(
         bad(format!("no tensor \"{name}\" (it has: {}); choose one with --tensor", names.join(", ")))
     };
     use std::io::Seek as _;
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     // A pipe (`<(…)`) has no size to seek in: spooled to an unnamed
     // temporary file first, then read as a file is.
@@ -551,8 +551,7 @@ fn open_safetensors(
     } else if !pipe {
         return Err(bad("not a regular file, nor a pipe".into()));
     } else {
-        let mut spool = tempfile::tempfile().map_err(|e| Error::io(path, e))?;
-        let len = std::io::copy(&mut file, &mut spool).map_err(|e| Error::io(path, e))?;
+        let (mut spool, len) = spool_safetensors(path, file)?;
         spool.rewind().map_err(|e| Error::io(path, e))?;
         (spool, len)
     };
@@ -584,6 +583,63 @@ fn open_safetensors(
         None
     };
     Ok(OpenedTable { reader, carried, file_dtype })
+}
+
+/// A `.safetensors` file read from a pipe, copied into an unnamed
+/// temporary file: its header first, then only the bytes the header
+/// places (a pipe that goes on past them, `cat t.safetensors /dev/zero`,
+/// is refused at the first byte too many, not spooled until the disk is
+/// full). Returns the spool and its length.
+fn spool_safetensors(path: &Path, mut pipe: std::fs::File) -> Result<(std::fs::File, u64)> {
+    use std::io::{Read as _, Write as _};
+    // (The temporary folder's failures named as its own: not the pipe's.)
+    let spooled = |what: &str, e: std::io::Error| {
+        let tmp = std::env::temp_dir();
+        Error::bad_file(
+            path,
+            format!("a pipe is copied to a temporary file first, and {what} in {} (TMPDIR): {e}", tmp.display()),
+        )
+    };
+    let mut spool = tempfile::tempfile().map_err(|e| spooled("none could be made", e))?;
+    // The header's length and the header, bounded as `read_header` bounds
+    // them (a short or bad one is left for it to name).
+    let mut head = Vec::new();
+    (&mut pipe).take(8).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
+    let mut want = None;
+    if let Ok(n8) = <[u8; 8]>::try_from(head.as_slice()) {
+        let n = u64::from_le_bytes(n8);
+        if n <= SAFETENSORS_MAX_HEADER {
+            (&mut pipe).take(n).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
+            let meta = std::str::from_utf8(&head[8..]).ok().and_then(|t| serde_json::from_str::<Metadata>(t).ok());
+            want = meta.and_then(|m| (8 + n).checked_add(m.data_len() as u64));
+        }
+    }
+    spool.write_all(&head).map_err(|e| spooled("it could not be written", e))?;
+    let Some(want) = want else { return Ok((spool, head.len() as u64)) };
+    // One byte past what the header places tells a pipe that has more.
+    let data = want - head.len() as u64;
+    let (mut got, mut buf) = (0u64, vec![0u8; 1 << 16]);
+    let mut more = (&mut pipe).take(data.saturating_add(1));
+    loop {
+        let n = match more.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        spool.write_all(&buf[..n]).map_err(|e| spooled("it could not be written", e))?;
+        got += n as u64;
+    }
+    if got > data {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "not a valid .safetensors file: bytes past its tensors' data: its header places {want} bytes in \
+                 all, the pipe has more"
+            ),
+        ));
+    }
+    Ok((spool, head.len() as u64 + got))
 }
 
 fn invalid(path: &Path, e: SafeTensorError) -> Error {

@@ -285,6 +285,33 @@ fn a_checkpoint_from_a_pipe_goes_out_as_one_from_a_file() {
     assert!(a == b, "a pipe's checkpoint saved otherwise than the file's");
     let st = SafeTensors::deserialize(&a).unwrap();
     assert_eq!(st.tensor("step").unwrap().data(), 1234i64.to_le_bytes());
+    // A pipe is copied only as far as its header places bytes: one that
+    // goes on (here without end) is refused at the first byte too many,
+    // not copied until the disk is full.
+    let endless = {
+        let (input, fifo) = (input.clone(), fifo.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+            pipe.write_all(&std::fs::read(&input).unwrap()).unwrap();
+            while pipe.write_all(&[0u8; 4096]).is_ok() {}
+        })
+    };
+    let r = run(&["scan", fifo.to_str().unwrap()]);
+    assert_eq!(r.status.code(), Some(1), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("bytes past its tensors' data"), "{r:?}");
+    endless.join().unwrap();
+    // The temporary folder's failure is named as its own.
+    let writer = std::thread::spawn(move || std::fs::write(&fifo, std::fs::read(&input).unwrap()));
+    let r = Command::new(BIN)
+        .args(["scan", dir.path().join("pipe.safetensors").to_str().unwrap()])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env("TMPDIR", dir.path().join("missing"))
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("(TMPDIR)"), "{r:?}");
+    let _ = writer.join();
 }
 
 /// A loaded checkpoint's other tensors are copied from the file loaded when
