@@ -1006,8 +1006,8 @@ pub(crate) fn step_rows_batch(
         return Err(Error::invalid(
             "step_rows",
             format!(
-                "this {trainer} was built for full-table steps: build it with `{trainer}::with_batches` \
-                 (Batches::Indices or Batches::Random) to step on given rows"
+                "this {trainer} was built for full-table steps: open it with batches (Batches::Random or \
+                 Batches::Indices, as `backend::open`'s or `{trainer}::with_batches`'s `batches`) to step on given rows"
             ),
         ));
     }

@@ -221,7 +221,14 @@ pub trait Trainer {
     }
     /// One step on the given rows (SPEC §10: repeats allowed, summed), for
     /// programs that choose their own batches. The trainer must have been
-    /// built with batches (any [`crate::Batches`] but `Full`).
+    /// built with batches (any [`crate::Batches`] but `Full`). The step
+    /// counts as one (the run's steps, the guard's snapshots): it takes the
+    /// place of the batch the trainer's plan would have stepped next, which
+    /// is passed over (a random batch's rows come round again in the next
+    /// epoch; [`Trainer::steps`] goes on with the plan's batch after it).
+    /// Any number of rows: a GPU trainer's batch buffers, sized for the
+    /// plan's largest batch, grow to a larger one (reserve room up front
+    /// with `GpuOptions::batch_rows`).
     fn step_rows(&mut self, rows: &[u32]) -> Result<Record>;
     /// The forward record of the current table, without an update.
     fn evaluate(&mut self) -> Result<Record>;

@@ -920,3 +920,134 @@ fn library_calls_with_hostile_values_are_refused_not_panicking() {
     let e = e.expect("strikes past the binding limit").to_string();
     assert!(e.contains("its skip-row strike counts (4 bytes a row) need a 8000-byte binding"), "{e}");
 }
+
+/// `step_rows` on more distinct rows than the trainer's batches plan: the
+/// GPU's batch buffers grow (the trainer rebuilt, its table, velocity,
+/// snapshot, guard state and strikes carried across), as the CPU takes any
+/// batch. The grown run is the run whose room was reserved from the start
+/// (`GpuOptions::batch_rows`) — bit for bit on lavapipe — and the CPU's,
+/// under every guard, with non-finite rows met, random and user batches
+/// (resident and streamed), in one binding and over several. Where the
+/// buffers cannot grow (a binding too small) the call is refused, naming
+/// the rows, and the trainer goes on as if it had not been made.
+#[test]
+fn step_rows_past_the_planned_batch_grows_the_gpu_buffers() {
+    let seed = seed("grow_batches");
+    let mut r = rng(seed);
+    let (rows, dim, a, b) = (300usize, 12usize, 3usize, 290usize);
+    let shape = Shape::new(rows, dim).unwrap();
+    let mut table = spaced_table(seed, shape, a, b, 0.3);
+    let bad: Vec<u32> = (0..3).map(|_| r.random_range(a as u32 + 1..b as u32)).collect();
+    for &i in &bad {
+        table[i as usize * dim + r.random_range(0..dim)] = f32::NAN;
+    }
+    // Two calls past the plan (the second past the first), repeats, the
+    // anchors and the non-finite rows among them (skip-row's strikes from
+    // the first counted on by the second).
+    let mut big = |n: usize| -> Vec<u32> {
+        let mut v: Vec<u32> = (0..n).map(|_| r.random_range(0..rows as u32)).collect();
+        v.extend([a as u32, 7, 7, b as u32]);
+        v.extend(&bad);
+        v
+    };
+    let (big1, big2) = (big(60), big(200));
+    let distinct = |v: &[u32]| {
+        let mut d: Vec<u32> = v.iter().copied().filter(|&x| x != a as u32 && x != b as u32).collect();
+        d.sort_unstable();
+        d.dedup();
+        d.len()
+    };
+    let most = distinct(&big1).max(distinct(&big2));
+    let given: Vec<Vec<i64>> = (0..13).map(|k| (0..12).map(|i| ((k * 17 + i * 5) % rows) as i64).collect()).collect();
+    let plans = [
+        ("random", Batches::Random { size: 20, seed }, None),
+        ("user, resident", Batches::Indices(IndexBatches::new(given.clone(), rows).unwrap()), None),
+        ("user, streamed", Batches::Indices(IndexBatches::new(given, rows).unwrap()), Some(8)),
+    ];
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    for (case, policy) in POLICIES.into_iter().enumerate() {
+        for (name, batches, resident) in &plans {
+            for chunk_rows in [None, Some(128)] {
+                let cfg = StepConfig {
+                    anchor_a: a,
+                    anchor_b: b,
+                    lr: 0.05,
+                    momentum: if case % 2 == 0 { 0.9 } else { 0.0 },
+                    guard: Guard { policy, snapshot_every: 3, max_skips: 100, max_rollbacks: 100, ..Guard::default() },
+                    ..StepConfig::for_rows(rows)
+                };
+                let ctx = format!("{policy:?}, {name}, chunks of {chunk_rows:?} rows, seed {seed}");
+                // The calls, on any trainer: table (and velocity) bits and records.
+                let calls = |t: &mut dyn Trainer, sizes: &mut dyn FnMut(&dyn Trainer)| {
+                    let mut recs = t.steps(3).unwrap();
+                    recs.push(t.step_rows(&big1).unwrap());
+                    sizes(&*t);
+                    recs.extend(t.steps(4).unwrap());
+                    recs.push(t.step_rows(&big2).unwrap());
+                    sizes(&*t);
+                    recs.extend(t.steps(3).unwrap());
+                    let mut out = bits(&t.read_table().unwrap());
+                    out.extend(bits(&t.read_velocity().unwrap().unwrap_or_default()));
+                    (out, recs)
+                };
+                let opts = |reserve: Option<usize>| GpuOptions {
+                    max_chunk_rows: chunk_rows,
+                    resident_batches: *resident,
+                    batch_rows: reserve,
+                    ..lane_opts(1, 1, false)
+                };
+                let gpu_run = |reserve: Option<usize>, want: &[usize]| {
+                    let source = TableSource::Data(table.clone());
+                    let mut t =
+                        GpuTrainer::with_batches(gpu(), shape, cfg, source, opts(reserve), batches.clone()).unwrap();
+                    let planned = t.batch_rows().unwrap();
+                    let mut seen = vec![planned];
+                    let run = calls(&mut t, &mut |_| {});
+                    seen.push(t.batch_rows().unwrap());
+                    assert_eq!(seen, want, "{ctx}: the batch buffers' rows (reserved {reserve:?})");
+                    run
+                };
+                let planned = if *name == "random" { 20 } else { 12 };
+                let grown = gpu_run(None, &[planned, distinct(&big2)]);
+                let reserved = gpu_run(Some(most), &[most, most]);
+                assert_same_run(&grown, &reserved, dim, &format!("{ctx}: grown against reserved"));
+                assert!(grown.1.iter().any(|rec| !rec.scans.is_clean()), "{ctx}: no step met a non-finite row");
+                // The CPU's run: the same actions, batches and findings, the
+                // same non-finite elements, the finite ones close.
+                let mut cpu =
+                    CpuTrainer::with_batches(shape, cfg, TableSource::Data(table.clone()), batches.clone()).unwrap();
+                let on_cpu = calls(&mut cpu, &mut |_| {});
+                let said = |r: &[latent_line::Record]| {
+                    format!("{:?}", r.iter().map(|x| (x.action, x.batch, &x.scans)).collect::<Vec<_>>())
+                };
+                assert_eq!(said(&grown.1), said(&on_cpu.1), "{ctx}: GPU and CPU records");
+                let as_f64 = |t: &[u32]| -> Vec<f64> {
+                    t.iter().map(|&b| f32::from_bits(b)).map(|x| if x.is_finite() { x as f64 } else { 0.0 }).collect()
+                };
+                let nonfinite = |t: &[u32]| t.iter().map(|&b| !f32::from_bits(b).is_finite()).collect::<Vec<bool>>();
+                assert_eq!(nonfinite(&grown.0), nonfinite(&on_cpu.0), "{ctx}: non-finite elements");
+                let got: Vec<f32> = as_f64(&grown.0).iter().map(|&x| x as f32).collect();
+                assert_table_close(&got, &as_f64(&on_cpu.0), dim, TOL, &format!("{ctx}: GPU against CPU"));
+            }
+        }
+    }
+    // Buffers that cannot grow: a binding of 128 rows' bytes holds no
+    // batch of more. Refused, naming the rows; the trainer goes on as if
+    // the call had not been made.
+    let cfg = StepConfig { anchor_a: a, anchor_b: b, lr: 0.05, ..StepConfig::for_rows(rows) };
+    let opts = GpuOptions { max_binding_bytes: Some(128 * dim as u64 * 4), ..lane_opts(1, 1, false) };
+    let open = || {
+        let source = TableSource::Data(table.clone());
+        GpuTrainer::with_batches(gpu(), shape, cfg, source, opts.clone(), Batches::Random { size: 20, seed }).unwrap()
+    };
+    let (mut refused, mut plain) = (open(), open());
+    refused.steps(2).unwrap();
+    let e = refused.step_rows(&big2).unwrap_err().to_string();
+    let n = distinct(&big2);
+    assert!(e.starts_with(&format!("invalid step_rows: {n} distinct rows besides the anchors, more than")), "{e}");
+    assert!(e.contains("could not grow") && e.contains("binding"), "{e}");
+    refused.steps(3).unwrap();
+    plain.steps(5).unwrap();
+    assert_eq!(refused.run_state().unwrap().steps, 5);
+    assert!(bits(&refused.read_table().unwrap()) == bits(&plain.read_table().unwrap()), "seed {seed}");
+}

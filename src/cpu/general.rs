@@ -254,7 +254,10 @@ impl CpuTrainer {
     pub(super) fn general_step(&mut self, plan: &Plan) -> Record {
         let d = self.shape.dim;
         if self.state.halted {
-            return self.record(BlockOut::default(), 0.0, Action::NotRun);
+            // (The batch it would have taken, as the GPU's record says.)
+            let mut rec = self.record(BlockOut::default(), 0.0, Action::NotRun);
+            rec.batch = plan.entries;
+            return rec;
         }
         let cfg = self.cfg;
         self.snapshot_if_due();

@@ -220,6 +220,14 @@ pub struct GpuOptions {
     /// `LATENT_LINE_TRANSFER_BLOCK` where set; tests lower it to
     /// exercise many blocks.
     pub transfer_block_bytes: Option<u64>,
+    /// Distinct rows (besides the anchors) that a batched trainer's batch
+    /// buffers hold at least: room reserved for [`Trainer::step_rows`]
+    /// batches larger than any the trainer's [`crate::Batches`] plan.
+    /// `None`: the planned batches' largest. A `step_rows` batch past the
+    /// room grows it (the trainer rebuilt, its state copied across on the
+    /// device, which holds the table twice meanwhile). The same bits
+    /// either way.
+    pub batch_rows: Option<usize>,
 }
 
 impl Default for GpuOptions {
@@ -245,6 +253,7 @@ impl Default for GpuOptions {
             resident_batches: None,
             step_timestamps: None,
             transfer_block_bytes: None,
+            batch_rows: None,
         }
     }
 }
@@ -623,16 +632,31 @@ impl GpuTrainer {
     ) -> Result<Self> {
         cfg.validate(shape)?;
         let schedule = Schedule::new(&batches, shape.rows, cfg.anchor_a as u32, cfg.anchor_b as u32)?;
+        if let TableSource::Data(v) = &source {
+            if v.len() as u64 != shape.elements() {
+                return Err(Error::invalid("table", format!("{} values for {} × {}", v.len(), shape.rows, shape.dim)));
+            }
+        }
+        let mut t = Self::from_schedule(ctx, shape, cfg, opts, schedule, 0)?;
+        t.upload(source)?;
+        Ok(t)
+    }
+
+    /// A trainer for `schedule`, its table not yet written, its batch
+    /// buffers holding at least `min_slots` slots (`grow_batches`).
+    fn from_schedule(
+        ctx: Arc<GpuContext>,
+        shape: Shape,
+        cfg: StepConfig,
+        opts: GpuOptions,
+        schedule: Schedule,
+        min_slots: usize,
+    ) -> Result<Self> {
         if opts.path == StepPath::Staged && (!schedule.is_full() || cfg.needs_prepass()) {
             return Err(Error::invalid(
                 "--batch",
                 "the staged GPU path has full-table steps only (no batches, attached anchors or clipping)",
             ));
-        }
-        if let TableSource::Data(v) = &source {
-            if v.len() as u64 != shape.elements() {
-                return Err(Error::invalid("table", format!("{} values for {} × {}", v.len(), shape.rows, shape.dim)));
-            }
         }
         if opts.path == StepPath::Staged && cfg.guard.policy != Policy::Ignore {
             return Err(Error::invalid("--on-nonfinite", "the staged GPU path has no guard; use `ignore` with it"));
@@ -685,7 +709,9 @@ impl GpuTrainer {
         // strikes, are single bindings over the whole table: refuse, with
         // sizes, what they cannot hold, before anything is allocated.
         let d = shape.dim as u64;
-        let cap = schedule.max_slots() as u64;
+        // (No batch has more distinct rows than the table.)
+        let reserved = if schedule.is_full() { 0 } else { opts.batch_rows.map_or(0, |r| r.min(shape.rows) + 2) };
+        let cap = schedule.max_slots().max(min_slots).max(reserved) as u64;
         let mut blocks_asked = or_env(opts.row_blocks, "row_blocks", "LATENT_LINE_ROW_BLOCKS", 256)?;
         let shape_asked = lanes_asked.is_some() || blocks_asked.is_some();
         // The rows one pass of the fused step covers: the largest chunk's,
@@ -888,6 +914,7 @@ impl GpuTrainer {
             max_groups,
             layout,
             schedule,
+            cap as u32,
             resident,
         );
         let validation = pollster::block_on(invalid.pop());
@@ -903,9 +930,7 @@ impl GpuTrainer {
         if let Some(e) = validation {
             return Err(Error::Gpu(e.to_string()));
         }
-        let mut t = built;
-        t.upload(source)?;
-        Ok(t)
+        Ok(built)
     }
 
     /// Writes the initial table: generated in place, or copied from the host.
@@ -1037,6 +1062,12 @@ impl GpuTrainer {
             SlotSource::Given { resident, streamed, .. } => Some((*resident, streamed.is_some())),
             SlotSource::Random { .. } => None,
         }
+    }
+
+    /// Distinct rows besides the anchors that the batch buffers hold
+    /// ([`GpuOptions::batch_rows`]); `None` without batches.
+    pub fn batch_rows(&self) -> Option<usize> {
+        self.batch.as_ref().map(|b| b.cap as usize - 2)
     }
 
     /// Whether the fused step works out a random batch's slots itself, with
@@ -1321,18 +1352,24 @@ impl Trainer for GpuTrainer {
     }
     fn step_rows(&mut self, rows: &[u32]) -> Result<Record> {
         let ib = crate::cpu::step_rows_batch(rows, self.shape.rows, self.batch.is_some(), "GpuTrainer")?;
-        let Some(b) = &self.batch else { unreachable!("step_rows_batch checked it") };
         let slots = StepSlots::new(ib.batch(0), self.cfg.anchor_a as u32, self.cfg.anchor_b as u32, true);
-        if slots.slots.len() > b.cap as usize {
-            return Err(Error::invalid(
-                "step_rows",
-                format!(
-                    "{} distinct rows with the anchors; this trainer's batch buffers hold {} (its largest planned batch)",
-                    slots.slots.len(),
-                    b.cap
-                ),
-            ));
+        let cap = self.batch.as_ref().map_or(0, |b| b.cap as usize);
+        if slots.slots.len() > cap {
+            // More distinct rows than the largest planned batch: its buffers
+            // grown to them (the CPU takes any batch as it comes).
+            let rows = slots.slots.len() - 2;
+            self.grow_batches(slots.slots.len()).map_err(|e| {
+                Error::invalid(
+                    "step_rows",
+                    format!(
+                        "{rows} distinct rows besides the anchors, more than the batches this trainer was opened \
+                         with hold ({}), and its batch buffers could not grow to them: {e}",
+                        cap - 2
+                    ),
+                )
+            })?;
         }
+        let Some(b) = &self.batch else { unreachable!("step_rows_batch checked it") };
         self.ctx.queue.write_buffer(&b.slots, 0, bytemuck::cast_slice(&slot_words(&slots, &self.cfg, b.cap)));
         self.manual = Some(slots);
         let out = self.run(1);

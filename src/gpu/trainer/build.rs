@@ -18,6 +18,7 @@ impl GpuTrainer {
         max_groups: u32,
         layout: ChunkLayout,
         schedule: Schedule,
+        cap: u32,
         resident: usize,
     ) -> Self {
         let FusedShape { wg, lanes, subgroup, blocks, vec4, undo_in_reduce, .. } = fused_shape;
@@ -26,7 +27,6 @@ impl GpuTrainer {
         let batched = !schedule.is_full();
         // A batched step's table is single-buffered: its slots are.
         let double = policy.double_buffered() && !batched;
-        let cap = schedule.max_slots() as u32;
         let params = uniform(&ctx, "params", &params_u(shape, &cfg));
         let table_usage = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
         let mut partial_base = 0u32;
@@ -664,6 +664,83 @@ impl GpuTrainer {
             return Err(Error::Gpu(e.to_string()));
         }
         self.staged = Some(Staged { gather, distances, forward, backward, sgd, reduce });
+        Ok(())
+    }
+}
+
+impl GpuTrainer {
+    /// Rebuilds this batched trainer with batch buffers of at least
+    /// `slots` slots (`Trainer::step_rows` on more rows than its largest
+    /// planned batch, which the CPU takes as it comes): the same schedule,
+    /// options and kernels' choices, the table, velocity, snapshot, guard
+    /// state and strikes copied across on the device. The device holds
+    /// both trainers meanwhile; where it cannot, this one is kept as it
+    /// was and the error says so.
+    pub(super) fn grow_batches(&mut self, slots: usize) -> Result<()> {
+        let Some(b) = &self.batch else { unreachable!("step_rows checked it") };
+        let schedule = match &b.source {
+            SlotSource::Random { sampler, .. } => {
+                Schedule::Random { sampler: *sampler, a: self.cfg.anchor_a as u32, b: self.cfg.anchor_b as u32 }
+            }
+            SlotSource::Given { streamed: Some(host), .. } => Schedule::Given(host.clone()),
+            // All on the device: read back, entry by entry, dead slots
+            // (row u32::MAX: no table has that row) cut off.
+            SlotSource::Given { all, entries, streamed: None, .. } => {
+                let mut words: Vec<u32> = Vec::with_capacity(entries.len() * b.cap as usize * 4);
+                let bytes = entries.len() as u64 * b.cap as u64 * 16;
+                read_blocks(&self.ctx, all, bytes, self.transfer_block(), &mut |v| {
+                    words.extend(v.iter().map(|x| x.to_bits()));
+                    Ok(())
+                })?;
+                let per = b.cap as usize * 4;
+                let host = words
+                    .chunks_exact(per)
+                    .zip(entries)
+                    .map(|(w, &entries)| StepSlots {
+                        slots: w.chunks_exact(4).take_while(|s| s[0] != u32::MAX).map(|s| (s[0], s[1])).collect(),
+                        entries,
+                    })
+                    .collect();
+                Schedule::Given(host)
+            }
+        };
+        let mut new = Self::from_schedule(self.ctx.clone(), self.shape, self.cfg, self.opts.clone(), schedule, slots)?;
+        // The device state, buffer for buffer (a batched table is single-
+        // buffered, but every copy there is goes across).
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        let mut copy = |from: &wgpu::Buffer, to: &wgpu::Buffer, bytes: u64| {
+            enc.copy_buffer_to_buffer(from, 0, to, 0, bytes);
+        };
+        let d = self.shape.dim as u64;
+        for (o, n) in self.chunks.iter().zip(&new.chunks) {
+            let bytes = o.span.rows as u64 * d * 4;
+            copy(&o.a, &n.a, bytes);
+            let pairs = [
+                (o.b.as_ref(), n.b.as_ref()),
+                (o.snap.as_ref(), n.snap.as_ref()),
+                (o.vel.as_ref().map(|v| &v.0), n.vel.as_ref().map(|v| &v.0)),
+                (o.vel.as_ref().and_then(|v| v.1.as_ref()), n.vel.as_ref().and_then(|v| v.1.as_ref())),
+            ];
+            for (from, to) in pairs {
+                if let (Some(from), Some(to)) = (from, to) {
+                    copy(from, to, bytes);
+                }
+            }
+        }
+        // (The state's record index is reset before each submission; its
+        // stamp goes on, above every scan detail's, the new ones' 0.)
+        copy(&self.state, &new.state, STATE_BYTES);
+        if self.cfg.guard.policy == Policy::SkipRow {
+            copy(&self.strikes, &new.strikes, self.shape.rows as u64 * 4);
+        }
+        self.ctx.queue.submit([enc.finish()]);
+        self.ctx.wait()?;
+        new.steps_done = self.steps_done;
+        new.snapshot_due = self.snapshot_due;
+        new.stop = self.stop.take();
+        new.profile = self.profile.take();
+        new.profile_error = self.profile_error.take();
+        *self = new;
         Ok(())
     }
 }
