@@ -25,7 +25,10 @@ pub enum Backend {
 
 /// A trainer, and why `auto` chose what it chose (when it had to choose).
 pub struct Opened {
+    /// The trainer, its table written.
     pub trainer: Box<dyn Trainer>,
+    /// Why `auto` took the CPU (no GPU adapter, only a software one, or
+    /// one that could not be opened), for the user; `None` otherwise.
     pub note: Option<String>,
 }
 

@@ -22,7 +22,9 @@ pub enum Batches {
     /// Every row, every step (the default).
     #[default]
     Full,
-    /// `--batch B`: the next B rows of a per-epoch permutation keyed by the seed.
+    /// `--batch B`: the next B rows of a per-epoch permutation keyed by the
+    /// seed; an epoch's last batch is what is left (R mod B rows, where B
+    /// does not divide R), so that each epoch takes every row once.
     Random { size: usize, seed: u64 },
     /// `--indices FILE`: the user's batches, cycled through.
     Indices(IndexBatches),

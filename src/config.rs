@@ -51,11 +51,17 @@ const WHY_MAX_DIM: &str = "2^22: the non-finite scans index the elements of up t
 /// The shape of the table: `rows` × `dim` f32, row-major.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Shape {
+    /// Codes in the table (rows).
     pub rows: usize,
+    /// Numbers a code (columns).
     pub dim: usize,
 }
 
 impl Shape {
+    /// A table's shape, checked: at least 2 rows (the two anchors), fewer
+    /// than 2^32 (row indices are u32), 1 to [`MAX_DIM`] columns, a size
+    /// that fits 64 bits. (A `Shape` built from its fields is checked
+    /// where it is used.)
     pub fn new(rows: usize, dim: usize) -> Result<Self> {
         if rows < 2 {
             return Err(Error::invalid("--rows", format!("{rows} rows; the table needs at least 2 (two anchors)")));
@@ -105,6 +111,7 @@ impl Shape {
     pub fn elements(&self) -> u64 {
         (self.rows as u64).saturating_mul(self.dim as u64)
     }
+    /// The table's bytes as f32 (saturating, as `elements`).
     pub fn bytes(&self) -> u64 {
         self.elements().saturating_mul(4)
     }

@@ -978,6 +978,7 @@ impl Trainer for CpuTrainer {
         Ok(RunState { steps: self.steps_done, lr: s.lr, skips, rollbacks, strikes, ..RunState::default() })
     }
     fn set_run_state(&mut self, r: RunState) -> Result<()> {
+        crate::trainer::before_any_step(self.steps_done)?;
         r.check(&self.cfg)?;
         // skip-row counts on (another policy keeps no counts).
         if !self.strikes.is_empty() {

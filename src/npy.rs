@@ -776,9 +776,18 @@ pub fn remove_in_flight_and_end(end: impl FnOnce() -> std::convert::Infallible) 
     match end() {}
 }
 
+/// A table of `shape` may be saved to `path`: one that could be loaded
+/// back (`Shape::of_file_from`'s rules, at least one row).
+pub(crate) fn check_saved_shape(path: &Path, shape: Shape) -> Result<()> {
+    if shape.rows == 0 {
+        return Err(Error::bad_file(path, "a table of 0 rows: nothing to save"));
+    }
+    Shape::of_file_from(shape.rows, shape.dim, 1).map(|_| ()).map_err(|e| Error::bad_file(path, e))
+}
+
 /// A table staged as `.npy` for `path`.
 pub fn stage_table(path: &Path, shape: Shape, data: &[f32]) -> Result<Staged> {
-    Shape::of_file_from(shape.rows, shape.dim, 1).map_err(|e| Error::bad_file(path, e))?;
+    check_saved_shape(path, shape)?;
     if data.len() as u64 != shape.elements() {
         return Err(Error::invalid(
             "table",
@@ -800,7 +809,7 @@ pub fn stage_table_from(path: &Path, shape: Shape, fill: &mut Fill) -> Result<(S
     // A file that could not be loaded back is never written (nor over a
     // good one); the shape's own rules first (its fields are public: its
     // size may not even fit 64 bits).
-    Shape::of_file_from(shape.rows, shape.dim, 1).map_err(|e| Error::bad_file(path, e))?;
+    check_saved_shape(path, shape)?;
     let mut fp = 0;
     let staged = stage_with(path, |w| {
         encode_header(shape, w).map_err(|e| Error::io(path, e))?;

@@ -848,7 +848,7 @@ fn stage_safetensors(
     use std::collections::BTreeMap;
     use std::io::{Seek as _, Write as _};
     check_tensor_name(tensor).map_err(|e| Error::invalid("tensor", e))?;
-    Shape::of_file_from(shape.rows, shape.dim, 1).map_err(|e| Error::bad_file(path, e))?;
+    npy::check_saved_shape(path, shape)?;
     let cannot = |e: String| Error::bad_file(path, format!("cannot encode the file: {e}"));
     struct Entry<'a> {
         name: &'a str,

@@ -140,7 +140,11 @@ pub struct KernelTime {
 
 /// Where the initial table comes from.
 pub enum TableSource {
-    /// N(0,1) from the counter RNG keyed by the seed, generated on the device.
+    /// N(0,1) from the counter RNG keyed by the seed (`crate::rng`),
+    /// generated where the table is (on a GPU, by init.wgsl): the same
+    /// uniforms on every backend, the normals within the last bits (a
+    /// GPU's log and cos are not the CPU's), so one seed's tables agree
+    /// closely, not bit for bit, across backends.
     Random { seed: u64 },
     /// A table at hand, row-major, `rows × dim` values.
     Data(Vec<f32>),
@@ -193,8 +197,12 @@ pub type Feed<'a> = dyn FnMut(&mut [f32]) -> Result<()> + 'a;
 /// A table on a device, trained by steps (the full table, or the batches it
 /// was opened with) under a guard (SPEC §9).
 pub trait Trainer {
+    /// The table's shape.
     fn shape(&self) -> Shape;
+    /// The step's settings the trainer was opened with (the learning rate
+    /// now, after rollbacks' backoff, is [`Trainer::run_state`]'s).
     fn config(&self) -> &StepConfig;
+    /// What runs the steps: backend, adapter, the kernels' shape.
     fn device_info(&self) -> DeviceInfo;
     /// Runs `n` steps. Returns one record per step, each taken by
     /// that step's forward pass (so at the table before its update). After
@@ -280,9 +288,9 @@ pub trait Trainer {
     /// is not done: a resume runs it again), one failure fewer than the
     /// trainer counted (`guard::resume_counters`).
     fn run_state(&mut self) -> Result<RunState>;
-    /// Continues a run from `state` (before any step of this trainer),
-    /// refused where no run of this trainer's config could have written it
-    /// ([`RunState::check`]).
+    /// Continues a run from `state`, before any step of this trainer
+    /// (after one, refused), and where a run of this trainer's config
+    /// could have written it ([`RunState::check`]).
     fn set_run_state(&mut self, state: RunState) -> Result<()>;
     /// A flag that, once set (by a Ctrl-C handler, say), makes `steps`
     /// return early: after the current step on the CPU, after the
@@ -304,4 +312,16 @@ pub trait Trainer {
     fn driver_stats(&self) -> Result<Option<crate::gpu::driver_stats::DriverStats>> {
         Ok(None)
     }
+}
+
+/// `Trainer::set_run_state`'s order: a run's state is set before its
+/// trainer steps (set after, it would silently rewrite the steps counted).
+pub(crate) fn before_any_step(steps_done: u64) -> Result<()> {
+    if steps_done != 0 {
+        return Err(crate::Error::invalid(
+            "run state",
+            format!("set before any step; this trainer has taken {steps_done}"),
+        ));
+    }
+    Ok(())
 }

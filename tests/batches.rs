@@ -891,9 +891,19 @@ fn library_calls_with_hostile_values_are_refused_not_panicking() {
             let e = t.set_run_state(bad.clone()).unwrap_err().to_string();
             assert!(e.starts_with("invalid run state: "), "{bad:?}: {e}");
         }
+        // After a step, a run state is refused, not taken over the steps
+        // counted.
+        t.steps(1).unwrap();
+        let e = t.set_run_state(good.clone()).unwrap_err().to_string();
+        assert!(e.contains("set before any step; this trainer has taken 1"), "{e}");
+        assert_eq!(t.run_state().unwrap().steps, 1);
         t.set_stop(Arc::new(AtomicBool::new(true)));
         assert!(t.steps(usize::MAX).unwrap().is_empty());
     }
+    // A table of no rows is not saved (in a save's terms).
+    let dir = tempfile::tempdir().unwrap();
+    let e = latent_line::npy::save(&dir.path().join("t.npy"), Shape { rows: 0, dim: 3 }, &[]).unwrap_err();
+    assert!(e.to_string().ends_with("a table of 0 rows: nothing to save"), "{e}");
     // Public helpers on values no table has.
     assert_eq!(latent_line::scan::scan_rows(&[f32::NAN], 0, 0).nan, 1);
     assert!(Batches::Random { size: 0, seed: 0 }.rows(10, 0).is_err());

@@ -1479,6 +1479,7 @@ impl Trainer for GpuTrainer {
         Ok(RunState { steps: self.steps_done, lr: s.lr, skips, rollbacks, strikes, ..RunState::default() })
     }
     fn set_run_state(&mut self, r: RunState) -> Result<()> {
+        crate::trainer::before_any_step(self.steps_done)?;
         r.check(&self.cfg)?;
         if self.cfg.guard.policy == Policy::SkipRow {
             let per_row = r.strikes_per_row(self.shape.rows)?;
