@@ -45,6 +45,10 @@ impl Endpoints {
 /// Widest row: 2^22 columns (16 MiB a row). Scan findings index a
 /// workgroup's elements (≤ 256 rows) in 32 bits.
 pub const MAX_DIM: usize = 1 << 22;
+
+/// The most `--max-skips` and `--max-rollbacks` allow: the guard counts one
+/// failure past the limit (then aborts) in 32 bits.
+pub const MAX_GUARD_COUNT: u32 = u32::MAX - 1;
 /// Why, for the messages that refuse a wider row.
 const WHY_MAX_DIM: &str = "2^22: the non-finite scans index the elements of up to 256 rows in 32 bits";
 
@@ -217,6 +221,15 @@ impl StepConfig {
             ));
         }
         let g = &self.guard;
+        // (A limit's counter counts one failure past it, in 32 bits.)
+        for (opt, n) in [("--max-skips", g.max_skips), ("--max-rollbacks", g.max_rollbacks)] {
+            if n > MAX_GUARD_COUNT {
+                return Err(Error::invalid(
+                    opt,
+                    format!("{n} is more than {MAX_GUARD_COUNT} (a 32-bit count of one failure past it)"),
+                ));
+            }
+        }
         if g.snapshot_every == 0 {
             return Err(Error::invalid("--snapshot-every", "0 must be at least 1"));
         }

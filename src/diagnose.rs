@@ -518,7 +518,8 @@ fn rows_words(rows: &[u64]) -> String {
     }
 }
 
-fn plural(n: u64) -> &'static str {
+/// "s" after a count other than one.
+pub(crate) fn plural(n: u64) -> &'static str {
     if n == 1 {
         ""
     } else {

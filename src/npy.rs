@@ -329,9 +329,13 @@ pub fn f64_to_f32(v: f64, overflowed: &mut u64, overflow: Overflow) -> f32 {
 pub fn overflow_note(overflowed: u64, overflow: Overflow) -> String {
     match (overflowed, overflow) {
         (0, _) => String::new(),
-        (n, Overflow::Inf) => format!(" ({n} finite value(s) beyond float32's range became ±Inf)"),
+        (n, Overflow::Inf) => {
+            format!(" ({n} finite value{} beyond float32's range became ±Inf)", crate::diagnose::plural(n))
+        }
         (n, Overflow::Saturate) => format!(
-            " ({n} finite value(s) beyond float32's range, which loading for training makes ±Inf; scanned as finite, as the file holds them)"
+            " ({n} finite value{} beyond float32's range, which loading for training makes ±Inf; scanned as finite, \
+             as the file holds them)",
+            crate::diagnose::plural(n)
         ),
     }
 }
@@ -410,19 +414,24 @@ fn parse_header(h: &str, what: Holds) -> std::result::Result<(Dtype, Vec<u64>, b
             "8" => 8,
             _ => return None,
         };
-        // '|' (no order) only for single bytes; '=' is this machine's.
+        // '=' is this machine's order, and so is '|' (no order), as numpy
+        // reads it.
         let big = match order {
             "<" => false,
             ">" => true,
-            "=" => cfg!(target_endian = "big"),
-            "|" if bytes == 1 => false,
+            "=" | "|" => cfg!(target_endian = "big"),
             _ => return None,
         };
         Some(Dtype::Int { bytes, signed: kind == "i", big })
     };
+    // (numpy writes '<f4'; '=f4' and '|f4' are this machine's order, as
+    // numpy reads them: little-endian here or refused.)
+    let native = cfg!(target_endian = "little");
     let dtype = match descr.as_str() {
         "<f4" => Some(Dtype::F32),
         "<f8" => Some(Dtype::F64),
+        "=f4" | "|f4" if native => Some(Dtype::F32),
+        "=f8" | "|f8" if native => Some(Dtype::F64),
         d if d.len() == 3 && d.is_ascii() && matches!(&d[1..2], "i" | "u") => int(&d[..1], &d[1..2], &d[2..]),
         _ => None,
     }
@@ -1069,10 +1078,9 @@ mod tests {
         let values: [u32; 4] = [0, 1, 100, 127];
         for bytes in [1usize, 2, 4, 8] {
             for signed in [true, false] {
-                for (order, big) in [("<", false), (">", true), ("|", false), ("=", cfg!(target_endian = "big"))] {
-                    if order == "|" && bytes != 1 {
-                        continue; // '|' is for single bytes only
-                    }
+                // ('|', no order, is read as this machine's, as numpy does.)
+                let native = cfg!(target_endian = "big");
+                for (order, big) in [("<", false), (">", true), ("|", native), ("=", native)] {
                     let descr = format!("{order}{}{bytes}", if signed { "i" } else { "u" });
                     let header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': (4,), }}\n");
                     let mut f = MAGIC.to_vec();
@@ -1307,13 +1315,13 @@ mod tests {
         assert_eq!(l.data, [1.5, f32::INFINITY, f32::NEG_INFINITY, f32::INFINITY]);
         let note = l.note.unwrap();
         assert!(
-            note.ends_with("converted float64 to float32 (2 finite value(s) beyond float32's range became ±Inf)"),
+            note.ends_with("converted float64 to float32 (2 finite values beyond float32's range became ±Inf)"),
             "{note}"
         );
         // Scanned as the file holds them: the finite ones stay finite.
         let s = load_as(&path, Overflow::Saturate).unwrap();
         assert_eq!(s.data, [1.5, f32::MAX, -f32::MAX, f32::INFINITY]);
-        assert!(s.note.unwrap().contains("2 finite value(s) beyond float32's range"));
+        assert!(s.note.unwrap().contains("2 finite values beyond float32's range"));
     }
 
     #[test]
@@ -1350,7 +1358,15 @@ mod tests {
             let h = "{'descr': [('a', '<f4'), ('b', '<i4')], 'fortran_order': False, 'shape': (3,), }";
             assert!(parse_header(h, what).unwrap_err().contains("a structured dtype (named fields) is not supported"));
         }
-        assert!(parse_header("{'descr': '|i4', 'fortran_order': False, 'shape': (2, 3), }", Holds::Table).is_err());
+        let native_i4 = Dtype::Int { bytes: 4, signed: true, big: cfg!(target_endian = "big") };
+        let h = "{'descr': '|i4', 'fortran_order': False, 'shape': (2, 3), }";
+        assert_eq!(parse_header(h, Holds::Indices).map(|p| p.0), Ok(native_i4));
+        // This machine's order ('=', or '|' as numpy reads it) is
+        // little-endian here: the floats numpy loads.
+        for (descr, want) in [("=f4", Dtype::F32), ("|f4", Dtype::F32), ("=f8", Dtype::F64), ("|f8", Dtype::F64)] {
+            let h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': (2, 3), }}");
+            assert_eq!(parse_header(&h, Holds::Table).map(|p| p.0), Ok(want), "{descr}");
+        }
         assert!(parse_header("{'descr': '<c8', 'fortran_order': False, 'shape': (2, 3), }", Holds::Table).is_err());
         assert!(parse_header("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", Holds::Table)
             .unwrap_err()

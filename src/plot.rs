@@ -351,7 +351,16 @@ fn render_bad_rows(
         .x_label_area_size(36)
         .y_label_area_size(56)
         .build_cartesian_2d(0.0..rows as f64, 0.0..top * 1.05)?;
-    c.configure_mesh().x_desc("row").y_desc("rows with NaN or ±Inf").draw()?;
+    // (Rows and counts of rows: whole numbers on the axes, however few.)
+    let whole = |v: &f64| if v.fract() == 0.0 { format!("{v:.0}") } else { String::new() };
+    c.configure_mesh()
+        .x_desc("row")
+        .y_desc("rows with NaN or ±Inf")
+        .x_labels((rows + 1).min(11))
+        .y_labels((top as usize + 1).min(11))
+        .x_label_formatter(&whole)
+        .y_label_formatter(&whole)
+        .draw()?;
     c.draw_series(counts.iter().enumerate().filter(|(_, &n)| n > 0).map(|(i, &n)| {
         let x0 = i as f64 * span;
         Rectangle::new([(x0, 0.0), (x0 + span, n as f64)], RED.filled())

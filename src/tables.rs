@@ -671,7 +671,15 @@ fn read_header(path: &Path, file: &mut std::fs::File, len: u64) -> Result<(u64, 
         return Err(invalid(SafeTensorError::HeaderTooLarge));
     }
     if 8 + n > len {
-        return Err(invalid(SafeTensorError::InvalidHeaderLength));
+        // (The crate's words, "invalid header length", with the numbers.)
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "not a valid .safetensors file: its header is said to be {n} bytes long, past the file's end ({} \
+                 bytes after the length's 8)",
+                len - 8
+            ),
+        ));
     }
     let header = read_bytes(path, file, n)?;
     let text = std::str::from_utf8(&header).map_err(|e| invalid(SafeTensorError::InvalidHeader(e)))?;
@@ -679,7 +687,10 @@ fn read_header(path: &Path, file: &mut std::fs::File, len: u64) -> Result<(u64, 
     // not "invalid JSON": the crate's own checks, said as it says them
     // when it reads a whole file.)
     let meta: Metadata = serde_json::from_str(text).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => Error::bad_file(path, format!("not a valid .safetensors file: {e}")),
+        serde_json::error::Category::Data => Error::bad_file(
+            path,
+            format!("not a valid .safetensors file: {}", tensor_size_mismatch(text).unwrap_or_else(|| e.to_string())),
+        ),
         _ => invalid(SafeTensorError::InvalidHeaderDeserialization(e)),
     })?;
     // (The crate's own words, "incomplete metadata, file not fully
@@ -729,6 +740,30 @@ pub fn element_bits(path: &Path, tensor: &str, index: u64) -> Result<Option<(u64
             Ok(Some((u64::from_le_bytes(b), size)))
         }
     }
+}
+
+/// The tensor of a `.safetensors` header whose data offsets do not span
+/// its shape's bytes, said with the numbers (the crate says only "invalid
+/// shape, data type, or offset for tensor"); `None` where none is found.
+fn tensor_size_mismatch(header: &str) -> Option<String> {
+    let all: serde_json::Map<String, serde_json::Value> = serde_json::from_str(header).ok()?;
+    all.iter().filter(|(name, _)| *name != "__metadata__").find_map(|(name, t)| {
+        let dtype: Dtype = serde_json::from_value(t.get("dtype")?.clone()).ok()?;
+        let shape: Vec<u64> = serde_json::from_value(t.get("shape")?.clone()).ok()?;
+        let [from, to]: [u64; 2] = serde_json::from_value(t.get("data_offsets")?.clone()).ok()?;
+        let bits = shape.iter().try_fold(dtype.bitsize() as u64, |n, &d| n.checked_mul(d));
+        let placed = to.checked_sub(from).and_then(|b| b.checked_mul(8));
+        (bits != placed).then(|| match (bits, placed) {
+            (Some(bits), Some(_)) => format!(
+                "tensor \"{name}\": shape {shape:?} of {dtype:?} is {} bytes, and its data_offsets [{from}, {to}] \
+                 place {}",
+                bits.div_ceil(8),
+                to - from
+            ),
+            (None, _) => format!("tensor \"{name}\": shape {shape:?} of {dtype:?}: its size overflows 64 bits"),
+            (_, None) => format!("tensor \"{name}\": data_offsets [{from}, {to}] end before they start"),
+        })
+    })
 }
 
 /// The safetensors crate's limit on a header (its `MAX_HEADER_SIZE`).

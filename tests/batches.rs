@@ -900,6 +900,14 @@ fn library_calls_with_hostile_values_are_refused_not_panicking() {
         t.set_stop(Arc::new(AtomicBool::new(true)));
         assert!(t.steps(usize::MAX).unwrap().is_empty());
     }
+    // A guard's limit whose counter would wrap past it: refused.
+    for guard in
+        [Guard { max_skips: u32::MAX, ..Guard::default() }, Guard { max_rollbacks: u32::MAX, ..Guard::default() }]
+    {
+        let cfg = StepConfig { guard, ..StepConfig::for_rows(40) };
+        let e = CpuTrainer::new(Shape::new(40, 3).unwrap(), cfg, TableSource::Random { seed: 1 }).err().unwrap();
+        assert!(e.to_string().contains("4294967295 is more than 4294967294"), "{e}");
+    }
     // A table of no rows is not saved (in a save's terms).
     let dir = tempfile::tempdir().unwrap();
     let e = latent_line::npy::save(&dir.path().join("t.npy"), Shape { rows: 0, dim: 3 }, &[]).unwrap_err();

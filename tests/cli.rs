@@ -100,6 +100,15 @@ fn bad_options_are_refused() {
     refused(&dir, &["--rows", "10", "--max-skips", "5000000000"], "invalid --max-skips: 5000000000 is more than");
     refused(&dir, &["--rows", "10", "--snapshot-every", "4294967296"], "invalid --snapshot-every: 4294967296");
     refused(&dir, &["--rows", "10", "--max-rollbacks", "4294967296"], "invalid --max-rollbacks: 4294967296");
+    // A guard's limit whose counter would wrap past it (it counts one
+    // failure more, then aborts): never reached, so refused.
+    for opt in ["--max-skips", "--max-rollbacks"] {
+        refused(
+            &dir,
+            &["--rows", "10", opt, "4294967295"],
+            &format!("invalid {opt}: 4294967295 is more than 4294967294"),
+        );
+    }
     // 4e9 × 64 f32 is 1 TB: refused with the sizes, before any work.
     refused(&dir, &["--rows", "4000000000"], "1024000000000 bytes");
     let missing_dir = dir.s("nope/out.npy");
@@ -709,7 +718,7 @@ fn scan_reports_findings_with_exit_code_3_and_clean_files_with_0() {
             let o = run(&["scan", &dir.s(name), "--backend", backend]);
             let text = String::from_utf8_lossy(&o.stdout);
             assert_eq!(o.status.code(), Some(code), "{name} {backend}: {text}{}", stderr(&o));
-            assert!(text.contains("2 finite value(s) beyond float32's range"), "{name} {backend}: {text}");
+            assert!(text.contains("2 finite values beyond float32's range"), "{name} {backend}: {text}");
             if code == 3 {
                 assert!(text.contains("1 NaN · 0 +Inf · 0 -Inf · in 1 row\n"), "{name} {backend}: {text}");
             }
@@ -722,7 +731,7 @@ fn scan_reports_findings_with_exit_code_3_and_clean_files_with_0() {
                 (&j["dtype"], &j["rows"], &j["dim"], &j["backend"]),
                 (&"f64".into(), &4.into(), &2.into(), &backend.into())
             );
-            assert!(j["note"].as_str().unwrap().contains("2 finite value(s)"), "{j}");
+            assert!(j["note"].as_str().unwrap().contains("2 finite values"), "{j}");
             assert_eq!(j["all_finite"], code == 0, "{j}");
             if code == 3 {
                 assert_eq!(j["scan"]["nan"], 1);

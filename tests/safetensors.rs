@@ -206,7 +206,21 @@ fn bad_safetensors_inputs_are_refused_and_nothing_is_written() {
                 [&(h.len() as u64).to_le_bytes()[..], h, &[0u8; 40]].concat()
             },
             vec![],
-            "not a valid .safetensors file: invalid shape, data type, or offset".into(),
+            "not a valid .safetensors file: tensor \"weight\": shape [4, 2] of F32 is 32 bytes, and its data_offsets \
+             [0, 40] place 40"
+                .into(),
+        ),
+        (
+            // A header said to run past the file's end: said with the numbers.
+            "header past the end",
+            [&(bytes.len() as u64).to_le_bytes()[..], &bytes[8..]].concat(),
+            vec![],
+            format!(
+                "not a valid .safetensors file: its header is said to be {} bytes long, past the file's end ({} \
+                 bytes after the length's 8)",
+                bytes.len(),
+                bytes.len() - 8
+            ),
         ),
     ];
     for (what, content, extra, expect) in cases {

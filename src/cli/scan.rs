@@ -216,9 +216,10 @@ pub(crate) fn scan(args: &ScanArgs) -> anyhow::Result<Outcome> {
     );
     if let (Some(p), Some(spans)) = (&args.plot, spans) {
         let title = format!(
-            "{}: {} rows with NaN or ±Inf of {} ({} NaN, {} +Inf, {} −Inf)",
+            "{}: {} row{} with NaN or ±Inf of {} ({} NaN, {} +Inf, {} −Inf)",
             args.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
             found.bad_rows,
+            if found.bad_rows == 1 { "" } else { "s" },
             shape.rows,
             found.nan,
             found.pos_inf,

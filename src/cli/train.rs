@@ -1475,10 +1475,10 @@ fn step_config(args: &TrainArgs, shape: Shape) -> anyhow::Result<StepConfig> {
     cfg.collapse_fraction = args.collapse_fraction;
     cfg.guard = Guard {
         policy: args.on_nonfinite,
-        max_skips: count32("--max-skips", args.max_skips)?,
-        snapshot_every: count32("--snapshot-every", args.snapshot_every)?,
+        max_skips: count32("--max-skips", args.max_skips, latent_line::config::MAX_GUARD_COUNT)?,
+        snapshot_every: count32("--snapshot-every", args.snapshot_every, u32::MAX)?,
         backoff: single("--backoff", args.backoff)?,
-        max_rollbacks: count32("--max-rollbacks", args.max_rollbacks)?,
+        max_rollbacks: count32("--max-rollbacks", args.max_rollbacks, latent_line::config::MAX_GUARD_COUNT)?,
     };
     cfg.validate(shape)?;
     Ok(cfg)
@@ -1585,8 +1585,12 @@ fn single(opt: &str, v: f64) -> anyhow::Result<f32> {
 
 /// A count the device keeps in 32 bits: a larger one is bad input (exit 1),
 /// as any value that parses but is out of range.
-fn count32(opt: &str, v: u64) -> anyhow::Result<u32> {
-    u32::try_from(v).map_err(|_| anyhow::anyhow!("invalid {opt}: {v} is more than {} (a 32-bit count)", u32::MAX))
+fn count32(opt: &str, v: u64, max: u32) -> anyhow::Result<u32> {
+    match u32::try_from(v) {
+        Ok(n) if n <= max => Ok(n),
+        _ if max < u32::MAX => bail!("invalid {opt}: {v} is more than {max} (a 32-bit count of one failure past it)"),
+        _ => bail!("invalid {opt}: {v} is more than {max} (a 32-bit count)"),
+    }
 }
 
 /// A number as a user would write it: 1e40, 1e-50, 0.99999999.

@@ -75,6 +75,9 @@ const STEPS_PER_SUBMIT: usize = 8;
 const UNDO_GROUPS: u32 = 64;
 /// Submissions in flight, each with its own mapped readback buffer.
 const RING: usize = 4;
+/// The device time of the steps in flight, at most (by the pace of the
+/// last submission, and never fewer than one step): what a stop waits on.
+const QUEUED_SECONDS: f64 = 0.5;
 const RECORD_BYTES: u64 = RECORD_WORDS as u64 * 4;
 
 /// Which kernels a full-table step runs.
@@ -584,6 +587,9 @@ pub struct GpuTrainer {
     /// `gpu_time_fused_passes`: steps encoded without their reduce pass
     /// (set only for that timing).
     without_reduce: bool,
+    /// Seconds a step took, by the last submission collected (`None`
+    /// before the first): how many steps `run_streamed` keeps in flight.
+    pace: Option<f64>,
     /// Once set, no further submission starts (`Trainer::set_stop`).
     stop: Option<Arc<std::sync::atomic::AtomicBool>>,
     staged: Option<Staged>,

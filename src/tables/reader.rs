@@ -349,7 +349,8 @@ mod tests {
                     // 1e300 at every 97th value from the 7th.
                     let over = (0..n).filter(|i| i % 97 == 7).count();
                     let note = r.note().unwrap();
-                    assert!(note.contains(&format!("({over} finite value(s)")), "{note}");
+                    let values = if over == 1 { "value" } else { "values" };
+                    assert!(note.contains(&format!("({over} finite {values} beyond")), "{note}");
                 }
                 r.rewind();
             }

@@ -563,6 +563,7 @@ impl GpuTrainer {
             snapshot_due: false,
             anchors_fresh: false,
             without_reduce: false,
+            pace: None,
             stop: None,
             staged: None,
             scanner: None,
@@ -737,6 +738,7 @@ impl GpuTrainer {
         self.ctx.wait()?;
         new.steps_done = self.steps_done;
         new.snapshot_due = self.snapshot_due;
+        new.pace = self.pace;
         new.stop = self.stop.take();
         new.profile = self.profile.take();
         new.profile_error = self.profile_error.take();

@@ -11,6 +11,7 @@ use crate::gpu::pipes::finish_map;
 use crate::gpu::timer::{pair_seconds, timestamp_pairs, PassTimer};
 use std::collections::VecDeque;
 use std::sync::mpsc::Receiver;
+use std::time::Instant;
 
 type MapDone = Receiver<std::result::Result<(), wgpu::BufferAsyncError>>;
 
@@ -240,38 +241,61 @@ impl GpuTrainer {
     }
 
     /// `n` steps (0: one evaluation) in submissions of up to
-    /// STEPS_PER_SUBMIT, up to RING of them in flight; each submission's
+    /// STEPS_PER_SUBMIT, up to RING of them in flight (fewer steps where
+    /// they are slow: QUEUED_SECONDS); each submission's
     /// records go to `on` as they come back, and `on` returning false stops
     /// further submissions. Returns the passes run.
     pub(super) fn run_streamed(&mut self, n: usize, on: &mut dyn FnMut(Vec<Record>) -> bool) -> Result<usize> {
         if n > 0 && self.opts.path == StepPath::Staged {
             self.build_staged()?;
         }
-        // Submission sizes, made as they are needed: one evaluation, or the
-        // steps in groups (n may be huge: "until `on` says stop").
-        let mut sizes: Box<dyn Iterator<Item = usize>> = if n == 0 {
-            Box::new(std::iter::once(0))
-        } else {
-            Box::new((0..n).step_by(STEPS_PER_SUBMIT).map(move |s| STEPS_PER_SUBMIT.min(n - s)))
-        };
+        // Submissions made as they are needed: one evaluation, or the steps
+        // in groups (n may be huge: "until `on` says stop"), of at most
+        // STEPS_PER_SUBMIT, and of no more work in flight than the device
+        // does in QUEUED_SECONDS by the last submission's pace: a stop
+        // (Ctrl-C, `docker stop`'s 10 s) waits on little more than that
+        // however slow a step (lavapipe: a second a step at 1M × 32, where
+        // 32 steps in flight took 16 s). A GPU's steps, far under it, keep
+        // the whole ring busy.
+        // (The pace unknown, the first submission is of one step, alone.)
+        let mut left = n;
+        let mut evaluation = n == 0;
+        let mut last_collect = Instant::now();
         let mut ran = 0usize;
         let mut halted = false;
-        let mut in_flight: VecDeque<usize> = VecDeque::new();
+        let mut in_flight: VecDeque<(usize, usize, Instant)> = VecDeque::new();
         let mut next = 0usize;
         loop {
             let stopped =
                 halted || n > 0 && self.stop.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
-            if self.ring[next].pending.is_none() && !stopped {
-                if let Some(m) = sizes.next() {
+            if self.ring[next].pending.is_none() && !stopped && (left > 0 || evaluation) {
+                let queued: usize = in_flight.iter().map(|&(_, m, _)| m).sum();
+                let room = match self.pace {
+                    Some(s) if s > 0.0 => ((QUEUED_SECONDS / s) as usize).max(1),
+                    Some(_) => usize::MAX,
+                    None => 1,
+                };
+                let m = left.min(STEPS_PER_SUBMIT).min(room.saturating_sub(queued).max(1));
+                if in_flight.is_empty() || queued + m <= room {
                     self.submit(m, next);
-                    in_flight.push_back(next);
+                    in_flight.push_back((next, m, Instant::now()));
+                    left -= m;
+                    evaluation = false;
                     next = (next + 1) % RING;
                     continue;
                 }
             }
             match in_flight.pop_front() {
-                Some(s) => match self.collect(s) {
+                Some((s, m, submitted)) => match self.collect(s) {
                     Ok(records) => {
+                        // The device's time for these steps: from when it
+                        // could start them (submitted, or the one before
+                        // them done) to now.
+                        let now = Instant::now();
+                        if m > 0 {
+                            self.pace = Some(now.duration_since(submitted.max(last_collect)).as_secs_f64() / m as f64);
+                        }
+                        last_collect = now;
                         ran += records.len();
                         halted |= !on(records);
                     }
