@@ -405,7 +405,10 @@ fn strike_counts_saturate_where_a_run_state_can_carry_them() {
         t.steps(3).unwrap();
         let after = t.run_state().unwrap();
         assert_eq!(after.strikes, vec![(row as u32, most)], "{name}, seed {seed}");
-        t.set_run_state(after).unwrap_or_else(|e| panic!("{name}: {e}, seed {seed}"));
+        // (Resumed by a trainer of the same kind: a run state is set
+        // before any step.)
+        let (_, mut resumed) = trainers(shape, cfg, &table).into_iter().find(|(n, _)| *n == name).unwrap();
+        resumed.set_run_state(after).unwrap_or_else(|e| panic!("{name}: {e}, seed {seed}"));
     }
 }
 
