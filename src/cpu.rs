@@ -36,6 +36,9 @@ pub struct CpuTrainer {
     vel_next: Vec<f32>,
     state: GuardState,
     steps_done: u64,
+    /// A step was asked of this trainer (`Trainer::set_run_state` then
+    /// refused).
+    stepped: bool,
     /// A resumed run snapshots at its first step (it has no earlier one).
     snapshot_due: bool,
     stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
@@ -680,6 +683,7 @@ impl CpuTrainer {
             vel_next,
             state: GuardState::new(cfg.lr),
             steps_done: 0,
+            stepped: false,
             snapshot_due: false,
             stop: None,
             schedule,
@@ -849,7 +853,8 @@ impl CpuTrainer {
             d0: d0 as f64,
             batch: self.shape.rows,
             near_singular: o.near,
-            lr: self.state.lr as f64,
+            // (A step not run has no lr, as the GPU's record says.)
+            lr: if action == Action::NotRun { 0.0 } else { self.state.lr as f64 },
             separation: if action == Action::NotRun { 0.0 } else { self.cfg.separation(d0 as f64) },
             action,
             grad_norm: None,
@@ -879,6 +884,7 @@ impl Trainer for CpuTrainer {
             s.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst))
         };
         let mut out = Vec::with_capacity(n.min(1 << 16));
+        self.stepped |= n > 0;
         for _ in 0..n {
             if stopped(&self.stop) {
                 break;
@@ -893,6 +899,7 @@ impl Trainer for CpuTrainer {
     fn step_rows(&mut self, rows: &[u32]) -> Result<Record> {
         let ib = step_rows_batch(rows, self.shape.rows, !self.schedule.is_full(), "CpuTrainer")?;
         let (a, b) = (self.cfg.anchor_a as u32, self.cfg.anchor_b as u32);
+        self.stepped = true;
         Ok(self.step_slots(&StepSlots::new(ib.batch(0), a, b, true)))
     }
     fn evaluate(&mut self) -> Result<Record> {
@@ -978,7 +985,7 @@ impl Trainer for CpuTrainer {
         Ok(RunState { steps: self.steps_done, lr: s.lr, skips, rollbacks, strikes, ..RunState::default() })
     }
     fn set_run_state(&mut self, r: RunState) -> Result<()> {
-        crate::trainer::before_any_step(self.steps_done)?;
+        crate::trainer::before_any_step(self.stepped)?;
         r.check(&self.cfg)?;
         // skip-row counts on (another policy keeps no counts).
         if !self.strikes.is_empty() {

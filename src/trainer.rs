@@ -236,7 +236,8 @@ pub trait Trainer {
     /// epoch; [`Trainer::steps`] goes on with the plan's batch after it).
     /// Any number of rows: a GPU trainer's batch buffers, sized for the
     /// plan's largest batch, grow to a larger one (reserve room up front
-    /// with `GpuOptions::batch_rows`).
+    /// with `GpuOptions::batch_rows`; the room, once there, is dispatched
+    /// over by every later step: see there).
     fn step_rows(&mut self, rows: &[u32]) -> Result<Record>;
     /// The forward record of the current table, without an update.
     fn evaluate(&mut self) -> Result<Record>;
@@ -316,12 +317,9 @@ pub trait Trainer {
 
 /// `Trainer::set_run_state`'s order: a run's state is set before its
 /// trainer steps (set after, it would silently rewrite the steps counted).
-pub(crate) fn before_any_step(steps_done: u64) -> Result<()> {
-    if steps_done != 0 {
-        return Err(crate::Error::invalid(
-            "run state",
-            format!("set before any step; this trainer has taken {steps_done}"),
-        ));
+pub(crate) fn before_any_step(stepped: bool) -> Result<()> {
+    if stepped {
+        return Err(crate::Error::invalid("run state", "set before any step; this trainer has already stepped"));
     }
     Ok(())
 }

@@ -891,11 +891,14 @@ fn library_calls_with_hostile_values_are_refused_not_panicking() {
             let e = t.set_run_state(bad.clone()).unwrap_err().to_string();
             assert!(e.starts_with("invalid run state: "), "{bad:?}: {e}");
         }
-        // After a step, a run state is refused, not taken over the steps
-        // counted.
+        // Set again before any step, taken; after a step, refused, not
+        // taken over the steps counted.
+        t.set_run_state(good.clone()).unwrap();
+        t.set_run_state(latent_line::RunState { steps: 3, ..good.clone() }).unwrap();
+        t.set_run_state(good.clone()).unwrap();
         t.steps(1).unwrap();
         let e = t.set_run_state(good.clone()).unwrap_err().to_string();
-        assert!(e.contains("set before any step; this trainer has taken 1"), "{e}");
+        assert!(e.contains("set before any step; this trainer has already stepped"), "{e}");
         assert_eq!(t.run_state().unwrap().steps, 1);
         t.set_stop(Arc::new(AtomicBool::new(true)));
         assert!(t.steps(usize::MAX).unwrap().is_empty());
@@ -1014,20 +1017,31 @@ fn step_rows_past_the_planned_batch_grows_the_gpu_buffers() {
                     batch_rows: reserve,
                     ..lane_opts(1, 1, false)
                 };
-                let gpu_run = |reserve: Option<usize>, want: &[usize]| {
+                // The buffers' rows, opened and at the end: grown by a call
+                // only while the run goes on (an aborted run's calls do
+                // nothing, as on the CPU: calls 3 and 8 of the records).
+                let gpu_run = |reserve: Option<usize>, want: &dyn Fn(&[latent_line::Record]) -> [usize; 2]| {
                     let source = TableSource::Data(table.clone());
                     let mut t =
                         GpuTrainer::with_batches(gpu(), shape, cfg, source, opts(reserve), batches.clone()).unwrap();
                     let planned = t.batch_rows().unwrap();
-                    let mut seen = vec![planned];
                     let run = calls(&mut t, &mut |_| {});
-                    seen.push(t.batch_rows().unwrap());
-                    assert_eq!(seen, want, "{ctx}: the batch buffers' rows (reserved {reserve:?})");
+                    let seen = [planned, t.batch_rows().unwrap()];
+                    assert_eq!(seen, want(&run.1), "{ctx}: the batch buffers' rows (reserved {reserve:?})");
                     run
                 };
                 let planned = if *name == "random" { 20 } else { 12 };
-                let grown = gpu_run(None, &[planned, distinct(&big2)]);
-                let reserved = gpu_run(Some(most), &[most, most]);
+                let grows = |recs: &[latent_line::Record]| {
+                    let aborted = recs.iter().position(|r| r.action == Action::Aborted).unwrap_or(usize::MAX);
+                    let room = match aborted {
+                        0..3 => planned,
+                        3..8 => distinct(&big1),
+                        _ => distinct(&big2),
+                    };
+                    [planned, room]
+                };
+                let grown = gpu_run(None, &grows);
+                let reserved = gpu_run(Some(most), &|_| [most, most]);
                 assert_same_run(&grown, &reserved, dim, &format!("{ctx}: grown against reserved"));
                 assert!(grown.1.iter().any(|rec| !rec.scans.is_clean()), "{ctx}: no step met a non-finite row");
                 // The CPU's run: the same actions, batches and findings, the
@@ -1036,7 +1050,7 @@ fn step_rows_past_the_planned_batch_grows_the_gpu_buffers() {
                     CpuTrainer::with_batches(shape, cfg, TableSource::Data(table.clone()), batches.clone()).unwrap();
                 let on_cpu = calls(&mut cpu, &mut |_| {});
                 let said = |r: &[latent_line::Record]| {
-                    format!("{:?}", r.iter().map(|x| (x.action, x.batch, &x.scans)).collect::<Vec<_>>())
+                    format!("{:?}", r.iter().map(|x| (x.action, x.batch, x.lr, &x.scans)).collect::<Vec<_>>())
                 };
                 assert_eq!(said(&grown.1), said(&on_cpu.1), "{ctx}: GPU and CPU records");
                 let as_f64 = |t: &[u32]| -> Vec<f64> {
@@ -1048,6 +1062,30 @@ fn step_rows_past_the_planned_batch_grows_the_gpu_buffers() {
                 assert_table_close(&got, &as_f64(&on_cpu.0), dim, TOL, &format!("{ctx}: GPU against CPU"));
             }
         }
+    }
+    // The kernel's shape is the plan's, not the room's: a growth (or a
+    // reserve) past the slots that take a second row block a workgroup
+    // (2 × 1024 workgroups of 64 rows, lavapipe's) keeps the plan's one,
+    // and so its bits, attached anchors and clipping's first read too.
+    {
+        let (rows, dim) = (140_000usize, 4usize);
+        let shape = Shape::new(rows, dim).unwrap();
+        let table = spaced_table(seed, shape, 0, rows - 1, 0.3);
+        let cfg = StepConfig { endpoints: Endpoints::Attached, clip_norm: 0.5, lr: 0.05, ..StepConfig::for_rows(rows) };
+        let all: Vec<u32> = (0..rows as u32).collect();
+        let run = |reserve: Option<usize>| {
+            let opts = GpuOptions { batch_rows: reserve, ..GpuOptions::default() };
+            let source = TableSource::Data(table.clone());
+            let batches = Batches::Random { size: 64, seed };
+            let mut t = GpuTrainer::with_batches(gpu(), shape, cfg, source, opts, batches).unwrap();
+            let blocks = t.row_blocks();
+            let mut recs = t.steps(2).unwrap();
+            recs.push(t.step_rows(&all).unwrap());
+            recs.extend(t.steps(2).unwrap());
+            assert_eq!((blocks, t.row_blocks()), (1, 1), "reserved {reserve:?}");
+            (bits(&t.read_table().unwrap()), recs)
+        };
+        assert_same_run(&run(None), &run(Some(rows)), dim, &format!("past a row block's slots, seed {seed}"));
     }
     // Buffers that cannot grow: a binding of 128 rows' bytes holds no
     // batch of more. Refused, naming the rows; the trainer goes on as if

@@ -229,7 +229,10 @@ pub struct GpuOptions {
     /// `None`: the planned batches' largest. A `step_rows` batch past the
     /// room grows it (the trainer rebuilt, its state copied across on the
     /// device, which holds the table twice meanwhile). The same bits
-    /// either way.
+    /// either way (the kernel's shape is chosen for the plan). Room has a
+    /// cost: every later step dispatches workgroups over all of it (those
+    /// past its batch find only dead slots; lavapipe pays about 20 µs for
+    /// each, a GPU little), and its reduce folds their partials.
     pub batch_rows: Option<usize>,
 }
 
@@ -587,6 +590,9 @@ pub struct GpuTrainer {
     /// `gpu_time_fused_passes`: steps encoded without their reduce pass
     /// (set only for that timing).
     without_reduce: bool,
+    /// A step was asked of this trainer (`Trainer::set_run_state` then
+    /// refused).
+    stepped: bool,
     /// Seconds a step took, by the last submission collected (`None`
     /// before the first): how many steps `run_streamed` keeps in flight.
     pace: Option<f64>,
@@ -721,9 +727,14 @@ impl GpuTrainer {
         let mut blocks_asked = or_env(opts.row_blocks, "row_blocks", "LATENT_LINE_ROW_BLOCKS", 256)?;
         let shape_asked = lanes_asked.is_some() || blocks_asked.is_some();
         // The rows one pass of the fused step covers: the largest chunk's,
-        // or a batch's slots.
-        let pass_rows =
-            if schedule.is_full() { layout.spans.iter().map(|s| s.rows as u64).max().unwrap_or(0) } else { cap };
+        // or the plan's largest batch's slots (not room reserved or grown
+        // for `step_rows`: the kernel's shape, and so its bits, are the
+        // plan's whatever the room).
+        let pass_rows = if schedule.is_full() {
+            layout.spans.iter().map(|s| s.rows as u64).max().unwrap_or(0)
+        } else {
+            schedule.max_slots() as u64
+        };
         // A software adapter's loop budget (`LoopBudget`): where the fused
         // step's loops would pass it, more lanes a row and one row block a
         // workgroup, unless asked otherwise.
@@ -1360,7 +1371,10 @@ impl Trainer for GpuTrainer {
         let ib = crate::cpu::step_rows_batch(rows, self.shape.rows, self.batch.is_some(), "GpuTrainer")?;
         let slots = StepSlots::new(ib.batch(0), self.cfg.anchor_a as u32, self.cfg.anchor_b as u32, true);
         let cap = self.batch.as_ref().map_or(0, |b| b.cap as usize);
-        if slots.slots.len() > cap {
+        // (A halted run's step does nothing, whatever its rows: its record
+        // says so, as the CPU's, with no growth; `slot_words` keeps what
+        // fits.)
+        if slots.slots.len() > cap && self.read_state()?.halted == 0 {
             // More distinct rows than the largest planned batch: its buffers
             // grown to them (the CPU takes any batch as it comes).
             let rows = slots.slots.len() - 2;
@@ -1368,8 +1382,8 @@ impl Trainer for GpuTrainer {
                 Error::invalid(
                     "step_rows",
                     format!(
-                        "{rows} distinct rows besides the anchors, more than the batches this trainer was opened \
-                         with hold ({}), and its batch buffers could not grow to them: {e}",
+                        "{rows} distinct rows besides the anchors, more than this trainer's batch buffers hold \
+                         ({}), and they could not grow to them: {e}",
                         cap - 2
                     ),
                 )
@@ -1485,7 +1499,7 @@ impl Trainer for GpuTrainer {
         Ok(RunState { steps: self.steps_done, lr: s.lr, skips, rollbacks, strikes, ..RunState::default() })
     }
     fn set_run_state(&mut self, r: RunState) -> Result<()> {
-        crate::trainer::before_any_step(self.steps_done)?;
+        crate::trainer::before_any_step(self.stepped)?;
         r.check(&self.cfg)?;
         if self.cfg.guard.policy == Policy::SkipRow {
             let per_row = r.strikes_per_row(self.shape.rows)?;

@@ -564,6 +564,7 @@ impl GpuTrainer {
             anchors_fresh: false,
             without_reduce: false,
             pace: None,
+            stepped: false,
             stop: None,
             staged: None,
             scanner: None,
@@ -672,8 +673,8 @@ impl GpuTrainer {
 impl GpuTrainer {
     /// Rebuilds this batched trainer with batch buffers of at least
     /// `slots` slots (`Trainer::step_rows` on more rows than its largest
-    /// planned batch, which the CPU takes as it comes): the same schedule,
-    /// options and kernels' choices, the table, velocity, snapshot, guard
+    /// planned batch, which the CPU takes as it comes): the same schedule
+    /// and options, the kernel's shape chosen for the plan as before, the table, velocity, snapshot, guard
     /// state and strikes copied across on the device. The device holds
     /// both trainers meanwhile; where it cannot, this one is kept as it
     /// was and the error says so.
@@ -739,6 +740,7 @@ impl GpuTrainer {
         new.steps_done = self.steps_done;
         new.snapshot_due = self.snapshot_due;
         new.pace = self.pace;
+        new.stepped = self.stepped;
         new.stop = self.stop.take();
         new.profile = self.profile.take();
         new.profile_error = self.profile_error.take();

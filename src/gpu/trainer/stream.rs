@@ -246,6 +246,7 @@ impl GpuTrainer {
     /// records go to `on` as they come back, and `on` returning false stops
     /// further submissions. Returns the passes run.
     pub(super) fn run_streamed(&mut self, n: usize, on: &mut dyn FnMut(Vec<Record>) -> bool) -> Result<usize> {
+        self.stepped |= n > 0;
         if n > 0 && self.opts.path == StepPath::Staged {
             self.build_staged()?;
         }
