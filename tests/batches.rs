@@ -947,7 +947,8 @@ fn library_calls_with_hostile_values_are_refused_not_panicking() {
 /// snapshot, guard state and strikes carried across), as the CPU takes any
 /// batch. The grown run is the run whose room was reserved from the start
 /// (`GpuOptions::batch_rows`) — bit for bit on lavapipe — and the CPU's,
-/// under every guard, with non-finite rows met, random and user batches
+/// under every guard, with non-finite rows met, momentum, the anchors
+/// frozen, detached or attached with clipping, random and user batches
 /// (resident and streamed), in one binding and over several. Where the
 /// buffers cannot grow (a binding too small) the call is refused, naming
 /// the rows, and the trainer goes on as if it had not been made.
@@ -989,15 +990,21 @@ fn step_rows_past_the_planned_batch_grows_the_gpu_buffers() {
     for (case, policy) in POLICIES.into_iter().enumerate() {
         for (name, batches, resident) in &plans {
             for chunk_rows in [None, Some(128)] {
+                // (Each guard with momentum or without, and with the
+                // anchors frozen, detached or attached with clipping: a
+                // first read of the batch, its coefficients by slot.)
+                let endpoints = [Endpoints::Frozen, Endpoints::Detached, Endpoints::Attached][case % 3];
                 let cfg = StepConfig {
                     anchor_a: a,
                     anchor_b: b,
                     lr: 0.05,
+                    endpoints,
+                    clip_norm: if endpoints == Endpoints::Attached { 0.5 } else { 0.0 },
                     momentum: if case % 2 == 0 { 0.9 } else { 0.0 },
                     guard: Guard { policy, snapshot_every: 3, max_skips: 100, max_rollbacks: 100, ..Guard::default() },
                     ..StepConfig::for_rows(rows)
                 };
-                let ctx = format!("{policy:?}, {name}, chunks of {chunk_rows:?} rows, seed {seed}");
+                let ctx = format!("{policy:?}, {endpoints:?}, {name}, chunks of {chunk_rows:?} rows, seed {seed}");
                 // The calls, on any trainer: table (and velocity) bits and records.
                 let calls = |t: &mut dyn Trainer, sizes: &mut dyn FnMut(&dyn Trainer)| {
                     let mut recs = t.steps(3).unwrap();
