@@ -236,8 +236,8 @@ pub trait Trainer {
     /// epoch; [`Trainer::steps`] goes on with the plan's batch after it).
     /// Any number of rows: a GPU trainer's batch buffers, sized for the
     /// plan's largest batch, grow to a larger one (reserve room up front
-    /// with `GpuOptions::batch_rows`; the room, once there, is dispatched
-    /// over by every later step: see there).
+    /// with `GpuOptions::batch_rows`, sparing the rebuild; the plan's
+    /// steps dispatch over the plan's slots whatever the room).
     fn step_rows(&mut self, rows: &[u32]) -> Result<Record>;
     /// The forward record of the current table, without an update.
     fn evaluate(&mut self) -> Result<Record>;

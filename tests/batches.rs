@@ -1033,6 +1033,9 @@ fn step_rows_past_the_planned_batch_grows_the_gpu_buffers() {
                         GpuTrainer::with_batches(gpu(), shape, cfg, source, opts(reserve), batches.clone()).unwrap();
                     let planned = t.batch_rows().unwrap();
                     let run = calls(&mut t, &mut |_| {});
+                    // (Planned steps dispatch over the plan's slots, not the room.)
+                    let plan = if *name == "random" { 20 } else { 12 };
+                    assert_eq!(t.dispatched_batch_rows(), Some(plan), "{ctx}: reserved {reserve:?}");
                     let seen = [planned, t.batch_rows().unwrap()];
                     assert_eq!(seen, want(&run.1), "{ctx}: the batch buffers' rows (reserved {reserve:?})");
                     run

@@ -18,16 +18,28 @@ use crate::sampler::Sampler;
 pub(super) struct BatchDev {
     /// Slots per step (anchors included): the batch buffers' rows.
     pub(super) cap: u32,
+    /// The plan's largest batch's slots (at most `cap`: room reserved or
+    /// grown for `Trainer::step_rows` is more).
+    pub(super) plan: u32,
+    /// The slots the steps now dispatch over and their uniforms bound:
+    /// `plan`, or for a larger `step_rows` batch its own (then `plan`
+    /// again), so that room past the plan costs the planned steps nothing.
+    pub(super) active: u32,
+    /// Slots a workgroup of the fused step covers.
+    pub(super) rows_per_group: u32,
     /// The table is one binding: the step reads and writes it in place (no
     /// gather); under a double-buffered guard it logs the rows' old values
     /// and the scatter puts them back only after a dropped step.
     pub(super) direct: bool,
     pub(super) slots: wgpu::Buffer,
-    /// Workgroups of the fused pass over the slots.
-    pub(super) groups: u32,
     pub(super) gather: Pass,
     pub(super) scatter: Pass,
     pub(super) source: SlotSource,
+    /// The uniforms that bound a step's slots (`active`): the fused step's
+    /// and anchor_sum.wgsl's chunk, the reduce's `ReduceU`, batch_io.wgsl's.
+    pub(super) x_uniform: wgpu::Buffer,
+    pub(super) reduce_u: wgpu::Buffer,
+    pub(super) io_u: wgpu::Buffer,
 }
 
 /// Where each step's slots come from.
@@ -47,6 +59,11 @@ pub(super) enum SlotSource {
 }
 
 impl BatchDev {
+    /// Workgroups of the fused pass over the active slots.
+    pub(super) fn groups(&self) -> u32 {
+        self.active.div_ceil(self.rows_per_group)
+    }
+
     /// Before a submission of steps `first .. first + n`: random batches'
     /// sample kernel parameters, written at once (`given`: the host wrote
     /// the slots, `Trainer::step_rows`); streamed user batches, each

@@ -229,10 +229,10 @@ pub struct GpuOptions {
     /// `None`: the planned batches' largest. A `step_rows` batch past the
     /// room grows it (the trainer rebuilt, its state copied across on the
     /// device, which holds the table twice meanwhile). The same bits
-    /// either way (the kernel's shape is chosen for the plan). Room has a
-    /// cost: every later step dispatches workgroups over all of it (those
-    /// past its batch find only dead slots; lavapipe pays about 20 µs for
-    /// each, a GPU little), and its reduce folds their partials.
+    /// either way (the kernel's shape is chosen for the plan), and the
+    /// plan's steps as fast (they dispatch over the plan's slots, not the
+    /// room: `BatchDev::active`); the room costs device memory, and a
+    /// growth a rebuild.
     pub batch_rows: Option<usize>,
 }
 
@@ -620,6 +620,9 @@ struct Prepass {
     /// attached: the anchor term's segment sums.
     anchor_sum: Option<Pass>,
     prepare: Pass,
+    /// prepare.wgsl's `PrepareU` (a batch's partials and segments follow
+    /// `BatchDev::active`).
+    prepare_u: wgpu::Buffer,
 }
 
 impl GpuTrainer {
@@ -1081,6 +1084,36 @@ impl GpuTrainer {
         }
     }
 
+    /// Sets the slots a batched step dispatches over and its uniforms
+    /// bound (`BatchDev::active`); queue order puts the writes between the
+    /// submissions before and after.
+    fn set_active(&mut self, slots: u32) {
+        let Some(b) = self.batch.as_mut() else { return };
+        let slots = slots.min(b.cap);
+        if b.active == slots {
+            return;
+        }
+        b.active = slots;
+        let (groups, q) = (b.groups(), &self.ctx.queue);
+        q.write_buffer(
+            &b.x_uniform,
+            0,
+            bytemuck::bytes_of(&ChunkU { row_base: 0, rows: slots, partial_base: 0, seg_base: 0 }),
+        );
+        q.write_buffer(&b.reduce_u, 0, bytemuck::bytes_of(&ReduceU { count: groups, update: 1, slots, pad: 0 }));
+        q.write_buffer(&b.io_u, 0, bytemuck::cast_slice(&[slots, 0u32, 0, 0]));
+        if let Some(pre) = &self.prepass {
+            let u = PrepareU { count: groups, segs: slots.div_ceil(SEG), slot_a: 0, slot_b: 1 };
+            q.write_buffer(&pre.prepare_u, 0, bytemuck::bytes_of(&u));
+        }
+    }
+
+    /// Slots besides the anchors that a planned step dispatches over: the
+    /// plan's largest batch, whatever the room (`None` without batches).
+    pub fn dispatched_batch_rows(&self) -> Option<usize> {
+        self.batch.as_ref().map(|b| b.active as usize - 2)
+    }
+
     /// Distinct rows besides the anchors that the batch buffers hold
     /// ([`GpuOptions::batch_rows`]); `None` without batches.
     pub fn batch_rows(&self) -> Option<usize> {
@@ -1389,11 +1422,16 @@ impl Trainer for GpuTrainer {
                 )
             })?;
         }
+        // The step dispatched over its own slots where they are more than
+        // the plan's, then the plan's again.
+        let plan = self.batch.as_ref().map_or(0, |b| b.plan);
+        self.set_active(plan.max(slots.slots.len() as u32));
         let Some(b) = &self.batch else { unreachable!("step_rows_batch checked it") };
         self.ctx.queue.write_buffer(&b.slots, 0, bytemuck::cast_slice(&slot_words(&slots, &self.cfg, b.cap)));
         self.manual = Some(slots);
         let out = self.run(1);
         self.manual = None;
+        self.set_active(plan);
         out?.pop().ok_or_else(|| Error::Gpu("the step wrote no record".into()))
     }
     fn evaluate(&mut self) -> Result<Record> {

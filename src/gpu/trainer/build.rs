@@ -83,6 +83,10 @@ impl GpuTrainer {
         // double-buffered guards), with their velocity.
         let x_groups = cap.div_ceil(wg / lanes * blocks);
         let x_bytes = cap as u64 * d * 4;
+        // The slots a planned step dispatches over (`BatchDev::active`):
+        // the plan's largest batch, however much room there is.
+        let plan = if batched { schedule.max_slots() as u32 } else { 0 };
+        let plan_groups = plan.div_ceil(wg / lanes * blocks);
         // A table in one binding is read in place (DIRECT): no gather, and
         // no batch buffer A.
         let direct = batched && layout.one_binding();
@@ -98,7 +102,7 @@ impl GpuTrainer {
         } else {
             (None, None, None, None)
         };
-        let x_uniform = uniform(&ctx, "batch chunk", &ChunkU { row_base: 0, rows: cap, partial_base: 0, seg_base: 0 });
+        let x_uniform = uniform(&ctx, "batch chunk", &ChunkU { row_base: 0, rows: plan, partial_base: 0, seg_base: 0 });
         let groups_max = partial_base.max(if batched { x_groups } else { 0 });
         let partials = storage(&ctx, "partials", groups_max as u64 * 16, wgpu::BufferUsages::empty());
         let detail = storage(
@@ -348,8 +352,8 @@ impl GpuTrainer {
                 ("UNDO", if undo { 1.0 } else { 0.0 }),
             ];
             let p = c.pipeline(&ctx, &shaders::REDUCE, "main", &extra);
-            let count = if over_x { x_groups } else { partial_base };
-            let rp = uniform(&ctx, "reduce", &ReduceU { count, update: update as u32, slots: cap, pad: 0 });
+            let count = if over_x { plan_groups } else { partial_base };
+            let rp = uniform(&ctx, "reduce", &ReduceU { count, update: update as u32, slots: plan, pad: 0 });
             // UNDO: the table, read in place (one binding), its undo log
             // (batch B: the rows' old values by slot) and the marks.
             let table = if undo { &chunks[0].a } else { &dummy };
@@ -378,10 +382,10 @@ impl GpuTrainer {
                     (15, if undo { &undo_mark } else { &dummy_ro }),
                 ],
             );
-            Pass { pipeline: p, groups: vec![g] }
+            (Pass { pipeline: p, groups: vec![g] }, rp)
         };
-        let reduce_update = reduce(true, batched);
-        let reduce_eval = reduce(false, false);
+        let (reduce_update, reduce_u) = reduce(true, batched);
+        let reduce_eval = reduce(false, false).0;
         let rollback = (policy == Policy::Rollback).then(|| {
             let make = |entry: &str| {
                 let p = consts.pipeline(&ctx, &shaders::COPY_TABLE, entry, &[]);
@@ -436,11 +440,8 @@ impl GpuTrainer {
             // rows a and b of their chunks' buffers.
             let (coef_a, coef_b, slot_a, slot_b) =
                 if batched { (&x_coef, &x_coef, 0, 1) } else { (&coefs[ca], &coefs[cb], ia as u32, ib as u32) };
-            let pu = uniform(
-                &ctx,
-                "prepare",
-                &PrepareU { count: if batched { x_groups } else { partial_base }, segs, slot_a, slot_b },
-            );
+            let (count, segs) = if batched { (plan_groups, plan.div_ceil(SEG)) } else { (partial_base, segs) };
+            let pu = uniform(&ctx, "prepare", &PrepareU { count, segs, slot_a, slot_b });
             let g = bind_at(
                 &ctx,
                 &p,
@@ -456,13 +457,13 @@ impl GpuTrainer {
                     (8, coef_b),
                 ],
             );
-            Prepass { prep, anchor_sum, prepare: Pass { pipeline: p, groups: vec![g] } }
+            Prepass { prep, anchor_sum, prepare: Pass { pipeline: p, groups: vec![g] }, prepare_u: pu }
         });
 
         // Batches: gather and scatter per table chunk, the slots' source.
         let batch = batched.then(|| {
             let xa = xa.as_ref().unwrap_or(&dummy);
-            let io_u = uniform(&ctx, "batch io", &[cap, 0u32, 0, 0]);
+            let io_u = uniform(&ctx, "batch io", &[plan, 0u32, 0, 0]);
             let io = |entry: &str| {
                 let p = consts.pipeline(&ctx, &shaders::BATCH_IO, entry, &[direct_flag]);
                 let groups = chunks
@@ -523,12 +524,17 @@ impl GpuTrainer {
             };
             BatchDev {
                 cap,
+                plan,
+                active: plan,
+                rows_per_group: wg / lanes * blocks,
                 direct,
                 slots: slots.clone(),
-                groups: x_groups,
                 gather: io("gather"),
                 scatter: io("scatter"),
                 source,
+                x_uniform: x_uniform.clone(),
+                reduce_u: reduce_u.clone(),
+                io_u,
             }
         });
 

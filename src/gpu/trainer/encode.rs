@@ -122,17 +122,18 @@ impl GpuTrainer {
         let wg = self.fused.wg as u64;
         let elements = |c: &GpuChunk| (c.span.rows as u64 * d).div_ceil(wg) as u32;
         let rows = |c: &GpuChunk| c.row_groups;
-        let slot_elements = |b: &BatchDev| slot_groups(b.cap, d, self.vec4(), self.fused.wg);
+        // (Over the active slots: room past them is not dispatched.)
+        let slot_elements = |b: &BatchDev| slot_groups(b.active, d, self.vec4(), self.fused.wg);
         // The fused kernel's passes, over the batch's slots or the chunks.
         let fused = |pass: &mut wgpu::ComputePass, p: &Pass| match batch {
-            Some(b) => once(pass, p, b.groups),
+            Some(b) => once(pass, p, b.groups()),
             None => each_chunk(pass, p, &rows),
         };
         let pre = self.prepass.as_ref();
         match phase {
             Phase::Sample => {
-                if let Some(BatchDev { source: SlotSource::Random { pass: sample, .. }, cap, .. }) = batch {
-                    once(pass, sample, cap.div_ceil(self.fused.wg));
+                if let Some(BatchDev { source: SlotSource::Random { pass: sample, .. }, active, .. }) = batch {
+                    once(pass, sample, active.div_ceil(self.fused.wg));
                 }
             }
             Phase::Snapshot => {
@@ -155,7 +156,7 @@ impl GpuTrainer {
                 if let Some(sum) = pre.and_then(|p| p.anchor_sum.as_ref()) {
                     let blocks = (d as u32).div_ceil(self.fused.wg);
                     match batch {
-                        Some(b) => once(pass, sum, blocks * b.cap.div_ceil(SEG)),
+                        Some(b) => once(pass, sum, blocks * b.active.div_ceil(SEG)),
                         None => each_chunk(pass, sum, &|c| blocks * (c.span.rows as u32).div_ceil(SEG)),
                     }
                 }
