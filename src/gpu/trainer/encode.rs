@@ -212,7 +212,7 @@ impl GpuTrainer {
         let table = self.shape.bytes();
         let vel = if self.cfg.momentum > 0.0 { 2 } else { 1 };
         // Rows a step's kernels go over: the batch's slots or the table's rows.
-        let slots = self.batch.as_ref().map_or(self.shape.rows as u64, |b| b.cap as u64);
+        let slots = self.batch.as_ref().map_or(self.shape.rows as u64, |b| b.active as u64);
         let direct = self.batch.as_ref().is_some_and(|b| b.direct);
         match phase {
             Phase::Sample => slots * 16,

@@ -186,6 +186,10 @@ impl GpuTrainer {
         } else {
             Vec::new()
         };
+        // Steps not done so far (the aborted one, those after it): a step
+        // not run names the batch of the step the run stopped at, which a
+        // resume takes again, as the CPU's record does.
+        let mut undone = 0u64;
         let records: Vec<Record> = words[..count * RECORD_WORDS]
             .chunks_exact(RECORD_WORDS)
             .enumerate()
@@ -197,8 +201,9 @@ impl GpuTrainer {
                     r.separation = self.cfg.separation(r.d0);
                 }
                 if let (Some(first), Some(b)) = (first, &self.batch) {
-                    r.batch = b.batch_size(first + i as u64, self.manual.as_ref());
+                    r.batch = b.batch_size(first + i as u64 - undone, self.manual.as_ref());
                 }
+                undone += matches!(r.action, crate::guard::Action::Aborted | crate::guard::Action::NotRun) as u64;
                 r
             })
             .collect();
