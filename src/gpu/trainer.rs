@@ -1411,15 +1411,17 @@ impl Trainer for GpuTrainer {
             // More distinct rows than the largest planned batch: its buffers
             // grown to them (the CPU takes any batch as it comes).
             let rows = slots.slots.len() - 2;
-            self.grow_batches(slots.slots.len()).map_err(|e| {
-                Error::invalid(
+            self.grow_batches(slots.slots.len()).map_err(|e| match e {
+                // (A device that failed is said as such: not the call's fault.)
+                Error::Gpu(_) | Error::DeviceLost(_) => e,
+                e => Error::invalid(
                     "step_rows",
                     format!(
                         "{rows} distinct rows besides the anchors, more than this trainer's batch buffers hold \
                          ({}), and they could not grow to them: {e}",
                         cap - 2
                     ),
-                )
+                ),
             })?;
         }
         // The step dispatched over its own slots where they are more than
