@@ -536,6 +536,33 @@ fn a_checkpoint_leaves_no_sidecar_its_run_state_does_not_have() {
     assert_eq!(dir.files(), ["ck.npy", "ck.npy.state.json"]);
 }
 
+/// rollback's backoff can take lr to 0 (f32 underflow), from where the
+/// steps change nothing: warned once, at the first step whose lr is 0,
+/// on both backends; a backoff that never gets there, no warning.
+#[test]
+fn rollback_warns_once_when_lr_backs_off_to_zero() {
+    let seed = common::seed("lr_zero");
+    let dir = Dir::new();
+    let mut table = common::random_table(&mut common::rng(seed), 40, 4);
+    table[20 * 4 + 1] = f32::NAN; // every step fails; the snapshot holds it too
+    latent_line::npy::save(&dir.p("t.npy"), latent_line::Shape::new(40, 4).unwrap(), &table).unwrap();
+    for backend in ["cpu", "gpu"] {
+        let args = |backoff: &str| {
+            let t = dir.s("t.npy");
+            let args = ["--backend", backend, "--load", &t, "--steps", "20", "--on-nonfinite", "rollback"];
+            run(&[&args[..], &["--backoff", backoff, "--max-rollbacks", "10"]].concat())
+        };
+        // 0.2 × 1e-30 × 1e-30 is 0 in float32: step 2's lr.
+        let o = args("1e-30");
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(3), "{backend}: {text}{}", stderr(&o));
+        let warned: Vec<&str> = text.lines().filter(|l| l.contains("lr has backed off to 0")).collect();
+        assert_eq!(warned, ["warning  step 2: lr has backed off to 0 (rollbacks × --backoff 1e-30, in float32): the steps change nothing from here"], "{backend}: {text}");
+        let o = args("0.5");
+        assert!(!String::from_utf8_lossy(&o.stdout).contains("backed off to 0"), "{backend}");
+    }
+}
+
 #[test]
 fn a_resume_refuses_a_run_state_no_run_could_have_written() {
     // A run state edited by hand (or damaged): its lr must be positive and

@@ -612,6 +612,9 @@ fn train_checked(
     let mut last_said: Vec<(&str, String)> = Vec::new();
     // (Warned before the resume: not again.)
     let mut collapse_warned = collapse_saved.is_some();
+    // rollback's backoff can take lr to 0 in f32, from where the steps
+    // change nothing: said once, at the first step it is 0.
+    let mut lr_zero_warned = false;
     // Steps stream: each group of records (a GPU submission's) is handled
     // while the later ones run, so the device never waits on this loop. A
     // segment runs to the next checkpoint (or the end), where the table is
@@ -684,6 +687,21 @@ fn train_checked(
             // is past an aborted step: the log refuses those).
             let d0_start = d0_start_of(&log).or(group.first().map(|r| r.d0));
             for r in group {
+                if r.lr == 0.0 && r.action != Action::NotRun && cfg.lr > 0.0 && !lr_zero_warned {
+                    lr_zero_warned = true;
+                    say(
+                        &bar,
+                        format!(
+                            "warning  step {}: lr has backed off to 0 (rollbacks × --backoff {}, in float32): \
+                             the steps change nothing from here",
+                            start + log.len,
+                            match cfg.guard.backoff {
+                                b if b < 1e-5 => format!("{b:e}"),
+                                b => format!("{b}"),
+                            }
+                        ),
+                    );
+                }
                 collapse_at = collapse_at.or_else(|| collapse_in(std::slice::from_ref(&r), log.len, d0_start));
                 let w_red = cfg.w_red(r.batch) as f64;
                 if !log.push(start + log.len, r, w_red) {
