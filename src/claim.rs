@@ -219,7 +219,7 @@ pub fn claim_all(paths: &[PathBuf]) -> std::result::Result<Vec<Claim>, (usize, E
 /// Whether `path` names the open `file` (itself, not a link to it).
 fn names(path: &Path, file: &File) -> bool {
     match (std::fs::symlink_metadata(path), file.metadata()) {
-        (Ok(p), Ok(f)) => id(&p) == id(&f),
+        (Ok(p), Ok(f)) => npy::file_id(&p) == npy::file_id(&f),
         _ => false,
     }
 }
@@ -234,20 +234,6 @@ fn links(m: &std::fs::Metadata) -> u64 {
     {
         let _ = m;
         1
-    }
-}
-
-/// A file's identity: its device and inode (none off unix).
-fn id(m: &std::fs::Metadata) -> Option<(u64, u64)> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        Some((m.dev(), m.ino()))
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = m;
-        None
     }
 }
 

@@ -916,16 +916,23 @@ fn lock_folders(mut folders: Vec<PathBuf>) -> Vec<File> {
 /// Whether two open files are one: the same device and inode (off unix,
 /// never: nothing to compare).
 pub(crate) fn same_open_file(a: &File, b: &File) -> bool {
+    let id = |f: &File| f.metadata().ok().and_then(|m| file_id(&m));
+    id(a).is_some_and(|i| id(b) == Some(i))
+}
+
+/// A file's identity: its device and inode (none off unix, where there is
+/// nothing to compare). What the folder locks, the claims and the checks
+/// of one file by two names compare.
+pub fn file_id(m: &std::fs::Metadata) -> Option<(u64, u64)> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        let id = |f: &File| f.metadata().ok().map(|m| (m.dev(), m.ino()));
-        id(a).is_some_and(|i| id(b) == Some(i))
+        Some((m.dev(), m.ino()))
     }
     #[cfg(not(unix))]
     {
-        let _ = (a, b);
-        false
+        let _ = m;
+        None
     }
 }
 
@@ -964,14 +971,13 @@ pub fn is_stream(path: &Path, stream: Stream) -> bool {
     #[cfg(unix)]
     {
         use std::os::fd::AsFd;
-        use std::os::unix::fs::MetadataExt;
         let fd = match stream {
             Stream::Stdout => std::io::stdout().as_fd().try_clone_to_owned(),
             Stream::Stderr => std::io::stderr().as_fd().try_clone_to_owned(),
         };
         let of_fd = fd.ok().and_then(|o| File::from(o).metadata().ok());
         match (std::fs::metadata(path), of_fd) {
-            (Ok(p), Some(o)) => (p.dev(), p.ino()) == (o.dev(), o.ino()),
+            (Ok(p), Some(o)) => file_id(&p) == file_id(&o),
             _ => false,
         }
     }

@@ -64,14 +64,13 @@ pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
         })
     }
     #[cfg(unix)]
-    fn identity(p: &Path) -> Option<(u64, u64, Option<std::ffi::OsString>)> {
-        use std::os::unix::fs::MetadataExt;
+    fn identity(p: &Path) -> Option<((u64, u64), Option<std::ffi::OsString>)> {
         if let Ok(m) = std::fs::metadata(p) {
-            return Some((m.dev(), m.ino(), None));
+            return Some((npy::file_id(&m)?, None));
         }
         let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let m = std::fs::metadata(dir).ok()?;
-        Some((m.dev(), m.ino(), Some(p.file_name()?.to_owned())))
+        Some((npy::file_id(&m)?, Some(p.file_name()?.to_owned())))
     }
     let (x, y) = (resolve(a), resolve(b));
     if matches!((&x, &y), (Some(x), Some(y)) if x == y) {
