@@ -406,6 +406,29 @@ struct PrepareU {
     slot_b: u32,
 }
 
+/// The uniforms that bound a batched step's `slots` (`BatchDev::active`),
+/// with `rows_per_group` slots a workgroup of the fused step: its batch
+/// chunk (anchor_sum.wgsl's too), the update reduce's partial count and
+/// slots, batch_io.wgsl's slots, prepare.wgsl's partials and segments.
+/// What `build` makes them with, and `set_active` writes.
+struct SlotUniforms {
+    chunk: ChunkU,
+    reduce: ReduceU,
+    io: [u32; 4],
+    prepare: PrepareU,
+}
+
+fn slot_uniforms(slots: u32, rows_per_group: u32) -> SlotUniforms {
+    let groups = slots.div_ceil(rows_per_group);
+    SlotUniforms {
+        chunk: ChunkU { row_base: 0, rows: slots, partial_base: 0, seg_base: 0 },
+        reduce: ReduceU { count: groups, update: 1, slots, pad: 0 },
+        io: [slots, 0, 0, 0],
+        // (The anchors are a batch's slots 0 and 1.)
+        prepare: PrepareU { count: groups, segs: slots.div_ceil(SEG), slot_a: 0, slot_b: 1 },
+    }
+}
+
 /// Slots per segment of anchor_sum.wgsl (its SEG).
 const SEG: u32 = 256;
 
@@ -1094,17 +1117,12 @@ impl GpuTrainer {
             return;
         }
         b.active = slots;
-        let (groups, q) = (b.groups(), &self.ctx.queue);
-        q.write_buffer(
-            &b.x_uniform,
-            0,
-            bytemuck::bytes_of(&ChunkU { row_base: 0, rows: slots, partial_base: 0, seg_base: 0 }),
-        );
-        q.write_buffer(&b.reduce_u, 0, bytemuck::bytes_of(&ReduceU { count: groups, update: 1, slots, pad: 0 }));
-        q.write_buffer(&b.io_u, 0, bytemuck::cast_slice(&[slots, 0u32, 0, 0]));
+        let (u, q) = (slot_uniforms(slots, b.rows_per_group), &self.ctx.queue);
+        q.write_buffer(&b.x_uniform, 0, bytemuck::bytes_of(&u.chunk));
+        q.write_buffer(&b.reduce_u, 0, bytemuck::bytes_of(&u.reduce));
+        q.write_buffer(&b.io_u, 0, bytemuck::cast_slice(&u.io));
         if let Some(pre) = &self.prepass {
-            let u = PrepareU { count: groups, segs: slots.div_ceil(SEG), slot_a: 0, slot_b: 1 };
-            q.write_buffer(&pre.prepare_u, 0, bytemuck::bytes_of(&u));
+            q.write_buffer(&pre.prepare_u, 0, bytemuck::bytes_of(&u.prepare));
         }
     }
 

@@ -86,7 +86,7 @@ impl GpuTrainer {
         // The slots a planned step dispatches over (`BatchDev::active`):
         // the plan's largest batch, however much room there is.
         let plan = if batched { schedule.max_slots() as u32 } else { 0 };
-        let plan_groups = plan.div_ceil(wg / lanes * blocks);
+        let at_plan = slot_uniforms(plan, wg / lanes * blocks);
         // A table in one binding is read in place (DIRECT): no gather, and
         // no batch buffer A.
         let direct = batched && layout.one_binding();
@@ -102,7 +102,7 @@ impl GpuTrainer {
         } else {
             (None, None, None, None)
         };
-        let x_uniform = uniform(&ctx, "batch chunk", &ChunkU { row_base: 0, rows: plan, partial_base: 0, seg_base: 0 });
+        let x_uniform = uniform(&ctx, "batch chunk", &at_plan.chunk);
         let groups_max = partial_base.max(if batched { x_groups } else { 0 });
         let partials = storage(&ctx, "partials", groups_max as u64 * 16, wgpu::BufferUsages::empty());
         let detail = storage(
@@ -352,8 +352,14 @@ impl GpuTrainer {
                 ("UNDO", if undo { 1.0 } else { 0.0 }),
             ];
             let p = c.pipeline(&ctx, &shaders::REDUCE, "main", &extra);
-            let count = if over_x { plan_groups } else { partial_base };
-            let rp = uniform(&ctx, "reduce", &ReduceU { count, update: update as u32, slots: plan, pad: 0 });
+            let rp = match over_x {
+                true => uniform(&ctx, "reduce", &at_plan.reduce),
+                false => uniform(
+                    &ctx,
+                    "reduce",
+                    &ReduceU { count: partial_base, update: update as u32, slots: plan, pad: 0 },
+                ),
+            };
             // UNDO: the table, read in place (one binding), its undo log
             // (batch B: the rows' old values by slot) and the marks.
             let table = if undo { &chunks[0].a } else { &dummy };
@@ -440,8 +446,10 @@ impl GpuTrainer {
             // rows a and b of their chunks' buffers.
             let (coef_a, coef_b, slot_a, slot_b) =
                 if batched { (&x_coef, &x_coef, 0, 1) } else { (&coefs[ca], &coefs[cb], ia as u32, ib as u32) };
-            let (count, segs) = if batched { (plan_groups, plan.div_ceil(SEG)) } else { (partial_base, segs) };
-            let pu = uniform(&ctx, "prepare", &PrepareU { count, segs, slot_a, slot_b });
+            let pu = match batched {
+                true => uniform(&ctx, "prepare", &at_plan.prepare),
+                false => uniform(&ctx, "prepare", &PrepareU { count: partial_base, segs, slot_a, slot_b }),
+            };
             let g = bind_at(
                 &ctx,
                 &p,
@@ -463,7 +471,7 @@ impl GpuTrainer {
         // Batches: gather and scatter per table chunk, the slots' source.
         let batch = batched.then(|| {
             let xa = xa.as_ref().unwrap_or(&dummy);
-            let io_u = uniform(&ctx, "batch io", &[plan, 0u32, 0, 0]);
+            let io_u = uniform(&ctx, "batch io", &at_plan.io);
             let io = |entry: &str| {
                 let p = consts.pipeline(&ctx, &shaders::BATCH_IO, entry, &[direct_flag]);
                 let groups = chunks
